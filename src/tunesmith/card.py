@@ -1,0 +1,56 @@
+"""The run's README.md: a model card saying what was trained, how, and how it scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.runs import Run, atomic_write_text
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_model_card(run: Run) -> Path:
+    recipe = run.load_recipe()
+    train = _load(run.path / "train.json")
+    data = _load(run.path / "data.json")
+    results = _load(run.eval_dir / "results.json")
+    lines = [
+        f"# {recipe.name}",
+        "",
+        f"LoRA adapter for `{recipe.model.source}`, trained with tunesmith ({recipe.method.kind}).",
+        "",
+        "## Training",
+        f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
+        f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
+        f"- adapter: r={recipe.adapter.r}, alpha={recipe.adapter.alpha}, targets={recipe.adapter.targets}",
+        f"- steps: {train.get('steps', '?')}, lr {recipe.training.lr}, batch {recipe.training.batch_size}",
+        f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
+        f"in {train.get('wall_time_s', '?')} s",
+        "- loss curve: `plots/loss.png`",
+        "",
+        "## Results on held-out examples (greedy decoding)",
+        *results_table(results),
+        "",
+        "## Use",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{run.adapter_dir}")',
+        "```",
+        "Merged checkpoint (if exported): `exports/merged/`.",
+    ]
+    return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
+
+
+def results_table(results: dict[str, Any]) -> list[str]:
+    if "tuned" not in results:
+        return ["(not evaluated yet: run `tunesmith eval`)"]
+    variants = [v for v in ("base", "tuned") if v in results]
+    metrics = [k for k in results["tuned"] if k != "seconds"]
+    rows = ["| metric | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    rows += [f"| {m} | " + " | ".join(str(results[v].get(m, "")) for v in variants) + " |"
+             for m in metrics]
+    return rows

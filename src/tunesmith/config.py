@@ -1,0 +1,238 @@
+"""The recipe: one YAML file that describes an experiment, validated by pydantic.
+
+Validation never rewrites what the user wrote: a recipe that cannot work fails with the key's path,
+the line in the file, the bad value and a hint (a did-you-mean for misspelt keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import RecipeError
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    source: str = Field(
+        "smollm2-135m-instruct",
+        description="Embedded alias, Hub id, local directory or .gguf file.",
+    )
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class DataSection(Section):
+    train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
+    eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    format: Literal["auto", "messages", "prompt_completion"] = "auto"
+    max_length: int = Field(512, ge=16)
+    system_prompt: str | None = Field(None, description="Prepended as a system turn to every row.")
+
+
+class SFTMethod(Section):
+    kind: Literal["sft"] = "sft"
+
+
+Method = Annotated[SFTMethod, Field(discriminator="kind")]
+
+TARGET_PRESETS: dict[str, list[str] | str] = {
+    "qv": ["q_proj", "v_proj"],
+    "qkvo": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all-linear": "all-linear",
+}
+
+
+class LoraAdapter(Section):
+    kind: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: str | list[str] = Field("all-linear", description="Preset (qv, qkvo, mlp, all-linear) or list.")
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> LoraAdapter:
+        if isinstance(self.targets, str) and self.targets not in TARGET_PRESETS:
+            raise ValueError(
+                f"targets must be one of {sorted(TARGET_PRESETS)} or a list of module names"
+            )
+        return self
+
+
+Adapter = Annotated[LoraAdapter, Field(discriminator="kind")]
+
+
+class TrainingSection(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    packing: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(100, ge=1)
+    seed: int = 42
+
+
+class EvalSection(Section):
+    task_metric: Literal["json_fields", "exact_match", "none"] = "json_fields"
+    max_examples: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    compare_base: bool = True
+
+
+class ExportSection(Section):
+    formats: list[Literal["adapter", "merged"]] = Field(default_factory=lambda: ["adapter", "merged"])
+
+
+UNION_TAGS = {"sft", "lora"}
+
+
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    runs_dir: str = "runs"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    method: Method = Field(default_factory=SFTMethod)
+    adapter: Adapter = Field(default_factory=LoraAdapter)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    base_dir: str = Field(".", description="Directory relative paths resolve against (set on load).")
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path written in the recipe relative to the recipe file's directory."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `a.b=value` overrides, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file not found: {path}", "Check the path, or run `tunesmith quickstart`.")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}", "Fix the YAML syntax at that line.") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}.")
+    raw.setdefault("base_dir", str(path.resolve().parent))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=path, text=text)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b=value` override; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"Bad override {item!r}.", "Write overrides as --set section.key=value.")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"Override {item!r}: {part!r} is not a section.")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str | None = None) -> Recipe:
+    """Validate a raw mapping; turn pydantic's errors into one readable RecipeError."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(err, source, text) for err in exc.errors()]
+        where = f" in {source}" if source else ""
+        raise RecipeError(f"Invalid recipe{where}:\n" + "\n".join(lines)) from None
+
+
+def describe_error(err: Any, source: Path | None, text: str | None) -> str:
+    """One line per problem: key path, line number, bad value, and a hint."""
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    key = ".".join(loc) or "(top level)"
+    line = find_yaml_line(text, loc) if text else None
+    at = f" (line {line})" if line else ""
+    if err["type"] == "extra_forbidden":
+        hint = did_you_mean(loc)
+        return f"  - {key}{at}: unknown key.{hint}"
+    if err["type"] == "missing":
+        return f"  - {key}: required, but missing."
+    value = err.get("input")
+    return f"  - {key}{at}: {err['msg']} (got {value!r})."
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Pydantic puts the chosen variant's tag in an error's path; users never wrote it."""
+    return part in UNION_TAGS
+
+
+def did_you_mean(loc: list[str]) -> str:
+    """Suggest the closest valid key for a misspelt one."""
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            annotation = _section_type(annotation)
+        if annotation is None:
+            return ""
+        model = annotation
+    valid = [name for name in model.model_fields if name != "base_dir"]
+    close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean {close[0]!r}?"
+    return f" Valid keys: {', '.join(valid)}."
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        found = _section_type(arg)
+        if found:
+            return found
+    return None
+
+
+def find_yaml_line(text: str, loc: list[str]) -> int | None:
+    """Line number (1-based) of a key path in YAML text, or None when it is not in the file."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        match = next(((k, v) for k, v in node.value if k.value == part), None)
+        if match is None:
+            return line
+        line = match[0].start_mark.line + 1
+        node = match[1]
+    return line
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe, with every default written out, as saved in a run directory."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,60 @@
+"""Data stage: load the recipe's files, hold out an eval split, fingerprint what was trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.data.formats import Row, load_conversations
+
+
+@dataclass
+class Splits:
+    train: list[Row]
+    eval: list[Row]
+    source: dict[str, str]
+
+
+def row_hash(row: Row) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def holds_out(row: Row, fraction: float) -> bool:
+    """Stable split by content hash: adding rows never moves an old row between splits."""
+    return int(row_hash(row)[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def load_splits(recipe: Recipe) -> Splits:
+    data = recipe.data
+    train_path = recipe.resolve_path(data.train)
+    rows = load_conversations(train_path, data.format, data.system_prompt)
+    source = {"train": str(train_path)}
+    if data.eval:
+        eval_path = recipe.resolve_path(data.eval)
+        source["eval"] = str(eval_path)
+        return Splits(rows, load_conversations(eval_path, data.format, data.system_prompt), source)
+    held = [row for row in rows if holds_out(row, data.eval_fraction)]
+    kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
+    source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
+    return Splits(kept, held, source)
+
+
+def fingerprint(splits: Splits) -> dict[str, Any]:
+    """What data.json records: a hash of the training rows (order-sensitive) and simple counts."""
+    digest = hashlib.sha256()
+    for row in splits.train:
+        digest.update(row_hash(row).encode())
+    return {
+        "train_sha256": digest.hexdigest(),
+        "train_rows": len(splits.train),
+        "eval_rows": len(splits.eval),
+        "sources": splits.source,
+        "turns_per_row": _mean([len(r["messages"]) for r in splits.train]),
+    }
+
+
+def _mean(values: list[int]) -> float:
+    return round(sum(values) / len(values), 3) if values else 0.0

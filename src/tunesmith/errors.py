@@ -1,0 +1,29 @@
+"""One error family for everything a user can fix; the CLI prints these without a traceback."""
+
+from __future__ import annotations
+
+
+class TunesmithError(Exception):
+    """A problem the user can fix: `message` says what is wrong, `hint` says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
+
+
+class RecipeError(TunesmithError):
+    """The recipe (YAML or --set override) is invalid."""
+
+
+class DataError(TunesmithError):
+    """A dataset file or row cannot be used."""
+
+
+class ModelSourceError(TunesmithError):
+    """A model cannot be found, fetched or opened."""

@@ -1,0 +1,122 @@
+"""Evaluate the tuned model against its untuned base on the held-out split.
+
+One base model is loaded; the adapter is switched off to score the base, so the comparison costs
+one model in memory. Both see the same prompts, greedy decoding, the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import Recipe
+from tunesmith.data import load_splits
+from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
+from tunesmith.eval.metrics import SCORERS, aggregate
+from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.runs import Run, atomic_write_json
+
+
+def run_eval(recipe: Recipe, run: Run) -> Path:
+    """Score base and tuned on the held-out rows; writes eval/results.json and returns its path."""
+    from peft import PeftModel
+
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    tokenizer = load_tokenizer(model_dir)
+    rows = load_splits(recipe).eval[: recipe.eval.max_examples]
+    device = pick_device(recipe.training.device)
+    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
+    model.eval()
+    variants = {"tuned": nullcontext}
+    if recipe.eval.compare_base:
+        variants = {"base": model.disable_adapter, **variants}
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric}
+    outputs: dict[str, list[str]] = {}
+    for name, context in variants.items():
+        results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
+    results["samples"] = sample_table(rows, outputs, limit=10)
+    return atomic_write_json(run.eval_dir / "results.json", results)
+
+
+def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,
+                     context: type[AbstractContextManager] | Any) -> tuple[dict[str, Any], list[str]]:
+    started = time.monotonic()
+    with context(), torch.no_grad():
+        loss = heldout_loss(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size)
+        predictions = generate_answers(model, tokenizer, rows, recipe.eval.max_new_tokens,
+                                       recipe.eval.batch_size)
+    summary: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    scorer = SCORERS.get(recipe.eval.task_metric)
+    if scorer:
+        summary.update(aggregate([scorer(p, r["messages"][-1]["content"])
+                                  for p, r in zip(predictions, rows, strict=True)]))
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    return summary, predictions
+
+
+def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, batch_size: int) -> float:
+    """Mean cross-entropy per assistant token (the tokens training puts loss on)."""
+    encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length) for r in rows]
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        ids, labels, mask = pad_right(batch, tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
+        losses = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum")
+        total += losses.item()
+        count += int((shift_labels != IGNORE_INDEX).sum())
+    return total / max(count, 1)
+
+
+def pad_right(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+    return ids, labels, mask
+
+
+def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,
+                     batch_size: int) -> list[str]:
+    """Greedy answers to each row's prompt turns, batched with left padding."""
+    from rich.progress import track
+
+    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True) for r in rows]
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    for start in track(batches, description="generating", console=_stderr_console(), transient=True):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return [a.strip() for a in answers]
+
+
+def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
+    samples = []
+    for index, row in enumerate(rows[:limit]):
+        sample = {"prompt": row["messages"][-2]["content"], "reference": row["messages"][-1]["content"]}
+        sample.update({name: texts[index] for name, texts in outputs.items()})
+        samples.append(sample)
+    return samples
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

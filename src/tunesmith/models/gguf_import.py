@@ -1,0 +1,56 @@
+"""Turn a llama-family GGUF into an ordinary, trainable safetensors checkpoint.
+
+transformers dequantizes a GGUF on load but flags the model as quantized, so it refuses
+`save_pretrained` and training. Building a fresh model from the same config without the
+quantization entry and loading the state dict into it gives a plain model that saves normally.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tunesmith.errors import ModelSourceError
+
+
+def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
+    """Dequantize `gguf_path` and save it (weights, tokenizer, chat template) into the model cache."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.registry import models_dir
+    from tunesmith.runs import atomic_directory
+
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise ModelSourceError(f"GGUF file not found: {gguf_path}", "Check the path.")
+    name = name or gguf_path.stem.lower()
+    target = models_dir() / name
+    print(f"Dequantizing {gguf_path.name} into {target} ...", file=sys.stderr)
+    folder, filename = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelSourceError(
+            f"transformers could not read {gguf_path.name}: {exc}",
+            "Only llama-family GGUFs that transformers' GGUF loader supports can be imported.",
+        ) from exc
+    config = AutoConfig.for_model(**_plain_config(loaded.config))
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    with atomic_directory(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _plain_config(config: object) -> dict:
+    """The config as a dict, minus the GGUF quantization entry and the source file's label."""
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    data.pop("_name_or_path", None)
+    data.pop("_model_name_or_path", None)
+    data.pop("transformers_version", None)
+    return data

@@ -1,0 +1,66 @@
+"""Load a tokenizer and a causal LM for training or evaluation, with the checks users need.
+
+The pad token matters: when it equals EOS (SmolLM2 does this), masking labels by pad id would hide
+every end-of-turn token and the tuned model would never stop. tunesmith builds labels from masks,
+never from token ids, and only fills a missing pad token here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import ModelSourceError
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(precision: str, device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 is emulated and slow there); bf16 on GPUs that support it."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(model_dir: Path):
+    """Load the tokenizer; require a chat template and fill a missing pad token from EOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:
+        raise ModelSourceError(
+            f"The tokenizer in {model_dir} has no chat template, so conversations cannot be rendered.",
+            "Use an instruct/chat model, or add a chat_template.jinja file to the model folder.",
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load a causal LM from a local checkpoint directory."""
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if getattr(model, "hf_quantizer", None) is not None and "gguf" in str(model.hf_quantizer).lower():
+        raise ModelSourceError(
+            f"{model_dir} loads as a GGUF-quantized model, which cannot be trained or saved.",
+            "Import it first: `tunesmith models import FILE.gguf`.",
+        )
+    return model.to(device)

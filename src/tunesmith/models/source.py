@@ -1,0 +1,103 @@
+"""Resolve a model source (embedded alias, local directory, .gguf file, Hub id) to a local folder.
+
+The failures users hit most (gated repos, private repos, no network, a typo in a path) each get
+one paragraph saying what happened and what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.errors import ModelSourceError
+from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled, pull_model
+
+
+def resolve_model_source(source: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
+    """Return a local directory holding config, weights and tokenizer for `source`."""
+    if source in EMBEDDED:
+        return cached_model_dir(source) if is_pulled(source) else pull_model(source)
+    if (cached_model_dir(source) / "config.json").is_file():
+        return cached_model_dir(source)
+    path = Path(source).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    if path.suffix == ".gguf":
+        return _import_gguf_source(path)
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return _local_directory(path)
+    return download_from_hub(source, revision)
+
+
+def _import_gguf_source(path: Path) -> Path:
+    from tunesmith.models.gguf_import import import_gguf
+
+    name = path.stem.lower()
+    if (cached_model_dir(name) / "config.json").is_file():
+        return cached_model_dir(name)
+    return import_gguf(path, name=name)
+
+
+def _local_directory(path: Path) -> Path:
+    if not path.exists():
+        raise ModelSourceError(
+            f"Model directory not found: {path}. It is neither an embedded model "
+            f"({', '.join(EMBEDDED)}) nor an existing folder.",
+            "Check the path (relative paths are read from the recipe's folder), or use "
+            "`tunesmith models list` to see what is available.",
+        )
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"{path} has no config.json, so it is not a transformers checkpoint.",
+            "Point model.source at the folder that holds config.json and the weights, or import "
+            "a GGUF with `tunesmith models import FILE.gguf`.",
+        )
+    return path.resolve()
+
+
+def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
+    """Snapshot a Hub repository into the HF cache, translating access failures into advice."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except GatedRepoError as exc:
+        raise ModelSourceError(_gated_message(repo_id), _login_hint(repo_id)) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelSourceError(
+            f"The Hub answered that {repo_id!r} does not exist or is private to you (401/404). "
+            "A private repository looks the same as a missing one when you are not logged in.",
+            "Check the spelling; for a private repo, run `hf auth login` with a token that can read it.",
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise ModelSourceError(
+            f"Cannot reach the Hugging Face Hub to fetch {repo_id!r}, and it is not in the local "
+            "cache (offline, or HF_HUB_OFFLINE is set).",
+            "Connect to the network once to download it, copy the model folder here and point "
+            "model.source at it, or use the embedded default `smollm2-135m-instruct`.",
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ModelSourceError(_gated_message(repo_id), _login_hint(repo_id)) from exc
+        raise ModelSourceError(f"The Hub refused {repo_id!r}: {exc}", "Try again later.") from exc
+
+
+def _gated_message(repo_id: str) -> str:
+    return (
+        f"{repo_id!r} is gated: being logged in is not enough, your account must also have "
+        "accepted the model's licence and been granted access (HTTP 401/403)."
+    )
+
+
+def _login_hint(repo_id: str) -> str:
+    return (
+        f"Open https://huggingface.co/{repo_id}, accept the licence and wait for approval, then "
+        "run `hf auth login` (or set HF_TOKEN) with a token of that account."
+    )

@@ -1,0 +1,37 @@
+"""The quickstart: train, evaluate and export the embedded default model on the bundled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.card import write_model_card
+from tunesmith.config import Recipe, load_recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval import run_eval
+from tunesmith.export import run_export
+from tunesmith.runs import Run, create_run
+from tunesmith.train import run_train
+
+
+def bundled_path(relative: str) -> Path:
+    """A file shipped with tunesmith: from the source checkout, else from the installed package."""
+    package = Path(__file__).resolve().parent
+    for root in (package.parents[1], package / "_bundled"):
+        if (root / relative).exists():
+            return root / relative
+    raise TunesmithError(f"Bundled file {relative} is missing from this installation.",
+                         "Reinstall tunesmith (pip install -e . from the source checkout).")
+
+
+def quickstart_recipe(overrides: list[str] | None = None) -> Recipe:
+    return load_recipe(bundled_path("recipes/quickstart.yaml"), overrides)
+
+
+def run_pipeline(recipe: Recipe, runs_dir: Path | None = None) -> Run:
+    """train → eval → export → model card, all in one new run directory."""
+    run = create_run(recipe, runs_dir)
+    run_train(recipe, run)
+    run_eval(recipe, run)
+    run_export(recipe, run)
+    write_model_card(run)
+    return run

@@ -1,0 +1,18 @@
+"""The few places that must know a version quirk of TRL/transformers, each naming its version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def precision_flags(precision: str, device: str) -> dict[str, Any]:
+    """TrainingArguments precision flags, stated explicitly.
+
+    TRL 1.16's `_BaseConfig.__post_init__` turns `bf16` on whenever it is left unset, which on a CPU
+    without native bf16 is ~3x slower (and transformers then asks for `use_cpu=True`). So both flags
+    are always passed, and `use_cpu` is set on CPU.
+    """
+    flags: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if device == "cpu":
+        flags["use_cpu"] = True
+    return flags
