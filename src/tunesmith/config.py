@@ -118,6 +118,16 @@ class Recipe(Section):
     export: ExportSection = Field(default_factory=ExportSection)
     base_dir: str = Field(".", description="Directory relative paths resolve against (set on load).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kinds(cls, raw: Any) -> Any:
+        """A section written without `kind` means the default variant (sft, lora)."""
+        if isinstance(raw, dict):
+            for section, kind in (("method", "sft"), ("adapter", "lora")):
+                if isinstance(raw.get(section), dict) and "kind" not in raw[section]:
+                    raw = {**raw, section: {"kind": kind, **raw[section]}}
+        return raw
+
     def resolve_path(self, value: str) -> Path:
         """Resolve a path written in the recipe relative to the recipe file's directory."""
         path = Path(value).expanduser()

@@ -32,7 +32,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}).",
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}).",
                             "Each line of a JSONL file must be one JSON object.") from None
     if not rows:
         raise DataError(f"{path} holds no rows.", "Add at least one example.")
@@ -54,13 +54,13 @@ def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None 
         fmt = detect_format(entries[0][1])
         if fmt == "unknown":
             raise DataError(
-                f"{path}:{entries[0][0]}: cannot tell the dataset shape from keys "
+                f"{path}, line {entries[0][0]}: cannot tell the dataset shape from keys "
                 f"{sorted(entries[0][1]) if isinstance(entries[0][1], dict) else type(entries[0][1]).__name__}.",
                 "Rows need a 'messages' list, or 'prompt' and 'completion' strings.",
             )
     rows = []
     for number, value in entries:
-        where = f"{path}:{number}"
+        where = f"{path}, line {number}"
         messages = to_messages(value, fmt, where)
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}, *messages]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for tunesmith: a .venv with PyTorch (CPU build unless an NVIDIA GPU is
+# present), tunesmith and its dependencies. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "==> installing PyTorch (CUDA build)"
+    "${PIP[@]}" install "torch>=2.4"
+  else
+    # The CPU build: pinned, because an unpinned torch pulls a multi-GB CUDA build.
+    echo "==> installing PyTorch 2.13.0 (CPU build)"
+    # (Elsewhere, set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index to avoid the CUDA download.)
+    "${PIP[@]}" install "torch==2.13.0"
+  fi
+fi
+
+if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.tunesmith-installed ]; then
+  echo "==> installing tunesmith and its dependencies"
+  "${PIP[@]}" install -e ".[dev]"
+  touch .venv/.tunesmith-installed
+fi

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real BPE tokenizer trained on the fly and tiny llama models built from a config.
+
+The tokenizer mirrors the embedded model's traps on purpose: a ChatML template with a default system
+turn, and `pad_token == eos_token == "<|im_end|>"`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ORDERS = REPO / "examples" / "data" / "orders"
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def orders_texts() -> list[str]:
+    texts = []
+    for name in ("train.jsonl", "eval.jsonl"):
+        for line in (ORDERS / name).read_text(encoding="utf-8").splitlines():
+            texts += [m["content"] for m in json.loads(line)["messages"]]
+    return texts + ["You are a helpful assistant.", "Say hello in one short sentence.", "system user assistant"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(orders_texts(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_llama(tokenizer_dir: Path, target: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def tiny_data(tmp_path: Path) -> Path:
+    """A small slice of the bundled orders data: 64 train rows, 12 held out."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    train = (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[:64]
+    held = (ORDERS / "eval.jsonl").read_text(encoding="utf-8").splitlines()[:12]
+    (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    (folder / "eval.jsonl").write_text("\n".join(held) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture()
+def tiny_recipe_file(tmp_path: Path, tiny_model_dir: Path, tiny_data: Path) -> Path:
+    text = f"""
+name: tiny
+model:
+  source: {tiny_model_dir}
+data:
+  train: data/train.jsonl
+  eval: data/eval.jsonl
+  max_length: 128
+adapter:
+  kind: lora
+  r: 8
+  alpha: 16
+  dropout: 0.0
+training:
+  max_steps: 24
+  lr: 1.0e-2
+  batch_size: 8
+  packing: false
+  logging_steps: 2
+  save_steps: 12
+  warmup_ratio: 0.0
+eval:
+  max_new_tokens: 12
+  batch_size: 6
+"""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    return home
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

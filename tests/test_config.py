@@ -1,0 +1,90 @@
+"""The recipe schema: defaults, overrides, and errors that name the key, the line and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import Recipe, apply_override, load_recipe, recipe_to_yaml
+from tunesmith.errors import RecipeError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_practitioners_ones(tmp_path):
+    recipe = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"))
+    assert (recipe.adapter.r, recipe.adapter.alpha, recipe.adapter.targets) == (16, 32, "all-linear")
+    assert (recipe.training.lr, recipe.training.scheduler, recipe.training.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert recipe.resolve_path("t.jsonl") == (tmp_path / "t.jsonl").resolve()
+
+
+def test_misspelt_key_names_path_line_and_suggestion(tmp_path):
+    path = write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  epochs: 1\n  lerning_rate: 3\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert "training.lerning_rate" in text and "line 5" in text and str(path) in text
+
+
+def test_misspelt_key_suggests_close_match(tmp_path):
+    with pytest.raises(RecipeError, match="Did you mean 'batch_size'"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  batch_sise: 4\n"))
+
+
+def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
+    with pytest.raises(RecipeError, match=r"adapter\.rr .*Did you mean 'r'"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lora\n  rr: 4\n"))
+
+
+def test_bad_value_names_key_and_value(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  lr: -1\n"))
+    assert "training.lr" in str(info.value) and "-1" in str(info.value) and "line 4" in str(info.value)
+
+
+def test_unknown_adapter_kind_lists_valid_kinds(tmp_path):
+    with pytest.raises(RecipeError, match="lora"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lorra\n"))
+
+
+def test_unknown_target_preset_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="targets"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  targets: qvk\n"))
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(RecipeError, match="data: required"):
+        load_recipe(write(tmp_path, "name: x\n"))
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    path = write(tmp_path, "data:\n  train: t.jsonl\n")
+    recipe = load_recipe(path, ["training.lr=1e-4", "adapter.targets=[q_proj, v_proj]", "data.eval=null"])
+    assert recipe.training.lr == 1e-4
+    assert recipe.adapter.targets == ["q_proj", "v_proj"]
+    assert recipe.data.eval is None
+
+
+def test_override_of_unknown_key_fails_with_hint(tmp_path):
+    with pytest.raises(RecipeError, match="Did you mean 'epochs'"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["training.epoch=2"])
+
+
+def test_malformed_override():
+    with pytest.raises(RecipeError, match="section.key=value"):
+        apply_override({}, "training.lr")
+
+
+def test_invalid_yaml_reports_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "data: [unclosed\n"))
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["adapter.r=4"])
+    again = write(tmp_path, recipe_to_yaml(recipe))
+    assert load_recipe(again) == recipe
+    assert Recipe.model_validate(recipe.model_dump()).adapter.r == 4

@@ -1,0 +1,91 @@
+"""End to end on a tiny llama: train → eval → export → card, and every run-directory file parses."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tunesmith.config import load_recipe
+from tunesmith.quickstart import run_pipeline
+from tunesmith.runs import open_run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir, tokenizer_dir):
+    # module-scoped so the costly pipeline runs once; the function fixtures are rebuilt by hand
+    from tests.conftest import ORDERS
+
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "data").mkdir()
+    for name, count in (("train.jsonl", 64), ("eval.jsonl", 12)):
+        lines = (ORDERS / name).read_text(encoding="utf-8").splitlines()[:count]
+        (root / "data" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe_text = (
+        f"name: tiny\nmodel:\n  source: {tiny_model_dir}\n"
+        "data:\n  train: data/train.jsonl\n  eval: data/eval.jsonl\n  max_length: 128\n"
+        "adapter:\n  r: 8\n  alpha: 16\n  dropout: 0.0\n"
+        "training:\n  max_steps: 24\n  lr: 1.0e-2\n  batch_size: 8\n  packing: false\n"
+        "  logging_steps: 2\n  save_steps: 12\n  warmup_ratio: 0.0\n"
+        "eval:\n  max_new_tokens: 12\n  batch_size: 6\n"
+    )
+    (root / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+    return run_pipeline(load_recipe(root / "recipe.yaml"), runs_dir=root / "runs")
+
+
+def test_loss_falls(finished_run):
+    losses = [r["loss"] for r in finished_run.read_metrics() if "loss" in r]
+    assert len(losses) >= 5
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:2]) / 2
+
+
+def test_run_directory_files_exist_and_parse(finished_run):
+    path = finished_run.path
+    recipe = open_run(path).load_recipe()
+    assert recipe.name == "tiny" and recipe.adapter.r == 8
+    assert yaml.safe_load((path / "recipe.yaml").read_text())["training"]["scheduler"] == "cosine"
+    env = json.loads((path / "env.json").read_text())
+    assert env["packages"]["torch"] and env["packages"]["transformers"]
+    data = json.loads((path / "data.json").read_text())
+    assert data["train_rows"] == 64 and data["eval_rows"] == 12 and len(data["train_sha256"]) == 64
+    assert (path / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(p.name.startswith("checkpoint-") for p in (path / "checkpoints").iterdir())
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((path / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    results = json.loads((path / "eval" / "results.json").read_text())
+    assert results["examples"] == 12
+    for variant in ("base", "tuned"):
+        assert {"loss", "perplexity", "exact_match", "field_accuracy", "field/item"} <= set(results[variant])
+    assert results["tuned"]["loss"] < results["base"]["loss"]
+    manifest = json.loads((path / "exports" / "manifest.json").read_text())
+    assert manifest["merged"]["max_abs_logit_diff"] < 1e-4
+    assert (path / "exports" / "merged" / "model.safetensors").is_file()
+    assert (path / "exports" / "adapter" / "adapter_model.safetensors").is_file()
+    card = (path / "README.md").read_text()
+    assert "| exact_match |" in card and "tiny" in card
+    assert not [p for p in path.rglob(".*.tmp")], "temporary files left behind"
+
+
+def test_adapter_reloads_in_standard_peft_format(finished_run, tiny_model_dir):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoPeftModelForCausalLM.from_pretrained(finished_run.path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(finished_run.path / "exports" / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 14, 30, 2]])
+    with torch.no_grad():
+        tuned_logits, merged_logits = tuned(input_ids=ids).logits, merged(input_ids=ids).logits
+        base_logits = base(input_ids=ids).logits
+    assert torch.allclose(tuned_logits, merged_logits, atol=1e-4)
+    assert not torch.allclose(tuned_logits, base_logits, atol=1e-3)
+
+
+def test_cli_eval_json_prints_one_document(finished_run):
+    from tunesmith.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(finished_run.path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document) >= {"base", "tuned", "examples", "samples"}
