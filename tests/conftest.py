@@ -7,7 +7,6 @@ turn, and `pad_token == eos_token == "<|im_end|>"`.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ def orders_texts() -> list[str]:
     for name in ("train.jsonl", "eval.jsonl"):
         for line in (ORDERS / name).read_text(encoding="utf-8").splitlines():
             texts += [m["content"] for m in json.loads(line)["messages"]]
-    return texts + ["You are a helpful assistant.", "Say hello in one short sentence.", "system user assistant"]
+    return [*texts, "You are a helpful assistant.", "Say hello in one short sentence.", "system user assistant"]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +55,7 @@ def build_tiny_llama(tokenizer_dir: Path, target: Path, seed: int = 0) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(target)
@@ -69,57 +68,38 @@ def tiny_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture()
-def tiny_data(tmp_path: Path) -> Path:
-    """A small slice of the bundled orders data: 64 train rows, 12 held out."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    train = (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[:64]
-    held = (ORDERS / "eval.jsonl").read_text(encoding="utf-8").splitlines()[:12]
-    (folder / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
-    (folder / "eval.jsonl").write_text("\n".join(held) + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture()
-def tiny_recipe_file(tmp_path: Path, tiny_model_dir: Path, tiny_data: Path) -> Path:
-    text = f"""
+TINY_RECIPE = """
 name: tiny
 model:
-  source: {tiny_model_dir}
+  source: {model_dir}
 data:
   train: data/train.jsonl
   eval: data/eval.jsonl
   max_length: 128
 adapter:
-  kind: lora
   r: 8
   alpha: 16
   dropout: 0.0
 training:
-  max_steps: 24
-  lr: 1.0e-2
+  max_steps: 48
+  lr: 3.0e-2
   batch_size: 8
   packing: false
-  logging_steps: 2
-  save_steps: 12
+  logging_steps: 4
+  save_steps: 24
   warmup_ratio: 0.0
 eval:
   max_new_tokens: 12
   batch_size: 6
 """
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
-@pytest.fixture()
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("TUNESMITH_HOME", str(home))
-    return home
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+def make_tiny_project(root: Path, model_dir: Path, train_rows: int = 64, eval_rows: int = 12) -> Path:
+    """A recipe and a small slice of the bundled orders data under `root`; returns the recipe path."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.jsonl", train_rows), ("eval.jsonl", eval_rows)):
+        lines = (ORDERS / name).read_text(encoding="utf-8").splitlines()[:count]
+        (root / "data" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(TINY_RECIPE.format(model_dir=model_dir), encoding="utf-8")
+    return recipe

@@ -56,7 +56,7 @@ def test_unknown_target_preset_is_refused(tmp_path):
 
 
 def test_missing_required_key(tmp_path):
-    with pytest.raises(RecipeError, match="data: required"):
+    with pytest.raises(RecipeError, match=r"data: required"):
         load_recipe(write(tmp_path, "name: x\n"))
 
 
@@ -74,7 +74,7 @@ def test_override_of_unknown_key_fails_with_hint(tmp_path):
 
 
 def test_malformed_override():
-    with pytest.raises(RecipeError, match="section.key=value"):
+    with pytest.raises(RecipeError, match=r"section\.key=value"):
         apply_override({}, "training.lr")
 
 

@@ -7,31 +7,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import make_tiny_project
 from tunesmith.config import load_recipe
 from tunesmith.quickstart import run_pipeline
 from tunesmith.runs import open_run
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model_dir, tokenizer_dir):
-    # module-scoped so the costly pipeline runs once; the function fixtures are rebuilt by hand
-    from tests.conftest import ORDERS
-
+def finished_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("pipeline")
-    (root / "data").mkdir()
-    for name, count in (("train.jsonl", 64), ("eval.jsonl", 12)):
-        lines = (ORDERS / name).read_text(encoding="utf-8").splitlines()[:count]
-        (root / "data" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recipe_text = (
-        f"name: tiny\nmodel:\n  source: {tiny_model_dir}\n"
-        "data:\n  train: data/train.jsonl\n  eval: data/eval.jsonl\n  max_length: 128\n"
-        "adapter:\n  r: 8\n  alpha: 16\n  dropout: 0.0\n"
-        "training:\n  max_steps: 24\n  lr: 1.0e-2\n  batch_size: 8\n  packing: false\n"
-        "  logging_steps: 2\n  save_steps: 12\n  warmup_ratio: 0.0\n"
-        "eval:\n  max_new_tokens: 12\n  batch_size: 6\n"
-    )
-    (root / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
-    return run_pipeline(load_recipe(root / "recipe.yaml"), runs_dir=root / "runs")
+    recipe = load_recipe(make_tiny_project(root, tiny_model_dir))
+    return run_pipeline(recipe, runs_dir=root / "runs")
 
 
 def test_loss_falls(finished_run):

@@ -27,3 +27,15 @@ class DataError(TunesmithError):
 
 class ModelSourceError(TunesmithError):
     """A model cannot be found, fetched or opened."""
+
+
+class RowProblem(DataError):
+    """One dataset row cannot be used. `reason` is the short key that `skip_invalid` counts it under.
+
+    Raised where the row is examined (which does not know the file), caught by the loader, which
+    either re-raises a DataError naming the file and line or skips and counts the row.
+    """
+
+    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.reason = reason

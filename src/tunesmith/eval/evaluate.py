@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def run_eval(recipe: Recipe, run: Run) -> Path:
     device = pick_device(recipe.training.device)
     model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
     model.eval()
-    variants = {"tuned": nullcontext}
+    variants = {"tuned": lambda: adapter_merged(model)}
     if recipe.eval.compare_base:
         variants = {"base": model.disable_adapter, **variants}
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric}
@@ -44,8 +45,18 @@ def run_eval(recipe: Recipe, run: Run) -> Path:
     return atomic_write_json(run.eval_dir / "results.json", results)
 
 
+@contextmanager
+def adapter_merged(model: Any) -> Iterator[None]:
+    """Fold the adapter into the weights while decoding (no per-step LoRA matmuls), then unfold."""
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,
-                     context: type[AbstractContextManager] | Any) -> tuple[dict[str, Any], list[str]]:
+                     context: Callable[[], AbstractContextManager]) -> tuple[dict[str, Any], list[str]]:
     started = time.monotonic()
     with context(), torch.no_grad():
         loss = heldout_loss(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size)

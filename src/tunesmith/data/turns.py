@@ -1,0 +1,187 @@
+"""Check and normalise the turns of one conversation: roles, content, tool calls and turn order.
+
+Chat templates (and TRL's trainers) expect `system? user assistant user assistant …`, with tool
+results only right after an assistant turn that called a tool. A conversation that breaks this renders
+wrongly or not at all, so it is refused here, while the loader still knows the file and line.
+Both OpenAI turns (`role`/`content`) and ShareGPT turns (`from`/`value`) are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tunesmith.errors import RowProblem
+
+Message = dict[str, Any]
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool"}
+ORDER_HINT = "Turns alternate user/assistant after an optional first system turn; tool turns follow an " \
+             "assistant turn that has tool_calls."
+
+
+def type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A repr that stays readable in an error message, however big the offending value is."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_list(value: Any, key: str) -> list:
+    """A list, also when a CSV or Parquet cell holds it as JSON text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            pass
+    if not isinstance(value, list):
+        raise RowProblem("wrong_type", f"'{key}' must be a list, got {type_name(value)}.")
+    return value
+
+
+def normalise_turns(value: Any, key: str) -> list[Message]:
+    """The turns of `value` as canonical messages; types and roles checked, order not yet."""
+    turns = json_list(value, key)
+    if not turns:
+        raise RowProblem("empty", f"'{key}' must be a non-empty list.")
+    return [normalise_turn(turn, f"{key}[{index}]") for index, turn in enumerate(turns)]
+
+
+def normalise_turn(turn: Any, label: str) -> Message:
+    if not isinstance(turn, dict):
+        raise RowProblem("wrong_type", f"{label} must be an object with role and content, "
+                                       f"got {type_name(turn)}.")
+    sharegpt = "role" not in turn and "from" in turn
+    role = sharegpt_role(turn, label) if sharegpt else openai_role(turn, label)
+    message: Message = {"role": role, "content": turn_content(turn.get("value" if sharegpt else "content"), label)}
+    if role == "assistant" and turn.get("tool_calls") is not None:
+        message["tool_calls"] = tool_calls(turn["tool_calls"], label)
+    for key in ("tool_call_id", "name"):
+        if role == "tool" and turn.get(key) is not None:
+            message[key] = text_field(turn[key], f"{label}.{key}")
+    return message
+
+
+def openai_role(turn: dict, label: str) -> str:
+    role = turn.get("role")
+    if role is None:
+        raise RowProblem("missing_key", f"{label} has no 'role'.", f"Use one of {list(ROLES)}.")
+    if role not in ROLES:
+        raise RowProblem("unknown_role", f"{label} has unknown role {short_repr(role)}.", f"Use one of {list(ROLES)}.")
+    return role
+
+
+def sharegpt_role(turn: dict, label: str) -> str:
+    speaker = turn["from"]
+    if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
+        raise RowProblem("unknown_role", f"{label} has unknown speaker {short_repr(speaker)}.",
+                         f"ShareGPT turns use 'from' with one of {list(SHAREGPT_ROLES)}.")
+    return SHAREGPT_ROLES[speaker]
+
+
+def turn_content(content: Any, label: str) -> str:
+    """Text content; OpenAI's list of text parts is joined, a missing content (tool calls) is ''."""
+    if content is None:
+        return ""
+    if isinstance(content, list) and all(is_text_part(part) for part in content):
+        return "".join(part["text"] for part in content)
+    return text_field(content, f"{label}.content")
+
+
+def is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+
+
+def text_field(value: Any, label: str) -> str:
+    if not isinstance(value, str):
+        raise RowProblem("wrong_type", f"{label} must be a string, got {short_repr(value)}.")
+    return value
+
+
+def tool_calls(value: Any, label: str) -> list[dict]:
+    """Tool calls as given, after checking each names a function and carries its arguments."""
+    calls = json_list(value, f"{label}.tool_calls")
+    for index, call in enumerate(calls):
+        where = f"{label}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RowProblem("wrong_type", f"{where} must be an object with a 'function' that has a 'name'.")
+        if not isinstance(function.get("arguments"), str | dict):
+            raise RowProblem("wrong_type", f"{where}.function.arguments must be a JSON string or an object.")
+    return calls
+
+
+def tool_schemas(value: Any) -> list[dict]:
+    schemas = json_list(value, "tools")
+    if not all(isinstance(schema, dict) for schema in schemas):
+        raise RowProblem("wrong_type", "'tools' must be a list of objects (function schemas).")
+    return schemas
+
+
+def check_turn_order(messages: list[Message], labels: list[str]) -> None:
+    """Refuse conversations whose turns do not alternate as chat templates require."""
+    previous: Message | None = None
+    for index, (message, label) in enumerate(zip(messages, labels, strict=True)):
+        role = message["role"]
+        if role == "system" and index == 0:
+            continue
+        allowed = roles_after(previous)
+        if role not in allowed:
+            after = f"after a {previous['role']} turn" if previous else "first"
+            raise RowProblem("alternation", f"{label}: a {role} turn cannot come {after} "
+                                            f"(expected {' or '.join(allowed)}).", ORDER_HINT)
+        previous = message
+
+
+def roles_after(previous: Message | None) -> tuple[str, ...]:
+    if previous is None:
+        return ("user",)
+    if previous["role"] == "user":
+        return ("assistant",)
+    if previous["role"] == "assistant":
+        return ("tool",) if previous.get("tool_calls") else ("user",)
+    return ("tool", "assistant")
+
+
+def check_answers(messages: list[Message], labels: list[str]) -> None:
+    """Every assistant turn must say something (or call a tool), and the last turn must be one."""
+    for message, label in zip(messages, labels, strict=True):
+        if message["role"] == "assistant" and not answers(message):
+            raise RowProblem("empty_assistant", f"{label} is an empty assistant turn.",
+                             "Every assistant turn needs text (or tool_calls) for the model to learn.")
+    if messages[-1]["role"] != "assistant":
+        raise RowProblem("missing_assistant", "the last message must be a non-empty assistant turn.",
+                         "Every training row needs an answer for the model to learn.")
+
+
+def answers(message: Message) -> bool:
+    return bool(message["content"].strip() or message.get("tool_calls"))
+
+
+def labels_for(key: str, count: int, start: int = 0) -> list[str]:
+    return [f"{key}[{index}]" for index in range(start, start + count)]
+
+
+def conversation(value: Any, key: str = "messages") -> list[Message]:
+    """A whole training conversation: turns normalised, order checked, ending in an answer."""
+    messages = normalise_turns(value, key)
+    labels = labels_for(key, len(messages))
+    check_turn_order(messages, labels)
+    check_answers(messages, labels)
+    return messages
+
+
+def prompt_and_reply(prompt: Any, reply: Any, reply_key: str) -> tuple[list[Message], list[Message]]:
+    """A conversational prompt and the assistant turns that answer it, checked as one conversation."""
+    prompt_turns, reply_turns = normalise_turns(prompt, "prompt"), normalise_turns(reply, reply_key)
+    if reply_turns[0]["role"] != "assistant":
+        raise RowProblem("alternation", f"{reply_key}[0] must be an assistant turn, "
+                                        f"got {reply_turns[0]['role']}.", ORDER_HINT)
+    labels = labels_for("prompt", len(prompt_turns)) + labels_for(reply_key, len(reply_turns))
+    check_turn_order(prompt_turns + reply_turns, labels)
+    check_answers(prompt_turns + reply_turns, labels)
+    return prompt_turns, reply_turns
