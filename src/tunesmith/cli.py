@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.errors import TunesmithError
@@ -176,9 +177,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except TunesmithError as exc:
-        err.print(f"[bold red]Error:[/bold red] {exc.message}", highlight=False)
+        err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"[bold]Hint:[/bold] {exc.hint}", highlight=False)
+            err.print(f"[bold]Hint:[/bold] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

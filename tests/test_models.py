@@ -1,0 +1,107 @@
+"""Model sources: each failure users hit gets a message that says what to do.
+
+The Hub cases run against a real HTTP server started in the test (HF_ENDPOINT points at it), so the
+error translation is exercised end to end through huggingface_hub, not mocked.
+"""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ModelSourceError
+from tunesmith.models import list_models, resolve_model_source
+from tunesmith.models.loading import load_tokenizer
+
+
+def test_missing_directory_says_what_to_do(tmp_path):
+    with pytest.raises(ModelSourceError, match="Model directory not found") as info:
+        resolve_model_source(str(tmp_path / "nope"))
+    assert "models list" in info.value.hint
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ModelSourceError, match=r"no config\.json"):
+        resolve_model_source(str(tmp_path / "weights"))
+
+
+def test_local_directory_relative_to_recipe(tmp_path, tiny_model_dir):
+    link = tmp_path / "model"
+    link.symlink_to(tiny_model_dir)
+    assert resolve_model_source("model", base_dir=tmp_path) == tiny_model_dir.resolve()
+
+
+def test_tokenizer_without_chat_template_is_refused(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ModelSourceError, match="no chat template"):
+        load_tokenizer(tmp_path)
+
+
+def test_list_models_shows_embedded_alias(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    rows = list_models()
+    assert rows[0]["name"] == "smollm2-135m-instruct" and rows[0]["pulled"] is False
+
+
+class HubStub(http.server.BaseHTTPRequestHandler):
+    """Answers every request the way the Hub answers a gated or a missing repository."""
+
+    status, code = 403, "GatedRepo"
+
+    def do_GET(self):
+        body = json.dumps({"error": "Access to this model is restricted."}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Code", self.code)
+        self.send_header("X-Error-Message", "Access restricted")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def fetch_with_stub(tmp_path: Path, status: int, code: str, offline: bool = False) -> str:
+    handler = type("Stub", (HubStub,), {"status": status, "code": code})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path),
+           "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    code_ = ("from tunesmith.models import resolve_model_source\nfrom tunesmith.errors import TunesmithError\n"
+             "try:\n    resolve_model_source('acme/secret-model')\n"
+             "except TunesmithError as e:\n    print('MESSAGE:', e)\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", code_], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert "MESSAGE:" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_gated_repo_explains_licence_and_login(tmp_path):
+    out = fetch_with_stub(tmp_path, 403, "GatedRepo")
+    assert "gated" in out and "accept" in out and "hf auth login" in out
+
+
+def test_missing_or_private_repo(tmp_path):
+    out = fetch_with_stub(tmp_path, 401, "RepoNotFound")
+    assert "does not exist or is private" in out
+
+
+def test_offline_and_not_cached(tmp_path):
+    out = fetch_with_stub(tmp_path, 500, "", offline=True)
+    assert "Cannot reach the Hugging Face Hub" in out and "smollm2-135m-instruct" in out
