@@ -35,7 +35,8 @@ def test_run_directory_files_exist_and_parse(finished_run):
     assert env["packages"]["torch"] and env["packages"]["transformers"]
     data = json.loads((path / "data.json").read_text())
     assert data["train_rows"] == 64 and data["eval_rows"] == 12 and len(data["train_sha256"]) == 64
-    assert (path / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("loss.png", "base_vs_tuned.png"):
+        assert (path / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(p.name.startswith("checkpoint-") for p in (path / "checkpoints").iterdir())
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((path / "adapter" / "adapter_config.json").read_text())["r"] == 8

@@ -35,6 +35,8 @@ def write_model_card(run: Run) -> Path:
         "## Results on held-out examples (greedy decoding)",
         *results_table(results),
         "",
+        "![base vs tuned](plots/base_vs_tuned.png)",
+        "",
         "## Use",
         "```python",
         "from peft import AutoPeftModelForCausalLM",

@@ -20,6 +20,7 @@ from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
 from tunesmith.eval.metrics import SCORERS, aggregate
+from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json
 
@@ -42,6 +43,7 @@ def run_eval(recipe: Recipe, run: Run) -> Path:
     for name, context in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
     results["samples"] = sample_table(rows, outputs, limit=10)
+    plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png")
     return atomic_write_json(run.eval_dir / "results.json", results)
 
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-from tunesmith.runs import atomic_write_bytes
+from tunesmith.figures import pyplot, save_figure
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Path | None:
     """Training loss (and eval loss when logged) against optimizer step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     if not train and not evals:
@@ -28,7 +23,4 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Pa
     ax.set(xlabel="optimizer step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path)
