@@ -8,6 +8,7 @@ Both OpenAI turns (`role`/`content`) and ShareGPT turns (`from`/`value`) are acc
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -34,10 +35,8 @@ def short_repr(value: Any, limit: int = 60) -> str:
 def json_list(value: Any, key: str) -> list:
     """A list, also when a CSV or Parquet cell holds it as JSON text."""
     if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
+        with contextlib.suppress(ValueError, RecursionError):
             value = json.loads(value)
-        except (ValueError, RecursionError):
-            pass
     if not isinstance(value, list):
         raise RowProblem("wrong_type", f"'{key}' must be a list, got {type_name(value)}.")
     return value
@@ -57,7 +56,8 @@ def normalise_turn(turn: Any, label: str) -> Message:
                                        f"got {type_name(turn)}.")
     sharegpt = "role" not in turn and "from" in turn
     role = sharegpt_role(turn, label) if sharegpt else openai_role(turn, label)
-    message: Message = {"role": role, "content": turn_content(turn.get("value" if sharegpt else "content"), label)}
+    content = turn_content(turn.get("value" if sharegpt else "content"), label)
+    message: Message = {"role": role, "content": content}
     if role == "assistant" and turn.get("tool_calls") is not None:
         message["tool_calls"] = tool_calls(turn["tool_calls"], label)
     for key in ("tool_call_id", "name"):
@@ -71,7 +71,8 @@ def openai_role(turn: dict, label: str) -> str:
     if role is None:
         raise RowProblem("missing_key", f"{label} has no 'role'.", f"Use one of {list(ROLES)}.")
     if role not in ROLES:
-        raise RowProblem("unknown_role", f"{label} has unknown role {short_repr(role)}.", f"Use one of {list(ROLES)}.")
+        raise RowProblem("unknown_role", f"{label} has unknown role {short_repr(role)}.",
+                         f"Use one of {list(ROLES)}.")
     return role
 
 
@@ -108,7 +109,8 @@ def tool_calls(value: Any, label: str) -> list[dict]:
     for index, call in enumerate(calls):
         where = f"{label}.tool_calls[{index}]"
         function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        named = isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]
+        if not named:
             raise RowProblem("wrong_type", f"{where} must be an object with a 'function' that has a 'name'.")
         if not isinstance(function.get("arguments"), str | dict):
             raise RowProblem("wrong_type", f"{where}.function.arguments must be a JSON string or an object.")
@@ -131,9 +133,9 @@ def check_turn_order(messages: list[Message], labels: list[str]) -> None:
             continue
         allowed = roles_after(previous)
         if role not in allowed:
-            after = f"after a {previous['role']} turn" if previous else "first"
-            raise RowProblem("alternation", f"{label}: a {role} turn cannot come {after} "
-                                            f"(expected {' or '.join(allowed)}).", ORDER_HINT)
+            place = f"follow {previous['role']!r}" if previous else "come first"
+            raise RowProblem("alternation", f"{label}: {role!r} cannot {place} "
+                                            f"(expected {' or '.join(map(repr, allowed))}).", ORDER_HINT)
         previous = message
 
 

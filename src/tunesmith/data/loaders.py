@@ -1,0 +1,116 @@
+"""Load a dataset file as canonical rows: read the format, map columns, detect the shape, validate.
+
+`load_records` is the one entry point for data commands and trainers. Any problem comes out as a
+DataError naming the file, the line (or row index) and what is wrong; with `skip_invalid`, bad rows
+are skipped instead and counted by reason, so a report can say what was dropped and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tunesmith.data.readers import Record, read_records
+from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of
+from tunesmith.errors import DataError, RowProblem
+
+SHAPE_HINT = ("Rows need 'messages', 'conversations' (ShareGPT), 'instruction' and 'output' (Alpaca), "
+              "'prompt' and 'completion', 'chosen' and 'rejected', or 'text'; map other column names "
+              "onto these with `columns`.")
+
+
+@dataclass
+class LoadResult:
+    """The canonical rows of one file, the shape they share, and what was skipped (by reason) and why."""
+
+    path: Path
+    file_format: str
+    source_shape: str  # the layout as found: messages, sharegpt, alpaca, prompt_completion, ...
+    shape: str  # the canonical shape: messages, prompt_completion, preference, unpaired_preference, text
+    rows: list[Row] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
+                 skip_invalid: bool = False, shape: str = "auto") -> LoadResult:
+    """Every row of the file as a canonical row of one shape (detected from the first usable record
+    unless `shape` names a layout). `columns` renames source columns before anything else looks."""
+    path = Path(path)
+    file_format, records = read_records(path, fmt)
+    if not records:
+        raise DataError(f"{path} holds no rows.", "Add at least one example.")
+    records = rename_columns(records, columns)
+    layout = choose_layout(records, shape, skip_invalid)
+    result = LoadResult(path, file_format, layout, shape_of(layout))
+    for record in records:
+        add_row(result, record, layout, skip_invalid)
+    if not result.rows:
+        raise DataError(f"{path}: no usable rows; skipped {sum(result.skipped.values())} "
+                        f"({describe_skipped(result.skipped)}), e.g. {result.problems[0]}",
+                        "Fix the rows, or map the column names with `columns`.")
+    return result
+
+
+def rename_columns(records: list[Record], columns: dict[str, str] | None) -> list[Record]:
+    """Apply the user's column mapping; a mapped column wins over one that already has the target name."""
+    if not columns:
+        return records
+    names_only = isinstance(columns, dict) and all(isinstance(n, str) for p in columns.items() for n in p)
+    if not names_only:
+        raise DataError(f"`columns` must map source column names to canonical ones, got {columns!r}.",
+                        "For example {'question': 'prompt', 'answer': 'completion'}.")
+    return [replace(record, value=renamed(record.value, columns)) if isinstance(record.value, dict)
+            else record for record in records]
+
+
+def renamed(value: dict, columns: dict[str, str]) -> dict:
+    kept = {key: item for key, item in value.items() if key not in columns}
+    kept.update({columns[key]: item for key, item in value.items() if key in columns})
+    return kept
+
+
+def choose_layout(records: list[Record], shape: str, skip_invalid: bool) -> str:
+    """The forced layout, or the one the first readable record's keys point to."""
+    if shape != "auto":
+        if shape not in LAYOUTS:
+            raise DataError(f"Unknown dataset shape {shape!r}.", f"Use 'auto' or one of {list(LAYOUTS)}.")
+        return shape
+    for record in records:
+        readable = record.problem is None and isinstance(record.value, dict)
+        if readable and (layout := detect_layout(record.value)):
+            return layout
+    unreadable = next((record for record in records if record.problem), None)
+    if unreadable and not skip_invalid:
+        raise located(unreadable.where, unreadable.problem)
+    raise unknown_shape(records)
+
+
+def unknown_shape(records: list[Record]) -> DataError:
+    first = next((record for record in records if isinstance(record.value, dict)), None)
+    if first is None:
+        return DataError(f"{records[0].where}: cannot tell the dataset shape: no row is an object with "
+                         "named fields.", SHAPE_HINT)
+    return DataError(f"{first.where}: cannot tell the dataset shape from keys {key_list(first.value)}.",
+                     SHAPE_HINT)
+
+
+def add_row(result: LoadResult, record: Record, layout: str, skip_invalid: bool) -> None:
+    try:
+        if record.problem:
+            raise record.problem
+        result.rows.append(normalise_record(record.value, layout))
+    except RowProblem as problem:
+        if not skip_invalid:
+            raise located(record.where, problem) from None
+        result.skipped[problem.reason] = result.skipped.get(problem.reason, 0) + 1
+        result.problems.append(f"{record.where}: {problem.message}")
+
+
+def located(where: str, problem: RowProblem) -> DataError:
+    """The row's problem as the error users see: file and line (or row index) first."""
+    return DataError(f"{where}: {problem.message}", problem.hint)
+
+
+def describe_skipped(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items()))

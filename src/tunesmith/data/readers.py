@@ -1,0 +1,262 @@
+"""Read a dataset file of any supported format into raw records that remember where they came from.
+
+Formats: JSONL, JSON (an array, or `{"data": [...]}`), CSV, TSV, Parquet, and a folder written by
+`datasets`' `save_to_disk`. A problem confined to one record (a line that is not JSON, a row with bytes
+that are not UTF-8) travels with that record, so the loader can skip it or name its line; a problem
+with the whole file raises DataError here. A UTF-8 BOM, CRLF line ends and blank lines are tolerated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.turns import type_name
+from tunesmith.errors import DataError, RowProblem
+
+FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets")
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+              ".parquet": "parquet", ".pq": "parquet"}
+FORMAT_HINT = f"Name the file format (one of {list(FORMATS)}), or use an extension such as .jsonl or .csv."
+UTF8_HINT = "Re-save the file as UTF-8."
+UTF8_BOM = b"\xef\xbb\xbf"
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw record (or the problem that stopped it being read) and its place in the file."""
+
+    where: str
+    value: Any = None
+    problem: RowProblem | None = None
+
+
+def read_records(path: Path, fmt: str = "auto") -> tuple[str, list[Record]]:
+    """The file's format (detected when `fmt` is "auto") and its records in file order."""
+    if not path.exists():
+        raise DataError(f"Dataset file not found: {path}",
+                        "Check the path; data.train / data.eval in a recipe are relative to the recipe file.")
+    try:
+        fmt = detect_format(path) if fmt == "auto" else checked_format(path, fmt)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}).") from None
+    return fmt, READERS[fmt](path)
+
+
+def checked_format(path: Path, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise DataError(f"Unknown file format {fmt!r}.", f"Use 'auto' or one of {list(FORMATS)}.")
+    if (fmt == "datasets") != path.is_dir():
+        wanted = "a folder written by save_to_disk" if fmt == "datasets" else "a file"
+        raise DataError(f"{path}: the {fmt} format needs {wanted}.", FORMAT_HINT)
+    return fmt
+
+
+def detect_format(path: Path) -> str:
+    """From the extension where it is known, else from the first bytes. `.json` files that are really
+    JSONL (one object per line) are common, so those are told apart by their contents."""
+    if path.is_dir():
+        return "datasets"
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return json_or_jsonl(path)
+    return EXTENSIONS.get(suffix) or sniff_format(path)
+
+
+def json_or_jsonl(path: Path) -> str:
+    """JSONL when the first non-blank line is a JSON value by itself and more lines follow."""
+    with path.open("rb") as handle:
+        first = next((line for line in handle if line.strip()), b"")
+        more = any(line.strip() for line in handle)
+    if not more:
+        return "json"
+    try:
+        json.loads(first.removeprefix(UTF8_BOM).decode("utf-8"))
+    except (ValueError, RecursionError):
+        return "json"
+    return "jsonl"
+
+
+def sniff_format(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(65536)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.removeprefix(UTF8_BOM).lstrip()
+    if not text or text[:1] in (b"[", b"{"):
+        return json_or_jsonl(path) if text else "jsonl"
+    first_line = text.split(b"\n", 1)[0]
+    if b"\t" in first_line:
+        return "tsv"
+    if b"," in first_line:
+        return "csv"
+    raise DataError(f"{path}: cannot tell the file format from its name or contents.", FORMAT_HINT)
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes().removeprefix(UTF8_BOM)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}).") from None
+
+
+def read_jsonl(path: Path) -> list[Record]:
+    """One record per non-blank line, numbered as an editor numbers them."""
+    lines = read_bytes(path).split(b"\n")
+    return [json_line_record(line, f"{path}, line {number}")
+            for number, line in enumerate(lines, start=1) if line.strip(b" \t\r")]
+
+
+def json_line_record(line: bytes, where: str) -> Record:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Record(where, problem=RowProblem(
+            "undecodable", f"not valid UTF-8 ({exc.reason} at byte {exc.start} of the line).", UTF8_HINT))
+    try:
+        return Record(where, json.loads(text))
+    except json.JSONDecodeError as exc:
+        message = f"not valid JSON ({exc.msg}, column {exc.colno})."
+    except (ValueError, RecursionError) as exc:
+        message = f"not valid JSON ({exc})."
+    hint = "Each line of a JSONL file must be one JSON object."
+    return Record(where, problem=RowProblem("bad_json", message, hint))
+
+
+def read_json(path: Path) -> list[Record]:
+    data = read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 ({exc.reason}).", UTF8_HINT) from None
+    if not text.strip():
+        return []
+    return indexed_records(path, records_in(parse_json_document(text, path), path))
+
+
+def parse_json_document(text: str, path: Path) -> Any:
+    hint = 'A .json file holds one array of records (or {"data": [...]}); use .jsonl for one record per line.'
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}).",
+                        hint) from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}).", hint) from None
+
+
+def records_in(document: Any, path: Path) -> list:
+    """The records of a JSON document: an array, the array under "data", or one object on its own."""
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        return document["data"]
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        return [document]
+    raise DataError(f"{path}: expected an array of records or an object with a 'data' array, "
+                    f"got {type_name(document)}.")
+
+
+def indexed_records(path: Path, values: list) -> list[Record]:
+    return [Record(f"{path}, row index {index}", value) for index, value in enumerate(values)]
+
+
+def read_delimited(path: Path, delimiter: str) -> list[Record]:
+    """Rows of a CSV/TSV file with a header line, each numbered by the line it starts on."""
+    text = read_bytes(path).decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows = numbered_rows(reader, path, "CSV" if delimiter == "," else "TSV")
+    header = next(rows, None)
+    if header is None:
+        return []
+    columns = header_columns(*header, path)
+    return [cells_record(columns, fields, f"{path}, line {line}") for line, fields in rows]
+
+
+def numbered_rows(reader: Any, path: Path, kind: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) for each row that is not blank (rows of empty cells count as blank).
+    Quoting errors stop the read: after one, the rows that follow cannot be trusted."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {line}: cannot be parsed as {kind} ({exc}).",
+                            "Check the quoting: a quote never closed swallows the lines after it.") from None
+        if any(field.strip() for field in fields):
+            yield line, fields
+
+
+def header_columns(line: int, fields: list[str], path: Path) -> list[str]:
+    names = [field.strip() for field in fields]
+    if any(UNDECODABLE.search(name) for name in names):
+        raise DataError(f"{path}, line {line}: the header is not valid UTF-8.", UTF8_HINT)
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise DataError(f"{path}, line {line}: columns {repeated} appear more than once in the header.")
+    return names
+
+
+def cells_record(columns: list[str], fields: list[str], where: str) -> Record:
+    if len(fields) != len(columns):
+        return Record(where, problem=RowProblem(
+            "wrong_field_count", f"has {len(fields)} fields but the header names {len(columns)} columns.",
+            "Quote fields that contain the delimiter or a line break."))
+    if any(UNDECODABLE.search(field) for field in fields):
+        return Record(where, problem=RowProblem("undecodable", "not valid UTF-8.", UTF8_HINT))
+    return Record(where, dict(zip(columns, fields, strict=True)))
+
+
+def read_parquet(path: Path) -> list[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc}).") from None
+    return indexed_records(path, rows)
+
+
+def read_dataset_folder(path: Path) -> list[Record]:
+    """A folder from `save_to_disk`: a Dataset, or a DatasetDict from which the train split is read."""
+    import pyarrow as pa
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: not a dataset folder written by save_to_disk ({exc}).",
+                        FORMAT_HINT) from None
+    dataset = pick_split(loaded, path) if isinstance(loaded, DatasetDict) else loaded
+    return indexed_records(path, dataset.to_list())
+
+
+def pick_split(splits: Any, path: Path) -> Any:
+    if "train" in splits:
+        return splits["train"]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise DataError(f"{path} holds the splits {sorted(splits)}, and none is called 'train'.",
+                    f"Point at one split's folder, e.g. {path / sorted(splits)[0]}.")
+
+
+READERS: dict[str, Callable[[Path], list[Record]]] = {
+    "jsonl": read_jsonl,
+    "json": read_json,
+    "csv": lambda path: read_delimited(path, ","),
+    "tsv": lambda path: read_delimited(path, "\t"),
+    "parquet": read_parquet,
+    "datasets": read_dataset_folder,
+}

@@ -1,0 +1,213 @@
+"""Recognise a dataset's shape from its keys and turn each record into a canonical row (DESIGN §2).
+
+Canonical rows follow TRL's dataset conventions, so every trainer downstream sees one of five shapes:
+`messages` (optionally with `tools`), `prompt_completion`, `preference`, `unpaired_preference`, `text`.
+ShareGPT and Alpaca records are recognised too and become `messages` rows. Keys a shape does not use
+(ids, sources, scores) are left out of the canonical row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from tunesmith.data.turns import (
+    Message,
+    conversation,
+    prompt_and_reply,
+    short_repr,
+    text_field,
+    tool_schemas,
+    type_name,
+)
+from tunesmith.errors import RowProblem
+
+Row = dict[str, Any]
+
+# The keys that identify each layout, in detection order: the first layout whose keys a record has wins.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "preference": ("chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label"),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "text": ("text",),
+}
+SHAPES = ("messages", "prompt_completion", "preference", "unpaired_preference", "text")
+LABEL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def shape_of(layout: str) -> str:
+    """The canonical shape a layout becomes: ShareGPT and Alpaca are conversations."""
+    return "messages" if layout in ("sharegpt", "alpaca") else layout
+
+
+def detect_layout(record: dict) -> str | None:
+    return next((layout for layout, keys in LAYOUTS.items() if all(key in record for key in keys)), None)
+
+
+def normalise_record(value: Any, layout: str) -> Row:
+    """One raw record as a canonical row of `layout`, or a RowProblem saying what is wrong with it."""
+    if not isinstance(value, dict):
+        raise RowProblem("not_an_object", f"expected a JSON object, got {type_name(value)}.")
+    missing = [key for key in LAYOUTS[layout] if key not in value]
+    if missing:
+        raise RowProblem("missing_key", f"a {layout} row needs {missing}; this one has {key_list(value)}.",
+                         "Map your column names onto the expected ones with `columns`.")
+    row = NORMALISERS[layout](value)
+    check_writable(row)
+    return row
+
+
+def key_list(record: dict, limit: int = 10) -> str:
+    keys = sorted(str(key) for key in record)
+    return str(keys[:limit])[:-1] + ", ...]" if len(keys) > limit else str(keys)
+
+
+def required_text(record: dict, key: str, reason: str = "empty") -> str:
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        raise RowProblem(reason if isinstance(value, str) else "wrong_type",
+                         f"'{key}' must be a non-empty string, got {short_repr(value)}.")
+    return value
+
+
+def with_tools(row: Row, record: dict) -> Row:
+    """Carry the row's tool schemas along (conversational rows only); an empty CSV cell means none."""
+    if record.get("tools") not in (None, ""):
+        row["tools"] = tool_schemas(record["tools"])
+    return row
+
+
+def with_system(messages: list[Message], system: Any) -> list[Message]:
+    if not system or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": text_field(system, "system")}, *messages]
+
+
+def messages_row(record: dict) -> Row:
+    return with_tools({"messages": conversation(record["messages"])}, record)
+
+
+def sharegpt_row(record: dict) -> Row:
+    messages = conversation(record["conversations"], "conversations")
+    return with_tools({"messages": with_system(messages, record.get("system"))}, record)
+
+
+def alpaca_row(record: dict) -> Row:
+    """Instruction (plus input, when there is one) becomes the user turn, output the answer."""
+    instruction = required_text(record, "instruction")
+    extra = text_field(record.get("input") or "", "input")
+    output = required_text(record, "output", reason="empty_assistant")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return {"messages": with_system(messages, record.get("system"))}
+
+
+def is_conversational(record: dict, keys: tuple[str, ...]) -> bool:
+    """Whether the fields are all lists of messages (True) or all plain strings (False); mixing is refused."""
+    values = [record[key] for key in keys]
+    if all(isinstance(value, str) for value in values):
+        return False
+    if all(isinstance(value, list) for value in values):
+        return True
+    found = ", ".join(f"{key}: {type_name(value)}" for key, value in zip(keys, values, strict=True))
+    raise RowProblem("wrong_type", f"{list(keys)} must all be strings or all be lists of messages ({found}).")
+
+
+def prompt_completion_row(record: dict) -> Row:
+    if not is_conversational(record, ("prompt", "completion")):
+        return {"prompt": required_text(record, "prompt"),
+                "completion": required_text(record, "completion", reason="empty_assistant")}
+    prompt, completion = prompt_and_reply(record["prompt"], record["completion"], "completion")
+    return with_tools({"prompt": prompt, "completion": completion}, record)
+
+
+def unpaired_preference_row(record: dict) -> Row:
+    return {**prompt_completion_row(record), "label": label_value(record["label"])}
+
+
+def label_value(value: Any) -> bool:
+    """True/false as JSON booleans, 0/1, or the words CSV files use for them."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABEL_WORDS:
+        return LABEL_WORDS[value.strip().lower()]
+    raise RowProblem("wrong_type", f"'label' must be true or false, got {short_repr(value)}.")
+
+
+def preference_row(record: dict) -> Row:
+    if record.get("prompt") is None:
+        return implicit_preference_row(record)
+    if not is_conversational(record, ("prompt", "chosen", "rejected")):
+        row = {"prompt": required_text(record, "prompt"),
+               "chosen": required_text(record, "chosen", reason="empty_assistant"),
+               "rejected": required_text(record, "rejected", reason="empty_assistant")}
+    else:
+        prompt, chosen = prompt_and_reply(record["prompt"], record["chosen"], "chosen")
+        _, rejected = prompt_and_reply(record["prompt"], record["rejected"], "rejected")
+        row = with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, record)
+    if row["chosen"] == row["rejected"]:
+        raise identical_pair()
+    return row
+
+
+def implicit_preference_row(record: dict) -> Row:
+    """Whole chosen/rejected conversations: the turns they share become the prompt (as TRL does)."""
+    if isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
+        raise RowProblem("missing_key", "a preference row without 'prompt' must give 'chosen' and 'rejected' "
+                                        "as whole conversations that share their prompt turns.",
+                         "Add a 'prompt' column, or map one onto it with `columns`.")
+    chosen, rejected = conversation(record["chosen"], "chosen"), conversation(record["rejected"], "rejected")
+    shared = shared_prompt_length(chosen, rejected)
+    row = {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+    return with_tools(row, record)
+
+
+def shared_prompt_length(chosen: list[Message], rejected: list[Message]) -> int:
+    """How many leading turns the two share; they must then part ways at an assistant turn."""
+    if chosen == rejected:
+        raise identical_pair()
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    parts_at_answer = all(len(turns) > shared and turns[shared]["role"] == "assistant"
+                          for turns in (chosen, rejected))
+    if not shared or not parts_at_answer:
+        raise RowProblem("no_shared_prompt", "'chosen' and 'rejected' must start with the same prompt turns "
+                                             "and differ from an assistant turn on.")
+    return shared
+
+
+def identical_pair() -> RowProblem:
+    return RowProblem("identical_pair", "'chosen' and 'rejected' are identical: there is nothing to prefer.")
+
+
+def text_row(record: dict) -> Row:
+    return {"text": required_text(record, "text")}
+
+
+def check_writable(row: Row) -> None:
+    """A canonical row must survive being written as UTF-8 JSON (`prepare` does exactly that)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowProblem("undecodable", "holds text that is not valid Unicode (a lone surrogate such "
+                                        "as \\ud800).", "Fix the \\u escapes in the source file.") from None
+    except (TypeError, ValueError, RecursionError):
+        raise RowProblem("wrong_type", "holds a value that cannot be written as JSON.") from None
+
+
+NORMALISERS: dict[str, Callable[[dict], Row]] = {
+    "messages": messages_row,
+    "sharegpt": sharegpt_row,
+    "alpaca": alpaca_row,
+    "prompt_completion": prompt_completion_row,
+    "unpaired_preference": unpaired_preference_row,
+    "preference": preference_row,
+    "text": text_row,
+}

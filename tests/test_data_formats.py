@@ -1,0 +1,566 @@
+"""Every input format and dataset shape becomes canonical rows; every bad row is named by file and line.
+
+Fixtures live in tests/fixtures/data/ (small, hand-written); Parquet files and `save_to_disk` folders
+are written from them in the tests, so the binary formats carry exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunesmith.data.formats import load_conversations
+from tunesmith.data.loaders import load_records
+from tunesmith.errors import DataError, TunesmithError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+USER = {"role": "user", "content": "Two red mugs."}
+ANSWER = {"role": "assistant", "content": "mug x2"}
+GOOD = {"messages": [USER, ANSWER]}
+
+
+def write_jsonl(path: Path, values: list) -> Path:
+    path.write_text("".join(json.dumps(value) + "\n" for value in values), encoding="utf-8")
+    return path
+
+
+def fixture_rows(name: str) -> list[dict]:
+    return load_records(FIXTURES / name).rows
+
+
+# --- shapes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "file_format", "source_shape", "shape", "count"),
+    [
+        ("messages.jsonl", "jsonl", "messages", "messages", 4),
+        ("sharegpt.json", "json", "sharegpt", "messages", 3),
+        ("alpaca.json", "json", "alpaca", "messages", 2),
+        ("prompt_completion.csv", "csv", "prompt_completion", "prompt_completion", 2),
+        ("prompt_completion.tsv", "tsv", "prompt_completion", "prompt_completion", 2),
+        ("prompt_completion_conversational.jsonl", "jsonl", "prompt_completion", "prompt_completion", 1),
+        ("preference.jsonl", "jsonl", "preference", "preference", 2),
+        ("preference_conversational.jsonl", "jsonl", "preference", "preference", 2),
+        ("preference_implicit.jsonl", "jsonl", "preference", "preference", 2),
+        ("unpaired_preference.csv", "csv", "unpaired_preference", "unpaired_preference", 4),
+        ("text.jsonl", "jsonl", "text", "text", 2),
+        ("jsonl_named.json", "jsonl", "prompt_completion", "prompt_completion", 2),
+    ],
+)
+def test_every_fixture_is_detected(name, file_format, source_shape, shape, count):
+    result = load_records(FIXTURES / name)
+    assert (result.file_format, result.source_shape, result.shape) == (file_format, source_shape, shape)
+    assert len(result.rows) == count and result.skipped == {}
+
+
+def test_openai_chat_keeps_system_tools_and_tool_turns():
+    rows = fixture_rows("messages.jsonl")
+    assert rows[1] == {"messages": [{"role": "system", "content": "You convert orders to JSON."},
+                                    {"role": "user", "content": "A lamp."},
+                                    {"role": "assistant", "content": '{"item": "lamp", "qty": 1}'},
+                                    {"role": "user", "content": "Make it three."},
+                                    {"role": "assistant", "content": '{"item": "lamp", "qty": 3}'}]}
+    tool_row = rows[2]
+    assert tool_row["tools"][0]["function"]["name"] == "stock_level"
+    assert [m["role"] for m in tool_row["messages"]] == ["user", "assistant", "tool", "assistant"]
+    call = tool_row["messages"][1]
+    assert call["content"] == "" and call["tool_calls"][0]["id"] == "call_1"
+    assert tool_row["messages"][2] == {"role": "tool", "content": '{"units": 14}', "tool_call_id": "call_1",
+                                       "name": "stock_level"}
+
+
+def test_text_parts_are_joined_and_unused_keys_dropped():
+    rows = fixture_rows("messages.jsonl")
+    assert rows[3]["messages"][0] == {"role": "user", "content": "Hello there"}
+    assert "id" not in rows[1]
+
+
+def test_sharegpt_speakers_become_roles():
+    rows = fixture_rows("sharegpt.json")
+    assert rows[0] == {"messages": [{"role": "user", "content": "Six green t-shirts."},
+                                    {"role": "assistant", "content": '{"item": "t-shirt", "qty": 6}'}]}
+    assert [m["role"] for m in rows[1]["messages"]] == ["system", "user", "assistant"]
+    assert rows[2]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_alpaca_input_is_appended_to_the_instruction_only_when_present():
+    rows = fixture_rows("alpaca.json")
+    assert rows[0]["messages"][0] == {"role": "user", "content": "Convert the order to JSON.\n\nTwo red mugs"}
+    assert rows[1] == {"messages": [{"role": "user", "content": "Say hello in French."},
+                                    {"role": "assistant", "content": "Bonjour !"}]}
+
+
+def test_csv_quoting_keeps_commas_and_line_breaks_inside_fields():
+    rows = fixture_rows("prompt_completion.csv")
+    assert rows[0] == {"prompt": "Two red mugs", "completion": '{"item": "mug", "qty": 2}'}
+    assert rows[1] == {"prompt": "A lamp, and a tote", "completion": "Two items:\na lamp and a tote."}
+
+
+def test_plain_and_conversational_preference_rows():
+    plain = fixture_rows("preference.jsonl")[0]
+    assert plain == {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
+    row = fixture_rows("preference_conversational.jsonl")[1]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert row["chosen"] == [{"role": "assistant", "content": "4"}]
+
+
+def test_implicit_prompt_is_the_shared_prefix():
+    first, second = fixture_rows("preference_implicit.jsonl")
+    assert first == {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
+                     "chosen": [{"role": "assistant", "content": "Blue."}],
+                     "rejected": [{"role": "assistant", "content": "Green."}]}
+    assert len(second["prompt"]) == 3 and second["chosen"] == [{"role": "assistant", "content": "4"}]
+
+
+def test_unpaired_labels_from_csv_words_become_booleans():
+    assert [row["label"] for row in fixture_rows("unpaired_preference.csv")] == [True, False, True, False]
+
+
+def test_conversational_prompt_completion():
+    row = fixture_rows("prompt_completion_conversational.jsonl")[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert row["completion"] == [{"role": "assistant", "content": '{"item": "mug", "qty": 2}'}]
+
+
+def test_forced_shape_overrides_detection(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "completion": "c", "text": "t"}])
+    assert load_records(path, shape="text").rows == [{"text": "t"}]
+    assert load_records(path).shape == "prompt_completion"
+    with pytest.raises(DataError, match="Unknown dataset shape 'chat'"):
+        load_records(path, shape="chat")
+
+
+# --- file formats -------------------------------------------------------------------------------------
+
+
+def test_parquet_holds_the_same_rows_as_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = (FIXTURES / "preference_conversational.jsonl").read_text(encoding="utf-8").splitlines()
+    values = [json.loads(line) for line in lines]
+    pq.write_table(pa.Table.from_pylist(values), tmp_path / "pref.parquet")
+    result = load_records(tmp_path / "pref.parquet")
+    assert result.file_format == "parquet" and result.shape == "preference"
+    assert result.rows == fixture_rows("preference_conversational.jsonl")
+
+
+def test_parquet_is_recognised_by_its_magic_bytes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"text": "a"}, {"text": "b"}]), tmp_path / "blob.bin")
+    assert load_records(tmp_path / "blob.bin").file_format == "parquet"
+
+
+def test_struct_columns_from_arrow_fill_missing_message_keys_with_null(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(fixture_rows("messages.jsonl")).save_to_disk(tmp_path / "chat")
+    result = load_records(tmp_path / "chat")
+    assert result.file_format == "datasets"
+    assert result.rows[0] == fixture_rows("messages.jsonl")[0]  # null tool_calls/name/tools dropped again
+    assert result.rows[2]["messages"][2]["tool_call_id"] == "call_1"
+
+
+def test_dataset_dict_folder_reads_the_train_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    splits = DatasetDict({"train": Dataset.from_list([{"text": "t1"}, {"text": "t2"}]),
+                          "test": Dataset.from_list([{"text": "x"}])})
+    splits.save_to_disk(tmp_path / "dd")
+    assert load_records(tmp_path / "dd").rows == [{"text": "t1"}, {"text": "t2"}]
+
+
+def test_dataset_dict_without_train_split_asks_which(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    splits = DatasetDict({"a": Dataset.from_list([{"text": "x"}]), "b": Dataset.from_list([{"text": "y"}])})
+    splits.save_to_disk(tmp_path / "dd")
+    with pytest.raises(DataError, match=r"splits \['a', 'b'\]"):
+        load_records(tmp_path / "dd")
+
+
+def test_json_array_under_data_key_and_single_object(tmp_path):
+    (tmp_path / "one.json").write_text(json.dumps({"text": "only"}), encoding="utf-8")
+    assert load_records(tmp_path / "one.json").rows == [{"text": "only"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt"),
+    [('[{"text": "a"}]', "json"), ('{"text": "a"}\n{"text": "b"}\n', "jsonl"), ("text,x\na,1\n", "csv"),
+     ("text\tx\na\t1\n", "tsv")],
+)
+def test_unknown_extension_is_sniffed_from_contents(tmp_path, content, fmt):
+    path = tmp_path / "data.txt"
+    path.write_text(content, encoding="utf-8")
+    assert load_records(path).file_format == fmt
+
+
+def test_forced_format_beats_the_extension(tmp_path):
+    path = tmp_path / "rows.txt"
+    path.write_text("text\nhello\n", encoding="utf-8")
+    assert load_records(path, fmt="csv").rows == [{"text": "hello"}]
+    with pytest.raises(DataError, match="cannot tell the file format"):
+        load_records(path)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "problem"),
+    [("xml", "Unknown file format 'xml'"), ("datasets", "needs a folder written by save_to_disk")],
+)
+def test_bad_forced_format_is_explained(tmp_path, fmt, problem):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(DataError, match=problem):
+        load_records(path, fmt=fmt)
+
+
+# --- BOM, CRLF, blank lines ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [
+        ("bom_crlf.jsonl", [{"prompt": "hi", "completion": "hello"},
+                            {"prompt": "bye", "completion": "goodbye"}]),
+        ("bom_crlf.csv", [{"prompt": "hi", "completion": "hello"},
+                          {"prompt": "bye", "completion": "good\r\nbye"}]),
+        ("bom_crlf.json", [{"text": "café"}, {"text": "tea"}]),
+    ],
+)
+def test_bom_crlf_and_trailing_blank_lines_load_as_expected(name, rows):
+    raw = (FIXTURES / name).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw  # the fixture still has what it tests
+    assert load_records(FIXTURES / name).rows == rows
+
+
+def test_line_numbers_count_blank_lines_and_multi_line_csv_fields(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,completion\n\nhi,"two\nlines"\nbad,row,extra\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.csv, line 5: has 3 fields but the header names 2 columns"):
+        load_records(path)
+
+
+def test_unicode_line_separators_inside_jsonl_strings_do_not_split_rows(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b\x0cc\x1dd"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_records(path).rows == [{"text": "a\u2028b\x0cc\x1dd"}]
+
+
+# --- column mapping -------------------------------------------------------------------------------------
+
+
+def test_columns_are_mapped_before_detection():
+    result = load_records(FIXTURES / "qa.csv", columns={"question": "prompt", "answer": "completion"})
+    assert result.shape == "prompt_completion"
+    assert result.rows[1] == {"prompt": "What sizes do totes come in?", "completion": "S, M and L."}
+
+
+def test_without_mapping_the_unknown_columns_are_named():
+    with pytest.raises(DataError, match=r"qa\.csv, line 2: cannot tell the dataset shape from keys "
+                                        r"\['answer', 'notes', 'question'\]"):
+        load_records(FIXTURES / "qa.csv")
+
+
+def test_mapped_column_wins_over_an_existing_one(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "old", "body": "new"}])
+    assert load_records(path, columns={"body": "text"}).rows == [{"text": "new"}]
+
+
+def test_mapping_must_be_names_to_names(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(DataError, match="`columns` must map"):
+        load_records(path, columns={"question": 3})
+
+
+# --- validation: one error per kind of problem, named by file and line ------------------------------------
+
+
+BAD_ROWS = [
+    ('{"messages": [', "bad_json", "not valid JSON"),
+    ("[1, 2]", "not_an_object", "expected a JSON object, got list"),
+    ('{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+     "unknown_role", r"messages\[0\] has unknown role 'robot'"),
+    ('{"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}',
+     "missing_key", "has no 'role'"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}',
+     "empty_assistant", r"messages\[1\] is an empty assistant turn"),
+    ('{"messages": [{"role": "user", "content": "x"}]}',
+     "missing_assistant", "last message must be a non-empty assistant"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}, '
+     '{"role": "assistant", "content": "z"}]}',
+     "alternation", r"messages\[1\]: 'user' cannot follow 'user' \(expected 'assistant'\)"),
+    ('{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "y"}, '
+     '{"role": "assistant", "content": "z"}]}', "alternation", "'assistant' cannot come first"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}, '
+     '{"role": "assistant", "content": "z"}]}', "alternation", "'system' cannot follow 'user'"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}, '
+     '{"role": "assistant", "content": "z"}]}', "alternation", "'tool' cannot follow 'user'"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}, '
+     '{"role": "tool", "content": "42"}, {"role": "assistant", "content": "z"}]}', "alternation",
+     "'tool' cannot follow 'assistant' \\(expected 'user'\\)"),
+    ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}',
+     "wrong_type", r"messages\[0\]\.content must be a string, got 5"),
+    ('{"messages": "hello"}', "wrong_type", "'messages' must be a list, got str"),
+    ('{"messages": []}', "empty", "'messages' must be a non-empty list"),
+    ('{"messages": ["hi", "there"]}', "wrong_type", r"messages\[0\] must be an object"),
+    ('{"messages": [{"role": "user", "content": "x"}, '
+     '{"role": "assistant", "content": "", "tool_calls": [{}]}]}',
+     "wrong_type", r"tool_calls\[0\] must be an object with a 'function'"),
+    ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": 3}',
+     "wrong_type", "'tools' must be a list"),
+    ('{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "y"}]}',
+     "undecodable", "lone surrogate"),
+    ('{"text": "hi"}', "missing_key", r"a messages row needs \['messages'\]"),
+]
+BAD_ROW_IDS = [f"{reason}-{index}" for index, (_, reason, _) in enumerate(BAD_ROWS)]
+
+
+@pytest.mark.parametrize(("line", "reason", "problem"), BAD_ROWS, ids=BAD_ROW_IDS)
+def test_bad_conversation_rows_are_named_by_file_and_line(tmp_path, line, reason, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=problem) as info:
+        load_records(path)
+    assert str(info.value).startswith(f"{path}, line 3: ")
+
+
+@pytest.mark.parametrize(("line", "reason", "problem"), BAD_ROWS, ids=BAD_ROW_IDS)
+def test_skip_invalid_skips_each_problem_under_its_reason(tmp_path, line, reason, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n", encoding="utf-8")
+    result = load_records(path, skip_invalid=True)
+    assert result.rows == [GOOD] and result.skipped == {reason: 1}
+    assert result.problems[0].startswith(f"{path}, line 2: ")
+
+
+SHAPE_BAD_ROWS = [
+    ({"prompt": "", "completion": "c"}, "empty", "'prompt' must be a non-empty string, got ''"),
+    ({"prompt": "p", "completion": "  "}, "empty_assistant", "'completion' must be a non-empty string"),
+    ({"prompt": "p", "completion": ["c"]},
+     "wrong_type", r"must all be strings or all be lists.*completion: list"),
+    ({"prompt": [{"role": "user", "content": "p"}], "completion": [{"role": "user", "content": "c"}]},
+     "alternation", r"completion\[0\] must be an assistant turn"),
+    ({"prompt": "p", "completion": "c", "label": "maybe"},
+     "wrong_type", "'label' must be true or false, got 'maybe'"),
+    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "identical_pair", "identical"),
+    ({"prompt": "p", "chosen": 1, "rejected": "b"}, "wrong_type", "must all be strings or all be lists"),
+    ({"chosen": "a", "rejected": "b"},
+     "missing_key", "without 'prompt' must give 'chosen' and 'rejected' as whole"),
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "other q"}, {"role": "assistant", "content": "b"}]},
+     "no_shared_prompt", "must start with the same prompt turns"),
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+     "identical_pair", "identical"),
+    ({"instruction": "  ", "output": "o"}, "empty", "'instruction' must be a non-empty string"),
+    ({"instruction": "i", "input": 3, "output": "o"}, "wrong_type", "input must be a string, got 3"),
+    ({"conversations": [{"from": "bot", "value": "x"}]}, "unknown_role", "unknown speaker 'bot'"),
+    ({"text": None}, "wrong_type", "'text' must be a non-empty string, got None"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason", "problem"), SHAPE_BAD_ROWS,
+                         ids=[f"{r}-{i}" for i, (_, r, _) in enumerate(SHAPE_BAD_ROWS)])
+def test_bad_rows_of_every_shape_are_refused(tmp_path, value, reason, problem):
+    path = write_jsonl(tmp_path / "bad.jsonl", [value])
+    with pytest.raises(DataError, match=problem) as info:
+        load_records(path)
+    assert str(info.value).startswith(f"{path}, line 1: ")
+    with pytest.raises(DataError, match=rf"no usable rows; skipped 1 \(1 {reason}\)"):
+        load_records(path, skip_invalid=True)
+
+
+def test_skip_invalid_counts_every_reason_in_one_file():
+    result = load_records(FIXTURES / "invalid_mixed.jsonl", skip_invalid=True)
+    assert [row["messages"][0]["content"] for row in result.rows] == ["Two mugs.", "A lamp."]
+    assert result.skipped == {"bad_json": 1, "not_an_object": 1, "unknown_role": 1, "empty_assistant": 1,
+                              "missing_assistant": 1, "alternation": 1, "wrong_type": 1, "missing_key": 1,
+                              "undecodable": 1}
+    assert [problem.split(": ", 1)[0].rsplit(" ", 1)[-1] for problem in result.problems] == [
+        str(n) for n in range(2, 11)]
+
+
+def test_without_skip_invalid_the_first_bad_line_stops_the_load():
+    with pytest.raises(DataError, match=r"invalid_mixed\.jsonl, line 2: not valid JSON"):
+        load_records(FIXTURES / "invalid_mixed.jsonl")
+
+
+def test_undecodable_bytes_name_the_line_in_every_text_format(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    (tmp_path / "a.csv").write_bytes(b"text\nok\ncaf\xe9\n")
+    (tmp_path / "a.json").write_bytes(b'[{"text": "ok"},\n {"text": "caf\xe9"}]')
+    for name, where in (("a.jsonl", "line 2"), ("a.csv", "line 3"), ("a.json", "line 2")):
+        with pytest.raises(DataError, match=f"{name}, {where}: not valid UTF-8"):
+            load_records(tmp_path / name)
+    assert load_records(tmp_path / "a.csv", skip_invalid=True).skipped == {"undecodable": 1}
+
+
+def test_bad_json_document_names_its_line(tmp_path):
+    (tmp_path / "a.json").write_text('[\n {"text": "a"},\n {"text": }\n]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"a\.json, line 3: not valid JSON \(Expecting value"):
+        load_records(tmp_path / "a.json")
+
+
+def test_rows_of_a_json_array_are_named_by_index(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "a"}, {"text": ""}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"a\.json, row index 1: 'text' must be a non-empty string"):
+        load_records(tmp_path / "a.json")
+
+
+def test_scalar_json_document_is_refused(tmp_path):
+    (tmp_path / "a.json").write_text("42", encoding="utf-8")
+    with pytest.raises(DataError, match="expected an array of records"):
+        load_records(tmp_path / "a.json")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [("x.parquet", b"PAR1 not really", "not a readable Parquet file"),
+     ("empty.jsonl", b"\n\n  \n", "holds no rows"),
+     ("empty.csv", b"", "holds no rows"),
+     ("header_only.csv", b"prompt,completion\n", "holds no rows"),
+     ("dup.csv", b"text,text\na,b\n", r"columns \['text'\] appear more than once"),
+     ("quote.csv", b'text\nok\n"never closed\nstill open\n', r"quote\.csv, line 3: cannot be parsed as CSV"),
+     ("junk.tsv", b'text\n"q"x\n', r"junk\.tsv, line 2: cannot be parsed as TSV")],
+)
+def test_whole_file_problems(tmp_path, name, content, problem):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=problem):
+        load_records(tmp_path / name)
+
+
+def test_missing_file_and_foreign_folder(tmp_path):
+    with pytest.raises(DataError, match="Dataset file not found"):
+        load_records(tmp_path / "nope.jsonl")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hi", encoding="utf-8")
+    with pytest.raises(DataError, match="not a dataset folder written by save_to_disk"):
+        load_records(tmp_path / "folder")
+
+
+def test_when_every_row_is_skipped_the_load_fails_with_the_counts(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": ""}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"no usable rows; skipped 2 \(1 bad_json, 1 empty\)"):
+        load_records(path, skip_invalid=True)
+
+
+# --- load_conversations (SFT) on top of the loaders --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["messages.jsonl", "sharegpt.json", "alpaca.json", "prompt_completion.csv",
+                                  "prompt_completion_conversational.jsonl", "bom_crlf.jsonl"])
+def test_sft_reads_every_conversational_shape(name):
+    rows = load_conversations(FIXTURES / name)
+    assert rows and all(row["messages"][-1]["role"] == "assistant" for row in rows)
+
+
+def test_sft_refuses_preference_data_by_name():
+    with pytest.raises(DataError, match="holds preference rows; supervised fine-tuning needs conversations"):
+        load_conversations(FIXTURES / "preference.jsonl")
+
+
+def test_sft_system_prompt_is_not_doubled():
+    rows = load_conversations(FIXTURES / "sharegpt.json", system_prompt="Be kind.")
+    assert [row["messages"][0]["content"] for row in rows] == ["Be kind.", "Answer in JSON.", "Be brief."]
+
+
+# --- properties: whatever the input, only tunesmith's own error escapes ------------------------------------
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+ROLE_NAMES = st.sampled_from(["system", "user", "assistant", "tool", "human", "gpt", "robot"])
+TOOL_CALLS = st.lists(st.fixed_dictionaries({"function": st.fixed_dictionaries(
+    {}, optional={"name": st.text(max_size=4), "arguments": st.text(max_size=4) | JSON_VALUES})}), max_size=2)
+OPENAI_TURN = st.fixed_dictionaries(
+    {"role": ROLE_NAMES, "content": st.text(max_size=5) | JSON_VALUES},
+    optional={"tool_calls": TOOL_CALLS | JSON_VALUES, "tool_call_id": JSON_SCALARS})
+SHAREGPT_TURN = st.fixed_dictionaries({"from": ROLE_NAMES, "value": st.text(max_size=5) | JSON_SCALARS})
+TURNS = st.lists(OPENAI_TURN | SHAREGPT_TURN | JSON_VALUES, max_size=5)
+FIELD = JSON_VALUES | TURNS | st.text(max_size=5)
+SHAPED = st.sampled_from([("messages",), ("conversations",), ("prompt", "completion"), ("chosen", "rejected"),
+                          ("prompt", "chosen", "rejected"), ("prompt", "completion", "label"),
+                          ("instruction", "input", "output"), ("text",)]).flatmap(
+    lambda keys: st.fixed_dictionaries({key: FIELD for key in keys}, optional={"tools": JSON_VALUES}))
+# tmp_path is shared by a test's examples on purpose: each example overwrites the same file.
+PROPERTY = settings(max_examples=100, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def load_quietly(path: Path, **options) -> list[dict]:
+    """Load, allowing only TunesmithError; rows that do load must be writable as UTF-8 JSON lines."""
+    try:
+        rows = load_records(path, **options).rows
+    except TunesmithError:
+        return []
+    for row in rows:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    return rows
+
+
+@PROPERTY
+@given(values=st.lists(JSON_VALUES | SHAPED, min_size=1, max_size=5), skip=st.booleans())
+def test_arbitrary_json_values_as_jsonl(tmp_path, values, skip):
+    path = tmp_path / "any.jsonl"
+    path.write_text("\n".join(json.dumps(value) for value in values), encoding="utf-8")
+    load_quietly(path, skip_invalid=skip)
+
+
+@PROPERTY
+@given(value=JSON_VALUES | st.lists(SHAPED, max_size=4), skip=st.booleans())
+def test_arbitrary_json_document(tmp_path, value, skip):
+    path = tmp_path / "any.json"
+    path.write_text(json.dumps(value), encoding="utf-8")
+    load_quietly(path, skip_invalid=skip)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=200), skip=st.booleans(),
+       name=st.sampled_from(["a.jsonl", "a.json", "a.csv", "a.tsv", "a.parquet", "a"]))
+def test_arbitrary_bytes(tmp_path, data, name, skip):
+    (tmp_path / name).write_bytes(data)
+    load_quietly(tmp_path / name, skip_invalid=skip)
+
+
+@PROPERTY
+@given(text=st.text(alphabet=st.sampled_from(',\t"\r\n\x00\ufeffab{}[]:\\'), max_size=60),
+       name=st.sampled_from(["a.csv", "a.tsv", "a.jsonl", "a.json"]))
+def test_arbitrary_delimited_and_json_text(tmp_path, text, name):
+    (tmp_path / name).write_bytes(text.encode("utf-8"))
+    load_quietly(tmp_path / name, skip_invalid=True)
+    load_quietly(tmp_path / name, columns={"a": "text", "b": "prompt"})
+
+
+@PROPERTY
+@given(name=st.sampled_from(["messages.jsonl", "sharegpt.json", "prompt_completion.csv", "bom_crlf.csv",
+                             "unpaired_preference.csv", "prompt_completion.tsv",
+                             "preference_implicit.jsonl"]),
+       edits=st.lists(st.tuples(st.integers(0, 2000), st.binary(max_size=3), st.integers(0, 3)),
+                      min_size=1, max_size=4))
+def test_corrupted_fixtures(tmp_path, name, edits):
+    data = bytearray((FIXTURES / name).read_bytes())
+    for position, insert, cut in edits:
+        at = position % (len(data) + 1)
+        data[at:at + cut] = insert
+    (tmp_path / name).write_bytes(bytes(data))
+    load_quietly(tmp_path / name)
+    load_quietly(tmp_path / name, skip_invalid=True)
+
+
+@PROPERTY
+@given(turns=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8)).filter(
+    lambda pair: pair[1].strip()), min_size=1, max_size=4), system=st.none() | st.text(max_size=8))
+def test_valid_conversations_come_back_unchanged(tmp_path, turns, system):
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for question, answer in turns:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    path = write_jsonl(tmp_path / "ok.jsonl", [{"messages": messages}])
+    assert load_records(path).rows == [{"messages": messages}]
