@@ -129,3 +129,15 @@ def test_hash_split_never_moves_old_rows(tmp_path):
     assert all(row in after.eval for row in before.eval)
     assert all(row in after.train for row in before.train)
     assert all(holds_out(row, 0.2) for row in after.eval)
+
+
+def test_recipe_columns_and_skip_invalid_reach_the_loader(tmp_path):
+    lines = [json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(5)] + ["{broken"]
+    write_lines(tmp_path / "d.jsonl", lines)
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("data:\n  train: d.jsonl\n  eval_fraction: 0.5\n  skip_invalid: true\n"
+                           "  columns: {question: prompt, answer: completion}\n", encoding="utf-8")
+    splits = load_splits(load_recipe(recipe_path))
+    assert len(splits.train) + len(splits.eval) == 5
+    assert splits.skipped == {"bad_json": 1}
+    assert splits.train[0]["messages"][0]["role"] == "user"

@@ -35,7 +35,11 @@ class DataSection(Section):
     train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
     eval_fraction: float = Field(0.1, gt=0, lt=1)
-    format: Literal["auto", "messages", "prompt_completion"] = "auto"
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = Field(
+        "auto", description="The rows' shape; auto detects it from the first usable row.")
+    file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict, description="Rename source columns, e.g. {question: prompt}.")
+    skip_invalid: bool = Field(False, description="Skip unusable rows (counted in data.json) instead of failing.")
     max_length: int = Field(512, ge=16)
     system_prompt: str | None = Field(None, description="Prepended as a system turn to every row.")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
@@ -16,6 +17,7 @@ class Splits:
     train: list[Row]
     eval: list[Row]
     source: dict[str, str]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def row_hash(row: Row) -> str:
@@ -29,17 +31,23 @@ def holds_out(row: Row, fraction: float) -> bool:
 
 def load_splits(recipe: Recipe) -> Splits:
     data = recipe.data
+    skipped: dict[str, int] = {}
+
+    def load(path: Path) -> list[Row]:
+        return load_conversations(path, data.format, data.system_prompt, data.columns, data.skip_invalid,
+                                  data.file_format, skipped)
+
     train_path = recipe.resolve_path(data.train)
-    rows = load_conversations(train_path, data.format, data.system_prompt)
+    rows = load(train_path)
     source = {"train": str(train_path)}
     if data.eval:
         eval_path = recipe.resolve_path(data.eval)
         source["eval"] = str(eval_path)
-        return Splits(rows, load_conversations(eval_path, data.format, data.system_prompt), source)
+        return Splits(rows, load(eval_path), source, skipped)
     held = [row for row in rows if holds_out(row, data.eval_fraction)]
     kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
     source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
-    return Splits(kept, held, source)
+    return Splits(kept, held, source, skipped)
 
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
@@ -52,6 +60,7 @@ def fingerprint(splits: Splits) -> dict[str, Any]:
         "train_rows": len(splits.train),
         "eval_rows": len(splits.eval),
         "sources": splits.source,
+        "skipped_rows": splits.skipped,
         "turns_per_row": _mean([len(r["messages"]) for r in splits.train]),
     }
 

@@ -16,9 +16,17 @@ from tunesmith.errors import DataError
 __all__ = ["Row", "as_conversation", "load_conversations"]
 
 
-def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None = None) -> list[Row]:
-    """Canonical `{"messages": [...]}` rows; `fmt` forces a shape ("messages", "prompt_completion", ...)."""
-    result = load_records(path, shape=fmt)
+def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None = None,
+                       columns: dict[str, str] | None = None, skip_invalid: bool = False,
+                       file_format: str = "auto", skipped: dict[str, int] | None = None) -> list[Row]:
+    """Canonical `{"messages": [...]}` rows; `fmt` forces a shape ("messages", "prompt_completion", ...).
+
+    With `skip_invalid`, unusable rows are dropped and their counts by reason added into `skipped`.
+    """
+    result = load_records(path, fmt=file_format, columns=columns, skip_invalid=skip_invalid, shape=fmt)
+    for reason, count in result.skipped.items():
+        if skipped is not None:
+            skipped[reason] = skipped.get(reason, 0) + count
     if result.shape not in ("messages", "prompt_completion"):
         raise DataError(f"{path} holds {result.shape} rows; supervised fine-tuning needs conversations "
                         "('messages') or prompt-completion pairs.",
