@@ -38,6 +38,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
     model = load_model(model_dir, dtype=torch.float32, device=device)
+    guard = NanGuard()
     trainer = SFTTrainer(
         model=model,
         args=sft_config(recipe, run, device, precision),
@@ -45,7 +46,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
         eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.adapter),
-        callbacks=[MetricsLogger(run), guard := NanGuard()],
+        callbacks=[MetricsLogger(run), guard],
     )
     summary = trainable_summary(trainer.model)
     print_trainable(summary)
