@@ -95,19 +95,30 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
 
 @app.command()
 def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
-        "--format", help="adapter | merged (repeatable; default: the recipe's export.formats)")] = None) -> None:
-    """Export a run's adapter and/or the adapter merged into its base.
+        "--format", help="adapter | merged | gguf (repeatable; default: the recipe's export.formats)")] = None,
+        quant: Annotated[str, typer.Option(
+            help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1.")] = "F16") -> None:
+    """Export a run's adapter, the adapter merged into its base, and/or the merged model as GGUF.
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --format gguf --quant Q8_0
     """
     from tunesmith.export import run_export
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
-    bad = sorted(set(format_ or []) - {"adapter", "merged"})
+    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf"})
     if bad:
-        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.", "Use adapter or merged.")
-    path = run_export(run.load_recipe(), run, format_)
+        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.", "Use adapter, merged or gguf.")
+    recipe = run.load_recipe()
+    others = [name for name in format_ or [] if name != "gguf"]
+    if others or not format_:
+        path = run_export(recipe, run, others or None)
+    if "gguf" in (format_ or []):
+        from tunesmith.export.gguf import run_gguf_export
+
+        path = run_gguf_export(recipe, run, quant)
     err.print(f"Exported to {path}")
 
 

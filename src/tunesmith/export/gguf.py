@@ -12,9 +12,11 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
@@ -22,6 +24,11 @@ import numpy as np
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
 from tunesmith.export.gguf_vocab import add_bpe_tokenizer
+from tunesmith.runs import atomic_write_json
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.runs import Run
 
 Q = gguf.GGMLQuantizationType
 QUANT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
@@ -66,8 +73,35 @@ def write_gguf(model_dir: Path, out_path: Path, quant: str = "F16", name: str | 
     for planned in plan:
         add_tensor_info(writer, planned)
     with atomic_output(out_path) as tmp:
-        write_file(writer, tmp, plan, shards, config, spec)
+        write_file(writer, tmp, plan, shards, config, spec, label=f"writing {out_path.name}")
     return out_path
+
+
+def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
+    """The run's merged checkpoint (merged first if missing) as exports/gguf/<name>.<QUANT>.gguf."""
+    from tunesmith.export.merged import export_merged
+    from tunesmith.models import resolve_model_source
+
+    parse_quant(quant)  # a bad type fails before a slow merge
+    merged = run.exports_dir / "merged"
+    if not (merged / "config.json").is_file():
+        if not (run.adapter_dir / "adapter_config.json").is_file():
+            raise TunesmithError(f"{run.path} has no trained adapter to merge and export.",
+                                 f"Train first: tunesmith train {run.recipe_file}")
+        model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+        export_merged(model_dir, run.adapter_dir, merged)
+    target = run.exports_dir / "gguf" / f"{recipe.name}.{quant.upper()}.gguf"
+    write_gguf(merged, target, quant, name=recipe.name)
+    record_in_manifest(run, quant.upper(), target)
+    return target
+
+
+def record_in_manifest(run: Run, quant: str, path: Path) -> None:
+    """Add the GGUF to exports/manifest.json next to whatever other exports it already lists."""
+    manifest_path = run.exports_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest.setdefault("gguf", {})[quant] = {"path": str(path), "bytes": path.stat().st_size}
+    atomic_write_json(manifest_path, manifest)
 
 
 def parse_quant(quant: str) -> tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]:
@@ -77,9 +111,10 @@ def parse_quant(quant: str) -> tuple[gguf.GGMLQuantizationType, gguf.LlamaFileTy
         return QUANT_TYPES[key]
     if key in K_QUANTS:
         raise TunesmithError(
-            f"{key} is a K-quant, which the pure-Python writer cannot produce (gguf can only dequantize it).",
-            "K-quants need llama.cpp's quantizer: install llama-cpp-python (pip install tunesmith[gguf]), or write "
-            "F16 and run `llama-quantize model-F16.gguf model-Q4_K_M.gguf Q4_K_M`. Q8_0 needs nothing extra.",
+            f"{key} is a K-quant: it needs llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize), "
+            "which the pure-Python writer does not have (gguf can only dequantize K-quants).",
+            f"Export Q8_0 or F16 now, then run llama.cpp's `llama-quantize model.F16.gguf model.{key}.gguf {key}` "
+            f"or `ollama create --quantize q{key[1:]}`.",
         )
     raise TunesmithError(f"Unknown GGUF quant type {quant!r}.", f"Use one of {', '.join(QUANT_TYPES)}.")
 
@@ -164,7 +199,7 @@ def add_tensor_info(writer: gguf.GGUFWriter, planned: PlannedTensor) -> None:
 
 
 def write_file(writer: gguf.GGUFWriter, path: Path, plan: list[PlannedTensor], shards: dict[str, Path],
-               config: Any, spec: ArchSpec) -> None:
+               config: Any, spec: ArchSpec, label: str) -> None:
     """Header, metadata and tensor table, then each tensor's data in plan order, with a progress bar."""
     from rich.console import Console
     from rich.progress import track
@@ -173,8 +208,7 @@ def write_file(writer: gguf.GGUFWriter, path: Path, plan: list[PlannedTensor], s
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     try:
-        for planned in track(plan, description=f"writing {path.name.split('.tmp')[0].lstrip('.')}",
-                             console=Console(file=sys.stderr), transient=True):
+        for planned in track(plan, description=label, console=Console(file=sys.stderr), transient=True):
             weights = load_weights(planned, shards, config, spec)
             writer.write_tensor_data(gguf.quants.quantize(weights, planned.qtype))
     finally:
@@ -192,21 +226,16 @@ def load_weights(planned: PlannedTensor, shards: dict[str, Path], config: Any, s
     return np.ascontiguousarray(prepare_weights(planned.source, weights, config, spec))
 
 
-class atomic_output:  # noqa: N801 - used as a context manager, reads like `with atomic_output(...)`
-    """A temporary path next to `path`; renamed onto `path` on success, removed on failure."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed onto it on success and removed on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.chmod(0o644)  # mkstemp makes it private; a model file is meant to be shared
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

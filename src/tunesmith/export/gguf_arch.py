@@ -103,7 +103,8 @@ def llama3_rope_factors(config: Any) -> np.ndarray | None:
         return None
     dim = head_dim(config)
     freqs = 1.0 / (float(params["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    factor, low, high = params.get("factor", 8.0), params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    factor = params.get("factor", 8.0)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
     old_context = params.get("original_max_position_embeddings", 8192)
     factors = []
     for freq in freqs:
