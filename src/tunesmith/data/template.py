@@ -52,8 +52,3 @@ def render_with_loss_mask(tokenizer: Any, messages: list[dict[str, str]], max_le
         for token, (begin, _) in zip(ids, offsets, strict=True)
     ]
     return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length}
-
-
-def prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
-    """Split a conversation into the prompt turns and the final assistant answer (for evaluation)."""
-    return messages[:-1], messages[-1]["content"]
