@@ -7,6 +7,16 @@ from typing import Any
 from tunesmith.config import TARGET_PRESETS, LoraAdapter
 
 
+def adapter_setup(model: Any, adapter: LoraAdapter) -> tuple[Any, Any]:
+    """Prepare `model` for the recipe's adapter; returns (model, peft_config or None).
+
+    Every trainer goes through this one function, so each adapter kind is wired in one place: PEFT
+    kinds return a config for TRL to wrap the model with; kinds that train the model's own weights
+    (full, partial) return None after setting `requires_grad` themselves.
+    """
+    return model, lora_config(adapter)
+
+
 def lora_config(adapter: LoraAdapter):
     """A PEFT LoraConfig for causal-LM training from the recipe's LoRA section."""
     from peft import LoraConfig, TaskType

@@ -17,7 +17,7 @@ from tunesmith.data.template import IGNORE_INDEX, render_with_loss_mask
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.runs import Run, atomic_directory, atomic_write_json
-from tunesmith.train.adapters import lora_config, trainable_summary
+from tunesmith.train.adapters import adapter_setup, trainable_summary
 from tunesmith.train.callbacks import MetricsLogger, NanGuard
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.upstream import precision_flags
@@ -38,6 +38,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
     model = load_model(model_dir, dtype=torch.float32, device=device)
+    model, peft_config = adapter_setup(model, recipe.adapter)
     guard = NanGuard()
     trainer = SFTTrainer(
         model=model,
@@ -45,7 +46,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        peft_config=lora_config(recipe.adapter),
+        peft_config=peft_config,
         callbacks=[MetricsLogger(run), guard],
     )
     summary = trainable_summary(trainer.model)
