@@ -462,8 +462,9 @@ def test_sft_reads_every_conversational_shape(name):
 
 
 def test_sft_refuses_preference_data_by_name():
-    with pytest.raises(DataError, match="holds preference rows; supervised fine-tuning needs conversations"):
+    with pytest.raises(DataError, match="holds preference rows; supervised fine-tuning needs messages") as err:
         load_conversations(FIXTURES / "preference.jsonl")
+    assert "dpo" in err.value.hint
 
 
 def test_sft_system_prompt_is_not_doubled():

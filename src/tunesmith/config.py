@@ -35,7 +35,8 @@ class DataSection(Section):
     train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
     eval_fraction: float = Field(0.1, gt=0, lt=1)
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = Field(
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference",
+                    "unpaired_preference", "text"] = Field(
         "auto", description="The rows' shape; auto detects it from the first usable row.")
     file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict, description="Rename source columns, e.g. {question: prompt}.")

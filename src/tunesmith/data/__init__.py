@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data.formats import Row, load_conversations
+from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
 
 
 @dataclass
@@ -18,6 +18,7 @@ class Splits:
     eval: list[Row]
     source: dict[str, str]
     skipped: dict[str, int] = field(default_factory=dict)
+    shape: str = "messages"
 
 
 def row_hash(row: Row) -> str:
@@ -29,13 +30,24 @@ def holds_out(row: Row, fraction: float) -> bool:
     return int(row_hash(row)[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def load_splits(recipe: Recipe) -> Splits:
+def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
+                purpose: str = "supervised fine-tuning") -> Splits:
+    """Train and eval rows in one canonical shape from `accept`.
+
+    Conversational shapes (SFT's) become `messages` rows with the recipe's system prompt; other shapes
+    (preference, unpaired preference, text) stay as the loaders made them, for their own trainers.
+    """
     data = recipe.data
     skipped: dict[str, int] = {}
+    shapes: set[str] = set()
 
     def load(path: Path) -> list[Row]:
-        return load_conversations(path, data.format, data.system_prompt, data.columns, data.skip_invalid,
-                                  data.file_format, skipped)
+        shape, rows = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
+                                data.file_format, skipped)
+        shapes.add(shape)
+        if shape in SFT_SHAPES:
+            return [with_system_prompt(as_conversation(row), data.system_prompt) for row in rows]
+        return rows
 
     train_path = recipe.resolve_path(data.train)
     rows = load(train_path)
@@ -43,11 +55,13 @@ def load_splits(recipe: Recipe) -> Splits:
     if data.eval:
         eval_path = recipe.resolve_path(data.eval)
         source["eval"] = str(eval_path)
-        return Splits(rows, load(eval_path), source, skipped)
-    held = [row for row in rows if holds_out(row, data.eval_fraction)]
-    kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
-    source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
-    return Splits(kept, held, source, skipped)
+        held, kept = load(eval_path), rows
+    else:
+        held = [row for row in rows if holds_out(row, data.eval_fraction)]
+        kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
+        source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
+    shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))
+    return Splits(kept, held, source, skipped, shape)
 
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
@@ -61,7 +75,8 @@ def fingerprint(splits: Splits) -> dict[str, Any]:
         "eval_rows": len(splits.eval),
         "sources": splits.source,
         "skipped_rows": splits.skipped,
-        "turns_per_row": _mean([len(r["messages"]) for r in splits.train]),
+        "shape": splits.shape,
+        "turns_per_row": _mean([len(r["messages"]) for r in splits.train if "messages" in r]),
     }
 
 

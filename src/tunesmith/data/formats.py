@@ -13,7 +13,9 @@ from tunesmith.data.loaders import load_records
 from tunesmith.data.shapes import Row
 from tunesmith.errors import DataError
 
-__all__ = ["Row", "as_conversation", "load_conversations"]
+__all__ = ["SFT_SHAPES", "Row", "as_conversation", "load_conversations", "load_rows"]
+
+SFT_SHAPES = ("messages", "prompt_completion")
 
 
 def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None = None,
@@ -23,15 +25,32 @@ def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None 
 
     With `skip_invalid`, unusable rows are dropped and their counts by reason added into `skipped`.
     """
+    _, rows = load_rows(path, SFT_SHAPES, "supervised fine-tuning", fmt, columns, skip_invalid,
+                        file_format, skipped)
+    return [with_system_prompt(as_conversation(row), system_prompt) for row in rows]
+
+
+def load_rows(path: Path, accept: tuple[str, ...], purpose: str, fmt: str = "auto",
+              columns: dict[str, str] | None = None, skip_invalid: bool = False, file_format: str = "auto",
+              skipped: dict[str, int] | None = None) -> tuple[str, list[Row]]:
+    """Canonical rows of a shape in `accept`, or a DataError saying which shape `purpose` needs."""
     result = load_records(path, fmt=file_format, columns=columns, skip_invalid=skip_invalid, shape=fmt)
     for reason, count in result.skipped.items():
         if skipped is not None:
             skipped[reason] = skipped.get(reason, 0) + count
-    if result.shape not in ("messages", "prompt_completion"):
-        raise DataError(f"{path} holds {result.shape} rows; supervised fine-tuning needs conversations "
-                        "('messages') or prompt-completion pairs.",
-                        "Use a preference method for chosen/rejected data, or convert the file.")
-    return [with_system_prompt(as_conversation(row), system_prompt) for row in result.rows]
+    if result.shape not in accept:
+        raise DataError(f"{path} holds {result.shape} rows; {purpose} needs {' or '.join(accept)} rows.",
+                        SHAPE_HINTS.get(result.shape, "Convert the file, or pick a method that takes this shape."))
+    return result.shape, result.rows
+
+
+SHAPE_HINTS = {
+    "preference": "chosen/rejected pairs train with method.kind dpo, orpo, simpo or reward.",
+    "unpaired_preference": "prompt/completion/label rows train with method.kind kto.",
+    "text": "raw text trains with method.kind cpt (continued pre-training).",
+    "messages": "conversations train with method.kind sft.",
+    "prompt_completion": "prompt-completion pairs train with method.kind sft.",
+}
 
 
 def as_conversation(row: Row) -> Row:
