@@ -108,7 +108,13 @@ class ExportSection(Section):
     formats: list[Literal["adapter", "merged"]] = Field(default_factory=lambda: ["adapter", "merged"])
 
 
-UNION_TAGS = {"sft", "lora"}
+def union_tags(*unions: Any) -> set[str]:
+    """Every `kind` literal of the tagged unions: pydantic puts the chosen one in error paths."""
+    variants = [arg for union in unions for arg in getattr(union.__origin__, "__args__", (union.__origin__,))]
+    return {tag for variant in variants for tag in variant.model_fields["kind"].annotation.__args__}
+
+
+UNION_TAGS = union_tags(Method, Adapter)
 
 
 class Recipe(Section):
