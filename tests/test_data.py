@@ -128,7 +128,9 @@ def test_hash_split_never_moves_old_rows(tmp_path):
     assert 20 <= len(before.eval) <= 60
     assert all(row in after.eval for row in before.eval)
     assert all(row in after.train for row in before.train)
-    assert all(holds_out(row, 0.2) for row in after.eval)
+    held_prompts = {row["messages"][0]["content"] for row in after.eval}
+    canonical = [json.loads(line) for line in make_rows(300)]
+    assert held_prompts == {row["prompt"] for row in canonical if holds_out(row, 0.2)}
 
 
 def test_recipe_columns_and_skip_invalid_reach_the_loader(tmp_path):

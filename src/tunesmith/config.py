@@ -31,6 +31,34 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+PII_KINDS = ["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "IBAN", "US_SSN", "SECRET"]
+
+
+class CleanSection(Section):
+    """Cleaning steps, in the order they run; each reports what it changed or removed."""
+
+    normalize: bool = Field(False, description="Unicode NFC, broken UTF-8, control characters, repeated spaces.")
+    pii: Literal["off", "redact", "drop"] = Field(
+        "off", description="Redact PII with tokens like <EMAIL>, or drop rows that contain any.")
+    pii_kinds: list[Literal["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "IBAN", "US_SSN", "SECRET"]] = Field(
+        default_factory=lambda: list(PII_KINDS))
+    min_tokens: int | None = Field(None, ge=1, description="Drop rows shorter than this (model's tokenizer).")
+    max_tokens: int | None = Field(None, ge=1, description="Drop rows longer than this (model's tokenizer).")
+    drop_refusals: bool = Field(False, description='Drop rows whose answers are refusals ("As an AI...").')
+    languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1).")
+    language_confidence: float = Field(0.5, ge=0, le=1)
+    dedup: Literal["off", "exact", "near"] = Field(
+        "off", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity that counts as duplicate.")
+    num_perm: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> CleanSection:
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is above max_tokens ({self.max_tokens})")
+        return self
+
+
 class DataSection(Section):
     train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
@@ -43,13 +71,58 @@ class DataSection(Section):
     skip_invalid: bool = Field(False, description="Skip unusable rows (counted in data.json) instead of failing.")
     max_length: int = Field(512, ge=16)
     system_prompt: str | None = Field(None, description="Prepended as a system turn to every row.")
+    clean: CleanSection = Field(default_factory=CleanSection)
 
 
 class SFTMethod(Section):
     kind: Literal["sft"] = "sft"
 
 
-Method = Annotated[SFTMethod, Field(discriminator="kind")]
+class CPTMethod(Section):
+    """Continued pre-training on raw `text` rows: loss on every token; with training.packing the documents
+    are joined and cut into data.max_length blocks."""
+
+    kind: Literal["cpt"] = "cpt"
+
+
+class DPOMethod(Section):
+    """Direct Preference Optimization (Rafailov et al. 2023) on chosen/rejected pairs."""
+
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="KL strength toward the reference model; the paper uses 0.1.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+                       "sigmoid_norm"] = Field("sigmoid", description="sigmoid is the paper's loss.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO's label-flip probability.")
+
+
+class ORPOMethod(Section):
+    """Odds-Ratio Preference Optimization (Hong et al. 2024): SFT loss plus λ · odds-ratio loss, no reference."""
+
+    kind: Literal["orpo"] = "orpo"
+    beta: float = Field(0.1, gt=0, description="λ, the weight of the odds-ratio term; the paper uses 0.1.")
+
+
+class KTOMethod(Section):
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024) on desirable/undesirable completions."""
+
+    kind: Literal["kto"] = "kto"
+    beta: float = Field(0.1, gt=0, description="KL strength toward the reference model; the paper uses 0.1.")
+    desirable_weight: float = Field(1.0, gt=0, description="Raise to balance fewer desirable than undesirable rows.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Raise to balance fewer undesirable rows.")
+
+
+class SimPOMethod(Section):
+    """Simple Preference Optimization (Meng et al. 2024): length-normalised reward margin, no reference model."""
+
+    kind: Literal["simpo"] = "simpo"
+    beta: float = Field(2.0, gt=0, description="Reward scale; the paper uses 2.0-2.5.")
+    gamma: float = Field(0.5, ge=0, description="Target reward margin γ; the loss subtracts γ/β from the log-ratio.")
+
+
+PREFERENCE_KINDS = ("dpo", "orpo", "kto", "simpo")
+
+Method = Annotated[SFTMethod | CPTMethod | DPOMethod | ORPOMethod | KTOMethod | SimPOMethod,
+                   Field(discriminator="kind")]
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
     "qv": ["q_proj", "v_proj"],

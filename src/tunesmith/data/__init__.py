@@ -10,6 +10,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
+from tunesmith.data.prepare import clean_rows, steps_report
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Splits:
     source: dict[str, str]
     skipped: dict[str, int] = field(default_factory=dict)
     shape: str = "messages"
+    cleaning: dict[str, Any] = field(default_factory=dict)
 
 
 def row_hash(row: Row) -> str:
@@ -31,37 +33,69 @@ def holds_out(row: Row, fraction: float) -> bool:
 
 
 def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
-                purpose: str = "supervised fine-tuning") -> Splits:
-    """Train and eval rows in one canonical shape from `accept`.
+                purpose: str = "supervised fine-tuning", tokenizer: Any = None) -> Splits:
+    """Train and eval rows in one canonical shape from `accept`, cleaned as `data.clean` says.
 
     Conversational shapes (SFT's) become `messages` rows with the recipe's system prompt; other shapes
     (preference, unpaired preference, text) stay as the loaders made them, for their own trainers.
+    Train rows that duplicate an eval row are dropped, so the held-out score is not inflated by leakage.
     """
     data = recipe.data
     skipped: dict[str, int] = {}
     shapes: set[str] = set()
+    cleaning: dict[str, Any] = {}
+    if tokenizer is None and (data.clean.min_tokens or data.clean.max_tokens):
+        tokenizer = recipe_tokenizer(recipe)
 
-    def load(path: Path) -> list[Row]:
+    def load(path: Path | str, split: str) -> list[Row]:
         shape, rows = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
                                 data.file_format, skipped)
         shapes.add(shape)
-        if shape in SFT_SHAPES:
-            return [with_system_prompt(as_conversation(row), data.system_prompt) for row in rows]
-        return rows
+        cleaned = clean_rows(rows, data.clean, tokenizer)
+        cleaning[split] = steps_report(cleaned.steps)
+        return cleaned.rows
 
-    train_path = recipe.resolve_path(data.train)
-    rows = load(train_path)
+    train_path = data_source(recipe, data.train)
+    rows = load(train_path, "train")
     source = {"train": str(train_path)}
     if data.eval:
-        eval_path = recipe.resolve_path(data.eval)
+        eval_path = data_source(recipe, data.eval)
         source["eval"] = str(eval_path)
-        held, kept = load(eval_path), rows
+        held, kept = load(eval_path, "eval"), rows
     else:
         held = [row for row in rows if holds_out(row, data.eval_fraction)]
         kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
         source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
+    if data.clean.dedup != "off":
+        kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
+    if shapes <= set(SFT_SHAPES):
+        kept, held = ([with_system_prompt(as_conversation(row), data.system_prompt) for row in part]
+                      for part in (kept, held))
     shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))
-    return Splits(kept, held, source, skipped, shape)
+    return Splits(kept, held, source, skipped, shape, cleaning)
+
+
+def data_source(recipe: Recipe, value: str) -> Path | str:
+    """A local path (relative to the recipe), or a Hub dataset id kept as written (`hf:owner/name`)."""
+    from tunesmith.data.hub import is_hub_dataset
+
+    return value if is_hub_dataset(value, recipe.resolve_path(value)) else recipe.resolve_path(value)
+
+
+def drop_eval_overlap(train: list[Row], held: list[Row]) -> tuple[list[Row], dict[str, Any]]:
+    """Train rows whose normalized text equals an eval row's would leak the answers into the score."""
+    from tunesmith.data.dedup import normalized_hash
+    from tunesmith.data.rowtext import row_text
+
+    eval_hashes = {normalized_hash(row_text(row)) for row in held}
+    kept = [row for row in train if normalized_hash(row_text(row)) not in eval_hashes]
+    return kept, {"removed": len(train) - len(kept)}
+
+
+def recipe_tokenizer(recipe: Recipe) -> Any:
+    from tunesmith.models import load_tokenizer, resolve_model_source
+
+    return load_tokenizer(resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)))
 
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
@@ -75,6 +109,7 @@ def fingerprint(splits: Splits) -> dict[str, Any]:
         "eval_rows": len(splits.eval),
         "sources": splits.source,
         "skipped_rows": splits.skipped,
+        "cleaning": splits.cleaning,
         "shape": splits.shape,
         "turns_per_row": _mean([len(r["messages"]) for r in splits.train if "messages" in r]),
     }

@@ -30,7 +30,7 @@ def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None 
     return [with_system_prompt(as_conversation(row), system_prompt) for row in rows]
 
 
-def load_rows(path: Path, accept: tuple[str, ...], purpose: str, fmt: str = "auto",
+def load_rows(path: Path | str, accept: tuple[str, ...], purpose: str, fmt: str = "auto",
               columns: dict[str, str] | None = None, skip_invalid: bool = False, file_format: str = "auto",
               skipped: dict[str, int] | None = None) -> tuple[str, list[Row]]:
     """Canonical rows of a shape in `accept`, or a DataError saying which shape `purpose` needs."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tunesmith.data.hub import is_hub_dataset, read_hub_records
 from tunesmith.data.readers import Record, read_records
 from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of
 from tunesmith.errors import DataError, RowProblem
@@ -23,7 +24,7 @@ SHAPE_HINT = ("Rows need 'messages', 'conversations' (ShareGPT), 'instruction' a
 class LoadResult:
     """The canonical rows of one file, the shape they share, and what was skipped (by reason) and why."""
 
-    path: Path
+    path: Path | str
     file_format: str
     source_shape: str  # the layout as found: messages, sharegpt, alpaca, prompt_completion, ...
     shape: str  # the canonical shape: messages, prompt_completion, preference, unpaired_preference, text
@@ -36,8 +37,11 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
                  skip_invalid: bool = False, shape: str = "auto") -> LoadResult:
     """Every row of the file as a canonical row of one shape (detected from the first usable record
     unless `shape` names a layout). `columns` renames source columns before anything else looks."""
-    path = Path(path)
-    file_format, records = read_records(path, fmt)
+    if isinstance(path, str) and is_hub_dataset(path):
+        file_format, records = "hub", read_hub_records(path)
+    else:
+        path = Path(path)
+        file_format, records = read_records(path, fmt)
     if not records:
         raise DataError(f"{path} holds no rows.", "Add at least one example.")
     records = rename_columns(records, columns)

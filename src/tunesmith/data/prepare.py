@@ -1,0 +1,209 @@
+"""Cleaning: normalize → PII → length, refusal and language filters → dedup, each step counted.
+
+The same `clean_rows` runs inside `train` (from the recipe's `data.clean`) and in `tunesmith data
+prepare`, which also writes the cleaned rows and a report. Steps keep rows in their original order and
+remember each row's position in the source file, so a report can point at what it removed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.config import CleanSection
+from tunesmith.errors import DataError
+
+Row = dict[str, Any]
+EXAMPLES_PER_STEP = 5
+
+
+@dataclass
+class Step:
+    """What one cleaning step did: rows removed, rows changed, and a few examples for the report."""
+
+    name: str
+    removed: int = 0
+    changed: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Cleaned:
+    rows: list[Row]
+    origins: list[int]  # 1-based position of each row in its source
+    steps: list[Step] = field(default_factory=list)
+
+    def keep(self, mask: list[bool], step: Step) -> None:
+        """Drop the rows whose mask is False; the step counts them."""
+        step.removed = mask.count(False)
+        self.rows = [row for row, kept in zip(self.rows, mask, strict=True) if kept]
+        self.origins = [origin for origin, kept in zip(self.origins, mask, strict=True) if kept]
+        self.steps.append(step)
+
+
+def clean_rows(rows: list[Row], clean: CleanSection, tokenizer: Any = None) -> Cleaned:
+    """Run the enabled cleaning steps in order; `tokenizer` is needed only for token-length bounds."""
+    state = Cleaned(list(rows), list(range(1, len(rows) + 1)))
+    if clean.normalize:
+        normalize_step(state)
+    if clean.pii != "off":
+        pii_step(state, clean)
+    if clean.min_tokens or clean.max_tokens:
+        if tokenizer is None:
+            raise DataError("data.clean.min_tokens/max_tokens need the model's tokenizer.")
+        length_step(state, clean, tokenizer)
+    if clean.drop_refusals:
+        refusal_step(state)
+    if clean.languages:
+        language_step(state, clean)
+    if clean.dedup != "off":
+        dedup_step(state, clean)
+    return state
+
+
+def normalize_step(state: Cleaned) -> None:
+    from tunesmith.data.clean import normalize_text
+    from tunesmith.data.rowtext import map_row_texts, row_text
+
+    step = Step("normalize")
+    normalized = []
+    for row, origin in zip(state.rows, state.origins, strict=True):
+        new = map_row_texts(row, normalize_text)
+        if new != row:
+            step.changed += 1
+            add_example(step, {"row": origin, "before": row_text(row)[:160], "after": row_text(new)[:160]})
+        normalized.append(new)
+    state.rows = normalized
+    state.steps.append(step)
+
+
+def pii_step(state: Cleaned, clean: CleanSection) -> None:
+    """Redact PII in place with <KIND> tokens, or drop the rows that hold any."""
+    from tunesmith.data.pii import PiiScanner
+    from tunesmith.data.rowtext import map_row_texts
+
+    scanner = PiiScanner(kinds=clean.pii_kinds)
+    step = Step(f"pii_{clean.pii}")
+    found: Counter[str] = Counter()
+    redacted_rows, mask = [], []
+    for row, origin in zip(state.rows, state.origins, strict=True):
+        counts: Counter[str] = Counter()
+
+        def redact(text: str, counts: Counter[str] = counts) -> str:
+            new, kinds = scanner.redact(text)
+            counts.update(kinds)
+            return new
+
+        new = map_row_texts(row, redact)
+        found.update(counts)
+        if counts:
+            step.changed += 1
+            add_example(step, {"row": origin, "kinds": dict(counts)})
+        redacted_rows.append(new)
+        mask.append(not (counts and clean.pii == "drop"))
+    step.details["found_by_kind"] = dict(sorted(found.items()))
+    if clean.pii == "redact":
+        state.rows = redacted_rows
+        state.steps.append(step)
+    else:
+        state.keep(mask, step)
+
+
+def length_step(state: Cleaned, clean: CleanSection, tokenizer: Any) -> None:
+    lengths = token_lengths(tokenizer, state.rows)
+    low, high = clean.min_tokens or 0, clean.max_tokens or float("inf")
+    step = Step("token_length", details={"min_tokens": clean.min_tokens, "max_tokens": clean.max_tokens,
+                                         "too_short": sum(n < low for n in lengths),
+                                         "too_long": sum(n > high for n in lengths)})
+    mask = [low <= n <= high for n in lengths]
+    for origin, n, kept in zip(state.origins, lengths, mask, strict=True):
+        if not kept:
+            add_example(step, {"row": origin, "tokens": n})
+    state.keep(mask, step)
+
+
+def refusal_step(state: Cleaned) -> None:
+    from tunesmith.data.clean import is_refusal
+    from tunesmith.data.rowtext import answer_texts
+
+    step = Step("refusals")
+    mask = []
+    for row, origin in zip(state.rows, state.origins, strict=True):
+        refused = next((text for text in answer_texts(row) if is_refusal(text)), None)
+        mask.append(refused is None)
+        if refused is not None:
+            add_example(step, {"row": origin, "answer": refused[:160]})
+    state.keep(mask, step)
+
+
+def language_step(state: Cleaned, clean: CleanSection) -> None:
+    from tunesmith.data.clean import detect_language
+    from tunesmith.data.rowtext import row_text
+
+    allowed = {code.lower() for code in clean.languages}
+    step = Step("language", details={"allowed": sorted(allowed)})
+    seen: Counter[str] = Counter()
+    mask = []
+    for row, origin in zip(state.rows, state.origins, strict=True):
+        code, confidence = detect_language(row_text(row))
+        seen[code] += 1
+        kept = code in allowed or confidence < clean.language_confidence
+        mask.append(kept)
+        if not kept:
+            add_example(step, {"row": origin, "language": code, "confidence": round(confidence, 3),
+                               "text": row_text(row)[:120]})
+    step.details["detected"] = dict(seen.most_common())
+    state.keep(mask, step)
+
+
+def dedup_step(state: Cleaned, clean: CleanSection) -> None:
+    """Exact duplicates first (normalized hash), then near duplicates (MinHash LSH); the first one stays."""
+    from tunesmith.data.dedup import exact_duplicates, near_duplicates
+    from tunesmith.data.rowtext import row_text
+
+    texts = [row_text(row) for row in state.rows]
+    exact = exact_duplicates(texts)
+    record_duplicates(state, texts, exact.removed, Step("dedup_exact"))
+    if clean.dedup == "near":
+        texts = [row_text(row) for row in state.rows]
+        near = near_duplicates(texts, threshold=clean.near_threshold, num_perm=clean.num_perm)
+        record_duplicates(state, texts, near.removed, Step("dedup_near", details={"threshold": clean.near_threshold}))
+
+
+def record_duplicates(state: Cleaned, texts: list[str], removed: dict[int, tuple[int, float]], step: Step) -> None:
+    for index, (kept, similarity) in sorted(removed.items())[:EXAMPLES_PER_STEP]:
+        step.examples.append({"row": state.origins[index], "duplicate_of": state.origins[kept],
+                              "similarity": round(similarity, 3), "text": texts[index][:120],
+                              "kept_text": texts[kept][:120]})
+    state.keep([index not in removed for index in range(len(state.rows))], step)
+
+
+def add_example(step: Step, example: dict[str, Any]) -> None:
+    if len(step.examples) < EXAMPLES_PER_STEP:
+        step.examples.append(example)
+
+
+def token_lengths(tokenizer: Any, rows: list[Row]) -> list[int]:
+    """Tokens per row as training renders it (chat template for conversations; the longer side of a pair)."""
+    from tunesmith.data.preview import conversations_of
+
+    texts: list[str] = []
+    owners: list[int] = []
+    for index, row in enumerate(rows):
+        for _, sequence in conversations_of(row):
+            texts.append(sequence if isinstance(sequence, str) else
+                         tokenizer.apply_chat_template(sequence, tokenize=False))
+            owners.append(index)
+    lengths = [0] * len(rows)
+    for start in range(0, len(texts), 1024):
+        encoded = tokenizer(texts[start:start + 1024], add_special_tokens=False)["input_ids"]
+        for owner, ids in zip(owners[start:start + 1024], encoded, strict=True):
+            lengths[owner] = max(lengths[owner], len(ids))
+    return lengths
+
+
+def steps_report(steps: list[Step]) -> list[dict[str, Any]]:
+    return [{"step": s.name, "removed": s.removed, "changed": s.changed, **s.details, "examples": s.examples}
+            for s in steps]
