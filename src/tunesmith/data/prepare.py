@@ -7,7 +7,9 @@ remember each row's position in the source file, so a report can point at what i
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ class Step:
     name: str
     removed: int = 0
     changed: int = 0
+    seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -46,20 +49,22 @@ class Cleaned:
 def clean_rows(rows: list[Row], clean: CleanSection, tokenizer: Any = None) -> Cleaned:
     """Run the enabled cleaning steps in order; `tokenizer` is needed only for token-length bounds."""
     state = Cleaned(list(rows), list(range(1, len(rows) + 1)))
-    if clean.normalize:
-        normalize_step(state)
-    if clean.pii != "off":
-        pii_step(state, clean)
-    if clean.min_tokens or clean.max_tokens:
-        if tokenizer is None:
-            raise DataError("data.clean.min_tokens/max_tokens need the model's tokenizer.")
-        length_step(state, clean, tokenizer)
-    if clean.drop_refusals:
-        refusal_step(state)
-    if clean.languages:
-        language_step(state, clean)
-    if clean.dedup != "off":
-        dedup_step(state, clean)
+    if (clean.min_tokens or clean.max_tokens) and tokenizer is None:
+        raise DataError("data.clean.min_tokens/max_tokens need the model's tokenizer.")
+    steps: list[tuple[bool, Callable[[], None]]] = [
+        (clean.normalize, lambda: normalize_step(state)),
+        (clean.pii != "off", lambda: pii_step(state, clean)),
+        (bool(clean.min_tokens or clean.max_tokens), lambda: length_step(state, clean, tokenizer)),
+        (clean.drop_refusals, lambda: refusal_step(state)),
+        (bool(clean.languages), lambda: language_step(state, clean)),
+        (clean.dedup != "off", lambda: dedup_step(state, clean)),
+    ]
+    for enabled, run_step in steps:
+        if enabled:
+            started, count = time.perf_counter(), len(state.steps)
+            run_step()
+            for step in state.steps[count:]:
+                step.seconds = round((time.perf_counter() - started) / (len(state.steps) - count), 3)
     return state
 
 
@@ -205,5 +210,5 @@ def token_lengths(tokenizer: Any, rows: list[Row]) -> list[int]:
 
 
 def steps_report(steps: list[Step]) -> list[dict[str, Any]]:
-    return [{"step": s.name, "removed": s.removed, "changed": s.changed, **s.details, "examples": s.examples}
-            for s in steps]
+    return [{"step": s.name, "removed": s.removed, "changed": s.changed, "seconds": s.seconds, **s.details,
+             "examples": s.examples} for s in steps]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,8 +37,8 @@ def pick_dtype(precision: str, device: str) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(model_dir: Path):
-    """Load the tokenizer; require a chat template and fill a missing pad token from EOS."""
+def load_tokenizer(model_dir: Path, fill_pad: bool = True):
+    """Load the tokenizer; require a chat template and (unless told not to) fill a missing pad from EOS."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -46,21 +47,28 @@ def load_tokenizer(model_dir: Path):
             f"The tokenizer in {model_dir} has no chat template, so conversations cannot be rendered.",
             "Use an instruct/chat model, or add a chat_template.jinja file to the model folder.",
         )
-    if tokenizer.pad_token is None:
+    if fill_pad and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load a causal LM from a local checkpoint directory."""
+def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               quantization_config: Any = None):
+    """Load a causal LM from a local checkpoint directory.
+
+    A `quantization_config` (transformers' BitsAndBytesConfig, for QLoRA) quantizes the weights while they
+    load; quantized models cannot be moved with `.to()`, so they are placed on `device` by a device map.
+    """
     from transformers import AutoModelForCausalLM
 
+    placement = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                         "device_map": {"": device}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **placement)
     if getattr(model, "hf_quantizer", None) is not None and "gguf" in str(model.hf_quantizer).lower():
         raise ModelSourceError(
             f"{model_dir} loads as a GGUF-quantized model, which cannot be trained or saved.",
             "Import it first: `tunesmith models import FILE.gguf`.",
         )
-    return model.to(device)
+    return model if quantization_config is not None else model.to(device)

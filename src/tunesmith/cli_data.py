@@ -1,0 +1,130 @@
+"""`tunesmith data inspect|prepare|preview`: thin commands over tunesmith.data.workflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+data_app = typer.Typer(help="Inspect, clean and preview datasets before training.", no_args_is_help=True)
+err = Console(stderr=True)
+
+Target = Annotated[Path, typer.Argument(help="A recipe (.yaml) or a data file/folder (JSONL, JSON, CSV, ...).")]
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", help="Model whose tokenizer and chat template to use (default: the recipe's, or the embedded one).")]
+ShapeOption = Annotated[str | None, typer.Option(
+    "--format", help="Force the shape: messages, sharegpt, alpaca, prompt_completion, preference, "
+                     "unpaired_preference, text.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: data.clean.pii=redact")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+@data_app.command()
+def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
+            examples: Annotated[int, typer.Option(help="Rendered examples to show.")] = 3,
+            as_json: JsonOption = False) -> None:
+    """Show the detected shape, counts, every problem and a few rendered rows; writes nothing.
+
+    Example: tunesmith data inspect examples/data/orders/train.jsonl
+    """
+    from tunesmith.data.workflow import data_recipe, inspect_data
+
+    report = inspect_data(data_recipe(target, model, format_, set_), examples)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    for split, info in report["files"].items():
+        err.rule(f"{split}: {info['source']}")
+        err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "
+                  f"{info['stats']['rows']} usable rows · skipped {sum(info['skipped'].values())}")
+        print_stats(info["stats"])
+        print_steps(info["cleaning_dry_run"], "what `prepare` would do")
+        for problem in info["problems"][:50]:
+            err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        if len(info["problems"]) > 50:
+            err.print(f"… and {len(info['problems']) - 50} more (see --json).")
+        for text in info["examples"]:
+            err.rule("example", style="dim")
+            err.print(escape(text), highlight=False)
+
+
+@data_app.command()
+def prepare(target: Target, out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: prepared/NAME).")] = None, model: ModelOption = None,
+        format_: ShapeOption = None, set_: SetOption = None, as_json: JsonOption = False) -> None:
+    """Clean, deduplicate and split; write train/eval JSONL, data_report.json, report.html and a histogram.
+
+    Example: tunesmith data prepare recipe.yaml --set data.clean.dedup=near --set data.clean.pii=redact
+    """
+    from tunesmith.data.workflow import data_recipe, prepare_data
+
+    recipe = data_recipe(target, model, format_, set_)
+    out = out or Path("prepared") / recipe.name
+    report = prepare_data(recipe, out)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    for split, stats in report["splits"].items():
+        err.rule(f"{split}: {stats['rows']} rows")
+        print_stats(stats)
+    for split, steps in report["cleaning"].items():
+        if isinstance(steps, list):
+            print_steps(steps, f"cleaning ({split})")
+    overlap = report["cleaning"].get("train_eval_overlap", {}).get("removed", 0)
+    if overlap:
+        err.print(f"Removed {overlap} train rows that duplicate an eval row.")
+    err.print(f"[bold]Wrote[/bold] {out}/ (train.jsonl, eval.jsonl, data_report.json, report.html, "
+              "token_lengths.png)")
+
+
+@data_app.command()
+def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to render.")] = 3,
+            skip: Annotated[int, typer.Option(help="Start after this many rows.")] = 0,
+            html: Annotated[Path | None, typer.Option(help="Also write the view as an HTML file.")] = None,
+            model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
+            as_json: JsonOption = False) -> None:
+    """Render rows through the chat template as training will; tokens that carry loss are highlighted.
+
+    Example: tunesmith data preview recipes/quickstart.yaml -n 2 --html preview.html
+    """
+    from tunesmith.data.preview import preview_html, print_preview
+    from tunesmith.data.workflow import data_recipe, preview_data
+    from tunesmith.runs import atomic_write_text
+
+    recipe = data_recipe(target, model, format_, set_)
+    result = preview_data(recipe, n, skip)
+    if html:
+        atomic_write_text(html, preview_html(result, f"{recipe.name}: what the loss sees"))
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        return
+    print_preview(result, err)
+    if html:
+        err.print(f"Wrote {html}")
+
+
+def print_stats(stats: dict[str, Any]) -> None:
+    tokens = stats.get("tokens") or {}
+    turns = stats.get("turns") or {}
+    table = Table("rows", "tokens min/median/p90/max", f"over max_length {stats['max_length']}", "turns mean",
+                  "roles")
+    table.add_row(str(stats["rows"]),
+                  "/".join(str(tokens.get(k, "-")) for k in ("min", "p50", "p90", "max")),
+                  str(stats["over_max_length"]), str(turns.get("mean", "-")),
+                  ", ".join(f"{k} {v}" for k, v in stats["roles"].items()))
+    err.print(table)
+
+
+def print_steps(steps: list[dict[str, Any]], title: str) -> None:
+    if not steps:
+        return
+    table = Table("step", "removed", "changed", "details", title=title)
+    for step in steps:
+        details = {k: v for k, v in step.items() if k not in ("step", "removed", "changed", "examples")}
+        table.add_row(step["step"], str(step["removed"]), str(step["changed"]), escape(str(details)))
+    err.print(table)

@@ -1,0 +1,107 @@
+"""Dataset statistics and the human report: token lengths (with a histogram), roles and turns, and what
+each cleaning step removed, as JSON for tools and as one self-contained HTML page for people."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import statistics
+from collections import Counter
+from typing import Any
+
+from tunesmith.figures import pyplot
+
+Row = dict[str, Any]
+
+
+def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str, Any]:
+    """Counts a person checks before training: rows, roles, turns, token-length spread and overflow."""
+    roles: Counter[str] = Counter()
+    turns = []
+    for row in rows:
+        messages = row.get("messages") or [m for key in ("prompt", "completion", "chosen", "rejected")
+                                           if isinstance(row.get(key), list) for m in row[key]]
+        roles.update(message["role"] for message in messages)
+        turns.append(len(messages))
+    return {
+        "rows": len(rows),
+        "roles": dict(roles.most_common()),
+        "turns": summary(turns) if any(turns) else None,
+        "tokens": summary(lengths) if lengths else None,
+        "total_tokens": sum(lengths),
+        "over_max_length": sum(n > max_length for n in lengths),
+        "max_length": max_length,
+    }
+
+
+def summary(values: list[int]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {"min": ordered[0], "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": ordered[-1],
+            "mean": round(statistics.fmean(ordered), 1)}
+
+
+def token_length_figure(lengths: dict[str, list[int]], max_length: int, title: str) -> bytes:
+    """Histogram of tokens per row for each split, with data.max_length marked; PNG bytes."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for split, values in lengths.items():
+        if values:
+            ax.hist(values, bins=40, alpha=0.6, label=f"{split} ({len(values)} rows)")
+    ax.axvline(max_length, color="crimson", linestyle="--", label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per row (chat template applied)")
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    ax.legend()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", bbox_inches="tight", dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
+    """One page, no network assets: summary table, the histogram inline, each step with examples."""
+    image = base64.b64encode(histogram_png).decode()
+    splits = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{s['rows']}</td><td>{fmt_summary(s['tokens'])}</td>"
+        f"<td>{s['over_max_length']}</td><td>{html.escape(fmt_counts(s['roles']))}</td></tr>"
+        for name, s in report["splits"].items())
+    steps = "".join(step_html(split, step) for split, split_steps in report["cleaning"].items()
+                    for step in (split_steps if isinstance(split_steps, list) else []))
+    overlap = report["cleaning"].get("train_eval_overlap", {}).get("removed")
+    overlap_line = f"<p>Train rows removed because they duplicate an eval row: {overlap}</p>" if overlap else ""
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Data report: {html.escape(report['name'])}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:72em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
+        "code{white-space:pre-wrap}</style></head><body>"
+        f"<h1>Data report: {html.escape(report['name'])}</h1>"
+        f"<p>Shape: <b>{html.escape(report['shape'])}</b>. Source: {html.escape(str(report['sources']))}</p>"
+        "<table><tr><th>split</th><th>rows</th><th>tokens per row</th><th>over max_length</th><th>roles</th></tr>"
+        f"{splits}</table><img alt='token length histogram' src='data:image/png;base64,{image}'>"
+        f"<h2>Cleaning</h2>{overlap_line}{steps or '<p>No cleaning step ran.</p>'}</body></html>"
+    )
+
+
+def step_html(split: str, step: dict[str, Any]) -> str:
+    details = {k: v for k, v in step.items() if k not in ("step", "removed", "changed", "examples")}
+    examples = "".join(f"<li><code>{html.escape(str(example))}</code></li>" for example in step["examples"])
+    return (f"<h3>{html.escape(split)}: {html.escape(step['step'])}</h3><p>removed {step['removed']}, "
+            f"changed {step['changed']} {html.escape(str(details)) if details else ''}</p><ul>{examples}</ul>")
+
+
+def fmt_summary(tokens: dict[str, float] | None) -> str:
+    if not tokens:
+        return "-"
+    return f"min {tokens['min']} · median {tokens['p50']} · p90 {tokens['p90']} · max {tokens['max']}"
+
+
+def fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items()) or "-"

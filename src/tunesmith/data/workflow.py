@@ -1,0 +1,139 @@
+"""The `tunesmith data` commands as plain functions: inspect (read-only), prepare (clean + write + report),
+preview (what the loss sees). Each takes a recipe; a bare data file becomes a one-line recipe around it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
+from tunesmith.data import data_source, load_splits, recipe_tokenizer
+from tunesmith.data.formats import as_conversation
+from tunesmith.data.loaders import load_records
+from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
+from tunesmith.data.preview import Preview, preview_rows, require_rows
+from tunesmith.data.report import data_stats, report_html, token_length_figure
+from tunesmith.data.shapes import SHAPES
+from tunesmith.runs import atomic_directory
+
+RECIPE_SUFFIXES = {".yaml", ".yml"}
+
+
+def data_recipe(target: Path, model: str | None = None, shape: str | None = None,
+                overrides: list[str] | None = None) -> Recipe:
+    """The recipe to work from: TARGET itself when it is a recipe, else a default one around the file."""
+    if target.suffix.lower() in RECIPE_SUFFIXES:
+        recipe = load_recipe(target, overrides)
+        updates = {"model": recipe.model.model_copy(update={"source": model})} if model else {}
+        if shape:
+            updates["data"] = recipe.data.model_copy(update={"format": shape})
+        return recipe.model_copy(update=updates)
+    raw: dict[str, Any] = {"name": safe_name(target), "data": {"train": str(target)}, "base_dir": str(Path.cwd())}
+    if model:
+        raw["model"] = {"source": model}
+    if shape:
+        raw["data"]["format"] = shape
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw)
+
+
+def safe_name(target: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in (target.stem or "data"))
+    return stem.strip("-.") or "data"
+
+
+def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
+    """Shape, counts, every problem (bad rows are collected, not fatal), a dry run of cleaning, examples."""
+    data = recipe.data
+    tokenizer = recipe_tokenizer(recipe)
+    files = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
+    report: dict[str, Any] = {"name": recipe.name, "files": {}}
+    for split, value in files.items():
+        source = data_source(recipe, value)
+        loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
+                              shape=data.format)
+        cleaned = clean_rows(loaded.rows, data.clean.model_copy(update={"pii": "redact"}), tokenizer)
+        lengths = token_lengths(tokenizer, loaded.rows)
+        report["files"][split] = {
+            "source": str(source),
+            "file_format": loaded.file_format,
+            "layout": loaded.source_shape,
+            "shape": loaded.shape,
+            "skipped": loaded.skipped,
+            "problems": loaded.problems,
+            "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
+                                data.max_length),
+            "cleaning_dry_run": steps_report(cleaned.steps),
+            "examples": [rendered(tokenizer, row) for row in loaded.rows[:examples]],
+        }
+    return report
+
+
+def is_sft_row(row: dict[str, Any]) -> bool:
+    return "messages" in row or ("completion" in row and "label" not in row)
+
+
+def rendered(tokenizer: Any, row: dict[str, Any]) -> str:
+    from tunesmith.data.preview import conversations_of
+
+    parts = []
+    for side, sequence in conversations_of(row):
+        text = sequence if isinstance(sequence, str) else tokenizer.apply_chat_template(sequence, tokenize=False)
+        parts.append(f"[{side}]\n{text}" if side else text)
+    return "\n".join(parts)
+
+
+def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    """Clean and split as training would, then write rows, data_report.json, report.html and the histogram."""
+    tokenizer = recipe_tokenizer(recipe)
+    splits = load_splits(recipe, accept=SHAPES, purpose="prepare", tokenizer=tokenizer)
+    lengths = {"train": token_lengths(tokenizer, splits.train), "eval": token_lengths(tokenizer, splits.eval)}
+    report = {
+        "name": recipe.name,
+        "shape": splits.shape,
+        "sources": splits.source,
+        "skipped_rows": splits.skipped,
+        "splits": {name: data_stats(rows, lengths[name], recipe.data.max_length)
+                   for name, rows in (("train", splits.train), ("eval", splits.eval))},
+        "cleaning": splits.cleaning,
+        "outputs": {"train": "train.jsonl", "eval": "eval.jsonl", "report": "report.html",
+                    "histogram": "token_lengths.png"},
+    }
+    histogram = token_length_figure(lengths, recipe.data.max_length, f"{recipe.name}: tokens per row")
+    with atomic_directory(out_dir) as tmp:
+        write_jsonl(tmp / "train.jsonl", splits.train)
+        write_jsonl(tmp / "eval.jsonl", splits.eval)
+        (tmp / "token_lengths.png").write_bytes(histogram)
+        (tmp / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "report.html").write_text(report_html(report, histogram), encoding="utf-8")
+    return report
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
+    """Render rows skip+1 … skip+count of the training file as training will, with the contract checks."""
+    from tunesmith.models import resolve_model_source
+    from tunesmith.models.loading import load_tokenizer
+
+    data = recipe.data
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    tokenizer = load_tokenizer(model_dir, fill_pad=False)
+    pad_missing = tokenizer.pad_token is None
+    if pad_missing:
+        tokenizer.pad_token = tokenizer.eos_token
+    source = data_source(recipe, data.train)
+    loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=data.skip_invalid,
+                          shape=data.format)
+    rows = require_rows(loaded.rows[skip:skip + count], str(source))
+    if data.system_prompt:
+        from tunesmith.data.formats import with_system_prompt
+
+        rows = [with_system_prompt(as_conversation(r), data.system_prompt) if is_sft_row(r) else r for r in rows]
+    return preview_rows(tokenizer, rows, data.max_length, pad_missing, first_row=skip + 1)

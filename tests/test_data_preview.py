@@ -1,0 +1,125 @@
+"""The template/loss preview: what training sees, and the tokenizer/template/trainer contract checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import CHATML
+from tunesmith.data.preview import preview_html, preview_rows
+from tunesmith.data.workflow import data_recipe, preview_data
+
+ROW = {"messages": [{"role": "system", "content": "Answer in JSON."},
+                    {"role": "user", "content": "two red mugs"},
+                    {"role": "assistant", "content": '{"item": "mug", "qty": 2}'}]}
+NO_SYSTEM = CHATML.replace("{{'<|im_start|>' + message['role']",
+                           "{% if message['role'] != 'system' %}{{'<|im_start|>' + message['role']").replace(
+    "+ '\n'}}{% endfor %}", "+ '\n'}}{% endif %}{% endfor %}")
+NO_EOS_AFTER_ANSWER = CHATML.replace("message['content'] + '<|im_end|>' + '\n'",
+                                     "message['content'] + ('\n' if message['role'] == 'assistant' "
+                                     "else '<|im_end|>\n')")
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def test_loss_tokens_are_exactly_the_answer_and_its_end_token(tokenizer):
+    preview = preview_rows(tokenizer, [ROW], max_length=256)
+    [example] = preview.examples
+    assert "".join(t.text for t in example.tokens if t.loss) == '{"item": "mug", "qty": 2}<|im_end|>\n'
+    assert "".join(t.text for t in example.tokens) == tokenizer.apply_chat_template(ROW["messages"], tokenize=False)
+
+
+def test_a_clean_contract_only_notes_pad_equals_eos(tokenizer):
+    warnings = preview_rows(tokenizer, [ROW], max_length=256).warnings
+    assert len(warnings) == 1 and "pad == eos" in warnings[0]
+
+
+def test_template_that_drops_the_system_role_is_flagged(tokenizer):
+    tokenizer.chat_template = NO_SYSTEM
+    warnings = preview_rows(tokenizer, [ROW], max_length=256).warnings
+    assert any("drops the system role" in w for w in warnings)
+
+
+def test_answers_without_eos_are_flagged(tokenizer):
+    tokenizer.chat_template = NO_EOS_AFTER_ANSWER
+    warnings = preview_rows(tokenizer, [ROW], max_length=256).warnings
+    assert any("row 1: 1 assistant turn(s) end without EOS" in w for w in warnings)
+
+
+def test_text_that_does_not_round_trip_is_flagged(tokenizer):
+    from tokenizers import normalizers
+
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFKC()
+    row = {"messages": [{"role": "user", "content": "the ﬁrst order"}, {"role": "assistant", "content": "ok"}]}
+    warnings = preview_rows(tokenizer, [row], max_length=256).warnings
+    assert any("does not survive tokenize→decode" in w and "'ﬁ" in w for w in warnings)
+
+
+def test_truncation_inside_the_answer_is_flagged_with_the_count(tokenizer):
+    full = preview_rows(tokenizer, [ROW], max_length=256).examples[0]
+    cut_at = full.total_tokens - 4
+    preview = preview_rows(tokenizer, [ROW], max_length=cut_at)
+    assert preview.examples[0].truncated_answer_tokens == 4
+    assert any(f"> max_length {cut_at}; 4 answer tokens are cut off" in w for w in preview.warnings)
+    prompt_only_cut = preview_rows(tokenizer, [ROW], max_length=full.total_tokens)
+    assert not any("cut off" in w for w in prompt_only_cut.warnings)
+
+
+def test_preference_rows_show_both_sides_and_text_rows_train_every_token(tokenizer):
+    pair = {"prompt": "two red mugs", "chosen": '{"item": "mug"}', "rejected": "Sure! Two mugs."}
+    text = {"text": "Mugs are made of clay."}
+    preview = preview_rows(tokenizer, [pair, text], max_length=256)
+    assert [e.label for e in preview.examples] == ["row 1 (chosen)", "row 1 (rejected)", "row 2"]
+    assert all(t.loss for t in preview.examples[2].tokens)
+
+
+class SpanCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss, self.current = [], None
+
+    def handle_starttag(self, tag, attrs):
+        self.current = dict(attrs).get("class") if tag == "span" else None
+
+    def handle_data(self, data):
+        if self.current == "loss":
+            self.loss.append(data)
+
+
+def test_html_view_marks_the_same_tokens(tokenizer):
+    preview = preview_rows(tokenizer, [ROW], max_length=256)
+    page = preview_html(preview, "t")
+    parser = SpanCollector()
+    parser.feed(page)
+    assert "".join(parser.loss) == '{"item": "mug", "qty": 2}<|im_end|>\n'
+    assert "pad == eos" in page and "http" not in page
+
+
+def test_preview_data_reports_a_missing_pad_token(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROW) + "\n" + json.dumps(ROW) + "\n", encoding="utf-8")
+    preview = preview_data(data_recipe(data, model=str(model)), count=5)
+    assert len(preview.examples) == 2
+    assert any("no pad token" in w for w in preview.warnings)
+
+
+def test_a_recipe_target_uses_its_system_prompt(tiny_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "hi", "completion": "hello"}) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: d.jsonl\n  system_prompt: Be terse.\n")
+    preview = preview_data(data_recipe(Path(recipe)))
+    assert "Be terse." in "".join(t.text for t in preview.examples[0].tokens)
