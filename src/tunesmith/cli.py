@@ -17,12 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.cli_data import data_app
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="Embedded, imported and Hub models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 err = Console(stderr=True)
 state = {"debug": False}
 
