@@ -29,3 +29,13 @@ if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
   "${PIP[@]}" install -e ".[dev]"
   touch .venv/.tunesmith-installed
 fi
+
+# Go runs the Ollama template proof in tests/test_ollama_export.py (skipped without it). Optional: only
+# when apt-get is there and we are root, and a failure here does not stop the setup.
+if ! command -v go >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> installing Go (golang-go) for the Ollama template tests"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq golang-go >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq golang-go >/dev/null 2>&1; }; } \
+    || echo "    (could not install golang-go; those tests will be skipped)"
+fi

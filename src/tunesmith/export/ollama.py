@@ -1,0 +1,113 @@
+"""Export a run for Ollama: the merged model as GGUF next to a Modelfile, in exports/ollama/.
+
+The Modelfile points at the GGUF by a relative path (Ollama resolves it against the Modelfile's folder),
+carries the chat template translated to Go template syntax (ollama_templates.py), the stop strings of
+that template, and the recipe's system prompt. Sampling parameters are left to Ollama's defaults: a
+recipe says nothing about them. The folder is built under a temporary name and renamed, so a failed
+export leaves no half-written folder; when the `ollama` binary is installed the model is created too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunesmith.errors import TunesmithError
+from tunesmith.export.ollama_templates import Translation, translate_chat_template
+from tunesmith.runs import atomic_directory, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+    from tunesmith.runs import Run
+
+
+@dataclass(frozen=True)
+class OllamaExport:
+    folder: Path
+    modelfile: Path
+    model_name: str
+    family: str
+    create_command: str
+    created: bool | None  # None: no `ollama` binary here, so the command was not run
+    create_output: str = ""
+
+
+def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16") -> OllamaExport:
+    """Write exports/ollama/ (GGUF + Modelfile), then `ollama create` it if Ollama is installed."""
+    from tunesmith.export.gguf import parse_quant, run_gguf_export
+
+    parse_quant(quant)  # a bad type fails before the slow steps
+    translation = translate_run_template(recipe)  # an untranslatable template fails before the GGUF is written
+    gguf_path = run_gguf_export(recipe, run, quant)
+    folder = run.exports_dir / "ollama"
+    gguf_name = f"model-{quant.upper()}.gguf"
+    with atomic_directory(folder) as tmp:
+        link_or_copy(gguf_path, tmp / gguf_name)
+        atomic_write_text(tmp / "Modelfile", modelfile_text(gguf_name, translation, recipe.data.system_prompt))
+    name = recipe.name.lower()
+    result = create_with_ollama(name, folder / "Modelfile", translation.family)
+    record_in_manifest(run, result)
+    return result
+
+
+def translate_run_template(recipe: Recipe) -> Translation:
+    """The base model's chat template in Go syntax (merging never changes the tokenizer)."""
+    from tunesmith.export.gguf_vocab import added_special_tokens
+    from tunesmith.models import load_tokenizer, resolve_model_source
+
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    tokenizer = load_tokenizer(model_dir)
+    return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"])
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when the filesystem allows it (a GGUF can be gigabytes), a copy otherwise."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str | None) -> str:
+    """The Modelfile: FROM, TEMPLATE, one PARAMETER stop per stop string, and SYSTEM when the recipe has one."""
+    lines = [f"# Written by tunesmith. Chat template: {translation.family}, translated from the model's Jinja "
+             "template and checked against it.",
+             f"FROM ./{gguf_name}",
+             f'TEMPLATE {triple_quoted(translation.go_template, "TEMPLATE")}']
+    lines += [f'PARAMETER stop "{stop}"' for stop in translation.stops]
+    if system_prompt:
+        lines.append(f'SYSTEM {triple_quoted(system_prompt, "data.system_prompt")}')
+    return "\n".join(lines) + "\n"
+
+
+def triple_quoted(value: str, what: str) -> str:
+    """A Modelfile multi-line value; Ollama's parser ends it at the first `\"\"\"`, so that cannot occur inside."""
+    if '"""' in value:
+        raise TunesmithError(f'The {what} contains """, which cannot be written inside a Modelfile value.',
+                             'Remove the triple quote from it and export again.')
+    return f'"""{value}"""'
+
+
+def create_with_ollama(name: str, modelfile: Path, family: str) -> OllamaExport:
+    """Run `ollama create` when the binary is on PATH; otherwise hand back the command to run."""
+    command = ["ollama", "create", name, "-f", str(modelfile)]
+    shown = " ".join(command)
+    base = dict(folder=modelfile.parent, modelfile=modelfile, model_name=name, family=family, create_command=shown)
+    if shutil.which("ollama") is None:
+        return OllamaExport(**base, created=None)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=modelfile.parent)
+    return OllamaExport(**base, created=done.returncode == 0, create_output=(done.stdout + done.stderr).strip())
+
+
+def record_in_manifest(run: Run, result: OllamaExport) -> None:
+    """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists."""
+    manifest_path = run.exports_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest["ollama"] = {"path": str(result.folder), "modelfile": str(result.modelfile),
+                          "name": result.model_name, "template_family": result.family, "created": result.created}
+    atomic_write_json(manifest_path, manifest)

@@ -1,0 +1,372 @@
+"""Ollama export: the Jinja chat template translated to Go, proven by rendering the same conversations with
+Go's own text/template (tests/go/render_template.go) and transformers' apply_chat_template; and the
+exports/ollama/ folder (Modelfile + GGUF) that `tunesmith export --format ollama` writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import gguf
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import CHATML
+from tunesmith.errors import TunesmithError
+from tunesmith.export import ollama as ollama_export
+from tunesmith.export.ollama import create_with_ollama, modelfile_text
+from tunesmith.export.ollama_templates import FAMILIES, Translation, translate_chat_template
+
+GO_PROGRAM = Path(__file__).parent / "go" / "render_template.go"
+
+# Representative Jinja templates, one per family, modelled on the models' own tokenizer_config.json.
+SMOLLM2 = CHATML.replace("You are a helpful assistant.", "You are a helpful AI assistant named SmolLM, trained by "
+                         "Hugging Face")
+QWEN25 = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{{- raise_exception('tools are not part of this test') }}"
+    "{%- else %}{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}{%- endif %}{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant' and not message.tool_calls) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+)
+CHATML_PLAIN = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                "{% endif %}")
+LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+          "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+          "{% endif %}")
+MISTRAL = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}\n"
+    "{{- bos_token }}\n{%- for message in loop_messages %}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "        {%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}\n"
+    "        {%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}\n"
+    "    {%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token }}\n"
+    "    {%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an "
+    "initial optional system message!') }}{%- endif %}\n{%- endfor %}\n"
+)
+GEMMA3 = (
+    "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}\n"
+)
+GEMMA2 = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+          "{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+          "{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + "
+          "message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{'<start_of_turn>model\\n'}}{% endif %}")
+PHI3 = ("{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+        "{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'user' %}"
+        "{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'assistant' %}"
+        "{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+# name: (Jinja template, bos_token, eos_token, expected family, expected default system prompt)
+TEMPLATES = {
+    "qwen2-chatml": (CHATML, "<|im_start|>", "<|im_end|>", "chatml", "You are a helpful assistant."),
+    "smollm2": (SMOLLM2, "<|im_start|>", "<|im_end|>", "chatml",
+                "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+    "qwen2.5": (QWEN25, None, "<|im_end|>", "chatml",
+                "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+    "chatml-plain": (CHATML_PLAIN, "<|im_start|>", "<|im_end|>", "chatml", ""),
+    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "llama3", ""),
+    "mistral": (MISTRAL, "<s>", "</s>", "mistral", ""),
+    "gemma3": (GEMMA3, "<bos>", "<eos>", "gemma", ""),
+    "gemma2": (GEMMA2, "<bos>", "<eos>", "gemma", ""),
+    "phi3": (PHI3, "<s>", "<|endoftext|>", "phi3", ""),
+}
+
+S, U, A = "system", "user", "assistant"
+
+
+def chat(*turns: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+CONVERSATIONS = [
+    chat((U, "Hello!")),
+    chat((S, "You answer in JSON."), (U, "2 large pizzas to 12 Main St.")),
+    chat((U, "Hi"), (A, "Hello, how can I help?"), (U, "Tell me a joke.")),
+    chat((S, "Be brief."), (U, "First question?"), (A, "First answer."), (U, "Second question?")),
+    chat((S, "Reply in French."), (U, "One"), (A, "Un"), (U, "Two"), (A, "Deux"), (U, "Three")),
+    chat((U, "Line one\nLine two with {{ braces }}, \"quotes\", <tags> & $vars"), (A, "Noted:\n- a\n- b"),
+         (U, "And a tab\there?")),
+    chat((U, "Grüße 👋 — ¿qué tal? 你好")),
+    chat((U, "q1"), (A, "a1"), (U, "q2"), (A, "a2"), (U, "q3"), (A, "a3"), (U, "q4")),
+]
+
+
+def family_tokenizer(tokenizer_dir: Path, name: str):
+    template, bos, eos, _, _ = TEMPLATES[name]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = template
+    tokenizer.bos_token, tokenizer.eos_token = bos, eos
+    return tokenizer
+
+
+def jinja_prompts(tokenizer) -> list[tuple[int, str]]:
+    """(index, prompt) for every conversation the Jinja template accepts (Gemma 2 refuses system turns)."""
+    from jinja2.exceptions import TemplateError
+
+    prompts = []
+    for index, conversation in enumerate(CONVERSATIONS):
+        try:
+            prompts.append((index, tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                                 add_generation_prompt=True)))
+        except TemplateError:
+            continue
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/go/render_template.go built once, with Go's caches under a temporary folder and no network."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed (apt-get install golang-go; scripts/setup.sh does it as root): the "
+                    "Ollama template proof needs Go's text/template")
+    folder = tmp_path_factory.mktemp("go")
+    env = {**os.environ, "GOCACHE": str(folder / "cache"), "GOPATH": str(folder / "gopath"), "GOTOOLCHAIN": "local",
+           "GOPROXY": "off", "GOFLAGS": "", "GO111MODULE": "on", "CGO_ENABLED": "0"}
+    binary = folder / "render_template"
+    subprocess.run([go, "build", "-o", str(binary), str(GO_PROGRAM)], env=env, check=True, capture_output=True)
+    return binary
+
+
+def go_render(binary: Path, template: str, conversations: list[list[dict[str, str]]], tmp_path: Path) -> list[str]:
+    """Each conversation rendered by the Go template as Ollama executes it (Messages with Role/Content)."""
+    template_file = tmp_path / "template.gotmpl"
+    template_file.write_text(template, encoding="utf-8")
+    data = [{"Messages": [{"Role": m["role"], "Content": m["content"]} for m in c]} for c in conversations]
+    done = subprocess.run([str(binary), str(template_file)], input=json.dumps(data), capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+@pytest.mark.parametrize("adds_bos", [True, False], ids=["gguf-adds-bos", "template-writes-bos"])
+def test_go_template_renders_exactly_what_the_jinja_template_renders(name, adds_bos, tokenizer_dir, go_renderer,
+                                                                     tmp_path):
+    tokenizer = family_tokenizer(tokenizer_dir, name)
+    translation = translate_chat_template(tokenizer, adds_bos=adds_bos)
+    _, _, _, family, default_system = TEMPLATES[name]
+    assert (translation.family, translation.default_system) == (family, default_system)
+
+    expected = jinja_prompts(tokenizer)
+    assert len(expected) >= (5 if name == "gemma2" else len(CONVERSATIONS))
+    rendered = go_render(go_renderer, translation.go_template, [CONVERSATIONS[i] for i, _ in expected], tmp_path)
+    bos = tokenizer.bos_token if adds_bos and "bos_token" in tokenizer.chat_template else ""
+    for (index, jinja), go in zip(expected, rendered, strict=True):
+        assert bos + go == jinja, f"conversation {index}"
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_python_mirror_renders_what_the_go_template_renders(family, go_renderer, tmp_path):
+    """The export-time check compares the Jinja template with these mirrors, so they must equal Go."""
+    from tunesmith.export.ollama_templates import TemplateContext
+
+    context = TemplateContext(eos_token="</s>", default_system="Default {{ system }} prompt")
+    rendered = go_render(go_renderer, family.go_template(context), CONVERSATIONS, tmp_path)
+    assert rendered == [family.render(conversation, context) for conversation in CONVERSATIONS]
+
+
+def test_default_system_prompt_is_reproduced_only_without_a_system_turn(tokenizer_dir, go_renderer, tmp_path):
+    tokenizer = family_tokenizer(tokenizer_dir, "smollm2")
+    template = translate_chat_template(tokenizer, adds_bos=False).go_template
+    without, with_system = go_render(go_renderer, template, [CONVERSATIONS[0], CONVERSATIONS[1]], tmp_path)
+    assert without.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert "SmolLM" not in with_system and with_system.startswith("<|im_start|>system\nYou answer in JSON.")
+    assert without.endswith("<|im_start|>assistant\n") and with_system.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(("name", "stops"), [
+    ("smollm2", ("<|im_start|>", "<|im_end|>")),
+    ("llama3", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+    ("mistral", ("[INST]", "[/INST]", "</s>")),
+    ("gemma3", ("<start_of_turn>", "<end_of_turn>")),
+    ("phi3", ("<|end|>", "<|user|>", "<|assistant|>")),
+])
+def test_stop_strings_match_the_family(name, stops, tokenizer_dir):
+    assert translate_chat_template(family_tokenizer(tokenizer_dir, name), adds_bos=True).stops == stops
+
+
+def test_unknown_template_is_refused_with_what_to_write(tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = ("{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}### assistant:\n{% endif %}")
+    with pytest.raises(TunesmithError, match="not one tunesmith can translate") as info:
+        translate_chat_template(tokenizer, adds_bos=False)
+    assert "TEMPLATE" in info.value.hint and ".Messages" in info.value.hint
+
+
+def test_a_variant_of_a_known_family_is_refused_not_mistranslated(tokenizer_dir):
+    """Llama 2 also uses [INST], but wraps the system prompt in <<SYS>>: the probes catch the difference."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{{ '[INST] <<SYS>>\\n' + message['content'] + '\\n<</SYS>>\\n\\n' }}{% elif message['role'] == 'user' %}"
+        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}"
+        "{% endif %}{% endfor %}")
+    with pytest.raises(TunesmithError, match="looks like mistral but renders differently"):
+        translate_chat_template(tokenizer, adds_bos=True)
+
+
+TRANSLATION = Translation("chatml", "{{- range .Messages }}{{ .Content }}{{ end }}", ("<|im_end|>",), "")
+
+
+def test_modelfile_has_system_only_when_the_recipe_sets_one():
+    without = modelfile_text("model-Q8_0.gguf", TRANSLATION, None)
+    assert "SYSTEM" not in without
+    assert 'FROM ./model-Q8_0.gguf\nTEMPLATE """{{- range .Messages }}{{ .Content }}{{ end }}"""\n' in without
+    assert 'PARAMETER stop "<|im_end|>"' in without
+    with_system = modelfile_text("model-Q8_0.gguf", TRANSLATION, "Reply with JSON only.\nNo prose.")
+    assert with_system.endswith('SYSTEM """Reply with JSON only.\nNo prose."""\n')
+    assert "temperature" not in with_system and "num_ctx" not in with_system  # the recipe implies neither
+
+
+def test_triple_quotes_cannot_be_written_into_the_modelfile():
+    with pytest.raises(TunesmithError, match=r"data\.system_prompt"):
+        modelfile_text("m.gguf", TRANSLATION, 'Say """hi"""')
+
+
+def fake_ollama(folder: Path, exit_code: int) -> Path:
+    """An `ollama` on PATH that records its arguments and working directory."""
+    folder.mkdir()
+    script = folder / "ollama"
+    script.write_text(f'#!/bin/sh\necho "$@" > "{folder}/args"\npwd > "{folder}/cwd"\n'
+                      f'echo "transferring model data"\n[ {exit_code} = 0 ] || echo "Error: boom" >&2\n'
+                      f"exit {exit_code}\n", encoding="utf-8")
+    script.chmod(0o755)
+    return folder
+
+
+def test_ollama_create_runs_when_installed_and_is_printed_when_not(tmp_path, monkeypatch):
+    modelfile = tmp_path / "ollama" / "Modelfile"
+    modelfile.parent.mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    absent = create_with_ollama("tiny", modelfile, "chatml")
+    assert absent.created is None and absent.create_command == f"ollama create tiny -f {modelfile}"
+
+    bin_dir = fake_ollama(tmp_path / "bin", 0)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    created = create_with_ollama("tiny", modelfile, "chatml")
+    assert created.created is True and "transferring" in created.create_output
+    assert (bin_dir / "args").read_text().split() == ["create", "tiny", "-f", str(modelfile)]
+    assert Path((bin_dir / "cwd").read_text().strip()) == modelfile.parent
+
+    monkeypatch.setenv("PATH", str(fake_ollama(tmp_path / "bin-failing", 1)))
+    failed = create_with_ollama("tiny", modelfile, "chatml")
+    assert failed.created is False and "Error: boom" in failed.create_output
+
+
+def make_run(model_dir: Path, root: Path, system_prompt: str | None = None):
+    """A run of the tiny model with an untrained (random) LoRA adapter saved where training puts it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import load_recipe
+    from tunesmith.runs import create_run
+
+    recipe_file = root / "recipe.yaml"
+    system = f"  system_prompt: {json.dumps(system_prompt)}\n" if system_prompt else ""
+    recipe_file.write_text(f"name: Tiny\nmodel:\n  source: {model_dir}\ndata:\n  train: train.jsonl\n{system}",
+                           encoding="utf-8")
+    run = create_run(load_recipe(recipe_file), root / "runs")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora).save_pretrained(run.adapter_dir)
+    return run
+
+
+def modelfile_value(text: str, keyword: str) -> str:
+    return text.split(f'{keyword} """', 1)[1].split('"""', 1)[0]
+
+
+def test_cli_exports_a_run_for_ollama(tiny_model_dir, tmp_path, monkeypatch, go_renderer):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    run = make_run(tiny_model_dir, tmp_path, system_prompt="You turn orders into JSON.")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no ollama on PATH
+    result = CliRunner().invoke(app, ["export", str(run.path), "--format", "ollama", "--quant", "Q8_0"])
+    assert result.exit_code == 0, result.output
+    folder = run.exports_dir / "ollama"
+    assert f"\n  ollama create tiny -f {folder / 'Modelfile'}\n" in result.output
+    text = (folder / "Modelfile").read_text(encoding="utf-8")
+
+    from_line = next(line for line in text.splitlines() if line.startswith("FROM "))
+    gguf_file = folder / from_line.removeprefix("FROM ")
+    assert from_line == "FROM ./model-Q8_0.gguf" and gguf_file.is_file()
+    reader = gguf.GGUFReader(gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert reader.fields["general.name"].contents() == "Tiny"  # the Ollama model name is lowercased
+    assert reader.fields["tokenizer.chat_template"].contents() == tokenizer.chat_template
+    assert [line for line in text.splitlines() if line.startswith("PARAMETER")] == [
+        'PARAMETER stop "<|im_start|>"', 'PARAMETER stop "<|im_end|>"']
+    assert modelfile_value(text, "SYSTEM") == "You turn orders into JSON."
+
+    # the template in the file, run by Go, prompts the model exactly as its tokenizer does
+    rendered = go_render(go_renderer, modelfile_value(text, "TEMPLATE"), CONVERSATIONS, tmp_path)
+    assert rendered == [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                        for c in CONVERSATIONS]
+    manifest = json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["ollama"]["template_family"] == "chatml" and manifest["ollama"]["created"] is None
+    assert "Q8_0" in manifest["gguf"]
+
+
+def test_a_failed_export_leaves_no_partial_folder(tiny_model_dir, tmp_path, monkeypatch):
+    run = make_run(tiny_model_dir, tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    recipe = run.load_recipe()
+    first = ollama_export.run_ollama_export(recipe, run, "Q8_0")
+    before = (first.folder / "Modelfile").read_text(encoding="utf-8")
+    assert "SYSTEM" not in before
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ollama_export, "modelfile_text", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        ollama_export.run_ollama_export(recipe, run, "F16")
+    assert sorted(p.name for p in first.folder.iterdir()) == ["Modelfile", "model-Q8_0.gguf"]
+    assert (first.folder / "Modelfile").read_text(encoding="utf-8") == before
+    assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".ollama")]
+
+    shutil.rmtree(first.folder)
+    with pytest.raises(OSError, match="disk full"):
+        ollama_export.run_ollama_export(recipe, run, "Q8_0")
+    assert not (run.exports_dir / "ollama").exists()
+    assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".ollama")]
+
+
+def test_recipe_accepts_the_gguf_and_ollama_formats_and_a_quant(tiny_model_dir, tmp_path):
+    from tunesmith.config import load_recipe
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f"model:\n  source: {tiny_model_dir}\ndata:\n  train: t.jsonl\n"
+                           "export:\n  formats: [gguf, ollama]\n  quant: Q8_0\n", encoding="utf-8")
+    recipe = load_recipe(recipe_file)
+    assert recipe.export.formats == ["gguf", "ollama"] and recipe.export.quant == "Q8_0"
