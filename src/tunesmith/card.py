@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.runs import Run, atomic_write_text
+from tunesmith.train.adapters import trained_model_dir, trains_whole_model
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -18,15 +19,17 @@ def write_model_card(run: Run) -> Path:
     train = _load(run.path / "train.json")
     data = _load(run.path / "data.json")
     results = _load(run.eval_dir / "results.json")
+    whole = trains_whole_model(recipe.adapter)
+    artifact = "Fine-tuned model" if whole else f"{recipe.adapter.kind} adapter"
     lines = [
         f"# {recipe.name}",
         "",
-        f"LoRA adapter for `{recipe.model.source}`, trained with tunesmith ({recipe.method.kind}).",
+        f"{artifact} for `{recipe.model.source}`, trained with tunesmith ({recipe.method.kind}).",
         "",
         "## Training",
         f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
         f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
-        f"- adapter: r={recipe.adapter.r}, alpha={recipe.adapter.alpha}, targets={recipe.adapter.targets}",
+        f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {recipe.training.lr}, batch {recipe.training.batch_size}",
         f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
         f"in {train.get('wall_time_s', '?')} s",
@@ -38,13 +41,24 @@ def write_model_card(run: Run) -> Path:
         "![base vs tuned](plots/base_vs_tuned.png)",
         "",
         "## Use",
-        "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{run.adapter_dir}")',
-        "```",
-        "Merged checkpoint (if exported): `exports/merged/`.",
+        *usage_lines(run, whole),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
+
+
+def adapter_line(adapter: Any) -> str:
+    """The adapter's settings as the recipe states them (kind first)."""
+    settings = adapter.model_dump(exclude={"kind"})
+    return adapter.kind + ": " + ", ".join(f"{key}={value}" for key, value in settings.items())
+
+
+def usage_lines(run: Run, whole: bool) -> list[str]:
+    if whole:
+        return ["```python", "from transformers import AutoModelForCausalLM",
+                f'model = AutoModelForCausalLM.from_pretrained("{trained_model_dir(run)}")', "```"]
+    return ["```python", "from peft import AutoPeftModelForCausalLM",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{run.adapter_dir}")', "```",
+            "Merged checkpoint (if exported): `exports/merged/`."]
 
 
 def results_table(results: dict[str, Any]) -> list[str]:

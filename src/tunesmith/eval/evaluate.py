@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +19,74 @@ import torch
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
-from tunesmith.eval.metrics import SCORERS, aggregate
+from tunesmith.eval.html_report import write_html_report
+from tunesmith.eval.metrics import Scorer, aggregate, recipe_scorer, score_columns
 from tunesmith.eval.report import plot_base_vs_tuned
+from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json
 
 
 def run_eval(recipe: Recipe, run: Run) -> Path:
-    """Score base and tuned on the held-out rows; writes eval/results.json and returns its path."""
-    from peft import PeftModel
+    """Score base and tuned on the held-out rows; writes eval/results.json (returned) and eval/report.html."""
+    from tunesmith.eval.preference import LIKELIHOOD_KINDS, run_likelihood_eval
+
+    if recipe.method.kind in LIKELIHOOD_KINDS:  # preference and raw-text runs have no one answer to generate
+        return run_likelihood_eval(recipe, run)
 
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     tokenizer = load_tokenizer(model_dir)
     rows = load_splits(recipe).eval[: recipe.eval.max_examples]
     device = pick_device(recipe.training.device)
-    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
-    model.eval()
-    variants = {"tuned": lambda: adapter_merged(model)}
-    if recipe.eval.compare_base:
-        variants = {"base": model.disable_adapter, **variants}
-    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric}
+    scorer = recipe_scorer(recipe)  # a bad schema or user metric fails here, before any model loads
+    variants = model_variants(recipe, run, model_dir, device)
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric,
+                               "metrics": recipe.eval.chosen_metrics()}
     outputs: dict[str, list[str]] = {}
-    for name, context in variants.items():
+    for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
-    results["samples"] = sample_table(rows, outputs, limit=10)
-    plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png")
-    return atomic_write_json(run.eval_dir / "results.json", results)
+    add_scores(results, outputs, [r["messages"][-1]["content"] for r in rows], scorer)
+    results["samples"] = sample_table(rows, outputs, limit=50)
+    chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png")
+    path = atomic_write_json(run.eval_dir / "results.json", results)
+    write_html_report(results, run.eval_dir / "report.html", chart)
+    return path
+
+
+def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], references: list[str],
+               scorer: Scorer) -> None:
+    """Score every answer: each variant's means, the per-example scores, and (with a base) the paired comparison."""
+    per_example = {}
+    for name, answers in outputs.items():
+        scores = [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+        seconds = results[name].pop("seconds")
+        results[name].update({**aggregate(scores), "seconds": seconds})
+        per_example[name] = score_columns(scores)
+    results["per_example"] = per_example
+    if "base" in per_example:
+        results["comparison"] = compare_variants(per_example["base"], per_example["tuned"], results["base"],
+                                                 results["tuned"])
+        results["bootstrap"] = {"resamples": RESAMPLES, "seed": SEED, "level": 0.95}
+
+
+Variant = tuple[Any, Callable[[], AbstractContextManager]]
+
+
+def model_variants(recipe: Recipe, run: Run, model_dir: Path, device: str) -> dict[str, Variant]:
+    """(model, context) for base and tuned. An adapter run loads one base and switches the adapter off for
+    `base`; a whole-model run (full, partial, hft) loads its model/ beside the base."""
+    from peft import PeftModel
+
+    from tunesmith.train.adapters import can_merge, trained_model_dir, trains_whole_model
+
+    if trains_whole_model(recipe.adapter):
+        tuned = load_model(trained_model_dir(run), torch.float32, device).eval()
+        base = load_model(model_dir, torch.float32, device).eval() if recipe.eval.compare_base else None
+        return {**({"base": (base, nullcontext)} if base is not None else {}), "tuned": (tuned, nullcontext)}
+    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir).eval()
+    merged = (lambda: adapter_merged(model)) if can_merge(model) else nullcontext
+    variants: dict[str, Variant] = {"tuned": (model, merged)}
+    return {"base": (model, model.disable_adapter), **variants} if recipe.eval.compare_base else variants
 
 
 @contextmanager
@@ -65,10 +107,6 @@ def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recip
         predictions = generate_answers(model, tokenizer, rows, recipe.eval.max_new_tokens,
                                        recipe.eval.batch_size)
     summary: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
-    scorer = SCORERS.get(recipe.eval.task_metric)
-    if scorer:
-        summary.update(aggregate([scorer(p, r["messages"][-1]["content"])
-                                  for p, r in zip(predictions, rows, strict=True)]))
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary, predictions
 
@@ -81,6 +119,7 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, 
         batch = encoded[start : start + batch_size]
         ids, labels, mask = pad_right(batch, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logits = logits[:, -ids.shape[1]:]  # prompt/p-tuning prepend virtual tokens' logits
         shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
         losses = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),

@@ -1,9 +1,29 @@
-"""Task metrics that score a generated answer against the reference answer automatically."""
+"""Task metrics that score a generated answer against the reference answer automatically.
+
+Every metric maps (prediction, reference) to a dict of per-example scores, each a float in [0, 1]
+where higher is better, so that base and tuned can be compared example by example (`eval/stats.py`).
+The recipe's `eval.metrics` picks them by name; a user metric is named explicitly as
+`module:function` or `path/to/file.py:function` (nothing else is imported from a string).
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import json
-from typing import Any
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.errors import TunesmithError
+
+if TYPE_CHECKING:
+    from tunesmith.config import Recipe
+
+Scorer = Callable[[str, str], dict[str, Any]]
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
@@ -27,7 +47,7 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 
 def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
-    """Exact match of the whole object, per-field matches, and whether the output parsed at all."""
+    """Exact match of the whole object, per-field matches, and whether an object could be found at all."""
     expected = json.loads(reference)
     got = parse_json_object(prediction)
     fields = {key: bool(got is not None and key in got and got[key] == value)
@@ -44,7 +64,146 @@ def exact_match_score(prediction: str, reference: str) -> dict[str, Any]:
     return {"exact_match": float(prediction.strip() == reference.strip())}
 
 
-SCORERS = {"json_fields": json_fields_score, "exact_match": exact_match_score}
+def contains_score(prediction: str, reference: str) -> dict[str, Any]:
+    """The reference appears somewhere in the answer, ignoring case (answers wrapped in prose still count)."""
+    return {"contains": float(reference.strip().casefold() in prediction.casefold())}
+
+
+def json_valid_score(prediction: str, reference: str) -> dict[str, Any]:
+    """The whole answer parses as JSON: stricter than json_fields, which digs an object out of prose."""
+    return {"json_valid": float(parse_json_strict(prediction) is not _INVALID)}
+
+
+def rouge_l_score(prediction: str, reference: str) -> dict[str, Any]:
+    """ROUGE-L F-measure (longest common word subsequence), on lowercased Unicode words."""
+    return {"rouge_l": _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure}
+
+
+def chrf_score(prediction: str, reference: str) -> dict[str, Any]:
+    """sacrebleu's sentence chrF (character n-gram F-score), divided by 100 to lie in [0, 1]."""
+    return {"chrf": _chrf().sentence_score(prediction, [reference]).score / 100}
+
+
+SCORERS: dict[str, Scorer] = {
+    "json_fields": json_fields_score, "exact_match": exact_match_score, "contains": contains_score,
+    "json_valid": json_valid_score, "rouge_l": rouge_l_score, "chrf": chrf_score,
+}
+LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
+
+
+def regex_scorer(pattern: str) -> Scorer:
+    """1 when the whole answer matches the recipe's `eval.regex` (use (?s) to let `.` cross lines)."""
+    compiled = re.compile(pattern)
+    return lambda prediction, reference: {"regex": float(compiled.fullmatch(prediction.strip()) is not None)}
+
+
+def json_schema_scorer(schema_file: Path) -> Scorer:
+    """1 when the whole answer is JSON that validates against the schema file named in `eval.json_schema`."""
+    validator = load_schema_validator(schema_file)
+
+    def score(prediction: str, reference: str) -> dict[str, Any]:
+        value = parse_json_strict(prediction)
+        return {"json_schema": float(value is not _INVALID and validator.is_valid(value))}
+
+    return score
+
+
+def load_schema_validator(schema_file: Path) -> Any:
+    """A jsonschema validator of the draft the schema declares; a missing or broken schema fails here, once."""
+    import jsonschema
+
+    try:
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except FileNotFoundError:
+        raise TunesmithError(f"eval.json_schema: no such file {schema_file}.",
+                             "Give a path relative to the recipe file.") from None
+    except (json.JSONDecodeError, jsonschema.SchemaError) as exc:
+        raise TunesmithError(f"eval.json_schema: {schema_file} is not a valid JSON Schema: {exc}".splitlines()[0],
+                             "Fix the schema file: it must be JSON and a valid JSON Schema.") from None
+    return validator_class(schema)
+
+
+def user_scorer(spec: str, base_dir: Path) -> Scorer:
+    """Wrap a user's function(prediction, reference) -> float | dict of floats as a scorer."""
+    function = load_user_function(spec, base_dir)
+    name = spec.rpartition(":")[2]
+
+    def score(prediction: str, reference: str) -> dict[str, Any]:
+        value = function(prediction, reference)
+        scores = value if isinstance(value, dict) else {name: value}
+        if not all(_is_number(v) for v in scores.values()):
+            raise TunesmithError(f"User metric {spec} returned {value!r}.",
+                                 "Return a float, or a dict of floats (higher is better, ideally in [0, 1]).")
+        return {key: float(v) for key, v in scores.items()}
+
+    return score
+
+
+def load_user_function(spec: str, base_dir: Path) -> Callable[..., Any]:
+    """The function that `module:function` or `path/to/file.py:function` names (files resolve from base_dir)."""
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise TunesmithError(f"User metric {spec}: no such file {path}.", "Paths resolve from the recipe's folder.")
+        module_spec = importlib.util.spec_from_file_location(f"tunesmith_user_metric_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise TunesmithError(f"User metric {spec}: cannot import {target!r} ({exc}).",
+                                 "Install the module, or name a file: path/to/file.py:function.") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise TunesmithError(f"User metric {spec}: {target} has no function {name!r}.")
+    return function
+
+
+def recipe_scorer(recipe: Recipe) -> Scorer:
+    """The scorer for the recipe's eval section; paths resolve from the recipe's folder."""
+    section = recipe.eval
+    schema_file = recipe.resolve_path(section.json_schema) if section.json_schema else None
+    return build_scorer(section.chosen_metrics(), section.regex, schema_file, Path(recipe.base_dir))
+
+
+def build_scorer(metrics: list[str], regex: str | None, schema_file: Path | None, base_dir: Path) -> Scorer:
+    """One scorer for the chosen metrics; their scores merged into one dict per example.
+
+    A composite metric's sub-score (json_fields' exact_match) gives way to a metric chosen by that name.
+    """
+    chosen = [m for m in metrics if m not in LIKELIHOOD_METRICS]
+    scorers = [(name, pick_scorer(name, regex, schema_file, base_dir)) for name in chosen]
+
+    def score(prediction: str, reference: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for name, scorer in scorers:
+            merged.update({k: v for k, v in scorer(prediction, reference).items() if k == name or k not in chosen})
+        return merged
+
+    return score
+
+
+def pick_scorer(name: str, regex: str | None, schema_file: Path | None, base_dir: Path) -> Scorer:
+    if name == "regex":
+        return regex_scorer(regex or "")
+    if name == "json_schema":
+        if schema_file is None:
+            raise TunesmithError("The json_schema metric needs eval.json_schema: the schema file to validate against.")
+        return json_schema_scorer(schema_file)
+    if name in SCORERS:
+        return SCORERS[name]
+    if ":" in name:
+        return user_scorer(name, base_dir)
+    raise TunesmithError(f"Unknown metric {name!r}.", f"Choose from {', '.join(metric_names())}, or module:function.")
+
+
+def metric_names() -> list[str]:
+    return [*LIKELIHOOD_METRICS, *SCORERS, "regex", "json_schema"]
 
 
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
@@ -58,3 +217,51 @@ def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
             hits = [s["fields"].get(field, False) for s in scores]
             summary[f"field/{field}"] = round(sum(hits) / len(hits), 4)
     return summary
+
+
+def score_columns(scores: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-example scores as one list per metric (fields flattened to field/<name>), for paired statistics.
+
+    Only scores every example has are kept: a comparison needs a value on both sides of each pair.
+    """
+    flat = [{**{k: v for k, v in s.items() if isinstance(v, float)},
+             **{f"field/{k}": float(v) for k, v in s.get("fields", {}).items()}} for s in scores]
+    if not flat:
+        return {}
+    return {key: [row[key] for row in flat] for key in flat[0] if all(key in row for row in flat)}
+
+
+_INVALID = object()
+
+
+def parse_json_strict(text: str) -> Any:
+    """The whole answer as a JSON value, or _INVALID (None is a valid JSON value: null)."""
+    try:
+        return json.loads(text.strip())
+    except json.JSONDecodeError:
+        return _INVALID
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class _UnicodeWords:
+    """Lowercased \\w+ words: rouge-score's own tokenizer drops every non-ASCII letter."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+
+@functools.cache
+def _rouge_l_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeWords())
+
+
+@functools.cache
+def _chrf() -> Any:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()

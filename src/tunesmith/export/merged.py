@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
+from tunesmith.errors import TunesmithError
 from tunesmith.models import load_model, load_tokenizer, resolve_model_source
 from tunesmith.runs import Run, atomic_directory, atomic_write_json
+from tunesmith.train.adapters import can_merge, trained_model_dir, trains_whole_model
 
 CHECK_PROMPT = [{"role": "user", "content": "Say hello in one short sentence."}]
 
@@ -23,6 +25,8 @@ CHECK_PROMPT = [{"role": "user", "content": "Say hello in one short sentence."}]
 def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Path:
     """Write the requested formats under exports/ and a manifest; returns the exports directory."""
     formats = formats or list(recipe.export.formats)
+    if trains_whole_model(recipe.adapter):
+        return export_whole_model(run, formats)
     manifest: dict[str, Any] = {}
     if "adapter" in formats:
         manifest["adapter"] = str(export_adapter(run))
@@ -30,6 +34,21 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
         path, max_diff = export_merged(model_dir, run.adapter_dir, run.exports_dir / "merged")
         manifest["merged"] = {"path": str(path), "max_abs_logit_diff": max_diff}
+    atomic_write_json(run.exports_dir / "manifest.json", manifest)
+    return run.exports_dir
+
+
+def export_whole_model(run: Run, formats: list[str]) -> Path:
+    """Full, partial and hft runs trained the model itself: `merged` is a copy of model/, and there is
+    no adapter to export (the manifest says so instead of failing the default formats)."""
+    manifest: dict[str, Any] = {}
+    if "adapter" in formats:
+        manifest["adapter"] = {"skipped": "this run trained the whole model (model/), not an adapter"}
+    if "merged" in formats:
+        target = run.exports_dir / "merged"
+        with atomic_directory(target) as tmp:
+            shutil.copytree(trained_model_dir(run), tmp, dirs_exist_ok=True)
+        manifest["merged"] = {"path": str(target), "max_abs_logit_diff": 0.0}
     atomic_write_json(run.exports_dir / "manifest.json", manifest)
     return run.exports_dir
 
@@ -48,6 +67,10 @@ def export_merged(model_dir: Path, adapter_dir: Path, target: Path) -> tuple[Pat
     tokenizer = load_tokenizer(model_dir)
     peft_model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, "cpu"), adapter_dir)
     peft_model.eval()
+    if not can_merge(peft_model):
+        kind = peft_model.active_peft_config.peft_type.value.lower()
+        raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
+                             "Export it with --format adapter (export.formats: [adapter]).")
     check_ids = tokenizer.apply_chat_template(CHECK_PROMPT, add_generation_prompt=True,
                                               return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():

@@ -1,50 +1,283 @@
-"""Adapter configs: map the recipe's `adapter` section onto PEFT's public config objects."""
+"""Adapter kinds: map the recipe's `adapter` section onto PEFT configs, or onto which of the model's own
+weights train, and save what training produced.
+
+Two families, one entry point (`adapter_setup`) that every trainer calls after loading the model:
+- PEFT kinds (lora, dora, rslora, pissa, olora, qlora, adalora, ia3, prompt_tuning, prefix_tuning,
+  p_tuning) return a PEFT config for TRL to wrap the model with; the run saves a standard PEFT adapter
+  in `adapter/` that `PeftModel.from_pretrained(base, path)` loads on the untouched base model.
+- whole-model kinds (full, partial, hft) set `requires_grad` on the model's own weights and return no
+  config; the run saves a whole model (safetensors + tokenizer) in `model/`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from importlib import metadata
+from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
-from tunesmith.config import TARGET_PRESETS, LoraAdapter
+from tunesmith.config import TARGET_PRESETS, LoraPlacement
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.runs import Run, atomic_directory
+
+WHOLE_MODEL_KINDS = frozenset({"full", "partial", "hft"})
+# PiSSA and OLoRA move part of each base weight into the adapter at init; the saved adapter is converted.
+MUTATED_BASE_KINDS = frozenset({"pissa", "olora"})
+# Virtual tokens or key/value prefixes: nothing to fold into the weights.
+PROMPT_LEARNING_KINDS = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+# AdaLoRA's schedule needs the total step count, which only the trainer knows (epochs x batches); its
+# callback sets the real value at train begin, before the first use. PEFT requires a positive value.
+ADALORA_UNKNOWN_TOTAL = 1_000_000_000
 
 
-def adapter_setup(model: Any, adapter: LoraAdapter) -> tuple[Any, Any]:
+def trains_whole_model(adapter: Any) -> bool:
+    return adapter.kind in WHOLE_MODEL_KINDS
+
+
+def trained_model_dir(run: Run) -> Path:
+    """Where whole-model kinds save their result (DESIGN.md §2: `model/` for full fine-tunes)."""
+    return run.path / "model"
+
+
+def initial_adapter_dir(run: Run) -> Path:
+    """PiSSA/OLoRA's adapter as initialised, kept to convert the trained one into a plain LoRA."""
+    return run.checkpoints_dir / "initial-adapter"
+
+
+def model_load_kwargs(adapter: Any) -> dict[str, Any]:
+    """Extra `load_model` arguments the adapter needs at load time (QLoRA quantizes while loading)."""
+    if adapter.kind != "qlora":
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TunesmithError(
+            "adapter.kind=qlora needs bitsandbytes to load the base model in 4/8-bit, and it is not installed.",
+            "pip install 'tunesmith[qlora]'. qlora needs a CUDA GPU or bitsandbytes' CPU backend (bitsandbytes>=0.50).")
+    if not has_bitsandbytes_backend():
+        raise TunesmithError(
+            f"qlora needs a CUDA GPU or bitsandbytes' CPU backend (bitsandbytes>=0.50); this machine has no CUDA GPU "
+            f"and bitsandbytes {metadata.version('bitsandbytes')}.",
+            "pip install -U 'tunesmith[qlora]', or use kind: lora on this machine.")
+    return {"quantization_config": bitsandbytes_config(adapter.bits)}
+
+
+def has_bitsandbytes_backend() -> bool:
+    """CUDA, or a bitsandbytes recent enough to quantize on CPU (0.50 verified on the tiny test model)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    major, minor = (int(part) for part in metadata.version("bitsandbytes").split(".")[:2])
+    return (major, minor) >= (0, 50)
+
+
+def bitsandbytes_config(bits: int):
+    """QLoRA's quantization: 4-bit NF4 with double quantization (or 8-bit), computing in bf16 where native."""
+    from transformers import BitsAndBytesConfig
+
+    from tunesmith.models import pick_device, pick_dtype
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=pick_dtype("auto", pick_device("auto")))
+
+
+def adapter_setup(model: Any, adapter: Any) -> tuple[Any, Any]:
     """Prepare `model` for the recipe's adapter; returns (model, peft_config or None).
 
     Every trainer goes through this one function, so each adapter kind is wired in one place: PEFT
     kinds return a config for TRL to wrap the model with; kinds that train the model's own weights
-    (full, partial) return None after setting `requires_grad` themselves.
+    (full, partial, hft) return None after setting `requires_grad` themselves.
     """
-    return model, lora_config(adapter)
+    if trains_whole_model(adapter):
+        select_trained_weights(model, adapter)
+        return model, None
+    if adapter.kind == "qlora":
+        model = prepare_quantized(model)
+    return model, peft_config(model, adapter)
 
 
-def lora_config(adapter: LoraAdapter):
-    """A PEFT LoraConfig for causal-LM training from the recipe's LoRA section."""
+def peft_config(model: Any, adapter: Any):
+    from peft import IA3Config, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
+
+    task = TaskType.CAUSAL_LM
+    if adapter.kind == "adalora":
+        return adalora_config(model, adapter)
+    if adapter.kind == "ia3":
+        return IA3Config(task_type=task)
+    if adapter.kind == "prompt_tuning":
+        return PromptTuningConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens)
+    if adapter.kind == "prefix_tuning":
+        return PrefixTuningConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens)
+    if adapter.kind == "p_tuning":
+        return PromptEncoderConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens,
+                                   encoder_hidden_size=adapter.encoder_hidden_size)
+    return lora_config(adapter, model)
+
+
+def lora_config(adapter: Any, model: Any = None):
+    """A PEFT LoraConfig for causal-LM training from any kind of the LoRA family (lora, dora, rslora, ...)."""
     from peft import LoraConfig, TaskType
 
-    targets = TARGET_PRESETS[adapter.targets] if isinstance(adapter.targets, str) else adapter.targets
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=targets,
+        use_dora=adapter.kind == "dora",
+        use_rslora=adapter.kind == "rslora",
+        init_lora_weights=lora_init(adapter),
+        **lora_placement(adapter, model),
     )
 
 
+def lora_init(adapter: Any) -> bool | str:
+    if adapter.kind == "pissa":
+        return f"pissa_niter_{adapter.svd_iters}" if adapter.svd_iters else "pissa"
+    if adapter.kind == "olora":
+        return "olora"
+    return True
+
+
+def adalora_config(model: Any, adapter: Any):
+    from peft import AdaLoraConfig, TaskType
+
+    return AdaLoraConfig(
+        task_type=TaskType.CAUSAL_LM, init_r=adapter.init_r, target_r=adapter.target_r,
+        lora_alpha=adapter.alpha, lora_dropout=adapter.dropout, tinit=adapter.tinit, tfinal=adapter.tfinal,
+        deltaT=adapter.delta_t, total_step=adapter.total_step or ADALORA_UNKNOWN_TOTAL,
+        **lora_placement(adapter, model),
+    )
+
+
+def prepare_quantized(model: Any) -> Any:
+    """PEFT's preparation of a k-bit base: freeze it, keep norms in fp32 (checkpointing is left to training)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def lora_placement(adapter: LoraPlacement, model: Any) -> dict[str, Any]:
+    """PEFT's target_modules, and layers_to_transform/layers_pattern when only some blocks get adapters."""
+    targets = TARGET_PRESETS[adapter.targets] if isinstance(adapter.targets, str) else adapter.targets
+    if adapter.layers == "all":
+        return {"target_modules": targets}
+    blocks_path, blocks = transformer_blocks(model)
+    if targets == "all-linear":  # PEFT refuses layer selection with a string target; name the layers instead
+        targets = linear_module_names(blocks)
+    return {"target_modules": targets, "layers_to_transform": block_indices(adapter.layers, len(blocks)),
+            "layers_pattern": blocks_path.rsplit(".", 1)[-1]}
+
+
+def block_indices(layers: str | list[int], count: int) -> list[int]:
+    """The recipe's `layers` as block indices of a model with `count` blocks."""
+    if layers == "first-half":
+        return list(range(count // 2))
+    if layers == "last-half":
+        return list(range(count // 2, count))
+    if layers == "all":
+        return list(range(count))
+    bad = [i for i in layers if i >= count]
+    if bad:
+        raise RecipeError(f"adapter.layers: block(s) {bad} do not exist; the model has {count} (0–{count - 1}).",
+                          "Use indices below the model's num_hidden_layers, or first-half / last-half.")
+    return sorted(set(layers))
+
+
+def transformer_blocks(model: Any) -> tuple[str, Any]:
+    """The dotted path and the ModuleList of the model's transformer blocks (e.g. 'model.layers')."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, module
+    raise TunesmithError(f"Cannot find the {count} transformer blocks of {type(model).__name__}.",
+                         "Use a LoRA kind with layers: all, or kind: full.")
+
+
+def linear_module_names(blocks: Any) -> list[str]:
+    """Leaf names of the linear layers inside the blocks (what 'all-linear' means there)."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in blocks.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def select_trained_weights(model: Any, adapter: Any) -> None:
+    """Set requires_grad for full/partial/hft. HFT starts with every block trainable so the optimizer
+    (which transformers builds from trainable weights only) holds them all; its callback then freezes
+    one half per round."""
+    _, blocks = transformer_blocks(model)
+    model.requires_grad_(adapter.kind == "full")
+    if adapter.kind == "hft":
+        blocks.requires_grad_(True)
+    if adapter.kind == "partial":
+        if adapter.last_blocks > len(blocks):
+            raise RecipeError(f"adapter.last_blocks={adapter.last_blocks}, but the model has {len(blocks)} blocks.",
+                              f"Use at most {len(blocks)}, or kind: full.")
+        blocks[len(blocks) - adapter.last_blocks:].requires_grad_(True)
+        if adapter.train_norm:
+            final_norm(model).requires_grad_(True)
+        if adapter.train_lm_head:
+            model.get_output_embeddings().requires_grad_(True)
+
+
+def train_half_of_blocks(model: Any, round_index: int) -> None:
+    """HFT round `round_index`: even blocks train in even rounds, odd blocks in odd rounds."""
+    _, blocks = transformer_blocks(model)
+    for index, block in enumerate(blocks):
+        block.requires_grad_(index % 2 == round_index % 2)
+
+
+def final_norm(model: Any) -> Any:
+    """The norm after the last block (llama/qwen/mistral call it `norm`, gpt2 `ln_f`)."""
+    decoder = model.get_decoder()
+    for name in ("norm", "final_layernorm", "ln_f"):
+        if hasattr(decoder, name):
+            return getattr(decoder, name)
+    raise TunesmithError(f"Cannot find the final norm of {type(model).__name__}.", "Set adapter.train_norm: false.")
+
+
+def save_trained(model: Any, tokenizer: Any, run: Run, adapter: Any) -> Path:
+    """Save what training produced, atomically: a whole model in model/, else a PEFT adapter in adapter/.
+
+    PiSSA/OLoRA adapters are saved converted (PEFT's `path_initial_model_for_weight_conversion`): the
+    difference to their initial value as a plain LoRA of rank 2r, which applies to the original base, so
+    eval, merge and export need no modified base weights.
+    """
+    target = trained_model_dir(run) if trains_whole_model(adapter) else run.adapter_dir
+    conversion = {}
+    if adapter.kind in MUTATED_BASE_KINDS:
+        conversion = {"path_initial_model_for_weight_conversion": str(initial_adapter_dir(run))}
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, **conversion)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def can_merge(peft_model: Any) -> bool:
+    """Prompt-learning adapters add virtual tokens or prefixes: there is nothing to fold into the weights."""
+    return not peft_model.active_peft_config.is_prompt_learning
+
+
 def trainable_summary(model: Any) -> dict[str, Any]:
-    """Trainable and total parameter counts, and which modules carry the trainable ones."""
+    """Trainable and total parameter counts, and which modules (in which blocks) carry the trainable ones."""
     trainable = total = 0
-    modules: set[str] = set()
+    blocks_of: dict[str, set[int]] = {}
     for name, param in model.named_parameters():
-        total += param.numel()
+        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit values a byte
+        total += count
         if param.requires_grad:
-            trainable += param.numel()
-            modules.add(_module_kind(name))
+            trainable += count
+            blocks_of.setdefault(_module_kind(name), set()).update(_block_index(name))
     return {
         "trainable": trainable,
         "total": total,
         "percent": round(100 * trainable / max(total, 1), 4),
-        "modules": sorted(modules),
+        "modules": [f"{kind} ({describe_blocks(sorted(blocks))})" if blocks else kind
+                    for kind, blocks in sorted(blocks_of.items())],
     }
 
 
@@ -52,3 +285,24 @@ def _module_kind(name: str) -> str:
     """'base_model.model.layers.3.self_attn.q_proj.lora_A.default.weight' -> 'q_proj.lora_A'."""
     parts = [p for p in name.split(".") if not p.isdigit() and p not in {"default", "weight", "bias"}]
     return ".".join(parts[-2:])
+
+
+BLOCK_LIST_NAMES = frozenset({"layers", "h", "blocks", "layer"})
+
+
+def _block_index(name: str) -> set[int]:
+    """{3} for '...layers.3.self_attn...', empty for weights outside the blocks."""
+    parts = name.split(".")
+    return {int(p) for prev, p in pairwise(parts) if prev in BLOCK_LIST_NAMES and p.isdigit()}
+
+
+def describe_blocks(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> 'layers 0–2, 5'; [4] -> 'layer 4'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    text = ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+    return f"layer {text}" if len(indices) == 1 else f"layers {text}"

@@ -1,0 +1,78 @@
+"""The regression gate: `tunesmith eval RUN --fail-if-worse METRIC[:margin]` fails a CI job when tuning hurt.
+
+The decision reads only `comparison` in eval/results.json, so it can be re-checked without re-running a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+EXIT_WORSE = 3
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """Fail when tuned is worse than base by more than `margin` (a negative margin demands an improvement)."""
+
+    metric: str
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    rule: GateRule
+    passed: bool
+    message: str
+
+
+def parse_gate_rule(text: str) -> GateRule:
+    """`exact_match` or `exact_match:0.02`; a last `:part` that is no number belongs to the name."""
+    name, _, margin = text.rpartition(":")
+    try:
+        return GateRule(name, float(margin)) if name else GateRule(text)
+    except ValueError:
+        return GateRule(text)  # an unknown name is reported, with the valid ones, by check_gate
+
+
+def is_worse(entry: dict[str, Any], margin: float) -> bool:
+    """tuned < base − margin, or tuned > base + margin where lower is better (loss, perplexity)."""
+    if entry.get("higher_is_better", True):
+        return entry["tuned"] < entry["base"] - margin
+    return entry["tuned"] > entry["base"] + margin
+
+
+def check_gate(results: dict[str, Any], rules: list[GateRule]) -> list[GateVerdict]:
+    """One verdict per rule; an unknown metric or a run without a base is a user error (exit 2)."""
+    comparison = results.get("comparison")
+    if not comparison:
+        raise TunesmithError("--fail-if-worse needs a base-vs-tuned comparison, and this eval has none.",
+                             "Set eval.compare_base: true (preference and cpt evals have no comparison yet).")
+    unknown = [rule.metric for rule in rules if rule.metric not in comparison]
+    if unknown:
+        raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}.",
+                             f"Available metrics: {', '.join(comparison)}.")
+    return [verdict(rule, comparison[rule.metric]) for rule in rules]
+
+
+def verdict(rule: GateRule, entry: dict[str, Any]) -> GateVerdict:
+    worse = is_worse(entry, rule.margin)
+    direction = "higher is better" if entry.get("higher_is_better", True) else "lower is better"
+    ci = f", 95% CI [{entry['ci95'][0]:+.4f}, {entry['ci95'][1]:+.4f}]" if entry.get("ci95") else ""
+    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} base {entry['base']:.4f}, tuned {entry['tuned']:.4f}, "
+               f"delta {entry['delta']:+.4f}{ci}, margin {rule.margin:g} ({direction})")
+    return GateVerdict(rule, not worse, message)
+
+
+class WorseThanBase(TunesmithError):
+    """Tuning made a gated metric worse: the CLI exits 3, apart from user errors (2) and crashes (1)."""
+
+    exit_code = EXIT_WORSE
+
+
+def raise_if_worse(verdicts: list[GateVerdict]) -> None:
+    failed = [v.message for v in verdicts if not v.passed]
+    if failed:
+        raise WorseThanBase("\n".join(failed), "Look at eval/report.html to see which examples got worse.")

@@ -1,0 +1,145 @@
+"""eval/report.html: one self-contained page (inline CSS, chart as base64) to read base vs tuned side by side.
+
+It is built from results.json alone, opens offline and can be attached to a CI job or mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+from tunesmith.runs import atomic_write_text
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; width: 100%; margin: 1em 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.better td { background: #eaf7ea; } tr.worse td { background: #fbeaea; }
+td.changed { font-weight: 600; } mark { background: #fff2a8; }
+pre { white-space: pre-wrap; margin: 0; font: 13px/1.4 ui-monospace, monospace; }
+"""
+
+
+def write_html_report(results: dict[str, Any], path: Path, chart: Path | None = None) -> Path:
+    """Write the report next to results.json; the chart is inlined when it exists."""
+    return atomic_write_text(path, render_report(results, chart.read_bytes() if chart and chart.is_file() else None))
+
+
+def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
+    title = f"base vs tuned on {results.get('examples', '?')} held-out examples"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>", metrics_table(results)]
+    if chart_png:
+        encoded = base64.b64encode(chart_png).decode("ascii")
+        parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")
+    parts += [examples_table(results), "</body></html>"]
+    return "\n".join(parts)
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """Means, delta with its 95% interval and the per-example tally; a row is coloured when the interval clears 0."""
+    comparison = results.get("comparison")
+    if not comparison:
+        rows = [[m, *(_num(results[v].get(m)) for v in ("base", "tuned") if v in results)] for m in results["tuned"]]
+        return _table(["metric", *(v for v in ("base", "tuned") if v in results)], rows)
+    head = ["metric", "base", "tuned", "delta", "95% CI", "wins", "losses", "ties"]
+    rows, classes = [], []
+    for metric, entry in comparison.items():
+        ci = entry.get("ci95")
+        rows.append([metric, _num(entry["base"]), _num(entry["tuned"]), _num(entry["delta"], signed=True),
+                     f"[{_num(ci[0], signed=True)}, {_num(ci[1], signed=True)}]" if ci else "–",
+                     *(str(entry.get(k, "–")) for k in ("wins", "losses", "ties"))])
+        classes.append(verdict_class(entry))
+    note = (f"<p>Intervals: paired bootstrap over examples ({results.get('bootstrap', {}).get('resamples', '?')} "
+            "resamples). Green: tuned better and the interval excludes 0; red: worse and excludes 0.</p>")
+    return _table(head, rows, classes) + note
+
+
+def verdict_class(entry: dict[str, Any]) -> str:
+    """'better' / 'worse' when the whole interval (or, without one, the delta) lies on one side of 0."""
+    low, high = entry.get("ci95") or (entry["delta"], entry["delta"])
+    sign = 1 if entry.get("higher_is_better", True) else -1
+    if sign * low > 0 and sign * high > 0:
+        return "better"
+    if sign * low < 0 and sign * high < 0:
+        return "worse"
+    return ""
+
+
+def examples_table(results: dict[str, Any]) -> str:
+    """Each sample with both outputs; the tuned words that differ from base are marked, rows coloured by score.
+
+    Per-field scores are left out here (field_accuracy sums them up) to keep the table readable.
+    """
+    samples = results.get("samples", [])
+    per_example = results.get("per_example", {})
+    metrics = [m for m in per_example.get("tuned", {})
+               if not m.startswith("field/") and ("base" not in per_example or m in per_example["base"])]
+    head = ["#", "prompt", "reference", "base output", "tuned output", *metrics]
+    rows, classes = [], []
+    for index, sample in enumerate(samples):
+        base, tuned = sample.get("base", ""), sample.get("tuned", "")
+        scores = [[per_example.get(v, {}).get(m, [])[index:index + 1] for v in ("base", "tuned")] for m in metrics]
+        rows.append([str(index + 1), _pre(sample["prompt"]), _pre(sample["reference"]), _pre(base),
+                     f"<pre>{mark_changes(base, tuned)}</pre>", *(score_cell(b, t) for b, t in scores)])
+        classes.append(row_class(scores))
+    caption = f"<h2>Examples ({len(samples)} of {results.get('examples', '?')})</h2>"
+    return caption + _table(head, rows, classes, raw=True)
+
+
+def mark_changes(base: str, tuned: str) -> str:
+    """The tuned text, escaped, with the words that are not in the base text wrapped in <mark>."""
+    base_words, tuned_words = re.split(r"(\s+)", base), re.split(r"(\s+)", tuned)
+    out = []
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=base_words, b=tuned_words, autojunk=False).get_opcodes():
+        text = _e("".join(tuned_words[j1:j2]))
+        out.append(text if op == "equal" or not text.strip() else f"<mark>{text}</mark>")
+    return "".join(out)
+
+
+def score_cell(base: list[float], tuned: list[float]) -> str:
+    """'base → tuned' for one example's score, in bold when they differ."""
+    if not tuned:
+        return "<td class='num'>–</td>"
+    if not base:
+        return f"<td class='num'>{_num(tuned[0])}</td>"
+    changed = " changed" if abs(tuned[0] - base[0]) > 1e-12 else ""
+    return f"<td class='num{changed}'>{_num(base[0])} → {_num(tuned[0])}</td>"
+
+
+def row_class(scores: list[list[list[float]]]) -> str:
+    """'better' when some score rose and none fell from base to tuned, 'worse' the other way round."""
+    deltas = [tuned[0] - base[0] for base, tuned in scores if base and tuned]
+    rose, fell = any(d > 1e-12 for d in deltas), any(d < -1e-12 for d in deltas)
+    if rose != fell:
+        return "better" if rose else "worse"
+    return ""
+
+
+def _table(head: list[str], rows: list[list[str]], classes: list[str] | None = None, raw: bool = False) -> str:
+    """An HTML table; cells are escaped text, or (raw) ready-made HTML where a cell starting <td is used as is."""
+    lines = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for index, row in enumerate(rows):
+        css = f" class='{classes[index]}'" if classes and classes[index] else ""
+        cells = [c if raw and c.startswith("<td") else f"<td>{c if raw else _e(c)}</td>" for c in row]
+        lines.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+    return "\n".join([*lines, "</table>"])
+
+
+def _pre(text: str) -> str:
+    return f"<pre>{_e(text)}</pre>"
+
+
+def _num(value: Any, signed: bool = False) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(value)
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)

@@ -1,0 +1,31 @@
+"""Held-out perplexity of base and tuned on raw text: what continued pre-training is meant to lower."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from tunesmith.config import Recipe
+from tunesmith.data import load_splits
+from tunesmith.eval.preference import sequence_logprobs, variants
+
+
+def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
+    """Mean loss per token and perplexity over the held-out documents, each scored on its own."""
+    rows = load_splits(recipe, accept=("text",), purpose="perplexity evaluation").eval[: recipe.eval.max_examples]
+    encoded = [encode_document(tokenizer, row["text"], recipe.data.max_length) for row in rows]
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": "perplexity"}
+    for name, context in variants(model, recipe).items():
+        with context(), torch.no_grad():
+            scores = sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)
+        loss = -sum(total for total, _ in scores) / max(sum(count for _, count in scores), 1)
+        results[name] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    return results
+
+
+def encode_document(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
+    """The document and its end-of-text token, as training saw it; every token is scored."""
+    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
+    return {"input_ids": ids, "labels": ids}

@@ -1,0 +1,152 @@
+"""Base vs tuned by likelihood, for runs whose held-out data has no single reference answer.
+
+Preference pairs: how often the model gives the chosen answer a higher log-probability than the
+rejected one (summed over the answer's tokens), and by how much on average. Unpaired rows (KTO):
+the mean log-probability of desirable and of undesirable answers, and the gap between them.
+Raw text (CPT): held-out perplexity, in `eval/perplexity.py`. As in `evaluate.py`, one base model is
+loaded and the adapter is switched off to score the base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import PREFERENCE_KINDS, Recipe
+from tunesmith.data import load_splits
+from tunesmith.data.template import IGNORE_INDEX, render
+from tunesmith.eval.evaluate import pad_right
+from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.runs import Run, atomic_write_json
+
+LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
+PREFERENCE_SHAPES = ("preference", "unpaired_preference")
+
+
+def run_likelihood_eval(recipe: Recipe, run: Run) -> Path:
+    """Score base and tuned on the held-out rows; writes eval/results.json and returns its path."""
+    tokenizer, model = load_tuned(recipe, run)
+    if recipe.method.kind == "cpt":
+        from tunesmith.eval.perplexity import perplexity_results
+
+        results = perplexity_results(model, tokenizer, recipe)
+    else:
+        results = preference_results(model, tokenizer, recipe)
+    return atomic_write_json(run.eval_dir / "results.json", results)
+
+
+def load_tuned(recipe: Recipe, run: Run) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    device = pick_device(recipe.training.device)
+    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
+    return load_tokenizer(model_dir), model.eval()
+
+
+def variants(model: Any, recipe: Recipe) -> dict[str, Callable[[], AbstractContextManager]]:
+    """Base (adapter switched off) when asked for, then tuned."""
+    tuned: dict[str, Callable[[], AbstractContextManager]] = {"tuned": nullcontext}
+    return {"base": model.disable_adapter, **tuned} if recipe.eval.compare_base else tuned
+
+
+def preference_results(model: Any, tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
+    rows = load_splits(recipe, accept=PREFERENCE_SHAPES, purpose="preference evaluation").eval
+    rows = rows[: recipe.eval.max_examples]
+    paired = "chosen" in rows[0]
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy" if paired else "label_gap"}
+    margins: dict[str, list[float]] = {}
+    for name, context in variants(model, recipe).items():
+        with context(), torch.no_grad():
+            if paired:
+                chosen = completion_logps(model, tokenizer, rows, "chosen", recipe)
+                rejected = completion_logps(model, tokenizer, rows, "rejected", recipe)
+                results[name] = pair_summary(chosen, rejected)
+                margins[name] = [c - r for c, r in zip(chosen, rejected, strict=True)]
+            else:
+                results[name] = label_summary(completion_logps(model, tokenizer, rows, "completion", recipe),
+                                              [row["label"] for row in rows])
+    if paired:
+        results["samples"] = pair_samples(rows, margins, limit=5)
+    return results
+
+
+def pair_summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    return {
+        "preference_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+        "mean_margin": round(sum(margins) / len(margins), 4),
+        "mean_logp_chosen": round(sum(chosen) / len(chosen), 4),
+        "mean_logp_rejected": round(sum(rejected) / len(rejected), 4),
+    }
+
+
+def label_summary(logps: list[float], labels: list[bool]) -> dict[str, float | None]:
+    good = [lp for lp, label in zip(logps, labels, strict=True) if label]
+    bad = [lp for lp, label in zip(logps, labels, strict=True) if not label]
+    mean_good = sum(good) / len(good) if good else None
+    mean_bad = sum(bad) / len(bad) if bad else None
+    gap = mean_good - mean_bad if good and bad else None
+    return {"mean_logp_desirable": _round(mean_good), "mean_logp_undesirable": _round(mean_bad),
+            "label_gap": _round(gap)}
+
+
+def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, recipe: Recipe) -> list[float]:
+    """Summed log-probability of each row's `key` answer given its prompt."""
+    encoded = [encode_completion(tokenizer, row["prompt"], row[key], recipe.data.max_length) for row in rows]
+    return [total for total, _ in sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)]
+
+
+def encode_completion(tokenizer: Any, prompt: str | list, completion: str | list, max_length: int) -> dict:
+    """Token ids of prompt + answer, with labels on the answer only (as TRL's preference trainers see it)."""
+    if isinstance(prompt, str):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(prompt + completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render(tokenizer, prompt + completion), add_special_tokens=False)["input_ids"]
+    start = common_prefix(prompt_ids, full_ids)
+    labels = [IGNORE_INDEX] * start + full_ids[start:]
+    return {"input_ids": full_ids[:max_length], "labels": labels[:max_length]}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def sequence_logprobs(model: Any, encoded: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each sequence's labelled tokens."""
+    scores: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), batch_size):
+        ids, labels, mask = pad_right(encoded[start : start + batch_size], pad_id)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1].float()
+        targets = labels[:, 1:].to(model.device)
+        keep = targets != IGNORE_INDEX
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums = (token_logps * keep).sum(dim=1)
+        scores += [(float(s), int(n)) for s, n in zip(sums, keep.sum(dim=1), strict=True)]
+    return scores
+
+
+def pair_samples(rows: list[dict], margins: dict[str, list[float]], limit: int) -> list[dict[str, Any]]:
+    samples = []
+    for index, row in enumerate(rows[:limit]):
+        sample = {key: answer_text(row[key]) for key in ("prompt", "chosen", "rejected")}
+        sample.update({f"margin_{name}": round(values[index], 3) for name, values in margins.items()})
+        samples.append(sample)
+    return samples
+
+
+def answer_text(value: str | list[dict]) -> str:
+    return value if isinstance(value, str) else value[-1]["content"]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

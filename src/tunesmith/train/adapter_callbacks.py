@@ -1,0 +1,74 @@
+"""Trainer callbacks that some adapter kinds need while training (public TrainerCallback hooks only).
+
+- hft: flips `requires_grad` at round boundaries so each round trains the other half of the blocks;
+- adalora: sets the schedule's total steps from the trainer's plan, and reallocates the rank budget
+  after each optimizer step (neither transformers' Trainer nor TRL calls `update_and_allocate`);
+- pissa/olora: keep the adapter as initialised, to convert the trained one at save time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tunesmith.errors import RecipeError
+from tunesmith.runs import Run
+from tunesmith.train.adapters import MUTATED_BASE_KINDS, initial_adapter_dir, train_half_of_blocks
+
+
+def adapter_callbacks(adapter: Any, run: Run) -> list[TrainerCallback]:
+    """The callbacks the recipe's adapter kind needs; trainers add them to their own."""
+    if adapter.kind == "hft":
+        return [HalfFineTuningRounds(adapter.round_steps)]
+    if adapter.kind == "adalora":
+        return [AdaloraBudget(adapter.total_step)]
+    if adapter.kind in MUTATED_BASE_KINDS:
+        return [KeepInitialAdapter(initial_adapter_dir(run))]
+    return []
+
+
+class HalfFineTuningRounds(TrainerCallback):
+    """Half fine-tuning (HFT): every `round_steps` optimizer steps the trained half of the blocks swaps.
+
+    The optimizer was built while every block was trainable, so it holds them all. A frozen block gets no
+    gradient (None, not zero), and torch's optimizers skip such weights entirely: no update, no weight
+    decay, no moment change; their Adam moments resume when the block trains again.
+    """
+
+    def __init__(self, round_steps: int) -> None:
+        self.round_steps = round_steps
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.round_steps == 0:
+            train_half_of_blocks(model, state.global_step // self.round_steps)
+
+
+class AdaloraBudget(TrainerCallback):
+    """AdaLoRA's rank reallocation, run where PEFT says: after optimizer.step(), before zero_grad()."""
+
+    def __init__(self, total_step: int | None) -> None:
+        self.total_step = total_step
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        config = model.active_peft_config  # the same object AdaLoRA's rank allocator reads
+        config.total_step = self.total_step or state.max_steps
+        if config.tinit >= config.total_step - config.tfinal:
+            raise RecipeError(
+                f"adapter.tinit={config.tinit} + tfinal={config.tfinal} leave no steps to reallocate ranks in "
+                f"{config.total_step} training steps.", "Lower adapter.tinit/tfinal, or train for more steps.")
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        model.base_model.update_and_allocate(state.global_step)
+
+
+class KeepInitialAdapter(TrainerCallback):
+    """Save PiSSA/OLoRA's adapter before the first step (optimizer built, weights not yet changed)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        model.active_peft_config.init_lora_weights = True  # reloading it must not decompose the base again
+        model.save_pretrained(self.target, safe_serialization=True)

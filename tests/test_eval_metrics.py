@@ -1,0 +1,314 @@
+"""Metrics, paired statistics, the regression gate and the HTML report, on hand-made inputs (fast, no model)."""
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from tunesmith.config import EvalSection, validate_recipe
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.eval.gate import GateRule, check_gate, is_worse, parse_gate_rule, raise_if_worse
+from tunesmith.eval.html_report import mark_changes, render_report
+from tunesmith.eval.metrics import (
+    aggregate,
+    build_scorer,
+    chrf_score,
+    contains_score,
+    exact_match_score,
+    json_schema_scorer,
+    json_valid_score,
+    regex_scorer,
+    rouge_l_score,
+    score_columns,
+    user_scorer,
+)
+from tunesmith.eval.stats import compare_metric, compare_variants, paired_bootstrap_ci, wins_losses_ties
+
+SCHEMA = {"type": "object", "required": ["item", "qty"],
+          "properties": {"item": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}
+
+
+@pytest.fixture
+def schema_file(tmp_path):
+    path = tmp_path / "order.schema.json"
+    path.write_text(json.dumps(SCHEMA))
+    return path
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+
+def test_exact_match_ignores_surrounding_space_only():
+    assert exact_match_score(" yes\n", "yes") == {"exact_match": 1.0}
+    assert exact_match_score("Yes", "yes") == {"exact_match": 0.0}
+
+
+def test_contains_is_case_insensitive_and_fails_when_absent():
+    assert contains_score("The answer is PARIS.", "paris") == {"contains": 1.0}
+    assert contains_score("The answer is Lyon.", "paris") == {"contains": 0.0}
+
+
+def test_regex_must_match_the_whole_answer():
+    scorer = regex_scorer(r"\d{3}-\d{4}")
+    assert scorer("555-1234", "") == {"regex": 1.0}
+    assert scorer("call 555-1234", "") == {"regex": 0.0}
+    assert scorer("555-12345", "") == {"regex": 0.0}
+
+
+def test_json_valid_needs_the_whole_answer_to_parse():
+    assert json_valid_score('{"a": 1}', "") == {"json_valid": 1.0}
+    assert json_valid_score("null", "") == {"json_valid": 1.0}
+    assert json_valid_score('Sure: {"a": 1}', "") == {"json_valid": 0.0}
+    assert json_valid_score('{"a": 1', "") == {"json_valid": 0.0}
+
+
+def test_json_schema_accepts_valid_and_rejects_invalid_json(schema_file):
+    scorer = json_schema_scorer(schema_file)
+    assert scorer('{"item": "pen", "qty": 2}', "") == {"json_schema": 1.0}
+    assert scorer('{"item": "pen", "qty": 0}', "") == {"json_schema": 0.0}  # below minimum
+    assert scorer('{"item": "pen"}', "") == {"json_schema": 0.0}  # missing required field
+    assert scorer('{"item": "pen", "qty": 2', "") == {"json_schema": 0.0}  # not JSON at all
+
+
+def test_json_schema_file_problems_are_user_errors(tmp_path):
+    with pytest.raises(TunesmithError, match="no such file"):
+        json_schema_scorer(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"type": 12}')
+    with pytest.raises(TunesmithError, match="not a valid JSON Schema"):
+        json_schema_scorer(broken)
+
+
+def test_json_fields_scores_each_field_and_aggregates_per_field():
+    scorer = build_scorer(["json_fields"], None, None, base_dir=None)
+    reference = '{"item": "pen", "qty": 2}'
+    scores = [scorer('{"item": "pen", "qty": 3}', reference), scorer('{"item": "pen", "qty": 2}', reference)]
+    assert scores[0]["field_accuracy"] == 0.5 and scores[0]["exact_match"] == 0.0
+    summary = aggregate(scores)
+    assert summary["field/item"] == 1.0 and summary["field/qty"] == 0.5 and summary["exact_match"] == 0.5
+    columns = score_columns(scores)
+    assert columns["field/qty"] == [0.0, 1.0] and "fields" not in columns
+
+
+def test_rouge_l_is_one_for_identical_zero_for_disjoint_and_reads_unicode():
+    assert rouge_l_score("the cat sat", "the cat sat")["rouge_l"] == pytest.approx(1.0)
+    assert rouge_l_score("dogs bark", "the cat sat")["rouge_l"] == 0.0
+    assert 0 < rouge_l_score("the cat sat down", "the cat sat")["rouge_l"] < 1
+    assert rouge_l_score("größe über", "größe über")["rouge_l"] == pytest.approx(1.0)
+
+
+def test_chrf_is_normalised_to_unit_interval():
+    assert chrf_score("hello world", "hello world")["chrf"] == pytest.approx(1.0)
+    partial = chrf_score("hello wrld", "hello world")["chrf"]
+    assert 0 < partial < 1
+    assert chrf_score("zzzz", "hello world")["chrf"] == pytest.approx(0.0, abs=0.05)
+
+
+def test_a_chosen_metric_wins_over_a_composite_sub_score():
+    """json_fields compares parsed objects; exact_match chosen by name compares the text."""
+    scorer = build_scorer(["json_fields", "exact_match"], None, None, base_dir=None)
+    scores = scorer('{"qty": 2, "item": "pen"}', '{"item": "pen", "qty": 2}')
+    assert scores["exact_match"] == 0.0 and scores["field_accuracy"] == 1.0
+
+
+def test_user_metric_from_a_file_returns_float_or_dict(tmp_path):
+    (tmp_path / "my_metrics.py").write_text(
+        "def length_ratio(prediction, reference):\n"
+        "    return min(len(prediction), len(reference)) / max(len(prediction), len(reference), 1)\n"
+        "def two(prediction, reference):\n"
+        "    return {'starts_same': prediction[:1] == reference[:1], 'short': len(prediction) < 5}\n"
+        "def broken(prediction, reference):\n"
+        "    return 'high'\n")
+    assert user_scorer("my_metrics.py:length_ratio", tmp_path)("abcd", "ab") == {"length_ratio": 0.5}
+    assert user_scorer("my_metrics.py:two", tmp_path)("abc", "xbc") == {"starts_same": 0.0, "short": 1.0}
+    with pytest.raises(TunesmithError, match="returned 'high'"):
+        user_scorer("my_metrics.py:broken", tmp_path)("a", "b")
+    with pytest.raises(TunesmithError, match="no function 'nope'"):
+        user_scorer("my_metrics.py:nope", tmp_path)
+    with pytest.raises(TunesmithError, match="no such file"):
+        user_scorer("missing.py:f", tmp_path)
+
+
+def test_user_metric_from_a_module(tmp_path, monkeypatch):
+    (tmp_path / "team_metrics_mod.py").write_text(
+        "def first_word(p, r):\n    return float(p.split()[:1] == r.split()[:1])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scorer = build_scorer(["exact_match", "team_metrics_mod:first_word"], None, None, base_dir=tmp_path)
+    assert scorer("red car", "red bike") == {"exact_match": 0.0, "first_word": 1.0}
+    with pytest.raises(TunesmithError, match="cannot import"):
+        build_scorer(["no_such_module_xyz:f"], None, None, base_dir=tmp_path)
+
+
+# --- recipe --------------------------------------------------------------------------------------------------
+
+def recipe_with_eval(eval_section: dict):
+    return validate_recipe({"data": {"train": "t.jsonl"}, "eval": eval_section})
+
+
+def test_recipe_metrics_default_to_the_older_task_metric():
+    assert EvalSection().chosen_metrics() == ["loss", "perplexity", "json_fields"]
+    assert EvalSection(task_metric="none").chosen_metrics() == ["loss", "perplexity"]
+    chosen = recipe_with_eval({"metrics": ["chrf", "regex", "x.py:f"], "regex": "a+"}).eval.chosen_metrics()
+    assert chosen == ["chrf", "regex", "x.py:f"]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"metrics": ["exact_mach"]}, "unknown 'exact_mach'"),
+    ({"metrics": ["regex"]}, "eval.regex is not set"),
+    ({"metrics": ["json_schema"]}, "eval.json_schema is not set"),
+    ({"metrics": ["regex"], "regex": "(unclosed"}, "not a valid regular expression"),
+])
+def test_recipe_names_unusable_metric_settings(section, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        recipe_with_eval(section)
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+def synthetic_pairs(n: int, seed: int, true_delta: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Paired scores whose population mean difference is exactly `true_delta`."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, n)
+    noise = rng.choice([-0.2, 0.2], n)  # mean 0
+    return base, base + true_delta + noise
+
+
+def test_bootstrap_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    covered = 0
+    for seed in range(40):
+        base, tuned = synthetic_pairs(200, seed)
+        low, high = paired_bootstrap_ci(base, tuned, resamples=1000)
+        covered += low <= 0.1 <= high
+    assert covered >= 34  # 95% nominal; 34/40 leaves room for sampling noise
+
+
+def test_bootstrap_interval_narrows_with_more_examples():
+    widths = []
+    for n in (25, 100, 400, 1600):
+        low, high = paired_bootstrap_ci(*synthetic_pairs(n, seed=1))
+        widths.append(high - low)
+    assert widths == sorted(widths, reverse=True)
+    assert widths[-1] < widths[0] / 4  # width falls like 1/sqrt(n): 8x less at 64x the data
+
+
+def test_bootstrap_of_identical_scores_is_zero_and_seeded():
+    scores = [0.0, 1.0, 1.0, 0.5]
+    assert paired_bootstrap_ci(scores, scores) == (0.0, 0.0)
+    base, tuned = synthetic_pairs(50, seed=3)
+    assert paired_bootstrap_ci(base, tuned, seed=7) == paired_bootstrap_ci(base, tuned, seed=7)
+    assert paired_bootstrap_ci(base, tuned, seed=7) != paired_bootstrap_ci(base, tuned, seed=8)
+
+
+def test_bootstrap_handles_more_examples_than_one_memory_chunk():
+    base, tuned = synthetic_pairs(5000, seed=4)
+    low, high = paired_bootstrap_ci(base, tuned, resamples=500)
+    assert low < 0.1 < high and high - low < 0.02
+
+
+def test_wins_losses_ties_and_compare_metric():
+    base, tuned = [1.0, 0.0, 0.5, 1.0], [1.0, 1.0, 0.25, 1.0]
+    assert wins_losses_ties(base, tuned) == {"wins": 1, "losses": 1, "ties": 2}
+    entry = compare_metric(base, tuned)
+    assert entry["base"] == 0.625 and entry["tuned"] == 0.8125 and entry["delta"] == 0.1875
+    assert entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1] and entry["higher_is_better"]
+
+
+def test_compare_variants_marks_loss_lower_is_better():
+    comparison = compare_variants({"chrf": [0.1, 0.2]}, {"chrf": [0.3, 0.4]}, {"loss": 2.0, "perplexity": 7.389},
+                                  {"loss": 1.5, "perplexity": 4.482})
+    assert comparison["loss"] == {"base": 2.0, "tuned": 1.5, "delta": -0.5, "ci95": None, "higher_is_better": False}
+    assert comparison["chrf"]["delta"] == 0.2 and comparison["chrf"]["wins"] == 2
+
+
+# --- gate ----------------------------------------------------------------------------------------------------
+
+def test_parse_gate_rule():
+    assert parse_gate_rule("exact_match") == GateRule("exact_match", 0.0)
+    assert parse_gate_rule("chrf:0.05") == GateRule("chrf", 0.05)
+    assert parse_gate_rule("loss:-0.1") == GateRule("loss", -0.1)
+    assert parse_gate_rule("field/item") == GateRule("field/item", 0.0)
+
+
+def test_is_worse_respects_direction_and_margin():
+    score = {"base": 0.50, "tuned": 0.45, "higher_is_better": True}
+    assert is_worse(score, 0.0) and is_worse(score, 0.04) and not is_worse(score, 0.06)
+    loss = {"base": 1.0, "tuned": 1.2, "higher_is_better": False}
+    assert is_worse(loss, 0.1) and not is_worse(loss, 0.3)
+    assert not is_worse({"base": 1.0, "tuned": 0.8, "higher_is_better": False}, 0.0)
+    assert is_worse({"base": 0.5, "tuned": 0.55, "higher_is_better": True}, -0.1)  # negative margin: must improve
+
+
+def test_check_gate_reports_verdicts_and_unknown_metrics():
+    results = {"comparison": {
+        "exact_match": {"base": 0.5, "tuned": 0.25, "delta": -0.25, "ci95": [-0.5, 0.0], "higher_is_better": True},
+        "loss": {"base": 2.0, "tuned": 1.0, "delta": -1.0, "ci95": None, "higher_is_better": False}}}
+    verdicts = check_gate(results, [GateRule("loss"), GateRule("exact_match", 0.1)])
+    assert [v.passed for v in verdicts] == [True, False]
+    assert re.search(r"exact_match base 0\.5000, tuned 0\.2500, delta -0\.2500.*margin 0\.1", verdicts[1].message)
+    with pytest.raises(TunesmithError, match=r"tuned 0\.2500") as failed:
+        raise_if_worse(verdicts)
+    assert failed.value.exit_code == 3
+    with pytest.raises(TunesmithError, match="unknown metric 'rouge'") as unknown:
+        check_gate(results, [GateRule("rouge")])
+    assert unknown.value.exit_code == 2 and "exact_match, loss" in unknown.value.hint
+    with pytest.raises(TunesmithError, match="needs a base"):
+        check_gate({"tuned": {}}, [GateRule("loss")])
+
+
+# --- HTML report ---------------------------------------------------------------------------------------------
+
+class TextAndLinks(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_html(document: str) -> TextAndLinks:
+    parser = TextAndLinks()
+    parser.feed(document)
+    return parser
+
+
+def test_html_report_shows_numbers_and_escaped_outputs():
+    results = {
+        "examples": 2, "base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.5},
+        "per_example": {"base": {"exact_match": [0.0, 0.0]}, "tuned": {"exact_match": [1.0, 0.0]}},
+        "comparison": {"exact_match": {"base": 0.0, "tuned": 0.5, "delta": 0.5, "ci95": [0.0, 1.0], "wins": 1,
+                                       "losses": 0, "ties": 1, "higher_is_better": True}},
+        "bootstrap": {"resamples": 2000},
+        "samples": [{"prompt": "2+2?", "reference": "4", "base": "<script>5</script>", "tuned": "4"},
+                    {"prompt": "see https://example.com", "reference": "b", "base": "a", "tuned": "c"}],
+    }
+    document = render_report(results, chart_png=b"\x89PNG fake")
+    parsed = parse_html(document)
+    text = "".join(parsed.text)
+    assert "script" not in parsed.tags and "<script>5</script>" in text  # escaped, shown as text
+    for expected in ("+0.5000", "[+0.0000, +1.0000]", "2+2?", "0.0000 → 1.0000", "2000 resamples"):
+        assert expected in text
+    assert parsed.urls and all(url.startswith("data:image/png;base64,") for url in parsed.urls)
+    assert "class='better'" in document  # the interval is not below 0 and the first example improved
+
+
+def test_mark_changes_highlights_only_new_words():
+    assert mark_changes("the red car", "the blue car") == "the <mark>blue</mark> car"
+    assert mark_changes("same", "same") == "same"
+    assert mark_changes("", "<b>") == "<mark>&lt;b&gt;</mark>"
+
+
+def test_example_rows_are_coloured_only_when_scores_move_one_way():
+    from tunesmith.eval.html_report import row_class
+
+    assert row_class([[[0.0], [1.0]], [[0.5], [0.5]]]) == "better"
+    assert row_class([[[1.0], [0.0]], [[0.5], [0.5]]]) == "worse"
+    assert row_class([[[1.0], [0.0]], [[0.2], [0.5]]]) == ""  # mixed
+    assert row_class([[[0.3], [0.3]]]) == ""
