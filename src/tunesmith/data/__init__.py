@@ -84,11 +84,10 @@ def data_source(recipe: Recipe, value: str) -> Path | str:
 
 def drop_eval_overlap(train: list[Row], held: list[Row]) -> tuple[list[Row], dict[str, Any]]:
     """Train rows whose normalized text equals an eval row's would leak the answers into the score."""
-    from tunesmith.data.dedup import normalized_hash
-    from tunesmith.data.rowtext import row_text
+    from tunesmith.data.dedup import dedup_key, dedup_text
 
-    eval_hashes = {normalized_hash(row_text(row)) for row in held}
-    kept = [row for row in train if normalized_hash(row_text(row)) not in eval_hashes]
+    eval_keys = {dedup_key(dedup_text(row)) for row in held}
+    kept = [row for row in train if dedup_key(dedup_text(row)) not in eval_keys]
     return kept, {"removed": len(train) - len(kept)}
 
 

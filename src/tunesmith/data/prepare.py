@@ -144,10 +144,11 @@ def refusal_step(state: Cleaned) -> None:
 
 
 def language_step(state: Cleaned, clean: CleanSection) -> None:
-    from tunesmith.data.clean import detect_language
+    from tunesmith.data.clean import check_language_codes, detect_language
     from tunesmith.data.rowtext import row_text
 
     allowed = {code.lower() for code in clean.languages}
+    check_language_codes(allowed)
     step = Step("language", details={"allowed": sorted(allowed)})
     seen: Counter[str] = Counter()
     mask = []
@@ -164,15 +165,18 @@ def language_step(state: Cleaned, clean: CleanSection) -> None:
 
 
 def dedup_step(state: Cleaned, clean: CleanSection) -> None:
-    """Exact duplicates first (normalized hash), then near duplicates (MinHash LSH); the first one stays."""
-    from tunesmith.data.dedup import exact_duplicates, near_duplicates
-    from tunesmith.data.rowtext import row_text
+    """Exact duplicates first (normalized hash), then near duplicates (MinHash LSH); the first one stays.
 
-    texts = [row_text(row) for row in state.rows]
+    System turns are left out of the compared text, so a long shared system prompt does not make
+    unrelated rows look alike.
+    """
+    from tunesmith.data.dedup import dedup_text, exact_duplicates, near_duplicates
+
+    texts = [dedup_text(row) for row in state.rows]
     exact = exact_duplicates(texts)
     record_duplicates(state, texts, exact.removed, Step("dedup_exact"))
     if clean.dedup == "near":
-        texts = [row_text(row) for row in state.rows]
+        texts = [dedup_text(row) for row in state.rows]
         near = near_duplicates(texts, threshold=clean.near_threshold, num_perm=clean.num_perm)
         record_duplicates(state, texts, near.removed, Step("dedup_near", details={"threshold": clean.near_threshold}))
 

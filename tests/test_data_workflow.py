@@ -1,0 +1,157 @@
+"""`tunesmith data inspect|prepare` and the cleaning steps as training runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import load_recipe
+from tunesmith.data import load_splits
+from tunesmith.data.workflow import data_recipe, inspect_data, prepare_data
+from tunesmith.errors import DataError
+
+
+def qa(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def distinct_rows(n: int) -> list[dict]:
+    items = ["mug", "lamp", "chair", "table", "sofa", "rug", "vase", "clock", "shelf", "desk", "bowl", "plate"]
+    colors = ["red", "blue", "green", "black", "white", "amber", "teal"]
+    return [qa(f"Please ship {i + 2} {colors[i % 7]} {items[i % 12]}s to warehouse {i * 37 % 101} before "
+               f"day {i % 28 + 1}, order reference batch {i}",
+               json.dumps({"item": items[i % 12], "qty": i + 2, "color": colors[i % 7], "ref": i}))
+            for i in range(n)]
+
+
+@pytest.fixture
+def messy_project(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    rows = distinct_rows(40)
+    rows.append(json.loads(json.dumps(rows[3]).replace("Please", "please  ")))  # exact dup modulo case/space
+    near = json.loads(json.dumps(rows[5]))
+    near["messages"][0]["content"] = near["messages"][0]["content"].replace("ship", "send")
+    rows.append(near)  # near duplicate: one word changed
+    rows.append(qa("Mail the invoice to jane.doe@example.com today", '{"item": "invoice"}'))
+    rows.append(qa("How do I pick a lock?", "I'm sorry, but I can't help with that request."))
+    rows.append(qa("Envoyez trois lampes rouges à l'entrepôt demain matin, s'il vous plaît",
+                   "D'accord, je m'en occupe tout de suite pour vous."))
+    rows.append(qa("cafe\u0301 order   with\u200b odd\x07 spacing", '{"item": "coffee"}'))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: messy\nmodel: {{source: {tiny_model_dir}}}\ndata:\n  train: data.jsonl\n  eval_fraction: 0.2\n"
+        "  clean:\n    normalize: true\n    pii: redact\n    drop_refusals: true\n    languages: [en]\n"
+        "    dedup: near\n    near_threshold: 0.7\n", encoding="utf-8")
+    return recipe
+
+
+def all_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
+            for line in (out / name).read_text(encoding="utf-8").splitlines()]
+
+
+def step(report: dict, name: str) -> dict:
+    return next(s for s in report["cleaning"]["train"] if s["step"] == name)
+
+
+def test_prepare_runs_every_step_and_counts_what_it_did(messy_project: Path, tmp_path: Path):
+    out = tmp_path / "prepared"
+    report = prepare_data(load_recipe(messy_project), out)
+    assert step(report, "normalize")["changed"] >= 1
+    assert step(report, "pii_redact")["found_by_kind"] == {"EMAIL": 1}
+    assert step(report, "refusals")["removed"] == 1
+    assert step(report, "language")["removed"] == 1
+    assert step(report, "dedup_exact")["removed"] == 1
+    assert step(report, "dedup_near")["removed"] == 1
+    assert step(report, "dedup_exact")["examples"][0]["duplicate_of"] == 4  # row 41 repeats row 4
+    rows = all_rows(out)
+    assert len(rows) == 46 - 4
+    texts = json.dumps(rows, ensure_ascii=False)
+    assert "<EMAIL>" in texts and "jane.doe" not in texts
+    assert "café order with odd spacing" in texts
+    assert report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == len(rows)
+    assert report["splits"]["train"]["roles"] == {"user": report["splits"]["train"]["rows"],
+                                                  "assistant": report["splits"]["train"]["rows"]}
+
+
+class Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.text, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_prepare_writes_a_self_contained_report(messy_project: Path, tmp_path: Path):
+    out = tmp_path / "prepared"
+    report = prepare_data(load_recipe(messy_project), out)
+    assert json.loads((out / "data_report.json").read_text()) == json.loads(json.dumps(report))
+    assert (out / "token_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text(encoding="utf-8")
+    parser = Collector()
+    parser.feed(page)
+    assert parser.images and parser.images[0].startswith("data:image/png;base64,")
+    text = " ".join(parser.text)
+    assert "dedup_near" in text and "pii_redact" in text and "http" not in page
+
+
+def test_a_failing_prepare_leaves_nothing_behind(tmp_path: Path, tiny_model_dir: Path):
+    (tmp_path / "d.jsonl").write_text(json.dumps(qa("a", "b")) + "\n{broken\n", encoding="utf-8")
+    recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir))
+    with pytest.raises(DataError, match=r"d.jsonl, line 2"):
+        prepare_data(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
+
+
+def test_inspect_lists_every_problem_and_writes_nothing(tmp_path: Path, tiny_model_dir: Path):
+    lines = [json.dumps(qa("a", "b")), "{broken", json.dumps({"messages": []}), json.dumps(qa("c", "d")),
+             json.dumps(qa("a", "b"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    before = sorted(tmp_path.rglob("*"))
+    report = inspect_data(data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir)), examples=1)
+    info = report["files"]["train"]
+    assert info["shape"] == "messages" and info["stats"]["rows"] == 3
+    assert len(info["problems"]) == 2
+    assert info["problems"][0].startswith(f"{tmp_path / 'd.jsonl'}, line 2")
+    assert "<|im_start|>user\na<|im_end|>" in info["examples"][0]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_training_splits_are_cleaned_and_leakage_into_eval_is_removed(tmp_path: Path, tiny_model_dir: Path):
+    rows = distinct_rows(30)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]), encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text(json.dumps(rows[7]) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: train.jsonl\n  eval: eval.jsonl\n"
+                      "  clean: {dedup: exact}\n", encoding="utf-8")
+    splits = load_splits(load_recipe(recipe))
+    assert len(splits.train) == 29 and rows[7] not in splits.train
+    assert splits.cleaning["train_eval_overlap"] == {"removed": 1}
+    steps = {s["step"]: s for s in splits.cleaning["train"]}
+    assert list(steps) == ["normalize", "dedup_exact"] and steps["dedup_exact"]["removed"] == 1
+
+
+def test_cli_prepare_json_and_inspect(messy_project: Path, tmp_path: Path):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "cli-out"
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "data", "prepare", str(messy_project), "--out",
+                             str(out), "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == "messy" and (out / "train.jsonl").exists()
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "data", "inspect", str(messy_project)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "shape messages" in result.stderr and "what `prepare` would do" in result.stderr
