@@ -64,7 +64,7 @@ def clean_rows(rows: list[Row], clean: CleanSection, tokenizer: Any = None) -> C
             started, count = time.perf_counter(), len(state.steps)
             run_step()
             for step in state.steps[count:]:
-                step.seconds = round((time.perf_counter() - started) / (len(state.steps) - count), 3)
+                step.seconds = step.seconds or round(time.perf_counter() - started, 3)
     return state
 
 
@@ -172,21 +172,26 @@ def dedup_step(state: Cleaned, clean: CleanSection) -> None:
     """
     from tunesmith.data.dedup import dedup_text, exact_duplicates, near_duplicates
 
+    started = time.perf_counter()
     texts = [dedup_text(row) for row in state.rows]
     exact = exact_duplicates(texts)
-    record_duplicates(state, texts, exact.removed, Step("dedup_exact"))
+    record_duplicates(state, texts, exact.removed, Step("dedup_exact"), started)
     if clean.dedup == "near":
+        started = time.perf_counter()
         texts = [dedup_text(row) for row in state.rows]
         near = near_duplicates(texts, threshold=clean.near_threshold, num_perm=clean.num_perm)
-        record_duplicates(state, texts, near.removed, Step("dedup_near", details={"threshold": clean.near_threshold}))
+        record_duplicates(state, texts, near.removed, Step("dedup_near", details={"threshold": clean.near_threshold}),
+                          started)
 
 
-def record_duplicates(state: Cleaned, texts: list[str], removed: dict[int, tuple[int, float]], step: Step) -> None:
+def record_duplicates(state: Cleaned, texts: list[str], removed: dict[int, tuple[int, float]], step: Step,
+                      started: float) -> None:
     for index, (kept, similarity) in sorted(removed.items())[:EXAMPLES_PER_STEP]:
         step.examples.append({"row": state.origins[index], "duplicate_of": state.origins[kept],
                               "similarity": round(similarity, 3), "text": texts[index][:120],
                               "kept_text": texts[kept][:120]})
     state.keep([index not in removed for index in range(len(state.rows))], step)
+    step.seconds = round(time.perf_counter() - started, 3)
 
 
 def add_example(step: Step, example: dict[str, Any]) -> None:
