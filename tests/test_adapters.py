@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+import tunesmith.train.common as common
 import tunesmith.train.sft as sft
 from tests.conftest import make_tiny_project
 from tunesmith.config import load_recipe, validate_recipe
@@ -126,13 +127,13 @@ def trained(project: Path):
             adapter, lr = KINDS[kind]
             recipe = tiny_recipe(project, adapter, lr)
             snapshot = Snapshot(every=adapter.get("round_steps", STEPS))
-            real = sft.adapter_callbacks
-            sft.adapter_callbacks = lambda a, r: [*real(a, r), snapshot]
+            real = common.adapter_callbacks
+            common.adapter_callbacks = lambda a, r: [*real(a, r), snapshot]
             try:
                 run = create_run(recipe, project.parent / "runs")
                 artifact = sft.run_train(recipe, run)
             finally:
-                sft.adapter_callbacks = real
+                common.adapter_callbacks = real
             cache[kind] = Trained(kind, run, artifact, snapshot, recipe)
         return cache[kind]
 

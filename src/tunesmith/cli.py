@@ -61,7 +61,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     from tunesmith.config import load_recipe
     from tunesmith.quickstart import run_pipeline
     from tunesmith.runs import create_run
-    from tunesmith.train import run_train
+    from tunesmith.train import run_training
 
     loaded = load_recipe(recipe, set_)
     if evaluate:
@@ -69,23 +69,67 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         _print_results(run.path)
     else:
         run = create_run(loaded, runs_dir)
-        run_train(loaded, run)
+        run_training(loaded, run)
         write_model_card(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
 
 
+@app.command()
+def sweep(recipe: Path, grid: Annotated[list[str], typer.Option(
+              "--grid", metavar="KEY=V1,V2", help="A recipe key and the values to try (repeatable; every "
+              "combination runs). Values parse like --set; lists in brackets: "
+              "'adapter.targets=\\[q_proj,v_proj],qkvo'.")],
+          set_: SetOption = None, runs_dir: RunsDir = None,
+          evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate each run.")] = True,
+          as_json: Annotated[bool, typer.Option("--json", help="Print sweep.json.")] = False) -> None:
+    """Run every combination of --grid values as its own run, then compare them in one table (sweep.md, sweep.png).
+
+    Example: tunesmith sweep recipes/quickstart.yaml --grid adapter.targets=qv,qkvo --grid adapter.layers=all,last-half
+    """
+    from tunesmith.sweep import raise_if_any_failed, run_sweep, table_cells
+
+    path = run_sweep(recipe, grid, set_, runs_dir, evaluate,
+                     report=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
+    document = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+    _print_sweep(table_cells(document["rows"]), f"sweep of {recipe.name}")
+    err.print(f"[bold]Sweep directory:[/bold] {path}")
+    if as_json:
+        print(json.dumps(document, indent=2))
+    raise_if_any_failed(path)
+
+
+def _print_sweep(table_text: tuple[list[str], list[list[str]]], title: str) -> None:
+    """Numbers never wrap; in a log (not a terminal) the table gets room instead of rich's 80 columns."""
+    columns, cells = table_text
+    table = Table(title=title)
+    for index, name in enumerate(columns):
+        numeric = 0 < index < len(columns) - 1
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
+    for row in cells:
+        table.add_row(escape(row[0].replace(",", " ")), *map(escape, row[1:]))
+    (err if err.is_terminal else Console(stderr=True, width=160)).print(table)
+
+
 @app.command("eval")
 def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-          set_: SetOption = None) -> None:
-    """Score the tuned model against its base on the held-out examples.
+          set_: SetOption = None,
+          fail_if_worse: Annotated[list[str] | None, typer.Option(
+              "--fail-if-worse", metavar="METRIC[:MARGIN]",
+              help="Exit 3 when tuned is worse than base on METRIC by more than MARGIN (default 0; "
+                   "for loss and perplexity worse is higher). Repeatable.")] = None) -> None:
+    """Score the tuned model against its base on the held-out examples; writes eval/results.json and report.html.
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --json
+
+    Example: tunesmith eval runs/quickstart-20261123-101500 --fail-if-worse exact_match:0.02 --fail-if-worse loss
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
     from tunesmith.eval import run_eval
+    from tunesmith.eval.gate import check_gate, parse_gate_rule, raise_if_worse
     from tunesmith.runs import open_run
 
+    rules = [parse_gate_rule(text) for text in fail_if_worse or []]
     run = open_run(run_dir)
     path = run_eval(load_recipe(run.recipe_file, set_), run)
     write_model_card(run)
@@ -93,35 +137,63 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         print(path.read_text(encoding="utf-8"))
     else:
         _print_results(run.path)
+    if rules:
+        verdicts = check_gate(json.loads(path.read_text(encoding="utf-8")), rules)
+        for verdict in verdicts:
+            if verdict.passed:
+                err.print(escape(verdict.message), highlight=False, soft_wrap=True)
+        raise_if_worse(verdicts)
 
 
 @app.command()
 def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
-        "--format", help="adapter | merged | gguf (repeatable; default: the recipe's export.formats)")] = None,
-        quant: Annotated[str, typer.Option(
-            help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1.")] = "F16") -> None:
-    """Export a run's adapter, the adapter merged into its base, and/or the merged model as GGUF.
+        "--format", help="adapter | merged | gguf | ollama (repeatable; default: the recipe's export.formats)")] = None,
+        quant: Annotated[str | None, typer.Option(
+            help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (default: the recipe's export.quant).")
+        ] = None) -> None:
+    """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, or for Ollama.
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format gguf --quant Q8_0
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --format ollama --quant Q8_0
     """
     from tunesmith.export import run_export
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
-    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf"})
+    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf", "ollama"})
     if bad:
-        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.", "Use adapter, merged or gguf.")
+        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.", "Use adapter, merged, gguf or ollama.")
     recipe = run.load_recipe()
-    others = [name for name in format_ or [] if name != "gguf"]
-    if others or not format_:
-        path = run_export(recipe, run, others or None)
-    if "gguf" in (format_ or []):
+    formats, quant = format_ or list(recipe.export.formats), quant or recipe.export.quant
+    path = run.exports_dir
+    others = [name for name in formats if name in ("adapter", "merged")]
+    if others:
+        path = run_export(recipe, run, others)
+    if "gguf" in formats:
         from tunesmith.export.gguf import run_gguf_export
 
         path = run_gguf_export(recipe, run, quant)
+    if "ollama" in formats:
+        from tunesmith.export.ollama import run_ollama_export
+
+        path = _report_ollama(run_ollama_export(recipe, run, quant))
     err.print(f"Exported to {path}")
+
+
+def _report_ollama(result: Any) -> Path:
+    """Say whether `ollama create` ran, and the command to run when it could not (unwrapped, to copy)."""
+    show = {"soft_wrap": True, "highlight": False}
+    if result.created is None:
+        err.print(f"Ollama is not installed here; to load the model run:\n  {escape(result.create_command)}", **show)
+    elif result.created:
+        err.print(f"Created the Ollama model {escape(result.model_name)}: ollama run {escape(result.model_name)}",
+                  **show)
+    else:
+        err.print(f"[yellow]{escape(result.create_command)} failed:[/yellow] {escape(result.create_output)}", **show)
+    return result.folder
 
 
 @models_app.command("list")
@@ -175,9 +247,23 @@ def _print_results(run_path: Path) -> None:
     table.add_column("metric")
     for variant in variants:
         table.add_column(variant, justify="right")
+    comparison = results.get("comparison") or {}
+    if comparison:
+        for column in ("delta", "95% CI", "wins/losses/ties"):
+            table.add_column(column, justify="right")
     for metric in results["tuned"]:
-        table.add_row(metric, *[_fmt(results[v].get(metric)) for v in variants])
+        table.add_row(metric, *[_fmt(results[v].get(metric)) for v in variants],
+                      *(_comparison_cells(comparison.get(metric)) if comparison else []))
     err.print(table)
+
+
+def _comparison_cells(entry: dict[str, Any] | None) -> list[str]:
+    """delta, 95% CI and the per-example tally of one metric; blank where the metric is not compared."""
+    if not entry:
+        return ["", "", ""]
+    ci = entry.get("ci95")
+    tally = "/".join(str(entry[k]) for k in ("wins", "losses", "ties")) if "wins" in entry else ""
+    return [f"{entry['delta']:+.4f}", f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "", tally]
 
 
 def _fmt(value: Any) -> str:

@@ -7,6 +7,7 @@ the line in the file, the bad value and a hint (a did-you-mean for misspelt keys
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,7 +38,7 @@ PII_KINDS = ["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "IBAN", "US_SSN", "S
 class CleanSection(Section):
     """Cleaning steps, in the order they run; each reports what it changed or removed."""
 
-    normalize: bool = Field(False, description="Unicode NFC, broken UTF-8, control characters, repeated spaces.")
+    normalize: bool = Field(True, description="Unicode NFC, broken UTF-8, control characters, repeated spaces.")
     pii: Literal["off", "redact", "drop"] = Field(
         "off", description="Redact PII with tokens like <EMAIL>, or drop rows that contain any.")
     pii_kinds: list[Literal["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "IBAN", "US_SSN", "SECRET"]] = Field(
@@ -48,7 +49,7 @@ class CleanSection(Section):
     languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1).")
     language_confidence: float = Field(0.5, ge=0, le=1)
     dedup: Literal["off", "exact", "near"] = Field(
-        "off", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
+        "exact", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
     near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity that counts as duplicate.")
     num_perm: int = Field(128, ge=16)
 
@@ -132,23 +133,149 @@ TARGET_PRESETS: dict[str, list[str] | str] = {
 }
 
 
-class LoraAdapter(Section):
-    kind: Literal["lora"] = "lora"
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+class LoraPlacement(Section):
+    """Where LoRA-style modules go: which linear layers (`targets`) in which transformer blocks (`layers`)."""
+
     targets: str | list[str] = Field("all-linear", description="Preset (qv, qkvo, mlp, all-linear) or list.")
+    layers: Literal["all", "first-half", "last-half"] | list[Annotated[int, Field(ge=0)]] = Field(
+        "all", description="Blocks that get adapters: all, first-half, last-half, or a list of block indices.")
 
     @model_validator(mode="after")
-    def _known_preset(self) -> LoraAdapter:
+    def _known_preset(self) -> LoraPlacement:
         if isinstance(self.targets, str) and self.targets not in TARGET_PRESETS:
             raise ValueError(
                 f"targets must be one of {sorted(TARGET_PRESETS)} or a list of module names"
             )
+        if isinstance(self.layers, list) and not self.layers:
+            raise ValueError("layers must name at least one block index (or be all, first-half, last-half)")
         return self
 
 
-Adapter = Annotated[LoraAdapter, Field(discriminator="kind")]
+class LoraAdapter(LoraPlacement):
+    kind: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class DoraAdapter(LoraAdapter):
+    """LoRA with a learned per-column magnitude (weight-decomposed LoRA)."""
+
+    kind: Literal["dora"] = "dora"  # type: ignore[assignment]
+
+
+class RsloraAdapter(LoraAdapter):
+    """LoRA scaled by alpha/sqrt(r) instead of alpha/r, so higher ranks keep learning."""
+
+    kind: Literal["rslora"] = "rslora"  # type: ignore[assignment]
+
+
+class PissaAdapter(LoraAdapter):
+    """LoRA initialised from the base weights' principal singular vectors (which it removes from the base).
+
+    The saved adapter is converted to a plain rank-2r LoRA that applies to the untouched base model.
+    """
+
+    kind: Literal["pissa"] = "pissa"  # type: ignore[assignment]
+    svd_iters: int | None = Field(None, ge=1, description="Fast randomized SVD iterations (None: exact SVD).")
+
+
+class OloraAdapter(LoraAdapter):
+    """LoRA initialised from a QR decomposition of the base weights (which it removes from the base).
+
+    The saved adapter is converted to a plain rank-2r LoRA that applies to the untouched base model.
+    """
+
+    kind: Literal["olora"] = "olora"  # type: ignore[assignment]
+
+
+class LoftqAdapter(LoraAdapter):
+    """Refused: LoftQ replaces the base weights by their quantized approximation, so its adapter only works on
+    that rewritten base, which a run does not save (and merging into the original base would be wrong)."""
+
+    kind: Literal["loftq"] = "loftq"  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _refuse(self) -> LoftqAdapter:
+        raise ValueError("loftq is not supported: LoftQ rewrites the base weights into their quantized approximation, "
+                         "so the adapter would not apply to the base model that eval/merge/export load. "
+                         "Use kind: qlora (quantized base) or kind: pissa (SVD initialisation) instead")
+
+
+class QloraAdapter(LoraAdapter):
+    """LoRA on a base loaded in 4-bit NF4 with double quantization (or 8-bit) through bitsandbytes."""
+
+    kind: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    bits: Literal[4, 8] = 4
+
+
+class AdaloraAdapter(LoraPlacement):
+    """LoRA whose rank budget is reallocated during training, from init_r down to target_r on average."""
+
+    kind: Literal["adalora"] = "adalora"
+    init_r: int = Field(12, ge=1)
+    target_r: int = Field(8, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    tinit: int = Field(0, ge=0, description="Warm-up steps before ranks are pruned.")
+    tfinal: int = Field(0, ge=0, description="Final steps with the ranks fixed.")
+    delta_t: int = Field(1, ge=1, description="Steps between two rank reallocations.")
+    total_step: int | None = Field(None, ge=1, description="Total optimizer steps (None: the trainer's plan).")
+
+
+class Ia3Adapter(Section):
+    """(IA)^3: learned scaling vectors on keys, values and the MLP input (PEFT's defaults for the architecture)."""
+
+    kind: Literal["ia3"] = "ia3"
+
+
+class PromptTuningAdapter(Section):
+    """Trainable virtual-token embeddings prepended to every input; the model is untouched."""
+
+    kind: Literal["prompt_tuning"] = "prompt_tuning"
+    virtual_tokens: int = Field(20, ge=1)
+
+
+class PrefixTuningAdapter(Section):
+    """Trainable key/value prefixes in every attention layer (cannot train with gradient checkpointing)."""
+
+    kind: Literal["prefix_tuning"] = "prefix_tuning"
+    virtual_tokens: int = Field(20, ge=1)
+
+
+class PTuningAdapter(Section):
+    """P-tuning: virtual tokens produced by a small trainable MLP encoder."""
+
+    kind: Literal["p_tuning"] = "p_tuning"
+    virtual_tokens: int = Field(20, ge=1)
+    encoder_hidden_size: int = Field(128, ge=1)
+
+
+class FullAdapter(Section):
+    """Full fine-tuning: every weight trains; the run saves a whole model in model/."""
+
+    kind: Literal["full"] = "full"
+
+
+class PartialAdapter(Section):
+    """Train only the last N transformer blocks (and optionally the final norm and the LM head)."""
+
+    kind: Literal["partial"] = "partial"
+    last_blocks: int = Field(2, ge=1)
+    train_norm: bool = True
+    train_lm_head: bool = Field(False, description="With tied embeddings this also trains the input embeddings.")
+
+
+class HftAdapter(Section):
+    """Half fine-tuning: training runs in rounds; each round trains half the blocks (even, then odd, ...)."""
+
+    kind: Literal["hft"] = "hft"
+    round_steps: int = Field(50, ge=1, description="Optimizer steps per round.")
+
+
+Adapter = Annotated[LoraAdapter | DoraAdapter | RsloraAdapter | PissaAdapter | OloraAdapter | LoftqAdapter
+                    | QloraAdapter | AdaloraAdapter | Ia3Adapter | PromptTuningAdapter | PrefixTuningAdapter
+                    | PTuningAdapter | FullAdapter | PartialAdapter | HftAdapter, Field(discriminator="kind")]
 
 
 class TrainingSection(Section):
@@ -169,16 +296,50 @@ class TrainingSection(Section):
     seed: int = 42
 
 
+EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
+                "json_fields", "rouge_l", "chrf")
+
+
 class EvalSection(Section):
-    task_metric: Literal["json_fields", "exact_match", "none"] = "json_fields"
+    task_metric: Literal["json_fields", "exact_match", "none"] = Field(
+        "json_fields", description="The single task metric of older recipes; used when `metrics` is empty.")
+    metrics: list[str] = Field(default_factory=list, description=(
+        "Scores per held-out example: " + ", ".join(EVAL_METRICS) + ", or a user metric `module:function` / "
+        "`path/to/file.py:function` taking (prediction, reference) and returning a float or a dict of floats."))
+    regex: str | None = Field(None, description="For the `regex` metric: the pattern a whole answer must match.")
+    json_schema: str | None = Field(None, description="For `json_schema`: a JSON Schema file (relative to the recipe).")
     max_examples: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     compare_base: bool = True
 
+    @model_validator(mode="after")
+    def _metrics_usable(self) -> EvalSection:
+        """Name unknown metrics and missing settings before any model is loaded."""
+        unknown = [m for m in self.metrics if m not in EVAL_METRICS and ":" not in m]
+        if unknown:
+            raise ValueError(f"eval.metrics: unknown {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(EVAL_METRICS)}, or a user metric module:function / file.py:function")
+        for metric, setting in (("regex", self.regex), ("json_schema", self.json_schema)):
+            if metric in self.metrics and not setting:
+                raise ValueError(f"eval.metrics has {metric!r} but eval.{metric} is not set: add it to eval")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"eval.regex {self.regex!r} is not a valid regular expression: {exc}") from None
+        return self
+
+    def chosen_metrics(self) -> list[str]:
+        """`metrics` when given, else the older `task_metric` (loss and perplexity are always measured)."""
+        if self.metrics:
+            return list(self.metrics)
+        return ["loss", "perplexity"] + ([self.task_metric] if self.task_metric != "none" else [])
+
 
 class ExportSection(Section):
-    formats: list[Literal["adapter", "merged"]] = Field(default_factory=lambda: ["adapter", "merged"])
+    formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(default_factory=lambda: ["adapter", "merged"])
+    quant: str = Field("F16", description="GGUF tensor type for the gguf and ollama formats, e.g. F16 or Q8_0.")
 
 
 def union_tags(*unions: Any) -> set[str]:
@@ -211,6 +372,16 @@ class Recipe(Section):
                 if isinstance(raw.get(section), dict) and "kind" not in raw[section]:
                     raw = {**raw, section: {"kind": kind, **raw[section]}}
         return raw
+
+    @model_validator(mode="after")
+    def _adapter_fits_training(self) -> Recipe:
+        """Refuse adapter/training pairs that crash at the first step, before any model is loaded."""
+        if self.adapter.kind == "prefix_tuning" and self.training.gradient_checkpointing:
+            raise ValueError(
+                "adapter.kind=prefix_tuning cannot train with training.gradient_checkpointing=true: the checkpointed "
+                "attention sees the prefix keys but not a mask that covers them (transformers 5, PEFT 0.21). "
+                "Set training.gradient_checkpointing: false, or use kind: prompt_tuning or p_tuning")
+        return self
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a path written in the recipe relative to the recipe file's directory."""
@@ -268,7 +439,7 @@ def describe_error(err: Any, source: Path | None, text: str | None) -> str:
     line = find_yaml_line(text, loc) if text else None
     at = f" (line {line})" if line else ""
     if err["type"] == "extra_forbidden":
-        hint = did_you_mean(loc)
+        hint = did_you_mean(loc, tags={str(p) for p in err["loc"] if _is_union_tag(p)})
         return f"  - {key}{at}: unknown key.{hint}"
     if err["type"] == "missing":
         return f"  - {key}: required, but missing."
@@ -281,14 +452,14 @@ def _is_union_tag(part: Any) -> bool:
     return part in UNION_TAGS
 
 
-def did_you_mean(loc: list[str]) -> str:
-    """Suggest the closest valid key for a misspelt one."""
+def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) -> str:
+    """Suggest the closest valid key for a misspelt one (in the union variant that `tags` names)."""
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            annotation = _section_type(annotation)
+            annotation = _section_type(annotation, tags)
         if annotation is None:
             return ""
         model = annotation
@@ -299,11 +470,14 @@ def did_you_mean(loc: list[str]) -> str:
     return f" Valid keys: {', '.join(valid)}."
 
 
-def _section_type(annotation: Any) -> type[BaseModel] | None:
+def _section_type(annotation: Any, tags: set[str] | frozenset[str] = frozenset()) -> type[BaseModel] | None:
     for arg in getattr(annotation, "__args__", ()) or ():
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        found = _section_type(arg)
+            kind = arg.model_fields.get("kind")
+            if not tags or kind is None or set(getattr(kind.annotation, "__args__", ())) & tags:
+                return arg
+            continue
+        found = _section_type(arg, tags)
         if found:
             return found
     return None

@@ -10,7 +10,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.export import run_export
 from tunesmith.runs import Run, create_run
-from tunesmith.train import run_train
+from tunesmith.train import run_training
 
 
 def bundled_path(relative: str) -> Path:
@@ -30,7 +30,7 @@ def quickstart_recipe(overrides: list[str] | None = None) -> Recipe:
 def run_pipeline(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     """train → eval → export → model card, all in one new run directory."""
     run = create_run(recipe, runs_dir)
-    run_train(recipe, run)
+    run_training(recipe, run)
     run_eval(recipe, run)
     run_export(recipe, run)
     write_model_card(run)

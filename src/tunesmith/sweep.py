@@ -1,0 +1,337 @@
+"""The experiment matrix: run every combination of a few recipe settings, then compare them in one table.
+
+Each combination runs as `python -m tunesmith train ...` in its own subprocess, so a crash or an
+out-of-memory in one cannot take the others down, and each run's peak memory is its own (RSS peaks are
+process-wide and never go down). Every combination's recipe is validated before the first run starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunesmith.config import Recipe, load_recipe
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.runs import atomic_write_json, atomic_write_text, read_json
+
+GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
+METRIC_KEYS = {"json_fields": "field_accuracy"}  # a metric whose headline score has another name
+NOT_TASK_METRICS = (None, "none", "loss", "perplexity")
+MEMORY_FILE = "sweep_memory.json"
+
+
+class SweepFailedError(TunesmithError):
+    """Some combinations failed; the others ran and the table records both."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One --grid flag: a recipe key and the values (as written, so --set parses them the same way) to try."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One cell of the matrix: its name (also its run directory's name) and the --set overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return self.name.replace(",", " ")
+
+
+def parse_grid(text: str) -> GridAxis:
+    """`adapter.targets=qv,qkvo` -> GridAxis; commas inside brackets or quotes belong to one value."""
+    key, sep, rest = text.partition("=")
+    if not sep or not key.strip() or " " in key.strip():
+        raise RecipeError(f"Bad --grid {text!r}: expected section.key=value1,value2.", GRID_HINT)
+    values = tuple(v.strip() for v in split_top_level(rest, text))
+    if any(not v for v in values):
+        raise RecipeError(f"Bad --grid {text!r}: an empty value (check for a stray comma).", GRID_HINT)
+    for value in values:
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"Bad --grid {text!r}: {value!r} is not a valid value: {exc}", GRID_HINT) from None
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise RecipeError(f"Bad --grid {text!r}: {', '.join(repeated)} given twice.", GRID_HINT)
+    return GridAxis(key.strip(), values)
+
+
+def split_top_level(text: str, flag: str) -> list[str]:
+    """Split on commas that are outside brackets, braces and quotes."""
+    parts, current, depth, quote = [], "", 0, ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0 and not quote:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+        if depth < 0:
+            break
+    if depth != 0 or quote:
+        raise RecipeError(f"Bad --grid {flag!r}: unbalanced brackets or quotes.", GRID_HINT)
+    return [*parts, current]
+
+
+def combinations(axes: list[GridAxis]) -> list[Combination]:
+    """The cartesian product of the axes, in the order given (the last axis varies fastest)."""
+    keys = [axis.key for axis in axes]
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        raise RecipeError(f"--grid names the same key twice: {', '.join(twice)}.",
+                          "Give each key one --grid with all its values.")
+    short = short_keys(keys)
+    return [Combination(",".join(f"{s}={value_label(v)}" for s, v in zip(short, values, strict=True)),
+                        tuple(f"{k}={v}" for k, v in zip(keys, values, strict=True)))
+            for values in itertools.product(*(axis.values for axis in axes))]
+
+
+def short_keys(keys: list[str]) -> list[str]:
+    """`adapter.targets` -> `targets`, unless two keys end alike (then the full key keeps them apart)."""
+    leaves = [key.rsplit(".", 1)[-1] for key in keys]
+    return [leaf if leaves.count(leaf) == 1 else key for leaf, key in zip(leaves, keys, strict=True)]
+
+
+def value_label(value: str) -> str:
+    """A value as it reads in a directory name: lists joined with +, anything odd in a path replaced by _."""
+    parsed = yaml.safe_load(value)
+    text = "+".join(map(str, parsed)) if isinstance(parsed, list) else value
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combination]) -> Recipe:
+    """Load every combination's recipe before anything runs, so a bad value fails in a second; returns the base."""
+    base = load_recipe(recipe_path, sets)
+    for combo in combos:
+        try:
+            load_recipe(recipe_path, [*sets, *combo.overrides])
+        except RecipeError as exc:
+            raise RecipeError(f"Combination {combo.label}: {exc.message}", exc.hint) from None
+    return base
+
+
+def create_sweep_dir(recipe: Recipe, runs_dir: Path | None) -> Path:
+    """`runs/sweep-<name>-<timestamp>/`, with a suffix when two sweeps start in the same second."""
+    root = Path(runs_dir or recipe.runs_dir).expanduser()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, suffix = root / f"sweep-{recipe.name}-{stamp}", 1
+    while path.exists():
+        suffix += 1
+        path = root / f"sweep-{recipe.name}-{stamp}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None, runs_dir: Path | None = None,
+              evaluate: bool = True, report: Callable[[str], None] = print) -> Path:
+    """Validate all, run each combination in turn, write sweep.json/.md and the chart; returns the sweep dir.
+
+    A failed combination is recorded in the table and the others still run (see raise_if_any_failed).
+    """
+    recipe_path, sets = Path(recipe_path).resolve(), list(sets or [])
+    combos = combinations([parse_grid(text) for text in grids])
+    base = validate_combinations(recipe_path, sets, combos)
+    sweep_dir = create_sweep_dir(base, runs_dir)
+    header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
+    rows: list[dict[str, Any]] = []
+    for index, combo in enumerate(combos, start=1):
+        report(f"[{index}/{len(combos)}] {combo.label}")
+        rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate))
+        report(f"      {outcome_line(rows[-1])}")
+        write_sweep_table(sweep_dir, header, rows)  # after each run: a crash mid-sweep keeps what finished
+    plot_sweep(rows, sweep_dir / "sweep.png")
+    return sweep_dir
+
+
+def raise_if_any_failed(sweep_dir: Path) -> None:
+    """After the table is shown: a sweep with a failed combination must not look like a success to scripts."""
+    rows = read_json(sweep_dir / "sweep.json")["rows"]
+    failed = [row["combination"] for row in rows if row["status"] == "failed"]
+    if failed:
+        raise SweepFailedError(f"{len(failed)} of {len(rows)} combinations failed: {', '.join(failed)}.",
+                               f"The errors are in {sweep_dir / 'sweep.md'}; full output in {sweep_dir / 'logs'}.")
+
+
+def run_combination(recipe_path: Path, sets: list[str], combo: Combination, sweep_dir: Path,
+                    evaluate: bool) -> dict[str, Any]:
+    """Train (and evaluate) one combination in a subprocess; its run directory becomes `<sweep>/<name>/`."""
+    staging, log = sweep_dir / f".staging-{combo.name}", sweep_dir / "logs" / f"{combo.name}.log"
+    log.parent.mkdir(exist_ok=True)
+    overrides = [arg for item in (*sets, *combo.overrides) for arg in ("--set", item)]
+    command = [sys.executable, "-m", "tunesmith.sweep", str(staging / MEMORY_FILE), "train", str(recipe_path),
+               *overrides, "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
+    started = time.monotonic()
+    with log.open("w", encoding="utf-8") as handle:
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+    wall = round(time.monotonic() - started, 1)
+    memory = read_json(staging / MEMORY_FILE) if (staging / MEMORY_FILE).is_file() else {}
+    run_dir = adopt_run_dir(staging, sweep_dir / combo.name)
+    row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall, **memory}
+    if code != 0:
+        return {**row, "status": "failed", "error": error_from_log(log, code), "run_dir": run_dir and str(run_dir)}
+    return {**row, "status": "ok", **run_figures(run_dir), "run_dir": str(run_dir)}
+
+
+def adopt_run_dir(staging: Path, target: Path) -> Path | None:
+    """Move the one run directory the subprocess made into place under the combination's name."""
+    made = [p for p in staging.iterdir() if p.is_dir()] if staging.is_dir() else []
+    if len(made) == 1:
+        os.replace(made[0], target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target if target.is_dir() else None
+
+
+def error_from_log(log: Path, code: int) -> str:
+    """The CLI's `Error:` line (and hint) when there is one, else the last line the run printed."""
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    for marker in ("Error:", "Internal error:"):
+        found = [i for i, line in enumerate(lines) if line.startswith(marker)]
+        if found:
+            return " ".join(lines[found[-1]:found[-1] + 3]).removeprefix("Error: ")
+    return lines[-1] if lines else f"exited with code {code} and printed nothing"
+
+
+def run_figures(run_dir: Path | None) -> dict[str, Any]:
+    """The numbers of one finished run, read from its own train.json and eval/results.json."""
+    train = read_json(run_dir / "train.json") if run_dir and (run_dir / "train.json").is_file() else {}
+    results_file = run_dir / "eval" / "results.json" if run_dir else None
+    results = read_json(results_file) if results_file and results_file.is_file() else {}
+    metric = main_metric(results)
+    tuned = results.get("tuned", {})
+    return {
+        "final_train_loss": train.get("final_loss"),
+        "eval_loss": tuned.get("loss"),
+        "metric": metric,
+        "metric_value": tuned.get(metric) if metric else None,
+        "trainable_params": (train.get("trainable") or {}).get("trainable"),
+        "train_time_s": train.get("wall_time_s"),
+    }
+
+
+def main_metric(results: dict[str, Any]) -> str | None:
+    """The recipe's headline task score in eval/results.json (json_fields reports field_accuracy)."""
+    tuned = results.get("tuned", {})
+    for name in [*results.get("metrics", []), results.get("task_metric")]:
+        if name not in NOT_TASK_METRICS and METRIC_KEYS.get(name, name) in tuned:
+            return METRIC_KEYS.get(name, name)
+    return None
+
+
+def outcome_line(row: dict[str, Any]) -> str:
+    if row["status"] == "failed":
+        return f"failed after {row['wall_time_s']}s: {row['error']}"
+    metric = f", {row['metric']} {row['metric_value']:.4f}" if row.get("metric_value") is not None else ""
+    return f"done in {row['wall_time_s']}s: train loss {format_cell(row['final_train_loss'], '{:.4f}')}{metric}"
+
+
+def table_metric(rows: list[dict[str, Any]]) -> str | None:
+    """The metric the table's task column shows: the one most runs reported."""
+    names = [row["metric"] for row in rows if row.get("metric")]
+    return max(set(names), key=names.count) if names else None
+
+
+def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Column names and one row of text cells per combination: what sweep.md and the terminal both show."""
+    metric = table_metric(rows)
+    columns = [("train loss", "final_train_loss", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
+               (metric or "task metric", "metric_value", "{:.4f}"), ("trainable", "trainable_params", "{:,}"),
+               ("wall (s)", "wall_time_s", "{:.1f}"), ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}")]
+    if any(row.get("peak_cuda_mb") is not None for row in rows):
+        columns.append(("peak CUDA (MB)", "peak_cuda_mb", "{:,.0f}"))
+    cells = []
+    for row in rows:
+        shown = {**row, "metric_value": row.get("metric_value") if row.get("metric") == metric else None}
+        status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
+        cells.append([row["combination"], *(format_cell(shown.get(key), spec) for _, key, spec in columns), status])
+    return ["combination", *(name for name, _, _ in columns), "status"], cells
+
+
+def format_cell(value: Any, spec: str) -> str:
+    return "—" if value is None else spec.format(value)
+
+
+def write_sweep_table(sweep_dir: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """sweep.json (every figure, as numbers) and sweep.md (the same table for people), both atomically."""
+    atomic_write_json(sweep_dir / "sweep.json", {**header, "metric": table_metric(rows), "rows": rows})
+    columns, cells = table_cells(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in cells]
+    title = f"# Sweep of {Path(header['recipe']).name}\n\nGrid: {' '.join(f'`--grid {g}`' for g in header['grid'])}"
+    atomic_write_text(sweep_dir / "sweep.md", f"{title}\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Bars of the task metric per combination (final train loss when nothing was evaluated)."""
+    from tunesmith.figures import pyplot, save_figure
+
+    metric = table_metric(rows)
+    key, label = ("metric_value", metric) if metric else ("final_train_loss", "final train loss")
+    shown = [row for row in rows if row.get(key) is not None and (not metric or row.get("metric") == metric)]
+    if not shown:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 1.2), 4), dpi=110)
+    values = [row[key] for row in shown]
+    bars = ax.bar(range(len(shown)), values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f")  # a value of 0 has no bar to see
+    ax.set_xticks(range(len(shown)), [row["combination"] for row in shown], rotation=30, ha="right")
+    ax.set(ylabel=label, title=f"{label} per combination")
+    if metric and all(0 <= value <= 1 for value in values):
+        ax.set_ylim(0, 1.05)  # task scores: the same scale from sweep to sweep
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak RSS (Linux reports KiB, macOS bytes) and, when CUDA was used, its peak allocation."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    cuda = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return {"peak_rss_mb": round(rss_bytes / 2**20, 1), "peak_cuda_mb": cuda}
+
+
+def measured_cli(memory_file: Path, argv: list[str]) -> None:
+    """Run the tunesmith CLI in this process, then record its peak memory, whether it succeeded or not."""
+    from tunesmith.cli import main
+
+    sys.argv = ["tunesmith", *argv]
+    try:
+        main()
+    finally:
+        atomic_write_json(memory_file, peak_memory())
+
+
+if __name__ == "__main__":  # python -m tunesmith.sweep MEMORY_FILE <tunesmith arguments>: one sweep combination
+    measured_cli(Path(sys.argv[1]), sys.argv[2:])

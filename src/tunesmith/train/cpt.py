@@ -1,0 +1,54 @@
+"""Continued pre-training: teach a model a domain's text with a LoRA adapter, through TRL's SFTTrainer.
+
+Raw `text` rows, loss on every token (no prompt to mask). With `training.packing` the documents are
+joined (each ending in EOS) and cut into `data.max_length` blocks, the classic pre-training layout:
+no padding, every token of every block trains. Reads: load → dataset → configure → train → save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.config import Recipe
+from tunesmith.runs import Run
+from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
+
+TEXT_SHAPES = ("text",)
+
+
+def run_cpt(recipe: Recipe, run: Run) -> Path:
+    """Continue pre-training on the recipe's text; returns the saved adapter directory."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    setup = prepare_training(recipe, run, accept=TEXT_SHAPES, purpose="continued pre-training (method.kind cpt)")
+    guard = NanGuard()
+    trainer = SFTTrainer(
+        model=setup.model,
+        args=cpt_config(recipe, run, setup.device, setup.precision),
+        train_dataset=Dataset.from_list([{"text": row["text"]} for row in setup.splits.train]),
+        processing_class=setup.tokenizer,
+        peft_config=setup.peft_config,
+        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+    )
+    return fit_and_save(trainer, guard, setup, recipe, run)
+
+
+def cpt_config(recipe: Recipe, run: Run, device: str, precision: str):
+    """SFTConfig for plain language modelling: the `text` field, EOS between documents, loss everywhere.
+
+    "wrapped" packing concatenates and cuts, so a document may straddle two blocks (as in pre-training);
+    TRL's default "bfd" keeps documents whole but relies on padding-free attention (FlashAttention).
+    """
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_arguments(recipe, run, device, precision),
+        dataset_text_field="text",
+        max_length=recipe.data.max_length,
+        packing=recipe.training.packing,
+        packing_strategy="wrapped",
+        completion_only_loss=False,
+        assistant_only_loss=False,
+    )

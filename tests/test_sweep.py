@@ -1,0 +1,185 @@
+"""The experiment matrix: grid parsing, the product and its names, fail-fast validation, and real sweeps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import make_tiny_project
+from tunesmith.errors import RecipeError
+from tunesmith.sweep import (
+    GridAxis,
+    combinations,
+    main_metric,
+    parse_grid,
+    run_sweep,
+    table_cells,
+    validate_combinations,
+)
+
+
+def test_grid_values_split_on_top_level_commas():
+    axis = parse_grid("adapter.targets=qv,qkvo,all-linear")
+    assert axis == GridAxis("adapter.targets", ("qv", "qkvo", "all-linear"))
+    assert parse_grid("adapter.targets=[q_proj, v_proj],qkvo").values == ("[q_proj, v_proj]", "qkvo")
+    assert parse_grid("data.system_prompt='a, b',c").values == ("'a, b'", "c")
+
+
+def test_grid_values_parse_as_yaml_through_set():
+    """Values are handed to --set as written, so `1e-3` and `[0,1]` get the same YAML types as there."""
+    axis = parse_grid("training.lr=1.0e-3,2.0e-4")
+    combos = combinations([axis, parse_grid("adapter.layers=[0,1],last-half")])
+    assert combos[0].overrides == ("training.lr=1.0e-3", "adapter.layers=[0,1]")
+
+
+@pytest.mark.parametrize("text", ["adapter.targets", "=qv", "adapter.targets=", "adapter.targets=qv,,qkvo",
+                                  "adapter.layers=[0,1", "adapter.targets=qv,qv", "adapter.layers=[0,1]]"])
+def test_bad_grid_names_the_flag(text):
+    with pytest.raises(RecipeError) as caught:
+        parse_grid(text)
+    assert "--grid" in caught.value.message and repr(text) in caught.value.message
+    assert "section.key=value1,value2" in caught.value.hint
+
+
+def test_same_key_twice_is_refused():
+    with pytest.raises(RecipeError, match=r"same key twice: adapter\.r"):
+        combinations([parse_grid("adapter.r=4,8"), parse_grid("adapter.r=16")])
+
+
+def test_cartesian_product_and_names():
+    axes = [parse_grid("adapter.targets=qv,qkvo,all-linear"), parse_grid("adapter.layers=all,last-half")]
+    combos = combinations(axes)
+    assert len(combos) == 6
+    assert [c.name for c in combos[:3]] == ["targets=qv,layers=all", "targets=qv,layers=last-half",
+                                           "targets=qkvo,layers=all"]
+    assert combos[2].label == "targets=qkvo layers=all"
+    assert combos[5].overrides == ("adapter.targets=all-linear", "adapter.layers=last-half")
+    assert len({c.name for c in combos}) == 6
+
+
+def test_names_of_lists_and_clashing_leaves():
+    combos = combinations([parse_grid("adapter.targets=[q_proj,v_proj]"), parse_grid("model.dtype=float32"),
+                           parse_grid("eval.dtype=x")])
+    assert combos[0].name == "targets=q_proj+v_proj,model.dtype=float32,eval.dtype=x"
+
+
+def test_main_metric_is_the_recipes_headline_score():
+    assert main_metric({"metrics": ["loss", "perplexity", "json_fields"],
+                        "tuned": {"loss": 1.0, "field_accuracy": 0.5, "exact_match": 0.1}}) == "field_accuracy"
+    assert main_metric({"metrics": ["loss", "exact_match"], "tuned": {"exact_match": 0.2}}) == "exact_match"
+    assert main_metric({"task_metric": "preference_accuracy", "tuned": {"preference_accuracy": 0.7}}) \
+        == "preference_accuracy"
+    assert main_metric({"metrics": ["loss", "perplexity"], "tuned": {"loss": 1.0}}) is None
+
+
+def test_table_records_failures_with_their_message():
+    rows = [{"combination": "r=4", "status": "ok", "final_train_loss": 1.5, "eval_loss": 1.25, "metric": "exact_match",
+             "metric_value": 0.5, "trainable_params": 1234, "wall_time_s": 3.0, "peak_rss_mb": 500.0,
+             "peak_cuda_mb": None},
+            {"combination": "r=8", "status": "failed", "error": "boom", "wall_time_s": 1.0, "peak_rss_mb": 400.0}]
+    columns, cells = table_cells(rows)
+    assert columns[3] == "exact_match" and "peak CUDA (MB)" not in columns
+    assert cells[0][:8] == ["r=4", "1.5000", "1.2500", "0.5000", "1,234", "3.0", "500", "ok"]
+    assert cells[1][0] == "r=8" and cells[1][-1] == "failed: boom" and cells[1][1] == "—"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    return root, make_tiny_project(root, tiny_model_dir, train_rows=32, eval_rows=4)
+
+
+def test_a_bad_value_fails_before_any_run_starts(project):
+    root, recipe = project
+    runs = root / "never"
+    with pytest.raises(RecipeError) as caught:
+        run_sweep(recipe, ["adapter.targets=qv,qkvx"], runs_dir=runs, report=lambda line: None)
+    assert caught.value.message.startswith("Combination targets=qkvx: Invalid recipe")
+    assert "'qkvx'" in caught.value.message
+    assert not runs.exists()
+
+
+def test_cli_validation_error_exits_2_and_creates_nothing(project):
+    from tunesmith.cli import app
+
+    root, recipe = project
+    result = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", "training.lr=1e-3,-1",
+                                      "--runs-dir", str(root / "never")])
+    assert result.exit_code != 0 and isinstance(result.exception, RecipeError)
+    assert "training.lr" in result.exception.message
+    assert not (root / "never").exists()
+
+
+def test_validation_uses_set_and_returns_the_base(project):
+    _, recipe = project
+    base = validate_combinations(recipe, ["training.max_steps=3"], combinations([parse_grid("adapter.r=4,8")]))
+    assert base.training.max_steps == 3 and base.name == "tiny"
+
+
+def sweep_cli(recipe: Path, runs: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tunesmith", "sweep", str(recipe), "--runs-dir", str(runs),
+               "--set", "training.max_steps=4", "--set", "training.logging_steps=1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=recipe.parent, check=False)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(project):
+    root, recipe = project
+    result = sweep_cli(recipe, root / "runs", "--grid", "adapter.targets=qv,all-linear", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((root / "runs").iterdir())
+    assert len(sweeps) == 1 and sweeps[0].name.startswith("sweep-tiny-")
+    return sweeps[0], result
+
+
+def test_sweep_has_one_run_per_combination_named_after_it(finished_sweep):
+    sweep_dir, result = finished_sweep
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["logs", "targets=all-linear", "targets=qv"]
+    for name in ("targets=qv", "targets=all-linear"):
+        assert (sweep_dir / name / "adapter" / "adapter_model.safetensors").is_file()
+    assert "[1/2] targets=qv" in result.stderr and "[2/2] targets=all-linear" in result.stderr
+    assert not list(sweep_dir.rglob(".*.tmp")) and not list(sweep_dir.glob(".staging-*"))
+
+
+def test_sweep_table_numbers_come_from_each_run(finished_sweep):
+    sweep_dir, result = finished_sweep
+    document = json.loads((sweep_dir / "sweep.json").read_text())
+    assert json.loads(result.stdout) == document
+    rows = {row["combination"]: row for row in document["rows"]}
+    assert list(rows) == ["targets=qv", "targets=all-linear"] and document["metric"] == "field_accuracy"
+    for name, row in rows.items():
+        train = json.loads((sweep_dir / name / "train.json").read_text())
+        results = json.loads((sweep_dir / name / "eval" / "results.json").read_text())
+        assert row["status"] == "ok" and row["run_dir"] == str(sweep_dir / name)
+        assert row["final_train_loss"] == train["final_loss"]
+        assert row["trainable_params"] == train["trainable"]["trainable"]
+        assert row["eval_loss"] == results["tuned"]["loss"]
+        assert row["metric_value"] == results["tuned"]["field_accuracy"]
+        assert row["wall_time_s"] >= train["wall_time_s"] and row["peak_rss_mb"] > 50
+    assert rows["targets=qv"]["trainable_params"] < rows["targets=all-linear"]["trainable_params"]
+
+
+def test_sweep_writes_markdown_and_chart(finished_sweep):
+    sweep_dir, result = finished_sweep
+    markdown = (sweep_dir / "sweep.md").read_text()
+    assert "| combination | train loss | eval loss | field_accuracy | trainable |" in markdown
+    assert "| targets=qv |" in markdown and "| targets=all-linear |" in markdown
+    assert (sweep_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "targets=all-linear" in result.stderr and "Sweep directory" in result.stderr
+
+
+def test_failed_combination_is_recorded_and_the_others_run(project):
+    root, recipe = project
+    result = sweep_cli(recipe, root / "failing", "--grid", "adapter.layers=[7],all", "--no-eval")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 of 2 combinations failed: layers=7" in result.stderr
+    sweep_dir = next((root / "failing").iterdir())
+    rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
+    assert [row["status"] for row in rows] == ["failed", "ok"]
+    assert "block(s) [7] do not exist" in rows[0]["error"]
+    assert rows[1]["trainable_params"] > 0 and rows[1]["eval_loss"] is None
+    assert "failed: " in (sweep_dir / "sweep.md").read_text()
+    assert (sweep_dir / "sweep.png").is_file()  # no eval: the chart shows the final train loss
