@@ -25,6 +25,7 @@ from tunesmith.config import CleanSection, validate_recipe
 from tunesmith.data import recipe_tokenizer
 from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, token_lengths
+from tunesmith.data.rowtext import row_text
 from tunesmith.data.workflow import prepare_data
 
 
@@ -65,6 +66,9 @@ def main() -> None:
     caught = sum(dup + 1 not in survivors for dup in duplicates)
     false_removals = sum(i + 1 not in survivors for i in range(len(rows)) if i not in duplicates)
     pii_step = next(s for s in cleaned_fast.steps if s.name == "pii_redact")
+    redacted = {origin - 1: row_text(row) for origin, row in zip(cleaned_fast.origins, cleaned_fast.rows, strict=True)}
+    planted_values = [(index, value) for index, values in data.pii.items() if index in redacted for value in values]
+    leaked = sum(value in redacted[index] for index, value in planted_values)
     results = {
         "rows": len(rows),
         "load_rows_per_s": round(len(rows) / load_s),
@@ -79,12 +83,14 @@ def main() -> None:
         "unrelated_rows_removed": false_removals,
         "pii_found_by_kind": pii_step.details["found_by_kind"],
         "rows_with_planted_pii": len(data.pii),
+        "planted_pii_values_redacted": round(1 - leaked / max(len(planted_values), 1), 4),
     }
     print(json.dumps(results, indent=2))
     print(f"\nprepare of {len(rows):,} rows: {prepare_s:.1f} s ({len(rows) / prepare_s:,.0f} rows/s); "
           f"normalize+PII+exact {len(rows) / fast_s:,.0f} rows/s; MinHash {len(rows) / near_s:,.0f} rows/s; "
           f"near-dup recall {results['near_duplicate_recall']:.3f}, unrelated removed {false_removals}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 

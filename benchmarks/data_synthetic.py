@@ -42,7 +42,7 @@ ANSWERS = ("First, {verb} the {adj} {noun} and check that the {noun2} is {adj2}.
            "Keep the {noun2} away from the {adj} {noun}; they interfere with each other.")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SYSTEM_PROMPT = "You are a patient assistant who gives short, practical, step-by-step advice."
-CARD_PREFIXES = ("4111", "5500", "3400", "6011")
+CARD_PREFIXES = ("4111", "5500", "5105", "6011")  # 16-digit brands (Amex 34xx is 15 digits)
 TARGET_CHARS = 270  # user + assistant; the last sentence overshoots to ~300 on average
 
 
