@@ -26,7 +26,7 @@ fi
 if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.tunesmith-installed ]; then
   echo "==> installing tunesmith and its dependencies"
-  "${PIP[@]}" install -e ".[dev]"
+  "${PIP[@]}" install -e ".[dev,qlora]"
   touch .venv/.tunesmith-installed
 fi
 
