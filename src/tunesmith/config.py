@@ -122,7 +122,60 @@ class SimPOMethod(Section):
 
 PREFERENCE_KINDS = ("dpo", "orpo", "kto", "simpo")
 
-Method = Annotated[SFTMethod | CPTMethod | DPOMethod | ORPOMethod | KTOMethod | SimPOMethod,
+# Built-in GRPO rewards and the one setting each needs (None: it needs none); see train/rewards.py.
+REWARD_SETTINGS: dict[str, str | None] = {"exact_match": None, "json_valid": None, "regex": "pattern",
+                                          "json_schema": "json_schema", "length_penalty": "target"}
+
+
+class RewardSpec(Section):
+    """One GRPO reward: a built-in by name, or a user function named `module:function` or `path/file.py:function`
+    that takes (completion, reference) and returns a float. Rewards add up, each times its weight."""
+
+    name: str = Field(..., description="exact_match, regex, json_valid, json_schema, length_penalty, or a user "
+                                       "function module:function / path/to/file.py:function.")
+    weight: float = Field(1.0, description="Factor of this reward in the sum that GRPO normalises per group.")
+    pattern: str | None = Field(None, description="regex: the pattern a whole completion must match.")
+    json_schema: str | None = Field(None, description="json_schema: a JSON Schema file (relative to the recipe).")
+    target: int | None = Field(None, ge=1, description="length_penalty: completions up to this many tokens cost "
+                                                       "nothing; each token beyond costs 1/target (down to -1).")
+
+    @model_validator(mode="after")
+    def _settings_fit_the_reward(self) -> RewardSpec:
+        """Name an unknown reward, a missing setting, or a setting that another reward would use."""
+        if self.name not in REWARD_SETTINGS and ":" not in self.name:
+            raise ValueError(f"unknown reward {self.name!r}; choose from {', '.join(REWARD_SETTINGS)}, or a user "
+                             "function module:function / path/to/file.py:function")
+        needed = REWARD_SETTINGS.get(self.name)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"reward {self.name!r} needs {needed!r}: add it next to the name")
+        settings = ("pattern", "json_schema", "target")
+        stray = [key for key in settings if key != needed and getattr(self, key) is not None]
+        if stray:
+            raise ValueError(f"reward {self.name!r} does not use {', '.join(stray)}: remove it")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from None
+        return self
+
+
+class GRPOMethod(Section):
+    """Group Relative Policy Optimization (Shao et al. 2024): sample a group of completions per prompt, score
+    them with the rewards, and push up those above their group's mean. Needs no reference answers to imitate,
+    only a way to score (rows still carry one: the `completion`, given to rewards as `reference`)."""
+
+    kind: Literal["grpo"] = "grpo"
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")], min_length=1)
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group); "
+                                                      "training.batch_size x grad_accum must be a multiple.")
+    max_completion_length: int = Field(64, ge=1, description="New tokens per sampled completion.")
+    beta: float = Field(0.0, ge=0, description="KL strength toward the base (adapter off). 0 skips the reference "
+                                               "pass, as TRL and recent GRPO work do; DeepSeek-R1 used 0.001.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; the group needs varied completions.")
+
+
+Method = Annotated[SFTMethod | CPTMethod | DPOMethod | ORPOMethod | KTOMethod | SimPOMethod | GRPOMethod,
                    Field(discriminator="kind")]
 
 TARGET_PRESETS: dict[str, list[str] | str] = {

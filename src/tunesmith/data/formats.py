@@ -48,8 +48,8 @@ SHAPE_HINTS = {
     "preference": "chosen/rejected pairs train with method.kind dpo, orpo, simpo or reward.",
     "unpaired_preference": "prompt/completion/label rows train with method.kind kto.",
     "text": "raw text trains with method.kind cpt (continued pre-training).",
-    "messages": "conversations train with method.kind sft.",
-    "prompt_completion": "prompt-completion pairs train with method.kind sft.",
+    "messages": "conversations train with method.kind sft (or grpo, the last answer as reference).",
+    "prompt_completion": "prompt-completion pairs train with method.kind sft or grpo.",
 }
 
 

@@ -14,6 +14,7 @@ from tunesmith.train.sft import run_train
 TRAINERS: dict[str, tuple[str, str]] = {
     "sft": ("tunesmith.train.sft", "run_train"),
     "cpt": ("tunesmith.train.cpt", "run_cpt"),
+    "grpo": ("tunesmith.train.grpo", "run_grpo"),
     **{kind: ("tunesmith.train.preference", "run_preference") for kind in PREFERENCE_KINDS},
 }
 

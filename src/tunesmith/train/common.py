@@ -20,8 +20,9 @@ from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trai
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.upstream import precision_flags
 
-# Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, ...).
-METHOD_METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds")
+# Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, GRPO's
+# mean reward `reward` and per-reward `rewards/<name>/mean`, ...).
+METHOD_METRIC_PREFIXES = ("reward", "logps/", "kl", "nll_loss", "log_odds", "completions/mean_length")
 
 
 @dataclass
