@@ -238,6 +238,54 @@ def models_import(gguf_file: Path, name: Annotated[str | None, typer.Option(help
     err.print(f"Ready: {import_gguf(gguf_file, name=name)}")
 
 
+@app.command()
+def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER...",
+                                                         help="Run directories or PEFT adapter folders (one base).")],
+            prompts: Annotated[Path, typer.Option(help="JSONL (or any data file) of prompts, answers optional.")],
+            base: Annotated[bool, typer.Option("--base", help="Add the base model as the first column.")] = False,
+            metric: Annotated[list[str] | None, typer.Option(
+                help="Metric name or module:function (repeatable; default exact_match and chrf).")] = None,
+            reference_key: Annotated[str | None, typer.Option(help="Column holding the reference answer.")] = None,
+            html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
+            max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 128,
+            batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False) -> None:
+    """Answer the same prompts with several adapters of one base (and the base), side by side.
+
+    The base loads once and the adapters are switched on it. Example:
+    tunesmith compare --prompts examples/data/orders/eval.jsonl runs/a-2026... runs/b-2026... --base --html cmp.html
+    """
+    from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
+
+    results = run_compare(targets, prompts, base, metric, reference_key, max_new_tokens, batch_size)
+    print_compare(results, err if err.is_terminal else Console(stderr=True, width=200))
+    if html:
+        err.print(f"Wrote {write_compare_html(results, html)}")
+    if as_json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
+                                                     help="Model alias, folder or Hub id, or a run directory.")],
+         adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
+         system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+         max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256) -> None:
+    """Chat in the terminal (greedy, streamed, history kept); /reset starts over, /exit or Ctrl-D quits.
+
+    Example: tunesmith chat runs/quickstart-20261123-101500 --system "Answer in JSON."
+    """
+    from tunesmith.chat import COMMANDS_HELP, ChatSession, chat_loop, load_chat_model
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    model, tokenizer = load_chat_model(model_or_run, adapter)
+    err.print(COMMANDS_HELP, highlight=False)
+    chat_loop(ChatSession(model, tokenizer, system, max_new_tokens), input, write)
+
+
 def _print_results(run_path: Path) -> None:
     from tunesmith.runs import read_json
 

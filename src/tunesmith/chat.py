@@ -1,0 +1,110 @@
+"""`tunesmith chat`: talk to a base model, a run's result or a base with an adapter, in the terminal.
+
+The chat template is applied to the whole history each turn, and the reply streams as it is generated.
+The loop reads lines from a function it is given (not from stdin directly), so it can be tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
+
+
+@dataclass
+class ChatSession:
+    """A model, its tokenizer and the conversation so far (the system turn survives /reset)."""
+
+    model: Any
+    tokenizer: Any
+    system: str | None = None
+    max_new_tokens: int = 256
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def reply(self, text: str, write: Callable[[str], None]) -> str:
+        """Answer `text` given the history, streaming the answer to `write`; both turns join the history."""
+        self.messages.append({"role": "user", "content": text})
+        answer = generate_streamed(self.model, self.tokenizer, self.messages, self.max_new_tokens, write)
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def generate_streamed(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int,
+                      write: Callable[[str], None]) -> str:
+    """Greedy answer to the conversation; text goes to `write` as whole words are decoded."""
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True).to(model.device)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             streamer=writer_streamer(tokenizer, write), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def writer_streamer(tokenizer: Any, write: Callable[[str], None]) -> Any:
+    """transformers' TextStreamer, writing to `write` instead of print (the prompt is not echoed)."""
+    from transformers import TextStreamer
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            write(text + ("\n" if stream_end else ""))
+
+    return _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Callable[[str], None]) -> int:
+    """Read a line, answer it, until /exit or end of input; returns how many replies were given."""
+    replies = 0
+    while True:
+        try:
+            line = read_line("you> ").strip()
+        except EOFError:
+            write("\n")
+            return replies
+        if line == "/exit":
+            return replies
+        if line == "/reset":
+            session.reset()
+            write("(history cleared)\n")
+        elif line.startswith("/"):
+            write(f"Unknown command {line}. {COMMANDS_HELP}\n")
+        elif line:
+            write("assistant> ")
+            session.reply(line, write)
+            replies += 1
+
+
+def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) for a model source, or for a run directory (its adapter on its base, or its model/)."""
+    from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+    from tunesmith.runs import Run
+    from tunesmith.train.adapters import trained_model_dir
+
+    device = pick_device(device)
+    run = Run(Path(model_or_run).expanduser())
+    if run.recipe_file.is_file():
+        recipe = run.load_recipe()
+        base_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+        if run.adapter_dir.is_dir():
+            adapter = adapter or run.adapter_dir
+        elif trained_model_dir(run).is_dir():
+            base_dir = trained_model_dir(run)
+    else:
+        base_dir = resolve_model_source(model_or_run)
+    model = load_model(base_dir, torch.float32, device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), load_tokenizer(base_dir)

@@ -1,0 +1,324 @@
+"""Many adapters (and the base) side by side on the same prompts: `tunesmith compare`.
+
+The base model is loaded once and every adapter is attached to the same PeftModel under its own name;
+switching is `set_adapter`, the base is the adapter switched off. N fine-tunes then cost one model in
+memory plus N small adapters, and every variant sees the same prompts, greedy decoding and batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+DEFAULT_METRICS = ("exact_match", "chrf")
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """The turns a model answers, and the answer expected (None for prompt-only rows: shown, not scored)."""
+
+    messages: list[dict[str, Any]]
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """One thing to compare: a display name, its PEFT adapter folder and the base model it was trained on."""
+
+    name: str
+    adapter_dir: Path
+    base_model: Path
+
+
+def load_prompts(path: Path, reference_key: str | None = None) -> list[PromptRow]:
+    """Rows of any shape tunesmith reads. Messages rows are answered up to their last assistant turn (the
+    reference), prompt-completion rows use the completion; rows with only a prompt are allowed, unscored.
+    `reference_key` names a column of the raw record to use as the reference instead."""
+    from tunesmith.data.formats import load_conversations
+    from tunesmith.data.readers import read_records
+
+    _, records = read_records(Path(path))
+    values = [r.value for r in records if isinstance(r.value, dict)]
+    if values and all(is_prompt_only(value) for value in values):
+        rows = [PromptRow(prompt_messages(value), None) for value in values]
+    else:
+        rows = [PromptRow(row["messages"][:-1], row["messages"][-1]["content"]) for row in load_conversations(path)]
+    if reference_key is not None:
+        rows = with_reference_column(rows, values, reference_key, path)
+    return rows
+
+
+def is_prompt_only(value: dict[str, Any]) -> bool:
+    """A prompt with no answer: {"prompt": ...} without completion, or messages that end on a user turn."""
+    if "prompt" in value and "completion" not in value:
+        return True
+    messages = value.get("messages")
+    return isinstance(messages, list) and bool(messages) and messages[-1].get("role") != "assistant"
+
+
+def prompt_messages(value: dict[str, Any]) -> list[dict[str, Any]]:
+    if "messages" in value:
+        return value["messages"]
+    prompt = value["prompt"]
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, path: Path) -> list[PromptRow]:
+    if len(values) != len(rows) or not all(key in value for value in values):
+        raise TunesmithError(f"--reference-key {key!r}: not every row of {path} has that column.",
+                             "Name a column every row has, or leave the option out to use the answer turn.")
+    return [PromptRow(row.messages, str(value[key])) for row, value in zip(rows, values, strict=True)]
+
+
+def adapter_source(target: str | Path) -> AdapterSource:
+    """A run directory (its adapter/ and recipe's model) or a PEFT adapter folder (its adapter_config.json)."""
+    from tunesmith.models import resolve_model_source
+    from tunesmith.runs import Run
+    from tunesmith.train.adapters import trained_model_dir
+
+    path = Path(target).expanduser()
+    run = Run(path)
+    if run.recipe_file.is_file():
+        if trained_model_dir(run).is_dir() and not run.adapter_dir.is_dir():
+            raise TunesmithError(f"{path} is a whole-model run (model/), not an adapter: it has no base to share.",
+                                 "Compare adapter runs; evaluate a whole-model run with `tunesmith eval`.")
+        recipe = run.load_recipe()
+        base = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+        return AdapterSource(path.resolve().name, run.adapter_dir, base.resolve())
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise TunesmithError(f"{path} is neither a run directory (recipe.yaml) nor a PEFT adapter "
+                             "(adapter_config.json).", "Pass run directories or adapter folders.")
+    base_name = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    base = Path(base_name) if Path(base_name).is_dir() else resolve_model_source(base_name)
+    name = path.resolve().parent.name if path.name == "adapter" else path.resolve().name
+    return AdapterSource(name, path, base.resolve())
+
+
+def shared_base(sources: list[AdapterSource]) -> Path:
+    """The one base every adapter was trained on; adapters of different bases cannot share one model."""
+    bases = {source.base_model for source in sources}
+    if len(bases) != 1:
+        listing = "; ".join(f"{s.name}: {s.base_model}" for s in sources)
+        raise TunesmithError(f"The adapters were trained on different base models ({listing}).",
+                             "Compare adapters of one base at a time.")
+    return bases.pop()
+
+
+def unique_names(sources: list[AdapterSource], include_base: bool) -> list[str]:
+    """Column names: folder names, numbered where two are alike, never clashing with 'base'."""
+    taken, names = {BASE} if include_base else set(), []
+    for source in sources:
+        name, suffix = source.name, 1
+        while name in taken:
+            suffix += 1
+            name = f"{source.name}-{suffix}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def peft_name(index: int, name: str) -> str:
+    """PEFT keys adapters in module dicts: no dots, so a safe name of our own."""
+    return f"a{index}_" + re.sub(r"\W", "_", name)
+
+
+def attach_adapters(model: Any, sources: list[AdapterSource]) -> Any:
+    """One PeftModel on `model` holding every adapter, named a0_..., a1_..."""
+    from peft import PeftModel
+
+    first, *others = sources
+    peft_model = PeftModel.from_pretrained(model, first.adapter_dir, adapter_name=peft_name(0, first.name))
+    for index, source in enumerate(others, start=1):
+        peft_model.load_adapter(source.adapter_dir, adapter_name=peft_name(index, source.name))
+    return peft_model.eval()
+
+
+def variant_contexts(model: Any, sources: list[AdapterSource],
+                     include_base: bool) -> dict[str, Callable[[], AbstractContextManager]]:
+    """Column name -> a context that makes the model that variant: the adapter switched off, or one set active."""
+    names = unique_names(sources, include_base)
+    contexts: dict[str, Callable[[], AbstractContextManager]] = {BASE: model.disable_adapter} if include_base else {}
+    for index, (name, source) in enumerate(zip(names, sources, strict=True)):
+        contexts[name] = functools.partial(active_adapter, model, peft_name(index, source.name))
+    return contexts
+
+
+@contextmanager
+def active_adapter(model: Any, adapter_name: str) -> Iterator[None]:
+    model.set_adapter(adapter_name)
+    yield
+
+
+def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_tokens: int,
+                 batch_size: int) -> list[str]:
+    """Greedy batched answers, via eval's generate_answers (which answers every turn but the last)."""
+    from tunesmith.eval.evaluate import generate_answers
+
+    rows = [{"messages": [*p.messages, {"role": "assistant", "content": ""}]} for p in prompts]
+    with torch.no_grad():
+        return generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
+
+
+def run_compare(targets: list[str | Path], prompts_file: Path, include_base: bool = False,
+                metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int = 128,
+                batch_size: int = 8, device: str = "auto") -> dict[str, Any]:
+    """Answer every prompt with each adapter (and the base), score where references exist; the results dict."""
+    from tunesmith.eval.metrics import build_scorer
+    from tunesmith.models import load_model, load_tokenizer, pick_device
+
+    if not targets:
+        raise TunesmithError("Name at least one run directory or adapter folder to compare.")
+    prompts = load_prompts(prompts_file, reference_key)
+    sources = [adapter_source(target) for target in targets]
+    base_dir = shared_base(sources)
+    chosen = list(metrics or DEFAULT_METRICS)
+    scorer = build_scorer(chosen, None, None, Path.cwd())  # a bad metric fails before any model loads
+    tokenizer = load_tokenizer(base_dir)
+    model = attach_adapters(load_model(base_dir, torch.float32, pick_device(device)).eval(), sources)
+    outputs, seconds = {}, {}
+    for name, context in variant_contexts(model, sources, include_base).items():
+        started = time.monotonic()
+        with context():
+            outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size)
+        seconds[name] = round(time.monotonic() - started, 2)
+    return comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file)
+
+
+def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], seconds: dict[str, float],
+                       scorer: Any, metrics: list[str], base_dir: Path, prompts_file: Path) -> dict[str, Any]:
+    """Per-row outputs and scores, and per-variant means over the rows that have a reference."""
+    from tunesmith.eval.metrics import aggregate
+
+    variants = list(outputs)
+    rows, summary = [], {}
+    for index, prompt in enumerate(prompts):
+        row: dict[str, Any] = {"prompt": prompt.messages[-1]["content"] if prompt.messages else "",
+                               "reference": prompt.reference, "outputs": {v: outputs[v][index] for v in variants}}
+        if prompt.reference is not None:
+            row["scores"] = {v: numeric(scorer(outputs[v][index], prompt.reference)) for v in variants}
+        rows.append(row)
+    for variant in variants:
+        scored = [row["scores"][variant] for row in rows if "scores" in row]
+        summary[variant] = {**aggregate(scored), "seconds": seconds[variant]}
+    return {"prompts_file": str(prompts_file), "base_model": str(base_dir), "variants": variants,
+            "metrics": metrics, "examples": len(rows), "scored": sum("scores" in row for row in rows),
+            "summary": summary, "rows": rows}
+
+
+def numeric(scores: dict[str, Any]) -> dict[str, float]:
+    """The float scores only (json_fields' per-field dict is summed up by field_accuracy)."""
+    return {key: value for key, value in scores.items() if isinstance(value, float)}
+
+
+COMPARE_STYLE = """
+td.differs { background: #fffbe6; } td.same { color: #555; } .scores { color: #555; font-size: 12px; }
+"""
+
+
+def write_compare_html(results: dict[str, Any], path: Path) -> Path:
+    """One self-contained page (inline CSS, no links out): the outputs in columns, differences marked."""
+    from tunesmith.runs import atomic_write_text
+
+    return atomic_write_text(path, render_compare_html(results))
+
+
+def render_compare_html(results: dict[str, Any]) -> str:
+    from tunesmith.eval.html_report import STYLE
+
+    title = f"{len(results['variants'])} variants on {results['examples']} prompts"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
+             f"<style>{STYLE}{COMPARE_STYLE}</style></head><body><h1>{_e(title)}</h1>",
+             f"<p>Base model: <code>{_e(results['base_model'])}</code>; prompts: "
+             f"<code>{_e(results['prompts_file'])}</code>; greedy decoding. Words that differ from the first "
+             f"column ({_e(results['variants'][0])}) are marked.</p>",
+             summary_html(results), outputs_html(results), "</body></html>"]
+    return "\n".join(parts)
+
+
+def summary_html(results: dict[str, Any]) -> str:
+    """Mean score per metric (rows) and variant (columns), over the prompts that have a reference."""
+    variants, summary = results["variants"], results["summary"]
+    keys = [k for k in summary[variants[0]] if k != "seconds"] + ["seconds"]
+    head = "<tr><th>metric</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants) + "</tr>"
+    body = ["<tr><td>" + _e(key) + "</td>" + "".join(
+        f"<td class='num'>{_e(_fmt(summary[v].get(key)))}</td>" for v in variants) + "</tr>" for key in keys]
+    note = f"<p>{results['scored']} of {results['examples']} prompts have a reference and are scored.</p>"
+    return "<h2>Scores</h2><table>" + head + "\n".join(body) + "</table>" + note
+
+
+def outputs_html(results: dict[str, Any]) -> str:
+    """One row per prompt, one column per variant; cells that differ from the first column are tinted."""
+    from tunesmith.eval.html_report import mark_changes
+
+    variants = results["variants"]
+    head = "<tr><th>#</th><th>prompt</th><th>reference</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants)
+    lines = [head + "</tr>"]
+    for index, row in enumerate(results["rows"], start=1):
+        first = row["outputs"][variants[0]]
+        cells = [f"<td>{index}</td>", f"<td><pre>{_e(row['prompt'])}</pre></td>",
+                 f"<td><pre>{_e(row['reference'] if row['reference'] is not None else '–')}</pre></td>"]
+        for position, variant in enumerate(variants):
+            text = row["outputs"][variant]
+            css = "" if position == 0 else (" class='same'" if text == first else " class='differs'")
+            body = _e(text) if position == 0 else mark_changes(first, text)
+            scores = row.get("scores", {}).get(variant, {})
+            score_line = " · ".join(f"{k} {_fmt(v)}" for k, v in scores.items())
+            cells.append(f"<td{css}><pre>{body}</pre>"
+                         + (f"<div class='scores'>{_e(score_line)}</div>" if score_line else "") + "</td>")
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    return "<h2>Outputs</h2><table>" + "\n".join(lines) + "</table>"
+
+
+def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> None:
+    """The outputs side by side (long answers cut to `width` characters), then the mean scores."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    variants = results["variants"]
+    table = Table(title=f"{len(variants)} variants on {results['examples']} prompts", show_lines=True)
+    for column in ("#", "prompt", "reference", *variants):
+        table.add_column(column, overflow="fold")
+    for index, row in enumerate(results["rows"], start=1):
+        cells = []
+        for variant in variants:
+            scores = row.get("scores", {}).get(variant, {})
+            line = " ".join(f"{k}={_fmt(v)}" for k, v in scores.items())
+            suffix = f"\n[dim]{escape(line)}[/dim]" if line else ""
+            cells.append(escape(_cut(row["outputs"][variant], width)) + suffix)
+        reference = row["reference"] if row["reference"] is not None else "–"
+        table.add_row(str(index), escape(_cut(row["prompt"], width)), escape(_cut(reference, width)), *cells)
+    console.print(table)
+    summary = Table(title=f"mean scores ({results['scored']} scored prompts)")
+    summary.add_column("metric")
+    for variant in variants:
+        summary.add_column(variant, justify="right")
+    for key in [k for k in results["summary"][variants[0]] if k != "seconds"] + ["seconds"]:
+        summary.add_row(key, *(_fmt(results["summary"][v].get(key)) for v in variants))
+    console.print(summary)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "–")
+
+
+def _e(text: Any) -> str:
+    import html
+
+    return html.escape(str(text), quote=True)

@@ -1,0 +1,174 @@
+"""`tunesmith compare` (many adapters switched on one base) and `tunesmith chat` on tiny llama models."""
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import build_tiny_llama, make_tiny_project
+from tunesmith.chat import ChatSession, chat_loop
+from tunesmith.config import load_recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.compare import generate_for, load_prompts, render_compare_html, run_compare
+from tunesmith.runs import create_run
+from tunesmith.train import run_training
+
+MAX_NEW, BATCH = 10, 4
+
+
+def random_lora(model_dir: Path, target: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so it changes the outputs without training."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(load_model(model_dir), config).save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    """A trained run (adapter A), a random adapter folder (B), a prompts file with references and one without."""
+    root = tmp_path_factory.mktemp("compare-chat")
+    recipe = load_recipe(make_tiny_project(root, tiny_model_dir, eval_rows=6), ["training.max_steps=8"])
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    adapter_b = random_lora(tiny_model_dir, root / "style-b", seed=1)
+    prompts = root / "data" / "eval.jsonl"
+    prompt_only = root / "questions.jsonl"
+    prompt_only.write_text('{"prompt": "Say hello in one short sentence."}\n{"prompt": "two pizzas please"}\n')
+    return {"run": run.path, "adapter_b": adapter_b, "prompts": prompts, "prompt_only": prompt_only, "root": root}
+
+
+@pytest.fixture(scope="module")
+def compared(project):
+    return run_compare([project["run"], project["adapter_b"]], project["prompts"], include_base=True,
+                       metrics=["exact_match", "chrf"], max_new_tokens=MAX_NEW, batch_size=BATCH)
+
+
+def test_one_column_per_variant_with_scores(compared, project):
+    run_name = Path(project["run"]).name
+    assert compared["variants"] == ["base", run_name, "style-b"]
+    assert compared["examples"] == compared["scored"] == 6
+    for row in compared["rows"]:
+        assert set(row["outputs"]) == set(compared["variants"]) and row["reference"]
+        assert set(row["scores"]["style-b"]) == {"exact_match", "chrf"}
+    assert {"exact_match", "chrf", "seconds"} <= set(compared["summary"]["base"])
+    assert [r["outputs"]["base"] for r in compared["rows"]] != [r["outputs"]["style-b"] for r in compared["rows"]]
+
+
+def test_switched_adapter_answers_as_when_loaded_alone(compared, project, tiny_model_dir):
+    """Proves switching: each adapter's column equals what a fresh base + that adapter alone produces."""
+    from peft import PeftModel
+
+    from tunesmith.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    prompts = load_prompts(project["prompts"])
+    for column, adapter_dir in ((Path(project["run"]).name, Path(project["run"]) / "adapter"),
+                                ("style-b", project["adapter_b"])):
+        alone = PeftModel.from_pretrained(load_model(tiny_model_dir), adapter_dir).eval()
+        expected = generate_for(alone, tokenizer, prompts, MAX_NEW, BATCH)
+        assert [r["outputs"][column] for r in compared["rows"]] == expected, column
+    plain = generate_for(load_model(tiny_model_dir).eval(), tokenizer, prompts, MAX_NEW, BATCH)
+    assert [r["outputs"]["base"] for r in compared["rows"]] == plain
+
+
+class PageText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.urls: list[str] = []
+        self.cells: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+        self.cells += [value for name, value in attrs if name == "class" and tag == "td" and value]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_is_self_contained_with_outputs_scores_and_marks(compared):
+    document = render_compare_html(compared)
+    parser = PageText()
+    parser.feed(document)
+    parser.close()
+    text = "".join(parser.text)
+    for row in compared["rows"]:
+        assert row["prompt"] in text and row["reference"] in text
+        assert all(output in text for output in row["outputs"].values())
+    assert f"{compared['summary']['style-b']['chrf']:.4f}" in text
+    assert "differs" in parser.cells and "<mark>" in document
+    assert not parser.urls and "http://" not in document and "https://" not in document
+
+
+def test_prompt_only_rows_are_answered_without_scores(project):
+    results = run_compare([project["adapter_b"]], project["prompt_only"], max_new_tokens=4, batch_size=BATCH)
+    assert results["variants"] == ["style-b"] and results["scored"] == 0
+    assert [r["reference"] for r in results["rows"]] == [None, None] and "scores" not in results["rows"][0]
+    assert "–" in render_compare_html(results)
+
+
+def test_adapters_of_different_bases_are_refused(project, tokenizer_dir, tmp_path):
+    other_base = build_tiny_llama(tokenizer_dir, tmp_path / "other-base", seed=3)
+    foreign = random_lora(other_base, tmp_path / "foreign", seed=2)
+    with pytest.raises(TunesmithError, match="different base models"):
+        run_compare([project["adapter_b"], foreign], project["prompts"], max_new_tokens=2)
+
+
+def test_compare_cli_writes_html_and_json(project):
+    page = project["root"] / "cmp.html"
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "compare", "--prompts", str(project["prompts"]),
+                             str(project["run"]), str(project["adapter_b"]), "--base", "--metric", "chrf",
+                             "--html", str(page), "--json", "--max-new-tokens", "4"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["variants"][0] == "base" and page.is_file()
+    assert "mean scores" in result.stderr
+
+
+def test_chat_session_keeps_history_until_reset(tiny_model_dir):
+    from tunesmith.models import load_model, load_tokenizer
+
+    session = ChatSession(load_model(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir), "Be brief.", 6)
+    written: list[str] = []
+    assert chat_loop(session, lines_then_eof(["hello", "again"]), written.append) == 2
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[-1]["content"] == session.messages[-1]["content"].strip()
+    assert "".join(written).count("assistant> ") == 2
+    assert chat_loop(session, lines_then_eof(["/reset", "/exit", "never read"]), written.append) == 0
+    assert session.messages == [{"role": "system", "content": "Be brief."}]
+
+
+def lines_then_eof(lines: list[str]):
+    pending = iter(lines)
+
+    def read_line(prompt: str) -> str:
+        try:
+            return next(pending)
+        except StopIteration:
+            raise EOFError from None
+
+    return read_line
+
+
+def test_chat_cli_answers_resets_and_exits(tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--max-new-tokens", "6"],
+                            input="hello\n/reset\nhi\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("assistant> ") == 2 and "(history cleared)" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_exits_cleanly_at_end_of_input(tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--max-new-tokens", "4"],
+                            input="hello\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("assistant> ") == 1
