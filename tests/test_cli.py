@@ -6,7 +6,8 @@ import sys
 import pytest
 
 COMMANDS = [["quickstart"], ["train"], ["eval"], ["export"], ["models", "list"], ["models", "pull"],
-            ["models", "import"]]
+            ["models", "import"], ["data", "inspect"], ["data", "prepare"], ["data", "preview"], ["sweep"],
+            ["compare"], ["chat"]]
 
 
 def tunesmith(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -252,8 +252,9 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
             as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False) -> None:
     """Answer the same prompts with several adapters of one base (and the base), side by side.
 
-    The base loads once and the adapters are switched on it. Example:
-    tunesmith compare --prompts examples/data/orders/eval.jsonl runs/a-2026... runs/b-2026... --base --html cmp.html
+    The base loads once and the adapters are switched on it.
+
+    Example: tunesmith compare --prompts examples/data/orders/eval.jsonl runs/a-1 runs/b-1 --base --html cmp.html
     """
     from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
 
