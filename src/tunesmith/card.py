@@ -35,11 +35,10 @@ def write_model_card(run: Run) -> Path:
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
         "",
-        "## Results on held-out examples (greedy decoding)",
+        "## Results on held-out examples, base vs tuned",
         *results_table(results),
         "",
-        "![base vs tuned](plots/base_vs_tuned.png)",
-        "",
+        *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
         *usage_lines(run, whole),
     ]
