@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunesmith.errors import RecipeError
 
 
+def check_regex(key: str, pattern: str | None) -> None:
+    """A recipe regex must compile now, not fail on the first row or completion mid-run."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{key} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, not silently ignored."""
 
@@ -152,11 +162,7 @@ class RewardSpec(Section):
         stray = [key for key in settings if key != needed and getattr(self, key) is not None]
         if stray:
             raise ValueError(f"reward {self.name!r} does not use {', '.join(stray)}: remove it")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from None
+        check_regex("pattern", self.pattern)
         return self
 
 
@@ -376,11 +382,7 @@ class EvalSection(Section):
         for metric, setting in (("regex", self.regex), ("json_schema", self.json_schema)):
             if metric in self.metrics and not setting:
                 raise ValueError(f"eval.metrics has {metric!r} but eval.{metric} is not set: add it to eval")
-        if self.regex is not None:
-            try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise ValueError(f"eval.regex {self.regex!r} is not a valid regular expression: {exc}") from None
+        check_regex("eval.regex", self.regex)
         return self
 
     def chosen_metrics(self) -> list[str]:
