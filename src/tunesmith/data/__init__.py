@@ -63,8 +63,9 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         source["eval"] = str(eval_path)
         held, kept = load(eval_path, "eval"), rows
     else:
-        held = [row for row in rows if holds_out(row, data.eval_fraction)]
-        kept = [row for row in rows if not holds_out(row, data.eval_fraction)]
+        in_eval = [holds_out(row, data.eval_fraction) for row in rows]  # one hash per row
+        held = [row for row, out in zip(rows, in_eval, strict=True) if out]
+        kept = [row for row, out in zip(rows, in_eval, strict=True) if not out]
         source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
     if data.clean.dedup != "off":
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
