@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [["quickstart"], ["train"], ["eval"], ["export"], ["models", "list"], ["models", "pull"],
             ["models", "import"], ["data", "inspect"], ["data", "prepare"], ["data", "preview"], ["sweep"],
-            ["compare"], ["chat"]]
+            ["compare"], ["chat"], ["merge"], ["push"]]
 
 
 def tunesmith(*args: str, cwd=None) -> subprocess.CompletedProcess:

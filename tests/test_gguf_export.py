@@ -16,7 +16,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export import gguf as gguf_export
 from tunesmith.export.gguf import QUANT_TYPES, write_gguf
 from tunesmith.export.gguf_arch import llama3_rope_factors, permute_for_adjacent_rope
-from tunesmith.export.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer_name, require_byte_level_bpe
+from tunesmith.export.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT, pre_tokenizer_name, tokenizer_model
 
 Q = gguf.GGMLQuantizationType
 PROMPTS = [[{"role": "user", "content": "2 large pizzas and a cola to 12 Main St, please."}],
@@ -238,15 +238,6 @@ def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tokenizer_dir, tmp_path
     assert compare_with_gguf(model_dir, path)["relative"] < 0.2
 
 
-@pytest.mark.parametrize("quant", ["Q4_K_M", "Q5_K_M", "q6_k"])
-def test_k_quants_say_what_they_need(quant, tiny_model_dir, tmp_path):
-    with pytest.raises(TunesmithError) as info:
-        write_gguf(tiny_model_dir, tmp_path / "k.gguf", quant)
-    assert "K-quant" in info.value.message and "llama-cpp-python" in info.value.message
-    assert "llama-quantize" in info.value.hint
-    assert not list(tmp_path.iterdir())
-
-
 def test_unknown_quant_lists_the_valid_ones(tiny_model_dir, tmp_path):
     with pytest.raises(TunesmithError, match="Unknown GGUF quant") as info:
         write_gguf(tiny_model_dir, tmp_path / "x.gguf", "Q3_X")
@@ -299,10 +290,21 @@ def test_pre_tokenizer_is_named_the_way_llama_cpp_names_it(pre, name):
     assert pre_tokenizer_name(pre) == name
 
 
-def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
-    spec = {"model": {"type": "BPE", "byte_fallback": True}, "pre_tokenizer": {"type": "Metaspace"}}
-    with pytest.raises(TunesmithError, match="SentencePiece"):
-        require_byte_level_bpe(spec, tmp_path)
+@pytest.mark.parametrize(("spec", "kind"), [
+    ({"model": {"type": "BPE"}, "pre_tokenizer": {"type": "ByteLevel"}}, "gpt2"),
+    ({"model": {"type": "BPE", "byte_fallback": True}, "pre_tokenizer": {"type": "Metaspace"}}, "llama"),
+    ({"model": {"type": "BPE", "byte_fallback": True}, "pre_tokenizer": None,  # Llama 2's original tokenizer.json
+      "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                         {"type": "Replace", "content": "\u2581"}]}}, "llama"),
+])
+def test_tokenizer_kind_is_judged_from_tokenizer_json(spec, kind, tmp_path):
+    assert tokenizer_model(spec, tmp_path) == kind
+
+
+def test_wordpiece_tokenizer_is_refused(tmp_path):
+    spec = {"model": {"type": "WordPiece"}, "pre_tokenizer": {"type": "BertPreTokenizer"}}
+    with pytest.raises(TunesmithError, match="SentencePiece-style BPE"):
+        tokenizer_model(spec, tmp_path)
 
 
 def test_cli_exports_a_run_as_gguf(tiny_model_dir, tmp_path):

@@ -38,9 +38,10 @@ def write_model_card(run: Run) -> Path:
         "## Results on held-out examples, base vs tuned",
         *results_table(results),
         "",
+        *add_on_lines(results),
         *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
-        *usage_lines(run, whole),
+        *(reward_usage_lines(run, whole) if recipe.method.kind == "reward" else usage_lines(run, whole)),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
 
@@ -60,12 +61,49 @@ def usage_lines(run: Run, whole: bool) -> list[str]:
             "Merged checkpoint (if exported): `exports/merged/`."]
 
 
+def reward_usage_lines(run: Run, whole: bool) -> list[str]:
+    """A reward model loads with its score head, and scores GRPO completions as reward `reward_model`."""
+    loader = ("from transformers import AutoModelForSequenceClassification",
+              f'model = AutoModelForSequenceClassification.from_pretrained("{trained_model_dir(run)}")') if whole else (
+        "from peft import AutoPeftModelForSequenceClassification",
+        f'model = AutoPeftModelForSequenceClassification.from_pretrained("{run.adapter_dir}", num_labels=1)')
+    return ["```python", *loader, "```", "As a GRPO reward: `method.rewards: [{name: reward_model, path: "
+            f"{run.path}}}]`."]
+
+
 def results_table(results: dict[str, Any]) -> list[str]:
     if "tuned" not in results:
         return ["(not evaluated yet: run `tunesmith eval`)"]
     variants = [v for v in ("base", "tuned") if v in results]
     metrics = [k for k in results["tuned"] if k != "seconds"]
-    rows = ["| metric | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
-    rows += [f"| {m} | " + " | ".join(str(results[v].get(m, "")) for v in variants) + " |"
+    comparison = results.get("comparison") or {}
+    extra = ["delta (95% CI)"] if comparison else []
+    rows = ["| metric | " + " | ".join([*variants, *extra]) + " |", "|---" * (len(variants) + len(extra) + 1) + "|"]
+    rows += [f"| {m} | " + " | ".join([*(str(results[v].get(m, "")) for v in variants),
+                                       *([delta_cell(comparison.get(m))] if comparison else [])]) + " |"
              for m in metrics]
+    if results.get("base_note"):  # reward runs: what `base` means there
+        rows += ["", f"Note: {results['base_note']}"]
     return rows
+
+
+def delta_cell(entry: dict[str, Any] | None) -> str:
+    """tuned − base, with its paired-bootstrap interval where there is one."""
+    if not entry:
+        return ""
+    ci = entry.get("ci95")
+    return f"{entry['delta']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+
+
+def add_on_lines(results: dict[str, Any]) -> list[str]:
+    """A section per add-on in results.json (forgetting probes, judge, lm-eval): base → tuned and the delta."""
+    from tunesmith.eval.add_ons import add_on_tables
+
+    lines = []
+    for block in add_on_tables(results):
+        lines += [f"### {block.title[:1].upper()}{block.title[1:]}", "",
+                  "| metric | base | tuned | delta (95% CI) |", "|---|---|---|---|"]
+        lines += [f"| {metric} | {'' if base is None else base} | {tuned} | {delta_cell(entry)} |"
+                  for metric, base, tuned, entry in block.rows]
+        lines += ["", f"{'**' + block.note + '**' if block.note.startswith('REGRESSION') else block.note}", ""]
+    return lines

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.cli_data import data_app
+from tunesmith.cli_merge import merge, push
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
@@ -25,6 +26,8 @@ app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against 
 models_app = typer.Typer(help="Embedded, imported and Hub models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.command()(merge)
+app.command()(push)
 err = Console(stderr=True)
 state = {"debug": False}
 
@@ -116,12 +119,19 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
           fail_if_worse: Annotated[list[str] | None, typer.Option(
               "--fail-if-worse", metavar="METRIC[:MARGIN]",
               help="Exit 3 when tuned is worse than base on METRIC by more than MARGIN (default 0; "
-                   "for loss and perplexity worse is higher). Repeatable.")] = None) -> None:
+                   "for loss and perplexity worse is higher); `probes` fails on a forgetting-probe regression. "
+                   "Repeatable.")] = None,
+          against: Annotated[str, typer.Option(
+              metavar="base|RUN_DIR", help="Compare with the base model (default), or with another run of the "
+                                           "same base: its adapter takes base's place everywhere; results go to "
+                                           "eval/against-<run>/.")] = "base") -> None:
     """Score the tuned model against its base on the held-out examples; writes eval/results.json and report.html.
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --json
 
-    Example: tunesmith eval runs/quickstart-20261123-101500 --fail-if-worse exact_match:0.02 --fail-if-worse loss
+    Example: tunesmith eval runs/quickstart-20261123-101500 --fail-if-worse exact_match:0.02 --fail-if-worse probes
+
+    Example: tunesmith eval runs/quickstart-20261123-101500 --against runs/quickstart-20261120-093000
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
@@ -131,12 +141,15 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
 
     rules = [parse_gate_rule(text) for text in fail_if_worse or []]
     run = open_run(run_dir)
-    path = run_eval(load_recipe(run.recipe_file, set_), run)
-    write_model_card(run)
+    other = None if against == "base" else open_run(Path(against)).path
+    path = run_eval(load_recipe(run.recipe_file, set_), run, other)
+    if other is None:
+        write_model_card(run)
     if as_json:
         print(path.read_text(encoding="utf-8"))
     else:
-        _print_results(run.path)
+        _print_results(run.path, path)
+        err.print(f"Report: {path.parent / 'report.html'}", highlight=False, soft_wrap=True)
     if rules:
         verdicts = check_gate(json.loads(path.read_text(encoding="utf-8")), rules)
         for verdict in verdicts:
@@ -147,26 +160,51 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
 
 @app.command()
 def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
-        "--format", help="adapter | merged | gguf | ollama (repeatable; default: the recipe's export.formats)")] = None,
+        "--format", help="adapter | merged | gguf | gguf-lora | ollama (repeatable; default: the recipe's "
+                         "export.formats)")] = None,
         quant: Annotated[str | None, typer.Option(
-            help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (default: the recipe's export.quant).")
-        ] = None) -> None:
-    """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, or for Ollama.
+            help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, or a K-quant made by llama.cpp "
+                 "(needs tunesmith[gguf]): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K "
+                 "(default: the recipe's export.quant).")
+        ] = None,
+        verify: Annotated[bool | None, typer.Option(
+            "--verify/--no-verify", help="Load the GGUF in llama.cpp and check its next-token agreement with the "
+                                         "merged model (default: on when llama-cpp-python is installed).")
+        ] = None,
+        ollama_adapter: Annotated[bool | None, typer.Option(
+            "--ollama-adapter/--ollama-merged", help="Ollama: FROM the base GGUF + ADAPTER the LoRA as GGUF, or one "
+                                                     "merged GGUF (default: the recipe's export.ollama_adapter).")
+        ] = None,
+        max_shard_size: Annotated[str | None, typer.Option(
+            help="Split the merged safetensors into shards of at most this size (default: the recipe's "
+                 "export.max_shard_size, 5GB).")] = None) -> None:
+    """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, the adapter as a
+    GGUF LoRA (llama.cpp --lora, Ollama ADAPTER), or for Ollama.
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format gguf --quant Q8_0
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format ollama --quant Q8_0
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --format gguf-lora
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --format ollama --ollama-adapter --quant Q8_0
     """
     from tunesmith.export import run_export
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
-    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf", "ollama"})
+    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf", "gguf-lora", "ollama"})
     if bad:
-        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.", "Use adapter, merged, gguf or ollama.")
+        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.",
+                             "Use adapter, merged, gguf, gguf-lora or ollama.")
     recipe = run.load_recipe()
+    if max_shard_size:
+        from tunesmith.merge.into_base import parse_shard_size
+
+        shards = {"max_shard_size": parse_shard_size(max_shard_size)}
+        recipe = recipe.model_copy(update={"export": recipe.export.model_copy(update=shards)})
     formats, quant = format_ or list(recipe.export.formats), quant or recipe.export.quant
     path = run.exports_dir
     others = [name for name in formats if name in ("adapter", "merged")]
@@ -175,11 +213,15 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     if "gguf" in formats:
         from tunesmith.export.gguf import run_gguf_export
 
-        path = run_gguf_export(recipe, run, quant)
+        path = run_gguf_export(recipe, run, quant, verify=verify)
+    if "gguf-lora" in formats:
+        from tunesmith.export.gguf_lora import lora_type_for, run_gguf_lora_export
+
+        path = run_gguf_lora_export(recipe, run, lora_type_for(quant))
     if "ollama" in formats:
         from tunesmith.export.ollama import run_ollama_export
 
-        path = _report_ollama(run_ollama_export(recipe, run, quant))
+        path = _report_ollama(run_ollama_export(recipe, run, quant, verify=verify, adapter=ollama_adapter))
     err.print(f"Exported to {path}")
 
 
@@ -287,15 +329,17 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
     chat_loop(ChatSession(model, tokenizer, system, max_new_tokens), input, write)
 
 
-def _print_results(run_path: Path) -> None:
+def _print_results(run_path: Path, results_file: Path | None = None) -> None:
     from tunesmith.runs import read_json
 
-    results = read_json(run_path / "eval" / "results.json")
+    results = read_json(results_file or run_path / "eval" / "results.json")
     variants = [v for v in ("base", "tuned") if v in results]
-    table = Table(title=f"base vs tuned on {results['examples']} held-out examples")
+    other = (results.get("against") or {}).get("name")
+    title = f"tuned vs {other}" if other else "base vs tuned"
+    table = Table(title=f"{title} on {results['examples']} held-out examples")
     table.add_column("metric")
     for variant in variants:
-        table.add_column(variant, justify="right")
+        table.add_column(other if other and variant == "base" else variant, justify="right")
     comparison = results.get("comparison") or {}
     if comparison:
         for column in ("delta", "95% CI", "wins/losses/ties"):
@@ -304,6 +348,23 @@ def _print_results(run_path: Path) -> None:
         table.add_row(metric, *[_fmt(results[v].get(metric)) for v in variants],
                       *(_comparison_cells(comparison.get(metric)) if comparison else []))
     err.print(table)
+    if results.get("base_note"):  # reward runs: the base is scored with an untrained head
+        err.print(escape(f"Note: {results['base_note']}"), highlight=False, soft_wrap=True)
+    _print_add_ons(results, other)
+
+
+def _print_add_ons(results: dict[str, Any], other: str | None) -> None:
+    """The forgetting probes, judge and lm-eval figures, a table each, with the probes' verdict under theirs."""
+    from tunesmith.eval.add_ons import add_on_tables
+
+    for block in add_on_tables(results):
+        table = Table(title=block.title)
+        for column in ("metric", other or "base", "tuned", "delta", "95% CI", "wins/losses/ties"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for metric, base, tuned, entry in block.rows:
+            table.add_row(escape(metric), "" if base is None else _fmt(base), _fmt(tuned), *_comparison_cells(entry))
+        err.print(table)
+        err.print(escape(block.note), highlight=False, soft_wrap=True)
 
 
 def _comparison_cells(entry: dict[str, Any] | None) -> list[str]:

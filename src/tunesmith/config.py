@@ -132,22 +132,39 @@ class SimPOMethod(Section):
 
 PREFERENCE_KINDS = ("dpo", "orpo", "kto", "simpo")
 
+
+class RewardMethod(Section):
+    """Reward-model training (Bradley-Terry, as in InstructGPT): a one-score head on the base, trained so the
+    chosen answer of each pair scores above the rejected one. A GRPO run can then use it as reward
+    `reward_model`."""
+
+    kind: Literal["reward"] = "reward"
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="Pull scores toward mean zero (Eisenstein et al. 2023; 0.01 is usual); null: off.")
+
+
+# A reward model is the base with a score head; these adapter kinds train it (others do not fit a score head).
+REWARD_ADAPTER_KINDS = ("lora", "dora", "rslora", "full", "partial")
+
 # Built-in GRPO rewards and the one setting each needs (None: it needs none); see train/rewards.py.
 REWARD_SETTINGS: dict[str, str | None] = {"exact_match": None, "json_valid": None, "regex": "pattern",
-                                          "json_schema": "json_schema", "length_penalty": "target"}
+                                          "json_schema": "json_schema", "length_penalty": "target",
+                                          "reward_model": "path"}
 
 
 class RewardSpec(Section):
     """One GRPO reward: a built-in by name, or a user function named `module:function` or `path/file.py:function`
     that takes (completion, reference) and returns a float. Rewards add up, each times its weight."""
 
-    name: str = Field(..., description="exact_match, regex, json_valid, json_schema, length_penalty, or a user "
-                                       "function module:function / path/to/file.py:function.")
+    name: str = Field(..., description="exact_match, regex, json_valid, json_schema, length_penalty, "
+                                       "reward_model, or a user function module:function / path/to/file.py:function.")
     weight: float = Field(1.0, description="Factor of this reward in the sum that GRPO normalises per group.")
     pattern: str | None = Field(None, description="regex: the pattern a whole completion must match.")
     json_schema: str | None = Field(None, description="json_schema: a JSON Schema file (relative to the recipe).")
     target: int | None = Field(None, ge=1, description="length_penalty: completions up to this many tokens cost "
                                                        "nothing; each token beyond costs 1/target (down to -1).")
+    path: str | None = Field(None, description="reward_model: a `method.kind: reward` run directory, or its adapter/ "
+                                               "or model/ folder (relative to the recipe); scores prompt + completion.")
 
     @model_validator(mode="after")
     def _settings_fit_the_reward(self) -> RewardSpec:
@@ -158,7 +175,7 @@ class RewardSpec(Section):
         needed = REWARD_SETTINGS.get(self.name)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"reward {self.name!r} needs {needed!r}: add it next to the name")
-        settings = ("pattern", "json_schema", "target")
+        settings = ("pattern", "json_schema", "target", "path")
         stray = [key for key in settings if key != needed and getattr(self, key) is not None]
         if stray:
             raise ValueError(f"reward {self.name!r} does not use {', '.join(stray)}: remove it")
@@ -181,8 +198,8 @@ class GRPOMethod(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; the group needs varied completions.")
 
 
-Method = Annotated[SFTMethod | CPTMethod | DPOMethod | ORPOMethod | KTOMethod | SimPOMethod | GRPOMethod,
-                   Field(discriminator="kind")]
+Method = Annotated[SFTMethod | CPTMethod | DPOMethod | ORPOMethod | KTOMethod | SimPOMethod | RewardMethod
+                   | GRPOMethod, Field(discriminator="kind")]
 
 TARGET_PRESETS: dict[str, list[str] | str] = {
     "qv": ["q_proj", "v_proj"],
@@ -359,6 +376,34 @@ EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_
                 "json_fields", "rouge_l", "chrf")
 
 
+class JudgeSection(Section):
+    """LLM-as-judge: an OpenAI-compatible chat endpoint scores each answer (score) or picks the better of base
+    and tuned (pairwise, asked in both orders so that position bias cancels)."""
+
+    url: str = Field(..., description="Base URL of the API, e.g. http://localhost:8000/v1 (or the full "
+                                      ".../chat/completions address).")
+    model: str = Field(..., description="The judge model's name, as the endpoint knows it.")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key; "
+                                                                  "sent as a Bearer token when set.")
+    rubric: str | None = Field(None, description="A text file with the judging criteria (relative to the recipe); "
+                                                 "default: helpfulness and agreement with the reference.")
+    mode: Literal["score", "pairwise"] = "score"
+    max_examples: int | None = Field(None, ge=1, description="Judge only the first N held-out examples.")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one judge reply.")
+
+
+class LmEvalSection(Section):
+    """lm-evaluation-harness tasks run on base and tuned (needs `pip install tunesmith[eval]`)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["tunesmith_general_mc"], min_length=1,
+                             description="Task names from include_path (default: tunesmith's bundled local task).")
+    include_path: str | None = Field(None, description="A folder of lm-eval task YAMLs (relative to the recipe); "
+                                                       "relative data_files in them resolve from the YAML's folder.")
+    limit: int | None = Field(None, ge=1, description="Documents per task (all when unset).")
+    num_fewshot: int | None = Field(None, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+
 class EvalSection(Section):
     task_metric: Literal["json_fields", "exact_match", "none"] = Field(
         "json_fields", description="The single task metric of older recipes; used when `metrics` is empty.")
@@ -371,6 +416,17 @@ class EvalSection(Section):
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     compare_base: bool = True
+    probes: bool = Field(True, description="Forgetting probes: general questions and text the base model handles, "
+                                           "asked of base and tuned to see whether tuning broke them.")
+    probe_file: str | None = Field(None, description="Your own probes (JSONL: prompt, check, answer, category), "
+                                                     "relative to the recipe; default: the bundled set.")
+    probe_margin: float = Field(0.05, ge=0, le=1, description="A regression is flagged when probe accuracy falls "
+                                                              "more than this below base (absolute, 0..1).")
+    probe_perplexity_margin: float = Field(0.05, ge=0, description="... or when perplexity on the general-text "
+                                                                   "slice rises more than this fraction above base.")
+    probe_max_new_tokens: int = Field(24, ge=1, description="Tokens generated per probe answer (they are short).")
+    judge: JudgeSection | None = None
+    lm_eval: LmEvalSection | None = None
 
     @model_validator(mode="after")
     def _metrics_usable(self) -> EvalSection:
@@ -393,8 +449,14 @@ class EvalSection(Section):
 
 
 class ExportSection(Section):
-    formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(default_factory=lambda: ["adapter", "merged"])
+    formats: list[Literal["adapter", "merged", "gguf", "gguf-lora", "ollama"]] = Field(
+        default_factory=lambda: ["adapter", "merged"])
     quant: str = Field("F16", description="GGUF tensor type for the gguf and ollama formats, e.g. F16 or Q8_0.")
+    max_shard_size: str = Field("5GB", pattern=r"^\d+(\.\d+)?\s*[KMGTkmgt][Bb]$",
+                                description="Merged safetensors are split into shards of at most this size "
+                                            "(KB, MB, GB or TB, e.g. 5GB).")
+    ollama_adapter: bool = Field(False, description="Ollama: FROM the base GGUF + ADAPTER the LoRA GGUF, "
+                                                    "instead of one merged GGUF.")
 
 
 def union_tags(*unions: Any) -> set[str]:
@@ -436,6 +498,24 @@ class Recipe(Section):
                 "adapter.kind=prefix_tuning cannot train with training.gradient_checkpointing=true: the checkpointed "
                 "attention sees the prefix keys but not a mask that covers them (transformers 5, PEFT 0.21). "
                 "Set training.gradient_checkpointing: false, or use kind: prompt_tuning or p_tuning")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_model_fits(self) -> Recipe:
+        """A reward model scores with a head, not an LM: refuse adapters and exports that assume an LM head."""
+        if self.method.kind != "reward":
+            return self
+        if self.adapter.kind not in REWARD_ADAPTER_KINDS:
+            raise ValueError(f"method.kind=reward cannot train adapter.kind={self.adapter.kind}: the score head reads "
+                             "the last real token, which virtual tokens, prefixes and rewritten bases do not fit. "
+                             f"Use adapter.kind {', '.join(REWARD_ADAPTER_KINDS)}")
+        if self.adapter.kind == "partial" and self.adapter.train_lm_head:
+            raise ValueError("adapter.train_lm_head=true does not apply to method.kind=reward: a reward model has no "
+                             "LM head (its score head always trains). Set adapter.train_lm_head: false")
+        lm_formats = [f for f in self.export.formats if f in ("gguf", "ollama")]
+        if lm_formats:
+            raise ValueError(f"export.formats {lm_formats} need a language model; a reward model outputs one score. "
+                             "Use export.formats: [adapter]")
         return self
 
     def resolve_path(self, value: str) -> Path:

@@ -19,6 +19,8 @@ import torch
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
+from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
+from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.metrics import Scorer, aggregate, recipe_scorer, score_columns
 from tunesmith.eval.report import plot_base_vs_tuned
@@ -27,30 +29,47 @@ from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_mo
 from tunesmith.runs import Run, atomic_write_json
 
 
-def run_eval(recipe: Recipe, run: Run) -> Path:
-    """Score base and tuned on the held-out rows; writes eval/results.json (returned) and eval/report.html."""
+def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
+    """Score base (or, `against` another run, that run's tuned model) and tuned on the held-out rows, plus the
+    recipe's add-ons (probes, judge, lm-eval); writes results.json (returned) and report.html."""
     from tunesmith.eval.preference import LIKELIHOOD_KINDS, run_likelihood_eval
 
     if recipe.method.kind in LIKELIHOOD_KINDS:  # preference and raw-text runs have no one answer to generate
-        return run_likelihood_eval(recipe, run)
+        return run_likelihood_eval(recipe, run, against)
+    if recipe.method.kind == "reward":  # a reward model scores answers; it writes none
+        from tunesmith.eval.reward import run_reward_eval
+
+        return run_reward_eval(recipe, run, against)
 
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     tokenizer = load_tokenizer(model_dir)
     rows = load_splits(recipe).eval[: recipe.eval.max_examples]
     device = pick_device(recipe.training.device)
     scorer = recipe_scorer(recipe)  # a bad schema or user metric fails here, before any model loads
-    variants = model_variants(recipe, run, model_dir, device)
+    add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
+    variants, who = eval_variants(recipe, run, model_dir, device, against)
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric,
-                               "metrics": recipe.eval.chosen_metrics()}
+                               "metrics": recipe.eval.chosen_metrics(), **({"against": who} if who else {})}
     outputs: dict[str, list[str]] = {}
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
     add_scores(results, outputs, [r["messages"][-1]["content"] for r in rows], scorer)
+    results.update(judge_block(add_ons, recipe, rows, outputs))
+    results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     results["samples"] = sample_table(rows, outputs, limit=50)
-    chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png")
-    path = atomic_write_json(run.eval_dir / "results.json", results)
-    write_html_report(results, run.eval_dir / "report.html", chart)
+    folder = against_dir(run, who)
+    chart = plot_base_vs_tuned(results, folder / "base_vs_tuned.png" if who else run.plots_dir / "base_vs_tuned.png")
+    path = atomic_write_json(folder / "results.json", results)
+    write_html_report(results, folder / "report.html", chart)
     return path
+
+
+def eval_variants(recipe: Recipe, run: Run, model_dir: Path, device: str,
+                  against: Path | None) -> tuple[dict[str, Variant], dict[str, str] | None]:
+    """The variants to score, and (against another run) which run plays the `base` side."""
+    if against is None:
+        return model_variants(recipe, run, model_dir, device), None
+    return against_variants(run, against, device)
 
 
 def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], references: list[str],
@@ -166,6 +185,11 @@ def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) ->
         sample.update({name: texts[index] for name, texts in outputs.items()})
         samples.append(sample)
     return samples
+
+
+def progress(message: str) -> None:
+    """One line on stderr saying which slow step runs now (stdout stays free for --json)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _stderr_console():

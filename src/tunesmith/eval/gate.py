@@ -1,6 +1,7 @@
 """The regression gate: `tunesmith eval RUN --fail-if-worse METRIC[:margin]` fails a CI job when tuning hurt.
 
-The decision reads only `comparison` in eval/results.json, so it can be re-checked without re-running a model.
+The decision reads only the comparisons in eval/results.json (the task's, and those of the probes, judge and
+lm-eval blocks), so it can be re-checked without re-running a model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from tunesmith.errors import TunesmithError
 
 EXIT_WORSE = 3
+ADD_ON_BLOCKS = ("probes", "judge", "lm_eval")  # results.json blocks with a comparison of their own
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,40 @@ def is_worse(entry: dict[str, Any], margin: float) -> bool:
     return entry["tuned"] > entry["base"] + margin
 
 
+def all_comparisons(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The task metrics' comparison and the add-ons' (probe_accuracy, judge_score, lm-eval task/metric, ...)."""
+    merged = dict(results.get("comparison") or {})
+    for block in ADD_ON_BLOCKS:
+        merged.update((results.get(block) or {}).get("comparison") or {})
+    return merged
+
+
 def check_gate(results: dict[str, Any], rules: list[GateRule]) -> list[GateVerdict]:
-    """One verdict per rule; an unknown metric or a run without a base is a user error (exit 2)."""
-    comparison = results.get("comparison")
+    """One verdict per rule; an unknown metric or a run without a base is a user error (exit 2).
+
+    The rule `probes` fails on the forgetting probes' own regression flag (the recipe's probe margins).
+    """
+    comparison = all_comparisons(results)
     if not comparison:
         raise TunesmithError("--fail-if-worse needs a base-vs-tuned comparison, and this eval has none.",
                              "Set eval.compare_base: true (preference and cpt evals have no comparison yet).")
-    unknown = [rule.metric for rule in rules if rule.metric not in comparison]
+    names = [*comparison, *(["probes"] if "regression" in (results.get("probes") or {}) else [])]
+    unknown = [rule.metric for rule in rules if rule.metric not in names]
     if unknown:
         raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}.",
-                             f"Available metrics: {', '.join(comparison)}.")
-    return [verdict(rule, comparison[rule.metric]) for rule in rules]
+                             f"Available metrics: {', '.join(names)}.")
+    return [probes_verdict(rule, results["probes"]) if rule.metric == "probes"
+            else verdict(rule, comparison[rule.metric]) for rule in rules]
+
+
+def probes_verdict(rule: GateRule, probes: dict[str, Any]) -> GateVerdict:
+    """Worse when the forgetting probes flagged a regression; the message gives the reasons or the numbers."""
+    if probes["regression"]:
+        return GateVerdict(rule, False, "WORSE: probes: " + "; ".join(probes["reasons"]))
+    base, tuned = probes["base"], probes["tuned"]
+    return GateVerdict(rule, True, f"ok: probes accuracy base {base['accuracy']:.4f}, tuned {tuned['accuracy']:.4f}, "
+                                   f"perplexity base {base['perplexity']:.3f}, tuned {tuned['perplexity']:.3f} "
+                                   f"(margins {probes['margin']:g} and {probes['perplexity_margin']:.0%})")
 
 
 def verdict(rule: GateRule, entry: dict[str, Any]) -> GateVerdict:

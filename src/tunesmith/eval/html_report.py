@@ -31,14 +31,57 @@ def write_html_report(results: dict[str, Any], path: Path, chart: Path | None = 
 
 
 def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
-    title = f"base vs tuned on {results.get('examples', '?')} held-out examples"
+    other = (results.get("against") or {}).get("name")
+    versus = f"tuned vs {other}" if other else "base vs tuned"
+    title = f"{versus} on {results.get('examples', '?')} held-out examples"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>", metrics_table(results)]
+             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"]
+    if other:
+        parts.append(f"<p>The <b>base</b> side of every comparison below is the run <code>{_e(other)}</code> "
+                     f"(<code>{_e(results['against']['path'])}</code>), not the base model.</p>")
+    parts.append(metrics_table(results))
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")
-    parts += [examples_table(results), "</body></html>"]
+    parts += [add_ons_html(results), examples_table(results), probe_rows_table(results), "</body></html>"]
     return "\n".join(parts)
+
+
+def add_ons_html(results: dict[str, Any]) -> str:
+    """A table for each of the forgetting probes, the judge and the lm-eval tasks, with the probes' verdict."""
+    from tunesmith.eval.add_ons import add_on_tables
+
+    sections = []
+    for block in add_on_tables(results):
+        head = ["metric", "base", "tuned", "delta", "95% CI", "wins", "losses", "ties"]
+        rows, classes = [], []
+        for metric, base, tuned, entry in block.rows:
+            ci = (entry or {}).get("ci95")
+            rows.append([metric, _num(base) if base is not None else "–", _num(tuned),
+                         _num(entry["delta"], signed=True) if entry else "–",
+                         f"[{_num(ci[0], signed=True)}, {_num(ci[1], signed=True)}]" if ci else "–",
+                         *(str((entry or {}).get(k, "–")) for k in ("wins", "losses", "ties"))])
+            classes.append(verdict_class(entry) if entry else "")
+        css = " class='worse'" if block.note.startswith("REGRESSION") else ""
+        sections.append(f"<h2>{_e(block.title)}</h2>" + _table(head, rows, classes) + f"<p{css}>{_e(block.note)}</p>")
+    return "\n".join(sections)
+
+
+def probe_rows_table(results: dict[str, Any]) -> str:
+    """Every probe with both answers; rows where tuned lost (or gained) a pass are coloured."""
+    rows_in = (results.get("probes") or {}).get("rows") or []
+    if not rows_in or "base" not in rows_in[0]:
+        return ""
+    head = ["#", "category", "prompt", "expected", "base answer", "tuned answer"]
+    rows, classes = [], []
+    for index, row in enumerate(rows_in, start=1):
+        marks = [("✓ " if row[f"{v}_passed"] else "✗ ") + row[v] for v in ("base", "tuned")]
+        expected = f"{row['check']}: {row['expected']}" if row.get("expected") is not None else row["check"]
+        rows.append([str(index), row["category"], _pre(row["prompt"]), _pre(expected), _pre(marks[0]),
+                     f"<pre>{mark_changes(marks[0], marks[1])}</pre>"])
+        change = int(row["tuned_passed"]) - int(row["base_passed"])
+        classes.append({1: "better", -1: "worse"}.get(change, ""))
+    return "<h2>Forgetting probes, answer by answer</h2>" + _table(head, rows, classes, raw=True)
 
 
 def metrics_table(results: dict[str, Any]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -12,12 +14,13 @@ from tunesmith.data import load_splits
 from tunesmith.eval.preference import sequence_logprobs, variants
 
 
-def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
+def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe,
+                       contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
     """Mean loss per token and perplexity over the held-out documents, each scored on its own."""
     rows = load_splits(recipe, accept=("text",), purpose="perplexity evaluation").eval[: recipe.eval.max_examples]
     encoded = [encode_document(tokenizer, row["text"], recipe.data.max_length) for row in rows]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "perplexity"}
-    for name, context in variants(model, recipe).items():
+    for name, context in (contexts or variants(model, recipe)).items():
         with context(), torch.no_grad():
             scores = sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)
         loss = -sum(total for total, _ in scores) / max(sum(count for _, count in scores), 1)

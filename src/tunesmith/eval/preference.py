@@ -19,6 +19,7 @@ import torch
 from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.template import IGNORE_INDEX, render
+from tunesmith.errors import TunesmithError
 from tunesmith.eval.evaluate import pad_right
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json
@@ -27,16 +28,38 @@ LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
 PREFERENCE_SHAPES = ("preference", "unpaired_preference")
 
 
-def run_likelihood_eval(recipe: Recipe, run: Run) -> Path:
-    """Score base and tuned on the held-out rows; writes eval/results.json and returns its path."""
-    tokenizer, model = load_tuned(recipe, run)
+def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
+    """Score base (or another run's model, `against`) and tuned on the held-out rows, and the recipe's probes and
+    lm-eval tasks; writes results.json and returns its path."""
+    from tunesmith.eval.add_ons import prepare_add_ons, run_add_ons
+    from tunesmith.eval.against import against_dir
+
+    if recipe.eval.judge is not None:
+        raise TunesmithError(f"eval.judge grades generated answers, and a {recipe.method.kind} eval generates none.",
+                             "Remove eval.judge from the recipe (it applies to sft and grpo runs).")
+    add_ons = prepare_add_ons(recipe)
+    tokenizer, model, contexts, who = likelihood_variants(recipe, run, against)
     if recipe.method.kind == "cpt":
         from tunesmith.eval.perplexity import perplexity_results
 
-        results = perplexity_results(model, tokenizer, recipe)
+        results = perplexity_results(model, tokenizer, recipe, contexts)
     else:
-        results = preference_results(model, tokenizer, recipe)
-    return atomic_write_json(run.eval_dir / "results.json", results)
+        results = preference_results(model, tokenizer, recipe, contexts)
+    results.update({"against": who} if who else {})
+    results.update(run_add_ons(add_ons, {name: (model, c) for name, c in contexts.items()}, tokenizer, recipe))
+    return atomic_write_json(against_dir(run, who) / "results.json", results)
+
+
+def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, Any, dict, dict | None]:
+    """Tokenizer, the one loaded model, its variant contexts, and (against another run) who plays `base`."""
+    if against is None:
+        tokenizer, model = load_tuned(recipe, run)
+        return tokenizer, model, variants(model, recipe), None
+    from tunesmith.eval.against import against_variants
+
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    pairs, who = against_variants(run, against, pick_device(recipe.training.device))
+    return load_tokenizer(model_dir), pairs["tuned"][0], {name: c for name, (_, c) in pairs.items()}, who
 
 
 def load_tuned(recipe: Recipe, run: Run) -> tuple[Any, Any]:
@@ -54,13 +77,14 @@ def variants(model: Any, recipe: Recipe) -> dict[str, Callable[[], AbstractConte
     return {"base": model.disable_adapter, **tuned} if recipe.eval.compare_base else tuned
 
 
-def preference_results(model: Any, tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
+def preference_results(model: Any, tokenizer: Any, recipe: Recipe,
+                       contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
     rows = load_splits(recipe, accept=PREFERENCE_SHAPES, purpose="preference evaluation").eval
     rows = rows[: recipe.eval.max_examples]
     paired = "chosen" in rows[0]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy" if paired else "label_gap"}
     margins: dict[str, list[float]] = {}
-    for name, context in variants(model, recipe).items():
+    for name, context in (contexts or variants(model, recipe)).items():
         with context(), torch.no_grad():
             if paired:
                 chosen = completion_logps(model, tokenizer, rows, "chosen", recipe)

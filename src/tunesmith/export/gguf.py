@@ -1,9 +1,11 @@
 """Write a transformers checkpoint as a GGUF file that llama.cpp and Ollama load, in pure Python.
 
 No llama.cpp checkout: the `gguf` package (0.19) provides the writer, the HF→GGUF tensor names and
-numpy quantizers for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1. K-quants need llama.cpp's own
-quantizer. Tensors are converted and written one at a time (tensor infos first, data after), so memory
-stays near one tensor, and the file is written under a temporary name and renamed when complete.
+numpy quantizers for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1. K-quants are made from an F16
+file by llama.cpp's own quantizer (gguf_quantize.py), and a written file is checked in llama.cpp
+against transformers when llama-cpp-python is installed (verify.py). Tensors are converted and written
+one at a time (tensor infos first, data after), so memory stays near one tensor, and the file is
+written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import numpy as np
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
-from tunesmith.export.gguf_vocab import add_bpe_tokenizer
+from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
+from tunesmith.export.gguf_vocab import add_tokenizer
+from tunesmith.export.verify import Verification, llama_cpp_available, require_llama_cpp, verify_gguf
 from tunesmith.runs import atomic_write_json
 
 if TYPE_CHECKING:
@@ -41,7 +45,6 @@ QUANT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
     "Q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
     "Q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
 }
-K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 LOW_BIT = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed by llama.cpp, never serialised
 
@@ -60,8 +63,10 @@ def write_gguf(model_dir: Path, out_path: Path, quant: str = "F16", name: str | 
     """Convert the checkpoint in `model_dir` (safetensors + tokenizer) to a GGUF file at `out_path`."""
     from transformers import AutoConfig
 
-    model_dir, out_path = Path(model_dir), Path(out_path)
-    qtype, file_type = parse_quant(quant)
+    model_dir, out_path, quant = Path(model_dir), Path(out_path), parse_quant(quant)
+    if quant in K_QUANTS:
+        return write_k_quant(model_dir, out_path, quant, name)
+    qtype, file_type = QUANT_TYPES[quant]
     config = AutoConfig.from_pretrained(model_dir)
     spec = arch_spec(config)
     shards = checkpoint_shards(model_dir)
@@ -69,7 +74,7 @@ def write_gguf(model_dir: Path, out_path: Path, quant: str = "F16", name: str | 
     writer = gguf.GGUFWriter(None, spec.name)
     add_general_metadata(writer, name or model_dir.name, file_type)
     add_hyperparameters(writer, config)
-    add_bpe_tokenizer(writer, model_dir, config.vocab_size)
+    add_tokenizer(writer, model_dir, config.vocab_size)
     for planned in plan:
         add_tensor_info(writer, planned)
     with atomic_output(out_path) as tmp:
@@ -77,12 +82,33 @@ def write_gguf(model_dir: Path, out_path: Path, quant: str = "F16", name: str | 
     return out_path
 
 
-def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
-    """The run's merged checkpoint (merged first if missing) as exports/gguf/<name>.<QUANT>.gguf."""
+def write_k_quant(model_dir: Path, out_path: Path, quant: str, name: str | None) -> Path:
+    """An F16 file from our writer, requantized by llama.cpp; the F16 lives next to the target until done."""
+    with atomic_output(out_path) as tmp:
+        f16 = tmp.with_name(tmp.name + ".F16")
+        try:
+            write_gguf(model_dir, f16, "F16", name or model_dir.name)
+            quantize_with_llama_cpp(f16, tmp, quant)
+        finally:
+            f16.unlink(missing_ok=True)
+    return out_path
+
+
+def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool | None = None) -> Path:
+    """The run's merged checkpoint (merged first if missing) as exports/gguf/<name>.<QUANT>.gguf.
+
+    `verify` (default: when llama-cpp-python is installed) loads the file in llama.cpp and compares it
+    with the merged checkpoint; a file below its type's agreement threshold is kept, flagged in the
+    manifest, and the export fails.
+    """
     from tunesmith.export.merged import export_merged
     from tunesmith.models import resolve_model_source
 
-    parse_quant(quant)  # a bad type fails before a slow merge
+    quant = parse_quant(quant)  # a bad type fails before a slow merge
+    if verify is None:
+        verify = llama_cpp_available()
+    elif verify:
+        require_llama_cpp("--verify")
     merged = run.exports_dir / "merged"
     if not (merged / "config.json").is_file():
         if not (run.adapter_dir / "adapter_config.json").is_file():
@@ -90,33 +116,48 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
                                  f"Train first: tunesmith train {run.recipe_file}")
         model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
         export_merged(model_dir, run.adapter_dir, merged)
-    target = run.exports_dir / "gguf" / f"{recipe.name}.{quant.upper()}.gguf"
+    target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     write_gguf(merged, target, quant, name=recipe.name)
-    record_in_manifest(run, quant.upper(), target)
+    verification = verify_gguf(target, merged, quant) if verify else None
+    record_in_manifest(run, quant, target, verification)
+    if verification is not None:
+        require_agreement(verification, target)
     return target
 
 
-def record_in_manifest(run: Run, quant: str, path: Path) -> None:
-    """Add the GGUF to exports/manifest.json next to whatever other exports it already lists."""
+def require_agreement(verification: Verification, target: Path) -> None:
+    """Print the verification; below the type's threshold the export fails, the file staying for inspection."""
+    print(verification.summary(), file=sys.stderr)
+    if verification.passed:
+        return
+    raise TunesmithError(
+        f"{target.name} picks a different next token from the merged model at {1 - verification.agreement:.1%} of "
+        f"positions in llama.cpp (a {verification.quant} file should agree on at least {verification.threshold:.0%}). "
+        "The file is kept and marked as failed (verify.passed: false) in exports/manifest.json.",
+        "Export F16 to tell quantization loss from a conversion problem (F16 should agree on 99%+); "
+        "--no-verify skips this check.")
+
+
+def record_in_manifest(run: Run, quant: str, path: Path, verification: Verification | None = None) -> None:
+    """Add the GGUF (and its llama.cpp check) to exports/manifest.json next to the exports it already lists."""
     manifest_path = run.exports_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest.setdefault("gguf", {})[quant] = {"path": str(path), "bytes": path.stat().st_size}
+    entry = {"path": str(path), "bytes": path.stat().st_size}
+    if verification is not None:
+        entry["verify"] = verification.as_dict()
+    manifest.setdefault("gguf", {})[quant] = entry
     atomic_write_json(manifest_path, manifest)
 
 
-def parse_quant(quant: str) -> tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]:
-    """The tensor type and file type for a quant name; K-quants get a pointer to what can make them."""
+def parse_quant(quant: str) -> str:
+    """The canonical name of a GGUF type; a K-quant without llama-cpp-python fails here, before slow steps."""
     key = quant.upper()
-    if key in QUANT_TYPES:
-        return QUANT_TYPES[key]
     if key in K_QUANTS:
-        raise TunesmithError(
-            f"{key} is a K-quant: it needs llama.cpp's own quantizer (llama-cpp-python's llama_model_quantize), "
-            "which the pure-Python writer does not have (gguf can only dequantize K-quants).",
-            f"Export Q8_0 or F16 now, then run llama.cpp's `llama-quantize model.F16.gguf model.{key}.gguf {key}` "
-            f"or `ollama create --quantize q{key[1:]}`.",
-        )
-    raise TunesmithError(f"Unknown GGUF quant type {quant!r}.", f"Use one of {', '.join(QUANT_TYPES)}.")
+        require_k_quant_support(key)
+        return key
+    if key in QUANT_TYPES:
+        return key
+    raise TunesmithError(f"Unknown GGUF quant type {quant!r}.", f"Use one of {', '.join([*QUANT_TYPES, *K_QUANTS])}.")
 
 
 def add_general_metadata(writer: gguf.GGUFWriter, name: str, file_type: gguf.LlamaFileType) -> None:

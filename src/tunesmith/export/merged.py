@@ -7,32 +7,32 @@ base+adapter on a fixed prompt so a silent change in outputs is caught at export
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tunesmith.config import Recipe
-from tunesmith.errors import TunesmithError
-from tunesmith.models import load_model, load_tokenizer, resolve_model_source
+from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
+from tunesmith.models import resolve_model_source
 from tunesmith.runs import Run, atomic_directory, atomic_write_json
-from tunesmith.train.adapters import can_merge, trained_model_dir, trains_whole_model
-
-CHECK_PROMPT = [{"role": "user", "content": "Say hello in one short sentence."}]
 
 
 def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Path:
     """Write the requested formats under exports/ and a manifest; returns the exports directory."""
+    from tunesmith.train.adapters import trains_whole_model  # imported here: tunesmith.train loads TRL
+
     formats = formats or list(recipe.export.formats)
     if trains_whole_model(recipe.adapter):
         return export_whole_model(run, formats)
     manifest: dict[str, Any] = {}
     if "adapter" in formats:
         manifest["adapter"] = str(export_adapter(run))
-    if "merged" in formats:
+    if "merged" in formats and recipe.method.kind == "reward":  # the merge below builds a causal LM, not a scorer
+        manifest["merged"] = {"skipped": "a reward model's adapter carries its score head: load it with "
+                                         "AutoPeftModelForSequenceClassification (num_labels=1), see README.md"}
+    elif "merged" in formats:
         model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-        path, max_diff = export_merged(model_dir, run.adapter_dir, run.exports_dir / "merged")
+        path, max_diff = export_merged(model_dir, run.adapter_dir, run.exports_dir / "merged",
+                                       recipe.export.max_shard_size)
         manifest["merged"] = {"path": str(path), "max_abs_logit_diff": max_diff}
     atomic_write_json(run.exports_dir / "manifest.json", manifest)
     return run.exports_dir
@@ -47,7 +47,7 @@ def export_whole_model(run: Run, formats: list[str]) -> Path:
     if "merged" in formats:
         target = run.exports_dir / "merged"
         with atomic_directory(target) as tmp:
-            shutil.copytree(trained_model_dir(run), tmp, dirs_exist_ok=True)
+            shutil.copytree(run.path / "model", tmp, dirs_exist_ok=True)  # train.adapters.trained_model_dir
         manifest["merged"] = {"path": str(target), "max_abs_logit_diff": 0.0}
     atomic_write_json(run.exports_dir / "manifest.json", manifest)
     return run.exports_dir
@@ -60,26 +60,10 @@ def export_adapter(run: Run) -> Path:
     return target
 
 
-def export_merged(model_dir: Path, adapter_dir: Path, target: Path) -> tuple[Path, float]:
-    """Merge in fp32, verify logits against base+adapter, save safetensors + tokenizer + template."""
-    from peft import PeftModel
-
-    tokenizer = load_tokenizer(model_dir)
-    peft_model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, "cpu"), adapter_dir)
-    peft_model.eval()
-    if not can_merge(peft_model):
-        kind = peft_model.active_peft_config.peft_type.value.lower()
-        raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
-                             "Export it with --format adapter (export.formats: [adapter]).")
-    check_ids = tokenizer.apply_chat_template(CHECK_PROMPT, add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)["input_ids"]
-    with torch.no_grad():
-        expected = peft_model(input_ids=check_ids).logits
-        merged = peft_model.merge_and_unload()
-        got = merged(input_ids=check_ids).logits
-    max_diff = float((expected - got).abs().max())
+def export_merged(model_dir: Path, adapter_dir: Path, target: Path,
+                  max_shard_size: str = DEFAULT_SHARD_SIZE) -> tuple[Path, float]:
+    """Merge in fp32, verify logits against base+adapter, save safetensors (sharded past `max_shard_size`)
+    + tokenizer + template. The merge itself is the merge stage's (`tunesmith.merge.into_base`)."""
     with atomic_directory(target) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    print(f"merged checkpoint: max |logit difference| vs base+adapter = {max_diff:.2e}", file=sys.stderr)
-    return target, max_diff
+        check = merge_adapter_into_base(model_dir, adapter_dir, tmp, "fp32", max_shard_size)
+    return target, check.max_abs_logit_diff

@@ -37,18 +37,32 @@ class OllamaExport:
     create_output: str = ""
 
 
-def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16") -> OllamaExport:
-    """Write exports/ollama/ (GGUF + Modelfile), then `ollama create` it if Ollama is installed."""
+def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool | None = None,
+                      adapter: bool | None = None) -> OllamaExport:
+    """Write exports/ollama/ (GGUF + Modelfile), then `ollama create` it if Ollama is installed.
+
+    `verify` is passed on to run_gguf_export (None: check the GGUF in llama.cpp when it is installed).
+    `adapter` (None: the recipe's export.ollama_adapter) writes the base GGUF and the LoRA as a GGUF
+    adapter (`FROM` + `ADAPTER`) instead of one merged GGUF.
+    """
     from tunesmith.export.gguf import parse_quant, run_gguf_export
+    from tunesmith.export.gguf_lora import lora_type_for, run_base_and_lora_export
 
     parse_quant(quant)  # a bad type fails before the slow steps
     translation = translate_run_template(recipe)  # an untranslatable template fails before the GGUF is written
-    gguf_path = run_gguf_export(recipe, run, quant)
     folder = run.exports_dir / "ollama"
-    gguf_name = f"model-{quant.upper()}.gguf"
+    adapter_name = None
+    if recipe.export.ollama_adapter if adapter is None else adapter:
+        gguf_path, adapter_path = run_base_and_lora_export(recipe, run, quant)
+        gguf_name, adapter_name = f"base-{quant.upper()}.gguf", f"adapter-{lora_type_for(quant)}.gguf"
+    else:
+        gguf_path, gguf_name = run_gguf_export(recipe, run, quant, verify=verify), f"model-{quant.upper()}.gguf"
     with atomic_directory(folder) as tmp:
         link_or_copy(gguf_path, tmp / gguf_name)
-        atomic_write_text(tmp / "Modelfile", modelfile_text(gguf_name, translation, recipe.data.system_prompt))
+        if adapter_name:
+            link_or_copy(adapter_path, tmp / adapter_name)
+        atomic_write_text(tmp / "Modelfile",
+                          modelfile_text(gguf_name, translation, recipe.data.system_prompt, adapter_name))
     name = recipe.name.lower()
     result = create_with_ollama(name, folder / "Modelfile", translation.family)
     record_in_manifest(run, result)
@@ -73,11 +87,14 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str | None) -> str:
-    """The Modelfile: FROM, TEMPLATE, one PARAMETER stop per stop string, and SYSTEM when the recipe has one."""
+def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str | None,
+                   adapter_name: str | None = None) -> str:
+    """The Modelfile: FROM (and ADAPTER for a GGUF LoRA on the base), TEMPLATE, one PARAMETER stop per stop
+    string, and SYSTEM when the recipe has one."""
     lines = [f"# Written by tunesmith. Chat template: {translation.family}, translated from the model's Jinja "
              "template and checked against it.",
              f"FROM ./{gguf_name}",
+             *([f"ADAPTER ./{adapter_name}"] if adapter_name else []),
              f'TEMPLATE {triple_quoted(translation.go_template, "TEMPLATE")}']
     lines += [f'PARAMETER stop "{stop}"' for stop in translation.stops]
     if system_prompt:

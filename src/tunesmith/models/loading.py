@@ -53,19 +53,23 @@ def load_tokenizer(model_dir: Path, fill_pad: bool = True):
 
 
 def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               quantization_config: Any = None):
-    """Load a causal LM from a local checkpoint directory.
+               quantization_config: Any = None, task: str = "CAUSAL_LM"):
+    """Load a causal LM (or, with task SEQ_CLS, a one-score reward model) from a local checkpoint directory.
 
     A `quantization_config` (transformers' BitsAndBytesConfig, for QLoRA) quantizes the weights while they
     load; quantized models cannot be moved with `.to()`, so they are placed on `device` by a device map.
+    A reward model built from a causal LM gets a new `score` head (random, from torch's current seed) and
+    drops the LM head; the caller sets `config.pad_token_id` to its tokenizer's, which the head pools by.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     placement = {} if quantization_config is None else {"quantization_config": quantization_config,
                                                          "device_map": {"": device}}
+    auto, head = (AutoModelForSequenceClassification, {"num_labels": 1}) if task == "SEQ_CLS" else (
+        AutoModelForCausalLM, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **placement)
+        model = auto.from_pretrained(model_dir, dtype=dtype, **placement, **head)
     if getattr(model, "hf_quantizer", None) is not None and "gguf" in str(model.hf_quantizer).lower():
         raise ModelSourceError(
             f"{model_dir} loads as a GGUF-quantized model, which cannot be trained or saved.",

@@ -15,6 +15,7 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "sft": ("tunesmith.train.sft", "run_train"),
     "cpt": ("tunesmith.train.cpt", "run_cpt"),
     "grpo": ("tunesmith.train.grpo", "run_grpo"),
+    "reward": ("tunesmith.train.reward", "run_reward"),
     **{kind: ("tunesmith.train.preference", "run_preference") for kind in PREFERENCE_KINDS},
 }
 

@@ -83,45 +83,49 @@ def bitsandbytes_config(bits: int):
                               bnb_4bit_compute_dtype=pick_dtype("auto", pick_device("auto")))
 
 
-def adapter_setup(model: Any, adapter: Any) -> tuple[Any, Any]:
+def adapter_setup(model: Any, adapter: Any, task: str = "CAUSAL_LM") -> tuple[Any, Any]:
     """Prepare `model` for the recipe's adapter; returns (model, peft_config or None).
 
     Every trainer goes through this one function, so each adapter kind is wired in one place: PEFT
     kinds return a config for TRL to wrap the model with; kinds that train the model's own weights
-    (full, partial, hft) return None after setting `requires_grad` themselves.
+    (full, partial, hft) return None after setting `requires_grad` themselves. `task` is PEFT's task type:
+    CAUSAL_LM, or SEQ_CLS for a reward model, whose new `score` head then trains too (PEFT adds it to
+    `modules_to_save`; whole-model kinds switch it on here).
     """
     if trains_whole_model(adapter):
         select_trained_weights(model, adapter)
+        if task == "SEQ_CLS":
+            model.score.requires_grad_(True)
         return model, None
     if adapter.kind == "qlora":
         model = prepare_quantized(model)
-    return model, peft_config(model, adapter)
+    return model, peft_config(model, adapter, task)
 
 
-def peft_config(model: Any, adapter: Any):
+def peft_config(model: Any, adapter: Any, task: str = "CAUSAL_LM"):
     from peft import IA3Config, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
 
-    task = TaskType.CAUSAL_LM
+    task_type = TaskType(task)
     if adapter.kind == "adalora":
         return adalora_config(model, adapter)
     if adapter.kind == "ia3":
-        return IA3Config(task_type=task)
+        return IA3Config(task_type=task_type)
     if adapter.kind == "prompt_tuning":
-        return PromptTuningConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens)
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=adapter.virtual_tokens)
     if adapter.kind == "prefix_tuning":
-        return PrefixTuningConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens)
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=adapter.virtual_tokens)
     if adapter.kind == "p_tuning":
-        return PromptEncoderConfig(task_type=task, num_virtual_tokens=adapter.virtual_tokens,
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=adapter.virtual_tokens,
                                    encoder_hidden_size=adapter.encoder_hidden_size)
-    return lora_config(adapter, model)
+    return lora_config(adapter, model, task)
 
 
-def lora_config(adapter: Any, model: Any = None):
-    """A PEFT LoraConfig for causal-LM training from any kind of the LoRA family (lora, dora, rslora, ...)."""
+def lora_config(adapter: Any, model: Any = None, task: str = "CAUSAL_LM"):
+    """A PEFT LoraConfig for `task` (PEFT's task type) from any kind of the LoRA family (lora, dora, rslora, ...)."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType(task),
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,

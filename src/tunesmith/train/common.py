@@ -22,7 +22,8 @@ from tunesmith.train.upstream import precision_flags
 
 # Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, GRPO's
 # mean reward `reward` and per-reward `rewards/<name>/mean`, ...).
-METHOD_METRIC_PREFIXES = ("reward", "logps/", "kl", "nll_loss", "log_odds", "completions/mean_length")
+METHOD_METRIC_PREFIXES = ("reward", "logps/", "kl", "nll_loss", "log_odds", "completions/mean_length",
+                          "accuracy", "margin", "mean_reward")  # the last three: reward-model training
 
 
 @dataclass
@@ -39,8 +40,10 @@ class TrainingSetup:
     adapter_callbacks: list[Any]  # what the adapter kind needs during training (HFT rounds, AdaLoRA budget)
 
 
-def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str) -> TrainingSetup:
-    """Load data first (a wrong shape fails in a second, not after loading the model), then the model."""
+def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
+                     task: str = "CAUSAL_LM") -> TrainingSetup:
+    """Load data first (a wrong shape fails in a second, not after loading the model), then the model
+    (`task` SEQ_CLS: with a one-score head, for reward models)."""
     import torch
 
     torch.manual_seed(recipe.training.seed)
@@ -50,8 +53,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     tokenizer = load_tokenizer(model_dir)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
-    model = load_model(model_dir, dtype=torch.float32, device=device, **model_load_kwargs(recipe.adapter))
-    model, peft_config = adapter_setup(model, recipe.adapter)
+    model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
+    model, peft_config = adapter_setup(model, recipe.adapter, task)
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run))
 

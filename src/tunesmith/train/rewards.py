@@ -7,7 +7,8 @@ before normalising them within each group. The reference answer reaches rewards 
 column `reference` (TRL passes every column but `prompt`/`completion` on to reward functions).
 
 Built-ins reuse the evaluation metrics (`eval/metrics.py`), so a reward means what the metric of the
-same name measures. A user reward is a function named `module:function` or `path/file.py:function`
+same name measures; `reward_model` scores prompt + completion with a trained reward model
+(`train/reward_model.py`). A user reward is a function named `module:function` or `path/file.py:function`
 taking (completion, reference) and returning a float, the same shape as a user eval metric.
 """
 
@@ -33,9 +34,30 @@ TrlReward = Callable[..., list[float]]
 
 def build_rewards(specs: list[RewardSpec], base_dir: Path) -> tuple[list[TrlReward], list[float]]:
     """TRL reward functions and their weights for the recipe's `method.rewards`; bad files fail here, once."""
-    rewards = [trl_reward(name, reward_score(spec, base_dir)) for name, spec in zip(logged_names(specs), specs,
-                                                                                     strict=True)]
+    rewards = [one_reward(name, spec, base_dir) for name, spec in zip(logged_names(specs), specs, strict=True)]
     return rewards, [spec.weight for spec in specs]
+
+
+def one_reward(name: str, spec: RewardSpec, base_dir: Path) -> TrlReward:
+    """A reward model scores the prompt with its completion; every other reward scores the completion alone."""
+    if spec.name == "reward_model":
+        path = Path(spec.path or "").expanduser()
+        return reward_model_reward(name, path if path.is_absolute() else base_dir / path)
+    return trl_reward(name, reward_score(spec, base_dir))
+
+
+def reward_model_reward(name: str, path: Path) -> TrlReward:
+    """A trained reward model (a `method.kind: reward` run), loaded once here, as TRL's batch reward function:
+    each prompt + completion goes through the base's chat template, as in training, and scores one float."""
+    from tunesmith.train.reward_model import load_reward_model
+
+    scorer = load_reward_model(path)
+
+    def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        return scorer.score(prompts, completions)
+
+    reward.__name__ = name
+    return reward
 
 
 def logged_names(specs: list[RewardSpec]) -> list[str]:

@@ -1,0 +1,121 @@
+"""What eval measures beyond the held-out task: forgetting probes, an LLM judge, lm-eval harness tasks.
+
+Each is set in the recipe's eval section and lands in results.json under its own key (`probes`,
+`judge`, `lm_eval`). Everything that can be wrong with their settings (a missing probe or rubric
+file, the harness not installed) is found by `prepare_add_ons`, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import Recipe
+
+
+@dataclass(frozen=True)
+class AddOns:
+    """The add-ons a recipe asks for, read and checked: probe rows and text, the judge's rubric."""
+
+    probes: list[dict[str, Any]] | None
+    paragraphs: list[str]
+    rubric: str | None
+    harness_tasks: Any  # lm_eval_bridge.HarnessTasks, or None
+
+
+def prepare_add_ons(recipe: Recipe) -> AddOns:
+    from tunesmith.eval.forgetting import general_paragraphs, recipe_probes
+    from tunesmith.eval.judge import read_rubric
+    from tunesmith.eval.lm_eval_bridge import prepare_tasks
+
+    probes = recipe_probes(recipe) if recipe.eval.probes else None
+    return AddOns(probes, general_paragraphs() if probes else [],
+                  read_rubric(recipe) if recipe.eval.judge is not None else None,
+                  prepare_tasks(recipe) if recipe.eval.lm_eval is not None else None)
+
+
+def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
+    """The probes and harness blocks for results.json (the judge needs answers: see `judge_block`)."""
+    from tunesmith.eval.evaluate import progress
+
+    blocks: dict[str, Any] = {}
+    if add_ons.probes:
+        from tunesmith.eval.forgetting import run_probes
+
+        progress(f"forgetting probes: {len(add_ons.probes)} prompts and {len(add_ons.paragraphs)} paragraphs")
+        blocks["probes"] = run_probes(variants, tokenizer, add_ons.probes, add_ons.paragraphs, recipe.eval)
+    if add_ons.harness_tasks is not None:
+        from tunesmith.eval.lm_eval_bridge import lm_eval_results
+
+        progress(f"lm-eval tasks: {', '.join(recipe.eval.lm_eval.tasks)}")
+        blocks["lm_eval"] = lm_eval_results(variants, tokenizer, recipe, add_ons.harness_tasks)
+    return blocks
+
+
+def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict[str, list[str]]) -> dict[str, Any]:
+    """The judge's grades of the generated answers (empty when the recipe has no judge)."""
+    if add_ons.rubric is None:
+        return {}
+    from tunesmith.eval.evaluate import progress
+    from tunesmith.eval.judge import judge_outputs
+
+    progress(f"judge: {recipe.eval.judge.model} at {recipe.eval.judge.url} ({recipe.eval.judge.mode})")
+    prompts = [row["messages"][-2]["content"] for row in rows]
+    references = [row["messages"][-1]["content"] for row in rows]
+    return {"judge": judge_outputs(recipe.eval.judge, add_ons.rubric, prompts, references, outputs)}
+
+
+@dataclass(frozen=True)
+class AddOnTable:
+    """One add-on's figures for the terminal, the HTML report and the model card.
+
+    Each row is (metric, base value, tuned value, its comparison entry or None).
+    """
+
+    title: str
+    rows: list[tuple[str, Any, Any, dict[str, Any] | None]]
+    note: str
+
+
+def add_on_tables(results: dict[str, Any]) -> list[AddOnTable]:
+    """A table for each add-on block present in results.json, in the order probes, judge, lm-eval."""
+    tables = []
+    if results.get("probes"):
+        tables.append(probes_table(results["probes"]))
+    if results.get("judge"):
+        judge = results["judge"]
+        note = (f"position consistency {judge['position_consistency']:.0%} (both orders agree); "
+                f"answer A picked {judge['first_position_rate']:.0%} of the time" if judge["mode"] == "pairwise"
+                else "scores 1-10")
+        tables.append(AddOnTable(f"LLM judge {judge['model']} ({judge['mode']}, {judge['examples']} examples)",
+                                 block_rows(judge, lambda key: key), note))
+    if results.get("lm_eval"):
+        block = results["lm_eval"]
+        limit = f", first {block['limit']} documents" if block.get("limit") else ""
+        tables.append(AddOnTable(f"lm-eval harness ({', '.join(block['tasks'])}{limit})",
+                                 block_rows(block, lambda key: key), "tasks from " + block["include_path"]))
+    return tables
+
+
+def probes_table(probes: dict[str, Any]) -> AddOnTable:
+    names = {"accuracy": "probe_accuracy", "perplexity": "probe_perplexity"}
+    rows = block_rows(probes, lambda key: names.get(key, f"probe/{key}"))
+    return AddOnTable(f"forgetting probes ({probes['count']} prompts; perplexity on general text)", rows,
+                      probe_verdict(probes))
+
+
+def probe_verdict(probes: dict[str, Any]) -> str:
+    """One line: regression or not, and why."""
+    if "regression" not in probes:
+        return "no base to compare with"
+    if probes["regression"]:
+        return "REGRESSION: " + "; ".join(probes["reasons"])
+    return (f"no regression (accuracy within {probes['margin']:g} of base, perplexity within "
+            f"{probes['perplexity_margin']:.0%})")
+
+
+def block_rows(block: dict[str, Any], comparison_key: Any) -> list[tuple[str, Any, Any, dict[str, Any] | None]]:
+    comparison = block.get("comparison") or {}
+    keys = [key for key in block.get("tuned", {}) if key != "seconds"]
+    return [(key, (block.get("base") or {}).get(key), block["tuned"][key], comparison.get(comparison_key(key)))
+            for key in keys]

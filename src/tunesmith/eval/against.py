@@ -1,0 +1,69 @@
+"""`tunesmith eval RUN --against OTHER_RUN`: this run's tuned model against another run's, not the base.
+
+Both adapters must belong to one base model: it is loaded once and the two adapters are switched on
+it (as `tunesmith compare` does). The other run takes the `base` side of every comparison (scores,
+paired intervals, wins/losses/ties, probes, judge, the gate); results.json names it under `against`.
+The results go to eval/against-<other run>/, so the run's own base-vs-tuned results stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import Run
+
+Variant = tuple[Any, Callable[[], AbstractContextManager]]
+
+
+def against_sources(run: Run, other: Path) -> tuple[Any, Any]:
+    """(this run's, the other run's) AdapterSource, refused when the base models differ or they are one run."""
+    from tunesmith.eval.compare import adapter_source
+
+    mine, theirs = adapter_source(run.path), adapter_source(other)
+    if theirs.adapter_dir.resolve() == mine.adapter_dir.resolve():
+        raise TunesmithError(f"--against {other} is the run being evaluated.",
+                             "Name another run of the same base model, or leave --against out to compare with base.")
+    if mine.base_model != theirs.base_model:
+        raise TunesmithError(f"--against {other}: that run was trained on {theirs.base_model}, this one on "
+                             f"{mine.base_model}; only runs of the same base model can be compared.",
+                             "Evaluate each run against its own base (leave --against out).")
+    return mine, theirs
+
+
+def against_variants(run: Run, other: Path, device: str) -> tuple[dict[str, Variant], dict[str, str]]:
+    """`base` (the other run's adapter) and `tuned` (this run's) on one loaded base model; and who `base` is."""
+    import torch
+
+    from tunesmith.eval.compare import attach_adapters, peft_name
+    from tunesmith.models import load_model
+
+    mine, theirs = against_sources(run, other)
+    model = attach_adapters(load_model(mine.base_model, torch.float32, device).eval(), [mine, theirs])
+    variants = {"base": (model, lambda: adapter_active(model, peft_name(1, theirs.name))),
+                "tuned": (model, lambda: adapter_active(model, peft_name(0, mine.name)))}
+    return variants, {"name": theirs.name, "path": str(Path(other).resolve())}
+
+
+@contextmanager
+def adapter_active(model: Any, adapter_name: str) -> Iterator[None]:
+    """Make one adapter the active one, folded into the weights while it is used when it can be."""
+    from tunesmith.train.adapters import can_merge
+
+    model.set_adapter(adapter_name)
+    if not can_merge(model):
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
+def against_dir(run: Run, against: dict[str, str] | None) -> Path:
+    """Where this eval's results go: eval/ for base vs tuned, eval/against-<name>/ against another run."""
+    return run.eval_dir / f"against-{against['name']}" if against else run.eval_dir

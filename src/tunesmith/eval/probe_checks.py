@@ -1,0 +1,76 @@
+"""Automatic checks for the forgetting probes: each maps (answer, expected) to pass or fail.
+
+A probe names its check and the expected value in its JSONL row, e.g.
+`{"check": "contains", "answer": "Paris"}` or `{"check": "word_count", "answer": 3}`. The checks are
+deliberately lenient about wrapping (a small model that says "The capital of France is Paris." passes
+a one-word question): a probe measures whether the knowledge or the skill is still there, not style.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
+
+
+def check_contains(answer: str, expected: Any) -> bool:
+    """Any of the expected strings appears in the answer, ignoring case."""
+    options = expected if isinstance(expected, list) else [expected]
+    return any(str(option).casefold() in answer.casefold() for option in options)
+
+
+def check_exact(answer: str, expected: Any) -> bool:
+    """The whole answer, ignoring case, surrounding space, quotes and a final full stop."""
+    return answer.strip().strip("\"'`").rstrip(".!").strip().casefold() == str(expected).casefold()
+
+
+def check_regex(answer: str, expected: Any) -> bool:
+    """The pattern is found somewhere in the answer (anchor it with ^ and $ to demand the whole answer)."""
+    return re.search(str(expected), answer.strip()) is not None
+
+
+def check_number(answer: str, expected: Any) -> bool:
+    """The first number in the answer equals the expected one (digits only: "seven" does not count)."""
+    match = NUMBER.search(answer)
+    return match is not None and float(match.group().replace(",", ".")) == float(expected)
+
+
+def check_all_caps(answer: str, expected: Any) -> bool:
+    """The answer has letters and none of them is lower case."""
+    letters = [c for c in answer if c.isalpha()]
+    return bool(letters) and not any(c.islower() for c in letters)
+
+
+def check_word_count(answer: str, expected: Any) -> bool:
+    """Exactly `expected` words (a word is a run of letters or digits; punctuation does not count)."""
+    return len(WORD.findall(answer)) == int(expected)
+
+
+CHECKS: dict[str, Callable[[str, Any], bool]] = {
+    "contains": check_contains, "exact": check_exact, "regex": check_regex, "number": check_number,
+    "all_caps": check_all_caps, "word_count": check_word_count,
+}
+
+
+def validate_probe(probe: dict[str, Any], where: str) -> None:
+    """A probe row needs a prompt, a known check and (for most checks) an expected answer."""
+    if not isinstance(probe.get("prompt"), str) or not probe["prompt"].strip():
+        raise TunesmithError(f"{where}: a probe needs a non-empty 'prompt'.")
+    if probe.get("check") not in CHECKS:
+        raise TunesmithError(f"{where}: unknown check {probe.get('check')!r}.", f"Use one of {', '.join(CHECKS)}.")
+    if probe["check"] != "all_caps" and probe.get("answer") is None:
+        raise TunesmithError(f"{where}: the {probe['check']!r} check needs an 'answer'.")
+    if probe["check"] == "regex":
+        try:
+            re.compile(str(probe["answer"]))
+        except re.error as exc:
+            raise TunesmithError(f"{where}: {probe['answer']!r} is not a valid regular expression: {exc}.") from None
+
+
+def passes(probe: dict[str, Any], answer: str) -> bool:
+    return CHECKS[probe["check"]](answer, probe.get("answer"))

@@ -1,0 +1,91 @@
+"""Base vs tuned for a reward model: on held-out pairs, how often the chosen answer scores above the rejected
+one (pairwise accuracy) and by how much on average (mean margin).
+
+The base model has no reward head. `base` is scored with the head a run starts from: freshly initialised at
+random, seeded with training.seed (the same head training began with). It holds no learned preference: its
+accuracy is what a random projection of the base's features happens to give (chance in expectation; a random
+head on good features can land well above 0.5), the floor the trained head is measured against, not a skill of
+the base model; results.json says so in `base_note`. As in `eval/preference.py`, one model is loaded and the
+adapter is switched off for `base`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.data import load_splits
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.preference import pair_samples
+from tunesmith.models import load_tokenizer, pick_device, resolve_model_source
+from tunesmith.runs import Run, atomic_write_json
+from tunesmith.train.preference import with_system_prompt
+from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
+
+RANDOM_HEAD_NOTE = ("base is the base model with an untrained, randomly initialised score head (seed {seed}, the head "
+                    "training started from): it holds no learned preference, so its accuracy is whatever a random "
+                    "projection of the base's features happens to give (chance level in expectation), not a skill.")
+
+Variant = tuple[Any, Callable[[], AbstractContextManager]]
+
+
+def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
+    """Score held-out pairs with base and tuned heads; writes eval/results.json and returns its path."""
+    if against is not None:
+        raise TunesmithError(f"--against {against}: comparing two reward runs is not supported yet.",
+                             "Evaluate each reward run on its own and compare their eval/results.json.")
+    rows = load_splits(recipe, accept=("preference",), purpose="reward-model evaluation").eval
+    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in rows[: recipe.eval.max_examples]]
+    tokenizer, variants = reward_variants(recipe, run)
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy"}
+    margins: dict[str, list[float]] = {}
+    for name, (model, context) in variants.items():
+        started = time.monotonic()
+        with context():
+            chosen, rejected = (score_answers(model, tokenizer, rows, key, recipe.eval.batch_size)
+                                for key in ("chosen", "rejected"))
+        margins[name] = [c - r for c, r in zip(chosen, rejected, strict=True)]
+        results[name] = {**score_summary(chosen, rejected), "seconds": round(time.monotonic() - started, 1)}
+    if "base" in results:
+        results["base_note"] = RANDOM_HEAD_NOTE.format(seed=recipe.training.seed)
+    results["samples"] = pair_samples(rows, margins, limit=5)
+    return atomic_write_json(run.eval_dir / "results.json", results)
+
+
+def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
+    """The tokenizer, and (model, context) for base (untrained head) and tuned."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from tunesmith.train.adapters import trained_model_dir, trains_whole_model
+
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    device, seed = pick_device(recipe.training.device), recipe.training.seed
+    tokenizer = load_tokenizer(model_dir)
+    if trains_whole_model(recipe.adapter):
+        tuned = AutoModelForSequenceClassification.from_pretrained(trained_model_dir(run)).to(device).eval()
+        base = {"base": (load_reward_base(model_dir, tokenizer, device, seed), nullcontext)}
+        return tokenizer, {**(base if recipe.eval.compare_base else {}), "tuned": (tuned, nullcontext)}
+    model = PeftModel.from_pretrained(load_reward_base(model_dir, tokenizer, device, seed), run.adapter_dir).eval()
+    variants: dict[str, Variant] = {"tuned": (model, nullcontext)}
+    return tokenizer, ({"base": (model, model.disable_adapter), **variants} if recipe.eval.compare_base else variants)
+
+
+def score_answers(model: Any, tokenizer: Any, rows: list[dict], key: str, batch_size: int) -> list[float]:
+    """The reward of each row's `key` answer (chosen or rejected) to its prompt."""
+    encoded = [encode_answer(tokenizer, row["prompt"], row[key], row.get("tools")) for row in rows]
+    return score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+def score_summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    return {
+        "preference_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+        "mean_margin": round(sum(margins) / len(margins), 4),
+        "mean_score_chosen": round(sum(chosen) / len(chosen), 4),
+        "mean_score_rejected": round(sum(rejected) / len(rejected), 4),
+    }

@@ -1,0 +1,164 @@
+"""Check a GGUF the way it will be used: load it in llama.cpp and compare its predictions with transformers.
+
+Both engines are fed the same token ids (teacher forcing) and we count the positions where they pick
+the same next token. The ids are a fixed set of chat prompts followed by the reference model's own
+greedy answer, so the count covers the positions that decide what the exported model says, and a
+disagreement early on cannot make the rest of a sequence incomparable (as it would with free generation).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.errors import TunesmithError
+
+GGUF_EXTRA_HINT = "Install llama-cpp-python with: pip install 'tunesmith[gguf]' (builds llama.cpp, ~5 minutes)."
+VERIFY_PROMPTS = [
+    "2 large pepperoni pizzas and a cola to 12 Main St, please.",
+    "What is the capital of France?",
+    "Write a Python function that returns the square of a number.",
+    "Give me three tips for sleeping better.",
+    "Translate 'good morning' into Spanish.",
+    "Reply with a JSON object with keys name and age for a 30 year old called Ana.",
+    "Explain in one sentence what a fine-tuned model is.",
+    "How many legs does a spider have?",
+]
+ANSWER_TOKENS = 32  # greedy tokens the reference model adds to each prompt
+# Minimum top-1 agreement per type; types not listed are reported only. Float types differ from fp32 by
+# rounding alone; Q8_0 also quantizes activations inside llama.cpp's matmuls.
+THRESHOLDS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.95}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How closely llama.cpp running the GGUF follows transformers running the checkpoint."""
+
+    quant: str
+    positions: int  # teacher-forced positions compared
+    agreement: float  # fraction of them where both engines pick the same next token
+    answer_agreement: float  # the same, over the answer positions only
+    threshold: float | None  # None: reported only
+    tokenization_matches: int  # prompts llama.cpp tokenizes to the same ids as transformers
+    prompts: int
+
+    @property
+    def passed(self) -> bool:
+        return self.threshold is None or self.agreement >= self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def summary(self) -> str:
+        verdict = ("reported only" if self.threshold is None
+                   else f"{'passes' if self.passed else 'FAILS'} the {self.threshold:.0%} threshold")
+        return (f"llama.cpp vs transformers ({self.quant}): top-1 agreement {self.agreement:.1%} over "
+                f"{self.positions} positions ({self.answer_agreement:.1%} on answers), {verdict}; "
+                f"tokenization identical for {self.tokenization_matches}/{self.prompts} prompts")
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def require_llama_cpp(what: str) -> Any:
+    """The llama_cpp module, or an error naming the extra that installs it."""
+    if not llama_cpp_available():
+        raise TunesmithError(f"{what} needs llama-cpp-python, which is not installed.", GGUF_EXTRA_HINT)
+    import llama_cpp
+
+    return llama_cpp
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What transformers does on the prompt set: the ids both engines are fed and its next-token picks."""
+
+    texts: list[str]  # prompts as the model sees them (chat template applied)
+    sequences: list[list[int]]  # prompt ids followed by the greedy answer
+    prompt_lengths: list[int]
+    argmaxes: list[np.ndarray]  # transformers' top-1 next token at every position of each sequence
+    add_special: bool  # the text needs the tokenizer's own BOS/EOS (no chat template supplies them)
+
+
+def verify_gguf(gguf_path: Path, model_dir: Path, quant: str) -> Verification:
+    """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS."""
+    print(f"verifying {Path(gguf_path).name} in llama.cpp against transformers ...", file=sys.stderr)
+    reference = reference_predictions(model_dir)
+    got, tokenized = llama_cpp_predictions(Path(gguf_path), reference)
+    same = [e == g for e, g in zip(reference.argmaxes, got, strict=True)]
+    answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
+    shared = shared_prefix_length(reference.sequences)  # e.g. a default system prompt: score it once
+    same = [same[0], *(s[shared:] for s in same[1:])]
+    positions = sum(len(s) for s in same)
+    prompt_ids = [seq[:n] for seq, n in zip(reference.sequences, reference.prompt_lengths, strict=True)]
+    return Verification(
+        quant=quant.upper(), positions=positions,
+        agreement=sum(int(s.sum()) for s in same) / positions,
+        answer_agreement=sum(int(a.sum()) for a in answers) / max(1, sum(len(a) for a in answers)),
+        threshold=THRESHOLDS.get(quant.upper()),
+        tokenization_matches=sum(a == b for a, b in zip(tokenized, prompt_ids, strict=True)),
+        prompts=len(prompt_ids))
+
+
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading ids every sequence has in common (their predictions there are the same position)."""
+    length = 0
+    while all(len(s) > length and s[length] == sequences[0][length] for s in sequences):
+        length += 1
+    return length
+
+
+def reference_predictions(model_dir: Path) -> Reference:
+    """Greedy answers to VERIFY_PROMPTS from the fp32 checkpoint, and its argmax at every position."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    add_special = not tokenizer.chat_template
+    reference = Reference([], [], [], [], add_special)
+    for prompt in VERIFY_PROMPTS:
+        text = prompt_text(tokenizer, prompt)
+        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=ANSWER_TOKENS, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            logits = model(input_ids=out).logits[0]
+        reference.texts.append(text)
+        reference.sequences.append(out[0].tolist())
+        reference.prompt_lengths.append(len(ids))
+        reference.argmaxes.append(logits.argmax(-1).numpy())
+    return reference
+
+
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt as the model sees it in chat: rendered with its chat template when it has one."""
+    if not tokenizer.chat_template:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[np.ndarray], list[list[int]]]:
+    """llama.cpp's argmax at every position of each reference sequence, and its own tokenization of each text."""
+    llama_cpp = require_llama_cpp("Verifying a GGUF")
+    n_ctx = max(len(s) for s in reference.sequences) + 8
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                          verbose=False, seed=0)
+    try:
+        argmaxes, tokenized = [], []
+        for text, sequence in zip(reference.texts, reference.sequences, strict=True):
+            tokenized.append(llm.tokenize(text.encode("utf-8"), add_bos=reference.add_special, special=True))
+            llm.reset()
+            llm.eval(sequence)
+            argmaxes.append(np.asarray(llm.scores[: len(sequence)]).argmax(-1))
+        return argmaxes, tokenized
+    finally:
+        llm.close()

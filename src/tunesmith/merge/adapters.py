@@ -1,0 +1,90 @@
+"""Combine several LoRA adapters of one base into one adapter, with PEFT's `add_weighted_adapter`.
+
+Methods (PEFT 0.21 combination types): `cat` stacks the adapters (rank = sum of ranks) and is exact;
+`svd` factors the exact weighted sum back to the largest input rank; `linear`, `ties`, `dare_linear`,
+`dare_ties` and `magnitude_prune` combine the A and B matrices separately, which needs equal ranks and
+only approximates the weighted sum of the adapters' weight changes. Every merge measures how far its
+result is from that exact weighted sum, so the approximation is a number in merge.json, not a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+ADAPTER_METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+SAME_RANK_METHODS = frozenset({"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"})
+RESULT = "default"  # PEFT saves the adapter named "default" at the folder's top level
+
+
+def check_mergeable(adapter_dir: Path) -> dict[str, Any]:
+    """The adapter's config, or a clear refusal for kinds `add_weighted_adapter` cannot combine."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    kind = config.get("peft_type", "?")
+    if kind != "LORA":
+        raise TunesmithError(f"{adapter_dir} is a {kind.lower()} adapter; only LoRA adapters can be combined.",
+                             "Merge each into its base instead: tunesmith merge ADAPTER --out DIR.")
+    if config.get("use_dora"):
+        raise TunesmithError(f"{adapter_dir} is a DoRA adapter: its magnitude vectors cannot be combined with "
+                             "other adapters.", "Merge it into its base alone: tunesmith merge ADAPTER --out DIR.")
+    return config
+
+
+def combine_adapters(adapter_dirs: list[Path], base_dir: Path, method: str, weights: list[float],
+                     density: float | None, folder: Path, seed: int = 0) -> dict[str, Any]:
+    """Write the combined adapter (standard PEFT format) into `folder`; returns its verification numbers."""
+    from peft import PeftModel
+
+    from tunesmith.models import load_model
+
+    configs = [check_mergeable(path) for path in adapter_dirs]
+    check_ranks(method, adapter_dirs, configs)
+    names = [f"input{index}" for index in range(len(adapter_dirs))]
+    model = PeftModel.from_pretrained(load_model(base_dir, torch.float32, "cpu"), adapter_dirs[0],
+                                      adapter_name=names[0])
+    for name, path in zip(names[1:], adapter_dirs[1:], strict=True):
+        model.load_adapter(path, adapter_name=name)
+    torch.manual_seed(seed)  # dare_* prune at random
+    try:
+        model.add_weighted_adapter(names, weights, RESULT, combination_type=method, density=density)
+    except ValueError as exc:
+        raise TunesmithError(f"PEFT could not combine the adapters with {method}: {exc}",
+                             "cat and svd accept adapters of different ranks and targets.") from exc
+    # PEFT 0.21 copies the first adapter's config, then sets lora_alpha = r so the result's scale is 1; with
+    # use_rslora that scale would be alpha/sqrt(r) = sqrt(r). The combined weights already carry each scale.
+    model.peft_config[RESULT].use_rslora = False
+    numbers = {"rank": model.peft_config[RESULT].r,
+               "relative_delta_error": relative_delta_error(model, names, weights)}
+    model.save_pretrained(folder, selected_adapters=[RESULT], safe_serialization=True)
+    return numbers
+
+
+def check_ranks(method: str, adapter_dirs: list[Path], configs: list[dict[str, Any]]) -> None:
+    ranks = [config["r"] for config in configs]
+    if method in SAME_RANK_METHODS and (len(set(ranks)) > 1 or any(c.get("rank_pattern") for c in configs)):
+        listing = ", ".join(f"{path}: r={rank}" for path, rank in zip(adapter_dirs, ranks, strict=True))
+        raise TunesmithError(f"{method} combines the A and B matrices entry by entry, so every adapter needs the "
+                             f"same rank ({listing}).", "Use --method cat or --method svd for adapters of "
+                                                        "different ranks.")
+
+
+def relative_delta_error(model: Any, names: list[str], weights: list[float]) -> float:
+    """|ΔW_result − Σ wᵢ ΔWᵢ| / |Σ wᵢ ΔWᵢ| over every adapted layer: 0 for cat, small for svd, the
+    approximation error for the entry-wise methods. One layer at a time, so memory stays small."""
+    from peft.tuners.lora import LoraLayer
+
+    error = total = 0.0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or RESULT not in module.lora_A:
+            continue
+        exact = sum(weight * module.get_delta_weight(name)
+                    for name, weight in zip(names, weights, strict=True) if name in module.lora_A)
+        got = module.lora_B[RESULT].weight @ module.lora_A[RESULT].weight  # alpha = r: scale 1
+        error += float((got - exact).pow(2).sum())
+        total += float(exact.pow(2).sum())
+    return (error / total) ** 0.5 if total else 0.0

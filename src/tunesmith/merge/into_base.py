@@ -1,0 +1,131 @@
+"""Fold one adapter into its base: merge in fp32, check the logits, cast, save (sharded past a size).
+
+The merge runs in fp32 whatever the training dtype. Before anything is written, the merged model's
+logits are compared with base+adapter on a fixed prompt set: a merge that changes the outputs (a wrong
+scale, a skipped layer) fails here instead of in a user's chat. Casting to fp16/bf16 happens after that
+check, and its own (larger, expected) difference is measured and reported, not judged.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+# A fixed prompt set, so merge checks are comparable between runs and versions.
+CHECK_PROMPTS = [
+    [{"role": "user", "content": "Say hello in one short sentence."}],
+    [{"role": "system", "content": "Reply in JSON."}, {"role": "user", "content": "2 large pizzas to 12 Main St."}],
+    [{"role": "user", "content": "What is 17 times 3? Answer with the number only."}],
+]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_SHARD_SIZE = "5GB"
+# An fp32 merge reproduces base+adapter to ~1e-5 on real models; a wrong merge is off by far more than this.
+DEFAULT_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class MergeCheck:
+    """Merged model vs the reference it must reproduce, on CHECK_PROMPTS (every position's logits)."""
+
+    prompts: int
+    positions: int
+    max_abs_logit_diff: float  # fp32 merged vs fp32 reference
+    dtype: str
+    max_abs_logit_diff_after_cast: float  # the saved dtype vs the fp32 reference
+    top1_agreement_after_cast: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_shard_size(size: str) -> str:
+    """`size` as save_pretrained reads it (a number and KB, MB, GB or TB, decimal units), or a clear error."""
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]B", size.strip(), flags=re.IGNORECASE):
+        raise TunesmithError(f"Cannot read the shard size {size!r}.", "Write it like 5GB, 500MB or 2.5GB.")
+    return size.strip()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise TunesmithError(f"Unknown dtype {name!r}.", f"Use one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def check_prompt_ids(model_dir: Path) -> list[torch.Tensor]:
+    """CHECK_PROMPTS as token ids, through the chat template (plain text when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:
+        return [tokenizer(m[-1]["content"], return_tensors="pt")["input_ids"] for m in CHECK_PROMPTS]
+    return [tokenizer.apply_chat_template(m, add_generation_prompt=True, return_tensors="pt",
+                                          return_dict=True)["input_ids"] for m in CHECK_PROMPTS]
+
+
+def prompt_logits(model: Any, ids: list[torch.Tensor]) -> torch.Tensor:
+    """Logits at every position of every prompt, as one fp32 (positions, vocab) tensor."""
+    with torch.no_grad():
+        return torch.cat([model(input_ids=x).logits[0].float() for x in ids])
+
+
+def check_saved(folder: Path, ids: list[torch.Tensor], expected: torch.Tensor, merged_diff: float,
+                dtype: str) -> MergeCheck:
+    """Load the saved checkpoint as users will (in `dtype`) and measure what the cast costs against the fp32
+    reference. A model cast in memory is not the same: `.to()` also casts RoPE's inv_freq buffer, which
+    from_pretrained recomputes in fp32."""
+    from tunesmith.models import load_model
+
+    got = prompt_logits(load_model(folder, torch_dtype(dtype), "cpu").eval(), ids)
+    return MergeCheck(prompts=len(ids), positions=int(expected.shape[0]), max_abs_logit_diff=merged_diff,
+                      dtype=dtype, max_abs_logit_diff_after_cast=float((expected - got).abs().max()),
+                      top1_agreement_after_cast=float((expected.argmax(-1) == got.argmax(-1)).float().mean()))
+
+
+def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dtype: str = "fp32",
+                            max_shard_size: str = DEFAULT_SHARD_SIZE,
+                            tolerance: float = DEFAULT_TOLERANCE) -> MergeCheck:
+    """Merge `adapter_dir` into the base in `model_dir`, check it, and save it into `folder`.
+
+    `folder` is the caller's temporary directory (see runs.atomic_directory): nothing is renamed here.
+    """
+    from peft import PeftModel
+
+    from tunesmith.models import load_model
+
+    torch_dtype(dtype), parse_shard_size(max_shard_size)  # a typo fails before the slow part
+    peft_model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, "cpu"), adapter_dir).eval()
+    if peft_model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to fold into weights
+        kind = peft_model.active_peft_config.peft_type.value.lower()
+        raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
+                             "Export it with --format adapter (export.formats: [adapter]).")
+    ids = check_prompt_ids(model_dir)
+    expected = prompt_logits(peft_model, ids)
+    merged = peft_model.merge_and_unload()
+    diff = float((expected - prompt_logits(merged, ids)).abs().max())
+    if diff > tolerance:
+        raise TunesmithError(
+            f"The merged model's logits differ from base+adapter by {diff:.3g} (tolerance {tolerance:g}); "
+            "nothing was written.",
+            "Check that the adapter was trained on this base model; report it if it was.")
+    save_checkpoint(merged.to(torch_dtype(dtype)), model_dir, folder, max_shard_size)
+    del merged, peft_model
+    check = check_saved(folder, ids, expected, diff, dtype)
+    print(f"merged checkpoint: max |logit difference| vs base+adapter = {diff:.2e} (fp32), "
+          f"{check.max_abs_logit_diff_after_cast:.2e} after the cast to {dtype}", file=sys.stderr)
+    return check
+
+
+def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_size: str) -> Path:
+    """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer."""
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder

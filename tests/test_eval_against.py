@@ -1,0 +1,85 @@
+"""`tunesmith eval RUN --against OTHER`: two tiny runs of one base compared adapter against adapter, and a run of
+another base refused, through the real command line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import build_tiny_llama, make_tiny_project
+from tunesmith.config import load_recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval import run_eval
+from tunesmith.runs import Run, create_run
+from tunesmith.train import run_training
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_model_dir):
+    """A run trained 12 steps and one trained 2 steps, of the same tiny base; probes off to stay quick."""
+    root = tmp_path_factory.mktemp("against")
+    recipe_file = make_tiny_project(root, tiny_model_dir, eval_rows=6)
+    runs = []
+    for steps in (12, 2):
+        recipe = load_recipe(recipe_file, [f"training.max_steps={steps}", "eval.probes=false"])
+        run = create_run(recipe, root / "runs")
+        run_training(recipe, run)
+        runs.append(run)
+    return runs
+
+
+def eval_cli(run: Run, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), *args], capture_output=True,
+                          text=True, timeout=600, cwd=run.path.parent)
+
+
+def test_against_another_run_compares_the_two_adapters(two_runs):
+    longer, shorter = two_runs
+    result = eval_cli(longer, "--against", str(shorter.path), "--json")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert results["against"] == {"name": shorter.path.name, "path": str(shorter.path.resolve())}
+    assert results["tuned"]["loss"] < results["base"]["loss"]  # 12 steps beat 2 steps on held-out loss
+    entry = results["comparison"]["exact_match"]
+    assert entry["wins"] + entry["losses"] + entry["ties"] == 6
+    folder = longer.eval_dir / f"against-{shorter.path.name}"
+    assert json.loads((folder / "results.json").read_text()) == results
+    assert f"tuned vs {shorter.path.name}" in (folder / "report.html").read_text()
+    assert not (longer.eval_dir / "results.json").exists()  # the run's own base-vs-tuned results are untouched
+
+
+def test_against_the_other_way_round_scores_the_same_models_swapped(two_runs):
+    longer, shorter = two_runs
+    forward = json.loads((longer.eval_dir / f"against-{shorter.path.name}" / "results.json").read_text())
+    backward = json.loads(run_eval(load_recipe(shorter.recipe_file), shorter, longer.path).read_text())
+    assert backward["base"]["loss"] == forward["tuned"]["loss"] and backward["tuned"]["loss"] == forward["base"]["loss"]
+    assert backward["comparison"]["loss"]["delta"] == pytest.approx(-forward["comparison"]["loss"]["delta"], abs=1e-4)
+
+
+def test_against_base_is_todays_behaviour_and_prints_the_comparison(two_runs):
+    longer, _ = two_runs
+    result = eval_cli(longer, "--against", "base", "--fail-if-worse", "loss")
+    assert result.returncode == 0, result.stderr
+    assert "base vs tuned on 6 held-out examples" in " ".join(result.stderr.split())
+    assert "against" not in json.loads((longer.eval_dir / "results.json").read_text())
+
+
+def test_a_run_of_another_base_model_is_refused(two_runs, tmp_path, tokenizer_dir):
+    longer, shorter = two_runs
+    other_base = build_tiny_llama(tokenizer_dir, tmp_path / "other-base", seed=1)
+    foreign = tmp_path / "foreign-run"
+    shutil.copytree(shorter.path, foreign)
+    recipe = yaml.safe_load((foreign / "recipe.yaml").read_text())
+    recipe["model"]["source"] = str(other_base)
+    (foreign / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = eval_cli(longer, "--against", str(foreign))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "only runs of the same base model can be compared" in message and str(other_base) in message
+    with pytest.raises(TunesmithError, match="is the run being evaluated"):
+        run_eval(load_recipe(longer.recipe_file), longer, longer.path)
+    result = eval_cli(longer, "--against", str(tmp_path))
+    assert result.returncode == 2 and "not a tunesmith run directory" in result.stderr

@@ -1,0 +1,174 @@
+"""Forgetting probes: the checks, the bundled set, and the regression flag on a tiny llama whose "tuned" adapter
+is deliberately broken (flag raised) or a no-op (flag down); then through `tunesmith eval` on a trained tiny run."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_project
+from tunesmith.config import load_recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval import run_eval
+from tunesmith.eval.forgetting import BUNDLED_PROBES, GENERAL_TEXT, ask, general_paragraphs, load_probes, run_probes
+from tunesmith.eval.gate import GateRule, check_gate
+from tunesmith.eval.probe_checks import CHECKS, passes
+from tunesmith.runs import create_run
+from tunesmith.train import run_training
+
+SETTINGS = SimpleNamespace(probe_margin=0.05, probe_perplexity_margin=0.05, probe_max_new_tokens=6, batch_size=4)
+
+
+@pytest.mark.parametrize(("check", "expected", "good", "bad"), [
+    ("contains", "Paris", "The capital of France is paris.", "It is Lyon."),
+    ("contains", ["CO2", "carbon dioxide"], "Carbon dioxide.", "Oxygen."),
+    ("exact", "yes", " Yes. ", "yes, of course"),
+    ("regex", r"1,\s*2,\s*3", "1, 2, 3, 4", "one two three"),
+    ("number", 12, "There are 12 months.", "There are twelve months."),
+    ("number", "0", "0 degrees", "32 degrees"),
+    ("all_caps", None, "GREEN, LIKE GRASS!", "GREEN like grass"),
+    ("word_count", 3, "Red, green, blue.", "Red, green, blue and yellow."),
+])
+def test_each_check_passes_the_right_answer_and_fails_the_wrong_one(check, expected, good, bad):
+    probe = {"check": check, "answer": expected}
+    assert passes(probe, good) and not passes(probe, bad)
+
+
+def test_bundled_probes_are_valid_and_cover_three_kinds_of_skill():
+    probes = load_probes(BUNDLED_PROBES)
+    assert 40 <= len(probes) <= 60
+    categories = {p["category"] for p in probes}
+    assert categories == {"factual", "reasoning", "instruction"}
+    assert all(sum(p["category"] == c for p in probes) >= 10 for c in categories)
+    assert {p["check"] for p in probes} <= set(CHECKS) and len({p["id"] for p in probes}) == len(probes)
+    paragraphs = general_paragraphs(GENERAL_TEXT)
+    assert len(paragraphs) >= 5 and all(len(p.split()) > 30 for p in paragraphs)
+
+
+def test_a_bad_probe_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "probes.jsonl"
+    path.write_text('{"prompt": "Say hi", "check": "exact", "answer": "hi"}\n{"prompt": "x", "check": "rhymes"}\n')
+    with pytest.raises(TunesmithError, match=r"probes.jsonl, line 2: unknown check 'rhymes'"):
+        load_probes(path)
+    path.write_text('{"prompt": "x", "check": "regex", "answer": "(unclosed"}\n')
+    with pytest.raises(TunesmithError, match=r"line 1: .* not a valid regular expression"):
+        load_probes(path)
+    with pytest.raises(TunesmithError, match="no such file"):
+        load_probes(tmp_path / "missing.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tiny_peft(tiny_model_dir):
+    """A tiny llama with a LoRA adapter whose weights the tests set (zero: tuned == base; huge: broken)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model, load_tokenizer
+
+    model = load_model(tiny_model_dir, torch.float32, "cpu")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  init_lora_weights=False)).eval()
+    return peft_model, load_tokenizer(tiny_model_dir)
+
+
+def set_lora_scale(model, scale: float) -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn_like(parameter) * scale)
+
+
+def probes_the_base_passes(model, tokenizer) -> list[dict]:
+    """Probes whose expected answers are the base's own greedy answers, so base scores 1.0 by construction."""
+    prompts = ["Say hello in one short sentence.", "You are a helpful assistant.", "system user assistant",
+               "Convert the order to JSON.", "hello", "Say hello.", "assistant", "JSON please"]
+    probes = [{"id": str(i), "category": "factual" if i % 2 else "instruction", "prompt": p, "check": "exact"}
+              for i, p in enumerate(prompts)]
+    with model.disable_adapter():
+        answers = ask(model, tokenizer, probes, SETTINGS.probe_max_new_tokens, SETTINGS.batch_size)
+    return [{**probe, "answer": answer} for probe, answer in zip(probes, answers, strict=True) if answer.strip()]
+
+
+def variants_of(model):
+    return {"base": (model, model.disable_adapter), "tuned": (model, torch.no_grad)}
+
+
+def test_a_broken_tuned_model_is_flagged_as_a_regression(tiny_peft):
+    model, tokenizer = tiny_peft
+    probes = probes_the_base_passes(model, tokenizer)
+    assert len(probes) >= 4
+    set_lora_scale(model, 5.0)  # far from the base weights: answers and text likelihood fall apart
+    results = run_probes(variants_of(model), tokenizer, probes, general_paragraphs()[:3], SETTINGS)
+    assert results["base"]["accuracy"] == 1.0 and results["tuned"]["accuracy"] < 0.5
+    assert results["tuned"]["perplexity"] > results["base"]["perplexity"] * 1.05
+    assert results["regression"] is True
+    assert any("probe accuracy fell" in reason for reason in results["reasons"])
+    assert any("perplexity rose" in reason for reason in results["reasons"])
+    comparison = results["comparison"]
+    assert comparison["probe_accuracy"]["losses"] >= len(probes) // 2 and comparison["probe_accuracy"]["wins"] == 0
+    assert {"probe/factual", "probe/instruction", "probe_perplexity"} <= set(comparison)
+    assert not comparison["probe_perplexity"]["higher_is_better"]
+    lost = [row for row in results["rows"] if row["base_passed"] and not row["tuned_passed"]]
+    assert lost and lost[0]["base"] == lost[0]["expected"]
+    [verdict] = check_gate(results_with(results), [GateRule("probes")])
+    assert not verdict.passed and "probe accuracy fell" in verdict.message
+
+
+def test_an_unchanged_tuned_model_is_not_flagged(tiny_peft):
+    model, tokenizer = tiny_peft
+    set_lora_scale(model, 0.0)  # lora_B = 0: the adapter adds nothing
+    probes = probes_the_base_passes(model, tokenizer)
+    results = run_probes(variants_of(model), tokenizer, probes, general_paragraphs()[:3], SETTINGS)
+    assert results["base"]["accuracy"] == results["tuned"]["accuracy"] == 1.0
+    assert results["tuned"]["perplexity"] == pytest.approx(results["base"]["perplexity"], rel=1e-4)
+    assert results["regression"] is False and results["reasons"] == []
+    [verdict] = check_gate(results_with(results), [GateRule("probes")])
+    assert verdict.passed and verdict.message.startswith("ok: probes accuracy base 1.0000")
+
+
+def results_with(probes: dict) -> dict:
+    return {"comparison": {"loss": {"base": 1.0, "tuned": 0.9, "delta": -0.1, "ci95": None,
+                                    "higher_is_better": False}}, "probes": probes}
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("probes")
+    recipe_file = make_tiny_project(root, tiny_model_dir, eval_rows=6)
+    recipe = load_recipe(recipe_file, ["training.max_steps=8", "eval.probe_max_new_tokens=8"])
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    run_eval(recipe, run)
+    return run
+
+
+def test_eval_writes_the_probe_block_with_both_variants(probed_run):
+    results = json.loads((probed_run.eval_dir / "results.json").read_text())
+    probes = results["probes"]
+    assert probes["count"] == len(load_probes(BUNDLED_PROBES)) and isinstance(probes["regression"], bool)
+    for variant in ("base", "tuned"):
+        assert {"accuracy", "factual", "reasoning", "instruction", "perplexity"} <= set(probes[variant])
+        assert probes[variant]["perplexity"] > 1
+    assert probes["comparison"]["probe_accuracy"]["base"] == probes["base"]["accuracy"]
+    report = (probed_run.eval_dir / "report.html").read_text()
+    assert "forgetting probes" in report and "Forgetting probes, answer by answer" in report
+    assert probes["rows"][0]["prompt"] in report
+
+
+def test_cli_prints_the_probes_and_gates_on_them(probed_run):
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(probed_run.path), "--fail-if-worse",
+                             "probes", "--set", "eval.probe_max_new_tokens=8"], capture_output=True, text=True,
+                            timeout=600, cwd=probed_run.path.parent)
+    results = json.loads((probed_run.eval_dir / "results.json").read_text())
+    text = " ".join(result.stderr.split())
+    assert "forgetting probes" in text and "probe_accuracy" not in text  # rows are named by category
+    assert "accuracy" in text and "perplexity" in text
+    if results["probes"]["regression"]:
+        assert result.returncode == 3 and "WORSE: probes:" in text
+    else:
+        assert result.returncode == 0 and "ok: probes accuracy" in text and "no regression" in text
+    card = (probed_run.path / "README.md").read_text()
+    assert "Forgetting probes" in card and "| accuracy |" in card and "delta (95% CI)" in card

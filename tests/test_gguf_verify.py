@@ -1,0 +1,111 @@
+"""The llama.cpp check after a GGUF export: tiny llama and qwen2 models agree with transformers in
+llama.cpp, the result lands in the manifest, and a broken conversion is caught, kept and flagged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.test_gguf_export import build_tiny
+from tunesmith.errors import TunesmithError
+from tunesmith.export import gguf as gguf_export
+from tunesmith.export import verify
+from tunesmith.export.gguf import write_gguf
+from tunesmith.export.verify import shared_prefix_length, verify_gguf
+
+needs_llama_cpp = pytest.mark.skipif(not verify.llama_cpp_available(),
+                                     reason="llama-cpp-python not installed (pip install '.[gguf]')")
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny(tokenizer_dir, tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+def test_shared_prefix_is_measured_across_all_sequences():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+def test_llama_cpp_agrees_with_transformers(kind, quant, tiny_model_dir, qwen2_dir, tmp_path):
+    model_dir = tiny_model_dir if kind == "llama" else qwen2_dir
+    path = write_gguf(model_dir, tmp_path / f"{kind}.{quant}.gguf", quant)
+    result = verify_gguf(path, model_dir, quant)
+    assert result.threshold == {"F32": 0.99, "Q8_0": 0.95}[quant]
+    assert result.passed and result.agreement >= result.threshold, result
+    assert result.tokenization_matches == result.prompts == len(verify.VERIFY_PROMPTS)
+    assert result.positions > 8 * verify.ANSWER_TOKENS // 2
+    if quant == "F32":
+        assert result.agreement == 1.0
+
+
+def make_run(model_dir: Path, tmp_path: Path):
+    """A run whose adapter is a random (non-zero) LoRA on `model_dir`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import load_recipe
+    from tunesmith.runs import create_run
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f"name: tiny\nmodel:\n  source: {model_dir}\ndata:\n  train: train.jsonl\n",
+                           encoding="utf-8")
+    run = create_run(load_recipe(recipe_file), tmp_path / "runs")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora).save_pretrained(run.adapter_dir)
+    return run
+
+
+def export(run, *args: str):
+    from tunesmith.cli import app
+
+    return CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", *args])
+
+
+def manifest_of(run) -> dict:
+    return json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+@needs_llama_cpp
+def test_export_verifies_by_default_and_records_the_result(tiny_model_dir, tmp_path):
+    run = make_run(tiny_model_dir, tmp_path)
+    result = export(run, "--quant", "Q8_0")
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement" in result.output and "passes the 95% threshold" in result.output
+    check = manifest_of(run)["gguf"]["Q8_0"]["verify"]
+    assert check["passed"] is True and check["agreement"] >= 0.95 and check["threshold"] == 0.95
+    assert check["tokenization_matches"] == check["prompts"]
+
+
+@needs_llama_cpp
+def test_a_broken_conversion_fails_and_the_file_is_kept_and_flagged(tiny_model_dir, tmp_path, monkeypatch):
+    """Without the Q/K permutation llama.cpp runs RoPE on the wrong pairs: even F32 must fail the check."""
+    run = make_run(tiny_model_dir, tmp_path)
+    monkeypatch.setattr(gguf_export, "prepare_weights", lambda name, weights, config, spec: weights)
+    result = export(run, "--quant", "F32")
+    assert result.exit_code == 2 and isinstance(result.exception, TunesmithError)
+    assert "should agree on at least 99%" in result.exception.message and "--no-verify" in result.exception.hint
+    target = run.exports_dir / "gguf" / "tiny.F32.gguf"
+    assert target.is_file()
+    check = manifest_of(run)["gguf"]["F32"]["verify"]
+    assert check["passed"] is False and check["agreement"] < 0.99
+
+
+def test_no_verify_skips_the_check_and_verify_needs_llama_cpp(tiny_model_dir, tmp_path, monkeypatch):
+    run = make_run(tiny_model_dir, tmp_path)
+    result = export(run, "--quant", "F16", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "verify" not in manifest_of(run)["gguf"]["F16"]
+
+    monkeypatch.setattr(verify, "llama_cpp_available", lambda: False)
+    monkeypatch.setattr(gguf_export, "llama_cpp_available", lambda: False)
+    assert export(run, "--quant", "F16").exit_code == 0  # default: no llama.cpp, no check
+    refused = export(run, "--quant", "F16", "--verify")
+    assert isinstance(refused.exception, TunesmithError)
+    assert "pip install 'tunesmith[gguf]'" in refused.exception.hint

@@ -1,0 +1,94 @@
+"""`tunesmith push`: what a run uploads, and the failures users meet, for real (no mocked huggingface_hub):
+offline mode, an unreachable Hub, no token. Each ends in exit code 2 and a message naming the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import TunesmithError
+from tunesmith.export.hub import folder_to_upload, upload_operations
+
+
+def push(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
+    """`tunesmith push` in a clean Hugging Face environment: no saved token, no inherited HF_* settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    clean |= {"HF_HOME": str(home), **env}
+    return subprocess.run([sys.executable, "-m", "tunesmith", "push", *args], capture_output=True, text=True,
+                          env=clean, timeout=120)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "adapter"
+    path.mkdir()
+    (path / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (path / ".adapter_model.safetensors.tmp").write_text("half-written", encoding="utf-8")
+    return path
+
+
+def test_offline_mode_names_the_fix(folder, tmp_path):
+    result = push([str(folder), "someone/tiny-lora"], tmp_path / "hf", HF_HUB_OFFLINE="1", HF_TOKEN="hf_notreal")
+    assert result.returncode == 2, result.stderr
+    assert "HF_HUB_OFFLINE is set" in result.stderr and "hf auth login" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_hub_names_the_endpoint_and_the_fix(folder, tmp_path):
+    result = push([str(folder), "someone/tiny-lora", "--private"], tmp_path / "hf",
+                  HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_notreal")
+    assert result.returncode == 2, result.stderr
+    assert "Cannot reach the Hugging Face Hub at http://127.0.0.1:9" in result.stderr
+    assert "hf auth login" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_token_is_caught_before_any_network_call(folder, tmp_path):
+    result = push([str(folder), "someone/tiny-lora"], tmp_path / "hf", HF_ENDPOINT="http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert "not logged in" in result.stderr and "hf auth login" in result.stderr and "HF_TOKEN" in result.stderr
+
+
+def make_run(root: Path) -> Path:
+    run = root / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("data:\n  train: t.jsonl\n", encoding="utf-8")
+    (run / "adapter" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (run / "README.md").write_text("# card\n", encoding="utf-8")
+    return run
+
+
+def test_a_run_uploads_its_adapter_with_its_model_card(tmp_path):
+    from huggingface_hub import CommitOperationAdd
+
+    run = make_run(tmp_path)
+    folder, card = folder_to_upload(run, None)
+    assert folder == run / "adapter" and card == run / "README.md"
+    operations = upload_operations(folder, card)
+    assert all(isinstance(op, CommitOperationAdd) for op in operations)
+    assert sorted(op.path_in_repo for op in operations) == ["README.md", "adapter_config.json"]
+
+
+def test_hidden_temporary_files_are_not_uploaded(folder):
+    assert [op.path_in_repo for op in upload_operations(folder, None)] == ["adapter_config.json"]
+
+
+def test_a_missing_export_says_which_export_to_run(tmp_path):
+    run = make_run(tmp_path)
+    with pytest.raises(TunesmithError, match="no exported merged") as error:
+        folder_to_upload(run, "merged")
+    assert error.value.hint == f"Export it first: tunesmith export {run} --format merged"
+    with pytest.raises(TunesmithError, match="--what applies to run directories"):
+        folder_to_upload(run / "adapter", "gguf")
+
+
+def test_push_help_has_an_example():
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    result = CliRunner().invoke(app, ["push", "--help"])
+    assert result.exit_code == 0 and "Example: tunesmith push" in result.output
