@@ -68,6 +68,18 @@ def tiny_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
+QUICKSTART_SHORT = ["training.max_steps=4", "training.logging_steps=1", "eval.max_examples=10"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_quickstart_run(tmp_path_factory: pytest.TempPathFactory):
+    """A short quickstart (train, eval, export, card) on the real embedded SmolLM2, shared by the slow tests
+    so that they train it once."""
+    from tunesmith.quickstart import quickstart_recipe, run_pipeline
+
+    return run_pipeline(quickstart_recipe(QUICKSTART_SHORT), runs_dir=tmp_path_factory.mktemp("smollm2-quickstart"))
+
+
 TINY_RECIPE = """
 name: tiny
 model:

@@ -62,8 +62,11 @@ def test_k_quant_file_holds_every_tensor_in_k_types(kind, quant, k_ggufs, k_mode
     assert field(reader, "general.file_type") == getattr(gguf.LlamaFileType, f"MOSTLY_{quant}")
     assert field(reader, "general.architecture") == kind
     assert field(reader, "general.name") == k_model_dirs[kind].name
-    assert len(field(reader, "tokenizer.ggml.tokens")) == 600 and field(reader, "tokenizer.ggml.pre") == "gpt-2"
-    assert field(reader, "tokenizer.chat_template").startswith("{% for message in messages %}")
+    written = gguf.GGUFReader(k_ggufs[kind, "F32"])  # as our writer wrote it, before llama.cpp requantized it
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template",
+                "tokenizer.ggml.eos_token_id", f"{kind}.context_length", f"{kind}.rope.freq_base"):
+        assert field(reader, key) == field(written, key), key
+    assert len(field(reader, "tokenizer.ggml.tokens")) == 600
 
 
 @needs_llama_cpp

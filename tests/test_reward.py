@@ -31,6 +31,16 @@ PROSE = ["Sure, I will place that order for you.", "Here is the order you asked 
          "I cannot convert this order, sorry.", "Your order has been noted, thank you!"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matmuls are too small to split: one thread is several times faster, most of all on a busy
+    machine where a second thread waits for a core. Restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def toy_pairs(source: Path, target: Path, rows: int) -> str:
     """Bundled preference prompts with the exact JSON as chosen and a prose reply as rejected."""
     rng = random.Random(0)
@@ -70,7 +80,8 @@ class Trained:
         return [r[key] for r in self.run.read_metrics() if key in r and "loss" in r]
 
     def eval_rows(self) -> list[dict]:
-        path = self.run.load_recipe().resolve_path(self.run.load_recipe().data.eval or "")
+        recipe = self.run.load_recipe()
+        path = recipe.resolve_path(recipe.data.eval or "")
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -142,7 +153,7 @@ def test_scoring_encodes_pairs_exactly_as_the_trainer_did(trained):
 
 
 def test_saved_adapter_reloads_to_the_same_scores(trained, tiny_model_dir):
-    from peft import PeftModel
+    from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoModelForSequenceClassification
 
     rows, tokenizer = trained.eval_rows(), trained.trainer.processing_class
@@ -156,6 +167,8 @@ def test_saved_adapter_reloads_to_the_same_scores(trained, tiny_model_dir):
         assert scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]) == pytest.approx(at_end, abs=1e-5)
     with reloaded.disable_adapter():
         assert scores_of(reloaded, tokenizer, rows, "chosen") != pytest.approx(at_end, abs=1e-2)
+    card_way = AutoPeftModelForSequenceClassification.from_pretrained(trained.run.adapter_dir, num_labels=1)  # card
+    assert scores_of(card_way, tokenizer, rows, "chosen") == pytest.approx(at_end, abs=1e-5)
 
 
 def test_eval_reports_accuracy_and_margin_for_random_base_and_tuned(trained):

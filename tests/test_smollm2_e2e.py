@@ -31,11 +31,8 @@ def test_pulled_model_is_plain_safetensors_and_answers(smollm2_dir):
     assert any(p.requires_grad for p in model.parameters())
 
 
-def test_quickstart_handful_of_steps(smollm2_dir, tmp_path):
-    from tunesmith.quickstart import quickstart_recipe, run_pipeline
-
-    recipe = quickstart_recipe(["training.max_steps=4", "training.logging_steps=1", "eval.max_examples=10"])
-    run = run_pipeline(recipe, runs_dir=tmp_path)
+def test_quickstart_handful_of_steps(smollm2_dir, smollm2_quickstart_run):
+    run = smollm2_quickstart_run  # conftest: 4 steps, 10 eval examples; tests/test_eval_smollm2.py reuses it
     losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     results = json.loads((run.path / "eval" / "results.json").read_text())

@@ -25,8 +25,12 @@ def check_contains(answer: str, expected: Any) -> bool:
 
 
 def check_exact(answer: str, expected: Any) -> bool:
-    """The whole answer, ignoring case, surrounding space, quotes and a final full stop."""
-    return answer.strip().strip("\"'`").rstrip(".!").strip().casefold() == str(expected).casefold()
+    """The whole answer, ignoring case, surrounding space, quotes and a final full stop or exclamation mark."""
+    return _plain(answer) == _plain(str(expected))
+
+
+def _plain(text: str) -> str:
+    return text.strip().strip("\"'`").rstrip(".!").strip().casefold()
 
 
 def check_regex(answer: str, expected: Any) -> bool:
@@ -35,9 +39,10 @@ def check_regex(answer: str, expected: Any) -> bool:
 
 
 def check_number(answer: str, expected: Any) -> bool:
-    """The first number in the answer equals the expected one (digits only: "seven" does not count)."""
-    match = NUMBER.search(answer)
-    return match is not None and float(match.group().replace(",", ".")) == float(expected)
+    """The last number in the answer equals the expected one: "2 + 3 = 5" passes for 5, "2 + 3 = 6" fails
+    (digits only: "seven" does not count)."""
+    numbers = NUMBER.findall(answer)
+    return bool(numbers) and float(numbers[-1].replace(",", ".")) == float(expected)
 
 
 def check_all_caps(answer: str, expected: Any) -> bool:

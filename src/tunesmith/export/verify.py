@@ -9,6 +9,7 @@ disagreement early on cannot make the rest of a sequence incomparable (as it wou
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,23 +120,35 @@ def reference_predictions(model_dir: Path) -> Reference:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     add_special = not tokenizer.chat_template
-    reference = Reference([], [], [], [], add_special)
-    for prompt in VERIFY_PROMPTS:
-        text = prompt_text(tokenizer, prompt)
-        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            logits = model(input_ids=out).logits[0]
-        reference.texts.append(text)
-        reference.sequences.append(out[0].tolist())
-        reference.prompt_lengths.append(len(ids))
-        reference.argmaxes.append(logits.argmax(-1).numpy())
-    return reference
+    texts = [prompt_text(tokenizer, prompt) for prompt in VERIFY_PROMPTS]
+    prompts = [tokenizer(text, add_special_tokens=add_special)["input_ids"] for text in texts]
+    sequences = [ids + answer for ids, answer in zip(prompts, greedy_answers(model, tokenizer, texts, add_special),
+                                                     strict=True)]
+    with torch.no_grad():  # one unpadded pass per sequence: the logits llama.cpp is compared with
+        argmaxes = [model(input_ids=torch.tensor([s])).logits[0].argmax(-1).numpy() for s in sequences]
+    return Reference(texts, sequences, [len(ids) for ids in prompts], argmaxes, add_special)
+
+
+def greedy_answers(model: Any, tokenizer: Any, texts: list[str], add_special: bool) -> list[list[int]]:
+    """Up to ANSWER_TOKENS greedy tokens after each text, generated as one left-padded batch."""
+    import torch
+
+    batch = tokenizer(texts, add_special_tokens=add_special, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=ANSWER_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    eos = model.generation_config.eos_token_id
+    stops = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+    answers = []
+    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        answers.append(row[:end])  # up to and including the end-of-turn token
+    return answers
 
 
 def prompt_text(tokenizer: Any, prompt: str) -> str:
@@ -150,8 +163,9 @@ def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[n
     """llama.cpp's argmax at every position of each reference sequence, and its own tokenization of each text."""
     llama_cpp = require_llama_cpp("Verifying a GGUF")
     n_ctx = max(len(s) for s in reference.sequences) + 8
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                          verbose=False, seed=0)
+    threads = llama_cpp_threads()
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                          seed=0, n_threads=threads, n_threads_batch=threads)
     try:
         argmaxes, tokenized = [], []
         for text, sequence in zip(reference.texts, reference.sequences, strict=True):
@@ -162,3 +176,9 @@ def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[n
         return argmaxes, tokenized
     finally:
         llm.close()
+
+
+def llama_cpp_threads() -> int:
+    """Half the CPUs (about the physical cores). llama.cpp's threads spin while they wait for each other,
+    so more threads than free cores make a short evaluation 10-20x slower (measured on a busy 2-CPU box)."""
+    return max(1, (os.cpu_count() or 2) // 2)

@@ -65,9 +65,11 @@ def score_encoded(model: Any, encoded: list[list[int]], pad_id: int, batch_size:
 
 
 def load_reward_base(model_dir: Path, tokenizer: Any, device: str, seed: int) -> Any:
-    """The base with a fresh score head, seeded so an untrained head is the same one on every load."""
-    torch.manual_seed(seed)
-    model = load_model(model_dir, torch.float32, device, task="SEQ_CLS")
+    """The base with a fresh score head, seeded so an untrained head is the same one on every load (the caller's
+    random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_model(model_dir, torch.float32, device, task="SEQ_CLS")
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
 
