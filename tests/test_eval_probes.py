@@ -13,7 +13,16 @@ from tests.conftest import make_tiny_project
 from tunesmith.config import load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
-from tunesmith.eval.forgetting import BUNDLED_PROBES, GENERAL_TEXT, ask, general_paragraphs, load_probes, run_probes
+from tunesmith.eval.forgetting import (
+    BUNDLED_PROBES,
+    GENERAL_TEXT,
+    ask,
+    general_paragraphs,
+    load_probes,
+    regression,
+    run_probes,
+    text_perplexity,
+)
 from tunesmith.eval.gate import GateRule, check_gate
 from tunesmith.eval.probe_checks import CHECKS, passes
 from tunesmith.runs import create_run
@@ -105,10 +114,9 @@ def test_a_broken_tuned_model_is_flagged_as_a_regression(tiny_peft):
     set_lora_scale(model, 5.0)  # far from the base weights: answers and text likelihood fall apart
     results = run_probes(variants_of(model), tokenizer, probes, general_paragraphs()[:3], SETTINGS)
     assert results["base"]["accuracy"] == 1.0 and results["tuned"]["accuracy"] < 0.5
-    assert results["tuned"]["perplexity"] > results["base"]["perplexity"] * 1.05
+    assert results["tuned"]["perplexity"] != results["base"]["perplexity"]  # a random tiny model: no direction
     assert results["regression"] is True
     assert any("probe accuracy fell" in reason for reason in results["reasons"])
-    assert any("perplexity rose" in reason for reason in results["reasons"])
     comparison = results["comparison"]
     assert comparison["probe_accuracy"]["losses"] >= len(probes) // 2 and comparison["probe_accuracy"]["wins"] == 0
     assert {"probe/factual", "probe/instruction", "probe_perplexity"} <= set(comparison)
@@ -131,6 +139,28 @@ def test_an_unchanged_tuned_model_is_not_flagged(tiny_peft):
     assert verdict.passed and verdict.message.startswith("ok: probes accuracy base 1.0000")
 
 
+def test_text_perplexity_is_the_models_own_loss_over_the_paragraph(tiny_peft):
+    model, tokenizer = tiny_peft
+    set_lora_scale(model, 0.0)
+    paragraph = general_paragraphs()[0]
+    ids = torch.tensor([tokenizer(paragraph + tokenizer.eos_token, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        expected = torch.exp(model(input_ids=ids, labels=ids).loss).item()
+        assert text_perplexity(model, tokenizer, [paragraph], batch_size=2) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize(("tuned", "flagged", "reason"), [
+    ({"accuracy": 0.80, "perplexity": 10.0}, False, None),  # a drop of exactly the margin is allowed
+    ({"accuracy": 0.79, "perplexity": 10.0}, True, "probe accuracy fell 0.060 (0.850 → 0.790)"),
+    ({"accuracy": 0.85, "perplexity": 10.4}, False, None),
+    ({"accuracy": 0.95, "perplexity": 10.6}, True, "general-text perplexity rose 6.0% (10.000 → 10.600)"),
+])
+def test_regression_margins(tuned, flagged, reason):
+    found, reasons = regression({"base": {"accuracy": 0.85, "perplexity": 10.0}, "tuned": tuned}, SETTINGS)
+    assert found is flagged and len(reasons) == int(flagged)
+    assert not flagged or reasons[0].startswith(reason)
+
+
 def results_with(probes: dict) -> dict:
     return {"comparison": {"loss": {"base": 1.0, "tuned": 0.9, "delta": -0.1, "ci95": None,
                                     "higher_is_better": False}}, "probes": probes}
@@ -140,7 +170,7 @@ def results_with(probes: dict) -> dict:
 def probed_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("probes")
     recipe_file = make_tiny_project(root, tiny_model_dir, eval_rows=6)
-    recipe = load_recipe(recipe_file, ["training.max_steps=8", "eval.probe_max_new_tokens=8"])
+    recipe = load_recipe(recipe_file, ["training.max_steps=8", "eval.probe_max_new_tokens=8", "eval.batch_size=24"])
     run = create_run(recipe, root / "runs")
     run_training(recipe, run)
     run_eval(recipe, run)
@@ -160,11 +190,20 @@ def test_eval_writes_the_probe_block_with_both_variants(probed_run):
     assert probes["rows"][0]["prompt"] in report
 
 
-def test_cli_prints_the_probes_and_gates_on_them(probed_run):
+OWN_PROBES = [{"id": "hi", "category": "greeting", "prompt": "Say hello.", "check": "contains", "answer": "hello"},
+              {"id": "json", "category": "format", "prompt": "Convert the order to JSON.", "check": "regex",
+               "answer": "[{}]"},
+              {"id": "two", "category": "format", "prompt": "Reply in two words.", "check": "word_count", "answer": 2}]
+
+
+def test_cli_prints_the_probes_and_gates_on_them(probed_run, tmp_path):
+    own = tmp_path / "my_probes.jsonl"
+    own.write_text("".join(json.dumps(probe) + "\n" for probe in OWN_PROBES))
     result = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(probed_run.path), "--fail-if-worse",
-                             "probes", "--set", "eval.probe_max_new_tokens=8"], capture_output=True, text=True,
+                             "probes", "--set", f"eval.probe_file={own}"], capture_output=True, text=True,
                             timeout=600, cwd=probed_run.path.parent)
     results = json.loads((probed_run.eval_dir / "results.json").read_text())
+    assert results["probes"]["count"] == 3 and {"greeting", "format"} <= set(results["probes"]["tuned"])
     text = " ".join(result.stderr.split())
     assert "forgetting probes" in text and "probe_accuracy" not in text  # rows are named by category
     assert "accuracy" in text and "perplexity" in text

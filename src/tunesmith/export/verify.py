@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,8 @@ class Reference:
 def verify_gguf(gguf_path: Path, model_dir: Path, quant: str) -> Verification:
     """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS."""
     print(f"verifying {Path(gguf_path).name} in llama.cpp against transformers ...", file=sys.stderr)
-    reference = reference_predictions(model_dir)
+    with torch_threads(compute_threads()):
+        reference = reference_predictions(model_dir)
     got, tokenized = llama_cpp_predictions(Path(gguf_path), reference)
     same = [e == g for e, g in zip(reference.argmaxes, got, strict=True)]
     answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
@@ -163,7 +166,7 @@ def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[n
     """llama.cpp's argmax at every position of each reference sequence, and its own tokenization of each text."""
     llama_cpp = require_llama_cpp("Verifying a GGUF")
     n_ctx = max(len(s) for s in reference.sequences) + 8
-    threads = llama_cpp_threads()
+    threads = compute_threads()
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
                           seed=0, n_threads=threads, n_threads_batch=threads)
     try:
@@ -178,7 +181,21 @@ def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[n
         llm.close()
 
 
-def llama_cpp_threads() -> int:
-    """Half the CPUs (about the physical cores). llama.cpp's threads spin while they wait for each other,
-    so more threads than free cores make a short evaluation 10-20x slower (measured on a busy 2-CPU box)."""
+def compute_threads() -> int:
+    """Half the CPUs (about the physical cores) for both engines. Their worker threads spin while they wait
+    for each other, so with more threads than free cores a short evaluation gets 10-50x slower (measured
+    on a busy 2-CPU box: SmolLM2's reference answers took 12 s on one thread, 110 s on two)."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set for a block and restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
