@@ -103,6 +103,7 @@ training:
 eval:
   max_new_tokens: 12
   batch_size: 6
+  probes: false  # the 48 forgetting probes cost seconds per eval; tests/test_eval_probes.py turns them on
 """
 
 

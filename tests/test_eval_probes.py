@@ -170,7 +170,8 @@ def results_with(probes: dict) -> dict:
 def probed_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("probes")
     recipe_file = make_tiny_project(root, tiny_model_dir, eval_rows=6)
-    recipe = load_recipe(recipe_file, ["training.max_steps=8", "eval.probe_max_new_tokens=8", "eval.batch_size=24"])
+    recipe = load_recipe(recipe_file, ["training.max_steps=8", "eval.probes=true", "eval.probe_max_new_tokens=8",
+                                       "eval.batch_size=24"])
     run = create_run(recipe, root / "runs")
     run_training(recipe, run)
     run_eval(recipe, run)

@@ -164,7 +164,7 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
                          "export.formats)")] = None,
         quant: Annotated[str | None, typer.Option(
             help="GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, or a K-quant made by llama.cpp "
-                 "(needs tunesmith[gguf]): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K "
+                 "(needs the gguf extra): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K "
                  "(default: the recipe's export.quant).")
         ] = None,
         verify: Annotated[bool | None, typer.Option(
