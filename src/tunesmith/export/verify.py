@@ -33,9 +33,14 @@ VERIFY_PROMPTS = [
     "How many legs does a spider have?",
 ]
 ANSWER_TOKENS = 32  # greedy tokens the reference model adds to each prompt
-# Minimum top-1 agreement per type; types not listed are reported only. Float types differ from fp32 by
-# rounding alone; Q8_0 also quantizes activations inside llama.cpp's matmuls.
-THRESHOLDS = {"F32": 0.99, "F16": 0.99, "BF16": 0.99, "Q8_0": 0.95}
+# Minimum top-1 agreement per type; other types are reported only. A conversion bug (a wrong Q/K
+# permutation, tokenizer or RoPE setting) costs far more than these margins; rounding only flips
+# near-ties, where fp32's two best logits are within ~0.3 of each other. Measured on the quickstart's
+# tuned SmolLM2-135M (untuned in brackets): F32 and F16 100% (100%), BF16 98.4% (99.2%), Q8_0 96.8% (95.4%).
+# BF16 keeps 8 significant bits and llama.cpp also rounds the activations to BF16, so it is held to 97%
+# (about twice the disagreement measured), not the 99% of F32 and F16. Q8_0 likewise rounds
+# weights and activations to 8 bits; its bytes are identical to llama.cpp's own Q8_0 quantizer's.
+THRESHOLDS = {"F32": 0.99, "F16": 0.99, "BF16": 0.97, "Q8_0": 0.95}
 
 
 @dataclass(frozen=True)
