@@ -81,5 +81,5 @@ def test_a_run_of_another_base_model_is_refused(two_runs, tmp_path, tokenizer_di
     assert "only runs of the same base model can be compared" in message and str(other_base) in message
     with pytest.raises(TunesmithError, match="is the run being evaluated"):
         run_eval(load_recipe(longer.recipe_file), longer, longer.path)
-    result = eval_cli(longer, "--against", str(tmp_path))
-    assert result.returncode == 2 and "not a tunesmith run directory" in result.stderr
+    with pytest.raises(TunesmithError, match="neither a run directory"):
+        run_eval(load_recipe(longer.recipe_file), longer, tmp_path)

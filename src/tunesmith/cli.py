@@ -357,14 +357,15 @@ def _print_add_ons(results: dict[str, Any], other: str | None) -> None:
     """The forgetting probes, judge and lm-eval figures, a table each, with the probes' verdict under theirs."""
     from tunesmith.eval.add_ons import add_on_tables
 
+    console = err if err.is_terminal else Console(stderr=True, width=120)  # a log gets room, not 80 columns
     for block in add_on_tables(results):
         table = Table(title=block.title)
         for column in ("metric", other or "base", "tuned", "delta", "95% CI", "wins/losses/ties"):
-            table.add_column(column, justify="left" if column == "metric" else "right")
+            table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=column != "metric")
         for metric, base, tuned, entry in block.rows:
             table.add_row(escape(metric), "" if base is None else _fmt(base), _fmt(tuned), *_comparison_cells(entry))
-        err.print(table)
-        err.print(escape(block.note), highlight=False, soft_wrap=True)
+        console.print(table)
+        console.print(escape(block.note), highlight=False, soft_wrap=True)
 
 
 def _comparison_cells(entry: dict[str, Any] | None) -> list[str]:
