@@ -149,7 +149,9 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         print(path.read_text(encoding="utf-8"))
     else:
         _print_results(run.path, path)
-        err.print(f"Report: {path.parent / 'report.html'}", highlight=False, soft_wrap=True)
+        report = path.parent / "report.html"  # preference, CPT and reward evals write results.json only
+        if report.is_file():
+            err.print(f"Report: {report}", highlight=False, soft_wrap=True)
     if rules:
         verdicts = check_gate(json.loads(path.read_text(encoding="utf-8")), rules)
         for verdict in verdicts:
