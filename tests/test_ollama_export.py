@@ -344,7 +344,8 @@ def test_a_failed_export_leaves_no_partial_folder(tiny_model_dir, tmp_path, monk
     run = make_run(tiny_model_dir, tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     recipe = run.load_recipe()
-    first = ollama_export.run_ollama_export(recipe, run, "Q8_0")
+    # verify off: the tiny random model's Q8_0 agrees ~91% by nature (tests/test_gguf_verify.py checks verify)
+    first = ollama_export.run_ollama_export(recipe, run, "Q8_0", verify=False)
     before = (first.folder / "Modelfile").read_text(encoding="utf-8")
     assert "SYSTEM" not in before
 
@@ -353,14 +354,14 @@ def test_a_failed_export_leaves_no_partial_folder(tiny_model_dir, tmp_path, monk
 
     monkeypatch.setattr(ollama_export, "modelfile_text", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        ollama_export.run_ollama_export(recipe, run, "F16")
+        ollama_export.run_ollama_export(recipe, run, "F16", verify=False)
     assert sorted(p.name for p in first.folder.iterdir()) == ["Modelfile", "model-Q8_0.gguf"]
     assert (first.folder / "Modelfile").read_text(encoding="utf-8") == before
     assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".ollama")]
 
     shutil.rmtree(first.folder)
     with pytest.raises(OSError, match="disk full"):
-        ollama_export.run_ollama_export(recipe, run, "Q8_0")
+        ollama_export.run_ollama_export(recipe, run, "Q8_0", verify=False)
     assert not (run.exports_dir / "ollama").exists()
     assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".ollama")]
 
