@@ -67,22 +67,6 @@ def merge_tensor(method: str, tensors: list[torch.Tensor], weights: list[float],
     return base + combine[method]()
 
 
-def tensor_files(model_dir: Path) -> dict[str, Path]:
-    """Which safetensors file holds each tensor of a checkpoint (one file, or shards with an index)."""
-    from safetensors import safe_open
-
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {name: model_dir / file for name, file in weight_map.items()}
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
-        raise TunesmithError(f"No safetensors weights in {model_dir}.",
-                             "Save the checkpoint with save_pretrained(safe_serialization=True) first.")
-    with safe_open(single, framework="pt") as handle:
-        return dict.fromkeys(handle.keys(), single)
-
-
 def read_tensor(files: dict[str, Path], name: str) -> torch.Tensor:
     from safetensors import safe_open
 
@@ -117,7 +101,9 @@ def merge_models(models: list[Path], method: str, weights: list[float], density:
     from huggingface_hub import save_torch_state_dict
 
     checkpoints = [*models, *([base] if method in BASE_METHODS and base else [])]
-    layouts = [tensor_files(path) for path in checkpoints]
+    from tunesmith.export.gguf import checkpoint_shards
+
+    layouts = [checkpoint_shards(path) for path in checkpoints]
     check_same_layout(checkpoints, layouts)
     torch.manual_seed(seed)  # dare_* drop entries at random
     merged: dict[str, torch.Tensor] = {}
