@@ -226,3 +226,20 @@ def test_dpo_on_smollm2_widens_the_reward_margin(tmp_path):
     margins = [r["rewards/margins"] for r in run.read_metrics() if "rewards/margins" in r]
     assert len(margins) == 8 and margins[0] == 0.0
     assert mean(margins[-4:]) > max(mean(margins[:2]), 0.0), margins  # each step sees new pairs: noisy
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_checkpointing_reaches_trl_by_its_current_name(on, tmp_path):
+    """TRL defaults checkpointing on; the recipe's choice must win, without transformers' deprecation warning."""
+    import warnings
+
+    from trl import DPOConfig
+
+    from tunesmith.runs import create_run
+    from tunesmith.train.common import common_arguments
+
+    recipe = validate_recipe({"data": {"train": "x"}, "training": {"gradient_checkpointing": on}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        config = DPOConfig(**common_arguments(recipe, create_run(recipe, tmp_path), "cpu", "fp32"))
+    assert config.activation_checkpointing is on and config.gradient_checkpointing is on

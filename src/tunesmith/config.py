@@ -266,16 +266,18 @@ class OloraAdapter(LoraAdapter):
 
 
 class LoftqAdapter(LoraAdapter):
-    """Refused: LoftQ replaces the base weights by their quantized approximation, so its adapter only works on
-    that rewritten base, which a run does not save (and merging into the original base would be wrong)."""
+    """Refused: PEFT 0.21 computes LoftQ's initialisation on CUDA only (its device is fixed in the code), and
+    on a full-precision base it replaces the weights by their quantized approximation, which a run does not
+    save: the adapter would only match that rewritten base, not the one eval, merge and export load."""
 
     kind: Literal["loftq"] = "loftq"  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _refuse(self) -> LoftqAdapter:
         raise ValueError("loftq is not supported: LoftQ rewrites the base weights into their quantized approximation, "
-                         "so the adapter would not apply to the base model that eval/merge/export load. "
-                         "Use kind: qlora (quantized base) or kind: pissa (SVD initialisation) instead")
+                         "so the adapter would not apply to the base model that eval/merge/export load, and PEFT "
+                         "computes its initialisation on CUDA only. Use kind: qlora (quantized base) or kind: pissa "
+                         "(SVD initialisation, saved as a plain LoRA for the untouched base) instead")
 
 
 class QloraAdapter(LoraAdapter):

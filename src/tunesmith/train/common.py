@@ -74,7 +74,7 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
         "lr_scheduler_type": t.scheduler,
         "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
         "weight_decay": t.weight_decay,
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name; the old one warns
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",
