@@ -18,7 +18,7 @@ from tunesmith.runs import Run, atomic_write_json
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.plots import plot_loss_curve
-from tunesmith.train.upstream import precision_flags
+from tunesmith.train.upstream import hide_trl_checkpointing_deprecation, precision_flags
 
 # Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, GRPO's
 # mean reward `reward` and per-reward `rewards/<name>/mean`, ...).
@@ -44,6 +44,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
                      task: str = "CAUSAL_LM") -> TrainingSetup:
     """Load data first (a wrong shape fails in a second, not after loading the model), then the model
     (`task` SEQ_CLS: with a one-score head, for reward models)."""
+    hide_trl_checkpointing_deprecation()
     import torch
 
     torch.manual_seed(recipe.training.seed)

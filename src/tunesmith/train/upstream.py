@@ -16,3 +16,11 @@ def precision_flags(precision: str, device: str) -> dict[str, Any]:
     if device == "cpu":
         flags["use_cpu"] = True
     return flags
+
+
+def hide_trl_checkpointing_deprecation() -> None:
+    """TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning
+    printed at every generation and evaluation: nothing a user can act on, so it is hidden (only that one)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
