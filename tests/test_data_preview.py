@@ -44,8 +44,8 @@ def test_a_clean_contract_only_notes_pad_equals_eos(tokenizer):
 
 def test_template_that_drops_the_system_role_is_flagged(tokenizer):
     tokenizer.chat_template = NO_SYSTEM
-    warnings = preview_rows(tokenizer, [ROW], max_length=256).warnings
-    assert any("drops the system role" in w for w in warnings)
+    problems = preview_rows(tokenizer, [ROW], max_length=256).problems
+    assert any("silently drops the system role" in p and "data.system_fallback: merge" in p for p in problems)
 
 
 def test_answers_without_eos_are_flagged(tokenizer):

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
+from tunesmith.data.answers import classify_answers
+from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
 from tunesmith.data.prepare import clean_rows, steps_report
+from tunesmith.errors import DataError
 
 
 @dataclass
@@ -56,10 +59,11 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         return cleaned.rows
 
     train_path = data_source(recipe, data.train)
+    eval_path = data_source(recipe, data.eval) if data.eval else None
+    refuse_same_file(train_path, eval_path)
     rows = load(train_path, "train")
     source = {"train": str(train_path)}
-    if data.eval:
-        eval_path = data_source(recipe, data.eval)
+    if eval_path is not None:
         source["eval"] = str(eval_path)
         held, kept = load(eval_path, "eval"), rows
     else:
@@ -69,9 +73,11 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
     if data.clean.dedup != "off":
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
+        refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
     if shapes <= set(SFT_SHAPES):
         kept, held = ([with_system_prompt(as_conversation(row), data.system_prompt) for row in part]
                       for part in (kept, held))
+    kept, held = ([apply_fallbacks(row, data) for row in part] for part in (kept, held))
     shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))
     return Splits(kept, held, source, skipped, shape, cleaning)
 
@@ -81,6 +87,22 @@ def data_source(recipe: Recipe, value: str) -> Path | str:
     from tunesmith.data.hub import is_hub_dataset
 
     return value if is_hub_dataset(value, recipe.resolve_path(value)) else recipe.resolve_path(value)
+
+
+def refuse_same_file(train_path: Path | str, eval_path: Path | str | None) -> None:
+    """data.eval naming the training file would hold out every row (and train on none)."""
+    if eval_path is not None and str(train_path) == str(eval_path):
+        raise DataError(f"data.eval names the same file as data.train ({train_path}): every training row would also "
+                        "be an eval row, and tunesmith removes train rows that appear in the eval set.",
+                        "Remove data.eval to hold out data.eval_fraction of the training file, or point data.eval "
+                        "at a separate file.")
+
+
+def refuse_all_overlapping(kept: list[Row], overlap: dict[str, Any], source: dict[str, str]) -> None:
+    if not kept and overlap["removed"]:
+        raise DataError(f"All {overlap['removed']} training rows of {source['train']} also appear in the eval set "
+                        f"({source['eval']}), so none is left to train on.",
+                        "Use an eval file with different rows, or remove data.eval to hold out a fraction.")
 
 
 def drop_eval_overlap(train: list[Row], held: list[Row]) -> tuple[list[Row], dict[str, Any]]:
@@ -99,7 +121,8 @@ def recipe_tokenizer(recipe: Recipe) -> Any:
 
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
-    """What data.json records: a hash of the training rows (order-sensitive) and simple counts."""
+    """What data.json records: a hash of the training rows (order-sensitive), simple counts, and what the
+    answers look like (`answers`: json / labels / free_text, from which eval picks its metrics)."""
     digest = hashlib.sha256()
     for row in splits.train:
         digest.update(row_hash(row).encode())
@@ -112,6 +135,7 @@ def fingerprint(splits: Splits) -> dict[str, Any]:
         "cleaning": splits.cleaning,
         "shape": splits.shape,
         "turns_per_row": _mean([len(r["messages"]) for r in splits.train if "messages" in r]),
+        "answers": classify_answers(splits.train).model_dump(),
     }
 
 

@@ -207,8 +207,7 @@ def token_lengths(tokenizer: Any, rows: list[Row]) -> list[int]:
     owners: list[int] = []
     for index, row in enumerate(rows):
         for _, sequence in conversations_of(row):
-            texts.append(sequence if isinstance(sequence, str) else
-                         tokenizer.apply_chat_template(sequence, tokenize=False))
+            texts.append(sequence if isinstance(sequence, str) else rendered_or_joined(tokenizer, sequence, row))
             owners.append(index)
     lengths = [0] * len(rows)
     for start in range(0, len(texts), 1024):
@@ -216,6 +215,17 @@ def token_lengths(tokenizer: Any, rows: list[Row]) -> list[int]:
         for owner, ids in zip(owners[start:start + 1024], encoded, strict=True):
             lengths[owner] = max(lengths[owner], len(ids))
     return lengths
+
+
+def rendered_or_joined(tokenizer: Any, sequence: list[dict[str, Any]], row: Row) -> str:
+    """The chat template's text, or the turns' contents joined where the template fails on them (the template
+    contract check reports that failure, with its fix; a length estimate must not crash first)."""
+    from tunesmith.data.template import render
+
+    try:
+        return render(tokenizer, sequence, tools=row.get("tools"))
+    except Exception:  # jinja templates raise anything (raise_exception on a role they refuse)
+        return "\n".join(str(message.get("content") or "") for message in sequence)
 
 
 def steps_report(steps: list[Step]) -> list[dict[str, Any]]:

@@ -13,11 +13,11 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.template import IGNORE_INDEX, assistant_spans, render_with_loss_mask
+from tunesmith.data.contract import contract_findings, contract_record, data_needs, probe_template
+from tunesmith.data.template import IGNORE_INDEX, assistant_spans, encode_sequence, render
 from tunesmith.errors import DataError
 
 Row = dict[str, Any]
-SYSTEM_PROBE = "tunesmith-system-probe-7431"
 
 
 @dataclass
@@ -35,6 +35,7 @@ class RenderedExample:
     tokens: list[TokenView]
     total_tokens: int
     truncated_answer_tokens: int = 0
+    drop_reason: str | None = None  # why training leaves it out (encode_sequence's verdict)
 
     @property
     def loss_tokens(self) -> int:
@@ -45,20 +46,27 @@ class RenderedExample:
 class Preview:
     examples: list[RenderedExample]
     warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what makes `train` refuse this data
+    contract: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "problems": self.problems,
             "warnings": self.warnings,
+            "template_contract": self.contract,
             "examples": [
                 {"label": e.label, "tokens": e.total_tokens, "loss_tokens": e.loss_tokens,
-                 "truncated_answer_tokens": e.truncated_answer_tokens,
+                 "truncated_answer_tokens": e.truncated_answer_tokens, "dropped": e.drop_reason,
                  "loss_text": "".join(t.text for t in e.tokens if t.loss)}
                 for e in self.examples
             ],
         }
 
 
-def conversations_of(row: Row) -> list[tuple[str, list[dict[str, Any]] | str]]:
+Sequence = list[dict[str, Any]] | str
+
+
+def conversations_of(row: Row) -> list[tuple[str, Sequence]]:
     """The sequences a row trains on: a conversation, both sides of a preference pair, or raw text."""
     if "messages" in row:
         return [("", row["messages"])]
@@ -74,38 +82,51 @@ def as_turns(reply: Any) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": reply}] if isinstance(reply, str) else list(reply)
 
 
-def render_example(tokenizer: Any, label: str, sequence: list[dict[str, Any]] | str,
-                   max_length: int) -> RenderedExample:
-    """Tokens and loss flags as training builds them (raw text: every token carries loss)."""
-    if isinstance(sequence, str):
-        ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
-        labels = list(ids)
-    else:
-        encoded = render_with_loss_mask(tokenizer, sequence, max_length=1 << 30)
-        ids, labels = encoded["input_ids"], encoded["labels"]
-    cut = sum(label != IGNORE_INDEX for label in labels[max_length:])
+def render_example(tokenizer: Any, label: str, sequence: Sequence, max_length: int,
+                   tools: list[dict[str, Any]] | None = None) -> RenderedExample:
+    """Tokens and loss flags exactly as training builds them (`encode_sequence`, the trainer's own path)."""
+    encoded = encode_sequence(tokenizer, sequence, max_length, tools)
     tokens = [TokenView(tokenizer.decode([token]), token, label != IGNORE_INDEX)
-              for token, label in zip(ids[:max_length], labels[:max_length], strict=True)]
-    return RenderedExample(label, tokens, len(ids), cut)
+              for token, label in zip(encoded.input_ids, encoded.labels, strict=True)]
+    return RenderedExample(label, tokens, encoded.total_tokens, encoded.answer_tokens_cut, encoded.drop_reason)
 
 
 def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was_missing: bool = False,
-                 first_row: int = 1) -> Preview:
-    """Render `rows` and run every contract check; warnings name the row they come from."""
-    examples = []
+                 first_row: int = 1, model: str = "this model") -> Preview:
+    """Render `rows` and run every contract check; warnings name the row they come from.
+
+    The template contract (data/contract.py) is checked first: when it refuses the data, `problems` says
+    why and rows that cannot render are reported instead of rendered.
+    """
+    preview = Preview([], contract_warnings(tokenizer, pad_token_was_missing))
+    if any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
+        contract = probe_template(tokenizer)
+        findings = contract_findings(contract, data_needs(rows), model)
+        preview.contract = contract_record(contract, findings)
+        preview.problems += findings.problems
+        preview.warnings += findings.warnings
     for number, row in enumerate(rows, start=first_row):
         for side, sequence in conversations_of(row):
             label = f"row {number}" + (f" ({side})" if side else "")
-            examples.append(render_example(tokenizer, label, sequence, max_length))
-    warnings = contract_warnings(tokenizer, pad_token_was_missing)
-    warnings += [answer_warning for example in examples if (answer_warning := truncation_warning(example, max_length))]
-    warnings += eos_warnings(tokenizer, rows, first_row)
-    warnings += round_trip_warnings(tokenizer, rows, first_row)
-    return Preview(examples, warnings)
+            try:
+                preview.examples.append(render_example(tokenizer, label, sequence, max_length, row.get("tools")))
+            except Exception as exc:  # DataError, or the template's own error (jinja raises anything)
+                preview.problems.append(f"{label} cannot be rendered for training: {message_of(exc)}")
+    for example in preview.examples:
+        preview.warnings += [text for text in (truncation_warning(example, max_length),
+                                               drop_warning(example, max_length)) if text]
+    if not preview.problems:
+        preview.warnings += eos_warnings(tokenizer, rows, first_row)
+        preview.warnings += round_trip_warnings(tokenizer, rows, first_row)
+    return preview
+
+
+def message_of(exc: Exception) -> str:
+    return exc.message if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
 
 
 def contract_warnings(tokenizer: Any, pad_token_was_missing: bool) -> list[str]:
-    """Checks on the tokenizer and template themselves, independent of any row."""
+    """Checks on the tokenizer itself, independent of any row."""
     warnings = []
     if pad_token_was_missing:
         warnings.append(f"The tokenizer has no pad token; batches are padded with EOS "
@@ -113,28 +134,22 @@ def contract_warnings(tokenizer: Any, pad_token_was_missing: bool) -> list[str]:
     elif tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
         warnings.append(f"pad == eos ({tokenizer.eos_token!r}). tunesmith masks by assistant spans, so the EOS "
                         "after each answer keeps its label; tools that mask by pad id would hide it.")
-    if system_prompt_dropped(tokenizer):
-        warnings.append("The chat template drops the system role: system prompts in your data will not reach "
-                        "the model. Put the instructions in the first user turn, or use a template with system.")
     return warnings
 
 
-def system_prompt_dropped(tokenizer: Any) -> bool:
-    probe = [{"role": "system", "content": SYSTEM_PROBE}, {"role": "user", "content": "hi"},
-             {"role": "assistant", "content": "hello"}]
-    try:
-        text = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:  # templates raise anything (jinja's raise_exception) on roles they reject
-        return True
-    return SYSTEM_PROBE not in text
-
-
 def truncation_warning(example: RenderedExample, max_length: int) -> str | None:
-    if not example.truncated_answer_tokens:
+    if not example.truncated_answer_tokens or example.drop_reason:
         return None
     return (f"{example.label}: {example.total_tokens} tokens > max_length {max_length}; "
             f"{example.truncated_answer_tokens} answer tokens are cut off and never trained. "
             "Raise data.max_length, or shorten the row.")
+
+
+def drop_warning(example: RenderedExample, max_length: int) -> str | None:
+    if not example.drop_reason:
+        return None
+    return (f"{example.label}: no answer token lies inside max_length {max_length} ({example.total_tokens} tokens): "
+            f"training leaves this row out ({example.drop_reason}). Raise data.max_length, or shorten the prompt.")
 
 
 def eos_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list[str]:
@@ -145,7 +160,7 @@ def eos_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list[str]:
         for side, sequence in conversations_of(row):
             if isinstance(sequence, str):
                 continue
-            text, spans = assistant_spans(tokenizer, sequence)
+            text, spans = assistant_spans(tokenizer, sequence, row.get("tools"))
             missing = sum(eos not in tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
                           for start, end in spans)
             if missing:
@@ -161,7 +176,7 @@ def round_trip_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list
     warnings = []
     for number, row in enumerate(rows, start=first_row):
         for side, sequence in conversations_of(row):
-            text = sequence if isinstance(sequence, str) else tokenizer.apply_chat_template(sequence, tokenize=False)
+            text = sequence if isinstance(sequence, str) else render(tokenizer, sequence, tools=row.get("tools"))
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             decoded = tokenizer.decode(ids)
             if decoded != text:
@@ -189,7 +204,9 @@ def print_preview(preview: Preview, console: Any) -> None:
         console.print(text)
     for warning in preview.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"))
-    if not preview.warnings:
+    for problem in preview.problems:
+        console.print(Text(f"error (train refuses this): {problem}", style="bold red"))
+    if not preview.warnings and not preview.problems:
         console.print(Text("Template contract: no problems found.", style="green"))
 
 
@@ -202,7 +219,7 @@ def preview_html(preview: Preview, title: str) -> str:
             for t in example.tokens)
         blocks.append(f"<h2>{html.escape(example.label)} — {example.loss_tokens} of {example.total_tokens} "
                       f"tokens carry loss</h2><pre>{spans}</pre>")
-    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in preview.warnings) or "<li>none</li>"
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in [*preview.problems, *preview.warnings]) or "<li>none</li>"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:70em}pre{white-space:pre-wrap;line-height:1.6}"
             ".loss{background:#c8f7c5;color:#064}.ctx{color:#777}span{border-right:1px solid #eee}"

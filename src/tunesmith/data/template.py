@@ -2,36 +2,78 @@
 
 Labels are built from character spans of the assistant turns, never by comparing token ids with
 the pad token: with `pad == eos` (SmolLM2), id-based masking would also hide the end-of-turn token.
+
+`encode_sequence` is the one place a row becomes training tokens: the SFT trainer, eval's loss and
+`tunesmith data preview` all call it, so what preview shows and what training counts cannot differ.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.errors import DataError
 
 IGNORE_INDEX = -100
+Messages = list[dict[str, Any]]
+
+# Why a row carried no loss and was left out of training (data.json `trained.dropped`).
+NO_ANSWER_INSIDE_MAX_LENGTH = "answer_past_max_length"
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+def template_messages(messages: Messages) -> Messages:
+    """Messages as chat templates expect them: tool-call `arguments` as objects, not JSON strings.
+
+    transformers' chat-template guide: "arguments should be a dict" (templates apply `tojson` to it).
+    """
+    converted = []
+    for message in messages:
+        if message.get("tool_calls"):
+            message = {**message, "tool_calls": [call_with_object_arguments(call) for call in message["tool_calls"]]}
+        converted.append(message)
+    return converted
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = dict(call["function"])
+    function["arguments"] = arguments_object(function.get("arguments"))
+    return {**call, "function": function}
+
+
+def arguments_object(arguments: Any) -> Any:
+    """A tool call's arguments as an object; a string that is not JSON stays as written."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
+           tools: list[dict[str, Any]] | None = None) -> str:
+    """The chat template's text for `messages` (and the row's tool schemas, when it has any)."""
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(template_messages(messages), tokenize=False,
+                                         add_generation_prompt=generation_prompt, **extra)
+
+
+def assistant_spans(tokenizer: Any, messages: Messages,
+                    tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of each assistant turn (with its end tokens).
 
     Relies on the template being prefix-stable: rendering the first k turns must be a prefix of
     rendering all of them. Templates that rewrite earlier turns are reported, not guessed at.
     """
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages, tools=tools)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:index], generation_prompt=True) if index else ""
-        through = render(tokenizer, messages[: index + 1])
+        before = render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
+        through = render(tokenizer, messages[: index + 1], tools=tools)
         if not (full.startswith(through) and through.startswith(before)):
             raise DataError(
                 "The chat template is not prefix-stable: rendering a conversation's first turns "
@@ -42,13 +84,112 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def render_with_loss_mask(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict:
+@dataclass
+class EncodedSequence:
+    """One sequence as training sees it: ids and labels cut at max_length, and what the cut removed."""
+
+    input_ids: list[int]
+    labels: list[int]
+    total_tokens: int  # before the cut
+    answer_tokens_cut: int  # loss-carrying tokens past max_length, never trained
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+    @property
+    def drop_reason(self) -> str | None:
+        """Why training leaves this sequence out (None: it trains)."""
+        return None if self.loss_tokens else NO_ANSWER_INSIDE_MAX_LENGTH
+
+
+def encode_sequence(tokenizer: Any, sequence: Messages | str, max_length: int,
+                    tools: list[dict[str, Any]] | None = None) -> EncodedSequence:
+    """Token ids and labels of a conversation (assistant tokens keep their id, the rest IGNORE_INDEX) or of
+    raw text (every token carries loss), cut at `max_length` tokens."""
+    if isinstance(sequence, str):
+        ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
+        labels = list(ids)
+    else:
+        text, spans = assistant_spans(tokenizer, sequence, tools)
+        check_tool_calls_rendered(text, spans, sequence)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        labels = [token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+                  for token, (begin, _) in zip(ids, offsets, strict=True)]
+    cut = sum(label != IGNORE_INDEX for label in labels[max_length:])
+    return EncodedSequence(ids[:max_length], labels[:max_length], len(ids), cut)
+
+
+def render_with_loss_mask(tokenizer: Any, messages: Messages, max_length: int,
+                          tools: list[dict[str, Any]] | None = None) -> dict:
     """Token ids and labels: assistant tokens keep their id, everything else is IGNORE_INDEX."""
-    text, spans = assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    labels = [
-        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-        for token, (begin, _) in zip(ids, offsets, strict=True)
-    ]
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length}
+    encoded = encode_sequence(tokenizer, messages, max_length, tools)
+    return {"input_ids": encoded.input_ids, "labels": encoded.labels,
+            "truncated": encoded.total_tokens > max_length}
+
+
+def check_tool_calls_rendered(text: str, spans: list[tuple[int, int]], messages: Messages) -> None:
+    """Every tool call's function name and argument values must be inside its assistant turn's trained text.
+
+    A template that ignores `tool_calls` renders such a turn as an empty answer: the model would be taught
+    to answer nothing where it should call a tool.
+    """
+    assistants = [message for message in messages if message["role"] == "assistant"]
+    for message, (start, end) in zip(assistants, spans, strict=True):
+        answer = text[start:end]
+        for call in message.get("tool_calls") or []:
+            missing = [part for part in tool_call_parts(call) if part not in answer]
+            if missing:
+                raise DataError(
+                    f"The chat template drops tool call {call['function']['name']!r}: {missing[0]!r} is not in "
+                    "the rendered assistant turn, so the model would learn an empty or partial answer.",
+                    "Set data.tool_format: hermes to write tool calls as <tool_call> JSON in the answer text, "
+                    "or use a model whose chat template renders tool_calls.")
+
+
+def tool_call_parts(call: dict[str, Any]) -> list[str]:
+    """The texts a rendering of `call` must contain: its name and each argument's key and scalar value."""
+    function = call["function"]
+    parts = [function["name"]]
+    arguments = arguments_object(function.get("arguments"))
+    if isinstance(arguments, dict):
+        for key, value in arguments.items():
+            parts.append(str(key))
+            if isinstance(value, str):
+                parts.append(value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                parts.append(json.dumps(value))
+    elif isinstance(arguments, str):
+        parts.append(arguments)
+    return parts
+
+
+@dataclass
+class EncodedSplit:
+    """A split encoded for training, with the counts data.json reports: what actually carried loss."""
+
+    examples: list[EncodedSequence]  # only the sequences that train
+    rows: int  # rows given
+    dropped: Counter[str] = field(default_factory=Counter)  # rows left out, by reason
+    answer_tokens_cut: int = 0  # loss tokens lost to max_length in rows that still train
+
+    def counts(self) -> dict[str, Any]:
+        return {"rows": self.rows, "trained_rows": len(self.examples),
+                "tokens": sum(len(e.input_ids) for e in self.examples),
+                "loss_tokens": sum(e.loss_tokens for e in self.examples),
+                "dropped": dict(self.dropped), "answer_tokens_cut": self.answer_tokens_cut}
+
+
+def encode_split(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> EncodedSplit:
+    """Encode `messages` rows (with their `tools`) as training does; rows with no loss token left are dropped
+    and counted by reason."""
+    result = EncodedSplit([], len(rows))
+    for row in rows:
+        encoded = encode_sequence(tokenizer, row["messages"], max_length, row.get("tools"))
+        if encoded.drop_reason:
+            result.dropped[encoded.drop_reason] += 1
+            continue
+        result.answer_tokens_cut += encoded.answer_tokens_cut
+        result.examples.append(encoded)
+    return result

@@ -50,6 +50,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
     tokenizer = recipe_tokenizer(recipe)
     files = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
     report: dict[str, Any] = {"name": recipe.name, "files": {}}
+    usable: list[dict[str, Any]] = []
     for split, value in files.items():
         source = data_source(recipe, value)
         loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
@@ -66,9 +67,29 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 data.max_length),
             "cleaning_dry_run": steps_report(cleaned.steps),
-            "examples": [rendered(tokenizer, row) for row in loaded.rows[:examples]],
+            "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
         }
+        usable += loaded.rows
+    report["template_contract"] = template_contract(tokenizer, conformed(usable, recipe), recipe.model.source)
     return report
+
+
+def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
+    """Rows as training renders them: conversations with the recipe's system prompt, fallbacks applied."""
+    from tunesmith.data.fallbacks import apply_fallbacks
+    from tunesmith.data.formats import with_system_prompt
+
+    data = recipe.data
+    return [apply_fallbacks(with_system_prompt(as_conversation(row), data.system_prompt) if is_sft_row(row) else row,
+                            data) for row in rows]
+
+
+def template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """The template contract (data/contract.py) judged against these rows, as inspect and preview report it."""
+    from tunesmith.data.contract import contract_findings, contract_record, data_needs, probe_template
+
+    contract = probe_template(tokenizer)
+    return contract_record(contract, contract_findings(contract, data_needs(rows), model))
 
 
 def is_sft_row(row: dict[str, Any]) -> bool:
@@ -76,11 +97,16 @@ def is_sft_row(row: dict[str, Any]) -> bool:
 
 
 def rendered(tokenizer: Any, row: dict[str, Any]) -> str:
-    from tunesmith.data.preview import conversations_of
+    """The row's text through the chat template; a template error is shown in its place, not raised."""
+    from tunesmith.data.preview import conversations_of, message_of
+    from tunesmith.data.template import render
 
     parts = []
     for side, sequence in conversations_of(row):
-        text = sequence if isinstance(sequence, str) else tokenizer.apply_chat_template(sequence, tokenize=False)
+        try:
+            text = sequence if isinstance(sequence, str) else render(tokenizer, sequence, tools=row.get("tools"))
+        except Exception as exc:  # the template's own error: the contract check reports it with the fix
+            text = f"(cannot be rendered: {message_of(exc)})"
         parts.append(f"[{side}]\n{text}" if side else text)
     return "\n".join(parts)
 
@@ -131,9 +157,5 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     source = data_source(recipe, data.train)
     loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=data.skip_invalid,
                           shape=data.format)
-    rows = require_rows(loaded.rows[skip:skip + count], str(source))
-    if data.system_prompt:
-        from tunesmith.data.formats import with_system_prompt
-
-        rows = [with_system_prompt(as_conversation(r), data.system_prompt) if is_sft_row(r) else r for r in rows]
-    return preview_rows(tokenizer, rows, data.max_length, pad_missing, first_row=skip + 1)
+    rows = conformed(require_rows(loaded.rows[skip:skip + count], str(source)), recipe)
+    return preview_rows(tokenizer, rows, data.max_length, pad_missing, first_row=skip + 1, model=recipe.model.source)

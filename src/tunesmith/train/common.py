@@ -6,24 +6,37 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tunesmith.config import Recipe
 from tunesmith.data import Splits, fingerprint, load_splits
-from tunesmith.errors import TunesmithError
+from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+from tunesmith.data.contract import check_template_contract
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.plots import plot_loss_curve
+from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.upstream import hide_trl_checkpointing_deprecation, precision_flags
 
 # Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, GRPO's
 # mean reward `reward` and per-reward `rewards/<name>/mean`, ...).
 METHOD_METRIC_PREFIXES = ("reward", "logps/", "kl", "nll_loss", "log_odds", "completions/mean_length",
                           "accuracy", "margin", "mean_reward")  # the last three: reward-model training
+
+
+class Encoded(Protocol):
+    """What a method's encoder returns: its datasets, and the counts of what carries loss, per split."""
+
+    counts: dict[str, dict[str, Any]]
+
+
+Encoder = Callable[[Splits, Any], Encoded]
 
 
 @dataclass
@@ -38,26 +51,72 @@ class TrainingSetup:
     model: Any
     peft_config: Any
     adapter_callbacks: list[Any]  # what the adapter kind needs during training (HFT rounds, AdaLoRA budget)
+    encoded: Any = None  # what `encode` returned (the SFT datasets), built before the model loaded
 
 
 def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
-                     task: str = "CAUSAL_LM") -> TrainingSetup:
-    """Load data first (a wrong shape fails in a second, not after loading the model), then the model
-    (`task` SEQ_CLS: with a one-score head, for reward models)."""
+                     task: str = "CAUSAL_LM", encode: Encoder | None = None) -> TrainingSetup:
+    """Load data first (a wrong shape fails in a second, not after loading the model), check the chat template
+    and the adapter against them, encode (`encode`: the method's own tokenization, whose counts data.json
+    records), then load the model (`task` SEQ_CLS: with a one-score head, for reward models)."""
     hide_trl_checkpointing_deprecation()
     import torch
 
     torch.manual_seed(recipe.training.seed)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     splits = load_splits(recipe, accept=accept, purpose=purpose)
-    atomic_write_json(run.path / "data.json", fingerprint(splits))
+    if splits.shape == "messages":  # eval's metrics must fit the answers: refuse now, not after training
+        check_metrics_fit_answers(recipe.eval, classify_answers(splits.train))
+    check_targets_fit_model(recipe.adapter, model_dir, recipe.model.source)
     tokenizer = load_tokenizer(model_dir)
+    record = fingerprint(splits)
+    if uses_chat_template(splits.train + splits.eval):
+        record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
+                                                              recipe.model.source)
+        print_warnings(record["template_contract"]["warnings"])
+    encoded = encode(splits, tokenizer) if encode else None
+    if encoded is not None:
+        record.update(trained_counts(encoded.counts, recipe.data.max_length))
+    atomic_write_json(run.path / "data.json", record)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
-                         adapter_callbacks(recipe.adapter, run))
+                         adapter_callbacks(recipe.adapter, run), encoded)
+
+
+def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
+    """Conversational rows render through the chat template; raw text and plain-string prompts do not."""
+    return any("messages" in row or isinstance(row.get("prompt"), list) for row in rows)
+
+
+def trained_counts(counts: dict[str, dict[str, Any]], max_length: int) -> dict[str, Any]:
+    """data.json's row counts become what carried loss; `trained` keeps tokens and drops by reason, per split."""
+    train = counts["train"]
+    if not train["trained_rows"]:
+        raise DataError(f"No training row has an answer token inside data.max_length: all {train['rows']} rows were "
+                        "dropped (answer_past_max_length).", "Raise data.max_length, or shorten the prompts.")
+    update: dict[str, Any] = {"train_rows": train["trained_rows"], "trained": counts}
+    if "eval" in counts:
+        update["eval_rows"] = counts["eval"]["trained_rows"]
+    for split, split_counts in counts.items():
+        dropped = sum(split_counts["dropped"].values())
+        if dropped:
+            print_warnings([f"{dropped} of {split_counts['rows']} {split} rows are left out: "
+                            + ", ".join(f"{n} {reason}" for reason, n in split_counts["dropped"].items())
+                            + f" (data.max_length {max_length}). Raise data.max_length to keep "
+                            "them."])
+    return update
+
+
+def print_warnings(warnings: list[str]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(file=sys.stderr)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> dict[str, Any]:

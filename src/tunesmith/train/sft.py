@@ -6,14 +6,14 @@ save the adapter and the loss curve into the run directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data import Splits
 from tunesmith.data.formats import SFT_SHAPES
-from tunesmith.data.template import IGNORE_INDEX, render_with_loss_mask
-from tunesmith.errors import DataError
+from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger, NanGuard
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
@@ -23,14 +23,15 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     """Train the recipe's adapter; returns the saved adapter directory (model/ for full, partial, hft)."""
     from trl import SFTTrainer
 
-    setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning")
-    train_set, eval_set = tokenize_splits(setup.splits, setup.tokenizer, recipe.data.max_length)
+    max_length = recipe.data.max_length
+    setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
+                             encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
     guard = NanGuard()
     trainer = SFTTrainer(
         model=setup.model,
         args=sft_config(recipe, run, setup.device, setup.precision),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=setup.encoded.train,
+        eval_dataset=setup.encoded.eval,
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
@@ -38,19 +39,28 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     return fit_and_save(trainer, guard, setup, recipe, run)
 
 
-def tokenize_splits(splits: Splits, tokenizer: Any, max_length: int):
-    """Render both splits through the chat template into `input_ids` + `labels` datasets."""
+@dataclass
+class SFTDatasets:
+    """Both splits as `input_ids` + `labels` datasets, and what they hold (data.json `trained`)."""
+
+    train: Any
+    eval: Any
+    counts: dict[str, dict[str, Any]]
+
+
+def tokenize_splits(splits: Splits, tokenizer: Any, max_length: int) -> SFTDatasets:
+    """Render both splits through the chat template (`encode_split`, the code path `data preview` shows)."""
     from datasets import Dataset
 
-    def encode(rows: list[dict]) -> Dataset:
-        encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length) for r in rows]
-        usable = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
-        if not usable:
-            raise DataError("No row has an assistant token left inside data.max_length.",
-                            "Raise data.max_length, or shorten the prompts.")
-        return Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in usable])
+    def as_dataset(encoded: EncodedSplit) -> Any:
+        return Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples])
 
-    return encode(splits.train), (encode(splits.eval) if splits.eval else None)
+    train = encode_split(tokenizer, splits.train, max_length)
+    counts = {"train": train.counts()}
+    held = encode_split(tokenizer, splits.eval, max_length) if splits.eval else None
+    if held is not None:
+        counts["eval"] = held.counts()
+    return SFTDatasets(as_dataset(train), as_dataset(held) if held and held.examples else None, counts)
 
 
 def sft_config(recipe: Recipe, run: Run, device: str, precision: str):

@@ -1,0 +1,140 @@
+"""What the training answers look like, so that eval scores them with metrics that fit.
+
+`classify_answers` reads the answer of every row (a `messages` row's last assistant turn; for other shapes
+the last text `answer_texts` finds) and sorts the set into one of three kinds:
+
+- `json`: every answer parses, as a whole, as a JSON object (arrays, numbers and strings do not count);
+- `labels`: a small closed set of short values, each repeated: at most MAX_LABELS distinct values, on
+  average at least MIN_REPEATS rows per value, and every value one line of at most MAX_LABEL_CHARS
+  characters (a classifier's answers);
+- `free_text`: anything else.
+
+The data stage records the summary in data.json (`answers`); eval reads it from there to resolve
+`eval.task_metric: auto`, and `check_metrics_fit_answers` refuses, before training, JSON metrics on answers
+that are not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tunesmith.config import ANSWER_KIND_METRICS, EvalSection
+from tunesmith.data.rowtext import answer_texts, message_texts
+from tunesmith.data.shapes import Row
+from tunesmith.errors import DataError
+
+AnswerKind = Literal["json", "labels", "free_text"]
+MAX_LABELS = 20
+MIN_REPEATS = 3
+MAX_LABEL_CHARS = 64
+EXAMPLE_CHARS = 120
+# Which metrics need which answers: json_fields compares objects field by field; the other two only parse.
+NEEDS_JSON_OBJECTS = ("json_fields",)
+NEEDS_JSON_VALUES = ("json_valid", "json_schema")
+
+
+class AnswerSummary(BaseModel):
+    """The kind of the answers and the figures it was decided on (data.json `answers`)."""
+
+    kind: AnswerKind
+    rows: int = Field(0, description="Rows with an answer text.")
+    distinct: int = Field(0, description="Distinct answers, after stripping surrounding space.")
+    json_objects: int = Field(0, description="Answers that parse as a JSON object.")
+    json_values: int = Field(0, description="Answers that parse as any JSON value.")
+    labels: list[str] = Field(default_factory=list, description="The label set, sorted (kind `labels` only).")
+    counts: dict[str, int] = Field(default_factory=dict, description="Rows per label (kind `labels` only).")
+    example: str = Field("", description="One answer, shortened, for messages.")
+
+    @property
+    def reason(self) -> str:
+        """Why the kind was chosen, in one phrase (printed by eval and recorded in results.json)."""
+        if not self.rows:
+            return "no row has an answer text to look at"
+        if self.kind == "json":
+            return f"all {self.rows} answers are JSON objects"
+        values = f"answers take {self.distinct} distinct values over {self.rows} rows"
+        if self.kind == "labels":
+            return values
+        if self.distinct > MAX_LABELS:
+            return f"{values} (more than {MAX_LABELS}) and not all are JSON objects"
+        if self.rows < MIN_REPEATS * self.distinct:
+            return f"{values}: too few repeats for a label set, and not all are JSON objects"
+        return f"{values}, but some are longer than one short line ({MAX_LABEL_CHARS} characters)"
+
+
+def row_answer(row: Row) -> str | None:
+    """The answer a row teaches: the last assistant turn of a conversation, else the last answer text."""
+    if "messages" in row:
+        texts = message_texts(row["messages"], roles=("assistant",))
+        return texts[-1] if texts and row["messages"][-1].get("role") == "assistant" else None
+    texts = answer_texts(row)
+    return texts[-1] if texts else None
+
+
+def classify_answers(rows: list[Row]) -> AnswerSummary:
+    """Sort the rows' answers into json / labels / free_text (rules in the module docstring)."""
+    answers = [answer.strip() for answer in map(row_answer, rows) if answer is not None]
+    parsed = [_parse_json(answer) for answer in answers]
+    objects = sum(isinstance(value, dict) for value in parsed)
+    values = sum(value is not _NOT_JSON for value in parsed)
+    counts = Counter(answers)
+    figures: dict[str, Any] = {"rows": len(answers), "distinct": len(counts), "json_objects": objects,
+                               "json_values": values, "example": _shorten(answers[0]) if answers else ""}
+    if answers and objects == len(answers):
+        return AnswerSummary(kind="json", **figures)
+    if answers and is_label_set(counts):
+        return AnswerSummary(kind="labels", labels=sorted(counts), counts=dict(sorted(counts.items())), **figures)
+    return AnswerSummary(kind="free_text", **figures)
+
+
+def is_label_set(counts: Counter[str]) -> bool:
+    """A classifier's answers: few distinct values, each repeated, each a short single line."""
+    return (len(counts) <= MAX_LABELS and counts.total() >= MIN_REPEATS * len(counts)
+            and all(len(value) <= MAX_LABEL_CHARS and "\n" not in value for value in counts))
+
+
+def default_metrics(kind: AnswerKind) -> list[str]:
+    """The metrics `eval.task_metric: auto` chooses for answers of this kind (loss and perplexity first)."""
+    return list(ANSWER_KIND_METRICS[kind])
+
+
+def check_metrics_fit_answers(section: EvalSection, answers: AnswerSummary) -> None:
+    """Refuse JSON metrics on training answers that are not JSON, before any model loads.
+
+    json_fields needs every answer to be a JSON object; json_valid and json_schema need every answer to be
+    JSON. Without this, a run trains to the end and then eval fails on the first reference.
+    """
+    if not answers.rows:
+        return
+    chosen = section.chosen_metrics(answers.kind)
+    unfit = [m for m in chosen if (m in NEEDS_JSON_OBJECTS and answers.json_objects < answers.rows)
+             or (m in NEEDS_JSON_VALUES and answers.json_values < answers.rows)]
+    if not unfit:
+        return
+    key = "eval.metrics" if section.metrics else f"eval.task_metric: {section.task_metric}"
+    fitting = [m for m in default_metrics(answers.kind) if m not in ("loss", "perplexity")]
+    raise DataError(
+        f"{key} asks for {', '.join(unfit)}, but the training answers are not all JSON"
+        f"{' objects' if 'json_fields' in unfit else ''}: {answers.json_objects} of {answers.rows} are JSON objects "
+        f"and {answers.reason} (for example {answers.example!r}).",
+        f"Set eval.task_metric: auto (here it picks {', '.join(fitting)}), or eval.metrics: "
+        f"[{', '.join(fitting)}].")
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(text: str) -> Any:
+    """The whole text as a JSON value, or _NOT_JSON (`null` is a JSON value)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return _NOT_JSON
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"

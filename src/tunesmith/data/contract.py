@@ -1,0 +1,194 @@
+"""The chat-template contract: what a tokenizer's template must do for training on a dataset to be right.
+
+One check, run by `data inspect`, `data preview`, `train` (before any weights load) and recorded in the run
+(data.json, the model card) for `export`. It renders a few probe conversations and reads the results:
+
+- system role: supported, silently dropped, or refused (Gemma's template raises on it);
+- generation prompt: present, and a prefix of what training renders before each answer (else the model
+  is prompted at inference with text it never saw before its answers);
+- EOS inside each assistant turn's trained tokens (else the model never learns to stop);
+- assistant turns identifiable (the template is prefix-stable, so the loss mask can find them);
+- tools: whether `tools` and `tool_calls` reach the rendered text.
+
+What the data needs of the template (system turns, tool calls) decides which findings refuse a run; each
+refusal names the model and the recipe key that fixes it (`data.system_fallback`, `data.tool_format`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tunesmith.data.template import assistant_spans, render
+from tunesmith.errors import DataError
+
+SYSTEM_PROBE = "tunesmith-system-probe-7431"
+USER_PROBE = "tunesmith user probe"
+ANSWER_PROBE = "tunesmith answer probe"
+TOOL_NAME = "tunesmith_probe_tool"
+TOOL_VALUE = "probe-value-5519"
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": TOOL_NAME, "description": "A probe.",
+    "parameters": {"type": "object", "properties": {"probe_arg": {"type": "string"}}}}}]
+PROBE_TOOL_TURNS = [
+    {"role": "user", "content": USER_PROBE},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+        "name": TOOL_NAME, "arguments": {"probe_arg": TOOL_VALUE}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "{\"ok\": true}"},
+    {"role": "assistant", "content": ANSWER_PROBE},
+]
+
+
+class TemplateContract(BaseModel):
+    """What the probes found; `template_error` is set when even a plain user/assistant exchange fails."""
+
+    system_role: Literal["supported", "dropped", "refused"]
+    generation_prompt: Literal["matches", "missing", "differs"]
+    eos_after_assistant: bool
+    assistant_turns: Literal["identifiable", "not_prefix_stable"]
+    tools: Literal["supported", "unsupported"]
+    template_error: str | None = None
+
+
+@dataclass
+class DataNeeds:
+    """What a dataset asks of the template."""
+
+    system_turns: int = 0  # rows with a system turn
+    tool_rows: int = 0  # rows with tools, tool calls or tool results
+
+
+def probe_template(tokenizer: Any) -> TemplateContract:
+    """Render the probe conversations through `tokenizer`'s chat template and classify what happened."""
+    exchange = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE}]
+    try:
+        prompt = render(tokenizer, exchange[:1], generation_prompt=True)
+        plain = render(tokenizer, exchange[:1])
+        through = render(tokenizer, exchange)
+    except Exception as exc:  # a template raises anything (jinja's raise_exception, missing variables)
+        return TemplateContract(system_role="refused", generation_prompt="missing", eos_after_assistant=False,
+                                assistant_turns="not_prefix_stable", tools="unsupported",
+                                template_error=f"{type(exc).__name__}: {exc}")
+    answer = through[len(prompt):] if through.startswith(prompt) else ""
+    eos = tokenizer.eos_token_id
+    return TemplateContract(
+        system_role=system_role(tokenizer),
+        generation_prompt=generation_prompt(prompt, plain, through),
+        eos_after_assistant=eos is not None and eos in tokenizer(answer, add_special_tokens=False)["input_ids"],
+        assistant_turns="identifiable" if prefix_stable(tokenizer) else "not_prefix_stable",
+        tools="supported" if renders_tool_calls(tokenizer) else "unsupported",
+    )
+
+
+def generation_prompt(prompt: str, plain: str, through: str) -> Literal["matches", "missing", "differs"]:
+    """`differs`: the prompt is not a prefix of the trained text. `missing`: add_generation_prompt adds nothing
+    although the trained answer starts with a header (`<|im_start|>assistant`) the model would then learn to
+    write itself. Templates whose answer directly follows the prompt (Mistral's `[/INST]`) match."""
+    if not through.startswith(prompt):
+        return "differs"
+    header_trained = not through[len(prompt):].lstrip().startswith(ANSWER_PROBE)
+    return "missing" if prompt == plain and header_trained else "matches"
+
+
+def system_role(tokenizer: Any) -> Literal["supported", "dropped", "refused"]:
+    probe = [{"role": "system", "content": SYSTEM_PROBE}, {"role": "user", "content": USER_PROBE},
+             {"role": "assistant", "content": ANSWER_PROBE}]
+    try:
+        text = render(tokenizer, probe)
+    except Exception:  # templates raise anything (jinja's raise_exception) on roles they reject
+        return "refused"
+    return "supported" if SYSTEM_PROBE in text else "dropped"
+
+
+def prefix_stable(tokenizer: Any) -> bool:
+    turns = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE},
+             {"role": "user", "content": USER_PROBE + " again"}, {"role": "assistant", "content": ANSWER_PROBE + " 2"}]
+    try:
+        text, spans = assistant_spans(tokenizer, turns)
+    except Exception:  # DataError (not prefix-stable) or a template that raises on a second exchange
+        return False
+    return [ANSWER_PROBE in text[start:end] for start, end in spans] == [True, True]
+
+
+def renders_tool_calls(tokenizer: Any) -> bool:
+    """The tool-calling answer's trained text holds the function name and argument; the schema is rendered."""
+    try:
+        text, spans = assistant_spans(tokenizer, PROBE_TOOL_TURNS, PROBE_TOOLS)
+    except Exception:  # a template that raises on tool turns cannot express them
+        return False
+    start, end = spans[0]
+    return TOOL_NAME in text[start:end] and TOOL_VALUE in text[start:end] and TOOL_NAME in text[:start]
+
+
+def data_needs(rows: list[dict[str, Any]]) -> DataNeeds:
+    """Count the rows with system turns and with tools, in any canonical shape (conversational parts only)."""
+    needs = DataNeeds()
+    for row in rows:
+        turns = [turn for key in ("messages", "prompt", "chosen", "rejected", "completion")
+                 if isinstance(row.get(key), list) for turn in row[key]]
+        needs.system_turns += any(turn.get("role") == "system" for turn in turns)
+        needs.tool_rows += bool(row.get("tools")) or any(
+            turn.get("role") == "tool" or turn.get("tool_calls") for turn in turns)
+    return needs
+
+
+@dataclass
+class Findings:
+    """Problems refuse a run (each with its fix); warnings are printed and recorded."""
+
+    problems: list[str]
+    warnings: list[str]
+
+
+def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) -> Findings:
+    """Judge the contract against the data's needs; every problem says which key or model fixes it."""
+    problems, warnings = [], []
+    if contract.template_error:
+        problems.append(f"The chat template of {model} fails on a plain user/assistant exchange "
+                        f"({contract.template_error}). Fix the template (tokenizer_config.json chat_template) "
+                        "or use another model.")
+        return Findings(problems, warnings)
+    if needs.system_turns and contract.system_role != "supported":
+        verb = "refuses (raises on)" if contract.system_role == "refused" else "silently drops"
+        problems.append(f"The chat template of {model} {verb} the system role, and {needs.system_turns} row(s) have "
+                        "a system turn (or data.system_prompt adds one). Set data.system_fallback: merge to fold the "
+                        "system text into the first user turn, or remove the system turns.")
+    if needs.tool_rows and contract.tools != "supported":
+        problems.append(f"The chat template of {model} cannot express tools: tool schemas or tool_calls do not reach "
+                        f"the rendered text, and {needs.tool_rows} row(s) use tools (their tool-calling answers would "
+                        "train as empty answers). Set data.tool_format: hermes to write tool calls as <tool_call> "
+                        "JSON blocks in the answer text, or use a model whose template supports tools.")
+    if contract.assistant_turns != "identifiable":
+        problems.append(f"The chat template of {model} is not prefix-stable: rendering the first turns does not give "
+                        "a prefix of the whole conversation, so the loss mask cannot find the assistant turns. Use a "
+                        "template that renders turns independently (ChatML, Llama-3 and most others do).")
+    if contract.generation_prompt == "missing":
+        warnings.append(f"The chat template of {model} adds nothing for add_generation_prompt: at inference the model "
+                        "is prompted without the assistant header that precedes every trained answer.")
+    elif contract.generation_prompt == "differs":
+        problems.append(f"The chat template of {model} renders a generation prompt that is not a prefix of the trained "
+                        "answer: the model would be prompted at inference with text it never saw before its answers. "
+                        "Fix the template's add_generation_prompt branch.")
+    if not contract.eos_after_assistant:
+        warnings.append(f"The chat template of {model} puts no EOS token in the assistant turn; the model will not "
+                        "learn to stop. Check the template and the tokenizer's eos_token.")
+    return Findings(problems, warnings)
+
+
+def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """Probe the template, judge it against `rows`, and refuse with every problem at once.
+
+    Returns what the run records (data.json `template_contract`): the probe results and the warnings.
+    Raises DataError naming the model and the recipe key that fixes each problem.
+    """
+    contract = probe_template(tokenizer)
+    findings = contract_findings(contract, data_needs(rows), model)
+    if findings.problems:
+        raise DataError("The chat template cannot train this data right:\n- " + "\n- ".join(findings.problems))
+    return contract_record(contract, findings)
+
+
+def contract_record(contract: TemplateContract, findings: Findings) -> dict[str, Any]:
+    return {**contract.model_dump(), "problems": findings.problems, "warnings": findings.warnings}
