@@ -290,3 +290,51 @@ def test_tool_rows_as_given_in_the_issue_parse_from_jsonl(tmp_path, tokenizer):
     assert row["tools"] == TOOL_ROW["tools"] and row["messages"][1]["tool_calls"]
     with_template(tokenizer, TOOLS_CHATML)
     assert "get_stock" in loss_text(tokenizer, encode_sequence(tokenizer, row["messages"], 512, row["tools"]))
+
+
+# --- preference pairs: preview == what TRL's DPO trainer builds ----------------------------------------------
+
+PAIRS = [
+    {"prompt": "two red mugs", "chosen": '{"item": "mug", "qty": 2}', "rejected": "Sure! Two mugs."},
+    {"prompt": [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "one lamp"},
+                {"role": "assistant", "content": '{"item": "lamp"}'}, {"role": "user", "content": "make it two"}],
+     "chosen": [{"role": "assistant", "content": '{"item": "lamp", "qty": 2}'}],
+     "rejected": [{"role": "assistant", "content": "Two lamps coming up."}]},
+    {"prompt": [{"role": "user", "content": "desk chair order " * 30}],
+     "chosen": [{"role": "assistant", "content": "ok"}], "rejected": [{"role": "assistant", "content": "no"}]},
+]
+
+
+def trl_dpo_sequences(tokenizer, rows, max_length):
+    """Run TRL's own DPO dataset preparation and collator truncation on `rows` (ids and answer masks)."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir="unused", max_length=max_length, report_to="none", use_cpu=True)
+    stub = SimpleNamespace(_tokenizer=tokenizer)
+    prepared = [example for row in rows  # one dataset per row: Arrow cannot mix string and chat columns
+                for example in DPOTrainer._prepare_dataset(stub, Dataset.from_list([row]), tokenizer, args, "train")]
+    sequences = []
+    for example in prepared:
+        for side in ("chosen", "rejected"):
+            ids = (example["prompt_ids"] + example[f"{side}_ids"])[:max_length]
+            answer = ([False] * len(example["prompt_ids"]) + [True] * len(example[f"{side}_ids"]))[:max_length]
+            sequences.append((ids, answer))
+    return sequences
+
+
+def test_preference_preview_matches_trls_dpo_tokenization_and_drops(tokenizer):
+    """String pairs (no template, EOS appended), an implicit multi-turn prompt, and a prompt that fills
+    max_length (TRL drops it; preview and data.json count it as dropped)."""
+    from tunesmith.data.template import encode_preference_split
+
+    max_length = 128
+    expected = trl_dpo_sequences(tokenizer, PAIRS, max_length)
+    preview = preview_rows(tokenizer, PAIRS, max_length)
+    shown = [([t.token_id for t in e.tokens], [t.loss for t in e.tokens]) for e in preview.examples if not e.drop_reason]
+    assert shown == expected and len(expected) == 4
+    assert [e.label for e in preview.examples if e.drop_reason] == ["row 3 (chosen)", "row 3 (rejected)"]
+    counts = encode_preference_split(tokenizer, PAIRS, max_length).counts()
+    assert counts["trained_rows"] == 2 and counts["dropped"] == {"answer_past_max_length": 1}

@@ -7,12 +7,14 @@ with its hint; anything else exits 1 (with a traceback under --debug).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -179,7 +181,12 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
         ] = None,
         max_shard_size: Annotated[str | None, typer.Option(
             help="Split the merged safetensors into shards of at most this size (default: the recipe's "
-                 "export.max_shard_size, 5GB).")] = None) -> None:
+                 "export.max_shard_size, 5GB).")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", metavar="DIR", help="Also copy what was exported into DIR, in the layout of the run's exports/ "
+                                         "(adapter/, merged/, gguf/FILE.gguf, ollama/); the run keeps its copy. "
+                                         "DIR is created if missing; nothing in it is overwritten: a name it already "
+                                         "holds is an error, before anything is exported.")] = None) -> None:
     """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, the adapter as a
     GGUF LoRA (llama.cpp --lora, Ollama ADAPTER), or for Ollama.
 
@@ -192,8 +199,10 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     Example: tunesmith export runs/quickstart-20261123-101500 --format gguf-lora
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format ollama --ollama-adapter --quant Q8_0
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --format merged --format gguf --out ~/models/orders
     """
-    from tunesmith.export import run_export
+    from tunesmith.export import out_names, refuse_taken_out_names, run_export
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
@@ -208,6 +217,9 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
         shards = {"max_shard_size": parse_shard_size(max_shard_size)}
         recipe = recipe.model_copy(update={"export": recipe.export.model_copy(update=shards)})
     formats, quant = format_ or list(recipe.export.formats), quant or recipe.export.quant
+    names = out_names(formats, recipe.name, quant) if out else []
+    if out:
+        refuse_taken_out_names(out, names)
     path = run.exports_dir
     others = [name for name in formats if name in ("adapter", "merged")]
     if others:
@@ -225,6 +237,16 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
 
         path = _report_ollama(run_ollama_export(recipe, run, quant, verify=verify, adapter=ollama_adapter))
     err.print(f"Exported to {path}")
+    if out:
+        _copy_out(run.exports_dir, out, names)
+
+
+def _copy_out(exports_dir: Path, out: Path, names: list[str]) -> None:
+    """--out: copy the exported names into DIR and say where each one is (the run keeps its own copy)."""
+    from tunesmith.export import copy_exports
+
+    for target in copy_exports(exports_dir, out, names):
+        err.print(f"Copied to {target}", highlight=False, soft_wrap=True)
 
 
 def _report_ollama(result: Any) -> Path:
@@ -386,8 +408,9 @@ def _fmt(value: Any) -> str:
 def main() -> None:
     """Console entry point: run the app, turning errors into messages and exit codes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _hide_bitsandbytes_cpu_kernel_notice()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except TunesmithError as exc:
         err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
@@ -395,16 +418,88 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except _command_line_errors() as exc:
+        sys.exit(_report_command_line_error(exc))
     except Exception as exc:  # the last resort: report, don't dump
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
         if state["debug"]:
             raise
         err.print(f"[bold red]Internal error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
         err.print("Run again with --debug for the traceback, and report it.")
         sys.exit(1)
+    if isinstance(code, int) and code:  # outside standalone mode, typer returns a command's typer.Exit(n) as n
+        sys.exit(code)
+
+
+def _hide_bitsandbytes_cpu_kernel_notice() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ..." line.
+
+    bitsandbytes 0.50.2 logs it when imported on a CPU with AVX512-BF16 but without the `kernels` package,
+    and peft 0.21.2 imports bitsandbytes whenever it is installed: on `import peft` (peft/helpers.py, which
+    transformers 5.24's trainer modules load) and again when it builds any LoRA layer (lora/model.py). So
+    every command printed it, a recipe typo included, though only a qlora adapter uses bitsandbytes, and the
+    import cannot be deferred without patching peft. The line names an optional faster 4-bit CPU kernel,
+    nothing to act on, so only that message is filtered. It is set here, before anything loads peft, rather
+    than in train/upstream.py: importing tunesmith.train loads TRL, then peft, then bitsandbytes.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"))
+
+
+def _command_line_errors() -> tuple[type[BaseException], ...]:
+    """What typer raises for a bad command line (and Abort) when it is not in standalone mode.
+
+    typer 0.29 vendors click as `typer._click`: its ClickException derives from typer.TyperException, not
+    from click's, so a check for click's classes misses it (and a typo became an "Internal error"). An
+    older typer (pyproject allows >=0.15) raises click's own classes; both are caught.
+    """
+    kinds: list[type[BaseException]] = [typer.Abort, typer.Exit]
+    if hasattr(typer, "TyperException"):
+        kinds.append(typer.TyperException)
+    try:
+        import click
+
+        kinds += [click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _report_command_line_error(exc: BaseException) -> int:
+    """Print a command-line error the way users expect from a CLI; returns the exit code.
+
+    A usage error (unknown option or command, missing argument, bad value) is the user's, never an
+    internal error: the command's usage line, where to get help, the error with a did-you-mean, exit 2.
+    """
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None and hasattr(exc, "ctx"):  # click raises "Option '--quant' requires an argument" without one
+        ctx = _context_of(sys.argv[1:])
+    if ctx is not None and type(exc).__name__ != "NoArgsIsHelpError":  # that one's message is the help itself
+        err.print(escape(ctx.get_usage()), highlight=False, soft_wrap=True)
+        err.print(f"Try '{escape(ctx.command_path)} --help' for help.", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]Error:[/bold red] {escape(_usage_message(exc))}", highlight=False, soft_wrap=True)
+    elif hasattr(exc, "show"):
+        exc.show()
+    elif not hasattr(exc, "exit_code"):  # Abort (Ctrl-D at a prompt)
+        err.print("Aborted.")
+    return getattr(exc, "exit_code", 1)
+
+
+def _context_of(argv: list[str]) -> Any:
+    """A context for the (sub)command that `argv` names, for its usage line: the words that name a group's
+    command are followed down; options and other words are passed over."""
+    command = typer.main.get_command(app)
+    ctx = command.make_context("tunesmith", [], resilient_parsing=True)
+    for word in argv:
+        sub = command.get_command(ctx, word) if hasattr(command, "get_command") else None
+        if sub is not None:
+            command, ctx = sub, sub.make_context(word, [], parent=ctx, resilient_parsing=True)
+    return ctx
+
+
+def _usage_message(exc: BaseException) -> str:
+    """The error, with a did-you-mean for an unknown option; click offers its close matches as
+    `possibilities` and words them "(Possible options: ...)". (typer already suggests unknown commands.)"""
+    close = getattr(exc, "possibilities", None)
+    if close:
+        return f"{str(getattr(exc, 'message', exc)).rstrip('.')}. Did you mean {' or '.join(sorted(close))}?"
+    return exc.format_message() if hasattr(exc, "format_message") else str(exc)

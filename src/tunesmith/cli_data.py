@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.errors import DataError
+
 data_app = typer.Typer(help="Inspect, clean and preview datasets before training.", no_args_is_help=True)
 err = Console(stderr=True)
 
@@ -30,6 +32,10 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
             as_json: JsonOption = False) -> None:
     """Show the detected shape, counts, every problem and a few rendered rows; writes nothing.
 
+    Like a linter, it exits 1 when it found a problem row (after printing the whole report, or the JSON
+    with --json), so a CI step can gate on it; 0 when every row is usable; 2 when the file or recipe
+    itself cannot be used.
+
     Example: tunesmith data inspect examples/data/orders/train.jsonl
     """
     from tunesmith.data.workflow import data_recipe, inspect_data
@@ -37,7 +43,27 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
     report = inspect_data(data_recipe(target, model, format_, set_), examples)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
-        return
+    else:
+        print_inspect_report(report)
+    raise_if_problems(report)
+
+
+class ProblemsFoundError(DataError):
+    """`data inspect` found rows it cannot use: exit 1, like a linter, so that a CI step can gate on it."""
+
+    exit_code = 1
+
+
+def raise_if_problems(report: dict[str, Any]) -> None:
+    """After the report is out, fail when any split has a problem row (each is named, with its line, above)."""
+    counts = {split: len(info["problems"]) for split, info in report["files"].items() if info["problems"]}
+    if counts:
+        found = ", ".join(f"{count} in {split} ({report['files'][split]['source']})" for split, count in counts.items())
+        raise ProblemsFoundError(f"Found {sum(counts.values())} problem row(s): {found}.",
+                                 "Fix the rows named above, or set data.skip_invalid: true to train without them.")
+
+
+def print_inspect_report(report: dict[str, Any]) -> None:
     for split, info in report["files"].items():
         err.rule(f"{split}: {info['source']}")
         err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.contract import contract_findings, contract_record, data_needs, probe_template
-from tunesmith.data.template import IGNORE_INDEX, assistant_spans, encode_sequence, render
+from tunesmith.data.template import (
+    IGNORE_INDEX,
+    PREFERENCE_SIDES,
+    EncodedSequence,
+    assistant_spans,
+    encode_completion,
+    encode_sequence,
+    render,
+)
 from tunesmith.errors import DataError
 
 Row = dict[str, Any]
@@ -82,10 +90,17 @@ def as_turns(reply: Any) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": reply}] if isinstance(reply, str) else list(reply)
 
 
-def render_example(tokenizer: Any, label: str, sequence: Sequence, max_length: int,
-                   tools: list[dict[str, Any]] | None = None) -> RenderedExample:
-    """Tokens and loss flags exactly as training builds them (`encode_sequence`, the trainer's own path)."""
-    encoded = encode_sequence(tokenizer, sequence, max_length, tools)
+def encoded_sides(tokenizer: Any, row: Row, max_length: int) -> list[tuple[str, EncodedSequence]]:
+    """The row's sequences exactly as training encodes them: `encode_sequence` for conversations and raw text
+    (what the SFT and CPT trainers get), `encode_completion` for preference sides (TRL's DPO/KTO tokenization)."""
+    if "messages" in row or "text" in row:
+        sequence = row["messages"] if "messages" in row else row["text"]
+        return [("", encode_sequence(tokenizer, sequence, max_length, row.get("tools")))]
+    return [(key, encode_completion(tokenizer, row["prompt"], row[key], max_length, row.get("tools")))
+            for key in PREFERENCE_SIDES if key in row]
+
+
+def rendered_example(tokenizer: Any, label: str, encoded: EncodedSequence) -> RenderedExample:
     tokens = [TokenView(tokenizer.decode([token]), token, label != IGNORE_INDEX)
               for token, label in zip(encoded.input_ids, encoded.labels, strict=True)]
     return RenderedExample(label, tokens, encoded.total_tokens, encoded.answer_tokens_cut, encoded.drop_reason)
@@ -106,12 +121,13 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
         preview.problems += findings.problems
         preview.warnings += findings.warnings
     for number, row in enumerate(rows, start=first_row):
-        for side, sequence in conversations_of(row):
-            label = f"row {number}" + (f" ({side})" if side else "")
-            try:
-                preview.examples.append(render_example(tokenizer, label, sequence, max_length, row.get("tools")))
-            except Exception as exc:  # DataError, or the template's own error (jinja raises anything)
-                preview.problems.append(f"{label} cannot be rendered for training: {message_of(exc)}")
+        try:
+            sides = encoded_sides(tokenizer, row, max_length)
+        except Exception as exc:  # DataError, or the template's own error (jinja raises anything)
+            preview.problems.append(f"row {number} cannot be rendered for training: {message_of(exc)}")
+            continue
+        preview.examples += [rendered_example(tokenizer, f"row {number}" + (f" ({side})" if side else ""), encoded)
+                             for side, encoded in sides]
     for example in preview.examples:
         preview.warnings += [text for text in (truncation_warning(example, max_length),
                                                drop_warning(example, max_length)) if text]
@@ -157,6 +173,8 @@ def eos_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list[str]:
     eos = tokenizer.eos_token_id
     warnings = []
     for number, row in enumerate(rows, start=first_row):
+        if isinstance(row.get("prompt"), str):
+            continue  # a plain-text pair trains without the chat template (TRL appends EOS itself)
         for side, sequence in conversations_of(row):
             if isinstance(sequence, str):
                 continue
@@ -175,6 +193,8 @@ def round_trip_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list
     """Rendered text must decode back to itself, or training sees different text than the data holds."""
     warnings = []
     for number, row in enumerate(rows, start=first_row):
+        if isinstance(row.get("prompt"), str):
+            continue  # a plain-text pair trains without the chat template (TRL appends EOS itself)
         for side, sequence in conversations_of(row):
             text = sequence if isinstance(sequence, str) else render(tokenizer, sequence, tools=row.get("tools"))
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -165,17 +165,47 @@ def tool_call_parts(call: dict[str, Any]) -> list[str]:
     return parts
 
 
+def encode_completion(tokenizer: Any, prompt: str | Messages, completion: str | Messages, max_length: int,
+                      tools: list[dict[str, Any]] | None = None) -> EncodedSequence:
+    """Prompt + one preference answer with labels on the answer only, as TRL 1.16's DPO and KTO trainers
+    tokenize it (`_prepare_dataset`): plain strings are tokenized as text with EOS appended, conversations
+    through the chat template; the answer starts where the prompt's ids and the full ids diverge; the
+    sequence keeps its start (`truncation_mode="keep_start"`), so a prompt that fills max_length leaves no
+    answer token and the row is dropped (TRL filters it out)."""
+    if isinstance(prompt, str):
+        answer = completion if isinstance(completion, str) else completion[-1]["content"]
+        eos = tokenizer.eos_token or ""
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_ids = tokenizer(prompt + answer + ("" if answer.endswith(eos) else eos))["input_ids"]
+    else:
+        turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True, tools=tools),
+                               add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render(tokenizer, prompt + turns, tools=tools), add_special_tokens=False)["input_ids"]
+    start = common_prefix_length(prompt_ids, full_ids)
+    labels = [IGNORE_INDEX] * start + full_ids[start:]
+    cut = sum(label != IGNORE_INDEX for label in labels[max_length:])
+    return EncodedSequence(full_ids[:max_length], labels[:max_length], len(full_ids), cut)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
 @dataclass
 class EncodedSplit:
     """A split encoded for training, with the counts data.json reports: what actually carried loss."""
 
-    examples: list[EncodedSequence]  # only the sequences that train
+    examples: list[EncodedSequence]  # only the sequences that train (both sides of a preference pair)
     rows: int  # rows given
     dropped: Counter[str] = field(default_factory=Counter)  # rows left out, by reason
     answer_tokens_cut: int = 0  # loss tokens lost to max_length in rows that still train
 
     def counts(self) -> dict[str, Any]:
-        return {"rows": self.rows, "trained_rows": len(self.examples),
+        return {"rows": self.rows, "trained_rows": self.rows - sum(self.dropped.values()),
                 "tokens": sum(len(e.input_ids) for e in self.examples),
                 "loss_tokens": sum(e.loss_tokens for e in self.examples),
                 "dropped": dict(self.dropped), "answer_tokens_cut": self.answer_tokens_cut}
@@ -192,4 +222,23 @@ def encode_split(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
             continue
         result.answer_tokens_cut += encoded.answer_tokens_cut
         result.examples.append(encoded)
+    return result
+
+
+PREFERENCE_SIDES = ("chosen", "rejected", "completion")
+
+
+def encode_preference_split(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> EncodedSplit:
+    """Preference rows (pairs, or KTO's prompt/completion/label) encoded as TRL's DPO/KTO trainers do, to count
+    what carries loss: a row whose prompt fills max_length is dropped, as TRL drops it."""
+    result = EncodedSplit([], len(rows))
+    for row in rows:
+        sides = [encode_completion(tokenizer, row["prompt"], row[key], max_length, row.get("tools"))
+                 for key in PREFERENCE_SIDES if key in row]
+        reason = next((side.drop_reason for side in sides if side.drop_reason), None)
+        if reason:
+            result.dropped[reason] += 1
+            continue
+        result.answer_tokens_cut += sum(side.answer_tokens_cut for side in sides)
+        result.examples += sides
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data import load_splits
-from tunesmith.data.template import IGNORE_INDEX, render
+from tunesmith.data.template import IGNORE_INDEX, encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.evaluate import pad_right
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
@@ -121,28 +122,9 @@ def label_summary(logps: list[float], labels: list[bool]) -> dict[str, float | N
 
 def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, recipe: Recipe) -> list[float]:
     """Summed log-probability of each row's `key` answer given its prompt."""
-    encoded = [encode_completion(tokenizer, row["prompt"], row[key], recipe.data.max_length) for row in rows]
+    encoded = [asdict(encode_completion(tokenizer, row["prompt"], row[key], recipe.data.max_length, row.get("tools")))
+               for row in rows]
     return [total for total, _ in sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)]
-
-
-def encode_completion(tokenizer: Any, prompt: str | list, completion: str | list, max_length: int) -> dict:
-    """Token ids of prompt + answer, with labels on the answer only (as TRL's preference trainers see it)."""
-    if isinstance(prompt, str):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(prompt + completion + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(render(tokenizer, prompt + completion), add_special_tokens=False)["input_ids"]
-    start = common_prefix(prompt_ids, full_ids)
-    labels = [IGNORE_INDEX] * start + full_ids[start:]
-    return {"input_ids": full_ids[:max_length], "labels": labels[:max_length]}
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    length = 0
-    while length < min(len(a), len(b)) and a[length] == b[length]:
-        length += 1
-    return length
 
 
 def sequence_logprobs(model: Any, encoded: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:

@@ -1,11 +1,18 @@
-"""Export stage: the adapter as it is, and the adapter merged into its base.
+"""Export stage: the adapter as it is, and the adapter merged into its base; and `--out DIR`, a copy of
+what an export wrote under the run's exports/ into a folder of the user's choosing.
 
-The names below are imported on first use, so `tunesmith.export.hub` (push) does not load torch.
+The stage's names below are imported on first use, so `tunesmith.export.hub` (push) does not load torch.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from tunesmith.errors import TunesmithError
 
 __all__ = ["export_adapter", "export_merged", "run_export"]
 
@@ -16,3 +23,70 @@ def __getattr__(name: str) -> Any:
 
         return getattr(merged, name)
     raise AttributeError(f"module 'tunesmith.export' has no attribute {name!r}")
+
+
+def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:
+    """Where each requested format lands under exports/, and so under `--out DIR` (the same layout).
+
+    Known before the slow export, so that a name already taken in DIR fails first. The Ollama folder
+    carries its own GGUF copies, so `ollama` needs nothing from gguf/.
+    """
+    names = [name for name in ("adapter", "merged", "ollama") if name in formats]
+    if "gguf" in formats:
+        from tunesmith.export.gguf import parse_quant
+
+        names.append(f"gguf/{recipe_name}.{parse_quant(quant)}.gguf")  # the file run_gguf_export writes
+    if "gguf-lora" in formats:
+        from tunesmith.export.gguf_lora import lora_type_for
+
+        names.append(f"gguf/{recipe_name}-lora-{lora_type_for(quant)}.gguf")  # run_gguf_lora_export's file
+    return names
+
+
+def refuse_taken_out_names(out: Path, names: list[str]) -> None:
+    """`--out` never overwrites: DIR may exist and hold other things, but not something under these names."""
+    if out.exists() and not out.is_dir():
+        raise TunesmithError(f"--out {out} is a file, not a folder.", "Pass a folder (it is created if missing).")
+    taken = [name for name in names if holds_something(out / name)]
+    if taken:
+        raise TunesmithError(f"--out {out} already holds {', '.join(taken)}; tunesmith does not overwrite it.",
+                             "Choose another --out folder, or move those away first.")
+
+
+def holds_something(path: Path) -> bool:
+    """A file, a link, or a non-empty folder (an empty folder is fine to fill)."""
+    return path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def copy_exports(exports_dir: Path, out: Path, names: list[str]) -> list[Path]:
+    """Copy each exported name from the run's exports/ into `out`; returns what was copied.
+
+    A name the export skipped (an adapter of a whole-model run, a reward model's merge) is not there
+    and is left out; the run's exports/manifest.json says why.
+    """
+    refuse_taken_out_names(out, names)  # again: the names were free before the export, keep it so
+    copied = []
+    for name in names:
+        if (exports_dir / name).exists():
+            copy_atomically(exports_dir / name, out / name)
+            copied.append(out / name)
+    return copied
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """Copy a folder or a file through a temporary sibling and a rename, so `target` is whole or absent."""
+    from tunesmith.runs import atomic_directory
+
+    if source.is_dir():
+        with atomic_directory(target) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copy(source, tmp)  # content and permission bits (mkstemp's 0600 would hide the file from others)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import DPOMethod, KTOMethod, ORPOMethod, Recipe, SimPOMethod
+from tunesmith.data import Splits
+from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.shapes import Row
+from tunesmith.data.template import PREFERENCE_SIDES, encode_preference_split, template_messages
 from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger, NanGuard
@@ -39,7 +42,9 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
 
     method = METHODS[recipe.method.kind]
     check_batch_size(recipe)
-    setup = prepare_training(recipe, run, accept=method.accept, purpose=method.purpose)
+    max_length = recipe.data.max_length
+    setup = prepare_training(recipe, run, accept=method.accept, purpose=method.purpose,
+                             encode=lambda splits, tokenizer: preference_counts(splits, tokenizer, max_length))
     rows = training_rows(recipe, setup)
     args = method.config(recipe.method, common_arguments(recipe, run, setup.device, setup.precision),
                          recipe.data.max_length)
@@ -57,9 +62,25 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
     return fit_and_save(trainer, guard, setup, recipe, run)
 
 
+@dataclass
+class PreferenceCounts:
+    """What carries loss per split (data.json `trained`); TRL tokenizes the rows itself, the same way."""
+
+    counts: dict[str, dict[str, Any]]
+
+
+def preference_counts(splits: Splits, tokenizer: Any, max_length: int) -> PreferenceCounts:
+    counts = {"train": encode_preference_split(tokenizer, splits.train, max_length).counts()}
+    if splits.eval:
+        counts["eval"] = encode_preference_split(tokenizer, splits.eval, max_length).counts()
+    return PreferenceCounts(counts)
+
+
 def training_rows(recipe: Recipe, setup: TrainingSetup) -> list[Row]:
-    """The train split as TRL expects it; KTO's rows are unpaired and shuffled here (see `unpair`)."""
-    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in setup.splits.train]
+    """The train split as TRL expects it: the recipe's system prompt and fallbacks applied, tool-call arguments
+    as objects (as `data preview` renders them); KTO's rows are unpaired and shuffled here (see `unpair`)."""
+    rows = [as_template_input(apply_fallbacks(with_system_prompt(row, recipe.data.system_prompt), recipe.data))
+            for row in setup.splits.train]
     if recipe.method.kind == "kto":
         return unpair(rows, recipe.training.seed)
     return rows
@@ -71,6 +92,11 @@ def with_system_prompt(row: Row, system_prompt: str | None) -> Row:
     if not system_prompt or isinstance(prompt, str) or prompt[0]["role"] == "system":
         return row
     return {**row, "prompt": [{"role": "system", "content": system_prompt}, *prompt]}
+
+
+def as_template_input(row: Row) -> Row:
+    return {key: template_messages(value) if key in (*PREFERENCE_SIDES, "prompt") and isinstance(value, list)
+            else value for key, value in row.items()}
 
 
 def unpair(rows: list[Row], seed: int) -> list[Row]:
