@@ -146,8 +146,11 @@ def recipe_with_eval(eval_section: dict):
     return validate_recipe({"data": {"train": "t.jsonl"}, "eval": eval_section})
 
 
-def test_recipe_metrics_default_to_the_older_task_metric():
-    assert EvalSection().chosen_metrics() == ["loss", "perplexity", "json_fields"]
+def test_recipe_metrics_default_to_auto_and_the_older_task_metric_still_works():
+    assert EvalSection().task_metric == "auto"
+    assert EvalSection().chosen_metrics("labels") == ["loss", "perplexity", "exact_match", "label_accuracy"]
+    assert EvalSection().chosen_metrics() == ["loss", "perplexity"]  # auto without a known answer kind
+    assert EvalSection(task_metric="json_fields").chosen_metrics("free_text") == ["loss", "perplexity", "json_fields"]
     assert EvalSection(task_metric="none").chosen_metrics() == ["loss", "perplexity"]
     chosen = recipe_with_eval({"metrics": ["chrf", "regex", "x.py:f"], "regex": "a+"}).eval.chosen_metrics()
     assert chosen == ["chrf", "regex", "x.py:f"]

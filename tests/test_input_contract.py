@@ -333,7 +333,8 @@ def test_preference_preview_matches_trls_dpo_tokenization_and_drops(tokenizer):
     max_length = 128
     expected = trl_dpo_sequences(tokenizer, PAIRS, max_length)
     preview = preview_rows(tokenizer, PAIRS, max_length)
-    shown = [([t.token_id for t in e.tokens], [t.loss for t in e.tokens]) for e in preview.examples if not e.drop_reason]
+    shown = [([t.token_id for t in e.tokens], [t.loss for t in e.tokens])
+             for e in preview.examples if not e.drop_reason]
     assert shown == expected and len(expected) == 4
     assert [e.label for e in preview.examples if e.drop_reason] == ["row 3 (chosen)", "row 3 (rejected)"]
     counts = encode_preference_split(tokenizer, PAIRS, max_length).counts()

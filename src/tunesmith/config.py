@@ -82,6 +82,13 @@ class DataSection(Section):
     skip_invalid: bool = Field(False, description="Skip unusable rows (counted in data.json) instead of failing.")
     max_length: int = Field(512, ge=16)
     system_prompt: str | None = Field(None, description="Prepended as a system turn to every row.")
+    system_fallback: Literal["keep", "merge"] = Field(
+        "keep", description="merge: put the system turn's text in front of the first user turn, for chat templates "
+                            "that drop or refuse the system role (keep: a template that cannot is refused).")
+    tool_format: Literal["template", "hermes"] = Field(
+        "template", description="How tool schemas, calls and results are rendered: through the chat template "
+                                "(refused when it cannot express tools), or hermes: as <tools>, <tool_call> and "
+                                "<tool_response> JSON blocks in the turns' text.")
     clean: CleanSection = Field(default_factory=CleanSection)
 
 
@@ -375,7 +382,13 @@ class TrainingSection(Section):
 
 
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
-                "json_fields", "rouge_l", "chrf")
+                "json_fields", "rouge_l", "chrf", "label_accuracy")
+# What `eval.task_metric: auto` picks for each kind of training answer (data/answers.py decides the kind).
+ANSWER_KIND_METRICS = {
+    "json": ("loss", "perplexity", "json_valid", "json_fields"),
+    "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
+    "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
+}
 
 
 class JudgeSection(Section):
@@ -407,8 +420,10 @@ class LmEvalSection(Section):
 
 
 class EvalSection(Section):
-    task_metric: Literal["json_fields", "exact_match", "none"] = Field(
-        "json_fields", description="The single task metric of older recipes; used when `metrics` is empty.")
+    task_metric: Literal["auto", "json_fields", "exact_match", "none"] = Field(
+        "auto", description="Used when `metrics` is empty. auto: chosen from the training answers (JSON objects: "
+                            "json_valid + json_fields; a small closed set of labels: exact_match + label_accuracy; "
+                            "free text: chrf + rouge_l); or one task metric, as in older recipes.")
     metrics: list[str] = Field(default_factory=list, description=(
         "Scores per held-out example: " + ", ".join(EVAL_METRICS) + ", or a user metric `module:function` / "
         "`path/to/file.py:function` taking (prediction, reference) and returning a float or a dict of floats."))
@@ -443,10 +458,16 @@ class EvalSection(Section):
         check_regex("eval.regex", self.regex)
         return self
 
-    def chosen_metrics(self) -> list[str]:
-        """`metrics` when given, else the older `task_metric` (loss and perplexity are always measured)."""
+    def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
+        """`metrics` when given, else `task_metric` (loss and perplexity are always measured).
+
+        `auto` resolves from `answer_kind` (json, labels or free_text: what data.json `answers` records);
+        without one it is loss and perplexity alone.
+        """
         if self.metrics:
             return list(self.metrics)
+        if self.task_metric == "auto":
+            return list(ANSWER_KIND_METRICS.get(answer_kind or "", ("loss", "perplexity")))
         return ["loss", "perplexity"] + ([self.task_metric] if self.task_metric != "none" else [])
 
 

@@ -18,15 +18,16 @@ import torch
 
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
+from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.html_report import write_html_report
-from tunesmith.eval.metrics import Scorer, aggregate, recipe_scorer, score_columns
+from tunesmith.eval.metrics import Scorer, aggregate, label_report, recipe_scorer, score_columns
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run, atomic_write_json, read_json
 
 
 def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
@@ -45,15 +46,17 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
     tokenizer = load_tokenizer(model_dir)
     rows = load_splits(recipe).eval[: recipe.eval.max_examples]
     device = pick_device(recipe.training.device)
-    scorer = recipe_scorer(recipe)  # a bad schema or user metric fails here, before any model loads
+    answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
+    scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     variants, who = eval_variants(recipe, run, model_dir, device, against)
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric,
-                               "metrics": recipe.eval.chosen_metrics(), **({"against": who} if who else {})}
+                               "metrics": choice["metrics"], "metrics_chosen": choice,
+                               **({"against": who} if who else {})}
     outputs: dict[str, list[str]] = {}
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
-    add_scores(results, outputs, [r["messages"][-1]["content"] for r in rows], scorer)
+    add_scores(results, outputs, [r["messages"][-1]["content"] for r in rows], scorer, answers.labels)
     results.update(judge_block(add_ons, recipe, rows, outputs))
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     results["samples"] = sample_table(rows, outputs, limit=50)
@@ -62,6 +65,30 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
     path = atomic_write_json(folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
     return path
+
+
+def choose_metrics(recipe: Recipe, run: Run, rows: list[dict]) -> tuple[AnswerSummary, dict[str, Any]]:
+    """The metrics to score with, and why (results.json `metrics_chosen`), printed on stderr.
+
+    What the answers look like comes from the run's data.json (the training answers, recorded by the data
+    stage); a run written before data.json had `answers` falls back to the eval rows' answers.
+    """
+    answers, source = run_answers(run, rows)
+    check_metrics_fit_answers(recipe.eval, answers)
+    metrics = recipe.eval.chosen_metrics(answers.kind)
+    how = "eval.metrics" if recipe.eval.metrics else f"eval.task_metric: {recipe.eval.task_metric}"
+    choice = {"metrics": metrics, "by": how, "kind": answers.kind, "reason": answers.reason, "from": source}
+    progress(f"metrics: {', '.join(metrics)} ({how}; {source}: {answers.kind}, {answers.reason})")
+    return answers, choice
+
+
+def run_answers(run: Run, rows: list[dict]) -> tuple[AnswerSummary, str]:
+    """data.json's `answers` and where they came from (`training answers`), else the eval rows' (`eval answers`)."""
+    data_file = run.path / "data.json"
+    recorded = read_json(data_file).get("answers") if data_file.is_file() else None
+    if recorded:
+        return AnswerSummary.model_validate(recorded), "training answers"
+    return classify_answers(rows), "eval answers"
 
 
 def eval_variants(recipe: Recipe, run: Run, model_dir: Path, device: str,
@@ -73,15 +100,18 @@ def eval_variants(recipe: Recipe, run: Run, model_dir: Path, device: str,
 
 
 def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], references: list[str],
-               scorer: Scorer) -> None:
-    """Score every answer: each variant's means, the per-example scores, and (with a base) the paired comparison."""
-    per_example = {}
+               scorer: Scorer, labels: list[str] | None = None) -> None:
+    """Score every answer: each variant's means, the per-example scores, and (with a base) the paired comparison;
+    with label_accuracy, the accuracy per label and the confusion matrix (`labels`: the training label set)."""
+    per_example, all_scores = {}, {}
     for name, answers in outputs.items():
         scores = [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
         seconds = results[name].pop("seconds")
         results[name].update({**aggregate(scores), "seconds": seconds})
-        per_example[name] = score_columns(scores)
+        per_example[name], all_scores[name] = score_columns(scores), scores
     results["per_example"] = per_example
+    if any(scores and "label" in scores[0] for scores in all_scores.values()):
+        results["label_accuracy"] = label_report(all_scores, labels)
     if "base" in per_example:
         results["comparison"] = compare_variants(per_example["base"], per_example["tuned"], results["base"],
                                                  results["tuned"])

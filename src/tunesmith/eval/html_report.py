@@ -22,6 +22,7 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 tr.better td { background: #eaf7ea; } tr.worse td { background: #fbeaea; }
 td.changed { font-weight: 600; } mark { background: #fff2a8; }
 pre { white-space: pre-wrap; margin: 0; font: 13px/1.4 ui-monospace, monospace; }
+table.confusion { width: auto; } table.confusion td { text-align: center; min-width: 3em; }
 """
 
 
@@ -39,12 +40,65 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     if other:
         parts.append(f"<p>The <b>base</b> side of every comparison below is the run <code>{_e(other)}</code> "
                      f"(<code>{_e(results['against']['path'])}</code>), not the base model.</p>")
-    parts.append(metrics_table(results))
+    parts += [metrics_note(results), metrics_table(results)]
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")
-    parts += [add_ons_html(results), examples_table(results), probe_rows_table(results), "</body></html>"]
+    parts += [labels_html(results), add_ons_html(results), examples_table(results), probe_rows_table(results),
+              "</body></html>"]
     return "\n".join(parts)
+
+
+def metrics_note(results: dict[str, Any]) -> str:
+    """Which metrics were scored and why (eval.task_metric: auto chooses them from the training answers)."""
+    choice = results.get("metrics_chosen")
+    if not choice:
+        return ""
+    return (f"<p>Metrics: {_e(', '.join(choice['metrics']))}, by <code>{_e(choice['by'])}</code>; the "
+            f"{_e(choice['from'])} are <b>{_e(choice['kind'])}</b> ({_e(choice['reason'])}).</p>")
+
+
+def labels_html(results: dict[str, Any]) -> str:
+    """label_accuracy: the accuracy per label, base and tuned, and a confusion matrix (heatmap) per variant."""
+    report = results.get("label_accuracy")
+    if not report:
+        return ""
+    variants = [v for v in ("base", "tuned") if v in report["per_label"]]
+    tuned = report["per_label"][variants[-1]]
+    head = ["label", "examples", *variants, *(["delta"] if len(variants) == 2 else [])]
+    rows, classes = [], []
+    for label, entry in tuned.items():
+        scores = [report["per_label"][v][label]["accuracy"] for v in variants]
+        delta = scores[-1] - scores[0] if len(variants) == 2 else None
+        rows.append([label, str(entry["examples"]), *map(_num, scores),
+                     *([_num(delta, signed=True)] if delta is not None else [])])
+        classes.append("" if not delta or abs(delta) < 1e-12 else "better" if delta > 0 else "worse")
+    parts = ["<h2>Accuracy per label</h2>", _table(head, rows, classes)]
+    for variant in reversed(variants):
+        parts.append(f"<h3>Confusion matrix, {_e(variant)} (rows: reference, columns: answer)</h3>")
+        parts.append(confusion_table(report["confusion"][variant]))
+    return "\n".join(parts)
+
+
+def confusion_table(confusion: dict[str, dict[str, int]]) -> str:
+    """Counts shaded by their share of the row: green on the diagonal (right), red elsewhere (wrong).
+
+    The "(other)" column (answers that name no label) is left out when it is empty.
+    """
+    columns = [c for c in next(iter(confusion.values()), {}) if c != "(other)"
+               or any(row.get(c) for row in confusion.values())]
+    lines = ["<table class='confusion'><tr><th>reference \\ answer</th>"
+             + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"]
+    for reference, row in confusion.items():
+        total = max(sum(row.values()), 1)
+        cells = []
+        for column in columns:
+            count = row.get(column, 0)
+            rgb = "46,160,67" if column == reference else "218,54,51"
+            shade = f" style='background: rgba({rgb},{0.75 * count / total:.2f})'" if count else ""
+            cells.append(f"<td{shade}>{count}</td>")
+        lines.append(f"<tr><th>{_e(reference)}</th>" + "".join(cells) + "</tr>")
+    return "\n".join([*lines, "</table>"])
 
 
 def add_ons_html(results: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -48,7 +48,11 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
     """Exact match of the whole object, per-field matches, and whether an object could be found at all."""
-    expected = json.loads(reference)
+    expected = parse_json_strict(reference)
+    if not isinstance(expected, dict):
+        raise DataError(f"json_fields compares JSON objects field by field, but a reference answer is not one: "
+                        f"{reference[:120]!r}.", "Set eval.task_metric: auto, or choose eval.metrics that fit "
+                        "the answers (exact_match, chrf, rouge_l).")
     got = parse_json_object(prediction)
     fields = {key: bool(got is not None and key in got and got[key] == value)
               for key, value in expected.items()}
@@ -74,6 +78,21 @@ def json_valid_score(prediction: str, reference: str) -> dict[str, Any]:
     return {"json_valid": float(parse_json_strict(prediction) is not _INVALID)}
 
 
+def label_accuracy_score(prediction: str, reference: str) -> dict[str, Any]:
+    """The answer names the reference label (ignoring case, surrounding space, quotes and end punctuation).
+
+    The pair is kept (`label`) so that `aggregate` gives the accuracy per label and `label_report` the
+    confusion matrix; the mean of `label_accuracy` is the overall accuracy.
+    """
+    return {"label_accuracy": float(label_key(prediction) == label_key(reference)),
+            "label": {"reference": reference.strip(), "predicted": prediction.strip()}}
+
+
+def label_key(text: str) -> str:
+    """What two spellings of one label share: `Billing.` and `"billing"` are both `billing`."""
+    return text.strip().strip(LABEL_WRAPPING).strip().casefold()
+
+
 def rouge_l_score(prediction: str, reference: str) -> dict[str, Any]:
     """ROUGE-L F-measure (longest common word subsequence), on lowercased Unicode words."""
     return {"rouge_l": _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure}
@@ -87,8 +106,11 @@ def chrf_score(prediction: str, reference: str) -> dict[str, Any]:
 SCORERS: dict[str, Scorer] = {
     "json_fields": json_fields_score, "exact_match": exact_match_score, "contains": contains_score,
     "json_valid": json_valid_score, "rouge_l": rouge_l_score, "chrf": chrf_score,
+    "label_accuracy": label_accuracy_score,
 }
 LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
+LABEL_WRAPPING = "\"'`.!?;:,"
+OTHER_LABEL = "(other)"  # the confusion matrix's column for answers outside the label set
 
 
 def regex_scorer(pattern: str) -> Scorer:
@@ -164,11 +186,12 @@ def load_user_function(spec: str, base_dir: Path) -> Callable[..., Any]:
     return function
 
 
-def recipe_scorer(recipe: Recipe) -> Scorer:
-    """The scorer for the recipe's eval section; paths resolve from the recipe's folder."""
+def recipe_scorer(recipe: Recipe, metrics: list[str] | None = None) -> Scorer:
+    """The scorer for `metrics` (default: the recipe's chosen metrics); paths resolve from the recipe's folder."""
     section = recipe.eval
     schema_file = recipe.resolve_path(section.json_schema) if section.json_schema else None
-    return build_scorer(section.chosen_metrics(), section.regex, schema_file, Path(recipe.base_dir))
+    chosen = section.chosen_metrics() if metrics is None else metrics
+    return build_scorer(chosen, section.regex, schema_file, Path(recipe.base_dir))
 
 
 def build_scorer(metrics: list[str], regex: str | None, schema_file: Path | None, base_dir: Path) -> Scorer:
@@ -207,7 +230,8 @@ def metric_names() -> list[str]:
 
 
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of every numeric score, plus per-field accuracy for JSON tasks."""
+    """Mean of every numeric score, plus per-field accuracy for JSON tasks and per-label accuracy (recall of
+    each reference label) for label_accuracy."""
     if not scores:
         return {}
     keys = [k for k, v in scores[0].items() if isinstance(v, float)]
@@ -216,7 +240,40 @@ def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
         for field in scores[0]["fields"]:
             hits = [s["fields"].get(field, False) for s in scores]
             summary[f"field/{field}"] = round(sum(hits) / len(hits), 4)
+    if "label" in scores[0]:
+        for label, hits in sorted(hits_per_label(scores).items()):
+            summary[f"label/{label}"] = round(sum(hits) / len(hits), 4)
     return summary
+
+
+def hits_per_label(scores: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """label_accuracy's per-example hits, grouped by the reference label."""
+    grouped: dict[str, list[float]] = {}
+    for score in scores:
+        grouped.setdefault(score["label"]["reference"], []).append(score["label_accuracy"])
+    return grouped
+
+
+def label_report(scores: dict[str, list[dict[str, Any]]], labels: list[str] | None = None) -> dict[str, Any]:
+    """Per variant: accuracy per reference label and the confusion matrix (reference × predicted).
+
+    `labels` is the training label set (data.json); answers that name none of them count as "(other)".
+    Without it, the eval references make the set.
+    """
+    references = sorted({s["label"]["reference"] for variant in scores.values() for s in variant})
+    known = list(dict.fromkeys([*(labels or []), *references]))
+    by_key = {label_key(label): label for label in known}
+    report: dict[str, Any] = {"labels": known, "per_label": {}, "confusion": {}}
+    for name, variant in scores.items():
+        confusion = {label: dict.fromkeys([*known, OTHER_LABEL], 0) for label in references}
+        for score in variant:
+            predicted = by_key.get(label_key(score["label"]["predicted"]), OTHER_LABEL)
+            confusion[score["label"]["reference"]][predicted] += 1
+        report["confusion"][name] = confusion
+        report["per_label"][name] = {label: {"examples": len(hits), "correct": int(sum(hits)),
+                                             "accuracy": round(sum(hits) / len(hits), 4)}
+                                     for label, hits in sorted(hits_per_label(variant).items())}
+    return report
 
 
 def score_columns(scores: list[dict[str, Any]]) -> dict[str, list[float]]:

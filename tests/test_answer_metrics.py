@@ -1,0 +1,243 @@
+"""Metrics that fit the user's answers: what the answers look like (json / labels / free text), the metrics
+`eval.task_metric: auto` picks from that, label_accuracy with its confusion matrix, and the refusal of JSON
+metrics on answers that are not JSON, before training. Hand-made rows; no model is loaded."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import EvalSection, load_recipe, validate_recipe
+from tunesmith.data import Splits, fingerprint, load_splits
+from tunesmith.data.answers import (
+    AnswerSummary,
+    check_metrics_fit_answers,
+    classify_answers,
+    default_metrics,
+)
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.eval.evaluate import add_scores, choose_metrics
+from tunesmith.eval.html_report import render_report
+from tunesmith.eval.metrics import aggregate, build_scorer, label_report, score_columns
+from tunesmith.runs import Run
+
+REPO = Path(__file__).resolve().parents[1]
+QUEUES = ["billing", "login", "refund", "shipping"]
+
+
+def chat(answer: str, question: str = "q?") -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def label_rows(per_label: int = 5) -> list[dict]:
+    return [chat(label, f"ticket {i} about {label}") for label in QUEUES for i in range(per_label)]
+
+
+# --- what the answers look like ------------------------------------------------------------------------------
+
+def test_json_objects_are_json():
+    rows = [chat(json.dumps({"item": "pen", "qty": n})) for n in range(30)]
+    summary = classify_answers(rows)
+    assert (summary.kind, summary.rows, summary.json_objects) == ("json", 30, 30)
+    assert summary.reason == "all 30 answers are JSON objects"
+
+
+def test_json_arrays_numbers_and_one_stray_answer_are_not_json():
+    arrays = classify_answers([chat(json.dumps([n, n + 1])) for n in range(30)])
+    assert arrays.kind == "free_text" and arrays.json_values == 30 and arrays.json_objects == 0
+    numbers = classify_answers([chat(str(n % 3)) for n in range(30)])  # JSON values, but a label set
+    assert numbers.kind == "labels" and numbers.labels == ["0", "1", "2"]
+    mostly = classify_answers([chat(json.dumps({"n": n})) for n in range(29)] + [chat("Sorry, no idea.")])
+    assert mostly.kind == "free_text" and mostly.json_objects == 29
+
+
+def test_a_small_closed_set_of_repeated_short_answers_is_labels():
+    summary = classify_answers(label_rows())
+    assert summary.kind == "labels"
+    assert summary.labels == QUEUES and summary.counts == dict.fromkeys(QUEUES, 5)
+    assert summary.reason == "answers take 4 distinct values over 20 rows"
+
+
+@pytest.mark.parametrize(("answers", "why"), [
+    (["The capital of France is Paris.", "Water boils at 100 degrees Celsius."], "too few repeats"),
+    ([f"answer number {n}" for n in range(25)] * 4, "more than 20"),
+    (["A long answer that keeps going well past one short line of text, " * 2, "Another one."] * 10,
+     "longer than one short line"),
+])
+def test_distinct_long_or_unrepeated_answers_are_free_text(answers, why):
+    summary = classify_answers([chat(answer) for answer in answers])
+    assert summary.kind == "free_text" and why in summary.reason
+    assert summary.labels == [] and summary.counts == {}
+
+
+def test_answers_come_from_the_last_assistant_turn_and_other_shapes():
+    multi_turn = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "not this"},
+                               {"role": "user", "content": "b"}, {"role": "assistant", "content": " yes "}]}
+    no_answer = {"messages": [{"role": "user", "content": "only a question"}]}
+    summary = classify_answers([multi_turn] * 6 + [no_answer] + [{"prompt": "p", "completion": "no"}] * 6)
+    assert summary.kind == "labels" and summary.rows == 12 and summary.labels == ["no", "yes"]
+    assert classify_answers([no_answer]).kind == "free_text" and classify_answers([]).rows == 0
+
+
+def test_default_metrics_per_kind_and_auto_resolves_them():
+    assert default_metrics("json") == ["loss", "perplexity", "json_valid", "json_fields"]
+    assert default_metrics("labels") == ["loss", "perplexity", "exact_match", "label_accuracy"]
+    assert default_metrics("free_text") == ["loss", "perplexity", "chrf", "rouge_l"]
+    section = EvalSection()
+    assert section.task_metric == "auto" and section.chosen_metrics("free_text") == default_metrics("free_text")
+    assert EvalSection(metrics=["contains"]).chosen_metrics("labels") == ["contains"]  # explicit wins
+
+
+def test_fingerprint_records_the_answers_kind_for_data_json():
+    record = fingerprint(Splits(train=label_rows(), eval=[chat("billing")], source={"train": "t.jsonl"}))
+    assert record["answers"]["kind"] == "labels" and record["answers"]["labels"] == QUEUES
+    assert AnswerSummary.model_validate(json.loads(json.dumps(record["answers"]))).reason.startswith("answers take 4")
+
+
+# --- label_accuracy ------------------------------------------------------------------------------------------
+
+# reference, answer: billing 2/3 right (one called refund), login 1/2 (one answered in prose), refund 1/1
+PAIRS = [("billing", "billing"), ("billing", "Billing."), ("billing", "refund"),
+         ("login", "login"), ("login", "I think it is a login problem"), ("refund", '"refund"')]
+
+
+def test_label_accuracy_per_label_and_confusion_matrix():
+    scorer = build_scorer(["exact_match", "label_accuracy"], None, None, base_dir=None)
+    scores = [scorer(answer, reference) for reference, answer in PAIRS]
+    summary = aggregate(scores)
+    assert summary["label_accuracy"] == round(4 / 6, 4) and summary["exact_match"] == round(2 / 6, 4)
+    assert summary["label/billing"] == round(2 / 3, 4) and summary["label/login"] == 0.5
+    assert summary["label/refund"] == 1.0
+    columns = score_columns(scores)  # per-example floats only: the paired comparison reads these
+    assert columns["label_accuracy"] == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0] and "label" not in columns
+    report = label_report({"tuned": scores}, labels=["billing", "login", "refund", "shipping"])
+    assert report["labels"] == ["billing", "login", "refund", "shipping"]
+    confusion = report["confusion"]["tuned"]
+    assert confusion["billing"] == {"billing": 2, "login": 0, "refund": 1, "shipping": 0, "(other)": 0}
+    assert confusion["login"] == {"billing": 0, "login": 1, "refund": 0, "shipping": 0, "(other)": 1}
+    assert confusion["refund"]["refund"] == 1 and "shipping" not in confusion  # no eval row says shipping
+    assert report["per_label"]["tuned"]["billing"] == {"examples": 3, "correct": 2, "accuracy": 0.6667}
+
+
+def test_eval_results_and_html_report_carry_the_label_table_and_heatmap():
+    scorer = build_scorer(["label_accuracy"], None, None, base_dir=None)
+    references = [reference for reference, _ in PAIRS]
+    outputs = {"base": ["refund"] * len(PAIRS), "tuned": [answer for _, answer in PAIRS]}
+    results = {"examples": len(PAIRS), "base": {"loss": 2.0, "seconds": 1.0}, "tuned": {"loss": 1.0, "seconds": 1.0},
+               "metrics_chosen": {"metrics": ["loss", "label_accuracy"], "by": "eval.task_metric: auto",
+                                  "kind": "labels", "reason": "answers take 3 distinct values over 60 rows",
+                                  "from": "training answers"}}
+    add_scores(results, outputs, references, scorer, labels=["billing", "login", "refund"])
+    assert results["comparison"]["label_accuracy"]["delta"] == round(4 / 6 - 1 / 6, 4)
+    assert results["label_accuracy"]["confusion"]["base"]["billing"]["refund"] == 3
+    page = render_report(results, None)
+    HTMLParser().feed(page)
+    assert "Accuracy per label" in page and "Confusion matrix, tuned" in page and "Confusion matrix, base" in page
+    assert "answers take 3 distinct values over 60 rows" in page
+    tuned_matrix = page.split("Confusion matrix, tuned")[1].split("</table>")[0]
+    assert "<th>(other)</th>" in tuned_matrix and "rgba(46,160,67,0.50)'>2</td>" in tuned_matrix  # 2 of 3 right
+
+
+def test_json_fields_on_a_reference_that_is_not_json_is_a_user_error():
+    scorer = build_scorer(["json_fields"], None, None, base_dir=None)
+    with pytest.raises(TunesmithError, match="not one: 'billing'"):
+        scorer('{"a": 1}', "billing")
+
+
+# --- refused before training ---------------------------------------------------------------------------------
+
+def test_json_metrics_on_label_answers_are_refused_with_the_fix():
+    answers = classify_answers(label_rows())
+    with pytest.raises(DataError) as caught:
+        check_metrics_fit_answers(EvalSection(task_metric="json_fields"), answers)
+    message = str(caught.value)  # the message and its hint
+    assert "eval.task_metric: json_fields asks for json_fields" in message
+    assert "0 of 20 are JSON objects" in message and "for example 'billing'" in message
+    assert "eval.task_metric: auto" in message and "eval.metrics: [exact_match, label_accuracy]" in message
+    with pytest.raises(DataError, match=r"eval\.metrics asks for json_valid, json_schema"):
+        check_metrics_fit_answers(EvalSection(metrics=["json_valid", "json_schema"], json_schema="s.json"), answers)
+    check_metrics_fit_answers(EvalSection(), answers)  # auto picks metrics that fit
+
+
+def test_json_valid_accepts_any_json_but_json_fields_needs_objects():
+    arrays = classify_answers([chat(json.dumps([n])) for n in range(30)])
+    check_metrics_fit_answers(EvalSection(metrics=["json_valid"]), arrays)
+    with pytest.raises(DataError, match="not all JSON objects"):
+        check_metrics_fit_answers(EvalSection(metrics=["json_fields"]), arrays)
+
+
+def test_prepare_training_refuses_before_loading_the_tokenizer_or_model(tmp_path, monkeypatch):
+    from tunesmith.train import common
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in label_rows()))
+    recipe = validate_recipe({"data": {"train": str(tmp_path / "train.jsonl")}, "eval": {"task_metric": "json_fields"}})
+    monkeypatch.setattr(common, "resolve_model_source", lambda *args: tmp_path)
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded before the metric check")
+
+    monkeypatch.setattr(common, "load_tokenizer", must_not_load)
+    monkeypatch.setattr(common, "check_targets_fit_model", must_not_load)
+    with pytest.raises(DataError, match=r"eval\.task_metric: json_fields"):
+        common.prepare_training(recipe, Run(tmp_path / "run"), accept=("messages",), purpose="supervised fine-tuning")
+
+
+# --- eval reads the kind from the run's data.json -----------------------------------------------------------
+
+def test_eval_takes_the_kind_from_data_json_and_falls_back_to_the_eval_rows(tmp_path):
+    recipe = validate_recipe({"data": {"train": "t.jsonl"}})
+    run = Run(tmp_path)
+    free_rows = [chat(f"a sentence number {n} with words") for n in range(30)]
+    (tmp_path / "data.json").write_text(json.dumps({"answers": classify_answers(label_rows()).model_dump()}))
+    answers, choice = choose_metrics(recipe, run, free_rows)  # data.json wins over the eval rows
+    assert answers.labels == QUEUES
+    assert choice == {"metrics": ["loss", "perplexity", "exact_match", "label_accuracy"],
+                      "by": "eval.task_metric: auto", "kind": "labels",
+                      "reason": "answers take 4 distinct values over 20 rows", "from": "training answers"}
+    (tmp_path / "data.json").write_text(json.dumps({"train_rows": 30}))  # a run from before `answers`
+    _, choice = choose_metrics(recipe, run, free_rows)
+    assert choice["kind"] == "free_text" and choice["from"] == "eval answers"
+    assert choice["metrics"] == ["loss", "perplexity", "chrf", "rouge_l"]
+    with pytest.raises(DataError, match="json_fields"):
+        choose_metrics(validate_recipe({"data": {"train": "t.jsonl"}, "eval": {"task_metric": "json_fields"}}),
+                       run, free_rows)
+
+
+# --- the bundled classification dataset ----------------------------------------------------------------------
+
+def test_bundled_tickets_recipe_is_a_label_task_that_auto_scores_per_label():
+    recipe = load_recipe(REPO / "recipes" / "tickets.yaml")
+    assert recipe.eval.metrics == [] and recipe.eval.task_metric == "auto"
+    splits = load_splits(recipe)
+    assert len(splits.train) >= 400 and len(splits.eval) >= 100
+    assert splits.cleaning["train_eval_overlap"]["removed"] == 0
+    answers = fingerprint(splits)["answers"]
+    assert answers["kind"] == "labels" and len(answers["labels"]) == 8
+    assert recipe.eval.chosen_metrics(answers["kind"]) == default_metrics("labels")
+    assert classify_answers(splits.eval).labels == answers["labels"]  # every label is held out too
+
+
+def test_train_then_eval_on_label_data_picks_label_metrics_from_data_json(tmp_path, tiny_model_dir):
+    """The real path on the tiny llama (2 steps): data.json records the kind, eval reads it from there."""
+    from tests.conftest import TINY_RECIPE
+    from tunesmith.eval import run_eval
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    (tmp_path / "data").mkdir()
+    for name, count in (("train.jsonl", 8), ("eval.jsonl", 2)):
+        rows = [chat(label, f"{name} ticket {i} about {label}") for label in QUEUES for i in range(count)]
+        (tmp_path / "data" / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "recipe.yaml").write_text(TINY_RECIPE.format(model_dir=tiny_model_dir))
+    recipe = load_recipe(tmp_path / "recipe.yaml", ["training.max_steps=2", "eval.max_new_tokens=4"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    assert json.loads((run.path / "data.json").read_text())["answers"]["labels"] == QUEUES
+    results = json.loads(run_eval(recipe, run).read_text())
+    assert results["metrics"] == default_metrics("labels") and results["metrics_chosen"]["from"] == "training answers"
+    assert results["metrics_chosen"]["reason"] == "answers take 4 distinct values over 32 rows"
+    assert set(results["label_accuracy"]["confusion"]["tuned"]) == set(QUEUES)
+    assert results["label_accuracy"]["per_label"]["tuned"]["login"]["examples"] == 2
+    assert {"label_accuracy", "exact_match"} <= set(results["comparison"])
+    assert "Confusion matrix, tuned" in (run.path / "eval" / "report.html").read_text()
