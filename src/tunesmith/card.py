@@ -34,7 +34,9 @@ def write_model_card(run: Run) -> Path:
         f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
+        *trained_lines(data),
         "",
+        *template_lines(data.get("template_contract")),
         "## Results on held-out examples, base vs tuned",
         *results_table(results),
         "",
@@ -44,6 +46,29 @@ def write_model_card(run: Run) -> Path:
         *(reward_usage_lines(run, whole) if recipe.method.kind == "reward" else usage_lines(run, whole)),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
+
+
+def trained_lines(data: dict[str, Any]) -> list[str]:
+    """What carried loss (data.json `trained`): tokens, and the rows left out by reason."""
+    trained = (data.get("trained") or {}).get("train")
+    if not trained:
+        return []
+    dropped = ", ".join(f"{count} {reason}" for reason, count in trained["dropped"].items()) or "none"
+    return [f"- trained: {trained['trained_rows']} of {trained['rows']} rows, {trained['loss_tokens']:,} loss tokens "
+            f"of {trained['tokens']:,}; rows left out: {dropped}; answer tokens cut by max_length: "
+            f"{trained['answer_tokens_cut']}"]
+
+
+def template_lines(contract: dict[str, Any] | None) -> list[str]:
+    """The chat-template contract as checked before training (data/contract.py), with its warnings."""
+    if not contract:
+        return []
+    lines = ["## Chat template contract", "",
+             f"- system role: {contract['system_role']}; generation prompt: {contract['generation_prompt']}; "
+             f"EOS after answers: {'yes' if contract['eos_after_assistant'] else 'no'}; assistant turns: "
+             f"{contract['assistant_turns']}; tools: {contract['tools']}"]
+    lines += [f"- warning: {warning}" for warning in contract.get("warnings", [])]
+    return [*lines, ""]
 
 
 def adapter_line(adapter: Any) -> str:

@@ -143,7 +143,10 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
 
     rules = [parse_gate_rule(text) for text in fail_if_worse or []]
     run = open_run(run_dir)
+    run.trained_artifact()
     other = None if against == "base" else open_run(Path(against)).path
+    if other is not None:
+        open_run(other).trained_artifact()
     path = run_eval(load_recipe(run.recipe_file, set_), run, other)
     if other is None:
         write_model_card(run)
@@ -206,6 +209,7 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
+    run.trained_artifact()
     bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf", "gguf-lora", "ollama"})
     if bad:
         raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.",

@@ -56,6 +56,9 @@ class ProblemsFoundError(DataError):
 
 def raise_if_problems(report: dict[str, Any]) -> None:
     """After the report is out, fail when any split has a problem row (each is named, with its line, above)."""
+    template = report.get("template_contract", {}).get("problems", [])
+    if template:
+        raise ProblemsFoundError("The chat template cannot train this data right:\n- " + "\n- ".join(template))
     counts = {split: len(info["problems"]) for split, info in report["files"].items() if info["problems"]}
     if counts:
         found = ", ".join(f"{count} in {split} ({report['files'][split]['source']})" for split, count in counts.items())
@@ -77,6 +80,19 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         for text in info["examples"]:
             err.rule("example", style="dim")
             err.print(escape(text), highlight=False)
+    print_contract(report.get("template_contract", {}))
+
+
+def print_contract(contract: dict[str, Any]) -> None:
+    """The template-contract verdicts in one line, then its warnings (problems end the command)."""
+    if not contract:
+        return
+    err.rule("chat template contract")
+    err.print(f"system role {contract['system_role']} · generation prompt {contract['generation_prompt']} · EOS in "
+              f"answers {'yes' if contract['eos_after_assistant'] else 'no'} · assistant turns "
+              f"{contract['assistant_turns']} · tools {contract['tools']}", highlight=False)
+    for warning in contract["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @data_app.command()
@@ -115,6 +131,7 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to r
             model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
             as_json: JsonOption = False) -> None:
     """Render rows through the chat template as training will; tokens that carry loss are highlighted.
+    Exits 1 when train would refuse the data (the template contract's problems), after printing them.
 
     Example: tunesmith data preview recipes/quickstart.yaml -n 2 --html preview.html
     """
@@ -128,10 +145,13 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to r
         atomic_write_text(html, preview_html(result, f"{recipe.name}: what the loss sees"))
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
-        return
-    print_preview(result, err)
-    if html:
-        err.print(f"Wrote {html}")
+    else:
+        print_preview(result, err)
+        if html:
+            err.print(f"Wrote {html}")
+    if result.problems:
+        raise ProblemsFoundError(f"train would refuse this data ({len(result.problems)} problem(s), listed above).",
+                                 "Apply the fix each problem names (a data.* key or another model).")
 
 
 def print_stats(stats: dict[str, Any]) -> None:

@@ -110,6 +110,21 @@ class Run:
     def exports_dir(self) -> Path:
         return self.path / "exports"
 
+    def trained_artifact(self) -> Path:
+        """What training saved: `adapter/` (a PEFT adapter) or `model/` (full, partial, hft).
+
+        Raises TunesmithError when neither is complete, so eval, export and merge say so instead of failing
+        inside PEFT or transformers on a missing file.
+        """
+        for folder, marker in ((self.adapter_dir, "adapter_config.json"), (self.path / "model", "config.json")):
+            if (folder / marker).is_file():
+                return folder
+        raise TunesmithError(
+            f"{self.path} has no trained model: neither adapter/adapter_config.json nor model/config.json exists "
+            "(training did not finish, or the folder was moved or deleted).",
+            f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
+            "finished.")
+
     def load_recipe(self) -> Recipe:
         from tunesmith.config import load_recipe
 

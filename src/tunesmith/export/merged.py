@@ -6,6 +6,7 @@ base+adapter on a fixed prompt so a silent change in outputs is caught at export
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,16 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         path, max_diff = export_merged(model_dir, run.adapter_dir, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
         manifest["merged"] = {"path": str(path), "max_abs_logit_diff": max_diff}
-    atomic_write_json(run.exports_dir / "manifest.json", manifest)
+    atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
     return run.exports_dir
+
+
+def template_contract(run: Run) -> dict[str, Any]:
+    """The chat-template contract the data stage checked (data.json), carried into the export manifest: an
+    exported model keeps the template it was trained with, warnings included."""
+    data_file = run.path / "data.json"
+    data = json.loads(data_file.read_text(encoding="utf-8")) if data_file.is_file() else {}
+    return {"template_contract": data["template_contract"]} if "template_contract" in data else {}
 
 
 def export_whole_model(run: Run, formats: list[str]) -> Path:
@@ -49,7 +58,7 @@ def export_whole_model(run: Run, formats: list[str]) -> Path:
         with atomic_directory(target) as tmp:
             shutil.copytree(run.path / "model", tmp, dirs_exist_ok=True)  # train.adapters.trained_model_dir
         manifest["merged"] = {"path": str(target), "max_abs_logit_diff": 0.0}
-    atomic_write_json(run.exports_dir / "manifest.json", manifest)
+    atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
     return run.exports_dir
 
 
