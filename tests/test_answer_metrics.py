@@ -81,7 +81,7 @@ def test_answers_come_from_the_last_assistant_turn_and_other_shapes():
 
 
 def test_default_metrics_per_kind_and_auto_resolves_them():
-    assert default_metrics("json") == ["loss", "perplexity", "json_valid", "json_fields"]
+    assert default_metrics("json") == ["loss", "perplexity", "json_fields", "json_valid"]
     assert default_metrics("labels") == ["loss", "perplexity", "exact_match", "label_accuracy"]
     assert default_metrics("free_text") == ["loss", "perplexity", "chrf", "rouge_l"]
     section = EvalSection()

@@ -324,7 +324,7 @@ def test_cli_exports_a_run_as_gguf(tiny_model_dir, tmp_path):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
 
     untrained = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf"])
-    assert isinstance(untrained.exception, TunesmithError) and "no trained adapter" in untrained.exception.message
+    assert isinstance(untrained.exception, TunesmithError) and "has no trained model" in untrained.exception.message
     get_peft_model(base, lora).save_pretrained(run.adapter_dir)
 
     result = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", "--quant", "Q8_0", "--no-verify"])

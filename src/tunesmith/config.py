@@ -384,8 +384,9 @@ class TrainingSection(Section):
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
                 "json_fields", "rouge_l", "chrf", "label_accuracy")
 # What `eval.task_metric: auto` picks for each kind of training answer (data/answers.py decides the kind).
+# The first task metric of each is the headline score (the sweep table and summaries show it).
 ANSWER_KIND_METRICS = {
-    "json": ("loss", "perplexity", "json_valid", "json_fields"),
+    "json": ("loss", "perplexity", "json_fields", "json_valid"),
     "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
     "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
 }

@@ -162,7 +162,7 @@ def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recip
 
 def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, batch_size: int) -> float:
     """Mean cross-entropy per assistant token (the tokens training puts loss on)."""
-    encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length) for r in rows]
+    encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length, r.get("tools")) for r in rows]
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start : start + batch_size]
@@ -194,7 +194,7 @@ def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_token
     """Greedy answers to each row's prompt turns, batched with left padding."""
     from rich.progress import track
 
-    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True) for r in rows]
+    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
     tokenizer.padding_side = "left"
     answers: list[str] = []
     batches = range(0, len(prompts), batch_size)
