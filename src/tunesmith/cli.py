@@ -205,15 +205,12 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged --format gguf --out ~/models/orders
     """
-    from tunesmith.export import out_names, refuse_taken_out_names, run_export
+    from tunesmith.export import out_names, refuse_taken_out_names
+    from tunesmith.export.stage import export_formats
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
     run.trained_artifact()
-    bad = sorted(set(format_ or []) - {"adapter", "merged", "gguf", "gguf-lora", "ollama"})
-    if bad:
-        raise TunesmithError(f"Unknown export format(s): {', '.join(bad)}.",
-                             "Use adapter, merged, gguf, gguf-lora or ollama.")
     recipe = run.load_recipe()
     if max_shard_size:
         from tunesmith.merge.into_base import parse_shard_size
@@ -224,23 +221,11 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     names = out_names(formats, recipe.name, quant) if out else []
     if out:
         refuse_taken_out_names(out, names)
-    path = run.exports_dir
-    others = [name for name in formats if name in ("adapter", "merged")]
-    if others:
-        path = run_export(recipe, run, others)
-    if "gguf" in formats:
-        from tunesmith.export.gguf import run_gguf_export
-
-        path = run_gguf_export(recipe, run, quant, verify=verify)
-    if "gguf-lora" in formats:
-        from tunesmith.export.gguf_lora import lora_type_for, run_gguf_lora_export
-
-        path = run_gguf_lora_export(recipe, run, lora_type_for(quant))
-    if "ollama" in formats:
-        from tunesmith.export.ollama import run_ollama_export
-
-        path = _report_ollama(run_ollama_export(recipe, run, quant, verify=verify, adapter=ollama_adapter))
-    err.print(f"Exported to {path}")
+    outcome = export_formats(recipe, run, formats, quant, verify, ollama_adapter)
+    if outcome.ollama is not None:
+        _report_ollama(outcome.ollama)
+    for name, path in outcome.written.items():
+        err.print(f"Exported {name}: {path}", highlight=False, soft_wrap=True)
     if out:
         _copy_out(run.exports_dir, out, names)
 

@@ -472,6 +472,12 @@ class EvalSection(Section):
         return ["loss", "perplexity"] + ([self.task_metric] if self.task_metric != "none" else [])
 
 
+EXPORT_FORMATS = ("adapter", "merged", "gguf", "gguf-lora", "ollama")
+# Adapter kinds whose saved adapter is a plain LoRA (PiSSA/OLoRA are converted to one when saved), the only
+# kind a GGUF LoRA file (llama.cpp --lora, Ollama ADAPTER) can hold.
+GGUF_LORA_KINDS = ("lora", "rslora", "pissa", "olora", "qlora")
+
+
 class ExportSection(Section):
     formats: list[Literal["adapter", "merged", "gguf", "gguf-lora", "ollama"]] = Field(
         default_factory=lambda: ["adapter", "merged"])
@@ -540,6 +546,20 @@ class Recipe(Section):
         if lm_formats:
             raise ValueError(f"export.formats {lm_formats} need a language model; a reward model outputs one score. "
                              "Use export.formats: [adapter]")
+        return self
+
+    @model_validator(mode="after")
+    def _exports_fit_adapter(self) -> Recipe:
+        """A GGUF LoRA holds plain LoRA factors only: refuse it for other adapter kinds before training."""
+        wants_lora_file = "gguf-lora" in self.export.formats or (
+            "ollama" in self.export.formats and self.export.ollama_adapter)
+        if wants_lora_file and self.adapter.kind not in GGUF_LORA_KINDS:
+            what = "export.formats gguf-lora" if "gguf-lora" in self.export.formats else "export.ollama_adapter: true"
+            raise ValueError(f"{what} needs a plain LoRA adapter, and adapter.kind={self.adapter.kind} is not one "
+                             "(a GGUF LoRA file holds LoRA factors only; kinds that fit: "
+                             f"{', '.join(GGUF_LORA_KINDS)}). "
+                             "Export the merged model instead: export.formats: [gguf] (or ollama with "
+                             "ollama_adapter: false)")
         return self
 
     def resolve_path(self, value: str) -> Path:

@@ -8,7 +8,7 @@ from tunesmith.card import write_model_card
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
-from tunesmith.export import run_export
+from tunesmith.export.stage import export_formats
 from tunesmith.runs import Run, create_run
 from tunesmith.train import run_training
 
@@ -32,6 +32,6 @@ def run_pipeline(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     run = create_run(recipe, runs_dir)
     run_training(recipe, run)
     run_eval(recipe, run)
-    run_export(recipe, run)
+    export_formats(recipe, run)
     write_model_card(run)
     return run

@@ -76,7 +76,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         print_warnings(record["template_contract"]["warnings"])
     encoded = encode(splits, tokenizer) if encode else None
     if encoded is not None:
-        record.update(trained_counts(encoded.counts, recipe.data.max_length))
+        record.update(trained_counts(encoded.counts))
+        print_warnings(drop_warnings(encoded.counts, recipe.data.max_length))
     atomic_write_json(run.path / "data.json", record)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
@@ -91,23 +92,26 @@ def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
     return any("messages" in row or isinstance(row.get("prompt"), list) for row in rows)
 
 
-def trained_counts(counts: dict[str, dict[str, Any]], max_length: int) -> dict[str, Any]:
-    """data.json's row counts become what carried loss; `trained` keeps tokens and drops by reason, per split."""
+def trained_counts(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """data.json's `train_rows` becomes the rows that carry loss; `trained` keeps, per split, the tokens and the
+    rows left out by reason (eval's generation still scores every held-out row: `eval_rows` stays)."""
     train = counts["train"]
     if not train["trained_rows"]:
         raise DataError(f"No training row has an answer token inside data.max_length: all {train['rows']} rows were "
                         "dropped (answer_past_max_length).", "Raise data.max_length, or shorten the prompts.")
-    update: dict[str, Any] = {"train_rows": train["trained_rows"], "trained": counts}
-    if "eval" in counts:
-        update["eval_rows"] = counts["eval"]["trained_rows"]
+    return {"train_rows": train["trained_rows"], "trained": counts}
+
+
+def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[str]:
+    """One line per split that lost rows, with the reasons, for the terminal."""
+    warnings = []
     for split, split_counts in counts.items():
         dropped = sum(split_counts["dropped"].values())
         if dropped:
-            print_warnings([f"{dropped} of {split_counts['rows']} {split} rows are left out: "
-                            + ", ".join(f"{n} {reason}" for reason, n in split_counts["dropped"].items())
-                            + f" (data.max_length {max_length}). Raise data.max_length to keep "
-                            "them."])
-    return update
+            reasons = ", ".join(f"{n} {reason}" for reason, n in split_counts["dropped"].items())
+            warnings.append(f"{dropped} of {split_counts['rows']} {split} rows are left out: {reasons} "
+                            f"(data.max_length {max_length}). Raise data.max_length to keep them.")
+    return warnings
 
 
 def print_warnings(warnings: list[str]) -> None:

@@ -1,0 +1,87 @@
+"""The one export entry point: every format of the recipe schema, dispatched through one table.
+
+`tunesmith export`, the quickstart, `train --evaluate` and every sweep run call `export_formats`, so a
+format the recipe names is written (and recorded in exports/manifest.json) whoever asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import EXPORT_FORMATS, Recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import Run
+
+PLAIN_FORMATS = ("adapter", "merged")  # written together by `run_export` (one manifest)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Settings of the GGUF-based formats; None means the recipe's value (verify: on when llama.cpp is here)."""
+
+    quant: str
+    verify: bool | None = None
+    ollama_adapter: bool | None = None
+
+
+@dataclass
+class ExportOutcome:
+    """Where each format landed, and the Ollama result (whether `ollama create` ran) when it was asked for."""
+
+    written: dict[str, Path] = field(default_factory=dict)
+    ollama: Any = None
+
+
+def export_gguf(recipe: Recipe, run: Run, options: ExportOptions, outcome: ExportOutcome) -> Path:
+    from tunesmith.export.gguf import run_gguf_export
+
+    return run_gguf_export(recipe, run, options.quant, verify=options.verify)
+
+
+def export_gguf_lora(recipe: Recipe, run: Run, options: ExportOptions, outcome: ExportOutcome) -> Path:
+    from tunesmith.export.gguf_lora import lora_type_for, run_gguf_lora_export
+
+    return run_gguf_lora_export(recipe, run, lora_type_for(options.quant))
+
+
+def export_ollama(recipe: Recipe, run: Run, options: ExportOptions, outcome: ExportOutcome) -> Path:
+    from tunesmith.export.ollama import run_ollama_export
+
+    outcome.ollama = run_ollama_export(recipe, run, options.quant, verify=options.verify,
+                                       adapter=options.ollama_adapter)
+    return outcome.ollama.folder
+
+
+Exporter = Callable[[Recipe, Run, ExportOptions, ExportOutcome], Path]
+EXPORTERS: dict[str, Exporter] = {"gguf": export_gguf, "gguf-lora": export_gguf_lora, "ollama": export_ollama}
+NEEDS_MERGED = ("gguf", "ollama")  # built from exports/merged/, which a whole-model run copies from model/
+
+
+def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, quant: str | None = None,
+                   verify: bool | None = None, ollama_adapter: bool | None = None) -> ExportOutcome:
+    """Write `formats` (default: the recipe's export.formats) under the run's exports/, in the order given.
+
+    Raises TunesmithError for a format name that does not exist, before anything is written.
+    """
+    from tunesmith.export.merged import run_export
+    from tunesmith.train.adapters import trains_whole_model  # imported here: tunesmith.train loads TRL
+
+    formats = list(formats or recipe.export.formats)
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown:
+        raise TunesmithError(f"Unknown export format(s): {', '.join(unknown)}.", f"Use {', '.join(EXPORT_FORMATS)}.")
+    options = ExportOptions(quant or recipe.export.quant, verify, ollama_adapter)
+    outcome = ExportOutcome()
+    plain = [name for name in PLAIN_FORMATS if name in formats]
+    if trains_whole_model(recipe.adapter) and "merged" not in plain and any(f in NEEDS_MERGED for f in formats):
+        plain.append("merged")  # the GGUF writer reads exports/merged/; for a whole model that is model/'s copy
+    if plain:
+        exports = run_export(recipe, run, plain)
+        outcome.written.update({name: exports / name for name in plain if name in formats})
+    for name in formats:
+        if name in EXPORTERS:
+            outcome.written[name] = EXPORTERS[name](recipe, run, options, outcome)
+    return outcome
