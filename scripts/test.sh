@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests
+.venv/bin/lint-imports  # the layers of DESIGN.md, declared in pyproject.toml
 exec .venv/bin/pytest -m "slow or not slow" "$@"

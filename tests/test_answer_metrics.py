@@ -19,8 +19,8 @@ from tunesmith.data.answers import (
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.eval.evaluate import add_scores, choose_metrics
 from tunesmith.eval.html_report import render_report
-from tunesmith.eval.metrics import aggregate, build_scorer, label_report, score_columns
 from tunesmith.runs import Run
+from tunesmith.scoring import aggregate, build_scorer, label_report, score_columns
 
 REPO = Path(__file__).resolve().parents[1]
 QUEUES = ["billing", "login", "refund", "shipping"]

@@ -11,7 +11,8 @@ from tunesmith.config import EvalSection, validate_recipe
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.eval.gate import GateRule, check_gate, is_worse, parse_gate_rule, raise_if_worse
 from tunesmith.eval.html_report import mark_changes, render_report
-from tunesmith.eval.metrics import (
+from tunesmith.eval.stats import compare_metric, compare_variants, paired_bootstrap_ci, wins_losses_ties
+from tunesmith.scoring import (
     aggregate,
     build_scorer,
     chrf_score,
@@ -24,7 +25,6 @@ from tunesmith.eval.metrics import (
     score_columns,
     user_scorer,
 )
-from tunesmith.eval.stats import compare_metric, compare_variants, paired_bootstrap_ci, wins_losses_ties
 
 SCHEMA = {"type": "object", "required": ["item", "qty"],
           "properties": {"item": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}

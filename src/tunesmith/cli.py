@@ -126,14 +126,21 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
           against: Annotated[str, typer.Option(
               metavar="base|RUN_DIR", help="Compare with the base model (default), or with another run of the "
                                            "same base: its adapter takes base's place everywhere; results go to "
-                                           "eval/against-<run>/.")] = "base") -> None:
-    """Score the tuned model against its base on the held-out examples; writes eval/results.json and report.html.
+                                           "eval/against-<run>/.")] = "base",
+          data: Annotated[Path | None, typer.Option(
+              "--data", metavar="FILE", help="Score FILE's rows instead of the held-out rows saved in the run (same "
+                                             "loaders, system prompt and fallbacks as training); results go to "
+                                             "eval/data-<file name>/.")] = None) -> None:
+    """Score the tuned model against its base on the held-out examples saved in the run; writes eval/results.json
+    and report.html.
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --json
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --fail-if-worse exact_match:0.02 --fail-if-worse probes
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --against runs/quickstart-20261120-093000
+
+    Example: tunesmith eval runs/quickstart-20261123-101500 --data examples/data/orders/eval.jsonl
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
@@ -147,13 +154,16 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
         open_run(other).trained_artifact()
-    path = run_eval(load_recipe(run.recipe_file, set_), run, other)
-    if other is None:
+    path = run_eval(load_recipe(run.recipe_file, set_), run, other, data)
+    if other is None and data is None:  # the card describes the run's own held-out rows
         write_model_card(run)
     if as_json:
         print(path.read_text(encoding="utf-8"))
     else:
         _print_results(run.path, path)
+        if data is not None:  # the table says "held-out"; these rows are the file's
+            err.print(f"Rows scored: {escape(str(data))} (not the run's held-out rows)", highlight=False,
+                      soft_wrap=True)
         report = path.parent / "report.html"  # preference, CPT and reward evals write results.json only
         if report.is_file():
             err.print(f"Report: {report}", highlight=False, soft_wrap=True)

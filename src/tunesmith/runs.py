@@ -6,13 +6,14 @@ file; directories (adapters, merged checkpoints) are built in a temporary siblin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +21,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Recipe, recipe_to_yaml
+from pydantic import BaseModel, ValidationError
+
+from tunesmith.config import DataSection, Recipe, recipe_to_yaml
 from tunesmith.errors import TunesmithError
+from tunesmith.manifest import (
+    MANIFEST_VERSION,
+    BaseModelRecord,
+    DataRecord,
+    RowsFile,
+    RunManifest,
+    SourceFile,
+    TrainRecord,
+    content_sha256,
+    hub_commit,
+    source_file,
+)
+
+Row = dict[str, Any]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -125,6 +142,69 @@ class Run:
             f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
             "finished.")
 
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / "run.json"
+
+    def manifest(self) -> RunManifest | None:
+        """run.json, validated; None for a run written before run.json existed."""
+        if not self.manifest_file.is_file():
+            return None
+        raw = read_json(self.manifest_file)
+        if isinstance(raw, dict) and raw.get("version") != MANIFEST_VERSION:
+            raise TunesmithError(f"{self.manifest_file} has manifest version {raw.get('version')!r}; this tunesmith "
+                                 f"reads version {MANIFEST_VERSION}.", "Use the tunesmith version that wrote the run.")
+        try:
+            return RunManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise TunesmithError(f"{self.manifest_file} is not a valid run manifest: {exc}",
+                                 "Train the run again; run.json is written by tunesmith, not by hand.") from None
+
+    def eval_rows(self) -> list[Row] | None:
+        """The held-out rows the data stage saved in the run, exactly as training split and cleaned them; None for
+        a run written before the rows were saved (the caller then rebuilds them from the recipe's files)."""
+        manifest = self.manifest()
+        return self.read_rows(manifest.data.eval) if manifest and manifest.data else None
+
+    def read_rows(self, saved: RowsFile) -> list[Row]:
+        """Rows saved in the run, checked against their recorded sha256: edited rows are refused, not scored."""
+        path = self.path / saved.path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise TunesmithError(f"{path} is missing, but run.json records it.",
+                                 "Copy the whole run directory, data/ included.") from None
+        if hashlib.sha256(data).hexdigest() != saved.sha256:
+            raise TunesmithError(f"{path} was changed after training (its sha256 differs from run.json's).",
+                                 "Restore the file, or score other rows explicitly: `tunesmith eval RUN --data FILE`.")
+        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+    def changed_eval_source(self) -> SourceFile | None:
+        """The source file the eval rows came from, when its content differs from training time or it is gone
+        (so eval can say it scores the saved rows, not the file); None when unchanged, unhashed (Hub) or unknown."""
+        manifest = self.manifest()
+        if manifest is None or manifest.data is None:
+            return None
+        source = manifest.data.sources.get(manifest.data.eval_from)
+        if source is None or source.sha256 is None:
+            return None
+        return None if content_sha256(Path(source.resolved)) == source.sha256 else source
+
+    def base_model(self, fallback: Callable[[], Path] | None = None) -> Path:
+        """The local folder of the base model this run trained on, as run.json recorded it.
+
+        A run written before run.json (or whose recorded folder is gone) uses `fallback`: the caller resolves the
+        recipe's model.source, because resolving sources belongs to `tunesmith.models`, a layer above this one.
+        """
+        manifest = self.manifest()
+        recorded = Path(manifest.train.base_model.path) if manifest and manifest.train else None
+        if recorded is not None and recorded.is_dir():
+            return recorded
+        if fallback is not None:
+            return fallback()
+        where = f"the recorded base model {recorded} is gone" if recorded else "run.json records no trained model"
+        raise TunesmithError(f"{self.path}: {where}.", "Restore the base model folder, or train the run again.")
+
     def load_recipe(self) -> Recipe:
         from tunesmith.config import load_recipe
 
@@ -141,6 +221,54 @@ class Run:
             return []
         lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+
+def record_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> RunManifest:
+    """Merge one stage's section into run.json, atomically; the other stages' sections stay as they are.
+
+    The whole manifest is validated before it is written, so an unknown stage name or a bad field fails here.
+    """
+    current = run.manifest() or RunManifest()
+    value = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    try:
+        manifest = RunManifest.model_validate({**current.model_dump(mode="json"), name: value})
+    except ValidationError as exc:
+        raise TunesmithError(f"Cannot record stage {name!r} in {run.manifest_file}: {exc}",
+                             "This is a bug in the stage that records it; please report it.") from None
+    atomic_write_json(run.manifest_file, manifest.model_dump(mode="json"))
+    return manifest
+
+
+def save_rows(run: Run, split: str, rows: list[Row]) -> RowsFile:
+    """Write canonical rows into the run as data/<split>.jsonl; returns the file's record (path relative)."""
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    relative = f"data/{split}.jsonl"
+    atomic_write_bytes(run.path / relative, data)
+    return RowsFile(path=relative, rows=len(rows), sha256=hashlib.sha256(data).hexdigest())
+
+
+def record_data_stage(run: Run, data: DataSection, train: list[Row], held_out: list[Row], shape: str,
+                      resolved: dict[str, str]) -> DataRecord:
+    """Save the rows training uses and record them in run.json with their sources (`resolved`: the data stage's
+    split → resolved path or Hub id), so eval scores these rows, not whatever the source files hold later."""
+    written = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
+    record = DataRecord(shape=shape, train=save_rows(run, "train", train), eval=save_rows(run, "eval", held_out),
+                        sources={split: source_file(path, resolved[split]) for split, path in written.items()},
+                        eval_from="eval" if data.eval else "train")
+    record_stage(run, "data", record)
+    return record
+
+
+def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path) -> TrainRecord:
+    """Record what training saved (`artifact`, inside the run) and the base it started from (`model_dir`, as
+    resolved), so later stages load both from run.json instead of resolving the recipe's source again."""
+    kind = "adapter" if (artifact / "adapter_config.json").is_file() else "model"
+    base = BaseModelRecord(source=recipe.model.source, revision=recipe.model.revision,
+                           path=str(model_dir.resolve()), commit=hub_commit(model_dir))
+    record = TrainRecord(artifact=kind, path=artifact.relative_to(run.path).as_posix(), method=recipe.method.kind,
+                         adapter=recipe.adapter.kind, base_model=base)
+    record_stage(run, "train", record)
+    return record
 
 
 def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:

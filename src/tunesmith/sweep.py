@@ -187,7 +187,7 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
     staging, log = sweep_dir / f".staging-{combo.name}", sweep_dir / "logs" / f"{combo.name}.log"
     log.parent.mkdir(exist_ok=True)
     overrides = [arg for item in (*sets, *combo.overrides) for arg in ("--set", item)]
-    command = [sys.executable, "-m", "tunesmith.sweep", str(staging / MEMORY_FILE), "train", str(recipe_path),
+    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / MEMORY_FILE), "train", str(recipe_path),
                *overrides, "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
     started = time.monotonic()
     with log.open("w", encoding="utf-8") as handle:
@@ -320,18 +320,3 @@ def peak_memory() -> dict[str, float | None]:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return {"peak_rss_mb": round(rss_bytes / 2**20, 1), "peak_cuda_mb": cuda}
-
-
-def measured_cli(memory_file: Path, argv: list[str]) -> None:
-    """Run the tunesmith CLI in this process, then record its peak memory, whether it succeeded or not."""
-    from tunesmith.cli import main
-
-    sys.argv = ["tunesmith", *argv]
-    try:
-        main()
-    finally:
-        atomic_write_json(memory_file, peak_memory())
-
-
-if __name__ == "__main__":  # python -m tunesmith.sweep MEMORY_FILE <tunesmith arguments>: one sweep combination
-    measured_cli(Path(sys.argv[1]), sys.argv[2:])

@@ -176,8 +176,8 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
                 metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int = 128,
                 batch_size: int = 8, device: str = "auto") -> dict[str, Any]:
     """Answer every prompt with each adapter (and the base), score where references exist; the results dict."""
-    from tunesmith.eval.metrics import build_scorer
     from tunesmith.models import load_model, load_tokenizer, pick_device
+    from tunesmith.scoring import build_scorer
 
     if not targets:
         raise TunesmithError("Name at least one run directory or adapter folder to compare.")
@@ -200,7 +200,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
 def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], seconds: dict[str, float],
                        scorer: Any, metrics: list[str], base_dir: Path, prompts_file: Path) -> dict[str, Any]:
     """Per-row outputs and scores, and per-variant means over the rows that have a reference."""
-    from tunesmith.eval.metrics import aggregate
+    from tunesmith.scoring import aggregate
 
     variants = list(outputs)
     rows, summary = [], {}

@@ -17,40 +17,43 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
-from tunesmith.data import load_splits
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.html_report import write_html_report
-from tunesmith.eval.metrics import Scorer, aggregate, label_report, recipe_scorer, score_columns
 from tunesmith.eval.report import plot_base_vs_tuned
+from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
-from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.models import load_model, load_tokenizer, pick_device
 from tunesmith.runs import Run, atomic_write_json, read_json
+from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_columns
 
 
-def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
-    """Score base (or, `against` another run, that run's tuned model) and tuned on the held-out rows, plus the
-    recipe's add-ons (probes, judge, lm-eval); writes results.json (returned) and report.html."""
+def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
+    """Score base (or, `against` another run, that run's tuned model) and tuned on the held-out rows the run saved
+    (`data`: that file's rows instead), plus the recipe's add-ons (probes, judge, lm-eval); writes results.json
+    (returned) and report.html."""
     from tunesmith.eval.preference import LIKELIHOOD_KINDS, run_likelihood_eval
 
     if recipe.method.kind in LIKELIHOOD_KINDS:  # preference and raw-text runs have no one answer to generate
-        return run_likelihood_eval(recipe, run, against)
+        return run_likelihood_eval(recipe, run, against, data)
     if recipe.method.kind == "reward":  # a reward model scores answers; it writes none
         from tunesmith.eval.reward import run_reward_eval
 
-        return run_reward_eval(recipe, run, against)
+        return run_reward_eval(recipe, run, against, data)
 
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = base_model_dir(recipe, run)
     tokenizer = load_tokenizer(model_dir)
-    rows = load_splits(recipe).eval[: recipe.eval.max_examples]
+    held_out = held_out_rows(recipe, run, data_file=data)
+    rows = held_out.rows[: recipe.eval.max_examples]
     device = pick_device(recipe.training.device)
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     variants, who = eval_variants(recipe, run, model_dir, device, against)
-    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric,
+    results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
+                               "task_metric": recipe.eval.task_metric,
                                "metrics": choice["metrics"], "metrics_chosen": choice,
                                **({"against": who} if who else {})}
     outputs: dict[str, list[str]] = {}
@@ -60,8 +63,9 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
     results.update(judge_block(add_ons, recipe, rows, outputs))
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     results["samples"] = sample_table(rows, outputs, limit=50)
-    folder = against_dir(run, who)
-    chart = plot_base_vs_tuned(results, folder / "base_vs_tuned.png" if who else run.plots_dir / "base_vs_tuned.png")
+    folder = results_dir(against_dir(run, who), held_out)
+    own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
+    chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
     path = atomic_write_json(folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
     return path

@@ -10,14 +10,12 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
-from tunesmith.data import load_splits
 from tunesmith.eval.preference import sequence_logprobs, variants
 
 
-def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe,
+def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe, rows: list[dict],
                        contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
-    """Mean loss per token and perplexity over the held-out documents, each scored on its own."""
-    rows = load_splits(recipe, accept=("text",), purpose="perplexity evaluation").eval[: recipe.eval.max_examples]
+    """Mean loss per token and perplexity over the held-out documents (`rows`), each scored on its own."""
     encoded = [encode_document(tokenizer, row["text"], recipe.data.max_length) for row in rows]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "perplexity"}
     for name, context in (contexts or variants(model, recipe)).items():

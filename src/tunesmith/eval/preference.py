@@ -18,37 +18,42 @@ from typing import Any
 import torch
 
 from tunesmith.config import PREFERENCE_KINDS, Recipe
-from tunesmith.data import load_splits
 from tunesmith.data.template import IGNORE_INDEX, encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.evaluate import pad_right
-from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
+from tunesmith.models import load_model, load_tokenizer, pick_device
 from tunesmith.runs import Run, atomic_write_json
 
 LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
 PREFERENCE_SHAPES = ("preference", "unpaired_preference")
 
 
-def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
-    """Score base (or another run's model, `against`) and tuned on the held-out rows, and the recipe's probes and
-    lm-eval tasks; writes results.json and returns its path."""
+def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
+    """Score base (or another run's model, `against`) and tuned on the held-out rows the run saved (`data`: that
+    file's rows instead), and the recipe's probes and lm-eval tasks; writes results.json and returns its path."""
     from tunesmith.eval.add_ons import prepare_add_ons, run_add_ons
     from tunesmith.eval.against import against_dir
 
     if recipe.eval.judge is not None:
         raise TunesmithError(f"eval.judge grades generated answers, and a {recipe.method.kind} eval generates none.",
                              "Remove eval.judge from the recipe (it applies to sft and grpo runs).")
+    cpt = recipe.method.kind == "cpt"
+    held_out = held_out_rows(recipe, run, ("text",) if cpt else PREFERENCE_SHAPES,
+                             "perplexity evaluation" if cpt else "preference evaluation", data)
+    rows = held_out.rows[: recipe.eval.max_examples]
     add_ons = prepare_add_ons(recipe)
     tokenizer, model, contexts, who = likelihood_variants(recipe, run, against)
-    if recipe.method.kind == "cpt":
+    if cpt:
         from tunesmith.eval.perplexity import perplexity_results
 
-        results = perplexity_results(model, tokenizer, recipe, contexts)
+        results = perplexity_results(model, tokenizer, recipe, rows, contexts)
     else:
-        results = preference_results(model, tokenizer, recipe, contexts)
+        results = preference_results(model, tokenizer, recipe, rows, contexts)
+    results["rows_from"] = held_out.rows_from
     results.update({"against": who} if who else {})
     results.update(run_add_ons(add_ons, {name: (model, c) for name, c in contexts.items()}, tokenizer, recipe))
-    return atomic_write_json(against_dir(run, who) / "results.json", results)
+    return atomic_write_json(results_dir(against_dir(run, who), held_out) / "results.json", results)
 
 
 def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, Any, dict, dict | None]:
@@ -58,7 +63,7 @@ def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple
         return tokenizer, model, variants(model, recipe), None
     from tunesmith.eval.against import against_variants
 
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = base_model_dir(recipe, run)
     pairs, who = against_variants(run, against, pick_device(recipe.training.device))
     return load_tokenizer(model_dir), pairs["tuned"][0], {name: c for name, (_, c) in pairs.items()}, who
 
@@ -66,7 +71,7 @@ def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple
 def load_tuned(recipe: Recipe, run: Run) -> tuple[Any, Any]:
     from peft import PeftModel
 
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = base_model_dir(recipe, run)
     device = pick_device(recipe.training.device)
     model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
     return load_tokenizer(model_dir), model.eval()
@@ -78,10 +83,9 @@ def variants(model: Any, recipe: Recipe) -> dict[str, Callable[[], AbstractConte
     return {"base": model.disable_adapter, **tuned} if recipe.eval.compare_base else tuned
 
 
-def preference_results(model: Any, tokenizer: Any, recipe: Recipe,
+def preference_results(model: Any, tokenizer: Any, recipe: Recipe, rows: list[dict],
                        contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
-    rows = load_splits(recipe, accept=PREFERENCE_SHAPES, purpose="preference evaluation").eval
-    rows = rows[: recipe.eval.max_examples]
+    """Chosen-over-rejected accuracy and margins (pairs), or the desirable/undesirable gap (KTO), per variant."""
     paired = "chosen" in rows[0]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy" if paired else "label_gap"}
     margins: dict[str, list[float]] = {}

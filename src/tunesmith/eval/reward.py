@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data import load_splits
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.preference import pair_samples
-from tunesmith.models import load_tokenizer, pick_device, resolve_model_source
+from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
+from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.runs import Run, atomic_write_json
 from tunesmith.train.preference import with_system_prompt
 from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
@@ -33,15 +33,17 @@ RANDOM_HEAD_NOTE = ("base is the base model with an untrained, randomly initiali
 Variant = tuple[Any, Callable[[], AbstractContextManager]]
 
 
-def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Path:
-    """Score held-out pairs with base and tuned heads; writes eval/results.json and returns its path."""
+def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
+    """Score the run's held-out pairs (`data`: that file's pairs instead) with base and tuned heads; writes
+    eval/results.json and returns its path."""
     if against is not None:
         raise TunesmithError(f"--against {against}: comparing two reward runs is not supported yet.",
                              "Evaluate each reward run on its own and compare their eval/results.json.")
-    rows = load_splits(recipe, accept=("preference",), purpose="reward-model evaluation").eval
-    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in rows[: recipe.eval.max_examples]]
+    held_out = held_out_rows(recipe, run, ("preference",), "reward-model evaluation", data)
+    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in held_out.rows[: recipe.eval.max_examples]]
     tokenizer, variants = reward_variants(recipe, run)
-    results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy"}
+    results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
+                               "task_metric": "preference_accuracy"}
     margins: dict[str, list[float]] = {}
     for name, (model, context) in variants.items():
         started = time.monotonic()
@@ -53,7 +55,7 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None) -> Pa
     if "base" in results:
         results["base_note"] = RANDOM_HEAD_NOTE.format(seed=recipe.training.seed)
     results["samples"] = pair_samples(rows, margins, limit=5)
-    return atomic_write_json(run.eval_dir / "results.json", results)
+    return atomic_write_json(results_dir(run.eval_dir, held_out) / "results.json", results)
 
 
 def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
@@ -63,7 +65,7 @@ def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
 
     from tunesmith.train.adapters import trained_model_dir, trains_whole_model
 
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = base_model_dir(recipe, run)
     device, seed = pick_device(recipe.training.device), recipe.training.seed
     tokenizer = load_tokenizer(model_dir)
     if trains_whole_model(recipe.adapter):

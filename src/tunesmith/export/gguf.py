@@ -28,6 +28,7 @@ from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec,
 from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
 from tunesmith.export.gguf_vocab import add_tokenizer
 from tunesmith.export.verify import Verification, llama_cpp_available, require_llama_cpp, verify_gguf
+from tunesmith.models.checkpoints import checkpoint_shards
 from tunesmith.runs import atomic_write_json
 
 if TYPE_CHECKING:
@@ -165,22 +166,6 @@ def add_general_metadata(writer: gguf.GGUFWriter, name: str, file_type: gguf.Lla
     writer.add_name(name)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-
-def checkpoint_shards(model_dir: Path) -> dict[str, Path]:
-    """Which safetensors file holds each tensor (single file or sharded with an index)."""
-    from safetensors import safe_open
-
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {tensor: model_dir / file for tensor, file in weight_map.items()}
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
-        raise TunesmithError(f"No safetensors weights in {model_dir}.",
-                             "Save the model with save_pretrained(safe_serialization=True) first.")
-    with safe_open(single, framework="pt") as handle:
-        return dict.fromkeys(handle.keys(), single)
 
 
 def plan_tensors(shards: dict[str, Path], config: Any, spec: ArchSpec,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.checkpoints import checkpoint_shards
 
 MODEL_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 BASE_METHODS = frozenset({"task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"})
@@ -101,8 +102,6 @@ def merge_models(models: list[Path], method: str, weights: list[float], density:
     from huggingface_hub import save_torch_state_dict
 
     checkpoints = [*models, *([base] if method in BASE_METHODS and base else [])]
-    from tunesmith.export.gguf import checkpoint_shards
-
     layouts = [checkpoint_shards(path) for path in checkpoints]
     check_same_layout(checkpoints, layouts)
     torch.manual_seed(seed)  # dare_* drop entries at random

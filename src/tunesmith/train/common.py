@@ -17,7 +17,7 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.contract import check_template_contract
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.plots import plot_loss_curve
@@ -79,6 +79,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record.update(trained_counts(encoded.counts))
         print_warnings(drop_warnings(encoded.counts, recipe.data.max_length))
     atomic_write_json(run.path / "data.json", record)
+    # run.json: the rows themselves, so eval scores exactly these rows even if the source files change later
+    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
@@ -162,6 +164,7 @@ def fit_and_save(trainer: Any, guard: Any, setup: TrainingSetup, recipe: Recipe,
         raise TunesmithError(f"Training stopped: the loss became NaN/inf at step {guard.bad_step}.",
                              "Lower training.lr, or check the data for empty or huge rows.")
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter)  # adapter/, or model/
+    record_train_stage(run, recipe, adapter, setup.model_dir)  # run.json: what later stages load, and its base
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started)}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")

@@ -6,7 +6,7 @@ into the batch function TRL expects, named after the recipe's reward so TRL logs
 before normalising them within each group. The reference answer reaches rewards as the dataset
 column `reference` (TRL passes every column but `prompt`/`completion` on to reward functions).
 
-Built-ins reuse the evaluation metrics (`eval/metrics.py`), so a reward means what the metric of the
+Built-ins reuse the evaluation metrics (`tunesmith/scoring.py`), so a reward means what the metric of the
 same name measures; `reward_model` scores prompt + completion with a trained reward model
 (`train/reward_model.py`). A user reward is a function named `module:function` or `path/file.py:function`
 taking (completion, reference) and returning a float, the same shape as a user eval metric.
@@ -20,7 +20,7 @@ from typing import Any
 
 from tunesmith.config import RewardSpec
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.metrics import (
+from tunesmith.scoring import (
     exact_match_score,
     json_schema_scorer,
     json_valid_score,

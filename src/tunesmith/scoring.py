@@ -4,6 +4,9 @@ Every metric maps (prediction, reference) to a dict of per-example scores, each 
 where higher is better, so that base and tuned can be compared example by example (`eval/stats.py`).
 The recipe's `eval.metrics` picks them by name; a user metric is named explicitly as
 `module:function` or `path/to/file.py:function` (nothing else is imported from a string).
+
+Evaluation scores with these, and GRPO's built-in rewards reuse them, so the module sits below both stages
+(the layers in pyproject.toml), not inside either.
 """
 
 from __future__ import annotations

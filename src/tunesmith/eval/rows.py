@@ -1,0 +1,82 @@
+"""What eval scores and on top of what, read from the run (DESIGN.md §1: the run manifest is the contract).
+
+The held-out rows are the ones the data stage saved in the run, so editing or moving the source files after
+training changes nothing in the scores (a changed source is reported on stderr, never used silently). Other rows
+are scored only when asked for, with `tunesmith eval RUN --data FILE`. Runs written before run.json existed
+rebuild their split from the recipe's files, as eval always did.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import Recipe
+from tunesmith.data import load_splits
+from tunesmith.data.fallbacks import apply_fallbacks
+from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
+from tunesmith.errors import DataError
+from tunesmith.models import resolve_model_source
+from tunesmith.runs import Run
+
+
+@dataclass(frozen=True)
+class HeldOutRows:
+    """The rows to score and where they came from."""
+
+    rows: list[Row]
+    origin: str  # "run" (saved by the data stage), "recipe" (a run older than run.json), or "file"
+    file: Path | None = None  # --data FILE
+
+    @property
+    def rows_from(self) -> str:
+        """results.json's `rows_from`: `run`, `recipe`, or `file:<path>`."""
+        return f"file:{self.file}" if self.file is not None else self.origin
+
+
+def held_out_rows(recipe: Recipe, run: Run, accept: tuple[str, ...] = SFT_SHAPES, purpose: str = "evaluation",
+                  data_file: Path | None = None) -> HeldOutRows:
+    """The run's saved eval rows; `data_file`'s rows when given; the recipe's files for a run without run.json."""
+    if data_file is not None:
+        path = data_file.expanduser().resolve()
+        return HeldOutRows(rows_from_file(recipe, path, accept, purpose), "file", path)
+    saved = run.eval_rows()
+    if saved is None:
+        return HeldOutRows(load_splits(recipe, accept=accept, purpose=purpose).eval, "recipe")
+    report_changed_source(run)
+    return HeldOutRows(saved, "run")
+
+
+def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose: str) -> list[Row]:
+    """`path`'s rows in the shape the data stage gives them: the recipe's loader settings, then (conversational
+    rows) the system prompt, then the recipe's fallbacks. Not cleaned or de-duplicated: the user chose these rows."""
+    data = recipe.data
+    shape, rows = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid, data.file_format)
+    if not rows:
+        raise DataError(f"--data {path} holds no rows to score.", "Pass a file with at least one row.")
+    if shape in SFT_SHAPES:
+        rows = [with_system_prompt(as_conversation(row), data.system_prompt) for row in rows]
+    return [apply_fallbacks(row, data) for row in rows]
+
+
+def report_changed_source(run: Run) -> None:
+    """One line on stderr when the file the eval rows came from changed (or went) since training."""
+    source = run.changed_eval_source()
+    if source is None:
+        return
+    what = "changed" if Path(source.resolved).exists() else "is gone"
+    print(f"note: {source.path} {what} since training; scoring the rows saved in the run "
+          "(use `tunesmith eval RUN --data FILE` to score other rows).", file=sys.stderr, flush=True)
+
+
+def base_model_dir(recipe: Recipe, run: Run) -> Path:
+    """The base the run trained on, from run.json; a run older than run.json resolves the recipe's model.source."""
+    return run.base_model(lambda: resolve_model_source(recipe.model.source, recipe.model.revision,
+                                                       Path(recipe.base_dir)))
+
+
+def results_dir(folder: Path, rows: HeldOutRows) -> Path:
+    """Where results go: `folder` (eval/, or eval/against-<run>/) for the run's own rows, and a `data-<stem>/`
+    folder inside it for --data FILE, so the held-out results, the model card and sweep keep describing them."""
+    return folder / f"data-{rows.file.stem}" if rows.file is not None else folder

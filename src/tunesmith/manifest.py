@@ -1,0 +1,122 @@
+"""The run manifest, `run.json`: what each stage of a run wrote and from what (DESIGN.md §1, the contract).
+
+Later stages read these records through `tunesmith.runs.Run` instead of re-deriving them from the recipe and the
+file system, so a run directory carries its own inputs. Paths to things inside the run are relative to the run
+(a moved run still works); paths to things outside it (source files, the base model) are absolute, as they were
+resolved when the stage ran. `version` changes when a field changes meaning, so an old tunesmith refuses a newer
+manifest instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MANIFEST_VERSION = 1
+
+
+class Record(BaseModel):
+    """A manifest record: unknown keys are errors, so a misspelt field fails where it is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def inside_run(path: str) -> str:
+    """A path inside the run must be relative and stay inside it, or moving the run would break it."""
+    parts = PurePosixPath(path).parts
+    if PurePosixPath(path).is_absolute() or ".." in parts or not parts:
+        raise ValueError(f"{path!r} must be a path relative to the run directory, inside it")
+    return path
+
+
+RunPath = Annotated[str, AfterValidator(inside_run)]
+
+
+class RowsFile(Record):
+    """Canonical rows saved in the run, one JSON object per line."""
+
+    path: RunPath = Field(description="Relative to the run, e.g. data/eval.jsonl.")
+    rows: int = Field(ge=0)
+    sha256: str = Field(description="Of the file's bytes: checked when the rows are read back.")
+
+
+class SourceFile(Record):
+    """A data file the recipe named, as the data stage read it."""
+
+    path: str = Field(description="As the recipe wrote it (data.train / data.eval).")
+    resolved: str = Field(description="The absolute path it resolved to, or the Hub dataset id.")
+    sha256: str | None = Field(None, description="Of its content at training time; None for a Hub dataset.")
+
+
+class DataRecord(Record):
+    """The data stage: the train and eval rows after loading, cleaning, system prompt and fallbacks."""
+
+    shape: str = Field(description="Row shape: messages, preference, unpaired_preference, text, ...")
+    train: RowsFile
+    eval: RowsFile
+    sources: dict[Literal["train", "eval"], SourceFile]
+    eval_from: Literal["train", "eval"] = Field(
+        description="Which source the eval rows came from: `eval` (data.eval), or `train` (held out by hash).")
+
+
+class BaseModelRecord(Record):
+    """The model training started from: as written, and where it was found."""
+
+    source: str = Field(description="model.source as the recipe wrote it (alias, Hub id, path, .gguf).")
+    revision: str | None = Field(None, description="model.revision as written.")
+    path: str = Field(description="The resolved local directory, absolute.")
+    commit: str | None = Field(None, description="The Hub commit, when the directory is a Hub cache snapshot.")
+
+
+class TrainRecord(Record):
+    """The train stage: what it saved and on top of what."""
+
+    artifact: Literal["adapter", "model"] = Field(description="A PEFT adapter, or a whole model (full/partial/hft).")
+    path: RunPath = Field(description="The artifact folder, relative to the run.")
+    method: str = Field(description="method.kind: sft, dpo, orpo, kto, simpo, grpo, cpt, reward.")
+    adapter: str = Field(description="adapter.kind: lora, qlora, full, partial, ...")
+    base_model: BaseModelRecord
+
+
+class RunManifest(Record):
+    """run.json. One optional section per stage; a stage that has not run has none."""
+
+    version: Literal[1] = MANIFEST_VERSION
+    data: DataRecord | None = None
+    train: TrainRecord | None = None
+    eval: dict[str, Any] | None = None  # filled by the eval stage (typed results: issue 14, later)
+    exports: dict[str, Any] | None = None  # filled by the export stage (each format: path, size, verification)
+
+
+def content_sha256(path: Path) -> str | None:
+    """sha256 of a file's bytes, or of a folder's files (a saved `datasets` folder); None when it is gone."""
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path).as_posix()}\0{file_sha256(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_file(written: str, resolved: str) -> SourceFile:
+    """A source as the recipe wrote it and as it resolved; a Hub dataset id (no local file) gets no hash."""
+    local = Path(resolved)
+    return SourceFile(path=written, resolved=resolved, sha256=content_sha256(local) if local.exists() else None)
+
+
+def hub_commit(model_dir: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot (`.../snapshots/<commit>`), None for any other folder."""
+    return model_dir.name if model_dir.parent.name == "snapshots" else None

@@ -1,0 +1,200 @@
+"""run.json, the contract between stages (issue 14): the data stage saves the rows it trained on and held out,
+the train stage records its artifact and its base; eval scores the saved rows from the run alone, so a moved run
+or an edited source file changes nothing, and other rows are scored only with `eval --data FILE`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from tests.conftest import ORDERS, make_tiny_project
+from tunesmith.config import Recipe, load_recipe
+from tunesmith.data import Splits, fingerprint, load_splits
+from tunesmith.errors import TunesmithError
+from tunesmith.eval import run_eval
+from tunesmith.eval.rows import held_out_rows, rows_from_file
+from tunesmith.manifest import BaseModelRecord, RunManifest, TrainRecord
+from tunesmith.runs import Run, create_run, open_run, record_stage
+from tunesmith.train import run_training
+
+NOTICE = "data/eval.jsonl changed since training; scoring the rows saved in the run"
+
+
+@dataclass
+class Trained:
+    project: Path
+    run: Run
+    model_source: str  # as the recipe wrote it: relative to the project, so only run.json finds it once moved
+    results: dict[str, Any]  # eval in place, right after training
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir) -> Trained:
+    root = tmp_path_factory.mktemp("manifest")
+    project = root / "project"
+    recipe_path = make_tiny_project(project, tiny_model_dir, train_rows=24, eval_rows=6)
+    source = os.path.relpath(tiny_model_dir, project)
+    recipe_path.write_text(recipe_path.read_text().replace(f"source: {tiny_model_dir}", f"source: {source}"))
+    recipe = load_recipe(recipe_path, ["training.max_steps=2", "eval.max_new_tokens=4"])
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    results = json.loads(run_eval(run.load_recipe(), run).read_text())
+    return Trained(project, run, source, results)
+
+
+def without_timings(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json minus the wall-clock seconds, the one figure two identical evals may differ in."""
+    return {key: ({k: v for k, v in value.items() if k != "seconds"} if isinstance(value, dict) else value)
+            for key, value in results.items()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_run_json_records_data_and_train_stages(trained, tiny_model_dir):
+    run = trained.run
+    manifest = RunManifest.model_validate_json(run.manifest_file.read_text())
+    assert json.loads(run.manifest_file.read_text())["version"] == 1
+    data, train = manifest.data, manifest.train
+    assert (data.train.path, data.eval.path, data.eval.rows, data.shape) == (
+        "data/train.jsonl", "data/eval.jsonl", 6, "messages")
+    assert data.train.sha256 == sha256(run.path / "data/train.jsonl")
+    assert data.eval.sha256 == sha256(run.path / "data/eval.jsonl")
+    assert data.eval_from == "eval"
+    for split in ("train", "eval"):
+        source = data.sources[split]
+        assert source.path == f"data/{split}.jsonl"
+        assert source.resolved == str(trained.project / "data" / f"{split}.jsonl")
+        assert source.sha256 == sha256(trained.project / "data" / f"{split}.jsonl")
+    assert (train.artifact, train.path, train.method, train.adapter) == ("adapter", "adapter", "sft", "lora")
+    assert train.base_model.source == trained.model_source
+    assert train.base_model.path == str(tiny_model_dir.resolve())
+    assert run.base_model() == tiny_model_dir.resolve()
+
+
+def test_saved_rows_are_the_rows_training_used(trained):
+    run = trained.run
+    saved_train = [json.loads(line) for line in (run.path / "data/train.jsonl").read_text().splitlines()]
+    recorded = json.loads((run.path / "data.json").read_text())["train_sha256"]
+    assert fingerprint(Splits(saved_train, [], {}))["train_sha256"] == recorded
+    assert run.eval_rows() == load_splits(run.load_recipe()).eval
+
+
+def test_moved_run_evaluates_to_identical_numbers_without_its_project(trained, tmp_path, capsys):
+    """The run is moved and the project (data files, and the folder the relative model.source was read from) goes
+    away: eval reads the rows and the base from run.json alone."""
+    moved = Path(shutil.move(trained.run.path, tmp_path / "elsewhere" / trained.run.path.name))
+    gone = Path(shutil.move(trained.project, trained.project.with_name("project-moved-away")))
+    try:
+        run = open_run(moved)
+        results = json.loads(run_eval(run.load_recipe(), run).read_text())
+    finally:
+        shutil.move(gone, trained.project)
+        shutil.move(moved, trained.run.path)
+    assert results["rows_from"] == "run"
+    assert without_timings(results) == without_timings(trained.results)
+    assert "data/eval.jsonl is gone since training; scoring the rows saved in the run" in capsys.readouterr().err
+
+
+def test_edited_source_file_changes_nothing_and_is_reported(trained):
+    from tunesmith.cli import app
+
+    eval_file = trained.project / "data" / "eval.jsonl"
+    original = eval_file.read_bytes()
+    rows = [json.loads(line) for line in original.decode().splitlines()]
+    for row in rows:
+        row["messages"][-1]["content"] = json.dumps({"edited": "after training"})
+    eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows[:4]))
+    try:
+        result = CliRunner().invoke(app, ["eval", str(trained.run.path), "--json"])
+    finally:
+        eval_file.write_bytes(original)
+    assert result.exit_code == 0, result.output
+    assert without_timings(json.loads(result.stdout)) == without_timings(trained.results)
+    assert NOTICE in " ".join(result.stderr.split())
+
+
+def test_unchanged_source_file_gives_no_notice(trained, capsys):
+    held_out_rows(trained.run.load_recipe(), trained.run)
+    assert "since training" not in capsys.readouterr().err
+
+
+def test_eval_data_file_scores_those_rows_and_says_so(trained, tmp_path):
+    from tunesmith.cli import app
+
+    other = tmp_path / "other.jsonl"
+    lines = (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[100:103]
+    other.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    own_results = (trained.run.eval_dir / "results.json").read_text()
+
+    result = CliRunner().invoke(app, ["eval", str(trained.run.path), "--data", str(other), "--json"])
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["rows_from"] == f"file:{other.resolve()}"
+    assert document["examples"] == 3
+    references = [json.loads(line)["messages"][-1]["content"] for line in lines]
+    assert [sample["reference"] for sample in document["samples"]] == references
+    written = trained.run.eval_dir / "data-other" / "results.json"
+    assert json.loads(written.read_text())["rows_from"] == document["rows_from"]
+    assert (trained.run.eval_dir / "results.json").read_text() == own_results  # the held-out results stay
+
+
+def test_rows_from_file_are_shaped_as_the_data_stage_shapes_them(tmp_path):
+    """A --data file gets the recipe's system prompt and fallbacks: the same rows as the data stage's eval split."""
+    recipe_path = make_tiny_project(tmp_path, tmp_path / "no-model-needed", train_rows=8, eval_rows=5)
+    recipe = load_recipe(recipe_path, ["data.system_prompt=Answer in JSON.", "data.system_fallback=merge"])
+    rows = rows_from_file(recipe, tmp_path / "data" / "eval.jsonl", ("messages", "prompt_completion"), "evaluation")
+    assert rows == load_splits(recipe).eval
+    assert rows[0]["messages"][0]["role"] == "user" and "Answer in JSON." in rows[0]["messages"][0]["content"]
+
+
+def old_run(tmp_path: Path) -> tuple[Recipe, Run]:
+    recipe = load_recipe(make_tiny_project(tmp_path, tmp_path / "no-model-needed", train_rows=8, eval_rows=5))
+    return recipe, create_run(recipe, tmp_path / "runs")
+
+
+def test_run_without_run_json_falls_back_to_the_recipe(tmp_path):
+    recipe, run = old_run(tmp_path)
+    held_out = held_out_rows(recipe, run)
+    assert (held_out.rows_from, held_out.rows) == ("recipe", load_splits(recipe).eval)
+    assert run.eval_rows() is None
+    with pytest.raises(TunesmithError, match="records no trained model"):
+        run.base_model()
+    assert run.base_model(lambda: tmp_path) == tmp_path
+
+
+def test_rows_edited_inside_the_run_are_refused(trained, tmp_path):
+    copy = Run(Path(shutil.copytree(trained.run.path, tmp_path / "copy")))
+    saved = copy.path / "data" / "eval.jsonl"
+    saved.write_text(saved.read_text().replace("{", "{ ", 1))
+    with pytest.raises(TunesmithError, match="changed after training"):
+        copy.eval_rows()
+
+
+def test_record_stage_merges_sections_and_refuses_what_is_not_a_stage(tmp_path):
+    _, run = old_run(tmp_path)
+    record_stage(run, "exports", {"merged": {"path": "exports/merged"}})
+    record_stage(run, "eval", {"results": "eval/results.json"})
+    manifest = run.manifest()
+    assert manifest.exports == {"merged": {"path": "exports/merged"}}
+    assert manifest.eval == {"results": "eval/results.json"}
+    assert manifest.data is None and manifest.train is None
+    with pytest.raises(TunesmithError, match="'evaluation'"):
+        record_stage(run, "evaluation", {})
+    with pytest.raises(ValidationError, match="relative to the run"):
+        TrainRecord(artifact="adapter", path=str(run.path / "adapter"), method="sft", adapter="lora",
+                    base_model=BaseModelRecord(source="x", path="/x"))
+    run.manifest_file.write_text(json.dumps({"version": 2}))
+    with pytest.raises(TunesmithError, match="manifest version 2"):
+        run.manifest()
