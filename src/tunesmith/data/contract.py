@@ -177,17 +177,22 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
     return Findings(problems, warnings)
 
 
-def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    """Probe the template, judge it against `rows`, and refuse with every problem at once.
+def judge_template(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """Probe the template and judge it against `rows`: the probe results, `problems` and `warnings`, as
+    inspect and preview report them and data.json records them."""
+    contract = probe_template(tokenizer)
+    return contract_record(contract, contract_findings(contract, data_needs(rows), model))
 
-    Returns what the run records (data.json `template_contract`): the probe results and the warnings.
+
+def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """`judge_template`, refusing with every problem at once (what `train` runs before any weights load).
+
     Raises DataError naming the model and the recipe key that fixes each problem.
     """
-    contract = probe_template(tokenizer)
-    findings = contract_findings(contract, data_needs(rows), model)
-    if findings.problems:
-        raise DataError("The chat template cannot train this data right:\n- " + "\n- ".join(findings.problems))
-    return contract_record(contract, findings)
+    record = judge_template(tokenizer, rows, model)
+    if record["problems"]:
+        raise DataError("The chat template cannot train this data right:\n- " + "\n- ".join(record["problems"]))
+    return record
 
 
 def contract_record(contract: TemplateContract, findings: Findings) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.contract import contract_findings, contract_record, data_needs, probe_template
+from tunesmith.data.contract import judge_template
 from tunesmith.data.template import (
     IGNORE_INDEX,
     PREFERENCE_SIDES,
@@ -115,11 +115,9 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
     """
     preview = Preview([], contract_warnings(tokenizer, pad_token_was_missing))
     if any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
-        contract = probe_template(tokenizer)
-        findings = contract_findings(contract, data_needs(rows), model)
-        preview.contract = contract_record(contract, findings)
-        preview.problems += findings.problems
-        preview.warnings += findings.warnings
+        preview.contract = judge_template(tokenizer, rows, model)
+        preview.problems += preview.contract["problems"]
+        preview.warnings += preview.contract["warnings"]
     for number, row in enumerate(rows, start=first_row):
         try:
             sides = encoded_sides(tokenizer, row, max_length)

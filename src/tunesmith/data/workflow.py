@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
 from tunesmith.data import data_source, load_splits, recipe_tokenizer
+from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import as_conversation
 from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
@@ -70,7 +71,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
         }
         usable += loaded.rows
-    report["template_contract"] = template_contract(tokenizer, conformed(usable, recipe), recipe.model.source)
+    report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
     return report
 
 
@@ -82,14 +83,6 @@ def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]
     data = recipe.data
     return [apply_fallbacks(with_system_prompt(as_conversation(row), data.system_prompt) if is_sft_row(row) else row,
                             data) for row in rows]
-
-
-def template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    """The template contract (data/contract.py) judged against these rows, as inspect and preview report it."""
-    from tunesmith.data.contract import contract_findings, contract_record, data_needs, probe_template
-
-    contract = probe_template(tokenizer)
-    return contract_record(contract, contract_findings(contract, data_needs(rows), model))
 
 
 def is_sft_row(row: dict[str, Any]) -> bool:
