@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from tests.conftest import build_tiny_llama, make_tiny_project
 from tunesmith.config import load_recipe
@@ -72,9 +71,9 @@ def test_a_run_of_another_base_model_is_refused(two_runs, tmp_path, tokenizer_di
     other_base = build_tiny_llama(tokenizer_dir, tmp_path / "other-base", seed=1)
     foreign = tmp_path / "foreign-run"
     shutil.copytree(shorter.path, foreign)
-    recipe = yaml.safe_load((foreign / "recipe.yaml").read_text())
-    recipe["model"]["source"] = str(other_base)
-    (foreign / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    manifest = json.loads((foreign / "run.json").read_text())  # the base a run trained on is run.json's record
+    manifest["train"]["base_model"]["path"] = str(other_base)
+    (foreign / "run.json").write_text(json.dumps(manifest))
     result = eval_cli(longer, "--against", str(foreign))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     message = " ".join(result.stderr.split())

@@ -88,18 +88,15 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
 def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for a model source, or for a run directory (its adapter on its base, or its model/)."""
     from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+    from tunesmith.models.tuned import is_adapter, run_base_model
     from tunesmith.runs import Run
-    from tunesmith.train.adapters import trained_model_dir
 
     device = pick_device(device)
     run = Run(Path(model_or_run).expanduser())
     if run.recipe_file.is_file():
-        recipe = run.load_recipe()
-        base_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-        if run.adapter_dir.is_dir():
-            adapter = adapter or run.adapter_dir
-        elif trained_model_dir(run).is_dir():
-            base_dir = trained_model_dir(run)
+        artifact = run.trained_artifact()
+        base_dir = run_base_model(run) if is_adapter(artifact) else artifact
+        adapter = adapter or (artifact if is_adapter(artifact) else None)
     else:
         base_dir = resolve_model_source(model_or_run)
     model = load_model(base_dir, torch.float32, device)

@@ -8,15 +8,12 @@ The results go to eval/against-<other run>/, so the run's own base-vs-tuned resu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.tuned import Variant, adapter_active
 from tunesmith.runs import Run
-
-Variant = tuple[Any, Callable[[], AbstractContextManager]]
 
 
 def against_sources(run: Run, other: Path) -> tuple[Any, Any]:
@@ -46,22 +43,6 @@ def against_variants(run: Run, other: Path, device: str) -> tuple[dict[str, Vari
     variants = {"base": (model, lambda: adapter_active(model, peft_name(1, theirs.name))),
                 "tuned": (model, lambda: adapter_active(model, peft_name(0, mine.name)))}
     return variants, {"name": theirs.name, "path": str(Path(other).resolve())}
-
-
-@contextmanager
-def adapter_active(model: Any, adapter_name: str) -> Iterator[None]:
-    """Make one adapter the active one, folded into the weights while it is used when it can be."""
-    from tunesmith.train.adapters import can_merge
-
-    model.set_adapter(adapter_name)
-    if not can_merge(model):
-        yield
-        return
-    model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.unmerge_adapter()
 
 
 def against_dir(run: Run, against: dict[str, str] | None) -> Path:

@@ -85,18 +85,17 @@ def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, p
 def adapter_source(target: str | Path) -> AdapterSource:
     """A run directory (its adapter/ and recipe's model) or a PEFT adapter folder (its adapter_config.json)."""
     from tunesmith.models import resolve_model_source
+    from tunesmith.models.tuned import is_adapter, run_base_model
     from tunesmith.runs import Run
-    from tunesmith.train.adapters import trained_model_dir
 
     path = Path(target).expanduser()
     run = Run(path)
     if run.recipe_file.is_file():
-        if trained_model_dir(run).is_dir() and not run.adapter_dir.is_dir():
+        artifact = run.trained_artifact()
+        if not is_adapter(artifact):
             raise TunesmithError(f"{path} is a whole-model run (model/), not an adapter: it has no base to share.",
                                  "Compare adapter runs; evaluate a whole-model run with `tunesmith eval`.")
-        recipe = run.load_recipe()
-        base = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-        return AdapterSource(path.resolve().name, run.adapter_dir, base.resolve())
+        return AdapterSource(path.resolve().name, artifact, run_base_model(run))
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
         raise TunesmithError(f"{path} is neither a run directory (recipe.yaml) nor a PEFT adapter "

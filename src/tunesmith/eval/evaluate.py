@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
-from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
+from tunesmith.eval.rows import held_out_rows, results_dir
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
-from tunesmith.models import load_model, load_tokenizer, pick_device
+from tunesmith.models import load_tokenizer, pick_device
+from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
 from tunesmith.runs import Run, atomic_write_json, read_json
 from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_columns
 
@@ -43,7 +44,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
 
         return run_reward_eval(recipe, run, against, data)
 
-    model_dir = base_model_dir(recipe, run)
+    model_dir = run_base_model(run)
     tokenizer = load_tokenizer(model_dir)
     held_out = held_out_rows(recipe, run, data_file=data)
     rows = held_out.rows[: recipe.eval.max_examples]
@@ -51,7 +52,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
-    variants, who = eval_variants(recipe, run, model_dir, device, against)
+    variants, who = eval_variants(recipe, run, device, against)
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": recipe.eval.task_metric,
                                "metrics": choice["metrics"], "metrics_chosen": choice,
@@ -95,11 +96,11 @@ def run_answers(run: Run, rows: list[dict]) -> tuple[AnswerSummary, str]:
     return classify_answers(rows), "eval answers"
 
 
-def eval_variants(recipe: Recipe, run: Run, model_dir: Path, device: str,
+def eval_variants(recipe: Recipe, run: Run, device: str,
                   against: Path | None) -> tuple[dict[str, Variant], dict[str, str] | None]:
     """The variants to score, and (against another run) which run plays the `base` side."""
     if against is None:
-        return model_variants(recipe, run, model_dir, device), None
+        return tuned_variants(run, device, recipe.eval.compare_base), None
     return against_variants(run, against, device)
 
 
@@ -121,35 +122,6 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
                                                  results["tuned"])
         results["bootstrap"] = {"resamples": RESAMPLES, "seed": SEED, "level": 0.95}
 
-
-Variant = tuple[Any, Callable[[], AbstractContextManager]]
-
-
-def model_variants(recipe: Recipe, run: Run, model_dir: Path, device: str) -> dict[str, Variant]:
-    """(model, context) for base and tuned. An adapter run loads one base and switches the adapter off for
-    `base`; a whole-model run (full, partial, hft) loads its model/ beside the base."""
-    from peft import PeftModel
-
-    from tunesmith.train.adapters import can_merge, trained_model_dir, trains_whole_model
-
-    if trains_whole_model(recipe.adapter):
-        tuned = load_model(trained_model_dir(run), torch.float32, device).eval()
-        base = load_model(model_dir, torch.float32, device).eval() if recipe.eval.compare_base else None
-        return {**({"base": (base, nullcontext)} if base is not None else {}), "tuned": (tuned, nullcontext)}
-    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir).eval()
-    merged = (lambda: adapter_merged(model)) if can_merge(model) else nullcontext
-    variants: dict[str, Variant] = {"tuned": (model, merged)}
-    return {"base": (model, model.disable_adapter), **variants} if recipe.eval.compare_base else variants
-
-
-@contextmanager
-def adapter_merged(model: Any) -> Iterator[None]:
-    """Fold the adapter into the weights while decoding (no per-step LoRA matmuls), then unfold."""
-    model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.unmerge_adapter()
 
 
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 
 from tunesmith.config import Recipe
-from tunesmith.eval.preference import sequence_logprobs, variants
+from tunesmith.eval.preference import sequence_logprobs
+from tunesmith.models.tuned import Variant
 
 
-def perplexity_results(model: Any, tokenizer: Any, recipe: Recipe, rows: list[dict],
-                       contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
-    """Mean loss per token and perplexity over the held-out documents (`rows`), each scored on its own."""
+def perplexity_results(variants: dict[str, Variant], tokenizer: Any, recipe: Recipe,
+                       rows: list[dict]) -> dict[str, Any]:
+    """Mean loss per token and perplexity over the held-out documents (`rows`), each scored on its own, for
+    every (model, context) variant."""
     encoded = [encode_document(tokenizer, row["text"], recipe.data.max_length) for row in rows]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "perplexity"}
-    for name, context in (contexts or variants(model, recipe)).items():
+    for name, (model, context) in variants.items():
         with context(), torch.no_grad():
             scores = sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)
         loss = -sum(total for total, _ in scores) / max(sum(count for _, count in scores), 1)

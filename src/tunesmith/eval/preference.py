@@ -4,13 +4,11 @@ Preference pairs: how often the model gives the chosen answer a higher log-proba
 rejected one (summed over the answer's tokens), and by how much on average. Unpaired rows (KTO):
 the mean log-probability of desirable and of undesirable answers, and the gap between them.
 Raw text (CPT): held-out perplexity, in `eval/perplexity.py`. As in `evaluate.py`, one base model is
-loaded and the adapter is switched off to score the base.
+loaded and the adapter is switched off to score the base; a whole-model run loads its model beside the base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,9 @@ from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data.template import IGNORE_INDEX, encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.evaluate import pad_right
-from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
-from tunesmith.models import load_model, load_tokenizer, pick_device
+from tunesmith.eval.rows import held_out_rows, results_dir
+from tunesmith.models import load_tokenizer, pick_device
+from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
 from tunesmith.runs import Run, atomic_write_json
 
 LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
@@ -43,53 +42,38 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
                              "perplexity evaluation" if cpt else "preference evaluation", data)
     rows = held_out.rows[: recipe.eval.max_examples]
     add_ons = prepare_add_ons(recipe)
-    tokenizer, model, contexts, who = likelihood_variants(recipe, run, against)
+    tokenizer, variants, who = likelihood_variants(recipe, run, against)
     if cpt:
         from tunesmith.eval.perplexity import perplexity_results
 
-        results = perplexity_results(model, tokenizer, recipe, rows, contexts)
+        results = perplexity_results(variants, tokenizer, recipe, rows)
     else:
-        results = preference_results(model, tokenizer, recipe, rows, contexts)
+        results = preference_results(variants, tokenizer, recipe, rows)
     results["rows_from"] = held_out.rows_from
     results.update({"against": who} if who else {})
-    results.update(run_add_ons(add_ons, {name: (model, c) for name, c in contexts.items()}, tokenizer, recipe))
+    results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     return atomic_write_json(results_dir(against_dir(run, who), held_out) / "results.json", results)
 
 
-def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, Any, dict, dict | None]:
-    """Tokenizer, the one loaded model, its variant contexts, and (against another run) who plays `base`."""
+def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, dict[str, Variant], dict | None]:
+    """Tokenizer, the (model, context) variants to score, and (against another run) who plays `base`."""
+    device = pick_device(recipe.training.device)
+    tokenizer = load_tokenizer(run_base_model(run))
     if against is None:
-        tokenizer, model = load_tuned(recipe, run)
-        return tokenizer, model, variants(model, recipe), None
+        return tokenizer, tuned_variants(run, device, recipe.eval.compare_base), None
     from tunesmith.eval.against import against_variants
 
-    model_dir = base_model_dir(recipe, run)
-    pairs, who = against_variants(run, against, pick_device(recipe.training.device))
-    return load_tokenizer(model_dir), pairs["tuned"][0], {name: c for name, (_, c) in pairs.items()}, who
+    variants, who = against_variants(run, against, device)
+    return tokenizer, variants, who
 
 
-def load_tuned(recipe: Recipe, run: Run) -> tuple[Any, Any]:
-    from peft import PeftModel
-
-    model_dir = base_model_dir(recipe, run)
-    device = pick_device(recipe.training.device)
-    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), run.adapter_dir)
-    return load_tokenizer(model_dir), model.eval()
-
-
-def variants(model: Any, recipe: Recipe) -> dict[str, Callable[[], AbstractContextManager]]:
-    """Base (adapter switched off) when asked for, then tuned."""
-    tuned: dict[str, Callable[[], AbstractContextManager]] = {"tuned": nullcontext}
-    return {"base": model.disable_adapter, **tuned} if recipe.eval.compare_base else tuned
-
-
-def preference_results(model: Any, tokenizer: Any, recipe: Recipe, rows: list[dict],
-                       contexts: dict[str, Callable[[], AbstractContextManager]] | None = None) -> dict[str, Any]:
+def preference_results(variants: dict[str, Variant], tokenizer: Any, recipe: Recipe,
+                       rows: list[dict]) -> dict[str, Any]:
     """Chosen-over-rejected accuracy and margins (pairs), or the desirable/undesirable gap (KTO), per variant."""
     paired = "chosen" in rows[0]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy" if paired else "label_gap"}
     margins: dict[str, list[float]] = {}
-    for name, context in (contexts or variants(model, recipe)).items():
+    for name, (model, context) in variants.items():
         with context(), torch.no_grad():
             if paired:
                 chosen = completion_logps(model, tokenizer, rows, "chosen", recipe)

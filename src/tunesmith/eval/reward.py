@@ -12,16 +12,16 @@ adapter is switched off for `base`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.preference import pair_samples
-from tunesmith.eval.rows import base_model_dir, held_out_rows, results_dir
+from tunesmith.eval.rows import held_out_rows, results_dir
 from tunesmith.models import load_tokenizer, pick_device
+from tunesmith.models.tuned import Variant, is_adapter, run_base_model
 from tunesmith.runs import Run, atomic_write_json
 from tunesmith.train.preference import with_system_prompt
 from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
@@ -29,8 +29,6 @@ from tunesmith.train.reward_model import encode_answer, load_reward_base, score_
 RANDOM_HEAD_NOTE = ("base is the base model with an untrained, randomly initialised score head (seed {seed}, the head "
                     "training started from): it holds no learned preference, so its accuracy is whatever a random "
                     "projection of the base's features happens to give (chance level in expectation), not a skill.")
-
-Variant = tuple[Any, Callable[[], AbstractContextManager]]
 
 
 def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
@@ -63,16 +61,14 @@ def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tunesmith.train.adapters import trained_model_dir, trains_whole_model
-
-    model_dir = base_model_dir(recipe, run)
+    model_dir, artifact = run_base_model(run), run.trained_artifact()
     device, seed = pick_device(recipe.training.device), recipe.training.seed
     tokenizer = load_tokenizer(model_dir)
-    if trains_whole_model(recipe.adapter):
-        tuned = AutoModelForSequenceClassification.from_pretrained(trained_model_dir(run)).to(device).eval()
+    if not is_adapter(artifact):
+        tuned = AutoModelForSequenceClassification.from_pretrained(artifact).to(device).eval()
         base = {"base": (load_reward_base(model_dir, tokenizer, device, seed), nullcontext)}
         return tokenizer, {**(base if recipe.eval.compare_base else {}), "tuned": (tuned, nullcontext)}
-    model = PeftModel.from_pretrained(load_reward_base(model_dir, tokenizer, device, seed), run.adapter_dir).eval()
+    model = PeftModel.from_pretrained(load_reward_base(model_dir, tokenizer, device, seed), artifact).eval()
     variants: dict[str, Variant] = {"tuned": (model, nullcontext)}
     return tokenizer, ({"base": (model, model.disable_adapter), **variants} if recipe.eval.compare_base else variants)
 

@@ -17,7 +17,6 @@ from tunesmith.data import load_splits
 from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
 from tunesmith.errors import DataError
-from tunesmith.models import resolve_model_source
 from tunesmith.runs import Run
 
 
@@ -68,12 +67,6 @@ def report_changed_source(run: Run) -> None:
     what = "changed" if Path(source.resolved).exists() else "is gone"
     print(f"note: {source.path} {what} since training; scoring the rows saved in the run "
           "(use `tunesmith eval RUN --data FILE` to score other rows).", file=sys.stderr, flush=True)
-
-
-def base_model_dir(recipe: Recipe, run: Run) -> Path:
-    """The base the run trained on, from run.json; a run older than run.json resolves the recipe's model.source."""
-    return run.base_model(lambda: resolve_model_source(recipe.model.source, recipe.model.revision,
-                                                       Path(recipe.base_dir)))
 
 
 def results_dir(folder: Path, rows: HeldOutRows) -> Path:

@@ -103,20 +103,17 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     manifest, and the export fails.
     """
     from tunesmith.export.merged import export_merged
-    from tunesmith.models import resolve_model_source
+    from tunesmith.models.tuned import is_adapter, run_base_model
 
     quant = parse_quant(quant)  # a bad type fails before a slow merge
     if verify is None:
         verify = llama_cpp_available()
     elif verify:
         require_llama_cpp("--verify")
-    merged = run.exports_dir / "merged"
+    artifact = run.trained_artifact()  # a run without a trained model fails here, naming the fix
+    merged = artifact if not is_adapter(artifact) else run.exports_dir / "merged"  # whole models need no merge
     if not (merged / "config.json").is_file():
-        if not (run.adapter_dir / "adapter_config.json").is_file():
-            raise TunesmithError(f"{run.path} has no trained adapter to merge and export.",
-                                 f"Train first: tunesmith train {run.recipe_file}")
-        model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-        export_merged(model_dir, run.adapter_dir, merged)
+        export_merged(run_base_model(run), artifact, merged)
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     write_gguf(merged, target, quant, name=recipe.name)
     verification = verify_gguf(target, merged, quant) if verify else None

@@ -172,13 +172,13 @@ def llama_cpp_layout(base_name: str, gguf_name: str, a: np.ndarray, b: np.ndarra
 
 def run_gguf_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
     """The run's adapter as exports/gguf/<name>-lora-<QUANT>.gguf, recorded in exports/manifest.json."""
-    from tunesmith.models import resolve_model_source
+    from tunesmith.models.tuned import run_base_model
 
     lora_type(quant)
     if not (run.adapter_dir / "adapter_config.json").is_file():
         raise TunesmithError(f"{run.path} has no trained adapter (adapter/): a whole-model run has no LoRA to "
                              "export.", MERGED_HINT)
-    base_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    base_dir = run_base_model(run)
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-{quant.upper()}.gguf"
     write_gguf_lora(run.adapter_dir, base_dir, target, quant, name=f"{recipe.name}-lora")
     manifest_path = run.exports_dir / "manifest.json"
@@ -198,10 +198,10 @@ def run_base_and_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> tu
     """The untouched base as exports/gguf/base.<QUANT>.gguf and the run's LoRA as a GGUF adapter beside it:
     what Ollama's `FROM base` + `ADAPTER lora` (or llama.cpp's `-m base --lora lora`) load."""
     from tunesmith.export.gguf import parse_quant, write_gguf
-    from tunesmith.models import resolve_model_source
+    from tunesmith.models.tuned import run_base_model
 
     quant = parse_quant(quant)
     lora = run_gguf_lora_export(recipe, run, lora_type_for(quant))  # fails first, and fast, for non-LoRA runs
-    base_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    base_dir = run_base_model(run)
     base = write_gguf(base_dir, run.exports_dir / "gguf" / f"base.{quant}.gguf", quant, name=base_dir.name)
     return base, lora

@@ -13,17 +13,16 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
-from tunesmith.models import resolve_model_source
+from tunesmith.models.tuned import is_adapter, run_base_model
 from tunesmith.runs import Run, atomic_directory, atomic_write_json
 
 
 def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Path:
     """Write the requested formats under exports/ and a manifest; returns the exports directory."""
-    from tunesmith.train.adapters import trains_whole_model  # imported here: tunesmith.train loads TRL
-
     formats = formats or list(recipe.export.formats)
-    if trains_whole_model(recipe.adapter):
-        return export_whole_model(run, formats)
+    artifact = run.trained_artifact()
+    if not is_adapter(artifact):
+        return export_whole_model(run, artifact, formats)
     manifest: dict[str, Any] = {}
     if "adapter" in formats:
         manifest["adapter"] = str(export_adapter(run))
@@ -31,8 +30,8 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         manifest["merged"] = {"skipped": "a reward model's adapter carries its score head: load it with "
                                          "AutoPeftModelForSequenceClassification (num_labels=1), see README.md"}
     elif "merged" in formats:
-        model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-        path, max_diff = export_merged(model_dir, run.adapter_dir, run.exports_dir / "merged",
+        model_dir = run_base_model(run)
+        path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
         manifest["merged"] = {"path": str(path), "max_abs_logit_diff": max_diff}
     atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
@@ -47,7 +46,7 @@ def template_contract(run: Run) -> dict[str, Any]:
     return {"template_contract": data["template_contract"]} if "template_contract" in data else {}
 
 
-def export_whole_model(run: Run, formats: list[str]) -> Path:
+def export_whole_model(run: Run, artifact: Path, formats: list[str]) -> Path:
     """Full, partial and hft runs trained the model itself: `merged` is a copy of model/, and there is
     no adapter to export (the manifest says so instead of failing the default formats)."""
     manifest: dict[str, Any] = {}
@@ -56,7 +55,7 @@ def export_whole_model(run: Run, formats: list[str]) -> Path:
     if "merged" in formats:
         target = run.exports_dir / "merged"
         with atomic_directory(target) as tmp:
-            shutil.copytree(run.path / "model", tmp, dirs_exist_ok=True)  # train.adapters.trained_model_dir
+            shutil.copytree(artifact, tmp, dirs_exist_ok=True)
         manifest["merged"] = {"path": str(target), "max_abs_logit_diff": 0.0}
     atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
     return run.exports_dir

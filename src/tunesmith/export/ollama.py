@@ -49,7 +49,7 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
     from tunesmith.export.gguf_lora import lora_type_for, run_base_and_lora_export
 
     parse_quant(quant)  # a bad type fails before the slow steps
-    translation = translate_run_template(recipe)  # an untranslatable template fails before the GGUF is written
+    translation = translate_run_template(run)  # an untranslatable template fails before the GGUF is written
     folder = run.exports_dir / "ollama"
     adapter_name = None
     if recipe.export.ollama_adapter if adapter is None else adapter:
@@ -69,12 +69,13 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
     return result
 
 
-def translate_run_template(recipe: Recipe) -> Translation:
+def translate_run_template(run: Run) -> Translation:
     """The base model's chat template in Go syntax (merging never changes the tokenizer)."""
     from tunesmith.export.gguf_vocab import added_special_tokens
-    from tunesmith.models import load_tokenizer, resolve_model_source
+    from tunesmith.models import load_tokenizer
+    from tunesmith.models.tuned import run_base_model
 
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = run_base_model(run)
     tokenizer = load_tokenizer(model_dir)
     return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"])
 

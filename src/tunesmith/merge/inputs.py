@@ -32,13 +32,11 @@ def resolve_input(target: str | Path, base_override: Path | None = None) -> Merg
     path = Path(target).expanduser()
     run = Run(path)
     if run.recipe_file.is_file():
-        base = base_override or recipe_base(run)
-        if (run.adapter_dir / "adapter_config.json").is_file():
-            return MergeInput("adapter", run.adapter_dir, base, str(target))
-        if (run.path / "model" / "config.json").is_file():  # whole-model runs (DESIGN.md §2)
-            return MergeInput("model", run.path / "model", base, str(target))
-        raise TunesmithError(f"{path} has neither a trained adapter (adapter/) nor a trained model (model/).",
-                             f"Train it first: tunesmith train {run.recipe_file}")
+        from tunesmith.models.tuned import is_adapter, run_base_model
+
+        artifact = run.trained_artifact()
+        base = base_override or run_base_model(run)
+        return MergeInput("adapter" if is_adapter(artifact) else "model", artifact, base, str(target))
     if (path / "adapter_config.json").is_file():
         return MergeInput("adapter", path, base_override or adapter_base(path), str(target))
     if (path / "config.json").is_file():
@@ -46,13 +44,6 @@ def resolve_input(target: str | Path, base_override: Path | None = None) -> Merg
     raise TunesmithError(f"{path} is not a run directory (recipe.yaml), a PEFT adapter (adapter_config.json) "
                          "or a model checkpoint (config.json).",
                          "Pass run directories, adapter folders or checkpoint folders.")
-
-
-def recipe_base(run) -> Path:
-    from tunesmith.models import resolve_model_source
-
-    recipe = run.load_recipe()
-    return resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)).resolve()
 
 
 def adapter_base(adapter_dir: Path) -> Path:

@@ -109,21 +109,16 @@ def locate_reward_model(path: Path) -> tuple[Path, Path | None]:
 
 
 def run_artifact(path: Path) -> tuple[Path, Path | None]:
-    """A reward run's trained artifact and, for an adapter, its base as the run's recipe names it."""
+    """A reward run's trained artifact and, for an adapter, the base run.json recorded."""
+    from tunesmith.models.tuned import is_adapter, run_base_model
     from tunesmith.runs import open_run
-    from tunesmith.train.adapters import trained_model_dir, trains_whole_model
 
     run = open_run(path)
     recipe = run.load_recipe()
     if recipe.method.kind != "reward":
         raise TunesmithError(f"{path} is a method.kind {recipe.method.kind} run, not a reward model.", HINT)
-    whole = trains_whole_model(recipe.adapter)
-    artifact = trained_model_dir(run) if whole else run.adapter_dir
-    if not artifact.is_dir():
-        raise TunesmithError(f"The reward run {path} has no {artifact.name}/ yet.", "Train it first: tunesmith train.")
-    if whole:
-        return artifact, None
-    return artifact, resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    artifact = run.trained_artifact()
+    return (artifact, run_base_model(run)) if is_adapter(artifact) else (artifact, None)
 
 
 def is_reward_config(config: dict[str, Any]) -> bool:

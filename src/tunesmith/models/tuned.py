@@ -1,0 +1,81 @@
+"""A run's trained model and its base, loaded through the run manifest (DESIGN.md §1: the run is the contract).
+
+Every later stage (eval, compare, chat, merge, export) asks these functions instead of resolving the recipe's
+`model.source` again or guessing `adapter/` vs `model/`: `run_base_model` is the base run.json recorded
+(resolved from the recipe only for a run older than run.json), and `tuned_variants` loads what training
+saved, an adapter on that base or a whole model, as (model, context) pairs. Entering a pair's context makes
+that variant the active one, so one loaded base serves base and tuned (and other adapters) in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.models.loading import load_model, load_tokenizer
+from tunesmith.models.source import resolve_model_source
+from tunesmith.runs import Run
+
+Variant = tuple[Any, Callable[[], AbstractContextManager]]
+
+
+def run_base_model(run: Run) -> Path:
+    """The local folder of the base model `run` trained on: run.json's record; the recipe's model.source for a
+    run written before run.json (or whose recorded folder is gone from this machine)."""
+
+    def from_recipe() -> Path:
+        recipe = run.load_recipe()
+        return resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+
+    return run.base_model(from_recipe).resolve()
+
+
+def is_adapter(artifact: Path) -> bool:
+    """A PEFT adapter folder (adapter_config.json) rather than a whole model (config.json)."""
+    return (artifact / "adapter_config.json").is_file()
+
+
+def load_tuned(run: Run, device: str = "cpu") -> tuple[Any, Any]:
+    """(tokenizer, model in eval mode) of what `run` trained: its adapter on its base, or its whole model."""
+    variants = tuned_variants(run, device, with_base=False)
+    return load_tokenizer(run_base_model(run)), variants["tuned"][0]
+
+
+def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]:
+    """`tuned` (and, `with_base`, `base`) as (model, context) pairs, both fp32 on `device`.
+
+    An adapter run loads its base once: `base` disables the adapter, `tuned` folds it into the weights while it
+    is active (faster decoding; prompt-learning adapters stay unfolded). A whole-model run (full, partial, hft)
+    loads its model/ and, for `base`, the base beside it.
+    """
+    artifact = run.trained_artifact()
+    base_dir = run_base_model(run)
+    if not is_adapter(artifact):
+        tuned = load_model(artifact, torch.float32, device).eval()
+        base = {"base": (load_model(base_dir, torch.float32, device).eval(), nullcontext)} if with_base else {}
+        return {**base, "tuned": (tuned, nullcontext)}
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(base_dir, torch.float32, device), artifact).eval()
+    variants: dict[str, Variant] = {"tuned": (model, lambda: adapter_active(model))}
+    return {"base": (model, model.disable_adapter), **variants} if with_base else variants
+
+
+@contextmanager
+def adapter_active(model: Any, adapter_name: str | None = None) -> Iterator[None]:
+    """Make `adapter_name` (default: the current one) the active adapter of a PeftModel, folded into the weights
+    while it is used when it can be (not for prompt-learning adapters, which add virtual tokens)."""
+    if adapter_name is not None:
+        model.set_adapter(adapter_name)
+    if model.active_peft_config.is_prompt_learning:
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
