@@ -88,12 +88,13 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
 def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for a model source, or for a run directory (its adapter on its base, or its model/)."""
     from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
-    from tunesmith.models.tuned import is_adapter, run_base_model
+    from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
     from tunesmith.runs import Run
 
     device = pick_device(device)
     run = Run(Path(model_or_run).expanduser())
     if run.recipe_file.is_file():
+        require_language_model(run, "chat with")
         artifact = run.trained_artifact()
         base_dir = run_base_model(run) if is_adapter(artifact) else artifact
         adapter = adapter or (artifact if is_adapter(artifact) else None)

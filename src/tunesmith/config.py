@@ -542,7 +542,7 @@ class Recipe(Section):
         if self.adapter.kind == "partial" and self.adapter.train_lm_head:
             raise ValueError("adapter.train_lm_head=true does not apply to method.kind=reward: a reward model has no "
                              "LM head (its score head always trains). Set adapter.train_lm_head: false")
-        lm_formats = [f for f in self.export.formats if f in ("gguf", "ollama")]
+        lm_formats = [f for f in self.export.formats if f in ("gguf", "gguf-lora", "ollama")]
         if lm_formats:
             raise ValueError(f"export.formats {lm_formats} need a language model; a reward model outputs one score. "
                              "Use export.formats: [adapter]")

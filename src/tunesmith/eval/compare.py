@@ -85,12 +85,13 @@ def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, p
 def adapter_source(target: str | Path) -> AdapterSource:
     """A run directory (its adapter/ and recipe's model) or a PEFT adapter folder (its adapter_config.json)."""
     from tunesmith.models import resolve_model_source
-    from tunesmith.models.tuned import is_adapter, run_base_model
+    from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
     from tunesmith.runs import Run
 
     path = Path(target).expanduser()
     run = Run(path)
     if run.recipe_file.is_file():
+        require_language_model(run, "compare")
         artifact = run.trained_artifact()
         if not is_adapter(artifact):
             raise TunesmithError(f"{path} is a whole-model run (model/), not an adapter: it has no base to share.",

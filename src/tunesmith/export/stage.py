@@ -57,7 +57,6 @@ def export_ollama(recipe: Recipe, run: Run, options: ExportOptions, outcome: Exp
 
 Exporter = Callable[[Recipe, Run, ExportOptions, ExportOutcome], Path]
 EXPORTERS: dict[str, Exporter] = {"gguf": export_gguf, "gguf-lora": export_gguf_lora, "ollama": export_ollama}
-NEEDS_MERGED = ("gguf", "ollama")  # built from exports/merged/, which a whole-model run copies from model/
 
 
 def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, quant: str | None = None,
@@ -67,7 +66,6 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     Raises TunesmithError for a format name that does not exist, before anything is written.
     """
     from tunesmith.export.merged import run_export
-    from tunesmith.train.adapters import trains_whole_model  # imported here: tunesmith.train loads TRL
 
     formats = list(formats or recipe.export.formats)
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
@@ -76,8 +74,7 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     options = ExportOptions(quant or recipe.export.quant, verify, ollama_adapter)
     outcome = ExportOutcome()
     plain = [name for name in PLAIN_FORMATS if name in formats]
-    if trains_whole_model(recipe.adapter) and "merged" not in plain and any(f in NEEDS_MERGED for f in formats):
-        plain.append("merged")  # the GGUF writer reads exports/merged/; for a whole model that is model/'s copy
+    run.trained_artifact()  # a run without a trained model fails here, before anything is written
     if plain:
         exports = run_export(recipe, run, plain)
         outcome.written.update({name: exports / name for name in plain if name in formats})

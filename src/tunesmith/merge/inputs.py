@@ -32,8 +32,9 @@ def resolve_input(target: str | Path, base_override: Path | None = None) -> Merg
     path = Path(target).expanduser()
     run = Run(path)
     if run.recipe_file.is_file():
-        from tunesmith.models.tuned import is_adapter, run_base_model
+        from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
 
+        require_language_model(run, "merge")
         artifact = run.trained_artifact()
         base = base_override or run_base_model(run)
         return MergeInput("adapter" if is_adapter(artifact) else "model", artifact, base, str(target))

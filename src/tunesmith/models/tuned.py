@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tunesmith.errors import TunesmithError
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.models.source import resolve_model_source
 from tunesmith.runs import Run
@@ -32,6 +33,18 @@ def run_base_model(run: Run) -> Path:
         return resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
 
     return run.base_model(from_recipe).resolve()
+
+
+def require_language_model(run: Run, action: str) -> None:
+    """Refuse `action` (chat, merge, compare: they need an LM head) on a reward run, whose artifact is a one-score
+    sequence classifier; without this the LM-head loader would silently give it a random head."""
+    manifest = run.manifest()
+    method = manifest.train.method if manifest and manifest.train else run.load_recipe().method.kind
+    if method == "reward":
+        raise TunesmithError(f"{run.path} is a reward model (method.kind: reward): it scores answers with a one-score "
+                             f"head and has no language-model head to {action}.",
+                             "Use it to score pairs (`tunesmith eval RUN`) or as a GRPO reward (reward_model), or "
+                             f"{action} a language-model run instead.")
 
 
 def is_adapter(artifact: Path) -> bool:
