@@ -12,6 +12,7 @@ from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.eval.gate import GateRule, check_gate, is_worse, parse_gate_rule, raise_if_worse
 from tunesmith.eval.html_report import mark_changes, render_report
 from tunesmith.eval.stats import compare_metric, compare_variants, paired_bootstrap_ci, wins_losses_ties
+from tunesmith.results import Comparison, EvalResults
 from tunesmith.scoring import (
     aggregate,
     build_scorer,
@@ -233,19 +234,23 @@ def test_parse_gate_rule():
     assert parse_gate_rule("field/item") == GateRule("field/item", 0.0)
 
 
+def comparison(base: float, tuned: float, higher_is_better: bool = True) -> Comparison:
+    return Comparison(base=base, tuned=tuned, delta=tuned - base, higher_is_better=higher_is_better)
+
+
 def test_is_worse_respects_direction_and_margin():
-    score = {"base": 0.50, "tuned": 0.45, "higher_is_better": True}
+    score = comparison(0.50, 0.45)
     assert is_worse(score, 0.0) and is_worse(score, 0.04) and not is_worse(score, 0.06)
-    loss = {"base": 1.0, "tuned": 1.2, "higher_is_better": False}
+    loss = comparison(1.0, 1.2, higher_is_better=False)
     assert is_worse(loss, 0.1) and not is_worse(loss, 0.3)
-    assert not is_worse({"base": 1.0, "tuned": 0.8, "higher_is_better": False}, 0.0)
-    assert is_worse({"base": 0.5, "tuned": 0.55, "higher_is_better": True}, -0.1)  # negative margin: must improve
+    assert not is_worse(comparison(1.0, 0.8, higher_is_better=False), 0.0)
+    assert is_worse(comparison(0.5, 0.55), -0.1)  # negative margin: must improve
 
 
 def test_check_gate_reports_verdicts_and_unknown_metrics():
-    results = {"comparison": {
+    results = EvalResults.model_validate({"examples": 4, "task_metric": "exact_match", "tuned": {}, "comparison": {
         "exact_match": {"base": 0.5, "tuned": 0.25, "delta": -0.25, "ci95": [-0.5, 0.0], "higher_is_better": True},
-        "loss": {"base": 2.0, "tuned": 1.0, "delta": -1.0, "ci95": None, "higher_is_better": False}}}
+        "loss": {"base": 2.0, "tuned": 1.0, "delta": -1.0, "ci95": None, "higher_is_better": False}}})
     verdicts = check_gate(results, [GateRule("loss"), GateRule("exact_match", 0.1)])
     assert [v.passed for v in verdicts] == [True, False]
     assert re.search(r"exact_match base 0\.5000, tuned 0\.2500, delta -0\.2500.*margin 0\.1", verdicts[1].message)
@@ -256,7 +261,22 @@ def test_check_gate_reports_verdicts_and_unknown_metrics():
         check_gate(results, [GateRule("rouge")])
     assert unknown.value.exit_code == 2 and "exact_match, loss" in unknown.value.hint
     with pytest.raises(TunesmithError, match="needs a base"):
-        check_gate({"tuned": {}}, [GateRule("loss")])
+        check_gate(EvalResults(examples=0, task_metric="loss", tuned={}), [GateRule("loss")])
+
+
+def test_results_json_keys_are_checked_where_they_are_written(tmp_path):
+    from tunesmith.eval.rows import save_results
+    from tunesmith.results import read_results
+
+    good = {"examples": 2, "task_metric": "exact_match", "metrics": ["exact_match"],
+            "base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.5}}
+    assert read_results(save_results(tmp_path / "results.json", good)).headline_metric() == "exact_match"
+    with pytest.raises(TunesmithError, match="contract"):  # a misspelt key fails in the writer, not in a reader
+        save_results(tmp_path / "bad.json", {**good, "tunned": {"exact_match": 0.5}})
+    assert not (tmp_path / "bad.json").exists()
+    (tmp_path / "old.json").write_text('{"version": 99, "examples": 1, "task_metric": "x", "tuned": {}}')
+    with pytest.raises(TunesmithError, match="version 99"):
+        read_results(tmp_path / "old.json")
 
 
 # --- HTML report ---------------------------------------------------------------------------------------------
@@ -284,7 +304,7 @@ def parse_html(document: str) -> TextAndLinks:
 
 def test_html_report_shows_numbers_and_escaped_outputs():
     results = {
-        "examples": 2, "base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.5},
+        "examples": 2, "task_metric": "exact_match", "base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.5},
         "per_example": {"base": {"exact_match": [0.0, 0.0]}, "tuned": {"exact_match": [1.0, 0.0]}},
         "comparison": {"exact_match": {"base": 0.0, "tuned": 0.5, "delta": 0.5, "ci95": [0.0, 1.0], "wins": 1,
                                        "losses": 0, "ties": 1, "higher_is_better": True}},

@@ -25,6 +25,7 @@ from tunesmith.eval.forgetting import (
 )
 from tunesmith.eval.gate import GateRule, check_gate
 from tunesmith.eval.probe_checks import CHECKS, passes
+from tunesmith.results import EvalResults
 from tunesmith.runs import create_run
 from tunesmith.train import run_training
 
@@ -161,9 +162,10 @@ def test_regression_margins(tuned, flagged, reason):
     assert not flagged or reasons[0].startswith(reason)
 
 
-def results_with(probes: dict) -> dict:
-    return {"comparison": {"loss": {"base": 1.0, "tuned": 0.9, "delta": -0.1, "ci95": None,
-                                    "higher_is_better": False}}, "probes": probes}
+def results_with(probes: dict) -> EvalResults:
+    return EvalResults.model_validate({"examples": 1, "task_metric": "loss", "tuned": {"loss": 0.9},
+                                       "comparison": {"loss": {"base": 1.0, "tuned": 0.9, "delta": -0.1, "ci95": None,
+                                                               "higher_is_better": False}}, "probes": probes})
 
 
 @pytest.fixture(scope="module")

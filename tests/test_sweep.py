@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_project
 from tunesmith.errors import RecipeError
+from tunesmith.results import EvalResults
 from tunesmith.sweep import (
     GridAxis,
+    child_status,
     combinations,
-    main_metric,
     parse_grid,
     run_sweep,
     table_cells,
@@ -66,13 +67,23 @@ def test_names_of_lists_and_clashing_leaves():
     assert combos[0].name == "targets=q_proj+v_proj,model.dtype=float32,eval.dtype=x"
 
 
-def test_main_metric_is_the_recipes_headline_score():
-    assert main_metric({"metrics": ["loss", "perplexity", "json_fields"],
-                        "tuned": {"loss": 1.0, "field_accuracy": 0.5, "exact_match": 0.1}}) == "field_accuracy"
-    assert main_metric({"metrics": ["loss", "exact_match"], "tuned": {"exact_match": 0.2}}) == "exact_match"
-    assert main_metric({"task_metric": "preference_accuracy", "tuned": {"preference_accuracy": 0.7}}) \
-        == "preference_accuracy"
-    assert main_metric({"metrics": ["loss", "perplexity"], "tuned": {"loss": 1.0}}) is None
+def headline(**results) -> str | None:
+    return EvalResults.model_validate({"examples": 1, "task_metric": "auto", **results}).headline_metric()
+
+
+def test_headline_metric_is_the_recipes_task_score():
+    assert headline(metrics=["loss", "perplexity", "json_fields"],
+                    tuned={"loss": 1.0, "field_accuracy": 0.5, "exact_match": 0.1}) == "field_accuracy"
+    assert headline(metrics=["loss", "exact_match"], tuned={"exact_match": 0.2}) == "exact_match"
+    assert headline(task_metric="preference_accuracy", tuned={"preference_accuracy": 0.7}) == "preference_accuracy"
+    assert headline(metrics=["loss", "perplexity"], tuned={"loss": 1.0}) is None
+
+
+def test_a_killed_child_is_reported_from_its_exit_code(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("step 3/10\n", encoding="utf-8")
+    status = child_status(tmp_path / "missing.json", -9, log)
+    assert status.exit_code == -9 and "killed by signal 9" in status.error and "step 3/10" in status.error
 
 
 def test_table_records_failures_with_their_message():

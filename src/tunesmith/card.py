@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunesmith.models.tuned import is_adapter
+from tunesmith.results import Comparison, EvalResults, read_results
 from tunesmith.runs import Run, atomic_write_text
-from tunesmith.train.adapters import trained_model_dir, trains_whole_model
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -18,8 +19,10 @@ def write_model_card(run: Run) -> Path:
     recipe = run.load_recipe()
     train = _load(run.path / "train.json")
     data = _load(run.path / "data.json")
-    results = _load(run.eval_dir / "results.json")
-    whole = trains_whole_model(recipe.adapter)
+    results_file = run.eval_dir / "results.json"
+    results = read_results(results_file) if results_file.is_file() else None
+    trained = run.trained_artifact()
+    whole = not is_adapter(trained)
     artifact = "Fine-tuned model" if whole else f"{recipe.adapter.kind} adapter"
     lines = [
         f"# {recipe.name}",
@@ -43,7 +46,7 @@ def write_model_card(run: Run) -> Path:
         *add_on_lines(results),
         *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
-        *(reward_usage_lines(run, whole) if recipe.method.kind == "reward" else usage_lines(run, whole)),
+        *(reward_usage_lines(run, trained, whole) if recipe.method.kind == "reward" else usage_lines(trained, whole)),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
 
@@ -77,55 +80,54 @@ def adapter_line(adapter: Any) -> str:
     return adapter.kind + ": " + ", ".join(f"{key}={value}" for key, value in settings.items())
 
 
-def usage_lines(run: Run, whole: bool) -> list[str]:
+def usage_lines(trained: Path, whole: bool) -> list[str]:
     if whole:
         return ["```python", "from transformers import AutoModelForCausalLM",
-                f'model = AutoModelForCausalLM.from_pretrained("{trained_model_dir(run)}")', "```"]
+                f'model = AutoModelForCausalLM.from_pretrained("{trained}")', "```"]
     return ["```python", "from peft import AutoPeftModelForCausalLM",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{run.adapter_dir}")', "```",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{trained}")', "```",
             "Merged checkpoint (if exported): `exports/merged/`."]
 
 
-def reward_usage_lines(run: Run, whole: bool) -> list[str]:
+def reward_usage_lines(run: Run, trained: Path, whole: bool) -> list[str]:
     """A reward model loads with its score head, and scores GRPO completions as reward `reward_model`."""
     loader = ("from transformers import AutoModelForSequenceClassification",
-              f'model = AutoModelForSequenceClassification.from_pretrained("{trained_model_dir(run)}")') if whole else (
+              f'model = AutoModelForSequenceClassification.from_pretrained("{trained}")') if whole else (
         "from peft import AutoPeftModelForSequenceClassification",
-        f'model = AutoPeftModelForSequenceClassification.from_pretrained("{run.adapter_dir}", num_labels=1)')
+        f'model = AutoPeftModelForSequenceClassification.from_pretrained("{trained}", num_labels=1)')
     return ["```python", *loader, "```", "As a GRPO reward: `method.rewards: [{name: reward_model, path: "
             f"{run.path}}}]`."]
 
 
-def results_table(results: dict[str, Any]) -> list[str]:
-    if "tuned" not in results:
+def results_table(results: EvalResults | None) -> list[str]:
+    if results is None:
         return ["(not evaluated yet: run `tunesmith eval`)"]
-    variants = [v for v in ("base", "tuned") if v in results]
-    metrics = [k for k in results["tuned"] if k != "seconds"]
-    comparison = results.get("comparison") or {}
-    extra = ["delta (95% CI)"] if comparison else []
+    metrics = [k for k in results.tuned if k != "seconds"]
+    extra = ["delta (95% CI)"] if results.comparison else []
+    variants = results.variants
     rows = ["| metric | " + " | ".join([*variants, *extra]) + " |", "|---" * (len(variants) + len(extra) + 1) + "|"]
-    rows += [f"| {m} | " + " | ".join([*(str(results[v].get(m, "")) for v in variants),
-                                       *([delta_cell(comparison.get(m))] if comparison else [])]) + " |"
-             for m in metrics]
-    if results.get("base_note"):  # reward runs: what `base` means there
-        rows += ["", f"Note: {results['base_note']}"]
+    rows += [f"| {m} | " + " | ".join([*(str(results.scores(v).get(m, "")) for v in variants),
+                                       *([delta_cell(results.comparison.get(m))] if results.comparison else [])])
+             + " |" for m in metrics]
+    if results.base_note:  # reward runs: what `base` means there
+        rows += ["", f"Note: {results.base_note}"]
     return rows
 
 
-def delta_cell(entry: dict[str, Any] | None) -> str:
+def delta_cell(entry: Comparison | None) -> str:
     """tuned − base, with its paired-bootstrap interval where there is one."""
-    if not entry:
+    if entry is None:
         return ""
-    ci = entry.get("ci95")
-    return f"{entry['delta']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+    ci = entry.ci95
+    return f"{entry.delta:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
 
 
-def add_on_lines(results: dict[str, Any]) -> list[str]:
+def add_on_lines(results: EvalResults | None) -> list[str]:
     """A section per add-on in results.json (forgetting probes, judge, lm-eval): base → tuned and the delta."""
     from tunesmith.eval.add_ons import add_on_tables
 
-    lines = []
-    for block in add_on_tables(results):
+    lines: list[str] = []
+    for block in add_on_tables(results) if results is not None else []:
         lines += [f"### {block.title[:1].upper()}{block.title[1:]}", "",
                   "| metric | base | tuned | delta (95% CI) |", "|---|---|---|---|"]
         lines += [f"| {metric} | {'' if base is None else base} | {tuned} | {delta_cell(entry)} |"

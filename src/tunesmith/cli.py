@@ -22,6 +22,7 @@ from rich.table import Table
 from tunesmith.cli_data import data_app
 from tunesmith.cli_merge import merge, push
 from tunesmith.errors import TunesmithError
+from tunesmith.results import Comparison, EvalResults, read_results
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -31,7 +32,7 @@ app.add_typer(data_app, name="data")
 app.command()(merge)
 app.command()(push)
 err = Console(stderr=True)
-state = {"debug": False}
+state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value")]
 RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]
@@ -168,7 +169,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         if report.is_file():
             err.print(f"Report: {report}", highlight=False, soft_wrap=True)
     if rules:
-        verdicts = check_gate(json.loads(path.read_text(encoding="utf-8")), rules)
+        verdicts = check_gate(read_results(path), rules)
         for verdict in verdicts:
             if verdict.passed:
                 err.print(escape(verdict.message), highlight=False, soft_wrap=True)
@@ -353,30 +354,26 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
 
 
 def _print_results(run_path: Path, results_file: Path | None = None) -> None:
-    from tunesmith.runs import read_json
-
-    results = read_json(results_file or run_path / "eval" / "results.json")
-    variants = [v for v in ("base", "tuned") if v in results]
-    other = (results.get("against") or {}).get("name")
+    results = read_results(results_file or run_path / "eval" / "results.json")
+    other = results.against.name if results.against else None
     title = f"tuned vs {other}" if other else "base vs tuned"
-    table = Table(title=f"{title} on {results['examples']} held-out examples")
+    table = Table(title=f"{title} on {results.examples} held-out examples")
     table.add_column("metric")
-    for variant in variants:
+    for variant in results.variants:
         table.add_column(other if other and variant == "base" else variant, justify="right")
-    comparison = results.get("comparison") or {}
-    if comparison:
+    if results.comparison:
         for column in ("delta", "95% CI", "wins/losses/ties"):
             table.add_column(column, justify="right")
-    for metric in results["tuned"]:
-        table.add_row(metric, *[_fmt(results[v].get(metric)) for v in variants],
-                      *(_comparison_cells(comparison.get(metric)) if comparison else []))
+    for metric in results.tuned:
+        table.add_row(metric, *[_fmt(results.scores(v).get(metric)) for v in results.variants],
+                      *(_comparison_cells(results.comparison.get(metric)) if results.comparison else []))
     err.print(table)
-    if results.get("base_note"):  # reward runs: the base is scored with an untrained head
-        err.print(escape(f"Note: {results['base_note']}"), highlight=False, soft_wrap=True)
+    if results.base_note:  # reward runs: the base is scored with an untrained head
+        err.print(escape(f"Note: {results.base_note}"), highlight=False, soft_wrap=True)
     _print_add_ons(results, other)
 
 
-def _print_add_ons(results: dict[str, Any], other: str | None) -> None:
+def _print_add_ons(results: EvalResults, other: str | None) -> None:
     """The forgetting probes, judge and lm-eval figures, a table each, with the probes' verdict under theirs."""
     from tunesmith.eval.add_ons import add_on_tables
 
@@ -391,13 +388,14 @@ def _print_add_ons(results: dict[str, Any], other: str | None) -> None:
         console.print(escape(block.note), highlight=False, soft_wrap=True)
 
 
-def _comparison_cells(entry: dict[str, Any] | None) -> list[str]:
+def _comparison_cells(entry: Comparison | None) -> list[str]:
     """delta, 95% CI and the per-example tally of one metric; blank where the metric is not compared."""
-    if not entry:
+    if entry is None:
         return ["", "", ""]
-    ci = entry.get("ci95")
-    tally = "/".join(str(entry[k]) for k in ("wins", "losses", "ties")) if "wins" in entry else ""
-    return [f"{entry['delta']:+.4f}", f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "", tally]
+    extra = entry.model_extra or {}
+    tally = "/".join(str(extra[k]) for k in ("wins", "losses", "ties")) if "wins" in extra else ""
+    ci = entry.ci95
+    return [f"{entry.delta:+.4f}", f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "", tally]
 
 
 def _fmt(value: Any) -> str:
@@ -411,6 +409,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except TunesmithError as exc:
+        state["error"] = {"message": exc.message, "hint": exc.hint}  # the sweep child reports it
         err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
             err.print(f"[bold]Hint:[/bold] {escape(exc.hint)}", highlight=False, soft_wrap=True)
@@ -422,6 +421,7 @@ def main() -> None:
     except Exception as exc:  # the last resort: report, don't dump
         if state["debug"]:
             raise
+        state["error"] = {"message": f"Internal error: {type(exc).__name__}: {exc}", "hint": None}
         err.print(f"[bold red]Internal error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
         err.print("Run again with --debug for the traceback, and report it.")
         sys.exit(1)
@@ -472,6 +472,7 @@ def _report_command_line_error(exc: BaseException) -> int:
     ctx = getattr(exc, "ctx", None)
     if ctx is None and hasattr(exc, "ctx"):  # click raises "Option '--quant' requires an argument" without one
         ctx = _context_of(sys.argv[1:])
+    state["error"] = {"message": _usage_message(exc), "hint": "Check the command line (see --help)."}
     if ctx is not None and type(exc).__name__ != "NoArgsIsHelpError":  # that one's message is the help itself
         err.print(escape(ctx.get_usage()), highlight=False, soft_wrap=True)
         err.print(f"Try '{escape(ctx.command_path)} --help' for help.", highlight=False, soft_wrap=True)

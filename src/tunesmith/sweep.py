@@ -22,21 +22,32 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.results import read_results
 from tunesmith.runs import atomic_write_json, atomic_write_text, read_json
 
 GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
-METRIC_KEYS = {"json_fields": "field_accuracy"}  # a metric whose headline score has another name
-NOT_TASK_METRICS = (None, "none", "loss", "perplexity")
-MEMORY_FILE = "sweep_memory.json"
+STATUS_FILE = "sweep_status.json"
 
 
 class SweepFailedError(TunesmithError):
     """Some combinations failed; the others ran and the table records both."""
 
     exit_code = 1
+
+
+class ChildStatus(BaseModel):
+    """What a combination's subprocess reports (sweep_status.json): its exit code, the error it ended on, and
+    its peak memory; written by `tunesmith.sweep_child` whether the run succeeded or not."""
+
+    exit_code: int
+    error: str | None = None
+    hint: str | None = None
+    peak_rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,18 +198,33 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
     staging, log = sweep_dir / f".staging-{combo.name}", sweep_dir / "logs" / f"{combo.name}.log"
     log.parent.mkdir(exist_ok=True)
     overrides = [arg for item in (*sets, *combo.overrides) for arg in ("--set", item)]
-    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / MEMORY_FILE), "train", str(recipe_path),
+    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / STATUS_FILE), "train", str(recipe_path),
                *overrides, "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
     started = time.monotonic()
     with log.open("w", encoding="utf-8") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
     wall = round(time.monotonic() - started, 1)
-    memory = read_json(staging / MEMORY_FILE) if (staging / MEMORY_FILE).is_file() else {}
+    status = child_status(staging / STATUS_FILE, code, log)
     run_dir = adopt_run_dir(staging, sweep_dir / combo.name)
-    row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall, **memory}
-    if code != 0:
-        return {**row, "status": "failed", "error": error_from_log(log, code), "run_dir": run_dir and str(run_dir)}
+    row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall,
+           "peak_rss_mb": status.peak_rss_mb, "peak_cuda_mb": status.peak_cuda_mb}
+    if status.exit_code != 0:
+        error = " ".join(filter(None, [status.error, status.hint and f"Hint: {status.hint}"]))
+        return {**row, "status": "failed", "error": error, "run_dir": run_dir and str(run_dir)}
     return {**row, "status": "ok", **run_figures(run_dir), "run_dir": str(run_dir)}
+
+
+def child_status(path: Path, code: int, log: Path) -> ChildStatus:
+    """The subprocess's own report; a process killed before it could write one (OOM killer, a signal) gets its
+    exit code and the last line of its log."""
+    try:
+        return ChildStatus.model_validate_json(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValidationError):
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if line.strip()]
+        killed = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        last = f"; its last output: {lines[-1]}" if lines else " and printed nothing"
+        return ChildStatus(exit_code=code or 1, error=f"the run {killed} without reporting an error{last}")
 
 
 def adopt_run_dir(staging: Path, target: Path) -> Path | None:
@@ -210,40 +236,20 @@ def adopt_run_dir(staging: Path, target: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
-def error_from_log(log: Path, code: int) -> str:
-    """The CLI's `Error:` line (and hint) when there is one, else the last line the run printed."""
-    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    for marker in ("Error:", "Internal error:"):
-        found = [i for i, line in enumerate(lines) if line.startswith(marker)]
-        if found:
-            return " ".join(lines[found[-1]:found[-1] + 3]).removeprefix("Error: ")
-    return lines[-1] if lines else f"exited with code {code} and printed nothing"
-
-
 def run_figures(run_dir: Path | None) -> dict[str, Any]:
     """The numbers of one finished run, read from its own train.json and eval/results.json."""
     train = read_json(run_dir / "train.json") if run_dir and (run_dir / "train.json").is_file() else {}
     results_file = run_dir / "eval" / "results.json" if run_dir else None
-    results = read_json(results_file) if results_file and results_file.is_file() else {}
-    metric = main_metric(results)
-    tuned = results.get("tuned", {})
+    results = read_results(results_file) if results_file and results_file.is_file() else None
+    metric = results.headline_metric() if results else None
     return {
         "final_train_loss": train.get("final_loss"),
-        "eval_loss": tuned.get("loss"),
+        "eval_loss": results.tuned.get("loss") if results else None,
         "metric": metric,
-        "metric_value": tuned.get(metric) if metric else None,
+        "metric_value": results.tuned.get(metric) if results and metric else None,
         "trainable_params": (train.get("trainable") or {}).get("trainable"),
         "train_time_s": train.get("wall_time_s"),
     }
-
-
-def main_metric(results: dict[str, Any]) -> str | None:
-    """The recipe's headline task score in eval/results.json (json_fields reports field_accuracy)."""
-    tuned = results.get("tuned", {})
-    for name in [*results.get("metrics", []), results.get("task_metric")]:
-        if name not in NOT_TASK_METRICS and METRIC_KEYS.get(name, name) in tuned:
-            return METRIC_KEYS.get(name, name)
-    return None
 
 
 def outcome_line(row: dict[str, Any]) -> str:

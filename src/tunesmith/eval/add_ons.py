@@ -7,10 +7,12 @@ file, the harness not installed) is found by `prepare_add_ons`, before any model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
+from tunesmith.results import AddOnBlock, Comparison, EvalResults, ProbesBlock
 
 
 @dataclass(frozen=True)
@@ -69,53 +71,53 @@ def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict
 class AddOnTable:
     """One add-on's figures for the terminal, the HTML report and the model card.
 
-    Each row is (metric, base value, tuned value, its comparison entry or None).
+    Each row is (metric, base value, tuned value, its comparison or None).
     """
 
     title: str
-    rows: list[tuple[str, Any, Any, dict[str, Any] | None]]
+    rows: list[tuple[str, Any, Any, Comparison | None]]
     note: str
 
 
-def add_on_tables(results: dict[str, Any]) -> list[AddOnTable]:
+def add_on_tables(results: EvalResults) -> list[AddOnTable]:
     """A table for each add-on block present in results.json, in the order probes, judge, lm-eval."""
     tables = []
-    if results.get("probes"):
-        tables.append(probes_table(results["probes"]))
-    if results.get("judge"):
-        judge = results["judge"]
+    if results.probes is not None:
+        tables.append(probes_table(results.probes))
+    if results.judge is not None:
+        judge = results.judge.model_extra or {}
         note = (f"position consistency {judge['position_consistency']:.0%} (both orders agree); "
                 f"answer A picked {judge['first_position_rate']:.0%} of the time" if judge["mode"] == "pairwise"
                 else "scores 1-10")
         tables.append(AddOnTable(f"LLM judge {judge['model']} ({judge['mode']}, {judge['examples']} examples)",
-                                 block_rows(judge, lambda key: key), note))
-    if results.get("lm_eval"):
-        block = results["lm_eval"]
+                                 block_rows(results.judge, lambda key: key), note))
+    if results.lm_eval is not None:
+        block = results.lm_eval.model_extra or {}
         limit = f", first {block['limit']} documents" if block.get("limit") else ""
         tables.append(AddOnTable(f"lm-eval harness ({', '.join(block['tasks'])}{limit})",
-                                 block_rows(block, lambda key: key), "tasks from " + block["include_path"]))
+                                 block_rows(results.lm_eval, lambda key: key), "tasks from " + block["include_path"]))
     return tables
 
 
-def probes_table(probes: dict[str, Any]) -> AddOnTable:
+def probes_table(probes: ProbesBlock) -> AddOnTable:
     names = {"accuracy": "probe_accuracy", "perplexity": "probe_perplexity"}
     rows = block_rows(probes, lambda key: names.get(key, f"probe/{key}"))
-    return AddOnTable(f"forgetting probes ({probes['count']} prompts; perplexity on general text)", rows,
+    return AddOnTable(f"forgetting probes ({probes.count} prompts; perplexity on general text)", rows,
                       probe_verdict(probes))
 
 
-def probe_verdict(probes: dict[str, Any]) -> str:
+def probe_verdict(probes: ProbesBlock) -> str:
     """One line: regression or not, and why."""
-    if "regression" not in probes:
+    if probes.regression is None:
         return "no base to compare with"
-    if probes["regression"]:
-        return "REGRESSION: " + "; ".join(probes["reasons"])
-    return (f"no regression (accuracy within {probes['margin']:g} of base, perplexity within "
-            f"{probes['perplexity_margin']:.0%})")
+    if probes.regression:
+        return "REGRESSION: " + "; ".join(probes.reasons)
+    return (f"no regression (accuracy within {probes.margin:g} of base, perplexity within "
+            f"{probes.perplexity_margin:.0%})")
 
 
-def block_rows(block: dict[str, Any], comparison_key: Any) -> list[tuple[str, Any, Any, dict[str, Any] | None]]:
-    comparison = block.get("comparison") or {}
-    keys = [key for key in block.get("tuned", {}) if key != "seconds"]
-    return [(key, (block.get("base") or {}).get(key), block["tuned"][key], comparison.get(comparison_key(key)))
+def block_rows(block: AddOnBlock,
+               comparison_key: Callable[[str], str]) -> list[tuple[str, Any, Any, Comparison | None]]:
+    keys = [key for key in block.tuned if key != "seconds"]
+    return [(key, (block.base or {}).get(key), block.tuned[key], block.comparison.get(comparison_key(key)))
             for key in keys]

@@ -23,11 +23,11 @@ from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
-from tunesmith.eval.rows import held_out_rows, results_dir
+from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
-from tunesmith.runs import Run, atomic_write_json, read_json
+from tunesmith.runs import Run, read_json
 from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_columns
 
 
@@ -67,7 +67,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     folder = results_dir(against_dir(run, who), held_out)
     own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
     chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
-    path = atomic_write_json(folder / "results.json", results)
+    path = save_results(folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
     return path
 

@@ -7,12 +7,11 @@ lm-eval blocks), so it can be re-checked without re-running a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.results import Comparison, EvalResults, ProbesBlock
 
 EXIT_WORSE = 3
-ADD_ON_BLOCKS = ("probes", "judge", "lm_eval")  # results.json blocks with a comparison of their own
 
 
 @dataclass(frozen=True)
@@ -39,55 +38,48 @@ def parse_gate_rule(text: str) -> GateRule:
         return GateRule(text)  # an unknown name is reported, with the valid ones, by check_gate
 
 
-def is_worse(entry: dict[str, Any], margin: float) -> bool:
+def is_worse(entry: Comparison, margin: float) -> bool:
     """tuned < base − margin, or tuned > base + margin where lower is better (loss, perplexity)."""
-    if entry.get("higher_is_better", True):
-        return entry["tuned"] < entry["base"] - margin
-    return entry["tuned"] > entry["base"] + margin
+    if entry.higher_is_better:
+        return entry.tuned < entry.base - margin
+    return entry.tuned > entry.base + margin
 
 
-def all_comparisons(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The task metrics' comparison and the add-ons' (probe_accuracy, judge_score, lm-eval task/metric, ...)."""
-    merged = dict(results.get("comparison") or {})
-    for block in ADD_ON_BLOCKS:
-        merged.update((results.get(block) or {}).get("comparison") or {})
-    return merged
-
-
-def check_gate(results: dict[str, Any], rules: list[GateRule]) -> list[GateVerdict]:
+def check_gate(results: EvalResults, rules: list[GateRule]) -> list[GateVerdict]:
     """One verdict per rule; an unknown metric or a run without a base is a user error (exit 2).
 
     The rule `probes` fails on the forgetting probes' own regression flag (the recipe's probe margins).
     """
-    comparison = all_comparisons(results)
+    comparison = results.all_comparisons()
     if not comparison:
         raise TunesmithError("--fail-if-worse needs a base-vs-tuned comparison, and this eval has none.",
                              "Set eval.compare_base: true (preference and cpt evals have no comparison yet).")
-    names = [*comparison, *(["probes"] if "regression" in (results.get("probes") or {}) else [])]
+    probes = results.probes if results.probes is not None and results.probes.regression is not None else None
+    names = [*comparison, *(["probes"] if probes is not None else [])]
     unknown = [rule.metric for rule in rules if rule.metric not in names]
     if unknown:
         raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}.",
                              f"Available metrics: {', '.join(names)}.")
-    return [probes_verdict(rule, results["probes"]) if rule.metric == "probes"
+    return [probes_verdict(rule, probes) if rule.metric == "probes" and probes is not None
             else verdict(rule, comparison[rule.metric]) for rule in rules]
 
 
-def probes_verdict(rule: GateRule, probes: dict[str, Any]) -> GateVerdict:
+def probes_verdict(rule: GateRule, probes: ProbesBlock) -> GateVerdict:
     """Worse when the forgetting probes flagged a regression; the message gives the reasons or the numbers."""
-    if probes["regression"]:
-        return GateVerdict(rule, False, "WORSE: probes: " + "; ".join(probes["reasons"]))
-    base, tuned = probes["base"], probes["tuned"]
+    if probes.regression:
+        return GateVerdict(rule, False, "WORSE: probes: " + "; ".join(probes.reasons))
+    base, tuned = probes.base or {}, probes.tuned
     return GateVerdict(rule, True, f"ok: probes accuracy base {base['accuracy']:.4f}, tuned {tuned['accuracy']:.4f}, "
                                    f"perplexity base {base['perplexity']:.3f}, tuned {tuned['perplexity']:.3f} "
-                                   f"(margins {probes['margin']:g} and {probes['perplexity_margin']:.0%})")
+                                   f"(margins {probes.margin:g} and {probes.perplexity_margin:.0%})")
 
 
-def verdict(rule: GateRule, entry: dict[str, Any]) -> GateVerdict:
+def verdict(rule: GateRule, entry: Comparison) -> GateVerdict:
     worse = is_worse(entry, rule.margin)
-    direction = "higher is better" if entry.get("higher_is_better", True) else "lower is better"
-    ci = f", 95% CI [{entry['ci95'][0]:+.4f}, {entry['ci95'][1]:+.4f}]" if entry.get("ci95") else ""
-    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} base {entry['base']:.4f}, tuned {entry['tuned']:.4f}, "
-               f"delta {entry['delta']:+.4f}{ci}, margin {rule.margin:g} ({direction})")
+    direction = "higher is better" if entry.higher_is_better else "lower is better"
+    ci = f", 95% CI [{entry.ci95[0]:+.4f}, {entry.ci95[1]:+.4f}]" if entry.ci95 else ""
+    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} base {entry.base:.4f}, tuned {entry.tuned:.4f}, "
+               f"delta {entry.delta:+.4f}{ci}, margin {rule.margin:g} ({direction})")
     return GateVerdict(rule, not worse, message)
 
 

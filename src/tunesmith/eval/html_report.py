@@ -104,12 +104,14 @@ def confusion_table(confusion: dict[str, dict[str, int]]) -> str:
 def add_ons_html(results: dict[str, Any]) -> str:
     """A table for each of the forgetting probes, the judge and the lm-eval tasks, with the probes' verdict."""
     from tunesmith.eval.add_ons import add_on_tables
+    from tunesmith.results import EvalResults
 
     sections = []
-    for block in add_on_tables(results):
+    for block in add_on_tables(EvalResults.model_validate(results)):
         head = ["metric", "base", "tuned", "delta", "95% CI", "wins", "losses", "ties"]
         rows, classes = [], []
-        for metric, base, tuned, entry in block.rows:
+        for metric, base, tuned, compared in block.rows:
+            entry = compared.model_dump() if compared is not None else None  # the dict the task table reads too
             ci = (entry or {}).get("ci95")
             rows.append([metric, _num(base) if base is not None else "–", _num(tuned),
                          _num(entry["delta"], signed=True) if entry else "–",

@@ -19,10 +19,10 @@ from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data.template import IGNORE_INDEX, encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.evaluate import pad_right
-from tunesmith.eval.rows import held_out_rows, results_dir
+from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run
 
 LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
 PREFERENCE_SHAPES = ("preference", "unpaired_preference")
@@ -52,7 +52,7 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
     results["rows_from"] = held_out.rows_from
     results.update({"against": who} if who else {})
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
-    return atomic_write_json(results_dir(against_dir(run, who), held_out) / "results.json", results)
+    return save_results(results_dir(against_dir(run, who), held_out) / "results.json", results)
 
 
 def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, dict[str, Variant], dict | None]:

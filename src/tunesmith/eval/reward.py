@@ -19,10 +19,10 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.preference import pair_samples
-from tunesmith.eval.rows import held_out_rows, results_dir
+from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, is_adapter, run_base_model
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run
 from tunesmith.train.preference import with_system_prompt
 from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
 
@@ -53,7 +53,7 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data:
     if "base" in results:
         results["base_note"] = RANDOM_HEAD_NOTE.format(seed=recipe.training.seed)
     results["samples"] = pair_samples(rows, margins, limit=5)
-    return atomic_write_json(results_dir(run.eval_dir, held_out) / "results.json", results)
+    return save_results(results_dir(run.eval_dir, held_out) / "results.json", results)
 
 
 def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:

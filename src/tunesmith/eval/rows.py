@@ -11,13 +11,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
 from tunesmith.errors import DataError
-from tunesmith.runs import Run
+from tunesmith.results import RESULTS_VERSION, validate_results
+from tunesmith.runs import Run, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,10 @@ def results_dir(folder: Path, rows: HeldOutRows) -> Path:
     """Where results go: `folder` (eval/, or eval/against-<run>/) for the run's own rows, and a `data-<stem>/`
     folder inside it for --data FILE, so the held-out results, the model card and sweep keep describing them."""
     return folder / f"data-{rows.file.stem}" if rows.file is not None else folder
+
+
+def save_results(path: Path, results: dict[str, Any]) -> Path:
+    """Validate `results` against the results.json contract (tunesmith.results.EvalResults), then write it."""
+    results = {"version": RESULTS_VERSION, **results}
+    validate_results(results, path)
+    return atomic_write_json(path, results)

@@ -1,0 +1,142 @@
+"""`eval/results.json`, typed: what the eval stage writes and the CLI tables, model card, gate and sweep read.
+
+One pydantic model (`EvalResults`) is the contract: eval validates what it writes (a misspelt or mistyped key
+fails where it is written, not in the reader), and readers get attributes instead of string keys. The blocks
+inside (a variant's scores, a comparison, an add-on) keep extra keys, because each metric adds its own
+(`label/<name>`, lm-eval's `task/metric`), but the fields every reader relies on are typed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.errors import TunesmithError
+
+RESULTS_VERSION = 1
+Scores = dict[str, float | int | None]  # metric name → mean score (or seconds, examples) for one variant
+HEADLINE_KEYS = {"json_fields": "field_accuracy"}  # a metric whose headline score has another name
+NOT_TASK_METRICS = ("none", "loss", "perplexity")  # scored for every run: never a task's headline
+
+
+class Comparison(BaseModel):
+    """Tuned against base on one metric: the means, the paired difference and (task metrics) its interval."""
+
+    model_config = ConfigDict(extra="allow")
+
+    base: float
+    tuned: float
+    delta: float
+    higher_is_better: bool = True
+    ci95: list[float] | None = Field(None, description="Paired bootstrap 95% interval of tuned − base.")
+
+
+class Against(BaseModel):
+    """The other run that took base's place (`tunesmith eval RUN --against OTHER`)."""
+
+    name: str
+    path: str
+
+
+class AddOnBlock(BaseModel):
+    """An add-on's results (forgetting probes, judge, lm-eval): per-variant scores and their comparison."""
+
+    model_config = ConfigDict(extra="allow")
+
+    base: Scores | None = None
+    tuned: Scores
+    comparison: dict[str, Comparison] = Field(default_factory=dict)
+
+
+class ProbesBlock(AddOnBlock):
+    """The forgetting probes, with the regression verdict the recipe's margins give."""
+
+    count: int
+    margin: float
+    perplexity_margin: float
+    regression: bool | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class EvalResults(BaseModel):
+    """One eval's results. `base` and `tuned` hold each variant's mean scores; `comparison` pairs them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = RESULTS_VERSION
+    examples: int = Field(ge=0, description="Held-out rows scored.")
+    task_metric: str = Field(description="The headline metric (or `auto`, resolved in metrics_chosen).")
+    rows_from: str | None = Field(None, description="`run` (saved rows), `recipe` (older run) or `file:<path>`.")
+    metrics: list[str] = Field(default_factory=list)
+    metrics_chosen: dict[str, Any] | None = None
+    against: Against | None = None
+    base: Scores | None = None
+    base_note: str | None = Field(None, description="What `base` means where it is not the untuned model's skill.")
+    tuned: Scores
+    per_example: dict[str, dict[str, list[Any]]] | None = None
+    label_accuracy: dict[str, Any] | None = None
+    comparison: dict[str, Comparison] = Field(default_factory=dict)
+    bootstrap: dict[str, Any] | None = None
+    probes: ProbesBlock | None = None
+    judge: AddOnBlock | None = None
+    lm_eval: AddOnBlock | None = None
+    samples: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def variants(self) -> list[str]:
+        """The variants scored, in table order: base (when there is one), then tuned."""
+        return [*(["base"] if self.base is not None else []), "tuned"]
+
+    def scores(self, variant: str) -> Scores:
+        return self.tuned if variant == "tuned" else (self.base or {})
+
+    def headline_metric(self) -> str | None:
+        """The score a one-number summary (sweep tables) shows: the first chosen task metric's headline score
+        (json_fields reports field_accuracy); None when only loss and perplexity were scored."""
+        for name in [*self.metrics, self.task_metric]:
+            if name not in NOT_TASK_METRICS and HEADLINE_KEYS.get(name, name) in self.tuned:
+                return HEADLINE_KEYS.get(name, name)
+        return None
+
+    def add_on_blocks(self) -> dict[str, AddOnBlock]:
+        """The add-ons that ran, by results.json key (probes, judge, lm_eval)."""
+        blocks = {"probes": self.probes, "judge": self.judge, "lm_eval": self.lm_eval}
+        return {name: block for name, block in blocks.items() if block is not None}
+
+    def all_comparisons(self) -> dict[str, Comparison]:
+        """The task metrics' comparisons and every add-on's (probe_accuracy, judge_score, lm-eval task/metric)."""
+        merged = dict(self.comparison)
+        for block in self.add_on_blocks().values():
+            merged.update(block.comparison)
+        return merged
+
+
+def validate_results(results: dict[str, Any], where: Path) -> EvalResults:
+    """Check a results dict against the contract before it is written; a failure is a bug in the writer."""
+    try:
+        return EvalResults.model_validate(results)
+    except ValidationError as exc:
+        raise TunesmithError(f"The eval results for {where} do not fit the results.json contract: {exc}",
+                             "This is a bug in the eval stage that wrote them; please report it.") from None
+
+
+def read_results(path: Path) -> EvalResults:
+    """Read and validate a results.json; a missing or foreign file is named with the fix."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunesmithError(f"Missing file: {path}", "Evaluate the run first: tunesmith eval RUN.") from None
+    except json.JSONDecodeError as exc:
+        raise TunesmithError(f"{path} is not valid JSON ({exc}).", "Evaluate the run again: tunesmith eval RUN.") \
+            from None
+    if isinstance(raw, dict) and raw.get("version", RESULTS_VERSION) != RESULTS_VERSION:
+        raise TunesmithError(f"{path} has results version {raw.get('version')!r}; this tunesmith reads "
+                             f"{RESULTS_VERSION}.", "Evaluate the run again with this tunesmith.")
+    try:
+        return EvalResults.model_validate(raw)
+    except ValidationError as exc:
+        raise TunesmithError(f"{path} is not a tunesmith results.json: {exc}",
+                             "Evaluate the run again: tunesmith eval RUN.") from None
