@@ -124,7 +124,8 @@ def test_eval_results_and_html_report_carry_the_label_table_and_heatmap():
     scorer = build_scorer(["label_accuracy"], None, None, base_dir=None)
     references = [reference for reference, _ in PAIRS]
     outputs = {"base": ["refund"] * len(PAIRS), "tuned": [answer for _, answer in PAIRS]}
-    results = {"examples": len(PAIRS), "base": {"loss": 2.0, "seconds": 1.0}, "tuned": {"loss": 1.0, "seconds": 1.0},
+    results = {"examples": len(PAIRS), "task_metric": "auto", "base": {"loss": 2.0, "seconds": 1.0},
+               "tuned": {"loss": 1.0, "seconds": 1.0},
                "metrics_chosen": {"metrics": ["loss", "label_accuracy"], "by": "eval.task_metric: auto",
                                   "kind": "labels", "reason": "answers take 3 distinct values over 60 rows",
                                   "from": "training answers"}}

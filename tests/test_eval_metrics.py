@@ -267,13 +267,17 @@ def test_check_gate_reports_verdicts_and_unknown_metrics():
 def test_results_json_keys_are_checked_where_they_are_written(tmp_path):
     from tunesmith.eval.rows import save_results
     from tunesmith.results import read_results
+    from tunesmith.runs import Run
+
+    run = Run(tmp_path)
 
     good = {"examples": 2, "task_metric": "exact_match", "metrics": ["exact_match"],
             "base": {"exact_match": 0.0}, "tuned": {"exact_match": 0.5}}
-    assert read_results(save_results(tmp_path / "results.json", good)).headline_metric() == "exact_match"
+    assert read_results(save_results(run, run.eval_dir / "results.json", good)).headline_metric() == "exact_match"
+    assert run.manifest().eval.results == {"held_out": "eval/results.json"}  # run.json records what eval wrote
     with pytest.raises(TunesmithError, match="contract"):  # a misspelt key fails in the writer, not in a reader
-        save_results(tmp_path / "bad.json", {**good, "tunned": {"exact_match": 0.5}})
-    assert not (tmp_path / "bad.json").exists()
+        save_results(run, run.eval_dir / "data-x" / "results.json", {**good, "tunned": {"exact_match": 0.5}})
+    assert not (run.eval_dir / "data-x").exists() and set(run.manifest().eval.results) == {"held_out"}
     (tmp_path / "old.json").write_text('{"version": 99, "examples": 1, "task_metric": "x", "tuned": {}}')
     with pytest.raises(TunesmithError, match="version 99"):
         read_results(tmp_path / "old.json")

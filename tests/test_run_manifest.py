@@ -106,6 +106,40 @@ def test_moved_run_evaluates_to_identical_numbers_without_its_project(trained, t
     assert "data/eval.jsonl is gone since training; scoring the rows saved in the run" in capsys.readouterr().err
 
 
+def export_hashes(run: Run) -> dict[str, str]:
+    """sha256 of what `export merged, gguf` wrote: the merged weights and the GGUF file."""
+    from tunesmith.export.stage import export_formats
+
+    written = export_formats(run.load_recipe(), run, ["merged", "gguf"], quant="F32", verify=False).written
+    return {"merged": sha256(written["merged"] / "model.safetensors"), "gguf": sha256(written["gguf"])}
+
+
+def test_moved_run_exports_merges_and_chats_to_identical_bytes(trained, tmp_path):
+    """Exports, merge and chat of a moved run (project gone) read the base from run.json: the same bytes."""
+    from tunesmith.chat import ChatSession, load_chat_model
+    from tunesmith.merge import run_merge
+
+    in_place = export_hashes(trained.run)
+    manifest = trained.run.manifest()
+    assert {name: record.path for name, record in manifest.exports.items()} == {
+        "merged": "exports/merged", "gguf": "exports/gguf/tiny.F32.gguf"}  # relative: they move with the run
+    assert manifest.exports["gguf"].bytes == (trained.run.path / "exports/gguf/tiny.F32.gguf").stat().st_size
+    assert manifest.eval.results["held_out"] == "eval/results.json"
+    reply_in_place = ChatSession(*load_chat_model(str(trained.run.path)), max_new_tokens=4).reply("Hi", print)
+    moved = Path(shutil.move(trained.run.path, tmp_path / "elsewhere" / trained.run.path.name))
+    gone = Path(shutil.move(trained.project, trained.project.with_name("project-moved-away")))
+    try:
+        run = open_run(moved)
+        shutil.rmtree(run.exports_dir)
+        assert export_hashes(run) == in_place
+        merged = run_merge([moved], tmp_path / "merged")
+        assert sha256(merged / "model.safetensors") == in_place["merged"]
+        assert ChatSession(*load_chat_model(str(moved)), max_new_tokens=4).reply("Hi", print) == reply_in_place
+    finally:
+        shutil.move(gone, trained.project)
+        shutil.move(moved, trained.run.path)
+
+
 def test_edited_source_file_changes_nothing_and_is_reported(trained):
     from tunesmith.cli import app
 
@@ -184,11 +218,11 @@ def test_rows_edited_inside_the_run_are_refused(trained, tmp_path):
 
 def test_record_stage_merges_sections_and_refuses_what_is_not_a_stage(tmp_path):
     _, run = old_run(tmp_path)
-    record_stage(run, "exports", {"merged": {"path": "exports/merged"}})
-    record_stage(run, "eval", {"results": "eval/results.json"})
+    record_stage(run, "exports", {"merged": {"path": "exports/merged", "bytes": 10}})
+    record_stage(run, "eval", {"results": {"held_out": "eval/results.json"}})
     manifest = run.manifest()
-    assert manifest.exports == {"merged": {"path": "exports/merged"}}
-    assert manifest.eval == {"results": "eval/results.json"}
+    assert manifest.exports["merged"].path == "exports/merged" and manifest.exports["merged"].bytes == 10
+    assert manifest.eval.results == {"held_out": "eval/results.json"}
     assert manifest.data is None and manifest.train is None
     with pytest.raises(TunesmithError, match="'evaluation'"):
         record_stage(run, "evaluation", {})

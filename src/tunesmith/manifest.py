@@ -81,14 +81,29 @@ class TrainRecord(Record):
     base_model: BaseModelRecord
 
 
+class EvalRecord(Record):
+    """The eval stage: each results.json it wrote, by what it scored (`held_out`: the run's saved eval rows;
+    `against-<run>`, `data-<file>`: the other comparisons), typed by `tunesmith.results.EvalResults`."""
+
+    results: dict[str, RunPath] = Field(default_factory=dict)
+
+
+class ExportRecord(Record):
+    """One exported format: where it is inside the run, its size, and the export's own check when it ran one."""
+
+    path: RunPath
+    bytes: int = Field(ge=0, description="The file's size, or the sum of a folder's files.")
+    verification: dict[str, Any] | None = Field(None, description="GGUF: llama.cpp agreement with the merged model.")
+
+
 class RunManifest(Record):
     """run.json. One optional section per stage; a stage that has not run has none."""
 
     version: Literal[1] = MANIFEST_VERSION
     data: DataRecord | None = None
     train: TrainRecord | None = None
-    eval: dict[str, Any] | None = None  # filled by the eval stage (typed results: issue 14, later)
-    exports: dict[str, Any] | None = None  # filled by the export stage (each format: path, size, verification)
+    eval: EvalRecord | None = None
+    exports: dict[str, ExportRecord] | None = Field(None, description="By format: adapter, merged, gguf, ...")
 
 
 def content_sha256(path: Path) -> str | None:

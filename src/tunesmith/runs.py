@@ -29,6 +29,8 @@ from tunesmith.manifest import (
     MANIFEST_VERSION,
     BaseModelRecord,
     DataRecord,
+    EvalRecord,
+    ExportRecord,
     RowsFile,
     RunManifest,
     SourceFile,
@@ -237,6 +239,30 @@ def record_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> Ru
                              "This is a bug in the stage that records it; please report it.") from None
     atomic_write_json(run.manifest_file, manifest.model_dump(mode="json"))
     return manifest
+
+
+def record_eval_results(run: Run, results_file: Path) -> None:
+    """Add one results.json to run.json's eval section, keyed by what it scored (`held_out` for eval/ itself)."""
+    folder = results_file.parent.relative_to(run.eval_dir).as_posix()
+    current = run.manifest() or RunManifest()
+    results = {**(current.eval.results if current.eval else {}),
+               "held_out" if folder == "." else folder: results_file.relative_to(run.path).as_posix()}
+    record_stage(run, "eval", EvalRecord(results=results))
+
+
+def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]]) -> None:
+    """Add the formats just written to run.json's exports section (paths relative to the run, sizes in bytes)."""
+    current = run.manifest() or RunManifest()
+    exports = dict(current.exports or {})
+    for name, path in written.items():
+        exports[name] = ExportRecord(path=path.resolve().relative_to(run.path.resolve()).as_posix(),
+                                     bytes=tree_size(path), verification=verification.get(name))
+    record_stage(run, "exports", {name: record.model_dump(mode="json") for name, record in exports.items()})
+
+
+def tree_size(path: Path) -> int:
+    """A file's size, or the total of a folder's files, in bytes."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def save_rows(run: Run, split: str, rows: list[Row]) -> RowsFile:

@@ -75,9 +75,9 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
         refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
     if shapes <= set(SFT_SHAPES):
-        kept, held = ([with_system_prompt(as_conversation(row), data.system_prompt) for row in part]
-                      for part in (kept, held))
-    kept, held = ([apply_fallbacks(row, data) for row in part] for part in (kept, held))
+        kept, held = ([as_conversation(row) for row in part] for part in (kept, held))
+    kept, held = ([apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in part]
+                  for part in (kept, held))
     shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))
     return Splits(kept, held, source, skipped, shape, cleaning)
 

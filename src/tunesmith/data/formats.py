@@ -68,6 +68,11 @@ def as_conversation(row: Row) -> Row:
 
 
 def with_system_prompt(row: Row, system_prompt: str | None) -> Row:
-    if not system_prompt or row["messages"][0]["role"] == "system":
+    """The recipe's system prompt as the first turn of a conversation (`messages`) or of a preference row's
+    conversational `prompt`; a row that has a system turn, a plain-text prompt and raw text stay as they are.
+    The data stage applies it to every split, so training, eval and the saved rows see the same prompt."""
+    key = "messages" if "messages" in row else "prompt"
+    turns = row.get(key)
+    if not system_prompt or not isinstance(turns, list) or not turns or turns[0].get("role") == "system":
         return row
-    return {**row, "messages": [{"role": "system", "content": system_prompt}, *row["messages"]]}
+    return {**row, key: [{"role": "system", "content": system_prompt}, *turns]}

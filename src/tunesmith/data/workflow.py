@@ -76,12 +76,12 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
 
 
 def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
-    """Rows as training renders them: conversations with the recipe's system prompt, fallbacks applied."""
+    """Rows as training renders them: SFT rows as conversations; the recipe's system prompt and fallbacks on all."""
     from tunesmith.data.fallbacks import apply_fallbacks
     from tunesmith.data.formats import with_system_prompt
 
     data = recipe.data
-    return [apply_fallbacks(with_system_prompt(as_conversation(row), data.system_prompt) if is_sft_row(row) else row,
+    return [apply_fallbacks(with_system_prompt(as_conversation(row) if is_sft_row(row) else row, data.system_prompt),
                             data) for row in rows]
 
 

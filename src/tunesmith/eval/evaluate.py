@@ -67,7 +67,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     folder = results_dir(against_dir(run, who), held_out)
     own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
     chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
-    path = save_results(folder / "results.json", results)
+    path = save_results(run, folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
     return path
 

@@ -52,7 +52,7 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
     results["rows_from"] = held_out.rows_from
     results.update({"against": who} if who else {})
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
-    return save_results(results_dir(against_dir(run, who), held_out) / "results.json", results)
+    return save_results(run, results_dir(against_dir(run, who), held_out) / "results.json", results)
 
 
 def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, dict[str, Variant], dict | None]:

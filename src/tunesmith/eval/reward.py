@@ -23,7 +23,6 @@ from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, is_adapter, run_base_model
 from tunesmith.runs import Run
-from tunesmith.train.preference import with_system_prompt
 from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
 
 RANDOM_HEAD_NOTE = ("base is the base model with an untrained, randomly initialised score head (seed {seed}, the head "
@@ -38,7 +37,7 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data:
         raise TunesmithError(f"--against {against}: comparing two reward runs is not supported yet.",
                              "Evaluate each reward run on its own and compare their eval/results.json.")
     held_out = held_out_rows(recipe, run, ("preference",), "reward-model evaluation", data)
-    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in held_out.rows[: recipe.eval.max_examples]]
+    rows = held_out.rows[: recipe.eval.max_examples]
     tokenizer, variants = reward_variants(recipe, run)
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": "preference_accuracy"}
@@ -53,7 +52,7 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data:
     if "base" in results:
         results["base_note"] = RANDOM_HEAD_NOTE.format(seed=recipe.training.seed)
     results["samples"] = pair_samples(rows, margins, limit=5)
-    return save_results(results_dir(run.eval_dir, held_out) / "results.json", results)
+    return save_results(run, results_dir(run.eval_dir, held_out) / "results.json", results)
 
 
 def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:

@@ -19,7 +19,7 @@ from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
 from tunesmith.errors import DataError
 from tunesmith.results import RESULTS_VERSION, validate_results
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run, atomic_write_json, record_eval_results
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose:
     if not rows:
         raise DataError(f"--data {path} holds no rows to score.", "Pass a file with at least one row.")
     if shape in SFT_SHAPES:
-        rows = [with_system_prompt(as_conversation(row), data.system_prompt) for row in rows]
-    return [apply_fallbacks(row, data) for row in rows]
+        rows = [as_conversation(row) for row in rows]
+    return [apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in rows]
 
 
 def report_changed_source(run: Run) -> None:
@@ -77,8 +77,11 @@ def results_dir(folder: Path, rows: HeldOutRows) -> Path:
     return folder / f"data-{rows.file.stem}" if rows.file is not None else folder
 
 
-def save_results(path: Path, results: dict[str, Any]) -> Path:
-    """Validate `results` against the results.json contract (tunesmith.results.EvalResults), then write it."""
+def save_results(run: Run, path: Path, results: dict[str, Any]) -> Path:
+    """Validate `results` against the results.json contract (tunesmith.results.EvalResults), write it, and record
+    it in run.json's eval section."""
     results = {"version": RESULTS_VERSION, **results}
     validate_results(results, path)
-    return atomic_write_json(path, results)
+    atomic_write_json(path, results)
+    record_eval_results(run, path)
+    return path

@@ -6,6 +6,7 @@ format the recipe names is written (and recorded in exports/manifest.json) whoev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from tunesmith.config import EXPORT_FORMATS, Recipe
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import Run
+from tunesmith.runs import Run, record_exports
 
 PLAIN_FORMATS = ("adapter", "merged")  # written together by `run_export` (one manifest)
 
@@ -81,4 +82,15 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     for name in formats:
         if name in EXPORTERS:
             outcome.written[name] = EXPORTERS[name](recipe, run, options, outcome)
+    record_exports(run, outcome.written, gguf_verification(run, outcome.written))
     return outcome
+
+
+def gguf_verification(run: Run, written: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The llama.cpp check run_gguf_export recorded for the GGUF just written (exports/manifest.json)."""
+    manifest_file = run.exports_dir / "manifest.json"
+    if "gguf" not in written or not manifest_file.is_file():
+        return {}
+    entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}).values()
+    checks = [entry["verify"] for entry in entries if entry.get("path") == str(written["gguf"]) and "verify" in entry]
+    return {"gguf": checks[0]} if checks else {}

@@ -18,7 +18,6 @@ from typing import Any
 
 from tunesmith.config import DPOMethod, KTOMethod, ORPOMethod, Recipe, SimPOMethod
 from tunesmith.data import Splits
-from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.shapes import Row
 from tunesmith.data.template import PREFERENCE_SIDES, encode_preference_split, template_messages
 from tunesmith.errors import RecipeError
@@ -77,21 +76,12 @@ def preference_counts(splits: Splits, tokenizer: Any, max_length: int) -> Prefer
 
 
 def training_rows(recipe: Recipe, setup: TrainingSetup) -> list[Row]:
-    """The train split as TRL expects it: the recipe's system prompt and fallbacks applied, tool-call arguments
-    as objects (as `data preview` renders them); KTO's rows are unpaired and shuffled here (see `unpair`)."""
-    rows = [as_template_input(apply_fallbacks(with_system_prompt(row, recipe.data.system_prompt), recipe.data))
-            for row in setup.splits.train]
+    """The train split as TRL expects it (the data stage applied the system prompt and fallbacks): tool-call
+    arguments as objects (as `data preview` renders them); KTO's rows are unpaired and shuffled here (`unpair`)."""
+    rows = [as_template_input(row) for row in setup.splits.train]
     if recipe.method.kind == "kto":
         return unpair(rows, recipe.training.seed)
     return rows
-
-
-def with_system_prompt(row: Row, system_prompt: str | None) -> Row:
-    """The recipe's system prompt as the first turn of a conversational prompt (plain-text prompts stay)."""
-    prompt = row["prompt"]
-    if not system_prompt or isinstance(prompt, str) or prompt[0]["role"] == "system":
-        return row
-    return {**row, "prompt": [{"role": "system", "content": system_prompt}, *prompt]}
 
 
 def as_template_input(row: Row) -> Row:

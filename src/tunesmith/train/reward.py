@@ -19,7 +19,6 @@ from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger, NanGuard
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.preference import with_system_prompt
 
 PAIR_SHAPES = ("preference",)
 
@@ -32,7 +31,7 @@ def run_reward(recipe: Recipe, run: Run) -> Path:
     method = reward_method(recipe)
     setup = prepare_training(recipe, run, accept=PAIR_SHAPES, purpose="reward-model training (method.kind reward)",
                              task="SEQ_CLS")
-    rows = [with_system_prompt(row, recipe.data.system_prompt) for row in setup.splits.train]
+    rows = setup.splits.train  # the data stage applied the system prompt and fallbacks
     guard = NanGuard()
     trainer = RewardTrainer(
         model=setup.model,
