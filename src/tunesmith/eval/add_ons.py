@@ -38,7 +38,7 @@ def prepare_add_ons(recipe: Recipe) -> AddOns:
 
 def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
     """The probes and harness blocks for results.json (the judge needs answers: see `judge_block`)."""
-    from tunesmith.eval.evaluate import progress
+    from tunesmith.eval.decoding import progress
 
     blocks: dict[str, Any] = {}
     if add_ons.probes:
@@ -58,7 +58,7 @@ def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict
     """The judge's grades of the generated answers (empty when the recipe has no judge)."""
     if add_ons.rubric is None:
         return {}
-    from tunesmith.eval.evaluate import progress
+    from tunesmith.eval.decoding import progress
     from tunesmith.eval.judge import judge_outputs
 
     progress(f"judge: {recipe.eval.judge.model} at {recipe.eval.judge.url} ({recipe.eval.judge.mode})")

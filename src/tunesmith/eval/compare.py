@@ -165,7 +165,7 @@ def active_adapter(model: Any, adapter_name: str) -> Iterator[None]:
 def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_tokens: int,
                  batch_size: int) -> list[str]:
     """Greedy batched answers, via eval's generate_answers (which answers every turn but the last)."""
-    from tunesmith.eval.evaluate import generate_answers
+    from tunesmith.eval.decoding import generate_answers
 
     rows = [{"messages": [*p.messages, {"role": "assistant", "content": ""}]} for p in prompts]
     with torch.no_grad():

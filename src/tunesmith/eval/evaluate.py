@@ -7,7 +7,6 @@ one model in memory. Both see the same prompts, greedy decoding, the same batche
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,9 +17,9 @@ import torch
 
 from tunesmith.config import Recipe
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
-from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
+from tunesmith.eval.decoding import generate_answers, heldout_loss, progress
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
@@ -123,7 +122,6 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
         results["bootstrap"] = {"resamples": RESAMPLES, "seed": SEED, "level": 0.95}
 
 
-
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,
                      context: Callable[[], AbstractContextManager]) -> tuple[dict[str, Any], list[str]]:
     started = time.monotonic()
@@ -136,54 +134,6 @@ def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recip
     return summary, predictions
 
 
-def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, batch_size: int) -> float:
-    """Mean cross-entropy per assistant token (the tokens training puts loss on)."""
-    encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length, r.get("tools")) for r in rows]
-    total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start : start + batch_size]
-        ids, labels, mask = pad_right(batch, tokenizer.pad_token_id)
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        logits = logits[:, -ids.shape[1]:]  # prompt/p-tuning prepend virtual tokens' logits
-        shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
-        losses = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum")
-        total += losses.item()
-        count += int((shift_labels != IGNORE_INDEX).sum())
-    return total / max(count, 1)
-
-
-def pad_right(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-    return ids, labels, mask
-
-
-def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,
-                     batch_size: int) -> list[str]:
-    """Greedy answers to each row's prompt turns, batched with left padding."""
-    from rich.progress import track
-
-    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    batches = range(0, len(prompts), batch_size)
-    for start in track(batches, description="generating", console=_stderr_console(), transient=True):
-        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new_tokens = out[:, enc["input_ids"].shape[1]:]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return [a.strip() for a in answers]
-
-
 def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
     samples = []
     for index, row in enumerate(rows[:limit]):
@@ -193,12 +143,3 @@ def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) ->
     return samples
 
 
-def progress(message: str) -> None:
-    """One line on stderr saying which slow step runs now (stdout stays free for --json)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(file=sys.stderr)

@@ -82,7 +82,7 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
 
 def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers to each probe as a single user turn (the model's own chat template, no system prompt)."""
-    from tunesmith.eval.evaluate import generate_answers
+    from tunesmith.eval.decoding import generate_answers
 
     rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
             for p in probes]
@@ -91,8 +91,7 @@ def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens
 
 def text_perplexity(model: Any, tokenizer: Any, paragraphs: list[str], batch_size: int) -> float:
     """Perplexity per token over all paragraphs (each a document ending in end-of-text, as pre-training saw it)."""
-    from tunesmith.eval.perplexity import encode_document
-    from tunesmith.eval.preference import sequence_logprobs
+    from tunesmith.eval.decoding import encode_document, sequence_logprobs
 
     encoded = [encode_document(tokenizer, text, 512) for text in paragraphs]
     scores = sequence_logprobs(model, encoded, tokenizer.pad_token_id, batch_size)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
-from tunesmith.eval.preference import sequence_logprobs
+from tunesmith.eval.decoding import encode_document, sequence_logprobs
 from tunesmith.models.tuned import Variant
 
 
@@ -26,7 +26,3 @@ def perplexity_results(variants: dict[str, Variant], tokenizer: Any, recipe: Rec
     return results
 
 
-def encode_document(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
-    """The document and its end-of-text token, as training saw it; every token is scored."""
-    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
-    return {"input_ids": ids, "labels": ids}

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from tunesmith.config import PREFERENCE_KINDS, Recipe
-from tunesmith.data.template import IGNORE_INDEX, encode_completion
+from tunesmith.data.template import encode_completion
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.evaluate import pad_right
+from tunesmith.eval.decoding import sequence_logprobs
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
@@ -113,20 +113,6 @@ def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, rec
     encoded = [asdict(encode_completion(tokenizer, row["prompt"], row[key], recipe.data.max_length, row.get("tools")))
                for row in rows]
     return [total for total, _ in sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)]
-
-
-def sequence_logprobs(model: Any, encoded: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each sequence's labelled tokens."""
-    scores: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), batch_size):
-        ids, labels, mask = pad_right(encoded[start : start + batch_size], pad_id)
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1].float()
-        targets = labels[:, 1:].to(model.device)
-        keep = targets != IGNORE_INDEX
-        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums = (token_logps * keep).sum(dim=1)
-        scores += [(float(s), int(n)) for s, n in zip(sums, keep.sum(dim=1), strict=True)]
-    return scores
 
 
 def pair_samples(rows: list[dict], margins: dict[str, list[float]], limit: int) -> list[dict[str, Any]]:

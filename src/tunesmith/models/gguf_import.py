@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
+from tunesmith.models.home import models_dir
 
 
 def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
@@ -18,7 +19,6 @@ def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.models.registry import models_dir
     from tunesmith.runs import atomic_directory
 
     gguf_path = Path(gguf_path).resolve()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
+from tunesmith.models.home import models_dir
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def tunesmith_home() -> Path:
-    return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith")).expanduser()
-
-
-def models_dir() -> Path:
-    return tunesmith_home() / "models"
 
 
 def cached_model_dir(alias: str) -> Path:

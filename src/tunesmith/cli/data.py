@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.cli.common import SetOption, err
 from tunesmith.errors import DataError
 
 data_app = typer.Typer(help="Inspect, clean and preview datasets before training.", no_args_is_help=True)
-err = Console(stderr=True)
 
 Target = Annotated[Path, typer.Argument(help="A recipe (.yaml) or a data file/folder (JSONL, JSON, CSV, ...).")]
 ModelOption = Annotated[str | None, typer.Option(
@@ -22,7 +21,6 @@ ModelOption = Annotated[str | None, typer.Option(
 ShapeOption = Annotated[str | None, typer.Option(
     "--format", help="Force the shape: messages, sharegpt, alpaca, prompt_completion, preference, "
                      "unpaired_preference, text.")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: data.clean.pii=redact")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 

@@ -1,6 +1,6 @@
 """`tunesmith merge` and `tunesmith push`: thin commands over tunesmith.merge and tunesmith.export.hub.
 
-cli.py registers them on the app (`app.command()(merge)`), so they read like its other commands.
+cli/app.py registers them on the app (`app.command()(merge)`), so they read like its other commands.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from tunesmith.cli.common import SHOW, err
 from tunesmith.errors import TunesmithError
-
-err = Console(stderr=True)
-SHOW = {"soft_wrap": True, "highlight": False}
 
 
 def merge(inputs: Annotated[list[str], typer.Argument(

@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 import typer.main
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli_data import data_app
-from tunesmith.cli_merge import merge, push
+from tunesmith.cli.common import SetOption, err, wide_console
+from tunesmith.cli.data import data_app
+from tunesmith.cli.merge import merge, push
 from tunesmith.errors import TunesmithError
 from tunesmith.results import Comparison, EvalResults, read_results
 
@@ -31,10 +31,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.command()(merge)
 app.command()(push)
-err = Console(stderr=True)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value")]
 RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]
 
 
@@ -113,7 +111,7 @@ def _print_sweep(table_text: tuple[list[str], list[list[str]]], title: str) -> N
         table.add_column(name, justify="right" if numeric else "left", no_wrap=numeric)
     for row in cells:
         table.add_row(escape(row[0].replace(",", " ")), *map(escape, row[1:]))
-    (err if err.is_terminal else Console(stderr=True, width=160)).print(table)
+    wide_console(160).print(table)
 
 
 @app.command("eval")
@@ -325,7 +323,7 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
     from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
 
     results = run_compare(targets, prompts, base, metric, reference_key, max_new_tokens, batch_size)
-    print_compare(results, err if err.is_terminal else Console(stderr=True, width=200))
+    print_compare(results, wide_console(200))
     if html:
         err.print(f"Wrote {write_compare_html(results, html)}")
     if as_json:
@@ -377,7 +375,7 @@ def _print_add_ons(results: EvalResults, other: str | None) -> None:
     """The forgetting probes, judge and lm-eval figures, a table each, with the probes' verdict under theirs."""
     from tunesmith.eval.add_ons import add_on_tables
 
-    console = err if err.is_terminal else Console(stderr=True, width=120)  # a log gets room, not 80 columns
+    console = wide_console(120)
     for block in add_on_tables(results):
         table = Table(title=block.title)
         for column in ("metric", other or "base", "tuned", "delta", "95% CI", "wins/losses/ties"):

@@ -1,0 +1,24 @@
+"""What every `tunesmith` command shares: the one stderr console and the one `--set` option.
+
+Human text goes to stderr (stdout stays free for `--json`); `wide_console` gives a log file room for tables
+that a terminal would wrap.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+SHOW = {"soft_wrap": True, "highlight": False}
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a recipe key, section.key=value (e.g. training.lr=1e-4, data.clean.pii=redact); "
+                  "repeat for several.")]
+
+
+def wide_console(width: int) -> Console:
+    """The stderr console in a terminal; a `width`-column one when stderr is a file (a log gets room)."""
+    return err if err.is_terminal else Console(stderr=True, width=width)

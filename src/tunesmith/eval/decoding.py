@@ -1,0 +1,92 @@
+"""What several eval modules share: batching with padding, greedy generation, summed log-probabilities, progress.
+
+A leaf of `tunesmith.eval`: it imports no other eval module, so eval's modules depend on it without cycles.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
+
+
+def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, batch_size: int) -> float:
+    """Mean cross-entropy per assistant token (the tokens training puts loss on)."""
+    encoded = [render_with_loss_mask(tokenizer, r["messages"], max_length, r.get("tools")) for r in rows]
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        ids, labels, mask = pad_right(batch, tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logits = logits[:, -ids.shape[1]:]  # prompt/p-tuning prepend virtual tokens' logits
+        shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
+        losses = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum")
+        total += losses.item()
+        count += int((shift_labels != IGNORE_INDEX).sum())
+    return total / max(count, 1)
+
+
+def pad_right(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+    return ids, labels, mask
+
+
+def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,
+                     batch_size: int) -> list[str]:
+    """Greedy answers to each row's prompt turns, batched with left padding."""
+    from rich.progress import track
+
+    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    for start in track(batches, description="generating", console=_stderr_console(), transient=True):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return [a.strip() for a in answers]
+
+
+def progress(message: str) -> None:
+    """One line on stderr saying which slow step runs now (stdout stays free for --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def sequence_logprobs(model: Any, encoded: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each sequence's labelled tokens."""
+    scores: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), batch_size):
+        ids, labels, mask = pad_right(encoded[start : start + batch_size], pad_id)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1].float()
+        targets = labels[:, 1:].to(model.device)
+        keep = targets != IGNORE_INDEX
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums = (token_logps * keep).sum(dim=1)
+        scores += [(float(s), int(n)) for s, n in zip(sums, keep.sum(dim=1), strict=True)]
+    return scores
+
+
+def encode_document(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
+    """The document and its end-of-text token, as training saw it; every token is scored."""
+    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
+    return {"input_ids": ids, "labels": ids}

@@ -1,0 +1,119 @@
+"""Training throughput: tokens per second and model FLOPs utilisation (MFU), measured on the batches themselves.
+
+`TokenCounter` wraps a trainer's data collator and counts what each batch holds: `tokens` (every position
+fed, padding included), `real_tokens` (not padding) and `loss_tokens` (positions with a label). `mfu` divides
+the achieved FLOP/s by this machine's matmul peak in the same dtype, measured on the spot by `matmul_peak`.
+
+FLOPs per real token, after PaLM (Chowdhery et al. 2022, appendix B) and Kaplan et al. (2020, §2.1):
+- a trained weight costs 6 FLOPs per token (2 forward, 4 backward); a frozen one 4 (its input gradient is
+  still needed to reach the adapters below it, its weight gradient is not);
+- attention adds 12 · layers · hidden · T per token (QKᵀ and AV, forward and backward; T = padded row length),
+  halved for causal masking as FlashAttention's FLOP count does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenCounter:
+    """A collator that counts the tokens of every batch it builds, then hands the batch on unchanged."""
+
+    collator: Any
+    tokens: int = 0
+    real_tokens: int = 0
+    loss_tokens: int = 0
+    batches: int = 0
+    attention_flops: float = 0.0  # 12 · span per real token, summed; times layers · hidden in training_flops
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        self.count(batch)
+        return batch
+
+    def count(self, batch: dict[str, Any]) -> None:
+        ids = batch["input_ids"]
+        self.batches += 1
+        self.tokens += ids.numel()
+        mask = batch.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else ids.numel()  # padding-free batches carry no padding
+        self.real_tokens += real
+        labels = batch.get("labels")
+        if labels is not None:
+            self.loss_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())  # shifted: the last position predicts none
+        self.attention_flops += 12.0 * real * attention_span(batch)
+
+    def figures(self, seconds: float) -> dict[str, float | int]:
+        """Counts and per-second rates over `seconds` of training."""
+        per_second = (lambda n: round(n / seconds, 1)) if seconds > 0 else (lambda n: 0.0)
+        return {"tokens": self.tokens, "real_tokens": self.real_tokens, "loss_tokens": self.loss_tokens,
+                "tokens_per_s": per_second(self.tokens), "real_tokens_per_s": per_second(self.real_tokens),
+                "loss_tokens_per_s": per_second(self.loss_tokens), "padding_share": round(
+                    1 - self.real_tokens / self.tokens, 4) if self.tokens else 0.0}
+
+
+def attention_span(batch: dict[str, Any]) -> float:
+    """The mean number of positions a real token attends to, causal: half its row's (or packed segment's) length.
+
+    Padded rows: the row's padded width. Padding-free packed rows: each sequence's own length, read from the
+    `position_ids` restarts (a token never attends across a sequence boundary)."""
+    positions = batch.get("position_ids")
+    if positions is None or batch.get("attention_mask") is not None:
+        return batch["input_ids"].shape[-1] / 2
+    flat = positions.reshape(-1).tolist()
+    lengths, current = [], 0
+    for value in flat:
+        if value == 0 and current:
+            lengths.append(current)
+            current = 0
+        current += 1
+    lengths.append(current)
+    return sum(n * n for n in lengths) / max(sum(lengths), 1) / 2
+
+
+def training_flops(counter: TokenCounter, total_params: int, trainable_params: int, layers: int,
+                   hidden: int) -> float:
+    """Model FLOPs of the counted work: 4 per frozen and 6 per trained parameter per real token, plus attention."""
+    frozen = total_params - trainable_params
+    return counter.real_tokens * (4.0 * frozen + 6.0 * trainable_params) + counter.attention_flops * layers * hidden
+
+
+def matmul_peak(dtype: Any = None, device: str = "cpu", seconds: float = 0.5, size: int = 1024) -> float:
+    """This machine's dense matmul FLOP/s in `dtype` (default fp32), with torch's current thread count.
+
+    Square `size` matmuls are timed for about `seconds` after one warm-up; 2·n³ FLOPs each. A busy machine
+    measures lower; measure when nothing else runs, as the benchmark does before its variants.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or count < 3:
+        a @ b
+        count += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+    return 2.0 * size**3 * count / elapsed
+
+
+def mfu(flops: float, seconds: float, peak: float) -> float:
+    """Achieved FLOP/s over peak FLOP/s (0-1)."""
+    return round(flops / seconds / peak, 4) if seconds > 0 and peak > 0 else 0.0
+
+
+def model_shape(model: Any) -> tuple[int, int, int, int]:
+    """(total parameters, trainable parameters, layers, hidden size) of a (PEFT-wrapped) causal LM."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = getattr(model, "config", None)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    return total, trainable, layers, hidden
