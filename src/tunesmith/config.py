@@ -372,7 +372,11 @@ class TrainingSection(Section):
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    packing: bool = True
+    packing: bool | Literal["auto"] = Field(
+        "auto", description="Join rows into max_length rows. auto: only where packing costs no extra attention work: "
+                            "CPT's plain blocks, and SFT on a model loaded with a variable-length attention kernel "
+                            "(FlashAttention). Elsewhere rows are batched by similar length, which wastes little "
+                            "padding without making each packed row attend over the whole pack.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False

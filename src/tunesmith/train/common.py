@@ -22,7 +22,12 @@ from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
-from tunesmith.train.upstream import hide_trl_checkpointing_deprecation, precision_flags
+from tunesmith.train.throughput import TokenCounter, matmul_peak, mfu, model_shape, training_flops
+from tunesmith.train.upstream import (
+    hide_trl_checkpointing_deprecation,
+    precision_flags,
+    score_only_labelled_positions,
+)
 
 # Logged keys that describe how a method is doing beyond its loss (DPO's reward margin, KTO's KL, GRPO's
 # mean reward `reward` and per-reward `rewards/<name>/mean`, ...).
@@ -60,6 +65,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     and the adapter against them, encode (`encode`: the method's own tokenization, whose counts data.json
     records), then load the model (`task` SEQ_CLS: with a one-score head, for reward models)."""
     hide_trl_checkpointing_deprecation()
+    score_only_labelled_positions()
     import torch
 
     torch.manual_seed(recipe.training.seed)
@@ -154,21 +160,44 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
     }
 
 
-def fit_and_save(trainer: Any, guard: Any, setup: TrainingSetup, recipe: Recipe, run: Run) -> Path:
-    """Train, stop on NaN, then write the adapter, train.json and the loss curve into the run."""
+def fit_and_save(trainer: Any, guard: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
+                 choices: dict[str, Any] | None = None) -> Path:
+    """Train, stop on NaN, then write the adapter, train.json (with `choices`: what the method chose and why, and
+    the measured throughput) and the loss curve into the run."""
     summary = trainable_summary(trainer.model)
     print_trainable(summary)
+    counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
+    trainer.data_collator = counter
     started = time.monotonic()
     trainer.train()
+    seconds = time.monotonic() - started
     if guard.bad_step is not None:
         raise TunesmithError(f"Training stopped: the loss became NaN/inf at step {guard.bad_step}.",
                              "Lower training.lr, or check the data for empty or huge rows.")
+    speed = throughput(counter, seconds, trainer.model, setup.device)
+    print_throughput(speed)
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter)  # adapter/, or model/
     record_train_stage(run, recipe, adapter, setup.model_dir)  # run.json: what later stages load, and its base
-    report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started)}
+    report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
+              **(choices or {}), "throughput": speed}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
     return adapter
+
+
+def throughput(counter: TokenCounter, seconds: float, model: Any, device: str) -> dict[str, Any]:
+    """Tokens per second (all, not padding, carrying loss) and MFU against this machine's fp32 matmul peak."""
+    flops = training_flops(counter, model_shape(model))
+    peak = matmul_peak(device="cuda" if device == "cuda" else "cpu")
+    return {**counter.figures(seconds), "seconds": round(seconds, 1), "model_tflops": round(flops / 1e12, 3),
+            "peak_gflops": round(peak / 1e9, 1), "mfu": mfu(flops, seconds, peak)}
+
+
+def print_throughput(speed: dict[str, Any]) -> None:
+    print(f"throughput: {speed['real_tokens']:,} tokens ({speed['loss_tokens']:,} with loss, "
+          f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
+          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s matmul peak",
+          file=sys.stderr, flush=True)
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -47,7 +47,7 @@ def cpt_config(recipe: Recipe, run: Run, device: str, precision: str):
         **common_arguments(recipe, run, device, precision),
         dataset_text_field="text",
         max_length=recipe.data.max_length,
-        packing=recipe.training.packing,
+        packing=recipe.training.packing in (True, "auto"),  # plain blocks: packing costs no extra attention
         packing_strategy="wrapped",
         completion_only_loss=False,
         assistant_only_loss=False,

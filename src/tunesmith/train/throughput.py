@@ -76,11 +76,24 @@ def attention_span(batch: dict[str, Any]) -> float:
     return sum(n * n for n in lengths) / max(sum(lengths), 1) / 2
 
 
-def training_flops(counter: TokenCounter, total_params: int, trainable_params: int, layers: int,
-                   hidden: int) -> float:
-    """Model FLOPs of the counted work: 4 per frozen and 6 per trained parameter per real token, plus attention."""
-    frozen = total_params - trainable_params
-    return counter.real_tokens * (4.0 * frozen + 6.0 * trainable_params) + counter.attention_flops * layers * hidden
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP count needs: parameters outside the embeddings (frozen and trained), the LM head's size,
+    the number of layers and the hidden size."""
+
+    frozen_body: int
+    trainable: int
+    lm_head: int
+    layers: int
+    hidden: int
+
+
+def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
+    """Model FLOPs of the counted work: per real token 4 per frozen and 6 per trained body parameter, plus
+    attention; the LM head (4 per parameter, frozen) only at the positions that carry loss, the only ones it
+    projects (an input embedding is a lookup: no FLOPs)."""
+    body = counter.real_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable)
+    return body + counter.loss_tokens * 4.0 * shape.lm_head + counter.attention_flops * shape.layers * shape.hidden
 
 
 def matmul_peak(dtype: Any = None, device: str = "cpu", seconds: float = 0.5, size: int = 1024) -> float:
@@ -109,11 +122,15 @@ def mfu(flops: float, seconds: float, peak: float) -> float:
     return round(flops / seconds / peak, 4) if seconds > 0 and peak > 0 else 0.0
 
 
-def model_shape(model: Any) -> tuple[int, int, int, int]:
-    """(total parameters, trainable parameters, layers, hidden size) of a (PEFT-wrapped) causal LM."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    config = getattr(model, "config", None)
-    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    return total, trainable, layers, hidden
+def model_shape(model: Any) -> ModelShape:
+    """The FLOP-relevant sizes of a (PEFT-wrapped) causal LM; tied embeddings are counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    embeddings = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                  if m is not None and getattr(m, "weight", None) is not None}
+    frozen_embeddings = sum(w.numel() for w in embeddings.values() if not w.requires_grad)
+    frozen_body = sum(p.numel() for p in params if not p.requires_grad) - frozen_embeddings
+    head = model.get_output_embeddings()
+    config = model.config
+    return ModelShape(frozen_body, trainable, head.weight.numel() if head is not None else 0,
+                      int(getattr(config, "num_hidden_layers", 0) or 0), int(getattr(config, "hidden_size", 0) or 0))

@@ -28,3 +28,27 @@ def hide_trl_checkpointing_deprecation() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def score_only_labelled_positions() -> None:
+    """Make TRL's fused LM head project only the positions that carry a label, on every device.
+
+    TRL 1.16's `add_fused_lm_head` (trl/trainer/utils.py) scores only the labelled positions on Triton
+    devices, and every position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. An eager
+    CPU has no such constraint, and scoring every position multiplies the LM head's work (a 49k-vocabulary
+    projection, its softmax and entropy) by the share of prompt tokens: on completion-only SmolLM2 rows it
+    made a training step 1.8x slower. Only eager CPU and MPS change; other devices keep TRL's choice. The
+    choice is the module's `_use_triton`, read only there; the kernel itself is picked by its own module's
+    binding and is unchanged. Loss and gradients are the same (tested in tests/test_train_speed.py against
+    transformers' own loss).
+    """
+
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils._use_triton, "__wrapped__", trl_utils._use_triton)
+
+    def compact_on_eager_devices(device: Any) -> bool:
+        return device.type in ("cpu", "mps") or original(device)
+
+    compact_on_eager_devices.__wrapped__ = original  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact_on_eager_devices
