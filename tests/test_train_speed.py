@@ -1,0 +1,129 @@
+"""The fast path of training (issue 15): what it changes must not change what is learned, and what it measures
+must be the batches' own counts. Speeds themselves are measured in benchmarks/train_throughput.py, not here."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_project
+from tunesmith.config import load_recipe
+from tunesmith.runs import create_run
+from tunesmith.train.throughput import ModelShape, TokenCounter, attention_span, mfu, model_shape, training_flops
+
+
+def lora_model(model_dir):
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunesmith.models import load_model
+
+    model = load_model(model_dir, torch.float32, "cpu")
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            init_lora_weights="gaussian"))
+
+
+def loss_and_grads(model, batch, labels, fused: bool):
+    model.zero_grad()
+    out = model(**batch, labels=labels, fused_lm_head=True) if fused else model(**batch, labels=labels)
+    out.loss.backward()
+    return out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_scoring_only_labelled_positions_keeps_loss_and_gradients(tiny_model_dir, monkeypatch):
+    """The CPU shim projects only the labelled positions; loss and gradients equal transformers' own loss."""
+    import trl.trainer.utils as trl_utils
+
+    from tunesmith.train.upstream import score_only_labelled_positions
+
+    original = getattr(trl_utils._use_triton, "__wrapped__", trl_utils._use_triton)  # TRL's, even if patched
+    monkeypatch.setattr(trl_utils, "_use_triton", original)  # restored after the test
+    assert not trl_utils._use_triton(torch.device("cpu"))  # TRL scores every position on a CPU
+    score_only_labelled_positions()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    model = lora_model(tiny_model_dir)
+    ids = torch.randint(3, 500, (3, 24), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :18] = -100  # a prompt: only the answer carries loss
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    reference_loss, reference = loss_and_grads(model, batch, labels, fused=False)
+    loss, grads = loss_and_grads(model, batch, labels, fused=True)
+    assert loss == pytest.approx(reference_loss, rel=1e-5)
+    assert reference.keys() == grads.keys() and reference
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_token_counter_counts_padding_loss_and_packed_spans():
+    padded = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
+              "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
+              "labels": torch.tensor([[-100, -100, 7, 8, 9], [-100, 4, -100, -100, -100]])}
+    counter = TokenCounter(lambda examples: padded)
+    assert counter([{}]) is padded
+    assert (counter.tokens, counter.real_tokens, counter.loss_tokens) == (10, 7, 4)
+    assert counter.figures(2.0)["real_tokens_per_s"] == 3.5 and counter.figures(2.0)["padding_share"] == 0.3
+    flat = {"input_ids": torch.zeros(1, 6, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1]])}
+    assert attention_span(flat) == pytest.approx((16 + 4) / 6 / 2)  # each token attends within its own sequence
+    assert attention_span(padded) == 2.5
+
+
+def test_flops_count_the_body_per_token_and_the_head_per_loss_token():
+    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
+    assert training_flops(counter, shape) == 80 * (4 * 1000 + 6 * 10) + 10 * 4 * 500
+    assert mfu(1e9, 2.0, 1e9) == 0.5 and mfu(1.0, 0.0, 1.0) == 0.0
+
+
+def test_model_shape_counts_tied_embeddings_once(tiny_model_dir):
+    model = lora_model(tiny_model_dir)
+    shape = model_shape(model)
+    config = model.config
+    embedding = config.vocab_size * config.hidden_size
+    frozen = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if not p.requires_grad)
+    assert shape.lm_head == embedding and shape.frozen_body == frozen - embedding
+    assert shape.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    assert (shape.layers, shape.hidden) == (config.num_hidden_layers, config.hidden_size)
+
+
+def test_packing_auto_packs_only_with_a_variable_length_kernel(capsys):
+    from tunesmith.train.sft import choose_packing
+
+    sdpa = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert not choose_packing("auto", sdpa).on and choose_packing("auto", flash).on
+    assert choose_packing(True, sdpa).on and not choose_packing(False, flash).on
+    assert "rows are batched by similar length" in capsys.readouterr().err
+
+
+def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, tiny_model_dir):
+    from tunesmith.train import run_training
+
+    recipe_path = make_tiny_project(tmp_path, tiny_model_dir, train_rows=24, eval_rows=4)
+    text = recipe_path.read_text().replace("  packing: false\n", "")  # the default: auto
+    recipe_path.write_text(text)
+    recipe = load_recipe(recipe_path, ["training.max_steps=2"])
+    assert recipe.training.packing == "auto"
+    run = create_run(recipe, tmp_path / "runs")
+    import tunesmith.train.sft as sft
+
+    seen = {}
+    original = sft.sft_config
+
+    def spy(*args, **kwargs):
+        seen["config"] = original(*args, **kwargs)
+        return seen["config"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sft, "sft_config", spy)
+        run_training(recipe, run)
+    assert seen["config"].train_sampling_strategy == "group_by_length" and not seen["config"].packing
+    report = json.loads((run.path / "train.json").read_text())
+    assert report["packing"] == {"on": False, "why": report["packing"]["why"]} and "sdpa" in report["packing"]["why"]
+    speed = report["throughput"]
+    assert speed["real_tokens"] <= speed["tokens"] and 0 < speed["loss_tokens"] < speed["real_tokens"]
+    assert speed["real_tokens_per_s"] > 0 and 0 < speed["mfu"] < 1.5 and speed["peak_gflops"] > 0
