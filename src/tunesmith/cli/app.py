@@ -18,7 +18,7 @@ import typer.main
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SetOption, err, wide_console
+from tunesmith.cli.common import SHOW, SetOption, err, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.merge import merge, push
 from tunesmith.errors import TunesmithError
@@ -28,6 +28,8 @@ app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="Embedded, imported and Hub models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+bench_app = typer.Typer(help="Benchmarks measured on this machine, side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.command()(merge)
 app.command()(push)
@@ -39,6 +41,34 @@ RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are cr
 @app.callback()
 def _global(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False) -> None:
     state["debug"] = debug
+
+
+@bench_app.command("train")
+def bench_train(
+        datasets: Annotated[str, typer.Option(help="Comma-separated: quickstart, tickets, spread.")] =
+        "quickstart,tickets,spread",
+        variants: Annotated[str, typer.Option(help="Comma-separated: trl-plain, trl-expert, tunesmith.")] =
+        "trl-plain,trl-expert,tunesmith",
+        rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
+        spread_rows: Annotated[int, typer.Option(help="Training rows of the 10-1,000-token spread set.")] = 24,
+        batch_size: Annotated[int, typer.Option(help="Rows per optimizer step, for every variant.")] = 8,
+        max_length: Annotated[int, typer.Option(help="max_length (the spread set uses at least 1,024).")] = 512,
+        model: Annotated[str, typer.Option(help="Model source.")] = "smollm2-135m-instruct",
+        out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None) -> None:
+    """Training speed, memory and quality of tunesmith's defaults against plain TRL scripts, on the same work.
+
+    Run it on an otherwise idle machine: each variant trains in its own process, one after another.
+    """
+    from tunesmith.bench import DATASETS, VARIANTS, markdown_table, run_benchmark
+
+    chosen = {"--datasets": (datasets, DATASETS), "--variants": (variants, VARIANTS)}
+    for flag, (text, valid) in chosen.items():
+        unknown = [item for item in text.split(",") if item not in valid]
+        if unknown:
+            raise TunesmithError(f"{flag}: unknown {', '.join(unknown)}.", f"Choose from {', '.join(valid)}.")
+    results = run_benchmark(model, tuple(datasets.split(",")), tuple(variants.split(",")), rows, spread_rows,
+                            batch_size, max_length, out, report=lambda line: err.print(escape(line), **SHOW))
+    print(markdown_table(results))
 
 
 @app.command()

@@ -1,0 +1,259 @@
+"""`tunesmith bench train`: tunesmith's default training against plain TRL scripts, on the same work, side by side.
+
+Three variants train the same model with LoRA r=16 on all linear layers, one epoch over the same rows, at the
+same batch (in rows) and max_length, each in its own subprocess (so its peak memory is its own):
+- `trl-plain`: SFTTrainer + LoraConfig as the guides write it, SFTConfig defaults (bf16 autocast, gradient
+  checkpointing, loss on every token) except the shared settings and `use_cpu=True`, without which it does
+  not start on a CPU;
+- `trl-expert`: what a knowledgeable user sets: fp32 weights and compute on CPU, no gradient checkpointing,
+  BFD packing, completion-only loss (prompt/completion rows), lr 2e-4;
+- `tunesmith`: `tunesmith train` with the data paths and the shared settings only.
+
+For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
+allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
+answers of 32 held-out rows), MFU against this machine's matmul peak in the variant's compute dtype (measured
+first, in the same run), and the ratios to trl-expert.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("trl-plain", "trl-expert", "tunesmith")
+DATASETS = ("quickstart", "tickets", "spread")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
+EVAL_ROWS = 32
+
+
+def spread_rows(count: int, seed: int) -> list[dict[str, Any]]:
+    """Rows whose lengths spread evenly from ~40 (the chat template's own) to ~1,000 tokens (SmolLM2's
+    tokenizer): a text of random words, and the task of naming its last word. Batched at random, a third of
+    every batch would be padding."""
+    rng = random.Random(seed)
+    words = ["river", "stone", "amber", "window", "copper", "lantern", "meadow", "signal", "harbor", "violet",
+             "engine", "paper", "orbit", "canyon", "thunder", "basket", "mirror", "velvet", "falcon", "garden"]
+    rows = []
+    for index in range(count):
+        length = 1 + int((index + rng.random()) / count * 950)
+        text = " ".join(rng.choice(words) for _ in range(length))
+        rows.append({"messages": [{"role": "user", "content": f"Name the last word of this text.\n{text}"},
+                                  {"role": "assistant", "content": text.rsplit(" ", 1)[-1]}]})
+    rng.shuffle(rows)
+    return rows
+
+
+def dataset_files(name: str, rows: int, folder: Path) -> tuple[Path, Path]:
+    """train.jsonl (the first `rows` rows) and eval.jsonl (EVAL_ROWS rows) of a benchmark dataset, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "spread":
+        train, held = spread_rows(rows, seed=0), spread_rows(EVAL_ROWS, seed=1)
+    elif not (EXAMPLES / BUNDLED[name]).is_dir():
+        from tunesmith.errors import TunesmithError
+
+        raise TunesmithError(f"The {name} dataset is read from {EXAMPLES / BUNDLED[name]}, which this installation "
+                             "does not have.", "Run the benchmark from a tunesmith checkout, or --datasets spread.")
+    else:
+        source = EXAMPLES / BUNDLED[name]
+        train = [json.loads(line) for line in (source / "train.jsonl").read_text().splitlines()[:rows]]
+        held = [json.loads(line) for line in (source / "eval.jsonl").read_text().splitlines()[:EVAL_ROWS]]
+    paths = folder / "train.jsonl", folder / "eval.jsonl"
+    for path, part in zip(paths, (train, held), strict=True):
+        path.write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
+    return paths
+
+
+def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...] = DATASETS,
+                  variants: tuple[str, ...] = VARIANTS, rows: int = 64, spread_rows_count: int = 24,
+                  batch_size: int = 8, max_length: int = 512, out: Path | None = None,
+                  report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every variant on every dataset, one subprocess each; returns (and writes to `out`) the figures."""
+    import torch
+
+    from tunesmith.models import resolve_model_source
+    from tunesmith.runs import atomic_write_json, environment_snapshot
+    from tunesmith.train.throughput import matmul_peak
+
+    model_dir = resolve_model_source(model)
+    peaks = {"fp32": matmul_peak(torch.float32, seconds=1.0), "bf16": matmul_peak(torch.bfloat16, seconds=1.0)}
+    report(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    results: dict[str, Any] = {"model": model, "batch_size": batch_size, "max_length": max_length,
+                               "peak_flops": peaks, "environment": environment_snapshot(), "datasets": {}}
+    with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp:
+        for name in datasets:
+            count = spread_rows_count if name == "spread" else rows
+            length = max(max_length, 1024) if name == "spread" else max_length
+            train, held = dataset_files(name, count, Path(tmp) / name)
+            figures = {}
+            for variant in variants:
+                report(f"{name}: {variant} ({count} rows, batch {batch_size}, max_length {length}) ...")
+                figures[variant] = run_worker(variant, model_dir, train, held, batch_size, length, Path(tmp))
+                figures[variant]["mfu"] = round(figures[variant]["model_flops"] / figures[variant]["seconds"]
+                                                / peaks[figures[variant]["dtype"]], 4)
+                report(f"  {summary_line(figures[variant])}")
+            results["datasets"][name] = {"rows": count, "max_length": length, "variants": figures,
+                                         "ratios_to_trl_expert": ratios(figures)}
+    if out is not None:
+        atomic_write_json(out, results)
+    return results
+
+
+def run_worker(variant: str, model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
+               tmp: Path) -> dict[str, Any]:
+    result_file = tmp / f"{variant}-{train.parent.name}.json"
+    command = [sys.executable, "-m", "tunesmith.bench", variant, str(model_dir), str(train), str(held),
+               str(batch_size), str(max_length), str(result_file)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not result_file.is_file():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        return {"failed": f"exit code {done.returncode}: {tail}", "seconds": 1, "model_flops": 0, "dtype": "fp32"}
+    return json.loads(result_file.read_text())
+
+
+def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each variant's tokens/s, peak memory and held-out loss over trl-expert's."""
+    expert = figures.get("trl-expert", {})
+
+    def ratio(value: Any, reference: Any) -> float | None:
+        return round(value / reference, 3) if value and reference else None
+
+    return {name: {key: ratio(f.get(key), expert.get(key))
+                   for key in ("real_tokens_per_s", "loss_tokens_per_s", "peak_rss_mb", "heldout_loss")}
+            for name, f in figures.items()}
+
+
+def summary_line(f: dict[str, Any]) -> str:
+    if "failed" in f:
+        return f"failed: {f['failed']}"
+    return (f"{f['real_tokens_per_s']:.1f} tokens/s ({f['loss_tokens_per_s']:.1f} with loss), {f['seconds']:.0f} s, "
+            f"peak RSS {f['peak_rss_mb']:.0f} MB, MFU {f['mfu']:.0%}, train loss {f['final_loss']}, "
+            f"held-out loss {f['heldout_loss']:.4f}")
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per dataset and variant, for README.md."""
+    lines = ["| dataset | variant | tokens/s (not padding) | x trl-expert | with loss/s | wall s | peak RSS MB | "
+             "x trl-expert | MFU | held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, block in results["datasets"].items():
+        for variant, f in block["variants"].items():
+            if "failed" in f:
+                lines.append(f"| {name} | {variant} | failed | | | | | | | |")
+                continue
+            r = block["ratios_to_trl_expert"][variant]
+            lines.append(f"| {name} | {variant} | {f['real_tokens_per_s']:.1f} | {r['real_tokens_per_s'] or ''} | "
+                         f"{f['loss_tokens_per_s']:.1f} | {f['seconds']:.0f} | {f['peak_rss_mb']:.0f} | "
+                         f"{r['peak_rss_mb'] or ''} | {f['mfu']:.0%} | {f['heldout_loss']:.4f} |")
+    return "\n".join(lines)
+
+
+# --- the workers: one variant, in its own process ------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def as_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
+
+
+def trl_worker(variant: str, model_dir: Path, train: Path, batch_size: int, max_length: int,
+               output_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A plain TRL script (as written in TRL's and PEFT's guides), or the expert's; returns (model, tokenizer,
+    figures)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    rows = read_rows(train)
+    shared = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": batch_size,
+              "max_length": max_length, "use_cpu": not torch.cuda.is_available(), "report_to": "none",
+              "save_strategy": "no", "logging_steps": 1, "seed": 0}
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    if variant == "trl-plain":
+        args, model, dataset = SFTConfig(**shared), str(model_dir), Dataset.from_list(rows)
+    else:
+        args = SFTConfig(**shared, bf16=False, fp16=False, gradient_checkpointing=False, packing=True,
+                         packing_strategy="bfd", completion_only_loss=True, learning_rate=2e-4)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        dataset = Dataset.from_list([as_prompt_completion(row) for row in rows])
+    dtype = "bf16" if args.bf16 else "fp32"  # TRL turns bf16 autocast on when it is left unset
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=lora,
+                         processing_class=AutoTokenizer.from_pretrained(model_dir))
+    return trainer.model, trainer.processing_class, {"dtype": dtype, **timed_train(trainer)}
+
+
+def timed_train(trainer: Any) -> dict[str, Any]:
+    from tunesmith.train.throughput import TokenCounter, model_shape, training_flops
+
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {**counter.figures(seconds), "seconds": round(seconds, 1), "steps": trainer.state.global_step,
+            "final_loss": losses[-1] if losses else None,
+            "model_flops": training_flops(counter, model_shape(trainer.model))}
+
+
+def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
+                     runs_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """`tunesmith train` on a recipe with the data paths and the shared settings only."""
+    from tunesmith.config import validate_recipe
+    from tunesmith.models.tuned import load_tuned
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    recipe = validate_recipe({"name": "bench", "model": {"source": str(model_dir)},
+                              "data": {"train": str(train), "eval": str(held), "max_length": max_length},
+                              "training": {"batch_size": batch_size, "save_steps": 100_000}})
+    run = create_run(recipe, runs_dir)
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    speed = report["throughput"]
+    tokenizer, model = load_tuned(run)
+    figures = {key: speed[key] for key in ("tokens", "real_tokens", "loss_tokens", "tokens_per_s",
+                                           "real_tokens_per_s", "loss_tokens_per_s", "padding_share", "seconds")}
+    return model, tokenizer, {"dtype": report["precision"], **figures, "steps": report["steps"],
+                              "final_loss": report["final_loss"], "model_flops": speed["model_tflops"] * 1e12,
+                              "packing": report.get("packing")}
+
+
+def worker_main(argv: list[str]) -> None:
+    import torch
+
+    from tunesmith.eval.decoding import heldout_loss
+
+    variant, model_dir, train, held, batch, length, out = argv
+    model_dir, train, held, out = Path(model_dir), Path(train), Path(held), Path(out)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
+        if variant == "tunesmith":
+            model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp))
+        else:
+            model, tokenizer, figures = trl_worker(variant, model_dir, train, int(batch), int(length), Path(tmp))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        figures["peak_rss_mb"] = round(rss, 1)
+        if torch.cuda.is_available():
+            figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        with torch.no_grad():
+            figures["heldout_loss"] = round(heldout_loss(model.float().eval(), tokenizer, read_rows(held),
+                                                         int(length), 8), 4)
+    out.write_text(json.dumps(figures), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1:])
