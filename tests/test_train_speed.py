@@ -70,6 +70,14 @@ def test_token_counter_counts_padding_loss_and_packed_spans():
     flat = {"input_ids": torch.zeros(1, 6, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1]])}
     assert attention_span(flat) == pytest.approx((16 + 4) / 6 / 2)  # each token attends within its own sequence
     assert attention_span(padded) == 2.5
+    pairs = {"prompt_input_ids": torch.zeros(2, 3, dtype=torch.long), "prompt_attention_mask": torch.ones(2, 3),
+             "chosen_input_ids": torch.zeros(2, 2, dtype=torch.long), "chosen_attention_mask": torch.ones(2, 2)}
+    preference = TokenCounter(lambda examples: pairs)
+    preference([{}])
+    assert (preference.tokens, preference.real_tokens, preference.loss_tokens) == (10, 10, 4)
+    grpo = TokenCounter(lambda examples: [{"prompt": "x"}])  # prompts the trainer generates from: not tensors
+    grpo([{}])
+    assert grpo.batches == 1 and grpo.tokens == 0
 
 
 def test_flops_count_the_body_per_token_and_the_head_per_loss_token():

@@ -171,6 +171,9 @@ def fit_and_save(trainer: Any, guard: Any, setup: TrainingSetup, recipe: Recipe,
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
+    # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
+    # for whoever uses it in this process (the saved weights are fp32 either way).
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if guard.bad_step is not None:
         raise TunesmithError(f"Training stopped: the loss became NaN/inf at step {guard.bad_step}.",
                              "Lower training.lr, or check the data for empty or huge rows.")

@@ -36,17 +36,25 @@ class TokenCounter:
         self.count(batch)
         return batch
 
-    def count(self, batch: dict[str, Any]) -> None:
-        ids = batch["input_ids"]
+    def count(self, batch: Any) -> None:
+        """Add one batch. Preference batches hold several sequences per row (`prompt_input_ids`,
+        `chosen_input_ids`, ...): each is counted. Batches that are not tensors yet (GRPO's prompts, which the
+        trainer generates from) are counted as batches only."""
         self.batches += 1
-        self.tokens += ids.numel()
-        mask = batch.get("attention_mask")
-        real = int(mask.sum()) if mask is not None else ids.numel()  # padding-free batches carry no padding
-        self.real_tokens += real
-        labels = batch.get("labels")
-        if labels is not None:
-            self.loss_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())  # shifted: the last position predicts none
-        self.attention_flops += 12.0 * real * attention_span(batch)
+        if not isinstance(batch, dict):
+            return
+        for prefix in sequence_prefixes(batch):
+            ids = batch[f"{prefix}input_ids"]
+            self.tokens += ids.numel()
+            mask = batch.get(f"{prefix}attention_mask")
+            real = int(mask.sum()) if mask is not None else ids.numel()  # padding-free batches carry no padding
+            self.real_tokens += real
+            labels = batch.get(f"{prefix}labels")
+            if labels is not None:  # shifted: the last position predicts nothing
+                self.loss_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+            elif prefix in ("chosen_", "rejected_", "completion_"):  # preference answers: the positions scored
+                self.loss_tokens += real
+            self.attention_flops += 12.0 * real * attention_span(batch, prefix)
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
@@ -57,14 +65,22 @@ class TokenCounter:
                     1 - self.real_tokens / self.tokens, 4) if self.tokens else 0.0}
 
 
-def attention_span(batch: dict[str, Any]) -> float:
+def sequence_prefixes(batch: dict[str, Any]) -> list[str]:
+    """The sequences a batch holds: "" for `input_ids`, "chosen_" for `chosen_input_ids`, and so on."""
+    import torch
+
+    return [key.removesuffix("input_ids") for key, value in batch.items()
+            if key.endswith("input_ids") and isinstance(value, torch.Tensor) and value.dim() == 2]
+
+
+def attention_span(batch: dict[str, Any], prefix: str = "") -> float:
     """The mean number of positions a real token attends to, causal: half its row's (or packed segment's) length.
 
     Padded rows: the row's padded width. Padding-free packed rows: each sequence's own length, read from the
     `position_ids` restarts (a token never attends across a sequence boundary)."""
-    positions = batch.get("position_ids")
-    if positions is None or batch.get("attention_mask") is not None:
-        return batch["input_ids"].shape[-1] / 2
+    positions = batch.get(f"{prefix}position_ids")
+    if positions is None or batch.get(f"{prefix}attention_mask") is not None:
+        return batch[f"{prefix}input_ids"].shape[-1] / 2
     flat = positions.reshape(-1).tolist()
     lengths, current = [], 0
     for value in flat:
