@@ -1,0 +1,71 @@
+"""One LoRA training step of SmolLM2-135M on completion-only rows, four ways, side by side in one run.
+
+What the training defaults rest on (tunesmith/train/upstream.py, tunesmith/train/common.py):
+- `full`: TRL 1.16's fused LM head as it runs on a CPU, scoring every position;
+- `compact`: the same head scoring only the labelled positions (tunesmith's shim);
+- `compact-bf16`: compact, under bf16 autocast (`training.precision: bf16`);
+- `flat`: compact, with the batch flattened into one padding-free row, as packing does.
+Each variant runs in its own subprocess (so its peak RSS is its own): 8 rows of 128 tokens, the last 8 of
+each carrying loss, three steps after one warm-up; the fastest is reported.
+
+    .venv/bin/python benchmarks/train_step_paths.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = ("full", "compact", "compact-bf16", "flat")
+ROWS, LENGTH, ANSWER = 8, 128, 8
+
+
+def step(variant: str) -> dict[str, float]:
+    import torch
+    import trl.trainer.utils as trl_utils
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model, resolve_model_source
+    from tunesmith.train.upstream import score_only_labelled_positions
+
+    if variant != "full":
+        score_only_labelled_positions()
+    model = load_model(resolve_model_source("smollm2-135m-instruct"))
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    ids = torch.randint(0, 49000, (ROWS, LENGTH), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :-ANSWER] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if variant == "flat":
+        batch = {"input_ids": ids.reshape(1, -1), "position_ids": torch.arange(LENGTH).repeat(ROWS)[None],
+                 "labels": labels.reshape(1, -1)}
+    times = []
+    for _ in range(4):
+        model.zero_grad()
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16")):
+            loss = model(**batch, fused_lm_head=True).loss
+        loss.backward()
+        times.append(time.perf_counter() - started)
+    best = min(times[1:])
+    return {"step_s": round(best, 3), "tokens_per_s": round(ROWS * LENGTH / best, 1), "loss": round(loss.item(), 5),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--variant":
+        print(json.dumps(step(sys.argv[2])))
+        return
+    for variant in VARIANTS:
+        done = subprocess.run([sys.executable, __file__, "--variant", variant], capture_output=True, text=True)
+        figures = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else done.stderr[-500:]
+        print(f"{variant:13s} {figures}")
+
+
+if __name__ == "__main__":
+    main()
