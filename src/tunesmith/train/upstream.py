@@ -37,10 +37,10 @@ def score_only_labelled_positions() -> None:
     devices, and every position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. An eager
     CPU has no such constraint, and scoring every position multiplies the LM head's work (a 49k-vocabulary
     projection, its softmax and entropy) by the share of prompt tokens: on completion-only SmolLM2 rows it
-    made a training step 1.8x slower. Only eager CPU and MPS change; other devices keep TRL's choice. The
-    choice is the module's `_use_triton`, read only there; the kernel itself is picked by its own module's
-    binding and is unchanged. Loss and gradients are the same (tested in tests/test_train_speed.py against
-    transformers' own loss).
+    made a training step 2.0x slower (benchmarks/train_step_paths.py). Only eager CPU and MPS change; other
+    devices keep TRL's choice. The choice is the module's `_use_triton`, read only there; the kernel itself is
+    picked by its own module's binding and is unchanged. Loss and gradients are the same (tested in
+    tests/test_train_speed.py against transformers' own loss).
     """
 
     import trl.trainer.utils as trl_utils
