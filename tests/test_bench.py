@@ -1,0 +1,42 @@
+"""The training benchmark's own pieces (the measurement itself runs in benchmarks/, not in the suite)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tunesmith.bench import dataset_files, markdown_table, ratios, spread_rows
+
+
+def test_spread_rows_cover_short_to_long_and_are_reproducible():
+    rows = spread_rows(24, seed=0)
+    words = sorted(len(row["messages"][0]["content"].split()) for row in rows)
+    assert words[0] < 50 and words[-1] > 900 and rows == spread_rows(24, seed=0)
+    assert all(row["messages"][-1]["content"] == row["messages"][0]["content"].split()[-1] for row in rows)
+
+
+def test_bundled_datasets_are_sliced(tmp_path):
+    train, held = dataset_files("tickets", 16, tmp_path)
+    assert len(train.read_text().splitlines()) == 16 and len(held.read_text().splitlines()) == 32
+    assert "messages" in json.loads(train.read_text().splitlines()[0])
+
+
+def test_ratios_and_table_name_failures():
+    figures = {"trl-expert": {"failed": "exit code -9: killed", "seconds": 1, "model_flops": 0},
+               "tunesmith": {"real_tokens_per_s": 200.0, "loss_tokens_per_s": 10.0, "peak_rss_mb": 4000.0,
+                             "heldout_loss": 0.5, "seconds": 30.0, "mfu": 0.5}}
+    assert ratios(figures)["tunesmith"]["real_tokens_per_s"] is None  # no reference: no ratio, not a crash
+    figures["trl-expert"] = {**figures["tunesmith"], "real_tokens_per_s": 50.0, "peak_rss_mb": 16000.0}
+    assert ratios(figures)["tunesmith"] == {"real_tokens_per_s": 4.0, "loss_tokens_per_s": 1.0,
+                                            "peak_rss_mb": 0.25, "heldout_loss": 1.0}
+    figures["trl-plain"] = {"failed": "boom"}
+    table = markdown_table({"datasets": {"tickets": {"variants": figures, "ratios_to_trl_expert": ratios(figures)}}})
+    assert "| tickets | trl-plain | failed |" in table and "| tickets | tunesmith | 200.0 | 4.0 |" in table
+
+
+def test_bench_cli_refuses_unknown_names():
+    from tunesmith.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "train", "--datasets", "tickets,imagenet"])
+    assert result.exit_code != 0 and "unknown imagenet" in str(result.exception or result.output)
