@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from tunesmith.errors import TunesmithError
 
 MANIFEST_VERSION = 1
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Record(BaseModel):
@@ -135,3 +138,15 @@ def source_file(written: str, resolved: str) -> SourceFile:
 def hub_commit(model_dir: Path) -> str | None:
     """The commit of a Hugging Face cache snapshot (`.../snapshots/<commit>`), None for any other folder."""
     return model_dir.name if model_dir.parent.name == "snapshots" else None
+
+
+def validated_versioned(model: type[ModelT], raw: Any, path: Path, version: int, what: str, hint: str) -> ModelT:
+    """`raw` (read from `path`) as `model`, refusing another `version` of the file and a file that does not fit,
+    each with `hint` (what the user does about it). `what` names the file kind in messages."""
+    if isinstance(raw, dict) and raw.get("version", version) != version:
+        raise TunesmithError(f"{path} has {what} version {raw.get('version')!r}; this tunesmith reads version "
+                             f"{version}.", hint)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise TunesmithError(f"{path} is not a valid {what}: {exc}", hint) from None

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunesmith.errors import TunesmithError
+from tunesmith.manifest import validated_versioned
 
 RESULTS_VERSION = 1
 Scores = dict[str, float | int | None]  # metric name → mean score (or seconds, examples) for one variant
@@ -132,11 +133,5 @@ def read_results(path: Path) -> EvalResults:
     except json.JSONDecodeError as exc:
         raise TunesmithError(f"{path} is not valid JSON ({exc}).", "Evaluate the run again: tunesmith eval RUN.") \
             from None
-    if isinstance(raw, dict) and raw.get("version", RESULTS_VERSION) != RESULTS_VERSION:
-        raise TunesmithError(f"{path} has results version {raw.get('version')!r}; this tunesmith reads "
-                             f"{RESULTS_VERSION}.", "Evaluate the run again with this tunesmith.")
-    try:
-        return EvalResults.model_validate(raw)
-    except ValidationError as exc:
-        raise TunesmithError(f"{path} is not a tunesmith results.json: {exc}",
-                             "Evaluate the run again: tunesmith eval RUN.") from None
+    return validated_versioned(EvalResults, raw, path, RESULTS_VERSION, "tunesmith results.json",
+                               "Evaluate the run again with this tunesmith: tunesmith eval RUN.")

@@ -38,6 +38,7 @@ from tunesmith.manifest import (
     content_sha256,
     hub_commit,
     source_file,
+    validated_versioned,
 )
 
 Row = dict[str, Any]
@@ -152,15 +153,9 @@ class Run:
         """run.json, validated; None for a run written before run.json existed."""
         if not self.manifest_file.is_file():
             return None
-        raw = read_json(self.manifest_file)
-        if isinstance(raw, dict) and raw.get("version") != MANIFEST_VERSION:
-            raise TunesmithError(f"{self.manifest_file} has manifest version {raw.get('version')!r}; this tunesmith "
-                                 f"reads version {MANIFEST_VERSION}.", "Use the tunesmith version that wrote the run.")
-        try:
-            return RunManifest.model_validate(raw)
-        except ValidationError as exc:
-            raise TunesmithError(f"{self.manifest_file} is not a valid run manifest: {exc}",
-                                 "Train the run again; run.json is written by tunesmith, not by hand.") from None
+        return validated_versioned(RunManifest, read_json(self.manifest_file), self.manifest_file, MANIFEST_VERSION,
+                                   "run manifest", "Use the tunesmith version that wrote the run, or train it again; "
+                                   "run.json is written by tunesmith, not by hand.")
 
     def eval_rows(self) -> list[Row] | None:
         """The held-out rows the data stage saved in the run, exactly as training split and cleaned them; None for
