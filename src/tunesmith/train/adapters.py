@@ -261,11 +261,6 @@ def save_trained(model: Any, tokenizer: Any, run: Run, adapter: Any) -> Path:
     return target
 
 
-def can_merge(peft_model: Any) -> bool:
-    """Prompt-learning adapters add virtual tokens or prefixes: there is nothing to fold into the weights."""
-    return not peft_model.active_peft_config.is_prompt_learning
-
-
 def trainable_summary(model: Any) -> dict[str, Any]:
     """Trainable and total parameter counts, and which modules (in which blocks) carry the trainable ones."""
     trainable = total = 0
