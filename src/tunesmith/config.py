@@ -381,7 +381,16 @@ class TrainingSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, ge=1)
-    save_steps: int = Field(100, ge=1)
+    save_steps: int = Field(100, ge=1, description="Write a checkpoint every this many optimizer steps (and at "
+                                                  "the end); `tunesmith train --resume` continues from the newest.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N complete checkpoints; older ones are "
+                                                       "removed once a newer one is complete.")
+    max_bad_steps: int = Field(3, ge=1, description="Updates in a row with a non-finite loss or gradient that are "
+                                                    "skipped before the run stops.")
+    init_from: str | None = Field(None, description="A finished run directory or a PEFT adapter folder whose "
+                                                    "trained adapter this run starts from, with a new optimizer and "
+                                                    "schedule (relative to the recipe). `tunesmith train "
+                                                    "--init-from` sets it.")
     seed: int = 42
 
 
@@ -687,3 +696,21 @@ def find_yaml_line(text: str, loc: list[str]) -> int | None:
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The resolved recipe, with every default written out, as saved in a run directory."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested recipe dump as {"training.lr": 0.0002, ...}; lists stay whole values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flat_keys(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def recipe_differences(before: Recipe, after: Recipe) -> dict[str, tuple[Any, Any]]:
+    """The keys whose values differ between two recipes, with both values (`base_dir`, where the recipe file
+    lay, is not a setting)."""
+    old, new = (flat_keys(r.model_dump(mode="json", exclude={"base_dir"})) for r in (before, after))
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}

@@ -82,6 +82,8 @@ class TrainRecord(Record):
     method: str = Field(description="method.kind: sft, dpo, orpo, kto, simpo, grpo, cpt, reward.")
     adapter: str = Field(description="adapter.kind: lora, qlora, full, partial, ...")
     base_model: BaseModelRecord
+    init_from: str | None = Field(None, description="The adapter folder the weights started from "
+                                                    "(training.init_from), absolute; None: a fresh adapter.")
 
 
 class EvalRecord(Record):

@@ -27,9 +27,9 @@ def quickstart_recipe(overrides: list[str] | None = None) -> Recipe:
     return load_recipe(bundled_path("recipes/quickstart.yaml"), overrides)
 
 
-def run_pipeline(recipe: Recipe, runs_dir: Path | None = None) -> Run:
-    """train → eval → export → model card, all in one new run directory."""
-    run = create_run(recipe, runs_dir)
+def run_pipeline(recipe: Recipe, runs_dir: Path | None = None, run: Run | None = None) -> Run:
+    """train → eval → export → model card, all in one new run directory (or in `run`, being resumed)."""
+    run = run or create_run(recipe, runs_dir)
     run_training(recipe, run)
     run_eval(recipe, run)
     export_formats(recipe, run)

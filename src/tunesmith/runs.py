@@ -219,6 +219,11 @@ class Run:
         lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def keep_metrics_through(self, step: int) -> None:
+        """Drop the records logged after `step` (a resume from that step logs them again)."""
+        kept = [record for record in self.read_metrics() if record.get("step", 0) <= step]
+        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
 
 def record_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> RunManifest:
     """Merge one stage's section into run.json, atomically; the other stages' sections stay as they are.
@@ -280,14 +285,17 @@ def record_data_stage(run: Run, data: DataSection, train: list[Row], held_out: l
     return record
 
 
-def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path) -> TrainRecord:
-    """Record what training saved (`artifact`, inside the run) and the base it started from (`model_dir`, as
-    resolved), so later stages load both from run.json instead of resolving the recipe's source again."""
+def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path,
+                       init_from: Path | None = None) -> TrainRecord:
+    """Record what training saved (`artifact`, inside the run), the base it started from (`model_dir`, as
+    resolved) and the adapter its weights began as (`init_from`), so later stages load these from run.json
+    instead of resolving the recipe's source again."""
     kind = "adapter" if (artifact / "adapter_config.json").is_file() else "model"
     base = BaseModelRecord(source=recipe.model.source, revision=recipe.model.revision,
                            path=str(model_dir.resolve()), commit=hub_commit(model_dir))
     record = TrainRecord(artifact=kind, path=artifact.relative_to(run.path).as_posix(), method=recipe.method.kind,
-                         adapter=recipe.adapter.kind, base_model=base)
+                         adapter=recipe.adapter.kind, base_model=base,
+                         init_from=str(init_from.resolve()) if init_from else None)
     record_stage(run, "train", record)
     return record
 
@@ -340,4 +348,34 @@ def environment_snapshot() -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "created": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """What differs between two runs, by what decides a result: recipe keys, the data they trained and were
+    scored on (sha256 of the saved rows), package versions and hardware (env.json). Each entry maps a key to
+    (first's value, second's value); an empty section means no difference found."""
+    from tunesmith.config import flat_keys, recipe_differences
+
+    def data(run: Run) -> dict[str, Any]:
+        manifest = run.manifest()
+        if manifest is None or manifest.data is None:
+            return {}
+        return {"train rows sha256": manifest.data.train.sha256, "eval rows sha256": manifest.data.eval.sha256,
+                "train rows": manifest.data.train.rows, "eval rows": manifest.data.eval.rows}
+
+    def env(run: Run) -> dict[str, Any]:
+        path = run.path / "env.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def differing(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
+
+    hardware = ("python", "platform", "cpu_count", "cuda", "gpu")
+    env_a, env_b = env(first), env(second)
+    return {
+        "recipe": recipe_differences(first.load_recipe(), second.load_recipe()),
+        "data": differing(data(first), data(second)),
+        "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
+        "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
     }

@@ -21,6 +21,7 @@ from rich.table import Table
 from tunesmith.cli.common import SHOW, SetOption, err, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.merge import merge, push
+from tunesmith.cli.runs import runs_app
 from tunesmith.errors import TunesmithError
 from tunesmith.results import Comparison, EvalResults, read_results
 
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 bench_app = typer.Typer(help="Benchmarks measured on this machine, side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
 app.command()(merge)
 app.command()(push)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
@@ -86,8 +88,15 @@ def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
 
 @app.command()
 def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
-          evaluate: Annotated[bool, typer.Option(help="Evaluate and export after training.")] = False) -> None:
-    """Train the adapter a recipe describes, in a new run directory.
+          evaluate: Annotated[bool, typer.Option(help="Evaluate and export after training.")] = False,
+          resume: Annotated[str | None, typer.Option(
+              metavar="RUN_DIR|latest", help="Continue an unfinished run in its own directory from its newest "
+              "complete checkpoint (latest: the newest such run of this recipe). The recipe must be the one it "
+              "started with.")] = None,
+          init_from: Annotated[Path | None, typer.Option(
+              metavar="RUN_DIR|ADAPTER", help="Start a new run whose adapter begins from a finished run's (or a "
+              "PEFT adapter folder's) weights, with a new optimizer and schedule.")] = None) -> None:
+    """Train the adapter a recipe describes, in a new run directory (or, with --resume, in the one it stopped in).
 
     Example: tunesmith train recipes/quickstart.yaml --set training.lr=5e-4
     """
@@ -97,15 +106,32 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
 
-    loaded = load_recipe(recipe, set_)
+    if resume and init_from:
+        raise TunesmithError("--resume and --init-from exclude each other.",
+                             "--resume continues a stopped run; --init-from starts a new one from a finished run.")
+    extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
+    loaded = load_recipe(recipe, [*(set_ or []), *extra])
+    run = resumed_run(loaded, resume, runs_dir) if resume else None
     if evaluate:
-        run = run_pipeline(loaded, runs_dir)
+        run = run_pipeline(loaded, runs_dir, run)
         _print_results(run.path)
     else:
-        run = create_run(loaded, runs_dir)
+        run = run or create_run(loaded, runs_dir)
         run_training(loaded, run)
         write_model_card(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
+
+
+def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
+    """The run --resume names, checked against the recipe; its recipe.yaml takes the allowed changes."""
+    from tunesmith.config import recipe_to_yaml
+    from tunesmith.runs import atomic_write_text
+    from tunesmith.train.resume import check_resumable, find_run_to_resume
+
+    run = find_run_to_resume(target, recipe, runs_dir)
+    check_resumable(run, recipe)
+    atomic_write_text(run.recipe_file, recipe_to_yaml(recipe))
+    return run
 
 
 @app.command()

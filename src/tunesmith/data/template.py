@@ -203,6 +203,7 @@ class EncodedSplit:
     rows: int  # rows given
     dropped: Counter[str] = field(default_factory=Counter)  # rows left out, by reason
     answer_tokens_cut: int = 0  # loss tokens lost to max_length in rows that still train
+    source_rows: list[int] = field(default_factory=list)  # per example: its row's index in the rows given
 
     def counts(self) -> dict[str, Any]:
         return {"rows": self.rows, "trained_rows": self.rows - sum(self.dropped.values()),
@@ -215,13 +216,14 @@ def encode_split(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
     """Encode `messages` rows (with their `tools`) as training does; rows with no loss token left are dropped
     and counted by reason."""
     result = EncodedSplit([], len(rows))
-    for row in rows:
+    for index, row in enumerate(rows):
         encoded = encode_sequence(tokenizer, row["messages"], max_length, row.get("tools"))
         if encoded.drop_reason:
             result.dropped[encoded.drop_reason] += 1
             continue
         result.answer_tokens_cut += encoded.answer_tokens_cut
         result.examples.append(encoded)
+        result.source_rows.append(index)
     return result
 
 

@@ -40,6 +40,10 @@ class HalfFineTuningRounds(TrainerCallback):
     def __init__(self, round_steps: int) -> None:
         self.round_steps = round_steps
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.round_steps:  # resumed inside a round: train that round's half again
+            train_half_of_blocks(model, state.global_step // self.round_steps)
+
     def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.round_steps == 0:
             train_half_of_blocks(model, state.global_step // self.round_steps)
@@ -70,5 +74,7 @@ class KeepInitialAdapter(TrainerCallback):
         self.target = target
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step and self.target.is_dir():  # resumed: saved when the run first started
+            return
         model.active_peft_config.init_lora_weights = True  # reloading it must not decompose the base again
         model.save_pretrained(self.target, safe_serialization=True)

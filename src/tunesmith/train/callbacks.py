@@ -1,8 +1,7 @@
-"""Trainer callbacks: log every step to metrics.jsonl, stop on a NaN loss."""
+"""Trainer callbacks: log every step to metrics.jsonl (survival.py guards the numerics)."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -18,6 +17,11 @@ class MetricsLogger(TrainerCallback):
         self.run = run
         self.started = time.monotonic()
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run's clock continues from the last record kept."""
+        logged = self.run.read_metrics() if state.global_step else []
+        self.started = time.monotonic() - (logged[-1].get("elapsed_s", 0.0) if logged else 0.0)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
         if not logs:
             return
@@ -25,19 +29,6 @@ class MetricsLogger(TrainerCallback):
                   "elapsed_s": round(time.monotonic() - self.started, 2)}
         record.update({k: _plain(v) for k, v in logs.items()})
         self.run.append_metrics([record])
-
-
-class NanGuard(TrainerCallback):
-    """Stop training at the first non-finite loss instead of burning hours on garbage."""
-
-    def __init__(self) -> None:
-        self.bad_step: int | None = None
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, float) and not math.isfinite(loss):
-            self.bad_step = state.global_step
-            control.should_training_stop = True
 
 
 def _plain(value: Any) -> Any:

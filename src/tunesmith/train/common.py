@@ -15,13 +15,24 @@ from tunesmith.config import Recipe
 from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.contract import check_template_contract
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.errors import DataError
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
+from tunesmith.train.resume import initial_weights, load_initial_adapter
+from tunesmith.train.survival import (
+    BatchRecorder,
+    NumericsGuard,
+    StopOnSignal,
+    TrainingInterrupted,
+    checkpoint_state,
+    checkpoint_step,
+    install_atomic_checkpoints,
+    newest_complete_checkpoint,
+)
 from tunesmith.train.throughput import TokenCounter, matmul_peak, mfu, model_shape, training_flops
 from tunesmith.train.upstream import (
     hide_trl_checkpointing_deprecation,
@@ -57,6 +68,7 @@ class TrainingSetup:
     peft_config: Any
     adapter_callbacks: list[Any]  # what the adapter kind needs during training (HFT rounds, AdaLoRA budget)
     encoded: Any = None  # what `encode` returned (the SFT datasets), built before the model loaded
+    init_from: Path | None = None  # the trained adapter this run starts from (training.init_from)
 
 
 def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
@@ -69,6 +81,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     import torch
 
     torch.manual_seed(recipe.training.seed)
+    init_from = initial_weights(recipe)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     if splits.shape == "messages":  # eval's metrics must fit the answers: refuse now, not after training
@@ -92,7 +105,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
-                         adapter_callbacks(recipe.adapter, run), encoded)
+                         adapter_callbacks(recipe.adapter, run), encoded, init_from)
 
 
 def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
@@ -151,7 +164,7 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
         "logging_first_step": True,
         "save_strategy": "steps",
         "save_steps": t.save_steps,
-        "save_total_limit": 2,
+        "save_total_limit": None,  # survival.install_atomic_checkpoints keeps the newest complete ones
         "eval_strategy": "no",
         "report_to": "none",
         "seed": t.seed,
@@ -160,32 +173,79 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
     }
 
 
-def fit_and_save(trainer: Any, guard: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
+def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
                  choices: dict[str, Any] | None = None) -> Path:
-    """Train, stop on NaN, then write the adapter, train.json (with `choices`: what the method chose and why, and
-    the measured throughput) and the loss curve into the run."""
+    """Train (resuming from the run's newest complete checkpoint when it has one), then write the adapter,
+    train.json (with `choices`: what the method chose and why, and the measured throughput) and the loss curve.
+
+    Raises TrainingInterrupted after SIGINT/SIGTERM (a checkpoint was written), and TunesmithError when
+    training.max_bad_steps updates in a row were non-finite.
+    """
     summary = trainable_summary(trainer.model)
     print_trainable(summary)
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
     trainer.data_collator = counter
+    guard, stopper = survival_callbacks(trainer, setup, recipe, run)
+    resume_from = start_point(trainer, setup, run, guard)
     started = time.monotonic()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
     # for whoever uses it in this process (the saved weights are fp32 either way).
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    if guard.bad_step is not None:
-        raise TunesmithError(f"Training stopped: the loss became NaN/inf at step {guard.bad_step}.",
-                             "Lower training.lr, or check the data for empty or huge rows.")
+    if stopper.signum is not None:
+        raise interrupted(stopper.signum, trainer.state.global_step, run)
+    if guard.stopped_at is not None:
+        raise guard.failure(run)
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
     print_throughput(speed)
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter)  # adapter/, or model/
-    record_train_stage(run, recipe, adapter, setup.model_dir)  # run.json: what later stages load, and its base
+    record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from)  # run.json: what later stages load
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
-              "precision": setup.precision, **(choices or {}), "throughput": speed}
+              "precision": setup.precision, **(choices or {}), "throughput": speed,
+              "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
+              "skipped_updates": guard.skipped}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
     return adapter
+
+
+def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run) -> tuple[NumericsGuard,
+                                                                                               StopOnSignal]:
+    """Guard the numerics, stop cleanly on signals, and make checkpoints complete-or-absent (survival.py)."""
+    recorder = BatchRecorder(getattr(setup.encoded, "rows_by_ids", None))
+    recorder.attach(trainer.model)
+    guard, stopper = NumericsGuard(recipe.training.max_bad_steps, recorder), StopOnSignal()
+    trainer.add_callback(guard)
+    trainer.add_callback(stopper)
+    install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, lambda: {"numerics": guard.state()})
+    return guard, stopper
+
+
+def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGuard) -> Path | None:
+    """The checkpoint to resume from (the CLI checked it against the recipe), or None for a fresh start, which
+    loads training.init_from's adapter. On resume, metrics logged after the checkpoint are dropped (those
+    steps run again) and the guard's count of bad steps continues."""
+    checkpoint = newest_complete_checkpoint(run)
+    if checkpoint is None:
+        if setup.init_from is not None:
+            load_initial_adapter(trainer.model, setup.init_from)
+            print(f"starting from the adapter in {setup.init_from}", file=sys.stderr, flush=True)
+        return None
+    step = checkpoint_step(checkpoint) or 0
+    run.keep_metrics_through(step)
+    guard.restore(checkpoint_state(checkpoint).get("numerics", {}))
+    print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
+    return checkpoint
+
+
+def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
+    import signal
+
+    checkpoint = newest_complete_checkpoint(run)
+    return TrainingInterrupted(
+        f"Training stopped by {signal.Signals(signum).name} after step {step}; checkpoint: {checkpoint}.",
+        f"Resume with: tunesmith train {run.recipe_file} --resume {run.path}", signum)
 
 
 def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tunesmith.config import Recipe
 from tunesmith.runs import Run
-from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 
 TEXT_SHAPES = ("text",)
@@ -23,16 +23,15 @@ def run_cpt(recipe: Recipe, run: Run) -> Path:
     from trl import SFTTrainer
 
     setup = prepare_training(recipe, run, accept=TEXT_SHAPES, purpose="continued pre-training (method.kind cpt)")
-    guard = NanGuard()
     trainer = SFTTrainer(
         model=setup.model,
         args=cpt_config(recipe, run, setup.device, setup.precision),
         train_dataset=Dataset.from_list([{"text": row["text"]} for row in setup.splits.train]),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
-        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+        callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    return fit_and_save(trainer, guard, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run)
 
 
 def cpt_config(recipe: Recipe, run: Run, device: str, precision: str):

@@ -18,7 +18,7 @@ from tunesmith.config import GRPOMethod, Recipe
 from tunesmith.data.shapes import Row
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
-from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 from tunesmith.train.rewards import build_rewards
 
@@ -34,7 +34,6 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
     check_group_fits_batch(recipe, method)
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
-    guard = NanGuard()
     trainer = GRPOTrainer(
         model=setup.model,
         reward_funcs=rewards,
@@ -42,9 +41,9 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
         train_dataset=Dataset.from_list([prompt_and_reference(row) for row in setup.splits.train]),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
-        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+        callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    return fit_and_save(trainer, guard, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run)
 
 
 def grpo_method(recipe: Recipe) -> GRPOMethod:

@@ -22,7 +22,7 @@ from tunesmith.data.shapes import Row
 from tunesmith.data.template import PREFERENCE_SIDES, encode_preference_split, template_messages
 from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
-from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import TrainingSetup, common_arguments, fit_and_save, prepare_training
 
 
@@ -47,7 +47,6 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
     rows = training_rows(recipe, setup)
     args = method.config(recipe.method, common_arguments(recipe, run, setup.device, setup.precision),
                          recipe.data.max_length)
-    guard = NanGuard()
     reference = {"ref_model": None} if method.uses_reference else {}
     trainer = method.trainer()(
         model=setup.model,
@@ -56,9 +55,9 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
         train_dataset=Dataset.from_list(rows),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
-        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+        callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    return fit_and_save(trainer, guard, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run)
 
 
 @dataclass

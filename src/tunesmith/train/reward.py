@@ -17,7 +17,7 @@ from typing import Any
 from tunesmith.config import Recipe, RewardMethod
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
-from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 
 PAIR_SHAPES = ("preference",)
@@ -32,7 +32,6 @@ def run_reward(recipe: Recipe, run: Run) -> Path:
     setup = prepare_training(recipe, run, accept=PAIR_SHAPES, purpose="reward-model training (method.kind reward)",
                              task="SEQ_CLS")
     rows = setup.splits.train  # the data stage applied the system prompt and fallbacks
-    guard = NanGuard()
     trainer = RewardTrainer(
         model=setup.model,
         args=reward_config(method, common_arguments(recipe, run, setup.device, setup.precision),
@@ -40,10 +39,10 @@ def run_reward(recipe: Recipe, run: Run) -> Path:
         train_dataset=Dataset.from_list(rows),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
-        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+        callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
     check_rows_kept(len(rows), len(trainer.train_dataset), recipe.data.max_length)
-    return fit_and_save(trainer, guard, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run)
 
 
 def reward_method(recipe: Recipe) -> RewardMethod:

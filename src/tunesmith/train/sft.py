@@ -16,7 +16,7 @@ from tunesmith.data import Splits
 from tunesmith.data.formats import SFT_SHAPES
 from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
-from tunesmith.train.callbacks import MetricsLogger, NanGuard
+from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 
 
@@ -28,7 +28,6 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
                              encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
     packing = choose_packing(recipe.training.packing, setup.model)
-    guard = NanGuard()
     trainer = SFTTrainer(
         model=setup.model,
         args=sft_config(recipe, run, setup.device, setup.precision, packing.on),
@@ -36,9 +35,9 @@ def run_train(recipe: Recipe, run: Run) -> Path:
         eval_dataset=setup.encoded.eval,
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
-        callbacks=[MetricsLogger(run), guard, *setup.adapter_callbacks],
+        callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    return fit_and_save(trainer, guard, setup, recipe, run, {"packing": packing.as_dict()})
+    return fit_and_save(trainer, setup, recipe, run, {"packing": packing.as_dict()})
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,7 @@ class SFTDatasets:
     train: Any
     eval: Any
     counts: dict[str, dict[str, Any]]
+    rows_by_ids: dict[tuple[int, ...], int]  # a training sequence's token ids -> its row in data/train.jsonl
 
 
 def tokenize_splits(splits: Splits, tokenizer: Any, max_length: int) -> SFTDatasets:
@@ -100,7 +100,8 @@ def tokenize_splits(splits: Splits, tokenizer: Any, max_length: int) -> SFTDatas
     held = encode_split(tokenizer, splits.eval, max_length) if splits.eval else None
     if held is not None:
         counts["eval"] = held.counts()
-    return SFTDatasets(as_dataset(train), as_dataset(held) if held and held.examples else None, counts)
+    rows_by_ids = {tuple(e.input_ids): row for e, row in zip(train.examples, train.source_rows, strict=True)}
+    return SFTDatasets(as_dataset(train), as_dataset(held) if held and held.examples else None, counts, rows_by_ids)
 
 
 def sft_config(recipe: Recipe, run: Run, device: str, precision: str, packing: bool):

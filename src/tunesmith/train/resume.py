@@ -1,0 +1,123 @@
+"""Resume is not continue: `--resume` carries on an unfinished run in its own directory from its newest complete
+checkpoint; `--init-from` (training.init_from) starts a new run from a finished run's trained adapter. Each is
+decided here, before any data or model loads, and each refuses the other's situation saying which is wanted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe, recipe_differences
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.runs import Run, open_run
+from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
+
+# Keys that change how a run is logged or kept, never what it computes: a resume may change these.
+RESUME_SAFE_KEYS = ("training.logging_steps", "training.save_steps", "training.keep_checkpoints",
+                    "training.max_bad_steps")
+# PEFT config keys that decide the adapter's tensors: an adapter to start from must agree on each.
+ADAPTER_SHAPE_KEYS = ("peft_type", "r", "target_modules", "layers_to_transform", "use_dora", "modules_to_save",
+                      "num_virtual_tokens")
+
+
+def finished(run: Run) -> bool:
+    manifest = run.manifest()
+    return manifest is not None and manifest.train is not None
+
+
+def find_run_to_resume(target: str, recipe: Recipe, runs_dir: Path | None) -> Run:
+    """`latest`: the newest run of this recipe's name under the runs folder that has a checkpoint and did not
+    finish; otherwise `target` is a run directory."""
+    if target != "latest":
+        return open_run(target)
+    root = Path(runs_dir or recipe.runs_dir).expanduser()
+    runs = [Run(p) for p in sorted(root.glob(f"{recipe.name}-*"), key=lambda p: p.stat().st_mtime)
+            if (p / "recipe.yaml").is_file()]
+    resumable = [run for run in runs if complete_checkpoints(run.checkpoints_dir) and not finished(run)]
+    if not resumable:
+        raise TunesmithError(f"No unfinished run of {recipe.name!r} under {root} has a checkpoint to resume from.",
+                             "Start it anew without --resume, or pass the run directory: --resume runs/NAME-STAMP.")
+    return resumable[-1]
+
+
+def check_resumable(run: Run, recipe: Recipe) -> Path:
+    """The checkpoint `run` resumes from under `recipe`; refuses a finished run, a changed recipe (naming the
+    keys) and a run without a complete checkpoint. Incomplete checkpoints are removed and said so."""
+    if finished(run):
+        raise TunesmithError(
+            f"{run.path} finished training; there is nothing to resume.",
+            f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from {run.path}")
+    changed = {key: values for key, values in recipe_differences(run.load_recipe(), recipe).items()
+               if key not in RESUME_SAFE_KEYS}
+    if changed:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise RecipeError(
+            f"Cannot resume {run.path} with a changed recipe ({listed}): the rest of the run would not be the run "
+            "it started as.",
+            f"Resume with the recipe it started with ({run.recipe_file}); only {', '.join(RESUME_SAFE_KEYS)} may "
+            "change. To train with new settings from its weights, let it finish (or start anew) and use "
+            "--init-from in a new run.")
+    discard_incomplete_checkpoints(run, report=lambda line: print(line, file=sys.stderr, flush=True))
+    checkpoint = newest_complete_checkpoint(run)
+    if checkpoint is None:
+        raise TunesmithError(
+            f"{run.path} has no complete checkpoint to resume from (one is written every training.save_steps="
+            f"{recipe.training.save_steps} steps).", "Start the run anew without --resume.")
+    return checkpoint
+
+
+def initial_weights(recipe: Recipe) -> Path | None:
+    """training.init_from as the trained adapter folder to start from, checked: a finished run (its adapter) or a
+    PEFT adapter folder. Whole models are a base, not a start: model.source takes those."""
+    if recipe.training.init_from is None:
+        return None
+    path = recipe.resolve_path(recipe.training.init_from)
+    key = f"training.init_from ({recipe.training.init_from})"
+    if (path / "recipe.yaml").is_file():
+        run = Run(path)
+        manifest = run.manifest()
+        if manifest is None or manifest.train is None:
+            if complete_checkpoints(run.checkpoints_dir):
+                raise RecipeError(f"{key}: {path} did not finish training, so it has no trained adapter to start from.",
+                                  f"To continue that run where it stopped: tunesmith train RECIPE --resume {path}")
+            raise RecipeError(f"{key}: {path} has no trained weights.", "Pass a run that finished training.")
+        path = run.path / manifest.train.path
+    if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise RecipeError(f"{key}: {path} is a whole model, not an adapter.",
+                          f"To train on top of it, make it the base: model.source: {path}")
+    if not (path / "adapter_config.json").is_file():
+        raise RecipeError(f"{key}: {path} is neither a finished tunesmith run nor a PEFT adapter folder "
+                          "(no adapter_config.json).", "Pass a run directory or an adapter folder.")
+    if recipe.adapter.kind in ("full", "partial", "hft"):
+        raise RecipeError(f"{key} is an adapter, but adapter.kind={recipe.adapter.kind} trains the model itself.",
+                          "Use an adapter kind that matches it (e.g. lora), or merge it and set model.source.")
+    return path
+
+
+def load_initial_adapter(model: Any, folder: Path) -> None:
+    """Copy the adapter weights in `folder` into `model`'s adapter (a PeftModel built from the recipe), after
+    checking that the two adapters have the same shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    current = model.peft_config["default"].to_dict()
+    differ = {key: (saved.get(key), current.get(key)) for key in ADAPTER_SHAPE_KEYS
+              if normalised(saved.get(key)) != normalised(current.get(key))}
+    if differ:
+        listed = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, (old, new) in differ.items())
+        raise RecipeError(f"training.init_from: the adapter in {folder} has another shape than this recipe's "
+                          f"({listed}).", "Set the adapter section to the one that run used (its recipe.yaml).")
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise RecipeError(f"training.init_from: {len(result.unexpected_keys)} tensors in {folder} fit no module of "
+                          f"this model (e.g. {result.unexpected_keys[0]}).",
+                          "Start from an adapter trained on the same base model.")
+
+
+def normalised(value: Any) -> Any:
+    return sorted(value) if isinstance(value, list | set) else value

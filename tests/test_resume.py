@@ -1,0 +1,276 @@
+"""Runs that survive (issue 16): a run killed anywhere resumes and ends where the uninterrupted run ends.
+
+Each kill test trains a tiny llama three ways on the same recipe: uninterrupted (in this process), killed at a
+random step in a subprocess (SIGKILL or SIGTERM, sent from inside at a known step by tests/signal_at_step.py),
+then resumed through the CLI's own path. The resumed run's final weights must equal the uninterrupted run's
+(max abs diff <= 1e-6, CPU fp32) and its per-step losses after the resume point must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_method_matrix import matrix_recipe
+from tunesmith.config import load_recipe, recipe_to_yaml
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.runs import Run, create_run
+
+STEPS, SAVE_STEPS = 8, 2
+
+
+def write_recipe(root: Path, model_dir: Path, method: str, kind: str, **training: Any) -> Path:
+    recipe = matrix_recipe(root, model_dir, method, kind)
+    recipe.training.max_steps = training.pop("max_steps", STEPS)
+    recipe.training.save_steps = training.pop("save_steps", SAVE_STEPS)
+    for key, value in training.items():
+        setattr(recipe.training, key, value)
+    path = root / "recipe.yaml"
+    path.write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    return path
+
+
+def train_in_process(recipe_path: Path, runs_dir: Path, overrides: list[str] | None = None) -> Run:
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(recipe_path, overrides)
+    run = create_run(recipe, runs_dir)
+    run_training(recipe, run)
+    return run
+
+
+def cli(*args: str, signal_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    module = ["-m", "tests.signal_at_step", signal_at[0], str(signal_at[1])] if signal_at else ["-m", "tunesmith"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def only_run(runs_dir: Path) -> Run:
+    (path,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    return Run(path)
+
+
+def final_weights(run: Run) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    artifact = run.trained_artifact()
+    return {name: tensor for file in sorted(artifact.glob("*.safetensors")) for name, tensor in load_file(file).items()}
+
+
+def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[name] - b[name]).abs().max()) for name in a)
+
+
+def step_losses(run: Run) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in run.read_metrics() if "loss" in r}
+
+
+def assert_same_end(resumed: Run, reference: Run, after_step: int) -> None:
+    assert max_abs_diff(final_weights(resumed), final_weights(reference)) <= 1e-6
+    ours, theirs = step_losses(resumed), step_losses(reference)
+    assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))  # every step logged once, none twice
+    for step in range(after_step + 1, STEPS + 1):
+        assert ours[step] == pytest.approx(theirs[step], abs=1e-6), step
+
+
+CASES = [("sft", "lora"), ("dpo", "lora"), ("grpo", "lora"), ("sft", "full")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "kind"), CASES)
+def test_kill_9_at_a_random_step_then_resume_ends_like_the_uninterrupted_run(method, kind, tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, method, kind)
+    reference = train_in_process(recipe, tmp_path / "reference")
+    kill_at = random.Random(f"{method}-{kind}").randint(SAVE_STEPS, STEPS - 1)
+    died = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGKILL", kill_at))
+    assert died.returncode == -9, died.stderr[-2000:]
+    run = only_run(tmp_path / "runs")
+    assert not (run.path / "run.json").is_file() or json.loads((run.path / "run.json").read_text()).get("train") is None
+    resumed = cli("train", str(recipe), "--resume", str(run.path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last_checkpoint = kill_at - kill_at % SAVE_STEPS
+    assert f"from step {last_checkpoint}" in resumed.stderr
+    assert_same_end(run, reference, last_checkpoint)
+    assert json.loads((run.path / "train.json").read_text())["resumed_from_step"] == last_checkpoint
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", save_steps=100)  # only the signal saves mid-run
+    reference = train_in_process(recipe, tmp_path / "reference")
+    stopped = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGTERM", 3))
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    run = only_run(tmp_path / "runs")
+    assert "SIGTERM" in stopped.stderr and f"--resume {run.path}" in stopped.stderr
+    assert (run.checkpoints_dir / "checkpoint-4").is_dir()  # step 4 finished, then the checkpoint
+    resumed = cli("train", str(recipe), "--resume", "latest", "--runs-dir", str(tmp_path / "runs"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end(run, reference, 4)
+
+
+class Crash(Exception):
+    """Stands in for a kill in this process: raised at the start of a step, nothing after it runs."""
+
+
+def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    from transformers.trainer_callback import CallbackHandler
+
+    original = CallbackHandler.on_step_begin
+
+    def on_step_begin(self, args, state, control):  # type: ignore[no-untyped-def]
+        if state.global_step == step:
+            raise Crash(step)
+        return original(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_begin", on_step_begin)
+
+
+def test_a_cut_short_checkpoint_is_ignored_and_the_previous_one_resumed(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.cli.app import resumed_run
+    from tunesmith.train import run_training
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    reference = train_in_process(recipe, tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 5)
+        with pytest.raises(Crash):
+            train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    # then a save of step 6 cut short (a file truncated, its marker written) and one of step 8 without a marker
+    checkpoint = run.checkpoints_dir / "checkpoint-4"
+    for step, damage in ((6, "truncate"), (8, "no-marker")):
+        copy = shutil.copytree(checkpoint, run.checkpoints_dir / f"checkpoint-{step}")
+        if damage == "truncate":
+            optimizer = copy / "optimizer.pt"
+            optimizer.write_bytes(optimizer.read_bytes()[:100])
+        else:
+            (copy / "tunesmith-complete.json").unlink()
+    (run.checkpoints_dir / ".staging-10").mkdir()
+    resumed_run(load_recipe(recipe), str(run.path), None)
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    run_training(load_recipe(run.recipe_file), run)
+    assert_same_end(run, reference, 4)
+
+
+def test_same_recipe_data_and_seed_give_identical_weights_and_runs_diff_says_what_differs(tmp_path, tiny_model_dir):
+    from tunesmith.runs import diff_runs
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=3)
+    first, second = (train_in_process(recipe, tmp_path / name) for name in ("a", "b"))
+    assert max_abs_diff(final_weights(first), final_weights(second)) == 0.0
+    assert diff_runs(first, second) == {"recipe": {}, "data": {}, "packages": {}, "hardware": {}}
+    third = train_in_process(recipe, tmp_path / "c", ["training.lr=5e-4"])
+    assert diff_runs(first, third)["recipe"] == {"training.lr": (1e-3, 5e-4)}
+    shown = cli("runs", "diff", str(first.path), str(third.path))
+    assert shown.returncode == 0 and "training.lr" in shown.stdout + shown.stderr
+
+
+def test_resume_refuses_a_changed_recipe_naming_the_key_and_a_finished_run(tmp_path, tiny_model_dir):
+    from tunesmith.cli.app import resumed_run
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=4)
+    run = train_in_process(recipe, tmp_path / "runs")
+    with pytest.raises(TunesmithError, match=r"finished training.*") as finished:
+        resumed_run(load_recipe(recipe), str(run.path), None)
+    assert "--init-from" in str(finished.value)
+    (run.path / "run.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(RecipeError, match=r"training\.lr: 0\.001 -> 0\.01"):
+        resumed_run(load_recipe(recipe, ["training.lr=0.01"]), str(run.path), None)
+    resumed_run(load_recipe(recipe, ["training.logging_steps=2"]), str(run.path), None)  # logging may change
+    assert load_recipe(run.recipe_file).training.logging_steps == 2
+
+
+def test_init_from_a_run_and_from_a_bare_adapter_starts_from_its_weights(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=2)
+    first = train_in_process(recipe, tmp_path / "first")
+    for source in (first.path, first.adapter_dir):
+        start = train_in_process(recipe, tmp_path / f"from-{source.name}",
+                                 [f"training.init_from={source}", "training.lr=1e-12"])  # lr ~0: weights stay
+        assert max_abs_diff(final_weights(start), final_weights(first)) < 1e-6
+        manifest = start.manifest()
+        assert manifest is not None and manifest.train is not None
+        assert manifest.train.init_from == str(first.adapter_dir.resolve())
+    fresh = load_file(first.adapter_dir / "adapter_model.safetensors")
+    assert any(float(t.abs().max()) > 0 for name, t in fresh.items() if "lora_B" in name)  # B moved from zero
+    (first.path / "run.json").unlink()
+    with pytest.raises(RecipeError, match=r"(?s)did not finish.*--resume"):
+        train_in_process(recipe, tmp_path / "x", [f"training.init_from={first.path}"])
+    with pytest.raises(RecipeError, match="another shape"):
+        train_in_process(recipe, tmp_path / "y", [f"training.init_from={first.adapter_dir}", "adapter.r=8"])
+
+
+def test_non_finite_updates_are_skipped_and_k_in_a_row_stop_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    from trl import SFTTrainer
+
+    bad_steps: set[int] = {3}
+    compute_loss = SFTTrainer.compute_loss
+
+    def poisoned(self, model, inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        step = self.state.global_step + 1
+        if step in bad_steps:
+            return loss * float("nan") if not isinstance(loss, tuple) else (loss[0] * float("nan"), *loss[1:])
+        return loss
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", poisoned)
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=5)
+    run = train_in_process(recipe, tmp_path / "one")
+    report = json.loads((run.path / "train.json").read_text())
+    (skipped,) = report["skipped_updates"]
+    assert skipped["step"] == 3 and "data/train.jsonl line" in skipped["batch"]
+    assert all(v == v for v in final_weights(run)["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+               .flatten().tolist())  # no NaN reached the weights
+    bad_steps.update({4, 5, 6})
+    with pytest.raises(TunesmithError, match=r"stopped at step 5: 3 updates in a row.*steps 3, 4, 5") as stopped:
+        train_in_process(recipe, tmp_path / "two", ["training.max_steps=8"])
+    assert "checkpoint-2" in str(stopped.value) and "training.lr" in str(stopped.value)
+
+
+def test_a_full_disk_stops_before_the_checkpoint_and_keeps_the_previous_one(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.train import survival
+
+    checks: list[int] = []
+
+    def free_bytes(path: Path) -> int:
+        checks.append(1)
+        return 10**12 if len(checks) == 1 else 1000  # room for the first checkpoint only
+
+    monkeypatch.setattr(survival, "free_bytes", free_bytes)
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    with pytest.raises(TunesmithError, match=r"Not enough disk space for the checkpoint at step 4.*MB free"):
+        train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    assert [p.name for p in run.checkpoints_dir.iterdir() if p.name.startswith("checkpoint")] == ["checkpoint-2"]
+    assert survival.complete_checkpoints(run.checkpoints_dir) == [run.checkpoints_dir / "checkpoint-2"]
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import Trainer
+
+    save = Trainer._save_optimizer_and_scheduler
+
+    def no_space_at_step_4(self, output_dir):  # type: ignore[no-untyped-def]
+        if self.state.global_step == 4:
+            Path(output_dir, "optimizer.pt").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", no_space_at_step_4)
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    with pytest.raises(TunesmithError, match=r"disk filled up .* step 4.*checkpoint-2 is intact"):
+        train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["checkpoint-2"]
