@@ -28,8 +28,11 @@ from tunesmith.runs import Run, create_run
 STEPS, SAVE_STEPS = 8, 2
 
 
-def write_recipe(root: Path, model_dir: Path, method: str, kind: str, **training: Any) -> Path:
+def write_recipe(root: Path, model_dir: Path, method: str, kind: str, adapter: dict[str, Any] | None = None,
+                 **training: Any) -> Path:
     recipe = matrix_recipe(root, model_dir, method, kind)
+    for key, value in (adapter or {}).items():
+        setattr(recipe.adapter, key, value)
     recipe.training.max_steps = training.pop("max_steps", STEPS)
     recipe.training.save_steps = training.pop("save_steps", SAVE_STEPS)
     for key, value in training.items():
@@ -274,3 +277,41 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_pat
         train_in_process(recipe, tmp_path / "runs")
     run = only_run(tmp_path / "runs")
     assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["checkpoint-2"]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once_and_leaves_the_last_checkpoint_whole(tmp_path, tiny_model_dir):
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    stopped = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGINT,SIGINT", 5))
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "SIGINT again: stopping now" in stopped.stderr
+    run = only_run(tmp_path / "runs")
+    from tunesmith.train.survival import complete_checkpoints
+
+    assert [p.name for p in complete_checkpoints(run.checkpoints_dir)] == ["checkpoint-2", "checkpoint-4"]
+
+
+# Every other method, and the adapter kinds that carry training state beyond weights and optimizer: crashed in
+# this process at step 5 (after the checkpoint at 4), resumed, compared with the uninterrupted run.
+# HFT swaps halves every 3 steps, so the resume at 4 lands inside the second round; AdaLoRA reallocates ranks
+# at every step from 1 and fixes them for the last 2, so its budget state matters on both sides of the resume.
+MORE_CASES = [("cpt", "lora", {}), ("orpo", "lora", {}), ("kto", "lora", {}), ("simpo", "lora", {}),
+              ("reward", "lora", {}), ("sft", "partial", {}), ("sft", "hft", {"round_steps": 3}),
+              ("sft", "adalora", {"tinit": 1, "tfinal": 2}), ("sft", "pissa", {}), ("sft", "dora", {})]
+
+
+@pytest.mark.parametrize(("method", "kind", "adapter"), MORE_CASES)
+def test_every_method_and_stateful_adapter_resumes_exactly(method, kind, adapter, tmp_path, tiny_model_dir,
+                                                           monkeypatch):
+    from tunesmith.cli.app import resumed_run
+    from tunesmith.train import run_training
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, method, kind, adapter)
+    reference = train_in_process(recipe, tmp_path / "reference")
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 5)
+        with pytest.raises(Crash):
+            train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    run_training(load_recipe(recipe), resumed_run(load_recipe(recipe), str(run.path), None))
+    assert_same_end(run, reference, 4)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +52,49 @@ class HalfFineTuningRounds(TrainerCallback):
 
 
 class AdaloraBudget(TrainerCallback):
-    """AdaLoRA's rank reallocation, run where PEFT says: after optimizer.step(), before zero_grad()."""
+    """AdaLoRA's rank reallocation, run where PEFT says: after optimizer.step(), before zero_grad().
+
+    Checkpoints keep what the reallocation has learnt, so a resume carries on with it: the adapter at full rank
+    (PEFT would save it cut to the rank pattern, which neither the optimizer nor a resume can load back), and
+    the rank allocator's importance averages and rank pattern (`STATE_FILE`).
+    """
+
+    STATE_FILE = "adalora_budget.pt"
 
     def __init__(self, total_step: int | None) -> None:
         self.total_step = total_step
+        self.resume_from: Path | None = None  # set by training when it resumes from a checkpoint
+
+    @contextmanager
+    def full_rank_save(self, model: Any) -> Iterator[None]:
+        config = model.active_peft_config
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            yield
+        finally:
+            config.rank_pattern = pattern
+
+    def save_extra(self, folder: Path, model: Any) -> None:
+        import torch
+
+        allocator = model.base_model.rankallocator
+        torch.save({"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                    "rank_pattern": model.active_peft_config.rank_pattern}, folder / self.STATE_FILE)
+
+    def load_extra(self, folder: Path, model: Any) -> None:
+        import torch
+
+        saved = torch.load(folder / self.STATE_FILE, weights_only=True)
+        allocator = model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (saved[k] for k in ("ipt", "exp_avg_ipt",
+                                                                                            "exp_avg_unc"))
+        model.active_peft_config.rank_pattern = saved["rank_pattern"]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         config = model.active_peft_config  # the same object AdaLoRA's rank allocator reads
         config.total_step = self.total_step or state.max_steps
+        if self.resume_from is not None:  # after the trainer loaded the checkpoint's weights
+            self.load_extra(self.resume_from, model)
         if config.tinit >= config.total_step - config.tfinal:
             raise RecipeError(
                 f"adapter.tinit={config.tinit} + tfinal={config.tfinal} leave no steps to reallocate ranks in "

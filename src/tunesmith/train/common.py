@@ -218,7 +218,8 @@ def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: 
     guard, stopper = NumericsGuard(recipe.training.max_bad_steps, recorder), StopOnSignal()
     trainer.add_callback(guard)
     trainer.add_callback(stopper)
-    install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, lambda: {"numerics": guard.state()})
+    install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, lambda: {"numerics": guard.state()},
+                               [c for c in setup.adapter_callbacks if hasattr(c, "save_extra")])
     return guard, stopper
 
 
@@ -234,6 +235,9 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
         return None
     step = checkpoint_step(checkpoint) or 0
     run.keep_metrics_through(step)
+    for callback in setup.adapter_callbacks:  # adapter state beyond weights and optimizer (AdaLoRA's budget)
+        if hasattr(callback, "resume_from"):
+            callback.resume_from = checkpoint
     guard.restore(checkpoint_state(checkpoint).get("numerics", {}))
     print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
     return checkpoint

@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,14 @@ def expected_checkpoint_bytes(model: Any, previous: Path | None) -> int:
     return 12 * trainable + (1 << 20)
 
 
-def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: Callable[[], dict[str, Any]]) -> None:
+def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: Callable[[], dict[str, Any]],
+                               extras: list[Any] = ()) -> None:  # type: ignore[assignment]
     """Make every checkpoint the trainer saves complete-or-absent, and keep the newest `keep`.
 
     transformers writes `output_dir/checkpoint-<step>` in place; here it writes into a staging folder instead,
     the marker (with `extra_state()`) goes in last, and one rename makes it visible. A failure midway (a full
-    disk, a second Ctrl-C) leaves the previous checkpoints as they were.
+    disk, a second Ctrl-C) leaves the previous checkpoints as they were. `extras`: adapter callbacks with
+    training state of their own (`full_rank_save(model)` around the save, `save_extra(folder, model)`).
     """
     save = trainer._save_checkpoint
     folder = run.checkpoints_dir
@@ -143,7 +146,13 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
         trainer.args.output_dir = str(staging)
         try:
             try:
-                save(model, trial)
+                with ExitStack() as stack:
+                    for extra in extras:
+                        stack.enter_context(extra.full_rank_save(trainer.model))
+                    save(model, trial)
+                written = staging / f"{CHECKPOINT_PREFIX}{step}"
+                for extra in extras:
+                    extra.save_extra(written, trainer.model)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
@@ -151,7 +160,6 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
                     f"The disk filled up while writing the checkpoint at step {step}; the partial one was removed "
                     f"and {previous[-1] if previous else 'no earlier checkpoint'} is intact.",
                     "Free some space, then continue with `tunesmith train RECIPE --resume RUN_DIR`.") from exc
-            written = staging / f"{CHECKPOINT_PREFIX}{step}"
             files = {p.relative_to(written).as_posix(): p.stat().st_size for p in written.rglob("*") if p.is_file()}
             atomic_write_json(written / COMPLETE_MARKER, {"step": step, "files": files, **extra_state()})
             target = folder / written.name
