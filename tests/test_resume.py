@@ -243,6 +243,7 @@ def test_non_finite_updates_are_skipped_and_k_in_a_row_stop_the_run(tmp_path, ti
 
 
 def test_a_full_disk_stops_before_the_checkpoint_and_keeps_the_previous_one(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith import runs
     from tunesmith.train import survival
 
     checks: list[int] = []
@@ -251,7 +252,7 @@ def test_a_full_disk_stops_before_the_checkpoint_and_keeps_the_previous_one(tmp_
         checks.append(1)
         return 10**12 if len(checks) == 1 else 1000  # room for the first checkpoint only
 
-    monkeypatch.setattr(survival, "free_bytes", free_bytes)
+    monkeypatch.setattr(runs, "free_bytes", free_bytes)
     recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
     with pytest.raises(TunesmithError, match=r"Not enough disk space for the checkpoint at step 4.*MB free"):
         train_in_process(recipe, tmp_path / "runs")
@@ -315,3 +316,22 @@ def test_every_method_and_stateful_adapter_resumes_exactly(method, kind, adapter
     run = only_run(tmp_path / "runs")
     run_training(load_recipe(recipe), resumed_run(load_recipe(recipe), str(run.path), None))
     assert_same_end(run, reference, 4)
+
+
+def test_exports_check_free_space_first_and_write_nothing_when_it_will_not_fit(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    from tunesmith import runs
+    from tunesmith.export.gguf import write_gguf
+    from tunesmith.export.merged import export_merged
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=1)
+    run = train_in_process(recipe, tmp_path / "runs")
+    from safetensors.torch import load_file
+
+    fp32_mb = sum(t.numel() * 4 for t in load_file(tiny_model_dir / "model.safetensors").values()) / 1e6
+    monkeypatch.setattr(runs, "free_bytes", lambda path: 1000)
+    with pytest.raises(TunesmithError, match=rf"disk space for the merged model merged: about {fp32_mb:.1f} MB"):
+        export_merged(tiny_model_dir, run.adapter_dir, run.exports_dir / "merged")
+    with pytest.raises(TunesmithError, match=r"Not enough disk space for tiny\.F16\.gguf"):
+        write_gguf(tiny_model_dir, run.exports_dir / "tiny.F16.gguf")
+    assert not run.exports_dir.exists() or not any(run.exports_dir.iterdir())

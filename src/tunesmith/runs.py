@@ -265,6 +265,28 @@ def tree_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+SPACE_MARGIN = 1.2  # free space wanted before a write, as a multiple of its expected size
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem holding `path` (its nearest existing parent), in bytes."""
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def require_free_space(folder: Path, needed: int, what: str) -> None:
+    """Stop before writing `what` (about `needed` bytes) into `folder` when it will not fit with SPACE_MARGIN,
+    naming both numbers; a write that starts is one that can finish."""
+    free = free_bytes(folder)
+    wanted = int(needed * SPACE_MARGIN)
+    if free < wanted:
+        raise TunesmithError(
+            f"Not enough disk space for {what}: about {needed / 1e6:,.1f} MB expected ({wanted / 1e6:,.1f} MB with "
+            f"margin), {free / 1e6:,.1f} MB free on the disk holding {folder}.",
+            "Free some space (old run directories, or their checkpoints/ folders), or point runs_dir to a bigger disk.")
+
+
 def save_rows(run: Run, split: str, rows: list[Row]) -> RowsFile:
     """Write canonical rows into the run as data/<split>.jsonl; returns the file's record (path relative)."""
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")

@@ -29,7 +29,7 @@ from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, re
 from tunesmith.export.gguf_vocab import add_tokenizer
 from tunesmith.export.verify import Verification, llama_cpp_available, require_llama_cpp, verify_gguf
 from tunesmith.models.checkpoints import checkpoint_shards
-from tunesmith.runs import atomic_write_json
+from tunesmith.runs import atomic_write_json, require_free_space
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -78,6 +78,7 @@ def write_gguf(model_dir: Path, out_path: Path, quant: str = "F16", name: str | 
     add_tokenizer(writer, model_dir, config.vocab_size)
     for planned in plan:
         add_tensor_info(writer, planned)
+    require_free_space(out_path.parent, gguf_bytes(plan), out_path.name)
     with atomic_output(out_path) as tmp:
         write_file(writer, tmp, plan, shards, config, spec, label=f"writing {out_path.name}")
     return out_path
@@ -212,6 +213,11 @@ def tensor_qtype(shape: tuple[int, ...], requested: gguf.GGMLQuantizationType,
         requested = Q.Q8_0
     block_size, _ = gguf.GGML_QUANT_SIZES[requested]
     return requested if shape[-1] % block_size == 0 else Q.F16
+
+
+def gguf_bytes(plan: list[PlannedTensor]) -> int:
+    """The tensor data the planned file holds, in bytes (GGUF's header and vocabulary are a few MB more)."""
+    return sum(int(np.prod(gguf.quants.quant_shape_to_byte_shape(p.shape, p.qtype))) for p in plan) + (8 << 20)
 
 
 def add_tensor_info(writer: gguf.GGUFWriter, planned: PlannedTensor) -> None:

@@ -7,14 +7,16 @@ base+adapter on a fixed prompt so a silent change in outputs is caught at export
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
+from tunesmith.models.checkpoints import checkpoint_shards
 from tunesmith.models.tuned import is_adapter, run_base_model
-from tunesmith.runs import Run, atomic_directory, atomic_write_json
+from tunesmith.runs import Run, atomic_directory, atomic_write_json, require_free_space
 
 
 def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Path:
@@ -72,6 +74,18 @@ def export_merged(model_dir: Path, adapter_dir: Path, target: Path,
                   max_shard_size: str = DEFAULT_SHARD_SIZE) -> tuple[Path, float]:
     """Merge in fp32, verify logits against base+adapter, save safetensors (sharded past `max_shard_size`)
     + tokenizer + template. The merge itself is the merge stage's (`tunesmith.merge.into_base`)."""
+    require_free_space(target.parent, fp32_bytes(model_dir), f"the merged model {target.name}")
     with atomic_directory(target) as tmp:
         check = merge_adapter_into_base(model_dir, adapter_dir, tmp, "fp32", max_shard_size)
     return target, check.max_abs_logit_diff
+
+
+def fp32_bytes(model_dir: Path) -> int:
+    """The base's weights in fp32, in bytes: what a merged checkpoint written in fp32 takes."""
+    from safetensors import safe_open
+
+    total = 0
+    for shard in set(checkpoint_shards(model_dir).values()):
+        with safe_open(shard, framework="pt") as handle:
+            total += sum(4 * math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())  # noqa: SIM118
+    return total

@@ -26,12 +26,11 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import Run, atomic_write_json
+from tunesmith.runs import Run, atomic_write_json, require_free_space, tree_size
 
 COMPLETE_MARKER = "tunesmith-complete.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 STAGING_PREFIX = ".staging-"
-SPACE_MARGIN = 1.2  # free space wanted, as a multiple of the expected size (a checkpoint grows with the optimizer)
 
 
 class TrainingInterrupted(TunesmithError):
@@ -93,33 +92,11 @@ def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the filesystem holding `path` (its nearest existing parent)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def require_free_space(folder: Path, needed: int, what: str) -> None:
-    """Stop before writing `what` (about `needed` bytes) into `folder` when it will not fit with a margin."""
-    free = free_bytes(folder)
-    wanted = int(needed * SPACE_MARGIN)
-    if free < wanted:
-        raise TunesmithError(
-            f"Not enough disk space for {what}: about {needed / 1e6:,.1f} MB expected (with margin "
-            f"{wanted / 1e6:,.1f} MB), {free / 1e6:,.1f} MB free on the disk holding {folder}.",
-            "Free some space (old runs: `tunesmith clean`), or point runs_dir to a bigger disk.")
-
-
-def tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def expected_checkpoint_bytes(model: Any, previous: Path | None) -> int:
     """The last complete checkpoint's size, or, before the first: the trainable weights in fp32 and Adam's two
     moments for each (3 x 4 bytes per trainable parameter), plus the frozen weights a whole-model save writes."""
     if previous is not None:
-        return tree_bytes(previous)
+        return tree_size(previous)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return 12 * trainable + (1 << 20)
 
