@@ -335,3 +335,21 @@ def test_exports_check_free_space_first_and_write_nothing_when_it_will_not_fit(t
     with pytest.raises(TunesmithError, match=r"Not enough disk space for tiny\.F16\.gguf"):
         write_gguf(tiny_model_dir, run.exports_dir / "tiny.F16.gguf")
     assert not run.exports_dir.exists() or not any(run.exports_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_the_quickstart_on_smollm2_killed_at_step_6_resumes_to_identical_weights(tmp_path):
+    recipe = str(REPO / "recipes" / "quickstart.yaml")
+    short = ["--set", "training.max_steps=12", "--set", "training.save_steps=4", "--set", "training.logging_steps=1"]
+    reference = cli("train", recipe, *short, "--runs-dir", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    died = cli("train", recipe, *short, "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGKILL", 6))
+    assert died.returncode == -9
+    resumed = cli("train", recipe, *short, "--resume", "latest", "--runs-dir", str(tmp_path / "runs"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "from step 4" in resumed.stderr
+    run, uninterrupted = only_run(tmp_path / "runs"), only_run(tmp_path / "reference")
+    assert max_abs_diff(final_weights(run), final_weights(uninterrupted)) <= 1e-6
+    ours, theirs = step_losses(run), step_losses(uninterrupted)
+    assert sorted(ours) == sorted(theirs) == list(range(1, 13))
+    assert all(ours[step] == pytest.approx(theirs[step], abs=1e-6) for step in range(5, 13))
