@@ -36,9 +36,9 @@ if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
         || echo "    (could not install g++; the build will likely fail)"
     fi
   fi
-  "${PIP[@]}" install -e ".[dev,qlora,gguf,eval]" || {
+  "${PIP[@]}" install -e ".[dev,qlora,gguf,eval,serve]" || {
     echo "    (llama-cpp-python did not build; installed without the gguf extra, llama.cpp tests will be skipped)"
-    "${PIP[@]}" install -e ".[dev,qlora,eval]"
+    "${PIP[@]}" install -e ".[dev,qlora,eval,serve]"
   }
   touch .venv/.tunesmith-installed
 fi

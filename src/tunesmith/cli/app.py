@@ -22,6 +22,7 @@ from tunesmith.cli.common import SHOW, SetOption, err, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.merge import merge, push
 from tunesmith.cli.runs import runs_app
+from tunesmith.cli.serve import serve
 from tunesmith.errors import TunesmithError
 from tunesmith.results import Comparison, EvalResults, read_results
 
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.command()(merge)
 app.command()(push)
+app.command()(serve)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
 RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]

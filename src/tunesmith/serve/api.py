@@ -1,0 +1,402 @@
+"""The OpenAI-compatible HTTP layer over the llama.cpp engine (FastAPI): only what the engine lacks.
+
+Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health, GET /metrics (Prometheus
+text). Request and response shapes follow OpenAI's API reference (https://platform.openai.com/docs/api-reference
+/chat); errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with a 4xx status for anything the
+client sent wrong (malformed JSON, wrong types, unknown model, a limit exceeded) and 429 when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may wait (defaults suit one CPU box; raise them on a GPU)."""
+
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 2048  # per completion; a request without max_tokens gets min(this, the room left)
+    max_n: int = 4
+    max_queue: int = 64  # requests in flight or waiting; one more gets 429
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, logit_bias, ...)
+
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image_url and the like: not read (text models)
+
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, name
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[ContentPart] | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatRequest(Request):
+    messages: list[Message] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(Request):
+    prompt: str
+
+
+class ApiError(Exception):
+    """An OpenAI-style error: HTTP status, message, type, the parameter at fault and a code."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def message_text(content: str | list[ContentPart] | None) -> str:
+    """A message's text: a string, or the text parts of a content list."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part.text or "" for part in content if part.type == "text")
+
+
+class Metrics:
+    """Prometheus counters per model: requests by endpoint and status, tokens, latency, time to first token."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tunesmith_requests", "Requests answered", ["model", "endpoint", "status"],
+                                registry=self.registry)
+        self.prompt_tokens = Counter("tunesmith_prompt_tokens", "Prompt tokens processed", ["model"],
+                                     registry=self.registry)
+        self.completion_tokens = Counter("tunesmith_completion_tokens", "Tokens generated", ["model"],
+                                         registry=self.registry)
+        self.latency = Histogram("tunesmith_request_seconds", "Request latency", ["model"], registry=self.registry)
+        self.first_token = Histogram("tunesmith_time_to_first_token_seconds", "Time to the first token", ["model"],
+                                     registry=self.registry)
+        self.in_flight = Gauge("tunesmith_requests_in_flight", "Requests in flight or waiting", registry=self.registry)
+        self.switches = Gauge("tunesmith_adapter_switches", "LoRA adapter switches on a loaded base", ["base"],
+                              registry=self.registry)
+
+    def text(self, engine: LlamaEngine) -> bytes:
+        from prometheus_client import generate_latest
+
+        for path, base in engine.bases.items():
+            self.switches.labels(path.name).set(base.switches)
+        return generate_latest(self.registry)
+
+
+def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str | None = None) -> Any:
+    """The FastAPI application serving `engine` under `limits`; `api_key`: required as a Bearer token on every
+    route but /health."""
+    from fastapi import FastAPI
+    from fastapi import Request as HttpRequest
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    limits = limits or Limits()
+    metrics = Metrics()
+    app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
+    admitted = {"count": 0}
+    created = int(time.time())
+    turns: dict[Any, asyncio.Lock] = {}
+
+    def turn(name: str) -> asyncio.Lock:
+        """One generation at a time per loaded base, waited for in the event loop (a waiting request holds no
+        worker thread, so a full queue cannot starve the one generating)."""
+        return turns.setdefault(engine.models[name].gguf, asyncio.Lock())
+
+    def error_response(error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: HttpRequest, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
+        return error_response(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", where or None,
+                                       code))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: HttpRequest, exc: HTTPException) -> JSONResponse:
+        return error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
+                                       if exc.status_code == 404 else None))
+
+    @app.middleware("http")
+    async def guard(request: HttpRequest, call_next: Any) -> Any:
+        if api_key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(ApiError(401, "Missing or wrong API key (send Authorization: Bearer KEY).",
+                                               code="invalid_api_key"))
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+            return error_response(ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
+                                           code="request_too_large"))
+        if request.method == "POST" and declared is None and len(await request.body()) > limits.max_body_bytes:
+            return error_response(ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
+                                           code="request_too_large"))
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(engine.models), "in_flight": admitted["count"]}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.text(engine), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = []
+        for model in engine.models.values():
+            parent = next((m.name for m in engine.models.values() if m.gguf == model.gguf and m.lora is None
+                           and m.run is None), None) if model.lora else None
+            data.append({"id": model.name, "object": "model", "created": created, "owned_by": "tunesmith",
+                         "parent": parent, "root": parent or model.name})
+        return {"object": "list", "data": data}
+
+    def known(name: str) -> str:
+        if name not in engine.models:
+            raise ApiError(404, f"The model {name!r} is not served here; GET /v1/models lists those that are.",
+                           "model", "model_not_found")
+        return name
+
+    def sampling(body: Request, prompt_tokens: int, json_schema: dict[str, Any] | None = None,
+                 json_object: bool = False) -> Sampling:
+        if body.n > limits.max_n:
+            raise ApiError(400, f"n={body.n} is over this server's limit of {limits.max_n}.", "n", "invalid_value")
+        room = engine.n_ctx - prompt_tokens
+        if room < 1:
+            raise ApiError(400, f"The prompt is {prompt_tokens} tokens; the context holds {engine.n_ctx}.",
+                           "messages", "context_length_exceeded")
+        asked = body.max_completion_tokens or body.max_tokens
+        most = min(limits.max_tokens, room)
+        if asked is not None and asked > most:
+            raise ApiError(400, f"max_tokens={asked} is over what this request may generate: {most} (server limit "
+                           f"{limits.max_tokens}, context room {room}).", "max_tokens", "invalid_value")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        return Sampling(max_tokens=asked or min(limits.max_tokens, room), temperature=body.temperature,
+                        top_p=body.top_p, stop=stop, seed=body.seed, json_schema=json_schema, json_object=json_object)
+
+    def admit() -> None:
+        if admitted["count"] >= limits.max_queue:
+            raise ApiError(429, f"The server is busy ({limits.max_queue} requests in flight or waiting); retry "
+                                "shortly.", code="rate_limit_exceeded", kind="rate_limit_error")
+        admitted["count"] += 1
+        metrics.in_flight.set(admitted["count"])
+
+    def release() -> None:
+        admitted["count"] -= 1
+        metrics.in_flight.set(admitted["count"])
+
+    def record(name: str, endpoint: str, started: float, prompt: int, completion: int) -> None:
+        metrics.requests.labels(name, endpoint, "200").inc()
+        metrics.prompt_tokens.labels(name).inc(prompt)
+        metrics.completion_tokens.labels(name).inc(completion)
+        metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+    def response_schema(body: ChatRequest) -> tuple[dict[str, Any] | None, bool]:
+        form = body.response_format
+        if form is None or form.type == "text":
+            return None, False
+        if form.type == "json_object":
+            return None, True
+        schema = (form.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object.",
+                           "response_format", "invalid_value")
+        return schema, False
+
+    async def complete(name: str, endpoint: str, prompt_ids: list[int], settings: Sampling, body: Request,
+                       shape: Any) -> Any:
+        started = time.perf_counter()
+        if body.stream:
+            return StreamingResponse(stream_events(name, endpoint, prompt_ids, settings, body, shape, started),
+                                     media_type="text/event-stream")
+        try:
+            texts, reasons = [], []
+            async with turn(name):
+                for index in range(body.n):
+                    pieces = await run_in_threadpool(collect, name, prompt_ids, with_seed(settings, index))
+                    texts.append("".join(p.text for p in pieces))
+                    reasons.append(next((p.finish_reason for p in reversed(pieces) if p.finish_reason), "stop"))
+        finally:
+            release()
+        completion = sum(engine.count_tokens(name, text) for text in texts)
+        record(name, endpoint, started, len(prompt_ids), completion)
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
+                 "total_tokens": len(prompt_ids) + completion}
+        return shape.whole(name, texts, reasons, usage)
+
+    def collect(name: str, prompt_ids: list[int], settings: Sampling) -> list[Piece]:
+        return list(engine.generate(name, prompt_ids, settings, threading.Event()))
+
+    async def stream_events(name: str, endpoint: str, prompt_ids: list[int], settings: Sampling, body: Request,
+                            shape: Any, started: float) -> AsyncIterator[str]:
+        cancelled = threading.Event()
+        ident, completion, first = shape.ident(), 0, True
+        pieces: Iterator[Piece] | None = None
+        try:
+            await turn(name).acquire()
+        except BaseException:
+            release()
+            raise
+        try:
+            for index in range(body.n):
+                yield sse(shape.opening(ident, name, index))
+                pieces = engine.generate(name, prompt_ids, with_seed(settings, index), cancelled)
+                text = ""
+                async for piece in iterate_in_threadpool(pieces):
+                    if first:
+                        metrics.first_token.labels(name).observe(time.perf_counter() - started)
+                        first = False
+                    text += piece.text
+                    yield sse(shape.chunk(ident, name, index, piece.text, piece.finish_reason))
+                completion += engine.count_tokens(name, text)
+            if (body.stream_options or {}).get("include_usage"):
+                yield sse(shape.usage_chunk(ident, name, {"prompt_tokens": len(prompt_ids),
+                                                          "completion_tokens": completion,
+                                                          "total_tokens": len(prompt_ids) + completion}))
+            yield "data: [DONE]\n\n"
+            record(name, endpoint, started, len(prompt_ids), completion)
+        finally:
+            cancelled.set()
+            if pieces is not None:  # a client that left mid-stream: stop its generation and free the context
+                pieces.close()  # no worker is inside it: anyio lets a thread call finish before cancelling
+            turn(name).release()
+            release()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest) -> Any:
+        name = known(body.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content),
+                     **{k: v for k, v in (m.model_extra or {}).items() if k in ("tool_calls", "tool_call_id", "name")}}
+                    for m in body.messages]
+        schema, json_object = response_schema(body)
+        try:
+            prompt_ids = engine.chat_prompt(name, messages, body.tools)
+        except Exception as exc:  # a template that rejects these messages (roles out of order, tools unsupported)
+            raise ApiError(400, f"The model's chat template cannot render these messages: {exc}", "messages",
+                           "invalid_value") from None
+        settings = sampling(body, len(prompt_ids), schema, json_object)
+        admit()
+        return await complete(name, "chat", prompt_ids, settings, body, ChatShape())
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Any:
+        name = known(body.model)
+        try:
+            prompt_ids = engine.text_prompt(name, body.prompt)
+        except Exception as exc:  # text the tokenizer cannot encode (a lone surrogate, ...)
+            raise ApiError(400, f"The prompt cannot be tokenized: {exc}", "prompt", "invalid_value") from None
+        settings = sampling(body, len(prompt_ids))
+        admit()
+        return await complete(name, "completions", prompt_ids, settings, body, CompletionShape())
+
+    return app
+
+
+def with_seed(settings: Sampling, index: int) -> Sampling:
+    """The index-th of n choices: the same settings, the seed moved on so choices differ but stay reproducible."""
+    if settings.seed is None or index == 0:
+        return settings
+    return Sampling(**{**settings.__dict__, "seed": settings.seed + index})
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class ChatShape:
+    """Chat completion objects (`chat.completion`, `chat.completion.chunk`)."""
+
+    def ident(self) -> str:
+        return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+    def whole(self, name: str, texts: list[str], reasons: list[str], usage: dict[str, int]) -> dict[str, Any]:
+        return {"id": self.ident(), "object": "chat.completion", "created": int(time.time()), "model": name,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                             "logprobs": None} for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
+                "usage": usage}
+
+    def opening(self, ident: str, name: str, index: int) -> dict[str, Any]:
+        return self.envelope(ident, name, [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}])
+
+    def chunk(self, ident: str, name: str, index: int, text: str, reason: str | None) -> dict[str, Any]:
+        return self.envelope(ident, name, [{"index": index, "delta": {"content": text} if text else {},
+                                            "finish_reason": reason}])
+
+    def usage_chunk(self, ident: str, name: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self.envelope(ident, name, []), "usage": usage}
+
+    def envelope(self, ident: str, name: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
+                "choices": choices}
+
+
+class CompletionShape(ChatShape):
+    """Legacy completion objects (`text_completion`)."""
+
+    def ident(self) -> str:
+        return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    def whole(self, name: str, texts: list[str], reasons: list[str], usage: dict[str, int]) -> dict[str, Any]:
+        return {"id": self.ident(), "object": "text_completion", "created": int(time.time()), "model": name,
+                "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))], "usage": usage}
+
+    def opening(self, ident: str, name: str, index: int) -> dict[str, Any]:
+        return self.envelope(ident, name, [{"index": index, "text": "", "finish_reason": None, "logprobs": None}])
+
+    def chunk(self, ident: str, name: str, index: int, text: str, reason: str | None) -> dict[str, Any]:
+        return self.envelope(ident, name, [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}])
+
+    def envelope(self, ident: str, name: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name,
+                "choices": choices}

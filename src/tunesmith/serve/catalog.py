@@ -1,0 +1,139 @@
+"""What a server offers: each run (and each base under them) as a named model, with the files an engine loads.
+
+Everything comes from the run manifest (`models.tuned`): the base each run trained on, its artifact, its recipe's
+system prompt. What is missing is exported first: the base as GGUF once per base (cached under
+$TUNESMITH_HOME/serve, keyed by the base's files), each LoRA run as a GGUF LoRA beside it, and runs that are not
+a plain LoRA (whole models, DoRA, IA3, ...) as their own merged GGUF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import GGUF_LORA_KINDS, Recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.models.home import tunesmith_home
+from tunesmith.models.tuned import is_adapter, run_base_model
+from tunesmith.runs import Run, open_run
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One name requests can ask for (`model`), and what serves it."""
+
+    name: str
+    gguf: Path  # the model file llama.cpp loads; adapters of one base share it (loaded once)
+    lora: Path | None  # a GGUF LoRA applied per request, or None (the base itself, or a merged run)
+    tokenizer_dir: Path  # renders the chat template the model was trained with (as `data preview` shows it)
+    system_prompt: str | None  # the recipe's data.system_prompt, used when a request has no system turn
+    run: Path | None
+    peft_dir: Path | None  # the PEFT adapter folder (vLLM's --lora-modules take it), None for whole models
+    lora_rank: int | None
+
+
+def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, Run]]:
+    """`RUN` or `NAME=RUN` arguments as (name or None, run)."""
+    parsed = []
+    for argument in arguments:
+        named = "=" in argument and not Path(argument).exists()
+        name, _, path = argument.partition("=") if named else ("", "", argument)
+        if name and not NAME.match(name):
+            raise TunesmithError(f"{name!r} is not a usable model name.",
+                                 "Use letters, digits, '.', '_', ':' and '-' (e.g. orders-v2=runs/quickstart-...).")
+        parsed.append((name or None, open_run(path)))
+    return parsed
+
+
+def trained_run(run: Run) -> tuple[Path, str]:
+    """The run's trained artifact and method; refuses runs that did not finish and reward models."""
+    manifest = run.manifest()
+    if manifest is None or manifest.train is None:
+        raise TunesmithError(f"{run.path} has not finished training, so there is nothing to serve.",
+                             f"Finish it first: tunesmith train {run.recipe_file} --resume {run.path}")
+    if manifest.train.method == "reward":
+        raise TunesmithError(f"{run.path} is a reward model: it scores text and cannot generate, so it is not served.",
+                             "Serve the policy you trained with it instead.")
+    return run.path / manifest.train.path, manifest.train.method
+
+
+def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True) -> list[ServedModel]:
+    """The models `tunesmith serve RUN...` offers: each base once (named after its model.source), then each run
+    (named after its directory, or NAME=RUN). `export=False` only plans (vLLM and Ollama need no GGUF)."""
+    served: dict[str, ServedModel] = {}
+    for name, run in parse_run_arguments(arguments):
+        artifact, _ = trained_run(run)
+        recipe = run.load_recipe()
+        base_dir = run_base_model(run)
+        base_name = source_name(recipe.model.source, base_dir)
+        system_prompt = recipe.data.system_prompt
+        if is_adapter(artifact) and recipe.adapter.kind in GGUF_LORA_KINDS:
+            base_gguf = cached_base_gguf(base_dir, quant, export)
+            served.setdefault(base_name, ServedModel(base_name, base_gguf, None, base_dir, None, None, None, None))
+            lora = lora_gguf(recipe, run, export)
+            model = ServedModel(name or run.path.name, base_gguf, lora, artifact, system_prompt, run.path, artifact,
+                                lora_rank(artifact))
+        else:  # a whole model, or an adapter kind llama.cpp cannot apply: its own merged GGUF
+            model = ServedModel(name or run.path.name, merged_gguf(recipe, run, quant, export), None,
+                                artifact if not is_adapter(artifact) else base_dir, system_prompt, run.path,
+                                artifact if is_adapter(artifact) else None, None)
+        if model.name in served:
+            raise TunesmithError(f"Two models would be served as {model.name!r}.",
+                                 "Name them: tunesmith serve first=runs/A second=runs/B")
+        served[model.name] = model
+    return list(served.values())
+
+
+def source_name(source: str, base_dir: Path) -> str:
+    """A base's model name: its alias or Hub id as the recipe wrote it, or its folder's name for a path."""
+    candidate = source if NAME.match(source) and "/" not in source else base_dir.name
+    if "/" in source and not Path(source).exists():  # a Hub id: org/name reads as name
+        candidate = source.split("/")[-1]
+    return candidate if NAME.match(candidate) else "base"
+
+
+def lora_rank(adapter_dir: Path) -> int | None:
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    ranks = [r for r in ranks if isinstance(r, int)]
+    return max(ranks) if ranks else None
+
+
+def cached_base_gguf(base_dir: Path, quant: str, export: bool) -> Path:
+    """The base written once as GGUF under $TUNESMITH_HOME/serve, keyed by its weight files' names, sizes and
+    modification times (every run on this base shares the file)."""
+    from tunesmith.export.gguf import write_gguf
+
+    fingerprint = hashlib.sha256(str(base_dir).encode())
+    for file in sorted(base_dir.glob("*.safetensors")) + sorted(base_dir.glob("tokenizer*")):
+        stat = file.stat()
+        fingerprint.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = tunesmith_home() / "serve" / f"{base_dir.name}-{fingerprint.hexdigest()[:12]}.{quant}.gguf"
+    if export and not target.is_file():
+        print(f"writing the base {base_dir.name} as GGUF once: {target}", file=sys.stderr, flush=True)
+        write_gguf(base_dir, target, quant, name=base_dir.name)
+    return target
+
+
+def lora_gguf(recipe: Recipe, run: Run, export: bool) -> Path:
+    from tunesmith.export.gguf_lora import run_gguf_lora_export
+
+    target = run.exports_dir / "gguf" / f"{recipe.name}-lora-F16.gguf"
+    if export and not target.is_file():
+        target = run_gguf_lora_export(recipe, run, "F16")
+    return target
+
+
+def merged_gguf(recipe: Recipe, run: Run, quant: str, export: bool) -> Path:
+    from tunesmith.export.gguf import run_gguf_export
+
+    target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
+    if export and not target.is_file():
+        target = run_gguf_export(recipe, run, quant)
+    return target

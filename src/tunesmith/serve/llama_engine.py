@@ -1,0 +1,171 @@
+"""The llama.cpp engine (llama-cpp-python): each base GGUF loaded once, LoRA adapters switched per request.
+
+llama.cpp applies LoRA adapters per context (`llama_set_adapters_lora`), so one loaded base serves every
+adapter trained on it: a request for another adapter than the last sets it on the context and drops the
+cached prompt state (computed with the other adapter's weights), without reloading anything. One context
+runs one generation at a time, so requests to one base take turns (`Base.lock`).
+
+Prompts are rendered and tokenized by the run's own tokenizer (`data.template.render`, what training and
+`data preview` use), and llama.cpp gets the token ids, so the served model sees what it was trained on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+from tunesmith.serve.catalog import ServedModel
+
+
+@dataclass
+class Sampling:
+    """One generation's settings, as the API validated them."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # constrained decoding to this schema (llama.cpp grammar)
+    json_object: bool = False  # any JSON object
+
+
+@dataclass
+class Piece:
+    """A piece of generated text; the last one carries `finish_reason` (stop or length)."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class Base:
+    """One loaded GGUF and the adapter currently set on its context."""
+
+    llm: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    active: Any = None  # the adapter pointer set on the context (None: the base alone)
+    switches: int = 0
+    switch_seconds: float = 0.0
+
+
+class LlamaEngine:
+    """Serve `models` from llama.cpp: a Llama per distinct GGUF, an adapter handle per LoRA."""
+
+    def __init__(self, models: list[ServedModel], n_ctx: int = 4096, threads: int | None = None) -> None:
+        from tunesmith.export.verify import compute_threads, require_llama_cpp
+
+        llama_cpp = require_llama_cpp("tunesmith serve (the llama.cpp engine)")
+        self.llama_cpp = llama_cpp
+        self.models = {m.name: m for m in models}
+        self.n_ctx = n_ctx
+        self.bases: dict[Path, Base] = {}
+        self.adapters: dict[str, Any] = {}
+        self.tokenizers: dict[Path, Any] = {}
+        for model in models:
+            if model.gguf not in self.bases:
+                llm = llama_cpp.Llama(model_path=str(model.gguf), n_ctx=n_ctx, n_threads=threads or compute_threads(),
+                                      verbose=False)
+                self.bases[model.gguf] = Base(llm)
+            if model.lora is not None:
+                adapter = llama_cpp.llama_adapter_lora_init(self.bases[model.gguf].llm.model, str(model.lora).encode())
+                if not adapter:
+                    raise TunesmithError(f"llama.cpp could not load the LoRA {model.lora} for {model.name}.",
+                                         "Export it again: tunesmith export RUN --format gguf-lora")
+                self.adapters[model.name] = adapter
+
+    def tokenizer(self, name: str) -> Any:
+        from tunesmith.models import load_tokenizer
+
+        folder = self.models[name].tokenizer_dir
+        if folder not in self.tokenizers:
+            self.tokenizers[folder] = load_tokenizer(folder)
+        return self.tokenizers[folder]
+
+    def chat_prompt(self, name: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        """Token ids of `messages` through the model's own chat template, ready for the assistant's turn; the
+        recipe's system prompt comes first when the request has no system turn (as in training)."""
+        from tunesmith.data.formats import with_system_prompt
+        from tunesmith.data.template import render
+
+        model = self.models[name]
+        messages = with_system_prompt({"messages": messages}, model.system_prompt)["messages"]
+        text = render(self.tokenizer(name), messages, generation_prompt=True, tools=tools)
+        return self.tokenizer(name)(text, add_special_tokens=False)["input_ids"]
+
+    def text_prompt(self, name: str, prompt: str) -> list[int]:
+        return self.tokenizer(name)(prompt)["input_ids"]
+
+    def count_tokens(self, name: str, text: str) -> int:
+        return len(self.tokenizer(name)(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, name: str, prompt_ids: list[int], sampling: Sampling,
+                 cancelled: threading.Event) -> Iterator[Piece]:
+        """Stream the completion of `prompt_ids` by model `name`; stops early (freeing the context) once
+        `cancelled` is set, e.g. when the client went away."""
+        model = self.models[name]
+        base = self.bases[model.gguf]
+        with base.lock:
+            self.select_adapter(base, self.adapters.get(name))
+            stream = base.llm.create_completion(
+                prompt=prompt_ids, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, min_p=0.0, top_k=0, repeat_penalty=1.0, stop=sampling.stop or [],
+                seed=sampling.seed, stream=True, grammar=self.grammar(sampling))
+            try:
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    yield Piece(choice.get("text") or "", choice.get("finish_reason"))
+                    if cancelled.is_set():
+                        break
+            finally:
+                stream.close()
+
+    def select_adapter(self, base: Base, adapter: Any) -> None:
+        """Set `adapter` (or none) on the base's context when it is not the one set; the prompt cache goes with
+        the old weights."""
+        if adapter is base.active:
+            return
+        started = time.perf_counter()
+        ctx = base.llm.ctx
+        if adapter is None:
+            result = self.llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            adapters = (self.llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            result = self.llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if result != 0:
+            raise RuntimeError(f"llama.cpp refused to set the LoRA adapter (code {result})")
+        base.llm.reset()
+        base.active = adapter
+        base.switches += 1
+        base.switch_seconds += time.perf_counter() - started
+
+    def grammar(self, sampling: Sampling) -> Any:
+        """The llama.cpp grammar for a JSON schema or any JSON object, or None. llama-cpp-python's schema
+        converter lets strings hold raw control characters, which JSON forbids (RFC 8259 §7) and json.loads
+        rejects; its string rule is narrowed as llama.cpp's own converter writes it."""
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+
+        if sampling.json_schema is not None:
+            rules = json_schema_to_gbnf(json.dumps(sampling.json_schema)).replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]')
+            return LlamaGrammar.from_string(rules, verbose=False)
+        if sampling.json_object:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return None
+
+    def close(self) -> None:
+        """Take the adapters off every context, then free them and the models."""
+        for base in self.bases.values():
+            self.select_adapter(base, None)
+        for adapter in self.adapters.values():
+            self.llama_cpp.llama_adapter_lora_free(adapter)
+        self.adapters = {}
+        for base in self.bases.values():
+            base.llm.close()
+        self.bases = {}

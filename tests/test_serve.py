@@ -1,0 +1,331 @@
+"""`tunesmith serve` (issue 17), driven with the official `openai` client against a real server on loopback.
+
+Two LoRA runs of one tiny llama are trained to answer differently ("pizza" / "cola" to any order), then served
+by one llama.cpp engine: the base is loaded once and each request picks its adapter by `model`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ORDERS
+from tunesmith.config import validate_recipe
+from tunesmith.runs import create_run
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+ANSWERS = {"pizza-run": "pizza", "cola-run": "cola"}  # each run's replies begin with its word
+KEY = "sk-test-key"
+
+
+def train_constant_answer(root: Path, model_dir: Path, answer: str) -> Path:
+    """A LoRA run whose every answer is `answer`, to the orders prompts."""
+    from tunesmith.train import run_training
+
+    rows = [json.loads(line) for line in (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[:16]]
+    data = root / answer / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("".join(json.dumps({"messages": [*row["messages"][:-1], {"role": "assistant", "content": answer}]})
+                            + "\n" for row in rows), encoding="utf-8")
+    recipe = validate_recipe({
+        "name": answer, "model": {"source": str(model_dir)},
+        "data": {"train": str(data), "eval_fraction": 0.25, "max_length": 128},
+        "adapter": {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"max_steps": 30, "lr": 1e-2, "batch_size": 4, "warmup_ratio": 0.0, "logging_steps": 10},
+        "eval": {"probes": False}, "base_dir": str(root)})
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    return {name: train_constant_answer(root, tiny_model_dir, answer) for name, answer in ANSWERS.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """The API on a free loopback port in a background thread; `stop()` shuts it down like SIGTERM does."""
+
+    def __init__(self, engine: Any, **limits: Any) -> None:
+        import uvicorn
+
+        from tunesmith.serve.api import Limits, create_app
+
+        self.port = free_port()
+        self.app = create_app(engine, Limits(**limits), api_key=KEY)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+
+    def client(self, key: str = KEY) -> Any:
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0)
+
+    def raw(self, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        connection.request(method, path, body=body, headers={"Authorization": f"Bearer {KEY}",
+                                                             "Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        payload = response.read()
+        connection.close()
+        try:
+            return response.status, json.loads(payload)
+        except ValueError:
+            return response.status, payload.decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def models(runs: dict[str, Path]) -> list[Any]:
+    from tunesmith.serve.catalog import build_catalog
+
+    return build_catalog([f"{name}={path}" for name, path in runs.items()], quant="F32")
+
+
+@pytest.fixture(scope="module")
+def engine(models: list[Any]) -> Iterator[Any]:
+    from tunesmith.serve.llama_engine import LlamaEngine
+
+    loaded = LlamaEngine(models, n_ctx=512, threads=1)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine: Any) -> Iterator[Server]:
+    running = Server(engine, max_tokens=64, max_n=3, max_queue=8, max_body_bytes=20_000)
+    yield running
+    running.stop()
+
+
+ORDER = [{"role": "user", "content": "2 large pizzas and a cola to 12 Main St, please."}]
+
+
+def ask(client: Any, model: str, **options: Any) -> Any:
+    return client.chat.completions.create(model=model, messages=ORDER, temperature=0, max_tokens=8, **options)
+
+
+def word(reply: Any) -> str:
+    """Which run's word a reply begins with ("" for neither); the tiny runs learn the word, not always the end."""
+    text = reply.choices[0].message.content
+    return next((w for w in ANSWERS.values() if text.startswith(w)), "")
+
+
+def test_models_lists_the_base_once_and_each_run_with_its_parent(server, models):
+    listed = {m.id: m for m in server.client().models.list().data}
+    base = next(m.name for m in models if m.run is None)
+    assert set(listed) == {base, *ANSWERS}
+    assert all(listed[name].model_extra["parent"] == base for name in ANSWERS)
+    assert {m.gguf for m in models} == {models[0].gguf}  # one GGUF for the base and both adapters
+
+
+def test_each_adapter_answers_its_own_way_even_interleaved_under_concurrency(server, engine):
+    client = server.client()
+    assert {name: word(ask(client, name)) for name in ANSWERS} == ANSWERS
+    switches_before = sum(base.switches for base in engine.bases.values())
+    names = [*ANSWERS] * 8
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda name: word(ask(client, name)), names))
+    assert replies == [ANSWERS[name] for name in names]
+    assert len(engine.bases) == 1  # the base was never loaded twice
+    assert sum(base.switches for base in engine.bases.values()) > switches_before
+    assert word(ask(client, next(iter(set(engine.models) - set(ANSWERS))))) == ""  # the base has no adapter
+
+
+def test_streaming_gives_the_same_text_in_chunks_and_usage_at_the_end(server):
+    client = server.client()
+    whole = ask(client, "pizza-run")
+    chunks = list(ask(client, "pizza-run", stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens > 0
+    assert whole.usage.prompt_tokens > 10 and whole.choices[0].finish_reason in ("stop", "length")
+
+
+def test_stop_seed_and_n(server):
+    client = server.client()
+    stopped = client.completions.create(model="cola-run", prompt="pizza pizza", max_tokens=12, temperature=0,
+                                        stop=["a"])
+    assert "a" not in stopped.choices[0].text
+    sampled = [client.chat.completions.create(model="cola-run", messages=ORDER, temperature=1.5, max_tokens=12,
+                                              seed=7, n=2) for _ in range(2)]
+    assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices]
+    assert len(sampled[0].choices) == 2
+
+
+def test_json_schema_output_parses_and_validates(server):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"item": {"type": "string", "maxLength": 12},
+                                               "count": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["item", "count"], "additionalProperties": False}
+    reply = server.client().chat.completions.create(
+        model="pizza-run", messages=ORDER, temperature=0, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "order", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+
+
+def test_the_served_prompt_is_the_prefix_training_saw(engine, runs):
+    from tunesmith.data.template import encode_sequence
+    from tunesmith.runs import Run
+
+    served = engine.chat_prompt("pizza-run", ORDER, None)
+    trained = encode_sequence(engine.tokenizer("pizza-run"), [*ORDER, {"role": "assistant", "content": "pizza"}], 128)
+    assert trained.input_ids[: len(served)] == served
+    assert trained.labels[len(served) - 1] == -100 and trained.labels[len(served)] != -100  # the answer starts here
+    assert Run(runs["pizza-run"]).manifest().train is not None
+
+
+def test_auth_is_required_except_for_health(server):
+    with pytest.raises(openai.AuthenticationError):
+        server.client(key="wrong").models.list()
+    status, body = server.raw("GET", "/health", headers={"Authorization": ""})
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_each_limit_is_a_4xx_with_an_openai_error_body(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError, match="max_tokens=65 is over"):
+        client.chat.completions.create(model="pizza-run", messages=ORDER, max_tokens=65)
+    with pytest.raises(openai.BadRequestError, match="n=4 is over"):
+        client.chat.completions.create(model="pizza-run", messages=ORDER, n=4, max_tokens=2)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="nope", messages=ORDER)
+    status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
+        {"model": "pizza-run", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode())
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
+        {"model": "pizza-run", "messages": [{"role": "user", "content": "pizza " * 1500}]}).encode())
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_full_queue_is_429_and_a_client_leaving_mid_stream_frees_its_slot(engine):
+    server = Server(engine, max_tokens=64, max_queue=1)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "pizza-run", "prompt": "pizza", "max_tokens": 64, "stream": True, "temperature": 1.0}),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        stream = connection.getresponse()
+        assert stream.readline().startswith(b"data: ")  # the first event: the request holds the only slot
+        with pytest.raises(openai.RateLimitError):
+            ask(server.client(), "cola-run")
+        connection.close()  # the client goes away mid-stream
+        deadline = time.time() + 20
+        while server.raw("GET", "/health")[1]["in_flight"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert word(ask(server.client(), "cola-run")) == "cola"
+    finally:
+        server.stop()
+
+
+HOSTILE: list[tuple[str, bytes]] = [
+    ("/v1/chat/completions", b"{not json"),
+    ("/v1/chat/completions", b""),
+    ("/v1/chat/completions", b"[]"),
+    ("/v1/chat/completions", b"null"),
+    ("/v1/chat/completions", b'"a string"'),
+    ("/v1/completions", b"{\"model\": \"pizza-run\", \"prompt\": 5}"),
+    ("/v1/completions", b"{\"model\": \"pizza-run\"}"),
+    ("/v1/completions", "{\"model\": \"pizza-run\", \"prompt\": \"\\ud800\"}".encode()),
+    ("/v1/models/../../etc/passwd", b"{}"),
+    ("/v1/unknown", b"{}"),
+    ("/v1/chat/completions", b"\xff\xfe\x00garbage"),
+]
+for bad in ({"model": 5, "messages": ORDER}, {"model": "pizza-run"}, {"model": "pizza-run", "messages": []},
+            {"model": "pizza-run", "messages": "hi"}, {"model": "pizza-run", "messages": [{"role": "wizard"}]},
+            {"model": "pizza-run", "messages": [{"content": "no role"}]},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": 5}]},
+            {"model": "../../../etc/passwd", "messages": ORDER}, {"model": "/etc/passwd", "messages": ORDER},
+            {"model": "C:\\Windows\\system32", "messages": ORDER}, {"model": "", "messages": ORDER},
+            {"model": "x" * 5000, "messages": ORDER}, {"model": None, "messages": ORDER},
+            {"model": "pizza-run", "messages": ORDER, "max_tokens": -1},
+            {"model": "pizza-run", "messages": ORDER, "max_tokens": 0},
+            {"model": "pizza-run", "messages": ORDER, "max_tokens": 10**12},
+            {"model": "pizza-run", "messages": ORDER, "max_tokens": "ten"},
+            {"model": "pizza-run", "messages": ORDER, "max_tokens": 1.5},
+            {"model": "pizza-run", "messages": ORDER, "temperature": -1},
+            {"model": "pizza-run", "messages": ORDER, "temperature": 99},
+            {"model": "pizza-run", "messages": ORDER, "temperature": "hot"},
+            {"model": "pizza-run", "messages": ORDER, "top_p": 0},
+            {"model": "pizza-run", "messages": ORDER, "top_p": 2},
+            {"model": "pizza-run", "messages": ORDER, "n": 0},
+            {"model": "pizza-run", "messages": ORDER, "n": 1000},
+            {"model": "pizza-run", "messages": ORDER, "n": -3},
+            {"model": "pizza-run", "messages": ORDER, "stop": 5},
+            {"model": "pizza-run", "messages": ORDER, "stop": [1, 2]},
+            {"model": "pizza-run", "messages": ORDER, "seed": "abc"},
+            {"model": "pizza-run", "messages": ORDER, "stream": "yes please"},
+            {"model": "pizza-run", "messages": ORDER, "response_format": {"type": "xml"}},
+            {"model": "pizza-run", "messages": ORDER, "response_format": {"type": "json_schema"}},
+            {"model": "pizza-run", "messages": ORDER, "response_format": "json"},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            {"model": "pizza-run", "messages": ORDER, "tools": "all of them"},
+            {"model": "pizza-run", "messages": ORDER, "max_completion_tokens": -5},
+            {"model": "pizza-run", "messages": ORDER, "stream_options": 7},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": "hi"}] * 3, "logit_bias": "x", "n": 9},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": "x" * 50_000}]}):
+    HOSTILE.append(("/v1/chat/completions", json.dumps(bad).encode()))
+
+
+def test_fifty_hostile_requests_are_each_a_4xx_with_an_error_body_and_the_server_still_answers(server):
+    assert len(HOSTILE) >= 50
+    for path, body in HOSTILE:
+        status, answer = server.raw("POST", path, body)
+        assert 400 <= status < 500, (path, body[:80], status, answer)
+        assert isinstance(answer, dict) and answer["error"]["message"], (path, body[:80], answer)
+    assert word(ask(server.client(), "pizza-run")) == "pizza"
+
+
+def test_metrics_count_requests_tokens_and_adapter_switches_per_model(server):
+    ask(server.client(), "cola-run")
+    status, text = server.raw("GET", "/metrics")
+    assert status == 200
+    assert 'tunesmith_requests_total{endpoint="chat",model="cola-run",status="200"}' in text
+    assert 'tunesmith_completion_tokens_total{model="cola-run"}' in text
+    assert "tunesmith_adapter_switches{" in text and "tunesmith_time_to_first_token_seconds" in text
+
+
+def test_vllm_command_serves_the_adapters_on_their_base_and_ollama_prints_its_commands(runs, models):
+    from tunesmith.serve.commands import vllm_launch
+
+    launch = vllm_launch(models, "127.0.0.1", 8001, "MY_KEY")
+    argv = launch.argv
+    base = next(m for m in models if m.run is None)
+    assert argv[:3] == ["vllm", "serve", str(base.tokenizer_dir)]
+    assert argv[argv.index("--max-lora-rank") + 1] == "8"  # both adapters have r=8
+    modules = argv[argv.index("--lora-modules") + 1:][:2]
+    assert modules == [f"pizza-run={runs['pizza-run'] / 'adapter'}", f"cola-run={runs['cola-run'] / 'adapter'}"]
+    assert "--enable-lora" in argv and "-e VLLM_API_KEY=\"$MY_KEY\"" in launch.docker
+    assert "0.0.0.0" in launch.docker and "-p 127.0.0.1:8001:8001" in launch.docker
+    try:
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+        from vllm.utils import FlexibleArgumentParser
+    except ImportError:
+        return  # vLLM is not installed here: its own parser checks these arguments where it is
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
+    assert parsed.enable_lora and parsed.max_lora_rank == 8
