@@ -251,7 +251,7 @@ HOSTILE: list[tuple[str, bytes]] = [
     ("/v1/chat/completions", b'"a string"'),
     ("/v1/completions", b"{\"model\": \"pizza-run\", \"prompt\": 5}"),
     ("/v1/completions", b"{\"model\": \"pizza-run\"}"),
-    ("/v1/completions", "{\"model\": \"pizza-run\", \"prompt\": \"\\ud800\"}".encode()),
+    ("/v1/completions", b"{\"model\": \"pizza-run\", \"prompt\": \"\\ud800\"}"),
     ("/v1/models/../../etc/passwd", b"{}"),
     ("/v1/unknown", b"{}"),
     ("/v1/chat/completions", b"\xff\xfe\x00garbage"),
