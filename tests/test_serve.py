@@ -329,3 +329,18 @@ def test_vllm_command_serves_the_adapters_on_their_base_and_ollama_prints_its_co
         return  # vLLM is not installed here: its own parser checks these arguments where it is
     parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
     assert parsed.enable_lora and parsed.max_lora_rank == 8
+
+
+def test_chat_talks_to_a_running_server(server):
+    from tunesmith.chat import RemoteChatSession, chat_loop
+    from tunesmith.errors import TunesmithError
+
+    written: list[str] = []
+    session = RemoteChatSession("cola-run", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
+    lines = iter(["2 large pizzas and a cola to 12 Main St, please.", "/exit"])
+    assert chat_loop(session, lambda prompt: next(lines), written.append) == 1
+    assert "".join(written).split("assistant> ")[1].startswith("cola")
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+    wrong = RemoteChatSession("nope", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
+    with pytest.raises(TunesmithError, match="404.*not served here"):
+        wrong.reply("hi", written.append)

@@ -40,6 +40,60 @@ class ChatSession:
         return answer
 
 
+@dataclass
+class RemoteChatSession(ChatSession):
+    """The same conversation, answered by a running OpenAI-compatible server (`tunesmith serve`, vLLM, Ollama):
+    `model` is the served model's name, `url` the API's base (…/v1), `api_key` sent as a Bearer token."""
+
+    url: str = "http://127.0.0.1:8000/v1"
+    api_key: str | None = None
+
+    def reply(self, text: str, write: Callable[[str], None]) -> str:
+        self.messages.append({"role": "user", "content": text})
+        answer = stream_remote_reply(self.url, self.api_key, self.model, self.messages, self.max_new_tokens, write)
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def stream_remote_reply(url: str, api_key: str | None, model: str, messages: list[dict[str, str]],
+                        max_tokens: int, write: Callable[[str], None]) -> str:
+    """POST /chat/completions with `stream` (greedy), writing each piece of the server-sent events as it comes;
+    an HTTP error becomes a TunesmithError with the server's message."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tunesmith.errors import TunesmithError
+
+    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True}).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", body, headers, method="POST")
+    pieces = []
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            for raw in response:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:]).get("choices", []):
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    pieces.append(piece)
+                    write(piece)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        try:
+            detail = json.loads(detail)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check --model (GET /v1/models lists the names) "
+                             "and the API key.") from None
+    except urllib.error.URLError as exc:
+        raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
+    write("\n")
+    return "".join(pieces).strip()
+
+
 def generate_streamed(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int,
                       write: Callable[[str], None]) -> str:
     """Greedy answer to the conversation; text goes to `write` as whole words are decoded."""

@@ -393,20 +393,33 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
                                                      help="Model alias, folder or Hub id, or a run directory.")],
          adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
          system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-         max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256) -> None:
+         max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256,
+         url: Annotated[str | None, typer.Option(
+             help="Talk to a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1); "
+                  "MODEL_OR_RUN is then the served model's name.")] = None,
+         api_key_env: Annotated[str | None, typer.Option(help="With --url: the variable holding the API key.")]
+         = None) -> None:
     """Chat in the terminal (greedy, streamed, history kept); /reset starts over, /exit or Ctrl-D quits.
 
     Example: tunesmith chat runs/quickstart-20261123-101500 --system "Answer in JSON."
+    Example: tunesmith chat orders --url http://127.0.0.1:8000/v1
     """
-    from tunesmith.chat import COMMANDS_HELP, ChatSession, chat_loop, load_chat_model
+    from tunesmith.chat import COMMANDS_HELP, ChatSession, RemoteChatSession, chat_loop, load_chat_model
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    model, tokenizer = load_chat_model(model_or_run, adapter)
+    if url:
+        from tunesmith.cli.serve import read_api_key
+
+        session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url,
+                                                 api_key=read_api_key(api_key_env))
+    else:
+        model, tokenizer = load_chat_model(model_or_run, adapter)
+        session = ChatSession(model, tokenizer, system, max_new_tokens)
     err.print(COMMANDS_HELP, highlight=False)
-    chat_loop(ChatSession(model, tokenizer, system, max_new_tokens), input, write)
+    chat_loop(session, input, write)
 
 
 def _print_results(run_path: Path, results_file: Path | None = None) -> None:
