@@ -342,5 +342,5 @@ def test_chat_talks_to_a_running_server(server):
     assert "".join(written).split("assistant> ")[1].startswith("cola")
     assert [m["role"] for m in session.messages] == ["user", "assistant"]
     wrong = RemoteChatSession("nope", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
-    with pytest.raises(TunesmithError, match="404.*not served here"):
+    with pytest.raises(TunesmithError, match=r"404.*not served here"):
         wrong.reply("hi", written.append)

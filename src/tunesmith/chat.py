@@ -59,6 +59,7 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                         max_tokens: int, write: Callable[[str], None]) -> str:
     """POST /chat/completions with `stream` (greedy), writing each piece of the server-sent events as it comes;
     an HTTP error becomes a TunesmithError with the server's message."""
+    import contextlib
     import json
     import urllib.error
     import urllib.request
@@ -82,10 +83,8 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                     write(piece)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # OpenAI's error shape, when it is one
             detail = json.loads(detail)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
         raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check --model (GET /v1/models lists the names) "
                              "and the API key.") from None
     except urllib.error.URLError as exc:
