@@ -344,3 +344,50 @@ def test_chat_talks_to_a_running_server(server):
     wrong = RemoteChatSession("nope", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
     with pytest.raises(TunesmithError, match=r"404.*not served here"):
         wrong.reply("hi", written.append)
+
+
+def test_the_cli_serves_and_sigterm_lets_the_request_in_flight_finish(runs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SERVE_KEY": KEY}
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", f"pizza-run={runs['pizza-run']}",
+                                "--port", str(port), "--api-key-env", "SERVE_KEY", "--quant", "F32", "--n-ctx", "512"],
+                               cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                time.sleep(0.3)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "pizza-run", "prompt": "pizza", "max_tokens": 40, "stream": True, "temperature": 1.0,
+             "seed": 1}), headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        stream = connection.getresponse()
+        assert stream.readline().startswith(b"data: ")
+        process.send_signal(signal.SIGTERM)  # mid-stream
+        rest = stream.read().decode()
+        assert rest.rstrip().endswith("data: [DONE]")  # the request in flight finished
+        assert process.wait(timeout=60) == -signal.SIGTERM  # then it ends as a SIGTERM'd process does (uvicorn)
+    finally:
+        process.kill()
+
+
+def test_vllm_print_command_from_the_cli(runs):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+
+    result = CliRunner().invoke(app, ["serve", f"pizza-run={runs['pizza-run']}", "--engine", "vllm",
+                                      "--print-command", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert "vllm serve" in result.stdout and "--lora-modules" in result.stdout and "docker run" in result.stdout
