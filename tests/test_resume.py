@@ -139,17 +139,22 @@ def crash_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(CallbackHandler, "on_step_begin", on_step_begin)
 
 
+def uninterrupted_and_crashed_at_step_5(recipe: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, Run]:
+    """The recipe trained to the end, and trained again until a crash at the start of step 5 (checkpoint at 4)."""
+    reference = train_in_process(recipe, root / "reference")
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 5)
+        with pytest.raises(Crash):
+            train_in_process(recipe, root / "runs")
+    return reference, only_run(root / "runs")
+
+
 def test_a_cut_short_checkpoint_is_ignored_and_the_previous_one_resumed(tmp_path, tiny_model_dir, monkeypatch):
     from tunesmith.cli.app import resumed_run
     from tunesmith.train import run_training
 
     recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
-    reference = train_in_process(recipe, tmp_path / "reference")
-    with monkeypatch.context() as patch:
-        crash_at_step(patch, 5)
-        with pytest.raises(Crash):
-            train_in_process(recipe, tmp_path / "runs")
-    run = only_run(tmp_path / "runs")
+    reference, run = uninterrupted_and_crashed_at_step_5(recipe, tmp_path, monkeypatch)
     # then a save of step 6 cut short (a file truncated, its marker written) and one of step 8 without a marker
     checkpoint = run.checkpoints_dir / "checkpoint-4"
     for step, damage in ((6, "truncate"), (8, "no-marker")):
@@ -308,12 +313,7 @@ def test_every_method_and_stateful_adapter_resumes_exactly(method, kind, adapter
     from tunesmith.train import run_training
 
     recipe = write_recipe(tmp_path, tiny_model_dir, method, kind, adapter)
-    reference = train_in_process(recipe, tmp_path / "reference")
-    with monkeypatch.context() as patch:
-        crash_at_step(patch, 5)
-        with pytest.raises(Crash):
-            train_in_process(recipe, tmp_path / "runs")
-    run = only_run(tmp_path / "runs")
+    reference, run = uninterrupted_and_crashed_at_step_5(recipe, tmp_path, monkeypatch)
     run_training(load_recipe(recipe), resumed_run(load_recipe(recipe), str(run.path), None))
     assert_same_end(run, reference, 4)
 
