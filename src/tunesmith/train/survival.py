@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -94,15 +94,17 @@ def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
 
 def expected_checkpoint_bytes(model: Any, previous: Path | None) -> int:
     """The last complete checkpoint's size, or, before the first: the trainable weights in fp32 and Adam's two
-    moments for each (3 x 4 bytes per trainable parameter), plus the frozen weights a whole-model save writes."""
+    moments for each (3 x 4 bytes per trainable parameter), plus the frozen weights when the whole model is saved
+    (not a PEFT adapter), in bytes."""
     if previous is not None:
         return tree_size(previous)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return 12 * trainable + (1 << 20)
+    frozen = 0 if hasattr(model, "peft_config") else sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return 12 * trainable + 4 * frozen + (1 << 20)
 
 
 def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: Callable[[], dict[str, Any]],
-                               extras: list[Any] = ()) -> None:  # type: ignore[assignment]
+                               extras: Sequence[Any] = ()) -> None:
     """Make every checkpoint the trainer saves complete-or-absent, and keep the newest `keep`.
 
     transformers writes `output_dir/checkpoint-<step>` in place; here it writes into a staging folder instead,
