@@ -458,6 +458,19 @@ class EvalSection(Section):
     probe_max_new_tokens: int = Field(24, ge=1, description="Tokens generated per probe answer (they are short).")
     judge: JudgeSection | None = None
     lm_eval: LmEvalSection | None = None
+    baselines: list[Literal["zero_shot", "few_shot", "constrained", "few_shot_constrained"]] = Field(
+        default_factory=list, description="Cheaper alternatives scored beside base and tuned on the same rows: "
+        "zero_shot (the base as it is), few_shot (training examples as earlier chat turns), constrained (decoding "
+        "held to the answers' structure), few_shot_constrained (both). `tunesmith baseline RECIPE` runs them "
+        "before any training.")
+    few_shot_k: int = Field(4, ge=1, le=64, description="Training examples put in front of each few-shot prompt.")
+    few_shot_select: Literal["seeded", "similar"] = Field(
+        "seeded", description="seeded: the same k examples for every prompt, drawn with training.seed; similar: "
+                              "the k training prompts sharing the most words with each prompt.")
+    choices: list[str] | None = Field(None, description="Constrained decoding: the closed set of answers (labels); "
+                                                        "default: inferred from the training answers.")
+    constrain_tuned: bool = Field(False, description="Decode the tuned model constrained too (the same structure "
+                                                     "the constrained baseline uses).")
 
     @model_validator(mode="after")
     def _metrics_usable(self) -> EvalSection:
@@ -470,6 +483,9 @@ class EvalSection(Section):
             if metric in self.metrics and not setting:
                 raise ValueError(f"eval.metrics has {metric!r} but eval.{metric} is not set: add it to eval")
         check_regex("eval.regex", self.regex)
+        if self.choices is not None and not [c for c in self.choices if c.strip()]:
+            raise ValueError("eval.choices is empty: list the answers decoding may give, or leave it out to infer "
+                             "them from the training answers")
         return self
 
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:

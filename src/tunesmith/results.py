@@ -85,6 +85,13 @@ class EvalResults(BaseModel):
     judge: AddOnBlock | None = None
     lm_eval: AddOnBlock | None = None
     samples: list[dict[str, Any]] = Field(default_factory=list)
+    tuned_constrained: bool = Field(False, description="The tuned model decoded under `constraint`.")
+    baselines: dict[str, Scores] | None = Field(None, description="The cheaper alternatives' scores and costs "
+                                                "(zero_shot, few_shot, constrained, few_shot_constrained).")
+    baseline_comparison: dict[str, dict[str, Comparison]] = Field(
+        default_factory=dict, description="Per baseline and metric: the baseline (`base`) against the tuned model.")
+    constraint: dict[str, Any] | None = Field(None, description="What constrained decoding held answers to.")
+    verdict: str | None = Field(None, description="Which option is cheapest within the interval of the best.")
 
     @property
     def variants(self) -> list[str]:
@@ -97,10 +104,7 @@ class EvalResults(BaseModel):
     def headline_metric(self) -> str | None:
         """The score a one-number summary (sweep tables) shows: the first chosen task metric's headline score
         (json_fields reports field_accuracy); None when only loss and perplexity were scored."""
-        for name in [*self.metrics, self.task_metric]:
-            if name not in NOT_TASK_METRICS and HEADLINE_KEYS.get(name, name) in self.tuned:
-                return HEADLINE_KEYS.get(name, name)
-        return None
+        return headline_of([*self.metrics, self.task_metric], self.tuned)
 
     def add_on_blocks(self) -> dict[str, AddOnBlock]:
         """The add-ons that ran, by results.json key (probes, judge, lm_eval)."""
@@ -113,6 +117,14 @@ class EvalResults(BaseModel):
         for block in self.add_on_blocks().values():
             merged.update(block.comparison)
         return merged
+
+
+def headline_of(metrics: list[str], scores: Scores) -> str | None:
+    """The first of `metrics` that is a task metric with a score in `scores`, by its headline name."""
+    for name in metrics:
+        if name not in NOT_TASK_METRICS and HEADLINE_KEYS.get(name, name) in scores:
+            return HEADLINE_KEYS.get(name, name)
+    return None
 
 
 def validate_results(results: dict[str, Any], where: Path) -> EvalResults:

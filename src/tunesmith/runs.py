@@ -163,6 +163,11 @@ class Run:
         manifest = self.manifest()
         return self.read_rows(manifest.data.eval) if manifest and manifest.data else None
 
+    def train_rows(self) -> list[Row] | None:
+        """The training rows the data stage saved in the run; None for a run written before they were saved."""
+        manifest = self.manifest()
+        return self.read_rows(manifest.data.train) if manifest and manifest.data else None
+
     def read_rows(self, saved: RowsFile) -> list[Row]:
         """Rows saved in the run, checked against their recorded sha256: edited rows are refused, not scored."""
         path = self.path / saved.path

@@ -187,7 +187,11 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
           data: Annotated[Path | None, typer.Option(
               "--data", metavar="FILE", help="Score FILE's rows instead of the held-out rows saved in the run (same "
                                              "loaders, system prompt and fallbacks as training); results go to "
-                                             "eval/data-<file name>/.")] = None) -> None:
+                                             "eval/data-<file name>/.")] = None,
+          baselines: Annotated[str | None, typer.Option(
+              "--baselines", metavar="NAME,...", help="Score cheaper alternatives beside base and tuned: zero_shot, "
+                                                      "few_shot, constrained, few_shot_constrained, or all "
+                                                      "(default: the recipe's eval.baselines).")] = None) -> None:
     """Score the tuned model against its base on the held-out examples saved in the run; writes eval/results.json
     and report.html.
 
@@ -198,6 +202,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     Example: tunesmith eval runs/quickstart-20261123-101500 --against runs/quickstart-20261120-093000
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --data examples/data/orders/eval.jsonl
+
+    Example: tunesmith eval runs/quickstart-20261123-101500 --baselines few_shot,constrained
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
@@ -211,7 +217,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
         open_run(other).trained_artifact()
-    path = run_eval(load_recipe(run.recipe_file, set_), run, other, data)
+    path = run_eval(load_recipe(run.recipe_file, set_), run, other, data, _baseline_names(baselines))
     if other is None and data is None:  # the card describes the run's own held-out rows
         write_model_card(run)
     if as_json:
@@ -230,6 +236,33 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
             if verdict.passed:
                 err.print(escape(verdict.message), highlight=False, soft_wrap=True)
         raise_if_worse(verdicts)
+
+
+@app.command()
+def baseline(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE")], set_: SetOption = None,
+             baselines: Annotated[str | None, typer.Option(
+                 "--baselines", metavar="NAME,...", help="zero_shot, few_shot, constrained, few_shot_constrained "
+                                                         "(default: eval.baselines, else all four).")] = None,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Before any training: score prompting, few-shot and constrained decoding with the base model on the recipe's
+    held-out rows, to learn in minutes whether fine-tuning is needed; writes RUN/baseline/results.json.
+
+    Example: tunesmith baseline recipes/tickets.yaml
+
+    Example: tunesmith baseline recipes/quickstart.yaml --baselines zero_shot,few_shot --set eval.few_shot_k=8
+    """
+    from tunesmith.config import load_recipe
+    from tunesmith.eval.before_training import run_baselines_before_training
+
+    recipe = load_recipe(recipe_file, set_)
+    _, path = run_baselines_before_training(recipe, _baseline_names(baselines))
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    _print_baselines(results["baselines"], None, {}, results["metrics"], results["task_metric"],
+                     results["examples"], results.get("verdict"))
+    err.print(f"Results: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -439,7 +472,41 @@ def _print_results(run_path: Path, results_file: Path | None = None) -> None:
     err.print(table)
     if results.base_note:  # reward runs: the base is scored with an untrained head
         err.print(escape(f"Note: {results.base_note}"), highlight=False, soft_wrap=True)
+    if results.baselines:
+        _print_baselines(results.baselines, results.tuned, results.baseline_comparison, results.metrics,
+                         results.task_metric, results.examples, results.verdict)
     _print_add_ons(results, other)
+
+
+def _baseline_names(text: str | None) -> list[str] | None:
+    """--baselines a,b (or `all`) as a list; unknown names are refused before anything loads."""
+    from tunesmith.eval.baselines import BASELINES
+
+    if text is None:
+        return None
+    names = list(BASELINES) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise TunesmithError(f"--baselines: unknown {', '.join(map(repr, unknown)) or 'empty list'}.",
+                             f"Choose from {', '.join(BASELINES)}, or all.")
+    return names
+
+
+def _print_baselines(baselines: dict[str, Any], tuned: dict[str, Any] | None, comparisons: dict[str, Any],
+                     metrics: list[str], task_metric: str, examples: int, verdict: str | None) -> None:
+    """The cheaper alternatives beside the tuned model, cheapest first, and the verdict under them."""
+    from tunesmith.eval.verdict import option_rows
+
+    head, rows = option_rows(baselines, tuned, comparisons, metrics, task_metric)
+    table = Table(title=f"Do you need to fine-tune? {examples} held-out examples")
+    for column in head:
+        table.add_column(column, justify="left" if column == "option" else "right")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    console = wide_console(140)
+    console.print(table)
+    if verdict:
+        console.print(escape(verdict), highlight=False, soft_wrap=True)
 
 
 def _print_add_ons(results: EvalResults, other: str | None) -> None:

@@ -6,6 +6,8 @@ A leaf of `tunesmith.eval`: it imports no other eval module, so eval's modules d
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,20 +47,49 @@ def pad_right(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
 def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,
                      batch_size: int) -> list[str]:
     """Greedy answers to each row's prompt turns, batched with left padding."""
-    from rich.progress import track
+    return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size).answers
 
-    prompts = [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
+
+def prompt_texts(tokenizer: Any, rows: list[dict]) -> list[str]:
+    """Each row's prompt turns (all but the last, the answer) rendered with the generation prompt."""
+    return [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
+
+
+@dataclass
+class Generated:
+    """Answers (stripped text) with what they cost: prompt tokens and generated tokens (up to end-of-sequence)."""
+
+    answers: list[str]
+    prompt_tokens: list[int]
+    answer_tokens: list[int]
+
+
+def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+                          processor: Callable[[], Any] | None = None) -> Generated:
+    """Greedy answers to rendered prompts, batched with left padding; `processor` makes a fresh logits processor
+    for each batch (constrained decoding)."""
+    from rich.progress import track
+    from transformers import LogitsProcessorList
+
     tokenizer.padding_side = "left"
-    answers: list[str] = []
+    result = Generated([], [], [])
     batches = range(0, len(prompts), batch_size)
     for start in track(batches, description="generating", console=_stderr_console(), transient=True):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
+        extra = {"logits_processor": LogitsProcessorList([processor()])} if processor else {}
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
-        answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return [a.strip() for a in answers]
+        result.answers.extend(a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        result.prompt_tokens.extend(int(n) for n in enc["attention_mask"].sum(dim=1))
+        result.answer_tokens.extend(tokens_before_end(row.tolist(), tokenizer.eos_token_id) for row in new_tokens)
+    return result
+
+
+def tokens_before_end(tokens: list[int], eos_token_id: int | None) -> int:
+    """Generated tokens up to (not counting) the first end-of-sequence token."""
+    return tokens.index(eos_token_id) if eos_token_id in tokens else len(tokens)
 
 
 def progress(message: str) -> None:

@@ -17,23 +17,35 @@ import torch
 
 from tunesmith.config import Recipe
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
+from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
-from tunesmith.eval.decoding import generate_answers, heldout_loss, progress
+from tunesmith.eval.baselines import (
+    BASELINES,
+    BaselinePlan,
+    constrained_processor,
+    generation_cost,
+    needs_constraint,
+    run_baseline,
+)
+from tunesmith.eval.constrained import recipe_constraint
+from tunesmith.eval.decoding import generate_from_prompts, heldout_loss, progress, prompt_texts
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
-from tunesmith.eval.stats import RESAMPLES, SEED, compare_variants
+from tunesmith.eval.stats import RESAMPLES, SEED, compare_metric, compare_variants
+from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
 from tunesmith.runs import Run, read_json
 from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_columns
 
 
-def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
+def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None,
+             baselines: list[str] | None = None) -> Path:
     """Score base (or, `against` another run, that run's tuned model) and tuned on the held-out rows the run saved
-    (`data`: that file's rows instead), plus the recipe's add-ons (probes, judge, lm-eval); writes results.json
-    (returned) and report.html."""
+    (`data`: that file's rows instead), the cheaper alternatives in `baselines` (default: eval.baselines), plus the
+    recipe's add-ons (probes, judge, lm-eval); writes results.json (returned) and report.html."""
     from tunesmith.eval.preference import LIKELIHOOD_KINDS, run_likelihood_eval
 
     if recipe.method.kind in LIKELIHOOD_KINDS:  # preference and raw-text runs have no one answer to generate
@@ -51,15 +63,28 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
-    variants, who = eval_variants(recipe, run, device, against)
+    plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
+    variants, who = eval_variants(recipe, run, device, against, with_base=bool(plan.names))
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": recipe.eval.task_metric,
                                "metrics": choice["metrics"], "metrics_chosen": choice,
                                **({"against": who} if who else {})}
     outputs: dict[str, list[str]] = {}
+    tuned_processor = None
+    if recipe.eval.constrain_tuned and plan.constraint is not None:
+        tuned_processor = constrained_processor(plan.constraint, tokenizer, variants["tuned"][0])
+        results["tuned_constrained"] = True
     for name, (model, context) in variants.items():
-        results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context)
-    add_scores(results, outputs, [r["messages"][-1]["content"] for r in rows], scorer, answers.labels)
+        results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
+                                                        tuned_processor if name == "tuned" else None)
+    references = [r["messages"][-1]["content"] for r in rows]
+    add_scores(results, outputs, references, scorer, answers.labels)
+    if plan.names:
+        base_model, base_context = variants["base"]
+        baseline_outputs = {name: run_baseline(name, base_model, tokenizer, rows, recipe, plan, base_context)
+                            for name in plan.names if name != "zero_shot"}
+        add_baseline_scores(results, baseline_outputs, references, scorer, plan)
+        outputs.update({name: answers for name, (_, answers) in baseline_outputs.items()})
     results.update(judge_block(add_ons, recipe, rows, outputs))
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     results["samples"] = sample_table(rows, outputs, limit=50)
@@ -95,12 +120,53 @@ def run_answers(run: Run, rows: list[dict]) -> tuple[AnswerSummary, str]:
     return classify_answers(rows), "eval answers"
 
 
-def eval_variants(recipe: Recipe, run: Run, device: str,
-                  against: Path | None) -> tuple[dict[str, Variant], dict[str, str] | None]:
-    """The variants to score, and (against another run) which run plays the `base` side."""
+def eval_variants(recipe: Recipe, run: Run, device: str, against: Path | None,
+                  with_base: bool = False) -> tuple[dict[str, Variant], dict[str, str] | None]:
+    """The variants to score, and (against another run) which run plays the `base` side; `with_base`: the base is
+    scored even when eval.compare_base is off (the baselines need it)."""
     if against is None:
-        return tuned_variants(run, device, recipe.eval.compare_base), None
+        return tuned_variants(run, device, recipe.eval.compare_base or with_base), None
     return against_variants(run, against, device)
+
+
+def baseline_plan(recipe: Recipe, run: Run, against: Path | None, names: list[str] | None) -> BaselinePlan:
+    """The baselines to run (`names`, else eval.baselines; none against another run, whose tuned model is the
+    base side), with the training rows for few-shot examples and the constraint, resolved before any model loads."""
+    names = list(recipe.eval.baselines if names is None else names)
+    if against is not None:
+        names = []
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise TunesmithError(f"Unknown baseline {', '.join(map(repr, unknown))}.",
+                             f"Choose from {', '.join(BASELINES)}.")
+    wants_constraint = needs_constraint(names) or recipe.eval.constrain_tuned
+    train_rows = (run.train_rows() or []) if names or wants_constraint else []
+    constraint = recipe_constraint(recipe, train_rows) if wants_constraint else None
+    if constraint is not None:
+        progress(f"constraint: {constraint.kind} ({constraint.source})")
+    return BaselinePlan(names, train_rows, constraint)
+
+
+def add_baseline_scores(results: dict[str, Any], outputs: dict[str, tuple[dict[str, Any], list[str]]],
+                        references: list[str], scorer: Scorer, plan: BaselinePlan) -> None:
+    """Score the baselines' answers (zero_shot is the base column), pair each with the tuned model's scores, and
+    write the verdict: results.json `baselines`, `baseline_comparison`, `constraint`, `verdict`."""
+    columns = {"zero_shot": results["base"]} if "zero_shot" in plan.names else {}
+    per_example = results["per_example"]
+    for name, (summary, answers) in outputs.items():
+        scores = [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+        columns[name] = {**aggregate(scores), **summary}
+        per_example[name] = score_columns(scores)
+    per_example_names = {"zero_shot": "base"}
+    results["baselines"] = columns
+    results["baseline_comparison"] = {
+        name: {metric: compare_metric(values, per_example["tuned"][metric])
+               for metric, values in per_example[per_example_names.get(name, name)].items()
+               if metric in per_example["tuned"]}
+        for name in columns}
+    if plan.constraint is not None:
+        results["constraint"] = plan.constraint.describe()
+    results["verdict"] = verdict(results)
 
 
 def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], references: list[str],
@@ -123,15 +189,20 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
 
 
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,
-                     context: Callable[[], AbstractContextManager]) -> tuple[dict[str, Any], list[str]]:
+                     context: Callable[[], AbstractContextManager],
+                     processor: Callable[[], Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Held-out loss and greedy answers (`processor`: constrained decoding), with what answering cost:
+    seconds (loss and answers), seconds_per_answer, prompt_tokens and answer_tokens (means per answer)."""
     started = time.monotonic()
     with context(), torch.no_grad():
         loss = heldout_loss(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size)
-        predictions = generate_answers(model, tokenizer, rows, recipe.eval.max_new_tokens,
-                                       recipe.eval.batch_size)
+        answering = time.monotonic()
+        generated = generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows),
+                                          recipe.eval.max_new_tokens, recipe.eval.batch_size, processor)
     summary: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    summary.update(generation_cost(generated, time.monotonic() - answering))
     summary["seconds"] = round(time.monotonic() - started, 1)
-    return summary, predictions
+    return summary, generated.answers
 
 
 def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:

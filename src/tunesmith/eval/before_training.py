@@ -1,0 +1,92 @@
+"""`tunesmith baseline RECIPE`: the cheaper alternatives scored before any training, so a user learns in minutes
+whether fine-tuning is needed at all.
+
+A run directory is made as training would make it (recipe snapshot, the data stage's split rows in data/ and
+run.json, data.json), and the base model answers the held-out rows as each baseline asks. Results go to
+`RUN/baseline/results.json` (typed by `BaselineResults`), beside a verdict naming the best option without training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunesmith.config import Recipe
+from tunesmith.data import fingerprint, load_splits
+from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+from tunesmith.eval.baselines import BASELINES, BaselinePlan, needs_constraint, run_baseline
+from tunesmith.eval.constrained import recipe_constraint
+from tunesmith.eval.decoding import progress
+from tunesmith.eval.verdict import verdict
+from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.results import Scores
+from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
+from tunesmith.scoring import aggregate, recipe_scorer, score_columns
+
+
+class BaselineResults(BaseModel):
+    """`baseline/results.json`: each baseline's scores and costs on the held-out rows, and the verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    examples: int = Field(ge=0)
+    task_metric: str
+    metrics: list[str]
+    metrics_chosen: dict[str, Any]
+    baselines: dict[str, Scores]
+    constraint: dict[str, Any] | None = None
+    verdict: str | None = None
+    per_example: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="Per-example scores; zero_shot's under `base`, as in eval/results.json.")
+    samples: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None,
+                                  runs_dir: Path | None = None) -> tuple[Run, Path]:
+    """Split the data as training would, then score `names` (default: eval.baselines, else all four) with the base
+    model on the held-out rows; returns the new run and its baseline/results.json."""
+    import torch
+
+    names = list(names or recipe.eval.baselines or BASELINES)
+    splits = load_splits(recipe)
+    answers = classify_answers(splits.train)
+    check_metrics_fit_answers(recipe.eval, answers)
+    metrics = recipe.eval.chosen_metrics(answers.kind)
+    scorer = recipe_scorer(recipe, metrics)
+    constraint = recipe_constraint(recipe, splits.train) if needs_constraint(names) else None
+    run = create_run(recipe, runs_dir)
+    atomic_write_json(run.path / "data.json", fingerprint(splits))
+    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
+    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
+    rows = splits.eval[: recipe.eval.max_examples]
+    references = [row["messages"][-1]["content"] for row in rows]
+    plan = BaselinePlan(names, splits.train, constraint)
+    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,
+                               "metrics_chosen": {"metrics": metrics, "kind": answers.kind, "reason": answers.reason},
+                               "baselines": {}, "per_example": {}}
+    outputs: dict[str, list[str]] = {}
+    for name in names:
+        summary, outputs[name] = run_baseline(name, model, tokenizer, rows, recipe, plan, _no_context)
+        scores = [scorer(answer, reference) for answer, reference in zip(outputs[name], references, strict=True)]
+        results["baselines"][name] = {**aggregate(scores), **summary}
+        results["per_example"]["base" if name == "zero_shot" else name] = score_columns(scores)
+    if constraint is not None:
+        results["constraint"] = constraint.describe()
+    results["verdict"] = verdict(results)
+    results["samples"] = [{"prompt": row["messages"][-2]["content"], "reference": reference,
+                           **{name: answers[index] for name, answers in outputs.items()}}
+                          for index, (row, reference) in enumerate(zip(rows[:50], references, strict=False))]
+    path = run.path / "baseline" / "results.json"
+    atomic_write_json(path, BaselineResults.model_validate(results).model_dump(mode="json"))
+    progress(f"baseline results: {path}")
+    return run, path
+
+
+def _no_context() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
