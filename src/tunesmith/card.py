@@ -43,6 +43,7 @@ def write_model_card(run: Run) -> Path:
         "## Results on held-out examples, base vs tuned",
         *results_table(results),
         "",
+        *baseline_lines(results),
         *add_on_lines(results),
         *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
@@ -112,6 +113,24 @@ def results_table(results: EvalResults | None) -> list[str]:
     if results.base_note:  # reward runs: what `base` means there
         rows += ["", f"Note: {results.base_note}"]
     return rows
+
+
+def baseline_lines(results: EvalResults | None) -> list[str]:
+    """The cheaper alternatives measured beside the tuned model (eval.baselines), with the verdict; a tuned model
+    decoded constrained says what it is held to, since serving it needs the same constraint to match."""
+    from tunesmith.eval.verdict import option_rows
+
+    lines: list[str] = []
+    if results is not None and results.tuned_constrained and results.constraint:
+        lines += [f"The tuned model's answers above were decoded constrained to the {results.constraint['kind']} "
+                  f"({results.constraint['source']}); serve it with the same constraint to get them.", ""]
+    if results is None or not results.baselines:
+        return lines
+    head, rows = option_rows(results.baselines, results.tuned, results.baseline_comparison, results.metrics,
+                             results.task_metric)
+    lines += ["### Do you need to fine-tune?", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, "", *([results.verdict, ""] if results.verdict else [])]
 
 
 def delta_cell(entry: Comparison | None) -> str:

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from tunesmith.data.constraint import Constraint
+from tunesmith.eval.constrained import logits_processor
+
 COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
 
 
@@ -25,6 +28,7 @@ class ChatSession:
     system: str | None = None
     max_new_tokens: int = 256
     messages: list[dict[str, str]] = field(default_factory=list)
+    constraint: Constraint | None = None  # --json-schema / --choices: every reply is held to it
 
     def __post_init__(self) -> None:
         self.reset()
@@ -35,7 +39,11 @@ class ChatSession:
     def reply(self, text: str, write: Callable[[str], None]) -> str:
         """Answer `text` given the history, streaming the answer to `write`; both turns join the history."""
         self.messages.append({"role": "user", "content": text})
-        answer = generate_streamed(self.model, self.tokenizer, self.messages, self.max_new_tokens, write)
+        processor = None
+        if self.constraint is not None:
+            vocab_size = self.model.get_output_embeddings().weight.shape[0]
+            processor = logits_processor(self.constraint, self.tokenizer, vocab_size)
+        answer = generate_streamed(self.model, self.tokenizer, self.messages, self.max_new_tokens, write, processor)
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
@@ -94,14 +102,18 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
 
 
 def generate_streamed(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int,
-                      write: Callable[[str], None]) -> str:
-    """Greedy answer to the conversation; text goes to `write` as whole words are decoded."""
+                      write: Callable[[str], None], processor: Any = None) -> str:
+    """Greedy answer to the conversation; text goes to `write` as whole words are decoded (`processor`: a
+    constrained-decoding logits processor)."""
+    from transformers import LogitsProcessorList
+
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True).to(model.device)
+    extra = {"logits_processor": LogitsProcessorList([processor])} if processor is not None else {}
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              streamer=writer_streamer(tokenizer, write), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+                             eos_token_id=tokenizer.eos_token_id, **extra)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 

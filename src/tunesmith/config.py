@@ -488,6 +488,11 @@ class EvalSection(Section):
                              "them from the training answers")
         return self
 
+    @property
+    def wants_constraint(self) -> bool:
+        """Whether eval decodes anything constrained (a constrained baseline, or constrain_tuned)."""
+        return self.constrain_tuned or any(name.endswith("constrained") for name in self.baselines)
+
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
         """`metrics` when given, else `task_metric` (loss and perplexity are always measured).
 

@@ -75,6 +75,12 @@ def bench_train(
     print(markdown_table(results))
 
 
+CONSTRAINT_HELP = "Hold every answer to this JSON Schema file (constrained decoding)."
+CHOICES_HELP = "Hold every answer to one of these comma-separated labels (constrained decoding)."
+JsonSchemaOption = Annotated[Path | None, typer.Option("--json-schema", metavar="FILE", help=CONSTRAINT_HELP)]
+ChoicesOption = Annotated[str | None, typer.Option("--choices", metavar="A,B,...", help=CHOICES_HELP)]
+
+
 @app.command()
 def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
     """Fine-tune the embedded model on the bundled order-to-JSON data, evaluate, export.
@@ -404,16 +410,20 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
             html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
             max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 128,
             batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
-            as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+            json_schema: JsonSchemaOption = None, choices: ChoicesOption = None) -> None:
     """Answer the same prompts with several adapters of one base (and the base), side by side.
 
     The base loads once and the adapters are switched on it.
 
     Example: tunesmith compare --prompts examples/data/orders/eval.jsonl runs/a-1 runs/b-1 --base --html cmp.html
     """
+    from tunesmith.data.constraint import option_constraint
     from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
 
-    results = run_compare(targets, prompts, base, metric, reference_key, max_new_tokens, batch_size)
+    constraint = option_constraint(json_schema, choices)
+    results = run_compare(targets, prompts, base, metric, reference_key, max_new_tokens, batch_size,
+                          constraint=constraint)
     print_compare(results, wide_console(200))
     if html:
         err.print(f"Wrote {write_compare_html(results, html)}")
@@ -431,13 +441,16 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
              help="Talk to a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1); "
                   "MODEL_OR_RUN is then the served model's name.")] = None,
          api_key_env: Annotated[str | None, typer.Option(help="With --url: the variable holding the API key.")]
-         = None) -> None:
+         = None, json_schema: JsonSchemaOption = None, choices: ChoicesOption = None) -> None:
     """Chat in the terminal (greedy, streamed, history kept); /reset starts over, /exit or Ctrl-D quits.
 
     Example: tunesmith chat runs/quickstart-20261123-101500 --system "Answer in JSON."
     Example: tunesmith chat orders --url http://127.0.0.1:8000/v1
+
+    Example: tunesmith chat runs/tickets-20261201-102337 --choices billing,bug_report,how_to
     """
     from tunesmith.chat import COMMANDS_HELP, ChatSession, RemoteChatSession, chat_loop, load_chat_model
+    from tunesmith.data.constraint import option_constraint
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -449,8 +462,9 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
         session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url,
                                                  api_key=read_api_key(api_key_env))
     else:
+        constraint = option_constraint(json_schema, choices)  # a broken schema fails before the model loads
         model, tokenizer = load_chat_model(model_or_run, adapter)
-        session = ChatSession(model, tokenizer, system, max_new_tokens)
+        session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint)
     err.print(COMMANDS_HELP, highlight=False)
     chat_loop(session, input, write)
 

@@ -27,8 +27,9 @@ from statistics import fmean
 from typing import Any
 
 from tunesmith.config import Recipe
+from tunesmith.data.constraint import Constraint
 from tunesmith.data.shapes import Row
-from tunesmith.eval.constrained import Constraint, logits_processor
+from tunesmith.eval.constrained import logits_processor
 from tunesmith.eval.decoding import Generated, generate_from_prompts, progress, prompt_texts
 
 BASELINES = ("zero_shot", "few_shot", "constrained", "few_shot_constrained")
@@ -91,6 +92,7 @@ class BaselinePlan:
 
 
 def needs_constraint(names: list[str]) -> bool:
+    """Whether any of the baselines `names` decodes constrained."""
     return any(name.endswith("constrained") for name in names)
 
 

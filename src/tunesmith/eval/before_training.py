@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunesmith.config import Recipe
 from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+from tunesmith.data.constraint import recipe_constraint
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, needs_constraint, run_baseline
-from tunesmith.eval.constrained import recipe_constraint
 from tunesmith.eval.decoding import progress
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from tunesmith.data.constraint import Constraint
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.constrained import logits_processor
 
 DEFAULT_METRICS = ("exact_match", "chrf")
 BASE = "base"
@@ -163,19 +165,25 @@ def active_adapter(model: Any, adapter_name: str) -> Iterator[None]:
 
 
 def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_tokens: int,
-                 batch_size: int) -> list[str]:
-    """Greedy batched answers, via eval's generate_answers (which answers every turn but the last)."""
-    from tunesmith.eval.decoding import generate_answers
+                 batch_size: int, constraint: Constraint | None = None) -> list[str]:
+    """Greedy batched answers to every prompt's turns (`constraint`: decoding held to it)."""
+    from tunesmith.eval.decoding import generate_from_prompts, prompt_texts
 
     rows = [{"messages": [*p.messages, {"role": "assistant", "content": ""}]} for p in prompts]
+    processor = None
+    if constraint is not None:
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        processor = functools.partial(logits_processor, constraint, tokenizer, vocab_size)
     with torch.no_grad():
-        return generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
+        return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size,
+                                     processor).answers
 
 
 def run_compare(targets: list[str | Path], prompts_file: Path, include_base: bool = False,
                 metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int = 128,
-                batch_size: int = 8, device: str = "auto") -> dict[str, Any]:
-    """Answer every prompt with each adapter (and the base), score where references exist; the results dict."""
+                batch_size: int = 8, device: str = "auto", constraint: Constraint | None = None) -> dict[str, Any]:
+    """Answer every prompt with each adapter (and the base), score where references exist; the results dict
+    (`constraint`: every variant decodes held to it)."""
     from tunesmith.models import load_model, load_tokenizer, pick_device
     from tunesmith.scoring import build_scorer
 
@@ -192,7 +200,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     for name, context in variant_contexts(model, sources, include_base).items():
         started = time.monotonic()
         with context():
-            outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size)
+            outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size, constraint)
         seconds[name] = round(time.monotonic() - started, 2)
     return comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file)
 

@@ -1,161 +1,41 @@
-"""Constrained decoding: hold generation to the task's answer structure (a label set, a JSON Schema or a regex).
+"""Constrained decoding: hold generation to a constraint (data/constraint.py) with llguidance.
 
-The constraint is the user's (`eval.choices`, `eval.json_schema`, `eval.regex`, or `--choices` / `--json-schema`
-on chat and compare) or inferred from the training answers: a small closed set of labels becomes the choices
-(data/answers.py decides what counts as labels), JSON objects that all have the same keys become the JSON Schema
-genson infers from them. Free text has no structure to hold to, and inference says so.
-
-Decoding uses llguidance (https://github.com/guidance-ai/llguidance) as a transformers `LogitsProcessor`: before
-each token, the tokens that cannot continue a valid answer get -inf. llguidance was picked over xgrammar and
-outlines by `benchmarks/constrained_engines.py` on this project's 2-core CPU: all three cost about the same per
-answer; llguidance is one small wheel without dependencies (xgrammar pulls in triton and tvm-ffi), and it alone
-gave 20/20 schema-valid JSON within the token limit (its separators are set to the training data's `", "` and
-`": "`, so the model writes compact JSON the way it learned it instead of spending tokens on whitespace).
+llguidance (https://github.com/guidance-ai/llguidance) runs as a transformers `LogitsProcessor`: before each token,
+the tokens that cannot continue a valid answer get -inf. It was picked over xgrammar and outlines by
+`benchmarks/constrained_engines.py` on this project's 2-core CPU (results in benchmarks/results/): all three cost
+about the same per answer; llguidance is one small wheel without dependencies (xgrammar pulls in triton and
+tvm-ffi), and it alone gave 20/20 schema-valid JSON within the token limit. Its JSON separators are set to the
+ones json.dumps writes (`", "` and `": "`), so a model writes compact JSON the way training data shows it instead
+of spending tokens on free whitespace.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tunesmith.config import Recipe
-from tunesmith.data.answers import classify_answers, row_answer
-from tunesmith.data.shapes import Row
+from tunesmith.data.constraint import Constraint, choices_regex
 from tunesmith.errors import TunesmithError
 
-ConstraintKind = Literal["choices", "json_schema", "regex"]
 # llguidance's JSON options: no free whitespace, and the separators json.dumps writes by default.
 COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-HOW_TO_SET = ("set eval.choices (the labels), eval.json_schema (a JSON Schema file) or eval.regex in the recipe, "
-              "or leave the constrained baselines out of eval.baselines")
 
 
-@dataclass(frozen=True)
-class Constraint:
-    """What answers decoding may give. `spec`: the choices as a JSON list, the JSON Schema as JSON text, or the
-    regex; `source`: where it came from (a recipe key, an option, or `inferred from N training answers`)."""
+def guidance_grammar(constraint: Constraint) -> str:
+    """The llguidance grammar of a constraint (raises TunesmithError when the JSON Schema cannot be one)."""
+    from llguidance import LLMatcher
 
-    kind: ConstraintKind
-    spec: str
-    source: str
-
-    def describe(self) -> dict[str, Any]:
-        """results.json's `constraint` block."""
-        return {"kind": self.kind, "source": self.source,
-                "spec": json.loads(self.spec) if self.kind != "regex" else self.spec}
-
-    def grammar(self) -> str:
-        """The llguidance grammar (raises TunesmithError when the JSON Schema is not one)."""
-        from llguidance import LLMatcher
-
-        if self.kind == "choices":
-            return LLMatcher.grammar_from_regex(choices_regex(json.loads(self.spec)))
-        if self.kind == "regex":
-            return LLMatcher.grammar_from_regex(self.spec)
-        schema = {key: value for key, value in json.loads(self.spec).items() if key != "$schema"}
-        try:
-            return LLMatcher.grammar_from_json_schema(schema, defaults=COMPACT_JSON)
-        except ValueError as exc:
-            raise TunesmithError(f"{self.source}: not a JSON Schema llguidance can decode with: {exc}",
-                             "Fix the schema file.") from None
-
-    def satisfied_by(self, answer: str) -> bool:
-        """Whether `answer` is one the constraint allows (the choices, the regex in full, schema-valid JSON)."""
-        if self.kind == "choices":
-            return answer in json.loads(self.spec)
-        if self.kind == "regex":
-            return re.fullmatch(self.spec, answer) is not None
-        import jsonschema
-
-        try:
-            return jsonschema.Draft202012Validator(json.loads(self.spec)).is_valid(json.loads(answer))
-        except ValueError:
-            return False
-
-
-def choices_regex(choices: list[str]) -> str:
-    """One alternative per choice, each matched literally."""
-    return "(" + "|".join(re.escape(choice) for choice in choices) + ")"
-
-
-def choices_constraint(choices: list[str], source: str) -> Constraint:
-    kept = sorted({choice.strip() for choice in choices if choice.strip()})
-    if not kept:
-        raise TunesmithError(f"{source}: no choices given.", "List at least one answer, e.g. --choices yes,no.")
-    return Constraint("choices", json.dumps(kept, ensure_ascii=False), source)
-
-
-def schema_file_constraint(path: Path, source: str) -> Constraint:
-    """A JSON Schema file, read and checked now (a missing or broken file fails before any model loads)."""
+    if constraint.kind == "choices":
+        return LLMatcher.grammar_from_regex(choices_regex(json.loads(constraint.spec)))
+    if constraint.kind == "regex":
+        return LLMatcher.grammar_from_regex(constraint.spec)
+    schema = {key: value for key, value in json.loads(constraint.spec).items() if key != "$schema"}
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TunesmithError(f"{source}: no such file {path}.", "Point it at a JSON Schema file.") from None
+        return LLMatcher.grammar_from_json_schema(schema, defaults=COMPACT_JSON)
     except ValueError as exc:
-        raise TunesmithError(f"{source}: {path} is not JSON ({exc}).", "Fix the schema file.") from None
-    if not isinstance(schema, dict):
-        raise TunesmithError(f"{source}: {path} holds a JSON {type(schema).__name__}, not a JSON Schema object.",
-                         "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
-    return Constraint("json_schema", json.dumps(schema), source)
-
-
-def infer_constraint(rows: list[Row]) -> Constraint:
-    """The structure the training answers share: their label set, or the JSON Schema of objects that all have the
-    same keys (inferred with genson). Raises TunesmithError, naming the fix, for answers with no shared structure."""
-    summary = classify_answers(rows)
-    source = f"inferred from {summary.rows} training answers"
-    if summary.kind == "labels":
-        return choices_constraint(summary.labels, source)
-    if summary.kind == "json":
-        return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
-    raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
-                     f"are free text ({summary.reason}).", f"Give one: {HOW_TO_SET}.")
-
-
-def json_constraint(objects: list[dict[str, Any]], source: str) -> Constraint:
-    """The JSON Schema of objects with one shape (the same keys in every object); mixed shapes are refused, since a
-    merged schema would let decoding mix keys the task never does."""
-    from genson import SchemaBuilder
-
-    shapes = {tuple(sorted(obj)) for obj in objects}
-    if len(shapes) > 1:
-        first, second = sorted(shapes)[:2]
-        raise TunesmithError(f"Constrained decoding: the training answers are JSON objects of {len(shapes)} different "
-                         f"shapes (e.g. keys {list(first)} and {list(second)}), so no one schema can be inferred.",
-                         f"Give the schema: {HOW_TO_SET}.")
-    builder = SchemaBuilder()
-    for obj in objects:
-        builder.add_object(obj)
-    schema = {key: value for key, value in builder.to_schema().items() if key != "$schema"}
-    return Constraint("json_schema", json.dumps(schema), source)
-
-
-def recipe_constraint(recipe: Recipe, train_rows: list[Row]) -> Constraint:
-    """The recipe's constraint: eval.choices, else eval.json_schema, else eval.regex, else inferred from the
-    training answers (`train_rows`)."""
-    section = recipe.eval
-    if section.choices:
-        return choices_constraint(section.choices, "eval.choices")
-    if section.json_schema:
-        return schema_file_constraint(recipe.resolve_path(section.json_schema), "eval.json_schema")
-    if section.regex:
-        return Constraint("regex", section.regex, "eval.regex")
-    return infer_constraint(train_rows)
-
-
-def option_constraint(json_schema: Path | None, choices: str | None) -> Constraint | None:
-    """The constraint chat and compare's `--json-schema FILE` / `--choices a,b,c` ask for (None: neither)."""
-    if json_schema is not None and choices is not None:
-        raise TunesmithError("--json-schema and --choices were both given.", "Pass one of them.")
-    if json_schema is not None:
-        return schema_file_constraint(json_schema, "--json-schema")
-    if choices is not None:
-        return choices_constraint(choices.split(","), "--choices")
-    return None
+        raise TunesmithError(f"{constraint.source}: not a JSON Schema llguidance can decode with: {exc}",
+                             "Fix the schema file.") from None
 
 
 @functools.cache
@@ -175,7 +55,7 @@ def logits_processor(constraint: Constraint, tokenizer: Any, vocab_size: int) ->
     from llguidance import LLMatcher
 
     lltokenizer = guidance_tokenizer(tokenizer, vocab_size)
-    grammar = constraint.grammar()
+    grammar = guidance_grammar(constraint)
     problem = LLMatcher.validate_grammar(grammar, lltokenizer)
     if problem and not LLMatcher.is_validate_warning(problem):
         raise TunesmithError(f"{constraint.source}: llguidance cannot decode with it: {problem}", "Fix the constraint.")

@@ -17,6 +17,7 @@ import torch
 
 from tunesmith.config import Recipe
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
+from tunesmith.data.constraint import recipe_constraint
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
@@ -28,7 +29,6 @@ from tunesmith.eval.baselines import (
     needs_constraint,
     run_baseline,
 )
-from tunesmith.eval.constrained import recipe_constraint
 from tunesmith.eval.decoding import generate_from_prompts, heldout_loss, progress, prompt_texts
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned

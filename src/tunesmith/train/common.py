@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from tunesmith.config import Recipe
 from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.errors import DataError
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
@@ -86,6 +87,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     if splits.shape == "messages":  # eval's metrics must fit the answers: refuse now, not after training
         check_metrics_fit_answers(recipe.eval, classify_answers(splits.train))
+        if recipe.eval.wants_constraint:  # so must the constraint eval decodes under
+            recipe_constraint(recipe, splits.train)
     check_targets_fit_model(recipe.adapter, model_dir, recipe.model.source)
     tokenizer = load_tokenizer(model_dir)
     record = fingerprint(splits)

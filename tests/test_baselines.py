@@ -1,0 +1,259 @@
+"""Baselines beside the tuned model: few-shot examples never come from the eval rows, constrained decoding always
+gives an allowed answer, the constraint is inferred from training answers (and refused from free text), and the
+eval, the `baseline` command, the report and the card carry the columns and the verdict."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.conftest import make_tiny_project
+from tunesmith.data.constraint import (
+    Constraint,
+    choices_constraint,
+    infer_constraint,
+    json_constraint,
+    option_constraint,
+)
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.baselines import few_shot_pool, pick_examples, prompt_text, with_examples
+from tunesmith.eval.verdict import verdict
+
+LABELS = ["billing", "bug_report", "how_to", "refund_request"]
+
+
+def chat_row(prompt: str, answer: str, system: str | None = None) -> dict:
+    turns = [{"role": "system", "content": system}] if system else []
+    return {"messages": [*turns, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+# --- few-shot examples ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(train_prompts=st.lists(st.sampled_from([f"ticket {i} about the app" for i in range(12)]), min_size=1,
+                              max_size=30),
+       eval_prompts=st.lists(st.sampled_from([f"ticket {i} about the app" for i in range(12)]), min_size=1,
+                             max_size=10),
+       k=st.integers(1, 6), select=st.sampled_from(["seeded", "similar"]), seed=st.integers(0, 5))
+def test_few_shot_examples_never_include_an_eval_prompt(train_prompts, eval_prompts, k, select, seed):
+    train = [chat_row(p, "billing") for p in train_prompts]
+    held_out = [chat_row(p, "how_to", system="Sort tickets.") for p in eval_prompts]
+    pool = few_shot_pool(train, held_out)
+    asked = {prompt_text(row) for row in held_out}
+    for row, examples in zip(held_out, pick_examples(pool, held_out, k, select, seed), strict=True):
+        assert len(examples) == min(k, len(pool))
+        assert not {prompt_text(example) for example in examples} & asked
+        shown = with_examples(row, examples)["messages"]
+        assert shown[0] == row["messages"][0] and shown[-1] == row["messages"][-1]  # system first, answer last
+        assert [m["content"] for m in shown[1:-2]] == [m["content"] for e in examples for m in e["messages"]]
+
+
+def test_seeded_examples_are_the_same_for_every_prompt_and_depend_on_the_seed():
+    train = [chat_row(f"question number {i}", str(i)) for i in range(40)]
+    rows = [chat_row("a new question", "x"), chat_row("another one", "y")]
+    first, second = pick_examples(train, rows, 4, "seeded", 1)
+    assert first == second
+    assert pick_examples(train, rows, 4, "seeded", 1)[0] == first
+    assert pick_examples(train, rows, 4, "seeded", 2)[0] != first
+
+
+def test_similar_examples_share_the_most_words():
+    train = [chat_row("my invoice shows a double charge", "billing"), chat_row("the app crashes on start", "bug"),
+             chat_row("how do I export my data", "how_to"), chat_row("charge on my invoice is wrong", "billing")]
+    rows = [chat_row("invoice charge looks wrong", "?")]
+    [examples] = pick_examples(train, rows, 2, "similar", 0)
+    assert {e["messages"][-1]["content"] for e in examples} == {"billing"}
+
+
+# --- what the constraint is ------------------------------------------------------------------------------------
+
+
+def test_labels_are_inferred_as_the_choices():
+    rows = [chat_row(f"ticket {i}", LABELS[i % 4]) for i in range(40)]
+    constraint = infer_constraint(rows)
+    assert constraint.kind == "choices" and json.loads(constraint.spec) == sorted(LABELS)
+    assert "40 training answers" in constraint.source
+
+
+def test_json_answers_of_one_shape_give_a_schema_every_answer_satisfies():
+    orders = Path(__file__).resolve().parents[1] / "examples/data/orders/train.jsonl"
+    rows = [json.loads(line) for line in orders.read_text(encoding="utf-8").splitlines()]
+    constraint = infer_constraint(rows)
+    assert constraint.kind == "json_schema"
+    schema = json.loads(constraint.spec)
+    assert set(schema["required"]) == {"item", "qty", "size", "color", "when"}
+    assert all(constraint.satisfied_by(row["messages"][-1]["content"]) for row in rows)
+    assert not constraint.satisfied_by('{"item": "tote"}') and not constraint.satisfied_by("tote")
+
+
+def test_mixed_json_shapes_and_free_text_are_refused_with_the_fix():
+    with pytest.raises(TunesmithError, match="2 different shapes") as mixed:
+        json_constraint([{"a": 1}, {"b": 2}], "test")
+    assert "eval.json_schema" in str(mixed.value)
+    prose = [chat_row(f"describe item {i}", f"It is a lovely thing number {i}, made by hand.") for i in range(30)]
+    with pytest.raises(TunesmithError, match="free text") as free:
+        infer_constraint(prose)
+    assert "eval.choices" in str(free.value)
+
+
+def test_option_constraint_checks_files_and_refuses_both(tmp_path):
+    assert option_constraint(None, None) is None
+    assert json.loads(option_constraint(None, "yes, no ,yes").spec) == ["no", "yes"]
+    with pytest.raises(TunesmithError, match="both"):
+        option_constraint(tmp_path / "s.json", "a,b")
+    with pytest.raises(TunesmithError, match="no such file"):
+        option_constraint(tmp_path / "missing.json", None)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(TunesmithError, match="not a JSON Schema object"):
+        option_constraint(tmp_path / "list.json", None)
+
+
+# --- constrained decoding on a random tiny model -----------------------------------------------------------------
+
+BOUNDED_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["item", "qty", "size"],
+                  "properties": {"item": {"type": "string", "maxLength": 6},
+                                 "qty": {"type": "integer", "minimum": 1, "maximum": 99},
+                                 "size": {"enum": ["small", "large", None]}}}
+CONSTRAINTS = {
+    "choices": choices_constraint(LABELS, "test"),
+    "json_schema": Constraint("json_schema", json.dumps(BOUNDED_SCHEMA), "test"),
+    "regex": Constraint("regex", r"[0-9]{1,3}-(yes|no)", "test"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    from tunesmith.models import load_model, load_tokenizer
+
+    return load_model(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompts=st.lists(st.text(alphabet="abcdefghij klmnop{}\":,0123456789", min_size=1, max_size=40), min_size=1,
+                        max_size=4), kind=st.sampled_from(sorted(CONSTRAINTS)))
+def test_constrained_answers_always_satisfy_the_constraint(tiny_model, prompts, kind):
+    """The tiny model is untrained: unconstrained, it writes noise; constrained, every answer must be allowed."""
+    import functools
+
+    from tunesmith.eval.constrained import logits_processor
+    from tunesmith.eval.decoding import generate_from_prompts, prompt_texts
+
+    model, tokenizer = tiny_model
+    constraint = CONSTRAINTS[kind]
+    rows = [chat_row(prompt, "") for prompt in prompts]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    make = functools.partial(logits_processor, constraint, tokenizer, vocab)
+    generated = generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), 48, 3, make)
+    for answer in generated.answers:
+        assert constraint.satisfied_by(answer), (kind, answer)
+    if kind == "regex":
+        assert all(re.fullmatch(constraint.spec, a) for a in generated.answers)
+
+
+# --- the verdict ----------------------------------------------------------------------------------------------
+
+
+def fake_results(tuned: list[float], few_shot: list[float]) -> dict:
+    n = len(tuned)
+    zero = [0.0] * n
+    return {"examples": n, "metrics": ["exact_match"], "task_metric": "auto",
+            "tuned": {"exact_match": sum(tuned) / n, "prompt_tokens": 100.0, "seconds_per_answer": 0.1},
+            "baselines": {"zero_shot": {"exact_match": 0.0},
+                          "few_shot": {"exact_match": sum(few_shot) / n, "few_shot_k": 4, "prompt_tokens": 500.0,
+                                       "seconds_per_answer": 0.4}},
+            "per_example": {"base": {"exact_match": zero}, "tuned": {"exact_match": tuned},
+                            "few_shot": {"exact_match": few_shot}}}
+
+
+def test_verdict_says_train_when_nothing_cheaper_comes_close():
+    text = verdict(fake_results([1.0] * 40, [0.0] * 30 + [1.0] * 10))
+    assert "best is the tuned model at 1.00" in text and "fine-tuning is worth it" in text
+    assert "4-shot" in text and "0.25" in text
+
+
+def test_verdict_names_the_cheaper_option_within_the_interval_and_its_cost():
+    tuned = [1.0] * 30 + [0.0] * 10
+    few = [1.0] * 29 + [0.0] * 11
+    text = verdict(fake_results(tuned, few))
+    assert "cheapest option within its 95% interval is 4-shot at 0.72" in text
+    assert "try it before fine-tuning" in text and "5.0× the tuned model's prompt tokens" in text
+
+
+# --- eval, the report, the card and the baseline command on a tiny run --------------------------------------------
+
+BASELINES_EVAL = """  baselines: [zero_shot, few_shot, constrained, few_shot_constrained]
+  few_shot_k: 2
+  constrain_tuned: true
+"""
+
+
+def tiny_recipe_with(root: Path, model_dir: Path, eval_lines: str) -> Path:
+    recipe = make_tiny_project(root, model_dir, train_rows=48, eval_rows=6)
+    text = recipe.read_text(encoding="utf-8").replace("eval:\n", "eval:\n" + eval_lines, 1)
+    recipe.write_text(text, encoding="utf-8")
+    return recipe
+
+
+def test_eval_scores_every_baseline_beside_the_tuned_model(tmp_path, tiny_model_dir):
+    from tunesmith.config import load_recipe
+    from tunesmith.quickstart import run_pipeline
+    from tunesmith.results import read_results
+
+    recipe = load_recipe(tiny_recipe_with(tmp_path, tiny_model_dir, BASELINES_EVAL), ["training.max_steps=6"])
+    run = run_pipeline(recipe, runs_dir=tmp_path / "runs")
+    results = read_results(run.eval_dir / "results.json")
+    assert set(results.baselines) == {"zero_shot", "few_shot", "constrained", "few_shot_constrained"}
+    assert results.baselines["zero_shot"]["exact_match"] == results.base["exact_match"]
+    assert results.baselines["few_shot"]["prompt_tokens"] > results.baselines["constrained"]["prompt_tokens"]
+    assert results.baselines["few_shot"]["few_shot_k"] == 2
+    for name in results.baselines:
+        assert results.baseline_comparison[name]["field_accuracy"].ci95 is not None
+        assert results.baselines[name]["seconds_per_answer"] > 0
+    assert results.constraint["kind"] == "json_schema" and results.tuned_constrained
+    assert results.verdict and "held-out rows" in results.verdict
+    report = (run.eval_dir / "report.html").read_text(encoding="utf-8")
+    assert "Do you need to fine-tune?" in report and "2-shot + constrained decoding" in report
+    card = (run.path / "README.md").read_text(encoding="utf-8")
+    assert "### Do you need to fine-tune?" in card and "decoded constrained" in card
+
+
+def test_baseline_command_runs_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe_with(tmp_path, tiny_model_dir, "  few_shot_k: 2\n")
+    result = CliRunner().invoke(app, ["baseline", str(recipe), "--baselines", "zero_shot,few_shot,constrained",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert list(printed["baselines"]) == ["zero_shot", "few_shot", "constrained"]
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert (run_dir / "baseline" / "results.json").is_file() and (run_dir / "data" / "eval.jsonl").is_file()
+    assert not (run_dir / "adapter").exists()
+
+
+def test_constrained_baseline_on_free_text_fails_before_training(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    recipe = tiny_recipe_with(tmp_path, tiny_model_dir, "  baselines: [constrained]\n")
+    rows = [chat_row(f"describe item {i}", f"It is a lovely thing number {i}, made by hand.") for i in range(40)]
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def tunesmith(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+
+    result = tunesmith("train", str(recipe))
+    assert result.returncode == 2, result.stderr
+    assert "free text" in result.stderr and "eval.choices" in result.stderr and "Internal error" not in result.stderr
+    assert not list(tmp_path.rglob("adapter_model.safetensors"))
+    bad = tunesmith("baseline", str(recipe), "--baselines", "few_shots")
+    assert bad.returncode == 2 and "few_shots" in bad.stderr
