@@ -36,6 +36,13 @@ if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
         || echo "    (could not install g++; the build will likely fail)"
     fi
   fi
+  # Portable build: GGML_NATIVE=OFF targets AVX2 instead of this CPU, so that a wheel pip caches here does not
+  # die with "Illegal instruction" on another machine sharing the cache; --no-cache-dir keeps an older native
+  # wheel from being reused.
+  if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+    CMAKE_ARGS="-DGGML_NATIVE=OFF ${CMAKE_ARGS:-}" "${PIP[@]}" install --no-cache-dir "llama-cpp-python>=0.3.30" \
+      || echo "    (llama-cpp-python did not build)"
+  fi
   "${PIP[@]}" install -e ".[dev,qlora,gguf,eval,serve]" || {
     echo "    (llama-cpp-python did not build; installed without the gguf extra, llama.cpp tests will be skipped)"
     "${PIP[@]}" install -e ".[dev,qlora,eval,serve]"
