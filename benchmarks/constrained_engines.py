@@ -37,36 +37,6 @@ def labels_regex(labels: list[str]) -> str:
     return "(" + "|".join(re.escape(label) for label in labels) + ")"
 
 
-class LLGuidanceProcessor(transformers.LogitsProcessor):
-    def __init__(self, lltokenizer, grammar: str, vocab_size: int) -> None:
-        import llguidance
-
-        self.make = lambda: llguidance.LLMatcher(lltokenizer, grammar)
-        self.vocab_size, self.matchers, self.mask = vocab_size, [], None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        import llguidance.torch as llt
-
-        if not self.matchers:
-            self.matchers = [self.make() for _ in range(input_ids.shape[0])]
-            self.mask = llt.allocate_token_bitmask(input_ids.shape[0], self.vocab_size)
-        else:
-            for i, matcher in enumerate(self.matchers):
-                if not matcher.is_stopped():
-                    matcher.consume_token(int(input_ids[i, -1]))
-        for i, matcher in enumerate(self.matchers):
-            llt.fill_next_token_bitmask(matcher, self.mask, i)
-        return apply_bitmask(scores, self.mask)
-
-
-def apply_bitmask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """-inf where the packed 32-bit mask has a 0 bit (llguidance's own kernel is torch.compile'd: ~30 s per process
-    on CPU before the first token)."""
-    bits = (mask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    allowed = bits.view(mask.shape[0], -1)[:, : scores.shape[1]].bool()
-    return scores.masked_fill(~allowed, float("-inf"))
-
-
 def engine_factories(model, tokenizer, vocab_size: int) -> dict:
     """name -> (setup seconds, make(kind, spec) -> a fresh logits processor per generate call)."""
     factories = {}
@@ -84,17 +54,18 @@ def engine_factories(model, tokenizer, vocab_size: int) -> dict:
     factories["xgrammar"] = (time.perf_counter() - started, xgrammar_make)
 
     started = time.perf_counter()
-    import llguidance
-    import llguidance.hf
+    from tunesmith.data.constraint import Constraint
+    from tunesmith.eval.constrained import guidance_tokenizer, logits_processor
 
-    lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+    guidance_tokenizer(tokenizer, vocab_size)
 
-    def llguidance_make(kind: str, spec: str):
-        options = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-        compact = {**json.loads(spec), "x-guidance": options} if kind == "json" else None
-        grammar = (llguidance.LLMatcher.grammar_from_json_schema(json.dumps(compact)) if kind == "json"
-                   else llguidance.LLMatcher.grammar_from_regex(spec))
-        return lambda: LLGuidanceProcessor(lltok, grammar, vocab_size)
+    def llguidance_make(kind: str, spec: str):  # as tunesmith runs it: eval/constrained.py
+        if kind == "json":
+            constraint = Constraint("json_schema", spec, "benchmark")
+        else:
+            constraint = Constraint("regex", spec, "benchmark")
+        logits_processor(constraint, tokenizer, vocab_size)
+        return lambda: logits_processor(constraint, tokenizer, vocab_size)
 
     factories["llguidance"] = (time.perf_counter() - started, llguidance_make)
 

@@ -52,8 +52,10 @@ def trained(tmp_path_factory, tiny_model_dir) -> Trained:
 
 
 def without_timings(results: dict[str, Any]) -> dict[str, Any]:
-    """results.json minus the wall-clock seconds, the one figure two identical evals may differ in."""
-    return {key: ({k: v for k, v in value.items() if k != "seconds"} if isinstance(value, dict) else value)
+    """results.json minus the wall-clock figures (seconds, seconds per answer), the ones two identical evals may
+    differ in."""
+    timings = ("seconds", "seconds_per_answer")
+    return {key: ({k: v for k, v in value.items() if k not in timings} if isinstance(value, dict) else value)
             for key, value in results.items()}
 
 

@@ -51,23 +51,31 @@ def guidance_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
 
 
 def logits_processor(constraint: Constraint, tokenizer: Any, vocab_size: int) -> Any:
-    """A fresh transformers LogitsProcessor for one `generate` call (it keeps one matcher per batch row)."""
+    """A fresh transformers LogitsProcessor for one `generate` call (it keeps one matcher per batch row).
+
+    The grammar is compiled once per constraint and tokenizer (`start_matcher`); each row's matcher is a copy."""
+    return GuidanceLogitsProcessor(start_matcher(constraint, guidance_tokenizer(tokenizer, vocab_size)), vocab_size)
+
+
+@functools.lru_cache(maxsize=16)
+def start_matcher(constraint: Constraint, lltokenizer: Any) -> Any:
+    """A matcher at the start of an answer, compiled and checked once (an unusable grammar fails here, naming
+    where the constraint came from)."""
     from llguidance import LLMatcher
 
-    lltokenizer = guidance_tokenizer(tokenizer, vocab_size)
     grammar = guidance_grammar(constraint)
     problem = LLMatcher.validate_grammar(grammar, lltokenizer)
     if problem and not LLMatcher.is_validate_warning(problem):
         raise TunesmithError(f"{constraint.source}: llguidance cannot decode with it: {problem}", "Fix the constraint.")
-    return GuidanceLogitsProcessor(lltokenizer, grammar, vocab_size)
+    return LLMatcher(lltokenizer, grammar)
 
 
 class GuidanceLogitsProcessor:
     """Masks, before each token, every token that cannot continue an allowed answer (batched, left-padded rows;
     a row that has finished its answer is given only end-of-sequence)."""
 
-    def __init__(self, lltokenizer: Any, grammar: str, vocab_size: int) -> None:
-        self.lltokenizer, self.grammar, self.vocab_size = lltokenizer, grammar, vocab_size
+    def __init__(self, start: Any, vocab_size: int) -> None:
+        self.start, self.vocab_size = start, vocab_size
         self.matchers: list[Any] = []
         self.bitmask: Any = None
 
@@ -75,9 +83,7 @@ class GuidanceLogitsProcessor:
         import llguidance.torch as llt
 
         if not self.matchers:  # the first call sees the prompts: nothing generated to consume yet
-            from llguidance import LLMatcher
-
-            self.matchers = [LLMatcher(self.lltokenizer, self.grammar) for _ in range(input_ids.shape[0])]
+            self.matchers = [self.start.deep_copy() for _ in range(input_ids.shape[0])]
             self.bitmask = llt.allocate_token_bitmask(input_ids.shape[0], self.vocab_size)
         else:
             for row, matcher in enumerate(self.matchers):
