@@ -172,3 +172,22 @@ def test_chat_exits_cleanly_at_end_of_input(tiny_model_dir):
                             input="hello\n", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("assistant> ") == 1
+
+
+def test_constrained_chat_and_compare_answer_only_the_choices(project, tiny_model_dir):
+    """--choices holds every answer of the (untrained, otherwise noisy) tiny model to the labels."""
+    from tunesmith.data.constraint import choices_constraint
+
+    labels = ["small", "large"]
+    compared = run_compare([project["adapter_b"]], project["prompts"], include_base=True, max_new_tokens=8,
+                           batch_size=BATCH, constraint=choices_constraint(labels, "--choices"))
+    assert all(output in labels for row in compared["rows"] for output in row["outputs"].values())
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--max-new-tokens", "8",
+                             "--choices", "small,large"], input="hello\nwhat size?\n", capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    replies = [line.split("assistant> ", 1)[1].strip() for line in result.stdout.splitlines() if "assistant> " in line]
+    assert len(replies) == 2 and set(replies) <= set(labels), result.stdout
+    both = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--choices", "a",
+                           "--json-schema", "s.json"], input="", capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "both" in both.stderr

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
-from tunesmith.eval.constrained import logits_processor
+from tunesmith.eval.constrained import processor_factory
 
 COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
 
@@ -41,8 +41,7 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         processor = None
         if self.constraint is not None:
-            vocab_size = self.model.get_output_embeddings().weight.shape[0]
-            processor = logits_processor(self.constraint, self.tokenizer, vocab_size)
+            processor = processor_factory(self.constraint, self.tokenizer, self.model)()
         answer = generate_streamed(self.model, self.tokenizer, self.messages, self.max_new_tokens, write, processor)
         self.messages.append({"role": "assistant", "content": answer})
         return answer

@@ -459,6 +459,10 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
     if url:
         from tunesmith.cli.serve import read_api_key
 
+        if json_schema is not None or choices is not None:
+            raise TunesmithError("--json-schema and --choices constrain a local model's decoding; with --url the "
+                                 "server decodes.", "Drop them, or chat with the model folder or run directly.")
+
         session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url,
                                                  api_key=read_api_key(api_key_env))
     else:

@@ -29,7 +29,7 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data.constraint import Constraint
 from tunesmith.data.shapes import Row
-from tunesmith.eval.constrained import logits_processor
+from tunesmith.eval.constrained import processor_factory
 from tunesmith.eval.decoding import Generated, generate_from_prompts, progress, prompt_texts
 
 BASELINES = ("zero_shot", "few_shot", "constrained", "few_shot_constrained")
@@ -108,7 +108,7 @@ def run_baseline(name: str, model: Any, tokenizer: Any, rows: list[Row], recipe:
         chosen = pick_examples(pool, rows, recipe.eval.few_shot_k, recipe.eval.few_shot_select, recipe.training.seed)
         asked = [with_examples(row, examples) for row, examples in zip(rows, chosen, strict=True)]
         summary["few_shot_k"] = min(recipe.eval.few_shot_k, len(pool))
-    processor = constrained_processor(plan.constraint, tokenizer, model) if name.endswith("constrained") else None
+    processor = processor_factory(plan.constraint, tokenizer, model) if name.endswith("constrained") else None
     progress(f"baseline {name}: {len(rows)} answers")
     started = time.monotonic()
     with context(), torch.no_grad():
@@ -116,15 +116,6 @@ def run_baseline(name: str, model: Any, tokenizer: Any, rows: list[Row], recipe:
                                           recipe.eval.max_new_tokens, recipe.eval.batch_size, processor)
     summary.update(generation_cost(generated, time.monotonic() - started))
     return summary, generated.answers
-
-
-def constrained_processor(constraint: Constraint | None, tokenizer: Any, model: Any) -> Callable[[], Any]:
-    """A maker of fresh constrained-decoding processors for `model`'s vocabulary (checked once, now)."""
-    if constraint is None:
-        raise ValueError("a constrained baseline needs a constraint")
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    logits_processor(constraint, tokenizer, vocab_size)  # a grammar llguidance refuses fails before any answer
-    return lambda: logits_processor(constraint, tokenizer, vocab_size)
 
 
 def generation_cost(generated: Generated, seconds: float) -> dict[str, float]:

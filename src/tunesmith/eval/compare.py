@@ -21,7 +21,7 @@ import torch
 
 from tunesmith.data.constraint import Constraint
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.constrained import logits_processor
+from tunesmith.eval.constrained import processor_factory
 
 DEFAULT_METRICS = ("exact_match", "chrf")
 BASE = "base"
@@ -170,10 +170,7 @@ def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_t
     from tunesmith.eval.decoding import generate_from_prompts, prompt_texts
 
     rows = [{"messages": [*p.messages, {"role": "assistant", "content": ""}]} for p in prompts]
-    processor = None
-    if constraint is not None:
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        processor = functools.partial(logits_processor, constraint, tokenizer, vocab_size)
+    processor = processor_factory(constraint, tokenizer, model) if constraint is not None else None
     with torch.no_grad():
         return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size,
                                      processor).answers

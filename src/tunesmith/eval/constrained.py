@@ -2,17 +2,19 @@
 
 llguidance (https://github.com/guidance-ai/llguidance) runs as a transformers `LogitsProcessor`: before each token,
 the tokens that cannot continue a valid answer get -inf. It was picked over xgrammar and outlines by
-`benchmarks/constrained_engines.py` on this project's 2-core CPU (results in benchmarks/results/): all three cost
-about the same per answer; llguidance is one small wheel without dependencies (xgrammar pulls in triton and
-tvm-ffi), and it alone gave 20/20 schema-valid JSON within the token limit. Its JSON separators are set to the
-ones json.dumps writes (`", "` and `": "`), so a model writes compact JSON the way training data shows it instead
-of spending tokens on free whitespace.
+`benchmarks/constrained_engines.py` on this project's 2-core CPU (benchmarks/results/constrained_engines.json, 20
+rows per task, warm): the fastest of the three on both tasks (labels 3.4 s vs 4.6 and 4.0; JSON 11.2 s vs 13.3 and
+13.3), the only one with 20/20 schema-valid JSON within the token limit (xgrammar 19, outlines 18), and one small
+wheel without dependencies (xgrammar pulls in triton and tvm-ffi). Its JSON separators are set to the ones
+json.dumps writes (`", "` and `": "`), so a model writes compact JSON the way training data shows it instead of
+spending tokens on free whitespace.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tunesmith.data.constraint import Constraint, choices_regex
@@ -55,6 +57,16 @@ def logits_processor(constraint: Constraint, tokenizer: Any, vocab_size: int) ->
 
     The grammar is compiled once per constraint and tokenizer (`start_matcher`); each row's matcher is a copy."""
     return GuidanceLogitsProcessor(start_matcher(constraint, guidance_tokenizer(tokenizer, vocab_size)), vocab_size)
+
+
+def processor_factory(constraint: Constraint | None, tokenizer: Any, model: Any) -> Callable[[], Any]:
+    """A maker of fresh processors for `model`'s vocabulary, one per `generate` call; the grammar is compiled and
+    checked now, so an unusable constraint fails before any answer."""
+    if constraint is None:
+        raise ValueError("constrained decoding needs a constraint")
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    logits_processor(constraint, tokenizer, vocab_size)
+    return functools.partial(logits_processor, constraint, tokenizer, vocab_size)
 
 
 @functools.lru_cache(maxsize=16)

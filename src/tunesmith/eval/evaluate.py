@@ -24,11 +24,11 @@ from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.baselines import (
     BASELINES,
     BaselinePlan,
-    constrained_processor,
     generation_cost,
     needs_constraint,
     run_baseline,
 )
+from tunesmith.eval.constrained import processor_factory
 from tunesmith.eval.decoding import generate_from_prompts, heldout_loss, progress, prompt_texts
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
@@ -72,22 +72,23 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     outputs: dict[str, list[str]] = {}
     tuned_processor = None
     if recipe.eval.constrain_tuned and plan.constraint is not None:
-        tuned_processor = constrained_processor(plan.constraint, tokenizer, variants["tuned"][0])
+        tuned_processor = processor_factory(plan.constraint, tokenizer, variants["tuned"][0])
         results["tuned_constrained"] = True
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
                                                         tuned_processor if name == "tuned" else None)
     references = [r["messages"][-1]["content"] for r in rows]
     add_scores(results, outputs, references, scorer, answers.labels)
+    shown = dict(outputs)  # the samples show the baselines' answers too
     if plan.names:
         base_model, base_context = variants["base"]
         baseline_outputs = {name: run_baseline(name, base_model, tokenizer, rows, recipe, plan, base_context)
                             for name in plan.names if name != "zero_shot"}
         add_baseline_scores(results, baseline_outputs, references, scorer, plan)
-        outputs.update({name: answers for name, (_, answers) in baseline_outputs.items()})
-    results.update(judge_block(add_ons, recipe, rows, outputs))
+        shown.update({name: answers for name, (_, answers) in baseline_outputs.items()})
+    results.update(judge_block(add_ons, recipe, rows, outputs))  # the judge grades base and tuned, as before
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
-    results["samples"] = sample_table(rows, outputs, limit=50)
+    results["samples"] = sample_table(rows, shown, limit=50)
     folder = results_dir(against_dir(run, who), held_out)
     own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
     chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
