@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.models.tuned import is_adapter
-from tunesmith.results import Comparison, EvalResults, read_results
+from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results
 from tunesmith.runs import Run, atomic_write_text
 
 
@@ -103,7 +103,7 @@ def reward_usage_lines(run: Run, trained: Path, whole: bool) -> list[str]:
 def results_table(results: EvalResults | None) -> list[str]:
     if results is None:
         return ["(not evaluated yet: run `tunesmith eval`)"]
-    metrics = [k for k in results.tuned if k != "seconds"]
+    metrics = [k for k in results.tuned if k not in COST_KEYS]
     extra = ["delta (95% CI)"] if results.comparison else []
     variants = results.variants
     rows = ["| metric | " + " | ".join([*variants, *extra]) + " |", "|---" * (len(variants) + len(extra) + 1) + "|"]
@@ -118,12 +118,12 @@ def results_table(results: EvalResults | None) -> list[str]:
 def baseline_lines(results: EvalResults | None) -> list[str]:
     """The cheaper alternatives measured beside the tuned model (eval.baselines), with the verdict; a tuned model
     decoded constrained says what it is held to, since serving it needs the same constraint to match."""
-    from tunesmith.eval.verdict import option_rows
+    from tunesmith.eval.verdict import constraint_phrase, option_rows
 
     lines: list[str] = []
     if results is not None and results.tuned_constrained and results.constraint:
-        lines += [f"The tuned model's answers above were decoded constrained to the {results.constraint['kind']} "
-                  f"({results.constraint['source']}); serve it with the same constraint to get them.", ""]
+        lines += [f"The tuned model's answers above were decoded constrained to "
+                  f"{constraint_phrase(results.constraint)}; serve it with the same constraint to get them.", ""]
     if results is None or not results.baselines:
         return lines
     head, rows = option_rows(results.baselines, results.tuned, results.baseline_comparison, results.metrics,

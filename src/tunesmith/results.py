@@ -21,6 +21,9 @@ RESULTS_VERSION = 1
 Scores = dict[str, float | int | None]  # metric name → mean score (or seconds, examples) for one variant
 HEADLINE_KEYS = {"json_fields": "field_accuracy"}  # a metric whose headline score has another name
 NOT_TASK_METRICS = ("none", "loss", "perplexity")  # scored for every run: never a task's headline
+# What answering cost, beside the scores of a variant: wall-clock seconds (all of eval's work, and per answer) and
+# the mean prompt and answer tokens; tables show them after the scores.
+COST_KEYS = ("seconds", "seconds_per_answer", "prompt_tokens", "answer_tokens")
 
 
 class Comparison(BaseModel):

@@ -24,7 +24,7 @@ from tunesmith.cli.merge import merge, push
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve
 from tunesmith.errors import TunesmithError
-from tunesmith.results import Comparison, EvalResults, read_results
+from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -484,7 +484,7 @@ def _print_results(run_path: Path, results_file: Path | None = None) -> None:
     if results.comparison:
         for column in ("delta", "95% CI", "wins/losses/ties"):
             table.add_column(column, justify="right")
-    for metric in results.tuned:
+    for metric in sorted(results.tuned, key=lambda name: name in COST_KEYS):  # the scores, then what they cost
         table.add_row(metric, *[_fmt(results.scores(v).get(metric)) for v in results.variants],
                       *(_comparison_cells(results.comparison.get(metric)) if results.comparison else []))
     err.print(table)

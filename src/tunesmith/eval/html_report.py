@@ -52,15 +52,14 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
 
 def baselines_html(results: dict[str, Any]) -> str:
     """The cheaper alternatives beside the tuned model (cheapest first), the constraint and the verdict."""
-    from tunesmith.eval.verdict import option_rows
+    from tunesmith.eval.verdict import constraint_phrase, option_rows
 
     if not results.get("baselines"):
         return ""
     head, rows = option_rows(results["baselines"], results.get("tuned"), results.get("baseline_comparison", {}),
                              results.get("metrics", []), results.get("task_metric", ""))
     constraint = results.get("constraint")
-    held = (f"<p>Constrained decoding held answers to the {_e(constraint['kind'])} "
-            f"({_e(constraint['source'])}).</p>" if constraint else "")
+    held = f"<p>Constrained decoding held answers to {_e(constraint_phrase(constraint))}.</p>" if constraint else ""
     verdict = f"<p><b>{_e(results['verdict'])}</b></p>" if results.get("verdict") else ""
     return "<h2>Do you need to fine-tune?</h2>" + _table(head, rows) + held + verdict
 

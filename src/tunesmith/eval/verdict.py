@@ -72,6 +72,14 @@ def cost_note(option: dict[str, Any], tuned: dict[str, Any]) -> str:
     return f"; it costs {' and '.join(ratios)}" if ratios else ""
 
 
+def constraint_phrase(constraint: dict[str, Any]) -> str:
+    """results.json's `constraint` in words: `one of 8 labels (inferred from 480 training answers)`."""
+    spec = constraint.get("spec")
+    what = {"choices": f"one of {len(spec) if isinstance(spec, list) else 'the'} labels",
+            "json_schema": "JSON valid against the schema", "regex": f"the regex {spec}"}[constraint["kind"]]
+    return f"{what} ({constraint['source']})"
+
+
 def option_rows(baselines: dict[str, Any], tuned: dict[str, Any] | None, comparisons: dict[str, Any],
                 metrics: list[str], task_metric: str = "") -> tuple[list[str], list[list[str]]]:
     """The baselines table (terminal, HTML report, model card): one row per option, cheapest first, with its task
