@@ -1,0 +1,64 @@
+"""How much each standard setting moves task score and forgetting on the quickstart (issue 19's first measurement).
+
+The quickstart recipe is trained as it is and with one change at a time (a lower learning rate, attention-only
+targets, a lower rank), each evaluated on its held-out rows and on the bundled forgetting probes, which stay as
+they are: they are the measure. Writes benchmarks/results/forgetting_settings.json and prints one line per setting:
+field accuracy, exact match, probe accuracy (base → tuned), the regression flag and the minutes it took.
+
+    .venv/bin/python benchmarks/forgetting_settings.py [--only default lr_3e-4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "default": [],
+    "lr_3e-4": ["training.lr=3.0e-4"],
+    "attention_only": ["adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
+    "r4_lr_5e-4": ["adapter.r=4", "adapter.alpha=8", "training.lr=5.0e-4"],
+}
+
+
+def measure(name: str, overrides: list[str], runs_dir: Path) -> dict:
+    from tunesmith.config import load_recipe
+    from tunesmith.eval import run_eval
+    from tunesmith.results import read_results
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides)
+    run = create_run(recipe, runs_dir)
+    started = time.monotonic()
+    run_training(recipe, run)
+    results = read_results(run_eval(recipe, run))
+    probes = results.probes
+    return {"setting": name, "overrides": overrides, "minutes": round((time.monotonic() - started) / 60, 2),
+            "field_accuracy": results.tuned.get("field_accuracy"), "exact_match": results.tuned.get("exact_match"),
+            "probe_accuracy": {"base": probes.base.get("probe_accuracy") if probes and probes.base else None,
+                               "tuned": probes.tuned.get("probe_accuracy") if probes else None},
+            "regression": probes.regression if probes else None, "reasons": probes.reasons if probes else []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-forgetting"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/forgetting_settings.json")
+    args = parser.parse_args()
+    entries = []
+    for name in args.only:
+        entries.append(measure(name, SETTINGS[name], args.runs_dir))
+        entry = entries[-1]
+        print(f"{name}: field_accuracy {entry['field_accuracy']}, exact_match {entry['exact_match']}, probes "
+              f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']}, regression "
+              f"{entry['regression']}, {entry['minutes']} min", flush=True)
+        args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
