@@ -39,8 +39,9 @@ def measure(name: str, overrides: list[str], runs_dir: Path) -> dict:
     probes = results.probes
     return {"setting": name, "overrides": overrides, "minutes": round((time.monotonic() - started) / 60, 2),
             "field_accuracy": results.tuned.get("field_accuracy"), "exact_match": results.tuned.get("exact_match"),
-            "probe_accuracy": {"base": probes.base.get("probe_accuracy") if probes and probes.base else None,
-                               "tuned": probes.tuned.get("probe_accuracy") if probes else None},
+            "probe_accuracy": {"base": probes.base.get("accuracy") if probes and probes.base else None,
+                               "tuned": probes.tuned.get("accuracy") if probes else None},
+            "run": str(run.path),
             "regression": probes.regression if probes else None, "reasons": probes.reasons if probes else []}
 
 
