@@ -75,7 +75,7 @@ def schema_file_constraint(path: Path, source: str) -> Constraint:
         raise TunesmithError(f"{source}: {path} is not JSON ({exc}).", "Fix the schema file.") from None
     if not isinstance(schema, dict):
         raise TunesmithError(f"{source}: {path} holds a JSON {type(schema).__name__}, not a JSON Schema object.",
-                         "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
+                             "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
     return Constraint("json_schema", json.dumps(schema), source)
 
 
@@ -89,7 +89,7 @@ def infer_constraint(rows: list[Row]) -> Constraint:
     if summary.kind == "json":
         return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
     raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
-                     f"are free text ({summary.reason}).", f"Give one: {HOW_TO_SET}.")
+                         f"are free text ({summary.reason}).", f"Give one: {HOW_TO_SET}.")
 
 
 def json_constraint(objects: list[dict[str, Any]], source: str) -> Constraint:
@@ -101,8 +101,8 @@ def json_constraint(objects: list[dict[str, Any]], source: str) -> Constraint:
     if len(shapes) > 1:
         first, second = sorted(shapes)[:2]
         raise TunesmithError(f"Constrained decoding: the training answers are JSON objects of {len(shapes)} different "
-                         f"shapes (e.g. keys {list(first)} and {list(second)}), so no one schema can be inferred.",
-                         f"Give the schema: {HOW_TO_SET}.")
+                             f"shapes (e.g. keys {list(first)} and {list(second)}), so no one schema can be inferred.",
+                             f"Give the schema: {HOW_TO_SET}.")
     builder = SchemaBuilder()
     for obj in objects:
         builder.add_object(obj)
