@@ -433,6 +433,11 @@ class LmEvalSection(Section):
     batch_size: int = Field(8, ge=1)
 
 
+def any_constrained(baselines: list[str]) -> bool:
+    """Whether any of the baselines named decodes constrained (constrained, few_shot_constrained)."""
+    return any(name.endswith("constrained") for name in baselines)
+
+
 class EvalSection(Section):
     task_metric: Literal["auto", "json_fields", "exact_match", "none"] = Field(
         "auto", description="Used when `metrics` is empty. auto: chosen from the training answers (JSON objects: "
@@ -491,7 +496,7 @@ class EvalSection(Section):
     @property
     def wants_constraint(self) -> bool:
         """Whether eval decodes anything constrained (a constrained baseline, or constrain_tuned)."""
-        return self.constrain_tuned or any(name.endswith("constrained") for name in self.baselines)
+        return self.constrain_tuned or any_constrained(self.baselines)
 
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
         """`metrics` when given, else `task_metric` (loss and perplexity are always measured).

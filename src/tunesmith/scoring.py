@@ -232,6 +232,11 @@ def metric_names() -> list[str]:
     return [*LIKELIHOOD_METRICS, *SCORERS, "regex", "json_schema"]
 
 
+def score_answers(scorer: Scorer, answers: list[str], references: list[str]) -> list[dict[str, Any]]:
+    """Each answer scored against its reference (the lists pair up one to one)."""
+    return [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+
+
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of every numeric score, plus per-field accuracy for JSON tasks and per-label accuracy (recall of
     each reference label) for label_accuracy."""

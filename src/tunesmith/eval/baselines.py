@@ -91,11 +91,6 @@ class BaselinePlan:
     constraint: Constraint | None
 
 
-def needs_constraint(names: list[str]) -> bool:
-    """Whether any of the baselines `names` decodes constrained."""
-    return any(name.endswith("constrained") for name in names)
-
-
 def run_baseline(name: str, model: Any, tokenizer: Any, rows: list[Row], recipe: Recipe, plan: BaselinePlan,
                  context: Callable[[], AbstractContextManager]) -> tuple[dict[str, Any], list[str]]:
     """One baseline's answers and its cost: seconds, seconds per answer, mean prompt and answer tokens (and k)."""

@@ -13,17 +13,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.config import Recipe
+from tunesmith.config import Recipe, any_constrained
 from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
-from tunesmith.eval.baselines import BASELINES, BaselinePlan, needs_constraint, run_baseline
+from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import progress
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.results import Scores
 from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
-from tunesmith.scoring import aggregate, recipe_scorer, score_columns
+from tunesmith.scoring import aggregate, recipe_scorer, score_answers, score_columns
 
 
 class BaselineResults(BaseModel):
@@ -55,7 +55,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     check_metrics_fit_answers(recipe.eval, answers)
     metrics = recipe.eval.chosen_metrics(answers.kind)
     scorer = recipe_scorer(recipe, metrics)
-    constraint = recipe_constraint(recipe, splits.train) if needs_constraint(names) else None
+    constraint = recipe_constraint(recipe, splits.train) if any_constrained(names) else None
     run = create_run(recipe, runs_dir)
     atomic_write_json(run.path / "data.json", fingerprint(splits))
     record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
@@ -71,7 +71,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     outputs: dict[str, list[str]] = {}
     for name in names:
         summary, outputs[name] = run_baseline(name, model, tokenizer, rows, recipe, plan, _no_context)
-        scores = [scorer(answer, reference) for answer, reference in zip(outputs[name], references, strict=True)]
+        scores = score_answers(scorer, outputs[name], references)
         results["baselines"][name] = {**aggregate(scores), **summary}
         results["per_example"]["base" if name == "zero_shot" else name] = score_columns(scores)
     if constraint is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import Recipe
+from tunesmith.config import Recipe, any_constrained
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.errors import TunesmithError
@@ -25,7 +25,6 @@ from tunesmith.eval.baselines import (
     BASELINES,
     BaselinePlan,
     generation_cost,
-    needs_constraint,
     run_baseline,
 )
 from tunesmith.eval.constrained import processor_factory
@@ -38,7 +37,7 @@ from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
 from tunesmith.runs import Run, read_json
-from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_columns
+from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_answers, score_columns
 
 
 def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None,
@@ -140,7 +139,7 @@ def baseline_plan(recipe: Recipe, run: Run, against: Path | None, names: list[st
     if unknown:
         raise TunesmithError(f"Unknown baseline {', '.join(map(repr, unknown))}.",
                              f"Choose from {', '.join(BASELINES)}.")
-    wants_constraint = needs_constraint(names) or recipe.eval.constrain_tuned
+    wants_constraint = any_constrained(names) or recipe.eval.constrain_tuned
     train_rows = (run.train_rows() or []) if names or wants_constraint else []
     constraint = recipe_constraint(recipe, train_rows) if wants_constraint else None
     if constraint is not None:
@@ -155,7 +154,7 @@ def add_baseline_scores(results: dict[str, Any], outputs: dict[str, tuple[dict[s
     columns = {"zero_shot": results["base"]} if "zero_shot" in plan.names else {}
     per_example = results["per_example"]
     for name, (summary, answers) in outputs.items():
-        scores = [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+        scores = score_answers(scorer, answers, references)
         columns[name] = {**aggregate(scores), **summary}
         per_example[name] = score_columns(scores)
     per_example_names = {"zero_shot": "base"}
@@ -176,7 +175,7 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
     with label_accuracy, the accuracy per label and the confusion matrix (`labels`: the training label set)."""
     per_example, all_scores = {}, {}
     for name, answers in outputs.items():
-        scores = [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+        scores = score_answers(scorer, answers, references)
         seconds = results[name].pop("seconds")
         results[name].update({**aggregate(scores), "seconds": seconds})
         per_example[name], all_scores[name] = score_columns(scores), scores
