@@ -16,11 +16,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 SETTINGS = {
     "default": [],
     "lr_3e-4": ["training.lr=3.0e-4"],
     "attention_only": ["adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
     "r4_lr_5e-4": ["adapter.r=4", "adapter.alpha=8", "training.lr=5.0e-4"],
+    "replay_0.1": ["data.replay.ratio=0.1"],
+    "replay_0.25": ["data.replay.ratio=0.25"],
+    "replay_0.25_lr_5e-4_40_steps": ["data.replay.ratio=0.25", "training.lr=5.0e-4", "training.max_steps=40"],
 }
 
 
@@ -37,12 +41,29 @@ def measure(name: str, overrides: list[str], runs_dir: Path) -> dict:
     run_training(recipe, run)
     results = read_results(run_eval(recipe, run))
     probes = results.probes
-    return {"setting": name, "overrides": overrides, "minutes": round((time.monotonic() - started) / 60, 2),
+    minutes = round((time.monotonic() - started) / 60, 2)  # train + eval, as a user waits for them
+    return {"setting": name, "overrides": overrides, "minutes": minutes,
+            "general_heldout": heldout_general(recipe, run),
             "field_accuracy": results.tuned.get("field_accuracy"), "exact_match": results.tuned.get("exact_match"),
             "probe_accuracy": {"base": probes.base.get("accuracy") if probes and probes.base else None,
                                "tuned": probes.tuned.get("accuracy") if probes else None},
             "run": str(run.path),
             "regression": probes.regression if probes else None, "reasons": probes.reasons if probes else []}
+
+
+def heldout_general(recipe, run) -> dict:
+    """Base and tuned accuracy on benchmarks/data/general_heldout.jsonl: forgetting on kinds that neither the
+    bundled probes nor the replay prompts hold."""
+    from tunesmith.eval.evaluate import eval_variants
+    from tunesmith.eval.forgetting import general_paragraphs, load_probes, run_probes
+    from tunesmith.models import load_tokenizer, pick_device
+    from tunesmith.models.tuned import run_base_model
+
+    variants, _ = eval_variants(recipe, run, pick_device(recipe.training.device), None, with_base=True)
+    tokenizer = load_tokenizer(run_base_model(run))
+    result = run_probes(variants, tokenizer, load_probes(HELDOUT), general_paragraphs()[:1], recipe.eval)
+    return {"base": result["base"]["accuracy"], "tuned": result["tuned"]["accuracy"],
+            "regression": result["regression"], "count": result["count"]}
 
 
 def main() -> None:
@@ -57,7 +78,8 @@ def main() -> None:
         entry = entries[-1]
         print(f"{name}: field_accuracy {entry['field_accuracy']}, exact_match {entry['exact_match']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']}, regression "
-              f"{entry['regression']}, {entry['minutes']} min", flush=True)
+              f"{entry['regression']}, held-out general {entry['general_heldout']['base']} -> "
+              f"{entry['general_heldout']['tuned']}, {entry['minutes']} min", flush=True)
         args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
 
 

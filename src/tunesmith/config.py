@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import RecipeError
 
@@ -70,6 +70,25 @@ class CleanSection(Section):
         return self
 
 
+class ReplaySection(Section):
+    """General rows mixed into supervised training so the tuned model keeps answering as the base did.
+
+    Rows are prompts whose answers are the base model's own greedy answers, generated before training
+    (self-distillation; Yang et al. 2024, "Self-Distillation Bridges Distribution Gap in Language Model
+    Fine-Tuning", arXiv:2402.13669), or a file's own answers. Replaying a small share of general data is the
+    standard rehearsal remedy for forgetting (Scialom et al. 2022, "Fine-tuned Language Models are Continual
+    Learners", arXiv:2205.12393, used 1%).
+    """
+
+    source: str = Field("bundled", description="bundled: tunesmith's general prompt set (src/tunesmith/data/replay); "
+                                               "or a JSONL file (relative to the recipe) of rows with `prompt` and "
+                                               "an optional `answer` (the base model answers the rest).")
+    ratio: float = Field(0.0, ge=0, le=1, description="Replay rows per training row (0.1: 40 replay rows beside "
+                                                      "400 training rows); 0 turns replay off.")
+    max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
+                                                       "within it are left out, not trained cut.")
+
+
 class DataSection(Section):
     train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
@@ -90,6 +109,7 @@ class DataSection(Section):
                                 "(refused when it cannot express tools), or hermes: as <tools>, <tool_call> and "
                                 "<tool_response> JSON blocks in the turns' text.")
     clean: CleanSection = Field(default_factory=CleanSection)
+    replay: ReplaySection = Field(default_factory=ReplaySection)
 
 
 class SFTMethod(Section):
@@ -391,7 +411,45 @@ class TrainingSection(Section):
                                                     "trained adapter this run starts from, with a new optimizer and "
                                                     "schedule (relative to the recipe). `tunesmith train "
                                                     "--init-from` sets it.")
+    time_budget: str | None = Field(None, description="Wall time for the training steps, e.g. 10m, 90s, 1h30m: the "
+                                                      "steps are set to fill it (at most 3 epochs) from a measurement "
+                                                      "of this machine's step time; max_steps/epochs win when given, "
+                                                      "and training stops at the budget either way.")
     seed: int = 42
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return duration_seconds(self.time_budget) if self.time_budget is not None else None
+
+    @property
+    def steps_given(self) -> bool:
+        """Whether the recipe itself says how long to train (max_steps, or epochs written out)."""
+        return self.max_steps > 0 or "epochs" in self.model_fields_set
+
+
+TIME_BUDGET_METHODS = ("sft", "cpt", "dpo", "orpo", "simpo", "kto")  # GRPO's steps also generate
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration like `10m`, `90s`, `1h30m` or a bare number of seconds. Raises ValueError."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif re.fullmatch(r"(\s*\d+(\.\d+)?\s*[hms])+", text):
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in DURATION_PART.findall(text))
+    else:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 10m, 90s or 1h30m")
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
 
 
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
@@ -599,6 +657,18 @@ class Recipe(Section):
                              f"{', '.join(GGUF_LORA_KINDS)}). "
                              "Export the merged model instead: export.formats: [gguf] (or ollama with "
                              "ollama_adapter: false)")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_and_replay_fit_method(self) -> Recipe:
+        """training.time_budget measures forward/backward steps, and replay adds answered rows: refuse the methods
+        whose steps or rows are another kind, before anything loads."""
+        if self.training.time_budget and self.method.kind not in TIME_BUDGET_METHODS:
+            raise ValueError(f"training.time_budget works with method.kind {', '.join(TIME_BUDGET_METHODS)}; a "
+                             f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
+        if self.data.replay.ratio and self.method.kind != "sft":
+            raise ValueError(f"data.replay mixes answered prompts into supervised fine-tuning (method.kind sft); "
+                             f"method.kind={self.method.kind} trains on another row shape. Set data.replay.ratio: 0")
         return self
 
     def resolve_path(self, value: str) -> Path:

@@ -84,6 +84,8 @@ class TrainRecord(Record):
     base_model: BaseModelRecord
     init_from: str | None = Field(None, description="The adapter folder the weights started from "
                                                     "(training.init_from), absolute; None: a fresh adapter.")
+    replay: RowsFile | None = Field(None, description="General rows trained beside the task's (data.replay), as "
+                                                      "trained: data/replay.jsonl; None: no replay.")
 
 
 class EvalRecord(Record):

@@ -313,7 +313,7 @@ def record_data_stage(run: Run, data: DataSection, train: list[Row], held_out: l
 
 
 def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path,
-                       init_from: Path | None = None) -> TrainRecord:
+                       init_from: Path | None = None, replay: RowsFile | None = None) -> TrainRecord:
     """Record what training saved (`artifact`, inside the run), the base it started from (`model_dir`, as
     resolved) and the adapter its weights began as (`init_from`), so later stages load these from run.json
     instead of resolving the recipe's source again."""
@@ -322,7 +322,7 @@ def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path
                            path=str(model_dir.resolve()), commit=hub_commit(model_dir))
     record = TrainRecord(artifact=kind, path=artifact.relative_to(run.path).as_posix(), method=recipe.method.kind,
                          adapter=recipe.adapter.kind, base_model=base,
-                         init_from=str(init_from.resolve()) if init_from else None)
+                         init_from=str(init_from.resolve()) if init_from else None, replay=replay)
     record_stage(run, "train", record)
     return record
 

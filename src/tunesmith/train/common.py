@@ -4,6 +4,7 @@ says what is its own (the data shape it needs, its TRL config, its trainer class
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.errors import DataError
+from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
+from tunesmith.train.budget import StopAtBudget, apply_time_budget
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -70,6 +73,7 @@ class TrainingSetup:
     adapter_callbacks: list[Any]  # what the adapter kind needs during training (HFT rounds, AdaLoRA budget)
     encoded: Any = None  # what `encode` returned (the SFT datasets), built before the model loaded
     init_from: Path | None = None  # the trained adapter this run starts from (training.init_from)
+    replay_file: RowsFile | None = None  # data/replay.jsonl: general rows trained beside the task's (data.replay)
 
 
 def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
@@ -187,9 +191,10 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     summary = trainable_summary(trainer.model)
     print_trainable(summary)
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
-    trainer.data_collator = counter
     guard, stopper = survival_callbacks(trainer, setup, recipe, run)
     resume_from = start_point(trainer, setup, run, guard)
+    budget = time_budget(trainer, recipe, run, resumed=resume_from is not None)
+    trainer.data_collator = counter  # after the budget's measurement, which must not count
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
@@ -203,14 +208,35 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
     print_throughput(speed)
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter)  # adapter/, or model/
-    record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from)  # run.json: what later stages load
+    # run.json: what later stages load
+    record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
-              "precision": setup.precision, **(choices or {}), "throughput": speed,
+              "precision": setup.precision, **(choices or {}), "throughput": speed, **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
               "skipped_updates": guard.skipped}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
     return adapter
+
+
+def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool) -> dict[str, Any]:
+    """training.time_budget: the steps it chose (train.json `time_budget`), saved as budget.json so that a resumed
+    run keeps the same step count and schedule; {} without a budget."""
+    seconds = recipe.training.time_budget_seconds
+    if seconds is None:
+        return {}
+    saved = run.path / "budget.json"
+    if resumed and saved.is_file():
+        plan = json.loads(saved.read_text(encoding="utf-8"))
+        if plan.get("steps"):
+            trainer.args.max_steps = plan["steps"]
+    else:
+        chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given)
+        plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
+                                                "why": "training.max_steps/epochs given: the budget only stops"}
+        atomic_write_json(saved, plan)
+    trainer.add_callback(StopAtBudget(seconds, plan))
+    return {"time_budget": plan}
 
 
 def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run) -> tuple[NumericsGuard,

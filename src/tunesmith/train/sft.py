@@ -18,6 +18,7 @@ from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
+from tunesmith.train.replay import Replay, build_replay
 
 
 def run_train(recipe: Recipe, run: Run) -> Path:
@@ -27,17 +28,32 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     max_length = recipe.data.max_length
     setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
                              encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
+    replay = build_replay(recipe, run, setup.model, setup.tokenizer, len(setup.splits.train))
+    setup.replay_file = replay.file
     packing = choose_packing(recipe.training.packing, setup.model)
     trainer = SFTTrainer(
         model=setup.model,
         args=sft_config(recipe, run, setup.device, setup.precision, packing.on),
-        train_dataset=setup.encoded.train,
+        train_dataset=with_replay(setup.encoded.train, replay, setup.tokenizer, max_length),
         eval_dataset=setup.encoded.eval,
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    return fit_and_save(trainer, setup, recipe, run, {"packing": packing.as_dict()})
+    choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.rows else {})}
+    return fit_and_save(trainer, setup, recipe, run, choices)
+
+
+def with_replay(train: Any, replay: Replay, tokenizer: Any, max_length: int) -> Any:
+    """The training dataset with the replay rows encoded the same way appended (the trainer shuffles)."""
+    if not replay.rows:
+        return train
+    from datasets import concatenate_datasets
+
+    encoded = encode_split(tokenizer, replay.rows, max_length)
+    replay.report["trained"] = encoded.counts()
+    extra = train.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples])
+    return concatenate_datasets([train, extra.cast(train.features)])
 
 
 @dataclass(frozen=True)

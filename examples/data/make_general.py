@@ -1,0 +1,121 @@
+"""Build tunesmith's bundled general prompt set for replay (`data.replay.source: bundled`).
+
+Replay mixes a small share of general instructions into a task's training rows so the tuned model keeps
+answering them as the base did. The rows here hold prompts only: at training time the base model answers
+them itself (greedy), and those answers are what training replays (self-distillation, so the set carries no
+one else's text and suits any base model). Written by hand for tunesmith from the templates below (stdlib
+only, no randomness). Kinds: explanations, definitions, tips, lists, short writing, rewriting, word
+problems, facts, comparisons and small talk. The forgetting probes (src/tunesmith/eval/probes) are the
+measure of forgetting and are not part of this set: `check_apart_from_probes` refuses any prompt that shares
+most of its words with a probe, and tests/test_replay.py checks the bundled file the same way.
+
+    python examples/data/make_general.py   # writes src/tunesmith/data/replay/general.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "src/tunesmith/data/replay/general.jsonl"
+PROBES = ROOT / "src/tunesmith/eval/probes/general.jsonl"
+
+EXPLAIN = ["ice floats on water", "we have seasons", "bread dough rises", "the moon seems to change shape",
+           "metal feels colder than wood", "leaves change colour in autumn", "rainbows appear after rain",
+           "the sea is salty", "plants need sunlight", "we hear thunder after we see lightning",
+           "onions make people cry", "a compass needle points north", "hot air rises",
+           "soap helps clean our hands", "people wear sunscreen", "bicycles have gears"]
+DEFINE = ["generous", "fragile", "ancient", "curious", "harvest", "orbit", "recipe", "volcano", "meadow",
+          "patient", "journey", "invent", "whisper", "breeze", "puzzle", "telescope"]
+TIPS = ["saving money", "studying for a test", "sleeping better", "keeping a house plant alive",
+        "writing a clear email", "learning a new language", "staying focused while working", "cooking rice",
+        "packing for a trip", "running your first five kilometres", "remembering people's names",
+        "taking better photos with a phone", "preparing for a job interview", "keeping a kitchen tidy"]
+LISTS = ["kinds of birds", "green vegetables", "musical instruments", "things you find in a classroom",
+         "sports played with a ball", "animals that live in the ocean", "tools a carpenter uses",
+         "ways to get to work", "board games", "things to pack for a picnic", "jobs in a hospital",
+         "hobbies you can do at home"]
+POEMS = ["the rain", "a quiet morning", "the ocean", "a cat asleep in the sun", "autumn leaves", "the stars"]
+NOTES = ["a neighbour who watered your plants", "a teacher at the end of the school year",
+         "a friend who helped you move", "a colleague who covered your shift"]
+REWRITE_FORMAL = ["hey, can u send me the file asap?", "we gotta fix this before friday",
+                  "thanks a ton for the help yesterday", "the meeting got moved, fyi"]
+FIX_GRAMMAR = ["She go to school every days.", "They was happy with there new house.",
+               "I has two brother and one sister.", "He don't like apples."]
+SUMMARISE = ["The train was delayed by forty minutes because of a signal fault near the station, so many "
+             "passengers missed their connections.",
+             "The new library opens on Monday with longer hours, a children's corner and free wifi for everyone.",
+             "After weeks of dry weather, the farmers were relieved when heavy rain finally arrived on Sunday.",
+             "The company said sales grew in the spring but fell again in the summer, when fewer people travelled."]
+WORD_PROBLEMS = [
+    "Lena reads 23 pages on Monday and 31 pages on Tuesday. How many pages did she read in total?",
+    "A bus has 40 passengers. At the next stop 13 get off. How many passengers are left on the bus?",
+    "A shop sells pencils in packs of 10. How many pencils are in 6 packs?",
+    "Sam has 36 stickers and gives away 12. How many stickers does he have now?",
+    "A garden has 5 rows of tulips with 9 tulips in each row. How many tulips are there?",
+    "A cake is cut into 16 slices and 7 are eaten. How many slices remain?",
+    "A train leaves at 3 pm and the trip takes 2 hours. What time does it arrive?",
+    "Mia saves 15 dollars each week. How much has she saved after 4 weeks?",
+    "There are 28 students and they sit in groups of 4. How many groups are there?",
+    "A bottle holds 2 litres. How many litres do 8 bottles hold?",
+    "Tom walks 3 kilometres to school and 3 kilometres back. How far does he walk each day?",
+    "A box of 24 crayons is shared equally by 3 children. How many crayons does each child get?",
+]
+FACTS = ["the Moon", "elephants", "the Nile river", "honey bees", "the human heart", "penguins",
+         "the Sahara desert", "owls", "the Amazon rainforest", "volcanoes", "whales", "the planet Saturn"]
+FRUIT_OR_VEGETABLE = ["carrot", "banana", "potato", "strawberry", "broccoli", "pear", "cucumber", "cherry"]
+HEAVIER = [("a feather", "a brick"), ("a car", "a bicycle"), ("a grape", "a watermelon"),
+           ("an elephant", "a cat")]
+SMALL_TALK = ["Hi! How are you today?", "What can you help me with?", "Tell me a short joke.",
+              "Can you recommend a good kind of book for a long train ride?", "What is a nice thing to do on a "
+              "rainy afternoon?", "I feel a bit tired today. Any advice?", "What should I cook for dinner tonight?",
+              "Thank you for your help!"]
+
+
+def general_prompts() -> list[dict[str, str]]:
+    """Every prompt with its kind and a stable id, in a fixed order."""
+    made: list[tuple[str, str]] = []
+    made += [("explain", f"In one or two sentences, explain why {x}.") for x in EXPLAIN]
+    made += [("define", f"What does the word '{w}' mean? Answer in one sentence.") for w in DEFINE]
+    made += [("tip", f"Give me one short tip for {t}.") for t in TIPS]
+    made += [("list", f"List three {x}.") for x in LISTS]
+    made += [("writing", f"Write a two-line poem about {x}.") for x in POEMS]
+    made += [("writing", f"Write a short thank-you note to {x}.") for x in NOTES]
+    made += [("rewrite", f"Rewrite this message so it sounds more formal: \"{s}\"") for s in REWRITE_FORMAL]
+    made += [("rewrite", f"Correct the grammar of this sentence: \"{s}\"") for s in FIX_GRAMMAR]
+    made += [("rewrite", f"Summarise this in one short sentence: \"{s}\"") for s in SUMMARISE]
+    made += [("word_problem", p) for p in WORD_PROBLEMS]
+    made += [("fact", f"Tell me one interesting fact about {x}.") for x in FACTS]
+    made += [("compare", f"Is a {x} a fruit or a vegetable?") for x in FRUIT_OR_VEGETABLE]
+    made += [("compare", f"Which is heavier, {a} or {b}?") for a, b in HEAVIER]
+    made += [("small_talk", p) for p in SMALL_TALK]
+    return [{"id": f"{kind}-{i:03d}", "kind": kind, "prompt": prompt} for i, (kind, prompt) in enumerate(made)]
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def check_apart_from_probes(rows: list[dict[str, str]], probes: Path = PROBES, limit: float = 0.5) -> None:
+    """Refuse a prompt whose word set overlaps a probe's by more than `limit` (Jaccard)."""
+    probe_prompts = [json.loads(line)["prompt"] for line in probes.read_text(encoding="utf-8").splitlines() if line]
+    for row in rows:
+        mine = words(row["prompt"])
+        for probe in probe_prompts:
+            theirs = words(probe)
+            overlap = len(mine & theirs) / len(mine | theirs)
+            if overlap > limit:
+                raise SystemExit(f"{row['id']} is too close to the probe {probe!r} ({overlap:.2f})")
+
+
+def main() -> None:
+    rows = general_prompts()
+    check_apart_from_probes(rows)
+    OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{len(rows)} prompts -> {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

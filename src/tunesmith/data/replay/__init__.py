@@ -1,0 +1,62 @@
+"""Replay prompts (`data.replay`): the bundled general set, or a user's file of prompts with optional answers.
+
+The bundled set (`general.jsonl`) is built by examples/data/make_general.py; it holds prompts only, kept apart
+from the forgetting probes, and the base model answers them at training time (train/replay.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import DataError
+
+BUNDLED_REPLAY = Path(__file__).resolve().parent / "general.jsonl"
+
+
+def load_replay_prompts(source: str, resolve: Any) -> list[dict[str, Any]]:
+    """Rows of `{"prompt": str, "answer": str | None}` from `bundled` or a JSONL file (`resolve` turns a recipe path
+    into an absolute one). Raises DataError naming the file and line of a row without a text `prompt`."""
+    path = BUNDLED_REPLAY if source == "bundled" else resolve(source)
+    if not path.is_file():
+        raise DataError(f"data.replay.source: no such file {path}.",
+                        "Give `bundled`, or a JSONL file of {\"prompt\": ..., \"answer\": ...} rows relative to the "
+                        "recipe.")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not JSON ({exc.msg}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise DataError(f"{path}, line {number}: a replay row needs a text `prompt`.",
+                            'Write rows like {"prompt": "Explain rain in one sentence.", "answer": "..."} '
+                            "(leave out `answer` to have the base model answer).")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise DataError(f"{path}, line {number}: `answer` must be text or left out.")
+        rows.append({"prompt": row["prompt"], "answer": answer})
+    if not rows:
+        raise DataError(f"data.replay.source: {path} has no rows.")
+    return rows
+
+
+def replay_count(ratio: float, train_rows: int, available: int) -> int:
+    """How many replay rows go beside `train_rows` training rows: round(ratio x train_rows), at most `available`."""
+    return min(round(ratio * train_rows), available)
+
+
+def pick_replay(rows: list[dict[str, Any]], count: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of `count` rows, in the file's order (the same rows for the same seed)."""
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), count))
+    return [rows[i] for i in chosen]
+
+
+def as_messages(prompt: str, answer: str) -> dict[str, Any]:
+    """One replay row in the canonical `messages` shape: a single user turn and its answer, no system prompt
+    (the forgetting probes ask the same way)."""
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}

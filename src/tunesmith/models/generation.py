@@ -1,0 +1,52 @@
+"""Greedy, batched generation from already rendered prompts: what eval scores and what training's replay
+rows are made of (the base model's own answers), in one place below both stages."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Generated:
+    """Answers (stripped text) with what they cost: prompt tokens and generated tokens (up to end-of-sequence)."""
+
+    answers: list[str]
+    prompt_tokens: list[int]
+    answer_tokens: list[int]
+
+
+def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+                          processor: Callable[[], Any] | None = None) -> Generated:
+    """Greedy answers to rendered prompts, batched with left padding; `processor` makes a fresh logits processor
+    for each batch (constrained decoding)."""
+    from rich.progress import track
+    from transformers import LogitsProcessorList
+
+    tokenizer.padding_side = "left"
+    result = Generated([], [], [])
+    batches = range(0, len(prompts), batch_size)
+    for start in track(batches, description="generating", console=_stderr_console(), transient=True):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        extra = {"logits_processor": LogitsProcessorList([processor()])} if processor else {}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        result.answers.extend(a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        result.prompt_tokens.extend(int(n) for n in enc["attention_mask"].sum(dim=1))
+        result.answer_tokens.extend(tokens_before_end(row.tolist(), tokenizer.eos_token_id) for row in new_tokens)
+    return result
+
+
+def tokens_before_end(tokens: list[int], eos_token_id: int | None) -> int:
+    """Generated tokens up to (not counting) the first end-of-sequence token."""
+    return tokens.index(eos_token_id) if eos_token_id in tokens else len(tokens)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

@@ -1,0 +1,126 @@
+"""training.time_budget: measure this machine's seconds per optimizer step on the run's own batches, then set the
+number of steps that fills the budget (at most MAX_BUDGET_EPOCHS epochs), and stop at the budget if the estimate
+was short.
+
+The measurement runs forward and backward on a few batches of the training set before training starts (no
+optimizer exists yet, so no weight changes; gradients are cleared after). Batches are taken at the 25th, 50th
+and 75th percentile of row length, as a length-grouped sampler builds them, after one warm-up batch. The
+learning-rate schedule (warm-up ratio, cosine decay) is then built for the chosen step count by the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainerCallback
+
+# Epochs a budget may fill when time allows: more passes over a small set mostly memorise it. Common LoRA SFT
+# practice is 1-3 epochs (the QLoRA paper's and TRL's examples; Axolotl's examples use 1-4).
+MAX_BUDGET_EPOCHS = 3
+BUDGET_SAFETY = 0.95  # of the budget given to steps: logging, checkpoints and the optimizer are not measured
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What the time budget chose, and from what."""
+
+    budget_s: float
+    step_s: float  # measured seconds per optimizer step (forward + backward, gradient accumulation included)
+    steps_per_epoch: int
+    steps: int
+    why: str
+
+    @property
+    def epochs(self) -> float:
+        return round(self.steps / self.steps_per_epoch, 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"budget_s": self.budget_s, "measured_step_s": round(self.step_s, 3),
+                "steps_per_epoch": self.steps_per_epoch, "steps": self.steps, "epochs": self.epochs, "why": self.why}
+
+
+def plan_steps(budget_s: float, step_s: float, steps_per_epoch: int,
+               max_epochs: float = MAX_BUDGET_EPOCHS) -> BudgetPlan:
+    """Steps that fit BUDGET_SAFETY x `budget_s` at `step_s` each, at least 1 and at most `max_epochs` epochs."""
+    fit = max(1, math.floor(BUDGET_SAFETY * budget_s / step_s))
+    cap = max(1, math.floor(max_epochs * steps_per_epoch))
+    steps = min(fit, cap)
+    if fit > cap:
+        why = (f"{max_epochs:g} epochs ({cap} steps of {step_s:.2f} s) fit in {budget_s:.0f} s; more passes over "
+               "the same rows mostly memorise them")
+    else:
+        why = f"{steps} steps of {step_s:.2f} s fill {BUDGET_SAFETY:.0%} of {budget_s:.0f} s"
+    return BudgetPlan(budget_s, step_s, steps_per_epoch, steps, why)
+
+
+def steps_per_epoch(rows: int, batch_size: int, grad_accum: int) -> int:
+    return max(1, math.ceil(rows / (batch_size * grad_accum)))
+
+
+def measure_step_seconds(trainer: Any, grad_accum: int) -> float:
+    """Seconds per optimizer step: the mean forward+backward time of three length-quantile batches (after one
+    warm-up batch), times `grad_accum`. Leaves no gradient behind."""
+    import torch
+
+    model, dataset = trainer.model, trainer.train_dataset
+    batch_size = trainer.args.per_device_train_batch_size
+    by_length = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    starts = [max(0, min(len(by_length) - batch_size, int(q * len(by_length)) - batch_size // 2))
+              for q in (0.5, 0.25, 0.5, 0.75)]  # the first is the warm-up
+    model.train()
+    seconds = []
+    for start in starts:
+        rows = [dataset[i] for i in by_length[start : start + batch_size]]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        began = time.monotonic()
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        seconds.append(time.monotonic() - began)
+    model.zero_grad(set_to_none=True)
+    del loss
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return grad_accum * sum(seconds[1:]) / len(seconds[1:])
+
+
+def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool) -> BudgetPlan | None:
+    """Set `trainer.args.max_steps` from the budget, unless max_steps or epochs was given. Returns the plan, or
+    None when the recipe's own steps win (StopAtBudget still stops at the budget)."""
+    if steps_given:
+        print(f"time budget {budget_s:.0f} s: training.max_steps/epochs are set, so they decide the steps; "
+              "training stops early if it runs past the budget", file=sys.stderr, flush=True)
+        return None
+    per_epoch = steps_per_epoch(len(trainer.train_dataset), trainer.args.per_device_train_batch_size,
+                                trainer.args.gradient_accumulation_steps)
+    plan = plan_steps(budget_s, measure_step_seconds(trainer, trainer.args.gradient_accumulation_steps), per_epoch)
+    trainer.args.max_steps = plan.steps
+    print(f"time budget {budget_s:.0f} s: {plan.steps} steps ({plan.epochs:g} epochs): {plan.why}",
+          file=sys.stderr, flush=True)
+    return plan
+
+
+class StopAtBudget(TrainerCallback):
+    """A trainer callback: stop after the step that ends past the budget (counted from the first step), and
+    write the step into `record` (train.json's time_budget) as `stopped_at_step`."""
+
+    def __init__(self, budget_s: float, record: dict[str, Any]) -> None:
+        self.budget_s = budget_s
+        self.record = record
+        self.started: float | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        past = self.started is not None and time.monotonic() - self.started > self.budget_s
+        if past and state.global_step < state.max_steps:
+            self.record["stopped_at_step"] = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
+            print(f"time budget {self.budget_s:.0f} s reached at step {state.global_step} of {state.max_steps}: "
+                  "stopping", file=sys.stderr, flush=True)
