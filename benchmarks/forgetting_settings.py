@@ -25,6 +25,7 @@ SETTINGS = {
     "replay_0.1": ["data.replay.ratio=0.1"],
     "replay_0.25": ["data.replay.ratio=0.25"],
     "replay_0.25_lr_5e-4_40_steps": ["data.replay.ratio=0.25", "training.lr=5.0e-4", "training.max_steps=40"],
+    "replay_all_warmup_0.2": ["data.replay.ratio=0.5", "training.warmup_ratio=0.2"],
 }
 
 

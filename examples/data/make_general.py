@@ -5,7 +5,9 @@ answering them as the base did. The rows here hold prompts only: at training tim
 them itself (greedy), and those answers are what training replays (self-distillation, so the set carries no
 one else's text and suits any base model). Written by hand for tunesmith from the templates below (stdlib
 only, no randomness). Kinds: explanations, definitions, tips, lists, short writing, rewriting, word
-problems, facts, comparisons and small talk. The forgetting probes (src/tunesmith/eval/probes) are the
+problems, facts, comparisons, small talk, and short answers of the forms a general assistant is asked for
+(a number, one word, arithmetic, a format instruction), with answers as long as the base gives them. The
+forgetting probes (src/tunesmith/eval/probes) are the
 measure of forgetting and are not part of this set: `check_apart_from_probes` refuses any prompt that shares
 most of its words with a probe, and tests/test_replay.py checks the bundled file the same way.
 
@@ -65,7 +67,23 @@ WORD_PROBLEMS = [
 ]
 FACTS = ["the Moon", "elephants", "the Nile river", "honey bees", "the human heart", "penguins",
          "the Sahara desert", "owls", "the Amazon rainforest", "volcanoes", "whales", "the planet Saturn"]
-FRUIT_OR_VEGETABLE = ["carrot", "banana", "potato", "strawberry", "broccoli", "pear", "cucumber", "cherry"]
+SHORT_NUMBER = ["the number of wheels on a tricycle", "the number of minutes in one hour",
+                "the number of sides of a square", "the number of legs of a cat",
+                "the number of continents on Earth", "the number of strings on a standard guitar",
+                "the number of players one team has on the field in a soccer match",
+                "the number of seconds in one minute"]
+ARITHMETIC = ["Calculate 14 + 6.", "What do you get when you add 13 and 4?", "Compute 30 minus 8.",
+              "What is the product of 6 and 3?", "Calculate 100 divided by 4.", "What is 15 plus 15?",
+              "Subtract 9 from 17.", "Double the number 21.", "What is 8 multiplied by 2?", "Compute 45 - 20."]
+ONE_WORD = ["Which animal is known as the king of the jungle?", "Which planet is the largest in our solar system?",
+            "What do bees make?", "Which season comes with snow in most of Europe?",
+            "What is frozen water called?", "Which organ pumps blood through the body?",
+            "What is the main ingredient of guacamole?", "Which instrument has 88 keys?"]
+FORMAT = ["Reply with only the word 'yes'.", "Write the numbers from one to five as digits, separated by commas.",
+          "In exactly three words, describe the ocean.", "Give a one-word answer: what is your favourite season?",
+          "Write a sentence in lowercase letters only about the weather.",
+          "List two colours, one per line, with nothing else.", "Write a title for a story about a lost key.",
+          "Answer with a single emoji that means happy."]
 HEAVIER = [("a feather", "a brick"), ("a car", "a bicycle"), ("a grape", "a watermelon"),
            ("an elephant", "a cat")]
 SMALL_TALK = ["Hi! How are you today?", "What can you help me with?", "Tell me a short joke.",
@@ -88,7 +106,10 @@ def general_prompts() -> list[dict[str, str]]:
     made += [("rewrite", f"Summarise this in one short sentence: \"{s}\"") for s in SUMMARISE]
     made += [("word_problem", p) for p in WORD_PROBLEMS]
     made += [("fact", f"Tell me one interesting fact about {x}.") for x in FACTS]
-    made += [("compare", f"Is a {x} a fruit or a vegetable?") for x in FRUIT_OR_VEGETABLE]
+    made += [("short_number", f"Give {q}, in digits.") for q in SHORT_NUMBER]
+    made += [("arithmetic", q) for q in ARITHMETIC]
+    made += [("one_word", f"{q} Answer in one word.") for q in ONE_WORD]
+    made += [("format", q) for q in FORMAT]
     made += [("compare", f"Which is heavier, {a} or {b}?") for a, b in HEAVIER]
     made += [("small_talk", p) for p in SMALL_TALK]
     return [{"id": f"{kind}-{i:03d}", "kind": kind, "prompt": prompt} for i, (kind, prompt) in enumerate(made)]

@@ -70,6 +70,12 @@ class CleanSection(Section):
         return self
 
 
+# Adapter kinds whose model with the adapter switched off is the untouched base (the KL anchor's reference);
+# PiSSA, OLoRA and LoftQ rewrite base weights at init, and full/partial/hft train the base itself.
+BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "prompt_tuning", "prefix_tuning",
+                         "p_tuning")
+
+
 class ReplaySection(Section):
     """General rows mixed into supervised training so the tuned model keeps answering as the base did.
 
@@ -87,6 +93,16 @@ class ReplaySection(Section):
                                                       "400 training rows); 0 turns replay off.")
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
+    loss: Literal["auto", "kl", "sft"] = Field(
+        "auto", description="kl: each step adds weight x KL(base || tuned) on the replay rows' answer tokens, the "
+                            "base being the model with the adapter off; sft: the replay rows join the training rows. "
+                            "auto: kl for adapters that leave the base untouched, sft otherwise.")
+    weight: float = Field(1.0, gt=0, description="kl: the anchor's weight beside the task loss.")
+
+    def resolved_loss(self, adapter_kind: str) -> str:
+        if self.loss != "auto":
+            return self.loss
+        return "kl" if adapter_kind in BASE_PRESERVING_KINDS else "sft"
 
 
 class DataSection(Section):
@@ -669,6 +685,9 @@ class Recipe(Section):
         if self.data.replay.ratio and self.method.kind != "sft":
             raise ValueError(f"data.replay mixes answered prompts into supervised fine-tuning (method.kind sft); "
                              f"method.kind={self.method.kind} trains on another row shape. Set data.replay.ratio: 0")
+        if self.data.replay.loss == "kl" and self.adapter.kind not in BASE_PRESERVING_KINDS:
+            raise ValueError(f"data.replay.loss=kl needs the untouched base as its reference, and adapter.kind="
+                             f"{self.adapter.kind} changes the base weights. Use data.replay.loss: sft (or auto)")
         return self
 
     def resolve_path(self, value: str) -> Path:

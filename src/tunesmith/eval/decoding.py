@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
-from tunesmith.models.generation import Generated, generate_from_prompts, tokens_before_end
+from tunesmith.models.generation import Generated, generate_from_prompts, pad_right, tokens_before_end
 
-__all__ = ["Generated", "generate_from_prompts", "tokens_before_end"]  # re-exported for eval's modules
+__all__ = ["Generated", "generate_from_prompts", "pad_right", "tokens_before_end"]  # re-exported for eval's modules
 
 
 def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, batch_size: int) -> float:
@@ -32,17 +32,6 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, 
         total += losses.item()
         count += int((shift_labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
-
-
-def pad_right(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-    return ids, labels, mask
 
 
 def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,

@@ -46,6 +46,24 @@ def tokens_before_end(tokens: list[int], eos_token_id: int | None) -> int:
     return tokens.index(eos_token_id) if eos_token_id in tokens else len(tokens)
 
 
+IGNORE_INDEX = -100  # PyTorch cross-entropy's ignore_index: positions that carry no loss
+
+
+def pad_right(batch: list[dict], pad_id: int) -> tuple[Any, Any, Any]:
+    """Encoded rows (`input_ids`, `labels`) as right-padded (ids, labels, attention mask) tensors of one width;
+    padding carries IGNORE_INDEX labels."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+    return ids, labels, mask
+
+
 def _stderr_console():
     from rich.console import Console
 

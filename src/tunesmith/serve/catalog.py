@@ -8,7 +8,6 @@ a plain LoRA (whole models, DoRA, IA3, ...) as their own merged GGUF.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from tunesmith.config import GGUF_LORA_KINDS, Recipe
 from tunesmith.errors import TunesmithError
-from tunesmith.models.home import tunesmith_home
+from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.tuned import is_adapter, run_base_model
 from tunesmith.runs import Run, open_run
 
@@ -110,11 +109,7 @@ def cached_base_gguf(base_dir: Path, quant: str, export: bool) -> Path:
     modification times (every run on this base shares the file)."""
     from tunesmith.export.gguf import write_gguf
 
-    fingerprint = hashlib.sha256(str(base_dir).encode())
-    for file in sorted(base_dir.glob("*.safetensors")) + sorted(base_dir.glob("tokenizer*")):
-        stat = file.stat()
-        fingerprint.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    target = tunesmith_home() / "serve" / f"{base_dir.name}-{fingerprint.hexdigest()[:12]}.{quant}.gguf"
+    target = tunesmith_home() / "serve" / f"{base_dir.name}-{model_fingerprint(base_dir)}.{quant}.gguf"
     if export and not target.is_file():
         print(f"writing the base {base_dir.name} as GGUF once: {target}", file=sys.stderr, flush=True)
         write_gguf(base_dir, target, quant, name=base_dir.name)

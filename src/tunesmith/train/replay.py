@@ -7,17 +7,22 @@ saved as data/replay.jsonl, recorded in run.json's train stage, and mixed into t
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data.replay import as_messages, load_replay_prompts, pick_replay, replay_count
-from tunesmith.data.template import render
+from tunesmith.data.template import encode_split, render
 from tunesmith.manifest import RowsFile
-from tunesmith.models.generation import generate_from_prompts
-from tunesmith.runs import Run, save_rows
+from tunesmith.models.generation import IGNORE_INDEX, generate_from_prompts, pad_right
+from tunesmith.models.home import model_fingerprint, tunesmith_home
+from tunesmith.runs import Run, atomic_write_json, save_rows
 
 
 @dataclass
@@ -27,11 +32,13 @@ class Replay:
     rows: list[dict[str, Any]] = field(default_factory=list)
     file: RowsFile | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    examples: list[dict[str, list[int]]] = field(default_factory=list)  # rows encoded as training encodes them
 
 
-def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, train_rows: int) -> Replay:
-    """Sample round(ratio x train_rows) replay prompts, answer those without an answer with `model` (the base,
-    before any adapter), and save the finished rows. An empty Replay when data.replay.ratio is 0."""
+def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir: Path, train_rows: int) -> Replay:
+    """Sample round(ratio x train_rows) replay prompts, answer those without an answer with `model` (the base from
+    `model_dir`, before any adapter; answers are cached per base under $TUNESMITH_HOME/replay), and save the
+    finished rows. An empty Replay when data.replay.ratio is 0."""
     settings = recipe.data.replay
     if settings.ratio == 0:
         return Replay()
@@ -39,34 +46,127 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, train_row
     count = replay_count(settings.ratio, train_rows, len(prompts))
     chosen = pick_replay(prompts, count, recipe.training.seed)
     started = time.monotonic()
-    answers, unfinished = base_answers(model, tokenizer, [r for r in chosen if r["answer"] is None],
-                                       settings.max_new_tokens, recipe.eval.batch_size)
-    rows = [as_messages(r["prompt"], r["answer"] if r["answer"] is not None else answers.pop(0)) for r in chosen]
-    rows = [row for row in rows if row["messages"][1]["content"] is not None]
+    cache = AnswerCache(answer_cache_file(model, model_dir, settings.max_new_tokens))
+    asked = [r["prompt"] for r in chosen if r["answer"] is None]
+    missing = [prompt for prompt in asked if not cache.has(prompt)]
+    cache.update(missing, base_answers(model, tokenizer, missing, settings.max_new_tokens, recipe.eval.batch_size))
+    answers = [r["answer"] if r["answer"] is not None else cache.get(r["prompt"]) for r in chosen]
+    rows = [as_messages(r["prompt"], answer) for r, answer in zip(chosen, answers, strict=True) if answer is not None]
     report = {"source": settings.source, "ratio": settings.ratio, "wanted": round(settings.ratio * train_rows),
-              "available": len(prompts), "rows": len(rows), "left_out_unfinished": unfinished,
-              "answered_by_base": count - sum(r["answer"] is not None for r in chosen),
+              "available": len(prompts), "rows": len(rows), "left_out_unfinished": answers.count(None),
+              "answered_by_base": len(asked), "answers_from_cache": len(asked) - len(missing),
               "seconds": round(time.monotonic() - started, 1)}
-    print(f"replay: {len(rows)} general rows beside {train_rows} training rows ({report['answered_by_base']} "
-          f"answered by the base model in {report['seconds']} s; {unfinished} unfinished left out)",
+    print(f"replay: {len(rows)} general rows beside {train_rows} training rows ({len(asked)} answered by the base "
+          f"model, {len(missing)} of them now, in {report['seconds']} s; {answers.count(None)} unfinished left out)",
           file=sys.stderr, flush=True)
-    return Replay(rows, save_rows(run, "replay", rows) if rows else None, report)
+    encoded = encode_split(tokenizer, rows, recipe.data.max_length)
+    report["trained"] = encoded.counts()
+    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples]
+    return Replay(rows, save_rows(run, "replay", rows) if rows else None, report, examples)
 
 
-def base_answers(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int,
-                 batch_size: int) -> tuple[list[str | None], int]:
+def answer_cache_file(model: Any, model_dir: Path, max_new_tokens: int) -> Path:
+    """The cache of one base's greedy answers: keyed by its files, how it was loaded (dtype, quantized or not,
+    device) and the answer length limit, all of which change what greedy decoding returns."""
+    loaded = f"{getattr(model, 'dtype', '')}-{bool(getattr(model, 'is_loaded_in_4bit', False))}-" \
+             f"{bool(getattr(model, 'is_loaded_in_8bit', False))}-{getattr(model, 'device', '')}-{max_new_tokens}"
+    key = hashlib.sha256(f"{model_fingerprint(model_dir)}:{loaded}".encode()).hexdigest()[:16]
+    return tunesmith_home() / "replay" / f"{model_dir.name}-{key}.json"
+
+
+class AnswerCache:
+    """prompt -> the base's answer (None: unfinished), read from and written back to one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.answers: dict[str, str | None] = (json.loads(path.read_text(encoding="utf-8"))
+                                               if path.is_file() else {})
+
+    def has(self, prompt: str) -> bool:
+        return prompt in self.answers
+
+    def get(self, prompt: str) -> str | None:
+        return self.answers[prompt]
+
+    def update(self, prompts: list[str], answers: list[str | None]) -> None:
+        if not prompts:
+            return
+        self.answers.update(zip(prompts, answers, strict=True))
+        atomic_write_json(self.path, self.answers)
+
+
+def base_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                 batch_size: int) -> list[str | None]:
     """The model's greedy answer to each prompt as a single user turn; None where it did not stop within
-    `max_new_tokens` (or answered nothing). Returns the answers and how many are None."""
-    if not rows:
-        return [], 0
+    `max_new_tokens` (or answered nothing)."""
+    if not prompts:
+        return []
     import torch
 
-    prompts = [render(tokenizer, [{"role": "user", "content": r["prompt"]}], generation_prompt=True) for r in rows]
+    rendered = [render(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in prompts]
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        generated = generate_from_prompts(model, tokenizer, prompts, max_new_tokens, batch_size)
+        generated = generate_from_prompts(model, tokenizer, rendered, max_new_tokens, batch_size)
     model.train(was_training)
-    answers = [text if used < max_new_tokens and text else None
-               for text, used in zip(generated.answers, generated.answer_tokens, strict=True)]
-    return answers, sum(a is None for a in answers)
+    return [text if used < max_new_tokens and text else None
+            for text, used in zip(generated.answers, generated.answer_tokens, strict=True)]
+
+
+class ReplayBatches:
+    """An endless, seeded stream of padded replay mini-batches (the rows reshuffled at each pass)."""
+
+    def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int) -> None:
+        self.examples, self.batch_size, self.pad_id = examples, max(1, batch_size), pad_id
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self, device: Any) -> tuple[Any, Any, Any]:
+        if len(self.order) < self.batch_size:
+            self.order += self.rng.sample(range(len(self.examples)), len(self.examples))
+        chosen, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return tuple(t.to(device) for t in pad_right([self.examples[i] for i in chosen], self.pad_id))
+
+
+def anchor_kl(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> Any:
+    """KL(base || tuned) per answer token of the replay batch: the base's next-token distribution (the adapter
+    switched off) against the tuned model's, summed over the vocabulary, averaged over the answer positions.
+
+    The Learning-without-Forgetting anchor (Li and Hoiem 2016, arXiv:1606.09282) with the base as its own
+    teacher on general prompts; KL to the reference as in RLHF (Ouyang et al. 2022, arXiv:2203.02155).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ids, labels, mask = batch
+    answer = labels[:, 1:] != IGNORE_INDEX  # positions whose next token is an answer token
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = model(input_ids=ids, attention_mask=mask).logits[:, :-1][answer].float()
+    tuned = model(input_ids=ids, attention_mask=mask).logits[:, :-1][answer].float()
+    return F.kl_div(F.log_softmax(tuned, dim=-1), F.log_softmax(reference, dim=-1), log_target=True,
+                    reduction="batchmean")
+
+
+def anchored(trainer_class: type) -> type:
+    """`trainer_class` (TRL's SFTTrainer) with the replay anchor added to every training micro-batch's loss:
+    loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows."""
+
+    class ReplayAnchoredTrainer(trainer_class):
+        def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.replay_batches, self.replay_weight = replay_batches, replay_weight
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not model.training:
+                return result
+            loss, outputs = result if return_outputs else (result, None)
+            kl = anchor_kl(model, self.accelerator.unwrap_model(model), self.replay_batches.next(loss.device))
+            # as TRL does for its auxiliary loss: with num_items_in_batch the loss carries gradient accumulation
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.replay_weight * kl / steps
+            self._metrics["train"]["replay_kl"].append(kl.item())
+            return (loss, outputs) if return_outputs else loss
+
+    return ReplayAnchoredTrainer

@@ -18,7 +18,7 @@ from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.replay import Replay, build_replay
+from tunesmith.train.replay import Replay, ReplayBatches, anchored, build_replay
 
 
 def run_train(recipe: Recipe, run: Run) -> Path:
@@ -28,31 +28,43 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     max_length = recipe.data.max_length
     setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
                              encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
-    replay = build_replay(recipe, run, setup.model, setup.tokenizer, len(setup.splits.train))
+    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
     setup.replay_file = replay.file
+    anchor = replay_anchor(recipe, replay, setup.tokenizer)
     packing = choose_packing(recipe.training.packing, setup.model)
-    trainer = SFTTrainer(
+    trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(
         model=setup.model,
         args=sft_config(recipe, run, setup.device, setup.precision, packing.on),
-        train_dataset=with_replay(setup.encoded.train, replay, setup.tokenizer, max_length),
+        train_dataset=setup.encoded.train if anchor else with_replay(setup.encoded.train, replay),
         eval_dataset=setup.encoded.eval,
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
+        **anchor,
     )
     choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.rows else {})}
     return fit_and_save(trainer, setup, recipe, run, choices)
 
 
-def with_replay(train: Any, replay: Replay, tokenizer: Any, max_length: int) -> Any:
-    """The training dataset with the replay rows encoded the same way appended (the trainer shuffles)."""
-    if not replay.rows:
+def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
+    """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
+    round(ratio x batch_size) replay rows per micro-batch, at least one."""
+    if not replay.examples or recipe.data.replay.resolved_loss(recipe.adapter.kind) != "kl":
+        return {}
+    per_step = max(1, round(recipe.data.replay.ratio * recipe.training.batch_size))
+    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_step)
+    return {"replay_batches": ReplayBatches(replay.examples, per_step, tokenizer.pad_token_id, recipe.training.seed),
+            "replay_weight": recipe.data.replay.weight}
+
+
+def with_replay(train: Any, replay: Replay) -> Any:
+    """The training dataset with the replay rows appended (data.replay.loss sft; the trainer shuffles)."""
+    if not replay.examples:
         return train
     from datasets import concatenate_datasets
 
-    encoded = encode_split(tokenizer, replay.rows, max_length)
-    replay.report["trained"] = encoded.counts()
-    extra = train.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples])
+    replay.report["loss"] = "sft"
+    extra = train.from_list(replay.examples)
     return concatenate_datasets([train, extra.cast(train.features)])
 
 

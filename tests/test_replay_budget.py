@@ -1,0 +1,214 @@
+"""Issue 19: replay of general rows (data.replay) and the time budget (training.time_budget) on a tiny llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_project
+from tunesmith.config import Recipe, duration_seconds, load_recipe
+from tunesmith.data.replay import BUNDLED_REPLAY, load_replay_prompts, pick_replay, replay_count
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import create_run, open_run
+from tunesmith.train import run_training
+from tunesmith.train.budget import BUDGET_SAFETY, plan_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_general", ROOT / "examples/data/make_general.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("45", 45),
+                                               ("1.5h", 5400), ("2m 30s", 150)])
+def test_durations(text, seconds):
+    assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "10 days", "0s", "-5m", ""])
+def test_bad_durations_are_refused_naming_the_key(tmp_path, tiny_model_dir, text):
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=2)
+    with pytest.raises(TunesmithError, match=r"training\.time_budget"):
+        load_recipe(recipe, [f"training.time_budget={text!r}"])
+
+
+def test_budget_and_replay_refused_for_methods_they_do_not_fit():
+    data = {"train": "t.jsonl"}
+    with pytest.raises(ValueError, match=r"time_budget works with method\.kind"):
+        Recipe(data=data, method={"kind": "grpo"}, training={"time_budget": "5m"})
+    with pytest.raises(ValueError, match=r"data\.replay mixes"):
+        Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"})
+    assert Recipe(data={**data, "replay": {"ratio": 0.1}}).data.replay.ratio == 0.1
+
+
+def test_steps_given_only_when_written():
+    assert not Recipe(data={"train": "t.jsonl"}).training.steps_given
+    assert Recipe(data={"train": "t.jsonl"}, training={"epochs": 1}).training.steps_given
+    assert Recipe(data={"train": "t.jsonl"}, training={"max_steps": 5}).training.steps_given
+
+
+def test_plan_fills_the_budget_up_to_the_epoch_cap():
+    plan = plan_steps(budget_s=100, step_s=2.0, steps_per_epoch=100)
+    assert plan.steps == int(BUDGET_SAFETY * 100 / 2.0) and plan.epochs == pytest.approx(plan.steps / 100)
+    capped = plan_steps(budget_s=1000, step_s=0.5, steps_per_epoch=10)
+    assert capped.steps == 30 and capped.epochs == 3 and "3 epochs" in capped.why
+    assert plan_steps(budget_s=1, step_s=10, steps_per_epoch=10).steps == 1
+
+
+def test_bundled_replay_set_is_its_generators_output_and_apart_from_the_probes():
+    generator = load_generator()
+    rows = generator.general_prompts()
+    written = [json.loads(line) for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines()]
+    assert written == rows and len(rows) >= 100
+    generator.check_apart_from_probes(rows)  # raises SystemExit on a prompt too close to a probe
+    probes = {json.loads(line)["prompt"] for line in
+              (ROOT / "src/tunesmith/eval/probes/general.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert not probes & {r["prompt"] for r in rows}
+
+
+def test_check_apart_from_probes_catches_a_copied_probe():
+    generator = load_generator()
+    with pytest.raises(SystemExit, match="too close"):
+        generator.check_apart_from_probes([{"id": "x", "prompt": "What is 2 + 3? Answer with a number."}])
+
+
+def test_replay_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "replay.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"answer": "no prompt"}\n', encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"replay.jsonl, line 2: a replay row needs a text `prompt`"):
+        load_replay_prompts("replay.jsonl", lambda p: tmp_path / p)
+    with pytest.raises(TunesmithError, match=r"data\.replay\.source: no such file"):
+        load_replay_prompts("missing.jsonl", lambda p: tmp_path / p)
+
+
+def test_replay_sample_is_seeded_and_capped():
+    rows = [{"prompt": str(i), "answer": None} for i in range(50)]
+    assert replay_count(0.1, 400, 50) == 40 and replay_count(0.5, 400, 50) == 50 and replay_count(0.1, 4, 50) == 0
+    first, again, other = pick_replay(rows, 10, 1), pick_replay(rows, 10, 1), pick_replay(rows, 10, 2)
+    assert first == again and first != other
+    assert [int(r["prompt"]) for r in first] == sorted(int(r["prompt"]) for r in first)
+
+
+def test_replay_rows_are_trained_and_recorded(tmp_path, tiny_model_dir):
+    """Rows with answers are replayed as written; the base answers the rest, and an answer it does not finish
+    within max_new_tokens is left out and counted."""
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.replay import base_answers
+
+    replay_file = tmp_path / "general.jsonl"
+    given = [{"prompt": f"Say the number {i}.", "answer": f"{i}"} for i in range(6)]
+    asked = [{"prompt": f"Tell me about {w}."} for w in ("rain", "snow", "wind", "fog", "hail", "sun")]
+    replay_file.write_text("".join(json.dumps(r) + "\n" for r in given + asked), encoding="utf-8")
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=24, eval_rows=4),
+                         ["data.replay.source=general.jsonl", "data.replay.ratio=0.5", "data.replay.max_new_tokens=8",
+                          "training.max_steps=4"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+
+    report = json.loads((run.path / "train.json").read_text())["replay"]
+    manifest = open_run(run.path).manifest().train
+    replayed = [json.loads(line) for line in (run.path / "data/replay.jsonl").read_text().splitlines()]
+    assert report["wanted"] == 12 and report["available"] == 12
+    assert report["rows"] == len(replayed) == manifest.replay.rows == 12 - report["left_out_unfinished"]
+    by_prompt = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in replayed}
+    assert all(by_prompt[g["prompt"]] == g["answer"] for g in given)
+    model_dir = Path(open_run(run.path).manifest().train.base_model.path)
+    answers = base_answers(load_model(model_dir, dtype=torch.float32, device="cpu"), load_tokenizer(model_dir),
+                           [a["prompt"] for a in asked], 8, 6)
+    assert answers.count(None) == report["left_out_unfinished"]
+    assert [by_prompt.get(a["prompt"]) for a in asked] == answers  # the base's own greedy answers, or left out
+    assert report["trained"]["trained_rows"] == report["rows"]
+
+
+def test_time_budget_sets_the_steps_and_saves_the_plan(tmp_path, tiny_model_dir):
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=4),
+                         ["training.max_steps=-1", "training.time_budget=5m"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    plan = report["time_budget"]
+    assert plan["measured_step_s"] > 0 and plan["steps_per_epoch"] == 4
+    assert plan["steps"] == 12 and "3 epochs" in plan["why"]  # a tiny model fills its 3 epochs in seconds
+    assert report["steps"] == plan["steps"] and "stopped_at_step" not in plan
+    assert json.loads((run.path / "budget.json").read_text()) == {k: v for k, v in plan.items()}
+
+
+def test_time_budget_stops_a_run_whose_steps_were_given(tmp_path, tiny_model_dir):
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=4),
+                         ["training.max_steps=100000", "training.time_budget=3s", "training.save_steps=100000"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    assert report["time_budget"]["steps"] is None
+    assert 0 < report["time_budget"]["stopped_at_step"] == report["steps"] < 100000
+    assert (run.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+    from tunesmith.train.replay import ReplayBatches, anchor_kl
+
+    model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * (n - 4) + list(range(n + 1, n + 5))}
+                for n in (8, 12, 10)]
+    batches = ReplayBatches(examples, 2, pad_id=0, seed=3)
+    batch = batches.next("cpu")
+    assert batch[0].shape[0] == 2 and batch[2].sum() == sum(len(examples[i]["input_ids"]) for i in range(3)) - \
+        len(examples[batches.order[0]]["input_ids"])  # the third row waits for the next batch
+    assert anchor_kl(model, model, batch).item() == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    kl = anchor_kl(model, model, batch)
+    assert kl.item() > 1e-3
+    kl.backward()  # the anchor trains the adapter, not the frozen base
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_replay_batches_cycle_through_every_row_before_repeating():
+    from tunesmith.train.replay import ReplayBatches
+
+    examples = [{"input_ids": [i + 1, i + 2], "labels": [-100, i + 2]} for i in range(5)]
+    stream = ReplayBatches(examples, 2, pad_id=0, seed=1)
+    seen = [int(ids[0]) - 1 for _ in range(5) for ids in stream.next("cpu")[0]]
+    assert sorted(seen[:5]) == [0, 1, 2, 3, 4] and len(seen) == 10
+
+
+def test_replay_kl_logs_the_anchor_and_sft_joins_the_rows(tmp_path, tiny_model_dir):
+    replay_file = tmp_path / "general.jsonl"
+    replay_file.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": f"{i}"}) + "\n" for i in range(8)),
+                           encoding="utf-8")
+    reports = {}
+    for loss in ("kl", "sft"):
+        recipe = load_recipe(make_tiny_project(tmp_path / loss, tiny_model_dir, train_rows=16, eval_rows=4),
+                             [f"data.replay.source={replay_file}", "data.replay.ratio=0.5", f"data.replay.loss={loss}",
+                              "training.max_steps=4", "training.logging_steps=1"])
+        run = create_run(recipe, tmp_path / loss / "runs")
+        run_training(recipe, run)
+        reports[loss] = json.loads((run.path / "train.json").read_text())
+        logged = [m for m in run.read_metrics() if "loss" in m]
+        assert any("replay_kl" in m for m in logged) == (loss == "kl")
+    assert reports["kl"]["replay"]["loss"] == "kl" and reports["kl"]["replay"]["rows_per_step"] == 4
+    assert reports["sft"]["replay"]["loss"] == "sft"
+    # sft: the 8 replay rows are training rows (4 steps x 8 rows draw from 24); kl: they are not
+    assert reports["sft"]["throughput"]["loss_tokens"] != reports["kl"]["throughput"]["loss_tokens"]
+
+
+def test_replay_kl_is_refused_for_adapters_that_change_the_base():
+    with pytest.raises(ValueError, match=r"data\.replay\.loss=kl needs the untouched base"):
+        Recipe(data={"train": "t.jsonl", "replay": {"ratio": 0.1, "loss": "kl"}}, adapter={"kind": "full"})
+    assert Recipe(data={"train": "t.jsonl"}, adapter={"kind": "full"}).data.replay.resolved_loss("full") == "sft"
+    assert Recipe(data={"train": "t.jsonl"}).data.replay.resolved_loss("lora") == "kl"
