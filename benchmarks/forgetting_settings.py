@@ -22,10 +22,9 @@ SETTINGS = {
     "lr_3e-4": ["training.lr=3.0e-4"],
     "attention_only": ["adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
     "r4_lr_5e-4": ["adapter.r=4", "adapter.alpha=8", "training.lr=5.0e-4"],
-    "replay_0.1": ["data.replay.ratio=0.1"],
-    "replay_0.25": ["data.replay.ratio=0.25"],
-    "replay_0.25_lr_5e-4_40_steps": ["data.replay.ratio=0.25", "training.lr=5.0e-4", "training.max_steps=40"],
-    "replay_all_warmup_0.2": ["data.replay.ratio=0.5", "training.warmup_ratio=0.2"],
+    "replay_sft_0.25": ["data.replay.ratio=0.25", "data.replay.loss=sft"],
+    "replay_kl_0.25": ["data.replay.ratio=0.25", "data.replay.loss=kl"],
+    "replay_kl_0.25_w4": ["data.replay.ratio=0.25", "data.replay.loss=kl", "data.replay.weight=4"],
 }
 
 

@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_are_the_practitioners_ones(tmp_path):
     recipe = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"))
     assert (recipe.adapter.r, recipe.adapter.alpha, recipe.adapter.targets) == (16, 32, "all-linear")
-    assert (recipe.training.lr, recipe.training.scheduler, recipe.training.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert (recipe.training.lr, recipe.training.scheduler, recipe.training.warmup_ratio) == ("auto", "cosine", 0.03)
     assert recipe.resolve_path("t.jsonl") == (tmp_path / "t.jsonl").resolve()
 
 

@@ -212,3 +212,22 @@ def test_replay_kl_is_refused_for_adapters_that_change_the_base():
         Recipe(data={"train": "t.jsonl", "replay": {"ratio": 0.1, "loss": "kl"}}, adapter={"kind": "full"})
     assert Recipe(data={"train": "t.jsonl"}, adapter={"kind": "full"}).data.replay.resolved_loss("full") == "sft"
     assert Recipe(data={"train": "t.jsonl"}).data.replay.resolved_loss("lora") == "kl"
+
+
+@pytest.mark.parametrize(("kind", "parameters", "lr"), [("lora", 135e6, 1e-3), ("qlora", 7e9, 2e-4),
+                                                        ("dora", 70e9, 1e-4), ("full", 135e6, 2e-5),
+                                                        ("prompt_tuning", 1e9, 3e-2), ("ia3", 3e9, 3e-3)])
+def test_auto_lr_by_adapter_kind_and_base_size(kind, parameters, lr):
+    from tunesmith.train.defaults import auto_lr
+
+    assert auto_lr(kind, int(parameters))[0] == lr
+
+
+def test_auto_lr_is_resolved_before_training_and_recorded(tmp_path, tiny_model_dir):
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         ["training.lr=auto", "training.max_steps=2"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    chosen = json.loads((run.path / "train.json").read_text())["chosen"]["lr"]
+    assert chosen["value"] == 1e-3 and chosen["why"].startswith("auto: LoRA on a")
+    assert open_run(run.path).load_recipe().training.lr == "auto"  # the snapshot keeps what the user wrote

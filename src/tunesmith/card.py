@@ -33,7 +33,7 @@ def write_model_card(run: Run) -> Path:
         f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
         f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
-        f"- steps: {train.get('steps', '?')}, lr {recipe.training.lr}, batch {recipe.training.batch_size}",
+        f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, batch {recipe.training.batch_size}",
         f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
@@ -153,3 +153,8 @@ def add_on_lines(results: EvalResults | None) -> list[str]:
                   for metric, base, tuned, entry in block.rows]
         lines += ["", f"{'**' + block.note + '**' if block.note.startswith('REGRESSION') else block.note}", ""]
     return lines
+
+
+def trained_lr(train: dict[str, Any], recipe: Any) -> Any:
+    """The learning rate training used: train.json's resolved value (training.lr may say auto)."""
+    return train.get("chosen", {}).get("lr", {}).get("value", recipe.training.lr)

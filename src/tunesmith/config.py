@@ -402,7 +402,9 @@ Adapter = Annotated[LoraAdapter | DoraAdapter | RsloraAdapter | PissaAdapter | O
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
-    lr: float = Field(2e-4, gt=0)
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="auto: by adapter kind and base size (train/defaults.py: 1e-3 for LoRA under 1B "
+                            "parameters, 2e-4 up to 20B, 1e-4 above; 2e-5 for whole-model training).")
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"

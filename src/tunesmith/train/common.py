@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_tra
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.budget import StopAtBudget, apply_time_budget
+from tunesmith.train.defaults import resolve_lr
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -74,6 +75,7 @@ class TrainingSetup:
     encoded: Any = None  # what `encode` returned (the SFT datasets), built before the model loaded
     init_from: Path | None = None  # the trained adapter this run starts from (training.init_from)
     replay_file: RowsFile | None = None  # data/replay.jsonl: general rows trained beside the task's (data.replay)
+    chosen: dict[str, Any] = field(default_factory=dict)  # what `auto` settings resolved to, and why (train.json)
 
 
 def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
@@ -111,8 +113,9 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     precision = resolve_precision(recipe.training.precision, device)
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
     model, peft_config = adapter_setup(model, recipe.adapter, task)
+    chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
-                         adapter_callbacks(recipe.adapter, run), encoded, init_from)
+                         adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen)
 
 
 def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
@@ -211,7 +214,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
-              "precision": setup.precision, **(choices or {}), "throughput": speed, **budget,
+              "precision": setup.precision, "chosen": setup.chosen, **(choices or {}), "throughput": speed,
+              **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
               "skipped_updates": guard.skipped}
     atomic_write_json(run.path / "train.json", report)
