@@ -1,9 +1,13 @@
-"""How much each standard setting moves task score and forgetting on the quickstart (issue 19's first measurement).
+"""How much each standard setting moves task score and forgetting on the quickstart (issue 19).
 
-The quickstart recipe is trained as it is and with one change at a time (a lower learning rate, attention-only
-targets, a lower rank), each evaluated on its held-out rows and on the bundled forgetting probes, which stay as
-they are: they are the measure. Writes benchmarks/results/forgetting_settings.json and prints one line per setting:
-field accuracy, exact match, probe accuracy (base → tuned), the regression flag and the minutes it took.
+The quickstart recipe is trained as it is and with one change at a time (replay off, the recipe before replay,
+a lower learning rate, attention-only targets, a lower rank, replay by SFT, other replay weights), each evaluated
+on its held-out rows, on the bundled forgetting probes (which stay as they are: they are the measure) and on
+benchmarks/data/general_heldout.jsonl, kinds of question that neither the probes nor the replay prompts hold.
+Entries in the results file that this code no longer produces (an earlier replay set, the KL anchor on answer
+positions only) name the commit they ran at in `note`. Writes benchmarks/results/forgetting_settings.json
+(`--out`) and prints one line per setting: field accuracy, exact match, probe accuracy (base → tuned), the
+regression flag, the held-out general accuracy and the minutes it took.
 
     .venv/bin/python benchmarks/forgetting_settings.py [--only default lr_3e-4 ...]
 """
@@ -17,14 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
+BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],
-    "lr_3e-4": ["training.lr=3.0e-4"],
-    "attention_only": ["adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
-    "r4_lr_5e-4": ["adapter.r=4", "adapter.alpha=8", "training.lr=5.0e-4"],
-    "replay_sft_0.25": ["data.replay.ratio=0.25", "data.replay.loss=sft"],
-    "replay_kl_0.25": ["data.replay.ratio=0.25", "data.replay.loss=kl"],
-    "replay_kl_0.25_w4": ["data.replay.ratio=0.25", "data.replay.loss=kl", "data.replay.weight=4"],
+    "default": [],  # the quickstart as shipped: replay on (KL anchor over every position, ratio 0.5, weight 4)
+    "no_replay": ["data.replay.ratio=0"],
+    "before_replay": BEFORE,
+    "lr_3e-4": [*BEFORE, "training.lr=3.0e-4"],
+    "attention_only": [*BEFORE, "adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
+    "r4_lr_5e-4": [*BEFORE, "adapter.r=4", "adapter.alpha=8", "training.lr=5.0e-4"],
+    "replay_sft_0.25": ["data.replay.ratio=0.25", "data.replay.loss=sft", "training.max_steps=28"],
+    "replay_sft_0.5_warmup_0.2": ["data.replay.ratio=0.5", "data.replay.loss=sft", "training.max_steps=28",
+                                  "training.warmup_ratio=0.2"],
 }
 
 
@@ -72,10 +79,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-forgetting"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/forgetting_settings.json")
     args = parser.parse_args()
-    entries = []
+    # a setting measured again replaces its old entry; the others (earlier commits' too) stay
+    entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
     for name in args.only:
-        entries.append(measure(name, SETTINGS[name], args.runs_dir))
-        entry = entries[-1]
+        entry = measure(name, SETTINGS[name], args.runs_dir)
+        entries = [e for e in entries if e["setting"] != name] + [entry]
         print(f"{name}: field_accuracy {entry['field_accuracy']}, exact_match {entry['exact_match']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']}, regression "
               f"{entry['regression']}, held-out general {entry['general_heldout']['base']} -> "

@@ -88,6 +88,8 @@ data:
   train: data/train.jsonl
   eval: data/eval.jsonl
   max_length: 128
+  replay:
+    ratio: 0  # tests/test_replay_budget.py covers replay; the base's answers would cost each tiny model seconds
 adapter:
   r: 8
   alpha: 16

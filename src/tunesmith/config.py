@@ -76,6 +76,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
                          "p_tuning")
 
 
+# Measured on the quickstart (benchmarks/results/forgetting_settings.json): see README "Keeping what the base can do".
+DEFAULT_REPLAY_RATIO = 0.5
+DEFAULT_REPLAY_WEIGHT = 4.0
+
+
 class ReplaySection(Section):
     """General rows mixed into supervised training so the tuned model keeps answering as the base did.
 
@@ -89,15 +94,17 @@ class ReplaySection(Section):
     source: str = Field("bundled", description="bundled: tunesmith's general prompt set (src/tunesmith/data/replay); "
                                                "or a JSONL file (relative to the recipe) of rows with `prompt` and "
                                                "an optional `answer` (the base model answers the rest).")
-    ratio: float = Field(0.0, ge=0, le=1, description="Replay rows per training row (0.1: 40 replay rows beside "
-                                                      "400 training rows); 0 turns replay off.")
+    ratio: float | None = Field(None, ge=0, le=1, description="Replay rows per training row (0.5: 200 replay rows "
+                                                             "beside 400 training rows, at most the source's rows); "
+                                                             "0 turns replay off. Default: DEFAULT_REPLAY_RATIO for "
+                                                             "method.kind sft, 0 for the other methods.")
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
     loss: Literal["auto", "kl", "sft"] = Field(
         "auto", description="kl: each step adds weight x KL(base || tuned) on the replay rows' answer tokens, the "
                             "base being the model with the adapter off; sft: the replay rows join the training rows. "
                             "auto: kl for adapters that leave the base untouched, sft otherwise.")
-    weight: float = Field(1.0, gt=0, description="kl: the anchor's weight beside the task loss.")
+    weight: float = Field(DEFAULT_REPLAY_WEIGHT, gt=0, description="kl: the anchor's weight beside the task loss.")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":
@@ -684,6 +691,8 @@ class Recipe(Section):
         if self.training.time_budget and self.method.kind not in TIME_BUDGET_METHODS:
             raise ValueError(f"training.time_budget works with method.kind {', '.join(TIME_BUDGET_METHODS)}; a "
                              f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
+        if self.data.replay.ratio is None:  # the default: replay where it applies
+            self.data.replay.ratio = DEFAULT_REPLAY_RATIO if self.method.kind == "sft" else 0.0
         if self.data.replay.ratio and self.method.kind != "sft":
             raise ValueError(f"data.replay mixes answered prompts into supervised fine-tuning (method.kind sft); "
                              f"method.kind={self.method.kind} trains on another row shape. Set data.replay.ratio: 0")

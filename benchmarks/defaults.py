@@ -1,0 +1,90 @@
+"""What tunesmith's defaults reach on each bundled task from a recipe that names only the data and a time budget.
+
+For each task below, a recipe with `data.train`, `data.eval` and `training.time_budget` (nothing else: the
+model, adapter, learning rate, steps, packing, replay and metrics are tunesmith's defaults) is trained and
+evaluated, then asked the held-out general questions (benchmarks/data/general_heldout.jsonl) beside the
+bundled forgetting probes. Writes benchmarks/results/defaults.json and prints one line per task: the task's
+headline metric base -> tuned, probes base -> tuned, the regression flag, what the defaults chose and the
+minutes it took (train + eval, as a user waits for them).
+
+    .venv/bin/python benchmarks/defaults.py [--only tickets] [--budget 10m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "tickets": "examples/data/tickets",  # a ticket -> one of 8 queues (classification)
+    "orders": "examples/data/orders",    # an order request -> JSON (the quickstart's data)
+}
+
+
+def minimal_recipe(task: str, budget: str, folder: Path) -> Path:
+    data = ROOT / TASKS[task]
+    recipe = folder / f"{task}-defaults.yaml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(f"name: {task}-defaults\ndata:\n  train: {data / 'train.jsonl'}\n  eval: {data / 'eval.jsonl'}\n"
+                      f"training:\n  time_budget: {budget}\n", encoding="utf-8")
+    return recipe
+
+
+def measure(task: str, budget: str, runs_dir: Path) -> dict:
+    from forgetting_settings import heldout_general
+
+    from tunesmith.config import load_recipe
+    from tunesmith.eval import run_eval
+    from tunesmith.results import headline_of, read_results
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(minimal_recipe(task, budget, runs_dir))
+    run = create_run(recipe, runs_dir)
+    started = time.monotonic()
+    run_training(recipe, run)
+    trained = time.monotonic() - started
+    results = read_results(run_eval(recipe, run))
+    minutes = round((time.monotonic() - started) / 60, 2)
+    train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
+    probes = results.probes
+    metric = headline_of(results.metrics, results.tuned)
+    return {"task": task, "budget": budget, "minutes": minutes, "train_minutes": round(trained / 60, 2),
+            "metric": metric, "base": results.base.get(metric) if results.base else None,
+            "tuned": results.tuned.get(metric), "tuned_all": results.tuned,
+            "probe_accuracy": {"base": probes.base.get("accuracy"), "tuned": probes.tuned.get("accuracy")},
+            "regression": probes.regression, "reasons": probes.reasons,
+            "general_heldout": heldout_general(recipe, run),
+            "chosen": {"lr": train["chosen"]["lr"], "packing": train.get("packing"),
+                       "time_budget": train.get("time_budget"), "replay": train.get("replay"),
+                       "metrics": results.metrics, "steps": train["steps"]},
+            "run": str(run.path)}
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--budget", default="10m")
+    parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-defaults"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/defaults.json")
+    args = parser.parse_args()
+    entries = []
+    for task in args.only:
+        entry = measure(task, args.budget, args.runs_dir)
+        entries.append(entry)
+        print(f"{task}: {entry['metric']} {entry['base']} -> {entry['tuned']}, probes "
+              f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']} (regression "
+              f"{entry['regression']}), held-out general {entry['general_heldout']['base']} -> "
+              f"{entry['general_heldout']['tuned']}, {entry['chosen']['steps']} steps, {entry['minutes']} min",
+              flush=True)
+        args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
