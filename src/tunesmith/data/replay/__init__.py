@@ -6,11 +6,11 @@ from the forgetting probes, and the base model answers them at training time (tr
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.readers import read_jsonl
 from tunesmith.errors import DataError
 
 BUNDLED_REPLAY = Path(__file__).resolve().parent / "general.jsonl"
@@ -25,20 +25,17 @@ def load_replay_prompts(source: str, resolve: Any) -> list[dict[str, Any]]:
                         "Give `bundled`, or a JSONL file of {\"prompt\": ..., \"answer\": ...} rows relative to the "
                         "recipe.")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: not JSON ({exc.msg}).") from None
+    for record in read_jsonl(path):
+        row = record.value
+        if record.problem is not None:
+            raise DataError(f"{record.where}: {record.problem.message}", record.problem.hint)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise DataError(f"{path}, line {number}: a replay row needs a text `prompt`.",
+            raise DataError(f"{record.where}: a replay row needs a text `prompt`.",
                             'Write rows like {"prompt": "Explain rain in one sentence.", "answer": "..."} '
                             "(leave out `answer` to have the base model answer).")
         answer = row.get("answer")
         if answer is not None and not isinstance(answer, str):
-            raise DataError(f"{path}, line {number}: `answer` must be text or left out.")
+            raise DataError(f"{record.where}: `answer` must be text or left out.")
         rows.append({"prompt": row["prompt"], "answer": answer})
     if not rows:
         raise DataError(f"data.replay.source: {path} has no rows.")
