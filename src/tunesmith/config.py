@@ -76,7 +76,7 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
                          "p_tuning")
 
 
-# Measured on the quickstart (benchmarks/results/forgetting_settings.json): see README "Keeping what the base can do".
+# Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
 
@@ -101,7 +101,7 @@ class ReplaySection(Section):
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
     loss: Literal["auto", "kl", "sft"] = Field(
-        "auto", description="kl: each step adds weight x KL(base || tuned) on the replay rows' answer tokens, the "
+        "auto", description="kl: each step adds weight x KL(base || tuned) on every token of the replay rows, the "
                             "base being the model with the adapter off; sft: the replay rows join the training rows. "
                             "auto: kl for adapters that leave the base untouched, sft otherwise.")
     weight: float = Field(DEFAULT_REPLAY_WEIGHT, gt=0, description="kl: the anchor's weight beside the task loss.")

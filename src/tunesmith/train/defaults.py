@@ -18,8 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-VIRTUAL_TOKEN_KINDS = ("prompt_tuning", "prefix_tuning", "p_tuning")
-WHOLE_MODEL_KINDS = ("full", "partial", "hft")
+from tunesmith.train.adapters import PROMPT_LEARNING_KINDS, WHOLE_MODEL_KINDS
 
 
 def auto_lr(adapter_kind: str, parameters: int) -> tuple[float, str]:
@@ -27,7 +26,7 @@ def auto_lr(adapter_kind: str, parameters: int) -> tuple[float, str]:
     billions = parameters / 1e9
     if adapter_kind in WHOLE_MODEL_KINDS:
         return 2e-5, "whole-model training (Alpaca's full fine-tune)"
-    if adapter_kind in VIRTUAL_TOKEN_KINDS:
+    if adapter_kind in PROMPT_LEARNING_KINDS:
         return 3e-2, "virtual tokens learn from scratch (PEFT's prompt-tuning guide)"
     if adapter_kind == "ia3":
         return 3e-3, "IA3 scaling vectors (T-Few)"
@@ -42,7 +41,13 @@ def resolve_lr(training: Any, adapter_kind: str, model: Any) -> dict[str, Any]:
     """Fill `training.lr` when it is `auto` (in place: the trainers read it next) and say what it is and why."""
     if training.lr != "auto":
         return {"value": training.lr, "why": "training.lr in the recipe"}
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = sum(weights_in(p) for p in model.parameters())
     training.lr, why = auto_lr(adapter_kind, parameters)
     print(f"lr: {training.lr:g} (auto: {why})", file=sys.stderr, flush=True)
     return {"value": training.lr, "why": f"auto: {why}"}
+
+
+def weights_in(parameter: Any) -> int:
+    """The weights a parameter holds: bitsandbytes packs two 4-bit weights per stored byte (QLoRA)."""
+    packed = getattr(parameter, "quant_state", None) is not None and parameter.dtype.itemsize == 1
+    return parameter.numel() * (2 if packed else 1)

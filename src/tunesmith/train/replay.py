@@ -2,7 +2,8 @@
 
 Before the trainer wraps the model, the base answers the sampled prompts greedily; answers it does not finish
 within `max_new_tokens` are left out (training them cut would teach stopping mid-sentence). The rows are
-saved as data/replay.jsonl, recorded in run.json's train stage, and mixed into the training rows.
+saved as data/replay.jsonl and recorded in run.json's train stage. With `data.replay.loss: kl` every training
+step adds the KL anchor on a few of them (`anchored`); with `sft` they join the training rows.
 """
 
 from __future__ import annotations
