@@ -231,3 +231,15 @@ def test_auto_lr_is_resolved_before_training_and_recorded(tmp_path, tiny_model_d
     chosen = json.loads((run.path / "train.json").read_text())["chosen"]["lr"]
     assert chosen["value"] == 1e-3 and chosen["why"].startswith("auto: LoRA on a")
     assert open_run(run.path).load_recipe().training.lr == "auto"  # the snapshot keeps what the user wrote
+
+
+def test_cli_time_budget_flag_is_validated_before_anything_loads(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=2)
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe), "--time-budget", "soon",
+                             "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "training.time_budget" in result.stderr and "not a duration" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -103,10 +103,14 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
               "started with.")] = None,
           init_from: Annotated[Path | None, typer.Option(
               metavar="RUN_DIR|ADAPTER", help="Start a new run whose adapter begins from a finished run's (or a "
-              "PEFT adapter folder's) weights, with a new optimizer and schedule.")] = None) -> None:
+              "PEFT adapter folder's) weights, with a new optimizer and schedule.")] = None,
+          time_budget: Annotated[str | None, typer.Option(
+              metavar="DURATION", help="Wall time for the training steps, e.g. 10m or 1h30m (training.time_budget): "
+              "the steps are set to fill it.")] = None) -> None:
     """Train the adapter a recipe describes, in a new run directory (or, with --resume, in the one it stopped in).
 
     Example: tunesmith train recipes/quickstart.yaml --set training.lr=5e-4
+    Example: tunesmith train my-recipe.yaml --time-budget 10m --evaluate
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
@@ -118,6 +122,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         raise TunesmithError("--resume and --init-from exclude each other.",
                              "--resume continues a stopped run; --init-from starts a new one from a finished run.")
     extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
+    extra += [f"training.time_budget={time_budget}"] if time_budget else []
     loaded = load_recipe(recipe, [*(set_ or []), *extra])
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if evaluate:
