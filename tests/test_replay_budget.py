@@ -163,9 +163,10 @@ def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model
     examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * (n - 4) + list(range(n + 1, n + 5))}
                 for n in (8, 12, 10)]
     batches = ReplayBatches(examples, 2, pad_id=0, seed=3)
-    batch = batches.next("cpu")
-    assert batch[0].shape[0] == 2 and batch[2].sum() == sum(len(examples[i]["input_ids"]) for i in range(3)) - \
-        len(examples[batches.order[0]]["input_ids"])  # the third row waits for the next batch
+    batch = batches.at(0, "cpu")
+    left_out = batches.order(0)[2]  # the third row waits for the next batch
+    assert batch[0].shape[0] == 2 and batch[2].sum() == sum(len(e["input_ids"]) for e in examples) - \
+        len(examples[left_out]["input_ids"])
     assert anchor_kl(model, model, batch).item() == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -183,8 +184,10 @@ def test_replay_batches_cycle_through_every_row_before_repeating():
 
     examples = [{"input_ids": [i + 1, i + 2], "labels": [-100, i + 2]} for i in range(5)]
     stream = ReplayBatches(examples, 2, pad_id=0, seed=1)
-    seen = [int(ids[0]) - 1 for _ in range(5) for ids in stream.next("cpu")[0]]
+    seen = [int(ids[0]) - 1 for draw in range(5) for ids in stream.at(draw, "cpu")[0]]
     assert sorted(seen[:5]) == [0, 1, 2, 3, 4] and len(seen) == 10
+    again = ReplayBatches(examples, 2, pad_id=0, seed=1)  # a resumed run: the same draw, the same rows
+    assert again.at(3, "cpu")[0].tolist() == stream.at(3, "cpu")[0].tolist()
 
 
 def test_replay_kl_logs_the_anchor_and_sft_joins_the_rows(tmp_path, tiny_model_dir):

@@ -115,17 +115,19 @@ def base_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
 
 
 class ReplayBatches:
-    """An endless, seeded stream of padded replay mini-batches (the rows reshuffled at each pass)."""
+    """Seeded replay mini-batches, the rows reshuffled at each pass. Batch `draw` depends only on the seed and
+    `draw`, so a resumed run draws what the uninterrupted one drew at the same step."""
 
     def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int) -> None:
-        self.examples, self.batch_size, self.pad_id = examples, max(1, batch_size), pad_id
-        self.rng = random.Random(seed)
-        self.order: list[int] = []
+        self.examples, self.batch_size, self.pad_id, self.seed = examples, max(1, batch_size), pad_id, seed
 
-    def next(self, device: Any) -> tuple[Any, Any, Any]:
-        if len(self.order) < self.batch_size:
-            self.order += self.rng.sample(range(len(self.examples)), len(self.examples))
-        chosen, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+    def order(self, epoch: int) -> list[int]:
+        return random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.examples)), len(self.examples))
+
+    def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
+        n = len(self.examples)
+        positions = range(draw * self.batch_size, (draw + 1) * self.batch_size)
+        chosen = [self.order(k // n)[k % n] for k in positions]
         return tuple(t.to(device) for t in pad_right([self.examples[i] for i in chosen], self.pad_id))
 
 
@@ -158,6 +160,14 @@ def anchored(trainer_class: type) -> type:
         def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
+            self.replay_step, self.replay_micro = -1, 0
+
+        def replay_draw(self) -> int:
+            """The draw for this micro-batch: from the optimizer step and the micro-batch within it."""
+            if self.replay_step != self.state.global_step:
+                self.replay_step, self.replay_micro = self.state.global_step, 0
+            self.replay_micro += 1
+            return self.state.global_step * self.args.gradient_accumulation_steps + self.replay_micro - 1
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -165,7 +175,8 @@ def anchored(trainer_class: type) -> type:
             if not model.training:
                 return result
             loss, outputs = result if return_outputs else (result, None)
-            kl = anchor_kl(model, self.accelerator.unwrap_model(model), self.replay_batches.next(loss.device))
+            batch = self.replay_batches.at(self.replay_draw(), loss.device)
+            kl = anchor_kl(model, self.accelerator.unwrap_model(model), batch)
             # as TRL does for its auxiliary loss: with num_items_in_batch the loss carries gradient accumulation
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.replay_weight * kl / steps
