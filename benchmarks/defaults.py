@@ -7,7 +7,10 @@ bundled forgetting probes. Writes benchmarks/results/defaults.json and prints on
 headline metric base -> tuned, probes base -> tuned, the regression flag, what the defaults chose and the
 minutes it took (train + eval, as a user waits for them).
 
-    .venv/bin/python benchmarks/defaults.py [--only tickets] [--budget 10m]
+    .venv/bin/python benchmarks/defaults.py [--only routing] [--budget 10m]
+    .venv/bin/python benchmarks/defaults.py --only routing --label no_replay --set data.replay.ratio=0
+
+Entries are kept per task and label: a new measurement replaces only its own.
 """
 
 from __future__ import annotations
@@ -19,21 +22,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
-    "tickets": "examples/data/tickets",  # a ticket -> one of 8 queues (classification)
+    "routing": "examples/data/routing",  # a council message -> the one of 8 teams that must act (not keyword-separable)
+    "tickets": "examples/data/tickets",  # a ticket -> one of 8 queues (classification, keyword-separable)
     "orders": "examples/data/orders",    # an order request -> JSON (the quickstart's data)
 }
 
 
-def minimal_recipe(task: str, budget: str, folder: Path) -> Path:
+def minimal_recipe(task: str, budget: str, folder: Path, label: str) -> Path:
     data = ROOT / TASKS[task]
-    recipe = folder / f"{task}-defaults.yaml"
+    recipe = folder / f"{task}-{label}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(f"name: {task}-defaults\ndata:\n  train: {data / 'train.jsonl'}\n  eval: {data / 'eval.jsonl'}\n"
+    recipe.write_text(f"name: {task}-{label}\ndata:\n  train: {data / 'train.jsonl'}\n  eval: {data / 'eval.jsonl'}\n"
                       f"training:\n  time_budget: {budget}\n", encoding="utf-8")
     return recipe
 
 
-def measure(task: str, budget: str, runs_dir: Path) -> dict:
+def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label: str) -> dict:
     from forgetting_settings import heldout_general
 
     from tunesmith.config import load_recipe
@@ -42,7 +46,7 @@ def measure(task: str, budget: str, runs_dir: Path) -> dict:
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
 
-    recipe = load_recipe(minimal_recipe(task, budget, runs_dir))
+    recipe = load_recipe(minimal_recipe(task, budget, runs_dir, label), overrides)
     run = create_run(recipe, runs_dir)
     started = time.monotonic()
     run_training(recipe, run)
@@ -52,15 +56,16 @@ def measure(task: str, budget: str, runs_dir: Path) -> dict:
     train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     probes = results.probes
     metric = headline_of(results.metrics, results.tuned)
-    return {"task": task, "budget": budget, "minutes": minutes, "train_minutes": round(trained / 60, 2),
+    return {"task": task, "label": label, "overrides": overrides, "budget": budget, "minutes": minutes,
+            "train_minutes": round(trained / 60, 2),
             "metric": metric, "base": results.base.get(metric) if results.base else None,
             "tuned": results.tuned.get(metric), "tuned_all": results.tuned,
             "probe_accuracy": {"base": probes.base.get("accuracy"), "tuned": probes.tuned.get("accuracy")},
             "regression": probes.regression, "reasons": probes.reasons,
             "general_heldout": heldout_general(recipe, run),
-            "chosen": {"lr": train["chosen"]["lr"], "packing": train.get("packing"),
-                       "time_budget": train.get("time_budget"), "replay": train.get("replay"),
-                       "metrics": results.metrics, "steps": train["steps"]},
+            "chosen": {**train["chosen"], "metrics": results.metrics, "steps": train["steps"]},
+            "time_budget": train.get("time_budget"), "replay": train.get("replay"),
+            "eval_max_new_tokens": results.max_new_tokens,
             "run": str(run.path)}
 
 
@@ -72,12 +77,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(TASKS), default=list(TASKS))
     parser.add_argument("--budget", default="10m")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-defaults"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override (another setting to compare with the defaults)")
+    parser.add_argument("--label", default="defaults", help="the entry's name in the results (with --set)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/defaults.json")
     args = parser.parse_args()
-    entries = []
+    entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
     for task in args.only:
-        entry = measure(task, args.budget, args.runs_dir)
-        entries.append(entry)
+        entry = measure(task, args.budget, args.runs_dir, args.overrides, args.label)
+        entries = [e for e in entries if (e["task"], e.get("label", "defaults")) != (task, args.label)] + [entry]
         print(f"{task}: {entry['metric']} {entry['base']} -> {entry['tuned']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']} (regression "
               f"{entry['regression']}), held-out general {entry['general_heldout']['base']} -> "

@@ -63,6 +63,13 @@ def test_plan_fills_the_budget_up_to_the_epoch_cap():
     assert plan_steps(budget_s=1, step_s=10, steps_per_epoch=10).steps == 1
 
 
+def test_plan_counts_the_time_spent_before_training_against_the_budget():
+    plan = plan_steps(budget_s=100, step_s=2.0, steps_per_epoch=100, spent_s=40)
+    assert plan.steps == int(BUDGET_SAFETY * 60 / 2.0) and "60 s left of 100 s" in plan.why
+    assert plan.as_dict()["spent_before_training_s"] == 40
+    assert plan_steps(budget_s=100, step_s=2.0, steps_per_epoch=100, spent_s=150).steps == 1
+
+
 def test_bundled_replay_set_is_its_generators_output_and_apart_from_the_probes():
     generator = load_generator()
     rows = generator.general_prompts()
@@ -137,6 +144,7 @@ def test_time_budget_sets_the_steps_and_saves_the_plan(tmp_path, tiny_model_dir)
     plan = report["time_budget"]
     assert plan["measured_step_s"] > 0 and plan["steps_per_epoch"] == 4
     assert plan["steps"] == 12 and "3 epochs" in plan["why"]  # a tiny model fills its 3 epochs in seconds
+    assert 0 < plan["spent_before_training_s"] < 300  # loading and measuring came out of the budget
     assert report["steps"] == plan["steps"] and "stopped_at_step" not in plan
     assert json.loads((run.path / "budget.json").read_text()) == {k: v for k, v in plan.items()}
 
@@ -246,3 +254,23 @@ def test_cli_time_budget_flag_is_validated_before_anything_loads(tmp_path, tiny_
     assert result.returncode == 2
     assert "training.time_budget" in result.stderr and "not a duration" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_eval_max_new_tokens_auto_follows_the_longest_reference(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from tunesmith.eval.decoding import resolve_max_new_tokens
+    from tunesmith.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    long_answer = " ".join(["word"] * 60)
+    longest = len(tokenizer(long_answer, add_special_tokens=False)["input_ids"])
+    section = SimpleNamespace(max_new_tokens="auto")
+    chosen = resolve_max_new_tokens(section, tokenizer, ["billing", long_answer])
+    assert section.max_new_tokens == chosen["value"] == round(longest * 1.25) + 8
+    assert f"{longest} tokens" in chosen["why"]
+    short = SimpleNamespace(max_new_tokens="auto")
+    assert resolve_max_new_tokens(short, tokenizer, ["yes", "no"])["value"] == 16  # the floor
+    given = SimpleNamespace(max_new_tokens=5)
+    assert resolve_max_new_tokens(given, tokenizer, [long_answer]) == {"value": 5,
+                                                                      "why": "eval.max_new_tokens in the recipe"}

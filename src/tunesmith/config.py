@@ -436,10 +436,11 @@ class TrainingSection(Section):
                                                     "trained adapter this run starts from, with a new optimizer and "
                                                     "schedule (relative to the recipe). `tunesmith train "
                                                     "--init-from` sets it.")
-    time_budget: str | None = Field(None, description="Wall time for the training steps, e.g. 10m, 90s, 1h30m: the "
-                                                      "steps are set to fill it (at most 3 epochs) from a measurement "
-                                                      "of this machine's step time; max_steps/epochs win when given, "
-                                                      "and training stops at the budget either way.")
+    time_budget: str | None = Field(None, description="Wall time for the whole `tunesmith train`, e.g. 10m, 90s, "
+                                                      "1h30m (loading the model and the replay answers count): the "
+                                                      "steps are set to fill what is left (at most 3 epochs) from a "
+                                                      "measurement of this machine's step time; max_steps/epochs win "
+                                                      "when given, and training stops at the budget either way.")
     seed: int = 42
 
     @field_validator("time_budget")
@@ -532,7 +533,10 @@ class EvalSection(Section):
     regex: str | None = Field(None, description="For the `regex` metric: the pattern a whole answer must match.")
     json_schema: str | None = Field(None, description="For `json_schema`: a JSON Schema file (relative to the recipe).")
     max_examples: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int | Literal["auto"] = Field(
+        "auto", description="Tokens generated per answer. auto: the longest reference answer of the rows scored, "
+                            "in tokens, x 1.25 + 8 (at least 16, at most 1024); an answer longer than that cannot "
+                            "match any reference, and the untuned base would otherwise ramble to a fixed limit.")
     batch_size: int = Field(16, ge=1)
     compare_base: bool = True
     probes: bool = Field(True, description="Forgetting probes: general questions and text the base model handles, "

@@ -76,6 +76,8 @@ class EvalResults(BaseModel):
     rows_from: str | None = Field(None, description="`run` (saved rows), `recipe` (older run) or `file:<path>`.")
     metrics: list[str] = Field(default_factory=list)
     metrics_chosen: dict[str, Any] | None = None
+    max_new_tokens: dict[str, Any] | None = Field(None, description="Tokens generated per answer, and why "
+                                                  "(`value`, `why`: eval.max_new_tokens or its auto rule).")
     against: Against | None = None
     base: Scores | None = None
     base_note: str | None = Field(None, description="What `base` means where it is not the untuned model's skill.")

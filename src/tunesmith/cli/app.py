@@ -105,8 +105,8 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
               metavar="RUN_DIR|ADAPTER", help="Start a new run whose adapter begins from a finished run's (or a "
               "PEFT adapter folder's) weights, with a new optimizer and schedule.")] = None,
           time_budget: Annotated[str | None, typer.Option(
-              metavar="DURATION", help="Wall time for the training steps, e.g. 10m or 1h30m (training.time_budget): "
-              "the steps are set to fill it.")] = None) -> None:
+              metavar="DURATION", help="Wall time for this training, e.g. 10m or 1h30m (training.time_budget): loading "
+              "counts, and the steps are set to fill the rest.")] = None) -> None:
     """Train the adapter a recipe describes, in a new run directory (or, with --resume, in the one it stopped in).
 
     Example: tunesmith train recipes/quickstart.yaml --set training.lr=5e-4

@@ -18,7 +18,7 @@ from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
-from tunesmith.eval.decoding import progress
+from tunesmith.eval.decoding import progress, resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.results import Scores
@@ -35,6 +35,7 @@ class BaselineResults(BaseModel):
     task_metric: str
     metrics: list[str]
     metrics_chosen: dict[str, Any]
+    max_new_tokens: dict[str, Any] | None = Field(None, description="Tokens generated per answer, and why.")
     baselines: dict[str, Scores]
     constraint: dict[str, Any] | None = None
     verdict: str | None = None
@@ -64,10 +65,11 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
     rows = splits.eval[: recipe.eval.max_examples]
     references = [row["messages"][-1]["content"] for row in rows]
+    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
     plan = BaselinePlan(names, splits.train, constraint)
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,
                                "metrics_chosen": {"metrics": metrics, "kind": answers.kind, "reason": answers.reason},
-                               "baselines": {}, "per_example": {}}
+                               "max_new_tokens": answer_limit, "baselines": {}, "per_example": {}}
     outputs: dict[str, list[str]] = {}
     for name in names:
         summary, outputs[name] = run_baseline(name, model, tokenizer, rows, recipe, plan, _no_context)

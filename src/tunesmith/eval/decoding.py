@@ -45,6 +45,27 @@ def prompt_texts(tokenizer: Any, rows: list[dict]) -> list[str]:
     return [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
 
 
+AUTO_ANSWER_SLACK = 1.25  # eval.max_new_tokens auto: the longest reference answer x this + AUTO_ANSWER_EXTRA
+AUTO_ANSWER_EXTRA = 8
+AUTO_ANSWER_TOKENS = (16, 1024)  # ... kept within these bounds
+
+
+def resolve_max_new_tokens(section: Any, tokenizer: Any, references: list[str]) -> dict[str, Any]:
+    """Fill eval.max_new_tokens when it is `auto` (in place: generation reads it next) from the references' lengths
+    in tokens, and say what it is and why (results.json `max_new_tokens`). An answer longer than every reference
+    plus the slack cannot match one; an untuned base that rambles on would otherwise spend most of eval's time
+    writing tokens no metric can use."""
+    if section.max_new_tokens != "auto":
+        return {"value": section.max_new_tokens, "why": "eval.max_new_tokens in the recipe"}
+    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
+    low, high = AUTO_ANSWER_TOKENS
+    section.max_new_tokens = min(high, max(low, round(longest * AUTO_ANSWER_SLACK) + AUTO_ANSWER_EXTRA))
+    why = (f"auto: the longest of {len(references)} reference answers is {longest} tokens "
+           f"(x {AUTO_ANSWER_SLACK:g} + {AUTO_ANSWER_EXTRA}, within {low}-{high})")
+    progress(f"max_new_tokens: {section.max_new_tokens} ({why})")
+    return {"value": section.max_new_tokens, "why": why}
+
+
 def progress(message: str) -> None:
     """One line on stderr saying which slow step runs now (stdout stays free for --json)."""
     print(message, file=sys.stderr, flush=True)

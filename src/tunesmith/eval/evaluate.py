@@ -28,7 +28,13 @@ from tunesmith.eval.baselines import (
     run_baseline,
 )
 from tunesmith.eval.constrained import processor_factory
-from tunesmith.eval.decoding import generate_from_prompts, heldout_loss, progress, prompt_texts
+from tunesmith.eval.decoding import (
+    generate_from_prompts,
+    heldout_loss,
+    progress,
+    prompt_texts,
+    resolve_max_new_tokens,
+)
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
@@ -63,10 +69,13 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
+    references = [r["messages"][-1]["content"] for r in rows]
+    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
     variants, who = eval_variants(recipe, run, device, against, with_base=bool(plan.names))
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": recipe.eval.task_metric,
                                "metrics": choice["metrics"], "metrics_chosen": choice,
+                               "max_new_tokens": answer_limit,
                                **({"against": who} if who else {})}
     outputs: dict[str, list[str]] = {}
     tuned_processor = None
@@ -76,7 +85,6 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
                                                         tuned_processor if name == "tuned" else None)
-    references = [r["messages"][-1]["content"] for r in rows]
     add_scores(results, outputs, references, scorer, answers.labels)
     shown = dict(outputs)  # the samples show the baselines' answers too
     if plan.names:

@@ -1,6 +1,9 @@
 """training.time_budget: measure this machine's seconds per optimizer step on the run's own batches, then set the
-number of steps that fills the budget (at most MAX_BUDGET_EPOCHS epochs), and stop at the budget if the estimate
-was short.
+number of steps that fills what is left of the budget (at most MAX_BUDGET_EPOCHS epochs), and stop at the budget if
+the estimate was short.
+
+The budget is the whole `tunesmith train` command's: it counts from when preparing began, so loading the model,
+the replay answers and the measurement itself come out of it, and a 10m budget ends in about 10 minutes.
 
 The measurement runs forward and backward on a few batches of the training set before training starts (no
 optimizer exists yet, so no weight changes; gradients are cleared after). Batches are taken at the 25th, 50th
@@ -33,28 +36,33 @@ class BudgetPlan:
     steps_per_epoch: int
     steps: int
     why: str
+    spent_s: float = 0.0  # of the budget, before the first step: loading, replay answers, the measurement
 
     @property
     def epochs(self) -> float:
         return round(self.steps / self.steps_per_epoch, 2)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"budget_s": self.budget_s, "measured_step_s": round(self.step_s, 3),
+        return {"budget_s": self.budget_s, "spent_before_training_s": round(self.spent_s, 1),
+                "measured_step_s": round(self.step_s, 3),
                 "steps_per_epoch": self.steps_per_epoch, "steps": self.steps, "epochs": self.epochs, "why": self.why}
 
 
 def plan_steps(budget_s: float, step_s: float, steps_per_epoch: int,
-               max_epochs: float = MAX_BUDGET_EPOCHS) -> BudgetPlan:
-    """Steps that fit BUDGET_SAFETY x `budget_s` at `step_s` each, at least 1 and at most `max_epochs` epochs."""
-    fit = max(1, math.floor(BUDGET_SAFETY * budget_s / step_s))
+               max_epochs: float = MAX_BUDGET_EPOCHS, spent_s: float = 0.0) -> BudgetPlan:
+    """Steps that fit BUDGET_SAFETY x what is left of `budget_s` after `spent_s`, at `step_s` each, at least 1 and
+    at most `max_epochs` epochs."""
+    left = max(0.0, budget_s - spent_s)
+    fit = max(1, math.floor(BUDGET_SAFETY * left / step_s))
     cap = max(1, math.floor(max_epochs * steps_per_epoch))
     steps = min(fit, cap)
+    of = f"the {left:.0f} s left of {budget_s:.0f} s" if spent_s else f"{budget_s:.0f} s"
     if fit > cap:
-        why = (f"{max_epochs:g} epochs ({cap} steps of {step_s:.2f} s) fit in {budget_s:.0f} s; more passes over "
+        why = (f"{max_epochs:g} epochs ({cap} steps of {step_s:.2f} s) fit in {of}; more passes over "
                "the same rows mostly memorise them")
     else:
-        why = f"{steps} steps of {step_s:.2f} s fill {BUDGET_SAFETY:.0%} of {budget_s:.0f} s"
-    return BudgetPlan(budget_s, step_s, steps_per_epoch, steps, why)
+        why = f"{steps} steps of {step_s:.2f} s fill {BUDGET_SAFETY:.0%} of {of}"
+    return BudgetPlan(budget_s, step_s, steps_per_epoch, steps, why, spent_s)
 
 
 def steps_per_epoch(rows: int, batch_size: int, grad_accum: int) -> int:
@@ -88,16 +96,18 @@ def measure_step_seconds(trainer: Any, grad_accum: int) -> float:
     return grad_accum * sum(seconds[1:]) / len(seconds[1:])
 
 
-def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool) -> BudgetPlan | None:
-    """Set `trainer.args.max_steps` from the budget, unless max_steps or epochs was given. Returns the plan, or
-    None when the recipe's own steps win (StopAtBudget still stops at the budget)."""
+def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool, began: float) -> BudgetPlan | None:
+    """Set `trainer.args.max_steps` from what is left of the budget since `began` (time.monotonic()), unless
+    max_steps or epochs was given. Returns the plan, or None when the recipe's own steps win (StopAtBudget still
+    stops at the budget)."""
     if steps_given:
         print(f"time budget {budget_s:.0f} s: training.max_steps/epochs are set, so they decide the steps; "
               "training stops early if it runs past the budget", file=sys.stderr, flush=True)
         return None
     per_epoch = steps_per_epoch(len(trainer.train_dataset), trainer.args.per_device_train_batch_size,
                                 trainer.args.gradient_accumulation_steps)
-    plan = plan_steps(budget_s, measure_step_seconds(trainer, trainer.args.gradient_accumulation_steps), per_epoch)
+    step_s = measure_step_seconds(trainer, trainer.args.gradient_accumulation_steps)
+    plan = plan_steps(budget_s, step_s, per_epoch, spent_s=time.monotonic() - began)
     trainer.args.max_steps = plan.steps
     print(f"time budget {budget_s:.0f} s: {plan.steps} steps ({plan.epochs:g} epochs): {plan.why}",
           file=sys.stderr, flush=True)
@@ -105,19 +115,16 @@ def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool) -> Budge
 
 
 class StopAtBudget(TrainerCallback):
-    """A trainer callback: stop after the step that ends past the budget (counted from the first step), and
-    write the step into `record` (train.json's time_budget) as `stopped_at_step`."""
+    """A trainer callback: stop after the step that ends past the budget (counted from `began`, when this command
+    started preparing), and write the step into `record` (train.json's time_budget) as `stopped_at_step`."""
 
-    def __init__(self, budget_s: float, record: dict[str, Any]) -> None:
+    def __init__(self, budget_s: float, record: dict[str, Any], began: float) -> None:
         self.budget_s = budget_s
         self.record = record
-        self.started: float | None = None
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.monotonic()
+        self.began = began
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        past = self.started is not None and time.monotonic() - self.started > self.budget_s
+        past = time.monotonic() - self.began > self.budget_s
         if past and state.global_step < state.max_steps:
             self.record["stopped_at_step"] = state.global_step
             control.should_training_stop = True

@@ -24,7 +24,7 @@ from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_tra
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.budget import StopAtBudget, apply_time_budget
-from tunesmith.train.defaults import resolve_lr
+from tunesmith.train.defaults import print_chosen, resolve_lr, settings_chosen
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -76,6 +76,7 @@ class TrainingSetup:
     init_from: Path | None = None  # the trained adapter this run starts from (training.init_from)
     replay_file: RowsFile | None = None  # data/replay.jsonl: general rows trained beside the task's (data.replay)
     chosen: dict[str, Any] = field(default_factory=dict)  # what `auto` settings resolved to, and why (train.json)
+    began: float = field(default_factory=time.monotonic)  # when preparing began: training.time_budget counts from it
 
 
 def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose: str,
@@ -83,6 +84,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     """Load data first (a wrong shape fails in a second, not after loading the model), check the chat template
     and the adapter against them, encode (`encode`: the method's own tokenization, whose counts data.json
     records), then load the model (`task` SEQ_CLS: with a one-score head, for reward models)."""
+    began = time.monotonic()
     hide_trl_checkpointing_deprecation()
     score_only_labelled_positions()
     import torch
@@ -115,7 +117,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
-                         adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen)
+                         adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
 
 
 def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
@@ -196,7 +198,10 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
     guard, stopper = survival_callbacks(trainer, setup, recipe, run)
     resume_from = start_point(trainer, setup, run, guard)
-    budget = time_budget(trainer, recipe, run, resumed=resume_from is not None)
+    budget = time_budget(trainer, recipe, run, resume_from is not None, setup.began)
+    chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {})}, row_lengths(trainer.train_dataset),
+                             budget.get("time_budget"))
+    print_chosen(chosen)
     trainer.data_collator = counter  # after the budget's measurement, which must not count
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -214,7 +219,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
-              "precision": setup.precision, "chosen": setup.chosen, **(choices or {}), "throughput": speed,
+              "precision": setup.precision, "chosen": chosen, **(choices or {}), "throughput": speed,
               **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
               "skipped_updates": guard.skipped}
@@ -223,9 +228,16 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     return adapter
 
 
-def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool) -> dict[str, Any]:
-    """training.time_budget: the steps it chose (train.json `time_budget`), saved as budget.json so that a resumed
-    run keeps the same step count and schedule; {} without a budget."""
+def row_lengths(dataset: Any) -> list[int]:
+    """Each training row's length in tokens, where the dataset holds token ids (SFT); [] otherwise."""
+    columns = getattr(dataset, "column_names", None) or []
+    return [len(ids) for ids in dataset["input_ids"]] if "input_ids" in columns else []
+
+
+def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: float) -> dict[str, Any]:
+    """training.time_budget, counted from `began` (time.monotonic() when this command started preparing): the steps
+    it chose (train.json `time_budget`), saved as budget.json so that a resumed run keeps the same step count and
+    schedule; {} without a budget."""
     seconds = recipe.training.time_budget_seconds
     if seconds is None:
         return {}
@@ -235,11 +247,11 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool) -> dict[s
         if plan.get("steps"):
             trainer.args.max_steps = plan["steps"]
     else:
-        chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given)
+        chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given, began)
         plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
                                                 "why": "training.max_steps/epochs given: the budget only stops"}
         atomic_write_json(saved, plan)
-    trainer.add_callback(StopAtBudget(seconds, plan))
+    trainer.add_callback(StopAtBudget(seconds, plan, began))
     return {"time_budget": plan}
 
 

@@ -51,3 +51,84 @@ def weights_in(parameter: Any) -> int:
     """The weights a parameter holds: bitsandbytes packs two 4-bit weights per stored byte (QLoRA)."""
     packed = getattr(parameter, "quant_state", None) is not None and parameter.dtype.itemsize == 1
     return parameter.numel() * (2 if packed else 1)
+
+
+def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
+                    budget: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """What this run trains with and why, one entry per setting (train.json `chosen`, printed as a table by
+    `print_chosen`): `chosen` (what `auto` settings resolved to: lr, packing, replay) plus the steps, schedule,
+    batch, adapter and max_length, each said to come from the recipe or from tunesmith's default and its source.
+    `lengths`: the encoded training rows' lengths in tokens; `budget`: train.json's time_budget block."""
+    training, adapter = recipe.training, recipe.adapter
+    given = training.model_fields_set
+
+    def source(key: str, default_why: str) -> str:
+        return f"training.{key} in the recipe" if key in given else default_why
+
+    table = {"lr": chosen["lr"]}
+    table["steps"] = steps_choice(training, budget)
+    table["schedule"] = {"value": f"{training.scheduler}, warm-up {training.warmup_ratio:g}",
+                         "why": "training.scheduler/warmup_ratio in the recipe"
+                         if {"scheduler", "warmup_ratio"} & given else
+                         "default: cosine decay after a 3% warm-up (the QLoRA and TRL example settings)"}
+    table["batch_size"] = {"value": training.batch_size * training.grad_accum,
+                           "why": source("batch_size", "default: 8 rows per step (TRL's SFTConfig default)")}
+    if hasattr(adapter, "r"):
+        table["adapter"] = {"value": f"{adapter.kind} r={adapter.r} alpha={adapter.alpha:g} "
+                                     f"targets={adapter.targets}",
+                            "why": "adapter in the recipe" if adapter.model_fields_set - {"kind"} else
+                            "default: r 16 on every linear layer (QLoRA: all linear layers are needed to match full "
+                            "fine-tuning; arXiv:2305.14314 §4)"}
+    table["max_length"] = max_length_choice(recipe.data.max_length, lengths)
+    if "packing" in chosen:
+        table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
+    if "replay" in chosen:
+        table["replay"] = replay_choice(recipe.data, chosen["replay"])
+    return table
+
+
+def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
+    how = (f"KL anchor, weight {report['weight']:g}" if report.get("loss") == "kl" else "trained as SFT rows")
+    return {"value": f"{report.get('rows', 0)} general rows, {how}",
+            "why": "data.replay in the recipe" if "replay" in data.model_fields_set else
+            "default for SFT: keeps the base's general answers (probes) within the margin; "
+            "benchmarks/results/forgetting_settings.json"}
+
+
+def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]:
+    if budget and budget.get("steps"):
+        return {"value": f"{budget['steps']} ({budget['epochs']:g} epochs)",
+                "why": f"training.time_budget {budget['budget_s']:.0f} s: {budget['why']}"}
+    if training.max_steps > 0:
+        return {"value": str(training.max_steps), "why": "training.max_steps in the recipe"}
+    return {"value": f"{training.epochs:g} epochs", "why": "training.epochs" + (
+        " in the recipe" if "epochs" in training.model_fields_set else ": default 1")}
+
+
+def max_length_choice(max_length: int, lengths: list[int]) -> dict[str, Any]:
+    """data.max_length against the training rows' lengths (tokens): how long the rows are and whether any is cut."""
+    if not lengths:
+        return {"value": max_length, "why": "no training rows to measure"}
+    ordered = sorted(lengths)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    cut = sum(length >= max_length for length in ordered)
+    return {"value": max_length, "longest": ordered[-1], "p99": p99,
+            "why": f"rows are {p99} tokens at p99, {ordered[-1]} at most: "
+                   + (f"{cut} reach max_length and are cut" if cut else "none is cut")}
+
+
+def print_chosen(table: dict[str, dict[str, Any]]) -> None:
+    """The settings as a table on stderr, each with its reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = Table(title="chosen for your data", title_justify="left", show_header=True, header_style="bold")
+    for column in ("setting", "value", "why"):
+        shown.add_column(column, overflow="fold")
+    for key, entry in table.items():
+        shown.add_row(key, summary_value(entry), str(entry.get("why", "")))
+    Console(stderr=True, width=140).print(shown)
+
+
+def summary_value(entry: dict[str, Any]) -> str:
+    return f"{entry['value']:g}" if isinstance(entry.get("value"), float) else str(entry.get("value"))
