@@ -26,6 +26,36 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     assert gguf.GGUFReader(merged_gguf).fields["general.architecture"] is not None
     assert gguf.GGUFReader(lora_gguf).fields["adapter.type"] is not None
     assert set(manifest) >= {"adapter", "gguf", "gguf_lora", "template_contract"}
+    # the orders answers are JSON objects of one shape: llama.cpp can hold the GGUF's answers to their schema
+    record = run.manifest().exports["gguf"]
+    assert record.grammar == "exports/gguf/answers.gbnf"
+    grammar = (run.path / record.grammar).read_text(encoding="utf-8")
+    assert all(key in grammar for key in ("item", "qty", "size", "color", "when"))
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    LlamaGrammar.from_string(grammar, verbose=False)  # llama.cpp parses it
+    from tunesmith.export.grammar import choices_gbnf
+
+    # and decodes under such a grammar: the untrained tiny model can only say one of the labels
+    llm = llama_cpp.Llama(model_path=str(merged_gguf), n_ctx=128, verbose=False, seed=0)
+    labels = ["billing", "refund_request", "how_to"]
+    said = llm("Ticket: where is my money?\nQueue:", max_tokens=16, temperature=0,
+               grammar=LlamaGrammar.from_string(choices_gbnf(labels), verbose=False))["choices"][0]["text"]
+    llm.close()
+    assert said in labels
+    from tunesmith.card import write_model_card
+
+    assert "--grammar-file exports/gguf/answers.gbnf" in write_model_card(run).read_text(encoding="utf-8")
+
+
+def test_a_label_grammar_names_each_label_literally():
+    from tunesmith.export.grammar import choices_gbnf
+
+    grammar = choices_gbnf(["billing", 'say "hi"', "a\\b"])
+    assert grammar == 'root ::= "billing" | "say \\"hi\\"" | "a\\\\b"\n'
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    llama_grammar.LlamaGrammar.from_string(grammar, verbose=False)
 
 
 @pytest.mark.parametrize("adapter", ["{kind: dora}", "{kind: full}", "{kind: ia3}"])

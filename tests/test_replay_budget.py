@@ -145,6 +145,14 @@ def test_time_budget_sets_the_steps_and_saves_the_plan(tmp_path, tiny_model_dir)
     assert plan["measured_step_s"] > 0 and plan["steps_per_epoch"] == 4
     assert plan["steps"] == 12 and "3 epochs" in plan["why"]  # a tiny model fills its 3 epochs in seconds
     assert 0 < plan["spent_before_training_s"] < 300  # loading and measuring came out of the budget
+    chosen = report["chosen"]
+    assert chosen["steps"]["why"].startswith("training.time_budget 300 s") and chosen["lr"]["value"] > 0
+    assert chosen["batch_size"]["why"] == "training.batch_size in the recipe"  # the tiny recipe sets it
+    assert 0 < chosen["max_length"]["p99"] <= chosen["max_length"]["longest"] < chosen["max_length"]["value"]
+    from tunesmith.card import write_model_card
+
+    card = write_model_card(run).read_text(encoding="utf-8")
+    assert "### Settings and why" in card and f"| steps | {chosen['steps']['value']} |" in card
     assert report["steps"] == plan["steps"] and "stopped_at_step" not in plan
     assert json.loads((run.path / "budget.json").read_text()) == {k: v for k, v in plan.items()}
 
@@ -274,3 +282,61 @@ def test_eval_max_new_tokens_auto_follows_the_longest_reference(tiny_model_dir):
     given = SimpleNamespace(max_new_tokens=5)
     assert resolve_max_new_tokens(given, tokenizer, [long_answer]) == {"value": 5,
                                                                       "why": "eval.max_new_tokens in the recipe"}
+
+
+def test_shipped_answers_cover_the_bundled_prompts():
+    from tunesmith.data.replay import SHIPPED_ANSWERS, shipped_answers
+
+    prompts = [json.loads(line)["prompt"] for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines()]
+    for path in SHIPPED_ANSWERS.glob("*.json"):
+        answers = shipped_answers(path.stem, 160)
+        assert list(answers) == prompts and all(a is None or a.strip() for a in answers.values())
+    assert shipped_answers("smollm2-135m-instruct", 160) and not shipped_answers("smollm2-135m-instruct", 64)
+
+
+def test_an_embedded_model_replays_its_shipped_answers_without_generating(tmp_path, tiny_model_dir, monkeypatch):
+    """Unpacked by tunesmith (under $TUNESMITH_HOME/models) and loaded in fp32, an embedded model's bundled prompts
+    take the shipped answers; generation is not called at all."""
+    import shutil
+
+    import tunesmith.data.replay as replay_data
+    import tunesmith.train.replay as replay_module
+    from tunesmith.config import load_recipe as load
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    unpacked = tmp_path / "home" / "models" / "tiny-llama0"
+    shutil.copytree(tiny_model_dir, unpacked)
+    prompts = [json.loads(line)["prompt"] for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines()]
+    shipped = {p: (None if i % 5 == 0 else f"shipped answer {i}") for i, p in enumerate(prompts)}
+    (tmp_path / "answers").mkdir()
+    (tmp_path / "answers" / "tiny-llama0.json").write_text(json.dumps({"max_new_tokens": 160, "answers": shipped}))
+    monkeypatch.setattr(replay_data, "SHIPPED_ANSWERS", tmp_path / "answers")
+    monkeypatch.setattr(replay_module, "EMBEDDED", {"tiny-llama0": None})
+    monkeypatch.setattr(replay_module, "base_answers", lambda *a, **k: pytest.fail("generated instead of shipped"))
+    recipe = load(make_tiny_project(tmp_path, unpacked, train_rows=40, eval_rows=4),
+                  ["data.replay.ratio=1", "training.max_steps=1"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())["replay"]
+    replayed = [json.loads(line) for line in (run.path / "data/replay.jsonl").read_text().splitlines()]
+    assert report["answers_shipped"] == report["answered_by_base"] == 40
+    assert all(shipped[r["messages"][0]["content"]] == r["messages"][1]["content"] for r in replayed)
+    assert report["rows"] == len(replayed) == 40 - report["left_out_unfinished"] and report["left_out_unfinished"] > 0
+
+
+def test_replay_batches_are_grouped_by_length_and_pad_less_than_random_ones():
+    import random
+
+    from tunesmith.train.replay import ReplayBatches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 200) for _ in range(128)]
+    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]
+    stream = ReplayBatches(examples, 4, pad_id=0, seed=2)
+    padded = sum(stream.at(draw, "cpu")[0].numel() for draw in range(32))  # one pass: every row once
+    real = sum(len(e["input_ids"]) for e in examples)
+    shuffled = [examples[i] for i in random.Random(2).sample(range(128), 128)]
+    random_padded = sum(4 * max(len(e["input_ids"]) for e in shuffled[k : k + 4]) for k in range(0, 128, 4))
+    assert real <= padded < 0.5 * (random_padded + real)  # most of random batching's padding is gone
+    ids = sorted(int(i) for d in range(32) for i in stream.at(d, "cpu")[2].sum(dim=1))
+    assert ids == sorted(len(e["input_ids"]) for e in examples)  # every row exactly once per pass

@@ -39,6 +39,7 @@ def write_model_card(run: Run) -> Path:
         "- loss curve: `plots/loss.png`",
         *trained_lines(data),
         "",
+        *chosen_lines(train.get("chosen")),
         *template_lines(data.get("template_contract")),
         "## Results on held-out examples, base vs tuned",
         *results_table(results),
@@ -48,6 +49,7 @@ def write_model_card(run: Run) -> Path:
         *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
         *(reward_usage_lines(run, trained, whole) if recipe.method.kind == "reward" else usage_lines(trained, whole)),
+        *grammar_lines(run),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
 
@@ -61,6 +63,17 @@ def trained_lines(data: dict[str, Any]) -> list[str]:
     return [f"- trained: {trained['trained_rows']} of {trained['rows']} rows, {trained['loss_tokens']:,} loss tokens "
             f"of {trained['tokens']:,}; rows left out: {dropped}; answer tokens cut by max_length: "
             f"{trained['answer_tokens_cut']}"]
+
+
+def chosen_lines(chosen: dict[str, Any] | None) -> list[str]:
+    """train.json `chosen`: each setting training used, with where it came from (the recipe or a default's rule)."""
+    if not chosen:
+        return []
+    lines = ["### Settings and why", "", "| setting | value | why |", "|---|---|---|"]
+    for key, entry in chosen.items():
+        value = entry.get("value", "on" if entry.get("on") else "off" if "on" in entry else "")
+        lines.append(f"| {key} | {value} | {str(entry.get('why', '')).replace('|', '/')} |")
+    return [*lines, ""]
 
 
 def template_lines(contract: dict[str, Any] | None) -> list[str]:
@@ -88,6 +101,20 @@ def usage_lines(trained: Path, whole: bool) -> list[str]:
     return ["```python", "from peft import AutoPeftModelForCausalLM",
             f'model = AutoPeftModelForCausalLM.from_pretrained("{trained}")', "```",
             "Merged checkpoint (if exported): `exports/merged/`."]
+
+
+def grammar_lines(run: Run) -> list[str]:
+    """How to hold the exported model's answers to the task's closed set (run.json exports' `grammar`)."""
+    manifest = run.manifest()
+    exports = (manifest.exports if manifest else None) or {}
+    lines = []
+    for name, record in exports.items():
+        if record.grammar:
+            model = f"{record.path}" if name == "gguf" else f"{record.path}/*.gguf"
+            lines.append(f"- {name}: the task's answers are a closed set; llama.cpp decodes only those with "
+                         f"`llama-cli -m {model} --grammar-file {record.grammar}` (or `grammar` in a llama-server "
+                         "request)")
+    return ["", "Constrained answers:", *lines] if lines else []
 
 
 def reward_usage_lines(run: Run, trained: Path, whole: bool) -> list[str]:

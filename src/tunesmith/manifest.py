@@ -101,6 +101,8 @@ class ExportRecord(Record):
     path: RunPath
     bytes: int = Field(ge=0, description="The file's size, or the sum of a folder's files.")
     verification: dict[str, Any] | None = Field(None, description="GGUF: llama.cpp agreement with the merged model.")
+    grammar: RunPath | None = Field(None, description="GGUF and Ollama of a closed task: the llama.cpp grammar of "
+                                                      "its answers (answers.gbnf) beside the export.")
 
 
 class RunManifest(Record):

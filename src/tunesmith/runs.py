@@ -255,13 +255,20 @@ def record_eval_results(run: Run, results_file: Path) -> None:
     record_stage(run, "eval", EvalRecord(results=results))
 
 
-def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]]) -> None:
-    """Add the formats just written to run.json's exports section (paths relative to the run, sizes in bytes)."""
+def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],
+                   grammars: dict[str, Path] | None = None) -> None:
+    """Add the formats just written to run.json's exports section (paths relative to the run, sizes in bytes), with
+    the answer grammar written beside a format (`grammars`)."""
     current = run.manifest() or RunManifest()
     exports = dict(current.exports or {})
+
+    def inside(path: Path) -> str:
+        return path.resolve().relative_to(run.path.resolve()).as_posix()
+
     for name, path in written.items():
-        exports[name] = ExportRecord(path=path.resolve().relative_to(run.path.resolve()).as_posix(),
-                                     bytes=tree_size(path), verification=verification.get(name))
+        grammar = (grammars or {}).get(name)
+        exports[name] = ExportRecord(path=inside(path), bytes=tree_size(path), verification=verification.get(name),
+                                     grammar=inside(grammar) if grammar else None)
     record_stage(run, "exports", {name: record.model_dump(mode="json") for name, record in exports.items()})
 
 

@@ -316,6 +316,7 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged --format gguf --out ~/models/orders
     """
+    from tunesmith.card import write_model_card
     from tunesmith.export import out_names, refuse_taken_out_names
     from tunesmith.export.stage import export_formats
     from tunesmith.runs import open_run
@@ -333,6 +334,7 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     if out:
         refuse_taken_out_names(out, names)
     outcome = export_formats(recipe, run, formats, quant, verify, ollama_adapter)
+    write_model_card(run)  # it names the exports' answer grammar, when there is one
     if outcome.ollama is not None:
         _report_ollama(outcome.ollama)
     for name, path in outcome.written.items():

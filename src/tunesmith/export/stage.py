@@ -82,8 +82,23 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     for name in formats:
         if name in EXPORTERS:
             outcome.written[name] = EXPORTERS[name](recipe, run, options, outcome)
-    record_exports(run, outcome.written, gguf_verification(run, outcome.written))
+    grammars = answer_grammars(recipe, run, outcome.written)
+    record_exports(run, outcome.written, gguf_verification(run, outcome.written), grammars)
     return outcome
+
+
+def answer_grammars(recipe: Recipe, run: Run, written: dict[str, Path]) -> dict[str, Path]:
+    """answers.gbnf beside the GGUF and Ollama exports of a closed task (export/grammar.py)."""
+    from tunesmith.export.grammar import write_answer_grammar
+
+    grammars = {}
+    for name in ("gguf", "ollama"):
+        if name in written:
+            folder = written[name] if written[name].is_dir() else written[name].parent
+            grammar = write_answer_grammar(recipe, run, folder)
+            if grammar is not None:
+                grammars[name] = grammar
+    return grammars
 
 
 def gguf_verification(run: Run, written: dict[str, Path]) -> dict[str, dict[str, Any]]:

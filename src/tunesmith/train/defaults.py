@@ -70,16 +70,17 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
     table["schedule"] = {"value": f"{training.scheduler}, warm-up {training.warmup_ratio:g}",
                          "why": "training.scheduler/warmup_ratio in the recipe"
                          if {"scheduler", "warmup_ratio"} & given else
-                         "default: cosine decay after a 3% warm-up (the QLoRA and TRL example settings)"}
+                         "default: cosine decay after a 3% warm-up (Stanford Alpaca's fine-tuning schedule)"}
     table["batch_size"] = {"value": training.batch_size * training.grad_accum,
-                           "why": source("batch_size", "default: 8 rows per step (TRL's SFTConfig default)")}
+                           "why": source("batch_size", "default: 8 rows per step (the transformers Trainer default)")}
     if hasattr(adapter, "r"):
         table["adapter"] = {"value": f"{adapter.kind} r={adapter.r} alpha={adapter.alpha:g} "
                                      f"targets={adapter.targets}",
                             "why": "adapter in the recipe" if adapter.model_fields_set - {"kind"} else
                             "default: r 16 on every linear layer (QLoRA: all linear layers are needed to match full "
                             "fine-tuning; arXiv:2305.14314 §4)"}
-    table["max_length"] = max_length_choice(recipe.data.max_length, lengths)
+    table["max_length"] = max_length_choice(recipe.data.max_length, lengths,
+                                            "max_length" in recipe.data.model_fields_set)
     if "packing" in chosen:
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
     if "replay" in chosen:
@@ -105,15 +106,17 @@ def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]
         " in the recipe" if "epochs" in training.model_fields_set else ": default 1")}
 
 
-def max_length_choice(max_length: int, lengths: list[int]) -> dict[str, Any]:
-    """data.max_length against the training rows' lengths (tokens): how long the rows are and whether any is cut."""
+def max_length_choice(max_length: int, lengths: list[int], given: bool) -> dict[str, Any]:
+    """data.max_length (`given`: in the recipe) against the training rows' lengths in tokens (`lengths`; [] where
+    the method's dataset holds no token ids): how long the rows are and whether any is cut."""
+    source = "data.max_length in the recipe" if given else "data.max_length: default 512"
     if not lengths:
-        return {"value": max_length, "why": "no training rows to measure"}
+        return {"value": max_length, "why": source}
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     cut = sum(length >= max_length for length in ordered)
     return {"value": max_length, "longest": ordered[-1], "p99": p99,
-            "why": f"rows are {p99} tokens at p99, {ordered[-1]} at most: "
+            "why": f"{source}; rows are {p99} tokens at p99, {ordered[-1]} at most: "
                    + (f"{cut} reach max_length and are cut" if cut else "none is cut")}
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data.replay import as_messages, load_replay_prompts, pick_replay, replay_count
+from tunesmith.data.replay import as_messages, load_replay_prompts, pick_replay, replay_count, shipped_answers
 from tunesmith.data.template import encode_split, render
 from tunesmith.manifest import RowsFile
 from tunesmith.models.generation import generate_from_prompts, pad_right
 from tunesmith.models.home import model_fingerprint, tunesmith_home
+from tunesmith.models.registry import EMBEDDED, cached_model_dir
 from tunesmith.runs import Run, atomic_write_json, save_rows
 
 
@@ -50,20 +51,37 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir
     cache = AnswerCache(answer_cache_file(model, model_dir, settings.max_new_tokens))
     asked = [r["prompt"] for r in chosen if r["answer"] is None]
     missing = [prompt for prompt in asked if not cache.has(prompt)]
+    shipped = embedded_answers(model, model_dir, settings.max_new_tokens)
+    from_shipped = [prompt for prompt in missing if prompt in shipped]
+    cache.update(from_shipped, [shipped[prompt] for prompt in from_shipped])
+    missing = [prompt for prompt in missing if prompt not in shipped]
     cache.update(missing, base_answers(model, tokenizer, missing, settings.max_new_tokens, recipe.eval.batch_size))
     answers = [r["answer"] if r["answer"] is not None else cache.get(r["prompt"]) for r in chosen]
     rows = [as_messages(r["prompt"], answer) for r, answer in zip(chosen, answers, strict=True) if answer is not None]
     report = {"source": settings.source, "ratio": settings.ratio, "wanted": round(settings.ratio * train_rows),
               "available": len(prompts), "rows": len(rows), "left_out_unfinished": answers.count(None),
-              "answered_by_base": len(asked), "answers_from_cache": len(asked) - len(missing),
+              "answered_by_base": len(asked), "answers_shipped": len(from_shipped),
+              "answers_from_cache": len(asked) - len(missing) - len(from_shipped),
               "seconds": round(time.monotonic() - started, 1)}
     print(f"replay: {len(rows)} general rows beside {train_rows} training rows ({len(asked)} answered by the base "
-          f"model, {len(missing)} of them now, in {report['seconds']} s; {answers.count(None)} unfinished left out)",
+          f"model: {len(missing)} now, in {report['seconds']} s, {len(from_shipped)} shipped with tunesmith for this "
+          f"model; {answers.count(None)} unfinished left out)",
           file=sys.stderr, flush=True)
     encoded = encode_split(tokenizer, rows, recipe.data.max_length)
     report["trained"] = encoded.counts()
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples]
     return Replay(rows, save_rows(run, "replay", rows) if rows else None, report, examples)
+
+
+def embedded_answers(model: Any, model_dir: Path, max_new_tokens: int) -> dict[str, str | None]:
+    """The greedy answers shipped for an embedded model (`data.replay.shipped_answers`), used when `model_dir` is
+    that model as tunesmith unpacked it and it is loaded as they were made (fp32, not quantized); {} otherwise."""
+    import torch
+
+    embedded = model_dir.name in EMBEDDED and model_dir.resolve() == cached_model_dir(model_dir.name).resolve()
+    as_made = getattr(model, "dtype", None) == torch.float32 and not getattr(model, "is_loaded_in_4bit", False) \
+        and not getattr(model, "is_loaded_in_8bit", False)
+    return shipped_answers(model_dir.name, max_new_tokens) if embedded and as_made else {}
 
 
 def answer_cache_file(model: Any, model_dir: Path, max_new_tokens: int) -> Path:
@@ -114,15 +132,23 @@ def base_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
             for text, used in zip(generated.answers, generated.answer_tokens, strict=True)]
 
 
+GROUPED_BATCHES = 8  # replay batches per length-sorted group (transformers' LengthGroupedSampler uses 50)
+
+
 class ReplayBatches:
-    """Seeded replay mini-batches, the rows reshuffled at each pass. Batch `draw` depends only on the seed and
-    `draw`, so a resumed run draws what the uninterrupted one drew at the same step."""
+    """Seeded replay mini-batches, the rows reshuffled at each pass and grouped by length so that a batch pads
+    little: each pass is cut into groups of GROUPED_BATCHES batches, sorted by length within the group (the
+    megabatch scheme of transformers' LengthGroupedSampler). Batch `draw` depends only on the seed and `draw`, so
+    a resumed run draws what the uninterrupted one drew at the same step."""
 
     def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int) -> None:
         self.examples, self.batch_size, self.pad_id, self.seed = examples, max(1, batch_size), pad_id, seed
 
     def order(self, epoch: int) -> list[int]:
-        return random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.examples)), len(self.examples))
+        shuffled = random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.examples)), len(self.examples))
+        group = self.batch_size * GROUPED_BATCHES
+        return [i for start in range(0, len(shuffled), group)
+                for i in sorted(shuffled[start : start + group], key=lambda i: -len(self.examples[i]["input_ids"]))]
 
     def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
         n = len(self.examples)

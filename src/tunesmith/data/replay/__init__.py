@@ -6,6 +6,7 @@ from the forgetting probes, and the base model answers them at training time (tr
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ from tunesmith.data.readers import read_jsonl
 from tunesmith.errors import DataError
 
 BUNDLED_REPLAY = Path(__file__).resolve().parent / "general.jsonl"
+# The embedded models' own greedy answers to the bundled prompts, made once (examples/data/make_replay_answers.py)
+SHIPPED_ANSWERS = Path(__file__).resolve().parent / "answers"
+
+
+def shipped_answers(model_name: str, max_new_tokens: int) -> dict[str, str | None]:
+    """prompt -> the embedded model `model_name`'s greedy fp32 answer (None: unfinished) to the bundled prompts,
+    as shipped with tunesmith; {} when none is shipped for that model and answer length limit."""
+    path = SHIPPED_ANSWERS / f"{model_name}.json"
+    if not path.is_file():
+        return {}
+    shipped = json.loads(path.read_text(encoding="utf-8"))
+    return shipped["answers"] if shipped.get("max_new_tokens") == max_new_tokens else {}
 
 
 def load_replay_prompts(source: str, resolve: Any) -> list[dict[str, Any]]:
