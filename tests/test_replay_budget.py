@@ -312,7 +312,11 @@ def test_an_embedded_model_replays_its_shipped_answers_without_generating(tmp_pa
     (tmp_path / "answers" / "tiny-llama0.json").write_text(json.dumps({"max_new_tokens": 160, "answers": shipped}))
     monkeypatch.setattr(replay_data, "SHIPPED_ANSWERS", tmp_path / "answers")
     monkeypatch.setattr(replay_module, "EMBEDDED", {"tiny-llama0": None})
-    monkeypatch.setattr(replay_module, "base_answers", lambda *a, **k: pytest.fail("generated instead of shipped"))
+    def generate(model, tokenizer, prompts, *args):
+        assert not prompts, "generated instead of shipped"
+        return []
+
+    monkeypatch.setattr(replay_module, "base_answers", generate)
     recipe = load(make_tiny_project(tmp_path, unpacked, train_rows=40, eval_rows=4),
                   ["data.replay.ratio=1", "training.max_steps=1"])
     run = create_run(recipe, tmp_path / "runs")

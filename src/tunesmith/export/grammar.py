@@ -46,6 +46,8 @@ def constraint_gbnf(constraint: Constraint) -> str | None:
         try:
             return schema_gbnf(json.loads(constraint.spec))
         except ImportError:
+            print("no answer grammar: turning the answers' JSON Schema into a llama.cpp grammar needs "
+                  "llama-cpp-python (pip install 'tunesmith[gguf]')", file=sys.stderr)
             return None
     return None
 
