@@ -13,6 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ORDERS = REPO / "examples" / "data" / "orders"
+
+
+def load_example_generator(name: str):
+    """examples/data/`name`.py (a dataset generator, not a package module) loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "data" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"

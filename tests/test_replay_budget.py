@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import make_tiny_project
+from tests.conftest import load_example_generator, make_tiny_project
 from tunesmith.config import Recipe, duration_seconds, load_recipe
 from tunesmith.data.replay import BUNDLED_REPLAY, load_replay_prompts, pick_replay, replay_count
 from tunesmith.errors import TunesmithError
@@ -18,13 +17,6 @@ from tunesmith.train import run_training
 from tunesmith.train.budget import BUDGET_SAFETY, plan_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_general", ROOT / "examples/data/make_general.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("45", 45),
@@ -71,7 +63,7 @@ def test_plan_counts_the_time_spent_before_training_against_the_budget():
 
 
 def test_bundled_replay_set_is_its_generators_output_and_apart_from_the_probes():
-    generator = load_generator()
+    generator = load_example_generator("make_general")
     rows = generator.general_prompts()
     written = [json.loads(line) for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines()]
     assert written == rows and len(rows) >= 100
@@ -82,7 +74,7 @@ def test_bundled_replay_set_is_its_generators_output_and_apart_from_the_probes()
 
 
 def test_check_apart_from_probes_catches_a_copied_probe():
-    generator = load_generator()
+    generator = load_example_generator("make_general")
     with pytest.raises(SystemExit, match="too close"):
         generator.check_apart_from_probes([{"id": "x", "prompt": "What is 2 + 3? Answer with a number."}])
 

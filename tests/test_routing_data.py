@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_example_generator
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_routing", ROOT / "examples/data/make_routing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read(path: Path) -> list[dict]:
@@ -24,13 +18,13 @@ def read(path: Path) -> list[dict]:
 
 
 def test_bundled_files_are_the_generators_output():
-    train, held = load_generator().build()
+    train, held = load_example_generator("make_routing").build()
     assert read(ROOT / "examples/data/routing/train.jsonl") == train
     assert read(ROOT / "examples/data/routing/eval.jsonl") == held
 
 
 def test_splits_are_balanced_and_share_no_message():
-    generator = load_generator()
+    generator = load_example_generator("make_routing")
     train, held = generator.build()
     assert len(train) >= 400 and len(held) >= 100
     labels = [r["messages"][1]["content"] for r in train]
@@ -39,7 +33,7 @@ def test_splits_are_balanced_and_share_no_message():
 
 
 def test_most_messages_name_a_second_team_s_problem_with_the_same_phrases():
-    generator = load_generator()
+    generator = load_example_generator("make_routing")
     train, _ = generator.build()
     phrases = {label: [p.split("{")[0].strip().casefold() for p in problems]
                for label, problems in generator.PROBLEMS.items()}
@@ -53,6 +47,6 @@ def test_most_messages_name_a_second_team_s_problem_with_the_same_phrases():
 
 def test_words_alone_do_not_separate_the_teams():
     pytest.importorskip("sklearn")
-    generator = load_generator()
+    generator = load_example_generator("make_routing")
     accuracy = generator.keyword_baseline(*generator.build())
     assert 0.4 < accuracy < 0.75  # a bag of words finds the two teams involved, not the one that must act
