@@ -318,21 +318,3 @@ def test_an_embedded_model_replays_its_shipped_answers_without_generating(tmp_pa
     assert report["answers_shipped"] == report["answered_by_base"] == 40
     assert all(shipped[r["messages"][0]["content"]] == r["messages"][1]["content"] for r in replayed)
     assert report["rows"] == len(replayed) == 40 - report["left_out_unfinished"] and report["left_out_unfinished"] > 0
-
-
-def test_replay_batches_are_grouped_by_length_and_pad_less_than_random_ones():
-    import random
-
-    from tunesmith.train.replay import ReplayBatches
-
-    rng = random.Random(0)
-    lengths = [rng.randint(10, 200) for _ in range(128)]
-    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]
-    stream = ReplayBatches(examples, 4, pad_id=0, seed=2)
-    padded = sum(stream.at(draw, "cpu")[0].numel() for draw in range(32))  # one pass: every row once
-    real = sum(len(e["input_ids"]) for e in examples)
-    shuffled = [examples[i] for i in random.Random(2).sample(range(128), 128)]
-    random_padded = sum(4 * max(len(e["input_ids"]) for e in shuffled[k : k + 4]) for k in range(0, 128, 4))
-    assert real <= padded < 0.5 * (random_padded + real)  # most of random batching's padding is gone
-    ids = sorted(int(i) for d in range(32) for i in stream.at(d, "cpu")[2].sum(dim=1))
-    assert ids == sorted(len(e["input_ids"]) for e in examples)  # every row exactly once per pass
