@@ -6,6 +6,7 @@ by one llama.cpp engine: the base is loaded once and each request picks its adap
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -391,3 +392,55 @@ def test_vllm_print_command_from_the_cli(runs):
                                       "--print-command", "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert "vllm serve" in result.stdout and "--lora-modules" in result.stdout and "docker run" in result.stdout
+
+
+def test_a_stream_whose_client_left_before_the_first_event_frees_its_slot(engine):
+    """The slot is taken before the response starts (so a full queue can answer 429); a client that is gone before
+    the first byte must not keep it: the event generator never starts, so its own cleanup never runs."""
+    import asyncio
+
+    from tunesmith.serve.api import Limits, create_app
+
+    app = create_app(engine, Limits(max_tokens=8, max_queue=1), api_key=KEY)
+    body = json.dumps({"model": "pizza-run", "prompt": "pizza", "max_tokens": 8, "stream": True}).encode()
+
+    def scope(method: str, path: str, length: int) -> dict[str, Any]:
+        return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+                "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+                "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json"),
+                            (b"content-length", str(length).encode())]}
+
+    async def leave_before_first_byte() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            raise OSError("the client closed the connection")
+
+        with contextlib.suppress(Exception):  # how the framework reports the vanished client is not the point
+            await app(scope("POST", "/v1/completions", len(body)), receive, send)
+
+    async def in_flight() -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope("GET", "/health", 0), receive, send)
+        return json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))["in_flight"]
+
+    async def scenario() -> list[int]:
+        counts = []
+        for _ in range(3):
+            await leave_before_first_byte()
+            await asyncio.sleep(0.2)
+            counts.append(await in_flight())
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 0, 0]

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -223,16 +223,21 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         return Sampling(max_tokens=asked or min(limits.max_tokens, room), temperature=body.temperature,
                         top_p=body.top_p, stop=stop, seed=body.seed, json_schema=json_schema, json_object=json_object)
 
-    def admit() -> None:
+    def admit() -> Callable[[], None]:
+        """Take a slot in the queue; returns its release, which frees the slot once however often it is called
+        (a stream frees it both when its events end and when its response ends, whichever comes first)."""
         if admitted["count"] >= limits.max_queue:
             raise ApiError(429, f"The server is busy ({limits.max_queue} requests in flight or waiting); retry "
                                 "shortly.", code="rate_limit_exceeded", kind="rate_limit_error")
         admitted["count"] += 1
         metrics.in_flight.set(admitted["count"])
+        held = [True]
 
-    def release() -> None:
-        admitted["count"] -= 1
-        metrics.in_flight.set(admitted["count"])
+        def release() -> None:
+            if held.pop() if held else False:
+                admitted["count"] -= 1
+                metrics.in_flight.set(admitted["count"])
+        return release
 
     def record(name: str, endpoint: str, started: float, prompt: int, completion: int) -> None:
         metrics.requests.labels(name, endpoint, "200").inc()
@@ -255,9 +260,10 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     async def complete(name: str, endpoint: str, prompt_ids: list[int], settings: Sampling, body: Request,
                        shape: Any) -> Any:
         started = time.perf_counter()
+        release = admit()
         if body.stream:
-            return StreamingResponse(stream_events(name, endpoint, prompt_ids, settings, body, shape, started),
-                                     media_type="text/event-stream")
+            events = stream_events(name, endpoint, prompt_ids, settings, body, shape, started, release)
+            return ReleasingStream(events, release, media_type="text/event-stream")
         try:
             texts, reasons = [], []
             async with turn(name):
@@ -277,7 +283,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         return list(engine.generate(name, prompt_ids, settings, threading.Event()))
 
     async def stream_events(name: str, endpoint: str, prompt_ids: list[int], settings: Sampling, body: Request,
-                            shape: Any, started: float) -> AsyncIterator[str]:
+                            shape: Any, started: float, release: Callable[[], None]) -> AsyncIterator[str]:
         cancelled = threading.Event()
         ident, completion, first = shape.ident(), 0, True
         pieces: Iterator[Piece] | None = None
@@ -324,7 +330,6 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
             raise ApiError(400, f"The model's chat template cannot render these messages: {exc}", "messages",
                            "invalid_value") from None
         settings = sampling(body, len(prompt_ids), schema, json_object)
-        admit()
         return await complete(name, "chat", prompt_ids, settings, body, ChatShape())
 
     @app.post("/v1/completions")
@@ -335,8 +340,24 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         except Exception as exc:  # text the tokenizer cannot encode (a lone surrogate, ...)
             raise ApiError(400, f"The prompt cannot be tokenized: {exc}", "prompt", "invalid_value") from None
         settings = sampling(body, len(prompt_ids))
-        admit()
         return await complete(name, "completions", prompt_ids, settings, body, CompletionShape())
+
+    class ReleasingStream(StreamingResponse):
+        """Server-sent events that free their queue slot when the response ends, even when the client left
+        before the first event (then the event generator never started, and its own `finally` never runs)."""
+
+        def __init__(self, events: AsyncIterator[str], release: Callable[[], None], **options: Any) -> None:
+            super().__init__(events, **options)
+            self.events, self.release = events, release
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                try:
+                    await self.events.aclose()  # type: ignore[attr-defined]  # its cleanup, if it began
+                finally:
+                    self.release()
 
     return app
 

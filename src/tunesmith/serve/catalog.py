@@ -50,8 +50,8 @@ def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, Run]]:
     return parsed
 
 
-def trained_run(run: Run) -> tuple[Path, str]:
-    """The run's trained artifact and method; refuses runs that did not finish and reward models."""
+def trained_artifact(run: Run) -> Path:
+    """The run's trained artifact (adapter or model folder); refuses runs that did not finish and reward models."""
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
         raise TunesmithError(f"{run.path} has not finished training, so there is nothing to serve.",
@@ -59,7 +59,7 @@ def trained_run(run: Run) -> tuple[Path, str]:
     if manifest.train.method == "reward":
         raise TunesmithError(f"{run.path} is a reward model: it scores text and cannot generate, so it is not served.",
                              "Serve the policy you trained with it instead.")
-    return run.path / manifest.train.path, manifest.train.method
+    return run.path / manifest.train.path
 
 
 def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True) -> list[ServedModel]:
@@ -67,7 +67,7 @@ def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True)
     (named after its directory, or NAME=RUN). `export=False` only plans (vLLM and Ollama need no GGUF)."""
     served: dict[str, ServedModel] = {}
     for name, run in parse_run_arguments(arguments):
-        artifact, _ = trained_run(run)
+        artifact = trained_artifact(run)
         recipe = run.load_recipe()
         base_dir = run_base_model(run)
         base_name = source_name(recipe.model.source, base_dir)
