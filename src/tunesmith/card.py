@@ -37,6 +37,7 @@ def write_model_card(run: Run) -> Path:
         f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
+        *rollback_lines(run),
         *trained_lines(data),
         "",
         *chosen_lines(train.get("chosen")),
@@ -52,6 +53,17 @@ def write_model_card(run: Run) -> Path:
         *grammar_lines(run),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
+
+
+def rollback_lines(run: Run) -> list[str]:
+    """Which checkpoint the adapter is, when `tunesmith eval --checkpoints --rollback` chose an earlier one."""
+    manifest = run.manifest()
+    step = manifest.train.checkpoint_step if manifest and manifest.train else None
+    if step is None:
+        return []
+    return [f"- this adapter is the checkpoint at step {step}, chosen by `tunesmith eval --checkpoints --rollback` "
+            "(the best task score whose probes stay within the margin: `eval/checkpoints.json`, "
+            "`plots/checkpoints.png`); the adapter training ended with is in `adapter-final/`"]
 
 
 def trained_lines(data: dict[str, Any]) -> list[str]:

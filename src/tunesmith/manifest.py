@@ -86,6 +86,9 @@ class TrainRecord(Record):
                                                     "(training.init_from), absolute; None: a fresh adapter.")
     replay: RowsFile | None = Field(None, description="General rows trained beside the task's (data.replay), as "
                                                       "trained: data/replay.jsonl; None: no replay.")
+    checkpoint_step: int | None = Field(None, description="The checkpoint the adapter was rolled back to "
+                                                          "(`tunesmith eval --checkpoints --rollback`); None: the "
+                                                          "adapter training ended with.")
 
 
 class EvalRecord(Record):

@@ -202,7 +202,14 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
           baselines: Annotated[str | None, typer.Option(
               "--baselines", metavar="NAME,...", help="Score cheaper alternatives beside base and tuned: zero_shot, "
                                                       "few_shot, constrained, few_shot_constrained, or all "
-                                                      "(default: the recipe's eval.baselines).")] = None) -> None:
+                                                      "(default: the recipe's eval.baselines).")] = None,
+          checkpoints: Annotated[bool, typer.Option(
+              "--checkpoints", help="Score every saved checkpoint (task metric and probes by step) and name the one "
+                                    "to keep: the best task score whose probes stay within eval.probe_margin; "
+                                    "writes eval/checkpoints.json and plots/checkpoints.png.")] = False,
+          rollback: Annotated[bool, typer.Option(
+              "--rollback", help="With --checkpoints: make the chosen checkpoint the run's adapter (the final one "
+                                 "moves to adapter-final/), then evaluate it.")] = False) -> None:
     """Score the tuned model against its base on the held-out examples saved in the run; writes eval/results.json
     and report.html.
 
@@ -215,6 +222,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     Example: tunesmith eval runs/quickstart-20261123-101500 --data examples/data/orders/eval.jsonl
 
     Example: tunesmith eval runs/quickstart-20261123-101500 --baselines few_shot,constrained
+
+    Example: tunesmith eval runs/quickstart-20261123-101500 --checkpoints --rollback
     """
     from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
@@ -222,9 +231,21 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     from tunesmith.eval.gate import check_gate, parse_gate_rule, raise_if_worse
     from tunesmith.runs import open_run
 
+    if rollback and not checkpoints:
+        raise typer.BadParameter("--rollback picks among the checkpoints: add --checkpoints.", param_hint="--rollback")
+    if checkpoints and (against != "base" or data is not None):
+        raise typer.BadParameter("--checkpoints scores the run's own held-out rows against its base; leave out "
+                                 "--against and --data.", param_hint="--checkpoints")
     rules = [parse_gate_rule(text) for text in fail_if_worse or []]
     run = open_run(run_dir)
     run.trained_artifact()
+    if checkpoints:
+        from tunesmith.eval.checkpoints import score_checkpoints
+
+        report_file = score_checkpoints(load_recipe(run.recipe_file, set_), run, rollback)
+        _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
+        if not rollback or json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to") is None:
+            return
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
         open_run(other).trained_artifact()
@@ -247,6 +268,24 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
             if verdict.passed:
                 err.print(escape(verdict.message), highlight=False, soft_wrap=True)
         raise_if_worse(verdicts)
+
+
+def _print_checkpoints(report_file: Path, plot: Path) -> None:
+    """The checkpoints' task score and probe accuracy by step, and the one chosen with why."""
+    from rich.table import Table
+
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    table = Table(title="checkpoints", title_justify="left")
+    for column in ("step", report["metric"] or "task", "probe accuracy", "probes failed"):
+        table.add_column(column)
+    for point in report["points"]:
+        mark = " (chosen)" if point["step"] == report["chosen_step"] else ""
+        table.add_row(f"{point['step'] or 'base'}{mark}", str(point["task"]), str(point["probe_accuracy"]),
+                      escape(", ".join(point["probes_failed"][:6]) + (" ..." if len(point["probes_failed"]) > 6
+                                                                      else "")))
+    wide_console(140).print(table)
+    err.print(escape(f"chosen: {report['chosen_step']}: {report['why']}"), highlight=False, soft_wrap=True)
+    err.print(f"Written: {report_file} and {plot}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -1,0 +1,211 @@
+"""Score every saved checkpoint of an adapter run: the task metric on the held-out rows and the forgetting probes,
+step by step, and name the checkpoint to keep.
+
+A run that learns its task and then goes on to forget shows it here: the task score levels off while the probes
+fall. The checkpoint to keep is the one with the best task score among those whose probe accuracy stays within
+`eval.probe_margin` of the base's: early stopping chosen after the fact on held-out data (Prechelt 1998, "Early
+Stopping - But When?"), subject to the forgetting measure eval already uses. `rollback` makes that checkpoint the
+run's adapter (the final one is kept in `adapter-final/`, and run.json's train record says which step it is).
+
+Writes eval/checkpoints.json and plots/checkpoints.png. How many checkpoints there are to choose from is set when
+training: `training.save_steps` and `training.keep_checkpoints`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import Recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_texts, resolve_max_new_tokens
+from tunesmith.eval.evaluate import choose_metrics
+from tunesmith.eval.forgetting import ask, recipe_probes
+from tunesmith.eval.probe_checks import passes
+from tunesmith.eval.rows import held_out_rows
+from tunesmith.figures import pyplot, save_figure
+from tunesmith.models import load_tokenizer, pick_device
+from tunesmith.models.loading import load_model
+from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model
+from tunesmith.results import headline_of
+from tunesmith.runs import Run, atomic_write_json, record_stage
+from tunesmith.scoring import Scorer, aggregate, recipe_scorer, score_answers
+from tunesmith.train.survival import checkpoint_step, complete_checkpoints
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FINAL_ADAPTER = "adapter-final"
+
+
+def adapter_checkpoints(run: Run) -> list[tuple[int, Path]]:
+    """(step, folder) of each complete checkpoint holding an adapter, oldest first.
+
+    Raises TunesmithError for a whole-model run (its checkpoints are whole models: compare them with
+    `tunesmith eval RUN --against`) and for a run with no complete checkpoint.
+    """
+    if not is_adapter(run.trained_artifact()):
+        raise TunesmithError(f"{run.path} trained a whole model; --checkpoints compares adapter checkpoints.",
+                             "Compare whole-model runs with `tunesmith eval RUN --against OTHER_RUN`.")
+    found = [(checkpoint_step(folder) or 0, folder) for folder in complete_checkpoints(run.checkpoints_dir)
+             if all((folder / name).is_file() for name in ADAPTER_FILES)]
+    if not found:
+        raise TunesmithError(f"{run.checkpoints_dir} holds no complete checkpoint with an adapter to compare.",
+                             "Train with checkpoints to choose from, e.g. --set training.save_steps=10 "
+                             "--set training.keep_checkpoints=10")
+    return found
+
+
+def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
+    """Score the base and each checkpoint on the held-out rows (the task's headline metric) and on the probes;
+    write eval/checkpoints.json (returned) and plots/checkpoints.png; with `rollback`, make the chosen checkpoint
+    the run's adapter. Raises TunesmithError when there is nothing to compare (see adapter_checkpoints)."""
+    from peft import PeftModel
+
+    checkpoints = adapter_checkpoints(run)
+    model_dir = run_base_model(run)
+    tokenizer = load_tokenizer(model_dir)
+    rows = held_out_rows(recipe, run).rows[: recipe.eval.max_examples]
+    _, choice = choose_metrics(recipe, run, rows)
+    scorer = recipe_scorer(recipe, choice["metrics"])
+    references = [row["messages"][-1]["content"] for row in rows]
+    resolve_max_new_tokens(recipe.eval, tokenizer, references)
+    probes = recipe_probes(recipe) if recipe.eval.probes else []  # eval.probes: false: the task score alone
+    device = pick_device(recipe.training.device)
+    first_step, first = checkpoints[0]
+    model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, device), first,
+                                      adapter_name=adapter_name(first_step)).eval()
+    for step, folder in checkpoints[1:]:
+        model.load_adapter(folder, adapter_name=adapter_name(step))
+    ask_one = TaskAndProbes(tokenizer, rows, references, scorer, choice["metrics"], probes, recipe)
+    points = [{"step": 0, "checkpoint": None, **ask_one(model, model.disable_adapter, "base")}]
+    for step, folder in checkpoints:
+        name = adapter_name(step)
+        points.append({"step": step, "checkpoint": folder.relative_to(run.path).as_posix(),
+                       **ask_one(model, lambda name=name: adapter_active(model, name), name)})
+    chosen = choose_checkpoint(points, recipe.eval.probe_margin)
+    report = {"metric": ask_one.metric, "examples": len(rows), "probes": len(probes),
+              "probe_margin": recipe.eval.probe_margin, "points": points, **chosen}
+    plot_checkpoints(report, run.plots_dir / "checkpoints.png", run.path.name)
+    report["rolled_back_to"] = None
+    if rollback and needs_rollback(run, chosen["chosen_step"], checkpoints[-1][0]):
+        report["rolled_back_to"] = roll_back(run, dict(checkpoints)[chosen["chosen_step"]], chosen["chosen_step"])
+    path = run.eval_dir / "checkpoints.json"
+    atomic_write_json(path, report)
+    return path
+
+
+def needs_rollback(run: Run, chosen_step: int | None, final_step: int) -> bool:
+    """Whether the adapter must change: a checkpoint was chosen and it is not the adapter the run holds now."""
+    if chosen_step is None:
+        return False
+    manifest = run.manifest()
+    current = manifest.train.checkpoint_step if manifest and manifest.train else None
+    return chosen_step != (final_step if current is None else current)
+
+
+def adapter_name(step: int) -> str:
+    return f"step-{step}"
+
+
+class TaskAndProbes:
+    """Scores one variant: the task's headline metric on the held-out rows, and probe accuracy."""
+
+    def __init__(self, tokenizer: Any, rows: list[dict], references: list[str], scorer: Scorer,
+                 metrics: list[str], probes: list[dict[str, Any]], recipe: Recipe) -> None:
+        self.tokenizer, self.rows, self.references, self.scorer = tokenizer, rows, references, scorer
+        self.metrics, self.probes, self.settings = metrics, probes, recipe.eval
+        self.metric: str | None = None
+
+    def __call__(self, model: Any, context: Callable[[], AbstractContextManager], name: str) -> dict[str, Any]:
+        started = time.monotonic()
+        with context(), torch.no_grad():
+            answers = generate_from_prompts(model, self.tokenizer, prompt_texts(self.tokenizer, self.rows),
+                                            self.settings.max_new_tokens, self.settings.batch_size).answers
+            probe_answers = ask(model, self.tokenizer, self.probes, self.settings.probe_max_new_tokens,
+                                self.settings.batch_size) if self.probes else []
+        scores = aggregate(score_answers(self.scorer, answers, self.references))
+        self.metric = self.metric or headline_of(self.metrics, scores)
+        passed = [passes(probe, answer) for probe, answer in zip(self.probes, probe_answers, strict=True)]
+        point = {"task": scores.get(self.metric) if self.metric else None,
+                 "probe_accuracy": round(sum(passed) / len(passed), 4) if passed else None,
+                 "probes_failed": [p["id"] for p, ok in zip(self.probes, passed, strict=True) if not ok],
+                 "seconds": round(time.monotonic() - started, 1)}
+        progress(f"{name}: {self.metric} {point['task']}, probes {point['probe_accuracy']} "
+                 f"({point['seconds']} s)")
+        return point
+
+
+def choose_checkpoint(points: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """The checkpoint with the best task score among those whose probe accuracy is within `margin` of the base's
+    (points[0]); the earlier one on a tie (it drifted less). None, and why, when none keeps the probes."""
+    base, checkpoints = points[0], points[1:]
+    if base["probe_accuracy"] is None:  # probes off: the task score alone
+        scored = [p for p in checkpoints if p["task"] is not None]
+        if not scored:
+            return {"chosen_step": None, "why": "no task metric to choose by, and the probes are off"}
+        best = max(scored, key=lambda p: (p["task"], -p["step"]))
+        return {"chosen_step": best["step"], "why": f"the best task score ({best['task']:g}); eval.probes is off, "
+                                                    "so forgetting was not measured"}
+    floor = base["probe_accuracy"] - margin - 1e-9
+    keeping = [p for p in checkpoints if p["probe_accuracy"] >= floor and p["task"] is not None]
+    if not keeping:
+        closest = max(checkpoints, key=lambda p: (p["probe_accuracy"], p["task"] or 0.0))
+        return {"chosen_step": None,
+                "why": f"no checkpoint keeps the probes within {margin:g} of the base's {base['probe_accuracy']:.3f}; "
+                       f"the closest is step {closest['step']} ({closest['probe_accuracy']:.3f})"}
+    best = max(keeping, key=lambda p: (p["task"], -p["step"]))
+    final = checkpoints[-1]
+    note = "the final one" if best is final else f"the final step {final['step']} scores {final['task']:g} with " \
+                                                  f"probes {final['probe_accuracy']:.3f}"
+    return {"chosen_step": best["step"],
+            "why": f"the best task score ({best['task']:g}) of the {len(keeping)} of {len(checkpoints)} checkpoints "
+                   f"whose probes stay within {margin:g} of the base's {base['probe_accuracy']:.3f}; {note}"}
+
+
+def roll_back(run: Run, checkpoint: Path, step: int) -> int:
+    """Make `checkpoint`'s adapter the run's: the trained one moves to adapter-final/ (once), the checkpoint's
+    adapter files are copied into adapter/, and run.json's train record names the step. Returns the step."""
+    manifest = run.manifest()
+    if manifest is None or manifest.train is None:
+        raise TunesmithError(f"{run.path} has no finished training to roll back.")
+    final = run.path / FINAL_ADAPTER
+    staging = run.path / f".{run.adapter_dir.name}-rollback"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run.adapter_dir, staging)
+    for name in ADAPTER_FILES:
+        shutil.copy2(checkpoint / name, staging / name)
+    if not final.exists():
+        run.adapter_dir.rename(final)
+    else:
+        shutil.rmtree(run.adapter_dir)
+    staging.rename(run.adapter_dir)
+    record_stage(run, "train", manifest.train.model_copy(update={"checkpoint_step": step}))
+    progress(f"rolled back: {run.adapter_dir} is now checkpoint step {step} (the final adapter is in {final}); "
+             "evaluate and export again to use it")
+    return step
+
+
+def plot_checkpoints(report: dict[str, Any], path: Path, title: str) -> Path:
+    """The task score and probe accuracy by step (the base at step 0), with the probes' margin as a band."""
+    plt = pyplot()
+    points = report["points"]
+    steps = [p["step"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if report["metric"]:
+        ax.plot(steps, [p["task"] for p in points], marker="o", label=report["metric"])
+    base = points[0]["probe_accuracy"]
+    if base is not None:
+        ax.plot(steps, [p["probe_accuracy"] for p in points], marker="s", label="probe accuracy")
+        ax.axhspan(base - report["probe_margin"], base, color="green", alpha=0.1, label="probe margin")
+    chosen = report.get("chosen_step")
+    if chosen is not None:
+        ax.axvline(chosen, color="crimson", linestyle="--", label=f"chosen: step {chosen}")
+    ax.set(xlabel="optimizer step (0: the base)", ylim=(0, 1.05), title=f"{title}: checkpoints")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return save_figure(fig, path)

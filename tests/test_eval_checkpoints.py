@@ -1,0 +1,108 @@
+"""`tunesmith eval RUN --checkpoints [--rollback]`: every saved checkpoint scored on the task and the probes, the
+best one that keeps the probes chosen, and made the run's adapter on request."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tiny_project
+from tunesmith.config import load_recipe
+from tunesmith.errors import TunesmithError
+from tunesmith.eval import run_eval
+from tunesmith.eval.checkpoints import (
+    FINAL_ADAPTER,
+    adapter_checkpoints,
+    choose_checkpoint,
+    roll_back,
+    score_checkpoints,
+)
+from tunesmith.results import headline_of, read_results
+from tunesmith.runs import create_run, open_run
+from tunesmith.train import run_training
+
+PROBES = [{"id": "echo-a", "prompt": "Say the letter a.", "check": "contains", "answer": "a"},
+          {"id": "echo-e", "prompt": "Say the letter e.", "check": "contains", "answer": "e"},
+          {"id": "number", "prompt": "Say a number.", "check": "regex", "answer": "[0-9]"}]
+
+
+def point(step: int, task: float | None, probes: float | None) -> dict:
+    return {"step": step, "task": task, "probe_accuracy": probes}
+
+
+def test_the_best_task_score_among_checkpoints_that_keep_the_probes_is_chosen():
+    points = [point(0, 0.0, 1.0), point(10, 0.5, 0.98), point(20, 0.8, 0.96), point(30, 0.9, 0.9)]
+    chosen = choose_checkpoint(points, margin=0.05)
+    assert chosen["chosen_step"] == 20 and "the final step 30 scores 0.9" in chosen["why"]
+    assert choose_checkpoint(points, margin=0.1)["chosen_step"] == 30  # the final one keeps them at this margin
+
+
+def test_a_tie_goes_to_the_earlier_checkpoint_and_none_is_chosen_when_all_forget():
+    assert choose_checkpoint([point(0, 0.0, 1.0), point(5, 0.7, 1.0), point(9, 0.7, 1.0)], 0.05)["chosen_step"] == 5
+    none = choose_checkpoint([point(0, 0.0, 1.0), point(5, 0.7, 0.8), point(9, 0.9, 0.7)], 0.05)
+    assert none["chosen_step"] is None and "the closest is step 5 (0.800)" in none["why"]
+
+
+def test_without_probes_the_task_score_alone_chooses():
+    chosen = choose_checkpoint([point(0, 0.1, None), point(5, 0.9, None), point(9, 0.6, None)], 0.05)
+    assert chosen["chosen_step"] == 5 and "probes is off" in chosen["why"]
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    recipe_file = make_tiny_project(root, tiny_model_dir, train_rows=32, eval_rows=6)
+    (root / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBES), encoding="utf-8")
+    recipe = load_recipe(recipe_file, ["training.max_steps=12", "training.save_steps=4", "training.keep_checkpoints=3",
+                                       "eval.probes=true", "eval.probe_file=probes.jsonl"])
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    return recipe, run
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(checkpointed_run):
+    recipe, run = checkpointed_run
+    assert [step for step, _ in adapter_checkpoints(run)] == [4, 8, 12]
+    final_weights = digest(run.adapter_dir / "adapter_model.safetensors")
+    report = json.loads(score_checkpoints(recipe, run).read_text(encoding="utf-8"))
+    assert [p["step"] for p in report["points"]] == [0, 4, 8, 12] and report["probes"] == len(PROBES)
+    assert all(0 <= p["probe_accuracy"] <= 1 and p["task"] is not None for p in report["points"])
+    assert (run.plots_dir / "checkpoints.png").stat().st_size > 1000
+    assert report["rolled_back_to"] is None  # not asked to
+    assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights
+
+    roll_back(run, run.checkpoints_dir / "checkpoint-4", 4)
+    assert digest(run.adapter_dir / "adapter_model.safetensors") == digest(
+        run.checkpoints_dir / "checkpoint-4" / "adapter_model.safetensors")
+    assert digest(run.path / FINAL_ADAPTER / "adapter_model.safetensors") == final_weights
+    assert open_run(run.path).manifest().train.checkpoint_step == 4
+    results = read_results(run_eval(load_recipe(run.recipe_file), run))
+    metric = headline_of(results.metrics, results.tuned)
+    assert results.tuned[metric] == report["points"][1]["task"]  # the same greedy answers as its checkpoint point
+
+    roll_back(run, run.checkpoints_dir / "checkpoint-12", 12)  # back to the end; adapter-final/ stays the original
+    assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights
+    assert digest(run.path / FINAL_ADAPTER / "adapter_model.safetensors") == final_weights
+
+
+def test_the_cli_refuses_rollback_alone_and_runs_without_checkpoints_say_how_to_get_them(checkpointed_run, tmp_path):
+    _, run = checkpointed_run
+    alone = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--rollback"],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and "--checkpoints" in alone.stderr
+    bare = open_run(run.path)
+    for folder in sorted(bare.checkpoints_dir.iterdir()):
+        folder.rename(tmp_path / folder.name)
+    try:
+        with pytest.raises(TunesmithError, match=r"training\.save_steps"):
+            adapter_checkpoints(bare)
+    finally:
+        for folder in sorted(tmp_path.iterdir()):
+            folder.rename(bare.checkpoints_dir / folder.name)
