@@ -76,6 +76,7 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
     assert all(0 <= p["probe_accuracy"] <= 1 and p["task"] is not None for p in report["points"])
     assert (run.plots_dir / "checkpoints.png").stat().st_size > 1000
     assert report["rolled_back_to"] is None  # not asked to
+    assert open_run(run.path).manifest().eval.checkpoints == "eval/checkpoints.json"
     assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights
 
     roll_back(run, run.checkpoints_dir / "checkpoint-4", 4)
@@ -86,6 +87,7 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
     results = read_results(run_eval(load_recipe(run.recipe_file), run))
     metric = headline_of(results.metrics, results.tuned)
     assert results.tuned[metric] == report["points"][1]["task"]  # the same greedy answers as its checkpoint point
+    assert open_run(run.path).manifest().eval.checkpoints == "eval/checkpoints.json"  # kept beside the results
 
     roll_back(run, run.checkpoints_dir / "checkpoint-12", 12)  # back to the end; adapter-final/ stays the original
     assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights

@@ -96,6 +96,8 @@ class EvalRecord(Record):
     `against-<run>`, `data-<file>`: the other comparisons), typed by `tunesmith.results.EvalResults`."""
 
     results: dict[str, RunPath] = Field(default_factory=dict)
+    checkpoints: RunPath | None = Field(None, description="eval/checkpoints.json: each saved checkpoint's task score "
+                                                          "and probe accuracy (`tunesmith eval --checkpoints`).")
 
 
 class ExportRecord(Record):

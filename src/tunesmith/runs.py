@@ -252,7 +252,15 @@ def record_eval_results(run: Run, results_file: Path) -> None:
     current = run.manifest() or RunManifest()
     results = {**(current.eval.results if current.eval else {}),
                "held_out" if folder == "." else folder: results_file.relative_to(run.path).as_posix()}
-    record_stage(run, "eval", EvalRecord(results=results))
+    checkpoints = current.eval.checkpoints if current.eval else None
+    record_stage(run, "eval", EvalRecord(results=results, checkpoints=checkpoints))
+
+
+def record_checkpoint_scores(run: Run, report_file: Path) -> None:
+    """Name eval/checkpoints.json in run.json's eval section (the results files stay as they are)."""
+    current = run.manifest() or RunManifest()
+    results = current.eval.results if current.eval else {}
+    record_stage(run, "eval", EvalRecord(results=results, checkpoints=report_file.relative_to(run.path).as_posix()))
 
 
 def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],

@@ -34,7 +34,7 @@ from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.loading import load_model
 from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model
 from tunesmith.results import headline_of
-from tunesmith.runs import Run, atomic_write_json, record_stage
+from tunesmith.runs import Run, atomic_write_json, record_checkpoint_scores, record_stage
 from tunesmith.scoring import Scorer, aggregate, recipe_scorer, score_answers
 from tunesmith.train.survival import checkpoint_step, complete_checkpoints
 
@@ -96,6 +96,7 @@ def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
         report["rolled_back_to"] = roll_back(run, dict(checkpoints)[chosen["chosen_step"]], chosen["chosen_step"])
     path = run.eval_dir / "checkpoints.json"
     atomic_write_json(path, report)
+    record_checkpoint_scores(run, path)
     return path
 
 
