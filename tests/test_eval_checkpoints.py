@@ -79,7 +79,11 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
     assert open_run(run.path).manifest().eval.checkpoints == "eval/checkpoints.json"
     assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights
 
+    run.exports_dir.mkdir(exist_ok=True)
+    (run.exports_dir / "made-from-the-final-adapter.txt").write_text("stale after a rollback", encoding="utf-8")
     roll_back(run, run.checkpoints_dir / "checkpoint-4", 4)
+    assert (run.path / "exports-final" / "made-from-the-final-adapter.txt").is_file()
+    assert not run.exports_dir.exists()
     assert digest(run.adapter_dir / "adapter_model.safetensors") == digest(
         run.checkpoints_dir / "checkpoint-4" / "adapter_model.safetensors")
     assert digest(run.path / FINAL_ADAPTER / "adapter_model.safetensors") == final_weights

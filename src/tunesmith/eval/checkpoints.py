@@ -170,10 +170,18 @@ def choose_checkpoint(points: list[dict[str, Any]], margin: float) -> dict[str, 
 
 def roll_back(run: Run, checkpoint: Path, step: int) -> int:
     """Make `checkpoint`'s adapter the run's: the trained one moves to adapter-final/ (once), the checkpoint's
-    adapter files are copied into adapter/, and run.json's train record names the step. Returns the step."""
+    adapter files are copied into adapter/, and run.json's train record names the step. Exports made from the
+    adapter it replaces move aside (exports-final/ or exports-step-N/) and leave run.json, so nothing serves or
+    ships a stale model. Returns the step."""
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
         raise TunesmithError(f"{run.path} has no finished training to roll back.")
+    if run.exports_dir.is_dir() and any(run.exports_dir.iterdir()):
+        current = manifest.train.checkpoint_step
+        aside = run.path / ("exports-final" if current is None else f"exports-step-{current}")
+        shutil.rmtree(aside, ignore_errors=True)
+        run.exports_dir.rename(aside)
+        progress(f"the exports of the adapter being replaced moved to {aside}")
     final = run.path / FINAL_ADAPTER
     staging = run.path / f".{run.adapter_dir.name}-rollback"
     shutil.rmtree(staging, ignore_errors=True)
@@ -186,6 +194,8 @@ def roll_back(run: Run, checkpoint: Path, step: int) -> int:
         shutil.rmtree(run.adapter_dir)
     staging.rename(run.adapter_dir)
     record_stage(run, "train", manifest.train.model_copy(update={"checkpoint_step": step}))
+    if manifest.exports:
+        record_stage(run, "exports", {})
     progress(f"rolled back: {run.adapter_dir} is now checkpoint step {step} (the final adapter is in {final}); "
              "evaluate and export again to use it")
     return step

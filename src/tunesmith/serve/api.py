@@ -234,7 +234,8 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         held = [True]
 
         def release() -> None:
-            if held.pop() if held else False:
+            if held:
+                held.clear()
                 admitted["count"] -= 1
                 metrics.in_flight.set(admitted["count"])
         return release
