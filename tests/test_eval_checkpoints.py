@@ -103,6 +103,10 @@ def test_the_cli_refuses_rollback_alone_and_runs_without_checkpoints_say_how_to_
     alone = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--rollback"],
                            capture_output=True, text=True, timeout=300)
     assert alone.returncode == 2 and "--checkpoints" in alone.stderr
+    listed = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert [p["step"] for p in json.loads(listed.stdout)["points"]] == [0, 4, 8, 12]
     bare = open_run(run.path)
     for folder in sorted(bare.checkpoints_dir.iterdir()):
         folder.rename(tmp_path / folder.name)

@@ -243,7 +243,10 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         from tunesmith.eval.checkpoints import score_checkpoints
 
         report_file = score_checkpoints(load_recipe(run.recipe_file, set_), run, rollback)
-        _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
+        if as_json and not rollback:  # with --rollback, --json prints the new adapter's results below
+            print(report_file.read_text(encoding="utf-8"))
+        else:
+            _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
         if not rollback or json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to") is None:
             return
     other = None if against == "base" else open_run(Path(against)).path
@@ -284,7 +287,8 @@ def _print_checkpoints(report_file: Path, plot: Path) -> None:
                       escape(", ".join(point["probes_failed"][:6]) + (" ..." if len(point["probes_failed"]) > 6
                                                                       else "")))
     wide_console(140).print(table)
-    err.print(escape(f"chosen: {report['chosen_step']}: {report['why']}"), highlight=False, soft_wrap=True)
+    chosen = "none" if report["chosen_step"] is None else f"step {report['chosen_step']}"
+    err.print(escape(f"chosen: {chosen}: {report['why']}"), highlight=False, soft_wrap=True)
     err.print(f"Written: {report_file} and {plot}", highlight=False, soft_wrap=True)
 
 
