@@ -80,8 +80,8 @@ def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...
     import torch
 
     from tunesmith.models import resolve_model_source
+    from tunesmith.plan.devices import matmul_peak
     from tunesmith.runs import atomic_write_json, environment_snapshot
-    from tunesmith.train.throughput import matmul_peak
 
     model_dir = resolve_model_source(model)
     peaks = {"fp32": matmul_peak(torch.float32, seconds=1.0), "bf16": matmul_peak(torch.bfloat16, seconds=1.0)}

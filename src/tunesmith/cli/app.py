@@ -20,7 +20,9 @@ from rich.table import Table
 
 from tunesmith.cli.common import SHOW, SetOption, err, wide_console
 from tunesmith.cli.data import data_app
+from tunesmith.cli.doctor import doctor
 from tunesmith.cli.merge import merge, push
+from tunesmith.cli.plan import plan
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve
 from tunesmith.errors import TunesmithError
@@ -37,6 +39,8 @@ app.add_typer(runs_app, name="runs")
 app.command()(merge)
 app.command()(push)
 app.command()(serve)
+app.command()(doctor)
+app.command()(plan)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
 RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]
@@ -106,7 +110,9 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
               "PEFT adapter folder's) weights, with a new optimizer and schedule.")] = None,
           time_budget: Annotated[str | None, typer.Option(
               metavar="DURATION", help="Wall time for this training, e.g. 10m or 1h30m (training.time_budget): loading "
-              "counts, and the steps are set to fill the rest.")] = None) -> None:
+              "counts, and the steps are set to fill the rest.")] = None,
+          force: Annotated[bool, typer.Option("--force", help="Train even when the memory plan says the recipe "
+                                                             "will not fit this device.")] = False) -> None:
     """Train the adapter a recipe describes, in a new run directory (or, with --resume, in the one it stopped in).
 
     Example: tunesmith train recipes/quickstart.yaml --set training.lr=5e-4
@@ -124,6 +130,10 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
     extra += [f"training.time_budget={time_budget}"] if time_budget else []
     loaded = load_recipe(recipe, [*(set_ or []), *extra])
+    if not force:
+        from tunesmith.plan.fit import refuse_if_cannot_fit
+
+        refuse_if_cannot_fit(loaded)  # before anything heavy loads: the config and the data tell
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if evaluate:
         run = run_pipeline(loaded, runs_dir, run)

@@ -12,8 +12,10 @@ from tunesmith.errors import ModelSourceError
 from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled, pull_model
 
 
-def resolve_model_source(source: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
-    """Return a local directory holding config, weights and tokenizer for `source`."""
+def resolve_model_source(source: str, revision: str | None = None, base_dir: Path | None = None,
+                         weights: bool = True) -> Path:
+    """Return a local directory holding config, weights and tokenizer for `source` (`weights` False: a Hub model
+    not yet downloaded brings its config and tokenizer only, what a memory plan reads)."""
     if source in EMBEDDED:
         return cached_model_dir(source) if is_pulled(source) else pull_model(source)
     if (cached_model_dir(source) / "config.json").is_file():
@@ -25,7 +27,12 @@ def resolve_model_source(source: str, revision: str | None = None, base_dir: Pat
         return _import_gguf_source(path)
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
         return _local_directory(path)
-    return download_from_hub(source, revision)
+    return download_from_hub(source, revision, weights)
+
+
+def resolve_model_config(source: str, revision: str | None = None, base_dir: Path | None = None) -> Path:
+    """A local directory with `source`'s config.json and tokenizer, without downloading a Hub model's weights."""
+    return resolve_model_source(source, revision, base_dir, weights=False)
 
 
 def _import_gguf_source(path: Path) -> Path:
@@ -54,8 +61,9 @@ def _local_directory(path: Path) -> Path:
     return path.resolve()
 
 
-def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
-    """Snapshot a Hub repository into the HF cache, translating access failures into advice."""
+def download_from_hub(repo_id: str, revision: str | None = None, weights: bool = True) -> Path:
+    """Snapshot a Hub repository into the HF cache (without `weights`: config and tokenizer files only),
+    translating access failures into advice."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -64,7 +72,7 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
         RepositoryNotFoundError,
     )
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*", *(["*.safetensors"] if weights else [])]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError as exc:

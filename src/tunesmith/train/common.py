@@ -20,6 +20,7 @@ from tunesmith.data.contract import check_template_contract
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
+from tunesmith.plan.devices import matmul_peak
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
@@ -38,7 +39,7 @@ from tunesmith.train.survival import (
     install_atomic_checkpoints,
     newest_complete_checkpoint,
 )
-from tunesmith.train.throughput import TokenCounter, matmul_peak, mfu, model_shape, training_flops
+from tunesmith.train.throughput import TokenCounter, mfu, model_shape, training_flops
 from tunesmith.train.upstream import (
     hide_trl_checkpointing_deprecation,
     precision_flags,

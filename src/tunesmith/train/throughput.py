@@ -13,7 +13,6 @@ FLOPs per real token, after PaLM (Chowdhery et al. 2022, appendix B) and Kaplan 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,27 +109,6 @@ def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
     projects (an input embedding is a lookup: no FLOPs)."""
     body = counter.real_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable)
     return body + counter.loss_tokens * 4.0 * shape.lm_head + counter.attention_flops * shape.layers * shape.hidden
-
-
-def matmul_peak(dtype: Any = None, device: str = "cpu", seconds: float = 0.5, size: int = 1024) -> float:
-    """This machine's dense matmul FLOP/s in `dtype` (default fp32), with torch's current thread count.
-
-    Square `size` matmuls are timed for about `seconds` after one warm-up; 2·n³ FLOPs each. A busy machine
-    measures lower; measure when nothing else runs, as the benchmark does before its variants.
-    """
-    import torch
-
-    dtype = dtype or torch.float32
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    a @ b
-    count, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or count < 3:
-        a @ b
-        count += 1
-        if device != "cpu":
-            torch.cuda.synchronize()
-    return 2.0 * size**3 * count / elapsed
 
 
 def mfu(flops: float, seconds: float, peak: float) -> float:

@@ -1,0 +1,64 @@
+"""`tunesmith plan`: a thin command over tunesmith.plan (registered on the app in cli/app.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunesmith.cli.common import SHOW, SetOption, err
+
+GIB = 2**30
+DEVICE_HELP = ("cpu, cuda or mps (this machine: free memory and speed measured), cuda:24GB (a GPU of that memory), "
+               "or a GPU by name: t4, l4, a10g, rtx3090, rtx4090, a100-40gb, a100-80gb, h100-80gb, h200, ...")
+
+
+def plan(recipe: Path, set_: SetOption = None,
+         device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False) -> None:
+    """Estimate a recipe's peak memory and training time on a device, from the model's config and the data alone
+    (no weights load), and say what to change when it does not fit.
+
+    Example: tunesmith plan recipes/quickstart.yaml
+    Example: tunesmith plan my-recipe.yaml --device rtx4090 --set adapter.kind=full
+    """
+    from tunesmith.config import load_recipe
+    from tunesmith.plan import plan_recipe
+
+    report = plan_recipe(load_recipe(recipe, set_ or []), device)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    print_plan(report)
+
+
+def print_plan(report) -> None:
+    """The memory table (component, GiB, how), the verdict, the time, and the advice table, on stderr."""
+    err.print(f"[bold]{escape(report.model)}[/bold]: {report.method} with {report.adapter}, "
+              f"{report.trained_parameters:,} of {report.total_parameters:,} parameters trained; "
+              f"{report.sequences} sequences x {report.length:,} tokens per micro-batch "
+              f"({escape(report.length_source)})",
+              **SHOW)
+    table = Table(title=f"Peak memory on {escape(report.device)}")
+    for column, justify in (("component", "left"), ("GiB", "right"), ("how", "left")):
+        table.add_column(column, justify=justify)
+    for row in report.components:
+        table.add_row(row.name, f"{row.bytes / GIB:,.2f}", escape(row.how))
+    table.add_row("[bold]total[/bold]", f"[bold]{report.peak_bytes / GIB:,.2f}[/bold]",
+                  f"device: {report.device_memory_bytes / GIB:,.1f} GiB "
+                  f"{'free' if report.measured_device else 'stated'}")
+    err.print(table)
+    verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
+    err.print(f"{verdict}: {report.peak_bytes / GIB:,.2f} of {report.device_memory_bytes / GIB:,.1f} GiB "
+              f"({report.peak_bytes_checkpointed / GIB:,.2f} GiB with activation checkpointing)", **SHOW)
+    epoch = f", {report.steps_per_epoch} steps: {report.epoch_seconds / 60:,.1f} min" if report.steps_per_epoch else ""
+    err.print(f"time: {report.step_seconds:,.2f} s per optimizer step{epoch} ({escape(report.time_note)})", **SHOW)
+    advice = Table(title="Recommendations")
+    for column in ("what", "value", "why", "apply with"):
+        advice.add_column(column)
+    for item in report.advice:
+        advice.add_row(item.what, escape(item.value), escape(item.why), escape(" ".join(item.flags)) or "-")
+    err.print(advice)

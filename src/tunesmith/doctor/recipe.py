@@ -1,0 +1,135 @@
+"""A recipe's data: its shape, its problem rows, the chat-template contract for these rows, and the warnings
+`tunesmith data preview` gives on its first rows (cut answers, missing EOS, text that does not round-trip).
+
+`recipe_checks` is the one hook for everything doctor says about a recipe; `plan`'s memory checks join it.
+Nothing is downloaded: the tokenizer comes from the model folder already on this machine, and a Hub dataset
+is left to `tunesmith data inspect`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.data import data_source
+from tunesmith.data.contract import judge_template
+from tunesmith.data.loaders import LoadResult, load_records
+from tunesmith.data.preview import conversations_of, preview_rows
+from tunesmith.data.workflow import conformed
+from tunesmith.doctor.access import classify_source, local_model_dir
+from tunesmith.doctor.model_checks import load_local_tokenizer
+from tunesmith.doctor.report import Check
+from tunesmith.errors import TunesmithError
+from tunesmith.plan import plan_recipe
+from tunesmith.plan.fit import fit_message
+
+SECTION = "recipe"
+PREVIEW_ROWS = 20
+
+
+def recipe_checks(recipe: Recipe) -> list[Check]:
+    """Everything doctor checks about a recipe beyond its model: data files, then template fit on that data.
+
+    The hook `plan` appends its memory checks to.
+    """
+    checks, rows = data_checks(recipe)
+    return checks + template_fit_checks(recipe, rows) + memory_checks(recipe)
+
+
+def memory_checks(recipe: Recipe) -> list[Check]:
+    """`tunesmith plan`'s verdict for the device the recipe trains on: fits (with its headroom) or not (the fix)."""
+    try:
+        report = plan_recipe(recipe, recipe.training.device)
+    except TunesmithError as exc:
+        return [Check(name="memory plan", section=SECTION, status="warn", detail=exc.message, fix=exc.hint)]
+    gib = 2**30
+    if report.fits:
+        return [Check(name="memory plan", section=SECTION, status="pass",
+                      detail=f"estimated peak {report.peak_bytes / gib:,.1f} GiB of "
+                             f"{report.device_memory_bytes / gib:,.1f} GiB on {report.device}")]
+    message, hint = fit_message(report)
+    return [Check(name="memory plan", section=SECTION, status="fail", detail=message, fix=hint)]
+
+
+def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:
+    """One check per data file (train, and eval when given); returns them with the usable rows, conformed."""
+    data = recipe.data
+    checks, rows = [], []
+    for split, value in {"train": data.train, **({"eval": data.eval} if data.eval else {})}.items():
+        source = data_source(recipe, value)
+        if isinstance(source, str):
+            checks.append(Check(name=f"{split} data", section=SECTION, status="warn", detail=f"Hub dataset {source}: "
+                                "not loaded by doctor (it would download it)",
+                                fix="`tunesmith data inspect RECIPE` loads and checks it."))
+            continue
+        try:
+            loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
+                                  shape=data.format)
+        except TunesmithError as exc:
+            checks.append(Check(name=f"{split} data", section=SECTION, status="fail", detail=exc.message, fix=exc.hint))
+            continue
+        checks.append(rows_check(split, loaded, data.skip_invalid))
+        rows += conformed(loaded.rows, recipe)
+    return checks, rows
+
+
+def rows_check(split: str, loaded: LoadResult, skip_invalid: bool) -> Check:
+    """The shape and count; problem rows fail unless data.skip_invalid skips them."""
+    shape = f"{len(loaded.rows)} usable rows, shape {loaded.shape} ({loaded.source_shape} in {loaded.file_format})"
+    name = f"{split} data"
+    if not loaded.problems:
+        return Check(name=name, section=SECTION, status="pass", detail=f"{shape}: {loaded.path}")
+    bad = f"{len(loaded.problems)} problem row(s) in {loaded.path}, e.g. {loaded.problems[0]}"
+    if skip_invalid:
+        return Check(name=name, section=SECTION, status="warn", detail=f"{shape}; data.skip_invalid skips {bad}",
+                     fix="`tunesmith data inspect RECIPE` lists each; fix them to train on them.")
+    return Check(name=name, section=SECTION, status="fail", detail=f"{shape}; train stops at {bad}",
+                 fix="Fix the rows (`tunesmith data inspect RECIPE` lists each), or set data.skip_invalid: true.")
+
+
+def template_fit_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Check]:
+    """The template contract judged against these rows, then the preview's warnings on the first rows."""
+    if not rows:
+        return []
+    model = recipe.model.source
+    if not any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
+        return [Check(name="template fit", section=SECTION, status="pass",
+                      detail="raw text rows: trained without the chat template")]
+    model_dir = local_model_dir(classify_source(model, Path(recipe.base_dir)), recipe.model.revision)
+    if model_dir is None:
+        return [Check(name="template fit", section=SECTION, status="warn", detail=f"{model} is not on this machine "
+                      "yet, so the template was not checked against the data",
+                      fix="Fetch the model once (see the model access check), then run doctor again.")]
+    tokenizer = load_local_tokenizer(model_dir)
+    if not tokenizer.chat_template:
+        return []  # the model section fails it already, with the fix
+    return [*contract_fit_checks(judge_template(tokenizer, rows, model)), preview_check(tokenizer, recipe, rows)]
+
+
+def contract_fit_checks(record: dict[str, Any]) -> list[Check]:
+    """What train refuses (problems) and warns about for this data, one check each."""
+    checks = [Check(name="template fit", section=SECTION, status="fail", detail=problem,
+                    fix="Apply the recipe key or model the message names.") for problem in record["problems"]]
+    checks += [Check(name="template fit", section=SECTION, status="warn", detail=warning)
+               for warning in record["warnings"]]
+    return checks or [Check(name="template fit", section=SECTION, status="pass",
+                            detail="the chat template fits this data: train would accept it")]
+
+
+def preview_check(tokenizer: Any, recipe: Recipe, rows: list[dict[str, Any]]) -> Check:
+    """`data preview`'s row warnings (cut answers, dropped rows, missing EOS, round trip) on the first rows."""
+    pad_missing = tokenizer.pad_token is None
+    if pad_missing:
+        tokenizer.pad_token = tokenizer.eos_token
+    preview = preview_rows(tokenizer, rows[:PREVIEW_ROWS], recipe.data.max_length, pad_missing,
+                           model=recipe.model.source)
+    findings = [text for text in preview.problems + preview.warnings if text.startswith("row ")]
+    count = min(PREVIEW_ROWS, len(rows))
+    if not findings:
+        return Check(name="rendered rows", section=SECTION, status="pass", detail=f"the first {count} rows render "
+                     f"within max_length {recipe.data.max_length}, each answer ending in EOS")
+    status = "fail" if any(text.startswith("row ") for text in preview.problems) else "warn"
+    return Check(name="rendered rows", section=SECTION, status=status,
+                 detail=f"{len(findings)} finding(s) on the first {count} rows, e.g. {findings[0]}",
+                 fix="`tunesmith data preview RECIPE` shows each row as training sees it.")

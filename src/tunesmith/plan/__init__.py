@@ -1,0 +1,101 @@
+"""Plan stage: how much memory and time a recipe needs on a device, and what to change when it does not fit,
+from the model's config and the data alone (no weights load). `tunesmith plan` prints it; `train` refuses a
+recipe whose estimate exceeds the device before loading anything heavy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tunesmith.config import Recipe
+from tunesmith.models import load_tokenizer
+from tunesmith.models.source import resolve_model_config
+from tunesmith.plan.architecture import Architecture, read_architecture
+from tunesmith.plan.devices import Device, resolve_device
+from tunesmith.plan.lengths import longest_row
+from tunesmith.plan.memory import MemoryEstimate, estimate_memory
+from tunesmith.plan.recommend import Advice, recommend
+from tunesmith.plan.timing import StepTime, step_time
+from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
+
+
+class ComponentRow(BaseModel):
+    name: str
+    bytes: float
+    how: str
+
+
+class PlanReport(BaseModel):
+    """A recipe's plan: the estimate per component (bytes), the device's memory, and the advice."""
+
+    model: str
+    device: str
+    device_memory_bytes: float
+    measured_device: bool
+    method: str
+    adapter: str
+    trained_parameters: int
+    total_parameters: int
+    sequences: int
+    length: int
+    length_source: str
+    gradient_checkpointing: bool
+    components: list[ComponentRow]
+    peak_bytes: float
+    peak_bytes_checkpointed: float
+    fits: bool
+    step_seconds: float
+    steps_per_epoch: int
+    epoch_seconds: float
+    time_note: str
+    advice: list[Advice]
+
+
+def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths | None = None) -> PlanReport:
+    """Estimate the recipe's peak memory and step time on `device_spec` (see `resolve_device`).
+
+    `lengths`: the longest training sequence when the caller already encoded the data; read from the data
+    otherwise. Raises ModelSourceError when the model's config cannot be found or built.
+    """
+    model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    arch = read_architecture(model_dir)
+    lengths = lengths or longest_row(recipe, load_tokenizer(model_dir))
+    device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
+    return build_report(recipe, arch, device, lengths)
+
+
+def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
+    weights = trained_weights(recipe, arch)
+    work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
+    compute = compute_bytes(recipe, device)
+    checkpointing = recipe.training.gradient_checkpointing
+    estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing)
+    checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True)
+    timing = step_time(recipe, arch, weights, work, device, lengths.rows)
+    return PlanReport(
+        model=recipe.model.source, device=device.name, device_memory_bytes=device.memory_bytes,
+        measured_device=device.measured, method=recipe.method.kind, adapter=recipe.adapter.kind,
+        trained_parameters=weights.parameters, total_parameters=arch.parameters, sequences=work.sequences,
+        length=work.length, length_source=lengths.source, gradient_checkpointing=checkpointing,
+        components=component_rows(estimate), peak_bytes=estimate.total, peak_bytes_checkpointed=checkpointed.total,
+        fits=estimate.total <= device.memory_bytes, step_seconds=timing.seconds,
+        steps_per_epoch=timing.steps_per_epoch, epoch_seconds=timing.seconds * timing.steps_per_epoch,
+        time_note=timing.note, advice=recommend(recipe, arch, device, lengths, compute))
+
+
+def compute_bytes(recipe: Recipe, device: Device) -> float:
+    """Activation bytes: 2 under bf16/fp16 mixed precision (the default on CUDA GPUs), 4 in fp32 (CPU's default)."""
+    precision = recipe.training.precision
+    if precision == "auto":
+        return 2.0 if device.kind == "cuda" else 4.0
+    return 4.0 if precision == "fp32" else 2.0
+
+
+def component_rows(estimate: MemoryEstimate) -> list[ComponentRow]:
+    return [ComponentRow(name=c.name, bytes=c.bytes, how=c.how) for c in estimate.components]
+
+
+__all__ = ["Advice", "PlanReport", "StepTime", "plan_recipe"]
+

@@ -1,0 +1,117 @@
+"""The device a plan is for: how much memory it offers and how fast it multiplies matrices.
+
+The local CPU or GPU is measured on the spot (free memory; a short matmul probe). A named GPU comes from a
+catalogue of dense bf16 tensor-core peaks and memory sizes (NVIDIA's data sheets, no sparsity), and
+`cuda:24GB` states the memory directly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.errors import RecipeError
+
+GIB = 2**30
+# name: (memory GiB, dense bf16 TFLOP/s; fp16 where the card has no bf16), from NVIDIA's product data sheets
+CATALOGUE: dict[str, tuple[float, float]] = {
+    "t4": (16, 65), "v100-16gb": (16, 125), "v100-32gb": (32, 125), "a10g": (24, 125), "l4": (24, 121),
+    "rtx3090": (24, 71), "rtx4090": (24, 165), "a6000": (48, 155), "l40s": (48, 362), "a100-40gb": (40, 312),
+    "a100-80gb": (80, 312), "h100-80gb": (80, 989), "h200": (141, 989),
+}
+# The share of the matmul peak that training reaches. CPU: tunesmith's measured MFU on SmolLM2 LoRA runs here
+# (0.18-0.23, train.json `throughput.mfu`); GPU: a typical LoRA fine-tune (an assumption until measured).
+TRAINING_EFFICIENCY = {"cpu": 0.2, "cuda": 0.35, "mps": 0.2}
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the plan is sized against. `memory_bytes`: usable for training (free RAM on a CPU, the card's memory
+    on a GPU); `peak_flops`: dense matmul FLOP/s in the training dtype."""
+
+    name: str
+    kind: str  # cpu | cuda | mps
+    memory_bytes: float
+    peak_flops: float
+    measured: bool  # memory and speed read on this machine (else from the catalogue or the spec)
+
+    @property
+    def efficiency(self) -> float:
+        return TRAINING_EFFICIENCY[self.kind]
+
+
+def resolve_device(spec: str = "auto") -> Device:
+    """`auto` | `cpu` | `cuda` | `mps` (this machine), `cuda:24GB` (a GPU of that memory), or a catalogue name.
+
+    Raises RecipeError for a spec it cannot read, naming the catalogue."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        import torch
+
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return local_cpu()
+    if spec in ("cuda", "mps"):
+        return local_accelerator(spec)
+    if spec in CATALOGUE:
+        memory, tflops = CATALOGUE[spec]
+        return Device(spec, "cuda", memory * GIB, tflops * 1e12, measured=False)
+    sized = re.fullmatch(r"(cuda|mps|cpu):(\d+(?:\.\d+)?)\s*gb", spec)
+    if sized:
+        kind, gigabytes = sized.group(1), float(sized.group(2))
+        return Device(spec, kind, gigabytes * GIB, default_peak(kind), measured=False)
+    raise RecipeError(f"Unknown device {spec!r} for the plan.",
+                      "Use cpu, cuda, mps, cuda:24GB (any size), or one of: " + ", ".join(CATALOGUE) + ".")
+
+
+def local_cpu() -> Device:
+    import psutil
+
+    return Device("cpu (this machine)", "cpu", float(psutil.virtual_memory().available), matmul_peak(seconds=0.3),
+                  measured=True)
+
+
+def local_accelerator(kind: str) -> Device:
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RecipeError("--device cuda, but this machine has no CUDA GPU that torch can use.",
+                              "Plan for a named GPU instead (e.g. --device rtx4090 or --device cuda:24GB).")
+        total = float(torch.cuda.mem_get_info()[1])
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Device(torch.cuda.get_device_name(), "cuda", total, matmul_peak(dtype, "cuda", 0.3, 4096), True)
+    if not torch.backends.mps.is_available():
+        raise RecipeError("--device mps, but this machine has no Apple GPU that torch can use.",
+                          "Plan for --device mps:16GB (your Mac's unified memory) instead.")
+    import psutil
+
+    return Device("mps (this machine)", "mps", float(psutil.virtual_memory().total) * 0.75, default_peak("mps"), True)
+
+
+def default_peak(kind: str) -> float:
+    """A stated-size device's speed: the catalogue's median GPU, a laptop-class Apple GPU, or this CPU."""
+    return {"cuda": 165e12, "mps": 10e12}.get(kind) or matmul_peak(seconds=0.3)
+
+
+def matmul_peak(dtype: Any = None, device: str = "cpu", seconds: float = 0.5, size: int = 1024) -> float:
+    """This machine's dense matmul FLOP/s in `dtype` (default fp32), with torch's current thread count.
+
+    Square `size` matmuls are timed for about `seconds` after one warm-up; 2·n³ FLOPs each. A busy machine
+    measures lower; measure when nothing else runs, as the benchmark does before its variants.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or count < 3:
+        a @ b
+        count += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+    return 2.0 * size**3 * count / elapsed

@@ -1,0 +1,47 @@
+"""The longest training sequence of a recipe's data, tokenized as training will (the chat template included).
+
+A length-grouped batch pads to its longest row, so the longest row sizes the activations of the heaviest step.
+When the data cannot be read yet (a wrong path, a shape the method refuses), the plan sizes for
+`data.max_length` and says so; `train` reports the data problem itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.data import load_splits
+from tunesmith.data.shapes import SHAPES
+from tunesmith.data.template import encode_preference_split, encode_sequence, encode_split
+from tunesmith.errors import TunesmithError
+from tunesmith.plan.workload import RowLengths
+
+
+def longest_row(recipe: Recipe, tokenizer: Any) -> RowLengths:
+    """The longest encoded training sequence, at most data.max_length; max_length itself when the data
+    cannot be read (the reason is kept in `source`)."""
+    max_length = recipe.data.max_length
+    try:
+        splits = load_splits(recipe, accept=SHAPES, purpose="the memory plan")
+    except TunesmithError as exc:
+        return RowLengths(max_length, f"data.max_length (the data did not load: {exc.message})")
+    try:
+        encoded = encoded_sequences(splits.train, splits.shape, tokenizer, max_length)
+    except TunesmithError as exc:
+        return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc.message})")
+    if not encoded:
+        return RowLengths(max_length, "data.max_length (no training row encodes)")
+    return RowLengths(min(max(len(e.input_ids) for e in encoded), max_length),
+                      f"the longest of {len(encoded):,} training sequences", len(splits.train),
+                      max(e.loss_tokens for e in encoded))
+
+
+def encoded_sequences(rows: list[dict[str, Any]], shape: str, tokenizer: Any, max_length: int) -> list[Any]:
+    """Each trained sequence, encoded: conversations through the template, preference sides with their prompt,
+    raw text (continued pre-training) as plain tokens. GRPO's prompts count with their reference answers, an
+    upper bound."""
+    if shape in ("preference", "unpaired_preference"):
+        return encode_preference_split(tokenizer, rows, max_length).examples
+    if shape == "text":
+        return [encode_sequence(tokenizer, row["text"], max_length) for row in rows]
+    return encode_split(tokenizer, rows, max_length).examples

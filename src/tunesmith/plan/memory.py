@@ -1,0 +1,174 @@
+"""Peak training memory of a recipe, component by component, from the architecture and the workload alone.
+
+The accounting follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+Models", arXiv:2205.05198, §4.1): what autograd keeps per token and layer for the backward pass, written for
+a llama-style block (RMSNorm, grouped-query attention through SDPA, a gated MLP) rather than GPT's; and
+Rajbhandari et al. 2020 (ZeRO, arXiv:1910.02054, §3.1) for the 16 bytes per trained parameter of AdamW in
+fp32 (weight 4, gradient 4, two moments 8). The constants that are this machine's, not the model's
+(framework overhead, how many vocabulary-wide buffers the loss holds at once) were measured with
+`benchmarks/plan_memory.py`, whose table README keeps beside the estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tunesmith.plan.architecture import Architecture
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0,
+               "int8": 1.0, "nf4": 0.5}
+# bitsandbytes NF4 with double quantization: one 8-bit absmax per 64 weights, one fp32 constant per 256 of those
+# (Dettmers et al. 2023, QLoRA, arXiv:2305.14314, §3: 0.127 bits per parameter).
+NF4_CONSTANTS_BYTES = 1 / 64 + 4 / (64 * 256)
+INT8_CONSTANTS_BYTES = 4 / 4096  # LLM.int8: one fp32 scale per row; rows are thousands wide
+ADAMW_STATE_BYTES = 8.0  # exp_avg and exp_avg_sq, fp32 (PyTorch AdamW)
+DROPOUT_COPY = 1.45  # LoRA dropout: the dropped-out input (fp32) and its mask, per input feature (measured)
+# Vocabulary-wide fp32 buffers alive at the loss's peak (logits, log-softmax, their gradient): measured, see module doc
+LOSS_BUFFERS = 3
+# Python, torch, transformers, TRL, PEFT, datasets and the tokenizer, resident before any weight loads (CPU RSS)
+CPU_FRAMEWORK_BYTES = 0.80 * GIB
+CUDA_CONTEXT_BYTES = 0.5 * GIB  # the CUDA context and kernels: in nvidia-smi, not in max_memory_allocated
+
+Quantization = Literal["none", "nf4", "int8"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one optimizer micro-step holds at once.
+
+    sequences x length tokens carry activations (length: the longest row, padding included); `generated`: GRPO
+    sequences whose key/value cache exists while they are sampled; `frozen_passes` extra tokens that run a
+    forward without gradients beside the step (the reference model's, DPO/KTO; the replay anchor's base pass).
+    """
+
+    sequences: int
+    length: int
+    trained_extra_tokens: int = 0  # tokens beside the task's that train in the same backward (the replay anchor)
+    frozen_pass_tokens: int = 0
+    generated_sequences: int = 0
+    logits_tokens: int | None = None  # positions projected to the vocabulary (None: every token)
+    packed: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.sequences * self.length + self.trained_extra_tokens
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """Which weights train: an adapter's parameter count, or the whole model (`full`), with or without a
+    frozen reference copy; how the frozen base is stored."""
+
+    parameters: int
+    whole_model: bool
+    quantization: Quantization = "none"
+    adapted_linears: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of each adapted linear
+    rank: int = 0
+    dropout: bool = False  # LoRA dropout above 0 keeps a dropped-out copy of each adapted linear's input
+    reference_copy: bool = False  # a whole-model method that needs a frozen reference (DPO, KTO full)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    bytes: float
+    how: str
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    components: list[Component]
+
+    @property
+    def total(self) -> float:
+        return sum(c.bytes for c in self.components)
+
+
+def estimate_memory(arch: Architecture, weights: TrainedWeights, work: Workload, device: str,
+                    compute_bytes: float, checkpointing: bool) -> MemoryEstimate:
+    """Peak bytes of one training process: weights, trained parameters with their gradients and optimizer,
+    activations, the vocabulary-wide loss buffers, and what the framework holds (CPU RSS, or GPU allocated).
+
+    `compute_bytes`: 4 for fp32 training, 2 under bf16/fp16 autocast (activations; master weights stay fp32).
+    """
+    parts = [base_weights(arch, weights), trained_state(weights)]
+    if weights.reference_copy:
+        parts.append(Component("reference model", base_weights(arch, weights).bytes, "a frozen copy of the base"))
+    parts += [activations(arch, weights, work, compute_bytes, checkpointing), loss_buffers(arch, work)]
+    if work.generated_sequences:
+        parts.append(generation_cache(arch, work, compute_bytes))
+    parts.append(framework(device))
+    return MemoryEstimate(parts)
+
+
+def base_weights(arch: Architecture, weights: TrainedWeights) -> Component:
+    """tunesmith loads weights in fp32 (it trains and merges there); QLoRA stores the blocks' linears quantized."""
+    if weights.quantization == "none":
+        return Component("weights", arch.parameters * 4.0, f"{arch.parameters / 1e6:,.1f}M parameters x 4 B (fp32)")
+    per = (DTYPE_BYTES["nf4"] + NF4_CONSTANTS_BYTES) if weights.quantization == "nf4" else (1 + INT8_CONSTANTS_BYTES)
+    linear = arch.block_linear_parameters
+    rest = arch.parameters - linear
+    return Component("weights", linear * per + rest * 4.0,
+                     f"{linear / 1e6:,.1f}M block-linear parameters x {per:.3f} B ({weights.quantization}) + "
+                     f"{rest / 1e6:,.1f}M others x 4 B")
+
+
+def trained_state(weights: TrainedWeights) -> Component:
+    """Adapter weights (whole-model training: already counted as weights), gradients and AdamW moments."""
+    own = 0.0 if weights.whole_model else 4.0
+    per = own + 4.0 + ADAMW_STATE_BYTES
+    return Component("trained parameters, gradients, AdamW", weights.parameters * per,
+                     f"{weights.parameters / 1e6:,.2f}M trained x {per:.0f} B")
+
+
+def activations(arch: Architecture, weights: TrainedWeights, work: Workload, compute_bytes: float,
+                checkpointing: bool) -> Component:
+    """What autograd keeps for the backward pass, per token and block: counted with
+    `torch.autograd.graph.saved_tensors_hooks` on SmolLM2 with LoRA on every linear (transformers 5, SDPA):
+    about 11 x hidden (norm inputs and outputs, attention input and output, their flattened views), 6 x the MLP
+    width (gate, up, the activation, the product, and views), 4 x the key/value width (k, v before and after
+    rotary embedding) and the rotary tables; each adapted linear adds its rank-wide intermediates and, with
+    LoRA dropout, its dropped-out input and mask (1.45 x its input width, measured). With activation
+    checkpointing only each block's input is kept, plus one block's worth while it is recomputed."""
+    h, inter, kv = arch.hidden_size, arch.intermediate_size, arch.kv_width
+    block = 11 * h + 6 * inter + 4 * kv + 2 * arch.head_dim
+    adapted = weights.adapted_linears
+    adapter = sum(2 * weights.rank + (DROPOUT_COPY * i if weights.dropout else 0) for i, _ in adapted)
+    per_token_block = (block + adapter / max(arch.layers, 1)) * compute_bytes
+    tokens = work.tokens
+    if checkpointing:
+        total = tokens * (arch.layers * h * compute_bytes + per_token_block)
+        how = f"{tokens:,} tokens x ({arch.layers} block inputs + one block recomputed)"
+    else:
+        total = tokens * arch.layers * per_token_block
+        how = f"{tokens:,} tokens x {arch.layers} blocks x {per_token_block / 1024:,.1f} KiB"
+    if work.packed:  # SDPA builds the packed row's block-diagonal mask over the whole row
+        total += work.sequences * work.length**2 * compute_bytes
+        how += " + the packed rows' attention masks"
+    return Component("activations" + (" (checkpointed)" if checkpointing else ""), total, how)
+
+
+def loss_buffers(arch: Architecture, work: Workload) -> Component:
+    """Logits over the vocabulary in fp32 at the loss: the logits, log-softmax and their gradient; plus one
+    buffer for the tokens of passes without gradients (reference log-probs)."""
+    projected = work.logits_tokens if work.logits_tokens is not None else work.tokens
+    total = (LOSS_BUFFERS * projected + work.frozen_pass_tokens) * arch.vocab_size * 4.0
+    return Component("logits and loss", total, f"{LOSS_BUFFERS} x {projected:,} tokens x {arch.vocab_size:,} "
+                                               "vocabulary x 4 B" + (" + reference pass" if work.frozen_pass_tokens
+                                                                     else ""))
+
+
+def generation_cache(arch: Architecture, work: Workload, compute_bytes: float) -> Component:
+    """The key/value cache while GRPO samples: 2 x layers x kv width per token of every generated sequence."""
+    per_token = 2 * arch.layers * arch.kv_width * compute_bytes
+    total = work.generated_sequences * work.length * per_token
+    return Component("generation KV cache", total, f"{work.generated_sequences} sequences x {work.length} tokens x "
+                                                   f"{per_token / 1024:,.1f} KiB")
+
+
+def framework(device: str) -> Component:
+    if device == "cpu":
+        return Component("framework", CPU_FRAMEWORK_BYTES, "Python, torch, transformers, TRL, PEFT (measured here)")
+    return Component("framework", 0.0, "CUDA context (~0.5 GiB) is outside allocated memory")

@@ -1,0 +1,102 @@
+"""What to change when a recipe does not fit, each with the `--set` flags that apply it: the largest batch and
+length that fit, activation checkpointing, and the lightest method that fits (full -> LoRA -> QLoRA).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunesmith.config import LoraAdapter, QloraAdapter, Recipe
+from tunesmith.plan.architecture import Architecture
+from tunesmith.plan.devices import Device
+from tunesmith.plan.memory import estimate_memory
+from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
+
+GIB = 2**30
+
+
+class Advice(BaseModel):
+    """One recommendation: what, its value, why, and the flags that apply it ([] when nothing needs to change)."""
+
+    what: str
+    value: str
+    why: str
+    flags: list[str] = []
+
+
+def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
+    weights = trained_weights(recipe, arch)
+    work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
+    return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing).total
+
+
+def with_settings(recipe: Recipe, **training: Any) -> Recipe:
+    return recipe.model_copy(update={"training": recipe.training.model_copy(update=training)})
+
+
+def with_adapter(recipe: Recipe, kind: str) -> Recipe:
+    adapter = QloraAdapter() if kind == "qlora" else LoraAdapter()
+    return recipe.model_copy(update={"adapter": adapter})
+
+
+def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> list[Advice]:
+    """The advice table: always the largest batch and length that fit; when the recipe does not fit, the change
+    that makes it fit (checkpointing, a smaller batch with more accumulation, a lighter method)."""
+    def fits(candidate: Recipe, candidate_lengths: RowLengths = lengths) -> bool:
+        return peak_bytes(candidate, arch, device, candidate_lengths, compute) <= device.memory_bytes
+
+    advice = [largest_batch(recipe, fits), largest_length(recipe, lengths, fits)]
+    if fits(recipe):
+        return advice
+    checkpointed = with_settings(recipe, gradient_checkpointing=True)
+    if not recipe.training.gradient_checkpointing and fits(checkpointed):
+        advice.append(Advice(what="activation checkpointing", value="needed", why="the step's activations do not "
+                             "fit; recomputing them in the backward pass keeps only each block's input (~30% slower)",
+                             flags=["--set training.gradient_checkpointing=true"]))
+    advice.append(lighter_method(recipe, fits, device))
+    return advice
+
+
+def largest_batch(recipe: Recipe, fits: Any) -> Advice:
+    t = recipe.training
+    best = 0
+    for size in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        if fits(with_settings(recipe, batch_size=size)):
+            best = size
+    if not best:
+        return Advice(what="largest batch", value="none fits", why="even one row per step exceeds the memory")
+    if best >= t.batch_size:
+        return Advice(what="largest batch", value=f"{best}", why=f"training.batch_size {t.batch_size} fits")
+    accum = math.ceil(t.batch_size * t.grad_accum / best)
+    return Advice(what="largest batch", value=f"{best}", why=f"batch {best} x grad_accum {accum} keeps the "
+                  f"{t.batch_size * t.grad_accum} rows per optimizer step",
+                  flags=[f"--set training.batch_size={best}", f"--set training.grad_accum={accum}"])
+
+
+def largest_length(recipe: Recipe, lengths: RowLengths, fits: Any) -> Advice:
+    best = 0
+    for length in (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+        longer = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_length": length})})
+        if fits(longer, RowLengths(length, "probe")):
+            best = length
+    value = f"{best:,} tokens" if best else "under 128 tokens"
+    why = (f"at batch {recipe.training.batch_size}; the longest training row is {lengths.longest:,} tokens "
+           f"({lengths.source})")
+    flags = [] if best >= lengths.longest else [f"--set data.max_length={best}"] if best else []
+    return Advice(what="largest length", value=value, why=why, flags=flags)
+
+
+def lighter_method(recipe: Recipe, fits: Any, device: Device) -> Advice:
+    """full -> LoRA -> QLoRA: the first that fits (QLoRA needs bitsandbytes' GPU kernels)."""
+    kinds = ["lora", "qlora"] if recipe.adapter.kind not in ("lora", "qlora") else ["qlora"]
+    for kind in kinds:
+        if kind == "qlora" and (device.kind != "cuda" or recipe.adapter.kind == "qlora"):
+            continue
+        if fits(with_adapter(recipe, kind)):
+            return Advice(what="method", value=kind, why=f"adapter.kind {recipe.adapter.kind} does not fit; "
+                          f"{kind} does", flags=[f"--set adapter.kind={kind}"])
+    return Advice(what="method", value="no lighter method fits", why="even the lightest adapter exceeds the memory "
+                  "at this batch and length: lower them (above), or plan for a larger device")

@@ -1,0 +1,55 @@
+"""Time per optimizer step and per epoch, from the step's FLOPs and the device's matmul peak.
+
+FLOPs per token as `train.throughput` counts them (PaLM, Chowdhery et al. 2022, appendix B): 4 per frozen and
+6 per trained body parameter, 4 per LM-head parameter at the positions that carry loss, and causal attention's
+12 x layers x hidden x length / 2. The device reaches `Device.efficiency` of its peak (its MFU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tunesmith.config import Recipe
+from tunesmith.plan.architecture import Architecture
+from tunesmith.plan.devices import Device
+from tunesmith.plan.memory import TrainedWeights, Workload
+
+DECODE_EFFICIENCY = 0.05  # token-by-token sampling is bound by memory bandwidth, not matmuls: a rough share
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: float
+    steps_per_epoch: int
+    note: str
+
+
+def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work: Workload, device: Device,
+              rows: int | None = None) -> StepTime:
+    """Seconds per optimizer step (grad_accum micro-batches) and the optimizer steps of one epoch."""
+    t = recipe.training
+    flops = step_flops(arch, weights, work) * t.grad_accum
+    seconds = flops / (device.peak_flops * device.efficiency)
+    note = f"{flops / 1e12:,.2f} TFLOP per step at {device.efficiency:.0%} of {device.peak_flops / 1e12:,.2f} TFLOP/s"
+    if work.generated_sequences:
+        generated = work.generated_sequences * recipe.method.max_completion_length * t.grad_accum
+        seconds += 2.0 * arch.parameters * generated / (device.peak_flops * DECODE_EFFICIENCY)
+        note += f"; sampling {generated} tokens at ~{DECODE_EFFICIENCY:.0%} of peak (a rough figure)"
+    per_step_rows = t.batch_size * t.grad_accum
+    steps = math.ceil((rows or 0) * t.epochs / per_step_rows) if rows else 0
+    if t.max_steps > 0:
+        steps = t.max_steps
+    return StepTime(seconds, steps, note)
+
+
+def step_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> float:
+    """Model FLOPs of one micro-batch, forward and backward, plus the reference passes (forward only: 2/param)."""
+    head = arch.vocab_size * arch.hidden_size
+    body = arch.parameters - arch.embedding_parameters
+    trained_body = min(weights.parameters, body) if weights.whole_model else weights.parameters
+    frozen_body = body - (trained_body if weights.whole_model else 0)
+    per_token = 4.0 * frozen_body + 6.0 * trained_body + 6.0 * arch.layers * arch.hidden_size * work.length
+    projected = work.logits_tokens if work.logits_tokens is not None else work.tokens
+    frozen_pass = work.frozen_pass_tokens * (2.0 * body + 2.0 * head)
+    return work.tokens * per_token + projected * 4.0 * head + frozen_pass

@@ -1,0 +1,127 @@
+"""From a recipe (and its data, when it loads) to what training holds at once: the trained weights and one
+micro-step's tokens, per method and adapter kind, as tunesmith's trainers configure TRL and PEFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import (
+    BASE_PRESERVING_KINDS,
+    DEFAULT_REPLAY_RATIO,
+    PREFERENCE_KINDS,
+    TARGET_PRESETS,
+    Recipe,
+)
+from tunesmith.plan.architecture import Architecture, LinearLayer
+from tunesmith.plan.memory import TrainedWeights, Workload
+
+WHOLE_MODEL_KINDS = ("full", "partial", "hft")
+REFERENCE_KINDS = ("dpo", "kto")  # methods that score a frozen reference (ORPO and SimPO need none)
+# A replay micro-batch pads to its longest row: with 4 rows drawn, about the 90th percentile of the bundled rows
+# with SmolLM2's answers (46-193 tokens, median 79, p90 142)
+REPLAY_TOKENS = 144
+
+
+@dataclass(frozen=True)
+class RowLengths:
+    """The longest training sequence in tokens (what a length-grouped batch pads to), and where it came from."""
+
+    longest: int
+    source: str
+    rows: int | None = None  # training rows (None: the data did not load)
+    longest_answer: int | None = None  # most loss-carrying tokens in one sequence (None: unknown, all of them)
+
+
+def trained_weights(recipe: Recipe, arch: Architecture) -> TrainedWeights:
+    """The parameters the recipe's adapter trains, and how the frozen base is stored."""
+    adapter = recipe.adapter
+    kind = adapter.kind
+    if kind in WHOLE_MODEL_KINDS:
+        count = whole_model_trained(adapter, arch)
+        return TrainedWeights(count, True, reference_copy=recipe.method.kind in REFERENCE_KINDS)
+    linears = adapted_linears(adapter, arch) if hasattr(adapter, "targets") else []
+    rank = int(getattr(adapter, "r", getattr(adapter, "init_r", 0)) or 0)
+    count = adapter_parameters(adapter, arch, linears, rank)
+    quantization = ("nf4" if adapter.bits == 4 else "int8") if kind == "qlora" else "none"
+    return TrainedWeights(count, False, quantization, [(x.in_features, x.out_features) for x in linears], rank,
+                          dropout=bool(getattr(adapter, "dropout", 0)))
+
+
+def whole_model_trained(adapter: Any, arch: Architecture) -> int:
+    """full: every parameter; hft: half the blocks per round; partial: the last blocks (their share)."""
+    body = arch.parameters - arch.embedding_parameters
+    if adapter.kind == "full":
+        return arch.parameters
+    if adapter.kind == "hft":
+        return body // 2
+    return body * min(adapter.last_blocks, arch.layers) // max(arch.layers, 1) + (
+        arch.embedding_parameters if adapter.train_lm_head else 0)
+
+
+def adapted_linears(adapter: Any, arch: Architecture) -> list[LinearLayer]:
+    """The linear layers LoRA-style adapters sit on: the target preset or list, in the chosen blocks."""
+    targets = TARGET_PRESETS[adapter.targets] if isinstance(adapter.targets, str) else adapter.targets
+    blocks = chosen_blocks(getattr(adapter, "layers", "all"), arch.layers)
+    return [x for x in arch.linears if x.block in blocks and (targets == "all-linear" or x.name in targets)]
+
+
+def chosen_blocks(layers: str | list[int], count: int) -> set[int]:
+    if isinstance(layers, list):
+        return set(layers)
+    half = count // 2
+    return {"all": set(range(count)), "first-half": set(range(half)), "last-half": set(range(half, count))}[layers]
+
+
+def adapter_parameters(adapter: Any, arch: Architecture, linears: list[LinearLayer], rank: int) -> int:
+    """LoRA: r x (in + out) per adapted linear (Hu et al. 2021); DoRA adds a magnitude per output; IA3 one
+    vector per target; prompt/prefix tuning: virtual tokens x hidden (prefix: per layer, keys and values)."""
+    kind = adapter.kind
+    if kind in ("prompt_tuning", "p_tuning"):
+        extra = adapter.encoder_hidden_size * arch.hidden_size * 2 if kind == "p_tuning" else 0
+        return adapter.virtual_tokens * arch.hidden_size + extra
+    if kind == "prefix_tuning":
+        return adapter.virtual_tokens * arch.layers * 2 * arch.kv_width
+    if kind == "ia3":
+        return sum(x.out_features for x in arch.linears)
+    lora = sum(rank * (x.in_features + x.out_features) for x in linears)
+    return lora + (sum(x.out_features for x in linears) if kind == "dora" else 0)
+
+
+def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool) -> Workload:
+    """The tokens one micro-batch holds, by method: preference pairs put chosen and rejected in one batch; GRPO
+    trains batch_size completions of prompt + max_completion_length and caches them while sampling; DPO/KTO
+    add a reference pass; SFT with a KL replay anchor trains replay rows in the same backward, after a base pass."""
+    t, method = recipe.training, recipe.method
+    length = recipe.data.max_length if packed else min(lengths.longest, recipe.data.max_length)
+    if method.kind == "grpo":
+        full = length + method.max_completion_length
+        return Workload(t.batch_size, full, generated_sequences=t.batch_size,
+                        logits_tokens=t.batch_size * method.max_completion_length,
+                        frozen_pass_tokens=t.batch_size * full if method.beta > 0 else 0)
+    if method.kind in PREFERENCE_KINDS:
+        pairs = 2 * t.batch_size if method.kind != "kto" else t.batch_size
+        reference = pairs * length if method.kind in REFERENCE_KINDS else 0
+        if method.kind == "kto":  # KTO's KL term: a mismatched completion per row, without gradients
+            reference += t.batch_size * length
+        return Workload(pairs, length, frozen_pass_tokens=reference)
+    if method.kind == "reward":
+        return Workload(2 * t.batch_size, length, logits_tokens=0)
+    replay = replay_tokens(recipe)
+    answer = min(lengths.longest_answer or length, length)
+    # SFT projects only the labelled positions to the vocabulary (train/upstream.py), the replay anchor every one
+    return Workload(t.batch_size, length, trained_extra_tokens=replay, frozen_pass_tokens=replay,
+                    logits_tokens=t.batch_size * answer + replay, packed=packed)
+
+
+def replay_tokens(recipe: Recipe) -> int:
+    """Tokens of the replay rows that join each micro-batch through the KL anchor (sft with an adapter that
+    leaves the base untouched); 0 when replay is off or trains as ordinary rows."""
+    replay = recipe.data.replay
+    ratio = DEFAULT_REPLAY_RATIO if replay.ratio is None else replay.ratio
+    if recipe.method.kind != "sft" or not ratio or replay.resolved_loss(recipe.adapter.kind) != "kl":
+        return 0
+    if recipe.adapter.kind not in BASE_PRESERVING_KINDS:
+        return 0
+    return max(1, round(ratio * recipe.training.batch_size)) * REPLAY_TOKENS
