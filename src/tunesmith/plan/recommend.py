@@ -90,13 +90,20 @@ def largest_length(recipe: Recipe, lengths: RowLengths, fits: Any) -> Advice:
 
 
 def lighter_method(recipe: Recipe, fits: Any, device: Device) -> Advice:
-    """full -> LoRA -> QLoRA: the first that fits (QLoRA needs bitsandbytes' GPU kernels)."""
-    kinds = ["lora", "qlora"] if recipe.adapter.kind not in ("lora", "qlora") else ["qlora"]
+    """full -> LoRA -> QLoRA: the first that fits at this batch, else at the largest batch it allows (with the
+    accumulation that keeps the rows per step). QLoRA needs bitsandbytes' GPU kernels: offered on CUDA only."""
+    kinds = [k for k in ("lora", "qlora") if k != recipe.adapter.kind and (k != "qlora" or device.kind == "cuda")]
+    if recipe.adapter.kind == "qlora":
+        kinds = []
     for kind in kinds:
-        if kind == "qlora" and (device.kind != "cuda" or recipe.adapter.kind == "qlora"):
-            continue
-        if fits(with_adapter(recipe, kind)):
+        candidate = with_adapter(recipe, kind)
+        if fits(candidate):
             return Advice(what="method", value=kind, why=f"adapter.kind {recipe.adapter.kind} does not fit; "
                           f"{kind} does", flags=[f"--set adapter.kind={kind}"])
+        smaller = largest_batch(candidate, fits)
+        if smaller.flags:
+            return Advice(what="method", value=f"{kind}, batch {smaller.value}", why=f"adapter.kind "
+                          f"{recipe.adapter.kind} does not fit; {kind} does at {smaller.why}",
+                          flags=[f"--set adapter.kind={kind}", *smaller.flags])
     return Advice(what="method", value="no lighter method fits", why="even the lightest adapter exceeds the memory "
                   "at this batch and length: lower them (above), or plan for a larger device")

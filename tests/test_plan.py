@@ -1,0 +1,143 @@
+"""`tunesmith plan`: the architecture read from config alone, the trained-parameter counts PEFT gets, the
+estimate against the measured peak of real training processes, the advice, and `train`'s refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ORDERS, REPO
+from tunesmith.config import validate_recipe
+from tunesmith.plan import plan_recipe
+from tunesmith.plan.architecture import read_architecture
+from tunesmith.plan.workload import trained_weights
+
+PREFS = REPO / "examples" / "data" / "prefs"
+ARITH = REPO / "examples" / "data" / "arith"
+DATA = {"sft": ORDERS, "dpo": PREFS, "grpo": ARITH}
+GRPO = {"num_generations": 2, "max_completion_length": 8, "rewards": [{"name": "exact_match"}]}
+
+
+def raw_recipe(root: Path, model_dir: Path, method: str = "sft", kind: str = "lora", **training) -> dict:
+    adapter = {"kind": kind, **({"r": 8, "alpha": 16, "dropout": 0.0} if kind == "lora" else {})}
+    return {
+        "name": f"plan-{method}-{kind}", "model": {"source": str(model_dir)},
+        "data": {"train": str(DATA[method] / "train.jsonl"), "eval": str(DATA[method] / "eval.jsonl"),
+                 "max_length": 128},
+        "method": {"kind": method, **(GRPO if method == "grpo" else {})},
+        "adapter": adapter,
+        "training": {"max_steps": 2, "lr": 1e-3, "batch_size": 4, "warmup_ratio": 0.0, "logging_steps": 1,
+                     "save_steps": 1000, **training},
+        "eval": {"probes": False}, "export": {"formats": ["adapter"]},
+    }
+
+
+def test_architecture_from_config_counts_what_the_model_holds(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    arch = read_architecture(tiny_model_dir)
+    assert arch.parameters == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert arch.tied_embeddings and arch.layers == 2 and arch.hidden_size == 64
+    assert len(arch.linears) == 2 * 7  # q, k, v, o, gate, up, down per block; the LM head is not a block's
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "qv", "mlp"])
+def test_lora_parameter_count_is_what_peft_trains(targets, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.train.adapters import adapter_setup
+
+    raw = raw_recipe(tmp_path, tiny_model_dir)
+    raw["adapter"]["targets"] = targets
+    recipe = validate_recipe(raw)
+    model, _ = adapter_setup(AutoModelForCausalLM.from_pretrained(tiny_model_dir), recipe.adapter)
+    if not hasattr(model, "peft_config"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trained_weights(recipe, read_architecture(tiny_model_dir)).parameters == trained
+
+
+def peak_rss_of_train(recipe_file: Path, runs: Path) -> float:
+    """Peak RSS in bytes of one `tunesmith train` process (os.wait4 reads it for that child alone)."""
+    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(recipe_file), "--runs-dir", str(runs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read().decode()[-2000:]
+    return usage.ru_maxrss * 1024.0
+
+
+@pytest.mark.parametrize(("method", "kind"), [("sft", "lora"), ("sft", "full"), ("dpo", "lora"), ("grpo", "lora")])
+def test_estimate_is_within_a_quarter_of_the_measured_peak(method, kind, tiny_model_dir, tmp_path):
+    raw = raw_recipe(tmp_path, tiny_model_dir, method, kind)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    estimate = plan_recipe(validate_recipe({**raw, "base_dir": str(tmp_path)}), "cpu").peak_bytes
+    measured = peak_rss_of_train(recipe_file, tmp_path / "runs")
+    assert 0.75 <= estimate / measured <= 1.25, (estimate / 2**30, measured / 2**30)
+
+
+def test_plan_json_names_every_component_and_scales_with_the_batch(tiny_model_dir, tmp_path):
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw_recipe(tmp_path, tiny_model_dir)), encoding="utf-8")
+
+    def plan(*sets: str) -> dict:
+        command = [sys.executable, "-m", "tunesmith", "plan", str(recipe_file), "--json", "--device", "cuda:24GB"]
+        for item in sets:
+            command += ["--set", item]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+
+    small, large = plan(), plan("training.batch_size=64")
+    names = {c["name"] for c in small["components"]}
+    assert {"weights", "activations", "logits and loss", "trained parameters, gradients, AdamW"} <= names
+    activations = {r["name"]: r["bytes"] for r in small["components"]}["activations"]
+    assert {r["name"]: r["bytes"] for r in large["components"]}["activations"] == pytest.approx(16 * activations,
+                                                                                                rel=0.35)
+    assert small["fits"] and small["device_memory_bytes"] == 24 * 2**30
+    assert small["length_source"].startswith("the longest of")
+
+
+def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_batch(tiny_model_dir, tmp_path):
+    from tunesmith.plan import build_report
+    from tunesmith.plan.architecture import Architecture, LinearLayer
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, kind="full", batch_size=16)
+    recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+    hidden, inter, layers = 4096, 11008, 32  # a 7B llama, on a 24 GB card
+    linears = [LinearLayer(name, block, i, o) for block in range(layers) for name, i, o in (
+        ("q_proj", hidden, hidden), ("k_proj", hidden, hidden), ("v_proj", hidden, hidden), ("o_proj", hidden, hidden),
+        ("gate_proj", hidden, inter), ("up_proj", hidden, inter), ("down_proj", inter, hidden))]
+    body = sum(x.in_features * x.out_features for x in linears)
+    arch = Architecture("llama", body + 2 * 32000 * hidden, 2 * 32000 * hidden, 32000, hidden, inter, layers, 32, 32,
+                        128, False, "bfloat16", linears)
+    report = build_report(recipe, arch, Device("rtx4090", "cuda", 24 * 2**30, 165e12, False), RowLengths(128, "t"))
+    assert not report.fits
+    advice = {a.what: a for a in report.advice}
+    # tunesmith keeps the frozen base in fp32 (28 GB for 7B parameters): only QLoRA's 4-bit base fits 24 GB
+    assert advice["method"].flags[0] == "--set adapter.kind=qlora", advice["method"]
+    assert advice["largest batch"].value == "none fits"
+    assert report.peak_bytes > 16 * 7e9  # 16 bytes per trained parameter before any activation
+
+
+def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_model_dir, tmp_path):
+    raw = raw_recipe(tmp_path, tiny_model_dir)
+    raw["data"]["max_length"] = 131072
+    raw["training"]["batch_size"] = 8192
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe_file), "--runs-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-1500:]
+    assert "The plan estimates" in done.stderr and "--force" in done.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
