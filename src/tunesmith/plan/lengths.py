@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.shapes import SHAPES
@@ -27,8 +29,8 @@ def longest_row(recipe: Recipe, tokenizer: Any) -> RowLengths:
         return RowLengths(max_length, f"data.max_length (the data did not load: {exc.message})")
     try:
         encoded = encoded_sequences(splits.train, splits.shape, tokenizer, max_length)
-    except TunesmithError as exc:
-        return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc.message})")
+    except (TunesmithError, TemplateError) as exc:  # train's template-contract check explains these
+        return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc})")
     if not encoded:
         return RowLengths(max_length, "data.max_length (no training row encodes)")
     return RowLengths(min(max(len(e.input_ids) for e in encoded), max_length),
