@@ -141,3 +141,37 @@ def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_mod
     assert done.returncode == 2, done.stderr[-1500:]
     assert "The plan estimates" in done.stderr and "--force" in done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_switches_checkpointing_on_only_when_that_makes_it_fit_and_the_recipe_left_it_open(
+        tiny_model_dir, tmp_path, monkeypatch):
+    import tunesmith.plan as plan_module
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.fit import WillNotFit, fit_recipe
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=64)
+    raw["training"].pop("gradient_checkpointing", None)
+    recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+    first = plan_recipe(recipe, "cpu:24GB")
+    between = (first.peak_bytes + first.peak_bytes_checkpointed) / 2  # fits only with checkpointing
+    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: Device("small", "cpu", between, 1e11, False))
+    fitted, note = fit_recipe(recipe)
+    assert fitted.training.gradient_checkpointing and "activation checkpointing: on" in note
+    explicit = validate_recipe({**raw, "training": {**raw["training"], "gradient_checkpointing": False},
+                                "base_dir": str(tmp_path)})
+    with pytest.raises(WillNotFit, match="The plan estimates"):
+        fit_recipe(explicit)
+    roomy = Device("roomy", "cpu", first.peak_bytes * 2, 1e11, False)
+    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: roomy)
+    assert fit_recipe(recipe) == (recipe, None)
+
+
+def test_checkpointing_on_a_cpu_returns_freed_blocks_to_the_system():
+    import ctypes
+
+    from tunesmith.train.upstream import return_freed_blocks_to_the_system
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert return_freed_blocks_to_the_system()
+    ctypes.CDLL("libc.so.6").mallopt(-3, 32 * 2**20)  # back to glibc's ceiling for the rest of the session

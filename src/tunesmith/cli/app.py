@@ -130,10 +130,12 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
     extra += [f"training.time_budget={time_budget}"] if time_budget else []
     loaded = load_recipe(recipe, [*(set_ or []), *extra])
-    if not force:
-        from tunesmith.plan.fit import refuse_if_cannot_fit
+    if not force:  # before anything heavy loads: the model's config and the data tell
+        from tunesmith.plan.fit import fit_recipe
 
-        refuse_if_cannot_fit(loaded)  # before anything heavy loads: the config and the data tell
+        loaded, note = fit_recipe(loaded)
+        if note:
+            err.print(note, **SHOW)
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if evaluate:
         run = run_pipeline(loaded, runs_dir, run)

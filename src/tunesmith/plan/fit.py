@@ -20,14 +20,24 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
     message = (f"The plan estimates {report.peak_bytes / GIB:,.1f} GiB at the peak of a training step, and "
                f"{report.device} has {report.device_memory_bytes / GIB:,.1f} GiB (largest parts, GiB: {parts}).")
     fixes = [f"{a.what} {a.value}: {' '.join(a.flags)}" for a in report.advice if a.flags]
-    hint = ("; ".join(fixes) if fixes else "Lower training.batch_size or data.max_length.") + (
+    hint = ("; ".join(fixes) if fixes else "Lower training.batch_size or data.max_length") + (
         ". `tunesmith plan RECIPE` shows the whole estimate; --force trains anyway.")
     return message, hint
 
 
-def refuse_if_cannot_fit(recipe: Recipe) -> PlanReport:
-    """Plan the recipe for the device it trains on; raise WillNotFit when the estimate exceeds its memory."""
+def fit_recipe(recipe: Recipe) -> tuple[Recipe, str | None]:
+    """The recipe to train, planned for the device it trains on: as it is when it fits; with activation
+    checkpointing switched on when only that makes it fit and the recipe does not set
+    `training.gradient_checkpointing` itself (the second value says so); else WillNotFit, naming the fix."""
     report = plan_recipe(recipe, recipe.training.device)
-    if not report.fits:
-        raise WillNotFit(*fit_message(report))
-    return report
+    if report.fits:
+        return recipe, None
+    chosen_by_user = "gradient_checkpointing" in recipe.training.model_fields_set
+    if not chosen_by_user and report.peak_bytes_checkpointed <= report.device_memory_bytes:
+        training = recipe.training.model_copy(update={"gradient_checkpointing": True})
+        note = (f"activation checkpointing: on (the plan estimates {report.peak_bytes / GIB:,.1f} GiB without it, "
+                f"{report.peak_bytes_checkpointed / GIB:,.1f} GiB with it, and {report.device} has "
+                f"{report.device_memory_bytes / GIB:,.1f} GiB; steps run slower). Set "
+                "training.gradient_checkpointing to decide yourself.")
+        return recipe.model_copy(update={"training": training}), note
+    raise WillNotFit(*fit_message(report))

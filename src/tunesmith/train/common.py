@@ -43,6 +43,7 @@ from tunesmith.train.throughput import TokenCounter, mfu, model_shape, training_
 from tunesmith.train.upstream import (
     hide_trl_checkpointing_deprecation,
     precision_flags,
+    return_freed_blocks_to_the_system,
     score_only_labelled_positions,
 )
 
@@ -114,6 +115,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
+    if recipe.training.gradient_checkpointing and device == "cpu":
+        return_freed_blocks_to_the_system()
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
