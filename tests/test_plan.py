@@ -131,16 +131,25 @@ def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_bat
 
 
 def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_model_dir, tmp_path):
-    raw = raw_recipe(tmp_path, tiny_model_dir)
-    raw["data"]["max_length"] = 131072
-    raw["training"]["batch_size"] = 8192
+    """A 70B llama's config beside a tokenizer and no weights at all: the plan alone must stop the run."""
+    import shutil
+
+    big = tmp_path / "llama-70b-config-only"
+    big.mkdir()
+    for file in tiny_model_dir.iterdir():
+        if not file.name.endswith(".safetensors"):
+            shutil.copy(file, big / file.name)
+    config = json.loads((big / "config.json").read_text())
+    config.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                  num_key_value_heads=8, tie_word_embeddings=False)
+    (big / "config.json").write_text(json.dumps(config))
     recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    recipe_file.write_text(yaml.safe_dump(raw_recipe(tmp_path, big)), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe_file), "--runs-dir",
                            str(tmp_path / "runs")], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-1500:]
-    assert "The plan estimates" in done.stderr and "--force" in done.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert "The plan estimates" in done.stderr and "weights" in done.stderr and "--force" in done.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_switches_checkpointing_on_only_when_that_makes_it_fit_and_the_recipe_left_it_open(

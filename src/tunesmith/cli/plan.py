@@ -54,11 +54,21 @@ def print_plan(report) -> None:
     verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
     err.print(f"{verdict}: {report.peak_bytes / GIB:,.2f} of {report.device_memory_bytes / GIB:,.1f} GiB "
               f"({report.peak_bytes_checkpointed / GIB:,.2f} GiB with activation checkpointing)", **SHOW)
-    epoch = f", {report.steps_per_epoch} steps: {report.epoch_seconds / 60:,.1f} min" if report.steps_per_epoch else ""
-    err.print(f"time: {report.step_seconds:,.2f} s per optimizer step{epoch} ({escape(report.time_note)})", **SHOW)
+    epoch = f", {report.steps_per_epoch} steps: {duration(report.epoch_seconds)}" if report.steps_per_epoch else ""
+    err.print(f"time: {duration(report.step_seconds)} per optimizer step{epoch} ({escape(report.time_note)})",
+              **SHOW)
     advice = Table(title="Recommendations")
     for column in ("what", "value", "why", "apply with"):
         advice.add_column(column)
     for item in report.advice:
         advice.add_row(item.what, escape(item.value), escape(item.why), escape(" ".join(item.flags)) or "-")
     err.print(advice)
+
+
+def duration(seconds: float) -> str:
+    """12 ms, 3.4 s, 7.5 min, 2.1 h."""
+    if seconds < 1:
+        return f"{seconds * 1000:,.0f} ms"
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    return f"{seconds / 60:,.1f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"

@@ -59,10 +59,11 @@ def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
     `lengths`: the longest training sequence when the caller already encoded the data; read from the data
     otherwise. Raises ModelSourceError when the model's config cannot be found or built.
     """
+    # the device first: its matmul probe must not share the cores with the tokenizer's worker threads
+    device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
     lengths = lengths or longest_row(recipe, load_tokenizer(model_dir))
-    device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
     return build_report(recipe, arch, device, lengths)
 
 
@@ -73,7 +74,8 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     checkpointing = recipe.training.gradient_checkpointing
     estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing)
     checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True)
-    timing = step_time(recipe, arch, weights, work, device, lengths.rows)
+    typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True)
+    timing = step_time(recipe, arch, weights, typical, device, lengths.rows)
     return PlanReport(
         model=recipe.model.source, device=device.name, device_memory_bytes=device.memory_bytes,
         measured_device=device.measured, method=recipe.method.kind, adapter=recipe.adapter.kind,

@@ -40,6 +40,7 @@ class Architecture:
     head_dim: int
     tied_embeddings: bool
     weights_file_dtype: str  # the checkpoint's torch_dtype (what the weights files hold)
+    max_positions: int | None = None  # the longest sequence the position embeddings cover (config)
     linears: list[LinearLayer] = field(default_factory=list)
 
     @property
@@ -105,7 +106,8 @@ def architecture_of(model: Any, config: Any, weights_dtype: str = "float32") -> 
         layers=int(text.num_hidden_layers), attention_heads=heads,
         kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
         head_dim=int(getattr(text, "head_dim", None) or hidden // heads),
-        tied_embeddings=tied or len(embeddings) == 1, weights_file_dtype=weights_dtype, linears=linears)
+        tied_embeddings=tied or len(embeddings) == 1, weights_file_dtype=weights_dtype,
+        max_positions=getattr(text, "max_position_embeddings", None), linears=linears)
 
 
 def block_number(module_name: str) -> int:

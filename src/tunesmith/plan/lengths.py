@@ -33,9 +33,10 @@ def longest_row(recipe: Recipe, tokenizer: Any) -> RowLengths:
         return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc})")
     if not encoded:
         return RowLengths(max_length, "data.max_length (no training row encodes)")
-    return RowLengths(min(max(len(e.input_ids) for e in encoded), max_length),
-                      f"the longest of {len(encoded):,} training sequences", len(splits.train),
-                      max(e.loss_tokens for e in encoded))
+    sizes = [len(e.input_ids) for e in encoded]
+    return RowLengths(min(max(sizes), max_length), f"the longest of {len(encoded):,} training sequences",
+                      len(splits.train), max(e.loss_tokens for e in encoded), sum(sizes) / len(sizes),
+                      sum(e.loss_tokens for e in encoded) / len(encoded))
 
 
 def encoded_sequences(rows: list[dict[str, Any]], shape: str, tokenizer: Any, max_length: int) -> list[Any]:

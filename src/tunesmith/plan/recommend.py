@@ -48,7 +48,7 @@ def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLe
     def fits(candidate: Recipe, candidate_lengths: RowLengths = lengths) -> bool:
         return peak_bytes(candidate, arch, device, candidate_lengths, compute) <= device.memory_bytes
 
-    advice = [largest_batch(recipe, fits), largest_length(recipe, lengths, fits)]
+    advice = [largest_batch(recipe, fits), largest_length(recipe, lengths, fits, arch.max_positions)]
     if fits(recipe):
         return advice
     checkpointed = with_settings(recipe, gradient_checkpointing=True)
@@ -76,13 +76,18 @@ def largest_batch(recipe: Recipe, fits: Any) -> Advice:
                   flags=[f"--set training.batch_size={best}", f"--set training.grad_accum={accum}"])
 
 
-def largest_length(recipe: Recipe, lengths: RowLengths, fits: Any) -> Advice:
+def largest_length(recipe: Recipe, lengths: RowLengths, fits: Any, max_positions: int | None) -> Advice:
+    """The longest max_length (powers of two, up to the model's position range) that fits at this batch."""
     best = 0
-    for length in (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+    for length in (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072):
+        if max_positions and length > max_positions:
+            break
         longer = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_length": length})})
         if fits(longer, RowLengths(length, "probe")):
             best = length
     value = f"{best:,} tokens" if best else "under 128 tokens"
+    if best and max_positions and best * 2 > max_positions:
+        value += f" (the model's limit: {max_positions:,})"
     why = (f"at batch {recipe.training.batch_size}; the longest training row is {lengths.longest:,} tokens "
            f"({lengths.source})")
     flags = [] if best >= lengths.longest else [f"--set data.max_length={best}"] if best else []

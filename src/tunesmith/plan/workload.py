@@ -32,6 +32,14 @@ class RowLengths:
     source: str
     rows: int | None = None  # training rows (None: the data did not load)
     longest_answer: int | None = None  # most loss-carrying tokens in one sequence (None: unknown, all of them)
+    mean: float | None = None  # mean sequence length (what an average length-grouped step holds)
+    mean_answer: float | None = None
+
+    def typical(self) -> RowLengths:
+        """The mean row in place of the longest: what the step time of an average step is computed from."""
+        if self.mean is None:
+            return self
+        return RowLengths(round(self.mean), self.source, self.rows, round(self.mean_answer or 0) or None)
 
 
 def trained_weights(recipe: Recipe, arch: Architecture) -> TrainedWeights:
@@ -94,6 +102,8 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool) -> Workload:
     trains batch_size completions of prompt + max_completion_length and caches them while sampling; DPO/KTO
     add a reference pass; SFT with a KL replay anchor trains replay rows in the same backward, after a base pass."""
     t, method = recipe.training, recipe.method
+    if lengths.rows and lengths.rows < t.batch_size:  # a batch holds at most the dataset
+        t = t.model_copy(update={"batch_size": lengths.rows})
     length = recipe.data.max_length if packed else min(lengths.longest, recipe.data.max_length)
     if method.kind == "grpo":
         full = length + method.max_completion_length
