@@ -36,6 +36,9 @@ def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work:
         generated = work.generated_sequences * recipe.method.max_completion_length * t.grad_accum
         seconds += 2.0 * arch.parameters * generated / (device.peak_flops * DECODE_EFFICIENCY)
         note += f"; sampling {generated} tokens at ~{DECODE_EFFICIENCY:.0%} of peak (a rough figure)"
+    if device.kind != "cpu" and seconds < 0.1:
+        note += ("; a step this small is bound by kernel launches and Python rather than FLOPs, so expect tens to "
+                 "hundreds of ms (a lower bound)")
     per_step_rows = t.batch_size * t.grad_accum
     steps = math.ceil((rows or 0) * t.epochs / per_step_rows) if rows else 0
     if t.max_steps > 0:
