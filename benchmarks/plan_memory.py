@@ -1,6 +1,6 @@
 """`tunesmith plan`'s memory estimate against the measured peak, on recipes across methods, adapter kinds and
 lengths: each case runs `tunesmith train` for two optimizer steps in its own subprocess (its peak RSS, read from
-`os.wait4`, is its own), beside `plan_recipe(..., "cpu")` for the same recipe. Length-grouped batches put the
+VmHWM, is its own), beside `plan_recipe(..., "cpu")` for the same recipe. Length-grouped batches put the
 longest batch first, so two steps reach the run's peak.
 
     .venv/bin/python benchmarks/plan_memory.py [--only NAME,...]
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from tunesmith.plan.devices import peak_rss_of_tunesmith
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "plan_memory.json"
@@ -55,17 +55,14 @@ def recipe_file(recipe: str, sets: list[str], folder: Path) -> tuple[Path, list[
 
 
 def measured_peak(recipe: Path, sets: list[str], runs_dir: Path) -> tuple[float, int]:
-    """Peak RSS in bytes of one `tunesmith train` process, and its exit code."""
-    command = [sys.executable, "-m", "tunesmith", "train", str(recipe), "--runs-dir", str(runs_dir)]
+    """Peak RSS in bytes of one `tunesmith train` process (its own VmHWM), and its exit code."""
+    args = ["train", str(recipe), "--runs-dir", str(runs_dir)]
     for item in [*sets, *STEPS]:
-        command += ["--set", item]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    tail = process.stderr.read()[-2000:] if process.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
+        args += ["--set", item]
+    peak, code, tail = peak_rss_of_tunesmith(args, runs_dir)
     if code:
         print(tail, file=sys.stderr)
-    return usage.ru_maxrss * 1024.0, code  # Linux: KiB
+    return peak, code
 
 
 def estimated(recipe: Path, sets: list[str]) -> dict:

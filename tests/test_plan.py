@@ -4,7 +4,6 @@ estimate against the measured peak of real training processes, the advice, and `
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from tests.conftest import ORDERS, REPO
 from tunesmith.config import validate_recipe
 from tunesmith.plan import plan_recipe
 from tunesmith.plan.architecture import read_architecture
+from tunesmith.plan.devices import peak_rss_of_tunesmith
 from tunesmith.plan.workload import trained_weights
 
 PREFS = REPO / "examples" / "data" / "prefs"
@@ -67,12 +67,10 @@ def test_lora_parameter_count_is_what_peft_trains(targets, tiny_model_dir, tmp_p
 
 
 def peak_rss_of_train(recipe_file: Path, runs: Path) -> float:
-    """Peak RSS in bytes of one `tunesmith train` process (os.wait4 reads it for that child alone)."""
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(recipe_file), "--runs-dir", str(runs)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read().decode()[-2000:]
-    return usage.ru_maxrss * 1024.0
+    """Peak RSS in bytes of one `tunesmith train` process, its own (VmHWM), not pytest's that it forked from."""
+    peak, code, tail = peak_rss_of_tunesmith(["train", str(recipe_file), "--runs-dir", str(runs)], runs.parent)
+    assert code == 0, tail
+    return peak
 
 
 @pytest.mark.parametrize(("method", "kind"), [("sft", "lora"), ("sft", "full"), ("dpo", "lora"), ("grpo", "lora")])
@@ -120,7 +118,7 @@ def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_bat
         ("gate_proj", hidden, inter), ("up_proj", hidden, inter), ("down_proj", inter, hidden))]
     body = sum(x.in_features * x.out_features for x in linears)
     arch = Architecture("llama", body + 2 * 32000 * hidden, 2 * 32000 * hidden, 32000, hidden, inter, layers, 32, 32,
-                        128, False, "bfloat16", linears)
+                        128, False, "bfloat16", 4096, linears)
     report = build_report(recipe, arch, Device("rtx4090", "cuda", 24 * 2**30, 165e12, False), RowLengths(128, "t"))
     assert not report.fits
     advice = {a.what: a for a in report.advice}

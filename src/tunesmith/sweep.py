@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.results import read_results
 from tunesmith.runs import atomic_write_json, atomic_write_text, read_json
 
@@ -318,9 +318,9 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def peak_memory() -> dict[str, float | None]:
-    """This process's peak RSS (Linux reports KiB, macOS bytes) and, when CUDA was used, its peak allocation."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    """This process's peak RSS (its own, not the parent's it was forked from) and, when CUDA was used, its peak
+    allocation."""
+    rss_bytes = own_peak_rss_bytes()
     cuda = None
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():

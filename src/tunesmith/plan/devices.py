@@ -121,3 +121,46 @@ def matmul_peak(dtype: Any = None, device: str = "cpu", seconds: float = 0.5, si
                 torch.cuda.synchronize()
         best = max(best, 2.0 * size**3 * count / elapsed)
     return best
+
+
+def own_peak_rss_bytes() -> float:
+    """This process's peak resident memory: VmHWM from /proc/self/status on Linux, else `ru_maxrss`.
+
+    On Linux `ru_maxrss` is no use for a process started by fork and exec from a large parent: exec keeps the
+    pre-exec (the parent's copied) memory's high-water mark, so a small child reports its parent's size. VmHWM
+    belongs to the memory map exec made, the child's own.
+    """
+    import resource
+    import sys
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024  # kB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss if sys.platform == "darwin" else rss * 1024)
+
+
+# Runs `tunesmith ARGS...` and writes its own peak RSS (own_peak_rss_bytes) to the file named first
+PEAK_REPORTING_CHILD = (
+    "import atexit, runpy, sys\n"
+    "from tunesmith.plan.devices import own_peak_rss_bytes\n"
+    "out = sys.argv.pop(1)\n"
+    "atexit.register(lambda: open(out, 'w').write(str(own_peak_rss_bytes())))\n"
+    "sys.argv[0] = 'tunesmith'\n"
+    "runpy.run_module('tunesmith', run_name='__main__', alter_sys=True)\n")
+
+
+def peak_rss_of_tunesmith(args: list[str], work_dir: Any) -> tuple[float, int, str]:
+    """Run `tunesmith ARGS` in a subprocess; its peak RSS in bytes, exit code and the tail of its stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    report = Path(work_dir) / f"peak-{time.monotonic_ns()}.txt"
+    done = subprocess.run([sys.executable, "-c", PEAK_REPORTING_CHILD, str(report), *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = float(report.read_text()) if report.is_file() else 0.0
+    return peak, done.returncode, done.stderr[-2000:]
