@@ -182,3 +182,21 @@ def test_checkpointing_on_a_cpu_returns_freed_blocks_to_the_system():
         pytest.skip("glibc only")
     assert return_freed_blocks_to_the_system()
     ctypes.CDLL("libc.so.6").mallopt(-3, 32 * 2**20)  # back to glibc's ceiling for the rest of the session
+
+
+def test_train_stops_on_a_known_bad_package_combination(monkeypatch, capsys, tmp_path):
+    import importlib.metadata
+
+    from tunesmith.cli.app import main
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.48.0" if name == "bitsandbytes" else real(name))
+    monkeypatch.setattr(sys, "argv", ["tunesmith", "train", str(REPO / "recipes" / "quickstart.yaml"),
+                                      "--runs-dir", str(tmp_path / "runs")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exited.value.code == 2, err
+    assert "bitsandbytes 0.48.0" in err and "bitsandbytes>=0.50" in err
+    assert not (tmp_path / "runs").exists()

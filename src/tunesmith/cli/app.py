@@ -130,6 +130,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
     extra += [f"training.time_budget={time_budget}"] if time_budget else []
     loaded = load_recipe(recipe, [*(set_ or []), *extra])
+    refuse_known_bad_versions()
     if not force:  # before anything heavy loads: the model's config and the data tell
         from tunesmith.plan.fit import fit_recipe
 
@@ -145,6 +146,16 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         run_training(loaded, run)
         write_model_card(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
+
+
+def refuse_known_bad_versions() -> None:
+    """Stop before training on an installed package combination known to break it (doctor's `fail` entries,
+    src/tunesmith/doctor/known_versions.json); doctor's warnings are left to `tunesmith doctor`."""
+    from tunesmith.doctor import known_bad_findings
+
+    failing = [check for check in known_bad_findings() if check.status == "fail"]
+    if failing:
+        raise TunesmithError(failing[0].detail, f"{failing[0].fix} (`tunesmith doctor` lists every check.)")
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
