@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [["quickstart"], ["train"], ["eval"], ["export"], ["models", "list"], ["models", "pull"],
             ["models", "import"], ["data", "inspect"], ["data", "prepare"], ["data", "preview"], ["sweep"],
-            ["compare"], ["chat"], ["merge"], ["push"]]
+            ["compare"], ["chat"], ["merge"], ["push"], ["plan"], ["doctor"]]
 
 
 def tunesmith(*args: str, cwd=None) -> subprocess.CompletedProcess:
