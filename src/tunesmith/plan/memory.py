@@ -145,6 +145,8 @@ def activations(arch: Architecture, weights: TrainedWeights, work: Workload, com
     else:
         total = tokens * arch.layers * per_token_block
         how = f"{tokens:,} tokens x {arch.layers} blocks x {per_token_block / 1024:,.1f} KiB"
+    if work.trained_extra_tokens:
+        how += f" ({work.trained_extra_tokens:,} of the tokens: replay-anchor rows)"
     if work.packed:  # SDPA builds the packed row's block-diagonal mask over the whole row
         total += work.sequences * work.length**2 * compute_bytes
         how += " + the packed rows' attention masks"
