@@ -59,9 +59,10 @@ def return_freed_blocks_to_the_system() -> bool:
 
     glibc keeps freed heap memory for reuse (its mmap threshold rises to 32 MiB after the first large free), and
     activation checkpointing on a CPU frees and allocates each recomputed block's tensors again: SmolLM2 LoRA,
-    8 x 511 tokens, peaked at 5.75 GiB resident with checkpointing and 1.93 GiB with this (10.99 GiB without
-    checkpointing), at 0.56x the tokens/s of checkpointing alone (benchmarks/results/plan_memory.json). Used only
-    when checkpointing is on, where memory is what matters. Linux with glibc only; False elsewhere.
+    8 x 511 tokens, peaked at 5.75 GiB resident with checkpointing and 1.94 GiB with this (11.14 GiB without
+    checkpointing; benchmarks/activation_memory.py). Without checkpointing the same threshold cost 42% of the
+    tokens/s, so it is set only when checkpointing is on, where memory is what matters. Linux with glibc only;
+    False elsewhere.
     """
     import ctypes
     import sys
