@@ -406,6 +406,48 @@ Adapter = Annotated[LoraAdapter | DoraAdapter | RsloraAdapter | PissaAdapter | O
                     | PTuningAdapter | FullAdapter | PartialAdapter | HftAdapter, Field(discriminator="kind")]
 
 
+DISTRIBUTED_STRATEGIES = ("none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
+
+
+class DistributedSection(Section):
+    """How several processes share one training run (`tunesmith train --nproc N` launches them through
+    `accelerate launch`). Mixed precision is training.precision; the data order is the same on every rank."""
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "none", description="none: one process. ddp: a full copy per process, gradients averaged (CPU too, over "
+                            "gloo). fsdp: weights, gradients and optimizer state sharded (PyTorch FSDP2; CUDA). "
+                            "deepspeed-zero2: gradients and optimizer state sharded; deepspeed-zero3: weights too "
+                            "(DeepSpeed; CUDA; pip install 'tunesmith[distributed]').")
+    offload_optimizer: bool = Field(False, description="Keep the optimizer state in CPU memory (fsdp, deepspeed-*).")
+    offload_params: bool = Field(False, description="Keep the sharded weights in CPU memory (fsdp, deepspeed-zero3).")
+    shard_reference: bool = Field(True, description="DPO/KTO: shard the frozen reference model like the trained one "
+                                                    "(fsdp, deepspeed-zero3); false keeps a full copy per process.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, raw: Any) -> Any:
+        """`training.distributed: ddp` is short for `training.distributed: {strategy: ddp}`."""
+        return {"strategy": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _knobs_fit_strategy(self) -> DistributedSection:
+        if self.offload_optimizer and self.strategy in ("none", "ddp"):
+            raise ValueError(f"offload_optimizer needs a sharded strategy (fsdp, deepspeed-zero2/3), not "
+                             f"{self.strategy!r}")
+        if self.offload_params and self.strategy not in ("fsdp", "deepspeed-zero3"):
+            raise ValueError(f"offload_params needs fsdp or deepspeed-zero3 (the strategies that shard the "
+                             f"weights), not {self.strategy!r}")
+        return self
+
+    @property
+    def shards_weights(self) -> bool:
+        return self.strategy in ("fsdp", "deepspeed-zero3")
+
+    @property
+    def shards_optimizer(self) -> bool:
+        return self.strategy in ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
+
+
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
@@ -442,6 +484,10 @@ class TrainingSection(Section):
                                                       "measurement of this machine's step time; max_steps/epochs win "
                                                       "when given, and training stops at the budget either way.")
     seed: int = 42
+    distributed: DistributedSection = Field(
+        default_factory=DistributedSection,
+        description="Several processes on one run: none | ddp | fsdp | deepspeed-zero2 | deepspeed-zero3, or a "
+                    "mapping with `strategy` and the offload knobs. `tunesmith train --nproc N` launches them.")
 
     @field_validator("time_budget")
     @classmethod

@@ -31,6 +31,11 @@ def run_pipeline(recipe: Recipe, runs_dir: Path | None = None, run: Run | None =
     """train → eval → export → model card, all in one new run directory (or in `run`, being resumed)."""
     run = run or create_run(recipe, runs_dir)
     run_training(recipe, run)
+    return evaluate_and_export(recipe, run)
+
+
+def evaluate_and_export(recipe: Recipe, run: Run) -> Run:
+    """eval → export → model card on a run that finished training."""
     run_eval(recipe, run)
     export_formats(recipe, run)
     write_model_card(run)

@@ -351,10 +351,16 @@ def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     while path.exists():
         suffix += 1
         path = root / f"{recipe.name}-{stamp}-{suffix}"
-    path.mkdir(parents=True)
+    return create_run_at(recipe, path)
+
+
+def create_run_at(recipe: Recipe, path: Path) -> Run:
+    """A run in `path` (made if missing, and empty): the resolved recipe and environment snapshot; the recipe goes
+    in last, so that a run directory with recipe.yaml is one whose set-up is complete."""
+    path.mkdir(parents=True, exist_ok=True)
     run = Run(path)
-    atomic_write_text(run.recipe_file, recipe_to_yaml(recipe))
     atomic_write_json(path / "env.json", environment_snapshot())
+    atomic_write_text(run.recipe_file, recipe_to_yaml(recipe))
     return run
 
 

@@ -112,25 +112,62 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
               metavar="DURATION", help="Wall time for this training, e.g. 10m or 1h30m (training.time_budget): loading "
               "counts, and the steps are set to fill the rest.")] = None,
           force: Annotated[bool, typer.Option("--force", help="Train even when the memory plan says the recipe "
-                                                             "will not fit this device.")] = False) -> None:
+                                                             "will not fit this device.")] = False,
+          nproc: Annotated[int | None, typer.Option(
+              "--nproc", min=1, rich_help_panel="Several processes",
+              help="Processes on this machine (one per GPU; CPU: DDP over gloo), launched through `accelerate "
+                   "launch` with a config written to the run's launch/ folder. training.distributed says how they "
+                   "share the work (ddp when unset).")] = None,
+          nnodes: Annotated[int, typer.Option("--nnodes", min=1, rich_help_panel="Several processes",
+                                              help="Machines, each running this command with its --node-rank.")] = 1,
+          node_rank: Annotated[int, typer.Option("--node-rank", min=0, rich_help_panel="Several processes",
+                                                 help="This machine's number, 0 to nnodes - 1.")] = 0,
+          main_address: Annotated[str, typer.Option("--main-address", rich_help_panel="Several processes",
+                                                    help="Address of node 0, reachable from all nodes.")] = "127.0.0.1",
+          main_port: Annotated[int, typer.Option("--main-port", rich_help_panel="Several processes",
+                                                 help="Port rank 0 listens on.")] = 29500,
+          print_launch: Annotated[bool, typer.Option(
+              "--print-launch", rich_help_panel="Several processes",
+              help="Set up the run directory and its launch configs, print the launch command, start "
+                   "nothing.")] = False,
+          run_dir: Annotated[Path | None, typer.Option(
+              "--run-dir", rich_help_panel="Several processes",
+              help="Train in this directory (made if missing; an existing run of this recipe continues from its "
+                   "newest checkpoint). Needed when a launcher starts every rank (torchrun, srun), and on several "
+                   "nodes, which must share it.")] = None,
+          launched: Annotated[bool, typer.Option("--launched", hidden=True,
+                                                 help="A rank of `train --nproc`, which finishes the run.")] = False,
+          ) -> None:
     """Train the adapter a recipe describes, in a new run directory (or, with --resume, in the one it stopped in).
 
     Example: tunesmith train recipes/quickstart.yaml --set training.lr=5e-4
     Example: tunesmith train my-recipe.yaml --time-budget 10m --evaluate
+    Example: tunesmith train my-recipe.yaml --nproc 4 --set training.distributed=fsdp
     """
-    from tunesmith.card import write_model_card
     from tunesmith.config import load_recipe
-    from tunesmith.quickstart import run_pipeline
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
+    from tunesmith.train.distributed import this_rank
 
     if resume and init_from:
         raise TunesmithError("--resume and --init-from exclude each other.",
                              "--resume continues a stopped run; --init-from starts a new one from a finished run.")
     extra = [f"training.init_from={init_from.resolve()}"] if init_from else []
     extra += [f"training.time_budget={time_budget}"] if time_budget else []
-    loaded = load_recipe(recipe, [*(set_ or []), *extra])
+    overrides = [*(set_ or []), *extra]
+    loaded = load_recipe(recipe, overrides)
     refuse_known_bad_versions()
+    if nproc is not None:
+        from tunesmith.cli.launch import LaunchOptions, launch
+
+        run = launch(recipe, overrides, loaded, LaunchOptions(nproc, nnodes, node_rank, main_address, main_port,
+                                                              print_launch, run_dir, resume, runs_dir, force))
+        if run is not None and node_rank == 0:  # once, after every rank finished
+            finish_run(run, evaluate)
+        return
+    from tunesmith.cli.launch import refuse_unlaunched
+
+    refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0)
     if not force:  # before anything heavy loads: the model's config and the data tell
         from tunesmith.plan.fit import fit_recipe
 
@@ -138,12 +175,26 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         if note:
             err.print(note, **SHOW)
     run = resumed_run(loaded, resume, runs_dir) if resume else None
+    if run_dir is not None:
+        from tunesmith.train.launch import shared_run
+
+        run = shared_run(loaded, run_dir)
+    run = run or create_run(loaded, runs_dir)
+    run_training(loaded, run)
+    if this_rank().is_main and not launched:  # started by torchrun/srun: rank 0 alone evaluates, writes the card
+        finish_run(run, evaluate)
+
+
+def finish_run(run: Any, evaluate: bool) -> None:
+    """After training: eval and export with --evaluate (the model card either way), then the run directory."""
+    from tunesmith.card import write_model_card
+
     if evaluate:
-        run = run_pipeline(loaded, runs_dir, run)
+        from tunesmith.quickstart import evaluate_and_export
+
+        evaluate_and_export(run.load_recipe(), run)
         _print_results(run.path)
     else:
-        run = run or create_run(loaded, runs_dir)
-        run_training(loaded, run)
         write_model_card(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
 
@@ -159,15 +210,10 @@ def refuse_known_bad_versions() -> None:
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
-    """The run --resume names, checked against the recipe; its recipe.yaml takes the allowed changes."""
-    from tunesmith.config import recipe_to_yaml
-    from tunesmith.runs import atomic_write_text
-    from tunesmith.train.resume import check_resumable, find_run_to_resume
+    """The run --resume names, checked against the recipe (train.resume.resumed_run)."""
+    from tunesmith.train.resume import resumed_run as checked_run
 
-    run = find_run_to_resume(target, recipe, runs_dir)
-    check_resumable(run, recipe)
-    atomic_write_text(run.recipe_file, recipe_to_yaml(recipe))
-    return run
+    return checked_run(recipe, target, runs_dir)
 
 
 @app.command()

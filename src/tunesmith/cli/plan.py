@@ -18,17 +18,22 @@ DEVICE_HELP = ("cpu, cuda or mps (this machine: free memory and speed measured),
 
 def plan(recipe: Path, set_: SetOption = None,
          device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False) -> None:
+         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+         nproc: Annotated[int, typer.Option("--nproc", min=1, help="Training processes per machine (as train "
+                                            "--nproc): memory per process, with what training.distributed "
+                                            "shards divided; CPU processes share the machine's memory.")] = 1,
+         nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Machines (as train --nnodes).")] = 1) -> None:
     """Estimate a recipe's peak memory and training time on a device, from the model's config and the data alone
     (no weights load), and say what to change when it does not fit.
 
     Example: tunesmith plan recipes/quickstart.yaml
     Example: tunesmith plan my-recipe.yaml --device rtx4090 --set adapter.kind=full
+    Example: tunesmith plan my-recipe.yaml --device h100-80gb --nproc 8 --set training.distributed=fsdp
     """
     from tunesmith.config import load_recipe
     from tunesmith.plan import plan_recipe
 
-    report = plan_recipe(load_recipe(recipe, set_ or []), device)
+    report = plan_recipe(load_recipe(recipe, set_ or []), device, processes=nproc * nnodes, per_node=nproc)
     if as_json:
         print(report.model_dump_json(indent=2))
         return

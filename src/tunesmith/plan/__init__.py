@@ -16,7 +16,7 @@ from tunesmith.plan.architecture import Architecture, read_architecture
 from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
 from tunesmith.plan.memory import MemoryEstimate, estimate_memory
-from tunesmith.plan.recommend import Advice, recommend
+from tunesmith.plan.recommend import Advice, recommend, sharding_of
 from tunesmith.plan.timing import StepTime, step_time
 from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
 
@@ -53,14 +53,18 @@ class PlanReport(BaseModel):
     advice: list[Advice]
 
 
-def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths | None = None) -> PlanReport:
+def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths | None = None,
+                processes: int = 1, per_node: int | None = None) -> PlanReport:
     """Estimate the recipe's peak memory and step time on `device_spec` (see `resolve_device`).
 
     `lengths`: the longest training sequence when the caller already encoded the data; read from the data
-    otherwise. Raises ModelSourceError when the model's config cannot be found or built.
+    otherwise. `processes` (of which `per_node` on this machine, default all): a multi-process run, per
+    process, with what training.distributed shards divided between them. Raises ModelSourceError when the
+    model's config cannot be found or built.
     """
     # the device first: its matmul probe must not share the cores with the tokenizer's worker threads
     device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
+    device = device.for_processes(processes, per_node or processes)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
     lengths = lengths or longest_row(recipe, load_tokenizer(model_dir))
@@ -72,8 +76,9 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
     compute = compute_bytes(recipe, device)
     checkpointing = recipe.training.gradient_checkpointing
-    estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing)
-    checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True)
+    sharding = sharding_of(recipe, device.processes)
+    estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing, sharding)
+    checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding)
     typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True)
     timing = step_time(recipe, arch, weights, typical, device, lengths.rows)
     return PlanReport(

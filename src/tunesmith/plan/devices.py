@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tunesmith.errors import RecipeError
@@ -38,6 +38,14 @@ class Device:
     memory_bytes: float
     peak_flops: float
     measured: bool  # memory and speed read on this machine (else from the catalogue or the spec)
+    processes: int = 1  # training processes (one per GPU; on a CPU they share the machine's memory)
+
+    def for_processes(self, processes: int, per_node: int) -> Device:
+        """The device as one of `processes` training processes sees it: on a CPU the `per_node` processes of one
+        machine share its memory, so each gets 1/per_node of it; a GPU is one process's own."""
+        memory = self.memory_bytes / per_node if self.kind == "cpu" else self.memory_bytes
+        name = self.name if processes == 1 else f"{self.name}, {processes} processes"
+        return replace(self, name=name, memory_bytes=memory, processes=processes)
 
     @property
     def efficiency(self) -> float:

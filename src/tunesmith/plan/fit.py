@@ -25,11 +25,12 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
     return message, hint
 
 
-def fit_recipe(recipe: Recipe) -> tuple[Recipe, str | None]:
+def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) -> tuple[Recipe, str | None]:
     """The recipe to train, planned for the device it trains on: as it is when it fits; with activation
     checkpointing switched on when only that makes it fit and the recipe does not set
-    `training.gradient_checkpointing` itself (the second value says so); else WillNotFit, naming the fix."""
-    report = plan_recipe(recipe, recipe.training.device)
+    `training.gradient_checkpointing` itself (the second value says so); else WillNotFit, naming the fix.
+    `processes`, `per_node`: a multi-process run (plan_recipe)."""
+    report = plan_recipe(recipe, recipe.training.device, processes=processes, per_node=per_node)
     if report.fits:
         return recipe, None
     chosen_by_user = "gradient_checkpointing" in recipe.training.model_fields_set

@@ -72,6 +72,18 @@ class TrainedWeights:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """How training.distributed splits the model state over `processes` (per-process bytes are estimated):
+    ZeRO-2 shards gradients and optimizer state; FSDP and ZeRO-3 the weights too (ZeRO paper, Rajbhandari et al.
+    2020, section 5; PyTorch FSDP docs). Activations stay per process (each runs its own micro-batch)."""
+
+    processes: int = 1
+    weights: bool = False
+    optimizer: bool = False
+    reference: bool = False  # the frozen reference copy sharded like the trained model (shard_reference)
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     bytes: float
@@ -88,15 +100,18 @@ class MemoryEstimate:
 
 
 def estimate_memory(arch: Architecture, weights: TrainedWeights, work: Workload, device: str,
-                    compute_bytes: float, checkpointing: bool) -> MemoryEstimate:
+                    compute_bytes: float, checkpointing: bool, sharding: Sharding = Sharding()) -> MemoryEstimate:
     """Peak bytes of one training process: weights, trained parameters with their gradients and optimizer,
     activations, the vocabulary-wide loss buffers, and what the framework holds (CPU RSS, or GPU allocated).
 
     `compute_bytes`: 4 for fp32 training, 2 under bf16/fp16 autocast (activations; master weights stay fp32).
+    `sharding`: what several processes split between them (training.distributed).
     """
-    parts = [base_weights(arch, weights), trained_state(weights)]
+    parts = [sharded(base_weights(arch, weights), sharding.weights, sharding.processes),
+             sharded_trained_state(weights, sharding)]
     if weights.reference_copy:
-        parts.append(Component("reference model", base_weights(arch, weights).bytes, "a frozen copy of the base"))
+        parts.append(sharded(Component("reference model", base_weights(arch, weights).bytes,
+                                       "a frozen copy of the base"), sharding.reference, sharding.processes))
     parts += [activations(arch, weights, work, compute_bytes, checkpointing), loss_buffers(arch, work)]
     if work.generated_sequences:
         parts.append(generation_cache(arch, work, compute_bytes))
@@ -122,6 +137,25 @@ def trained_state(weights: TrainedWeights) -> Component:
     per = own + 4.0 + ADAMW_STATE_BYTES
     return Component("trained parameters, gradients, AdamW", weights.parameters * per,
                      f"{weights.parameters / 1e6:,.2f}M trained x {per:.0f} B")
+
+
+def sharded(part: Component, split: bool, processes: int) -> Component:
+    """`part` divided over the processes when the strategy shards it."""
+    if not split or processes == 1:
+        return part
+    return Component(part.name, part.bytes / processes, f"{part.how}, / {processes} processes (sharded)")
+
+
+def sharded_trained_state(weights: TrainedWeights, sharding: Sharding) -> Component:
+    """The trained state per process: all of it sharded with the weights (FSDP, ZeRO-3); only the gradients and
+    AdamW moments (12 of an adapter's 16 B per parameter) with ZeRO-2."""
+    part = trained_state(weights)
+    if sharding.weights or sharding.processes == 1 or not sharding.optimizer:
+        return sharded(part, sharding.weights, sharding.processes)
+    own = 0.0 if weights.whole_model else 4.0
+    per = own + (4.0 + ADAMW_STATE_BYTES) / sharding.processes
+    return Component(part.name, weights.parameters * per, f"{weights.parameters / 1e6:,.2f}M trained x {per:.1f} B "
+                                                          f"(gradients and AdamW / {sharding.processes} processes)")
 
 
 def activations(arch: Architecture, weights: TrainedWeights, work: Workload, compute_bytes: float,

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from tunesmith.config import LoraAdapter, QloraAdapter, Recipe
 from tunesmith.plan.architecture import Architecture
 from tunesmith.plan.devices import Device
-from tunesmith.plan.memory import estimate_memory
+from tunesmith.plan.memory import Sharding, estimate_memory
 from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
 
 GIB = 2**30
@@ -30,7 +30,15 @@ class Advice(BaseModel):
 def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
     weights = trained_weights(recipe, arch)
     work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
-    return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing).total
+    return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing,
+                           sharding_of(recipe, device.processes)).total
+
+
+def sharding_of(recipe: Recipe, processes: int) -> Sharding:
+    """What training.distributed shards over `processes` (nothing for ddp or one process)."""
+    distributed = recipe.training.distributed
+    return Sharding(processes, distributed.shards_weights, distributed.shards_optimizer,
+                    distributed.shards_weights and distributed.shard_reference)
 
 
 def with_settings(recipe: Recipe, **training: Any) -> Recipe:

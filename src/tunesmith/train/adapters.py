@@ -244,8 +244,9 @@ def final_norm(model: Any) -> Any:
     raise TunesmithError(f"Cannot find the final norm of {type(model).__name__}.", "Set adapter.train_norm: false.")
 
 
-def save_trained(model: Any, tokenizer: Any, run: Run, adapter: Any) -> Path:
+def save_trained(model: Any, tokenizer: Any, run: Run, adapter: Any, state_dict: dict[str, Any] | None = None) -> Path:
     """Save what training produced, atomically: a whole model in model/, else a PEFT adapter in adapter/.
+    `state_dict`: the weights gathered from the shards of a sharded multi-process run (None: the model's own).
 
     PiSSA/OLoRA adapters are saved converted (PEFT's `path_initial_model_for_weight_conversion`): the
     difference to their initial value as a plain LoRA of rank 2r, which applies to the original base, so
@@ -256,7 +257,8 @@ def save_trained(model: Any, tokenizer: Any, run: Run, adapter: Any) -> Path:
     if adapter.kind in MUTATED_BASE_KINDS:
         conversion = {"path_initial_model_for_weight_conversion": str(initial_adapter_dir(run))}
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **conversion)
+        model.save_pretrained(tmp, safe_serialization=True, **conversion,
+                              **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
     return target
 

@@ -23,7 +23,7 @@ class MetricsLogger(TrainerCallback):
         self.started = time.monotonic() - (logged[-1].get("elapsed_s", 0.0) if logged else 0.0)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # rank 0 writes; the loss logged is the ranks' mean
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                   "elapsed_s": round(time.monotonic() - self.started, 2)}

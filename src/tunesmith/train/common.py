@@ -26,6 +26,14 @@ from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.budget import StopAtBudget, apply_time_budget
 from tunesmith.train.defaults import print_chosen, resolve_lr, settings_chosen
+from tunesmith.train.distributed import (
+    check_process_group,
+    group_by_global_batch,
+    is_main_process,
+    sharded_state_dict,
+    this_rank,
+    wait_for_everyone,
+)
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -110,9 +118,10 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     if encoded is not None:
         record.update(trained_counts(encoded.counts))
         print_warnings(drop_warnings(encoded.counts, recipe.data.max_length))
-    atomic_write_json(run.path / "data.json", record)
-    # run.json: the rows themselves, so eval scores exactly these rows even if the source files change later
-    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
+    if is_main_process():  # with several processes, rank 0 alone writes the run directory
+        atomic_write_json(run.path / "data.json", record)
+        # run.json: the rows themselves, so eval scores exactly these rows even if the source files change later
+        record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
     if recipe.training.gradient_checkpointing and device == "cpu":
@@ -152,6 +161,9 @@ def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[st
 
 
 def print_warnings(warnings: list[str]) -> None:
+    """Each warning once on stderr (with several processes: rank 0's)."""
+    if not is_main_process():
+        return
     from rich.console import Console
     from rich.markup import escape
 
@@ -186,7 +198,17 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
         "seed": t.seed,
         "dataloader_num_workers": 0,
         **precision_flags(precision, device),
+        **process_group_arguments(device),
     }
+
+
+def process_group_arguments(device: str) -> dict[str, Any]:
+    """With several processes: gloo on a CPU (transformers would try MPI or oneCCL first where installed), and no
+    search for unused parameters (every trained parameter gets a gradient each step; the search also breaks
+    activation checkpointing under DDP: peft#899, accelerate#2017). {} for one process."""
+    if not this_rank().distributed:
+        return {}
+    return {"ddp_find_unused_parameters": False, **({"ddp_backend": "gloo"} if device == "cpu" else {})}
 
 
 def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
@@ -197,15 +219,20 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     Raises TrainingInterrupted after SIGINT/SIGTERM (a checkpoint was written), and TunesmithError when
     training.max_bad_steps updates in a row were non-finite.
     """
+    check_process_group(trainer)
+    group_by_global_batch(trainer)
+    main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
-    print_trainable(summary)
+    if main:
+        print_trainable(summary)
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
     guard, stopper = survival_callbacks(trainer, setup, recipe, run)
     resume_from = start_point(trainer, setup, run, guard)
     budget = time_budget(trainer, recipe, run, resume_from is not None, setup.began)
     chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {})}, row_lengths(trainer.train_dataset),
                              budget.get("time_budget"))
-    print_chosen(chosen)
+    if main:
+        print_chosen(chosen)
     trainer.data_collator = counter  # after the budget's measurement, which must not count
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -218,17 +245,24 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     if guard.stopped_at is not None:
         raise guard.failure(run)
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
-    print_throughput(speed)
-    adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter)  # adapter/, or model/
+    if main:
+        print_throughput(speed)
+    state_dict = sharded_state_dict(trainer, recipe.training.distributed)  # every rank takes part in gathering
+    if not main:
+        wait_for_everyone()  # rank 0 saves and writes the run directory
+        return run.adapter_dir
+    adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter, state_dict)  # adapter/, or model/
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
-              "precision": setup.precision, "chosen": chosen, **(choices or {}), "throughput": speed,
+              "precision": setup.precision, "processes": this_rank().world_size,  # throughput: rank 0's share
+              "chosen": chosen, **(choices or {}), "throughput": speed,
               **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
               "skipped_updates": guard.skipped}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
+    wait_for_everyone()
     return adapter
 
 
@@ -254,7 +288,8 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
         chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given, began)
         plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
                                                 "why": "training.max_steps/epochs given: the budget only stops"}
-        atomic_write_json(saved, plan)
+        if is_main_process():
+            atomic_write_json(saved, plan)
     trainer.add_callback(StopAtBudget(seconds, plan, began))
     return {"time_budget": plan}
 

@@ -121,3 +121,15 @@ def load_initial_adapter(model: Any, folder: Path) -> None:
 
 def normalised(value: Any) -> Any:
     return sorted(value) if isinstance(value, list | set) else value
+
+
+def resumed_run(recipe: Recipe, target: str, runs_dir: Path | None) -> Run:
+    """The run --resume names, checked against the recipe (check_resumable); its recipe.yaml takes the allowed
+    changes."""
+    from tunesmith.config import recipe_to_yaml
+    from tunesmith.runs import atomic_write_text
+
+    run = find_run_to_resume(target, recipe, runs_dir)
+    check_resumable(run, recipe)
+    atomic_write_text(run.recipe_file, recipe_to_yaml(recipe))
+    return run

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import Run, atomic_write_json, require_free_space, tree_size
+from tunesmith.train.distributed import any_rank, is_main_process, wait_for_everyone
 
 COMPLETE_MARKER = "tunesmith-complete.json"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -116,12 +117,17 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
     folder = run.checkpoints_dir
 
     def save_atomically(model: Any, trial: Any) -> None:
+        # With several processes every rank saves into the staging folder (rank 0 the weights and optimizer, each
+        # rank its random state); rank 0 alone checks space, completes and renames it, between barriers.
+        main = is_main_process()
         step = trainer.state.global_step
         previous = complete_checkpoints(folder)
-        require_free_space(folder, expected_checkpoint_bytes(trainer.model, previous[-1] if previous else None),
-                           f"the checkpoint at step {step}")
         staging = folder / f"{STAGING_PREFIX}{step}"
-        shutil.rmtree(staging, ignore_errors=True)
+        if main:
+            require_free_space(folder, expected_checkpoint_bytes(trainer.model, previous[-1] if previous else None),
+                               f"the checkpoint at step {step}")
+            shutil.rmtree(staging, ignore_errors=True)
+        wait_for_everyone()
         trainer.args.output_dir = str(staging)
         try:
             try:
@@ -129,6 +135,9 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
                     for extra in extras:
                         stack.enter_context(extra.full_rank_save(trainer.model))
                     save(model, trial)
+                wait_for_everyone()
+                if not main:
+                    return
                 written = staging / f"{CHECKPOINT_PREFIX}{step}"
                 for extra in extras:
                     extra.save_extra(written, trainer.model)
@@ -147,7 +156,9 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
             os.replace(written, target)
         finally:
             trainer.args.output_dir = str(folder)
-            shutil.rmtree(staging, ignore_errors=True)
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            wait_for_everyone()
         for old in complete_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -180,7 +191,9 @@ class StopOnSignal(TrainerCallback):
               "(send it again to stop at once).", file=sys.stderr, flush=True)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.signum is not None:
+        # every rank stops at the same step when any got the signal (one tiny all-reduce with several processes)
+        if any_rank(self.signum is not None):
+            self.signum = self.signum or signal.SIGTERM
             control.should_save = True
             control.should_training_stop = True
 

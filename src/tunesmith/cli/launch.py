@@ -1,0 +1,115 @@
+"""`tunesmith train --nproc` (several processes through `accelerate launch`) and `tunesmith launch-script`
+(batch scripts for SLURM and torchrun-style launchers): thin commands over train/launch.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.cli.common import SHOW, err
+from tunesmith.errors import TunesmithError
+
+
+def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool) -> None:
+    """Usage errors of a `train` that launches nothing: launch flags without --nproc, several processes started by
+    another launcher without a shared --run-dir, a multi-process strategy started alone."""
+    from tunesmith.errors import RecipeError
+    from tunesmith.train.distributed import this_rank
+
+    if launch_flags:
+        raise TunesmithError("--print-launch, --nnodes and --node-rank describe a launch and need --nproc.",
+                             "Add --nproc N (processes on each machine).")
+    rank = this_rank()
+    if rank.distributed and run_dir is None:
+        raise TunesmithError(f"This is rank {rank.rank} of {rank.world_size} processes started by a launcher, and each "
+                             "would make its own run directory.",
+                             "Pass the same --run-dir to every rank, or let tunesmith launch them: "
+                             "tunesmith train RECIPE --nproc N.")
+    strategy = recipe.training.distributed.strategy
+    if strategy != "none" and not rank.launched:
+        raise RecipeError(f"training.distributed is {strategy}, which trains with several processes, and this is one "
+                          "process started alone.",
+                          "Launch them: tunesmith train RECIPE --nproc N (or set training.distributed: none).")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """`train`'s options for a multi-process launch, as given."""
+
+    nproc: int
+    nnodes: int
+    node_rank: int
+    main_address: str
+    main_port: int
+    print_launch: bool
+    run_dir: Path | None
+    resume: str | None
+    runs_dir: Path | None
+    force: bool
+
+
+def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: LaunchOptions) -> Any:
+    """`train --nproc`: check what the launch needs, set up the run directory and its launch configs, then run
+    `accelerate launch` and return the run once every rank finished (None with --print-launch, which prints the
+    command instead). Raises TunesmithError when a rank failed, naming the resume command."""
+    import shlex
+    import subprocess
+
+    from tunesmith.config import load_recipe
+    from tunesmith.models import pick_device
+    from tunesmith.runs import create_run
+    from tunesmith.train.common import resolve_precision
+    from tunesmith.train.launch import (
+        LaunchSpec,
+        check_launchable,
+        check_same_world_size,
+        launch_command,
+        launched_failure,
+        rank_arguments,
+        shared_run,
+        write_command,
+        write_launch_files,
+    )
+    from tunesmith.train.resume import resumed_run
+
+    spec = LaunchSpec(options.nproc, options.nnodes, options.node_rank, options.main_address, options.main_port)
+    if recipe.training.distributed.strategy == "none" and spec.world_size > 1:
+        overrides = [*overrides, "training.distributed=ddp"]
+        recipe = load_recipe(recipe_file, overrides)
+        err.print(f"training.distributed: ddp ({spec.world_size} processes; set it to fsdp or deepspeed-zero2/3 to "
+                  "shard)", **SHOW)
+    device = pick_device(recipe.training.device)
+    check_launchable(recipe, spec, device)
+    if not options.force and spec.node_rank == 0:
+        from tunesmith.plan.fit import fit_recipe
+
+        recipe, note = fit_recipe(recipe, processes=spec.world_size, per_node=spec.nproc)
+        if note:
+            err.print(note, **SHOW)
+            overrides = [*overrides, "training.gradient_checkpointing=true"]
+    if options.resume:
+        run = resumed_run(recipe, options.resume, options.runs_dir)
+        check_same_world_size(run, spec.world_size)
+    elif options.run_dir is not None:
+        run = shared_run(recipe, options.run_dir)  # node 0 sets it up; the others wait for it
+        check_same_world_size(run, spec.world_size) if run.checkpoints_dir.is_dir() else None
+    elif spec.nnodes > 1:
+        raise TunesmithError(f"--nnodes {spec.nnodes} needs --run-dir: a folder every node sees (a shared disk), the "
+                             "same on each.", "Add --run-dir /shared/runs/NAME to the command on every node.")
+    else:
+        run = create_run(recipe, options.runs_dir)
+    config_file = write_launch_files(run, recipe, spec, resolve_precision(recipe.training.precision, device))
+    command = launch_command(config_file, rank_arguments(recipe_file, overrides, run))
+    script = write_command(run, command)
+    if options.print_launch:
+        print(shlex.join(command))
+        err.print(f"[bold]Run directory:[/bold] {run.path} (the command is also in {script})", **SHOW)
+        return None
+    err.print(f"launching {spec.world_size} processes ({recipe.training.distributed.strategy}): {shlex.join(command)}",
+              **SHOW)
+    returncode = subprocess.call(command)
+    if returncode != 0:
+        raise launched_failure(returncode, run, f"tunesmith train {recipe_file} --nproc {options.nproc} "
+                                                f"--resume {run.path}")
+    return run

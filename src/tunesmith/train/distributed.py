@@ -1,0 +1,130 @@
+"""What a training process needs to know when it is one rank of several: who it is, whether it writes the run
+directory, and whether the ranks really formed one group.
+
+The processes come from `accelerate launch` (or torchrun, or srun + accelerate), which set the torch.distributed
+environment: RANK, WORLD_SIZE, LOCAL_RANK (torch.distributed.run docs, "Environment variables"). Only the main
+process (RANK 0) writes run-directory files; every rank reads the same data in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place among the launched ones (RANK / WORLD_SIZE / LOCAL_RANK; 0 / 1 / 0 alone)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    launched: bool = False  # started by a launcher (WORLD_SIZE set), even as the only process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def this_rank() -> Rank:
+    """From the launcher's environment; a process started alone is rank 0 of 1."""
+    return Rank(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                int(os.environ.get("LOCAL_RANK", 0)), "WORLD_SIZE" in os.environ)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run directory (rank 0, or the only process)."""
+    return this_rank().is_main
+
+
+def check_process_group(trainer: Any) -> None:
+    """Refuse to train when the launcher started several processes but they did not join one group.
+
+    The silent failure this catches: with WORLD_SIZE=2 in the environment but no process group formed (on a
+    machine without GPUs, accelerate leaves the distributed type at NO unless told to use the CPU:
+    accelerate/state.py `PartialState._prepare_backend`), each process trains alone on all the data, and the
+    ranks race to write the same files. Raises TunesmithError naming both counts.
+    """
+    expected = this_rank().world_size
+    joined = trainer.accelerator.num_processes
+    if expected > 1 and joined != expected:
+        raise TunesmithError(
+            f"The launcher started {expected} processes (WORLD_SIZE={expected}) but they did not form one training "
+            f"group: this process sees {joined} (accelerate distributed type "
+            f"{trainer.accelerator.distributed_type}); each would train alone.",
+            "Launch with `tunesmith train RECIPE --nproc N` (it sets the backend: gloo on CPU, NCCL on CUDA), or "
+            "set training.device to the device the ranks run on.")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (one tiny all-reduce); the flag itself when alone."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the ranks; nothing alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def wait_for_file(path: Path, timeout_s: float, what: str) -> None:
+    """Wait (polling) until rank 0 has written `path`, e.g. the run directory's recipe.yaml on a shared disk.
+    Raises TunesmithError after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TunesmithError(f"Rank {this_rank().rank} waited {timeout_s:.0f} s for {what} ({path}), which rank "
+                                 "0 writes, and it did not appear.",
+                                 "Every node must see the same run directory (a shared file system), and rank 0 "
+                                 "must have started; its log says why it did not.")
+        time.sleep(0.2)
+
+
+def group_by_global_batch(trainer: Any) -> None:
+    """Make length-grouped sampling the same for any number of processes.
+
+    transformers groups rows by length in mega-batches of 50 x the per-process batch (LengthGroupedSampler), so
+    2 processes x 4 rows would see another order than 1 process x 8 rows. Grouping by the global batch (per
+    process x processes x accumulation) gives every world size the same global batches, as `accelerate` hands
+    process r the r-th per-process slice of each. Only touches a run of several processes that groups by length.
+    """
+    world = this_rank().world_size
+    if world == 1 or trainer.args.train_sampling_strategy != "group_by_length":
+        return
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    def sampler(train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else trainer.train_dataset
+        names = trainer.processing_class.model_input_names if trainer.processing_class is not None else ["input_ids"]
+        return LengthGroupedSampler(trainer.args.per_device_train_batch_size * world
+                                    * trainer.args.gradient_accumulation_steps, dataset=dataset,
+                                    model_input_name=names[0])
+
+    trainer._get_train_sampler = sampler
+
+
+def sharded_state_dict(trainer: Any, distributed: Any) -> dict[str, Any] | None:
+    """The whole model's state dict gathered from the shards (fsdp, deepspeed-zero3), for rank 0 to save as a
+    one-process run saves; a collective, so every rank calls it. None when each process holds whole weights."""
+    if not distributed.shards_weights or not this_rank().distributed:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)

@@ -1,0 +1,274 @@
+"""Several processes for one recipe, on accelerate's launcher: the config files it reads, the command that starts
+the ranks, and batch scripts for SLURM and torchrun-style launchers. tunesmith launches nothing of its own:
+`accelerate launch` starts torchrun (DDP, FSDP) or DeepSpeed's launcher, and every rank runs `tunesmith train`.
+
+Sources: accelerate 1.15 `commands/launch.py` (`launch_command`: --cpu starts ONE process, so CPU ranks go through
+the multi-GPU launcher, i.e. torchrun, and find the CPU through TrainingArguments(use_cpu=True)), accelerate's
+config-file format (`commands/config/config_args.py` ClusterConfig), the FSDP2 keys of accelerate's FSDP guide,
+and transformers' DeepSpeed integration ("auto" values filled from TrainingArguments; docs "DeepSpeed").
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunesmith.config import DistributedSection, Recipe
+from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.runs import Run, atomic_write_text
+
+LAUNCH_DIR = "launch"  # inside the run directory: accelerate.yaml, deepspeed.json, command.sh
+DEFAULT_PORT = 29500  # torch.distributed's usual MASTER_PORT
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where the ranks run: `nproc` processes on each of `nnodes` machines; this machine is `node_rank`, and
+    rank 0 listens on main_address:main_port."""
+
+    nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
+    main_address: str = "127.0.0.1"
+    main_port: int = DEFAULT_PORT
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+def check_launchable(recipe: Recipe, spec: LaunchSpec, device: str) -> None:
+    """Refuse, before anything starts, what the library stack cannot run here (RecipeError naming the key).
+
+    - fsdp and deepspeed-* run on CUDA only: accelerate disables both whenever the CPU is used
+      (accelerate/state.py, `launch_command`); on a CPU, ddp over gloo works.
+    - ddp needs at least 2 processes (accelerate refuses --multi_gpu with 1).
+    - QLoRA shards only in 4-bit (PEFT "FSDP + QLoRA" / "DeepSpeed ZeRO-3 + QLoRA" guides: the 4-bit weights are
+      stored in the compute dtype, `bnb_4bit_quant_storage`, so FSDP can flatten them; 8-bit has no such storage).
+    - multi-node runs need the address of rank 0's machine.
+    - not yet with several processes: adapter.kind hft (it switches which weights train between rounds, which DDP
+      fixes when it wraps the model) and training.time_budget (each rank would measure its own speed and stop at
+      another step).
+    """
+    distributed, adapter_kind = recipe.training.distributed, recipe.adapter.kind
+    bits = getattr(recipe.adapter, "bits", None)
+    strategy = distributed.strategy
+    if adapter_kind == "hft":
+        raise RecipeError("adapter.kind: hft cannot train with several processes: it changes which blocks train "
+                          "every round, and DDP/FSDP/DeepSpeed fix the trained weights when they wrap the model.",
+                          "Use kind: partial or full, or train hft in one process.")
+    if recipe.training.time_budget is not None:
+        raise RecipeError("training.time_budget cannot be used with several processes yet: each would measure its "
+                          "own speed and stop at a different step.",
+                          "Set training.max_steps (or epochs) for a multi-process run.")
+    if strategy in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and device == "cpu":
+        raise RecipeError(f"training.distributed: {strategy} runs on CUDA GPUs only: accelerate turns FSDP and "
+                          "DeepSpeed off whenever training runs on the CPU.",
+                          "On a CPU use training.distributed: ddp (one full copy per process, over gloo).")
+    if strategy == "ddp" and spec.world_size < 2:
+        raise RecipeError("training.distributed: ddp needs at least 2 processes; --nproc x --nnodes is 1.",
+                          "Pass --nproc 2 or more, or leave training.distributed at none for one process.")
+    if adapter_kind == "qlora" and distributed.shards_weights and bits == 8:
+        raise RecipeError(f"adapter.bits: 8 cannot be sharded by {strategy}: only 4-bit QLoRA stores its weights in a "
+                          "dtype FSDP and ZeRO-3 can flatten (bnb_4bit_quant_storage).",
+                          "Use adapter.bits: 4, or training.distributed: ddp / deepspeed-zero2.")
+    if spec.nnodes > 1 and spec.main_address in ("127.0.0.1", "localhost"):
+        raise RecipeError(f"--nnodes {spec.nnodes} needs --main-address: the address of the machine running rank 0 "
+                          "(node rank 0), reachable from every node.", "Pass --main-address HOST.")
+    if not 0 <= spec.node_rank < spec.nnodes:
+        raise RecipeError(f"--node-rank {spec.node_rank} is outside 0..{spec.nnodes - 1} (--nnodes {spec.nnodes}).",
+                          "Number the machines 0 to nnodes - 1; node 0 runs rank 0.")
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's mixed_precision value for training.precision (resolved: fp32, bf16 or fp16)."""
+    return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+
+
+def accelerate_config(distributed: DistributedSection, spec: LaunchSpec, precision: str,
+                      deepspeed_file: Path | None = None) -> dict[str, Any]:
+    """The accelerate config file's content (what `accelerate config` writes) for this strategy.
+
+    ddp is accelerate's MULTI_GPU (torchrun); on a CPU the ranks pick gloo themselves from
+    TrainingArguments(use_cpu=True). fsdp: FSDP2 (fsdp_version 2) wrapping each transformer block, full state
+    dicts on save so that the saved model is one file set whatever the world size; offloading in FSDP moves
+    weights, gradients and optimizer state to the CPU together (torch CPUOffload), so either knob turns it on.
+    deepspeed-*: the JSON beside it (`deepspeed_config`), with the standard launcher on each node (torchrun).
+    """
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "debug": False,
+        "downcast_bf16": "no",
+        "machine_rank": spec.node_rank,
+        "main_process_ip": spec.main_address,
+        "main_process_port": spec.main_port,
+        "main_training_function": "main",
+        "mixed_precision": mixed_precision(precision),
+        "num_machines": spec.nnodes,
+        "num_processes": spec.world_size,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": False,
+    }
+    if distributed.strategy == "fsdp":
+        config["distributed_type"] = "FSDP"
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_offload_params": distributed.offload_params or distributed.offload_optimizer,
+            "fsdp_reshard_after_forward": True,
+            "fsdp_state_dict_type": "FULL_STATE_DICT",
+            "fsdp_activation_checkpointing": False,
+        }
+    elif distributed.strategy.startswith("deepspeed"):
+        config["distributed_type"] = "DEEPSPEED"
+        config["deepspeed_config"] = {
+            "deepspeed_config_file": str(deepspeed_file),
+            "deepspeed_multinode_launcher": "standard",
+            "zero3_init_flag": distributed.strategy == "deepspeed-zero3",
+        }
+        del config["mixed_precision"]  # the JSON's bf16/fp16 blocks say it ("auto": from TrainingArguments)
+    else:
+        config["distributed_type"] = "MULTI_GPU"
+        config["gpu_ids"] = "all"
+    return config
+
+
+def deepspeed_config(distributed: DistributedSection) -> dict[str, Any]:
+    """DeepSpeed's JSON for ZeRO stage 2 or 3, every batch/precision/clipping value "auto" so that transformers
+    fills it from the recipe's TrainingArguments (one source of truth; transformers DeepSpeed docs, "auto").
+
+    The optimizer is the trainer's AdamW; with offload_optimizer it is DeepSpeed's (AdamW on its CPU kernel),
+    since DeepSpeed refuses a client optimizer with ZeRO-Offload. Stage 3 gathers the weights for saving, so the
+    final model or adapter is written whole, as a one-process run writes it.
+    """
+    stage = 3 if distributed.strategy == "deepspeed-zero3" else 2
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                     "stage3_gather_16bit_weights_on_model_save": True})
+    if distributed.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if distributed.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+    }
+    if distributed.offload_optimizer:
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                           "weight_decay": "auto"}}
+    return config
+
+
+def write_launch_files(run: Run, recipe: Recipe, spec: LaunchSpec, precision: str) -> Path:
+    """accelerate.yaml (and deepspeed.json) in the run's launch/ folder; returns the accelerate config's path."""
+    folder = run.path / LAUNCH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    distributed = recipe.training.distributed
+    deepspeed_file = None
+    if distributed.strategy.startswith("deepspeed"):
+        deepspeed_file = folder / "deepspeed.json"
+        atomic_write_text(deepspeed_file, json.dumps(deepspeed_config(distributed), indent=2) + "\n")
+    config_file = folder / "accelerate.yaml"
+    atomic_write_text(config_file, yaml.safe_dump(accelerate_config(distributed, spec, precision, deepspeed_file),
+                                                  sort_keys=False))
+    return config_file
+
+
+def rank_arguments(recipe_file: Path, overrides: list[str], run: Run) -> list[str]:
+    """What each rank's `tunesmith train` gets: the same recipe and --set values, the run directory they share,
+    --force (the launching process already checked the memory plan) and --launched (it also evaluates and writes
+    the model card once the ranks finish)."""
+    args = ["train", str(recipe_file.resolve())]
+    for override in overrides:
+        args += ["--set", override]
+    return [*args, "--run-dir", str(run.path.resolve()), "--force", "--launched"]
+
+
+def launch_command(config_file: Path, rank_args: list[str]) -> list[str]:
+    """`accelerate launch --config_file FILE -m tunesmith <rank_args>`, run with this Python (so the ranks use the
+    same environment as the command that launched them)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+            "-m", "tunesmith", *rank_args]
+
+
+def write_command(run: Run, command: list[str]) -> Path:
+    """launch/command.sh: the launch command as a script a user can run again (or read)."""
+    path = run.path / LAUNCH_DIR / "command.sh"
+    atomic_write_text(path, "#!/usr/bin/env bash\n# written by tunesmith train --nproc\nset -euo pipefail\n"
+                            f"exec {shlex.join(command)}\n")
+    path.chmod(0o755)
+    return path
+
+
+def launched_failure(returncode: int, run: Run, resume_command: str) -> TunesmithError:
+    """What the user reads when the launched ranks did not all finish: torchrun stops the other ranks of a job
+    when one exits (torch.distributed.elastic: the agent terminates the worker group, SIGTERM then SIGKILL)."""
+    import signal
+
+    how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 and -returncode in
+           {s.value for s in signal.Signals} else f"exited with code {returncode}")
+    return TunesmithError(f"The launched training {how}: a rank stopped and the launcher stopped the others (their "
+                          f"errors are above). Run directory: {run.path}.",
+                          f"Fix the first error above, then continue from the last complete checkpoint with: "
+                          f"{resume_command}")
+
+
+RUN_DIR_WAIT_S = 300.0  # how long a rank waits for rank 0 to set up the shared run directory
+
+
+def shared_run(recipe: Recipe, path: Path) -> Run:
+    """The run directory every rank trains in (`--run-dir`). Rank 0 creates it when it has no recipe.yaml yet, or
+    checks that an existing one holds this recipe (it then continues from its newest complete checkpoint); the
+    other ranks wait for it, so a launcher that starts every rank at once (torchrun, srun) needs no set-up step."""
+    from tunesmith.runs import create_run_at, open_run
+    from tunesmith.train.distributed import this_rank, wait_for_file
+    from tunesmith.train.resume import check_resumable
+
+    path = path.expanduser().resolve()
+    recipe_file = path / "recipe.yaml"
+    if not this_rank().is_main:
+        wait_for_file(recipe_file, RUN_DIR_WAIT_S, "the run directory")
+        return open_run(path)
+    if not recipe_file.is_file():
+        if path.is_dir() and any(path.iterdir()):
+            raise TunesmithError(f"--run-dir {path} exists, is not empty and is not a tunesmith run (no recipe.yaml).",
+                                 "Name a new folder, or a run directory this recipe started.")
+        return create_run_at(recipe, path)
+    run = open_run(path)
+    if run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()):
+        check_resumable(run, recipe)
+    return run
+
+
+def recorded_world_size(run: Run) -> int:
+    """How many processes the run's launch config (launch/accelerate.yaml) started; 1 for a one-process run."""
+    config = run.path / LAUNCH_DIR / "accelerate.yaml"
+    if not config.is_file():
+        return 1
+    return int(yaml.safe_load(config.read_text(encoding="utf-8")).get("num_processes", 1))
+
+
+def check_same_world_size(run: Run, world_size: int) -> None:
+    """A resumed run keeps its number of processes: its checkpoint's data position (batches consumed per process)
+    and per-rank random states belong to that count. Raises RecipeError naming both counts."""
+    recorded = recorded_world_size(run)
+    if recorded != world_size:
+        raise RecipeError(f"{run.path} trained with {recorded} process(es); resuming with {world_size} would replay "
+                          "its data in another order (the checkpoint counts batches per process).",
+                          f"Resume with the same count: --nproc x --nnodes = {recorded}"
+                          + (" (or without --nproc)." if recorded == 1 else "."))
