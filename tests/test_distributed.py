@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, make_tiny_project
+from tunesmith.config import load_recipe
 from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
 
@@ -171,3 +172,157 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+STRATEGIES = ["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+
+
+def launch_files(project: Path, tmp_path: Path, strategy: str, spec=None, **knobs) -> tuple[Path, object]:
+    """The launch folder tunesmith writes for `strategy` (as `train --nproc` does), in a fresh run directory."""
+    from tunesmith.runs import create_run_at
+    from tunesmith.train.launch import LaunchSpec, write_launch_files
+
+    distributed = {"strategy": strategy, **knobs}
+    recipe = load_recipe(project, [f"training.distributed={json.dumps(distributed)}"])
+    run = create_run_at(recipe, tmp_path / f"run-{strategy}")
+    return write_launch_files(run, recipe, spec or LaunchSpec(nproc=2), "bf16"), recipe
+
+
+def accelerate_sees(config_file: Path, rank_args: list[str]):
+    """The launch command parsed and validated by accelerate's own `accelerate launch` code (commands/launch.py:
+    the parser, then `_validate_launch_command`, which merges the config file), and the launcher it would pick
+    with the environment it would give the ranks (utils/launch.py)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    from tunesmith.train.launch import launch_command
+
+    command = launch_command(config_file, rank_args)
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+    if args.use_deepspeed:  # as launch_command does before deepspeed_launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        cmd, env = prepare_deepspeed_cmd_env(args)
+        return "deepspeed", args, cmd, env
+    assert args.multi_gpu or args.use_fsdp
+    return "torchrun", args, None, prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_generated_launch_configs_pass_accelerates_own_validation(project: Path, tmp_path: Path,
+                                                                   strategy: str) -> None:
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="deepspeed is the `distributed` extra")
+    config_file, _ = launch_files(project, tmp_path, strategy)
+    launcher, args, cmd, env = accelerate_sees(config_file, ["train", str(project), "--run-dir", "x", "--launched"])
+    assert args.num_processes == 2 and args.num_machines == 1
+    assert args.training_script == "tunesmith" and args.module  # -m tunesmith, then train's own arguments
+    assert args.training_script_args[:2] == ["train", str(project)]
+    if strategy == "ddp":
+        assert launcher == "torchrun" and args.multi_gpu and not args.use_fsdp
+    elif strategy == "fsdp":
+        assert launcher == "torchrun" and env["ACCELERATE_USE_FSDP"] == "true"
+        assert env["FSDP_VERSION"] == "2" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+        assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+        # the plugin accelerate builds from that environment in each rank accepts it
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        saved = dict(os.environ)
+        try:
+            os.environ.update(env)
+            plugin = FullyShardedDataParallelPlugin()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    else:
+        assert launcher == "deepspeed" and env["ACCELERATE_USE_DEEPSPEED"] == "true"
+        assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(config_file.parent / "deepspeed.json")
+        assert cmd is None  # no pdsh/ssh command: accelerate starts the ranks through torchrun (standard launcher)
+        assert args.deepspeed_multinode_launcher == "standard"
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed-zero2", "deepspeed-zero3"])
+@pytest.mark.parametrize("offload", [False, True])
+def test_deepspeed_json_passes_deepspeeds_own_parser(project: Path, tmp_path: Path, strategy: str,
+                                                     offload: bool) -> None:
+    """transformers fills the "auto" values from the recipe's TrainingArguments (as the Trainer does), then
+    DeepSpeed's DeepSpeedConfig parses and sanity-checks the result, and accelerate's DeepSpeedPlugin accepts it."""
+    pytest.importorskip("deepspeed", reason="deepspeed is the `distributed` extra")
+    from accelerate.utils import DeepSpeedPlugin
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    knobs = {"offload_optimizer": True, "offload_params": strategy == "deepspeed-zero3"} if offload else {}
+    config_file, recipe = launch_files(project, tmp_path, strategy, **knobs)
+    raw = json.loads((config_file.parent / "deepspeed.json").read_text())
+    hf = HfTrainerDeepSpeedConfig(json.loads(json.dumps(raw)))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=recipe.training.batch_size,
+                             gradient_accumulation_steps=3, learning_rate=1e-4, report_to="none", use_cpu=True)
+    hf.trainer_config_process(args)
+    hf.fill_only("zero_optimization.reduce_bucket_size", 64 * 64)
+    for key in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        hf.fill_only(f"zero_optimization.{key}", 64 * 64)
+    parsed = DeepSpeedConfig(hf.config)
+    stage = 3 if strategy.endswith("3") else 2
+    assert parsed.zero_optimization_stage == stage
+    assert parsed.train_micro_batch_size_per_gpu == recipe.training.batch_size
+    assert parsed.gradient_accumulation_steps == 3
+    assert parsed.zero_config.offload_optimizer is not None if offload else parsed.zero_config.offload_optimizer is None
+    if stage == 3:
+        assert parsed.zero_config.gather_16bit_weights_on_model_save
+    DeepSpeedPlugin(hf_ds_config=raw)  # accelerate's own structural checks, with the "auto" values as written
+
+
+def test_multi_node_launch_names_rank_zeros_address(project: Path, tmp_path: Path) -> None:
+    from tunesmith.train.launch import LaunchSpec
+
+    spec = LaunchSpec(nproc=4, nnodes=2, node_rank=1, main_address="10.0.0.7", main_port=29511)
+    config_file, _ = launch_files(project, tmp_path, "ddp", spec)
+    _, args, _, _ = accelerate_sees(config_file, ["train", str(project), "--run-dir", "x", "--launched"])
+    assert args.num_processes == 8 and args.num_machines == 2 and int(args.machine_rank) == 1
+    assert args.nproc_per_node == "4" and args.nnodes == "2" and args.node_rank == 1
+    assert args.rdzv_endpoint == "10.0.0.7:29511" and args.rdzv_backend == "static"  # torchrun finds rank 0 there
+
+
+def test_print_launch_sets_up_the_run_and_prints_the_command(project: Path) -> None:
+    root = project.parent
+    done = tunesmith("train", str(project), "--nproc", "2", "--print-launch", "--runs-dir", "runs-printed", cwd=root,
+                     timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = done.stdout.strip().splitlines()[-1]
+    run = run_dir_from(done.stderr, root)
+    assert "accelerate.commands.launch --config_file" in command and f"--run-dir {run.resolve()}" in command
+    assert (run / "recipe.yaml").is_file() and not (run / "adapter").exists()
+    assert (run / "launch" / "command.sh").read_text().rstrip().endswith(command.split(" ", 0)[0][-40:])
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["training.distributed=fsdp"], "runs on CUDA GPUs only"),
+    (["training.distributed=deepspeed-zero3"], "runs on CUDA GPUs only"),
+    (['adapter={"kind": "hft"}'], "hft cannot train with several processes"),
+    (["training.time_budget=5m"], "time_budget cannot be used with several processes"),
+])
+def test_launches_the_stack_cannot_run_are_refused_before_anything_starts(project: Path, sets: list[str],
+                                                                          message: str) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    done = tunesmith("train", str(project), *args, "--nproc", "2", "--runs-dir", "runs-refused", cwd=project.parent,
+                     timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in " ".join(done.stderr.split())
+    assert not (project.parent / "runs-refused").exists()
+
+
+def test_a_multi_process_recipe_started_alone_or_without_a_shared_directory_is_refused(project: Path) -> None:
+    alone = tunesmith("train", str(project), "--set", "training.distributed=ddp", cwd=project.parent, timeout=300)
+    assert alone.returncode == 2 and "--nproc N" in alone.stderr
+    env_rank = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env_rank)
+        ranked = tunesmith("train", str(project), cwd=project.parent, timeout=300)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert ranked.returncode == 2 and "--run-dir" in ranked.stderr
