@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,137 @@ def test_a_multi_process_recipe_started_alone_or_without_a_shared_directory_is_r
         os.environ.clear()
         os.environ.update(saved)
     assert ranked.returncode == 2 and "--run-dir" in ranked.stderr
+
+
+def script_for(kind: str, project: Path, tmp_path: Path, *extra: str) -> Path:
+    target = tmp_path / f"{kind}.sh"
+    done = tunesmith("launch-script", kind, str(project), *SHORT, *extra, "-o", str(target), cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return target
+
+
+def variables_left_unnamed(text: str) -> set[str]:
+    """Shell variables the script reads but neither assigns nor names in its header comment."""
+    import re
+
+    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
+    assigned = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", text, flags=re.M))
+    header = " ".join(line for line in text.splitlines() if line.startswith("#"))
+    return {name for name in used - assigned if name not in header}
+
+
+@pytest.mark.parametrize(("kind", "extra"), [("slurm", ["--nodes", "2", "--gpus-per-node", "8"]),
+                                             ("torchrun", ["--gpus-per-node", "4"])])
+def test_launch_scripts_parse_and_name_every_variable_they_need(project: Path, tmp_path: Path, kind: str,
+                                                                extra: list[str]) -> None:
+    script = script_for(kind, project, tmp_path, *extra)
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True).returncode == 0
+    assert variables_left_unnamed(text) == set()
+    assert "training.distributed=ddp" in text
+    if kind == "slurm":
+        assert "#SBATCH --nodes=2" in text and "#SBATCH --gpus-per-node=8" in text and "--kill-on-bad-exit=1" in text
+        assert "--nproc 8 --nnodes 2" in text
+        bare = {"PATH": os.environ["PATH"]}
+        outside = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=bare)
+        assert outside.returncode != 0 and "submit this script with sbatch" in outside.stderr
+    else:
+        assert "--nproc-per-node 4" in text
+
+
+def test_the_torchrun_script_refuses_sharded_strategies(project: Path, tmp_path: Path) -> None:
+    done = tunesmith("launch-script", "torchrun", str(project), "--set", "training.distributed=fsdp", cwd=tmp_path,
+                     timeout=120)
+    assert done.returncode == 2 and "accelerate's launcher" in " ".join(done.stderr.split())
+
+
+SRUN_SHIM = """#!/usr/bin/env bash
+# stands in for SLURM's srun on one node: drops srun's own options, runs the task with SLURM_NODEID=0
+while [[ "$1" == --* ]]; do shift; done
+SLURM_NODEID=0 exec "$@"
+"""
+
+
+def test_the_slurm_script_trains_as_submitted(project: Path, tmp_path: Path) -> None:
+    """The generated script, run as sbatch would run it on one node (srun and scontrol stood in for by shims), trains
+    with 2 processes into the shared run directory and finishes it (adapter, model card)."""
+    script = script_for("slurm", project, tmp_path, "--nodes", "1", "--gpus-per-node", "2")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text(SRUN_SHIM)
+    (shims / "scontrol").write_text("#!/usr/bin/env bash\necho localhost\n")
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node1", "RUN_DIR": str(tmp_path / "shared-run"),
+           "MAIN_PORT": str(free_port())}
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = tmp_path / "shared-run"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "README.md").is_file()
+    assert json.loads((run / "train.json").read_text())["processes"] == 2
+
+
+def test_the_torchrun_script_trains_with_ranks_started_by_torchrun(project: Path, tmp_path: Path) -> None:
+    """torchrun starts both ranks at once, each `tunesmith train --run-dir`: rank 0 sets the directory up, rank 1
+    waits for it, and rank 0 alone writes (one metrics line per step, the model card)."""
+    script = script_for("torchrun", project, tmp_path, "--gpus-per-node", "2")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RUN_DIR": str(tmp_path / "k8s-run"),
+           "MASTER_PORT": str(free_port())}
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = tmp_path / "k8s-run"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "README.md").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
+    assert json.loads((run / "train.json").read_text())["processes"] == 2
+
+
+def descendants_with_rank(pid: int, rank: int) -> list[int]:
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "tunesmith" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killing_one_rank_stops_the_others_with_a_message(project: Path, tmp_path: Path) -> None:
+    """SIGKILL rank 1 mid-training: the launch ends within a bounded time (torchrun stops rank 0), exit 2 with a
+    message naming the run and the resume command; no process is left behind."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "train", str(project), "--set", "training.max_steps=2000",
+         "--set", "training.logging_steps=1", "--set", "training.batch_size=4", "--set", "training.save_steps=1000",
+         "--nproc", "2", "--runs-dir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait until training runs: steps are being logged
+            logged = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+            if logged and logged[0].read_text().count("\n") >= 3:
+                break
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            time.sleep(0.5)
+        victims = descendants_with_rank(launcher.pid, 1)
+        assert victims, "rank 1 not found"
+        everyone = psutil.Process(launcher.pid).children(recursive=True)
+        killed_at = time.monotonic()
+        os.kill(victims[0], signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 2, stderr[-3000:]
+    assert stopped_after < 60, stopped_after
+    print(f"the launch ended {stopped_after:.1f} s after rank 1 was killed:\n{stderr[-1500:]}")
+    message = " ".join(stderr.split())
+    assert "a rank stopped and the launcher stopped the others" in message and "--resume" in message
+    assert not [p for p in everyone if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -21,6 +21,7 @@ from rich.table import Table
 from tunesmith.cli.common import SHOW, SetOption, err, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.doctor import doctor
+from tunesmith.cli.launch import launch_script
 from tunesmith.cli.merge import merge, push
 from tunesmith.cli.plan import plan
 from tunesmith.cli.runs import runs_app
@@ -41,6 +42,7 @@ app.command()(push)
 app.command()(serve)
 app.command()(doctor)
 app.command()(plan)
+app.command("launch-script")(launch_script)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
 RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]
@@ -159,7 +161,6 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     refuse_known_bad_versions()
     if nproc is not None:
         from tunesmith.cli.launch import LaunchOptions, launch
-
         run = launch(recipe, overrides, loaded, LaunchOptions(nproc, nnodes, node_rank, main_address, main_port,
                                                               print_launch, run_dir, resume, runs_dir, force))
         if run is not None and node_rank == 0:  # once, after every rank finished

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from tunesmith.cli.common import SHOW, err
+import typer
+
+from tunesmith.cli.common import SHOW, SetOption, err
 from tunesmith.errors import TunesmithError
 
 
@@ -113,3 +115,49 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         raise launched_failure(returncode, run, f"tunesmith train {recipe_file} --nproc {options.nproc} "
                                                 f"--resume {run.path}")
     return run
+
+
+def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
+                                                      help="slurm: an sbatch script (srun + accelerate); torchrun: a "
+                                                           "per-node entry point for one-container-per-node launchers "
+                                                           "(Kubeflow PyTorchJob).")],
+                  recipe: Path, set_: SetOption = None,
+                  nodes: Annotated[int, typer.Option("--nodes", min=1, help="Machines.")] = 1,
+                  gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=1,
+                                                             help="Processes (GPUs) on each machine.")] = 1,
+                  run_dir: Annotated[Path | None, typer.Option(
+                      "--run-dir", help="The shared run directory (slurm appends the job id); default: the recipe's "
+                                        "runs_dir / NAME-KIND.")] = None,
+                  partition: Annotated[str | None, typer.Option(help="slurm: #SBATCH --partition.")] = None,
+                  time_limit: Annotated[str | None, typer.Option("--time", help="slurm: #SBATCH --time, e.g. "
+                                                                                "04:00:00.")] = None,
+                  output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here "
+                                                              "(default: print it).")] = None) -> None:
+    """Write a batch script that trains a recipe on several machines, for the launcher a cluster has.
+
+    Example: tunesmith launch-script slurm my-recipe.yaml --nodes 2 --gpus-per-node 8 -o train.sbatch
+    Example: tunesmith launch-script torchrun my-recipe.yaml --gpus-per-node 4 -o entrypoint.sh
+    """
+    from tunesmith.config import load_recipe
+    from tunesmith.errors import RecipeError
+    from tunesmith.train.launch import SCRIPT_KINDS, slurm_script, torchrun_script
+
+    if kind not in SCRIPT_KINDS:
+        raise RecipeError(f"Unknown launch-script kind {kind!r}.", f"Choose one of: {', '.join(SCRIPT_KINDS)}.")
+    overrides = list(set_ or [])
+    loaded = load_recipe(recipe, overrides)
+    if loaded.training.distributed.strategy == "none" and nodes * gpus_per_node > 1:
+        overrides.append("training.distributed=ddp")
+        loaded = load_recipe(recipe, overrides)
+    target = (run_dir or Path(loaded.runs_dir) / f"{loaded.name}-{kind}").expanduser().resolve()
+    if kind == "slurm":
+        text = slurm_script(loaded, recipe, overrides, nodes, gpus_per_node, target, partition, time_limit)
+    else:
+        text = torchrun_script(loaded, recipe, overrides, gpus_per_node, target)
+    if output is None:
+        print(text, end="")
+        return
+    output.write_text(text, encoding="utf-8")
+    output.chmod(0o755)
+    err.print(f"wrote {output} ({kind}, {nodes} node(s) x {gpus_per_node}); "
+              + ("submit it with: sbatch " if kind == "slurm" else "run it on every node: bash ") + str(output), **SHOW)

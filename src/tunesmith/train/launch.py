@@ -272,3 +272,83 @@ def check_same_world_size(run: Run, world_size: int) -> None:
                           "its data in another order (the checkpoint counts batches per process).",
                           f"Resume with the same count: --nproc x --nnodes = {recorded}"
                           + (" (or without --nproc)." if recorded == 1 else "."))
+
+
+SCRIPT_KINDS = ("slurm", "torchrun")
+
+
+def train_arguments(recipe_file: Path, overrides: list[str]) -> str:
+    """`tunesmith train RECIPE --set ...` as shell words (the recipe by absolute path)."""
+    words = ["train", str(recipe_file.resolve())]
+    for override in overrides:
+        words += ["--set", override]
+    return shlex.join(words)
+
+
+def slurm_script(recipe: Recipe, recipe_file: Path, overrides: list[str], nodes: int, gpus_per_node: int,
+                 run_dir: Path, partition: str | None = None, time_limit: str | None = None) -> str:
+    """A batch script for `sbatch`: one task per node (srun), each running `tunesmith train --nproc`, which starts
+    that node's ranks through accelerate. Rank 0's machine is the first of the job's nodes (scontrol); every node
+    must see `run_dir` (a shared disk). `srun --kill-on-bad-exit=1` ends the whole job when one node's task fails,
+    and torchrun ends a node's other ranks when one rank dies, so a lost rank never leaves the rest waiting."""
+    extra = "".join(f"#SBATCH --{key}={value}\n" for key, value in (("partition", partition), ("time", time_limit))
+                    if value)
+    python = shlex.quote(sys.executable)
+    return f"""#!/usr/bin/env bash
+#SBATCH --job-name=tunesmith-{recipe.name}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node={gpus_per_node}
+#SBATCH --output=%x-%j.out
+{extra}# Written by `tunesmith launch-script slurm`; submit as is: sbatch THIS_FILE
+# Strategy: training.distributed = {recipe.training.distributed.strategy} ({nodes} nodes x {gpus_per_node} GPUs).
+# SLURM sets: SLURM_JOB_ID, SLURM_JOB_NODELIST, SLURM_NODEID (per task). You may set before sbatch:
+#   MAIN_PORT (default 29500), RUN_DIR (default below; a folder every node sees), TUNESMITH (the command).
+set -euo pipefail
+: "${{SLURM_JOB_ID:?submit this script with sbatch: SLURM sets SLURM_JOB_ID}}"
+: "${{SLURM_JOB_NODELIST:?submit this script with sbatch: SLURM sets SLURM_JOB_NODELIST}}"
+MAIN_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+MAIN_PORT="${{MAIN_PORT:-29500}}"
+RUN_DIR="${{RUN_DIR:-{shlex.quote(str(run_dir))}-$SLURM_JOB_ID}}"
+TUNESMITH="${{TUNESMITH:-{python} -m tunesmith}}"
+export MAIN_ADDRESS MAIN_PORT RUN_DIR TUNESMITH
+echo "tunesmith: {nodes} nodes, rank 0 on $MAIN_ADDRESS:$MAIN_PORT, run directory $RUN_DIR"
+# each task: $SLURM_NODEID is its own node's number (expanded inside the task, hence the single quotes)
+srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\
+  'exec $TUNESMITH "$@" --node-rank "$SLURM_NODEID" --main-address "$MAIN_ADDRESS" --main-port "$MAIN_PORT" \\
+     --run-dir "$RUN_DIR"' tunesmith-node \\
+  {train_arguments(recipe_file, overrides)} --nproc {gpus_per_node} --nnodes {nodes}
+"""
+
+
+def torchrun_script(recipe: Recipe, recipe_file: Path, overrides: list[str], nproc_per_node: int,
+                    run_dir: Path) -> str:
+    """A per-node entry point for launchers that start one container per node and set the rendezvous in the
+    environment (Kubeflow's PyTorchJob sets PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT; plain
+    NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT win). It runs torchrun itself, each rank `tunesmith train --run-dir`:
+    rank 0 sets up the shared run directory and writes the model card, the others wait for it. DDP only:
+    FSDP and DeepSpeed need accelerate's launcher (the slurm script, or `tunesmith train --nproc` per node)."""
+    if recipe.training.distributed.strategy not in ("none", "ddp"):
+        raise RecipeError(f"The torchrun script runs DDP; training.distributed {recipe.training.distributed.strategy} "
+                          "needs accelerate's launcher, which sets up FSDP/DeepSpeed in every rank.",
+                          "Use `tunesmith launch-script slurm`, or run `tunesmith train RECIPE --nproc N --nnodes M "
+                          "--node-rank R --main-address HOST --run-dir DIR` on each node.")
+    python = shlex.quote(sys.executable)
+    return f"""#!/usr/bin/env bash
+# Written by `tunesmith launch-script torchrun`: run it on every node (one container per node).
+# Reads: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (or Kubeflow's PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR,
+# PET_MASTER_PORT), RUN_DIR (a folder every node sees; default below), PYTHON (default: this environment's).
+set -euo pipefail
+NNODES="${{NNODES:-${{PET_NNODES:-1}}}}"
+NODE_RANK="${{NODE_RANK:-${{PET_NODE_RANK:-0}}}}"
+MASTER_ADDR="${{MASTER_ADDR:-${{PET_MASTER_ADDR:-127.0.0.1}}}}"
+MASTER_PORT="${{MASTER_PORT:-${{PET_MASTER_PORT:-29500}}}}"
+RUN_DIR="${{RUN_DIR:-{shlex.quote(str(run_dir))}}}"
+PYTHON="${{PYTHON:-{python}}}"
+if [ "$NNODES" -gt 1 ] && [ "$MASTER_ADDR" = 127.0.0.1 ]; then
+  echo "tunesmith: NNODES=$NNODES needs MASTER_ADDR (or PET_MASTER_ADDR): the address of node 0" >&2; exit 2
+fi
+exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RANK" \\
+  --nproc-per-node {nproc_per_node} --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \\
+  -m tunesmith {train_arguments(recipe_file, overrides)} --run-dir "$RUN_DIR"
+"""
