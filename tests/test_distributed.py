@@ -462,3 +462,28 @@ def test_killing_one_rank_stops_the_others_with_a_message(project: Path, tmp_pat
     message = " ".join(stderr.split())
     assert "a rank stopped and the launcher stopped the others" in message and "--resume" in message
     assert not [p for p in everyone if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_two_process_run_killed_mid_way_resumes_to_the_same_weights(project: Path, tmp_path: Path) -> None:
+    """Rank 1 is SIGKILLed at step 5 (checkpoints every 2 steps); `--resume` with the same --nproc continues from
+    checkpoint-4 and ends where the uninterrupted two-process run ends (weights within 1e-6, same losses after)."""
+    settings = ["--set", "training.max_steps=8", "--set", "training.save_steps=2", "--set", "training.logging_steps=1",
+                "--set", "training.batch_size=4", "--set", "training.lr=1e-2"]
+    whole = tunesmith("train", str(project), *settings, "--nproc", "2", "--runs-dir", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'kill_rank'}:{REPO}", "OMP_NUM_THREADS": "1",
+           "KILL_RANK": "1", "KILL_AT_STEP": "5"}
+    killed = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(project), *settings, "--nproc", "2",
+                             "--runs-dir", "killed"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == 2 and "--resume" in killed.stderr, killed.stderr[-3000:]
+    run = next((tmp_path / "killed").iterdir())
+    assert not (run / "adapter").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))[-1] == \
+        "checkpoint-4"
+    resumed = tunesmith("train", str(run / "recipe.yaml"), "--nproc", "2", "--resume", str(run), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "from step 4" in resumed.stderr
+    straight = run_dir_from(whole.stderr, tmp_path)
+    assert max_difference(adapter_weights(straight), adapter_weights(run)) <= 1e-6
+    assert losses(run)[-4:] == losses(straight)[-4:]

@@ -112,7 +112,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
               **SHOW)
     returncode = subprocess.call(command)
     if returncode != 0:
-        raise launched_failure(returncode, run, f"tunesmith train {recipe_file} --nproc {options.nproc} "
+        raise launched_failure(returncode, run, f"tunesmith train {run.recipe_file} --nproc {options.nproc} "
                                                 f"--resume {run.path}")
     return run
 
