@@ -43,9 +43,9 @@ if ! .venv/bin/python -c "import tunesmith, pytest" 2>/dev/null \
     CMAKE_ARGS="-DGGML_NATIVE=OFF ${CMAKE_ARGS:-}" "${PIP[@]}" install --no-cache-dir "llama-cpp-python>=0.3.30" \
       || echo "    (llama-cpp-python did not build)"
   fi
-  "${PIP[@]}" install -e ".[dev,qlora,gguf,eval,serve]" || {
+  "${PIP[@]}" install -e ".[dev,qlora,gguf,eval,serve,distributed]" || {
     echo "    (llama-cpp-python did not build; installed without the gguf extra, llama.cpp tests will be skipped)"
-    "${PIP[@]}" install -e ".[dev,qlora,eval,serve]"
+    "${PIP[@]}" install -e ".[dev,qlora,eval,serve,distributed]"
   }
   touch .venv/.tunesmith-installed
 fi

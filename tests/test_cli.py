@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [["quickstart"], ["train"], ["eval"], ["export"], ["models", "list"], ["models", "pull"],
             ["models", "import"], ["data", "inspect"], ["data", "prepare"], ["data", "preview"], ["sweep"],
-            ["compare"], ["chat"], ["merge"], ["push"], ["plan"], ["doctor"]]
+            ["compare"], ["chat"], ["merge"], ["push"], ["plan"], ["doctor"], ["launch-script"]]
 
 
 def tunesmith(*args: str, cwd=None) -> subprocess.CompletedProcess:

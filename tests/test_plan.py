@@ -200,3 +200,30 @@ def test_train_stops_on_a_known_bad_package_combination(monkeypatch, capsys, tmp
     assert exited.value.code == 2, err
     assert "bitsandbytes 0.48.0" in err and "bitsandbytes>=0.50" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_plan_divides_what_the_strategy_shards_over_the_processes(kind, tiny_model_dir, tmp_path):
+    """8 processes: ddp keeps a whole copy per process; deepspeed-zero2 divides gradients and AdamW; fsdp and
+    deepspeed-zero3 divide the weights too; activations stay per process. On a CPU the processes of one machine
+    share its memory."""
+    recipe = validate_recipe(raw_recipe(tmp_path, tiny_model_dir, kind=kind))
+
+    def parts(strategy: str, processes: int = 8, device: str = "h100-80gb") -> dict[str, float]:
+        planned = recipe.model_copy(deep=True)
+        planned.training.distributed = {"strategy": strategy}
+        report = plan_recipe(planned, device, processes=processes)
+        return {c.name: c.bytes for c in report.components} | {"device": report.device_memory_bytes}
+
+    alone, ddp, zero2, zero3, fsdp = (parts("none", 1), parts("ddp"), parts("deepspeed-zero2"),
+                                      parts("deepspeed-zero3"), parts("fsdp"))
+    state = "trained parameters, gradients, AdamW"
+    assert ddp == alone
+    assert zero2["weights"] == alone["weights"] and zero2["activations"] == alone["activations"]
+    own = 0 if kind == "full" else 4 / 16  # an adapter's own weights are not sharded by ZeRO-2
+    assert zero2[state] == pytest.approx(alone[state] * (own + (1 - own) / 8))
+    for sharded in (zero3, fsdp):
+        assert sharded["weights"] == pytest.approx(alone["weights"] / 8)
+        assert sharded[state] == pytest.approx(alone[state] / 8)
+        assert sharded["activations"] == alone["activations"]
+    assert parts("ddp", 2, "cpu")["device"] == pytest.approx(parts("none", 1, "cpu")["device"] / 2, rel=0.05)

@@ -69,6 +69,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         launch_command,
         launched_failure,
         rank_arguments,
+        require_engine,
         shared_run,
         write_command,
         write_launch_files,
@@ -83,6 +84,8 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
                   "shard)", **SHOW)
     device = pick_device(recipe.training.device)
     check_launchable(recipe, spec, device)
+    if not options.print_launch:
+        require_engine(recipe.training.distributed)
     if not options.force and spec.node_rank == 0:
         from tunesmith.plan.fit import fit_recipe
 

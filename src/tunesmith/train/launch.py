@@ -86,6 +86,16 @@ def check_launchable(recipe: Recipe, spec: LaunchSpec, device: str) -> None:
                           "Number the machines 0 to nnodes - 1; node 0 runs rank 0.")
 
 
+def require_engine(distributed: DistributedSection) -> None:
+    """DeepSpeed strategies need the `deepspeed` package in the environment the ranks run in."""
+    import importlib.util
+
+    if distributed.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise TunesmithError(f"training.distributed: {distributed.strategy} needs DeepSpeed, which is not installed.",
+                             "pip install 'tunesmith[distributed]' (with PyTorch already installed, so that pip keeps "
+                             "it), or use training.distributed: fsdp.")
+
+
 def mixed_precision(precision: str) -> str:
     """accelerate's mixed_precision value for training.precision (resolved: fp32, bf16 or fp16)."""
     return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
