@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import REPO, make_tiny_project
 from tunesmith.config import load_recipe
-from tunesmith.errors import RecipeError
+from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.runs import Run
 
 STEPS = 6
@@ -143,9 +143,11 @@ args = TrainingArguments(output_dir=sys.argv[1], use_cpu=sys.argv[2] == "cpu", r
 args.device  # transformers sets up the process group (or not) here
 try:
     check_process_group(Trainer(args))
-    print(f"rank {os.environ['RANK']}: group of", Trainer(args).accelerator.num_processes)
+    said = f"rank {os.environ['RANK']}: group of {Trainer(args).accelerator.num_processes}"
 except TunesmithError as exc:
-    print(f"rank {os.environ['RANK']}: refused: {exc}")
+    said = f"rank {os.environ['RANK']}: refused: {exc}"
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.txt"), "w") as out:  # one file each: no interleaving
+    out.write(said)
 """
 
 
@@ -158,10 +160,11 @@ def test_ranks_that_did_not_form_one_group_are_refused(tmp_path: Path, cpu: bool
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "0" if False else str(free_port()), str(script), str(tmp_path), "cpu" if cpu else "none"],
+                           str(free_port()), str(script), str(tmp_path), "cpu" if cpu else "none"],
                           env=env, capture_output=True, text=True, timeout=300)
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2, done.stdout + done.stderr[-3000:]
+    said = sorted(tmp_path.glob("rank*.txt"))
+    assert len(said) == 2, done.stdout + done.stderr[-3000:]
+    lines = [path.read_text() for path in said]
     if cpu:
         assert all(line.endswith("group of 2") for line in lines), lines
     else:
@@ -487,3 +490,29 @@ def test_a_two_process_run_killed_mid_way_resumes_to_the_same_weights(project: P
     straight = run_dir_from(whole.stderr, tmp_path)
     assert max_difference(adapter_weights(straight), adapter_weights(run)) <= 1e-6
     assert losses(run)[-4:] == losses(straight)[-4:]
+
+
+def test_qlora_shards_only_in_4_bit_stored_like_the_other_weights(project: Path) -> None:
+    """On GPUs (checked here by name: nothing loads), 8-bit QLoRA with fsdp/zero3 is refused; 4-bit is loaded with
+    its packed weights stored in fp32, the dtype of the model's other weights, so FSDP can flatten them together."""
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.train.adapters import model_load_kwargs
+    from tunesmith.train.launch import LaunchSpec, check_launchable
+
+    for strategy in ("fsdp", "deepspeed-zero3"):
+        eight = load_recipe(project, ['adapter={"kind": "qlora", "bits": 8}', f"training.distributed={strategy}"])
+        with pytest.raises(RecipeError, match=r"adapter\.bits: 8 cannot be sharded"):
+            check_launchable(eight, LaunchSpec(nproc=2), "cuda")
+        four = load_recipe(project, ['adapter={"kind": "qlora"}', f"training.distributed={strategy}"])
+        check_launchable(four, LaunchSpec(nproc=2), "cuda")
+    zero2 = load_recipe(project, ['adapter={"kind": "qlora", "bits": 8}', "training.distributed=deepspeed-zero2"])
+    check_launchable(zero2, LaunchSpec(nproc=2), "cuda")  # ZeRO-2 leaves the weights whole: 8-bit is fine
+    import torch
+
+    try:
+        sharded = model_load_kwargs(load_recipe(project, ['adapter={"kind": "qlora"}']).adapter, sharded=True)
+    except TunesmithError:
+        pytest.skip("bitsandbytes has no backend on this machine")
+    assert sharded["quantization_config"].bnb_4bit_quant_storage == torch.float32
+    alone = model_load_kwargs(load_recipe(project, ['adapter={"kind": "qlora"}']).adapter)
+    assert alone["quantization_config"].bnb_4bit_quant_storage == torch.uint8

@@ -168,7 +168,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         return
     from tunesmith.cli.launch import refuse_unlaunched
 
-    refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0)
+    refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0, launched)
     if not force:  # before anything heavy loads: the model's config and the data tell
         from tunesmith.plan.fit import fit_recipe
 

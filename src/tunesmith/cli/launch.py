@@ -13,11 +13,13 @@ from tunesmith.cli.common import SHOW, SetOption, err
 from tunesmith.errors import TunesmithError
 
 
-def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool) -> None:
+def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, launched: bool) -> None:
     """Usage errors of a `train` that launches nothing: launch flags without --nproc, several processes started by
-    another launcher without a shared --run-dir, a multi-process strategy started alone."""
+    another launcher without a shared --run-dir or with what only accelerate's launcher sets up, a multi-process
+    strategy started alone. `launched`: a rank of `train --nproc` (its launch was checked)."""
     from tunesmith.errors import RecipeError
     from tunesmith.train.distributed import this_rank
+    from tunesmith.train.launch import check_multi_process
 
     if launch_flags:
         raise TunesmithError("--print-launch, --nnodes and --node-rank describe a launch and need --nproc.",
@@ -28,6 +30,8 @@ def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool) -> 
                              "would make its own run directory.",
                              "Pass the same --run-dir to every rank, or let tunesmith launch them: "
                              "tunesmith train RECIPE --nproc N.")
+    if rank.distributed and not launched:
+        check_multi_process(recipe, launched_by_accelerate=False)
     strategy = recipe.training.distributed.strategy
     if strategy != "none" and not rank.launched:
         raise RecipeError(f"training.distributed is {strategy}, which trains with several processes, and this is one "
@@ -97,8 +101,9 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         run = resumed_run(recipe, options.resume, options.runs_dir)
         check_same_world_size(run, spec.world_size)
     elif options.run_dir is not None:
-        run = shared_run(recipe, options.run_dir)  # node 0 sets it up; the others wait for it
-        check_same_world_size(run, spec.world_size) if run.checkpoints_dir.is_dir() else None
+        run = shared_run(recipe, options.run_dir, main=spec.node_rank == 0)  # node 0 sets it up, the others wait
+        if run.checkpoints_dir.is_dir():
+            check_same_world_size(run, spec.world_size)
     elif spec.nnodes > 1:
         raise TunesmithError(f"--nnodes {spec.nnodes} needs --run-dir: a folder every node sees (a shared disk), the "
                              "same on each.", "Add --run-dir /shared/runs/NAME to the command on every node.")
@@ -106,7 +111,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         run = create_run(recipe, options.runs_dir)
     config_file = write_launch_files(run, recipe, spec, resolve_precision(recipe.training.precision, device))
     command = launch_command(config_file, rank_arguments(recipe_file, overrides, run))
-    script = write_command(run, command)
+    script = write_command(run, command, config_file)
     if options.print_launch:
         print(shlex.join(command))
         err.print(f"[bold]Run directory:[/bold] {run.path} (the command is also in {script})", **SHOW)

@@ -45,8 +45,11 @@ def initial_adapter_dir(run: Run) -> Path:
     return run.checkpoints_dir / "initial-adapter"
 
 
-def model_load_kwargs(adapter: Any) -> dict[str, Any]:
-    """Extra `load_model` arguments the adapter needs at load time (QLoRA quantizes while loading)."""
+def model_load_kwargs(adapter: Any, sharded: bool = False) -> dict[str, Any]:
+    """Extra `load_model` arguments the adapter needs at load time (QLoRA quantizes while loading). `sharded`: the
+    weights will be sharded (training.distributed fsdp / deepspeed-zero3), so 4-bit weights are stored in the dtype
+    of the model's other weights (fp32, as tunesmith loads them), which FSDP can flatten with them
+    (bitsandbytes docs, "FSDP-QLoRA": bnb_4bit_quant_storage)."""
     if adapter.kind != "qlora":
         return {}
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -58,7 +61,7 @@ def model_load_kwargs(adapter: Any) -> dict[str, Any]:
             f"qlora needs a CUDA GPU or bitsandbytes' CPU backend (bitsandbytes>=0.50); this machine has no CUDA GPU "
             f"and bitsandbytes {metadata.version('bitsandbytes')}.",
             "pip install -U 'tunesmith[qlora]', or use kind: lora on this machine.")
-    return {"quantization_config": bitsandbytes_config(adapter.bits)}
+    return {"quantization_config": bitsandbytes_config(adapter.bits, "float32" if sharded else None)}
 
 
 def has_bitsandbytes_backend() -> bool:
@@ -71,16 +74,18 @@ def has_bitsandbytes_backend() -> bool:
     return (major, minor) >= (0, 50)
 
 
-def bitsandbytes_config(bits: int):
-    """QLoRA's quantization: 4-bit NF4 with double quantization (or 8-bit), computing in bf16 where native."""
+def bitsandbytes_config(bits: int, quant_storage: str | None = None):
+    """QLoRA's quantization: 4-bit NF4 with double quantization (or 8-bit), computing in bf16 where native;
+    `quant_storage`: the dtype the packed 4-bit weights are stored in (bitsandbytes' default: uint8)."""
     from transformers import BitsAndBytesConfig
 
     from tunesmith.models import pick_device, pick_dtype
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {"bnb_4bit_quant_storage": quant_storage} if quant_storage else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=pick_dtype("auto", pick_device("auto")))
+                              bnb_4bit_compute_dtype=pick_dtype("auto", pick_device("auto")), **storage)
 
 
 def adapter_setup(model: Any, adapter: Any, task: str = "CAUSAL_LM") -> tuple[Any, Any]:

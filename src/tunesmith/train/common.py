@@ -126,7 +126,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     precision = resolve_precision(recipe.training.precision, device)
     if recipe.training.gradient_checkpointing and device == "cpu":
         return_freed_blocks_to_the_system()
-    model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **model_load_kwargs(recipe.adapter))
+    load_kwargs = model_load_kwargs(recipe.adapter, sharded=recipe.training.distributed.shards_weights)
+    model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **load_kwargs)
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,

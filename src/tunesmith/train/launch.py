@@ -50,23 +50,15 @@ def check_launchable(recipe: Recipe, spec: LaunchSpec, device: str) -> None:
       (accelerate/state.py, `launch_command`); on a CPU, ddp over gloo works.
     - ddp needs at least 2 processes (accelerate refuses --multi_gpu with 1).
     - QLoRA shards only in 4-bit (PEFT "FSDP + QLoRA" / "DeepSpeed ZeRO-3 + QLoRA" guides: the 4-bit weights are
-      stored in the compute dtype, `bnb_4bit_quant_storage`, so FSDP can flatten them; 8-bit has no such storage).
+      stored in the dtype of the other weights, `bnb_4bit_quant_storage`, so FSDP can flatten them; 8-bit has no
+      such storage; bitsandbytes docs, "FSDP-QLoRA").
     - multi-node runs need the address of rank 0's machine.
-    - not yet with several processes: adapter.kind hft (it switches which weights train between rounds, which DDP
-      fixes when it wraps the model) and training.time_budget (each rank would measure its own speed and stop at
-      another step).
+    - what check_multi_process refuses.
     """
     distributed, adapter_kind = recipe.training.distributed, recipe.adapter.kind
     bits = getattr(recipe.adapter, "bits", None)
     strategy = distributed.strategy
-    if adapter_kind == "hft":
-        raise RecipeError("adapter.kind: hft cannot train with several processes: it changes which blocks train "
-                          "every round, and DDP/FSDP/DeepSpeed fix the trained weights when they wrap the model.",
-                          "Use kind: partial or full, or train hft in one process.")
-    if recipe.training.time_budget is not None:
-        raise RecipeError("training.time_budget cannot be used with several processes yet: each would measure its "
-                          "own speed and stop at a different step.",
-                          "Set training.max_steps (or epochs) for a multi-process run.")
+    check_multi_process(recipe)
     if strategy in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and device == "cpu":
         raise RecipeError(f"training.distributed: {strategy} runs on CUDA GPUs only: accelerate turns FSDP and "
                           "DeepSpeed off whenever training runs on the CPU.",
@@ -84,6 +76,30 @@ def check_launchable(recipe: Recipe, spec: LaunchSpec, device: str) -> None:
     if not 0 <= spec.node_rank < spec.nnodes:
         raise RecipeError(f"--node-rank {spec.node_rank} is outside 0..{spec.nnodes - 1} (--nnodes {spec.nnodes}).",
                           "Number the machines 0 to nnodes - 1; node 0 runs rank 0.")
+
+
+def check_multi_process(recipe: Recipe, launched_by_accelerate: bool = True) -> None:
+    """What tunesmith does not train with several processes yet, and what needs accelerate's launcher
+    (RecipeError naming the key):
+    - adapter.kind hft: it switches which weights train between rounds, which DDP fixes when it wraps the model;
+    - training.time_budget: each rank would measure its own speed and stop at another step;
+    - fsdp and deepspeed-* started by another launcher (torchrun, srun) without `accelerate launch`: the ranks
+      would not know the strategy (accelerate passes it in their environment) and train as plain DDP.
+    """
+    if recipe.adapter.kind == "hft":
+        raise RecipeError("adapter.kind: hft cannot train with several processes: it changes which blocks train "
+                          "every round, and DDP/FSDP/DeepSpeed fix the trained weights when they wrap the model.",
+                          "Use kind: partial or full, or train hft in one process.")
+    if recipe.training.time_budget is not None:
+        raise RecipeError("training.time_budget cannot be used with several processes yet: each would measure its "
+                          "own speed and stop at a different step.",
+                          "Set training.max_steps (or epochs) for a multi-process run.")
+    strategy = recipe.training.distributed.strategy
+    if not launched_by_accelerate and strategy not in ("none", "ddp"):
+        raise RecipeError(f"training.distributed: {strategy} was started by a launcher other than accelerate's, so "
+                          "these ranks would train as plain DDP without sharding.",
+                          "Start them with `tunesmith train RECIPE --nproc N` (on each node), or the script of "
+                          "`tunesmith launch-script slurm`.")
 
 
 def require_engine(distributed: DistributedSection) -> None:
@@ -185,7 +201,8 @@ def deepspeed_config(distributed: DistributedSection) -> dict[str, Any]:
 
 
 def write_launch_files(run: Run, recipe: Recipe, spec: LaunchSpec, precision: str) -> Path:
-    """accelerate.yaml (and deepspeed.json) in the run's launch/ folder; returns the accelerate config's path."""
+    """accelerate.yaml (and deepspeed.json) in the run's launch/ folder; returns the accelerate config's path. On
+    several machines sharing the folder each writes its own, accelerate-node<R>.yaml (its machine_rank differs)."""
     folder = run.path / LAUNCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
     distributed = recipe.training.distributed
@@ -193,7 +210,7 @@ def write_launch_files(run: Run, recipe: Recipe, spec: LaunchSpec, precision: st
     if distributed.strategy.startswith("deepspeed"):
         deepspeed_file = folder / "deepspeed.json"
         atomic_write_text(deepspeed_file, json.dumps(deepspeed_config(distributed), indent=2) + "\n")
-    config_file = folder / "accelerate.yaml"
+    config_file = folder / ("accelerate.yaml" if spec.nnodes == 1 else f"accelerate-node{spec.node_rank}.yaml")
     atomic_write_text(config_file, yaml.safe_dump(accelerate_config(distributed, spec, precision, deepspeed_file),
                                                   sort_keys=False))
     return config_file
@@ -216,9 +233,10 @@ def launch_command(config_file: Path, rank_args: list[str]) -> list[str]:
             "-m", "tunesmith", *rank_args]
 
 
-def write_command(run: Run, command: list[str]) -> Path:
-    """launch/command.sh: the launch command as a script a user can run again (or read)."""
-    path = run.path / LAUNCH_DIR / "command.sh"
+def write_command(run: Run, command: list[str], config_file: Path) -> Path:
+    """launch/command.sh (command-node<R>.sh beside accelerate-node<R>.yaml): the launch command as a script a user
+    can run again (or read)."""
+    path = config_file.with_name(config_file.stem.replace("accelerate", "command") + ".sh")
     atomic_write_text(path, "#!/usr/bin/env bash\n# written by tunesmith train --nproc\nset -euo pipefail\n"
                             f"exec {shlex.join(command)}\n")
     path.chmod(0o755)
@@ -241,17 +259,18 @@ def launched_failure(returncode: int, run: Run, resume_command: str) -> Tunesmit
 RUN_DIR_WAIT_S = 300.0  # how long a rank waits for rank 0 to set up the shared run directory
 
 
-def shared_run(recipe: Recipe, path: Path) -> Run:
-    """The run directory every rank trains in (`--run-dir`). Rank 0 creates it when it has no recipe.yaml yet, or
-    checks that an existing one holds this recipe (it then continues from its newest complete checkpoint); the
-    other ranks wait for it, so a launcher that starts every rank at once (torchrun, srun) needs no set-up step."""
+def shared_run(recipe: Recipe, path: Path, main: bool | None = None) -> Run:
+    """The run directory every rank trains in (`--run-dir`). Rank 0 (`main`; default: this process's RANK is 0)
+    creates it when it has no recipe.yaml yet, or checks that an existing one holds this recipe (it then continues
+    from its newest complete checkpoint); the others wait for it, so a launcher that starts every rank at once
+    (torchrun, srun) needs no set-up step."""
     from tunesmith.runs import create_run_at, open_run
     from tunesmith.train.distributed import this_rank, wait_for_file
     from tunesmith.train.resume import check_resumable
 
     path = path.expanduser().resolve()
     recipe_file = path / "recipe.yaml"
-    if not this_rank().is_main:
+    if not (this_rank().is_main if main is None else main):
         wait_for_file(recipe_file, RUN_DIR_WAIT_S, "the run directory")
         return open_run(path)
     if not recipe_file.is_file():
@@ -267,10 +286,10 @@ def shared_run(recipe: Recipe, path: Path) -> Run:
 
 def recorded_world_size(run: Run) -> int:
     """How many processes the run's launch config (launch/accelerate.yaml) started; 1 for a one-process run."""
-    config = run.path / LAUNCH_DIR / "accelerate.yaml"
-    if not config.is_file():
+    configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
+    if not configs:
         return 1
-    return int(yaml.safe_load(config.read_text(encoding="utf-8")).get("num_processes", 1))
+    return int(yaml.safe_load(configs[0].read_text(encoding="utf-8")).get("num_processes", 1))
 
 
 def check_same_world_size(run: Run, world_size: int) -> None:
