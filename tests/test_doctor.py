@@ -338,3 +338,21 @@ def test_cli_help_names_the_exit_codes():
 
     result = CliRunner().invoke(app, ["doctor", "--help"])
     assert result.exit_code == 0 and "Example: tunesmith doctor" in result.output and "Exits 1" in result.output
+
+
+def test_several_processes_section_says_what_this_machine_can_launch(tmp_path, tiny_model_dir):
+    """On this GPU-less machine: DDP over gloo passes; fsdp and DeepSpeed fail with the fix (they need GPUs)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-only verdicts are checked on a machine without GPUs")
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=4)
+    ddp = run_doctor(recipe_path=recipe, sets=["training.distributed=ddp"], probe_seconds=0.02)
+    section = ddp.sections()["several processes"]
+    assert by_name(section, "backend").status == "pass" and "gloo available" in by_name(section, "backend").detail
+    assert by_name(section, "training.distributed").status == "pass"
+    for strategy in ("fsdp", "deepspeed-zero3"):
+        sharded = run_doctor(recipe_path=recipe, sets=[f"training.distributed={strategy}"], probe_seconds=0.02)
+        verdict = by_name(sharded.sections()["several processes"], "training.distributed")
+        assert verdict.status == "fail" and "CUDA GPUs only" in verdict.detail and "ddp" in verdict.fix
+        assert verdict in sharded.failed

@@ -11,6 +11,7 @@ from pathlib import Path
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.doctor.accelerator import accelerator_checks
 from tunesmith.doctor.access import Source, access_checks, classify_source, local_model_dir
+from tunesmith.doctor.distributed import distributed_checks
 from tunesmith.doctor.model_checks import SECTION as MODEL_SECTION
 from tunesmith.doctor.model_checks import model_checks
 from tunesmith.doctor.recipe import recipe_checks
@@ -21,7 +22,8 @@ from tunesmith.errors import RecipeError
 
 def run_doctor(model: str | None = None, recipe_path: Path | None = None, sets: list[str] | None = None,
                probe_seconds: float = 0.3) -> DoctorReport:
-    """Check versions and the accelerator, then `model` (or the recipe's model), then the recipe's data.
+    """Check versions, the accelerator and what several processes can use, then `model` (or the recipe's model),
+    then the recipe's data.
 
     `model` overrides the recipe's model.source; `sets` are the recipe's --set overrides. A recipe that does
     not load raises RecipeError (a usage error), as `train` would.
@@ -32,6 +34,7 @@ def run_doctor(model: str | None = None, recipe_path: Path | None = None, sets: 
     if recipe is not None and model:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"source": model})})
     checks = version_checks() + accelerator_checks(Path(recipe.runs_dir) if recipe else None, probe_seconds)
+    checks += distributed_checks(recipe)
     source = model or (recipe.model.source if recipe else None)
     if source is not None:
         checks += source_checks(source, recipe)
