@@ -420,8 +420,10 @@ class DistributedSection(Section):
                             "(DeepSpeed; CUDA; pip install 'tunesmith[distributed]').")
     offload_optimizer: bool = Field(False, description="Keep the optimizer state in CPU memory (fsdp, deepspeed-*).")
     offload_params: bool = Field(False, description="Keep the sharded weights in CPU memory (fsdp, deepspeed-zero3).")
-    shard_reference: bool = Field(True, description="DPO/KTO: shard the frozen reference model like the trained one "
-                                                    "(fsdp, deepspeed-zero3); false keeps a full copy per process.")
+    shard_reference: bool = Field(True, description="DPO/KTO whole-model training: whether `tunesmith plan` counts the "
+                                                    "frozen reference copy as sharded like the trained model (fsdp, "
+                                                    "deepspeed-zero3, where TRL prepares it with the same strategy). "
+                                                    "Read by the plan only; training follows TRL.")
 
     @model_validator(mode="before")
     @classmethod
