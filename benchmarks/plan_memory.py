@@ -32,6 +32,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "sft-lora-long-b2": ("recipes/tickets.yaml", ["data.train={spread}", "data.eval={held}", "data.max_length=1024",
                                                   "training.batch_size=2"]),
     "sft-full": ("recipes/quickstart.yaml", ["adapter=full", "training.lr=1e-5", "training.batch_size=4"]),
+    "sft-qlora": ("recipes/quickstart.yaml", ["adapter=qlora"]),
     "dpo-lora": ("recipes/dpo.yaml", []),
     "grpo-lora": ("recipes/grpo.yaml", []),
 }

@@ -20,6 +20,7 @@ from typing import Any
 from tunesmith.config import TARGET_PRESETS, LoraPlacement
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.runs import Run, atomic_directory
+from tunesmith.train.throughput import weights_in
 
 WHOLE_MODEL_KINDS = frozenset({"full", "partial", "hft"})
 # PiSSA and OLoRA move part of each base weight into the adapter at init; the saved adapter is converted.
@@ -273,7 +274,7 @@ def trainable_summary(model: Any) -> dict[str, Any]:
     trainable = total = 0
     blocks_of: dict[str, set[int]] = {}
     for name, param in model.named_parameters():
-        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit values a byte
+        count = weights_in(param)
         total += count
         if param.requires_grad:
             trainable += count

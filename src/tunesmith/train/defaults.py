@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from tunesmith.train.adapters import PROMPT_LEARNING_KINDS, WHOLE_MODEL_KINDS
+from tunesmith.train.throughput import weights_in
 
 
 def auto_lr(adapter_kind: str, parameters: int) -> tuple[float, str]:
@@ -45,12 +46,6 @@ def resolve_lr(training: Any, adapter_kind: str, model: Any) -> dict[str, Any]:
     training.lr, why = auto_lr(adapter_kind, parameters)
     print(f"lr: {training.lr:g} (auto: {why})", file=sys.stderr, flush=True)
     return {"value": training.lr, "why": f"auto: {why}"}
-
-
-def weights_in(parameter: Any) -> int:
-    """The weights a parameter holds: bitsandbytes packs two 4-bit weights per stored byte (QLoRA)."""
-    packed = getattr(parameter, "quant_state", None) is not None and parameter.dtype.itemsize == 1
-    return parameter.numel() * (2 if packed else 1)
 
 
 def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],

@@ -116,6 +116,13 @@ def mfu(flops: float, seconds: float, peak: float) -> float:
     return round(flops / seconds / peak, 4) if seconds > 0 and peak > 0 else 0.0
 
 
+def weights_in(parameter: Any) -> int:
+    """The weights a parameter holds: bitsandbytes packs two 4-bit weights per stored byte (QLoRA's
+    `Params4bit`, whose `numel()` counts bytes), so its count is twice its elements."""
+    packed = getattr(parameter, "quant_state", None) is not None and parameter.dtype.itemsize == 1
+    return parameter.numel() * (2 if packed else 1)
+
+
 def model_shape(model: Any) -> ModelShape:
     """The FLOP-relevant sizes of a (PEFT-wrapped) causal LM; tied embeddings are counted once."""
     params = {id(p): p for p in model.parameters()}.values()
@@ -123,7 +130,7 @@ def model_shape(model: Any) -> ModelShape:
     embeddings = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
                   if m is not None and getattr(m, "weight", None) is not None}
     frozen_embeddings = sum(w.numel() for w in embeddings.values() if not w.requires_grad)
-    frozen_body = sum(p.numel() for p in params if not p.requires_grad) - frozen_embeddings
+    frozen_body = sum(weights_in(p) for p in params if not p.requires_grad) - frozen_embeddings
     head = model.get_output_embeddings()
     config = model.config
     return ModelShape(frozen_body, trainable, head.weight.numel() if head is not None else 0,
