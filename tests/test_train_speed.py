@@ -98,6 +98,20 @@ def test_model_shape_counts_tied_embeddings_once(tiny_model_dir):
     assert (shape.layers, shape.hidden) == (config.num_hidden_layers, config.hidden_size)
 
 
+def test_model_shape_counts_a_4bit_base_as_the_weights_it_holds(tiny_model_dir):
+    """bitsandbytes packs two 4-bit weights per stored element: MFU's FLOPs must count weights, not bytes."""
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.config import validate_recipe
+    from tunesmith.models import load_model
+    from tunesmith.train.adapters import model_load_kwargs
+
+    recipe = validate_recipe({"data": {"train": "x"}, "adapter": {"kind": "qlora"}})
+    quantized = model_shape(load_model(tiny_model_dir, **model_load_kwargs(recipe.adapter)))
+    full = model_shape(load_model(tiny_model_dir, torch.float32, "cpu"))
+    assert quantized.frozen_body > 0  # the quantized linears are frozen; the plain model trains everything
+    assert quantized.frozen_body + quantized.trainable == full.frozen_body + full.trainable
+
+
 def test_packing_auto_packs_only_with_a_variable_length_kernel(capsys):
     from tunesmith.train.sft import choose_packing
 
