@@ -125,6 +125,9 @@ def test_replay_rows_are_trained_and_recorded(tmp_path, tiny_model_dir):
     assert answers.count(None) == report["left_out_unfinished"]
     assert [by_prompt.get(a["prompt"]) for a in asked] == answers  # the base's own greedy answers, or left out
     assert report["trained"]["trained_rows"] == report["rows"]
+    # the anchor's passes are counted as work (MFU), apart from the trained task tokens
+    speed = json.loads((run.path / "train.json").read_text())["throughput"]
+    assert speed["anchor_tokens"] > 0 and speed["real_tokens"] > 0
 
 
 def test_time_budget_sets_the_steps_and_saves_the_plan(tmp_path, tiny_model_dir):

@@ -87,6 +87,18 @@ def test_flops_count_the_body_per_token_and_the_head_per_loss_token():
     assert mfu(1e9, 2.0, 1e9) == 0.5 and mfu(1.0, 0.0, 1.0) == 0.0
 
 
+def test_the_replay_anchor_counts_as_work_not_as_trained_tokens():
+    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
+    alone = training_flops(counter, shape)
+    counter.count_anchor(torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))  # 7 real positions, rows of 4
+    assert counter.anchor_tokens == 7 and counter.figures(1.0)["real_tokens_per_s"] == 80.0
+    # tuned pass (4 per frozen, 6 per trained body parameter, 4 per head parameter) and the base's forward
+    per_token = 4 * 1000 + 6 * 10 + 4 * 500 + 2 * (1000 + 500)
+    attention = 16 * 7 * 2 * 2 * 4  # (12 + 4) x real x span (4 / 2) x layers x hidden
+    assert training_flops(counter, shape) == alone + 7 * per_token + attention
+
+
 def test_model_shape_counts_tied_embeddings_once(tiny_model_dir):
     model = lora_model(tiny_model_dir)
     shape = model_shape(model)

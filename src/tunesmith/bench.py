@@ -1,13 +1,15 @@
 """`tunesmith bench train`: tunesmith's default training against plain TRL scripts, on the same work, side by side.
 
-Three variants train the same model with LoRA r=16 on all linear layers, one epoch over the same rows, at the
+Four variants train the same model with LoRA r=16 on all linear layers, one epoch over the same rows, at the
 same batch (in rows) and max_length, each in its own subprocess (so its peak memory is its own):
 - `trl-plain`: SFTTrainer + LoraConfig as the guides write it, SFTConfig defaults (bf16 autocast, gradient
   checkpointing, loss on every token) except the shared settings and `use_cpu=True`, without which it does
   not start on a CPU;
 - `trl-expert`: what a knowledgeable user sets: fp32 weights and compute on CPU, no gradient checkpointing,
   BFD packing, completion-only loss (prompt/completion rows), lr 2e-4;
-- `tunesmith`: `tunesmith train` with the data paths and the shared settings only.
+- `tunesmith`: `tunesmith train` with the data paths and the shared settings only (its SFT default includes the
+  replay anchor against forgetting: extra passes over general rows each step, counted in MFU, not in tokens/s);
+- `tunesmith-no-replay`: the same with `data.replay.ratio: 0`, the TRL scripts' work and no more.
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("trl-plain", "trl-expert", "tunesmith")
+VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -209,16 +211,23 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
-                     runs_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """`tunesmith train` on a recipe with the data paths and the shared settings only."""
+                     runs_dir: Path, replay: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
+    first, as `train` does (activation checkpointing switched on when only that makes it fit). `replay` False:
+    without the default replay anchor (`data.replay.ratio: 0`), the same work as the TRL scripts do."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
+    from tunesmith.plan.fit import fit_recipe
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
 
-    recipe = validate_recipe({"name": "bench", "model": {"source": str(model_dir)},
-                              "data": {"train": str(train), "eval": str(held), "max_length": max_length},
-                              "training": {"batch_size": batch_size, "save_steps": 100_000}})
+    recipe, note = fit_recipe(validate_recipe({
+        "name": "bench", "model": {"source": str(model_dir)},
+        "data": {"train": str(train), "eval": str(held), "max_length": max_length,
+                 **({} if replay else {"replay": {"ratio": 0}})},
+        "training": {"batch_size": batch_size, "save_steps": 100_000}}))
+    if note:
+        print(note, file=sys.stderr, flush=True)
     run = create_run(recipe, runs_dir)
     run_training(recipe, run)
     report = json.loads((run.path / "train.json").read_text())
@@ -228,7 +237,8 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
                                            "real_tokens_per_s", "loss_tokens_per_s", "padding_share", "seconds")}
     return model, tokenizer, {"dtype": report["precision"], **figures, "steps": report["steps"],
                               "final_loss": report["final_loss"], "model_flops": speed["model_tflops"] * 1e12,
-                              "packing": report.get("packing")}
+                              "packing": report.get("packing"),
+                              "activation_checkpointing": recipe.training.gradient_checkpointing}
 
 
 def worker_main(argv: list[str]) -> None:
@@ -239,8 +249,9 @@ def worker_main(argv: list[str]) -> None:
     variant, model_dir, train, held, batch, length, out = argv
     model_dir, train, held, out = Path(model_dir), Path(train), Path(held), Path(out)
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
-        if variant == "tunesmith":
-            model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp))
+        if variant.startswith("tunesmith"):
+            model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
+                                                         replay=variant == "tunesmith")
         else:
             model, tokenizer, figures = trl_worker(variant, model_dir, train, int(batch), int(length), Path(tmp))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -151,24 +151,43 @@ def own_peak_rss_bytes() -> float:
     return float(rss if sys.platform == "darwin" else rss * 1024)
 
 
-# Runs `tunesmith ARGS...` and writes its own peak RSS (own_peak_rss_bytes) to the file named first
+def own_peaks() -> dict[str, float | None]:
+    """This process's peak resident memory (`own_peak_rss_bytes`) and, where it used CUDA, the peak of
+    `torch.cuda.max_memory_allocated` (what the plan's GPU estimate is sized against), both in bytes."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch only to ask
+    cuda = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"rss_bytes": own_peak_rss_bytes(),
+            "cuda_bytes": float(torch.cuda.max_memory_allocated()) if cuda else None}
+
+
+# Runs `tunesmith ARGS...` and writes its own peaks (own_peaks, JSON) to the file named first
 PEAK_REPORTING_CHILD = (
-    "import atexit, runpy, sys\n"
-    "from tunesmith.plan.devices import own_peak_rss_bytes\n"
+    "import atexit, json, runpy, sys\n"
+    "from tunesmith.plan.devices import own_peaks\n"
     "out = sys.argv.pop(1)\n"
-    "atexit.register(lambda: open(out, 'w').write(str(own_peak_rss_bytes())))\n"
+    "atexit.register(lambda: open(out, 'w').write(json.dumps(own_peaks())))\n"
     "sys.argv[0] = 'tunesmith'\n"
     "runpy.run_module('tunesmith', run_name='__main__', alter_sys=True)\n")
 
 
-def peak_rss_of_tunesmith(args: list[str], work_dir: Any) -> tuple[float, int, str]:
-    """Run `tunesmith ARGS` in a subprocess; its peak RSS in bytes, exit code and the tail of its stderr."""
+def peaks_of_tunesmith(args: list[str], work_dir: Any) -> tuple[dict[str, float | None], int, str]:
+    """Run `tunesmith ARGS` in a subprocess; its peaks (`own_peaks`: `rss_bytes`, `cuda_bytes`), exit code and
+    the tail of its stderr. The peaks are 0/None when it died before exiting normally."""
+    import json
     import subprocess
     import sys
     from pathlib import Path
 
-    report = Path(work_dir) / f"peak-{time.monotonic_ns()}.txt"
+    report = Path(work_dir) / f"peak-{time.monotonic_ns()}.json"
     done = subprocess.run([sys.executable, "-c", PEAK_REPORTING_CHILD, str(report), *args],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = float(report.read_text()) if report.is_file() else 0.0
-    return peak, done.returncode, done.stderr[-2000:]
+    peaks = json.loads(report.read_text()) if report.is_file() else {"rss_bytes": 0.0, "cuda_bytes": None}
+    return peaks, done.returncode, done.stderr[-2000:]
+
+
+def peak_rss_of_tunesmith(args: list[str], work_dir: Any) -> tuple[float, int, str]:
+    """Run `tunesmith ARGS` in a subprocess; its peak RSS in bytes, exit code and the tail of its stderr."""
+    peaks, code, tail = peaks_of_tunesmith(args, work_dir)
+    return float(peaks["rss_bytes"] or 0.0), code, tail

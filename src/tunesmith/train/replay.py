@@ -204,6 +204,8 @@ def anchored(trainer_class: type) -> type:
             loss, outputs = result if return_outputs else (result, None)
             batch = self.replay_batches.at(self.replay_draw(), loss.device)
             kl = anchor_kl(model, self.accelerator.unwrap_model(model), batch)
+            if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
+                self.data_collator.count_anchor(batch[2])
             # as TRL does for its auxiliary loss: with num_items_in_batch the loss carries gradient accumulation
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.replay_weight * kl / steps
