@@ -6,8 +6,8 @@ same recipe. Length-grouped batches put the longest batch first, so two steps re
     .venv/bin/python benchmarks/plan_memory.py [--only NAME,...] [--device cpu|cuda]
 
 The `llama-1b-*` cases train a random-initialised llama of TinyLlama-1.1B's shape (made here, with SmolLM2's
-tokenizer; replay off, since a random model's answers are noise): fp32 on a CPU, bf16 mixed precision and
-4-bit QLoRA on a GPU. Writes benchmarks/results/plan_memory.json (GPU rows: plan_memory_cuda.json) and prints
+tokenizer; replay off, since a random model's answers are noise), LoRA and 4-bit QLoRA: fp32 compute on a CPU,
+bf16 mixed precision on a GPU. Writes benchmarks/results/plan_memory.json (GPU rows: plan_memory_cuda.json) and prints
 the README's table. The target: every estimate within ±25% of the measured peak.
 """
 
@@ -41,9 +41,6 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "llama-1b-lora": ("recipes/quickstart.yaml", ["model.source={llama1b}", "data.replay.ratio=0"]),
     "llama-1b-qlora": ("recipes/quickstart.yaml", ["model.source={llama1b}", "data.replay.ratio=0", "adapter=qlora"]),
 }
-# what each device measures by default: QLoRA on a CPU dequantizes per step (SmolLM2's sft-qlora row says it
-# fits the estimate there); the ~1B rows are the issue's GPU rows, one fp32 LoRA row on a CPU
-DEFAULT_CASES = {"cpu": [n for n in CASES if n != "llama-1b-qlora"], "cuda": list(CASES)}
 
 
 def random_llama_1b(folder: Path) -> Path:
@@ -138,7 +135,7 @@ def main() -> None:
     parser.add_argument("--estimate-only", action="store_true",
                         help="Recompute the estimates beside the peaks measured before (no training runs).")
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else DEFAULT_CASES[args.device]
+    names = args.only.split(",") if args.only else list(CASES)
     old: dict = {}
     with tempfile.TemporaryDirectory() as runs:
         files = spread_files(Path(runs))
