@@ -131,6 +131,27 @@ def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_bat
     assert report.peak_bytes > 16 * 7e9  # 16 bytes per trained parameter before any activation
 
 
+def test_a_lighter_method_is_not_advised_at_a_batch_the_recipes_own_method_fits(tiny_model_dir, tmp_path):
+    """LoRA that fits at batch 4 but not 8: the advice is batch 4 with accumulation, not QLoRA at batch 4."""
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=8)
+    recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+    arch, lengths = read_architecture(tiny_model_dir), RowLengths(4096, "t")
+
+    def peak(batch: int, memory: float = 2.0**40) -> float:
+        small = recipe.model_copy(update={"training": recipe.training.model_copy(update={"batch_size": batch})})
+        return build_report(small, arch, Device("cpu", "cpu", memory, 1e11, False), lengths).peak_bytes
+
+    device = Device("cpu", "cpu", (peak(4) + peak(8)) / 2, 1e11, False)
+    report = build_report(recipe, arch, device, lengths)
+    advice = {a.what: a for a in report.advice}
+    assert not report.fits and advice["largest batch"].value == "4"
+    assert advice["method"].flags == [] and advice["method"].value == "lora (keep it)", advice["method"]
+
+
 def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_model_dir, tmp_path):
     """A 70B llama's config beside a tokenizer and no weights at all: the plan alone must stop the run."""
     import shutil

@@ -103,21 +103,32 @@ def largest_length(recipe: Recipe, lengths: RowLengths, fits: Any, max_positions
 
 
 def lighter_method(recipe: Recipe, fits: Any, device: Device) -> Advice:
-    """full -> LoRA -> QLoRA: the first that fits at this batch, else at the largest batch it allows (with the
-    accumulation that keeps the rows per step). QLoRA is offered where bitsandbytes quantizes: CUDA, and CPUs
+    """full -> LoRA -> QLoRA: the first that fits at this batch, else at a larger batch than the recipe's own
+    method fits (with the accumulation that keeps the rows per step): a lighter method at a batch the recipe's
+    method fits as well would only cost quality. QLoRA is offered where bitsandbytes quantizes: CUDA, and CPUs
     with bitsandbytes>=0.50 (measured on SmolLM2-135M, 2-core CPU: 137 real tokens/s against LoRA's 142); not MPS."""
     kinds = [k for k in ("lora", "qlora") if k != recipe.adapter.kind and (k != "qlora" or device.kind != "mps")]
     if recipe.adapter.kind == "qlora":
         kinds = []
+    own = batch_that_fits(largest_batch(recipe, fits))
     for kind in kinds:
         candidate = with_adapter(recipe, kind)
         if fits(candidate):
             return Advice(what="method", value=kind, why=f"adapter.kind {recipe.adapter.kind} does not fit; "
                           f"{kind} does", flags=[f"--set adapter.kind={kind}"])
         smaller = largest_batch(candidate, fits)
-        if smaller.flags:
+        if smaller.flags and batch_that_fits(smaller) > own:
             return Advice(what="method", value=f"{kind}, batch {smaller.value}", why=f"adapter.kind "
                           f"{recipe.adapter.kind} does not fit; {kind} does at {smaller.why}",
                           flags=[f"--set adapter.kind={kind}", *smaller.flags])
+    if own:
+        return Advice(what="method", value=f"{recipe.adapter.kind} (keep it)", why=f"adapter.kind "
+                      f"{recipe.adapter.kind} fits at batch {own} (largest batch, above); no lighter method fits a "
+                      "larger one")
     return Advice(what="method", value="no lighter method fits", why="even the lightest adapter exceeds the memory "
                   "at this batch and length: lower them (above), or plan for a larger device")
+
+
+def batch_that_fits(advice: Advice) -> int:
+    """The batch a `largest_batch` advice names (0 when none fits)."""
+    return int(advice.value) if advice.value.isdigit() else 0
