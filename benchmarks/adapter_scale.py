@@ -18,10 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(run_dir: Path, scales: list[float]) -> dict:
+def scoring_setup(run_dir: Path) -> tuple:
+    """The run's recipe, a scorer of one variant (the task's headline metric on the held-out rows, greedy, and the
+    bundled probes) and the base with the run's adapter loaded, in fp32 on the CPU."""
     import torch
     from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
 
     from tunesmith.eval.checkpoints import TaskAndProbes
     from tunesmith.eval.decoding import resolve_max_new_tokens
@@ -45,6 +46,20 @@ def measure(run_dir: Path, scales: list[float]) -> dict:
                           recipe_probes(recipe), recipe)
     model = PeftModel.from_pretrained(load_model(run_base_model(run), torch.float32, "cpu"),
                                       run.trained_artifact()).eval()
+    return recipe, score, model
+
+
+def save_entry(out: Path, entry: dict) -> None:
+    """Add `entry` to the JSON list in `out`, replacing the entry with the same label."""
+    entries = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else []
+    entries = [e for e in entries if e["label"] != entry["label"]] + [entry]
+    out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+def measure(run_dir: Path, scales: list[float]) -> dict:
+    from peft.tuners.lora import LoraLayer
+
+    recipe, score, model = scoring_setup(run_dir)
     points = []
     for scale in scales:
         for module in model.modules():
@@ -62,11 +77,8 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="the entry's name (default: the run's folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/adapter_scale.json")
     args = parser.parse_args()
-    entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
-    entry = {"label": args.label or args.run.name,
-             **measure(args.run, [float(s) for s in args.scales.split(",")])}
-    entries = [e for e in entries if e["label"] != entry["label"]] + [entry]
-    args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    save_entry(args.out, {"label": args.label or args.run.name,
+                          **measure(args.run, [float(s) for s in args.scales.split(",")])})
 
 
 if __name__ == "__main__":

@@ -14,40 +14,18 @@ benchmarks/results/intruder_dimensions.json (one entry per run, replaced when me
 from __future__ import annotations
 
 import argparse
-import json
 from contextlib import nullcontext
 from pathlib import Path
+
+from adapter_scale import save_entry, scoring_setup  # benchmarks/ is on sys.path when a script in it runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(run_dir: Path, lambdas: list[float], top_k: int, epsilon: float) -> dict:
-    import torch
-    from peft import PeftModel
     from peft.tuners.lora.intruders import reduce_intruder_dimension
 
-    from tunesmith.eval.checkpoints import TaskAndProbes
-    from tunesmith.eval.decoding import resolve_max_new_tokens
-    from tunesmith.eval.evaluate import choose_metrics
-    from tunesmith.eval.forgetting import recipe_probes
-    from tunesmith.eval.rows import held_out_rows
-    from tunesmith.models import load_tokenizer
-    from tunesmith.models.loading import load_model
-    from tunesmith.models.tuned import run_base_model
-    from tunesmith.runs import open_run
-    from tunesmith.scoring import recipe_scorer
-
-    run = open_run(run_dir)
-    recipe = run.load_recipe()
-    tokenizer = load_tokenizer(run_base_model(run))
-    rows = held_out_rows(recipe, run).rows[: recipe.eval.max_examples]
-    _, choice = choose_metrics(recipe, run, rows)
-    references = [row["messages"][-1]["content"] for row in rows]
-    resolve_max_new_tokens(recipe.eval, tokenizer, references)
-    score = TaskAndProbes(tokenizer, rows, references, recipe_scorer(recipe, choice["metrics"]), choice["metrics"],
-                          recipe_probes(recipe), recipe)
-    model = PeftModel.from_pretrained(load_model(run_base_model(run), torch.float32, "cpu"),
-                                      run.trained_artifact()).eval()
+    recipe, score, model = scoring_setup(run_dir)
     points = [{"mitigation_lambda": None, **score(model, nullcontext, "as trained")}]
     for value in lambdas:
         name = f"reduced_{round(value * 100)}"  # module names cannot hold a dot
@@ -72,11 +50,9 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="the entry's name (default: the run's folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/intruder_dimensions.json")
     args = parser.parse_args()
-    entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
-    entry = {"label": args.label or args.run.name,
-             **measure(args.run, [float(s) for s in args.lambdas.split(",")], args.top_k, args.epsilon)}
-    entries = [e for e in entries if e["label"] != entry["label"]] + [entry]
-    args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    save_entry(args.out, {"label": args.label or args.run.name,
+                          **measure(args.run, [float(s) for s in args.lambdas.split(",")], args.top_k,
+                                    args.epsilon)})
 
 
 if __name__ == "__main__":
