@@ -37,19 +37,24 @@ def minimal_recipe(task: str, budget: str, folder: Path, label: str) -> Path:
     return recipe
 
 
-def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label: str) -> dict:
+def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label: str,
+            trained_run: Path | None = None) -> dict:
+    """Train (or take `trained_run`, already trained from the same recipe: then only eval is timed) and score."""
     from forgetting_settings import heldout_general
 
     from tunesmith.config import load_recipe
     from tunesmith.eval import run_eval
     from tunesmith.results import headline_of, read_results
-    from tunesmith.runs import create_run
+    from tunesmith.runs import create_run, open_run
     from tunesmith.train import run_training
 
     recipe = load_recipe(minimal_recipe(task, budget, runs_dir, label), overrides)
-    run = create_run(recipe, runs_dir)
     started = time.monotonic()
-    run_training(recipe, run)
+    if trained_run is None:
+        run = create_run(recipe, runs_dir)
+        run_training(recipe, run)
+    else:
+        run = open_run(trained_run)
     trained = time.monotonic() - started
     results = read_results(run_eval(recipe, run))
     minutes = round((time.monotonic() - started) / 60, 2)
@@ -57,7 +62,7 @@ def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label:
     probes = results.probes
     metric = headline_of(results.metrics, results.tuned)
     return {"task": task, "label": label, "overrides": overrides, "budget": budget, "minutes": minutes,
-            "train_minutes": round(trained / 60, 2),
+            "train_minutes": round(trained / 60, 2) if trained_run is None else None,  # None: trained earlier
             "metric": metric, "base": results.base.get(metric) if results.base else None,
             "tuned": results.tuned.get(metric), "tuned_all": results.tuned,
             "probe_accuracy": {"base": probes.base.get("accuracy"), "tuned": probes.tuned.get("accuracy")},
@@ -81,10 +86,12 @@ def main() -> None:
                         help="a recipe override (another setting to compare with the defaults)")
     parser.add_argument("--label", default="defaults", help="the entry's name in the results (with --set)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/defaults.json")
+    parser.add_argument("--trained-run", type=Path, help="score this run, already trained with the same task, "
+                        "budget and --set (its eval is timed alone)")
     args = parser.parse_args()
     entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
     for task in args.only:
-        entry = measure(task, args.budget, args.runs_dir, args.overrides, args.label)
+        entry = measure(task, args.budget, args.runs_dir, args.overrides, args.label, args.trained_run)
         entries = [e for e in entries if (e["task"], e.get("label", "defaults")) != (task, args.label)] + [entry]
         print(f"{task}: {entry['metric']} {entry['base']} -> {entry['tuned']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']} (regression "

@@ -15,6 +15,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.eval.forgetting import (
     BUNDLED_PROBES,
+    COIN_TOSS_MARGIN,
     GENERAL_TEXT,
     ask,
     general_paragraphs,
@@ -100,7 +101,7 @@ def probes_the_base_passes(model, tokenizer) -> list[dict]:
     probes = [{"id": str(i), "category": "factual" if i % 2 else "instruction", "prompt": p, "check": "exact"}
               for i, p in enumerate(prompts)]
     with model.disable_adapter():
-        answers = ask(model, tokenizer, probes, SETTINGS.probe_max_new_tokens, SETTINGS.batch_size)
+        answers = ask(model, tokenizer, probes, SETTINGS.probe_max_new_tokens, SETTINGS.batch_size).answers
     return [{**probe, "answer": answer} for probe, answer in zip(probes, answers, strict=True) if answer.strip()]
 
 
@@ -126,6 +127,37 @@ def test_a_broken_tuned_model_is_flagged_as_a_regression(tiny_peft):
     assert lost and lost[0]["base"] == lost[0]["expected"]
     [verdict] = check_gate(results_with(results), [GateRule("probes")])
     assert not verdict.passed and "probe accuracy fell" in verdict.message
+
+
+def test_each_probe_records_the_margin_its_first_token_was_chosen_by(tiny_peft):
+    """The margin is the base's top-1 minus top-2 probability at the end of the rendered prompt (checked against a
+    forward pass of each prompt alone, no batch, no padding); each lost probe is marked a near-tie by it."""
+    from tunesmith.data.template import render
+    from tunesmith.eval.add_ons import probe_verdict
+    from tunesmith.results import ProbesBlock
+
+    model, tokenizer = tiny_peft
+    set_lora_scale(model, 0.0)
+    probes = probes_the_base_passes(model, tokenizer)
+    set_lora_scale(model, 5.0)
+    results = run_probes(variants_of(model), tokenizer, probes, general_paragraphs()[:3], SETTINGS)
+    for probe, row in zip(probes, results["rows"], strict=True):
+        text = render(tokenizer, [{"role": "user", "content": probe["prompt"]}], generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with model.disable_adapter(), torch.no_grad():
+            top = model(input_ids=ids).logits[0, -1].softmax(-1).topk(2).values
+        assert row["base_first_token_margin"] == pytest.approx(float(top[0] - top[1]), abs=1e-3)
+        assert 0 <= row["tuned_first_token_margin"] <= 1
+    lost = results["lost"]
+    assert lost and [p["id"] for p in lost] == [r["id"] for r in results["rows"]
+                                                 if r["base_passed"] and not r["tuned_passed"]]
+    assert all(p["coin_toss"] == (p["base_first_token_margin"] < COIN_TOSS_MARGIN) for p in lost)
+    block = ProbesBlock(count=4, margin=0.05, perplexity_margin=0.05, base={"accuracy": 1.0},
+                        tuned={"accuracy": 0.5}, regression=True, reasons=["probe accuracy fell 0.500"],
+                        lost=[{"id": "a", "base_first_token_margin": 0.01, "coin_toss": True},
+                              {"id": "b", "base_first_token_margin": 0.4, "coin_toss": False}])
+    assert probe_verdict(block).endswith("(1 of the 2 probes lost were near-ties in the base, its first answer "
+                                         "token under 0.05 ahead of the next: a)")
 
 
 def test_an_unchanged_tuned_model_is_not_flagged(tiny_peft):

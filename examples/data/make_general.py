@@ -6,23 +6,33 @@ them itself (greedy), and those answers are what training replays (self-distilla
 one else's text and suits any base model). Written by hand for tunesmith from the templates below (stdlib
 only, no randomness). Kinds: explanations, definitions, tips, lists, short writing, rewriting, word
 problems, facts, comparisons, small talk, and short answers of the forms a general assistant is asked for
-(a number, one word, arithmetic, a format instruction), with answers as long as the base gives them. The
+(a number, one word, arithmetic, a format instruction), with answers as long as the base gives them.
+
+`--wider` writes a wider set for a measurement (benchmarks/data/general_wider.jsonl, for `data.replay.source`):
+the same prompts and 76 more short answers under format constraints worded several ways ("Reply with just the
+number.", "Answer with the topic only.": the form a closed-label task's instruction takes), yes or no, and
+labels from a closed set named in the prompt. README ("Keeping what the base could do") says what it changed.
+The
 forgetting probes (src/tunesmith/eval/probes) are the
 measure of forgetting and are not part of this set: `check_apart_from_probes` refuses any prompt that shares
 most of its words with a probe, and tests/test_replay.py checks the bundled file the same way.
 
-    python examples/data/make_general.py   # writes src/tunesmith/data/replay/general.jsonl
+    python examples/data/make_general.py           # writes src/tunesmith/data/replay/general.jsonl
+    python examples/data/make_general.py --wider   # writes benchmarks/data/general_wider.jsonl
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "src/tunesmith/data/replay/general.jsonl"
+WIDER_OUT = ROOT / "benchmarks/data/general_wider.jsonl"
 PROBES = ROOT / "src/tunesmith/eval/probes/general.jsonl"
+HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"  # the second forgetting check, kept apart the same way
 
 EXPLAIN = ["ice floats on water", "we have seasons", "bread dough rises", "the moon seems to change shape",
            "metal feels colder than wood", "leaves change colour in autumn", "rainbows appear after rain",
@@ -86,14 +96,62 @@ FORMAT = ["Reply with only the word 'yes'.", "Write the numbers from one to five
           "Answer with a single emoji that means happy."]
 HEAVIER = [("a feather", "a brick"), ("a car", "a bicycle"), ("a grape", "a watermelon"),
            ("an elephant", "a cat")]
+# --wider only: short answers under a format constraint, the form a closed-label task's instruction takes ("Answer
+# with the team name only."): general questions asked that way, so the anchor keeps the base's answers to them.
+REVIEWS = ["The food was cold and the waiter ignored us.", "Best concert I have been to in years!",
+           "The hotel room was clean, quiet and bright.", "My new headphones broke after two days.",
+           "The staff were friendly and the delivery came early.", "I waited an hour and nobody called me back."]
+HEADLINES = ["Local team wins the cup after a late goal", "Heavy snow expected across the north tonight",
+             "Singer announces a world tour for next spring", "New bakery opens with fresh bread every morning",
+             "Cheap flights to the islands sell out in a day", "Storm warning issued for the coast this weekend"]
+MESSAGES = ["Dear Sir or Madam, I am writing to request a copy of my invoice.", "hey!! u coming tonight or what",
+            "Please find attached the report for your review.", "lol that was so funny, see ya later"]
+TODO = ["the rent is due tomorrow morning", "repaint the garden fence some day", "reply to the doctor's message "
+        "before noon", "plan a holiday for next summer"]
+SENTENCES = ["Close the window, please.", "Where did you park the car?", "The library opens at nine.",
+             "Bring your umbrella tomorrow."]
+ROOMS = ["a bathtub", "a fridge", "a pillow", "a sofa", "a toothbrush", "an oven"]
+COUNTS = [("How many wheels does a bicycle have?", "Reply with just the number."),
+          ("How many strings does a violin have?", "Just the number, please."),
+          ("How many letters are in the English alphabet?", "Only the number, please."),
+          ("How many planets are in our solar system?", "Reply with just the number."),
+          ("How many players from one team are on a basketball court at once?", "Respond with the number only."),
+          ("How many fingers are on one human hand?", "Only the number, please."),
+          ("How many years are in a decade?", "Reply with just the number."),
+          ("How many cents make one dollar?", "Respond with the number only."),
+          ("How many minutes are in half an hour?", "Only the number, please."),
+          ("How many legs does an insect have?", "Reply with just the number.")]
+SUMS = [("Add 8 and 5.", "Reply with the result only."), ("What is 14 minus 6?", "Respond with the number only."),
+        ("Multiply 6 by 7.", "Only the result, please."), ("What is 9 times 3?", "Just the number, please."),
+        ("What is 16 + 9?", "Reply with the sum only."), ("What is 30 - 12?", "Respond with the number only."),
+        ("What is 5 times 8?", "Just the number, please."), ("Add 13 and 7.", "Reply with the result only."),
+        ("Divide 40 by 5.", "Only the result, please."), ("What is 25 + 25?", "Reply with the sum only."),
+        ("What is 18 minus 9?", "Just the number, please."), ("What is 6 times 6?", "Respond with the number only.")]
+SINGLE_WORD = ["What do you call a baby dog?", "What is the name of the star at the centre of our solar system?",
+               "What do spiders spin?", "Which tool do you use to cut paper?", "What do people wear on their feet?",
+               "Which meal do most people eat in the morning?", "What do you use to unlock a door?",
+               "Which vehicle flies people between countries?"]
+WORD_ASKS = ["Reply with one word only.", "One word, please.", "Respond with a single word."]
+OPENERS = [("Of course", "Suggest a name for a goldfish."), ("Great question", "Name a sport played on ice."),
+           ("Okay", "Suggest a hobby for a rainy day."), ("Happy to help", "Name a vegetable that grows underground.")]
+NAME_ONE = [("Name a country in South America.", "Answer with the country only."),
+            ("Name a musical instrument with strings.", "Answer with the instrument only."),
+            ("Name a fruit that grows on trees.", "Answer with the fruit only."),
+            ("Name a tool used in a garden.", "Answer with the tool only."),
+            ("Name a city in Europe.", "Answer with the city only."),
+            ("Name a drink people have with breakfast.", "Answer with the drink only.")]
+YES_NO = ["Can a penguin fly? Reply with yes or no only.", "Is the Sun a star? Yes or no, please.",
+          "Does ice melt when it is heated? Respond with yes or no only.",
+          "Is a kilometre longer than a metre? Just yes or no.", "Do trees grow from seeds? Reply with yes or no only.",
+          "Is Saturday a weekday? Yes or no, please."]
 SMALL_TALK = ["Hi! How are you today?", "What can you help me with?", "Tell me a short joke.",
               "Can you recommend a good kind of book for a long train ride?", "What is a nice thing to do on a "
               "rainy afternoon?", "I feel a bit tired today. Any advice?", "What should I cook for dinner tonight?",
               "Thank you for your help!"]
 
 
-def general_prompts() -> list[dict[str, str]]:
-    """Every prompt with its kind and a stable id, in a fixed order."""
+def general_prompts(wider: bool = False) -> list[dict[str, str]]:
+    """Every prompt with its kind and a stable id, in a fixed order (`wider`: the bundled ones, then the rest)."""
     made: list[tuple[str, str]] = []
     made += [("explain", f"In one or two sentences, explain why {x}.") for x in EXPLAIN]
     made += [("define", f"What does the word '{w}' mean? Answer in one sentence.") for w in DEFINE]
@@ -112,7 +170,33 @@ def general_prompts() -> list[dict[str, str]]:
     made += [("format", q) for q in FORMAT]
     made += [("compare", f"Which is heavier, {a} or {b}?") for a, b in HEAVIER]
     made += [("small_talk", p) for p in SMALL_TALK]
+    if wider:
+        made += wider_prompts()
     return [{"id": f"{kind}-{i:03d}", "kind": kind, "prompt": prompt} for i, (kind, prompt) in enumerate(made)]
+
+
+def wider_prompts() -> list[tuple[str, str]]:
+    """The --wider set's additions: short answers under format constraints, as (kind, prompt)."""
+    made: list[tuple[str, str]] = []
+    made += [("label", f"Is this review positive or negative? Answer with the label only.\nReview: {r}")
+             for r in REVIEWS]
+    made += [("label", "Which topic is this headline about: sport, weather, music, food or travel? Answer with the "
+              f"topic only.\nHeadline: {h}") for h in HEADLINES]
+    made += [("label", f"Is this message formal or informal? Answer with one of the two words only.\nMessage: {m}")
+             for m in MESSAGES]
+    made += [("label", f"Sort this task into today, this week or later. Answer with the choice only.\nTask: {t}")
+             for t in TODO]
+    made += [("label", f"Is this sentence a question, a command or a statement? Reply with the type only.\n"
+              f"Sentence: {s}") for s in SENTENCES]
+    made += [("label", f"In which room of a house would you usually find {x}? Answer with the room only.")
+             for x in ROOMS]
+    made += [("short_number", f"{q} {ask}") for q, ask in COUNTS]
+    made += [("arithmetic", f"{q} {ask}") for q, ask in SUMS]
+    made += [("one_word", f"{q} {WORD_ASKS[i % len(WORD_ASKS)]}") for i, q in enumerate(SINGLE_WORD)]
+    made += [("format", f"Start your reply with '{opener}'. {task}") for opener, task in OPENERS]
+    made += [("name_one", f"{q} {ask}") for q, ask in NAME_ONE]
+    made += [("yes_no", q) for q in YES_NO]
+    return made
 
 
 def words(text: str) -> set[str]:
@@ -132,10 +216,12 @@ def check_apart_from_probes(rows: list[dict[str, str]], probes: Path = PROBES, l
 
 
 def main() -> None:
-    rows = general_prompts()
+    wider = "--wider" in sys.argv[1:]
+    rows, out = general_prompts(wider), WIDER_OUT if wider else OUT
     check_apart_from_probes(rows)
-    OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{len(rows)} prompts -> {OUT.relative_to(ROOT)}")
+    check_apart_from_probes(rows, HELDOUT)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{len(rows)} prompts -> {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class TaskAndProbes:
             answers = generate_from_prompts(model, self.tokenizer, prompt_texts(self.tokenizer, self.rows),
                                             self.settings.max_new_tokens, self.settings.batch_size).answers
             probe_answers = ask(model, self.tokenizer, self.probes, self.settings.probe_max_new_tokens,
-                                self.settings.batch_size) if self.probes else []
+                                self.settings.batch_size).answers if self.probes else []
         scores = aggregate(score_answers(self.scorer, answers, self.references))
         self.metric = self.metric or headline_of(self.metrics, scores)
         passed = [passes(probe, answer) for probe, answer in zip(self.probes, probe_answers, strict=True)]

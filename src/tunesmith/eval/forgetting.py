@@ -22,6 +22,7 @@ import torch
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.probe_checks import passes, validate_probe
 from tunesmith.eval.stats import compare_metric
+from tunesmith.models.generation import Generated
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
 BUNDLED_PROBES = PROBES_DIR / "general.jsonl"
@@ -62,31 +63,50 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
     """
     results: dict[str, Any] = {"count": len(probes), "margin": settings.probe_margin,
                                "perplexity_margin": settings.probe_perplexity_margin}
-    answers, passed = {}, {}
+    answers, passed, margins = {}, {}, {}
     for name, (model, context) in variants.items():
         started = time.monotonic()
         with context(), torch.no_grad():
-            answers[name] = ask(model, tokenizer, probes, settings.probe_max_new_tokens, settings.batch_size)
+            generated = ask(model, tokenizer, probes, settings.probe_max_new_tokens, settings.batch_size)
+            answers[name], margins[name] = generated.answers, generated.first_token_margin
             perplexity = text_perplexity(model, tokenizer, paragraphs, settings.batch_size)
         passed[name] = [float(passes(p, a)) for p, a in zip(probes, answers[name], strict=True)]
         results[name] = {**accuracies(probes, passed[name]), "perplexity": perplexity,
                          "seconds": round(time.monotonic() - started, 1)}
     results["rows"] = [{"id": p["id"], "category": p["category"], "prompt": p["prompt"], "check": p["check"],
                         "expected": p.get("answer"), **{n: answers[n][i] for n in answers},
-                        **{f"{n}_passed": bool(passed[n][i]) for n in passed}} for i, p in enumerate(probes)]
+                        **{f"{n}_passed": bool(passed[n][i]) for n in passed},
+                        **{f"{n}_first_token_margin": margins[n][i] for n in margins if len(margins[n]) == len(probes)}}
+                       for i, p in enumerate(probes)]
     if "base" in passed and "tuned" in passed:
         results["comparison"] = probe_comparison(probes, passed, results)
         results["regression"], results["reasons"] = regression(results, settings)
+        results["lost"] = lost_probes(results["rows"])
     return results
 
 
-def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers to each probe as a single user turn (the model's own chat template, no system prompt)."""
-    from tunesmith.eval.decoding import generate_answers
+def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> Generated:
+    """Greedy answers to each probe as a single user turn (the model's own chat template, no system prompt), with
+    each answer's first-token margin."""
+    from tunesmith.eval.decoding import generate_from_prompts, prompt_texts
 
     rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
             for p in probes]
-    return generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
+    return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size)
+
+
+COIN_TOSS_MARGIN = 0.05  # a base whose first answer token leads the runner-up by less than this chose it by a hair
+
+
+def lost_probes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The probes the base passed and the tuned model fails, each with the base's first-token margin (top-1 minus
+    top-2 probability of the first answer token; None where it was not recorded) and whether that margin was under
+    COIN_TOSS_MARGIN: such a probe turns on a near-tie in the base that any small update can flip, so losing it
+    says less about lost knowledge than losing one the base answered firmly."""
+    lost = [r for r in rows if r.get("base_passed") and not r.get("tuned_passed")]
+    return [{"id": r["id"], "base_first_token_margin": r.get("base_first_token_margin"),
+             "coin_toss": r.get("base_first_token_margin") is not None
+             and r["base_first_token_margin"] < COIN_TOSS_MARGIN} for r in lost]
 
 
 def text_perplexity(model: Any, tokenizer: Any, paragraphs: list[str], batch_size: int) -> float:

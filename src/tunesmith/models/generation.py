@@ -5,17 +5,35 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass
 class Generated:
-    """Answers (stripped text) with what they cost: prompt tokens and generated tokens (up to end-of-sequence)."""
+    """Answers (stripped text) with what they cost: prompt tokens and generated tokens (up to end-of-sequence),
+    and how firmly the model chose each answer's first token: its probability minus the runner-up's (0 to 1),
+    from the model's own distribution before any constraint."""
 
     answers: list[str]
     prompt_tokens: list[int]
     answer_tokens: list[int]
+    first_token_margin: list[float] = field(default_factory=list)
+
+
+class FirstTokenMargin:
+    """A logits processor that changes nothing and records, at the first generated position, each row's top-1
+    minus top-2 probability. Greedy decoding keeps the top-1 token; a lead of a few hundredths is a coin toss
+    that a small change to the weights can flip."""
+
+    def __init__(self) -> None:
+        self.margins: list[float] | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.margins is None:
+            top = scores.float().softmax(dim=-1).topk(2, dim=-1).values
+            self.margins = [round(float(a - b), 4) for a, b in top.tolist()]
+        return scores
 
 
 def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
@@ -31,13 +49,15 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_ne
     for start in track(batches, description="generating", console=_stderr_console(), transient=True):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
-        extra = {"logits_processor": LogitsProcessorList([processor()])} if processor else {}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+        margin = FirstTokenMargin()
+        processors = LogitsProcessorList([margin, processor()] if processor else [margin])
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
         result.answers.extend(a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         result.prompt_tokens.extend(int(n) for n in enc["attention_mask"].sum(dim=1))
         result.answer_tokens.extend(tokens_before_end(row.tolist(), tokenizer.eos_token_id) for row in new_tokens)
+        result.first_token_margin.extend(margin.margins or [])
     return result
 
 
