@@ -35,7 +35,7 @@ def base_margins(run_path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    from tunesmith.eval.forgetting import COIN_TOSS_MARGIN
+    from tunesmith.eval.forgetting import NEAR_TIE_MARGIN
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -43,18 +43,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/probe_margins.json")
     args = parser.parse_args()
     margins = base_margins(args.runs[0])  # every run here tunes the same base: asked once
-    near_ties = sorted(i for i, m in margins.items() if m < COIN_TOSS_MARGIN)
+    near_ties = sorted(i for i, m in margins.items() if m < NEAR_TIE_MARGIN)
     entries = []
     for index, run in enumerate(args.runs):
         rows = json.loads((run / "eval/results.json").read_text(encoding="utf-8"))["probes"]["rows"]
         lost = [r["id"] for r in rows if r["base_passed"] and not r["tuned_passed"]]
         label = args.label[index] if index < len(args.label) else run.name
         entry = {"run": label, "lost": {i: margins[i] for i in lost},
-                 "lost_near_ties": [i for i in lost if margins[i] < COIN_TOSS_MARGIN]}
+                 "lost_near_ties": [i for i in lost if margins[i] < NEAR_TIE_MARGIN]}
         entries.append(entry)
         print(f"{label}: lost {len(lost)} of {len(rows)}, {len(entry['lost_near_ties'])} of them near-ties in the "
               f"base ({', '.join(entry['lost_near_ties'])})", flush=True)
-    result = {"threshold": COIN_TOSS_MARGIN, "base_margins": margins, "near_ties_in_base": near_ties, "runs": entries}
+    result = {"threshold": NEAR_TIE_MARGIN, "base_margins": margins, "near_ties_in_base": near_ties, "runs": entries}
     print(f"the base answers {len(near_ties)} of the {len(margins)} probes by a near-tie: {', '.join(near_ties)}")
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

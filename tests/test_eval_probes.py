@@ -15,8 +15,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.eval.forgetting import (
     BUNDLED_PROBES,
-    COIN_TOSS_MARGIN,
     GENERAL_TEXT,
+    NEAR_TIE_MARGIN,
     ask,
     general_paragraphs,
     load_probes,
@@ -151,11 +151,11 @@ def test_each_probe_records_the_margin_its_first_token_was_chosen_by(tiny_peft):
     lost = results["lost"]
     assert lost and [p["id"] for p in lost] == [r["id"] for r in results["rows"]
                                                  if r["base_passed"] and not r["tuned_passed"]]
-    assert all(p["coin_toss"] == (p["base_first_token_margin"] < COIN_TOSS_MARGIN) for p in lost)
+    assert all(p["near_tie"] == (p["base_first_token_margin"] < NEAR_TIE_MARGIN) for p in lost)
     block = ProbesBlock(count=4, margin=0.05, perplexity_margin=0.05, base={"accuracy": 1.0},
                         tuned={"accuracy": 0.5}, regression=True, reasons=["probe accuracy fell 0.500"],
-                        lost=[{"id": "a", "base_first_token_margin": 0.01, "coin_toss": True},
-                              {"id": "b", "base_first_token_margin": 0.4, "coin_toss": False}])
+                        lost=[{"id": "a", "base_first_token_margin": 0.01, "near_tie": True},
+                              {"id": "b", "base_first_token_margin": 0.4, "near_tie": False}])
     assert probe_verdict(block).endswith("(1 of the 2 probes lost were near-ties in the base, its first answer "
                                          "token under 0.05 ahead of the next: a)")
 

@@ -64,7 +64,7 @@ class ProbesBlock(AddOnBlock):
     regression: bool | None = None
     reasons: list[str] = Field(default_factory=list)
     lost: list[dict[str, Any]] = Field(default_factory=list, description="The probes base passed and tuned fails: "
-                                       "id, base_first_token_margin, coin_toss (the base's lead under 0.05).")
+                                       "id, base_first_token_margin, near_tie (the base's lead under 0.05).")
 
 
 class EvalResults(BaseModel):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.eval.forgetting import COIN_TOSS_MARGIN
+from tunesmith.eval.forgetting import NEAR_TIE_MARGIN
 from tunesmith.results import AddOnBlock, Comparison, EvalResults, ProbesBlock
 
 
@@ -112,18 +112,18 @@ def probe_verdict(probes: ProbesBlock) -> str:
     if probes.regression is None:
         return "no base to compare with"
     if probes.regression:
-        return "REGRESSION: " + "; ".join(probes.reasons) + coin_toss_note(probes.lost)
+        return "REGRESSION: " + "; ".join(probes.reasons) + near_tie_note(probes.lost)
     return (f"no regression (accuracy within {probes.margin:g} of base, perplexity within "
             f"{probes.perplexity_margin:.0%})")
 
 
-def coin_toss_note(lost: list[dict[str, Any]]) -> str:
+def near_tie_note(lost: list[dict[str, Any]]) -> str:
     """How many of the lost probes the base itself answered by a near-tie at the first token, named."""
-    tosses = [p["id"] for p in lost if p.get("coin_toss")]
-    if not tosses:
+    ties = [p["id"] for p in lost if p.get("near_tie")]
+    if not ties:
         return ""
-    return (f" ({len(tosses)} of the {len(lost)} probes lost were near-ties in the base, its first answer token "
-            f"under {COIN_TOSS_MARGIN:g} ahead of the next: {', '.join(tosses)})")
+    return (f" ({len(ties)} of the {len(lost)} probes lost were near-ties in the base, its first answer token "
+            f"under {NEAR_TIE_MARGIN:g} ahead of the next: {', '.join(ties)})")
 
 
 def block_rows(block: AddOnBlock,

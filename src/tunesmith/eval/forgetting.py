@@ -95,18 +95,18 @@ def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens
     return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size)
 
 
-COIN_TOSS_MARGIN = 0.05  # a base whose first answer token leads the runner-up by less than this chose it by a hair
+NEAR_TIE_MARGIN = 0.05  # a base whose first answer token leads the runner-up by less than this chose it by a hair
 
 
 def lost_probes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The probes the base passed and the tuned model fails, each with the base's first-token margin (top-1 minus
     top-2 probability of the first answer token; None where it was not recorded) and whether that margin was under
-    COIN_TOSS_MARGIN: such a probe turns on a near-tie in the base that any small update can flip, so losing it
+    NEAR_TIE_MARGIN: such a probe turns on a near-tie in the base that any small update can flip, so losing it
     says less about lost knowledge than losing one the base answered firmly."""
     lost = [r for r in rows if r.get("base_passed") and not r.get("tuned_passed")]
     return [{"id": r["id"], "base_first_token_margin": r.get("base_first_token_margin"),
-             "coin_toss": r.get("base_first_token_margin") is not None
-             and r["base_first_token_margin"] < COIN_TOSS_MARGIN} for r in lost]
+             "near_tie": r.get("base_first_token_margin") is not None
+             and r["base_first_token_margin"] < NEAR_TIE_MARGIN} for r in lost]
 
 
 def text_perplexity(model: Any, tokenizer: Any, paragraphs: list[str], batch_size: int) -> float:
