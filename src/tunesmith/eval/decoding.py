@@ -34,12 +34,6 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, 
     return total / max(count, 1)
 
 
-def generate_answers(model: Any, tokenizer: Any, rows: list[dict], max_new_tokens: int,
-                     batch_size: int) -> list[str]:
-    """Greedy answers to each row's prompt turns, batched with left padding."""
-    return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size).answers
-
-
 def prompt_texts(tokenizer: Any, rows: list[dict]) -> list[str]:
     """Each row's prompt turns (all but the last, the answer) rendered with the generation prompt."""
     return [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
