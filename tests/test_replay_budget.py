@@ -167,7 +167,7 @@ def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.models import load_model
-    from tunesmith.train.replay import ReplayBatches, anchor_kl
+    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs
 
     model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
@@ -178,16 +178,50 @@ def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model
     left_out = batches.order(0)[2]  # the third row waits for the next batch
     assert batch[0].shape[0] == 2 and batch[2].sum() == sum(len(e["input_ids"]) for e in examples) - \
         len(examples[left_out]["input_ids"])
-    assert anchor_kl(model, model, batch).item() == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+    assert anchor_kl(model, batch, base_log_probs(model, model, batch)).item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
-    kl = anchor_kl(model, model, batch)
+    kl = anchor_kl(model, batch, base_log_probs(model, model, batch))  # LoRA B started at zero
     assert kl.item() > 1e-3
     kl.backward()  # the anchor trains the adapter, not the frozen base
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base_pass_gives(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+    from tunesmith.train.replay import BaseReference, ReplayBatches, anchor_kl, base_log_probs
+    from tunesmith.train.throughput import TokenCounter
+
+    model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * n} for n in (8, 12, 10, 6, 9)]
+    replay = ReplayBatches(examples, 2, pad_id=0, seed=3)
+    cached, counter = BaseReference(), TokenCounter(None)
+    cached.on_base_pass = counter.count_base_pass
+    for draw in range(6):  # over two passes, the rows meeting other rows (other padding) than when they were kept
+        rows = replay.rows(draw)
+        batch, reference = cached.log_probs(replay, rows, model, model, "cpu")
+        fresh = base_log_probs(model, model, batch)
+        assert reference.shape == fresh.shape
+        assert torch.allclose(reference, fresh, atol=1e-5)
+        assert anchor_kl(model, batch, reference).item() == pytest.approx(
+            anchor_kl(model, batch, fresh).item(), rel=1e-5)
+    assert cached.report()["rows_kept"] == 5 and cached.base_passes == 3  # the fill: 5 rows in batches of 2
+    assert cached.reused == 6 and counter.anchor_base_tokens == sum(len(e["input_ids"]) for e in examples)
+    small = BaseReference(limit_bytes=1)  # no row fits: every draw runs the base pass, as without a cache
+    for draw in range(3):
+        small.log_probs(replay, replay.rows(draw), model, model, "cpu")
+    # the fill stops at its first batch, then every draw runs its own base pass
+    assert small.report()["rows_kept"] == 0 and small.reused == 0 and small.base_passes == 1 + 3
 
 
 def test_replay_batches_cycle_through_every_row_before_repeating():

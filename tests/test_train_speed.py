@@ -91,12 +91,15 @@ def test_the_replay_anchor_counts_as_work_not_as_trained_tokens():
     counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
     alone = training_flops(counter, shape)
-    counter.count_anchor(torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))  # 7 real positions, rows of 4
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # 7 real positions, rows of 4
+    counter.count_anchor(mask)
     assert counter.anchor_tokens == 7 and counter.figures(1.0)["real_tokens_per_s"] == 80.0
-    # tuned pass (4 per frozen, 6 per trained body parameter, 4 per head parameter) and the base's forward
-    per_token = 4 * 1000 + 6 * 10 + 4 * 500 + 2 * (1000 + 500)
-    attention = 16 * 7 * 2 * 2 * 4  # (12 + 4) x real x span (4 / 2) x layers x hidden
-    assert training_flops(counter, shape) == alone + 7 * per_token + attention
+    # the tuned pass: 4 per frozen, 6 per trained body parameter, 4 per head parameter
+    tuned = 7 * (4 * 1000 + 6 * 10 + 4 * 500) + 12 * 7 * 2 * 2 * 4  # attention: 12 x real x span (4 / 2) x 2 x 4
+    assert training_flops(counter, shape) == alone + tuned
+    counter.count_base_pass(mask)  # the base's forward, where it ran (BaseReference keeps its result)
+    assert counter.anchor_base_tokens == 7
+    assert training_flops(counter, shape) == alone + tuned + 7 * 2 * (1000 + 500) + 4 * 7 * 2 * 2 * 4
 
 
 def test_model_shape_counts_tied_embeddings_once(tiny_model_dir):
@@ -161,3 +164,51 @@ def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, t
     speed = report["throughput"]
     assert speed["real_tokens"] <= speed["tokens"] and 0 < speed["loss_tokens"] < speed["real_tokens"]
     assert speed["real_tokens_per_s"] > 0 and 0 < speed["mfu"] < 1.5 and speed["peak_gflops"] > 0
+
+
+def padded_share(order: list[int], lengths: list[int], batch_size: int) -> float:
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths) / padded
+
+
+def length_sampler(rows: int, batch_size: int = 8):
+    import random
+
+    from datasets import Dataset
+
+    from tunesmith.train.distributed import group_by_global_batch
+
+    lengths = [random.Random(rows * 7 + i).randint(40, 1000) for i in range(rows)]
+    trainer = SimpleNamespace(args=SimpleNamespace(train_sampling_strategy="group_by_length",
+                                                   per_device_train_batch_size=batch_size,
+                                                   gradient_accumulation_steps=1),
+                              train_dataset=Dataset.from_list([{"input_ids": [1] * n} for n in lengths]),
+                              processing_class=None)
+    group_by_global_batch(trainer)
+    return trainer._get_train_sampler(), lengths
+
+
+def test_a_small_set_is_grouped_by_length_as_one_mega_batch():
+    """Fewer than four batches' worth of rows: transformers' sampler would batch them at random."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    sampler, lengths = length_sampler(24)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(24))
+    fewest = padded_share(sorted(range(24), key=lambda i: lengths[i]), lengths, 8)
+    assert padded_share(order, lengths, 8) == pytest.approx(fewest)
+    torch.manual_seed(0)
+    theirs = list(LengthGroupedSampler(8, lengths=lengths))
+    assert padded_share(theirs, lengths, 8) > fewest + 0.05
+
+
+def test_a_set_of_four_batches_or_more_is_grouped_as_transformers_groups_it():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    sampler, lengths = length_sampler(80)
+    torch.manual_seed(1)
+    ours = list(sampler)
+    torch.manual_seed(1)
+    assert ours == list(LengthGroupedSampler(8, lengths=lengths))

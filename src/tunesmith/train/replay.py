@@ -13,6 +13,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,43 +152,135 @@ class ReplayBatches:
             self.passes.append(self.rng.sample(range(len(self.examples)), len(self.examples)))
         return self.passes[epoch]
 
-    def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
+    def rows(self, draw: int) -> list[int]:
+        """The replay rows (indices into `examples`) of batch `draw`."""
         n = len(self.examples)
-        positions = range(draw * self.batch_size, (draw + 1) * self.batch_size)
-        chosen = [self.order(k // n)[k % n] for k in positions]
-        return tuple(t.to(device) for t in pad_right([self.examples[i] for i in chosen], self.pad_id))
+        return [self.order(k // n)[k % n] for k in range(draw * self.batch_size, (draw + 1) * self.batch_size)]
+
+    def batch(self, rows: list[int], device: Any) -> tuple[Any, Any, Any]:
+        """`rows` right-padded: (input_ids, labels, attention_mask), each [len(rows), longest row] on `device`."""
+        return tuple(t.to(device) for t in pad_right([self.examples[i] for i in rows], self.pad_id))
+
+    def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
+        return self.batch(self.rows(draw), device)
 
 
-def anchor_kl(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> Any:
-    """KL(base || tuned) per token of the replay batch: the base's next-token distribution (the adapter switched
-    off) against the tuned model's, summed over the vocabulary, averaged over every real position, the prompt's
-    as well as the answer's (on the quickstart that kept the probes at 0.96 where the answer positions alone kept
-    0.92; benchmarks/results/forgetting_settings.json).
+# The base's log-probabilities kept for reuse (BaseReference), at most this many bytes: fp32 over the vocabulary at
+# every position, ~190 KiB a token for SmolLM2's 49,152 entries, so 1 GiB holds ~5,500 replay tokens (the 48 rows
+# of a 480-row dataset at the default ratio hold ~3,000)
+REFERENCE_CACHE_BYTES = 2**30
 
-    The Learning-without-Forgetting anchor (Li and Hoiem 2016, arXiv:1606.09282) with the base as its own
-    teacher on general prompts; KL to the reference as in RLHF (Ouyang et al. 2022, arXiv:2203.02155).
+
+class BaseReference:
+    """The base model's next-token log-probabilities on each replay row, computed once and reused at every draw.
+
+    The KL anchor is only used with adapters that leave the base untouched (`data.replay.loss` auto), so the base's
+    distribution on a replay row never changes while training: computing it at each draw repeats the same forward
+    pass (at the default ratio every row is drawn about five times an epoch). The first call fills the cache with
+    every row, in the order and batches of the first pass, up to `limit_bytes`; rows beyond the limit are
+    recomputed at each draw, as before. Each row is kept as [real positions - 1, vocabulary] fp32 log-probabilities
+    on the training device.
     """
+
+    def __init__(self, limit_bytes: int = REFERENCE_CACHE_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.kept: dict[int, Any] = {}
+        self.used_bytes = 0
+        self.filled = False
+        self.base_passes = 0  # anchor batches whose base pass ran (fill included)
+        self.reused = 0  # anchor batches served from the cache
+        self.on_base_pass: Callable[[Any], None] | None = None  # given each base pass's attention mask
+
+    def log_probs(self, replay: ReplayBatches, rows: list[int], model: Any, peft_model: Any,
+                  device: Any) -> tuple[Any, Any]:
+        """(the batch of `rows`, the base's log-probabilities at its scored positions: [scored, vocabulary], in
+        `anchor_kl`'s order), from the cache where every row is in it, else from a base pass."""
+        import torch
+
+        if not self.filled:
+            self.fill(replay, model, peft_model, device)
+        batch = replay.batch(rows, device)
+        if all(i in self.kept for i in rows):
+            self.reused += 1
+            return batch, torch.cat([self.kept[i] for i in rows])
+        return batch, self.base_pass(rows, batch, model, peft_model)
+
+    def fill(self, replay: ReplayBatches, model: Any, peft_model: Any, device: Any) -> None:
+        """Compute and keep every row's log-probabilities, batched as the first pass draws them, until the limit."""
+        self.filled = True
+        order = replay.order(0)
+        for start in range(0, len(order), replay.batch_size):
+            rows = order[start : start + replay.batch_size]
+            self.base_pass(rows, replay.batch(rows, device), model, peft_model)
+            if not all(i in self.kept for i in rows):  # the limit is reached
+                return
+
+    def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
+        """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
+        reference = base_log_probs(model, peft_model, batch)
+        self.base_passes += 1
+        if self.on_base_pass is not None:
+            self.on_base_pass(batch[2])
+        scored = batch[2][:, 1:].sum(dim=1).tolist()
+        for i, part in zip(rows, reference.split(scored), strict=True):
+            if i not in self.kept and self.used_bytes + part.nbytes <= self.limit_bytes:
+                self.kept[i] = part.clone()
+                self.used_bytes += part.nbytes
+        return reference
+
+    def report(self) -> dict[str, Any]:
+        """What train.json's replay block says about the cache."""
+        return {"rows_kept": len(self.kept), "kept_mb": round(self.used_bytes / 2**20, 1),
+                "base_passes": self.base_passes, "batches_from_cache": self.reused}
+
+
+def base_log_probs(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> Any:
+    """The base's (adapter switched off) next-token log-probabilities at every real position but the last:
+    [scored positions, vocabulary] fp32, the rows' positions one after another; no gradients."""
     import torch
     import torch.nn.functional as F
 
     ids, _, mask = batch
-    scored = mask[:, 1:].bool()  # every real position, the prompt's included
+    scored = mask[:, 1:].bool()
     with torch.no_grad(), peft_model.disable_adapter():
-        reference = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
+        return F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float(), dim=-1)
+
+
+def anchor_kl(model: Any, batch: tuple[Any, Any, Any], reference: Any) -> Any:
+    """KL(base || tuned) per token of the replay batch: the base's next-token distribution (`reference`, from
+    `base_log_probs`) against the tuned model's, summed over the vocabulary, averaged over every real position,
+    the prompt's as well as the answer's (on the quickstart that kept the probes at 0.96 where the answer
+    positions alone kept 0.92; benchmarks/results/forgetting_settings.json).
+
+    The Learning-without-Forgetting anchor (Li and Hoiem 2016, arXiv:1606.09282) with the base as its own
+    teacher on general prompts; KL to the reference as in RLHF (Ouyang et al. 2022, arXiv:2203.02155).
+    """
+    import torch.nn.functional as F
+
+    ids, _, mask = batch
+    scored = mask[:, 1:].bool()  # every real position, the prompt's included
     tuned = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
-    return F.kl_div(F.log_softmax(tuned, dim=-1), F.log_softmax(reference, dim=-1), log_target=True,
-                    reduction="batchmean")
+    return F.kl_div(F.log_softmax(tuned, dim=-1), reference, log_target=True, reduction="batchmean")
 
 
 def anchored(trainer_class: type) -> type:
     """`trainer_class` (TRL's SFTTrainer) with the replay anchor added to every training micro-batch's loss:
-    loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows."""
+    loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows, the base's side from
+    `BaseReference`."""
 
     class ReplayAnchoredTrainer(trainer_class):
-        def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float,
+                     replay_report: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
             self.replay_step, self.replay_micro = -1, 0
+            self.base_reference = BaseReference()
+            self.replay_report = replay_report  # train.json's replay block, which gains the cache's figures
+
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            result = super().train(*args, **kwargs)
+            self.replay_report["base_reference"] = self.base_reference.report()
+            return result
 
         def replay_draw(self) -> int:
             """The draw for this micro-batch: from the optimizer step and the micro-batch within it."""
@@ -202,8 +295,11 @@ def anchored(trainer_class: type) -> type:
             if not model.training:
                 return result
             loss, outputs = result if return_outputs else (result, None)
-            batch = self.replay_batches.at(self.replay_draw(), loss.device)
-            kl = anchor_kl(model, self.accelerator.unwrap_model(model), batch)
+            self.base_reference.on_base_pass = getattr(self.data_collator, "count_base_pass", None)
+            batch, reference = self.base_reference.log_probs(
+                self.replay_batches, self.replay_batches.rows(self.replay_draw()), model,
+                self.accelerator.unwrap_model(model), loss.device)
+            kl = anchor_kl(model, batch, reference)
             if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
                 self.data_collator.count_anchor(batch[2])
             # as TRL does for its auxiliary loss: with num_items_in_batch the loss carries gradient accumulation

@@ -54,7 +54,7 @@ def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, A
     per_step = max(1, round(recipe.data.replay.ratio * recipe.training.batch_size))
     replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_step)
     return {"replay_batches": ReplayBatches(replay.examples, per_step, tokenizer.pad_token_id, recipe.training.seed),
-            "replay_weight": recipe.data.replay.weight}
+            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
 
 
 def with_replay(train: Any, replay: Replay) -> Any:

@@ -29,7 +29,8 @@ class TokenCounter:
     loss_tokens: int = 0
     batches: int = 0
     attention_flops: float = 0.0  # 12 · span per real token, summed; times layers · hidden in training_flops
-    anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay), run twice: tuned and base
+    anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay) through the tuned model
+    anchor_base_tokens: int = 0  # real tokens the base ran forward for the anchor (once a row, while cached)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
@@ -57,18 +58,24 @@ class TokenCounter:
             self.attention_flops += 12.0 * real * attention_span(batch, prefix)
 
     def count_anchor(self, attention_mask: Any) -> None:
-        """Add one replay-anchor batch (`anchor_kl`): a tuned pass with its backward and a base pass without,
-        over every real position (the LM head included). Its tokens are work, not trained task tokens: they
-        count in the FLOPs (MFU), not in the tokens per second."""
+        """Add one replay-anchor batch (`anchor_kl`): a tuned pass with its backward over every real position
+        (the LM head included). Its tokens are work, not trained task tokens: they count in the FLOPs (MFU), not
+        in the tokens per second."""
         real = int(attention_mask.sum())
         self.anchor_tokens += real
-        self.attention_flops += (12.0 + 4.0) * real * attention_mask.shape[-1] / 2  # backward 2x forward
+        self.attention_flops += 12.0 * real * attention_mask.shape[-1] / 2  # backward 2x forward
+
+    def count_base_pass(self, attention_mask: Any) -> None:
+        """Add one forward pass of the base over a replay batch (`BaseReference`), without gradients."""
+        real = int(attention_mask.sum())
+        self.anchor_base_tokens += real
+        self.attention_flops += 4.0 * real * attention_mask.shape[-1] / 2
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
         per_second = (lambda n: round(n / seconds, 1)) if seconds > 0 else (lambda n: 0.0)
         return {"tokens": self.tokens, "real_tokens": self.real_tokens, "loss_tokens": self.loss_tokens,
-                "anchor_tokens": self.anchor_tokens,
+                "anchor_tokens": self.anchor_tokens, "anchor_base_tokens": self.anchor_base_tokens,
                 "tokens_per_s": per_second(self.tokens), "real_tokens_per_s": per_second(self.real_tokens),
                 "loss_tokens_per_s": per_second(self.loss_tokens), "padding_share": round(
                     1 - self.real_tokens / self.tokens, 4) if self.tokens else 0.0}
@@ -117,10 +124,10 @@ def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
     """Model FLOPs of the counted work: per real token 4 per frozen and 6 per trained body parameter, plus
     attention; the LM head (4 per parameter, frozen) only at the positions that carry loss, the only ones it
     projects (an input embedding is a lookup: no FLOPs). The replay anchor's tokens: the same tuned pass with the
-    head at every position, plus the base's forward pass (2 per body and head parameter)."""
+    head at every position; the base's forward passes over them (2 per body and head parameter) where they ran."""
     body = counter.real_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable)
-    anchor = counter.anchor_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable + 4.0 * shape.lm_head
-                                      + 2.0 * (shape.frozen_body + shape.lm_head))
+    anchor = (counter.anchor_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable + 4.0 * shape.lm_head)
+              + counter.anchor_base_tokens * 2.0 * (shape.frozen_body + shape.lm_head))
     return (body + anchor + counter.loss_tokens * 4.0 * shape.lm_head
             + counter.attention_flops * shape.layers * shape.hidden)
 
