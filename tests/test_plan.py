@@ -152,6 +152,25 @@ def test_a_lighter_method_is_not_advised_at_a_batch_the_recipes_own_method_fits(
     assert advice["method"].flags == [] and advice["method"].value == "lora (keep it)", advice["method"]
 
 
+def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_dir, tmp_path):
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import REPLAY_MEAN_TOKENS, RowLengths
+
+    recipe = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir), "base_dir": str(tmp_path)})
+    arch = read_architecture(tiny_model_dir)
+
+    def kept(memory: float, rows: int | None, kind: str = "cpu") -> float | None:
+        report = build_report(recipe, arch, Device(kind, kind, memory, 1e11, False), RowLengths(128, "t", rows))
+        return {c.name: c.bytes for c in report.components}.get("replay base log-probs (kept)")
+
+    assert recipe.data.replay.ratio == 0.5
+    assert kept(2.0**40, 200) == 100 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # 0.5 x 200 rows
+    assert kept(2.0**20, 200) == 0.25 * 2**20  # REFERENCE_CACHE_SHARE of the device's memory
+    assert kept(2.0**40, 10**6, "cuda") == 2**30
+    assert kept(2.0**40, None) is None  # rows unknown: nothing said
+
+
 def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_model_dir, tmp_path):
     """A 70B llama's config beside a tokenizer and no weights at all: the plan alone must stop the run."""
     import shutil

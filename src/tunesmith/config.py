@@ -79,6 +79,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
+# The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
+# this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
+# where the base's pass is cheap beside the memory it would hold
+REFERENCE_CACHE_SHARE = 0.25
+REFERENCE_CACHE_ACCELERATOR_BYTES = 2**30
 
 
 class ReplaySection(Section):

@@ -73,13 +73,14 @@ def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
     weights = trained_weights(recipe, arch)
-    work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
+    on_device = {"memory_bytes": device.memory_bytes, "accelerator": device.kind != "cpu"}
+    work = micro_step(recipe, lengths, packed=recipe.training.packing is True, **on_device)
     compute = compute_bytes(recipe, device)
     checkpointing = recipe.training.gradient_checkpointing
     sharding = sharding_of(recipe, device.processes)
     estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing, sharding)
     checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding)
-    typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True)
+    typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True, **on_device)
     timing = step_time(recipe, arch, weights, typical, device, lengths.rows)
     return PlanReport(
         model=recipe.model.source, device=device.name, device_memory_bytes=device.memory_bytes,

@@ -51,6 +51,8 @@ class Workload:
     generated_sequences: int = 0
     logits_tokens: int | None = None  # positions projected to the vocabulary (None: every token)
     packed: bool = False
+    kept_reference_tokens: int = 0  # replay tokens whose base log-probabilities are kept (the frozen pass ran once)
+    kept_reference_limit_bytes: float = 0.0  # at most this many bytes of them
 
     @property
     def tokens(self) -> int:
@@ -113,6 +115,8 @@ def estimate_memory(arch: Architecture, weights: TrainedWeights, work: Workload,
         parts.append(sharded(Component("reference model", base_weights(arch, weights).bytes,
                                        "a frozen copy of the base"), sharding.reference, sharding.processes))
     parts += [activations(arch, weights, work, compute_bytes, checkpointing), loss_buffers(arch, work)]
+    if work.kept_reference_tokens:
+        parts.append(kept_reference(arch, work))
     if work.generated_sequences:
         parts.append(generation_cache(arch, work, compute_bytes))
     parts.append(framework(device))
@@ -195,6 +199,16 @@ def loss_buffers(arch: Architecture, work: Workload) -> Component:
     return Component("logits and loss", total, f"{LOSS_BUFFERS} x {projected:,} tokens x {arch.vocab_size:,} "
                                                "vocabulary x 4 B" + (" + reference pass" if work.frozen_pass_tokens
                                                                      else ""))
+
+
+def kept_reference(arch: Architecture, work: Workload) -> Component:
+    """The base's fp32 log-probabilities over the vocabulary at every replay token, kept for the KL anchor (train's
+    BaseReference), up to its limit."""
+    wanted = work.kept_reference_tokens * arch.vocab_size * 4.0
+    how = f"{work.kept_reference_tokens:,} replay tokens x {arch.vocab_size:,} vocabulary x 4 B"
+    if wanted > work.kept_reference_limit_bytes:
+        how += f", capped at {work.kept_reference_limit_bytes / GIB:.1f} GiB (the rest recomputed at each draw)"
+    return Component("replay base log-probs (kept)", min(wanted, work.kept_reference_limit_bytes), how)
 
 
 def generation_cache(arch: Architecture, work: Workload, compute_bytes: float) -> Component:

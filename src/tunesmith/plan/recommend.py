@@ -29,7 +29,8 @@ class Advice(BaseModel):
 
 def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
     weights = trained_weights(recipe, arch)
-    work = micro_step(recipe, lengths, packed=recipe.training.packing is True)
+    work = micro_step(recipe, lengths, packed=recipe.training.packing is True, memory_bytes=device.memory_bytes,
+                      accelerator=device.kind != "cpu")
     return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing,
                            sharding_of(recipe, device.processes)).total
 

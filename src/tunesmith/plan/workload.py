@@ -11,6 +11,8 @@ from tunesmith.config import (
     BASE_PRESERVING_KINDS,
     DEFAULT_REPLAY_RATIO,
     PREFERENCE_KINDS,
+    REFERENCE_CACHE_ACCELERATOR_BYTES,
+    REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
     Recipe,
 )
@@ -22,6 +24,7 @@ REFERENCE_KINDS = ("dpo", "kto")  # methods that score a frozen reference (ORPO 
 # A replay micro-batch pads to its longest row: with 4 rows drawn, about the 90th percentile of the bundled rows
 # with SmolLM2's answers (46-193 tokens, median 79, p90 142)
 REPLAY_TOKENS = 144
+REPLAY_MEAN_TOKENS = 85  # the mean bundled row with SmolLM2's answer, prompt included
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,13 @@ def adapter_parameters(adapter: Any, arch: Architecture, linears: list[LinearLay
     return lora + (sum(x.out_features for x in linears) if kind == "dora" else 0)
 
 
-def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool) -> Workload:
+def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: float = 0.0,
+               accelerator: bool = False) -> Workload:
     """The tokens one micro-batch holds, by method: preference pairs put chosen and rejected in one batch; GRPO
     trains batch_size completions of prompt + max_completion_length and caches them while sampling; DPO/KTO
-    add a reference pass; SFT with a KL replay anchor trains replay rows in the same backward, after a base pass."""
+    add a reference pass; SFT with a KL replay anchor trains replay rows in the same backward, beside the base's
+    log-probabilities on them, kept after one base pass a row (up to REFERENCE_CACHE_SHARE of `memory_bytes`,
+    the device's, or REFERENCE_CACHE_ACCELERATOR_BYTES on an `accelerator`)."""
     t, method = recipe.training, recipe.method
     if lengths.rows and lengths.rows < t.batch_size:  # a batch holds at most the dataset
         t = t.model_copy(update={"batch_size": lengths.rows})
@@ -121,8 +127,17 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool) -> Workload:
     replay = replay_tokens(recipe)
     answer = min(lengths.longest_answer or length, length)
     # SFT projects only the labelled positions to the vocabulary (train/upstream.py), the replay anchor every one
+    kept = (REPLAY_MEAN_TOKENS * replay_rows(recipe, lengths.rows)) if replay else 0
+    limit = REFERENCE_CACHE_ACCELERATOR_BYTES if accelerator else REFERENCE_CACHE_SHARE * memory_bytes
     return Workload(t.batch_size, length, trained_extra_tokens=replay, frozen_pass_tokens=replay,
-                    logits_tokens=t.batch_size * answer + replay, packed=packed)
+                    logits_tokens=t.batch_size * answer + replay, packed=packed, kept_reference_tokens=kept,
+                    kept_reference_limit_bytes=limit)
+
+
+def replay_rows(recipe: Recipe, rows: int | None) -> int:
+    """Replay rows beside `rows` training rows (at most: a replay source may hold fewer); 0 when unknown."""
+    ratio = DEFAULT_REPLAY_RATIO if recipe.data.replay.ratio is None else recipe.data.replay.ratio
+    return round(ratio * rows) if rows else 0
 
 
 def replay_tokens(recipe: Recipe) -> int:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Recipe
+from tunesmith.config import REFERENCE_CACHE_ACCELERATOR_BYTES, REFERENCE_CACHE_SHARE, Recipe
 from tunesmith.data.replay import as_messages, load_replay_prompts, pick_replay, replay_count, shipped_answers
 from tunesmith.data.template import encode_split, render
+from tunesmith.doctor.accelerator import available_memory
 from tunesmith.manifest import RowsFile
 from tunesmith.models.generation import generate_from_prompts, pad_right
 from tunesmith.models.home import model_fingerprint, tunesmith_home
@@ -165,24 +166,19 @@ class ReplayBatches:
         return self.batch(self.rows(draw), device)
 
 
-# The base's log-probabilities kept for reuse (BaseReference), at most this many bytes: fp32 over the vocabulary at
-# every position, ~190 KiB a token for SmolLM2's 49,152 entries, so 1 GiB holds ~5,500 replay tokens (the 48 rows
-# of a 480-row dataset at the default ratio hold ~3,000)
-REFERENCE_CACHE_BYTES = 2**30
-
-
 class BaseReference:
     """The base model's next-token log-probabilities on each replay row, computed once and reused at every draw.
 
     The KL anchor is only used with adapters that leave the base untouched (`data.replay.loss` auto), so the base's
     distribution on a replay row never changes while training: computing it at each draw repeats the same forward
-    pass (at the default ratio every row is drawn about five times an epoch). The first call fills the cache with
-    every row, in the order and batches of the first pass, up to `limit_bytes`; rows beyond the limit are
-    recomputed at each draw, as before. Each row is kept as [real positions - 1, vocabulary] fp32 log-probabilities
-    on the training device.
+    pass (a batch of 8 draws 4 replay rows, so at the default ratio of 0.5 each row is drawn once an epoch, and as
+    often as the rows allow beyond the bundled set's 150). The first call fills the cache with every row, in the
+    order and batches of the first pass, up to `limit_bytes` (`reference_cache_limit` when None); rows beyond the
+    limit are recomputed at each draw, as before. Each row is kept as [real positions - 1, vocabulary] fp32
+    log-probabilities on the training device: ~190 KiB a token for SmolLM2's 49,152-entry vocabulary.
     """
 
-    def __init__(self, limit_bytes: int = REFERENCE_CACHE_BYTES) -> None:
+    def __init__(self, limit_bytes: int | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.kept: dict[int, Any] = {}
         self.used_bytes = 0
@@ -208,6 +204,8 @@ class BaseReference:
     def fill(self, replay: ReplayBatches, model: Any, peft_model: Any, device: Any) -> None:
         """Compute and keep every row's log-probabilities, batched as the first pass draws them, until the limit."""
         self.filled = True
+        if self.limit_bytes is None:
+            self.limit_bytes = reference_cache_limit(device)
         order = replay.order(0)
         for start in range(0, len(order), replay.batch_size):
             rows = order[start : start + replay.batch_size]
@@ -231,7 +229,18 @@ class BaseReference:
     def report(self) -> dict[str, Any]:
         """What train.json's replay block says about the cache."""
         return {"rows_kept": len(self.kept), "kept_mb": round(self.used_bytes / 2**20, 1),
+                "limit_mb": round((self.limit_bytes or 0) / 2**20, 1),
                 "base_passes": self.base_passes, "batches_from_cache": self.reused}
+
+
+def reference_cache_limit(device: Any) -> int:
+    """Bytes BaseReference may keep: REFERENCE_CACHE_SHARE of the memory available now on a CPU,
+    REFERENCE_CACHE_ACCELERATOR_BYTES on an accelerator."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return REFERENCE_CACHE_ACCELERATOR_BYTES
+    return int(REFERENCE_CACHE_SHARE * available_memory())
 
 
 def base_log_probs(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> Any:
