@@ -16,6 +16,7 @@ from tunesmith.config import (
     TARGET_PRESETS,
     Recipe,
 )
+from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
 from tunesmith.plan.architecture import Architecture, LinearLayer
 from tunesmith.plan.memory import TrainedWeights, Workload
 
@@ -135,9 +136,16 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
 
 
 def replay_rows(recipe: Recipe, rows: int | None) -> int:
-    """Replay rows beside `rows` training rows (at most: a replay source may hold fewer); 0 when unknown."""
-    ratio = DEFAULT_REPLAY_RATIO if recipe.data.replay.ratio is None else recipe.data.replay.ratio
-    return round(ratio * rows) if rows else 0
+    """Replay rows beside `rows` training rows: ratio x rows, at most the bundled set's prompts when it is the source
+    (a file of one's own may hold fewer too); 0 when the rows are unknown."""
+    replay = recipe.data.replay
+    ratio = DEFAULT_REPLAY_RATIO if replay.ratio is None else replay.ratio
+    if not rows:
+        return 0
+    if replay.source != "bundled":
+        return round(ratio * rows)
+    available = sum(1 for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines() if line.strip())
+    return replay_count(ratio, rows, available)
 
 
 def replay_tokens(recipe: Recipe) -> int:
