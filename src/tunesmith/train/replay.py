@@ -207,11 +207,16 @@ class BaseReference:
         if self.limit_bytes is None:
             self.limit_bytes = reference_cache_limit(device)
         order = replay.order(0)
+        started = time.monotonic()
+        print(f"replay anchor: the base's log-probabilities on the {len(order)} replay rows, computed once and kept "
+              f"(up to {self.limit_bytes / 2**30:.1f} GiB); the first step waits for them", file=sys.stderr, flush=True)
         for start in range(0, len(order), replay.batch_size):
             rows = order[start : start + replay.batch_size]
             self.base_pass(rows, replay.batch(rows, device), model, peft_model)
             if not all(i in self.kept for i in rows):  # the limit is reached
-                return
+                break
+        print(f"replay anchor: {len(self.kept)} of {len(order)} rows kept ({self.used_bytes / 2**20:,.0f} MiB) in "
+              f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
