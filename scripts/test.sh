@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests
 .venv/bin/lint-imports  # the layers of DESIGN.md, declared in pyproject.toml
-exec .venv/bin/pytest -m "slow or not slow" "$@"
+exec .venv/bin/pytest -m "slow or not slow" --durations=30 "$@"  # the slowest tests, to keep CI short

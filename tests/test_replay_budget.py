@@ -215,13 +215,18 @@ def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base
         assert torch.allclose(reference, fresh, atol=1e-5)
         assert anchor_kl(model, batch, reference).item() == pytest.approx(
             anchor_kl(model, batch, fresh).item(), rel=1e-5)
-    assert cached.report()["rows_kept"] == 5 and cached.base_passes == 3  # the fill: 5 rows in batches of 2
-    assert cached.reused == 6 and counter.anchor_base_tokens == sum(len(e["input_ids"]) for e in examples)
+    # 5 rows in batches of 2: the first pass's 3 draws run the base (the third meets the second pass's first row,
+    # kept by then or in that draw), the next 3 draws come from the cache
+    assert cached.report()["rows_kept"] == 5 and cached.base_passes == 3 and cached.reused == 3
+    first_three = [i for draw in range(3) for i in replay.rows(draw)]
+    assert counter.anchor_base_tokens == sum(len(examples[i]["input_ids"]) for i in first_three)
+    partial = BaseReference()  # a run that draws fewer rows than the set computes only the rows it draws
+    partial.log_probs(replay, replay.rows(0), model, model, "cpu")
+    assert partial.report()["rows_kept"] == 2 and partial.base_passes == 1
     small = BaseReference(limit_bytes=1)  # no row fits: every draw runs the base pass, as without a cache
     for draw in range(3):
         small.log_probs(replay, replay.rows(draw), model, model, "cpu")
-    # the fill stops at its first batch, then every draw runs its own base pass
-    assert small.report()["rows_kept"] == 0 and small.reused == 0 and small.base_passes == 1 + 3
+    assert small.report()["rows_kept"] == 0 and small.reused == 0 and small.base_passes == 3
 
 
 def test_replay_batches_cycle_through_every_row_before_repeating():

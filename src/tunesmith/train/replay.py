@@ -172,18 +172,18 @@ class BaseReference:
     The KL anchor is only used with adapters that leave the base untouched (`data.replay.loss` auto), so the base's
     distribution on a replay row never changes while training: computing it at each draw repeats the same forward
     pass (a batch of 8 draws 4 replay rows, so at the default ratio of 0.5 each row is drawn once an epoch, and as
-    often as the rows allow beyond the bundled set's 150). The first call fills the cache with every row, in the
-    order and batches of the first pass, up to `limit_bytes` (`reference_cache_limit` when None); rows beyond the
-    limit are recomputed at each draw, as before. Each row is kept as [real positions - 1, vocabulary] fp32
-    log-probabilities on the training device: ~190 KiB a token for SmolLM2's 49,152-entry vocabulary.
+    often as the rows allow beyond the bundled set's 150). Each row is kept at its first draw, from the base pass
+    that draw needs anyway, up to `limit_bytes` (`reference_cache_limit` when None); a draw whose rows are all kept
+    runs no base pass, and rows beyond the limit are recomputed at each draw, as before. So a run that draws fewer
+    rows than the replay set computes only the rows it draws. Each row is kept as [real positions - 1, vocabulary]
+    fp32 log-probabilities on the training device: ~190 KiB a token for SmolLM2's 49,152-entry vocabulary.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.kept: dict[int, Any] = {}
         self.used_bytes = 0
-        self.filled = False
-        self.base_passes = 0  # anchor batches whose base pass ran (fill included)
+        self.base_passes = 0  # anchor batches whose base pass ran
         self.reused = 0  # anchor batches served from the cache
         self.on_base_pass: Callable[[Any], None] | None = None  # given each base pass's attention mask
 
@@ -193,30 +193,16 @@ class BaseReference:
         `anchor_kl`'s order), from the cache where every row is in it, else from a base pass."""
         import torch
 
-        if not self.filled:
-            self.fill(replay, model, peft_model, device)
+        if self.limit_bytes is None:
+            self.limit_bytes = reference_cache_limit(device)
+            print(f"replay anchor: the base's log-probabilities on each replay row are kept at its first draw (up to "
+                  f"{self.limit_bytes / 2**30:.1f} GiB), so later draws of it need no base pass",
+                  file=sys.stderr, flush=True)
         batch = replay.batch(rows, device)
         if all(i in self.kept for i in rows):
             self.reused += 1
             return batch, torch.cat([self.kept[i] for i in rows])
         return batch, self.base_pass(rows, batch, model, peft_model)
-
-    def fill(self, replay: ReplayBatches, model: Any, peft_model: Any, device: Any) -> None:
-        """Compute and keep every row's log-probabilities, batched as the first pass draws them, until the limit."""
-        self.filled = True
-        if self.limit_bytes is None:
-            self.limit_bytes = reference_cache_limit(device)
-        order = replay.order(0)
-        started = time.monotonic()
-        print(f"replay anchor: the base's log-probabilities on the {len(order)} replay rows, computed once and kept "
-              f"(up to {self.limit_bytes / 2**30:.1f} GiB); the first step waits for them", file=sys.stderr, flush=True)
-        for start in range(0, len(order), replay.batch_size):
-            rows = order[start : start + replay.batch_size]
-            self.base_pass(rows, replay.batch(rows, device), model, peft_model)
-            if not all(i in self.kept for i in rows):  # the limit is reached
-                break
-        print(f"replay anchor: {len(self.kept)} of {len(order)} rows kept ({self.used_bytes / 2**20:,.0f} MiB) in "
-              f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
@@ -292,6 +278,7 @@ def anchored(trainer_class: type) -> type:
             self.replay_report = replay_report  # train.json's replay block, which gains the cache's figures
 
         def train(self, *args: Any, **kwargs: Any) -> Any:
+            self.replay_step, self.replay_micro = -1, 0  # the time budget's measurement drew before training
             result = super().train(*args, **kwargs)
             self.replay_report["base_reference"] = self.base_reference.report()
             return result
