@@ -207,22 +207,27 @@ def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base
     replay = ReplayBatches(examples, 2, pad_id=0, seed=3)
     cached, counter = BaseReference(), TokenCounter(None)
     cached.on_base_pass = counter.count_base_pass
+    references = []
     for draw in range(6):  # over two passes, the rows meeting other rows (other padding) than when they were kept
         rows = replay.rows(draw)
         batch, reference = cached.log_probs(replay, rows, model, model, "cpu")
+        references.append(reference)
         fresh = base_log_probs(model, model, batch)
         assert reference.shape == fresh.shape
         assert torch.allclose(reference, fresh, atol=1e-5)
         assert anchor_kl(model, batch, reference).item() == pytest.approx(
             anchor_kl(model, batch, fresh).item(), rel=1e-5)
-    # 5 rows in batches of 2: the first pass's 3 draws run the base (the third meets the second pass's first row,
-    # kept by then or in that draw), the next 3 draws come from the cache
+    # 5 rows in batches of 2: the first pass's 3 batches run the base, each row once (the third draw meets the
+    # second pass's first row, kept by then), the next 3 draws come from the cache
     assert cached.report()["rows_kept"] == 5 and cached.base_passes == 3 and cached.reused == 3
-    first_three = [i for draw in range(3) for i in replay.rows(draw)]
-    assert counter.anchor_base_tokens == sum(len(examples[i]["input_ids"]) for i in first_three)
+    assert counter.anchor_base_tokens == sum(len(e["input_ids"]) for e in examples)
     partial = BaseReference()  # a run that draws fewer rows than the set computes only the rows it draws
     partial.log_probs(replay, replay.rows(0), model, model, "cpu")
     assert partial.report()["rows_kept"] == 2 and partial.base_passes == 1
+    resumed = BaseReference()  # resumed in the second pass: each row from its first-pass batch, to the bit
+    for draw in range(3, 6):
+        assert torch.equal(resumed.log_probs(replay, replay.rows(draw), model, model, "cpu")[1], references[draw])
+    assert resumed.base_passes == 3
     small = BaseReference(limit_bytes=1)  # no row fits: every draw runs the base pass, as without a cache
     for draw in range(3):
         small.log_probs(replay, replay.rows(draw), model, model, "cpu")

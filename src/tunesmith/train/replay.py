@@ -165,6 +165,15 @@ class ReplayBatches:
     def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
         return self.batch(self.rows(draw), device)
 
+    def first_pass_batch(self, row: int) -> list[int]:
+        """The rows of the first pass's batch that holds `row` (its draw in pass 0, without the next pass's rows
+        where the pass's last draw runs over)."""
+        order = self.order(0)
+        if not hasattr(self, "first_position"):
+            self.first_position = {i: k for k, i in enumerate(order)}
+        start = self.first_position[row] // self.batch_size * self.batch_size
+        return order[start : start + self.batch_size]
+
 
 class BaseReference:
     """The base model's next-token log-probabilities on each replay row, computed once and reused at every draw.
@@ -172,11 +181,14 @@ class BaseReference:
     The KL anchor is only used with adapters that leave the base untouched (`data.replay.loss` auto), so the base's
     distribution on a replay row never changes while training: computing it at each draw repeats the same forward
     pass (a batch of 8 draws 4 replay rows, so at the default ratio of 0.5 each row is drawn once an epoch, and as
-    often as the rows allow beyond the bundled set's 150). Each row is kept at its first draw, from the base pass
-    that draw needs anyway, up to `limit_bytes` (`reference_cache_limit` when None); a draw whose rows are all kept
-    runs no base pass, and rows beyond the limit are recomputed at each draw, as before. So a run that draws fewer
-    rows than the replay set computes only the rows it draws. Each row is kept as [real positions - 1, vocabulary]
-    fp32 log-probabilities on the training device: ~190 KiB a token for SmolLM2's 49,152-entry vocabulary.
+    often as the rows allow beyond the bundled set's 150). A row is kept when first drawn, from a base pass over
+    its batch of the first pass (in the first pass, the draw's own batch), up to `limit_bytes`
+    (`reference_cache_limit` when None); a draw whose rows are all kept runs no base pass, and rows beyond the
+    limit are recomputed with the draw's batch at each draw, as before. So a run that draws fewer rows than the
+    replay set computes only the rows it draws, and a run resumed in a later pass computes each row in the same
+    batch (the same padding, so the same values to the bit) as the uninterrupted run. Each row is kept as
+    [real positions - 1, vocabulary] fp32 log-probabilities on the training device: ~190 KiB a token for
+    SmolLM2's 49,152-entry vocabulary.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
@@ -184,6 +196,7 @@ class BaseReference:
         self.kept: dict[int, Any] = {}
         self.used_bytes = 0
         self.base_passes = 0  # anchor batches whose base pass ran
+        self.full = False  # a row did not fit under the limit
         self.reused = 0  # anchor batches served from the cache
         self.on_base_pass: Callable[[Any], None] | None = None  # given each base pass's attention mask
 
@@ -199,10 +212,20 @@ class BaseReference:
                   f"{self.limit_bytes / 2**30:.1f} GiB), so later draws of it need no base pass",
                   file=sys.stderr, flush=True)
         batch = replay.batch(rows, device)
-        if all(i in self.kept for i in rows):
+        missing = [i for i in rows if i not in self.kept]
+        if not missing:
             self.reused += 1
             return batch, torch.cat([self.kept[i] for i in rows])
-        return batch, self.base_pass(rows, batch, model, peft_model)
+        own = None  # the base pass of this draw's batch, where it is a first-pass batch
+        for first in dict.fromkeys(tuple(replay.first_pass_batch(i)) for i in missing):
+            if self.full:
+                break
+            reference = self.base_pass(list(first), replay.batch(list(first), device), model, peft_model)
+            own = reference if list(first) == rows else own
+        if all(i in self.kept for i in rows):
+            return batch, torch.cat([self.kept[i] for i in rows])
+        # past the limit: this draw's own batch, as without a cache
+        return batch, own if own is not None else self.base_pass(rows, batch, model, peft_model)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
@@ -212,9 +235,13 @@ class BaseReference:
             self.on_base_pass(batch[2])
         scored = batch[2][:, 1:].sum(dim=1).tolist()
         for i, part in zip(rows, reference.split(scored), strict=True):
-            if i not in self.kept and self.used_bytes + part.nbytes <= self.limit_bytes:
-                self.kept[i] = part.clone()
-                self.used_bytes += part.nbytes
+            if i in self.kept:
+                continue
+            if self.used_bytes + part.nbytes > self.limit_bytes:
+                self.full = True
+                continue
+            self.kept[i] = part.clone()
+            self.used_bytes += part.nbytes
         return reference
 
     def report(self) -> dict[str, Any]:
