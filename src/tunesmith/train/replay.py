@@ -147,6 +147,7 @@ class ReplayBatches:
         self.examples, self.batch_size, self.pad_id, self.seed = examples, max(1, batch_size), pad_id, seed
         self.passes: list[list[int]] = []
         self.rng = random.Random(seed)
+        self.first_position: dict[int, int] | None = None  # row -> its place in the first pass
 
     def order(self, epoch: int) -> list[int]:
         while len(self.passes) <= epoch:
@@ -169,7 +170,7 @@ class ReplayBatches:
         """The rows of the first pass's batch that holds `row` (its draw in pass 0, without the next pass's rows
         where the pass's last draw runs over)."""
         order = self.order(0)
-        if not hasattr(self, "first_position"):
+        if self.first_position is None:
             self.first_position = {i: k for k, i in enumerate(order)}
         start = self.first_position[row] // self.batch_size * self.batch_size
         return order[start : start + self.batch_size]
