@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tunesmith.config import load_recipe
-from tunesmith.data import load_splits
+from tunesmith.data import holds_out, load_splits
 from tunesmith.data.workflow import data_recipe, inspect_data, prepare_data
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, TunesmithError
 
 
 def qa(question: str, answer: str) -> dict:
@@ -155,3 +155,33 @@ def test_cli_prepare_json_and_inspect(messy_project: Path, tmp_path: Path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "shape messages" in result.stderr and "what `prepare` would do" in result.stderr
+
+
+def test_prepare_refuses_a_folder_holding_the_users_files_and_replaces_its_own_output(tmp_path: Path,
+                                                                                      tiny_model_dir: Path,
+                                                                                      monkeypatch):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in distinct_rows(20)), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"keep already holds files that tunesmith did not write"):
+        prepare_data(recipe, keep)
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+    monkeypatch.chdir(keep)
+    for folder in (Path("."), tmp_path):  # the current folder and one above it
+        with pytest.raises(TunesmithError, match=r"is the current folder, a folder above it"):
+            prepare_data(recipe, folder)
+    assert (keep / "notes.txt").read_text(encoding="utf-8") == "mine"
+    out = tmp_path / "out"
+    prepare_data(recipe, out)
+    (out / "train.jsonl").write_text("", encoding="utf-8")
+    prepare_data(recipe, out)  # an earlier `data prepare` output is replaced whole
+    assert (out / "train.jsonl").read_text(encoding="utf-8")
+
+
+def test_a_train_file_whose_rows_all_fall_into_the_held_out_share_is_refused(tmp_path: Path, tiny_model_dir: Path):
+    held = [row for row in distinct_rows(200) if holds_out(row, 0.1)][:2]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held), encoding="utf-8")
+    with pytest.raises(DataError, match=r"All 2 rows of .*d.jsonl fell into the held-out share"):
+        load_splits(data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir)))

@@ -87,6 +87,17 @@ def test_one_adapter_merges_into_its_base_with_the_logits_checked(adapters, tiny
     assert float((expected - got).abs().max()) == pytest.approx(check["max_abs_logit_diff_after_cast"], rel=1e-3)
     assert float((expected - logits(tiny_model_dir, tiny_model_dir)).abs().max()) > 1.0  # the adapter matters
     assert not list(tmp_path.glob(".merged.*"))  # no temporary folder left behind
+    run_merge([adapters["a"]], out)  # its own earlier output is replaced
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+
+
+def test_merge_refuses_an_output_folder_holding_other_files(adapters, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"mine already holds files that tunesmith did not write"):
+        run_merge([adapters["a"]], out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_linear_combines_a_and_b_factors_the_way_peft_documents(adapters, tmp_path):

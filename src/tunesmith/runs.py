@@ -73,9 +73,32 @@ def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def check_replaceable_output(path: Path, marker: str) -> None:
+    """Refuse an output folder that writing there would destroy: `atomic_directory` replaces the whole folder.
+
+    `path` may be new, empty, or an earlier output of the same command (it holds `marker`, e.g. `data_report.json`).
+    The current folder, a folder above it, the home folder and any other non-empty folder are refused.
+    Raises TunesmithError (exit 2) naming the folder and what to do.
+    """
+    target = path.expanduser().resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if target in (cwd, home) or target in cwd.parents:
+        raise TunesmithError(f"Output folder {path} is the current folder, a folder above it or your home folder: "
+                             "tunesmith writes an output folder by replacing it whole.",
+                             "Name a new folder for the output, e.g. --out prepared/.")
+    if target.exists() and not target.is_dir():
+        raise TunesmithError(f"Output folder {path} is a file.", "Name a new folder for the output.")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise TunesmithError(f"Output folder {path} already holds files that tunesmith did not write there (no "
+                             f"{marker}); writing the output would replace the folder and delete them.",
+                             "Name a new or empty folder, or move those files away first.")
+
+
 @contextmanager
 def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary directory; on success it replaces `path` (all of it), on failure it is removed.
+
+    Where a user names `path`, call `check_replaceable_output` first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())

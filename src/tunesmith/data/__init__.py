@@ -71,6 +71,7 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         held = [row for row, out in zip(rows, in_eval, strict=True) if out]
         kept = [row for row, out in zip(rows, in_eval, strict=True) if not out]
         source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
+        refuse_all_held_out(rows, kept, source["train"], data.eval_fraction)
     if data.clean.dedup != "off":
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
         refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
@@ -96,6 +97,15 @@ def refuse_same_file(train_path: Path | str, eval_path: Path | str | None) -> No
                         "be an eval row, and tunesmith removes train rows that appear in the eval set.",
                         "Remove data.eval to hold out data.eval_fraction of the training file, or point data.eval "
                         "at a separate file.")
+
+
+def refuse_all_held_out(rows: list[Row], kept: list[Row], train: str, eval_fraction: float) -> None:
+    """On a handful of rows the content hash can put every one of them in the held-out share."""
+    if rows and not kept:
+        raise DataError(f"All {len(rows)} rows of {train} fell into the held-out share (data.eval_fraction "
+                        f"{eval_fraction:g}, each row by a hash of its content), so none is left to train on.",
+                        "Add rows (about data.eval_fraction of them are held out), or give data.eval a separate "
+                        "file so that every row of data.train is trained on.")
 
 
 def refuse_all_overlapping(kept: list[Row], overlap: dict[str, Any], source: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
 from tunesmith.data.shapes import SHAPES
-from tunesmith.runs import atomic_directory
+from tunesmith.runs import atomic_directory, check_replaceable_output
 
 RECIPE_SUFFIXES = {".yaml", ".yml"}
 
@@ -105,7 +105,10 @@ def rendered(tokenizer: Any, row: dict[str, Any]) -> str:
 
 
 def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
-    """Clean and split as training would, then write rows, data_report.json, report.html and the histogram."""
+    """Clean and split as training would, then write rows, data_report.json, report.html and the histogram.
+
+    `out_dir` must be new, empty or an earlier `data prepare` output (`check_replaceable_output`)."""
+    check_replaceable_output(out_dir, "data_report.json")
     tokenizer = recipe_tokenizer(recipe)
     splits = load_splits(recipe, accept=SHAPES, purpose="prepare", tokenizer=tokenizer)
     lengths = {"train": token_lengths(tokenizer, splits.train), "eval": token_lengths(tokenizer, splits.eval)}

@@ -25,7 +25,7 @@ from tunesmith.merge.into_base import (
     torch_dtype,
 )
 from tunesmith.merge.models import BASE_METHODS, MODEL_METHODS, agreement_with_inputs, merge_models
-from tunesmith.runs import atomic_directory, atomic_write_json
+from tunesmith.runs import atomic_directory, atomic_write_json, check_replaceable_output
 
 DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties", "magnitude_prune"})
 
@@ -36,8 +36,12 @@ def run_merge(targets: list[str | Path], out: Path, method: str | None = None, w
               density: float | None = None, dtype: str = "fp32", base: str | None = None, into_base: bool = False,
               max_shard_size: str = DEFAULT_SHARD_SIZE, seed: int = 0,
               tolerance: float = DEFAULT_TOLERANCE) -> Path:
-    """Merge `targets` into `out` (written atomically, with merge.json); returns `out`."""
+    """Merge `targets` into `out` (written atomically, with merge.json); returns `out`.
+
+    `out` must be new, empty or an earlier merge's output (`check_replaceable_output`)."""
     from tunesmith.models import resolve_model_source
+
+    check_replaceable_output(Path(out), "merge.json")
 
     torch_dtype(dtype), parse_shard_size(max_shard_size)
     base_dir = resolve_model_source(base).resolve() if base else None
