@@ -160,3 +160,27 @@ def test_export_out_that_is_a_file_is_refused(run_with_adapter, tmp_path):
     result = tunesmith("export", str(run_with_adapter), "--format", "adapter", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
     assert not (run_with_adapter / "exports").exists()
+
+
+def test_a_train_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path, tiny_model_dir):
+    (tmp_path / "r.yaml").write_text(f"name: gone\nmodel: {{source: {tiny_model_dir}}}\ndata: {{train: nope.jsonl}}\n",
+                                     encoding="utf-8")
+    result = tunesmith("train", "r.yaml", "--runs-dir", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "nope.jsonl" in result.stderr, result.stderr
+    assert_not_internal(result)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_run_that_logged_a_step_is_kept_when_training_stops_on_an_error(tmp_path):
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import Run, removed_if_unstarted
+
+    started, unstarted = Run(tmp_path / "started"), Run(tmp_path / "unstarted")
+    for run in (started, unstarted):
+        run.path.mkdir()
+        (run.path / "recipe.yaml").write_text("name: x\n", encoding="utf-8")
+    started.metrics_file.write_text('{"step": 1, "loss": 2.0}\n', encoding="utf-8")
+    for run in (started, unstarted):
+        with pytest.raises(TunesmithError), removed_if_unstarted(run):
+            raise TunesmithError("out of memory at step 2")
+    assert started.path.is_dir() and not unstarted.path.exists()

@@ -9,7 +9,7 @@ from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.export.stage import export_formats
-from tunesmith.runs import Run, create_run
+from tunesmith.runs import Run, create_run, removed_if_unstarted
 from tunesmith.train import run_training
 
 
@@ -29,8 +29,11 @@ def quickstart_recipe(overrides: list[str] | None = None) -> Recipe:
 
 def run_pipeline(recipe: Recipe, runs_dir: Path | None = None, run: Run | None = None) -> Run:
     """train → eval → export → model card, all in one new run directory (or in `run`, being resumed)."""
-    run = run or create_run(recipe, runs_dir)
-    run_training(recipe, run)
+    if run is None:
+        with removed_if_unstarted(create_run(recipe, runs_dir)) as run:
+            run_training(recipe, run)
+    else:
+        run_training(recipe, run)
     return evaluate_and_export(recipe, run)
 
 

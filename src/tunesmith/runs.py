@@ -377,6 +377,21 @@ def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     return create_run_at(recipe, path)
 
 
+@contextmanager
+def removed_if_unstarted(run: Run) -> Iterator[Run]:
+    """Remove a new run's directory when its training stops on a user's mistake (a TunesmithError) before the
+    first step was logged: it would hold only the set-up (recipe, environment, data), nothing to resume or read,
+    and `runs` would list it. A run with a logged step or a checkpoint is kept. Re-raises the error."""
+    try:
+        yield run
+    except TunesmithError:
+        checkpoints = run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())
+        trained = run.adapter_dir.exists() or (run.path / "model").exists()
+        if not (run.metrics_file.exists() or checkpoints or trained):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
 def create_run_at(recipe: Recipe, path: Path) -> Run:
     """A run in `path` (made if missing, and empty): the resolved recipe and environment snapshot; the recipe goes
     in last, so that a run directory with recipe.yaml is one whose set-up is complete."""

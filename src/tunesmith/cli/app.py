@@ -147,7 +147,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     Example: tunesmith train my-recipe.yaml --nproc 4 --set training.distributed=fsdp
     """
     from tunesmith.config import load_recipe
-    from tunesmith.runs import create_run
+    from tunesmith.runs import create_run, removed_if_unstarted
     from tunesmith.train import run_training
     from tunesmith.train.distributed import this_rank
 
@@ -180,8 +180,11 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         from tunesmith.train.launch import shared_run
 
         run = shared_run(loaded, run_dir)
-    run = run or create_run(loaded, runs_dir)
-    run_training(loaded, run)
+    if run is None:
+        with removed_if_unstarted(create_run(loaded, runs_dir)) as run:
+            run_training(loaded, run)
+    else:
+        run_training(loaded, run)
     if this_rank().is_main and not launched:  # started by torchrun/srun: rank 0 alone evaluates, writes the card
         finish_run(run, evaluate)
 
