@@ -102,7 +102,23 @@ def test_plan_json_names_every_component_and_scales_with_the_batch(tiny_model_di
     assert {r["name"]: r["bytes"] for r in large["components"]}["activations"] == pytest.approx(16 * activations,
                                                                                                 rel=0.35)
     assert small["fits"] and small["device_memory_bytes"] == 24 * 2**30
-    assert small["length_source"].startswith("the longest of")
+    assert small["length_source"].startswith("the longest of") and small["data_problem"] is None
+
+
+def test_plan_on_data_that_train_would_refuse_still_sizes_it_but_says_so_and_exits_1(tiny_model_dir, tmp_path):
+    raw = raw_recipe(tmp_path, tiny_model_dir)
+    raw["data"]["train"] = "broken.jsonl"
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{oops\n', encoding="utf-8")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    command = [sys.executable, "-m", "tunesmith", "plan", str(recipe_file), "--device", "cuda:24GB"]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert "broken.jsonl, line 2" in report["data_problem"] and report["components"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 1 and "Peak memory" in done.stderr
+    assert "data: the data did not load" in done.stderr and "tunesmith data inspect" in done.stderr
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])

@@ -36,8 +36,13 @@ def plan(recipe: Path, set_: SetOption = None,
     report = plan_recipe(load_recipe(recipe, set_ or []), device, processes=nproc * nnodes, per_node=nproc)
     if as_json:
         print(report.model_dump_json(indent=2))
-        return
-    print_plan(report)
+    else:
+        print_plan(report)
+    if report.data_problem:  # the plan is still printed (sized for data.max_length); train would refuse the data
+        err.print(f"[red]data: {escape(report.data_problem)}[/red]\nThe memory above is sized for data.max_length; "
+                  f"`tunesmith train` refuses this data. `tunesmith data inspect {escape(str(recipe))}` lists "
+                  "every problem row.", **SHOW)
+        raise typer.Exit(1)
 
 
 def print_plan(report) -> None:

@@ -41,6 +41,7 @@ class PlanReport(BaseModel):
     sequences: int
     length: int
     length_source: str
+    data_problem: str | None = None  # the data could not be read or encoded: sized for data.max_length instead
     gradient_checkpointing: bool
     components: list[ComponentRow]
     peak_bytes: float
@@ -86,7 +87,8 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
         model=recipe.model.source, device=device.name, device_memory_bytes=device.memory_bytes,
         measured_device=device.measured, method=recipe.method.kind, adapter=recipe.adapter.kind,
         trained_parameters=weights.parameters, total_parameters=arch.parameters, sequences=work.sequences,
-        length=work.length, length_source=lengths.source, gradient_checkpointing=checkpointing,
+        length=work.length, length_source=lengths.source, data_problem=lengths.problem,
+        gradient_checkpointing=checkpointing,
         components=component_rows(estimate), peak_bytes=estimate.total, peak_bytes_checkpointed=checkpointed.total,
         fits=estimate.total <= device.memory_bytes, step_seconds=timing.seconds,
         steps_per_epoch=timing.steps_per_epoch, epoch_seconds=timing.seconds * timing.steps_per_epoch,

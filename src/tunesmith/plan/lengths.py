@@ -26,13 +26,16 @@ def longest_row(recipe: Recipe, tokenizer: Any) -> RowLengths:
     try:
         splits = load_splits(recipe, accept=SHAPES, purpose="the memory plan")
     except TunesmithError as exc:
-        return RowLengths(max_length, f"data.max_length (the data did not load: {exc.message})")
+        return RowLengths(max_length, f"data.max_length (the data did not load: {exc.message})",
+                          problem=f"the data did not load: {exc}")
     try:
         encoded = encoded_sequences(splits.train, splits.shape, tokenizer, max_length)
     except (TunesmithError, TemplateError) as exc:  # train's template-contract check explains these
-        return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc})")
+        return RowLengths(max_length, f"data.max_length (the rows did not encode: {exc})",
+                          problem=f"the rows did not encode: {exc}")
     if not encoded:
-        return RowLengths(max_length, "data.max_length (no training row encodes)")
+        return RowLengths(max_length, "data.max_length (no training row encodes)",
+                          problem="no training row encodes (every row is empty or cut)")
     sizes = [len(e.input_ids) for e in encoded]
     return RowLengths(min(max(sizes), max_length), f"the longest of {len(encoded):,} training sequences",
                       len(splits.train), max(e.loss_tokens for e in encoded), sum(sizes) / len(sizes),

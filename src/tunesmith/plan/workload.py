@@ -38,12 +38,14 @@ class RowLengths:
     longest_answer: int | None = None  # most loss-carrying tokens in one sequence (None: unknown, all of them)
     mean: float | None = None  # mean sequence length (what an average length-grouped step holds)
     mean_answer: float | None = None
+    problem: str | None = None  # why the data could not be read or encoded (train will refuse it)
 
     def typical(self) -> RowLengths:
         """The mean row in place of the longest: what the step time of an average step is computed from."""
         if self.mean is None:
             return self
-        return RowLengths(round(self.mean), self.source, self.rows, round(self.mean_answer or 0) or None)
+        return RowLengths(round(self.mean), self.source, self.rows, round(self.mean_answer or 0) or None,
+                          problem=self.problem)
 
 
 def trained_weights(recipe: Recipe, arch: Architecture) -> TrainedWeights:
