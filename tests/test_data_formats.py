@@ -565,3 +565,15 @@ def test_valid_conversations_come_back_unchanged(tmp_path, turns, system):
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     path = write_jsonl(tmp_path / "ok.jsonl", [{"messages": messages}])
     assert load_records(path).rows == [{"messages": messages}]
+
+
+def test_a_column_mapping_written_the_wrong_way_round_is_refused_with_the_direction(tmp_path: Path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"'prompt' and 'completion'.*data\.columns\.question=prompt"):
+        load_records(path)
+    with pytest.raises(DataError, match=r"maps \['prompt', 'completion'\] but no row has such a column") as caught:
+        load_records(path, columns={"prompt": "question", "completion": "answer"})
+    assert "question" in str(caught.value) and "{your_column: expected}" in str(caught.value)
+    rows = load_records(path, columns={"question": "prompt", "answer": "completion"}).rows
+    assert rows[1] == {"prompt": "Capital of France?", "completion": "Paris"}

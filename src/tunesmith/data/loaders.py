@@ -15,9 +15,10 @@ from tunesmith.data.readers import Record, read_records
 from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of
 from tunesmith.errors import DataError, RowProblem
 
+COLUMNS_HINT = ("data.columns maps your column names onto these, {your_column: expected}, e.g. "
+                "`--set data.columns.question=prompt --set data.columns.answer=completion`.")
 SHAPE_HINT = ("Rows need 'messages', 'conversations' (ShareGPT), 'instruction' and 'output' (Alpaca), "
-              "'prompt' and 'completion', 'chosen' and 'rejected', or 'text'; map other column names "
-              "onto these with `columns`.")
+              "'prompt' and 'completion', 'chosen' and 'rejected', or 'text'; " + COLUMNS_HINT)
 
 
 @dataclass
@@ -52,7 +53,7 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     if not result.rows:
         raise DataError(f"{path}: no usable rows; skipped {sum(result.skipped.values())} "
                         f"({describe_skipped(result.skipped)}), e.g. {result.problems[0]}",
-                        "Fix the rows, or map the column names with `columns`.")
+                        "Fix the rows, or map the column names: " + COLUMNS_HINT)
     return result
 
 
@@ -64,8 +65,20 @@ def rename_columns(records: list[Record], columns: dict[str, str] | None) -> lis
     if not names_only:
         raise DataError(f"`columns` must map source column names to canonical ones, got {columns!r}.",
                         "For example {'question': 'prompt', 'answer': 'completion'}.")
+    refuse_absent_columns(records, columns)
     return [replace(record, value=renamed(record.value, columns)) if isinstance(record.value, dict)
             else record for record in records]
+
+
+def refuse_absent_columns(records: list[Record], columns: dict[str, str]) -> None:
+    """A mapped column that no row has is a mapping written the wrong way round or a typo: it would do nothing."""
+    present = {key for record in records if isinstance(record.value, dict) for key in record.value}
+    absent = [name for name in columns if name not in present]
+    if absent and present:
+        raise DataError(f"data.columns maps {absent} but no row has such a column (the rows have "
+                        f"{sorted(present)[:10]}).",
+                        "data.columns reads {your_column: expected}: e.g. `--set data.columns.question=prompt` "
+                        "renames your 'question' column to 'prompt'.")
 
 
 def renamed(value: dict, columns: dict[str, str]) -> dict:

@@ -55,7 +55,8 @@ def normalise_record(value: Any, layout: str) -> Row:
     missing = [key for key in LAYOUTS[layout] if key not in value]
     if missing:
         raise RowProblem("missing_key", f"a {layout} row needs {missing}; this one has {key_list(value)}.",
-                         "Map your column names onto the expected ones with `columns`.")
+                         "Map your column names onto the expected ones with data.columns, {your_column: expected}, "
+                         "e.g. `--set data.columns.question=prompt`.")
     row = NORMALISERS[layout](value)
     check_writable(row)
     return row
@@ -161,7 +162,7 @@ def implicit_preference_row(record: dict) -> Row:
     if isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
         raise RowProblem("missing_key", "a preference row without 'prompt' must give 'chosen' and 'rejected' "
                                         "as whole conversations that share their prompt turns.",
-                         "Add a 'prompt' column, or map one onto it with `columns`.")
+                         "Add a 'prompt' column, or map yours onto it, e.g. `--set data.columns.question=prompt`.")
     chosen, rejected = conversation(record["chosen"], "chosen"), conversation(record["rejected"], "rejected")
     shared = shared_prompt_length(chosen, rejected)
     row = {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
