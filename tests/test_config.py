@@ -73,6 +73,18 @@ def test_override_of_unknown_key_fails_with_hint(tmp_path):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["training.epoch=2"])
 
 
+def test_an_error_in_a_value_set_on_the_command_line_names_the_override_not_a_line_of_the_file(tmp_path):
+    path = write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  lr: 1.0e-3\nadapter:\n  r: 8\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, ["training.lrr=1", "adapter.r=8.5"])
+    message = str(caught.value)
+    assert "training.lrr (from the command line: training.lrr=1): unknown key" in message
+    assert "adapter.r (from the command line: adapter.r=8.5)" in message and "(line" not in message
+    with pytest.raises(RecipeError, match=r"adapter.r \(line 6\)"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  lr: 1.0e-3\nadapter:\n  r: 8.5\n"),
+                    ["training.lr=1e-4"])
+
+
 def test_malformed_override():
     with pytest.raises(RecipeError, match=r"section\.key=value"):
         apply_override({}, "training.lr")

@@ -779,7 +779,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw.setdefault("base_dir", str(path.resolve().parent))
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_recipe(raw, source=path, text=text)
+    return validate_recipe(raw, source=path, text=text, overrides=overrides)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -797,22 +797,25 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str | None = None) -> Recipe:
-    """Validate a raw mapping; turn pydantic's errors into one readable RecipeError."""
+def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str | None = None,
+                    overrides: list[str] | None = None) -> Recipe:
+    """Validate a raw mapping; turn pydantic's errors into one readable RecipeError. An error on a key that an
+    override (`--set`, or a flag that sets one) wrote names the override instead of a line of the file."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        lines = [describe_error(err, source, text) for err in exc.errors()]
+        lines = [describe_error(err, source, text, overrides) for err in exc.errors()]
         where = f" in {source}" if source else ""
         raise RecipeError(f"Invalid recipe{where}:\n" + "\n".join(lines)) from None
 
 
-def describe_error(err: Any, source: Path | None, text: str | None) -> str:
-    """One line per problem: key path, line number, bad value, and a hint."""
+def describe_error(err: Any, source: Path | None, text: str | None, overrides: list[str] | None = None) -> str:
+    """One line per problem: key path, line number (or the override that set it), bad value, and a hint."""
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
     key = ".".join(loc) or "(top level)"
-    line = find_yaml_line(text, loc) if text else None
-    at = f" (line {line})" if line else ""
+    override = override_of(loc, overrides or [])
+    line = find_yaml_line(text, loc) if text and not override else None
+    at = f" (from the command line: {override})" if override else f" (line {line})" if line else ""
     if err["type"] == "extra_forbidden":
         hint = did_you_mean(loc, tags={str(p) for p in err["loc"] if _is_union_tag(p)})
         return f"  - {key}{at}: unknown key.{hint}"
@@ -820,6 +823,15 @@ def describe_error(err: Any, source: Path | None, text: str | None) -> str:
         return f"  - {key}: required, but missing."
     value = err.get("input")
     return f"  - {key}{at}: {err['msg']} (got {value!r})."
+
+
+def override_of(loc: list[str], overrides: list[str]) -> str | None:
+    """The last override whose key is `loc` or a section above it (the one that wrote the value in question)."""
+    for item in reversed(overrides):
+        parts = item.partition("=")[0].strip().split(".")
+        if loc[:len(parts)] == parts:
+            return item
+    return None
 
 
 def _is_union_tag(part: Any) -> bool:
