@@ -93,6 +93,11 @@ def test_inspect_exits_1_after_the_full_report_when_a_line_is_broken(tmp_path, t
     assert result.stderr.index("line 2") < result.stderr.index("Found 1 problem row")
     assert result.stderr.rstrip().endswith("data.skip_invalid: true to train without them.")
     assert_not_internal(result)
+    result = tunesmith("data", "inspect", str(data), "--model", str(tiny_model_dir), "--set",
+                       "data.skip_invalid=true", cwd=tmp_path)
+    assert result.returncode == 1 and "line 2" in result.stderr
+    assert result.stderr.rstrip().endswith("data.skip_invalid is on, so training skips these rows; fix them to "
+                                           "train on them.")
 
 
 def test_inspect_json_is_printed_before_failing(tmp_path, tiny_model_dir):

@@ -38,12 +38,13 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
     """
     from tunesmith.data.workflow import data_recipe, inspect_data
 
-    report = inspect_data(data_recipe(target, model, format_, set_), examples)
+    recipe = data_recipe(target, model, format_, set_)
+    report = inspect_data(recipe, examples)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         print_inspect_report(report)
-    raise_if_problems(report)
+    raise_if_problems(report, recipe.data.skip_invalid)
 
 
 class ProblemsFoundError(DataError):
@@ -52,16 +53,18 @@ class ProblemsFoundError(DataError):
     exit_code = 1
 
 
-def raise_if_problems(report: dict[str, Any]) -> None:
-    """After the report is out, fail when any split has a problem row (each is named, with its line, above)."""
+def raise_if_problems(report: dict[str, Any], skip_invalid: bool = False) -> None:
+    """After the report is out, fail when any split has a problem row (each is named, with its line, above);
+    the hint says whether training would skip them (`data.skip_invalid`)."""
     template = report.get("template_contract", {}).get("problems", [])
     if template:
         raise ProblemsFoundError("The chat template cannot train this data right:\n- " + "\n- ".join(template))
     counts = {split: len(info["problems"]) for split, info in report["files"].items() if info["problems"]}
     if counts:
         found = ", ".join(f"{count} in {split} ({report['files'][split]['source']})" for split, count in counts.items())
-        raise ProblemsFoundError(f"Found {sum(counts.values())} problem row(s): {found}.",
-                                 "Fix the rows named above, or set data.skip_invalid: true to train without them.")
+        hint = ("data.skip_invalid is on, so training skips these rows; fix them to train on them." if skip_invalid
+                else "Fix the rows named above, or set data.skip_invalid: true to train without them.")
+        raise ProblemsFoundError(f"Found {sum(counts.values())} problem row(s): {found}.", hint)
 
 
 def print_inspect_report(report: dict[str, Any]) -> None:
