@@ -85,6 +85,23 @@ def test_an_error_in_a_value_set_on_the_command_line_names_the_override_not_a_li
                     ["training.lr=1e-4"])
 
 
+def test_an_unknown_kind_and_a_value_fitting_no_member_of_a_union_read_as_one_plain_line_each(tmp_path):
+    path = write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lorra\ntraining:\n  lr: fast\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    lines = str(caught.value).splitlines()[1:]
+    assert lines == ["  - adapter.kind (line 3): unknown kind 'lorra'. Did you mean 'lora'? Choose from lora, dora, "
+                     "rslora, pissa, olora, loftq, qlora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, full, "
+                     "partial, hft.",
+                     "  - training.lr (line 6): should be a valid number or 'auto' (got 'fast')."]
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path):
+    with pytest.raises(RecipeError, match=r'in ".*r.yaml", line 2') as caught:
+        load_recipe(write(tmp_path, "data:\n  train: [t.jsonl\n"))
+    assert "<unicode string>" not in str(caught.value)
+
+
 def test_malformed_override():
     with pytest.raises(RecipeError, match=r"section\.key=value"):
         apply_override({}, "training.lr")

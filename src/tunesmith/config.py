@@ -773,7 +773,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}", "Fix the YAML syntax at that line.") from exc
+        where = str(exc).replace('"<unicode string>"', f'"{path}"')
+        raise RecipeError(f"{path}: not valid YAML: {where}", "Fix the YAML syntax at that line.") from exc
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}.")
     raw.setdefault("base_dir", str(path.resolve().parent))
@@ -804,9 +805,31 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str |
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        lines = [describe_error(err, source, text, overrides) for err in exc.errors()]
+        lines = list(dict.fromkeys(describe_error(err, source, text, overrides)
+                                   for err in merged_union_errors(exc.errors())))
         where = f" in {source}" if source else ""
         raise RecipeError(f"Invalid recipe{where}:\n" + "\n".join(lines)) from None
+
+
+UNION_BRANCH = re.compile(r"^(literal\[.*\]|constrained-\w+|function-[\w-]+(\[.*\])?|int|float|str|bool|none)$")
+
+
+def merged_union_errors(errors: list[Any]) -> list[Any]:
+    """Pydantic reports a value that fits no member of a union (`lr: fast` for `float | 'auto'`) once per member,
+    each under a path ending in the member's name (`training.lr.constrained-float`, `training.lr.literal['auto']`).
+    Users wrote `training.lr`: one error for it, saying what each member wanted."""
+    merged: dict[tuple, Any] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and UNION_BRANCH.match(p)))
+        if len(loc) == len(err["loc"]):
+            merged[(id(err),)] = err
+        elif loc in merged:
+            wanted = err["msg"].removeprefix("Input should be ").split(",")[0]
+            merged[loc]["msg"] += f" or {wanted}"
+        else:
+            merged[loc] = {**err, "loc": loc, "type": "union_member",
+                           "msg": "should be " + err["msg"].removeprefix("Input should be ").split(",")[0]}
+    return list(merged.values())
 
 
 def describe_error(err: Any, source: Path | None, text: str | None, overrides: list[str] | None = None) -> str:
@@ -822,6 +845,11 @@ def describe_error(err: Any, source: Path | None, text: str | None, overrides: l
     if err["type"] == "missing":
         return f"  - {key}: required, but missing."
     value = err.get("input")
+    if err["type"] == "union_tag_invalid":  # e.g. adapter.kind: lorra
+        tag, expected = str(err["ctx"]["tag"]), re.findall(r"'([^']+)'", str(err["ctx"]["expected_tags"]))
+        close = difflib.get_close_matches(tag, expected, n=1)
+        guess = f" Did you mean {close[0]!r}?" if close else ""
+        return f"  - {key}.kind{at}: unknown kind {tag!r}.{guess} Choose from {', '.join(expected)}."
     return f"  - {key}{at}: {err['msg']} (got {value!r})."
 
 
