@@ -102,6 +102,11 @@ def test_a_yaml_syntax_error_names_the_file(tmp_path):
     assert "<unicode string>" not in str(caught.value)
 
 
+def test_a_folder_given_as_the_recipe_is_named_as_a_folder(tmp_path):
+    with pytest.raises(RecipeError, match=r"is a folder; a recipe is one YAML file"):
+        load_recipe(tmp_path)
+
+
 def test_malformed_override():
     with pytest.raises(RecipeError, match=r"section\.key=value"):
         apply_override({}, "training.lr")

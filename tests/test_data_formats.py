@@ -206,7 +206,7 @@ def test_forced_format_beats_the_extension(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("text\nhello\n", encoding="utf-8")
     assert load_records(path, fmt="csv").rows == [{"text": "hello"}]
-    with pytest.raises(DataError, match="cannot tell the file format"):
+    with pytest.raises(DataError, match=r"cannot tell the file format(.|\n)*--set data.file_format=jsonl"):
         load_records(path)
 
 

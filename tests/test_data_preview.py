@@ -123,3 +123,14 @@ def test_a_recipe_target_uses_its_system_prompt(tiny_model_dir, tmp_path):
     recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: d.jsonl\n  system_prompt: Be terse.\n")
     preview = preview_data(data_recipe(Path(recipe)))
     assert "Be terse." in "".join(t.text for t in preview.examples[0].tokens)
+
+
+def test_a_skip_past_the_last_row_says_how_many_rows_there_are(tiny_model_dir, tmp_path):
+    from tunesmith.errors import DataError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(3)),
+                    encoding="utf-8")
+    assert len(preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=2).examples) == 1
+    with pytest.raises(DataError, match=r"holds 3 rows; --skip 10 passes all of them"):
+        preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=10)

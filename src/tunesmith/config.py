@@ -767,6 +767,9 @@ class Recipe(Section):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `a.b=value` overrides, and validate it."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path} is a folder; a recipe is one YAML file.",
+                          f"Name the file, e.g. {path / 'recipe.yaml'} (the bundled ones are in recipes/).")
     if not path.is_file():
         raise RecipeError(f"Recipe file not found: {path}", "Check the path, or run `tunesmith quickstart`.")
     text = path.read_text(encoding="utf-8-sig")

@@ -24,7 +24,9 @@ from tunesmith.errors import DataError, RowProblem
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
               ".parquet": "parquet", ".pq": "parquet"}
-FORMAT_HINT = f"Name the file format (one of {list(FORMATS)}), or use an extension such as .jsonl or .csv."
+FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMATS)}), e.g. "
+               "`--set data.file_format=jsonl`, or use an extension such as .jsonl or .csv (plain text: one JSON line "
+               "per document, {\"text\": ...}).")
 UTF8_HINT = "Re-save the file as UTF-8."
 UTF8_BOM = b"\xef\xbb\xbf"
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8

@@ -16,6 +16,7 @@ from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
 from tunesmith.data.shapes import SHAPES
+from tunesmith.errors import DataError
 from tunesmith.runs import atomic_directory, check_replaceable_output
 
 RECIPE_SUFFIXES = {".yaml", ".yml"}
@@ -153,5 +154,9 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     source = data_source(recipe, data.train)
     loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=data.skip_invalid,
                           shape=data.format)
-    rows = conformed(require_rows(loaded.rows[skip:skip + count], str(source)), recipe)
+    shown = loaded.rows[skip:skip + count]
+    if loaded.rows and not shown:
+        raise DataError(f"{source} holds {len(loaded.rows)} rows; --skip {skip} passes all of them.",
+                        f"Use --skip below {len(loaded.rows)}.")
+    rows = conformed(require_rows(shown, str(source)), recipe)
     return preview_rows(tokenizer, rows, data.max_length, pad_missing, first_row=skip + 1, model=recipe.model.source)
