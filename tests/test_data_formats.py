@@ -577,3 +577,11 @@ def test_a_column_mapping_written_the_wrong_way_round_is_refused_with_the_direct
     assert "question" in str(caught.value) and "{your_column: expected}" in str(caught.value)
     rows = load_records(path, columns={"question": "prompt", "answer": "completion"}).rows
     assert rows[1] == {"prompt": "Capital of France?", "completion": "Paris"}
+
+
+def test_a_file_whose_rows_are_all_skipped_gets_the_rows_own_hint(tmp_path: Path):
+    path = tmp_path / "sg.jsonl"
+    path.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]})
+                    + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"no usable rows(.|\n)*unknown speaker 'bot'(.|\n)*Hint: ShareGPT turns use"):
+        load_records(path, skip_invalid=True)

@@ -32,6 +32,7 @@ class LoadResult:
     rows: list[Row] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    first_hint: str | None = None  # the first skipped row's own hint (what to do about rows like it)
 
 
 def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
@@ -53,7 +54,7 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     if not result.rows:
         raise DataError(f"{path}: no usable rows; skipped {sum(result.skipped.values())} "
                         f"({describe_skipped(result.skipped)}), e.g. {result.problems[0]}",
-                        "Fix the rows, or map the column names: " + COLUMNS_HINT)
+                        result.first_hint or "Fix the rows, or map the column names: " + COLUMNS_HINT)
     return result
 
 
@@ -122,6 +123,7 @@ def add_row(result: LoadResult, record: Record, layout: str, skip_invalid: bool)
             raise located(record.where, problem) from None
         result.skipped[problem.reason] = result.skipped.get(problem.reason, 0) + 1
         result.problems.append(f"{record.where}: {problem.message}")
+        result.first_hint = result.first_hint or problem.hint
 
 
 def located(where: str, problem: RowProblem) -> DataError:
