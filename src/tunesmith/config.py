@@ -822,16 +822,16 @@ def merged_union_errors(errors: list[Any]) -> list[Any]:
     each under a path ending in the member's name (`training.lr.constrained-float`, `training.lr.literal['auto']`).
     Users wrote `training.lr`: one error for it, saying what each member wanted."""
     merged: dict[tuple, Any] = {}
-    for err in errors:
+    for index, err in enumerate(errors):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and UNION_BRANCH.match(p)))
-        if len(loc) == len(err["loc"]):
-            merged[(id(err),)] = err
-        elif loc in merged:
-            wanted = err["msg"].removeprefix("Input should be ").split(",")[0]
+        if len(loc) == len(err["loc"]) or not err["msg"].startswith("Input should be "):
+            merged[("#", index)] = {**err, "loc": loc}
+            continue
+        wanted = err["msg"].removeprefix("Input should be ").split(",")[0]
+        if loc in merged:
             merged[loc]["msg"] += f" or {wanted}"
         else:
-            merged[loc] = {**err, "loc": loc, "type": "union_member",
-                           "msg": "should be " + err["msg"].removeprefix("Input should be ").split(",")[0]}
+            merged[loc] = {**err, "loc": loc, "type": "union_member", "msg": f"should be {wanted}"}
     return list(merged.values())
 
 
