@@ -109,6 +109,15 @@ def test_inspect_json_is_printed_before_failing(tmp_path, tiny_model_dir):
     assert report["files"]["train"]["problems"][0].startswith(f"{data}, line 2")
 
 
+def test_json_commands_that_fail_before_their_report_still_print_one_json_document(tmp_path, tiny_model_dir):
+    result = tunesmith("data", "inspect", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir), "--json",
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 2 and "missing.jsonl" in document["error"] and document["hint"]
+    assert "missing.jsonl" in result.stderr  # the person at the terminal still reads it
+
+
 def test_inspect_exits_0_when_every_row_is_usable(tmp_path, tiny_model_dir):
     data = tmp_path / "d.jsonl"
     data.write_text(f"{qa('a', 'b')}\n{qa('c', 'd')}\n", encoding="utf-8")

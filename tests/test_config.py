@@ -68,6 +68,19 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     assert recipe.data.eval is None
 
 
+def test_a_relative_path_set_on_the_command_line_is_from_the_current_folder(tmp_path, monkeypatch):
+    recipe_dir, here = tmp_path / "recipes", tmp_path / "work"
+    recipe_dir.mkdir()
+    (here / "data").mkdir(parents=True)
+    (here / "data" / "mine.jsonl").write_text("{}\n")
+    monkeypatch.chdir(here)
+    recipe = load_recipe(write(recipe_dir, "data:\n  train: t.jsonl\n"),
+                         ["data.eval=data/mine.jsonl", "model.source=HuggingFaceTB/SmolLM2-135M"])
+    assert recipe.resolve_path(recipe.data.eval) == here / "data" / "mine.jsonl"
+    assert recipe.resolve_path(recipe.data.train) == recipe_dir / "t.jsonl"  # written in the file: from the recipe
+    assert recipe.model.source == "HuggingFaceTB/SmolLM2-135M"  # nothing of that name here: kept as written
+
+
 def test_override_of_unknown_key_fails_with_hint(tmp_path):
     with pytest.raises(RecipeError, match="Did you mean 'epochs'"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["training.epoch=2"])

@@ -81,6 +81,16 @@ def test_preference_rows_show_both_sides_and_text_rows_train_every_token(tokeniz
     assert all(t.loss for t in preview.examples[2].tokens)
 
 
+def test_plain_text_prompts_are_said_to_train_without_the_chat_template(tokenizer):
+    plain = {"prompt": "two red mugs", "chosen": '{"item": "mug"}', "rejected": "Sure! Two mugs."}
+    chat = {"prompt": [{"role": "user", "content": "two red mugs"}],
+            "chosen": [{"role": "assistant", "content": '{"item": "mug"}'}],
+            "rejected": [{"role": "assistant", "content": "Sure! Two mugs."}]}
+    warned = [w for w in preview_rows(tokenizer, [plain, plain], max_length=256).warnings if "plain-text" in w]
+    assert len(warned) == 1 and warned[0].startswith("2 row(s)") and '"role": "user"' in warned[0]
+    assert not any("plain-text" in w for w in preview_rows(tokenizer, [chat], max_length=256).warnings)
+
+
 class SpanCollector(HTMLParser):
     def __init__(self) -> None:
         super().__init__()

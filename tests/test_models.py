@@ -75,14 +75,15 @@ class HubStub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def fetch_with_stub(tmp_path: Path, status: int, code: str, offline: bool = False) -> str:
+def fetch_with_stub(tmp_path: Path, status: int, code: str, offline: bool = False,
+                    source: str = "acme/secret-model") -> str:
     handler = type("Stub", (HubStub,), {"status": status, "code": code})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path),
            "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
     code_ = ("from tunesmith.models import resolve_model_source\nfrom tunesmith.errors import TunesmithError\n"
-             "try:\n    resolve_model_source('acme/secret-model')\n"
+             f"try:\n    resolve_model_source({source!r})\n"
              "except TunesmithError as e:\n    print('MESSAGE:', e)\n")
     try:
         result = subprocess.run([sys.executable, "-c", code_], env=env, capture_output=True, text=True, timeout=120)
@@ -105,3 +106,13 @@ def test_missing_or_private_repo(tmp_path):
 def test_offline_and_not_cached(tmp_path):
     out = fetch_with_stub(tmp_path, 500, "", offline=True)
     assert "Cannot reach the Hugging Face Hub" in out and "smollm2-135m-instruct" in out
+
+
+def test_offline_misspelt_alias_is_named_as_such_not_as_an_unreachable_hub(tmp_path):
+    out = fetch_with_stub(tmp_path, 500, "", offline=True, source="smollm2-135m")
+    assert "is not an embedded or imported model" in out and "Did you mean 'smollm2-135m-instruct'" in out
+
+
+def test_a_source_that_is_no_hub_id_says_so(tmp_path):
+    out = fetch_with_stub(tmp_path, 500, "", source="my model?")
+    assert "not a Hub id either" in out and "tunesmith models list" in out

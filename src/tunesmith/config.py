@@ -798,7 +798,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise RecipeError(f"Override {item!r}: {part!r} is not a section.")
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    parsed = yaml.safe_load(value) if value.strip() else None
+    node[parts[-1]] = path_from_command_line(parsed) if len(parts) > 1 and parts[-1] in PATH_KEYS else parsed
+
+
+PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_schema", "rubric", "include_path",
+                       "probe_file"})
+
+
+def path_from_command_line(value: Any) -> Any:
+    """A relative path typed after `--set` means what the shell means by it: from the current folder, not from
+    the recipe's (which is where paths written in the recipe file resolve). Made absolute only when it names
+    something there, so a Hub id (`HuggingFaceTB/SmolLM2-135M`) or a word (`bundled`) stays as written."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    here = Path.cwd() / value
+    return str(here.resolve()) if here.exists() else value
 
 
 def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str | None = None,

@@ -1,7 +1,8 @@
 """The `tunesmith` command line: each command parses, calls one plain function, and prints.
 
-Human text goes to stderr; `--json` puts one JSON document on stdout. A TunesmithError exits 2
-with its hint; anything else exits 1 (with a traceback under --debug).
+Human text goes to stderr; `--json` puts one JSON document on stdout (on a failure before the command's own,
+`{"error", "hint", "exit_code"}`). A TunesmithError exits 2 with its hint; anything else exits 1 (with a
+traceback under --debug).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer.main
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SHOW, SetOption, err, wide_console
+from tunesmith.cli.common import SHOW, SetOption, err, print_json, stdout_state, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.doctor import doctor
 from tunesmith.cli.launch import launch_script
@@ -240,7 +241,7 @@ def sweep(recipe: Path, grid: Annotated[list[str], typer.Option(
     _print_sweep(table_cells(document["rows"]), f"sweep of {recipe.name}")
     err.print(f"[bold]Sweep directory:[/bold] {path}")
     if as_json:
-        print(json.dumps(document, indent=2))
+        print_json(document)
     raise_if_any_failed(path)
 
 
@@ -317,7 +318,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
 
         report_file = score_checkpoints(load_recipe(run.recipe_file, set_), run, rollback)
         if as_json and not rollback:  # with --rollback, --json prints the new adapter's results below
-            print(report_file.read_text(encoding="utf-8"))
+            print_json(report_file.read_text(encoding="utf-8"))
         else:
             _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
         if not rollback or json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to") is None:
@@ -329,7 +330,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     if other is None and data is None:  # the card describes the run's own held-out rows
         write_model_card(run)
     if as_json:
-        print(path.read_text(encoding="utf-8"))
+        print_json(path.read_text(encoding="utf-8"))
     else:
         _print_results(run.path, path)
         if data is not None:  # the table says "held-out"; these rows are the file's
@@ -385,7 +386,7 @@ def baseline(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE")], set
     _, path = run_baselines_before_training(recipe, _baseline_names(baselines))
     results = json.loads(path.read_text(encoding="utf-8"))
     if as_json:
-        print(json.dumps(results, indent=2))
+        print_json(results)
         return
     _print_baselines(results["baselines"], None, {}, results["metrics"], results["task_metric"],
                      results["examples"], results.get("verdict"))
@@ -490,7 +491,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 
     rows = list_models()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table("name", "kind", "ready", "path")
     for row in rows:
@@ -551,7 +552,7 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
     if html:
         err.print(f"Wrote {write_compare_html(results, html)}")
     if as_json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
+        print_json(results)
 
 
 @app.command()
@@ -690,6 +691,7 @@ def main() -> None:
         err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
             err.print(f"[bold]Hint:[/bold] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+        print_json_error(exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -701,9 +703,18 @@ def main() -> None:
         state["error"] = {"message": f"Internal error: {type(exc).__name__}: {exc}", "hint": None}
         err.print(f"[bold red]Internal error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
         err.print("Run again with --debug for the traceback, and report it.")
+        print_json_error(1)
         sys.exit(1)
     if isinstance(code, int) and code:  # outside standalone mode, typer returns a command's typer.Exit(n) as n
         sys.exit(code)
+
+
+def print_json_error(exit_code: int) -> None:
+    """Under `--json`, a failed command still puts one JSON document on stdout, `{"error", "hint", "exit_code"}`,
+    so a script that parses it reads why instead of an empty string (the message is on stderr as well)."""
+    if "--json" in sys.argv[1:] and state["error"] and not stdout_state["json_printed"]:
+        print(json.dumps({"error": state["error"]["message"], "hint": state["error"]["hint"], "exit_code": exit_code},
+                         ensure_ascii=False))
 
 
 def _hide_bitsandbytes_cpu_kernel_notice() -> None:

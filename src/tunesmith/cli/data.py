@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SetOption, err
+from tunesmith.cli.common import SetOption, err, print_json
 from tunesmith.errors import DataError
 
 data_app = typer.Typer(help="Inspect, clean and preview datasets before training.", no_args_is_help=True)
@@ -41,7 +40,7 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
     recipe = data_recipe(target, model, format_, set_)
     report = inspect_data(recipe, examples)
     if as_json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print_json(report)
     else:
         print_inspect_report(report)
     raise_if_problems(report, recipe.data.skip_invalid)
@@ -110,7 +109,7 @@ def prepare(target: Target, out: Annotated[Path | None, typer.Option(
     out = out or Path("prepared") / recipe.name
     report = prepare_data(recipe, out)
     if as_json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print_json(report)
         return
     for split, stats in report["splits"].items():
         err.rule(f"{split}: {stats['rows']} rows")
@@ -145,7 +144,7 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to r
     if html:
         atomic_write_text(html, preview_html(result, f"{recipe.name}: what the loss sees"))
     if as_json:
-        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        print_json(result.as_dict())
     else:
         print_preview(result, err)
         if html:

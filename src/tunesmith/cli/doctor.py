@@ -6,7 +6,6 @@ document on stdout; the exit code is 1 when a check fails, 0 otherwise (2 for a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SetOption, err, wide_console
+from tunesmith.cli.common import SetOption, err, print_json, wide_console
 from tunesmith.doctor.report import DoctorReport
 
 STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -43,7 +42,7 @@ def doctor(model: Annotated[str | None, typer.Option(
     report = run_doctor(model, recipe, set_ or [])
     print_report(report)
     if as_json:
-        print(json.dumps(report.model_dump(), indent=2, ensure_ascii=False))
+        print_json(report.model_dump())
     if report.failed:
         raise typer.Exit(1)
 

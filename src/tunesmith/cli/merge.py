@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from tunesmith.cli.common import SHOW, err
+from tunesmith.cli.common import SHOW, err, print_json
 from tunesmith.errors import TunesmithError
 
 
@@ -57,7 +57,7 @@ def merge(inputs: Annotated[list[str], typer.Argument(
     record = json.loads((path / "merge.json").read_text(encoding="utf-8"))
     report_merge(record, path)
     if as_json:
-        print(json.dumps(record, indent=2))
+        print_json(record)
 
 
 def parse_weights(text: str | None) -> list[float] | None:

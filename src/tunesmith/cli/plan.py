@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SHOW, SetOption, err
+from tunesmith.cli.common import SHOW, SetOption, err, print_json
 
 GIB = 2**30
 DEVICE_HELP = ("cpu, cuda or mps (this machine: free memory and speed measured), cuda:24GB (a GPU of that memory), "
@@ -35,7 +35,7 @@ def plan(recipe: Path, set_: SetOption = None,
 
     report = plan_recipe(load_recipe(recipe, set_ or []), device, processes=nproc * nnodes, per_node=nproc)
     if as_json:
-        print(report.model_dump_json(indent=2))
+        print_json(report.model_dump_json(indent=2))
     else:
         print_plan(report)
     if report.data_problem:  # the plan is still printed (sized for data.max_length); train would refuse the data

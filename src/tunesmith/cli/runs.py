@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import err, wide_console
+from tunesmith.cli.common import err, print_json, wide_console
 
 runs_app = typer.Typer(help="Look across run directories.", no_args_is_help=True)
 
@@ -26,8 +25,8 @@ def diff(first: Path, second: Path,
 
     found = diff_runs(open_run(first), open_run(second))
     if as_json:
-        print(json.dumps({section: {key: list(values) for key, values in keys.items()}
-                          for section, keys in found.items()}, indent=2))
+        print_json({section: {key: list(values) for key, values in keys.items()}
+                    for section, keys in found.items()})
         return
     if not any(found.values()):
         err.print("No differences: same recipe, data, package versions and hardware.")

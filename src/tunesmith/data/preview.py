@@ -132,7 +132,21 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
     if not preview.problems:
         preview.warnings += eos_warnings(tokenizer, rows, first_row)
         preview.warnings += round_trip_warnings(tokenizer, rows, first_row)
+    preview.warnings += plain_prompt_warnings(tokenizer, rows, model)
     return preview
+
+
+def plain_prompt_warnings(tokenizer: Any, rows: list[Row], model: str) -> list[str]:
+    """Rows whose `prompt` is a string train as plain text (prompt + answer + EOS: TRL's rule for non-conversational
+    rows, trl/trainer/dpo_trainer.py `add_eos`), never through the chat template that `chat` and `serve` prompt a
+    chat model with. Said once, with the count, when the model has a template."""
+    plain = sum(isinstance(row.get("prompt"), str) for row in rows)
+    if not plain or not getattr(tokenizer, "chat_template", None):
+        return []
+    return [f"{plain} row(s) have a plain-text prompt: they train as plain text (prompt, answer, EOS, as TRL does), "
+            f"without the chat template of {model}, while `tunesmith chat` and `serve` prompt the tuned model through "
+            'that template. To train in the chat format, write the prompt as messages: [{"role": "user", "content": '
+            "...}] (and each answer as [{\"role\": \"assistant\", \"content\": ...}])."]
 
 
 def message_of(exc: Exception) -> str:

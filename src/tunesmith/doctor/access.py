@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunesmith.doctor.report import Check
 from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled
+from tunesmith.models.source import first_line
 
 SECTION = "model access"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -204,8 +205,3 @@ def unreachable_check(name: str, repo_id: str, exc: Exception, cached: Path | No
     return Check(name=name, section=SECTION, status="fail", detail=f"Cannot reach the Hub ({reason}), and "
                  f"{repo_id} is not in the local cache.", fix="Connect once to download it, copy the model folder "
                  "here and point model.source at it, or use the embedded default smollm2-135m-instruct.")
-
-
-def first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
-from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled, pull_model
+from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled, list_models, pull_model
 
 
 def resolve_model_source(source: str, revision: str | None = None, base_dir: Path | None = None,
@@ -68,6 +68,7 @@ def download_from_hub(repo_id: str, revision: str | None = None, weights: bool =
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
@@ -75,6 +76,12 @@ def download_from_hub(repo_id: str, revision: str | None = None, weights: bool =
     patterns = ["*.json", "*.model", "*.txt", "*.jinja", "tokenizer*", *(["*.safetensors"] if weights else [])]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except HFValidationError as exc:
+        raise ModelSourceError(
+            f"Model {repo_id!r} is not an embedded or imported model, not a folder or .gguf file that exists, "
+            f"and not a Hub id either ({first_line(exc)}).",
+            did_you_mean(repo_id) or "Check the spelling; `tunesmith models list` shows the models on this machine.",
+        ) from exc
     except GatedRepoError as exc:
         raise ModelSourceError(_gated_message(repo_id), _login_hint(repo_id)) from exc
     except RepositoryNotFoundError as exc:
@@ -84,6 +91,14 @@ def download_from_hub(repo_id: str, revision: str | None = None, weights: bool =
             "Check the spelling; for a private repo, run `hf auth login` with a token that can read it.",
         ) from exc
     except LocalEntryNotFoundError as exc:
+        if "/" not in repo_id:  # Hub models are owner/name: a bare word is a misspelt alias or a missing folder
+            raise ModelSourceError(
+                f"Model {repo_id!r} is not an embedded or imported model ({', '.join(local_model_names())}), and no "
+                "file or folder of that name exists; read as a Hub id it is not in the local cache, and the Hub "
+                "cannot be reached (offline, or HF_HUB_OFFLINE is set).",
+                did_you_mean(repo_id) or "Check the spelling; `tunesmith models list` shows the models on this "
+                "machine. For a Hub model write owner/name (e.g. HuggingFaceTB/SmolLM2-135M-Instruct).",
+            ) from exc
         raise ModelSourceError(
             f"Cannot reach the Hugging Face Hub to fetch {repo_id!r}, and it is not in the local "
             "cache (offline, or HF_HUB_OFFLINE is set).",
@@ -109,3 +124,22 @@ def _login_hint(repo_id: str) -> str:
         f"Open https://huggingface.co/{repo_id}, accept the licence and wait for approval, then "
         "run `hf auth login` (or set HF_TOKEN) with a token of that account."
     )
+
+
+def local_model_names() -> list[str]:
+    """The names `model.source` takes without a path: embedded aliases and imported GGUFs."""
+    return [str(row["name"]) for row in list_models()]
+
+
+def did_you_mean(source: str) -> str | None:
+    """`Did you mean 'smollm2-135m-instruct'?` when `source` is close to a model on this machine, else None."""
+    import difflib
+
+    close = difflib.get_close_matches(source.lower(), local_model_names(), n=1, cutoff=0.6)
+    return f"Did you mean {close[0]!r}? (`tunesmith models list` shows the models on this machine.)" if close else None
+
+
+def first_line(exc: Exception) -> str:
+    """The first non-empty line of an exception's message (Hub errors carry a request id and a URL below it)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

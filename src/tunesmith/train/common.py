@@ -17,6 +17,7 @@ from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
+from tunesmith.data.preview import plain_prompt_warnings
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
@@ -114,6 +115,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
                                                               recipe.model.source)
         print_warnings(record["template_contract"]["warnings"])
+    print_warnings(small_split_warnings(len(splits.train), len(splits.eval)) +
+                   plain_prompt_warnings(tokenizer, splits.train, recipe.model.source))
     encoded = encode(splits, tokenizer) if encode else None
     if encoded is not None:
         record.update(trained_counts(encoded.counts))
@@ -132,6 +135,20 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
+
+
+SMALL_EVAL_ROWS = 30
+
+
+def small_split_warnings(train_rows: int, eval_rows: int) -> list[str]:
+    """A held-out split so small that one row is several points of every metric (1/n each; the 95% interval of a
+    proportion near 0.5 is about ±1/sqrt(n), Wilson 1927), said before training rather than read into afterwards."""
+    if not 0 < eval_rows < SMALL_EVAL_ROWS:
+        return []
+    return [f"Only {eval_rows} held-out row(s) (and {train_rows} to train on): each is {100 / eval_rows:.0f} points of "
+            f"every eval metric, and a difference under about {100 / eval_rows ** 0.5:.0f} points between base and "
+            f"tuned is noise. Hold out {SMALL_EVAL_ROWS} or more (data.eval, or a larger data.eval_fraction) for "
+            "scores that tell settings apart."]
 
 
 def uses_chat_template(rows: list[dict[str, Any]]) -> bool:
