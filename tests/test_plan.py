@@ -210,7 +210,7 @@ def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_mod
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_switches_checkpointing_on_only_when_that_makes_it_fit_and_the_recipe_left_it_open(
+def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_recipe_left_them_open(
         tiny_model_dir, tmp_path, monkeypatch):
     import tunesmith.plan as plan_module
     from tunesmith.plan.devices import Device
@@ -220,17 +220,43 @@ def test_train_switches_checkpointing_on_only_when_that_makes_it_fit_and_the_rec
     raw["training"].pop("gradient_checkpointing", None)
     recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
     first = plan_recipe(recipe, "cpu:24GB")
-    between = (first.peak_bytes + first.peak_bytes_checkpointed) / 2  # fits only with checkpointing
-    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: Device("small", "cpu", between, 1e11, False))
-    fitted, note = fit_recipe(recipe)
-    assert fitted.training.gradient_checkpointing and "activation checkpointing: on" in note
-    explicit = validate_recipe({**raw, "training": {**raw["training"], "gradient_checkpointing": False},
-                                "base_dir": str(tmp_path)})
+    half = plan_recipe(validate_recipe({**raw, "training": {**raw["training"], "batch_size": 32},
+                                        "base_dir": str(tmp_path)}), "cpu:24GB")
+    assert half.peak_bytes < first.peak_bytes_checkpointed < first.peak_bytes
+    between = (first.peak_bytes + first.peak_bytes_checkpointed) / 2  # fits with checkpointing or half the batch
+
+    def device_of(memory: float) -> None:
+        monkeypatch.setattr(plan_module, "resolve_device", lambda spec: Device("small", "cpu", memory, 1e11, False))
+
+    device_of(between)
+    fitted, note = fit_recipe(recipe)  # rows of up to 125 tokens: 32 of them hold more than MIN_MICRO_TOKENS
+    assert (fitted.training.batch_size, fitted.training.grad_accum) == (32, 2)
+    assert not fitted.training.gradient_checkpointing and "micro-batches of 32 rows accumulated 2 times" in note
+    assert "64 rows per step" in note and "training.batch_size/grad_accum" in note
+    assert fitted.training.model_fields_set == recipe.training.model_fields_set  # the plan's, not the recipe's
+    accumulation_given = validate_recipe({**raw, "training": {**raw["training"], "grad_accum": 1},
+                                          "base_dir": str(tmp_path)})
+    fitted, note = fit_recipe(accumulation_given)  # micro-batches are the recipe's: checkpointing instead
+    assert fitted.training.gradient_checkpointing and fitted.training.batch_size == 64
+    assert "activation checkpointing: on" in note and "micro-batches" not in note
+    both = validate_recipe({**raw, "training": {**raw["training"], "gradient_checkpointing": False, "grad_accum": 1},
+                            "base_dir": str(tmp_path)})
     with pytest.raises(WillNotFit, match="The plan estimates"):
-        fit_recipe(explicit)
-    roomy = Device("roomy", "cpu", first.peak_bytes * 2, 1e11, False)
-    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: roomy)
+        fit_recipe(both)
+    device_of(first.peak_bytes * 2)
     assert fit_recipe(recipe) == (recipe, None)
+
+
+def test_micro_batches_come_before_checkpointing_when_they_hold_enough_tokens(tiny_model_dir, tmp_path):
+    from tunesmith.plan.fit import MIN_MICRO_TOKENS, fitting_changes
+
+    recipe = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir, batch_size=8), "base_dir": str(tmp_path)})
+    changes = [(r.training.batch_size, r.training.grad_accum, r.training.gradient_checkpointing)
+               for r in fitting_changes(recipe, length=MIN_MICRO_TOKENS // 2)]
+    # 4 and 2 rows of 512 tokens hold 1,024 or more; one row does not, so it comes after checkpointing
+    assert changes == [(4, 2, False), (2, 4, False), (8, 1, True), (1, 8, False), (4, 2, True), (2, 4, True),
+                       (1, 8, True)]
+    assert all(b * a == 8 for b, a, _ in changes)
 
 
 def test_checkpointing_on_a_cpu_returns_freed_blocks_to_the_system():
@@ -287,3 +313,41 @@ def test_plan_divides_what_the_strategy_shards_over_the_processes(kind, tiny_mod
         assert sharded[state] == pytest.approx(alone[state] / 8)
         assert sharded["activations"] == alone["activations"]
     assert parts("ddp", 2, "cpu")["device"] == pytest.approx(parts("none", 1, "cpu")["device"] / 2, rel=0.05)
+
+
+def test_micro_batches_the_plan_chooses_train_the_same_step_and_say_so(tiny_model_dir, tmp_path, monkeypatch):
+    """Micro-batches of 4 accumulated twice reach the update one batch of 8 reaches (the plan's promise), and the
+    run's "chosen" table credits the split to the plan, not to the recipe."""
+    import torch
+    from safetensors.torch import load_file
+
+    import tunesmith.plan as plan_module
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.fit import fit_recipe
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         ["training.max_steps=1", "training.gradient_checkpointing=false"])  # rows too short
+    whole = plan_recipe(recipe, "cpu:24GB")
+    half = plan_recipe(recipe.model_copy(update={"training": recipe.training.model_copy(update={"batch_size": 4})}),
+                       "cpu:24GB")
+    memory = (whole.peak_bytes + max(half.peak_bytes, whole.peak_bytes_checkpointed)) / 2
+    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: Device("small", "cpu", memory, 1e11, False))
+    fitted, note = fit_recipe(recipe)
+    assert (fitted.training.batch_size, fitted.training.grad_accum) == (4, 2), note
+    adapters = {}
+    for name, planned in (("whole", recipe), ("micro", fitted)):
+        run = create_run(planned, tmp_path / name)
+        run_training(planned, run)
+        adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
+        report = json.loads((run.path / "train.json").read_text())
+    assert report["chosen"]["batch_size"]["value"] == "8 (2 micro-batches of 4)"
+    assert "micro-batches: the plan's" in report["chosen"]["batch_size"]["why"]
+    assert adapters["whole"].keys() == adapters["micro"].keys()
+    moved = [k for k in adapters["whole"] if "lora_B" in k]
+    assert moved and all(adapters["whole"][k].abs().max() > 0 for k in moved)  # the step changed the adapter
+    for key in adapters["whole"]:
+        torch.testing.assert_close(adapters["micro"][key], adapters["whole"][key], atol=1e-5, rtol=1e-4)

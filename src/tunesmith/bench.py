@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
+# not run unless named: tunesmith-no-replay with activation checkpointing on at the whole batch, the plan's way to
+# fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side
+EXTRA_VARIANTS = ("tunesmith-checkpointing",)
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -211,10 +214,12 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
-                     runs_dir: Path, replay: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+                     runs_dir: Path, replay: bool = True,
+                     checkpointing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
-    first, as `train` does (activation checkpointing switched on when only that makes it fit). `replay` False:
-    without the default replay anchor (`data.replay.ratio: 0`), the same work as the TRL scripts do."""
+    first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`
+    False: without the default replay anchor (`data.replay.ratio: 0`), the same work as the TRL scripts do;
+    `checkpointing`: with training.gradient_checkpointing set on."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
     from tunesmith.plan.fit import fit_recipe
@@ -225,7 +230,8 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "name": "bench", "model": {"source": str(model_dir)},
         "data": {"train": str(train), "eval": str(held), "max_length": max_length,
                  **({} if replay else {"replay": {"ratio": 0}})},
-        "training": {"batch_size": batch_size, "save_steps": 100_000}}))
+        "training": {"batch_size": batch_size, "save_steps": 100_000,
+                     **({"gradient_checkpointing": True} if checkpointing else {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)
     run = create_run(recipe, runs_dir)
@@ -238,7 +244,8 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
     return model, tokenizer, {"dtype": report["precision"], **figures, "steps": report["steps"],
                               "final_loss": report["final_loss"], "model_flops": speed["model_tflops"] * 1e12,
                               "packing": report.get("packing"),
-                              "activation_checkpointing": recipe.training.gradient_checkpointing}
+                              "activation_checkpointing": recipe.training.gradient_checkpointing,
+                              "micro_batch": recipe.training.batch_size, "grad_accum": recipe.training.grad_accum}
 
 
 def worker_main(argv: list[str]) -> None:
@@ -251,7 +258,8 @@ def worker_main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
         if variant.startswith("tunesmith"):
             model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
-                                                         replay=variant == "tunesmith")
+                                                         replay=variant == "tunesmith",
+                                                         checkpointing=variant == "tunesmith-checkpointing")
         else:
             model, tokenizer, figures = trl_worker(variant, model_dir, train, int(batch), int(length), Path(tmp))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -58,7 +58,8 @@ def _global(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = Fals
 def bench_train(
         datasets: Annotated[str, typer.Option(help="Comma-separated: quickstart, tickets, spread.")] =
         "quickstart,tickets,spread",
-        variants: Annotated[str, typer.Option(help="Comma-separated: trl-plain, trl-expert, tunesmith.")] =
+        variants: Annotated[str, typer.Option(help="Comma-separated: trl-plain, trl-expert, tunesmith, "
+                                                          "tunesmith-no-replay, tunesmith-checkpointing.")] =
         "trl-plain,trl-expert,tunesmith",
         rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
         spread_rows: Annotated[int, typer.Option(help="Training rows of the 10-1,000-token spread set.")] = 24,
@@ -70,9 +71,9 @@ def bench_train(
 
     Run it on an otherwise idle machine: each variant trains in its own process, one after another.
     """
-    from tunesmith.bench import DATASETS, VARIANTS, markdown_table, run_benchmark
+    from tunesmith.bench import DATASETS, EXTRA_VARIANTS, VARIANTS, markdown_table, run_benchmark
 
-    chosen = {"--datasets": (datasets, DATASETS), "--variants": (variants, VARIANTS)}
+    chosen = {"--datasets": (datasets, DATASETS), "--variants": (variants, VARIANTS + EXTRA_VARIANTS)}
     for flag, (text, valid) in chosen.items():
         unknown = [item for item in text.split(",") if item not in valid]
         if unknown:

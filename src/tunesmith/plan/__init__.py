@@ -63,13 +63,19 @@ def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
     process, with what training.distributed shards divided between them. Raises ModelSourceError when the
     model's config cannot be found or built.
     """
+    return build_report(recipe, *plan_inputs(recipe, device_spec, lengths, processes, per_node))
+
+
+def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths | None = None, processes: int = 1,
+                per_node: int | None = None) -> tuple[Architecture, Device, RowLengths]:
+    """What a plan is built from (`plan_recipe`'s arguments): the model's architecture, the device and the rows'
+    lengths, so that a caller comparing settings (`plan.fit`) reads the config and the data once."""
     # the device first: its matmul probe must not share the cores with the tokenizer's worker threads
     device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
     device = device.for_processes(processes, per_node or processes)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
-    lengths = lengths or longest_row(recipe, load_tokenizer(model_dir))
-    return build_report(recipe, arch, device, lengths)
+    return arch, device, lengths or longest_row(recipe, load_tokenizer(model_dir))
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
@@ -107,5 +113,5 @@ def component_rows(estimate: MemoryEstimate) -> list[ComponentRow]:
     return [ComponentRow(name=c.name, bytes=c.bytes, how=c.how) for c in estimate.components]
 
 
-__all__ = ["Advice", "PlanReport", "StepTime", "plan_recipe"]
+__all__ = ["Advice", "PlanReport", "StepTime", "build_report", "plan_inputs", "plan_recipe"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
-from tunesmith.plan import PlanReport, plan_recipe
+from tunesmith.plan import PlanReport, build_report, plan_inputs
 
 GIB = 2**30
 
@@ -25,20 +25,71 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
     return message, hint
 
 
+# A micro-batch of at least this many tokens keeps a CPU's or GPU's matmuls about as efficient as the whole batch
+# (benchmarks/results/train_throughput_amd.json, the spread rows: micro-batches of 2 rows of up to 1,024 tokens
+# against 8 rows with activation checkpointing), so below the memory limit accumulating such micro-batches is
+# preferred to recomputing every block's activations.
+MIN_MICRO_TOKENS = 1024
+
+
 def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) -> tuple[Recipe, str | None]:
-    """The recipe to train, planned for the device it trains on: as it is when it fits; with activation
-    checkpointing switched on when only that makes it fit and the recipe does not set
-    `training.gradient_checkpointing` itself (the second value says so); else WillNotFit, naming the fix.
+    """The recipe to train, planned for the device it trains on: as it is when it fits; otherwise with the first
+    of `fitting_changes` that fits (the second value says what changed and why); else WillNotFit, naming the fix.
+    The same rows reach each optimizer step either way: smaller micro-batches accumulate to the recipe's batch.
     `processes`, `per_node`: a multi-process run (plan_recipe)."""
-    report = plan_recipe(recipe, recipe.training.device, processes=processes, per_node=per_node)
+    arch, device, lengths = plan_inputs(recipe, recipe.training.device, processes=processes, per_node=per_node)
+    report = build_report(recipe, arch, device, lengths)
     if report.fits:
         return recipe, None
-    chosen_by_user = "gradient_checkpointing" in recipe.training.model_fields_set
-    if not chosen_by_user and report.peak_bytes_checkpointed <= report.device_memory_bytes:
-        training = recipe.training.model_copy(update={"gradient_checkpointing": True})
-        note = (f"activation checkpointing: on (the plan estimates {report.peak_bytes / GIB:,.1f} GiB without it, "
-                f"{report.peak_bytes_checkpointed / GIB:,.1f} GiB with it, and {report.device} has "
-                f"{report.device_memory_bytes / GIB:,.1f} GiB; steps run slower). Set "
-                "training.gradient_checkpointing to decide yourself.")
-        return recipe.model_copy(update={"training": training}), note
+    for candidate in fitting_changes(recipe, report.length):
+        fitted = build_report(candidate, arch, device, lengths)
+        if fitted.fits:
+            return candidate, fit_note(recipe, candidate, report, fitted)
     raise WillNotFit(*fit_message(report))
+
+
+def fitting_changes(recipe: Recipe, length: int) -> list[Recipe]:
+    """The changes `fit_recipe` tries, fastest first, each only where the recipe leaves its keys open
+    (`training.grad_accum` for micro-batches, `training.gradient_checkpointing` for checkpointing): micro-batches of
+    at least MIN_MICRO_TOKENS tokens (`length` a row), largest first; activation checkpointing (one more forward
+    pass per step, ~30%); smaller micro-batches; both together."""
+    t, given = recipe.training, recipe.training.model_fields_set
+    sizes = [size for size in range(t.batch_size - 1, 0, -1) if t.batch_size % size == 0]
+    micro = [] if "grad_accum" in given else [with_micro_batch(recipe, size) for size in sizes]
+    efficient = [r for r in micro if r.training.batch_size * length >= MIN_MICRO_TOKENS]
+    small = [r for r in micro if r.training.batch_size * length < MIN_MICRO_TOKENS]
+    if "gradient_checkpointing" in given or t.gradient_checkpointing:
+        return efficient + small
+    checkpointed = [with_training(r, gradient_checkpointing=True) for r in (recipe, *micro)]
+    return efficient + checkpointed[:1] + small + checkpointed[1:]
+
+
+def with_micro_batch(recipe: Recipe, size: int) -> Recipe:
+    """`recipe` with micro-batches of `size` rows accumulated to the same rows per optimizer step."""
+    t = recipe.training
+    return with_training(recipe, batch_size=size, grad_accum=t.grad_accum * t.batch_size // size)
+
+
+def with_training(recipe: Recipe, **update: object) -> Recipe:
+    """`recipe` with training settings changed by the plan; the recipe's own keys stay the only ones marked as
+    set, so the run's "chosen for your data" table does not credit the plan's choice to the recipe."""
+    training = recipe.training.model_copy(update=update)
+    object.__setattr__(training, "__pydantic_fields_set__", set(recipe.training.model_fields_set))
+    return recipe.model_copy(update={"training": training})
+
+
+def fit_note(recipe: Recipe, fitted: Recipe, report: PlanReport, fitted_report: PlanReport) -> str:
+    """One line on what the plan changed so that the run fits, with both estimates and the way back."""
+    t, f = recipe.training, fitted.training
+    changes, keys = [], []
+    if f.batch_size != t.batch_size:
+        rows = t.batch_size * t.grad_accum
+        changes.append(f"micro-batches of {f.batch_size} rows accumulated {f.grad_accum} times ({rows} rows per "
+                       "step, as the recipe asks)")
+        keys.append("training.batch_size/grad_accum")
+    if f.gradient_checkpointing and not t.gradient_checkpointing:
+        changes.append("activation checkpointing: on (steps run slower)")
+        keys.append("training.gradient_checkpointing")
+    return (f"{'; '.join(changes)}: the plan estimates {report.peak_bytes / GIB:,.1f} GiB as written, "
+            f"{fitted_report.peak_bytes / GIB:,.1f} GiB so, and {report.device} has "
+            f"{report.device_memory_bytes / GIB:,.1f} GiB. Set {' and '.join(keys)} to decide yourself.")

@@ -66,8 +66,7 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
                          "why": "training.scheduler/warmup_ratio in the recipe"
                          if {"scheduler", "warmup_ratio"} & given else
                          "default: cosine decay after a 3% warm-up (Stanford Alpaca's fine-tuning schedule)"}
-    table["batch_size"] = {"value": training.batch_size * training.grad_accum,
-                           "why": source("batch_size", "default: 8 rows per step (the transformers Trainer default)")}
+    table["batch_size"] = batch_choice(training)
     if hasattr(adapter, "r"):
         table["adapter"] = {"value": f"{adapter.kind} r={adapter.r} alpha={adapter.alpha:g} "
                                      f"targets={adapter.targets}",
@@ -81,6 +80,19 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
     if "replay" in chosen:
         table["replay"] = replay_choice(recipe.data, chosen["replay"])
     return table
+
+
+def batch_choice(training: Any) -> dict[str, Any]:
+    """Rows per optimizer step, and the micro-batches they train in where those are more than one."""
+    given = training.model_fields_set
+    why = ("training.batch_size in the recipe" if "batch_size" in given else
+           "default: 8 rows per step (the transformers Trainer default)")
+    if training.grad_accum == 1:
+        return {"value": training.batch_size, "why": why}
+    split = ("training.grad_accum in the recipe" if "grad_accum" in given else
+             "the plan's: the whole batch's activations would not fit this device's memory")
+    return {"value": f"{training.batch_size * training.grad_accum} ({training.grad_accum} micro-batches of "
+                     f"{training.batch_size})", "why": f"{why}; micro-batches: {split}"}
 
 
 def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:

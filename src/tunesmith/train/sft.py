@@ -48,12 +48,14 @@ def run_train(recipe: Recipe, run: Run) -> Path:
 
 def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
     """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
-    round(ratio x batch_size) replay rows per micro-batch, at least one."""
+    round(ratio x rows per optimizer step) replay rows a step, shared between its micro-batches, at least one a
+    micro-batch."""
     if not replay.examples or recipe.data.replay.resolved_loss(recipe.adapter.kind) != "kl":
         return {}
-    per_step = max(1, round(recipe.data.replay.ratio * recipe.training.batch_size))
-    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_step)
-    return {"replay_batches": ReplayBatches(replay.examples, per_step, tokenizer.pad_token_id, recipe.training.seed),
+    t = recipe.training
+    per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
+    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
+    return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
             "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
 
 
