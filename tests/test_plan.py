@@ -232,7 +232,7 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
     fitted, note = fit_recipe(recipe)  # rows of up to 125 tokens: 32 of them hold more than MIN_MICRO_TOKENS
     assert (fitted.training.batch_size, fitted.training.grad_accum) == (32, 2)
     assert not fitted.training.gradient_checkpointing and "micro-batches of 32 rows accumulated 2 times" in note
-    assert "64 rows per step" in note and "training.batch_size/grad_accum" in note
+    assert "64 rows per step" in note and "Set training.grad_accum to decide" in note
     assert fitted.training.model_fields_set == recipe.training.model_fields_set  # the plan's, not the recipe's
     accumulation_given = validate_recipe({**raw, "training": {**raw["training"], "grad_accum": 1},
                                           "base_dir": str(tmp_path)})
@@ -351,3 +351,23 @@ def test_micro_batches_the_plan_chooses_train_the_same_step_and_say_so(tiny_mode
     assert moved and all(adapters["whole"][k].abs().max() > 0 for k in moved)  # the step changed the adapter
     for key in adapters["whole"]:
         torch.testing.assert_close(adapters["micro"][key], adapters["whole"][key], atol=1e-5, rtol=1e-4)
+
+
+def test_doctor_says_what_train_will_change_to_fit_and_fails_only_what_cannot(tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    import tunesmith.plan as plan_module
+    from tunesmith.doctor.recipe import memory_checks
+    from tunesmith.plan.devices import Device
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=64)
+    recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+    first = plan_recipe(recipe, "cpu:24GB")
+    verdicts = {}
+    between = (first.peak_bytes + first.peak_bytes_checkpointed) / 2
+    for name, memory in (("roomy", first.peak_bytes * 2), ("tight", between), ("tiny", 1e6)):
+        device = Device(name, "cpu", memory, 1e11, False)
+        monkeypatch.setattr(plan_module, "resolve_device", lambda spec, d=device: d)
+        [verdicts[name]] = memory_checks(recipe)
+    assert verdicts["roomy"].status == "pass"
+    assert verdicts["tight"].status == "warn" and "train will fit it: micro-batches of 32" in verdicts["tight"].detail
+    assert verdicts["tiny"].status == "fail" and "The plan estimates" in verdicts["tiny"].detail

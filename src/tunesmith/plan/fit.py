@@ -86,7 +86,7 @@ def fit_note(recipe: Recipe, fitted: Recipe, report: PlanReport, fitted_report: 
         rows = t.batch_size * t.grad_accum
         changes.append(f"micro-batches of {f.batch_size} rows accumulated {f.grad_accum} times ({rows} rows per "
                        "step, as the recipe asks)")
-        keys.append("training.batch_size/grad_accum")
+        keys.append("training.grad_accum")
     if f.gradient_checkpointing and not t.gradient_checkpointing:
         changes.append("activation checkpointing: on (steps run slower)")
         keys.append("training.gradient_checkpointing")
