@@ -113,6 +113,28 @@ def test_model_shape_counts_tied_embeddings_once(tiny_model_dir):
     assert (shape.layers, shape.hidden) == (config.num_hidden_layers, config.hidden_size)
 
 
+def test_blocks_below_the_lowest_adapter_count_forward_only(tiny_model_dir):
+    """adapter.layers: last-half: the backward pass stops at the lowest adapted block, so the blocks below it cost
+    2 FLOPs per weight (forward) instead of 4, and a third of their attention."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+
+    everywhere = model_shape(lora_model(tiny_model_dir))
+    upper = model_shape(get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
+                                       LoraConfig(r=4, lora_alpha=8, layers_to_transform=[1],
+                                                  target_modules=["q_proj", "v_proj", "down_proj"])))
+    block0 = sum(p.numel() for n, p in load_model(tiny_model_dir, torch.float32, "cpu").named_parameters()
+                 if ".layers.0." in n)
+    assert (everywhere.frozen_unreached, everywhere.layers_unreached) == (0, 0)
+    assert (upper.frozen_unreached, upper.layers_unreached) == (block0, 1) and block0 > 0
+    counter = TokenCounter(None, tokens=10, real_tokens=10, loss_tokens=2, attention_flops=12.0 * 10 * 5)
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4, frozen_unreached=400,
+                       layers_unreached=1)
+    assert training_flops(counter, shape) == (10 * (4 * 600 + 2 * 400 + 6 * 10) + 2 * 4 * 500
+                                              + 12.0 * 10 * 5 * (1 + 1 / 3) * 4)
+
+
 def test_model_shape_counts_a_4bit_base_as_the_weights_it_holds(tiny_model_dir):
     """bitsandbytes packs two 4-bit weights per stored element: MFU's FLOPs must count weights, not bytes."""
     pytest.importorskip("bitsandbytes")

@@ -6,13 +6,16 @@ the achieved FLOP/s by this machine's matmul peak in the same dtype, measured on
 
 FLOPs per real token, after PaLM (Chowdhery et al. 2022, appendix B) and Kaplan et al. (2020, §2.1):
 - a trained weight costs 6 FLOPs per token (2 forward, 4 backward); a frozen one 4 (its input gradient is
-  still needed to reach the adapters below it, its weight gradient is not);
+  still needed to reach the adapters below it, its weight gradient is not), or 2 in the blocks below the lowest
+  one that trains anything (`adapter.layers: last-half`: the backward pass never reaches them);
 - attention adds 12 · layers · hidden · T per token (QKᵀ and AV, forward and backward; T = padded row length),
-  halved for causal masking as FlashAttention's FLOP count does.
+  halved for causal masking as FlashAttention's FLOP count does; 4 instead of 12 in the blocks the backward pass
+  does not reach.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ class TokenCounter:
     attention_flops: float = 0.0  # 12 · span per real token, summed; times layers · hidden in training_flops
     anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay) through the tuned model
     anchor_base_tokens: int = 0  # real tokens the base ran forward for the anchor (once a row, while cached)
+    base_attention_flops: float = 0.0  # the base passes' attention: 4 · span per real token, every layer forward
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
@@ -69,7 +73,7 @@ class TokenCounter:
         """Add one forward pass of the base over a replay batch (`BaseReference`), without gradients."""
         real = int(attention_mask.sum())
         self.anchor_base_tokens += real
-        self.attention_flops += 4.0 * real * attention_mask.shape[-1] / 2
+        self.base_attention_flops += 4.0 * real * attention_mask.shape[-1] / 2
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
@@ -111,13 +115,17 @@ def attention_span(batch: dict[str, Any], prefix: str = "") -> float:
 @dataclass(frozen=True)
 class ModelShape:
     """What the FLOP count needs: parameters outside the embeddings (frozen and trained), the LM head's size,
-    the number of layers and the hidden size."""
+    the number of layers and the hidden size; of those, the frozen parameters and the layers below the lowest
+    block that trains anything, which the backward pass never reaches (0 when the embeddings or the first block
+    train)."""
 
     frozen_body: int
     trainable: int
     lm_head: int
     layers: int
     hidden: int
+    frozen_unreached: int = 0
+    layers_unreached: int = 0
 
 
 def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
@@ -125,11 +133,14 @@ def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
     attention; the LM head (4 per parameter, frozen) only at the positions that carry loss, the only ones it
     projects (an input embedding is a lookup: no FLOPs). The replay anchor's tokens: the same tuned pass with the
     head at every position; the base's forward passes over them (2 per body and head parameter) where they ran."""
-    body = counter.real_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable)
-    anchor = (counter.anchor_tokens * (4.0 * shape.frozen_body + 6.0 * shape.trainable + 4.0 * shape.lm_head)
+    per_token = 4.0 * shape.frozen_body - 2.0 * shape.frozen_unreached + 6.0 * shape.trainable
+    body = counter.real_tokens * per_token
+    anchor = (counter.anchor_tokens * (per_token + 4.0 * shape.lm_head)
               + counter.anchor_base_tokens * 2.0 * (shape.frozen_body + shape.lm_head))
+    reached_layers = shape.layers - shape.layers_unreached + shape.layers_unreached / 3  # forward: 4 of 12
     return (body + anchor + counter.loss_tokens * 4.0 * shape.lm_head
-            + counter.attention_flops * shape.layers * shape.hidden)
+            + (counter.attention_flops * reached_layers + counter.base_attention_flops * shape.layers)
+            * shape.hidden)
 
 
 def mfu(flops: float, seconds: float, peak: float) -> float:
@@ -154,5 +165,31 @@ def model_shape(model: Any) -> ModelShape:
     frozen_body = sum(weights_in(p) for p in params if not p.requires_grad) - frozen_embeddings
     head = model.get_output_embeddings()
     config = model.config
+    frozen_unreached, layers_unreached = unreached_by_backward(model, set(embeddings))
     return ModelShape(frozen_body, trainable, head.weight.numel() if head is not None else 0,
-                      int(getattr(config, "num_hidden_layers", 0) or 0), int(getattr(config, "hidden_size", 0) or 0))
+                      int(getattr(config, "num_hidden_layers", 0) or 0), int(getattr(config, "hidden_size", 0) or 0),
+                      frozen_unreached, layers_unreached)
+
+
+BLOCK_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def unreached_by_backward(model: Any, embedding_ids: set[int]) -> tuple[int, int]:
+    """(frozen weights, blocks) below the lowest decoder block with a trained parameter: the backward pass stops
+    there. (0, 0) when anything outside the numbered blocks trains (embeddings, a prompt encoder, a head)."""
+    lowest, seen = None, set()
+    blocks: dict[int, int] = {}
+    for name, parameter in model.named_parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        match = BLOCK_INDEX.search(f".{name}")
+        if parameter.requires_grad:
+            if match is None:
+                return 0, 0
+            lowest = min(lowest, int(match[1])) if lowest is not None else int(match[1])
+        elif match is not None and id(parameter) not in embedding_ids:
+            blocks[int(match[1])] = blocks.get(int(match[1]), 0) + weights_in(parameter)
+    if not lowest:
+        return 0, 0
+    return sum(n for index, n in blocks.items() if index < lowest), lowest
