@@ -345,7 +345,7 @@ def test_micro_batches_the_plan_chooses_train_the_same_step_and_say_so(tiny_mode
         adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
         report = json.loads((run.path / "train.json").read_text())
     assert report["chosen"]["batch_size"]["value"] == "8 (2 micro-batches of 4)"
-    assert "micro-batches: the plan's" in report["chosen"]["batch_size"]["why"]
+    assert "split into micro-batches by the plan" in report["chosen"]["batch_size"]["why"]
     assert adapters["whole"].keys() == adapters["micro"].keys()
     moved = [k for k in adapters["whole"] if "lora_B" in k]
     assert moved and all(adapters["whole"][k].abs().max() > 0 for k in moved)  # the step changed the adapter

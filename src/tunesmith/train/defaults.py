@@ -89,10 +89,10 @@ def batch_choice(training: Any) -> dict[str, Any]:
            "default: 8 rows per step (the transformers Trainer default)")
     if training.grad_accum == 1:
         return {"value": training.batch_size, "why": why}
-    split = ("training.grad_accum in the recipe" if "grad_accum" in given else
-             "the plan's: the whole batch's activations would not fit this device's memory")
+    split = ("micro-batches from training.grad_accum in the recipe" if "grad_accum" in given else
+             "split into micro-batches by the plan: the whole batch would not fit this device's memory")
     return {"value": f"{training.batch_size * training.grad_accum} ({training.grad_accum} micro-batches of "
-                     f"{training.batch_size})", "why": f"{why}; micro-batches: {split}"}
+                     f"{training.batch_size})", "why": f"{why}; {split}"}
 
 
 def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
