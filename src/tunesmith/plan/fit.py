@@ -25,10 +25,10 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
     return message, hint
 
 
-# A micro-batch of at least this many tokens keeps a CPU's or GPU's matmuls about as efficient as the whole batch
-# (benchmarks/results/train_throughput_amd.json, the spread rows: micro-batches of 2 rows of up to 1,024 tokens
-# against 8 rows with activation checkpointing), so below the memory limit accumulating such micro-batches is
-# preferred to recomputing every block's activations.
+# A micro-batch of at least this many tokens keeps the matmuls large enough to run near the batch's own speed, so
+# accumulating such micro-batches is preferred to recomputing every block's activations. A floor chosen, not an
+# optimum measured: on the spread rows (benchmarks/results/train_throughput_micro.json) micro-batches of 4 rows of
+# up to 1,024 tokens ran 2.4x the tokens/s of 8 rows with activation checkpointing, at the same held-out loss.
 MIN_MICRO_TOKENS = 1024
 
 
@@ -52,7 +52,8 @@ def fitting_changes(recipe: Recipe, length: int) -> list[Recipe]:
     """The changes `fit_recipe` tries, fastest first, each only where the recipe leaves its keys open
     (`training.grad_accum` for micro-batches, `training.gradient_checkpointing` for checkpointing): micro-batches of
     at least MIN_MICRO_TOKENS tokens (`length` a row), largest first; activation checkpointing (one more forward
-    pass per step, ~30%); smaller micro-batches; both together."""
+    pass per step; on a CPU, where freed blocks go back to the system, about half the tokens/s: README, "Plan");
+    smaller micro-batches; both together."""
     t, given = recipe.training, recipe.training.model_fields_set
     sizes = [size for size in range(t.batch_size - 1, 0, -1) if t.batch_size % size == 0]
     micro = [] if "grad_accum" in given else [with_micro_batch(recipe, size) for size in sizes]
