@@ -248,7 +248,7 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
 
 
 def test_micro_batches_come_before_checkpointing_when_they_hold_enough_tokens(tiny_model_dir, tmp_path):
-    from tunesmith.plan.fit import MIN_MICRO_TOKENS, fitting_changes
+    from tunesmith.plan.recommend import MIN_MICRO_TOKENS, fitting_changes
 
     recipe = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir, batch_size=8), "base_dir": str(tmp_path)})
     changes = [(r.training.batch_size, r.training.grad_accum, r.training.gradient_checkpointing)
@@ -368,6 +368,11 @@ def test_doctor_says_what_train_will_change_to_fit_and_fails_only_what_cannot(ti
         device = Device(name, "cpu", memory, 1e11, False)
         monkeypatch.setattr(plan_module, "resolve_device", lambda spec, d=device: d)
         [verdicts[name]] = memory_checks(recipe)
+    tight = Device("tight", "cpu", between, 1e11, False)
+    monkeypatch.setattr(plan_module, "resolve_device", lambda spec: tight)
+    report = plan_recipe(recipe)  # the plan's table says what train will do
+    [will] = [a for a in report.advice if a.what == "train will use"]
+    assert will.value == "2 micro-batches of 32" and not will.flags
     assert verdicts["roomy"].status == "pass"
     assert verdicts["tight"].status == "warn" and "train will fit it: micro-batches of 32" in verdicts["tight"].detail
     assert verdicts["tiny"].status == "fail" and "The plan estimates" in verdicts["tiny"].detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.plan import PlanReport, build_report, plan_inputs
+from tunesmith.plan.recommend import fitting_changes
 
 GIB = 2**30
 
@@ -25,13 +26,6 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
     return message, hint
 
 
-# A micro-batch of at least this many tokens keeps the matmuls large enough to run near the batch's own speed, so
-# accumulating such micro-batches is preferred to recomputing every block's activations. A floor chosen, not an
-# optimum measured: on the spread rows (benchmarks/results/train_throughput_micro.json) micro-batches of 4 rows of
-# up to 1,024 tokens ran 2.4x the tokens/s of 8 rows with activation checkpointing, at the same held-out loss.
-MIN_MICRO_TOKENS = 1024
-
-
 def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) -> tuple[Recipe, str | None]:
     """The recipe to train, planned for the device it trains on: as it is when it fits; otherwise with the first
     of `fitting_changes` that fits (the second value says what changed and why); else WillNotFit, naming the fix.
@@ -46,37 +40,6 @@ def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) 
         if fitted.fits:
             return candidate, fit_note(recipe, candidate, report, fitted)
     raise WillNotFit(*fit_message(report))
-
-
-def fitting_changes(recipe: Recipe, length: int) -> list[Recipe]:
-    """The changes `fit_recipe` tries, fastest first, each only where the recipe leaves its keys open
-    (`training.grad_accum` for micro-batches, `training.gradient_checkpointing` for checkpointing): micro-batches of
-    at least MIN_MICRO_TOKENS tokens (`length` a row), largest first; activation checkpointing (one more forward
-    pass per step; on a CPU, where freed blocks go back to the system, about half the tokens/s: README, "Plan");
-    smaller micro-batches; both together."""
-    t, given = recipe.training, recipe.training.model_fields_set
-    sizes = [size for size in range(t.batch_size - 1, 0, -1) if t.batch_size % size == 0]
-    micro = [] if "grad_accum" in given else [with_micro_batch(recipe, size) for size in sizes]
-    efficient = [r for r in micro if r.training.batch_size * length >= MIN_MICRO_TOKENS]
-    small = [r for r in micro if r.training.batch_size * length < MIN_MICRO_TOKENS]
-    if "gradient_checkpointing" in given or t.gradient_checkpointing:
-        return efficient + small
-    checkpointed = [with_training(r, gradient_checkpointing=True) for r in (recipe, *micro)]
-    return efficient + checkpointed[:1] + small + checkpointed[1:]
-
-
-def with_micro_batch(recipe: Recipe, size: int) -> Recipe:
-    """`recipe` with micro-batches of `size` rows accumulated to the same rows per optimizer step."""
-    t = recipe.training
-    return with_training(recipe, batch_size=size, grad_accum=t.grad_accum * t.batch_size // size)
-
-
-def with_training(recipe: Recipe, **update: object) -> Recipe:
-    """`recipe` with training settings changed by the plan; the recipe's own keys stay the only ones marked as
-    set, so the run's "chosen for your data" table does not credit the plan's choice to the recipe."""
-    training = recipe.training.model_copy(update=update)
-    object.__setattr__(training, "__pydantic_fields_set__", set(recipe.training.model_fields_set))
-    return recipe.model_copy(update={"training": training})
 
 
 def fit_note(recipe: Recipe, fitted: Recipe, report: PlanReport, fitted_report: PlanReport) -> str:

@@ -62,11 +62,65 @@ def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLe
         return advice
     checkpointed = with_settings(recipe, gradient_checkpointing=True)
     if not recipe.training.gradient_checkpointing and fits(checkpointed):
-        advice.append(Advice(what="activation checkpointing", value="needed", why="the step's activations do not "
-                             "fit; recomputing them in the backward pass keeps only each block's input (~30% slower)",
+        advice.append(Advice(what="activation checkpointing", value="fits with it", why="recomputing the "
+                             "activations in the backward pass keeps only each block's input (one more forward pass "
+                             "a step; on a CPU about half the tokens/s)",
                              flags=["--set training.gradient_checkpointing=true"]))
+    length = micro_step(recipe, lengths, packed=recipe.training.packing is True).length
+    chosen = next((r for r in fitting_changes(recipe, length) if fits(r)), None)
+    if chosen is not None:
+        advice.append(train_will_use(chosen.training))
     advice.append(lighter_method(recipe, fits, device))
     return advice
+
+
+def train_will_use(training: Any) -> Advice:
+    """What `tunesmith train` changes by itself to fit (plan.fit.fit_recipe takes the same first fitting change)."""
+    parts = []
+    if training.grad_accum > 1:
+        parts.append(f"{training.grad_accum} micro-batches of {training.batch_size}")
+    if training.gradient_checkpointing:
+        parts.append("activation checkpointing")
+    return Advice(what="train will use", value=", ".join(parts), why="the first of: micro-batches of 1,024 tokens "
+                  "or more, activation checkpointing, smaller micro-batches, both; set the keys yourself to choose")
+
+
+# A micro-batch of at least this many tokens keeps the matmuls large enough to run near the batch's own speed, so
+# accumulating such micro-batches is preferred to recomputing every block's activations. A floor chosen, not an
+# optimum measured: on the spread rows (benchmarks/results/train_throughput_micro.json) micro-batches of 4 rows of
+# up to 1,024 tokens ran 2.4x the tokens/s of 8 rows with activation checkpointing, at the same held-out loss.
+MIN_MICRO_TOKENS = 1024
+
+
+def fitting_changes(recipe: Recipe, length: int) -> list[Recipe]:
+    """The changes `fit_recipe` tries, fastest first, each only where the recipe leaves its keys open
+    (`training.grad_accum` for micro-batches, `training.gradient_checkpointing` for checkpointing): micro-batches of
+    at least MIN_MICRO_TOKENS tokens (`length` a row), largest first; activation checkpointing (one more forward
+    pass per step; on a CPU, where freed blocks go back to the system, about half the tokens/s: README, "Plan");
+    smaller micro-batches; both together."""
+    t, given = recipe.training, recipe.training.model_fields_set
+    sizes = [size for size in range(t.batch_size - 1, 0, -1) if t.batch_size % size == 0]
+    micro = [] if "grad_accum" in given else [with_micro_batch(recipe, size) for size in sizes]
+    efficient = [r for r in micro if r.training.batch_size * length >= MIN_MICRO_TOKENS]
+    small = [r for r in micro if r.training.batch_size * length < MIN_MICRO_TOKENS]
+    if "gradient_checkpointing" in given or t.gradient_checkpointing:
+        return efficient + small
+    checkpointed = [with_training(r, gradient_checkpointing=True) for r in (recipe, *micro)]
+    return efficient + checkpointed[:1] + small + checkpointed[1:]
+
+
+def with_micro_batch(recipe: Recipe, size: int) -> Recipe:
+    """`recipe` with micro-batches of `size` rows accumulated to the same rows per optimizer step."""
+    t = recipe.training
+    return with_training(recipe, batch_size=size, grad_accum=t.grad_accum * t.batch_size // size)
+
+
+def with_training(recipe: Recipe, **update: object) -> Recipe:
+    """`recipe` with training settings changed by the plan; the recipe's own keys stay the only ones marked as
+    set, so the run's "chosen for your data" table does not credit the plan's choice to the recipe."""
+    training = recipe.training.model_copy(update=update)
+    object.__setattr__(training, "__pydantic_fields_set__", set(recipe.training.model_fields_set))
+    return recipe.model_copy(update={"training": training})
 
 
 def largest_batch(recipe: Recipe, fits: Any) -> Advice:
