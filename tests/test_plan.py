@@ -374,5 +374,6 @@ def test_doctor_says_what_train_will_change_to_fit_and_fails_only_what_cannot(ti
     [will] = [a for a in report.advice if a.what == "train will use"]
     assert will.value == "2 micro-batches of 32" and not will.flags
     assert verdicts["roomy"].status == "pass"
-    assert verdicts["tight"].status == "warn" and "train will fit it: micro-batches of 32" in verdicts["tight"].detail
+    assert verdicts["tight"].status == "warn"
+    assert "train will fit it with 2 micro-batches of 32" in verdicts["tight"].detail
     assert verdicts["tiny"].status == "fail" and "The plan estimates" in verdicts["tiny"].detail

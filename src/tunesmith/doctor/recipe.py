@@ -22,7 +22,7 @@ from tunesmith.doctor.model_checks import load_local_tokenizer
 from tunesmith.doctor.report import Check
 from tunesmith.errors import TunesmithError
 from tunesmith.plan import plan_recipe
-from tunesmith.plan.fit import WillNotFit, fit_recipe
+from tunesmith.plan.fit import fit_message
 
 SECTION = "recipe"
 PREVIEW_ROWS = 20
@@ -48,12 +48,15 @@ def memory_checks(recipe: Recipe) -> list[Check]:
         return [Check(name="memory plan", section=SECTION, status="pass",
                       detail=f"estimated peak {report.peak_bytes / gib:,.1f} GiB of "
                              f"{report.device_memory_bytes / gib:,.1f} GiB on {report.device}")]
-    try:
-        _, note = fit_recipe(recipe)
-    except WillNotFit as exc:
-        return [Check(name="memory plan", section=SECTION, status="fail", detail=exc.message, fix=exc.hint)]
-    return [Check(name="memory plan", section=SECTION, status="warn", detail=f"train will fit it: {note}",
-                  fix="Nothing to do; or set the keys named to choose yourself.")]
+    will = next((a for a in report.advice if a.what == "train will use"), None)
+    if will is None:
+        message, hint = fit_message(report)
+        return [Check(name="memory plan", section=SECTION, status="fail", detail=message, fix=hint)]
+    return [Check(name="memory plan", section=SECTION, status="warn",
+                  detail=f"estimated peak {report.peak_bytes / gib:,.1f} GiB of "
+                         f"{report.device_memory_bytes / gib:,.1f} GiB on {report.device} as written; train will fit "
+                         f"it with {will.value}",
+                  fix="Nothing to do; or set training.grad_accum / training.gradient_checkpointing yourself.")]
 
 
 def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:
