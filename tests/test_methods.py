@@ -36,15 +36,17 @@ def slice_file(source: Path, target: Path, rows: int) -> str:
     return str(target)
 
 
-def method_recipe(root: Path, model_dir: Path, kind: str, source: Path | None = None, **training: Any) -> Recipe:
-    """A tiny recipe for `kind` on a slice of the bundled data (prefs pairs, or text for cpt)."""
+def method_recipe(root: Path, model_dir: Path, kind: str, source: Path | None = None,
+                  replay: dict[str, Any] | None = None, **training: Any) -> Recipe:
+    """A tiny recipe for `kind` on a slice of the bundled data (prefs pairs, or text for cpt); `replay`: the
+    recipe's data.replay section (off otherwise, as the methods default to)."""
     source = source or (TEXT if kind == "cpt" else PREFS)
     raw = {
         "name": kind,
         "model": {"source": str(model_dir)},
         "data": {"train": slice_file(source / "train.jsonl", root / "data" / "train.jsonl", 64),
                  "eval": slice_file(source / "eval.jsonl", root / "data" / "eval.jsonl", 16),
-                 "max_length": 128},
+                 "max_length": 128, **({"replay": replay} if replay else {})},
         "method": {"kind": kind},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
         "training": {"max_steps": 16, "lr": 5e-3, "batch_size": 8, "scheduler": "constant", "warmup_ratio": 0.0,
@@ -243,3 +245,49 @@ def test_checkpointing_reaches_trl_by_its_current_name(on, tmp_path):
         warnings.simplefilter("error", FutureWarning)
         config = DPOConfig(**common_arguments(recipe, create_run(recipe, tmp_path), "cpu", "fp32"))
     assert config.activation_checkpointing is on and config.gradient_checkpointing is on
+
+
+def replay_kl_after(recipe: Recipe, run: Run) -> float:
+    """KL(base || tuned) per token on the run's replay rows (data/replay.jsonl), as the anchor measures it."""
+    from peft import PeftModel
+
+    from tunesmith.data.template import encode_split
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs
+
+    tokenizer = load_tokenizer(recipe.model.source)
+    model = PeftModel.from_pretrained(load_model(recipe.model.source, torch.float32, "cpu"), str(run.adapter_dir))
+    rows = [json.loads(line) for line in (run.path / "data" / "replay.jsonl").read_text().splitlines()]
+    examples = [{"input_ids": e.input_ids, "labels": e.labels}
+                for e in encode_split(tokenizer, rows, recipe.data.max_length).examples]
+    batches = ReplayBatches(examples, len(examples), tokenizer.pad_token_id, 0)
+    batch = batches.at(0, "cpu")
+    with torch.no_grad():
+        return anchor_kl(model, batch, base_log_probs(model, model, batch)).item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_replay_anchor_holds_the_base_on_general_rows_for_every_method(kind, tmp_path, tiny_model_dir):
+    """With data.replay the method's steps also carry weight x KL(base || tuned) on general rows the base answered:
+    train.json says so, the KL is logged, and at a heavy weight the tuned model stays closer to the base on those
+    rows than the same run without it."""
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"prompt": f"Name a colour, number {i}.", "answer": f"Blue {i}."}) + "\n"
+                               for i in range(12)), encoding="utf-8")
+    kls = {}
+    for ratio in (0.5, 0.0):
+        root = tmp_path / f"ratio{ratio}"
+        recipe = method_recipe(root, tiny_model_dir, kind, max_steps=8,
+                               replay={"source": str(general), "ratio": ratio, "weight": 50.0})
+        run = create_run(recipe, root / "runs")
+        run_training(recipe, run)
+        if ratio:
+            report = json.loads((run.path / "train.json").read_text())["replay"]
+            assert report["loss"] == "kl" and report["rows_per_step"] == 4, report
+            assert any("replay_kl" in m for m in run.read_metrics() if "loss" in m)
+            replay_run = run
+        else:
+            (run.path / "data").mkdir(exist_ok=True)
+            (run.path / "data" / "replay.jsonl").write_bytes((replay_run.path / "data" / "replay.jsonl").read_bytes())
+        kls[ratio] = replay_kl_after(recipe, run)
+    assert kls[0.5] < 0.5 * kls[0.0], kls

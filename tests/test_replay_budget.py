@@ -36,8 +36,14 @@ def test_budget_and_replay_refused_for_methods_they_do_not_fit():
     data = {"train": "t.jsonl"}
     with pytest.raises(ValueError, match=r"time_budget works with method\.kind"):
         Recipe(data=data, method={"kind": "grpo"}, training={"time_budget": "5m"})
-    with pytest.raises(ValueError, match=r"data\.replay mixes"):
-        Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"})
+    with pytest.raises(ValueError, match=r"data\.replay works with method\.kind sft, cpt, dpo"):
+        Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "grpo"})
+    with pytest.raises(ValueError, match=r"method\.kind=dpo trains the replay rows through the KL anchor only"):
+        Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"}, adapter={"kind": "full"})
+    with pytest.raises(ValueError, match=r"method\.kind=kto trains the replay rows through the KL anchor only"):
+        Recipe(data={**data, "replay": {"ratio": 0.1, "loss": "sft"}}, method={"kind": "kto"})
+    assert Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"}).data.replay.ratio == 0.1
+    assert Recipe(data=data, method={"kind": "dpo"}).data.replay.ratio == 0
     assert Recipe(data={**data, "replay": {"ratio": 0.1}}).data.replay.ratio == 0.1
 
 

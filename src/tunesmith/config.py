@@ -102,7 +102,8 @@ class ReplaySection(Section):
     ratio: float | None = Field(None, ge=0, le=1, description="Replay rows per training row (0.5: 200 replay rows "
                                                              "beside 400 training rows, at most the source's rows); "
                                                              "0 turns replay off. Default: DEFAULT_REPLAY_RATIO for "
-                                                             "method.kind sft, 0 for the other methods.")
+                                                             "method.kind sft, 0 for the other methods (cpt, dpo, "
+                                                             "kto, orpo and simpo take it through the KL anchor).")
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
     loss: Literal["auto", "kl", "sft"] = Field(
@@ -514,6 +515,9 @@ class TrainingSection(Section):
 
 
 TIME_BUDGET_METHODS = ("sft", "cpt", "dpo", "orpo", "simpo", "kto")  # GRPO's steps also generate
+# Methods whose trainer takes the replay anchor (train/replay.py `anchored`): one loss per micro-batch it can join;
+# sft alone also takes replay rows as training rows (data.replay.loss sft).
+ANCHORED_METHODS = ("sft", "cpt", "dpo", "kto", "orpo", "simpo")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
@@ -750,9 +754,16 @@ class Recipe(Section):
                              f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
         if self.data.replay.ratio is None:  # the default: replay where it applies
             self.data.replay.ratio = DEFAULT_REPLAY_RATIO if self.method.kind == "sft" else 0.0
-        if self.data.replay.ratio and self.method.kind != "sft":
-            raise ValueError(f"data.replay mixes answered prompts into supervised fine-tuning (method.kind sft); "
-                             f"method.kind={self.method.kind} trains on another row shape. Set data.replay.ratio: 0")
+        if self.data.replay.ratio and self.method.kind not in ANCHORED_METHODS:
+            raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}; a "
+                             f"{self.method.kind} step has no loss the anchor can join. Set data.replay.ratio: 0")
+        if (self.data.replay.ratio and self.method.kind != "sft"
+                and self.data.replay.resolved_loss(self.adapter.kind) != "kl"):
+            raise ValueError(f"data.replay with method.kind={self.method.kind} trains the replay rows through the KL "
+                             f"anchor only (data.replay.loss: kl; the sft loss joins answered rows to supervised "
+                             f"fine-tuning's), and the anchor needs an adapter that leaves the base untouched "
+                             f"(adapter.kind {', '.join(BASE_PRESERVING_KINDS[:4])}, ...). Set data.replay.ratio: 0, "
+                             f"or change adapter.kind")
         if self.data.replay.loss == "kl" and self.adapter.kind not in BASE_PRESERVING_KINDS:
             raise ValueError(f"data.replay.loss=kl needs the untouched base as its reference, and adapter.kind="
                              f"{self.adapter.kind} changes the base weights. Use data.replay.loss: sft (or auto)")

@@ -2,7 +2,9 @@
 
 Raw `text` rows, loss on every token (no prompt to mask). With `training.packing` the documents are
 joined (each ending in EOS) and cut into `data.max_length` blocks, the classic pre-training layout:
-no padding, every token of every block trains. Reads: load → dataset → configure → train → save.
+no padding, every token of every block trains. With `data.replay.ratio` above 0 each step also adds the replay
+anchor (train/replay.py) on general chat rows the base answered, which continued pre-training otherwise forgets.
+Reads: load → dataset → configure → train → save.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from tunesmith.config import Recipe
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
+from tunesmith.train.replay import anchored, build_replay, replay_anchor
 
 TEXT_SHAPES = ("text",)
 
@@ -23,15 +26,19 @@ def run_cpt(recipe: Recipe, run: Run) -> Path:
     from trl import SFTTrainer
 
     setup = prepare_training(recipe, run, accept=TEXT_SHAPES, purpose="continued pre-training (method.kind cpt)")
-    trainer = SFTTrainer(
+    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
+    setup.replay_file = replay.file
+    anchor = replay_anchor(recipe, replay, setup.tokenizer)
+    trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(
         model=setup.model,
         args=cpt_config(recipe, run, setup.device, setup.precision),
         train_dataset=Dataset.from_list([{"text": row["text"]} for row in setup.splits.train]),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
+        **anchor,
     )
-    return fit_and_save(trainer, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.rows else None)
 
 
 def cpt_config(recipe: Recipe, run: Run, device: str, precision: str):

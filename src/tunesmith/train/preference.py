@@ -6,6 +6,8 @@ trainer class; loading, the adapter, callbacks and saving are shared (`train/com
 The reference model costs no memory: DPO and KTO get `ref_model=None` with a PEFT config, and TRL then
 scores the reference with the adapter switched off (`use_adapter(model, None)` → `disable_adapter()`
 in TRL 1.16), so one copy of the base weights serves both. ORPO and SimPO need no reference at all.
+With `data.replay.ratio` above 0 each step also adds the replay anchor (train/replay.py) on general rows the base
+answered, as supervised fine-tuning does by default.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import TrainingSetup, common_arguments, fit_and_save, prepare_training
+from tunesmith.train.replay import anchored, build_replay, replay_anchor
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
     args = method.config(recipe.method, common_arguments(recipe, run, setup.device, setup.precision),
                          recipe.data.max_length)
     reference = {"ref_model": None} if method.uses_reference else {}
-    trainer = method.trainer()(
+    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
+    setup.replay_file = replay.file
+    anchor = replay_anchor(recipe, replay, setup.tokenizer)
+    trainer = (anchored(method.trainer()) if anchor else method.trainer())(
         model=setup.model,
         **reference,
         args=args,
@@ -56,8 +62,9 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
+        **anchor,
     )
-    return fit_and_save(trainer, setup, recipe, run)
+    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.rows else None)
 
 
 @dataclass

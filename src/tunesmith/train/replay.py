@@ -291,8 +291,22 @@ def anchor_kl(model: Any, batch: tuple[Any, Any, Any], reference: Any) -> Any:
     return F.kl_div(F.log_softmax(tuned, dim=-1), reference, log_target=True, reduction="batchmean")
 
 
+def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
+    """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
+    round(ratio x rows per optimizer step) replay rows a step, shared between its micro-batches, at least one a
+    micro-batch."""
+    if not replay.examples or recipe.data.replay.resolved_loss(recipe.adapter.kind) != "kl":
+        return {}
+    t = recipe.training
+    per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
+    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
+    return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
+            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
+
+
 def anchored(trainer_class: type) -> type:
-    """`trainer_class` (TRL's SFTTrainer) with the replay anchor added to every training micro-batch's loss:
+    """`trainer_class` (TRL's SFTTrainer, or a preference trainer: config.ANCHORED_METHODS) with the replay anchor
+    added to every training micro-batch's loss:
     loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows, the base's side from
     `BaseReference`."""
 
@@ -303,6 +317,7 @@ def anchored(trainer_class: type) -> type:
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
             self.replay_step, self.replay_micro = -1, 0
             self.base_reference = BaseReference()
+            self.replay_kls: list[float] = []  # the anchor's KL per micro-batch since the last training log
             self.replay_report = replay_report  # train.json's replay block, which gains the cache's figures
 
         def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -331,10 +346,24 @@ def anchored(trainer_class: type) -> type:
             kl = anchor_kl(model, batch, reference)
             if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
                 self.data_collator.count_anchor(batch[2])
-            # as TRL does for its auxiliary loss: with num_items_in_batch the loss carries gradient accumulation
-            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-            loss = loss + self.replay_weight * kl / steps
-            self._metrics["train"]["replay_kl"].append(kl.item())
+            loss = loss + self.replay_weight * kl / self.accumulation_share(num_items_in_batch)
+            self.replay_kls.append(kl.item())
             return (loss, outputs) if return_outputs else loss
+
+        def accumulation_share(self, num_items_in_batch: Any) -> int:
+            """What the anchor's term is divided by for gradient accumulation: the micro-batches of the step where
+            the method's loss already carries the accumulation (normalised by num_items_in_batch, as SFT's is),
+            else 1, since the Trainer then divides the whole loss (transformers' `Trainer.training_step`)."""
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                    or self.compute_loss_func is not None
+            return self.current_gradient_accumulation_steps if scaled else 1
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if self.replay_kls and "loss" in logs:  # a training log: the anchor's mean KL since the last one
+                logs["replay_kl"] = sum(self.replay_kls) / len(self.replay_kls)
+                self.replay_kls.clear()
+            super().log(logs, *args, **kwargs)
 
     return ReplayAnchoredTrainer

@@ -18,7 +18,7 @@ from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.replay import Replay, ReplayBatches, anchored, build_replay
+from tunesmith.train.replay import Replay, anchored, build_replay, replay_anchor
 
 
 def run_train(recipe: Recipe, run: Run) -> Path:
@@ -44,19 +44,6 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     )
     choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.rows else {})}
     return fit_and_save(trainer, setup, recipe, run, choices)
-
-
-def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
-    """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
-    round(ratio x rows per optimizer step) replay rows a step, shared between its micro-batches, at least one a
-    micro-batch."""
-    if not replay.examples or recipe.data.replay.resolved_loss(recipe.adapter.kind) != "kl":
-        return {}
-    t = recipe.training
-    per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
-    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
-    return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
-            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
 
 
 def with_replay(train: Any, replay: Replay) -> Any:
