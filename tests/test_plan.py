@@ -20,7 +20,7 @@ from tunesmith.plan.workload import trained_weights
 
 PREFS = REPO / "examples" / "data" / "prefs"
 ARITH = REPO / "examples" / "data" / "arith"
-DATA = {"sft": ORDERS, "dpo": PREFS, "grpo": ARITH}
+DATA = {"sft": ORDERS, "dpo": PREFS, "kto": PREFS, "grpo": ARITH}
 GRPO = {"num_generations": 2, "max_completion_length": 8, "rewards": [{"name": "exact_match"}]}
 
 
@@ -186,6 +186,45 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
     assert kept(2.0**20, 200) == 0.25 * 2**20  # REFERENCE_CACHE_SHARE of the device's memory
     assert kept(2.0**20, 200, "cuda") == kept(2.0**40, 200)  # a GPU keeps up to 1 GiB, whatever its size
     assert kept(2.0**40, None) is None  # rows unknown: nothing said
+
+
+def test_kto_unpaired_rows_beside_paired_held_out_ones_are_sized_not_a_crash(tiny_model_dir, tmp_path):
+    """recipes/kto.yaml trains unpaired rows and holds out pairs: load_splits calls that shape
+    "preference/unpaired_preference", and the plan (which train runs first) must size it; files of shapes no
+    method trains on together are a data problem the plan names, not an internal error."""
+    from tunesmith.models import load_tokenizer
+    from tunesmith.plan.lengths import longest_row
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, method="kto")
+    raw["data"].update(train=str(PREFS / "unpaired.jsonl"), eval=str(PREFS / "eval.jsonl"))
+    lengths = longest_row(validate_recipe({**raw, "base_dir": str(tmp_path)}), load_tokenizer(tiny_model_dir))
+    assert lengths.problem is None and "training sequences" in lengths.source and lengths.rows > 0
+
+    raw["data"].update(train=str(ORDERS / "train.jsonl"))
+    mixed = longest_row(validate_recipe({**raw, "base_dir": str(tmp_path)}), load_tokenizer(tiny_model_dir))
+    assert "different shapes (messages/preference)" in mixed.problem
+
+
+def test_the_plan_counts_the_replay_anchor_of_a_preference_method(tiny_model_dir, tmp_path):
+    """DPO with data.replay: the anchor's rows train beside the pairs and their base log-probabilities are kept, so
+    the plan's peak and step time grow with it, as they do for SFT."""
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+
+    arch = read_architecture(tiny_model_dir)
+
+    def plan(ratio: float):
+        raw = raw_recipe(tmp_path, tiny_model_dir, method="dpo")
+        raw["data"]["replay"] = {"ratio": ratio}
+        recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+        return build_report(recipe, arch, Device("cpu", "cpu", 2.0**40, 1e11, False), RowLengths(128, "t", 200))
+
+    off, on = plan(0.0), plan(0.5)
+    names = {c.name for c in on.components}
+    assert "replay base log-probs (kept)" in names and "replay base log-probs (kept)" not in {
+        c.name for c in off.components}
+    assert on.peak_bytes > off.peak_bytes and on.step_seconds > off.step_seconds
 
 
 def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_model_dir, tmp_path):

@@ -15,7 +15,7 @@ from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.shapes import SHAPES
 from tunesmith.data.template import encode_preference_split, encode_sequence, encode_split
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.plan.workload import RowLengths
 
 
@@ -45,9 +45,17 @@ def longest_row(recipe: Recipe, tokenizer: Any) -> RowLengths:
 def encoded_sequences(rows: list[dict[str, Any]], shape: str, tokenizer: Any, max_length: int) -> list[Any]:
     """Each trained sequence, encoded: conversations through the template, preference sides with their prompt,
     raw text (continued pre-training) as plain tokens. GRPO's prompts count with their reference answers, an
-    upper bound."""
-    if shape in ("preference", "unpaired_preference"):
+    upper bound. `shape` is load_splits's: one shape, or the shapes of the files joined by "/" (KTO's unpaired
+    training rows beside paired held-out ones: "preference/unpaired_preference").
+
+    Raises DataError when the files hold shapes no one method trains on together."""
+    shapes = set(shape.split("/"))
+    if shapes <= {"preference", "unpaired_preference"}:
         return encode_preference_split(tokenizer, rows, max_length).examples
-    if shape == "text":
+    if shapes == {"text"}:
         return [encode_sequence(tokenizer, row["text"], max_length) for row in rows]
-    return encode_split(tokenizer, rows, max_length).examples
+    if shapes == {"messages"}:
+        return encode_split(tokenizer, rows, max_length).examples
+    raise DataError(f"the recipe's data files hold rows of different shapes ({shape})",
+                    "Give data.train and data.eval rows of the shape the method trains on (tunesmith data preview "
+                    "shows how each file is read)")

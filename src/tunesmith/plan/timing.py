@@ -54,6 +54,8 @@ def step_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> f
     frozen_body = body - (trained_body if weights.whole_model else 0)
     per_token = 4.0 * frozen_body + 6.0 * trained_body + 6.0 * arch.layers * arch.hidden_size * work.length
     projected = work.logits_tokens if work.logits_tokens is not None else work.tokens
-    # the replay anchor's base pass runs once a row while its result is kept, not at each step
-    frozen_pass = 0.0 if work.kept_reference_tokens else work.frozen_pass_tokens * (2.0 * body + 2.0 * head)
+    # the replay anchor's base pass runs once a row while its result is kept, not at each step; a reference
+    # model's pass (DPO, KTO) runs at every step
+    frozen_tokens = work.frozen_pass_tokens - (work.trained_extra_tokens if work.kept_reference_tokens else 0)
+    frozen_pass = frozen_tokens * (2.0 * body + 2.0 * head)
     return work.tokens * per_token + projected * 4.0 * head + frozen_pass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import (
+    ANCHORED_METHODS,
     BASE_PRESERVING_KINDS,
     DEFAULT_REPLAY_RATIO,
     PREFERENCE_KINDS,
@@ -119,22 +120,24 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
         return Workload(t.batch_size, full, generated_sequences=t.batch_size,
                         logits_tokens=t.batch_size * method.max_completion_length,
                         frozen_pass_tokens=t.batch_size * full if method.beta > 0 else 0)
+    if method.kind == "reward":
+        return Workload(2 * t.batch_size, length, logits_tokens=0)
+    replay = replay_tokens(recipe)
+    anchor = {"trained_extra_tokens": replay, "frozen_pass_tokens": replay,
+              "kept_reference_tokens": (REPLAY_MEAN_TOKENS * replay_rows(recipe, lengths.rows)) if replay else 0,
+              "kept_reference_limit_bytes": REFERENCE_CACHE_ACCELERATOR_BYTES if accelerator
+              else REFERENCE_CACHE_SHARE * memory_bytes}
     if method.kind in PREFERENCE_KINDS:
         pairs = 2 * t.batch_size if method.kind != "kto" else t.batch_size
         reference = pairs * length if method.kind in REFERENCE_KINDS else 0
         if method.kind == "kto":  # KTO's KL term: a mismatched completion per row, without gradients
             reference += t.batch_size * length
-        return Workload(pairs, length, frozen_pass_tokens=reference)
-    if method.kind == "reward":
-        return Workload(2 * t.batch_size, length, logits_tokens=0)
-    replay = replay_tokens(recipe)
+        return Workload(pairs, length, **{**anchor, "frozen_pass_tokens": reference + replay})
     answer = min(lengths.longest_answer or length, length)
-    # SFT projects only the labelled positions to the vocabulary (train/upstream.py), the replay anchor every one
-    kept = (REPLAY_MEAN_TOKENS * replay_rows(recipe, lengths.rows)) if replay else 0
-    limit = REFERENCE_CACHE_ACCELERATOR_BYTES if accelerator else REFERENCE_CACHE_SHARE * memory_bytes
-    return Workload(t.batch_size, length, trained_extra_tokens=replay, frozen_pass_tokens=replay,
-                    logits_tokens=t.batch_size * answer + replay, packed=packed, kept_reference_tokens=kept,
-                    kept_reference_limit_bytes=limit)
+    # SFT projects only the labelled positions to the vocabulary (train/upstream.py), the replay anchor every one;
+    # continued pre-training every position of its blocks
+    logits = t.batch_size * answer + replay if method.kind == "sft" else None
+    return Workload(t.batch_size, length, logits_tokens=logits, packed=packed, **anchor)
 
 
 def replay_rows(recipe: Recipe, rows: int | None) -> int:
@@ -151,11 +154,11 @@ def replay_rows(recipe: Recipe, rows: int | None) -> int:
 
 
 def replay_tokens(recipe: Recipe) -> int:
-    """Tokens of the replay rows that join each micro-batch through the KL anchor (sft with an adapter that
-    leaves the base untouched); 0 when replay is off or trains as ordinary rows."""
+    """Tokens of the replay rows that join each micro-batch through the KL anchor (config.ANCHORED_METHODS, with an
+    adapter that leaves the base untouched); 0 when replay is off or trains as ordinary rows."""
     replay = recipe.data.replay
-    ratio = DEFAULT_REPLAY_RATIO if replay.ratio is None else replay.ratio
-    if recipe.method.kind != "sft" or not ratio or replay.resolved_loss(recipe.adapter.kind) != "kl":
+    ratio = replay.ratio if replay.ratio is not None else DEFAULT_REPLAY_RATIO if recipe.method.kind == "sft" else 0
+    if recipe.method.kind not in ANCHORED_METHODS or not ratio or replay.resolved_loss(recipe.adapter.kind) != "kl":
         return 0
     if recipe.adapter.kind not in BASE_PRESERVING_KINDS:
         return 0
