@@ -45,7 +45,9 @@ def matrix_recipe(root: Path, model_dir: Path, method: str, kind: str, formats: 
         "name": f"{method}-{kind}",
         "model": {"source": str(model_dir)},
         "data": {"train": slice_file(source / "train.jsonl", root / "data" / "train.jsonl", 16),
-                 "eval": slice_file(source / "eval.jsonl", root / "data" / "eval.jsonl", 4), "max_length": 128},
+                 "eval": slice_file(source / "eval.jsonl", root / "data" / "eval.jsonl", 4), "max_length": 128,
+                 # the preference methods' default replay would have each tiny model answer the bundled prompts
+                 **({} if method == "sft" else {"replay": {"ratio": 0}})},
         "method": {"kind": method, **METHOD_SETTINGS.get(method, {})},
         "adapter": adapter,
         "training": {"max_steps": 2, "lr": 1e-3, "batch_size": 4, "packing": False, "warmup_ratio": 0.0,

@@ -39,14 +39,14 @@ def slice_file(source: Path, target: Path, rows: int) -> str:
 def method_recipe(root: Path, model_dir: Path, kind: str, source: Path | None = None,
                   replay: dict[str, Any] | None = None, **training: Any) -> Recipe:
     """A tiny recipe for `kind` on a slice of the bundled data (prefs pairs, or text for cpt); `replay`: the
-    recipe's data.replay section (off otherwise, as the methods default to)."""
+    recipe's data.replay section (off otherwise: the base's answers would cost each tiny model seconds)."""
     source = source or (TEXT if kind == "cpt" else PREFS)
     raw = {
         "name": kind,
         "model": {"source": str(model_dir)},
         "data": {"train": slice_file(source / "train.jsonl", root / "data" / "train.jsonl", 64),
                  "eval": slice_file(source / "eval.jsonl", root / "data" / "eval.jsonl", 16),
-                 "max_length": 128, **({"replay": replay} if replay else {})},
+                 "max_length": 128, "replay": replay or {"ratio": 0}},
         "method": {"kind": kind},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
         "training": {"max_steps": 16, "lr": 5e-3, "batch_size": 8, "scheduler": "constant", "warmup_ratio": 0.0,

@@ -43,7 +43,12 @@ def test_budget_and_replay_refused_for_methods_they_do_not_fit():
     with pytest.raises(ValueError, match=r"method\.kind=kto trains the replay rows through the KL anchor only"):
         Recipe(data={**data, "replay": {"ratio": 0.1, "loss": "sft"}}, method={"kind": "kto"})
     assert Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"}).data.replay.ratio == 0.1
-    assert Recipe(data=data, method={"kind": "dpo"}).data.replay.ratio == 0
+    # the preference methods replay by default through the anchor, where it can work; cpt, grpo, reward do not
+    assert Recipe(data=data, method={"kind": "dpo"}).data.replay.ratio == 0.5
+    assert Recipe(data=data, method={"kind": "dpo"}, adapter={"kind": "full"}).data.replay.ratio == 0
+    assert Recipe(data=data, method={"kind": "cpt"}).data.replay.ratio == 0
+    assert Recipe(data=data, method={"kind": "grpo"}).data.replay.ratio == 0
+    assert Recipe(data=data, method={"kind": "reward"}).data.replay.ratio == 0
     assert Recipe(data={**data, "replay": {"ratio": 0.1}}).data.replay.ratio == 0.1
 
 

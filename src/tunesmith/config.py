@@ -102,8 +102,9 @@ class ReplaySection(Section):
     ratio: float | None = Field(None, ge=0, le=1, description="Replay rows per training row (0.5: 200 replay rows "
                                                              "beside 400 training rows, at most the source's rows); "
                                                              "0 turns replay off. Default: DEFAULT_REPLAY_RATIO for "
-                                                             "method.kind sft, 0 for the other methods (cpt, dpo, "
-                                                             "kto, orpo and simpo take it through the KL anchor).")
+                                                             "method.kind sft, and for dpo, kto, orpo and simpo "
+                                                             "with an adapter that leaves the base untouched (the "
+                                                             "KL anchor); 0 otherwise (cpt takes it when asked).")
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
     loss: Literal["auto", "kl", "sft"] = Field(
@@ -518,6 +519,19 @@ TIME_BUDGET_METHODS = ("sft", "cpt", "dpo", "orpo", "simpo", "kto")  # GRPO's st
 # Methods whose trainer takes the replay anchor (train/replay.py `anchored`): one loss per micro-batch it can join;
 # sft alone also takes replay rows as training rows (data.replay.loss sft).
 ANCHORED_METHODS = ("sft", "cpt", "dpo", "kto", "orpo", "simpo")
+# Methods that replay unless the recipe says otherwise, measured on the bundled recipes (README "Keeping what the base
+# could do"); cpt takes the anchor when asked, and kept no more probes with it on recipes/cpt.yaml.
+REPLAY_BY_DEFAULT_METHODS = ("sft", "dpo", "kto", "orpo", "simpo")
+
+
+def default_replay_ratio(method_kind: str, replay_loss: str) -> float:
+    """data.replay.ratio when the recipe leaves it out: DEFAULT_REPLAY_RATIO for supervised fine-tuning (either
+    loss) and, through the KL anchor only (`replay_loss` kl), for the preference methods; 0 otherwise."""
+    if method_kind == "sft" or (method_kind in REPLAY_BY_DEFAULT_METHODS and replay_loss == "kl"):
+        return DEFAULT_REPLAY_RATIO
+    return 0.0
+
+
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
@@ -753,10 +767,12 @@ class Recipe(Section):
             raise ValueError(f"training.time_budget works with method.kind {', '.join(TIME_BUDGET_METHODS)}; a "
                              f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
         if self.data.replay.ratio is None:  # the default: replay where it applies
-            self.data.replay.ratio = DEFAULT_REPLAY_RATIO if self.method.kind == "sft" else 0.0
+            self.data.replay.ratio = default_replay_ratio(self.method.kind, self.data.replay.resolved_loss(
+                self.adapter.kind))
         if self.data.replay.ratio and self.method.kind not in ANCHORED_METHODS:
-            raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}; a "
-                             f"{self.method.kind} step has no loss the anchor can join. Set data.replay.ratio: 0")
+            raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}, not "
+                             f"{self.method.kind} (a reward model has no next-token distribution to keep, and "
+                             f"GRPO's sampled steps do not take the anchor). Set data.replay.ratio: 0")
         if (self.data.replay.ratio and self.method.kind != "sft"
                 and self.data.replay.resolved_loss(self.adapter.kind) != "kl"):
             raise ValueError(f"data.replay with method.kind={self.method.kind} trains the replay rows through the KL "

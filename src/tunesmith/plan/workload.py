@@ -10,12 +10,12 @@ from typing import Any
 from tunesmith.config import (
     ANCHORED_METHODS,
     BASE_PRESERVING_KINDS,
-    DEFAULT_REPLAY_RATIO,
     PREFERENCE_KINDS,
     REFERENCE_CACHE_ACCELERATOR_BYTES,
     REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
     Recipe,
+    default_replay_ratio,
 )
 from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
 from tunesmith.plan.architecture import Architecture, LinearLayer
@@ -140,11 +140,19 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
     return Workload(t.batch_size, length, logits_tokens=logits, packed=packed, **anchor)
 
 
+def recipe_replay_ratio(recipe: Recipe) -> float:
+    """The recipe's data.replay.ratio, or the default its validation sets (a recipe copied without validation)."""
+    replay = recipe.data.replay
+    if replay.ratio is not None:
+        return replay.ratio
+    return default_replay_ratio(recipe.method.kind, replay.resolved_loss(recipe.adapter.kind))
+
+
 def replay_rows(recipe: Recipe, rows: int | None) -> int:
     """Replay rows beside `rows` training rows: ratio x rows, at most the bundled set's prompts when it is the source
     (a file of one's own may hold fewer too); 0 when the rows are unknown."""
     replay = recipe.data.replay
-    ratio = DEFAULT_REPLAY_RATIO if replay.ratio is None else replay.ratio
+    ratio = recipe_replay_ratio(recipe)
     if not rows:
         return 0
     if replay.source != "bundled":
@@ -157,7 +165,7 @@ def replay_tokens(recipe: Recipe) -> int:
     """Tokens of the replay rows that join each micro-batch through the KL anchor (config.ANCHORED_METHODS, with an
     adapter that leaves the base untouched); 0 when replay is off or trains as ordinary rows."""
     replay = recipe.data.replay
-    ratio = replay.ratio if replay.ratio is not None else DEFAULT_REPLAY_RATIO if recipe.method.kind == "sft" else 0
+    ratio = recipe_replay_ratio(recipe)
     if recipe.method.kind not in ANCHORED_METHODS or not ratio or replay.resolved_loss(recipe.adapter.kind) != "kl":
         return 0
     if recipe.adapter.kind not in BASE_PRESERVING_KINDS:
