@@ -291,3 +291,26 @@ def test_the_replay_anchor_holds_the_base_on_general_rows_for_every_method(kind,
             (run.path / "data" / "replay.jsonl").write_bytes((replay_run.path / "data" / "replay.jsonl").read_bytes())
         kls[ratio] = replay_kl_after(recipe, run)
     assert kls[0.5] < 0.5 * kls[0.0], kls
+
+
+def test_the_anchor_joins_accumulated_dpo_micro_batches_as_one_batch(tmp_path, tiny_model_dir):
+    """DPO's loss is not normalised for gradient accumulation (the Trainer divides it), SFT's is: the anchor's term
+    must follow the method's loss either way. Two steps of 2 x 2 accumulated pairs (one replay row each) reach the
+    adapter of two steps of 4 pairs (two replay rows): a KL term divided twice, or not at all, would not. Two steps,
+    since the KL's gradient is zero while the adapter is still at the base."""
+    from safetensors.torch import load_file
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"prompt": f"Name a colour, number {i}.", "answer": f"Blue {i}."}) + "\n"
+                               for i in range(1, 9)), encoding="utf-8")
+    adapters = {}
+    for name, batch, accumulate in (("whole", 4, 1), ("micro", 2, 2)):
+        recipe = method_recipe(tmp_path / name, tiny_model_dir, "dpo", max_steps=2, batch_size=batch,
+                               grad_accum=accumulate, replay={"source": str(general), "ratio": 0.5, "weight": 50.0})
+        run = create_run(recipe, tmp_path / name / "runs")
+        run_training(recipe, run)
+        adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
+        assert json.loads((run.path / "train.json").read_text())["replay"]["rows_per_step"] == 2
+    # padding to 2 rows instead of 4 moves a few values by ~3e-5; dividing the KL twice moves them by ~7e-3
+    for key in adapters["whole"]:
+        torch.testing.assert_close(adapters["micro"][key], adapters["whole"][key], atol=2e-4, rtol=1e-3)
