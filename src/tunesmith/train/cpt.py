@@ -15,7 +15,7 @@ from tunesmith.config import Recipe
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.replay import anchored, build_replay, replay_anchor
+from tunesmith.train.replay import anchored, replay_for
 
 TEXT_SHAPES = ("text",)
 
@@ -26,9 +26,7 @@ def run_cpt(recipe: Recipe, run: Run) -> Path:
     from trl import SFTTrainer
 
     setup = prepare_training(recipe, run, accept=TEXT_SHAPES, purpose="continued pre-training (method.kind cpt)")
-    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
-    setup.replay_file = replay.file
-    anchor = replay_anchor(recipe, replay, setup.tokenizer)
+    replay, anchor = replay_for(recipe, run, setup)
     trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(
         model=setup.model,
         args=cpt_config(recipe, run, setup.device, setup.precision),

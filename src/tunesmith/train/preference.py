@@ -26,7 +26,7 @@ from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import TrainingSetup, common_arguments, fit_and_save, prepare_training
-from tunesmith.train.replay import anchored, build_replay, replay_anchor
+from tunesmith.train.replay import anchored, replay_for
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,7 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
     args = method.config(recipe.method, common_arguments(recipe, run, setup.device, setup.precision),
                          recipe.data.max_length)
     reference = {"ref_model": None} if method.uses_reference else {}
-    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
-    setup.replay_file = replay.file
-    anchor = replay_anchor(recipe, replay, setup.tokenizer)
+    replay, anchor = replay_for(recipe, run, setup)
     trainer = (anchored(method.trainer()) if anchor else method.trainer())(
         model=setup.model,
         **reference,

@@ -291,6 +291,14 @@ def anchor_kl(model: Any, batch: tuple[Any, Any, Any], reference: Any) -> Any:
     return F.kl_div(F.log_softmax(tuned, dim=-1), reference, log_target=True, reduction="batchmean")
 
 
+def replay_for(recipe: Recipe, run: Run, setup: Any) -> tuple[Replay, dict[str, Any]]:
+    """The replay rows for a training `setup` (train/common.py TrainingSetup, whose replay_file run.json records)
+    and the anchored trainer's extra arguments (`replay_anchor`); every method that takes replay starts here."""
+    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
+    setup.replay_file = replay.file
+    return replay, replay_anchor(recipe, replay, setup.tokenizer)
+
+
 def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
     """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
     round(ratio x rows per optimizer step) replay rows a step, shared between its micro-batches, at least one a

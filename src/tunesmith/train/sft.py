@@ -18,7 +18,7 @@ from tunesmith.data.template import EncodedSplit, encode_split
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.replay import Replay, anchored, build_replay, replay_anchor
+from tunesmith.train.replay import Replay, anchored, replay_for
 
 
 def run_train(recipe: Recipe, run: Run) -> Path:
@@ -28,9 +28,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     max_length = recipe.data.max_length
     setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
                              encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
-    replay = build_replay(recipe, run, setup.model, setup.tokenizer, setup.model_dir, len(setup.splits.train))
-    setup.replay_file = replay.file
-    anchor = replay_anchor(recipe, replay, setup.tokenizer)
+    replay, anchor = replay_for(recipe, run, setup)
     packing = choose_packing(recipe.training.packing, setup.model)
     trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(
         model=setup.model,
