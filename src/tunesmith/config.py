@@ -84,6 +84,7 @@ DEFAULT_REPLAY_WEIGHT = 4.0
 # where the base's pass is cheap beside the memory it would hold
 REFERENCE_CACHE_SHARE = 0.25
 REFERENCE_CACHE_ACCELERATOR_BYTES = 2**30
+MIN_MAX_LENGTH = 16
 
 
 class ReplaySection(Section):
@@ -129,7 +130,10 @@ class DataSection(Section):
     file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict, description="Rename source columns, e.g. {question: prompt}.")
     skip_invalid: bool = Field(False, description="Skip unusable rows (counted in data.json) instead of failing.")
-    max_length: int = Field(512, ge=16)
+    max_length: int | Literal["auto"] = Field(
+        "auto", description="Tokens per sequence; rows beyond it are cut (a row whose answer would be cut is left out "
+                            "and counted). auto: long enough for every training and held-out row, at least 512, "
+                            "within the model's context (raw-text blocks under packing: 512).")
     system_prompt: str | None = Field(None, description="Prepended as a system turn to every row.")
     system_fallback: Literal["keep", "merge"] = Field(
         "keep", description="merge: put the system turn's text in front of the first user turn, for chat templates "
@@ -140,6 +144,14 @@ class DataSection(Section):
                                 "<tool_response> JSON blocks in the turns' text.")
     clean: CleanSection = Field(default_factory=CleanSection)
     replay: ReplaySection = Field(default_factory=ReplaySection)
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length_fits_a_row(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < MIN_MAX_LENGTH:
+            raise ValueError(f"must be at least {MIN_MAX_LENGTH} tokens (a chat template's markers alone take ~10), "
+                             "or auto")
+        return value
 
 
 class SFTMethod(Section):

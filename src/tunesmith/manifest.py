@@ -61,6 +61,7 @@ class DataRecord(Record):
     train: RowsFile
     eval: RowsFile
     sources: dict[Literal["train", "eval"], SourceFile]
+    max_length: int | None = Field(None, description="data.max_length the rows were encoded at (auto resolved).")
     eval_from: Literal["train", "eval"] = Field(
         description="Which source the eval rows came from: `eval` (data.eval), or `train` (held out by hash).")
 

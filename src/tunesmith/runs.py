@@ -230,10 +230,16 @@ class Run:
         where = f"the recorded base model {recorded} is gone" if recorded else "run.json records no trained model"
         raise TunesmithError(f"{self.path}: {where}.", "Restore the base model folder, or train the run again.")
 
-    def load_recipe(self) -> Recipe:
+    def load_recipe(self, overrides: list[str] | None = None) -> Recipe:
+        """The recipe the run was made from (with `--set` `overrides`), with `data.max_length: auto` as training
+        resolved it (run.json's data stage), so later stages encode at the length training did."""
         from tunesmith.config import load_recipe
 
-        return load_recipe(self.recipe_file)
+        recipe = load_recipe(self.recipe_file, overrides)
+        manifest = self.manifest()
+        if recipe.data.max_length == "auto" and manifest and manifest.data and manifest.data.max_length:
+            recipe.data.max_length = manifest.data.max_length
+        return recipe
 
     def append_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl with new records appended (small file; keeps the write atomic)."""
@@ -345,7 +351,8 @@ def record_data_stage(run: Run, data: DataSection, train: list[Row], held_out: l
     written = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
     record = DataRecord(shape=shape, train=save_rows(run, "train", train), eval=save_rows(run, "eval", held_out),
                         sources={split: source_file(path, resolved[split]) for split, path in written.items()},
-                        eval_from="eval" if data.eval else "train")
+                        eval_from="eval" if data.eval else "train",
+                        max_length=data.max_length if isinstance(data.max_length, int) else None)
     record_stage(run, "data", record)
     return record
 

@@ -301,7 +301,6 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     Example: tunesmith eval runs/quickstart-20261123-101500 --checkpoints --rollback
     """
     from tunesmith.card import write_model_card
-    from tunesmith.config import load_recipe
     from tunesmith.eval import run_eval
     from tunesmith.eval.gate import check_gate, parse_gate_rule, raise_if_worse
     from tunesmith.runs import open_run
@@ -317,7 +316,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     if checkpoints:
         from tunesmith.eval.checkpoints import score_checkpoints
 
-        report_file = score_checkpoints(load_recipe(run.recipe_file, set_), run, rollback)
+        report_file = score_checkpoints(run.load_recipe(set_), run, rollback)
         if as_json and not rollback:  # with --rollback, --json prints the new adapter's results below
             print_json(report_file.read_text(encoding="utf-8"))
         else:
@@ -327,7 +326,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
         open_run(other).trained_artifact()
-    path = run_eval(load_recipe(run.recipe_file, set_), run, other, data, _baseline_names(baselines))
+    path = run_eval(run.load_recipe(set_), run, other, data, _baseline_names(baselines))
     if other is None and data is None:  # the card describes the run's own held-out rows
         write_model_card(run)
     if as_json:

@@ -4,6 +4,7 @@ preview (what the loss sees). Each takes a recipe; a bare data file becomes a on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from tunesmith.config import Recipe, apply_override, load_recipe, validate_recip
 from tunesmith.data import data_source, load_splits, recipe_tokenizer
 from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import as_conversation
+from tunesmith.data.lengths import auto_max_length, length_limit
 from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
@@ -53,12 +55,14 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
     files = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
     report: dict[str, Any] = {"name": recipe.name, "files": {}}
     usable: list[dict[str, Any]] = []
-    for split, value in files.items():
-        source = data_source(recipe, value)
-        loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
-                              shape=data.format)
+    sources = {split: data_source(recipe, value) for split, value in files.items()}
+    records = {split: load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
+                                   shape=data.format) for split, source in sources.items()}
+    lengths_of = {split: token_lengths(tokenizer, loaded.rows) for split, loaded in records.items()}
+    max_length = recipe_max_length(recipe, lengths_of.values())
+    for split, loaded in records.items():
+        source, lengths = sources[split], lengths_of[split]
         cleaned = clean_rows(loaded.rows, data.clean.model_copy(update={"pii": "redact"}), tokenizer)
-        lengths = token_lengths(tokenizer, loaded.rows)
         report["files"][split] = {
             "source": str(source),
             "file_format": loaded.file_format,
@@ -67,13 +71,27 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
-                                data.max_length),
+                                max_length),
             "cleaning_dry_run": steps_report(cleaned.steps),
             "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
         }
         usable += loaded.rows
     report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
     return report
+
+
+def recipe_max_length(recipe: Recipe, lengths: Iterable[list[int]]) -> int:
+    """data.max_length as training will resolve it (to its rounding: these `lengths`, per file or split, are the
+    rendered rows' tokens), for the data reports."""
+    if isinstance(recipe.data.max_length, int):
+        return recipe.data.max_length
+    from tunesmith.models import resolve_model_source
+    from tunesmith.models.loading import context_length
+
+    context = context_length(resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)))
+    longest = max((max(split, default=0) for split in lengths), default=0)
+    return auto_max_length(longest, context, packed_text=recipe.method.kind == "cpt" and
+                           recipe.training.packing in (True, "auto"))
 
 
 def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
@@ -113,18 +131,19 @@ def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     tokenizer = recipe_tokenizer(recipe)
     splits = load_splits(recipe, accept=SHAPES, purpose="prepare", tokenizer=tokenizer)
     lengths = {"train": token_lengths(tokenizer, splits.train), "eval": token_lengths(tokenizer, splits.eval)}
+    max_length = recipe_max_length(recipe, lengths.values())
     report = {
         "name": recipe.name,
         "shape": splits.shape,
         "sources": splits.source,
         "skipped_rows": splits.skipped,
-        "splits": {name: data_stats(rows, lengths[name], recipe.data.max_length)
+        "splits": {name: data_stats(rows, lengths[name], max_length)
                    for name, rows in (("train", splits.train), ("eval", splits.eval))},
         "cleaning": splits.cleaning,
         "outputs": {"train": "train.jsonl", "eval": "eval.jsonl", "report": "report.html",
                     "histogram": "token_lengths.png"},
     }
-    histogram = token_length_figure(lengths, recipe.data.max_length, f"{recipe.name}: tokens per row")
+    histogram = token_length_figure(lengths, max_length, f"{recipe.name}: tokens per row")
     with atomic_directory(out_dir) as tmp:
         write_jsonl(tmp / "train.jsonl", splits.train)
         write_jsonl(tmp / "eval.jsonl", splits.eval)
@@ -143,7 +162,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     """Render rows skip+1 … skip+count of the training file as training will, with the contract checks."""
     from tunesmith.models import resolve_model_source
-    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.loading import context_length, load_tokenizer
 
     data = recipe.data
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
@@ -159,4 +178,5 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
         raise DataError(f"{source} holds {len(loaded.rows)} rows; --skip {skip} passes all of them.",
                         f"Use --skip below {len(loaded.rows)}.")
     rows = conformed(require_rows(shown, str(source)), recipe)
-    return preview_rows(tokenizer, rows, data.max_length, pad_missing, first_row=skip + 1, model=recipe.model.source)
+    limit = length_limit(data.max_length, context_length(model_dir))  # auto cuts a row only at the model's context
+    return preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source)

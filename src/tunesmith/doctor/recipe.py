@@ -14,6 +14,7 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data import data_source
 from tunesmith.data.contract import judge_template
+from tunesmith.data.lengths import length_limit
 from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.preview import conversations_of, preview_rows
 from tunesmith.data.workflow import conformed
@@ -21,6 +22,7 @@ from tunesmith.doctor.access import classify_source, local_model_dir
 from tunesmith.doctor.model_checks import load_local_tokenizer
 from tunesmith.doctor.report import Check
 from tunesmith.errors import TunesmithError
+from tunesmith.models.loading import context_length
 from tunesmith.plan import plan_recipe
 from tunesmith.plan.fit import fit_message
 
@@ -111,7 +113,8 @@ def template_fit_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Chec
     tokenizer = load_local_tokenizer(model_dir)
     if not tokenizer.chat_template:
         return []  # the model section fails it already, with the fix
-    return [*contract_fit_checks(judge_template(tokenizer, rows, model)), preview_check(tokenizer, recipe, rows)]
+    return [*contract_fit_checks(judge_template(tokenizer, rows, model)),
+            preview_check(tokenizer, recipe, rows, context_length(model_dir))]
 
 
 def contract_fit_checks(record: dict[str, Any]) -> list[Check]:
@@ -124,18 +127,19 @@ def contract_fit_checks(record: dict[str, Any]) -> list[Check]:
                             detail="the chat template fits this data: train would accept it")]
 
 
-def preview_check(tokenizer: Any, recipe: Recipe, rows: list[dict[str, Any]]) -> Check:
-    """`data preview`'s row warnings (cut answers, dropped rows, missing EOS, round trip) on the first rows."""
+def preview_check(tokenizer: Any, recipe: Recipe, rows: list[dict[str, Any]], context: int | None) -> Check:
+    """`data preview`'s row warnings (cut answers, dropped rows, missing EOS, round trip) on the first rows;
+    `context`: the model's position range, where `data.max_length: auto` cuts."""
     pad_missing = tokenizer.pad_token is None
     if pad_missing:
         tokenizer.pad_token = tokenizer.eos_token
-    preview = preview_rows(tokenizer, rows[:PREVIEW_ROWS], recipe.data.max_length, pad_missing,
-                           model=recipe.model.source)
+    limit = length_limit(recipe.data.max_length, context)
+    preview = preview_rows(tokenizer, rows[:PREVIEW_ROWS], limit, pad_missing, model=recipe.model.source)
     findings = [text for text in preview.problems + preview.warnings if text.startswith("row ")]
     count = min(PREVIEW_ROWS, len(rows))
     if not findings:
         return Check(name="rendered rows", section=SECTION, status="pass", detail=f"the first {count} rows render "
-                     f"within max_length {recipe.data.max_length}, each answer ending in EOS")
+                     f"within max_length {limit}, each answer ending in EOS")
     status = "fail" if any(text.startswith("row ") for text in preview.problems) else "warn"
     return Check(name="rendered rows", section=SECTION, status=status,
                  detail=f"{len(findings)} finding(s) on the first {count} rows, e.g. {findings[0]}",

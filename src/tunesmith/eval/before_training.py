@@ -17,10 +17,12 @@ from tunesmith.config import Recipe, any_constrained
 from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
+from tunesmith.data.lengths import resolve_max_length
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import progress, resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+from tunesmith.models.loading import context_length
 from tunesmith.results import Scores
 from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
 from tunesmith.scoring import aggregate, recipe_scorer, score_answers, score_columns
@@ -57,11 +59,13 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     metrics = recipe.eval.chosen_metrics(answers.kind)
     scorer = recipe_scorer(recipe, metrics)
     constraint = recipe_constraint(recipe, splits.train) if any_constrained(names) else None
-    run = create_run(recipe, runs_dir)
-    atomic_write_json(run.path / "data.json", fingerprint(splits))
-    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     tokenizer = load_tokenizer(model_dir)
+    run = create_run(recipe, runs_dir)
+    resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer, context_length(model_dir),
+                       packed=False)
+    atomic_write_json(run.path / "data.json", fingerprint(splits))
+    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
     rows = splits.eval[: recipe.eval.max_examples]
     references = [row["messages"][-1]["content"] for row in rows]

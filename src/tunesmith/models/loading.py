@@ -52,6 +52,17 @@ def load_tokenizer(model_dir: Path, fill_pad: bool = True):
     return tokenizer
 
 
+def context_length(model_dir: Path) -> int | None:
+    """The longest sequence the model's position embeddings cover (config `max_position_embeddings`, of the text
+    model in a multimodal config); None when the config does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return int(value) if value else None
+
+
 def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
                quantization_config: Any = None, task: str = "CAUSAL_LM"):
     """Load a causal LM (or, with task SEQ_CLS, a one-score reward model) from a local checkpoint directory.

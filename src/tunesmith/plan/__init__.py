@@ -75,7 +75,7 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
     device = device.for_processes(processes, per_node or processes)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
-    return arch, device, lengths or longest_row(recipe, load_tokenizer(model_dir))
+    return arch, device, lengths or longest_row(recipe, load_tokenizer(model_dir), arch.max_positions)
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:

@@ -17,6 +17,7 @@ from tunesmith.config import (
     Recipe,
     default_replay_ratio,
 )
+from tunesmith.data.lengths import auto_max_length
 from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
 from tunesmith.plan.architecture import Architecture, LinearLayer
 from tunesmith.plan.memory import TrainedWeights, Workload
@@ -104,6 +105,15 @@ def adapter_parameters(adapter: Any, arch: Architecture, linears: list[LinearLay
     return lora + (sum(x.out_features for x in linears) if kind == "dora" else 0)
 
 
+def sequence_length(recipe: Recipe, lengths: RowLengths, packed: bool) -> int:
+    """Tokens per sequence of the heaviest micro-batch: the block length when rows are packed, else the longest
+    row within data.max_length (`auto` never cuts below the longest row: data/lengths.py)."""
+    limit = recipe.data.max_length
+    if limit == "auto":
+        limit = auto_max_length(lengths.longest, None, packed_text=recipe.method.kind == "cpt")
+    return limit if packed else min(lengths.longest, limit)
+
+
 def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: float = 0.0,
                accelerator: bool = False) -> Workload:
     """The tokens one micro-batch holds, by method: preference pairs put chosen and rejected in one batch; GRPO
@@ -114,7 +124,7 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
     t, method = recipe.training, recipe.method
     if lengths.rows and lengths.rows < t.batch_size:  # a batch holds at most the dataset
         t = t.model_copy(update={"batch_size": lengths.rows})
-    length = recipe.data.max_length if packed else min(lengths.longest, recipe.data.max_length)
+    length = sequence_length(recipe, lengths, packed)
     if method.kind == "grpo":
         full = length + method.max_completion_length
         return Workload(t.batch_size, full, generated_sequences=t.batch_size,

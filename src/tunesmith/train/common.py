@@ -17,10 +17,12 @@ from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
+from tunesmith.data.lengths import resolve_max_length
 from tunesmith.data.preview import plain_prompt_warnings
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
+from tunesmith.models.loading import context_length
 from tunesmith.plan.devices import matmul_peak
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
@@ -117,6 +119,9 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         print_warnings(record["template_contract"]["warnings"])
     print_warnings(small_split_warnings(len(splits.train), len(splits.eval)) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source))
+    # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
+    length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
+                                       context_length(model_dir), packed=recipe.training.packing in (True, "auto"))
     encoded = encode(splits, tokenizer) if encode else None
     if encoded is not None:
         record.update(trained_counts(encoded.counts))
@@ -132,7 +137,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     load_kwargs = model_load_kwargs(recipe.adapter, sharded=recipe.training.distributed.shards_weights)
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **load_kwargs)
     model, peft_config = adapter_setup(model, recipe.adapter, task)
-    chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model)}
+    chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model), "max_length": length_choice}
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
 

@@ -73,8 +73,8 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
                             "why": "adapter in the recipe" if adapter.model_fields_set - {"kind"} else
                             "default: r 16 on every linear layer (QLoRA: all linear layers are needed to match full "
                             "fine-tuning; arXiv:2305.14314 §4)"}
-    table["max_length"] = max_length_choice(recipe.data.max_length, lengths,
-                                            "max_length" in recipe.data.model_fields_set)
+    table["max_length"] = max_length_choice(recipe.data.max_length, lengths, chosen.get("max_length", {}).get(
+        "why", "data.max_length in the recipe"))
     if "packing" in chosen:
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
     if "replay" in chosen:
@@ -113,14 +113,16 @@ def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]
         " in the recipe" if "epochs" in training.model_fields_set else ": default 1")}
 
 
-def max_length_choice(max_length: int, lengths: list[int], given: bool) -> dict[str, Any]:
-    """data.max_length (`given`: in the recipe) against the training rows' lengths in tokens (`lengths`; [] where
-    the method's dataset holds no token ids): how long the rows are and whether any is cut."""
-    source = "data.max_length in the recipe" if given else "data.max_length: default 512"
+def max_length_choice(max_length: int, lengths: list[int], source: str) -> dict[str, Any]:
+    """data.max_length (`source`: where it came from, the recipe or `auto`'s reason, which says what it cuts)
+    against the training rows' lengths in tokens (`lengths`, as encoded; [] where the method's dataset holds no
+    token ids): how long the rows are and, for a length from the recipe, whether any is cut."""
     if not lengths:
         return {"value": max_length, "why": source}
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    if source.startswith("auto"):
+        return {"value": max_length, "longest": ordered[-1], "p99": p99, "why": f"{source}; {p99} tokens at p99"}
     cut = sum(length >= max_length for length in ordered)
     return {"value": max_length, "longest": ordered[-1], "p99": p99,
             "why": f"{source}; rows are {p99} tokens at p99, {ordered[-1]} at most: "

@@ -44,9 +44,9 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
 
     method = METHODS[recipe.method.kind]
     check_batch_size(recipe)
-    max_length = recipe.data.max_length
     setup = prepare_training(recipe, run, accept=method.accept, purpose=method.purpose,
-                             encode=lambda splits, tokenizer: preference_counts(splits, tokenizer, max_length))
+                             encode=lambda splits, tokenizer: preference_counts(splits, tokenizer,
+                                                                                recipe.data.max_length))
     rows = training_rows(recipe, setup)
     args = method.config(recipe.method, common_arguments(recipe, run, setup.device, setup.precision),
                          recipe.data.max_length)

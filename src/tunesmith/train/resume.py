@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Recipe, recipe_differences
+from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.runs import Run, open_run
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
@@ -50,7 +50,7 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
         raise TunesmithError(
             f"{run.path} finished training; there is nothing to resume.",
             f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from {run.path}")
-    changed = {key: values for key, values in recipe_differences(run.load_recipe(), recipe).items()
+    changed = {key: values for key, values in recipe_differences(load_recipe(run.recipe_file), recipe).items()
                if key not in RESUME_SAFE_KEYS}
     if changed:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())

@@ -25,9 +25,9 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     """Train the recipe's adapter; returns the saved adapter directory (model/ for full, partial, hft)."""
     from trl import SFTTrainer
 
-    max_length = recipe.data.max_length
     setup = prepare_training(recipe, run, accept=SFT_SHAPES, purpose="supervised fine-tuning",
-                             encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer, max_length))
+                             encode=lambda splits, tokenizer: tokenize_splits(splits, tokenizer,
+                                                                              recipe.data.max_length))
     replay, anchor = replay_for(recipe, run, setup)
     packing = choose_packing(recipe.training.packing, setup.model)
     trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(

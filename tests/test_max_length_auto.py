@@ -1,0 +1,125 @@
+"""data.max_length: auto (the default): long enough for every row, within the model's context.
+
+A fixed 512 used to leave out every row whose answer lay past token 512; auto keeps them, records the length in
+run.json so eval encodes as training did, and cuts only where the model itself cannot attend further.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ORDERS, TINY_RECIPE, build_tiny_llama
+from tunesmith.config import load_recipe
+from tunesmith.data.lengths import AUTO_MIN_LENGTH, auto_max_length, resolve_max_length
+from tunesmith.data.template import encode_split
+from tunesmith.runs import create_run, open_run
+from tunesmith.train import run_training
+
+CONTEXT = 2048
+
+
+@pytest.mark.parametrize(("longest", "context", "packed_text", "expected"), [
+    (100, 8192, False, 512),  # short data: the old default, so nothing changes for it
+    (700, 8192, False, 704),  # the longest row, rounded up to 64
+    (704, 8192, False, 704),
+    (5000, 2048, False, 2048),  # never past the model's context
+    (700, None, False, 704),  # a config without a context length
+    (9000, 8192, True, 512),  # raw text packed into blocks: documents straddle blocks, nothing is lost
+])
+def test_auto_max_length_covers_the_longest_row_within_the_context(longest, context, packed_text, expected):
+    assert auto_max_length(longest, context, packed_text) == expected
+
+
+STORY_WORDS = ("we moved house last week and the old order went to the wrong door so please send it again to "
+               "my sister who lives near the station with blue shirts red totes green hats").split()
+
+
+def long_rows(count: int, words: int, seed: int = 0) -> list[dict]:
+    """Orders whose request starts with `words` words of a customer's story (each row its own, so cleaning's
+    near-duplicate filter keeps them all), so the answer lies past them."""
+    rows = [json.loads(line) for line in (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[:count]]
+    for index, row in enumerate(rows):
+        draw = random.Random(seed * 1000 + index)
+        story = " ".join(draw.choice(STORY_WORDS) for _ in range(words))
+        row["messages"][0]["content"] = f"{story}\n{row['messages'][0]['content']}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def wide_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama-2048"), context=CONTEXT)
+
+
+def project_with_long_rows(root: Path, model_dir: Path, max_length: str | None) -> Path:
+    (root / "data").mkdir(parents=True)
+    for name, rows in (("train.jsonl", long_rows(16, 280)), ("eval.jsonl", long_rows(4, 280, seed=1))):
+        (root / "data" / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    text = TINY_RECIPE.format(model_dir=model_dir).replace("  max_length: 128\n", "")
+    if max_length:
+        text = text.replace("  eval: data/eval.jsonl\n", f"  eval: data/eval.jsonl\n  max_length: {max_length}\n")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(text.replace("max_steps: 48", "max_steps: 2"), encoding="utf-8")
+    return recipe
+
+
+def test_auto_trains_rows_a_fixed_512_would_leave_out_and_eval_reads_its_length(tmp_path, wide_model_dir):
+    from tunesmith.models import load_tokenizer
+
+    tokenizer = load_tokenizer(wide_model_dir)
+    rows = long_rows(16, 280) + long_rows(4, 280, seed=1)
+    longest = max(e.total_tokens for e in encode_split(tokenizer, rows, CONTEXT).examples)
+    assert longest > AUTO_MIN_LENGTH + 64, "the rows must be long enough that 512 cuts their answers"
+    assert encode_split(tokenizer, long_rows(16, 280), 512).counts()["trained_rows"] == 0  # what 512 did
+
+    recipe = load_recipe(project_with_long_rows(tmp_path / "auto", wide_model_dir, None))
+    assert recipe.data.max_length == "auto"
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+
+    expected = -(-longest // 64) * 64
+    manifest = json.loads((run.path / "run.json").read_text(encoding="utf-8"))
+    assert manifest["data"]["max_length"] == expected
+    trained = json.loads((run.path / "data.json").read_text(encoding="utf-8"))["trained"]["train"]
+    assert trained["trained_rows"] == 16 and trained["dropped"] == {} and trained["answer_tokens_cut"] == 0
+    chosen = json.loads((run.path / "train.json").read_text(encoding="utf-8"))["chosen"]["max_length"]
+    assert chosen["value"] == expected and chosen["why"].startswith("auto: every sequence fits")
+    assert "max_length: auto" in run.recipe_file.read_text(encoding="utf-8")  # the recipe as the user wrote it
+    assert open_run(run.path).load_recipe().data.max_length == expected  # what eval encodes at
+
+
+def test_the_plan_sizes_auto_for_the_longest_row_not_512(tmp_path, wide_model_dir):
+    from tunesmith.plan import plan_recipe
+
+    auto = plan_recipe(load_recipe(project_with_long_rows(tmp_path / "auto", wide_model_dir, None)), "cpu")
+    fixed = plan_recipe(load_recipe(project_with_long_rows(tmp_path / "fixed", wide_model_dir, "512")), "cpu")
+    assert fixed.length == 512 < auto.length <= CONTEXT
+    assert auto.peak_bytes > fixed.peak_bytes
+
+
+def test_rows_past_the_context_are_cut_at_it_and_said_so(wide_model_dir):
+    from tunesmith.config import DataSection
+    from tunesmith.models import load_tokenizer
+
+    tokenizer = load_tokenizer(wide_model_dir)
+    rows = long_rows(3, 280) + long_rows(1, 1400, seed=1)
+    data = DataSection(train="unused.jsonl")
+    chosen = resolve_max_length(data, rows, "messages", tokenizer, CONTEXT, packed=False)
+    assert data.max_length == CONTEXT == chosen["value"]
+    assert chosen["longest"] > CONTEXT and chosen["why"].startswith("auto: 1 of 4 sequences are longer")
+
+    given = DataSection(train="unused.jsonl", max_length=256)
+    assert resolve_max_length(given, rows, "messages", tokenizer, CONTEXT, packed=False)["why"] == (
+        "data.max_length in the recipe")
+    assert given.max_length == 256
+
+
+def test_max_length_below_a_template_turn_is_refused_naming_the_key(tmp_path, tiny_model_dir):
+    from tunesmith.errors import RecipeError
+
+    recipe = project_with_long_rows(tmp_path, tiny_model_dir, "8")
+    with pytest.raises(RecipeError, match="max_length"):
+        load_recipe(recipe)
