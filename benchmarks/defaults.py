@@ -9,6 +9,7 @@ minutes it took (train + eval, as a user waits for them).
 
     .venv/bin/python benchmarks/defaults.py [--only routing] [--budget 10m]
     .venv/bin/python benchmarks/defaults.py --only routing --label no_replay --set data.replay.ratio=0
+    .venv/bin/python benchmarks/defaults.py --only routing --rows 120 --budget none --label small-120
 
 Entries are kept per task and label: a new measurement replaces only its own.
 """
@@ -28,17 +29,25 @@ TASKS = {
 }
 
 
-def minimal_recipe(task: str, budget: str, folder: Path, label: str) -> Path:
+def minimal_recipe(task: str, budget: str | None, folder: Path, label: str, rows: int | None = None) -> Path:
+    """The task's recipe with the data paths (the first `rows` training rows only, when given) and the budget
+    (none: `budget` None, so the recipe says nothing of how long to train)."""
     data = ROOT / TASKS[task]
     recipe = folder / f"{task}-{label}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(f"name: {task}-{label}\ndata:\n  train: {data / 'train.jsonl'}\n  eval: {data / 'eval.jsonl'}\n"
-                      f"training:\n  time_budget: {budget}\n", encoding="utf-8")
+    train = data / "train.jsonl"
+    if rows:
+        lines = train.read_text(encoding="utf-8").splitlines()[:rows]
+        train = folder / f"{task}-first-{rows}.jsonl"
+        train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    timing = f"training:\n  time_budget: {budget}\n" if budget else ""
+    recipe.write_text(f"name: {task}-{label}\ndata:\n  train: {train}\n  eval: {data / 'eval.jsonl'}\n{timing}",
+                      encoding="utf-8")
     return recipe
 
 
-def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label: str,
-            trained_run: Path | None = None) -> dict:
+def measure(task: str, budget: str | None, runs_dir: Path, overrides: list[str], label: str,
+            trained_run: Path | None = None, rows: int | None = None) -> dict:
     """Train (or take `trained_run`, already trained from the same recipe: then only eval is timed) and score."""
     from forgetting_settings import heldout_general
 
@@ -48,7 +57,7 @@ def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label:
     from tunesmith.runs import create_run, open_run
     from tunesmith.train import run_training
 
-    recipe = load_recipe(minimal_recipe(task, budget, runs_dir, label), overrides)
+    recipe = load_recipe(minimal_recipe(task, budget, runs_dir, label, rows), overrides)
     started = time.monotonic()
     if trained_run is None:
         run = create_run(recipe, runs_dir)
@@ -61,7 +70,8 @@ def measure(task: str, budget: str, runs_dir: Path, overrides: list[str], label:
     train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     probes = results.probes
     metric = headline_of(results.metrics, results.tuned)
-    return {"task": task, "label": label, "overrides": overrides, "budget": budget, "minutes": minutes,
+    return {"task": task, "label": label, "overrides": overrides, "budget": budget, "train_rows": rows,
+            "minutes": minutes,
             "train_minutes": round(trained / 60, 2) if trained_run is None else None,  # None: trained earlier
             "metric": metric, "base": results.base.get(metric) if results.base else None,
             "tuned": results.tuned.get(metric), "tuned_all": results.tuned,
@@ -80,7 +90,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(TASKS), default=list(TASKS))
-    parser.add_argument("--budget", default="10m")
+    parser.add_argument("--budget", default="10m", help="training.time_budget; 'none': the recipe gives no budget")
+    parser.add_argument("--rows", type=int, help="train on the first ROWS training rows only (a small dataset)")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-defaults"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override (another setting to compare with the defaults)")
@@ -91,7 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
     for task in args.only:
-        entry = measure(task, args.budget, args.runs_dir, args.overrides, args.label, args.trained_run)
+        budget = None if args.budget == "none" else args.budget
+        entry = measure(task, budget, args.runs_dir, args.overrides, args.label, args.trained_run, args.rows)
         entries = [e for e in entries if (e["task"], e.get("label", "defaults")) != (task, args.label)] + [entry]
         print(f"{task}: {entry['metric']} {entry['base']} -> {entry['tuned']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']} (regression "

@@ -230,7 +230,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "name": "bench", "model": {"source": str(model_dir)},
         "data": {"train": str(train), "eval": str(held), "max_length": max_length,
                  **({} if replay else {"replay": {"ratio": 0}})},
-        "training": {"batch_size": batch_size, "save_steps": 100_000,
+        "training": {"batch_size": batch_size, "epochs": 1, "save_steps": 100_000,
                      **({"gradient_checkpointing": True} if checkpointing else {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)

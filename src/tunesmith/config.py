@@ -470,7 +470,9 @@ class DistributedSection(Section):
 
 
 class TrainingSection(Section):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows. Left out (with max_steps and "
+                                                  "time_budget): 1, or up to 3 whole epochs for a small dataset, "
+                                                  "enough for 50 optimizer steps (train/defaults.py).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="auto: by adapter kind and base size (train/defaults.py: 1e-3 for LoRA under 1B "

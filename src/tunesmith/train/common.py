@@ -28,7 +28,7 @@ from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_tra
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.budget import StopAtBudget, apply_time_budget
-from tunesmith.train.defaults import print_chosen, resolve_lr, settings_chosen
+from tunesmith.train.defaults import print_chosen, resolve_epochs, resolve_lr, settings_chosen
 from tunesmith.train.distributed import (
     check_process_group,
     group_by_global_batch,
@@ -138,6 +138,9 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **load_kwargs)
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model), "max_length": length_choice}
+    epochs = resolve_epochs(recipe.training, recipe.method.kind, record.get("train_rows", len(splits.train)))
+    if epochs:
+        chosen["epochs"] = epochs
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
 

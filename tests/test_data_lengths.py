@@ -1,7 +1,8 @@
-"""data.max_length: auto (the default): long enough for every row, within the model's context.
+"""Lengths chosen for the data: data.max_length: auto (the default) and the epochs of a small dataset.
 
 A fixed 512 used to leave out every row whose answer lay past token 512; auto keeps them, records the length in
-run.json so eval encodes as training did, and cuts only where the model itself cannot attend further.
+run.json so eval encodes as training did, and cuts only where the model itself cannot attend further. A recipe
+that says nothing of how long to train gets one epoch, or up to three on a small dataset, to reach 50 steps.
 """
 
 from __future__ import annotations
@@ -123,3 +124,36 @@ def test_max_length_below_a_template_turn_is_refused_naming_the_key(tmp_path, ti
     recipe = project_with_long_rows(tmp_path, tiny_model_dir, "8")
     with pytest.raises(RecipeError, match="max_length"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize(("rows", "given", "expected_epochs", "chosen"), [
+    (120, {}, 3.0, "3 epochs (45 steps)"),  # 15 steps an epoch: ceil(50 / 15) = 4, capped at 3
+    (200, {}, 2.0, "2 epochs (50 steps)"),
+    (480, {}, 1.0, "1 epoch"),  # 60 steps in one epoch: as before
+    (120, {"epochs": 1}, 1.0, None),  # the recipe decides
+    (120, {"max_steps": 10}, 1.0, None),
+    (120, {"time_budget": "5m"}, 1.0, None),
+])
+def test_a_small_dataset_gets_the_epochs_that_reach_fifty_steps(rows, given, expected_epochs, chosen):
+    from tunesmith.config import TrainingSection
+    from tunesmith.train.defaults import resolve_epochs
+
+    training = TrainingSection(**given)
+    entry = resolve_epochs(training, "sft", rows)
+    assert training.epochs == expected_epochs
+    assert (entry or {}).get("value") == chosen
+    assert resolve_epochs(TrainingSection(), "cpt", rows) is None  # CPT's epoch is its packed blocks, not rows
+
+
+def test_a_run_on_a_small_dataset_trains_the_chosen_epochs_and_says_why(tmp_path, tiny_model_dir):
+    from tests.conftest import make_tiny_project
+
+    recipe_file = make_tiny_project(tmp_path, tiny_model_dir, train_rows=24, eval_rows=4)
+    text = recipe_file.read_text(encoding="utf-8").replace("  max_steps: 48\n", "")
+    recipe_file.write_text(text, encoding="utf-8")
+    recipe = load_recipe(recipe_file)
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
+    assert report["steps"] == 9  # 24 rows at batch 8: 3 steps an epoch, 3 epochs
+    assert report["chosen"]["steps"]["why"].startswith("auto: a small dataset (24 rows: 3 steps an epoch)")
