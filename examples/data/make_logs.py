@@ -1,9 +1,9 @@
-"""Generate the bundled ``logs`` dataset: a service log of ~40 lines, and which service logged the first ERROR.
+"""Generate the bundled ``logs`` dataset: a service log of 22 lines, and which service logged the first ERROR.
 
 Why this exists: rows longer than 512 tokens with their answer at the end, the case a fixed `data.max_length: 512`
 silently left out of training (every row's answer lay past the cut) and `data.max_length: auto` keeps. Each log
-mixes INFO, DEBUG and WARN lines from six services; one or two ERROR lines come late (after line 24), and the
-answer is the service of the first. With SmolLM2's tokenizer a row is 800-1,000 tokens.
+mixes INFO, DEBUG and WARN lines from six services; one or two ERROR lines come late (after line 12), and the
+answer is the service of the first. With SmolLM2's tokenizer a row is ~800 tokens.
 
 Writes (deterministic, stdlib only)::
 
@@ -22,8 +22,8 @@ from pathlib import Path
 SEED = 2026
 N_TRAIN = 48
 N_EVAL = 16
-LINES = 40
-FIRST_ERROR_AFTER = 24
+LINES = 22
+FIRST_ERROR_AFTER = 12
 OUT_DIR = Path(__file__).resolve().parent / "logs"
 INSTRUCTION = "Here is a service log. Which service logged the first ERROR? Answer with the service name only."
 

@@ -170,7 +170,8 @@ def trained_counts(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     train = counts["train"]
     if not train["trained_rows"]:
         raise DataError(f"No training row has an answer token inside data.max_length: all {train['rows']} rows were "
-                        "dropped (answer_past_max_length).", "Raise data.max_length, or shorten the prompts.")
+                        "dropped (answer_past_max_length).", "Raise data.max_length (or leave it out: auto fits every "
+                        "row the model's context can hold), or shorten the prompts.")
     return {"train_rows": train["trained_rows"], "trained": counts}
 
 
@@ -182,7 +183,8 @@ def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[st
         if dropped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in split_counts["dropped"].items())
             warnings.append(f"{dropped} of {split_counts['rows']} {split} rows are left out: {reasons} "
-                            f"(data.max_length {max_length}). Raise data.max_length to keep them.")
+                            f"(data.max_length {max_length}). Raise data.max_length, or leave it out (auto), "
+                            "to keep them.")
     return warnings
 
 
