@@ -35,8 +35,8 @@ def test_auto_max_length_covers_the_longest_row_within_the_context(longest, cont
     assert auto_max_length(longest, context, packed_text) == expected
 
 
-STORY_WORDS = ("we moved house last week and the old order went to the wrong door so please send it again to "
-               "my sister who lives near the station with blue shirts red totes green hats").split()
+STORY = ("we moved house last week and the old order went to the wrong door so please send it again to my sister "
+         "who lives near the station with blue shirts red totes green hats")
 
 
 def long_rows(count: int, words: int, seed: int = 0) -> list[dict]:
@@ -45,7 +45,7 @@ def long_rows(count: int, words: int, seed: int = 0) -> list[dict]:
     rows = [json.loads(line) for line in (ORDERS / "train.jsonl").read_text(encoding="utf-8").splitlines()[:count]]
     for index, row in enumerate(rows):
         draw = random.Random(seed * 1000 + index)
-        story = " ".join(draw.choice(STORY_WORDS) for _ in range(words))
+        story = " ".join(draw.choice(STORY.split()) for _ in range(words))
         row["messages"][0]["content"] = f"{story}\n{row['messages'][0]['content']}"
     return rows
 
