@@ -157,3 +157,16 @@ def test_a_run_on_a_small_dataset_trains_the_chosen_epochs_and_says_why(tmp_path
     report = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     assert report["steps"] == 9  # 24 rows at batch 8: 3 steps an epoch, 3 epochs
     assert report["chosen"]["steps"]["why"].startswith("auto: a small dataset (24 rows: 3 steps an epoch)")
+
+
+def test_a_baseline_before_training_resolves_auto_and_records_it(tmp_path, wide_model_dir):
+    from tunesmith.eval.before_training import run_baselines_before_training
+    from tunesmith.models import load_tokenizer
+
+    rows = long_rows(16, 280) + long_rows(4, 280, seed=1)
+    longest = max(e.total_tokens for e in encode_split(load_tokenizer(wide_model_dir), rows, CONTEXT).examples)
+    recipe = load_recipe(project_with_long_rows(tmp_path, wide_model_dir, None))
+    run, path = run_baselines_before_training(recipe, ["zero_shot"], runs_dir=tmp_path / "runs")
+    recorded = json.loads((run.path / "run.json").read_text(encoding="utf-8"))["data"]["max_length"]
+    assert recorded == -(-longest // 64) * 64 > AUTO_MIN_LENGTH
+    assert json.loads(path.read_text(encoding="utf-8"))["baselines"]["zero_shot"]["prompt_tokens"] > AUTO_MIN_LENGTH
