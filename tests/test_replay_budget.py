@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import load_example_generator, make_tiny_project
-from tunesmith.config import Recipe, duration_seconds, load_recipe
+from tunesmith.config import DEFAULT_ANCHOR_ANSWER_TOKENS, Recipe, duration_seconds, load_recipe
 from tunesmith.data.replay import BUNDLED_REPLAY, load_replay_prompts, pick_replay, replay_count
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import create_run, open_run
@@ -64,6 +64,16 @@ def test_plan_fills_the_budget_up_to_the_epoch_cap():
     capped = plan_steps(budget_s=1000, step_s=0.5, steps_per_epoch=10)
     assert capped.steps == 30 and capped.epochs == 3 and "3 epochs" in capped.why
     assert plan_steps(budget_s=1, step_s=10, steps_per_epoch=10).steps == 1
+
+
+def test_plan_adds_the_base_pass_only_to_the_replay_anchors_first_pass():
+    """The first 10 steps cost 3 s (2 s + the base's 1 s pass), the rest 2 s: 95 usable seconds fit
+    10 + floor(65 / 2) = 42 steps, where 3 s throughout would fit 31; a budget inside the first pass divides by 3 s."""
+    plan = plan_steps(budget_s=100, step_s=2.0, steps_per_epoch=100, first_pass_s=1.0, first_pass_steps=10)
+    assert plan.steps == 10 + int((BUDGET_SAFETY * 100 - 30) / 2.0) == 42
+    assert "3.00 s for the first 10" in plan.why and plan.as_dict()["first_pass_steps"] == 10
+    assert plan_steps(budget_s=20, step_s=2.0, steps_per_epoch=100, first_pass_s=1.0, first_pass_steps=10).steps == 6
+    assert plan_steps(budget_s=100, step_s=2.0, steps_per_epoch=100, first_pass_steps=10).first_pass_steps == 0
 
 
 def test_plan_counts_the_time_spent_before_training_against_the_budget():
@@ -376,3 +386,34 @@ def test_an_embedded_model_replays_its_shipped_answers_without_generating(tmp_pa
     assert report["answers_shipped"] == report["answered_by_base"] == 40
     assert all(shipped[r["messages"][0]["content"]] == r["messages"][1]["content"] for r in replayed)
     assert report["rows"] == len(replayed) == 40 - report["left_out_unfinished"] and report["left_out_unfinished"] > 0
+
+
+def test_anchor_answer_tokens_keeps_the_prompt_and_cuts_each_answer(tmp_path, tiny_model_dir):
+    """data.replay.anchor_answer_tokens: the anchor sees each replay row's whole prompt and the first N tokens of
+    its answer, exactly the uncut row's first tokens; train.json records the setting."""
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.replay import build_replay
+
+    replay_file = tmp_path / "general.jsonl"
+    rows = [{"prompt": f"Describe the colour number {i}.", "answer": " ".join(["blue and green"] * (i + 2))}
+            for i in range(6)]
+    replay_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    project = make_tiny_project(tmp_path, tiny_model_dir, train_rows=12, eval_rows=4)
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+
+    def replay_examples(*extra):
+        recipe = load_recipe(project, ["data.replay.source=general.jsonl", "data.replay.ratio=0.5",
+                                       "data.max_length=512", *extra])
+        return build_replay(recipe, create_run(recipe, tmp_path / "runs"), model, tokenizer, tiny_model_dir, 12)
+
+    whole, cut = replay_examples("data.replay.anchor_answer_tokens=null"), replay_examples(
+        "data.replay.anchor_answer_tokens=3")
+    assert cut.report["anchor_answer_tokens"] == 3 and "anchor_answer_tokens" not in whole.report
+    assert replay_examples().report["anchor_answer_tokens"] == DEFAULT_ANCHOR_ANSWER_TOKENS
+    for full, short in zip(whole.examples, cut.examples, strict=True):
+        answer_start = next(i for i, label in enumerate(full["labels"]) if label != -100)
+        assert sum(label != -100 for label in full["labels"]) > 3
+        assert short["input_ids"] == full["input_ids"][: answer_start + 3]
+        assert sum(label != -100 for label in short["labels"]) == 3
+    with pytest.raises(TunesmithError, match="anchor_answer_tokens"):
+        load_recipe(project, ["data.replay.anchor_answer_tokens=0"])

@@ -10,6 +10,8 @@ same batch (in rows) and max_length, each in its own subprocess (so its peak mem
 - `tunesmith`: `tunesmith train` with the data paths and the shared settings only (its SFT default includes the
   replay anchor against forgetting: extra passes over general rows each step, counted in MFU, not in tokens/s);
 - `tunesmith-no-replay`: the same with `data.replay.ratio: 0`, the TRL scripts' work and no more.
+Run only when named: `tunesmith-checkpointing` (no replay, activation checkpointing on) and
+`tunesmith-whole-anchor` (the anchor over each replay row's whole answer: `data.replay.anchor_answer_tokens: null`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -32,8 +34,13 @@ from typing import Any
 
 VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # not run unless named: tunesmith-no-replay with activation checkpointing on at the whole batch, the plan's way to
-# fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side
-EXTRA_VARIANTS = ("tunesmith-checkpointing",)
+# fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side;
+# and the anchor over whole replay answers, to compare with the default's first answer tokens
+EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-whole-anchor")
+# data.replay settings of each tunesmith variant beside the data paths; whole-anchor: the anchor on each replay
+# row's whole answer, the default before data.replay.anchor_answer_tokens
+REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
+                   "tunesmith-whole-anchor": {"anchor_answer_tokens": None}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -214,12 +221,12 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
-                     runs_dir: Path, replay: bool = True,
+                     runs_dir: Path, replay: dict[str, Any] | None = None,
                      checkpointing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
-    first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`
-    False: without the default replay anchor (`data.replay.ratio: 0`), the same work as the TRL scripts do;
-    `checkpointing`: with training.gradient_checkpointing set on."""
+    first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`:
+    data.replay settings over the defaults (`{"ratio": 0}`: without the replay anchor, the same work as the TRL
+    scripts do); `checkpointing`: with training.gradient_checkpointing set on."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
     from tunesmith.plan.fit import fit_recipe
@@ -229,7 +236,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
     recipe, note = fit_recipe(validate_recipe({
         "name": "bench", "model": {"source": str(model_dir)},
         "data": {"train": str(train), "eval": str(held), "max_length": max_length,
-                 **({} if replay else {"replay": {"ratio": 0}})},
+                 **({"replay": replay} if replay else {})},
         "training": {"batch_size": batch_size, "epochs": 1, "save_steps": 100_000,
                      **({"gradient_checkpointing": True} if checkpointing else {})}}))
     if note:
@@ -258,7 +265,7 @@ def worker_main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
         if variant.startswith("tunesmith"):
             model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
-                                                         replay=variant == "tunesmith",
+                                                         replay=REPLAY_SETTINGS[variant],
                                                          checkpointing=variant == "tunesmith-checkpointing")
         else:
             model, tokenizer, figures = trl_worker(variant, model_dir, train, int(batch), int(length), Path(tmp))

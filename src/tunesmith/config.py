@@ -79,6 +79,7 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
+DEFAULT_ANCHOR_ANSWER_TOKENS = 16
 # The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
 # this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
 # where the base's pass is cheap beside the memory it would hold
@@ -113,6 +114,11 @@ class ReplaySection(Section):
                             "base being the model with the adapter off; sft: the replay rows join the training rows. "
                             "auto: kl for adapters that leave the base untouched, sft otherwise.")
     weight: float = Field(DEFAULT_REPLAY_WEIGHT, gt=0, description="kl: the anchor's weight beside the task loss.")
+    anchor_answer_tokens: int | None = Field(
+        DEFAULT_ANCHOR_ANSWER_TOKENS, ge=1,
+        description="kl: the anchor covers each replay row's prompt and the first N tokens of its answer, where a "
+                    "greedy answer is decided (a step anchors its rows at a fraction of the whole rows' cost); "
+                    "null: the whole answer.")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":

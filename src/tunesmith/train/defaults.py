@@ -124,7 +124,8 @@ def batch_choice(training: Any) -> dict[str, Any]:
 
 
 def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
-    how = (f"KL anchor, weight {report['weight']:g}" if report.get("loss") == "kl" else "trained as SFT rows")
+    cut = f" on the first {report['anchor_answer_tokens']} answer tokens" if report.get("anchor_answer_tokens") else ""
+    how = (f"KL anchor{cut}, weight {report['weight']:g}" if report.get("loss") == "kl" else "trained as SFT rows")
     return {"value": f"{report.get('rows', 0)} general rows, {how}",
             "why": "data.replay in the recipe" if "replay" in data.model_fields_set else
             "default for SFT: keeps the base's general answers (probes) within the margin; "

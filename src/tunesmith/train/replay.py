@@ -20,7 +20,7 @@ from typing import Any
 
 from tunesmith.config import REFERENCE_CACHE_ACCELERATOR_BYTES, REFERENCE_CACHE_SHARE, Recipe
 from tunesmith.data.replay import as_messages, load_replay_prompts, pick_replay, replay_count, shipped_answers
-from tunesmith.data.template import encode_split, render
+from tunesmith.data.template import IGNORE_INDEX, encode_split, render
 from tunesmith.doctor.accelerator import available_memory
 from tunesmith.manifest import RowsFile
 from tunesmith.models.generation import generate_from_prompts, pad_right
@@ -72,7 +72,19 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir
     encoded = encode_split(tokenizer, rows, recipe.data.max_length)
     report["trained"] = encoded.counts()
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples]
+    if settings.anchor_answer_tokens is not None and settings.resolved_loss(recipe.adapter.kind) == "kl":
+        examples = [first_answer_tokens(e, settings.anchor_answer_tokens) for e in examples]
+        report["anchor_answer_tokens"] = settings.anchor_answer_tokens
     return Replay(rows, save_rows(run, "replay", rows) if rows else None, report, examples)
+
+
+def first_answer_tokens(example: dict[str, list[int]], count: int) -> dict[str, list[int]]:
+    """`example` cut after the first `count` tokens of its answer (the first position that carries a label); the
+    prompt stays whole. An example without a labelled position is returned as it is."""
+    start = next((i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX), None)
+    if start is None:
+        return example
+    return {key: values[: start + count] for key, values in example.items()}
 
 
 def embedded_answers(model: Any, model_dir: Path, max_new_tokens: int) -> dict[str, str | None]:
@@ -197,6 +209,7 @@ class BaseReference:
         self.kept: dict[int, Any] = {}
         self.used_bytes = 0
         self.base_passes = 0  # anchor batches whose base pass ran
+        self.base_seconds = 0.0  # spent in those passes (the time budget plans the first pass's steps with them)
         self.full = False  # a row did not fit under the limit
         self.reused = 0  # anchor batches served from the cache
         self.on_base_pass: Callable[[Any], None] | None = None  # given each base pass's attention mask
@@ -230,7 +243,9 @@ class BaseReference:
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
+        began = time.monotonic()
         reference = base_log_probs(model, peft_model, batch)
+        self.base_seconds += time.monotonic() - began
         self.base_passes += 1
         if self.on_base_pass is not None:
             self.on_base_pass(batch[2])
