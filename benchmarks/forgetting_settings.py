@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],  # the quickstart as shipped: replay on (KL anchor over every position, ratio 0.5, weight 4)
+    "default": [],  # the quickstart as shipped: replay on (KL anchor on the prompt + 16 answer tokens, weight 3)
+    # the default before 2026-12-03: the anchor over every position of the replay rows, weight 4
+    "whole_anchor_w4": ["data.replay.anchor_answer_tokens=null", "data.replay.weight=4"],
+    "anchor16_w4": ["data.replay.weight=4"],  # the first 16 answer tokens at the old weight
     "no_replay": ["data.replay.ratio=0"],
     "before_replay": BEFORE,
     "lr_3e-4": [*BEFORE, "training.lr=3.0e-4"],
@@ -47,8 +50,28 @@ def measure(name: str, overrides: list[str], runs_dir: Path) -> dict:
     started = time.monotonic()
     run_training(recipe, run)
     results = read_results(run_eval(recipe, run))
+    return entry(name, overrides, recipe, run, results, round((time.monotonic() - started) / 60, 2))
+
+
+def score(name: str, overrides: list[str], run_path: Path) -> dict:
+    """The entry of a quickstart run trained and evaluated earlier with `overrides` (`tunesmith quickstart --set
+    ...`; its recipe must show them); minutes: its training and answering seconds as its files record them."""
+    from tunesmith.config import load_recipe
+    from tunesmith.results import read_results
+    from tunesmith.runs import open_run
+
+    run = open_run(run_path)
+    expected, recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides), run.load_recipe()
+    if expected.data.replay != recipe.data.replay or expected.training.max_steps != recipe.training.max_steps:
+        raise SystemExit(f"{run_path} was not trained with {overrides}")
+    results = read_results(run.path / "eval" / "results.json")
+    train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
+    answering = sum((variant or {}).get("seconds") or 0 for variant in (results.base, results.tuned))
+    return entry(name, overrides, recipe, run, results, round((train["throughput"]["seconds"] + answering) / 60, 2))
+
+
+def entry(name: str, overrides: list[str], recipe, run, results, minutes: float | None) -> dict:
     probes = results.probes
-    minutes = round((time.monotonic() - started) / 60, 2)  # train + eval, as a user waits for them
     return {"setting": name, "overrides": overrides, "minutes": minutes,
             "general_heldout": heldout_general(recipe, run),
             "field_accuracy": results.tuned.get("field_accuracy"), "exact_match": results.tuned.get("exact_match"),
@@ -78,12 +101,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-forgetting"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/forgetting_settings.json")
+    parser.add_argument("--score", nargs="+", metavar="SETTING=RUN", default=[],
+                        help="score quickstart runs trained earlier with a setting's overrides instead of training")
     args = parser.parse_args()
     # a setting measured again replaces its old entry; the others (earlier commits' too) stay
     entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
-    for name in args.only:
-        entry = measure(name, SETTINGS[name], args.runs_dir)
-        entries = [e for e in entries if e["setting"] != name] + [entry]
+    given = dict(item.split("=", 1) for item in args.score)
+    for name in given or args.only:
+        measured = score(name, SETTINGS[name], Path(given[name])) if given else \
+            measure(name, SETTINGS[name], args.runs_dir)
+        entries = [e for e in entries if e["setting"] != name] + [measured]
+        entry = measured
         print(f"{name}: field_accuracy {entry['field_accuracy']}, exact_match {entry['exact_match']}, probes "
               f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']}, regression "
               f"{entry['regression']}, held-out general {entry['general_heldout']['base']} -> "

@@ -48,7 +48,8 @@ def score(run_path: Path, train_seconds: float | None = None) -> dict:
     train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     metric = results.headline_metric()
     return {"recipe": recipe.name, "method": recipe.method.kind, "replay_ratio": recipe.data.replay.ratio,
-            "replay_weight": recipe.data.replay.weight, "metric": metric,
+            "replay_weight": recipe.data.replay.weight,
+            "anchor_answer_tokens": (train.get("replay") or {}).get("anchor_answer_tokens"), "metric": metric,
             "base": results.base.get(metric) if results.base else None, "tuned": results.tuned.get(metric),
             "tuned_all": results.tuned,
             "probe_accuracy": {"base": results.probes.base.get("accuracy"),
@@ -57,6 +58,11 @@ def score(run_path: Path, train_seconds: float | None = None) -> dict:
             "general_heldout": heldout_general(recipe, run),
             "train_seconds": train_seconds, "step_seconds": train["throughput"]["seconds"] / train["steps"],
             "replay": train.get("replay"), "run": str(run.path)}
+
+
+def entry_key(entry: dict) -> tuple:
+    """What one measurement is of: entries before data.replay.anchor_answer_tokens anchored the whole answers."""
+    return entry["recipe"], entry["replay_ratio"], entry["replay_weight"], entry.get("anchor_answer_tokens")
 
 
 def main() -> None:
@@ -74,11 +80,11 @@ def main() -> None:
         measured = (train_and_score(name, float(ratio), args.runs_dir)
                     for name in args.recipes.split(",") for ratio in args.ratios.split(","))
     for entry in measured:
-        entries = [e for e in entries if (e["recipe"], e["replay_ratio"], e["replay_weight"])
-                   != (entry["recipe"], entry["replay_ratio"], entry["replay_weight"])] + [entry]
+        entries = [e for e in entries if entry_key(e) != entry_key(entry)] + [entry]
         args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
         held = entry["general_heldout"]
-        print(f"{entry['recipe']} replay {entry['replay_ratio']} (weight {entry['replay_weight']:g}): "
+        print(f"{entry['recipe']} replay {entry['replay_ratio']} (weight {entry['replay_weight']:g}, anchor answer "
+              f"tokens {entry['anchor_answer_tokens'] or 'all'}): "
               f"{entry['metric']} {entry['base']} -> {entry['tuned']}, probes {entry['probe_accuracy']['base']} -> "
               f"{entry['probe_accuracy']['tuned']} (regression {entry['regression']}), held-out general "
               f"{held['base']} -> {held['tuned']}, {entry['step_seconds']:.1f} s a step")

@@ -76,9 +76,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
                          "p_tuning")
 
 
-# Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
+# Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do"):
+# the anchor on each replay row's prompt and first 16 answer tokens at weight 3 kept as many probes as the whole
+# rows at weight 4 and learnt as much of the task, in 70% of the training time.
 DEFAULT_REPLAY_RATIO = 0.5
-DEFAULT_REPLAY_WEIGHT = 4.0
+DEFAULT_REPLAY_WEIGHT = 3.0
 DEFAULT_ANCHOR_ANSWER_TOKENS = 16
 # The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
 # this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
