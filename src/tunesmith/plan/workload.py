@@ -15,6 +15,7 @@ from tunesmith.config import (
     REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
     Recipe,
+    default_anchor_answer_tokens,
     default_replay_ratio,
 )
 from tunesmith.data.lengths import auto_max_length
@@ -28,6 +29,20 @@ REFERENCE_KINDS = ("dpo", "kto")  # methods that score a frozen reference (ORPO 
 # with SmolLM2's answers (46-193 tokens, median 79, p90 142)
 REPLAY_TOKENS = 144
 REPLAY_MEAN_TOKENS = 85  # the mean bundled row with SmolLM2's answer, prompt included
+# The same rows' prompts alone, template included (p90 51, mean 43): the anchor on the first N answer tokens
+# (data.replay.anchor_answer_tokens) sees about these plus N (N = 16: p90 66, mean 59)
+REPLAY_PROMPT_TOKENS = 51
+REPLAY_PROMPT_MEAN_TOKENS = 43
+
+
+def anchor_row_tokens(recipe: Recipe) -> tuple[int, int]:
+    """(the longest of a replay draw, the mean row) in tokens as the anchor sees the bundled rows."""
+    cut = recipe.data.replay.anchor_answer_tokens
+    if cut == "auto":  # a recipe copied without validation
+        cut = default_anchor_answer_tokens(recipe.method.kind)
+    if cut is None:
+        return REPLAY_TOKENS, REPLAY_MEAN_TOKENS
+    return min(REPLAY_TOKENS, REPLAY_PROMPT_TOKENS + cut), min(REPLAY_MEAN_TOKENS, REPLAY_PROMPT_MEAN_TOKENS + cut)
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,8 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
         return Workload(2 * t.batch_size, length, logits_tokens=0)
     replay = replay_tokens(recipe)
     anchor = {"trained_extra_tokens": replay, "frozen_pass_tokens": replay,
-              "kept_reference_tokens": (REPLAY_MEAN_TOKENS * replay_rows(recipe, lengths.rows)) if replay else 0,
+              "kept_reference_tokens": (anchor_row_tokens(recipe)[1] * replay_rows(recipe, lengths.rows))
+              if replay else 0,
               "kept_reference_limit_bytes": REFERENCE_CACHE_ACCELERATOR_BYTES if accelerator
               else REFERENCE_CACHE_SHARE * memory_bytes}
     if method.kind in PREFERENCE_KINDS:
@@ -180,4 +196,4 @@ def replay_tokens(recipe: Recipe) -> int:
         return 0
     if recipe.adapter.kind not in BASE_PRESERVING_KINDS:
         return 0
-    return max(1, round(ratio * recipe.training.batch_size)) * REPLAY_TOKENS
+    return max(1, round(ratio * recipe.training.batch_size)) * anchor_row_tokens(recipe)[0]
