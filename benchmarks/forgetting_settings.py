@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],  # the quickstart as shipped: replay on (KL anchor on the prompt + 16 answer tokens, weight 3)
-    # the default before 2026-12-03: the anchor over every position of the replay rows, weight 4
+    "default": [],  # the quickstart as shipped: replay on (KL anchor over every position, ratio 0.5, weight 4)
+    # the default, its anchor spelt out (measured on another host than "default")
     "whole_anchor_w4": ["data.replay.anchor_answer_tokens=null", "data.replay.weight=4"],
-    "anchor16_w4": ["data.replay.weight=4"],  # the first 16 answer tokens at the old weight
+    # the anchor on each replay row's prompt and first 16 answer tokens, at weight 4 and 3
+    "anchor16_w4": ["data.replay.anchor_answer_tokens=16", "data.replay.weight=4"],
+    "anchor16_w3": ["data.replay.anchor_answer_tokens=16", "data.replay.weight=3"],
     "no_replay": ["data.replay.ratio=0"],
     "before_replay": BEFORE,
     "lr_3e-4": [*BEFORE, "training.lr=3.0e-4"],

@@ -181,15 +181,15 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
         return {c.name: c.bytes for c in report.components}.get("replay base log-probs (kept)")
 
     assert recipe.data.replay.ratio == 0.5
-    mean_row = REPLAY_PROMPT_MEAN_TOKENS + recipe.data.replay.anchor_answer_tokens  # prompt + 16 answer tokens
-    assert kept(2.0**40, 200) == 100 * mean_row * arch.vocab_size * 4  # 0.5 x 200 rows
-    assert kept(2.0**40, 1000) == 150 * mean_row * arch.vocab_size * 4  # the bundled set's 150 prompts
+    assert kept(2.0**40, 200) == 100 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # 0.5 x 200 rows
+    assert kept(2.0**40, 1000) == 150 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # the bundled set's 150 prompts
     assert kept(2.0**20, 200) == 0.25 * 2**20  # REFERENCE_CACHE_SHARE of the device's memory
     assert kept(2.0**20, 200, "cuda") == kept(2.0**40, 200)  # a GPU keeps up to 1 GiB, whatever its size
     assert kept(2.0**40, None) is None  # rows unknown: nothing said
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={
-        "replay": recipe.data.replay.model_copy(update={"anchor_answer_tokens": None})})})
-    assert kept(2.0**40, 200) == 100 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # whole rows: the mean bundled row
+        "replay": recipe.data.replay.model_copy(update={"anchor_answer_tokens": 16})})})
+    mean_row = REPLAY_PROMPT_MEAN_TOKENS + 16  # the anchor on each row's prompt and first 16 answer tokens
+    assert kept(2.0**40, 200) == 100 * mean_row * arch.vocab_size * 4
 
 
 def test_kto_unpaired_rows_beside_paired_held_out_ones_are_sized_not_a_crash(tiny_model_dir, tmp_path):

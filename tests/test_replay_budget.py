@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import load_example_generator, make_tiny_project
-from tunesmith.config import SFT_ANCHOR_ANSWER_TOKENS, Recipe, duration_seconds, load_recipe
+from tunesmith.config import Recipe, duration_seconds, load_recipe
 from tunesmith.data.replay import BUNDLED_REPLAY, load_replay_prompts, pick_replay, replay_count
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import create_run, open_run
@@ -406,10 +406,8 @@ def test_anchor_answer_tokens_keeps_the_prompt_and_cuts_each_answer(tmp_path, ti
                                        "data.max_length=512", *extra])
         return build_replay(recipe, create_run(recipe, tmp_path / "runs"), model, tokenizer, tiny_model_dir, 12)
 
-    whole, cut = replay_examples("data.replay.anchor_answer_tokens=null"), replay_examples(
-        "data.replay.anchor_answer_tokens=3")
+    whole, cut = replay_examples(), replay_examples("data.replay.anchor_answer_tokens=3")  # the default: whole rows
     assert cut.report["anchor_answer_tokens"] == 3 and "anchor_answer_tokens" not in whole.report
-    assert replay_examples().report["anchor_answer_tokens"] == SFT_ANCHOR_ANSWER_TOKENS
     for full, short in zip(whole.examples, cut.examples, strict=True):
         answer_start = next(i for i, label in enumerate(full["labels"]) if label != -100)
         assert sum(label != -100 for label in full["labels"]) > 3
@@ -418,14 +416,3 @@ def test_anchor_answer_tokens_keeps_the_prompt_and_cuts_each_answer(tmp_path, ti
     with pytest.raises(TunesmithError, match="anchor_answer_tokens"):
         load_recipe(project, ["data.replay.anchor_answer_tokens=0"])
 
-
-def test_the_anchors_defaults_follow_the_method_they_were_measured_with():
-    """SFT: weight 3 on the prompt and first 16 answer tokens; the preference methods: the whole rows at weight 4
-    (they kept fewer probes with the cut: benchmarks/results/method_replay.json); a recipe's own values win."""
-    sft = Recipe(data={"train": "t.jsonl"}).data.replay
-    assert (sft.weight, sft.anchor_answer_tokens) == (3.0, SFT_ANCHOR_ANSWER_TOKENS)
-    for kind in ("dpo", "kto", "orpo", "simpo"):
-        preference = Recipe(data={"train": "t.jsonl"}, method={"kind": kind}).data.replay
-        assert (preference.weight, preference.anchor_answer_tokens) == (4.0, None)
-    given = Recipe(data={"train": "t.jsonl", "replay": {"weight": 8, "anchor_answer_tokens": None}}).data.replay
-    assert (given.weight, given.anchor_answer_tokens) == (8, None)

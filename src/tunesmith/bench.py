@@ -11,7 +11,8 @@ same batch (in rows) and max_length, each in its own subprocess (so its peak mem
   replay anchor against forgetting: extra passes over general rows each step, counted in MFU, not in tokens/s);
 - `tunesmith-no-replay`: the same with `data.replay.ratio: 0`, the TRL scripts' work and no more.
 Run only when named: `tunesmith-checkpointing` (no replay, activation checkpointing on) and
-`tunesmith-whole-anchor` (the anchor over each replay row's whole answer: `data.replay.anchor_answer_tokens: null`).
+`tunesmith-anchor-16` (the anchor on each replay row's prompt and first 16 answer tokens:
+`data.replay.anchor_answer_tokens: 16`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -35,12 +36,11 @@ from typing import Any
 VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # not run unless named: tunesmith-no-replay with activation checkpointing on at the whole batch, the plan's way to
 # fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side;
-# and the anchor over whole replay answers, to compare with the default's first answer tokens
-EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-whole-anchor")
-# data.replay settings of each tunesmith variant beside the data paths; whole-anchor: the anchor on each replay
-# row's whole answer, the default before data.replay.anchor_answer_tokens
+# and the anchor on the replay rows' first 16 answer tokens, to compare with the default's whole rows
+EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16")
+# data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
-                   "tunesmith-whole-anchor": {"anchor_answer_tokens": None}}
+                   "tunesmith-anchor-16": {"anchor_answer_tokens": 16}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}

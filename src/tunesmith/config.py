@@ -76,14 +76,9 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
                          "p_tuning")
 
 
-# Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do"):
-# for SFT the anchor on each replay row's prompt and first 16 answer tokens at weight 3 kept as many probes as the
-# whole rows at weight 4 and learnt as much of the task, in 70% of the training time; the preference recipes kept
-# fewer probes with it (benchmarks/results/method_replay.json), so they keep the whole rows at weight 4.
+# Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
-SFT_REPLAY_WEIGHT = 3.0
-SFT_ANCHOR_ANSWER_TOKENS = 16
 # The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
 # this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
 # where the base's pass is cheap beside the memory it would hold
@@ -117,13 +112,12 @@ class ReplaySection(Section):
         "auto", description="kl: each step adds weight x KL(base || tuned) on every token of the replay rows, the "
                             "base being the model with the adapter off; sft: the replay rows join the training rows. "
                             "auto: kl for adapters that leave the base untouched, sft otherwise.")
-    weight: float | None = Field(None, gt=0, description="kl: the anchor's weight beside the task loss. Default: "
-                                                          "SFT_REPLAY_WEIGHT for sft, DEFAULT_REPLAY_WEIGHT otherwise.")
-    anchor_answer_tokens: int | Literal["auto"] | None = Field(
-        "auto", ge=1,
-        description="kl: the anchor covers each replay row's prompt and the first N tokens of its answer, where a "
-                    "greedy answer is decided (a step anchors its rows at a fraction of the whole rows' cost); "
-                    "null: the whole answer. auto: SFT_ANCHOR_ANSWER_TOKENS for sft, the whole answer otherwise.")
+    weight: float = Field(DEFAULT_REPLAY_WEIGHT, gt=0, description="kl: the anchor's weight beside the task loss.")
+    anchor_answer_tokens: int | None = Field(
+        None, ge=1,
+        description="kl: the anchor covers each replay row's prompt and only the first N tokens of its answer, where "
+                    "a greedy answer is decided: a third less time a step, but on the tickets recipe it kept 42 "
+                    "probes of 48 where the whole rows keep 47 (README); null (the default): the whole answer.")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":
@@ -549,16 +543,6 @@ ANCHORED_METHODS = ("sft", "cpt", "dpo", "kto", "orpo", "simpo")
 REPLAY_BY_DEFAULT_METHODS = ("sft", "dpo", "kto", "orpo", "simpo")
 
 
-def default_replay_weight(method_kind: str) -> float:
-    """data.replay.weight when the recipe leaves it out (see SFT_REPLAY_WEIGHT)."""
-    return SFT_REPLAY_WEIGHT if method_kind == "sft" else DEFAULT_REPLAY_WEIGHT
-
-
-def default_anchor_answer_tokens(method_kind: str) -> int | None:
-    """data.replay.anchor_answer_tokens for `auto`: the first SFT_ANCHOR_ANSWER_TOKENS for sft, else the whole."""
-    return SFT_ANCHOR_ANSWER_TOKENS if method_kind == "sft" else None
-
-
 def default_replay_ratio(method_kind: str, replay_loss: str) -> float:
     """data.replay.ratio when the recipe leaves it out: DEFAULT_REPLAY_RATIO for supervised fine-tuning (either
     loss) and, through the KL anchor only (`replay_loss` kl), for the preference methods; 0 otherwise."""
@@ -804,10 +788,6 @@ class Recipe(Section):
         if self.data.replay.ratio is None:  # the default: replay where it applies
             self.data.replay.ratio = default_replay_ratio(self.method.kind, self.data.replay.resolved_loss(
                 self.adapter.kind))
-        if self.data.replay.weight is None:
-            self.data.replay.weight = default_replay_weight(self.method.kind)
-        if self.data.replay.anchor_answer_tokens == "auto":
-            self.data.replay.anchor_answer_tokens = default_anchor_answer_tokens(self.method.kind)
         if self.data.replay.ratio and self.method.kind not in ANCHORED_METHODS:
             raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}, not "
                              f"{self.method.kind} (a reward model has no next-token distribution to keep, and "

@@ -15,7 +15,6 @@ from tunesmith.config import (
     REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
     Recipe,
-    default_anchor_answer_tokens,
     default_replay_ratio,
 )
 from tunesmith.data.lengths import auto_max_length
@@ -29,7 +28,7 @@ REFERENCE_KINDS = ("dpo", "kto")  # methods that score a frozen reference (ORPO 
 # with SmolLM2's answers (46-193 tokens, median 79, p90 142)
 REPLAY_TOKENS = 144
 REPLAY_MEAN_TOKENS = 85  # the mean bundled row with SmolLM2's answer, prompt included
-# The same rows' prompts alone, template included (p90 51, mean 43): the anchor on the first N answer tokens
+# The same rows' prompts alone, template included (p90 51, mean 43): an anchor on the first N answer tokens
 # (data.replay.anchor_answer_tokens) sees about these plus N (N = 16: p90 66, mean 59)
 REPLAY_PROMPT_TOKENS = 51
 REPLAY_PROMPT_MEAN_TOKENS = 43
@@ -38,8 +37,6 @@ REPLAY_PROMPT_MEAN_TOKENS = 43
 def anchor_row_tokens(recipe: Recipe) -> tuple[int, int]:
     """(the longest of a replay draw, the mean row) in tokens as the anchor sees the bundled rows."""
     cut = recipe.data.replay.anchor_answer_tokens
-    if cut == "auto":  # a recipe copied without validation
-        cut = default_anchor_answer_tokens(recipe.method.kind)
     if cut is None:
         return REPLAY_TOKENS, REPLAY_MEAN_TOKENS
     return min(REPLAY_TOKENS, REPLAY_PROMPT_TOKENS + cut), min(REPLAY_MEAN_TOKENS, REPLAY_PROMPT_MEAN_TOKENS + cut)
