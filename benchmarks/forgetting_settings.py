@@ -52,7 +52,7 @@ def measure(name: str, overrides: list[str], runs_dir: Path) -> dict:
     started = time.monotonic()
     run_training(recipe, run)
     results = read_results(run_eval(recipe, run))
-    return entry(name, overrides, recipe, run, results, round((time.monotonic() - started) / 60, 2))
+    return setting_entry(name, overrides, recipe, run, results, round((time.monotonic() - started) / 60, 2))
 
 
 def score(name: str, overrides: list[str], run_path: Path) -> dict:
@@ -69,10 +69,11 @@ def score(name: str, overrides: list[str], run_path: Path) -> dict:
     results = read_results(run.path / "eval" / "results.json")
     train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     answering = sum((variant or {}).get("seconds") or 0 for variant in (results.base, results.tuned))
-    return entry(name, overrides, recipe, run, results, round((train["throughput"]["seconds"] + answering) / 60, 2))
+    minutes = round((train["throughput"]["seconds"] + answering) / 60, 2)
+    return setting_entry(name, overrides, recipe, run, results, minutes)
 
 
-def entry(name: str, overrides: list[str], recipe, run, results, minutes: float | None) -> dict:
+def setting_entry(name: str, overrides: list[str], recipe, run, results, minutes: float | None) -> dict:
     probes = results.probes
     return {"setting": name, "overrides": overrides, "minutes": minutes,
             "general_heldout": heldout_general(recipe, run),
@@ -113,11 +114,10 @@ def main() -> None:
         measured = score(name, SETTINGS[name], Path(given[name])) if given else \
             measure(name, SETTINGS[name], args.runs_dir)
         entries = [e for e in entries if e["setting"] != name] + [measured]
-        entry = measured
-        print(f"{name}: field_accuracy {entry['field_accuracy']}, exact_match {entry['exact_match']}, probes "
-              f"{entry['probe_accuracy']['base']} -> {entry['probe_accuracy']['tuned']}, regression "
-              f"{entry['regression']}, held-out general {entry['general_heldout']['base']} -> "
-              f"{entry['general_heldout']['tuned']}, {entry['minutes']} min", flush=True)
+        print(f"{name}: field_accuracy {measured['field_accuracy']}, exact_match {measured['exact_match']}, probes "
+              f"{measured['probe_accuracy']['base']} -> {measured['probe_accuracy']['tuned']}, regression "
+              f"{measured['regression']}, held-out general {measured['general_heldout']['base']} -> "
+              f"{measured['general_heldout']['tuned']}, {measured['minutes']} min", flush=True)
         args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
 
 
