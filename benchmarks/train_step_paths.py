@@ -1,12 +1,14 @@
-"""One LoRA training step of SmolLM2-135M on completion-only rows, four ways, side by side in one run.
+"""One LoRA training step of SmolLM2-135M on completion-only rows, five ways, side by side in one run.
 
 What the training defaults rest on (tunesmith/train/upstream.py, tunesmith/train/common.py):
 - `full`: TRL 1.16's fused LM head as it runs on a CPU, scoring every position;
 - `compact`: the same head scoring only the labelled positions (tunesmith's shim);
 - `compact-bf16`: compact, under bf16 autocast (`training.precision: bf16`);
-- `flat`: compact, with the batch flattened into one padding-free row, as packing does.
-Each variant runs in its own subprocess (so its peak RSS is its own): 8 rows of 128 tokens, the last 8 of
-each carrying loss, three steps after one warm-up; the fastest is reported.
+- `flat`: compact, with the batch flattened into one padding-free row, as packing does;
+- `compact-dropout`: compact, with LoRA dropout 0.05 (the old `adapter.dropout` default; today's is PEFT's 0).
+Each variant runs in its own subprocess (so its peak RSS is its own), in training mode: 8 rows of 128 tokens, the
+last 8 of each carrying loss, three steps after one warm-up; the fastest is reported, and all of them are written
+to benchmarks/results/train_step_paths.json.
 
     .venv/bin/python benchmarks/train_step_paths.py
 """
@@ -18,8 +20,10 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-VARIANTS = ("full", "compact", "compact-bf16", "flat")
+VARIANTS = ("full", "compact", "compact-bf16", "flat", "compact-dropout")
+RESULTS = Path(__file__).parent / "results" / "train_step_paths.json"
 ROWS, LENGTH, ANSWER = 8, 128, 8
 
 
@@ -36,7 +40,9 @@ def step(variant: str) -> dict[str, float]:
     model = load_model(resolve_model_source("smollm2-135m-instruct"))
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    dropout = 0.05 if variant.endswith("dropout") else 0.0
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear"))
+    model.train()
     ids = torch.randint(0, 49000, (ROWS, LENGTH), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[:, :-ANSWER] = -100
@@ -61,10 +67,14 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--variant":
         print(json.dumps(step(sys.argv[2])))
         return
+    results = {}
     for variant in VARIANTS:
         done = subprocess.run([sys.executable, __file__, "--variant", variant], capture_output=True, text=True)
         figures = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else done.stderr[-500:]
-        print(f"{variant:13s} {figures}")
+        print(f"{variant:15s} {figures}", flush=True)
+        results[variant] = figures
+    RESULTS.write_text(json.dumps({"rows": ROWS, "length": LENGTH, "answer_tokens": ANSWER, "variants": results},
+                                  indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -283,6 +283,11 @@ TARGET_PRESETS: dict[str, list[str] | str] = {
 }
 
 
+LORA_DROPOUT_WHY = ("Dropout on each adapted linear's input (default 0, PEFT's LoraConfig default). On a CPU each "
+                    "step draws a random mask per adapted linear: 0.05 made a SmolLM2-135M LoRA step 1.33x slower "
+                    "and 1 GB larger (benchmarks/train_step_paths.py).")
+
+
 class LoraPlacement(Section):
     """Where LoRA-style modules go: which linear layers (`targets`) in which transformer blocks (`layers`)."""
 
@@ -305,7 +310,7 @@ class LoraAdapter(LoraPlacement):
     kind: Literal["lora"] = "lora"
     r: int = Field(16, ge=1)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description=LORA_DROPOUT_WHY)
 
 
 class DoraAdapter(LoraAdapter):
@@ -368,7 +373,7 @@ class AdaloraAdapter(LoraPlacement):
     init_r: int = Field(12, ge=1)
     target_r: int = Field(8, ge=1)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description=LORA_DROPOUT_WHY)
     tinit: int = Field(0, ge=0, description="Warm-up steps before ranks are pruned.")
     tfinal: int = Field(0, ge=0, description="Final steps with the ranks fixed.")
     delta_t: int = Field(1, ge=1, description="Steps between two rank reallocations.")
