@@ -211,6 +211,58 @@ def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
+def test_the_anchor_packs_short_rows_and_gives_the_padded_batch_kl_and_gradients(tiny_model_dir):
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.models import load_model
+    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs, packed_replay
+    from tunesmith.train.throughput import replay_attention_pairs
+
+    model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * n} for n in (4, 13, 7)]
+    batch = ReplayBatches(examples, 3, pad_id=0, seed=1).at(0, "cpu")
+    assert packed_replay(model, batch)
+    assert replay_attention_pairs(batch[2], packed=True) == (4 * 4 + 13 * 13 + 7 * 7) / 2
+    assert replay_attention_pairs(batch[2], packed=False) == (4 + 13 + 7) * 13 / 2
+
+    def padded_kl() -> torch.Tensor:  # the anchor as one padded batch, attention mask and all
+        ids, _, mask = batch
+        scored = mask[:, 1:].bool()
+        with torch.no_grad(), model.disable_adapter():
+            base = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored], dim=-1)
+        tuned = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored]
+        return F.kl_div(F.log_softmax(tuned, dim=-1), base, log_target=True, reduction="batchmean")
+
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    expected = padded_kl()
+    expected_grads = torch.autograd.grad(expected, lora)
+    reference = base_log_probs(model, model, batch)
+    assert reference.shape[0] == (4 - 1) + (13 - 1) + (7 - 1)
+    kl = anchor_kl(model, batch, reference)
+    assert kl.item() == pytest.approx(expected.item(), rel=1e-5) and kl.item() > 1e-3
+    for got, want in zip(torch.autograd.grad(kl, lora), expected_grads, strict=True):
+        assert (got - want).norm() <= 1e-4 * want.norm(), ((got - want).abs().max(), want.abs().max())
+
+
+def test_replay_rows_pack_only_where_it_saves_flops_under_sdpa():
+    from types import SimpleNamespace
+
+    from tunesmith.train.replay import packing_pays
+
+    smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, _attn_implementation="sdpa")
+    assert packing_pays([46, 90, 120, 193], smollm2)  # short rows of spread lengths: the padding costs more
+    assert not packing_pays([2048] * 4, smollm2)  # long rows of one length: packing only adds attention
+    assert not packing_pays([193], smollm2)
+    assert not packing_pays([46, 90, 120, 193], SimpleNamespace(**{**vars(smollm2),
+                                                                   "_attn_implementation": "flash_attention_2"}))
+
+
 def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base_pass_gives(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 

@@ -31,10 +31,10 @@ class TokenCounter:
     real_tokens: int = 0
     loss_tokens: int = 0
     batches: int = 0
-    attention_flops: float = 0.0  # 12 · span per real token, summed; times layers · hidden in training_flops
+    attention_flops: float = 0.0  # 12 · span per real token, summed (query-key pairs); times layers · hidden later
     anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay) through the tuned model
     anchor_base_tokens: int = 0  # real tokens the base ran forward for the anchor (once a row, while cached)
-    base_attention_flops: float = 0.0  # the base passes' attention: 4 · span per real token, every layer forward
+    base_attention_flops: float = 0.0  # the base passes' attention: 4 · query-key pairs, every layer forward
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
@@ -61,19 +61,17 @@ class TokenCounter:
                 self.loss_tokens += real
             self.attention_flops += 12.0 * real * attention_span(batch, prefix)
 
-    def count_anchor(self, attention_mask: Any) -> None:
+    def count_anchor(self, attention_mask: Any, packed: bool = False) -> None:
         """Add one replay-anchor batch (`anchor_kl`): a tuned pass with its backward over every real position
         (the LM head included). Its tokens are work, not trained task tokens: they count in the FLOPs (MFU), not
         in the tokens per second."""
-        real = int(attention_mask.sum())
-        self.anchor_tokens += real
-        self.attention_flops += 12.0 * real * attention_mask.shape[-1] / 2  # backward 2x forward
+        self.anchor_tokens += int(attention_mask.sum())
+        self.attention_flops += 12.0 * replay_attention_pairs(attention_mask, packed)  # backward 2x forward
 
-    def count_base_pass(self, attention_mask: Any) -> None:
+    def count_base_pass(self, attention_mask: Any, packed: bool = False) -> None:
         """Add one forward pass of the base over a replay batch (`BaseReference`), without gradients."""
-        real = int(attention_mask.sum())
-        self.anchor_base_tokens += real
-        self.base_attention_flops += 4.0 * real * attention_mask.shape[-1] / 2
+        self.anchor_base_tokens += int(attention_mask.sum())
+        self.base_attention_flops += 4.0 * replay_attention_pairs(attention_mask, packed)
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
@@ -110,6 +108,14 @@ def attention_span(batch: dict[str, Any], prefix: str = "") -> float:
         current += 1
     lengths.append(current)
     return sum(n * n for n in lengths) / max(sum(lengths), 1) / 2
+
+
+def replay_attention_pairs(attention_mask: Any, packed: bool) -> float:
+    """Causal query-key pairs of a right-padded replay batch: packed into one row and masked block by block
+    (`train/replay.py` `replay_logits`), each row's length² / 2; padded, each real token attends to half the
+    padded width."""
+    lengths = attention_mask.sum(dim=1).double()
+    return float((lengths**2).sum() / 2 if packed else lengths.sum() * attention_mask.shape[-1] / 2)
 
 
 @dataclass(frozen=True)
