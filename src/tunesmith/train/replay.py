@@ -284,8 +284,8 @@ def packing_pays(lengths: list[int], config: Any) -> bool:
     each causal pair 4 h (h hidden size, i the MLP's width). Only under PyTorch's SDPA, whose kernels take the
     boolean block mask; other attention implementations get the padded batch.
 
-    Short rows pack: the bundled replay rows are 46-193 tokens long, and a padded batch of 4 of them is 27% padding
-    (packed, the anchor ran 1.17x faster: benchmarks/anchor_padding.py); a few long rows of equal length do not."""
+    Short rows pack: the bundled replay rows are 46-193 tokens long, and a padded batch of 4 of them is 26% padding
+    (packed, the anchor ran 1.14x faster: benchmarks/anchor_padding.py); a few long rows of equal length do not."""
     hidden = getattr(config, "hidden_size", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hidden or len(lengths) < 2:
         return False
