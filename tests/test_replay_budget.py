@@ -211,13 +211,11 @@ def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
-def test_the_anchor_packs_short_rows_and_gives_the_padded_batch_kl_and_gradients(tiny_model_dir):
-    import torch.nn.functional as F
+def lora_moved_from_base(tiny_model_dir):
+    """The tiny model under a LoRA r 4 whose B is drawn at random, so the tuned model differs from the base."""
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.models import load_model
-    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs, packed_replay
-    from tunesmith.train.throughput import replay_attention_pairs
 
     model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
@@ -225,6 +223,16 @@ def test_the_anchor_packs_short_rows_and_gives_the_padded_batch_kl_and_gradients
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
+    return model
+
+
+def test_the_anchor_packs_short_rows_and_gives_the_padded_batch_kl_and_gradients(tiny_model_dir):
+    import torch.nn.functional as F
+
+    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs, packed_replay
+    from tunesmith.train.throughput import replay_attention_pairs
+
+    model = lora_moved_from_base(tiny_model_dir)
     examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * n} for n in (4, 13, 7)]
     batch = ReplayBatches(examples, 3, pad_id=0, seed=1).at(0, "cpu")
     assert packed_replay(model, batch)
@@ -264,18 +272,10 @@ def test_replay_rows_pack_only_where_it_saves_flops_under_sdpa():
 
 
 def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base_pass_gives(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-
-    from tunesmith.models import load_model
     from tunesmith.train.replay import BaseReference, ReplayBatches, anchor_kl, base_log_probs
     from tunesmith.train.throughput import TokenCounter
 
-    model = get_peft_model(load_model(tiny_model_dir, torch.float32, "cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
+    model = lora_moved_from_base(tiny_model_dir)
     examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * n} for n in (8, 12, 10, 6, 9)]
     replay = ReplayBatches(examples, 2, pad_id=0, seed=3)
     cached, counter = BaseReference(), TokenCounter(None)
