@@ -468,3 +468,61 @@ def test_anchor_answer_tokens_keeps_the_prompt_and_cuts_each_answer(tmp_path, ti
     with pytest.raises(TunesmithError, match="anchor_answer_tokens"):
         load_recipe(project, ["data.replay.anchor_answer_tokens=0"])
 
+
+
+def test_revision_plans_the_rest_from_the_steps_own_times():
+    """9 steps after step 1 took 18 s: 2 s a step, so 95% of the 100 s left fit 47 more; with the replay anchor's
+    base pass taking 9 of those seconds over the first-pass steps 2-10 (1 s each), the 10 first-pass steps still to
+    come cost 3 s each."""
+    from tunesmith.train.budget import revised_steps
+
+    assert revised_steps(10, 18.0, 0.0, 100.0, 100, 0) == (10 + int(BUDGET_SAFETY * 100 / 2.0), 2.0)
+    total, step_s = revised_steps(10, 27.0, 9.0, 100.0, 100, 20)
+    assert step_s == 2.0 and total == 10 + 10 + int((BUDGET_SAFETY * 100 - 10 * 3.0) / 2.0)
+    assert revised_steps(10, 0.9, 0.0, 1000.0, 10, 0)[0] == 30  # at most 3 epochs in all
+    assert revised_steps(10, 90.0, 0.0, 0.0, 100, 0)[0] == 11  # nothing left: the step after this one
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant", "constant_with_warmup"])
+def test_schedule_is_transformers_schedule_and_follows_a_revision(kind):
+    from transformers.optimization import get_scheduler
+
+    from tunesmith.train.budget import LearningRateSchedule
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    reference = get_scheduler(kind, torch.optim.SGD([weight], lr=1.0), num_warmup_steps=3, num_training_steps=20)
+    schedule = LearningRateSchedule(kind, 3, 20)
+    assert [schedule(step) for step in range(21)] == pytest.approx([reference.lr_lambdas[0](s) for s in range(21)])
+    assert schedule(25) == pytest.approx(schedule(20))  # past the end it stays there (transformers' cosine rises)
+    schedule.total_steps = 40  # revised at step 8: the decay now ends at step 40
+    if kind in ("cosine", "linear"):
+        assert schedule(8) > 0 and schedule(20) > 0.3 and schedule(40) == pytest.approx(0.0)
+        assert schedule(39) < schedule(30) < schedule(20)
+
+
+def test_time_budget_revises_a_plan_that_a_slow_measurement_cut_short(tmp_path, tiny_model_dir, monkeypatch):
+    """The measurement before training says 30 s a step (a slow minute of a shared machine), so 300 s plan 9 steps;
+    the steps' own times (well under a second) revise it at step 5 to the 3 epochs the budget allows, and the
+    learning rate's decay ends at the revised last step."""
+    import tunesmith.train.budget as budget
+
+    monkeypatch.setattr(budget, "measure_step_seconds", lambda trainer, grad_accum: (30.0, 0.0))
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=64, eval_rows=4),
+                         ["training.max_steps=-1", "training.time_budget=5m", "training.logging_steps=1",
+                          "training.save_steps=100000"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    plan = report["time_budget"]
+    first = plan["revisions"][0]
+    assert first["at_step"] == budget.REVISE_AT and first["step_s"] < 30.0
+    assert report["steps"] == plan["steps"] == 24 and plan["epochs"] == 3  # 8 steps an epoch
+    assert "re-planned at step 5" in plan["why"] and report["chosen"]["steps"]["value"] == "24 (3 epochs)"
+    assert json.loads((run.path / "budget.json").read_text())["steps"] == 24  # what a resume reads
+    rates = [m["learning_rate"] for m in run.read_metrics() if "learning_rate" in m]
+    assert len(rates) == 24 and max(rates) == pytest.approx(recipe.training.lr)
+    assert rates[-1] < 0.02 * recipe.training.lr  # decayed to the revised end, not cut at 9 steps' midpoint
+    from tunesmith.train.budget import LearningRateSchedule
+
+    revised = LearningRateSchedule("cosine", plan["warmup_steps"], 24)  # from the step after the revision on
+    assert rates[5:] == pytest.approx([recipe.training.lr * revised(step) for step in range(5, 24)], rel=5e-3)

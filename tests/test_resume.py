@@ -353,3 +353,32 @@ def test_the_quickstart_on_smollm2_killed_at_step_6_resumes_to_identical_weights
     ours, theirs = step_losses(run), step_losses(uninterrupted)
     assert sorted(ours) == sorted(theirs) == list(range(1, 9))
     assert all(ours[step] == pytest.approx(theirs[step], abs=1e-6) for step in range(5, 9))
+
+
+def test_a_time_budget_run_resumes_its_revised_plan_and_schedule(tmp_path, tiny_model_dir, monkeypatch):
+    """The budget's measurement says 30 s a step, so 5 minutes plan 9 steps; the steps' own times revise that at
+    step 5 to the 3-epoch cap (12 steps of 4 rows). A crash at step 7 resumes from the checkpoint at 6 with the
+    revised count and learning-rate schedule (budget.json and the scheduler's state), and ends where the
+    uninterrupted run ends."""
+    import tunesmith.train.budget as budget
+    from tunesmith.cli.app import resumed_run
+    from tunesmith.train import run_training
+
+    monkeypatch.setattr(budget, "measure_step_seconds", lambda trainer, grad_accum: (30.0, 0.0))
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=-1, save_steps=2, time_budget="5m")
+    lines = recipe.read_text(encoding="utf-8").splitlines(keepends=True)  # the budget, not epochs, sets the steps
+    recipe.write_text("".join(line for line in lines if not line.strip().startswith("epochs:")), encoding="utf-8")
+    reference = train_in_process(recipe, tmp_path / "reference")
+    assert json.loads((reference.path / "train.json").read_text())["steps"] == 12
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 7)
+        with pytest.raises(Crash):
+            train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    assert json.loads((run.path / "budget.json").read_text())["steps"] == 12
+    run_training(load_recipe(recipe), resumed_run(load_recipe(recipe), str(run.path), None))
+    assert json.loads((run.path / "train.json").read_text())["steps"] == 12
+    assert max_abs_diff(final_weights(run), final_weights(reference)) <= 1e-6
+    ours, theirs = step_losses(run), step_losses(reference)
+    assert sorted(ours) == sorted(theirs) == list(range(1, 13))
+    assert all(ours[step] == pytest.approx(theirs[step], abs=1e-6) for step in range(7, 13))

@@ -7,10 +7,16 @@ the replay answers and the measurement itself come out of it, and a 10m budget e
 
 The measurement runs forward and backward on a few batches of the training set before training starts (no
 optimizer exists yet, so no weight changes; gradients are cleared after). Batches are taken at the 25th, 50th
-and 75th percentile of row length, as a length-grouped sampler builds them, after one warm-up batch. The
-learning-rate schedule (warm-up ratio, cosine decay) is then built for the chosen step count by the trainer.
-With the replay anchor, the base runs over each replay row only at its first draw (its log-probabilities are
-kept), so the steps of that first pass are planned with the base's pass and the later ones without it.
+and 75th percentile of row length, as a length-grouped sampler builds them, after one warm-up batch. With the
+replay anchor, the base runs over each replay row only at its first draw (its log-probabilities are kept), so
+the steps of that first pass are planned with the base's pass and the later ones without it.
+
+Three batches are a small sample of a machine whose speed drifts (a shared CPU can run a minute at a third of
+its speed), so the plan is revised from the training steps' own times at steps REVISE_AT, 2 x REVISE_AT, 4 x ...
+while fewer than REVISE_UNTIL of the steps are done: more steps when training runs faster than measured, fewer
+when slower. The learning-rate schedule (`LearningRateSchedule`: warm-up, then the recipe's decay) is built for
+the planned count and follows each revision, so the decay still ends at the last step; the warm-up stays as first
+planned. Past the budget, training stops after the step that crossed it whatever the plan said.
 """
 
 from __future__ import annotations
@@ -19,14 +25,20 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from tunesmith.runs import atomic_write_json
 
 # Epochs a budget may fill when time allows: more passes over a small set mostly memorise it. Common LoRA SFT
 # practice is 1-3 epochs (the QLoRA paper's and TRL's examples; Axolotl's examples use 1-4).
 MAX_BUDGET_EPOCHS = 3
 BUDGET_SAFETY = 0.95  # of the budget given to steps: logging, checkpoints and the optimizer are not measured
+REVISE_AT = 5  # the first step whose time revises the plan (then 10, 20, 40, ...): step 1 pays one-time costs
+REVISE_UNTIL = 0.8  # later revisions would move the learning rate too abruptly near the end of its decay
+REVISE_BY = 0.05  # a revision smaller than this share of the planned steps (or under 2 steps) is not made
 
 
 @dataclass(frozen=True)
@@ -129,9 +141,10 @@ def first_pass_steps(trainer: Any) -> int:
 
 
 def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool, began: float) -> BudgetPlan | None:
-    """Set `trainer.args.max_steps` from what is left of the budget since `began` (time.monotonic()), unless
-    max_steps or epochs was given. Returns the plan, or None when the recipe's own steps win (StopAtBudget still
-    stops at the budget)."""
+    """Plan the steps that fill what is left of the budget since `began` (time.monotonic()), unless max_steps or
+    epochs was given, and let the trainer loop up to MAX_BUDGET_EPOCHS epochs (`args.max_steps`) so that a
+    revision (KeepToBudget) can add steps. Returns the plan, or None when the recipe's own steps win (KeepToBudget
+    still stops at the budget)."""
     if steps_given:
         print(f"time budget {budget_s:.0f} s: training.max_steps/epochs are set, so they decide the steps; "
               "training stops early if it runs past the budget", file=sys.stderr, flush=True)
@@ -141,26 +154,146 @@ def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool, began: f
     step_s, base_s = measure_step_seconds(trainer, trainer.args.gradient_accumulation_steps)
     plan = plan_steps(budget_s, step_s, per_epoch, spent_s=time.monotonic() - began, first_pass_s=base_s,
                       first_pass_steps=first_pass_steps(trainer))
-    trainer.args.max_steps = plan.steps
-    print(f"time budget {budget_s:.0f} s: {plan.steps} steps ({plan.epochs:g} epochs): {plan.why}",
-          file=sys.stderr, flush=True)
+    trainer.args.max_steps = max(plan.steps, math.floor(MAX_BUDGET_EPOCHS * per_epoch))
+    print(f"time budget {budget_s:.0f} s: {plan.steps} steps ({plan.epochs:g} epochs): {plan.why}; revised from "
+          "the steps' own times as training goes", file=sys.stderr, flush=True)
     return plan
 
 
-class StopAtBudget(TrainerCallback):
-    """A trainer callback: stop after the step that ends past the budget (counted from `began`, when this command
-    started preparing), and write the step into `record` (train.json's time_budget) as `stopped_at_step`."""
+def revised_steps(done: int, elapsed_s: float, base_s: float, left_s: float, steps_per_epoch: int,
+                  first_pass_steps: int, max_epochs: float = MAX_BUDGET_EPOCHS) -> tuple[int, float]:
+    """(total steps, seconds per step) from the training steps' own times: `done` steps (after the first)
+    took `elapsed_s`, of which `base_s` in the replay anchor's base passes; `left_s` of the budget is left. The
+    steps after `done` are planned as `plan_steps` plans them, with the steps' own times in place of the
+    measurement, and the total stays within `max_epochs` epochs."""
+    counted = max(1, done - 1)  # the times start at the end of step 1
+    step_s = max(1e-6, (elapsed_s - base_s) / counted)
+    first_pass_done = min(done, first_pass_steps) - 1
+    first_pass_s = base_s / first_pass_done if first_pass_done > 0 and base_s > 0 else 0.0
+    rest = plan_steps(left_s, step_s, steps_per_epoch, first_pass_s=first_pass_s,
+                      first_pass_steps=max(0, first_pass_steps - done))
+    cap = max(1, math.floor(max_epochs * steps_per_epoch))
+    return max(done + 1, min(done + rest.steps, cap)), step_s
 
-    def __init__(self, budget_s: float, record: dict[str, Any], began: float) -> None:
-        self.budget_s = budget_s
-        self.record = record
-        self.began = began
+
+@dataclass
+class LearningRateSchedule:
+    """The learning-rate multiplier at an optimizer step (torch LambdaLR's `lr_lambda`): a linear warm-up over
+    `warmup_steps`, then `kind` to `total_steps`. The formulas are transformers' (transformers.optimization:
+    get_cosine_schedule_with_warmup with half a cycle, get_linear_schedule_with_warmup, get_constant_schedule,
+    get_constant_schedule_with_warmup); unlike those, `total_steps` can change while training, which is how the
+    time budget's revisions reach the schedule. LambdaLR saves this object's fields in the scheduler's state, so
+    a resumed run continues the revised schedule."""
+
+    kind: str
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "constant":
+            return 1.0
+        if step < self.warmup_steps:
+            return step / max(1, self.warmup_steps)
+        if self.kind == "constant_with_warmup":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def use_schedule(trainer: Any, schedule: LearningRateSchedule) -> None:
+    """Make `trainer` build its learning-rate scheduler from `schedule` (a LambdaLR) in place of the one it would
+    build for `args.max_steps`."""
+    import torch
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        if trainer.lr_scheduler is None:
+            trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or trainer.optimizer, schedule)
+            trainer._created_lr_scheduler = True  # rebuilt by the trainer on another train() call, as its own
+        return trainer.lr_scheduler
+
+    trainer.create_scheduler = create_scheduler
+
+
+class KeepToBudget(TrainerCallback):
+    """A trainer callback that keeps training within the budget (counted from `began`, when this command started
+    preparing). With a `schedule` (the budget planned the steps): the run lasts `schedule.total_steps`, revised
+    from the steps' own times (`revised_steps`, at steps REVISE_AT, 2 x REVISE_AT, ...), each revision written into
+    `record` (train.json's time_budget: `steps`, `epochs`, `revisions`) and `saved` (budget.json, which a resume
+    reads). Always: stop after the step that ends past the budget, written into `record` as `stopped_at_step`.
+
+    The trainer loops over `args.max_steps` steps, so with a schedule that must be the most the revisions may
+    reach (MAX_BUDGET_EPOCHS epochs); this callback must run before the progress bar's, which reads the planned
+    count when training begins.
+    """
+
+    def __init__(self, budget_s: float, record: dict[str, Any], began: float,
+                 schedule: LearningRateSchedule | None = None, revise: bool = False, saved: Path | None = None,
+                 first_pass_steps: int = 0, reference: Any = None) -> None:
+        self.budget_s, self.record, self.began = budget_s, record, began
+        self.schedule, self.revise, self.saved = schedule, revise and schedule is not None, saved
+        self.first_pass_steps, self.reference = first_pass_steps, reference
+        self.next_check = REVISE_AT
+        self.after_first: tuple[float, float] | None = None  # (time, base seconds) at the end of step 1
+
+    def base_seconds(self) -> float:
+        return self.reference.base_seconds if self.reference is not None else 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.schedule is not None:
+            state.max_steps = self.schedule.total_steps
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        past = time.monotonic() - self.began > self.budget_s
-        if past and state.global_step < state.max_steps:
+        now = time.monotonic()
+        if now - self.began > self.budget_s and state.global_step < state.max_steps:
             self.record["stopped_at_step"] = state.global_step
             control.should_training_stop = True
             control.should_save = True
             print(f"time budget {self.budget_s:.0f} s reached at step {state.global_step} of {state.max_steps}: "
                   "stopping", file=sys.stderr, flush=True)
+            return
+        if not self.revise:
+            return
+        if self.after_first is None:
+            self.after_first = (now, self.base_seconds())
+            self.next_check = max(self.next_check, state.global_step + REVISE_AT - 1)
+        elif state.global_step >= self.next_check:
+            self.next_check = 2 * state.global_step
+            if state.global_step < REVISE_UNTIL * state.max_steps and self.revise_plan(state, now):
+                follow_schedule(kwargs.get("lr_scheduler"))
+
+    def revise_plan(self, state: Any, now: float) -> bool:
+        """Revise the planned steps from the steps' own times; whether they changed."""
+        began_at, base_before = self.after_first
+        total, step_s = revised_steps(state.global_step, now - began_at, self.base_seconds() - base_before,
+                                      self.budget_s - (now - self.began), self.record["steps_per_epoch"],
+                                      self.first_pass_steps)
+        planned = state.max_steps
+        if abs(total - planned) < max(2, REVISE_BY * planned):
+            return False
+        state.max_steps = self.schedule.total_steps = total
+        self.record["revisions"] = [*self.record.get("revisions", []),
+                                    {"at_step": state.global_step, "step_s": round(step_s, 3), "steps": total}]
+        self.record["steps"] = total
+        self.record["epochs"] = round(total / self.record["steps_per_epoch"], 2)
+        measured = self.record["measured_step_s"]
+        self.record["why"] = (f"{total} steps: re-planned at step {state.global_step} from the steps' own "
+                              f"{step_s:.2f} s (measured before training: {measured} s)")
+        if self.saved is not None:
+            atomic_write_json(self.saved, self.record)
+        print(f"time budget {self.budget_s:.0f} s: the steps take {step_s:.2f} s, not the {measured} s measured: "
+              f"{planned} -> {total} steps", file=sys.stderr, flush=True)
+        return True
+
+
+def follow_schedule(scheduler: Any) -> None:
+    """Set the learning rate of the coming step from `scheduler`'s multipliers as they are now (a LambdaLR computes
+    it when it steps, which for the coming step was before this step's revision)."""
+    if scheduler is None:
+        return
+    step = scheduler.last_epoch
+    for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                          scheduler.lr_lambdas, strict=True):
+        group["lr"] = base_lr * multiplier(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -27,8 +27,8 @@ from tunesmith.plan.devices import matmul_peak
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
-from tunesmith.train.budget import StopAtBudget, apply_time_budget
-from tunesmith.train.defaults import print_chosen, resolve_epochs, resolve_lr, settings_chosen
+from tunesmith.train.budget import KeepToBudget, LearningRateSchedule, apply_time_budget, use_schedule
+from tunesmith.train.defaults import print_chosen, resolve_epochs, resolve_lr, settings_chosen, steps_choice
 from tunesmith.train.distributed import (
     check_process_group,
     group_by_global_batch,
@@ -265,6 +265,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
+    if budget.get("time_budget", {}).get("revisions"):  # the table printed before training shows the first plan
+        chosen["steps"] = steps_choice(recipe.training, budget["time_budget"])
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
     # for whoever uses it in this process (the saved weights are fp32 either way).
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
@@ -303,7 +305,7 @@ def row_lengths(dataset: Any) -> list[int]:
 def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: float) -> dict[str, Any]:
     """training.time_budget, counted from `began` (time.monotonic() when this command started preparing): the steps
     it chose (train.json `time_budget`), saved as budget.json so that a resumed run keeps the same step count and
-    schedule; {} without a budget."""
+    schedule (revised from the steps' own times in a fresh run, not in a resumed one); {} without a budget."""
     seconds = recipe.training.time_budget_seconds
     if seconds is None:
         return {}
@@ -316,9 +318,19 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
         chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given, began)
         plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
                                                 "why": "training.max_steps/epochs given: the budget only stops"}
+        if chosen:
+            plan["warmup_steps"] = trainer.args.get_warmup_steps(chosen.steps)
         if is_main_process():
             atomic_write_json(saved, plan)
-    trainer.add_callback(StopAtBudget(seconds, plan, began))
+    schedule = None
+    if plan.get("steps"):
+        warmup = plan.get("warmup_steps", trainer.args.get_warmup_steps(plan["steps"]))
+        schedule = LearningRateSchedule(recipe.training.scheduler, warmup, plan["steps"])
+        use_schedule(trainer, schedule)
+    keeper = KeepToBudget(seconds, plan, began, schedule, revise=not resumed, saved=saved,
+                          first_pass_steps=plan.get("first_pass_steps", 0),
+                          reference=getattr(trainer, "base_reference", None))
+    trainer.callback_handler.callbacks.insert(0, keeper)  # before the progress bar reads the planned steps
     return {"time_budget": plan}
 
 

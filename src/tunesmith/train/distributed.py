@@ -109,14 +109,26 @@ def group_by_global_batch(trainer: Any) -> None:
     transformers' own batch. Below four batches' worth of rows transformers' mega-batch is one batch, which groups
     nothing (a 24-row set of 40-1,000-token rows padded 44% of its positions at batch 8): there all the rows form
     one mega-batch (`mega_batch_mult`). Only touches a run that groups by length.
+
+    Each epoch's order is drawn from its own generator, seeded with training.seed + the epoch (as accelerate's
+    SeedableRandomSampler does for random sampling), not from the global random state: a run resumed inside an
+    epoch draws that epoch's order before the trainer restores the random state, and must draw the same one.
     """
     if trainer.args.train_sampling_strategy != "group_by_length":
         return
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
     class GlobalLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # the trainer calls it (through accelerate) before each epoch
+            self.epoch = epoch
+
         def __iter__(self) -> Any:
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator,
+            import torch
+
+            generator = torch.Generator().manual_seed(trainer.args.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator,
                                                    mega_batch_mult=mega_batch_mult(len(self.lengths),
                                                                                    self.batch_size)))
 
