@@ -500,7 +500,8 @@ def test_schedule_is_transformers_schedule_and_follows_a_revision(kind):
         assert schedule(39) < schedule(30) < schedule(20)
 
 
-def test_time_budget_revises_a_plan_that_a_slow_measurement_cut_short(tmp_path, tiny_model_dir, monkeypatch):
+def test_time_budget_revises_a_plan_that_a_slow_measurement_cut_short(tmp_path, tiny_model_dir, monkeypatch,
+                                                                      capfd):
     """The measurement before training says 30 s a step (a slow minute of a shared machine), so 300 s plan 9 steps;
     the steps' own times (well under a second) revise it at step 5 to the 3 epochs the budget allows, and the
     learning rate's decay ends at the revised last step."""
@@ -519,6 +520,8 @@ def test_time_budget_revises_a_plan_that_a_slow_measurement_cut_short(tmp_path, 
     assert report["steps"] == plan["steps"] == 24 and plan["epochs"] == 3  # 8 steps an epoch
     assert "re-planned at step 5" in plan["why"] and report["chosen"]["steps"]["value"] == "24 (3 epochs)"
     assert json.loads((run.path / "budget.json").read_text())["steps"] == 24  # what a resume reads
+    printed = capfd.readouterr().err
+    assert "not the 30.0 s measured: 9 -> 24 steps" in printed and "24/24" in printed  # the bar follows
     rates = [m["learning_rate"] for m in run.read_metrics() if "learning_rate" in m]
     assert len(rates) == 24 and max(rates) == pytest.approx(recipe.training.lr)
     assert rates[-1] < 0.02 * recipe.training.lr  # decayed to the revised end, not cut at 9 steps' midpoint

@@ -230,8 +230,9 @@ class KeepToBudget(TrainerCallback):
 
     def __init__(self, budget_s: float, record: dict[str, Any], began: float,
                  schedule: LearningRateSchedule | None = None, revise: bool = False, saved: Path | None = None,
-                 first_pass_steps: int = 0, reference: Any = None) -> None:
+                 first_pass_steps: int = 0, reference: Any = None, callbacks: list[Any] | None = None) -> None:
         self.budget_s, self.record, self.began = budget_s, record, began
+        self.callbacks = callbacks if callbacks is not None else []  # the trainer's: the progress bar is one
         self.schedule, self.revise, self.saved = schedule, revise and schedule is not None, saved
         self.first_pass_steps, self.reference = first_pass_steps, reference
         self.next_check = REVISE_AT
@@ -273,6 +274,11 @@ class KeepToBudget(TrainerCallback):
         if abs(total - planned) < max(2, REVISE_BY * planned):
             return False
         state.max_steps = self.schedule.total_steps = total
+        for callback in self.callbacks:  # transformers' ProgressCallback sized its bar from the first plan
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.total = total
+                bar.refresh()
         self.record["revisions"] = [*self.record.get("revisions", []),
                                     {"at_step": state.global_step, "step_s": round(step_s, 3), "steps": total}]
         self.record["steps"] = total

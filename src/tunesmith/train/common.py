@@ -329,7 +329,8 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
         use_schedule(trainer, schedule)
     keeper = KeepToBudget(seconds, plan, began, schedule, revise=not resumed, saved=saved,
                           first_pass_steps=plan.get("first_pass_steps", 0),
-                          reference=getattr(trainer, "base_reference", None))
+                          reference=getattr(trainer, "base_reference", None),
+                          callbacks=trainer.callback_handler.callbacks)
     trainer.callback_handler.callbacks.insert(0, keeper)  # before the progress bar reads the planned steps
     return {"time_budget": plan}
 
