@@ -190,6 +190,27 @@ def test_json_schema_output_parses_and_validates(server):
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
 
+def test_bounded_integers_reach_the_grammar_as_enums():
+    """llama-cpp-python's converter writes any integer as up to 16 digits: a tiny model once answered count
+    8222262 to a 0-99 schema. Bounded ranges become enums, which its grammar enforces; wide ones are left."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from tunesmith.serve.llama_engine import integer_ranges_as_enums
+
+    schema = {"type": "object", "properties": {
+        "count": {"type": "integer", "minimum": 0, "maximum": 99, "description": "how many"},
+        "even": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10, "multipleOf": 2},
+        "wide": {"type": "integer", "minimum": 0, "maximum": 10**6},
+        "items": {"type": "array", "items": {"type": "integer", "minimum": -1, "maximum": 1}}}}
+    rewritten = integer_ranges_as_enums(schema)["properties"]
+    assert rewritten["count"] == {"description": "how many", "enum": list(range(100))}
+    assert rewritten["even"] == {"enum": [2, 4, 6, 8]}
+    assert rewritten["wide"] == schema["properties"]["wide"]
+    assert rewritten["items"]["items"] == {"enum": [-1, 0, 1]}
+    grammar = json_schema_to_gbnf(json.dumps(integer_ranges_as_enums(schema)))
+    assert '"99"' in grammar and '"100"' not in grammar
+
+
 def test_the_served_prompt_is_the_prefix_training_saw(engine, runs):
     from tunesmith.data.template import encode_sequence
     from tunesmith.runs import Run

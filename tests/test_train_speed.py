@@ -194,6 +194,9 @@ def padded_share(order: list[int], lengths: list[int], batch_size: int) -> float
     return 1 - sum(lengths) / padded
 
 
+SEED = 42
+
+
 def length_sampler(rows: int, batch_size: int = 8):
     import random
 
@@ -204,7 +207,7 @@ def length_sampler(rows: int, batch_size: int = 8):
     lengths = [random.Random(rows * 7 + i).randint(40, 1000) for i in range(rows)]
     trainer = SimpleNamespace(args=SimpleNamespace(train_sampling_strategy="group_by_length",
                                                    per_device_train_batch_size=batch_size,
-                                                   gradient_accumulation_steps=1),
+                                                   gradient_accumulation_steps=1, seed=SEED),
                               train_dataset=Dataset.from_list([{"input_ids": [1] * n} for n in lengths]),
                               processing_class=None)
     group_by_global_batch(trainer)
@@ -216,7 +219,6 @@ def test_a_small_set_is_grouped_by_length_as_one_mega_batch():
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     sampler, lengths = length_sampler(24)
-    torch.manual_seed(0)
     order = list(sampler)
     assert sorted(order) == list(range(24))
     fewest = padded_share(sorted(range(24), key=lambda i: lengths[i]), lengths, 8)
@@ -230,7 +232,19 @@ def test_a_set_of_four_batches_or_more_is_grouped_as_transformers_groups_it():
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     sampler, lengths = length_sampler(80)
-    torch.manual_seed(1)
     ours = list(sampler)
-    torch.manual_seed(1)
-    assert ours == list(LengthGroupedSampler(8, lengths=lengths))
+    assert ours == list(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(SEED)))
+
+
+def test_each_epochs_order_comes_from_the_seed_and_the_epoch_not_the_global_random_state():
+    """A run resumed inside epoch 2 draws that epoch's order in a fresh process (tests/test_resume.py): the order
+    must be the one the uninterrupted run drew, whatever the global random state is by then."""
+    sampler, _ = length_sampler(80)
+    torch.manual_seed(0)
+    sampler.set_epoch(2)
+    first = list(sampler)
+    torch.manual_seed(123)
+    torch.rand(1000)
+    assert list(sampler) == first
+    sampler.set_epoch(3)
+    assert list(sampler) != first and sorted(sampler) == sorted(first)

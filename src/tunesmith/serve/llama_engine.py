@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -149,11 +150,13 @@ class LlamaEngine:
     def grammar(self, sampling: Sampling) -> Any:
         """The llama.cpp grammar for a JSON schema or any JSON object, or None. llama-cpp-python's schema
         converter lets strings hold raw control characters, which JSON forbids (RFC 8259 §7) and json.loads
-        rejects; its string rule is narrowed as llama.cpp's own converter writes it."""
+        rejects; its string rule is narrowed as llama.cpp's own converter writes it. It also ignores an
+        integer's bounds, so bounded integers become enums first (`integer_ranges_as_enums`)."""
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
         if sampling.json_schema is not None:
-            rules = json_schema_to_gbnf(json.dumps(sampling.json_schema)).replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]')
+            schema = integer_ranges_as_enums(sampling.json_schema)
+            rules = json_schema_to_gbnf(json.dumps(schema)).replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]')
             return LlamaGrammar.from_string(rules, verbose=False)
         if sampling.json_object:
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
@@ -169,3 +172,33 @@ class LlamaEngine:
         for base in self.bases.values():
             base.llm.close()
         self.bases = {}
+
+
+MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)
+
+
+def integer_ranges_as_enums(schema: Any) -> Any:
+    """`schema` with every `{"type": "integer", "minimum": a, "maximum": b}` (exclusive bounds too) of at most
+    MAX_ENUM_RANGE values rewritten as `{"enum": [a, ..., b]}`, at any depth. llama-cpp-python's
+    json_schema_to_gbnf (0.3) writes an integer as any run of up to 16 digits whatever its bounds, so a
+    constrained answer could still fail validation; an enum it does enforce. Wider ranges are left as they are
+    (their bounds are not enforced by the grammar)."""
+    if isinstance(schema, list):
+        return [integer_ranges_as_enums(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rewritten = {key: integer_ranges_as_enums(value) for key, value in schema.items()}
+    if rewritten.get("type") != "integer":
+        return rewritten
+    low, high = rewritten.get("minimum"), rewritten.get("maximum")
+    if isinstance(rewritten.get("exclusiveMinimum"), int | float):
+        low = max(low if low is not None else -float("inf"), math.floor(rewritten["exclusiveMinimum"]) + 1)
+    if isinstance(rewritten.get("exclusiveMaximum"), int | float):
+        high = min(high if high is not None else float("inf"), math.ceil(rewritten["exclusiveMaximum"]) - 1)
+    if low is None or high is None or not 0 <= high - low < MAX_ENUM_RANGE:
+        return rewritten
+    step = rewritten.get("multipleOf")
+    kept = {key: value for key, value in rewritten.items()
+            if key not in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")}
+    return {**kept, "enum": [value for value in range(math.ceil(low), math.floor(high) + 1)
+                             if not isinstance(step, int | float) or step <= 0 or value % step == 0]}
