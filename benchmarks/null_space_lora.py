@@ -10,9 +10,10 @@ Before training, for every adapted linear:
 - A = the top `r` eigenvectors of Q·T·Q (the task's own directions that general text does not use), at the row norm
   of PEFT's default initialisation, frozen; B starts at zero as usual, so training starts from the base.
 
-Why it might help: per token, the routing prompts put 5-8% of their input energy outside the span that holds 99%
-of the replay rows' (probes and held-out general questions: 1.5-2.5%; layers 2/10/20/28, q_proj and down_proj
-inputs), so the same B moves the probes' outputs about half as much as the task's. Why it might not: the task
+Why it might help: per token, the routing prompts put 1.6-18% of their input energy outside the span that holds
+99% of the replay prompts' (probes and held-out general questions: 0.7-4.6%; layers 2/10/20/28, q_proj and
+down_proj inputs, benchmarks/null_space_energy.py), so the same B moves the probes' outputs about half as much
+as the task's. Why it might not: the task
 must then be learnt through that small share of its inputs.
 
     .venv/bin/python benchmarks/null_space_lora.py --only routing --label null_space_99 [--energy 0.99]
