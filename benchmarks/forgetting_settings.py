@@ -30,6 +30,14 @@ SETTINGS = {
     "anchor16_w4": ["data.replay.anchor_answer_tokens=16", "data.replay.weight=4"],
     "anchor16_w3": ["data.replay.anchor_answer_tokens=16", "data.replay.weight=3"],
     "no_replay": ["data.replay.ratio=0"],
+    # a stronger anchor: twice the weight; twice the replay rows a step; half the learning rate over 1.5x the steps;
+    # half the rank (each with the anchor as the default has it)
+    "weight_8": ["data.replay.weight=8"],
+    "ratio_1": ["data.replay.ratio=1.0"],
+    "lr_5e-4_60_steps": ["training.lr=5.0e-4", "training.max_steps=60"],
+    "r8": ["adapter.r=8", "adapter.alpha=16"],
+    # the position choosing each replay answer's first token counted 50 times in the anchor's mean
+    "first_token_w50": ["data.replay.first_answer_token_weight=50"],
     "before_replay": BEFORE,
     "lr_3e-4": [*BEFORE, "training.lr=3.0e-4"],
     "attention_only": [*BEFORE, "adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
@@ -77,6 +85,7 @@ def setting_entry(name: str, overrides: list[str], recipe, run, results, minutes
     probes = results.probes
     return {"setting": name, "overrides": overrides, "minutes": minutes,
             "general_heldout": heldout_general(recipe, run),
+            "first_token_kl": first_token_drift(run),
             "field_accuracy": results.tuned.get("field_accuracy"), "exact_match": results.tuned.get("exact_match"),
             "probe_accuracy": {"base": probes.base.get("accuracy") if probes and probes.base else None,
                                "tuned": probes.tuned.get("accuracy") if probes else None},
@@ -99,9 +108,51 @@ def heldout_general(recipe, run) -> dict:
             "regression": result["regression"], "count": result["count"]}
 
 
+def first_token_drift(run) -> dict:
+    """Mean KL(base || tuned), in nats, of the first answer token's distribution on the held-out general questions
+    and on the bundled probes (a continuous reading of how far the tuned model moved where a greedy answer is
+    decided: one run's count of lost probes turns on the base's near-ties and spreads about two probes either way
+    between seeds, while this mean moves little between them). Read only, never trained on."""
+    import torch
+
+    from tunesmith.eval.decoding import prompt_texts
+    from tunesmith.eval.forgetting import BUNDLED_PROBES, load_probes
+    from tunesmith.models import load_tokenizer
+    from tunesmith.models.tuned import run_base_model, tuned_variants
+
+    variants = tuned_variants(run, "cpu", with_base=True)
+    tokenizer = load_tokenizer(run_base_model(run))
+    tokenizer.padding_side = "left"
+
+    def first_token_log_probs(name: str, prompts: list[str]) -> torch.Tensor:
+        model, context = variants[name]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with context(), torch.no_grad():
+            return torch.log_softmax(model(**batch).logits[:, -1].float(), dim=-1)
+
+    drift = {}
+    for label, path in (("general_heldout", HELDOUT), ("probes", BUNDLED_PROBES)):
+        rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
+                for p in load_probes(path)]
+        prompts = prompt_texts(tokenizer, rows)
+        base, tuned = first_token_log_probs("base", prompts), first_token_log_probs("tuned", prompts)
+        kl = (base.exp() * (base - tuned)).sum(-1)
+        drift[label] = {"mean": round(kl.mean().item(), 4), "max": round(kl.max().item(), 4),
+                        "top1_changed": int((base.argmax(-1) != tuned.argmax(-1)).sum())}
+    return drift
+
+
+def setting_overrides(label: str) -> list[str]:
+    """The overrides of a setting's label: SETTING, or SETTING@seedN (the setting at training.seed N)."""
+    name, _, seed = label.partition("@seed")
+    return [*SETTINGS[name], *([f"training.seed={seed}"] if seed else [])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[],
+                        help="train each setting at these training.seed values too (entries named SETTING@seedN)")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-forgetting"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/forgetting_settings.json")
     parser.add_argument("--score", nargs="+", metavar="SETTING=RUN", default=[],
@@ -110,14 +161,17 @@ def main() -> None:
     # a setting measured again replaces its old entry; the others (earlier commits' too) stay
     entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
     given = dict(item.split("=", 1) for item in args.score)
-    for name in given or args.only:
-        measured = score(name, SETTINGS[name], Path(given[name])) if given else \
-            measure(name, SETTINGS[name], args.runs_dir)
+    labels = list(given) or ([f"{name}@seed{seed}" for name in args.only for seed in args.seeds] if args.seeds
+                             else args.only)
+    for name in labels:
+        overrides = setting_overrides(name)
+        measured = score(name, overrides, Path(given[name])) if given else measure(name, overrides, args.runs_dir)
         entries = [e for e in entries if e["setting"] != name] + [measured]
         print(f"{name}: field_accuracy {measured['field_accuracy']}, exact_match {measured['exact_match']}, probes "
               f"{measured['probe_accuracy']['base']} -> {measured['probe_accuracy']['tuned']}, regression "
               f"{measured['regression']}, held-out general {measured['general_heldout']['base']} -> "
-              f"{measured['general_heldout']['tuned']}, {measured['minutes']} min", flush=True)
+              f"{measured['general_heldout']['tuned']}, first-token KL {measured['first_token_kl']}, "
+              f"{measured['minutes']} min", flush=True)
         args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
 
 
