@@ -7,9 +7,10 @@ benchmarks/data/general_heldout.jsonl, kinds of question that neither the probes
 Entries in the results file that this code no longer produces (an earlier replay set, the KL anchor on answer
 positions only) name the commit they ran at in `note`. Writes benchmarks/results/forgetting_settings.json
 (`--out`) and prints one line per setting: field accuracy, exact match, probe accuracy (base → tuned), the
-regression flag, the held-out general accuracy and the minutes it took.
+regression flag, the held-out general accuracy, the first-token drift (`first_token_drift`) and the minutes it took.
+`--seeds 1 2` trains each chosen setting at those training seeds instead (entries SETTING@seedN).
 
-    .venv/bin/python benchmarks/forgetting_settings.py [--only default lr_3e-4 ...]
+    .venv/bin/python benchmarks/forgetting_settings.py [--only default lr_3e-4 ...] [--seeds 1 2]
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ SETTINGS = {
     "ratio_1": ["data.replay.ratio=1.0"],
     "lr_5e-4_60_steps": ["training.lr=5.0e-4", "training.max_steps=60"],
     "r8": ["adapter.r=8", "adapter.alpha=16"],
-    # the position choosing each replay answer's first token counted 50 times in the anchor's mean
-    "first_token_w50": ["data.replay.first_answer_token_weight=50"],
     "before_replay": BEFORE,
     "lr_3e-4": [*BEFORE, "training.lr=3.0e-4"],
     "attention_only": [*BEFORE, "adapter.targets=[q_proj, k_proj, v_proj, o_proj]"],
@@ -132,13 +131,16 @@ def first_token_drift(run) -> dict:
 
     drift = {}
     for label, path in (("general_heldout", HELDOUT), ("probes", BUNDLED_PROBES)):
+        probes = load_probes(path)
         rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
-                for p in load_probes(path)]
+                for p in probes]
         prompts = prompt_texts(tokenizer, rows)
         base, tuned = first_token_log_probs("base", prompts), first_token_log_probs("tuned", prompts)
         kl = (base.exp() * (base - tuned)).sum(-1)
-        drift[label] = {"mean": round(kl.mean().item(), 4), "max": round(kl.max().item(), 4),
-                        "top1_changed": int((base.argmax(-1) != tuned.argmax(-1)).sum())}
+        largest = kl.argsort(descending=True)[:5].tolist()
+        drift[label] = {"mean": round(kl.mean().item(), 4), "median": round(kl.median().item(), 4),
+                        "top1_changed": int((base.argmax(-1) != tuned.argmax(-1)).sum()),
+                        "largest": {probes[i]["id"]: round(kl[i].item(), 4) for i in largest}}
     return drift
 
 

@@ -258,46 +258,6 @@ def test_the_anchor_packs_short_rows_and_gives_the_padded_batch_kl_and_gradients
         assert (got - want).norm() <= 1e-4 * want.norm(), ((got - want).abs().max(), want.abs().max())
 
 
-def test_the_first_answer_token_weight_counts_the_position_choosing_each_answer_w_times(tiny_model_dir):
-    """data.replay.first_answer_token_weight: the anchor's mean over positions, weighted, each row's KL worked out
-    apart on its own (unpadded) row; weight 1 is the plain mean."""
-    import torch.nn.functional as F
-
-    from tunesmith.train.replay import ReplayBatches, anchor_kl, base_log_probs, first_answer_positions
-
-    model = lora_moved_from_base(tiny_model_dir)
-    prompts = (4, 9, 6)  # answers start at these indices: 4 answer tokens after each prompt
-    examples = [{"input_ids": list(range(5, 9 + n)), "labels": [-100] * n + list(range(5 + n, 9 + n))}
-                for n in prompts]
-    batch = ReplayBatches(examples, 3, pad_id=0, seed=1).at(0, "cpu")
-    reference = base_log_probs(model, model, batch)
-    starts = first_answer_positions(batch)
-    assert starts.shape == (reference.shape[0],) and int(starts.sum()) == 3
-
-    def row_kls(example: dict) -> tuple[torch.Tensor, int]:  # KL per position of one row alone, and its start
-        ids = torch.tensor([example["input_ids"]])
-        with torch.no_grad(), model.disable_adapter():
-            base = F.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
-        tuned = F.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
-        kl = F.kl_div(tuned, base, log_target=True, reduction="none").sum(-1)
-        return kl, example["labels"].index(next(v for v in example["labels"] if v != -100)) - 1
-
-    rows = [row_kls(examples[i]) for i in batches_rows(batch, examples)]
-    every = torch.cat([kl for kl, _ in rows])
-    first = torch.stack([kl[start] for kl, start in rows])
-    assert anchor_kl(model, batch, reference, 1.0).item() == pytest.approx(every.mean().item(), rel=1e-4)
-    weighted = (every.sum() + 9 * first.sum()) / (len(every) + 9 * len(first))
-    assert anchor_kl(model, batch, reference, 10.0).item() == pytest.approx(weighted.item(), rel=1e-4)
-    assert anchor_kl(model, batch, reference, 10.0).item() != pytest.approx(every.mean().item(), rel=1e-3)
-
-
-def batches_rows(batch: tuple, examples: list[dict]) -> list[int]:
-    """Which example each row of a right-padded batch is (by its ids)."""
-    lengths = batch[2].sum(dim=1).tolist()
-    ids = [batch[0][i, :n].tolist() for i, n in enumerate(lengths)]
-    return [next(k for k, e in enumerate(examples) if e["input_ids"] == row) for row in ids]
-
-
 def test_replay_rows_pack_only_where_it_saves_flops_under_sdpa():
     from types import SimpleNamespace
 

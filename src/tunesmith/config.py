@@ -118,11 +118,6 @@ class ReplaySection(Section):
         description="kl: the anchor covers each replay row's prompt and only the first N tokens of its answer, where "
                     "a greedy answer is decided: a third less time a step, but on the tickets recipe it kept 42 "
                     "probes of 48 where the whole rows keep 47 (README); null (the default): the whole answer.")
-    first_answer_token_weight: float = Field(
-        1.0, ge=1,
-        description="kl: how many times the position that chooses each replay answer's first token counts in the "
-                    "anchor's weighted mean over positions (1: like every other position). A greedy answer is "
-                    "decided there, and a probe the base answers by a near-tie turns on it.")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":

@@ -338,36 +338,20 @@ def base_log_probs(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> 
         return F.log_softmax(replay_logits(model, batch).float(), dim=-1)
 
 
-def anchor_kl(model: Any, batch: tuple[Any, Any, Any], reference: Any, first_answer_token_weight: float = 1.0) -> Any:
+def anchor_kl(model: Any, batch: tuple[Any, Any, Any], reference: Any) -> Any:
     """KL(base || tuned) per token of the replay batch: the base's next-token distribution (`reference`, from
     `base_log_probs`) against the tuned model's, summed over the vocabulary, averaged over every real position,
     the prompt's as well as the answer's (on the quickstart that kept the probes at 0.96 where the answer
     positions alone kept 0.92; benchmarks/results/forgetting_settings.json). Short rows run packed
-    (`replay_logits`). With `first_answer_token_weight` w > 1 the mean is weighted: the positions that choose an
-    answer's first token (`first_answer_positions`) count w times.
+    (`replay_logits`).
 
     The Learning-without-Forgetting anchor (Li and Hoiem 2016, arXiv:1606.09282) with the base as its own
     teacher on general prompts; KL to the reference as in RLHF (Ouyang et al. 2022, arXiv:2203.02155).
     """
     import torch.nn.functional as F
 
-    tuned = F.log_softmax(replay_logits(model, batch).float(), dim=-1)
-    if first_answer_token_weight == 1:
-        return F.kl_div(tuned, reference, log_target=True, reduction="batchmean")
-    per_position = F.kl_div(tuned, reference, log_target=True, reduction="none").sum(dim=-1)
-    weights = 1 + (first_answer_token_weight - 1) * first_answer_positions(batch).to(per_position.dtype)
-    return (weights * per_position).sum() / weights.sum()
-
-
-def first_answer_positions(batch: tuple[Any, Any, Any]) -> Any:
-    """For each scored position of a right-padded replay `batch`, in `replay_logits`' order ([scored positions]
-    bool): whether the token it predicts is the first of an answer (labelled, after an unlabelled token)."""
-    import torch
-
-    _, labels, mask = batch
-    answer = labels != IGNORE_INDEX
-    starts = answer & ~torch.cat([torch.zeros_like(answer[:, :1]), answer[:, :-1]], dim=1)
-    return starts[:, 1:][mask[:, 1:].bool()]
+    tuned = replay_logits(model, batch).float()
+    return F.kl_div(F.log_softmax(tuned, dim=-1), reference, log_target=True, reduction="batchmean")
 
 
 def replay_for(recipe: Recipe, run: Run, setup: Any) -> tuple[Replay, dict[str, Any]]:
@@ -386,13 +370,9 @@ def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, A
         return {}
     t = recipe.training
     per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
-    settings = recipe.data.replay
-    replay.report.update(loss="kl", weight=settings.weight, rows_per_step=per_micro * t.grad_accum)
-    if settings.first_answer_token_weight != 1:
-        replay.report["first_answer_token_weight"] = settings.first_answer_token_weight
+    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
     return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
-            "replay_weight": settings.weight, "replay_report": replay.report,
-            "first_answer_token_weight": settings.first_answer_token_weight}
+            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
 
 
 def anchored(trainer_class: type) -> type:
@@ -403,10 +383,9 @@ def anchored(trainer_class: type) -> type:
 
     class ReplayAnchoredTrainer(trainer_class):
         def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float,
-                     replay_report: dict[str, Any], first_answer_token_weight: float = 1.0, **kwargs: Any) -> None:
+                     replay_report: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
-            self.first_answer_token_weight = first_answer_token_weight
             self.replay_step, self.replay_micro = -1, 0
             self.base_reference = BaseReference()
             self.replay_kls: list[float] = []  # the anchor's KL per micro-batch since the last training log
@@ -435,7 +414,7 @@ def anchored(trainer_class: type) -> type:
             batch, reference = self.base_reference.log_probs(
                 self.replay_batches, self.replay_batches.rows(self.replay_draw()), model,
                 self.accelerator.unwrap_model(model), loss.device)
-            kl = anchor_kl(model, batch, reference, self.first_answer_token_weight)
+            kl = anchor_kl(model, batch, reference)
             if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
                 self.data_collator.count_anchor(batch[2], packed_replay(model, batch))
             loss = loss + self.replay_weight * kl / self.accumulation_share(num_items_in_batch)
