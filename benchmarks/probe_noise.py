@@ -47,8 +47,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/probe_noise.json")
     args = parser.parse_args()
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    if args.targets:
-        results.update(random_perturbations(args))
+    if args.targets:  # the targets measured again replace their old runs; the other targets' runs stay
+        kept = [r for r in results.get("runs", []) if r["target_kl"] not in args.targets]
+        measured = random_perturbations(args)
+        runs = sorted(kept + measured["runs"], key=lambda r: (r["target_kl"], r["seed"]))
+        results.update(measured, runs=runs, summary=summarised(runs))
     if args.self_distilled:
         results["self_distilled"] = [self_distilled(seed, args.runs_dir) for seed in args.self_distilled]
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -86,7 +89,7 @@ def self_distilled(seed: int, runs_dir: Path) -> dict:
 
 
 def random_perturbations(args: argparse.Namespace) -> dict:
-    """The random-LoRA null at each target KL and seed: {"model", "margin", "summary", "runs"}."""
+    """The random-LoRA null at each target KL and seed: {"model", "margin", "runs"}."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -154,13 +157,16 @@ def random_perturbations(args: argparse.Namespace) -> dict:
             print(f"target KL {target} seed {seed}: KL {entry['kl']}, probes {entry['accuracy']['base']} -> "
                   f"{entry['accuracy']['perturbed']}, lost {[e['id'] for e in entry['lost']]}, regression "
                   f"{entry['regression']}", flush=True)
-        runs = [e for e in entries if e["target_kl"] == target]
-        print(f"target KL {target}: flagged {sum(e['regression'] for e in runs)} of {len(runs)}, lost "
-              f"{[len(e['lost']) for e in runs]}", flush=True)
-    summary = {str(t): {"flagged": sum(e["regression"] for e in entries if e["target_kl"] == t),
-                        "runs": sum(e["target_kl"] == t for e in entries),
-                        "lost": [len(e["lost"]) for e in entries if e["target_kl"] == t]} for t in args.targets}
-    return {"model": args.model, "margin": settings.probe_margin, "summary": summary, "runs": entries}
+        print(f"target KL {target}: {summarised(entries)[str(target)]}", flush=True)
+    return {"model": args.model, "margin": settings.probe_margin, "runs": entries}
+
+
+def summarised(runs: list[dict]) -> dict:
+    """Per target KL: how many seeds were flagged, of how many, and the probes each lost."""
+    targets = sorted({r["target_kl"] for r in runs})
+    return {str(t): {"flagged": sum(r["regression"] for r in runs if r["target_kl"] == t),
+                     "runs": sum(r["target_kl"] == t for r in runs),
+                     "lost": [len(r["lost"]) for r in runs if r["target_kl"] == t]} for t in targets}
 
 
 if __name__ == "__main__":
