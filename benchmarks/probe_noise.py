@@ -12,8 +12,9 @@ nothing; every probe it loses is noise. Each seed is then asked the bundled prob
 their base margins and the regression flag are recorded.
 
 A second null is learned: `--self-distilled SEED ...` trains the quickstart recipe as it is (LoRA r 16, lr 1e-3,
-40 steps, batch 8) with its training rows replaced by the base's own greedy answers to the 150 bundled general
-prompts (the answers shipped for the embedded model) and replay off, then evaluates it as `tunesmith eval` does.
+40 steps, batch 8) with its training rows replaced by the base's own greedy answers to the bundled general
+prompts (the answers shipped for the embedded model: the 123 it finishes within 160 tokens, the last 20 held out,
+so 103 rows, about three passes over them) and replay off, then evaluates it as `tunesmith eval` does.
 Its targets are what the base already says, so it too learns nothing; what it loses is what the optimizer's
 steps alone cost.
 
@@ -98,7 +99,6 @@ def random_perturbations(args: argparse.Namespace) -> dict:
     from tunesmith.eval.forgetting import BUNDLED_PROBES, general_paragraphs, load_probes, run_probes
     from tunesmith.models import load_model, load_tokenizer
     from tunesmith.models.source import resolve_model_source
-
 
     model_dir = resolve_model_source(args.model)
     tokenizer = load_tokenizer(model_dir)
