@@ -248,3 +248,37 @@ def test_each_epochs_order_comes_from_the_seed_and_the_epoch_not_the_global_rand
     assert list(sampler) == first
     sampler.set_epoch(3)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
+PAGE_FAULTS_OF_TEN_STEPS = """
+import resource, sys, torch
+from tunesmith.train.upstream import keep_freed_blocks_for_reuse
+if sys.argv[1] == "keep":
+    assert keep_freed_blocks_for_reuse()
+faults = []
+for _ in range(10):  # a step's 64 MiB of logits, written and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 * 2**20).fill_(1.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[2:]))  # from the third step on: glibc settles its heap in the first two
+"""
+
+
+@pytest.mark.parametrize("mode", ["glibc-default", "keep"])
+def test_kept_blocks_are_reused_without_touching_fresh_pages(mode):
+    import subprocess
+    import sys
+
+    from tunesmith.train.upstream import glibc
+
+    if glibc() is None:
+        pytest.skip("glibc only")
+    out = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_TEN_STEPS, mode], capture_output=True, text=True,
+                         check=True)
+    faults = int(out.stdout.split()[-1])
+    pages = 8 * 64 * 2**20 // 4096  # the last eight steps' 64 MiB, in 4 KiB pages
+    if mode == "keep":
+        assert faults < pages * 0.4  # the first steps' pages serve most later ones (a small block that splits the
+        # freed one now and then sends a step to fresh pages)
+    else:
+        assert faults > pages * 0.9  # glibc unmaps a block over 32 MiB when it is freed: fresh pages each time

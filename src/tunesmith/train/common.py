@@ -53,6 +53,7 @@ from tunesmith.train.survival import (
 from tunesmith.train.throughput import TokenCounter, mfu, model_shape, training_flops
 from tunesmith.train.upstream import (
     hide_trl_checkpointing_deprecation,
+    keep_freed_blocks_for_reuse,
     precision_flags,
     return_freed_blocks_to_the_system,
     score_only_labelled_positions,
@@ -132,8 +133,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     device = pick_device(recipe.training.device)
     precision = resolve_precision(recipe.training.precision, device)
-    if recipe.training.gradient_checkpointing and device == "cpu":
-        return_freed_blocks_to_the_system()
+    if device == "cpu":  # glibc's malloc: give memory back between recomputed blocks, or keep it for the next step
+        (return_freed_blocks_to_the_system if recipe.training.gradient_checkpointing else keep_freed_blocks_for_reuse)()
     load_kwargs = model_load_kwargs(recipe.adapter, sharded=recipe.training.distributed.shards_weights)
     model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **load_kwargs)
     model, peft_config = adapter_setup(model, recipe.adapter, task)
