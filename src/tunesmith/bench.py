@@ -12,7 +12,8 @@ same batch (in rows) and max_length, each in its own subprocess (so its peak mem
 - `tunesmith-no-replay`: the same with `data.replay.ratio: 0`, the TRL scripts' work and no more.
 Run only when named: `tunesmith-checkpointing` (no replay, activation checkpointing on) and
 `tunesmith-anchor-16` (the anchor on each replay row's prompt and first 16 answer tokens:
-`data.replay.anchor_answer_tokens: 16`).
+`data.replay.anchor_answer_tokens: 16`), and `trl-expert-kept-malloc` (trl-expert with glibc's malloc keeping
+freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -36,8 +37,9 @@ from typing import Any
 VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # not run unless named: tunesmith-no-replay with activation checkpointing on at the whole batch, the plan's way to
 # fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side;
-# and the anchor on the replay rows' first 16 answer tokens, to compare with the default's whole rows
-EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16")
+# the anchor on the replay rows' first 16 answer tokens, to compare with the default's whole rows; and trl-expert
+# with glibc's malloc set as tunesmith sets it on a CPU (`keep_freed_blocks_for_reuse`), to tell that share apart
+EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16}}
@@ -268,6 +270,10 @@ def worker_main(argv: list[str]) -> None:
                                                          replay=REPLAY_SETTINGS[variant],
                                                          checkpointing=variant == "tunesmith-checkpointing")
         else:
+            if variant == "trl-expert-kept-malloc":
+                from tunesmith.train.upstream import keep_freed_blocks_for_reuse
+
+                keep_freed_blocks_for_reuse()
             model, tokenizer, figures = trl_worker(variant, model_dir, train, int(batch), int(length), Path(tmp))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         figures["peak_rss_mb"] = round(rss, 1)
