@@ -44,10 +44,19 @@ main()
 """
 
 
-def train(variant: str, recipe: str, steps: int, runs: Path) -> dict:
-    command = [sys.executable, "-c", CHILD, variant, "train", str(REPO / recipe), "--runs-dir", str(runs),
-               "--set", f"training.max_steps={steps}", "--set", "training.logging_steps=1",
-               "--set", "training.save_steps=100000"]
+def spread_overrides(folder: Path) -> list[str]:
+    """The quickstart recipe pointed at `tunesmith bench train`'s spread rows, at its batch and max_length."""
+    from tunesmith.bench import dataset_files
+
+    train, held = dataset_files("spread", 24, folder)
+    return [f"data.train={train}", f"data.eval={held}", "data.max_length=1024", "training.batch_size=8",
+            "training.max_steps=-1", "eval.task_metric=exact_match"]
+
+
+def train(variant: str, recipe: str, overrides: list[str], runs: Path) -> dict:
+    flags = [flag for item in ["training.logging_steps=1", "training.save_steps=100000", *overrides]
+             for flag in ("--set", item)]
+    command = [sys.executable, "-c", CHILD, variant, "train", str(REPO / recipe), "--runs-dir", str(runs), *flags]
     with tempfile.TemporaryFile() as err:
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
@@ -68,13 +77,18 @@ def train(variant: str, recipe: str, steps: int, runs: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="quickstart,tickets")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", help="a file name in benchmarks/results/ instead of malloc_reuse.json")
     args = parser.parse_args()
-    results = {"steps": args.steps, "environment": environment_snapshot(), "tasks": {}}
+    results = {"steps": args.steps, "tasks_run": args.tasks, "environment": environment_snapshot(), "tasks": {}}
     with tempfile.TemporaryDirectory(prefix="tunesmith-malloc-reuse-") as tmp:
-        for task, recipe in TASKS.items():
-            runs = [{name: train(name, recipe, args.steps, Path(tmp) / f"{task}-{name}-{repeat}")
+        for task in args.tasks.split(","):
+            recipe = TASKS.get(task, TASKS["quickstart"])
+            overrides = spread_overrides(Path(tmp) / "spread") if task == "spread" else \
+                [f"training.max_steps={args.steps}"]
+            runs = [{name: train(name, recipe, overrides, Path(tmp) / f"{task}-{name}-{repeat}")
                      for name in VARIANTS} for repeat in range(args.repeats)]
             for variants in runs:
                 before, after = variants["glibc-default"], variants["kept"]
@@ -83,7 +97,6 @@ def main() -> None:
                     variants["same_losses"] = before["losses"] == after["losses"]
                 print(task, json.dumps({k: variants.get(k) for k in ("speedup", "same_losses")}), flush=True)
             results["tasks"][task] = runs
-    atomic_write_json(RESULTS, results)
     print("| task | malloc | training s | tokens/s | MFU | kernel CPU s | minor page faults | peak RSS MB |")
     for task, runs in results["tasks"].items():
         for variants in runs:
@@ -91,6 +104,7 @@ def main() -> None:
                 v = variants[name]
                 print(f"| {task} | {name} | {v.get('seconds')} | {v.get('real_tokens_per_s')} | {v.get('mfu')} | "
                       f"{v.get('kernel_s')} | {v.get('minor_page_faults')} | {v.get('peak_rss_mb')} |")
+    atomic_write_json(RESULTS.with_name(args.out) if args.out else RESULTS, results)
 
 
 if __name__ == "__main__":
