@@ -73,12 +73,12 @@ def keep_freed_blocks_for_reuse() -> bool:
 
     By default glibc serves blocks over 32 MiB (a step's logits over a 49k vocabulary, the anchor's
     log-probabilities) with mmap and unmaps them when freed, and trims the heap's free top. The next step then
-    touches fresh pages, which the kernel zeroes one 4 KiB page at a time: in 12 quickstart steps on a 2-core
-    CPU, 48.6 s of the process's time went to the kernel, and training took 85.6 s. With `M_MMAP_MAX` 0 and no
-    trimming (glibc's mallopt(3); the same as `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` in the
-    environment), the same steps took 56.4 s (1.52x) with 12.3 s in the kernel, at 5.04 instead of 4.86 GB peak
-    resident (`benchmarks/malloc_reuse.py`). The freed memory stays with the process until it ends, which only
-    the peak already held. Set when training on a CPU without activation checkpointing (with it,
+    touches fresh pages, which the kernel zeroes one 4 KiB page at a time. With `M_MMAP_MAX` 0 and no trimming
+    (glibc's mallopt(3); the same as `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` in the environment), 12 steps
+    of the quickstart on a 2-core CPU took 57.7 s instead of 84.8 s (1.47x; tickets 1.41x), the kernel's share of
+    the process 13.8 s instead of 45.6 s, the losses the same and peak RSS 5.16 instead of 4.79 GB
+    (benchmarks/malloc_reuse.py). The process holds its peak memory until it ends, as its peak step did anyway.
+    Set when training on a CPU without activation checkpointing (with it,
     `return_freed_blocks_to_the_system`). Linux with glibc only; False elsewhere.
     """
     libc = glibc()
