@@ -22,26 +22,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from replay_reference import child_script  # benchmarks/ is on sys.path when a script in it runs
+
 from tunesmith.runs import atomic_write_json, environment_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "malloc_reuse.json"
 TASKS = {"quickstart": "recipes/quickstart.yaml", "tickets": "recipes/tickets.yaml"}
 VARIANTS = ("glibc-default", "kept")
-# Runs `tunesmith train` in this process, with the malloc setting made a no-op when the first argument says so
-CHILD = """
-import atexit, re, sys
+# The malloc setting made a no-op when the first argument says so
+CHILD = child_script("""
+import sys
 import tunesmith.train.common as common
 if sys.argv[1] == "glibc-default":
     common.keep_freed_blocks_for_reuse = lambda: False
-def peak():
-    status = open("/proc/self/status").read()
-    print("VmHWM_kB", re.search(r"VmHWM:\\s+(\\d+)", status).group(1), file=sys.stderr)
-atexit.register(peak)
-from tunesmith.cli.app import main
-sys.argv = ["tunesmith", *sys.argv[2:]]
-main()
-"""
+""")
 
 
 def spread_overrides(folder: Path) -> list[str]:

@@ -26,12 +26,14 @@ from tunesmith.runs import atomic_write_json, environment_snapshot
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "replay_reference.json"
 TASKS = {"quickstart": "recipes/quickstart.yaml", "tickets": "recipes/tickets.yaml"}
-# Runs `tunesmith train` in this process, with the cache's limit replaced when the first argument is "every-draw"
-CHILD = """
+
+
+def child_script(patch: str) -> str:
+    """A `python -c` script that runs `tunesmith ARGS...` (its arguments after the first) in its own process, after
+    `patch` (Python lines that may read the first argument, sys.argv[1]), and prints its peak RSS as `VmHWM_kB N`
+    to stderr at exit."""
+    return patch + """
 import atexit, re, sys
-import tunesmith.train.replay as replay
-if sys.argv[1] == "every-draw":
-    replay.reference_cache_limit = lambda device: 0
 def peak():
     status = open("/proc/self/status").read()
     print("VmHWM_kB", re.search(r"VmHWM:\\s+(\\d+)", status).group(1), file=sys.stderr)
@@ -40,6 +42,15 @@ from tunesmith.cli.app import main
 sys.argv = ["tunesmith", *sys.argv[2:]]
 main()
 """
+
+
+# The cache's limit replaced when the first argument is "every-draw"
+CHILD = child_script("""
+import sys
+import tunesmith.train.replay as replay
+if sys.argv[1] == "every-draw":
+    replay.reference_cache_limit = lambda device: 0
+""")
 
 
 def first_rows(source: Path, count: int, target: Path) -> Path:
