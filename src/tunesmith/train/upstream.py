@@ -77,7 +77,9 @@ def keep_freed_blocks_for_reuse() -> bool:
     (glibc's mallopt(3); the same as `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...` in the environment), 12 steps
     of the quickstart on a 2-core CPU took 57.7 s instead of 84.8 s (1.47x; tickets 1.41x), the kernel's share of
     the process 13.8 s instead of 45.6 s, the losses the same and peak RSS 5.16 instead of 4.79 GB
-    (benchmarks/malloc_reuse.py). The process holds its peak memory until it ends, as its peak step did anyway.
+    (benchmarks/malloc_reuse.py). That was on a new virtual machine, where a fault cost ~6 µs; later, at ~1.7 µs a
+    fault, the same comparison gained 1.04x and 1.00x. The process holds its peak memory until it ends, as its
+    peak step did anyway.
     Set when training on a CPU without activation checkpointing (with it,
     `return_freed_blocks_to_the_system`). Linux with glibc only; False elsewhere.
     """
