@@ -1,9 +1,12 @@
 """glibc's malloc keeping freed blocks for the next step (train/upstream.py `keep_freed_blocks_for_reuse`, set when
 training on a CPU without activation checkpointing) against glibc's defaults: the same `tunesmith train`, side by
 side, each in its own subprocess, on two bundled tasks of different kinds (order-to-JSON: recipes/quickstart.yaml;
-ticket labels: recipes/tickets.yaml), the recipe as bundled with `training.max_steps` steps (12 by default).
+ticket labels: recipes/tickets.yaml), the recipe as bundled with `training.max_steps` steps (12 by default), and
+with `--tasks spread` on `tunesmith bench train`'s spread rows (24 rows of 40-1,000 tokens, batch 8 at max_length
+1,024: one epoch, 3 steps).
 
-    .venv/bin/python benchmarks/malloc_reuse.py [--steps 12] [--repeats 1]
+    .venv/bin/python benchmarks/malloc_reuse.py [--tasks quickstart,tickets,spread] [--steps 12] [--repeats 1]
+        [--out NAME.json]
 
 The "glibc-default" variant replaces the setting with a no-op, which is how training ran before it. Each repeat
 runs glibc-default then kept, task by task. Reports seconds of training, tokens/s, MFU, the process's CPU seconds
