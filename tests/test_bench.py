@@ -29,10 +29,15 @@ def test_ratios_and_table_name_failures():
     assert ratios(figures)["tunesmith"]["real_tokens_per_s"] is None  # no reference: no ratio, not a crash
     figures["trl-expert"] = {**figures["tunesmith"], "real_tokens_per_s": 50.0, "peak_rss_mb": 16000.0}
     assert ratios(figures)["tunesmith"] == {"real_tokens_per_s": 4.0, "loss_tokens_per_s": 1.0,
-                                            "peak_rss_mb": 0.25, "heldout_loss": 1.0}
+                                            "peak_rss_mb": 0.25, "peak_cuda_mb": None, "heldout_loss": 1.0}
     figures["trl-plain"] = {"failed": "boom"}
     table = markdown_table({"datasets": {"tickets": {"variants": figures, "ratios_to_trl_expert": ratios(figures)}}})
     assert "| tickets | trl-plain | failed |" in table and "| tickets | tunesmith | 200.0 | 4.0 |" in table
+    assert "peak RSS MB" in table and "| 4000 | 0.25 |" in table
+    # on a GPU the memory compared is the CUDA allocator's peak, not the process's RSS
+    figures["tunesmith"]["peak_cuda_mb"], figures["trl-expert"]["peak_cuda_mb"] = 3000.0, 6000.0
+    table = markdown_table({"datasets": {"tickets": {"variants": figures, "ratios_to_trl_expert": ratios(figures)}}})
+    assert "peak CUDA MB" in table and "| 3000 | 0.5 |" in table
 
 
 def test_bench_cli_refuses_unknown_names():

@@ -159,6 +159,21 @@ def test_packing_auto_packs_only_with_a_variable_length_kernel(capsys):
     assert "rows are batched by similar length" in capsys.readouterr().err
 
 
+def test_the_frozen_base_loads_in_the_half_dtype_only_where_it_stays_frozen_on_a_gpu():
+    import torch
+
+    from tunesmith.train.common import frozen_base_dtype
+
+    assert frozen_base_dtype("lora", "bf16", "cuda") == torch.bfloat16
+    assert frozen_base_dtype("qlora", "fp16", "cuda", "ddp") == torch.float16
+    assert frozen_base_dtype("lora", "fp32", "cuda") == torch.float32
+    assert frozen_base_dtype("lora", "bf16", "cpu") == torch.float32  # see resolve_precision
+    for trains_the_base in ("full", "partial", "pissa"):
+        assert frozen_base_dtype(trains_the_base, "bf16", "cuda") == torch.float32
+    for shards in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        assert frozen_base_dtype("lora", "bf16", "cuda", shards) == torch.float32
+
+
 def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, tiny_model_dir):
     from tunesmith.train import run_training
 

@@ -13,7 +13,10 @@ same batch (in rows) and max_length, each in its own subprocess (so its peak mem
 Run only when named: `tunesmith-checkpointing` (no replay, activation checkpointing on) and
 `tunesmith-anchor-16` (the anchor on each replay row's prompt and first 16 answer tokens:
 `data.replay.anchor_answer_tokens: 16`), and `trl-expert-kept-malloc` (trl-expert with glibc's malloc keeping
-freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing).
+freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing); for a GPU,
+`trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
+`tunesmith-qlora` (`adapter.kind: qlora`, without replay). On a GPU the expert loads the base in bf16 and trains
+under bf16 autocast; tunesmith does the same by default (`frozen_base_dtype`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -39,10 +42,14 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # fit long rows before it preferred micro-batches (`plan.fit.fitting_changes`), to compare the two side by side;
 # the anchor on the replay rows' first 16 answer tokens, to compare with the default's whole rows; and trl-expert
 # with glibc's malloc set as tunesmith sets it on a CPU (`keep_freed_blocks_for_reuse`), to tell that share apart
-EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc")
+# On a GPU: trl-expert with Liger's kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU), and QLoRA (4-bit
+# NF4 base, bitsandbytes) as each side sets it up (tunesmith's without replay: the TRL script's work)
+EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
+                  "trl-expert-qlora", "tunesmith-qlora")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
-                   "tunesmith-anchor-16": {"anchor_answer_tokens": 16}}
+                   "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
+                   "tunesmith-qlora": {"ratio": 0}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -98,8 +105,10 @@ def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...
     from tunesmith.runs import atomic_write_json, environment_snapshot
 
     model_dir = resolve_model_source(model)
-    peaks = {"fp32": matmul_peak(torch.float32, seconds=1.0), "bf16": matmul_peak(torch.bfloat16, seconds=1.0)}
-    report(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {dtype: matmul_peak(getattr(torch, name), device, seconds=1.0)
+             for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    report(f"matmul peak ({device}): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     results: dict[str, Any] = {"model": model, "batch_size": batch_size, "max_length": max_length,
                                "peak_flops": peaks, "environment": environment_snapshot(), "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp:
@@ -114,10 +123,10 @@ def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...
                 figures[variant]["mfu"] = round(figures[variant]["model_flops"] / figures[variant]["seconds"]
                                                 / peaks[figures[variant]["dtype"]], 4)
                 report(f"  {summary_line(figures[variant])}")
-            results["datasets"][name] = {"rows": count, "max_length": length, "variants": figures,
-                                         "ratios_to_trl_expert": ratios(figures)}
-    if out is not None:
-        atomic_write_json(out, results)
+                results["datasets"][name] = {"rows": count, "max_length": length, "variants": figures,
+                                             "ratios_to_trl_expert": ratios(figures)}
+                if out is not None:  # after each variant: a benchmark stopped midway keeps what it measured
+                    atomic_write_json(out, results)
     return results
 
 
@@ -141,22 +150,27 @@ def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
         return round(value / reference, 3) if value and reference else None
 
     return {name: {key: ratio(f.get(key), expert.get(key))
-                   for key in ("real_tokens_per_s", "loss_tokens_per_s", "peak_rss_mb", "heldout_loss")}
+                   for key in ("real_tokens_per_s", "loss_tokens_per_s", "peak_rss_mb", "peak_cuda_mb",
+                               "heldout_loss")}
             for name, f in figures.items()}
 
 
 def summary_line(f: dict[str, Any]) -> str:
     if "failed" in f:
         return f"failed: {f['failed']}"
+    cuda = f", CUDA {f['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in f else ""
     return (f"{f['real_tokens_per_s']:.1f} tokens/s ({f['loss_tokens_per_s']:.1f} with loss), {f['seconds']:.0f} s, "
-            f"peak RSS {f['peak_rss_mb']:.0f} MB, MFU {f['mfu']:.0%}, train loss {f['final_loss']}, "
+            f"peak RSS {f['peak_rss_mb']:.0f} MB{cuda}, MFU {f['mfu']:.0%}, train loss {f['final_loss']}, "
             f"held-out loss {f['heldout_loss']:.4f}")
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per dataset and variant, for README.md."""
-    lines = ["| dataset | variant | tokens/s (not padding) | x trl-expert | with loss/s | wall s | peak RSS MB | "
-             "x trl-expert | MFU | held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per dataset and variant, for README.md; peak memory is the CUDA allocator's on a GPU, else RSS."""
+    gpu = any("peak_cuda_mb" in f for block in results["datasets"].values() for f in block["variants"].values())
+    memory = "peak_cuda_mb" if gpu else "peak_rss_mb"
+    lines = [f"| dataset | variant | tokens/s (not padding) | x trl-expert | with loss/s | wall s | "
+             f"peak {'CUDA' if gpu else 'RSS'} MB | x trl-expert | MFU | held-out loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, block in results["datasets"].items():
         for variant, f in block["variants"].items():
             if "failed" in f:
@@ -164,8 +178,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                 continue
             r = block["ratios_to_trl_expert"][variant]
             lines.append(f"| {name} | {variant} | {f['real_tokens_per_s']:.1f} | {r['real_tokens_per_s'] or ''} | "
-                         f"{f['loss_tokens_per_s']:.1f} | {f['seconds']:.0f} | {f['peak_rss_mb']:.0f} | "
-                         f"{r['peak_rss_mb'] or ''} | {f['mfu']:.0%} | {f['heldout_loss']:.4f} |")
+                         f"{f['loss_tokens_per_s']:.1f} | {f['seconds']:.0f} | {f[memory]:.0f} | "
+                         f"{r[memory] or ''} | {f['mfu']:.0%} | {f['heldout_loss']:.4f} |")
     return "\n".join(lines)
 
 
@@ -183,7 +197,9 @@ def as_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 def trl_worker(variant: str, model_dir: Path, train: Path, batch_size: int, max_length: int,
                output_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """A plain TRL script (as written in TRL's and PEFT's guides), or the expert's; returns (model, tokenizer,
-    figures)."""
+    figures). The expert trains in fp32 on a CPU and in bf16 (weights and autocast) on a GPU; `-liger` adds
+    `use_liger_kernel`, `-qlora` loads the base in 4-bit NF4 with bf16 compute (bitsandbytes), as PEFT's QLoRA
+    guide does."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -191,16 +207,25 @@ def trl_worker(variant: str, model_dir: Path, train: Path, batch_size: int, max_
     from trl import SFTConfig, SFTTrainer
 
     rows = read_rows(train)
+    gpu = torch.cuda.is_available()
     shared = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": batch_size,
-              "max_length": max_length, "use_cpu": not torch.cuda.is_available(), "report_to": "none",
+              "max_length": max_length, "use_cpu": not gpu, "report_to": "none",
               "save_strategy": "no", "logging_steps": 1, "seed": 0}
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     if variant == "trl-plain":
         args, model, dataset = SFTConfig(**shared), str(model_dir), Dataset.from_list(rows)
     else:
-        args = SFTConfig(**shared, bf16=False, fp16=False, gradient_checkpointing=False, packing=True,
-                         packing_strategy="bfd", completion_only_loss=True, learning_rate=2e-4)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        args = SFTConfig(**shared, bf16=gpu, fp16=False, gradient_checkpointing=False, packing=True,
+                         packing_strategy="bfd", completion_only_loss=True, learning_rate=2e-4,
+                         use_liger_kernel=variant == "trl-expert-liger")
+        loading: dict[str, Any] = {"dtype": torch.bfloat16 if gpu else torch.float32}
+        if variant == "trl-expert-qlora":
+            from transformers import BitsAndBytesConfig
+
+            loading["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **loading)
         dataset = Dataset.from_list([as_prompt_completion(row) for row in rows])
     dtype = "bf16" if args.bf16 else "fp32"  # TRL turns bf16 autocast on when it is left unset
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=lora,
@@ -223,12 +248,13 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
-                     runs_dir: Path, replay: dict[str, Any] | None = None,
-                     checkpointing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+                     runs_dir: Path, replay: dict[str, Any] | None = None, checkpointing: bool = False,
+                     adapter: dict[str, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
     first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`:
     data.replay settings over the defaults (`{"ratio": 0}`: without the replay anchor, the same work as the TRL
-    scripts do); `checkpointing`: with training.gradient_checkpointing set on."""
+    scripts do); `checkpointing`: with training.gradient_checkpointing set on; `adapter`: the adapter section
+    (`{"kind": "qlora"}`)."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
     from tunesmith.plan.fit import fit_recipe
@@ -239,6 +265,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "name": "bench", "model": {"source": str(model_dir)},
         "data": {"train": str(train), "eval": str(held), "max_length": max_length,
                  **({"replay": replay} if replay else {})},
+        **({"adapter": adapter} if adapter else {}),
         "training": {"batch_size": batch_size, "epochs": 1, "save_steps": 100_000,
                      **({"gradient_checkpointing": True} if checkpointing else {})}}))
     if note:
@@ -247,7 +274,9 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
     run_training(recipe, run)
     report = json.loads((run.path / "train.json").read_text())
     speed = report["throughput"]
-    tokenizer, model = load_tuned(run)
+    import torch
+
+    tokenizer, model = load_tuned(run, device="cuda" if torch.cuda.is_available() else "cpu")
     figures = {key: speed[key] for key in ("tokens", "real_tokens", "loss_tokens", "tokens_per_s",
                                            "real_tokens_per_s", "loss_tokens_per_s", "padding_share", "seconds")}
     return model, tokenizer, {"dtype": report["precision"], **figures, "steps": report["steps"],
@@ -268,7 +297,9 @@ def worker_main(argv: list[str]) -> None:
         if variant.startswith("tunesmith"):
             model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
                                                          replay=REPLAY_SETTINGS[variant],
-                                                         checkpointing=variant == "tunesmith-checkpointing")
+                                                         checkpointing=variant == "tunesmith-checkpointing",
+                                                         adapter={"kind": "qlora"} if variant.endswith("qlora")
+                                                         else None)
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse
@@ -281,9 +312,10 @@ def worker_main(argv: list[str]) -> None:
             figures["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        with torch.no_grad():
-            figures["heldout_loss"] = round(heldout_loss(model.float().eval(), tokenizer, read_rows(held),
-                                                         int(length), 8), 4)
+        quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+        with torch.no_grad():  # a 4-bit base cannot be cast; it is scored as it trained
+            figures["heldout_loss"] = round(heldout_loss((model if quantized else model.float()).eval(), tokenizer,
+                                                         read_rows(held), int(length), 8), 4)
     out.write_text(json.dumps(figures), encoding="utf-8")
 
 

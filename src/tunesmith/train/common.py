@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunesmith.config import Recipe
+from tunesmith.config import BASE_PRESERVING_KINDS, Recipe
 from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
@@ -136,7 +136,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     if device == "cpu":  # glibc's malloc: give memory back between recomputed blocks, or keep it for the next step
         (return_freed_blocks_to_the_system if recipe.training.gradient_checkpointing else keep_freed_blocks_for_reuse)()
     load_kwargs = model_load_kwargs(recipe.adapter, sharded=recipe.training.distributed.shards_weights)
-    model = load_model(model_dir, dtype=torch.float32, device=device, task=task, **load_kwargs)
+    dtype = frozen_base_dtype(recipe.adapter.kind, precision, device, recipe.training.distributed.strategy)
+    model = load_model(model_dir, dtype=dtype, device=device, task=task, **load_kwargs)
     model, peft_config = adapter_setup(model, recipe.adapter, task)
     chosen = {"lr": resolve_lr(recipe.training, recipe.adapter.kind, model), "max_length": length_choice}
     epochs = resolve_epochs(recipe.training, recipe.method.kind, record.get("train_rows", len(splits.train)))
@@ -396,6 +397,22 @@ def print_throughput(speed: dict[str, Any]) -> None:
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
           f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s {speed['dtype']} matmul peak",
           file=sys.stderr, flush=True)
+
+
+def frozen_base_dtype(adapter_kind: str, precision: str, device: str, strategy: str = "none") -> Any:
+    """The dtype the base model's weights load in for training: fp32, except on a GPU under bf16/fp16 mixed
+    precision with an adapter that leaves the base untouched (`BASE_PRESERVING_KINDS`), which loads the frozen base
+    in that half dtype, as PEFT's and TRL's guides do. Autocast runs those matmuls in the half dtype anyway, so an
+    fp32 copy only doubles the weights' memory and adds a cast per matmul; the adapter's own weights stay fp32
+    (PEFT's `autocast_adapter_dtype`), and so do the optimizer's. Full, partial and hft training (their weights are
+    the trained ones), PiSSA/OLoRA/LoftQ (they rewrite base weights at init), CPUs (see `resolve_precision`) and
+    FSDP/DeepSpeed (they flatten one dtype) keep fp32."""
+    import torch
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if half is None or device == "cpu" or adapter_kind not in BASE_PRESERVING_KINDS or strategy not in ("none", "ddp"):
+        return torch.float32
+    return half
 
 
 def resolve_precision(precision: str, device: str) -> str:
