@@ -31,7 +31,12 @@ step() {  # step NAME SECONDS COMMAND...: one check under its own time limit, it
   echo "== $name: exit $? after $((SECONDS - began)) s"; tail -25 "$OUT/$name.log"
 }
 
-step distributed 170 python3 benchmarks/distributed_gpu.py --tokenizer .gpu/tokenizer --out "$OUT/distributed_gpu.json"
+# CHECKS=distributed or CHECKS=bench runs one half
+if [[ ${CHECKS:-distributed,bench} == *distributed* ]]; then
+step distributed "${DISTRIBUTED_SECONDS:-170}" python3 benchmarks/distributed_gpu.py --tokenizer .gpu/tokenizer \
+  --strategies fsdp,deepspeed-zero2,deepspeed-zero3,none --timeout 70 --out "$OUT/distributed_gpu.json"
+fi
+[[ ${CHECKS:-distributed,bench} == *bench* ]] || exit 0
 step llama-1b 45 python3 benchmarks/random_llama.py --tokenizer .gpu/tokenizer --preset 1b --out /tmp/llama-1b
 step bench-quickstart 230 python3 benchmarks/train_throughput.py --model /tmp/llama-1b --datasets quickstart \
   --rows 256 --variants trl-expert,tunesmith-no-replay,tunesmith,trl-expert-qlora,tunesmith-qlora,trl-expert-liger \

@@ -159,6 +159,23 @@ def test_packing_auto_packs_only_with_a_variable_length_kernel(capsys):
     assert "rows are batched by similar length" in capsys.readouterr().err
 
 
+def test_activation_checkpointing_is_passed_under_the_name_the_installed_transformers_knows(monkeypatch):
+    from dataclasses import dataclass
+
+    import transformers
+
+    from tunesmith.train.common import activation_checkpointing_argument
+
+    assert activation_checkpointing_argument(True) == {"activation_checkpointing": True}  # transformers 5.2x
+
+    @dataclass
+    class TrainingArgumentsOf517:  # transformers 5.17's fields: the old name only
+        gradient_checkpointing: bool = False
+
+    monkeypatch.setattr(transformers, "TrainingArguments", TrainingArgumentsOf517)
+    assert activation_checkpointing_argument(False) == {"gradient_checkpointing": False}
+
+
 def test_the_frozen_base_loads_in_the_half_dtype_only_where_it_stays_frozen_on_a_gpu():
     import torch
 

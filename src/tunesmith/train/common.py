@@ -202,6 +202,16 @@ def print_warnings(warnings: list[str]) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
+def activation_checkpointing_argument(on: bool) -> dict[str, bool]:
+    """TrainingArguments' switch for activation checkpointing under the name the installed transformers knows:
+    `activation_checkpointing` from 5.2x (where `gradient_checkpointing` is a deprecated alias that warns), only
+    `gradient_checkpointing` up to 5.17 at least (passing the new name there is a TypeError)."""
+    from transformers import TrainingArguments
+
+    known = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing": on}
+
+
 def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> dict[str, Any]:
     """TrainingArguments every TRL config gets, all stated: TRL's own defaults differ per trainer
     (gradient checkpointing on, bf16 on, lr 1e-6), so none is left to them."""
@@ -217,7 +227,7 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
         "lr_scheduler_type": t.scheduler,
         "warmup_steps": t.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
         "weight_decay": t.weight_decay,
-        "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name; the old one warns
+        **activation_checkpointing_argument(t.gradient_checkpointing),
         "logging_steps": t.logging_steps,
         "logging_first_step": True,
         "save_strategy": "steps",
