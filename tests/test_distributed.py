@@ -516,3 +516,61 @@ def test_qlora_shards_only_in_4_bit_stored_like_the_other_weights(project: Path)
     assert sharded["quantization_config"].bnb_4bit_quant_storage == torch.float32
     alone = model_load_kwargs(load_recipe(project, ['adapter={"kind": "qlora"}']).adapter)
     assert alone["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+
+
+SHARDED_SAVE = """
+import os, sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.config import DistributedSection
+from tunesmith.runs import Run
+from tunesmith.train.adapters import save_trained
+from tunesmith.train.distributed import sharded_state_dict
+
+model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=4, target_modules="all-linear",
+                                                                                  init_lora_weights=False))
+whole = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+mesh = init_device_mesh("cpu", (1,))
+for layer in model.base_model.model.model.layers:
+    fully_shard(layer, mesh=mesh)
+fully_shard(model, mesh=mesh)  # as accelerate's FSDP2 wraps it: the weights become DTensors, even for one process
+# accelerate's get_state_dict for FSDP2 (accelerator.py): torch's full state dict, offloaded to the CPU
+gather = lambda m: get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(get_state_dict=gather))
+state = sharded_state_dict(trainer, DistributedSection(strategy="fsdp"))
+assert state is not None, "a launched fsdp run of one process must gather its shards"
+adapter = save_trained(model, AutoTokenizer.from_pretrained(model_dir), Run(out), SimpleNamespace(kind="lora"), state)
+saved = load_file(str(adapter / "adapter_model.safetensors"))
+assert len(saved) == len(whole)
+for name, tensor in saved.items():
+    original = next(v for k, v in whole.items() if k.replace(".default", "") == name)
+    assert torch.equal(tensor, original), name
+print("saved", len(saved))
+"""
+
+
+def test_a_launched_single_process_fsdp_run_saves_its_gathered_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--nproc 1` with fsdp: FSDP2 turns the weights into DTensors even for one process, and safetensors fails on
+    them (seen on an H200: "Attempted to access the data pointer on an invalid python storage"). The gathered state
+    dict is saved instead: the one-process adapter format, tensor for tensor. FSDP2 over gloo, on this CPU."""
+    script = tmp_path / "sharded_save.py"
+    script.write_text(SHARDED_SAVE, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29517", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "saved" in done.stdout

@@ -152,7 +152,11 @@ def mega_batch_mult(rows: int, batch_size: int) -> int | None:
 
 def sharded_state_dict(trainer: Any, distributed: Any) -> dict[str, Any] | None:
     """The whole model's state dict gathered from the shards (fsdp, deepspeed-zero3), for rank 0 to save as a
-    one-process run saves; a collective, so every rank calls it. None when each process holds whole weights."""
-    if not distributed.shards_weights or not this_rank().distributed:
+    one-process run saves; a collective, so every rank calls it. None when each process holds whole weights.
+
+    A launched run shards its weights even as the only process (`--nproc 1`): FSDP2 holds them as DTensors, whose
+    storage safetensors cannot read ("Attempted to access the data pointer on an invalid python storage", seen on
+    an H200), and ZeRO-3 as empty placeholders; so "launched", not "several processes", decides."""
+    if not distributed.shards_weights or not this_rank().launched:
         return None
     return trainer.accelerator.get_state_dict(trainer.model)
