@@ -574,3 +574,26 @@ def test_a_launched_single_process_fsdp_run_saves_its_gathered_adapter(tiny_mode
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "saved" in done.stdout
+
+
+def test_deepspeed_gathers_through_its_engine_and_only_an_adapters_weights(monkeypatch) -> None:
+    """ZeRO-3's gather is a method of DeepSpeed's engine (the module has none); for an adapter only the trained
+    weights are gathered. The engine is a stand-in recording what it was asked (DeepSpeed needs CUDA to run)."""
+    from types import SimpleNamespace
+
+    from tunesmith.config import DistributedSection
+    from tunesmith.train.distributed import sharded_state_dict
+
+    asked = []
+    engine = SimpleNamespace(_zero3_consolidated_16bit_state_dict=lambda **kw: asked.append(kw) or {"w": 1})
+    accelerator = SimpleNamespace(get_state_dict=lambda model: asked.append(model) or {"all": 1})
+    zero3 = DistributedSection(strategy="deepspeed-zero3")
+    adapter_model, whole_model = SimpleNamespace(peft_config={}), SimpleNamespace()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # launched, even as the only process
+    trainer = SimpleNamespace(model=adapter_model, deepspeed=engine, accelerator=accelerator)
+    assert sharded_state_dict(trainer, zero3) == {"w": 1} and asked == [{"exclude_frozen_parameters": True}]
+    trainer.model = whole_model
+    assert sharded_state_dict(trainer, zero3) == {"all": 1} and asked[-1] is engine
+    assert sharded_state_dict(trainer, DistributedSection(strategy="deepspeed-zero2")) is None  # whole weights
+    monkeypatch.delenv("WORLD_SIZE")
+    assert sharded_state_dict(trainer, zero3) is None  # not launched: nothing to gather

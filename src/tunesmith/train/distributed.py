@@ -156,7 +156,16 @@ def sharded_state_dict(trainer: Any, distributed: Any) -> dict[str, Any] | None:
 
     A launched run shards its weights even as the only process (`--nproc 1`): FSDP2 holds them as DTensors, whose
     storage safetensors cannot read ("Attempted to access the data pointer on an invalid python storage", seen on
-    an H200), and ZeRO-3 as empty placeholders; so "launched", not "several processes", decides."""
+    an H200), and ZeRO-3 as empty placeholders; so "launched", not "several processes", decides.
+
+    DeepSpeed gathers through its engine (`trainer.deepspeed`), not the module, as transformers' `Trainer.save_model`
+    does; for an adapter only the trained weights are gathered (`exclude_frozen_parameters`: a 70B base is not
+    copied to rank 0's memory to save a few MB of LoRA), in the 16-bit dtype ZeRO-3 keeps them in."""
     if not distributed.shards_weights or not this_rank().launched:
         return None
-    return trainer.accelerator.get_state_dict(trainer.model)
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is None:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if hasattr(trainer.model, "peft_config"):  # a PeftModel: its adapter is what gets saved
+        return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
+    return trainer.accelerator.get_state_dict(engine)
