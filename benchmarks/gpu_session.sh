@@ -34,12 +34,12 @@ step() {  # step NAME SECONDS COMMAND...: one check under its own time limit, it
 # CHECKS=distributed or CHECKS=bench runs one half
 if [[ ${CHECKS:-distributed,bench} == *distributed* ]]; then
 step distributed "${DISTRIBUTED_SECONDS:-170}" python3 benchmarks/distributed_gpu.py --tokenizer .gpu/tokenizer \
-  --strategies fsdp,deepspeed-zero2,deepspeed-zero3,none --timeout 70 --out "$OUT/distributed_gpu.json"
+  --strategies none,fsdp,deepspeed-zero3,deepspeed-zero2 --timeout 70 --out "$OUT/distributed_gpu.json"
 fi
 [[ ${CHECKS:-distributed,bench} == *bench* ]] || exit 0
 step llama-1b 45 python3 benchmarks/random_llama.py --tokenizer .gpu/tokenizer --preset 1b --out /tmp/llama-1b
 step bench-quickstart 230 python3 benchmarks/train_throughput.py --model /tmp/llama-1b --datasets quickstart \
-  --rows 256 --variants trl-expert,tunesmith-no-replay,tunesmith,trl-expert-qlora,tunesmith-qlora,trl-expert-liger \
+  --rows 400 --variants trl-expert,tunesmith-no-replay,tunesmith,trl-expert-qlora,tunesmith-qlora,trl-expert-liger \
   --out "$OUT/train_throughput_gpu.json"
 step bench-spread 90 python3 benchmarks/train_throughput.py --model /tmp/llama-1b --datasets spread \
   --spread-rows 96 --variants trl-expert,tunesmith-no-replay,tunesmith --out "$OUT/train_throughput_gpu_spread.json"

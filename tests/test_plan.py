@@ -256,9 +256,11 @@ def test_train_refuses_a_recipe_that_cannot_fit_before_loading_anything(tiny_mod
 def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_recipe_left_them_open(
         tiny_model_dir, tmp_path, monkeypatch):
     import tunesmith.plan as plan_module
+    import tunesmith.plan.fit as fit_module
     from tunesmith.plan.devices import Device
     from tunesmith.plan.fit import WillNotFit, fit_recipe
 
+    monkeypatch.setattr(fit_module, "CPU_MICRO_TOKENS", 10**9)  # what fits, without the CPU's speed preference
     raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=64)
     raw["training"].pop("gradient_checkpointing", None)
     recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
@@ -288,6 +290,27 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
         fit_recipe(both)
     device_of(first.peak_bytes * 2)
     assert fit_recipe(recipe) == (recipe, None)
+
+
+def test_on_a_cpu_a_batch_of_long_rows_trains_as_micro_batches_of_at_most_2048_tokens(tiny_model_dir, tmp_path):
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.fit import CPU_MICRO_TOKENS, cpu_micro_batches
+
+    def recipe_with(**training):
+        raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=8)
+        return validate_recipe({**raw, "training": {**raw["training"], **training}, "base_dir": str(tmp_path)})
+
+    cpu, gpu = Device("cpu", "cpu", 2.0**34, 1e11, False), Device("h200", "cuda", 2.0**37, 7e14, False)
+    recipe = recipe_with()
+    assert CPU_MICRO_TOKENS == 2048
+    split = cpu_micro_batches(recipe, 1024, cpu)  # 8 rows of 1,024 tokens: micro-batches of 2 rows, 4 times
+    assert (split.training.batch_size, split.training.grad_accum) == (2, 4)
+    assert split.training.model_fields_set == recipe.training.model_fields_set  # the plan's choice, not the recipe's
+    assert cpu_micro_batches(recipe, 600, cpu).training.batch_size == 2  # 4 x 600 is over 2,048
+    assert cpu_micro_batches(recipe, 4000, cpu).training.batch_size == 1  # one row is the least
+    assert cpu_micro_batches(recipe, 256, cpu) is None  # 8 x 256 tokens: within
+    assert cpu_micro_batches(recipe, 1024, gpu) is None
+    assert cpu_micro_batches(recipe_with(grad_accum=1), 1024, cpu) is None  # the recipe decides
 
 
 def test_micro_batches_come_before_checkpointing_when_they_hold_enough_tokens(tiny_model_dir, tmp_path):

@@ -44,12 +44,15 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # with glibc's malloc set as tunesmith sets it on a CPU (`keep_freed_blocks_for_reuse`), to tell that share apart
 # On a GPU: trl-expert with Liger's kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU), and QLoRA (4-bit
 # NF4 base, bitsandbytes) as each side sets it up (tunesmith's without replay: the TRL script's work)
+# tunesmith-micro-K (any K dividing the batch): without replay, micro-batches of K rows accumulated to the same batch
+# (K = the batch: the whole batch at once, what the plan would otherwise split on a CPU)
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
-                  "trl-expert-qlora", "tunesmith-qlora")
+                  "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
-                   "tunesmith-qlora": {"ratio": 0}}
+                   "tunesmith-qlora": {"ratio": 0}, "tunesmith-micro-4": {"ratio": 0},
+                   "tunesmith-micro-2": {"ratio": 0}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -249,12 +252,13 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
                      runs_dir: Path, replay: dict[str, Any] | None = None, checkpointing: bool = False,
-                     adapter: dict[str, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                     adapter: dict[str, Any] | None = None,
+                     micro_batch: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
     first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`:
     data.replay settings over the defaults (`{"ratio": 0}`: without the replay anchor, the same work as the TRL
     scripts do); `checkpointing`: with training.gradient_checkpointing set on; `adapter`: the adapter section
-    (`{"kind": "qlora"}`)."""
+    (`{"kind": "qlora"}`); `micro_batch`: rows per micro-batch, accumulated to `batch_size` rows a step."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
     from tunesmith.plan.fit import fit_recipe
@@ -266,7 +270,9 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "data": {"train": str(train), "eval": str(held), "max_length": max_length,
                  **({"replay": replay} if replay else {})},
         **({"adapter": adapter} if adapter else {}),
-        "training": {"batch_size": batch_size, "epochs": 1, "save_steps": 100_000,
+        "training": {"epochs": 1, "save_steps": 100_000,
+                     **({"batch_size": micro_batch, "grad_accum": batch_size // micro_batch} if micro_batch
+                        else {"batch_size": batch_size}),
                      **({"gradient_checkpointing": True} if checkpointing else {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)
@@ -296,10 +302,12 @@ def worker_main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
         if variant.startswith("tunesmith"):
             model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
-                                                         replay=REPLAY_SETTINGS[variant],
+                                                         replay=REPLAY_SETTINGS.get(variant, {"ratio": 0}),
                                                          checkpointing=variant == "tunesmith-checkpointing",
                                                          adapter={"kind": "qlora"} if variant.endswith("qlora")
-                                                         else None)
+                                                         else None,
+                                                         micro_batch=int(variant.rsplit("-", 1)[1])
+                                                         if variant.startswith("tunesmith-micro-") else None)
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse
