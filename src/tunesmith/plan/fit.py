@@ -34,7 +34,8 @@ def fit_message(report: PlanReport) -> tuple[str, str]:
 
 
 def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) -> tuple[Recipe, str | None]:
-    """The recipe to train, planned for the device it trains on: as it is when it fits; otherwise with the first
+    """The recipe to train, planned for the device it trains on: on a CPU, a batch of long rows as micro-batches
+    (`cpu_micro_batches`) where they fit; else as it is when it fits; otherwise with the first
     of `fitting_changes` that fits (the second value says what changed and why); else WillNotFit, naming the fix.
     The same rows reach each optimizer step either way: smaller micro-batches accumulate to the recipe's batch.
     `processes`, `per_node`: a multi-process run (plan_recipe)."""
