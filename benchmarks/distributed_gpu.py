@@ -27,7 +27,7 @@ from random_llama import build_random_llama
 
 REPO = Path(__file__).resolve().parents[1]
 ORDERS = REPO / "examples" / "data" / "orders"
-STRATEGIES = ("none", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
+STRATEGIES = ("none", "fsdp", "deepspeed-zero3", "deepspeed-zero2")  # none first: the reference
 RECIPE = """name: distributed-{strategy}
 model:
   source: {model}
@@ -99,7 +99,7 @@ def compare_with_one_process(results: dict[str, dict[str, Any]]) -> None:
     reference = results.get("none", {"exit_code": None})
     ref_tensors = adapter_tensors(Path(reference["run_dir"])) if reference["exit_code"] == 0 else None
     for strategy, result in results.items():
-        if result["exit_code"] != 0:
+        if result["exit_code"] != 0 or "load_tuned" in result:  # failed, or compared already
             continue
         tensors = adapter_tensors(Path(result["run_dir"]))
         result["adapter_tensors"] = len(tensors)
@@ -148,14 +148,15 @@ def main() -> None:
         for strategy in args.strategies.split(","):
             results[strategy] = run_strategy(strategy, model, ORDERS, root, args.timeout)
             print(strategy, {k: v for k, v in results[strategy].items() if k != "losses"}, flush=True)
-        compare_with_one_process(results)
-    for result in results.values():
-        result.pop("run_dir", None)
-    report = {"versions": versions(), "strategies": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    print(json.dumps(report, indent=1))
+            compare_with_one_process(results)
+            write_report(args.out, results)  # after each strategy: a run stopped midway keeps what it measured
+    print(json.dumps(json.loads(args.out.read_text()), indent=1))
 
+
+def write_report(out: Path, results: dict[str, dict[str, Any]]) -> None:
+    strategies = {name: {k: v for k, v in result.items() if k != "run_dir"} for name, result in results.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"versions": versions(), "strategies": strategies}, indent=1), encoding="utf-8")
 
 if __name__ == "__main__":
     main()
