@@ -292,7 +292,7 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
     assert fit_recipe(recipe) == (recipe, None)
 
 
-def test_on_a_cpu_a_batch_of_long_rows_trains_as_micro_batches_of_at_most_2048_tokens(tiny_model_dir, tmp_path):
+def test_on_a_cpu_a_batch_of_long_rows_trains_as_micro_batches_of_at_most_1024_tokens(tiny_model_dir, tmp_path):
     from tunesmith.plan.devices import Device
     from tunesmith.plan.fit import CPU_MICRO_TOKENS, cpu_micro_batches
 
@@ -302,13 +302,13 @@ def test_on_a_cpu_a_batch_of_long_rows_trains_as_micro_batches_of_at_most_2048_t
 
     cpu, gpu = Device("cpu", "cpu", 2.0**34, 1e11, False), Device("h200", "cuda", 2.0**37, 7e14, False)
     recipe = recipe_with()
-    assert CPU_MICRO_TOKENS == 2048
-    split = cpu_micro_batches(recipe, 1024, cpu)  # 8 rows of 1,024 tokens: micro-batches of 2 rows, 4 times
-    assert (split.training.batch_size, split.training.grad_accum) == (2, 4)
+    assert CPU_MICRO_TOKENS == 1024
+    split = cpu_micro_batches(recipe, 256, cpu)  # 8 rows of 256 tokens: micro-batches of 4 rows, twice
+    assert (split.training.batch_size, split.training.grad_accum) == (4, 2)
     assert split.training.model_fields_set == recipe.training.model_fields_set  # the plan's choice, not the recipe's
-    assert cpu_micro_batches(recipe, 600, cpu).training.batch_size == 2  # 4 x 600 is over 2,048
+    assert cpu_micro_batches(recipe, 300, cpu).training.batch_size == 2  # 4 x 300 is over 1,024
     assert cpu_micro_batches(recipe, 4000, cpu).training.batch_size == 1  # one row is the least
-    assert cpu_micro_batches(recipe, 256, cpu) is None  # 8 x 256 tokens: within
+    assert cpu_micro_batches(recipe, 128, cpu) is None  # 8 x 128 tokens: within
     assert cpu_micro_batches(recipe, 1024, gpu) is None
     assert cpu_micro_batches(recipe_with(grad_accum=1), 1024, cpu) is None  # the recipe decides
 

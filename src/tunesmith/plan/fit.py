@@ -9,12 +9,14 @@ from tunesmith.plan.devices import Device
 from tunesmith.plan.recommend import fitting_changes, with_micro_batch
 
 GIB = 2**30
-# On a CPU, micro-batches of up to this many tokens (rows x the longest row) train fastest: a matmul over ~2,000 rows
+# On a CPU, micro-batches of up to this many tokens (rows x the longest row) train fastest: a matmul over ~1,000 rows
 # of activations already runs near the cores' peak, while a larger micro-batch only grows the step's memory, whose
-# fresh pages the kernel zeroes at first touch, and pads more rows to the batch's longest. Measured on the spread
-# rows, batch 8 of up to 1,024 tokens, one invocation (benchmarks/results/train_throughput_spread_micro_intel.json):
-# whole 155 tokens/s (17.5 GB), 4 x 2 268 (10.7 GB), 2 x 4 288 (5.2 GB), the same held-out loss.
-CPU_MICRO_TOKENS = 2048
+# fresh pages the kernel zeroes at first touch, and pads more rows to the batch's longest. Measured, one invocation
+# each, the same held-out loss within each (benchmarks/results/train_throughput_*micro*.json, README "Plan"):
+# spread rows (up to 1,024 tokens) at batch 8: whole 155 tokens/s, micro-batches of 4 rows 268, 2 rows 288; and 2
+# rows 255 vs 1 row 292; tickets (up to 128 tokens) at batch 32: 16 rows 305, 8 rows 340, 4 rows 335; orders (112)
+# at batch 32: whole 221, 16 rows 298, 8 rows 309.
+CPU_MICRO_TOKENS = 1024
 
 
 class WillNotFit(TunesmithError):
