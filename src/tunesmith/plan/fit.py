@@ -61,7 +61,7 @@ def fit_note(recipe: Recipe, fitted: Recipe, report: PlanReport, fitted_report: 
     changes, keys = [], []
     if f.batch_size != t.batch_size:
         rows = t.batch_size * t.grad_accum
-        changes.append(f"micro-batches of {f.batch_size} rows accumulated {f.grad_accum} times ({rows} rows per "
+        changes.append(f"micro-batches of {rows_of(f.batch_size)} accumulated {f.grad_accum} times ({rows} rows per "
                        "step, as the recipe asks)")
         keys.append("training.grad_accum")
     if f.gradient_checkpointing and not t.gradient_checkpointing:
@@ -87,7 +87,11 @@ def cpu_micro_batches(recipe: Recipe, length: int, device: Device) -> Recipe | N
 
 def speed_note(recipe: Recipe, faster: Recipe, length: int, report: PlanReport) -> str:
     t, f = recipe.training, faster.training
-    return (f"micro-batches of {f.batch_size} rows accumulated {f.grad_accum} times ({t.batch_size * t.grad_accum} "
+    return (f"micro-batches of {rows_of(f.batch_size)} accumulated {f.grad_accum} times ({t.batch_size * t.grad_accum} "
             f"rows per step, as the recipe asks): on a CPU, micro-batches of up to {CPU_MICRO_TOKENS:,} tokens train "
             f"faster and in less memory (the longest row is {length:,} tokens; the plan estimates "
             f"{report.peak_bytes / GIB:,.1f} GiB so). Set training.grad_accum to decide yourself.")
+
+
+def rows_of(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
