@@ -5,6 +5,16 @@
 # random-initialised there: benchmarks/random_llama.py). Results land in $OUT (default /tmp/gpu-out).
 #
 #   bash benchmarks/gpu_session.sh            # from the repository root, on the GPU machine
+#
+# Made here first (both folders listed in .git/info/exclude, then named in the device call's carry), 60 MB in all:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+#     trl datasets dill multiprocess pydantic pydantic-core annotated-types typing-inspection liger-kernel \
+#     bitsandbytes hjson ftfy wcwidth datasketch peft          # what the image (2026-12: torch 2.11, transformers
+#   DS_BUILD_OPS=0 .venv/bin/python -m pip wheel --no-deps --no-build-isolation deepspeed -w .whl   # 5.17) lacks
+#   pip download --no-deps --python-version 3.12 -d .whl/fallback 'datasets==4.8.5'
+#   mkdir -p .gpu/tokenizer && cp ~/.cache/tunesmith/models/smollm2-135m-instruct/{tokenizer.json,\
+#     tokenizer_config.json,chat_template.jinja} .gpu/tokenizer/
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
