@@ -111,7 +111,10 @@ def compare_with_one_process(results: dict[str, dict[str, Any]]) -> None:
         if ref_tensors is None or strategy == "none":
             continue
         result["same_tensor_names"] = sorted(tensors) == sorted(ref_tensors)
-        if result["same_tensor_names"]:
+        # an adapter saved without gathering holds ZeRO-3's empty placeholders: other shapes, no difference to take
+        result["same_shapes"] = result["same_tensor_names"] and all(
+            tensors[k].shape == ref_tensors[k].shape for k in tensors)
+        if result["same_shapes"]:
             result["max_weight_difference"] = max(
                 float((tensors[k].float() - ref_tensors[k].float()).abs().max()) for k in tensors)
         steps = min(len(result["losses"]), len(reference["losses"]))
