@@ -79,6 +79,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
+# data.replay.null_space by default: the share of the general rows' input energy each LoRA A is kept off
+# (train/null_space.py); measured on the quickstart at 60 steps (benchmarks/results/forgetting_settings.json)
+DEFAULT_NULL_SPACE_ENERGY = 0.9
+NULL_SPACE_KINDS = ("lora", "rslora", "qlora", "dora")  # an update B·A·x beside an untouched layer
+NULL_SPACE_BY_DEFAULT_KINDS = ("lora", "rslora", "qlora")  # DoRA's magnitude rescales general outputs too
 # The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
 # this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
 # where the base's pass is cheap beside the memory it would hold
@@ -118,6 +123,13 @@ class ReplaySection(Section):
         description="kl: the anchor covers each replay row's prompt and only the first N tokens of its answer, where "
                     "a greedy answer is decided: a third less time a step, but on the tickets recipe it kept 42 "
                     "probes of 48 where the whole rows keep 47 (README); null (the default): the whole answer.")
+    null_space: float | None = Field(
+        None, ge=0, lt=1,
+        description="Keep each LoRA A matrix orthogonal to the directions that hold this share of the replay rows' "
+                    "inputs at its layer (their second moment's top eigenvectors), from the start and after every "
+                    "step, so the adapter adds almost nothing to general prompts (AlphaEdit's null-space constraint, "
+                    "arXiv:2410.02355). 0 turns it off. Default: DEFAULT_NULL_SPACE_ENERGY for method.kind sft with "
+                    "the KL anchor and adapter.kind lora, rslora or qlora on one device or DDP; 0 otherwise.")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":
@@ -804,10 +816,34 @@ class Recipe(Section):
                              f"fine-tuning's), and the anchor needs an adapter that leaves the base untouched "
                              f"(adapter.kind {', '.join(BASE_PRESERVING_KINDS[:4])}, ...). Set data.replay.ratio: 0, "
                              f"or change adapter.kind")
+        self.resolve_null_space()
         if self.data.replay.loss == "kl" and self.adapter.kind not in BASE_PRESERVING_KINDS:
             raise ValueError(f"data.replay.loss=kl needs the untouched base as its reference, and adapter.kind="
                              f"{self.adapter.kind} changes the base weights. Use data.replay.loss: sft (or auto)")
         return self
+
+    def resolve_null_space(self) -> None:
+        """data.replay.null_space: the default where it applies, else 0; a value asked for where it cannot apply is
+        refused with the reason (ValueError, reported against the key)."""
+        replay, strategy = self.data.replay, self.training.distributed.strategy
+        anchored = bool(replay.ratio) and replay.resolved_loss(self.adapter.kind) == "kl"
+        if replay.null_space is None:
+            applies = (self.method.kind == "sft" and anchored and self.adapter.kind in NULL_SPACE_BY_DEFAULT_KINDS
+                       and strategy in ("none", "ddp"))
+            replay.null_space = DEFAULT_NULL_SPACE_ENERGY if applies else 0.0
+            return
+        if not replay.null_space:
+            return
+        if self.adapter.kind not in NULL_SPACE_KINDS:
+            raise ValueError(f"data.replay.null_space keeps a LoRA's A matrices off general inputs; adapter.kind="
+                             f"{self.adapter.kind} has none. Use adapter.kind {', '.join(NULL_SPACE_KINDS)}, or "
+                             f"set data.replay.null_space: 0")
+        if not anchored:
+            raise ValueError("data.replay.null_space reads the replay rows of the KL anchor, and this recipe has "
+                             "none (data.replay.ratio 0, or loss sft). Set data.replay.ratio, or null_space: 0")
+        if strategy not in ("none", "ddp"):
+            raise ValueError(f"data.replay.null_space projects whole A matrices, which training.distributed="
+                             f"{strategy} shards across processes. Use ddp, or set data.replay.null_space: 0")
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a path written in the recipe relative to the recipe file's directory."""

@@ -372,19 +372,33 @@ def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, A
     per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
     replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
     return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
-            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report}
+            "replay_weight": recipe.data.replay.weight, "replay_report": replay.report,
+            "null_space": recipe.data.replay.null_space or 0.0}
+
+
+def keep_null_space(trainer: Any, replay: ReplayBatches, energy: float) -> dict[str, Any]:
+    """Project the trainer's LoRA A matrices off the replay rows' principal input directions and keep them there
+    after every optimizer step; train.json's replay.null_space report."""
+    from tunesmith.train.null_space import build_null_space, null_space_callback
+
+    space = build_null_space(trainer.accelerator.unwrap_model(trainer.model), replay.examples, replay.pad_id, energy)
+    trainer.add_callback(null_space_callback(space))
+    return space.report
 
 
 def anchored(trainer_class: type) -> type:
     """`trainer_class` (TRL's SFTTrainer, or a preference trainer: config.ANCHORED_METHODS) with the replay anchor
     added to every training micro-batch's loss:
     loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows, the base's side from
-    `BaseReference`."""
+    `BaseReference`; with `null_space` > 0, each LoRA A is kept off the replay rows' principal input directions
+    (`train/null_space.py`, measured and projected here, before the time budget's measurement)."""
 
     class ReplayAnchoredTrainer(trainer_class):
         def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float,
-                     replay_report: dict[str, Any], **kwargs: Any) -> None:
+                     replay_report: dict[str, Any], null_space: float = 0.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            if null_space:
+                replay_report["null_space"] = keep_null_space(self, replay_batches, null_space)
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
             self.replay_step, self.replay_micro = -1, 0
             self.base_reference = BaseReference()

@@ -1,0 +1,188 @@
+"""Keep a LoRA adapter out of the directions general inputs use (`data.replay.null_space`).
+
+A LoRA layer adds B·A·x to the frozen layer's output. If every row of A is orthogonal to the inputs x that general
+prompts produce at that layer, the adapter adds nothing there, whatever B learns: the tuned model answers general
+prompts as the base does. Before the first step the base reads the replay rows (the general prompts and the base's
+own answers, `train/replay.py`); at each adapted layer the second moment of its inputs, M = Σ x·xᵀ over every token,
+gives the principal directions of general inputs. A is projected off the smallest set of top eigenvectors of M that
+holds `energy` of its trace, at the start and after every optimizer step (projected gradient descent), so B·A·x
+stays near zero for general inputs and the task is learnt in the remaining directions.
+
+This is the null-space constraint of AlphaEdit (Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge
+Editing for Language Models", ICLR, arXiv:2410.02355: an edit projected onto the null space of the preserved
+knowledge's keys) applied to a LoRA's input projection, as LoRA-Null does at initialisation (Tang et al. 2025,
+arXiv:2503.02659). PEFT's CorDA (knowledge-preserved mode) picks the initial directions from the same covariance
+but leaves training free to move into them; here they stay closed. Measured on the quickstart: README, "Keeping
+what the base could do".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NULL_SPACE_MEMORY_SHARE = 0.25  # the moments may take this share of the device's free memory, else it is skipped
+MOMENT_BATCH = 8  # replay rows per forward pass while the moments are collected
+
+
+@dataclass
+class Protected:
+    """One adapted layer's A matrices and the orthonormal basis [in_features, k] of the directions they keep out of
+    (`inside` True) or keep within (`inside` False: the complement, stored when it is the smaller)."""
+
+    weights: list[torch.nn.Parameter]
+    basis: torch.Tensor
+    inside: bool
+
+    @torch.no_grad()
+    def project(self) -> None:
+        for weight in self.weights:
+            along = (weight @ self.basis) @ self.basis.T
+            if self.inside:
+                weight.sub_(along)
+            else:
+                weight.copy_(along)
+
+
+class NullSpace:
+    """The projection for every adapted layer of a PEFT model; `project()` applies it (after each optimizer step)."""
+
+    def __init__(self, layers: list[Protected], report: dict[str, Any]) -> None:
+        self.layers, self.report = layers, report
+
+    def project(self) -> None:
+        for layer in self.layers:
+            layer.project()
+
+
+def lora_layers(peft_model: Any) -> dict[str, Any]:
+    """The PEFT LoRA layers (name -> module) whose active adapters have a linear A (`lora_A[name].weight`)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: module for name, module in peft_model.named_modules()
+            if isinstance(module, LoraLayer) and any(a in module.lora_A for a in module.active_adapters)}
+
+
+def free_memory(device: Any) -> int:
+    """Free bytes on `device` (a CUDA device's free memory, else the host's available memory; 0 if unknown)."""
+    if getattr(device, "type", "cpu") == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    from tunesmith.doctor.accelerator import available_memory
+
+    return available_memory()
+
+
+def moments_bytes(layers: dict[str, Any]) -> int:
+    """Upper bound of the fp32 second moments' memory: one [in, in] matrix per layer (shared inputs need fewer)."""
+    return sum(4 * module.in_features ** 2 for module in layers.values())
+
+
+@torch.no_grad()
+def input_moments(peft_model: Any, layers: dict[str, Any], examples: list[dict[str, list[int]]],
+                  pad_id: int) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+    """Σ x·xᵀ of each layer's inputs over every real token of `examples` (token ids), the adapter off.
+
+    Layers fed the same tensor (q, k and v; gate and up) share one moment: returns the moments by the first such
+    layer's name, each layer's group name, and the tokens read. Shapes: [in_features, in_features], fp32."""
+    from tunesmith.models.generation import pad_right
+
+    device = next(peft_model.parameters()).device
+    group: dict[str, str] = {}
+    moments: dict[str, torch.Tensor] = {}
+    mask: list[torch.Tensor] = []
+    last: list[Any] = [None, None]  # the previous layer's input tensor (held, so `is` cannot match a reused one)
+
+    def hook(name: str):
+        def read(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if name not in group:  # the first batch: layers fed the same tensor in a row (q, k, v) share a moment
+                group[name] = last[1] if x is last[0] else name
+            last[:] = [x, group[name]]
+            if group[name] != name:
+                return
+            rows = x[mask[0]].float()
+            moments[name] = moments.get(name, 0) + rows.T @ rows
+        return read
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
+    tokens = 0
+    try:
+        with peft_model.disable_adapter():
+            for start in range(0, len(examples), MOMENT_BATCH):
+                batch = [{"input_ids": e["input_ids"], "labels": e["input_ids"]}
+                         for e in examples[start:start + MOMENT_BATCH]]
+                ids, _, attention = pad_right(batch, pad_id)
+                mask[:] = [attention.bool().to(device)]
+                tokens += int(attention.sum())
+                peft_model(input_ids=ids.to(device), attention_mask=attention.to(device))
+    finally:
+        last[:] = [None, None]
+        for handle in handles:
+            handle.remove()
+    return moments, group, tokens
+
+
+def principal_basis(moment: torch.Tensor, energy: float) -> tuple[torch.Tensor, bool, int]:
+    """The top eigenvectors of a symmetric PSD `moment` [n, n] holding `energy` of its trace: (basis, inside, k),
+    the basis [n, k] itself when k <= n/2 (inside), else its orthonormal complement [n, n-k]."""
+    values, vectors = torch.linalg.eigh(moment.double())  # ascending
+    values = values.clamp(min=0).flip(0)
+    vectors = vectors.flip(1)
+    share = values.cumsum(0) / values.sum().clamp(min=1e-30)
+    k = min(int((share < energy - 1e-6).sum()) + 1, moment.shape[0])
+    n = moment.shape[0]
+    if k <= n // 2:
+        return vectors[:, :k].float().contiguous(), True, k
+    return vectors[:, k:].float().contiguous(), False, k
+
+
+def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_id: int, energy: float) -> NullSpace:
+    """Read the general rows, find each layer's principal input directions and project its A off them (once now;
+    `NullSpace.project` after each optimizer step). Raises nothing: a model without LoRA layers gets an empty one."""
+    started = time.monotonic()
+    layers = lora_layers(peft_model)
+    needed, free = moments_bytes(layers), free_memory(next(peft_model.parameters()).device)
+    if free and needed > NULL_SPACE_MEMORY_SHARE * free:
+        why = (f"skipped: the input moments of {len(layers)} layers need up to {needed / 2**30:.1f} GiB, more than "
+               f"{NULL_SPACE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free; set data.replay.null_space: 0 "
+               f"to silence this")
+        print(f"null space: {why}", file=sys.stderr, flush=True)
+        return NullSpace([], {"energy": energy, "skipped": why})
+    moments, group, tokens = input_moments(peft_model, layers, examples, pad_id)
+    bases = {name: principal_basis(moment, energy) for name, moment in moments.items()}
+    protected, kept = [], []
+    for name, module in layers.items():
+        basis, inside, k = bases[group[name]]
+        weights = [module.lora_A[a].weight for a in module.active_adapters if a in module.lora_A]
+        protected.append(Protected(weights, basis.to(weights[0].device), inside))
+        kept.append(k / module.in_features)
+    space = NullSpace(protected, {})
+    space.project()
+    ordered = sorted(kept)
+    space.report = {"energy": energy, "rows": len(examples), "tokens": tokens, "layers": len(protected),
+                    "moments": len(moments), "closed_share_median": round(ordered[len(ordered) // 2], 3) if ordered
+                    else None, "closed_share_max": round(ordered[-1], 3) if ordered else None,
+                    "seconds": round(time.monotonic() - started, 1)}
+    print(f"null space: each LoRA A kept off the directions holding {energy:.0%} of the general rows' inputs "
+          f"({len(examples)} rows, {tokens} tokens; median {space.report['closed_share_median']:.0%} of a layer's "
+          f"input dimensions closed) in {space.report['seconds']} s", file=sys.stderr, flush=True)
+    return space
+
+
+def null_space_callback(space: NullSpace) -> Any:
+    """A transformers TrainerCallback that re-projects after every optimizer step (and once more at the start, which
+    covers a resumed checkpoint's weights)."""
+    from transformers import TrainerCallback
+
+    class KeepNullSpace(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            space.project()
+
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            space.project()
+
+    return KeepNullSpace()

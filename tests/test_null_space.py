@@ -1,0 +1,123 @@
+"""Issue 19: data.replay.null_space keeps each LoRA A off the directions the replay rows' inputs use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_project
+from tunesmith.config import DEFAULT_NULL_SPACE_ENERGY, Recipe, load_recipe
+from tunesmith.runs import create_run
+from tunesmith.train import run_training
+from tunesmith.train.null_space import build_null_space, input_moments, lora_layers, principal_basis
+
+
+def test_principal_basis_holds_the_asked_energy_and_stores_the_smaller_side():
+    moment = torch.diag(torch.tensor([9.0, 0.5, 0.3, 0.2]))  # trace 10: the first axis holds 90%
+    basis, inside, k = principal_basis(moment, 0.9)
+    assert (k, inside) == (1, True) and torch.allclose(basis.abs().squeeze(), torch.tensor([1.0, 0, 0, 0]))
+    basis, inside, k = principal_basis(moment, 0.97)  # 9 + 0.5 + 0.3 = 98%: three axes, so the complement is kept
+    assert (k, inside) == (3, False) and torch.allclose(basis.abs().squeeze(), torch.tensor([0, 0, 0, 1.0]))
+
+
+def test_the_default_applies_to_sft_lora_with_the_anchor_and_is_refused_where_it_cannot_work():
+    data = {"train": "t.jsonl"}
+    assert Recipe(data=data).data.replay.null_space == DEFAULT_NULL_SPACE_ENERGY
+    assert Recipe(data={**data, "replay": {"ratio": 0}}).data.replay.null_space == 0
+    assert Recipe(data=data, adapter={"kind": "dora"}).data.replay.null_space == 0  # only when asked
+    assert Recipe(data=data, method={"kind": "dpo"}).data.replay.null_space == 0
+    assert Recipe(data=data, adapter={"kind": "full"}).data.replay.null_space == 0
+    assert Recipe(data=data, training={"distributed": "fsdp"}).data.replay.null_space == 0
+    assert Recipe(data={**data, "replay": {"null_space": 0.5}}, method={"kind": "dpo"}).data.replay.null_space == 0.5
+    with pytest.raises(ValueError, match=r"data\.replay\.null_space .* adapter\.kind=ia3 has none"):
+        Recipe(data={**data, "replay": {"null_space": 0.9}}, adapter={"kind": "ia3"})
+    with pytest.raises(ValueError, match=r"data\.replay\.null_space reads the replay rows"):
+        Recipe(data={**data, "replay": {"null_space": 0.9, "ratio": 0}})
+    with pytest.raises(ValueError, match=r"training\.distributed=deepspeed-zero3 shards"):
+        Recipe(data={**data, "replay": {"null_space": 0.9}}, training={"distributed": "deepspeed-zero3"})
+
+
+def lora_on_tiny(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for module in lora_layers(peft_model).values():  # a trained B, so that the adapter changes the outputs
+        torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
+    return peft_model.eval()
+
+
+def adapter_effect(peft_model, rows):
+    """Mean absolute change of the logits that the adapter makes on `rows` (token id lists of one length)."""
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        tuned = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(input_ids=ids).logits
+    return float((tuned - base).abs().mean())
+
+
+def test_projected_adapters_leave_the_general_rows_alone(tiny_model_dir):
+    peft_model = lora_on_tiny(tiny_model_dir)
+    vocab = peft_model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    # 16 general tokens span at most 16 of the 64 hidden dimensions at each layer; other rows reach the rest
+    general = torch.randint(3, vocab, (2, 8), generator=generator).tolist()
+    other = torch.randint(3, vocab, (24, 12), generator=generator).tolist()
+    before = {"general": adapter_effect(peft_model, general), "other": adapter_effect(peft_model, other)}
+    space = build_null_space(peft_model, [{"input_ids": r} for r in general], pad_id=0, energy=0.9999)
+    after = {"general": adapter_effect(peft_model, general), "other": adapter_effect(peft_model, other)}
+    assert after["general"] < 0.01 * before["general"]
+    assert after["other"] > 0.3 * before["other"]  # what the general rows never showed stays open
+    layers = lora_layers(peft_model)
+    assert space.report["layers"] == len(layers) and space.report["moments"] < len(layers)  # q, k, v share one
+    assert space.report["tokens"] == 16 and space.report["closed_share_max"] <= 16 / 64
+
+
+def test_padding_is_not_read_into_the_moments(tiny_model_dir):
+    peft_model = lora_on_tiny(tiny_model_dir)
+    layers = lora_layers(peft_model)
+    rows = [{"input_ids": [5, 6, 7, 8]}, {"input_ids": [9, 10]}]
+    moments, _, tokens = input_moments(peft_model, layers, rows, pad_id=0)
+    alone = [input_moments(peft_model, layers, [row], pad_id=0)[0] for row in rows]
+    assert tokens == 6
+    for name, moment in moments.items():
+        assert torch.allclose(moment, alone[0][name] + alone[1][name], atol=1e-3, rtol=1e-4)
+
+
+def test_training_keeps_every_a_off_the_general_directions_and_says_so(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    replay_file = tmp_path / "general.jsonl"
+    replay_file.write_text("".join(json.dumps({"prompt": f"Say {i} twice.", "answer": f"{i} {i}"}) + "\n"
+                                   for i in range(8)), encoding="utf-8")
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         [f"data.replay.source={replay_file}", "data.replay.ratio=0.5", "data.replay.null_space=0.99",
+                          "training.max_steps=4", "training.lr=0.01"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    assert report["replay"]["null_space"]["energy"] == 0.99 and report["replay"]["null_space"]["rows"] == 8
+    assert report["chosen"]["null_space"]["value"] == "99%"
+    # the saved adapter: every A is orthogonal to the general rows' principal directions, as measured afresh
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(model, str(run.adapter_dir))
+    layers = lora_layers(tuned)
+    from tunesmith.data.template import encode_split
+
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in (run.path / "data" / "replay.jsonl").read_text().splitlines()]
+    examples = [{"input_ids": e.input_ids} for e in encode_split(tokenizer, rows, 128).examples]
+    moments, group, _ = input_moments(tuned, layers, examples, tokenizer.pad_token_id)
+    moved = 0.0
+    for name, module in layers.items():
+        basis, inside, _ = principal_basis(moments[group[name]], 0.99)
+        a = module.lora_A["default"].weight.detach()
+        along = a @ basis if inside else a - (a @ basis) @ basis.T
+        moved = max(moved, float(along.norm() / a.norm()))
+    assert moved < 1e-3
