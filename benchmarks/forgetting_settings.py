@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.5, weight 4), null space 0.9, 60 steps
-    # the default until 2026-12-04: the anchor alone, 40 steps; and the anchor alone at the new default's 60 steps
+    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.5, weight 4), null space 0.9
+    # the recipe until 2026-12-04: the anchor alone, 40 steps; and the anchor alone at the 60 steps it now trains
     "anchor_only_40_steps": ["data.replay.null_space=0", "training.max_steps=40"],
     "anchor_only_60_steps": ["data.replay.null_space=0"],
     # the null space at the old 40 steps, and closing 75% or 97% of the general inputs' energy instead of 90%

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_project
-from tunesmith.config import DEFAULT_NULL_SPACE_ENERGY, Recipe, load_recipe
+from tunesmith.config import Recipe, load_recipe
 from tunesmith.runs import create_run
 from tunesmith.train import run_training
 from tunesmith.train.null_space import build_null_space, input_moments, lora_layers, principal_basis
@@ -22,14 +22,10 @@ def test_principal_basis_holds_the_asked_energy_and_stores_the_smaller_side():
     assert (k, inside) == (3, False) and torch.allclose(basis.abs().squeeze(), torch.tensor([0, 0, 0, 1.0]))
 
 
-def test_the_default_applies_to_sft_lora_with_the_anchor_and_is_refused_where_it_cannot_work():
+def test_it_is_asked_for_and_refused_where_it_cannot_work():
     data = {"train": "t.jsonl"}
-    assert Recipe(data=data).data.replay.null_space == DEFAULT_NULL_SPACE_ENERGY
-    assert Recipe(data={**data, "replay": {"ratio": 0}}).data.replay.null_space == 0
-    assert Recipe(data=data, adapter={"kind": "dora"}).data.replay.null_space == 0  # only when asked
-    assert Recipe(data=data, method={"kind": "dpo"}).data.replay.null_space == 0
-    assert Recipe(data=data, adapter={"kind": "full"}).data.replay.null_space == 0
-    assert Recipe(data=data, training={"distributed": "fsdp"}).data.replay.null_space == 0
+    assert Recipe(data=data).data.replay.null_space == 0
+    assert Recipe(data={**data, "replay": {"null_space": 0.9}}, adapter={"kind": "dora"}).data.replay.null_space == 0.9
     assert Recipe(data={**data, "replay": {"null_space": 0.5}}, method={"kind": "dpo"}).data.replay.null_space == 0.5
     with pytest.raises(ValueError, match=r"data\.replay\.null_space .* adapter\.kind=ia3 has none"):
         Recipe(data={**data, "replay": {"null_space": 0.9}}, adapter={"kind": "ia3"})

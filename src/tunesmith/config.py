@@ -79,11 +79,7 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_WEIGHT = 4.0
-# data.replay.null_space by default: the share of the general rows' input energy each LoRA A is kept off
-# (train/null_space.py); measured on the quickstart at 60 steps (benchmarks/results/forgetting_settings.json)
-DEFAULT_NULL_SPACE_ENERGY = 0.9
 NULL_SPACE_KINDS = ("lora", "rslora", "qlora", "dora")  # an update B·A·x beside an untouched layer
-NULL_SPACE_BY_DEFAULT_KINDS = ("lora", "rslora", "qlora")  # DoRA's magnitude rescales general outputs too
 # The replay anchor keeps the base's log-probabilities on each replay row (train/replay.py BaseReference): at most
 # this share of the memory available when training starts (CPU), or REFERENCE_CACHE_ACCELERATOR_BYTES on a GPU,
 # where the base's pass is cheap beside the memory it would hold
@@ -123,13 +119,13 @@ class ReplaySection(Section):
         description="kl: the anchor covers each replay row's prompt and only the first N tokens of its answer, where "
                     "a greedy answer is decided: a third less time a step, but on the tickets recipe it kept 42 "
                     "probes of 48 where the whole rows keep 47 (README); null (the default): the whole answer.")
-    null_space: float | None = Field(
-        None, ge=0, lt=1,
+    null_space: float = Field(
+        0.0, ge=0, lt=1,
         description="Keep each LoRA A matrix orthogonal to the directions that hold this share of the replay rows' "
                     "inputs at its layer (their second moment's top eigenvectors), from the start and after every "
                     "step, so the adapter adds almost nothing to general prompts (AlphaEdit's null-space constraint, "
-                    "arXiv:2410.02355). 0 turns it off. Default: DEFAULT_NULL_SPACE_ENERGY for method.kind sft with "
-                    "the KL anchor and adapter.kind lora, rslora or qlora on one device or DDP; 0 otherwise.")
+                    "arXiv:2410.02355). 0 (the default) turns it off; the quickstart recipe sets 0.9 (README: it "
+                    "kept the quickstart's probes, and cost the routing task's held-out general questions).")
 
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":
@@ -816,22 +812,17 @@ class Recipe(Section):
                              f"fine-tuning's), and the anchor needs an adapter that leaves the base untouched "
                              f"(adapter.kind {', '.join(BASE_PRESERVING_KINDS[:4])}, ...). Set data.replay.ratio: 0, "
                              f"or change adapter.kind")
-        self.resolve_null_space()
+        self.check_null_space()
         if self.data.replay.loss == "kl" and self.adapter.kind not in BASE_PRESERVING_KINDS:
             raise ValueError(f"data.replay.loss=kl needs the untouched base as its reference, and adapter.kind="
                              f"{self.adapter.kind} changes the base weights. Use data.replay.loss: sft (or auto)")
         return self
 
-    def resolve_null_space(self) -> None:
-        """data.replay.null_space: the default where it applies, else 0; a value asked for where it cannot apply is
-        refused with the reason (ValueError, reported against the key)."""
+    def check_null_space(self) -> None:
+        """data.replay.null_space asked for where it cannot apply is refused with the reason (ValueError, reported
+        against the key)."""
         replay, strategy = self.data.replay, self.training.distributed.strategy
         anchored = bool(replay.ratio) and replay.resolved_loss(self.adapter.kind) == "kl"
-        if replay.null_space is None:
-            applies = (self.method.kind == "sft" and anchored and self.adapter.kind in NULL_SPACE_BY_DEFAULT_KINDS
-                       and strategy in ("none", "ddp"))
-            replay.null_space = DEFAULT_NULL_SPACE_ENERGY if applies else 0.0
-            return
         if not replay.null_space:
             return
         if self.adapter.kind not in NULL_SPACE_KINDS:

@@ -110,7 +110,7 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
     if "replay" in chosen:
         table["replay"] = replay_choice(recipe.data, chosen["replay"])
         if "null_space" in chosen["replay"]:
-            table["null_space"] = null_space_choice(recipe.data.replay, chosen["replay"]["null_space"])
+            table["null_space"] = null_space_choice(chosen["replay"]["null_space"])
     return table
 
 
@@ -136,15 +136,13 @@ def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
             "benchmarks/results/forgetting_settings.json"}
 
 
-def null_space_choice(replay: Any, report: dict[str, Any]) -> dict[str, Any]:
+def null_space_choice(report: dict[str, Any]) -> dict[str, Any]:
     if "skipped" in report:
         return {"value": "off", "why": report["skipped"]}
     return {"value": f"{report['energy']:.0%}",
-            "why": ("data.replay.null_space in the recipe" if "null_space" in replay.model_fields_set else
-                    "default for SFT with a LoRA: each A kept off the directions holding this share of the replay "
-                    "rows' inputs, so the adapter leaves general prompts alone (AlphaEdit's null-space constraint); "
-                    "benchmarks/results/forgetting_settings.json")
-            + f"; {report['closed_share_median']:.0%} of a layer's input dimensions closed (median)"}
+            "why": "data.replay.null_space in the recipe: each LoRA A kept off the directions holding this share of "
+                   f"the replay rows' inputs ({report['closed_share_median']:.0%} of a layer's input dimensions, "
+                   "median), so the adapter leaves general prompts alone"}
 
 
 def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]:
