@@ -822,9 +822,9 @@ class Recipe(Section):
         """data.replay.null_space asked for where it cannot apply is refused with the reason (ValueError, reported
         against the key)."""
         replay, strategy = self.data.replay, self.training.distributed.strategy
-        anchored = bool(replay.ratio) and replay.resolved_loss(self.adapter.kind) == "kl"
         if not replay.null_space:
             return
+        anchored = bool(replay.ratio) and replay.resolved_loss(self.adapter.kind) == "kl"
         if self.adapter.kind not in NULL_SPACE_KINDS:
             raise ValueError(f"data.replay.null_space keeps a LoRA's A matrices off general inputs; adapter.kind="
                              f"{self.adapter.kind} has none. Use adapter.kind {', '.join(NULL_SPACE_KINDS)}, or "

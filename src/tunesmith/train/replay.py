@@ -373,7 +373,7 @@ def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, A
     replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
     return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
             "replay_weight": recipe.data.replay.weight, "replay_report": replay.report,
-            "null_space": recipe.data.replay.null_space or 0.0}
+            "null_space": recipe.data.replay.null_space}
 
 
 def keep_null_space(trainer: Any, replay: ReplayBatches, energy: float) -> dict[str, Any]:
