@@ -174,14 +174,12 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
 
 
 def null_space_callback(space: NullSpace) -> Any:
-    """A transformers TrainerCallback that re-projects after every optimizer step (and once more at the start, which
-    covers a resumed checkpoint's weights)."""
+    """A transformers TrainerCallback that re-projects after every optimizer step. Nothing at the start:
+    `build_null_space` projected the fresh A, and a resumed checkpoint's A was saved projected (projecting it again
+    would move it by rounding, and a resumed run would no longer end on the uninterrupted run's weights)."""
     from transformers import TrainerCallback
 
     class KeepNullSpace(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            space.project()
-
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             space.project()
 
