@@ -124,7 +124,7 @@ class ReplaySection(Section):
         description="Keep each LoRA A matrix orthogonal to the directions that hold this share of the replay rows' "
                     "inputs at its layer (their second moment's top eigenvectors), from the start and after every "
                     "step, so the adapter adds almost nothing to general prompts (AlphaEdit's null-space constraint, "
-                    "arXiv:2410.02355). 0 (the default) turns it off; the quickstart recipe sets 0.9 (README: it "
+                    "arXiv:2410.02355). 0 (the default) turns it off; the quickstart recipe sets 0.95 (README: it "
                     "kept the quickstart's probes, and cost the routing task's held-out general questions).")
 
     def resolved_loss(self, adapter_kind: str) -> str:
