@@ -71,7 +71,11 @@ def main() -> None:
     from tunesmith.train.null_space import input_moments, lora_layers, principal_basis
 
     run = json.loads((args.run / "run.json").read_text(encoding="utf-8"))
-    energy = json.loads((args.run / "train.json").read_text(encoding="utf-8"))["replay"]["null_space"]["energy"]
+    null_space = json.loads((args.run / "train.json").read_text(encoding="utf-8")).get("replay", {}).get("null_space")
+    if not null_space or "energy" not in null_space:
+        raise SystemExit(f"{args.run} was not trained with data.replay.null_space (train.json has no "
+                         "replay.null_space.energy): train one with --set data.replay.null_space=0.95")
+    energy = null_space["energy"]
     tokenizer = load_tokenizer(args.run / "adapter")
     base = load_model(Path(run["train"]["base_model"]["path"]), torch.float32, "cpu").eval()
     model = PeftModel.from_pretrained(base, args.run / "adapter")
