@@ -34,6 +34,9 @@ SETTINGS = {
     "null_space_0.9": ["data.replay.null_space=0.9"],
     "null_space_0.95": ["data.replay.null_space=0.95"],  # the recipe as shipped since 2026-12-04 evening
     "null_space_0.97": ["data.replay.null_space=0.97"],
+    # the wider replay set (examples/data/make_general.py --wider) with 98% closed: what kept routing's probes
+    "wider_null_space_0.98": [f"data.replay.source={ROOT / 'benchmarks/data/general_wider.jsonl'}",
+                              "data.replay.null_space=0.98"],
     # the default, its anchor spelt out (measured on another host than "default")
     "whole_anchor_w4": ["data.replay.anchor_answer_tokens=null", "data.replay.weight=4"],
     # the anchor on each replay row's prompt and first 16 answer tokens, at weight 4 and 3
