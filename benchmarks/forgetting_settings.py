@@ -24,19 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.5, weight 4), null space 0.95
+    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.5, weight 4), null space 0.98
     # the recipe until 2026-12-04: the anchor alone, 40 steps; and the anchor alone at the 60 steps it now trains
     "anchor_only_40_steps": ["data.replay.null_space=0", "training.max_steps=40"],
     "anchor_only_60_steps": ["data.replay.null_space=0"],
-    # the null space at the old 40 steps, and closing 75%, 90%, 95% or 97% of the general inputs' energy
+    # the null space at the old 40 steps, and closing 75%, 90%, 95% or 97% of the general inputs' energy (entries
+    # before 2026-12-05 were measured with the 150-prompt set: their `note` says so)
     "null_space_40_steps": ["training.max_steps=40"],
     "null_space_0.75": ["data.replay.null_space=0.75"],
     "null_space_0.9": ["data.replay.null_space=0.9"],
-    "null_space_0.95": ["data.replay.null_space=0.95"],  # the recipe as shipped since 2026-12-04 evening
+    "null_space_0.95": ["data.replay.null_space=0.95"],
     "null_space_0.97": ["data.replay.null_space=0.97"],
-    # the wider replay set (examples/data/make_general.py --wider) with 98% closed: what kept routing's probes
-    "wider_null_space_0.98": [f"data.replay.source={ROOT / 'benchmarks/data/general_wider.jsonl'}",
-                              "data.replay.null_space=0.98"],
+    # the recipe from 2026-12-04 evening to 2026-12-05: the 150-prompt replay set (make_general.py --narrow), 95% closed
+    "narrow_null_space_0.95": [f"data.replay.source={ROOT / 'benchmarks/data/general_narrow.jsonl'}",
+                               "data.replay.null_space=0.95"],
     # the default, its anchor spelt out (measured on another host than "default")
     "whole_anchor_w4": ["data.replay.anchor_answer_tokens=null", "data.replay.weight=4"],
     # the anchor on each replay row's prompt and first 16 answer tokens, at weight 4 and 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_project
-from tunesmith.config import Recipe, load_recipe
+from tunesmith.config import DEFAULT_NULL_SPACE, Recipe, load_recipe
 from tunesmith.runs import create_run
 from tunesmith.train import run_training
 from tunesmith.train.null_space import build_null_space, input_moments, lora_layers, principal_basis
@@ -22,9 +22,15 @@ def test_principal_basis_holds_the_asked_energy_and_stores_the_smaller_side():
     assert (k, inside) == (3, False) and torch.allclose(basis.abs().squeeze(), torch.tensor([0, 0, 0, 1.0]))
 
 
-def test_it_is_asked_for_and_refused_where_it_cannot_work():
+def test_it_is_on_by_default_for_lora_sft_only_and_refused_where_it_cannot_work():
     data = {"train": "t.jsonl"}
-    assert Recipe(data=data).data.replay.null_space == 0
+    assert Recipe(data=data).data.replay.null_space == DEFAULT_NULL_SPACE  # SFT, LoRA, the KL anchor
+    assert Recipe(data=data, adapter={"kind": "qlora"}).data.replay.null_space == DEFAULT_NULL_SPACE
+    for off in [{"method": {"kind": "dpo"}}, {"adapter": {"kind": "ia3"}}, {"adapter": {"kind": "full"}},
+                {"training": {"distributed": "fsdp"}}, {"data": {**data, "replay": {"ratio": 0}}},
+                {"data": {**data, "replay": {"loss": "sft"}}}]:
+        assert Recipe(**{"data": data, **off}).data.replay.null_space == 0, off
+    assert Recipe(data={**data, "replay": {"null_space": 0}}).data.replay.null_space == 0
     assert Recipe(data={**data, "replay": {"null_space": 0.9}}, adapter={"kind": "dora"}).data.replay.null_space == 0.9
     assert Recipe(data={**data, "replay": {"null_space": 0.5}}, method={"kind": "dpo"}).data.replay.null_space == 0.5
     with pytest.raises(ValueError, match=r"data\.replay\.null_space .* adapter\.kind=ia3 has none"):

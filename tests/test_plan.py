@@ -182,7 +182,7 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
 
     assert recipe.data.replay.ratio == 0.5
     assert kept(2.0**40, 200) == 100 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # 0.5 x 200 rows
-    assert kept(2.0**40, 1000) == 150 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # the bundled set's 150 prompts
+    assert kept(2.0**40, 1000) == 226 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # the bundled set's 226 prompts
     assert kept(2.0**20, 200) == 0.25 * 2**20  # REFERENCE_CACHE_SHARE of the device's memory
     assert kept(2.0**20, 200, "cuda") == kept(2.0**40, 200)  # a GPU keeps up to 1 GiB, whatever its size
     assert kept(2.0**40, None) is None  # rows unknown: nothing said

@@ -94,6 +94,17 @@ def test_bundled_replay_set_is_its_generators_output_and_apart_from_the_probes()
     assert not probes & {r["prompt"] for r in rows}
 
 
+def test_the_embedded_models_answers_are_shipped_for_every_bundled_prompt():
+    """A first quickstart asks the base nothing: examples/data/make_replay_answers.py answered the whole set."""
+    from tunesmith.data.replay import shipped_answers
+
+    prompts = [json.loads(line)["prompt"] for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines()]
+    shipped = shipped_answers("smollm2-135m-instruct", 160)
+    assert set(shipped) == set(prompts)
+    finished = [answer for answer in shipped.values() if answer is not None]
+    assert len(finished) >= 0.8 * len(prompts) and all(answer.strip() for answer in finished)
+
+
 def test_check_apart_from_probes_catches_a_copied_probe():
     generator = load_example_generator("make_general")
     with pytest.raises(SystemExit, match="too close"):

@@ -8,17 +8,19 @@ only, no randomness). Kinds: explanations, definitions, tips, lists, short writi
 problems, facts, comparisons, small talk, and short answers of the forms a general assistant is asked for
 (a number, one word, arithmetic, a format instruction), with answers as long as the base gives them.
 
-`--wider` writes a wider set for a measurement (benchmarks/data/general_wider.jsonl, for `data.replay.source`):
-the same prompts and 76 more short answers under format constraints worded several ways ("Reply with just the
-number.", "Answer with the topic only.": the form a closed-label task's instruction takes), yes or no, and
-labels from a closed set named in the prompt. README ("Keeping what the base could do") says what it changed.
-The
-forgetting probes (src/tunesmith/eval/probes) are the
-measure of forgetting and are not part of this set: `check_apart_from_probes` refuses any prompt that shares
-most of its words with a probe, and tests/test_replay.py checks the bundled file the same way.
+Since 2026-12-05 the bundled set also holds 76 short answers under format constraints worded several ways
+("Reply with just the number.", "Answer with the topic only.": the form a closed-label task's instruction takes),
+yes or no, and labels from a closed set named in the prompt. Without them, the null space (`data.replay.null_space`)
+left a closed-label task's instruction outside the closed directions and routing lost 9 probes (README, "Keeping what
+the base could do"). `--narrow` writes the earlier 150 (benchmarks/data/general_narrow.jsonl), to reproduce the
+measurements taken with them.
+
+The forgetting probes (src/tunesmith/eval/probes) are the measure of forgetting and are not part of this set:
+`check_apart_from_probes` refuses any prompt that shares most of its words with a probe, and tests/test_replay_budget.py
+checks the bundled file the same way.
 
     python examples/data/make_general.py           # writes src/tunesmith/data/replay/general.jsonl
-    python examples/data/make_general.py --wider   # writes benchmarks/data/general_wider.jsonl
+    python examples/data/make_general.py --narrow  # writes benchmarks/data/general_narrow.jsonl
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "src/tunesmith/data/replay/general.jsonl"
-WIDER_OUT = ROOT / "benchmarks/data/general_wider.jsonl"
+NARROW_OUT = ROOT / "benchmarks/data/general_narrow.jsonl"
 PROBES = ROOT / "src/tunesmith/eval/probes/general.jsonl"
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"  # the second forgetting check, kept apart the same way
 
@@ -96,7 +98,7 @@ FORMAT = ["Reply with only the word 'yes'.", "Write the numbers from one to five
           "Answer with a single emoji that means happy."]
 HEAVIER = [("a feather", "a brick"), ("a car", "a bicycle"), ("a grape", "a watermelon"),
            ("an elephant", "a cat")]
-# --wider only: short answers under a format constraint, the form a closed-label task's instruction takes ("Answer
+# Added 2026-12-05: short answers under a format constraint, the form a closed-label task's instruction takes ("Answer
 # with the team name only."): general questions asked that way, so the anchor keeps the base's answers to them.
 REVIEWS = ["The food was cold and the waiter ignored us.", "Best concert I have been to in years!",
            "The hotel room was clean, quiet and bright.", "My new headphones broke after two days.",
@@ -150,8 +152,9 @@ SMALL_TALK = ["Hi! How are you today?", "What can you help me with?", "Tell me a
               "Thank you for your help!"]
 
 
-def general_prompts(wider: bool = False) -> list[dict[str, str]]:
-    """Every prompt with its kind and a stable id, in a fixed order (`wider`: the bundled ones, then the rest)."""
+def general_prompts(narrow: bool = False) -> list[dict[str, str]]:
+    """Every prompt with its kind and a stable id, in a fixed order (`narrow`: the first 150 only, as bundled
+    before 2026-12-05)."""
     made: list[tuple[str, str]] = []
     made += [("explain", f"In one or two sentences, explain why {x}.") for x in EXPLAIN]
     made += [("define", f"What does the word '{w}' mean? Answer in one sentence.") for w in DEFINE]
@@ -170,13 +173,13 @@ def general_prompts(wider: bool = False) -> list[dict[str, str]]:
     made += [("format", q) for q in FORMAT]
     made += [("compare", f"Which is heavier, {a} or {b}?") for a, b in HEAVIER]
     made += [("small_talk", p) for p in SMALL_TALK]
-    if wider:
-        made += wider_prompts()
+    if not narrow:
+        made += format_constrained_prompts()
     return [{"id": f"{kind}-{i:03d}", "kind": kind, "prompt": prompt} for i, (kind, prompt) in enumerate(made)]
 
 
-def wider_prompts() -> list[tuple[str, str]]:
-    """The --wider set's additions: short answers under format constraints, as (kind, prompt)."""
+def format_constrained_prompts() -> list[tuple[str, str]]:
+    """Short answers under format constraints, as (kind, prompt): the 76 added on 2026-12-05."""
     made: list[tuple[str, str]] = []
     made += [("label", f"Is this review positive or negative? Answer with the label only.\nReview: {r}")
              for r in REVIEWS]
@@ -216,8 +219,8 @@ def check_apart_from_probes(rows: list[dict[str, str]], probes: Path = PROBES, l
 
 
 def main() -> None:
-    wider = "--wider" in sys.argv[1:]
-    rows, out = general_prompts(wider), WIDER_OUT if wider else OUT
+    narrow = "--narrow" in sys.argv[1:]
+    rows, out = general_prompts(narrow), NARROW_OUT if narrow else OUT
     check_apart_from_probes(rows)
     check_apart_from_probes(rows, HELDOUT)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

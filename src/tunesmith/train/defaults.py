@@ -110,7 +110,8 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
     if "replay" in chosen:
         table["replay"] = replay_choice(recipe.data, chosen["replay"])
         if "null_space" in chosen["replay"]:
-            table["null_space"] = null_space_choice(chosen["replay"]["null_space"])
+            table["null_space"] = null_space_choice(chosen["replay"]["null_space"],
+                                                    "null_space" in recipe.data.replay.model_fields_set)
     return table
 
 
@@ -136,13 +137,18 @@ def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
             "benchmarks/results/forgetting_settings.json"}
 
 
-def null_space_choice(report: dict[str, Any]) -> dict[str, Any]:
+def null_space_choice(report: dict[str, Any], given: bool) -> dict[str, Any]:
+    """The null space's row of the chosen table, from train.json's replay.null_space report (`given`: the recipe set
+    data.replay.null_space)."""
     if "skipped" in report:
         return {"value": "off", "why": report["skipped"]}
+    source = ("data.replay.null_space in the recipe" if given else
+              "default for SFT with a LoRA and the KL anchor (kept the probes on quickstart and routing; "
+              "benchmarks/results/defaults.json)")
     return {"value": f"{report['energy']:.0%}",
-            "why": "data.replay.null_space in the recipe: each LoRA A kept off the directions holding this share of "
-                   f"the replay rows' inputs ({report['closed_share_median']:.0%} of a layer's input dimensions, "
-                   "median), so the adapter leaves general prompts alone"}
+            "why": f"{source}: each LoRA A kept off the directions holding this share of the replay rows' inputs "
+                   f"({report['closed_share_median']:.0%} of a layer's input dimensions, median), so the adapter "
+                   "leaves general prompts alone"}
 
 
 def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]:
