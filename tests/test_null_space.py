@@ -123,3 +123,34 @@ def test_training_keeps_every_a_off_the_general_directions_and_says_so(tmp_path,
         along = a @ basis if inside else a - (a @ basis) @ basis.T
         moved = max(moved, float(along.norm() / a.norm()))
     assert moved < 1e-3
+
+
+def test_the_plan_counts_the_bases_training_keeps_and_the_skip_it_will_make(tiny_model_dir, tmp_path):
+    """plan/workload.py's sharing map names as many distinct inputs as the trainer finds, and its bound holds."""
+    from tunesmith.plan import build_report
+    from tunesmith.plan.architecture import read_architecture
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths, trained_weights
+
+    recipe = Recipe(model={"source": str(tiny_model_dir)}, data={"train": "t.jsonl"},
+                    adapter={"kind": "lora", "r": 4, "alpha": 8, "targets": "all-linear"}, base_dir=str(tmp_path))
+    arch = read_architecture(tiny_model_dir)
+    weights = trained_weights(recipe, arch, 2.0**40)
+    peft_model = lora_on_tiny(tiny_model_dir)
+    vocab = peft_model.config.vocab_size
+    rows = torch.randint(3, vocab, (6, 10), generator=torch.Generator().manual_seed(2)).tolist()
+    space = build_null_space(peft_model, [{"input_ids": r} for r in rows], pad_id=0, energy=DEFAULT_NULL_SPACE)
+    kept = sum({id(layer.basis): layer.basis.numel() * 4 for layer in space.layers}.values())
+    assert len(weights.null_space_inputs) == space.report["moments"]
+
+    def bases(memory: float, null_space: float | None = None) -> dict | None:
+        copy = recipe if null_space is None else Recipe(**{**recipe.model_dump(), "data": {
+            "train": "t.jsonl", "replay": {"null_space": null_space}}})
+        report = build_report(copy, arch, Device("cpu", "cpu", memory, 1e11, False), RowLengths(64, "t", 100))
+        return {c.name: c for c in report.components}.get("null-space bases")
+
+    planned = bases(2.0**40)
+    assert 0 < kept <= planned.bytes
+    assert bases(2.0**40, 0) is None
+    weights_bytes = arch.parameters * 4
+    assert bases(weights_bytes + 1024).bytes == 0 and "skipped" in bases(weights_bytes + 1024).how

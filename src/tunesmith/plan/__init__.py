@@ -79,7 +79,7 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
-    weights = trained_weights(recipe, arch)
+    weights = trained_weights(recipe, arch, device.memory_bytes)
     on_device = {"memory_bytes": device.memory_bytes, "accelerator": device.kind != "cpu"}
     work = micro_step(recipe, lengths, packed=recipe.training.packing is True, **on_device)
     compute = compute_bytes(recipe, device)

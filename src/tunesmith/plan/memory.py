@@ -31,6 +31,9 @@ LOSS_BUFFERS = 3
 # 2-block, 64-wide llama peaked at 0.68-0.70 GiB for SFT, DPO and GRPO, of which the model's own part is < 25 MiB
 CPU_FRAMEWORK_BYTES = 0.67 * GIB
 CUDA_CONTEXT_BYTES = 0.5 * GIB  # the CUDA context and kernels: in nvidia-smi, not in max_memory_allocated
+# data.replay.null_space (train/null_space.py) is skipped when its input moments would take more than this share of
+# the memory free once the model is loaded
+NULL_SPACE_MEMORY_SHARE = 0.25
 
 Quantization = Literal["none", "nf4", "int8"]
 
@@ -71,6 +74,10 @@ class TrainedWeights:
     rank: int = 0
     dropout: bool = False  # LoRA dropout above 0 keeps a dropped-out copy of each adapted linear's input
     reference_copy: bool = False  # a whole-model method that needs a frozen reference (DPO, KTO full)
+    # data.replay.null_space on: in_features of each distinct input the LoRA A matrices are kept off (layers fed
+    # the same tensor, q/k/v and gate/up, share one basis)
+    null_space_inputs: list[int] = field(default_factory=list)
+    null_space_skipped: bool = False  # on, but its moments would not fit: training skips it (null_space_fits)
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,36 @@ def estimate_memory(arch: Architecture, weights: TrainedWeights, work: Workload,
         parts.append(kept_reference(arch, work))
     if work.generated_sequences:
         parts.append(generation_cache(arch, work, compute_bytes))
+    if weights.null_space_inputs or weights.null_space_skipped:
+        parts.append(null_space_bases(weights))
     parts.append(framework(device))
     return MemoryEstimate(parts)
+
+
+def null_space_moments_bytes(in_features: list[int]) -> float:
+    """Upper bound of the fp32 input moments data.replay.null_space collects before training: one [in, in] matrix
+    per adapted layer (train/null_space.py; layers sharing an input need fewer)."""
+    return sum(4.0 * n * n for n in in_features)
+
+
+def null_space_fits(arch: Architecture, weights: TrainedWeights, memory_bytes: float) -> bool:
+    """Whether train/null_space.py will build the null space on a device of `memory_bytes` rather than skip it:
+    its moments within NULL_SPACE_MEMORY_SHARE of what the base weights leave free (the same rule, before
+    training; the trainer reads the free memory itself)."""
+    moments = null_space_moments_bytes([n for n, _ in weights.adapted_linears])
+    return moments <= NULL_SPACE_MEMORY_SHARE * max(memory_bytes - base_weights(arch, weights).bytes, 0.0)
+
+
+def null_space_bases(weights: TrainedWeights) -> Component:
+    """The orthonormal bases training keeps for data.replay.null_space: per distinct input, at most half of its
+    [in, in] directions (the closed ones, or their complement when that is smaller), fp32."""
+    if weights.null_space_skipped:
+        return Component("null-space bases", 0.0, "none: data.replay.null_space will be skipped, its input moments "
+                                                  f"needing over {NULL_SPACE_MEMORY_SHARE:.0%} of the memory the "
+                                                  "weights leave (set data.replay.null_space: 0 to say so)")
+    total = sum(4.0 * n * (n // 2) for n in weights.null_space_inputs)
+    return Component("null-space bases", total, f"{len(weights.null_space_inputs)} layer inputs x at most half "
+                                                f"their [in, in] directions x 4 B (data.replay.null_space)")
 
 
 def base_weights(arch: Architecture, weights: TrainedWeights) -> Component:

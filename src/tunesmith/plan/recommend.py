@@ -28,7 +28,7 @@ class Advice(BaseModel):
 
 
 def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
-    weights = trained_weights(recipe, arch)
+    weights = trained_weights(recipe, arch, device.memory_bytes)
     work = micro_step(recipe, lengths, packed=recipe.training.packing is True, memory_bytes=device.memory_bytes,
                       accelerator=device.kind != "cpu")
     return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing,

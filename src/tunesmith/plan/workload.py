@@ -4,7 +4,7 @@ micro-step's tokens, per method and adapter kind, as tunesmith's trainers config
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tunesmith.config import (
@@ -15,14 +15,18 @@ from tunesmith.config import (
     REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
     Recipe,
+    default_null_space,
     default_replay_ratio,
 )
 from tunesmith.data.lengths import auto_max_length
 from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
 from tunesmith.plan.architecture import Architecture, LinearLayer
-from tunesmith.plan.memory import TrainedWeights, Workload
+from tunesmith.plan.memory import TrainedWeights, Workload, null_space_fits
 
 WHOLE_MODEL_KINDS = ("full", "partial", "hft")
+# Linears that read the same input tensor in a llama-style block (one null-space basis between them)
+SHARED_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
+                 "gate_proj": "mlp input", "up_proj": "mlp input"}
 REFERENCE_KINDS = ("dpo", "kto")  # methods that score a frozen reference (ORPO and SimPO need none)
 # A replay micro-batch pads to its longest row: with 4 rows drawn, about the 90th percentile of the bundled rows
 # with SmolLM2's answers (46-193 tokens, median 79, p90 142)
@@ -62,8 +66,9 @@ class RowLengths:
                           problem=self.problem)
 
 
-def trained_weights(recipe: Recipe, arch: Architecture) -> TrainedWeights:
-    """The parameters the recipe's adapter trains, and how the frozen base is stored."""
+def trained_weights(recipe: Recipe, arch: Architecture, memory_bytes: float | None = None) -> TrainedWeights:
+    """The parameters the recipe's adapter trains, how the frozen base is stored, and the layer inputs
+    data.replay.null_space keeps bases for (none where training will skip it on a device of `memory_bytes`)."""
     adapter = recipe.adapter
     kind = adapter.kind
     if kind in WHOLE_MODEL_KINDS:
@@ -73,8 +78,20 @@ def trained_weights(recipe: Recipe, arch: Architecture) -> TrainedWeights:
     rank = int(getattr(adapter, "r", getattr(adapter, "init_r", 0)) or 0)
     count = adapter_parameters(adapter, arch, linears, rank)
     quantization = ("nf4" if adapter.bits == 4 else "int8") if kind == "qlora" else "none"
-    return TrainedWeights(count, False, quantization, [(x.in_features, x.out_features) for x in linears], rank,
-                          dropout=bool(getattr(adapter, "dropout", 0)))
+    weights = TrainedWeights(count, False, quantization, [(x.in_features, x.out_features) for x in linears], rank,
+                             dropout=bool(getattr(adapter, "dropout", 0)))
+    if not recipe_null_space(recipe):
+        return weights
+    if memory_bytes is not None and not null_space_fits(arch, weights, memory_bytes):
+        return replace(weights, null_space_skipped=True)
+    return replace(weights, null_space_inputs=null_space_inputs(linears))
+
+
+def null_space_inputs(linears: list[LinearLayer]) -> list[int]:
+    """in_features of each distinct tensor the adapted linears read: q/k/v read one, gate/up another (llama-style
+    blocks; train/null_space.py finds the sharing from the tensors themselves)."""
+    seen = {(x.block, SHARED_INPUTS.get(x.name, x.name)): x.in_features for x in linears}
+    return list(seen.values())
 
 
 def whole_model_trained(adapter: Any, arch: Architecture) -> int:
@@ -169,6 +186,15 @@ def recipe_replay_ratio(recipe: Recipe) -> float:
     if replay.ratio is not None:
         return replay.ratio
     return default_replay_ratio(recipe.method.kind, replay.resolved_loss(recipe.adapter.kind))
+
+
+def recipe_null_space(recipe: Recipe) -> float:
+    """The recipe's data.replay.null_space, or the default its validation sets (a recipe copied without it)."""
+    replay = recipe.data.replay
+    if replay.null_space is not None:
+        return replay.null_space
+    anchored = bool(recipe_replay_ratio(recipe)) and replay.resolved_loss(recipe.adapter.kind) == "kl"
+    return default_null_space(recipe.method.kind, recipe.adapter.kind, anchored, recipe.training.distributed.strategy)
 
 
 def replay_rows(recipe: Recipe, rows: int | None) -> int:

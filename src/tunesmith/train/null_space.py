@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-NULL_SPACE_MEMORY_SHARE = 0.25  # the moments may take this share of the device's free memory, else it is skipped
+from tunesmith.plan.memory import NULL_SPACE_MEMORY_SHARE, null_space_moments_bytes
+
 MOMENT_BATCH = 8  # replay rows per forward pass while the moments are collected
 
 
@@ -76,9 +77,10 @@ def free_memory(device: Any) -> int:
     return available_memory()
 
 
-def moments_bytes(layers: dict[str, Any]) -> int:
-    """Upper bound of the fp32 second moments' memory: one [in, in] matrix per layer (shared inputs need fewer)."""
-    return sum(4 * module.in_features ** 2 for module in layers.values())
+def moments_bytes(layers: dict[str, Any]) -> float:
+    """Upper bound of the fp32 second moments' memory (plan/memory.py's rule, which `tunesmith plan` applies before
+    training)."""
+    return null_space_moments_bytes([module.in_features for module in layers.values()])
 
 
 @torch.no_grad()
