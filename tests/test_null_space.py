@@ -25,6 +25,8 @@ def test_principal_basis_holds_the_asked_energy_and_stores_the_smaller_side():
 def test_it_is_on_by_default_for_lora_sft_only_and_refused_where_it_cannot_work():
     data = {"train": "t.jsonl"}
     assert Recipe(data=data).data.replay.null_space == DEFAULT_NULL_SPACE  # SFT, LoRA, the KL anchor
+    assert "null_space" not in Recipe(data=data).data.replay.model_fields_set  # the chosen table says "default"
+    assert "null_space" in Recipe(data={**data, "replay": {"null_space": 0.9}}).data.replay.model_fields_set
     assert Recipe(data=data, adapter={"kind": "qlora"}).data.replay.null_space == DEFAULT_NULL_SPACE
     for off in [{"method": {"kind": "dpo"}}, {"adapter": {"kind": "ia3"}}, {"adapter": {"kind": "full"}},
                 {"training": {"distributed": "fsdp"}}, {"data": {**data, "replay": {"ratio": 0}}},

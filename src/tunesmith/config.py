@@ -842,6 +842,7 @@ class Recipe(Section):
         anchored = bool(replay.ratio) and replay.resolved_loss(self.adapter.kind) == "kl"
         if replay.null_space is None:
             replay.null_space = default_null_space(self.method.kind, self.adapter.kind, anchored, strategy)
+            replay.model_fields_set.discard("null_space")  # a default, not the recipe's (the chosen table says so)
         if not replay.null_space:
             return
         if self.adapter.kind not in NULL_SPACE_KINDS:
