@@ -8,6 +8,7 @@ prompts hold) beside the bundled probes. `--score RUN...` scores runs trained ea
 ratio (a new measurement replaces its own), and prints one line each.
 
     .venv/bin/python benchmarks/method_replay.py --recipes dpo,kto --ratios 0,0.5
+    .venv/bin/python benchmarks/method_replay.py --recipes dpo,orpo --ratios 0.5 --null-space 0.98
     .venv/bin/python benchmarks/method_replay.py --score /tmp/rm/runs/dpo-20261203-073220
 """
 
@@ -21,12 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_and_score(name: str, ratio: float, runs_dir: Path) -> dict:
+def train_and_score(name: str, ratio: float, runs_dir: Path, null_space: float | None = None) -> dict:
     from tunesmith.config import load_recipe
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
 
-    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"data.replay.ratio={ratio}"])
+    overrides = [f"data.replay.ratio={ratio}"]
+    if null_space is not None:
+        overrides.append(f"data.replay.null_space={null_space}")
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", overrides)
     started = time.monotonic()
     run = create_run(recipe, runs_dir)
     run_training(recipe, run)
@@ -48,7 +52,7 @@ def score(run_path: Path, train_seconds: float | None = None) -> dict:
     train = json.loads((run.path / "train.json").read_text(encoding="utf-8"))
     metric = results.headline_metric()
     return {"recipe": recipe.name, "method": recipe.method.kind, "replay_ratio": recipe.data.replay.ratio,
-            "replay_weight": recipe.data.replay.weight,
+            "replay_weight": recipe.data.replay.weight, "null_space": recipe.data.replay.null_space or 0.0,
             "anchor_answer_tokens": (train.get("replay") or {}).get("anchor_answer_tokens"), "metric": metric,
             "base": results.base.get(metric) if results.base else None, "tuned": results.tuned.get(metric),
             "tuned_all": results.tuned,
@@ -61,14 +65,17 @@ def score(run_path: Path, train_seconds: float | None = None) -> dict:
 
 
 def entry_key(entry: dict) -> tuple:
-    """What one measurement is of: entries before data.replay.anchor_answer_tokens anchored the whole answers."""
-    return entry["recipe"], entry["replay_ratio"], entry["replay_weight"], entry.get("anchor_answer_tokens")
+    """What one measurement is of: entries before data.replay.anchor_answer_tokens anchored the whole answers, and
+    entries before data.replay.null_space had none."""
+    return (entry["recipe"], entry["replay_ratio"], entry["replay_weight"], entry.get("anchor_answer_tokens"),
+            entry.get("null_space", 0.0))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="dpo,kto,orpo,simpo,cpt")
     parser.add_argument("--ratios", default="0,0.5")
+    parser.add_argument("--null-space", type=float, help="data.replay.null_space (default: the method's default)")
     parser.add_argument("--score", nargs="+", type=Path, help="score these runs instead of training")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-method-replay"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/method_replay.json")
@@ -77,14 +84,14 @@ def main() -> None:
     if args.score:
         measured = (score(path) for path in args.score)
     else:
-        measured = (train_and_score(name, float(ratio), args.runs_dir)
+        measured = (train_and_score(name, float(ratio), args.runs_dir, args.null_space)
                     for name in args.recipes.split(",") for ratio in args.ratios.split(","))
     for entry in measured:
         entries = [e for e in entries if entry_key(e) != entry_key(entry)] + [entry]
         args.out.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
         held = entry["general_heldout"]
         print(f"{entry['recipe']} replay {entry['replay_ratio']} (weight {entry['replay_weight']:g}, anchor answer "
-              f"tokens {entry['anchor_answer_tokens'] or 'all'}): "
+              f"tokens {entry['anchor_answer_tokens'] or 'all'}, null space {entry['null_space']:g}): "
               f"{entry['metric']} {entry['base']} -> {entry['tuned']}, probes {entry['probe_accuracy']['base']} -> "
               f"{entry['probe_accuracy']['tuned']} (regression {entry['regression']}), held-out general "
               f"{held['base']} -> {held['tuned']}, {entry['step_seconds']:.1f} s a step")
