@@ -107,6 +107,11 @@ def test_training_keeps_every_a_off_the_general_directions_and_says_so(tmp_path,
     run_training(recipe, run)
     report = json.loads((run.path / "train.json").read_text())
     assert report["replay"]["null_space"]["energy"] == 0.99 and report["replay"]["null_space"]["rows"] == 8
+    # the pass that read the moments kept the base's log-probabilities: training itself ran no base pass
+    kept = report["replay"]["base_reference"]
+    assert report["replay"]["null_space"]["base_rows_kept"] == kept["rows_kept"] == 8
+    per_draw = report["replay"]["rows_per_step"] // recipe.training.grad_accum
+    assert kept["base_passes"] == -(-8 // per_draw) and kept["batches_from_cache"] >= 4 * recipe.training.grad_accum
     assert report["chosen"]["null_space"]["value"] == "99%"
     # the saved adapter: every A is orthogonal to the general rows' principal directions, as measured afresh
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -156,3 +161,38 @@ def test_the_plan_counts_the_bases_training_keeps_and_the_skip_it_will_make(tiny
     assert bases(2.0**40, 0) is None
     weights_bytes = arch.parameters * 4
     assert bases(weights_bytes + 1024).bytes == 0 and "skipped" in bases(weights_bytes + 1024).how
+
+
+def test_the_moments_pass_keeps_the_base_reference_a_training_draw_would_compute(tiny_model_dir):
+    """keep_null_space reads the moments from the anchor's own base passes over the first pass's batches: the kept
+    log-probabilities are the ones training's first draws compute (to the bit), and the moments those of the
+    padded reading (to float rounding), packed rows included."""
+    from types import SimpleNamespace
+
+    from tunesmith.train.replay import BaseReference, ReplayBatches, keep_null_space, packed_replay
+
+    peft_model = lora_on_tiny(tiny_model_dir)
+    vocab = peft_model.config.vocab_size
+    generator = torch.Generator().manual_seed(4)
+    examples = [{"input_ids": torch.randint(3, vocab, (n,), generator=generator).tolist(), "labels": [-100] * n}
+                for n in (5, 23, 9, 14, 30, 7, 11)]
+    replay = ReplayBatches(examples, 3, pad_id=0, seed=5)
+    assert any(packed_replay(peft_model, replay.batch(rows, "cpu")) for rows in replay.first_pass_batches())
+    callbacks = []
+    trainer = SimpleNamespace(model=peft_model, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                              add_callback=callbacks.append)
+    shared = BaseReference()
+    report = keep_null_space(trainer, replay, shared, 0.95)
+    assert report["base_rows_kept"] == len(examples) and shared.base_passes == 3 and len(callbacks) == 1
+    # training's own first draws, without the shared pass: the same values to the bit
+    fresh = BaseReference()
+    for draw in range(3):
+        rows = replay.rows(draw)[: len(replay.first_pass_batches()[draw])]
+        assert torch.equal(fresh.log_probs(replay, rows, peft_model, peft_model, "cpu")[1],
+                           torch.cat([shared.kept[i] for i in rows]))
+    assert report["tokens"] == sum(len(e["input_ids"]) for e in examples)
+    padded = build_null_space(lora_on_tiny(tiny_model_dir), examples, pad_id=0, energy=0.95)
+    assert report["moments"] == padded.report["moments"]
+    for ours, theirs in zip(trainer.model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.values(),
+                            [padded.layers[0].weights[0]], strict=True):
+        assert torch.allclose(ours.weight, theirs, atol=1e-4)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,49 +84,73 @@ def moments_bytes(layers: dict[str, Any]) -> float:
     return null_space_moments_bytes([module.in_features for module in layers.values()])
 
 
-@torch.no_grad()
-def input_moments(peft_model: Any, layers: dict[str, Any], examples: list[dict[str, list[int]]],
-                  pad_id: int) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
-    """Σ x·xᵀ of each layer's inputs over every real token of `examples` (token ids), the adapter off.
+class InputMoments:
+    """Σ x·xᵀ of each adapted layer's inputs over the real positions of the forward passes run while it is open
+    (`with InputMoments(layers) as moments:`); before each pass, `read(real)` names that pass's real positions.
 
-    Layers fed the same tensor (q, k and v; gate and up) share one moment: returns the moments by the first such
-    layer's name, each layer's group name, and the tokens read. Shapes: [in_features, in_features], fp32."""
+    Layers fed the same tensor (q, k and v; gate and up) share one moment: `moments` holds them by the first such
+    layer's name, `group` maps each layer to that name, `tokens` counts the positions read. Shapes:
+    [in_features, in_features], fp32."""
+
+    def __init__(self, layers: dict[str, Any]) -> None:
+        self.layers = layers
+        self.group: dict[str, str] = {}
+        self.moments: dict[str, torch.Tensor] = {}
+        self.tokens = 0
+        self.real: torch.Tensor | None = None  # bool [batch, length] of the next pass, as its hidden states lie
+        self.last: list[Any] = [None, None]  # the previous input (held, so `is` cannot match a reused tensor)
+        self.handles: list[Any] = []
+
+    def read(self, real: torch.Tensor) -> None:
+        self.real = real.bool()
+        self.tokens += int(self.real.sum())
+
+    def hook(self, name: str):
+        def read(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if name not in self.group:  # the first batch: layers fed the same tensor in a row (q, k, v) share a moment
+                self.group[name] = self.last[1] if x is self.last[0] else name
+            self.last[:] = [x, self.group[name]]
+            if self.group[name] != name:
+                return
+            rows = x[self.real.to(x.device)].float()
+            self.moments[name] = self.moments.get(name, 0) + rows.T @ rows
+        return read
+
+    def __enter__(self) -> InputMoments:
+        self.handles = [module.register_forward_pre_hook(self.hook(name)) for name, module in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.last[:] = [None, None]
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+@torch.no_grad()
+def read_padded(peft_model: Any, examples: list[dict[str, list[int]]], pad_id: int, moments: InputMoments) -> None:
+    """The base's (adapter off) forward passes over `examples` (token ids), MOMENT_BATCH rows at a time,
+    right-padded; padding is not read."""
     from tunesmith.models.generation import pad_right
 
     device = next(peft_model.parameters()).device
-    group: dict[str, str] = {}
-    moments: dict[str, torch.Tensor] = {}
-    mask: list[torch.Tensor] = []
-    last: list[Any] = [None, None]  # the previous layer's input tensor (held, so `is` cannot match a reused one)
+    with peft_model.disable_adapter():
+        for start in range(0, len(examples), MOMENT_BATCH):
+            batch = [{"input_ids": e["input_ids"], "labels": e["input_ids"]}
+                     for e in examples[start:start + MOMENT_BATCH]]
+            ids, _, attention = pad_right(batch, pad_id)
+            moments.read(attention.to(device))
+            peft_model(input_ids=ids.to(device), attention_mask=attention.to(device))
 
-    def hook(name: str):
-        def read(module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if name not in group:  # the first batch: layers fed the same tensor in a row (q, k, v) share a moment
-                group[name] = last[1] if x is last[0] else name
-            last[:] = [x, group[name]]
-            if group[name] != name:
-                return
-            rows = x[mask[0]].float()
-            moments[name] = moments.get(name, 0) + rows.T @ rows
-        return read
 
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
-    tokens = 0
-    try:
-        with peft_model.disable_adapter():
-            for start in range(0, len(examples), MOMENT_BATCH):
-                batch = [{"input_ids": e["input_ids"], "labels": e["input_ids"]}
-                         for e in examples[start:start + MOMENT_BATCH]]
-                ids, _, attention = pad_right(batch, pad_id)
-                mask[:] = [attention.bool().to(device)]
-                tokens += int(attention.sum())
-                peft_model(input_ids=ids.to(device), attention_mask=attention.to(device))
-    finally:
-        last[:] = [None, None]
-        for handle in handles:
-            handle.remove()
-    return moments, group, tokens
+def input_moments(peft_model: Any, layers: dict[str, Any], examples: list[dict[str, list[int]]],
+                  pad_id: int) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+    """Σ x·xᵀ of each layer's inputs over every real token of `examples` (token ids), the adapter off
+    (`InputMoments`, `read_padded`): (moments by group, each layer's group name, tokens read)."""
+    with InputMoments(layers) as moments:
+        read_padded(peft_model, examples, pad_id, moments)
+    return moments.moments, moments.group, moments.tokens
 
 
 def principal_basis(moment: torch.Tensor, energy: float) -> tuple[torch.Tensor, bool, int]:
@@ -142,9 +167,12 @@ def principal_basis(moment: torch.Tensor, energy: float) -> tuple[torch.Tensor, 
     return vectors[:, k:].float().contiguous(), False, k
 
 
-def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_id: int, energy: float) -> NullSpace:
+def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_id: int, energy: float,
+                     read_rows: Callable[[InputMoments], None] | None = None) -> NullSpace:
     """Read the general rows, find each layer's principal input directions and project its A off them (once now;
-    `NullSpace.project` after each optimizer step). Raises nothing: a model without LoRA layers gets an empty one."""
+    `NullSpace.project` after each optimizer step). `read_rows(moments)` runs the base's forward passes over the
+    rows (the replay anchor's, which keeps their log-probabilities: train/replay.py `keep_null_space`); by default
+    `read_padded` over `examples`. Raises nothing: a model without LoRA layers gets an empty one."""
     started = time.monotonic()
     layers = lora_layers(peft_model)
     needed, free = moments_bytes(layers), free_memory(next(peft_model.parameters()).device)
@@ -154,7 +182,13 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
                f"to silence this")
         print(f"null space: {why}", file=sys.stderr, flush=True)
         return NullSpace([], {"energy": energy, "skipped": why})
-    moments, group, tokens = input_moments(peft_model, layers, examples, pad_id)
+    with InputMoments(layers) as reader:
+        if read_rows is None:
+            read_padded(peft_model, examples, pad_id, reader)
+        else:
+            read_rows(reader)
+    moments, group, tokens = reader.moments, reader.group, reader.tokens
+    read_s = time.monotonic() - started
     bases = {name: principal_basis(moment, energy) for name, moment in moments.items()}
     protected, kept = [], []
     for name, module in layers.items():
@@ -168,7 +202,7 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
     space.report = {"energy": energy, "rows": len(examples), "tokens": tokens, "layers": len(protected),
                     "moments": len(moments), "closed_share_median": round(ordered[len(ordered) // 2], 3) if ordered
                     else None, "closed_share_max": round(ordered[-1], 3) if ordered else None,
-                    "seconds": round(time.monotonic() - started, 1)}
+                    "read_seconds": round(read_s, 1), "seconds": round(time.monotonic() - started, 1)}
     print(f"null space: each LoRA A kept off the directions holding {energy:.0%} of the general rows' inputs "
           f"({len(examples)} rows, {tokens} tokens; median {space.report['closed_share_median']:.0%} of a layer's "
           f"input dimensions closed) in {space.report['seconds']} s", file=sys.stderr, flush=True)

@@ -178,6 +178,11 @@ class ReplayBatches:
     def at(self, draw: int, device: Any) -> tuple[Any, Any, Any]:
         return self.batch(self.rows(draw), device)
 
+    def first_pass_batches(self) -> list[list[int]]:
+        """The first pass's batches, in draw order (the last may be short: `first_pass_batch`)."""
+        order = self.order(0)
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     def first_pass_batch(self, row: int) -> list[int]:
         """The rows of the first pass's batch that holds `row` (its draw in pass 0, without the next pass's rows
         where the pass's last draw runs over)."""
@@ -220,11 +225,7 @@ class BaseReference:
         `anchor_kl`'s order), from the cache where every row is in it, else from a base pass."""
         import torch
 
-        if self.limit_bytes is None:
-            self.limit_bytes = reference_cache_limit(device)
-            print(f"replay anchor: the base's log-probabilities on each replay row are kept at its first draw (up to "
-                  f"{self.limit_bytes / 2**30:.1f} GiB), so later draws of it need no base pass",
-                  file=sys.stderr, flush=True)
+        self.set_limit(device)
         batch = replay.batch(rows, device)
         missing = [i for i in rows if i not in self.kept]
         if not missing:
@@ -240,6 +241,14 @@ class BaseReference:
             return batch, torch.cat([self.kept[i] for i in rows])
         # past the limit: this draw's own batch, as without a cache
         return batch, own if own is not None else self.base_pass(rows, batch, model, peft_model)
+
+    def set_limit(self, device: Any) -> None:
+        """`limit_bytes` from the device's memory, where not given (once, and said)."""
+        if self.limit_bytes is None:
+            self.limit_bytes = reference_cache_limit(device)
+            print(f"replay anchor: the base's log-probabilities on each replay row are kept at its first draw (up to "
+                  f"{self.limit_bytes / 2**30:.1f} GiB), so later draws of it need no base pass",
+                  file=sys.stderr, flush=True)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
@@ -303,6 +312,17 @@ def packing_pays(lengths: list[int], config: Any) -> bool:
 def packed_replay(model: Any, batch: tuple[Any, Any, Any]) -> bool:
     """Whether `replay_logits` runs this replay batch packed."""
     return packing_pays(batch[2].sum(dim=1).tolist(), getattr(model, "module", model).config)
+
+
+def real_positions(model: Any, batch: tuple[Any, Any, Any]) -> Any:
+    """Where the real tokens of a replay `batch` lie in the hidden states `replay_logits` runs: bool [rows, longest]
+    (the attention mask) padded, [1, real tokens] all true packed."""
+    import torch
+
+    mask = batch[2]
+    if packed_replay(model, batch):
+        return torch.ones(1, int(mask.sum()), dtype=torch.bool, device=mask.device)
+    return mask.bool()
 
 
 def replay_logits(model: Any, batch: tuple[Any, Any, Any]) -> Any:
@@ -376,14 +396,29 @@ def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, A
             "null_space": recipe.data.replay.null_space}
 
 
-def keep_null_space(trainer: Any, replay: ReplayBatches, energy: float) -> dict[str, Any]:
+def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReference, energy: float) -> dict[str, Any]:
     """Project the trainer's LoRA A matrices off the replay rows' principal input directions and keep them there
-    after every optimizer step; train.json's replay.null_space report."""
+    after every optimizer step; train.json's replay.null_space report.
+
+    The base's pass over the replay rows that measures their inputs is the anchor's base pass: run over the first
+    pass's batches (`BaseReference.base_pass`, the batches it keeps rows from), it keeps their log-probabilities, so
+    training runs no base pass for the rows kept (one forward of the base over the replay rows instead of two)."""
     from tunesmith.train.null_space import build_null_space, null_space_callback
 
-    space = build_null_space(trainer.accelerator.unwrap_model(trainer.model), replay.examples, replay.pad_id, energy)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    device = next(model.parameters()).device
+    reference.set_limit(device)
+
+    def read_first_pass(moments: Any) -> None:
+        for rows in replay.first_pass_batches():  # every row: past the cache's limit, rows are read but not kept
+            batch = replay.batch(rows, device)
+            moments.read(real_positions(model, batch))
+            reference.base_pass(rows, batch, model, model)
+
+    space = build_null_space(model, replay.examples, replay.pad_id, energy,
+                             read_rows=read_first_pass)
     trainer.add_callback(null_space_callback(space))
-    return space.report
+    return {**space.report, "base_rows_kept": len(reference.kept)}
 
 
 def anchored(trainer_class: type) -> type:
@@ -397,11 +432,11 @@ def anchored(trainer_class: type) -> type:
         def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float,
                      replay_report: dict[str, Any], null_space: float = 0.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.base_reference = BaseReference()
             if null_space:
-                replay_report["null_space"] = keep_null_space(self, replay_batches, null_space)
+                replay_report["null_space"] = keep_null_space(self, replay_batches, self.base_reference, null_space)
             self.replay_batches, self.replay_weight = replay_batches, replay_weight
             self.replay_step, self.replay_micro = -1, 0
-            self.base_reference = BaseReference()
             self.replay_kls: list[float] = []  # the anchor's KL per micro-batch since the last training log
             self.replay_report = replay_report  # train.json's replay block, which gains the cache's figures
 
