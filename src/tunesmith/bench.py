@@ -21,7 +21,8 @@ under bf16 autocast; tunesmith does the same by default (`frozen_base_dtype`).
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
 answers of 32 held-out rows), MFU against this machine's matmul peak in the variant's compute dtype (measured
-first, in the same run), and the ratios to trl-expert.
+first, in the same run), and the ratios to trl-expert. For tunesmith, also the null space's set-up before training
+(`data.replay.null_space`), which the timed steps do not include, as the TRL scripts' tokenization is not.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def summary_line(f: dict[str, Any]) -> str:
     cuda = f", CUDA {f['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in f else ""
     return (f"{f['real_tokens_per_s']:.1f} tokens/s ({f['loss_tokens_per_s']:.1f} with loss), {f['seconds']:.0f} s, "
             f"peak RSS {f['peak_rss_mb']:.0f} MB{cuda}, MFU {f['mfu']:.0%}, train loss {f['final_loss']}, "
-            f"held-out loss {f['heldout_loss']:.4f}")
+            f"held-out loss {f['heldout_loss']:.4f}"
+            + (f"; null-space set-up {f['null_space_setup_s']} s before training" if "null_space_setup_s" in f else ""))
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -289,7 +291,17 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
                               "final_loss": report["final_loss"], "model_flops": speed["model_tflops"] * 1e12,
                               "packing": report.get("packing"),
                               "activation_checkpointing": recipe.training.gradient_checkpointing,
-                              "micro_batch": recipe.training.batch_size, "grad_accum": recipe.training.grad_accum}
+                              "micro_batch": recipe.training.batch_size, "grad_accum": recipe.training.grad_accum,
+                              **null_space_setup(report)}
+
+
+def null_space_setup(report: dict[str, Any]) -> dict[str, Any]:
+    """The null space's set-up before training (outside the timed steps): its seconds, of which reading the replay
+    rows (the anchor's base pass, kept), from train.json's replay block; {} where it did not run."""
+    space = report.get("replay", {}).get("null_space") or {}
+    if "seconds" not in space:
+        return {}
+    return {"null_space_setup_s": space["seconds"], "null_space_read_s": space.get("read_seconds")}
 
 
 def worker_main(argv: list[str]) -> None:
