@@ -17,8 +17,8 @@ from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
 from tunesmith.plan.memory import MemoryEstimate, estimate_memory
 from tunesmith.plan.recommend import Advice, recommend, sharding_of
-from tunesmith.plan.timing import StepTime, step_time
-from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
+from tunesmith.plan.timing import StepTime, null_space_setup, step_time
+from tunesmith.plan.workload import RowLengths, anchor_row_tokens, micro_step, replay_rows, trained_weights
 
 
 class ComponentRow(BaseModel):
@@ -51,6 +51,8 @@ class PlanReport(BaseModel):
     steps_per_epoch: int
     epoch_seconds: float
     time_note: str
+    setup_seconds: float = 0.0  # before the first step (data.replay.null_space), not in step_seconds
+    setup_note: str = ""
     advice: list[Advice]
 
 
@@ -89,6 +91,8 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding)
     typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True, **on_device)
     timing = step_time(recipe, arch, weights, typical, device, lengths.rows)
+    setup_s, setup_note = null_space_setup(arch, weights, replay_rows(recipe, lengths.rows)
+                                           * anchor_row_tokens(recipe)[1], device)
     return PlanReport(
         model=recipe.model.source, device=device.name, device_memory_bytes=device.memory_bytes,
         measured_device=device.measured, method=recipe.method.kind, adapter=recipe.adapter.kind,
@@ -98,7 +102,8 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
         components=component_rows(estimate), peak_bytes=estimate.total, peak_bytes_checkpointed=checkpointed.total,
         fits=estimate.total <= device.memory_bytes, step_seconds=timing.seconds,
         steps_per_epoch=timing.steps_per_epoch, epoch_seconds=timing.seconds * timing.steps_per_epoch,
-        time_note=timing.note, advice=recommend(recipe, arch, device, lengths, compute))
+        time_note=timing.note, setup_seconds=setup_s, setup_note=setup_note,
+        advice=recommend(recipe, arch, device, lengths, compute))
 
 
 def compute_bytes(recipe: Recipe, device: Device) -> float:

@@ -16,6 +16,9 @@ from tunesmith.plan.devices import Device
 from tunesmith.plan.memory import TrainedWeights, Workload
 
 DECODE_EFFICIENCY = 0.05  # token-by-token sampling is bound by memory bandwidth, not matmuls: a rough share
+# torch.linalg.eigh in fp32 (LAPACK syevd, values and vectors) took 0.17, 0.36 and 2.83 s for n = 1,536, 2,048 and
+# 4,096 on a 2-core Intel Xeon whose fp32 matmul peak was 309 GFLOP/s: 12.7-14.5 peak FLOPs' worth of time per n³
+EIGH_PEAK_FLOPS_PER_N3 = 13.0
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,25 @@ def step_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> f
     frozen_tokens = work.frozen_pass_tokens - (work.trained_extra_tokens if work.kept_reference_tokens else 0)
     frozen_pass = frozen_tokens * (2.0 * body + 2.0 * head)
     return work.tokens * per_token + projected * 4.0 * head + frozen_pass
+
+
+def null_space_setup(arch: Architecture, weights: TrainedWeights, replay_tokens: int,
+                     device: Device) -> tuple[float, str]:
+    """(seconds, how) that data.replay.null_space takes before the first step (train/null_space.py): the base
+    reads the replay rows (a forward pass with its logits, which the replay anchor keeps, plus Σ x·xᵀ of each
+    distinct layer input: 2 n² FLOPs a token for an input of n features), then one eigendecomposition per distinct
+    input (EIGH_PEAK_FLOPS_PER_N3 x n³, calibrated on a CPU). (0, "") when it will not run."""
+    inputs = weights.null_space_inputs
+    if not inputs or not replay_tokens:
+        return 0.0, ""
+    body = arch.parameters - arch.embedding_parameters
+    head = arch.vocab_size * arch.hidden_size
+    read = replay_tokens * (2.0 * body + 2.0 * head + sum(2.0 * n * n for n in inputs))
+    decompose = EIGH_PEAK_FLOPS_PER_N3 * sum(float(n) ** 3 for n in inputs)
+    seconds = read / (device.peak_flops * device.efficiency) + decompose / device.peak_flops
+    how = (f"null space: the base reads ~{replay_tokens:,} replay tokens ({read / 1e12:,.1f} TFLOP, its log-"
+           f"probabilities kept for the anchor), then {len(inputs)} eigendecompositions of up to {max(inputs):,} x "
+           f"{max(inputs):,}")
+    if device.kind != "cpu":
+        how += " (their time is calibrated on a CPU; a GPU's depends on its linear-algebra kernels)"
+    return seconds, how
