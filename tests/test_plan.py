@@ -192,6 +192,28 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
     assert kept(2.0**40, 200) == 100 * mean_row * arch.vocab_size * 4
 
 
+def test_the_plan_says_what_the_null_space_takes_before_the_first_step(tiny_model_dir, tmp_path):
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+
+    recipe = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir), "base_dir": str(tmp_path)})
+    arch = read_architecture(tiny_model_dir)
+
+    def setup(rows: int | None, memory: float = 2.0**40, null_space: float | None = None):
+        copy = recipe if null_space is None else recipe.model_copy(update={"data": recipe.data.model_copy(update={
+            "replay": recipe.data.replay.model_copy(update={"null_space": null_space})})})
+        report = build_report(copy, arch, Device("cpu", "cpu", memory, 1e11, False), RowLengths(128, "t", rows))
+        return report.setup_seconds, report.setup_note
+
+    seconds, note = setup(200)  # SFT with LoRA: the null space is on by default
+    assert seconds > 0 and "replay tokens" in note and "eigendecompositions" in note
+    assert 0 < setup(40)[0] < seconds  # fewer replay rows to read, the same decompositions
+    assert setup(200, null_space=0) == (0.0, "")
+    assert setup(200, memory=arch.parameters * 4 + 1024) == (0.0, "")  # its moments would not fit: skipped
+    assert setup(None) == (0.0, "")  # rows unknown: nothing said
+
+
 def test_kto_unpaired_rows_beside_paired_held_out_ones_are_sized_not_a_crash(tiny_model_dir, tmp_path):
     """recipes/kto.yaml trains unpaired rows and holds out pairs: load_splits calls that shape
     "preference/unpaired_preference", and the plan (which train runs first) must size it; files of shapes no
