@@ -246,8 +246,8 @@ class BaseReference:
         """`limit_bytes` from the device's memory, where not given (once, and said)."""
         if self.limit_bytes is None:
             self.limit_bytes = reference_cache_limit(device)
-            print(f"replay anchor: the base's log-probabilities on each replay row are kept at its first draw (up to "
-                  f"{self.limit_bytes / 2**30:.1f} GiB), so later draws of it need no base pass",
+            print(f"replay anchor: the base's log-probabilities on each replay row are kept after its first base pass "
+                  f"(up to {self.limit_bytes / 2**30:.1f} GiB), so no row needs a second",
                   file=sys.stderr, flush=True)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
@@ -432,6 +432,10 @@ def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReferenc
     space = build_null_space(model, replay.examples, replay.pad_id, energy,
                              read_rows=read_first_pass)
     trainer.add_callback(null_space_callback(space))
+    if "skipped" not in space.report:
+        print(f"replay anchor: that read kept the base's log-probabilities of {len(reference.kept)} of "
+              f"{len(replay.examples)} replay rows, so training runs no base pass for them",
+              file=sys.stderr, flush=True)
     return {**space.report, "base_rows_kept": len(reference.kept)}
 
 
