@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from data_synthetic import make_dataset
 
 from tunesmith.config import CleanSection, validate_recipe
 from tunesmith.data import recipe_tokenizer
 from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, token_lengths
 from tunesmith.data.rowtext import row_text
+from tunesmith.data.synthetic import make_dataset
 from tunesmith.data.workflow import prepare_data
 
 

@@ -45,3 +45,24 @@ def test_bench_cli_refuses_unknown_names():
 
     result = CliRunner().invoke(app, ["bench", "train", "--datasets", "tickets,imagenet"])
     assert result.exit_code != 0 and "unknown imagenet" in str(result.exception or result.output)
+
+
+def test_bench_all_times_prepare_eval_and_export_for_real(tiny_model_dir):
+    """The stages `bench all` adds to the training benchmark, run for real on a tiny model: the figures come from
+    what each stage did (rows prepared, answers generated, a GGUF file written and read back by llama.cpp)."""
+    from tunesmith.bench_all import markdown_table, pipeline_figures, prepare_throughput
+    from tunesmith.export.verify import llama_cpp_available
+
+    prepare = prepare_throughput(str(tiny_model_dir), 400)
+    assert prepare["rows"] == 400 and prepare["prepare_rows_per_s"] > 0
+    assert 0 < prepare["near_dedup_removed"] <= prepare["planted_near_duplicates"] + 5
+    pipeline = pipeline_figures(str(tiny_model_dir), steps=2, eval_examples=4)
+    for side in ("base", "tuned"):
+        speed = pipeline["generation"][side]
+        assert speed["answer_tokens"] > 0 and speed["tokens_per_s"] == round(
+            speed["answer_tokens"] / speed["seconds_per_answer"], 1)
+    gguf = pipeline["gguf"]
+    assert gguf["bytes"] > 0 and gguf["seconds_per_gb"] > 0
+    assert ("verify_seconds" in gguf) == llama_cpp_available()
+    table = markdown_table({"prepare": prepare, "pipeline": pipeline})
+    assert "| prepare | 400 rows" in table and "| eval | tuned:" in table and "GGUF F16" in table

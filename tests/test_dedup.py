@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +17,6 @@ from tunesmith.data.dedup import (
     score_against_planted,
 )
 
-SYNTHETIC = Path(__file__).resolve().parents[1] / "benchmarks" / "data_synthetic.py"
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ra", "te", "vo", "shi", "ne", "dar", "pel", "qu", "zo")
          for b in ("n", "t", "ra", "mo", "li", "sk", "vi", "do", "pe", "ga")]
 
@@ -156,11 +152,9 @@ def test_score_counts_misses_and_false_removals() -> None:
 
 @pytest.fixture(scope="module")
 def synthetic():
-    spec = importlib.util.spec_from_file_location("data_synthetic", SYNTHETIC)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from tunesmith.data import synthetic
+
+    return synthetic
 
 
 def test_synthetic_rows_plant_duplicates_after_originals_and_pii(synthetic) -> None:

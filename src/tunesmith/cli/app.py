@@ -83,6 +83,27 @@ def bench_train(
     print(markdown_table(results))
 
 
+@bench_app.command("all")
+def bench_all(
+        rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
+        prepare_rows: Annotated[int, typer.Option(help="Synthetic rows for `data prepare`.")] = 20_000,
+        steps: Annotated[int, typer.Option(help="Training steps of the run whose eval and export are timed.")] = 8,
+        eval_examples: Annotated[int, typer.Option(help="Held-out rows that run's eval answers.")] = 32,
+        model: Annotated[str, typer.Option(help="Model source.")] = "smollm2-135m-instruct",
+        out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None) -> None:
+    """Every stage's speed on this machine in one invocation: training against the TRL expert's script, data
+    prepare rows/s, eval generation tokens/s (base and tuned), GGUF export seconds per GB and its llama.cpp check.
+
+    Run it on an otherwise idle machine (about 10 minutes for SmolLM2-135M on 2 CPU cores).
+    Example: tunesmith bench all --out bench.json
+    """
+    from tunesmith.bench_all import markdown_table, run_all
+
+    results = run_all(model, rows, prepare_rows, pipeline_steps=steps, eval_examples=eval_examples, out=out,
+                      report=lambda line: err.print(escape(line), **SHOW))
+    print(markdown_table(results))
+
+
 CONSTRAINT_HELP = "Hold every answer to this JSON Schema file (constrained decoding)."
 CHOICES_HELP = "Hold every answer to one of these comma-separated labels (constrained decoding)."
 JsonSchemaOption = Annotated[Path | None, typer.Option("--json-schema", metavar="FILE", help=CONSTRAINT_HELP)]

@@ -8,7 +8,9 @@ step adds the KL anchor on a few of them (`anchored`); with `sft` they join the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import random
 import sys
@@ -355,11 +357,14 @@ def replay_logits(model: Any, batch: tuple[Any, Any, Any]) -> Any:
 def takes_logits_to_keep(model: Any) -> bool:
     """Whether the causal LM under `model` (a PEFT model, possibly wrapped for DDP) takes `logits_to_keep` as a
     tensor of positions (transformers' causal LMs: `slice_logits_to_keep`, or its inline form before 5.x)."""
-    import inspect
-
     inner = getattr(model, "module", model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return forward_takes(type(inner), "logits_to_keep")
+
+
+@functools.cache
+def forward_takes(model_class: type, argument: str) -> bool:
+    return argument in inspect.signature(model_class.forward).parameters
 
 
 def base_log_probs(model: Any, peft_model: Any, batch: tuple[Any, Any, Any]) -> Any:
@@ -429,8 +434,7 @@ def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReferenc
             moments.read(real_positions(model, batch))
             reference.base_pass(rows, batch, model, model)
 
-    space = build_null_space(model, replay.examples, replay.pad_id, energy,
-                             read_rows=read_first_pass)
+    space = build_null_space(model, replay.examples, replay.pad_id, energy, read_rows=read_first_pass)
     trainer.add_callback(null_space_callback(space))
     if "skipped" not in space.report:
         print(f"replay anchor: that read kept the base's log-probabilities of {len(reference.kept)} of "

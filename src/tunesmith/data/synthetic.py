@@ -1,4 +1,5 @@
-"""Synthetic conversational rows with planted near-duplicates and fake PII, for the data-stage benchmarks.
+"""Synthetic conversational rows with planted near-duplicates and fake PII, for the data stage's benchmarks
+(`benchmarks/data_prepare.py`, `tunesmith bench all`).
 
 Rows are ~300-character user/assistant exchanges built from templates and random fillers, so unrelated
 rows share little beyond common phrases. A near-duplicate is an earlier row with one or two small edits
