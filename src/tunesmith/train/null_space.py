@@ -106,7 +106,7 @@ class InputMoments:
         self.tokens += int(self.real.sum())
 
     def hook(self, name: str):
-        def read(module: Any, args: tuple[Any, ...]) -> None:
+        def on_input(module: Any, args: tuple[Any, ...]) -> None:
             x = args[0]
             if name not in self.group:  # the first batch: layers fed the same tensor in a row (q, k, v) share a moment
                 self.group[name] = self.last[1] if x is self.last[0] else name
@@ -115,7 +115,7 @@ class InputMoments:
                 return
             rows = x[self.real.to(x.device)].float()
             self.moments[name] = self.moments.get(name, 0) + rows.T @ rows
-        return read
+        return on_input
 
     def __enter__(self) -> InputMoments:
         self.handles = [module.register_forward_pre_hook(self.hook(name)) for name, module in self.layers.items()]
