@@ -94,7 +94,7 @@ def bench_all(
     """Every stage's speed on this machine in one invocation: training against the TRL expert's script, data
     prepare rows/s, eval generation tokens/s (base and tuned), GGUF export seconds per GB and its llama.cpp check.
 
-    Run it on an otherwise idle machine (about 10 minutes for SmolLM2-135M on 2 CPU cores).
+    Run it on an otherwise idle machine (about 7 minutes for SmolLM2-135M on 2 CPU cores).
     Example: tunesmith bench all --out bench.json
     """
     from tunesmith.bench_all import markdown_table, run_all
