@@ -159,7 +159,8 @@ def principal_basis(moment: torch.Tensor, energy: float) -> tuple[torch.Tensor, 
 
     The decomposition runs in fp32, the energy sums in fp64: on SmolLM2-135M's 120 replay-row moments that took
     5.2 s instead of 11.1 s in fp64, with the same k everywhere and the energy left open within 2e-6 of fp64's
-    (it grows with n³: ~6 min instead of ~12 for a 1B model's 16 moments of 8,192 on a 2-core CPU)."""
+    (it grows with n³: ~6 min instead of ~12 for a 1B model's 16 moments of 8,192 on a 2-core CPU, extrapolated
+    from n = 4,096; benchmarks/eigh_precision.py)."""
     values, vectors = torch.linalg.eigh(moment.float())  # ascending; fp32: see the docstring
     values = values.double().clamp(min=0).flip(0)
     vectors = vectors.flip(1)
