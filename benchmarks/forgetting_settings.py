@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "benchmarks/data/general_heldout.jsonl"
 BEFORE = ["data.replay.ratio=0", "training.max_steps=28"]  # the quickstart before replay existed
 SETTINGS = {
-    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.5, weight 4), null space 0.98
+    "default": [],  # the quickstart as shipped: KL anchor (every position, ratio 0.25, weight 4), null space 0.98
+    # the default until 2026-12-05 noon: the anchor at ratio 0.5 (4 replay rows a step) beside the null space
+    "ratio_0.5": ["data.replay.ratio=0.5"],
     # the recipe until 2026-12-04: the anchor alone, 40 steps; and the anchor alone at the 60 steps it now trains
     "anchor_only_40_steps": ["data.replay.null_space=0", "training.max_steps=40"],
     "anchor_only_60_steps": ["data.replay.null_space=0"],
@@ -48,6 +50,9 @@ SETTINGS = {
     # half the rank (each with the anchor as the default has it)
     "weight_8": ["data.replay.weight=8"],
     "ratio_1": ["data.replay.ratio=1.0"],
+    # a lighter anchor beside the null space: half the replay rows (2 a step, half the pool); measured before it
+    # became the default
+    "ratio_0.25": ["data.replay.ratio=0.25"],
     "lr_5e-4_60_steps": ["training.lr=5.0e-4", "training.max_steps=60"],
     "r8": ["adapter.r=8", "adapter.alpha=16"],
     "before_replay": BEFORE,

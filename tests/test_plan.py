@@ -180,8 +180,8 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
         report = build_report(recipe, arch, Device(kind, kind, memory, 1e11, False), RowLengths(128, "t", rows))
         return {c.name: c.bytes for c in report.components}.get("replay base log-probs (kept)")
 
-    assert recipe.data.replay.ratio == 0.5
-    assert kept(2.0**40, 200) == 100 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # 0.5 x 200 rows
+    assert recipe.data.replay.ratio == 0.25  # beside the null space (NULL_SPACE_REPLAY_RATIO)
+    assert kept(2.0**40, 200) == 50 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # 0.25 x 200 rows
     assert kept(2.0**40, 1000) == 226 * REPLAY_MEAN_TOKENS * arch.vocab_size * 4  # the bundled set's 226 prompts
     assert kept(2.0**20, 200) == 0.25 * 2**20  # REFERENCE_CACHE_SHARE of the device's memory
     assert kept(2.0**20, 200, "cuda") == kept(2.0**40, 200)  # a GPU keeps up to 1 GiB, whatever its size
@@ -189,7 +189,7 @@ def test_the_plan_counts_the_kept_replay_log_probs_up_to_their_limit(tiny_model_
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={
         "replay": recipe.data.replay.model_copy(update={"anchor_answer_tokens": 16})})})
     mean_row = REPLAY_PROMPT_MEAN_TOKENS + 16  # the anchor on each row's prompt and first 16 answer tokens
-    assert kept(2.0**40, 200) == 100 * mean_row * arch.vocab_size * 4
+    assert kept(2.0**40, 200) == 50 * mean_row * arch.vocab_size * 4
 
 
 def test_the_plan_says_what_the_null_space_takes_before_the_first_step(tiny_model_dir, tmp_path):

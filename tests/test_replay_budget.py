@@ -45,6 +45,13 @@ def test_budget_and_replay_refused_for_methods_they_do_not_fit():
     assert Recipe(data={**data, "replay": {"ratio": 0.1}}, method={"kind": "dpo"}).data.replay.ratio == 0.1
     # the preference methods replay by default through the anchor, where it can work; cpt, grpo, reward do not
     assert Recipe(data=data, method={"kind": "dpo"}).data.replay.ratio == 0.5
+    # sft: half the rows beside the null space (on by default for a LoRA with the anchor), else the anchor's own
+    assert Recipe(data=data).data.replay.ratio == 0.25
+    assert Recipe(data={**data, "replay": {"null_space": 0}}).data.replay.ratio == 0.5
+    assert Recipe(data={**data, "replay": {"null_space": 0.9}}, method={"kind": "dpo"}).data.replay.ratio == 0.25
+    assert Recipe(data=data, adapter={"kind": "ia3"}).data.replay.ratio == 0.5  # no A matrices: no null space
+    assert Recipe(data=data, adapter={"kind": "full"}).data.replay.ratio == 0.5  # replay rows join training (sft)
+    assert Recipe(data=data, training={"distributed": {"strategy": "fsdp"}}).data.replay.ratio == 0.5
     assert Recipe(data=data, method={"kind": "dpo"}, adapter={"kind": "full"}).data.replay.ratio == 0
     assert Recipe(data=data, method={"kind": "cpt"}).data.replay.ratio == 0
     assert Recipe(data=data, method={"kind": "grpo"}).data.replay.ratio == 0

@@ -15,8 +15,9 @@ Run only when named: `tunesmith-checkpointing` (no replay, activation checkpoint
 `data.replay.anchor_answer_tokens: 16`), and `trl-expert-kept-malloc` (trl-expert with glibc's malloc keeping
 freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing); for a GPU,
 `trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
-`tunesmith-qlora` (`adapter.kind: qlora`, without replay). On a GPU the expert loads the base in bf16 and trains
-under bf16 autocast; tunesmith does the same by default (`frozen_base_dtype`).
+`tunesmith-qlora` (`adapter.kind: qlora`, without replay); and `tunesmith-bf16` / `tunesmith-no-replay-bf16`
+(`training.precision: bf16`: bf16 autocast on a CPU, which `auto` leaves at fp32 there). On a GPU the expert
+loads the base in bf16 and trains under bf16 autocast; tunesmith does the same by default (`frozen_base_dtype`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
@@ -46,14 +47,16 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # On a GPU: trl-expert with Liger's kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU), and QLoRA (4-bit
 # NF4 base, bitsandbytes) as each side sets it up (tunesmith's without replay: the TRL script's work)
 # tunesmith-micro-K (any K dividing the batch): without replay, micro-batches of K rows accumulated to the same batch
-# (K = the batch: the whole batch at once, what the plan would otherwise split on a CPU)
+# (K = the batch: the whole batch at once, what the plan would otherwise split on a CPU); -bf16: with and without
+# replay under training.precision bf16 (bf16 autocast, also on a CPU)
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
-                  "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2")
+                  "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2",
+                  "tunesmith-bf16", "tunesmith-no-replay-bf16")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
                    "tunesmith-qlora": {"ratio": 0}, "tunesmith-micro-4": {"ratio": 0},
-                   "tunesmith-micro-2": {"ratio": 0}}
+                   "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -255,7 +258,7 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
                      runs_dir: Path, replay: dict[str, Any] | None = None, checkpointing: bool = False,
                      adapter: dict[str, Any] | None = None,
-                     micro_batch: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                     micro_batch: int | None = None, precision: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
     first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`:
     data.replay settings over the defaults (`{"ratio": 0}`: without the replay anchor, the same work as the TRL
@@ -275,7 +278,8 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "training": {"epochs": 1, "save_steps": 100_000,
                      **({"batch_size": micro_batch, "grad_accum": batch_size // micro_batch} if micro_batch
                         else {"batch_size": batch_size}),
-                     **({"gradient_checkpointing": True} if checkpointing else {})}}))
+                     **({"gradient_checkpointing": True} if checkpointing else {}),
+                     **({"precision": precision} if precision else {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)
     run = create_run(recipe, runs_dir)
@@ -319,7 +323,8 @@ def worker_main(argv: list[str]) -> None:
                                                          adapter={"kind": "qlora"} if variant.endswith("qlora")
                                                          else None,
                                                          micro_batch=int(variant.rsplit("-", 1)[1])
-                                                         if variant.startswith("tunesmith-micro-") else None)
+                                                         if variant.startswith("tunesmith-micro-") else None,
+                                                         precision="bf16" if variant.endswith("-bf16") else None)
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse

@@ -78,6 +78,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
 DEFAULT_REPLAY_RATIO = 0.5
+# data.replay.ratio where the null space is on (default_replay_ratio): it keeps the adapter off the general rows'
+# inputs, so the anchor needs half the rows (2 a step at batch 8, a quarter of the training rows to read): on the
+# quickstart probes 0.979 (1.00 at 0.5), exact match 0.625 (0.6375), training 173.5 s instead of 214.7 s; routing and
+# tickets under a 10-minute budget in README "Keeping what the base could do" (benchmarks/results/defaults.json).
+NULL_SPACE_REPLAY_RATIO = 0.25
 DEFAULT_REPLAY_WEIGHT = 4.0
 NULL_SPACE_KINDS = ("lora", "rslora", "qlora", "dora")  # an update B·A·x beside an untouched layer
 # data.replay.null_space where it applies (default_null_space), with the 226-prompt replay set: probes 1.00, 1.00,
@@ -107,11 +112,14 @@ class ReplaySection(Section):
                                                "or a JSONL file (relative to the recipe) of rows with `prompt` and "
                                                "an optional `answer` (the base model answers the rest).")
     ratio: float | None = Field(None, ge=0, le=1, description="Replay rows per training row (0.5: 200 replay rows "
-                                                             "beside 400 training rows, at most the source's rows); "
-                                                             "0 turns replay off. Default: DEFAULT_REPLAY_RATIO for "
-                                                             "method.kind sft, and for dpo, kto, orpo and simpo "
+                                                             "beside 400 training rows, at most the source's rows; "
+                                                             "the anchor takes round(ratio x batch) a step); 0 "
+                                                             "turns replay off. Default: DEFAULT_REPLAY_RATIO (0.5) "
+                                                             "for method.kind sft, and for dpo, kto, orpo and simpo "
                                                              "with an adapter that leaves the base untouched (the "
-                                                             "KL anchor); 0 otherwise (cpt takes it when asked).")
+                                                             "KL anchor), NULL_SPACE_REPLAY_RATIO (0.25) where the "
+                                                             "null space is on beside the anchor; 0 otherwise (cpt "
+                                                             "takes it when asked).")
     max_new_tokens: int = Field(160, ge=8, description="Longest base answer kept; answers the base does not finish "
                                                        "within it are left out, not trained cut.")
     loss: Literal["auto", "kl", "sft"] = Field(
@@ -563,12 +571,22 @@ ANCHORED_METHODS = ("sft", "cpt", "dpo", "kto", "orpo", "simpo")
 REPLAY_BY_DEFAULT_METHODS = ("sft", "dpo", "kto", "orpo", "simpo")
 
 
-def default_replay_ratio(method_kind: str, replay_loss: str) -> float:
+def default_replay_ratio(method_kind: str, replay_loss: str, null_space: bool = False) -> float:
     """data.replay.ratio when the recipe leaves it out: DEFAULT_REPLAY_RATIO for supervised fine-tuning (either
-    loss) and, through the KL anchor only (`replay_loss` kl), for the preference methods; 0 otherwise."""
+    loss) and, through the KL anchor only (`replay_loss` kl), for the preference methods, NULL_SPACE_REPLAY_RATIO
+    where the null space will be on beside the anchor (`null_space`, from `null_space_planned`); 0 otherwise."""
     if method_kind == "sft" or (method_kind in REPLAY_BY_DEFAULT_METHODS and replay_loss == "kl"):
-        return DEFAULT_REPLAY_RATIO
+        return NULL_SPACE_REPLAY_RATIO if null_space and replay_loss == "kl" else DEFAULT_REPLAY_RATIO
     return 0.0
+
+
+def null_space_planned(null_space: float | None, method_kind: str, adapter_kind: str, replay_loss: str,
+                       strategy: str) -> bool:
+    """Whether the null space will be on if the KL anchor replays: data.replay.null_space as the recipe sets it, or
+    its default (`default_null_space`) where the recipe leaves it out."""
+    if null_space is not None:
+        return null_space > 0
+    return default_null_space(method_kind, adapter_kind, replay_loss == "kl", strategy) > 0
 
 
 NULL_SPACE_STRATEGIES = ("none", "ddp")  # the ones that hold whole A matrices in each process
@@ -816,9 +834,10 @@ class Recipe(Section):
         if self.training.time_budget and self.method.kind not in TIME_BUDGET_METHODS:
             raise ValueError(f"training.time_budget works with method.kind {', '.join(TIME_BUDGET_METHODS)}; a "
                              f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
-        if self.data.replay.ratio is None:  # the default: replay where it applies
-            self.data.replay.ratio = default_replay_ratio(self.method.kind, self.data.replay.resolved_loss(
-                self.adapter.kind))
+        replay, loss = self.data.replay, self.data.replay.resolved_loss(self.adapter.kind)
+        if replay.ratio is None:  # the default: replay where it applies, lighter beside the null space
+            replay.ratio = default_replay_ratio(self.method.kind, loss, null_space_planned(
+                replay.null_space, self.method.kind, self.adapter.kind, loss, self.training.distributed.strategy))
         if self.data.replay.ratio and self.method.kind not in ANCHORED_METHODS:
             raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}, not "
                              f"{self.method.kind} (a reward model has no next-token distribution to keep, and "

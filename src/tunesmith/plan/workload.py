@@ -17,6 +17,7 @@ from tunesmith.config import (
     Recipe,
     default_null_space,
     default_replay_ratio,
+    null_space_planned,
 )
 from tunesmith.data.lengths import auto_max_length
 from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
@@ -185,7 +186,9 @@ def recipe_replay_ratio(recipe: Recipe) -> float:
     replay = recipe.data.replay
     if replay.ratio is not None:
         return replay.ratio
-    return default_replay_ratio(recipe.method.kind, replay.resolved_loss(recipe.adapter.kind))
+    loss = replay.resolved_loss(recipe.adapter.kind)
+    return default_replay_ratio(recipe.method.kind, loss, null_space_planned(
+        replay.null_space, recipe.method.kind, recipe.adapter.kind, loss, recipe.training.distributed.strategy))
 
 
 def recipe_null_space(recipe: Recipe) -> float:

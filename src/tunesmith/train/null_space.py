@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tunesmith.config import DEFAULT_REPLAY_RATIO, NULL_SPACE_REPLAY_RATIO
 from tunesmith.plan.memory import NULL_SPACE_MEMORY_SHARE, null_space_moments_bytes
 
 MOMENT_BATCH = 8  # replay rows per forward pass while the moments are collected
@@ -184,7 +185,8 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
     if free and needed > NULL_SPACE_MEMORY_SHARE * free:
         why = (f"skipped: the input moments of {len(layers)} layers need up to {needed / 2**30:.1f} GiB, more than "
                f"{NULL_SPACE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free; set data.replay.null_space: 0 "
-               f"to silence this")
+               f"to silence this (the anchor's default ratio is then {DEFAULT_REPLAY_RATIO}, the anchor alone's, "
+               f"instead of the {NULL_SPACE_REPLAY_RATIO} it takes beside the null space)")
         print(f"null space: {why}", file=sys.stderr, flush=True)
         return NullSpace([], {"energy": energy, "skipped": why})
     with InputMoments(layers) as reader:
