@@ -16,8 +16,9 @@ Run only when named: `tunesmith-checkpointing` (no replay, activation checkpoint
 freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing); for a GPU,
 `trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
 `tunesmith-qlora` (`adapter.kind: qlora`, without replay); and `tunesmith-bf16` / `tunesmith-no-replay-bf16`
-(`training.precision: bf16`: bf16 autocast on a CPU, which `auto` leaves at fp32 there). On a GPU the expert
-loads the base in bf16 and trains under bf16 autocast; tunesmith does the same by default (`frozen_base_dtype`).
+(`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16). On a
+GPU the expert loads the base in bf16 and trains under bf16 autocast; tunesmith does the same by default
+(`frozen_base_dtype`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the

@@ -37,6 +37,7 @@ from tunesmith.train.distributed import (
     this_rank,
     wait_for_everyone,
 )
+from tunesmith.train.frozen_matmuls import cast_frozen_linears, frozen_matmul_choice
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -261,6 +262,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     """
     check_process_group(trainer)
     group_by_global_batch(trainer)
+    half_frozen_matmuls(trainer, setup, recipe)
     main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
     if main:
@@ -287,6 +289,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     if guard.stopped_at is not None:
         raise guard.failure(run)
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
+    if setup.chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
+        speed["frozen_matmuls"] = "bf16"  # MFU stays against the fp32 peak, the dtype of everything else
     if main:
         print_throughput(speed)
     state_dict = sharded_state_dict(trainer, recipe.training.distributed)  # every rank takes part in gathering
@@ -389,6 +393,18 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
         f"Resume with: tunesmith train {run.recipe_file} --resume {run.path}", signum)
 
 
+def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> None:
+    """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (a CPU with fast bf16, a LoRA,
+    training.precision auto), once the trainer has added the adapter and before its steps: the base answered the
+    replay prompts, and the anchor's null space and base log-probabilities were read, in fp32, the base that eval
+    compares with. The choice joins setup.chosen: the printed table and train.json's `chosen` say it."""
+    choice = frozen_matmul_choice(recipe.training.precision, setup.device, recipe.adapter.kind, recipe.method.kind,
+                                  recipe.training.distributed.strategy)
+    if choice["dtype"] == "bf16":
+        choice["linears"] = cast_frozen_linears(trainer.accelerator.unwrap_model(trainer.model))
+    setup.chosen["frozen_matmuls"] = choice
+
+
 def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str) -> dict[str, Any]:
     """Tokens per second (all, not padding, carrying loss) and MFU against this machine's matmul peak in the
     dtype the matmuls ran in (`precision`)."""
@@ -405,7 +421,8 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
 def print_throughput(speed: dict[str, Any]) -> None:
     print(f"throughput: {speed['real_tokens']:,} tokens ({speed['loss_tokens']:,} with loss, "
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
-          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s {speed['dtype']} matmul peak",
+          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s {speed['dtype']} matmul peak"
+          + (" (the frozen base's matmuls ran in bf16)" if speed.get("frozen_matmuls") == "bf16" else ""),
           file=sys.stderr, flush=True)
 
 
@@ -430,7 +447,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
     On a CPU, fp32 even where bf16 is native (AVX512-BF16): there bf16 mixed precision ran a SmolLM2 LoRA
     step 1.9x faster, but the quickstart's held-out loss was 0.058 instead of 0.042 and its exact match 0.31
-    instead of 0.59 (same rows, same seed). `training.precision: bf16` trades that quality for the speed.
+    instead of 0.59 (same rows, same seed). `training.precision: bf16` trades that quality for the speed. Under
+    auto, a LoRA's frozen base linears still multiply in bf16 there (`half_frozen_matmuls`), the rest in fp32.
     """
     if precision != "auto":
         return precision

@@ -107,6 +107,8 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
         "why", "data.max_length in the recipe"))
     if "packing" in chosen:
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
+    if chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
+        table["frozen_matmuls"] = {"value": "bf16", "why": chosen["frozen_matmuls"]["why"]}
     if "replay" in chosen:
         table["replay"] = replay_choice(recipe.data, chosen["replay"])
         if "null_space" in chosen["replay"]:

@@ -1,0 +1,89 @@
+"""The frozen base's matmuls in bf16 on a CPU that multiplies bf16 fast; the adapter, its gradients and the rest fp32.
+
+Under a LoRA the base's linear layers are frozen: their weights are read, never updated. Stored in bf16 they lose
+only their rounding (8 significant bits, a relative error under 2^-8), the rounding that bf16 mixed precision gives
+every matmul on a GPU. Here only those matmuls run in bf16: each frozen linear casts its input to bf16 and its output
+back to fp32 (`FrozenBF16Linear`), so the adapter's weights, gradients and optimizer state, the norms, attention, the
+LM head (the embedding's tied matrix) and the loss stay fp32. `torch.autocast` on a CPU would instead cast the fp32
+weights again at every call and run the adapter and the LM head in bf16 too: 1.09-1.33x fp32's step where this is
+1.38-1.61x, and LoRA gradients within 3.3% of fp32's where these are within 1.5% (SmolLM2-135M, LoRA r 16 on every
+linear, 8 rows of 100 tokens, two invocations; `benchmarks/frozen_matmuls.py`).
+
+Where bf16 is emulated (CPUs without AVX512-BF16 or AMX) a bf16 matmul is slower than fp32, so the choice rests on
+this machine's measured matmul peaks (`plan/devices.py` `matmul_peak`): bf16 when it is at least
+BF16_SPEEDUP_NEEDED times fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.plan.devices import matmul_peak
+
+BF16_SPEEDUP_NEEDED = 2.0  # measured bf16/fp32 matmul peak ratio at or above which the frozen base runs in bf16
+KINDS = ("lora", "rslora")  # DoRA reads the base weight for its norm, QLoRA's base is 4-bit already
+METHODS = ("sft", "cpt", "dpo", "kto", "orpo", "simpo")  # GRPO generates, a reward model trains a head on the base
+PEAK_SECONDS = 0.2  # each dtype's matmul measurement
+
+
+class FrozenBF16Linear(torch.nn.Linear):
+    """A frozen nn.Linear whose weight (and bias) are bf16: input cast to bf16, output cast back to the input's dtype.
+    Gradients flow to the input (the adapter's layers below need them), none to the frozen weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+
+
+def frozen_matmul_choice(precision_setting: str, device: str, adapter_kind: str, method_kind: str,
+                         strategy: str = "none") -> dict[str, Any]:
+    """{"dtype": "bf16" or "fp32", "why": ...}: bf16 for the frozen base's linear layers on a CPU under
+    training.precision auto with a LoRA (KINDS), one process (training.distributed `strategy` none: each rank would
+    measure the peaks apart, while the others run), when this machine's bf16 matmul peak is at least
+    BF16_SPEEDUP_NEEDED times its fp32 peak; fp32 otherwise (GPUs use mixed precision instead)."""
+    if device != "cpu":
+        return {"dtype": "fp32", "why": "not a CPU: the precision's own mixed precision applies"}
+    if precision_setting != "auto":
+        return {"dtype": "fp32", "why": f"training.precision {precision_setting} in the recipe"}
+    if strategy != "none":
+        return {"dtype": "fp32", "why": f"training.distributed {strategy}: one process only"}
+    if method_kind not in METHODS:
+        return {"dtype": "fp32", "why": f"method.kind {method_kind}: measured for {', '.join(METHODS)} only"}
+    if adapter_kind not in KINDS:
+        return {"dtype": "fp32", "why": f"adapter.kind {adapter_kind}: only lora and rslora keep plain frozen linears"}
+    fp32, bf16 = cpu_matmul_peaks()
+    ratio = bf16 / fp32
+    figures = {"bf16_gflops": round(bf16 / 1e9, 1), "fp32_gflops": round(fp32 / 1e9, 1)}
+    if ratio < BF16_SPEEDUP_NEEDED:
+        return {"dtype": "fp32", **figures,
+                "why": f"this CPU multiplies bf16 at {ratio:.1f}x fp32 (under {BF16_SPEEDUP_NEEDED:g}x: not native)"}
+    return {"dtype": "bf16", **figures,
+            "why": f"auto: this CPU multiplies bf16 at {ratio:.1f}x fp32, so the frozen base's linear layers run in "
+                   f"bf16; the adapter, norms, attention, LM head and loss stay fp32 (training.precision: fp32 to "
+                   f"keep all in fp32)"}
+
+
+@functools.cache
+def cpu_matmul_peaks() -> tuple[float, float]:
+    """This CPU's fp32 and bf16 matmul peaks in FLOP/s, measured once a process (PEAK_SECONDS each)."""
+    return matmul_peak(torch.float32, seconds=PEAK_SECONDS), matmul_peak(torch.bfloat16, seconds=PEAK_SECONDS)
+
+
+def cast_frozen_linears(model: Any) -> int:
+    """Make every frozen nn.Linear of `model` (its weight does not require grad: the base under an adapter, once
+    PEFT has wrapped it), but the output embedding (the LM head, often the input embedding's tied matrix), a
+    FrozenBF16Linear with bf16 weights; returns how many. The adapter's own linears train, so they stay fp32."""
+    head = model.get_output_embeddings()
+    head_weight = head.weight if head is not None else None
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and not module.weight.requires_grad and module.weight is not head_weight:
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
+            module.__class__ = FrozenBF16Linear
+            count += 1
+    return count
