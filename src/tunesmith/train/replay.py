@@ -200,13 +200,15 @@ class BaseReference:
 
     The KL anchor is only used with adapters that leave the base untouched (`data.replay.loss` auto), so the base's
     distribution on a replay row never changes while training: computing it at each draw repeats the same forward
-    pass (a batch of 8 draws 4 replay rows, so at the default ratio of 0.5 each row is drawn once an epoch, and as
-    often as the rows allow beyond the bundled set's 150). A row is kept when first drawn, from a base pass over
-    its batch of the first pass (in the first pass, the draw's own batch), up to `limit_bytes`
+    pass (at ratio r a batch of 8 draws 8r replay rows from a pool of r x the training rows, so each row is drawn
+    once an epoch, and as often as the rows allow beyond the bundled set's 226). A row is kept when first drawn,
+    from a base pass over its batch of the first pass (in the first pass, the draw's own batch), up to `limit_bytes`
     (`reference_cache_limit` when None); a draw whose rows are all kept runs no base pass, and rows beyond the
-    limit are recomputed with the draw's batch at each draw, as before. So a run that draws fewer rows than the
-    replay set computes only the rows it draws, and a run resumed in a later pass computes each row in the same
-    batch (the same padding, so the same values to the bit) as the uninterrupted run. Each row is kept as
+    limit are recomputed with the draw's batch at each draw, as before (where the frozen base multiplies in bf16,
+    `train/frozen_matmuls.py`, those recomputed rows see its bf16 matmuls; the kept ones were read in fp32). So a
+    run that draws fewer rows than the replay set computes only the rows it draws, and a run resumed in a later
+    pass computes each row in the same batch (the same padding, so the same values to the bit) as the uninterrupted
+    run. Each row is kept as
     [real positions - 1, vocabulary] fp32 log-probabilities on the training device: ~190 KiB a token for
     SmolLM2's 49,152-entry vocabulary.
     """
