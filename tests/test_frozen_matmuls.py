@@ -46,7 +46,8 @@ def test_the_frozen_linears_compute_in_bf16_and_the_adapter_and_head_stay_fp32(t
     logits, grads = loss_and_grads(model, ids)
     halved = copy.deepcopy(model)
     layers = halved.config.num_hidden_layers
-    assert cast_frozen_linears(halved) == 7 * layers  # q k v o gate up down of each layer, not the LM head
+    cast = cast_frozen_linears(halved)
+    assert cast.count == 7 * layers  # q k v o gate up down of each layer, not the LM head
     head = halved.get_output_embeddings()
     assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32
     for name, module in halved.named_modules():
@@ -68,6 +69,12 @@ def test_the_frozen_linears_compute_in_bf16_and_the_adapter_and_head_stay_fp32(t
     assert float((half_grads - emulated_grads).norm() / emulated_grads.norm()) < 1e-2
     # and near the fp32 step (this tiny model's random weights are sharper than a trained model's)
     assert float(torch.nn.functional.cosine_similarity(half_grads, grads, dim=0)) > 0.99
+    # after training the fp32 weights come back: the model computes what it computed before the cast
+    cast.restore()
+    assert all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in halved.modules()
+               if isinstance(m, torch.nn.Linear))
+    restored_logits, restored_grads = loss_and_grads(halved, ids)
+    assert torch.equal(restored_logits, logits) and torch.equal(restored_grads, grads)
 
 
 class RoundedToBF16Linear(torch.nn.Linear):

@@ -37,7 +37,7 @@ from tunesmith.train.distributed import (
     this_rank,
     wait_for_everyone,
 )
-from tunesmith.train.frozen_matmuls import cast_frozen_linears, frozen_matmul_choice
+from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears, frozen_matmul_choice
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -149,6 +149,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
 
 
 SMALL_EVAL_ROWS = 30
+FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
 
 
 def small_split_warnings(train_rows: int, eval_rows: int) -> list[str]:
@@ -262,7 +263,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     """
     check_process_group(trainer)
     group_by_global_batch(trainer)
-    half_frozen_matmuls(trainer, setup, recipe)
+    frozen_cast = half_frozen_matmuls(trainer, setup, recipe)
     main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
     if main:
@@ -284,6 +285,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
     # for whoever uses it in this process (the saved weights are fp32 either way).
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if frozen_cast is not None:  # likewise the frozen base: its fp32 weights again
+        frozen_cast.restore()
     if stopper.signum is not None:
         raise interrupted(stopper.signum, trainer.state.global_step, run)
     if guard.stopped_at is not None:
@@ -393,16 +396,30 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
         f"Resume with: tunesmith train {run.recipe_file} --resume {run.path}", signum)
 
 
-def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> None:
+def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> FrozenCast | None:
     """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (a CPU with fast bf16, a LoRA,
-    training.precision auto), once the trainer has added the adapter and before its steps: the base answered the
-    replay prompts, and the anchor's null space and base log-probabilities were read, in fp32, the base that eval
-    compares with. The choice joins setup.chosen: the printed table and train.json's `chosen` say it."""
+    training.precision auto) and their bf16 copy takes at most FROZEN_COPY_MEMORY_SHARE of the free memory, once the
+    trainer has added the adapter and before its steps: the base answered the replay prompts, and the anchor's null
+    space and base log-probabilities were read, in fp32, the base that eval compares with. The choice joins
+    setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32 weights back
+    after training, or None."""
+    from tunesmith.doctor.accelerator import available_memory
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
     choice = frozen_matmul_choice(recipe.training.precision, setup.device, recipe.adapter.kind, recipe.method.kind,
                                   recipe.training.distributed.strategy)
+    cast = None
     if choice["dtype"] == "bf16":
-        choice["linears"] = cast_frozen_linears(trainer.accelerator.unwrap_model(trainer.model))
+        needed, free = bf16_copy_bytes(model), available_memory()
+        if free and needed > FROZEN_COPY_MEMORY_SHARE * free:
+            choice = {"dtype": "fp32", "why": f"the bf16 copy of the frozen weights ({needed / 2**30:.1f} GiB) would "
+                                              f"take over {FROZEN_COPY_MEMORY_SHARE:.0%} of the "
+                                              f"{free / 2**30:.1f} GiB free"}
+        else:
+            cast = cast_frozen_linears(model)
+            choice["linears"] = cast.count
     setup.chosen["frozen_matmuls"] = choice
+    return cast
 
 
 def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str) -> dict[str, Any]:

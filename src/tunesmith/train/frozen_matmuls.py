@@ -17,6 +17,7 @@ BF16_SPEEDUP_NEEDED times fp32.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -72,18 +73,49 @@ def cpu_matmul_peaks() -> tuple[float, float]:
     return matmul_peak(torch.float32, seconds=PEAK_SECONDS), matmul_peak(torch.bfloat16, seconds=PEAK_SECONDS)
 
 
-def cast_frozen_linears(model: Any) -> int:
-    """Make every frozen nn.Linear of `model` (its weight does not require grad: the base under an adapter, once
-    PEFT has wrapped it), but the output embedding (the LM head, often the input embedding's tied matrix), a
-    FrozenBF16Linear with bf16 weights; returns how many. The adapter's own linears train, so they stay fp32."""
+@dataclass
+class FrozenCast:
+    """The linears `cast_frozen_linears` cast, with their fp32 weights kept aside: `restore` puts them back, so that
+    after training the model in memory is the fp32 base plus the adapter that was saved."""
+
+    originals: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.originals)
+
+    def restore(self) -> None:
+        for module, weight, bias in self.originals:
+            module.weight.data = weight
+            if bias is not None:
+                module.bias.data = bias
+            module.__class__ = torch.nn.Linear
+        self.originals.clear()
+
+
+def frozen_linears(model: Any) -> list[torch.nn.Linear]:
+    """Every frozen nn.Linear of `model` (its weight does not require grad: the base under an adapter, once PEFT has
+    wrapped it) but the output embedding (the LM head, often the input embedding's tied matrix)."""
     head = model.get_output_embeddings()
     head_weight = head.weight if head is not None else None
-    count = 0
-    for module in model.modules():
-        if type(module) is torch.nn.Linear and not module.weight.requires_grad and module.weight is not head_weight:
-            module.weight.data = module.weight.data.to(torch.bfloat16)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(torch.bfloat16)
-            module.__class__ = FrozenBF16Linear
-            count += 1
-    return count
+    return [module for module in model.modules() if type(module) is torch.nn.Linear
+            and not module.weight.requires_grad and module.weight is not head_weight]
+
+
+def bf16_copy_bytes(model: Any) -> int:
+    """Bytes the bf16 copies of `frozen_linears(model)` take beside their fp32 weights."""
+    return sum(2 * (m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)) for m in frozen_linears(model))
+
+
+def cast_frozen_linears(model: Any) -> FrozenCast:
+    """Make each of `frozen_linears(model)` a FrozenBF16Linear with a bf16 copy of its weights, the fp32 ones kept
+    aside (`FrozenCast.restore`). The adapter's own linears train, so they stay fp32."""
+    cast = FrozenCast()
+    for module in frozen_linears(model):
+        bias = module.bias.data if module.bias is not None else None
+        cast.originals.append((module, module.weight.data, bias))
+        module.weight.data = module.weight.data.to(torch.bfloat16)
+        if bias is not None:
+            module.bias.data = bias.to(torch.bfloat16)
+        module.__class__ = FrozenBF16Linear
+    return cast
