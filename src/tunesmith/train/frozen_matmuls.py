@@ -9,6 +9,10 @@ weights again at every call and run the adapter and the LM head in bf16 too: 1.0
 1.38-1.61x, and LoRA gradients within 3.3% of fp32's where these are within 1.5% (SmolLM2-135M, LoRA r 16 on every
 linear, 8 rows of 100 tokens, two invocations; `benchmarks/frozen_matmuls.py`).
 
+The fp32 weights stay aside (`FrozenCast`) and come back after training, so the model left in memory is the one
+whose adapter was saved; training (train/common.py `half_frozen_matmuls`) skips the cast where the bf16 copy would
+take over a quarter of the free memory.
+
 Where bf16 is emulated (CPUs without AVX512-BF16 or AMX) a bf16 matmul is slower than fp32, so the choice rests on
 this machine's measured matmul peaks (`plan/devices.py` `matmul_peak`): bf16 when it is at least
 BF16_SPEEDUP_NEEDED times fp32.
