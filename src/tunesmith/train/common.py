@@ -292,7 +292,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     if guard.stopped_at is not None:
         raise guard.failure(run)
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
-    if setup.chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
+    if frozen_cast is not None:
         speed["frozen_matmuls"] = "bf16"  # MFU stays against the fp32 peak, the dtype of everything else
     if main:
         print_throughput(speed)
@@ -397,12 +397,12 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
 
 
 def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> FrozenCast | None:
-    """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (a CPU with fast bf16, a LoRA,
-    training.precision auto) and their bf16 copy takes at most FROZEN_COPY_MEMORY_SHARE of the free memory, once the
-    trainer has added the adapter and before its steps: the base answered the replay prompts, and the anchor's null
-    space and base log-probabilities were read, in fp32, the base that eval compares with. The choice joins
-    setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32 weights back
-    after training, or None."""
+    """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (SFT with a LoRA on a CPU with
+    fast bf16, training.precision auto) and their bf16 copy takes at most FROZEN_COPY_MEMORY_SHARE of the free
+    memory, once the trainer has added the adapter and before its steps: the base answered the replay prompts, and
+    the anchor's null space and base log-probabilities were read, in fp32, the base that eval compares with. The
+    choice joins setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32
+    weights back after training, or None."""
     from tunesmith.doctor.accelerator import available_memory
 
     model = trainer.accelerator.unwrap_model(trainer.model)
