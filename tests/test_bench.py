@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tunesmith.bench import dataset_files, markdown_table, ratios, spread_rows
+from tunesmith.bench import dataset_files, markdown_table, ratios, reference_variant, spread_rows
 
 
 def test_spread_rows_cover_short_to_long_and_are_reproducible():
@@ -38,6 +38,23 @@ def test_ratios_and_table_name_failures():
     figures["tunesmith"]["peak_cuda_mb"], figures["trl-expert"]["peak_cuda_mb"] = 3000.0, 6000.0
     table = markdown_table({"datasets": {"tickets": {"variants": figures, "ratios_to_trl_expert": ratios(figures)}}})
     assert "peak CUDA MB" in table and "| 3000 | 0.5 |" in table
+
+
+def test_ratios_fall_back_to_the_fastest_micro_batched_expert_when_the_whole_batch_failed():
+    run = {"loss_tokens_per_s": 1.0, "peak_rss_mb": 4000.0, "heldout_loss": 1.0, "seconds": 30.0, "mfu": 0.4}
+    figures = {"trl-expert": {"failed": "exit code -9: killed"},
+               "trl-expert-micro-2": {**run, "real_tokens_per_s": 60.0},
+               "trl-expert-micro-1": {**run, "real_tokens_per_s": 80.0},
+               "tunesmith": {**run, "real_tokens_per_s": 240.0, "peak_rss_mb": 2000.0}}
+    assert reference_variant(figures) == "trl-expert-micro-1"
+    assert ratios(figures)["tunesmith"]["real_tokens_per_s"] == 3.0
+    assert ratios(figures)["tunesmith"]["peak_rss_mb"] == 0.5
+    block = {"variants": figures, "reference": reference_variant(figures), "ratios_to_trl_expert": ratios(figures)}
+    assert "spread: the ratios are to trl-expert-micro-1" in markdown_table({"datasets": {"spread": block}})
+    figures["trl-expert-micro-1"] = {"failed": "exit code -9: killed"}
+    assert reference_variant(figures) == "trl-expert-micro-2"
+    figures["trl-expert"] = {**run, "real_tokens_per_s": 50.0}  # the whole batch ran: it is the reference
+    assert reference_variant(figures) == "trl-expert"
 
 
 def test_bench_cli_refuses_unknown_names():

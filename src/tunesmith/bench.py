@@ -15,15 +15,18 @@ Run only when named: `tunesmith-checkpointing` (no replay, activation checkpoint
 `data.replay.anchor_answer_tokens: 16`), and `trl-expert-kept-malloc` (trl-expert with glibc's malloc keeping
 freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing); for a GPU,
 `trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
-`tunesmith-qlora` (`adapter.kind: qlora`, without replay); and `tunesmith-bf16` / `tunesmith-no-replay-bf16`
-(`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16). On a
+`tunesmith-qlora` (`adapter.kind: qlora`, without replay); `tunesmith-bf16` / `tunesmith-no-replay-bf16`
+(`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16); and
+`trl-expert-micro-K`: trl-expert with `per_device_train_batch_size=K` and gradient accumulation to the same batch,
+what the expert does when the whole batch runs out of memory. The ratios are taken to trl-expert, or where it
+failed, to the fastest `trl-expert-micro-K` that ran (`reference_variant`). On a
 GPU the expert loads the base in bf16 and trains under bf16 autocast; tunesmith does the same by default
 (`frozen_base_dtype`).
 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
 answers of 32 held-out rows), MFU against this machine's matmul peak in the variant's compute dtype (measured
-first, in the same run), and the ratios to trl-expert. For tunesmith, also the null space's set-up before training
+first, in the same run), and the ratios to the reference (trl-expert). For tunesmith, also the null space's set-up before training
 (`data.replay.null_space`), which the timed steps do not include, as the TRL scripts' tokenization is not.
 """
 
@@ -49,10 +52,11 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # NF4 base, bitsandbytes) as each side sets it up (tunesmith's without replay: the TRL script's work)
 # tunesmith-micro-K (any K dividing the batch): without replay, micro-batches of K rows accumulated to the same batch
 # (K = the batch: the whole batch at once, what the plan would otherwise split on a CPU); -bf16: with and without
-# replay under training.precision bf16 (bf16 autocast, also on a CPU)
+# replay under training.precision bf16 (bf16 autocast, also on a CPU); trl-expert-micro-K (any K dividing the batch):
+# trl-expert with micro-batches of K packed rows accumulated to the batch, the expert's answer to running out of memory
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
                   "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2",
-                  "tunesmith-bf16", "tunesmith-no-replay-bf16")
+                  "tunesmith-bf16", "tunesmith-no-replay-bf16", "trl-expert-micro-2", "trl-expert-micro-1")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
@@ -132,6 +136,7 @@ def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...
                                                 / peaks[figures[variant]["dtype"]], 4)
                 report(f"  {summary_line(figures[variant])}")
                 results["datasets"][name] = {"rows": count, "max_length": length, "variants": figures,
+                                             "reference": reference_variant(figures),
                                              "ratios_to_trl_expert": ratios(figures)}
                 if out is not None:  # after each variant: a benchmark stopped midway keeps what it measured
                     atomic_write_json(out, results)
@@ -150,9 +155,19 @@ def run_worker(variant: str, model_dir: Path, train: Path, held: Path, batch_siz
     return json.loads(result_file.read_text())
 
 
+def reference_variant(figures: dict[str, dict[str, Any]]) -> str | None:
+    """The variant the ratios are taken to: trl-expert where it ran, else the fastest `trl-expert-micro-K` that ran
+    (the expert's own way out of an out-of-memory batch), else None."""
+    if "trl-expert" in figures and "failed" not in figures["trl-expert"]:
+        return "trl-expert"
+    fitted = [name for name, f in figures.items() if name.startswith("trl-expert-micro-") and "failed" not in f]
+    return max(fitted, key=lambda name: figures[name]["real_tokens_per_s"], default=None)
+
+
 def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Each variant's tokens/s, peak memory and held-out loss over trl-expert's."""
-    expert = figures.get("trl-expert", {})
+    """Each variant's tokens/s, peak memory and held-out loss over the reference's (`reference_variant`)."""
+    reference = reference_variant(figures)
+    expert = figures[reference] if reference else {}
 
     def ratio(value: Any, reference: Any) -> float | None:
         return round(value / reference, 3) if value and reference else None
@@ -174,7 +189,8 @@ def summary_line(f: dict[str, Any]) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per dataset and variant, for README.md; peak memory is the CUDA allocator's on a GPU, else RSS."""
+    """One row per dataset and variant, for README.md; peak memory is the CUDA allocator's on a GPU, else RSS. Where a
+    dataset's ratios are to a `trl-expert-micro-K` (trl-expert failed), a line under the table says so."""
     gpu = any("peak_cuda_mb" in f for block in results["datasets"].values() for f in block["variants"].values())
     memory = "peak_cuda_mb" if gpu else "peak_rss_mb"
     lines = [f"| dataset | variant | tokens/s (not padding) | x trl-expert | with loss/s | wall s | "
@@ -189,6 +205,9 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {variant} | {f['real_tokens_per_s']:.1f} | {r['real_tokens_per_s'] or ''} | "
                          f"{f['loss_tokens_per_s']:.1f} | {f['seconds']:.0f} | {f[memory]:.0f} | "
                          f"{r[memory] or ''} | {f['mfu']:.0%} | {f['heldout_loss']:.4f} |")
+    lines += [f"\n{name}: the ratios are to {block['reference']} (trl-expert's whole batch did not run)"
+              for name, block in results["datasets"].items()
+              if block.get("reference") not in (None, "trl-expert")]
     return "\n".join(lines)
 
 
@@ -217,7 +236,9 @@ def trl_worker(variant: str, model_dir: Path, train: Path, batch_size: int, max_
 
     rows = read_rows(train)
     gpu = torch.cuda.is_available()
-    shared = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": batch_size,
+    micro_batch = int(variant.rsplit("-", 1)[1]) if variant.startswith("trl-expert-micro-") else batch_size
+    shared = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": micro_batch,
+              "gradient_accumulation_steps": batch_size // micro_batch,
               "max_length": max_length, "use_cpu": not gpu, "report_to": "none",
               "save_strategy": "no", "logging_steps": 1, "seed": 0}
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
