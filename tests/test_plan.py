@@ -214,6 +214,44 @@ def test_the_plan_says_what_the_null_space_takes_before_the_first_step(tiny_mode
     assert setup(None) == (0.0, "")  # rows unknown: nothing said
 
 
+@pytest.mark.parametrize(("bf16_peak", "expected"), [(4e11, "bf16"), (5e10, "fp32")])
+def test_the_plan_counts_the_frozen_bf16_matmuls_as_train_chooses_them(tiny_model_dir, tmp_path, monkeypatch,
+                                                                      bf16_peak, expected):
+    """Where train will multiply the frozen base in bf16 (a CPU with fast bf16, precision auto), the plan's step is
+    shorter by the frozen linears' share and its memory holds their bf16 copy; elsewhere both are fp32's."""
+    from tunesmith.plan import build_report, precision
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.timing import frozen_linear_flops, step_flops
+    from tunesmith.plan.workload import RowLengths, micro_step
+
+    monkeypatch.setattr(precision, "cpu_matmul_peaks", lambda: (1e11, bf16_peak))
+    raw = {**raw_recipe(tmp_path, tiny_model_dir), "base_dir": str(tmp_path)}
+    arch, lengths = read_architecture(tiny_model_dir), RowLengths(128, "t", 200)
+
+    def plan(precision_setting: str, memory: float = 2.0**40):
+        recipe = validate_recipe({**raw, "training": {**raw["training"], "precision": precision_setting}})
+        return recipe, build_report(recipe, arch, Device("cpu", "cpu", memory, 1e11, False), lengths)
+
+    recipe, auto = plan("auto")
+    _, fp32 = plan("fp32")
+    assert auto.frozen_matmuls == expected and fp32.frozen_matmuls == "fp32"
+    copies = [c.bytes for c in auto.components if c.name == "bf16 copy of the frozen linears"]
+    if expected == "fp32":
+        assert copies == [] and auto.step_seconds == fp32.step_seconds and auto.peak_bytes == fp32.peak_bytes
+        return
+    assert copies == [2.0 * arch.block_linear_parameters] and auto.peak_bytes == fp32.peak_bytes + copies[0]
+    speedup = precision.BF16_FROZEN_EFFICIENCY * bf16_peak / 1e11
+    work = micro_step(recipe, lengths.typical(), packed=False, memory_bytes=2.0**40, accelerator=False)
+    share = frozen_linear_flops(arch, trained_weights(recipe, arch, 2.0**40), work) / step_flops(
+        arch, trained_weights(recipe, arch, 2.0**40), work)
+    assert 0.3 < share < 1
+    assert auto.step_seconds == pytest.approx(fp32.step_seconds * (1 - share + share / speedup), rel=1e-9)
+    assert "in bf16" in auto.time_note and "this CPU multiplies bf16" in auto.frozen_matmuls_why
+    # where the copy would take over a quarter of the free memory, train skips it, and so does the plan
+    _, short = plan("auto", memory=3.0 * copies[0])
+    assert short.frozen_matmuls == "fp32" and "would take over" in short.frozen_matmuls_why
+
+
 def test_kto_unpaired_rows_beside_paired_held_out_ones_are_sized_not_a_crash(tiny_model_dir, tmp_path):
     """recipes/kto.yaml trains unpaired rows and holds out pairs: load_splits calls that shape
     "preference/unpaired_preference", and the plan (which train runs first) must size it; files of shapes no

@@ -16,7 +16,8 @@ Run only when named: `tunesmith-checkpointing` (no replay, activation checkpoint
 freed blocks for the next step, as `tunesmith train` sets it on a CPU without checkpointing); for a GPU,
 `trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
 `tunesmith-qlora` (`adapter.kind: qlora`, without replay); `tunesmith-bf16` / `tunesmith-no-replay-bf16`
-(`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16); and
+(`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16);
+`tunesmith-fp32` (the default with `training.precision: fp32`); and
 `trl-expert-micro-K`: trl-expert with `per_device_train_batch_size=K` and gradient accumulation to the same batch,
 what the expert does when the whole batch runs out of memory. The ratios are taken to trl-expert, or where it
 failed, to the fastest `trl-expert-micro-K` that ran (`reference_variant`). On a
@@ -26,8 +27,9 @@ GPU the expert loads the base in bf16 and trains under bf16 autocast; tunesmith 
 For each: tokens per second (all positions, not padding, carrying loss), wall time, peak RSS (CUDA: peak
 allocation), final training loss, held-out loss (the same function for all: mean cross-entropy of the
 answers of 32 held-out rows), MFU against this machine's matmul peak in the variant's compute dtype (measured
-first, in the same run), and the ratios to the reference (trl-expert). For tunesmith, also the null space's set-up before training
-(`data.replay.null_space`), which the timed steps do not include, as the TRL scripts' tokenization is not.
+first, in the same run), and the ratios to the reference (trl-expert). For tunesmith, also the null space's set-up
+before training (`data.replay.null_space`), which the timed steps do not include, as the TRL scripts' tokenization
+is not.
 """
 
 from __future__ import annotations
@@ -52,16 +54,19 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 # NF4 base, bitsandbytes) as each side sets it up (tunesmith's without replay: the TRL script's work)
 # tunesmith-micro-K (any K dividing the batch): without replay, micro-batches of K rows accumulated to the same batch
 # (K = the batch: the whole batch at once, what the plan would otherwise split on a CPU); -bf16: with and without
-# replay under training.precision bf16 (bf16 autocast, also on a CPU); trl-expert-micro-K (any K dividing the batch):
-# trl-expert with micro-batches of K packed rows accumulated to the batch, the expert's answer to running out of memory
+# replay under training.precision bf16 (bf16 autocast, also on a CPU); -fp32: the default under training.precision
+# fp32 (the frozen base's matmuls too, where auto runs them in bf16 on a CPU with fast bf16);
+# trl-expert-micro-K (any K dividing the batch): trl-expert with micro-batches of K packed rows accumulated to the
+# batch, the expert's answer to running out of memory
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
                   "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2",
-                  "tunesmith-bf16", "tunesmith-no-replay-bf16", "trl-expert-micro-2", "trl-expert-micro-1")
+                  "tunesmith-bf16", "tunesmith-no-replay-bf16", "tunesmith-fp32", "trl-expert-micro-2",
+                  "trl-expert-micro-1")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
                    "tunesmith-qlora": {"ratio": 0}, "tunesmith-micro-4": {"ratio": 0},
-                   "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}}
+                   "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}, "tunesmith-fp32": {}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -288,6 +293,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
     (`{"kind": "qlora"}`); `micro_batch`: rows per micro-batch, accumulated to `batch_size` rows a step."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
+    from tunesmith.plan import plan_recipe
     from tunesmith.plan.fit import fit_recipe
     from tunesmith.runs import create_run
     from tunesmith.train import run_training
@@ -304,6 +310,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
                      **({"precision": precision} if precision else {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)
+    planned = plan_recipe(recipe, recipe.training.device)  # what `tunesmith plan` says a step takes, to compare
     run = create_run(recipe, runs_dir)
     run_training(recipe, run)
     report = json.loads((run.path / "train.json").read_text())
@@ -318,6 +325,9 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
                               "packing": report.get("packing"),
                               "activation_checkpointing": recipe.training.gradient_checkpointing,
                               "micro_batch": recipe.training.batch_size, "grad_accum": recipe.training.grad_accum,
+                              "frozen_matmuls": speed.get("frozen_matmuls", "fp32"),
+                              "plan_step_seconds": round(planned.step_seconds, 3),
+                              "step_seconds": round(speed["seconds"] / max(report["steps"], 1), 3),
                               **null_space_setup(report)}
 
 
@@ -346,7 +356,8 @@ def worker_main(argv: list[str]) -> None:
                                                          else None,
                                                          micro_batch=int(variant.rsplit("-", 1)[1])
                                                          if variant.startswith("tunesmith-micro-") else None,
-                                                         precision="bf16" if variant.endswith("-bf16") else None)
+                                                         precision=variant.rsplit("-", 1)[1]
+                                                         if variant.endswith(("-bf16", "-fp32")) else None)
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse

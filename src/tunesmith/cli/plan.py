@@ -67,6 +67,8 @@ def print_plan(report) -> None:
     epoch = f", {report.steps_per_epoch} steps: {duration(report.epoch_seconds)}" if report.steps_per_epoch else ""
     err.print(f"time: {duration(report.step_seconds)} per optimizer step{epoch} ({escape(report.time_note)})",
               **SHOW)
+    if report.frozen_matmuls == "bf16":
+        err.print(f"frozen base's linears: bf16 ({escape(report.frozen_matmuls_why)})", **SHOW)
     if report.setup_seconds:
         err.print(f"before the first step: ~{duration(report.setup_seconds)} ({escape(report.setup_note)})", **SHOW)
     advice = Table(title="Recommendations")

@@ -15,7 +15,8 @@ from tunesmith.models.source import resolve_model_config
 from tunesmith.plan.architecture import Architecture, read_architecture
 from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
-from tunesmith.plan.memory import MemoryEstimate, estimate_memory
+from tunesmith.plan.memory import MemoryEstimate, estimate_memory, frozen_bf16_copy_component
+from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice, frozen_matmul_speedup
 from tunesmith.plan.recommend import Advice, recommend, sharding_of
 from tunesmith.plan.timing import StepTime, null_space_setup, step_time
 from tunesmith.plan.workload import RowLengths, anchor_row_tokens, micro_step, replay_rows, trained_weights
@@ -53,6 +54,8 @@ class PlanReport(BaseModel):
     time_note: str
     setup_seconds: float = 0.0  # before the first step (data.replay.null_space), not in step_seconds
     setup_note: str = ""
+    frozen_matmuls: str = "fp32"  # the dtype the frozen base's linears multiply in while training (plan/precision.py)
+    frozen_matmuls_why: str = ""
     advice: list[Advice]
 
 
@@ -75,6 +78,8 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
     # the device first: its matmul probe must not share the cores with the tokenizer's worker threads
     device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
     device = device.for_processes(processes, per_node or processes)
+    if device.kind == "cpu":  # measures this CPU's bf16 speed now too, while nothing else runs (cached)
+        planned_frozen_matmuls(recipe, device)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
     return arch, device, lengths or longest_row(recipe, load_tokenizer(model_dir), arch.max_positions)
@@ -87,10 +92,12 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     compute = compute_bytes(recipe, device)
     checkpointing = recipe.training.gradient_checkpointing
     sharding = sharding_of(recipe, device.processes)
-    estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing, sharding)
-    checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding)
+    frozen = planned_frozen_matmuls(recipe, device, arch)
+    copy = frozen["dtype"] == "bf16"
+    estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing, sharding, copy)
+    checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding, copy)
     typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True, **on_device)
-    timing = step_time(recipe, arch, weights, typical, device, lengths.rows)
+    timing = step_time(recipe, arch, weights, typical, device, lengths.rows, frozen_matmul_speedup(frozen))
     setup_s, setup_note = null_space_setup(arch, weights, replay_rows(recipe, lengths.rows)
                                            * anchor_row_tokens(recipe)[1], device)
     return PlanReport(
@@ -103,7 +110,22 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
         fits=estimate.total <= device.memory_bytes, step_seconds=timing.seconds,
         steps_per_epoch=timing.steps_per_epoch, epoch_seconds=timing.seconds * timing.steps_per_epoch,
         time_note=timing.note, setup_seconds=setup_s, setup_note=setup_note,
+        frozen_matmuls=frozen["dtype"], frozen_matmuls_why=frozen["why"],
         advice=recommend(recipe, arch, device, lengths, compute))
+
+
+def planned_frozen_matmuls(recipe: Recipe, device: Device, arch: Architecture | None = None) -> dict:
+    """What training will multiply the frozen base's linears in (`frozen_matmul_choice`, the rule train applies):
+    {"dtype", "why", ...}; with `arch`, fp32 where their bf16 copy would not fit the device's memory
+    (`frozen_copy_refusal`, as train checks it)."""
+    t = recipe.training
+    choice = frozen_matmul_choice(t.precision, device.kind, recipe.adapter.kind, recipe.method.kind,
+                                  t.distributed.strategy)
+    if choice["dtype"] == "bf16" and arch is not None:
+        refusal = frozen_copy_refusal(frozen_bf16_copy_component(arch).bytes, device.memory_bytes)
+        if refusal:
+            return {"dtype": "fp32", "why": refusal}
+    return choice
 
 
 def compute_bytes(recipe: Recipe, device: Device) -> float:

@@ -109,15 +109,19 @@ class MemoryEstimate:
 
 
 def estimate_memory(arch: Architecture, weights: TrainedWeights, work: Workload, device: str,
-                    compute_bytes: float, checkpointing: bool, sharding: Sharding = Sharding()) -> MemoryEstimate:
+                    compute_bytes: float, checkpointing: bool, sharding: Sharding = Sharding(),
+                    frozen_bf16_copy: bool = False) -> MemoryEstimate:
     """Peak bytes of one training process: weights, trained parameters with their gradients and optimizer,
     activations, the vocabulary-wide loss buffers, and what the framework holds (CPU RSS, or GPU allocated).
 
     `compute_bytes`: 4 for fp32 training, 2 under bf16/fp16 autocast (activations; master weights stay fp32).
-    `sharding`: what several processes split between them (training.distributed).
+    `sharding`: what several processes split between them (training.distributed). `frozen_bf16_copy`: the frozen
+    block linears also held in bf16 while training (`plan/precision.py`: a CPU with fast bf16).
     """
     parts = [sharded(base_weights(arch, weights), sharding.weights, sharding.processes),
              sharded_trained_state(weights, sharding)]
+    if frozen_bf16_copy:
+        parts.append(frozen_bf16_copy_component(arch))
     if weights.reference_copy:
         parts.append(sharded(Component("reference model", base_weights(arch, weights).bytes,
                                        "a frozen copy of the base"), sharding.reference, sharding.processes))
@@ -168,6 +172,14 @@ def base_weights(arch: Architecture, weights: TrainedWeights) -> Component:
     return Component("weights", linear * per + rest * 4.0,
                      f"{linear / 1e6:,.1f}M block-linear parameters x {per:.3f} B ({weights.quantization}) + "
                      f"{rest / 1e6:,.1f}M others x 4 B")
+
+
+def frozen_bf16_copy_component(arch: Architecture) -> Component:
+    """The bf16 copy of the frozen block linears that training multiplies with on a CPU with fast bf16, beside their
+    fp32 weights (kept aside for eval and merge: train/frozen_matmuls.py)."""
+    linear = arch.block_linear_parameters
+    return Component("bf16 copy of the frozen linears", linear * 2.0,
+                     f"{linear / 1e6:,.1f}M block-linear parameters x 2 B (their matmuls run in bf16 on this CPU)")
 
 
 def trained_state(weights: TrainedWeights) -> Component:

@@ -32,12 +32,17 @@ class StepTime:
 
 
 def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work: Workload, device: Device,
-              rows: int | None = None) -> StepTime:
-    """Seconds per optimizer step (grad_accum micro-batches) and the optimizer steps of one epoch."""
+              rows: int | None = None, frozen_speedup: float = 1.0) -> StepTime:
+    """Seconds per optimizer step (grad_accum micro-batches) and the optimizer steps of one epoch. `frozen_speedup`:
+    how many times as fast the frozen base's linears multiply (`plan/precision.py` `frozen_matmul_speedup`: bf16 on a
+    CPU with fast bf16), their FLOPs being `frozen_linear_flops`."""
     t = recipe.training
     flops = step_flops(arch, weights, work) * t.grad_accum
-    seconds = flops / (device.peak_flops * device.efficiency)
+    frozen = frozen_linear_flops(arch, weights, work) * t.grad_accum if frozen_speedup > 1 else 0.0
+    seconds = (flops - frozen + frozen / frozen_speedup) / (device.peak_flops * device.efficiency)
     note = f"{flops / 1e12:,.2f} TFLOP per step at {device.efficiency:.0%} of {device.peak_flops / 1e12:,.2f} TFLOP/s"
+    if frozen:
+        note += f", the frozen linears' {frozen / flops:.0%} of them in bf16 at {frozen_speedup:.1f}x fp32's speed"
     if work.generated_sequences:
         generated = work.generated_sequences * recipe.method.max_completion_length * t.grad_accum
         seconds += 2.0 * arch.parameters * generated / (device.peak_flops * DECODE_EFFICIENCY)
@@ -65,6 +70,17 @@ def step_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> f
     frozen_tokens = work.frozen_pass_tokens - (work.trained_extra_tokens if work.kept_reference_tokens else 0)
     frozen_pass = frozen_tokens * (2.0 * body + 2.0 * head)
     return work.tokens * per_token + projected * 4.0 * head + frozen_pass
+
+
+def frozen_linear_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> float:
+    """The share of `step_flops` that the frozen base's block linears do under an adapter: 4 per parameter a token
+    (forward, and the gradient to their input), 2 on the frozen passes (the replay anchor's base pass when its
+    result is not kept); 0 when the whole model trains."""
+    if weights.whole_model:
+        return 0.0
+    linear = arch.block_linear_parameters
+    frozen_tokens = work.frozen_pass_tokens - (work.trained_extra_tokens if work.kept_reference_tokens else 0)
+    return work.tokens * 4.0 * linear + frozen_tokens * 2.0 * linear
 
 
 def null_space_setup(arch: Architecture, weights: TrainedWeights, replay_tokens: int,

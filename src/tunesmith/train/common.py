@@ -24,6 +24,7 @@ from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.models.loading import context_length
 from tunesmith.plan.devices import matmul_peak
+from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
@@ -37,7 +38,7 @@ from tunesmith.train.distributed import (
     this_rank,
     wait_for_everyone,
 )
-from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears, frozen_matmul_choice
+from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears
 from tunesmith.train.plots import plot_loss_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
@@ -149,7 +150,6 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
 
 
 SMALL_EVAL_ROWS = 30
-FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
 
 
 def small_split_warnings(train_rows: int, eval_rows: int) -> list[str]:
@@ -398,11 +398,11 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
 
 def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> FrozenCast | None:
     """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (SFT with a LoRA on a CPU with
-    fast bf16, training.precision auto) and their bf16 copy takes at most FROZEN_COPY_MEMORY_SHARE of the free
-    memory, once the trainer has added the adapter and before its steps: the base answered the replay prompts, and
-    the anchor's null space and base log-probabilities were read, in fp32, the base that eval compares with. The
-    choice joins setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32
-    weights back after training, or None."""
+    fast bf16, training.precision auto) and their bf16 copy fits the free memory (`frozen_copy_refusal`), once the
+    trainer has added the adapter and before its steps: the base answered the replay prompts, and the anchor's null
+    space and base log-probabilities were read, in fp32, the base that eval compares with. The choice joins
+    setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32 weights back
+    after training, or None."""
     from tunesmith.doctor.accelerator import available_memory
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -410,11 +410,9 @@ def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> F
                                   recipe.training.distributed.strategy)
     cast = None
     if choice["dtype"] == "bf16":
-        needed, free = bf16_copy_bytes(model), available_memory()
-        if free and needed > FROZEN_COPY_MEMORY_SHARE * free:
-            choice = {"dtype": "fp32", "why": f"the bf16 copy of the frozen weights ({needed / 2**30:.1f} GiB) would "
-                                              f"take over {FROZEN_COPY_MEMORY_SHARE:.0%} of the "
-                                              f"{free / 2**30:.1f} GiB free"}
+        refusal = frozen_copy_refusal(bf16_copy_bytes(model), available_memory())
+        if refusal:
+            choice = {"dtype": "fp32", "why": refusal}
         else:
             cast = cast_frozen_linears(model)
             choice["linears"] = cast.count

@@ -13,28 +13,18 @@ The fp32 weights stay aside (`FrozenCast`) and come back after training, so the 
 whose adapter was saved; training (train/common.py `half_frozen_matmuls`) skips the cast where the bf16 copy would
 take over a quarter of the free memory.
 
-Where bf16 is emulated (CPUs without AVX512-BF16 or AMX) a bf16 matmul is slower than fp32, so the choice rests on
-this machine's measured matmul peaks (`plan/devices.py` `matmul_peak`): bf16 when it is at least
-BF16_SPEEDUP_NEEDED times fp32.
+Where bf16 is emulated (CPUs without AVX512-BF16 or AMX) a bf16 matmul is slower than fp32, so the choice
+(`plan/precision.py` `frozen_matmul_choice`, which the plan's time and memory estimates follow too) rests on this
+machine's measured matmul peaks.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from tunesmith.plan.devices import matmul_peak
-
-BF16_SPEEDUP_NEEDED = 2.0  # measured bf16/fp32 matmul peak ratio at or above which the frozen base runs in bf16
-KINDS = ("lora", "rslora")  # DoRA reads the base weight for its norm, QLoRA's base is 4-bit already
-# measured on SFT (quickstart, routing, tickets: README "Training speed"); the preference methods and CPT run the same
-# arithmetic but have not been measured with it, GRPO generates, and a reward model trains a head on the base
-METHODS = ("sft",)
-PEAK_SECONDS = 0.2  # each dtype's matmul measurement
 
 
 class FrozenBF16Linear(torch.nn.Linear):
@@ -43,40 +33,6 @@ class FrozenBF16Linear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
-
-
-def frozen_matmul_choice(precision_setting: str, device: str, adapter_kind: str, method_kind: str,
-                         strategy: str = "none") -> dict[str, Any]:
-    """{"dtype": "bf16" or "fp32", "why": ...}: bf16 for the frozen base's linear layers on a CPU under
-    training.precision auto with a LoRA (KINDS), one process (training.distributed `strategy` none: each rank would
-    measure the peaks apart, while the others run), when this machine's bf16 matmul peak is at least
-    BF16_SPEEDUP_NEEDED times its fp32 peak; fp32 otherwise (GPUs use mixed precision instead)."""
-    if device != "cpu":
-        return {"dtype": "fp32", "why": "not a CPU: the precision's own mixed precision applies"}
-    if precision_setting != "auto":
-        return {"dtype": "fp32", "why": f"training.precision {precision_setting} in the recipe"}
-    if strategy != "none":
-        return {"dtype": "fp32", "why": f"training.distributed {strategy}: one process only"}
-    if method_kind not in METHODS:
-        return {"dtype": "fp32", "why": f"method.kind {method_kind}: measured for {', '.join(METHODS)} only so far"}
-    if adapter_kind not in KINDS:
-        return {"dtype": "fp32", "why": f"adapter.kind {adapter_kind}: only lora and rslora keep plain frozen linears"}
-    fp32, bf16 = cpu_matmul_peaks()
-    ratio = bf16 / fp32
-    figures = {"bf16_gflops": round(bf16 / 1e9, 1), "fp32_gflops": round(fp32 / 1e9, 1)}
-    if ratio < BF16_SPEEDUP_NEEDED:
-        return {"dtype": "fp32", **figures,
-                "why": f"this CPU multiplies bf16 at {ratio:.1f}x fp32 (under {BF16_SPEEDUP_NEEDED:g}x: not native)"}
-    return {"dtype": "bf16", **figures,
-            "why": f"auto: this CPU multiplies bf16 at {ratio:.1f}x fp32, so the frozen base's linear layers run in "
-                   f"bf16; the adapter, norms, attention, LM head and loss stay fp32 (training.precision: fp32 to "
-                   f"keep all in fp32)"}
-
-
-@functools.cache
-def cpu_matmul_peaks() -> tuple[float, float]:
-    """This CPU's fp32 and bf16 matmul peaks in FLOP/s, measured once a process (PEAK_SECONDS each)."""
-    return matmul_peak(torch.float32, seconds=PEAK_SECONDS), matmul_peak(torch.bfloat16, seconds=PEAK_SECONDS)
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Which dtype a LoRA's frozen base multiplies in on this CPU (training.precision auto): the rule that training
+applies (`train/frozen_matmuls.py` casts the frozen linears) and that the plan's time and memory estimates follow.
+
+On a CPU whose bf16 matmul runs at least BF16_SPEEDUP_NEEDED times its fp32 matmul (AMX, AVX512-BF16), the frozen
+base's linear layers multiply in bf16 and everything trained stays fp32; where bf16 is emulated (AVX2 CPUs such as
+the AMD EPYC hosts measured) a bf16 matmul is slower than fp32, so everything stays fp32. The peaks are this
+machine's, measured once a process (`plan/devices.py` `matmul_peak`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from tunesmith.plan.devices import matmul_peak
+
+BF16_SPEEDUP_NEEDED = 2.0  # measured bf16/fp32 matmul peak ratio at or above which the frozen base runs in bf16
+KINDS = ("lora", "rslora")  # DoRA reads the base weight for its norm, QLoRA's base is 4-bit already
+# measured on SFT (quickstart, routing, tickets: README "Training speed"); the preference methods and CPT run the same
+# arithmetic but have not been measured with it, GRPO generates, and a reward model trains a head on the base
+METHODS = ("sft",)
+PEAK_SECONDS = 0.2  # each dtype's matmul measurement
+FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
+# The frozen linears' bf16 matmuls run this share of (bf16 peak / fp32 peak) times as fast as fp32's in a training
+# step: small row counts (8 x 112 tokens) keep AMX far from its peak, and each layer casts its input and output.
+# Calibrated on the 2-core Xeon (bf16 peak 3.6-4.0x fp32) on whole SFT runs, whose time the plan estimates: the
+# quickstart and tickets at batch 8 with replay ran at 1.23x and 1.28x the fp32 default's tokens/s (README "Training
+# speed"); the plan's steps with 0.33 are 1.24x and 1.25x faster (bundled recipes, peaks 318 / 1,263 GFLOP/s).
+BF16_FROZEN_EFFICIENCY = 0.33
+
+
+def frozen_matmul_choice(precision_setting: str, device: str, adapter_kind: str, method_kind: str,
+                         strategy: str = "none") -> dict[str, Any]:
+    """{"dtype": "bf16" or "fp32", "why": ...}: bf16 for the frozen base's linear layers on a CPU under
+    training.precision auto with a LoRA (KINDS), one process (training.distributed `strategy` none: each rank would
+    measure the peaks apart, while the others run), when this machine's bf16 matmul peak is at least
+    BF16_SPEEDUP_NEEDED times its fp32 peak; fp32 otherwise (GPUs use mixed precision instead)."""
+    if device != "cpu":
+        return {"dtype": "fp32", "why": "not a CPU: the precision's own mixed precision applies"}
+    if precision_setting != "auto":
+        return {"dtype": "fp32", "why": f"training.precision {precision_setting} in the recipe"}
+    if strategy != "none":
+        return {"dtype": "fp32", "why": f"training.distributed {strategy}: one process only"}
+    if method_kind not in METHODS:
+        return {"dtype": "fp32", "why": f"method.kind {method_kind}: measured for {', '.join(METHODS)} only so far"}
+    if adapter_kind not in KINDS:
+        return {"dtype": "fp32", "why": f"adapter.kind {adapter_kind}: only lora and rslora keep plain frozen linears"}
+    fp32, bf16 = cpu_matmul_peaks()
+    ratio = bf16 / fp32
+    figures = {"bf16_gflops": round(bf16 / 1e9, 1), "fp32_gflops": round(fp32 / 1e9, 1)}
+    if ratio < BF16_SPEEDUP_NEEDED:
+        return {"dtype": "fp32", **figures,
+                "why": f"this CPU multiplies bf16 at {ratio:.1f}x fp32 (under {BF16_SPEEDUP_NEEDED:g}x: not native)"}
+    return {"dtype": "bf16", **figures,
+            "why": f"auto: this CPU multiplies bf16 at {ratio:.1f}x fp32, so the frozen base's linear layers run in "
+                   f"bf16; the adapter, norms, attention, LM head and loss stay fp32 (training.precision: fp32 to "
+                   f"keep all in fp32)"}
+
+
+def frozen_copy_refusal(copy_bytes: float, free_bytes: float) -> str | None:
+    """Why the bf16 copy of the frozen linears (`copy_bytes`, beside the fp32 weights kept aside) is not made: it
+    would take over FROZEN_COPY_MEMORY_SHARE of `free_bytes`; None where it fits (or the free memory is unknown, 0)."""
+    if not free_bytes or copy_bytes <= FROZEN_COPY_MEMORY_SHARE * free_bytes:
+        return None
+    return (f"the bf16 copy of the frozen weights ({copy_bytes / 2**30:.1f} GiB) would take over "
+            f"{FROZEN_COPY_MEMORY_SHARE:.0%} of the {free_bytes / 2**30:.1f} GiB free")
+
+
+def frozen_matmul_speedup(choice: dict[str, Any]) -> float:
+    """How many times as fast as in fp32 the frozen linears' FLOPs run under `choice` (`frozen_matmul_choice`): 1 for
+    fp32; for bf16, BF16_FROZEN_EFFICIENCY x the measured bf16/fp32 peak ratio, at least 1."""
+    if choice["dtype"] != "bf16":
+        return 1.0
+    return max(1.0, BF16_FROZEN_EFFICIENCY * choice["bf16_gflops"] / choice["fp32_gflops"])
+
+
+@functools.cache
+def cpu_matmul_peaks() -> tuple[float, float]:
+    """This CPU's fp32 and bf16 matmul peaks in FLOP/s, measured once a process (PEAK_SECONDS each)."""
+    import torch
+
+    return matmul_peak(torch.float32, seconds=PEAK_SECONDS), matmul_peak(torch.bfloat16, seconds=PEAK_SECONDS)
