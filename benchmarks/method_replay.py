@@ -10,6 +10,11 @@ ratio (a new measurement replaces its own), and prints one line each.
     .venv/bin/python benchmarks/method_replay.py --recipes dpo,kto --ratios 0,0.5
     .venv/bin/python benchmarks/method_replay.py --recipes dpo,orpo --ratios 0.5 --null-space 0.98
     .venv/bin/python benchmarks/method_replay.py --score /tmp/rm/runs/dpo-20261203-073220
+    .venv/bin/python benchmarks/method_replay.py --recipes dpo,cpt --ratios 0.5 --frozen-matmuls bf16
+
+`--frozen-matmuls bf16` trains with the frozen base's linear layers in bf16 (train/frozen_matmuls.py) for these
+methods too, on a CPU with fast bf16, where the default keeps them fp32 outside SFT until measured: the entries say
+which (`frozen_matmuls`), and one of each is kept.
 """
 
 from __future__ import annotations
@@ -61,14 +66,15 @@ def score(run_path: Path, train_seconds: float | None = None) -> dict:
             "regression": results.probes.regression, "reasons": results.probes.reasons,
             "general_heldout": heldout_general(recipe, run),
             "train_seconds": train_seconds, "step_seconds": train["throughput"]["seconds"] / train["steps"],
-            "replay": train.get("replay"), "run": str(run.path)}
+            "replay": train.get("replay"), "run": str(run.path),
+            "frozen_matmuls": (train.get("chosen", {}).get("frozen_matmuls") or {}).get("value", "fp32")}
 
 
 def entry_key(entry: dict) -> tuple:
     """What one measurement is of: entries before data.replay.anchor_answer_tokens anchored the whole answers, and
     entries before data.replay.null_space had none."""
     return (entry["recipe"], entry["replay_ratio"], entry["replay_weight"], entry.get("anchor_answer_tokens"),
-            entry.get("null_space", 0.0))
+            entry.get("null_space", 0.0), entry.get("frozen_matmuls", "fp32"))
 
 
 def main() -> None:
@@ -76,11 +82,19 @@ def main() -> None:
     parser.add_argument("--recipes", default="dpo,kto,orpo,simpo,cpt")
     parser.add_argument("--ratios", default="0,0.5")
     parser.add_argument("--null-space", type=float, help="data.replay.null_space (default: the method's default)")
+    parser.add_argument("--frozen-matmuls", choices=("default", "bf16"), default="default",
+                        help="bf16: the frozen base's linears in bf16 for these methods too (a CPU with fast bf16)")
     parser.add_argument("--score", nargs="+", type=Path, help="score these runs instead of training")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tunesmith-method-replay"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/method_replay.json")
     args = parser.parse_args()
     entries = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else []
+    if args.frozen_matmuls == "bf16":
+        from tunesmith.config import load_recipe
+        from tunesmith.plan import precision
+
+        methods = {load_recipe(ROOT / "recipes" / f"{name}.yaml").method.kind for name in args.recipes.split(",")}
+        precision.METHODS = (*precision.METHODS, *sorted(methods))
     if args.score:
         measured = (score(path) for path in args.score)
     else:
@@ -94,7 +108,8 @@ def main() -> None:
               f"tokens {entry['anchor_answer_tokens'] or 'all'}, null space {entry['null_space']:g}): "
               f"{entry['metric']} {entry['base']} -> {entry['tuned']}, probes {entry['probe_accuracy']['base']} -> "
               f"{entry['probe_accuracy']['tuned']} (regression {entry['regression']}), held-out general "
-              f"{held['base']} -> {held['tuned']}, {entry['step_seconds']:.1f} s a step")
+              f"{held['base']} -> {held['tuned']}, {entry['step_seconds']:.1f} s a step, frozen matmuls "
+              f"{entry['frozen_matmuls']}")
 
 
 if __name__ == "__main__":

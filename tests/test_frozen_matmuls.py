@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tunesmith.config import load_recipe
+from tunesmith.plan import precision as frozen_rule
 from tunesmith.plan.precision import frozen_matmul_choice
 from tunesmith.runs import create_run
 from tunesmith.train.frozen_matmuls import FrozenBF16Linear, cast_frozen_linears
@@ -98,7 +99,7 @@ class RoundedToBF16Linear(torch.nn.Linear):
 ])
 def test_the_choice_follows_the_measured_bf16_speed_and_the_recipe(monkeypatch, bf16, precision, device, adapter,
                                                                    method, expected, strategy):
-    monkeypatch.setattr(precision, "cpu_matmul_peaks", lambda: (1e11, bf16))
+    monkeypatch.setattr(frozen_rule, "cpu_matmul_peaks", lambda: (1e11, bf16))
     choice = frozen_matmul_choice(precision, device, adapter, method, strategy)
     assert choice["dtype"] == expected, choice
     assert choice["why"]
@@ -110,7 +111,7 @@ def test_training_says_which_dtype_the_frozen_base_ran_in(tmp_path, tiny_model_d
 
     from tunesmith.train import run_training
 
-    monkeypatch.setattr(precision, "cpu_matmul_peaks", lambda: (1e11, 4e11))  # as with AMX, whatever the CPU
+    monkeypatch.setattr(frozen_rule, "cpu_matmul_peaks", lambda: (1e11, 4e11))  # as with AMX, whatever the CPU
     recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
                          ["training.max_steps=2", f"training.precision={precision}"])
     run = create_run(recipe, tmp_path / "runs")

@@ -356,6 +356,57 @@ def test_replay_kl_logs_the_anchor_and_sft_joins_the_rows(tmp_path, tiny_model_d
     assert reports["sft"]["throughput"]["loss_tokens"] != reports["kl"]["throughput"]["loss_tokens"]
 
 
+def test_fewer_replay_rows_than_micro_batches_ride_on_that_many_spread_evenly():
+    """2 replay rows a step over 8 micro-batches: the 4th and 8th carry one each, the draws numbered by step, and the
+    term scaled by 8 / 2; before training (the time budget's measurement) every batch draws, as a step's would."""
+    from types import SimpleNamespace
+
+    from tunesmith.train.replay import anchored
+
+    trainer = anchored(object).__new__(anchored(object))
+    trainer.args = SimpleNamespace(gradient_accumulation_steps=8)
+    trainer.replay_micro_batches, trainer.replay_training = 2, True
+    trainer.replay_step, trainer.replay_micro = -1, 0
+    draws = []
+    for step in range(2):
+        trainer.state = SimpleNamespace(global_step=step)
+        draws.append([trainer.replay_draw() for _ in range(8)])
+    assert draws == [[None, None, None, 0, None, None, None, 1], [None, None, None, 2, None, None, None, 3]]
+    assert trainer.carrying_micro_batches() == 2
+    trainer.replay_micro_batches = None  # as many rows as micro-batches, or more: every micro-batch draws
+    trainer.state, trainer.replay_step = SimpleNamespace(global_step=1), -1
+    assert [trainer.replay_draw() for _ in range(8)] == list(range(8, 16))
+    trainer.replay_micro_batches, trainer.replay_training = 2, False
+    assert trainer.carrying_micro_batches() == 8
+
+
+def test_a_replay_row_on_one_micro_batch_anchors_the_step_as_it_does_the_whole_batch(tmp_path, tiny_model_dir):
+    """Batch 4 with one replay row a step (ratio 0.25) reaches the adapter of 4 micro-batches of 1 accumulated, whose
+    one replay row rides on the last of them: the same row, the same weight. Were every micro-batch to carry one (4
+    rows a step) or the term not scaled up by 4, the KL's pull (weight 50) would differ. Two steps, since the KL's
+    gradient is zero while the adapter is still at the base."""
+    from safetensors.torch import load_file
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"prompt": f"Name a colour, number {i}.", "answer": f"Blue {i}."}) + "\n"
+                               for i in range(1, 9)), encoding="utf-8")
+    adapters, reports = {}, {}
+    for name, batch, accumulate in (("whole", 4, 1), ("micro", 1, 4)):
+        recipe = load_recipe(make_tiny_project(tmp_path / name, tiny_model_dir, train_rows=16, eval_rows=4),
+                             [f"data.replay.source={general}", "data.replay.ratio=0.25", "data.replay.weight=50",
+                              "data.replay.null_space=0", "training.max_steps=2", f"training.batch_size={batch}",
+                              f"training.grad_accum={accumulate}", "training.precision=fp32", "training.lr=0.01"])
+        run = create_run(recipe, tmp_path / name / "runs")
+        run_training(recipe, run)
+        adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
+        reports[name] = json.loads((run.path / "train.json").read_text())["replay"]
+    for report in reports.values():  # one row a step, two steps: two anchor batches in all
+        assert report["rows_per_step"] == 1
+        assert report["base_reference"]["base_passes"] + report["base_reference"]["batches_from_cache"] == 2
+    for key in adapters["whole"]:
+        torch.testing.assert_close(adapters["micro"][key], adapters["whole"][key], atol=2e-4, rtol=1e-3)
+
+
 def test_replay_kl_is_refused_for_adapters_that_change_the_base():
     with pytest.raises(ValueError, match=r"data\.replay\.loss=kl needs the untouched base"):
         Recipe(data={"train": "t.jsonl", "replay": {"ratio": 0.1, "loss": "kl"}}, adapter={"kind": "full"})

@@ -56,6 +56,7 @@ class Workload:
     packed: bool = False
     kept_reference_tokens: int = 0  # replay tokens whose base log-probabilities are kept (the frozen pass ran once)
     kept_reference_limit_bytes: float = 0.0  # at most this many bytes of them
+    replay_share: float = 1.0  # the share of a step's micro-batches that carry the replay tokens (train/replay.py)
 
     @property
     def tokens(self) -> int:

@@ -8,7 +8,8 @@ FLOPs per token as `train.throughput` counts them (PaLM, Chowdhery et al. 2022, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from tunesmith.config import Recipe
 from tunesmith.plan.architecture import Architecture
@@ -37,8 +38,8 @@ def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work:
     how many times as fast the frozen base's linears multiply (`plan/precision.py` `frozen_matmul_speedup`: bf16 on a
     CPU with fast bf16), their FLOPs being `frozen_linear_flops`."""
     t = recipe.training
-    flops = step_flops(arch, weights, work) * t.grad_accum
-    frozen = frozen_linear_flops(arch, weights, work) * t.grad_accum if frozen_speedup > 1 else 0.0
+    flops = averaged(step_flops, arch, weights, work) * t.grad_accum
+    frozen = averaged(frozen_linear_flops, arch, weights, work) * t.grad_accum if frozen_speedup > 1 else 0.0
     seconds = (flops - frozen + frozen / frozen_speedup) / (device.peak_flops * device.efficiency)
     note = f"{flops / 1e12:,.2f} TFLOP per step at {device.efficiency:.0%} of {device.peak_flops / 1e12:,.2f} TFLOP/s"
     if frozen:
@@ -55,6 +56,19 @@ def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work:
     if t.max_steps > 0:
         steps = t.max_steps
     return StepTime(seconds, steps, note)
+
+
+def averaged(flops: Callable[[Architecture, TrainedWeights, Workload], float], arch: Architecture,
+             weights: TrainedWeights, work: Workload) -> float:
+    """`flops` of a micro-batch averaged over a step's micro-batches, where only `work.replay_share` of them carry
+    the replay anchor's tokens."""
+    if work.replay_share >= 1 or not work.trained_extra_tokens:
+        return flops(arch, weights, work)
+    extra = work.trained_extra_tokens
+    bare = replace(work, trained_extra_tokens=0, frozen_pass_tokens=work.frozen_pass_tokens - extra,
+                   kept_reference_tokens=0, replay_share=1.0,
+                   logits_tokens=None if work.logits_tokens is None else work.logits_tokens - extra)
+    return work.replay_share * flops(arch, weights, work) + (1 - work.replay_share) * flops(arch, weights, bare)
 
 
 def step_flops(arch: Architecture, weights: TrainedWeights, work: Workload) -> float:

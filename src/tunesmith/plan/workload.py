@@ -163,7 +163,7 @@ def micro_step(recipe: Recipe, lengths: RowLengths, packed: bool, memory_bytes: 
     if method.kind == "reward":
         return Workload(2 * t.batch_size, length, logits_tokens=0)
     replay = replay_tokens(recipe)
-    anchor = {"trained_extra_tokens": replay, "frozen_pass_tokens": replay,
+    anchor = {"trained_extra_tokens": replay, "frozen_pass_tokens": replay, "replay_share": replay_share(recipe),
               "kept_reference_tokens": (anchor_row_tokens(recipe)[1] * replay_rows(recipe, lengths.rows))
               if replay else 0,
               "kept_reference_limit_bytes": REFERENCE_CACHE_ACCELERATOR_BYTES if accelerator
@@ -211,6 +211,14 @@ def replay_rows(recipe: Recipe, rows: int | None) -> int:
         return round(ratio * rows)
     available = sum(1 for line in BUNDLED_REPLAY.read_text(encoding="utf-8").splitlines() if line.strip())
     return replay_count(ratio, rows, available)
+
+
+def replay_share(recipe: Recipe) -> float:
+    """The share of a step's micro-batches that carry replay rows: where round(ratio x rows per step) is fewer than the
+    micro-batches, one row each on that many of them (train/replay.py `replay_anchor`), else all."""
+    t = recipe.training
+    per_step = max(1, round(recipe_replay_ratio(recipe) * t.batch_size * t.grad_accum))
+    return min(per_step, t.grad_accum) / t.grad_accum
 
 
 def replay_tokens(recipe: Recipe) -> int:

@@ -137,7 +137,8 @@ def first_pass_steps(trainer: Any) -> int:
     if replay is None:
         return 0
     draws = math.ceil(len(replay.examples) / replay.batch_size)
-    return math.ceil(draws / trainer.args.gradient_accumulation_steps)
+    accumulated = trainer.args.gradient_accumulation_steps
+    return math.ceil(draws / min(getattr(trainer, "replay_micro_batches", None) or accumulated, accumulated))
 
 
 def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool, began: float) -> BudgetPlan | None:

@@ -405,16 +405,18 @@ def replay_for(recipe: Recipe, run: Run, setup: Any) -> tuple[Replay, dict[str, 
 
 def replay_anchor(recipe: Recipe, replay: Replay, tokenizer: Any) -> dict[str, Any]:
     """The anchored trainer's extra arguments when the replay rows train through the KL anchor ({} otherwise):
-    round(ratio x rows per optimizer step) replay rows a step, shared between its micro-batches, at least one a
-    micro-batch."""
+    round(ratio x rows per optimizer step) replay rows a step (at least one), shared between its micro-batches; where
+    a step has fewer of them than micro-batches, one row each on that many of its micro-batches, spread evenly
+    (`replay_micro_batches`), so that micro-batches of long rows do not multiply the anchor's rows."""
     if not replay.examples or recipe.data.replay.resolved_loss(recipe.adapter.kind) != "kl":
         return {}
     t = recipe.training
-    per_micro = max(1, round(max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum)) / t.grad_accum))
-    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * t.grad_accum)
+    per_step = max(1, round(recipe.data.replay.ratio * t.batch_size * t.grad_accum))
+    per_micro, carrying = max(1, round(per_step / t.grad_accum)), min(per_step, t.grad_accum)
+    replay.report.update(loss="kl", weight=recipe.data.replay.weight, rows_per_step=per_micro * carrying)
     return {"replay_batches": ReplayBatches(replay.examples, per_micro, tokenizer.pad_token_id, t.seed),
             "replay_weight": recipe.data.replay.weight, "replay_report": replay.report,
-            "null_space": recipe.data.replay.null_space}
+            "null_space": recipe.data.replay.null_space, "replay_micro_batches": carrying}
 
 
 def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReference, energy: float) -> dict[str, Any]:
@@ -447,15 +449,19 @@ def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReferenc
 
 def anchored(trainer_class: type) -> type:
     """`trainer_class` (TRL's SFTTrainer, or a preference trainer: config.ANCHORED_METHODS) with the replay anchor
-    added to every training micro-batch's loss:
-    loss + data.replay.weight x KL(base || tuned) on `replay_per_step` replay rows, the base's side from
-    `BaseReference`; with `null_space` > 0, each LoRA A is kept off the replay rows' principal input directions
-    (`train/null_space.py`, measured and projected here, before the time budget's measurement)."""
+    added to the training micro-batches' loss: loss + data.replay.weight x KL(base || tuned) on the replay rows of
+    `replay_micro_batches` of each step's micro-batches (all of them when None; the term scaled so that a step's
+    anchor is the mean over its replay rows either way), the base's side from `BaseReference`; with `null_space` > 0,
+    each LoRA A is kept off the replay rows' principal input directions (`train/null_space.py`, measured and
+    projected here, before the time budget's measurement)."""
 
     class ReplayAnchoredTrainer(trainer_class):
         def __init__(self, *args: Any, replay_batches: ReplayBatches, replay_weight: float,
-                     replay_report: dict[str, Any], null_space: float = 0.0, **kwargs: Any) -> None:
+                     replay_report: dict[str, Any], null_space: float = 0.0,
+                     replay_micro_batches: int | None = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.replay_micro_batches = replay_micro_batches
+            self.replay_training = False  # before train(): the time budget's measurement, where every batch draws
             self.base_reference = BaseReference()
             if null_space:
                 replay_report["null_space"] = keep_null_space(self, replay_batches, self.base_reference, null_space)
@@ -466,31 +472,52 @@ def anchored(trainer_class: type) -> type:
 
         def train(self, *args: Any, **kwargs: Any) -> Any:
             self.replay_step, self.replay_micro = -1, 0  # the time budget's measurement drew before training
-            result = super().train(*args, **kwargs)
+            self.replay_training = True
+            try:
+                result = super().train(*args, **kwargs)
+            finally:
+                self.replay_training = False
             self.replay_report["base_reference"] = self.base_reference.report()
             return result
 
-        def replay_draw(self) -> int:
-            """The draw for this micro-batch: from the optimizer step and the micro-batch within it."""
+        def carrying_micro_batches(self) -> int:
+            """How many of a step's micro-batches carry replay rows: `replay_micro_batches`, or all of them (before
+            training too: the time budget measures a batch with its replay rows)."""
+            accumulated = self.args.gradient_accumulation_steps
+            if not self.replay_training or self.replay_micro_batches is None:
+                return accumulated
+            return min(self.replay_micro_batches, accumulated)
+
+        def replay_draw(self) -> int | None:
+            """The draw for this micro-batch, from the optimizer step and the micro-batch within it; None where it
+            carries no replay rows (`carrying_micro_batches` of the step's micro-batches do, spread evenly)."""
             if self.replay_step != self.state.global_step:
                 self.replay_step, self.replay_micro = self.state.global_step, 0
+            micro, carrying = self.replay_micro, self.carrying_micro_batches()
             self.replay_micro += 1
-            return self.state.global_step * self.args.gradient_accumulation_steps + self.replay_micro - 1
+            accumulated = self.args.gradient_accumulation_steps
+            before, after = micro * carrying // accumulated, (micro + 1) * carrying // accumulated
+            return self.state.global_step * carrying + before if after > before else None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
             if not model.training:
                 return result
+            draw = self.replay_draw()
+            if draw is None:
+                return result
             loss, outputs = result if return_outputs else (result, None)
             self.base_reference.on_base_pass = getattr(self.data_collator, "count_base_pass", None)
             batch, reference = self.base_reference.log_probs(
-                self.replay_batches, self.replay_batches.rows(self.replay_draw()), model,
+                self.replay_batches, self.replay_batches.rows(draw), model,
                 self.accelerator.unwrap_model(model), loss.device)
             kl = anchor_kl(model, batch, reference)
             if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
                 self.data_collator.count_anchor(batch[2], packed_replay(model, batch))
-            loss = loss + self.replay_weight * kl / self.accumulation_share(num_items_in_batch)
+            # a step's anchor is the mean over the micro-batches that carry replay rows, whichever carry them
+            carried = self.args.gradient_accumulation_steps / self.carrying_micro_batches()
+            loss = loss + self.replay_weight * kl * carried / self.accumulation_share(num_items_in_batch)
             self.replay_kls.append(kl.item())
             return (loss, outputs) if return_outputs else loss
 
