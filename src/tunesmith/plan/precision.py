@@ -23,10 +23,11 @@ PEAK_SECONDS = 0.2  # each dtype's matmul measurement
 FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
 # The frozen linears' bf16 matmuls run this share of (bf16 peak / fp32 peak) times as fast as fp32's in a training
 # step: small row counts (8 x 112 tokens) keep AMX far from its peak, and each layer casts its input and output.
-# Calibrated on the 2-core Xeon (bf16 peak 3.6-4.0x fp32) on whole SFT runs, whose time the plan estimates: the
-# quickstart and tickets at batch 8 with replay ran at 1.23x and 1.28x the fp32 default's tokens/s (README "Training
-# speed"); the plan's steps with 0.33 are 1.24x and 1.25x faster (bundled recipes, peaks 318 / 1,263 GFLOP/s).
-BF16_FROZEN_EFFICIENCY = 0.33
+# Calibrated on the 2-core Xeon on whole SFT runs, whose time the plan estimates: side by side in one invocation
+# (`benchmarks/train_throughput.py --datasets quickstart,tickets --variants tunesmith-fp32,tunesmith`, peaks 369 /
+# 1,408 GFLOP/s), the default's steps ran 1.25x (quickstart) and 1.31x (tickets) faster than under fp32; the plan
+# with 0.35 says 1.26x and 1.27x for the bundled recipes.
+BF16_FROZEN_EFFICIENCY = 0.35
 
 
 def frozen_matmul_choice(precision_setting: str, device: str, adapter_kind: str, method_kind: str,
