@@ -89,7 +89,9 @@ class RoundedToBF16Linear(torch.nn.Linear):
 @pytest.mark.parametrize(("bf16", "precision", "device", "adapter", "method", "expected", "strategy"), [
     (4e11, "auto", "cpu", "lora", "sft", "bf16", "none"),   # AMX / AVX512-BF16: several times fp32
     (4e11, "auto", "cpu", "rslora", "sft", "bf16", "none"),
-    (4e11, "auto", "cpu", "lora", "dpo", "fp32", "none"),   # not measured with the preference methods yet
+    (4e11, "auto", "cpu", "lora", "dpo", "bf16", "none"),   # measured on the bundled preference and CPT recipes
+    (4e11, "auto", "cpu", "lora", "cpt", "bf16", "none"),
+    (4e11, "auto", "cpu", "lora", "reward", "fp32", "none"),  # a reward model trains a head: not measured
     (5e10, "auto", "cpu", "lora", "sft", "fp32", "none"),   # emulated bf16: slower than fp32
     (4e11, "fp32", "cpu", "lora", "sft", "fp32", "none"),   # the recipe asks for fp32 throughout
     (4e11, "auto", "cuda", "lora", "sft", "fp32", "none"),  # a GPU has mixed precision

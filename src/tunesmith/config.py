@@ -522,9 +522,9 @@ class TrainingSection(Section):
                             "padding without making each packed row attend over the whole pack.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 mixed precision on GPUs that support it; on a CPU fp32, with a LoRA's frozen "
-                            "base linears in bf16 for SFT where this CPU multiplies bf16 at 2x fp32 or more (AMX, "
-                            "AVX512-BF16; train/frozen_matmuls.py). fp32: fp32 throughout. bf16/fp16: mixed precision "
-                            "(autocast).")
+                            "base linears in bf16 (SFT, CPT, DPO, ORPO, KTO, SimPO) where this CPU multiplies bf16 "
+                            "at 2x fp32 or more (AMX, AVX512-BF16; train/frozen_matmuls.py). fp32: fp32 throughout. "
+                            "bf16/fp16: mixed precision (autocast).")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, ge=1)

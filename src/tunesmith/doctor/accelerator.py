@@ -101,8 +101,8 @@ def bf16_cpu_check(flags: set[str] | None, probe_seconds: float) -> Check:
         return Check(name="bf16 on CPU", section=SECTION, status="warn", detail=detail,
                      fix="Keep training.precision: auto or fp32 on this CPU (auto picks fp32 on CPU).")
     return Check(name="bf16 on CPU", section=SECTION, status="pass", detail=detail + "; precision auto picks fp32 "
-                 "on CPU, with a LoRA's frozen base linears in bf16 in SFT where bf16 is twice as fast (training "
-                 "measures it again); training.precision: bf16 opts in to autocast")
+                 "on CPU, with a LoRA's frozen base linears in bf16 (SFT, CPT, DPO, ORPO, KTO, SimPO) where bf16 "
+                 "is twice as fast (training measures it again); training.precision: bf16 opts in to autocast")
 
 
 def bf16_slowdown(seconds: float = 0.3, size: int = 512) -> float:

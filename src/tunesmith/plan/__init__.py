@@ -6,6 +6,7 @@ recipe whose estimate exceeds the device before loading anything heavy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -114,7 +115,7 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
         advice=recommend(recipe, arch, device, lengths, compute))
 
 
-def planned_frozen_matmuls(recipe: Recipe, device: Device, arch: Architecture | None = None) -> dict:
+def planned_frozen_matmuls(recipe: Recipe, device: Device, arch: Architecture | None = None) -> dict[str, Any]:
     """What training will multiply the frozen base's linears in (`frozen_matmul_choice`, the rule train applies):
     {"dtype", "why", ...}; with `arch`, fp32 where their bf16 copy would not fit the device's memory
     (`frozen_copy_refusal`, as train checks it)."""

@@ -16,9 +16,10 @@ from tunesmith.plan.devices import matmul_peak
 
 BF16_SPEEDUP_NEEDED = 2.0  # measured bf16/fp32 matmul peak ratio at or above which the frozen base runs in bf16
 KINDS = ("lora", "rslora")  # DoRA reads the base weight for its norm, QLoRA's base is 4-bit already
-# measured on SFT (quickstart, routing, tickets: README "Training speed"); the preference methods and CPT run the same
-# arithmetic but have not been measured with it, GRPO generates, and a reward model trains a head on the base
-METHODS = ("sft",)
+# measured on SFT (quickstart, routing, tickets: README "Training speed"), then on the bundled CPT, DPO, ORPO, KTO and
+# SimPO recipes against fp32 (`benchmarks/method_replay.py --frozen-matmuls bf16`); GRPO generates, and a reward
+# model trains a head on the base: neither measured
+METHODS = ("sft", "cpt", "dpo", "orpo", "kto", "simpo")
 PEAK_SECONDS = 0.2  # each dtype's matmul measurement
 FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
 # The frozen linears' bf16 matmuls run this share of (bf16 peak / fp32 peak) times as fast as fp32's in a training
