@@ -397,12 +397,12 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
 
 
 def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> FrozenCast | None:
-    """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (SFT with a LoRA on a CPU with
-    fast bf16, training.precision auto) and their bf16 copy fits the free memory (`frozen_copy_refusal`), once the
-    trainer has added the adapter and before its steps: the base answered the replay prompts, and the anchor's null
-    space and base log-probabilities were read, in fp32, the base that eval compares with. The choice joins
-    setup.chosen (the printed table, train.json's `chosen`); the cast, whose `restore` puts the fp32 weights back
-    after training, or None."""
+    """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (a LoRA under SFT, CPT or a
+    preference method but GRPO, on a CPU with fast bf16, training.precision auto) and their bf16 copy fits the free
+    memory (`frozen_copy_refusal`), once the trainer has added the adapter and before its steps: the base answered
+    the replay prompts, and the null space (with the anchor's base log-probabilities it reads) was measured, in fp32,
+    the base that eval compares with. The choice joins setup.chosen (the printed table, train.json's `chosen`); the
+    cast, whose `restore` puts the fp32 weights back after training, or None."""
     from tunesmith.doctor.accelerator import available_memory
 
     model = trainer.accelerator.unwrap_model(trainer.model)
