@@ -113,7 +113,7 @@ class ReplaySection(Section):
                                                "an optional `answer` (the base model answers the rest).")
     ratio: float | None = Field(None, ge=0, le=1, description="Replay rows per training row (0.5: 200 replay rows "
                                                              "beside 400 training rows, at most the source's rows; "
-                                                             "the anchor takes round(ratio x batch) a step); 0 "
+                                                             "the anchor takes round(ratio x rows a step)); 0 "
                                                              "turns replay off. Default: DEFAULT_REPLAY_RATIO (0.5) "
                                                              "for method.kind sft, and for dpo, kto, orpo and simpo "
                                                              "with an adapter that leaves the base untouched (the "
