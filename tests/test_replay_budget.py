@@ -191,6 +191,25 @@ def test_time_budget_sets_the_steps_and_saves_the_plan(tmp_path, tiny_model_dir)
     assert json.loads((run.path / "budget.json").read_text()) == {k: v for k, v in plan.items()}
 
 
+def test_the_budget_measures_the_anchor_apart_where_fewer_micro_batches_carry_it(tmp_path, tiny_model_dir):
+    """Micro-batches of one row, 4 a step, one replay row a step: the budget's measurement times the median batch once
+    more without the anchor (which draws no replay rows) to count the anchor on one micro-batch a step, not four. The
+    anchor's batches: the measurement's 4, then one a step."""
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": f"{i}"}) + "\n" for i in range(8)),
+                       encoding="utf-8")
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         [f"data.replay.source={general}", "data.replay.ratio=0.25", "data.replay.null_space=0",
+                          "training.batch_size=1", "training.grad_accum=4", "training.max_steps=-1",
+                          "training.time_budget=5m"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    report = json.loads((run.path / "train.json").read_text())
+    drawn = report["replay"]["base_reference"]
+    assert report["replay"]["rows_per_step"] == 1 and report["time_budget"]["measured_step_s"] > 0
+    assert drawn["base_passes"] + drawn["batches_from_cache"] == 4 + report["steps"]
+
+
 def test_time_budget_stops_a_run_whose_steps_were_given(tmp_path, tiny_model_dir):
     recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=4),
                          ["training.max_steps=100000", "training.time_budget=3s", "training.save_steps=100000"])
@@ -365,7 +384,7 @@ def test_fewer_replay_rows_than_micro_batches_ride_on_that_many_spread_evenly():
 
     trainer = anchored(object).__new__(anchored(object))
     trainer.args = SimpleNamespace(gradient_accumulation_steps=8)
-    trainer.replay_micro_batches, trainer.replay_training = 2, True
+    trainer.replay_micro_batches, trainer.replay_training, trainer.replay_paused = 2, True, False
     trainer.replay_step, trainer.replay_micro = -1, 0
     draws = []
     for step in range(2):

@@ -102,33 +102,50 @@ def measure_step_seconds(trainer: Any, grad_accum: int) -> tuple[float, float]:
     """Seconds per optimizer step: the mean forward+backward time of three length-quantile batches (after one
     warm-up batch), times `grad_accum`, as (without, of which) the replay anchor's base passes: each measured batch
     is a first draw of replay rows, so it runs the base pass that later draws of the same rows skip
-    (train/replay.py BaseReference). Leaves no gradient behind."""
+    (train/replay.py BaseReference). Where fewer of a step's micro-batches carry replay rows than it has
+    (`replay_micro_batches`), the median batch runs once more without them, and the anchor's time is counted on
+    that many only. Leaves no gradient behind."""
     import torch
 
     model, dataset = trainer.model, trainer.train_dataset
-    reference = getattr(trainer, "base_reference", None)
     batch_size = trainer.args.per_device_train_batch_size
     by_length = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     starts = [max(0, min(len(by_length) - batch_size, int(q * len(by_length)) - batch_size // 2))
               for q in (0.5, 0.25, 0.5, 0.75)]  # the first is the warm-up
     model.train()
-    seconds, base_seconds = [], []
-    for start in starts:
-        rows = [dataset[i] for i in by_length[start : start + batch_size]]
-        batch = trainer._prepare_inputs(trainer.data_collator(rows))
-        base_before = reference.base_seconds if reference is not None else 0.0
-        began = time.monotonic()
-        with trainer.compute_loss_context_manager():
-            loss = trainer.compute_loss(model, batch)
-        loss.backward()
-        seconds.append(time.monotonic() - began)
-        base_seconds.append((reference.base_seconds if reference is not None else 0.0) - base_before)
+    timed = [timed_batch(trainer, [dataset[i] for i in by_length[start : start + batch_size]]) for start in starts]
+    seconds, base_seconds = [t for t, _ in timed[1:]], [b for _, b in timed[1:]]
+    carrying = getattr(trainer, "replay_micro_batches", None)
+    anchor_s = 0.0
+    if carrying is not None and carrying < grad_accum:
+        trainer.replay_paused = True
+        try:
+            bare_s, _ = timed_batch(trainer, [dataset[i] for i in by_length[starts[2] : starts[2] + batch_size]])
+        finally:
+            trainer.replay_paused = False
+        anchor_s = max(0.0, seconds[1] - base_seconds[1] - bare_s)
     model.zero_grad(set_to_none=True)
-    del loss
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    base_s = grad_accum * sum(base_seconds[1:]) / len(base_seconds[1:])
-    return grad_accum * sum(seconds[1:]) / len(seconds[1:]) - base_s, base_s
+    base_s = grad_accum * sum(base_seconds) / len(base_seconds)
+    step_s = grad_accum * sum(seconds) / len(seconds) - base_s
+    if anchor_s:
+        step_s -= (grad_accum - carrying) * anchor_s
+    return step_s, base_s
+
+
+def timed_batch(trainer: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """(seconds, of which the replay anchor's base passes) of one forward+backward of `rows` as a batch."""
+    reference = getattr(trainer, "base_reference", None)
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    base_before = reference.base_seconds if reference is not None else 0.0
+    began = time.monotonic()
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    seconds = time.monotonic() - began
+    del loss
+    return seconds, (reference.base_seconds if reference is not None else 0.0) - base_before
 
 
 def first_pass_steps(trainer: Any) -> int:

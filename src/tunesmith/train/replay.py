@@ -462,6 +462,7 @@ def anchored(trainer_class: type) -> type:
             super().__init__(*args, **kwargs)
             self.replay_micro_batches = replay_micro_batches
             self.replay_training = False  # before train(): the time budget's measurement, where every batch draws
+            self.replay_paused = False  # the measurement's batch without the anchor (train/budget.py)
             self.base_reference = BaseReference()
             if null_space:
                 replay_report["null_space"] = keep_null_space(self, replay_batches, self.base_reference, null_space)
@@ -490,7 +491,10 @@ def anchored(trainer_class: type) -> type:
 
         def replay_draw(self) -> int | None:
             """The draw for this micro-batch, from the optimizer step and the micro-batch within it; None where it
-            carries no replay rows (`carrying_micro_batches` of the step's micro-batches do, spread evenly)."""
+            carries no replay rows (`carrying_micro_batches` of the step's micro-batches do, spread evenly), or
+            while `replay_paused`."""
+            if self.replay_paused:
+                return None
             if self.replay_step != self.state.global_step:
                 self.replay_step, self.replay_micro = self.state.global_step, 0
             micro, carrying = self.replay_micro, self.carrying_micro_batches()
