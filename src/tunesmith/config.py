@@ -525,6 +525,11 @@ class TrainingSection(Section):
                             "base linears in bf16 (SFT, CPT, DPO, ORPO, KTO, SimPO) where this CPU multiplies bf16 "
                             "at 2x fp32 or more (AMX, AVX512-BF16; train/frozen_matmuls.py). fp32: fp32 throughout. "
                             "bf16/fp16: mixed precision (autocast).")
+    fused_lora: bool = Field(True, description="A LoRA layer adds its update into the frozen linear's output in one "
+                                               "autograd step (train/fused_lora.py): the same gradients as PEFT's "
+                                               "forward, a faster step and less memory. false: PEFT's own forward. "
+                                               "Layers it does not cover (dropout, DoRA, quantized bases, autocast) "
+                                               "run PEFT's forward either way.")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, ge=1)

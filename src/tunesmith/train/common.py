@@ -264,6 +264,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     check_process_group(trainer)
     group_by_global_batch(trainer)
     frozen_cast = half_frozen_matmuls(trainer, setup, recipe)
+    fused = fused_lora_layers(trainer, setup, recipe)
     main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
     if main:
@@ -287,6 +288,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if frozen_cast is not None:  # likewise the frozen base: its fp32 weights again
         frozen_cast.restore()
+    if fused is not None:  # and PEFT's own LoRA layers
+        fused.restore()
     if stopper.signum is not None:
         raise interrupted(stopper.signum, trainer.state.global_step, run)
     if guard.stopped_at is not None:
@@ -418,6 +421,20 @@ def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> F
             choice["linears"] = cast.count
     setup.chosen["frozen_matmuls"] = choice
     return cast
+
+
+def fused_lora_layers(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> Any:
+    """PEFT's LoRA layers of the trained model made FusedLoraLinear (train/fused_lora.py) unless training.fused_lora
+    is false; the choice joins setup.chosen where any layer was switched. The switch (its `restore` puts PEFT's class
+    back after training), or None."""
+    from tunesmith.train.fused_lora import fuse_lora_linears  # imports peft
+
+    if not recipe.training.fused_lora:
+        return None
+    fused = fuse_lora_linears(trainer.accelerator.unwrap_model(trainer.model))
+    if fused.count:
+        setup.chosen["fused_lora"] = {"layers": fused.count}
+    return fused
 
 
 def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str) -> dict[str, Any]:

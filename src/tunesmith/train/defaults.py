@@ -109,6 +109,11 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
     if chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
         table["frozen_matmuls"] = {"value": "bf16", "why": chosen["frozen_matmuls"]["why"]}
+    if "fused_lora" in chosen:
+        table["lora_forward"] = {"value": f"fused ({chosen['fused_lora']['layers']} layers)",
+                                 "why": "default (training.fused_lora): each LoRA update added into its frozen "
+                                        "linear's output in one autograd step, PEFT's gradients with less memory "
+                                        "(train/fused_lora.py)"}
     if "replay" in chosen:
         table["replay"] = replay_choice(recipe.data, chosen["replay"])
         if "null_space" in chosen["replay"]:
