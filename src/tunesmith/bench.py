@@ -17,7 +17,8 @@ freed blocks for the next step, as `tunesmith train` sets it on a CPU without ch
 `trl-expert-liger` (`use_liger_kernel`), `trl-expert-qlora` (the base in 4-bit NF4, bf16 compute) and
 `tunesmith-qlora` (`adapter.kind: qlora`, without replay); `tunesmith-bf16` / `tunesmith-no-replay-bf16`
 (`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16);
-`tunesmith-fp32` (the default with `training.precision: fp32`); and
+`tunesmith-fp32` (the default with `training.precision: fp32`); `tunesmith-unfused` (`training.fused_lora: false`:
+PEFT's own LoRA forward); and
 `trl-expert-micro-K`: trl-expert with `per_device_train_batch_size=K` and gradient accumulation to the same batch,
 what the expert does when the whole batch runs out of memory. The ratios are taken to trl-expert, or where it
 failed, to the fastest `trl-expert-micro-K` that ran (`reference_variant`). On a
@@ -61,12 +62,17 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
                   "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2",
                   "tunesmith-bf16", "tunesmith-no-replay-bf16", "tunesmith-fp32", "trl-expert-micro-2",
-                  "trl-expert-micro-1")
+                  "trl-expert-micro-1", "tunesmith-unfused")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
                    "tunesmith-qlora": {"ratio": 0}, "tunesmith-micro-4": {"ratio": 0},
-                   "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}, "tunesmith-fp32": {}}
+                   "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}, "tunesmith-fp32": {},
+                   "tunesmith-unfused": {}}
+# training settings of each tunesmith variant beside the shared ones
+TRAINING_SETTINGS = {"tunesmith-checkpointing": {"gradient_checkpointing": True},
+                     "tunesmith-bf16": {"precision": "bf16"}, "tunesmith-no-replay-bf16": {"precision": "bf16"},
+                     "tunesmith-fp32": {"precision": "fp32"}, "tunesmith-unfused": {"fused_lora": False}}
 DATASETS = ("quickstart", "tickets", "spread")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
@@ -283,14 +289,14 @@ def timed_train(trainer: Any) -> dict[str, Any]:
 
 
 def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, max_length: int,
-                     runs_dir: Path, replay: dict[str, Any] | None = None, checkpointing: bool = False,
+                     runs_dir: Path, replay: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
                      adapter: dict[str, Any] | None = None,
-                     micro_batch: int | None = None, precision: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                     micro_batch: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """`tunesmith train` on a recipe with the data paths and the shared settings only: planned for this device
     first, as `train` does (micro-batches or activation checkpointing where the batch would not fit). `replay`:
     data.replay settings over the defaults (`{"ratio": 0}`: without the replay anchor, the same work as the TRL
-    scripts do); `checkpointing`: with training.gradient_checkpointing set on; `adapter`: the adapter section
-    (`{"kind": "qlora"}`); `micro_batch`: rows per micro-batch, accumulated to `batch_size` rows a step."""
+    scripts do); `training`: training settings over the shared ones (`{"precision": "fp32"}`); `adapter`: the
+    adapter section (`{"kind": "qlora"}`); `micro_batch`: rows per micro-batch, accumulated to `batch_size` a step."""
     from tunesmith.config import validate_recipe
     from tunesmith.models.tuned import load_tuned
     from tunesmith.plan import plan_recipe
@@ -306,8 +312,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
         "training": {"epochs": 1, "save_steps": 100_000,
                      **({"batch_size": micro_batch, "grad_accum": batch_size // micro_batch} if micro_batch
                         else {"batch_size": batch_size}),
-                     **({"gradient_checkpointing": True} if checkpointing else {}),
-                     **({"precision": precision} if precision else {})}}))
+                     **(training or {})}}))
     if note:
         print(note, file=sys.stderr, flush=True)
     planned = plan_recipe(recipe, recipe.training.device)  # what `tunesmith plan` says a step takes, to compare
@@ -351,13 +356,11 @@ def worker_main(argv: list[str]) -> None:
         if variant.startswith("tunesmith"):
             model, tokenizer, figures = tunesmith_worker(model_dir, train, held, int(batch), int(length), Path(tmp),
                                                          replay=REPLAY_SETTINGS.get(variant, {"ratio": 0}),
-                                                         checkpointing=variant == "tunesmith-checkpointing",
+                                                         training=TRAINING_SETTINGS.get(variant),
                                                          adapter={"kind": "qlora"} if variant.endswith("qlora")
                                                          else None,
                                                          micro_batch=int(variant.rsplit("-", 1)[1])
-                                                         if variant.startswith("tunesmith-micro-") else None,
-                                                         precision=variant.rsplit("-", 1)[1]
-                                                         if variant.endswith(("-bf16", "-fp32")) else None)
+                                                         if variant.startswith("tunesmith-micro-") else None)
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse
