@@ -46,7 +46,9 @@ def test_run_directory_files_exist_and_parse(finished_run):
         assert {"loss", "perplexity", "exact_match", "field_accuracy", "field/item"} <= set(results[variant])
     assert results["tuned"]["loss"] < results["base"]["loss"]
     manifest = json.loads((path / "exports" / "manifest.json").read_text())
-    assert manifest["merged"]["max_abs_logit_diff"] < 1e-4
+    # fp32 rounding of W + s B A against x W + s (x A) B: ~1e-4 on this model's logits, depending on the trained
+    # adapter (1.2e-4 after training with fused LoRA layers, under 1e-4 with PEFT's); the merge's own check is 1e-2
+    assert manifest["merged"]["max_abs_logit_diff"] < 1e-3
     assert (path / "exports" / "merged" / "model.safetensors").is_file()
     assert (path / "exports" / "adapter" / "adapter_model.safetensors").is_file()
     card = (path / "README.md").read_text()
