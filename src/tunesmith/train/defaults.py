@@ -109,6 +109,11 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
     if chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
         table["frozen_matmuls"] = {"value": "bf16", "why": chosen["frozen_matmuls"]["why"]}
+    if "micro_batch_tokens" in chosen:
+        table["micro_batch_merge"] = {"value": f"up to {chosen['micro_batch_tokens']:,} tokens a pass",
+                                      "why": "auto on a CPU: each step's micro-batches, sized by the longest row, "
+                                             "merged by length into fewer passes of at most the tokens one was "
+                                             "sized for (train/micro_batches.py)"}
     if "fused_lora" in chosen:
         table["lora_forward"] = {"value": f"fused ({chosen['fused_lora']['layers']} layers)",
                                  "why": "default (training.fused_lora): each LoRA update added into its frozen "

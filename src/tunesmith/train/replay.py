@@ -512,18 +512,36 @@ def anchored(trainer_class: type) -> type:
             if draw is None:
                 return result
             loss, outputs = result if return_outputs else (result, None)
+            loss = loss + self.anchor_term(model, draw, num_items_in_batch, loss.device)
+            return (loss, outputs) if return_outputs else loss
+
+        def anchor_term(self, model: Any, draw: int, num_items_in_batch: Any, device: Any) -> Any:
+            """data.replay.weight x KL(base || tuned) on the replay rows of `draw`, scaled for the step."""
             self.base_reference.on_base_pass = getattr(self.data_collator, "count_base_pass", None)
             batch, reference = self.base_reference.log_probs(
                 self.replay_batches, self.replay_batches.rows(draw), model,
-                self.accelerator.unwrap_model(model), loss.device)
+                self.accelerator.unwrap_model(model), device)
             kl = anchor_kl(model, batch, reference)
             if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
                 self.data_collator.count_anchor(batch[2], packed_replay(model, batch))
+            self.replay_kls.append(kl.item())
             # a step's anchor is the mean over the micro-batches that carry replay rows, whichever carry them
             carried = self.args.gradient_accumulation_steps / self.carrying_micro_batches()
-            loss = loss + self.replay_weight * kl * carried / self.accumulation_share(num_items_in_batch)
-            self.replay_kls.append(kl.item())
-            return (loss, outputs) if return_outputs else loss
+            return self.replay_weight * kl * carried / self.accumulation_share(num_items_in_batch)
+
+        def anchor_alone(self, model: Any, num_items_in_batch: Any) -> Any:
+            """A micro-batch slot whose rows were merged into another pass (`train/micro_batches.py`): the anchor's
+            draw for the slot, if it has one, forward and backward on its own; the loss it added (0 without)."""
+            import torch
+
+            draw = self.replay_draw()
+            if draw is None:
+                return torch.zeros((), device=self.args.device)
+            model.train()
+            with self.compute_loss_context_manager():
+                loss = self.anchor_term(model, draw, num_items_in_batch, self.args.device)
+            self.accelerator.backward(loss)
+            return loss.detach()
 
         def accumulation_share(self, num_items_in_batch: Any) -> int:
             """What the anchor's term is divided by for gradient accumulation: the micro-batches of the step where

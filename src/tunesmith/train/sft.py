@@ -15,9 +15,12 @@ from tunesmith.config import Recipe
 from tunesmith.data import Splits
 from tunesmith.data.formats import SFT_SHAPES
 from tunesmith.data.template import EncodedSplit, encode_split
+from tunesmith.plan.fit import CPU_MICRO_TOKENS
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
-from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
+from tunesmith.train.common import common_arguments, fit_and_save, prepare_training, row_lengths
+from tunesmith.train.distributed import this_rank
+from tunesmith.train.micro_batches import merging
 from tunesmith.train.replay import Replay, anchored, replay_for
 
 
@@ -30,7 +33,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
                                                                               recipe.data.max_length))
     replay, anchor = replay_for(recipe, run, setup)
     packing = choose_packing(recipe.training.packing, setup.model)
-    trainer = (anchored(SFTTrainer) if anchor else SFTTrainer)(
+    trainer = merging(anchored(SFTTrainer) if anchor else SFTTrainer)(
         model=setup.model,
         args=sft_config(recipe, run, setup.device, setup.precision, packing.on),
         train_dataset=setup.encoded.train if anchor else with_replay(setup.encoded.train, replay),
@@ -40,8 +43,23 @@ def run_train(recipe: Recipe, run: Run) -> Path:
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
         **anchor,
     )
+    trainer.micro_batch_tokens = merged_micro_batch_tokens(recipe, setup.device, packing.on,
+                                                           row_lengths(trainer.train_dataset))
     choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.rows else {})}
+    if trainer.micro_batch_tokens:
+        choices["micro_batch_tokens"] = trainer.micro_batch_tokens
     return fit_and_save(trainer, setup, recipe, run, choices)
+
+
+def merged_micro_batch_tokens(recipe: Recipe, device: str, packed: bool, lengths: list[int]) -> int | None:
+    """Padded positions a pass may hold when a step's micro-batches merge (`train/micro_batches.py`): on a CPU, in
+    one process, for unpacked rows in micro-batches the plan chose (training.grad_accum not in the recipe), the
+    tokens it sized one micro-batch for (its rows x the longest row, at most `CPU_MICRO_TOKENS`); else None."""
+    t = recipe.training
+    if (device != "cpu" or packed or t.grad_accum == 1 or "grad_accum" in t.model_fields_set or not lengths
+            or this_rank().world_size > 1 or t.distributed.strategy != "none"):
+        return None
+    return min(CPU_MICRO_TOKENS, t.batch_size * max(lengths))
 
 
 def with_replay(train: Any, replay: Replay) -> Any:
