@@ -2,8 +2,11 @@
 
 The data: the first 62 bundled tickets rows (~100 tokens) and the two longest of the benchmark's spread rows
 (~960 tokens), shuffled; 32 held-out tickets rows. `tunesmith train` twice, replay off, one epoch at batch 8:
-- `default`: the plan sizes micro-batches by the longest row (`plan/fit.py` `cpu_micro_batches`: up to 1,024
-  tokens), so every step runs 8 micro-batches of one row, the short-row steps too;
+- `unmerged`: 8 micro-batches of one row a step, as the plan sizes them by the longest row (`plan/fit.py`
+  `cpu_micro_batches`: up to 1,024 tokens), the short-row steps too: the default before micro-batch merging, and
+  what a recipe that sets training.grad_accum itself runs;
+- `default`: those micro-batches merged by length into fewer passes of up to the tokens one was sized for
+  (`train/micro_batches.py`);
 - `whole`: `training.grad_accum: 1`, each step one micro-batch of 8 rows padded to its longest.
 For each: tokens/s (not padding), padding share, wall seconds of the steps, and the seconds of each optimizer step
 (from the trainer's log). Writes benchmarks/results/long_tail_batches.json.
@@ -24,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "long_tail_batches.json"
-SETTINGS = {"default": "", "whole": "  grad_accum: 1\n"}
+SETTINGS = {"unmerged": "  batch_size: 1\n  grad_accum: 8\n", "default": "", "whole": "  grad_accum: 1\n"}
 
 
 def write_data(folder: Path) -> tuple[Path, Path]:

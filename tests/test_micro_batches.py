@@ -91,6 +91,8 @@ def test_merged_steps_reach_the_adapter_of_unmerged_ones(tmp_path, tiny_model_di
         adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
         report = json.loads((run.path / "train.json").read_text())
         chosen[name] = report["chosen"]
+        padding = report["throughput"]["padding_share"]
+        assert padding > 0 if name == "merged" else padding == 0  # rows of several lengths joined: padded
         if replay:  # one row a step, two steps: two anchor batches either way
             reference = report["replay"]["base_reference"]
             assert reference["base_passes"] + reference["batches_from_cache"] == 2

@@ -18,7 +18,8 @@ freed blocks for the next step, as `tunesmith train` sets it on a CPU without ch
 `tunesmith-qlora` (`adapter.kind: qlora`, without replay); `tunesmith-bf16` / `tunesmith-no-replay-bf16`
 (`training.precision: bf16`: bf16 autocast, where `auto` on a CPU multiplies only the frozen base in bf16);
 `tunesmith-fp32` (the default with `training.precision: fp32`); `tunesmith-unfused` (`training.fused_lora: false`:
-PEFT's own LoRA forward); and
+PEFT's own LoRA forward); `tunesmith-unmerged` (micro-batches of one row set in the recipe, so that each runs as
+its own pass: the spread rows' default before micro-batch merging); and
 `trl-expert-micro-K`: trl-expert with `per_device_train_batch_size=K` and gradient accumulation to the same batch,
 what the expert does when the whole batch runs out of memory. The ratios are taken to trl-expert, or where it
 failed, to the fastest `trl-expert-micro-K` that ran (`reference_variant`). On a
@@ -62,13 +63,13 @@ VARIANTS = ("trl-plain", "trl-expert", "tunesmith", "tunesmith-no-replay")
 EXTRA_VARIANTS = ("tunesmith-checkpointing", "tunesmith-anchor-16", "trl-expert-kept-malloc", "trl-expert-liger",
                   "trl-expert-qlora", "tunesmith-qlora", "tunesmith-micro-4", "tunesmith-micro-2",
                   "tunesmith-bf16", "tunesmith-no-replay-bf16", "tunesmith-fp32", "trl-expert-micro-2",
-                  "trl-expert-micro-1", "tunesmith-unfused")
+                  "trl-expert-micro-1", "tunesmith-unfused", "tunesmith-unmerged")
 # data.replay settings of each tunesmith variant beside the data paths
 REPLAY_SETTINGS = {"tunesmith": {}, "tunesmith-no-replay": {"ratio": 0}, "tunesmith-checkpointing": {"ratio": 0},
                    "tunesmith-anchor-16": {"anchor_answer_tokens": 16},
                    "tunesmith-qlora": {"ratio": 0}, "tunesmith-micro-4": {"ratio": 0},
                    "tunesmith-micro-2": {"ratio": 0}, "tunesmith-bf16": {}, "tunesmith-fp32": {},
-                   "tunesmith-unfused": {}}
+                   "tunesmith-unfused": {}, "tunesmith-unmerged": {}}
 # training settings of each tunesmith variant beside the shared ones
 TRAINING_SETTINGS = {"tunesmith-checkpointing": {"gradient_checkpointing": True},
                      "tunesmith-bf16": {"precision": "bf16"}, "tunesmith-no-replay-bf16": {"precision": "bf16"},
@@ -345,6 +346,14 @@ def null_space_setup(report: dict[str, Any]) -> dict[str, Any]:
     return {"null_space_setup_s": space["seconds"], "null_space_read_s": space.get("read_seconds")}
 
 
+def unmerged_micro_batch(variant: str) -> int | None:
+    """Rows per micro-batch that a variant sets in its recipe (training.grad_accum with it: the micro-batches run
+    as they are, not merged): K for `tunesmith-micro-K`, 1 for `tunesmith-unmerged`; None where the plan decides."""
+    if variant.startswith("tunesmith-micro-"):
+        return int(variant.rsplit("-", 1)[1])
+    return 1 if variant == "tunesmith-unmerged" else None
+
+
 def worker_main(argv: list[str]) -> None:
     import torch
 
@@ -359,8 +368,7 @@ def worker_main(argv: list[str]) -> None:
                                                          training=TRAINING_SETTINGS.get(variant),
                                                          adapter={"kind": "qlora"} if variant.endswith("qlora")
                                                          else None,
-                                                         micro_batch=int(variant.rsplit("-", 1)[1])
-                                                         if variant.startswith("tunesmith-micro-") else None)
+                                                         micro_batch=unmerged_micro_batch(variant))
         else:
             if variant == "trl-expert-kept-malloc":
                 from tunesmith.train.upstream import keep_freed_blocks_for_reuse

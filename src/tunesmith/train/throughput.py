@@ -61,6 +61,10 @@ class TokenCounter:
                 self.loss_tokens += real
             self.attention_flops += 12.0 * real * attention_span(batch, prefix)
 
+    def add_padding(self, positions: int) -> None:
+        """Padding positions added after collation (`train/micro_batches.py` joining rows of several batches)."""
+        self.tokens += positions
+
     def count_anchor(self, attention_mask: Any, packed: bool = False) -> None:
         """Add one replay-anchor batch (`anchor_kl`): a tuned pass with its backward over every real position
         (the LM head included). Its tokens are work, not trained task tokens: they count in the FLOPs (MFU), not
