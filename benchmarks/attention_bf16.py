@@ -15,8 +15,9 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).parent / "results" / "attention_bf16.json"
 CASES = ((1000, 1), (112, 8))  # (tokens a row, rows)
@@ -26,7 +27,7 @@ ANSWER = 30
 def step(way: str, length: int, rows: int, grads_file: Path) -> dict[str, float]:
     import torch
     import trl.trainer.utils as trl_utils
-    from peft import LoraConfig, get_peft_model
+    from lora_step import answer_batch, fastest_step, lora_smollm2, save_grads
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -45,30 +46,14 @@ def step(way: str, length: int, rows: int, grads_file: Path) -> dict[str, float]
     score_only_labelled_positions()
     model = load_model(resolve_model_source("smollm2-135m-instruct"))
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.01)
+    model = lora_smollm2(model)
     cast_frozen_linears(model)
     if way == "attention-bf16":
         model.base_model.model.config._attn_implementation = "sdpa_bf16"
     model.train()
-    ids = torch.randint(0, 49000, (rows, length), generator=torch.Generator().manual_seed(0))
-    labels = ids.clone()
-    labels[:, :-ANSWER] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    best = float("inf")
-    for attempt in range(4):
-        model.zero_grad()
-        started = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        if attempt:
-            best = min(best, time.perf_counter() - started)
-    torch.save(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), grads_file)
-    return {"step_s": round(best, 3), "loss": round(loss.item(), 5)}
+    best, loss = fastest_step(model, answer_batch(rows, length, ANSWER), timed=3)
+    save_grads(model, grads_file)
+    return {"step_s": round(best, 3), "loss": round(loss, 5)}
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).parent / "results" / "fused_lora.json"
 CASES = ((1000, 1), (112, 8))  # (tokens a row, rows)
@@ -28,41 +29,22 @@ ANSWER = 30
 
 
 def step(way: str, length: int, rows: int, grads_file: Path) -> dict[str, float]:
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from lora_step import answer_batch, fastest_step, lora_smollm2, save_grads
 
-    from tunesmith.models import load_model, resolve_model_source
     from tunesmith.train.frozen_matmuls import cast_frozen_linears
     from tunesmith.train.fused_lora import fuse_lora_linears
     from tunesmith.train.upstream import score_only_labelled_positions
 
     score_only_labelled_positions()
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(resolve_model_source("smollm2-135m-instruct")),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:  # a trained-looking B, so that A gets gradients too
-                parameter.normal_(0, 0.01)
+    model = lora_smollm2()
     if way.endswith("bf16"):
         cast_frozen_linears(model)
     if way.startswith("fused"):
         fuse_lora_linears(model)
     model.train()
-    ids = torch.randint(0, 49000, (rows, length), generator=torch.Generator().manual_seed(0))
-    labels = ids.clone()
-    labels[:, :-ANSWER] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    best = float("inf")
-    for attempt in range(5):
-        model.zero_grad()
-        started = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        if attempt:
-            best = min(best, time.perf_counter() - started)
-    torch.save(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), grads_file)
-    return {"step_s": round(best, 3), "loss": round(loss.item(), 5),
+    best, loss = fastest_step(model, answer_batch(rows, length, ANSWER), timed=4)
+    save_grads(model, grads_file)
+    return {"step_s": round(best, 3), "loss": round(loss, 5),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 

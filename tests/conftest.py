@@ -128,3 +128,21 @@ def make_tiny_project(root: Path, model_dir: Path, train_rows: int = 64, eval_ro
     recipe = root / "recipe.yaml"
     recipe.write_text(TINY_RECIPE.format(model_dir=model_dir), encoding="utf-8")
     return recipe
+
+
+def lora_tiny(model_dir: Path, **config: object):
+    """The tiny llama at `model_dir` under PEFT's LoRA (r 8, alpha 16, every linear; `config` over those), with a
+    trained-looking B (N(0, 0.05), seed 0), so that A and the inputs below get gradients through it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    settings = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", **config}
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(**settings))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    return model

@@ -16,21 +16,7 @@ from tunesmith.plan.precision import frozen_matmul_choice
 from tunesmith.runs import create_run
 from tunesmith.train.frozen_matmuls import FrozenBF16Linear, cast_frozen_linears
 
-from .conftest import make_tiny_project
-
-
-def lora_tiny(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:  # a trained-looking B, so that A gets gradients too
-                parameter.normal_(0, 0.05)
-    return model
+from .conftest import lora_tiny, make_tiny_project
 
 
 def loss_and_grads(model, ids):
