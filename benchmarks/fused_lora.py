@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,21 +48,16 @@ def step(way: str, length: int, rows: int, grads_file: Path) -> dict[str, float]
 
 
 def main() -> None:
-    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
-        way, length, rows, grads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
-        print(json.dumps(step(way, length, rows, grads)))
+    from lora_step import as_worker, run_ways
+
+    if as_worker(step):
         return
     import torch
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for length, rows in CASES:
-            case = {}
-            for way in WAYS:
-                grads = Path(tmp) / f"{way}-{length}.pt"
-                done = subprocess.run([sys.executable, __file__, "--worker", way, str(length), str(rows), str(grads)],
-                                      capture_output=True, text=True, check=True)
-                case[way] = json.loads(done.stdout.strip().splitlines()[-1])
+            case = run_ways(__file__, WAYS, length, rows, Path(tmp))
             for dtype in ("bf16", "fp32"):
                 peft, fused = (torch.load(Path(tmp) / f"{w}-{dtype}-{length}.pt") for w in ("peft", "fused"))
                 figures = case[f"fused-{dtype}"]

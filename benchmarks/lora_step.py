@@ -4,7 +4,11 @@ several timed training steps after a warm-up (`benchmarks/fused_lora.py`, `bench
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,24 @@ def save_grads(model: Any, path: Path) -> None:
     import torch
 
     torch.save(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), path)
+
+
+def as_worker(step: Callable[[str, int, int, Path], dict[str, Any]]) -> bool:
+    """Run `step` and print its figures as JSON where this process is a worker (`--worker WAY LENGTH ROWS GRADS`);
+    False otherwise."""
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        print(json.dumps(step(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))))
+        return True
+    return False
+
+
+def run_ways(script: str, ways: tuple[str, ...], length: int, rows: int, folder: Path) -> dict[str, dict[str, Any]]:
+    """Each of `ways` stepped by `script` in its own subprocess (so that its peak RSS is its own); its figures by way,
+    its gradients in folder/WAY-LENGTH.pt."""
+    figures = {}
+    for way in ways:
+        grads = folder / f"{way}-{length}.pt"
+        done = subprocess.run([sys.executable, script, "--worker", way, str(length), str(rows), str(grads)],
+                              capture_output=True, text=True, check=True)
+        figures[way] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
