@@ -2,11 +2,12 @@
 
 On a CPU the plan trains a batch of long rows as micro-batches of up to `CPU_MICRO_TOKENS` tokens (`plan/fit.py`
 `cpu_micro_batches`), sized by the data's longest row, so one long row makes every step run one-row passes, the
-steps of short rows too. A pass has a fixed cost (~0.13 s for SmolLM2-135M with LoRA on every linear on the 2-core
-Xeon: one 40-token row took 0.22 s, one of 200 tokens 0.59 s), so those steps pay it per row: on short rows with
-a long tail (`benchmarks/long_tail_batches.py`) the one-row steps took 3 s where the whole batch took 1-2 s, and the
-whole batch's steps that held the long rows took 23-40 s. Merged, that run trained 511 tokens/s against 308 (1.66x)
-with 3% padding; on rows whose lengths spread evenly from 40 to 1,024 tokens, 401 against 400.
+steps of short rows too. A pass has a fixed cost (~0.14 s for SmolLM2-135M with LoRA on every linear on the 2-core
+Xeon: one 40-token row took 0.23 s, one of 200 tokens 0.59 s; `benchmarks/step_profile.py`), so those steps pay it
+per row: on short rows with a long tail (`benchmarks/long_tail_batches.py`) the one-row steps took 3 s where the
+whole batch took 1-2 s, and the whole batch's steps that held the long rows took 23-40 s. Merged, that run trained
+511 tokens/s against 308 (1.66x) with 3% padding; on rows whose lengths spread evenly from 40 to 1,024 tokens, 401
+against 400.
 
 Here each step's micro-batches (fetched together by transformers' Trainer, `get_batch_samples`) are regrouped, by
 length, into as few passes as keep each within the tokens the plan sized one micro-batch for (rows x the longest
