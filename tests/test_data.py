@@ -143,3 +143,23 @@ def test_recipe_columns_and_skip_invalid_reach_the_loader(tmp_path):
     assert len(splits.train) + len(splits.eval) == 5
     assert splits.skipped == {"bad_json": 1}
     assert splits.train[0]["messages"][0]["role"] == "user"
+
+
+def test_training_says_which_rows_cleaning_removed_before_it_starts(tmp_path):
+    """A user's 24 rows trained as 17 with only "(and 17 to train on)" to show for it: the line names each reason."""
+    from tunesmith.train.common import cleaning_warnings
+
+    rows = make_rows(20)
+    write_lines(tmp_path / "train.jsonl", rows + rows[:3])  # 3 exact duplicates
+    write_lines(tmp_path / "eval.jsonl", rows[10:14])  # 4 rows also in train
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("data:\n  train: train.jsonl\n  eval: eval.jsonl\n", encoding="utf-8")
+    splits = load_splits(load_recipe(recipe_path))
+    assert len(splits.train) == 16
+    (line,) = cleaning_warnings(splits)
+    assert line.startswith(f"Training on 16 rows of {tmp_path / 'train.jsonl'}: removed 3 exact duplicates, 4 also "
+                           "in the eval set")
+    write_lines(tmp_path / "eval.jsonl", make_rows(24)[20:])
+    assert cleaning_warnings(load_splits(load_recipe(recipe_path))) == [
+        f"Training on 20 rows of {tmp_path / 'train.jsonl'}: removed 3 exact duplicates. `tunesmith data inspect "
+        "RECIPE` shows them; data.clean.dedup: off keeps duplicates."]

@@ -211,7 +211,7 @@ def test_export_writes_the_lora_and_an_ollama_folder_with_adapter(tiny_model_dir
     assert gguf.GGUFReader(folder / "adapter-F16.gguf").fields["adapter.type"].contents() == "lora"
     assert not (run.exports_dir / "merged").exists()  # the adapter route needs no merged model
     manifest = json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["gguf_lora"]["F16"]["path"] == str(lora_file)
+    assert manifest["gguf_lora"]["F16"]["path"] == lora_file.relative_to(run.path).as_posix()  # inside the run
 
 
 def test_export_refuses_a_non_lora_run_with_a_pointer_to_the_merged_gguf(tiny_model_dir, tmp_path):

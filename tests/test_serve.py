@@ -310,8 +310,22 @@ for bad in ({"model": 5, "messages": ORDER}, {"model": "pizza-run"}, {"model": "
             {"model": "pizza-run", "messages": ORDER, "max_completion_tokens": -5},
             {"model": "pizza-run", "messages": ORDER, "stream_options": 7},
             {"model": "pizza-run", "messages": [{"role": "user", "content": "hi"}] * 3, "logit_bias": "x", "n": 9},
-            {"model": "pizza-run", "messages": [{"role": "user", "content": "x" * 50_000}]}):
+            {"model": "pizza-run", "messages": [{"role": "user", "content": "x" * 50_000}]},
+            # asked for and otherwise ignored without a word, or not readable by a text model
+            {"model": "pizza-run", "messages": ORDER, "logprobs": True, "top_logprobs": 2},
+            {"model": "pizza-run", "messages": ORDER, "stop": ["a", "b", "c", "d", "e"]},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": None}]},
+            {"model": "pizza-run", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]},
+            {"model": "pizza-run", "messages": ORDER, "tools": [{"type": "function", "function": {
+                "name": "order", "parameters": {"type": "object"}}}]},  # the tiny model's ChatML has no tools
+            {"model": "pizza-run", "messages": ORDER, "temperature": float("nan")},
+            # schemas llama-cpp-python's converter cannot read, streamed or not
+            *({"model": "pizza-run", "messages": ORDER, "stream": stream, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+              for stream in (False, True) for schema in ({"type": "bogus"}, {"$ref": "#/defs/none"}))):
     HOSTILE.append(("/v1/chat/completions", json.dumps(bad).encode()))
+HOSTILE.append(("/v1/completions", json.dumps({"model": "pizza-run", "prompt": "pizza", "echo": True}).encode()))
 
 
 def test_fifty_hostile_requests_are_each_a_4xx_with_an_error_body_and_the_server_still_answers(server):
@@ -323,10 +337,27 @@ def test_fifty_hostile_requests_are_each_a_4xx_with_an_error_body_and_the_server
     assert word(ask(server.client(), "pizza-run")) == "pizza"
 
 
+def test_a_body_that_is_not_json_says_where_its_parsing_stopped(server):
+    status, body = server.raw("POST", "/v1/chat/completions", b'{"model": "pizza-run", oops}')
+    assert status == 400 and body["error"]["code"] == "invalid_json" and body["error"]["param"] is None
+    assert body["error"]["message"].startswith("The request body is not valid JSON at character 23: Expecting "
+                                               "property name")
+
+
+def test_models_can_be_retrieved_one_by_one(server):
+    client = server.client()
+    assert client.models.retrieve("pizza-run").id == "pizza-run"
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.models.retrieve("nope")
+
+
 def test_metrics_count_requests_tokens_and_adapter_switches_per_model(server):
     ask(server.client(), "cola-run")
+    with pytest.raises(openai.NotFoundError):
+        ask(server.client(), "nope")
     status, text = server.raw("GET", "/metrics")
     assert status == 200
+    assert 'tunesmith_requests_total{endpoint="chat",model="",status="404"}' in text  # refusals are counted too
     assert 'tunesmith_requests_total{endpoint="chat",model="cola-run",status="200"}' in text
     assert 'tunesmith_completion_tokens_total{model="cola-run"}' in text
     assert "tunesmith_adapter_switches{" in text and "tunesmith_time_to_first_token_seconds" in text
@@ -415,6 +446,54 @@ def test_vllm_print_command_from_the_cli(runs):
     assert "vllm serve" in result.stdout and "--lora-modules" in result.stdout and "docker run" in result.stdout
 
 
+def test_vllm_paths_are_absolute_for_a_run_named_relative_to_the_current_folder(runs, monkeypatch):
+    """Docker bind mounts need absolute paths on both sides; a run typed as runs/NAME gave `-v runs/...`."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+
+    monkeypatch.chdir(runs["pizza-run"].parent)
+    result = CliRunner().invoke(app, ["serve", f"pizza-run={runs['pizza-run'].name}", "--engine", "vllm",
+                                      "--print-command", "--n-ctx", "2048"])
+    assert result.exit_code == 0, result.output
+    shell, docker = (line for line in result.stdout.splitlines() if line.startswith(("vllm", "docker")))
+    argv = shlex.split(shell)
+    assert Path(argv[2]).is_absolute() and argv[argv.index("--max-model-len") + 1] == "2048"
+    assert Path(argv[argv.index("--lora-modules") + 1].split("=", 1)[1]) == runs["pizza-run"] / "adapter"
+    mounts = [word for word in shlex.split(docker) if word.endswith(":ro")]
+    assert mounts and all(Path(mount.split(":")[0]).is_absolute() for mount in mounts)
+
+
+def test_a_port_that_cannot_be_listened_on_is_a_usage_error_before_anything_loads(runs):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+
+    run = f"pizza-run={runs['pizza-run']}"
+    for port in ("99999", "0"):
+        result = CliRunner().invoke(app, ["serve", run, "--port", port])
+        assert result.exit_code == 2 and "--port" in result.output, result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        started = time.perf_counter()
+        result = CliRunner().invoke(app, ["serve", run, "--port", str(taken.getsockname()[1]), "--quant", "F32"])
+    assert usage_error(result).startswith("Cannot listen on 127.0.0.1")
+    assert time.perf_counter() - started < 5  # refused before the model was loaded
+    result = CliRunner().invoke(app, ["serve", run, "--host", "999.1.1.1"])
+    assert usage_error(result).startswith("--host 999.1.1.1")
+
+
+def usage_error(result: Any) -> str:
+    """The message of the TunesmithError a CLI call raised (`tunesmith` exits 2 with it), or a failed assert."""
+    from tunesmith.errors import TunesmithError
+
+    assert isinstance(result.exception, TunesmithError) and result.exception.exit_code == 2, result.output
+    return str(result.exception)
+
+
 def test_a_stream_whose_client_left_before_the_first_event_frees_its_slot(engine):
     """The slot is taken before the response starts (so a full queue can answer 429); a client that is gone before
     the first byte must not keep it: the event generator never starts, so its own cleanup never runs."""
@@ -465,3 +544,56 @@ def test_a_stream_whose_client_left_before_the_first_event_frees_its_slot(engine
         return counts
 
     assert asyncio.run(scenario()) == [0, 0, 0]
+
+
+def test_ollama_commands_name_the_address_and_the_export_is_recorded_in_the_run(runs, tmp_path, monkeypatch):
+    """Without ollama on PATH the commands are printed: the server on --host/--port (OLLAMA_HOST), `ollama create`
+    only once it answers, the Modelfile by its absolute path; the export goes through the one export entry point,
+    so run.json lists it and exports/manifest.json names it relative to the run."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+    from tunesmith.runs import Run
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ollama here
+    run = runs["pizza-run"]
+    result = CliRunner().invoke(app, ["serve", str(run), "--engine", "ollama", "--print-command", "--port", "11500"])
+    assert result.exit_code == 0, result.output
+    serve_line, wait_line, create_line, _ = result.stdout.strip().splitlines()[-4:]
+    assert serve_line == "OLLAMA_HOST=127.0.0.1:11500 ollama serve &"
+    assert wait_line.startswith("until OLLAMA_HOST=127.0.0.1:11500 ollama list")
+    modelfile = Path(shlex.split(create_line)[-1])
+    assert modelfile.is_absolute() and modelfile == run / "exports" / "ollama" / "Modelfile"
+    assert Run(run).manifest().exports["ollama"].path == "exports/ollama"
+    manifest = json.loads((run / "exports" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["ollama"]["modelfile"] == "exports/ollama/Modelfile"
+    refused = CliRunner().invoke(app, ["serve", str(run), "--engine", "ollama", "--api-key-env", "HOME"])
+    assert "Ollama has no API keys" in usage_error(refused)
+
+
+@pytest.mark.slow
+def test_a_seeded_request_on_smollm2_gives_the_same_text_every_time(tmp_path):
+    """On SmolLM2 the first sampled answer to a prompt differed from the next ones, which reused the cached prompt
+    and evaluated its last token alone (the tiny model's logits happen to agree to the bit). Three prompts, each
+    asked three times with one seed, through the engine the server runs."""
+    from tunesmith.export.gguf import write_gguf
+    from tunesmith.models import resolve_model_source
+    from tunesmith.serve.catalog import ServedModel
+    from tunesmith.serve.llama_engine import LlamaEngine, Sampling
+
+    model_dir = resolve_model_source("smollm2-135m-instruct")
+    gguf_file = write_gguf(model_dir, tmp_path / "smollm2-F16.gguf", "F16")
+    engine = LlamaEngine([ServedModel("smol", gguf_file, None, model_dir, None, None, None, None)], n_ctx=512,
+                         threads=2)
+    try:
+        for prompt in ("Write a poem about rain.", "Tell me a story about a dog named Rex.",
+                       "What is the capital of France?"):
+            ids = engine.chat_prompt("smol", [{"role": "user", "content": prompt}], None)
+            texts = ["".join(piece.text for piece in engine.generate(
+                "smol", ids, Sampling(max_tokens=24, temperature=0.9, seed=123), threading.Event()))
+                for _ in range(3)]
+            assert texts[0] == texts[1] == texts[2], texts
+    finally:
+        engine.close()

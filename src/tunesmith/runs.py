@@ -149,6 +149,14 @@ class Run:
     def eval_dir(self) -> Path:
         return self.path / "eval"
 
+    def relative(self, path: Path) -> str:
+        """`path` relative to the run directory (POSIX), as the run's manifests name what is inside the run; a path
+        outside it (a base model folder) stays absolute."""
+        try:
+            return path.resolve().relative_to(self.path.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
     @property
     def exports_dir(self) -> Path:
         return self.path / "exports"
@@ -299,13 +307,11 @@ def record_exports(run: Run, written: dict[str, Path], verification: dict[str, d
     current = run.manifest() or RunManifest()
     exports = dict(current.exports or {})
 
-    def inside(path: Path) -> str:
-        return path.resolve().relative_to(run.path.resolve()).as_posix()
-
     for name, path in written.items():
         grammar = (grammars or {}).get(name)
-        exports[name] = ExportRecord(path=inside(path), bytes=tree_size(path), verification=verification.get(name),
-                                     grammar=inside(grammar) if grammar else None)
+        exports[name] = ExportRecord(path=run.relative(path), bytes=tree_size(path),
+                                     verification=verification.get(name),
+                                     grammar=run.relative(grammar) if grammar else None)
     record_stage(run, "exports", {name: record.model_dump(mode="json") for name, record in exports.items()})
 
 

@@ -13,6 +13,7 @@ from tunesmith.cli.common import err
 from tunesmith.errors import TunesmithError
 
 Engine = Literal["llama", "vllm", "ollama"]
+DEFAULT_PORT, OLLAMA_PORT, DEFAULT_CONTEXT = 8000, 11434, 4096
 
 
 def serve(runs: Annotated[list[str], typer.Argument(
@@ -22,19 +23,24 @@ def serve(runs: Annotated[list[str], typer.Argument(
                                                    "switched per request), vllm (GPUs) or ollama.")] = "llama",
           host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
           = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+          port: Annotated[int | None, typer.Option(
+              min=1, max=65535, help="Port to listen on (default 8000; Ollama's own 11434 with --engine ollama).")]
+          = None,
           api_key_env: Annotated[str | None, typer.Option(
               help="Name of an environment variable holding the API key clients must send as a Bearer token.")]
           = None,
           print_command: Annotated[bool, typer.Option(
               "--print-command", help="vllm/ollama: print the commands instead of starting them.")] = False,
-          n_ctx: Annotated[int, typer.Option(help="Context length (prompt + completion), in tokens.")] = 4096,
+          n_ctx: Annotated[int | None, typer.Option(
+              min=16, help="Context length (prompt + completion), in tokens (default 4096; vLLM: the model's "
+                           "own unless given, as --max-model-len).")] = None,
           quant: Annotated[str, typer.Option(help="GGUF type written for the base when missing (F16, Q8_0, ...).")]
           = "F16",
-          max_tokens: Annotated[int, typer.Option(help="Most tokens one completion may generate.")] = 2048,
-          max_n: Annotated[int, typer.Option(help="Most choices (n) one request may ask for.")] = 4,
-          max_queue: Annotated[int, typer.Option(help="Requests in flight or waiting before 429.")] = 64,
-          max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_000_000) -> None:
+          max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens one completion may generate.")] = 2048,
+          max_n: Annotated[int, typer.Option(min=1, help="Most choices (n) one request may ask for.")] = 4,
+          max_queue: Annotated[int, typer.Option(min=1, help="Requests in flight or waiting before 429.")] = 64,
+          max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted.")]
+          = 1_000_000) -> None:
     """Serve runs behind an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health,
     /metrics. Each request picks a run (or the base) by `model`.
 
@@ -44,16 +50,20 @@ def serve(runs: Annotated[list[str], typer.Argument(
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")
     api_key = read_api_key(api_key_env)
     if engine == "vllm":
-        return serve_vllm(runs, host, port, api_key_env, print_command)
+        return serve_vllm(runs, host, port or DEFAULT_PORT, api_key_env, n_ctx, print_command)
     if engine == "ollama":
-        return serve_ollama(runs, print_command)
+        if api_key_env is not None:
+            raise TunesmithError("--api-key-env: Ollama has no API keys of its own.",
+                                 "Leave it out, or serve with --engine llama, which checks a Bearer key.")
+        return serve_ollama(runs, host, port or OLLAMA_PORT, print_command)
     from tunesmith.serve.api import Limits
     from tunesmith.serve.catalog import build_catalog
-    from tunesmith.serve.server import serve_llama
+    from tunesmith.serve.server import check_can_listen, serve_llama
 
+    check_can_listen(host, port or DEFAULT_PORT)  # before exporting and loading anything
     models = build_catalog(runs, quant)
     limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_n=max_n, max_queue=max_queue)
-    serve_llama(models, host, port, limits, api_key, n_ctx)
+    serve_llama(models, host, port or DEFAULT_PORT, limits, api_key, n_ctx or DEFAULT_CONTEXT)
 
 
 def read_api_key(variable: str | None) -> str | None:
@@ -66,11 +76,12 @@ def read_api_key(variable: str | None) -> str | None:
     return key
 
 
-def serve_vllm(runs: list[str], host: str, port: int, api_key_env: str | None, print_only: bool) -> None:
+def serve_vllm(runs: list[str], host: str, port: int, api_key_env: str | None, n_ctx: int | None,
+               print_only: bool) -> None:
     from tunesmith.serve.catalog import build_catalog
     from tunesmith.serve.commands import installed, vllm_launch
 
-    launch = vllm_launch(build_catalog(runs, export=False), host, port, api_key_env)
+    launch = vllm_launch(build_catalog(runs, export=False), host, port, api_key_env, max_model_len=n_ctx)
     if print_only or not installed("vllm"):
         if not print_only:
             err.print("vLLM is not installed here (pip install vllm, on a machine with a GPU); the command is:")
@@ -82,8 +93,8 @@ def serve_vllm(runs: list[str], host: str, port: int, api_key_env: str | None, p
     sys.exit(subprocess.call(launch.argv, env=environment))
 
 
-def serve_ollama(runs: list[str], print_only: bool) -> None:
-    from tunesmith.export.ollama import run_ollama_export
+def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> None:
+    from tunesmith.export.stage import export_formats
     from tunesmith.runs import open_run
     from tunesmith.serve.commands import installed, ollama_launch
 
@@ -93,18 +104,36 @@ def serve_ollama(runs: list[str], print_only: bool) -> None:
     recipe = run.load_recipe()
     modelfile = run.exports_dir / "ollama" / "Modelfile"
     if not modelfile.is_file():
-        run_ollama_export(recipe, run)
+        export_formats(recipe, run, ["ollama"])  # the one export entry point: recorded in run.json
     name = recipe.name.lower()  # as the export's `ollama create` names it
-    serve_cmd, create_cmd = ollama_launch(modelfile, name)
+    address = f"{host}:{port}"
+    serve_cmd, create_cmd = ollama_launch(modelfile.resolve(), name)
     if print_only or not installed("ollama"):
         if not print_only:
             err.print("ollama is not on PATH (https://ollama.com/download); the commands are:")
-        print(f"{serve_cmd.shell} &\n{create_cmd.shell}\nollama run {name}")
+        prefix = f"OLLAMA_HOST={address} "
+        print(f"{prefix}{serve_cmd.shell} &\nuntil {prefix}ollama list >/dev/null 2>&1; do sleep 1; done\n"
+              f"{prefix}{create_cmd.shell}\n{prefix}ollama run {name}")
         return
-    server = subprocess.Popen(serve_cmd.argv)
+    environment = {**os.environ, "OLLAMA_HOST": address}
+    server = subprocess.Popen(serve_cmd.argv, env=environment)
     try:
-        subprocess.check_call(create_cmd.argv, cwd=modelfile.parent)
-        err.print(f"Ollama serves {name} at http://127.0.0.1:11434/v1 (Ctrl-C to stop)")
+        wait_for_ollama(environment, server)
+        subprocess.check_call(create_cmd.argv, cwd=modelfile.parent, env=environment)
+        err.print(f"Ollama serves {name} at http://{address}/v1 (Ctrl-C to stop)")
         server.wait()
     finally:
         server.terminate()
+
+
+def wait_for_ollama(environment: dict[str, str], server: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Until `ollama list` answers (the server `ollama serve` started is up), at most `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while subprocess.call(["ollama", "list"], env=environment, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) != 0:
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise TunesmithError(f"ollama serve did not start on {environment['OLLAMA_HOST']}.",
+                                 "Run `ollama serve` yourself to see why (a port in use?), then rerun.")
+        time.sleep(0.5)

@@ -141,7 +141,7 @@ def record_in_manifest(run: Run, quant: str, path: Path, verification: Verificat
     """Add the GGUF (and its llama.cpp check) to exports/manifest.json next to the exports it already lists."""
     manifest_path = run.exports_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    entry = {"path": str(path), "bytes": path.stat().st_size}
+    entry = {"path": run.relative(path), "bytes": path.stat().st_size}
     if verification is not None:
         entry["verify"] = verification.as_dict()
     manifest.setdefault("gguf", {})[quant] = entry

@@ -183,7 +183,7 @@ def run_gguf_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
     write_gguf_lora(run.adapter_dir, base_dir, target, quant, name=f"{recipe.name}-lora")
     manifest_path = run.exports_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest.setdefault("gguf_lora", {})[quant.upper()] = {"path": str(target), "bytes": target.stat().st_size,
+    manifest.setdefault("gguf_lora", {})[quant.upper()] = {"path": run.relative(target), "bytes": target.stat().st_size,
                                                            "base": str(base_dir)}
     atomic_write_json(manifest_path, manifest)
     return target

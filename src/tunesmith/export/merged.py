@@ -27,7 +27,7 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         return export_whole_model(run, artifact, formats)
     manifest: dict[str, Any] = {}
     if "adapter" in formats:
-        manifest["adapter"] = str(export_adapter(run))
+        manifest["adapter"] = run.relative(export_adapter(run))
     if "merged" in formats and recipe.method.kind == "reward":  # the merge below builds a causal LM, not a scorer
         manifest["merged"] = {"skipped": "a reward model's adapter carries its score head: load it with "
                                          "AutoPeftModelForSequenceClassification (num_labels=1), see README.md"}
@@ -35,7 +35,7 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         model_dir = run_base_model(run)
         path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
-        manifest["merged"] = {"path": str(path), "max_abs_logit_diff": max_diff}
+        manifest["merged"] = {"path": run.relative(path), "max_abs_logit_diff": max_diff}
     atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
     return run.exports_dir
 
@@ -58,7 +58,7 @@ def export_whole_model(run: Run, artifact: Path, formats: list[str]) -> Path:
         target = run.exports_dir / "merged"
         with atomic_directory(target) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True)
-        manifest["merged"] = {"path": str(target), "max_abs_logit_diff": 0.0}
+        manifest["merged"] = {"path": run.relative(target), "max_abs_logit_diff": 0.0}
     atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
     return run.exports_dir
 

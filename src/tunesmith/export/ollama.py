@@ -126,6 +126,6 @@ def record_in_manifest(run: Run, result: OllamaExport) -> None:
     """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists."""
     manifest_path = run.exports_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest["ollama"] = {"path": str(result.folder), "modelfile": str(result.modelfile),
+    manifest["ollama"] = {"path": run.relative(result.folder), "modelfile": run.relative(result.modelfile),
                           "name": result.model_name, "template_family": result.family, "created": result.created}
     atomic_write_json(manifest_path, manifest)

@@ -107,5 +107,6 @@ def gguf_verification(run: Run, written: dict[str, Path]) -> dict[str, dict[str,
     if "gguf" not in written or not manifest_file.is_file():
         return {}
     entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}).values()
-    checks = [entry["verify"] for entry in entries if entry.get("path") == str(written["gguf"]) and "verify" in entry]
+    written_path = run.relative(written["gguf"])
+    checks = [entry["verify"] for entry in entries if entry.get("path") == written_path and "verify" in entry]
     return {"gguf": checks[0]} if checks else {}

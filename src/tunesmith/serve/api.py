@@ -16,11 +16,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling
+from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling, json_schema_grammar
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,21 @@ class Request(BaseModel):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI: up to 4 sequences
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    logprobs: bool | int | None = None  # refused where asked for (`unsupported`): the engine's stream has none
+    top_logprobs: int | None = None
+
+    def unsupported(self) -> None:
+        """Refuse what this server would otherwise ignore without a word (ApiError 400)."""
+        if self.logprobs or self.top_logprobs:
+            raise ApiError(400, "logprobs are not available from this server (tunesmith serve, llama.cpp engine).",
+                           "logprobs", "unsupported_parameter")
 
 
 class ContentPart(BaseModel):
@@ -75,6 +83,13 @@ class ChatRequest(Request):
 
 class CompletionRequest(Request):
     prompt: str
+    echo: bool = False
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        if self.echo:
+            raise ApiError(400, "echo is not available from this server (tunesmith serve, llama.cpp engine).",
+                           "echo", "unsupported_parameter")
 
 
 class ApiError(Exception):
@@ -89,11 +104,23 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def message_text(content: str | list[ContentPart] | None) -> str:
-    """A message's text: a string, or the text parts of a content list."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "".join(part.text or "" for part in content if part.type == "text")
+def message_text(message: Message, index: int) -> str:
+    """The text of `message` (the index-th): a string, or the text parts of a content list. Raises ApiError 400
+    for a part these text models cannot read (an image, audio, a file) and for a turn with no content that is not
+    an assistant's tool call."""
+    content = message.content
+    if content is None:
+        if message.role == "assistant" and (message.model_extra or {}).get("tool_calls"):
+            return ""
+        raise ApiError(400, f"messages[{index}].content is missing; a {message.role} turn needs its text.",
+                       f"messages[{index}].content", "invalid_value")
+    if isinstance(content, str):
+        return content
+    for position, part in enumerate(content):
+        if part.type != "text":
+            raise ApiError(400, f"messages[{index}].content[{position}] is {part.type!r}: the models served here "
+                                "read text only.", f"messages[{index}].content", "invalid_value")
+    return "".join(part.text or "" for part in content)
 
 
 class Metrics:
@@ -146,40 +173,38 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         worker thread, so a full queue cannot starve the one generating)."""
         return turns.setdefault(engine.models[name].gguf, asyncio.Lock())
 
-    def error_response(error: ApiError) -> JSONResponse:
+    def error_response(request: HttpRequest, error: ApiError) -> JSONResponse:
+        """The error's JSON, counted in the metrics by endpoint and status (model "": a refused request's model
+        name is whatever the client sent)."""
+        metrics.requests.labels("", ENDPOINTS.get(request.url.path, "other"), str(error.status)).inc()
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(ApiError)
     async def api_error(request: HttpRequest, exc: ApiError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
-        return error_response(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", where or None,
-                                       code))
+        return error_response(request, validation_error(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: HttpRequest, exc: HTTPException) -> JSONResponse:
-        return error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
-                                       if exc.status_code == 404 else None))
+        return error_response(request, ApiError(exc.status_code, str(exc.detail), code="not_found"
+                                                if exc.status_code == 404 else None))
 
     @app.middleware("http")
     async def guard(request: HttpRequest, call_next: Any) -> Any:
         if api_key is not None and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(ApiError(401, "Missing or wrong API key (send Authorization: Bearer KEY).",
-                                               code="invalid_api_key"))
+                return error_response(request, ApiError(
+                    401, "Missing or wrong API key (send Authorization: Bearer KEY).", code="invalid_api_key"))
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
-            return error_response(ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
-                                           code="request_too_large"))
-        if request.method == "POST" and declared is None and len(await request.body()) > limits.max_body_bytes:
-            return error_response(ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
-                                           code="request_too_large"))
+        if ((declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes))
+                or (request.method == "POST" and declared is None
+                    and len(await request.body()) > limits.max_body_bytes)):
+            return error_response(request, ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
+                                                    code="request_too_large"))
         return await call_next(request)
 
     @app.get("/health")
@@ -190,15 +215,19 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     async def prometheus() -> Response:
         return Response(metrics.text(engine), media_type="text/plain; version=0.0.4")
 
+    def model_object(model: Any) -> dict[str, Any]:
+        parent = next((m.name for m in engine.models.values() if m.gguf == model.gguf and m.lora is None
+                       and m.run is None), None) if model.lora else None
+        return {"id": model.name, "object": "model", "created": created, "owned_by": "tunesmith", "parent": parent,
+                "root": parent or model.name}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        data = []
-        for model in engine.models.values():
-            parent = next((m.name for m in engine.models.values() if m.gguf == model.gguf and m.lora is None
-                           and m.run is None), None) if model.lora else None
-            data.append({"id": model.name, "object": "model", "created": created, "owned_by": "tunesmith",
-                         "parent": parent, "root": parent or model.name})
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [model_object(model) for model in engine.models.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def retrieve_model(name: str) -> dict[str, Any]:
+        return model_object(engine.models[known(name)])
 
     def known(name: str) -> str:
         if name not in engine.models:
@@ -256,6 +285,11 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object.",
                            "response_format", "invalid_value")
+        try:
+            json_schema_grammar(schema)
+        except ValueError as exc:
+            raise ApiError(400, f"response_format.json_schema.schema cannot be turned into a grammar for "
+                                f"constrained decoding: {exc}", "response_format", "invalid_value") from None
         return schema, False
 
     async def complete(name: str, endpoint: str, prompt_ids: list[int], settings: Sampling, body: Request,
@@ -321,21 +355,29 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
         name = known(body.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content),
+        body.unsupported()
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, index),
                      **{k: v for k, v in (m.model_extra or {}).items() if k in ("tool_calls", "tool_call_id", "name")}}
-                    for m in body.messages]
+                    for index, m in enumerate(body.messages)]
         schema, json_object = response_schema(body)
         try:
             prompt_ids = engine.chat_prompt(name, messages, body.tools)
+            ignored_tools = bool(body.tools) and prompt_ids == engine.chat_prompt(name, messages, None)
         except Exception as exc:  # a template that rejects these messages (roles out of order, tools unsupported)
             raise ApiError(400, f"The model's chat template cannot render these messages: {exc}", "messages",
                            "invalid_value") from None
+        if ignored_tools:
+            raise ApiError(400, f"The chat template of {name!r} has no place for tools: it renders the same prompt "
+                                "with them as without, so the model would never see them. Describe the tools in a "
+                                "system message, or serve a model whose template renders `tools`.", "tools",
+                           "unsupported_parameter")
         settings = sampling(body, len(prompt_ids), schema, json_object)
         return await complete(name, "chat", prompt_ids, settings, body, ChatShape())
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
         name = known(body.model)
+        body.unsupported()
         try:
             prompt_ids = engine.text_prompt(name, body.prompt)
         except Exception as exc:  # text the tokenizer cannot encode (a lone surrogate, ...)
@@ -361,6 +403,23 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                     self.release()
 
     return app
+
+
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models"}
+
+
+def validation_error(errors: list[Any]) -> ApiError:
+    """The first of pydantic's/FastAPI's validation errors as a 400: the parameter at fault, or for a body that is
+    not JSON, where its parsing stopped."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        at = f" at character {location[0]}" if location else ""
+        reason = (first.get("ctx") or {}).get("error", "")
+        return ApiError(400, f"The request body is not valid JSON{at}" + (f": {reason}." if reason else "."), None,
+                        "invalid_json")
+    where = ".".join(location)
+    return ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", where or None, "invalid_value")
 
 
 def with_seed(settings: Sampling, index: int) -> Sampling:

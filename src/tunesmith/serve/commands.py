@@ -34,8 +34,11 @@ class Launch:
         return shlex.join(self.argv)
 
 
-def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: str | None) -> Launch:
-    """`vllm serve` for `models`: adapters of one base on that base, or one whole-model run on its own."""
+def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: str | None,
+                max_model_len: int | None = None) -> Launch:
+    """`vllm serve` for `models`: adapters of one base on that base, or one whole-model run on its own. Every path
+    is absolute, so that the command (and its `docker run` variant, whose mounts need absolute paths) works from
+    any folder."""
     runs = [m for m in models if m.run is not None]
     whole = [m for m in runs if m.peft_dir is None or m.lora is None]
     adapters = [m for m in runs if m not in whole]
@@ -57,7 +60,10 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
     else:
         base = next(m for m in models if m.run is None and m.gguf in bases)
         model_dir, name = base.tokenizer_dir, base.name
-    argv = ["vllm", "serve", str(model_dir), "--served-model-name", name, "--host", host, "--port", str(port)]
+    argv = ["vllm", "serve", str(model_dir.resolve()), "--served-model-name", name, "--host", host, "--port",
+            str(port)]
+    if max_model_len is not None:
+        argv += ["--max-model-len", str(max_model_len)]
     if adapters:
         rank = max(m.lora_rank or 1 for m in adapters)
         fitting = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
@@ -65,10 +71,10 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
             raise TunesmithError(f"An adapter has rank {rank}; vLLM loads LoRA ranks up to {VLLM_LORA_RANKS[-1]}.",
                                  "Serve it merged (tunesmith export --format merged) or with the llama.cpp engine.")
         argv += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(fitting),
-                 "--lora-modules", *(f"{m.name}={m.peft_dir}" for m in adapters)]
+                 "--lora-modules", *(f"{m.name}={m.peft_dir.resolve()}" for m in adapters)]  # type: ignore[union-attr]
         template = adapters[0].peft_dir / "chat_template.jinja" if adapters[0].peft_dir else None
         if template is not None and template.is_file():
-            argv += ["--chat-template", str(template)]
+            argv += ["--chat-template", str(template.resolve())]
     environment = {"VLLM_API_KEY": f"the key in ${api_key_env}"} if api_key_env else {}
     return Launch(argv, environment, docker_variant(argv, port, api_key_env))
 

@@ -110,11 +110,19 @@ class LlamaEngine:
     def generate(self, name: str, prompt_ids: list[int], sampling: Sampling,
                  cancelled: threading.Event) -> Iterator[Piece]:
         """Stream the completion of `prompt_ids` by model `name`; stops early (freeing the context) once
-        `cancelled` is set, e.g. when the client went away."""
+        `cancelled` is set, e.g. when the client went away.
+
+        A request with a seed gets the same text every time: llama-cpp-python reuses the cached state of a
+        prompt it has just seen and evaluates only its last token again, whose logits differ from the whole
+        prompt's batch evaluation in the last bits, enough to sample another token at temperature > 0 (the first
+        request for a prompt then differed from the ones after it). A seeded request drops the cache first, at
+        the cost of evaluating its prompt again."""
         model = self.models[name]
         base = self.bases[model.gguf]
         with base.lock:
             self.select_adapter(base, self.adapters.get(name))
+            if sampling.seed is not None:
+                base.llm.reset()  # a seeded request always evaluates its prompt whole (see `generate`)
             stream = base.llm.create_completion(
                 prompt=prompt_ids, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                 top_p=sampling.top_p, min_p=0.0, top_k=0, repeat_penalty=1.0, stop=sampling.stop or [],
@@ -148,16 +156,12 @@ class LlamaEngine:
         base.switch_seconds += time.perf_counter() - started
 
     def grammar(self, sampling: Sampling) -> Any:
-        """The llama.cpp grammar for a JSON schema or any JSON object, or None. llama-cpp-python's schema
-        converter lets strings hold raw control characters, which JSON forbids (RFC 8259 §7) and json.loads
-        rejects; its string rule is narrowed as llama.cpp's own converter writes it. It also ignores an
-        integer's bounds, so bounded integers become enums first (`integer_ranges_as_enums`)."""
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+        """The llama.cpp grammar for the request's JSON schema (`json_schema_grammar`) or any JSON object, or
+        None."""
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         if sampling.json_schema is not None:
-            schema = integer_ranges_as_enums(sampling.json_schema)
-            rules = json_schema_to_gbnf(json.dumps(schema)).replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]')
-            return LlamaGrammar.from_string(rules, verbose=False)
+            return json_schema_grammar(sampling.json_schema)
         if sampling.json_object:
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         return None
@@ -172,6 +176,22 @@ class LlamaEngine:
         for base in self.bases.values():
             base.llm.close()
         self.bases = {}
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> Any:
+    """The llama.cpp grammar (LlamaGrammar) that constrains decoding to `schema`. llama-cpp-python's schema
+    converter lets strings hold raw control characters, which JSON forbids (RFC 8259 §7) and json.loads
+    rejects; its string rule is narrowed as llama.cpp's own converter writes it. It also ignores an integer's
+    bounds, so bounded integers become enums first (`integer_ranges_as_enums`).
+    Raises ValueError naming what the converter could not read (an unknown type, a $ref that leads nowhere):
+    the API checks each schema with this before a response starts."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    try:
+        rules = json_schema_to_gbnf(json.dumps(integer_ranges_as_enums(schema)))
+        return LlamaGrammar.from_string(rules.replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]'), verbose=False)
+    except Exception as exc:  # the converter asserts, raises KeyError or ValueError on what it cannot read
+        raise ValueError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
 
 MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Any
 
+from tunesmith.errors import TunesmithError
 from tunesmith.serve.api import Limits, create_app
 from tunesmith.serve.catalog import ServedModel
 from tunesmith.serve.llama_engine import LlamaEngine
@@ -28,6 +30,25 @@ def serve_llama(models: list[ServedModel], host: str, port: int, limits: Limits,
         server.run()
     finally:
         engine.close()
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Raise TunesmithError (a usage error) when `host` is not an address of this machine or `port` is taken there:
+    checked before any export or model load, which would otherwise end in uvicorn's bind error. The probe sets
+    SO_REUSEADDR as uvicorn does, so a port left in TIME_WAIT by a server just stopped still counts as free."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TunesmithError(f"--host {host}: not an address this machine can listen on ({exc}).",
+                             "Use 127.0.0.1 (this machine only, the default) or 0.0.0.0 (every interface).") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise TunesmithError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.",
+                                 f"Pick another port (--port {port + 1 if port < 65535 else 8000}), or stop the "
+                                 f"program that holds it (ss -ltnp 'sport = :{port}' names it).") from None
 
 
 def default_announce(models: list[ServedModel], host: str, port: int) -> None:

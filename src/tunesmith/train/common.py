@@ -120,7 +120,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
                                                               recipe.model.source)
         print_warnings(record["template_contract"]["warnings"])
-    print_warnings(small_split_warnings(len(splits.train), len(splits.eval)) +
+    print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval)) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source))
     # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
     length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
@@ -147,6 +147,25 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         chosen["epochs"] = epochs
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
+
+
+CLEANING_REASONS = {"dedup_exact": "exact duplicates", "dedup_near": "near duplicates",
+                    "token_length": "outside data.clean's token bounds", "refusals": "refusals",
+                    "language": "in another language"}  # data/prepare.py's steps that remove rows
+
+
+def cleaning_warnings(splits: Splits) -> list[str]:
+    """One line naming the training rows that data.clean removed, by reason, and those dropped because an eval row
+    holds the same text (leakage), so a run that trains on fewer rows than its file holds says so before training."""
+    reasons = [f"{step['removed']} {CLEANING_REASONS.get(step['step'], step['step'])}"
+               for step in splits.cleaning.get("train") or [] if step.get("removed")]
+    overlap = (splits.cleaning.get("train_eval_overlap") or {}).get("removed", 0)
+    if overlap:
+        reasons.append(f"{overlap} also in the eval set (they would leak its answers into the score)")
+    if not reasons:
+        return []
+    return [f"Training on {len(splits.train)} rows of {splits.source['train']}: removed {', '.join(reasons)}. "
+            "`tunesmith data inspect RECIPE` shows them; data.clean.dedup: off keeps duplicates."]
 
 
 SMALL_EVAL_ROWS = 30
