@@ -86,6 +86,12 @@ def test_override_of_unknown_key_fails_with_hint(tmp_path):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["training.epoch=2"])
 
 
+def test_a_key_in_the_wrong_section_names_the_section_it_belongs_to(tmp_path):
+    with pytest.raises(RecipeError, match=r"export.distributed \(line 4\): unknown key. It is a key of training: "
+                                          r"training.distributed."):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nexport:\n  distributed: ddp\n"))
+
+
 def test_an_error_in_a_value_set_on_the_command_line_names_the_override_not_a_line_of_the_file(tmp_path):
     path = write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  lr: 1.0e-3\nadapter:\n  r: 8\n")
     with pytest.raises(RecipeError) as caught:

@@ -299,7 +299,8 @@ def test_print_launch_sets_up_the_run_and_prints_the_command(project: Path) -> N
     assert done.returncode == 0, done.stderr[-3000:]
     command = done.stdout.strip().splitlines()[-1]
     run = run_dir_from(done.stderr, root)
-    assert "accelerate.commands.launch --config_file" in command and f"--run-dir {run.resolve()}" in command
+    assert f"--run-dir {run.resolve()}" in command  # both absolute: launch/command.sh runs from any folder
+    assert f"accelerate.commands.launch --config_file {(run / 'launch' / 'accelerate.yaml').resolve()}" in command
     assert (run / "recipe.yaml").is_file() and not (run / "adapter").exists()
     assert (run / "launch" / "command.sh").read_text().rstrip().endswith(command.split(" ", 0)[0][-40:])
 
@@ -323,6 +324,9 @@ def test_launches_the_stack_cannot_run_are_refused_before_anything_starts(projec
 def test_a_multi_process_recipe_started_alone_or_without_a_shared_directory_is_refused(project: Path) -> None:
     alone = tunesmith("train", str(project), "--set", "training.distributed=ddp", cwd=project.parent, timeout=300)
     assert alone.returncode == 2 and "--nproc N" in alone.stderr
+    # fsdp on this CPU: the refusal --nproc would meet next is said at once, not after a first "launch them" one
+    sharded = tunesmith("train", str(project), "--set", "training.distributed=fsdp", cwd=project.parent, timeout=300)
+    assert sharded.returncode == 2 and "runs on CUDA GPUs only" in " ".join(sharded.stderr.split())
     env_rank = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
     saved = dict(os.environ)
     try:

@@ -1,6 +1,7 @@
 """End to end on a tiny llama: train → eval → export → card, and every run-directory file parses."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,6 +54,8 @@ def test_run_directory_files_exist_and_parse(finished_run):
     assert (path / "exports" / "adapter" / "adapter_model.safetensors").is_file()
     card = (path / "README.md").read_text()
     assert "| exact_match |" in card and "tiny" in card
+    first, final = re.search(r"- loss: (\S+) → (\S+) in", card).groups()  # 4 significant digits, not 17
+    assert all(len(value.replace(".", "").lstrip("0")) <= 4 for value in (first, final)), (first, final)
     assert not [p for p in path.rglob(".*.tmp")], "temporary files left behind"
 
 

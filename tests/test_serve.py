@@ -597,3 +597,20 @@ def test_a_seeded_request_on_smollm2_gives_the_same_text_every_time(tmp_path):
             assert texts[0] == texts[1] == texts[2], texts
     finally:
         engine.close()
+
+
+def test_an_unfinished_run_is_refused_with_the_step_that_leads_somewhere(tiny_model_dir, tmp_path):
+    """--resume only where a checkpoint exists; a run with none (as --print-launch leaves one) is trained anew."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.serve.catalog import build_catalog
+
+    recipe = validate_recipe({"name": "unfinished", "model": {"source": str(tiny_model_dir)},
+                              "data": {"train": str(ORDERS / "train.jsonl")}, "base_dir": str(tmp_path)})
+    run = create_run(recipe, tmp_path / "runs")
+    with pytest.raises(TunesmithError, match="not finished training") as refused:
+        build_catalog([str(run.path)], export=False)
+    assert "no checkpoint" in refused.value.hint and "--resume" not in refused.value.hint
+    (run.checkpoints_dir / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(TunesmithError) as refused:
+        build_catalog([str(run.path)], export=False)
+    assert f"--resume {run.path}" in refused.value.hint

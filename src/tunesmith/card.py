@@ -34,7 +34,7 @@ def write_model_card(run: Run) -> Path:
         f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, batch {recipe.training.batch_size}",
-        f"- loss: {train.get('first_loss', '?')} → {train.get('final_loss', '?')} "
+        f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} "
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
         *rollback_lines(run),
@@ -64,6 +64,11 @@ def rollback_lines(run: Run) -> list[str]:
     return [f"- this adapter is the checkpoint at step {step}, chosen by `tunesmith eval --checkpoints --rollback` "
             "(the best task score whose probes stay within the margin: `eval/checkpoints.json`, "
             "`plots/checkpoints.png`); the adapter training ended with is in `adapter-final/`"]
+
+
+def rounded(value: Any) -> str:
+    """A logged loss to 4 significant digits ('?' when it was not recorded)."""
+    return f"{value:.4g}" if isinstance(value, int | float) else "?"
 
 
 def trained_lines(data: dict[str, Any]) -> list[str]:

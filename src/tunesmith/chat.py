@@ -92,8 +92,8 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):  # OpenAI's error shape, when it is one
             detail = json.loads(detail)["error"]["message"]
-        raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check --model (GET /v1/models lists the names) "
-                             "and the API key.") from None
+        raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check the model name (the first argument; GET "
+                             f"{url.rstrip('/')}/models lists those served) and the API key (--api-key-env).") from None
     except urllib.error.URLError as exc:
         raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
     write("\n")

@@ -1027,7 +1027,21 @@ def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) 
     close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
     if close:
         return f" Did you mean {close[0]!r}?"
+    home = section_holding(loc[-1])
+    if home is not None and home != ".".join(loc[:-1]):
+        return f" It is a key of {home}: {home}.{loc[-1]}."
     return f" Valid keys: {', '.join(valid)}."
+
+
+def section_holding(key: str) -> str | None:
+    """The top-level recipe section with a key named `key` (e.g. training for distributed), or None."""
+    for name, field in Recipe.model_fields.items():
+        annotation = field.annotation
+        section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+            else _section_type(annotation)
+        if section is not None and key in section.model_fields:
+            return name
+    return None
 
 
 def _section_type(annotation: Any, tags: set[str] | frozenset[str] = frozenset()) -> type[BaseModel] | None:

@@ -608,8 +608,8 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
             raise TunesmithError("--json-schema and --choices constrain a local model's decoding; with --url the "
                                  "server decodes.", "Drop them, or chat with the model folder or run directly.")
 
-        session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url,
-                                                 api_key=read_api_key(api_key_env))
+        api_key = read_api_key(api_key_env, "chatting with the server (the key it was started with)")
+        session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url, api_key=api_key)
     else:
         constraint = option_constraint(json_schema, choices)  # a broken schema fails before the model loads
         model, tokenizer = load_chat_model(model_or_run, adapter)

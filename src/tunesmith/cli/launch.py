@@ -34,6 +34,10 @@ def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, lau
         check_multi_process(recipe, launched_by_accelerate=False)
     strategy = recipe.training.distributed.strategy
     if strategy != "none" and not rank.launched:
+        from tunesmith.models import pick_device
+        from tunesmith.train.launch import refuse_sharding_on_cpu
+
+        refuse_sharding_on_cpu(strategy, pick_device(recipe.training.device))  # said first: --nproc would not help
         raise RecipeError(f"training.distributed is {strategy}, which trains with several processes, and this is one "
                           "process started alone.",
                           "Launch them: tunesmith train RECIPE --nproc N (or set training.distributed: none).")

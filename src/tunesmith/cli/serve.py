@@ -66,13 +66,15 @@ def serve(runs: Annotated[list[str], typer.Argument(
     serve_llama(models, host, port or DEFAULT_PORT, limits, api_key, n_ctx or DEFAULT_CONTEXT)
 
 
-def read_api_key(variable: str | None) -> str | None:
+def read_api_key(variable: str | None, role: str = "starting the server") -> str | None:
+    """The key held by the environment variable `variable` (None without one); TunesmithError when it is unset.
+    `role`: what the hint says the variable must be set before."""
     if variable is None:
         return None
     key = os.environ.get(variable)
     if not key:
         raise TunesmithError(f"--api-key-env {variable}: that environment variable is not set (or empty).",
-                             f"export {variable}=... before starting the server.")
+                             f"export {variable}=... before {role}.")
     return key
 
 

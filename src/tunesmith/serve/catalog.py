@@ -54,8 +54,12 @@ def trained_artifact(run: Run) -> Path:
     """The run's trained artifact (adapter or model folder); refuses runs that did not finish and reward models."""
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
-        raise TunesmithError(f"{run.path} has not finished training, so there is nothing to serve.",
-                             f"Finish it first: tunesmith train {run.recipe_file} --resume {run.path}")
+        if any(run.checkpoints_dir.glob("checkpoint-*")):
+            hint = f"Finish it first: tunesmith train {run.recipe_file} --resume {run.path}"
+        else:  # nothing saved to resume from (a run that stopped early, or a folder --print-launch wrote)
+            hint = (f"It holds no checkpoint to resume from either; train it: tunesmith train {run.recipe_file} "
+                    "(with --nproc N as before, for a distributed recipe)")
+        raise TunesmithError(f"{run.path} has not finished training, so there is nothing to serve.", hint)
     if manifest.train.method == "reward":
         raise TunesmithError(f"{run.path} is a reward model: it scores text and cannot generate, so it is not served.",
                              "Serve the policy you trained with it instead.")

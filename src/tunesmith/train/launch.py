@@ -59,10 +59,7 @@ def check_launchable(recipe: Recipe, spec: LaunchSpec, device: str) -> None:
     bits = getattr(recipe.adapter, "bits", None)
     strategy = distributed.strategy
     check_multi_process(recipe)
-    if strategy in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and device == "cpu":
-        raise RecipeError(f"training.distributed: {strategy} runs on CUDA GPUs only: accelerate turns FSDP and "
-                          "DeepSpeed off whenever training runs on the CPU.",
-                          "On a CPU use training.distributed: ddp (one full copy per process, over gloo).")
+    refuse_sharding_on_cpu(strategy, device)
     if strategy == "ddp" and spec.world_size < 2:
         raise RecipeError("training.distributed: ddp needs at least 2 processes; --nproc x --nnodes is 1.",
                           "Pass --nproc 2 or more, or leave training.distributed at none for one process.")
@@ -100,6 +97,15 @@ def check_multi_process(recipe: Recipe, launched_by_accelerate: bool = True) -> 
                           "these ranks would train as plain DDP without sharding.",
                           "Start them with `tunesmith train RECIPE --nproc N` (on each node), or the script of "
                           "`tunesmith launch-script slurm`.")
+
+
+def refuse_sharding_on_cpu(strategy: str, device: str) -> None:
+    """fsdp and deepspeed-* run on CUDA only: accelerate disables both whenever the CPU is used (accelerate/state.py,
+    `launch_command`). RecipeError naming the key; on a CPU, ddp over gloo works."""
+    if strategy in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and device == "cpu":
+        raise RecipeError(f"training.distributed: {strategy} runs on CUDA GPUs only: accelerate turns FSDP and "
+                          "DeepSpeed off whenever training runs on the CPU.",
+                          "On a CPU use training.distributed: ddp (one full copy per process, over gloo).")
 
 
 def require_engine(distributed: DistributedSection) -> None:
@@ -208,7 +214,7 @@ def write_launch_files(run: Run, recipe: Recipe, spec: LaunchSpec, precision: st
     distributed = recipe.training.distributed
     deepspeed_file = None
     if distributed.strategy.startswith("deepspeed"):
-        deepspeed_file = folder / "deepspeed.json"
+        deepspeed_file = (folder / "deepspeed.json").resolve()
         atomic_write_text(deepspeed_file, json.dumps(deepspeed_config(distributed), indent=2) + "\n")
     config_file = folder / ("accelerate.yaml" if spec.nnodes == 1 else f"accelerate-node{spec.node_rank}.yaml")
     atomic_write_text(config_file, yaml.safe_dump(accelerate_config(distributed, spec, precision, deepspeed_file),
@@ -229,8 +235,8 @@ def rank_arguments(recipe_file: Path, overrides: list[str], run: Run) -> list[st
 def launch_command(config_file: Path, rank_args: list[str]) -> list[str]:
     """`accelerate launch --config_file FILE -m tunesmith <rank_args>`, run with this Python (so the ranks use the
     same environment as the command that launched them)."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "-m", "tunesmith", *rank_args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file.resolve()),
+            "-m", "tunesmith", *rank_args]  # absolute, like the rank's paths: command.sh runs from any folder
 
 
 def write_command(run: Run, command: list[str], config_file: Path) -> Path:

@@ -29,6 +29,7 @@ from tunesmith.models.generation import generate_from_prompts, pad_right
 from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.registry import EMBEDDED, cached_model_dir
 from tunesmith.runs import Run, atomic_write_json, save_rows
+from tunesmith.train.distributed import is_main_process
 
 
 @dataclass
@@ -67,10 +68,11 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir
               "answered_by_base": len(asked), "answers_shipped": len(from_shipped),
               "answers_from_cache": len(asked) - len(missing) - len(from_shipped),
               "seconds": round(time.monotonic() - started, 1)}
-    print(f"replay: {len(rows)} general rows beside {train_rows} training rows ({len(asked)} answered by the base "
-          f"model: {len(missing)} now, in {report['seconds']} s, {len(from_shipped)} shipped with tunesmith for this "
-          f"model; {answers.count(None)} unfinished left out)",
-          file=sys.stderr, flush=True)
+    if is_main_process():  # with several processes, once
+        print(f"replay: {len(rows)} general rows beside {train_rows} training rows ({len(asked)} answered by the "
+              f"base model: {len(missing)} now, in {report['seconds']} s, {len(from_shipped)} shipped with tunesmith "
+              f"for this model, {report['answers_from_cache']} from the cache of earlier runs; "
+              f"{answers.count(None)} unfinished left out)", file=sys.stderr, flush=True)
     encoded = encode_split(tokenizer, rows, recipe.data.max_length)
     report["trained"] = encoded.counts()
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded.examples]
