@@ -198,7 +198,7 @@ def test_model_card_and_export_describe_a_reward_model(trained):
     assert "AutoPeftModelForSequenceClassification" in card and "reward_model" in card and "Note: base" in card
     manifest = json.loads((run_export(trained.run.load_recipe(), trained.run, ["adapter", "merged"])
                            / "manifest.json").read_text())
-    assert "skipped" in manifest["merged"] and Path(manifest["adapter"]).is_dir()
+    assert "skipped" in manifest["merged"] and (trained.run.path / manifest["adapter"]).is_dir()  # relative to the run
 
 
 def test_reward_model_reward_ranks_chosen_above_rejected(trained, tmp_path):
