@@ -616,3 +616,29 @@ def test_an_unfinished_run_is_refused_with_the_step_that_leads_somewhere(tiny_mo
     with pytest.raises(TunesmithError) as refused:
         build_catalog([str(run.path)], export=False)
     assert f"--resume {run.path}" in refused.value.hint
+
+
+def test_ollama_is_created_once_its_server_answers_and_a_running_one_is_reused(runs, tmp_path, monkeypatch):
+    """With `ollama` on PATH (a stand-in script that logs its calls): `ollama serve` on OLLAMA_HOST, `create` only
+    after `ollama list` answers; where a server already answers there, no second one is started."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+
+    log, up = tmp_path / "calls.log", tmp_path / "up"
+    fake = tmp_path / "bin" / "ollama"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$OLLAMA_HOST $1" >> {log}\ncase "$1" in\n  list) [ -f {up} ] ;;\n'
+                    f'  serve) sleep 0.5; touch {up}; sleep 1 ;;\nesac\n', encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/bin:/usr/bin")
+    result = CliRunner().invoke(app, ["serve", str(runs["pizza-run"]), "--engine", "ollama", "--port", "11501"])
+    assert result.exit_code == 0, result.output
+    calls = [call for call in log.read_text(encoding="utf-8").split("\n") if call.startswith("127.0.0.1:11501")]
+    assert calls[0] == "127.0.0.1:11501 list" and "127.0.0.1:11501 serve" in calls  # none ran there: start one
+    assert calls.index("127.0.0.1:11501 create") > calls.index("127.0.0.1:11501 serve")
+    assert calls[calls.index("127.0.0.1:11501 create") - 1] == "127.0.0.1:11501 list"  # created once it answered
+    log.unlink()
+    result = CliRunner().invoke(app, ["serve", str(runs["pizza-run"]), "--engine", "ollama", "--port", "11501"])
+    assert result.exit_code == 0 and "already running" in result.output, result.output
+    assert log.read_text(encoding="utf-8").split() == ["127.0.0.1:11501", "list", "127.0.0.1:11501", "create"]

@@ -118,6 +118,10 @@ def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> Non
               f"{prefix}{create_cmd.shell}\n{prefix}ollama run {name}")
         return
     environment = {**os.environ, "OLLAMA_HOST": address}
+    if ollama_answers(environment):  # a server already runs there (Ollama's app, a service): use it
+        subprocess.check_call(create_cmd.argv, cwd=modelfile.parent, env=environment)
+        err.print(f"The Ollama server already running at {address} now serves {name} (http://{address}/v1).")
+        return
     server = subprocess.Popen(serve_cmd.argv, env=environment)
     try:
         wait_for_ollama(environment, server)
@@ -128,13 +132,18 @@ def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> Non
         server.terminate()
 
 
+def ollama_answers(environment: dict[str, str]) -> bool:
+    """Whether an Ollama server answers at the environment's OLLAMA_HOST (`ollama list` succeeds)."""
+    return subprocess.call(["ollama", "list"], env=environment, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) == 0
+
+
 def wait_for_ollama(environment: dict[str, str], server: subprocess.Popen, seconds: float = 30.0) -> None:
     """Until `ollama list` answers (the server `ollama serve` started is up), at most `seconds`."""
     import time
 
     deadline = time.monotonic() + seconds
-    while subprocess.call(["ollama", "list"], env=environment, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL) != 0:
+    while not ollama_answers(environment):
         if server.poll() is not None or time.monotonic() > deadline:
             raise TunesmithError(f"ollama serve did not start on {environment['OLLAMA_HOST']}.",
                                  "Run `ollama serve` yourself to see why (a port in use?), then rerun.")
