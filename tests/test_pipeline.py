@@ -81,3 +81,17 @@ def test_cli_eval_json_prints_one_document(finished_run):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert set(document) >= {"base", "tuned", "examples", "samples"}
+
+
+def test_the_final_loss_is_the_last_steps_not_the_last_multiple_of_logging_steps(tmp_path, tiny_model_dir):
+    """6 steps logged every 4: the trainer alone logs step 4 only, and train.json called step 4's loss final."""
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         ["training.max_steps=6", "training.logging_steps=4"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    logged = [record for record in run.read_metrics() if "loss" in record]
+    assert [record["step"] for record in logged] == [1, 4, 6]  # the first step, every 4th and the last
+    assert json.loads((run.path / "train.json").read_text())["final_loss"] == pytest.approx(logged[-1]["loss"])

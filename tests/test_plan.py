@@ -471,7 +471,8 @@ def test_micro_batches_the_plan_chooses_train_the_same_step_and_say_so(tiny_mode
         adapters[name] = load_file(run.path / "adapter" / "adapter_model.safetensors")
         report = json.loads((run.path / "train.json").read_text())
     assert report["chosen"]["batch_size"]["value"] == "8 (2 micro-batches of 4)"
-    assert "split into micro-batches by the plan" in report["chosen"]["batch_size"]["why"]
+    why = report["chosen"]["batch_size"]["why"]
+    assert "split into micro-batches by the plan: the whole batch would not fit" in why
     assert adapters["whole"].keys() == adapters["micro"].keys()
     moved = [k for k in adapters["whole"] if "lora_B" in k]
     assert moved and all(adapters["whole"][k].abs().max() > 0 for k in moved)  # the step changed the adapter
@@ -503,3 +504,19 @@ def test_doctor_says_what_train_will_change_to_fit_and_fails_only_what_cannot(ti
     assert verdicts["tight"].status == "warn"
     assert "train will fit it with 2 micro-batches of 32" in verdicts["tight"].detail
     assert verdicts["tiny"].status == "fail" and "The plan estimates" in verdicts["tiny"].detail
+
+
+def test_the_chosen_table_credits_a_cpu_split_of_long_rows_to_speed_not_memory():
+    """A batch that fits but holds over 1,024 tokens is split on a CPU for speed (plan/fit.py `cpu_micro_batches`);
+    the table said "would not fit" for it, while `plan` had just said it fits."""
+    from tunesmith.config import validate_recipe
+    from tunesmith.train.defaults import batch_choice
+
+    training = validate_recipe({"data": {"train": "t.jsonl"}, "training": {"batch_size": 1, "grad_accum": 8}}).training
+    training = training.model_copy()
+    training.model_fields_set.discard("grad_accum")  # as fit_recipe sets it: not in the recipe
+    speed = batch_choice(training, "cpu", 866)
+    assert speed["value"] == "8 (8 micro-batches of 1)"
+    assert "on a CPU, micro-batches of up to 1,024 tokens" in speed["why"]
+    assert "would not fit" in batch_choice(training, "cpu", 100)["why"]  # 8 x 100 fits 1,024: memory split it
+    assert "would not fit" in batch_choice(training, "cuda", 866)["why"]

@@ -33,7 +33,7 @@ def write_model_card(run: Run) -> Path:
         f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
         f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
-        f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, batch {recipe.training.batch_size}",
+        f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
         f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} "
         f"in {train.get('wall_time_s', '?')} s",
         "- loss curve: `plots/loss.png`",
@@ -64,6 +64,13 @@ def rollback_lines(run: Run) -> list[str]:
     return [f"- this adapter is the checkpoint at step {step}, chosen by `tunesmith eval --checkpoints --rollback` "
             "(the best task score whose probes stay within the margin: `eval/checkpoints.json`, "
             "`plots/checkpoints.png`); the adapter training ended with is in `adapter-final/`"]
+
+
+def batch_line(training: Any) -> str:
+    """Rows per optimizer step, with the micro-batches they trained in where those were several."""
+    rows = training.batch_size * training.grad_accum
+    return f"batch {rows}" + (f" ({training.grad_accum} micro-batches of {training.batch_size})"
+                              if training.grad_accum > 1 else "")
 
 
 def rounded(value: Any) -> str:

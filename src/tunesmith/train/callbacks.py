@@ -22,6 +22,12 @@ class MetricsLogger(TrainerCallback):
         logged = self.run.read_metrics() if state.global_step else []
         self.started = time.monotonic() - (logged[-1].get("elapsed_s", 0.0) if logged else 0.0)
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Log the last step too (the trainer logs every logging_steps only), so that the final loss in train.json
+        and the model card is the last step's, not that of the last multiple of logging_steps."""
+        if state.global_step >= state.max_steps or control.should_training_stop:
+            control.should_log = True
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any):
         if not logs or not state.is_world_process_zero:  # rank 0 writes; the loss logged is the ranks' mean
             return

@@ -292,7 +292,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     guard, stopper = survival_callbacks(trainer, setup, recipe, run)
     resume_from = start_point(trainer, setup, run, guard)
     budget = time_budget(trainer, recipe, run, resume_from is not None, setup.began)
-    chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {})}, row_lengths(trainer.train_dataset),
+    chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {}), "device": setup.device},
+                             row_lengths(trainer.train_dataset),
                              budget.get("time_budget"))
     if main:
         print_chosen(chosen)

@@ -25,6 +25,7 @@ import math
 import sys
 from typing import Any
 
+from tunesmith.plan.fit import CPU_MICRO_TOKENS
 from tunesmith.train.adapters import PROMPT_LEARNING_KINDS, WHOLE_MODEL_KINDS
 from tunesmith.train.budget import MAX_BUDGET_EPOCHS, steps_per_epoch
 from tunesmith.train.throughput import weights_in
@@ -94,7 +95,7 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
                          "why": "training.scheduler/warmup_ratio in the recipe"
                          if {"scheduler", "warmup_ratio"} & given else
                          "default: cosine decay after a 3% warm-up (Stanford Alpaca's fine-tuning schedule)"}
-    table["batch_size"] = batch_choice(training)
+    table["batch_size"] = batch_choice(training, chosen.get("device"), max(lengths, default=0))
     if hasattr(adapter, "r"):
         dropout = f"dropout={adapter.dropout:g} " if hasattr(adapter, "dropout") else ""
         table["adapter"] = {"value": f"{adapter.kind} r={adapter.r} alpha={adapter.alpha:g} {dropout}"
@@ -127,17 +128,24 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
     return table
 
 
-def batch_choice(training: Any) -> dict[str, Any]:
-    """Rows per optimizer step, and the micro-batches they train in where those are more than one."""
+def batch_choice(training: Any, device: str | None, longest: int) -> dict[str, Any]:
+    """Rows per optimizer step, and the micro-batches they train in where those are more than one, with the rule
+    that split them (plan/fit.py: on a CPU, micro-batches within CPU_MICRO_TOKENS; else the memory they need).
+    `longest`: the longest training row, in tokens."""
     given = training.model_fields_set
     why = ("training.batch_size in the recipe" if "batch_size" in given else
            "default: 8 rows per step (the transformers Trainer default)")
     if training.grad_accum == 1:
         return {"value": training.batch_size, "why": why}
-    split = ("micro-batches from training.grad_accum in the recipe" if "grad_accum" in given else
-             "split into micro-batches by the plan: the whole batch would not fit this device's memory")
-    return {"value": f"{training.batch_size * training.grad_accum} ({training.grad_accum} micro-batches of "
-                     f"{training.batch_size})", "why": f"{why}; {split}"}
+    rows = training.batch_size * training.grad_accum
+    if "grad_accum" in given:
+        split = "micro-batches from training.grad_accum in the recipe"
+    elif device == "cpu" and training.batch_size * longest <= CPU_MICRO_TOKENS < rows * longest:
+        split = (f"split into micro-batches by the plan: on a CPU, micro-batches of up to {CPU_MICRO_TOKENS:,} tokens "
+                 f"(rows x the longest row, {longest:,}) train faster and in less memory")
+    else:
+        split = "split into micro-batches by the plan: the whole batch would not fit this device's memory"
+    return {"value": f"{rows} ({training.grad_accum} micro-batches of {training.batch_size})", "why": f"{why}; {split}"}
 
 
 def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
