@@ -87,6 +87,22 @@ def test_flops_count_the_body_per_token_and_the_head_per_loss_token():
     assert mfu(1e9, 2.0, 1e9) == 0.5 and mfu(1.0, 0.0, 1.0) == 0.0
 
 
+def test_frozen_matmuls_in_bf16_count_against_the_bf16_peak():
+    """The frozen body's linears (4 per weight a task or anchor token, 2 a base-pass token) at the bf16 peak, the
+    rest at fp32's: a run whose frozen matmuls ran in bf16 is not credited with beating the fp32 peak."""
+    from tunesmith.train.throughput import frozen_linear_flops, mixed_peak
+
+    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10, anchor_tokens=20, anchor_base_tokens=5)
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
+    frozen = frozen_linear_flops(counter, shape)
+    assert frozen == (80 + 20) * 4 * 1000 + 5 * 2 * 1000
+    total = training_flops(counter, shape)
+    assert 0 < frozen < total
+    peak = mixed_peak(total, frozen, 1e9, 4e9)  # bf16 4x fp32
+    assert peak == pytest.approx(total / (frozen / 4e9 + (total - frozen) / 1e9))
+    assert 1e9 < peak < 4e9 and mixed_peak(total, 0.0, 1e9, 4e9) == pytest.approx(1e9)
+
+
 def test_the_replay_anchor_counts_as_work_not_as_trained_tokens():
     counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)

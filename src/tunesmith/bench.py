@@ -80,6 +80,18 @@ BUNDLED = {"quickstart": "orders", "tickets": "tickets"}
 EVAL_ROWS = 32
 
 
+def variant_mfu(figures: dict[str, Any], peaks: dict[str, float]) -> float:
+    """A variant's MFU against this invocation's peaks: its bf16 FLOPs (the frozen linears tunesmith casts, from
+    train.json `bf16_tflops`) against the bf16 peak, the rest against its dtype's (`mixed_peak`)."""
+    from tunesmith.train.throughput import mfu, mixed_peak
+
+    peak = peaks[figures["dtype"]]
+    bf16 = figures.get("bf16_flops", 0.0)
+    if bf16:
+        peak = mixed_peak(figures["model_flops"], bf16, peak, peaks["bf16"])
+    return mfu(figures["model_flops"], figures["seconds"], peak)
+
+
 def spread_rows(count: int, seed: int) -> list[dict[str, Any]]:
     """Rows whose lengths spread evenly from ~40 (the chat template's own) to ~1,000 tokens (SmolLM2's
     tokenizer): a text of random words, and the task of naming its last word. Batched at random, a third of
@@ -144,8 +156,7 @@ def run_benchmark(model: str = "smollm2-135m-instruct", datasets: tuple[str, ...
             for variant in variants:
                 report(f"{name}: {variant} ({count} rows, batch {batch_size}, max_length {length}) ...")
                 figures[variant] = run_worker(variant, model_dir, train, held, batch_size, length, Path(tmp))
-                figures[variant]["mfu"] = round(figures[variant]["model_flops"] / figures[variant]["seconds"]
-                                                / peaks[figures[variant]["dtype"]], 4)
+                figures[variant]["mfu"] = variant_mfu(figures[variant], peaks)
                 report(f"  {summary_line(figures[variant])}")
                 results["datasets"][name] = {"rows": count, "max_length": length, "variants": figures,
                                              "reference": reference_variant(figures),
@@ -328,6 +339,7 @@ def tunesmith_worker(model_dir: Path, train: Path, held: Path, batch_size: int, 
                                            "real_tokens_per_s", "loss_tokens_per_s", "padding_share", "seconds")}
     return model, tokenizer, {"dtype": report["precision"], **figures, "steps": report["steps"],
                               "final_loss": report["final_loss"], "model_flops": speed["model_tflops"] * 1e12,
+                              "bf16_flops": speed.get("bf16_tflops", 0.0) * 1e12,
                               "packing": report.get("packing"),
                               "activation_checkpointing": recipe.training.gradient_checkpointing,
                               "micro_batch": recipe.training.batch_size, "grad_accum": recipe.training.grad_accum,

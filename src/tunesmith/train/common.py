@@ -52,7 +52,14 @@ from tunesmith.train.survival import (
     install_atomic_checkpoints,
     newest_complete_checkpoint,
 )
-from tunesmith.train.throughput import TokenCounter, mfu, model_shape, training_flops
+from tunesmith.train.throughput import (
+    TokenCounter,
+    frozen_linear_flops,
+    mfu,
+    mixed_peak,
+    model_shape,
+    training_flops,
+)
 from tunesmith.train.upstream import (
     hide_trl_checkpointing_deprecation,
     keep_freed_blocks_for_reuse,
@@ -306,6 +313,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
     # for whoever uses it in this process (the saved weights are fp32 either way).
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    frozen_bf16 = frozen_cast is not None and frozen_cast.count > 0
     if frozen_cast is not None:  # likewise the frozen base: its fp32 weights again
         frozen_cast.restore()
     if fused is not None:  # and PEFT's own LoRA layers
@@ -314,9 +322,9 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
         raise interrupted(stopper.signum, trainer.state.global_step, run)
     if guard.stopped_at is not None:
         raise guard.failure(run)
-    speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision)
-    if frozen_cast is not None:
-        speed["frozen_matmuls"] = "bf16"  # MFU stays against the fp32 peak, the dtype of everything else
+    speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision, frozen_bf16=frozen_bf16)
+    if frozen_bf16:
+        speed["frozen_matmuls"] = "bf16"  # their FLOPs count against the bf16 peak (`mixed_peak`)
     if main:
         print_throughput(speed)
     state_dict = sharded_state_dict(trainer, recipe.training.distributed)  # every rank takes part in gathering
@@ -457,15 +465,24 @@ def fused_lora_layers(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> Any
     return fused
 
 
-def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str) -> dict[str, Any]:
+def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str,
+               frozen_bf16: bool = False) -> dict[str, Any]:
     """Tokens per second (all, not padding, carrying loss) and MFU against this machine's matmul peak in the
-    dtype the matmuls ran in (`precision`)."""
+    dtype the matmuls ran in (`precision`); with `frozen_bf16` (the frozen linears in bf16 under fp32 training,
+    train/frozen_matmuls.py) their FLOPs count against the bf16 peak and the rest against fp32's (`mixed_peak`).
+    `bf16_tflops`: that bf16 part, so that a benchmark can weigh it against peaks of its own."""
     import torch
 
-    flops = training_flops(counter, model_shape(model))
+    shape = model_shape(model)
+    flops = training_flops(counter, shape)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    peak = matmul_peak(dtype, device="cuda" if device == "cuda" else "cpu")
+    hardware = "cuda" if device == "cuda" else "cpu"
+    peak = matmul_peak(dtype, device=hardware)
+    bf16_flops = frozen_linear_flops(counter, shape) if frozen_bf16 and dtype == torch.float32 else 0.0
+    if bf16_flops:
+        peak = mixed_peak(flops, bf16_flops, peak, matmul_peak(torch.bfloat16, device=hardware))
     return {**counter.figures(seconds), "seconds": round(seconds, 1), "model_tflops": round(flops / 1e12, 3),
+            "bf16_tflops": round(bf16_flops / 1e12, 3),
             "dtype": precision if precision in ("bf16", "fp16") else "fp32", "peak_gflops": round(peak / 1e9, 1),
             "mfu": mfu(flops, seconds, peak)}
 
@@ -473,8 +490,9 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
 def print_throughput(speed: dict[str, Any]) -> None:
     print(f"throughput: {speed['real_tokens']:,} tokens ({speed['loss_tokens']:,} with loss, "
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
-          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s {speed['dtype']} matmul peak"
-          + (" (the frozen base's matmuls ran in bf16)" if speed.get("frozen_matmuls") == "bf16" else ""),
+          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s "
+          + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
+             if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak"),
           file=sys.stderr, flush=True)
 
 

@@ -153,6 +153,23 @@ def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
             * shape.hidden)
 
 
+def frozen_linear_flops(counter: TokenCounter, shape: ModelShape) -> float:
+    """The part of `training_flops` done by the frozen body's linear layers (the matmuls `train/frozen_matmuls.py`
+    runs in bf16 on a CPU with fast bf16): the task's and the anchor's tuned passes (forward and input gradient) and
+    the base's forward passes. The adapter, attention and the LM head (the tied embedding, kept fp32) are the rest."""
+    per_token = 4.0 * shape.frozen_body - 2.0 * shape.frozen_unreached
+    return ((counter.real_tokens + counter.anchor_tokens) * per_token
+            + counter.anchor_base_tokens * 2.0 * shape.frozen_body)
+
+
+def mixed_peak(flops: float, low_precision_flops: float, peak: float, low_precision_peak: float) -> float:
+    """The FLOP/s at which `flops` would run if each part ran at the matmul peak of its dtype: `low_precision_flops`
+    of them at `low_precision_peak` (bf16), the rest at `peak` (fp32). MFU against it is the time at peak over the
+    time taken, so a step whose frozen matmuls run in bf16 is not credited with beating the fp32 peak."""
+    seconds = low_precision_flops / low_precision_peak + (flops - low_precision_flops) / peak
+    return flops / seconds if seconds > 0 else peak
+
+
 def mfu(flops: float, seconds: float, peak: float) -> float:
     """Achieved FLOP/s over peak FLOP/s (0-1)."""
     return round(flops / seconds / peak, 4) if seconds > 0 and peak > 0 else 0.0
