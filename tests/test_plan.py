@@ -520,3 +520,22 @@ def test_the_chosen_table_credits_a_cpu_split_of_long_rows_to_speed_not_memory()
     assert "on a CPU, micro-batches of up to 1,024 tokens" in speed["why"]
     assert "would not fit" in batch_choice(training, "cpu", 100)["why"]  # 8 x 100 fits 1,024: memory split it
     assert "would not fit" in batch_choice(training, "cuda", 866)["why"]
+
+
+def test_plan_shows_the_cpu_split_train_will_make(tiny_model_dir, tmp_path):
+    """`plan` sized 8 rows of the longest for a batch `train` then split on a CPU (micro-batches of up to 1,024
+    tokens): it said 15.4 GiB where training took 3.7. It plans the split now, and says so."""
+    from tunesmith.plan.fit import plan_as_trained
+
+    rows = [{"prompt": " ".join(f"word{i}" for i in range(150 + n)), "completion": "ok"} for n in range(16)]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    raw = raw_recipe(tmp_path, tiny_model_dir, batch_size=8)
+    recipe = validate_recipe({**raw, "data": {"train": str(data), "eval_fraction": 0.25, "max_length": 1024},
+                              "base_dir": str(tmp_path)})
+    written = plan_recipe(recipe, "cpu:24GB")
+    planned, note = plan_as_trained(recipe, "cpu:24GB")
+    assert written.sequences == 8 and written.length * 8 > 1024
+    assert planned.sequences * planned.length <= 1024 < written.sequences * written.length
+    assert planned.peak_bytes < written.peak_bytes and "on a CPU, micro-batches of up to 1,024 tokens" in note
+    assert plan_as_trained(recipe, "cuda:24GB") == (plan_recipe(recipe, "cuda:24GB"), None)  # a GPU: as written

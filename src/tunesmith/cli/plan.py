@@ -31,12 +31,14 @@ def plan(recipe: Path, set_: SetOption = None,
     Example: tunesmith plan my-recipe.yaml --device h100-80gb --nproc 8 --set training.distributed=fsdp
     """
     from tunesmith.config import load_recipe
-    from tunesmith.plan import plan_recipe
+    from tunesmith.plan.fit import plan_as_trained
 
-    report = plan_recipe(load_recipe(recipe, set_ or []), device, processes=nproc * nnodes, per_node=nproc)
+    report, note = plan_as_trained(load_recipe(recipe, set_ or []), device, processes=nproc * nnodes, per_node=nproc)
     if as_json:
         print_json(report.model_dump_json(indent=2))
     else:
+        if note:  # the plan below is of the split `train` makes, not of the batch as written
+            err.print(f"As train runs it: {escape(note)}", **SHOW)
         print_plan(report)
     if report.data_problem:  # the plan is still printed (sized for data.max_length); train would refuse the data
         err.print(f"[red]data: {escape(report.data_problem)}[/red]\nThe memory above is sized for data.max_length; "

@@ -5,8 +5,10 @@ from __future__ import annotations
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.plan import PlanReport, build_report, plan_inputs
+from tunesmith.plan.architecture import Architecture
 from tunesmith.plan.devices import Device
 from tunesmith.plan.recommend import fitting_changes, with_micro_batch
+from tunesmith.plan.workload import RowLengths
 
 GIB = 2**30
 # On a CPU, micro-batches of up to this many tokens (rows x the longest row) train fastest: a matmul over ~1,000 rows
@@ -43,9 +45,9 @@ def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) 
     `processes`, `per_node`: a multi-process run (plan_recipe)."""
     arch, device, lengths = plan_inputs(recipe, recipe.training.device, processes=processes, per_node=per_node)
     report = build_report(recipe, arch, device, lengths)
-    faster = cpu_micro_batches(recipe, report.length, device)
-    if faster is not None and (faster_report := build_report(faster, arch, device, lengths)).fits:
-        return faster, speed_note(recipe, faster, report.length, faster_report)
+    faster = faster_on_cpu(recipe, report, arch, device, lengths)
+    if faster is not None:
+        return faster[0], faster[2]
     if report.fits:
         return recipe, None
     for candidate in fitting_changes(recipe, report.length):
@@ -53,6 +55,29 @@ def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) 
         if fitted.fits:
             return candidate, fit_note(recipe, candidate, report, fitted)
     raise WillNotFit(*fit_message(report))
+
+
+def faster_on_cpu(recipe: Recipe, report: PlanReport, arch: Architecture, device: Device,
+                  lengths: RowLengths) -> tuple[Recipe, PlanReport, str] | None:
+    """The recipe as `train` runs it on a CPU where `cpu_micro_batches` splits it and the split fits: that recipe,
+    its plan and the line saying why; None otherwise (`report`: the plan of `recipe` as written)."""
+    faster = cpu_micro_batches(recipe, report.length, device)
+    if faster is None:
+        return None
+    faster_report = build_report(faster, arch, device, lengths)
+    if not faster_report.fits:
+        return None
+    return faster, faster_report, speed_note(recipe, faster, report.length, faster_report)
+
+
+def plan_as_trained(recipe: Recipe, device_spec: str = "auto", processes: int = 1,
+                    per_node: int | None = None) -> tuple[PlanReport, str | None]:
+    """What `tunesmith plan` shows: the plan of the recipe as `train` will run it (on a CPU, a batch of long rows
+    split as `fit_recipe` splits it, with the line that says so), else of the recipe as written."""
+    arch, device, lengths = plan_inputs(recipe, device_spec, processes=processes, per_node=per_node)
+    report = build_report(recipe, arch, device, lengths)
+    faster = faster_on_cpu(recipe, report, arch, device, lengths)
+    return (faster[1], faster[2]) if faster is not None else (report, None)
 
 
 def fit_note(recipe: Recipe, fitted: Recipe, report: PlanReport, fitted_report: PlanReport) -> str:
