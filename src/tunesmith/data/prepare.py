@@ -228,6 +228,12 @@ def rendered_or_joined(tokenizer: Any, sequence: list[dict[str, Any]], row: Row)
         return "\n".join(str(message.get("content") or "") for message in sequence)
 
 
+# what each step that removes rows removes, in words (`train` names them before training)
+CLEANING_REASONS = {"dedup_exact": "exact duplicates", "dedup_near": "near duplicates",
+                    "token_length": "outside data.clean's token bounds", "refusals": "refusals",
+                    "language": "in another language"}
+
+
 def steps_report(steps: list[Step]) -> list[dict[str, Any]]:
     return [{"step": s.name, "removed": s.removed, "changed": s.changed, "seconds": s.seconds, **s.details,
              "examples": s.examples} for s in steps]

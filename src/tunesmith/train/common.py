@@ -18,6 +18,7 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
+from tunesmith.data.prepare import CLEANING_REASONS
 from tunesmith.data.preview import plain_prompt_warnings
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
@@ -154,11 +155,6 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         chosen["epochs"] = epochs
     return TrainingSetup(model_dir, tokenizer, splits, device, precision, model, peft_config,
                          adapter_callbacks(recipe.adapter, run), encoded, init_from, chosen=chosen, began=began)
-
-
-CLEANING_REASONS = {"dedup_exact": "exact duplicates", "dedup_near": "near duplicates",
-                    "token_length": "outside data.clean's token bounds", "refusals": "refusals",
-                    "language": "in another language"}  # data/prepare.py's steps that remove rows
 
 
 def cleaning_warnings(splits: Splits) -> list[str]:
