@@ -356,3 +356,15 @@ def test_several_processes_section_says_what_this_machine_can_launch(tmp_path, t
         verdict = by_name(sharded.sections()["several processes"], "training.distributed")
         assert verdict.status == "fail" and "CUDA GPUs only" in verdict.detail and "ddp" in verdict.fix
         assert verdict in sharded.failed
+
+
+def test_doctor_names_the_kept_matmul_peaks_and_how_to_measure_again(tmp_path, monkeypatch):
+    from tunesmith.doctor.accelerator import kept_peaks_check
+    from tunesmith.plan.precision import keep_first_peaks, machine_key, peaks_file
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    assert "not measured yet" in kept_peaks_check().detail
+    keep_first_peaks(peaks_file(machine_key()), {"fp32_flops": 1e11, "bf16_flops": 4e11})
+    detail = kept_peaks_check().detail
+    assert "fp32 100, bf16 400 GFLOP/s" in detail and "train in bf16" in detail
+    assert str(tmp_path / "hardware") in detail and "delete the file" in detail

@@ -93,6 +93,32 @@ def test_the_choice_follows_the_measured_bf16_speed_and_the_recipe(monkeypatch, 
     assert choice["why"]
 
 
+def test_the_matmul_peaks_are_measured_once_a_machine_and_the_first_result_kept(tmp_path, monkeypatch):
+    measured: list[torch.dtype] = []
+
+    def fake_peak(dtype, seconds):  # 2e11, 3e11 ... in call order
+        measured.append(dtype)
+        return 1e11 * (1 + len(measured))
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    monkeypatch.setattr(frozen_rule, "matmul_peak", fake_peak)
+    frozen_rule.cpu_matmul_peaks.cache_clear()
+    try:
+        first = frozen_rule.cpu_matmul_peaks()
+        repeats = frozen_rule.PEAK_REPEATS
+        assert measured == [torch.float32] * repeats + [torch.bfloat16] * repeats
+        assert first == (1e11 * (1 + repeats), 1e11 * (1 + 2 * repeats))  # the best of each dtype's measurements
+        frozen_rule.cpu_matmul_peaks.cache_clear()  # as in another process on this machine: read, not measured
+        assert frozen_rule.cpu_matmul_peaks() == first and len(measured) == 2 * repeats
+        (kept,) = (tmp_path / "hardware").glob("cpu-matmul-peaks-*.json")
+        frozen_rule.keep_first_peaks(kept, {"fp32_flops": 1.0, "bf16_flops": 1.0})  # one that measured meanwhile
+        assert frozen_rule.read_peaks(kept) == first
+        assert json.loads(kept.read_text())["machine"] == frozen_rule.machine_key()
+        assert [p.name for p in kept.parent.iterdir()] == [kept.name]  # no draft left behind
+    finally:
+        frozen_rule.cpu_matmul_peaks.cache_clear()
+
+
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 def test_training_says_which_dtype_the_frozen_base_ran_in(tmp_path, tiny_model_dir, monkeypatch, precision):
     from safetensors.torch import load_file

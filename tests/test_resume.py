@@ -120,6 +120,35 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, 
     resumed = cli("train", str(recipe), "--resume", "latest", "--runs-dir", str(tmp_path / "runs"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_end(run, reference, 4)
+    summaries = [r for r in run.read_metrics() if "train_runtime" in r]  # the stopped process's is dropped
+    assert [r["step"] for r in summaries] == [STEPS]
+
+
+def test_a_resumed_run_keeps_its_frozen_matmul_dtype_and_reports_the_whole_run(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    from tunesmith.card import write_model_card
+    from tunesmith.plan import precision
+    from tunesmith.train import run_training
+    from tunesmith.train.survival import checkpoint_state
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    monkeypatch.setattr(precision, "cpu_matmul_peaks", lambda: (1e11, 4e11))  # bf16 is fast: the frozen base in bf16
+    reference, run = uninterrupted_and_crashed_at_step_5(recipe, tmp_path, monkeypatch)
+    before = checkpoint_state(run.checkpoints_dir / "checkpoint-4")["throughput"]["earlier_seconds"]
+    monkeypatch.setattr(precision, "cpu_matmul_peaks", lambda: (1e11, 1e11))  # now it reads slow (a busy machine)
+    run_training(load_recipe(run.recipe_file), run)
+    assert_same_end(run, reference, 4)  # the resumed steps ran in bf16, as the first four did
+    ours, theirs = (json.loads((r.path / "train.json").read_text()) for r in (run, reference))
+    assert ours["chosen"]["frozen_matmuls"]["value"] == "bf16"
+    assert ours["chosen"]["frozen_matmuls"]["why"].startswith("as before the resume: auto:")
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=1e-6)  # step 1's, before the crash
+    # the tokens of all 8 steps, give or take the one batch the data loader had fetched ahead when step 4 was saved
+    one_batch = theirs["throughput"]["real_tokens"] / STEPS * 1.5
+    assert abs(ours["throughput"]["real_tokens"] - theirs["throughput"]["real_tokens"]) <= one_batch
+    assert abs(ours["throughput"]["loss_tokens"] - theirs["throughput"]["loss_tokens"]) <= one_batch
+    assert ours["wall_time_s"] > round(before, 1) > 0  # the crashed process's four steps, and the resumed four
+    write_model_card(run)
+    assert "resumed from step 4" in (run.path / "README.md").read_text()
 
 
 class Crash(Exception):

@@ -35,7 +35,9 @@ def write_model_card(run: Run) -> Path:
         f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
         f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} "
-        f"in {train.get('wall_time_s', '?')} s",
+        f"in {train.get('wall_time_s', '?')} s of training"
+        + (f" (stopped, then resumed from step {train['resumed_from_step']})" if train.get("resumed_from_step")
+           else ""),
         "- loss curve: `plots/loss.png`",
         *rollback_lines(run),
         *trained_lines(data),

@@ -262,8 +262,11 @@ class Run:
         return [json.loads(line) for line in lines if line.strip()]
 
     def keep_metrics_through(self, step: int) -> None:
-        """Drop the records logged after `step` (a resume from that step logs them again)."""
-        kept = [record for record in self.read_metrics() if record.get("step", 0) <= step]
+        """Drop the records logged after `step` (a resume from that step logs them again), and the trainer's
+        end-of-training summary of the stopped process (`train_runtime`, `train_loss`: only the resumed run's
+        summary is the run's)."""
+        kept = [record for record in self.read_metrics()
+                if record.get("step", 0) <= step and "train_runtime" not in record]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -87,7 +87,28 @@ def cpu_checks(probe_seconds: float = 0.3, flags: set[str] | None = None) -> lis
                             fix=None if "avx2" in flags or "asimd" in flags else
                             "Without AVX2 PyTorch's CPU kernels are several times slower; use a newer CPU."))
     checks.append(bf16_cpu_check(flags, probe_seconds))
+    checks.append(kept_peaks_check())
     return checks
+
+
+def kept_peaks_check() -> Check:
+    """The matmul peaks training decides the frozen linears' dtype from (`plan/precision.py` `cpu_matmul_peaks`):
+    measured once a machine and kept, so a busy minute at that measurement is kept too; say where, to measure
+    again."""
+    from tunesmith.plan.precision import BF16_SPEEDUP_NEEDED, machine_key, peaks_file, read_peaks
+
+    file = peaks_file(machine_key())
+    peaks = read_peaks(file)
+    if peaks is None:
+        return Check(name="matmul peaks", section=SECTION, status="pass",
+                     detail=f"not measured yet: the first training on this machine measures them and keeps them in "
+                            f"{file}")
+    fp32, bf16 = peaks
+    dtype = "bf16" if bf16 >= BF16_SPEEDUP_NEEDED * fp32 else "fp32"
+    return Check(name="matmul peaks", section=SECTION, status="pass",
+                 detail=f"fp32 {fp32 / 1e9:,.0f}, bf16 {bf16 / 1e9:,.0f} GFLOP/s, kept in {file}: a LoRA's frozen "
+                        f"linears train in {dtype} under training.precision auto (delete the file to measure again, "
+                        f"while nothing else runs)")
 
 
 def bf16_cpu_check(flags: set[str] | None, probe_seconds: float) -> Check:
@@ -102,7 +123,7 @@ def bf16_cpu_check(flags: set[str] | None, probe_seconds: float) -> Check:
                      fix="Keep training.precision: auto or fp32 on this CPU (auto picks fp32 on CPU).")
     return Check(name="bf16 on CPU", section=SECTION, status="pass", detail=detail + "; precision auto picks fp32 "
                  "on CPU, with a LoRA's frozen base linears in bf16 (SFT, CPT, DPO, ORPO, KTO, SimPO) where bf16 "
-                 "is twice as fast (training measures it again); training.precision: bf16 opts in to autocast")
+                 "is twice as fast (see matmul peaks); training.precision: bf16 opts in to autocast")
 
 
 def bf16_slowdown(seconds: float = 0.3, size: int = 512) -> float:

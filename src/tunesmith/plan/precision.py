@@ -4,14 +4,21 @@ applies (`train/frozen_matmuls.py` casts the frozen linears) and that the plan's
 On a CPU whose bf16 matmul runs at least BF16_SPEEDUP_NEEDED times its fp32 matmul (AMX, AVX512-BF16), the frozen
 base's linear layers multiply in bf16 and everything trained stays fp32; where bf16 is emulated (AVX2 CPUs such as
 the AMD EPYC hosts measured) a bf16 matmul is slower than fp32, so everything stays fp32. The peaks are this
-machine's, measured once a process (`plan/devices.py` `matmul_peak`).
+machine's, measured once (`plan/devices.py` `matmul_peak`) and kept under $TUNESMITH_HOME/hardware.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from tunesmith.models.home import tunesmith_home
 from tunesmith.plan.devices import matmul_peak
 
 BF16_SPEEDUP_NEEDED = 2.0  # measured bf16/fp32 matmul peak ratio at or above which the frozen base runs in bf16
@@ -21,6 +28,7 @@ KINDS = ("lora", "rslora")  # DoRA reads the base weight for its norm, QLoRA's b
 # model trains a head on the base: neither measured
 METHODS = ("sft", "cpt", "dpo", "orpo", "kto", "simpo")
 PEAK_SECONDS = 0.2  # each dtype's matmul measurement
+PEAK_REPEATS = 2  # measurements of each peak; the best counts
 FROZEN_COPY_MEMORY_SHARE = 0.25  # the bf16 copy of the frozen base may take this share of the free memory at most
 # The frozen linears' bf16 matmuls run this share of (bf16 peak / fp32 peak) times as fast as fp32's in a training
 # step: small row counts (8 x 112 tokens) keep AMX far from its peak, and each layer casts its input and output.
@@ -78,7 +86,61 @@ def frozen_matmul_speedup(choice: dict[str, Any]) -> float:
 
 @functools.cache
 def cpu_matmul_peaks() -> tuple[float, float]:
-    """This CPU's fp32 and bf16 matmul peaks in FLOP/s, measured once a process (PEAK_SECONDS each)."""
+    """This CPU's fp32 and bf16 matmul peaks in FLOP/s, measured once a machine and kept in
+    $TUNESMITH_HOME/hardware/ under `machine_key` (the CPU model, torch's version and thread count): every run on
+    this machine then makes the same frozen-matmul choice, so the same recipe, data and seed give the same weights,
+    where a measurement each run (one busy second reads 2.5x slower here) flipped it now and then. Each peak is the
+    best of PEAK_REPEATS measurements. Delete the file to measure again; where it cannot be written, each process
+    measures."""
+    file = peaks_file(machine_key())
+    kept = read_peaks(file)
+    if kept is not None:
+        return kept
     import torch
 
-    return matmul_peak(torch.float32, seconds=PEAK_SECONDS), matmul_peak(torch.bfloat16, seconds=PEAK_SECONDS)
+    peaks = tuple(max(matmul_peak(dtype, seconds=PEAK_SECONDS) for _ in range(PEAK_REPEATS))
+                  for dtype in (torch.float32, torch.bfloat16))
+    keep_first_peaks(file, {"machine": machine_key(), "fp32_flops": peaks[0], "bf16_flops": peaks[1]})
+    return read_peaks(file) or (peaks[0], peaks[1])
+
+
+def peaks_file(key: str) -> Path:
+    return tunesmith_home() / "hardware" / f"cpu-matmul-peaks-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def machine_key() -> str:
+    """What the matmul peaks depend on: the CPU's model name (/proc/cpuinfo, else `platform.processor()`), torch's
+    version and its thread count."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def read_peaks(file: Path) -> tuple[float, float] | None:
+    try:
+        kept = json.loads(file.read_text(encoding="utf-8"))
+        return float(kept["fp32_flops"]), float(kept["bf16_flops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_first_peaks(file: Path, peaks: dict[str, Any]) -> None:
+    """Write `file` unless another process wrote it first (a hard link does not replace an existing file), so that
+    processes measuring at once all use the first result. Nothing where the folder cannot be written."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=file.parent, suffix=".tmp", delete=False) as draft:
+            json.dump(peaks, draft)
+        try:
+            os.link(draft.name, file)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft.name)
+    except OSError:
+        pass

@@ -285,15 +285,15 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     """
     check_process_group(trainer)
     group_by_global_batch(trainer)
-    frozen_cast = half_frozen_matmuls(trainer, setup, recipe)
+    frozen_cast = half_frozen_matmuls(trainer, setup, recipe, resumed_choice(run))
     fused = fused_lora_layers(trainer, setup, recipe)
     main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
     if main:
         print_trainable(summary)
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
-    guard, stopper = survival_callbacks(trainer, setup, recipe, run)
-    resume_from = start_point(trainer, setup, run, guard)
+    guard, stopper = survival_callbacks(trainer, setup, recipe, run, counter)
+    resume_from = start_point(trainer, setup, run, guard, counter)
     budget = time_budget(trainer, recipe, run, resume_from is not None, setup.began)
     chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {}), "device": setup.device},
                              row_lengths(trainer.train_dataset),
@@ -301,9 +301,9 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     if main:
         print_chosen(chosen)
     trainer.data_collator = counter  # after the budget's measurement, which must not count
-    started = time.monotonic()
+    counter.start_clock()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.monotonic() - started
+    seconds = counter.seconds()  # a resumed run's too: the earlier processes' training time is in the checkpoint
     if budget.get("time_budget", {}).get("revisions"):  # the table printed before training shows the first plan
         chosen["steps"] = steps_choice(recipe.training, budget["time_budget"])
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again
@@ -330,7 +330,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter, state_dict)  # adapter/, or model/
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
-    report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, started),
+    report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, counter),
               "precision": setup.precision, "processes": this_rank().world_size,  # throughput: rank 0's share
               "chosen": chosen, **(choices or {}), "throughput": speed,
               **budget,
@@ -381,23 +381,30 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
     return {"time_budget": plan}
 
 
-def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run) -> tuple[NumericsGuard,
-                                                                                               StopOnSignal]:
-    """Guard the numerics, stop cleanly on signals, and make checkpoints complete-or-absent (survival.py)."""
+def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
+                       counter: TokenCounter) -> tuple[NumericsGuard, StopOnSignal]:
+    """Guard the numerics, stop cleanly on signals, and make checkpoints complete-or-absent (survival.py); each
+    checkpoint keeps the guard's state, the counter's (tokens and seconds so far) and the frozen-matmul choice."""
     recorder = BatchRecorder(getattr(setup.encoded, "rows_by_ids", None))
     recorder.attach(trainer.model)
     guard, stopper = NumericsGuard(recipe.training.max_bad_steps, recorder), StopOnSignal()
     trainer.add_callback(guard)
     trainer.add_callback(stopper)
-    install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, lambda: {"numerics": guard.state()},
+
+    def checkpoint_extras() -> dict[str, Any]:
+        return {"numerics": guard.state(), "throughput": counter.state(),
+                "frozen_matmuls": setup.chosen.get("frozen_matmuls")}
+
+    install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, checkpoint_extras,
                                [c for c in setup.adapter_callbacks if hasattr(c, "save_extra")])
     return guard, stopper
 
 
-def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGuard) -> Path | None:
+def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGuard,
+                counter: TokenCounter) -> Path | None:
     """The checkpoint to resume from (the CLI checked it against the recipe), or None for a fresh start, which
     loads training.init_from's adapter. On resume, metrics logged after the checkpoint are dropped (those
-    steps run again) and the guard's count of bad steps continues."""
+    steps run again), and the guard's count of bad steps and the counter's tokens and seconds continue."""
     checkpoint = newest_complete_checkpoint(run)
     if checkpoint is None:
         if setup.init_from is not None:
@@ -409,7 +416,9 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
     for callback in setup.adapter_callbacks:  # adapter state beyond weights and optimizer (AdaLoRA's budget)
         if hasattr(callback, "resume_from"):
             callback.resume_from = checkpoint
-    guard.restore(checkpoint_state(checkpoint).get("numerics", {}))
+    state = checkpoint_state(checkpoint)
+    guard.restore(state.get("numerics", {}))
+    counter.restore(state.get("throughput", {}))
     print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
     return checkpoint
 
@@ -423,18 +432,34 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
         f"Resume with: tunesmith train {run.recipe_file} --resume {run.path}", signum)
 
 
-def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> FrozenCast | None:
+RESUMED_CHOICE = "as before the resume: "
+
+
+def resumed_choice(run: Run) -> dict[str, Any] | None:
+    """The frozen-matmul choice the checkpoint a resume starts from was trained under; None for a fresh start (or a
+    checkpoint written before tunesmith kept it)."""
+    checkpoint = newest_complete_checkpoint(run)
+    return checkpoint_state(checkpoint).get("frozen_matmuls") if checkpoint is not None else None
+
+
+def half_frozen_matmuls(trainer: Any, setup: TrainingSetup, recipe: Recipe,
+                        earlier: dict[str, Any] | None = None) -> FrozenCast | None:
     """The frozen base's linear layers in bf16 where `frozen_matmul_choice` says so (a LoRA under SFT, CPT or a
     preference method but GRPO, on a CPU with fast bf16, training.precision auto) and their bf16 copy fits the free
     memory (`frozen_copy_refusal`), once the trainer has added the adapter and before its steps: the base answered
     the replay prompts, and the null space (with the anchor's base log-probabilities it reads) was measured, in fp32,
-    the base that eval compares with. The choice joins setup.chosen (the printed table, train.json's `chosen`); the
-    cast, whose `restore` puts the fp32 weights back after training, or None."""
+    the base that eval compares with. A resumed run keeps the `earlier` choice (its checkpoint's), so that it
+    continues in the dtype it started in. The choice joins setup.chosen (the printed table, train.json's `chosen`);
+    the cast, whose `restore` puts the fp32 weights back after training, or None."""
     from tunesmith.doctor.accelerator import available_memory
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    choice = frozen_matmul_choice(recipe.training.precision, setup.device, recipe.adapter.kind, recipe.method.kind,
-                                  recipe.training.distributed.strategy)
+    if earlier:
+        choice = {key: value for key, value in earlier.items() if key != "linears"}
+        choice["why"] = RESUMED_CHOICE + choice["why"].removeprefix(RESUMED_CHOICE)
+    else:
+        choice = frozen_matmul_choice(recipe.training.precision, setup.device, recipe.adapter.kind,
+                                      recipe.method.kind, recipe.training.distributed.strategy)
     cast = None
     if choice["dtype"] == "bf16":
         refusal = frozen_copy_refusal(bf16_copy_bytes(model), available_memory())
@@ -523,7 +548,9 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if device != "cpu" and pick_dtype("auto", device) == torch.bfloat16 else "fp32"
 
 
-def train_report(trainer: Any, summary: dict, model_dir: Path, started: float) -> dict[str, Any]:
+def train_report(trainer: Any, summary: dict, model_dir: Path, counter: TokenCounter) -> dict[str, Any]:
+    """Steps, first and last logged loss (a resumed run's log history holds the steps before the resume too) and
+    the wall time of training, the processes before a resume included."""
     history = [h for h in trainer.state.log_history if "loss" in h]
     report = {
         "base_model": str(model_dir),
@@ -531,7 +558,7 @@ def train_report(trainer: Any, summary: dict, model_dir: Path, started: float) -
         "steps": trainer.state.global_step,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
-        "wall_time_s": round(time.monotonic() - started, 1),
+        "wall_time_s": round(counter.seconds(), 1),
     }
     final = method_metrics(history[-1]) if history else {}
     if final:

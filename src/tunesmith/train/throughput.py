@@ -16,8 +16,9 @@ FLOPs per real token, after PaLM (Chowdhery et al. 2022, appendix B) and Kaplan 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 IGNORE_INDEX = -100
 
@@ -35,6 +36,9 @@ class TokenCounter:
     anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay) through the tuned model
     anchor_base_tokens: int = 0  # real tokens the base ran forward for the anchor (once a row, while cached)
     base_attention_flops: float = 0.0  # the base passes' attention: 4 · query-key pairs, every layer forward
+    earlier_seconds: float = 0.0  # training time of the processes before a resume (the checkpoint's `state`)
+    started: float | None = None  # time.monotonic() when this process's training began (`start_clock`)
+    NOT_STATE: ClassVar[tuple[str, ...]] = ("collator", "started")  # not carried from a checkpoint
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
@@ -76,6 +80,26 @@ class TokenCounter:
         """Add one forward pass of the base over a replay batch (`BaseReference`), without gradients."""
         self.anchor_base_tokens += int(attention_mask.sum())
         self.base_attention_flops += 4.0 * replay_attention_pairs(attention_mask, packed)
+
+    def start_clock(self) -> None:
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        """Seconds of training so far: this process's since `start_clock`, plus the earlier processes' of a
+        resumed run."""
+        return self.earlier_seconds + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict[str, float | int]:
+        """The counts and the training seconds so far, for a checkpoint: a run resumed from it `restore`s them,
+        so that its throughput and wall time are the whole run's, not only the part after the resume."""
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.NOT_STATE}
+        return {**counts, "earlier_seconds": round(self.seconds(), 3)}
+
+    def restore(self, state: dict[str, float | int]) -> None:
+        """Continue from a checkpoint's `state` ({} from a checkpoint written before tunesmith kept one)."""
+        for key, value in state.items():
+            if key in self.__dataclass_fields__ and key not in self.NOT_STATE:
+                setattr(self, key, value)
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
