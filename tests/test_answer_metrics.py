@@ -80,6 +80,32 @@ def test_answers_come_from_the_last_assistant_turn_and_other_shapes():
     assert classify_answers([no_answer]).kind == "free_text" and classify_answers([]).rows == 0
 
 
+@pytest.mark.parametrize("answers", [
+    [f"{n * 2.54:.2f} cm" for n in range(1, 31)],  # unit conversions
+    [f"${n * 3 + 0.99}" for n in range(30)] + ["1,024", "-7", "15%", "98.6 °F", "3e-4", "60 km/h"],  # assorted
+])
+def test_answers_that_are_all_numbers_are_scored_by_the_number_not_by_character_overlap(answers):
+    summary = classify_answers([chat(answer) for answer in answers])
+    assert summary.kind == "numbers" and summary.numbers == len(answers)
+    assert summary.reason == f"all {len(answers)} answers are numbers ({len(set(answers))} distinct values)"
+    assert default_metrics("numbers") == ["loss", "perplexity", "numeric_match", "exact_match"]
+    one_off = classify_answers([chat(answer) for answer in [*answers, "about twelve centimetres"]])
+    assert one_off.kind == "free_text" and one_off.numbers == len(answers)
+
+
+@pytest.mark.parametrize(("prediction", "reference", "expected"), [
+    ("42", "42", 1.0), ("The answer is 1,024.", "1024", 1.0), ("12.70 cm", "12.7 cm", 1.0),
+    ("12.7 in", "12.7 cm", 1.0),  # the number is right; exact_match tells the units apart
+    ("24", "42", 0.0), ("First 3, then 5", "3", 0.0),  # the last number counts (GSM8K's flexible extract)
+    ("no idea", "4", 0.0), ("-7", "7", 0.0), ("3e-4", "0.0003", 1.0),
+])
+def test_numeric_match_compares_the_last_number_of_the_answer(prediction, reference, expected):
+    scores = build_scorer(["numeric_match", "chrf"], None, None, REPO)(prediction, reference)
+    assert scores["numeric_match"] == expected
+    if (prediction, reference) == ("24", "42"):
+        assert scores["chrf"] > 0  # the credit character overlap gives a wrong number
+
+
 def test_default_metrics_per_kind_and_auto_resolves_them():
     assert default_metrics("json") == ["loss", "perplexity", "json_fields", "json_valid"]
     assert default_metrics("labels") == ["loss", "perplexity", "exact_match", "label_accuracy"]

@@ -627,12 +627,13 @@ def duration_seconds(text: str) -> float:
 
 
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
-                "json_fields", "rouge_l", "chrf", "label_accuracy")
+                "json_fields", "rouge_l", "chrf", "label_accuracy", "numeric_match")
 # What `eval.task_metric: auto` picks for each kind of training answer (data/answers.py decides the kind).
 # The first task metric of each is the headline score (the sweep table and summaries show it).
 ANSWER_KIND_METRICS = {
     "json": ("loss", "perplexity", "json_fields", "json_valid"),
     "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
+    "numbers": ("loss", "perplexity", "numeric_match", "exact_match"),
     "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
 }
 
@@ -736,7 +737,7 @@ class EvalSection(Section):
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
         """`metrics` when given, else `task_metric` (loss and perplexity are always measured).
 
-        `auto` resolves from `answer_kind` (json, labels or free_text: what data.json `answers` records);
+        `auto` resolves from `answer_kind` (json, labels, numbers or free_text: what data.json `answers` records);
         without one it is loss and perplexity alone.
         """
         if self.metrics:

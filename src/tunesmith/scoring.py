@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from tunesmith.config import Recipe
 
 Scorer = Callable[[str, str], dict[str, Any]]
+# A number as people write one: a sign, thousands separators, decimals, an exponent (`-1,024.5`, `3e-4`, `.5`).
+NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\d,])|[-+]?\.\d+")
+# An answer that is a number: the number alone, or with a currency sign before it or a short unit after it
+# (`42`, `$5.99`, `12.7 cm`, `98.6 °F`, `15%`).
+NUMBER_ANSWER = re.compile(rf"[$€£¥]?\s?(?:{NUMBER.pattern})\s?(?:%|°?[^\W\d_]{{1,12}}(?:/[^\W\d_]{{1,6}})?)?\.?")
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
@@ -96,6 +101,21 @@ def label_key(text: str) -> str:
     return text.strip().strip(LABEL_WRAPPING).strip().casefold()
 
 
+def numeric_match_score(prediction: str, reference: str) -> dict[str, Any]:
+    """1 when the last number in the answer equals the reference's number (its last, too) to a relative 1e-6:
+    `The answer is 1,024.` matches `1024`, `12.70 cm` matches `12.7 cm` (exact_match tells the units apart).
+    The last number, thousands separators dropped, as lm-evaluation-harness's GSM8K "flexible-extract" filter
+    takes it. 0 when either holds no number."""
+    got, expected = last_number(prediction), last_number(reference)
+    matched = got is not None and expected is not None and math.isclose(got, expected, rel_tol=1e-6)
+    return {"numeric_match": float(matched)}
+
+
+def last_number(text: str) -> float | None:
+    found = NUMBER.findall(text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
 def rouge_l_score(prediction: str, reference: str) -> dict[str, Any]:
     """ROUGE-L F-measure (longest common word subsequence), on lowercased Unicode words."""
     return {"rouge_l": _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure}
@@ -109,7 +129,7 @@ def chrf_score(prediction: str, reference: str) -> dict[str, Any]:
 SCORERS: dict[str, Scorer] = {
     "json_fields": json_fields_score, "exact_match": exact_match_score, "contains": contains_score,
     "json_valid": json_valid_score, "rouge_l": rouge_l_score, "chrf": chrf_score,
-    "label_accuracy": label_accuracy_score,
+    "label_accuracy": label_accuracy_score, "numeric_match": numeric_match_score,
 }
 LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
 LABEL_WRAPPING = "\"'`.!?;:,"

@@ -7,6 +7,9 @@ the last text `answer_texts` finds) and sorts the set into one of three kinds:
 - `labels`: a small closed set of short values, each repeated: at most MAX_LABELS distinct values, on
   average at least MIN_REPEATS rows per value, and every value one line of at most MAX_LABEL_CHARS
   characters (a classifier's answers);
+- `numbers`: otherwise, every answer a number, alone or with a currency sign or a short unit (`42`, `12.7 cm`,
+  `$5.99`; `scoring.NUMBER_ANSWER`): scored by numeric_match (is the number right) and exact_match, not by
+  character overlap, which gives `24` most of the credit of `42`;
 - `free_text`: anything else.
 
 The data stage records the summary in data.json (`answers`); eval reads it from there to resolve
@@ -26,8 +29,9 @@ from tunesmith.config import ANSWER_KIND_METRICS, EvalSection
 from tunesmith.data.rowtext import answer_texts, message_texts
 from tunesmith.data.shapes import Row
 from tunesmith.errors import DataError
+from tunesmith.scoring import NUMBER_ANSWER
 
-AnswerKind = Literal["json", "labels", "free_text"]
+AnswerKind = Literal["json", "labels", "numbers", "free_text"]
 MAX_LABELS = 20
 MIN_REPEATS = 3
 MAX_LABEL_CHARS = 64
@@ -45,6 +49,7 @@ class AnswerSummary(BaseModel):
     distinct: int = Field(0, description="Distinct answers, after stripping surrounding space.")
     json_objects: int = Field(0, description="Answers that parse as a JSON object.")
     json_values: int = Field(0, description="Answers that parse as any JSON value.")
+    numbers: int = Field(0, description="Answers that are a number, alone or with a currency sign or a unit.")
     labels: list[str] = Field(default_factory=list, description="The label set, sorted (kind `labels` only).")
     counts: dict[str, int] = Field(default_factory=dict, description="Rows per label (kind `labels` only).")
     example: str = Field("", description="One answer, shortened, for messages.")
@@ -56,6 +61,8 @@ class AnswerSummary(BaseModel):
             return "no row has an answer text to look at"
         if self.kind == "json":
             return f"all {self.rows} answers are JSON objects"
+        if self.kind == "numbers":
+            return f"all {self.rows} answers are numbers ({self.distinct} distinct values)"
         values = f"answers take {self.distinct} distinct values over {self.rows} rows"
         if self.kind == "labels":
             return values
@@ -76,18 +83,22 @@ def row_answer(row: Row) -> str | None:
 
 
 def classify_answers(rows: list[Row]) -> AnswerSummary:
-    """Sort the rows' answers into json / labels / free_text (rules in the module docstring)."""
+    """Sort the rows' answers into json / labels / numbers / free_text (rules in the module docstring)."""
     answers = [answer.strip() for answer in map(row_answer, rows) if answer is not None]
     parsed = [_parse_json(answer) for answer in answers]
     objects = sum(isinstance(value, dict) for value in parsed)
     values = sum(value is not _NOT_JSON for value in parsed)
+    numbers = sum(NUMBER_ANSWER.fullmatch(answer) is not None for answer in answers)
     counts = Counter(answers)
     figures: dict[str, Any] = {"rows": len(answers), "distinct": len(counts), "json_objects": objects,
-                               "json_values": values, "example": _shorten(answers[0]) if answers else ""}
+                               "json_values": values, "numbers": numbers,
+                               "example": _shorten(answers[0]) if answers else ""}
     if answers and objects == len(answers):
         return AnswerSummary(kind="json", **figures)
     if answers and is_label_set(counts):
         return AnswerSummary(kind="labels", labels=sorted(counts), counts=dict(sorted(counts.items())), **figures)
+    if answers and numbers == len(answers):
+        return AnswerSummary(kind="numbers", **figures)
     return AnswerSummary(kind="free_text", **figures)
 
 

@@ -89,7 +89,8 @@ def infer_constraint(rows: list[Row]) -> Constraint:
     if summary.kind == "json":
         return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
     raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
-                         f"are free text ({summary.reason}).", f"Give one: {HOW_TO_SET}.")
+                         f"are {'numbers' if summary.kind == 'numbers' else 'free text'} ({summary.reason}).",
+                         f"Give one: {HOW_TO_SET}.")
 
 
 def json_constraint(objects: list[dict[str, Any]], source: str) -> Constraint:
