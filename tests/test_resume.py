@@ -116,6 +116,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, 
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     run = only_run(tmp_path / "runs")
     assert "SIGTERM" in stopped.stderr and f"--resume {run.path}" in stopped.stderr
+    assert "Stopped: Training stopped by SIGTERM" in stopped.stderr and "Error" not in stopped.stderr
     assert (run.checkpoints_dir / "checkpoint-4").is_dir()  # step 4 finished, then the checkpoint
     resumed = cli("train", str(recipe), "--resume", "latest", "--runs-dir", str(tmp_path / "runs"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

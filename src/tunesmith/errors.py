@@ -7,6 +7,7 @@ class TunesmithError(Exception):
     """A problem the user can fix: `message` says what is wrong, `hint` says what to do."""
 
     exit_code = 2
+    label = "Error"  # what the CLI prints before the message
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)

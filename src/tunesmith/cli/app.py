@@ -709,7 +709,9 @@ def main() -> None:
         code = app(standalone_mode=False)
     except TunesmithError as exc:
         state["error"] = {"message": exc.message, "hint": exc.hint}  # the sweep child reports it
-        err.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        colour = "red" if exc.label == "Error" else "yellow"
+        err.print(f"[bold {colour}]{exc.label}:[/bold {colour}] {escape(exc.message)}", highlight=False,
+                  soft_wrap=True)
         if exc.hint:
             err.print(f"[bold]Hint:[/bold] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         print_json_error(exc.exit_code)

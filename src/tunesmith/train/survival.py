@@ -35,7 +35,10 @@ STAGING_PREFIX = ".staging-"
 
 
 class TrainingInterrupted(TunesmithError):
-    """SIGINT/SIGTERM stopped training after a checkpoint; exits 128 + the signal number (130, 143)."""
+    """SIGINT/SIGTERM stopped training after a checkpoint; exits 128 + the signal number (130, 143). Printed as
+    "Stopped:", not "Error:": the user asked for it, and nothing went wrong."""
+
+    label = "Stopped"
 
     def __init__(self, message: str, hint: str, signum: int) -> None:
         super().__init__(message, hint)
