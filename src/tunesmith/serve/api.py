@@ -176,7 +176,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     def error_response(request: HttpRequest, error: ApiError) -> JSONResponse:
         """The error's JSON, counted in the metrics by endpoint and status (model "": a refused request's model
         name is whatever the client sent)."""
-        metrics.requests.labels("", ENDPOINTS.get(request.url.path, "other"), str(error.status)).inc()
+        metrics.requests.labels("", endpoint_name(request.url.path), str(error.status)).inc()
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(ApiError)
@@ -406,6 +406,12 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
 
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models"}
+
+
+def endpoint_name(path: str) -> str:
+    """The /metrics `endpoint` label of a request path: `models` for /v1/models and /v1/models/{id} too, `other`
+    for a path the API does not serve."""
+    return ENDPOINTS.get(path) or ("models" if path.startswith("/v1/models/") else "other")
 
 
 def validation_error(errors: list[Any]) -> ApiError:
