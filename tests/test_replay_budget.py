@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -308,7 +309,7 @@ def test_replay_rows_pack_only_where_it_saves_flops_under_sdpa():
                                                                    "_attn_implementation": "flash_attention_2"}))
 
 
-def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base_pass_gives(tiny_model_dir):
+def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base_pass_gives(tiny_model_dir, capsys):
     from tunesmith.train.replay import BaseReference, ReplayBatches, anchor_kl, base_log_probs
     from tunesmith.train.throughput import TokenCounter
 
@@ -330,6 +331,9 @@ def test_the_base_reference_is_computed_once_a_row_and_gives_the_kl_a_fresh_base
     # 5 rows in batches of 2: the first pass's 3 batches run the base, each row once (the third draw meets the
     # second pass's first row, kept by then), the next 3 draws come from the cache
     assert cached.report()["rows_kept"] == 5 and cached.base_passes == 3 and cached.reused == 3
+    # what it said it would keep for all rows (printed once, before the first pass) is what it kept
+    said = re.search(r"\(([\d,.]+) MB for all 5 rows, within the", capsys.readouterr().err)
+    assert said and float(said[1].replace(",", "")) == round(cached.used_bytes / 2**20, 1) > 0
     assert counter.anchor_base_tokens == sum(len(e["input_ids"]) for e in examples)
     partial = BaseReference()  # a run that draws fewer rows than the set computes only the rows it draws
     partial.log_probs(replay, replay.rows(0), model, model, "cpu")

@@ -231,7 +231,7 @@ class BaseReference:
         `anchor_kl`'s order), from the cache where every row is in it, else from a base pass."""
         import torch
 
-        self.set_limit(device)
+        self.set_limit(device, replay, model)
         batch = replay.batch(rows, device)
         missing = [i for i in rows if i not in self.kept]
         if not missing:
@@ -248,13 +248,20 @@ class BaseReference:
         # past the limit: this draw's own batch, as without a cache
         return batch, own if own is not None else self.base_pass(rows, batch, model, peft_model)
 
-    def set_limit(self, device: Any) -> None:
-        """`limit_bytes` from the device's memory, where not given (once, and said)."""
-        if self.limit_bytes is None:
-            self.limit_bytes = reference_cache_limit(device)
-            print(f"replay anchor: the base's log-probabilities on each replay row are kept after its first base pass "
-                  f"(up to {self.limit_bytes / 2**30:.1f} GiB), so no row needs a second",
-                  file=sys.stderr, flush=True)
+    def set_limit(self, device: Any, replay: ReplayBatches, model: Any) -> None:
+        """`limit_bytes` from the device's memory, where not given (once, and said, with what keeping every row of
+        `replay` takes: 4 bytes x vocabulary a scored position)."""
+        if self.limit_bytes is not None:
+            return
+        self.limit_bytes = reference_cache_limit(device)
+        scored = sum(max(len(e["input_ids"]) - 1, 0) for e in replay.examples)
+        every_row = scored * model.config.vocab_size * 4
+        fits = (f"{every_row / 2**20:,.1f} MB for all {len(replay.examples)} rows, within the "
+                f"{self.limit_bytes / 2**20:,.0f} MB allowed, so no row needs a second" if every_row <= self.limit_bytes
+                else f"{every_row / 2**20:,.1f} MB for all {len(replay.examples)} rows; {self.limit_bytes / 2**20:,.0f}"
+                     f" MB allowed, rows past it are recomputed at each draw")
+        print(f"replay anchor: the base's log-probabilities on each replay row drawn are kept after its first base "
+              f"pass ({fits})", file=sys.stderr, flush=True)
 
     def base_pass(self, rows: list[int], batch: tuple[Any, Any, Any], model: Any, peft_model: Any) -> Any:
         """The base's log-probabilities for `batch`; each row not kept yet is kept while the limit allows."""
@@ -432,7 +439,7 @@ def keep_null_space(trainer: Any, replay: ReplayBatches, reference: BaseReferenc
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     device = next(model.parameters()).device
-    reference.set_limit(device)
+    reference.set_limit(device, replay, model)
 
     def read_first_pass(moments: Any) -> None:
         for rows in replay.first_pass_batches():  # every row: past the cache's limit, rows are read but not kept
