@@ -64,20 +64,26 @@ def test_no_command_line_error_prints_the_bitsandbytes_kernel_notice(tmp_path):
 def test_the_notice_filter_drops_that_line_only():
     """The subprocess test above passes trivially on a CPU without AVX512-BF16 (bitsandbytes stays quiet
     there); this pins the filter itself."""
-    from tunesmith.cli import _hide_bitsandbytes_cpu_kernel_notice
+    from tunesmith.cli import _hide_cpu_library_notices
 
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    before = list(logger.filters)
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes.backends.cpu.ops", "DeepSpeed")]
+    before = [list(logger.filters) for logger in loggers]
     try:
-        _hide_bitsandbytes_cpu_kernel_notice()
+        _hide_cpu_library_notices()
 
-        def record(message: str) -> logging.LogRecord:
+        def record(logger: logging.Logger, message: str) -> logging.LogRecord:
             return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, ("x",), None)
 
-        assert not logger.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: %s."))
-        assert logger.filter(record("Something else went wrong: %s"))
+        bitsandbytes, deepspeed = loggers
+        assert not bitsandbytes.filter(record(bitsandbytes, "Failed to load CPU gemm_4bit_forward from kernels-"
+                                                            "community: %s."))
+        assert not deepspeed.filter(record(deepspeed, "Setting accelerator to CPU. If you have GPU or other "
+                                                      "accelerator, we were unable to detect it."))
+        assert bitsandbytes.filter(record(bitsandbytes, "Something else went wrong: %s"))
+        assert deepspeed.filter(record(deepspeed, "Setting ds_accelerator to cpu (auto detect)"))
     finally:
-        logger.filters[:] = before
+        for logger, filters in zip(loggers, before, strict=True):
+            logger.filters[:] = filters
 
 
 def qa(question: str, answer: str) -> str:

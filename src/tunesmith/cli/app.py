@@ -704,7 +704,7 @@ def _fmt(value: Any) -> str:
 def main() -> None:
     """Console entry point: run the app, turning errors into messages and exit codes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hide_bitsandbytes_cpu_kernel_notice()
+    _hide_cpu_library_notices()
     try:
         code = app(standalone_mode=False)
     except TunesmithError as exc:
@@ -740,8 +740,9 @@ def print_json_error(exit_code: int) -> None:
                          ensure_ascii=False))
 
 
-def _hide_bitsandbytes_cpu_kernel_notice() -> None:
-    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ..." line.
+def _hide_cpu_library_notices() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ..." line, and DeepSpeed's
+    "Setting accelerator to CPU" one.
 
     bitsandbytes 0.50.2 logs it when imported on a CPU with AVX512-BF16 but without the `kernels` package,
     and peft 0.21.2 imports bitsandbytes whenever it is installed: on `import peft` (peft/helpers.py, which
@@ -753,6 +754,12 @@ def _hide_bitsandbytes_cpu_kernel_notice() -> None:
     """
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"))
+    # Likewise DeepSpeed (0.18, an optional extra), imported by accelerate's and transformers' checks on every
+    # training run where it is installed, warns "Setting accelerator to CPU. If you have GPU or other accelerator,
+    # we were unable to detect it." on any machine without CUDA: true and nothing to act on (`tunesmith doctor`
+    # says which device trains). Its "DeepSpeed" logger keeps every other message.
+    logging.getLogger("DeepSpeed").addFilter(
+        lambda record: not str(record.msg).startswith("Setting accelerator to CPU"))
 
 
 def _command_line_errors() -> tuple[type[BaseException], ...]:
