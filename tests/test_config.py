@@ -45,6 +45,14 @@ def test_bad_value_names_key_and_value(tmp_path):
     assert "training.lr" in str(info.value) and "-1" in str(info.value) and "line 4" in str(info.value)
 
 
+@pytest.mark.parametrize("steps", [0, -5])
+def test_max_steps_is_at_least_one_or_minus_one(tmp_path, steps):
+    recipe = write(tmp_path, "data:\n  train: t.jsonl\n")
+    with pytest.raises(RecipeError, match=rf"training.max_steps .*{steps} steps: give at least 1 optimizer step"):
+        load_recipe(recipe, [f"training.max_steps={steps}"])
+    assert load_recipe(recipe, ["training.max_steps=-1"]).training.max_steps == -1
+
+
 def test_unknown_adapter_kind_lists_valid_kinds(tmp_path):
     with pytest.raises(RecipeError, match="lora"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lorra\n"))
@@ -139,5 +147,30 @@ def test_invalid_yaml_reports_file(tmp_path):
 def test_resolved_recipe_round_trips(tmp_path):
     recipe = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["adapter.r=4"])
     again = write(tmp_path, recipe_to_yaml(recipe))
-    assert load_recipe(again) == recipe
+    assert load_recipe(again).model_copy(update={"defaulted_keys": []}) == recipe
     assert Recipe.model_validate(recipe.model_dump()).adapter.r == 4
+
+
+def sections_given(recipe: Recipe) -> dict[str, set[str]]:
+    return {name: set(getattr(recipe, name).model_fields_set) for name in ("model", "method", "adapter", "training",
+                                                                          "eval", "export")} | {
+        "data": set(recipe.data.model_fields_set), "data.replay": set(recipe.data.replay.model_fields_set)}
+
+
+def test_a_runs_recipe_file_leaves_to_the_defaults_what_the_recipe_left_to_them(tmp_path):
+    from tunesmith.config import recipe_differences
+    from tunesmith.train.defaults import resolve_epochs
+
+    original = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\ntraining:\n  lr: 1e-3\n"))
+    text = recipe_to_yaml(original)
+    assert "  epochs: 1.0\n" in text and "  grad_accum: 1\n" in text  # every value written out
+    saved = load_recipe(write(tmp_path, text))
+    assert sections_given(saved) == sections_given(original)  # epochs, grad_accum, data.replay: still defaults
+    assert not saved.training.steps_given and recipe_differences(original, saved) == {}  # a resume takes either
+    assert recipe_to_yaml(saved) == text
+    chosen = [resolve_epochs(r.training, "sft", rows=16) for r in (original, saved)]  # 2 steps an epoch
+    assert chosen[0] == chosen[1] and saved.training.epochs == original.training.epochs == 3.0
+    edited = load_recipe(write(tmp_path, text.replace("  epochs: 1.0\n", "  epochs: 2.0\n")))
+    assert edited.training.steps_given  # a value changed in the file is the user's
+    overridden = load_recipe(write(tmp_path, text), ["training.epochs=1", "data.replay.ratio=0"])
+    assert overridden.training.steps_given and "ratio" in overridden.data.replay.model_fields_set

@@ -554,6 +554,13 @@ class TrainingSection(Section):
         description="Several processes on one run: none | ddp | fsdp | deepspeed-zero2 | deepspeed-zero3, or a "
                     "mapping with `strategy` and the offload knobs. `tunesmith train --nproc N` launches them.")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError(f"{value} steps: give at least 1 optimizer step, or -1 to train by training.epochs")
+        return value
+
     @field_validator("time_budget")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
@@ -784,6 +791,10 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
     base_dir: str = Field(".", description="Directory relative paths resolve against (set on load).")
+    defaulted_keys: list[str] = Field(
+        default_factory=list, description="Written by tunesmith in a run directory's recipe.yaml: the keys the recipe "
+                                          "left to the defaults. Every value is written out, and these still count "
+                                          "as not given while they hold their default (`unset_keys`).")
 
     @model_validator(mode="before")
     @classmethod
@@ -794,6 +805,25 @@ class Recipe(Section):
                 if isinstance(raw.get(section), dict) and "kind" not in raw[section]:
                     raw = {**raw, section: {"kind": kind, **raw[section]}}
         return raw
+
+    @model_validator(mode="after")
+    def _defaulted_keys_count_as_not_given(self) -> Recipe:
+        """A run's recipe.yaml writes every default out; a key it lists in `defaulted_keys` that still holds its
+        default is not given, as in the recipe the run started from (so `training.epochs: 1.0` written out does not
+        stop the small-dataset epochs choice, nor `grad_accum: 1` the CPU micro-batch split). A value edited since
+        counts as given."""
+        for key in self.defaulted_keys:
+            *path, name = key.split(".")
+            section: Any = self
+            for part in path:
+                section = getattr(section, part, None)
+            field = type(section).model_fields.get(name) if isinstance(section, BaseModel) else None
+            if field is None or field.is_required():
+                continue
+            value, default = getattr(section, name), field.get_default(call_default_factory=True)
+            if plain(value) == plain(default):
+                section.model_fields_set.discard(name)
+        return self
 
     @model_validator(mode="after")
     def _adapter_fits_training(self) -> Recipe:
@@ -848,6 +878,7 @@ class Recipe(Section):
         if replay.ratio is None:  # the default: replay where it applies, lighter beside the null space
             replay.ratio = default_replay_ratio(self.method.kind, loss, null_space_planned(
                 replay.null_space, self.method.kind, self.adapter.kind, loss, self.training.distributed.strategy))
+            replay.model_fields_set.discard("ratio")  # a default, not the recipe's
         if self.data.replay.ratio and self.method.kind not in ANCHORED_METHODS:
             raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}, not "
                              f"{self.method.kind} (a reward model has no next-token distribution to keep, and "
@@ -928,6 +959,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = child
     parsed = yaml.safe_load(value) if value.strip() else None
     node[parts[-1]] = path_from_command_line(parsed) if len(parts) > 1 and parts[-1] in PATH_KEYS else parsed
+    if isinstance(raw.get("defaulted_keys"), list):  # a run's recipe.yaml: what --set writes is given
+        given = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+        raw["defaulted_keys"] = [k for k in raw["defaulted_keys"] if k not in given]
 
 
 PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_schema", "rubric", "include_path",
@@ -1077,8 +1111,43 @@ def find_yaml_line(text: str, loc: list[str]) -> int | None:
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The resolved recipe, with every default written out, as saved in a run directory."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved recipe, with every default written out, as saved in a run directory; `defaulted_keys` at the
+    end lists the keys left to the defaults, so that the file, loaded again (a resume, a retrain), chooses what
+    the original recipe let tunesmith choose."""
+    defaulted = unset_keys(recipe)
+    settings = recipe.model_dump(mode="json", exclude={"defaulted_keys"})
+    for key in defaulted:  # a default of None resolves from the rest (data.replay.null_space): null, to resolve again
+        *path, name = key.split(".")
+        section, node = recipe, settings
+        for part in path:
+            section, node = getattr(section, part), node[part]
+        field = type(section).model_fields[name]
+        if not field.is_required() and field.get_default(call_default_factory=True) is None:
+            node[name] = None
+    keys = yaml.safe_dump({"defaulted_keys": defaulted}, sort_keys=False, default_flow_style=None, width=120)
+    settings = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
+    return (f"{settings}# The keys above that the recipe left to tunesmith's defaults: while one holds its default "
+            f"value, tunesmith\n# chooses for it as it did for this run (an edited value counts as given).\n{keys}")
+
+
+def unset_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted keys of `model` (a recipe or a section of one) that were not given, sections included, and those
+    inside sections, given or not."""
+    keys = []
+    for name in type(model).model_fields:
+        if name in ("base_dir", "defaulted_keys"):
+            continue
+        if name not in model.model_fields_set:
+            keys.append(prefix + name)
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            keys.extend(unset_keys(value, f"{prefix}{name}."))
+    return keys
+
+
+def plain(value: Any) -> Any:
+    """A value as the recipe file holds it (sections as mappings), for comparing with a default."""
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -1094,6 +1163,6 @@ def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
 def recipe_differences(before: Recipe, after: Recipe) -> dict[str, tuple[Any, Any]]:
     """The keys whose values differ between two recipes, with both values (`base_dir`, where the recipe file
     lay, is not a setting)."""
-    old, new = (flat_keys(r.model_dump(mode="json", exclude={"base_dir"})) for r in (before, after))
+    old, new = (flat_keys(r.model_dump(mode="json", exclude={"base_dir", "defaulted_keys"})) for r in (before, after))
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key)}

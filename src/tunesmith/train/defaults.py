@@ -121,7 +121,7 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
                                         "linear's output in one autograd step, PEFT's gradients with less memory "
                                         "(train/fused_lora.py)"}
     if "replay" in chosen:
-        table["replay"] = replay_choice(recipe.data, chosen["replay"])
+        table["replay"] = replay_choice(recipe.data, chosen["replay"], recipe.method.kind)
         if "null_space" in chosen["replay"]:
             table["null_space"] = null_space_choice(chosen["replay"]["null_space"],
                                                     "null_space" in recipe.data.replay.model_fields_set)
@@ -148,13 +148,16 @@ def batch_choice(training: Any, device: str | None, longest: int) -> dict[str, A
     return {"value": f"{rows} ({training.grad_accum} micro-batches of {training.batch_size})", "why": f"{why}; {split}"}
 
 
-def replay_choice(data: Any, report: dict[str, Any]) -> dict[str, Any]:
+def replay_choice(data: Any, report: dict[str, Any], method_kind: str) -> dict[str, Any]:
+    """The replay row of the chosen table, from train.json's replay report; the default's source is the benchmark
+    that measured it for `method_kind` (SFT: forgetting_settings, the preference methods and CPT: method_replay)."""
     cut = f" on the first {report['anchor_answer_tokens']} answer tokens" if report.get("anchor_answer_tokens") else ""
     how = (f"KL anchor{cut}, weight {report['weight']:g}" if report.get("loss") == "kl" else "trained as SFT rows")
+    measured = "forgetting_settings" if method_kind == "sft" else "method_replay"
     return {"value": f"{report.get('rows', 0)} general rows, {how}",
             "why": "data.replay in the recipe" if "replay" in data.model_fields_set else
-            "default for SFT: keeps the base's general answers (probes) within the margin; "
-            "benchmarks/results/forgetting_settings.json"}
+            f"default for {method_kind.upper()}: keeps the base's general answers (probes) within the margin; "
+            f"benchmarks/results/{measured}.json"}
 
 
 def null_space_choice(report: dict[str, Any], given: bool) -> dict[str, Any]:
