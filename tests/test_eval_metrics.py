@@ -262,6 +262,13 @@ def test_check_gate_reports_verdicts_and_unknown_metrics():
     assert unknown.value.exit_code == 2 and "exact_match, loss" in unknown.value.hint
     with pytest.raises(TunesmithError, match="needs a base"):
         check_gate(EvalResults(examples=0, task_metric="loss", tuned={}), [GateRule("loss")])
+    with pytest.raises(TunesmithError, match=r"exact_match:abc: the margin 'abc' is not a number") as margin:
+        check_gate(results, [parse_gate_rule("exact_match:abc")])
+    assert margin.value.exit_code == 2
+    against = results.model_copy(update={"against": {"name": "lr-3e-4", "path": "runs/lr-3e-4"}})
+    against = EvalResults.model_validate(against.model_dump())
+    (other,) = check_gate(against, [GateRule("exact_match", 0.1)])  # --against: the other run plays the base
+    assert "exact_match lr-3e-4 0.5000, tuned 0.2500" in other.message
 
 
 def test_results_json_keys_are_checked_where_they_are_written(tmp_path):

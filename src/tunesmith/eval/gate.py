@@ -57,11 +57,16 @@ def check_gate(results: EvalResults, rules: list[GateRule]) -> list[GateVerdict]
     probes = results.probes if results.probes is not None and results.probes.regression is not None else None
     names = [*comparison, *(["probes"] if probes is not None else [])]
     unknown = [rule.metric for rule in rules if rule.metric not in names]
+    bad_margins = [name for name in unknown if name.rpartition(":")[0] in names]
+    if bad_margins:
+        raise TunesmithError(f"--fail-if-worse {bad_margins[0]}: the margin {bad_margins[0].rpartition(':')[2]!r} is "
+                             "not a number.", "Write METRIC or METRIC:MARGIN, e.g. exact_match:0.02.")
     if unknown:
         raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}.",
                              f"Available metrics: {', '.join(names)}.")
+    base_name = results.against.name if results.against is not None else "base"  # --against: the other run
     return [probes_verdict(rule, probes) if rule.metric == "probes" and probes is not None
-            else verdict(rule, comparison[rule.metric]) for rule in rules]
+            else verdict(rule, comparison[rule.metric], base_name) for rule in rules]
 
 
 def probes_verdict(rule: GateRule, probes: ProbesBlock) -> GateVerdict:
@@ -74,11 +79,12 @@ def probes_verdict(rule: GateRule, probes: ProbesBlock) -> GateVerdict:
                                    f"(margins {probes.margin:g} and {probes.perplexity_margin:.0%})")
 
 
-def verdict(rule: GateRule, entry: Comparison) -> GateVerdict:
+def verdict(rule: GateRule, entry: Comparison, base_name: str = "base") -> GateVerdict:
+    """`base_name`: what plays the base's part (the other run's name under `eval --against`)."""
     worse = is_worse(entry, rule.margin)
     direction = "higher is better" if entry.higher_is_better else "lower is better"
     ci = f", 95% CI [{entry.ci95[0]:+.4f}, {entry.ci95[1]:+.4f}]" if entry.ci95 else ""
-    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} base {entry.base:.4f}, tuned {entry.tuned:.4f}, "
+    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} {base_name} {entry.base:.4f}, tuned {entry.tuned:.4f}, "
                f"delta {entry.delta:+.4f}{ci}, margin {rule.margin:g} ({direction})")
     return GateVerdict(rule, not worse, message)
 
