@@ -186,6 +186,12 @@ def test_verdict_names_the_cheaper_option_within_the_interval_and_its_cost():
     assert "try it before fine-tuning" in text and "5.0× the tuned model's prompt tokens" in text
 
 
+def test_verdict_on_too_few_rows_asks_for_more_instead_of_recommending_a_cheaper_option():
+    text = verdict(fake_results([1.0, 1.0, 0.0, 0.0], [0.0] * 4))  # tuned 0.50, zero-shot and 4-shot 0.00
+    assert "best is the tuned model at 0.50" in text and "4 rows cannot tell it from zero-shot" in text
+    assert "too wide to decide on" in text and "try it before fine-tuning" not in text
+
+
 # --- eval, the report, the card and the baseline command on a tiny run --------------------------------------------
 
 BASELINES_EVAL = """  baselines: [zero_shot, few_shot, constrained, few_shot_constrained]

@@ -14,6 +14,9 @@ from tunesmith.eval.baselines import COST_ORDER
 from tunesmith.eval.stats import compare_metric
 from tunesmith.results import headline_of
 
+# An interval of (best − option) wider than this, on a 0-1 score, decides nothing: with 4 rows a tuned model at 0.50
+# and zero-shot at 0.00 are "within the interval" of each other, and the cheaper option would be recommended.
+WIDE_INTERVAL = 0.5
 LABELS = {"zero_shot": "zero-shot (the base as it is)", "few_shot": "few-shot", "constrained": "constrained decoding",
           "few_shot_constrained": "few-shot + constrained decoding", "tuned": "the tuned model"}
 
@@ -44,8 +47,14 @@ def verdict(results: dict[str, Any]) -> str | None:
     if cheapest != best:
         gap = gaps[cheapest]
         low, high = gap["ci95"]
+        interval = f"best − it: {gap['delta']:+.2f}, 95% CI [{low:+.2f}, {high:+.2f}]"
+        if high - low > WIDE_INTERVAL:
+            return text + (f" {rows} rows cannot tell it from {option_label(cheapest, options[cheapest])} at "
+                           f"{options[cheapest][metric]:.2f} ({interval}): the interval is too wide to decide on. "
+                           f"Evaluate on more held-out rows (`tunesmith eval RUN --data FILE`, eval.max_examples) "
+                           f"before choosing.")
         text += (f" The cheapest option within its 95% interval is {option_label(cheapest, options[cheapest])} at "
-                 f"{options[cheapest][metric]:.2f} (best − it: {gap['delta']:+.2f}, 95% CI [{low:+.2f}, {high:+.2f}]).")
+                 f"{options[cheapest][metric]:.2f} ({interval}).")
     return text + " " + conclusion(cheapest, options, metric)
 
 
