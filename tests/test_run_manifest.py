@@ -186,6 +186,22 @@ def test_eval_data_file_scores_those_rows_and_says_so(trained, tmp_path):
     assert (trained.run.eval_dir / "results.json").read_text() == own_results  # the held-out results stay
 
 
+def test_eval_data_file_holding_training_rows_is_warned_about(trained, tmp_path, capsys):
+    trained_rows = trained.run.train_rows()
+    new = {"messages": [{"role": "user", "content": "A row nobody trained on."},
+                        {"role": "assistant", "content": "{}"}]}
+    other = tmp_path / "mixed.jsonl"
+    other.write_text("".join(json.dumps(row) + "\n" for row in [*trained_rows[:2], new]), encoding="utf-8")
+    rows = held_out_rows(trained.run.load_recipe(), trained.run, data_file=other)
+    assert len(rows.rows) == 3
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"2 of the 3 rows in {other.resolve()} are rows this run trained on" in said
+    held_out = tmp_path / "held-out.jsonl"
+    held_out.write_text(json.dumps(new) + "\n", encoding="utf-8")
+    held_out_rows(trained.run.load_recipe(), trained.run, data_file=held_out)
+    assert "trained on" not in capsys.readouterr().err
+
+
 def test_rows_from_file_are_shaped_as_the_data_stage_shapes_them(tmp_path):
     """A --data file gets the recipe's system prompt and fallbacks: the same rows as the data stage's eval split."""
     recipe_path = make_tiny_project(tmp_path, tmp_path / "no-model-needed", train_rows=8, eval_rows=5)

@@ -41,7 +41,9 @@ def held_out_rows(recipe: Recipe, run: Run, accept: tuple[str, ...] = SFT_SHAPES
     """The run's saved eval rows; `data_file`'s rows when given; the recipe's files for a run without run.json."""
     if data_file is not None:
         path = data_file.expanduser().resolve()
-        return HeldOutRows(rows_from_file(recipe, path, accept, purpose), "file", path)
+        rows = rows_from_file(recipe, path, accept, purpose)
+        report_training_rows(run, rows, path)
+        return HeldOutRows(rows, "file", path)
     saved = run.eval_rows()
     if saved is None:
         return HeldOutRows(load_splits(recipe, accept=accept, purpose=purpose).eval, "recipe")
@@ -59,6 +61,21 @@ def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose:
     if shape in SFT_SHAPES:
         rows = [as_conversation(row) for row in rows]
     return [apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in rows]
+
+
+def report_training_rows(run: Run, rows: list[Row], path: Path) -> int:
+    """Say on stderr how many of `rows` (from --data `path`) the run trained on (the same text, as the data stage's
+    exact de-duplication compares rows: `data/dedup.py`): their scores measure recall, not what the model learnt to
+    do on rows it never saw. The count (0 where none, or for a run that saved no training rows)."""
+    from tunesmith.data.dedup import dedup_key, dedup_text
+
+    trained = {dedup_key(dedup_text(row)) for row in run.train_rows() or []}
+    seen = sum(dedup_key(dedup_text(row)) in trained for row in rows)
+    if seen:
+        print(f"warning: {seen} of the {len(rows)} rows in {path} are rows this run trained on: their scores measure "
+              f"recall, not how it does on new rows. Score held-out rows (the run's own eval split: `tunesmith eval "
+              f"{run.path}` without --data).", file=sys.stderr, flush=True)
+    return seen
 
 
 def report_changed_source(run: Run) -> None:
