@@ -75,6 +75,12 @@ def test_token_counter_counts_padding_loss_and_packed_spans():
     preference = TokenCounter(lambda examples: pairs)
     preference([{}])
     assert (preference.tokens, preference.real_tokens, preference.loss_tokens) == (10, 10, 4)
+    stacked = {"input_ids": torch.zeros(2, 4, dtype=torch.long),  # TRL 1.x DPO: chosen then rejected, answers marked
+               "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+               "completion_mask": torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])}
+    dpo = TokenCounter(lambda examples: stacked)
+    dpo([{}])
+    assert (dpo.tokens, dpo.real_tokens, dpo.loss_tokens) == (8, 7, 3)
     grpo = TokenCounter(lambda examples: [{"prompt": "x"}])  # prompts the trainer generates from: not tensors
     grpo([{}])
     assert grpo.batches == 1 and grpo.tokens == 0

@@ -59,8 +59,11 @@ class TokenCounter:
             real = int(mask.sum()) if mask is not None else ids.numel()  # padding-free batches carry no padding
             self.real_tokens += real
             labels = batch.get(f"{prefix}labels")
+            completion = batch.get(f"{prefix}completion_mask")
             if labels is not None:  # shifted: the last position predicts nothing
                 self.loss_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+            elif completion is not None:  # TRL 1.x's preference batches: chosen and rejected rows, answers marked
+                self.loss_tokens += int(completion[:, 1:].sum())
             elif prefix in ("chosen_", "rejected_", "completion_"):  # preference answers: the positions scored
                 self.loss_tokens += real
             self.attention_flops += 12.0 * real * attention_span(batch, prefix)
