@@ -81,6 +81,30 @@ def test_preference_rows_show_both_sides_and_text_rows_train_every_token(tokeniz
     assert all(t.loss for t in preview.examples[2].tokens)
 
 
+@pytest.mark.parametrize("answers", [{"chosen": '{"item": "mug"}', "rejected": "Sure! Two mugs."},
+                                     {"completion": '{"item": "mug"}', "label": True}])
+def test_plain_text_preference_rows_train_in_the_chat_format_as_sft_rows_do(tmp_path, answers):
+    from tunesmith.config import validate_recipe
+    from tunesmith.data import load_splits
+    from tunesmith.data.formats import as_chat_preference
+
+    rows = [{"prompt": f"{n} red mugs", **answers} for n in range(12)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    kind = "dpo" if "chosen" in answers else "kto"
+    recipe = validate_recipe({"data": {"train": "prefs.jsonl", "eval_fraction": 0.25}, "method": {"kind": kind},
+                              "base_dir": str(tmp_path)})
+    splits = load_splits(recipe, accept=("preference", "unpaired_preference"), purpose=kind)
+    for row in splits.train + splits.eval:
+        assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]
+        assert row["prompt"][0]["content"].endswith(" red mugs")
+        for key in ("chosen", "rejected", "completion"):
+            if key in answers:
+                assert row[key] == [{"role": "assistant", "content": answers[key]}]
+        assert row.get("label", True) is True
+    chat = as_chat_preference(rows[0])
+    assert as_chat_preference(chat) == chat  # already in the chat format: unchanged
+
+
 def test_plain_text_prompts_are_said_to_train_without_the_chat_template(tokenizer):
     plain = {"prompt": "two red mugs", "chosen": '{"item": "mug"}', "rejected": "Sure! Two mugs."}
     chat = {"prompt": [{"role": "user", "content": "two red mugs"}],

@@ -11,7 +11,7 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data.answers import classify_answers
 from tunesmith.data.fallbacks import apply_fallbacks
-from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
+from tunesmith.data.formats import SFT_SHAPES, Row, as_chat_preference, as_conversation, load_rows, with_system_prompt
 from tunesmith.data.prepare import clean_rows, steps_report
 from tunesmith.errors import DataError
 
@@ -77,6 +77,8 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
     if shapes <= set(SFT_SHAPES):
         kept, held = ([as_conversation(row) for row in part] for part in (kept, held))
+    elif shapes <= {"preference", "unpaired_preference"}:  # plain-text pairs train in the chat format too
+        kept, held = ([as_chat_preference(row) for row in part] for part in (kept, held))
     kept, held = ([apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in part]
                   for part in (kept, held))
     shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))

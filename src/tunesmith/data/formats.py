@@ -13,7 +13,7 @@ from tunesmith.data.loaders import load_records
 from tunesmith.data.shapes import Row
 from tunesmith.errors import DataError
 
-__all__ = ["SFT_SHAPES", "Row", "as_conversation", "load_conversations", "load_rows"]
+__all__ = ["SFT_SHAPES", "Row", "as_chat_preference", "as_conversation", "load_conversations", "load_rows"]
 
 SFT_SHAPES = ("messages", "prompt_completion")
 
@@ -65,6 +65,23 @@ def as_conversation(row: Row) -> Row:
     if "tools" in row:
         conversation["tools"] = row["tools"]
     return conversation
+
+
+PREFERENCE_ANSWER_KEYS = ("chosen", "rejected", "completion")
+
+
+def as_chat_preference(row: Row) -> Row:
+    """A preference row (paired or unpaired) whose prompt and answers are plain strings, as one in the chat format:
+    the prompt a user turn, each answer an assistant turn. TRL trains a plain-text row as plain text (prompt, answer,
+    EOS), never through the chat template that `chat`, `serve` and eval prompt the tuned model with, so the
+    preference it learns would not carry over to them; SFT's prompt-completion rows become conversations the same
+    way (`as_conversation`). Rows already in the chat format pass through."""
+    prompt = row.get("prompt")
+    answers = [key for key in PREFERENCE_ANSWER_KEYS if key in row]
+    if not isinstance(prompt, str) or not answers or not all(isinstance(row[key], str) for key in answers):
+        return row
+    return {**row, "prompt": [{"role": "user", "content": prompt}],
+            **{key: [{"role": "assistant", "content": row[key]}] for key in answers}}
 
 
 def with_system_prompt(row: Row, system_prompt: str | None) -> Row:

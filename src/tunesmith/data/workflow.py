@@ -95,13 +95,14 @@ def recipe_max_length(recipe: Recipe, lengths: Iterable[list[int]]) -> int:
 
 
 def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
-    """Rows as training renders them: SFT rows as conversations; the recipe's system prompt and fallbacks on all."""
+    """Rows as training renders them: SFT rows as conversations, plain-text preference rows in the chat format; the
+    recipe's system prompt and fallbacks on all."""
     from tunesmith.data.fallbacks import apply_fallbacks
-    from tunesmith.data.formats import with_system_prompt
+    from tunesmith.data.formats import as_chat_preference, with_system_prompt
 
     data = recipe.data
-    return [apply_fallbacks(with_system_prompt(as_conversation(row) if is_sft_row(row) else row, data.system_prompt),
-                            data) for row in rows]
+    return [apply_fallbacks(with_system_prompt(as_conversation(row) if is_sft_row(row) else as_chat_preference(row),
+                                               data.system_prompt), data) for row in rows]
 
 
 def is_sft_row(row: dict[str, Any]) -> bool:
