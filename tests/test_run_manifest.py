@@ -250,3 +250,22 @@ def test_record_stage_merges_sections_and_refuses_what_is_not_a_stage(tmp_path):
     run.manifest_file.write_text(json.dumps({"version": 2}))
     with pytest.raises(TunesmithError, match="manifest version 2"):
         run.manifest()
+
+
+def test_runs_list_says_what_each_run_is_and_how_far_it_got(trained, tmp_path):
+    from tunesmith.cli import app
+
+    runs_dir = trained.run.path.parent
+    stopped = create_run(trained.run.load_recipe(), runs_dir)  # set up, then stopped after a checkpoint at step 4
+    (stopped.checkpoints_dir / "checkpoint-4").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["runs", "list", str(runs_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(row["run"]).name: row for row in json.loads(result.stdout)}
+    done = rows[trained.run.path.name]
+    assert done["status"] == "trained" and done["method"] == "sft lora" and done["steps"] == 2
+    metric = done["metric"]
+    assert metric and done["tuned"] == trained.results["tuned"][metric]
+    assert rows[stopped.path.name]["status"] == "stopped (checkpoint at step 4)"
+    assert rows[stopped.path.name]["steps"] is None
+    shown = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "nowhere")])  # main() prints it, exit 2
+    assert isinstance(shown.exception, TunesmithError) and "nowhere is not a folder" in str(shown.exception)

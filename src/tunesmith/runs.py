@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -420,6 +421,10 @@ def create_run_at(recipe: Recipe, path: Path) -> Run:
 
 def open_run(path: str | Path) -> Run:
     run = Run(Path(path))
+    if not run.path.exists():
+        raise TunesmithError(f"{path} does not exist.", "Pass a run directory that `tunesmith train` printed, e.g. "
+                                                        "runs/quickstart-20261123-101500 (`tunesmith runs list runs` "
+                                                        "lists them).")
     if not run.recipe_file.is_file():
         raise TunesmithError(
             f"{path} is not a tunesmith run directory (no recipe.yaml).",
@@ -481,3 +486,48 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
     }
+
+
+def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """`tunesmith runs list`: one summary (`run_summary`) for each run directory under `runs_dir`, oldest first
+    (by the start stamp in the folder's name, `NAME-YYYYMMDD-HHMMSS`; a folder named otherwise by its recipe.yaml's
+    modification time)."""
+    runs = [Run(path) for path in runs_dir.iterdir() if (path / "recipe.yaml").is_file()] if runs_dir.is_dir() else []
+    return [run_summary(run) for run in sorted(runs, key=lambda run: (started_at(run), run.path.name))]
+
+
+def started_at(run: Run) -> str:
+    stamp = re.search(r"-(\d{8}-\d{6})(?:-\d+)?$", run.path.name)
+    return stamp[1] if stamp else datetime.fromtimestamp(run.recipe_file.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """What a run is and how far it got: its recipe's method and adapter, `status` (trained, stopped at a checkpoint,
+    or not trained), the steps and final training loss (train.json), and the headline eval score of base and tuned
+    (eval/results.json), None where a stage has not run."""
+    from tunesmith.results import read_results
+
+    try:
+        recipe = run.load_recipe()
+        what = f"{recipe.method.kind} {recipe.adapter.kind}"
+    except TunesmithError:
+        what = "?"  # a recipe this version no longer reads
+    train = read_json(run.path / "train.json") if (run.path / "train.json").is_file() else {}
+    steps = sorted(int(p.name.split("-")[1]) for p in run.checkpoints_dir.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit()) if run.checkpoints_dir.is_dir() else []
+    manifest = run.manifest() if run.manifest_file.is_file() else None
+    status = ("trained" if manifest is not None and manifest.train is not None else
+              f"stopped (checkpoint at step {steps[-1]})" if steps else "not trained")
+    summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
+               "final_loss": train.get("final_loss"), "metric": None, "base": None, "tuned": None}
+    results_file = run.eval_dir / "results.json"
+    if results_file.is_file():
+        try:
+            results = read_results(results_file)
+        except TunesmithError:
+            return summary
+        metric = results.headline_metric()
+        if metric is not None:
+            summary.update(metric=metric, tuned=results.tuned.get(metric),
+                           base=(results.base or {}).get(metric))
+    return summary

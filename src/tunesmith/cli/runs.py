@@ -14,6 +14,41 @@ from tunesmith.cli.common import err, print_json, wide_console
 runs_app = typer.Typer(help="Look across run directories.", no_args_is_help=True)
 
 
+@runs_app.command("list")
+def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holding the runs.")] = Path("runs"),
+                 as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False) -> None:
+    """List the runs in a folder, oldest first: method, status (trained, stopped at a checkpoint), steps, final
+    loss and the headline eval score, base and tuned.
+
+    Example: tunesmith runs list runs
+    """
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import list_runs
+
+    if not runs_dir.is_dir():
+        raise TunesmithError(f"{runs_dir} is not a folder.", "Pass the folder `tunesmith train` writes runs into "
+                                                             "(runs/ unless the recipe's runs_dir says otherwise).")
+    summaries = list_runs(runs_dir)
+    if as_json:
+        print_json(summaries)
+        return
+    if not summaries:
+        err.print(f"No runs in {runs_dir}.")
+        return
+    table = Table(title=f"runs in {runs_dir}")
+    for column in ("run", "method", "status", "steps", "final loss", "eval: base → tuned"):
+        table.add_column(column)
+    for row in summaries:
+        score = (f"{row['metric']} {number(row['base'])} → {number(row['tuned'])}" if row["metric"] else "")
+        table.add_row(escape(Path(row["run"]).name), row["method"], row["status"],
+                      "" if row["steps"] is None else str(row["steps"]), number(row["final_loss"]), escape(score))
+    wide_console(160).print(table)
+
+
+def number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 @runs_app.command("diff")
 def diff(first: Path, second: Path,
          as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False) -> None:

@@ -83,7 +83,9 @@ def lora_settings(adapter_dir: Path) -> dict[str, Any]:
     config = json.loads(path.read_text(encoding="utf-8"))
     kind = str(config.get("peft_type", "?")).lower()
     if kind != "lora":
-        raise TunesmithError(f"This is a {kind} adapter; a GGUF LoRA file can only hold a plain LoRA.", MERGED_HINT)
+        article = "an" if kind[:1].lower() in "aeio" else "a"
+        raise TunesmithError(f"This is {article} {kind} adapter; a GGUF LoRA file can only hold a plain LoRA.",
+                             MERGED_HINT)
     refusals = {"use_dora": "DoRA's magnitude vectors have no place in a GGUF LoRA file",
                 "modules_to_save": "the adapter carries whole modules (modules_to_save), not only LoRA factors",
                 "alpha_pattern": "per-module alpha (alpha_pattern) is not supported by this export"}

@@ -180,7 +180,7 @@ def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]
                 "why": f"training.time_budget {budget['budget_s']:.0f} s: {budget['why']}"}
     if training.max_steps > 0:
         return {"value": str(training.max_steps), "why": "training.max_steps in the recipe"}
-    return {"value": f"{training.epochs:g} epochs", "why": "training.epochs" + (
+    return {"value": f"{training.epochs:g} epoch{'' if training.epochs == 1 else 's'}", "why": "training.epochs" + (
         " in the recipe" if "epochs" in training.model_fields_set else ": default 1")}
 
 
