@@ -19,7 +19,7 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.lengths import resolve_max_length
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
-from tunesmith.eval.decoding import progress, resolve_max_new_tokens
+from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.models.loading import context_length
@@ -88,8 +88,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
                           for index, (row, reference) in enumerate(zip(rows[:50], references, strict=False))]
     path = run.path / "baseline" / "results.json"
     atomic_write_json(path, BaselineResults.model_validate(results).model_dump(mode="json"))
-    progress(f"baseline results: {path}")
-    return run, path
+    return run, path  # the command says where (`Results: PATH`, after the table)
 
 
 def _no_context() -> Any:

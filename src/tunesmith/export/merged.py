@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ def export_merged(model_dir: Path, adapter_dir: Path, target: Path,
     require_free_space(target.parent, fp32_bytes(model_dir), f"the merged model {target.name}")
     with atomic_directory(target) as tmp:
         check = merge_adapter_into_base(model_dir, adapter_dir, tmp, "fp32", max_shard_size)
+    print(f"merged checkpoint: max |logit difference| vs base+adapter = {check.max_abs_logit_diff:.2e} (fp32)",
+          file=sys.stderr)
     return target, check.max_abs_logit_diff
 
 
