@@ -467,6 +467,10 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
 
         shards = {"max_shard_size": parse_shard_size(max_shard_size)}
         recipe = recipe.model_copy(update={"export": recipe.export.model_copy(update=shards)})
+    if quant and quant.upper() not in ("F16", "F32") and not {"gguf", "ollama"} & set(format_ or recipe.export.formats):
+        err.print(f"note: --quant {quant} quantizes the gguf and ollama formats only; a GGUF LoRA is written in F16 "
+                  "(F32 with --quant F32), which llama.cpp applies to a base of any quant.",
+                  highlight=False, soft_wrap=True)
     formats, quant = format_ or list(recipe.export.formats), quant or recipe.export.quant
     names = out_names(formats, recipe.name, quant) if out else []
     if out:
