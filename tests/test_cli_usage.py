@@ -64,12 +64,12 @@ def test_no_command_line_error_prints_the_bitsandbytes_kernel_notice(tmp_path):
 def test_the_notice_filter_drops_that_line_only():
     """The subprocess test above passes trivially on a CPU without AVX512-BF16 (bitsandbytes stays quiet
     there); this pins the filter itself."""
-    from tunesmith.cli import _hide_cpu_library_notices
+    from tunesmith.cli import _hide_library_notices
 
     loggers = [logging.getLogger(name) for name in ("bitsandbytes.backends.cpu.ops", "DeepSpeed")]
     before = [list(logger.filters) for logger in loggers]
     try:
-        _hide_cpu_library_notices()
+        _hide_library_notices()
 
         def record(logger: logging.Logger, message: str) -> logging.LogRecord:
             return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, ("x",), None)
@@ -84,6 +84,19 @@ def test_the_notice_filter_drops_that_line_only():
     finally:
         for logger, filters in zip(loggers, before, strict=True):
             logger.filters[:] = filters
+
+
+def test_the_gradient_checkpointing_deprecation_is_hidden_and_other_future_warnings_are_not():
+    import warnings
+
+    from tunesmith.cli import _hide_library_notices
+
+    with warnings.catch_warnings(record=True) as caught:  # restores the filters afterwards
+        warnings.simplefilter("always")
+        _hide_library_notices()
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 
 def qa(question: str, answer: str) -> str:

@@ -4,6 +4,6 @@
 the console and `--set` option they share.
 """
 
-from tunesmith.cli.app import _hide_cpu_library_notices, app, main, state
+from tunesmith.cli.app import _hide_library_notices, app, main, state
 
-__all__ = ["_hide_cpu_library_notices", "app", "main", "state"]
+__all__ = ["_hide_library_notices", "app", "main", "state"]

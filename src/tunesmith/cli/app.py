@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -708,7 +709,7 @@ def _fmt(value: Any) -> str:
 def main() -> None:
     """Console entry point: run the app, turning errors into messages and exit codes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hide_cpu_library_notices()
+    _hide_library_notices()
     try:
         code = app(standalone_mode=False)
     except TunesmithError as exc:
@@ -744,9 +745,9 @@ def print_json_error(exit_code: int) -> None:
                          ensure_ascii=False))
 
 
-def _hide_cpu_library_notices() -> None:
-    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ..." line, and DeepSpeed's
-    "Setting accelerator to CPU" one.
+def _hide_library_notices() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ..." line, DeepSpeed's
+    "Setting accelerator to CPU" one and transformers' `is_gradient_checkpointing` deprecation.
 
     bitsandbytes 0.50.2 logs it when imported on a CPU with AVX512-BF16 but without the `kernels` package,
     and peft 0.21.2 imports bitsandbytes whenever it is installed: on `import peft` (peft/helpers.py, which
@@ -764,6 +765,10 @@ def _hide_cpu_library_notices() -> None:
     # says which device trains). Its "DeepSpeed" logger keeps every other message.
     logging.getLogger("DeepSpeed").addFilter(
         lambda record: not str(record.msg).startswith("Setting accelerator to CPU"))
+    # And transformers 5's FutureWarning on `is_gradient_checkpointing`, which TRL and PEFT read when they train or
+    # generate: eval, merge and export printed it too (train/upstream.py hides it for library use of train; importing
+    # it here would load TRL for every command).
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _command_line_errors() -> tuple[type[BaseException], ...]:

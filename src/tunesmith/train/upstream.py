@@ -1,7 +1,7 @@
 """The few places that must know a version quirk of TRL/transformers, each naming its version.
 
 One lives elsewhere because it must act before this package can be imported: bitsandbytes' CPU-kernel
-notice, which peft prints on import, is filtered in `tunesmith.cli.app._hide_cpu_library_notices`.
+notice, which peft prints on import, is filtered in `tunesmith.cli.app._hide_library_notices`.
 """
 
 from __future__ import annotations
