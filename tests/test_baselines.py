@@ -263,3 +263,15 @@ def test_constrained_baseline_on_free_text_fails_before_training(tmp_path, tiny_
     assert not list(tmp_path.rglob("adapter_model.safetensors"))
     bad = tunesmith("baseline", str(recipe), "--baselines", "few_shots")
     assert bad.returncode == 2 and "few_shots" in bad.stderr
+
+
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_baselines_are_refused_for_runs_scored_by_likelihood_before_anything_loads(tmp_path, method):
+    from tests.test_method_matrix import matrix_recipe
+    from tunesmith.eval.evaluate import run_eval
+    from tunesmith.runs import create_run
+
+    recipe = matrix_recipe(tmp_path, tmp_path / "no-model-needed", method, "lora")
+    run = create_run(recipe, tmp_path / "runs")
+    with pytest.raises(TunesmithError, match=rf"--baselines zero_shot: .*a {method} run is scored by likelihoods"):
+        run_eval(recipe, run, baselines=["zero_shot"])

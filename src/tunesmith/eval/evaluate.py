@@ -53,6 +53,11 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     recipe's add-ons (probes, judge, lm-eval); writes results.json (returned) and report.html."""
     from tunesmith.eval.preference import LIKELIHOOD_KINDS, run_likelihood_eval
 
+    if baselines and recipe.method.kind in (*LIKELIHOOD_KINDS, "reward"):
+        raise TunesmithError(f"--baselines {','.join(baselines)}: the baselines answer the held-out prompts to be "
+                             f"scored against reference answers, and a {recipe.method.kind} run is scored by "
+                             "likelihoods (preference accuracy, margins, loss) instead.",
+                             "Drop --baselines; they apply to runs that generate answers (sft, grpo).")
     if recipe.method.kind in LIKELIHOOD_KINDS:  # preference and raw-text runs have no one answer to generate
         return run_likelihood_eval(recipe, run, against, data)
     if recipe.method.kind == "reward":  # a reward model scores answers; it writes none
