@@ -59,8 +59,12 @@ def test_unknown_adapter_kind_lists_valid_kinds(tmp_path):
 
 
 def test_unknown_target_preset_is_refused(tmp_path):
-    with pytest.raises(RecipeError, match="targets"):
+    with pytest.raises(RecipeError, match=r"adapter.targets \(line 5\): targets must be one of .* \(got 'qvk'\)"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  targets: qvk\n"))
+    with pytest.raises(RecipeError) as listed:  # comma-separated names on the command line: how to write a list
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["adapter.targets=q_proj,foo"])
+    assert "adapter.targets (from the command line: adapter.targets=q_proj,foo)" in str(listed.value)
+    assert "'adapter.targets=[q_proj,foo]'" in str(listed.value) and "'kind'" not in str(listed.value)
 
 
 def test_missing_required_key(tmp_path):

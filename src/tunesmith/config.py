@@ -318,15 +318,22 @@ class LoraPlacement(Section):
     layers: Literal["all", "first-half", "last-half"] | list[Annotated[int, Field(ge=0)]] = Field(
         "all", description="Blocks that get adapters: all, first-half, last-half, or a list of block indices.")
 
-    @model_validator(mode="after")
-    def _known_preset(self) -> LoraPlacement:
-        if isinstance(self.targets, str) and self.targets not in TARGET_PRESETS:
-            raise ValueError(
-                f"targets must be one of {sorted(TARGET_PRESETS)} or a list of module names"
-            )
-        if isinstance(self.layers, list) and not self.layers:
+    @field_validator("targets")
+    @classmethod
+    def _known_preset(cls, targets: str | list[str]) -> str | list[str]:
+        if isinstance(targets, str) and targets not in TARGET_PRESETS:
+            names = [part.strip() for part in targets.split(",")]
+            listed = (f"; a list is written [{', '.join(names)}] (in a --set: 'adapter.targets=[{','.join(names)}]')"
+                      if len(names) > 1 else "")
+            raise ValueError(f"targets must be one of {sorted(TARGET_PRESETS)} or a list of module names{listed}")
+        return targets
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, layers: str | list[int]) -> str | list[int]:
+        if isinstance(layers, list) and not layers:
             raise ValueError("layers must name at least one block index (or be all, first-half, last-half)")
-        return self
+        return layers
 
 
 class LoraAdapter(LoraPlacement):
@@ -1030,7 +1037,10 @@ def describe_error(err: Any, source: Path | None, text: str | None, overrides: l
         close = difflib.get_close_matches(tag, expected, n=1)
         guess = f" Did you mean {close[0]!r}?" if close else ""
         return f"  - {key}.kind{at}: unknown kind {tag!r}.{guess} Choose from {', '.join(expected)}."
-    return f"  - {key}{at}: {err['msg']} (got {value!r})."
+    message = err["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a rule over a whole section: its keys are in the message, not its mapping
+        return f"  - {key}{at}: {message}."
+    return f"  - {key}{at}: {message} (got {value!r})."
 
 
 def override_of(loc: list[str], overrides: list[str]) -> str | None:
