@@ -59,7 +59,7 @@ def test_unknown_adapter_kind_lists_valid_kinds(tmp_path):
 
 
 def test_unknown_target_preset_is_refused(tmp_path):
-    with pytest.raises(RecipeError, match=r"adapter.targets \(line 5\): targets must be one of .* \(got 'qvk'\)"):
+    with pytest.raises(RecipeError, match=r"adapter.targets \(line 4\): targets must be one of .* \(got 'qvk'\)"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  targets: qvk\n"))
     with pytest.raises(RecipeError) as listed:  # comma-separated names on the command line: how to write a list
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["adapter.targets=q_proj,foo"])
