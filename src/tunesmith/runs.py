@@ -171,6 +171,11 @@ class Run:
         for folder, marker in ((self.adapter_dir, "adapter_config.json"), (self.path / "model", "config.json")):
             if (folder / marker).is_file():
                 return folder
+        if (self.path / "baseline" / "results.json").is_file() and not self.checkpoints_dir.is_dir():
+            raise TunesmithError(f"{self.path} holds the baselines `tunesmith baseline` scored before any training; "
+                                 "it has no trained model.",
+                                 f"Train the recipe (`tunesmith train {self.recipe_file} --evaluate`): its eval "
+                                 "compares the tuned model with the base and these baselines.")
         raise TunesmithError(
             f"{self.path} has no trained model: neither adapter/adapter_config.json nor model/config.json exists "
             "(training did not finish, or the folder was moved or deleted).",

@@ -45,7 +45,8 @@ def read_records(path: Path, fmt: str = "auto") -> tuple[str, list[Record]]:
     """The file's format (detected when `fmt` is "auto") and its records in file order."""
     if not path.exists():
         raise DataError(f"Dataset file not found: {path}",
-                        "Check the path; data.train / data.eval in a recipe are relative to the recipe file.")
+                        "Check the path: data.train / data.eval in a recipe file are relative to the recipe file; "
+                        "a path given on the command line (--data, --set), to the current folder.")
     try:
         fmt = detect_format(path) if fmt == "auto" else checked_format(path, fmt)
     except OSError as exc:

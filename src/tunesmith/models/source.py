@@ -49,7 +49,8 @@ def _local_directory(path: Path) -> Path:
         raise ModelSourceError(
             f"Model directory not found: {path}. It is neither an embedded model "
             f"({', '.join(EMBEDDED)}) nor an existing folder.",
-            "Check the path (relative paths are read from the recipe's folder), or use "
+            "Check the path (a relative path in the recipe file is read from the recipe's folder; one given "
+            "with --set, from the current folder), or use "
             "`tunesmith models list` to see what is available.",
         )
     if not (path / "config.json").is_file():
