@@ -243,6 +243,9 @@ def test_baseline_command_runs_before_training(tmp_path, tiny_model_dir, monkeyp
     [run_dir] = (tmp_path / "runs").iterdir()
     assert (run_dir / "baseline" / "results.json").is_file() and (run_dir / "data" / "eval.jsonl").is_file()
     assert not (run_dir / "adapter").exists()
+    evaluated = CliRunner().invoke(app, ["eval", str(run_dir)])  # eval on it says what it is, not "did not finish"
+    assert isinstance(evaluated.exception, TunesmithError)
+    assert "holds the baselines" in str(evaluated.exception) and "did not finish" not in str(evaluated.exception)
 
 
 def test_constrained_baseline_on_free_text_fails_before_training(tmp_path, tiny_model_dir):
