@@ -585,3 +585,16 @@ def test_a_file_whose_rows_are_all_skipped_gets_the_rows_own_hint(tmp_path: Path
                     + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"no usable rows(.|\n)*unknown speaker 'bot'(.|\n)*Hint: ShareGPT turns use"):
         load_records(path, skip_invalid=True)
+
+
+def test_a_json_number_answer_reads_as_the_same_cell_of_a_csv_does(tmp_path):
+    jsonl, csv = tmp_path / "counts.jsonl", tmp_path / "counts.csv"
+    jsonl.write_text('{"prompt": "How many?", "completion": 8}\n{"prompt": "Half of 5?", "completion": 2.5}\n',
+                     encoding="utf-8")
+    csv.write_text("prompt,completion\nHow many?,8\nHalf of 5?,2.5\n", encoding="utf-8")
+    assert load_records(jsonl).rows == load_records(csv).rows
+    assert [row["completion"] for row in load_records(jsonl).rows] == ["8", "2.5"]
+    flag = tmp_path / "flag.jsonl"
+    flag.write_text('{"prompt": "Is it?", "completion": true}\n', encoding="utf-8")  # not a number: which spelling?
+    with pytest.raises(DataError, match="'completion' must be a non-empty string, got True"):
+        load_records(flag)

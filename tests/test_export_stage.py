@@ -30,6 +30,12 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     # the orders answers are JSON objects of one shape: llama.cpp can hold the GGUF's answers to their schema,
     # converted to a grammar by llama-cpp-python (the gguf extra); without it there is no grammar, and no claim
     record = run.manifest().exports["gguf"]
+    from tunesmith.card import write_model_card
+
+    card = write_model_card(run).read_text(encoding="utf-8").split("## Exports")[1]  # what was exported, and checked
+    assert "- gguf: `exports/gguf/tiny.F32.gguf`" in card and "- gguf-lora: `exports/gguf/tiny-lora-F32.gguf`" in card
+    verified = importlib.util.find_spec("llama_cpp") is not None  # the export checks the file where it can
+    assert ("llama.cpp picks the merged model's next token at" in card) == verified
     if importlib.util.find_spec("llama_cpp") is None:
         assert record.grammar is None and not (run.exports_dir / "gguf" / "answers.gbnf").exists()
         return
@@ -49,8 +55,6 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
                grammar=LlamaGrammar.from_string(choices_gbnf(labels), verbose=False))["choices"][0]["text"]
     llm.close()
     assert said in labels
-    from tunesmith.card import write_model_card
-
     assert "--grammar-file exports/gguf/answers.gbnf" in write_model_card(run).read_text(encoding="utf-8")
 
 

@@ -53,6 +53,7 @@ def write_model_card(run: Run) -> Path:
         "## Use",
         *(reward_usage_lines(run, trained, whole) if recipe.method.kind == "reward" else usage_lines(trained, whole)),
         *grammar_lines(run),
+        *export_lines(run),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
 
@@ -127,6 +128,21 @@ def usage_lines(trained: Path, whole: bool) -> list[str]:
     return ["```python", "from peft import AutoPeftModelForCausalLM",
             f'model = AutoPeftModelForCausalLM.from_pretrained("{trained}")', "```",
             "Merged checkpoint (if exported): `exports/merged/`."]
+
+
+def export_lines(run: Run) -> list[str]:
+    """The exports run.json records (the newest of each format): path, size and, for GGUF, llama.cpp's agreement
+    with the merged model where the export checked it."""
+    manifest = run.manifest()
+    exports = (manifest.exports if manifest else None) or {}
+    lines = []
+    for name, record in exports.items():
+        check = record.verification or {}
+        agreement = (f"; llama.cpp picks the merged model's next token at {check['agreement']:.1%} of positions"
+                     f"{'' if check.get('passed', True) else ' (BELOW its threshold)'}" if "agreement" in check
+                     else "; not checked in llama.cpp" if name == "gguf" else "")
+        lines.append(f"- {name}: `{record.path}` ({record.bytes / 2**20:,.1f} MB{agreement})")
+    return ["", "## Exports", "", *lines] if lines else []
 
 
 def grammar_lines(run: Run) -> list[str]:

@@ -430,6 +430,11 @@ def open_run(path: str | Path) -> Run:
         raise TunesmithError(f"{path} does not exist.", "Pass a run directory that `tunesmith train` printed, e.g. "
                                                         "runs/quickstart-20261123-101500 (`tunesmith runs list runs` "
                                                         "lists them).")
+    if (run.path / "merge.json").is_file() and not run.recipe_file.is_file():
+        raise TunesmithError(f"{path} was written by `tunesmith merge`; this command takes a run directory.",
+                             f"Use it where a model or adapter folder goes: `model.source: {path}` in a recipe (a "
+                             f"merged model), `training.init_from: {path}` (an adapter); `tunesmith push {path}` "
+                             "uploads it as it is.")
     if not run.recipe_file.is_file():
         raise TunesmithError(
             f"{path} is not a tunesmith run directory (no recipe.yaml).",

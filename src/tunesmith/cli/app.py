@@ -379,7 +379,7 @@ def _print_checkpoints(report_file: Path, plot: Path) -> None:
         table.add_column(column)
     for point in report["points"]:
         mark = " (chosen)" if point["step"] == report["chosen_step"] else ""
-        table.add_row(f"{point['step'] or 'base'}{mark}", str(point["task"]), str(point["probe_accuracy"]),
+        table.add_row(f"{point['step'] or 'base'}{mark}", _cell(point["task"]), _cell(point["probe_accuracy"]),
                       escape(", ".join(point["probes_failed"][:6]) + (" ..." if len(point["probes_failed"]) > 6
                                                                       else "")))
     wide_console(140).print(table)
@@ -700,6 +700,11 @@ def _comparison_cells(entry: Comparison | None) -> list[str]:
     tally = "/".join(str(extra[k]) for k in ("wins", "losses", "ties")) if "wins" in extra else ""
     ci = entry.ci95
     return [f"{entry.delta:+.4f}", f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "", tally]
+
+
+def _cell(value: Any) -> str:
+    """A score in a table: 4 decimals, or "-" where it was not measured (probes off, no task metric)."""
+    return "-" if value is None else _fmt(float(value)) if isinstance(value, int | float) else str(value)
 
 
 def _fmt(value: Any) -> str:

@@ -9,6 +9,7 @@ ShareGPT and Alpaca records are recognised too and become `messages` rows. Keys 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,11 @@ def key_list(record: dict, limit: int = 10) -> str:
 
 
 def required_text(record: dict, key: str, reason: str = "empty") -> str:
+    """`record[key]` as text: a string, or a JSON number written as Python prints it (`"completion": 8` is "8", as
+    the same cell in a CSV file reads); RowProblem for anything else, or an empty string."""
     value = record[key]
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
     if not isinstance(value, str) or not value.strip():
         raise RowProblem(reason if isinstance(value, str) else "wrong_type",
                          f"'{key}' must be a non-empty string, got {short_repr(value)}.")
