@@ -75,3 +75,24 @@ def test_a_gguf_lora_of_an_adapter_it_cannot_hold_is_refused_before_training(tmp
     with pytest.raises(RecipeError, match=r"export\.ollama_adapter: true needs a plain LoRA"):
         load_recipe(project, [f"adapter={adapter}", "export.formats=[ollama]", "export.ollama_adapter=true"])
     load_recipe(project, [f"adapter={adapter}", "export.formats=[gguf]"])  # the merged model exports fine
+
+
+def test_answers_that_are_a_few_repeated_numbers_get_no_grammar_of_the_values_seen(tmp_path, capsys, monkeypatch):
+    from tunesmith.config import validate_recipe
+    from tunesmith.export.grammar import closed_answers_constraint
+    from tunesmith.runs import Run
+
+    def saved(answers: list[str]) -> None:  # the training rows the run's data stage saved
+        rows = [{"messages": [{"role": "user", "content": "How many?"}, {"role": "assistant", "content": answer}]}
+                for answer in answers]
+        monkeypatch.setattr(Run, "train_rows", lambda self: rows)
+
+    recipe, run = validate_recipe({"data": {"train": "t.jsonl"}}), Run(tmp_path)
+    saved([str(2 + n % 8) for n in range(40)])  # counts 2-9: a label set by its repeats
+    assert closed_answers_constraint(recipe, run) is None
+    assert "the answers are numbers (2, 3, 4, 5, 6, 7, 8, 9)" in capsys.readouterr().err
+    saved([["billing", "refund", "login"][n % 3] for n in range(30)])  # words: the closed set holds
+    assert closed_answers_constraint(recipe, run).kind == "choices"
+    chosen = validate_recipe({"data": {"train": "t.jsonl"}, "eval": {"choices": ["1", "2", "3"]}})
+    saved([str(1 + n % 3) for n in range(30)])  # eval.choices says the numbers are the set
+    assert closed_answers_constraint(chosen, run).kind == "choices"

@@ -269,3 +269,18 @@ def test_runs_list_says_what_each_run_is_and_how_far_it_got(trained, tmp_path):
     assert rows[stopped.path.name]["steps"] is None
     shown = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "nowhere")])  # main() prints it, exit 2
     assert isinstance(shown.exception, TunesmithError) and "nowhere is not a folder" in str(shown.exception)
+
+
+def test_open_run_says_what_a_folder_is_when_it_is_not_a_run(tmp_path):
+    from tunesmith.runs import open_run
+
+    with pytest.raises(TunesmithError, match="does not exist"):
+        open_run(tmp_path / "runs" / "typo-20261205-101500")
+    merged = tmp_path / "combined"
+    merged.mkdir()
+    (merged / "merge.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(TunesmithError, match="written by `tunesmith merge`") as info:
+        open_run(merged)
+    assert f"training.init_from: {merged}" in info.value.hint
+    with pytest.raises(TunesmithError, match=r"not a tunesmith run directory \(no recipe.yaml\)"):
+        open_run(tmp_path)

@@ -56,8 +56,14 @@ def closed_answers_constraint(recipe: Recipe, run: Run) -> Constraint | None:
     """The constraint of a closed task (eval.choices / eval.json_schema, else the training answers' labels or
     JSON shape); None for free-text answers or a run without saved training rows."""
     rows = run.train_rows() or []
-    if not (recipe.eval.choices or recipe.eval.json_schema) and classify_answers(rows).kind not in ("labels", "json"):
-        return None
+    if not (recipe.eval.choices or recipe.eval.json_schema):
+        answers = classify_answers(rows)
+        if answers.kind not in ("labels", "json"):
+            return None
+        if answers.kind == "labels" and answers.numbers == answers.rows:  # counts 2-9 seen: 10 is not ruled out
+            print(f"no answer grammar: the answers are numbers ({', '.join(answers.labels)}), and a grammar of those "
+                  "seen would rule out every other; set eval.choices to make them a closed set", file=sys.stderr)
+            return None
     try:
         return recipe_constraint(recipe, rows)
     except TunesmithError as problem:  # mixed JSON shapes: no one grammar; the export itself still stands
