@@ -349,7 +349,7 @@ SHAPE_BAD_ROWS = [
     ({"prompt": "p", "completion": "c", "label": "maybe"},
      "wrong_type", "'label' must be true or false, got 'maybe'"),
     ({"prompt": "p", "chosen": "a", "rejected": "a"}, "identical_pair", "identical"),
-    ({"prompt": "p", "chosen": 1, "rejected": "b"}, "wrong_type", "must all be strings or all be lists"),
+    ({"prompt": "p", "chosen": True, "rejected": "b"}, "wrong_type", "must all be strings or all be lists"),
     ({"chosen": "a", "rejected": "b"},
      "missing_key", "without 'prompt' must give 'chosen' and 'rejected' as whole"),
     ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
@@ -596,5 +596,5 @@ def test_a_json_number_answer_reads_as_the_same_cell_of_a_csv_does(tmp_path):
     assert [row["completion"] for row in load_records(jsonl).rows] == ["8", "2.5"]
     flag = tmp_path / "flag.jsonl"
     flag.write_text('{"prompt": "Is it?", "completion": true}\n', encoding="utf-8")  # not a number: which spelling?
-    with pytest.raises(DataError, match="'completion' must be a non-empty string, got True"):
+    with pytest.raises(DataError, match=r"must all be strings or all be lists of messages .*completion: bool"):
         load_records(flag)

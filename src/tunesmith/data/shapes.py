@@ -68,11 +68,16 @@ def key_list(record: dict, limit: int = 10) -> str:
     return str(keys[:limit])[:-1] + ", ...]" if len(keys) > limit else str(keys)
 
 
+def is_number(value: Any) -> bool:
+    """A finite JSON number (not a boolean, which JSON spells true/false and a CSV cell True/False)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def required_text(record: dict, key: str, reason: str = "empty") -> str:
     """`record[key]` as text: a string, or a JSON number written as Python prints it (`"completion": 8` is "8", as
     the same cell in a CSV file reads); RowProblem for anything else, or an empty string."""
     value = record[key]
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if is_number(value):
         return str(value)
     if not isinstance(value, str) or not value.strip():
         raise RowProblem(reason if isinstance(value, str) else "wrong_type",
@@ -113,9 +118,10 @@ def alpaca_row(record: dict) -> Row:
 
 
 def is_conversational(record: dict, keys: tuple[str, ...]) -> bool:
-    """Whether the fields are all lists of messages (True) or all plain strings (False); mixing is refused."""
+    """Whether the fields are all lists of messages (True) or all plain text (False: strings, or JSON numbers that
+    `required_text` reads as text); mixing is refused."""
     values = [record[key] for key in keys]
-    if all(isinstance(value, str) for value in values):
+    if all(isinstance(value, str) or is_number(value) for value in values):
         return False
     if all(isinstance(value, list) for value in values):
         return True
