@@ -170,6 +170,13 @@ def test_eval_scores_base_and_tuned_by_likelihood(trained):
         assert 0 <= results[variant]["preference_accuracy"] <= 1
     assert results["tuned"]["mean_margin"] > results["base"]["mean_margin"]
     assert len(results["samples"]) == 5 and "margin_tuned" in results["samples"][0]
+    # pair by pair, as SFT's metrics: the difference with its interval and the pairs won, lost and tied
+    accuracy = results["comparison"]["preference_accuracy"]
+    assert accuracy["delta"] == pytest.approx(results["tuned"]["preference_accuracy"]
+                                              - results["base"]["preference_accuracy"], abs=1e-4)
+    assert accuracy["ci95"][0] <= accuracy["delta"] <= accuracy["ci95"][1]
+    margin = results["comparison"]["mean_margin"]
+    assert margin["wins"] + margin["losses"] + margin["ties"] == 16 and margin["delta"] > 0
 
 
 @pytest.mark.parametrize("kind", PREFERENCE)

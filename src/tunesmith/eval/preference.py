@@ -85,7 +85,19 @@ def preference_results(variants: dict[str, Variant], tokenizer: Any, recipe: Rec
                                               [row["label"] for row in rows])
     if paired:
         results["samples"] = pair_samples(rows, margins, limit=5)
+        if "base" in margins and "tuned" in margins:
+            results["comparison"] = pair_comparison(margins["base"], margins["tuned"])
     return results
+
+
+def pair_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[str, Any]]:
+    """Tuned against base, pair by pair: preference accuracy (the chosen answer more likely than the rejected) and
+    the margin log p(chosen) − log p(rejected), each with its paired-bootstrap 95% interval and the pairs won, lost
+    and tied (`eval/stats.py` `compare_metric`), as SFT's task metrics are compared."""
+    from tunesmith.eval.stats import compare_metric
+
+    return {"preference_accuracy": compare_metric([float(m > 0) for m in base], [float(m > 0) for m in tuned]),
+            "mean_margin": compare_metric(base, tuned)}
 
 
 def pair_summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
