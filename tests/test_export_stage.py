@@ -36,6 +36,13 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     assert "- gguf: `exports/gguf/tiny.F32.gguf`" in card and "- gguf-lora: `exports/gguf/tiny-lora-F32.gguf`" in card
     verified = importlib.util.find_spec("llama_cpp") is not None  # the export checks the file where it can
     assert ("llama.cpp picks the merged model's next token at" in card) == verified
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    again = CliRunner().invoke(app, ["export", str(run.path), "--format", "adapter", "--quant", "Q8_0"])
+    assert again.exit_code == 0, again.output  # a quant the format does not take is said to be ignored
+    assert "--quant Q8_0 quantizes the gguf and ollama formats only" in " ".join(again.stderr.split())
     if importlib.util.find_spec("llama_cpp") is None:
         assert record.grammar is None and not (run.exports_dir / "gguf" / "answers.gbnf").exists()
         return
