@@ -174,3 +174,16 @@ def test_near_dedup_on_synthetic_rows(synthetic) -> None:
     score = score_against_planted(near_duplicate_rows(rows), planted)
     assert score.false_removals == []
     assert score.recall > 0.9  # the rest had a word swapped in a short row: Jaccard below 0.85
+
+
+def test_rows_that_differ_only_in_their_tool_call_are_not_duplicates() -> None:
+    def row(name: str, city: str, call_id: str) -> dict:
+        call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": f'{{"city": "{city}"}}'}}
+        return {"messages": [{"role": "user", "content": "Help me."},
+                             {"role": "assistant", "content": "", "tool_calls": [call]},
+                             {"role": "tool", "content": "{}"}, {"role": "assistant", "content": "Done."}]}
+
+    rows = [row("get_weather", "Quito", "c0"), row("get_time", "Quito", "c1"), row("get_weather", "Lima", "c2"),
+            row("get_weather", "Quito", "c3")]  # the last repeats the first; only the call id differs
+    assert exact_duplicate_rows(rows).select(list(range(4))) == [0, 1, 2]
+    assert near_duplicate_rows(rows).select(list(range(4))) == [0, 1, 2]

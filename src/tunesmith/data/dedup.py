@@ -1,7 +1,8 @@
 """Exact and near-duplicate removal for the data stage, keeping the first occurrence of each text.
 
-Both work on the text of a row without its system turns (`dedup_text`), and both say, for every row they
-remove, which kept row it repeats and how similar the two are, so the data report can show example pairs.
+Both work on the text of a row without its system turns, with its tool calls (`dedup_text`), and both say, for
+every row they remove, which kept row it repeats and how similar the two are, so the data report can show example
+pairs.
 Near duplicates are found with MinHash LSH (datasketch) and confirmed by the Jaccard similarity of the
 two rows' shingle sets.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -48,8 +50,14 @@ class DedupResult:
 
 
 def dedup_text(row: Row) -> str:
-    """What two rows must share to be duplicates; system prompts are left out (see `row_text`)."""
-    return row_text(row, include_system=False)
+    """What two rows must share to be duplicates; system prompts are left out (see `row_text`). An assistant turn's
+    tool calls (name and arguments) are part of it: two rows that differ only in the call they teach are two rows."""
+    calls = [json.dumps(call.get("function", call), sort_keys=True, ensure_ascii=False)
+             for turns in (row.get("messages"), row.get("prompt"), row.get("completion"), row.get("chosen"),
+                           row.get("rejected")) if isinstance(turns, list)
+             for turn in turns if isinstance(turn, dict) for call in turn.get("tool_calls") or []
+             if isinstance(call, dict)]
+    return "\n".join([row_text(row, include_system=False), *calls])
 
 
 # ---------------------------------------------------------------------------------------------------------------
