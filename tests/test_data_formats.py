@@ -598,3 +598,16 @@ def test_a_json_number_answer_reads_as_the_same_cell_of_a_csv_does(tmp_path):
     flag.write_text('{"prompt": "Is it?", "completion": true}\n', encoding="utf-8")  # not a number: which spelling?
     with pytest.raises(DataError, match=r"must all be strings or all be lists of messages .*completion: bool"):
         load_records(flag)
+
+
+def test_alpaca_history_becomes_the_turns_before_the_instruction(tmp_path):
+    path = tmp_path / "alpaca.jsonl"
+    row = {"system": "Be brief.", "history": [["What is 1+1?", "2"], ["And 2+2?", "4"]], "instruction": "And 3+3?",
+           "input": "", "output": "6"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "history": "1+1=2"}) + "\n", encoding="utf-8")
+    result = load_records(path, skip_invalid=True)
+    assert [(m["role"], m["content"]) for m in result.rows[0]["messages"]] == [
+        ("system", "Be brief."), ("user", "What is 1+1?"), ("assistant", "2"), ("user", "And 2+2?"),
+        ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6")]
+    assert result.skipped == {"wrong_type": 1} and "'history' must be a list of [user, assistant] pairs" in \
+        result.problems[0]

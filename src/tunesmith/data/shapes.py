@@ -108,13 +108,28 @@ def sharegpt_row(record: dict) -> Row:
 
 
 def alpaca_row(record: dict) -> Row:
-    """Instruction (plus input, when there is one) becomes the user turn, output the answer."""
+    """Instruction (plus input, when there is one) becomes the user turn, output the answer; `history`, the earlier
+    exchanges as [[user, assistant], ...] (LLaMA-Factory's Alpaca layout), become the turns before them."""
     instruction = required_text(record, "instruction")
     extra = text_field(record.get("input") or "", "input")
     output = required_text(record, "output", reason="empty_assistant")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    messages = [*history_turns(record.get("history")), {"role": "user", "content": user},
+                {"role": "assistant", "content": output}]
     return {"messages": with_system(messages, record.get("system"))}
+
+
+def history_turns(history: Any) -> list[Message]:
+    """Alpaca `history` ([[user, assistant], ...]; None or [] for none) as alternating user and assistant turns."""
+    if history in (None, ""):
+        return []
+    pairs = history if isinstance(history, list) else None
+    if pairs is None or not all(isinstance(pair, list | tuple) and len(pair) == 2
+                                and all(isinstance(text, str) for text in pair) for pair in pairs):
+        raise RowProblem("wrong_type", f"'history' must be a list of [user, assistant] pairs of strings, got "
+                                       f"{short_repr(history)}.")
+    return [turn for user, assistant in pairs
+            for turn in ({"role": "user", "content": user}, {"role": "assistant", "content": assistant})]
 
 
 def is_conversational(record: dict, keys: tuple[str, ...]) -> bool:
