@@ -191,3 +191,30 @@ def test_constrained_chat_and_compare_answer_only_the_choices(project, tiny_mode
     both = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--choices", "a",
                            "--json-schema", "s.json"], input="", capture_output=True, text=True, timeout=300)
     assert both.returncode == 2 and "both" in both.stderr
+
+
+def test_chat_with_a_run_prompts_it_as_training_did_and_a_refused_system_turn_is_a_usage_error(tmp_path,
+                                                                                              tiny_model_dir):
+    from tunesmith.chat import run_rendering
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models import load_model, load_tokenizer
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4),
+                         ["data.system_prompt=Reply yes or no.", "data.system_fallback=merge"])
+    system, render = run_rendering(create_run(recipe, tmp_path / "runs").path)
+    assert system == "Reply yes or no."  # the recipe's, where --system is not given
+    shown = render([{"role": "system", "content": system}, {"role": "user", "content": "Is 7 even?"}])
+    assert [m["role"] for m in shown] == ["user"] and shown[0]["content"].startswith("Reply yes or no.")
+
+    tokenizer = load_tokenizer(tiny_model_dir)  # a template without a system role, as Gemma's
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}"
+                               "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+                               "{% if add_generation_prompt %}assistant: {% endif %}")
+    model = load_model(tiny_model_dir).eval()
+    with pytest.raises(TunesmithError, match="refuses this conversation: System role not supported") as refused:
+        ChatSession(model, tokenizer, "Be brief.", 4).reply("hello", lambda text: None)
+    assert "data.system_fallback: merge" in refused.value.hint
+    merged = ChatSession(model, tokenizer, system, 4, render=render)  # rendered as the run trained: it answers
+    assert isinstance(merged.reply("Is 7 even?", lambda text: None), str)
+    assert [m["role"] for m in merged.messages] == ["system", "user", "assistant"]

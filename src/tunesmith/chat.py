@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
+from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
 COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
@@ -29,6 +30,8 @@ class ChatSession:
     max_new_tokens: int = 256
     messages: list[dict[str, str]] = field(default_factory=list)
     constraint: Constraint | None = None  # --json-schema / --choices: every reply is held to it
+    # a run's data fallbacks (data.system_fallback, data.tool_format): the conversation rendered as training did
+    render: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         self.reset()
@@ -37,14 +40,37 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def reply(self, text: str, write: Callable[[str], None]) -> str:
-        """Answer `text` given the history, streaming the answer to `write`; both turns join the history."""
+        """Answer `text` given the history, streaming the answer to `write`; both turns join the history.
+
+        Raises TunesmithError where the model's chat template refuses the conversation (a system turn on a template
+        without a system role), naming the fix."""
         self.messages.append({"role": "user", "content": text})
         processor = None
         if self.constraint is not None:
             processor = processor_factory(self.constraint, self.tokenizer, self.model)()
-        answer = generate_streamed(self.model, self.tokenizer, self.messages, self.max_new_tokens, write, processor)
+        shown = self.render(self.messages) if self.render is not None else self.messages
+        try:
+            answer = generate_streamed(self.model, self.tokenizer, shown, self.max_new_tokens, write, processor)
+        except Exception as exc:
+            if type(exc).__name__ != "TemplateError":  # jinja2's, raised by the template itself
+                raise
+            self.messages.pop()
+            raise TunesmithError(f"The model's chat template refuses this conversation: {exc}.",
+                                 "A template without a system role: drop --system, or chat with a run trained with "
+                                 "data.system_fallback: merge (its system prompt joins the first user turn).") from None
         self.messages.append({"role": "assistant", "content": answer})
         return answer
+
+
+def run_rendering(run_path: Path) -> tuple[str | None, Callable[[list[dict[str, str]]], list[dict[str, str]]]]:
+    """What a run's training put around each conversation: its recipe's data.system_prompt (None without one) and
+    its data fallbacks (`data/fallbacks.py` `apply_fallbacks`: a merged system turn, hermes tool turns), so that chat
+    prompts the tuned model as training and `serve` do."""
+    from tunesmith.data.fallbacks import apply_fallbacks
+    from tunesmith.runs import Run
+
+    data = Run(run_path).load_recipe().data
+    return data.system_prompt, lambda messages: apply_fallbacks({"messages": messages}, data)["messages"]
 
 
 @dataclass

@@ -618,7 +618,13 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
     else:
         constraint = option_constraint(json_schema, choices)  # a broken schema fails before the model loads
         model, tokenizer = load_chat_model(model_or_run, adapter)
-        session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint)
+        render = None
+        if (Path(model_or_run).expanduser() / "recipe.yaml").is_file():  # a run: prompt it as it was trained
+            from tunesmith.chat import run_rendering
+
+            trained_system, render = run_rendering(Path(model_or_run).expanduser())
+            system = system if system is not None else trained_system
+        session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint, render=render)
     err.print(COMMANDS_HELP, highlight=False)
     chat_loop(session, input, write)
 
