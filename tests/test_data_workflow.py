@@ -185,3 +185,24 @@ def test_a_train_file_whose_rows_all_fall_into_the_held_out_share_is_refused(tmp
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held), encoding="utf-8")
     with pytest.raises(DataError, match=r"All 2 rows of .*d.jsonl fell into the held-out share"):
         load_splits(data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir)))
+
+
+def test_pii_redaction_reaches_tool_call_arguments():
+    from tunesmith.config import CleanSection
+    from tunesmith.data.prepare import clean_rows
+
+    call = {"id": "c0", "type": "function",
+            "function": {"name": "send_mail", "arguments": '{"to": "bob0@example.com"}'}}
+    as_mapping = {**call, "function": {"name": "send_mail", "arguments": {"to": ["ann1@example.com"]}}}
+    rows = [{"messages": [{"role": "user", "content": "Mail bob0@example.com please"},
+                          {"role": "assistant", "content": None, "tool_calls": [call, as_mapping]},
+                          {"role": "tool", "content": "sent"}, {"role": "assistant", "content": "Done."}]}]
+    cleaned = clean_rows(rows, CleanSection(pii="redact", dedup="off"))
+    (row,) = cleaned.rows
+    calls = row["messages"][1]["tool_calls"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"to": "<EMAIL>"}  # still JSON
+    assert calls[1]["function"]["arguments"] == {"to": ["<EMAIL>"]} and calls[0]["id"] == "c0"
+    assert row["messages"][0]["content"] == "Mail <EMAIL> please"
+    assert rows[0]["messages"][1]["tool_calls"][0] is call  # the input is left as it was
+    (pii,) = [s for s in cleaned.steps if s.name == "pii_redact"]
+    assert pii.details["found_by_kind"] == {"EMAIL": 3}

@@ -101,7 +101,7 @@ def pii_step(state: Cleaned, clean: CleanSection) -> None:
             counts.update(kinds)
             return new
 
-        new = map_row_texts(row, redact)
+        new = map_row_texts(row, redact, tool_arguments=True)
         found.update(counts)
         if counts:
             step.changed += 1

@@ -16,29 +16,56 @@ from tunesmith.data.shapes import Row
 TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "text")
 
 
-def map_row_texts(row: Row, fn: Callable[[str], str]) -> Row:
-    """A new row with `fn` applied to every message content and string text field; the input is left as it was."""
+def map_row_texts(row: Row, fn: Callable[[str], str], tool_arguments: bool = False) -> Row:
+    """A new row with `fn` applied to every message content and string text field, and with `tool_arguments` to
+    the arguments of every tool call too (PII redaction: an address in a call is trained as much as one in prose);
+    the input is left as it was."""
     mapped = dict(row)
     if "messages" in row:
-        mapped["messages"] = map_messages(row["messages"], fn)
+        mapped["messages"] = map_messages(row["messages"], fn, tool_arguments)
     for key in TEXT_FIELDS:
         if key in row:
-            mapped[key] = map_field(row[key], fn)
+            mapped[key] = map_field(row[key], fn, tool_arguments)
     return mapped
 
 
-def map_field(value: Any, fn: Callable[[str], str]) -> Any:
+def map_field(value: Any, fn: Callable[[str], str], tool_arguments: bool = False) -> Any:
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, list):
-        return map_messages(value, fn)
+        return map_messages(value, fn, tool_arguments)
     return value
 
 
-def map_messages(messages: list[dict], fn: Callable[[str], str]) -> list[dict]:
-    """Copies of the messages with their content mapped; tool calls and names are kept as they are."""
-    return [{**message, "content": fn(message["content"])} if isinstance(message.get("content"), str)
-            else dict(message) for message in messages]
+def map_messages(messages: list[dict], fn: Callable[[str], str], tool_arguments: bool = False) -> list[dict]:
+    """Copies of the messages with their content mapped (and their tool calls' arguments, with `tool_arguments`:
+    a JSON string as text, a mapping value by value); tool names are kept as they are."""
+    mapped = [{**message, "content": fn(message["content"])} if isinstance(message.get("content"), str)
+              else dict(message) for message in messages]
+    if tool_arguments:
+        for message in mapped:
+            if isinstance(message.get("tool_calls"), list):
+                message["tool_calls"] = [map_call(call, fn) for call in message["tool_calls"]]
+    return mapped
+
+
+def map_call(call: Any, fn: Callable[[str], str]) -> Any:
+    """A tool call with `fn` applied to its arguments (OpenAI's `function.arguments`, a JSON string or a mapping)."""
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        return call
+    function = dict(call["function"])
+    function["arguments"] = map_value(function.get("arguments"), fn)
+    return {**call, "function": function}
+
+
+def map_value(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {key: map_value(item, fn) for key, item in value.items()}
+    if isinstance(value, list):
+        return [map_value(item, fn) for item in value]
+    return value
 
 
 def row_text(row: Row, include_system: bool = True) -> str:
