@@ -611,3 +611,24 @@ def test_alpaca_history_becomes_the_turns_before_the_instruction(tmp_path):
         ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6")]
     assert result.skipped == {"wrong_type": 1} and "'history' must be a list of [user, assistant] pairs" in \
         result.problems[0]
+
+
+def test_an_assistant_turn_with_weight_0_is_context_not_an_answer(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.template import encode_sequence
+
+    path = tmp_path / "weights.jsonl"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "BAD ANSWER", "weight": 0},
+             {"role": "user", "content": "again"}, {"role": "assistant", "content": "good", "weight": 1}]
+    bad = [{**turns[0]}, {"role": "assistant", "content": "x", "weight": 0.5}]
+    path.write_text(json.dumps({"messages": turns}) + "\n" + json.dumps({"messages": bad}) + "\n", encoding="utf-8")
+    result = load_records(path, skip_invalid=True)
+    assert result.skipped == {"wrong_type": 1} and "messages[1].weight must be 0 or 1" in result.problems[0]
+    messages = result.rows[0]["messages"]
+    assert messages[1]["weight"] == 0 and "weight" not in messages[3]  # 1 is the default
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    encoded = encode_sequence(tokenizer, messages, 256)
+    trained = tokenizer.decode([t for t in encoded.labels if t != -100])
+    assert "good" in trained and "BAD" not in trained
+    assert "BAD ANSWER" in tokenizer.decode(encoded.input_ids)  # still in the context the later answer follows

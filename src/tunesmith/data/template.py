@@ -105,17 +105,20 @@ class EncodedSequence:
 
 def encode_sequence(tokenizer: Any, sequence: Messages | str, max_length: int,
                     tools: list[dict[str, Any]] | None = None) -> EncodedSequence:
-    """Token ids and labels of a conversation (assistant tokens keep their id, the rest IGNORE_INDEX) or of
-    raw text (every token carries loss), cut at `max_length` tokens."""
+    """Token ids and labels of a conversation (assistant tokens keep their id, the rest IGNORE_INDEX; an assistant
+    turn with `weight` 0, OpenAI's context-only turn, is context too) or of raw text (every token carries loss), cut
+    at `max_length` tokens."""
     if isinstance(sequence, str):
         ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
         labels = list(ids)
     else:
         text, spans = assistant_spans(tokenizer, sequence, tools)
         check_tool_calls_rendered(text, spans, sequence)
+        assistants = [message for message in sequence if message["role"] == "assistant"]
+        trained = [span for span, message in zip(spans, assistants, strict=True) if message.get("weight", 1) != 0]
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        labels = [token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        labels = [token if any(start <= begin < end for start, end in trained) else IGNORE_INDEX
                   for token, (begin, _) in zip(ids, offsets, strict=True)]
     cut = sum(label != IGNORE_INDEX for label in labels[max_length:])
     return EncodedSequence(ids[:max_length], labels[:max_length], len(ids), cut)

@@ -60,10 +60,21 @@ def normalise_turn(turn: Any, label: str) -> Message:
     message: Message = {"role": role, "content": content}
     if role == "assistant" and turn.get("tool_calls") is not None:
         message["tool_calls"] = tool_calls(turn["tool_calls"], label)
+    if role == "assistant" and turn.get("weight") is not None and turn_weight(turn["weight"], label) == 0:
+        message["weight"] = 0  # OpenAI's fine-tuning format: context, not an answer to learn
     for key in ("tool_call_id", "name"):
         if role == "tool" and turn.get(key) is not None:
             message[key] = text_field(turn[key], f"{label}.{key}")
     return message
+
+
+def turn_weight(weight: Any, label: str) -> int:
+    """An assistant turn's `weight` as OpenAI's fine-tuning format has it: 1 trains the turn (the default), 0 keeps
+    it as context only."""
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise RowProblem("wrong_type", f"{label}.weight must be 0 or 1, got {short_repr(weight)}.",
+                         "0 keeps an assistant turn as context without training on it; 1 (the default) trains it.")
+    return int(weight)
 
 
 def openai_role(turn: dict, label: str) -> str:
