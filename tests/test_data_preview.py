@@ -168,3 +168,15 @@ def test_a_skip_past_the_last_row_says_how_many_rows_there_are(tiny_model_dir, t
     assert len(preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=2).examples) == 1
     with pytest.raises(DataError, match=r"holds 3 rows; --skip 10 passes all of them"):
         preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=10)
+
+
+def test_the_template_contract_counts_the_whole_file_not_the_rows_shown(tokenizer):
+    def tool_row(n: int) -> dict:
+        call = {"id": f"c{n}", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        return {"messages": [{"role": "user", "content": f"time {n}?"},
+                             {"role": "assistant", "content": "", "tool_calls": [call]},
+                             {"role": "tool", "content": "12:00"}, {"role": "assistant", "content": "Noon."}]}
+
+    rows = [tool_row(n) for n in range(3)]
+    problems = " ".join(preview_rows(tokenizer, rows[:1], max_length=256, all_rows=rows).problems)
+    assert "3 row(s) use tools" in problems

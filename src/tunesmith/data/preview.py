@@ -107,15 +107,16 @@ def rendered_example(tokenizer: Any, label: str, encoded: EncodedSequence) -> Re
 
 
 def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was_missing: bool = False,
-                 first_row: int = 1, model: str = "this model") -> Preview:
+                 first_row: int = 1, model: str = "this model", all_rows: list[Row] | None = None) -> Preview:
     """Render `rows` and run every contract check; warnings name the row they come from.
 
-    The template contract (data/contract.py) is checked first: when it refuses the data, `problems` says
-    why and rows that cannot render are reported instead of rendered.
+    The template contract (data/contract.py) is checked first, against `all_rows` (the whole file, so that its
+    counts, "N rows use tools", are the file's and not the preview's; default `rows`): when it refuses the data,
+    `problems` says why and rows that cannot render are reported instead of rendered.
     """
     preview = Preview([], contract_warnings(tokenizer, pad_token_was_missing))
     if any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
-        preview.contract = judge_template(tokenizer, rows, model)
+        preview.contract = judge_template(tokenizer, all_rows or rows, model)
         preview.problems += preview.contract["problems"]
         preview.warnings += preview.contract["warnings"]
     for number, row in enumerate(rows, start=first_row):

@@ -180,4 +180,5 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
                         f"Use --skip below {len(loaded.rows)}.")
     rows = conformed(require_rows(shown, str(source)), recipe)
     limit = length_limit(data.max_length, context_length(model_dir))  # auto cuts a row only at the model's context
-    return preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source)
+    return preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source,
+                        all_rows=conformed(loaded.rows, recipe))
