@@ -206,3 +206,13 @@ def test_pii_redaction_reaches_tool_call_arguments():
     assert rows[0]["messages"][1]["tool_calls"][0] is call  # the input is left as it was
     (pii,) = [s for s in cleaned.steps if s.name == "pii_redact"]
     assert pii.details["found_by_kind"] == {"EMAIL": 3}
+
+
+def test_a_split_with_no_or_few_held_out_rows_is_said_before_training():
+    from tunesmith.train.common import small_split_warnings
+
+    (none,) = small_split_warnings(36, 0)
+    assert none.startswith("No held-out rows (and 36 to train on)") and "data.eval_fraction" in none
+    (few,) = small_split_warnings(28, 6)
+    assert few.startswith("Only 6 held-out row(s)") and "17 points" in few
+    assert small_split_warnings(400, 40) == []

@@ -177,7 +177,10 @@ SMALL_EVAL_ROWS = 30
 def small_split_warnings(train_rows: int, eval_rows: int) -> list[str]:
     """A held-out split so small that one row is several points of every metric (1/n each; the 95% interval of a
     proportion near 0.5 is about ±1/sqrt(n), Wilson 1927), said before training rather than read into afterwards."""
-    if not 0 < eval_rows < SMALL_EVAL_ROWS:
+    if eval_rows == 0:
+        return [f"No held-out rows (and {train_rows} to train on): `tunesmith eval` will have nothing of this data "
+                "to score base and tuned on. Hold out rows with data.eval (a file) or a larger data.eval_fraction."]
+    if eval_rows >= SMALL_EVAL_ROWS:
         return []
     return [f"Only {eval_rows} held-out row(s) (and {train_rows} to train on): each is {100 / eval_rows:.0f} points of "
             f"every eval metric, and a difference under about {100 / eval_rows ** 0.5:.0f} points between base and "
