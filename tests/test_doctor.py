@@ -368,3 +368,14 @@ def test_doctor_names_the_kept_matmul_peaks_and_how_to_measure_again(tmp_path, m
     detail = kept_peaks_check().detail
     assert "fp32 100, bf16 400 GFLOP/s" in detail and "train in bf16" in detail
     assert str(tmp_path / "hardware") in detail and "delete the file" in detail
+
+
+def test_doctor_takes_the_recipe_as_an_argument_as_the_other_commands_do(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir)
+    result = CliRunner().invoke(app, ["doctor", str(recipe), "--json"])
+    names = [check["name"] for check in json.loads(result.stdout)["checks"]]
+    assert "train data" in names and "template fit" in names

@@ -19,7 +19,9 @@ from tunesmith.doctor.report import DoctorReport
 STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
-def doctor(model: Annotated[str | None, typer.Option(
+def doctor(recipe_file: Annotated[Path | None, typer.Argument(
+               metavar="[RECIPE]", help="A recipe, as --recipe (the other commands take theirs this way).")] = None,
+           model: Annotated[str | None, typer.Option(
                "--model", metavar="SOURCE", help="Embedded alias, local folder, .gguf file or Hub id to check "
                "(overrides the recipe's model.source).")] = None,
            recipe: Annotated[Path | None, typer.Option(
@@ -36,10 +38,15 @@ def doctor(model: Annotated[str | None, typer.Option(
     Example: tunesmith doctor --model meta-llama/Llama-3.2-1B-Instruct
 
     Example: tunesmith doctor --recipe recipes/quickstart.yaml --json
+
+    Example: tunesmith doctor recipes/quickstart.yaml
     """
     from tunesmith.doctor.run import run_doctor
+    from tunesmith.errors import TunesmithError
 
-    report = run_doctor(model, recipe, set_ or [])
+    if recipe_file is not None and recipe is not None and recipe_file != recipe:
+        raise TunesmithError(f"Two recipes: {recipe_file} and --recipe {recipe}.", "Name one.")
+    report = run_doctor(model, recipe or recipe_file, set_ or [])
     print_report(report)
     if as_json:
         print_json(report.model_dump())
