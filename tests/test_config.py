@@ -143,6 +143,13 @@ def test_malformed_override():
         apply_override({}, "training.lr")
 
 
+def test_a_set_value_holding_a_colon_stays_text_and_braces_make_a_mapping(tmp_path):
+    recipe = load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"),
+                         ["data.system_prompt=Reply with one word: yes or no.", "data.columns={question: prompt}"])
+    assert recipe.data.system_prompt == "Reply with one word: yes or no."
+    assert recipe.data.columns == {"question": "prompt"}
+
+
 def test_invalid_yaml_reports_file(tmp_path):
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(write(tmp_path, "data: [unclosed\n"))

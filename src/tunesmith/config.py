@@ -964,11 +964,24 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise RecipeError(f"Override {item!r}: {part!r} is not a section.")
         node = child
-    parsed = yaml.safe_load(value) if value.strip() else None
+    parsed = override_value(value)
     node[parts[-1]] = path_from_command_line(parsed) if len(parts) > 1 and parts[-1] in PATH_KEYS else parsed
     if isinstance(raw.get("defaulted_keys"), list):  # a run's recipe.yaml: what --set writes is given
         given = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
         raw["defaulted_keys"] = [k for k in raw["defaulted_keys"] if k not in given]
+
+
+def override_value(text: str) -> Any:
+    """A `--set` value parsed as YAML (numbers, lists, null), except that text YAML would read as a mapping only
+    because it holds ": " (`data.system_prompt=Reply with one word: yes or no.`) stays text; a mapping is written
+    in braces ({a: 1})."""
+    if not text.strip():
+        return None
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML (an unclosed quote, a stray colon): the text as typed
+    return text if isinstance(parsed, dict) and not text.lstrip().startswith("{") else parsed
 
 
 PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_schema", "rubric", "include_path",
