@@ -632,3 +632,14 @@ def test_an_assistant_turn_with_weight_0_is_context_not_an_answer(tmp_path, toke
     trained = tokenizer.decode([t for t in encoded.labels if t != -100])
     assert "good" in trained and "BAD" not in trained
     assert "BAD ANSWER" in tokenizer.decode(encoded.input_ids)  # still in the context the later answer follows
+
+
+def test_a_json_array_in_a_jsonl_file_is_named_with_the_fix(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 3
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    with pytest.raises(DataError, match="one JSON array of 3 items, not one JSON object per line") as info:
+        load_records(path)
+    assert "data.file_format: json" in info.value.hint
+    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    assert len(load_records(tmp_path / "rows.json").rows) == 3  # as the hint says

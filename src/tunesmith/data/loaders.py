@@ -107,6 +107,10 @@ def choose_layout(records: list[Record], shape: str, skip_invalid: bool) -> str:
 def unknown_shape(records: list[Record]) -> DataError:
     first = next((record for record in records if isinstance(record.value, dict)), None)
     if first is None:
+        if len(records) == 1 and isinstance(records[0].value, list):  # a .jsonl file holding one JSON array
+            return DataError(f"{records[0].where}: the file is one JSON array of {len(records[0].value)} items, "
+                             "not one JSON object per line.",
+                             "Name it .json (or set data.file_format: json), which reads a JSON array of rows.")
         return DataError(f"{records[0].where}: cannot tell the dataset shape: no row is an object with "
                          "named fields.", SHAPE_HINT)
     return DataError(f"{first.where}: cannot tell the dataset shape from keys {key_list(first.value)}.",
