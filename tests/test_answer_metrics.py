@@ -268,3 +268,15 @@ def test_train_then_eval_on_label_data_picks_label_metrics_from_data_json(tmp_pa
     assert results["label_accuracy"]["per_label"]["tuned"]["login"]["examples"] == 2
     assert {"label_accuracy", "exact_match"} <= set(results["comparison"])
     assert "Confusion matrix, tuned" in (run.path / "eval" / "report.html").read_text()
+
+
+def test_eval_says_that_tool_calls_before_the_last_answer_are_not_scored(capsys):
+    from tunesmith.eval.evaluate import note_unscored_tool_calls
+
+    call = {"id": "c0", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    tool_row = {"messages": [{"role": "user", "content": "time?"},
+                             {"role": "assistant", "content": "", "tool_calls": [call]},
+                             {"role": "tool", "content": "12:00"}, {"role": "assistant", "content": "Noon."}]}
+    assert note_unscored_tool_calls([tool_row, chat("billing")]) == 1
+    assert "1 of 2 held-out rows make tool calls before their last answer" in capsys.readouterr().err
+    assert note_unscored_tool_calls([chat("billing")]) == 0 and capsys.readouterr().err == ""

@@ -69,6 +69,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     tokenizer = load_tokenizer(model_dir)
     held_out = held_out_rows(recipe, run, data_file=data)
     rows = held_out.rows[: recipe.eval.max_examples]
+    note_unscored_tool_calls(rows)
     device = pick_device(recipe.training.device)
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
@@ -107,6 +108,17 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     path = save_results(run, folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
     return path
+
+
+def note_unscored_tool_calls(rows: list[dict]) -> int:
+    """Say that the tool calls of held-out conversations are context, not scored: each row is answered from all
+    but its last assistant turn, which is the reference. The number of such rows."""
+    calls = sum(any(turn.get("tool_calls") for turn in row.get("messages", [])[:-1]) for row in rows)
+    if calls:
+        progress(f"note: {calls} of {len(rows)} held-out rows make tool calls before their last answer; eval scores "
+                 "the last answer, given the calls and their results as context, not whether the model makes the "
+                 "right calls (see them with `tunesmith compare` or `chat`)")
+    return calls
 
 
 def choose_metrics(recipe: Recipe, run: Run, rows: list[dict]) -> tuple[AnswerSummary, dict[str, Any]]:
