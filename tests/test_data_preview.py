@@ -180,3 +180,24 @@ def test_the_template_contract_counts_the_whole_file_not_the_rows_shown(tokenize
     rows = [tool_row(n) for n in range(3)]
     problems = " ".join(preview_rows(tokenizer, rows[:1], max_length=256, all_rows=rows).problems)
     assert "3 row(s) use tools" in problems
+
+
+def test_a_turn_ending_token_in_the_generation_config_counts_as_stopping(tokenizer_dir, tmp_path):
+    """Llama-3 and Gemma end a turn with a token of their own, listed in generation_config.json's eos_token_id
+    beside the tokenizer's EOS: generation stops there, so training on it teaches the model to stop."""
+    from tunesmith.models.generation import tokens_before_end
+    from tunesmith.models.loading import stop_token_ids
+
+    folder = Path(shutil.copytree(tokenizer_dir, tmp_path / "eot"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHATML.replace("<|im_end|>", "<|endoftext|>")  # turns end with another token
+    row = {"messages": ROW["messages"]}
+
+    def stop_warnings() -> list[str]:
+        return [w for w in preview_rows(tokenizer, [row], max_length=256).warnings if "learn to stop" in w]
+
+    assert len(stop_warnings()) == 2  # the contract's and the row's: nothing stops generation at that token
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [end, tokenizer.eos_token_id]}))
+    assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id, end] and stop_warnings() == []
+    assert tokens_before_end([5, 6, end, 7], stop_token_ids(tokenizer)) == 2  # an answer's length ends there too

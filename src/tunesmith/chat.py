@@ -132,13 +132,15 @@ def generate_streamed(model: Any, tokenizer: Any, messages: list[dict[str, str]]
     constrained-decoding logits processor)."""
     from transformers import LogitsProcessorList
 
+    from tunesmith.models.loading import stop_token_ids
+
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True).to(model.device)
     extra = {"logits_processor": LogitsProcessorList([processor])} if processor is not None else {}
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              streamer=writer_streamer(tokenizer, write), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **extra)
+                             eos_token_id=stop_token_ids(tokenizer, model.generation_config.eos_token_id), **extra)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 

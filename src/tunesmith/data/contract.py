@@ -71,12 +71,15 @@ def probe_template(tokenizer: Any) -> TemplateContract:
         return TemplateContract(system_role="refused", generation_prompt="missing", eos_after_assistant=False,
                                 assistant_turns="not_prefix_stable", tools="unsupported",
                                 template_error=f"{type(exc).__name__}: {exc}")
+    from tunesmith.models.loading import stop_token_ids  # imports torch: only once a template is probed
+
     answer = through[len(prompt):] if through.startswith(prompt) else ""
-    eos = tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer)  # the tokenizer's EOS and the generation config's (Llama-3, Gemma)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     return TemplateContract(
         system_role=system_role(tokenizer),
         generation_prompt=generation_prompt(prompt, plain, through),
-        eos_after_assistant=eos is not None and eos in tokenizer(answer, add_special_tokens=False)["input_ids"],
+        eos_after_assistant=any(token in stops for token in answer_ids),
         assistant_turns="identifiable" if prefix_stable(tokenizer) else "not_prefix_stable",
         tools="supported" if renders_tool_calls(tokenizer) else "unsupported",
     )
@@ -172,8 +175,10 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
                         "answer: the model would be prompted at inference with text it never saw before its answers. "
                         "Fix the template's add_generation_prompt branch.")
     if not contract.eos_after_assistant:
-        warnings.append(f"The chat template of {model} puts no EOS token in the assistant turn; the model will not "
-                        "learn to stop. Check the template and the tokenizer's eos_token.")
+        warnings.append(f"The chat template of {model} ends an assistant turn with no token generation stops at "
+                        "(the tokenizer's eos_token, or an eos_token_id of generation_config.json); the model will not "
+                        "learn to stop. Add the token that ends the template's turns (e.g. <end_of_turn>) to "
+                        "generation_config.json's eos_token_id, or make it the tokenizer's eos_token.")
     return Findings(problems, warnings)
 
 

@@ -182,8 +182,11 @@ def drop_warning(example: RenderedExample, max_length: int) -> str | None:
 
 
 def eos_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list[str]:
-    """Each assistant turn's trained tokens should include EOS, or generation never learns to stop."""
-    eos = tokenizer.eos_token_id
+    """Each assistant turn's trained tokens should include a token generation stops at (the tokenizer's EOS or the
+    generation config's, `stop_token_ids`), or generation never learns to stop."""
+    from tunesmith.models.loading import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
     warnings = []
     for number, row in enumerate(rows, start=first_row):
         if isinstance(row.get("prompt"), str):
@@ -192,7 +195,8 @@ def eos_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list[str]:
             if isinstance(sequence, str):
                 continue
             text, spans = assistant_spans(tokenizer, sequence, row.get("tools"))
-            missing = sum(eos not in tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+            missing = sum(not any(token in stops for token in tokenizer(text[start:end],
+                                                                         add_special_tokens=False)["input_ids"])
                           for start, end in spans)
             if missing:
                 where = f"row {number}" + (f" ({side})" if side else "")

@@ -43,7 +43,10 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_ne
     from rich.progress import track
     from transformers import LogitsProcessorList
 
+    from tunesmith.models.loading import stop_token_ids
+
     tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     result = Generated([], [], [])
     batches = range(0, len(prompts), batch_size)
     for start in track(batches, description="generating", console=_stderr_console(), transient=True):
@@ -52,18 +55,19 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_ne
         margin = FirstTokenMargin()
         processors = LogitsProcessorList([margin, processor()] if processor else [margin])
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
         result.answers.extend(a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         result.prompt_tokens.extend(int(n) for n in enc["attention_mask"].sum(dim=1))
-        result.answer_tokens.extend(tokens_before_end(row.tolist(), tokenizer.eos_token_id) for row in new_tokens)
+        result.answer_tokens.extend(tokens_before_end(row.tolist(), stops) for row in new_tokens)
         result.first_token_margin.extend(margin.margins or [])
     return result
 
 
-def tokens_before_end(tokens: list[int], eos_token_id: int | None) -> int:
-    """Generated tokens up to (not counting) the first end-of-sequence token."""
-    return tokens.index(eos_token_id) if eos_token_id in tokens else len(tokens)
+def tokens_before_end(tokens: list[int], stop_ids: int | list[int] | None) -> int:
+    """Generated tokens up to (not counting) the first end-of-sequence token (any of `stop_ids`)."""
+    stops = set(stop_ids if isinstance(stop_ids, list) else [stop_ids])
+    return next((index for index, token in enumerate(tokens) if token in stops), len(tokens))
 
 
 IGNORE_INDEX = -100  # PyTorch cross-entropy's ignore_index: positions that carry no loss

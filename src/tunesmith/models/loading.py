@@ -7,6 +7,7 @@ never from token ids, and only fills a missing pad token here.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,21 @@ def load_tokenizer(model_dir: Path, fill_pad: bool = True):
     if fill_pad and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def stop_token_ids(tokenizer: Any, generation_eos: Any = None) -> list[int]:
+    """The token ids generation stops at: the tokenizer's eos_token_id and the model's generation config
+    `eos_token_id` (`generation_eos`: an id or a list; Llama-3 and Gemma end a turn with a token of their own there,
+    not the tokenizer's EOS). When None, read from generation_config.json beside the tokenizer, if any."""
+    if generation_eos is None:
+        config = Path(str(getattr(tokenizer, "name_or_path", "") or "")) / "generation_config.json"
+        try:
+            generation_eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError):
+            generation_eos = None
+    extra = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    ids = [tokenizer.eos_token_id, *extra]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
 
 
 def context_length(model_dir: Path) -> int | None:
