@@ -525,7 +525,10 @@ def run_summary(run: Run) -> dict[str, Any]:
     train = read_json(run.path / "train.json") if (run.path / "train.json").is_file() else {}
     steps = sorted(int(p.name.split("-")[1]) for p in run.checkpoints_dir.glob("checkpoint-*")
                    if p.name.split("-")[1].isdigit()) if run.checkpoints_dir.is_dir() else []
-    manifest = run.manifest() if run.manifest_file.is_file() else None
+    try:
+        manifest = run.manifest()
+    except TunesmithError:  # a run.json this version does not read: said as not trained, not a crash of the list
+        manifest = None
     status = ("trained" if manifest is not None and manifest.train is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
