@@ -55,9 +55,10 @@ class ChatSession:
             if type(exc).__name__ != "TemplateError":  # jinja2's, raised by the template itself
                 raise
             self.messages.pop()
-            raise TunesmithError(f"The model's chat template refuses this conversation: {exc}.",
-                                 "A template without a system role: drop --system, or chat with a run trained with "
-                                 "data.system_fallback: merge (its system prompt joins the first user turn).") from None
+            hint = ("A template without a system role: drop --system, or chat with a run trained with "
+                    "data.system_fallback: merge (its system prompt joins the first user turn)." if "system" in
+                    str(exc).lower() else "Check the model's chat template (`tunesmith doctor --model MODEL`).")
+            raise TunesmithError(f"The model's chat template refuses this conversation: {exc}.", hint) from None
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
