@@ -292,6 +292,45 @@ def test_tool_rows_as_given_in_the_issue_parse_from_jsonl(tmp_path, tokenizer):
     assert "get_stock" in loss_text(tokenizer, encode_sequence(tokenizer, row["messages"], 512, row["tools"]))
 
 
+LLAMA_FACTORY_TOOL_ROW = {  # TOOL_ROW as LLaMA-Factory's ShareGPT layout writes it (glaive_toolcall_en's shape)
+    "conversations": [
+        {"from": "human", "value": "How many KB-100 do we have?"},
+        {"from": "function_call", "value": "{\"name\": \"get_stock\", \"arguments\": {\"sku\": \"KB-100\"}}"},
+        {"from": "observation", "value": "{\"units\": 14}"},
+        {"from": "gpt", "value": "We have 14 units."}],
+    "tools": json.dumps([{"name": "get_stock", "parameters": {"type": "object",
+                                                              "properties": {"sku": {"type": "string"}}}}])}
+
+
+def test_llama_factory_tool_rows_train_as_the_same_openai_row_does(tmp_path, tokenizer):
+    """function_call/observation speakers and a `tools` JSON string of bare schemas: the trained tokens equal
+    those of the OpenAI row with the same call, result and schema."""
+    from tunesmith.data.loaders import load_records
+
+    path = tmp_path / "glaive.json"
+    path.write_text(json.dumps([LLAMA_FACTORY_TOOL_ROW]), encoding="utf-8")
+    [row] = load_records(path).rows
+    assert row["tools"] == TOOL_ROW["tools"]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant", "tool", "assistant"]
+    with_template(tokenizer, TOOLS_CHATML)
+    check_template_contract(tokenizer, [row], "qwen-like")
+    encoded = encode_sequence(tokenizer, row["messages"], 512, row["tools"])
+    expected = encode_sequence(tokenizer, TOOL_ROW["messages"], 512, TOOL_ROW["tools"])
+    assert (encoded.input_ids, encoded.labels) == (expected.input_ids, expected.labels)
+
+
+@pytest.mark.parametrize("value", ["get_stock(sku='KB-100')", '{"arguments": {"sku": "KB-100"}}', "[]"])
+def test_a_function_call_turn_that_is_not_a_named_json_call_is_refused_with_its_place(tmp_path, value):
+    from tunesmith.data.loaders import load_records
+
+    row = json.loads(json.dumps(LLAMA_FACTORY_TOOL_ROW))
+    row["conversations"][1]["value"] = value
+    path = tmp_path / "glaive.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"(?s)line 1.*conversations\[1\]\.value.*function_call turn's value"):
+        load_records(path)
+
+
 # --- preference pairs: preview == what TRL's DPO trainer builds ----------------------------------------------
 
 PAIRS = [

@@ -3,7 +3,9 @@
 Chat templates (and TRL's trainers) expect `system? user assistant user assistant …`, with tool
 results only right after an assistant turn that called a tool. A conversation that breaks this renders
 wrongly or not at all, so it is refused here, while the loader still knows the file and line.
-Both OpenAI turns (`role`/`content`) and ShareGPT turns (`from`/`value`) are accepted.
+Both OpenAI turns (`role`/`content`) and ShareGPT turns (`from`/`value`) are accepted, the latter with
+LLaMA-Factory's tool speakers: `function_call` (an assistant turn whose value is the call as JSON,
+`{"name": ..., "arguments": {...}}`, or a list of them) and `observation` (the tool's result).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tunesmith.errors import RowProblem
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool"}
+                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 ORDER_HINT = "Turns alternate user/assistant after an optional first system turn; tool turns follow an " \
              "assistant turn that has tool_calls."
 
@@ -56,6 +58,8 @@ def normalise_turn(turn: Any, label: str) -> Message:
                                        f"got {type_name(turn)}.")
     sharegpt = "role" not in turn and "from" in turn
     role = sharegpt_role(turn, label) if sharegpt else openai_role(turn, label)
+    if sharegpt and turn["from"] == "function_call":
+        return {"role": "assistant", "content": "", "tool_calls": sharegpt_tool_calls(turn.get("value"), label)}
     content = turn_content(turn.get("value" if sharegpt else "content"), label)
     message: Message = {"role": role, "content": content}
     if role == "assistant" and turn.get("tool_calls") is not None:
@@ -95,6 +99,24 @@ def sharegpt_role(turn: dict, label: str) -> str:
     return SHAREGPT_ROLES[speaker]
 
 
+def sharegpt_tool_calls(value: Any, label: str) -> list[dict]:
+    """A LLaMA-Factory `function_call` turn's value (`{"name": ..., "arguments": {...}}` as JSON text, or a list of
+    them for parallel calls) as OpenAI tool calls, the form chat templates take."""
+    hint = 'A function_call turn\'s value is the call as JSON text: {"name": "get_weather", "arguments": ' \
+           '{"city": "Oslo"}}, or a JSON list of such calls.'
+    try:
+        calls = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        raise RowProblem("wrong_type", f"{label}.value is not JSON: {short_repr(value)}.", hint) from None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not calls or not all(isinstance(call, dict) and "name" in call for call in calls):
+        raise RowProblem("wrong_type", f"{label}.value must name the function it calls, got {short_repr(value)}.",
+                         hint)
+    return tool_calls([{"type": "function", "function": {"name": call["name"],
+                                                         "arguments": call.get("arguments", {})}}
+                       for call in calls], label)
+
+
 def turn_content(content: Any, label: str) -> str:
     """Text content; OpenAI's list of text parts is joined, a missing content (tool calls) is ''."""
     if content is None:
@@ -129,10 +151,17 @@ def tool_calls(value: Any, label: str) -> list[dict]:
 
 
 def tool_schemas(value: Any) -> list[dict]:
+    """A row's tool schemas in OpenAI's form (`{"type": "function", "function": {...}}`, what transformers'
+    `get_json_schema` writes); a bare function schema (`{"name", "description", "parameters"}`, LLaMA-Factory's
+    `tools`) is wrapped in it, so every template and the Hermes fallback see one form."""
     schemas = json_list(value, "tools")
     if not all(isinstance(schema, dict) for schema in schemas):
         raise RowProblem("wrong_type", "'tools' must be a list of objects (function schemas).")
-    return schemas
+    return [{"type": "function", "function": schema} if is_bare_function(schema) else schema for schema in schemas]
+
+
+def is_bare_function(schema: dict) -> bool:
+    return isinstance(schema.get("name"), str) and "function" not in schema and "type" not in schema
 
 
 def check_turn_order(messages: list[Message], labels: list[str]) -> None:
