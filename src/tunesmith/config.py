@@ -641,7 +641,8 @@ def duration_seconds(text: str) -> float:
 
 
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
-                "json_fields", "rouge_l", "chrf", "label_accuracy", "numeric_match")
+                "json_fields", "rouge_l", "chrf", "label_accuracy", "numeric_match", "tool_call_match",
+                "tool_name_match")
 # What `eval.task_metric: auto` picks for each kind of training answer (data/answers.py decides the kind).
 # The first task metric of each is the headline score (the sweep table and summaries show it).
 ANSWER_KIND_METRICS = {
@@ -649,6 +650,7 @@ ANSWER_KIND_METRICS = {
     "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
     "numbers": ("loss", "perplexity", "numeric_match", "exact_match"),
     "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
+    "tool_calls": ("loss", "perplexity", "tool_call_match", "tool_name_match", "chrf"),
 }
 
 
@@ -751,8 +753,8 @@ class EvalSection(Section):
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
         """`metrics` when given, else `task_metric` (loss and perplexity are always measured).
 
-        `auto` resolves from `answer_kind` (json, labels, numbers or free_text: what data.json `answers` records);
-        without one it is loss and perplexity alone.
+        `auto` resolves from `answer_kind` (tool_calls, json, labels, numbers or free_text: what data.json `answers`
+        records); without one it is loss and perplexity alone.
         """
         if self.metrics:
             return list(self.metrics)

@@ -11,6 +11,7 @@ Evaluation scores with these, and GRPO's built-in rewards reuse them, so the mod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -116,6 +117,60 @@ def last_number(text: str) -> float | None:
     return float(found[-1].replace(",", "")) if found else None
 
 
+ToolCall = tuple[str, Any]  # (function name, arguments as a JSON value)
+
+
+def tool_calls_in(text: str) -> list[ToolCall]:
+    """The tool calls written in `text`: every JSON object with a string `name` and `arguments` (or Llama 3.1's
+    `parameters`), wherever it stands: inside `<tool_call>` tags (Hermes, Qwen), after `[TOOL_CALLS]` in a list
+    (Mistral), or bare. Arguments given as a JSON string are read as JSON. Calls in the order written."""
+    decoder, calls, index = json.JSONDecoder(), [], text.find("{")
+    while index != -1:
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except ValueError:
+            value, end = None, index + 1
+        call = as_tool_call(value)
+        if call is not None:
+            calls.append(call)
+        index = text.find("{", end if call is not None else index + 1)
+    return calls
+
+
+def as_tool_call(value: Any) -> ToolCall | None:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    key = "arguments" if "arguments" in value else "parameters" if "parameters" in value else None
+    if key is None:
+        return None
+    arguments = value[key]
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):
+            arguments = json.loads(arguments)
+    return value["name"], arguments
+
+
+def tool_call_match_score(prediction: str, reference: str) -> dict[str, Any]:
+    """`tool_call_match`: 1 when the answer makes exactly the reference's tool calls, each with the same function
+    name and equal arguments (as JSON values: key order, spacing and 1 vs 1.0 do not matter; parallel calls in any
+    order), BFCL's exact-match notion of a correct call (Patil et al., 2024, Berkeley Function-Calling
+    Leaderboard); a reference without calls is matched by an answer without calls. `tool_name_match`: the same,
+    comparing only the function names called."""
+    got, expected = tool_calls_in(prediction), tool_calls_in(reference)
+    names_match = sorted(name for name, _ in got) == sorted(name for name, _ in expected)
+    return {"tool_call_match": float(names_match and same_calls(got, expected)), "tool_name_match": float(names_match)}
+
+
+def same_calls(got: list[ToolCall], expected: list[ToolCall]) -> bool:
+    """Whether two lists of calls are the same calls in some order (arguments compared as JSON values)."""
+    remaining = list(expected)
+    for call in got:
+        if call not in remaining:
+            return False
+        remaining.remove(call)
+    return not remaining
+
+
 def rouge_l_score(prediction: str, reference: str) -> dict[str, Any]:
     """ROUGE-L F-measure (longest common word subsequence), on lowercased Unicode words."""
     return {"rouge_l": _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure}
@@ -130,6 +185,7 @@ SCORERS: dict[str, Scorer] = {
     "json_fields": json_fields_score, "exact_match": exact_match_score, "contains": contains_score,
     "json_valid": json_valid_score, "rouge_l": rouge_l_score, "chrf": chrf_score,
     "label_accuracy": label_accuracy_score, "numeric_match": numeric_match_score,
+    "tool_call_match": tool_call_match_score, "tool_name_match": tool_call_match_score,
 }
 LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
 LABEL_WRAPPING = "\"'`.!?;:,"

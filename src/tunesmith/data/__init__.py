@@ -134,7 +134,8 @@ def recipe_tokenizer(recipe: Recipe) -> Any:
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
     """What data.json records: a hash of the training rows (order-sensitive), simple counts, and what the
-    answers look like (`answers`: json / labels / numbers / free_text, from which eval picks its metrics)."""
+    answers look like (`answers`: tool_calls / json / labels / numbers / free_text, from which eval picks its
+    metrics)."""
     digest = hashlib.sha256()
     for row in splits.train:
         digest.update(row_hash(row).encode())

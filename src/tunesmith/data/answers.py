@@ -1,8 +1,11 @@
 """What the training answers look like, so that eval scores them with metrics that fit.
 
-`classify_answers` reads the answer of every row (a `messages` row's last assistant turn; for other shapes
-the last text `answer_texts` finds) and sorts the set into one of three kinds:
+`classify_answers` reads the answer of every row (a `messages` row's last assistant turn, its tool calls written
+as `<tool_call>` blocks by `answer_text`; for other shapes the last text `answer_texts` finds) and sorts the set
+into one of five kinds:
 
+- `tool_calls`: some answers call tools (`scoring.tool_calls_in` finds a call): scored by tool_call_match (the
+  right functions with the right arguments), tool_name_match and chrF (for the answers in words);
 - `json`: every answer parses, as a whole, as a JSON object (arrays, numbers and strings do not count);
 - `labels`: a small closed set of short values, each repeated: at most MAX_LABELS distinct values, on
   average at least MIN_REPEATS rows per value, and every value one line of at most MAX_LABEL_CHARS
@@ -26,12 +29,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tunesmith.config import ANSWER_KIND_METRICS, EvalSection
-from tunesmith.data.rowtext import answer_texts, message_texts
+from tunesmith.data.rowtext import answer_texts
 from tunesmith.data.shapes import Row
+from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError
-from tunesmith.scoring import NUMBER_ANSWER
+from tunesmith.scoring import NUMBER_ANSWER, tool_calls_in
 
-AnswerKind = Literal["json", "labels", "numbers", "free_text"]
+AnswerKind = Literal["tool_calls", "json", "labels", "numbers", "free_text"]
 MAX_LABELS = 20
 MIN_REPEATS = 3
 MAX_LABEL_CHARS = 64
@@ -50,6 +54,7 @@ class AnswerSummary(BaseModel):
     json_objects: int = Field(0, description="Answers that parse as a JSON object.")
     json_values: int = Field(0, description="Answers that parse as any JSON value.")
     numbers: int = Field(0, description="Answers that are a number, alone or with a currency sign or a unit.")
+    tool_calls: int = Field(0, description="Answers that call at least one tool.")
     labels: list[str] = Field(default_factory=list, description="The label set, sorted (kind `labels` only).")
     counts: dict[str, int] = Field(default_factory=dict, description="Rows per label (kind `labels` only).")
     example: str = Field("", description="One answer, shortened, for messages.")
@@ -59,6 +64,8 @@ class AnswerSummary(BaseModel):
         """Why the kind was chosen, in one phrase (printed by eval and recorded in results.json)."""
         if not self.rows:
             return "no row has an answer text to look at"
+        if self.kind == "tool_calls":
+            return f"{self.tool_calls} of {self.rows} answers call tools"
         if self.kind == "json":
             return f"all {self.rows} answers are JSON objects"
         if self.kind == "numbers":
@@ -76,23 +83,27 @@ class AnswerSummary(BaseModel):
 def row_answer(row: Row) -> str | None:
     """The answer a row teaches: the last assistant turn of a conversation, else the last answer text."""
     if "messages" in row:
-        texts = message_texts(row["messages"], roles=("assistant",))
-        return texts[-1] if texts and row["messages"][-1].get("role") == "assistant" else None
+        last = row["messages"][-1] if row["messages"] else {}
+        return answer_text(last) if last.get("role") == "assistant" else None
     texts = answer_texts(row)
     return texts[-1] if texts else None
 
 
 def classify_answers(rows: list[Row]) -> AnswerSummary:
-    """Sort the rows' answers into json / labels / numbers / free_text (rules in the module docstring)."""
+    """Sort the rows' answers into tool_calls / json / labels / numbers / free_text (rules in the module
+    docstring)."""
     answers = [answer.strip() for answer in map(row_answer, rows) if answer is not None]
     parsed = [_parse_json(answer) for answer in answers]
     objects = sum(isinstance(value, dict) for value in parsed)
     values = sum(value is not _NOT_JSON for value in parsed)
     numbers = sum(NUMBER_ANSWER.fullmatch(answer) is not None for answer in answers)
+    calls = sum(bool(tool_calls_in(answer)) for answer in answers)
     counts = Counter(answers)
     figures: dict[str, Any] = {"rows": len(answers), "distinct": len(counts), "json_objects": objects,
-                               "json_values": values, "numbers": numbers,
+                               "json_values": values, "numbers": numbers, "tool_calls": calls,
                                "example": _shorten(answers[0]) if answers else ""}
+    if calls:
+        return AnswerSummary(kind="tool_calls", **figures)
     if answers and objects == len(answers):
         return AnswerSummary(kind="json", **figures)
     if answers and is_label_set(counts):

@@ -79,6 +79,9 @@ def schema_file_constraint(path: Path, source: str) -> Constraint:
     return Constraint("json_schema", json.dumps(schema), source)
 
 
+KIND_WORDS = {"numbers": "numbers", "tool_calls": "tool calls"}
+
+
 def infer_constraint(rows: list[Row]) -> Constraint:
     """The structure the training answers share: their label set, or the JSON Schema of objects that all have the
     same keys (inferred with genson). Raises TunesmithError, naming the fix, for answers with no shared structure."""
@@ -89,7 +92,7 @@ def infer_constraint(rows: list[Row]) -> Constraint:
     if summary.kind == "json":
         return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
     raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
-                         f"are {'numbers' if summary.kind == 'numbers' else 'free text'} ({summary.reason}).",
+                         f"are {KIND_WORDS.get(summary.kind, 'free text')} ({summary.reason}).",
                          f"Give one: {HOW_TO_SET}.")
 
 

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from tunesmith.config import DataSection
-from tunesmith.data.template import arguments_object
+from tunesmith.data.template import answer_text
 
 Row = dict[str, Any]
 Messages = list[dict[str, Any]]
@@ -59,18 +59,10 @@ def hermes_turns(messages: Messages) -> Messages:
             else:
                 turns.append({"role": "user", "content": block, "tunesmith_tool_results": True})
         elif message["role"] == "assistant" and message.get("tool_calls"):
-            blocks = [tool_call_block(call) for call in message["tool_calls"]]
-            text = "\n".join([message["content"], *blocks] if message["content"].strip() else blocks)
-            turns.append({"role": "assistant", "content": text})
+            turns.append({"role": "assistant", "content": answer_text(message)})
         else:
             turns.append(dict(message))
     return [{key: value for key, value in turn.items() if key != "tunesmith_tool_results"} for turn in turns]
-
-
-def tool_call_block(call: dict[str, Any]) -> str:
-    function = call["function"]
-    payload = {"name": function["name"], "arguments": arguments_object(function.get("arguments"))}
-    return f"<tool_call>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_call>"
 
 
 def with_tool_schemas(messages: Messages, tools: list[dict[str, Any]]) -> Messages:

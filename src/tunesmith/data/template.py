@@ -52,6 +52,23 @@ def arguments_object(arguments: Any) -> Any:
     return arguments
 
 
+def tool_call_block(call: dict[str, Any]) -> str:
+    """One tool call as Hermes function-calling text: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`."""
+    function = call["function"]
+    payload = {"name": function["name"], "arguments": arguments_object(function.get("arguments"))}
+    return f"<tool_call>\n{json.dumps(payload, ensure_ascii=False)}\n</tool_call>"
+
+
+def answer_text(message: dict[str, Any]) -> str:
+    """What an assistant turn answers, as text: its content, then each of its tool calls as a `<tool_call>` block.
+
+    The reference eval scores a generated answer against (`scoring.tool_call_match` reads the calls back), and the
+    text the Hermes fallback trains, so a tool-calling turn is never scored as an empty answer."""
+    blocks = [tool_call_block(call) for call in message.get("tool_calls") or []]
+    content = message.get("content") or ""
+    return "\n".join([content, *blocks] if content.strip() else blocks) if blocks else content
+
+
 def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
            tools: list[dict[str, Any]] | None = None) -> str:
     """The chat template's text for `messages` (and the row's tool schemas, when it has any)."""

@@ -18,6 +18,7 @@ from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.lengths import resolve_max_length
+from tunesmith.data.template import answer_text
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
@@ -68,7 +69,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
     rows = splits.eval[: recipe.eval.max_examples]
-    references = [row["messages"][-1]["content"] for row in rows]
+    references = [answer_text(row["messages"][-1]) for row in rows]
     answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
     plan = BaselinePlan(names, splits.train, constraint)
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,

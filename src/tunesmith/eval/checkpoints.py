@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
+from tunesmith.data.template import answer_text
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_texts, resolve_max_new_tokens
 from tunesmith.eval.evaluate import choose_metrics
@@ -72,7 +73,7 @@ def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
     rows = held_out_rows(recipe, run).rows[: recipe.eval.max_examples]
     _, choice = choose_metrics(recipe, run, rows)
     scorer = recipe_scorer(recipe, choice["metrics"])
-    references = [row["messages"][-1]["content"] for row in rows]
+    references = [answer_text(row["messages"][-1]) for row in rows]
     resolve_max_new_tokens(recipe.eval, tokenizer, references)
     probes = recipe_probes(recipe) if recipe.eval.probes else []  # eval.probes: false: the task score alone
     device = pick_device(recipe.training.device)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
+from tunesmith.data.template import answer_text
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
@@ -56,7 +57,7 @@ def load_prompts(path: Path, reference_key: str | None = None) -> list[PromptRow
     if values and all(is_prompt_only(value) for value in values):
         rows = [PromptRow(prompt_messages(value), None) for value in values]
     else:
-        rows = [PromptRow(row["messages"][:-1], row["messages"][-1]["content"]) for row in load_conversations(path)]
+        rows = [PromptRow(row["messages"][:-1], answer_text(row["messages"][-1])) for row in load_conversations(path)]
     if reference_key is not None:
         rows = with_reference_column(rows, values, reference_key, path)
     return rows

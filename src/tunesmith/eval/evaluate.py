@@ -18,6 +18,7 @@ import torch
 from tunesmith.config import Recipe, any_constrained
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
+from tunesmith.data.template import answer_text
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
@@ -75,7 +76,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
-    references = [r["messages"][-1]["content"] for r in rows]
+    references = [answer_text(r["messages"][-1]) for r in rows]
     answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
     variants, who = eval_variants(recipe, run, device, against, with_base=bool(plan.names))
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
@@ -116,8 +117,8 @@ def note_unscored_tool_calls(rows: list[dict]) -> int:
     calls = sum(any(turn.get("tool_calls") for turn in row.get("messages", [])[:-1]) for row in rows)
     if calls:
         progress(f"note: {calls} of {len(rows)} held-out rows make tool calls before their last answer; eval scores "
-                 "the last answer, given the calls and their results as context, not whether the model makes the "
-                 "right calls (see them with `tunesmith compare` or `chat`)")
+                 "the last answer (its own tool calls too), given the earlier calls and their results as context, "
+                 "not the earlier calls (a held-out row that ends at a call scores that call)")
     return calls
 
 
@@ -233,7 +234,7 @@ def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recip
 def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
     samples = []
     for index, row in enumerate(rows[:limit]):
-        sample = {"prompt": row["messages"][-2]["content"], "reference": row["messages"][-1]["content"]}
+        sample = {"prompt": row["messages"][-2]["content"], "reference": answer_text(row["messages"][-1])}
         sample.update({name: texts[index] for name, texts in outputs.items()})
         samples.append(sample)
     return samples

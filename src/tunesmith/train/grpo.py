@@ -16,6 +16,7 @@ from typing import Any
 
 from tunesmith.config import GRPOMethod, Recipe
 from tunesmith.data.shapes import Row
+from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
@@ -70,7 +71,7 @@ def prompt_and_reference(row: Row) -> Row:
         raise DataError(f"A GRPO row must end with the assistant's reference answer; got roles "
                         f"{[m['role'] for m in messages]}.",
                         "Write rows as {prompt, completion} where completion is the expected answer.")
-    return {"prompt": messages[:-1], "reference": messages[-1]["content"]}
+    return {"prompt": messages[:-1], "reference": answer_text(messages[-1])}
 
 
 def grpo_config(method: GRPOMethod, weights: list[float], common: dict[str, Any]):
