@@ -175,10 +175,18 @@ def test_templates_that_are_not_prefix_stable_are_refused(tokenizer, template):
 
 @pytest.mark.parametrize("template", [PROMPT_DIFFERS_SPACE, PROMPT_DIFFERS_ROLE])
 def test_a_generation_prompt_that_is_not_the_trained_prefix_is_refused(tokenizer, template):
+    """Refused for that one reason: the template is prefix-stable and ends answers with EOS, so neither is said."""
     with_template(tokenizer, template)
-    assert probe_template(tokenizer).generation_prompt == "differs"
-    with pytest.raises(DataError, match="generation prompt that is not a prefix"):
+    probe = probe_template(tokenizer)
+    assert (probe.generation_prompt, probe.assistant_turns, probe.eos_after_assistant) == (
+        "differs", "identifiable", True)
+    with pytest.raises(DataError, match="generation prompt that is not a prefix") as caught:
         check_template_contract(tokenizer, [PLAIN_ROW], "m")
+    assert "prefix-stable" not in caught.value.message and "stop" not in caught.value.message
+    preview = preview_rows(tokenizer, [PLAIN_ROW, SYSTEM_ROW], max_length=256, model="m")
+    assert len(preview.problems) == 1 and "generation prompt" in preview.problems[0]
+    with pytest.raises(DataError, match="generation prompt that is not the start of the assistant turn"):
+        encode_sequence(tokenizer, PLAIN_ROW["messages"], 256)  # a row on its own names the same cause
 
 
 @pytest.mark.parametrize("template", [NO_EOS_NEWLINE, NO_EOS_DOUBLE])

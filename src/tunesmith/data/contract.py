@@ -16,6 +16,7 @@ refusal names the model and the recipe key that fixes it (`data.system_fallback`
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,14 +74,18 @@ def probe_template(tokenizer: Any) -> TemplateContract:
                                 template_error=f"{type(exc).__name__}: {exc}")
     from tunesmith.models.loading import stop_token_ids  # imports torch: only once a template is probed
 
-    answer = through[len(prompt):] if through.startswith(prompt) else ""
+    # where the generation prompt is not the trained prefix, that one finding is the problem: the answer is read
+    # after the user turn instead, and prefix stability without generation prompts, so none is reported twice
+    prompt_found = generation_prompt(prompt, plain, through)
+    start = len(prompt) if through.startswith(prompt) else len(plain) if through.startswith(plain) else len(through)
     stops = stop_token_ids(tokenizer)  # the tokenizer's EOS and the generation config's (Llama-3, Gemma)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(through[start:], add_special_tokens=False)["input_ids"]
+    stable = prefix_stable(tokenizer) if prompt_found != "differs" else renders_prefix_stable(tokenizer)
     return TemplateContract(
         system_role=system_role(tokenizer),
-        generation_prompt=generation_prompt(prompt, plain, through),
+        generation_prompt=prompt_found,
         eos_after_assistant=any(token in stops for token in answer_ids),
-        assistant_turns="identifiable" if prefix_stable(tokenizer) else "not_prefix_stable",
+        assistant_turns="identifiable" if stable else "not_prefix_stable",
         tools="supported" if renders_tool_calls(tokenizer) else "unsupported",
     )
 
@@ -105,14 +110,28 @@ def system_role(tokenizer: Any) -> Literal["supported", "dropped", "refused"]:
     return "supported" if SYSTEM_PROBE in text else "dropped"
 
 
+PROBE_TWO_EXCHANGES = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE},
+                       {"role": "user", "content": USER_PROBE + " again"},
+                       {"role": "assistant", "content": ANSWER_PROBE + " 2"}]
+
+
 def prefix_stable(tokenizer: Any) -> bool:
-    turns = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE},
-             {"role": "user", "content": USER_PROBE + " again"}, {"role": "assistant", "content": ANSWER_PROBE + " 2"}]
+    """Both answers of a two-exchange conversation are found by the loss mask (`assistant_spans`)."""
     try:
-        text, spans = assistant_spans(tokenizer, turns)
+        text, spans = assistant_spans(tokenizer, PROBE_TWO_EXCHANGES)
     except Exception:  # DataError (not prefix-stable) or a template that raises on a second exchange
         return False
     return [ANSWER_PROBE in text[start:end] for start, end in spans] == [True, True]
+
+
+def renders_prefix_stable(tokenizer: Any) -> bool:
+    """Each rendering of the first turns (no generation prompt) is a prefix of the next one's: prefix stability
+    judged apart from the generation prompt, for a template whose generation prompt differs."""
+    try:
+        texts = [render(tokenizer, PROBE_TWO_EXCHANGES[:count]) for count in range(1, 5)]
+    except Exception:  # a template that raises on a second exchange
+        return False
+    return all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
 
 
 def renders_tool_calls(tokenizer: Any) -> bool:

@@ -17,6 +17,7 @@ from tunesmith.data.contract import judge_template
 from tunesmith.data.template import (
     IGNORE_INDEX,
     PREFERENCE_SIDES,
+    AnswerNotLocatable,
     EncodedSequence,
     assistant_spans,
     encode_completion,
@@ -123,8 +124,9 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
         try:
             sides = encoded_sides(tokenizer, row, max_length)
         except Exception as exc:  # DataError, or the template's own error (jinja raises anything)
-            preview.problems.append(f"row {number} cannot be rendered for training: {message_of(exc)}")
-            continue
+            if not (isinstance(exc, AnswerNotLocatable) and preview.contract and preview.contract["problems"]):
+                preview.problems.append(f"row {number} cannot be rendered for training: {message_of(exc)}")
+            continue  # else the contract's problem above says it, once for the file
         preview.examples += [rendered_example(tokenizer, f"row {number}" + (f" ({side})" if side else ""), encoded)
                              for side, encoded in sides]
     for example in preview.examples:

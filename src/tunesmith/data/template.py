@@ -92,13 +92,28 @@ def assistant_spans(tokenizer: Any, messages: Messages,
         before = render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
         through = render(tokenizer, messages[: index + 1], tools=tools)
         if not (full.startswith(through) and through.startswith(before)):
-            raise DataError(
-                "The chat template is not prefix-stable: rendering a conversation's first turns "
-                "does not give a prefix of the whole, so assistant tokens cannot be located.",
-                "Use a template that renders turns independently (ChatML, Llama-3 and most others do).",
-            )
+            raise unlocatable_answer(tokenizer, messages[:index], through, tools)
         spans.append((len(before), len(through)))
     return full, spans
+
+
+class AnswerNotLocatable(DataError):
+    """The template's renderings do not let an assistant turn's characters be found (the template contract
+    reports the same finding once for the whole file)."""
+
+
+def unlocatable_answer(tokenizer: Any, earlier: Messages, through: str,
+                       tools: list[dict[str, Any]] | None) -> AnswerNotLocatable:
+    """Why an answer cannot be located: the generation prompt (the turns before it render as a prefix, but not
+    with add_generation_prompt), or the template itself (earlier turns render differently once later ones come)."""
+    if through.startswith(render(tokenizer, earlier, tools=tools) if earlier else ""):
+        return AnswerNotLocatable(
+            "The chat template renders a generation prompt that is not the start of the assistant turn it trains, so "
+            "the answer's tokens cannot be told from the prompt's.", "Fix the template's add_generation_prompt branch.")
+    return AnswerNotLocatable(
+        "The chat template is not prefix-stable: rendering a conversation's first turns does not give a prefix of "
+        "the whole, so assistant tokens cannot be located.",
+        "Use a template that renders turns independently (ChatML, Llama-3 and most others do).")
 
 
 @dataclass
