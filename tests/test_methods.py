@@ -179,6 +179,25 @@ def test_eval_scores_base_and_tuned_by_likelihood(trained):
     assert margin["wins"] + margin["losses"] + margin["ties"] == 16 and margin["delta"] > 0
 
 
+def test_kto_eval_on_unpaired_rows_compares_tuned_with_base_row_by_row(trained, tmp_path):
+    """Unpaired held-out rows have no pair margin; the tuned model is compared with its base row by row on the
+    log-probability signed by the label (KTO's implied reward, sign-corrected)."""
+    if trained.kind != "kto":
+        pytest.skip("unpaired rows are KTO's")
+    from tunesmith.eval import run_eval
+    from tunesmith.train.preference import unpair
+
+    pairs = [json.loads(line) for line in (PREFS / "eval.jsonl").read_text().splitlines() if line.strip()]
+    held_out = tmp_path / "unpaired.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in unpair(pairs, seed=0)))
+    results = json.loads(run_eval(trained.run.load_recipe(), trained.run, data=held_out).read_text())
+    assert results["examples"] == 2 * len(pairs) and results["task_metric"] == "label_gap"
+    signed = results["comparison"]["signed_logp"]
+    assert signed["wins"] + signed["losses"] + signed["ties"] == results["examples"]
+    assert signed["delta"] == pytest.approx(results["tuned"]["signed_logp"] - results["base"]["signed_logp"], abs=1e-3)
+    assert signed["delta"] > 0 and signed["wins"] > signed["losses"]  # trained to prefer the desirable answers
+
+
 @pytest.mark.parametrize("kind", PREFERENCE)
 def test_conversations_are_refused_by_preference_methods(kind, tmp_path, tiny_model_dir):
     recipe = method_recipe(tmp_path, tiny_model_dir, kind, source=ORDERS)

@@ -2,7 +2,8 @@
 
 Preference pairs: how often the model gives the chosen answer a higher log-probability than the
 rejected one (summed over the answer's tokens), and by how much on average. Unpaired rows (KTO):
-the mean log-probability of desirable and of undesirable answers, and the gap between them.
+the mean log-probability of desirable and of undesirable answers, the gap between them, and, row by row against
+the base, whether the tuned model moved each answer the way its label asks.
 Raw text (CPT): held-out perplexity, in `eval/perplexity.py`. As in `evaluate.py`, one base model is
 loaded and the adapter is switched off to score the base; a whole-model run loads its model beside the base.
 """
@@ -81,13 +82,30 @@ def preference_results(variants: dict[str, Variant], tokenizer: Any, recipe: Rec
                 results[name] = pair_summary(chosen, rejected)
                 margins[name] = [c - r for c, r in zip(chosen, rejected, strict=True)]
             else:
-                results[name] = label_summary(completion_logps(model, tokenizer, rows, "completion", recipe),
-                                              [row["label"] for row in rows])
+                labels = [row["label"] for row in rows]
+                logps = completion_logps(model, tokenizer, rows, "completion", recipe)
+                results[name], margins[name] = label_summary(logps, labels), signed_logps(logps, labels)
     if paired:
         results["samples"] = pair_samples(rows, margins, limit=5)
-        if "base" in margins and "tuned" in margins:
-            results["comparison"] = pair_comparison(margins["base"], margins["tuned"])
+    if "base" in margins and "tuned" in margins:
+        results["comparison"] = (pair_comparison if paired else label_comparison)(margins["base"], margins["tuned"])
     return results
+
+
+def signed_logps(logps: list[float], labels: list[bool]) -> list[float]:
+    """Each answer's log-probability, negated for an undesirable one: higher is better on every row."""
+    return [logp if label else -logp for logp, label in zip(logps, labels, strict=True)]
+
+
+def label_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[str, Any]]:
+    """Tuned against base, row by row, for unpaired (KTO) rows: the signed log-probability (`signed_logps`), so its
+    difference is KTO's implied reward log π(y|x) − log π_ref(y|x) with the sign of the label (Ethayarajh et al.,
+    2024, "KTO: Model Alignment as Prospect Theoretic Optimization"): a row is won when the tuned model made a
+    desirable answer more likely or an undesirable one less likely than the base did. Paired-bootstrap 95%
+    interval and wins/losses/ties as `pair_comparison`."""
+    from tunesmith.eval.stats import compare_metric
+
+    return {"signed_logp": compare_metric(base, tuned)}
 
 
 def pair_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[str, Any]]:
@@ -116,8 +134,9 @@ def label_summary(logps: list[float], labels: list[bool]) -> dict[str, float | N
     mean_good = sum(good) / len(good) if good else None
     mean_bad = sum(bad) / len(bad) if bad else None
     gap = mean_good - mean_bad if good and bad else None
+    signed = signed_logps(logps, labels)
     return {"mean_logp_desirable": _round(mean_good), "mean_logp_undesirable": _round(mean_bad),
-            "label_gap": _round(gap)}
+            "label_gap": _round(gap), "signed_logp": _round(sum(signed) / len(signed))}
 
 
 def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, recipe: Recipe) -> list[float]:
