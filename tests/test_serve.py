@@ -645,3 +645,81 @@ def test_ollama_is_created_once_its_server_answers_and_a_running_one_is_reused(r
     result = CliRunner().invoke(app, ["serve", str(runs["pizza-run"]), "--engine", "ollama", "--port", "11501"])
     assert result.exit_code == 0 and "already running" in result.output, result.output
     assert log.read_text(encoding="utf-8").split() == ["127.0.0.1:11501", "list", "127.0.0.1:11501", "create"]
+
+
+# --- tool calls: a run trained with data.tool_format: hermes is served with the same prompt, its calls parsed -----
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                                 "parameters": {"type": "object",
+                                                                "properties": {"city": {"type": "string"}}}}}
+CALL_SCHEMA = {"type": "object", "properties": {"name": {"enum": ["get_weather"]}, "arguments": {
+    "type": "object", "properties": {"city": {"enum": ["Oslo", "Lima"]}}, "required": ["city"]}},
+    "required": ["name", "arguments"]}
+
+
+def test_calls_to_the_requests_tools_become_tool_calls_and_the_rest_stays_text():
+    from tunesmith.serve.api import split_tool_calls
+
+    names = frozenset({"get_weather", "get_time"})
+    content, calls = split_tool_calls('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+                                      '\n</tool_call>', names)
+    assert content == "Checking." and [c["function"]["name"] for c in calls] == ["get_weather"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"} and calls[0]["type"] == "function"
+    content, calls = split_tool_calls('[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, '
+                                      '{"name": "get_weather", "arguments": "{\\"city\\": \\"Lima\\"}"}]', names)
+    assert content is None and [c["function"]["name"] for c in calls] == ["get_time", "get_weather"]
+    assert json.loads(calls[1]["function"]["arguments"]) == {"city": "Lima"}
+    text = '{"name": "send_money", "arguments": {"to": "me"}}'  # not a tool of this request: text, as written
+    assert split_tool_calls(text, names) == (text, [])
+    assert split_tool_calls("Sunny.", names) == ("Sunny.", [])
+
+
+@pytest.fixture
+def hermes_model(engine: Any) -> Iterator[str]:
+    """pizza-run served as if its recipe had data.tool_format: hermes (the same base and adapter)."""
+    import dataclasses
+
+    from tunesmith.config import DataSection
+
+    served = engine.models["pizza-run"]
+    engine.models["pizza-tools"] = dataclasses.replace(served, name="pizza-tools",
+                                                       data=DataSection(train="x", tool_format="hermes"))
+    engine.adapters["pizza-tools"] = engine.adapters["pizza-run"]
+    yield "pizza-tools"
+    del engine.models["pizza-tools"], engine.adapters["pizza-tools"]
+
+
+def test_a_hermes_run_gets_the_tools_as_training_wrote_them(engine, hermes_model):
+    from tunesmith.config import DataSection
+    from tunesmith.data.fallbacks import apply_fallbacks
+    from tunesmith.data.template import encode_sequence
+
+    served = engine.chat_prompt(hermes_model, ORDER, [WEATHER_TOOL])
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    row = apply_fallbacks({"messages": [*ORDER, {"role": "assistant", "content": "", "tool_calls": [call]}],
+                           "tools": [WEATHER_TOOL]}, DataSection(train="x", tool_format="hermes"))
+    trained = encode_sequence(engine.tokenizer(hermes_model), row["messages"], 512)
+    assert trained.input_ids[: len(served)] == served
+    assert "<tools>" in engine.tokenizer(hermes_model).decode(served)
+    assert served != engine.chat_prompt("pizza-run", ORDER, None)
+
+
+def test_a_served_tool_call_reaches_the_openai_client_as_tool_calls_whole_and_streamed(server, hermes_model):
+    """The tiny model is held to a call-shaped answer by the json_schema grammar; the server returns it as the
+    request's tool call, in a whole response and in a stream the openai client assembles."""
+    client = server.client()
+    options = {"model": hermes_model, "messages": ORDER, "tools": [WEATHER_TOOL], "temperature": 0, "max_tokens": 40,
+               "response_format": {"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}}}
+    whole = client.chat.completions.create(**options)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] in ("Oslo", "Lima")
+    chunks = list(client.chat.completions.create(**options, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    streamed = [t for d in deltas for t in d.tool_calls or []]
+    assert [(t.function.name, t.function.arguments) for t in streamed] == [("get_weather", call.function.arguments)]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    plain = client.chat.completions.create(model=hermes_model, messages=ORDER, tools=[WEATHER_TOOL], temperature=0,
+                                           max_tokens=8)
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")

@@ -124,7 +124,12 @@ def tool_calls_in(text: str) -> list[ToolCall]:
     """The tool calls written in `text`: every JSON object with a string `name` and `arguments` (or Llama 3.1's
     `parameters`), wherever it stands: inside `<tool_call>` tags (Hermes, Qwen), after `[TOOL_CALLS]` in a list
     (Mistral), or bare. Arguments given as a JSON string are read as JSON. Calls in the order written."""
-    decoder, calls, index = json.JSONDecoder(), [], text.find("{")
+    return [call for call, _, _ in tool_call_spans(text)]
+
+
+def tool_call_spans(text: str) -> list[tuple[ToolCall, int, int]]:
+    """`tool_calls_in`'s calls, each with the character span [start, end) of its JSON object in `text`."""
+    decoder, found, index = json.JSONDecoder(), [], text.find("{")
     while index != -1:
         try:
             value, end = decoder.raw_decode(text, index)
@@ -132,9 +137,9 @@ def tool_calls_in(text: str) -> list[ToolCall]:
             value, end = None, index + 1
         call = as_tool_call(value)
         if call is not None:
-            calls.append(call)
+            found.append((call, index, end))
         index = text.find("{", end if call is not None else index + 1)
-    return calls
+    return found
 
 
 def as_tool_call(value: Any) -> ToolCall | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import threading
 import time
 import uuid
@@ -331,13 +332,18 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
             for index in range(body.n):
                 yield sse(shape.opening(ident, name, index))
                 pieces = engine.generate(name, prompt_ids, with_seed(settings, index), cancelled)
-                text = ""
+                text, reason = "", "stop"
                 async for piece in iterate_in_threadpool(pieces):
                     if first:
                         metrics.first_token.labels(name).observe(time.perf_counter() - started)
                         first = False
                     text += piece.text
-                    yield sse(shape.chunk(ident, name, index, piece.text, piece.finish_reason))
+                    reason = piece.finish_reason or reason
+                    if not shape.tool_names:
+                        yield sse(shape.chunk(ident, name, index, piece.text, piece.finish_reason))
+                if shape.tool_names:
+                    for event in shape.buffered(ident, name, index, text, reason):
+                        yield sse(event)
                 completion += engine.count_tokens(name, text)
             if (body.stream_options or {}).get("include_usage"):
                 yield sse(shape.usage_chunk(ident, name, {"prompt_tokens": len(prompt_ids),
@@ -372,7 +378,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                                 "system message, or serve a model whose template renders `tools`.", "tools",
                            "unsupported_parameter")
         settings = sampling(body, len(prompt_ids), schema, json_object)
-        return await complete(name, "chat", prompt_ids, settings, body, ChatShape())
+        return await complete(name, "chat", prompt_ids, settings, body, ChatShape(request_tool_names(body.tools)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
@@ -439,17 +445,76 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+# What models write around a tool call's JSON: Hermes/Qwen tags, Mistral's marker, Llama 3.1's python tag.
+TOOL_CALL_MARKERS = re.compile(r"</?tool_call>|\[TOOL_CALLS\]|<\|python_tag\|>")
+
+
+def request_tool_names(tools: list[dict[str, Any]] | None) -> frozenset[str]:
+    """The function names a request's `tools` offer (OpenAI's `{"type": "function", "function": {...}}`, or bare)."""
+    names = set()
+    for tool in tools or []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.add(function["name"])
+    return frozenset(names)
+
+
+def split_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list[dict[str, Any]]]:
+    """A generated answer as OpenAI's assistant message parts: the text around the calls (None when nothing but
+    the calls' wrapping is left) and `tool_calls` (each call to one of the request's tools, `names`, its arguments as
+    a JSON string). Calls are read as eval reads them (`scoring.tool_call_spans`: `<tool_call>` tags, Mistral's
+    `[TOOL_CALLS]` list, Llama 3.1's `parameters`, bare JSON)."""
+    from tunesmith.scoring import tool_call_spans
+
+    spans = [(call, start, end) for call, start, end in tool_call_spans(text) if call[0] in names]
+    if not spans:
+        return text, []
+    kept, last = [], 0
+    for _, start, end in spans:
+        kept.append(text[last:start])
+        last = end
+    rest = TOOL_CALL_MARKERS.sub("", "".join([*kept, text[last:]]))
+    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+              "function": {"name": name, "arguments": arguments if isinstance(arguments, str)
+                           else json.dumps(arguments, ensure_ascii=False)}}
+             for (name, arguments), _, _ in spans]
+    return (rest.strip() if rest.strip(" \n[],") else None), calls
+
+
+@dataclass(frozen=True)
 class ChatShape:
-    """Chat completion objects (`chat.completion`, `chat.completion.chunk`)."""
+    """Chat completion objects (`chat.completion`, `chat.completion.chunk`). With `tool_names` (the request offered
+    tools), calls to them in an answer come back as `tool_calls` with finish_reason `tool_calls`; a stream then
+    sends each answer whole once it is written, since a call can only be told from text at its end."""
+
+    tool_names: frozenset[str] = frozenset()
 
     def ident(self) -> str:
         return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
     def whole(self, name: str, texts: list[str], reasons: list[str], usage: dict[str, int]) -> dict[str, Any]:
+        choices = []
+        for index, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+            message, reason = self.message(text, reason)
+            choices.append({"index": index, "message": {"role": "assistant", **message}, "finish_reason": reason,
+                            "logprobs": None})
         return {"id": self.ident(), "object": "chat.completion", "created": int(time.time()), "model": name,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                             "logprobs": None} for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
-                "usage": usage}
+                "choices": choices, "usage": usage}
+
+    def message(self, text: str, reason: str) -> tuple[dict[str, Any], str]:
+        """The assistant message's content (and tool_calls) for `text`, and its finish reason."""
+        content, calls = split_tool_calls(text, self.tool_names) if self.tool_names else (text, [])
+        return ({"content": content, "tool_calls": calls}, "tool_calls") if calls else ({"content": text}, reason)
+
+    def buffered(self, ident: str, name: str, index: int, text: str, reason: str) -> list[dict[str, Any]]:
+        """A whole answer as the chunks a stream of it ends with: its text, its tool calls, its finish reason."""
+        message, reason = self.message(text, reason)
+        deltas: list[dict[str, Any]] = [{"content": message["content"]}] if message["content"] else []
+        deltas += [{"tool_calls": [{"index": position, **call}]} for position, call in
+                   enumerate(message.get("tool_calls", []))]
+        chunks = [self.envelope(ident, name, [{"index": index, "delta": delta, "finish_reason": None}])
+                  for delta in deltas]
+        return [*chunks, self.envelope(ident, name, [{"index": index, "delta": {}, "finish_reason": reason}])]
 
     def opening(self, ident: str, name: str, index: int) -> dict[str, Any]:
         return self.envelope(ident, name, [{"index": index, "delta": {"role": "assistant", "content": ""},
@@ -467,6 +532,7 @@ class ChatShape:
                 "choices": choices}
 
 
+@dataclass(frozen=True)
 class CompletionShape(ChatShape):
     """Legacy completion objects (`text_completion`)."""
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import GGUF_LORA_KINDS, Recipe
+from tunesmith.config import GGUF_LORA_KINDS, DataSection, Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.tuned import is_adapter, run_base_model
@@ -35,6 +35,7 @@ class ServedModel:
     run: Path | None
     peft_dir: Path | None  # the PEFT adapter folder (vLLM's --lora-modules take it), None for whole models
     lora_rank: int | None
+    data: DataSection | None = None  # the recipe's data section: its fallbacks (hermes tools, merged system) apply
 
 
 def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, Run]]:
@@ -81,11 +82,11 @@ def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True)
             served.setdefault(base_name, ServedModel(base_name, base_gguf, None, base_dir, None, None, None, None))
             lora = lora_gguf(recipe, run, export)
             model = ServedModel(name or run.path.name, base_gguf, lora, artifact, system_prompt, run.path, artifact,
-                                lora_rank(artifact))
+                                lora_rank(artifact), recipe.data)
         else:  # a whole model, or an adapter kind llama.cpp cannot apply: its own merged GGUF
             model = ServedModel(name or run.path.name, merged_gguf(recipe, run, quant, export), None,
                                 artifact if not is_adapter(artifact) else base_dir, system_prompt, run.path,
-                                artifact if is_adapter(artifact) else None, None)
+                                artifact if is_adapter(artifact) else None, None, recipe.data)
         if model.name in served:
             raise TunesmithError(f"Two models would be served as {model.name!r}.",
                                  "Name them: tunesmith serve first=runs/A second=runs/B")

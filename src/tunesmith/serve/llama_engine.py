@@ -92,13 +92,16 @@ class LlamaEngine:
 
     def chat_prompt(self, name: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """Token ids of `messages` through the model's own chat template, ready for the assistant's turn; the
-        recipe's system prompt comes first when the request has no system turn (as in training)."""
+        recipe's system prompt comes first when the request has no system turn, and its data fallbacks apply (tools
+        and tool turns in the Hermes format, a merged system turn), as in training."""
+        from tunesmith.data.fallbacks import apply_fallbacks
         from tunesmith.data.formats import with_system_prompt
         from tunesmith.data.template import render
 
         model = self.models[name]
-        messages = with_system_prompt({"messages": messages}, model.system_prompt)["messages"]
-        text = render(self.tokenizer(name), messages, generation_prompt=True, tools=tools)
+        row = with_system_prompt({"messages": messages, **({"tools": tools} if tools else {})}, model.system_prompt)
+        row = apply_fallbacks(row, model.data) if model.data is not None else row
+        text = render(self.tokenizer(name), row["messages"], generation_prompt=True, tools=row.get("tools"))
         return self.tokenizer(name)(text, add_special_tokens=False)["input_ids"]
 
     def text_prompt(self, name: str, prompt: str) -> list[int]:
