@@ -41,6 +41,23 @@ def test_exact_match_rewards_only_the_reference_answer():
     assert score({"name": "exact_match"}, ["42", " 42\n", "41", "The answer is 42"], reference="42") == [1, 1, 0, 0]
 
 
+def test_numeric_match_rewards_the_right_number_however_it_is_written():
+    completions = ["42", "The answer is 42.", "42.0 apples", "24", "forty-two"]
+    assert score({"name": "numeric_match"}, completions, reference="42") == [1, 1, 1, 0, 0]
+
+
+def test_tool_call_match_rewards_the_right_call_against_a_rows_reference():
+    from tunesmith.train.grpo import prompt_and_reference
+
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    row = prompt_and_reference({"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                                             {"role": "assistant", "content": "", "tool_calls": [call]}]})
+    completions = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
+                   '<tool_call>{"name": "get_weather", "arguments": {"city": "Lima"}}</tool_call>',
+                   "It is sunny in Oslo."]
+    assert score({"name": "tool_call_match"}, completions, reference=row["reference"]) == [1, 0, 0]
+
+
 def test_regex_rewards_a_whole_match():
     assert score({"name": "regex", "pattern": r"-?\d+"}, ["-45", "x = 45", "45."]) == [1, 0, 0]
 

@@ -244,7 +244,8 @@ class RewardMethod(Section):
 REWARD_ADAPTER_KINDS = ("lora", "dora", "rslora", "full", "partial")
 
 # Built-in GRPO rewards and the one setting each needs (None: it needs none); see train/rewards.py.
-REWARD_SETTINGS: dict[str, str | None] = {"exact_match": None, "json_valid": None, "regex": "pattern",
+REWARD_SETTINGS: dict[str, str | None] = {"exact_match": None, "numeric_match": None, "tool_call_match": None,
+                                          "json_valid": None, "regex": "pattern",
                                           "json_schema": "json_schema", "length_penalty": "target",
                                           "reward_model": "path"}
 
@@ -253,8 +254,9 @@ class RewardSpec(Section):
     """One GRPO reward: a built-in by name, or a user function named `module:function` or `path/file.py:function`
     that takes (completion, reference) and returns a float. Rewards add up, each times its weight."""
 
-    name: str = Field(..., description="exact_match, regex, json_valid, json_schema, length_penalty, "
-                                       "reward_model, or a user function module:function / path/to/file.py:function.")
+    name: str = Field(..., description="exact_match, numeric_match, tool_call_match, regex, json_valid, json_schema, "
+                                       "length_penalty, reward_model, or a user function module:function / "
+                                       "path/to/file.py:function.")
     weight: float = Field(1.0, description="Factor of this reward in the sum that GRPO normalises per group.")
     pattern: str | None = Field(None, description="regex: the pattern a whole completion must match.")
     json_schema: str | None = Field(None, description="json_schema: a JSON Schema file (relative to the recipe).")

@@ -21,7 +21,7 @@ from typing import Any
 from tunesmith.config import RewardSpec
 from tunesmith.errors import TunesmithError
 from tunesmith.scoring import (
-    exact_match_score,
+    SCORERS,
     json_schema_scorer,
     json_valid_score,
     load_user_function,
@@ -70,8 +70,8 @@ def logged_names(specs: list[RewardSpec]) -> list[str]:
 
 def reward_score(spec: RewardSpec, base_dir: Path) -> Score:
     """The per-completion score the spec names (files resolve from the recipe's folder)."""
-    if spec.name == "exact_match":
-        return from_metric(exact_match_score, "exact_match")
+    if spec.name in ("exact_match", "numeric_match", "tool_call_match"):  # the eval metrics of those names
+        return from_metric(SCORERS[spec.name], spec.name)
     if spec.name == "json_valid":
         return from_metric(json_valid_score, "json_valid")
     if spec.name == "regex":
