@@ -116,6 +116,20 @@ def test_prompt_only_rows_are_answered_without_scores(project):
     assert "–" in render_compare_html(results)
 
 
+def test_answer_length_defaults_to_the_references_as_evals_auto(project, tiny_model_dir, capsys):
+    from tunesmith.eval.decoding import auto_max_new_tokens
+    from tunesmith.models import load_tokenizer
+
+    results = run_compare([project["adapter_b"]], project["prompts"], batch_size=BATCH)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    limit, _ = auto_max_new_tokens(tokenizer, [row["reference"] for row in results["rows"]])
+    assert f"max_new_tokens: {limit} (auto: the longest of" in capsys.readouterr().err
+    assert all(len(tokenizer(row["outputs"]["style-b"], add_special_tokens=False)["input_ids"]) <= limit + 1
+               for row in results["rows"])
+    run_compare([project["adapter_b"]], project["prompt_only"], batch_size=BATCH)
+    assert "max_new_tokens: 128 (no reference answers to size it by" in capsys.readouterr().err
+
+
 def test_adapters_of_different_bases_are_refused(project, tokenizer_dir, tmp_path):
     other_base = build_tiny_llama(tokenizer_dir, tmp_path / "other-base", seed=3)
     foreign = random_lora(other_base, tmp_path / "foreign", seed=2)

@@ -1,5 +1,6 @@
 """The recipe schema: defaults, overrides, and errors that name the key, the line and the fix."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,17 @@ def test_misspelt_key_suggests_close_match(tmp_path):
 def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
     with pytest.raises(RecipeError, match=r"adapter\.rr .*Did you mean 'r'"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lora\n  rr: 4\n"))
+
+
+@pytest.mark.parametrize(("yaml", "key"), [
+    ("training:\n  learning_rate: 1.0e-3\n", "training.lr"),  # transformers' TrainingArguments
+    ("training:\n  gradient_accumulation_steps: 4\n", "training.grad_accum"),
+    ("adapter:\n  kind: lora\n  lora_alpha: 32\n", "adapter.alpha"),  # PEFT's LoraConfig
+    ("cutoff_len: 1024\n", "data.max_length"),  # LLaMA-Factory, at the top level
+])
+def test_a_key_as_another_tool_names_it_gets_the_recipes_name(tmp_path, yaml, key):
+    with pytest.raises(RecipeError, match=f"unknown key. tunesmith calls it {re.escape(key)}"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n" + yaml))
 
 
 def test_bad_value_names_key_and_value(tmp_path):
@@ -122,7 +134,7 @@ def test_an_unknown_kind_and_a_value_fitting_no_member_of_a_union_read_as_one_pl
         load_recipe(path)
     lines = str(caught.value).splitlines()[1:]
     assert lines == ["  - adapter.kind (line 3): unknown kind 'lorra'. Did you mean 'lora'? Choose from lora, dora, "
-                     "rslora, pissa, olora, loftq, qlora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, full, "
+                     "rslora, pissa, olora, qlora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, full, "
                      "partial, hft.",
                      "  - training.lr (line 6): should be a valid number or 'auto' (got 'fast')."]
 

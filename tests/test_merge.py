@@ -117,6 +117,22 @@ def test_linear_combines_a_and_b_factors_the_way_peft_documents(adapters, tmp_pa
     assert record["verification"]["relative_delta_error"] > 0.1  # linear is only an approximation
 
 
+def test_a_merge_output_given_to_a_run_command_says_how_to_score_and_use_it(adapters, tiny_model_dir, tmp_path):
+    from tunesmith.runs import open_run
+
+    combined = run_merge([adapters["a"], adapters["b"]], tmp_path / "cat", method="cat")
+    with pytest.raises(TunesmithError) as caught:
+        open_run(combined)
+    hint = caught.value.hint
+    assert f"tunesmith compare --prompts eval.jsonl {combined}" in hint and "combined adapter" in hint
+    assert f"tunesmith merge {combined} --out" in hint and "model.source" not in hint  # an adapter is no model
+    whole = run_merge([adapters["a"]], tmp_path / "whole")
+    with pytest.raises(TunesmithError) as caught:
+        open_run(whole)
+    assert "whole model" in caught.value.hint and f"model.source: {whole}" in caught.value.hint
+    assert f"tunesmith chat {whole}" in caught.value.hint
+
+
 def test_cat_is_exact_even_across_ranks_and_rslora(adapters, tiny_model_dir, tmp_path):
     weights = [0.6, 0.4]
     out = run_merge([adapters["a"], adapters["rank8_rslora"]], tmp_path / "cat", method="cat", weights=weights)
@@ -137,6 +153,10 @@ def test_entrywise_methods_refuse_different_ranks_and_need_density(adapters, tmp
         run_merge([adapters["a"], adapters["b"]], tmp_path / "x", method="dare_ties")
     with pytest.raises(TunesmithError, match="does not apply"):
         run_merge([adapters["a"], adapters["b"]], tmp_path / "x", method="cat", density=0.5)
+    with pytest.raises(TunesmithError, match=r"slerp merges whole models \(fine-tuned checkpoints\), and these "
+                                             r"inputs are adapters") as error:  # a documented method, for other inputs
+        run_merge([adapters["a"], adapters["b"]], tmp_path / "x", method="slerp")
+    assert "merge each adapter into its base first" in error.value.hint
     assert not (tmp_path / "x").exists()
 
 
@@ -174,6 +194,27 @@ def test_adapters_of_different_bases_are_refused(adapters, tokenizer_dir, tmp_pa
     assert result.returncode == 2, result.stderr
     assert "different base models" in result.stderr and str(other_base.resolve()) in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_adapter_that_does_not_fit_the_base_given_with_base_is_a_usage_error(adapters, tokenizer_dir, tmp_path):
+    """The refusal above suggests --base for one model under two names; an adapter of another model then fails
+    PEFT's load with a size mismatch, which is said as such (exit 2), not as an internal error."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    narrow = tmp_path / "narrow-base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(narrow)
+    tokenizer.save_pretrained(narrow)
+    foreign = make_adapter(narrow, tmp_path / "foreign", seed=4)
+    for inputs in ([str(adapters["a"]), str(foreign), "--method", "cat"], [str(foreign)]):
+        result = subprocess.run([sys.executable, "-m", "tunesmith", "merge", *inputs, "--base",
+                                 str(json.loads((adapters["a"] / "adapter_config.json").read_text())
+                                     ["base_model_name_or_path"]), "--out", str(tmp_path / "x")],
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 2, result.stderr
+        assert f"The adapter {foreign} does not fit the base model" in " ".join(result.stderr.split())
+        assert "Internal error" not in result.stderr and not (tmp_path / "x").exists()
 
 
 def test_slerp_follows_the_arc():

@@ -133,3 +133,7 @@ def test_a_run_without_its_adapter_is_explained(project, command):
     shutil.copy(project / "recipe.yaml", run / "recipe.yaml")
     result = tunesmith(*command[:1], str(run), *command[1:], cwd=project)
     refused(result, "has no trained model", "adapter/adapter_config.json")
+    assert "--resume" not in result.stderr  # nothing to resume from
+    (run / "checkpoints" / "checkpoint-4").mkdir(parents=True, exist_ok=True)  # stopped after a checkpoint
+    result = tunesmith(*command[:1], str(run), *command[1:], cwd=project)
+    refused(result, "has no trained model", f"--resume {run}")

@@ -340,6 +340,21 @@ def test_cli_exports_a_run_for_ollama(tiny_model_dir, tmp_path, monkeypatch, go_
     assert "Q8_0" in manifest["gguf"]
 
 
+def test_gguf_and_ollama_in_one_export_write_and_check_the_gguf_once(tiny_model_dir, tmp_path, monkeypatch):
+    import tunesmith.export.gguf as gguf_module
+    from tunesmith.export.stage import export_formats
+
+    run = make_run(tiny_model_dir, tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    written = []
+    real_write = gguf_module.write_gguf
+    monkeypatch.setattr(gguf_module, "write_gguf", lambda *a, **k: written.append(a[1]) or real_write(*a, **k))
+    outcome = export_formats(run.load_recipe(), run, ["gguf", "ollama"], quant="F16", verify=False)
+    assert written == [outcome.written["gguf"]]  # once: the Ollama folder links the GGUF just written
+    linked = outcome.written["ollama"] / "model-F16.gguf"
+    assert linked.read_bytes() == outcome.written["gguf"].read_bytes()
+
+
 def test_a_failed_export_leaves_no_partial_folder(tiny_model_dir, tmp_path, monkeypatch):
     run = make_run(tiny_model_dir, tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

@@ -359,11 +359,14 @@ def test_metrics_count_requests_tokens_and_adapter_switches_per_model(server):
         ask(server.client(), "nope")
     with pytest.raises(openai.NotFoundError):
         server.client().models.retrieve("nope")
+    with pytest.raises(openai.BadRequestError):
+        ask(server.client(), "cola-run", logprobs=True)  # refused for a served model: counted under its name
     status, text = server.raw("GET", "/metrics")
     assert status == 200
     assert 'tunesmith_requests_total{endpoint="models",model="",status="404"}' in text  # /v1/models/{id}
     assert 'tunesmith_requests_total{endpoint="chat",model="",status="404"}' in text  # refusals are counted too
     assert 'tunesmith_requests_total{endpoint="chat",model="cola-run",status="200"}' in text
+    assert 'tunesmith_requests_total{endpoint="chat",model="cola-run",status="400"}' in text
     assert 'tunesmith_completion_tokens_total{model="cola-run"}' in text
     assert "tunesmith_adapter_switches{" in text and "tunesmith_time_to_first_token_seconds" in text
 

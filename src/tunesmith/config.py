@@ -1051,6 +1051,7 @@ def describe_error(err: Any, source: Path | None, text: str | None, overrides: l
     value = err.get("input")
     if err["type"] == "union_tag_invalid":  # e.g. adapter.kind: lorra
         tag, expected = str(err["ctx"]["tag"]), re.findall(r"'([^']+)'", str(err["ctx"]["expected_tags"]))
+        expected = [kind for kind in expected if kind not in REFUSED_KINDS]  # a tag only to say why it is refused
         close = difflib.get_close_matches(tag, expected, n=1)
         guess = f" Did you mean {close[0]!r}?" if close else ""
         return f"  - {key}.kind{at}: unknown kind {tag!r}.{guess} Choose from {', '.join(expected)}."
@@ -1069,13 +1070,36 @@ def override_of(loc: list[str], overrides: list[str]) -> str | None:
     return None
 
 
+REFUSED_KINDS = ("loftq",)  # kinds the schema knows only to refuse with the reason (LoftqAdapter)
+
+
 def _is_union_tag(part: Any) -> bool:
     """Pydantic puts the chosen variant's tag in an error's path; users never wrote it."""
     return part in UNION_TAGS
 
 
+# Keys as transformers' TrainingArguments, TRL's configs, PEFT's LoraConfig or LLaMA-Factory/Axolotl name them, and
+# the recipe key that says the same: what a user coming from those tools writes first.
+OTHER_TOOLS_KEYS = {
+    "learning_rate": "training.lr", "per_device_train_batch_size": "training.batch_size",
+    "micro_batch_size": "training.batch_size", "gradient_accumulation_steps": "training.grad_accum",
+    "num_train_epochs": "training.epochs", "num_epochs": "training.epochs",
+    "lr_scheduler_type": "training.scheduler", "lr_scheduler": "training.scheduler",
+    "gradient_checkpointing": "training.gradient_checkpointing", "save_total_limit": "training.keep_checkpoints",
+    "lora_r": "adapter.r", "lora_rank": "adapter.r", "lora_alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout", "target_modules": "adapter.targets", "lora_target": "adapter.targets",
+    "lora_target_modules": "adapter.targets", "finetuning_type": "adapter.kind", "peft_type": "adapter.kind",
+    "max_seq_length": "data.max_length", "sequence_len": "data.max_length", "cutoff_len": "data.max_length",
+    "model_name_or_path": "model.source", "base_model": "model.source", "torch_dtype": "model.dtype",
+    "dataset": "data.train", "train_file": "data.train", "val_set_size": "data.eval_fraction",
+}
+
+
 def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) -> str:
-    """Suggest the closest valid key for a misspelt one (in the union variant that `tags` names)."""
+    """Suggest the closest valid key for a misspelt one (in the union variant that `tags` names), or the recipe's
+    name for a key as another tool spells it (`OTHER_TOOLS_KEYS`)."""
+    if loc[-1] in OTHER_TOOLS_KEYS and OTHER_TOOLS_KEYS[loc[-1]] != ".".join(loc):
+        return f" tunesmith calls it {OTHER_TOOLS_KEYS[loc[-1]]}."
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)

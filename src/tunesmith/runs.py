@@ -176,11 +176,15 @@ class Run:
                                  "it has no trained model.",
                                  f"Train the recipe (`tunesmith train {self.recipe_file} --evaluate`): its eval "
                                  "compares the tuned model with the base and these baselines.")
+        if any(self.checkpoints_dir.glob("checkpoint-*")):  # stopped with a checkpoint: resuming is the way on
+            hint = (f"Finish it: `tunesmith train {self.recipe_file} --resume {self.path}` goes on from its last "
+                    "checkpoint; or pass a run directory whose training finished.")
+        else:
+            hint = (f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
+                    "finished.")
         raise TunesmithError(
             f"{self.path} has no trained model: neither adapter/adapter_config.json nor model/config.json exists "
-            "(training did not finish, or the folder was moved or deleted).",
-            f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
-            "finished.")
+            "(training did not finish, or the folder was moved or deleted).", hint)
 
     @property
     def manifest_file(self) -> Path:
@@ -424,6 +428,21 @@ def create_run_at(recipe: Recipe, path: Path) -> Run:
     return run
 
 
+def merge_output_hint(folder: Path, shown: str) -> str:
+    """What to do with a `tunesmith merge` output instead, as what it is: a combined adapter (score it with
+    `compare`, fold it into its base) or a whole model (chat with it, use it as a run's base)."""
+    try:
+        kind = json.loads((folder / "merge.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError):
+        kind = None
+    if kind == "adapters":
+        return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {shown}`. It is a combined "
+                f"adapter: fold it into its base for a whole model (`tunesmith merge {shown} --out {shown}-model`), "
+                f"or train on from it (`training.init_from: {shown}`); `tunesmith push {shown}` uploads it as it is.")
+    return (f"It is a whole model: try it with `tunesmith chat {shown}`, or fine-tune, evaluate and export it through "
+            f"a run with `model.source: {shown}` in a recipe; `tunesmith push {shown}` uploads it as it is.")
+
+
 def open_run(path: str | Path) -> Run:
     run = Run(Path(path))
     if not run.path.exists():
@@ -432,9 +451,7 @@ def open_run(path: str | Path) -> Run:
                                                         "lists them).")
     if (run.path / "merge.json").is_file() and not run.recipe_file.is_file():
         raise TunesmithError(f"{path} was written by `tunesmith merge`; this command takes a run directory.",
-                             f"Use it where a model or adapter folder goes: `model.source: {path}` in a recipe (a "
-                             f"merged model), `training.init_from: {path}` (an adapter); `tunesmith push {path}` "
-                             "uploads it as it is.")
+                             merge_output_hint(run.path, str(path)))
     if not run.recipe_file.is_file():
         raise TunesmithError(
             f"{path} is not a tunesmith run directory (no recipe.yaml).",

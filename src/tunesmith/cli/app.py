@@ -558,7 +558,9 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
                 help="Metric name or module:function (repeatable; default exact_match and chrf).")] = None,
             reference_key: Annotated[str | None, typer.Option(help="Column holding the reference answer.")] = None,
             html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
-            max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 128,
+            max_new_tokens: Annotated[int | None, typer.Option(
+                help="Tokens generated per answer (default: from the reference answers' lengths, as eval's auto; "
+                     "128 without references).")] = None,
             batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
             as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
             json_schema: JsonSchemaOption = None, choices: ChoicesOption = None) -> None:

@@ -26,7 +26,7 @@ def merge(inputs: Annotated[list[str], typer.Argument(
           weights: Annotated[str | None, typer.Option(
               help="One weight per input, comma-separated (default: equal, summing to 1).")] = None,
           density: Annotated[float | None, typer.Option(
-              help="Fraction of entries ties/dare/magnitude_prune keep, in (0, 1].")] = None,
+              help="Fraction of entries ties/dare/magnitude_prune keep, in (0, 1]; those methods need it.")] = None,
           dtype: Annotated[str, typer.Option(help="Saved weights: fp32, fp16 or bf16 (merging is always fp32).")
                            ] = "fp32",
           base: Annotated[str | None, typer.Option(
@@ -70,6 +70,24 @@ def parse_weights(text: str | None) -> list[float] | None:
                              "For example --weights 0.7,0.3.") from None
 
 
+FAR_FROM_THE_SUM = 0.25  # a combined adapter this far (relative) from the weighted sum of its inputs gets a note
+WHY_NOT_THE_SUM = {
+    "linear": "linear weights the A and B factors separately, so their product gains cross terms of the inputs",
+    "ties": "ties trims small entries and drops those whose sign disagrees, by design",
+    "dare_linear": "dare drops entries at random and rescales the rest, by design",
+    "dare_ties": "dare drops entries at random and ties drops disagreeing signs, by design",
+    "magnitude_prune": "magnitude_prune drops the small entries, by design",
+}
+
+
+def far_from_the_sum_note(method: str, error: float, path: Path) -> str:
+    """Say what a large distance from the weighted sum means, and how to choose between methods."""
+    why = WHY_NOT_THE_SUM.get(method, f"{method} does not add the inputs' weight changes")
+    return (f"note: the combined adapter's weight changes are {error:.0%} away from the weighted sum of the inputs' "
+            f"({why}). `cat` gives the exact sum and `svd` the nearest at the inputs' rank; which method answers "
+            f"best is for held-out rows to say: tunesmith compare --prompts eval.jsonl {path} OTHER_MERGE ...")
+
+
 def report_merge(record: dict[str, Any], path: Path) -> None:
     """The verification numbers in one or two lines each."""
     check = record["verification"]
@@ -77,6 +95,8 @@ def report_merge(record: dict[str, Any], path: Path) -> None:
     if "relative_delta_error" in check:
         err.print(f"combined adapter ({record['method']}, rank {check['rank']}): |ΔW − Σ wᵢΔWᵢ| / |Σ wᵢΔWᵢ| = "
                   f"{check['relative_delta_error']:.3g}", **SHOW)
+        if check["relative_delta_error"] > FAR_FROM_THE_SUM:
+            err.print(escape(far_from_the_sum_note(record["method"], check["relative_delta_error"], path)), **SHOW)
     if into:
         err.print(f"merged vs base+adapter on {into['prompts']} prompts: max |logit diff| "
                   f"{into['max_abs_logit_diff']:.2e} (fp32), {into['max_abs_logit_diff_after_cast']:.2e} as "

@@ -25,6 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
 DEFAULT_METRICS = ("exact_match", "chrf")
+NO_REFERENCE_ANSWER_TOKENS = 128  # answer length when the prompts file has no reference answers to size it by
 BASE = "base"
 
 
@@ -178,10 +179,12 @@ def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_t
 
 
 def run_compare(targets: list[str | Path], prompts_file: Path, include_base: bool = False,
-                metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int = 128,
+                metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int | None = None,
                 batch_size: int = 8, device: str = "auto", constraint: Constraint | None = None) -> dict[str, Any]:
     """Answer every prompt with each adapter (and the base), score where references exist; the results dict
-    (`constraint`: every variant decodes held to it)."""
+    (`constraint`: every variant decodes held to it). `max_new_tokens` None: from the references' lengths as eval's
+    `auto` (NO_REFERENCE_ANSWER_TOKENS without references)."""
+    from tunesmith.eval.decoding import auto_max_new_tokens, progress
     from tunesmith.models import load_model, load_tokenizer, pick_device
     from tunesmith.scoring import build_scorer
 
@@ -193,6 +196,11 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     chosen = list(metrics or DEFAULT_METRICS)
     scorer = build_scorer(chosen, None, None, Path.cwd())  # a bad metric fails before any model loads
     tokenizer = load_tokenizer(base_dir)
+    if max_new_tokens is None:
+        references = [prompt.reference for prompt in prompts if prompt.reference is not None]
+        max_new_tokens, why = (auto_max_new_tokens(tokenizer, references) if references
+                               else (NO_REFERENCE_ANSWER_TOKENS, "no reference answers to size it by"))
+        progress(f"max_new_tokens: {max_new_tokens} ({why}; --max-new-tokens sets it)")
     model = attach_adapters(load_model(base_dir, torch.float32, pick_device(device)).eval(), sources)
     outputs, seconds = {}, {}
     for name, context in variant_contexts(model, sources, include_base).items():

@@ -51,13 +51,19 @@ def resolve_max_new_tokens(section: Any, tokenizer: Any, references: list[str]) 
     writing tokens no metric can use."""
     if section.max_new_tokens != "auto":
         return {"value": section.max_new_tokens, "why": "eval.max_new_tokens in the recipe"}
-    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
-    low, high = AUTO_ANSWER_TOKENS
-    section.max_new_tokens = min(high, max(low, round(longest * AUTO_ANSWER_SLACK) + AUTO_ANSWER_EXTRA))
-    why = (f"auto: the longest of {len(references)} reference answers is {longest} tokens "
-           f"(x {AUTO_ANSWER_SLACK:g} + {AUTO_ANSWER_EXTRA}, within {low}-{high})")
+    section.max_new_tokens, why = auto_max_new_tokens(tokenizer, references)
     progress(f"max_new_tokens: {section.max_new_tokens} ({why})")
     return {"value": section.max_new_tokens, "why": why}
+
+
+def auto_max_new_tokens(tokenizer: Any, references: list[str]) -> tuple[int, str]:
+    """The answer length `auto` gives for these reference answers (the longest, in tokens, x AUTO_ANSWER_SLACK +
+    AUTO_ANSWER_EXTRA, within AUTO_ANSWER_TOKENS), and why, in words."""
+    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
+    low, high = AUTO_ANSWER_TOKENS
+    value = min(high, max(low, round(longest * AUTO_ANSWER_SLACK) + AUTO_ANSWER_EXTRA))
+    return value, (f"auto: the longest of {len(references)} reference answers is {longest} tokens "
+                   f"(x {AUTO_ANSWER_SLACK:g} + {AUTO_ANSWER_EXTRA}, within {low}-{high})")
 
 
 def progress(message: str) -> None:

@@ -38,12 +38,13 @@ class OllamaExport:
 
 
 def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool | None = None,
-                      adapter: bool | None = None) -> OllamaExport:
+                      adapter: bool | None = None, gguf: Path | None = None) -> OllamaExport:
     """Write exports/ollama/ (GGUF + Modelfile), then `ollama create` it if Ollama is installed.
 
     `verify` is passed on to run_gguf_export (None: check the GGUF in llama.cpp when it is installed).
     `adapter` (None: the recipe's export.ollama_adapter) writes the base GGUF and the LoRA as a GGUF
-    adapter (`FROM` + `ADAPTER`) instead of one merged GGUF.
+    adapter (`FROM` + `ADAPTER`) instead of one merged GGUF. `gguf`: the merged GGUF of this `quant` that the same
+    export has just written (and checked), linked instead of being written and checked again.
     """
     from tunesmith.export.gguf import parse_quant, run_gguf_export
     from tunesmith.export.gguf_lora import lora_type_for, run_base_and_lora_export
@@ -56,7 +57,8 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
         gguf_path, adapter_path = run_base_and_lora_export(recipe, run, quant)
         gguf_name, adapter_name = f"base-{quant.upper()}.gguf", f"adapter-{lora_type_for(quant)}.gguf"
     else:
-        gguf_path, gguf_name = run_gguf_export(recipe, run, quant, verify=verify), f"model-{quant.upper()}.gguf"
+        gguf_path = gguf if gguf is not None else run_gguf_export(recipe, run, quant, verify=verify)
+        gguf_name = f"model-{quant.upper()}.gguf"
     with atomic_directory(folder) as tmp:
         link_or_copy(gguf_path, tmp / gguf_name)
         if adapter_name:

@@ -52,7 +52,7 @@ def export_ollama(recipe: Recipe, run: Run, options: ExportOptions, outcome: Exp
     from tunesmith.export.ollama import run_ollama_export
 
     outcome.ollama = run_ollama_export(recipe, run, options.quant, verify=options.verify,
-                                       adapter=options.ollama_adapter)
+                                       adapter=options.ollama_adapter, gguf=outcome.written.get("gguf"))
     return outcome.ollama.folder
 
 

@@ -116,6 +116,14 @@ def checked_weights(weights: list[float] | None, count: int) -> list[float]:
 def checked_method(method: str, valid: tuple[str, ...], density: float | None) -> str:
     """The method if it applies to these inputs, with --density given exactly when it uses one."""
     if method not in valid:
+        other, what = ((MODEL_METHODS, "whole models (fine-tuned checkpoints)") if valid == ADAPTER_METHODS
+                       else (ADAPTER_METHODS, "adapters"))
+        if method in other:  # a documented method, for the other kind of input
+            fold = (" (merge each adapter into its base first: tunesmith merge ADAPTER --out DIR)"
+                    if valid == ADAPTER_METHODS else "")
+            raise TunesmithError(f"{method} merges {what}, and these inputs are "
+                                 f"{'adapters' if valid == ADAPTER_METHODS else 'whole models'}.",
+                                 f"For these inputs use one of {', '.join(valid)}; or give {method} {what}{fold}.")
         raise TunesmithError(f"Unknown merge method {method!r} for these inputs.", f"Use one of {', '.join(valid)}.")
     if method in DENSITY_METHODS and density is None:
         raise TunesmithError(f"{method} keeps a fraction of each change and needs --density.",

@@ -9,7 +9,9 @@ result is from that exact weighted sum, so the approximation is a number in merg
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,21 @@ from tunesmith.errors import TunesmithError
 ADAPTER_METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 SAME_RANK_METHODS = frozenset({"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"})
 RESULT = "default"  # PEFT saves the adapter named "default" at the folder's top level
+
+
+@contextlib.contextmanager
+def adapter_fits(adapter_dir: Path, base_dir: Path) -> Iterator[None]:
+    """Turn PEFT's size-mismatch error, an adapter trained on another model than `base_dir`, into a usage error."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        shapes = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")
+        raise TunesmithError(f"The adapter {adapter_dir} does not fit the base model {base_dir}: its weights have "
+                             f"other shapes ({shapes[:200]}).",
+                             "Merge adapters onto the base they were trained on: leave out --base (each adapter "
+                             "names its base in adapter_config.json), or pass that base with --base MODEL.") from None
 
 
 def check_mergeable(adapter_dir: Path) -> dict[str, Any]:
@@ -45,10 +62,12 @@ def combine_adapters(adapter_dirs: list[Path], base_dir: Path, method: str, weig
     configs = [check_mergeable(path) for path in adapter_dirs]
     check_ranks(method, adapter_dirs, configs)
     names = [f"input{index}" for index in range(len(adapter_dirs))]
-    model = PeftModel.from_pretrained(load_model(base_dir, torch.float32, "cpu"), adapter_dirs[0],
-                                      adapter_name=names[0])
+    with adapter_fits(adapter_dirs[0], base_dir):
+        model = PeftModel.from_pretrained(load_model(base_dir, torch.float32, "cpu"), adapter_dirs[0],
+                                          adapter_name=names[0])
     for name, path in zip(names[1:], adapter_dirs[1:], strict=True):
-        model.load_adapter(path, adapter_name=name)
+        with adapter_fits(path, base_dir):
+            model.load_adapter(path, adapter_name=name)
     torch.manual_seed(seed)  # dare_* prune at random
     try:
         model.add_weighted_adapter(names, weights, RESULT, combination_type=method, density=density)

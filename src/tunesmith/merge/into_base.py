@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.merge.adapters import adapter_fits
 
 # A fixed prompt set, so merge checks are comparable between runs and versions.
 CHECK_PROMPTS = [
@@ -99,7 +100,8 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
     from tunesmith.models import load_model
 
     torch_dtype(dtype), parse_shard_size(max_shard_size)  # a typo fails before the slow part
-    peft_model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, "cpu"), adapter_dir).eval()
+    with adapter_fits(adapter_dir, model_dir):
+        peft_model = PeftModel.from_pretrained(load_model(model_dir, torch.float32, "cpu"), adapter_dir).eval()
     if peft_model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to fold into weights
         kind = peft_model.active_peft_config.peft_type.value.lower()
         raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",

@@ -9,6 +9,7 @@ client sent wrong (malformed JSON, wrong types, unknown model, a limit exceeded)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import re
@@ -100,6 +101,7 @@ class ApiError(Exception):
                  kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.model = ""  # the served model the refused request named (`counted_for`), "" before one is known
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -122,6 +124,16 @@ def message_text(message: Message, index: int) -> str:
             raise ApiError(400, f"messages[{index}].content[{position}] is {part.type!r}: the models served here "
                                 "read text only.", f"messages[{index}].content", "invalid_value")
     return "".join(part.text or "" for part in content)
+
+
+@contextlib.contextmanager
+def counted_for(name: str) -> Iterator[None]:
+    """Refusals raised inside are counted under the served model `name` in /metrics."""
+    try:
+        yield
+    except ApiError as error:
+        error.model = name
+        raise
 
 
 class Metrics:
@@ -175,9 +187,9 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         return turns.setdefault(engine.models[name].gguf, asyncio.Lock())
 
     def error_response(request: HttpRequest, error: ApiError) -> JSONResponse:
-        """The error's JSON, counted in the metrics by endpoint and status (model "": a refused request's model
-        name is whatever the client sent)."""
-        metrics.requests.labels("", endpoint_name(request.url.path), str(error.status)).inc()
+        """The error's JSON, counted in the metrics by model, endpoint and status (model "" until the request named
+        a served model: an unknown name is whatever the client sent, and would make a label of it)."""
+        metrics.requests.labels(error.model, endpoint_name(request.url.path), str(error.status)).inc()
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(ApiError)
@@ -361,6 +373,10 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
         name = known(body.model)
+        with counted_for(name):
+            return await chat_completion(name, body)
+
+    async def chat_completion(name: str, body: ChatRequest) -> Any:
         body.unsupported()
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, index),
                      **{k: v for k, v in (m.model_extra or {}).items() if k in ("tool_calls", "tool_call_id", "name")}}
@@ -383,6 +399,10 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
         name = known(body.model)
+        with counted_for(name):
+            return await text_completion(name, body)
+
+    async def text_completion(name: str, body: CompletionRequest) -> Any:
         body.unsupported()
         try:
             prompt_ids = engine.text_prompt(name, body.prompt)
