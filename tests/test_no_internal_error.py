@@ -128,7 +128,7 @@ def test_an_answer_past_max_length_is_counted_where_the_user_reads(project):
 
 @pytest.mark.parametrize("command", [["eval"], ["export", "--format", "merged"]])
 def test_a_run_without_its_adapter_is_explained(project, command):
-    run = project / "runs-broken" / "tiny-1"
+    run = project / "runs-broken" / f"tiny-{command[0]}"
     run.mkdir(parents=True, exist_ok=True)
     shutil.copy(project / "recipe.yaml", run / "recipe.yaml")
     result = tunesmith(*command[:1], str(run), *command[1:], cwd=project)

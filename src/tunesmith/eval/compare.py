@@ -208,7 +208,8 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
         with context():
             outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size, constraint)
         seconds[name] = round(time.monotonic() - started, 2)
-    return comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file)
+    return {**comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file),
+            "max_new_tokens": max_new_tokens}
 
 
 def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], seconds: dict[str, float],
