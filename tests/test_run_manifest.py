@@ -279,6 +279,7 @@ def test_open_run_says_what_a_folder_is_when_it_is_not_a_run(tmp_path):
     merged = tmp_path / "combined"
     merged.mkdir()
     (merged / "merge.json").write_text("{}", encoding="utf-8")
+    (merged / "adapter_config.json").write_text("{}", encoding="utf-8")  # a combined adapter
     with pytest.raises(TunesmithError, match="written by `tunesmith merge`") as info:
         open_run(merged)
     assert f"training.init_from: {merged}" in info.value.hint

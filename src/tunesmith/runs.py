@@ -431,11 +431,7 @@ def create_run_at(recipe: Recipe, path: Path) -> Run:
 def merge_output_hint(folder: Path, shown: str) -> str:
     """What to do with a `tunesmith merge` output instead, as what it is: a combined adapter (score it with
     `compare`, fold it into its base) or a whole model (chat with it, use it as a run's base)."""
-    try:
-        kind = json.loads((folder / "merge.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError):
-        kind = None
-    if kind == "adapters":
+    if (folder / "adapter_config.json").is_file():  # several adapters combined into one
         return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {shown}`. It is a combined "
                 f"adapter: fold it into its base for a whole model (`tunesmith merge {shown} --out {shown}-model`), "
                 f"or train on from it (`training.init_from: {shown}`); `tunesmith push {shown}` uploads it as it is.")
