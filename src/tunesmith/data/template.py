@@ -92,7 +92,7 @@ def assistant_spans(tokenizer: Any, messages: Messages,
         before = render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
         through = render(tokenizer, messages[: index + 1], tools=tools)
         if not (full.startswith(through) and through.startswith(before)):
-            raise unlocatable_answer(tokenizer, messages[:index], through, tools)
+            raise unlocatable_answer(tokenizer, messages[:index], through, full.startswith(through), tools)
         spans.append((len(before), len(through)))
     return full, spans
 
@@ -102,11 +102,12 @@ class AnswerNotLocatable(DataError):
     reports the same finding once for the whole file)."""
 
 
-def unlocatable_answer(tokenizer: Any, earlier: Messages, through: str,
+def unlocatable_answer(tokenizer: Any, earlier: Messages, through: str, through_is_prefix: bool,
                        tools: list[dict[str, Any]] | None) -> AnswerNotLocatable:
-    """Why an answer cannot be located: the generation prompt (the turns before it render as a prefix, but not
-    with add_generation_prompt), or the template itself (earlier turns render differently once later ones come)."""
-    if through.startswith(render(tokenizer, earlier, tools=tools) if earlier else ""):
+    """Why an answer cannot be located: the generation prompt (every rendering is a prefix of the next, but the
+    turns before the answer with add_generation_prompt are not), or the template itself (earlier turns render
+    differently once later ones come; `through_is_prefix` False)."""
+    if through_is_prefix and through.startswith(render(tokenizer, earlier, tools=tools) if earlier else ""):
         return AnswerNotLocatable(
             "The chat template renders a generation prompt that is not the start of the assistant turn it trains, so "
             "the answer's tokens cannot be told from the prompt's.", "Fix the template's add_generation_prompt branch.")
