@@ -43,6 +43,13 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     again = CliRunner().invoke(app, ["export", str(run.path), "--format", "adapter", "--quant", "Q8_0"])
     assert again.exit_code == 0, again.output  # a quant the format does not take is said to be ignored
     assert "--quant Q8_0 quantizes the gguf and ollama formats only" in " ".join(again.stderr.split())
+    other = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", "--quant", "F16", "--no-verify"])
+    assert other.exit_code == 0, other.output  # a second quantization: both files stay recorded
+    exports = run.manifest().exports
+    assert exports["gguf"].path == "exports/gguf/tiny.F16.gguf"
+    assert exports["gguf:tiny.F32.gguf"].path == "exports/gguf/tiny.F32.gguf"
+    card = write_model_card(run).read_text(encoding="utf-8")
+    assert "`exports/gguf/tiny.F16.gguf`" in card and "`exports/gguf/tiny.F32.gguf`" in card
     if importlib.util.find_spec("llama_cpp") is None:
         assert record.grammar is None and not (run.exports_dir / "gguf" / "answers.gbnf").exists()
         return

@@ -131,8 +131,8 @@ def usage_lines(trained: Path, whole: bool) -> list[str]:
 
 
 def export_lines(run: Run) -> list[str]:
-    """The exports run.json records (the newest of each format): path, size and, for GGUF, llama.cpp's agreement
-    with the merged model where the export checked it."""
+    """The exports run.json records (each format's newest file, and earlier files still there): path, size and, for
+    GGUF, llama.cpp's agreement with the merged model where the export checked it."""
     manifest = run.manifest()
     exports = (manifest.exports if manifest else None) or {}
     lines = []
@@ -140,7 +140,7 @@ def export_lines(run: Run) -> list[str]:
         check = record.verification or {}
         agreement = (f"; llama.cpp picks the merged model's next token at {check['agreement']:.1%} of positions"
                      f"{'' if check.get('passed', True) else ' (BELOW its threshold)'}" if "agreement" in check
-                     else "; not checked in llama.cpp" if name == "gguf" else "")
+                     else "; not checked in llama.cpp" if name.partition(":")[0] == "gguf" else "")
         lines.append(f"- {name}: `{record.path}` ({record.bytes / 2**20:,.1f} MB{agreement})")
     return ["", "## Exports", "", *lines] if lines else []
 
@@ -152,7 +152,7 @@ def grammar_lines(run: Run) -> list[str]:
     lines = []
     for name, record in exports.items():
         if record.grammar:
-            model = f"{record.path}" if name == "gguf" else f"{record.path}/*.gguf"
+            model = f"{record.path}" if name.partition(":")[0] == "gguf" else f"{record.path}/*.gguf"
             lines.append(f"- {name}: the task's answers are a closed set; llama.cpp decodes only those with "
                          f"`llama-cli -m {model} --grammar-file {record.grammar}` (or `grammar` in a llama-server "
                          "request)")

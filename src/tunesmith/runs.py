@@ -316,11 +316,15 @@ def record_checkpoint_scores(run: Run, report_file: Path) -> None:
 def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],
                    grammars: dict[str, Path] | None = None) -> None:
     """Add the formats just written to run.json's exports section (paths relative to the run, sizes in bytes), with
-    the answer grammar written beside a format (`grammars`)."""
+    the answer grammar written beside a format (`grammars`). A format's newest file is recorded under its name; an
+    earlier file of it that is still there (a GGUF of another quantization) stays, under `name:file`."""
     current = run.manifest() or RunManifest()
     exports = dict(current.exports or {})
 
     for name, path in written.items():
+        earlier = exports.get(name)
+        if earlier is not None and earlier.path != run.relative(path) and (run.path / earlier.path).exists():
+            exports[f"{name}:{Path(earlier.path).name}"] = earlier  # another file of the format (a GGUF's other quant)
         grammar = (grammars or {}).get(name)
         exports[name] = ExportRecord(path=run.relative(path), bytes=tree_size(path),
                                      verification=verification.get(name),
