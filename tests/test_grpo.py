@@ -175,6 +175,10 @@ def test_mean_reward_is_logged_per_step_and_in_train_json(trained):
     assert report["method"] == "grpo" and report["steps"] == 3
     assert report["final_metrics"]["reward"] == pytest.approx(steps[-1]["reward"], abs=1e-5)
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()
+    # the throughput counts what GRPO sampled and trained on (its collator only sees prompts): TRL's tokens seen,
+    # of which the completions' carry the loss
+    speed = report["throughput"]
+    assert speed["real_tokens"] == steps[-1]["num_tokens"] > speed["loss_tokens"] > 0 and speed["mfu"] > 0
 
 
 def test_grpo_trains_only_the_adapter(trained):

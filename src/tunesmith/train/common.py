@@ -307,6 +307,9 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     counter.start_clock()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = counter.seconds()  # a resumed run's too: the earlier processes' training time is in the checkpoint
+    generated = getattr(trainer, "generated_tokens", None)  # GRPO: what it sampled and trained on (grpo.py)
+    if generated is not None:
+        counter.count_generated(*generated())
     if budget.get("time_budget", {}).get("revisions"):  # the table printed before training shows the first plan
         chosen["steps"] = steps_choice(recipe.training, budget["time_budget"])
     # Mixed precision wraps the model's forward in autocast; unwrapped, the trained model computes in fp32 again

@@ -11,6 +11,7 @@ sets `ref_model=None` for a PEFT model). Reads: load → rows → configure → 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,35 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
     check_group_fits_batch(recipe, method)
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
+    tally = CompletionTally()
     trainer = GRPOTrainer(
         model=setup.model,
-        reward_funcs=rewards,
+        reward_funcs=[tally.counting(rewards[0]), *rewards[1:]],
         args=grpo_config(method, weights, common_arguments(recipe, run, setup.device, setup.precision)),
         train_dataset=Dataset.from_list([prompt_and_reference(row) for row in setup.splits.train]),
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
+    trainer.generated_tokens = lambda: (trainer.state.num_input_tokens_seen, tally.tokens)  # for the throughput
     return fit_and_save(trainer, setup, recipe, run)
+
+
+class CompletionTally:
+    """The sampled completions' tokens, counted as the first reward sees them (each completion is scored once)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def counting(self, reward: Callable[..., list[float]]) -> Callable[..., list[float]]:
+        """`reward`, counting the tokens of the completions it scores; TRL logs it under the same name."""
+
+        def counted(*args: Any, completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
+            self.tokens += sum(len(ids) for ids in completion_ids)
+            return reward(*args, completion_ids=completion_ids, **kwargs)
+
+        counted.__name__ = reward.__name__
+        return counted
 
 
 def grpo_method(recipe: Recipe) -> GRPOMethod:

@@ -68,6 +68,13 @@ class TokenCounter:
                 self.loss_tokens += real
             self.attention_flops += 12.0 * real * attention_span(batch, prefix)
 
+    def count_generated(self, sequence_tokens: int, completion_tokens: int) -> None:
+        """Add what an on-policy trainer generated and trained on (GRPO: prompts + sampled completions, TRL's
+        `num_input_tokens_seen`; the completions carry the loss), which its collator never sees as token ids."""
+        self.tokens += sequence_tokens
+        self.real_tokens += sequence_tokens
+        self.loss_tokens += completion_tokens
+
     def add_padding(self, positions: int) -> None:
         """Padding positions added after collation (`train/micro_batches.py` joining rows of several batches)."""
         self.tokens += positions
