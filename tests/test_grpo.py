@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tunesmith.config import RewardSpec, validate_recipe
+from tunesmith.config import RewardSpec, recipe_to_yaml, validate_recipe
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import create_run
 from tunesmith.train import run_training
@@ -200,11 +200,19 @@ def test_preference_pairs_are_refused(tmp_path, tiny_model_dir):
     assert "prompt_completion or messages" in caught.value.message
 
 
-def test_batch_that_splits_a_group_is_refused(tmp_path, tiny_model_dir):
-    recipe = grpo_recipe(tmp_path, tiny_model_dir, batch_size=3)
-    with pytest.raises(RecipeError, match=r"not a multiple of method\.num_generations") as caught:
-        run_training(recipe, create_run(recipe, tmp_path / "runs"))
-    assert "batch_size to a multiple of 2" in caught.value.hint
+def test_batch_that_splits_a_group_is_refused_by_the_recipe_and_so_by_plan(tmp_path, tiny_model_dir):
+    """Checked when the recipe is read, so plan, doctor and a sweep's up-front checks refuse it too."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    with pytest.raises(RecipeError, match=r"not a multiple of method\.num_generations \(2\).*multiple of 2"):
+        grpo_recipe(tmp_path, tiny_model_dir, batch_size=3)
+    recipe = grpo_recipe(tmp_path, tiny_model_dir)
+    (tmp_path / "grpo.yaml").write_text(recipe_to_yaml(recipe))
+    planned = CliRunner().invoke(app, ["plan", str(tmp_path / "grpo.yaml"), "--set", "training.batch_size=3"])
+    assert isinstance(planned.exception, RecipeError)  # main() prints it and exits 2
+    assert "not a multiple of method.num_generations" in planned.exception.message
 
 
 def test_repeated_reward_names_are_logged_apart(tmp_path):

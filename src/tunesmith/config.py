@@ -879,6 +879,19 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _grpo_groups_fit_the_batch(self) -> Recipe:
+        """TRL samples whole groups per generation batch (batch_size x grad_accum completions), so the group size
+        must divide it: refused here, so that plan, doctor and a sweep's checks see it before anything trains."""
+        if isinstance(self.method, GRPOMethod):
+            completions, group = self.training.batch_size * self.training.grad_accum, self.method.num_generations
+            if completions % group:
+                raise ValueError(f"training.batch_size x grad_accum is {completions} completions, not a multiple of "
+                                 f"method.num_generations ({group}): GRPO scores whole groups of completions per "
+                                 f"prompt. Set training.batch_size to a multiple of {group} (e.g. {group * 2}: two "
+                                 "prompts per step)")
+        return self
+
+    @model_validator(mode="after")
     def _budget_and_replay_fit_method(self) -> Recipe:
         """training.time_budget measures forward/backward steps, and replay adds answered rows: refuse the methods
         whose steps or rows are another kind, before anything loads."""

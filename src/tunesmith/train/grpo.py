@@ -32,8 +32,7 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    method = grpo_method(recipe)
-    check_group_fits_batch(recipe, method)
+    method = grpo_method(recipe)  # its group size fits the batch: the recipe's validation checked
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
     tally = CompletionTally()
@@ -71,17 +70,6 @@ def grpo_method(recipe: Recipe) -> GRPOMethod:
     if not isinstance(recipe.method, GRPOMethod):
         raise RecipeError(f"run_grpo was given method.kind {recipe.method.kind}.", "Use run_training(recipe, run).")
     return recipe.method
-
-
-def check_group_fits_batch(recipe: Recipe, method: GRPOMethod) -> None:
-    """TRL samples whole groups per generation batch (batch_size x grad_accum completions), so it must divide."""
-    completions = recipe.training.batch_size * recipe.training.grad_accum
-    if completions % method.num_generations:
-        raise RecipeError(
-            f"training.batch_size x grad_accum is {completions} completions, not a multiple of "
-            f"method.num_generations ({method.num_generations}): GRPO scores whole groups of completions per prompt.",
-            f"Set training.batch_size to a multiple of {method.num_generations} "
-            f"(e.g. {method.num_generations * 2}: two prompts per step).")
 
 
 def prompt_and_reference(row: Row) -> Row:
