@@ -276,6 +276,14 @@ def test_recipe_checks_data_and_template_fit(tmp_path, tiny_model_dir):
     assert by_name(recipe_checks, "rendered rows").status in ("pass", "warn")
 
 
+def test_data_of_a_shape_the_method_does_not_train_fails_as_train_would_refuse_it(tmp_path, tiny_model_dir):
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=4)
+    report = run_doctor(recipe_path=recipe, sets=["method.kind=cpt"], probe_seconds=0.02)
+    check = by_name(report.checks, "train data")
+    assert check.status == "fail" and "holds messages rows; method.kind cpt needs text rows" in check.detail
+    assert "method.kind sft" in check.fix
+
+
 def test_a_broken_row_fails_unless_skip_invalid(tmp_path, tiny_model_dir):
     recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=4)
     with (tmp_path / "data" / "train.jsonl").open("a", encoding="utf-8") as handle:

@@ -266,7 +266,7 @@ def test_kto_unpaired_rows_beside_paired_held_out_ones_are_sized_not_a_crash(tin
 
     raw["data"].update(train=str(ORDERS / "train.jsonl"))
     mixed = longest_row(validate_recipe({**raw, "base_dir": str(tmp_path)}), load_tokenizer(tiny_model_dir))
-    assert "different shapes (messages/preference)" in mixed.problem
+    assert "train.jsonl holds messages rows; method.kind kto needs" in mixed.problem  # what train says
 
 
 def test_the_plan_counts_the_replay_anchor_of_a_preference_method(tiny_model_dir, tmp_path):

@@ -16,6 +16,12 @@ from tunesmith.errors import DataError
 __all__ = ["SFT_SHAPES", "Row", "as_chat_preference", "as_conversation", "load_conversations", "load_rows"]
 
 SFT_SHAPES = ("messages", "prompt_completion")
+PAIR_SHAPES = ("preference",)
+# The row shapes each method.kind trains on: the one table training, doctor and plan read.
+METHOD_SHAPES: dict[str, tuple[str, ...]] = {
+    "sft": SFT_SHAPES, "cpt": ("text",), "grpo": ("prompt_completion", "messages"), "reward": PAIR_SHAPES,
+    "dpo": PAIR_SHAPES, "orpo": PAIR_SHAPES, "simpo": PAIR_SHAPES, "kto": ("unpaired_preference", "preference"),
+}
 
 
 def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None = None,
@@ -39,9 +45,15 @@ def load_rows(path: Path | str, accept: tuple[str, ...], purpose: str, fmt: str 
         if skipped is not None:
             skipped[reason] = skipped.get(reason, 0) + count
     if result.shape not in accept:
-        raise DataError(f"{path} holds {result.shape} rows; {purpose} needs {' or '.join(accept)} rows.",
-                        SHAPE_HINTS.get(result.shape, "Convert the file, or pick a method that takes this shape."))
+        raise shape_refusal(path, result.shape, accept, purpose)
     return result.shape, result.rows
+
+
+def shape_refusal(path: Path | str, shape: str, accept: tuple[str, ...], purpose: str) -> DataError:
+    """A file of rows `shape` given to a method that trains on `accept` shapes: what it needs, and which method
+    takes what the file holds."""
+    return DataError(f"{path} holds {shape} rows; {purpose} needs {' or '.join(accept)} rows.",
+                     SHAPE_HINTS.get(shape, "Convert the file, or pick a method that takes this shape."))
 
 
 SHAPE_HINTS = {

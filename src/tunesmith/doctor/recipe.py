@@ -14,6 +14,7 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data import data_source
 from tunesmith.data.contract import judge_template
+from tunesmith.data.formats import METHOD_SHAPES, shape_refusal
 from tunesmith.data.lengths import length_limit
 from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.preview import conversations_of, preview_rows
@@ -77,6 +78,12 @@ def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:
                                   shape=data.format)
         except TunesmithError as exc:
             checks.append(Check(name=f"{split} data", section=SECTION, status="fail", detail=exc.message, fix=exc.hint))
+            continue
+        accept = METHOD_SHAPES.get(recipe.method.kind, ())
+        if accept and loaded.shape not in accept:  # train would refuse the file before loading the model
+            refusal = shape_refusal(loaded.path, loaded.shape, accept, f"method.kind {recipe.method.kind}")
+            checks.append(Check(name=f"{split} data", section=SECTION, status="fail", detail=refusal.message,
+                                fix=refusal.hint))
             continue
         checks.append(rows_check(split, loaded, data.skip_invalid))
         rows += conformed(loaded.rows, recipe)

@@ -13,6 +13,7 @@ from jinja2.exceptions import TemplateError
 
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
+from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.lengths import auto_max_length, encoded_sequences, length_limit
 from tunesmith.data.shapes import SHAPES
 from tunesmith.errors import TunesmithError
@@ -28,7 +29,8 @@ def longest_row(recipe: Recipe, tokenizer: Any, context: int | None = None) -> R
     else:
         unread = max_length
     try:
-        splits = load_splits(recipe, accept=SHAPES, purpose="the memory plan")
+        kind = recipe.method.kind  # a shape the method does not train is the data problem train would stop at
+        splits = load_splits(recipe, accept=METHOD_SHAPES.get(kind, SHAPES), purpose=f"method.kind {kind}")
     except TunesmithError as exc:
         return RowLengths(unread, f"data.max_length (the data did not load: {exc.message})",
                           problem=f"the data did not load: {exc}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.config import Recipe
+from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 from tunesmith.train.replay import anchored, replay_for
 
-TEXT_SHAPES = ("text",)
+TEXT_SHAPES = METHOD_SHAPES["cpt"]
 
 
 def run_cpt(recipe: Recipe, run: Run) -> Path:

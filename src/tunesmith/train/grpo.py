@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import GRPOMethod, Recipe
+from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import Row
 from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError, RecipeError
@@ -24,7 +25,7 @@ from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 from tunesmith.train.rewards import build_rewards
 
-PROMPT_SHAPES = ("prompt_completion", "messages")
+PROMPT_SHAPES = METHOD_SHAPES["grpo"]
 
 
 def run_grpo(recipe: Recipe, run: Run) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 
 from tunesmith.config import DPOMethod, KTOMethod, ORPOMethod, Recipe, SimPOMethod
 from tunesmith.data import Splits
+from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import Row
 from tunesmith.data.template import PREFERENCE_SIDES, encode_preference_split, template_messages
 from tunesmith.errors import RecipeError
@@ -165,10 +166,10 @@ def kto_trainer() -> type:
     return KTOTrainer
 
 
-PAIRS = ("preference",)
+PAIRS = METHOD_SHAPES["dpo"]
 METHODS: dict[str, PreferenceMethod] = {
     "dpo": PreferenceMethod(PAIRS, "DPO (method.kind dpo)", dpo_config, dpo_trainer, uses_reference=True),
-    "kto": PreferenceMethod(("unpaired_preference", "preference"), "KTO (method.kind kto)", kto_config,
+    "kto": PreferenceMethod(METHOD_SHAPES["kto"], "KTO (method.kind kto)", kto_config,
                             kto_trainer, uses_reference=True),
     "orpo": PreferenceMethod(PAIRS, "ORPO (method.kind orpo)", orpo_config,
                              lambda: experimental("orpo", "ORPOTrainer"), uses_reference=False),

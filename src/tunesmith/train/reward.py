@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe, RewardMethod
+from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
 
-PAIR_SHAPES = ("preference",)
+PAIR_SHAPES = METHOD_SHAPES["reward"]
 
 
 def run_reward(recipe: Recipe, run: Run) -> Path:
