@@ -141,7 +141,7 @@ def test_training_splits_are_cleaned_and_leakage_into_eval_is_removed(tmp_path: 
     assert len(splits.train) == 29 and rows[7] not in splits.train
     assert splits.cleaning["train_eval_overlap"] == {"removed": 1}
     steps = {s["step"]: s for s in splits.cleaning["train"]}
-    assert list(steps) == ["normalize", "dedup_exact"] and steps["dedup_exact"]["removed"] == 1
+    assert list(steps) == ["normalize", "pii_found", "dedup_exact"] and steps["dedup_exact"]["removed"] == 1
 
 
 def test_cli_prepare_json_and_inspect(messy_project: Path, tmp_path: Path):
@@ -206,6 +206,32 @@ def test_pii_redaction_reaches_tool_call_arguments():
     assert rows[0]["messages"][1]["tool_calls"][0] is call  # the input is left as it was
     (pii,) = [s for s in cleaned.steps if s.name == "pii_redact"]
     assert pii.details["found_by_kind"] == {"EMAIL": 3}
+
+
+def test_personal_data_left_in_by_pii_off_is_counted_and_said_before_training():
+    from tunesmith.config import CleanSection
+    from tunesmith.data.prepare import clean_rows, steps_report
+    from tunesmith.train.common import cleaning_warnings
+
+    def row(i: int, text: str) -> dict:
+        return {"messages": [{"role": "user", "content": f"ticket {i}: {text}"},
+                             {"role": "assistant", "content": "Thanks, noted."}]}
+
+    rows = [row(0, "mail me at ann@example.com"), row(1, "call +44 20 7946 0958"), row(2, "no contact given")]
+    cleaned = clean_rows(rows, CleanSection())  # the defaults: pii off
+    assert cleaned.rows == rows  # counted, not changed
+    (scan,) = [step for step in cleaned.steps if step.name == "pii_found"]
+    assert scan.details["rows_with_pii"] == 2 and scan.details["rows_scanned"] == 3
+    assert scan.details["found_by_kind"] == {"EMAIL": 1, "PHONE": 1}
+
+    from types import SimpleNamespace
+
+    splits = SimpleNamespace(train=cleaned.rows, source={"train": "t.jsonl"},  # what load_splits' result holds
+                             cleaning={"train": steps_report(cleaned.steps)})
+    [warning] = cleaning_warnings(splits)
+    assert "2 of the first 3 training rows hold personal data (1 EMAIL, 1 PHONE) and data.clean.pii is off" in warning
+    redacted = clean_rows(rows, CleanSection(pii="redact"))
+    assert not [step for step in redacted.steps if step.name == "pii_found"]
 
 
 def test_a_split_with_no_or_few_held_out_rows_is_said_before_training():

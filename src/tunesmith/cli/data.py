@@ -72,7 +72,9 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "
                   f"{info['stats']['rows']} usable rows · skipped {sum(info['skipped'].values())}")
         print_stats(info["stats"])
-        print_steps(info["cleaning_dry_run"], "what `prepare` would do")
+        print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
+                    "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
+                    "data counted in pii_redact trains as written)")
         for problem in info["problems"][:50]:
             err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         if len(info["problems"]) > 50:

@@ -54,6 +54,7 @@ def clean_rows(rows: list[Row], clean: CleanSection, tokenizer: Any = None) -> C
     steps: list[tuple[bool, Callable[[], None]]] = [
         (clean.normalize, lambda: normalize_step(state)),
         (clean.pii != "off", lambda: pii_step(state, clean)),
+        (clean.pii == "off", lambda: pii_scan_step(state, clean)),
         (bool(clean.min_tokens or clean.max_tokens), lambda: length_step(state, clean, tokenizer)),
         (clean.drop_refusals, lambda: refusal_step(state)),
         (bool(clean.languages), lambda: language_step(state, clean)),
@@ -114,6 +115,34 @@ def pii_step(state: Cleaned, clean: CleanSection) -> None:
         state.steps.append(step)
     else:
         state.keep(mask, step)
+
+
+PII_SCAN_ROWS = 2000  # rows scanned for personal data while data.clean.pii is off: enough to warn, cheap to do
+
+
+def pii_scan_step(state: Cleaned, clean: CleanSection) -> None:
+    """With data.clean.pii off, count (not change) the personal data in the first PII_SCAN_ROWS rows, so that
+    training can say it trains on it as written (step `pii_found`: rows with any, by kind)."""
+    from tunesmith.data.pii import PiiScanner
+    from tunesmith.data.rowtext import map_row_texts
+
+    scanner, found, rows_with = PiiScanner(kinds=clean.pii_kinds), Counter(), 0
+    step = Step("pii_found")
+    for row, origin in zip(state.rows[:PII_SCAN_ROWS], state.origins, strict=False):
+        counts: Counter[str] = Counter()
+
+        def scan(text: str, counts: Counter[str] = counts) -> str:
+            counts.update(scanner.redact(text)[1])
+            return text
+
+        map_row_texts(row, scan, tool_arguments=True)
+        if counts:
+            rows_with += 1
+            found.update(counts)
+            add_example(step, {"row": origin, "kinds": dict(counts)})
+    step.details.update(rows_scanned=min(len(state.rows), PII_SCAN_ROWS), rows_with_pii=rows_with,
+                        found_by_kind=dict(sorted(found.items())))
+    state.steps.append(step)
 
 
 def length_step(state: Cleaned, clean: CleanSection, tokenizer: Any) -> None:

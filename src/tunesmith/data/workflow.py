@@ -53,7 +53,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
     data = recipe.data
     tokenizer = recipe_tokenizer(recipe)
     files = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
-    report: dict[str, Any] = {"name": recipe.name, "files": {}}
+    report: dict[str, Any] = {"name": recipe.name, "files": {}, "pii": data.clean.pii}
     usable: list[dict[str, Any]] = []
     sources = {split: data_source(recipe, value) for split, value in files.items()}
     records = {split: load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,

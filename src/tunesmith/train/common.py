@@ -165,10 +165,22 @@ def cleaning_warnings(splits: Splits) -> list[str]:
     overlap = (splits.cleaning.get("train_eval_overlap") or {}).get("removed", 0)
     if overlap:
         reasons.append(f"{overlap} also in the eval set (they would leak its answers into the score)")
+    warnings = [pii_warning(step) for step in splits.cleaning.get("train") or []
+                if step.get("step") == "pii_found" and step.get("rows_with_pii")]
     if not reasons:
-        return []
+        return warnings
     return [f"Training on {len(splits.train)} rows of {splits.source['train']}: removed {', '.join(reasons)}. "
-            "`tunesmith data inspect RECIPE` shows them; data.clean.dedup: off keeps duplicates."]
+            "`tunesmith data inspect RECIPE` shows them; data.clean.dedup: off keeps duplicates.", *warnings]
+
+
+def pii_warning(details: dict[str, Any]) -> str:
+    """The personal data data.clean.pii (off) leaves in the training rows, as the data stage's scan counted it (its
+    `pii_found` step in data.json's cleaning report)."""
+    kinds = ", ".join(f"{count} {kind}" for kind, count in details["found_by_kind"].items())
+    return (f"{details['rows_with_pii']} of the first {details['rows_scanned']:,} training rows hold personal data "
+            f"({kinds}) and data.clean.pii is off, so the model trains on it as written. data.clean.pii: redact "
+            "replaces each with its kind (<EMAIL>), drop leaves those rows out; `tunesmith data inspect RECIPE` "
+            "shows them.")
 
 
 SMALL_EVAL_ROWS = 30
