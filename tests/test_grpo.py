@@ -179,6 +179,9 @@ def test_mean_reward_is_logged_per_step_and_in_train_json(trained):
     # of which the completions' carry the loss
     speed = report["throughput"]
     assert speed["real_tokens"] == steps[-1]["num_tokens"] > speed["loss_tokens"] > 0 and speed["mfu"] > 0
+    from tunesmith.runs import run_summary
+
+    assert run_summary(run)["final_loss"] is None  # a policy-gradient surrogate: `runs list` and sweeps leave it out
 
 
 def test_grpo_trains_only_the_adapter(trained):
@@ -213,6 +216,18 @@ def test_batch_that_splits_a_group_is_refused_by_the_recipe_and_so_by_plan(tmp_p
     planned = CliRunner().invoke(app, ["plan", str(tmp_path / "grpo.yaml"), "--set", "training.batch_size=3"])
     assert isinstance(planned.exception, RecipeError)  # main() prints it and exits 2
     assert "not a multiple of method.num_generations" in planned.exception.message
+
+
+def test_groups_that_all_score_alike_and_cut_completions_are_warned_of(tmp_path, tiny_model_dir):
+    from tunesmith.train.grpo import learning_signal_warnings
+
+    method = grpo_recipe(tmp_path, tiny_model_dir).method
+    flat = [{"step": step, "frac_reward_zero_std": 1.0, "completions/clipped_ratio": 1.0} for step in (1, 2, 3)]
+    uniform, cut = learning_signal_warnings(flat, method)
+    assert "100% of the sampled groups (mean over 3 logged steps) gave every completion the same reward" in uniform
+    assert "cut at method.max_completion_length (8 tokens)" in cut
+    varied = [{"step": 1, "frac_reward_zero_std": 0.5, "completions/clipped_ratio": 0.25}]
+    assert learning_signal_warnings(varied, method) == [] and learning_signal_warnings([{"loss": 1}], method) == []
 
 
 def test_repeated_reward_names_are_logged_apart(tmp_path):

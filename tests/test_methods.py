@@ -165,6 +165,10 @@ def test_eval_scores_base_and_tuned_by_likelihood(trained):
     assert results["examples"] == 16
     if trained.kind == "cpt":
         assert results["tuned"]["perplexity"] < results["base"]["perplexity"]
+        from tunesmith.runs import run_summary
+
+        summary = run_summary(trained.run)  # `runs list` shows CPT's score, perplexity
+        assert summary["metric"] == "perplexity" and summary["tuned"] == results["tuned"]["perplexity"]
         return
     for variant in ("base", "tuned"):
         assert 0 <= results[variant]["preference_accuracy"] <= 1

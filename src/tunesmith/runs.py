@@ -549,15 +549,21 @@ def run_summary(run: Run) -> dict[str, Any]:
     status = ("trained" if manifest is not None and manifest.train is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
-               "final_loss": train.get("final_loss"), "metric": None, "base": None, "tuned": None}
+               "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None}
     results_file = run.eval_dir / "results.json"
     if results_file.is_file():
         try:
             results = read_results(results_file)
         except TunesmithError:
             return summary
-        metric = results.headline_metric()
+        metric = results.headline_metric() or ("perplexity" if "perplexity" in results.tuned else None)  # CPT's
         if metric is not None:
             summary.update(metric=metric, tuned=results.tuned.get(metric),
                            base=(results.base or {}).get(metric))
     return summary
+
+
+def fit_loss(train: dict[str, Any]) -> float | None:
+    """train.json's final training loss where it measures the fit; None for GRPO, whose loss is a policy-gradient
+    surrogate near 0 by construction (its progress is the reward, `final_metrics.reward`)."""
+    return None if train.get("method") == "grpo" else train.get("final_loss")

@@ -27,7 +27,7 @@ from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.results import read_results
-from tunesmith.runs import atomic_write_json, atomic_write_text, read_json
+from tunesmith.runs import atomic_write_json, atomic_write_text, fit_loss, read_json
 
 GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
 STATUS_FILE = "sweep_status.json"
@@ -243,7 +243,7 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
     results = read_results(results_file) if results_file and results_file.is_file() else None
     metric = results.headline_metric() if results else None
     return {
-        "final_train_loss": train.get("final_loss"),
+        "final_train_loss": fit_loss(train),
         "eval_loss": results.tuned.get("loss") if results else None,
         "metric": metric,
         "metric_value": results.tuned.get(metric) if results and metric else None,

@@ -11,6 +11,7 @@ sets `ref_model=None` for a PEFT model). Reads: load → rows → configure → 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,36 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
     trainer.generated_tokens = lambda: (trainer.state.num_input_tokens_seen, tally.tokens)  # for the throughput
-    return fit_and_save(trainer, setup, recipe, run)
+    saved = fit_and_save(trainer, setup, recipe, run)
+    for warning in learning_signal_warnings(run.read_metrics(), method):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return saved
+
+
+UNIFORM_GROUPS = 0.75  # mean share of groups whose completions all got one reward, above which GRPO is warned of
+
+
+def learning_signal_warnings(metrics: list[dict[str, Any]], method: GRPOMethod) -> list[str]:
+    """What TRL's logged GRPO metrics say about the signal the run learned from: groups whose completions all got
+    the same reward (`frac_reward_zero_std`: their advantages are 0, so they teach nothing) and completions all cut
+    at max_completion_length (`completions/clipped_ratio`)."""
+    logged = [row for row in metrics if "frac_reward_zero_std" in row]
+    if not logged:
+        return []
+    warnings = []
+    uniform = sum(row["frac_reward_zero_std"] for row in logged) / len(logged)
+    if uniform >= UNIFORM_GROUPS:
+        warnings.append(f"{uniform:.0%} of the sampled groups (mean over {len(logged)} logged steps) gave every "
+                        "completion the same reward, so GRPO had nothing to learn from them (frac_reward_zero_std in "
+                        "metrics.jsonl). Give partial credit (a format reward such as regex, at a lower weight), "
+                        "raise method.temperature, or method.num_generations.")
+    clipped = [row["completions/clipped_ratio"] for row in logged if "completions/clipped_ratio" in row]
+    cut = sum(clipped) / len(clipped) if clipped else 0.0
+    if cut >= UNIFORM_GROUPS:
+        warnings.append(f"{cut:.0%} of the completions were cut at method.max_completion_length "
+                        f"({method.max_completion_length} tokens) before they ended: raise it, or reward shorter "
+                        "answers (length_penalty).")
+    return warnings
 
 
 class CompletionTally:
