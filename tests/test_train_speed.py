@@ -245,6 +245,11 @@ def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, t
     speed = report["throughput"]
     assert speed["real_tokens"] <= speed["tokens"] and 0 < speed["loss_tokens"] < speed["real_tokens"]
     assert speed["real_tokens_per_s"] > 0 and 0 < speed["mfu"] < 1.5 and speed["peak_gflops"] > 0
+    from tunesmith.plan.devices import own_peak_rss_bytes
+
+    # the process's peak memory, as `plan` estimates it: at least the model's weights, at most the peak so far
+    weights = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
+    assert weights < speed["peak_rss_bytes"] <= own_peak_rss_bytes() and speed["peak_cuda_bytes"] is None
 
 
 def padded_share(order: list[int], lengths: list[int], batch_size: int) -> float:

@@ -509,7 +509,8 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
     """Tokens per second (all, not padding, carrying loss) and MFU against this machine's matmul peak in the
     dtype the matmuls ran in (`precision`); with `frozen_bf16` (the frozen linears in bf16 under fp32 training,
     train/frozen_matmuls.py) their FLOPs count against the bf16 peak and the rest against fp32's (`mixed_peak`).
-    `bf16_tflops`: that bf16 part, so that a benchmark can weigh it against peaks of its own."""
+    `bf16_tflops`: that bf16 part, so that a benchmark can weigh it against peaks of its own. `peak_rss_bytes` /
+    `peak_cuda_bytes`: this process's peak memory so far (what `tunesmith plan` estimates), None where unused."""
     import torch
 
     shape = model_shape(model)
@@ -520,18 +521,26 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
     bf16_flops = frozen_linear_flops(counter, shape) if frozen_bf16 and dtype == torch.float32 else 0.0
     if bf16_flops:
         peak = mixed_peak(flops, bf16_flops, peak, matmul_peak(torch.bfloat16, device=hardware))
+    from tunesmith.plan.devices import own_peaks
+
+    peaks = own_peaks()  # so far: loading, training and the step before saving (what `plan` estimates)
     return {**counter.figures(seconds), "seconds": round(seconds, 1), "model_tflops": round(flops / 1e12, 3),
+            "peak_rss_bytes": int(peaks["rss_bytes"] or 0),
+            "peak_cuda_bytes": None if peaks["cuda_bytes"] is None else int(peaks["cuda_bytes"]),
             "bf16_tflops": round(bf16_flops / 1e12, 3),
             "dtype": precision if precision in ("bf16", "fp16") else "fp32", "peak_gflops": round(peak / 1e9, 1),
             "mfu": mfu(flops, seconds, peak)}
 
 
 def print_throughput(speed: dict[str, Any]) -> None:
+    cuda = speed.get("peak_cuda_bytes")
+    memory = (f"; peak memory {speed['peak_rss_bytes'] / 2**30:,.2f} GiB resident"
+              + (f", {cuda / 2**30:,.2f} GiB CUDA allocated" if cuda else "") if speed.get("peak_rss_bytes") else "")
     print(f"throughput: {speed['real_tokens']:,} tokens ({speed['loss_tokens']:,} with loss, "
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
           f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s "
           + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
-             if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak"),
+             if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak") + memory,
           file=sys.stderr, flush=True)
 
 
