@@ -45,10 +45,16 @@ def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
     ("training:\n  gradient_accumulation_steps: 4\n", "training.grad_accum"),
     ("adapter:\n  kind: lora\n  lora_alpha: 32\n", "adapter.alpha"),  # PEFT's LoraConfig
     ("cutoff_len: 1024\n", "data.max_length"),  # LLaMA-Factory, at the top level
+    ("adapter:\n  kind: lora\n  rank: 8\n", "adapter.r"),
 ])
 def test_a_key_as_another_tool_names_it_gets_the_recipes_name(tmp_path, yaml, key):
     with pytest.raises(RecipeError, match=f"unknown key. tunesmith calls it {re.escape(key)}"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n" + yaml))
+
+
+def test_a_key_of_another_method_kind_says_which_kind_has_it(tmp_path):
+    with pytest.raises(RecipeError, match=r"method\.num_generations .*It is a key of method\.kind grpo, not of this"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nmethod:\n  kind: cpt\n  num_generations: 4\n"))
 
 
 def test_bad_value_names_key_and_value(tmp_path):

@@ -106,7 +106,7 @@ def test_weighted_rewards_combine_as_named(tmp_path):
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ({"name": "exakt_match"}, "unknown reward 'exakt_match'"),
+    ({"name": "exakt_match"}, "unknown reward 'exakt_match'. Did you mean 'exact_match'"),
     ({"name": "regex"}, "needs 'pattern'"),
     ({"name": "exact_match", "target": 8}, "does not use target"),
     ({"name": "regex", "pattern": "("}, "not a valid regular expression"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -269,8 +270,10 @@ class RewardSpec(Section):
     def _settings_fit_the_reward(self) -> RewardSpec:
         """Name an unknown reward, a missing setting, or a setting that another reward would use."""
         if self.name not in REWARD_SETTINGS and ":" not in self.name:
-            raise ValueError(f"unknown reward {self.name!r}; choose from {', '.join(REWARD_SETTINGS)}, or a user "
-                             "function module:function / path/to/file.py:function")
+            close = difflib.get_close_matches(self.name, list(REWARD_SETTINGS), n=1)
+            guess = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown reward {self.name!r}.{guess} Choose from {', '.join(REWARD_SETTINGS)}, or a "
+                             "user function module:function / path/to/file.py:function")
         needed = REWARD_SETTINGS.get(self.name)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"reward {self.name!r} needs {needed!r}: add it next to the name")
@@ -1104,7 +1107,7 @@ OTHER_TOOLS_KEYS = {
     "lora_target_modules": "adapter.targets", "finetuning_type": "adapter.kind", "peft_type": "adapter.kind",
     "max_seq_length": "data.max_length", "sequence_len": "data.max_length", "cutoff_len": "data.max_length",
     "model_name_or_path": "model.source", "base_model": "model.source", "torch_dtype": "model.dtype",
-    "dataset": "data.train", "train_file": "data.train", "val_set_size": "data.eval_fraction",
+    "dataset": "data.train", "train_file": "data.train", "val_set_size": "data.eval_fraction", "rank": "adapter.r",
 }
 
 
@@ -1126,10 +1129,24 @@ def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) 
     close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
     if close:
         return f" Did you mean {close[0]!r}?"
+    kinds = kinds_with_key(loc[:-1], loc[-1])
+    if kinds:  # a key of another method or adapter kind (method.num_generations under method.kind: cpt)
+        return f" It is a key of {'.'.join(loc[:-1])}.kind {' and '.join(kinds)}, not of this kind."
     home = section_holding(loc[-1])
     if home is not None and home != ".".join(loc[:-1]):
         return f" It is a key of {home}: {home}.{loc[-1]}."
     return f" Valid keys: {', '.join(valid)}."
+
+
+def kinds_with_key(section: list[str], key: str) -> list[str]:
+    """The kinds of a union section (method, adapter) whose own keys include `key`, e.g. ['grpo'] for
+    num_generations; [] for other sections."""
+    if len(section) != 1 or section[0] not in Recipe.model_fields:
+        return []
+    annotation = Recipe.model_fields[section[0]].annotation  # pydantic keeps the union, its Annotated stripped
+    members = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return [kind for member in members if key in member.model_fields and "kind" in member.model_fields
+            for kind in typing.get_args(member.model_fields["kind"].annotation)]
 
 
 def section_holding(key: str) -> str | None:
