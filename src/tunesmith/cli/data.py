@@ -149,11 +149,23 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to r
         print_json(result.as_dict())
     else:
         print_preview(result, err)
+        if recipe.method.kind in METHOD_PREVIEW_NOTES:
+            err.print(f"note: {METHOD_PREVIEW_NOTES[recipe.method.kind]}", highlight=False, soft_wrap=True)
         if html:
             err.print(f"Wrote {html}")
     if result.problems:
         raise ProblemsFoundError(f"train would refuse this data ({len(result.problems)} problem(s), listed above).",
                                  "Apply the fix each problem names (a data.* key or another model).")
+
+
+# Methods whose loss is not on the answers the preview marks: what they train on instead.
+METHOD_PREVIEW_NOTES = {
+    "grpo": "GRPO never trains on these answers: it samples method.num_generations completions of each prompt and "
+            "learns from their rewards; the marked answer is the reference the rewards compare against.",
+    "cpt": "continued pre-training puts the loss on every token of the text; rows are packed into blocks of "
+           "data.max_length (training.packing, on by default for CPT), so a long document runs on into the next "
+           "block rather than being cut.",
+}
 
 
 def print_stats(stats: dict[str, Any]) -> None:

@@ -104,8 +104,9 @@ def settings_chosen(recipe: Any, chosen: dict[str, Any], lengths: list[int],
                             "default: r 16 on every linear layer (QLoRA: all linear layers are needed to match full "
                             "fine-tuning; arXiv:2305.14314 §4), no dropout (PEFT's default; on a CPU dropout's "
                             "random masks cost a quarter of the step)"}
+    blocks = recipe.method.kind == "cpt" and training.packing in (True, "auto")  # cpt.py's wrapped packing
     table["max_length"] = max_length_choice(recipe.data.max_length, lengths, chosen.get("max_length", {}).get(
-        "why", "data.max_length in the recipe"))
+        "why", "data.max_length in the recipe"), packed_blocks=blocks)
     if "packing" in chosen:
         table["packing"] = {"value": "on" if chosen["packing"]["on"] else "off", "why": chosen["packing"]["why"]}
     if chosen.get("frozen_matmuls", {}).get("dtype") == "bf16":
@@ -184,12 +185,16 @@ def steps_choice(training: Any, budget: dict[str, Any] | None) -> dict[str, Any]
         " in the recipe" if "epochs" in training.model_fields_set else ": default 1")}
 
 
-def max_length_choice(max_length: int, lengths: list[int], source: str) -> dict[str, Any]:
+def max_length_choice(max_length: int, lengths: list[int], source: str, packed_blocks: bool = False) -> dict[str, Any]:
     """data.max_length (`source`: where it came from, the recipe or `auto`'s reason, which says what it cuts)
     against the training rows' lengths in tokens (`lengths`, as encoded; [] where the method's dataset holds no
-    token ids): how long the rows are and, for a length from the recipe, whether any is cut."""
+    token ids): how long the rows are and, for a length from the recipe, whether any is cut. `packed_blocks`: the
+    documents were joined and cut into blocks of max_length (CPT's packing), so no text is lost to the length."""
     if not lengths:
         return {"value": max_length, "why": source}
+    if packed_blocks:
+        return {"value": max_length, "why": f"{source}; the documents are joined into {len(lengths):,} blocks of up "
+                                            "to max_length tokens, so none is cut (one may run on into the next)"}
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     if source.startswith("auto"):
