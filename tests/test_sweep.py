@@ -169,6 +169,7 @@ def test_sweep_table_numbers_come_from_each_run(finished_sweep):
         assert row["trainable_params"] == train["trainable"]["trainable"]
         assert row["eval_loss"] == results["tuned"]["loss"]
         assert row["metric_value"] == results["tuned"]["field_accuracy"]
+        assert row["metric_base"] == results["base"]["field_accuracy"]  # what the tuned score is read against
         assert row["wall_time_s"] >= train["wall_time_s"] and row["peak_rss_mb"] > 50
     assert rows["targets=qv"]["trainable_params"] < rows["targets=all-linear"]["trainable_params"]
 
@@ -176,7 +177,7 @@ def test_sweep_table_numbers_come_from_each_run(finished_sweep):
 def test_sweep_writes_markdown_and_chart(finished_sweep):
     sweep_dir, result = finished_sweep
     markdown = (sweep_dir / "sweep.md").read_text()
-    assert "| combination | train loss | eval loss | field_accuracy | trainable |" in markdown
+    assert "| combination | train loss | eval loss | field_accuracy (base) | field_accuracy | trainable |" in markdown
     assert "| targets=qv |" in markdown and "| targets=all-linear |" in markdown
     assert (sweep_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "targets=all-linear" in result.stderr and "Sweep directory" in result.stderr

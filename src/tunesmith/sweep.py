@@ -247,6 +247,7 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
         "eval_loss": results.tuned.get("loss") if results else None,
         "metric": metric,
         "metric_value": results.tuned.get(metric) if results and metric else None,
+        "metric_base": (results.base or {}).get(metric) if results and metric else None,  # the untuned model's
         "trainable_params": (train.get("trainable") or {}).get("trainable"),
         "train_time_s": train.get("wall_time_s"),
     }
@@ -268,14 +269,18 @@ def table_metric(rows: list[dict[str, Any]]) -> str | None:
 def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Column names and one row of text cells per combination: what sweep.md and the terminal both show."""
     metric = table_metric(rows)
+    based = metric is not None and any(row.get("metric_base") is not None for row in rows)
     columns = [("train loss", "final_train_loss", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
+               *([(f"{metric} (base)", "metric_base", "{:.4f}")] if based else []),
                (metric or "task metric", "metric_value", "{:.4f}"), ("trainable", "trainable_params", "{:,}"),
                ("wall (s)", "wall_time_s", "{:.1f}"), ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}")]
     if any(row.get("peak_cuda_mb") is not None for row in rows):
         columns.append(("peak CUDA (MB)", "peak_cuda_mb", "{:,.0f}"))
     cells = []
     for row in rows:
-        shown = {**row, "metric_value": row.get("metric_value") if row.get("metric") == metric else None}
+        same = row.get("metric") == metric
+        shown = {**row, "metric_value": row.get("metric_value") if same else None,
+                 "metric_base": row.get("metric_base") if same else None}
         status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
         cells.append([row["combination"], *(format_cell(shown.get(key), spec) for _, key, spec in columns), status])
     return ["combination", *(name for name, _, _ in columns), "status"], cells
@@ -296,7 +301,8 @@ def write_sweep_table(sweep_dir: Path, header: dict[str, Any], rows: list[dict[s
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Bars of the task metric per combination (final train loss when nothing was evaluated)."""
+    """Bars of the task metric per combination (final train loss when nothing was evaluated), with the untuned
+    base's score as a dashed line where every combination was scored against the same one."""
     from tunesmith.figures import pyplot, save_figure
 
     metric = table_metric(rows)
@@ -310,6 +316,10 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     bars = ax.bar(range(len(shown)), values, color="tab:blue")
     ax.bar_label(bars, fmt="%.3f")  # a value of 0 has no bar to see
     ax.set_xticks(range(len(shown)), [row["combination"] for row in shown], rotation=30, ha="right")
+    bases = [row["metric_base"] for row in shown if metric and row.get("metric_base") is not None]
+    if bases and max(bases) - min(bases) < 1e-9:  # one base, one held-out set: the line every bar is measured from
+        ax.axhline(bases[0], color="grey", linestyle="--", label=f"base {bases[0]:.3f}")
+        ax.legend(loc="lower right")
     ax.set(ylabel=label, title=f"{label} per combination")
     if metric and all(0 <= value <= 1 for value in values):
         ax.set_ylim(0, 1.05)  # task scores: the same scale from sweep to sweep
