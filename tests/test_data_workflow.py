@@ -208,6 +208,29 @@ def test_pii_redaction_reaches_tool_call_arguments():
     assert pii.details["found_by_kind"] == {"EMAIL": 3}
 
 
+def test_inspect_counts_tokens_as_training_renders_them_with_the_hermes_tools_block(tmp_path: Path,
+                                                                                    tiny_model_dir: Path):
+    """With data.tool_format: hermes the tool schemas join the system turn: inspect's lengths (and its count of rows
+    over max_length) are those of the rendered rows, as preview and training see them."""
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "Looks things up. " * 20,
+                                               "parameters": {"type": "object", "properties": {}}}}
+             for i in range(3)]
+    call = {"type": "function", "function": {"name": "tool_0", "arguments": "{}"}}
+    row = {"tools": tools, "messages": [{"role": "user", "content": "hi"},
+                                        {"role": "assistant", "content": "", "tool_calls": [call]}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir),
+                         overrides=["data.tool_format=hermes", "data.max_length=128"])
+    stats = inspect_data(recipe, examples=0)["files"]["train"]["stats"]
+    from tunesmith.data.fallbacks import apply_fallbacks
+    from tunesmith.data.template import encode_sequence
+    from tunesmith.models import load_tokenizer
+
+    rendered = apply_fallbacks(row, recipe.data)
+    expected = encode_sequence(load_tokenizer(tiny_model_dir), rendered["messages"], 4096).total_tokens
+    assert stats["tokens"]["max"] == expected > 128 and stats["over_max_length"] == 1
+
+
 def test_personal_data_left_in_by_pii_off_is_counted_and_said_before_training():
     from tunesmith.config import CleanSection
     from tunesmith.data.prepare import clean_rows, steps_report

@@ -58,7 +58,8 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
     sources = {split: data_source(recipe, value) for split, value in files.items()}
     records = {split: load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
                                    shape=data.format) for split, source in sources.items()}
-    lengths_of = {split: token_lengths(tokenizer, loaded.rows) for split, loaded in records.items()}
+    # lengths as training renders the rows: the recipe's system prompt and fallbacks (a Hermes tools block) included
+    lengths_of = {split: token_lengths(tokenizer, conformed(loaded.rows, recipe)) for split, loaded in records.items()}
     max_length = recipe_max_length(recipe, lengths_of.values())
     for split, loaded in records.items():
         source, lengths = sources[split], lengths_of[split]
