@@ -726,3 +726,11 @@ def test_a_served_tool_call_reaches_the_openai_client_as_tool_calls_whole_and_st
     plain = client.chat.completions.create(model=hermes_model, messages=ORDER, tools=[WEATHER_TOOL], temperature=0,
                                            max_tokens=8)
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
+    # tool_choice: "none" answers in words (the tools are not offered, nothing is read as a call); one that forces
+    # a call is refused, naming the parameter, since the engine cannot force one
+    unoffered = client.chat.completions.create(**options, tool_choice="none")
+    assert unoffered.choices[0].message.tool_calls is None and '"get_weather"' in unoffered.choices[0].message.content
+    for forced in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**options, tool_choice=forced)
+        assert refused.value.body["param"] == "tool_choice"

@@ -81,6 +81,20 @@ class ChatRequest(Request):
     messages: list[Message] = Field(min_length=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+
+    def unsupported(self) -> None:
+        """Besides the base's: a tool_choice that forces a call, which this engine cannot do."""
+        super().unsupported()
+        if self.tool_choice is not None and self.tool_choice not in ("auto", "none"):
+            raise ApiError(400, f"tool_choice {self.tool_choice!r} forces a tool call, which this server (tunesmith "
+                                "serve, llama.cpp engine) cannot do: the model decides whether to call. Leave "
+                                "tool_choice out (auto), or send 'none' for an answer without calls.",
+                           "tool_choice", "unsupported_parameter")
+
+    def offered_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the model is shown: none under tool_choice 'none' (OpenAI: the model answers in words)."""
+        return None if self.tool_choice == "none" else self.tools
 
 
 class CompletionRequest(Request):
@@ -383,8 +397,8 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                     for index, m in enumerate(body.messages)]
         schema, json_object = response_schema(body)
         try:
-            prompt_ids = engine.chat_prompt(name, messages, body.tools)
-            ignored_tools = bool(body.tools) and prompt_ids == engine.chat_prompt(name, messages, None)
+            prompt_ids = engine.chat_prompt(name, messages, body.offered_tools())
+            ignored_tools = bool(body.offered_tools()) and prompt_ids == engine.chat_prompt(name, messages, None)
         except Exception as exc:  # a template that rejects these messages (roles out of order, tools unsupported)
             raise ApiError(400, f"The model's chat template cannot render these messages: {exc}", "messages",
                            "invalid_value") from None
@@ -394,7 +408,8 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                                 "system message, or serve a model whose template renders `tools`.", "tools",
                            "unsupported_parameter")
         settings = sampling(body, len(prompt_ids), schema, json_object)
-        return await complete(name, "chat", prompt_ids, settings, body, ChatShape(request_tool_names(body.tools)))
+        return await complete(name, "chat", prompt_ids, settings, body,
+                              ChatShape(request_tool_names(body.offered_tools())))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
