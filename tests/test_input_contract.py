@@ -327,6 +327,17 @@ def test_llama_factory_tool_rows_train_as_the_same_openai_row_does(tmp_path, tok
     assert (encoded.input_ids, encoded.labels) == (expected.input_ids, expected.labels)
 
 
+def test_a_tools_string_that_is_not_json_is_said_to_be_bad_json(tmp_path):
+    from tunesmith.data.loaders import load_records
+
+    row = json.loads(json.dumps(LLAMA_FACTORY_TOOL_ROW))
+    row["tools"] = row["tools"][:-12]  # cut short, as a hand-edited file can be
+    path = tmp_path / "glaive.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"(?s)line 1.*'tools' is JSON text that does not parse"):
+        load_records(path)
+
+
 @pytest.mark.parametrize("value", ["get_stock(sku='KB-100')", '{"arguments": {"sku": "KB-100"}}', "[]"])
 def test_a_function_call_turn_that_is_not_a_named_json_call_is_refused_with_its_place(tmp_path, value):
     from tunesmith.data.loaders import load_records

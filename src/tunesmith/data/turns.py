@@ -10,7 +10,6 @@ LLaMA-Factory's tool speakers: `function_call` (an assistant turn whose value is
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -35,10 +34,17 @@ def short_repr(value: Any, limit: int = 60) -> str:
 
 
 def json_list(value: Any, key: str) -> list:
-    """A list, also when a CSV or Parquet cell holds it as JSON text."""
+    """A list, also when a CSV or Parquet cell (or LLaMA-Factory's `tools`) holds it as JSON text; JSON text that
+    does not parse is said as such."""
     if isinstance(value, str) and value.lstrip().startswith("["):
-        with contextlib.suppress(ValueError, RecursionError):
+        try:
             value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowProblem("wrong_type", f"'{key}' is JSON text that does not parse: {exc.msg} at character "
+                                           f"{exc.pos} of {len(value)} ({short_repr(value[max(0, exc.pos - 20):])}).",
+                             f"Write '{key}' as a JSON list (or a string holding one that parses).") from None
+        except RecursionError:
+            pass
     if not isinstance(value, list):
         raise RowProblem("wrong_type", f"'{key}' must be a list, got {type_name(value)}.")
     return value
