@@ -350,6 +350,20 @@ def test_a_function_call_turn_that_is_not_a_named_json_call_is_refused_with_its_
         load_records(path)
 
 
+def test_training_warns_of_answer_tokens_cut_by_max_length_in_rows_that_still_train(tokenizer):
+    from tunesmith.train.common import drop_warnings
+
+    long_answer = {"messages": [{"role": "user", "content": "list them"},
+                                {"role": "assistant", "content": " ".join(f"item{i}" for i in range(60))}]}
+    whole = encode_sequence(tokenizer, long_answer["messages"], 4096)
+    limit = whole.labels.index(next(label for label in whole.labels if label != IGNORE_INDEX)) + 10  # 10 answer tokens
+    split = encode_split(tokenizer, [long_answer], limit)
+    assert split.answer_tokens_cut > 0 and not split.dropped
+    [warning] = drop_warnings({"train": split.counts()}, limit)
+    assert f"{split.answer_tokens_cut:,} answer tokens of the training rows lie past data.max_length {limit}" in warning
+    assert drop_warnings({"train": encode_split(tokenizer, [PLAIN_ROW], 256).counts()}, 256) == []
+
+
 # --- preference pairs: preview == what TRL's DPO trainer builds ----------------------------------------------
 
 PAIRS = [

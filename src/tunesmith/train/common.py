@@ -217,7 +217,8 @@ def trained_counts(counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[str]:
-    """One line per split that lost rows, with the reasons, for the terminal."""
+    """One line per split that lost rows, with the reasons, and one for answer tokens cut by max_length in rows that
+    still train, for the terminal."""
     warnings = []
     for split, split_counts in counts.items():
         dropped = sum(split_counts["dropped"].values())
@@ -226,6 +227,11 @@ def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[st
             warnings.append(f"{dropped} of {split_counts['rows']} {split} rows are left out: {reasons} "
                             f"(data.max_length {max_length}). Raise data.max_length, or leave it out (auto), "
                             "to keep them.")
+        if split == "train" and split_counts.get("answer_tokens_cut"):  # rows that train, but not to their end
+            warnings.append(f"{split_counts['answer_tokens_cut']:,} answer tokens of the training rows lie past "
+                            f"data.max_length {max_length} and are never trained (the end of those answers, and "
+                            "the stop after them). Raise data.max_length, or leave it out (auto); `tunesmith data "
+                            "preview RECIPE` shows which rows.")
     return warnings
 
 
