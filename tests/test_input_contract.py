@@ -350,6 +350,42 @@ def test_a_function_call_turn_that_is_not_a_named_json_call_is_refused_with_its_
         load_records(path)
 
 
+def test_a_sharegpt_order_error_names_the_files_speakers(tmp_path):
+    """The file says gpt/function_call, not assistant: the error must point at the speaker the user wrote."""
+    from tunesmith.data.loaders import load_records
+
+    row = json.loads(json.dumps(LLAMA_FACTORY_TOOL_ROW))
+    del row["conversations"][2]  # the observation: the function_call is followed by gpt directly
+    path = tmp_path / "glaive.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"(?s)conversations\[2\] \(from 'gpt'\): 'assistant' cannot follow "
+                                        r"'assistant' \(expected 'tool'\).*function_call → 'assistant'.*observation"):
+        load_records(path)
+
+
+@pytest.mark.parametrize("layout", ["openai", "sharegpt"])
+def test_a_call_to_a_function_the_rows_tools_do_not_declare_is_refused(tmp_path, layout):
+    from tunesmith.data.loaders import load_records
+
+    if layout == "openai":
+        row = json.loads(json.dumps(TOOL_ROW))
+        row["messages"][1]["tool_calls"][0]["function"]["name"] = "get_stocks"
+        key = "messages"
+    else:
+        row = json.loads(json.dumps(LLAMA_FACTORY_TOOL_ROW))
+        row["conversations"][1]["value"] = json.dumps({"name": "get_stocks", "arguments": {"sku": "KB-100"}})
+        row["system"] = "You check stock."  # prepended as a turn: the error must still count the file's turns
+        key = "conversations"
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"(?s)line 1.*{key}\[1\] calls 'get_stocks', which the row's 'tools' do "
+                                        r"not declare \(they declare \['get_stock'\]\)"):
+        load_records(path)
+    without_tools = {k: v for k, v in row.items() if k != "tools"}  # no schemas given: nothing to check against
+    path.write_text(json.dumps(without_tools) + "\n", encoding="utf-8")
+    assert len(load_records(path).rows) == 1
+
+
 def test_training_warns_of_answer_tokens_cut_by_max_length_in_rows_that_still_train(tokenizer):
     from tunesmith.train.common import drop_warnings
 

@@ -85,11 +85,32 @@ def required_text(record: dict, key: str, reason: str = "empty") -> str:
     return value
 
 
-def with_tools(row: Row, record: dict) -> Row:
-    """Carry the row's tool schemas along (conversational rows only); an empty CSV cell means none."""
+def with_tools(row: Row, record: dict, turns: dict[str, list[Message]] | None = None) -> Row:
+    """Carry the row's tool schemas along (conversational rows only; an empty CSV cell means none), after checking
+    that every call in `turns` (by the key the file names them under; the row's turn lists by default) is to a
+    declared tool."""
     if record.get("tools") not in (None, ""):
         row["tools"] = tool_schemas(record["tools"])
+        lists = turns if turns is not None else {key: value for key, value in row.items() if isinstance(value, list)}
+        for key, messages in lists.items():
+            check_calls_declared(messages, row["tools"], key)
     return row
+
+
+def check_calls_declared(messages: list[Message], schemas: list[dict], key: str) -> None:
+    """Refuse a call to a function the row's `tools` do not declare: trained on it, a model learns to call tools it
+    was never offered (a misspelt name is the usual cause)."""
+    declared = sorted({schema["function"].get("name") for schema in schemas
+                       if isinstance(schema.get("function"), dict)} - {None}, key=str)
+    if not declared:  # schemas of a form without function names: nothing to check against
+        return
+    for index, message in enumerate(messages):
+        for call in message.get("tool_calls") or []:
+            name = call["function"]["name"]
+            if name not in declared:
+                raise RowProblem("undeclared_tool", f"{key}[{index}] calls {name!r}, which the row's 'tools' do not "
+                                                    f"declare (they declare {declared}).",
+                                 "Correct the call's name, or add the function's schema to the row's 'tools'.")
 
 
 def with_system(messages: list[Message], system: Any) -> list[Message]:
@@ -104,7 +125,7 @@ def messages_row(record: dict) -> Row:
 
 def sharegpt_row(record: dict) -> Row:
     messages = conversation(record["conversations"], "conversations")
-    return with_tools({"messages": with_system(messages, record.get("system"))}, record)
+    return with_tools({"messages": with_system(messages, record.get("system"))}, record, {"conversations": messages})
 
 
 def alpaca_row(record: dict) -> Row:
@@ -192,7 +213,7 @@ def implicit_preference_row(record: dict) -> Row:
     chosen, rejected = conversation(record["chosen"], "chosen"), conversation(record["rejected"], "rejected")
     shared = shared_prompt_length(chosen, rejected)
     row = {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
-    return with_tools(row, record)
+    return with_tools(row, record, {"chosen": chosen, "rejected": rejected})
 
 
 def shared_prompt_length(chosen: list[Message], rejected: list[Message]) -> int:

@@ -21,6 +21,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 ORDER_HINT = "Turns alternate user/assistant after an optional first system turn; tool turns follow an " \
              "assistant turn that has tool_calls."
+SHAREGPT_ORDER_HINT = " ShareGPT speakers count as: human/user → 'user', gpt/assistant → 'assistant', " \
+                      "function_call → 'assistant' (with a tool call), observation/tool → 'tool'."
 
 
 def type_name(value: Any) -> str:
@@ -50,12 +52,21 @@ def json_list(value: Any, key: str) -> list:
     return value
 
 
-def normalise_turns(value: Any, key: str) -> list[Message]:
-    """The turns of `value` as canonical messages; types and roles checked, order not yet."""
+def normalise_turns(value: Any, key: str) -> tuple[list[Message], list[str]]:
+    """The turns of `value` as canonical messages, with the label that names each in a message (`key[i]`, plus the
+    file's speaker for a ShareGPT turn, whose role name the file does not use); types and roles checked, order not
+    yet."""
     turns = json_list(value, key)
     if not turns:
         raise RowProblem("empty", f"'{key}' must be a non-empty list.")
-    return [normalise_turn(turn, f"{key}[{index}]") for index, turn in enumerate(turns)]
+    labels = [f"{key}[{index}]" for index in range(len(turns))]
+    messages = [normalise_turn(turn, label) for turn, label in zip(turns, labels, strict=True)]
+    return messages, [label + speaker_note(turn) for turn, label in zip(turns, labels, strict=True)]
+
+
+def speaker_note(turn: dict) -> str:
+    """` (from 'gpt')` for a ShareGPT turn, so that an order error speaks of the file's speakers."""
+    return f" (from {turn['from']!r})" if "role" not in turn else ""
 
 
 def normalise_turn(turn: Any, label: str) -> Message:
@@ -180,8 +191,9 @@ def check_turn_order(messages: list[Message], labels: list[str]) -> None:
         allowed = roles_after(previous)
         if role not in allowed:
             place = f"follow {previous['role']!r}" if previous else "come first"
+            hint = ORDER_HINT + (SHAREGPT_ORDER_HINT if "(from " in label else "")
             raise RowProblem("alternation", f"{label}: {role!r} cannot {place} "
-                                            f"(expected {' or '.join(map(repr, allowed))}).", ORDER_HINT)
+                                            f"(expected {' or '.join(map(repr, allowed))}).", hint)
         previous = message
 
 
@@ -210,14 +222,9 @@ def answers(message: Message) -> bool:
     return bool(message["content"].strip() or message.get("tool_calls"))
 
 
-def labels_for(key: str, count: int, start: int = 0) -> list[str]:
-    return [f"{key}[{index}]" for index in range(start, start + count)]
-
-
 def conversation(value: Any, key: str = "messages") -> list[Message]:
     """A whole training conversation: turns normalised, order checked, ending in an answer."""
-    messages = normalise_turns(value, key)
-    labels = labels_for(key, len(messages))
+    messages, labels = normalise_turns(value, key)
     check_turn_order(messages, labels)
     check_answers(messages, labels)
     return messages
@@ -225,11 +232,12 @@ def conversation(value: Any, key: str = "messages") -> list[Message]:
 
 def prompt_and_reply(prompt: Any, reply: Any, reply_key: str) -> tuple[list[Message], list[Message]]:
     """A conversational prompt and the assistant turns that answer it, checked as one conversation."""
-    prompt_turns, reply_turns = normalise_turns(prompt, "prompt"), normalise_turns(reply, reply_key)
+    (prompt_turns, prompt_labels), (reply_turns, reply_labels) = (normalise_turns(prompt, "prompt"),
+                                                                  normalise_turns(reply, reply_key))
     if reply_turns[0]["role"] != "assistant":
-        raise RowProblem("alternation", f"{reply_key}[0] must be an assistant turn, "
+        raise RowProblem("alternation", f"{reply_labels[0]} must be an assistant turn, "
                                         f"got {reply_turns[0]['role']}.", ORDER_HINT)
-    labels = labels_for("prompt", len(prompt_turns)) + labels_for(reply_key, len(reply_turns))
+    labels = prompt_labels + reply_labels
     check_turn_order(prompt_turns + reply_turns, labels)
     check_answers(prompt_turns + reply_turns, labels)
     return prompt_turns, reply_turns
