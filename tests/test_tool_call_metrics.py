@@ -10,7 +10,7 @@ import pytest
 from tunesmith.config import DataSection, load_recipe
 from tunesmith.data.answers import classify_answers, default_metrics
 from tunesmith.data.fallbacks import apply_fallbacks
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, context_text
 from tunesmith.scoring import build_scorer, tool_call_match_score, tool_calls_in
 
 WEATHER = {"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}
@@ -79,6 +79,18 @@ def test_the_chosen_metrics_score_each_call():
     reference = answer_text(tool_row("q", call("get_weather", {"city": "Oslo"}))["messages"][-1])
     scores = score('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>', reference)
     assert scores["tool_call_match"] == 1.0 and scores["tool_name_match"] == 1.0 and 0 < scores["chrf"] <= 1
+
+
+def test_a_report_shows_the_turns_an_answer_follows_not_only_the_last_one():
+    """A row answering after a tool's result: the sample's prompt is the question, the call and the result (it
+    was the result alone); a one-question row still shows just the question."""
+    row = tool_row("Weather in Oslo?", call("get_weather", {"city": "Oslo"}))
+    messages = [{"role": "system", "content": "Be brief."}, *row["messages"],
+                {"role": "tool", "content": '{"temp_c": 4}'}]
+    assert context_text(messages) == ("user: Weather in Oslo?\n"
+                                      'assistant: <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+                                      '\n</tool_call>\ntool: {"temp_c": 4}')
+    assert context_text(messages[:2]) == "Weather in Oslo?"
 
 
 def test_train_then_eval_on_rows_ending_in_calls_scores_the_calls(tmp_path, tiny_model_dir):

@@ -69,6 +69,22 @@ def answer_text(message: dict[str, Any]) -> str:
     return "\n".join([content, *blocks] if content.strip() else blocks) if blocks else content
 
 
+def context_text(messages: Messages) -> str:
+    """The turns an answer follows, as a person (or an LLM judge) reads them: the user's text alone when the answer
+    follows one user turn (a system turn aside), else every turn on its own line as `role: text`, an assistant
+    turn's tool calls written as `answer_text` writes them. Without it a report showed a tool-calling row's "prompt"
+    as the tool's result."""
+    turns = [message for message in messages if message["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{message['role']}: {turn_text(message)}"
+                     for message in turns)
+
+
+def turn_text(message: dict[str, Any]) -> str:
+    return answer_text(message) if message["role"] == "assistant" else message["content"]
+
+
 def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
            tools: list[dict[str, Any]] | None = None) -> str:
     """The chat template's text for `messages` (and the row's tool schemas, when it has any)."""

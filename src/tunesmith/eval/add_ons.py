@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, context_text
 from tunesmith.eval.forgetting import NEAR_TIE_MARGIN
 from tunesmith.results import AddOnBlock, Comparison, EvalResults, ProbesBlock
 
@@ -64,7 +64,7 @@ def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict
     from tunesmith.eval.judge import judge_outputs
 
     progress(f"judge: {recipe.eval.judge.model} at {recipe.eval.judge.url} ({recipe.eval.judge.mode})")
-    prompts = [row["messages"][-2]["content"] for row in rows]
+    prompts = [context_text(row["messages"][:-1]) for row in rows]
     references = [answer_text(row["messages"][-1]) for row in rows]
     return {"judge": judge_outputs(recipe.eval.judge, add_ons.rubric, prompts, references, outputs)}
 

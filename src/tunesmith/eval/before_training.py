@@ -18,7 +18,7 @@ from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.lengths import resolve_max_length
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, context_text
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
@@ -84,7 +84,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     if constraint is not None:
         results["constraint"] = constraint.describe()
     results["verdict"] = verdict(results)
-    results["samples"] = [{"prompt": row["messages"][-2]["content"], "reference": reference,
+    results["samples"] = [{"prompt": context_text(row["messages"][:-1]), "reference": reference,
                            **{name: answers[index] for name, answers in outputs.items()}}
                           for index, (row, reference) in enumerate(zip(rows[:50], references, strict=False))]
     path = run.path / "baseline" / "results.json"

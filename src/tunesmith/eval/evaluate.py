@@ -18,7 +18,7 @@ import torch
 from tunesmith.config import Recipe, any_constrained
 from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, context_text
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
@@ -234,7 +234,7 @@ def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recip
 def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
     samples = []
     for index, row in enumerate(rows[:limit]):
-        sample = {"prompt": row["messages"][-2]["content"], "reference": answer_text(row["messages"][-1])}
+        sample = {"prompt": context_text(row["messages"][:-1]), "reference": answer_text(row["messages"][-1])}
         sample.update({name: texts[index] for name, texts in outputs.items()})
         samples.append(sample)
     return samples
