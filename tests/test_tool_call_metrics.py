@@ -36,7 +36,8 @@ def test_a_call_is_read_back_from_every_common_wrapper(text):
     assert tool_calls_in(text) == [("get_weather", {"city": "Oslo", "days": 3})]
     assert tool_call_match_score(text, answer_text(tool_row("q", call("get_weather", WEATHER["arguments"]))
                                                    ["messages"][-1])) == {"tool_call_match": 1.0,
-                                                                          "tool_name_match": 1.0}
+                                                                          "tool_name_match": 1.0,
+                                                                          "tool_call_decision": 1.0}
 
 
 def test_text_that_holds_no_call_reads_as_no_call():
@@ -51,14 +52,18 @@ def test_wrong_arguments_a_missing_or_extra_call_and_a_text_answer_do_not_match(
                '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
     assert tool_call_match_score(swapped, expected)["tool_call_match"] == 1.0  # parallel calls, in any order
     wrong_city = swapped.replace("Oslo", "Bergen")
-    assert tool_call_match_score(wrong_city, expected) == {"tool_call_match": 0.0, "tool_name_match": 1.0}
+    assert tool_call_match_score(wrong_city, expected) == {"tool_call_match": 0.0, "tool_name_match": 1.0,
+                                                           "tool_call_decision": 1.0}
     one_call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
-    assert tool_call_match_score(one_call, expected) == {"tool_call_match": 0.0, "tool_name_match": 0.0}
+    assert tool_call_match_score(one_call, expected) == {"tool_call_match": 0.0, "tool_name_match": 0.0,
+                                                         "tool_call_decision": 1.0}  # called when it should
     assert tool_call_match_score(swapped + swapped, expected)["tool_call_match"] == 0.0
-    assert tool_call_match_score("It is sunny in Oslo.", expected)["tool_call_match"] == 0.0
+    assert tool_call_match_score("It is sunny in Oslo.", expected) == {"tool_call_match": 0.0, "tool_name_match": 0.0,
+                                                                       "tool_call_decision": 0.0}  # did not call
     # a reference in words is matched by an answer that calls nothing, and missed by one that calls
     assert tool_call_match_score("Hello!", "Hi there.")["tool_call_match"] == 1.0
-    assert tool_call_match_score(one_call, "Hi there.")["tool_call_match"] == 0.0
+    assert tool_call_match_score(one_call, "Hi there.") == {"tool_call_match": 0.0, "tool_name_match": 0.0,
+                                                            "tool_call_decision": 0.0}  # called on small talk
 
 
 def test_rows_that_end_in_calls_are_tool_call_answers_in_both_tool_formats():
@@ -67,7 +72,8 @@ def test_rows_that_end_in_calls_are_tool_call_answers_in_both_tool_formats():
     native = classify_answers(rows)
     assert (native.kind, native.tool_calls, native.rows) == ("tool_calls", 6, 7)
     assert native.reason == "6 of 7 answers call tools"
-    assert default_metrics("tool_calls") == ["loss", "perplexity", "tool_call_match", "tool_name_match", "chrf"]
+    assert default_metrics("tool_calls") == ["loss", "perplexity", "tool_call_match", "tool_name_match",
+                                             "tool_call_decision", "chrf"]
     hermes = [apply_fallbacks(row, DataSection(train="x", tool_format="hermes")) for row in rows]
     assert classify_answers(hermes) == native  # the Hermes text of a call is the reference text of the call
     reference = answer_text(rows[0]["messages"][-1])

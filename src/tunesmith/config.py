@@ -647,7 +647,7 @@ def duration_seconds(text: str) -> float:
 
 EVAL_METRICS = ("loss", "perplexity", "exact_match", "contains", "regex", "json_valid", "json_schema",
                 "json_fields", "rouge_l", "chrf", "label_accuracy", "numeric_match", "tool_call_match",
-                "tool_name_match")
+                "tool_name_match", "tool_call_decision")
 # What `eval.task_metric: auto` picks for each kind of training answer (data/answers.py decides the kind).
 # The first task metric of each is the headline score (the sweep table and summaries show it).
 ANSWER_KIND_METRICS = {
@@ -655,7 +655,7 @@ ANSWER_KIND_METRICS = {
     "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
     "numbers": ("loss", "perplexity", "numeric_match", "exact_match"),
     "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
-    "tool_calls": ("loss", "perplexity", "tool_call_match", "tool_name_match", "chrf"),
+    "tool_calls": ("loss", "perplexity", "tool_call_match", "tool_name_match", "tool_call_decision", "chrf"),
 }
 
 

@@ -160,10 +160,13 @@ def tool_call_match_score(prediction: str, reference: str) -> dict[str, Any]:
     name and equal arguments (as JSON values: key order, spacing and 1 vs 1.0 do not matter; parallel calls in any
     order), BFCL's exact-match notion of a correct call (Patil et al., 2024, Berkeley Function-Calling
     Leaderboard); a reference without calls is matched by an answer without calls. `tool_name_match`: the same,
-    comparing only the function names called."""
+    comparing only the function names called. `tool_call_decision`: 1 when the answer calls a tool exactly when the
+    reference does, whatever it calls (BFCL's relevance and irrelevance detection in one figure), which tells a
+    model that calls wrongly from one that calls when it should answer in words."""
     got, expected = tool_calls_in(prediction), tool_calls_in(reference)
     names_match = sorted(name for name, _ in got) == sorted(name for name, _ in expected)
-    return {"tool_call_match": float(names_match and same_calls(got, expected)), "tool_name_match": float(names_match)}
+    return {"tool_call_match": float(names_match and same_calls(got, expected)), "tool_name_match": float(names_match),
+            "tool_call_decision": float(bool(got) == bool(expected))}
 
 
 def same_calls(got: list[ToolCall], expected: list[ToolCall]) -> bool:
@@ -191,6 +194,7 @@ SCORERS: dict[str, Scorer] = {
     "json_valid": json_valid_score, "rouge_l": rouge_l_score, "chrf": chrf_score,
     "label_accuracy": label_accuracy_score, "numeric_match": numeric_match_score,
     "tool_call_match": tool_call_match_score, "tool_name_match": tool_call_match_score,
+    "tool_call_decision": tool_call_match_score,
 }
 LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
 LABEL_WRAPPING = "\"'`.!?;:,"

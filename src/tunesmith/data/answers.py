@@ -5,7 +5,8 @@ as `<tool_call>` blocks by `answer_text`; for other shapes the last text `answer
 into one of five kinds:
 
 - `tool_calls`: some answers call tools (`scoring.tool_calls_in` finds a call): scored by tool_call_match (the
-  right functions with the right arguments), tool_name_match and chrF (for the answers in words);
+  right functions with the right arguments), tool_name_match, tool_call_decision (calls exactly when the reference
+  does) and chrF (for the answers in words);
 - `json`: every answer parses, as a whole, as a JSON object (arrays, numbers and strings do not count);
 - `labels`: a small closed set of short values, each repeated: at most MAX_LABELS distinct values, on
   average at least MIN_REPEATS rows per value, and every value one line of at most MAX_LABEL_CHARS

@@ -8,7 +8,7 @@ from typing import Any
 from tunesmith.figures import pyplot, save_figure
 
 SCORE_METRICS = ("exact_match", "json_valid", "field_accuracy", "contains", "regex", "json_schema", "rouge_l", "chrf",
-                 "numeric_match")
+                 "numeric_match", "label_accuracy", "tool_call_match", "tool_name_match", "tool_call_decision")
 
 
 def plot_base_vs_tuned(results: dict[str, Any], path: Path) -> Path | None:
