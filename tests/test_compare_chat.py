@@ -217,7 +217,8 @@ def test_chat_with_a_run_prompts_it_as_training_did_and_a_refused_system_turn_is
                          ["data.system_prompt=Reply yes or no.", "data.system_fallback=merge"])
     system, render = run_rendering(create_run(recipe, tmp_path / "runs").path)
     assert system == "Reply yes or no."  # the recipe's, where --system is not given
-    shown = render([{"role": "system", "content": system}, {"role": "user", "content": "Is 7 even?"}])
+    shown = render({"messages": [{"role": "system", "content": system},
+                                 {"role": "user", "content": "Is 7 even?"}]})["messages"]
     assert [m["role"] for m in shown] == ["user"] and shown[0]["content"].startswith("Reply yes or no.")
 
     tokenizer = load_tokenizer(tiny_model_dir)  # a template without a system role, as Gemma's
@@ -232,3 +233,105 @@ def test_chat_with_a_run_prompts_it_as_training_did_and_a_refused_system_turn_is
     merged = ChatSession(model, tokenizer, system, 4, render=render)  # rendered as the run trained: it answers
     assert isinstance(merged.reply("Is 7 even?", lambda text: None), str)
     assert [m["role"] for m in merged.messages] == ["system", "user", "assistant"]
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_chat_offers_tools_shows_a_call_and_answers_its_result(tmp_path, tiny_model_dir):
+    """--tools on a run trained with data.tool_format: hermes: the prompt carries the schemas as training wrote them,
+    a call in an answer becomes a tool_calls turn, and /tool gives its result back (as a <tool_response> turn)."""
+    from tunesmith.chat import assistant_turn, check_tools_reach_prompt, run_rendering
+    from tunesmith.models import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir).eval()
+    with pytest.raises(TunesmithError, match=r"does not show tools to the model: \['get_weather'\]") as refused:
+        check_tools_reach_prompt(tokenizer, [WEATHER_TOOL], None, "tiny")  # plain ChatML drops `tools`
+    assert "data.tool_format: hermes" in refused.value.hint
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4), ["data.tool_format=hermes"])
+    _, render = run_rendering(create_run(recipe, tmp_path / "runs").path)
+    check_tools_reach_prompt(tokenizer, [WEATHER_TOOL], render, "run")  # the fallback writes them: no error
+
+    answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    turn = assistant_turn(answer, [WEATHER_TOOL])
+    assert turn["content"] == "Let me look." and [c["function"] for c in turn["tool_calls"]] == [
+        {"name": "get_weather", "arguments": '{"city": "Oslo"}'}]
+    assert assistant_turn(answer, None) == {"role": "assistant", "content": answer}  # no tools offered: text
+
+    session = ChatSession(model, tokenizer, None, 4, render=render, tools=[WEATHER_TOOL])
+    written: list[str] = []
+    assert chat_loop(session, lines_then_eof(['/tool {"temp_c": 4}']), written.append) == 0  # nothing to answer
+    assert "no tool call to answer" in "".join(written) and session.messages == []
+    session.messages = [{"role": "user", "content": "Weather in Oslo?"}, turn]
+    assert chat_loop(session, lines_then_eof(['/tool {"temp_c": 4}']), written.append) == 1
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "tool", "assistant"]
+    assert session.messages[2] == {"role": "tool", "content": '{"temp_c": 4}',
+                                   "tool_call_id": turn["tool_calls"][0]["id"]}
+    shown = session.prompt_row()["messages"]  # what the model was prompted with, as training renders tool rows
+    assert "get_weather" in shown[0]["content"] and shown[0]["role"] == "system"
+    assert shown[3] == {"role": "user", "content": '<tool_response>\n{"temp_c": 4}\n</tool_response>'}
+    assert shown[2]["content"] == answer  # the call written back as the trained text
+
+
+def test_chat_tools_file_errors_name_the_file_before_the_model_loads(tmp_path, tiny_model_dir):
+    from tunesmith.chat import load_tools_file
+
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(WEATHER_TOOL["function"]))  # LLaMA-Factory's bare schema, alone
+    assert load_tools_file(bare) == [WEATHER_TOOL]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"name": "get_weather",')
+    for path, expected in ((tmp_path / "missing.json", "Cannot read --tools"), (broken, "is not JSON")):
+        result = subprocess.run([sys.executable, "-m", "tunesmith", "chat", str(tiny_model_dir), "--tools", str(path)],
+                                input="", capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and expected in result.stderr and str(path.name) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_remote_chat_offers_tools_and_joins_streamed_call_fragments(tmp_path):
+    """Against a server that streams a call in OpenAI's fragments: the call is joined, shown, and the next request
+    carries the tools, the assistant's tool_calls and the tool's result."""
+    import http.server
+    import threading
+
+    from tunesmith.chat import RemoteChatSession
+
+    bodies: list[dict] = []
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                                  "function": {"name": "get_weather",
+                                                                               "arguments": '{"city": '}}]}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                                                                  "function": {"arguments": '"Oslo"}'}}]}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            sent = chunks if len(bodies) == 1 else [{"choices": [{"index": 0, "delta": {"content": "4 degrees."}}]}]
+            for chunk in sent:
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        session = RemoteChatSession("run", None, None, 32, url=f"http://127.0.0.1:{server.server_port}/v1",
+                                    tools=[WEATHER_TOOL])
+        written: list[str] = []
+        assert chat_loop(session, lines_then_eof(["Weather in Oslo?", '/tool {"temp_c": 4}']), written.append) == 2
+    finally:
+        server.shutdown()
+    assert bodies[0]["tools"] == [WEATHER_TOOL]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert bodies[1]["messages"][1:] == [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                         {"role": "tool", "content": '{"temp_c": 4}', "tool_call_id": "call_1"}]
+    assert '(calls get_weather({"city": "Oslo"}))' in "".join(written)
+    assert session.messages[-1] == {"role": "assistant", "content": "4 degrees."}

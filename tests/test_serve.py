@@ -661,7 +661,7 @@ CALL_SCHEMA = {"type": "object", "properties": {"name": {"enum": ["get_weather"]
 
 
 def test_calls_to_the_requests_tools_become_tool_calls_and_the_rest_stays_text():
-    from tunesmith.serve.api import split_tool_calls
+    from tunesmith.data.template import split_tool_calls
 
     names = frozenset({"get_weather", "get_time"})
     content, calls = split_tool_calls('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}'

@@ -14,10 +14,13 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
+from tunesmith.data.template import request_tool_names, split_tool_calls
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
 COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
+TOOLS_HELP = "/tool RESULT gives the model the result of its last tool call (JSON or text)."
+Row = dict[str, Any]
 
 
 @dataclass
@@ -30,8 +33,10 @@ class ChatSession:
     max_new_tokens: int = 256
     messages: list[dict[str, str]] = field(default_factory=list)
     constraint: Constraint | None = None  # --json-schema / --choices: every reply is held to it
-    # a run's data fallbacks (data.system_fallback, data.tool_format): the conversation rendered as training did
-    render: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None
+    # a run's data fallbacks (data.system_fallback, data.tool_format): the row ({"messages", "tools"}) as training
+    # rendered it
+    render: Callable[[Row], Row] | None = None
+    tools: list[dict[str, Any]] | None = None  # --tools: the function schemas offered with every turn
 
     def __post_init__(self) -> None:
         self.reset()
@@ -44,13 +49,29 @@ class ChatSession:
 
         Raises TunesmithError where the model's chat template refuses the conversation (a system turn on a template
         without a system role), naming the fix."""
-        self.messages.append({"role": "user", "content": text})
+        return self.answer({"role": "user", "content": text}, write)
+
+    def tool_result(self, text: str, write: Callable[[str], None]) -> str:
+        """Give the model `text` as the result of its last tool call (a `tool` turn), and stream its answer.
+
+        Raises TunesmithError when the last turn is not a tool call or another tool result."""
+        last = self.messages[-1] if self.messages else {}
+        if not (last.get("role") == "tool" or last.get("tool_calls")):
+            raise TunesmithError("No tool call to answer: the model's last turn called no tool.",
+                                 "Use /tool RESULT right after an answer that calls one of the --tools.")
+        calls = last.get("tool_calls") or []
+        turn = {"role": "tool", "content": text, **({"tool_call_id": calls[0]["id"]} if calls else {})}
+        return self.answer(turn, write)
+
+    def answer(self, turn: dict[str, Any], write: Callable[[str], None]) -> str:
+        """Add `turn`, generate the assistant's answer and add it (its calls to the --tools as `tool_calls`)."""
+        self.messages.append(turn)
         processor = None
         if self.constraint is not None:
             processor = processor_factory(self.constraint, self.tokenizer, self.model)()
-        shown = self.render(self.messages) if self.render is not None else self.messages
         try:
-            answer = generate_streamed(self.model, self.tokenizer, shown, self.max_new_tokens, write, processor)
+            answer = generate_streamed(self.model, self.tokenizer, self.prompt_row(), self.max_new_tokens, write,
+                                       processor)
         except Exception as exc:
             if type(exc).__name__ != "TemplateError":  # jinja2's, raised by the template itself
                 raise
@@ -59,11 +80,76 @@ class ChatSession:
                     "data.system_fallback: merge (its system prompt joins the first user turn)." if "system" in
                     str(exc).lower() else "Check the model's chat template (`tunesmith doctor --model MODEL`).")
             raise TunesmithError(f"The model's chat template refuses this conversation: {exc}.", hint) from None
-        self.messages.append({"role": "assistant", "content": answer})
+        self.messages.append(assistant_turn(answer, self.tools))
+        write(tool_call_note(self.messages[-1]))
         return answer
 
+    def prompt_row(self) -> Row:
+        """The conversation (with the --tools) as the model sees it: through the run's fallbacks when it has any."""
+        row: Row = {"messages": self.messages, **({"tools": self.tools} if self.tools else {})}
+        return self.render(row) if self.render is not None else row
 
-def run_rendering(run_path: Path) -> tuple[str | None, Callable[[list[dict[str, str]]], list[dict[str, str]]]]:
+
+def assistant_turn(answer: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The answer as an assistant turn; its calls to the offered tools as OpenAI `tool_calls`, as `serve` returns
+    them (`data.template.split_tool_calls`), so the next prompt renders them as the template renders calls."""
+    if not tools:
+        return {"role": "assistant", "content": answer}
+    content, calls = split_tool_calls(answer, request_tool_names(tools))
+    return {"role": "assistant", "content": content or "", **({"tool_calls": calls} if calls else {})}
+
+
+def tool_call_note(turn: dict[str, Any]) -> str:
+    """A line per call the turn made, and how to answer it ('' for a turn that called nothing)."""
+    calls = turn.get("tool_calls") or []
+    lines = [f"(calls {call['function']['name']}({call['function']['arguments']}))" for call in calls]
+    return "".join(f"{line}\n" for line in lines) + (f"{TOOLS_HELP}\n" if calls else "")
+
+
+def load_tools_file(path: Path) -> list[dict[str, Any]]:
+    """The function schemas in a JSON file (a list, OpenAI's `{"type": "function", "function": {...}}` or bare
+    `{"name", "description", "parameters"}` as LLaMA-Factory writes them), in OpenAI's form.
+
+    Raises TunesmithError naming the file when it is missing, is not JSON or holds something else."""
+    import json
+
+    from tunesmith.data.turns import tool_schemas
+    from tunesmith.errors import DataError
+
+    hint = ('--tools takes a JSON file holding a list of function schemas, e.g. [{"type": "function", "function": '
+            '{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}].')
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        schemas = tool_schemas([value] if isinstance(value, dict) else value)  # one schema alone is a list of one
+    except OSError as exc:
+        raise TunesmithError(f"Cannot read --tools {path}: {exc.strerror or exc}.", hint) from None
+    except json.JSONDecodeError as exc:
+        raise TunesmithError(f"--tools {path} is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
+                             hint) from None
+    except DataError as exc:
+        raise TunesmithError(f"--tools {path}: {exc.message}", hint) from None
+    if not request_tool_names(schemas):
+        raise TunesmithError(f"--tools {path} names no function.", hint)
+    return schemas
+
+
+def check_tools_reach_prompt(tokenizer: Any, tools: list[dict[str, Any]], render: Callable[[Row], Row] | None,
+                             model: str) -> None:
+    """Refuse --tools that the prompt would not show: a chat template without tool support drops them silently.
+
+    Raises TunesmithError naming the fix (a run trained with `data.tool_format: hermes` writes them itself)."""
+    row: Row = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    row = render(row) if render is not None else row
+    text = tokenizer.apply_chat_template(row["messages"], tools=row.get("tools"), tokenize=False,
+                                         add_generation_prompt=True)
+    missing = sorted(name for name in request_tool_names(tools) if name not in text)
+    if missing:
+        raise TunesmithError(f"The chat template of {model} does not show tools to the model: {missing} do not reach "
+                             "the prompt.", "Chat with a run trained with data.tool_format: hermes (it writes the "
+                                            "tools into the system turn), or with a model whose template takes tools.")
+
+
+def run_rendering(run_path: Path) -> tuple[str | None, Callable[[Row], Row]]:
     """What a run's training put around each conversation: its recipe's data.system_prompt (None without one) and
     its data fallbacks (`data/fallbacks.py` `apply_fallbacks`: a merged system turn, hermes tool turns), so that chat
     prompts the tuned model as training and `serve` do."""
@@ -71,7 +157,7 @@ def run_rendering(run_path: Path) -> tuple[str | None, Callable[[list[dict[str, 
     from tunesmith.runs import Run
 
     data = Run(run_path).load_recipe().data
-    return data.system_prompt, lambda messages: apply_fallbacks({"messages": messages}, data)["messages"]
+    return data.system_prompt, lambda row: apply_fallbacks(row, data)
 
 
 @dataclass
@@ -82,17 +168,23 @@ class RemoteChatSession(ChatSession):
     url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
 
-    def reply(self, text: str, write: Callable[[str], None]) -> str:
-        self.messages.append({"role": "user", "content": text})
-        answer = stream_remote_reply(self.url, self.api_key, self.model, self.messages, self.max_new_tokens, write)
-        self.messages.append({"role": "assistant", "content": answer})
+    def answer(self, turn: dict[str, Any], write: Callable[[str], None]) -> str:
+        """Add `turn`; the server's answer (and the calls it returns as `tool_calls`) joins the history."""
+        self.messages.append(turn)
+        answer, calls = stream_remote_reply(self.url, self.api_key, self.model, self.messages, self.max_new_tokens,
+                                            write, self.tools)
+        self.messages.append({"role": "assistant", "content": answer or None, "tool_calls": calls} if calls else
+                             {"role": "assistant", "content": answer})
+        write(tool_call_note(self.messages[-1]))
         return answer
 
 
-def stream_remote_reply(url: str, api_key: str | None, model: str, messages: list[dict[str, str]],
-                        max_tokens: int, write: Callable[[str], None]) -> str:
-    """POST /chat/completions with `stream` (greedy), writing each piece of the server-sent events as it comes;
-    an HTTP error becomes a TunesmithError with the server's message."""
+def stream_remote_reply(url: str, api_key: str | None, model: str, messages: list[dict[str, Any]],
+                        max_tokens: int, write: Callable[[str], None],
+                        tools: list[dict[str, Any]] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """POST /chat/completions with `stream` (greedy; `tools` offered when given), writing each piece of the
+    server-sent events as it comes; returns the answer's text and its `tool_calls` (OpenAI's streamed fragments
+    joined by index). An HTTP error becomes a TunesmithError with the server's message."""
     import contextlib
     import json
     import urllib.error
@@ -101,10 +193,11 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
     from tunesmith.errors import TunesmithError
 
     body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True}).encode()
+                       "stream": True, **({"tools": tools} if tools else {})}).encode()
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     request = urllib.request.Request(url.rstrip("/") + "/chat/completions", body, headers, method="POST")
-    pieces = []
+    pieces: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             for raw in response:
@@ -112,9 +205,12 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 for choice in json.loads(line[6:]).get("choices", []):
-                    piece = (choice.get("delta") or {}).get("content") or ""
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content") or ""
                     pieces.append(piece)
                     write(piece)
+                    for fragment in delta.get("tool_calls") or []:
+                        join_call_fragment(calls, fragment)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):  # OpenAI's error shape, when it is one
@@ -124,19 +220,31 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
     except urllib.error.URLError as exc:
         raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
     write("\n")
-    return "".join(pieces).strip()
+    return "".join(pieces).strip(), [calls[index] for index in sorted(calls)]
 
 
-def generate_streamed(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int,
+def join_call_fragment(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:
+    """Add one streamed `tool_calls` fragment to `calls` (by its index): the first brings the id and name, later
+    ones more characters of the arguments (OpenAI's streaming format)."""
+    call = calls.setdefault(fragment.get("index", len(calls)),
+                            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    call["id"] = fragment.get("id") or call["id"]
+    function = fragment.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def generate_streamed(model: Any, tokenizer: Any, row: Row, max_new_tokens: int,
                       write: Callable[[str], None], processor: Any = None) -> str:
-    """Greedy answer to the conversation; text goes to `write` as whole words are decoded (`processor`: a
-    constrained-decoding logits processor)."""
+    """Greedy answer to the conversation `row` ({"messages", optional "tools"}); text goes to `write` as whole words
+    are decoded (`processor`: a constrained-decoding logits processor)."""
     from transformers import LogitsProcessorList
 
     from tunesmith.models.loading import stop_token_ids
 
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True).to(model.device)
+    extra_template = {"tools": row["tools"]} if row.get("tools") else {}
+    enc = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True, **extra_template).to(model.device)
     extra = {"logits_processor": LogitsProcessorList([processor])} if processor is not None else {}
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -170,12 +278,25 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
         if line == "/reset":
             session.reset()
             write("(history cleared)\n")
+        elif line == "/tool" or line.startswith("/tool "):
+            replies += tool_reply(session, line.removeprefix("/tool").strip(), write)
         elif line.startswith("/"):
             write(f"Unknown command {line}. {COMMANDS_HELP}\n")
         elif line:
             write("assistant> ")
             session.reply(line, write)
             replies += 1
+
+
+def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) -> int:
+    """Answer a /tool line: 1 reply, or 0 and the reason when there is no call to answer (the chat goes on)."""
+    last = session.messages[-1] if session.messages else {}
+    if not (last.get("role") == "tool" or last.get("tool_calls")):
+        write("(no tool call to answer: /tool RESULT follows an answer that calls one of the --tools)\n")
+        return 0
+    write("assistant> ")
+    session.tool_result(result, write)
+    return 1
 
 
 def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:

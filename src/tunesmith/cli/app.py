@@ -593,21 +593,36 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
              help="Talk to a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1); "
                   "MODEL_OR_RUN is then the served model's name.")] = None,
          api_key_env: Annotated[str | None, typer.Option(help="With --url: the variable holding the API key.")]
-         = None, json_schema: JsonSchemaOption = None, choices: ChoicesOption = None) -> None:
+         = None, json_schema: JsonSchemaOption = None, choices: ChoicesOption = None,
+         tools: Annotated[Path | None, typer.Option(
+             help="A JSON file of function schemas to offer with every turn (OpenAI's or LLaMA-Factory's form); "
+                  "the model's calls are shown, and /tool RESULT answers one.")] = None) -> None:
     """Chat in the terminal (greedy, streamed, history kept); /reset starts over, /exit or Ctrl-D quits.
 
     Example: tunesmith chat runs/quickstart-20261123-101500 --system "Answer in JSON."
     Example: tunesmith chat orders --url http://127.0.0.1:8000/v1
 
     Example: tunesmith chat runs/tickets-20261201-102337 --choices billing,bug_report,how_to
+
+    Example: tunesmith chat runs/tool-calls-20261205-221000 --tools tools.json
     """
-    from tunesmith.chat import COMMANDS_HELP, ChatSession, RemoteChatSession, chat_loop, load_chat_model
+    from tunesmith.chat import (
+        COMMANDS_HELP,
+        TOOLS_HELP,
+        ChatSession,
+        RemoteChatSession,
+        chat_loop,
+        check_tools_reach_prompt,
+        load_chat_model,
+        load_tools_file,
+    )
     from tunesmith.data.constraint import option_constraint
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    offered = load_tools_file(tools) if tools is not None else None  # a bad file fails before the model loads
     if url:
         from tunesmith.cli.serve import read_api_key
 
@@ -616,9 +631,13 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
                                  "server decodes.", "Drop them, or chat with the model folder or run directly.")
 
         api_key = read_api_key(api_key_env, "chatting with the server (the key it was started with)")
-        session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url, api_key=api_key)
+        session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url, api_key=api_key,
+                                                 tools=offered)
     else:
         constraint = option_constraint(json_schema, choices)  # a broken schema fails before the model loads
+        if constraint is not None and offered:
+            raise TunesmithError("--tools cannot be combined with --json-schema or --choices: a tool call is neither.",
+                                 "Drop one of them.")
         model, tokenizer = load_chat_model(model_or_run, adapter)
         render = None
         if (Path(model_or_run).expanduser() / "recipe.yaml").is_file():  # a run: prompt it as it was trained
@@ -626,8 +645,11 @@ def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
 
             trained_system, render = run_rendering(Path(model_or_run).expanduser())
             system = system if system is not None else trained_system
-        session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint, render=render)
-    err.print(COMMANDS_HELP, highlight=False)
+        if offered:
+            check_tools_reach_prompt(tokenizer, offered, render, model_or_run)
+        session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint, render=render,
+                              tools=offered)
+    err.print(COMMANDS_HELP + (f" {TOOLS_HELP}" if offered else ""), highlight=False)
     chat_loop(session, input, write)
 
 

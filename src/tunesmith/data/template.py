@@ -10,11 +10,14 @@ the pad token: with `pad == eos` (SmolLM2), id-based masking would also hide the
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.errors import DataError
+from tunesmith.scoring import tool_call_spans
 
 IGNORE_INDEX = -100
 Messages = list[dict[str, Any]]
@@ -83,6 +86,40 @@ def context_text(messages: Messages) -> str:
 
 def turn_text(message: dict[str, Any]) -> str:
     return answer_text(message) if message["role"] == "assistant" else message["content"]
+
+
+# What models write around a tool call's JSON: Hermes/Qwen tags, Mistral's marker, Llama 3.1's python tag.
+TOOL_CALL_MARKERS = re.compile(r"</?tool_call>|\[TOOL_CALLS\]|<\|python_tag\|>")
+
+
+def request_tool_names(tools: list[dict[str, Any]] | None) -> frozenset[str]:
+    """The function names a request's `tools` offer (OpenAI's `{"type": "function", "function": {...}}`, or bare)."""
+    names = set()
+    for tool in tools or []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.add(function["name"])
+    return frozenset(names)
+
+
+def split_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list[dict[str, Any]]]:
+    """A generated answer as OpenAI's assistant message parts: the text around the calls (None when nothing but
+    the calls' wrapping is left) and `tool_calls` (each call to one of the request's tools, `names`, its arguments as
+    a JSON string). Calls are read as eval reads them (`scoring.tool_call_spans`: `<tool_call>` tags, Mistral's
+    `[TOOL_CALLS]` list, Llama 3.1's `parameters`, bare JSON)."""
+    spans = [(call, start, end) for call, start, end in tool_call_spans(text) if call[0] in names]
+    if not spans:
+        return text, []
+    kept, last = [], 0
+    for _, start, end in spans:
+        kept.append(text[last:start])
+        last = end
+    rest = TOOL_CALL_MARKERS.sub("", "".join([*kept, text[last:]]))
+    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+              "function": {"name": name, "arguments": arguments if isinstance(arguments, str)
+                           else json.dumps(arguments, ensure_ascii=False)}}
+             for (name, arguments), _, _ in spans]
+    return (rest.strip() if rest.strip(" \n[],") else None), calls
 
 
 def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,

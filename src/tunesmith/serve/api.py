@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import re
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunesmith.data.template import request_tool_names, split_tool_calls
 from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling, json_schema_grammar
 
 
@@ -478,42 +478,6 @@ def with_seed(settings: Sampling, index: int) -> Sampling:
 
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-# What models write around a tool call's JSON: Hermes/Qwen tags, Mistral's marker, Llama 3.1's python tag.
-TOOL_CALL_MARKERS = re.compile(r"</?tool_call>|\[TOOL_CALLS\]|<\|python_tag\|>")
-
-
-def request_tool_names(tools: list[dict[str, Any]] | None) -> frozenset[str]:
-    """The function names a request's `tools` offer (OpenAI's `{"type": "function", "function": {...}}`, or bare)."""
-    names = set()
-    for tool in tools or []:
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            names.add(function["name"])
-    return frozenset(names)
-
-
-def split_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list[dict[str, Any]]]:
-    """A generated answer as OpenAI's assistant message parts: the text around the calls (None when nothing but
-    the calls' wrapping is left) and `tool_calls` (each call to one of the request's tools, `names`, its arguments as
-    a JSON string). Calls are read as eval reads them (`scoring.tool_call_spans`: `<tool_call>` tags, Mistral's
-    `[TOOL_CALLS]` list, Llama 3.1's `parameters`, bare JSON)."""
-    from tunesmith.scoring import tool_call_spans
-
-    spans = [(call, start, end) for call, start, end in tool_call_spans(text) if call[0] in names]
-    if not spans:
-        return text, []
-    kept, last = [], 0
-    for _, start, end in spans:
-        kept.append(text[last:start])
-        last = end
-    rest = TOOL_CALL_MARKERS.sub("", "".join([*kept, text[last:]]))
-    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-              "function": {"name": name, "arguments": arguments if isinstance(arguments, str)
-                           else json.dumps(arguments, ensure_ascii=False)}}
-             for (name, arguments), _, _ in spans]
-    return (rest.strip() if rest.strip(" \n[],") else None), calls
 
 
 @dataclass(frozen=True)
