@@ -734,3 +734,41 @@ def test_a_served_tool_call_reaches_the_openai_client_as_tool_calls_whole_and_st
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(**options, tool_choice=forced)
         assert refused.value.body["param"] == "tool_choice"
+
+
+def test_an_adapter_folder_and_a_model_are_served_beside_runs(runs, tiny_model_dir, tmp_path):
+    """A LoRA folder that is no run (copied out of one, as from another tool) is served on the base its
+    adapter_config.json names and answers as the run does; the base named on its own is served once; a DoRA folder
+    is refused with the merge that serves it; vLLM gets the folder as a --lora-modules entry."""
+    import shutil
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.serve.catalog import build_catalog
+    from tunesmith.serve.commands import vllm_launch
+    from tunesmith.serve.llama_engine import LlamaEngine, Sampling
+
+    run_name, run_path = next(iter(runs.items()))
+    folder = Path(shutil.copytree(run_path / "adapter", tmp_path / "bare-adapter"))
+    models = build_catalog([f"bare={folder}", f"{run_name}={run_path}", str(tiny_model_dir)], quant="F32")
+    by_name = {m.name: m for m in models}
+    bases = [m for m in models if m.run is None]
+    assert len(bases) == 1 and set(by_name) == {bases[0].name, "bare", run_name}
+    assert by_name["bare"].gguf == by_name[run_name].gguf == bases[0].gguf and by_name["bare"].lora.is_file()
+    engine = LlamaEngine(models, n_ctx=512, threads=1)
+    try:
+        answers = {}
+        for name in ("bare", run_name):
+            ids = engine.chat_prompt(name, ORDER, None)
+            answers[name] = "".join(piece.text for piece in engine.generate(
+                name, ids, Sampling(max_tokens=8, temperature=0.0), threading.Event()))
+        assert answers["bare"] == answers[run_name] and answers["bare"].startswith(ANSWERS[run_name])
+    finally:
+        engine.close()
+    launch = vllm_launch(build_catalog([f"bare={folder}"], export=False), "127.0.0.1", 8000, None)
+    assert f"bare={folder.resolve()}" in launch.argv and str(bases[0].tokenizer_dir.resolve()) in launch.argv
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(TunesmithError, match="is a DoRA adapter") as refused:
+        build_catalog([str(folder)], export=False)
+    assert f"tunesmith merge {folder} --out {folder}-model" in refused.value.hint

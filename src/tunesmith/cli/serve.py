@@ -18,7 +18,9 @@ DEFAULT_PORT, OLLAMA_PORT, DEFAULT_CONTEXT = 8000, 11434, 4096
 
 def serve(runs: Annotated[list[str], typer.Argument(
               metavar="RUN...", help="Run directories to serve, each as NAME=RUN or RUN (named after its folder). "
-                                     "The base each was trained on is served too, under its own name.")],
+                                     "The base each was trained on is served too, under its own name. A PEFT LoRA "
+                                     "folder (served on the base its adapter_config.json names) or a model (alias, "
+                                     "folder, e.g. a merge output) works as well.")],
           engine: Annotated[str, typer.Option(help="llama (llama.cpp, the default: CPU or GPU, one base, adapters "
                                                    "switched per request), vllm (GPUs) or ollama.")] = "llama",
           host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
@@ -45,6 +47,8 @@ def serve(runs: Annotated[list[str], typer.Argument(
     /metrics. Each request picks a run (or the base) by `model`.
 
     Example: tunesmith serve orders=runs/quickstart-20261201-101500 tickets=runs/tickets-20261201-113000
+
+    Example: tunesmith serve combined=merged-adapters smollm2-135m-instruct
     """
     if engine not in ("llama", "vllm", "ollama"):
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")

@@ -4,6 +4,10 @@ Everything comes from the run manifest (`models.tuned`): the base each run train
 system prompt. What is missing is exported first: the base as GGUF once per base (cached under
 $TUNESMITH_HOME/serve, keyed by the base's files), each LoRA run as a GGUF LoRA beside it, and runs that are not
 a plain LoRA (whole models, DoRA, IA3, ...) as their own merged GGUF.
+
+A PEFT LoRA folder that is not a run (trained elsewhere, or `tunesmith merge`'s combined adapter) is served on the
+base its adapter_config.json names, its GGUF LoRA cached beside the bases; a model (an alias, a folder such as a
+merge output, a Hub id already downloaded) is served as a base of its own.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ class ServedModel:
     lora: Path | None  # a GGUF LoRA applied per request, or None (the base itself, or a merged run)
     tokenizer_dir: Path  # renders the chat template the model was trained with (as `data preview` shows it)
     system_prompt: str | None  # the recipe's data.system_prompt, used when a request has no system turn
-    run: Path | None
+    run: Path | None  # the run directory (or adapter folder) it comes from; None for a base model
     peft_dir: Path | None  # the PEFT adapter folder (vLLM's --lora-modules take it), None for whole models
     lora_rank: int | None
     data: DataSection | None = None  # the recipe's data section: its fallbacks (hermes tools, merged system) apply
 
 
-def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, Run]]:
-    """`RUN` or `NAME=RUN` arguments as (name or None, run)."""
+def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, str]]:
+    """`RUN` or `NAME=RUN` arguments (RUN also an adapter folder or a model) as (name or None, what was named)."""
     parsed = []
     for argument in arguments:
         named = "=" in argument and not Path(argument).exists()
@@ -47,7 +51,7 @@ def parse_run_arguments(arguments: list[str]) -> list[tuple[str | None, Run]]:
         if name and not NAME.match(name):
             raise TunesmithError(f"{name!r} is not a usable model name.",
                                  "Use letters, digits, '.', '_', ':' and '-' (e.g. orders-v2=runs/quickstart-...).")
-        parsed.append((name or None, open_run(path)))
+        parsed.append((name or None, path))
     return parsed
 
 
@@ -71,7 +75,14 @@ def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True)
     """The models `tunesmith serve RUN...` offers: each base once (named after its model.source), then each run
     (named after its directory, or NAME=RUN). `export=False` only plans (vLLM and Ollama need no GGUF)."""
     served: dict[str, ServedModel] = {}
-    for name, run in parse_run_arguments(arguments):
+    for name, target in parse_run_arguments(arguments):
+        folder = Path(target).expanduser()
+        if not (folder / "recipe.yaml").is_file() and (is_adapter(folder) or not folder.exists()
+                                                         or (folder / "config.json").is_file()):
+            model = folder_model(name, target, quant, export, served)
+            add_served(served, model)
+            continue
+        run = open_run(target)
         artifact = trained_artifact(run)
         recipe = run.load_recipe()
         base_dir = run_base_model(run)
@@ -87,11 +98,74 @@ def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True)
             model = ServedModel(name or run.path.name, merged_gguf(recipe, run, quant, export), None,
                                 artifact if not is_adapter(artifact) else base_dir, system_prompt, run.path,
                                 artifact if is_adapter(artifact) else None, None, recipe.data)
-        if model.name in served:
-            raise TunesmithError(f"Two models would be served as {model.name!r}.",
-                                 "Name them: tunesmith serve first=runs/A second=runs/B")
-        served[model.name] = model
+        add_served(served, model)
     return list(served.values())
+
+
+def add_served(served: dict[str, ServedModel], model: ServedModel) -> None:
+    """Add `model` under its name; a base named again (on its own and under a run) is served once."""
+    earlier = served.get(model.name)
+    if earlier is not None and earlier.run is None and model.run is None and earlier.gguf == model.gguf:
+        return
+    if earlier is not None:
+        raise TunesmithError(f"Two models would be served as {model.name!r}.",
+                             "Name them: tunesmith serve first=runs/A second=runs/B")
+    served[model.name] = model
+
+
+def folder_model(name: str | None, target: str, quant: str, export: bool,
+                 served: dict[str, ServedModel]) -> ServedModel:
+    """A LoRA folder that is not a run (its base added to `served` once), or a model served as a base of its own.
+
+    Raises TunesmithError for an adapter kind llama.cpp cannot apply (merge it first) and, through
+    `resolve_model_source`, for a model that cannot be found."""
+    from tunesmith.merge.inputs import adapter_base
+
+    folder = Path(target).expanduser()
+    if not is_adapter(folder):
+        model_dir = folder if (folder / "config.json").is_file() else served_model_source(target)
+        model_name = name or source_name(target, model_dir)
+        return ServedModel(model_name, cached_base_gguf(model_dir, quant, export), None, model_dir, None, None, None,
+                           None)
+    check_gguf_lora_folder(folder, target)
+    base_dir = adapter_base(folder)
+    base_gguf = cached_base_gguf(base_dir, quant, export)
+    base_name = source_name(str(base_dir), base_dir)
+    served.setdefault(base_name, ServedModel(base_name, base_gguf, None, base_dir, None, None, None, None))
+    lora = tunesmith_home() / "serve" / f"{folder.resolve().name}-{model_fingerprint(folder.resolve())}-lora-F16.gguf"
+    if export and not lora.is_file():
+        from tunesmith.export.gguf_lora import write_gguf_lora
+
+        print(f"writing the adapter {target} as a GGUF LoRA once: {lora}", file=sys.stderr, flush=True)
+        write_gguf_lora(folder, base_dir, lora, "F16", name=folder.resolve().name)
+    tokenizer_dir = folder if (folder / "tokenizer_config.json").is_file() else base_dir  # its trained template
+    return ServedModel(name or source_name(target, folder.resolve()), base_gguf, lora, tokenizer_dir, None, folder,
+                       folder, lora_rank(folder))
+
+
+def served_model_source(target: str) -> Path:
+    """The model `target` names, when it is no folder here: an alias or a downloaded Hub id. A mistyped run path
+    lands here too, so the error says what else the argument could have been."""
+    from tunesmith.errors import ModelSourceError
+    from tunesmith.models import resolve_model_source
+
+    try:
+        return resolve_model_source(target)
+    except ModelSourceError as exc:
+        raise TunesmithError(f"{target} is not a run directory, an adapter or model folder, nor a model this machine "
+                             f"has ({exc.message})", "Pass a run directory that `tunesmith train` printed (`tunesmith "
+                             "runs list runs` lists them), a PEFT adapter folder, or a model alias or folder "
+                             "(`tunesmith models list`).") from None
+
+
+def check_gguf_lora_folder(folder: Path, target: str) -> None:
+    """Refuse an adapter folder llama.cpp cannot apply per request (anything but plain LoRA: DoRA, IA3, ...)."""
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    kind = "DoRA" if config.get("use_dora") else str(config.get("peft_type", "an unknown PEFT type"))
+    if kind != "LORA":
+        raise TunesmithError(f"{target} is a {kind} adapter; llama.cpp applies plain LoRA adapters only.",
+                             f"Merge it into its base first (tunesmith merge {target} --out {target}-model), then "
+                             f"serve the merged model: tunesmith serve {target}-model")
 
 
 def source_name(source: str, base_dir: Path) -> str:

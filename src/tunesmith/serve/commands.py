@@ -40,7 +40,11 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
     is absolute, so that the command (and its `docker run` variant, whose mounts need absolute paths) works from
     any folder."""
     runs = [m for m in models if m.run is not None]
-    whole = [m for m in runs if m.peft_dir is None or m.lora is None]
+    if not runs and len(models) > 1:
+        raise TunesmithError(f"vLLM serves one model per process; {', '.join(m.name for m in models)} are "
+                             "separate models.", "Start one server per model, or serve them with the llama.cpp "
+                                                 "engine.")
+    whole = [m for m in runs if m.peft_dir is None or m.lora is None] or ([] if runs else models)
     adapters = [m for m in runs if m not in whole]
     if whole and (len(runs) > 1):
         raise TunesmithError(f"vLLM serves one model per process; {whole[0].name} is a whole model (or an adapter "
