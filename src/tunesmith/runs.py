@@ -438,8 +438,10 @@ def merge_output_hint(folder: Path, shown: str) -> str:
     if (folder / "adapter_config.json").is_file():  # several adapters combined into one
         return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {shown}`. It is a combined "
                 f"adapter: fold it into its base for a whole model (`tunesmith merge {shown} --out {shown}-model`), "
-                f"or train on from it (`training.init_from: {shown}`); `tunesmith push {shown}` uploads it as it is.")
-    return (f"It is a whole model: try it with `tunesmith chat {shown}`, or fine-tune, evaluate and export it through "
+                f"or train on from it (`training.init_from: {shown}`); `tunesmith serve {shown}` serves it, "
+                f"`tunesmith push {shown}` uploads it as it is.")
+    return (f"It is a whole model: try it with `tunesmith chat {shown}` or `tunesmith serve {shown}`, or fine-tune, "
+            "evaluate and export it through "
             f"a run with `model.source: {shown}` in a recipe; `tunesmith push {shown}` uploads it as it is.")
 
 
