@@ -29,10 +29,24 @@ WEIGHT_ERROR = {"F32": 0.0, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 1e-2,
 
 def build_tiny(tokenizer_dir: Path, target: Path, kind: str = "llama", **overrides) -> Path:
     """A 2-layer model of the given family on the shared BPE tokenizer, with non-zero biases."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GemmaForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-               "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+               "qwen3": (Qwen3Config, Qwen3ForCausalLM), "gemma": (GemmaConfig, GemmaForCausalLM),
+               "gemma2": (Gemma2Config, Gemma2ForCausalLM), "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM)}
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     settings = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -43,7 +57,7 @@ def build_tiny(tokenizer_dir: Path, target: Path, kind: str = "llama", **overrid
     model = model_class(config_class(**{**settings, **overrides}))
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("bias"):
+            if name.endswith("bias") or name.endswith("norm.weight"):  # Gemma's zero-initialised norms too
                 param.normal_(0.0, 0.5)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
@@ -354,3 +368,43 @@ def test_llama_cpp_tokenizes_and_predicts_like_transformers(quant, max_relative,
                          [torch.tensor([ids])])
     assert float((got - expected).norm() / expected.norm()) <= max_relative
     assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= min_top1
+
+
+# Gemma sizes as llama.cpp runs them: head_dim given (the attention scale), 6 (Gemma 3) or 2 (Gemma 2) layers so that
+# sliding and full layers both occur, a sliding window shorter than the prompts so that it matters.
+GEMMAS = {
+    "gemma": dict(head_dim=32),
+    "gemma2": dict(head_dim=32, query_pre_attn_scalar=32, num_hidden_layers=2, sliding_window=8,
+                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3": dict(head_dim=32, query_pre_attn_scalar=32, num_hidden_layers=6, sliding_window=8),
+}
+
+
+@pytest.mark.parametrize("kind", list(GEMMAS))
+def test_gemma_families_compute_in_llama_cpp_what_they_compute_in_transformers(kind, tokenizer_dir, tmp_path):
+    """The file as llama.cpp runs it (norms shifted by one, soft-capping, sliding windows, q/k norms) gives the
+    logits of the fp32 checkpoint at every position of a chat prompt longer than the sliding window."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model_dir = build_tiny(tokenizer_dir, tmp_path / kind, kind, **GEMMAS[kind])
+    path = write_gguf(model_dir, tmp_path / "out" / f"{kind}.F32.gguf", "F32")
+    assert field(gguf.GGUFReader(path), "general.architecture") == kind
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert len(ids) > 2 * GEMMAS[kind].get("sliding_window", 0)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = torch.tensor(np.array(llm.scores[: len(ids)]))
+    expected = logits_of(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                              attn_implementation="eager").eval(),
+                         [torch.tensor([ids])])
+    assert float((got - expected).norm() / expected.norm()) < 1e-3
+    assert bool((got.argmax(-1) == expected.argmax(-1)).all())
+
+
+def test_a_gemma_config_llama_cpp_would_run_differently_is_refused(tokenizer_dir, tmp_path):
+    model_dir = build_tiny(tokenizer_dir, tmp_path / "gemma3", "gemma3", head_dim=32, query_pre_attn_scalar=64,
+                           num_hidden_layers=2, sliding_window=8, layer_types=["full_attention", "sliding_attention"])
+    with pytest.raises(TunesmithError, match=r"(?s)query_pre_attn_scalar 64.*layer_types") as refused:
+        write_gguf(model_dir, tmp_path / "out" / "g.F32.gguf", "F32")
+    assert "--format merged" in refused.value.hint
+    assert not (tmp_path / "out" / "g.F32.gguf").exists()
