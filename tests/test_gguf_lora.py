@@ -221,3 +221,17 @@ def test_export_refuses_a_non_lora_run_with_a_pointer_to_the_merged_gguf(tiny_mo
     with pytest.raises(TunesmithError, match="ia3") as error:
         run_gguf_lora_export(run.load_recipe(), run)
     assert "--format gguf" in error.value.hint
+
+
+def test_llama_cpp_applies_a_gemma3_lora_like_peft(tokenizer_dir, tmp_path):
+    """Gemma 3 (NEOX RoPE, shifted norms, q/k norms, sliding windows): the base GGUF plus the GGUF LoRA in llama.cpp
+    gives what PEFT gives."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from tests.test_gguf_export import GEMMAS, build_tiny
+
+    base = build_tiny(tokenizer_dir, tmp_path / "gemma3", "gemma3", **GEMMAS["gemma3"])
+    adapter = save_adapter(base, tmp_path / "adapter", lora())
+    lora_gguf = write_gguf_lora(adapter, base, tmp_path / "lora.gguf", "F32")
+    result = llama_cpp_vs_transformers(base, adapter, write_gguf(base, tmp_path / "base.gguf", "F32"), lora_gguf)
+    print("gemma3 all-linear LoRA:", result)
+    assert result["top1"] >= 0.95 and result["max_diff"] < 0.2 and result["vs_base"] > 1.0, result
