@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,32 @@ def test_a_cut_short_checkpoint_is_ignored_and_the_previous_one_resumed(tmp_path
     assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     run_training(load_recipe(run.recipe_file), run)
     assert_same_end(run, reference, 4)
+
+
+def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path, tiny_model_dir, monkeypatch):
+    """An edited data file would train the rest of the run on other rows and overwrite the run's copy of its data:
+    refused by name before anything loads; restored, the run resumes."""
+    from tunesmith.cli.app import resumed_run
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 3)
+        with pytest.raises(Crash):
+            train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    source = Path(run.manifest().data.sources["train"].resolved)
+    saved_rows = (run.path / "data" / "train.jsonl").read_bytes()
+    original = source.read_bytes()
+    source.write_bytes(original + original.splitlines(keepends=True)[0])  # one row more
+    with pytest.raises(TunesmithError, match=rf"its train data {re.escape(str(source))} has changed since") as refused:
+        resumed_run(load_recipe(recipe), str(run.path), None)
+    assert "Restore the file" in refused.value.hint
+    source.unlink()
+    with pytest.raises(TunesmithError, match="is gone"):
+        resumed_run(load_recipe(recipe), str(run.path), None)
+    source.write_bytes(original)
+    assert resumed_run(load_recipe(recipe), str(run.path), None).path == run.path
+    assert (run.path / "data" / "train.jsonl").read_bytes() == saved_rows
 
 
 def test_same_recipe_data_and_seed_give_identical_weights_and_runs_diff_says_what_differs(tmp_path, tiny_model_dir):

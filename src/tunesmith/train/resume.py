@@ -60,6 +60,7 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
             f"Resume with the recipe it started with ({run.recipe_file}); only {', '.join(RESUME_SAFE_KEYS)} may "
             "change. To train with new settings from its weights, let it finish (or start anew) and use "
             "--init-from in a new run.")
+    check_data_unchanged(run)
     discard_incomplete_checkpoints(run, report=lambda line: print(line, file=sys.stderr, flush=True))
     checkpoint = newest_complete_checkpoint(run)
     if checkpoint is None:
@@ -67,6 +68,29 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
             f"{run.path} has no complete checkpoint to resume from (one is written every training.save_steps="
             f"{recipe.training.save_steps} steps).", "Start the run anew without --resume.")
     return checkpoint
+
+
+def check_data_unchanged(run: Run) -> None:
+    """Refuse to resume on data files whose content differs from (or that are gone since) what the run's first
+    steps trained on, by the sha256 run.json recorded: the rest of the run would train on other rows, and the run's
+    record of its data would be overwritten with rows its first steps never saw."""
+    from tunesmith.manifest import content_sha256
+
+    manifest = run.manifest()
+    if manifest is None or manifest.data is None:
+        return
+    for split, source in manifest.data.sources.items():
+        if source.sha256 is None:  # a Hub dataset: pinned by its revision in the recipe
+            continue
+        now = content_sha256(Path(source.resolved))
+        if now != source.sha256:
+            state = "is gone" if now is None else "has changed since"
+            raise TunesmithError(
+                f"Cannot resume {run.path}: its {split} data {source.resolved} {state} the run started (run.json "
+                "records its sha256).",
+                f"Restore the file as it was (the rows the run trained on are in {run.path / manifest.data.train.path}"
+                f"), or train on the new data in a new run; --init-from {run.path} starts one from a finished run's "
+                "weights.")
 
 
 def initial_weights(recipe: Recipe) -> Path | None:
