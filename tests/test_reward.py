@@ -201,6 +201,21 @@ def test_model_card_and_export_describe_a_reward_model(trained):
     assert "skipped" in manifest["merged"] and (trained.run.path / manifest["adapter"]).is_dir()  # relative to the run
 
 
+@pytest.mark.parametrize("formats", [["merged"], ["gguf"], ["adapter", "ollama"]])
+def test_exporting_a_reward_model_as_a_language_model_is_refused_on_the_command_line(trained, formats):
+    """--format merged/gguf/ollama would merge the adapter into a causal LM, dropping the score head (and record it
+    as exported): refused with exit 2, naming the head, before anything is written."""
+    import subprocess
+    import sys
+
+    args = [arg for name in formats for arg in ("--format", name)]
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "export", str(trained.run.path), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "is a reward model" in done.stderr and "without that head" in done.stderr
+    assert not (trained.run.exports_dir / "gguf").exists() and "Traceback" not in done.stderr
+
+
 def test_reward_model_reward_ranks_chosen_above_rejected(trained, tmp_path):
     from tunesmith.train.rewards import build_rewards
 

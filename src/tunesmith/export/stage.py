@@ -72,19 +72,33 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown:
         raise TunesmithError(f"Unknown export format(s): {', '.join(unknown)}.", f"Use {', '.join(EXPORT_FORMATS)}.")
+    refuse_language_model_formats(recipe, run, formats)
     options = ExportOptions(quant or recipe.export.quant, verify, ollama_adapter)
     outcome = ExportOutcome()
     plain = [name for name in PLAIN_FORMATS if name in formats]
     run.trained_artifact()  # a run without a trained model fails here, before anything is written
     if plain:
         exports = run_export(recipe, run, plain)
-        outcome.written.update({name: exports / name for name in plain if name in formats})
+        outcome.written.update({name: exports / name for name in plain if (exports / name).exists()})
     for name in formats:
         if name in EXPORTERS:
             outcome.written[name] = EXPORTERS[name](recipe, run, options, outcome)
     grammars = answer_grammars(recipe, run, outcome.written)
     record_exports(run, outcome.written, gguf_verification(run, outcome.written), grammars)
     return outcome
+
+
+def refuse_language_model_formats(recipe: Recipe, run: Run, formats: list[str]) -> None:
+    """A reward run's artifact is a one-score classifier: merging it (and so every GGUF and Ollama format) would
+    write a causal LM without its score head. Only `adapter` exports it; the recipe validator refuses the others
+    in export.formats, this refuses them asked for on the command line."""
+    unfit = [name for name in formats if name != "adapter"]
+    if recipe.method.kind == "reward" and unfit:
+        raise TunesmithError(f"{run.path} is a reward model (method.kind: reward): it scores answers with a one-score "
+                             f"head, and {', '.join(unfit)} would write a language model without that head.",
+                             "Export its adapter (--format adapter) and load it with "
+                             "AutoPeftModelForSequenceClassification (num_labels=1), or use the run as a GRPO reward "
+                             "(rewards: [{name: reward_model, path: RUN}]).")
 
 
 def answer_grammars(recipe: Recipe, run: Run, written: dict[str, Path]) -> dict[str, Path]:
