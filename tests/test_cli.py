@@ -46,3 +46,38 @@ def test_missing_dataset_names_the_file(tmp_path, tiny_model_dir):
     result = tunesmith("train", str(recipe), "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2
     assert "missing.jsonl" in result.stderr and "Hint:" in result.stderr
+
+
+def help_examples() -> list[str]:
+    """Every `Example: tunesmith ...` line of every command's docstring."""
+    import typer
+
+    from tunesmith.cli import app
+
+    examples = []
+
+    def walk(command) -> None:
+        for line in (command.help or "").splitlines():
+            if line.strip().startswith("Example: tunesmith "):
+                examples.append(line.strip().removeprefix("Example: "))
+        for child in getattr(command, "commands", {}).values():
+            walk(child)
+
+    walk(typer.main.get_command(app))
+    return examples
+
+
+@pytest.mark.parametrize("example", help_examples())
+def test_every_help_example_parses_as_written(example):
+    """A user copies the example: its arguments and options must be the command's (parsed, not run)."""
+    import shlex
+
+    import typer
+
+    from tunesmith.cli import app
+
+    command = typer.main.get_command(app)
+    words = shlex.split(example)[1:]
+    while hasattr(command, "commands") and words and words[0] in command.commands:
+        command = command.commands[words.pop(0)]
+    command.make_context(command.name, list(words))  # raises a click UsageError for an unknown option or argument

@@ -526,15 +526,18 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 
 
 @models_app.command("pull")
-def models_pull(alias: str = "smollm2-135m-instruct",
-                force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False) -> None:
+def models_pull(alias: Annotated[str | None, typer.Argument(
+                    help="The embedded model's alias (default smollm2-135m-instruct; `tunesmith models list`).")]
+                = None,
+                force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
+                alias_option: Annotated[str | None, typer.Option("--alias", hidden=True)] = None) -> None:
     """Fetch an embedded model into the cache as a trainable safetensors checkpoint.
 
     Example: tunesmith models pull smollm2-135m-instruct
     """
     from tunesmith.models import pull_model
 
-    err.print(f"Ready: {pull_model(alias, force=force)}")
+    err.print(f"Ready: {pull_model(alias or alias_option or 'smollm2-135m-instruct', force=force)}")
 
 
 @models_app.command("import")
