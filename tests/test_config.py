@@ -109,6 +109,10 @@ def test_a_relative_path_set_on_the_command_line_is_from_the_current_folder(tmp_
     assert recipe.resolve_path(recipe.data.eval) == here / "data" / "mine.jsonl"
     assert recipe.resolve_path(recipe.data.train) == recipe_dir / "t.jsonl"  # written in the file: from the recipe
     assert recipe.model.source == "HuggingFaceTB/SmolLM2-135M"  # nothing of that name here: kept as written
+    mistyped = load_recipe(write(recipe_dir, "data:\n  train: t.jsonl\n"), ["data.train=data/mnie.jsonl"])
+    assert recipe.resolve_path(mistyped.data.train) == here / "data" / "mnie.jsonl"  # the "not found" names it
+    hub = load_recipe(write(recipe_dir, "data:\n  train: t.jsonl\n"), ["data.train=hf:org/dataset"])
+    assert hub.data.train == "hf:org/dataset"
 
 
 def test_override_of_unknown_key_fails_with_hint(tmp_path):

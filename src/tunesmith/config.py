@@ -985,7 +985,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise RecipeError(f"Override {item!r}: {part!r} is not a section.")
         node = child
     parsed = override_value(value)
-    node[parts[-1]] = path_from_command_line(parsed) if len(parts) > 1 and parts[-1] in PATH_KEYS else parsed
+    node[parts[-1]] = path_from_command_line(parsed, parts[-1]) if len(parts) > 1 and parts[-1] in PATH_KEYS \
+        else parsed
     if isinstance(raw.get("defaulted_keys"), list):  # a run's recipe.yaml: what --set writes is given
         given = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
         raw["defaulted_keys"] = [k for k in raw["defaulted_keys"] if k not in given]
@@ -1008,14 +1009,21 @@ PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_sch
                        "probe_file"})
 
 
-def path_from_command_line(value: Any) -> Any:
+# A data.train / data.eval value ending so is a file name, also when no such file exists (yet): it is read from the
+# current folder, and a "not found" names that folder.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def path_from_command_line(value: Any, key: str = "") -> Any:
     """A relative path typed after `--set` means what the shell means by it: from the current folder, not from
     the recipe's (which is where paths written in the recipe file resolve). Made absolute only when it names
-    something there, so a Hub id (`HuggingFaceTB/SmolLM2-135M`) or a word (`bundled`) stays as written."""
+    something there (or, for data.train / data.eval, when it is a data file's name), so a Hub id
+    (`HuggingFaceTB/SmolLM2-135M`) or a word (`bundled`) stays as written."""
     if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
         return value
     here = Path.cwd() / value
-    return str(here.resolve()) if here.exists() else value
+    data_file = key in ("train", "eval") and value.lower().endswith(DATA_FILE_SUFFIXES)
+    return str(here.resolve()) if here.exists() or data_file else value
 
 
 def validate_recipe(raw: dict[str, Any], source: Path | None = None, text: str | None = None,
