@@ -436,8 +436,12 @@ def test_whole_file_problems(tmp_path, name, content, problem):
 
 
 def test_missing_file_and_foreign_folder(tmp_path):
-    with pytest.raises(DataError, match="Dataset file not found"):
+    with pytest.raises(DataError, match="Dataset file not found") as missing:
         load_records(tmp_path / "nope.jsonl")
+    assert "did you mean" not in missing.value.message
+    (tmp_path / "conv_train.jsonl").write_text('{"text": "hi"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"conv_trian\.jsonl \(did you mean .*conv_train\.jsonl\?\)"):
+        load_records(tmp_path / "conv_trian.jsonl")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("hi", encoding="utf-8")
     with pytest.raises(DataError, match="not a dataset folder written by save_to_disk"):

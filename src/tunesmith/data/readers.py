@@ -44,7 +44,7 @@ class Record:
 def read_records(path: Path, fmt: str = "auto") -> tuple[str, list[Record]]:
     """The file's format (detected when `fmt` is "auto") and its records in file order."""
     if not path.exists():
-        raise DataError(f"Dataset file not found: {path}",
+        raise DataError(f"Dataset file not found: {path}{close_name(path)}",
                         "Check the path: data.train / data.eval in a recipe file are relative to the recipe file; "
                         "a path given on the command line (--data, --set), to the current folder.")
     try:
@@ -61,6 +61,18 @@ def checked_format(path: Path, fmt: str) -> str:
         wanted = "a folder written by save_to_disk" if fmt == "datasets" else "a file"
         raise DataError(f"{path}: the {fmt} format needs {wanted}.", FORMAT_HINT)
     return fmt
+
+
+def close_name(path: Path) -> str:
+    """` (did you mean NAME?)` when the folder holds a file named much like `path`, else ''."""
+    import difflib
+
+    try:
+        names = [item.name for item in path.parent.iterdir()] if path.parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.8)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 def detect_format(path: Path) -> str:
