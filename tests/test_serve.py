@@ -772,3 +772,32 @@ def test_an_adapter_folder_and_a_model_are_served_beside_runs(runs, tiny_model_d
     with pytest.raises(TunesmithError, match="is a DoRA adapter") as refused:
         build_catalog([str(folder)], export=False)
     assert f"tunesmith merge {folder} --out {folder}-model" in refused.value.hint
+
+
+def test_a_whole_model_run_is_served_from_the_gguf_it_exported_and_says_its_base_is_not_loaded(
+        tiny_model_dir, tmp_path, capsys):
+    """A partial-kind run that exported Q8_0 is served from that file when no --quant is asked for (not written
+    again as F16); asked for F16, F16 is written; the announcement says the base is not served beside it."""
+    import yaml
+
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+    from tunesmith.export.stage import export_formats
+    from tunesmith.serve.catalog import build_catalog
+    from tunesmith.serve.server import default_announce
+    from tunesmith.train import run_training
+
+    path = make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump({**raw, "adapter": {"kind": "partial", "last_blocks": 1}}), encoding="utf-8")
+    recipe = load_recipe(path, ["training.max_steps=2"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    q8 = export_formats(recipe, run, ["gguf"], quant="Q8_0", verify=False).written["gguf"]  # a random tiny model
+    [served] = build_catalog([f"whole={run.path}"])
+    assert served.gguf == q8 and served.lora is None
+    assert not (run.exports_dir / "gguf" / f"{recipe.name}.F16.gguf").exists()
+    [f16] = build_catalog([f"whole={run.path}"], quant="F16")
+    assert f16.gguf.name.endswith(".F16.gguf") and f16.gguf.is_file()
+    default_announce([served], "127.0.0.1", 8000)
+    assert "whole: served as whole models, so their base is not loaded" in capsys.readouterr().err

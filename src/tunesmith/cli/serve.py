@@ -18,7 +18,8 @@ DEFAULT_PORT, OLLAMA_PORT, DEFAULT_CONTEXT = 8000, 11434, 4096
 
 def serve(runs: Annotated[list[str], typer.Argument(
               metavar="RUN...", help="Run directories to serve, each as NAME=RUN or RUN (named after its folder). "
-                                     "The base each was trained on is served too, under its own name. A PEFT LoRA "
+                                     "The base each LoRA run was trained on is served too, under its own name "
+                                     "(whole-model, DoRA and other merged runs are served alone). A PEFT LoRA "
                                      "folder (served on the base its adapter_config.json names) or a model (alias, "
                                      "folder, e.g. a merge output) works as well.")],
           engine: Annotated[str, typer.Option(help="llama (llama.cpp, the default: CPU or GPU, one base, adapters "
@@ -36,8 +37,9 @@ def serve(runs: Annotated[list[str], typer.Argument(
           n_ctx: Annotated[int | None, typer.Option(
               min=16, help="Context length (prompt + completion), in tokens (default 4096; vLLM: the model's "
                            "own unless given, as --max-model-len).")] = None,
-          quant: Annotated[str, typer.Option(help="GGUF type written for the base when missing (F16, Q8_0, ...).")]
-          = "F16",
+          quant: Annotated[str | None, typer.Option(
+              help="GGUF type written when missing (F16, Q8_0, ...; default F16). Without it, a whole-model or "
+                   "merged run is served from a GGUF it already exported, whatever its type.")] = None,
           max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens one completion may generate.")] = 2048,
           max_n: Annotated[int, typer.Option(min=1, help="Most choices (n) one request may ask for.")] = 4,
           max_queue: Annotated[int, typer.Option(min=1, help="Requests in flight or waiting before 429.")] = 64,

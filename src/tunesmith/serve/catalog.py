@@ -25,6 +25,7 @@ from tunesmith.models.tuned import is_adapter, run_base_model
 from tunesmith.runs import Run, open_run
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DEFAULT_QUANT = "F16"  # the GGUF type written for a base or a merged run when none is asked for
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,11 @@ def trained_artifact(run: Run) -> Path:
     return run.path / manifest.train.path
 
 
-def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True) -> list[ServedModel]:
+def build_catalog(arguments: list[str], quant: str | None = None, export: bool = True) -> list[ServedModel]:
     """The models `tunesmith serve RUN...` offers: each base once (named after its model.source), then each run
     (named after its directory, or NAME=RUN). `export=False` only plans (vLLM and Ollama need no GGUF)."""
     served: dict[str, ServedModel] = {}
+    wanted, quant = quant, quant or DEFAULT_QUANT
     for name, target in parse_run_arguments(arguments):
         folder = Path(target).expanduser()
         if not (folder / "recipe.yaml").is_file() and (is_adapter(folder) or not folder.exists()
@@ -95,7 +97,7 @@ def build_catalog(arguments: list[str], quant: str = "F16", export: bool = True)
             model = ServedModel(name or run.path.name, base_gguf, lora, artifact, system_prompt, run.path, artifact,
                                 lora_rank(artifact), recipe.data)
         else:  # a whole model, or an adapter kind llama.cpp cannot apply: its own merged GGUF
-            model = ServedModel(name or run.path.name, merged_gguf(recipe, run, quant, export), None,
+            model = ServedModel(name or run.path.name, merged_gguf(recipe, run, wanted, export), None,
                                 artifact if not is_adapter(artifact) else base_dir, system_prompt, run.path,
                                 artifact if is_adapter(artifact) else None, None, recipe.data)
         add_served(served, model)
@@ -204,10 +206,31 @@ def lora_gguf(recipe: Recipe, run: Run, export: bool) -> Path:
     return target
 
 
-def merged_gguf(recipe: Recipe, run: Run, quant: str, export: bool) -> Path:
+def merged_gguf(recipe: Recipe, run: Run, quant: str | None, export: bool) -> Path:
+    """The run's merged GGUF of type `quant`, exported when missing; with no type asked for, one the run already
+    exported (and llama.cpp's check passed, where it ran), else F16."""
     from tunesmith.export.gguf import run_gguf_export
 
+    existing = None if quant is not None else exported_gguf(run)
+    if existing is not None:
+        print(f"serving {run.path.name} from its exported {existing.name} (--quant TYPE writes another)",
+              file=sys.stderr, flush=True)
+        return existing
+    quant = quant or DEFAULT_QUANT
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     if export and not target.is_file():
         target = run_gguf_export(recipe, run, quant)
     return target
+
+
+def exported_gguf(run: Run) -> Path | None:
+    """A whole-model GGUF exports/manifest.json records for the run, whose file is there and whose llama.cpp check
+    did not fail: F16 first, then the other types as recorded."""
+    manifest_file = run.exports_dir / "manifest.json"
+    entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
+    for quant in sorted(entries, key=lambda name: name != DEFAULT_QUANT):
+        entry = entries[quant]
+        path = run.path / entry.get("path", "")
+        if entry.get("path") and path.is_file() and (entry.get("verify") or {}).get("passed", True):
+            return path
+    return None

@@ -54,3 +54,7 @@ def check_can_listen(host: str, port: int) -> None:
 def default_announce(models: list[ServedModel], host: str, port: int) -> None:
     print(f"serving {', '.join(m.name for m in models)} at http://{host}:{port}/v1 (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
+    whole = [m.name for m in models if m.run is not None and m.lora is None]
+    if whole:
+        print(f"({', '.join(whole)}: served as whole models, so their base is not loaded beside them; name the "
+              "base too to serve it, e.g. `tunesmith serve RUN smollm2-135m-instruct`)", file=sys.stderr, flush=True)
