@@ -95,3 +95,22 @@ def test_the_final_loss_is_the_last_steps_not_the_last_multiple_of_logging_steps
     logged = [record for record in run.read_metrics() if "loss" in record]
     assert [record["step"] for record in logged] == [1, 4, 6]  # the first step, every 4th and the last
     assert json.loads((run.path / "train.json").read_text())["final_loss"] == pytest.approx(logged[-1]["loss"])
+
+
+def test_a_run_shorter_than_one_warmup_step_trains_from_its_first_step(tmp_path, tiny_model_dir):
+    """transformers rounds warmup_ratio x steps up: 6 steps at the default 0.03 had one warm-up step, and step 1
+    trained at learning rate 0. Counted in whole steps rounded down, step 1 trains at the full rate; a run long
+    enough for warm-up still has it (0.5 x 6 = 3 steps rising from 0)."""
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    rates = {}
+    for ratio in (0.03, 0.5):
+        recipe = load_recipe(make_tiny_project(tmp_path / str(ratio), tiny_model_dir, train_rows=16, eval_rows=4),
+                             ["training.max_steps=6", "training.logging_steps=1", f"training.warmup_ratio={ratio}",
+                              "training.lr=0.001"])
+        run = create_run(recipe, tmp_path / str(ratio) / "runs")
+        run_training(recipe, run)
+        rates[ratio] = [record["learning_rate"] for record in run.read_metrics() if "learning_rate" in record]
+    assert rates[0.03][0] == pytest.approx(0.001)  # the full rate at step 1, then the cosine decay
+    assert rates[0.5][:3] == pytest.approx([0.0, 0.001 / 3, 0.002 / 3], rel=1e-2)  # logged to 3 digits

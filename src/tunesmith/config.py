@@ -525,7 +525,9 @@ class TrainingSection(Section):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="The share of the steps the learning rate rises "
+                                "from 0 over, in whole steps rounded down: none in a run shorter than 1/ratio steps "
+                                "(transformers rounds up, so its first step would train at rate 0).")
     weight_decay: float = Field(0.0, ge=0)
     packing: bool | Literal["auto"] = Field(
         "auto", description="Join rows into max_length rows. auto: only where packing costs no extra attention work: "

@@ -220,6 +220,26 @@ class LearningRateSchedule:
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+def warmup_steps(ratio: float, total_steps: int) -> int:
+    """training.warmup_ratio of `total_steps`, in whole steps rounded down. transformers rounds up
+    (`TrainingArguments.get_warmup_steps`), which gives a run shorter than 1/ratio steps (33 at the default 0.03)
+    one warm-up step, and with it a first step at learning rate 0 that trains nothing; rounded down, such a run has
+    no warm-up."""
+    return math.floor(ratio * total_steps)
+
+
+def count_warmup_in_whole_steps(trainer: Any, ratio: float) -> None:
+    """Make `trainer` warm up for `warmup_steps(ratio, total)` steps, `total` being the steps it schedules for
+    (known only when train() starts: it creates the scheduler then)."""
+    create = trainer.create_scheduler
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        trainer.args.warmup_steps = warmup_steps(ratio, num_training_steps)  # an int >= 1 counts steps; 0 is none
+        return create(num_training_steps, optimizer)
+
+    trainer.create_scheduler = create_scheduler
+
+
 def use_schedule(trainer: Any, schedule: LearningRateSchedule) -> None:
     """Make `trainer` build its learning-rate scheduler from `schedule` (a LambdaLR) in place of the one it would
     build for `args.max_steps`."""

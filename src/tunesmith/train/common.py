@@ -29,7 +29,14 @@ from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
-from tunesmith.train.budget import KeepToBudget, LearningRateSchedule, apply_time_budget, use_schedule
+from tunesmith.train.budget import (
+    KeepToBudget,
+    LearningRateSchedule,
+    apply_time_budget,
+    count_warmup_in_whole_steps,
+    use_schedule,
+    warmup_steps,
+)
 from tunesmith.train.defaults import print_chosen, resolve_epochs, resolve_lr, settings_chosen, steps_choice
 from tunesmith.train.distributed import (
     check_process_group,
@@ -315,6 +322,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
     guard, stopper = survival_callbacks(trainer, setup, recipe, run, counter)
     resume_from = start_point(trainer, setup, run, guard, counter)
+    count_warmup_in_whole_steps(trainer, recipe.training.warmup_ratio)  # a time budget's schedule replaces it
     budget = time_budget(trainer, recipe, run, resume_from is not None, setup.began)
     chosen = settings_chosen(recipe, {**setup.chosen, **(choices or {}), "device": setup.device},
                              row_lengths(trainer.train_dataset),
@@ -389,12 +397,12 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
         plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
                                                 "why": "training.max_steps/epochs given: the budget only stops"}
         if chosen:
-            plan["warmup_steps"] = trainer.args.get_warmup_steps(chosen.steps)
+            plan["warmup_steps"] = warmup_steps(recipe.training.warmup_ratio, chosen.steps)
         if is_main_process():
             atomic_write_json(saved, plan)
     schedule = None
     if plan.get("steps"):
-        warmup = plan.get("warmup_steps", trainer.args.get_warmup_steps(plan["steps"]))
+        warmup = plan.get("warmup_steps", warmup_steps(recipe.training.warmup_ratio, plan["steps"]))
         schedule = LearningRateSchedule(recipe.training.scheduler, warmup, plan["steps"])
         use_schedule(trainer, schedule)
     keeper = KeepToBudget(seconds, plan, began, schedule, revise=not resumed, saved=saved,
