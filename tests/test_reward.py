@@ -328,3 +328,15 @@ def test_reward_recipe_on_smollm2_learns_to_rank(tmp_path):
     assert mean(margins[-3:]) > mean(margins[:3]) or (
         results["tuned"]["preference_accuracy"] > results["base"]["preference_accuracy"]), (margins, results)
     assert results["tuned"]["mean_margin"] > results["base"]["mean_margin"], results
+
+
+def test_the_new_score_head_is_not_reported_missing_and_logging_is_restored(tiny_model_dir, capfd):
+    """transformers' load report calls the fresh score head MISSING and advises training it, in the middle of a
+    reward run's output: quieted for that load only."""
+    from transformers.utils import logging as hf_logging
+
+    from tunesmith.models.loading import load_model
+
+    before = hf_logging.get_verbosity()
+    load_model(tiny_model_dir, torch.float32, "cpu", task="SEQ_CLS")
+    assert "LOAD REPORT" not in capfd.readouterr().err and hf_logging.get_verbosity() == before

@@ -7,8 +7,10 @@ never from token ids, and only fills a missing pad token here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,23 @@ def context_length(model_dir: Path) -> int | None:
     return int(value) if value else None
 
 
+@contextlib.contextmanager
+def expected_missing_head(task: str) -> Iterator[None]:
+    """For a reward model built from a causal LM, quiet transformers' load report, which calls the new score head
+    MISSING and advises training it: that is what a reward run is about to do (other warnings stay)."""
+    if task != "SEQ_CLS":
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
 def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
                quantization_config: Any = None, task: str = "CAUSAL_LM"):
     """Load a causal LM (or, with task SEQ_CLS, a one-score reward model) from a local checkpoint directory.
@@ -94,7 +113,7 @@ def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str 
                                                          "device_map": {"": device}}
     auto, head = (AutoModelForSequenceClassification, {"num_labels": 1}) if task == "SEQ_CLS" else (
         AutoModelForCausalLM, {})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), expected_missing_head(task):
         warnings.simplefilter("ignore", category=UserWarning)
         model = auto.from_pretrained(model_dir, dtype=dtype, **placement, **head)
     if getattr(model, "hf_quantizer", None) is not None and "gguf" in str(model.hf_quantizer).lower():

@@ -550,7 +550,8 @@ def print_throughput(speed: dict[str, Any]) -> None:
     cuda = speed.get("peak_cuda_bytes")
     memory = (f"; peak memory {speed['peak_rss_bytes'] / 2**30:,.2f} GiB resident"
               + (f", {cuda / 2**30:,.2f} GiB CUDA allocated" if cuda else "") if speed.get("peak_rss_bytes") else "")
-    print(f"throughput: {speed['real_tokens']:,} tokens ({speed['loss_tokens']:,} with loss, "
+    with_loss = f"{speed['loss_tokens']:,} with loss, " if speed["loss_tokens"] else ""  # none: a reward model's score
+    print(f"throughput: {speed['real_tokens']:,} tokens ({with_loss}"
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
           f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s "
           + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
