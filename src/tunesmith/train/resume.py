@@ -39,7 +39,9 @@ def find_run_to_resume(target: str, recipe: Recipe, runs_dir: Path | None) -> Ru
     resumable = [run for run in runs if complete_checkpoints(run.checkpoints_dir) and not finished(run)]
     if not resumable:
         raise TunesmithError(f"No unfinished run of {recipe.name!r} under {root} has a checkpoint to resume from.",
-                             "Start it anew without --resume, or pass the run directory: --resume runs/NAME-STAMP.")
+                             "Start it anew without --resume, pass the run directory (--resume runs/NAME-STAMP), "
+                             "or name the folder its runs are in (--runs-dir DIR) if it is not "
+                             f"{recipe.runs_dir}.")
     return resumable[-1]
 
 
