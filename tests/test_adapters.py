@@ -230,6 +230,8 @@ def test_eval_and_export_work_for_whole_model_and_prompt_kinds(trained, tiny_mod
     run_export(full.recipe, full.run, ["adapter", "merged"])
     manifest = json.loads((full.run.exports_dir / "manifest.json").read_text())
     assert "skipped" in manifest["adapter"] and (full.run.exports_dir / "merged" / "model.safetensors").is_file()
+    weights = (full.run.exports_dir / "merged" / "model.safetensors").stat()
+    assert weights.st_ino == (full.run.path / "model" / "model.safetensors").stat().st_ino  # linked, not copied
 
     prompt = trained("prompt_tuning")
     results = json.loads(run_eval(prompt.recipe, prompt.run).read_text())
