@@ -336,6 +336,7 @@ def test_cli_exports_a_run_as_gguf(tiny_model_dir, tmp_path):
     run = create_run(recipe, tmp_path / "runs")
     base = AutoModelForCausalLM.from_pretrained(recipe.model.source)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(0)  # the random LoRA, whatever ran before in this process
 
     untrained = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf"])
     assert isinstance(untrained.exception, TunesmithError) and "has no trained model" in untrained.exception.message

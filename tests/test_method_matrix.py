@@ -100,7 +100,11 @@ def test_every_method_and_artifact_goes_through_every_stage(method, kind, tmp_pa
         assert isinstance(session.reply("Hello", lambda _: None), str)
     else:
         written = export_formats(recipe, run).written
-        assert (written["adapter"]).is_dir() if kind == "lora" else "adapter" in written
+        if kind == "lora":
+            assert written["adapter"].is_dir()
+        else:  # a whole-model run has no adapter: skipped, and not recorded as exported
+            manifest = json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
+            assert "adapter" not in written and "skipped" in manifest["adapter"]
         for action in (lambda: run_merge([run.path], tmp_path / "merged"), lambda: load_chat_model(str(run.path))):
             with pytest.raises(TunesmithError, match="no language-model head"):
                 action()

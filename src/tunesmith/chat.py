@@ -55,13 +55,17 @@ class ChatSession:
         """Give the model `text` as the result of its last tool call (a `tool` turn), and stream its answer.
 
         Raises TunesmithError when the last turn is not a tool call or another tool result."""
-        last = self.messages[-1] if self.messages else {}
-        if not (last.get("role") == "tool" or last.get("tool_calls")):
+        if not self.awaits_tool_result():
             raise TunesmithError("No tool call to answer: the model's last turn called no tool.",
                                  "Use /tool RESULT right after an answer that calls one of the --tools.")
-        calls = last.get("tool_calls") or []
+        calls = self.messages[-1].get("tool_calls") or []
         turn = {"role": "tool", "content": text, **({"tool_call_id": calls[0]["id"]} if calls else {})}
         return self.answer(turn, write)
+
+    def awaits_tool_result(self) -> bool:
+        """Whether the last turn is a tool call (or a result, after which parallel calls' next result may come)."""
+        last = self.messages[-1] if self.messages else {}
+        return last.get("role") == "tool" or bool(last.get("tool_calls"))
 
     def answer(self, turn: dict[str, Any], write: Callable[[str], None]) -> str:
         """Add `turn`, generate the assistant's answer and add it (its calls to the --tools as `tool_calls`)."""
@@ -167,6 +171,11 @@ class RemoteChatSession(ChatSession):
 
     url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
+
+    def awaits_tool_result(self) -> bool:
+        """Whether the last turn is a tool call (or a result, after which parallel calls' next result may come)."""
+        last = self.messages[-1] if self.messages else {}
+        return last.get("role") == "tool" or bool(last.get("tool_calls"))
 
     def answer(self, turn: dict[str, Any], write: Callable[[str], None]) -> str:
         """Add `turn`; the server's answer (and the calls it returns as `tool_calls`) joins the history."""
@@ -290,8 +299,7 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
 
 def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) -> int:
     """Answer a /tool line: 1 reply, or 0 and the reason when there is no call to answer (the chat goes on)."""
-    last = session.messages[-1] if session.messages else {}
-    if not (last.get("role") == "tool" or last.get("tool_calls")):
+    if not session.awaits_tool_result():
         write("(no tool call to answer: /tool RESULT follows an answer that calls one of the --tools)\n")
         return 0
     write("assistant> ")

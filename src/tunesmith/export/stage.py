@@ -89,10 +89,14 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
 
 
 def refuse_language_model_formats(recipe: Recipe, run: Run, formats: list[str]) -> None:
-    """A reward run's artifact is a one-score classifier: merging it (and so every GGUF and Ollama format) would
-    write a causal LM without its score head. Only `adapter` exports it; the recipe validator refuses the others
-    in export.formats, this refuses them asked for on the command line."""
-    unfit = [name for name in formats if name != "adapter"]
+    """A reward run's artifact is a one-score classifier: merging its adapter into the base (and every GGUF and
+    Ollama format) would write a causal LM without its score head. Its adapter exports it (and `merged`, for a
+    whole-model reward run: a copy of model/, head included); the recipe validator refuses the GGUF and Ollama
+    formats in export.formats, this refuses the unfit ones asked for on the command line."""
+    from tunesmith.models.tuned import is_adapter
+
+    fit = ("adapter", "merged") if not is_adapter(run.trained_artifact()) else ("adapter",)
+    unfit = [name for name in formats if name not in fit]
     if recipe.method.kind == "reward" and unfit:
         raise TunesmithError(f"{run.path} is a reward model (method.kind: reward): it scores answers with a one-score "
                              f"head, and {', '.join(unfit)} would write a language model without that head.",

@@ -119,8 +119,8 @@ def folder_model(name: str | None, target: str, quant: str, export: bool,
                  served: dict[str, ServedModel]) -> ServedModel:
     """A LoRA folder that is not a run (its base added to `served` once), or a model served as a base of its own.
 
-    Raises TunesmithError for an adapter kind llama.cpp cannot apply (merge it first) and, through
-    `resolve_model_source`, for a model that cannot be found."""
+    Raises TunesmithError for an adapter kind llama.cpp cannot apply (merge it first) and for a model that cannot
+    be found (`served_model_source`)."""
     from tunesmith.merge.inputs import adapter_base
 
     folder = Path(target).expanduser()

@@ -116,7 +116,7 @@ def measure_step_seconds(trainer: Any, grad_accum: int) -> tuple[float, float]:
     timed = [timed_batch(trainer, [dataset[i] for i in by_length[start : start + batch_size]]) for start in starts]
     seconds, base_seconds = [t for t, _ in timed[1:]], [b for _, b in timed[1:]]
     carrying = getattr(trainer, "replay_micro_batches", None)
-    anchor_s = 0.0
+    anchor_s = bare_s = 0.0
     if carrying is not None and carrying < grad_accum:
         trainer.replay_paused = True
         try:
@@ -129,8 +129,8 @@ def measure_step_seconds(trainer: Any, grad_accum: int) -> tuple[float, float]:
         torch.cuda.synchronize()
     base_s = grad_accum * sum(base_seconds) / len(base_seconds)
     step_s = grad_accum * sum(seconds) / len(seconds) - base_s
-    if anchor_s:
-        step_s -= (grad_accum - carrying) * anchor_s
+    if anchor_s:  # one noisy sample (a busy machine) must not take a step below its micro-batches' bare passes
+        step_s = max(step_s - (grad_accum - carrying) * anchor_s, grad_accum * bare_s)
     return step_s, base_s
 
 
