@@ -265,3 +265,25 @@ def test_a_split_with_no_or_few_held_out_rows_is_said_before_training():
     (few,) = small_split_warnings(28, 6)
     assert few.startswith("Only 6 held-out row(s)") and "17 points" in few
     assert small_split_warnings(400, 40) == []
+
+
+def test_inspect_says_which_rows_max_length_would_leave_out_and_exits_1(tmp_path: Path, tiny_model_dir: Path):
+    """A row whose answer starts past data.max_length never trains (train only warns, mid-run): inspect, the linter,
+    counts it as a problem; answer tokens cut from rows that still train are a warning."""
+    long_question = " ".join(f"word{i}" for i in range(200))
+    rows = [qa("two pizzas please", "ok"), qa(long_question, "fine"), qa("a cola", " ".join(["yes"] * 80))]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir), overrides=["data.max_length=64"])
+    fit = inspect_data(recipe, examples=0)["files"]["train"]["length_fit"]
+    assert fit["left_out"] == {"answer_past_max_length": 1} and fit["answer_tokens_cut"] > 0
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "tunesmith", "data", "inspect", str(tmp_path / "d.jsonl"), "--model",
+               str(tiny_model_dir)]
+    cut = subprocess.run([*command, "--set", "data.max_length=64"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert cut.returncode == 1, cut.stderr
+    assert "1 row(s) would be left out of training by data.max_length (1 in train)" in cut.stderr
+    assert "answer tokens lie past data.max_length 64" in cut.stderr
+    whole = subprocess.run([*command, "--set", "data.max_length=4096"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr

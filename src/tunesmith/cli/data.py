@@ -30,7 +30,8 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
     """Show the detected shape, counts, every problem and a few rendered rows; writes nothing.
 
     Like a linter, it exits 1 when it found a problem row (after printing the whole report, or the JSON
-    with --json), so a CI step can gate on it; 0 when every row is usable; 2 when the file or recipe
+    with --json), so a CI step can gate on it: one that cannot be used, or one whose answer starts past
+    data.max_length (training would leave it out); 0 when every row is usable; 2 when the file or recipe
     itself cannot be used.
 
     Example: tunesmith data inspect examples/data/orders/train.jsonl
@@ -59,6 +60,14 @@ def raise_if_problems(report: dict[str, Any], skip_invalid: bool = False) -> Non
     if template:
         raise ProblemsFoundError("The chat template cannot train this data right:\n- " + "\n- ".join(template))
     counts = {split: len(info["problems"]) for split, info in report["files"].items() if info["problems"]}
+    left_out = {split: sum((info.get("length_fit") or {}).get("left_out", {}).values())
+                for split, info in report["files"].items()}
+    if any(left_out.values()) and not counts:
+        found = ", ".join(f"{count} in {split}" for split, count in left_out.items() if count)
+        raise ProblemsFoundError(f"{sum(left_out.values())} row(s) would be left out of training by data.max_length "
+                                 f"({found}): their answers start past it.",
+                                 "Raise data.max_length, or leave it out (auto, from the rows' own lengths); "
+                                 "`tunesmith data preview` shows each row as training cuts it.")
     if counts:
         found = ", ".join(f"{count} in {split} ({report['files'][split]['source']})" for split, count in counts.items())
         hint = ("data.skip_invalid is on, so training skips these rows; fix them to train on them." if skip_invalid
@@ -75,6 +84,7 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
                     "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
                     "data counted in pii_redact trains as written)")
+        print_length_fit(info.get("length_fit") or {}, info["stats"]["max_length"])
         for problem in info["problems"][:50]:
             err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         if len(info["problems"]) > 50:
@@ -83,6 +93,18 @@ def print_inspect_report(report: dict[str, Any]) -> None:
             err.rule("example", style="dim")
             err.print(escape(text), highlight=False)
     print_contract(report.get("template_contract", {}))
+
+
+def print_length_fit(fit: dict[str, Any], max_length: int) -> None:
+    """Rows data.max_length leaves out (a problem: they never train) and answer tokens it cuts (a warning)."""
+    left_out = sum(fit.get("left_out", {}).values())
+    if left_out:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in fit["left_out"].items())
+        err.print(f"[red]problem:[/red] {left_out} row(s) would be left out by data.max_length {max_length} "
+                  f"({reasons}): no answer token lies inside it.", highlight=False, soft_wrap=True)
+    if fit.get("answer_tokens_cut"):
+        err.print(f"[yellow]warning:[/yellow] {fit['answer_tokens_cut']:,} answer tokens lie past data.max_length "
+                  f"{max_length} and would never train.", highlight=False, soft_wrap=True)
 
 
 def print_contract(contract: dict[str, Any]) -> None:

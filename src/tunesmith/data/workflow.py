@@ -71,6 +71,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "shape": loaded.shape,
             "skipped": loaded.skipped,
             "problems": loaded.problems,
+            "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
             "cleaning_dry_run": steps_report(cleaned.steps),
@@ -79,6 +80,26 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         usable += loaded.rows
     report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
     return report
+
+
+def length_fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
+    """What data.max_length does to `rows` as training encodes them: `left_out`, the rows with no answer token
+    inside it (by reason: training drops them), and `answer_tokens_cut` from rows that still train. {} for rows
+    that are not encoded one by one (raw text: packed into blocks) and where the chat template cannot render them
+    (the template contract says why)."""
+    from tunesmith.data.template import encode_preference_split, encode_split
+
+    if rows and all("messages" in row for row in rows):
+        encode = encode_split
+    elif rows and all("chosen" in row or "label" in row for row in rows):
+        encode = encode_preference_split
+    else:
+        return {}
+    try:
+        encoded = encode(tokenizer, rows, max_length)
+    except Exception:  # the template's own error: judge_template reports it with the fix
+        return {}
+    return {"left_out": dict(encoded.dropped), "answer_tokens_cut": encoded.answer_tokens_cut}
 
 
 def recipe_max_length(recipe: Recipe, lengths: Iterable[list[int]]) -> int:
