@@ -86,6 +86,9 @@ def assert_same_end(resumed: Run, reference: Run, after_step: int) -> None:
     assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))  # every step logged once, none twice
     for step in range(after_step + 1, STEPS + 1):
         assert ours[step] == pytest.approx(theirs[step], abs=1e-6), step
+    tokens = [{r["step"]: r["num_tokens"] for r in run.read_metrics() if "num_tokens" in r}
+              for run in (resumed, reference)]
+    assert tokens[0] == tokens[1]  # TRL's running token count goes on from the checkpoint, not from 0
 
 
 CASES = [("sft", "lora"), ("dpo", "lora"), ("grpo", "lora"), ("sft", "full")]

@@ -425,7 +425,9 @@ def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: 
 
     def checkpoint_extras() -> dict[str, Any]:
         return {"numerics": guard.state(), "throughput": counter.state(),
-                "frozen_matmuls": setup.chosen.get("frozen_matmuls")}
+                "frozen_matmuls": setup.chosen.get("frozen_matmuls"),
+                # TRL's count behind the `num_tokens` it logs: not in its checkpoints, so a resumed run restarted it
+                "trl_num_tokens": getattr(trainer, "_total_train_tokens", None)}
 
     install_atomic_checkpoints(trainer, run, recipe.training.keep_checkpoints, checkpoint_extras,
                                [c for c in setup.adapter_callbacks if hasattr(c, "save_extra")])
@@ -451,6 +453,8 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
     state = checkpoint_state(checkpoint)
     guard.restore(state.get("numerics", {}))
     counter.restore(state.get("throughput", {}))
+    if state.get("trl_num_tokens") is not None and hasattr(trainer, "_total_train_tokens"):
+        trainer._total_train_tokens = state["trl_num_tokens"]  # metrics.jsonl's num_tokens goes on from there
     print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
     return checkpoint
 
