@@ -272,6 +272,12 @@ def test_mapped_column_wins_over_an_existing_one(tmp_path):
     assert load_records(path, columns={"body": "text"}).rows == [{"text": "new"}]
 
 
+def test_two_columns_mapped_onto_one_name_are_refused():
+    """`question=prompt, answer=completion, notes=completion` trained the notes as answers, the answers lost."""
+    with pytest.raises(DataError, match=r"\['answer', 'notes'\] all onto 'completion'"):
+        load_records(FIXTURES / "qa.csv", columns={"question": "prompt", "answer": "completion", "notes": "completion"})
+
+
 def test_mapping_must_be_names_to_names(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     with pytest.raises(DataError, match="`columns` must map"):

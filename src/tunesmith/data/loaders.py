@@ -66,9 +66,23 @@ def rename_columns(records: list[Record], columns: dict[str, str] | None) -> lis
     if not names_only:
         raise DataError(f"`columns` must map source column names to canonical ones, got {columns!r}.",
                         "For example {'question': 'prompt', 'answer': 'completion'}.")
+    refuse_shared_targets(columns)
     refuse_absent_columns(records, columns)
     return [replace(record, value=renamed(record.value, columns)) if isinstance(record.value, dict)
             else record for record in records]
+
+
+def refuse_shared_targets(columns: dict[str, str]) -> None:
+    """Two source columns mapped onto one name: one would silently replace the other (row ids trained as answers)."""
+    sources: dict[str, list[str]] = {}
+    for source, target in columns.items():
+        sources.setdefault(target, []).append(source)
+    shared = {target: names for target, names in sources.items() if len(names) > 1}
+    if shared:
+        listed = "; ".join(f"{names} all onto {target!r}" for target, names in shared.items())
+        raise DataError(f"data.columns maps several columns onto one name ({listed}): only one of them can become "
+                        "it, and the others' values would be lost without a word.",
+                        "Map one column onto each name; columns the rows' shape does not use are left out anyway.")
 
 
 def refuse_absent_columns(records: list[Record], columns: dict[str, str]) -> None:
