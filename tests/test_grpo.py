@@ -89,6 +89,26 @@ def test_user_reward_that_returns_no_number_is_named(tmp_path):
         score({"name": "bad.py:verdict"}, ["x"], base_dir=tmp_path)
 
 
+def test_a_user_reward_beside_the_recipe_its_signature_and_its_errors_are_the_users(tmp_path):
+    """`module:function` finds module.py in the recipe's folder; a function that cannot take (completion, reference)
+    is refused when the rewards are built (before any model loads); one that raises is named with the completion it
+    failed on: a usage error, not tunesmith's "Internal error"."""
+    from tunesmith.errors import TunesmithError
+
+    (tmp_path / "myrewards.py").write_text(USER_REWARD + "def one_arg(completion):\n    return 1.0\n"
+                                           "def explodes(completion, reference):\n    raise ValueError('boom')\n")
+    assert score({"name": "myrewards:char_share"}, ["x" * 20], base_dir=tmp_path) == [0.5]
+    with pytest.raises(TunesmithError, match=r"User reward myrewards:one_arg takes \(completion\), but a reward is "
+                                             r"called with two arguments"):
+        build_rewards([RewardSpec(name="myrewards:one_arg")], tmp_path)
+    with pytest.raises(TunesmithError, match=r"User reward myrewards:explodes raised ValueError: boom \(on completion "
+                                             r"'xyz'") as raised:
+        score({"name": "myrewards:explodes"}, ["xyz"], base_dir=tmp_path)
+    assert raised.value.exit_code == 2
+    with pytest.raises(TunesmithError, match=r"cannot import 'absent_rewards'.*absent_rewards\.py does not exist"):
+        build_rewards([RewardSpec(name="absent_rewards:f")], tmp_path)
+
+
 def test_conversational_completions_are_scored_on_the_assistant_text():
     assert completion_text([{"role": "assistant", "content": "42"}]) == "42"
     assert score({"name": "exact_match"}, [[{"role": "assistant", "content": "42"}]], reference="42") == [1.0]

@@ -241,7 +241,7 @@ def user_scorer(spec: str, base_dir: Path) -> Scorer:
     name = spec.rpartition(":")[2]
 
     def score(prediction: str, reference: str) -> dict[str, Any]:
-        value = function(prediction, reference)
+        value = call_user_function(function, spec, "metric", prediction, reference)
         scores = value if isinstance(value, dict) else {name: value}
         if not all(_is_number(v) for v in scores.values()):
             raise TunesmithError(f"User metric {spec} returned {value!r}.",
@@ -251,27 +251,68 @@ def user_scorer(spec: str, base_dir: Path) -> Scorer:
     return score
 
 
-def load_user_function(spec: str, base_dir: Path) -> Callable[..., Any]:
-    """The function that `module:function` or `path/to/file.py:function` names (files resolve from base_dir)."""
+def load_user_function(spec: str, base_dir: Path, role: str = "metric") -> Callable[..., Any]:
+    """The function that `module:function` or `path/to/file.py:function` names (files resolve from base_dir, and a
+    module that is not installed is looked for as a .py file there, beside the recipe), checked to take
+    (completion, reference) as the `role` ("metric" or "reward") is called.
+
+    Raises TunesmithError naming the spec: no such file or module, no such function, another signature."""
     target, _, name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
+    beside_recipe = base_dir / (target.replace(".", "/") + ".py")
+    if target.endswith(".py") or (not importable(target) and beside_recipe.is_file()):
+        path = Path(target).expanduser() if target.endswith(".py") else beside_recipe
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
-            raise TunesmithError(f"User metric {spec}: no such file {path}.", "Paths resolve from the recipe's folder.")
-        module_spec = importlib.util.spec_from_file_location(f"tunesmith_user_metric_{path.stem}", path)
+            raise TunesmithError(f"User {role} {spec}: no such file {path}.", "Paths resolve from the recipe's folder.")
+        module_spec = importlib.util.spec_from_file_location(f"tunesmith_user_{role}_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
-            raise TunesmithError(f"User metric {spec}: cannot import {target!r} ({exc}).",
-                                 "Install the module, or name a file: path/to/file.py:function.") from None
+            raise TunesmithError(f"User {role} {spec}: cannot import {target!r} ({exc}), and {beside_recipe} does "
+                                 "not exist.", "Install the module, or name a file: path/to/file.py:function (from "
+                                               "the recipe's folder).") from None
     function = getattr(module, name, None)
     if not callable(function):
-        raise TunesmithError(f"User metric {spec}: {target} has no function {name!r}.")
+        raise TunesmithError(f"User {role} {spec}: {target} has no function {name!r}.")
+    check_takes_completion_and_reference(function, spec, role)
     return function
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_takes_completion_and_reference(function: Callable[..., Any], spec: str, role: str) -> None:
+    """Refuse, before any model loads, a function that cannot be called as f(completion, reference)."""
+    import inspect
+
+    try:
+        inspect.signature(function).bind("completion", "reference")
+    except TypeError:
+        raise TunesmithError(f"User {role} {spec} takes {inspect.signature(function)}, but a {role} is called with "
+                             "two arguments: (completion, reference).",
+                             f"Define it as def {function.__name__}(completion: str, reference: str) -> float."
+                             ) from None
+    except ValueError:  # a builtin without an inspectable signature: called as it is
+        return
+
+
+def call_user_function(function: Callable[..., Any], spec: str, role: str, completion: str, reference: str) -> Any:
+    """`function(completion, reference)`; an exception in it is the user's code failing, said as such (with the
+    completion it failed on), not a tunesmith crash."""
+    try:
+        return function(completion, reference)
+    except Exception as exc:
+        raise TunesmithError(f"User {role} {spec} raised {type(exc).__name__}: {exc} (on completion "
+                             f"{completion[:60]!r}, reference {reference[:60]!r}).",
+                             "Fix the function: call it on that completion and reference to see the error "
+                             "(`tunesmith --debug COMMAND ...` shows the traceback).") from exc
 
 
 def recipe_scorer(recipe: Recipe, metrics: list[str] | None = None) -> Scorer:

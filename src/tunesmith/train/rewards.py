@@ -22,6 +22,7 @@ from tunesmith.config import RewardSpec
 from tunesmith.errors import TunesmithError
 from tunesmith.scoring import (
     SCORERS,
+    call_user_function,
     json_schema_scorer,
     json_valid_score,
     load_user_function,
@@ -97,10 +98,10 @@ def length_penalty(target: int) -> Score:
 
 def user_reward(spec: str, base_dir: Path) -> Score:
     """A user's function(completion, reference) -> float; anything else it returns stops training with its name."""
-    function = load_user_function(spec, base_dir)
+    function = load_user_function(spec, base_dir, "reward")
 
     def score(text: str, reference: str, ids: list[int]) -> float:
-        value = function(text, reference)
+        value = call_user_function(function, spec, "reward", text, reference)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TunesmithError(f"User reward {spec} returned {value!r} for completion {text[:60]!r}.",
                                  "A reward function returns one float per (completion, reference).")
