@@ -192,12 +192,14 @@ def test_json_array_under_data_key_and_single_object(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "fmt"),
-    [('[{"text": "a"}]', "json"), ('{"text": "a"}\n{"text": "b"}\n', "jsonl"), ("text,x\na,1\n", "csv"),
-     ("text\tx\na\t1\n", "tsv")],
+    ("content", "fmt", "name"),
+    [('[{"text": "a"}]', "json", "data.txt"), ('{"text": "a"}\n{"text": "b"}\n', "jsonl", "data.txt"),
+     ("text,x\na,1\n", "csv", "data.dat"), ("text\tx\na\t1\n", "tsv", "data.dat"),
+     ("Prose, with a comma.\n", "text", "data.txt")],
 )
-def test_unknown_extension_is_sniffed_from_contents(tmp_path, content, fmt):
-    path = tmp_path / "data.txt"
+def test_unknown_extension_is_sniffed_from_contents(tmp_path, content, fmt, name):
+    """JSON saved as .txt is still JSON; other .txt is prose (its commas do not make it CSV)."""
+    path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     assert load_records(path).file_format == fmt
 
@@ -206,8 +208,11 @@ def test_forced_format_beats_the_extension(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("text\nhello\n", encoding="utf-8")
     assert load_records(path, fmt="csv").rows == [{"text": "hello"}]
+    assert load_records(path).rows == [{"text": "text\nhello"}]  # .txt alone: one paragraph of prose
+    unknown = tmp_path / "rows.dat"
+    unknown.write_text("text\nhello\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"cannot tell the file format(.|\n)*--set data.file_format=jsonl"):
-        load_records(path)
+        load_records(unknown)
 
 
 @pytest.mark.parametrize(
@@ -449,7 +454,7 @@ def test_missing_file_and_foreign_folder(tmp_path):
     with pytest.raises(DataError, match=r"conv_trian\.jsonl \(did you mean .*conv_train\.jsonl\?\)"):
         load_records(tmp_path / "conv_trian.jsonl")
     (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "notes.txt").write_text("hi", encoding="utf-8")
+    (tmp_path / "folder" / "notes.pdf").write_bytes(b"%PDF-1.4")
     with pytest.raises(DataError, match="not a dataset folder written by save_to_disk"):
         load_records(tmp_path / "folder")
 
@@ -653,3 +658,41 @@ def test_a_json_array_in_a_jsonl_file_is_named_with_the_fix(tmp_path):
     assert "data.file_format: json" in info.value.hint
     (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
     assert len(load_records(tmp_path / "rows.json").rows) == 3  # as the hint says
+
+
+# --- plain text (continued pre-training's documents) -------------------------------------------------------------
+
+
+def test_a_text_file_is_one_row_per_paragraph_and_a_folder_of_them_reads_every_file(tmp_path):
+    """A .txt file was sniffed as CSV ("line 3: has 4 fields but the header names 2 columns"), and a folder of them
+    was taken for a save_to_disk folder."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("Bees live in hives, mostly.\nThey make honey.\r\n\n\nA queen lays eggs.\n",
+                                  encoding="utf-8")
+    (corpus / "b.md").write_text("# Notes\n\nWax comes from glands.", encoding="utf-8")
+    (corpus / "ignored.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    single = load_records(corpus / "a.txt")
+    assert (single.file_format, single.shape) == ("text", "text")
+    assert single.rows == [{"text": "Bees live in hives, mostly.\nThey make honey."}, {"text": "A queen lays eggs."}]
+    folder = load_records(corpus)
+    assert folder.file_format == "text" and [row["text"] for row in folder.rows][2:] == ["# Notes",
+                                                                                       "Wax comes from glands."]
+    (corpus / "c.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"c\.txt: holds bytes that are not UTF-8"):
+        load_records(corpus)
+
+
+def test_a_cpt_recipe_reads_a_folder_of_text_files_and_holds_out_paragraphs(tmp_path, tiny_model_dir):
+    from tunesmith.config import load_recipe
+    from tunesmith.data import load_splits
+
+    (tmp_path / "docs").mkdir()
+    paragraphs = [f"Paragraph {i} about keeping bees, number {i * 7}." for i in range(40)]
+    (tmp_path / "docs" / "one.txt").write_text("\n\n".join(paragraphs[:20]), encoding="utf-8")
+    (tmp_path / "docs" / "two.txt").write_text("\n\n".join(paragraphs[20:]), encoding="utf-8")
+    (tmp_path / "cpt.yaml").write_text(f"model: {{source: {tiny_model_dir}}}\nmethod: {{kind: cpt}}\n"
+                                       "data: {train: docs/, eval_fraction: 0.2}\n", encoding="utf-8")
+    splits = load_splits(load_recipe(tmp_path / "cpt.yaml"), accept=("text",), purpose="continued pre-training")
+    assert splits.shape == "text" and splits.train and splits.eval
+    assert sorted(row["text"] for row in splits.train + splits.eval) == sorted(paragraphs)

@@ -156,7 +156,7 @@ class DataSection(Section):
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference",
                     "unpaired_preference", "text"] = Field(
         "auto", description="The rows' shape; auto detects it from the first usable row.")
-    file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets"] = "auto"
+    file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets", "text"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict, description="Rename source columns, e.g. {question: prompt}.")
     skip_invalid: bool = Field(False, description="Skip unusable rows (counted in data.json) instead of failing.")
     max_length: int | Literal["auto"] = Field(

@@ -1,9 +1,11 @@
 """Read a dataset file of any supported format into raw records that remember where they came from.
 
-Formats: JSONL, JSON (an array, or `{"data": [...]}`), CSV, TSV, Parquet, and a folder written by
-`datasets`' `save_to_disk`. A problem confined to one record (a line that is not JSON, a row with bytes
-that are not UTF-8) travels with that record, so the loader can skip it or name its line; a problem
-with the whole file raises DataError here. A UTF-8 BOM, CRLF line ends and blank lines are tolerated.
+Formats: JSONL, JSON (an array, or `{"data": [...]}`), CSV, TSV, Parquet, a folder written by
+`datasets`' `save_to_disk`, and plain text (a .txt or .md file, or a folder of them: one `{"text": ...}` record per
+paragraph, as `datasets`' text loader reads with sample_by="paragraph"; the documents continued pre-training reads).
+A problem confined to one record (a line that is not JSON, a row with bytes that are not UTF-8) travels with that
+record, so the loader can skip it or name its line; a problem with the whole file raises DataError here. A UTF-8
+BOM, CRLF line ends and blank lines are tolerated.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from typing import Any
 from tunesmith.data.turns import type_name
 from tunesmith.errors import DataError, RowProblem
 
-FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets")
+FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets", "text")
+TEXT_SUFFIXES = (".txt", ".md")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
-              ".parquet": "parquet", ".pq": "parquet"}
+              ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text"}
 FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMATS)}), e.g. "
-               "`--set data.file_format=jsonl`, or use an extension such as .jsonl or .csv (plain text: one JSON line "
-               "per document, {\"text\": ...}).")
+               "`--set data.file_format=jsonl`, or use an extension such as .jsonl or .csv (plain text: a .txt or .md "
+               "file or a folder of them, one row per paragraph; or one JSON line per document, {\"text\": ...}).")
 UTF8_HINT = "Re-save the file as UTF-8."
 UTF8_BOM = b"\xef\xbb\xbf"
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8
@@ -57,7 +60,7 @@ def read_records(path: Path, fmt: str = "auto") -> tuple[str, list[Record]]:
 def checked_format(path: Path, fmt: str) -> str:
     if fmt not in FORMATS:
         raise DataError(f"Unknown file format {fmt!r}.", f"Use 'auto' or one of {list(FORMATS)}.")
-    if (fmt == "datasets") != path.is_dir():
+    if fmt != "text" and (fmt == "datasets") != path.is_dir():
         wanted = "a folder written by save_to_disk" if fmt == "datasets" else "a file"
         raise DataError(f"{path}: the {fmt} format needs {wanted}.", FORMAT_HINT)
     return fmt
@@ -79,11 +82,21 @@ def detect_format(path: Path) -> str:
     """From the extension where it is known, else from the first bytes. `.json` files that are really
     JSONL (one object per line) are common, so those are told apart by their contents."""
     if path.is_dir():
-        return "datasets"
+        return "text" if text_files(path) and not (path / "dataset_info.json").is_file() and not (
+            path / "dataset_dict.json").is_file() else "datasets"
     suffix = path.suffix.lower()
     if suffix == ".json":
         return json_or_jsonl(path)
+    if suffix in TEXT_SUFFIXES:  # prose has commas: only JSON saved under .txt is told apart by its contents
+        return sniffed if (sniffed := sniff_json(path)) else "text"
     return EXTENSIONS.get(suffix) or sniff_format(path)
+
+
+def sniff_json(path: Path) -> str | None:
+    """json or jsonl when the file starts like JSON, else None."""
+    with path.open("rb") as handle:
+        head = handle.read(1024).removeprefix(UTF8_BOM).lstrip()
+    return json_or_jsonl(path) if head[:1] in (b"[", b"{") else None
 
 
 def json_or_jsonl(path: Path) -> str:
@@ -244,6 +257,34 @@ def read_parquet(path: Path) -> list[Record]:
     return indexed_records(path, rows)
 
 
+def text_files(folder: Path) -> list[Path]:
+    """The .txt and .md files directly in `folder`, in name order."""
+    return sorted(item for item in folder.iterdir() if item.is_file() and item.suffix.lower() in TEXT_SUFFIXES)
+
+
+def read_text(path: Path) -> list[Record]:
+    """Plain text: one `{"text": ...}` record per paragraph (lines up to a blank line), numbered by the line it
+    starts on; a folder: every .txt/.md file in it, in name order."""
+    files = text_files(path) if path.is_dir() else [path]
+    return [record for file in files for record in text_paragraphs(file)]
+
+
+def text_paragraphs(path: Path) -> list[Record]:
+    text = read_bytes(path).decode("utf-8", errors="surrogateescape")
+    if UNDECODABLE.search(text):
+        raise DataError(f"{path}: holds bytes that are not UTF-8.", UTF8_HINT)
+    records, lines, start = [], [], 1
+    for number, line in enumerate([*text.replace("\r\n", "\n").split("\n"), ""], start=1):
+        if line.strip():
+            if not lines:
+                start = number
+            lines.append(line.rstrip())
+        elif lines:
+            records.append(Record(f"{path}, line {start}", {"text": "\n".join(lines)}))
+            lines = []
+    return records
+
+
 def read_dataset_folder(path: Path) -> list[Record]:
     """A folder from `save_to_disk`: a Dataset, or a DatasetDict from which the train split is read."""
     import pyarrow as pa
@@ -274,4 +315,5 @@ READERS: dict[str, Callable[[Path], list[Record]]] = {
     "tsv": lambda path: read_delimited(path, "\t"),
     "parquet": read_parquet,
     "datasets": read_dataset_folder,
+    "text": read_text,
 }
