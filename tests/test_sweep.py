@@ -113,6 +113,27 @@ def test_a_bad_value_fails_before_any_run_starts(project):
     assert not runs.exists()
 
 
+def test_a_target_the_model_lacks_fails_before_any_run_starts_in_sweep_plan_and_train(project, tmp_path):
+    """`adapter.targets: [foo_proj]` passed validation and failed each run after its weights loaded, as
+    "Internal error: NoMatchingPeftModuleError": now refused from the model's config alone, with the close name."""
+    from tunesmith.config import load_recipe
+    from tunesmith.plan import plan_recipe
+    from tunesmith.runs import create_run
+    from tunesmith.train import run_training
+
+    root, recipe = project
+    with pytest.raises(RecipeError, match=r"Combination targets=q_porj: adapter.targets names \['q_porj'\], "
+                                          r"which match no layer of .*Did you mean 'q_proj'"):
+        run_sweep(recipe, ["adapter.targets=[q_proj],[q_porj]"], runs_dir=root / "never", report=lambda line: None)
+    assert not (root / "never").exists()
+    mistyped = load_recipe(recipe, ["adapter.targets=[q_proj, foo_proj]"])
+    with pytest.raises(RecipeError, match=r"names \['foo_proj'\]"):
+        plan_recipe(mistyped, "cpu")
+    with pytest.raises(RecipeError, match=r"names \['foo_proj'\]"):
+        run_training(mistyped, create_run(mistyped, tmp_path / "runs"))
+    assert not any((tmp_path / "runs").glob("*/adapter"))
+
+
 def test_cli_validation_error_exits_2_and_creates_nothing(project):
     from tunesmith.cli import app
 

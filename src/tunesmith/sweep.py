@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
+from tunesmith.plan.workload import check_targets_exist
 from tunesmith.results import read_results
 from tunesmith.runs import atomic_write_json, atomic_write_text, fit_loss, read_json
 
@@ -140,14 +141,29 @@ def value_label(value: str) -> str:
 
 
 def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combination]) -> Recipe:
-    """Load every combination's recipe before anything runs, so a bad value fails in a second; returns the base."""
+    """Load every combination's recipe before anything runs, so a bad value fails in a second (an adapter.targets
+    name the model lacks too, from its config); returns the base."""
     base = load_recipe(recipe_path, sets)
+    architectures: dict[str, Any] = {}
     for combo in combos:
         try:
-            load_recipe(recipe_path, [*sets, *combo.overrides])
+            recipe = load_recipe(recipe_path, [*sets, *combo.overrides])
+            if isinstance(getattr(recipe.adapter, "targets", None), list):
+                check_targets_exist(recipe.adapter, model_architecture(recipe, architectures), recipe.model.source)
         except RecipeError as exc:
             raise RecipeError(f"Combination {combo.label}: {exc.message}", exc.hint) from None
     return base
+
+
+def model_architecture(recipe: Recipe, cache: dict[str, Any]) -> Any:
+    """The recipe's model's architecture from its config (no weights), read once per model source."""
+    from tunesmith.models.source import resolve_model_config
+    from tunesmith.plan.architecture import read_architecture
+
+    if recipe.model.source not in cache:
+        model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+        cache[recipe.model.source] = read_architecture(model_dir)
+    return cache[recipe.model.source]
 
 
 def create_sweep_dir(recipe: Recipe, runs_dir: Path | None) -> Path:

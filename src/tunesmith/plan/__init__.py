@@ -20,7 +20,14 @@ from tunesmith.plan.memory import MemoryEstimate, estimate_memory, frozen_bf16_c
 from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice, frozen_matmul_speedup
 from tunesmith.plan.recommend import Advice, recommend, sharding_of
 from tunesmith.plan.timing import StepTime, null_space_setup, step_time
-from tunesmith.plan.workload import RowLengths, anchor_row_tokens, micro_step, replay_rows, trained_weights
+from tunesmith.plan.workload import (
+    RowLengths,
+    anchor_row_tokens,
+    check_targets_exist,
+    micro_step,
+    replay_rows,
+    trained_weights,
+)
 
 
 class ComponentRow(BaseModel):
@@ -87,6 +94,7 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
+    check_targets_exist(recipe.adapter, arch, recipe.model.source)
     weights = trained_weights(recipe, arch, device.memory_bytes)
     on_device = {"memory_bytes": device.memory_bytes, "accelerator": device.kind != "cpu"}
     work = micro_step(recipe, lengths, packed=recipe.training.packing is True, **on_device)

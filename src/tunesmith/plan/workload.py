@@ -106,6 +106,30 @@ def whole_model_trained(adapter: Any, arch: Architecture) -> int:
         arch.embedding_parameters if adapter.train_lm_head else 0)
 
 
+def check_targets_exist(adapter: Any, arch: Architecture, model_name: str) -> None:
+    """Refuse adapter.targets names that match no layer of the model (a typo, or another family's names): PEFT
+    would stop with NoMatchingPeftModuleError only once the weights had loaded. A dotted name is matched by its
+    last part, as PEFT matches a module name's suffix; the embeddings are `check_targets_fit_model`'s."""
+    from tunesmith.errors import RecipeError
+
+    targets = getattr(adapter, "targets", None)
+    if not isinstance(targets, list):
+        return  # presets (qv, qkvo, mlp, all-linear) are resolved against the model itself
+    known = {layer.name for layer in arch.linears}
+    unknown = [name for name in targets if name.split(".")[-1] not in known | EMBEDDING_NAMES]
+    if unknown:
+        import difflib
+
+        close = {name: difflib.get_close_matches(name.split(".")[-1], sorted(known), n=1) for name in unknown}
+        guesses = "".join(f" Did you mean {close[name][0]!r} for {name!r}?" for name in unknown if close[name])
+        raise RecipeError(f"adapter.targets names {unknown}, which match no layer of {model_name} (its blocks' linear "
+                          f"layers are {sorted(known)}).{guesses}",
+                          "Use those names, or a preset: qv, qkvo, mlp or all-linear.")
+
+
+EMBEDDING_NAMES = {"embed_tokens", "lm_head", "wte", "embed_in", "embed_out"}
+
+
 def adapted_linears(adapter: Any, arch: Architecture) -> list[LinearLayer]:
     """The linear layers LoRA-style adapters sit on: the target preset or list, in the chosen blocks."""
     targets = TARGET_PRESETS[adapter.targets] if isinstance(adapter.targets, str) else adapter.targets

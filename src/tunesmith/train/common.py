@@ -129,6 +129,11 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         if recipe.eval.wants_constraint:  # so must the constraint eval decodes under
             recipe_constraint(recipe, splits.train)
     check_targets_fit_model(recipe.adapter, model_dir, recipe.model.source)
+    if isinstance(getattr(recipe.adapter, "targets", None), list):  # from the config alone: no weights load
+        from tunesmith.plan.architecture import read_architecture
+        from tunesmith.plan.workload import check_targets_exist
+
+        check_targets_exist(recipe.adapter, read_architecture(model_dir), recipe.model.source)
     tokenizer = load_tokenizer(model_dir)
     record = fingerprint(splits)
     if uses_chat_template(splits.train + splits.eval):
