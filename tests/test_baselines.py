@@ -103,6 +103,22 @@ def test_mixed_json_shapes_and_free_text_are_refused_with_the_fix():
     assert "eval.choices" in str(free.value)
 
 
+def test_bare_numbers_get_a_regex_as_long_as_the_longest_answer_and_numbers_with_units_none():
+    """`-?[0-9]+` let the base write digits until max_new_tokens (15000000); the inferred pattern ends where the
+    training answers do."""
+    import re
+
+    numbers = [chat_row(f"how many in box {i}?", str(answer)) for i, answer in enumerate([3, 12, -7, 40, 5, 12])]
+    constraint = infer_constraint(numbers)
+    assert (constraint.kind, constraint.spec) == ("regex", r"-?\d{1,3}")
+    assert re.fullmatch(constraint.spec, "120") and not re.fullmatch(constraint.spec, "1200")
+    decimals = [chat_row(f"price {i}?", answer) for i, answer in enumerate(["2.5", "10.25", "3", "2.5"])]
+    assert infer_constraint(decimals).spec == r"\d{1,3}(\.\d{1,2})?"
+    units = [chat_row(f"length {i}?", f"{i} cm") for i in range(8)]
+    with pytest.raises(TunesmithError, match="numbers"):
+        infer_constraint(units)
+
+
 def test_option_constraint_checks_files_and_refuses_both(tmp_path):
     assert option_constraint(None, None) is None
     assert json.loads(option_constraint(None, "yes, no ,yes").spec) == ["no", "yes"]
@@ -266,6 +282,23 @@ def test_constrained_baseline_on_free_text_fails_before_training(tmp_path, tiny_
     assert not list(tmp_path.rglob("adapter_model.safetensors"))
     bad = tunesmith("baseline", str(recipe), "--baselines", "few_shots")
     assert bad.returncode == 2 and "few_shots" in bad.stderr
+
+
+def test_default_baselines_leave_out_the_constrained_ones_on_free_text_and_say_why(tmp_path, tiny_model_dir):
+    """`tunesmith baseline RECIPE` (no --baselines) on answers with no structure stopped with exit 2 and ran no
+    baseline at all; it runs the unconstrained ones and records why the others were left out."""
+    from tunesmith.config import load_recipe
+    from tunesmith.eval.before_training import run_baselines_before_training
+
+    recipe = tiny_recipe_with(tmp_path, tiny_model_dir, "  few_shot_k: 1\n  max_new_tokens: 4\n")
+    rows = [chat_row(f"describe item {i}", f"It is a lovely thing number {i}, made by hand.") for i in range(40)]
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "data" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]), encoding="utf-8")
+    _, path = run_baselines_before_training(load_recipe(recipe), runs_dir=tmp_path / "runs")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    assert list(results["baselines"]) == ["zero_shot", "few_shot"]
+    assert set(results["left_out"]) == {"constrained", "few_shot_constrained"}
+    assert "free text" in results["left_out"]["constrained"]
 
 
 @pytest.mark.parametrize("method", ["dpo", "reward"])

@@ -91,9 +91,28 @@ def infer_constraint(rows: list[Row]) -> Constraint:
         return choices_constraint(summary.labels, source)
     if summary.kind == "json":
         return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
+    if summary.kind == "numbers" and (pattern := number_pattern([a for a in map(row_answer, rows) if a])):
+        return Constraint("regex", pattern, source)
     raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
                          f"are {KIND_WORDS.get(summary.kind, 'free text')} ({summary.reason}).",
                          f"Give one: {HOW_TO_SET}.")
+
+
+BARE_NUMBER = re.compile(r"(-?)(\d+)(?:\.(\d+))?")
+
+
+def number_pattern(answers: list[str]) -> str | None:
+    """A regex for answers that are all bare numbers (`42`, `-3`, `12.75`), as long as the longest seen: up to one
+    digit more than their integer parts and as many decimals as they have, so that decoding ends where the answers
+    do (an unbounded `\d+` let a base model write digits to max_new_tokens). None for numbers with units or signs
+    of currency, whose shape a regex would have to guess."""
+    parts = [BARE_NUMBER.fullmatch(answer.strip()) for answer in answers]
+    if not parts or not all(parts):
+        return None
+    digits = max(len(part.group(2)) for part in parts) + 1
+    decimals = max(len(part.group(3) or "") for part in parts)
+    sign = "-?" if any(part.group(1) for part in parts) else ""
+    return sign + rf"\d{{1,{digits}}}" + (rf"(\.\d{{1,{decimals}}})?" if decimals else "")
 
 
 def json_constraint(objects: list[dict[str, Any]], source: str) -> Constraint:

@@ -8,6 +8,7 @@ run.json, data.json), and the base model answers the held-out rows as each basel
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.lengths import resolve_max_length
 from tunesmith.data.template import answer_text, context_text
+from tunesmith.errors import TunesmithError
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
@@ -41,6 +43,8 @@ class BaselineResults(BaseModel):
     max_new_tokens: dict[str, Any] | None = Field(None, description="Tokens generated per answer, and why.")
     baselines: dict[str, Scores]
     constraint: dict[str, Any] | None = None
+    left_out: dict[str, str] = Field(default_factory=dict, description="Default baselines that could not run, and "
+                                     "why (constrained ones on answers with no structure to infer).")
     verdict: str | None = None
     per_example: dict[str, dict[str, list[Any]]] = Field(
         default_factory=dict, description="Per-example scores; zero_shot's under `base`, as in eval/results.json.")
@@ -53,13 +57,22 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     model on the held-out rows; returns the new run and its baseline/results.json."""
     import torch
 
-    names = list(names or recipe.eval.baselines or BASELINES)
+    asked = names or recipe.eval.baselines
+    names = list(asked or BASELINES)
     splits = load_splits(recipe)
     answers = classify_answers(splits.train)
     check_metrics_fit_answers(recipe.eval, answers)
     metrics = recipe.eval.chosen_metrics(answers.kind)
     scorer = recipe_scorer(recipe, metrics)
-    constraint = recipe_constraint(recipe, splits.train) if any_constrained(names) else None
+    left_out: dict[str, str] = {}
+    try:
+        constraint = recipe_constraint(recipe, splits.train) if any_constrained(names) else None
+    except TunesmithError as exc:
+        if asked:  # asked for by name: the user must give the structure
+            raise
+        left_out = {name: f"{exc.message} {exc.hint or ''}".strip() for name in names if "constrained" in name}
+        names, constraint = [name for name in names if name not in left_out], None
+        print(f"constrained baselines left out: {exc.message}", file=sys.stderr, flush=True)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     tokenizer = load_tokenizer(model_dir)
     run = create_run(recipe, runs_dir)
@@ -83,6 +96,8 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
         results["per_example"]["base" if name == "zero_shot" else name] = score_columns(scores)
     if constraint is not None:
         results["constraint"] = constraint.describe()
+    if left_out:
+        results["left_out"] = left_out
     results["verdict"] = verdict(results)
     results["samples"] = [{"prompt": context_text(row["messages"][:-1]), "reference": reference,
                            **{name: answers[index] for name, answers in outputs.items()}}
