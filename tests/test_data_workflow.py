@@ -287,3 +287,16 @@ def test_inspect_says_which_rows_max_length_would_leave_out_and_exits_1(tmp_path
     whole = subprocess.run([*command, "--set", "data.max_length=4096"], capture_output=True, text=True, env=env,
                            timeout=300)
     assert whole.returncode == 0, whole.stderr
+
+
+def test_a_held_out_share_says_how_many_rows_it_took_not_only_the_fraction_asked(tmp_path: Path, tiny_model_dir: Path):
+    """On 41 rows a 0.25 hash split can hold out 15 (37%): the report said "25% of train"."""
+    rows = distinct_rows(41)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: train.jsonl\n  eval_fraction: 0.25\n",
+                      encoding="utf-8")
+    splits = load_splits(load_recipe(recipe))
+    held = len(splits.eval)
+    assert splits.source["eval"] == (f"{held} of 41 rows of train ({held / 41:.0%}; data.eval_fraction 0.25), held out "
+                                     "by content hash")

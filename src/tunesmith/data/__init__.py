@@ -70,7 +70,8 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         in_eval = [holds_out(row, data.eval_fraction) for row in rows]  # one hash per row
         held = [row for row, out in zip(rows, in_eval, strict=True) if out]
         kept = [row for row, out in zip(rows, in_eval, strict=True) if not out]
-        source["eval"] = f"{data.eval_fraction:.0%} of train, held out by content hash"
+        source["eval"] = (f"{len(held)} of {len(rows)} rows of train ({len(held) / max(len(rows), 1):.0%}; "
+                          f"data.eval_fraction {data.eval_fraction:g}), held out by content hash")
         refuse_all_held_out(rows, kept, source["train"], data.eval_fraction)
     if data.clean.dedup != "off":
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
