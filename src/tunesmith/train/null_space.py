@@ -189,6 +189,9 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
                f"instead of the {NULL_SPACE_REPLAY_RATIO} it takes beside the null space)")
         print(f"null space: {why}", file=sys.stderr, flush=True)
         return NullSpace([], {"energy": energy, "skipped": why})
+    print(f"null space: reading the inputs of {len(layers)} LoRA layers over {len(examples)} general rows, then one "
+          "eigendecomposition per input width (seconds on an idle machine; far longer where other processes share the "
+          "cores)", file=sys.stderr, flush=True)
     with InputMoments(layers) as reader:
         if read_rows is None:
             read_padded(peft_model, examples, pad_id, reader)
@@ -196,7 +199,7 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
             read_rows(reader)
     moments, group, tokens = reader.moments, reader.group, reader.tokens
     read_s = time.monotonic() - started
-    bases = {name: principal_basis(moment, energy) for name, moment in moments.items()}
+    bases = {name: principal_basis(moment, energy) for name, moment in with_progress(moments.items(), len(moments))}
     protected, kept = [], []
     for name, module in layers.items():
         basis, inside, k = bases[group[name]]
@@ -214,6 +217,15 @@ def build_null_space(peft_model: Any, examples: list[dict[str, list[int]]], pad_
           f"({len(examples)} rows, {tokens} tokens; median {space.report['closed_share_median']:.0%} of a layer's "
           f"input dimensions closed) in {space.report['seconds']} s", file=sys.stderr, flush=True)
     return space
+
+
+def with_progress(items: Any, total: int) -> Any:
+    """`items`, with a transient progress bar on stderr (the eigendecompositions are the slow part)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, total=total, description="null space: eigendecompositions", console=Console(file=sys.stderr),
+                 transient=True)
 
 
 def null_space_callback(space: NullSpace) -> Any:
