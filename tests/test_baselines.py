@@ -252,11 +252,11 @@ def test_baseline_command_runs_before_training(tmp_path, tiny_model_dir, monkeyp
     monkeypatch.chdir(tmp_path)
     recipe = tiny_recipe_with(tmp_path, tiny_model_dir, "  few_shot_k: 2\n")
     result = CliRunner().invoke(app, ["baseline", str(recipe), "--baselines", "zero_shot,few_shot,constrained",
-                                      "--json"])
+                                      "--json", "--runs-dir", "elsewhere"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert list(printed["baselines"]) == ["zero_shot", "few_shot", "constrained"]
-    [run_dir] = (tmp_path / "runs").iterdir()
+    [run_dir] = (tmp_path / "elsewhere").iterdir()  # --runs-dir, as train and sweep take it
     assert (run_dir / "baseline" / "results.json").is_file() and (run_dir / "data" / "eval.jsonl").is_file()
     assert not (run_dir / "adapter").exists()
     evaluated = CliRunner().invoke(app, ["eval", str(run_dir)])  # eval on it says what it is, not "did not finish"

@@ -390,6 +390,7 @@ def _print_checkpoints(report_file: Path, plot: Path) -> None:
 
 @app.command()
 def baseline(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE")], set_: SetOption = None,
+             runs_dir: RunsDir = None,
              baselines: Annotated[str | None, typer.Option(
                  "--baselines", metavar="NAME,...", help="zero_shot, few_shot, constrained, few_shot_constrained "
                                                          "(default: eval.baselines, else all four).")] = None,
@@ -405,7 +406,7 @@ def baseline(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE")], set
     from tunesmith.eval.before_training import run_baselines_before_training
 
     recipe = load_recipe(recipe_file, set_)
-    _, path = run_baselines_before_training(recipe, _baseline_names(baselines))
+    _, path = run_baselines_before_training(recipe, _baseline_names(baselines), runs_dir)
     results = json.loads(path.read_text(encoding="utf-8"))
     if as_json:
         print_json(results)
