@@ -114,3 +114,12 @@ def test_a_run_shorter_than_one_warmup_step_trains_from_its_first_step(tmp_path,
         rates[ratio] = [record["learning_rate"] for record in run.read_metrics() if "learning_rate" in record]
     assert rates[0.03][0] == pytest.approx(0.001)  # the full rate at step 1, then the cosine decay
     assert rates[0.5][:3] == pytest.approx([0.0, 0.001 / 3, 0.002 / 3], rel=1e-2)  # logged to 3 digits
+
+
+def test_a_reward_curve_is_drawn_only_where_rewards_were_logged(tmp_path):
+    from tunesmith.train.plots import plot_reward_curve
+
+    logged = [{"step": 1, "reward": 0.2, "rewards/exact_match/mean": 0.1}, {"step": 2, "reward": 0.5}]
+    assert plot_reward_curve(logged, tmp_path / "r.png", "t") == tmp_path / "r.png"
+    assert plot_reward_curve([{"step": 1, "loss": 2.0}], tmp_path / "none.png", "t") is None
+    assert not (tmp_path / "none.png").exists()

@@ -47,7 +47,7 @@ from tunesmith.train.distributed import (
     wait_for_everyone,
 )
 from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears
-from tunesmith.train.plots import plot_loss_curve
+from tunesmith.train.plots import plot_loss_curve, plot_reward_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import initial_weights, load_initial_adapter
 from tunesmith.train.survival import (
@@ -375,6 +375,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
               "skipped_updates": guard.skipped}
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
+    plot_reward_curve(run.read_metrics(), run.plots_dir / "rewards.png", f"{recipe.name}: {recipe.method.kind} rewards")
     wait_for_everyone()
     return adapter
 
