@@ -196,6 +196,10 @@ def test_mean_reward_is_logged_per_step_and_in_train_json(trained):
     assert report["final_metrics"]["reward"] == pytest.approx(steps[-1]["reward"], abs=1e-5)
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()
     assert (run.plots_dir / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve that shows progress
+    from tunesmith.runs import run_summary
+
+    listed = run_summary(run)  # `runs list`: the reward where the loss says nothing
+    assert listed["final_loss"] is None and listed["final_reward"] == report["final_metrics"]["reward"]
     # the throughput counts what GRPO sampled and trained on (its collator only sees prompts): TRL's tokens seen,
     # of which the completions' carry the loss
     speed = report["throughput"]

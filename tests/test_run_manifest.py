@@ -267,6 +267,17 @@ def test_runs_list_says_what_each_run_is_and_how_far_it_got(trained, tmp_path):
     assert metric and done["tuned"] == trained.results["tuned"][metric]
     assert rows[stopped.path.name]["status"] == "stopped (checkpoint at step 4)"
     assert rows[stopped.path.name]["steps"] is None
+    # a sweep's runs (one folder down) and a run that holds only baselines are listed as what they are
+    combination = shutil.copytree(trained.run.path, runs_dir / "sweep-tiny-20261206-010000" / "lr=1e-3")
+    (combination.parent / "sweep.json").write_text("{}", encoding="utf-8")
+    baselines = create_run(trained.run.load_recipe(), runs_dir)
+    (baselines.path / "baseline").mkdir()
+    (baselines.path / "baseline" / "results.json").write_text("{}", encoding="utf-8")
+    rows = {Path(row["run"]).name: row for row in json.loads(CliRunner().invoke(
+        app, ["runs", "list", str(runs_dir), "--json"]).stdout)}
+    assert rows["lr=1e-3"]["status"] == "trained" and rows[baselines.path.name]["status"] == "baselines only"
+    table = CliRunner().invoke(app, ["runs", "list", str(runs_dir)])
+    assert "sweep-tiny-20261206-010000/lr=1e-3" in table.output.replace("\n", "") or "lr=1e-3" in table.output
     shown = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "nowhere")])  # main() prints it, exit 2
     assert isinstance(shown.exception, TunesmithError) and "nowhere is not a folder" in str(shown.exception)
 

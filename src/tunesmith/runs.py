@@ -518,10 +518,13 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """`tunesmith runs list`: one summary (`run_summary`) for each run directory under `runs_dir`, oldest first
-    (by the start stamp in the folder's name, `NAME-YYYYMMDD-HHMMSS`; a folder named otherwise by its recipe.yaml's
-    modification time)."""
-    runs = [Run(path) for path in runs_dir.iterdir() if (path / "recipe.yaml").is_file()] if runs_dir.is_dir() else []
+    """`tunesmith runs list`: one summary (`run_summary`) for each run directory under `runs_dir`, and in each sweep
+    folder there (`sweep-*` with its sweep.json), oldest first (by the start stamp in the folder's name,
+    `NAME-YYYYMMDD-HHMMSS`; a folder named otherwise by its recipe.yaml's modification time)."""
+    folders = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+    sweeps = [folder for folder in folders if (folder / "sweep.json").is_file() or folder.name.startswith("sweep-")]
+    candidates = folders + [path for sweep in sweeps if sweep.is_dir() for path in sorted(sweep.iterdir())]
+    runs = [Run(path) for path in candidates if (path / "recipe.yaml").is_file()]
     return [run_summary(run) for run in sorted(runs, key=lambda run: (started_at(run), run.path.name))]
 
 
@@ -549,9 +552,12 @@ def run_summary(run: Run) -> dict[str, Any]:
     except TunesmithError:  # a run.json this version does not read: said as not trained, not a crash of the list
         manifest = None
     status = ("trained" if manifest is not None and manifest.train is not None else
-              f"stopped (checkpoint at step {steps[-1]})" if steps else "not trained")
+              f"stopped (checkpoint at step {steps[-1]})" if steps else
+              "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
-               "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None}
+               "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None,
+               "final_reward": (train.get("final_metrics") or {}).get("reward") if train.get("method") == "grpo"
+               else None}
     results_file = run.eval_dir / "results.json"
     if results_file.is_file():
         try:

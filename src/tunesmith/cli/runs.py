@@ -40,8 +40,11 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
         table.add_column(column)
     for row in summaries:
         score = (f"{row['metric']} {number(row['base'])} → {number(row['tuned'])}" if row["metric"] else "")
-        table.add_row(escape(Path(row["run"]).name), row["method"], row["status"],
-                      "" if row["steps"] is None else str(row["steps"]), number(row["final_loss"]), escape(score))
+        fit = (f"reward {number(row['final_reward'])}" if row.get("final_reward") is not None
+               else number(row["final_loss"]))  # GRPO: its loss says nothing, its reward does
+        name = Path(row["run"]).relative_to(runs_dir) if Path(row["run"]).is_relative_to(runs_dir) else Path(row["run"])
+        table.add_row(escape(str(name) if len(name.parts) > 1 else name.name), row["method"], row["status"],
+                      "" if row["steps"] is None else str(row["steps"]), fit, escape(score))
     wide_console(160).print(table)
 
 
