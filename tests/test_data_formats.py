@@ -263,6 +263,7 @@ def test_unicode_line_separators_inside_jsonl_strings_do_not_split_rows(tmp_path
 def test_columns_are_mapped_before_detection():
     result = load_records(FIXTURES / "qa.csv", columns={"question": "prompt", "answer": "completion"})
     assert result.shape == "prompt_completion"
+    assert result.unused_columns == ["notes"]  # left out of the rows: `data inspect` says so
     assert result.rows[1] == {"prompt": "What sizes do totes come in?", "completion": "S, M and L."}
 
 

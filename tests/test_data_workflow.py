@@ -155,6 +155,7 @@ def test_cli_prepare_json_and_inspect(messy_project: Path, tmp_path: Path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "shape messages" in result.stderr and "what `prepare` would do" in result.stderr
+    assert "are not read by" not in result.stderr  # every column of these rows is read
 
 
 def test_prepare_refuses_a_folder_holding_the_users_files_and_replaces_its_own_output(tmp_path: Path,

@@ -84,6 +84,10 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
                     "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
                     "data counted in pii_redact trains as written)")
+        if info.get("unused_columns"):
+            err.print(f"[yellow]note:[/yellow] columns {info['unused_columns']} are not read by {info['layout']} rows "
+                      "and are left out (data.columns maps one onto a name the shape reads).", highlight=False,
+                      soft_wrap=True)
         print_length_fit(info.get("length_fit") or {}, info["stats"]["max_length"])
         for problem in info["problems"][:50]:
             err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)

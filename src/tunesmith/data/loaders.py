@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunesmith.data.hub import is_hub_dataset, read_hub_records
 from tunesmith.data.readers import Record, read_records
-from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of
+from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of, unused_keys
 from tunesmith.errors import DataError, RowProblem
 
 COLUMNS_HINT = ("data.columns maps your column names onto these, {your_column: expected}, e.g. "
@@ -33,6 +33,7 @@ class LoadResult:
     skipped: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     first_hint: str | None = None  # the first skipped row's own hint (what to do about rows like it)
+    unused_columns: list[str] = field(default_factory=list)  # columns the shape does not read: left out of the rows
 
 
 def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
@@ -48,7 +49,8 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
         raise DataError(f"{path} holds no rows.", "Add at least one example.")
     records = rename_columns(records, columns)
     layout = choose_layout(records, shape, skip_invalid)
-    result = LoadResult(path, file_format, layout, shape_of(layout))
+    result = LoadResult(path, file_format, layout, shape_of(layout),
+                        unused_columns=unused_keys([record.value for record in records], layout))
     for record in records:
         add_row(result, record, layout, skip_invalid)
     if not result.rows:

@@ -37,6 +37,18 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 SHAPES = ("messages", "prompt_completion", "preference", "unpaired_preference", "text")
+# The keys each layout reads besides its identifying ones (LAYOUTS): every other column is left out of the rows.
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    "messages": ("tools",), "sharegpt": ("system", "tools"), "preference": ("prompt", "tools"),
+    "unpaired_preference": ("tools",), "prompt_completion": ("tools",), "alpaca": ("input", "system", "history"),
+    "text": (),
+}
+
+
+def unused_keys(records: list[Any], layout: str) -> list[str]:
+    """The columns of `records` (dicts) that rows of `layout` do not read, sorted."""
+    read = set(LAYOUTS[layout]) | set(OPTIONAL_KEYS[layout])
+    return sorted({str(key) for record in records if isinstance(record, dict) for key in record} - read)
 LABEL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

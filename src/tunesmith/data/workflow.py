@@ -71,6 +71,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "shape": loaded.shape,
             "skipped": loaded.skipped,
             "problems": loaded.problems,
+            "unused_columns": loaded.unused_columns,
             "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
