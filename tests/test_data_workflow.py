@@ -301,3 +301,21 @@ def test_a_held_out_share_says_how_many_rows_it_took_not_only_the_fraction_asked
     held = len(splits.eval)
     assert splits.source["eval"] == (f"{held} of 41 rows of train ({held / 41:.0%}; data.eval_fraction 0.25), held out "
                                      "by content hash")
+
+
+def test_the_cleaning_report_names_each_rows_file_line_beside_its_index(tmp_path: Path, tiny_model_dir: Path):
+    """A skipped row before them shifted every position: the report called line 5's duplicate "row 4", a copy of
+    "row 1" (line 1). Each example now says where the row is in the file."""
+    lines = [json.dumps(qa("two pizzas", "ok")), json.dumps({"messages": []}), json.dumps(qa("a cola", "sure")),
+             json.dumps(qa("mail me at ada@example.com", "done")), json.dumps(qa("two pizzas", "ok"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "e.jsonl").write_text(json.dumps(qa("a lamp", "fine")) + "\n", encoding="utf-8")
+    recipe.write_text(f"model: {{source: {tiny_model_dir}}}\ndata:\n  train: d.jsonl\n  eval: e.jsonl\n"
+                      "  skip_invalid: true\n  clean: {dedup: exact, pii: redact}\n", encoding="utf-8")
+    steps = {step["step"]: step for step in load_splits(load_recipe(recipe)).cleaning["train"]}
+    [duplicate] = steps["dedup_exact"]["examples"]
+    assert (duplicate["row"], duplicate["duplicate_of"]) == (4, 1)  # 1-based among the usable rows
+    assert duplicate["at"].endswith("d.jsonl, line 5") and duplicate["duplicate_of_at"].endswith("d.jsonl, line 1")
+    [mail] = steps["pii_redact"]["examples"]
+    assert mail["at"].endswith("d.jsonl, line 4")

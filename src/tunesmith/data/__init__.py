@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ def row_hash(row: Row) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def with_places(steps: list[dict[str, Any]], place: Callable[[int], str | None]) -> list[dict[str, Any]]:
+    """The cleaning report's examples with where each row is in the file (`at`, `duplicate_of_at`: "FILE, line
+    N"), beside `row`, its 1-based position among the file's usable rows (what the cleaning steps count; `place`
+    takes a 0-based index)."""
+    for step in steps:
+        for example in step.get("examples", []):
+            for key, label in (("row", "at"), ("duplicate_of", "duplicate_of_at")):
+                if isinstance(example.get(key), int) and place(example[key] - 1) is not None:
+                    example[label] = place(example[key] - 1)
+    return steps
+
+
 def holds_out(row: Row, fraction: float) -> bool:
     """Stable split by content hash: adding rows never moves an old row between splits."""
     return int(row_hash(row)[:8], 16) / 0xFFFFFFFF < fraction
@@ -51,11 +64,11 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         tokenizer = recipe_tokenizer(recipe)
 
     def load(path: Path | str, split: str) -> list[Row]:
-        shape, rows = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
-                                data.file_format, skipped)
-        shapes.add(shape)
-        cleaned = clean_rows(rows, data.clean, tokenizer)
-        cleaning[split] = steps_report(cleaned.steps)
+        loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid, data.file_format,
+                           skipped)
+        shapes.add(loaded.shape)
+        cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
+        cleaning[split] = with_places(steps_report(cleaned.steps), loaded.place)
         return cleaned.rows
 
     train_path = data_source(recipe, data.train)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.data.loaders import load_records
+from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.shapes import Row
 from tunesmith.errors import DataError
 
@@ -31,22 +31,23 @@ def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None 
 
     With `skip_invalid`, unusable rows are dropped and their counts by reason added into `skipped`.
     """
-    _, rows = load_rows(path, SFT_SHAPES, "supervised fine-tuning", fmt, columns, skip_invalid,
-                        file_format, skipped)
+    rows = load_rows(path, SFT_SHAPES, "supervised fine-tuning", fmt, columns, skip_invalid, file_format,
+                     skipped).rows
     return [with_system_prompt(as_conversation(row), system_prompt) for row in rows]
 
 
 def load_rows(path: Path | str, accept: tuple[str, ...], purpose: str, fmt: str = "auto",
               columns: dict[str, str] | None = None, skip_invalid: bool = False, file_format: str = "auto",
-              skipped: dict[str, int] | None = None) -> tuple[str, list[Row]]:
-    """Canonical rows of a shape in `accept`, or a DataError saying which shape `purpose` needs."""
+              skipped: dict[str, int] | None = None) -> LoadResult:
+    """The file's canonical rows (`.rows`, `.shape`, `.place(i)`: where the i-th is in the file), of a shape in
+    `accept`, or a DataError saying which shape `purpose` needs."""
     result = load_records(path, fmt=file_format, columns=columns, skip_invalid=skip_invalid, shape=fmt)
     for reason, count in result.skipped.items():
         if skipped is not None:
             skipped[reason] = skipped.get(reason, 0) + count
     if result.shape not in accept:
         raise shape_refusal(path, result.shape, accept, purpose)
-    return result.shape, result.rows
+    return result
 
 
 def shape_refusal(path: Path | str, shape: str, accept: tuple[str, ...], purpose: str) -> DataError:

@@ -34,6 +34,11 @@ class LoadResult:
     problems: list[str] = field(default_factory=list)
     first_hint: str | None = None  # the first skipped row's own hint (what to do about rows like it)
     unused_columns: list[str] = field(default_factory=list)  # columns the shape does not read: left out of the rows
+    places: list[str] = field(default_factory=list)  # where each row is in the file ("FILE, line 7"), as rows
+
+    def place(self, index: int) -> str | None:
+        """Where the index-th usable row is in the file (reports count usable rows; people, file lines)."""
+        return self.places[index] if 0 <= index < len(self.places) else None
 
 
 def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
@@ -138,6 +143,7 @@ def add_row(result: LoadResult, record: Record, layout: str, skip_invalid: bool)
         if record.problem:
             raise record.problem
         result.rows.append(normalise_record(record.value, layout))
+        result.places.append(record.where)
     except RowProblem as problem:
         if not skip_invalid:
             raise located(record.where, problem) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
-from tunesmith.data import data_source, load_splits, recipe_tokenizer
+from tunesmith.data import data_source, load_splits, recipe_tokenizer, with_places
 from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import as_conversation
 from tunesmith.data.lengths import auto_max_length, length_limit
@@ -75,7 +75,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
-            "cleaning_dry_run": steps_report(cleaned.steps),
+            "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
             "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
         }
         usable += loaded.rows

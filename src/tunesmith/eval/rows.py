@@ -55,7 +55,8 @@ def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose:
     """`path`'s rows in the shape the data stage gives them: the recipe's loader settings, then (conversational
     rows) the system prompt, then the recipe's fallbacks. Not cleaned or de-duplicated: the user chose these rows."""
     data = recipe.data
-    shape, rows = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid, data.file_format)
+    loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid, data.file_format)
+    shape, rows = loaded.shape, loaded.rows
     if not rows:
         raise DataError(f"--data {path} holds no rows to score.", "Pass a file with at least one row.")
     if shape in SFT_SHAPES:
