@@ -237,9 +237,12 @@ def test_same_recipe_data_and_seed_give_identical_weights_and_runs_diff_says_wha
     recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", max_steps=3)
     first, second = (train_in_process(recipe, tmp_path / name) for name in ("a", "b"))
     assert max_abs_diff(final_weights(first), final_weights(second)) == 0.0
-    assert diff_runs(first, second) == {"recipe": {}, "data": {}, "packages": {}, "hardware": {}}
+    assert diff_runs(first, second) == {"recipe": {}, "data": {}, "packages": {}, "hardware": {}, "outcomes": {}}
     third = train_in_process(recipe, tmp_path / "c", ["training.lr=5e-4"])
-    assert diff_runs(first, third)["recipe"] == {"training.lr": (1e-3, 5e-4)}
+    found = diff_runs(first, third)
+    assert found["recipe"] == {"training.lr": (1e-3, 5e-4)}
+    loss = json.loads((third.path / "train.json").read_text())["final_loss"]
+    assert found["outcomes"]["final_loss"][1] == loss != found["outcomes"]["final_loss"][0]  # what came of it
     shown = cli("runs", "diff", str(first.path), str(third.path))
     assert shown.returncode == 0 and "training.lr" in shown.stdout + shown.stderr
 

@@ -489,8 +489,9 @@ def environment_snapshot() -> dict[str, Any]:
 
 def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
     """What differs between two runs, by what decides a result: recipe keys, the data they trained and were
-    scored on (sha256 of the saved rows), package versions and hardware (env.json). Each entry maps a key to
-    (first's value, second's value); an empty section means no difference found."""
+    scored on (sha256 of the saved rows), package versions and hardware (env.json); then what came of it
+    (`outcomes`: status, steps, final loss or reward, headline eval score, as `runs list` shows them). Each entry
+    maps a key to (first's value, second's value); an empty section means no difference found."""
     from tunesmith.config import flat_keys, recipe_differences
 
     def data(run: Run) -> dict[str, Any]:
@@ -514,6 +515,8 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "data": differing(data(first), data(second)),
         "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
+        "outcomes": differing(*({key: value for key, value in run_summary(run).items() if key not in ("run", "method")}
+                                for run in (first, second))),
     }
 
 

@@ -55,7 +55,7 @@ def number(value: float | None) -> str:
 @runs_app.command("diff")
 def diff(first: Path, second: Path,
          as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False) -> None:
-    """Say what differs between two runs: recipe keys, data fingerprint, package versions, hardware.
+    """Say what differs between two runs: recipe keys, data fingerprint, package versions, hardware, and outcomes.
 
     Example: tunesmith runs diff runs/quickstart-20261201-101500 runs/quickstart-20261201-113000
     """
@@ -67,7 +67,7 @@ def diff(first: Path, second: Path,
                     for section, keys in found.items()})
         return
     if not any(found.values()):
-        err.print("No differences: same recipe, data, package versions and hardware.")
+        err.print("No differences: same recipe, data, package versions and hardware, and the same outcomes.")
         return
     table = Table(title=f"{first.name} vs {second.name}")
     for column in ("what", "key", first.name, second.name):
