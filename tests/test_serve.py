@@ -769,7 +769,7 @@ def test_an_adapter_folder_and_a_model_are_served_beside_runs(runs, tiny_model_d
 
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(TunesmithError, match="is a DoRA adapter") as refused:
+    with pytest.raises(TunesmithError, match="DoRA's magnitude vectors") as refused:
         build_catalog([str(folder)], export=False)
     assert f"tunesmith merge {folder} --out {folder}-model" in refused.value.hint
 

@@ -161,13 +161,16 @@ def served_model_source(target: str) -> Path:
 
 
 def check_gguf_lora_folder(folder: Path, target: str) -> None:
-    """Refuse an adapter folder llama.cpp cannot apply per request (anything but plain LoRA: DoRA, IA3, ...)."""
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    kind = "DoRA" if config.get("use_dora") else str(config.get("peft_type", "an unknown PEFT type"))
-    if kind != "LORA":
-        raise TunesmithError(f"{target} is a {kind} adapter; llama.cpp applies plain LoRA adapters only.",
+    """Refuse, before the base is written, an adapter folder a GGUF LoRA cannot hold (the export's own check,
+    `gguf_lora.lora_settings`: DoRA, IA3, modules_to_save, ...), with the merge that serves it instead."""
+    from tunesmith.export.gguf_lora import lora_settings
+
+    try:
+        lora_settings(folder)
+    except TunesmithError as exc:
+        raise TunesmithError(f"{target}: {exc.message}",
                              f"Merge it into its base first (tunesmith merge {target} --out {target}-model), then "
-                             f"serve the merged model: tunesmith serve {target}-model")
+                             f"serve the merged model: tunesmith serve {target}-model") from None
 
 
 def source_name(source: str, base_dir: Path) -> str:
