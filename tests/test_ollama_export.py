@@ -282,7 +282,7 @@ def test_ollama_create_runs_when_installed_and_is_printed_when_not(tmp_path, mon
     assert failed.created is False and "Error: boom" in failed.create_output
 
 
-def make_run(model_dir: Path, root: Path, system_prompt: str | None = None):
+def make_run(model_dir: Path, root: Path, system_prompt: str | None = None, tool_format: str = "template"):
     """A run of the tiny model with an untrained (random) LoRA adapter saved where training puts it."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -292,8 +292,8 @@ def make_run(model_dir: Path, root: Path, system_prompt: str | None = None):
 
     recipe_file = root / "recipe.yaml"
     system = f"  system_prompt: {json.dumps(system_prompt)}\n" if system_prompt else ""
-    recipe_file.write_text(f"name: Tiny\nmodel:\n  source: {model_dir}\ndata:\n  train: train.jsonl\n{system}",
-                           encoding="utf-8")
+    recipe_file.write_text(f"name: Tiny\nmodel:\n  source: {model_dir}\ndata:\n  train: train.jsonl\n{system}"
+                           f"  tool_format: {tool_format}\n", encoding="utf-8")
     run = create_run(load_recipe(recipe_file), root / "runs")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora).save_pretrained(run.adapter_dir)
@@ -389,3 +389,131 @@ def test_recipe_accepts_the_gguf_and_ollama_formats_and_a_quant(tiny_model_dir, 
                            "export:\n  formats: [gguf, ollama]\n  quant: Q8_0\n", encoding="utf-8")
     recipe = load_recipe(recipe_file)
     assert recipe.export.formats == ["gguf", "ollama"] and recipe.export.quant == "Q8_0"
+
+
+# Tool calls: a run trained with data.tool_format: hermes on ChatML gets a template that offers Ollama's tools.
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather <now> in a city & its region.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
+                                                        "days": {"type": "integer"}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "convert", "description": "Convert an amount of money.",
+        "parameters": {"type": "object", "properties": {"amount": {"type": "number"},
+                                                        "unit": {"type": "string", "enum": ["EUR", "USD"]}},
+                       "required": ["amount", "unit"]}}},
+]
+
+
+def call(name: str, **arguments) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+TOOL_ROWS = [  # arguments' keys in sorted order: Ollama hands a template the call's arguments as a sorted map
+    {"tools": TOOLS, "messages": [{"role": U, "content": "Weather in Oslo?"}]},
+    {"tools": TOOLS, "messages": [
+        {"role": S, "content": "Be brief."}, {"role": U, "content": "Weather in Oslo for 2 days?"},
+        {"role": A, "content": "", "tool_calls": [call("get_weather", city="Oslo", days=2)]},
+        {"role": "tool", "content": '{"temp": 3}'}]},
+    {"tools": TOOLS, "messages": [
+        {"role": U, "content": "Oslo weather, and 5 USD in EUR?"},
+        {"role": A, "content": "Checking both.", "tool_calls": [call("get_weather", city="Oslo"),
+                                                               call("convert", amount=5, unit="EUR")]},
+        {"role": "tool", "content": '{"temp": 3}'}, {"role": "tool", "content": "4.6"},
+        {"role": A, "content": "3 degrees; 4.6 EUR."}, {"role": U, "content": "Thanks! Grüße 👋"}]},
+]
+
+
+def ollama_data(row: dict) -> dict:
+    """A row as Ollama hands it to the template: calls with their arguments as objects, the request's tools."""
+    messages = [{"Role": m["role"], "Content": m["content"],
+                 "ToolCalls": [{"Function": {"Name": c["function"]["name"],
+                                             "Arguments": json.loads(c["function"]["arguments"])}}
+                               for c in m.get("tool_calls", [])]} for m in row["messages"]]
+    return {"Messages": messages, "Tools": row.get("tools")}
+
+
+def go_render_data(binary: Path, template: str, data: list[dict], tmp_path: Path) -> list[str]:
+    template_file = tmp_path / "template.gotmpl"
+    template_file.write_text(template, encoding="utf-8")
+    done = subprocess.run([str(binary), str(template_file)], input=json.dumps(data), capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def split_schemas(text: str) -> tuple[str, list[dict]]:
+    """The prompt with the <tools> block's lines taken out, and those lines read as JSON."""
+    if "<tools>\n" not in text:
+        return text, []
+    head, rest = text.split("<tools>\n", 1)
+    schemas, tail = rest.split("\n</tools>", 1)
+    return head + "<tools>\n</tools>" + tail, [json.loads(line) for line in schemas.split("\n")]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "chatml-plain"])
+def test_ollama_prompts_a_hermes_tools_run_as_training_did(name, tokenizer_dir, go_renderer, tmp_path):
+    from tunesmith.data.fallbacks import hermes_row
+    from tunesmith.data.template import render
+
+    tokenizer = family_tokenizer(tokenizer_dir, name)
+    translation = translate_chat_template(tokenizer, adds_bos=False, tool_format="hermes")
+    assert translation.offers_tools and translation.family == "chatml"
+    rendered = go_render_data(go_renderer, translation.go_template, [ollama_data(row) for row in TOOL_ROWS],
+                              tmp_path)
+    for index, (row, go) in enumerate(zip(TOOL_ROWS, rendered, strict=True)):
+        trained = render(tokenizer, hermes_row(row)["messages"], generation_prompt=True)
+        # every character as training rendered it, but for the schemas' JSON spacing and key order
+        assert split_schemas(go) == split_schemas(trained), f"row {index}"
+    # and a conversation without tools is prompted exactly as the plain ChatML translation prompts it
+    plain = translate_chat_template(tokenizer, adds_bos=False)
+    assert not plain.offers_tools
+    assert (go_render(go_renderer, translation.go_template, CONVERSATIONS, tmp_path)
+            == go_render(go_renderer, plain.go_template, CONVERSATIONS, tmp_path))
+
+
+def test_the_tools_template_is_one_ollama_reads_calls_back_from(tokenizer_dir):
+    """What Ollama (server/images.go, tools/template.go at fb30760) looks for in a Go template: `.Tools` makes
+    the model accept tools, `.ToolCalls` with a tool turn makes the template the one used for them, and the
+    first text inside the `if .ToolCalls` branch is the tag its parser reads the model's calls back by."""
+    template = translate_chat_template(family_tokenizer(tokenizer_dir, "smollm2"), adds_bos=False,
+                                       tool_format="hermes").go_template
+    assert "$.Tools" in template and "tool_response" in template
+    branch = template.split("{{ if .ToolCalls }}", 1)[1]
+    first_text = branch.split("{{ range $j, $c := .ToolCalls }}", 1)[1].split("{{", 1)[0]
+    assert branch.startswith("{{ range") and first_text.split("{", 1)[0].strip() == "<tool_call>"
+
+
+def test_a_hermes_run_exports_an_ollama_model_that_offers_tools(tiny_model_dir, tmp_path, monkeypatch,
+                                                                 go_renderer):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    run = make_run(tiny_model_dir, tmp_path, tool_format="hermes")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = CliRunner().invoke(app, ["export", str(run.path), "--format", "ollama", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert "Note:" not in result.output
+    text = (run.exports_dir / "ollama" / "Modelfile").read_text(encoding="utf-8")
+    assert "With tools as data.tool_format: hermes" in text
+    manifest = json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["ollama"]["offers_tools"] is True
+    go = go_render_data(go_renderer, modelfile_value(text, "TEMPLATE"), [ollama_data(TOOL_ROWS[1])], tmp_path)[0]
+    assert go.endswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}\n</tool_call>'
+                       "<|im_end|>\n<|im_start|>user\n<tool_response>\n{\"temp\": 3}\n</tool_response><|im_end|>\n"
+                       "<|im_start|>assistant\n")
+
+
+def test_an_ollama_export_says_when_the_tools_a_run_trained_are_not_offered(tiny_model_dir, tmp_path, monkeypatch):
+    from tunesmith.runs import record_data_stage
+
+    run = make_run(tiny_model_dir, tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    recipe = run.load_recipe()
+    quiet = ollama_export.run_ollama_export(recipe, run, "F16", verify=False)
+    assert quiet.notes == () and not quiet.offers_tools
+
+    record_data_stage(run, recipe.data, [TOOL_ROWS[1]], [TOOL_ROWS[0]], "messages", {"train": "train.jsonl"})
+    told = ollama_export.run_ollama_export(recipe, run, "F16", verify=False)
+    assert not told.offers_tools and "does not support tools" in told.notes[0]
+    assert "data.tool_format: hermes" in told.notes[0]

@@ -505,6 +505,8 @@ def _report_ollama(result: Any) -> Path:
                   **show)
     else:
         err.print(f"[yellow]{escape(result.create_command)} failed:[/yellow] {escape(result.create_output)}", **show)
+    for note in result.notes:
+        err.print(f"[yellow]Note:[/yellow] {escape(note)}", **show)
     return result.folder
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,8 @@ class OllamaExport:
     create_command: str
     created: bool | None  # None: no `ollama` binary here, so the command was not run
     create_output: str = ""
+    offers_tools: bool = False  # the Modelfile's template takes a request's `tools` (translation.offers_tools)
+    notes: tuple[str, ...] = ()  # what a user of the Ollama model should know (tools it will not be offered)
 
 
 def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool | None = None,
@@ -50,7 +52,7 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
     from tunesmith.export.gguf_lora import lora_type_for, run_base_and_lora_export
 
     parse_quant(quant)  # a bad type fails before the slow steps
-    translation = translate_run_template(run)  # an untranslatable template fails before the GGUF is written
+    translation = translate_run_template(run, recipe.data.tool_format)  # fails before the GGUF is written
     folder = run.exports_dir / "ollama"
     adapter_name = None
     if recipe.export.ollama_adapter if adapter is None else adapter:
@@ -66,20 +68,38 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
         atomic_write_text(tmp / "Modelfile",
                           modelfile_text(gguf_name, translation, recipe.data.system_prompt, adapter_name))
     name = recipe.name.lower()
-    result = create_with_ollama(name, folder / "Modelfile", translation.family)
+    result = replace(create_with_ollama(name, folder / "Modelfile", translation.family),
+                     offers_tools=translation.offers_tools)
+    if trained_with_tools(recipe, run) and not translation.offers_tools:
+        result = replace(result, notes=(
+            f"The run trained tool calls, but tunesmith translates tools into Ollama's template only for "
+            f"data.tool_format: hermes on a ChatML template (this is {recipe.data.tool_format} on "
+            f"{translation.family}): Ollama will answer a request with `tools` with \"does not support tools\". "
+            "`tunesmith serve RUN` offers the tools as training rendered them.",))
     record_in_manifest(run, result)
     return result
 
 
-def translate_run_template(run: Run) -> Translation:
-    """The base model's chat template in Go syntax (merging never changes the tokenizer)."""
+def translate_run_template(run: Run, tool_format: str = "template") -> Translation:
+    """The base model's chat template in Go syntax (merging never changes the tokenizer); with tools for a run
+    trained with `data.tool_format: hermes` on a ChatML template."""
     from tunesmith.export.gguf_vocab import added_special_tokens
     from tunesmith.models import load_tokenizer
     from tunesmith.models.tuned import run_base_model
 
     model_dir = run_base_model(run)
     tokenizer = load_tokenizer(model_dir)
-    return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"])
+    return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"], tool_format=tool_format)
+
+
+def trained_with_tools(recipe: Recipe, run: Run) -> bool:
+    """Whether the run's training rows offered tools: the Hermes fallback, or a saved row with `tools`."""
+    if recipe.data.tool_format == "hermes":
+        return True
+    manifest = run.manifest()
+    if manifest is None or manifest.data is None:
+        return False
+    return any(row.get("tools") for row in run.read_rows(manifest.data.train))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -94,8 +114,10 @@ def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str 
                    adapter_name: str | None = None) -> str:
     """The Modelfile: FROM (and ADAPTER for a GGUF LoRA on the base), TEMPLATE, one PARAMETER stop per stop
     string, and SYSTEM when the recipe has one."""
+    tools = (" With tools as data.tool_format: hermes trained them (Ollama writes the schemas as compact JSON)."
+             if translation.offers_tools else "")
     lines = [f"# Written by tunesmith. Chat template: {translation.family}, translated from the model's Jinja "
-             "template and checked against it.",
+             f"template and checked against it.{tools}",
              f"FROM ./{gguf_name}",
              *([f"ADAPTER ./{adapter_name}"] if adapter_name else []),
              f'TEMPLATE {triple_quoted(translation.go_template, "TEMPLATE")}']
@@ -129,5 +151,6 @@ def record_in_manifest(run: Run, result: OllamaExport) -> None:
     manifest_path = run.exports_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     manifest["ollama"] = {"path": run.relative(result.folder), "modelfile": run.relative(result.modelfile),
-                          "name": result.model_name, "template_family": result.family, "created": result.created}
+                          "name": result.model_name, "template_family": result.family, "created": result.created,
+                          "offers_tools": result.offers_tools}
     atomic_write_json(manifest_path, manifest)

@@ -8,9 +8,15 @@ template does, so a variant we do not know (another default system prompt, other
 instead of silently mistranslated. tests/test_ollama_export.py proves every Go template against Go's own
 `text/template` and transformers' `apply_chat_template`.
 
-Known gaps, all checked by the probes rather than assumed: tools and tool calls are not translated, and
-Go templates have no `trim`, so templates that trim message content (Llama 3, Gemma, Mistral) agree for
-content without leading or trailing whitespace only.
+Tools: a run trained with `data.tool_format: hermes` on a ChatML template gets a Go template that offers
+Ollama's `.Tools` and renders `.ToolCalls` and `tool` turns as that fallback trained them (schemas in the
+system turn, `<tool_call>` blocks, `<tool_response>` user turns), so Ollama accepts `tools` in a request and
+reads the model's `<tool_call>` back as calls. Ollama writes the schemas with its own JSON encoder (compact,
+its key order) where training wrote `json.dumps` of the row's schema: the same content, other spacing.
+Other families' tool renderings are not translated (the export says so).
+
+Known gaps, all checked by the probes rather than assumed: Go templates have no `trim`, so templates that
+trim message content (Llama 3, Gemma, Mistral) agree for content without leading or trailing whitespace only.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.data.fallbacks import HERMES_TOOLS_INTRO
 from tunesmith.errors import TunesmithError
 
 Messages = list[dict[str, str]]
@@ -56,6 +63,7 @@ class Translation:
     go_template: str
     stops: tuple[str, ...]
     default_system: str
+    offers_tools: bool = False  # the Go template renders .Tools, .ToolCalls and tool turns
 
 
 def go_literal(text: str) -> str:
@@ -78,6 +86,48 @@ def chatml_render(messages: Messages, ctx: TemplateContext) -> str:
         text += f"<|im_start|>system\n{ctx.default_system}<|im_end|>\n"
     text += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + "<|im_start|>assistant\n"
+
+
+def hermes_tools_intro_go() -> str:
+    """data.fallbacks' tools intro in Go: each of Ollama's `.Tools` as JSON on its own line inside `<tools>`."""
+    marker = "\0schemas\0"
+    head, tail = HERMES_TOOLS_INTRO.format(schemas=marker).split(marker)
+    return (go_literal(head) + "{{ range $j, $t := $.Tools }}{{ if $j }}\n{{ end }}{{ json $t }}{{ end }}"
+            + go_literal(tail))
+
+
+def hermes_chatml_go(ctx: TemplateContext) -> str:
+    """ChatML with the `data.tool_format: hermes` fallback (data/fallbacks.py) written in Go over Ollama's
+    `.Tools`, `.ToolCalls` and `tool` messages: the tools intro in the first system turn (its own turn when the
+    conversation has none, in place of the template's default system prompt), each call as a `<tool_call>` block
+    after the turn's text, and each run of tool results as one user turn of `<tool_response>` blocks. A call's
+    arguments are written `{"key": value, ...}` in Ollama's (sorted) key order, as `json.dumps` spaces them.
+
+    Ollama finds the tag it reads calls back by as the first text inside the `{{ if .ToolCalls }}` branch
+    (`tools/template.go` parseTag), so that branch starts with `<tool_call>`; the turn's text is written by a branch
+    on `$m.ToolCalls`, which parseTag does not look at."""
+    intro = hermes_tools_intro_go()
+    default = (f"{{{{ else }}}}<|im_start|>system\n{go_literal(ctx.default_system)}<|im_end|>\n"
+               if ctx.default_system else "")
+    first = ('{{ if and (eq $i 0) (ne $m.Role "system") }}{{ if $.Tools }}<|im_start|>system\n' + intro
+             + "<|im_end|>\n" + default + "{{ end }}{{ end }}")
+    call = ('<tool_call>\n{"name": {{ json $c.Function.Name }}, "arguments": {{ "{" }}{{ $sep := "" }}'
+            '{{ range $k, $v := $c.Function.Arguments }}{{ $sep }}{{ json $k }}: {{ json $v }}{{ $sep = ", " }}'
+            '{{ end }}{{ "}}" }}\n</tool_call>')
+    assistant = ("<|im_start|>assistant\n{{ if and $m.ToolCalls $m.Content }}{{ $m.Content }}\n{{ end }}"
+                 "{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}" + call
+                 + "{{ if gt (len (slice $m.ToolCalls $j)) 1 }}\n{{ end }}{{ end }}{{ else }}{{ $m.Content }}"
+                 "{{ end }}<|im_end|>\n")
+    tool = ('{{ if eq $prev "tool" }}\n{{ else }}<|im_start|>user\n{{ end }}'
+            "<tool_response>\n{{ $m.Content }}\n</tool_response>")
+    system = ("<|im_start|>system\n{{ $m.Content }}{{ if and (eq $i 0) $.Tools }}\n\n" + intro
+              + "{{ end }}<|im_end|>\n")
+    return ('{{- $prev := "" }}{{- range $i, $m := .Messages }}'
+            '{{ if and (eq $prev "tool") (ne $m.Role "tool") }}<|im_end|>\n{{ end }}' + first
+            + '{{ if eq $m.Role "tool" }}' + tool + '{{ else if eq $m.Role "system" }}' + system
+            + '{{ else if eq $m.Role "assistant" }}' + assistant
+            + "{{ else }}<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n{{ end }}{{ $prev = $m.Role }}"
+            '{{ end }}{{ if eq $prev "tool" }}<|im_end|>\n{{ end }}<|im_start|>assistant\n')
 
 
 def llama3_go(ctx: TemplateContext) -> str:
@@ -166,11 +216,13 @@ def detect_family(jinja_template: str) -> TemplateFamily:
     )
 
 
-def translate_chat_template(tokenizer: Any, adds_bos: bool) -> Translation:
+def translate_chat_template(tokenizer: Any, adds_bos: bool, tool_format: str = "template") -> Translation:
     """The Go template for the tokenizer's chat template, checked against it on the probe conversations.
 
     `adds_bos` says whether the GGUF's tokenizer prepends BOS itself (`tokenizer.ggml.add_bos_token`):
     then a BOS that the Jinja template writes is left to it, otherwise the Go template writes it.
+    `tool_format` is the run's `data.tool_format`: "hermes" on a ChatML template gives the template that offers
+    tools (`hermes_chatml_go`, the same prompt as ChatML's for a conversation without tools).
     """
     jinja = tokenizer.chat_template
     family = detect_family(jinja)
@@ -180,6 +232,8 @@ def translate_chat_template(tokenizer: Any, adds_bos: bool) -> Translation:
     check_against_jinja(tokenizer, family, context, bos)
     prefix = "" if adds_bos else go_literal(bos)
     stops = tuple(dict.fromkeys([*family.stops, *([eos] if family.name == "mistral" and eos else [])]))
+    if tool_format == "hermes" and family.name == "chatml":
+        return Translation(family.name, prefix + hermes_chatml_go(context), stops, context.default_system, True)
     return Translation(family.name, prefix + family.go_template(context), stops, context.default_system)
 
 
