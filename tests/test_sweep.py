@@ -97,6 +97,33 @@ def test_table_records_failures_with_their_message():
     assert cells[1][0] == "r=8" and cells[1][-1] == "failed: boom" and cells[1][1] == "—"
 
 
+def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
+    import struct
+
+    from tunesmith.sweep import outcome_line, plot_sweep
+
+    def row(name: str, value: float, probes: float | None, regression: bool | None) -> dict:
+        return {"combination": name, "status": "ok", "final_train_loss": 1.0, "eval_loss": 1.1,
+                "metric": "exact_match", "metric_value": value, "metric_base": 0.1, "trainable_params": 10,
+                "wall_time_s": 2.0, "peak_rss_mb": 300.0, "probe_accuracy": probes,
+                "probe_accuracy_base": 1.0 if probes is not None else None, "regression": regression}
+
+    rows = [row("lr=1e-4", 0.5, 1.0, False), row("lr=1e-3", 0.7, 0.875, True)]
+    columns, cells = table_cells(rows)
+    assert columns[columns.index("exact_match") + 1:][:3] == ["probes", "forgetting", "trainable"]
+    assert [cell[columns.index("probes")] for cell in cells] == ["1.000", "0.875"]
+    assert [cell[columns.index("forgetting")] for cell in cells] == ["none", "REGRESSION"]
+    assert outcome_line(rows[1]).endswith("exact_match 0.7000, probes 0.875 (REGRESSION)")
+    assert "probes" not in table_cells([row("a", 0.5, None, None)])[0]
+
+    def png_width(path: Path) -> int:
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]
+
+    both = plot_sweep(rows, tmp_path / "both.png")
+    task_only = plot_sweep([row("lr=1e-4", 0.5, None, None), row("lr=1e-3", 0.7, None, None)], tmp_path / "one.png")
+    assert png_width(both) > 1.8 * png_width(task_only)  # a second panel: the probes beside the task score
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("sweep")

@@ -258,12 +258,17 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
     results_file = run_dir / "eval" / "results.json" if run_dir else None
     results = read_results(results_file) if results_file and results_file.is_file() else None
     metric = results.headline_metric() if results else None
+    probes = results.probes if results else None
     return {
         "final_train_loss": fit_loss(train),
         "eval_loss": results.tuned.get("loss") if results else None,
         "metric": metric,
         "metric_value": results.tuned.get(metric) if results and metric else None,
         "metric_base": (results.base or {}).get(metric) if results and metric else None,  # the untuned model's
+        # the forgetting probes (eval.probes): what the tuning cost, beside what it gained
+        "probe_accuracy": probes.tuned.get("probe_accuracy") if probes else None,
+        "probe_accuracy_base": (probes.base or {}).get("probe_accuracy") if probes else None,
+        "regression": probes.regression if probes else None,
         "trainable_params": (train.get("trainable") or {}).get("trainable"),
         "train_time_s": train.get("wall_time_s"),
     }
@@ -273,6 +278,8 @@ def outcome_line(row: dict[str, Any]) -> str:
     if row["status"] == "failed":
         return f"failed after {row['wall_time_s']}s: {row['error']}"
     metric = f", {row['metric']} {row['metric_value']:.4f}" if row.get("metric_value") is not None else ""
+    if row.get("probe_accuracy") is not None:
+        metric += f", probes {row['probe_accuracy']:.3f}" + (" (REGRESSION)" if row.get("regression") else "")
     return f"done in {row['wall_time_s']}s: train loss {format_cell(row['final_train_loss'], '{:.4f}')}{metric}"
 
 
@@ -290,13 +297,17 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
                *([(f"{metric} (base)", "metric_base", "{:.4f}")] if based else []),
                (metric or "task metric", "metric_value", "{:.4f}"), ("trainable", "trainable_params", "{:,}"),
                ("wall (s)", "wall_time_s", "{:.1f}"), ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}")]
+    if any(row.get("probe_accuracy") is not None for row in rows):
+        columns[-3:-3] = [("probes", "probe_accuracy", "{:.3f}"), ("forgetting", "forgetting", "{}")]
     if any(row.get("peak_cuda_mb") is not None for row in rows):
         columns.append(("peak CUDA (MB)", "peak_cuda_mb", "{:,.0f}"))
     cells = []
     for row in rows:
         same = row.get("metric") == metric
+        verdict = row.get("regression")
         shown = {**row, "metric_value": row.get("metric_value") if same else None,
-                 "metric_base": row.get("metric_base") if same else None}
+                 "metric_base": row.get("metric_base") if same else None,
+                 "forgetting": None if verdict is None else ("REGRESSION" if verdict else "none")}
         status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
         cells.append([row["combination"], *(format_cell(shown.get(key), spec) for _, key, spec in columns), status])
     return ["combination", *(name for name, _, _ in columns), "status"], cells
@@ -317,8 +328,9 @@ def write_sweep_table(sweep_dir: Path, header: dict[str, Any], rows: list[dict[s
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Bars of the task metric per combination (final train loss when nothing was evaluated), with the untuned
-    base's score as a dashed line where every combination was scored against the same one."""
+    """Bars of the task metric per combination (final train loss when nothing was evaluated), beside bars of the
+    forgetting probes' accuracy where eval ran them, each with the untuned base's score as a dashed line where every
+    combination was scored against the same one: what a setting gained next to what it cost."""
     from tunesmith.figures import pyplot, save_figure
 
     metric = table_metric(rows)
@@ -326,21 +338,36 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     shown = [row for row in rows if row.get(key) is not None and (not metric or row.get("metric") == metric)]
     if not shown:
         return None
+    panels = [(key, label, "metric_base" if metric else None, "tab:blue")]
+    if any(row.get("probe_accuracy") is not None for row in shown):
+        panels.append(("probe_accuracy", "forgetting probes (accuracy)", "probe_accuracy_base", "tab:green"))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 1.2), 4), dpi=110)
-    values = [row[key] for row in shown]
-    bars = ax.bar(range(len(shown)), values, color="tab:blue")
-    ax.bar_label(bars, fmt="%.3f")  # a value of 0 has no bar to see
-    ax.set_xticks(range(len(shown)), [row["combination"] for row in shown], rotation=30, ha="right")
-    bases = [row["metric_base"] for row in shown if metric and row.get("metric_base") is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6, len(shown) * 1.2) * len(panels), 4), dpi=110,
+                             squeeze=False)
+    for ax, (value_key, title, base_key, color) in zip(axes[0], panels, strict=True):
+        plot_sweep_panel(ax, shown, value_key, title, base_key, color)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_sweep_panel(ax: Any, rows: list[dict[str, Any]], key: str, label: str, base_key: str | None,
+                     color: str) -> None:
+    """One bar per combination of `key` (a missing value is an empty slot), the base's `base_key` dashed; a probes
+    bar whose run the regression check flagged is red."""
+    values = [row.get(key) for row in rows]
+    colors = [("tab:red" if row.get("regression") else color) if key == "probe_accuracy" else color for row in rows]
+    bars = ax.bar(range(len(rows)), [value if value is not None else 0 for value in values], color=colors)
+    ax.bar_label(bars, labels=["—" if value is None else f"{value:.3f}" for value in values])  # 0 has no bar
+    ax.set_xticks(range(len(rows)), [row["combination"] for row in rows], rotation=30, ha="right")
+    bases = [row[base_key] for row in rows if base_key and row.get(base_key) is not None]
     if bases and max(bases) - min(bases) < 1e-9:  # one base, one held-out set: the line every bar is measured from
         ax.axhline(bases[0], color="grey", linestyle="--", label=f"base {bases[0]:.3f}")
         ax.legend(loc="lower right")
     ax.set(ylabel=label, title=f"{label} per combination")
-    if metric and all(0 <= value <= 1 for value in values):
-        ax.set_ylim(0, 1.05)  # task scores: the same scale from sweep to sweep
+    known = [value for value in values if value is not None]
+    if key != "final_train_loss" and all(0 <= value <= 1 for value in known):
+        ax.set_ylim(0, 1.05)  # scores: the same scale from sweep to sweep
     ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
 
 
 def peak_memory() -> dict[str, float | None]:
