@@ -100,7 +100,7 @@ def test_table_records_failures_with_their_message():
 def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     import struct
 
-    from tunesmith.sweep import outcome_line, plot_sweep
+    from tunesmith.sweep import outcome_line, plot_sweep, run_figures
 
     def row(name: str, value: float, probes: float | None, regression: bool | None) -> dict:
         return {"combination": name, "status": "ok", "final_train_loss": 1.0, "eval_loss": 1.1,
@@ -115,6 +115,17 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     assert [cell[columns.index("forgetting")] for cell in cells] == ["none", "REGRESSION"]
     assert outcome_line(rows[1]).endswith("exact_match 0.7000, probes 0.875 (REGRESSION)")
     assert "probes" not in table_cells([row("a", 0.5, None, None)])[0]
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match"], base={"exact_match": 0.1},
+                          tuned={"exact_match": 0.7},
+                          probes={"count": 48, "margin": 0.02, "perplexity_margin": 0.1, "regression": True,
+                                  "base": {"probe_accuracy": 1.0}, "tuned": {"probe_accuracy": 0.875}})
+    (run / "eval" / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
+    figures = run_figures(run)
+    assert (figures["metric_value"], figures["probe_accuracy"], figures["probe_accuracy_base"],
+            figures["regression"]) == (0.7, 0.875, 1.0, True)
 
     def png_width(path: Path) -> int:
         return struct.unpack(">I", path.read_bytes()[16:20])[0]
