@@ -38,6 +38,40 @@ QWEN25 = (
     "    {%- endif %}\n{%- endfor %}\n"
     "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
 )
+# Qwen 2.5's template with its tool rendering, as its tokenizer_config.json writes it
+QWEN25_TOOLS = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n"
+    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are "
+    "provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
+    "(message.role == \"assistant\" and not message.tool_calls) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+)
 CHATML_PLAIN = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
                 "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                 "{% endif %}")
@@ -91,6 +125,8 @@ TEMPLATES = {
                 "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
     "qwen2.5": (QWEN25, None, "<|im_end|>", "chatml",
                 "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+    "qwen2.5-tools": (QWEN25_TOOLS, None, "<|im_end|>", "chatml",
+                      "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
     "chatml-plain": (CHATML_PLAIN, "<|im_start|>", "<|im_end|>", "chatml", ""),
     "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "llama3", ""),
     "mistral": (MISTRAL, "<s>", "</s>", "mistral", ""),
@@ -450,37 +486,50 @@ def split_schemas(text: str) -> tuple[str, list[dict]]:
     return head + "<tools>\n</tools>" + tail, [json.loads(line) for line in schemas.split("\n")]
 
 
-@pytest.mark.parametrize("name", ["smollm2", "chatml-plain"])
-def test_ollama_prompts_a_hermes_tools_run_as_training_did(name, tokenizer_dir, go_renderer, tmp_path):
-    from tunesmith.data.fallbacks import hermes_row
-    from tunesmith.data.template import render
+def tools_renderer(tokenizer, tool_format: str):
+    from tunesmith.config import DataSection
+    from tunesmith.export.ollama import training_tools_renderer
 
+    return training_tools_renderer(tokenizer, DataSection(train="train.jsonl", tool_format=tool_format))
+
+
+@pytest.mark.parametrize(("name", "tool_format"), [("smollm2", "hermes"), ("chatml-plain", "hermes"),
+                                                   ("qwen2.5-tools", "template")])
+def test_ollama_prompts_tool_conversations_as_training_did(name, tool_format, tokenizer_dir, go_renderer, tmp_path):
+    """Qwen 2.5's own tool rendering and the Hermes fallback on ChatML templates: Go's prompt for conversations with
+    tools, calls and results is training's, character for character but for the schemas' JSON spacing."""
     tokenizer = family_tokenizer(tokenizer_dir, name)
-    translation = translate_chat_template(tokenizer, adds_bos=False, tool_format="hermes")
-    assert translation.offers_tools and translation.family == "chatml"
+    render_tools = tools_renderer(tokenizer, tool_format)
+    translation = translate_chat_template(tokenizer, adds_bos=False, render_tools=render_tools)
+    assert translation.offers_tools and translation.family == "chatml" and translation.tools_note == ""
     rendered = go_render_data(go_renderer, translation.go_template, [ollama_data(row) for row in TOOL_ROWS],
                               tmp_path)
     for index, (row, go) in enumerate(zip(TOOL_ROWS, rendered, strict=True)):
-        trained = render(tokenizer, hermes_row(row)["messages"], generation_prompt=True)
-        # every character as training rendered it, but for the schemas' JSON spacing and key order
-        assert split_schemas(go) == split_schemas(trained), f"row {index}"
-    # and a conversation without tools is prompted exactly as the plain ChatML translation prompts it
+        assert split_schemas(go) == split_schemas(render_tools(row["messages"], row["tools"])), f"row {index}"
+    # and a conversation without tools is prompted exactly as the plain translation (checked against Jinja) does
     plain = translate_chat_template(tokenizer, adds_bos=False)
     assert not plain.offers_tools
     assert (go_render(go_renderer, translation.go_template, CONVERSATIONS, tmp_path)
             == go_render(go_renderer, plain.go_template, CONVERSATIONS, tmp_path))
 
 
-def test_the_tools_template_is_one_ollama_reads_calls_back_from(tokenizer_dir):
-    """What Ollama (server/images.go, tools/template.go at fb30760) looks for in a Go template: `.Tools` makes
-    the model accept tools, `.ToolCalls` with a tool turn makes the template the one used for them, and the
-    first text inside the `if .ToolCalls` branch is the tag its parser reads the model's calls back by."""
-    template = translate_chat_template(family_tokenizer(tokenizer_dir, "smollm2"), adds_bos=False,
-                                       tool_format="hermes").go_template
-    assert "$.Tools" in template and "tool_response" in template
-    branch = template.split("{{ if .ToolCalls }}", 1)[1]
-    first_text = branch.split("{{ range $j, $c := .ToolCalls }}", 1)[1].split("{{", 1)[0]
-    assert branch.startswith("{{ range") and first_text.split("{", 1)[0].strip() == "<tool_call>"
+def test_tool_renderings_that_do_not_translate_say_why(tokenizer_dir):
+    def note(name: str, tool_format: str, template: str | None = None) -> str:
+        tokenizer = family_tokenizer(tokenizer_dir, name)
+        if template is not None:
+            tokenizer.chat_template = template
+        translation = translate_chat_template(tokenizer, adds_bos=False,
+                                              render_tools=tools_renderer(tokenizer, tool_format))
+        assert not translation.offers_tools and "$.Tools" not in translation.go_template
+        return translation.tools_note
+
+    assert "ChatML templates only (this one is llama3)" in note("llama3", "hermes")
+    assert "do not write tool schemas" in note("smollm2", "template")  # plain ChatML drops tools
+    assert "refuses a conversation with tools" in note("qwen2.5", "template")  # raise_exception on tools
+    # a call written on one line: the schemas are found, but the probes' prompts differ, so no tools
+    one_line = QWEN25_TOOLS.replace("'\\n<tool_call>\\n{\"name\": \"'", "'\\n<tool_call>{\"name\": \"'")
+    assert one_line != QWEN25_TOOLS
+    assert "not one tunesmith translates: on tool probe 2" in note("qwen2.5-tools", "template", one_line)
 
 
 def test_a_hermes_run_exports_an_ollama_model_that_offers_tools(tiny_model_dir, tmp_path, monkeypatch,
@@ -495,7 +544,7 @@ def test_a_hermes_run_exports_an_ollama_model_that_offers_tools(tiny_model_dir, 
     assert result.exit_code == 0, result.output
     assert "Note:" not in result.output
     text = (run.exports_dir / "ollama" / "Modelfile").read_text(encoding="utf-8")
-    assert "With tools as data.tool_format: hermes" in text
+    assert "With tools, as the run's prompts render them" in text
     manifest = json.loads((run.exports_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["ollama"]["offers_tools"] is True
     go = go_render_data(go_renderer, modelfile_value(text, "TEMPLATE"), [ollama_data(TOOL_ROWS[1])], tmp_path)[0]
@@ -516,4 +565,4 @@ def test_an_ollama_export_says_when_the_tools_a_run_trained_are_not_offered(tiny
     record_data_stage(run, recipe.data, [TOOL_ROWS[1]], [TOOL_ROWS[0]], "messages", {"train": "train.jsonl"})
     told = ollama_export.run_ollama_export(recipe, run, "F16", verify=False)
     assert not told.offers_tools and "does not support tools" in told.notes[0]
-    assert "data.tool_format: hermes" in told.notes[0]
+    assert "do not write tool schemas" in told.notes[0] and "data.tool_format: hermes" in told.notes[0]

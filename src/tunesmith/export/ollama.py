@@ -15,14 +15,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.ollama_templates import Translation, translate_chat_template
+from tunesmith.export.ollama_tools import ToolRenderer
 from tunesmith.runs import atomic_directory, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from tunesmith.config import Recipe
+    from tunesmith.config import DataSection, Recipe
     from tunesmith.runs import Run
 
 
@@ -52,7 +53,7 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
     from tunesmith.export.gguf_lora import lora_type_for, run_base_and_lora_export
 
     parse_quant(quant)  # a bad type fails before the slow steps
-    translation = translate_run_template(run, recipe.data.tool_format)  # fails before the GGUF is written
+    translation = translate_run_template(run, recipe.data)  # an untranslatable template fails before the GGUF
     folder = run.exports_dir / "ollama"
     adapter_name = None
     if recipe.export.ollama_adapter if adapter is None else adapter:
@@ -72,24 +73,36 @@ def run_ollama_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool
                      offers_tools=translation.offers_tools)
     if trained_with_tools(recipe, run) and not translation.offers_tools:
         result = replace(result, notes=(
-            f"The run trained tool calls, but tunesmith translates tools into Ollama's template only for "
-            f"data.tool_format: hermes on a ChatML template (this is {recipe.data.tool_format} on "
-            f"{translation.family}): Ollama will answer a request with `tools` with \"does not support tools\". "
-            "`tunesmith serve RUN` offers the tools as training rendered them.",))
+            f"The run trained tool calls, but the Ollama template does not offer tools: {translation.tools_note}. "
+            "Ollama will answer a request with `tools` with \"does not support tools\"; `tunesmith serve RUN` "
+            "offers them as training rendered them.",))
     record_in_manifest(run, result)
     return result
 
 
-def translate_run_template(run: Run, tool_format: str = "template") -> Translation:
-    """The base model's chat template in Go syntax (merging never changes the tokenizer); with tools for a run
-    trained with `data.tool_format: hermes` on a ChatML template."""
+def translate_run_template(run: Run, data: DataSection) -> Translation:
+    """The base model's chat template in Go syntax (merging never changes the tokenizer), offering tools where the
+    run's prompts render them in a form that translates (its template and `data`'s fallbacks)."""
     from tunesmith.export.gguf_vocab import added_special_tokens
     from tunesmith.models import load_tokenizer
     from tunesmith.models.tuned import run_base_model
 
-    model_dir = run_base_model(run)
-    tokenizer = load_tokenizer(model_dir)
-    return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"], tool_format=tool_format)
+    tokenizer = load_tokenizer(run_base_model(run))
+    return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"],
+                                   render_tools=training_tools_renderer(tokenizer, data))
+
+
+def training_tools_renderer(tokenizer: Any, data: DataSection) -> ToolRenderer:
+    """The prompt training renders for a conversation offered `tools`: the recipe's data fallbacks, then the template
+    (generation prompt on)."""
+    from tunesmith.data.fallbacks import apply_fallbacks
+    from tunesmith.data.template import render
+
+    def render_tools(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+        row = apply_fallbacks({"messages": messages, "tools": tools}, data)
+        return render(tokenizer, row["messages"], generation_prompt=True, tools=row.get("tools"))
+
+    return render_tools
 
 
 def trained_with_tools(recipe: Recipe, run: Run) -> bool:
@@ -114,7 +127,7 @@ def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str 
                    adapter_name: str | None = None) -> str:
     """The Modelfile: FROM (and ADAPTER for a GGUF LoRA on the base), TEMPLATE, one PARAMETER stop per stop
     string, and SYSTEM when the recipe has one."""
-    tools = (" With tools as data.tool_format: hermes trained them (Ollama writes the schemas as compact JSON)."
+    tools = (" With tools, as the run's prompts render them (Ollama writes the schemas as compact JSON)."
              if translation.offers_tools else "")
     lines = [f"# Written by tunesmith. Chat template: {translation.family}, translated from the model's Jinja "
              f"template and checked against it.{tools}",

@@ -8,12 +8,9 @@ template does, so a variant we do not know (another default system prompt, other
 instead of silently mistranslated. tests/test_ollama_export.py proves every Go template against Go's own
 `text/template` and transformers' `apply_chat_template`.
 
-Tools: a run trained with `data.tool_format: hermes` on a ChatML template gets a Go template that offers
-Ollama's `.Tools` and renders `.ToolCalls` and `tool` turns as that fallback trained them (schemas in the
-system turn, `<tool_call>` blocks, `<tool_response>` user turns), so Ollama accepts `tools` in a request and
-reads the model's `<tool_call>` back as calls. Ollama writes the schemas with its own JSON encoder (compact,
-its key order) where training wrote `json.dumps` of the row's schema: the same content, other spacing.
-Other families' tool renderings are not translated (the export says so).
+Tools: where the run's own prompts render tools the ChatML way (Qwen 2.5/3 templates natively, any ChatML
+template through `data.tool_format: hermes`), the Go template offers Ollama's `.Tools` and renders calls and
+results as training did (ollama_tools.py); other families' tool renderings are not translated (the export says so).
 
 Known gaps, all checked by the probes rather than assumed: Go templates have no `trim`, so templates that
 trim message content (Llama 3, Gemma, Mistral) agree for content without leading or trailing whitespace only.
@@ -26,8 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.fallbacks import HERMES_TOOLS_INTRO
 from tunesmith.errors import TunesmithError
+from tunesmith.export.ollama_tools import (
+    ToolRenderer,
+    chatml_tools_go,
+    check_tools_translation,
+    learn_tools_intro,
+)
 
 Messages = list[dict[str, str]]
 PROBES: list[Messages] = [
@@ -64,6 +66,7 @@ class Translation:
     stops: tuple[str, ...]
     default_system: str
     offers_tools: bool = False  # the Go template renders .Tools, .ToolCalls and tool turns
+    tools_note: str = ""  # why it does not, where the run's prompts were asked to render tools
 
 
 def go_literal(text: str) -> str:
@@ -86,48 +89,6 @@ def chatml_render(messages: Messages, ctx: TemplateContext) -> str:
         text += f"<|im_start|>system\n{ctx.default_system}<|im_end|>\n"
     text += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + "<|im_start|>assistant\n"
-
-
-def hermes_tools_intro_go() -> str:
-    """data.fallbacks' tools intro in Go: each of Ollama's `.Tools` as JSON on its own line inside `<tools>`."""
-    marker = "\0schemas\0"
-    head, tail = HERMES_TOOLS_INTRO.format(schemas=marker).split(marker)
-    return (go_literal(head) + "{{ range $j, $t := $.Tools }}{{ if $j }}\n{{ end }}{{ json $t }}{{ end }}"
-            + go_literal(tail))
-
-
-def hermes_chatml_go(ctx: TemplateContext) -> str:
-    """ChatML with the `data.tool_format: hermes` fallback (data/fallbacks.py) written in Go over Ollama's
-    `.Tools`, `.ToolCalls` and `tool` messages: the tools intro in the first system turn (its own turn when the
-    conversation has none, in place of the template's default system prompt), each call as a `<tool_call>` block
-    after the turn's text, and each run of tool results as one user turn of `<tool_response>` blocks. A call's
-    arguments are written `{"key": value, ...}` in Ollama's (sorted) key order, as `json.dumps` spaces them.
-
-    Ollama finds the tag it reads calls back by as the first text inside the `{{ if .ToolCalls }}` branch
-    (`tools/template.go` parseTag), so that branch starts with `<tool_call>`; the turn's text is written by a branch
-    on `$m.ToolCalls`, which parseTag does not look at."""
-    intro = hermes_tools_intro_go()
-    default = (f"{{{{ else }}}}<|im_start|>system\n{go_literal(ctx.default_system)}<|im_end|>\n"
-               if ctx.default_system else "")
-    first = ('{{ if and (eq $i 0) (ne $m.Role "system") }}{{ if $.Tools }}<|im_start|>system\n' + intro
-             + "<|im_end|>\n" + default + "{{ end }}{{ end }}")
-    call = ('<tool_call>\n{"name": {{ json $c.Function.Name }}, "arguments": {{ "{" }}{{ $sep := "" }}'
-            '{{ range $k, $v := $c.Function.Arguments }}{{ $sep }}{{ json $k }}: {{ json $v }}{{ $sep = ", " }}'
-            '{{ end }}{{ "}}" }}\n</tool_call>')
-    assistant = ("<|im_start|>assistant\n{{ if and $m.ToolCalls $m.Content }}{{ $m.Content }}\n{{ end }}"
-                 "{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}" + call
-                 + "{{ if gt (len (slice $m.ToolCalls $j)) 1 }}\n{{ end }}{{ end }}{{ else }}{{ $m.Content }}"
-                 "{{ end }}<|im_end|>\n")
-    tool = ('{{ if eq $prev "tool" }}\n{{ else }}<|im_start|>user\n{{ end }}'
-            "<tool_response>\n{{ $m.Content }}\n</tool_response>")
-    system = ("<|im_start|>system\n{{ $m.Content }}{{ if and (eq $i 0) $.Tools }}\n\n" + intro
-              + "{{ end }}<|im_end|>\n")
-    return ('{{- $prev := "" }}{{- range $i, $m := .Messages }}'
-            '{{ if and (eq $prev "tool") (ne $m.Role "tool") }}<|im_end|>\n{{ end }}' + first
-            + '{{ if eq $m.Role "tool" }}' + tool + '{{ else if eq $m.Role "system" }}' + system
-            + '{{ else if eq $m.Role "assistant" }}' + assistant
-            + "{{ else }}<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n{{ end }}{{ $prev = $m.Role }}"
-            '{{ end }}{{ if eq $prev "tool" }}<|im_end|>\n{{ end }}<|im_start|>assistant\n')
 
 
 def llama3_go(ctx: TemplateContext) -> str:
@@ -216,13 +177,14 @@ def detect_family(jinja_template: str) -> TemplateFamily:
     )
 
 
-def translate_chat_template(tokenizer: Any, adds_bos: bool, tool_format: str = "template") -> Translation:
+def translate_chat_template(tokenizer: Any, adds_bos: bool, render_tools: ToolRenderer | None = None) -> Translation:
     """The Go template for the tokenizer's chat template, checked against it on the probe conversations.
 
     `adds_bos` says whether the GGUF's tokenizer prepends BOS itself (`tokenizer.ggml.add_bos_token`):
     then a BOS that the Jinja template writes is left to it, otherwise the Go template writes it.
-    `tool_format` is the run's `data.tool_format`: "hermes" on a ChatML template gives the template that offers
-    tools (`hermes_chatml_go`, the same prompt as ChatML's for a conversation without tools).
+    `render_tools`: the run's prompt for a conversation offered tools (its template, with its data fallbacks);
+    when its tool rendering translates (`translate_tools`), the Go template offers tools, and is the same as
+    without them for a conversation that has none.
     """
     jinja = tokenizer.chat_template
     family = detect_family(jinja)
@@ -232,9 +194,32 @@ def translate_chat_template(tokenizer: Any, adds_bos: bool, tool_format: str = "
     check_against_jinja(tokenizer, family, context, bos)
     prefix = "" if adds_bos else go_literal(bos)
     stops = tuple(dict.fromkeys([*family.stops, *([eos] if family.name == "mistral" and eos else [])]))
-    if tool_format == "hermes" and family.name == "chatml":
-        return Translation(family.name, prefix + hermes_chatml_go(context), stops, context.default_system, True)
-    return Translation(family.name, prefix + family.go_template(context), stops, context.default_system)
+    go_template, tools_note = family.go_template(context), ""
+    if render_tools is not None:
+        go_tools, tools_note = translate_tools(family, context, render_tools, bos)
+        go_template = go_tools or go_template
+    return Translation(family.name, prefix + go_template, stops, context.default_system,
+                       offers_tools=not tools_note and render_tools is not None, tools_note=tools_note)
+
+
+def translate_tools(family: TemplateFamily, context: TemplateContext, render_tools: ToolRenderer,
+                    bos: str) -> tuple[str | None, str]:
+    """(the Go template with tools, "") when the run's tool rendering translates; (None, why) when it does not."""
+    from jinja2.exceptions import TemplateError
+
+    if family.name != "chatml":
+        return None, f"tunesmith translates tool rendering for ChatML templates only (this one is {family.name})"
+    try:
+        intro = learn_tools_intro(render_tools, bos)
+        problem = None if intro is None else check_tools_translation(render_tools, context.default_system, intro, bos)
+    except TemplateError as error:  # the template's raise_exception on tools
+        return None, f"the chat template refuses a conversation with tools ({error})"
+    if intro is None:
+        return None, ("the run's prompts do not write tool schemas into a ChatML system turn (set "
+                      "data.tool_format: hermes to train tools in a form Ollama can be given)")
+    if problem:
+        return None, f"the run's tool rendering is not one tunesmith translates: {problem}"
+    return chatml_tools_go(context.default_system, intro, go_literal), ""
 
 
 def render_jinja(tokenizer: Any, messages: Messages) -> str | None:
