@@ -114,7 +114,8 @@ def call_block(call: dict[str, Any]) -> str:
     pairs = ", ".join(f"{json.dumps(key, ensure_ascii=False)}: "
                       f"{json.dumps(arguments[key], ensure_ascii=False, separators=(',', ':'))}"
                       for key in sorted(arguments))
-    return f'<tool_call>\n{{"name": {json.dumps(function["name"], ensure_ascii=False)}, "arguments": {{{pairs}}}}}\n</tool_call>'
+    name = json.dumps(function["name"], ensure_ascii=False)
+    return f'<tool_call>\n{{"name": {name}, "arguments": {{{pairs}}}}}\n</tool_call>'
 
 
 def chatml_tools_render(messages: Messages, tools: Tools, default_system: str, intro: ToolsIntro,
@@ -132,7 +133,8 @@ def chatml_tools_render(messages: Messages, tools: Tools, default_system: str, i
             elif default_system:
                 text += f"<|im_start|>system\n{default_system}<|im_end|>\n"
         if role == "tool":
-            text += ("\n" if previous == "tool" else "<|im_start|>user\n") + f"<tool_response>\n{content}\n</tool_response>"
+            opening = "\n" if previous == "tool" else "<|im_start|>user\n"
+            text += f"{opening}<tool_response>\n{content}\n</tool_response>"
         elif role == "system":
             block = f"{intro.after_system}{schemas}{intro.tail}" if index == 0 and tools else ""
             text += f"<|im_start|>system\n{content}{block}<|im_end|>\n"
