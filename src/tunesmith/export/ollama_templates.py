@@ -8,7 +8,7 @@ template does, so a variant we do not know (another default system prompt, other
 instead of silently mistranslated. tests/test_ollama_export.py proves every Go template against Go's own
 `text/template` and transformers' `apply_chat_template`.
 
-Tools: where the run's own prompts render tools the ChatML way (Qwen 2.5/3 templates natively, any ChatML
+Tools: where the run's own prompts render tools the ChatML way (Qwen 2.5's template natively, any ChatML
 template through `data.tool_format: hermes`), the Go template offers Ollama's `.Tools` and renders calls and
 results as training did (ollama_tools.py); other families' tool renderings are not translated (the export says so).
 

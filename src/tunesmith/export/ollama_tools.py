@@ -3,7 +3,7 @@
 Ollama offers a model tools when its Go template uses `.Tools` (server/images.go), renders earlier calls from
 each message's `.ToolCalls` and results from `tool` messages, and reads a generated call back by the first text
 of the template's `{{ if .ToolCalls }}` branch (tools/template.go parseTag). The ChatML tool convention that
-Qwen 2.5/3 templates render natively and tunesmith's `data.tool_format: hermes` fallback writes (data/fallbacks.py)
+Qwen 2.5's template renders natively and tunesmith's `data.tool_format: hermes` fallback writes (data/fallbacks.py)
 is one shape: the schemas as JSON lines in the system turn between fixed texts, each call as a `<tool_call>` block
 after the turn's text, each run of results as one user turn of `<tool_response>` blocks. Only the texts around the
 schemas differ from template to template, so they are read off the run's own rendering of two probe conversations
