@@ -304,6 +304,9 @@ BAD_ROWS = [
      "empty_assistant", r"messages\[1\] is an empty assistant turn"),
     ('{"messages": [{"role": "user", "content": "x"}]}',
      "missing_assistant", "last message must be a non-empty assistant"),
+    ('{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "y"}]}',
+     "empty_user", r"messages\[0\] is an empty user turn \(its content is null"),
+
     ('{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}, '
      '{"role": "assistant", "content": "z"}]}',
      "alternation", r"messages\[1\]: 'user' cannot follow 'user' \(expected 'assistant'\)"),
@@ -574,7 +577,7 @@ def test_corrupted_fixtures(tmp_path, name, edits):
 
 @PROPERTY
 @given(turns=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8)).filter(
-    lambda pair: pair[1].strip()), min_size=1, max_size=4), system=st.none() | st.text(max_size=8))
+    lambda pair: pair[0].strip() and pair[1].strip()), min_size=1, max_size=4), system=st.none() | st.text(max_size=8))
 def test_valid_conversations_come_back_unchanged(tmp_path, turns, system):
     messages = [{"role": "system", "content": system}] if system is not None else []
     for question, answer in turns:

@@ -208,8 +208,13 @@ def roles_after(previous: Message | None) -> tuple[str, ...]:
 
 
 def check_answers(messages: list[Message], labels: list[str]) -> None:
-    """Every assistant turn must say something (or call a tool), and the last turn must be one."""
+    """Every user turn must say something (a null or blank one would train an answer to nothing), every assistant
+    turn must say something (or call a tool), and the last turn must be an assistant's."""
     for message, label in zip(messages, labels, strict=True):
+        if message["role"] == "user" and not message["content"].strip():
+            raise RowProblem("empty_user", f"{label} is an empty user turn (its content is null, blank or missing).",
+                             "Give the turn its text, or remove the row (data.skip_invalid: true leaves such rows "
+                             "out and counts them).")
         if message["role"] == "assistant" and not answers(message):
             raise RowProblem("empty_assistant", f"{label} is an empty assistant turn.",
                              "Every assistant turn needs text (or tool_calls) for the model to learn.")
