@@ -64,8 +64,14 @@ def print_plan(report) -> None:
                   f"{'free' if report.measured_device else 'stated'}")
     err.print(table)
     verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
-    err.print(f"{verdict}: {report.peak_bytes / GIB:,.2f} of {report.device_memory_bytes / GIB:,.1f} GiB "
+    outside = f" + {report.outside_bytes / GIB:,.1f} CUDA context" if report.outside_bytes else ""
+    err.print(f"{verdict}: {report.peak_bytes / GIB:,.2f}{outside} of {report.device_memory_bytes / GIB:,.1f} GiB "
               f"({report.peak_bytes_checkpointed / GIB:,.2f} GiB with activation checkpointing)", **SHOW)
+    if report.cut_rows:
+        err.print(f"[yellow]{report.cut_rows:,} training row(s) are longer than data.max_length {report.length:,} and "
+                  f"are cut to it (the longest has {report.longest_uncut:,} tokens): what they hold past the cut "
+                  "never trains.[/yellow] `tunesmith data inspect RECIPE` names them; raise data.max_length (or set "
+                  "it to auto) to keep them whole.", **SHOW)
     epoch = f", {report.steps_per_epoch} steps: {duration(report.epoch_seconds)}" if report.steps_per_epoch else ""
     err.print(f"time: {duration(report.step_seconds)} per optimizer step{epoch} ({escape(report.time_note)})",
               **SHOW)

@@ -24,8 +24,7 @@ from tunesmith.doctor.model_checks import load_local_tokenizer
 from tunesmith.doctor.report import Check
 from tunesmith.errors import TunesmithError
 from tunesmith.models.loading import context_length
-from tunesmith.plan import plan_recipe
-from tunesmith.plan.fit import fit_message
+from tunesmith.plan.fit import fit_message, plan_as_trained
 
 SECTION = "recipe"
 PREVIEW_ROWS = 20
@@ -41,25 +40,35 @@ def recipe_checks(recipe: Recipe) -> list[Check]:
 
 
 def memory_checks(recipe: Recipe) -> list[Check]:
-    """`tunesmith plan`'s verdict for the device the recipe trains on: fits (with its headroom) or not (the fix)."""
+    """`tunesmith plan`'s verdict for the device the recipe trains on, as `plan` shows it (the recipe as train runs
+    it: on a CPU, a batch of long rows in micro-batches): fits or not (the fix); and the rows data.max_length cuts."""
     try:
-        report = plan_recipe(recipe, recipe.training.device)
+        report, as_trained = plan_as_trained(recipe, recipe.training.device)
     except TunesmithError as exc:
         return [Check(name="memory plan", section=SECTION, status="warn", detail=exc.message, fix=exc.hint)]
     gib = 2**30
+    checks = []
+    if report.cut_rows:
+        checks.append(Check(name="rows past max_length", section=SECTION, status="warn",
+                            detail=f"{report.cut_rows:,} training row(s) are longer than data.max_length "
+                                   f"{report.length:,} (the longest {report.longest_uncut:,} tokens) and are cut: "
+                                   "what they hold past it never trains",
+                            fix="Raise data.max_length (or set it to auto); `tunesmith data inspect RECIPE` names "
+                                "the rows."))
+    peak = (f"estimated peak {report.peak_bytes / gib:,.1f} GiB"
+            + (f" + {report.outside_bytes / gib:,.1f} GiB CUDA context" if report.outside_bytes else "")
+            + f" of {report.device_memory_bytes / gib:,.1f} GiB on {report.device}")
     if report.fits:
-        return [Check(name="memory plan", section=SECTION, status="pass",
-                      detail=f"estimated peak {report.peak_bytes / gib:,.1f} GiB of "
-                             f"{report.device_memory_bytes / gib:,.1f} GiB on {report.device}")]
+        detail = peak + (f", as train runs it ({as_trained})" if as_trained else "")
+        return [Check(name="memory plan", section=SECTION, status="pass", detail=detail), *checks]
     will = next((a for a in report.advice if a.what == "train will use"), None)
     if will is None:
         message, hint = fit_message(report)
-        return [Check(name="memory plan", section=SECTION, status="fail", detail=message, fix=hint)]
+        return [Check(name="memory plan", section=SECTION, status="fail", detail=message, fix=hint), *checks]
     return [Check(name="memory plan", section=SECTION, status="warn",
-                  detail=f"estimated peak {report.peak_bytes / gib:,.1f} GiB of "
-                         f"{report.device_memory_bytes / gib:,.1f} GiB on {report.device} as written; train will fit "
-                         f"it with {will.value}",
-                  fix="Nothing to do; or set training.grad_accum / training.gradient_checkpointing yourself.")]
+                  detail=f"{peak} as written; train will fit it with {will.value}",
+                  fix="Nothing to do; or set training.grad_accum / training.gradient_checkpointing yourself."),
+            *checks]
 
 
 def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:

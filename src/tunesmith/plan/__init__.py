@@ -16,7 +16,7 @@ from tunesmith.models.source import resolve_model_config
 from tunesmith.plan.architecture import Architecture, read_architecture
 from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
-from tunesmith.plan.memory import MemoryEstimate, estimate_memory, frozen_bf16_copy_component
+from tunesmith.plan.memory import MemoryEstimate, estimate_memory, frozen_bf16_copy_component, outside_estimate
 from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice, frozen_matmul_speedup
 from tunesmith.plan.recommend import Advice, recommend, sharding_of
 from tunesmith.plan.timing import StepTime, null_space_setup, step_time
@@ -25,8 +25,11 @@ from tunesmith.plan.workload import (
     anchor_row_tokens,
     check_targets_exist,
     micro_step,
+    packs_rows,
     replay_rows,
+    sequences_per_epoch,
     trained_weights,
+    with_sft_replay,
 )
 
 
@@ -55,7 +58,10 @@ class PlanReport(BaseModel):
     components: list[ComponentRow]
     peak_bytes: float
     peak_bytes_checkpointed: float
-    fits: bool
+    fits: bool  # peak_bytes + outside_bytes within device_memory_bytes
+    outside_bytes: float = 0.0  # what the device holds beside the components (the CUDA context)
+    cut_rows: int = 0  # training rows longer than data.max_length, cut to it
+    longest_uncut: int | None = None  # the longest of them, before the cut
     step_seconds: float
     steps_per_epoch: int
     epoch_seconds: float
@@ -94,10 +100,14 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:
+    """The plan of `recipe` on `device` for training rows of `lengths` (the replay rows an SFT run adds are counted
+    here: `with_sft_replay`)."""
     check_targets_exist(recipe.adapter, arch, recipe.model.source)
+    lengths = with_sft_replay(recipe, lengths)
     weights = trained_weights(recipe, arch, device.memory_bytes)
     on_device = {"memory_bytes": device.memory_bytes, "accelerator": device.kind != "cpu"}
-    work = micro_step(recipe, lengths, packed=recipe.training.packing is True, **on_device)
+    packed = packs_rows(recipe)
+    work = micro_step(recipe, lengths, packed=packed, **on_device)
     compute = compute_bytes(recipe, device)
     checkpointing = recipe.training.gradient_checkpointing
     sharding = sharding_of(recipe, device.processes)
@@ -105,8 +115,9 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     copy = frozen["dtype"] == "bf16"
     estimate = estimate_memory(arch, weights, work, device.kind, compute, checkpointing, sharding, copy)
     checkpointed = estimate_memory(arch, weights, work, device.kind, compute, True, sharding, copy)
-    typical = micro_step(recipe, lengths.typical(), packed=recipe.training.packing is True, **on_device)
-    timing = step_time(recipe, arch, weights, typical, device, lengths.rows, frozen_matmul_speedup(frozen))
+    typical = micro_step(recipe, lengths.typical(), packed=packed, **on_device)
+    timing = step_time(recipe, arch, weights, typical, device, sequences_per_epoch(recipe, lengths, work.length),
+                       frozen_matmul_speedup(frozen))
     setup_s, setup_note = null_space_setup(arch, weights, replay_rows(recipe, lengths.rows)
                                            * anchor_row_tokens(recipe)[1], device)
     return PlanReport(
@@ -116,7 +127,9 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
         length=work.length, length_source=lengths.source, data_problem=lengths.problem,
         gradient_checkpointing=checkpointing,
         components=component_rows(estimate), peak_bytes=estimate.total, peak_bytes_checkpointed=checkpointed.total,
-        fits=estimate.total <= device.memory_bytes, step_seconds=timing.seconds,
+        fits=estimate.total + outside_estimate(device) <= device.memory_bytes, outside_bytes=outside_estimate(device),
+        cut_rows=0 if packed else lengths.cut_rows, longest_uncut=None if packed else lengths.longest_uncut,
+        step_seconds=timing.seconds,
         steps_per_epoch=timing.steps_per_epoch, epoch_seconds=timing.seconds * timing.steps_per_epoch,
         time_note=timing.note, setup_seconds=setup_s, setup_note=setup_note,
         frozen_matmuls=frozen["dtype"], frozen_matmuls_why=frozen["why"],

@@ -43,6 +43,8 @@ def longest_row(recipe: Recipe, tokenizer: Any, context: int | None = None) -> R
         return RowLengths(unread, "data.max_length (no training row encodes)",
                           problem="no training row encodes (every row is empty or cut)")
     sizes = [len(e.input_ids) for e in encoded]
+    cut = [e.total_tokens for e in encoded if e.total_tokens > max_length]
     return RowLengths(min(max(sizes), max_length), f"the longest of {len(encoded):,} training sequences",
                       len(splits.train), max(e.loss_tokens for e in encoded), sum(sizes) / len(sizes),
-                      sum(e.loss_tokens for e in encoded) / len(encoded))
+                      sum(e.loss_tokens for e in encoded) / len(encoded), cut_rows=len(cut),
+                      longest_uncut=max(cut) if cut else None, uncut_tokens=sum(e.total_tokens for e in encoded))

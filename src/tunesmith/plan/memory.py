@@ -12,7 +12,7 @@ fp32 (weight 4, gradient 4, two moments 8). The constants that are this machine'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tunesmith.plan.architecture import Architecture
 
@@ -271,3 +271,10 @@ def framework(device: str) -> Component:
     if device == "cpu":
         return Component("framework", CPU_FRAMEWORK_BYTES, "Python, torch, transformers, TRL, PEFT (measured here)")
     return Component("framework", 0.0, "CUDA context (~0.5 GiB) is outside allocated memory")
+
+
+def outside_estimate(device: Any) -> float:
+    """Device memory the process takes beside the estimate's components: the CUDA context and kernels (in
+    nvidia-smi, not in max_memory_allocated) on a GPU given by its size (a measured GPU's free memory is read after
+    the context exists); 0 on a CPU, whose framework component is measured RSS."""
+    return CUDA_CONTEXT_BYTES if device.kind == "cuda" and not device.measured else 0.0

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from tunesmith.config import LoraAdapter, QloraAdapter, Recipe
 from tunesmith.plan.architecture import Architecture
 from tunesmith.plan.devices import Device
-from tunesmith.plan.memory import Sharding, estimate_memory
-from tunesmith.plan.workload import RowLengths, micro_step, trained_weights
+from tunesmith.plan.memory import Sharding, estimate_memory, outside_estimate
+from tunesmith.plan.workload import RowLengths, micro_step, packs_rows, trained_weights
 
 GIB = 2**30
 
@@ -29,7 +29,7 @@ class Advice(BaseModel):
 
 def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
     weights = trained_weights(recipe, arch, device.memory_bytes)
-    work = micro_step(recipe, lengths, packed=recipe.training.packing is True, memory_bytes=device.memory_bytes,
+    work = micro_step(recipe, lengths, packed=packs_rows(recipe), memory_bytes=device.memory_bytes,
                       accelerator=device.kind != "cpu")
     return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing,
                            sharding_of(recipe, device.processes)).total
@@ -55,7 +55,8 @@ def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLe
     """The advice table: always the largest batch and length that fit; when the recipe does not fit, the change
     that makes it fit (checkpointing, a smaller batch with more accumulation, a lighter method)."""
     def fits(candidate: Recipe, candidate_lengths: RowLengths = lengths) -> bool:
-        return peak_bytes(candidate, arch, device, candidate_lengths, compute) <= device.memory_bytes
+        return peak_bytes(candidate, arch, device, candidate_lengths, compute) + outside_estimate(device) \
+            <= device.memory_bytes
 
     advice = [largest_batch(recipe, fits), largest_length(recipe, lengths, fits, arch.max_positions)]
     if fits(recipe):
@@ -66,7 +67,7 @@ def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLe
                              "activations in the backward pass keeps only each block's input (one more forward pass "
                              "a step; on a CPU about half the tokens/s)",
                              flags=["--set training.gradient_checkpointing=true"]))
-    length = micro_step(recipe, lengths, packed=recipe.training.packing is True).length
+    length = micro_step(recipe, lengths, packed=packs_rows(recipe)).length
     chosen = next((r for r in fitting_changes(recipe, length) if fits(r)), None)
     if chosen is not None:
         advice.append(train_will_use(chosen.training))

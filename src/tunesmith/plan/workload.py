@@ -58,6 +58,9 @@ class RowLengths:
     mean: float | None = None  # mean sequence length (what an average length-grouped step holds)
     mean_answer: float | None = None
     problem: str | None = None  # why the data could not be read or encoded (train will refuse it)
+    cut_rows: int = 0  # training sequences longer than data.max_length, cut to it (unless packed into blocks)
+    longest_uncut: int | None = None  # the longest of them before the cut
+    uncut_tokens: int | None = None  # all training sequences' tokens before any cut (what wrapped blocks hold)
 
     def typical(self) -> RowLengths:
         """The mean row in place of the longest: what the step time of an average step is computed from."""
@@ -65,6 +68,44 @@ class RowLengths:
             return self
         return RowLengths(round(self.mean), self.source, self.rows, round(self.mean_answer or 0) or None,
                           problem=self.problem)
+
+
+def packs_rows(recipe: Recipe) -> bool:
+    """Whether training packs rows into max_length sequences: training.packing true, or continued pre-training's
+    blocks under `auto` (train/cpt.py)."""
+    packing = recipe.training.packing
+    return packing is True or (recipe.method.kind == "cpt" and packing == "auto")
+
+
+def with_sft_replay(recipe: Recipe, lengths: RowLengths) -> RowLengths:
+    """`lengths` with the replay rows that join an SFT dataset as ordinary rows (data.replay.loss sft, the default
+    for adapters that change the base's weights: train/sft.py `with_replay`), as the bundled rows' lengths; the
+    lengths themselves where replay trains through the KL anchor, is off, or the rows are unknown."""
+    replay = recipe.data.replay
+    if recipe.method.kind != "sft" or not lengths.rows or replay.resolved_loss(recipe.adapter.kind) != "sft":
+        return lengths
+    extra = replay_rows(recipe, lengths.rows)
+    if not extra:
+        return lengths
+    rows = lengths.rows + extra
+    mean = None if lengths.mean is None else (lengths.mean * lengths.rows + REPLAY_MEAN_TOKENS * extra) / rows
+    uncut = None if lengths.uncut_tokens is None else lengths.uncut_tokens + REPLAY_MEAN_TOKENS * extra
+    return replace(lengths, longest=max(lengths.longest, REPLAY_TOKENS), rows=rows, mean=mean, uncut_tokens=uncut,
+                   source=f"{lengths.source} and {extra:,} replay rows (data.replay.loss sft)")
+
+
+def sequences_per_epoch(recipe: Recipe, lengths: RowLengths, block: int) -> int | None:
+    """Sequences one epoch trains: the rows, or where rows are packed into `block`-token sequences, their tokens
+    over the block (BFD packing fills blocks nearly full; continued pre-training's blocks are full). None when the
+    rows are unknown."""
+    if not lengths.rows:
+        return None
+    if not packs_rows(recipe) or lengths.mean is None:
+        return lengths.rows
+    # continued pre-training wraps documents across blocks (nothing is cut); SFT's BFD packing cuts a longer row
+    wrapped = recipe.method.kind == "cpt" and lengths.uncut_tokens
+    tokens = lengths.uncut_tokens if wrapped else lengths.mean * lengths.rows
+    return max(1, -(-round(tokens) // block))
 
 
 def trained_weights(recipe: Recipe, arch: Architecture, memory_bytes: float | None = None) -> TrainedWeights:
