@@ -629,5 +629,5 @@ def test_plan_names_the_rows_max_length_cuts(tiny_model_dir, tmp_path):
     assert "3 training row(s) are longer than data.max_length 128 and are cut to it (the longest has 1," in said
     report = plan_recipe(validate_recipe({**raw, "base_dir": str(tmp_path)}), "cpu:8GB")
     assert report.cut_rows == 3 and report.longest_uncut > 400
-    raw["data"]["max_length"] = 1024
+    raw["data"]["max_length"] = 2048
     assert plan_recipe(validate_recipe({**raw, "base_dir": str(tmp_path)}), "cpu:8GB").cut_rows == 0
