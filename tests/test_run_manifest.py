@@ -211,6 +211,28 @@ def test_rows_from_file_are_shaped_as_the_data_stage_shapes_them(tmp_path):
     assert rows[0]["messages"][0]["role"] == "user" and "Answer in JSON." in rows[0]["messages"][0]["content"]
 
 
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_plain_text_preference_rows_from_file_are_scored_in_the_chat_format_they_trained_in(tmp_path, method):
+    """String pairs (and KTO's unpaired rows) train through the chat template (data.formats.as_chat_preference):
+    --data must give eval the same rows as the run's own held-out split, not plain text."""
+    pairs = [{"prompt": f"Ask {i}", "chosen": f"Polite answer {i}.", "rejected": f"Rude answer {i}."}
+             for i in range(12)]
+    rows = pairs if method == "dpo" else [
+        {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"} for p in pairs
+        for key in ("chosen", "rejected")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]), encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]), encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(
+        f"model:\n  source: unused\nmethod:\n  kind: {method}\n"
+        "data:\n  train: train.jsonl\n  eval: eval.jsonl\n  system_prompt: Be kind.\n", encoding="utf-8")
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    shapes = ("preference", "unpaired_preference")
+    from_file = rows_from_file(recipe, tmp_path / "eval.jsonl", shapes, "evaluation")
+    assert from_file == load_splits(recipe, accept=shapes).eval
+    assert from_file[0]["prompt"] == [{"role": "system", "content": "Be kind."},
+                                      {"role": "user", "content": rows[8]["prompt"]}]
+
+
 def old_run(tmp_path: Path) -> tuple[Recipe, Run]:
     recipe = load_recipe(make_tiny_project(tmp_path, tmp_path / "no-model-needed", train_rows=8, eval_rows=5))
     return recipe, create_run(recipe, tmp_path / "runs")

@@ -16,7 +16,14 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data import load_splits
 from tunesmith.data.fallbacks import apply_fallbacks
-from tunesmith.data.formats import SFT_SHAPES, Row, as_conversation, load_rows, with_system_prompt
+from tunesmith.data.formats import (
+    SFT_SHAPES,
+    Row,
+    as_chat_preference,
+    as_conversation,
+    load_rows,
+    with_system_prompt,
+)
 from tunesmith.errors import DataError
 from tunesmith.results import RESULTS_VERSION, validate_results
 from tunesmith.runs import Run, atomic_write_json, record_eval_results
@@ -61,6 +68,8 @@ def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose:
         raise DataError(f"--data {path} holds no rows to score.", "Pass a file with at least one row.")
     if shape in SFT_SHAPES:
         rows = [as_conversation(row) for row in rows]
+    elif shape in ("preference", "unpaired_preference"):  # plain-text pairs are scored as they train: chat format
+        rows = [as_chat_preference(row) for row in rows]
     return [apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in rows]
 
 
