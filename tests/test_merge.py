@@ -333,3 +333,36 @@ def test_export_command_takes_the_shard_size(adapters, tiny_model_dir, tmp_path)
     assert len(list((run.exports_dir / "merged").glob("model-*-of-*.safetensors"))) >= 2
     bad = CliRunner().invoke(app, ["export", str(run.path), "--format", "merged", "--max-shard-size", "5 gigs"])
     assert isinstance(bad.exception, TunesmithError) and "Cannot read the shard size" in str(bad.exception)
+
+
+def test_adapters_combine_exactly_by_default_and_linear_on_alike_a_says_it_is_a_multiple(adapters, tmp_path):
+    """Two runs from the same seed keep alike LoRA A matrices; PEFT's linear weights A and B by √wᵢ each, so at
+    weights 0.5, 0.5 it gives their sum, twice the average asked for. The default (cat) is the exact weighted sum,
+    and linear's record and note say what it gave."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from tunesmith.cli.merge import far_from_the_sum_note
+
+    twin = tmp_path / "twin"  # adapter a's A matrices, other B matrices
+    shutil.copytree(adapters["a"], twin)
+    tensors = load_file(twin / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(7)
+    save_file({k: torch.randn(v.shape, generator=generator) * 0.1 if "lora_B" in k else v for k, v in tensors.items()},
+              twin / "adapter_model.safetensors")
+
+    default = run_merge([adapters["a"], twin], tmp_path / "default")
+    record = json.loads((default / "merge.json").read_text())
+    assert record["method"] == "cat" and record["verification"]["relative_delta_error"] < 1e-5
+
+    linear = run_merge([adapters["a"], twin], tmp_path / "linear", method="linear")
+    check = json.loads((linear / "merge.json").read_text())["verification"]
+    assert check["relative_delta_error"] == pytest.approx(1.0, abs=1e-3)  # 100% away: ΔW = 2 S
+    assert check["scale_to_sum"] == pytest.approx(2.0, abs=1e-3) and check["error_after_scale"] < 1e-3
+    note = far_from_the_sum_note("linear", check, linear)
+    assert "2.00 x that sum" in note and "LoRA A matrices are alike" in note and "`cat` (the default)" in note
+    apart = run_merge([adapters["a"], adapters["b"]], tmp_path / "apart", method="linear")
+    other = json.loads((apart / "merge.json").read_text())["verification"]
+    assert other["error_after_scale"] > 0.5  # independent A matrices: cross terms, no multiple of the sum
+    assert "x that sum" not in far_from_the_sum_note("linear", other, apart)

@@ -22,7 +22,8 @@ def merge(inputs: Annotated[list[str], typer.Argument(
           method: Annotated[str | None, typer.Option(
               help="Several adapters: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune. Several "
                    "models: linear, slerp, task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune. "
-                   "Default linear; leave out for one adapter.")] = None,
+                   "Default: cat for adapters (their exact weighted sum), linear for models; leave out for one "
+                   "adapter.")] = None,
           weights: Annotated[str | None, typer.Option(
               help="One weight per input, comma-separated (default: equal, summing to 1).")] = None,
           density: Annotated[float | None, typer.Option(
@@ -80,12 +81,20 @@ WHY_NOT_THE_SUM = {
 }
 
 
-def far_from_the_sum_note(method: str, error: float, path: Path) -> str:
-    """Say what a large distance from the weighted sum means, and how to choose between methods."""
+def far_from_the_sum_note(method: str, check: dict[str, Any], path: Path) -> str:
+    """Say what a large distance from the weighted sum means (a multiple of it, when that is what it is), and how
+    to choose between methods."""
+    error, scale = check["relative_delta_error"], check.get("scale_to_sum", 1.0)
     why = WHY_NOT_THE_SUM.get(method, f"{method} does not add the inputs' weight changes")
+    if check.get("error_after_scale", 1.0) < FAR_FROM_THE_SUM / 2 and abs(scale - 1) > FAR_FROM_THE_SUM:
+        why = (f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.0%}): the inputs' LoRA A "
+               "matrices are alike (trained from the same seed's initialisation), so linear, which weights A and B "
+               "by √wᵢ each, adds the B's at √wᵢ·Σ√wⱼ instead of wᵢ" if method == "linear"
+               else f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.0%})")
     return (f"note: the combined adapter's weight changes are {error:.0%} away from the weighted sum of the inputs' "
-            f"({why}). `cat` gives the exact sum and `svd` the nearest at the inputs' rank; which method answers "
-            f"best is for held-out rows to say: tunesmith compare --prompts eval.jsonl {path} OTHER_MERGE ...")
+            f"({why}). `cat` (the default) gives the exact sum and `svd` the nearest at the inputs' rank; which "
+            f"method answers best is for held-out rows to say: tunesmith compare --prompts eval.jsonl {path} "
+            "OTHER_MERGE ...")
 
 
 def report_merge(record: dict[str, Any], path: Path) -> None:
@@ -96,7 +105,7 @@ def report_merge(record: dict[str, Any], path: Path) -> None:
         err.print(f"combined adapter ({record['method']}, rank {check['rank']}): |ΔW − Σ wᵢΔWᵢ| / |Σ wᵢΔWᵢ| = "
                   f"{check['relative_delta_error']:.3g}", **SHOW)
         if check["relative_delta_error"] > FAR_FROM_THE_SUM:
-            err.print(escape(far_from_the_sum_note(record["method"], check["relative_delta_error"], path)), **SHOW)
+            err.print(escape(far_from_the_sum_note(record["method"], check, path)), **SHOW)
     if into:
         err.print(f"merged vs base+adapter on {into['prompts']} prompts: max |logit diff| "
                   f"{into['max_abs_logit_diff']:.2e} (fp32), {into['max_abs_logit_diff_after_cast']:.2e} as "

@@ -72,7 +72,7 @@ def merge_adapter_inputs(inputs: list[MergeInput], folder: Path, method: str | N
                                  "base as it is.", "Leave them out, or pass more adapters.")
         check = merge_adapter_into_base(base, inputs[0].path, folder, dtype, max_shard_size, tolerance)
         return {"kind": "adapter into base", "method": None, "base": str(base), "verification": check.as_dict()}
-    method = checked_method(method or "linear", ADAPTER_METHODS, density)
+    method = checked_method(method or "cat", ADAPTER_METHODS, density)  # cat: the exact weighted sum
     if dtype != "fp32" and not into_base:
         raise TunesmithError("--dtype applies to merged models; a combined adapter is saved in fp32.",
                              "Add --into-base to merge the combined adapter into the base, or leave --dtype out.")

@@ -77,8 +77,7 @@ def combine_adapters(adapter_dirs: list[Path], base_dir: Path, method: str, weig
     # PEFT 0.21 copies the first adapter's config, then sets lora_alpha = r so the result's scale is 1; with
     # use_rslora that scale would be alpha/sqrt(r) = sqrt(r). The combined weights already carry each scale.
     model.peft_config[RESULT].use_rslora = False
-    numbers = {"rank": model.peft_config[RESULT].r,
-               "relative_delta_error": relative_delta_error(model, names, weights)}
+    numbers = {"rank": model.peft_config[RESULT].r, **delta_against_the_sum(model, names, weights)}
     model.save_pretrained(folder, selected_adapters=[RESULT], safe_serialization=True)
     return numbers
 
@@ -92,12 +91,15 @@ def check_ranks(method: str, adapter_dirs: list[Path], configs: list[dict[str, A
                                                         "different ranks.")
 
 
-def relative_delta_error(model: Any, names: list[str], weights: list[float]) -> float:
-    """|ΔW_result − Σ wᵢ ΔWᵢ| / |Σ wᵢ ΔWᵢ| over every adapted layer: 0 for cat, small for svd, the
-    approximation error for the entry-wise methods. One layer at a time, so memory stays small."""
+def delta_against_the_sum(model: Any, names: list[str], weights: list[float]) -> dict[str, float]:
+    """How the combined adapter's weight changes ΔW compare with the weighted sum S = Σ wᵢ ΔWᵢ, over every adapted
+    layer: `relative_delta_error` |ΔW − S| / |S| (0 for cat, small for svd, the approximation error of the entry-wise
+    methods); `scale_to_sum` c = ⟨ΔW, S⟩ / ⟨S, S⟩ and `error_after_scale` |ΔW − cS| / |cS|, which tell "c times the
+    sum" (linear on inputs whose LoRA A are alike: ≈ Σ √wᵢ · Σ √wⱼ / Σ wᵢ) from a change of another direction. One
+    layer at a time, so memory stays small."""
     from peft.tuners.lora import LoraLayer
 
-    error = total = 0.0
+    error = total = inner = got_total = 0.0
     for module in model.modules():
         if not isinstance(module, LoraLayer) or RESULT not in module.lora_A:
             continue
@@ -106,4 +108,11 @@ def relative_delta_error(model: Any, names: list[str], weights: list[float]) -> 
         got = module.lora_B[RESULT].weight @ module.lora_A[RESULT].weight  # alpha = r: scale 1
         error += float((got - exact).pow(2).sum())
         total += float(exact.pow(2).sum())
-    return (error / total) ** 0.5 if total else 0.0
+        inner += float((got * exact).sum())
+        got_total += float(got.pow(2).sum())
+    if not total:
+        return {"relative_delta_error": 0.0, "scale_to_sum": 1.0, "error_after_scale": 0.0}
+    scale = inner / total
+    # |ΔW − cS|² = |ΔW|² − c²|S|² for the least-squares c
+    after = max(got_total - scale * scale * total, 0.0) ** 0.5 / (abs(scale) * total**0.5) if scale else 1.0
+    return {"relative_delta_error": (error / total) ** 0.5, "scale_to_sum": scale, "error_after_scale": after}
