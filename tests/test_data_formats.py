@@ -414,6 +414,11 @@ def test_undecodable_bytes_name_the_line_in_every_text_format(tmp_path):
         with pytest.raises(DataError, match=f"{name}, {where}: not valid UTF-8"):
             load_records(tmp_path / name)
     assert load_records(tmp_path / "a.csv", skip_invalid=True).skipped == {"undecodable": 1}
+    # a file no line of which decodes (Latin-1 throughout) is named as such, even when invalid rows may be skipped:
+    # "cannot tell the dataset shape" sent people to data.columns
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n{"text": "na\xefve"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl, line 1: not valid UTF-8"):
+        load_records(tmp_path / "latin1.jsonl", skip_invalid=True)
 
 
 def test_bad_json_document_names_its_line(tmp_path):

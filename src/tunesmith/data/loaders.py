@@ -120,7 +120,8 @@ def choose_layout(records: list[Record], shape: str, skip_invalid: bool) -> str:
         if readable and (layout := detect_layout(record.value)):
             return layout
     unreadable = next((record for record in records if record.problem), None)
-    if unreadable and not skip_invalid:
+    nothing_readable = all(record.problem for record in records)  # skipping them would leave no row to read
+    if unreadable and (not skip_invalid or nothing_readable):
         raise located(unreadable.where, unreadable.problem)
     raise unknown_shape(records)
 

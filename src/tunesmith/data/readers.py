@@ -30,7 +30,8 @@ EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv
 FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMATS)}), e.g. "
                "`--set data.file_format=jsonl`, or use an extension such as .jsonl or .csv (plain text: a .txt or .md "
                "file or a folder of them, one row per paragraph; or one JSON line per document, {\"text\": ...}).")
-UTF8_HINT = "Re-save the file as UTF-8."
+UTF8_HINT = ("Re-save the file as UTF-8; a file from Windows or Excel is often cp1252 (Latin-1): "
+             "`iconv -f cp1252 -t utf-8 FILE > FILE.utf8.jsonl`.")
 UTF8_BOM = b"\xef\xbb\xbf"
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8
 
