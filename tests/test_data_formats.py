@@ -680,7 +680,6 @@ def test_a_text_file_is_one_row_per_paragraph_and_a_folder_of_them_reads_every_f
     (corpus / "a.txt").write_text("Bees live in hives, mostly.\nThey make honey.\r\n\n\nA queen lays eggs.\n",
                                   encoding="utf-8")
     (corpus / "b.md").write_text("# Notes\n\nWax comes from glands.", encoding="utf-8")
-    (corpus / "ignored.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     single = load_records(corpus / "a.txt")
     assert (single.file_format, single.shape) == ("text", "text")
     assert single.rows == [{"text": "Bees live in hives, mostly.\nThey make honey."}, {"text": "A queen lays eggs."}]
@@ -705,3 +704,28 @@ def test_a_cpt_recipe_reads_a_folder_of_text_files_and_holds_out_paragraphs(tmp_
     splits = load_splits(load_recipe(tmp_path / "cpt.yaml"), accept=("text",), purpose="continued pre-training")
     assert splits.shape == "text" and splits.train and splits.eval
     assert sorted(row["text"] for row in splits.train + splits.eval) == sorted(paragraphs)
+
+
+def test_a_folder_of_data_files_is_read_as_shards_in_name_order(tmp_path):
+    """A dataset split into files (train-00000.jsonl, ...) is a folder of one format: every file is read, in name
+    order, each row naming its file; a README beside them is left alone; mixed formats or stray text are refused."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index in (1, 0):
+        rows = [{"prompt": f"q{index}-{i}", "completion": f"a{index}-{i}"} for i in range(3)]
+        (shards / f"train-{index:05d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (shards / "README.md").write_text("# my dataset\n", encoding="utf-8")
+    loaded = load_records(shards)
+    assert [row["prompt"] for row in loaded.rows] == [f"q{i}-{j}" for i in (0, 1) for j in range(3)]
+    (shards / "train-00001.jsonl").write_text('{"prompt": "x", "completion": "y"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train-00001\.jsonl, line 2: not valid JSON"):
+        load_records(shards)
+
+    (shards / "extra.csv").write_text("prompt,completion\nq,a\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"holds data files of several formats: 1 csv \(extra\.csv\), 2 jsonl"):
+        load_records(shards)
+    assert len(load_records(shards, fmt="csv").rows) == 1  # data.file_format picks one format out of the folder
+    (shards / "extra.csv").unlink()
+    (shards / "notes.txt").write_text("a paragraph\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"holds data files \(jsonl\) and plain-text files \(notes\.txt\)"):
+        load_records(shards, skip_invalid=True)

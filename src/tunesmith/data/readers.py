@@ -1,7 +1,8 @@
 """Read a dataset file of any supported format into raw records that remember where they came from.
 
-Formats: JSONL, JSON (an array, or `{"data": [...]}`), CSV, TSV, Parquet, a folder written by
-`datasets`' `save_to_disk`, and plain text (a .txt or .md file, or a folder of them: one `{"text": ...}` record per
+Formats: JSONL, JSON (an array, or `{"data": [...]}`), CSV, TSV, Parquet (a file, or a folder of files of one
+format: shards read in name order, each record naming its file and line), a folder written by `datasets`'
+`save_to_disk`, and plain text (a .txt or .md file, or a folder of them: one `{"text": ...}` record per
 paragraph, as `datasets`' text loader reads with sample_by="paragraph"; the documents continued pre-training reads).
 A problem confined to one record (a line that is not JSON, a row with bytes that are not UTF-8) travels with that
 record, so the loader can skip it or name its line; a problem with the whole file raises DataError here. A UTF-8
@@ -55,15 +56,16 @@ def read_records(path: Path, fmt: str = "auto") -> tuple[str, list[Record]]:
         fmt = detect_format(path) if fmt == "auto" else checked_format(path, fmt)
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if path.is_dir() and fmt not in ("datasets", "text"):  # a folder of data files (shards), read in name order
+        return fmt, [record for file in data_files(path, fmt) for record in READERS[fmt](file)]
     return fmt, READERS[fmt](path)
 
 
 def checked_format(path: Path, fmt: str) -> str:
     if fmt not in FORMATS:
         raise DataError(f"Unknown file format {fmt!r}.", f"Use 'auto' or one of {list(FORMATS)}.")
-    if fmt != "text" and (fmt == "datasets") != path.is_dir():
-        wanted = "a folder written by save_to_disk" if fmt == "datasets" else "a file"
-        raise DataError(f"{path}: the {fmt} format needs {wanted}.", FORMAT_HINT)
+    if fmt == "datasets" and not path.is_dir():
+        raise DataError(f"{path}: the datasets format needs a folder written by save_to_disk.", FORMAT_HINT)
     return fmt
 
 
@@ -83,8 +85,18 @@ def detect_format(path: Path) -> str:
     """From the extension where it is known, else from the first bytes. `.json` files that are really
     JSONL (one object per line) are common, so those are told apart by their contents."""
     if path.is_dir():
-        return "text" if text_files(path) and not (path / "dataset_info.json").is_file() and not (
-            path / "dataset_dict.json").is_file() else "datasets"
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "datasets"
+        shards = folder_formats(path)
+        if len(shards) > 1:
+            listing = ", ".join(f"{len(files)} {fmt} ({', '.join(f.name for f in files[:2])}"
+                                f"{', ...' if len(files) > 2 else ''})" for fmt, files in shards.items())
+            raise DataError(f"{path} holds data files of several formats: {listing}.",
+                            "Point data.train at one file, or keep one format in the folder (or name it with "
+                            "data.file_format, e.g. `--set data.file_format=jsonl`, to read only those files).")
+        if shards:
+            return next(iter(shards))
+        return "text" if text_files(path) else "datasets"
     suffix = path.suffix.lower()
     if suffix == ".json":
         return json_or_jsonl(path)
@@ -256,6 +268,33 @@ def read_parquet(path: Path) -> list[Record]:
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc}).") from None
     return indexed_records(path, rows)
+
+
+def folder_formats(folder: Path) -> dict[str, list[Path]]:
+    """The data files directly in `folder` (not plain text) by format, each list in name order; a .json file counts
+    as json or jsonl by its contents. Plain-text files beside them are refused: a folder is read as one format."""
+    found: dict[str, list[Path]] = {}
+    for item in sorted(folder.iterdir()):
+        suffix = item.suffix.lower()
+        if not item.is_file() or item.name.startswith(".") or suffix in TEXT_SUFFIXES:
+            continue
+        fmt = json_or_jsonl(item) if suffix == ".json" else EXTENSIONS.get(suffix)
+        if fmt is not None:
+            found.setdefault(fmt, []).append(item)
+    stray = [item.name for item in text_files(folder) if not item.stem.upper().startswith("README")]
+    if found and stray:
+        raise DataError(f"{folder} holds data files ({', '.join(found)}) and plain-text files ({', '.join(stray[:3])}"
+                        f"{', ...' if len(stray) > 3 else ''}): tunesmith reads a folder as one format.",
+                        "Point data.train at one file, or move the text files out of the folder.")
+    return found
+
+
+def data_files(folder: Path, fmt: str) -> list[Path]:
+    """The files of `fmt` directly in `folder` (data.file_format names it, or the only format there), name order."""
+    files = folder_formats(folder).get(fmt, [])
+    if not files:
+        raise DataError(f"{folder} holds no {fmt} files.", FORMAT_HINT)
+    return files
 
 
 def text_files(folder: Path) -> list[Path]:
