@@ -117,6 +117,29 @@ def test_implicit_prompt_is_the_shared_prefix():
     assert len(second["prompt"]) == 3 and second["chosen"] == [{"role": "assistant", "content": "4"}]
 
 
+def test_anthropic_hh_transcripts_are_conversations_sharing_their_prompt(tmp_path):
+    """HH-RLHF rows: chosen and rejected are whole transcripts as text; the turns they share are the prompt."""
+    history = "\n\nHuman: What is a good name for a cat?\n\nAssistant: Whiskers.\n\nHuman: Another one?"
+    rows = [{"chosen": history + "\n\nAssistant: Maybe Mittens.", "rejected": history + "\n\nAssistant: No."},
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?",
+             "rejected": "\n\nHuman: Hi\n\nAssistant: What"},
+            {"chosen": "plain text", "rejected": "\n\nHuman: Hi\n\nAssistant: x"}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    loaded = load_records(path, skip_invalid=True)
+    first, second = loaded.rows
+    assert first["prompt"] == [{"role": "user", "content": "What is a good name for a cat?"},
+                               {"role": "assistant", "content": "Whiskers."},
+                               {"role": "user", "content": "Another one?"}]
+    assert first["chosen"] == [{"role": "assistant", "content": "Maybe Mittens."}]
+    assert first["rejected"] == [{"role": "assistant", "content": "No."}]
+    assert second["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert loaded.skipped == {"missing_key": 1}
+    with pytest.raises(DataError) as caught:  # one side a transcript, the other plain text: the hint names the form
+        load_records(path)
+    assert "line 3" in caught.value.message and "Anthropic HH-RLHF" in caught.value.hint
+
+
 def test_unpaired_labels_from_csv_words_become_booleans():
     assert [row["label"] for row in fixture_rows("unpaired_preference.csv")] == [True, False, True, False]
 

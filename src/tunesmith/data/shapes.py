@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -217,15 +218,38 @@ def preference_row(record: dict) -> Row:
 
 
 def implicit_preference_row(record: dict) -> Row:
-    """Whole chosen/rejected conversations: the turns they share become the prompt (as TRL does)."""
-    if isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
+    """Whole chosen/rejected conversations: the turns they share become the prompt (as TRL does). Anthropic HH-RLHF's
+    transcripts (`hh_turns`) are such conversations written as text."""
+    chosen, rejected = record["chosen"], record["rejected"]
+    if all(isinstance(side, str) and is_hh_transcript(side) for side in (chosen, rejected)):
+        chosen, rejected = hh_turns(chosen), hh_turns(rejected)
+    elif isinstance(chosen, str) or isinstance(rejected, str):
         raise RowProblem("missing_key", "a preference row without 'prompt' must give 'chosen' and 'rejected' "
                                         "as whole conversations that share their prompt turns.",
-                         "Add a 'prompt' column, or map yours onto it, e.g. `--set data.columns.question=prompt`.")
-    chosen, rejected = conversation(record["chosen"], "chosen"), conversation(record["rejected"], "rejected")
+                         "Add a 'prompt' column, or map yours onto it, e.g. `--set data.columns.question=prompt`; "
+                         "transcripts as text are read when written as Anthropic HH-RLHF's (\\n\\nHuman: ... "
+                         "\\n\\nAssistant: ...).")
+    chosen, rejected = conversation(chosen, "chosen"), conversation(rejected, "rejected")
     shared = shared_prompt_length(chosen, rejected)
     row = {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
     return with_tools(row, record, {"chosen": chosen, "rejected": rejected})
+
+
+HH_SPEAKER = re.compile(r"\n\n(Human|Assistant):")
+
+
+def is_hh_transcript(text: str) -> bool:
+    """Whether `text` is written as Anthropic HH-RLHF's rows are: turns each starting "\\n\\nHuman:" or
+    "\\n\\nAssistant:", the first a Human's."""
+    return isinstance(text, str) and text.startswith("\n\nHuman:") and "\n\nAssistant:" in text
+
+
+def hh_turns(text: str) -> list[dict[str, str]]:
+    """An HH-RLHF transcript as chat turns (Human → user, Assistant → assistant), each turn's text stripped, as TRL's
+    hh-rlhf conversion script splits them (trl examples/datasets/hh-rlhf-helpful-base.py)."""
+    parts = HH_SPEAKER.split(text)[1:]  # "", speaker, text, speaker, text, ...
+    return [{"role": "user" if speaker == "Human" else "assistant", "content": body.strip()}
+            for speaker, body in zip(parts[::2], parts[1::2], strict=True)]
 
 
 def shared_prompt_length(chosen: list[Message], rejected: list[Message]) -> int:
