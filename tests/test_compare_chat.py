@@ -335,3 +335,22 @@ def test_remote_chat_offers_tools_and_joins_streamed_call_fragments(tmp_path):
                                          {"role": "tool", "content": '{"temp_c": 4}', "tool_call_id": "call_1"}]
     assert '(calls get_weather({"city": "Oslo"}))' in "".join(written)
     assert session.messages[-1] == {"role": "assistant", "content": "4 degrees."}
+
+
+def test_chat_takes_an_adapter_folder_on_the_base_it_names(tiny_model_dir, tmp_path):
+    """A merge output or an adapter trained elsewhere: `tunesmith chat FOLDER` loads it on the base its
+    adapter_config.json names, as `--adapter FOLDER` on that base does."""
+    from tunesmith.chat import load_chat_model
+
+    folder = random_lora(tiny_model_dir, tmp_path / "combined", seed=3)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    alone, tokenizer = load_chat_model(str(folder), device="cpu")
+    applied, _ = load_chat_model(str(tiny_model_dir), adapter=folder, device="cpu")
+    base, _ = load_chat_model(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        logits = [model(ids).logits for model in (alone, applied, base)]
+    torch.testing.assert_close(logits[0], logits[1])
+    assert not torch.allclose(logits[0], logits[2])  # the adapter changes the answers: it was applied
+    assert tokenizer is not None
+    with pytest.raises(TunesmithError, match="is an adapter folder itself"):
+        load_chat_model(str(folder), adapter=folder, device="cpu")

@@ -308,7 +308,10 @@ def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) 
 
 
 def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) for a model source, or for a run directory (its adapter on its base, or its model/)."""
+    """(model, tokenizer) for a model source, for a run directory (its adapter on its base, or its model/), or for a
+    PEFT adapter folder that is no run (`tunesmith merge`'s combined adapter, one trained elsewhere) on the base its
+    adapter_config.json names."""
+    from tunesmith.merge.inputs import adapter_base
     from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
     from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
     from tunesmith.runs import Run
@@ -320,6 +323,12 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
         artifact = run.trained_artifact()
         base_dir = run_base_model(run) if is_adapter(artifact) else artifact
         adapter = adapter or (artifact if is_adapter(artifact) else None)
+    elif (run.path / "adapter_config.json").is_file():
+        if adapter is not None:
+            raise TunesmithError(f"{model_or_run} is an adapter folder itself; --adapter applies one to a model.",
+                                 f"Chat with it alone (tunesmith chat {model_or_run}), or pass its base model "
+                                 f"with --adapter {model_or_run}.")
+        base_dir, adapter = adapter_base(run.path), run.path
     else:
         base_dir = resolve_model_source(model_or_run)
     model = load_model(base_dir, torch.float32, device)

@@ -590,8 +590,9 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
 
 
 @app.command()
-def chat(model_or_run: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN",
-                                                     help="Model alias, folder or Hub id, or a run directory.")],
+def chat(model_or_run: Annotated[str, typer.Argument(
+             metavar="MODEL_OR_RUN", help="Model alias, folder or Hub id, a run directory, or a PEFT adapter folder "
+                                          "(on the base its adapter_config.json names).")],
          adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
          system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
          max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256,
