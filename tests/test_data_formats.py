@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tunesmith.data.formats import load_conversations
 from tunesmith.data.loaders import load_records
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.errors import DataError, RowProblem, TunesmithError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 USER = {"role": "user", "content": "Two red mugs."}
@@ -752,3 +752,14 @@ def test_a_folder_of_data_files_is_read_as_shards_in_name_order(tmp_path):
     (shards / "notes.txt").write_text("a paragraph\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"holds data files \(jsonl\) and plain-text files \(notes\.txt\)"):
         load_records(shards, skip_invalid=True)
+
+
+def test_a_row_missing_its_key_gets_a_mapping_hint_only_when_it_has_a_column_to_map():
+    from tunesmith.data.shapes import normalise_record
+
+    with pytest.raises(RowProblem) as caught:  # its own keys, one missing: fix the row, no mapping to suggest
+        normalise_record({"prompt": "p", "chosen": "c"}, "preference")
+    assert "Give the row its 'rejected'" in caught.value.hint and "data.columns" not in caught.value.hint
+    with pytest.raises(RowProblem) as caught:  # a column of its own that could be the missing one
+        normalise_record({"prompt": "p", "chosen": "c", "worse": "r"}, "preference")
+    assert "`--set data.columns.worse=rejected`" in caught.value.hint
