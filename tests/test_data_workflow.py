@@ -277,6 +277,7 @@ def test_inspect_says_which_rows_max_length_would_leave_out_and_exits_1(tmp_path
     recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir), overrides=["data.max_length=64"])
     fit = inspect_data(recipe, examples=0)["files"]["train"]["length_fit"]
     assert fit["left_out"] == {"answer_past_max_length": 1} and fit["answer_tokens_cut"] > 0
+    assert fit["left_out_at"] == [f"{tmp_path / 'd.jsonl'}, line 2"]  # named, as every other problem row is
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "tunesmith", "data", "inspect", str(tmp_path / "d.jsonl"), "--model",
                str(tiny_model_dir)]

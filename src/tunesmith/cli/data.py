@@ -106,6 +106,10 @@ def print_length_fit(fit: dict[str, Any], max_length: int) -> None:
         reasons = ", ".join(f"{count} {reason}" for reason, count in fit["left_out"].items())
         err.print(f"[red]problem:[/red] {left_out} row(s) would be left out by data.max_length {max_length} "
                   f"({reasons}): no answer token lies inside it.", highlight=False, soft_wrap=True)
+        for where in fit.get("left_out_at", []):
+            err.print(f"  left out: {escape(where)}", highlight=False, soft_wrap=True)
+        if left_out > len(fit.get("left_out_at", [])) > 0:
+            err.print(f"  … and {left_out - len(fit['left_out_at'])} more", highlight=False)
     if fit.get("answer_tokens_cut"):
         err.print(f"[yellow]warning:[/yellow] {fit['answer_tokens_cut']:,} answer tokens lie past data.max_length "
                   f"{max_length} and would never train.", highlight=False, soft_wrap=True)

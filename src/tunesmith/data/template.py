@@ -293,6 +293,7 @@ class EncodedSplit:
     dropped: Counter[str] = field(default_factory=Counter)  # rows left out, by reason
     answer_tokens_cut: int = 0  # loss tokens lost to max_length in rows that still train
     source_rows: list[int] = field(default_factory=list)  # per example: its row's index in the rows given
+    dropped_rows: list[int] = field(default_factory=list)  # the indexes of the rows left out, in order
 
     def counts(self) -> dict[str, Any]:
         return {"rows": self.rows, "trained_rows": self.rows - sum(self.dropped.values()),
@@ -309,6 +310,7 @@ def encode_split(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
         encoded = encode_sequence(tokenizer, row["messages"], max_length, row.get("tools"))
         if encoded.drop_reason:
             result.dropped[encoded.drop_reason] += 1
+            result.dropped_rows.append(index)
             continue
         result.answer_tokens_cut += encoded.answer_tokens_cut
         result.examples.append(encoded)
@@ -323,12 +325,13 @@ def encode_preference_split(tokenizer: Any, rows: list[dict[str, Any]], max_leng
     """Preference rows (pairs, or KTO's prompt/completion/label) encoded as TRL's DPO/KTO trainers do, to count
     what carries loss: a row whose prompt fills max_length is dropped, as TRL drops it."""
     result = EncodedSplit([], len(rows))
-    for row in rows:
+    for index, row in enumerate(rows):
         sides = [encode_completion(tokenizer, row["prompt"], row[key], max_length, row.get("tools"))
                  for key in PREFERENCE_SIDES if key in row]
         reason = next((side.drop_reason for side in sides if side.drop_reason), None)
         if reason:
             result.dropped[reason] += 1
+            result.dropped_rows.append(index)
             continue
         result.answer_tokens_cut += sum(side.answer_tokens_cut for side in sides)
         result.examples += sides

@@ -4,7 +4,7 @@ preview (what the loss sees). Each takes a recipe; a bare data file becomes a on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
-            "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length),
+            "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length, loaded.place),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
             "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
@@ -83,9 +83,11 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
     return report
 
 
-def length_fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
+def length_fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
+               place: Callable[[int], str | None] | None = None) -> dict[str, Any]:
     """What data.max_length does to `rows` as training encodes them: `left_out`, the rows with no answer token
-    inside it (by reason: training drops them), and `answer_tokens_cut` from rows that still train. {} for rows
+    inside it (by reason: training drops them), `left_out_at`, where the first LEFT_OUT_SHOWN of them are (`place`:
+    a row's index to its file and line), and `answer_tokens_cut` from rows that still train. {} for rows
     that are not encoded one by one (raw text: packed into blocks) and where the chat template cannot render them
     (the template contract says why)."""
     from tunesmith.data.template import encode_preference_split, encode_split
@@ -100,7 +102,11 @@ def length_fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> d
         encoded = encode(tokenizer, rows, max_length)
     except Exception:  # the template's own error: judge_template reports it with the fix
         return {}
-    return {"left_out": dict(encoded.dropped), "answer_tokens_cut": encoded.answer_tokens_cut}
+    at = [place(index) or f"row {index + 1}" for index in encoded.dropped_rows[:LEFT_OUT_SHOWN]] if place else []
+    return {"left_out": dict(encoded.dropped), "left_out_at": at, "answer_tokens_cut": encoded.answer_tokens_cut}
+
+
+LEFT_OUT_SHOWN = 20  # rows data.max_length leaves out, named by file and line in `data inspect`
 
 
 def recipe_max_length(recipe: Recipe, lengths: Iterable[list[int]]) -> int:

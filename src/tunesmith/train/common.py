@@ -238,7 +238,7 @@ def drop_warnings(counts: dict[str, dict[str, Any]], max_length: int) -> list[st
             reasons = ", ".join(f"{n} {reason}" for reason, n in split_counts["dropped"].items())
             warnings.append(f"{dropped} of {split_counts['rows']} {split} rows are left out: {reasons} "
                             f"(data.max_length {max_length}). Raise data.max_length, or leave it out (auto), "
-                            "to keep them.")
+                            "to keep them; `tunesmith data inspect RECIPE` names them by file and line.")
         if split == "train" and split_counts.get("answer_tokens_cut"):  # rows that train, but not to their end
             warnings.append(f"{split_counts['answer_tokens_cut']:,} answer tokens of the training rows lie past "
                             f"data.max_length {max_length} and are never trained (the end of those answers, and "
