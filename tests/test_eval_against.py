@@ -82,3 +82,22 @@ def test_a_run_of_another_base_model_is_refused(two_runs, tmp_path, tokenizer_di
         run_eval(load_recipe(longer.recipe_file), longer, longer.path)
     with pytest.raises(TunesmithError, match="neither a run directory"):
         run_eval(load_recipe(longer.recipe_file), longer, tmp_path)
+
+
+def test_a_preference_eval_says_its_scores_are_likelihoods_and_how_to_read_answers(tmp_path, capsys):
+    from tunesmith.cli.app import _print_results
+    from tunesmith.results import EvalResults
+
+    def printed(task_metric: str, judge: dict | None = None) -> str:
+        results = EvalResults(examples=8, task_metric=task_metric, base={task_metric: 0.375},
+                              tuned={task_metric: 0.875}, judge=judge)
+        (tmp_path / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
+        _print_results(tmp_path / "run", tmp_path / "results.json")
+        return " ".join(capsys.readouterr().err.split())
+
+    said = printed("preference_accuracy")
+    assert "how likely the held-out answers are" in said and "tunesmith compare --prompts PROMPTS.jsonl" in said
+    assert "how likely" in printed("label_gap")  # KTO's
+    assert "how likely" not in printed("exact_match")
+    judged = {"tuned": {"judge_score": 0.7}, "mode": "score", "model": "j", "examples": 8}
+    assert "how likely" not in printed("preference_accuracy", judge=judged)

@@ -677,6 +677,12 @@ def _print_results(run_path: Path, results_file: Path | None = None) -> None:
     err.print(table)
     if results.base_note:  # reward runs: the base is scored with an untrained head
         err.print(escape(f"Note: {results.base_note}"), highlight=False, soft_wrap=True)
+    if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None:
+        err.print(escape("Note: these score how likely the held-out answers are to each model, not what it writes. "
+                         "To read what the tuned model says beside the base: tunesmith compare --prompts "
+                         f"PROMPTS.jsonl {run_path} --base (or set eval.judge to have a judge model pick between "
+                         "their answers)."),
+                  highlight=False, soft_wrap=True)
     if results.baselines:
         _print_baselines(results.baselines, results.tuned, results.baseline_comparison, results.metrics,
                          results.task_metric, results.examples, results.verdict)
