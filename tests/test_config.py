@@ -40,6 +40,21 @@ def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nadapter:\n  kind: lora\n  rr: 4\n"))
 
 
+@pytest.mark.parametrize(("yaml", "said"), [
+    # a key of another section wins over a close key of this one (adapter.lr is not a misspelt adapter.r)
+    ("adapter:\n  kind: lora\n  lr: 0.001\n",
+     "adapter.lr (line 5): unknown key. It is a key of training: training.lr."),
+    # misspelt, and of another kind: simpo's gamma written on dpo
+    ("method:\n  kind: dpo\n  gama: 0.5\n",
+     "method.gama (line 5): unknown key. Did you mean 'gamma'? It is a key of method.kind simpo, not of this kind."),
+    ("method:\n  kind: DPO\n", "unknown kind 'DPO'. Did you mean 'dpo'? (kinds are lowercase)"),
+])
+def test_a_key_or_kind_written_where_it_does_not_belong_is_pointed_home(tmp_path, yaml, said):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n" + yaml))
+    assert said in str(caught.value)
+
+
 @pytest.mark.parametrize(("yaml", "key"), [
     ("training:\n  learning_rate: 1.0e-3\n", "training.lr"),  # transformers' TrainingArguments
     ("training:\n  gradient_accumulation_steps: 4\n", "training.grad_accum"),

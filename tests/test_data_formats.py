@@ -763,3 +763,16 @@ def test_a_row_missing_its_key_gets_a_mapping_hint_only_when_it_has_a_column_to_
     with pytest.raises(RowProblem) as caught:  # a column of its own that could be the missing one
         normalise_record({"prompt": "p", "chosen": "c", "worse": "r"}, "preference")
     assert "`--set data.columns.worse=rejected`" in caught.value.hint
+
+
+def test_data_columns_may_rename_onto_exactly_the_keys_the_shapes_read(tmp_path):
+    from tunesmith.config import COLUMN_TARGETS, load_recipe
+    from tunesmith.data.shapes import LAYOUTS, OPTIONAL_KEYS
+
+    assert {key for keys in (*LAYOUTS.values(), *OPTIONAL_KEYS.values()) for key in keys} == COLUMN_TARGETS
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  train: t.jsonl\n  columns:\n    question: promt\n", encoding="utf-8")
+    with pytest.raises(TunesmithError) as caught:
+        load_recipe(recipe)
+    assert "data.columns (line 3): question: 'promt' is not a key any row shape reads. Did you mean 'prompt'?" \
+        in str(caught.value)

@@ -149,6 +149,12 @@ class ReplaySection(Section):
         return "kl" if adapter_kind in BASE_PRESERVING_KINDS else "sft"
 
 
+# The keys the row shapes read (data/shapes.py LAYOUTS and OPTIONAL_KEYS; a test keeps the two equal): what
+# data.columns may rename a column to
+COLUMN_TARGETS = frozenset({"messages", "conversations", "system", "tools", "chosen", "rejected", "prompt",
+                            "completion", "label", "instruction", "input", "output", "history", "text"})
+
+
 class DataSection(Section):
     train: str = Field(..., description="Training file (JSONL); relative paths are from the recipe.")
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
@@ -173,6 +179,19 @@ class DataSection(Section):
                                 "<tool_response> JSON blocks in the turns' text.")
     clean: CleanSection = Field(default_factory=CleanSection)
     replay: ReplaySection = Field(default_factory=ReplaySection)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_map_onto_what_rows_hold(cls, value: dict[str, str]) -> dict[str, str]:
+        """Each column is renamed to a key some row shape reads (COLUMN_TARGETS); a misspelt one would only surface
+        as "cannot tell the dataset shape" when the data loads."""
+        for source, target in value.items():
+            if target not in COLUMN_TARGETS:
+                close = difflib.get_close_matches(str(target), sorted(COLUMN_TARGETS), n=1)
+                guess = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{source}: {target!r} is not a key any row shape reads.{guess} Map columns onto "
+                                 f"{', '.join(sorted(COLUMN_TARGETS))}")
+        return value
 
     @field_validator("max_length")
     @classmethod
@@ -1078,8 +1097,9 @@ def describe_error(err: Any, source: Path | None, text: str | None, overrides: l
     if err["type"] == "union_tag_invalid":  # e.g. adapter.kind: lorra
         tag, expected = str(err["ctx"]["tag"]), re.findall(r"'([^']+)'", str(err["ctx"]["expected_tags"]))
         expected = [kind for kind in expected if kind not in REFUSED_KINDS]  # a tag only to say why it is refused
-        close = difflib.get_close_matches(tag, expected, n=1)
-        guess = f" Did you mean {close[0]!r}?" if close else ""
+        close = [tag.lower()] if tag.lower() in expected else difflib.get_close_matches(tag, expected, n=1)
+        guess = f" Did you mean {close[0]!r}? (kinds are lowercase)" if close and close[0] == tag.lower() else (
+            f" Did you mean {close[0]!r}?" if close else "")
         return f"  - {key}.kind{at}: unknown kind {tag!r}.{guess} Choose from {', '.join(expected)}."
     message = err["msg"].removeprefix("Value error, ")
     if isinstance(value, dict):  # a rule over a whole section: its keys are in the message, not its mapping
@@ -1136,16 +1156,30 @@ def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) 
             return ""
         model = annotation
     valid = [name for name in model.model_fields if name != "base_dir"]
+    section = ".".join(loc[:-1])
+    # the key as written somewhere else first (adapter.lr is training.lr, not a misspelt adapter.r)
+    kinds = kinds_with_key(loc[:-1], loc[-1])
+    if kinds:  # a key of another method or adapter kind (method.num_generations under method.kind: cpt)
+        return f" It is a key of {section}.kind {' and '.join(kinds)}, not of this kind."
+    home = section_holding(loc[-1])
+    if home is not None and home != section:
+        return f" It is a key of {home}: {home}.{loc[-1]}."
     close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
     if close:
         return f" Did you mean {close[0]!r}?"
-    kinds = kinds_with_key(loc[:-1], loc[-1])
-    if kinds:  # a key of another method or adapter kind (method.num_generations under method.kind: cpt)
-        return f" It is a key of {'.'.join(loc[:-1])}.kind {' and '.join(kinds)}, not of this kind."
-    home = section_holding(loc[-1])
-    if home is not None and home != ".".join(loc[:-1]):
-        return f" It is a key of {home}: {home}.{loc[-1]}."
+    for other in difflib.get_close_matches(loc[-1], union_keys(loc[:-1]), n=1, cutoff=0.75):
+        kinds = kinds_with_key(loc[:-1], other)  # misspelt and of another kind: method.gama on dpo (simpo's gamma)
+        return f" Did you mean {other!r}? It is a key of {section}.kind {' and '.join(kinds)}, not of this kind."
     return f" Valid keys: {', '.join(valid)}."
+
+
+def union_keys(section: list[str]) -> list[str]:
+    """Every key some kind of a union section (method, adapter) has; [] for other sections."""
+    if len(section) != 1 or section[0] not in Recipe.model_fields:
+        return []
+    members = [arg for arg in typing.get_args(Recipe.model_fields[section[0]].annotation)
+               if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return sorted({key for member in members for key in member.model_fields if key != "kind"})
 
 
 def kinds_with_key(section: list[str], key: str) -> list[str]:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from tunesmith.config import COLUMN_TARGETS
 from tunesmith.data.turns import (
     Message,
     conversation,
@@ -58,9 +59,6 @@ def shape_of(layout: str) -> str:
     return "messages" if layout in ("sharegpt", "alpaca") else layout
 
 
-# every key some layout reads: a row's other keys are columns data.columns could map
-ALL_LAYOUT_KEYS = frozenset({*(key for keys in LAYOUTS.values() for key in keys),
-                             *(key for keys in OPTIONAL_KEYS.values() for key in keys)})
 
 
 def detect_layout(record: dict) -> str | None:
@@ -73,7 +71,7 @@ def normalise_record(value: Any, layout: str) -> Row:
         raise RowProblem("not_an_object", f"expected a JSON object, got {type_name(value)}.")
     missing = [key for key in LAYOUTS[layout] if key not in value]
     if missing:
-        unmapped = [str(key) for key in value if key not in ALL_LAYOUT_KEYS]
+        unmapped = [str(key) for key in value if key not in COLUMN_TARGETS]  # columns data.columns could map
         hint = (f"Map your column names onto the expected ones with data.columns, {{your_column: expected}}, e.g. "
                 f"`--set data.columns.{unmapped[0] if unmapped else 'question'}={missing[0]}`." if unmapped else
                 f"Give the row its {missing[0]!r}, or remove it (data.skip_invalid: true leaves such rows out and "
