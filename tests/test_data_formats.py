@@ -776,3 +776,27 @@ def test_data_columns_may_rename_onto_exactly_the_keys_the_shapes_read(tmp_path)
         load_recipe(recipe)
     assert "data.columns (line 3): question: 'promt' is not a key any row shape reads. Did you mean 'prompt'?" \
         in str(caught.value)
+
+
+def test_a_file_mixing_conversational_layouts_reads_each_row_by_its_own(tmp_path):
+    """Messages, Alpaca, ShareGPT and prompt-completion rows in one file all train as conversations: each is read by
+    its own layout. A file mixing a conversational layout with preference pairs is refused, naming both."""
+    rows = [{"prompt": "p1", "completion": "c1"},
+            {"messages": [{"role": "user", "content": "m1"}, {"role": "assistant", "content": "a1"}]},
+            {"instruction": "i1", "input": "x1", "output": "o1"},
+            {"conversations": [{"from": "human", "value": "s1"}, {"from": "gpt", "value": "g1"}]},
+            {"prompt": "p2", "completion": "c2"}, {"instruction": "i2", "output": "o2"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    loaded = load_records(path)
+    assert loaded.shape == "messages" and loaded.source_shape.startswith("mixed: 2 prompt_completion, 2 alpaca")
+    assert [row["messages"][-1]["content"] for row in loaded.rows] == ["c1", "a1", "o1", "g1", "c2", "o2"]
+    assert loaded.rows[2]["messages"][0]["content"] == "i1\n\nx1"  # Alpaca's instruction and input, as alone
+
+    pairs = [*rows[:2], *({"prompt": f"q{i}", "chosen": "good", "rejected": "bad"} for i in range(3))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    with pytest.raises(DataError, match=r"mixes row shapes: read as prompt_completion \(its first row\), it also "
+                                        r"holds 3 preference row\(s\), the first at .*mixed\.jsonl, line 3"):
+        load_records(path)
+    skipped = load_records(path, skip_invalid=True)  # inspect's reading: the mixture is reported beside the problems
+    assert skipped.other_layouts == {"preference": 3, "messages": 1}

@@ -320,3 +320,18 @@ def test_the_cleaning_report_names_each_rows_file_line_beside_its_index(tmp_path
     assert duplicate["at"].endswith("d.jsonl, line 5") and duplicate["duplicate_of_at"].endswith("d.jsonl, line 1")
     [mail] = steps["pii_redact"]["examples"]
     assert mail["at"].endswith("d.jsonl, line 4")
+
+
+def test_inspect_of_a_file_mixing_shapes_says_so_before_offering_to_skip_rows():
+    from tunesmith.cli.data import ProblemsFoundError, raise_if_problems
+
+    report = {"files": {"train": {"problems": ["f, line 3: a prompt_completion row needs ..."] * 3,
+                                  "other_layouts": {"preference": 3}, "layout": "prompt_completion",
+                                  "source": "f"}}}
+    with pytest.raises(ProblemsFoundError) as caught:
+        raise_if_problems(report)
+    assert caught.value.hint.startswith("The file mixes row shapes (train: prompt_completion and 3 preference)")
+    report["files"]["train"]["other_layouts"] = {}
+    with pytest.raises(ProblemsFoundError) as caught:
+        raise_if_problems(report)
+    assert caught.value.hint.startswith("Fix the rows named above")

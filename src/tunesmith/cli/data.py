@@ -72,6 +72,12 @@ def raise_if_problems(report: dict[str, Any], skip_invalid: bool = False) -> Non
         found = ", ".join(f"{count} in {split} ({report['files'][split]['source']})" for split, count in counts.items())
         hint = ("data.skip_invalid is on, so training skips these rows; fix them to train on them." if skip_invalid
                 else "Fix the rows named above, or set data.skip_invalid: true to train without them.")
+        mixed = {split: info["other_layouts"] for split, info in report["files"].items() if info.get("other_layouts")}
+        if mixed:  # most "problems" are rows of another shape: skipping them is rarely what the user wants
+            hint = ("The file mixes row shapes (" + "; ".join(
+                f"{split}: {info['layout']} and " + ", ".join(f"{n} {name}" for name, n in mixed[split].items())
+                for split, info in report["files"].items() if split in mixed) + "): put each shape in a file of its "
+                "own and train on one, or convert the rows to one shape. " + hint)
         raise ProblemsFoundError(f"Found {sum(counts.values())} problem row(s): {found}.", hint)
 
 

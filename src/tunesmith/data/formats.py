@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.data.loaders import LoadResult, load_records
-from tunesmith.data.shapes import Row
+from tunesmith.data.shapes import Row, as_conversation
 from tunesmith.errors import DataError
 
 __all__ = ["SFT_SHAPES", "Row", "as_chat_preference", "as_conversation", "load_conversations", "load_rows"]
@@ -64,20 +64,6 @@ SHAPE_HINTS = {
     "messages": "conversations train with method.kind sft (or grpo, the last answer as reference).",
     "prompt_completion": "prompt-completion pairs train with method.kind sft or grpo.",
 }
-
-
-def as_conversation(row: Row) -> Row:
-    """A prompt-completion row as one conversation; conversational rows pass through."""
-    if "messages" in row:
-        return row
-    prompt, completion = row["prompt"], row["completion"]
-    if isinstance(prompt, str):
-        return {"messages": [{"role": "user", "content": prompt},
-                             {"role": "assistant", "content": completion}]}
-    conversation: Row = {"messages": [*prompt, *completion]}
-    if "tools" in row:
-        conversation["tools"] = row["tools"]
-    return conversation
 
 
 PREFERENCE_ANSWER_KEYS = ("chosen", "rejected", "completion")

@@ -7,12 +7,22 @@ are skipped instead and counted by reason, so a report can say what was dropped 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunesmith.data.hub import is_hub_dataset, read_hub_records
 from tunesmith.data.readers import Record, read_records
-from tunesmith.data.shapes import LAYOUTS, Row, detect_layout, key_list, normalise_record, shape_of, unused_keys
+from tunesmith.data.shapes import (
+    LAYOUTS,
+    Row,
+    as_conversation,
+    detect_layout,
+    key_list,
+    normalise_record,
+    shape_of,
+    unused_keys,
+)
 from tunesmith.errors import DataError, RowProblem
 
 COLUMNS_HINT = ("data.columns maps your column names onto these, {your_column: expected}, e.g. "
@@ -35,6 +45,7 @@ class LoadResult:
     first_hint: str | None = None  # the first skipped row's own hint (what to do about rows like it)
     unused_columns: list[str] = field(default_factory=list)  # columns the shape does not read: left out of the rows
     places: list[str] = field(default_factory=list)  # where each row is in the file ("FILE, line 7"), as rows
+    other_layouts: dict[str, int] = field(default_factory=dict)  # rows of other layouts, when the file mixes them
 
     def place(self, index: int) -> str | None:
         """Where the index-th usable row is in the file (reports count usable rows; people, file lines)."""
@@ -55,7 +66,12 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     records = rename_columns(records, columns)
     layout = choose_layout(records, shape, skip_invalid)
     result = LoadResult(path, file_format, layout, shape_of(layout),
-                        unused_columns=unused_keys([record.value for record in records], layout))
+                        unused_columns=unused_keys([record.value for record in records], layout),
+                        other_layouts=other_layouts(records, layout) if shape == "auto" else {})
+    if result.other_layouts and {layout, *result.other_layouts} <= set(SFT_LAYOUTS):
+        return load_mixed_sft(result, records, skip_invalid)
+    if result.other_layouts and not skip_invalid:
+        raise mixed_layouts_error(path, layout, records, result.other_layouts)
     for record in records:
         add_row(result, record, layout, skip_invalid)
     if not result.rows:
@@ -63,6 +79,46 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
                         f"({describe_skipped(result.skipped)}), e.g. {result.problems[0]}",
                         result.first_hint or "Fix the rows, or map the column names: " + COLUMNS_HINT)
     return result
+
+
+SFT_LAYOUTS = ("messages", "sharegpt", "alpaca", "prompt_completion")  # all read as conversations
+
+
+def load_mixed_sft(result: LoadResult, records: list[Record], skip_invalid: bool) -> LoadResult:
+    """A file whose rows are of several conversational layouts (OpenAI messages beside Alpaca, ShareGPT or
+    prompt-completion rows): each row read by its own layout and kept as a conversation, as training would read
+    each of those files alone. `source_shape` lists the layouts and their counts."""
+    first = result.source_shape  # the first row's layout: what a row of none is read as (and named a problem)
+    own = [detect_layout(record.value) if isinstance(record.value, dict) else None for record in records]
+    counts = Counter(layout for layout in own if layout)
+    result.source_shape = "mixed: " + ", ".join(f"{count} {layout}" for layout, count in counts.most_common())
+    result.shape = "messages"
+    result.unused_columns = sorted({key for layout in counts for key in unused_keys(
+        [record.value for record, mine in zip(records, own, strict=True) if mine == layout], layout)})
+    for record, layout in zip(records, own, strict=True):
+        add_row(result, record, layout or first, skip_invalid)
+    result.rows = [as_conversation(row) for row in result.rows]
+    return result
+
+
+MIXED_LAYOUT_ROWS = 2  # rows of another layout that make a file "mixed" (one stray row is named as a problem row)
+
+
+def other_layouts(records: list[Record], layout: str) -> dict[str, int]:
+    """Rows whose keys say another layout than the file's (read from its first row), counted by layout, when they
+    are at least MIXED_LAYOUT_ROWS: a file that mixes shapes, of which all but one would be problem rows."""
+    found = Counter(detected for record in records if record.problem is None and isinstance(record.value, dict)
+                    and (detected := detect_layout(record.value)) not in (None, layout))
+    return dict(found.most_common()) if sum(found.values()) >= MIXED_LAYOUT_ROWS else {}
+
+
+def mixed_layouts_error(path: Path | str, layout: str, records: list[Record], others: dict[str, int]) -> DataError:
+    first = {name: next(record.where for record in records if isinstance(record.value, dict)
+                        and record.problem is None and detect_layout(record.value) == name) for name in others}
+    listing = "; ".join(f"{count} {name} row(s), the first at {first[name]}" for name, count in others.items())
+    return DataError(f"{path} mixes row shapes: read as {layout} (its first row), it also holds {listing}.",
+                     "Put each shape in a file of its own and train on one (or convert the rows to one shape); "
+                     "data.skip_invalid: true would leave all of those rows out.")
 
 
 def rename_columns(records: list[Record], columns: dict[str, str] | None) -> list[Record]:

@@ -301,3 +301,17 @@ NORMALISERS: dict[str, Callable[[dict], Row]] = {
     "preference": preference_row,
     "text": text_row,
 }
+
+
+def as_conversation(row: Row) -> Row:
+    """A prompt-completion row as one conversation; conversational rows pass through."""
+    if "messages" in row:
+        return row
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, str):
+        return {"messages": [{"role": "user", "content": prompt},
+                             {"role": "assistant", "content": completion}]}
+    conversation: Row = {"messages": [*prompt, *completion]}
+    if "tools" in row:
+        conversation["tools"] = row["tools"]
+    return conversation

@@ -72,6 +72,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
+            "other_layouts": loaded.other_layouts,
             "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length, loaded.place),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
