@@ -87,10 +87,10 @@ def far_from_the_sum_note(method: str, check: dict[str, Any], path: Path) -> str
     error, scale = check["relative_delta_error"], check.get("scale_to_sum", 1.0)
     why = WHY_NOT_THE_SUM.get(method, f"{method} does not add the inputs' weight changes")
     if check.get("error_after_scale", 1.0) < FAR_FROM_THE_SUM / 2 and abs(scale - 1) > FAR_FROM_THE_SUM:
-        why = (f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.0%}): the inputs' LoRA A "
+        why = (f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.1%}): the inputs' LoRA A "
                "matrices are alike (trained from the same seed's initialisation), so linear, which weights A and B "
                "by √wᵢ each, adds the B's at √wᵢ·Σ√wⱼ instead of wᵢ" if method == "linear"
-               else f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.0%})")
+               else f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.1%})")
     return (f"note: the combined adapter's weight changes are {error:.0%} away from the weighted sum of the inputs' "
             f"({why}). `cat` (the default) gives the exact sum and `svd` the nearest at the inputs' rank; which "
             f"method answers best is for held-out rows to say: tunesmith compare --prompts eval.jsonl {path} "
