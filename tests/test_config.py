@@ -222,3 +222,12 @@ def test_a_runs_recipe_file_leaves_to_the_defaults_what_the_recipe_left_to_them(
     assert edited.training.steps_given  # a value changed in the file is the user's
     overridden = load_recipe(write(tmp_path, text), ["training.epochs=1", "data.replay.ratio=0"])
     assert overridden.training.steps_given and "ratio" in overridden.data.replay.model_fields_set
+
+
+def test_a_data_file_given_where_a_recipe_goes_is_named_as_such(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"messages": []}\n', encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(data)
+    assert "is a data file; this command takes a recipe" in str(caught.value)
+    assert f"tunesmith data inspect {data}" in caught.value.hint

@@ -971,6 +971,9 @@ class Recipe(Section):
         return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
 
 
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".md")  # never a recipe
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `a.b=value` overrides, and validate it."""
     path = Path(path)
@@ -979,6 +982,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                           f"Name the file, e.g. {path / 'recipe.yaml'} (the bundled ones are in recipes/).")
     if not path.is_file():
         raise RecipeError(f"Recipe file not found: {path}", "Check the path, or run `tunesmith quickstart`.")
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise RecipeError(f"{path} is a data file; this command takes a recipe (a YAML file whose data.train names "
+                          "the data).", f"Write a recipe with data: {{train: {path}}} (recipes/quickstart.yaml is one "
+                          f"to copy), or check the file itself with `tunesmith data inspect {path}`.")
     text = path.read_text(encoding="utf-8-sig")
     try:
         raw = yaml.safe_load(text) or {}

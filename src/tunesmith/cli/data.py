@@ -25,7 +25,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 @data_app.command()
 def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
-            examples: Annotated[int, typer.Option(help="Rendered examples to show.")] = 3,
+            examples: Annotated[int, typer.Option(min=0, help="Rendered examples to show.")] = 3,
             as_json: JsonOption = False) -> None:
     """Show the detected shape, counts, every problem and a few rendered rows; writes nothing.
 
@@ -163,13 +163,14 @@ def prepare(target: Target, out: Annotated[Path | None, typer.Option(
 
 
 @data_app.command()
-def preview(target: Target, n: Annotated[int, typer.Option("-n", help="Rows to render.")] = 3,
+def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Rows to render.")] = 3,
             skip: Annotated[int, typer.Option(help="Start after this many rows.")] = 0,
             html: Annotated[Path | None, typer.Option(help="Also write the view as an HTML file.")] = None,
             model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
             as_json: JsonOption = False) -> None:
     """Render rows through the chat template as training will; tokens that carry loss are highlighted.
-    Exits 1 when train would refuse the data (the template contract's problems), after printing them.
+    Exits 1 when train would refuse the data (the template contract's problems), after printing them; a file train
+    cannot read at all (a row that is not JSON) exits 2, as train does; `data inspect` lists every such row.
 
     Example: tunesmith data preview recipes/quickstart.yaml -n 2 --html preview.html
     """
