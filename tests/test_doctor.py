@@ -387,3 +387,20 @@ def test_doctor_takes_the_recipe_as_an_argument_as_the_other_commands_do(tmp_pat
     result = CliRunner().invoke(app, ["doctor", str(recipe), "--json"])
     names = [check["name"] for check in json.loads(result.stdout)["checks"]]
     assert "train data" in names and "template fit" in names
+
+
+def test_doctor_fails_eval_metrics_the_answers_cannot_be_scored_by(tmp_path):
+    """The check train makes at start-up, made by doctor first: json_fields on answers that are not JSON."""
+    from tunesmith.config import load_recipe
+    from tunesmith.doctor.recipe import metric_checks
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text("data:\n  train: t.jsonl\neval:\n  task_metric: json_fields\n", encoding="utf-8")
+    recipe = load_recipe(recipe_file)
+    prose = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+             for i in range(30)]
+    [check] = metric_checks(recipe, prose)
+    assert check.status == "fail" and "json_fields" in check.detail and "eval.task_metric: auto" in check.fix
+    objects = [{"messages": [m, {"role": "assistant", "content": f'{{"n": {i}}}'}]}
+               for i, m in enumerate(row["messages"][0] for row in prose)]
+    assert metric_checks(recipe, objects) == []

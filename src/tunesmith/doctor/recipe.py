@@ -36,7 +36,22 @@ def recipe_checks(recipe: Recipe) -> list[Check]:
     The hook `plan` appends its memory checks to.
     """
     checks, rows = data_checks(recipe)
-    return checks + template_fit_checks(recipe, rows) + memory_checks(recipe)
+    return checks + template_fit_checks(recipe, rows) + metric_checks(recipe, rows) + memory_checks(recipe)
+
+
+def metric_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Check]:
+    """The check `train` makes before loading the model (train/common.py): the eval metrics fit the answers
+    (json_fields needs JSON objects). Conversational rows only, as train checks them; [] when it passes."""
+    from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+
+    conversations = [row for row in rows if "messages" in row]
+    if not conversations or len(conversations) < len(rows):
+        return []
+    try:
+        check_metrics_fit_answers(recipe.eval, classify_answers(conversations))
+    except TunesmithError as exc:
+        return [Check(name="eval metrics", section=SECTION, status="fail", detail=exc.message, fix=exc.hint)]
+    return []
 
 
 def memory_checks(recipe: Recipe) -> list[Check]:
