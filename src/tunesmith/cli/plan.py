@@ -51,7 +51,8 @@ def print_plan(report) -> None:
     """The memory table (component, GiB, how), the verdict, the time, and the advice table, on stderr."""
     err.print(f"[bold]{escape(report.model)}[/bold]: {report.method} with {report.adapter}, "
               f"{report.trained_parameters:,} of {report.total_parameters:,} parameters trained; "
-              f"{report.sequences} sequences x {report.length:,} tokens per micro-batch "
+              f"{report.sequences} sequence{'s' if report.sequences != 1 else ''} x {report.length:,} tokens per "
+              "micro-batch "
               f"({escape(report.length_source)})",
               **SHOW)
     table = Table(title=f"Peak memory on {escape(report.device)}")

@@ -76,7 +76,9 @@ def normalise_record(value: Any, layout: str) -> Row:
                 f"`--set data.columns.{unmapped[0] if unmapped else 'question'}={missing[0]}`." if unmapped else
                 f"Give the row its {missing[0]!r}, or remove it (data.skip_invalid: true leaves such rows out and "
                 "counts them).")
-        raise RowProblem("missing_key", f"a {layout} row needs {missing}; this one has {key_list(value)}.", hint)
+        article = "an" if layout[0] in "aeiou" else "a"
+        raise RowProblem("missing_key", f"{article} {layout} row needs {missing}; this one has {key_list(value)}.",
+                         hint)
     row = NORMALISERS[layout](value)
     check_writable(row)
     return row
