@@ -335,3 +335,12 @@ def test_inspect_of_a_file_mixing_shapes_says_so_before_offering_to_skip_rows():
     with pytest.raises(ProblemsFoundError) as caught:
         raise_if_problems(report)
     assert caught.value.hint.startswith("Fix the rows named above")
+
+
+def test_inspect_counts_train_rows_that_repeat_an_eval_row(tmp_path: Path, tiny_model_dir: Path):
+    rows = distinct_rows(12)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "train.jsonl", model=str(tiny_model_dir),
+                         overrides=[f"data.eval={tmp_path / 'eval.jsonl'}"])
+    assert inspect_data(recipe, examples=0)["train_eval_overlap"] == 3  # what prepare and train remove

@@ -103,6 +103,10 @@ def print_inspect_report(report: dict[str, Any]) -> None:
             err.rule("example", style="dim")
             err.print(escape(text), highlight=False)
     print_contract(report.get("template_contract", {}))
+    if report.get("train_eval_overlap"):
+        err.print(f"[yellow]note:[/yellow] {report['train_eval_overlap']} train row(s) are the same as an eval row: "
+                  "prepare and train remove them from training (their answers would be in the score).",
+                  highlight=False, soft_wrap=True)
 
 
 def print_length_fit(fit: dict[str, Any], max_length: int) -> None:

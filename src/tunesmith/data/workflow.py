@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
-from tunesmith.data import data_source, load_splits, recipe_tokenizer, with_places
+from tunesmith.data import data_source, drop_eval_overlap, load_splits, recipe_tokenizer, with_places
 from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import as_conversation
 from tunesmith.data.lengths import auto_max_length, length_limit
@@ -81,6 +81,9 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         }
         usable += loaded.rows
     report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
+    if "eval" in records and data.clean.dedup != "off":  # what prepare and train remove before training
+        _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows)
+        report["train_eval_overlap"] = overlap["removed"]
     return report
 
 
