@@ -605,8 +605,13 @@ def test_a_gpu_given_by_its_size_keeps_room_for_the_cuda_context(tiny_model_dir,
     exactly = build_report(recipe, arch, Device("cuda", "cuda", peak, 1e14, False), lengths)
     assert exactly.outside_bytes == CUDA_CONTEXT_BYTES and not exactly.fits  # 100% of the card is not room
     assert build_report(recipe, arch, Device("cuda", "cuda", peak + CUDA_CONTEXT_BYTES, 1e14, False), lengths).fits
-    measured = build_report(recipe, arch, Device("cuda", "cuda", peak, 1e14, True), lengths)  # free memory, read
-    assert measured.fits and measured.outside_bytes == 0  # after the context was made
+    measured = build_report(recipe, arch, Device("cuda", "cuda", peak, 1e14, True), lengths)  # the card's total,
+    assert not measured.fits and measured.outside_bytes == CUDA_CONTEXT_BYTES  # read on this machine: the same
+    from tunesmith.plan.devices import resolve_device
+
+    sized, named = resolve_device("cuda:8GB"), resolve_device("t4")
+    assert "an assumed peak" in build_report(recipe, arch, sized, lengths).time_note  # no card: no speed of its own
+    assert "assumed" not in build_report(recipe, arch, named, lengths).time_note  # the data sheet's
     cpu_peak = build_report(recipe, arch, Device("cpu", "cpu", 2.0**40, 1e11, False), lengths).peak_bytes
     cpu = build_report(recipe, arch, Device("cpu", "cpu", cpu_peak, 1e11, False), lengths)
     assert cpu.fits and cpu.outside_bytes == 0  # a CPU's framework component is measured RSS

@@ -62,7 +62,7 @@ def print_plan(report) -> None:
         table.add_row(row.name, f"{row.bytes / GIB:,.2f}", escape(row.how))
     table.add_row("[bold]total[/bold]", f"[bold]{report.peak_bytes / GIB:,.2f}[/bold]",
                   f"device: {report.device_memory_bytes / GIB:,.1f} GiB "
-                  f"{'free' if report.measured_device else 'stated'}")
+                  f"{('total' if report.outside_bytes else 'free') if report.measured_device else 'stated'}")
     err.print(table)
     verdict = "[green]fits[/green]" if report.fits else "[red]does not fit[/red]"
     outside = f" + {report.outside_bytes / GIB:,.1f} CUDA context" if report.outside_bytes else ""

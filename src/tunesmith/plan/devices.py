@@ -42,6 +42,7 @@ class Device:
     peak_flops: float
     measured: bool  # memory and speed read on this machine (else from the catalogue or the spec)
     processes: int = 1  # training processes (one per GPU; on a CPU they share the machine's memory)
+    peak_assumed: bool = False  # a GPU given by its size: its speed is default_peak's, not the card's
 
     def for_processes(self, processes: int, per_node: int) -> Device:
         """The device as one of `processes` training processes sees it: on a CPU the `per_node` processes of one
@@ -74,7 +75,7 @@ def resolve_device(spec: str = "auto") -> Device:
     sized = re.fullmatch(r"(cuda|mps|cpu):(\d+(?:\.\d+)?)\s*gb", spec)
     if sized:
         kind, gigabytes = sized.group(1), float(sized.group(2))
-        return Device(spec, kind, gigabytes * GIB, default_peak(kind), measured=False)
+        return Device(spec, kind, gigabytes * GIB, default_peak(kind), measured=False, peak_assumed=kind != "cpu")
     raise RecipeError(f"Unknown device {spec!r} for the plan.",
                       "Use cpu, cuda, mps, cuda:24GB (any size), or one of: " + ", ".join(CATALOGUE) + ".")
 

@@ -275,6 +275,6 @@ def framework(device: str) -> Component:
 
 def outside_estimate(device: Any) -> float:
     """Device memory the process takes beside the estimate's components: the CUDA context and kernels (in
-    nvidia-smi, not in max_memory_allocated) on a GPU given by its size (a measured GPU's free memory is read after
-    the context exists); 0 on a CPU, whose framework component is measured RSS."""
-    return CUDA_CONTEXT_BYTES if device.kind == "cuda" and not device.measured else 0.0
+    nvidia-smi, not in max_memory_allocated) on a GPU, whose memory_bytes is the card's total (named, sized or
+    read on this machine); 0 on a CPU, whose framework component is measured RSS."""
+    return CUDA_CONTEXT_BYTES if device.kind == "cuda" else 0.0

@@ -42,6 +42,9 @@ def step_time(recipe: Recipe, arch: Architecture, weights: TrainedWeights, work:
     frozen = averaged(frozen_linear_flops, arch, weights, work) * t.grad_accum if frozen_speedup > 1 else 0.0
     seconds = (flops - frozen + frozen / frozen_speedup) / (device.peak_flops * device.efficiency)
     note = f"{flops / 1e12:,.2f} TFLOP per step at {device.efficiency:.0%} of {device.peak_flops / 1e12:,.2f} TFLOP/s"
+    if device.peak_assumed:
+        note += (" (an assumed peak, an RTX 4090's: a GPU given by its size has no speed of its own; name the card, "
+                 "e.g. --device t4 or a100-80gb, for its data-sheet peak)")
     if frozen:
         note += f", the frozen linears' {frozen / flops:.0%} of them in bf16 at {frozen_speedup:.1f}x fp32's speed"
     if work.generated_sequences:
