@@ -118,10 +118,14 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
 
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
+    from tunesmith.eval.forgetting import accuracies
+
+    probes = [{"category": "factual"}] * 8  # the probes block as eval/forgetting.py writes it
     results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match"], base={"exact_match": 0.1},
                           tuned={"exact_match": 0.7},
-                          probes={"count": 48, "margin": 0.02, "perplexity_margin": 0.1, "regression": True,
-                                  "base": {"probe_accuracy": 1.0}, "tuned": {"probe_accuracy": 0.875}})
+                          probes={"count": 8, "margin": 0.02, "perplexity_margin": 0.1, "regression": True,
+                                  "base": {**accuracies(probes, [1.0] * 8), "perplexity": 17.0},
+                                  "tuned": {**accuracies(probes, [1.0] * 7 + [0.0]), "perplexity": 17.2}})
     (run / "eval" / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
     figures = run_figures(run)
     assert (figures["metric_value"], figures["probe_accuracy"], figures["probe_accuracy_base"],

@@ -266,8 +266,8 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
         "metric_value": results.tuned.get(metric) if results and metric else None,
         "metric_base": (results.base or {}).get(metric) if results and metric else None,  # the untuned model's
         # the forgetting probes (eval.probes): what the tuning cost, beside what it gained
-        "probe_accuracy": probes.tuned.get("probe_accuracy") if probes else None,
-        "probe_accuracy_base": (probes.base or {}).get("probe_accuracy") if probes else None,
+        "probe_accuracy": probes.tuned.get("accuracy") if probes else None,  # results.json's probes block
+        "probe_accuracy_base": (probes.base or {}).get("accuracy") if probes else None,
         "regression": probes.regression if probes else None,
         "trainable_params": (train.get("trainable") or {}).get("trainable"),
         "train_time_s": train.get("wall_time_s"),
