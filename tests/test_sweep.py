@@ -258,3 +258,20 @@ def test_failed_combination_is_recorded_and_the_others_run(project):
     assert rows[1]["trainable_params"] > 0 and rows[1]["eval_loss"] is None
     assert "failed: " in (sweep_dir / "sweep.md").read_text()
     assert (sweep_dir / "sweep.png").is_file()  # no eval: the chart shows the final train loss
+
+
+def test_a_grpo_sweep_shows_the_final_reward_where_its_loss_says_nothing(tmp_path):
+    from tunesmith.sweep import outcome_line, plot_sweep, run_figures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.json").write_text(json.dumps({"method": "grpo", "final_loss": 0.0, "steps": 3,
+                                                "final_metrics": {"reward": 0.625}}), encoding="utf-8")
+    figures = run_figures(run)
+    assert figures["final_train_loss"] is None and figures["final_reward"] == 0.625
+    rows = [{"combination": f"temperature={t}", "status": "ok", "wall_time_s": 9.0, "peak_rss_mb": 700.0,
+             **figures, "final_reward": reward} for t, reward in ((0.7, 0.625), (1.0, 0.25))]
+    columns, cells = table_cells(rows)
+    assert columns[1] == "final reward" and [cell[1] for cell in cells] == ["0.6250", "0.2500"]
+    assert "reward 0.6250" in outcome_line(rows[0])
+    assert plot_sweep(rows, tmp_path / "sweep.png") is not None  # a chart of the rewards, not an empty one

@@ -559,8 +559,7 @@ def run_summary(run: Run) -> dict[str, Any]:
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
                "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None,
-               "final_reward": (train.get("final_metrics") or {}).get("reward") if train.get("method") == "grpo"
-               else None}
+               "final_reward": final_reward(train)}
     results_file = run.eval_dir / "results.json"
     if results_file.is_file():
         try:
@@ -572,6 +571,11 @@ def run_summary(run: Run) -> dict[str, Any]:
             summary.update(metric=metric, tuned=results.tuned.get(metric),
                            base=(results.base or {}).get(metric))
     return summary
+
+
+def final_reward(train: dict[str, Any]) -> float | None:
+    """train.json's final mean reward of a GRPO run (`final_metrics.reward`); None for other methods."""
+    return (train.get("final_metrics") or {}).get("reward") if train.get("method") == "grpo" else None
 
 
 def fit_loss(train: dict[str, Any]) -> float | None:

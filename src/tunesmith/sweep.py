@@ -28,7 +28,7 @@ from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.plan.workload import check_targets_exist
 from tunesmith.results import read_results
-from tunesmith.runs import atomic_write_json, atomic_write_text, fit_loss, read_json
+from tunesmith.runs import atomic_write_json, atomic_write_text, final_reward, fit_loss, read_json
 
 GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
 STATUS_FILE = "sweep_status.json"
@@ -261,6 +261,7 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
     probes = results.probes if results else None
     return {
         "final_train_loss": fit_loss(train),
+        "final_reward": final_reward(train),  # GRPO's progress, where its loss says nothing
         "eval_loss": results.tuned.get("loss") if results else None,
         "metric": metric,
         "metric_value": results.tuned.get(metric) if results and metric else None,
@@ -278,6 +279,8 @@ def outcome_line(row: dict[str, Any]) -> str:
     if row["status"] == "failed":
         return f"failed after {row['wall_time_s']}s: {row['error']}"
     metric = f", {row['metric']} {row['metric_value']:.4f}" if row.get("metric_value") is not None else ""
+    if row.get("final_reward") is not None:
+        metric = f", reward {row['final_reward']:.4f}{metric}"
     if row.get("probe_accuracy") is not None:
         metric += f", probes {row['probe_accuracy']:.3f}" + (" (REGRESSION)" if row.get("regression") else "")
     return f"done in {row['wall_time_s']}s: train loss {format_cell(row['final_train_loss'], '{:.4f}')}{metric}"
@@ -299,6 +302,8 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
                ("wall (s)", "wall_time_s", "{:.1f}"), ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}")]
     if any(row.get("probe_accuracy") is not None for row in rows):
         columns[-3:-3] = [("probes", "probe_accuracy", "{:.3f}"), ("forgetting", "forgetting", "{}")]
+    if any(row.get("final_reward") is not None for row in rows):  # GRPO: the reward in place of a fit loss
+        columns[0] = ("final reward", "final_reward", "{:.4f}")
     if any(row.get("peak_cuda_mb") is not None for row in rows):
         columns.append(("peak CUDA (MB)", "peak_cuda_mb", "{:,.0f}"))
     cells = []
@@ -334,7 +339,9 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     from tunesmith.figures import pyplot, save_figure
 
     metric = table_metric(rows)
-    key, label = ("metric_value", metric) if metric else ("final_train_loss", "final train loss")
+    rewarded = any(row.get("final_reward") is not None for row in rows)
+    key, label = (("metric_value", metric) if metric else ("final_reward", "final reward") if rewarded
+                  else ("final_train_loss", "final train loss"))
     shown = [row for row in rows if row.get(key) is not None and (not metric or row.get("metric") == metric)]
     if not shown:
         return None
@@ -365,7 +372,7 @@ def plot_sweep_panel(ax: Any, rows: list[dict[str, Any]], key: str, label: str, 
         ax.legend(loc="lower right")
     ax.set(ylabel=label, title=f"{label} per combination")
     known = [value for value in values if value is not None]
-    if key != "final_train_loss" and all(0 <= value <= 1 for value in known):
+    if key not in ("final_train_loss", "final_reward") and all(0 <= value <= 1 for value in known):
         ax.set_ylim(0, 1.05)  # scores: the same scale from sweep to sweep
     ax.grid(axis="y", alpha=0.3)
 
