@@ -109,6 +109,35 @@ def test_a_user_reward_beside_the_recipe_its_signature_and_its_errors_are_the_us
         build_rewards([RewardSpec(name="absent_rewards:f")], tmp_path)
 
 
+@pytest.mark.parametrize(("source", "message"), [
+    ("def f(completion, reference)\n    return 1.0\n",
+     r"User reward broken(\.py)?:f: .*broken\.py, line 1: expected ':'"),
+    ("import nonexistent_pkg_xyz\n\ndef f(completion, reference):\n    return 1.0\n",
+     r"broken\.py imports 'nonexistent_pkg_xyz', which is not installed"),
+    ("raise RuntimeError('no config')\n", r"importing .*broken\.py raised RuntimeError: no config"),
+    ("f = 3\n", r"'f' in broken(\.py)? is not a function \(it is 3\)"),
+])
+def test_a_reward_module_that_cannot_be_loaded_is_the_users_error(tmp_path, source, message):
+    """A syntax error, a missing import or a failing top level in the user's file: a usage error naming the file
+    and line (exit 2, before any model loads), not tunesmith's "Internal error ... report it"."""
+    from tunesmith.errors import TunesmithError
+
+    (tmp_path / "broken.py").write_text(source, encoding="utf-8")
+    for name in ("broken.py:f", "broken:f"):  # a file path, and a module found beside the recipe
+        with pytest.raises(TunesmithError, match=message) as raised:
+            build_rewards([RewardSpec(name=name)], tmp_path)
+        assert raised.value.exit_code == 2
+
+
+@pytest.mark.parametrize("value", ["float('nan')", "float('inf')", "-float('inf')"])
+def test_a_reward_that_is_not_finite_is_refused(tmp_path, value):
+    """A NaN reward dropped out of the sum and an infinite one zeroed every advantage: training ran, learning
+    nothing, and said nothing."""
+    (tmp_path / "odd.py").write_text(f"def f(completion, reference):\n    return {value}\n", encoding="utf-8")
+    with pytest.raises(Exception, match=r"(?s)odd\.py:f returned .* one finite float"):
+        score({"name": "odd.py:f"}, ["x"], base_dir=tmp_path)
+
+
 def test_conversational_completions_are_scored_on_the_assistant_text():
     assert completion_text([{"role": "assistant", "content": "42"}]) == "42"
     assert score({"name": "exact_match"}, [[{"role": "assistant", "content": "42"}]], reference="42") == [1.0]

@@ -18,7 +18,7 @@ import importlib.util
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,19 +266,46 @@ def load_user_function(spec: str, base_dir: Path, role: str = "metric") -> Calla
             raise TunesmithError(f"User {role} {spec}: no such file {path}.", "Paths resolve from the recipe's folder.")
         module_spec = importlib.util.spec_from_file_location(f"tunesmith_user_{role}_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        with user_code_errors(spec, role, str(path)):
+            module_spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(target)
+            with user_code_errors(spec, role, target, missing_is_ours=True):
+                module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             raise TunesmithError(f"User {role} {spec}: cannot import {target!r} ({exc}), and {beside_recipe} does "
                                  "not exist.", "Install the module, or name a file: path/to/file.py:function (from "
                                                "the recipe's folder).") from None
-    function = getattr(module, name, None)
-    if not callable(function):
+    if not hasattr(module, name):
         raise TunesmithError(f"User {role} {spec}: {target} has no function {name!r}.")
+    function = getattr(module, name)
+    if not callable(function):
+        raise TunesmithError(f"User {role} {spec}: {name!r} in {target} is not a function (it is {function!r:.40}).",
+                             f"Name a function defined as def {name}(completion: str, reference: str) -> float.")
     check_takes_completion_and_reference(function, spec, role)
     return function
+
+
+@contextlib.contextmanager
+def user_code_errors(spec: str, role: str, where: str, missing_is_ours: bool = False) -> Iterator[None]:
+    """Running the user's module: a syntax error in it, or an import it cannot make, is the user's code failing
+    (named with the file and line), not a tunesmith crash. With `missing_is_ours`, the module itself not being found
+    passes through (the caller says where it looked)."""
+    try:
+        yield
+    except SyntaxError as exc:
+        raise TunesmithError(f"User {role} {spec}: {exc.filename or where}, line {exc.lineno}: {exc.msg}.",
+                             "Fix the syntax error in that file.") from None
+    except ModuleNotFoundError as exc:
+        if missing_is_ours and exc.name == where:
+            raise
+        raise TunesmithError(f"User {role} {spec}: {where} imports {exc.name!r}, which is not installed.",
+                             f"Install it into tunesmith's environment (pip install {exc.name}), or remove the "
+                             "import.") from None
+    except Exception as exc:
+        raise TunesmithError(f"User {role} {spec}: importing {where} raised {type(exc).__name__}: {exc}.",
+                             "Fix the module's top-level code (`tunesmith --debug COMMAND ...` shows the "
+                             "traceback).") from exc
 
 
 def importable(module: str) -> bool:

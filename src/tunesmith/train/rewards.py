@@ -14,6 +14,7 @@ taking (completion, reference) and returning a float, the same shape as a user e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,11 @@ def user_reward(spec: str, base_dir: Path) -> Score:
 
     def score(text: str, reference: str, ids: list[int]) -> float:
         value = call_user_function(function, spec, "reward", text, reference)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise TunesmithError(f"User reward {spec} returned {value!r} for completion {text[:60]!r}.",
-                                 "A reward function returns one float per (completion, reference).")
+                                 "A reward function returns one finite float per (completion, reference): a NaN "
+                                 "drops the reward from the sum, an infinity makes every advantage 0 and nothing "
+                                 "trains.")
         return float(value)
 
     return score
