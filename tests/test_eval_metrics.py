@@ -346,3 +346,21 @@ def test_example_rows_are_coloured_only_when_scores_move_one_way():
     assert row_class([[[1.0], [0.0]], [[0.5], [0.5]]]) == "worse"
     assert row_class([[[1.0], [0.0]], [[0.2], [0.5]]]) == ""  # mixed
     assert row_class([[[0.3], [0.3]]]) == ""
+
+
+def test_train_checks_a_user_metric_file_before_training(tmp_path, tiny_model_dir):
+    """eval.metrics names a user function: a missing or broken file stops train before the model loads, not after
+    training when eval first scores."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_tiny_project
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=2)
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe), "--evaluate", "--runs-dir",
+                           str(tmp_path / "runs"), "--set", "eval.metrics=[missing.py:f]"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "User metric missing.py:f: no such file" in " ".join(done.stderr.split())
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())  # nothing trained, no run directory left behind

@@ -27,6 +27,7 @@ from tunesmith.models.loading import context_length
 from tunesmith.plan.devices import matmul_peak
 from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice
 from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
+from tunesmith.scoring import load_user_function
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
 from tunesmith.train.budget import (
@@ -124,6 +125,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     init_from = initial_weights(recipe)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     splits = load_splits(recipe, accept=accept, purpose=purpose)
+    for spec in (m for m in recipe.eval.metrics or [] if ":" in m):  # a user metric's file: found and loadable now
+        load_user_function(spec, Path(recipe.base_dir))
     if splits.shape == "messages":  # eval's metrics must fit the answers: refuse now, not after training
         check_metrics_fit_answers(recipe.eval, classify_answers(splits.train))
         if recipe.eval.wants_constraint:  # so must the constraint eval decodes under
