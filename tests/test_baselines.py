@@ -208,6 +208,16 @@ def test_verdict_on_too_few_rows_asks_for_more_instead_of_recommending_a_cheaper
     assert "too wide to decide on" in text and "try it before fine-tuning" not in text
 
 
+def test_verdict_says_where_the_tuned_model_stands_when_a_prompt_beats_it():
+    """eval RUN --baselines answers "did fine-tuning beat prompting?": when a prompt is best, the tuned model's score
+    and its gap are said, even where the interval is too wide to recommend anything."""
+    few = [1.0] * 9 + [0.0] * 7  # 4-shot 0.56
+    tuned = [1.0] * 7 + [0.0] * 9  # tuned 0.44
+    text = verdict(fake_results(tuned, few))
+    assert "best is 4-shot at 0.56" in text and "The tuned model reaches 0.44 (best − it: +0.12" in text
+    assert "The tuned model reaches" not in verdict(fake_results([1.0] * 40, [0.0] * 30 + [1.0] * 10))  # it is best
+
+
 # --- eval, the report, the card and the baseline command on a tiny run --------------------------------------------
 
 BASELINES_EVAL = """  baselines: [zero_shot, few_shot, constrained, few_shot_constrained]
@@ -256,6 +266,8 @@ def test_baseline_command_runs_before_training(tmp_path, tiny_model_dir, monkeyp
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert list(printed["baselines"]) == ["zero_shot", "few_shot", "constrained"]
+    said = " ".join(result.stderr.split())  # as train says it: a verdict on 6 rows is read with that in mind
+    assert "held-out rows:" in said and "Only 6 held-out row(s)" in said
     [run_dir] = (tmp_path / "elsewhere").iterdir()  # --runs-dir, as train and sweep take it
     assert (run_dir / "baseline" / "results.json").is_file() and (run_dir / "data" / "eval.jsonl").is_file()
     assert not (run_dir / "adapter").exists()

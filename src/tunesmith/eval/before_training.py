@@ -29,6 +29,7 @@ from tunesmith.models.loading import context_length
 from tunesmith.results import Scores
 from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
 from tunesmith.scoring import aggregate, recipe_scorer, score_answers, score_columns
+from tunesmith.train.common import small_split_warnings
 
 
 class BaselineResults(BaseModel):
@@ -60,6 +61,9 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     asked = names or recipe.eval.baselines
     names = list(asked or BASELINES)
     splits = load_splits(recipe)
+    print(f"held-out rows: {splits.source['eval']}", file=sys.stderr, flush=True)
+    for warning in small_split_warnings(len(splits.train), len(splits.eval)):  # as train says it
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     answers = classify_answers(splits.train)
     check_metrics_fit_answers(recipe.eval, answers)
     metrics = recipe.eval.chosen_metrics(answers.kind)

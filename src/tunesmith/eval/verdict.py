@@ -44,6 +44,10 @@ def verdict(results: dict[str, Any]) -> str | None:
     rows = results.get("examples", len(columns[best]))
     text = (f"On {metric} over {rows} held-out rows the best is {option_label(best, options[best])} at "
             f"{options[best][metric]:.2f}.")
+    if "tuned" in options and "tuned" not in (best, cheapest):  # the question the baselines answer: said outright
+        low, high = gaps["tuned"]["ci95"]
+        text += (f" The tuned model reaches {options['tuned'][metric]:.2f} (best − it: {gaps['tuned']['delta']:+.2f}, "
+                 f"95% CI [{low:+.2f}, {high:+.2f}]).")
     if cheapest != best:
         gap = gaps[cheapest]
         low, high = gap["ci95"]
