@@ -72,6 +72,21 @@ def test_plan_fills_the_budget_up_to_the_epoch_cap():
     capped = plan_steps(budget_s=1000, step_s=0.5, steps_per_epoch=10)
     assert capped.steps == 30 and capped.epochs == 3 and "3 epochs" in capped.why
     assert plan_steps(budget_s=1, step_s=10, steps_per_epoch=10).steps == 1
+    spent = plan_steps(budget_s=5, step_s=1.34, steps_per_epoch=10, spent_s=13.3)  # set-up ate the whole budget
+    assert spent.steps == 1 and "left no room for a step of 1.34 s after 13 s of set-up" in spent.why
+    assert "runs past the budget" in spent.why and "fill" not in spent.why
+
+
+def test_a_time_budget_is_a_duration_or_a_bare_number_of_seconds():
+    from tunesmith.config import validate_recipe
+    from tunesmith.errors import RecipeError
+
+    def seconds(value):
+        return validate_recipe({"data": {"train": "t.jsonl"}, "training": {"time_budget": value}}).training
+    assert seconds(90).time_budget_seconds == 90 and seconds("1h30m").time_budget_seconds == 5400
+    for bad in (0, "10 minutes", True):
+        with pytest.raises(RecipeError, match=r"not a (positive )?duration"):
+            seconds(bad)
 
 
 def test_plan_adds_the_base_pass_only_to_the_replay_anchors_first_pass():

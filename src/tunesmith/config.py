@@ -594,12 +594,16 @@ class TrainingSection(Section):
             raise ValueError(f"{value} steps: give at least 1 optimizer step, or -1 to train by training.epochs")
         return value
 
-    @field_validator("time_budget")
+    @field_validator("time_budget", mode="before")
     @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            duration_seconds(value)
-        return value
+    def _duration(cls, value: Any) -> str | None:
+        """A duration (10m, 1h30m), or a bare number of seconds (YAML and --set read `90` as a number)."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"{value!r} is not a duration; write e.g. 10m, 90s or 1h30m")
+        duration_seconds(str(value))
+        return str(value)
 
     @property
     def time_budget_seconds(self) -> float | None:

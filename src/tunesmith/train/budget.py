@@ -88,6 +88,10 @@ def plan_steps(budget_s: float, step_s: float, steps_per_epoch: int, max_epochs:
     if fit > cap:
         why = (f"{max_epochs:g} epochs ({cap} steps of {each}) fit in {of}; more passes over "
                "the same rows mostly memorise them")
+    elif usable < step_s + (first_pass_s if heavy_steps else 0.0):  # not even one step fits: say so, train one
+        why = (f"the budget of {budget_s:.0f} s left no room for a step of {each} after {spent_s:.0f} s of set-up "
+               "(loading the model and the data): 1 step, the least a run trains, so it runs past the budget. "
+               "Give a budget longer than the set-up, or training.max_steps")
     else:
         why = f"{steps} steps of {each} fill {BUDGET_SAFETY:.0%} of {of}"
     return BudgetPlan(budget_s, step_s, steps_per_epoch, steps, why, spent_s, first_pass_s if heavy_steps else 0.0,
