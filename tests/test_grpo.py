@@ -289,3 +289,10 @@ def test_repeated_reward_names_are_logged_apart(tmp_path):
              RewardSpec(name="json_valid")]
     rewards, _ = build_rewards(specs, tmp_path)
     assert [r.__name__ for r in rewards] == ["regex", "regex_2", "json_valid"]
+
+
+def test_a_json_schema_reward_with_no_schema_file_names_the_rewards_key(tmp_path):
+    from tunesmith.errors import TunesmithError
+
+    with pytest.raises(TunesmithError, match=r"method\.rewards \(the json_schema reward's json_schema\): no such file"):
+        build_rewards([RewardSpec(name="json_schema", json_schema="nope.json")], tmp_path)

@@ -207,9 +207,9 @@ def regex_scorer(pattern: str) -> Scorer:
     return lambda prediction, reference: {"regex": float(compiled.fullmatch(prediction.strip()) is not None)}
 
 
-def json_schema_scorer(schema_file: Path) -> Scorer:
-    """1 when the whole answer is JSON that validates against the schema file named in `eval.json_schema`."""
-    validator = load_schema_validator(schema_file)
+def json_schema_scorer(schema_file: Path, key: str = "eval.json_schema") -> Scorer:
+    """1 when the whole answer is JSON that validates against the schema file the recipe's `key` names."""
+    validator = load_schema_validator(schema_file, key)
 
     def score(prediction: str, reference: str) -> dict[str, Any]:
         value = parse_json_strict(prediction)
@@ -218,8 +218,9 @@ def json_schema_scorer(schema_file: Path) -> Scorer:
     return score
 
 
-def load_schema_validator(schema_file: Path) -> Any:
-    """A jsonschema validator of the draft the schema declares; a missing or broken schema fails here, once."""
+def load_schema_validator(schema_file: Path, key: str = "eval.json_schema") -> Any:
+    """A jsonschema validator of the draft the schema declares; a missing or broken schema fails here, once, naming
+    the recipe `key` that gave the file."""
     import jsonschema
 
     try:
@@ -227,10 +228,10 @@ def load_schema_validator(schema_file: Path) -> Any:
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
     except FileNotFoundError:
-        raise TunesmithError(f"eval.json_schema: no such file {schema_file}.",
+        raise TunesmithError(f"{key}: no such file {schema_file}.",
                              "Give a path relative to the recipe file.") from None
     except (json.JSONDecodeError, jsonschema.SchemaError) as exc:
-        raise TunesmithError(f"eval.json_schema: {schema_file} is not a valid JSON Schema: {exc}".splitlines()[0],
+        raise TunesmithError(f"{key}: {schema_file} is not a valid JSON Schema: {exc}".splitlines()[0],
                              "Fix the schema file: it must be JSON and a valid JSON Schema.") from None
     return validator_class(schema)
 

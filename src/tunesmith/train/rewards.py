@@ -80,7 +80,8 @@ def reward_score(spec: RewardSpec, base_dir: Path) -> Score:
         return from_metric(regex_scorer(spec.pattern or ""), "regex")
     if spec.name == "json_schema":
         schema = Path(spec.json_schema or "").expanduser()
-        return from_metric(json_schema_scorer(schema if schema.is_absolute() else base_dir / schema), "json_schema")
+        return from_metric(json_schema_scorer(schema if schema.is_absolute() else base_dir / schema,
+                                              "method.rewards (the json_schema reward's json_schema)"), "json_schema")
     if spec.name == "length_penalty":
         return length_penalty(spec.target or 1)
     return user_reward(spec.name, base_dir)
