@@ -302,6 +302,9 @@ def test_runs_list_says_what_each_run_is_and_how_far_it_got(trained, tmp_path):
     assert "sweep-tiny-20261206-010000/lr=1e-3" in table.output.replace("\n", "") or "lr=1e-3" in table.output
     shown = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "nowhere")])  # main() prints it, exit 2
     assert isinstance(shown.exception, TunesmithError) and "nowhere is not a folder" in str(shown.exception)
+    one = CliRunner().invoke(app, ["runs", "list", str(trained.run.path)])  # a run given where its folder goes
+    assert isinstance(one.exception, TunesmithError) and "is a run, not a folder of runs" in str(one.exception)
+    assert f"tunesmith runs list {runs_dir}" in one.exception.hint
 
 
 def test_open_run_says_what_a_folder_is_when_it_is_not_a_run(tmp_path):

@@ -28,6 +28,10 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
     if not runs_dir.is_dir():
         raise TunesmithError(f"{runs_dir} is not a folder.", "Pass the folder `tunesmith train` writes runs into "
                                                              "(runs/ unless the recipe's runs_dir says otherwise).")
+    if (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
+        raise TunesmithError(f"{runs_dir} is a run, not a folder of runs.",
+                             f"List its folder (tunesmith runs list {runs_dir.parent}), or see the run itself with "
+                             f"tunesmith eval {runs_dir} (its scores) or its README.md.")
     summaries = list_runs(runs_dir)
     if as_json:
         print_json(summaries)
