@@ -275,3 +275,10 @@ def test_a_grpo_sweep_shows_the_final_reward_where_its_loss_says_nothing(tmp_pat
     assert columns[1] == "final reward" and [cell[1] for cell in cells] == ["0.6250", "0.2500"]
     assert "reward 0.6250" in outcome_line(rows[0])
     assert plot_sweep(rows, tmp_path / "sweep.png") is not None  # a chart of the rewards, not an empty one
+
+
+def test_a_set_of_a_key_the_grid_varies_is_refused(project):
+    root, recipe = project
+    with pytest.raises(RecipeError, match=r"--set adapter\.r=16 names adapter\.r, which --grid varies"):
+        run_sweep(recipe, ["adapter.r=4,8"], sets=["adapter.r=16"], runs_dir=root / "never")
+    assert not (root / "never").exists()

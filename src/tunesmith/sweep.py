@@ -140,6 +140,16 @@ def value_label(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
+def refuse_set_under_a_grid(axes: list[GridAxis], sets: list[str]) -> None:
+    """A --set of a key a --grid varies would be overridden by each combination's value without a word."""
+    varied = {axis.key for axis in axes}
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key in varied:
+            raise RecipeError(f"--set {item} names {key}, which --grid varies: each combination's value would replace "
+                              "it.", f"Drop the --set, or put its value among the --grid {key}=... values.")
+
+
 def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combination]) -> Recipe:
     """Load every combination's recipe before anything runs, so a bad value fails in a second (an adapter.targets
     name the model lacks too, from its config); returns the base."""
@@ -185,7 +195,9 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
     A failed combination is recorded in the table and the others still run (see raise_if_any_failed).
     """
     recipe_path, sets = Path(recipe_path).resolve(), list(sets or [])
-    combos = combinations([parse_grid(text) for text in grids])
+    axes = [parse_grid(text) for text in grids]
+    refuse_set_under_a_grid(axes, sets)
+    combos = combinations(axes)
     base = validate_combinations(recipe_path, sets, combos)
     sweep_dir = create_sweep_dir(base, runs_dir)
     header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
