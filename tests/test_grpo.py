@@ -296,3 +296,21 @@ def test_a_json_schema_reward_with_no_schema_file_names_the_rewards_key(tmp_path
 
     with pytest.raises(TunesmithError, match=r"method\.rewards \(the json_schema reward's json_schema\): no such file"):
         build_rewards([RewardSpec(name="json_schema", json_schema="nope.json")], tmp_path)
+
+
+def test_a_user_reward_that_fails_on_the_reference_is_named_before_the_model_loads(tmp_path):
+    """The user's reward is tried once on the first row's own reference: one that raises on it (or returns no
+    number) is named before the model loads. The model source here does not exist: the reward's error comes first."""
+    from tunesmith.errors import TunesmithError
+
+    (tmp_path / "bad.py").write_text("def number_only(completion, reference):\n    return float(completion) / 0\n",
+                                     encoding="utf-8")
+    rows = [{"prompt": f"What is {i} + {i}?", "completion": str(2 * i)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = validate_recipe({"model": {"source": str(tmp_path / "no-such-model")}, "base_dir": str(tmp_path),
+                              "data": {"train": "train.jsonl"},
+                              "method": {"kind": "grpo", "num_generations": 2, "max_completion_length": 8,
+                                         "rewards": [{"name": "bad.py:number_only"}]},
+                              "training": {"batch_size": 2, "max_steps": 1}})
+    with pytest.raises(TunesmithError, match=r"User reward bad\.py:number_only raised ZeroDivisionError"):
+        run_training(recipe, create_run(recipe, tmp_path / "runs"))

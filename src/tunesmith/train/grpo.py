@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import GRPOMethod, Recipe
+from tunesmith.data import load_splits
 from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import Row
 from tunesmith.data.template import answer_text
@@ -36,6 +37,8 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
 
     method = grpo_method(recipe)  # its group size fits the batch: the recipe's validation checked
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
+    splits = load_splits(recipe, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
+    try_user_rewards_on_a_reference(method, rewards, prompt_and_reference(splits.train[0]))
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
     tally = CompletionTally()
     trainer = GRPOTrainer(
@@ -101,6 +104,16 @@ def grpo_method(recipe: Recipe) -> GRPOMethod:
     if not isinstance(recipe.method, GRPOMethod):
         raise RecipeError(f"run_grpo was given method.kind {recipe.method.kind}.", "Use run_training(recipe, run).")
     return recipe.method
+
+
+def try_user_rewards_on_a_reference(method: GRPOMethod, rewards: list[Callable[..., list[float]]], row: Row) -> None:
+    """Call each user reward (`module:function`) once on the first row's reference as the completion, before the
+    model loads: a function that raises on it, or returns no finite float, is named now (the same TunesmithError
+    as mid-run: train/rewards.py), not at the first generation after the model has loaded."""
+    for spec, reward in zip(method.rewards, rewards, strict=True):
+        if ":" in spec.name:
+            reward(prompts=[row["prompt"]], completions=[row["reference"]], completion_ids=[[0]],
+                   reference=[row["reference"]])
 
 
 def prompt_and_reference(row: Row) -> Row:
