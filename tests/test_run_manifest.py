@@ -321,3 +321,21 @@ def test_open_run_says_what_a_folder_is_when_it_is_not_a_run(tmp_path):
     assert f"training.init_from: {merged}" in info.value.hint
     with pytest.raises(TunesmithError, match=r"not a tunesmith run directory \(no recipe.yaml\)"):
         open_run(tmp_path)
+
+
+def test_runs_list_and_diff_carry_the_forgetting_probes(tmp_path):
+    from tunesmith.eval.forgetting import accuracies
+    from tunesmith.results import EvalResults
+    from tunesmith.runs import run_summary
+
+    _, run = old_run(tmp_path)
+    probes = [{"category": "reasoning"}] * 16
+    results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match"], base={"exact_match": 0.0},
+                          tuned={"exact_match": 0.25},
+                          probes={"count": 16, "margin": 0.05, "perplexity_margin": 0.05, "regression": True,
+                                  "base": {**accuracies(probes, [1.0] * 16), "perplexity": 17.0},
+                                  "tuned": {**accuracies(probes, [1.0] * 15 + [0.0]), "perplexity": 17.1}})
+    run.eval_dir.mkdir(parents=True, exist_ok=True)
+    (run.eval_dir / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
+    summary = run_summary(run)
+    assert (summary["probe_accuracy"], summary["regression"]) == (0.9375, True)

@@ -538,8 +538,8 @@ def started_at(run: Run) -> str:
 
 def run_summary(run: Run) -> dict[str, Any]:
     """What a run is and how far it got: its recipe's method and adapter, `status` (trained, stopped at a checkpoint,
-    or not trained), the steps and final training loss (train.json), and the headline eval score of base and tuned
-    (eval/results.json), None where a stage has not run."""
+    or not trained), the steps and final training loss (train.json), the headline eval score of base and tuned and
+    the forgetting probes' accuracy and regression verdict (eval/results.json), None where a stage has not run."""
     from tunesmith.results import read_results
 
     try:
@@ -559,7 +559,7 @@ def run_summary(run: Run) -> dict[str, Any]:
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
                "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None,
-               "final_reward": final_reward(train)}
+               "final_reward": final_reward(train), "probe_accuracy": None, "regression": None}
     results_file = run.eval_dir / "results.json"
     if results_file.is_file():
         try:
@@ -570,6 +570,8 @@ def run_summary(run: Run) -> dict[str, Any]:
         if metric is not None:
             summary.update(metric=metric, tuned=results.tuned.get(metric),
                            base=(results.base or {}).get(metric))
+        if results.probes is not None:  # the forgetting probes: what the tuning cost
+            summary.update(probe_accuracy=results.probes.tuned.get("accuracy"), regression=results.probes.regression)
     return summary
 
 

@@ -40,15 +40,17 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
         err.print(f"No runs in {runs_dir}.")
         return
     table = Table(title=f"runs in {runs_dir}")
-    for column in ("run", "method", "status", "steps", "final loss", "eval: base → tuned"):
+    for column in ("run", "method", "status", "steps", "final loss", "eval: base → tuned", "probes"):
         table.add_column(column)
     for row in summaries:
         score = (f"{row['metric']} {number(row['base'])} → {number(row['tuned'])}" if row["metric"] else "")
         fit = (f"reward {number(row['final_reward'])}" if row.get("final_reward") is not None
                else number(row["final_loss"]))  # GRPO: its loss says nothing, its reward does
         name = Path(row["run"]).relative_to(runs_dir) if Path(row["run"]).is_relative_to(runs_dir) else Path(row["run"])
+        probes = "" if row.get("probe_accuracy") is None else (
+            number(row["probe_accuracy"]) + (" REGRESSION" if row.get("regression") else ""))
         table.add_row(escape(str(name) if len(name.parts) > 1 else name.name), row["method"], row["status"],
-                      "" if row["steps"] is None else str(row["steps"]), fit, escape(score))
+                      "" if row["steps"] is None else str(row["steps"]), fit, escape(score), probes)
     wide_console(160).print(table)
 
 
