@@ -339,3 +339,11 @@ def test_runs_list_and_diff_carry_the_forgetting_probes(tmp_path):
     (run.eval_dir / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
     summary = run_summary(run)
     assert (summary["probe_accuracy"], summary["regression"]) == (0.9375, True)
+
+
+def test_the_model_card_shows_the_train_rows_hash_runs_diff_compares(trained):
+    from tunesmith.card import write_model_card
+
+    card = write_model_card(trained.run).read_text(encoding="utf-8")
+    saved = trained.run.manifest().data.train.sha256  # data/train.jsonl's bytes, as run.json records them
+    assert f"data/train.jsonl: `{saved[:16]}…`" in card

@@ -31,7 +31,7 @@ def write_model_card(run: Run) -> Path:
         "",
         "## Training",
         f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
-        f"(sha256 of train rows `{str(data.get('train_sha256', '?'))[:16]}…`)",
+        f"(sha256 of the saved train rows, data/train.jsonl: `{train_rows_sha256(run, data)[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
         f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} "
@@ -113,6 +113,15 @@ def template_lines(contract: dict[str, Any] | None) -> list[str]:
              f"{contract['assistant_turns']}; tools: {contract['tools']}"]
     lines += [f"- warning: {warning}" for warning in contract.get("warnings", [])]
     return [*lines, ""]
+
+
+def train_rows_sha256(run: Run, data: dict[str, Any]) -> str:
+    """The hash run.json records for the saved training rows (data/train.jsonl's bytes: what `runs diff` compares and
+    resume checks), so one run shows one train-rows hash; data.json's row fingerprint for a run without run.json."""
+    manifest = run.manifest()
+    if manifest is not None and manifest.data is not None:
+        return manifest.data.train.sha256
+    return str(data.get("train_sha256", "?"))
 
 
 def adapter_line(adapter: Any) -> str:
