@@ -59,8 +59,6 @@ def shape_of(layout: str) -> str:
     return "messages" if layout in ("sharegpt", "alpaca") else layout
 
 
-
-
 def detect_layout(record: dict) -> str | None:
     return next((layout for layout, keys in LAYOUTS.items() if all(key in record for key in keys)), None)
 
