@@ -37,15 +37,6 @@ def ollama_data(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | No
             "Tools": tools}
 
 
-def apart_from_schemas(text: str) -> tuple[str, list[Any]]:
-    """The prompt with its <tools> lines taken out, and those lines read as JSON."""
-    if "<tools>\n" not in text:
-        return text, []
-    head, rest = text.split("<tools>\n", 1)
-    schemas, tail = rest.split("\n</tools>", 1)
-    return head + "<tools>\n</tools>" + tail, [json.loads(line) for line in schemas.split("\n")]
-
-
 def go_renderer(folder: Path) -> Path:
     binary = folder / "render_template"
     env = {**os.environ, "GOCACHE": str(folder / "cache"), "GOPATH": str(folder / "gopath"), "GOTOOLCHAIN": "local",
@@ -63,6 +54,7 @@ def main() -> None:
 
     from tunesmith.data.formats import load_rows
     from tunesmith.export.ollama import training_tools_renderer
+    from tunesmith.export.ollama_tools import apart_from_schemas
     from tunesmith.models import load_tokenizer
     from tunesmith.models.tuned import run_base_model
     from tunesmith.runs import Run

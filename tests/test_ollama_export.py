@@ -19,6 +19,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export import ollama as ollama_export
 from tunesmith.export.ollama import create_with_ollama, modelfile_text
 from tunesmith.export.ollama_templates import FAMILIES, Translation, translate_chat_template
+from tunesmith.export.ollama_tools import apart_from_schemas
 
 GO_PROGRAM = Path(__file__).parent / "go" / "render_template.go"
 
@@ -477,15 +478,6 @@ def go_render_data(binary: Path, template: str, data: list[dict], tmp_path: Path
     return json.loads(done.stdout)
 
 
-def split_schemas(text: str) -> tuple[str, list[dict]]:
-    """The prompt with the <tools> block's lines taken out, and those lines read as JSON."""
-    if "<tools>\n" not in text:
-        return text, []
-    head, rest = text.split("<tools>\n", 1)
-    schemas, tail = rest.split("\n</tools>", 1)
-    return head + "<tools>\n</tools>" + tail, [json.loads(line) for line in schemas.split("\n")]
-
-
 def tools_renderer(tokenizer, tool_format: str):
     from tunesmith.config import DataSection
     from tunesmith.export.ollama import training_tools_renderer
@@ -505,7 +497,7 @@ def test_ollama_prompts_tool_conversations_as_training_did(name, tool_format, to
     rendered = go_render_data(go_renderer, translation.go_template, [ollama_data(row) for row in TOOL_ROWS],
                               tmp_path)
     for index, (row, go) in enumerate(zip(TOOL_ROWS, rendered, strict=True)):
-        assert split_schemas(go) == split_schemas(render_tools(row["messages"], row["tools"])), f"row {index}"
+        assert apart_from_schemas(go) == apart_from_schemas(render_tools(row["messages"], row["tools"])), f"row {index}"
     # and a conversation without tools is prompted exactly as the plain translation (checked against Jinja) does
     plain = translate_chat_template(tokenizer, adds_bos=False)
     assert not plain.offers_tools

@@ -67,6 +67,16 @@ class ToolsIntro:
     tail: str  # after the last schema, to the end of the system turn
 
 
+def apart_from_schemas(prompt: str) -> tuple[str, list[Any]]:
+    """A prompt with its `<tools>` block's lines taken out, and those lines read as JSON: what an Ollama prompt and
+    the training prompt it translates share exactly (Ollama writes the schemas with its own JSON spacing)."""
+    if "<tools>\n" not in prompt:
+        return prompt, []
+    head, rest = prompt.split("<tools>\n", 1)
+    schemas, tail = rest.split("\n</tools>", 1)
+    return head + "<tools>\n</tools>" + tail, [json.loads(line) for line in schemas.split("\n")]
+
+
 def jinja_schema(tool: dict[str, Any]) -> str:
     """A schema as `tojson` (transformers' chat templates) and data.fallbacks write it."""
     return json.dumps(tool, ensure_ascii=False)
