@@ -91,6 +91,8 @@ class EvalResults(BaseModel):
     probes: ProbesBlock | None = None
     judge: AddOnBlock | None = None
     lm_eval: AddOnBlock | None = None
+    rewards: AddOnBlock | None = Field(None, description="A GRPO run's own rewards on the held-out answers: `reward` "
+                                       "(their weighted sum) and `reward/<name>` per variant, tuned against base.")
     samples: list[dict[str, Any]] = Field(default_factory=list)
     tuned_constrained: bool = Field(False, description="The tuned model decoded under `constraint`.")
     baselines: dict[str, Scores] | None = Field(None, description="The cheaper alternatives' scores and costs "
@@ -114,8 +116,8 @@ class EvalResults(BaseModel):
         return headline_of([*self.metrics, self.task_metric], self.tuned)
 
     def add_on_blocks(self) -> dict[str, AddOnBlock]:
-        """The add-ons that ran, by results.json key (probes, judge, lm_eval)."""
-        blocks = {"probes": self.probes, "judge": self.judge, "lm_eval": self.lm_eval}
+        """The add-ons that ran, by results.json key (rewards, probes, judge, lm_eval)."""
+        blocks = {"rewards": self.rewards, "probes": self.probes, "judge": self.judge, "lm_eval": self.lm_eval}
         return {name: block for name, block in blocks.items() if block is not None}
 
     def all_comparisons(self) -> dict[str, Comparison]:

@@ -197,6 +197,7 @@ SCORERS: dict[str, Scorer] = {
     "tool_call_decision": tool_call_match_score,
 }
 LIKELIHOOD_METRICS = ("loss", "perplexity")  # always measured, from the held-out loss; lower is better
+REFERENCE_FREE_METRICS = ("json_valid", "regex", "json_schema")  # judge an answer alone, without its reference
 LABEL_WRAPPING = "\"'`.!?;:,"
 OTHER_LABEL = "(other)"  # the confusion matrix's column for answers outside the label set
 

@@ -19,7 +19,7 @@ ModelOption = Annotated[str | None, typer.Option(
     "--model", help="Model whose tokenizer and chat template to use (default: the recipe's, or the embedded one).")]
 ShapeOption = Annotated[str | None, typer.Option(
     "--format", help="Force the shape: messages, sharegpt, alpaca, prompt_completion, preference, "
-                     "unpaired_preference, text.")]
+                     "unpaired_preference, text, prompt (prompts without answers, for GRPO).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 

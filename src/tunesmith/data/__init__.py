@@ -89,13 +89,13 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
     if data.clean.dedup != "off":
         kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
         refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
-    if shapes <= set(SFT_SHAPES):
+    if shapes <= {*SFT_SHAPES, "prompt"}:  # conversations, and GRPO's prompts as the turns the model answers
         kept, held = ([as_conversation(row) for row in part] for part in (kept, held))
     elif shapes <= {"preference", "unpaired_preference"}:  # plain-text pairs train in the chat format too
         kept, held = ([as_chat_preference(row) for row in part] for part in (kept, held))
     kept, held = ([apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in part]
                   for part in (kept, held))
-    shape = "messages" if shapes <= set(SFT_SHAPES) else "/".join(sorted(shapes))
+    shape = "/".join(sorted({"messages" if name in SFT_SHAPES else name for name in shapes}))
     return Splits(kept, held, source, skipped, shape, cleaning)
 
 

@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tunesmith.config import ANSWER_KIND_METRICS, EvalSection
+from tunesmith.config import ANSWER_KIND_METRICS, REFERENCE_REWARDS, EvalSection, GRPOMethod, Recipe, RewardSpec
 from tunesmith.data.rowtext import answer_texts
-from tunesmith.data.shapes import Row
+from tunesmith.data.shapes import Row, is_prompt_only
 from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError
-from tunesmith.scoring import NUMBER_ANSWER, tool_calls_in
+from tunesmith.scoring import LIKELIHOOD_METRICS, NUMBER_ANSWER, REFERENCE_FREE_METRICS, tool_calls_in
 
 AnswerKind = Literal["tool_calls", "json", "labels", "numbers", "free_text"]
 MAX_LABELS = 20
@@ -146,6 +146,47 @@ def check_metrics_fit_answers(section: EvalSection, answers: AnswerSummary) -> N
         f"and {answers.reason} (for example {answers.example!r}).",
         f"Set eval.task_metric: auto (here it picks {', '.join(fitting)}), or eval.metrics: "
         f"[{', '.join(fitting)}].")
+
+
+def check_prompts_fit_scoring(recipe: Recipe, train: list[Row], held_out: list[Row], source: str) -> None:
+    """Prompts without answers (GRPO's prompt-only rows) before training: the rewards and the eval metrics must not
+    need the answers they lack (`check_rewards_fit_rows`, `prompt_only_metrics`). DataError otherwise."""
+    if isinstance(recipe.method, GRPOMethod):
+        check_rewards_fit_rows(recipe.method.rewards, train, source)
+    if any(is_prompt_only(row) for row in held_out):
+        prompt_only_metrics(recipe.eval)
+
+
+def check_rewards_fit_rows(rewards: list[RewardSpec], rows: list[Row], source: str) -> None:
+    """Refuse GRPO rewards that compare each completion with the row's reference answer (exact_match, ...) on
+    prompts that have none: every completion would score 0, and nothing would train."""
+    needing = [spec.name for spec in rewards if spec.name in REFERENCE_REWARDS]
+    unanswered = sum(is_prompt_only(row) for row in rows)
+    if needing and unanswered:
+        raise DataError(f"method.rewards has {', '.join(needing)}, which compare(s) each completion with the row's "
+                        f"reference answer, and the {unanswered} training rows of {source} are prompts without "
+                        "answers.",
+                        "Give each row its answer as 'completion' (data.columns maps a column of another name onto "
+                        "it: `--set data.columns.answer=completion`), or reward what a completion can be judged on "
+                        "alone: regex, json_valid, json_schema, length_penalty, reward_model, or a function of yours.")
+
+
+def prompt_only_metrics(section: EvalSection) -> list[str]:
+    """The metrics held-out prompts without answers are scored by: those that judge an answer alone (regex,
+    json_valid, json_schema, a user function, which is given '' as the reference); none under task_metric auto (a
+    GRPO run's rewards score its answers). A metric that needs the reference, or the held-out loss, is refused."""
+    chosen = section.metrics or ([] if section.task_metric in ("auto", "none") else [section.task_metric])
+    needing = [name for name in chosen if name not in REFERENCE_FREE_METRICS and ":" not in name]
+    if needing:
+        key = "eval.metrics" if section.metrics else "eval.task_metric"
+        measured = "need the reference answer" + (" (loss and perplexity: its tokens)" if set(needing) &
+                                                  set(LIKELIHOOD_METRICS) else "")
+        raise DataError(f"{key} asks for {', '.join(needing)}, which {measured}, and the held-out rows are prompts "
+                        "without answers.",
+                        "Score them with metrics that judge an answer alone (regex, json_valid, json_schema, or a "
+                        "function of yours), or leave eval.metrics out: the run's GRPO rewards score the answers; or "
+                        "hold out rows with answers (data.eval: a file of prompt-completion rows).")
+    return list(chosen)
 
 
 _NOT_JSON = object()

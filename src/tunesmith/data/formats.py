@@ -19,7 +19,7 @@ SFT_SHAPES = ("messages", "prompt_completion")
 PAIR_SHAPES = ("preference",)
 # The row shapes each method.kind trains on: the one table training, doctor and plan read.
 METHOD_SHAPES: dict[str, tuple[str, ...]] = {
-    "sft": SFT_SHAPES, "cpt": ("text",), "grpo": ("prompt_completion", "messages"), "reward": PAIR_SHAPES,
+    "sft": SFT_SHAPES, "cpt": ("text",), "grpo": ("prompt_completion", "messages", "prompt"), "reward": PAIR_SHAPES,
     "dpo": PAIR_SHAPES, "orpo": PAIR_SHAPES, "simpo": PAIR_SHAPES, "kto": ("unpaired_preference", "preference"),
 }
 
@@ -63,6 +63,9 @@ SHAPE_HINTS = {
     "text": "raw text trains with method.kind cpt (continued pre-training).",
     "messages": "conversations train with method.kind sft (or grpo, the last answer as reference).",
     "prompt_completion": "prompt-completion pairs train with method.kind sft or grpo.",
+    "prompt": "prompts without answers train with method.kind grpo, which samples the answers and scores them with "
+              "method.rewards; to train on answers, give each row its 'completion' (data.columns maps a column of "
+              "another name onto it, e.g. `--set data.columns.answer=completion`).",
 }
 
 

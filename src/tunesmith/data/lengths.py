@@ -25,8 +25,9 @@ UNCUT = 1 << 30  # a limit no row reaches, for models whose config names no cont
 def encoded_sequences(rows: list[dict[str, Any]], shape: str, tokenizer: Any, max_length: int) -> list[Any]:
     """Each trained sequence, encoded: conversations through the template, preference sides with their prompt,
     raw text (continued pre-training) as plain tokens. GRPO's prompts count with their reference answers, an
-    upper bound. `shape` is load_splits's: one shape, or the shapes of the files joined by "/" (KTO's unpaired
-    training rows beside paired held-out ones: "preference/unpaired_preference").
+    upper bound, or (prompts without answers) up to the generation prompt. `shape` is load_splits's: one shape, or
+    the shapes of the files joined by "/" (KTO's unpaired training rows beside paired held-out ones:
+    "preference/unpaired_preference").
 
     Raises DataError when the files hold shapes no one method trains on together."""
     shapes = set(shape.split("/"))
@@ -36,6 +37,9 @@ def encoded_sequences(rows: list[dict[str, Any]], shape: str, tokenizer: Any, ma
         return [encode_sequence(tokenizer, row["text"], max_length) for row in rows]
     if shapes == {"messages"}:
         return encode_split(tokenizer, rows, max_length).examples
+    if shapes <= {"messages", "prompt"}:  # GRPO's prompts without answers (held-out rows may have them)
+        return [encode_sequence(tokenizer, row.get("messages") or row["prompt"], max_length, row.get("tools"))
+                for row in rows]
     raise DataError(f"the recipe's data files hold rows of different shapes ({shape})",
                     "Give data.train and data.eval rows of the shape the method trains on (tunesmith data preview "
                     "shows how each file is read)")

@@ -28,7 +28,7 @@ from tunesmith.errors import DataError, RowProblem
 COLUMNS_HINT = ("data.columns maps your column names onto these, {your_column: expected}, e.g. "
                 "`--set data.columns.question=prompt --set data.columns.answer=completion`.")
 SHAPE_HINT = ("Rows need 'messages', 'conversations' (ShareGPT), 'instruction' and 'output' (Alpaca), "
-              "'prompt' and 'completion', 'chosen' and 'rejected', or 'text'; " + COLUMNS_HINT)
+              "'prompt' and 'completion', 'chosen' and 'rejected', 'text', or (GRPO) 'prompt' alone; " + COLUMNS_HINT)
 
 
 @dataclass
@@ -38,7 +38,7 @@ class LoadResult:
     path: Path | str
     file_format: str
     source_shape: str  # the layout as found: messages, sharegpt, alpaca, prompt_completion, ...
-    shape: str  # the canonical shape: messages, prompt_completion, preference, unpaired_preference, text
+    shape: str  # the canonical shape: messages, prompt_completion, preference, unpaired_preference, text, prompt
     rows: list[Row] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)

@@ -249,10 +249,10 @@ def token_lengths(tokenizer: Any, rows: list[Row]) -> list[int]:
 def rendered_or_joined(tokenizer: Any, sequence: list[dict[str, Any]], row: Row) -> str:
     """The chat template's text, or the turns' contents joined where the template fails on them (the template
     contract check reports that failure, with its fix; a length estimate must not crash first)."""
-    from tunesmith.data.template import render
+    from tunesmith.data.template import render_sequence
 
     try:
-        return render(tokenizer, sequence, tools=row.get("tools"))
+        return render_sequence(tokenizer, sequence, row.get("tools"))
     except Exception:  # jinja templates raise anything (raise_exception on a role they refuse)
         return "\n".join(str(message.get("content") or "") for message in sequence)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.contract import judge_template
+from tunesmith.data.shapes import is_prompt_only
 from tunesmith.data.template import (
     IGNORE_INDEX,
     PREFERENCE_SIDES,
@@ -22,7 +23,7 @@ from tunesmith.data.template import (
     assistant_spans,
     encode_completion,
     encode_sequence,
-    render,
+    render_sequence,
 )
 from tunesmith.errors import DataError
 
@@ -84,6 +85,8 @@ def conversations_of(row: Row) -> list[tuple[str, Sequence]]:
     prompt = row["prompt"]
     prompt_turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     sides = [(key, row[key]) for key in ("chosen", "rejected", "completion") if key in row]
+    if not sides:  # a prompt-only row: the turns the model answers
+        return [("", prompt_turns)]
     return [(key, [*prompt_turns, *as_turns(reply)]) for key, reply in sides]
 
 
@@ -94,8 +97,8 @@ def as_turns(reply: Any) -> list[dict[str, Any]]:
 def encoded_sides(tokenizer: Any, row: Row, max_length: int) -> list[tuple[str, EncodedSequence]]:
     """The row's sequences exactly as training encodes them: `encode_sequence` for conversations and raw text
     (what the SFT and CPT trainers get), `encode_completion` for preference sides (TRL's DPO/KTO tokenization)."""
-    if "messages" in row or "text" in row:
-        sequence = row["messages"] if "messages" in row else row["text"]
+    if "messages" in row or "text" in row or is_prompt_only(row):
+        [(_, sequence)] = conversations_of(row)
         return [("", encode_sequence(tokenizer, sequence, max_length, row.get("tools")))]
     return [(key, encode_completion(tokenizer, row["prompt"], row[key], max_length, row.get("tools")))
             for key in PREFERENCE_SIDES if key in row]
@@ -143,7 +146,7 @@ def plain_prompt_warnings(tokenizer: Any, rows: list[Row], model: str) -> list[s
     """Rows whose `prompt` is a string train as plain text (prompt + answer + EOS: TRL's rule for non-conversational
     rows, trl/trainer/dpo_trainer.py `add_eos`), never through the chat template that `chat` and `serve` prompt a
     chat model with. Said once, with the count, when the model has a template."""
-    plain = sum(isinstance(row.get("prompt"), str) for row in rows)
+    plain = sum(isinstance(row.get("prompt"), str) and not is_prompt_only(row) for row in rows)
     if not plain or not getattr(tokenizer, "chat_template", None):
         return []
     return [f"{plain} row(s) have a plain-text prompt: they train as plain text (prompt, answer, EOS, as TRL does), "
@@ -215,7 +218,7 @@ def round_trip_warnings(tokenizer: Any, rows: list[Row], first_row: int) -> list
         if isinstance(row.get("prompt"), str):
             continue  # a plain-text pair trains without the chat template (TRL appends EOS itself)
         for side, sequence in conversations_of(row):
-            text = sequence if isinstance(sequence, str) else render(tokenizer, sequence, tools=row.get("tools"))
+            text = sequence if isinstance(sequence, str) else render_sequence(tokenizer, sequence, row.get("tools"))
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             decoded = tokenizer.decode(ids)
             if decoded != text:

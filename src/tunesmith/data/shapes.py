@@ -1,7 +1,8 @@
 """Recognise a dataset's shape from its keys and turn each record into a canonical row (DESIGN §2).
 
-Canonical rows follow TRL's dataset conventions, so every trainer downstream sees one of five shapes:
-`messages` (optionally with `tools`), `prompt_completion`, `preference`, `unpaired_preference`, `text`.
+Canonical rows follow TRL's dataset conventions, so every trainer downstream sees one of six shapes:
+`messages` (optionally with `tools`), `prompt_completion`, `preference`, `unpaired_preference`, `text`, and
+`prompt` (prompts without answers: what GRPO samples answers to, TRL's "prompt-only" type).
 ShareGPT and Alpaca records are recognised too and become `messages` rows. Keys a shape does not use
 (ids, sources, scores) are left out of the canonical row.
 """
@@ -18,6 +19,7 @@ from tunesmith.config import COLUMN_TARGETS
 from tunesmith.data.turns import (
     Message,
     conversation,
+    open_prompt,
     prompt_and_reply,
     short_repr,
     text_field,
@@ -37,13 +39,14 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
+    "prompt": ("prompt",),  # last: a row with a prompt and anything the rows above read is of their layout
 }
-SHAPES = ("messages", "prompt_completion", "preference", "unpaired_preference", "text")
+SHAPES = ("messages", "prompt_completion", "preference", "unpaired_preference", "text", "prompt")
 # The keys each layout reads besides its identifying ones (LAYOUTS): every other column is left out of the rows.
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("tools",), "sharegpt": ("system", "tools"), "preference": ("prompt", "tools"),
     "unpaired_preference": ("tools",), "prompt_completion": ("tools",), "alpaca": ("input", "system", "history"),
-    "text": (),
+    "text": (), "prompt": ("tools",),
 }
 
 
@@ -281,6 +284,13 @@ def text_row(record: dict) -> Row:
     return {"text": required_text(record, "text")}
 
 
+def prompt_row(record: dict) -> Row:
+    """A prompt without an answer (TRL's prompt-only rows): text, or turns ending where the model answers."""
+    if isinstance(record["prompt"], str) or is_number(record["prompt"]):
+        return {"prompt": required_text(record, "prompt", reason="empty_user")}
+    return with_tools({"prompt": open_prompt(record["prompt"])}, record)
+
+
 def check_writable(row: Row) -> None:
     """A canonical row must survive being written as UTF-8 JSON (`prepare` does exactly that)."""
     try:
@@ -300,13 +310,25 @@ NORMALISERS: dict[str, Callable[[dict], Row]] = {
     "unpaired_preference": unpaired_preference_row,
     "preference": preference_row,
     "text": text_row,
+    "prompt": prompt_row,
 }
 
 
+ANSWER_KEYS = ("completion", "chosen", "rejected", "label")
+
+
+def is_prompt_only(row: Row) -> bool:
+    """A `prompt` row: a prompt without an answer (GRPO samples one), not the prompt of a pair or completion."""
+    return "prompt" in row and not any(key in row for key in ANSWER_KEYS)
+
+
 def as_conversation(row: Row) -> Row:
-    """A prompt-completion row as one conversation; conversational rows pass through."""
+    """A prompt-completion row as one conversation, a prompt-only row's text prompt as a user turn; conversational
+    rows pass through."""
     if "messages" in row:
         return row
+    if is_prompt_only(row):  # turns the model answers
+        return row if isinstance(row["prompt"], list) else {"prompt": [{"role": "user", "content": row["prompt"]}]}
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str):
         return {"messages": [{"role": "user", "content": prompt},

@@ -72,6 +72,17 @@ def answer_text(message: dict[str, Any]) -> str:
     return "\n".join([content, *blocks] if content.strip() else blocks) if blocks else content
 
 
+def prompt_turns(row: dict[str, Any]) -> Messages:
+    """The turns a held-out row's answer follows: a conversation's all but the last, a prompt-only row's prompt."""
+    return row["messages"][:-1] if "messages" in row else row["prompt"]
+
+
+def reference_answer(row: dict[str, Any]) -> str | None:
+    """The answer a held-out row expects (its last turn, as `answer_text` writes it); None for a prompt without one
+    (GRPO's prompt-only rows)."""
+    return answer_text(row["messages"][-1]) if "messages" in row else None
+
+
 def context_text(messages: Messages) -> str:
     """The turns an answer follows, as a person (or an LLM judge) reads them: the user's text alone when the answer
     follows one user turn (a system turn aside), else every turn on its own line as `role: text`, an assistant
@@ -130,6 +141,17 @@ def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
                                          add_generation_prompt=generation_prompt, **extra)
 
 
+def is_open(messages: Messages) -> bool:
+    """Whether the turns end where the model answers (a prompt-only row: GRPO samples the answer)."""
+    return messages[-1]["role"] != "assistant"
+
+
+def render_sequence(tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] | None = None) -> str:
+    """A row's turns as training renders them: a whole conversation, or a prompt without its answer with the
+    generation prompt after it (where the sampled answers start)."""
+    return render(tokenizer, messages, generation_prompt=is_open(messages), tools=tools)
+
+
 def assistant_spans(tokenizer: Any, messages: Messages,
                     tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of each assistant turn (with its end tokens).
@@ -178,6 +200,7 @@ class EncodedSequence:
     labels: list[int]
     total_tokens: int  # before the cut
     answer_tokens_cut: int  # loss-carrying tokens past max_length, never trained
+    prompt_only: bool = False  # a prompt without its answer: no token carries loss, the answers are sampled
 
     @property
     def loss_tokens(self) -> int:
@@ -186,17 +209,21 @@ class EncodedSequence:
     @property
     def drop_reason(self) -> str | None:
         """Why training leaves this sequence out (None: it trains)."""
-        return None if self.loss_tokens else NO_ANSWER_INSIDE_MAX_LENGTH
+        return None if self.loss_tokens or self.prompt_only else NO_ANSWER_INSIDE_MAX_LENGTH
 
 
 def encode_sequence(tokenizer: Any, sequence: Messages | str, max_length: int,
                     tools: list[dict[str, Any]] | None = None) -> EncodedSequence:
     """Token ids and labels of a conversation (assistant tokens keep their id, the rest IGNORE_INDEX; an assistant
     turn with `weight` 0, OpenAI's context-only turn, is context too) or of raw text (every token carries loss), cut
-    at `max_length` tokens."""
+    at `max_length` tokens. A prompt without its answer (`is_open`) is its rendering with the generation prompt, no
+    token carrying loss."""
     if isinstance(sequence, str):
         ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
         labels = list(ids)
+    elif is_open(sequence):
+        ids = tokenizer(render_sequence(tokenizer, sequence, tools), add_special_tokens=False)["input_ids"]
+        return EncodedSequence(ids[:max_length], [IGNORE_INDEX] * min(len(ids), max_length), len(ids), 0, True)
     else:
         text, spans = assistant_spans(tokenizer, sequence, tools)
         check_tool_calls_rendered(text, spans, sequence)

@@ -208,8 +208,17 @@ def roles_after(previous: Message | None) -> tuple[str, ...]:
 
 
 def check_answers(messages: list[Message], labels: list[str]) -> None:
-    """Every user turn must say something (a null or blank one would train an answer to nothing), every assistant
-    turn must say something (or call a tool), and the last turn must be an assistant's."""
+    """Every turn says something (`check_turn_contents`) and the last turn is an assistant's."""
+    check_turn_contents(messages, labels)
+    if messages[-1]["role"] != "assistant":
+        raise RowProblem("missing_assistant", "the last message must be a non-empty assistant turn.",
+                         "Every training row needs an answer for the model to learn (GRPO's prompts without "
+                         "answers are rows of their own shape: {\"prompt\": [turns ending with the user's]}).")
+
+
+def check_turn_contents(messages: list[Message], labels: list[str]) -> None:
+    """Every user turn must say something (a null or blank one would train an answer to nothing), and every
+    assistant turn must say something or call a tool."""
     for message, label in zip(messages, labels, strict=True):
         if message["role"] == "user" and not message["content"].strip():
             raise RowProblem("empty_user", f"{label} is an empty user turn (its content is null, blank or missing).",
@@ -218,9 +227,6 @@ def check_answers(messages: list[Message], labels: list[str]) -> None:
         if message["role"] == "assistant" and not answers(message):
             raise RowProblem("empty_assistant", f"{label} is an empty assistant turn.",
                              "Every assistant turn needs text (or tool_calls) for the model to learn.")
-    if messages[-1]["role"] != "assistant":
-        raise RowProblem("missing_assistant", "the last message must be a non-empty assistant turn.",
-                         "Every training row needs an answer for the model to learn.")
 
 
 def answers(message: Message) -> bool:
@@ -232,6 +238,20 @@ def conversation(value: Any, key: str = "messages") -> list[Message]:
     messages, labels = normalise_turns(value, key)
     check_turn_order(messages, labels)
     check_answers(messages, labels)
+    return messages
+
+
+def open_prompt(value: Any) -> list[Message]:
+    """The turns of a prompt-only row: normalised, in order, each user turn saying something, and ending where the
+    model answers (after a user turn, or a tool's result)."""
+    messages, labels = normalise_turns(value, "prompt")
+    check_turn_order(messages, labels)
+    check_turn_contents(messages, labels)
+    if messages[-1]["role"] not in ("user", "tool"):
+        raise RowProblem("alternation", f"{labels[-1]}: a prompt ends with the turn the model answers (a user turn "
+                                        f"or a tool result), not {messages[-1]['role']!r}.",
+                         "Give the answer as 'completion' (a prompt-completion row), or end the prompt at the "
+                         "question.")
     return messages
 
 

@@ -17,7 +17,7 @@ from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
-from tunesmith.data.shapes import SHAPES
+from tunesmith.data.shapes import SHAPES, is_prompt_only
 from tunesmith.errors import DataError
 from tunesmith.runs import atomic_directory, check_replaceable_output
 
@@ -139,18 +139,19 @@ def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]
 
 
 def is_sft_row(row: dict[str, Any]) -> bool:
-    return "messages" in row or ("completion" in row and "label" not in row)
+    """A row `as_conversation` turns into turns: a conversation, a prompt-completion pair, or a prompt alone."""
+    return "messages" in row or ("completion" in row and "label" not in row) or is_prompt_only(row)
 
 
 def rendered(tokenizer: Any, row: dict[str, Any]) -> str:
     """The row's text through the chat template; a template error is shown in its place, not raised."""
     from tunesmith.data.preview import conversations_of, message_of
-    from tunesmith.data.template import render
+    from tunesmith.data.template import render_sequence
 
     parts = []
     for side, sequence in conversations_of(row):
         try:
-            text = sequence if isinstance(sequence, str) else render(tokenizer, sequence, tools=row.get("tools"))
+            text = sequence if isinstance(sequence, str) else render_sequence(tokenizer, sequence, row.get("tools"))
         except Exception as exc:  # the template's own error: the contract check reports it with the fix
             text = f"(cannot be rendered: {message_of(exc)})"
         parts.append(f"[{side}]\n{text}" if side else text)

@@ -8,6 +8,7 @@ is left to `tunesmith data inspect`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tunesmith.data.formats import METHOD_SHAPES, shape_refusal
 from tunesmith.data.lengths import length_limit
 from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.preview import conversations_of, preview_rows
+from tunesmith.data.shapes import is_prompt_only
 from tunesmith.data.workflow import conformed
 from tunesmith.doctor.access import classify_source, local_model_dir
 from tunesmith.doctor.model_checks import load_local_tokenizer
@@ -35,22 +37,45 @@ def recipe_checks(recipe: Recipe) -> list[Check]:
 
     The hook `plan` appends its memory checks to.
     """
-    checks, rows = data_checks(recipe)
-    return checks + template_fit_checks(recipe, rows) + metric_checks(recipe, rows) + memory_checks(recipe)
+    checks, by_split = data_checks(recipe)
+    rows = [row for split in by_split.values() for row in split]
+    return (checks + template_fit_checks(recipe, rows) + metric_checks(recipe, by_split.get("train", []),
+                                                                       by_split.get("eval"))
+            + memory_checks(recipe))
 
 
-def metric_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Check]:
-    """The check `train` makes before loading the model (train/common.py): the eval metrics fit the answers
-    (json_fields needs JSON objects). Conversational rows only, as train checks them; [] when it passes."""
-    from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
+                  held_out: list[dict[str, Any]] | None = None) -> list[Check]:
+    """The checks `train` makes before loading the model (train/common.py): the eval metrics fit the answers
+    (json_fields needs JSON objects; conversational rows only, as train checks them), and prompts without answers
+    are not given rewards or metrics that need answers (the held-out rows taken to be like `rows` where data.eval
+    names no file of its own: `held_out` None); [] when they pass."""
+    from tunesmith.config import GRPOMethod
+    from tunesmith.data.answers import (
+        check_metrics_fit_answers,
+        check_rewards_fit_rows,
+        classify_answers,
+        prompt_only_metrics,
+    )
 
+    checks = []
+    if isinstance(recipe.method, GRPOMethod):
+        checks += failed("GRPO rewards", check_rewards_fit_rows, recipe.method.rewards, rows, recipe.data.train)
+    if any(is_prompt_only(row) for row in (rows if held_out is None else held_out)):
+        checks += failed("eval metrics", prompt_only_metrics, recipe.eval)
     conversations = [row for row in rows if "messages" in row]
-    if not conversations or len(conversations) < len(rows):
-        return []
+    if conversations and len(conversations) == len(rows):
+        checks += failed("eval metrics", lambda: check_metrics_fit_answers(recipe.eval,
+                                                                          classify_answers(conversations)))
+    return checks
+
+
+def failed(name: str, check: Callable[..., Any], *args: Any) -> list[Check]:
+    """`check(*args)`'s refusal as a failed doctor check named `name`; [] when it passes."""
     try:
-        check_metrics_fit_answers(recipe.eval, classify_answers(conversations))
+        check(*args)
     except TunesmithError as exc:
-        return [Check(name="eval metrics", section=SECTION, status="fail", detail=exc.message, fix=exc.hint)]
+        return [Check(name=name, section=SECTION, status="fail", detail=exc.message, fix=exc.hint)]
     return []
 
 
@@ -86,10 +111,12 @@ def memory_checks(recipe: Recipe) -> list[Check]:
             *checks]
 
 
-def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:
-    """One check per data file (train, and eval when given); returns them with the usable rows, conformed."""
+def data_checks(recipe: Recipe) -> tuple[list[Check], dict[str, list[dict[str, Any]]]]:
+    """One check per data file (train, and eval when given); returns them with each file's usable rows, conformed,
+    by split."""
     data = recipe.data
-    checks, rows = [], []
+    checks: list[Check] = []
+    rows: dict[str, list[dict[str, Any]]] = {}
     for split, value in {"train": data.train, **({"eval": data.eval} if data.eval else {})}.items():
         source = data_source(recipe, value)
         if isinstance(source, str):
@@ -110,7 +137,7 @@ def data_checks(recipe: Recipe) -> tuple[list[Check], list[dict[str, Any]]]:
                                 fix=refusal.hint))
             continue
         checks.append(rows_check(split, loaded, data.skip_invalid))
-        rows += conformed(loaded.rows, recipe)
+        rows[split] = conformed(loaded.rows, recipe)
     return checks, rows
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.data.template import answer_text, context_text
+from tunesmith.data.template import context_text, prompt_turns, reference_answer
 from tunesmith.eval.forgetting import NEAR_TIE_MARGIN
 from tunesmith.results import AddOnBlock, Comparison, EvalResults, ProbesBlock
 
@@ -64,8 +64,8 @@ def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict
     from tunesmith.eval.judge import judge_outputs
 
     progress(f"judge: {recipe.eval.judge.model} at {recipe.eval.judge.url} ({recipe.eval.judge.mode})")
-    prompts = [context_text(row["messages"][:-1]) for row in rows]
-    references = [answer_text(row["messages"][-1]) for row in rows]
+    prompts = [context_text(prompt_turns(row)) for row in rows]
+    references = [reference_answer(row) for row in rows]  # None: the judge is shown no reference
     return {"judge": judge_outputs(recipe.eval.judge, add_ons.rubric, prompts, references, outputs)}
 
 
@@ -82,8 +82,14 @@ class AddOnTable:
 
 
 def add_on_tables(results: EvalResults) -> list[AddOnTable]:
-    """A table for each add-on block present in results.json, in the order probes, judge, lm-eval."""
+    """A table for each add-on block present in results.json, in the order rewards, probes, judge, lm-eval."""
     tables = []
+    if results.rewards is not None:
+        weights = (results.rewards.model_extra or {}).get("weights", {})
+        tables.append(AddOnTable("GRPO rewards on the held-out answers", block_rows(results.rewards, lambda key: key),
+                                 "reward: the weighted sum training maximised (" + " + ".join(
+                                     f"{weight:g} x {name.removeprefix('reward/')}" for name, weight in
+                                     weights.items()) + "), scored on answers to prompts it never trained on"))
     if results.probes is not None:
         tables.append(probes_table(results.probes))
     if results.judge is not None:

@@ -60,7 +60,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
 
     asked = names or recipe.eval.baselines
     names = list(asked or BASELINES)
-    splits = load_splits(recipe)
+    splits = load_splits(recipe, purpose="scoring baselines against reference answers")
     print(f"held-out rows: {splits.source['eval']}", file=sys.stderr, flush=True)
     for warning in small_split_warnings(len(splits.train), len(splits.eval)):  # as train says it
         print(f"warning: {warning}", file=sys.stderr, flush=True)

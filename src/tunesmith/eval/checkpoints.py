@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
+from tunesmith.data.shapes import is_prompt_only
 from tunesmith.data.template import answer_text
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_texts, resolve_max_new_tokens
@@ -71,6 +72,11 @@ def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
     model_dir = run_base_model(run)
     tokenizer = load_tokenizer(model_dir)
     rows = held_out_rows(recipe, run).rows[: recipe.eval.max_examples]
+    if any(is_prompt_only(row) for row in rows):
+        raise TunesmithError("Checkpoints are scored by the task metric against the held-out rows' reference answers, "
+                             "and this run's held-out rows are prompts without answers.",
+                             "`tunesmith eval RUN` scores the final adapter by the run's GRPO rewards; to compare "
+                             "checkpoints, hold out rows with answers (data.eval: a file of prompt-completion rows).")
     _, choice = choose_metrics(recipe, run, rows)
     scorer = recipe_scorer(recipe, choice["metrics"])
     references = [answer_text(row["messages"][-1]) for row in rows]

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.data.template import IGNORE_INDEX, render, render_with_loss_mask
+from tunesmith.data.template import IGNORE_INDEX, prompt_turns, render, render_with_loss_mask
 from tunesmith.models.generation import Generated, generate_from_prompts, pad_right, tokens_before_end
 
 __all__ = ["Generated", "generate_from_prompts", "pad_right", "tokens_before_end"]  # re-exported for eval's modules
@@ -35,8 +35,9 @@ def heldout_loss(model: Any, tokenizer: Any, rows: list[dict], max_length: int, 
 
 
 def prompt_texts(tokenizer: Any, rows: list[dict]) -> list[str]:
-    """Each row's prompt turns (all but the last, the answer) rendered with the generation prompt."""
-    return [render(tokenizer, r["messages"][:-1], generation_prompt=True, tools=r.get("tools")) for r in rows]
+    """Each row's prompt turns (all but the last, the answer; a prompt-only row's prompt) rendered with the
+    generation prompt."""
+    return [render(tokenizer, prompt_turns(r), generation_prompt=True, tools=r.get("tools")) for r in rows]
 
 
 AUTO_ANSWER_SLACK = 1.25  # eval.max_new_tokens auto: the longest reference answer x this + AUTO_ANSWER_EXTRA
@@ -52,6 +53,18 @@ def resolve_max_new_tokens(section: Any, tokenizer: Any, references: list[str]) 
     if section.max_new_tokens != "auto":
         return {"value": section.max_new_tokens, "why": "eval.max_new_tokens in the recipe"}
     section.max_new_tokens, why = auto_max_new_tokens(tokenizer, references)
+    progress(f"max_new_tokens: {section.max_new_tokens} ({why})")
+    return {"value": section.max_new_tokens, "why": why}
+
+
+def sampled_answer_limit(recipe: Any) -> dict[str, Any]:
+    """eval.max_new_tokens for held-out prompts without answers (no reference length to go by): as written, or under
+    `auto` a GRPO run's method.max_completion_length, the longest answer training sampled (filled in place)."""
+    section = recipe.eval
+    if section.max_new_tokens != "auto":
+        return {"value": section.max_new_tokens, "why": "eval.max_new_tokens in the recipe"}
+    section.max_new_tokens = getattr(recipe.method, "max_completion_length", AUTO_ANSWER_TOKENS[1])
+    why = "auto: prompts without answers are answered at the length training sampled (method.max_completion_length)"
     progress(f"max_new_tokens: {section.max_new_tokens} ({why})")
     return {"value": section.max_new_tokens, "why": why}
 

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe, any_constrained
-from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers
+from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, classify_answers, prompt_only_metrics
 from tunesmith.data.constraint import recipe_constraint
-from tunesmith.data.template import answer_text, context_text
+from tunesmith.data.formats import METHOD_SHAPES
+from tunesmith.data.shapes import is_prompt_only
+from tunesmith.data.template import context_text, prompt_turns, reference_answer
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
@@ -35,7 +37,9 @@ from tunesmith.eval.decoding import (
     progress,
     prompt_texts,
     resolve_max_new_tokens,
+    sampled_answer_limit,
 )
+from tunesmith.eval.grpo_rewards import rewards_block
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
@@ -68,16 +72,19 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
 
     model_dir = run_base_model(run)
     tokenizer = load_tokenizer(model_dir)
-    held_out = held_out_rows(recipe, run, data_file=data)
+    held_out = held_out_rows(recipe, run, accept=METHOD_SHAPES[recipe.method.kind], data_file=data)
     rows = held_out.rows[: recipe.eval.max_examples]
+    prompts_only = any(is_prompt_only(row) for row in rows)
     note_unscored_tool_calls(rows)
     device = pick_device(recipe.training.device)
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
-    references = [answer_text(r["messages"][-1]) for r in rows]
-    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
+    refuse_baselines_without_references(plan.names, prompts_only)
+    references = [reference_answer(row) or "" for row in rows]
+    answer_limit = (sampled_answer_limit(recipe) if prompts_only
+                    else resolve_max_new_tokens(recipe.eval, tokenizer, references))
     variants, who = eval_variants(recipe, run, device, against, with_base=bool(plan.names))
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": recipe.eval.task_metric,
@@ -91,8 +98,10 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
         results["tuned_constrained"] = True
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
-                                                        tuned_processor if name == "tuned" else None)
+                                                        tuned_processor if name == "tuned" else None,
+                                                        with_loss=not prompts_only)
     add_scores(results, outputs, references, scorer, answers.labels)
+    results.update(rewards_block(recipe, rows, outputs, tokenizer))
     shown = dict(outputs)  # the samples show the baselines' answers too
     if plan.names:
         base_model, base_context = variants["base"]
@@ -129,9 +138,16 @@ def choose_metrics(recipe: Recipe, run: Run, rows: list[dict]) -> tuple[AnswerSu
     stage); a run written before data.json had `answers` falls back to the eval rows' answers.
     """
     answers, source = run_answers(run, rows)
+    how = "eval.metrics" if recipe.eval.metrics else f"eval.task_metric: {recipe.eval.task_metric}"
+    if any(is_prompt_only(row) for row in rows):  # nothing to compare answers with: metrics that judge them alone
+        metrics = prompt_only_metrics(recipe.eval)
+        choice = {"metrics": metrics, "by": how, "kind": "prompts", "from": "held-out rows",
+                  "reason": "prompts without answers: scored by metrics that judge an answer alone"
+                            + (", and by the run's GRPO rewards" if recipe.method.kind == "grpo" else "")}
+        progress(f"metrics: {', '.join(metrics) or 'none by reference'} ({how}; {choice['reason']})")
+        return answers, choice
     check_metrics_fit_answers(recipe.eval, answers)
     metrics = recipe.eval.chosen_metrics(answers.kind)
-    how = "eval.metrics" if recipe.eval.metrics else f"eval.task_metric: {recipe.eval.task_metric}"
     choice = {"metrics": metrics, "by": how, "kind": answers.kind, "reason": answers.reason, "from": source}
     progress(f"metrics: {', '.join(metrics)} ({how}; {source}: {answers.kind}, {answers.reason})")
     return answers, choice
@@ -216,25 +232,39 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
 
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,
                      context: Callable[[], AbstractContextManager],
-                     processor: Callable[[], Any] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Held-out loss and greedy answers (`processor`: constrained decoding), with what answering cost:
-    seconds (loss and answers), seconds_per_answer, prompt_tokens and answer_tokens (means per answer)."""
+                     processor: Callable[[], Any] | None = None, with_loss: bool = True) -> tuple[dict[str, Any],
+                                                                                                list[str]]:
+    """Held-out loss (`with_loss`: rows with reference answers) and greedy answers (`processor`: constrained
+    decoding), with what answering cost: seconds (loss and answers), seconds_per_answer, prompt_tokens and
+    answer_tokens (means per answer)."""
     started = time.monotonic()
+    summary: dict[str, Any] = {}
     with context(), torch.no_grad():
-        loss = heldout_loss(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size)
+        if with_loss:
+            loss = heldout_loss(model, tokenizer, rows, recipe.data.max_length, recipe.eval.batch_size)
+            summary = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
         answering = time.monotonic()
         generated = generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows),
                                           recipe.eval.max_new_tokens, recipe.eval.batch_size, processor)
-    summary: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
     summary.update(generation_cost(generated, time.monotonic() - answering))
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary, generated.answers
 
 
+def refuse_baselines_without_references(names: list[str], prompts_only: bool) -> None:
+    """The baselines are scored against the rows' reference answers (and few-shot shows training answers): held-out
+    prompts without answers have none."""
+    if names and prompts_only:
+        raise TunesmithError(f"Baselines {', '.join(names)}: they are scored against the held-out rows' reference "
+                             "answers, and these rows are prompts without answers.",
+                             "Drop --baselines (and eval.baselines), or hold out rows with answers (data.eval: a file "
+                             "of prompt-completion rows); base against tuned is scored either way.")
+
+
 def sample_table(rows: list[dict], outputs: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
     samples = []
     for index, row in enumerate(rows[:limit]):
-        sample = {"prompt": context_text(row["messages"][:-1]), "reference": answer_text(row["messages"][-1])}
+        sample = {"prompt": context_text(prompt_turns(row)), "reference": reference_answer(row) or ""}
         sample.update({name: texts[index] for name, texts in outputs.items()})
         samples.append(sample)
     return samples

@@ -66,7 +66,7 @@ def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose:
     shape, rows = loaded.shape, loaded.rows
     if not rows:
         raise DataError(f"--data {path} holds no rows to score.", "Pass a file with at least one row.")
-    if shape in SFT_SHAPES:
+    if shape in (*SFT_SHAPES, "prompt"):  # conversations, and prompts without answers as the turns answered
         rows = [as_conversation(row) for row in rows]
     elif shape in ("preference", "unpaired_preference"):  # plain-text pairs are scored as they train: chat format
         rows = [as_chat_preference(row) for row in rows]

@@ -3,7 +3,8 @@
 For each prompt the policy samples `num_generations` completions; the rewards (`train/rewards.py`) score
 them and each completion's advantage is its reward against its group's mean, so no value model is
 needed. Rows are the SFT shapes (prompt-completion or messages): the prompt is every turn but the last,
-the last turn is the reference answer, given to rewards as the `reference` column.
+the last turn is the reference answer, given to rewards as the `reference` column; or prompts without answers
+(TRL's prompt-only rows), for rewards that judge a completion alone (regex, json_schema, a reward model, ...).
 
 With `beta > 0` the KL reference costs no memory: TRL scores it with the adapter switched off (TRL 1.16
 sets `ref_model=None` for a PEFT model). Reads: load → rows → configure → train → save.
@@ -18,6 +19,7 @@ from typing import Any
 
 from tunesmith.config import GRPOMethod, Recipe
 from tunesmith.data import load_splits
+from tunesmith.data.answers import check_prompts_fit_scoring
 from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import Row
 from tunesmith.data.template import answer_text
@@ -38,6 +40,7 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
     method = grpo_method(recipe)  # its group size fits the batch: the recipe's validation checked
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
     splits = load_splits(recipe, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
+    check_prompts_fit_scoring(recipe, splits.train, splits.eval, splits.source["train"])  # prompts without answers
     try_user_rewards_on_a_reference(method, rewards, prompt_and_reference(splits.train[0]))
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
     tally = CompletionTally()
@@ -109,7 +112,10 @@ def grpo_method(recipe: Recipe) -> GRPOMethod:
 def try_user_rewards_on_a_reference(method: GRPOMethod, rewards: list[Callable[..., list[float]]], row: Row) -> None:
     """Call each user reward (`module:function`) once on the first row's reference as the completion, before the
     model loads: a function that raises on it, or returns no finite float, is named now (the same TunesmithError
-    as mid-run: train/rewards.py), not at the first generation after the model has loaded."""
+    as mid-run: train/rewards.py), not at the first generation after the model has loaded. Prompts without answers
+    give nothing to try it on."""
+    if "reference" not in row:
+        return
     for spec, reward in zip(method.rewards, rewards, strict=True):
         if ":" in spec.name:
             reward(prompts=[row["prompt"]], completions=[row["reference"]], completion_ids=[[0]],
@@ -117,7 +123,10 @@ def try_user_rewards_on_a_reference(method: GRPOMethod, rewards: list[Callable[.
 
 
 def prompt_and_reference(row: Row) -> Row:
-    """A conversation as GRPO's prompt (every turn before the last) and the reference answer (the last turn)."""
+    """A conversation as GRPO's prompt (every turn before the last) and the reference answer (the last turn); a
+    prompt-only row as its prompt alone."""
+    if "messages" not in row:
+        return {"prompt": row["prompt"]}
     messages = row["messages"]
     if len(messages) < 2 or messages[-1]["role"] != "assistant":
         raise DataError(f"A GRPO row must end with the assistant's reference answer; got roles "

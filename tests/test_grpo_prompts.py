@@ -1,0 +1,215 @@
+"""Prompts without answers (TRL's prompt-only rows): read, previewed, trained on by GRPO, scored by its rewards.
+
+GRPO samples its own answers, so a dataset of prompts is enough when the rewards judge an answer alone (a format
+regex, a JSON schema, a reward model, a user function). The rows are a shape of their own (`prompt`); SFT refuses
+them with the fix; rewards and eval metrics that need a reference answer are refused before the model loads; eval
+scores the tuned model against its base by the run's own rewards on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunesmith.config import validate_recipe
+from tunesmith.data.formats import load_rows
+from tunesmith.data.loaders import load_records
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.runs import create_run
+
+QUESTIONS = ["What is {a} + {b}?", "How much is {a} times {b}?", "Subtract {b} from {a}.", "What is {a} minus {b}?"]
+SHORT_ANSWER = "def short_answer(completion, reference):\n    return 1.0 if len(completion.split()) <= 3 else 0.0\n"
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def prompt_rows(count: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [{"prompt": QUESTIONS[i % len(QUESTIONS)].format(a=i + offset, b=3 * i + 1)} for i in range(count)]
+
+
+def test_prompt_only_rows_are_their_own_shape(tmp_path):
+    rows = [{"prompt": "What is 2 + 2?", "id": 7},
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"}],
+             "tools": [{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}]},
+            {"prompt": [{"role": "user", "content": "Weather?"},
+                        {"role": "assistant", "content": "", "tool_calls": [
+                            {"type": "function", "function": {"name": "get_weather", "arguments": {}}}]},
+                        {"role": "tool", "content": "4 degrees"}],
+             "tools": [{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}]}]
+    loaded = load_records(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert (loaded.source_shape, loaded.shape, loaded.unused_columns) == ("prompt", "prompt", ["id"])
+    assert loaded.rows[0] == {"prompt": "What is 2 + 2?"}
+    assert loaded.rows[1]["tools"][0]["type"] == "function"  # LLaMA-Factory's bare schema wrapped, as elsewhere
+    assert loaded.rows[2]["prompt"][-1]["role"] == "tool"  # a prompt may end at a tool's result: the model answers
+    # a prompt that ends with the answer, an empty user turn: refused by file and line
+    for bad, message in (
+            ({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+             r"line 1: prompt\[1\]: a prompt ends with the turn the model answers"),
+            ({"prompt": [{"role": "user", "content": "  "}]}, r"line 1: prompt\[0\] is an empty user turn"),
+            ({"prompt": ""}, r"line 1: 'prompt' must be a non-empty string")):
+        with pytest.raises(DataError, match=message):
+            load_records(write_jsonl(tmp_path / "bad.jsonl", [bad]))
+
+
+def test_supervised_fine_tuning_refuses_prompts_and_names_the_fix(tmp_path):
+    path = write_jsonl(tmp_path / "questions.jsonl", [{"prompt": "What is 2 + 2?", "answer": "4"}] * 3)
+    with pytest.raises(DataError) as caught:
+        load_rows(path, ("messages", "prompt_completion"), "supervised fine-tuning")
+    assert "holds prompt rows" in caught.value.message
+    assert "method.kind grpo" in caught.value.hint and "data.columns.answer=completion" in caught.value.hint
+    # mapped as the hint says, they are prompt-completion rows
+    assert load_rows(path, ("prompt_completion",), "sft", columns={"answer": "completion"}).shape == "prompt_completion"
+
+
+def test_a_conversation_without_its_answer_points_at_the_prompt_shape(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}])
+    with pytest.raises(DataError) as caught:
+        load_records(path)
+    assert "last message must be a non-empty assistant turn" in caught.value.message
+    assert '{"prompt": [turns ending with the user' in caught.value.hint
+
+
+def test_a_prompt_previews_as_the_generation_prompt_with_nothing_trained(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.preview import preview_rows
+    from tunesmith.data.shapes import as_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    row = as_conversation({"prompt": "What is 2 + 2?"})
+    preview = preview_rows(tokenizer, [row], 64)
+    [example] = preview.examples
+    rendered = "".join(token.text for token in example.tokens)
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered == expected and example.drop_reason is None
+    assert not any(token.loss for token in example.tokens)
+    assert not [w for w in preview.warnings if "no answer token" in w or "plain-text prompt" in w]
+
+
+def grpo_prompt_recipe(root: Path, model_dir: Path, **method: Any):
+    (root / "rewards.py").write_text(SHORT_ANSWER, encoding="utf-8")
+    raw = {
+        "name": "grpo-prompts",
+        "model": {"source": str(model_dir)},
+        "data": {"train": str(write_jsonl(root / "data" / "train.jsonl", prompt_rows(16))),
+                 "eval": str(write_jsonl(root / "data" / "eval.jsonl", prompt_rows(6, offset=100))),
+                 "max_length": 64},
+        "method": {"kind": "grpo", "num_generations": 2, "max_completion_length": 8, "beta": 0.0,
+                   "rewards": [{"name": "regex", "pattern": r"\s*-?\d+\s*"},
+                               {"name": "rewards.py:short_answer", "weight": 0.5}], **method},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {"max_steps": 2, "lr": 5e-2, "batch_size": 4, "scheduler": "constant", "warmup_ratio": 0.0,
+                     "logging_steps": 1, "save_steps": 1000},
+        "eval": {"probes": False, "max_examples": 6, "batch_size": 6},
+        "base_dir": str(root),
+    }
+    return validate_recipe(raw)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir) -> dict[str, Any]:
+    """One tiny GRPO run on prompts alone, then its eval."""
+    from tunesmith.eval.evaluate import run_eval
+    from tunesmith.train import run_training
+
+    root = tmp_path_factory.mktemp("grpo-prompts")
+    recipe = grpo_prompt_recipe(root, tiny_model_dir)
+    run = create_run(recipe, root / "runs")
+    run_training(recipe, run)
+    path = run_eval(recipe, run)
+    return {"run": run, "recipe": recipe, "results": json.loads(path.read_text())}
+
+
+def test_grpo_trains_on_prompts_alone(evaluated):
+    run = evaluated["run"]
+    data = json.loads((run.path / "data.json").read_text())
+    assert data["shape"] == "prompt" and data["train_rows"] == 16
+    steps = [r for r in run.read_metrics() if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for record in steps:  # TRL's weighted sum of the recipe's two reference-free rewards
+        expected = record["rewards/regex/mean"] + 0.5 * record["rewards/short_answer/mean"]
+        assert record["reward"] == pytest.approx(expected, abs=1e-4)
+    assert (run.adapter_dir / "adapter_model.safetensors").is_file()
+    saved = run.eval_rows()
+    assert saved and all(row["prompt"][-1]["role"] == "user" for row in saved)  # prompts, as turns
+
+
+def test_eval_scores_prompts_by_the_runs_own_rewards(evaluated):
+    results = evaluated["results"]
+    assert results["metrics"] == [] and results["metrics_chosen"]["kind"] == "prompts"
+    assert "loss" not in results["tuned"]  # no reference answer: nothing to measure a loss on
+    assert results["max_new_tokens"]["value"] == 8  # method.max_completion_length, the length GRPO sampled
+    rewards = results["rewards"]
+    assert rewards["weights"] == {"reward/regex": 1.0, "reward/short_answer": 0.5}
+    pattern = re.compile(r"\s*-?\d+\s*")
+    for variant in ("base", "tuned"):  # recomputed from the answers eval shows, as the rewards define them
+        answers = [sample[variant] for sample in results["samples"]]
+        regex = [float(pattern.fullmatch(answer) is not None) for answer in answers]
+        short = [float(len(answer.split()) <= 3) for answer in answers]
+        assert rewards[variant]["reward/regex"] == pytest.approx(sum(regex) / len(regex), abs=1e-4)
+        assert rewards[variant]["reward"] == pytest.approx((sum(regex) + 0.5 * sum(short)) / len(regex), abs=1e-4)
+    assert set(rewards["comparison"]) == {"reward", "reward/regex", "reward/short_answer"}
+    assert rewards["comparison"]["reward"]["ci95"] is not None
+    assert all(sample["reference"] == "" and sample["prompt"] for sample in results["samples"])
+
+
+def test_the_rewards_table_reads_the_block(evaluated):
+    from tunesmith.eval.add_ons import add_on_tables
+    from tunesmith.results import EvalResults
+
+    [table] = add_on_tables(EvalResults.model_validate(evaluated["results"]))
+    assert table.title == "GRPO rewards on the held-out answers"
+    assert [row[0] for row in table.rows] == ["reward", "reward/regex", "reward/short_answer"]
+    assert "1 x regex + 0.5 x short_answer" in table.note
+
+
+def test_rewards_that_need_answers_are_refused_on_prompts_before_the_model_loads(tmp_path):
+    """The model source does not exist: the refusal comes first, from the recipe and data alone."""
+    from tunesmith.train import run_training
+
+    recipe = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model",
+                                rewards=[{"name": "exact_match"}, {"name": "regex", "pattern": r"\d+"}])
+    with pytest.raises(DataError) as caught:
+        run_training(recipe, create_run(recipe, tmp_path / "runs"))
+    assert "exact_match" in caught.value.message and "prompts without answers" in caught.value.message
+    assert "data.columns.answer=completion" in caught.value.hint
+
+
+@pytest.mark.parametrize("eval_section", [{"metrics": ["exact_match", "regex"], "regex": r"\d+"},
+                                          {"task_metric": "exact_match"}])
+def test_eval_metrics_that_need_answers_are_refused_on_prompts_before_training(tmp_path, eval_section):
+    from tunesmith.train import run_training
+
+    recipe = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model")
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update=eval_section)})
+    with pytest.raises(DataError, match=r"asks for exact_match, which need the reference answer"):
+        run_training(recipe, create_run(recipe, tmp_path / "runs"))
+
+
+def test_doctor_says_the_same_before_training(tmp_path):
+    from tunesmith.doctor.recipe import data_checks, metric_checks
+
+    recipe = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model", rewards=[{"name": "numeric_match"}])
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"metrics": ["chrf"]})})
+    _, rows = data_checks(recipe)
+    checks = metric_checks(recipe, rows["train"], rows["eval"])
+    assert [(check.name, check.status) for check in checks] == [("GRPO rewards", "fail"), ("eval metrics", "fail")]
+    assert "numeric_match" in checks[0].detail and "chrf" in checks[1].detail
+    fine = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model")
+    assert metric_checks(fine, rows["train"], rows["eval"]) == []
+
+
+def test_checkpoint_scoring_says_it_needs_answers(evaluated):
+    from tunesmith.eval.checkpoints import score_checkpoints
+
+    with pytest.raises(TunesmithError, match="prompts without answers"):
+        score_checkpoints(evaluated["recipe"], evaluated["run"])
