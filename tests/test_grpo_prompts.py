@@ -49,6 +49,11 @@ def test_prompt_only_rows_are_their_own_shape(tmp_path):
     assert loaded.rows[0] == {"prompt": "What is 2 + 2?"}
     assert loaded.rows[1]["tools"][0]["type"] == "function"  # LLaMA-Factory's bare schema wrapped, as elsewhere
     assert loaded.rows[2]["prompt"][-1]["role"] == "tool"  # a prompt may end at a tool's result: the model answers
+    from tunesmith.data.shapes import as_conversation
+
+    schemas = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
+    [text_with_tools] = load_records(write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Time?", "tools": schemas}])).rows
+    assert as_conversation(text_with_tools) == {"prompt": [{"role": "user", "content": "Time?"}], "tools": schemas}
     # a prompt that ends with the answer, an empty user turn: refused by file and line
     for bad, message in (
             ({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
@@ -213,3 +218,50 @@ def test_checkpoint_scoring_says_it_needs_answers(evaluated):
 
     with pytest.raises(TunesmithError, match="prompts without answers"):
         score_checkpoints(evaluated["recipe"], evaluated["run"])
+
+
+def test_a_user_reward_with_a_prompt_parameter_is_given_the_question(tmp_path):
+    """TRL hands rewards the prompt as turns; a user function that names `prompt` gets the question's text, one
+    without it is called as before."""
+    from tunesmith.config import RewardSpec
+    from tunesmith.train.rewards import build_rewards
+
+    (tmp_path / "check.py").write_text(
+        "def echo_len(completion, reference, prompt):\n    return float(len(prompt))\n"
+        "def plain(completion, reference):\n    return float(len(completion))\n", encoding="utf-8")
+    rewards, _ = build_rewards([RewardSpec(name="check.py:echo_len"), RewardSpec(name="check.py:plain")], tmp_path)
+    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}],
+               "Add 1 and 2."]
+    completions = [[{"role": "assistant", "content": "4"}], "3!"]
+    called = [reward(prompts=prompts, completions=completions, completion_ids=[[1], [2, 3]]) for reward in rewards]
+    assert called == [[float(len("What is 2 + 2?")), float(len("Add 1 and 2."))], [1.0, 2.0]]
+
+
+def test_the_bundled_arithmetic_reward_checks_the_answer_from_the_prompt():
+    from tests.conftest import REPO
+    from tunesmith.config import load_recipe
+    from tunesmith.train.rewards import build_rewards
+
+    recipe = load_recipe(REPO / "recipes" / "grpo_prompts.yaml")
+    rewards, weights = build_rewards(recipe.method.rewards, Path(recipe.base_dir))
+    right = rewards[0]
+    prompts = [json.loads(line)["prompt"] for line in
+               (REPO / "examples" / "data" / "number_prompts" / "train.jsonl").read_text().splitlines()]
+    results = [eval(re.search(r"What is (.+)\?", prompt)[1]) for prompt in prompts]  # noqa: S307: our own sums
+    ids = [[1]] * len(prompts)
+    assert right(prompts=prompts, completions=[str(n) for n in results], completion_ids=ids) == [1.0] * len(prompts)
+    assert right(prompts=prompts, completions=[f"{n + 1}" for n in results], completion_ids=ids) == [0.0] * len(prompts)
+    worded = {"Subtract 5 from 40.": "35", "Take 3 away from 10.": "10 - 3 = 7",
+              "What is the product of 6 and 9?": "6 x 9 = 54", "Add 12 and 30.": "The sum is 42.",
+              "What is the sum of 8 and 9?": "17"}
+    assert right(prompts=list(worded), completions=list(worded.values()), completion_ids=[[1]] * 5) == [1.0] * 5
+    assert right(prompts=["Subtract 5 from 40."], completions=["45"], completion_ids=[[1]]) == [0.0]
+
+
+def test_one_answer_to_most_prompts_is_flagged_as_reward_hacking():
+    from tunesmith.eval.grpo_rewards import same_answer
+
+    base = [f"To solve this, {i} ..." for i in range(10)]
+    assert same_answer(["1"] * 6 + ["2", "3", "4", "5"], base) == {"answer": "1", "count": 6, "of": 10}
+    assert same_answer(["1"] * 4 + [str(i) for i in range(2, 8)], base) is None  # under half: not flagged
+    assert same_answer(["yes"] * 8 + ["no"] * 2, ["yes"] * 7 + ["no"] * 3) is None  # the base answers alike too

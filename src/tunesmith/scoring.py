@@ -318,28 +318,44 @@ def importable(module: str) -> bool:
 
 
 def check_takes_completion_and_reference(function: Callable[..., Any], spec: str, role: str) -> None:
-    """Refuse, before any model loads, a function that cannot be called as f(completion, reference)."""
+    """Refuse, before any model loads, a function that cannot be called as f(completion, reference) (a reward with a
+    `prompt` parameter: f(completion, reference, prompt=...))."""
     import inspect
 
     try:
-        inspect.signature(function).bind("completion", "reference")
+        given = {"prompt": "prompt"} if role == "reward" and takes_prompt(function) else {}
+        inspect.signature(function).bind("completion", "reference", **given)
     except TypeError:
+        prompt = " (a reward may also take `prompt`, the question's text)" if role == "reward" else ""
         raise TunesmithError(f"User {role} {spec} takes {inspect.signature(function)}, but a {role} is called with "
-                             "two arguments: (completion, reference).",
+                             f"two arguments: (completion, reference){prompt}.",
                              f"Define it as def {function.__name__}(completion: str, reference: str) -> float."
                              ) from None
     except ValueError:  # a builtin without an inspectable signature: called as it is
         return
 
 
-def call_user_function(function: Callable[..., Any], spec: str, role: str, completion: str, reference: str) -> Any:
-    """`function(completion, reference)`; an exception in it is the user's code failing, said as such (with the
-    completion it failed on), not a tunesmith crash."""
+def takes_prompt(function: Callable[..., Any]) -> bool:
+    """Whether a user function has a parameter named `prompt` (a GRPO reward that checks an answer against the
+    question it answers: the sum a prompt asks for, a value it quotes)."""
+    import inspect
+
     try:
-        return function(completion, reference)
+        return "prompt" in inspect.signature(function).parameters
+    except ValueError:  # a builtin without an inspectable signature
+        return False
+
+
+def call_user_function(function: Callable[..., Any], spec: str, role: str, completion: str, reference: str,
+                       prompt: str | None = None) -> Any:
+    """`function(completion, reference)`, with `prompt=` too where it is given; an exception in it is the user's
+    code failing, said as such (with the completion it failed on), not a tunesmith crash."""
+    try:
+        return function(completion, reference, **({"prompt": prompt} if prompt is not None else {}))
     except Exception as exc:
+        asked = f", prompt {prompt[:60]!r}" if prompt is not None else ""
         raise TunesmithError(f"User {role} {spec} raised {type(exc).__name__}: {exc} (on completion "
-                             f"{completion[:60]!r}, reference {reference[:60]!r}).",
+                             f"{completion[:60]!r}, reference {reference[:60]!r}{asked}).",
                              "Fix the function: call it on that completion and reference to see the error "
                              "(`tunesmith --debug COMMAND ...` shows the traceback).") from exc
 

@@ -202,7 +202,8 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Ro
 # Methods whose loss is not on the answers the preview marks: what they train on instead.
 METHOD_PREVIEW_NOTES = {
     "grpo": "GRPO never trains on these answers: it samples method.num_generations completions of each prompt and "
-            "learns from their rewards; the marked answer is the reference the rewards compare against.",
+            "learns from their rewards; the marked answer is the reference the rewards compare against (a prompt "
+            "without one ends at the generation prompt: the rewards judge each sampled answer alone).",
     "cpt": "continued pre-training puts the loss on every token of the text; rows are packed into blocks of "
            "data.max_length (training.packing, on by default for CPT), so a long document runs on into the next "
            "block rather than being cut.",

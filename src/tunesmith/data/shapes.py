@@ -287,7 +287,7 @@ def text_row(record: dict) -> Row:
 def prompt_row(record: dict) -> Row:
     """A prompt without an answer (TRL's prompt-only rows): text, or turns ending where the model answers."""
     if isinstance(record["prompt"], str) or is_number(record["prompt"]):
-        return {"prompt": required_text(record, "prompt", reason="empty_user")}
+        return with_tools({"prompt": required_text(record, "prompt", reason="empty_user")}, record)
     return with_tools({"prompt": open_prompt(record["prompt"])}, record)
 
 
@@ -328,7 +328,8 @@ def as_conversation(row: Row) -> Row:
     if "messages" in row:
         return row
     if is_prompt_only(row):  # turns the model answers
-        return row if isinstance(row["prompt"], list) else {"prompt": [{"role": "user", "content": row["prompt"]}]}
+        turns = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        return {**row, "prompt": turns}
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str):
         return {"messages": [{"role": "user", "content": prompt},

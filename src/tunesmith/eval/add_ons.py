@@ -85,11 +85,7 @@ def add_on_tables(results: EvalResults) -> list[AddOnTable]:
     """A table for each add-on block present in results.json, in the order rewards, probes, judge, lm-eval."""
     tables = []
     if results.rewards is not None:
-        weights = (results.rewards.model_extra or {}).get("weights", {})
-        tables.append(AddOnTable("GRPO rewards on the held-out answers", block_rows(results.rewards, lambda key: key),
-                                 "reward: the weighted sum training maximised (" + " + ".join(
-                                     f"{weight:g} x {name.removeprefix('reward/')}" for name, weight in
-                                     weights.items()) + "), scored on answers to prompts it never trained on"))
+        tables.append(rewards_table(results.rewards))
     if results.probes is not None:
         tables.append(probes_table(results.probes))
     if results.judge is not None:
@@ -105,6 +101,19 @@ def add_on_tables(results: EvalResults) -> list[AddOnTable]:
         tables.append(AddOnTable(f"lm-eval harness ({', '.join(block['tasks'])}{limit})",
                                  block_rows(results.lm_eval, lambda key: key), "tasks from " + block["include_path"]))
     return tables
+
+
+def rewards_table(block: AddOnBlock) -> AddOnTable:
+    """A GRPO run's rewards on held-out answers, with what `reward` sums and (where it happened) the warning that the
+    tuned model gave one answer to most prompts."""
+    from tunesmith.eval.grpo_rewards import same_answer_note
+
+    extra = block.model_extra or {}
+    summed = " + ".join(f"{weight:g} x {name.removeprefix('reward/')}" for name, weight in extra["weights"].items())
+    note = f"reward: the weighted sum training maximised ({summed}), on answers to prompts it never trained on"
+    if extra.get("same_answer"):
+        note = "WARNING: " + same_answer_note(extra["same_answer"]) + " " + note
+    return AddOnTable("GRPO rewards on the held-out answers", block_rows(block, lambda key: key), note)
 
 
 def probes_table(probes: ProbesBlock) -> AddOnTable:

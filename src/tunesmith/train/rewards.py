@@ -1,6 +1,6 @@
 """GRPO's rewards: score each sampled completion, as TRL's GRPOTrainer calls them.
 
-Each reward is a per-completion score `(text, reference, token_ids) -> float`; `trl_reward` turns it
+Each reward is a per-completion score `(text, reference, token_ids, prompt) -> float`; `trl_reward` turns it
 into the batch function TRL expects, named after the recipe's reward so TRL logs it as
 `rewards/<name>/mean`. The weights go to TRL (`reward_weights`), which sums the weighted rewards
 before normalising them within each group. The reference answer reaches rewards as the dataset
@@ -9,7 +9,9 @@ column `reference` (TRL passes every column but `prompt`/`completion` on to rewa
 Built-ins reuse the evaluation metrics (`tunesmith/scoring.py`), so a reward means what the metric of the
 same name measures; `reward_model` scores prompt + completion with a trained reward model
 (`train/reward_model.py`). A user reward is a function named `module:function` or `path/file.py:function`
-taking (completion, reference) and returning a float, the same shape as a user eval metric.
+taking (completion, reference) and returning a float, the same shape as a user eval metric; one that also has a
+parameter named `prompt` is given the prompt's text (`context_text`: the user's words for a one-turn prompt), so it
+can check an answer against its question where the rows hold no answers (GRPO on prompts alone).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RewardSpec
+from tunesmith.data.template import context_text
 from tunesmith.errors import TunesmithError
 from tunesmith.scoring import (
     SCORERS,
@@ -28,9 +31,10 @@ from tunesmith.scoring import (
     json_valid_score,
     load_user_function,
     regex_scorer,
+    takes_prompt,
 )
 
-Score = Callable[[str, str, list[int]], float]  # (completion text, reference answer, completion token ids)
+Score = Callable[[str, str, list[int], str], float]  # (completion text, reference, completion token ids, prompt text)
 TrlReward = Callable[..., list[float]]
 
 
@@ -89,21 +93,23 @@ def reward_score(spec: RewardSpec, base_dir: Path) -> Score:
 
 def from_metric(metric: Callable[[str, str], dict[str, Any]], key: str) -> Score:
     """An eval metric (1 right, 0 wrong) as a reward."""
-    return lambda text, reference, ids: metric(text, reference)[key]
+    return lambda text, reference, ids, prompt: metric(text, reference)[key]
 
 
 def length_penalty(target: int) -> Score:
     """0 up to `target` tokens, then -1/target per extra token, floored at -1: nudges toward short answers
     without ever outweighing a correct one (weight it below the task reward)."""
-    return lambda text, reference, ids: -min(1.0, max(0, len(ids) - target) / target)
+    return lambda text, reference, ids, prompt: -min(1.0, max(0, len(ids) - target) / target)
 
 
 def user_reward(spec: str, base_dir: Path) -> Score:
-    """A user's function(completion, reference) -> float; anything else it returns stops training with its name."""
+    """A user's function(completion, reference[, prompt]) -> float; anything else it returns stops training with its
+    name."""
     function = load_user_function(spec, base_dir, "reward")
+    asks_prompt = takes_prompt(function)
 
-    def score(text: str, reference: str, ids: list[int]) -> float:
-        value = call_user_function(function, spec, "reward", text, reference)
+    def score(text: str, reference: str, ids: list[int], prompt: str) -> float:
+        value = call_user_function(function, spec, "reward", text, reference, prompt if asks_prompt else None)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise TunesmithError(f"User reward {spec} returned {value!r} for completion {text[:60]!r}.",
                                  "A reward function returns one finite float per (completion, reference): a NaN "
@@ -120,11 +126,17 @@ def trl_reward(name: str, score: Score) -> TrlReward:
     def reward(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
                reference: list[str] | None = None, **_: Any) -> list[float]:
         references = reference or [""] * len(completions)
-        return [score(completion_text(c), ref, ids) for c, ref, ids in zip(completions, references, completion_ids,
-                                                                             strict=True)]
+        return [score(completion_text(c), ref, ids, prompt_text(p))
+                for c, ref, ids, p in zip(completions, references, completion_ids, prompts, strict=True)]
 
     reward.__name__ = name
     return reward
+
+
+def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    """The prompt a completion answers, as a person reads it: a string, or (conversational prompts) `context_text`
+    of its turns (the user's text alone for one user turn, a system turn aside)."""
+    return prompt if isinstance(prompt, str) else context_text(prompt)
 
 
 def completion_text(completion: str | list[dict[str, Any]]) -> str:
