@@ -243,8 +243,7 @@ def test_the_bundled_arithmetic_reward_checks_the_answer_from_the_prompt():
     from tunesmith.train.rewards import build_rewards
 
     recipe = load_recipe(REPO / "recipes" / "grpo_prompts.yaml")
-    rewards, weights = build_rewards(recipe.method.rewards, Path(recipe.base_dir))
-    right = rewards[0]
+    right = build_rewards(recipe.method.rewards, Path(recipe.base_dir))[0][0]
     prompts = [json.loads(line)["prompt"] for line in
                (REPO / "examples" / "data" / "number_prompts" / "train.jsonl").read_text().splitlines()]
     results = [eval(re.search(r"What is (.+)\?", prompt)[1]) for prompt in prompts]  # noqa: S307: our own sums
