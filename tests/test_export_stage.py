@@ -69,7 +69,9 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
                grammar=LlamaGrammar.from_string(choices_gbnf(labels), verbose=False))["choices"][0]["text"]
     llm.close()
     assert said in labels
-    assert "--grammar-file exports/gguf/answers.gbnf" in write_model_card(run).read_text(encoding="utf-8")
+    card = write_model_card(run).read_text(encoding="utf-8")  # two GGUF exports share one grammar: said once
+    assert card.count("--grammar-file exports/gguf/answers.gbnf") == 1
+    assert "llama-cli -m exports/gguf/tiny.F16.gguf --grammar-file" in card  # the newest of the two
 
 
 def test_a_label_grammar_names_each_label_literally():
@@ -110,3 +112,22 @@ def test_answers_that_are_a_few_repeated_numbers_get_no_grammar_of_the_values_se
     chosen = validate_recipe({"data": {"train": "t.jsonl"}, "eval": {"choices": ["1", "2", "3"]}})
     saved([str(1 + n % 3) for n in range(30)])  # eval.choices says the numbers are the set
     assert closed_answers_constraint(chosen, run).kind == "choices"
+
+
+def test_the_grammar_command_names_the_gguf_files_beside_it(tmp_path):
+    """An Ollama export with --ollama-adapter holds a base and a LoRA: `-m *.gguf` loaded the LoRA as the model."""
+    from tunesmith.export.grammar import llama_cli_command
+
+    ollama = tmp_path / "exports" / "ollama"
+    ollama.mkdir(parents=True)
+    for name in ("base-Q8_0.gguf", "adapter-F16.gguf", "answers.gbnf"):
+        (ollama / name).write_text("x")
+    assert llama_cli_command(ollama / "answers.gbnf", tmp_path) == (
+        "llama-cli -m exports/ollama/base-Q8_0.gguf --lora exports/ollama/adapter-F16.gguf "
+        "--grammar-file exports/ollama/answers.gbnf")
+    gguf = tmp_path / "exports" / "gguf"
+    gguf.mkdir()
+    for name in ("run.F16.gguf", "run-lora-F16.gguf", "answers.gbnf"):
+        (gguf / name).write_text("x")
+    assert llama_cli_command(gguf / "answers.gbnf", tmp_path) == (
+        "llama-cli -m exports/gguf/run.F16.gguf --grammar-file exports/gguf/answers.gbnf")

@@ -109,3 +109,12 @@ def test_no_verify_skips_the_check_and_verify_needs_llama_cpp(tiny_model_dir, tm
     refused = export(run, "--quant", "F16", "--verify")
     assert isinstance(refused.exception, TunesmithError)
     assert "pip install 'tunesmith[gguf]'" in refused.exception.hint
+
+
+def test_a_type_without_a_threshold_is_recorded_as_reported_not_passed():
+    """exports/manifest.json: Q4_0 at 73% was `passed: true` with `threshold: null`, read by anyone as a pass."""
+    from tunesmith.export.verify import Verification
+
+    reported = Verification("Q4_0", 100, 0.73, 0.7, None, 8, 8)
+    assert reported.as_dict()["passed"] is None and "reported only" in reported.summary()
+    assert Verification("Q8_0", 100, 0.97, 0.96, 0.95, 8, 8).as_dict()["passed"] is True

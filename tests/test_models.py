@@ -76,7 +76,7 @@ class HubStub(http.server.BaseHTTPRequestHandler):
 
 
 def fetch_with_stub(tmp_path: Path, status: int, code: str, offline: bool = False,
-                    source: str = "acme/secret-model") -> str:
+                    source: str = "acme/secret-model", cwd: Path | None = None) -> str:
     handler = type("Stub", (HubStub,), {"status": status, "code": code})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -86,7 +86,8 @@ def fetch_with_stub(tmp_path: Path, status: int, code: str, offline: bool = Fals
              f"try:\n    resolve_model_source({source!r})\n"
              "except TunesmithError as e:\n    print('MESSAGE:', e)\n")
     try:
-        result = subprocess.run([sys.executable, "-c", code_], env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", code_], env=env, capture_output=True, text=True, timeout=120,
+                                cwd=cwd)
     finally:
         server.shutdown()
     assert "MESSAGE:" in result.stdout, result.stderr[-2000:]
@@ -111,6 +112,13 @@ def test_offline_and_not_cached(tmp_path):
 def test_offline_misspelt_alias_is_named_as_such_not_as_an_unreachable_hub(tmp_path):
     out = fetch_with_stub(tmp_path, 500, "", offline=True, source="smollm2-135m")
     assert "is not an embedded or imported model" in out and "Did you mean 'smollm2-135m-instruct'" in out
+
+
+def test_a_misspelt_run_folder_is_named_as_a_folder_not_as_an_unreachable_hub_id(tmp_path):
+    """`serve runs/grpo-2` where runs/ holds grpo-1: a folder's name is wrong, whatever a Hub id would look like."""
+    (tmp_path / "runs" / "grpo-1").mkdir(parents=True)
+    out = fetch_with_stub(tmp_path, 500, "", offline=True, source="runs/grpo-2", cwd=tmp_path)
+    assert "No file or folder runs/grpo-2 (its folder runs/ exists)" in out and "Did you mean runs/grpo-1?" in out
 
 
 def test_a_source_that_is_no_hub_id_says_so(tmp_path):

@@ -328,6 +328,43 @@ for bad in ({"model": 5, "messages": ORDER}, {"model": "pizza-run"}, {"model": "
               for stream in (False, True) for schema in ({"type": "bogus"}, {"$ref": "#/defs/none"}))):
     HOSTILE.append(("/v1/chat/completions", json.dumps(bad).encode()))
 HOSTILE.append(("/v1/completions", json.dumps({"model": "pizza-run", "prompt": "pizza", "echo": True}).encode()))
+# settings this server would otherwise drop without a word, and schemas its grammar would not hold answers to
+for bad in ({"prompt": "pizza", "suffix": "cola"}, {"prompt": "pizza", "best_of": 2},
+            {"prompt": "pizza", "temprature": 0.5}, {"prompt": "pizza", "stop": [""]},
+            {"prompt": "pizza", "logit_bias": {"pizza": -100}}, {"prompt": "pizza", "logit_bias": {"99999999": 5}},
+            {"prompt": "pizza", "logit_bias": {"5": -500}}, {"prompt": "pizza", "grammar": "root ::= \"a\""}):
+    HOSTILE.append(("/v1/completions", json.dumps({"model": "pizza-run", **bad}).encode()))
+for schema in ({"type": "object", "properties": {"p": {"type": "number", "minimum": 0.5, "maximum": 0.7}}},
+               {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 3}, "uniqueItems": True},
+               {"type": "object", "properties": {"s": {"type": "integer", "minimum": 100}}}):
+    HOSTILE.append(("/v1/chat/completions", json.dumps({"model": "pizza-run", "messages": ORDER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}).encode()))
+
+
+def test_sampling_settings_are_used_and_the_rest_refused_by_name(server, engine):
+    """logit_bias, the penalties and llama.cpp's own settings reach the sampler (the answer changes); a setting the
+    server does not read is a 400 naming it, not dropped; bookkeeping fields (user, metadata) pass."""
+    client = server.client()
+    plain = client.completions.create(model="pizza-run", prompt="pizza", max_tokens=6, temperature=0, user="me")
+    first = engine.tokenizer("pizza-run")(plain.choices[0].text, add_special_tokens=False)["input_ids"][0]
+    banned = client.completions.create(model="pizza-run", prompt="pizza", max_tokens=6, temperature=0,
+                                       logit_bias={str(first): -100})
+    assert engine.tokenizer("pizza-run")(banned.choices[0].text, add_special_tokens=False)["input_ids"][0] != first
+    forced = client.completions.create(model="pizza-run", prompt="pizza", max_tokens=1, temperature=0,
+                                       logit_bias={"42": 100})
+    assert engine.tokenizer("pizza-run")(forced.choices[0].text, add_special_tokens=False)["input_ids"] == [42]
+    repeated = client.completions.create(model="pizza-run", prompt="pizza", max_tokens=12, temperature=0,
+                                         frequency_penalty=2.0, presence_penalty=2.0)
+    assert repeated.choices[0].text != client.completions.create(
+        model="pizza-run", prompt="pizza", max_tokens=12, temperature=0).choices[0].text
+    with pytest.raises(openai.BadRequestError, match=r"'suffix': not a setting this server .* reads"):
+        client.completions.create(model="pizza-run", prompt="pizza", max_tokens=4, suffix="cola")
+    with pytest.raises(openai.BadRequestError, match="stop holds 5 sequence"):
+        client.completions.create(model="pizza-run", prompt="pizza", max_tokens=4, stop=list("abcde"))
+    with pytest.raises(openai.BadRequestError, match=r"would not hold answers to schema\.properties\.p\.minimum"):
+        client.chat.completions.create(model="pizza-run", messages=ORDER, max_tokens=4, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"p": {"type": "number", "minimum": 0}}}}})
 
 
 def test_fifty_hostile_requests_are_each_a_4xx_with_an_error_body_and_the_server_still_answers(server):
@@ -405,6 +442,14 @@ def test_chat_talks_to_a_running_server(server):
     wrong = RemoteChatSession("nope", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
     with pytest.raises(TunesmithError, match=r"404.*not served here"):
         wrong.reply("hi", written.append)
+    typo = RemoteChatSession("cola-rn", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
+    with pytest.raises(TunesmithError, match=r"did you mean 'cola-run'\?"):
+        typo.reply("hi", written.append)
+    no_v1 = RemoteChatSession("cola-run", None, None, 8, url=f"http://127.0.0.1:{server.port}", api_key=KEY)
+    with pytest.raises(TunesmithError) as caught:
+        no_v1.reply("hi", written.append)
+    assert "no OpenAI-compatible API at that address" in caught.value.message
+    assert f"--url http://127.0.0.1:{server.port}/v1" in caught.value.hint
 
 
 def test_the_cli_serves_and_sigterm_lets_the_request_in_flight_finish(runs):
@@ -492,6 +537,8 @@ def test_a_port_that_cannot_be_listened_on_is_a_usage_error_before_anything_load
     assert time.perf_counter() - started < 5  # refused before the model was loaded
     result = CliRunner().invoke(app, ["serve", run, "--host", "999.1.1.1"])
     assert usage_error(result).startswith("--host 999.1.1.1")
+    result = CliRunner().invoke(app, ["serve", run, "--host", "192.0.2.1"])  # TEST-NET-1: an address, not this one
+    assert usage_error(result).startswith("--host 192.0.2.1: not an address of this machine")
 
 
 def usage_error(result: Any) -> str:

@@ -147,25 +147,27 @@ def export_lines(run: Run) -> list[str]:
     lines = []
     for name, record in exports.items():
         check = record.verification or {}
+        verdict = {False: " (BELOW its threshold)", None: " (reported only: no threshold for this type)"}
         agreement = (f"; llama.cpp picks the merged model's next token at {check['agreement']:.1%} of positions"
-                     f"{'' if check.get('passed', True) else ' (BELOW its threshold)'}" if "agreement" in check
+                     f"{verdict.get(check.get('passed', True), '')}" if "agreement" in check
                      else "; not checked in llama.cpp" if name.partition(":")[0] == "gguf" else "")
         lines.append(f"- {name}: `{record.path}` ({record.bytes / 2**20:,.1f} MB{agreement})")
     return ["", "## Exports", "", *lines] if lines else []
 
 
 def grammar_lines(run: Run) -> list[str]:
-    """How to hold the exported model's answers to the task's closed set (run.json exports' `grammar`)."""
+    """How to hold the exported model's answers to the task's closed set (run.json exports' `grammar`): one line
+    per grammar file, with the llama.cpp command for the GGUF files beside it (`llama_cli_command`)."""
+    from tunesmith.export.grammar import llama_cli_command
+
     manifest = run.manifest()
     exports = (manifest.exports if manifest else None) or {}
-    lines = []
-    for name, record in exports.items():
-        if record.grammar:
-            model = f"{record.path}" if name.partition(":")[0] == "gguf" else f"{record.path}/*.gguf"
-            lines.append(f"- {name}: the task's answers are a closed set; llama.cpp decodes only those with "
-                         f"`llama-cli -m {model} --grammar-file {record.grammar}` (or `grammar` in a llama-server "
-                         "request)")
-    return ["", "Constrained answers:", *lines] if lines else []
+    grammars = dict.fromkeys(Path(record.grammar) for record in exports.values() if record.grammar)
+    lines = [f"- `{llama_cli_command(run.path / grammar, run.path)}` (or `grammar` in a llama-server request; Ollama "
+             "takes no grammar file)" for grammar in grammars if (run.path / grammar).is_file()]
+    if not lines:
+        return []
+    return ["", "Constrained answers: the task's answers are a closed set; llama.cpp decodes only those with", *lines]
 
 
 def reward_usage_lines(run: Run, trained: Path, whole: bool) -> list[str]:

@@ -224,6 +224,11 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):  # OpenAI's error shape, when it is one
             detail = json.loads(detail)["error"]["message"]
+        if exc.code == 404 and "model" not in detail.lower():  # the path is not served: the base URL lacks /v1
+            raise TunesmithError(f"{url} answered 404 ({detail}) for {url.rstrip('/')}/chat/completions: no "
+                                 "OpenAI-compatible API at that address.",
+                                 "An OpenAI-compatible base URL usually ends in /v1, as `tunesmith serve` prints it "
+                                 f"(--url {url.rstrip('/')}/v1).") from None
         raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check the model name (the first argument; GET "
                              f"{url.rstrip('/')}/models lists those served) and the API key (--api-key-env).") from None
     except urllib.error.URLError as exc:

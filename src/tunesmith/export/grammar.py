@@ -78,6 +78,23 @@ def write_answer_grammar(recipe: Recipe, run: Run, folder: Path) -> Path | None:
     if grammar is None:
         return None
     target = atomic_write_text(folder / GRAMMAR_FILE, grammar)
-    print(f"answer grammar: {target} ({constraint.kind}, {constraint.source}); decode with "
-          f"llama-cli --grammar-file {target.name}", file=sys.stderr)
+    print(f"answer grammar: {target} ({constraint.kind}, {constraint.source}); llama.cpp decodes only those "
+          f"answers with `{llama_cli_command(target)}`", file=sys.stderr)
     return target
+
+
+def llama_cli_command(grammar: Path, relative_to: Path | None = None) -> str:
+    """The llama.cpp command that decodes with `grammar` and the GGUF export beside it: the newest model file, or an
+    Ollama export's base with its LoRA (`base-*.gguf`, `adapter-*.gguf`); MODEL.gguf where the folder holds none.
+    Ollama takes no grammar file: the command is llama.cpp's either way. Paths relative to `relative_to` if given."""
+    files = sorted(grammar.parent.glob("*.gguf"), key=lambda path: path.stat().st_mtime)
+    bases = [path for path in files if path.name.startswith("base-")]
+    adapters = [path for path in files if path.name.startswith("adapter-")]
+    models = [path for path in files if path not in adapters and "-lora-" not in path.name]
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(relative_to)) if relative_to is not None else str(path)
+
+    if bases and adapters:
+        return f"llama-cli -m {shown(bases[-1])} --lora {shown(adapters[-1])} --grammar-file {shown(grammar)}"
+    return f"llama-cli -m {shown(models[-1]) if models else 'MODEL.gguf'} --grammar-file {shown(grammar)}"

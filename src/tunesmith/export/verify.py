@@ -60,7 +60,8 @@ class Verification:
         return self.threshold is None or self.agreement >= self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        """As exports/manifest.json records it: `passed` is null for a type with no threshold (reported only)."""
+        return {**asdict(self), "passed": self.passed if self.threshold is not None else None}
 
     def summary(self) -> str:
         verdict = ("reported only" if self.threshold is None

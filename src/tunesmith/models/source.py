@@ -6,6 +6,7 @@ one paragraph saying what happened and what to do.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
@@ -100,6 +101,13 @@ def download_from_hub(repo_id: str, revision: str | None = None, weights: bool =
                 did_you_mean(repo_id) or "Check the spelling; `tunesmith models list` shows the models on this "
                 "machine. For a Hub model write owner/name (e.g. HuggingFaceTB/SmolLM2-135M-Instruct).",
             ) from exc
+        folder = Path(repo_id).parent
+        if folder.is_dir():  # `runs/nope`: a path whose folder exists reads as a misspelt folder, not a Hub id
+            close = difflib.get_close_matches(Path(repo_id).name, [p.name for p in folder.iterdir()], n=1)
+            raise ModelSourceError(
+                f"No file or folder {repo_id} (its folder {folder}/ exists); read as a Hub id owner/name, it is not "
+                "in the local cache and the Hub cannot be reached.",
+                f"Did you mean {folder / close[0]}?" if close else f"Check the name (ls {folder}).") from exc
         raise ModelSourceError(
             f"Cannot reach the Hugging Face Hub to fetch {repo_id!r}, and it is not in the local "
             "cache (offline, or HF_HUB_OFFLINE is set).",

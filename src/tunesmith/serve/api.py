@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hmac
 import json
 import threading
@@ -35,8 +36,15 @@ class Limits:
     max_queue: int = 64  # requests in flight or waiting; one more gets 429
 
 
+# Request fields that change nothing an answer holds (bookkeeping for the client's own records): accepted and not read.
+# Any other field this server does not read is refused, so that no setting is ignored without a word.
+BOOKKEEPING_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+                      "safety_identifier")
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+
 class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, logit_bias, ...)
+    model_config = ConfigDict(extra="allow")  # read by `unsupported`: bookkeeping passes, anything else is refused
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
@@ -44,18 +52,41 @@ class Request(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI: up to 4 sequences
+    stop: str | list[str] | None = None  # OpenAI: up to 4 sequences, none empty (`unsupported` says so)
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = None  # id -> bias
+    # llama.cpp's own sampling settings (its server's names), for clients that send them through extra_body
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    repeat_penalty: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
     logprobs: bool | int | None = None  # refused where asked for (`unsupported`): the engine's stream has none
     top_logprobs: int | None = None
 
     def unsupported(self) -> None:
-        """Refuse what this server would otherwise ignore without a word (ApiError 400)."""
+        """Refuse what this server would otherwise ignore without a word (ApiError 400): logprobs, fields it does not
+        read (a misspelt one too), more than MAX_STOP_SEQUENCES stop sequences or an empty one, a logit_bias key
+        that is no token id."""
         if self.logprobs or self.top_logprobs:
             raise ApiError(400, "logprobs are not available from this server (tunesmith serve, llama.cpp engine).",
                            "logprobs", "unsupported_parameter")
+        unread = sorted(set(self.model_extra or {}) - set(BOOKKEEPING_FIELDS))
+        if unread:
+            raise ApiError(400, f"{', '.join(map(repr, unread))}: not a setting this server (tunesmith serve, "
+                                "llama.cpp engine) reads, so it would change nothing; remove it. Read: "
+                                f"{', '.join(sorted(type(self).model_fields))}.", unread[0], "unsupported_parameter")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > MAX_STOP_SEQUENCES or "" in stops:
+            raise ApiError(400, f"stop holds {len(stops)} sequence(s){', one of them empty' if '' in stops else ''}; "
+                                f"up to {MAX_STOP_SEQUENCES} non-empty sequences are allowed.", "stop",
+                           "invalid_value")
+        bad = [key for key in self.logit_bias or {} if not key.strip().isdigit()]
+        if bad:
+            raise ApiError(400, f"logit_bias keys are token ids (\"1234\"), got {bad[0]!r}.", "logit_bias",
+                           "invalid_value")
 
 
 class ContentPart(BaseModel):
@@ -119,6 +150,19 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def token_biases(body: Request, vocab_size: int) -> dict[int, float] | None:
+    """logit_bias as the engine takes it (token id -> bias added to its logit; -100 bans a token, 100 all but forces
+    it, as OpenAI's); ApiError 400 for an id outside the model's vocabulary."""
+    if not body.logit_bias:
+        return None
+    biases = {int(key): value for key, value in body.logit_bias.items()}
+    outside = [token for token in biases if token >= vocab_size]
+    if outside:
+        raise ApiError(400, f"logit_bias names token {outside[0]}, and this model's vocabulary has {vocab_size} "
+                            f"tokens (0-{vocab_size - 1}).", "logit_bias", "invalid_value")
+    return biases
 
 
 def message_text(message: Message, index: int) -> str:
@@ -258,11 +302,14 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
 
     def known(name: str) -> str:
         if name not in engine.models:
-            raise ApiError(404, f"The model {name!r} is not served here; GET /v1/models lists those that are.",
+            close = difflib.get_close_matches(name, list(engine.models), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else "."
+            raise ApiError(404, f"The model {name!r} is not served here{guess} Served: "
+                                f"{', '.join(sorted(engine.models))} (GET /v1/models).",
                            "model", "model_not_found")
         return name
 
-    def sampling(body: Request, prompt_tokens: int, json_schema: dict[str, Any] | None = None,
+    def sampling(name: str, body: Request, prompt_tokens: int, json_schema: dict[str, Any] | None = None,
                  json_object: bool = False) -> Sampling:
         if body.n > limits.max_n:
             raise ApiError(400, f"n={body.n} is over this server's limit of {limits.max_n}.", "n", "invalid_value")
@@ -277,7 +324,10 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                            f"{limits.max_tokens}, context room {room}).", "max_tokens", "invalid_value")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         return Sampling(max_tokens=asked or min(limits.max_tokens, room), temperature=body.temperature,
-                        top_p=body.top_p, stop=stop, seed=body.seed, json_schema=json_schema, json_object=json_object)
+                        top_p=body.top_p, stop=stop, seed=body.seed, json_schema=json_schema, json_object=json_object,
+                        frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                        logit_bias=token_biases(body, engine.vocab_size(name)), top_k=body.top_k, min_p=body.min_p,
+                        repeat_penalty=body.repeat_penalty)
 
     def admit() -> Callable[[], None]:
         """Take a slot in the queue; returns its release, which frees the slot once however often it is called
@@ -407,7 +457,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                                 "with them as without, so the model would never see them. Describe the tools in a "
                                 "system message, or serve a model whose template renders `tools`.", "tools",
                            "unsupported_parameter")
-        settings = sampling(body, len(prompt_ids), schema, json_object)
+        settings = sampling(name, body, len(prompt_ids), schema, json_object)
         return await complete(name, "chat", prompt_ids, settings, body,
                               ChatShape(request_tool_names(body.offered_tools())))
 
@@ -423,7 +473,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
             prompt_ids = engine.text_prompt(name, body.prompt)
         except Exception as exc:  # text the tokenizer cannot encode (a lone surrogate, ...)
             raise ApiError(400, f"The prompt cannot be tokenized: {exc}", "prompt", "invalid_value") from None
-        settings = sampling(body, len(prompt_ids))
+        settings = sampling(name, body, len(prompt_ids))
         return await complete(name, "completions", prompt_ids, settings, body, CompletionShape())
 
     class ReleasingStream(StreamingResponse):

@@ -234,6 +234,6 @@ def exported_gguf(run: Run) -> Path | None:
     for quant in sorted(entries, key=lambda name: name != DEFAULT_QUANT):
         entry = entries[quant]
         path = run.path / entry.get("path", "")
-        if entry.get("path") and path.is_file() and (entry.get("verify") or {}).get("passed", True):
+        if entry.get("path") and path.is_file() and (entry.get("verify") or {}).get("passed") is not False:
             return path
     return None

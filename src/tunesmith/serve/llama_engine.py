@@ -36,6 +36,12 @@ class Sampling:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # constrained decoding to this schema (llama.cpp grammar)
     json_object: bool = False  # any JSON object
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the count of a token already generated
+    presence_penalty: float = 0.0  # minus this once a token has appeared
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    top_k: int = 0  # llama.cpp's: 0 is off
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0  # 1 is off
 
 
 @dataclass
@@ -107,6 +113,11 @@ class LlamaEngine:
     def text_prompt(self, name: str, prompt: str) -> list[int]:
         return self.tokenizer(name)(prompt)["input_ids"]
 
+    def vocab_size(self, name: str) -> int:
+        """The number of token ids model `name` has (its GGUF's vocabulary)."""
+        model = self.models[name]
+        return self.bases[model.gguf].llm.n_vocab()
+
     def count_tokens(self, name: str, text: str) -> int:
         return len(self.tokenizer(name)(text, add_special_tokens=False)["input_ids"])
 
@@ -128,7 +139,9 @@ class LlamaEngine:
                 base.llm.reset()  # a seeded request always evaluates its prompt whole (see `generate`)
             stream = base.llm.create_completion(
                 prompt=prompt_ids, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                top_p=sampling.top_p, min_p=0.0, top_k=0, repeat_penalty=1.0, stop=sampling.stop or [],
+                top_p=sampling.top_p, min_p=sampling.min_p, top_k=sampling.top_k,
+                repeat_penalty=sampling.repeat_penalty, frequency_penalty=sampling.frequency_penalty,
+                presence_penalty=sampling.presence_penalty, logit_bias=sampling.logit_bias, stop=sampling.stop or [],
                 seed=sampling.seed, stream=True, grammar=self.grammar(sampling))
             try:
                 for chunk in stream:
@@ -186,15 +199,64 @@ def json_schema_grammar(schema: dict[str, Any]) -> Any:
     converter lets strings hold raw control characters, which JSON forbids (RFC 8259 §7) and json.loads
     rejects; its string rule is narrowed as llama.cpp's own converter writes it. It also ignores an integer's
     bounds, so bounded integers become enums first (`integer_ranges_as_enums`).
-    Raises ValueError naming what the converter could not read (an unknown type, a $ref that leads nowhere):
-    the API checks each schema with this before a response starts."""
+    Raises ValueError naming what the converter could not read (an unknown type, a $ref that leads nowhere) and
+    the keywords its grammar would not hold answers to (`unenforced_keywords`: an answer could break them): the API
+    checks each schema with this before a response starts."""
     from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
+    rewritten = integer_ranges_as_enums(schema)
+    unenforced = unenforced_keywords(rewritten)
+    if unenforced:
+        raise ValueError(f"constrained decoding would not hold answers to {', '.join(unenforced[:8])}"
+                         f"{' and more' if len(unenforced) > 8 else ''} (llama.cpp's grammar cannot express them), so "
+                         "an answer could break the schema. Remove them and check the answer yourself; integer "
+                         f"bounds are held where both are given and the range has at most {MAX_ENUM_RANGE} values")
     try:
-        rules = json_schema_to_gbnf(json.dumps(integer_ranges_as_enums(schema)))
+        rules = json_schema_to_gbnf(json.dumps(rewritten))
         return LlamaGrammar.from_string(rules.replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]'), verbose=False)
-    except Exception as exc:  # the converter asserts, raises KeyError or ValueError on what it cannot read
+    except AssertionError as exc:  # the converter asserts on a type it does not know
+        raise ValueError(f"{exc}; a schema's type is one of {', '.join(SCHEMA_TYPES)}") from None
+    except Exception as exc:  # KeyError or ValueError on what it cannot read ($ref that leads nowhere, ...)
         raise ValueError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+
+
+SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+# Keywords llama-cpp-python's json_schema_to_gbnf (0.3) reads nowhere, by the type they apply to ("*": any schema)
+UNENFORCED = {
+    "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+    "integer": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+    "array": ("uniqueItems", "contains", "minContains", "maxContains", "unevaluatedItems"),
+    "object": ("minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
+               "dependentSchemas", "unevaluatedProperties"),
+    "*": ("not", "if", "then", "else"),
+}
+GRAMMAR_FORMATS = ("date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5")
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+
+
+def unenforced_keywords(schema: Any, path: str = "schema") -> list[str]:
+    """Where `schema` (after `integer_ranges_as_enums`) uses a keyword the grammar ignores, as `path.keyword`
+    (read from json_schema_to_gbnf's `visit`: numbers' bounds, unique items, property counts and names,
+    not/if/then/else, string formats other than dates, times and UUIDs, string lengths beside a pattern)."""
+    if not isinstance(schema, dict):
+        return []
+    kinds = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+    found = [f"{path}.{key}" for kind in [*kinds, "*"] for key in UNENFORCED.get(kind or "*", ()) if key in schema]
+    if "format" in schema and schema["format"] not in GRAMMAR_FORMATS:
+        found.append(f"{path}.format")
+    if "pattern" in schema:
+        found += [f"{path}.{key}" for key in ("minLength", "maxLength") if key in schema]
+    for key in SUBSCHEMA_LISTS:
+        for index, item in enumerate(schema.get(key) or [] if isinstance(schema.get(key), list) else []):
+            found += unenforced_keywords(item, f"{path}.{key}[{index}]")
+    for key in SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            for name, item in schema[key].items():
+                found += unenforced_keywords(item, f"{path}.{key}.{name}")
+    for key in ("items", "additionalProperties"):
+        found += unenforced_keywords(schema.get(key), f"{path}.{key}")
+    return list(dict.fromkeys(found))
 
 
 MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)

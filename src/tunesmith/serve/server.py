@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 from typing import Any
@@ -46,6 +47,10 @@ def check_can_listen(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # the address, not the port
+                raise TunesmithError(f"--host {host}: not an address of this machine ({exc.strerror}).",
+                                     "Use 127.0.0.1 (this machine only, the default), 0.0.0.0 (every interface), or "
+                                     "one of this machine's addresses (`hostname -I` lists them).") from None
             raise TunesmithError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.",
                                  f"Pick another port (--port {port + 1 if port < 65535 else 8000}), or stop the "
                                  f"program that holds it (ss -ltnp 'sport = :{port}' names it).") from None
