@@ -203,6 +203,9 @@ def test_export_writes_the_lora_and_an_ollama_folder_with_adapter(tiny_model_dir
                                       "--ollama-adapter", "--quant", "Q8_0", "--no-verify"])
     assert result.exit_code == 0, result.output
     lora_file = run.exports_dir / "gguf" / "Tiny-lora-F16.gguf"
+    said = " ".join(result.stderr.split())  # how to use the LoRA file: it needs a GGUF of the base
+    assert f"llama-cli -m BASE.gguf --lora {lora_file}" in said
+    assert "writes a GGUF of the base into exports/ollama/" in said
     assert gguf.GGUFReader(lora_file).fields["general.type"].contents() == "adapter"
     folder = run.exports_dir / "ollama"
     lines = (folder / "Modelfile").read_text(encoding="utf-8").splitlines()

@@ -264,3 +264,15 @@ def test_one_answer_to_most_prompts_is_flagged_as_reward_hacking():
     assert same_answer(["1"] * 6 + ["2", "3", "4", "5"], base) == {"answer": "1", "count": 6, "of": 10}
     assert same_answer(["1"] * 4 + [str(i) for i in range(2, 8)], base) is None  # under half: not flagged
     assert same_answer(["yes"] * 8 + ["no"] * 2, ["yes"] * 7 + ["no"] * 3) is None  # the base answers alike too
+
+
+def test_the_model_card_shows_the_reward_where_the_loss_says_nothing(evaluated):
+    from tunesmith.card import write_model_card
+
+    card = write_model_card(evaluated["run"]).read_text(encoding="utf-8")
+    train = json.loads((evaluated["run"].path / "train.json").read_text())
+    first, final = (f"{train[key]['reward']:.4g}" for key in ("first_metrics", "final_metrics"))
+    assert f"- mean reward of the sampled completions: {first} → {final} in" in card
+    assert "- loss:" not in card and "`plots/rewards.png`" in card
+    assert "prompts without answers: the run's GRPO rewards score the answers" in card
+    assert "### GRPO rewards on the held-out answers" in card and "| reward/regex |" in card

@@ -87,6 +87,10 @@ def test_one_adapter_merges_into_its_base_with_the_logits_checked(adapters, tiny
     assert float((expected - got).abs().max()) == pytest.approx(check["max_abs_logit_diff_after_cast"], rel=1e-3)
     assert float((expected - logits(tiny_model_dir, tiny_model_dir)).abs().max()) > 1.0  # the adapter matters
     assert not list(tmp_path.glob(".merged.*"))  # no temporary folder left behind
+    from tunesmith.runs import current_umask
+
+    modes = {file.name: file.stat().st_mode & 0o777 for file in out.iterdir() if file.is_file()}
+    assert set(modes.values()) == {0o666 & ~current_umask()}, modes  # transformers wrote the weights 0600
     run_merge([adapters["a"]], out)  # its own earlier output is replaced
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
 

@@ -445,6 +445,24 @@ def test_chat_talks_to_a_running_server(server):
     typo = RemoteChatSession("cola-rn", None, None, 8, url=f"http://127.0.0.1:{server.port}/v1", api_key=KEY)
     with pytest.raises(TunesmithError, match=r"did you mean 'cola-run'\?"):
         typo.reply("hi", written.append)
+    from tunesmith.chat import check_served_model
+
+    base = f"http://127.0.0.1:{server.port}"
+    check_served_model(f"{base}/v1", KEY, "cola-run")  # before the first prompt: what would go wrong is said now
+    for url, key, model, said in ((f"{base}/v1", KEY, "cola-rn", "Did you mean 'cola-run'?"),
+                                  (base, KEY, "cola-run", f"--url {base}/v1"),
+                                  (f"{base}/v1", "wrong", "cola-run", "--api-key-env"),
+                                  (f"http://127.0.0.1:{free_port()}/v1", KEY, "cola-run", "tunesmith serve")):
+        with pytest.raises(TunesmithError) as caught:
+            check_served_model(url, key, model)
+        assert said in caught.value.hint, caught.value
+    schema = {"type": "object", "properties": {"item": {"type": "string", "maxLength": 8}}, "required": ["item"],
+              "additionalProperties": False}
+    shaped = RemoteChatSession("cola-run", None, None, 40, url=f"{base}/v1", api_key=KEY, response_format={
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    import jsonschema
+
+    jsonschema.validate(json.loads(shaped.reply("2 pizzas please", written.append)), schema)  # --json-schema --url
     no_v1 = RemoteChatSession("cola-run", None, None, 8, url=f"http://127.0.0.1:{server.port}", api_key=KEY)
     with pytest.raises(TunesmithError) as caught:
         no_v1.reply("hi", written.append)

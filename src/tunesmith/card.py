@@ -34,11 +34,7 @@ def write_model_card(run: Run) -> Path:
         f"(sha256 of the saved train rows, data/train.jsonl: `{train_rows_sha256(run, data)[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
-        f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} "
-        f"in {train.get('wall_time_s', '?')} s of training"
-        + (f" (stopped, then resumed from step {train['resumed_from_step']})" if train.get("resumed_from_step")
-           else ""),
-        "- loss curve: `plots/loss.png`",
+        *progress_lines(train),
         *rollback_lines(run),
         *trained_lines(data),
         "",
@@ -56,6 +52,19 @@ def write_model_card(run: Run) -> Path:
         *export_lines(run),
     ]
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
+
+
+def progress_lines(train: dict[str, Any]) -> list[str]:
+    """How training went: the loss, first → last; for GRPO, whose loss is a policy-gradient surrogate near zero that
+    says nothing, the mean reward of the sampled completions (train.json's first and final logged metrics)."""
+    resumed = (f" (stopped, then resumed from step {train['resumed_from_step']})" if train.get("resumed_from_step")
+               else "")
+    if train.get("method") == "grpo":
+        first, final = ((train.get(key) or {}).get("reward") for key in ("first_metrics", "final_metrics"))
+        return [f"- mean reward of the sampled completions: {rounded(first)} → {rounded(final)} in "
+                f"{train.get('wall_time_s', '?')} s of training{resumed}", "- reward curves: `plots/rewards.png`"]
+    return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
+            f"{train.get('wall_time_s', '?')} s of training{resumed}", "- loss curve: `plots/loss.png`"]
 
 
 def rollback_lines(run: Run) -> list[str]:
@@ -184,6 +193,8 @@ def results_table(results: EvalResults | None) -> list[str]:
     if results is None:
         return ["(not evaluated yet: run `tunesmith eval`)"]
     metrics = [k for k in results.tuned if k not in COST_KEYS]
+    if not metrics and results.rewards is not None:  # prompts without answers: the rewards below score them
+        return ["The held-out rows are prompts without answers: the run's GRPO rewards score the answers (below)."]
     extra = ["delta (95% CI)"] if results.comparison else []
     variants = results.variants
     rows = ["| metric | " + " | ".join([*variants, *extra]) + " |", "|---" * (len(variants) + len(extra) + 1) + "|"]

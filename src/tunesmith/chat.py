@@ -171,6 +171,7 @@ class RemoteChatSession(ChatSession):
 
     url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
+    response_format: dict[str, Any] | None = None  # --json-schema: OpenAI's json_schema response format
 
     def awaits_tool_result(self) -> bool:
         """Whether the last turn is a tool call (or a result, after which parallel calls' next result may come)."""
@@ -181,7 +182,7 @@ class RemoteChatSession(ChatSession):
         """Add `turn`; the server's answer (and the calls it returns as `tool_calls`) joins the history."""
         self.messages.append(turn)
         answer, calls = stream_remote_reply(self.url, self.api_key, self.model, self.messages, self.max_new_tokens,
-                                            write, self.tools)
+                                            write, self.tools, self.response_format)
         self.messages.append({"role": "assistant", "content": answer or None, "tool_calls": calls} if calls else
                              {"role": "assistant", "content": answer})
         write(tool_call_note(self.messages[-1]))
@@ -189,11 +190,11 @@ class RemoteChatSession(ChatSession):
 
 
 def stream_remote_reply(url: str, api_key: str | None, model: str, messages: list[dict[str, Any]],
-                        max_tokens: int, write: Callable[[str], None],
-                        tools: list[dict[str, Any]] | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """POST /chat/completions with `stream` (greedy; `tools` offered when given), writing each piece of the
-    server-sent events as it comes; returns the answer's text and its `tool_calls` (OpenAI's streamed fragments
-    joined by index). An HTTP error becomes a TunesmithError with the server's message."""
+                        max_tokens: int, write: Callable[[str], None], tools: list[dict[str, Any]] | None = None,
+                        response_format: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """POST /chat/completions with `stream` (greedy; `tools` and `response_format` sent when given), writing each
+    piece of the server-sent events as it comes; returns the answer's text and its `tool_calls` (OpenAI's streamed
+    fragments joined by index). An HTTP error becomes a TunesmithError with the server's message."""
     import contextlib
     import json
     import urllib.error
@@ -202,7 +203,8 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
     from tunesmith.errors import TunesmithError
 
     body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True, **({"tools": tools} if tools else {})}).encode()
+                       "stream": True, **({"tools": tools} if tools else {}),
+                       **({"response_format": response_format} if response_format else {})}).encode()
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     request = urllib.request.Request(url.rstrip("/") + "/chat/completions", body, headers, method="POST")
     pieces: list[str] = []
@@ -235,6 +237,41 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
         raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
     write("\n")
     return "".join(pieces).strip(), [calls[index] for index in sorted(calls)]
+
+
+def check_served_model(url: str, api_key: str | None, model: str) -> None:
+    """Before the first prompt: the server at `url` answers GET /models (with the key) and serves `model`; a
+    TunesmithError naming what is wrong (unreachable, no /v1, a refused key, a model of another name) otherwise."""
+    import difflib
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tunesmith.errors import TunesmithError
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(url.rstrip("/") + "/models", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            served = [entry.get("id") for entry in json.loads(response.read()).get("data", [])]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise TunesmithError(f"{url} answered 404 for {url.rstrip('/')}/models: no OpenAI-compatible API at that "
+                                 "address.", "An OpenAI-compatible base URL usually ends in /v1, as `tunesmith serve` "
+                                 f"prints it (--url {url.rstrip('/')}/v1).") from None
+        if exc.code == 401:
+            raise TunesmithError(f"{url} refused the API key (401).", "Pass the variable holding the key the server "
+                                 "was started with: --api-key-env VAR.") from None
+        return  # another answer to /models: the chat request will say what the server thinks
+    except (urllib.error.URLError, OSError) as exc:
+        raise TunesmithError(f"Cannot reach {url}: {getattr(exc, 'reason', exc)}.",
+                             "Start the server (tunesmith serve RUN), or check the address.") from None
+    except ValueError:
+        return  # not OpenAI's listing: leave it to the chat request
+    if served and model not in served:
+        close = difflib.get_close_matches(model, [name for name in served if isinstance(name, str)], n=1)
+        raise TunesmithError(f"{url} does not serve {model!r}; it serves {', '.join(map(str, served))}.",
+                             f"Did you mean {close[0]!r}?" if close else "Name one of those.")
 
 
 def join_call_fragment(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:

@@ -483,6 +483,13 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
         _report_ollama(outcome.ollama)
     for name, path in outcome.written.items():
         err.print(f"Exported {name}: {path}", highlight=False, soft_wrap=True)
+    if "gguf-lora" in outcome.written:
+        from tunesmith.models.tuned import run_base_model
+
+        err.print(f"llama.cpp applies it to a GGUF of the base ({run_base_model(run)}): llama-cli -m BASE.gguf --lora "
+                  f"{outcome.written['gguf-lora']} (`tunesmith export RUN --format ollama --ollama-adapter` writes a "
+                  "GGUF of the base into exports/ollama/; `tunesmith serve RUN` serves the base with the LoRA)",
+                  highlight=False, soft_wrap=True)
     if out:
         _copy_out(run.exports_dir, out, names)
 
@@ -631,15 +638,20 @@ def chat(model_or_run: Annotated[str, typer.Argument(
 
     offered = load_tools_file(tools) if tools is not None else None  # a bad file fails before the model loads
     if url:
+        from tunesmith.chat import check_served_model
         from tunesmith.cli.serve import read_api_key
 
-        if json_schema is not None or choices is not None:
-            raise TunesmithError("--json-schema and --choices constrain a local model's decoding; with --url the "
-                                 "server decodes.", "Drop them, or chat with the model folder or run directly.")
-
+        if choices is not None:
+            raise TunesmithError("--choices holds a local model to bare labels; an OpenAI-compatible server constrains "
+                                 "answers to JSON only (a label would come back quoted).",
+                                 "Drop --choices, or chat with the model folder or run directly.")
+        constraint = option_constraint(json_schema, None)  # a broken schema fails before anything is asked
         api_key = read_api_key(api_key_env, "chatting with the server (the key it was started with)")
+        check_served_model(url, api_key, model_or_run)  # unreachable, no /v1, a refused key: said before any prompt
+        response_format = ({"type": "json_schema", "json_schema": {"name": "answer", "schema": json.loads(
+            constraint.spec)}} if constraint is not None else None)
         session: ChatSession = RemoteChatSession(model_or_run, None, system, max_new_tokens, url=url, api_key=api_key,
-                                                 tools=offered)
+                                                 tools=offered, response_format=response_format)
     else:
         constraint = option_constraint(json_schema, choices)  # a broken schema fails before the model loads
         if constraint is not None and offered:

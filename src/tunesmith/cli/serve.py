@@ -33,7 +33,8 @@ def serve(runs: Annotated[list[str], typer.Argument(
               help="Name of an environment variable holding the API key clients must send as a Bearer token.")]
           = None,
           print_command: Annotated[bool, typer.Option(
-              "--print-command", help="vllm/ollama: print the commands instead of starting them.")] = False,
+              "--print-command", help="vllm/ollama: print the commands instead of starting them (ollama: after "
+                                     "exporting the run's Modelfile and GGUF, which the commands load).")] = False,
           n_ctx: Annotated[int | None, typer.Option(
               min=16, help="Context length (prompt + completion), in tokens (default 4096; vLLM: the model's "
                            "own unless given, as --max-model-len).")] = None,

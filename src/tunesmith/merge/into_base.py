@@ -121,9 +121,16 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
 
 
 def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_size: str) -> Path:
-    """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer."""
+    """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer, every
+    file with the ordinary permissions the umask gives (transformers writes the weights 0600, through a private
+    temporary file: a merged model nobody else on the machine could read)."""
     from transformers import AutoTokenizer
+
+    from tunesmith.runs import current_umask
 
     model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    for file in Path(folder).iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~current_umask())
     return folder
