@@ -172,7 +172,10 @@ def slice_file(source: Path, target: Path, rows: int) -> str:
     return str(target)
 
 
-def grpo_recipe(root: Path, model_dir: Path, source: Path = ARITH, **training: Any):
+def grpo_recipe(root: Path, model_dir: Path, source: Path = ARITH, method: dict[str, Any] | None = None,
+                eval_section: dict[str, Any] | None = None, **training: Any):
+    """A 3-step GRPO recipe on the first 16/4 rows of `source`'s train/eval files; `method` and `eval_section`
+    replace keys of those sections, `training` of the training section."""
     (root / "rewards.py").write_text(USER_REWARD)
     raw = {
         "name": "grpo",
@@ -180,10 +183,12 @@ def grpo_recipe(root: Path, model_dir: Path, source: Path = ARITH, **training: A
         "data": {"train": slice_file(source / "train.jsonl", root / "data" / "train.jsonl", 16),
                  "eval": slice_file(source / "eval.jsonl", root / "data" / "eval.jsonl", 4), "max_length": 64},
         "method": {"kind": "grpo", "num_generations": 2, "max_completion_length": 8, "beta": 0.04,
-                   "rewards": [{"name": "exact_match"}, {"name": "rewards.py:char_share", "weight": 0.5}]},
+                   "rewards": [{"name": "exact_match"}, {"name": "rewards.py:char_share", "weight": 0.5}],
+                   **(method or {})},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"max_steps": 3, "lr": 5e-2, "batch_size": 4, "scheduler": "constant", "warmup_ratio": 0.0,
                      "logging_steps": 1, "save_steps": 1000, **training},
+        **({"eval": eval_section} if eval_section else {}),
         "base_dir": str(root),
     }
     return validate_recipe(raw)

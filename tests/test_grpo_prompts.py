@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from tunesmith.config import validate_recipe
 from tunesmith.data.formats import load_rows
 from tunesmith.data.loaders import load_records
 from tunesmith.errors import DataError, TunesmithError
@@ -101,23 +100,17 @@ def test_a_prompt_previews_as_the_generation_prompt_with_nothing_trained(tokeniz
 
 
 def grpo_prompt_recipe(root: Path, model_dir: Path, **method: Any):
-    (root / "rewards.py").write_text(SHORT_ANSWER, encoding="utf-8")
-    raw = {
-        "name": "grpo-prompts",
-        "model": {"source": str(model_dir)},
-        "data": {"train": str(write_jsonl(root / "data" / "train.jsonl", prompt_rows(16))),
-                 "eval": str(write_jsonl(root / "data" / "eval.jsonl", prompt_rows(6, offset=100))),
-                 "max_length": 64},
-        "method": {"kind": "grpo", "num_generations": 2, "max_completion_length": 8, "beta": 0.0,
-                   "rewards": [{"name": "regex", "pattern": r"\s*-?\d+\s*"},
-                               {"name": "rewards.py:short_answer", "weight": 0.5}], **method},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "training": {"max_steps": 2, "lr": 5e-2, "batch_size": 4, "scheduler": "constant", "warmup_ratio": 0.0,
-                     "logging_steps": 1, "save_steps": 1000},
-        "eval": {"probes": False, "max_examples": 6, "batch_size": 6},
-        "base_dir": str(root),
-    }
-    return validate_recipe(raw)
+    """test_grpo's tiny recipe on 16 training and 4 held-out prompts without answers, rewarded by a format regex
+    and a user function, 2 steps."""
+    from tests.test_grpo import grpo_recipe
+
+    (root / "prompt_rewards.py").write_text(SHORT_ANSWER, encoding="utf-8")
+    data = root / "prompts"
+    write_jsonl(data / "train.jsonl", prompt_rows(16))
+    write_jsonl(data / "eval.jsonl", prompt_rows(6, offset=100))
+    rewards = [{"name": "regex", "pattern": r"\s*-?\d+\s*"}, {"name": "prompt_rewards.py:short_answer", "weight": 0.5}]
+    return grpo_recipe(root, model_dir, source=data, method={"beta": 0.0, "rewards": rewards, **method},
+                       eval_section={"probes": False, "max_examples": 6, "batch_size": 6}, max_steps=2)
 
 
 @pytest.fixture(scope="module")
