@@ -269,3 +269,11 @@ def test_the_model_card_shows_the_reward_where_the_loss_says_nothing(evaluated):
     assert "- loss:" not in card and "`plots/rewards.png`" in card
     assert "prompts without answers: the run's GRPO rewards score the answers" in card
     assert "### GRPO rewards on the held-out answers" in card and "| reward/regex |" in card
+
+
+def test_baselines_need_answers_and_say_so_before_a_model_loads(evaluated):
+    from tunesmith.eval.evaluate import run_eval
+
+    with pytest.raises(TunesmithError, match="prompts without answers") as caught:
+        run_eval(evaluated["recipe"], evaluated["run"], baselines=["zero_shot", "few_shot"])
+    assert "Baselines zero_shot, few_shot" in caught.value.message and "data.eval" in caught.value.hint

@@ -80,8 +80,9 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
+    asked = list(recipe.eval.baselines if baselines is None else baselines) if against is None else []
+    refuse_baselines_without_references(asked, prompts_only)
     plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
-    refuse_baselines_without_references(plan.names, prompts_only)
     references = [reference_answer(row) or "" for row in rows]
     answer_limit = (sampled_answer_limit(recipe) if prompts_only
                     else resolve_max_new_tokens(recipe.eval, tokenizer, references))
