@@ -109,11 +109,19 @@ def test_html_is_self_contained_with_outputs_scores_and_marks(compared):
     assert not parser.urls and "http://" not in document and "https://" not in document
 
 
-def test_prompt_only_rows_are_answered_without_scores(project):
+def test_prompt_only_rows_are_answered_without_scores(project, tmp_path):
     results = run_compare([project["adapter_b"]], project["prompt_only"], max_new_tokens=4, batch_size=BATCH)
     assert results["variants"] == ["style-b"] and results["scored"] == 0
     assert [r["reference"] for r in results["rows"]] == [None, None] and "scores" not in results["rows"][0]
     assert "–" in render_compare_html(results)
+    (tmp_path / "alone.py").write_text("def size(completion, reference):\n    return float(len(completion))\n")
+    # metrics that judge an answer alone score every row
+    judged = run_compare([project["adapter_b"]], project["prompt_only"],
+                         metrics=["json_valid", f"{tmp_path}/alone.py:size"], max_new_tokens=4, batch_size=BATCH)
+    assert judged["scored"] == 2 and all(set(row["scores"]["style-b"]) == {"json_valid", "size"}
+                                         for row in judged["rows"])
+    assert judged["summary"]["style-b"]["size"] == sum(
+        len(row["outputs"]["style-b"]) for row in judged["rows"]) / 2
 
 
 def test_answer_length_defaults_to_the_references_as_evals_auto(project, tiny_model_dir, capsys):

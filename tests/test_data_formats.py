@@ -624,6 +624,10 @@ def test_a_column_mapping_written_the_wrong_way_round_is_refused_with_the_direct
     assert "question" in str(caught.value) and "{your_column: expected}" in str(caught.value)
     rows = load_records(path, columns={"question": "prompt", "answer": "completion"}).rows
     assert rows[1] == {"prompt": "Capital of France?", "completion": "Paris"}
+    # data.columns applies to every data file: one that already has the names it maps onto needs no mapping
+    named = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "What is 3+3?", "completion": "6"}])
+    assert load_records(named, columns={"question": "prompt", "answer": "completion"}).rows == [
+        {"prompt": "What is 3+3?", "completion": "6"}]
 
 
 def test_a_file_whose_rows_are_all_skipped_gets_the_rows_own_hint(tmp_path: Path):

@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import REPO
 from tunesmith.config import RewardSpec, recipe_to_yaml, validate_recipe
-from tunesmith.errors import DataError, RecipeError
+from tunesmith.errors import DataError, RecipeError, TunesmithError
 from tunesmith.runs import create_run
 from tunesmith.train import run_training
 from tunesmith.train.rewards import build_rewards, completion_text
@@ -84,9 +84,15 @@ def test_user_reward_from_a_file_path(tmp_path):
 
 
 def test_user_reward_that_returns_no_number_is_named(tmp_path):
-    (tmp_path / "bad.py").write_text("def verdict(completion, reference):\n    return 'good'\n")
-    with pytest.raises(Exception, match=r"bad\.py:verdict returned 'good'"):
+    (tmp_path / "bad.py").write_text("def verdict(completion, reference):\n    return 'good'\n"
+                                     "def forgot(completion, reference):\n    completion.strip()\n"
+                                     "def contains(completion, reference):\n    return 'x' in completion\n")
+    with pytest.raises(TunesmithError, match=r"bad\.py:verdict returned 'good' \(str\)"):
         score({"name": "bad.py:verdict"}, ["x"], base_dir=tmp_path)
+    with pytest.raises(TunesmithError, match=r"returned None") as caught:
+        score({"name": "bad.py:forgot"}, ["x"], base_dir=tmp_path)
+    assert "without `return` gives None" in caught.value.hint
+    assert score({"name": "bad.py:contains"}, ["x", "y"], base_dir=tmp_path) == [1.0, 0.0]  # a bool is 1 or 0
 
 
 def test_a_user_reward_beside_the_recipe_its_signature_and_its_errors_are_the_users(tmp_path):
@@ -134,7 +140,7 @@ def test_a_reward_that_is_not_finite_is_refused(tmp_path, value):
     """A NaN reward dropped out of the sum and an infinite one zeroed every advantage: training ran, learning
     nothing, and said nothing."""
     (tmp_path / "odd.py").write_text(f"def f(completion, reference):\n    return {value}\n", encoding="utf-8")
-    with pytest.raises(Exception, match=r"(?s)odd\.py:f returned .* one finite float"):
+    with pytest.raises(TunesmithError, match=r"(?s)odd\.py:f returned .* must be finite"):
         score({"name": "odd.py:f"}, ["x"], base_dir=tmp_path)
 
 

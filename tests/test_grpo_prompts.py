@@ -265,7 +265,7 @@ def test_the_model_card_shows_the_reward_where_the_loss_says_nothing(evaluated):
     card = write_model_card(evaluated["run"]).read_text(encoding="utf-8")
     train = json.loads((evaluated["run"].path / "train.json").read_text())
     first, final = (f"{train[key]['reward']:.4g}" for key in ("first_metrics", "final_metrics"))
-    assert f"- mean reward of the sampled completions: {first} → {final} in" in card
+    assert f"- mean reward of the sampled completions, first and last logged step: {first} → {final} in" in card
     assert "- loss:" not in card and "`plots/rewards.png`" in card
     assert "prompts without answers: the run's GRPO rewards score the answers" in card
     assert "### GRPO rewards on the held-out answers" in card and "| reward/regex |" in card
@@ -277,3 +277,39 @@ def test_baselines_need_answers_and_say_so_before_a_model_loads(evaluated):
     with pytest.raises(TunesmithError, match="prompts without answers") as caught:
         run_eval(evaluated["recipe"], evaluated["run"], baselines=["zero_shot", "few_shot"])
     assert "Baselines zero_shot, few_shot" in caught.value.message and "data.eval" in caught.value.hint
+
+
+def test_a_run_whose_gradient_was_always_zero_says_it_learnt_nothing(evaluated):
+    from tunesmith.train.grpo import learning_signal_warnings
+
+    method = evaluated["recipe"].method
+    flat = [{"frac_reward_zero_std": 1.0, "grad_norm": 0.0, "reward": reward} for reward in (0.2, 0.7)]
+    assert any("adapter did not change" in warning for warning in learning_signal_warnings(flat, method))
+    moving = [{**row, "grad_norm": 0.3} for row in flat]
+    assert not any("adapter did not change" in warning for warning in learning_signal_warnings(moving, method))
+
+
+def test_runs_list_shows_the_reward_where_no_metric_scored_the_prompts(evaluated):
+    from tunesmith.runs import run_summary
+
+    listed = run_summary(evaluated["run"])
+    rewards = evaluated["results"]["rewards"]
+    assert (listed["metric"], listed["base"], listed["tuned"]) == ("reward", rewards["base"]["reward"],
+                                                                    rewards["tuned"]["reward"])
+
+
+def test_doctor_loads_each_reward_as_train_would(tmp_path):
+    from tunesmith.doctor.recipe import data_checks, metric_checks
+
+    (tmp_path / "mine.py").write_text("def one_arg(text):\n    return 1.0\n", encoding="utf-8")
+    (tmp_path / "schema.json").write_text("not json", encoding="utf-8")
+    recipe = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model", rewards=[
+        {"name": "mine.py:one_arg"}, {"name": "mine.py:missing"}, {"name": "json_schema", "json_schema": "schema.json"},
+        {"name": "reward_model", "path": "runs/nope"}])
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"metrics": ["mine.py:gone"]})})
+    _, rows = data_checks(recipe)
+    details = [(check.name, check.detail) for check in metric_checks(recipe, rows["train"], rows["eval"])]
+    assert [name for name, _ in details] == ["GRPO rewards"] * 4 + ["eval metrics"]
+    for (_, detail), said in zip(details, ("takes (text)", "no function 'missing'", "schema.json",
+                                           "runs/nope does not exist", "no function 'gone'"), strict=True):
+        assert said in detail, detail

@@ -34,7 +34,7 @@ def write_model_card(run: Run) -> Path:
         f"(sha256 of the saved train rows, data/train.jsonl: `{train_rows_sha256(run, data)[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
-        *progress_lines(train),
+        *progress_lines(train, run),
         *rollback_lines(run),
         *trained_lines(data),
         "",
@@ -54,15 +54,23 @@ def write_model_card(run: Run) -> Path:
     return atomic_write_text(run.path / "README.md", "\n".join(lines) + "\n")
 
 
-def progress_lines(train: dict[str, Any]) -> list[str]:
+def progress_lines(train: dict[str, Any], run: Run) -> list[str]:
     """How training went: the loss, first → last; for GRPO, whose loss is a policy-gradient surrogate near zero that
-    says nothing, the mean reward of the sampled completions (train.json's first and final logged metrics)."""
+    says nothing, the mean reward of the sampled completions (train.json's first and final logged metrics), with
+    what the logged metrics say about the signal it learnt from (`learning_signal_warnings`: a run that learnt
+    nothing must not read as progress)."""
     resumed = (f" (stopped, then resumed from step {train['resumed_from_step']})" if train.get("resumed_from_step")
                else "")
     if train.get("method") == "grpo":
         first, final = ((train.get(key) or {}).get("reward") for key in ("first_metrics", "final_metrics"))
-        return [f"- mean reward of the sampled completions: {rounded(first)} → {rounded(final)} in "
-                f"{train.get('wall_time_s', '?')} s of training{resumed}", "- reward curves: `plots/rewards.png`"]
+        from tunesmith.config import GRPOMethod
+        from tunesmith.train.grpo import learning_signal_warnings
+
+        method = run.load_recipe().method
+        warnings = learning_signal_warnings(run.read_metrics(), method) if isinstance(method, GRPOMethod) else []
+        return [f"- mean reward of the sampled completions, first and last logged step: {rounded(first)} → "
+                f"{rounded(final)} in {train.get('wall_time_s', '?')} s of training{resumed}",
+                *(f"- **warning**: {warning}" for warning in warnings), "- reward curves: `plots/rewards.png`"]
     return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
             f"{train.get('wall_time_s', '?')} s of training{resumed}", "- loss curve: `plots/loss.png`"]
 

@@ -570,6 +570,9 @@ def run_summary(run: Run) -> dict[str, Any]:
         if metric is not None:
             summary.update(metric=metric, tuned=results.tuned.get(metric),
                            base=(results.base or {}).get(metric))
+        elif results.rewards is not None:  # GRPO on prompts alone: its rewards are the score
+            summary.update(metric="reward", tuned=results.rewards.tuned.get("reward"),
+                           base=(results.rewards.base or {}).get("reward"))
         if results.probes is not None:  # the forgetting probes: what the tuning cost
             summary.update(probe_accuracy=results.probes.tuned.get("accuracy"), regression=results.probes.regression)
     return summary

@@ -326,10 +326,16 @@ def check_takes_completion_and_reference(function: Callable[..., Any], spec: str
         given = {"prompt": "prompt"} if role == "reward" and takes_prompt(function) else {}
         inspect.signature(function).bind("completion", "reference", **given)
     except TypeError:
-        prompt = " (a reward may also take `prompt`, the question's text)" if role == "reward" else ""
+        reward = role == "reward"
+        prompt = " (a reward may also take `prompt`, the question's text, as a third)" if reward else ""
+        wanted = "completion: str, reference: str, prompt: str" if reward and takes_prompt(function) else (
+            "completion: str, reference: str")
         raise TunesmithError(f"User {role} {spec} takes {inspect.signature(function)}, but a {role} is called with "
                              f"two arguments: (completion, reference){prompt}.",
-                             f"Define it as def {function.__name__}(completion: str, reference: str) -> float."
+                             f"Define it as def {function.__name__}({wanted}) -> float"
+                             + (" (reference is '' for prompts without answers)." if reward else ".")
+                             + ("" if reward or not takes_prompt(function) else " Only GRPO rewards are given the "
+                                "prompt: eval scores a GRPO run by its rewards (results.json `rewards`).")
                              ) from None
     except ValueError:  # a builtin without an inspectable signature: called as it is
         return

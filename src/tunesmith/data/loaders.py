@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tunesmith.config import COLUMN_TARGETS
 from tunesmith.data.hub import is_hub_dataset, read_hub_records
 from tunesmith.data.readers import Record, read_records
 from tunesmith.data.shapes import (
@@ -149,9 +150,12 @@ def refuse_shared_targets(columns: dict[str, str]) -> None:
 
 
 def refuse_absent_columns(records: list[Record], columns: dict[str, str]) -> None:
-    """A mapped column that no row has is a mapping written the wrong way round or a typo: it would do nothing."""
+    """A mapped column that no row has is a mapping written the wrong way round or a typo: it would do nothing. A file
+    whose rows already have the name it maps onto needs no mapping (a CSV's `question` mapped onto `prompt` beside an
+    eval file that says `prompt`: data.columns applies to every data file)."""
     present = {key for record in records if isinstance(record.value, dict) for key in record.value}
-    absent = [name for name in columns if name not in present]
+    absent = [name for name, target in columns.items()
+              if name not in present and not (target in COLUMN_TARGETS and target in present)]
     if absent and present:
         raise DataError(f"data.columns maps {absent} but no row has such a column (the rows have "
                         f"{sorted(present)[:10]}).",

@@ -213,7 +213,8 @@ def check_answers(messages: list[Message], labels: list[str]) -> None:
     if messages[-1]["role"] != "assistant":
         raise RowProblem("missing_assistant", "the last message must be a non-empty assistant turn.",
                          "Every training row needs an answer for the model to learn (GRPO's prompts without "
-                         "answers are rows of their own shape: {\"prompt\": [turns ending with the user's]}).")
+                         "answers are rows of their own shape: {\"prompt\": [turns ending with the user's]}; "
+                         "`--set data.columns.messages=prompt` reads these rows so).")
 
 
 def check_turn_contents(messages: list[Message], labels: list[str]) -> None:

@@ -27,6 +27,7 @@ from tunesmith.doctor.report import Check
 from tunesmith.errors import TunesmithError
 from tunesmith.models.loading import context_length
 from tunesmith.plan.fit import fit_message, plan_as_trained
+from tunesmith.scoring import load_user_function
 
 SECTION = "recipe"
 PREVIEW_ROWS = 20
@@ -61,6 +62,10 @@ def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
     checks = []
     if isinstance(recipe.method, GRPOMethod):
         checks += failed("GRPO rewards", check_rewards_fit_rows, recipe.method.rewards, rows, recipe.data.train)
+        checks += [check for spec in recipe.method.rewards
+                   for check in failed("GRPO rewards", check_reward_loads, spec, Path(recipe.base_dir))]
+    for metric in (m for m in recipe.eval.metrics or [] if ":" in m):  # as train loads them before the model
+        checks += failed("eval metrics", load_user_function, metric, Path(recipe.base_dir))
     if any(is_prompt_only(row) for row in (rows if held_out is None else held_out)):
         checks += failed("eval metrics", prompt_only_metrics, recipe.eval)
     conversations = [row for row in rows if "messages" in row]
@@ -68,6 +73,26 @@ def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
         checks += failed("eval metrics", lambda: check_metrics_fit_answers(recipe.eval,
                                                                           classify_answers(conversations)))
     return checks
+
+
+def check_reward_loads(spec: Any, base_dir: Path) -> None:
+    """What train checks of a reward before the model loads: a user function found, importable and callable as a
+    reward; a json_schema file that is a schema; a reward_model path that exists (its weights are not loaded here)."""
+    from tunesmith.scoring import json_schema_scorer
+
+    if ":" in spec.name:
+        load_user_function(spec.name, base_dir, "reward")
+    elif spec.name == "json_schema":
+        schema = Path(spec.json_schema or "").expanduser()
+        json_schema_scorer(schema if schema.is_absolute() else base_dir / schema,
+                           "method.rewards (the json_schema reward's json_schema)")
+    elif spec.name == "reward_model":
+        path = Path(spec.path or "").expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.exists():
+            raise TunesmithError(f"method.rewards: reward_model path {path} does not exist.",
+                                 "Name a `method.kind: reward` run directory (or its adapter/ or model/ folder), "
+                                 "relative to the recipe.")
 
 
 def failed(name: str, check: Callable[..., Any], *args: Any) -> list[Check]:

@@ -110,7 +110,7 @@ def rewards_table(block: AddOnBlock) -> AddOnTable:
 
     extra = block.model_extra or {}
     summed = " + ".join(f"{weight:g} x {name.removeprefix('reward/')}" for name, weight in extra["weights"].items())
-    note = f"reward: the weighted sum training maximised ({summed}), on answers to prompts it never trained on"
+    note = f"reward: the weighted sum training maximised ({summed}), on these rows' answers"
     if extra.get("same_answer"):
         note = "WARNING: " + same_answer_note(extra["same_answer"]) + " " + note
     return AddOnTable("GRPO rewards on the held-out answers", block_rows(block, lambda key: key), note)

@@ -214,16 +214,18 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
 
 def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], seconds: dict[str, float],
                        scorer: Any, metrics: list[str], base_dir: Path, prompts_file: Path) -> dict[str, Any]:
-    """Per-row outputs and scores, and per-variant means over the rows that have a reference."""
-    from tunesmith.scoring import aggregate
+    """Per-row outputs and scores, and per-variant means over the rows scored: those with a reference, and every row
+    when each metric judges an answer alone (json_valid, regex, json_schema, a user function, given '')."""
+    from tunesmith.scoring import REFERENCE_FREE_METRICS, aggregate
 
+    alone = all(metric in REFERENCE_FREE_METRICS or ":" in metric for metric in metrics)
     variants = list(outputs)
     rows, summary = [], {}
     for index, prompt in enumerate(prompts):
         row: dict[str, Any] = {"prompt": prompt.messages[-1]["content"] if prompt.messages else "",
                                "reference": prompt.reference, "outputs": {v: outputs[v][index] for v in variants}}
-        if prompt.reference is not None:
-            row["scores"] = {v: numeric(scorer(outputs[v][index], prompt.reference)) for v in variants}
+        if prompt.reference is not None or alone:
+            row["scores"] = {v: numeric(scorer(outputs[v][index], prompt.reference or "")) for v in variants}
         rows.append(row)
     for variant in variants:
         scored = [row["scores"][variant] for row in rows if "scores" in row]
@@ -270,7 +272,8 @@ def summary_html(results: dict[str, Any]) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants) + "</tr>"
     body = ["<tr><td>" + _e(key) + "</td>" + "".join(
         f"<td class='num'>{_e(_fmt(summary[v].get(key)))}</td>" for v in variants) + "</tr>" for key in keys]
-    note = f"<p>{results['scored']} of {results['examples']} prompts have a reference and are scored.</p>"
+    note = (f"<p>{results['scored']} of {results['examples']} prompts are scored (without a reference answer, only "
+            "by metrics that judge an answer alone).</p>")
     return "<h2>Scores</h2><table>" + head + "\n".join(body) + "</table>" + note
 
 
@@ -323,6 +326,10 @@ def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> No
     for key in [k for k in results["summary"][variants[0]] if k != "seconds"] + ["seconds"]:
         summary.add_row(key, *(_fmt(results["summary"][v].get(key)) for v in variants))
     console.print(summary)
+    if not results["scored"]:
+        console.print(escape(f"No prompt has a reference answer to score {', '.join(results['metrics'])} against: "
+                             "--metric json_valid, regex-free checks of your own (--metric file.py:function) score "
+                             "answers alone."), highlight=False, soft_wrap=True)
 
 
 def _cut(text: str, width: int) -> str:

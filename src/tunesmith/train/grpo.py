@@ -71,6 +71,10 @@ def learning_signal_warnings(metrics: list[dict[str, Any]], method: GRPOMethod) 
     if not logged:
         return []
     warnings = []
+    if all(row.get("grad_norm") == 0 for row in logged):
+        warnings.append(f"every one of the {len(logged)} logged steps had a zero gradient (grad_norm in "
+                        "metrics.jsonl): the adapter did not change, the tuned model is the base, and the reward's "
+                        "rise or fall between steps is sampling noise.")
     uniform = sum(row["frac_reward_zero_std"] for row in logged) / len(logged)
     if uniform >= UNIFORM_GROUPS:
         warnings.append(f"{uniform:.0%} of the sampled groups (mean over {len(logged)} logged steps) gave every "

@@ -110,11 +110,14 @@ def user_reward(spec: str, base_dir: Path) -> Score:
 
     def score(text: str, reference: str, ids: list[int], prompt: str) -> float:
         value = call_user_function(function, spec, "reward", text, reference, prompt if asks_prompt else None)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not isinstance(value, int | float):  # True/False count as 1/0
+            raise TunesmithError(f"User reward {spec} returned {value!r} ({type(value).__name__}) for completion "
+                                 f"{text[:60]!r}.", "A reward function returns one number per call (a float, an int "
+                                 "or a bool); a function that ends without `return` gives None.")
+        if not math.isfinite(value):
             raise TunesmithError(f"User reward {spec} returned {value!r} for completion {text[:60]!r}.",
-                                 "A reward function returns one finite float per (completion, reference): a NaN "
-                                 "drops the reward from the sum, an infinity makes every advantage 0 and nothing "
-                                 "trains.")
+                                 "A reward must be finite: a NaN drops the reward from the sum, an infinity makes "
+                                 "every advantage 0 and nothing trains.")
         return float(value)
 
     return score
