@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Recipe
+from tunesmith.config import Recipe, RewardSpec
 from tunesmith.data import data_source
 from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import METHOD_SHAPES, shape_refusal
@@ -75,7 +75,7 @@ def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
     return checks
 
 
-def check_reward_loads(spec: Any, base_dir: Path) -> None:
+def check_reward_loads(spec: RewardSpec, base_dir: Path) -> None:
     """What train checks of a reward before the model loads: a user function found, importable and callable as a
     reward; a json_schema file that is a schema; a reward_model path that exists (its weights are not loaded here)."""
     from tunesmith.scoring import json_schema_scorer
