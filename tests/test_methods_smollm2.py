@@ -71,3 +71,22 @@ def test_grpo_mean_reward_rises_on_arithmetic(tmp_path):
     rewards = logged(run, "reward")
     assert len(rewards) == 8 and all(math.isfinite(r) for r in rewards)
     assert rising(rewards), rewards
+
+
+def test_grpo_on_prompts_alone_is_scored_by_its_reward_on_the_real_model(tmp_path):
+    """recipes/grpo_prompts.yaml end to end, shortened: trains on questions without answers, and eval's rewards block
+    is the bundled reward of the answers it shows (recomputed here from each question)."""
+    import importlib.util
+
+    from tunesmith.eval import run_eval
+
+    run = train_recipe("grpo_prompts", tmp_path, "training.max_steps=4", "eval.max_examples=8", "eval.probes=false")
+    assert len(logged(run, "rewards/right_number/mean")) == 4
+    results = json.loads(run_eval(run.load_recipe(), run).read_text(encoding="utf-8"))
+    spec = importlib.util.spec_from_file_location("arithmetic", REPO / "recipes" / "rewards" / "arithmetic.py")
+    arithmetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arithmetic)
+    assert all(arithmetic.expected_number(sample["prompt"]) is not None for sample in results["samples"])
+    for variant in ("base", "tuned"):
+        right = [arithmetic.right_number(sample[variant], "", sample["prompt"]) for sample in results["samples"]]
+        assert results["rewards"][variant]["reward"] == pytest.approx(sum(right) / len(right), abs=1e-4)
