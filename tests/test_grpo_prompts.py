@@ -313,3 +313,15 @@ def test_doctor_loads_each_reward_as_train_would(tmp_path):
     for (_, detail), said in zip(details, ("takes (text)", "no function 'missing'", "schema.json",
                                            "runs/nope does not exist", "no function 'gone'"), strict=True):
         assert said in detail, detail
+
+
+def test_doctor_describes_prompt_rows_without_speaking_of_answers(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.shapes import as_conversation
+    from tunesmith.doctor.recipe import preview_check
+
+    recipe = grpo_prompt_recipe(tmp_path, tmp_path / "no-such-model")
+    rows = [as_conversation(row) for row in prompt_rows(4)]
+    check = preview_check(AutoTokenizer.from_pretrained(tokenizer_dir), recipe, rows, 512)
+    assert check.status == "pass" and "prompts without answers, each ending at the generation prompt" in check.detail

@@ -221,8 +221,10 @@ def preview_check(tokenizer: Any, recipe: Recipe, rows: list[dict[str, Any]], co
     findings = [text for text in preview.problems + preview.warnings if text.startswith("row ")]
     count = min(PREVIEW_ROWS, len(rows))
     if not findings:
+        answers = ("prompts without answers, each ending at the generation prompt"
+                   if all(is_prompt_only(row) for row in rows[:count]) else "each answer ending in EOS")
         return Check(name="rendered rows", section=SECTION, status="pass", detail=f"the first {count} rows render "
-                     f"within max_length {limit}, each answer ending in EOS")
+                     f"within max_length {limit}, {answers}")
     status = "fail" if any(text.startswith("row ") for text in preview.problems) else "warn"
     return Check(name="rendered rows", section=SECTION, status=status,
                  detail=f"{len(findings)} finding(s) on the first {count} rows, e.g. {findings[0]}",
