@@ -260,6 +260,10 @@ def test_check_gate_reports_verdicts_and_unknown_metrics():
     with pytest.raises(TunesmithError, match="unknown metric 'rouge'") as unknown:
         check_gate(results, [GateRule("rouge")])
     assert unknown.value.exit_code == 2 and "exact_match, loss" in unknown.value.hint
+    with pytest.raises(TunesmithError, match=r"unknown metric 'exact_mach'; did you mean 'exact_match'\?"):
+        check_gate(results, [GateRule("exact_mach")])
+    with pytest.raises(TunesmithError, match=r"'probes' \(this eval ran no forgetting probes: eval.probes is off\)"):
+        check_gate(results, [GateRule("probes")])
     with pytest.raises(TunesmithError, match="needs a base"):
         check_gate(EvalResults(examples=0, task_metric="loss", tuned={}), [GateRule("loss")])
     with pytest.raises(TunesmithError, match=r"exact_match:abc: the margin 'abc' is not a number") as margin:

@@ -6,6 +6,7 @@ lm-eval blocks), so it can be re-checked without re-running a model.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from tunesmith.errors import TunesmithError
@@ -62,7 +63,11 @@ def check_gate(results: EvalResults, rules: list[GateRule]) -> list[GateVerdict]
         raise TunesmithError(f"--fail-if-worse {bad_margins[0]}: the margin {bad_margins[0].rpartition(':')[2]!r} is "
                              "not a number.", "Write METRIC or METRIC:MARGIN, e.g. exact_match:0.02.")
     if unknown:
-        raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}.",
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        probes_off = "probes" in unknown and results.probes is None
+        raise TunesmithError(f"--fail-if-worse: unknown metric {', '.join(map(repr, unknown))}"
+                             + (" (this eval ran no forgetting probes: eval.probes is off)" if probes_off else "")
+                             + (f"; did you mean {close[0]!r}?" if close else "."),
                              f"Available metrics: {', '.join(names)}.")
     base_name = results.against.name if results.against is not None else "base"  # --against: the other run
     return [probes_verdict(rule, probes) if rule.metric == "probes" and probes is not None
