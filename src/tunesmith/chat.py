@@ -227,16 +227,22 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
         with contextlib.suppress(ValueError, KeyError, TypeError):  # OpenAI's error shape, when it is one
             detail = json.loads(detail)["error"]["message"]
         if exc.code == 404 and "model" not in detail.lower():  # the path is not served: the base URL lacks /v1
-            raise TunesmithError(f"{url} answered 404 ({detail}) for {url.rstrip('/')}/chat/completions: no "
-                                 "OpenAI-compatible API at that address.",
-                                 "An OpenAI-compatible base URL usually ends in /v1, as `tunesmith serve` prints it "
-                                 f"(--url {url.rstrip('/')}/v1).") from None
+            raise no_api_at(url, "chat/completions") from None
         raise TunesmithError(f"{url} answered {exc.code}: {detail}", "Check the model name (the first argument; GET "
                              f"{url.rstrip('/')}/models lists those served) and the API key (--api-key-env).") from None
     except urllib.error.URLError as exc:
         raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
     write("\n")
     return "".join(pieces).strip(), [calls[index] for index in sorted(calls)]
+
+
+def no_api_at(url: str, path: str) -> Any:
+    """The error for a 404 on an OpenAI path: the address serves no such API, most often for want of /v1."""
+    from tunesmith.errors import TunesmithError
+
+    return TunesmithError(f"{url} answered 404 for {url.rstrip('/')}/{path}: no OpenAI-compatible API at that address.",
+                          "An OpenAI-compatible base URL usually ends in /v1, as `tunesmith serve` prints it "
+                          f"(--url {url.rstrip('/')}/v1).")
 
 
 def check_served_model(url: str, api_key: str | None, model: str) -> None:
@@ -256,9 +262,7 @@ def check_served_model(url: str, api_key: str | None, model: str) -> None:
             served = [entry.get("id") for entry in json.loads(response.read()).get("data", [])]
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise TunesmithError(f"{url} answered 404 for {url.rstrip('/')}/models: no OpenAI-compatible API at that "
-                                 "address.", "An OpenAI-compatible base URL usually ends in /v1, as `tunesmith serve` "
-                                 f"prints it (--url {url.rstrip('/')}/v1).") from None
+            raise no_api_at(url, "models") from None
         if exc.code == 401:
             raise TunesmithError(f"{url} refused the API key (401).", "Pass the variable holding the key the server "
                                  "was started with: --api-key-env VAR.") from None
