@@ -125,3 +125,25 @@ def test_gate_exits_2_and_lists_metrics_for_an_unknown_one(evaluated_run):
     assert result.returncode == 2, result.stderr
     message = " ".join(result.stderr.split())
     assert "unknown metric 'rouge'" in message and "rouge_l" in message and "has_braces" in message
+
+
+def test_a_near_miss_or_a_bad_margin_is_refused_before_eval_runs(evaluated_run):
+    results_file = evaluated_run.eval_dir / "results.json"
+    written = results_file.stat().st_mtime_ns
+    plain = ["--set", "eval.metrics=[exact_match, chrf]"]  # no user metric: a near miss cannot be one of its keys
+    for rule, said in (("exatc_match", "did you mean 'exact_match'?"), ("chrf:0.o1", "the margin '0.o1' is not")):
+        result = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(evaluated_run.path), *plain,
+                                 "--fail-if-worse", rule], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert said in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    assert results_file.stat().st_mtime_ns == written  # refused before any model loaded: eval never ran
+
+
+def test_names_only_eval_can_tell_are_left_to_the_check_after_it():
+    from tunesmith.eval.gate import check_rule_names, parse_gate_rule
+
+    check_rule_names([parse_gate_rule(name) for name in ("probe/arithmetic", "reward/format", "arc_easy/acc",
+                                                         "field/item", "exact_match:0.02", "probes")], False)
+    check_rule_names([parse_gate_rule("exact_matches")], True)  # a user metric may return that key
+    with pytest.raises(Exception, match="did you mean 'exact_match'"):
+        check_rule_names([parse_gate_rule("exact_matches")], False)

@@ -324,7 +324,7 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     """
     from tunesmith.card import write_model_card
     from tunesmith.eval import run_eval
-    from tunesmith.eval.gate import check_gate, parse_gate_rule, raise_if_worse
+    from tunesmith.eval.gate import check_gate, check_rule_names, parse_gate_rule, raise_if_worse
     from tunesmith.runs import open_run
 
     if rollback and not checkpoints:
@@ -335,6 +335,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     rules = [parse_gate_rule(text) for text in fail_if_worse or []]
     run = open_run(run_dir)
     run.trained_artifact()
+    if rules:
+        check_rule_names(rules, any(":" in metric for metric in run.load_recipe(set_).eval.metrics))
     if checkpoints:
         from tunesmith.eval.checkpoints import score_checkpoints
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from tunesmith.config import EVAL_METRICS
 from tunesmith.errors import TunesmithError
 from tunesmith.results import Comparison, EvalResults, ProbesBlock
 
 EXIT_WORSE = 3
+# The comparison names eval writes apart from those only it can tell: user metrics' own keys, probe categories
+# (probe/<category>), GRPO rewards (reward/<name>) and lm-eval's <task>/<metric>.
+KNOWN_NAMES = (*EVAL_METRICS, "field_accuracy", "probes", "probe_accuracy", "probe_perplexity", "judge_score",
+               "judge_preference", "reward", "signed_logp", "preference_accuracy", "mean_margin")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,28 @@ def parse_gate_rule(text: str) -> GateRule:
         return GateRule(name, float(margin)) if name else GateRule(text)
     except ValueError:
         return GateRule(text)  # an unknown name is reported, with the valid ones, by check_gate
+
+
+def check_rule_names(rules: list[GateRule], user_metrics: bool) -> None:
+    """Before eval runs, refuse what the command line already shows: a margin that is no number after a known name
+    (`exact_match:0.o2`) and a near miss of a known name (`exatc_match`), with the fix.
+
+    Other names (a user metric's key, `probe/<category>`, `reward/<name>`, an lm-eval `<task>/<metric>`) are known
+    only once eval has run; `check_gate` checks them then. With user metrics (`eval.metrics` entries `module:function`)
+    any plain name may be one of their keys, so only margins are checked here.
+    """
+    for rule in rules:
+        if rule.metric in KNOWN_NAMES or "/" in rule.metric:
+            continue
+        name, _, margin = rule.metric.rpartition(":")
+        if name in KNOWN_NAMES:
+            raise TunesmithError(f"--fail-if-worse {rule.metric}: the margin {margin!r} is not a number.",
+                                 "Write METRIC or METRIC:MARGIN, e.g. exact_match:0.02.")
+        close = difflib.get_close_matches(rule.metric, KNOWN_NAMES, n=1, cutoff=0.8)
+        if close and not user_metrics:
+            raise TunesmithError(f"--fail-if-worse: unknown metric {rule.metric!r}; did you mean {close[0]!r}?",
+                                 f"Metrics eval can compare: {', '.join(KNOWN_NAMES)}, and probe/<category>, "
+                                 "reward/<name>, an lm-eval <task>/<metric> where those ran.")
 
 
 def is_worse(entry: Comparison, margin: float) -> bool:
