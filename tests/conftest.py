@@ -15,6 +15,29 @@ REPO = Path(__file__).resolve().parents[1]
 ORDERS = REPO / "examples" / "data" / "orders"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests keep their caches (serve GGUFs, replay rows, matmul peaks) in a home of their own under .pytest_cache,
+    not in the user's ~/.cache/tunesmith; its `models` is the user's, so the embedded model is fetched once for both.
+    Shared by the xdist workers and kept between runs, as the user's cache would be."""
+    import contextlib
+    import os
+
+    from tunesmith.models.home import models_dir
+
+    user_models = models_dir()
+    cache = getattr(config, "cache", None)
+    home = cache.mkdir("tunesmith-home") if cache is not None else Path(config.rootpath) / ".tunesmith-test-home"
+    home.mkdir(parents=True, exist_ok=True)
+    if home.resolve() != user_models.parent.resolve():
+        user_models.mkdir(parents=True, exist_ok=True)
+        link = home / "models"
+        if link.is_symlink() and link.resolve() != user_models.resolve():  # TUNESMITH_HOME moved since
+            link.unlink()
+        with contextlib.suppress(FileExistsError):  # made by an earlier run or the other worker
+            link.symlink_to(user_models, target_is_directory=True)
+    os.environ["TUNESMITH_HOME"] = str(home)
+
+
 def load_example_generator(name: str):
     """examples/data/`name`.py (a dataset generator, not a package module) loaded as a module."""
     import importlib.util

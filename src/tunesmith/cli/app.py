@@ -20,6 +20,7 @@ import typer.main
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.cli.cache import cache_app
 from tunesmith.cli.common import SHOW, SetOption, err, print_json, stdout_state, wide_console
 from tunesmith.cli.data import data_app
 from tunesmith.cli.doctor import doctor
@@ -39,6 +40,7 @@ bench_app = typer.Typer(help="Benchmarks measured on this machine, side by side 
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(cache_app, name="cache")
 app.command()(merge)
 app.command()(push)
 app.command()(serve)

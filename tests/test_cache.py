@@ -1,0 +1,76 @@
+"""`tunesmith cache list|clean`: sizes per area, cleaning by area and age, and writes under way left alone."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunesmith.export.gguf import atomic_output
+from tunesmith.models.cache import clean_cache
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNESMITH_HOME", str(home))
+    (home / "serve").mkdir(parents=True)
+    (home / "serve" / "base-abc.Q8_0.gguf").write_bytes(b"g" * 3000)
+    (home / "serve" / "run-def-lora-F16.gguf").write_bytes(b"l" * 200)
+    (home / "models" / "imported").mkdir(parents=True)
+    (home / "models" / "imported" / "model.safetensors").write_bytes(b"w" * 5000)
+    (home / "models" / "imported" / "config.json").write_text("{}")
+    return home
+
+
+def tunesmith(home, *args):
+    return subprocess.run([sys.executable, "-m", "tunesmith", "cache", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TUNESMITH_HOME": str(home)})
+
+
+def test_list_gives_each_area_its_entries_and_bytes(home):
+    result = tunesmith(home, "list", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["area"]: row for row in json.loads(result.stdout)}
+    assert (rows["serve"]["entries"], rows["serve"]["bytes"]) == (2, 3200)
+    assert (rows["models"]["entries"], rows["models"]["bytes"]) == (1, 5002)  # a model folder is one entry
+    assert (rows["replay"]["entries"], rows["replay"]["bytes"]) == (0, 0)
+
+
+def test_clean_removes_only_the_areas_named_and_dry_run_removes_nothing(home):
+    dry = tunesmith(home, "clean", "serve", "--dry-run")
+    assert dry.returncode == 0 and "Would free 3.1 KiB in 2 entries" in dry.stderr
+    assert len(list((home / "serve").iterdir())) == 2
+    result = tunesmith(home, "clean", "serve")
+    assert result.returncode == 0, result.stderr
+    assert not list((home / "serve").iterdir()) and (home / "models" / "imported" / "config.json").is_file()
+    everything = tunesmith(home, "clean", "all")
+    assert everything.returncode == 0 and not (home / "models" / "imported").exists()
+
+
+def test_older_than_keeps_what_was_used_recently(home):
+    old = home / "serve" / "base-abc.Q8_0.gguf"
+    week_ago = time.time() - 7 * 86400
+    os.utime(old, (week_ago, week_ago))
+    removed = clean_cache(("serve",), older_than_days=3)
+    assert [entry.path for entry in removed] == [old] and not old.exists()
+    assert (home / "serve" / "run-def-lora-F16.gguf").is_file()
+
+
+def test_a_file_being_written_is_left_alone_and_lands_whole(home):
+    target = home / "serve" / "new-base.Q8_0.gguf"
+    with atomic_output(target) as draft:  # how serve writes a GGUF: a hidden name, renamed when complete
+        draft.write_bytes(b"partial")
+        removed = clean_cache(("serve",))
+        assert draft.exists() and draft not in [entry.path for entry in removed]
+        draft.write_bytes(b"complete")
+    assert target.read_bytes() == b"complete"
+
+
+def test_naming_no_area_or_an_unknown_one_is_a_usage_error(home):
+    for args, said in (((), "Name what to clean"), (("servee",), "Unknown cache area 'servee'")):
+        result = tunesmith(home, "clean", *args)
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+    assert len(list((home / "serve").iterdir())) == 2
