@@ -487,8 +487,12 @@ def test_missing_file_and_foreign_folder(tmp_path):
         load_records(tmp_path / "conv_trian.jsonl")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.pdf").write_bytes(b"%PDF-1.4")
-    with pytest.raises(DataError, match="not a dataset folder written by save_to_disk"):
+    with pytest.raises(DataError, match=r"holds no data files \(it holds only notes\.pdf\)"):
         load_records(tmp_path / "folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no data files \\(it is empty\\)") as empty:
+        load_records(tmp_path / "empty")
+    assert "save_to_disk folder" not in empty.value.message and "Put the data files in it" in empty.value.hint
 
 
 def test_when_every_row_is_skipped_the_load_fails_with_the_counts(tmp_path):
@@ -707,15 +711,18 @@ def test_a_text_file_is_one_row_per_paragraph_and_a_folder_of_them_reads_every_f
     (corpus / "a.txt").write_text("Bees live in hives, mostly.\nThey make honey.\r\n\n\nA queen lays eggs.\n",
                                   encoding="utf-8")
     (corpus / "b.md").write_text("# Notes\n\nWax comes from glands.", encoding="utf-8")
+    (corpus / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n\n# Bee corpus\n", encoding="utf-8")
     single = load_records(corpus / "a.txt")
     assert (single.file_format, single.shape) == ("text", "text")
     assert single.rows == [{"text": "Bees live in hives, mostly.\nThey make honey."}, {"text": "A queen lays eggs."}]
     folder = load_records(corpus)
     assert folder.file_format == "text" and [row["text"] for row in folder.rows][2:] == ["# Notes",
                                                                                        "Wax comes from glands."]
+    assert len(folder.rows) == 4  # the folder's README (a dataset card) is not text to train on
     (corpus / "c.txt").write_bytes(b"caf\xe9\n")
-    with pytest.raises(DataError, match=r"c\.txt: holds bytes that are not UTF-8"):
+    with pytest.raises(DataError, match=r"c\.txt: holds bytes that are not UTF-8") as latin:
         load_records(corpus)
+    assert f"> '{corpus / 'c.utf8.txt'}'" in latin.value.hint  # the re-saved file keeps its extension, so its format
 
 
 def test_a_cpt_recipe_reads_a_folder_of_text_files_and_holds_out_paragraphs(tmp_path, tiny_model_dir):

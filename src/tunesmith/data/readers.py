@@ -31,8 +31,13 @@ EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv
 FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMATS)}), e.g. "
                "`--set data.file_format=jsonl`, or use an extension such as .jsonl or .csv (plain text: a .txt or .md "
                "file or a folder of them, one row per paragraph; or one JSON line per document, {\"text\": ...}).")
-UTF8_HINT = ("Re-save the file as UTF-8; a file from Windows or Excel is often cp1252 (Latin-1): "
-             "`iconv -f cp1252 -t utf-8 FILE > FILE.utf8.jsonl`.")
+
+
+def utf8_hint(path: Path) -> str:
+    """How to re-save `path` as UTF-8, keeping its extension (the format is read from it)."""
+    fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return (f"Re-save the file as UTF-8 and point the recipe at the new file; a file from Windows or Excel is often "
+            f"cp1252 (Latin-1): `iconv -f cp1252 -t utf-8 '{path}' > '{fixed}'`.")
 UTF8_BOM = b"\xef\xbb\xbf"
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8
 
@@ -96,7 +101,10 @@ def detect_format(path: Path) -> str:
                             "data.file_format, e.g. `--set data.file_format=jsonl`, to read only those files).")
         if shards:
             return next(iter(shards))
-        return "text" if text_files(path) else "datasets"
+        if text_files(path):
+            return "text"
+        raise DataError(no_data_files(path), FORMAT_HINT if any(path.iterdir()) else
+                        "Put the data files in it, or point the recipe at the folder or file that holds them.")
     suffix = path.suffix.lower()
     if suffix == ".json":
         return json_or_jsonl(path)
@@ -152,16 +160,16 @@ def read_bytes(path: Path) -> bytes:
 def read_jsonl(path: Path) -> list[Record]:
     """One record per non-blank line, numbered as an editor numbers them."""
     lines = read_bytes(path).split(b"\n")
-    return [json_line_record(line, f"{path}, line {number}")
+    return [json_line_record(line, f"{path}, line {number}", path)
             for number, line in enumerate(lines, start=1) if line.strip(b" \t\r")]
 
 
-def json_line_record(line: bytes, where: str) -> Record:
+def json_line_record(line: bytes, where: str, path: Path) -> Record:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Record(where, problem=RowProblem(
-            "undecodable", f"not valid UTF-8 ({exc.reason} at byte {exc.start} of the line).", UTF8_HINT))
+            "undecodable", f"not valid UTF-8 ({exc.reason} at byte {exc.start} of the line).", utf8_hint(path)))
     try:
         return Record(where, json.loads(text))
     except json.JSONDecodeError as exc:
@@ -178,7 +186,7 @@ def read_json(path: Path) -> list[Record]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8 ({exc.reason}).", UTF8_HINT) from None
+        raise DataError(f"{path}, line {line}: not valid UTF-8 ({exc.reason}).", utf8_hint(path)) from None
     if not text.strip():
         return []
     return indexed_records(path, records_in(parse_json_document(text, path), path))
@@ -220,7 +228,7 @@ def read_delimited(path: Path, delimiter: str) -> list[Record]:
     if header is None:
         return []
     columns = header_columns(*header, path)
-    return [cells_record(columns, fields, f"{path}, line {line}") for line, fields in rows]
+    return [cells_record(columns, fields, f"{path}, line {line}", path) for line, fields in rows]
 
 
 def numbered_rows(reader: Any, path: Path, kind: str) -> Iterator[tuple[int, list[str]]]:
@@ -242,20 +250,20 @@ def numbered_rows(reader: Any, path: Path, kind: str) -> Iterator[tuple[int, lis
 def header_columns(line: int, fields: list[str], path: Path) -> list[str]:
     names = [field.strip() for field in fields]
     if any(UNDECODABLE.search(name) for name in names):
-        raise DataError(f"{path}, line {line}: the header is not valid UTF-8.", UTF8_HINT)
+        raise DataError(f"{path}, line {line}: the header is not valid UTF-8.", utf8_hint(path))
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise DataError(f"{path}, line {line}: columns {repeated} appear more than once in the header.")
     return names
 
 
-def cells_record(columns: list[str], fields: list[str], where: str) -> Record:
+def cells_record(columns: list[str], fields: list[str], where: str, path: Path) -> Record:
     if len(fields) != len(columns):
         return Record(where, problem=RowProblem(
             "wrong_field_count", f"has {len(fields)} fields but the header names {len(columns)} columns.",
             "Quote fields that contain the delimiter or a line break."))
     if any(UNDECODABLE.search(field) for field in fields):
-        return Record(where, problem=RowProblem("undecodable", "not valid UTF-8.", UTF8_HINT))
+        return Record(where, problem=RowProblem("undecodable", "not valid UTF-8.", utf8_hint(path)))
     return Record(where, dict(zip(columns, fields, strict=True)))
 
 
@@ -270,6 +278,15 @@ def read_parquet(path: Path) -> list[Record]:
     return indexed_records(path, rows)
 
 
+def no_data_files(folder: Path) -> str:
+    """What an unreadable folder holds, for the message saying it holds no data."""
+    names = sorted(item.name + ("/" if item.is_dir() else "") for item in folder.iterdir()
+                   if not item.name.startswith("."))
+    held = (f"it holds only {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}" if names else "it is empty")
+    return (f"{folder} holds no data files ({held}): tunesmith reads a folder of .jsonl, .json, .csv, .tsv or "
+            ".parquet files, of .txt/.md text files (a README left alone), or one written by save_to_disk.")
+
+
 def folder_formats(folder: Path) -> dict[str, list[Path]]:
     """The data files directly in `folder` (not plain text) by format, each list in name order; a .json file counts
     as json or jsonl by its contents. Plain-text files beside them are refused: a folder is read as one format."""
@@ -281,7 +298,7 @@ def folder_formats(folder: Path) -> dict[str, list[Path]]:
         fmt = json_or_jsonl(item) if suffix == ".json" else EXTENSIONS.get(suffix)
         if fmt is not None:
             found.setdefault(fmt, []).append(item)
-    stray = [item.name for item in text_files(folder) if not item.stem.upper().startswith("README")]
+    stray = [item.name for item in text_files(folder)]
     if found and stray:
         raise DataError(f"{folder} holds data files ({', '.join(found)}) and plain-text files ({', '.join(stray[:3])}"
                         f"{', ...' if len(stray) > 3 else ''}): tunesmith reads a folder as one format.",
@@ -298,8 +315,11 @@ def data_files(folder: Path, fmt: str) -> list[Path]:
 
 
 def text_files(folder: Path) -> list[Path]:
-    """The .txt and .md files directly in `folder`, in name order."""
-    return sorted(item for item in folder.iterdir() if item.is_file() and item.suffix.lower() in TEXT_SUFFIXES)
+    """The .txt and .md files directly in `folder`, in name order, leaving out a README (README.md, readme.txt, ...:
+    the folder's description, often a dataset card with YAML front matter, not its text) and hidden files, as a
+    folder of data files does."""
+    return sorted(item for item in folder.iterdir() if item.is_file() and item.suffix.lower() in TEXT_SUFFIXES
+                  and not item.stem.upper().startswith("README") and not item.name.startswith("."))
 
 
 def read_text(path: Path) -> list[Record]:
@@ -312,7 +332,7 @@ def read_text(path: Path) -> list[Record]:
 def text_paragraphs(path: Path) -> list[Record]:
     text = read_bytes(path).decode("utf-8", errors="surrogateescape")
     if UNDECODABLE.search(text):
-        raise DataError(f"{path}: holds bytes that are not UTF-8.", UTF8_HINT)
+        raise DataError(f"{path}: holds bytes that are not UTF-8.", utf8_hint(path))
     records, lines, start = [], [], 1
     for number, line in enumerate([*text.replace("\r\n", "\n").split("\n"), ""], start=1):
         if line.strip():
