@@ -445,3 +445,51 @@ def test_a_time_budget_run_resumes_its_revised_plan_and_schedule(tmp_path, tiny_
     ours, theirs = step_losses(run), step_losses(reference)
     assert sorted(ours) == sorted(theirs) == list(range(1, 13))
     assert all(ours[step] == pytest.approx(theirs[step], abs=1e-6) for step in range(7, 13))
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interruption_while_setting_up_removes_the_new_run_and_says_so(signal_name, tmp_path, tiny_model_dir):
+    """Ctrl-C while the model loaded exited 130 without a word and left a run directory with nothing to resume;
+    SIGTERM killed the process outright, leaving the same."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    stopped = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=(signal_name, "load"))
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    message = " ".join(stopped.stderr.split())
+    assert "Stopped: Interrupted before training started; there is nothing to resume" in message
+    assert "Traceback" not in stopped.stderr and not list((tmp_path / "runs").iterdir())
+
+
+HOLD_LOCK = """import sys, time
+from pathlib import Path
+from tunesmith.runs import Run, training_lock
+with training_lock(Run(Path(sys.argv[1]))):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_another_process_is_training_is_not_resumed_alongside_it(tmp_path, tiny_model_dir):
+    """--resume (and --resume latest) picked a run still training and would have written into it beside the
+    process training it; `runs list` called it stopped."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", save_steps=2)
+    died = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGKILL", 3))
+    assert died.returncode == -9, died.stderr[-2000:]
+    run = only_run(tmp_path / "runs")
+    holder = subprocess.Popen(  # holds the lock as `tunesmith train` does while it trains in the run
+        [sys.executable, "-c", HOLD_LOCK, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        listed = cli("runs", "list", str(tmp_path / "runs"), "--json")
+        assert json.loads(listed.stdout)[0]["status"] == f"training (process {holder.pid})"
+        for target in (str(run.path), "latest"):
+            refused = cli("train", str(recipe), "--resume", target, "--runs-dir", str(tmp_path / "runs"))
+            assert refused.returncode == 2, refused.stderr[-2000:]
+            assert f"is being trained by another process (process {holder.pid} on" in " ".join(refused.stderr.split())
+        assert not (run.path / "train.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(cli("runs", "list", str(tmp_path / "runs"), "--json").stdout)[0]["status"].startswith("stopped")
+    resumed = cli("train", str(recipe), "--resume", str(run.path))  # the lock went with the process
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (run.path / ".training.json").exists()

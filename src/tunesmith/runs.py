@@ -407,19 +407,86 @@ def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     return create_run_at(recipe, path)
 
 
+class InterruptedBeforeTraining(TunesmithError):
+    """Ctrl-C (or SIGTERM) while a new run was still setting up: nothing to resume, so its directory was removed."""
+
+    label = "Stopped"
+    exit_code = 130
+
+
 @contextmanager
 def removed_if_unstarted(run: Run) -> Iterator[Run]:
-    """Remove a new run's directory when its training stops on a user's mistake (a TunesmithError) before the
-    first step was logged: it would hold only the set-up (recipe, environment, data), nothing to resume or read,
-    and `runs` would list it. A run with a logged step or a checkpoint is kept. Re-raises the error."""
+    """Remove a new run's directory when its training stops on a user's mistake (a TunesmithError) or is
+    interrupted (KeyboardInterrupt) before the first step was logged: it would hold only the set-up (recipe,
+    environment, data), nothing to resume or read, and `runs` would list it. A run with a logged step or a
+    checkpoint is kept. Re-raises the error; an interruption as InterruptedBeforeTraining, which says so."""
     try:
         yield run
-    except TunesmithError:
+    except (TunesmithError, KeyboardInterrupt) as exc:
         checkpoints = run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())
         trained = run.adapter_dir.exists() or (run.path / "model").exists()
-        if not (run.metrics_file.exists() or checkpoints or trained):
+        started = run.metrics_file.exists() or checkpoints or trained
+        if not started:
             shutil.rmtree(run.path, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt) and not started:
+            raise InterruptedBeforeTraining(f"Interrupted before training started; there is nothing to resume, so "
+                                            f"{run.path} was removed.", "Start it again when ready.") from None
         raise
+
+
+TRAINING_LOCK = ".training.lock"
+TRAINING_OWNER = ".training.json"
+
+
+@contextmanager
+def training_lock(run: Run) -> Iterator[Run]:
+    """Held by the process training in `run` (an OS file lock through the filelock library: released when the
+    process ends, `kill -9` included), so that a second `--resume` of a run still training is refused instead of
+    writing into it alongside. `.training.json` says which process holds it (pid, host, since)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(run.path / TRAINING_LOCK)
+    try:
+        lock.acquire(timeout=2)  # a `runs list` peeking at the lock holds it for a moment
+    except Timeout:
+        raise run_being_trained(run) from None
+    owner = run.path / TRAINING_OWNER
+    try:
+        atomic_write_json(owner, {"pid": os.getpid(), "host": platform.node(),
+                                  "since": datetime.now().isoformat(timespec="seconds")})
+        yield run
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def training_process(run: Run) -> dict[str, Any] | None:
+    """The process training in `run` now, as `.training.json` describes it (pid, host, since; {} when unreadable),
+    or None when none holds the run's training lock."""
+    from filelock import FileLock, Timeout
+
+    if not (run.path / TRAINING_LOCK).exists():
+        return None
+    lock = FileLock(run.path / TRAINING_LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            return dict(json.loads((run.path / TRAINING_OWNER).read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return {}
+    lock.release()
+    return None
+
+
+def run_being_trained(run: Run) -> TunesmithError:
+    """The error for touching a run another process is training in."""
+    owner = training_process(run) or {}
+    who = (f" (process {owner['pid']} on {owner.get('host', '?')}, since {owner.get('since', '?')})"
+           if owner.get("pid") else "")
+    return TunesmithError(f"{run.path} is being trained by another process{who}.",
+                          "Let it finish, or stop it (Ctrl-C in its terminal, or `kill PID`: it writes a checkpoint "
+                          "first), then resume it.")
 
 
 def create_run_at(recipe: Recipe, path: Path) -> Run:
@@ -554,7 +621,9 @@ def run_summary(run: Run) -> dict[str, Any]:
         manifest = run.manifest()
     except TunesmithError:  # a run.json this version does not read: said as not trained, not a crash of the list
         manifest = None
+    process = training_process(run)
     status = ("trained" if manifest is not None and manifest.train is not None else
+              f"training (process {process.get('pid', '?')})" if process is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),

@@ -201,18 +201,44 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         loaded, note = fit_recipe(loaded)
         if note:
             err.print(note, **SHOW)
+    sigterm_as_interrupt()
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if run_dir is not None:
         from tunesmith.train.launch import shared_run
 
         run = shared_run(loaded, run_dir)
     if run is None:
-        with removed_if_unstarted(create_run(loaded, runs_dir)) as run:
+        with removed_if_unstarted(create_run(loaded, runs_dir)) as run, locked(run):
             run_training(loaded, run)
     else:
-        run_training(loaded, run)
+        with locked(run):
+            run_training(loaded, run)
     if this_rank().is_main and not launched:  # started by torchrun/srun: rank 0 alone evaluates, writes the card
         finish_run(run, evaluate)
+
+
+def locked(run: Any) -> Any:
+    """The run's training lock (runs.training_lock), held by the main process alone: the other ranks of a
+    distributed run train in the same directory."""
+    from contextlib import nullcontext
+
+    from tunesmith.runs import training_lock
+    from tunesmith.train.distributed import this_rank
+
+    return training_lock(run) if this_rank().is_main else nullcontext(run)
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM stops set-up as Ctrl-C does (a new run's directory is removed and it is said), instead of killing the
+    process silently; during training, StopOnSignal takes both signals over and restores this after."""
+    import contextlib
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests calling the app in one)
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def finish_run(run: Any, evaluate: bool) -> None:
@@ -786,6 +812,7 @@ def main() -> None:
         print_json_error(exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        err.print("\n[bold yellow]Stopped:[/bold yellow] interrupted.", highlight=False)
         sys.exit(130)
     except _command_line_errors() as exc:
         sys.exit(_report_command_line_error(exc))

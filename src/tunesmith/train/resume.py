@@ -12,7 +12,8 @@ from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError
-from tunesmith.runs import Run, open_run
+from tunesmith.runs import Run, open_run, run_being_trained, training_process
+from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
 
 # Keys that change how a run is logged or kept, never what it computes: a resume may change these.
@@ -52,6 +53,8 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
         raise TunesmithError(
             f"{run.path} finished training; there is nothing to resume.",
             f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from {run.path}")
+    if is_main_process() and training_process(run) is not None:  # other ranks: the main one holds the lock
+        raise run_being_trained(run)
     changed = {key: values for key, values in recipe_differences(load_recipe(run.recipe_file), recipe).items()
                if key not in RESUME_SAFE_KEYS}
     if changed:
