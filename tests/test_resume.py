@@ -147,10 +147,9 @@ def test_a_resumed_run_keeps_its_frozen_matmul_dtype_and_reports_the_whole_run(t
     assert ours["chosen"]["frozen_matmuls"]["value"] == "bf16"
     assert ours["chosen"]["frozen_matmuls"]["why"].startswith("as before the resume: auto:")
     assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=1e-6)  # step 1's, before the crash
-    # the tokens of all 8 steps, give or take the one batch the data loader had fetched ahead when step 4 was saved
-    one_batch = theirs["throughput"]["real_tokens"] / STEPS * 1.5
-    assert abs(ours["throughput"]["real_tokens"] - theirs["throughput"]["real_tokens"]) <= one_batch
-    assert abs(ours["throughput"]["loss_tokens"] - theirs["throughput"]["loss_tokens"]) <= one_batch
+    # the tokens of all 8 steps, exactly: not the batch the data loader had fetched ahead when step 4 was saved
+    for key in ("tokens", "real_tokens", "loss_tokens"):
+        assert ours["throughput"][key] == theirs["throughput"][key] > 0, key
     assert ours["wall_time_s"] > round(before, 1) > 0  # the crashed process's four steps, and the resumed four
     write_model_card(run)
     assert "resumed from step 4" in (run.path / "README.md").read_text()

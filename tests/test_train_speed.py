@@ -63,8 +63,8 @@ def test_token_counter_counts_padding_loss_and_packed_spans():
     padded = {"input_ids": torch.zeros(2, 5, dtype=torch.long),
               "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
               "labels": torch.tensor([[-100, -100, 7, 8, 9], [-100, 4, -100, -100, -100]])}
-    counter = TokenCounter(lambda examples: padded)
-    assert counter([{}]) is padded
+    counter = TokenCounter()
+    counter.count(padded)
     assert (counter.tokens, counter.real_tokens, counter.loss_tokens) == (10, 7, 4)
     assert counter.figures(2.0)["real_tokens_per_s"] == 3.5 and counter.figures(2.0)["padding_share"] == 0.3
     flat = {"input_ids": torch.zeros(1, 6, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1]])}
@@ -72,22 +72,22 @@ def test_token_counter_counts_padding_loss_and_packed_spans():
     assert attention_span(padded) == 2.5
     pairs = {"prompt_input_ids": torch.zeros(2, 3, dtype=torch.long), "prompt_attention_mask": torch.ones(2, 3),
              "chosen_input_ids": torch.zeros(2, 2, dtype=torch.long), "chosen_attention_mask": torch.ones(2, 2)}
-    preference = TokenCounter(lambda examples: pairs)
-    preference([{}])
+    preference = TokenCounter()
+    preference.count(pairs)
     assert (preference.tokens, preference.real_tokens, preference.loss_tokens) == (10, 10, 4)
     stacked = {"input_ids": torch.zeros(2, 4, dtype=torch.long),  # TRL 1.x DPO: chosen then rejected, answers marked
                "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
                "completion_mask": torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])}
-    dpo = TokenCounter(lambda examples: stacked)
-    dpo([{}])
+    dpo = TokenCounter()
+    dpo.count(stacked)
     assert (dpo.tokens, dpo.real_tokens, dpo.loss_tokens) == (8, 7, 3)
-    grpo = TokenCounter(lambda examples: [{"prompt": "x"}])  # prompts the trainer generates from: not tensors
-    grpo([{}])
+    grpo = TokenCounter()
+    grpo.count([{"prompt": "x"}])  # prompts the trainer generates from: not tensors
     assert grpo.batches == 1 and grpo.tokens == 0
 
 
 def test_flops_count_the_body_per_token_and_the_head_per_loss_token():
-    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
+    counter = TokenCounter(tokens=100, real_tokens=80, loss_tokens=10)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
     assert training_flops(counter, shape) == 80 * (4 * 1000 + 6 * 10) + 10 * 4 * 500
     assert mfu(1e9, 2.0, 1e9) == 0.5 and mfu(1.0, 0.0, 1.0) == 0.0
@@ -98,7 +98,7 @@ def test_frozen_matmuls_in_bf16_count_against_the_bf16_peak():
     rest at fp32's: a run whose frozen matmuls ran in bf16 is not credited with beating the fp32 peak."""
     from tunesmith.train.throughput import frozen_linear_flops, mixed_peak
 
-    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10, anchor_tokens=20, anchor_base_tokens=5)
+    counter = TokenCounter(tokens=100, real_tokens=80, loss_tokens=10, anchor_tokens=20, anchor_base_tokens=5)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
     frozen = frozen_linear_flops(counter, shape)
     assert frozen == (80 + 20) * 4 * 1000 + 5 * 2 * 1000
@@ -110,7 +110,7 @@ def test_frozen_matmuls_in_bf16_count_against_the_bf16_peak():
 
 
 def test_the_replay_anchor_counts_as_work_not_as_trained_tokens():
-    counter = TokenCounter(None, tokens=100, real_tokens=80, loss_tokens=10)
+    counter = TokenCounter(tokens=100, real_tokens=80, loss_tokens=10)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
     alone = training_flops(counter, shape)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # 7 real positions, rows of 4
@@ -150,7 +150,7 @@ def test_blocks_below_the_lowest_adapter_count_forward_only(tiny_model_dir):
                  if ".layers.0." in n)
     assert (everywhere.frozen_unreached, everywhere.layers_unreached) == (0, 0)
     assert (upper.frozen_unreached, upper.layers_unreached) == (block0, 1) and block0 > 0
-    counter = TokenCounter(None, tokens=10, real_tokens=10, loss_tokens=2, attention_flops=12.0 * 10 * 5)
+    counter = TokenCounter(tokens=10, real_tokens=10, loss_tokens=2, attention_flops=12.0 * 10 * 5)
     shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4, frozen_unreached=400,
                        layers_unreached=1)
     assert training_flops(counter, shape) == (10 * (4 * 600 + 2 * 400 + 6 * 10) + 2 * 4 * 500
@@ -245,6 +245,9 @@ def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, t
     speed = report["throughput"]
     assert speed["real_tokens"] <= speed["tokens"] and 0 < speed["loss_tokens"] < speed["real_tokens"]
     assert speed["real_tokens_per_s"] > 0 and 0 < speed["mfu"] < 1.5 and speed["peak_gflops"] > 0
+    # the tokens of the batches trained on, as the trainer's own count has them (not the one collated ahead)
+    logged = [row["num_tokens"] for row in run.read_metrics() if "num_tokens" in row]
+    assert logged and speed["real_tokens"] == int(float(logged[-1]))
     from tunesmith.plan.devices import own_peak_rss_bytes
 
     # the process's peak memory, as `plan` estimates it: at least the model's weights, at most the peak so far

@@ -301,10 +301,10 @@ def trl_worker(variant: str, model_dir: Path, train: Path, batch_size: int, max_
 
 
 def timed_train(trainer: Any) -> dict[str, Any]:
-    from tunesmith.train.throughput import TokenCounter, model_shape, training_flops
+    from tunesmith.train.throughput import TokenCounter, count_trained_batches, model_shape, training_flops
 
-    counter = TokenCounter(trainer.data_collator)
-    trainer.data_collator = counter
+    counter = TokenCounter()
+    count_trained_batches(trainer, counter)
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started

@@ -63,6 +63,7 @@ from tunesmith.train.survival import (
 )
 from tunesmith.train.throughput import (
     TokenCounter,
+    count_trained_batches,
     frozen_linear_flops,
     mfu,
     mixed_peak,
@@ -327,7 +328,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     summary = trainable_summary(trainer.model)
     if main:
         print_trainable(summary)
-    counter = TokenCounter(trainer.data_collator)  # counts what each batch holds, on the batches themselves
+    counter = TokenCounter()  # counts what each batch trained on holds, on the batches themselves
     guard, stopper = survival_callbacks(trainer, setup, recipe, run, counter)
     resume_from = start_point(trainer, setup, run, guard, counter)
     count_warmup_in_whole_steps(trainer, recipe.training.warmup_ratio)  # a time budget's schedule replaces it
@@ -337,7 +338,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
                              budget.get("time_budget"))
     if main:
         print_chosen(chosen)
-    trainer.data_collator = counter  # after the budget's measurement, which must not count
+    count_trained_batches(trainer, counter)  # after the budget's measurement, which must not count
     counter.start_clock()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = counter.seconds()  # a resumed run's too: the earlier processes' training time is in the checkpoint

@@ -71,11 +71,6 @@ def merge_micro_batches(batches: list[Any], tokens: int) -> list[Any]:
     return passes + [MergedAway() for _ in range(len(batches) - len(passes))]
 
 
-def positions(batches: list[Any]) -> int:
-    """Token positions, padding included, of the row batches among `batches`."""
-    return sum(int(b["input_ids"].numel()) for b in batches if isinstance(b, dict) and "input_ids" in b)
-
-
 def merging(trainer_class: type) -> type:
     """`trainer_class` whose steps merge their micro-batches (`merge_micro_batches`) up to `micro_batch_tokens`
     padded positions a pass (None: as the Trainer fetched them)."""
@@ -86,10 +81,7 @@ def merging(trainer_class: type) -> type:
         def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
             batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
             if self.micro_batch_tokens:
-                before = positions(batches)
                 batches = merge_micro_batches(batches, self.micro_batch_tokens)
-                if hasattr(self.data_collator, "add_padding"):  # the TokenCounter, while training is timed
-                    self.data_collator.add_padding(positions(batches) - before)
             return batches, num_items_in_batch
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:

@@ -1,7 +1,7 @@
 """Training throughput: tokens per second and model FLOPs utilisation (MFU), measured on the batches themselves.
 
-`TokenCounter` wraps a trainer's data collator and counts what each batch holds: `tokens` (every position
-fed, padding included), `real_tokens` (not padding) and `loss_tokens` (positions with a label). `mfu` divides
+`TokenCounter` counts what each batch a trainer trains on holds (`count_trained_batches`): `tokens` (every
+position fed, padding included), `real_tokens` (not padding) and `loss_tokens` (positions with a label). `mfu` divides
 the achieved FLOP/s by this machine's matmul peak in the same dtype, measured on the spot by `matmul_peak`.
 
 FLOPs per real token, after PaLM (Chowdhery et al. 2022, appendix B) and Kaplan et al. (2020, §2.1):
@@ -25,9 +25,8 @@ IGNORE_INDEX = -100
 
 @dataclass
 class TokenCounter:
-    """A collator that counts the tokens of every batch it builds, then hands the batch on unchanged."""
+    """The tokens of every batch trained on so far (`count_trained_batches` feeds it), and the training time."""
 
-    collator: Any
     tokens: int = 0
     real_tokens: int = 0
     loss_tokens: int = 0
@@ -38,12 +37,7 @@ class TokenCounter:
     base_attention_flops: float = 0.0  # the base passes' attention: 4 · query-key pairs, every layer forward
     earlier_seconds: float = 0.0  # training time of the processes before a resume (the checkpoint's `state`)
     started: float | None = None  # time.monotonic() when this process's training began (`start_clock`)
-    NOT_STATE: ClassVar[tuple[str, ...]] = ("collator", "started")  # not carried from a checkpoint
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collator(examples)
-        self.count(batch)
-        return batch
+    NOT_STATE: ClassVar[tuple[str, ...]] = ("started",)  # not carried from a checkpoint
 
     def count(self, batch: Any) -> None:
         """Add one batch. Preference batches hold several sequences per row (`prompt_input_ids`,
@@ -74,10 +68,6 @@ class TokenCounter:
         self.tokens += sequence_tokens
         self.real_tokens += sequence_tokens
         self.loss_tokens += completion_tokens
-
-    def add_padding(self, positions: int) -> None:
-        """Padding positions added after collation (`train/micro_batches.py` joining rows of several batches)."""
-        self.tokens += positions
 
     def count_anchor(self, attention_mask: Any, packed: bool = False) -> None:
         """Add one replay-anchor batch (`anchor_kl`): a tuned pass with its backward over every real position
@@ -119,6 +109,22 @@ class TokenCounter:
                 "tokens_per_s": per_second(self.tokens), "real_tokens_per_s": per_second(self.real_tokens),
                 "loss_tokens_per_s": per_second(self.loss_tokens), "padding_share": round(
                     1 - self.real_tokens / self.tokens, 4) if self.tokens else 0.0}
+
+
+def count_trained_batches(trainer: Any, counter: TokenCounter) -> None:
+    """Count, from now on, every batch `trainer` trains on: those its step fetches (transformers' Trainer
+    `get_batch_samples`, after `train/micro_batches.py` has merged them), not those its collator builds: the data
+    loader collates one batch ahead, which a run never trains on when it ends, and which a resumed run collates
+    again (counting at collation put one batch too many in a finished run's train.json, two in a resumed one's)."""
+    fetch = trainer.get_batch_samples  # the class's (merging micro-batches where it does)
+
+    def get_batch_samples(epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
+        batches, num_items_in_batch = fetch(epoch_iterator, num_batches, device)
+        for batch in batches:
+            counter.count(batch)
+        return batches, num_items_in_batch
+
+    trainer.get_batch_samples = get_batch_samples
 
 
 def sequence_prefixes(batch: dict[str, Any]) -> list[str]:
