@@ -296,6 +296,20 @@ def test_without_mapping_the_unknown_columns_are_named():
         load_records(FIXTURES / "qa.csv")
 
 
+def test_the_mapping_suggested_names_the_rows_own_columns(tmp_path):
+    """A CPT user's {"content": ...} rows were told `--set data.columns.question=prompt`."""
+    one = write_jsonl(tmp_path / "one.jsonl", [{"content": "Brindlemoor has a mill.", "id": 3}])
+    with pytest.raises(DataError) as caught:
+        load_records(one)
+    assert "`--set data.columns.content=text`" in caught.value.hint
+    assert load_records(one, columns={"content": "text"}).shape == "text"  # the suggestion works as given
+    two = write_jsonl(tmp_path / "two.jsonl", [{"ask": "Where is the mill?", "reply": "By the river."}])
+    with pytest.raises(DataError) as caught:
+        load_records(two)
+    assert "`--set data.columns.ask=prompt --set data.columns.reply=completion`" in caught.value.hint
+    assert load_records(two, columns={"ask": "prompt", "reply": "completion"}).shape == "prompt_completion"
+
+
 def test_mapped_column_wins_over_an_existing_one(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "old", "body": "new"}])
     assert load_records(path, columns={"body": "text"}).rows == [{"text": "new"}]
@@ -811,3 +825,18 @@ def test_a_file_mixing_conversational_layouts_reads_each_row_by_its_own(tmp_path
         load_records(path)
     skipped = load_records(path, skip_invalid=True)  # inspect's reading: the mixture is reported beside the problems
     assert skipped.other_layouts == {"preference": 3, "messages": 1}
+
+
+def test_a_data_file_error_names_the_recipe_key_it_came_from(tmp_path, tiny_model_dir):
+    """An empty eval file said only "/path/empty.txt holds no rows.", not that it was data.eval."""
+    from tunesmith.config import load_recipe
+    from tunesmith.data import load_splits
+
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(8)])
+    (tmp_path / "held.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(f"model: {{source: {tiny_model_dir}}}\n"
+                                     "data: {train: train.jsonl, eval: held.jsonl}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^data\.eval: .*held\.jsonl holds no rows"):
+        load_splits(load_recipe(tmp_path / "r.yaml"))
+    with pytest.raises(DataError, match=r"^data\.train: Dataset file not found: .*trian\.jsonl"):
+        load_splits(load_recipe(tmp_path / "r.yaml", ["data.train=trian.jsonl"]))

@@ -64,8 +64,11 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         tokenizer = recipe_tokenizer(recipe)
 
     def load(path: Path | str, split: str) -> list[Row]:
-        loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid, data.file_format,
-                           skipped)
+        try:
+            loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
+                               data.file_format, skipped)
+        except DataError as exc:
+            raise naming_key(exc, f"data.{split}") from None
         shapes.add(loaded.shape)
         cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
         cleaning[split] = with_places(steps_report(cleaned.steps), loaded.place)
@@ -97,6 +100,15 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
                   for part in (kept, held))
     shape = "/".join(sorted({"messages" if name in SFT_SHAPES else name for name in shapes}))
     return Splits(kept, held, source, skipped, shape, cleaning)
+
+
+def naming_key(error: DataError, key: str) -> DataError:
+    """`error` with the recipe key whose file it is about in front (`data.eval: ... holds no rows.`), unless its
+    message names the key already."""
+    if not error.message.startswith(key) and f"{key} " not in error.message:
+        error.message = f"{key}: {error.message}"
+        error.args = (error.message,)
+    return error
 
 
 def data_source(recipe: Recipe, value: str) -> Path | str:

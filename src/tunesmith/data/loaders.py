@@ -196,7 +196,21 @@ def unknown_shape(records: list[Record]) -> DataError:
         return DataError(f"{records[0].where}: cannot tell the dataset shape: no row is an object with "
                          "named fields.", SHAPE_HINT)
     return DataError(f"{first.where}: cannot tell the dataset shape from keys {key_list(first.value)}.",
-                     SHAPE_HINT)
+                     SHAPE_HINT.replace(COLUMNS_HINT, mapping_hint(first.value)))
+
+
+def mapping_hint(record: dict) -> str:
+    """data.columns suggested with the row's own text columns: one maps onto `text` (raw text, CPT), two onto
+    `prompt` and `completion`, in the file's order; other rows get the generic example."""
+    texts = [str(key) for key, value in record.items() if isinstance(value, str) and value.strip()]
+    if len(texts) == 1:
+        return (f"data.columns maps your column names onto these, {{your_column: expected}}: for raw text "
+                f"(method.kind cpt), `--set data.columns.{texts[0]}=text`; as a prompt without answers (GRPO), "
+                f"`--set data.columns.{texts[0]}=prompt`.")
+    if len(texts) == 2:
+        return (f"data.columns maps your column names onto these, {{your_column: expected}}: for prompt and answer, "
+                f"`--set data.columns.{texts[0]}=prompt --set data.columns.{texts[1]}=completion`.")
+    return COLUMNS_HINT
 
 
 def add_row(result: LoadResult, record: Record, layout: str, skip_invalid: bool) -> None:
