@@ -46,7 +46,12 @@ def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
      "adapter.lr (line 5): unknown key. It is a key of training: training.lr."),
     # misspelt, and of another kind: simpo's gamma written on dpo
     ("method:\n  kind: dpo\n  gama: 0.5\n",
-     "method.gama (line 5): unknown key. Did you mean 'gamma'? It is a key of method.kind simpo, not of this kind."),
+     "method.gama (line 5): unknown key. Did you mean 'gamma'? It is a key of method.kind simpo, not of method.kind "
+     "dpo."),
+    # a key of other adapter kinds on one without it: the kind named, with what it takes
+    ("adapter:\n  kind: partial\n  r: 8\n",
+     "adapter.r (line 5): unknown key. It is a key of adapter.kind lora, dora, rslora, pissa, olora, loftq, qlora, "
+     "not of adapter.kind partial: remove it (adapter.kind partial takes last_blocks, train_norm, train_lm_head)."),
     ("method:\n  kind: DPO\n", "unknown kind 'DPO'. Did you mean 'dpo'? (kinds are lowercase)"),
 ])
 def test_a_key_or_kind_written_where_it_does_not_belong_is_pointed_home(tmp_path, yaml, said):
@@ -68,7 +73,8 @@ def test_a_key_as_another_tool_names_it_gets_the_recipes_name(tmp_path, yaml, ke
 
 
 def test_a_key_of_another_method_kind_says_which_kind_has_it(tmp_path):
-    with pytest.raises(RecipeError, match=r"method\.num_generations .*It is a key of method\.kind grpo, not of this"):
+    with pytest.raises(RecipeError, match=r"method\.num_generations .*It is a key of method\.kind grpo, not of "
+                                          r"method\.kind cpt: remove it \(method\.kind cpt takes no other key\)"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\nmethod:\n  kind: cpt\n  num_generations: 4\n"))
 
 

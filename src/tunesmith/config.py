@@ -1171,8 +1171,11 @@ def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) 
     section = ".".join(loc[:-1])
     # the key as written somewhere else first (adapter.lr is training.lr, not a misspelt adapter.r)
     kinds = kinds_with_key(loc[:-1], loc[-1])
+    this = next((tag for tag in sorted(tags) if tag not in kinds), None)  # the kind the recipe chose
+    this_kind = f"of {section}.kind {this}" if this else "of this kind"
     if kinds:  # a key of another method or adapter kind (method.num_generations under method.kind: cpt)
-        return f" It is a key of {section}.kind {' and '.join(kinds)}, not of this kind."
+        return (f" It is a key of {section}.kind {', '.join(kinds)}, not {this_kind}: remove it"
+                f"{f' ({section}.kind {this} takes {listed_keys(valid)})' if this else ''}.")
     home = section_holding(loc[-1])
     if home is not None and home != section:
         return f" It is a key of {home}: {home}.{loc[-1]}."
@@ -1181,8 +1184,13 @@ def did_you_mean(loc: list[str], tags: set[str] | frozenset[str] = frozenset()) 
         return f" Did you mean {close[0]!r}?"
     for other in difflib.get_close_matches(loc[-1], union_keys(loc[:-1]), n=1, cutoff=0.75):
         kinds = kinds_with_key(loc[:-1], other)  # misspelt and of another kind: method.gama on dpo (simpo's gamma)
-        return f" Did you mean {other!r}? It is a key of {section}.kind {' and '.join(kinds)}, not of this kind."
+        return f" Did you mean {other!r}? It is a key of {section}.kind {', '.join(kinds)}, not {this_kind}."
     return f" Valid keys: {', '.join(valid)}."
+
+
+def listed_keys(keys: list[str]) -> str:
+    """A section's keys for a message, `kind` left out (it is what chose them)."""
+    return ", ".join(key for key in keys if key != "kind") or "no other key"
 
 
 def union_keys(section: list[str]) -> list[str]:
