@@ -266,6 +266,8 @@ def test_a_split_with_no_or_few_held_out_rows_is_said_before_training():
     (few,) = small_split_warnings(28, 6)
     assert few.startswith("Only 6 held-out row(s)") and "17 points" in few
     assert small_split_warnings(400, 40) == []
+    (text,) = small_split_warnings(28, 6, "text")  # CPT: one perplexity over the held-out tokens, not points per row
+    assert text.startswith("Only 6 held-out text row(s)") and "perplexity" in text and "points" not in text
 
 
 def test_inspect_says_which_rows_max_length_would_leave_out_and_exits_1(tmp_path: Path, tiny_model_dir: Path):

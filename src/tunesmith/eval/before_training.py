@@ -62,7 +62,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     names = list(asked or BASELINES)
     splits = load_splits(recipe, purpose="scoring baselines against reference answers")
     print(f"held-out rows: {splits.source['eval']}", file=sys.stderr, flush=True)
-    for warning in small_split_warnings(len(splits.train), len(splits.eval)):  # as train says it
+    for warning in small_split_warnings(len(splits.train), len(splits.eval), splits.shape):  # as train says it
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     answers = classify_answers(splits.train)
     check_metrics_fit_answers(recipe.eval, answers)

@@ -144,7 +144,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
                                                               recipe.model.source)
         print_warnings(record["template_contract"]["warnings"])
-    print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval)) +
+    print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source))
     # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
     length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
@@ -202,14 +202,20 @@ def pii_warning(details: dict[str, Any]) -> str:
 SMALL_EVAL_ROWS = 30
 
 
-def small_split_warnings(train_rows: int, eval_rows: int) -> list[str]:
+def small_split_warnings(train_rows: int, eval_rows: int, shape: str = "") -> list[str]:
     """A held-out split so small that one row is several points of every metric (1/n each; the 95% interval of a
-    proportion near 0.5 is about ±1/sqrt(n), Wilson 1927), said before training rather than read into afterwards."""
+    proportion near 0.5 is about ±1/sqrt(n), Wilson 1927), said before training rather than read into afterwards.
+    Raw text (`shape` "text") is scored by its perplexity over all held-out tokens, not per row: said as such."""
     if eval_rows == 0:
         return [f"No held-out rows (and {train_rows} to train on): `tunesmith eval` will have nothing of this data "
                 "to score base and tuned on. Hold out rows with data.eval (a file) or a larger data.eval_fraction."]
     if eval_rows >= SMALL_EVAL_ROWS:
         return []
+    if shape == "text":
+        return [f"Only {eval_rows} held-out text row(s) (and {train_rows} to train on): the held-out perplexity "
+                "rests on these few texts, so a small change between base and tuned may be theirs alone. Hold out "
+                f"{SMALL_EVAL_ROWS} or more (data.eval, or a larger data.eval_fraction) for a perplexity that tells "
+                "settings apart."]
     return [f"Only {eval_rows} held-out row(s) (and {train_rows} to train on): each is {100 / eval_rows:.0f} points of "
             f"every eval metric, and a difference under about {100 / eval_rows ** 0.5:.0f} points between base and "
             f"tuned is noise. Hold out {SMALL_EVAL_ROWS} or more (data.eval, or a larger data.eval_fraction) for "
