@@ -170,3 +170,13 @@ def test_a_baseline_before_training_resolves_auto_and_records_it(tmp_path, wide_
     recorded = json.loads((run.path / "run.json").read_text(encoding="utf-8"))["data"]["max_length"]
     assert recorded == -(-longest // 64) * 64 > AUTO_MIN_LENGTH
     assert json.loads(path.read_text(encoding="utf-8"))["baselines"]["zero_shot"]["prompt_tokens"] > AUTO_MIN_LENGTH
+
+
+def test_the_chosen_table_never_gives_a_cut_length_as_the_rows_longest():
+    """With rows cut at max_length the table said "128 at most" while plan said the longest row was 632 tokens."""
+    from tunesmith.train.defaults import max_length_choice
+
+    cut = max_length_choice(128, [40, 90, 128, 128], "data.max_length in the recipe")
+    assert "2 of 4 rows reach max_length and are cut there" in cut["why"] and "at most" not in cut["why"]
+    whole = max_length_choice(128, [40, 90, 100], "data.max_length in the recipe")
+    assert whole["why"].endswith("100 at most: none is cut")

@@ -200,9 +200,12 @@ def max_length_choice(max_length: int, lengths: list[int], source: str, packed_b
     if source.startswith("auto"):
         return {"value": max_length, "longest": ordered[-1], "p99": p99, "why": f"{source}; {p99} tokens at p99"}
     cut = sum(length >= max_length for length in ordered)
+    if cut:  # the lengths are the encoded rows', already cut: their longest says nothing of the text's
+        return {"value": max_length, "longest": ordered[-1], "p99": p99,
+                "why": f"{source}; {cut} of {len(ordered)} rows reach max_length and are cut there (the tokens past "
+                       "it never train; `tunesmith plan RECIPE` gives the rows' full lengths)"}
     return {"value": max_length, "longest": ordered[-1], "p99": p99,
-            "why": f"{source}; rows are {p99} tokens at p99, {ordered[-1]} at most: "
-                   + (f"{cut} reach max_length and are cut" if cut else "none is cut")}
+            "why": f"{source}; rows are {p99} tokens at p99, {ordered[-1]} at most: none is cut"}
 
 
 def print_chosen(table: dict[str, dict[str, Any]]) -> None:
