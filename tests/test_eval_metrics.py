@@ -368,3 +368,22 @@ def test_train_checks_a_user_metric_file_before_training(tmp_path, tiny_model_di
     assert "User metric missing.py:f: no such file" in " ".join(done.stderr.split())
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())  # nothing trained, no run directory left behind
+
+
+def test_train_evaluate_says_where_each_export_went(tmp_path, tiny_model_dir):
+    """`train --evaluate` exported the adapter without a word about it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import make_tiny_project
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=2)
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe), "--evaluate", "--runs-dir",
+                           str(tmp_path / "runs"), "--set", "training.max_steps=2", "--set", "eval.probes=false",
+                           "--set", "export.formats=[adapter]"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run / "run.json").read_text())["exports"]["adapter"]
+    assert f"Exported adapter: {run / record['path']}" in " ".join(done.stderr.split())

@@ -123,6 +123,7 @@ def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
 
     run = run_pipeline(quickstart_recipe(set_), runs_dir)
     _print_results(run.path)
+    print_exports(run)
     err.print(f"\n[bold]Run directory:[/bold] {run.path}")
 
 
@@ -241,6 +242,14 @@ def sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def print_exports(run: Any) -> None:
+    """What export wrote (run.json `exports`), one line per format, with its size."""
+    manifest = run.manifest()
+    for name, record in sorted(((manifest.exports or {}) if manifest is not None else {}).items()):
+        err.print(f"[bold]Exported[/bold] {name}: {escape(str(run.path / record.path))} "
+                  f"({record.bytes / 2 ** 20:,.1f} MiB)", highlight=False, soft_wrap=True)
+
+
 def finish_run(run: Any, evaluate: bool) -> None:
     """After training: eval and export with --evaluate (the model card either way), then the run directory."""
     from tunesmith.card import write_model_card
@@ -250,6 +259,7 @@ def finish_run(run: Any, evaluate: bool) -> None:
 
         evaluate_and_export(run.load_recipe(), run)
         _print_results(run.path)
+        print_exports(run)
     else:
         write_model_card(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
