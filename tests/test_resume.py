@@ -488,7 +488,10 @@ def test_a_run_another_process_is_training_is_not_resumed_alongside_it(tmp_path,
     finally:
         holder.kill()
         holder.wait()
-    assert json.loads(cli("runs", "list", str(tmp_path / "runs"), "--json").stdout)[0]["status"].startswith("stopped")
+    stopped = json.loads(cli("runs", "list", str(tmp_path / "runs"), "--json").stdout)[0]
+    assert stopped["status"] == "stopped (checkpoint at step 2)"
+    logged = [row for row in run.read_metrics() if "loss" in row]  # how far it got, from its log
+    assert (stopped["steps"], stopped["final_loss"]) == (logged[-1]["step"], logged[-1]["loss"])
     resumed = cli("train", str(recipe), "--resume", str(run.path))  # the lock went with the process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (run.path / ".training.json").exists()

@@ -626,6 +626,8 @@ def run_summary(run: Run) -> dict[str, Any]:
               f"training (process {process.get('pid', '?')})" if process is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
+    if not train:  # stopped or still training: how far its log got
+        train = logged_progress(run, what.split(" ")[0])
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
                "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None,
                "final_reward": final_reward(train), "probe_accuracy": None, "regression": None}
@@ -645,6 +647,23 @@ def run_summary(run: Run) -> dict[str, Any]:
         if results.probes is not None:  # the forgetting probes: what the tuning cost
             summary.update(probe_accuracy=results.probes.tuned.get("accuracy"), regression=results.probes.regression)
     return summary
+
+
+def logged_progress(run: Run, method: str) -> dict[str, Any]:
+    """For a run without train.json: the last step metrics.jsonl logged and its loss (GRPO: its reward), in
+    train.json's keys; a line cut short by a kill is passed over."""
+    progress: dict[str, Any] = {"method": method}
+    if not run.metrics_file.is_file():
+        return progress
+    for line in run.metrics_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "loss" in record and "step" in record:
+            progress.update(steps=record["step"], final_loss=record["loss"],
+                            final_metrics={"reward": record.get("reward")})
+    return progress
 
 
 def final_reward(train: dict[str, Any]) -> float | None:
