@@ -79,6 +79,21 @@ def test_preference_rows_show_both_sides_and_text_rows_train_every_token(tokeniz
     preview = preview_rows(tokenizer, [pair, text], max_length=256)
     assert [e.label for e in preview.examples] == ["row 1 (chosen)", "row 1 (rejected)", "row 2"]
     assert all(t.loss for t in preview.examples[2].tokens)
+    assert any("pad == eos" in w for w in preview.warnings)  # the pair goes through the template
+
+
+def test_raw_text_gets_no_chat_template_warnings(tokenizer, tmp_path, tiny_model_dir):
+    """CPT's text was warned about pad == EOS and assistant spans, and inspect showed a chat-template contract."""
+    from tunesmith.config import load_recipe
+    from tunesmith.data.workflow import inspect_data
+
+    texts = [{"text": "Mugs are made of clay."}, {"text": "Kilns fire them hot."}]
+    preview = preview_rows(tokenizer, texts, max_length=256)
+    assert preview.warnings == [] and not preview.contract
+    (tmp_path / "docs.txt").write_text("Mugs are made of clay.\n\nKilns fire them hot.\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(f"model: {{source: {tiny_model_dir}}}\nmethod: {{kind: cpt}}\n"
+                                     "data: {train: docs.txt}\n", encoding="utf-8")
+    assert "template_contract" not in inspect_data(load_recipe(tmp_path / "r.yaml"))
 
 
 @pytest.mark.parametrize("answers", [{"chosen": '{"item": "mug"}', "rejected": "Sure! Two mugs."},

@@ -118,7 +118,8 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
     counts, "N rows use tools", are the file's and not the preview's; default `rows`): when it refuses the data,
     `problems` says why and rows that cannot render are reported instead of rendered.
     """
-    preview = Preview([], contract_warnings(tokenizer, pad_token_was_missing))
+    raw_text = all("text" in row for row in rows)  # CPT's text: no template, no answer spans, no padding
+    preview = Preview([], [] if raw_text else contract_warnings(tokenizer, pad_token_was_missing))
     if any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
         preview.contract = judge_template(tokenizer, all_rows or rows, model)
         preview.problems += preview.contract["problems"]
