@@ -151,6 +151,9 @@ def test_a_resumed_run_keeps_its_frozen_matmul_dtype_and_reports_the_whole_run(t
     for key in ("tokens", "real_tokens", "loss_tokens"):
         assert ours["throughput"][key] == theirs["throughput"][key] > 0, key
     assert ours["wall_time_s"] > round(before, 1) > 0  # the crashed process's four steps, and the resumed four
+    from tunesmith.runs import diff_runs
+
+    assert diff_runs(run, reference)["outcomes"] == {"resumed_from_step": (4, None)}  # the one difference there is
     write_model_card(run)
     assert "resumed from step 4" in (run.path / "README.md").read_text()
 

@@ -582,7 +582,8 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "data": differing(data(first), data(second)),
         "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
-        "outcomes": differing(*({key: value for key, value in run_summary(run).items() if key not in ("run", "method")}
+        "outcomes": differing(*({**{key: value for key, value in run_summary(run).items()
+                                    if key not in ("run", "method")}, "resumed_from_step": resumed_from_step(run)}
                                 for run in (first, second))),
     }
 
@@ -647,6 +648,12 @@ def run_summary(run: Run) -> dict[str, Any]:
         if results.probes is not None:  # the forgetting probes: what the tuning cost
             summary.update(probe_accuracy=results.probes.tuned.get("accuracy"), regression=results.probes.regression)
     return summary
+
+
+def resumed_from_step(run: Run) -> int | None:
+    """The checkpoint step a finished run was last resumed from (train.json), None when it ran uninterrupted."""
+    path = run.path / "train.json"
+    return read_json(path).get("resumed_from_step") if path.is_file() else None
 
 
 def logged_progress(run: Run, method: str) -> dict[str, Any]:
