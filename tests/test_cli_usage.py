@@ -204,6 +204,20 @@ def test_a_train_that_fails_before_its_first_step_leaves_no_run_directory(tmp_pa
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize("command", [["train"], ["sweep", "--grid", "training.lr=1e-3,2e-3"], ["baseline"]])
+def test_runs_dir_that_is_a_file_is_a_usage_error(command, tmp_path, tiny_model_dir):
+    """It was "Internal error: NotADirectoryError"."""
+    rows = "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(12))
+    (tmp_path / "d.jsonl").write_text(rows, encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(f"model: {{source: {tiny_model_dir}}}\ndata: {{train: d.jsonl}}\n",
+                                     encoding="utf-8")
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    result = tunesmith(command[0], "r.yaml", *command[1:], "--runs-dir", "afile/runs", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Runs cannot be made in afile/runs: afile is a file, not a folder." in " ".join(result.stderr.split())
+    assert_not_internal(result)
+
+
 def test_a_run_that_logged_a_step_is_kept_when_training_stops_on_an_error(tmp_path):
     from tunesmith.errors import TunesmithError
     from tunesmith.runs import Run, removed_if_unstarted

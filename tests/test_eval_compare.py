@@ -131,7 +131,8 @@ def test_a_near_miss_or_a_bad_margin_is_refused_before_eval_runs(evaluated_run):
     results_file = evaluated_run.eval_dir / "results.json"
     written = results_file.stat().st_mtime_ns
     plain = ["--set", "eval.metrics=[exact_match, chrf]"]  # no user metric: a near miss cannot be one of its keys
-    for rule, said in (("exatc_match", "did you mean 'exact_match'?"), ("chrf:0.o1", "the margin '0.o1' is not")):
+    for rule, said in (("exatc_match", "did you mean 'exact_match'?"), ("chrf:0.o1", "the margin '0.o1' is not"),
+                       ("chrf:abc", "--fail-if-worse chrf:abc: the margin 'abc'")):  # `:abc:` was shown as an emoji
         result = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(evaluated_run.path), *plain,
                                  "--fail-if-worse", rule], capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr

@@ -395,9 +395,20 @@ def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path
     return record
 
 
+def runs_root(recipe: Recipe, runs_dir: Path | None) -> Path:
+    """The folder runs are made in (`--runs-dir`, else the recipe's runs_dir), relative to where the user runs it;
+    a file of that name is a user error naming both ways to fix it."""
+    root = Path(runs_dir or recipe.runs_dir).expanduser()
+    for folder in (root, *root.parents):
+        if folder.exists() and not folder.is_dir():
+            raise TunesmithError(f"Runs cannot be made in {root}: {folder} is a file, not a folder.",
+                                 "Pass another folder with --runs-dir (or the recipe's runs_dir), or move the file.")
+    return root
+
+
 def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     """Make a fresh run directory and snapshot the resolved recipe and environment into it."""
-    root = Path(runs_dir or recipe.runs_dir).expanduser()  # relative to where the user runs it
+    root = runs_root(recipe, runs_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = root / f"{recipe.name}-{stamp}"
     suffix = 1

@@ -28,7 +28,7 @@ from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.plan.workload import check_targets_exist
 from tunesmith.results import read_results
-from tunesmith.runs import atomic_write_json, atomic_write_text, final_reward, fit_loss, read_json
+from tunesmith.runs import atomic_write_json, atomic_write_text, final_reward, fit_loss, read_json, runs_root
 
 GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
 STATUS_FILE = "sweep_status.json"
@@ -178,7 +178,7 @@ def model_architecture(recipe: Recipe, cache: dict[str, Any]) -> Any:
 
 def create_sweep_dir(recipe: Recipe, runs_dir: Path | None) -> Path:
     """`runs/sweep-<name>-<timestamp>/`, with a suffix when two sweeps start in the same second."""
-    root = Path(runs_dir or recipe.runs_dir).expanduser()
+    root = runs_root(recipe, runs_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path, suffix = root / f"sweep-{recipe.name}-{stamp}", 1
     while path.exists():

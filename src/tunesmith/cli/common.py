@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # `:abc:` in a message is text, not an emoji code
 SHOW = {"soft_wrap": True, "highlight": False}
 stdout_state = {"json_printed": False}  # a command's `--json` document is out: a later error must not add another
 
@@ -23,7 +23,7 @@ SetOption = Annotated[list[str] | None, typer.Option(
 
 def wide_console(width: int) -> Console:
     """The stderr console in a terminal; a `width`-column one when stderr is a file (a log gets room)."""
-    return err if err.is_terminal else Console(stderr=True, width=width)
+    return err if err.is_terminal else Console(stderr=True, width=width, emoji=False)
 
 
 def print_json(document: Any) -> None:

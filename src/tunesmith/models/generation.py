@@ -91,4 +91,4 @@ def pad_right(batch: list[dict], pad_id: int) -> tuple[Any, Any, Any]:
 def _stderr_console():
     from rich.console import Console
 
-    return Console(file=sys.stderr)
+    return Console(file=sys.stderr, emoji=False)

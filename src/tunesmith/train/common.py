@@ -264,7 +264,7 @@ def print_warnings(warnings: list[str]) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(file=sys.stderr)
+    console = Console(file=sys.stderr, emoji=False)
     for warning in warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
@@ -643,4 +643,4 @@ def print_trainable(summary: dict[str, Any]) -> None:
         table.add_column(column)
     table.add_row(f"{summary['trainable']:,}", f"{summary['total']:,}", f"{summary['percent']:.3f}%",
                   ", ".join(summary["modules"]))
-    Console(file=sys.stderr).print(table)
+    Console(file=sys.stderr, emoji=False).print(table)

@@ -218,7 +218,7 @@ def print_chosen(table: dict[str, dict[str, Any]]) -> None:
         shown.add_column(column, overflow="fold")
     for key, entry in table.items():
         shown.add_row(key, summary_value(entry), str(entry.get("why", "")))
-    Console(stderr=True, width=140).print(shown)
+    Console(stderr=True, width=140, emoji=False).print(shown)
 
 
 def summary_value(entry: dict[str, Any]) -> str:
