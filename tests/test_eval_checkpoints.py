@@ -51,6 +51,14 @@ def test_without_probes_the_task_score_alone_chooses():
     assert chosen["chosen_step"] == 5 and "probes is off" in chosen["why"]
 
 
+@pytest.mark.parametrize("probes", [None, 1.0])
+def test_no_checkpoint_is_chosen_when_none_beats_the_base(probes):
+    """A diverged run (every checkpoint under the base) was rolled back to its "best" broken checkpoint."""
+    none = choose_checkpoint([point(0, 0.31, probes), point(4, 0.0, probes), point(8, 0.02, probes)], 0.05)
+    assert none["chosen_step"] is None and "no checkpoint scores above the base's 0.31" in none["why"]
+    assert "step 8" in none["why"]
+
+
 @pytest.fixture(scope="module")
 def checkpointed_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
@@ -116,3 +124,17 @@ def test_the_cli_refuses_rollback_alone_and_runs_without_checkpoints_say_how_to_
     finally:
         for folder in sorted(tmp_path.iterdir()):
             folder.rename(bare.checkpoints_dir / folder.name)
+
+
+def test_the_gate_judges_the_adapter_rollback_leaves_and_needs_rollback_to_run_with_checkpoints(checkpointed_run):
+    """`eval --checkpoints --fail-if-worse ...` exited 0 without applying the gate."""
+    _, run = checkpointed_run
+    alone = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints",
+                            "--fail-if-worse", "loss"], capture_output=True, text=True, timeout=300)
+    said = " ".join(alone.stderr.split())
+    assert alone.returncode == 2 and "add --rollback to gate the checkpoint it chooses" in said
+    gated = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints", "--rollback",
+                            "--fail-if-worse", "loss:-100"],  # a demand no adapter meets: the gate must fail
+                           capture_output=True, text=True, timeout=600)
+    assert gated.returncode == 3, gated.stderr[-3000:]
+    assert "NOT ENOUGH: loss" in gated.stderr or "WORSE: loss" in gated.stderr

@@ -116,8 +116,18 @@ def test_gate_exits_3_when_tuned_misses_a_required_improvement(evaluated_run, re
     result = tunesmith_eval(evaluated_run, f"loss:{demand:.4f}")
     assert result.returncode == 3, result.stderr
     message = " ".join(result.stderr.split())
-    assert f"WORSE: loss base {loss['base']:.4f}, tuned {loss['tuned']:.4f}, delta {loss['delta']:+.4f}" in message
-    assert f"margin {float(f'{demand:.4f}'):g}" in message and "Traceback" not in result.stderr
+    assert loss["delta"] < 0  # tuning lowered the loss: it missed the demand, it is not worse than base
+    assert (f"NOT ENOUGH: loss base {loss['base']:.4f}, tuned {loss['tuned']:.4f}, delta {loss['delta']:+.4f}"
+            in message)
+    margin = float(f"{demand:.4f}")
+    assert f"margin {margin:g}: tuned must beat base by {-margin:g}" in message and "Traceback" not in result.stderr
+    assert f"Look at {evaluated_run.eval_dir / 'report.html'}" in message
+
+
+def test_a_margin_a_0_to_1_metric_can_never_meet_is_refused(evaluated_run):
+    result = tunesmith_eval(evaluated_run, "chrf:5")
+    assert result.returncode == 2, result.stderr
+    assert "chrf lies between 0 and 1, so a margin of 5 can never trip" in " ".join(result.stderr.split())
 
 
 def test_gate_exits_2_and_lists_metrics_for_an_unknown_one(evaluated_run):

@@ -324,8 +324,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
           fail_if_worse: Annotated[list[str] | None, typer.Option(
               "--fail-if-worse", metavar="METRIC[:MARGIN]",
               help="Exit 3 when tuned is worse than base on METRIC by more than MARGIN (default 0; "
-                   "for loss and perplexity worse is higher); `probes` fails on a forgetting-probe regression. "
-                   "Repeatable.")] = None,
+                   "for loss and perplexity worse is higher; a negative MARGIN demands an improvement of that size); "
+                   "`probes` fails on a forgetting-probe regression. Repeatable.")] = None,
           against: Annotated[str, typer.Option(
               metavar="base|RUN_DIR", help="Compare with the base model (default), or with another run of the "
                                            "same base: its adapter takes base's place everywhere; results go to "
@@ -371,6 +371,10 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         raise typer.BadParameter("--checkpoints scores the run's own held-out rows against its base; leave out "
                                  "--against and --data.", param_hint="--checkpoints")
     rules = [parse_gate_rule(text) for text in fail_if_worse or []]
+    if checkpoints and rules and not rollback:
+        raise typer.BadParameter("--fail-if-worse gates the run's adapter, which --checkpoints alone leaves as it "
+                                 "is: add --rollback to gate the checkpoint it chooses, or leave out --checkpoints.",
+                                 param_hint="--fail-if-worse")
     run = open_run(run_dir)
     run.trained_artifact()
     if rules:
@@ -383,7 +387,11 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
             print_json(report_file.read_text(encoding="utf-8"))
         else:
             _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
-        if not rollback or json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to") is None:
+        rolled = json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to")
+        if rollback and rolled is None:
+            err.print("--rollback: the run's adapter stays as it is (no other checkpoint was chosen).",
+                      highlight=False)
+        if not rollback or (rolled is None and not rules):  # a gate still judges the adapter kept, below
             return
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
@@ -406,7 +414,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         for verdict in verdicts:
             if verdict.passed:
                 err.print(escape(verdict.message), highlight=False, soft_wrap=True)
-        raise_if_worse(verdicts)
+        page = path.parent / "report.html"
+        raise_if_worse(verdicts, str(page if page.is_file() else path))
 
 
 def _print_checkpoints(report_file: Path, plot: Path) -> None:

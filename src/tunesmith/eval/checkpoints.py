@@ -157,6 +157,8 @@ def choose_checkpoint(points: list[dict[str, Any]], margin: float) -> dict[str, 
         if not scored:
             return {"chosen_step": None, "why": "no task metric to choose by, and the probes are off"}
         best = max(scored, key=lambda p: (p["task"], -p["step"]))
+        if below_base(best, base):
+            return none_beats_base(best, base)
         return {"chosen_step": best["step"], "why": f"the best task score ({best['task']:g}); eval.probes is off, "
                                                     "so forgetting was not measured"}
     floor = base["probe_accuracy"] - margin - 1e-9
@@ -167,12 +169,26 @@ def choose_checkpoint(points: list[dict[str, Any]], margin: float) -> dict[str, 
                 "why": f"no checkpoint keeps the probes within {margin:g} of the base's {base['probe_accuracy']:.3f}; "
                        f"the closest is step {closest['step']} ({closest['probe_accuracy']:.3f})"}
     best = max(keeping, key=lambda p: (p["task"], -p["step"]))
+    if below_base(best, base):
+        return none_beats_base(best, base)
     final = checkpoints[-1]
     note = "the final one" if best is final else f"the final step {final['step']} scores {final['task']:g} with " \
                                                   f"probes {final['probe_accuracy']:.3f}"
     return {"chosen_step": best["step"],
             "why": f"the best task score ({best['task']:g}) of the {len(keeping)} of {len(checkpoints)} checkpoints "
                    f"whose probes stay within {margin:g} of the base's {base['probe_accuracy']:.3f}; {note}"}
+
+
+def below_base(best: dict[str, Any], base: dict[str, Any]) -> bool:
+    """The best checkpoint's task score under the untuned base's (task metrics are higher-is-better)."""
+    return base["task"] is not None and best["task"] < base["task"]
+
+
+def none_beats_base(best: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    return {"chosen_step": None,
+            "why": f"no checkpoint scores above the base's {base['task']:g} (the best is step {best['step']}, "
+                   f"{best['task']:g}): tuning did not help the task, so none is worth keeping; look at the loss "
+                   "curve (plots/loss.png) and the learning rate"}
 
 
 def roll_back(run: Run, checkpoint: Path, step: int) -> int:

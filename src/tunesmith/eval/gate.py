@@ -18,6 +18,10 @@ EXIT_WORSE = 3
 # (probe/<category>), GRPO rewards (reward/<name>) and lm-eval's <task>/<metric>.
 KNOWN_NAMES = (*EVAL_METRICS, "field_accuracy", "probes", "probe_accuracy", "probe_perplexity", "judge_score",
                "judge_preference", "reward", "signed_logp", "preference_accuracy", "mean_margin")
+# Those scored from 0 to 1 (a share of examples, or a mean of per-example scores in [0, 1]).
+BOUNDED_NAMES = tuple(name for name in KNOWN_NAMES if name not in ("loss", "perplexity", "probes", "probe_perplexity",
+                                                                    "judge_score", "reward", "signed_logp",
+                                                                    "mean_margin"))
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,18 @@ def parse_gate_rule(text: str) -> GateRule:
 
 def check_rule_names(rules: list[GateRule], user_metrics: bool) -> None:
     """Before eval runs, refuse what the command line already shows: a margin that is no number after a known name
-    (`exact_match:0.o2`) and a near miss of a known name (`exatc_match`), with the fix.
+    (`exact_match:0.o2`), a margin a 0-to-1 metric can never meet (`chrf:5`) and a near miss of a known name
+    (`exatc_match`), with the fix.
 
     Other names (a user metric's key, `probe/<category>`, `reward/<name>`, an lm-eval `<task>/<metric>`) are known
     only once eval has run; `check_gate` checks them then. With user metrics (`eval.metrics` entries `module:function`)
     any plain name may be one of their keys, so only margins are checked here.
     """
     for rule in rules:
+        if rule.metric in BOUNDED_NAMES and abs(rule.margin) >= 1:
+            raise TunesmithError(f"--fail-if-worse {rule.metric}:{rule.margin:g}: {rule.metric} lies between 0 and 1, "
+                                 f"so a margin of {rule.margin:g} can never {'trip' if rule.margin > 0 else 'pass'}.",
+                                 "Give the margin as a fraction of 1, e.g. exact_match:0.02 (two points).")
         if rule.metric in KNOWN_NAMES or "/" in rule.metric:
             continue
         name, _, margin = rule.metric.rpartition(":")
@@ -112,13 +121,17 @@ def probes_verdict(rule: GateRule, probes: ProbesBlock) -> GateVerdict:
 
 
 def verdict(rule: GateRule, entry: Comparison, base_name: str = "base") -> GateVerdict:
-    """`base_name`: what plays the base's part (the other run's name under `eval --against`)."""
-    worse = is_worse(entry, rule.margin)
+    """`base_name`: what plays the base's part (the other run's name under `eval --against`). A failed rule with a
+    negative margin whose tuned model is no worse than the base is said as NOT ENOUGH: it demanded an improvement."""
+    failed = is_worse(entry, rule.margin)
+    label = "ok" if not failed else "WORSE" if is_worse(entry, 0.0) else "NOT ENOUGH"
     direction = "higher is better" if entry.higher_is_better else "lower is better"
     ci = f", 95% CI [{entry.ci95[0]:+.4f}, {entry.ci95[1]:+.4f}]" if entry.ci95 else ""
-    message = (f"{'WORSE' if worse else 'ok'}: {rule.metric} {base_name} {entry.base:.4f}, tuned {entry.tuned:.4f}, "
-               f"delta {entry.delta:+.4f}{ci}, margin {rule.margin:g} ({direction})")
-    return GateVerdict(rule, not worse, message)
+    demand = (f"margin {rule.margin:g}" if rule.margin >= 0 else
+              f"margin {rule.margin:g}: tuned must beat {base_name} by {-rule.margin:g}")
+    message = (f"{label}: {rule.metric} {base_name} {entry.base:.4f}, tuned {entry.tuned:.4f}, "
+               f"delta {entry.delta:+.4f}{ci}, {demand} ({direction})")
+    return GateVerdict(rule, not failed, message)
 
 
 class WorseThanBase(TunesmithError):
@@ -127,7 +140,8 @@ class WorseThanBase(TunesmithError):
     exit_code = EXIT_WORSE
 
 
-def raise_if_worse(verdicts: list[GateVerdict]) -> None:
+def raise_if_worse(verdicts: list[GateVerdict], report: str = "eval/report.html") -> None:
+    """Exit 3 (WorseThanBase) when a rule failed; `report`: the page that shows the examples, as the user reaches it."""
     failed = [v.message for v in verdicts if not v.passed]
     if failed:
-        raise WorseThanBase("\n".join(failed), "Look at eval/report.html to see which examples got worse.")
+        raise WorseThanBase("\n".join(failed), f"Look at {report} to see the examples base and tuned answered.")
