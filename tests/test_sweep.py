@@ -282,3 +282,43 @@ def test_a_set_of_a_key_the_grid_varies_is_refused(project):
     with pytest.raises(RecipeError, match=r"--set adapter\.r=16 names adapter\.r, which --grid varies"):
         run_sweep(recipe, ["adapter.r=4,8"], sets=["adapter.r=16"], runs_dir=root / "never")
     assert not (root / "never").exists()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stopped_sweep_stops_its_run_as_train_does_and_keeps_what_ran(project, signal_name):
+    """Ctrl-C killed the running combination before its checkpoint and printed nothing; SIGTERM left it training
+    with no parent; both hid it in .staging-*. Now the signal reaches the run once, it checkpoints, moves into place
+    under its name, the table says how to resume it, and the sweep exits 128 + the signal."""
+    import os
+    import signal
+    import time
+
+    root, recipe = project
+    runs = root / f"stopped-{signal_name}"
+    command = [sys.executable, "-m", "tunesmith", "sweep", str(recipe), "--runs-dir", str(runs), "--no-eval",
+               "--set", "training.max_steps=400", "--set", "training.logging_steps=1",
+               "--grid", "adapter.targets=qv,all-linear"]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("sweep-*/.staging-*/*/metrics.jsonl")):  # the first combination is training
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    sweep.send_signal(getattr(signal, signal_name))
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + getattr(signal, signal_name), stderr[-3000:]
+    said = " ".join(stderr.split())
+    assert f"Stopped: Sweep stopped by {signal_name} during targets=qv" in said
+    assert "not started: targets=all-linear" in said
+    (sweep_dir,) = runs.iterdir()
+    run_dir = sweep_dir / "targets=qv"
+    assert list(run_dir.glob("checkpoints/checkpoint-*")) and not list(sweep_dir.glob(".staging-*"))
+    (row,) = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
+    assert row["status"] == "stopped" and row["signal"] == signal_name
+    assert f"tunesmith train {run_dir / 'recipe.yaml'} --resume {run_dir}" in row["error"]
+    children = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(sweep_dir).encode() in
+                Path(f"/proc/{pid}/cmdline").read_bytes()] if Path("/proc").is_dir() else []
+    assert children == []  # no combination goes on training without its sweep
+    from tunesmith.config import load_recipe
+    from tunesmith.train.resume import resumed_run
+
+    assert resumed_run(load_recipe(run_dir / "recipe.yaml"), str(run_dir), None).path == run_dir  # it resumes

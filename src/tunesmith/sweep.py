@@ -11,10 +11,12 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -207,8 +209,50 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
         rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate))
         report(f"      {outcome_line(rows[-1])}")
         write_sweep_table(sweep_dir, header, rows)  # after each run: a crash mid-sweep keeps what finished
+        if rows[-1]["status"] == "stopped":
+            plot_sweep(rows, sweep_dir / "sweep.png")
+            raise SweepInterrupted(sweep_dir, rows[-1], [c.name for c in combos[index:]])
     plot_sweep(rows, sweep_dir / "sweep.png")
     return sweep_dir
+
+
+class SweepInterrupted(TunesmithError):
+    """Ctrl-C or SIGTERM stopped a sweep: the running combination was stopped as `train` stops (a checkpoint, its
+    run directory in place under its name), the table and chart cover what ran, and the rest did not start. Exits
+    128 + the signal number, as `train` does."""
+
+    label = "Stopped"
+
+    def __init__(self, sweep_dir: Path, row: dict[str, Any], not_run: list[str]) -> None:
+        rest = f"; not started: {', '.join(not_run)}" if not_run else ""
+        super().__init__(f"Sweep stopped by {row['signal']} during {row['combination']}: {row['error']}{rest}.",
+                         f"The table of what ran is in {sweep_dir / 'sweep.md'}. Run the combinations not started "
+                         "as a new sweep (--grid with their values).")
+        self.sweep_dir = sweep_dir
+        self.exit_code = 128 + signal.Signals[row["signal"]].value
+
+
+@contextmanager
+def forwarding_signals(child: subprocess.Popen) -> Iterator[list[int]]:
+    """While `child` runs in its own session (no terminal signal reaches it), pass it each SIGINT and SIGTERM this
+    process gets, once, as `train` expects them: the first finishes the step and writes a checkpoint, a second
+    stops at once. Yields the signals received; the previous handlers come back after."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        with suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    try:
+        previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        previous = {}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def raise_if_any_failed(sweep_dir: Path) -> None:
@@ -230,16 +274,32 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
                *overrides, "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
     started = time.monotonic()
     with log.open("w", encoding="utf-8") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        with forwarding_signals(child) as received:
+            code = child.wait()
     wall = round(time.monotonic() - started, 1)
     status = child_status(staging / STATUS_FILE, code, log)
     run_dir = adopt_run_dir(staging, sweep_dir / combo.name)
     row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall,
            "peak_rss_mb": status.peak_rss_mb, "peak_cuda_mb": status.peak_cuda_mb}
+    if received:
+        return {**row, "status": "stopped", "signal": signal.Signals(received[0]).name,
+                "error": stopped_how(run_dir), "run_dir": run_dir and str(run_dir)}
     if status.exit_code != 0:
         error = " ".join(filter(None, [status.error, status.hint and f"Hint: {status.hint}"]))
         return {**row, "status": "failed", "error": error, "run_dir": run_dir and str(run_dir)}
     return {**row, "status": "ok", **run_figures(run_dir), "run_dir": str(run_dir)}
+
+
+def stopped_how(run_dir: Path | None) -> str:
+    """Where a stopped combination's run stands, with the command that resumes it from where it now is."""
+    checkpoints = sorted(run_dir.glob("checkpoints/checkpoint-*")) if run_dir else []
+    if run_dir is not None and (run_dir / "train.json").is_file():
+        return f"its training had finished ({run_dir}); evaluation was stopped"
+    if not checkpoints:
+        return "stopped before its training saved a checkpoint, so there is nothing to resume"
+    return (f"resume it with: tunesmith train {run_dir / 'recipe.yaml'} --resume {run_dir} (then tunesmith eval "
+            f"{run_dir})")
 
 
 def child_status(path: Path, code: int, log: Path) -> ChildStatus:
@@ -290,6 +350,8 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
 def outcome_line(row: dict[str, Any]) -> str:
     if row["status"] == "failed":
         return f"failed after {row['wall_time_s']}s: {row['error']}"
+    if row["status"] == "stopped":
+        return f"stopped by {row['signal']} after {row['wall_time_s']}s: {row['error']}"
     metric = f", {row['metric']} {row['metric_value']:.4f}" if row.get("metric_value") is not None else ""
     if row.get("final_reward") is not None:
         metric = f", reward {row['final_reward']:.4f}{metric}"
@@ -325,7 +387,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         shown = {**row, "metric_value": row.get("metric_value") if same else None,
                  "metric_base": row.get("metric_base") if same else None,
                  "forgetting": None if verdict is None else ("REGRESSION" if verdict else "none")}
-        status = "ok" if row["status"] == "ok" else f"failed: {row['error']}"
+        status = "ok" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
         cells.append([row["combination"], *(format_cell(shown.get(key), spec) for _, key, spec in columns), status])
     return ["combination", *(name for name, _, _ in columns), "status"], cells
 

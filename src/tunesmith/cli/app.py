@@ -294,10 +294,15 @@ def sweep(recipe: Path, grid: Annotated[list[str], typer.Option(
 
     Example: tunesmith sweep recipes/quickstart.yaml --grid adapter.targets=qv,qkvo --grid adapter.layers=all,last-half
     """
-    from tunesmith.sweep import raise_if_any_failed, run_sweep, table_cells
+    from tunesmith.sweep import SweepInterrupted, raise_if_any_failed, run_sweep, table_cells
 
-    path = run_sweep(recipe, grid, set_, runs_dir, evaluate,
-                     report=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
+    try:
+        path = run_sweep(recipe, grid, set_, runs_dir, evaluate,
+                         report=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
+    except SweepInterrupted as stopped:  # the table of what ran, then the message
+        rows = json.loads((stopped.sweep_dir / "sweep.json").read_text(encoding="utf-8"))["rows"]
+        _print_sweep(table_cells(rows), f"sweep of {recipe.name} (stopped)")
+        raise
     document = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
     _print_sweep(table_cells(document["rows"]), f"sweep of {recipe.name}")
     err.print(f"[bold]Sweep directory:[/bold] {path}")
