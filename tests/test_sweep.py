@@ -322,3 +322,32 @@ def test_a_stopped_sweep_stops_its_run_as_train_does_and_keeps_what_ran(project,
     from tunesmith.train.resume import resumed_run
 
     assert resumed_run(load_recipe(run_dir / "recipe.yaml"), str(run_dir), None).path == run_dir  # it resumes
+
+
+def test_a_run_whose_loss_rose_is_said_diverged_in_the_table_train_json_the_card_and_runs_list(project):
+    """lr=100 took the loss from 0.5 to 45 (grad_norm 0 from step 5) and the sweep called it "ok"."""
+    from tunesmith.card import write_model_card
+    from tunesmith.runs import Run, run_summary
+
+    root, recipe = project
+    result = sweep_cli(recipe, root / "diverging", "--grid", "training.lr=1e-3,100", "--no-eval",
+                       "--set", "training.max_steps=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = next((root / "diverging").iterdir())
+    rows = {row["combination"]: row for row in json.loads((sweep_dir / "sweep.json").read_text())["rows"]}
+    assert rows["lr=1e-3"]["status"] == "ok" and rows["lr=100"]["status"] == "diverged"
+    said = rows["lr=100"]["error"]
+    assert "DIVERGED" in result.stderr and f"diverged: {said}" in (sweep_dir / "sweep.md").read_text()
+    diverged = Run(sweep_dir / "lr=100")
+    logged = [row for row in diverged.read_metrics() if "loss" in row]
+    if said.startswith("the training loss rose"):  # what the warning says, checked on the run's own log
+        assert sum(r["loss"] for r in logged[-2:]) / 2 > 1.25 * logged[0]["loss"]
+        assert "Lower training.lr (100)" in said
+    else:  # the tiny model: its loss sat at the uniform distribution's with no gradient left
+        assert said.startswith("the gradient was 0 for the last 3 logged steps")
+        assert [r["grad_norm"] for r in logged[-3:]] == [0, 0, 0]
+    assert all(row["grad_norm"] > 0 for row in Run(sweep_dir / "lr=1e-3").read_metrics() if "grad_norm" in row)
+    assert json.loads((diverged.path / "train.json").read_text())["warnings"] == [rows["lr=100"]["error"]]
+    assert run_summary(diverged)["status"] == "trained (loss diverged)"
+    write_model_card(diverged)
+    assert f"**warning**: {said}" in (diverged.path / "README.md").read_text()

@@ -72,7 +72,8 @@ def progress_lines(train: dict[str, Any], run: Run) -> list[str]:
                 f"{rounded(final)} in {train.get('wall_time_s', '?')} s of training{resumed}",
                 *(f"- **warning**: {warning}" for warning in warnings), "- reward curves: `plots/rewards.png`"]
     return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
-            f"{train.get('wall_time_s', '?')} s of training{resumed}", "- loss curve: `plots/loss.png`"]
+            f"{train.get('wall_time_s', '?')} s of training{resumed}",
+            *(f"- **warning**: {warning}" for warning in train.get("warnings") or []), "- loss curve: `plots/loss.png`"]
 
 
 def rollback_lines(run: Run) -> list[str]:

@@ -634,7 +634,8 @@ def run_summary(run: Run) -> dict[str, Any]:
     except TunesmithError:  # a run.json this version does not read: said as not trained, not a crash of the list
         manifest = None
     process = training_process(run)
-    status = ("trained" if manifest is not None and manifest.train is not None else
+    status = (("trained (loss diverged)" if train.get("warnings") else "trained")
+              if manifest is not None and manifest.train is not None else
               f"training (process {process.get('pid', '?')})" if process is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")

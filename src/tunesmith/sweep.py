@@ -288,7 +288,10 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
     if status.exit_code != 0:
         error = " ".join(filter(None, [status.error, status.hint and f"Hint: {status.hint}"]))
         return {**row, "status": "failed", "error": error, "run_dir": run_dir and str(run_dir)}
-    return {**row, "status": "ok", **run_figures(run_dir), "run_dir": str(run_dir)}
+    figures = run_figures(run_dir)
+    if figures["train_warnings"]:  # it finished, but its loss says it got worse as it trained
+        return {**row, "status": "diverged", "error": figures["train_warnings"][0], **figures, "run_dir": str(run_dir)}
+    return {**row, "status": "ok", **figures, "run_dir": str(run_dir)}
 
 
 def stopped_how(run_dir: Path | None) -> str:
@@ -344,6 +347,7 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
         "regression": probes.regression if probes else None,
         "trainable_params": (train.get("trainable") or {}).get("trainable"),
         "train_time_s": train.get("wall_time_s"),
+        "train_warnings": train.get("warnings") or [],  # train.json: a loss that rose, a gradient stuck at 0
     }
 
 
@@ -352,6 +356,8 @@ def outcome_line(row: dict[str, Any]) -> str:
         return f"failed after {row['wall_time_s']}s: {row['error']}"
     if row["status"] == "stopped":
         return f"stopped by {row['signal']} after {row['wall_time_s']}s: {row['error']}"
+    if row["status"] == "diverged":
+        return f"done in {row['wall_time_s']}s, but DIVERGED: {row['error']}"
     metric = f", {row['metric']} {row['metric_value']:.4f}" if row.get("metric_value") is not None else ""
     if row.get("final_reward") is not None:
         metric = f", reward {row['final_reward']:.4f}{metric}"

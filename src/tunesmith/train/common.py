@@ -202,6 +202,36 @@ def pii_warning(details: dict[str, Any]) -> str:
 SMALL_EVAL_ROWS = 30
 
 
+DIVERGED_RISE = 1.25  # the last logged losses this many times the first: the run got worse as it trained
+DIVERGED_NATS = 0.5  # ... and this much higher, so that one easy first batch does not read as a rise
+
+
+def loss_warnings(metrics: list[dict[str, Any]], method: str, lr: float) -> list[str]:
+    """What the logged training loss says went wrong, for train.json `warnings`, the model card and the sweep table:
+    a loss that ended above where it began (the mean of the last two logged values over the first one, by
+    `DIVERGED_RISE` and `DIVERGED_NATS`: an update too large for the model, most often the learning rate), and a
+    gradient that stayed 0 over the last three logged steps while the loss did not (the weights stopped changing).
+    GRPO's loss is a policy-gradient surrogate near 0 whatever happens: its signal is the reward
+    (grpo.learning_signal_warnings)."""
+    if method == "grpo":
+        return []
+    logged = [row for row in metrics if isinstance(row.get("loss"), int | float) and "step" in row]
+    if len(logged) < 4:
+        return []
+    first = logged[0]["loss"]  # before any update had a say (a spike at step 2 must not hide a rise after it)
+    last = sum(row["loss"] for row in logged[-2:]) / 2
+    warnings = []
+    if last > first * DIVERGED_RISE and last - first > DIVERGED_NATS:
+        warnings.append(f"the training loss rose from {first:.4g} (first logged step) to {last:.4g} (last two): "
+                        f"training diverged, and the tuned model is likely worse than its base. Lower training.lr "
+                        f"({lr:g}), e.g. to a tenth.")
+    grads = [row.get("grad_norm") for row in logged[-3:]]
+    if all(grad == 0 for grad in grads) and last > 0.01:
+        warnings.append(f"the gradient was 0 for the last {len(grads)} logged steps while the loss stayed at "
+                        f"{last:.4g}: the weights stopped changing (a saturated or broken model; see plots/loss.png).")
+    return warnings
+
+
 def small_split_warnings(train_rows: int, eval_rows: int, shape: str = "") -> list[str]:
     """A held-out split so small that one row is several points of every metric (1/n each; the 95% interval of a
     proportion near 0.5 is about ±1/sqrt(n), Wilson 1927), said before training rather than read into afterwards.
@@ -382,7 +412,9 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
               "chosen": chosen, **(choices or {}), "throughput": speed,
               **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
-              "skipped_updates": guard.skipped}
+              "skipped_updates": guard.skipped,
+              "warnings": loss_warnings(run.read_metrics(), recipe.method.kind, recipe.training.lr)}
+    print_warnings(report["warnings"])
     atomic_write_json(run.path / "train.json", report)
     plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
     plot_reward_curve(run.read_metrics(), run.plots_dir / "rewards.png", f"{recipe.name}: {recipe.method.kind} rewards")
