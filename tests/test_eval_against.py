@@ -58,6 +58,21 @@ def test_against_the_other_way_round_scores_the_same_models_swapped(two_runs):
     assert backward["comparison"]["loss"]["delta"] == pytest.approx(-forward["comparison"]["loss"]["delta"], abs=1e-4)
 
 
+def test_a_run_of_the_same_name_elsewhere_does_not_overwrite_the_first_comparison(two_runs, tmp_path):
+    """Sweeps name their runs alike (`lr=1e-3`): --against the second replaced the results against the first."""
+    longer, shorter = two_runs
+    first = longer.eval_dir / f"against-{shorter.path.name}" / "results.json"
+    kept = first.read_text()
+    twin = tmp_path / "another-sweep" / shorter.path.name
+    shutil.copytree(shorter.path, twin)
+    path = run_eval(load_recipe(longer.recipe_file), longer, twin)
+    assert path.parent != first.parent and path.parent.name.startswith(f"against-{shorter.path.name}-")
+    assert json.loads(path.read_text())["against"]["path"] == str(twin.resolve())
+    assert first.read_text() == kept  # the comparison with the first run is as it was
+    again = run_eval(load_recipe(longer.recipe_file), longer, shorter.path)  # the first again: its own folder
+    assert again == first
+
+
 def test_against_base_is_todays_behaviour_and_prints_the_comparison(two_runs):
     longer, _ = two_runs
     result = eval_cli(longer, "--against", "base", "--fail-if-worse", "loss")

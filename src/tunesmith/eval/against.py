@@ -8,6 +8,8 @@ The results go to eval/against-<other run>/, so the run's own base-vs-tuned resu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,5 +48,18 @@ def against_variants(run: Run, other: Path, device: str) -> tuple[dict[str, Vari
 
 
 def against_dir(run: Run, against: dict[str, str] | None) -> Path:
-    """Where this eval's results go: eval/ for base vs tuned, eval/against-<name>/ against another run."""
-    return run.eval_dir / f"against-{against['name']}" if against else run.eval_dir
+    """Where this eval's results go: eval/ for base vs tuned, eval/against-<name>/ against another run. Runs of one
+    name in two places (`lr=1e-3` of two sweeps) do not overwrite each other: while eval/against-<name>/ holds the
+    results against another path, this one goes to eval/against-<name>-<6 hex of its path's sha256>/."""
+    if not against:
+        return run.eval_dir
+    folder = run.eval_dir / f"against-{against['name']}"
+    earlier = folder / "results.json"
+    try:
+        other_path = json.loads(earlier.read_text(encoding="utf-8")).get("against", {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        other_path = None
+    if other_path is not None and other_path != against["path"]:
+        digest = hashlib.sha256(against["path"].encode()).hexdigest()[:6]
+        return run.eval_dir / f"against-{against['name']}-{digest}"
+    return folder
