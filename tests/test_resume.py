@@ -498,3 +498,17 @@ def test_a_run_another_process_is_training_is_not_resumed_alongside_it(tmp_path,
     resumed = cli("train", str(recipe), "--resume", str(run.path))  # the lock went with the process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (run.path / ".training.json").exists()
+
+
+def test_a_run_stopped_at_its_last_step_resumes_to_the_same_step_count(tmp_path, tiny_model_dir):
+    """Stopped just after step 8 of 8 mid-epoch, the resume trained a step 9 (lr 0) and reported 9 steps."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora", batch_size=3)  # 6 steps an epoch: 8 is mid-epoch
+    stopped = cli("train", str(recipe), "--runs-dir", str(tmp_path / "runs"), signal_at=("SIGINT", STEPS - 1))
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    run = only_run(tmp_path / "runs")
+    assert (run.checkpoints_dir / f"checkpoint-{STEPS}").is_dir()
+    resumed = cli("train", str(recipe), "--resume", str(run.path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run.path / "train.json").read_text())["steps"] == STEPS
+    assert not (run.checkpoints_dir / f"checkpoint-{STEPS + 1}").exists()
+    assert_same_end(run, train_in_process(recipe, tmp_path / "reference"), STEPS)  # the same weights and steps

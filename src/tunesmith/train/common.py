@@ -374,6 +374,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
                              budget.get("time_budget"))
     if main:
         print_chosen(chosen)
+    no_step_past_max_steps(trainer)
     count_trained_batches(trainer, counter)  # after the budget's measurement, which must not count
     counter.start_clock()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -505,6 +506,22 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
         trainer._total_train_tokens = state["trl_num_tokens"]  # metrics.jsonl's num_tokens goes on from there
     print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
     return checkpoint
+
+
+def no_step_past_max_steps(trainer: Any) -> None:
+    """A run stopped and checkpointed at its last step (max_steps) in the middle of an epoch resumes with nothing left
+    to train: transformers' loop fetches the epoch's next batch and trains on it before it checks the step count,
+    which trained one step past max_steps (at learning rate 0) and reported it. Here the fetch comes back empty and
+    the loop stops."""
+    fetch = trainer.get_batch_samples
+
+    def get_batch_samples(epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
+        if 0 < trainer.state.max_steps <= trainer.state.global_step:
+            trainer.control.should_training_stop = True
+            return [], None
+        return fetch(epoch_iterator, num_batches, device)
+
+    trainer.get_batch_samples = get_batch_samples
 
 
 def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
