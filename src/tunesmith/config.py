@@ -680,6 +680,7 @@ ANSWER_KIND_METRICS = {
     "json": ("loss", "perplexity", "json_fields", "json_valid"),
     "labels": ("loss", "perplexity", "exact_match", "label_accuracy"),
     "numbers": ("loss", "perplexity", "numeric_match", "exact_match"),
+    "short": ("loss", "perplexity", "exact_match", "chrf"),
     "free_text": ("loss", "perplexity", "chrf", "rouge_l"),
     "tool_calls": ("loss", "perplexity", "tool_call_match", "tool_name_match", "tool_call_decision", "chrf"),
 }
@@ -784,8 +785,8 @@ class EvalSection(Section):
     def chosen_metrics(self, answer_kind: str | None = None) -> list[str]:
         """`metrics` when given, else `task_metric` (loss and perplexity are always measured).
 
-        `auto` resolves from `answer_kind` (tool_calls, json, labels, numbers or free_text: what data.json `answers`
-        records); without one it is loss and perplexity alone.
+        `auto` resolves from `answer_kind` (tool_calls, json, labels, numbers, short or free_text: what data.json
+        `answers` records); without one it is loss and perplexity alone.
         """
         if self.metrics:
             return list(self.metrics)

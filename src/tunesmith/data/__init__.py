@@ -160,7 +160,7 @@ def recipe_tokenizer(recipe: Recipe) -> Any:
 
 def fingerprint(splits: Splits) -> dict[str, Any]:
     """What data.json records: a hash of the training rows (order-sensitive), simple counts, and what the
-    answers look like (`answers`: tool_calls / json / labels / numbers / free_text, from which eval picks its
+    answers look like (`answers`: tool_calls / json / labels / numbers / short / free_text, from which eval picks its
     metrics)."""
     digest = hashlib.sha256()
     for row in splits.train:

@@ -2,7 +2,7 @@
 
 `classify_answers` reads the answer of every row (a `messages` row's last assistant turn, its tool calls written
 as `<tool_call>` blocks by `answer_text`; for other shapes the last text `answer_texts` finds) and sorts the set
-into one of five kinds:
+into one of six kinds:
 
 - `tool_calls`: some answers call tools (`scoring.tool_calls_in` finds a call): scored by tool_call_match (the
   right functions with the right arguments), tool_name_match, tool_call_decision (calls exactly when the reference
@@ -14,6 +14,11 @@ into one of five kinds:
 - `numbers`: otherwise, every answer a number, alone or with a currency sign or a short unit (`42`, `12.7 cm`,
   `$5.99`; `scoring.NUMBER_ANSWER`): scored by numeric_match (is the number right) and exact_match, not by
   character overlap, which gives `24` most of the credit of `42`;
+- `short`: otherwise, every answer one short line (at most MAX_SHORT_CHARS characters and MAX_SHORT_WORDS words:
+  a date, a code, a name pulled out of the prompt): scored by exact_match first, since character overlap gives
+  `2019-03-03` most of the credit of `2019-03-06`, then chrF; when every answer has one character-class shape
+  (`shape_pattern`: `2019-03-06` is `\d{4}-\d{2}-\d{2}`), that regex is recorded as `pattern`, the structure
+  constrained decoding holds answers to;
 - `free_text`: anything else.
 
 The data stage records the summary in data.json (`answers`); eval reads it from there to resolve
@@ -36,8 +41,10 @@ from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError
 from tunesmith.scoring import LIKELIHOOD_METRICS, NUMBER_ANSWER, REFERENCE_FREE_METRICS, tool_calls_in
 
-AnswerKind = Literal["tool_calls", "json", "labels", "numbers", "free_text"]
+AnswerKind = Literal["tool_calls", "json", "labels", "numbers", "short", "free_text"]
 MAX_LABELS = 20
+MAX_SHORT_CHARS = 40
+MAX_SHORT_WORDS = 5
 MIN_REPEATS = 3
 MAX_LABEL_CHARS = 64
 EXAMPLE_CHARS = 120
@@ -59,6 +66,8 @@ class AnswerSummary(BaseModel):
     labels: list[str] = Field(default_factory=list, description="The label set, sorted (kind `labels` only).")
     counts: dict[str, int] = Field(default_factory=dict, description="Rows per label (kind `labels` only).")
     example: str = Field("", description="One answer, shortened, for messages.")
+    pattern: str | None = Field(None, description="The regex every answer's shape fits (kind `short` only, when they "
+                                                  "share one: `\\d{4}-\\d{2}-\\d{2}` for ISO dates).")
 
     @property
     def reason(self) -> str:
@@ -71,6 +80,10 @@ class AnswerSummary(BaseModel):
             return f"all {self.rows} answers are JSON objects"
         if self.kind == "numbers":
             return f"all {self.rows} answers are numbers ({self.distinct} distinct values)"
+        if self.kind == "short":
+            shape = f", all of the shape {self.pattern}" if self.pattern else ""
+            return (f"all {self.rows} answers are one short line ({self.distinct} distinct values, at most "
+                    f"{MAX_SHORT_CHARS} characters{shape})")
         values = f"answers take {self.distinct} distinct values over {self.rows} rows"
         if self.kind == "labels":
             return values
@@ -111,7 +124,34 @@ def classify_answers(rows: list[Row]) -> AnswerSummary:
         return AnswerSummary(kind="labels", labels=sorted(counts), counts=dict(sorted(counts.items())), **figures)
     if answers and numbers == len(answers):
         return AnswerSummary(kind="numbers", **figures)
+    if answers and all(is_short(answer) for answer in answers):
+        shapes = {shape_pattern(answer) for answer in answers}
+        return AnswerSummary(kind="short", pattern=shapes.pop() if len(shapes) == 1 else None, **figures)
     return AnswerSummary(kind="free_text", **figures)
+
+
+def is_short(answer: str) -> bool:
+    """One line of at most MAX_SHORT_CHARS characters and MAX_SHORT_WORDS words: an extracted value, not prose."""
+    return 0 < len(answer) <= MAX_SHORT_CHARS and "\n" not in answer and len(answer.split()) <= MAX_SHORT_WORDS
+
+
+REGEX_SPECIAL = set(".^$*+?{}[]\\|()")
+SHAPE_CLASSES = ((str.isdigit, r"\d"), (lambda c: c.isascii() and c.isupper(), "[A-Z]"),
+                 (lambda c: c.isascii() and c.islower(), "[a-z]"))
+
+
+def shape_pattern(answer: str) -> str:
+    """The regex of an answer's shape: runs of ASCII digits, upper- and lower-case letters by class and length,
+    anything else as itself (`2019-03-06` → `\d{4}-\d{2}-\d{2}`, `AB-12` → `[A-Z]{2}-\d{2}`)."""
+    pieces: list[tuple[str, int]] = []
+    for char in answer:
+        literal = "\\" + char if char in REGEX_SPECIAL else char
+        token = next((cls for test, cls in SHAPE_CLASSES if char.isascii() and test(char)), literal)
+        if pieces and pieces[-1][0] == token:
+            pieces[-1] = (token, pieces[-1][1] + 1)
+        else:
+            pieces.append((token, 1))
+    return "".join(token if count == 1 else f"{token}{{{count}}}" for token, count in pieces)
 
 
 def is_label_set(counts: Counter[str]) -> bool:

@@ -79,7 +79,7 @@ def schema_file_constraint(path: Path, source: str) -> Constraint:
     return Constraint("json_schema", json.dumps(schema), source)
 
 
-KIND_WORDS = {"numbers": "numbers", "tool_calls": "tool calls"}
+KIND_WORDS = {"numbers": "numbers", "tool_calls": "tool calls", "short": "short values of no one shape"}
 
 
 def infer_constraint(rows: list[Row]) -> Constraint:
@@ -93,6 +93,8 @@ def infer_constraint(rows: list[Row]) -> Constraint:
         return json_constraint([json.loads(a) for a in map(row_answer, rows) if a is not None], source)
     if summary.kind == "numbers" and (pattern := number_pattern([a for a in map(row_answer, rows) if a])):
         return Constraint("regex", pattern, source)
+    if summary.kind == "short" and summary.pattern:  # one shape for every answer: a date, a code
+        return Constraint("regex", summary.pattern, source)
     raise TunesmithError(f"Constrained decoding needs answers with a structure to hold to, but the training answers "
                          f"are {KIND_WORDS.get(summary.kind, 'free text')} ({summary.reason}).",
                          f"Give one: {HOW_TO_SET}.")
