@@ -96,6 +96,9 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
         run.checkpoints_dir / "checkpoint-4" / "adapter_model.safetensors")
     assert digest(run.path / FINAL_ADAPTER / "adapter_model.safetensors") == final_weights
     assert open_run(run.path).manifest().train.checkpoint_step == 4
+    from tunesmith.runs import run_summary
+
+    assert run_summary(run)["status"] == "trained, adapter rolled back to step 4"  # `runs list` says which it is
     results = read_results(run_eval(load_recipe(run.recipe_file), run))
     metric = headline_of(results.metrics, results.tuned)
     assert results.tuned[metric] == report["points"][1]["task"]  # the same greedy answers as its checkpoint point

@@ -634,13 +634,17 @@ def run_summary(run: Run) -> dict[str, Any]:
     except TunesmithError:  # a run.json this version does not read: said as not trained, not a crash of the list
         manifest = None
     process = training_process(run)
+    rolled_back = manifest.train.checkpoint_step if manifest is not None and manifest.train is not None else None
     status = (("trained (loss diverged)" if train.get("warnings") else "trained")
+              + (f", adapter rolled back to step {rolled_back}" if rolled_back is not None else "")
               if manifest is not None and manifest.train is not None else
               f"training (process {process.get('pid', '?')})" if process is not None else
               f"stopped (checkpoint at step {steps[-1]})" if steps else
               "baselines only" if (run.path / "baseline" / "results.json").is_file() else "not trained")
-    if not train:  # stopped or still training: how far its log got
+    if not train:  # stopped or still training: how far its log (or its newest checkpoint) got
         train = logged_progress(run, what.split(" ")[0])
+        if steps and steps[-1] > (train.get("steps") or 0):
+            train["steps"] = steps[-1]
     summary = {"run": str(run.path), "method": what, "status": status, "steps": train.get("steps"),
                "final_loss": fit_loss(train), "metric": None, "base": None, "tuned": None,
                "final_reward": final_reward(train), "probe_accuracy": None, "regression": None}
