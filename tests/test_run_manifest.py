@@ -288,7 +288,7 @@ def test_runs_list_says_what_each_run_is_and_how_far_it_got(trained, tmp_path):
     metric = done["metric"]
     assert metric and done["tuned"] == trained.results["tuned"][metric]
     assert rows[stopped.path.name]["status"] == "stopped (checkpoint at step 4)"
-    assert rows[stopped.path.name]["steps"] is None
+    assert rows[stopped.path.name]["steps"] == 4  # no step logged: the newest checkpoint says how far it got
     # a sweep's runs (one folder down) and a run that holds only baselines are listed as what they are
     combination = shutil.copytree(trained.run.path, runs_dir / "sweep-tiny-20261206-010000" / "lr=1e-3")
     (combination.parent / "sweep.json").write_text("{}", encoding="utf-8")
