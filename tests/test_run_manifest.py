@@ -184,6 +184,8 @@ def test_eval_data_file_scores_those_rows_and_says_so(trained, tmp_path):
     written = trained.run.eval_dir / "data-other" / "results.json"
     assert json.loads(written.read_text())["rows_from"] == document["rows_from"]
     assert (trained.run.eval_dir / "results.json").read_text() == own_results  # the held-out results stay
+    table = CliRunner().invoke(app, ["eval", str(trained.run.path), "--data", str(other)])
+    assert "base vs tuned on 3 examples of other.jsonl" in " ".join(table.output.split())  # not "held-out"
 
 
 def test_eval_data_file_holding_training_rows_is_warned_about(trained, tmp_path, capsys):

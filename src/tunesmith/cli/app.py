@@ -407,8 +407,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
     if as_json:
         print_json(path.read_text(encoding="utf-8"))
     else:
-        _print_results(run.path, path)
-        if data is not None:  # the table says "held-out"; these rows are the file's
+        _print_results(run.path, path, data)
+        if data is not None:
             err.print(f"Rows scored: {escape(str(data))} (not the run's held-out rows)", highlight=False,
                       soft_wrap=True)
         report = path.parent / "report.html"  # preference, CPT and reward evals write results.json only
@@ -726,11 +726,13 @@ def chat(model_or_run: Annotated[str, typer.Argument(
     chat_loop(session, input, write)
 
 
-def _print_results(run_path: Path, results_file: Path | None = None) -> None:
+def _print_results(run_path: Path, results_file: Path | None = None, rows_from: Path | None = None) -> None:
+    """The results table; `rows_from`: the file `eval --data` scored, named in the title instead of "held-out"."""
     results = read_results(results_file or run_path / "eval" / "results.json")
     other = results.against.name if results.against else None
     title = f"tuned vs {other}" if other else "base vs tuned"
-    table = Table(title=f"{title} on {results.examples} held-out examples")
+    rows = f"examples of {rows_from.name}" if rows_from is not None else "held-out examples"
+    table = Table(title=f"{title} on {results.examples} {rows}")
     table.add_column("metric")
     for variant in results.variants:
         table.add_column(other if other and variant == "base" else variant, justify="right")

@@ -143,8 +143,8 @@ class TaskAndProbes:
                  "probe_accuracy": round(sum(passed) / len(passed), 4) if passed else None,
                  "probes_failed": [p["id"] for p, ok in zip(self.probes, passed, strict=True) if not ok],
                  "seconds": round(time.monotonic() - started, 1)}
-        progress(f"{name}: {self.metric} {point['task']}, probes {point['probe_accuracy']} "
-                 f"({point['seconds']} s)")
+        probes = "" if point["probe_accuracy"] is None else f", probes {point['probe_accuracy']}"  # eval.probes off
+        progress(f"{name}: {self.metric} {point['task']}{probes} ({point['seconds']} s)")
         return point
 
 
