@@ -187,6 +187,14 @@ def test_cli_validation_error_exits_2_and_creates_nothing(project):
     assert not (root / "never").exists()
 
 
+def test_two_values_that_read_the_same_are_refused_before_any_run(project):
+    """`--grid training.lr=1e-3,0.001` trained one learning rate twice."""
+    root, recipe = project
+    with pytest.raises(RecipeError, match=r"Combinations lr=1e-3 and lr=0.001 are the same recipe"):
+        run_sweep(recipe, ["training.lr=1e-3,0.001"], runs_dir=root / "never-twice", report=lambda line: None)
+    assert not (root / "never-twice").exists()
+
+
 def test_validation_uses_set_and_returns_the_base(project):
     _, recipe = project
     base = validate_combinations(recipe, ["training.max_steps=3"], combinations([parse_grid("adapter.r=4,8")]))

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tunesmith.config import Recipe, load_recipe
+from tunesmith.config import Recipe, load_recipe, recipe_to_yaml
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.plan.workload import check_targets_exist
@@ -157,6 +157,7 @@ def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combi
     name the model lacks too, from its config); returns the base."""
     base = load_recipe(recipe_path, sets)
     architectures: dict[str, Any] = {}
+    seen: dict[str, Combination] = {}
     for combo in combos:
         try:
             recipe = load_recipe(recipe_path, [*sets, *combo.overrides])
@@ -164,6 +165,12 @@ def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combi
                 check_targets_exist(recipe.adapter, model_architecture(recipe, architectures), recipe.model.source)
         except RecipeError as exc:
             raise RecipeError(f"Combination {combo.label}: {exc.message}", exc.hint) from None
+        resolved = recipe_to_yaml(recipe)
+        if resolved in seen:  # 1e-3 and 0.001 are one learning rate: the run would be done twice
+            raise RecipeError(f"Combinations {seen[resolved].label} and {combo.label} are the same recipe once their "
+                              "values are read (e.g. 1e-3 and 0.001): the sweep would train it twice.",
+                              "Give each --grid value once.")
+        seen[resolved] = combo
     return base
 
 
