@@ -218,7 +218,6 @@ def test_constrained_chat_and_compare_answer_only_the_choices(project, tiny_mode
 def test_chat_with_a_run_prompts_it_as_training_did_and_a_refused_system_turn_is_a_usage_error(tmp_path,
                                                                                               tiny_model_dir):
     from tunesmith.chat import run_rendering
-    from tunesmith.errors import TunesmithError
     from tunesmith.models import load_model, load_tokenizer
 
     recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4),
@@ -362,3 +361,23 @@ def test_chat_takes_an_adapter_folder_on_the_base_it_names(tiny_model_dir, tmp_p
     assert tokenizer is not None
     with pytest.raises(TunesmithError, match="is an adapter folder itself"):
         load_chat_model(str(folder), adapter=folder, device="cpu")
+
+
+def test_a_prompts_file_may_mix_rows_with_and_without_answers(tmp_path):
+    """compare's help says answers are optional, but one prompt-only row among answered rows refused the file."""
+    from tunesmith.eval.compare import load_prompts
+
+    rows = [{"messages": [{"role": "user", "content": "When? 3 June 2006."},
+                          {"role": "assistant", "content": "2006-06-03"}]},
+            {"prompt": "When? 12 Feb 2027."},
+            {"prompt": "When? 4 May 1993.", "completion": "1993-05-04"},
+            {"messages": [{"role": "user", "content": "When? 1 Jan 2000."}]}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    loaded = load_prompts(path)
+    assert [row.reference for row in loaded] == ["2006-06-03", None, "1993-05-04", None]
+    assert [row.messages[-1]["content"] for row in loaded] == ["When? 3 June 2006.", "When? 12 Feb 2027.",
+                                                               "When? 4 May 1993.", "When? 1 Jan 2000."]
+    path.write_text(json.dumps(rows[1]) + "\n" + json.dumps({"question": "?"}) + "\n", encoding="utf-8")
+    with pytest.raises(TunesmithError, match=r"mixed\.jsonl, line 2: cannot tell its shape"):
+        load_prompts(path)

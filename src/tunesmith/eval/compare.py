@@ -57,11 +57,31 @@ def load_prompts(path: Path, reference_key: str | None = None) -> list[PromptRow
     values = [r.value for r in records if isinstance(r.value, dict)]
     if values and all(is_prompt_only(value) for value in values):
         rows = [PromptRow(prompt_messages(value), None) for value in values]
+    elif any(is_prompt_only(value) for value in values):  # some rows with answers, some without: each as it is
+        rows = [prompt_row(record.value, record.where) for record in records if isinstance(record.value, dict)]
     else:
         rows = [PromptRow(row["messages"][:-1], answer_text(row["messages"][-1])) for row in load_conversations(path)]
     if reference_key is not None:
         rows = with_reference_column(rows, values, reference_key, path)
     return rows
+
+
+def prompt_row(value: dict[str, Any], where: str) -> PromptRow:
+    """One row of a file that mixes prompts with and without answers: a prompt alone is answered unscored, any
+    other shape tunesmith reads is answered up to its answer, the reference."""
+    from tunesmith.data.shapes import RowProblem, as_conversation, detect_layout, normalise_record
+
+    if is_prompt_only(value):
+        return PromptRow(prompt_messages(value), None)
+    layout = detect_layout(value)
+    try:
+        if layout is None:
+            raise RowProblem("unknown_shape", f"cannot tell its shape from keys {sorted(value)[:8]}.")
+        messages = as_conversation(normalise_record(value, layout))["messages"]
+    except RowProblem as problem:
+        raise TunesmithError(f"{where}: {problem.message}", "Give each row a prompt (and, to score it, an answer: "
+                             "completion, or messages ending with the assistant).") from None
+    return PromptRow(messages[:-1], answer_text(messages[-1]))
 
 
 def is_prompt_only(value: dict[str, Any]) -> bool:
@@ -272,8 +292,10 @@ def summary_html(results: dict[str, Any]) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants) + "</tr>"
     body = ["<tr><td>" + _e(key) + "</td>" + "".join(
         f"<td class='num'>{_e(_fmt(summary[v].get(key)))}</td>" for v in variants) + "</tr>" for key in keys]
-    note = (f"<p>{results['scored']} of {results['examples']} prompts are scored (without a reference answer, only "
-            "by metrics that judge an answer alone).</p>")
+    note = (f"<p>All {results['examples']} prompts have a reference answer and are scored.</p>"
+            if results["scored"] == results["examples"] else
+            f"<p>{results['scored']} of {results['examples']} prompts are scored (the others have no reference "
+            "answer: only metrics that judge an answer alone score them).</p>")
     return "<h2>Scores</h2><table>" + head + "\n".join(body) + "</table>" + note
 
 
@@ -328,7 +350,7 @@ def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> No
     console.print(summary)
     if not results["scored"]:
         console.print(escape(f"No prompt has a reference answer to score {', '.join(results['metrics'])} against: "
-                             "--metric json_valid, regex-free checks of your own (--metric file.py:function) score "
+                             "--metric json_valid, or a check of your own (--metric file.py:function), scores "
                              "answers alone."), highlight=False, soft_wrap=True)
 
 
