@@ -526,13 +526,14 @@ def anchored(trainer_class: type) -> type:
 
         def anchor_term(self, model: Any, draw: int, num_items_in_batch: Any, device: Any) -> Any:
             """data.replay.weight x KL(base || tuned) on the replay rows of `draw`, scaled for the step."""
-            self.base_reference.on_base_pass = getattr(self.data_collator, "count_base_pass", None)
+            counter = getattr(self, "token_counter", None)  # the TokenCounter, while training is timed
+            self.base_reference.on_base_pass = counter.count_base_pass if counter is not None else None
             batch, reference = self.base_reference.log_probs(
                 self.replay_batches, self.replay_batches.rows(draw), model,
                 self.accelerator.unwrap_model(model), device)
             kl = anchor_kl(model, batch, reference)
-            if hasattr(self.data_collator, "count_anchor"):  # the TokenCounter, while training is timed
-                self.data_collator.count_anchor(batch[2], packed_replay(model, batch))
+            if counter is not None:
+                counter.count_anchor(batch[2], packed_replay(model, batch))
             self.replay_kls.append(kl.item())
             # a step's anchor is the mean over the micro-batches that carry replay rows, whichever carry them
             carried = self.args.gradient_accumulation_steps / self.carrying_micro_batches()

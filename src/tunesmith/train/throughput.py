@@ -115,7 +115,8 @@ def count_trained_batches(trainer: Any, counter: TokenCounter) -> None:
     """Count, from now on, every batch `trainer` trains on: those its step fetches (transformers' Trainer
     `get_batch_samples`, after `train/micro_batches.py` has merged them), not those its collator builds: the data
     loader collates one batch ahead, which a run never trains on when it ends, and which a resumed run collates
-    again (counting at collation put one batch too many in a finished run's train.json, two in a resumed one's)."""
+    again (counting at collation put one batch too many in a finished run's train.json, two in a resumed one's).
+    The counter is also `trainer.token_counter`, where the replay anchor adds its passes."""
     fetch = trainer.get_batch_samples  # the class's (merging micro-batches where it does)
 
     def get_batch_samples(epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
@@ -125,6 +126,7 @@ def count_trained_batches(trainer: Any, counter: TokenCounter) -> None:
         return batches, num_items_in_batch
 
     trainer.get_batch_samples = get_batch_samples
+    trainer.token_counter = counter  # the replay anchor counts its passes here (train/replay.py)
 
 
 def sequence_prefixes(batch: dict[str, Any]) -> list[str]:
