@@ -141,3 +141,24 @@ def test_the_gate_judges_the_adapter_rollback_leaves_and_needs_rollback_to_run_w
                            capture_output=True, text=True, timeout=600)
     assert gated.returncode == 3, gated.stderr[-3000:]
     assert "NOT ENOUGH: loss" in gated.stderr or "WORSE: loss" in gated.stderr
+
+
+def test_a_stopped_runs_checkpoints_are_scored_without_finishing_it(tiny_model_dir, tmp_path, monkeypatch):
+    """`eval --checkpoints` refused a run that never finished: scoring what it saved is what such a run needs."""
+    from tests.test_resume import Crash, crash_at_step, only_run
+
+    recipe_file = make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=6)
+    recipe = load_recipe(recipe_file, ["training.max_steps=12", "training.save_steps=4", "eval.probes=false"])
+    crash_at_step(monkeypatch, 9)
+    with pytest.raises(Crash):
+        run_training(recipe, create_run(recipe, tmp_path / "runs"))
+    monkeypatch.undo()
+    run = only_run(tmp_path / "runs")
+    assert not (run.adapter_dir / "adapter_config.json").exists()
+    listed = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert [p["step"] for p in json.loads(listed.stdout)["points"]] == [0, 4, 8]
+    rolled = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints", "--rollback"],
+                            capture_output=True, text=True, timeout=300)
+    assert rolled.returncode == 2 and "has no trained model" in rolled.stderr  # rolling back needs a finished run

@@ -178,7 +178,8 @@ class Run:
                                  "compares the tuned model with the base and these baselines.")
         if any(self.checkpoints_dir.glob("checkpoint-*")):  # stopped with a checkpoint: resuming is the way on
             hint = (f"Finish it: `tunesmith train {self.recipe_file} --resume {self.path}` goes on from its last "
-                    "checkpoint; or pass a run directory whose training finished.")
+                    f"checkpoint (`tunesmith eval {self.path} --checkpoints` scores the checkpoints it has); or pass a "
+                    "run directory whose training finished.")
         else:
             hint = (f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
                     "finished.")

@@ -381,7 +381,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
                                  "is: add --rollback to gate the checkpoint it chooses, or leave out --checkpoints.",
                                  param_hint="--fail-if-worse")
     run = open_run(run_dir)
-    run.trained_artifact()
+    if not checkpoints or rollback:  # a stopped run's checkpoints can be scored; only rolling back needs an end
+        run.trained_artifact()
     if rules:
         check_rule_names(rules, any(":" in metric for metric in run.load_recipe(set_).eval.metrics))
     if checkpoints:

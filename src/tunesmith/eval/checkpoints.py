@@ -45,15 +45,20 @@ FINAL_ADAPTER = "adapter-final"
 
 
 def adapter_checkpoints(run: Run) -> list[tuple[int, Path]]:
-    """(step, folder) of each complete checkpoint holding an adapter, oldest first.
+    """(step, folder) of each complete checkpoint holding an adapter, oldest first; a run stopped before its end
+    (no adapter/ yet) has its checkpoints to score too.
 
     Raises TunesmithError for a whole-model run (its checkpoints are whole models: compare them with
     `tunesmith eval RUN --against`) and for a run with no complete checkpoint.
     """
-    if not is_adapter(run.trained_artifact()):
+    complete = complete_checkpoints(run.checkpoints_dir)  # a run stopped before its end has these alone
+    finished = (run.adapter_dir / "adapter_config.json").is_file() or (run.path / "model" / "config.json").is_file()
+    whole = (not is_adapter(run.trained_artifact()) if finished
+             else any((folder / "config.json").is_file() for folder in complete))
+    if whole:
         raise TunesmithError(f"{run.path} trained a whole model; --checkpoints compares adapter checkpoints.",
                              "Compare whole-model runs with `tunesmith eval RUN --against OTHER_RUN`.")
-    found = [(checkpoint_step(folder) or 0, folder) for folder in complete_checkpoints(run.checkpoints_dir)
+    found = [(checkpoint_step(folder) or 0, folder) for folder in complete
              if all((folder / name).is_file() for name in ADAPTER_FILES)]
     if not found:
         raise TunesmithError(f"{run.checkpoints_dir} holds no complete checkpoint with an adapter to compare.",
