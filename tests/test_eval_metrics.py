@@ -59,7 +59,14 @@ def test_regex_must_match_the_whole_answer():
 
 def test_json_valid_needs_the_whole_answer_to_parse():
     assert json_valid_score('{"a": 1}', "") == {"json_valid": 1.0}
-    assert json_valid_score("null", "") == {"json_valid": 1.0}
+    assert json_valid_score("[1, 2]", "") == {"json_valid": 1.0}
+    # Without a JSON reference a bare value is not what a JSON task asks for (a reward paying it is easily gamed).
+    assert [json_valid_score(text, "")["json_valid"] for text in ("null", "0", '"no"', "true")] == [0.0] * 4
+    # With one, the answer must be JSON of the reference's kind.
+    assert json_valid_score("42", "7") == {"json_valid": 1.0}
+    assert json_valid_score('{"a": 1}', "[1]") == {"json_valid": 0.0}
+    assert json_valid_score("1", "true") == {"json_valid": 0.0}
+    assert json_valid_score("null", "null") == {"json_valid": 1.0}
     assert json_valid_score('Sure: {"a": 1}', "") == {"json_valid": 0.0}
     assert json_valid_score('{"a": 1', "") == {"json_valid": 0.0}
 

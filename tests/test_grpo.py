@@ -63,7 +63,7 @@ def test_regex_rewards_a_whole_match():
 
 
 def test_json_valid_rewards_parseable_json():
-    assert score({"name": "json_valid"}, ['{"a": 1}', "[1, 2]", "{a: 1}", "sure!"]) == [1, 1, 0, 0]
+    assert score({"name": "json_valid"}, ['{"a": 1}', "[1, 2]", "{a: 1}", "sure!", "0"]) == [1, 1, 0, 0, 0]
 
 
 def test_json_schema_rewards_only_valid_objects(tmp_path):

@@ -83,8 +83,26 @@ def contains_score(prediction: str, reference: str) -> dict[str, Any]:
 
 
 def json_valid_score(prediction: str, reference: str) -> dict[str, Any]:
-    """The whole answer parses as JSON: stricter than json_fields, which digs an object out of prose."""
-    return {"json_valid": float(parse_json_strict(prediction) is not _INVALID)}
+    """The whole answer parses as JSON of the kind asked for: stricter than json_fields, which digs an object out
+    of prose.
+
+    The kind asked for is the reference's (object, array, string, number, boolean or null) when the reference is
+    JSON, else an object or an array: RFC 8259 makes `0` and `"no"` JSON documents too, but a task that wants JSON
+    wants a structure, and a GRPO reward that paid a bare `0` would teach the model to answer `0`.
+    """
+    value, expected = parse_json_strict(prediction), parse_json_strict(reference)
+    if value is _INVALID:
+        return {"json_valid": 0.0}
+    wanted = {json_kind(expected)} if expected is not _INVALID else {"object", "array"}
+    return {"json_valid": float(json_kind(value) in wanted)}
+
+
+def json_kind(value: Any) -> str:
+    """A parsed JSON value's type as RFC 8259 names it (object, array, string, number, boolean, null)."""
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = {dict: "object", list: "array", str: "string", int: "number", float: "number", type(None): "null"}
+    return kinds[type(value)]
 
 
 def label_accuracy_score(prediction: str, reference: str) -> dict[str, Any]:
