@@ -18,6 +18,7 @@ from tunesmith.sweep import (
     parse_grid,
     run_sweep,
     table_cells,
+    time_left,
     validate_combinations,
 )
 
@@ -137,6 +138,19 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     both = plot_sweep(rows, tmp_path / "both.png")
     task_only = plot_sweep([row("lr=1e-4", 0.5, None, None), row("lr=1e-3", 0.7, None, None)], tmp_path / "one.png")
     assert png_width(both) > 1.8 * png_width(task_only)  # a second panel: the probes beside the task score
+    failed = {"combination": "lr=1e-2", "status": "failed", "error": "boom", "wall_time_s": 1.0}
+    holes = [failed | {"combination": f"lr={n}"} for n in (1, 2, 3, 4)]
+    with_hole = plot_sweep([row("lr=1e-4", 0.5, None, None), *holes, row("lr=1e-3", 0.7, None, None)],
+                           tmp_path / "hole.png")
+    assert png_width(with_hole) > png_width(task_only)  # the failed combinations keep their slots
+    assert plot_sweep([failed], tmp_path / "none.png") is None  # nothing to draw
+
+
+def test_the_time_left_is_said_at_the_pace_so_far():
+    rows = [{"wall_time_s": 100.0}, {"wall_time_s": 140.0}]
+    assert time_left(rows, 5) == "; about 10 min left for 5 more"
+    assert time_left(rows[:1], 0) == "" and time_left([{"wall_time_s": 80.0}], 1) == "; about 80 s left for 1 more"
+    assert time_left(rows, 0) == ""
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +237,7 @@ def test_sweep_has_one_run_per_combination_named_after_it(finished_sweep):
     for name in ("targets=qv", "targets=all-linear"):
         assert (sweep_dir / name / "adapter" / "adapter_model.safetensors").is_file()
     assert "[1/2] targets=qv" in result.stderr and "[2/2] targets=all-linear" in result.stderr
+    assert "left for 1 more" in result.stderr  # said after the first of two
     assert not list(sweep_dir.rglob(".*.tmp")) and not list(sweep_dir.glob(".staging-*"))
 
 

@@ -68,10 +68,6 @@ class Combination:
     name: str
     overrides: tuple[str, ...]
 
-    @property
-    def label(self) -> str:
-        return self.name.replace(",", " ")
-
 
 def parse_grid(text: str) -> GridAxis:
     """`adapter.targets=qv,qkvo` -> GridAxis; commas inside brackets or quotes belong to one value."""
@@ -164,10 +160,10 @@ def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combi
             if isinstance(getattr(recipe.adapter, "targets", None), list):
                 check_targets_exist(recipe.adapter, model_architecture(recipe, architectures), recipe.model.source)
         except RecipeError as exc:
-            raise RecipeError(f"Combination {combo.label}: {exc.message}", exc.hint) from None
+            raise RecipeError(f"Combination {combo.name}: {exc.message}", exc.hint) from None
         resolved = recipe_to_yaml(recipe)
         if resolved in seen:  # 1e-3 and 0.001 are one learning rate: the run would be done twice
-            raise RecipeError(f"Combinations {seen[resolved].label} and {combo.label} are the same recipe once their "
+            raise RecipeError(f"Combinations {seen[resolved].name} and {combo.name} are the same recipe once their "
                               "values are read (e.g. 1e-3 and 0.001): the sweep would train it twice.",
                               "Give each --grid value once.")
         seen[resolved] = combo
@@ -212,9 +208,9 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
     header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
     rows: list[dict[str, Any]] = []
     for index, combo in enumerate(combos, start=1):
-        report(f"[{index}/{len(combos)}] {combo.label}")
+        report(f"[{index}/{len(combos)}] {combo.name}")
         rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate))
-        report(f"      {outcome_line(rows[-1])}")
+        report(f"      {outcome_line(rows[-1])}{time_left(rows, len(combos) - index)}")
         write_sweep_table(sweep_dir, header, rows)  # after each run: a crash mid-sweep keeps what finished
         if rows[-1]["status"] == "stopped":
             plot_sweep(rows, sweep_dir / "sweep.png")
@@ -373,6 +369,18 @@ def outcome_line(row: dict[str, Any]) -> str:
     return f"done in {row['wall_time_s']}s: train loss {format_cell(row['final_train_loss'], '{:.4f}')}{metric}"
 
 
+def time_left(rows: list[dict[str, Any]], remaining: int) -> str:
+    """`; about 12 min left for 3 more` at the mean pace of the combinations that ran: said after each one, so that a
+    long grid can be stopped (Ctrl-C) early rather than found unfinished. The first combination also loads what the
+    others find cached, so the estimate errs long."""
+    if not remaining:
+        return ""
+    mean_s = sum(row["wall_time_s"] for row in rows) / len(rows)
+    left = mean_s * remaining
+    when = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+    return f"; about {when} left for {remaining} more"
+
+
 def table_metric(rows: list[dict[str, Any]]) -> str | None:
     """The metric the table's task column shows: the one most runs reported."""
     names = [row["metric"] for row in rows if row.get("metric")]
@@ -429,8 +437,9 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
     rewarded = any(row.get("final_reward") is not None for row in rows)
     key, label = (("metric_value", metric) if metric else ("final_reward", "final reward") if rewarded
                   else ("final_train_loss", "final train loss"))
-    shown = [row for row in rows if row.get(key) is not None and (not metric or row.get("metric") == metric)]
-    if not shown:
+    shown = [row for row in rows if (row.get(key) is not None and (not metric or row.get("metric") == metric))
+             or row["status"] in ("failed", "stopped")]  # an empty slot saying so: a grid with a hole shows the hole
+    if not any(row.get(key) is not None for row in shown):
         return None
     panels = [(key, label, "metric_base" if metric else None, "tab:blue")]
     if any(row.get("probe_accuracy") is not None for row in shown):
@@ -446,12 +455,14 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 def plot_sweep_panel(ax: Any, rows: list[dict[str, Any]], key: str, label: str, base_key: str | None,
                      color: str) -> None:
-    """One bar per combination of `key` (a missing value is an empty slot), the base's `base_key` dashed; a probes
-    bar whose run the regression check flagged is red."""
+    """One bar per combination of `key` (a missing value is an empty slot, named `failed` or `stopped` where the
+    combination did not finish), the base's `base_key` dashed; a probes bar whose run the regression check flagged
+    is red."""
     values = [row.get(key) for row in rows]
     colors = [("tab:red" if row.get("regression") else color) if key == "probe_accuracy" else color for row in rows]
     bars = ax.bar(range(len(rows)), [value if value is not None else 0 for value in values], color=colors)
-    ax.bar_label(bars, labels=["—" if value is None else f"{value:.3f}" for value in values])  # 0 has no bar
+    ax.bar_label(bars, labels=[(row["status"] if row["status"] in ("failed", "stopped") else "—") if value is None
+                               else f"{value:.3f}" for row, value in zip(rows, values, strict=True)])  # 0: no bar
     ax.set_xticks(range(len(rows)), [row["combination"] for row in rows], rotation=30, ha="right")
     bases = [row[base_key] for row in rows if base_key and row.get(base_key) is not None]
     if bases and max(bases) - min(bases) < 1e-9:  # one base, one held-out set: the line every bar is measured from
