@@ -22,24 +22,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tunesmith.data.template import assistant_spans, render
+from tunesmith.data.template import (
+    ANSWER_PROBE,
+    PROBE_TOOL_TURNS,
+    PROBE_TOOLS,
+    PROBE_TWO_EXCHANGES,
+    TOOL_NAME,
+    TOOL_VALUE,
+    USER_PROBE,
+    assistant_spans,
+    render,
+    training_variant,
+)
 from tunesmith.errors import DataError
 
 SYSTEM_PROBE = "tunesmith-system-probe-7431"
-USER_PROBE = "tunesmith user probe"
-ANSWER_PROBE = "tunesmith answer probe"
-TOOL_NAME = "tunesmith_probe_tool"
-TOOL_VALUE = "probe-value-5519"
-PROBE_TOOLS = [{"type": "function", "function": {
-    "name": TOOL_NAME, "description": "A probe.",
-    "parameters": {"type": "object", "properties": {"probe_arg": {"type": "string"}}}}}]
-PROBE_TOOL_TURNS = [
-    {"role": "user", "content": USER_PROBE},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
-        "name": TOOL_NAME, "arguments": {"probe_arg": TOOL_VALUE}}}]},
-    {"role": "tool", "tool_call_id": "c1", "content": "{\"ok\": true}"},
-    {"role": "assistant", "content": ANSWER_PROBE},
-]
 
 
 class TemplateContract(BaseModel):
@@ -51,6 +48,10 @@ class TemplateContract(BaseModel):
     assistant_turns: Literal["identifiable", "not_prefix_stable"]
     tools: Literal["supported", "unsupported"]
     template_error: str | None = None
+    # the training variant rows are rendered with in place of the model's own (data.template.training_template)
+    training_template: str | None = None
+    # where the generation prompt and the trained conversation part: (the prompt's text, the trained text) from there
+    prompt_parts_at: tuple[str, str] | None = None
 
 
 @dataclass
@@ -59,6 +60,7 @@ class DataNeeds:
 
     system_turns: int = 0  # rows with a system turn
     tool_rows: int = 0  # rows with tools, tool calls or tool results
+    multi_answer_rows: int = 0  # conversations with more than one assistant turn (a tool call is one)
 
 
 def probe_template(tokenizer: Any) -> TemplateContract:
@@ -81,13 +83,25 @@ def probe_template(tokenizer: Any) -> TemplateContract:
     stops = stop_token_ids(tokenizer)  # the tokenizer's EOS and the generation config's (Llama-3, Gemma)
     answer_ids = tokenizer(through[start:], add_special_tokens=False)["input_ids"]
     stable = prefix_stable(tokenizer) if prompt_found != "differs" else renders_prefix_stable(tokenizer)
+    variant = training_variant(tokenizer)
     return TemplateContract(
         system_role=system_role(tokenizer),
         generation_prompt=prompt_found,
         eos_after_assistant=any(token in stops for token in answer_ids),
         assistant_turns="identifiable" if stable else "not_prefix_stable",
         tools="supported" if renders_tool_calls(tokenizer) else "unsupported",
+        training_template=variant and variant[1],
+        prompt_parts_at=parting(prompt, through) if prompt_found == "differs" else None,
     )
+
+
+def parting(prompt: str, through: str) -> tuple[str, str]:
+    """The generation prompt's text and the trained conversation's from the first character where they differ (at
+    most 40 characters of each, with the 20 before it): what a user compares to see why they do not match."""
+    at = next((i for i, (a, b) in enumerate(zip(prompt, through, strict=False)) if a != b),
+              min(len(prompt), len(through)))
+    start = max(0, at - 20)
+    return prompt[start:at + 40], through[start:at + 40]
 
 
 def generation_prompt(prompt: str, plain: str, through: str) -> Literal["matches", "missing", "differs"]:
@@ -108,11 +122,6 @@ def system_role(tokenizer: Any) -> Literal["supported", "dropped", "refused"]:
     except Exception:  # templates raise anything (jinja's raise_exception) on roles they reject
         return "refused"
     return "supported" if SYSTEM_PROBE in text else "dropped"
-
-
-PROBE_TWO_EXCHANGES = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE},
-                       {"role": "user", "content": USER_PROBE + " again"},
-                       {"role": "assistant", "content": ANSWER_PROBE + " 2"}]
 
 
 def prefix_stable(tokenizer: Any) -> bool:
@@ -153,6 +162,7 @@ def data_needs(rows: list[dict[str, Any]]) -> DataNeeds:
         needs.system_turns += any(turn.get("role") == "system" for turn in turns)
         needs.tool_rows += bool(row.get("tools")) or any(
             turn.get("role") == "tool" or turn.get("tool_calls") for turn in turns)
+        needs.multi_answer_rows += sum(turn.get("role") == "assistant" for turn in row.get("messages") or []) > 1
     return needs
 
 
@@ -182,6 +192,13 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
                         f"the rendered text, and {needs.tool_rows} row(s) use tools (their tool-calling answers would "
                         "train as empty answers). Set data.tool_format: hermes to write tool calls as <tool_call> "
                         "JSON blocks in the answer text, or use a model whose template supports tools.")
+    if contract.training_template and needs.multi_answer_rows:
+        warnings.append(f"The chat template of {model} renders an earlier answer differently once later turns follow "
+                        f"(it is not prefix-stable), and {needs.multi_answer_rows} row(s) have several answers (a tool "
+                        f"call is one): they are rendered with {contract.training_template}, TRL's "
+                        "training variant of it (every answer rendered as the last one is; the generation prompt is "
+                        "the model's own). At inference the model's own template shows earlier answers as it "
+                        "renders them.")
     if contract.assistant_turns != "identifiable":
         problems.append(f"The chat template of {model} is not prefix-stable: rendering the first turns does not give "
                         "a prefix of the whole conversation, so the loss mask cannot find the assistant turns. Use a "
@@ -190,9 +207,13 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
         warnings.append(f"The chat template of {model} adds nothing for add_generation_prompt: at inference the model "
                         "is prompted without the assistant header that precedes every trained answer.")
     elif contract.generation_prompt == "differs":
+        shown = ("" if not contract.prompt_parts_at else " (it prompts with {!r} where training renders {!r})".format(
+            *contract.prompt_parts_at))
         problems.append(f"The chat template of {model} renders a generation prompt that is not a prefix of the trained "
-                        "answer: the model would be prompted at inference with text it never saw before its answers. "
-                        "Fix the template's add_generation_prompt branch.")
+                        f"answer{shown}: the model would be prompted at inference with text it never saw before its "
+                        "answers. Reasoning models' templates do this when they open a <think> block for inference but "
+                        "strip reasoning from the answers they render. Fix the template's add_generation_prompt branch "
+                        "(the model folder's chat_template.jinja), or use the model's non-reasoning variant.")
     if not contract.eos_after_assistant:
         warnings.append(f"The chat template of {model} ends an assistant turn with no token generation stops at "
                         "(the tokenizer's eos_token, or an eos_token_id of generation_config.json); the model will not "

@@ -9,11 +9,14 @@ the pad token: with `pad == eos` (SmolLM2), id-based masking would also hide the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError
@@ -135,10 +138,115 @@ def split_tool_calls(text: str, names: frozenset[str]) -> tuple[str | None, list
 
 def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
            tools: list[dict[str, Any]] | None = None) -> str:
-    """The chat template's text for `messages` (and the row's tool schemas, when it has any)."""
-    extra = {"tools": tools} if tools else {}
+    """The chat template's text for `messages` (and the row's tool schemas, when it has any): the model's own
+    template, or the training variant of it that `training_template` names."""
+    return render_with(tokenizer, training_template(tokenizer), messages, generation_prompt, tools)
+
+
+def render_with(tokenizer: Any, template: str | None, messages: Messages, generation_prompt: bool = False,
+                tools: list[dict[str, Any]] | None = None) -> str:
+    """`messages` through `template` (None: the tokenizer's own chat template)."""
+    extra: dict[str, Any] = {"tools": tools} if tools else {}
+    if template is not None:
+        extra["chat_template"] = template
     return tokenizer.apply_chat_template(template_messages(messages), tokenize=False,
                                          add_generation_prompt=generation_prompt, **extra)
+
+
+# Probe conversations: two exchanges, and a tool call with its result and the answer after it.
+USER_PROBE = "tunesmith user probe"
+ANSWER_PROBE = "tunesmith answer probe"
+TOOL_NAME = "tunesmith_probe_tool"
+TOOL_VALUE = "probe-value-5519"
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": TOOL_NAME, "description": "A probe.",
+    "parameters": {"type": "object", "properties": {"probe_arg": {"type": "string"}}}}}]
+PROBE_TOOL_TURNS = [
+    {"role": "user", "content": USER_PROBE},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+        "name": TOOL_NAME, "arguments": {"probe_arg": TOOL_VALUE}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "{\"ok\": true}"},
+    {"role": "assistant", "content": ANSWER_PROBE},
+]
+PROBE_TWO_EXCHANGES = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE},
+                       {"role": "user", "content": USER_PROBE + " again"},
+                       {"role": "assistant", "content": ANSWER_PROBE + " 2"}]
+
+_TRAINING_VARIANTS: dict[str, tuple[str, str] | None] = {}  # the model's template -> (variant, its name) or None
+
+
+def training_template(tokenizer: Any) -> str | None:
+    """The template rows are rendered with in place of the model's own, or None (the model's own).
+
+    A template that renders an earlier answer one way while it is the last turn and another once more turns follow
+    (Qwen3's drops the `<think>` block from answers before the last question; gpt-oss, Qwen3.5 alike) is not
+    prefix-stable, so the loss mask cannot find the earlier answers of a conversation or of a tool exchange. For the
+    templates TRL ships a training variant of (`trl.chat_template_utils.get_training_chat_template`: every answer
+    rendered as the last one is, the generation prompt unchanged), that variant renders the rows; for any other, the
+    model's own stays and the template contract refuses the rows it cannot mask. The variant is used only where it
+    is prefix-stable and prompts an answer exactly as the model's own template does (what the model is served with).
+    """
+    found = training_variant(tokenizer)
+    return found[0] if found else None
+
+
+def training_variant(tokenizer: Any) -> tuple[str, str] | None:
+    """(template, file name) of the variant `training_template` uses, or None; computed once per template."""
+    own = getattr(tokenizer, "chat_template", None)
+    if not isinstance(own, str):  # no template, or named variants (a dict): rendered as the tokenizer does
+        return None
+    if own not in _TRAINING_VARIANTS:
+        _TRAINING_VARIANTS[own] = None if keeps_earlier_turns(tokenizer, None) else trl_training_variant(tokenizer)
+    return _TRAINING_VARIANTS[own]
+
+
+def keeps_earlier_turns(tokenizer: Any, template: str | None) -> bool:
+    """Rendering the first exchange is a prefix of rendering the whole, for two exchanges and for a tool exchange
+    (a template that fails on tools is judged on the exchanges alone: whether it expresses tools is the contract's
+    question)."""
+    def stable(turns: Messages, tools: list[dict[str, Any]] | None) -> bool:
+        whole = render_with(tokenizer, template, turns, tools=tools)
+        return whole.startswith(render_with(tokenizer, template, turns[:2], tools=tools))
+
+    try:
+        if not stable(PROBE_TWO_EXCHANGES, None):
+            return False
+    except Exception:  # a template raises anything (jinja's raise_exception) on what it does not take
+        return True  # nothing a variant could mend: the contract reports the template's failure
+    try:
+        return stable(PROBE_TOOL_TURNS, PROBE_TOOLS)
+    except Exception:  # tools refused: the contract says so, with data.tool_format's fallback
+        return True
+
+
+def trl_training_variant(tokenizer: Any) -> tuple[str, str] | None:
+    """TRL's training variant of the tokenizer's template, where TRL ships one that is prefix-stable and whose
+    generation prompt is the model's own template's; None otherwise."""
+    try:
+        from trl.chat_template_utils import get_training_chat_template
+
+        variant = get_training_chat_template(tokenizer)
+    except Exception:  # ValueError: TRL has no variant of this template; anything a template raises while probed
+        return None
+    if variant is None or not keeps_earlier_turns(tokenizer, variant):
+        return None
+    question = PROBE_TWO_EXCHANGES[:1]
+    try:
+        same_prompt = (render_with(tokenizer, None, question, generation_prompt=True)
+                       == render_with(tokenizer, variant, question, generation_prompt=True))
+    except Exception:  # the variant fails where the original did not: not a variant to train with
+        return None
+    return (variant, trl_template_name(variant)) if same_prompt else None
+
+
+def trl_template_name(variant: str) -> str:
+    """The file in TRL's chat_templates folder that holds `variant` (what the contract and data.json name)."""
+    import trl
+
+    folder = Path(trl.__file__).parent / "chat_templates"
+    names = [path.name for path in sorted(folder.glob("*_training.jinja"))
+             if path.read_text(encoding="utf-8") == variant]
+    return f"trl/chat_templates/{names[0]}" if names else "TRL's training variant"
 
 
 def is_open(messages: Messages) -> bool:
@@ -157,7 +265,9 @@ def assistant_spans(tokenizer: Any, messages: Messages,
     """The rendered conversation and the character spans of each assistant turn (with its end tokens).
 
     Relies on the template being prefix-stable: rendering the first k turns must be a prefix of
-    rendering all of them. Templates that rewrite earlier turns are reported, not guessed at.
+    rendering all of them, but for what a template writes only where a conversation ends (`closed_length`: Phi-3's
+    eos_token, gpt-oss's `<|return|>`), which an earlier answer's span leaves out. Templates that rewrite earlier
+    turns are reported, not guessed at.
     """
     full = render(tokenizer, messages, tools=tools)
     spans = []
@@ -166,10 +276,28 @@ def assistant_spans(tokenizer: Any, messages: Messages,
             continue
         before = render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
         through = render(tokenizer, messages[: index + 1], tools=tools)
-        if not (full.startswith(through) and through.startswith(before)):
+        end = len(through) if full.startswith(through) else closed_length(tokenizer, through, full, len(before))
+        if end is None or not through.startswith(before):
             raise unlocatable_answer(tokenizer, messages[:index], through, full.startswith(through), tools)
-        spans.append((len(before), len(through)))
+        spans.append((len(before), end))
     return full, spans
+
+
+MAX_CLOSING_CHARS = 40  # the longest text a template writes only after a conversation's last turn
+
+
+def closed_length(tokenizer: Any, through: str, full: str, answer_start: int) -> int | None:
+    """Where an earlier answer ends in `full`, when `through` (the conversation rendered up to it) differs from `full`
+    only in a closing the template writes after the last turn alone (Phi-3's eos_token, gpt-oss's `<|return|>` where
+    earlier answers end `<|end|>`): `through` less its shortest suffix that `full` also ends with and whose removal
+    leaves a prefix of `full` past the answer's start, moved back to the start of the token it would split (`<|` is
+    shared by `<|return|>` and `<|end|>`). None when no such closing explains the difference."""
+    for cut in range(1, min(MAX_CLOSING_CHARS, len(through) - answer_start - 1) + 1):
+        if full.endswith(through[-cut:]) and full.startswith(through[:-cut]):
+            end = len(through) - cut
+            offsets = tokenizer(through, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return next((start for start, stop in offsets if start < end < stop and start > answer_start), end)
+    return None
 
 
 class AnswerNotLocatable(DataError):
@@ -222,10 +350,13 @@ def encode_sequence(tokenizer: Any, sequence: Messages | str, max_length: int,
         ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
         labels = list(ids)
     elif is_open(sequence):
-        ids = tokenizer(render_sequence(tokenizer, sequence, tools), add_special_tokens=False)["input_ids"]
+        with template_errors_named(sequence):
+            rendered = render_sequence(tokenizer, sequence, tools)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return EncodedSequence(ids[:max_length], [IGNORE_INDEX] * min(len(ids), max_length), len(ids), 0, True)
     else:
-        text, spans = assistant_spans(tokenizer, sequence, tools)
+        with template_errors_named(sequence):
+            text, spans = assistant_spans(tokenizer, sequence, tools)
         check_tool_calls_rendered(text, spans, sequence)
         assistants = [message for message in sequence if message["role"] == "assistant"]
         trained = [span for span, message in zip(spans, assistants, strict=True) if message.get("weight", 1) != 0]
@@ -235,6 +366,24 @@ def encode_sequence(tokenizer: Any, sequence: Messages | str, max_length: int,
                   for token, (begin, _) in zip(ids, offsets, strict=True)]
     cut = sum(label != IGNORE_INDEX for label in labels[max_length:])
     return EncodedSequence(ids[:max_length], labels[:max_length], len(ids), cut)
+
+
+@contextlib.contextmanager
+def template_errors_named(messages: Messages) -> Iterator[None]:
+    """A chat template's own failure on a row (jinja's raise_exception, a tool without the `description` the template
+    writes out, a role it rejects) as a DataError that shows the row: the template contract's probes pass on
+    well-formed turns, so a row can still lack what a template reads."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as exc:  # a template raises anything
+        first = next((m.get("content") for m in messages if m.get("role") == "user"), None) or messages[0]
+        raise DataError(f"The chat template fails on the row whose first question is {str(first)[:80]!r}: "
+                        f"{type(exc).__name__}: {exc}",
+                        "The template reads something this row lacks (each tool's description and parameters, a "
+                        "tool call's id or arguments) or rejects a role in it: complete the row, or see how rows "
+                        "render with `tunesmith data preview RECIPE`.") from None
 
 
 def render_with_loss_mask(tokenizer: Any, messages: Messages, max_length: int,
@@ -295,9 +444,11 @@ def encode_completion(tokenizer: Any, prompt: str | Messages, completion: str | 
         full_ids = tokenizer(prompt + answer + ("" if answer.endswith(eos) else eos))["input_ids"]
     else:
         turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
-        prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True, tools=tools),
+        # the model's own template, as TRL renders it (prompt, then prompt + answer: no prefix stability needed)
+        prompt_ids = tokenizer(render_with(tokenizer, None, prompt, generation_prompt=True, tools=tools),
                                add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(render(tokenizer, prompt + turns, tools=tools), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render_with(tokenizer, None, prompt + turns, tools=tools),
+                             add_special_tokens=False)["input_ids"]
     start = common_prefix_length(prompt_ids, full_ids)
     labels = [IGNORE_INDEX] * start + full_ids[start:]
     cut = sum(label != IGNORE_INDEX for label in labels[max_length:])

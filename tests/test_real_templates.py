@@ -1,0 +1,126 @@
+"""Real chat templates, as the models ship them: TRL bundles copies of ~40 (trl/chat_templates/*.jinja, with training
+variants of those that are not prefix-stable). Every text template there either trains a multi-turn, a system and a
+tool-calling conversation exactly right (each answer trained, nothing else, prompted at inference as it was trained)
+or is refused before training with the fix; none trains wrong without a word.
+
+The tokenizer is the tests' tiny one: the templates' own special tokens read as text, which changes no rendering.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trl
+from transformers import AutoTokenizer
+
+from tests.test_input_contract import SYSTEM_ROW, TOOL_ROW, loss_text
+from tunesmith.data.contract import check_template_contract, probe_template
+from tunesmith.data.template import IGNORE_INDEX, encode_sequence, training_template
+from tunesmith.errors import DataError
+
+TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+# Templates of vision models: their content is a list of image and text blocks, not text.
+VISION = ("idefics3", "llava_next", "smolvlm", "qwen2_5_vl", "qwen3_vl", "lfm2_2_5_vl")
+MODEL_TEMPLATES = sorted(path.stem for path in TEMPLATES.glob("*.jinja")
+                         if not path.stem.endswith("_training") and path.stem not in VISION)
+MULTI_TURN_ROW = {"messages": [
+    {"role": "user", "content": "Price of the red mug?"},
+    {"role": "assistant", "content": "The red mug is 12 euros."},
+    {"role": "user", "content": "And two of them?"},
+    {"role": "assistant", "content": "Two red mugs are 24 euros."}]}
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def answers_trained_alone(tokenizer, row) -> None:
+    """Each answer's text is in the trained tokens; no user turn's text and no tool result is."""
+    trained = loss_text(tokenizer, encode_sequence(tokenizer, row["messages"], 2048, row.get("tools")))
+    for message in row["messages"]:
+        if message["role"] == "assistant" and message["content"]:
+            assert message["content"] in trained
+        elif message["role"] in ("user", "tool", "system"):
+            assert message["content"] not in trained
+
+
+def prompted_as_trained(tokenizer, row) -> None:
+    """The model's OWN template's generation prompt (what llama.cpp, Ollama and transformers serve it with) is the
+    text training put before the answer, token for token."""
+    encoded = encode_sequence(tokenizer, row["messages"], 2048, row.get("tools"))
+    first_trained = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+    prompt = tokenizer.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(encoded.input_ids[:first_trained]) == prompt
+
+
+@pytest.mark.parametrize("name", MODEL_TEMPLATES)
+def test_a_real_template_trains_every_answer_right_or_is_refused(tokenizer, name):
+    """Row by row: the contract's refusal, or an encoding error that shows the row (both before any weights load),
+    or every answer trained and nothing else."""
+    tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+    trained = []
+    for row in (MULTI_TURN_ROW, SYSTEM_ROW, TOOL_ROW):
+        try:
+            check_template_contract(tokenizer, [row], name)
+            encode_sequence(tokenizer, row["messages"], 2048, row.get("tools"))
+        except DataError as refused:
+            assert "chat template" in refused.message and refused.message.count("\n") < 12
+            continue
+        answers_trained_alone(tokenizer, row)
+        trained.append(row)
+    if MULTI_TURN_ROW in trained:
+        prompted_as_trained(tokenizer, MULTI_TURN_ROW)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_5_think", "qwen3_5_nothink", "qwen3_6"])
+def test_qwen3_templates_train_multi_turn_and_tool_rows_through_trls_training_variant(tokenizer, name):
+    """Qwen3's template drops the <think> block from answers before the last question, so a conversation's first
+    answer renders one way alone and another once a question follows: tunesmith refused every multi-turn and tool row
+    of the most used open models. They now render through TRL's training variant, and say so."""
+    tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+    probe = probe_template(tokenizer)
+    assert probe.training_template == f"trl/chat_templates/{name}_training.jinja"
+    assert (probe.assistant_turns, probe.tools) == ("identifiable", "supported")
+    assert training_template(tokenizer) == (TEMPLATES / f"{name}_training.jinja").read_text(encoding="utf-8")
+    record = check_template_contract(tokenizer, [MULTI_TURN_ROW, TOOL_ROW], "Qwen/Qwen3-0.6B")
+    assert any("qwen" in warning and "not prefix-stable" in warning for warning in record["warnings"])
+    for row in (MULTI_TURN_ROW, TOOL_ROW):
+        answers_trained_alone(tokenizer, row)
+    prompted_as_trained(tokenizer, MULTI_TURN_ROW)
+    single = {"messages": MULTI_TURN_ROW["messages"][:2]}  # one answer per row renders alike: nothing to say
+    warnings = check_template_contract(tokenizer, [single], "Qwen/Qwen3-0.6B")["warnings"]
+    assert all("not prefix-stable" not in warning for warning in warnings)
+
+
+def test_a_prefix_stable_template_is_rendered_as_the_model_ships_it(tokenizer):
+    """TRL's variants of templates that were already prefix-stable (Qwen2.5, Llama 3) only add loss-mask markers:
+    tunesmith keeps the model's own."""
+    for name in ("qwen2_5", "llama3_1"):
+        tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+        assert training_template(tokenizer) is None and probe_template(tokenizer).training_template is None
+
+
+@pytest.mark.parametrize("name", ["phi3", "phi3_5", "gptoss"])
+def test_a_template_that_closes_only_the_last_turn_trains_every_answer(tokenizer, name):
+    """Phi-3 writes eos_token after a finished conversation's last turn only, gpt-oss ends the last answer with
+    <|return|> and earlier ones with <|end|>: not prefix-stable as such, but every answer is found once that closing
+    is allowed for, and the last answer trains with it (the token that stops generation)."""
+    tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+    assert probe_template(tokenizer).assistant_turns == "identifiable"
+    check_template_contract(tokenizer, [MULTI_TURN_ROW], name)
+    answers_trained_alone(tokenizer, MULTI_TURN_ROW)
+    encoded = encode_sequence(tokenizer, MULTI_TURN_ROW["messages"], 2048)
+    closing = "<|return|>" if name == "gptoss" else tokenizer.eos_token
+    assert loss_text(tokenizer, encoded).endswith(closing)
+    prompted_as_trained(tokenizer, MULTI_TURN_ROW)
+
+
+@pytest.mark.parametrize("name", ["deepseek_r1_distill", "nemotron_3_nano"])
+def test_a_reasoning_template_that_prompts_a_think_block_it_never_trains_is_refused_showing_both(tokenizer, name):
+    tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+    with pytest.raises(DataError) as refused:
+        check_template_contract(tokenizer, [MULTI_TURN_ROW], name)
+    assert "generation prompt that is not a prefix" in refused.value.message
+    assert "<think>\\n'" in refused.value.message and "where training renders" in refused.value.message
