@@ -15,6 +15,7 @@ import trl
 from transformers import AutoTokenizer
 
 from tests.test_input_contract import SYSTEM_ROW, TOOL_ROW, loss_text
+from tunesmith.card import template_lines
 from tunesmith.data.contract import check_template_contract, probe_template
 from tunesmith.data.template import IGNORE_INDEX, encode_sequence, training_template
 from tunesmith.errors import DataError
@@ -86,6 +87,8 @@ def test_qwen3_templates_train_multi_turn_and_tool_rows_through_trls_training_va
     assert training_template(tokenizer) == (TEMPLATES / f"{name}_training.jinja").read_text(encoding="utf-8")
     record = check_template_contract(tokenizer, [MULTI_TURN_ROW, TOOL_ROW], "Qwen/Qwen3-0.6B")
     assert any("qwen" in warning and "not prefix-stable" in warning for warning in record["warnings"])
+    assert any(f"rendered for training with trl/chat_templates/{name}_training.jinja" in line
+               for line in template_lines(record))  # the model card says it
     for row in (MULTI_TURN_ROW, TOOL_ROW):
         answers_trained_alone(tokenizer, row)
     prompted_as_trained(tokenizer, MULTI_TURN_ROW)

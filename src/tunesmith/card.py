@@ -129,6 +129,9 @@ def template_lines(contract: dict[str, Any] | None) -> list[str]:
              f"- system role: {contract['system_role']}; generation prompt: {contract['generation_prompt']}; "
              f"EOS after answers: {'yes' if contract['eos_after_assistant'] else 'no'}; assistant turns: "
              f"{contract['assistant_turns']}; tools: {contract['tools']}"]
+    if contract.get("training_template"):  # data.template.training_template: not the model's own rendering
+        lines.append(f"- conversations rendered for training with {contract['training_template']} (the model's own "
+                     "template is not prefix-stable); served with the model's own")
     lines += [f"- warning: {warning}" for warning in contract.get("warnings", [])]
     return [*lines, ""]
 
