@@ -184,6 +184,22 @@ def test_eval_scores_base_and_tuned_by_likelihood(trained):
     assert accuracy["ci95"][0] <= accuracy["delta"] <= accuracy["ci95"][1]
     margin = results["comparison"]["mean_margin"]
     assert margin["wins"] + margin["losses"] + margin["ties"] == 16 and margin["delta"] > 0
+    # DPO's implicit reward accuracy with the base as reference: the pairs whose margin the tuned model widened
+    assert results["tuned"]["reward_accuracy"] == pytest.approx(margin["wins"] / 16, abs=1e-4)
+    assert "reward_accuracy" not in results["base"]
+
+
+def test_preference_accuracy_is_per_token_so_a_longer_chosen_answer_can_win():
+    """A chosen answer of 30 likely tokens against a rejected one of 2 unlikely ones: summed, the short one wins
+    under every model (the accuracy read 0 before and after training on a newcomer's data); per token, the chosen
+    answer is the more likely."""
+    from tunesmith.eval.preference import pair_summary, reward_accuracy
+
+    chosen, rejected = [(-30.0, 30), (-8.0, 4)], [(-5.0, 2), (-3.0, 3)]
+    summary = pair_summary(chosen, rejected)
+    assert summary["preference_accuracy"] == 0.5  # -1.0 > -2.5 per token; -2.0 < -1.0
+    assert summary["mean_margin"] == pytest.approx((-25.0 - 5.0) / 2)  # summed: what DPO's margin is made of
+    assert reward_accuracy([-25.0, -5.0], [-20.0, -6.0]) == 0.5
 
 
 def test_kto_eval_on_unpaired_rows_compares_tuned_with_base_row_by_row(trained, tmp_path):

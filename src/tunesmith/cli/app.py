@@ -746,6 +746,11 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
     err.print(table)
     if results.base_note:  # reward runs: the base is scored with an untrained head
         err.print(escape(f"Note: {results.base_note}"), highlight=False, soft_wrap=True)
+    if "reward_accuracy" in results.tuned:
+        err.print(escape(f"preference_accuracy: pairs whose chosen answer the model finds more likely per token; "
+                         f"reward_accuracy: pairs the tuned model moved towards the chosen answer against the "
+                         f"{other or 'base'} (DPO's implicit reward accuracy, TRL's rewards/accuracies)."),
+                  highlight=False, soft_wrap=True)
     if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None:
         err.print(escape("Note: these score how likely the held-out answers are to each model, not what it writes. "
                          "To read what the tuned model says beside the base: tunesmith compare --prompts "
@@ -820,7 +825,7 @@ def _cell(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:

@@ -1,7 +1,11 @@
 """Base vs tuned by likelihood, for runs whose held-out data has no single reference answer.
 
-Preference pairs: how often the model gives the chosen answer a higher log-probability than the
-rejected one (summed over the answer's tokens), and by how much on average. Unpaired rows (KTO):
+Preference pairs: how often the model gives the chosen answer a higher log-probability per token than the
+rejected one (length-normalised, as SimPO's reward is, Meng et al. 2024: summed, a longer chosen answer loses to a
+short rejected one under every model, and the accuracy read 0 before and after training), by how much on average
+(summed over the answer's tokens), and for the tuned model the share of pairs it moved towards the chosen answer
+relative to the base: DPO's implicit reward accuracy with the base as reference (Rafailov et al. 2023; TRL logs it
+as `rewards/accuracies`). Unpaired rows (KTO):
 the mean log-probability of desirable and of undesirable answers, the gap between them, and, row by row against
 the base, whether the tuned model moved each answer the way its label asks.
 Raw text (CPT): held-out perplexity, in `eval/perplexity.py`. As in `evaluate.py`, one base model is
@@ -74,22 +78,42 @@ def preference_results(variants: dict[str, Variant], tokenizer: Any, recipe: Rec
     paired = "chosen" in rows[0]
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "preference_accuracy" if paired else "label_gap"}
     margins: dict[str, list[float]] = {}
+    normalised: dict[str, list[bool]] = {}  # per pair: chosen more likely per token than rejected
     for name, (model, context) in variants.items():
         with context(), torch.no_grad():
             if paired:
                 chosen = completion_logps(model, tokenizer, rows, "chosen", recipe)
                 rejected = completion_logps(model, tokenizer, rows, "rejected", recipe)
                 results[name] = pair_summary(chosen, rejected)
-                margins[name] = [c - r for c, r in zip(chosen, rejected, strict=True)]
+                margins[name] = [c - r for (c, _), (r, _) in zip(chosen, rejected, strict=True)]
+                normalised[name] = [per_token(c) > per_token(r) for c, r in zip(chosen, rejected, strict=True)]
             else:
                 labels = [row["label"] for row in rows]
-                logps = completion_logps(model, tokenizer, rows, "completion", recipe)
+                logps = [total for total, _ in completion_logps(model, tokenizer, rows, "completion", recipe)]
                 results[name], margins[name] = label_summary(logps, labels), signed_logps(logps, labels)
     if paired:
         results["samples"] = pair_samples(rows, margins, limit=5)
     if "base" in margins and "tuned" in margins:
-        results["comparison"] = (pair_comparison if paired else label_comparison)(margins["base"], margins["tuned"])
+        if paired:
+            results["comparison"] = pair_comparison(margins["base"], margins["tuned"], normalised["base"],
+                                                    normalised["tuned"])
+            results["tuned"]["reward_accuracy"] = reward_accuracy(margins["base"], margins["tuned"])
+        else:
+            results["comparison"] = label_comparison(margins["base"], margins["tuned"])
     return results
+
+
+def per_token(score: tuple[float, int]) -> float:
+    """A (summed log-probability, tokens) score as the mean log-probability per answer token."""
+    total, tokens = score
+    return total / max(tokens, 1)
+
+
+def reward_accuracy(base: list[float], tuned: list[float]) -> float:
+    """The share of pairs whose margin log p(chosen) − log p(rejected) the tuned model widened over the base's: DPO's
+    implicit reward r = β·(log π(y|x) − log π_ref(y|x)) ranks the chosen answer first, with the base as π_ref
+    (Rafailov et al. 2023, "Direct Preference Optimization"; TRL's `rewards/accuracies` on held-out pairs)."""
+    return round(sum(t > b for b, t in zip(base, tuned, strict=True)) / len(base), 4)
 
 
 def signed_logps(logps: list[float], labels: list[bool]) -> list[float]:
@@ -108,23 +132,27 @@ def label_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[st
     return {"signed_logp": compare_metric(base, tuned)}
 
 
-def pair_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[str, Any]]:
-    """Tuned against base, pair by pair: preference accuracy (the chosen answer more likely than the rejected) and
-    the margin log p(chosen) − log p(rejected), each with its paired-bootstrap 95% interval and the pairs won, lost
-    and tied (`eval/stats.py` `compare_metric`), as SFT's task metrics are compared."""
+def pair_comparison(base: list[float], tuned: list[float], base_right: list[bool],
+                    tuned_right: list[bool]) -> dict[str, dict[str, Any]]:
+    """Tuned against base, pair by pair: preference accuracy (`*_right`: the chosen answer more likely per token than
+    the rejected) and the margin log p(chosen) − log p(rejected), each with its paired-bootstrap 95% interval and the
+    pairs won, lost and tied (`eval/stats.py` `compare_metric`), as SFT's task metrics are compared."""
     from tunesmith.eval.stats import compare_metric
 
-    return {"preference_accuracy": compare_metric([float(m > 0) for m in base], [float(m > 0) for m in tuned]),
+    return {"preference_accuracy": compare_metric([float(r) for r in base_right], [float(r) for r in tuned_right]),
             "mean_margin": compare_metric(base, tuned)}
 
 
-def pair_summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
-    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+def pair_summary(chosen: list[tuple[float, int]], rejected: list[tuple[float, int]]) -> dict[str, float]:
+    """Over the pairs: preference accuracy (per token, `per_token`), the mean summed margin, the mean summed
+    log-probability of each side."""
+    margins = [c - r for (c, _), (r, _) in zip(chosen, rejected, strict=True)]
+    right = [per_token(c) > per_token(r) for c, r in zip(chosen, rejected, strict=True)]
     return {
-        "preference_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+        "preference_accuracy": round(sum(right) / len(right), 4),
         "mean_margin": round(sum(margins) / len(margins), 4),
-        "mean_logp_chosen": round(sum(chosen) / len(chosen), 4),
-        "mean_logp_rejected": round(sum(rejected) / len(rejected), 4),
+        "mean_logp_chosen": round(sum(c for c, _ in chosen) / len(chosen), 4),
+        "mean_logp_rejected": round(sum(r for r, _ in rejected) / len(rejected), 4),
     }
 
 
@@ -139,11 +167,11 @@ def label_summary(logps: list[float], labels: list[bool]) -> dict[str, float | N
             "label_gap": _round(gap), "signed_logp": _round(sum(signed) / len(signed))}
 
 
-def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, recipe: Recipe) -> list[float]:
-    """Summed log-probability of each row's `key` answer given its prompt."""
+def completion_logps(model: Any, tokenizer: Any, rows: list[dict], key: str, recipe: Recipe) -> list[tuple[float, int]]:
+    """(summed log-probability, answer tokens) of each row's `key` answer given its prompt."""
     encoded = [asdict(encode_completion(tokenizer, row["prompt"], row[key], recipe.data.max_length, row.get("tools")))
                for row in rows]
-    return [total for total, _ in sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)]
+    return sequence_logprobs(model, encoded, tokenizer.pad_token_id, recipe.eval.batch_size)
 
 
 def pair_samples(rows: list[dict], margins: dict[str, list[float]], limit: int) -> list[dict[str, Any]]:
