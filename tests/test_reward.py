@@ -286,11 +286,21 @@ def test_conversations_are_refused_with_the_shape_needed(tmp_path, tiny_model_di
     ({"adapter": {"kind": "qlora"}}, "cannot train adapter.kind=qlora"),
     ({"adapter": {"kind": "partial", "train_lm_head": True}}, "has no LM head"),
     ({"export": {"formats": ["adapter", "gguf"]}}, "need a language model"),
+    ({"export": {"formats": ["adapter", "merged"]}}, r"'merged'\] need a language model"),  # a LoRA reward adapter
     ({"method": {"kind": "reward", "center_rewards_coefficient": -1}}, "center_rewards_coefficient"),
 ])
 def test_recipes_that_cannot_make_a_reward_model_are_refused(override, message):
     with pytest.raises(RecipeError, match=message):
         validate_recipe({"data": {"train": "t.jsonl"}, "method": {"kind": "reward"}, **override})
+
+
+def test_a_reward_recipe_without_export_formats_exports_what_a_reward_model_can_be():
+    """The default formats (adapter, merged) failed a LoRA reward run after it had trained and been evaluated."""
+    lora = validate_recipe({"data": {"train": "t.jsonl"}, "method": {"kind": "reward"}})
+    assert lora.export.formats == ["adapter"] and "formats" not in lora.export.model_fields_set
+    whole = validate_recipe({"data": {"train": "t.jsonl"}, "method": {"kind": "reward"}, "adapter": {"kind": "full"}})
+    assert whole.export.formats == ["adapter", "merged"]  # model/ holds the score head: merged copies it
+    assert validate_recipe({"data": {"train": "t.jsonl"}}).export.formats == ["adapter", "merged"]
 
 
 @pytest.mark.parametrize("adapter", [{"kind": "full"}, {"kind": "partial", "last_blocks": 1}])

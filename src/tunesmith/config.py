@@ -262,6 +262,7 @@ class RewardMethod(Section):
 
 # A reward model is the base with a score head; these adapter kinds train it (others do not fit a score head).
 REWARD_ADAPTER_KINDS = ("lora", "dora", "rslora", "full", "partial")
+WHOLE_MODEL_KINDS = ("full", "partial", "hft")  # train the model's own weights and save model/, not an adapter
 
 # Built-in GRPO rewards and the one setting each needs (None: it needs none); see train/rewards.py.
 REWARD_SETTINGS: dict[str, str | None] = {"exact_match": None, "numeric_match": None, "tool_call_match": None,
@@ -888,9 +889,15 @@ class Recipe(Section):
         if self.adapter.kind == "partial" and self.adapter.train_lm_head:
             raise ValueError("adapter.train_lm_head=true does not apply to method.kind=reward: a reward model has no "
                              "LM head (its score head always trains). Set adapter.train_lm_head: false")
-        lm_formats = [f for f in self.export.formats if f in ("gguf", "gguf-lora", "ollama")]
+        whole_model = self.adapter.kind in WHOLE_MODEL_KINDS  # its model/ folder holds the score head: merged copies it
+        if "formats" not in self.export.model_fields_set:  # the default's `merged` would fail after training
+            self.export.formats = ["adapter", "merged"] if whole_model else ["adapter"]
+            self.export.model_fields_set.discard("formats")
+        lm_formats = [f for f in self.export.formats if f in ("gguf", "gguf-lora", "ollama")
+                      or (f == "merged" and not whole_model)]
         if lm_formats:
-            raise ValueError(f"export.formats {lm_formats} need a language model; a reward model outputs one score. "
+            raise ValueError(f"export.formats {lm_formats} need a language model; a reward model outputs one score "
+                             "(merging its adapter into the base would drop the score head). "
                              "Use export.formats: [adapter]")
         return self
 

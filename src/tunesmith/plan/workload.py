@@ -14,6 +14,7 @@ from tunesmith.config import (
     REFERENCE_CACHE_ACCELERATOR_BYTES,
     REFERENCE_CACHE_SHARE,
     TARGET_PRESETS,
+    WHOLE_MODEL_KINDS,
     Recipe,
     default_null_space,
     default_replay_ratio,
@@ -24,7 +25,6 @@ from tunesmith.data.replay import BUNDLED_REPLAY, replay_count
 from tunesmith.plan.architecture import Architecture, LinearLayer
 from tunesmith.plan.memory import TrainedWeights, Workload, null_space_fits
 
-WHOLE_MODEL_KINDS = ("full", "partial", "hft")
 # Linears that read the same input tensor in a llama-style block (one null-space basis between them)
 SHARED_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
                  "gate_proj": "mlp input", "up_proj": "mlp input"}

@@ -17,12 +17,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import TARGET_PRESETS, LoraPlacement
+from tunesmith.config import TARGET_PRESETS, WHOLE_MODEL_KINDS, LoraPlacement
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.runs import Run, atomic_directory
 from tunesmith.train.throughput import weights_in
 
-WHOLE_MODEL_KINDS = frozenset({"full", "partial", "hft"})
 # PiSSA and OLoRA move part of each base weight into the adapter at init; the saved adapter is converted.
 MUTATED_BASE_KINDS = frozenset({"pissa", "olora"})
 # Virtual tokens or key/value prefixes: nothing to fold into the weights.
