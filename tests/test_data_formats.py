@@ -840,3 +840,21 @@ def test_a_data_file_error_names_the_recipe_key_it_came_from(tmp_path, tiny_mode
         load_splits(load_recipe(tmp_path / "r.yaml"))
     with pytest.raises(DataError, match=r"^data\.train: Dataset file not found: .*trian\.jsonl"):
         load_splits(load_recipe(tmp_path / "r.yaml", ["data.train=trian.jsonl"]))
+
+
+def test_pairs_missing_one_side_name_the_column_they_lack(tmp_path):
+    """prompt + chosen rows (no rejected column, or a mapping that forgot it) read as prompts alone: the refusal said
+    "prompts without answers train with grpo" where the fix is the missing column."""
+    from tunesmith.data.formats import load_rows
+
+    path = tmp_path / "half.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"q{i}", "response_j": f"good {i}", "response_k": f"bad {i}"})
+                              for i in range(3)) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        load_rows(path, ("preference",), "method.kind dpo", columns={"question": "prompt", "response_j": "chosen"})
+    assert "have 'chosen' but no 'rejected'" in caught.value.message
+    assert "data.columns.NAME=rejected" in caught.value.hint and "grpo" not in caught.value.hint
+    kto = tmp_path / "kto.jsonl"
+    kto.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="'completion' but no 'label'"):
+        load_rows(kto, ("unpaired_preference",), "method.kind kto")

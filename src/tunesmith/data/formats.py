@@ -46,15 +46,40 @@ def load_rows(path: Path | str, accept: tuple[str, ...], purpose: str, fmt: str 
         if skipped is not None:
             skipped[reason] = skipped.get(reason, 0) + count
     if result.shape not in accept:
-        raise shape_refusal(path, result.shape, accept, purpose)
+        raise shape_refusal(path, result.shape, accept, purpose, result.unused_columns)
     return result
 
 
-def shape_refusal(path: Path | str, shape: str, accept: tuple[str, ...], purpose: str) -> DataError:
+def shape_refusal(path: Path | str, shape: str, accept: tuple[str, ...], purpose: str,
+                  unused_columns: list[str] | None = None) -> DataError:
     """A file of rows `shape` given to a method that trains on `accept` shapes: what it needs, and which method
-    takes what the file holds."""
-    return DataError(f"{path} holds {shape} rows; {purpose} needs {' or '.join(accept)} rows.",
-                     SHAPE_HINTS.get(shape, "Convert the file, or pick a method that takes this shape."))
+    takes what the file holds; or, where the file has half of what a shape in `accept` reads (`chosen` without
+    `rejected`: read as prompts, since those columns go unread), the column it lacks."""
+    message = f"{path} holds {shape} rows; {purpose} needs {' or '.join(accept)} rows."
+    half = half_of_a_shape(shape, accept, set(unused_columns or ()))
+    if half:
+        have, lacking = half
+        label = " (true for a desirable answer, false for an undesirable one)" if lacking == "label" else ""
+        return DataError(f"{message} Its rows have '{have}' but no '{lacking}'{label}.",
+                         f"Add the '{lacking}' column, or map a column of another name onto it "
+                         f"(`--set data.columns.NAME={lacking}`; data.columns in the recipe).")
+    return DataError(message, SHAPE_HINTS.get(shape, "Convert the file, or pick a method that takes this shape."))
+
+
+def half_of_a_shape(shape: str, accept: tuple[str, ...], unused: set[str]) -> tuple[str, str] | None:
+    """(a column the rows have, the one they lack) where rows of `shape` hold half of what a preference shape in
+    `accept` reads: `chosen` without `rejected` (read as prompts, the answer column unread), a prompt and completion
+    without KTO's `label`."""
+    if "preference" in accept and shape == "prompt":
+        for have, lacking in (("chosen", "rejected"), ("rejected", "chosen")):
+            if have in unused and lacking not in unused:
+                return have, lacking
+    if "unpaired_preference" in accept and shape in ("prompt", "prompt_completion"):
+        if shape == "prompt_completion":
+            return "completion", "label"
+        if "label" in unused:
+            return "label", "completion"
+    return None
 
 
 SHAPE_HINTS = {

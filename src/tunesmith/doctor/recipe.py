@@ -157,7 +157,8 @@ def data_checks(recipe: Recipe) -> tuple[list[Check], dict[str, list[dict[str, A
             continue
         accept = METHOD_SHAPES.get(recipe.method.kind, ())
         if accept and loaded.shape not in accept:  # train would refuse the file before loading the model
-            refusal = shape_refusal(loaded.path, loaded.shape, accept, f"method.kind {recipe.method.kind}")
+            refusal = shape_refusal(loaded.path, loaded.shape, accept, f"method.kind {recipe.method.kind}",
+                                    loaded.unused_columns)
             checks.append(Check(name=f"{split} data", section=SECTION, status="fail", detail=refusal.message,
                                 fix=refusal.hint))
             continue
