@@ -401,6 +401,11 @@ SHAPE_BAD_ROWS = [
     ({"prompt": "p", "completion": "c", "label": "maybe"},
      "wrong_type", "'label' must be true or false, got 'maybe'"),
     ({"prompt": "p", "chosen": "a", "rejected": "a"}, "identical_pair", "identical"),
+    ({"prompt": "p", "chosen": "water it weekly", "rejected": "water it  weekly "}, "identical_pair",
+     "differ in whitespace or invisible characters alone"),  # data.clean.normalize would make them one
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b"}],
+      "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b\u200b"}]},
+     "identical_pair", "differ in whitespace or invisible characters alone"),
     ({"prompt": "p", "chosen": True, "rejected": "b"}, "wrong_type", "must all be strings or all be lists"),
     ({"chosen": "a", "rejected": "b"},
      "missing_key", "without 'prompt' must give 'chosen' and 'rejected' as whole"),

@@ -221,9 +221,28 @@ def preference_row(record: dict) -> Row:
         prompt, chosen = prompt_and_reply(record["prompt"], record["chosen"], "chosen")
         _, rejected = prompt_and_reply(record["prompt"], record["rejected"], "rejected")
         row = with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, record)
+    check_pair_differs(row)
+    return row
+
+
+def check_pair_differs(row: Row) -> None:
+    """Refuse a pair whose answers are the same text, or the same once data.clean.normalize has run
+    (`clean.normalize_text`: spaces, line ends, invisible characters): the pair would train identical after it,
+    pushing an answer away from itself."""
     if row["chosen"] == row["rejected"]:
         raise identical_pair()
-    return row
+    if normalized_answer(row["chosen"]) == normalized_answer(row["rejected"]):
+        raise RowProblem("identical_pair", "'chosen' and 'rejected' differ in whitespace or invisible characters "
+                                           "alone: normalized they are identical, and there is nothing to prefer.")
+
+
+def normalized_answer(answer: str | list[Message]) -> Any:
+    """An answer (text, or assistant turns) as data.clean.normalize leaves it."""
+    from tunesmith.data.clean import normalize_text
+
+    if isinstance(answer, str):
+        return normalize_text(answer)
+    return [{**turn, "content": normalize_text(turn.get("content") or "")} for turn in answer]
 
 
 def implicit_preference_row(record: dict) -> Row:
@@ -241,6 +260,7 @@ def implicit_preference_row(record: dict) -> Row:
     chosen, rejected = conversation(chosen, "chosen"), conversation(rejected, "rejected")
     shared = shared_prompt_length(chosen, rejected)
     row = {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+    check_pair_differs(row)
     return with_tools(row, record, {"chosen": chosen, "rejected": rejected})
 
 
