@@ -346,3 +346,25 @@ def test_inspect_counts_train_rows_that_repeat_an_eval_row(tmp_path: Path, tiny_
     recipe = data_recipe(tmp_path / "train.jsonl", model=str(tiny_model_dir),
                          overrides=[f"data.eval={tmp_path / 'eval.jsonl'}"])
     assert inspect_data(recipe, examples=0)["train_eval_overlap"] == 3  # what prepare and train remove
+
+
+def test_preference_rows_that_train_wrong_without_failing_are_said_by_inspect(tmp_path: Path, tiny_model_dir: Path):
+    """Answers that repeat their prompt (a transcript cut in the wrong place) and KTO rows all labelled alike trained
+    without a word; inspect and train now say so, naming the first row by file and line."""
+    questions = [f"How often should I water plant number {i}?" for i in range(6)]
+    pairs = [{"prompt": q, "chosen": f"{q} Every week, less in winter.", "rejected": f"{q} Daily."} for q in questions]
+    pairs[0] = {"prompt": questions[0], "chosen": "Every week.", "rejected": "Daily."}  # one row is fine
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "pairs.jsonl", model=str(tiny_model_dir))
+    (warning,) = inspect_data(recipe, examples=0)["files"]["train"]["warnings"]
+    assert warning.startswith("5 of 6 preference rows start every answer with their prompt's text")
+    assert f"{tmp_path / 'pairs.jsonl'}, line 2" in warning
+    labelled = [{"prompt": q, "completion": "Every week.", "label": True} for q in questions]
+    (tmp_path / "kto.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+    report = inspect_data(data_recipe(tmp_path / "kto.jsonl", model=str(tiny_model_dir)), examples=0)
+    (warning,) = report["files"]["train"]["warnings"]
+    assert warning.startswith("All 6 KTO rows are labelled desirable (true)") and "labelled undesirable" in warning
+    labelled[3]["label"] = False
+    (tmp_path / "kto.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+    assert inspect_data(data_recipe(tmp_path / "kto.jsonl", model=str(tiny_model_dir)),
+                        examples=0)["files"]["train"]["warnings"] == []

@@ -95,6 +95,8 @@ def print_inspect_report(report: dict[str, Any]) -> None:
                       "and are left out (data.columns maps one onto a name the shape reads).", highlight=False,
                       soft_wrap=True)
         print_length_fit(info.get("length_fit") or {}, info["stats"]["max_length"])
+        for warning in info.get("warnings", []):
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
         for problem in info["problems"][:50]:
             err.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         if len(info["problems"]) > 50:

@@ -358,3 +358,42 @@ def as_conversation(row: Row) -> Row:
     if "tools" in row:
         conversation["tools"] = row["tools"]
     return conversation
+
+
+MIN_REPEATED_PROMPT_CHARS = 12  # shorter prompts ("Hi") may open an answer by chance
+
+
+def preference_warnings(rows: list[Row], place: Callable[[int], str | None] | None = None) -> list[str]:
+    """What preference rows (pairs, or KTO's labelled rows) hold that trains wrong without failing: answers that
+    start by repeating their prompt (a transcript cut in the wrong place), and KTO rows all of one label. `place`: a
+    row's index to its file and line."""
+    warnings = []
+    repeating = [index for index, row in enumerate(rows) if answers_repeat_prompt(row)]
+    if repeating:
+        where = (place and place(repeating[0])) or f"row {repeating[0] + 1}"
+        warnings.append(f"{len(repeating)} of {len(rows)} preference rows start every answer with their prompt's "
+                        f"text (the first: {where}): training would teach the model to repeat the question before "
+                        "answering. Remove the prompt from the answers (converting whole transcripts often leaves "
+                        "it there); a pair without a prompt column may give chosen and rejected as whole "
+                        "conversations instead.")
+    labels = [row["label"] for row in rows if "label" in row]
+    if labels and len(labels) == len(rows) and len(set(labels)) == 1:
+        kind, other = ("desirable (true)", "undesirable (false)") if labels[0] else ("undesirable (false)",
+                                                                                     "desirable (true)")
+        warnings.append(f"All {len(labels)} KTO rows are labelled {kind}: with no {other} answer, KTO has nothing "
+                        "to weigh them against (Ethayarajh et al. 2024 train on both kinds, at most 1:4). Add rows "
+                        f"labelled {other.split(' ')[0]}, or train the answers with method.kind sft.")
+    return warnings
+
+
+def answers_repeat_prompt(row: Row) -> bool:
+    """Every answer of the row (chosen and rejected, or KTO's completion) begins with the prompt's last user text."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        prompt = next((turn.get("content") for turn in reversed(prompt) if turn.get("role") == "user"), None)
+    if not isinstance(prompt, str) or len(prompt.strip()) < MIN_REPEATED_PROMPT_CHARS:
+        return False
+    answers = [row[key] for key in ("chosen", "rejected", "completion") if key in row]
+    texts = [answer if isinstance(answer, str) else next((turn.get("content") or "" for turn in answer), "")
+             for answer in answers]
+    return bool(texts) and all(text.lstrip().startswith(prompt.strip()) for text in texts)
