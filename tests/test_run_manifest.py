@@ -349,3 +349,9 @@ def test_the_model_card_shows_the_train_rows_hash_runs_diff_compares(trained):
     card = write_model_card(trained.run).read_text(encoding="utf-8")
     saved = trained.run.manifest().data.train.sha256  # data/train.jsonl's bytes, as run.json records them
     assert f"data/train.jsonl: `{saved[:16]}…`" in card
+    # 2 steps of a 24-row epoch: the card says how much of the data training went through, not only what carries loss
+    data, train = (json.loads((trained.run.path / name).read_text()) for name in ("data.json", "train.json"))
+    per_epoch, seen = data["trained"]["train"]["loss_tokens"], train["throughput"]["loss_tokens"]
+    assert 0 < seen < per_epoch
+    assert (f"rows that carry loss: 24 of 24, {per_epoch:,} loss tokens of" in card
+            and f"training went through {seen:,} loss tokens, {seen / per_epoch:.2f} epochs" in card)

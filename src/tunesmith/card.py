@@ -36,7 +36,7 @@ def write_model_card(run: Run) -> Path:
         f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
         *progress_lines(train, run),
         *rollback_lines(run),
-        *trained_lines(data),
+        *trained_lines(data, train),
         "",
         *chosen_lines(train.get("chosen")),
         *template_lines(data.get("template_contract")),
@@ -99,14 +99,19 @@ def rounded(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "?"
 
 
-def trained_lines(data: dict[str, Any]) -> list[str]:
-    """What carried loss (data.json `trained`): tokens, and the rows left out by reason."""
+def trained_lines(data: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """What carries loss (data.json `trained`: the rows, their tokens, the rows left out by reason) and how much of it
+    training went through (train.json's `throughput.loss_tokens`, counted on the batches each step trained on): a
+    run stopped by max_steps half-way through an epoch says so."""
     trained = (data.get("trained") or {}).get("train")
     if not trained:
         return []
     dropped = ", ".join(f"{count} {reason}" for reason, count in trained["dropped"].items()) or "none"
-    return [f"- trained: {trained['trained_rows']} of {trained['rows']} rows, {trained['loss_tokens']:,} loss tokens "
-            f"of {trained['tokens']:,}; rows left out: {dropped}; answer tokens cut by max_length: "
+    seen = (train.get("throughput") or {}).get("loss_tokens")
+    went = (f"; training went through {seen:,} loss tokens, {seen / trained['loss_tokens']:.2f} epochs"
+            if isinstance(seen, int) and trained["loss_tokens"] else "")
+    return [f"- rows that carry loss: {trained['trained_rows']} of {trained['rows']}, {trained['loss_tokens']:,} loss "
+            f"tokens of {trained['tokens']:,}{went}; rows left out: {dropped}; answer tokens cut by max_length: "
             f"{trained['answer_tokens_cut']}"]
 
 
