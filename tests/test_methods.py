@@ -187,6 +187,8 @@ def test_eval_scores_base_and_tuned_by_likelihood(trained):
     # DPO's implicit reward accuracy with the base as reference: the pairs whose margin the tuned model widened
     assert results["tuned"]["reward_accuracy"] == pytest.approx(margin["wins"] / 16, abs=1e-4)
     assert "reward_accuracy" not in results["base"]
+    report = (trained.run.eval_dir / "report.html").read_text(encoding="utf-8")  # as every eval writes one
+    assert "Pairs (5 of 16)" in report and "margin tuned" in report and "preference_accuracy" in report
 
 
 def test_preference_accuracy_is_per_token_so_a_longer_chosen_answer_can_win():

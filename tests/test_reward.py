@@ -183,6 +183,11 @@ def test_eval_reports_accuracy_and_margin_for_random_base_and_tuned(trained):
     assert results["tuned"]["mean_margin"] > max(results["base"]["mean_margin"], 0.0)
     assert "randomly initialised" in results["base_note"] and "no learned preference" in results["base_note"]
     assert len(results["samples"]) == 5 and {"margin_base", "margin_tuned"} <= set(results["samples"][0])
+    accuracy, margin = results["comparison"]["preference_accuracy"], results["comparison"]["mean_margin"]
+    assert accuracy["delta"] == pytest.approx(results["tuned"]["preference_accuracy"]
+                                              - results["base"]["preference_accuracy"], abs=1e-4)
+    assert margin["wins"] + margin["losses"] + margin["ties"] == 16 and margin["delta"] > 0  # pair by pair, as DPO's
+    assert "Pairs (5 of 16)" in (trained.run.eval_dir / "report.html").read_text(encoding="utf-8")
     with pytest.raises(TunesmithError, match="comparing two reward runs is not supported"):
         run_reward_eval(trained.run.load_recipe(), trained.run, against=trained.run.path)
     recipe = trained.run.load_recipe()  # `base` is scored with the very head training started from

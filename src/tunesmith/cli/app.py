@@ -751,7 +751,8 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
                          f"reward_accuracy: pairs the tuned model moved towards the chosen answer against the "
                          f"{other or 'base'} (DPO's implicit reward accuracy, TRL's rewards/accuracies)."),
                   highlight=False, soft_wrap=True)
-    if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None:
+    reward_model = "mean_score_chosen" in results.tuned  # a reward head's scores: nothing generates or is likely
+    if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None and not reward_model:
         err.print(escape("Note: these score how likely the held-out answers are to each model, not what it writes. "
                          "To read what the tuned model says beside the base: tunesmith compare --prompts "
                          f"PROMPTS.jsonl {run_path} --base (or set eval.judge to have a judge model pick between "

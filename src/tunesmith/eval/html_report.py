@@ -44,7 +44,9 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")
-    parts += [baselines_html(results), labels_html(results), add_ons_html(results), examples_table(results),
+    samples = results.get("samples") or []
+    examples = pairs_table(results) if samples and "chosen" in samples[0] else examples_table(results)
+    parts += [baselines_html(results), labels_html(results), add_ons_html(results), examples,
               probe_rows_table(results),
               "</body></html>"]
     return "\n".join(parts)
@@ -204,6 +206,23 @@ def examples_table(results: dict[str, Any]) -> str:
         classes.append(row_class(scores))
     caption = f"<h2>Examples ({len(samples)} of {results.get('examples', '?')})</h2>"
     return caption + _table(head, rows, classes, raw=True)
+
+
+def pairs_table(results: dict[str, Any]) -> str:
+    """Preference pairs (DPO-family and reward evals): each prompt with its chosen and rejected answer and every
+    variant's margin (log-probability or reward score of chosen − rejected), green where the tuned margin grew."""
+    samples = results["samples"]
+    variants = [name for name in ("base", "tuned") if f"margin_{name}" in samples[0]]
+    rows, classes = [], []
+    for index, sample in enumerate(samples):
+        margins = [sample[f"margin_{name}"] for name in variants]
+        rows.append([str(index + 1), _pre(sample["prompt"]), _pre(sample["chosen"]), _pre(sample["rejected"]),
+                     *(_num(margin) for margin in margins)])
+        grew = len(margins) == 2 and margins[1] - margins[0]
+        classes.append("" if not grew else "better" if grew > 0 else "worse")
+    caption = (f"<h2>Pairs ({len(samples)} of {results.get('examples', '?')}): margin = chosen − rejected</h2>")
+    return caption + _table(["#", "prompt", "chosen", "rejected", *(f"margin {name}" for name in variants)], rows,
+                            classes, raw=True)
 
 
 def mark_changes(base: str, tuned: str) -> str:

@@ -24,6 +24,7 @@ from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data.template import encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import sequence_logprobs
+from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
 from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
@@ -57,7 +58,10 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
     results["rows_from"] = held_out.rows_from
     results.update({"against": who} if who else {})
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
-    return save_results(run, results_dir(against_dir(run, who), held_out) / "results.json", results)
+    folder = results_dir(against_dir(run, who), held_out)
+    path = save_results(run, folder / "results.json", results)
+    write_html_report(results, folder / "report.html")
+    return path
 
 
 def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, dict[str, Variant], dict | None]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
+from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.preference import pair_samples
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.models import load_tokenizer, pick_device
@@ -51,8 +52,12 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data:
         results[name] = {**score_summary(chosen, rejected), "seconds": round(time.monotonic() - started, 1)}
     if "base" in results:
         results["base_note"] = RANDOM_HEAD_NOTE.format(seed=recipe.training.seed)
+        results["comparison"] = score_comparison(margins["base"], margins["tuned"])
     results["samples"] = pair_samples(rows, margins, limit=5)
-    return save_results(run, results_dir(run.eval_dir, held_out) / "results.json", results)
+    folder = results_dir(run.eval_dir, held_out)
+    path = save_results(run, folder / "results.json", results)
+    write_html_report(results, folder / "report.html")
+    return path
 
 
 def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
@@ -76,6 +81,15 @@ def score_answers(model: Any, tokenizer: Any, rows: list[dict], key: str, batch_
     """The reward of each row's `key` answer (chosen or rejected) to its prompt."""
     encoded = [encode_answer(tokenizer, row["prompt"], row[key], row.get("tools")) for row in rows]
     return score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+def score_comparison(base: list[float], tuned: list[float]) -> dict[str, dict[str, Any]]:
+    """Tuned head against the base's random one, pair by pair (score of chosen − score of rejected): accuracy and
+    margin, each with its paired-bootstrap 95% interval and the pairs won, lost and tied, as DPO's pairs compare."""
+    from tunesmith.eval.stats import compare_metric
+
+    return {"preference_accuracy": compare_metric([float(m > 0) for m in base], [float(m > 0) for m in tuned]),
+            "mean_margin": compare_metric(base, tuned)}
 
 
 def score_summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
