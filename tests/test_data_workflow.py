@@ -364,7 +364,10 @@ def test_preference_rows_that_train_wrong_without_failing_are_said_by_inspect(tm
     report = inspect_data(data_recipe(tmp_path / "kto.jsonl", model=str(tiny_model_dir)), examples=0)
     (warning,) = report["files"]["train"]["warnings"]
     assert warning.startswith("All 6 KTO rows are labelled desirable (true)") and "labelled undesirable" in warning
-    labelled[3]["label"] = False
+    for row, label in zip(labelled, ["yes", "no", 1, 0, "true", "no"], strict=True):  # as users write labels
+        row["label"] = label
     (tmp_path / "kto.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
-    assert inspect_data(data_recipe(tmp_path / "kto.jsonl", model=str(tiny_model_dir)),
-                        examples=0)["files"]["train"]["warnings"] == []
+    info = inspect_data(data_recipe(tmp_path / "kto.jsonl", model=str(tiny_model_dir)), examples=2)["files"]["train"]
+    assert info["warnings"] == [] and info["stats"]["labels"] == {"desirable": 3, "undesirable": 3}
+    assert info["examples"][0].startswith("[completion (desirable)]")  # the label as read, shown with the row
+    assert info["examples"][1].startswith("[completion (undesirable)]")

@@ -222,6 +222,9 @@ def print_stats(stats: dict[str, Any]) -> None:
                   str(stats["over_max_length"]), str(turns.get("mean", "-")),
                   ", ".join(f"{k} {v}" for k, v in stats["roles"].items()))
     err.print(table)
+    if stats.get("labels"):  # KTO's rows: the labels as read (true/yes/1 desirable, false/no/0 undesirable)
+        err.print(f"labels: {stats['labels']['desirable']} desirable (true), {stats['labels']['undesirable']} "
+                  "undesirable (false)", highlight=False)
 
 
 def print_steps(steps: list[dict[str, Any]], title: str) -> None:

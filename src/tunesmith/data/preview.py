@@ -84,10 +84,18 @@ def conversations_of(row: Row) -> list[tuple[str, Sequence]]:
         return [("", row["text"])]
     prompt = row["prompt"]
     prompt_turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    sides = [(key, row[key]) for key in ("chosen", "rejected", "completion") if key in row]
+    sides = [(side_name(row, key), row[key]) for key in ("chosen", "rejected", "completion") if key in row]
     if not sides:  # a prompt-only row: the turns the model answers
         return [("", prompt_turns)]
     return [(key, [*prompt_turns, *as_turns(reply)]) for key, reply in sides]
+
+
+def side_name(row: Row, key: str) -> str:
+    """How a preview heads a preference side: `chosen`, `rejected`, or KTO's `completion (desirable)` /
+    `completion (undesirable)`, so a user can see that their labels were read as they meant."""
+    if key == "completion" and isinstance(row.get("label"), bool):
+        return f"completion ({'desirable' if row['label'] else 'undesirable'})"
+    return key
 
 
 def as_turns(reply: Any) -> list[dict[str, Any]]:

@@ -32,6 +32,9 @@ def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str
         "total_tokens": sum(lengths),
         "over_max_length": sum(n > max_length for n in lengths),
         "max_length": max_length,
+        **({"labels": {"desirable": sum(row["label"] is True for row in rows),
+                       "undesirable": sum(row["label"] is False for row in rows)}}
+           if any("label" in row for row in rows) else {}),  # KTO's: how the file's labels were read
     }
 
 
