@@ -845,6 +845,15 @@ def test_a_data_file_error_names_the_recipe_key_it_came_from(tmp_path, tiny_mode
         load_splits(load_recipe(tmp_path / "r.yaml"))
     with pytest.raises(DataError, match=r"^data\.train: Dataset file not found: .*trian\.jsonl"):
         load_splits(load_recipe(tmp_path / "r.yaml", ["data.train=trian.jsonl"]))
+    # an eval file of another shape: the fix is rows like data.train's, not another method
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": "no"} for i in range(8)])
+    write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "q", "completion": "a", "label": True}])
+    recipe = load_recipe(tmp_path / "r.yaml", [f"data.train={tmp_path / 'pairs.jsonl'}",
+                                               f"data.eval={tmp_path / 'kto.jsonl'}", "method.kind=dpo"])
+    with pytest.raises(DataError, match=r"^data\.eval: .*kto\.jsonl holds unpaired_preference rows") as caught:
+        load_splits(recipe, accept=("preference",), purpose="method.kind dpo")
+    assert caught.value.hint.startswith("data.eval is scored as the training rows are") and "(preference)" in \
+        caught.value.hint
 
 
 def test_pairs_missing_one_side_name_the_column_they_lack(tmp_path):

@@ -68,6 +68,9 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
             loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
                                data.file_format, skipped)
         except DataError as exc:
+            if split == "eval" and exc.message.startswith(f"{path} holds ") and "but no '" not in exc.message:
+                exc.hint = (f"data.eval is scored as the training rows are: give it rows of the shape data.train "
+                            f"holds ({', '.join(sorted(shapes))}).")
             raise naming_key(exc, f"data.{split}") from None
         shapes.add(loaded.shape)
         cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
