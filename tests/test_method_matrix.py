@@ -53,7 +53,7 @@ def matrix_recipe(root: Path, model_dir: Path, method: str, kind: str, formats: 
         "training": {"max_steps": 2, "lr": 1e-3, "batch_size": 4, "packing": False, "warmup_ratio": 0.0,
                      "logging_steps": 1, "save_steps": 1000},
         "eval": {"batch_size": 4, "max_new_tokens": 4, "probes": False},
-        "export": {"formats": formats or ["merged"]},
+        "export": {"formats": formats or (["adapter"] if method == "reward" else ["merged"])},
         "base_dir": str(root),
     }
     return validate_recipe(raw)

@@ -123,7 +123,7 @@ def test_an_answer_past_max_length_is_counted_where_the_user_reads(project):
     [run] = (project / "runs-long").iterdir()
     data = json.loads((run / "data.json").read_text())
     assert data["train_rows"] == 4 and data["trained"]["train"]["dropped"] == {"answer_past_max_length": 1}
-    assert "trained: 4 of 5 rows" in (run / "README.md").read_text()
+    assert "rows that carry loss: 4 of 5" in (run / "README.md").read_text()
 
 
 @pytest.mark.parametrize("command", [["eval"], ["export", "--format", "merged"]])

@@ -57,7 +57,6 @@ def test_cartesian_product_and_names():
     assert len(combos) == 6
     assert [c.name for c in combos[:3]] == ["targets=qv,layers=all", "targets=qv,layers=last-half",
                                            "targets=qkvo,layers=all"]
-    assert combos[2].label == "targets=qkvo layers=all"
     assert combos[5].overrides == ("adapter.targets=all-linear", "adapter.layers=last-half")
     assert len({c.name for c in combos}) == 6
 
