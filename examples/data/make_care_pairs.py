@@ -71,9 +71,8 @@ def pairs() -> list[dict[str, str]]:
     for subject, (part_a, part_b, place) in SUBJECTS.items():
         for question, answer in CONCERNS.values():
             fill = {"s": subject, "a": part_a, "b": part_b, "c": place}
-            for _ in range(4):  # the same question asked with four curt rejections: 200 pairs in all
-                rows.append({"prompt": question.format(**fill), "chosen": answer.format(**fill),
-                             "rejected": rng.choice(CURT)})
+            for curt in rng.sample(CURT, 4):  # the same question with four different curt rejections: 200 pairs
+                rows.append({"prompt": question.format(**fill), "chosen": answer.format(**fill), "rejected": curt})
     rng.shuffle(rows)
     return rows
 
