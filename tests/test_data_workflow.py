@@ -371,3 +371,17 @@ def test_preference_rows_that_train_wrong_without_failing_are_said_by_inspect(tm
     assert info["warnings"] == [] and info["stats"]["labels"] == {"desirable": 3, "undesirable": 3}
     assert info["examples"][0].startswith("[completion (desirable)]")  # the label as read, shown with the row
     assert info["examples"][1].startswith("[completion (undesirable)]")
+
+
+def test_rows_that_call_tools_without_offering_any_are_said_by_inspect(tmp_path: Path, tiny_model_dir: Path):
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "set_light", "arguments": {"room": "kitchen"}}}]}
+    tools = [{"type": "function", "function": {"name": "set_light", "parameters": {"type": "object"}}}]
+    rows = [{"messages": [{"role": "user", "content": f"kitchen light on, please ({i})"}, call,
+                          {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done."}],
+             **({"tools": tools} if i % 2 else {})} for i in range(6)]
+    (tmp_path / "calls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "calls.jsonl", model=str(tiny_model_dir), overrides=["data.tool_format=hermes"])
+    (warning,) = inspect_data(recipe, examples=0)["files"]["train"]["warnings"]
+    assert warning.startswith("3 of 6 rows call tools but offer none")
+    assert f"{tmp_path / 'calls.jsonl'}, line 1" in warning

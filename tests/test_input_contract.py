@@ -327,6 +327,23 @@ def test_llama_factory_tool_rows_train_as_the_same_openai_row_does(tmp_path, tok
     assert (encoded.input_ids, encoded.labels) == (expected.input_ids, expected.labels)
 
 
+def test_a_function_call_written_with_parameters_keeps_its_arguments(tmp_path):
+    """`{"name": ..., "parameters": {...}}` (Llama 3.1's form, some LLaMA-Factory exports) trained as a call with
+    empty arguments; it now reads as the same row as with `arguments`."""
+    from tunesmith.data.loaders import load_records
+
+    row = json.loads(json.dumps(LLAMA_FACTORY_TOOL_ROW))
+    row["conversations"][1]["value"] = json.dumps({"name": "get_stock", "parameters": {"sku": "KB-100"}})
+    path = tmp_path / "glaive.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    [loaded] = load_records(path).rows
+    assert loaded["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"sku": "KB-100"}
+    row["conversations"][1]["value"] = json.dumps({"name": "get_stock", "parameters": {}, "arguments": {"a": 1}})
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="gives both 'arguments' and 'parameters'"):
+        load_records(path)
+
+
 def test_a_tools_string_that_is_not_json_is_said_to_be_bad_json(tmp_path):
     from tunesmith.data.loaders import load_records
 

@@ -397,3 +397,17 @@ def answers_repeat_prompt(row: Row) -> bool:
     texts = [answer if isinstance(answer, str) else next((turn.get("content") or "" for turn in answer), "")
              for answer in answers]
     return bool(texts) and all(text.lstrip().startswith(prompt.strip()) for text in texts)
+
+
+def tool_warnings(rows: list[Row], place: Callable[[int], str | None] | None = None) -> list[str]:
+    """Conversations that call tools without offering any (no `tools` in the row): trained so, the model learns to
+    call functions whose schemas its prompt never shows, and at inference the schemas a user sends are text it did
+    not learn to read. `place`: a row's index to its file and line."""
+    offering_none = [index for index, row in enumerate(rows) if not row.get("tools")
+                     and any(turn.get("tool_calls") for turn in row.get("messages") or [])]
+    if not offering_none:
+        return []
+    where = (place and place(offering_none[0])) or f"row {offering_none[0] + 1}"
+    return [f"{len(offering_none)} of {len(rows)} rows call tools but offer none (no 'tools' schemas; the first: "
+            f"{where}): the model learns to call functions it is never shown. Give each row the 'tools' it may "
+            "call (the same schemas a request sends at inference)."]

@@ -129,9 +129,17 @@ def sharegpt_tool_calls(value: Any, label: str) -> list[dict]:
     if not calls or not all(isinstance(call, dict) and "name" in call for call in calls):
         raise RowProblem("wrong_type", f"{label}.value must name the function it calls, got {short_repr(value)}.",
                          hint)
-    return tool_calls([{"type": "function", "function": {"name": call["name"],
-                                                         "arguments": call.get("arguments", {})}}
+    return tool_calls([{"type": "function", "function": {"name": call["name"], "arguments": call_arguments(call)}}
                        for call in calls], label)
+
+
+def call_arguments(call: dict) -> Any:
+    """A call's arguments: `arguments`, or `parameters` where the call writes them so (Llama 3.1's calls, some
+    LLaMA-Factory exports); {} when it has neither (a call without arguments). Both at once is ambiguous: refused."""
+    if "arguments" in call and "parameters" in call:
+        raise RowProblem("wrong_type", f"the call to {short_repr(call.get('name'))} gives both 'arguments' and "
+                                       "'parameters'.", "Keep one of them: the call's arguments.")
+    return call.get("arguments", call.get("parameters", {}))
 
 
 def turn_content(content: Any, label: str) -> str:
@@ -164,7 +172,24 @@ def tool_calls(value: Any, label: str) -> list[dict]:
             raise RowProblem("wrong_type", f"{where} must be an object with a 'function' that has a 'name'.")
         if not isinstance(function.get("arguments"), str | dict):
             raise RowProblem("wrong_type", f"{where}.function.arguments must be a JSON string or an object.")
+        check_arguments_object(function["arguments"], f"{where}.function.arguments")
     return calls
+
+
+def check_arguments_object(arguments: str | dict, where: str) -> None:
+    """A call's arguments must be a JSON object, or a string holding one (OpenAI's form): a string that is not JSON
+    would train as a quoted string (`"arguments": "{temperature: 20"`), a number or a string holding JSON text again
+    (double-encoded) as that value, and no template or tool reads either as arguments."""
+    if isinstance(arguments, dict):
+        return
+    hint = 'Write the arguments as a JSON object, or as a string holding one: "{\"city\": \"Oslo\"}".'
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        raise RowProblem("wrong_type", f"{where} is not JSON: {short_repr(arguments)}.", hint) from None
+    if not isinstance(parsed, dict):
+        encoded = " (it holds JSON text again: encoded twice)" if isinstance(parsed, str) else ""
+        raise RowProblem("wrong_type", f"{where} must be a JSON object, got {short_repr(arguments)}{encoded}.", hint)
 
 
 def tool_schemas(value: Any) -> list[dict]:
@@ -174,7 +199,14 @@ def tool_schemas(value: Any) -> list[dict]:
     schemas = json_list(value, "tools")
     if not all(isinstance(schema, dict) for schema in schemas):
         raise RowProblem("wrong_type", "'tools' must be a list of objects (function schemas).")
-    return [{"type": "function", "function": schema} if is_bare_function(schema) else schema for schema in schemas]
+    wrapped = [{"type": "function", "function": schema} if is_bare_function(schema) else schema for schema in schemas]
+    for index, schema in enumerate(wrapped):
+        function = schema.get("function")
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"].strip()):
+            raise RowProblem("wrong_type", f"tools[{index}] names no function: {short_repr(schema)}.",
+                             'A tool schema is {"type": "function", "function": {"name": "get_weather", '
+                             '"description": "...", "parameters": {...}}} (or the inner object alone).')
+    return wrapped
 
 
 def is_bare_function(schema: dict) -> bool:
@@ -184,6 +216,7 @@ def is_bare_function(schema: dict) -> bool:
 def check_turn_order(messages: list[Message], labels: list[str]) -> None:
     """Refuse conversations whose turns do not alternate as chat templates require."""
     previous: Message | None = None
+    call_ids: list[str] = []  # the ids of the latest assistant turn's calls
     for index, (message, label) in enumerate(zip(messages, labels, strict=True)):
         role = message["role"]
         if role == "system" and index == 0:
@@ -194,7 +227,22 @@ def check_turn_order(messages: list[Message], labels: list[str]) -> None:
             hint = ORDER_HINT + (SHAREGPT_ORDER_HINT if "(from " in label else "")
             raise RowProblem("alternation", f"{label}: {role!r} cannot {place} "
                                             f"(expected {' or '.join(map(repr, allowed))}).", hint)
+        if role == "assistant" and message.get("tool_calls"):
+            call_ids = [call.get("id") for call in message["tool_calls"] if call.get("id")]
+        elif role == "tool":
+            check_result_answers_a_call(message, label, call_ids)
         previous = message
+
+
+def check_result_answers_a_call(message: Message, label: str, call_ids: list[str]) -> None:
+    """A tool result's `tool_call_id`, where both it and the calls before it have ids, must be one of those calls':
+    a result paired with the wrong call teaches the model to read the wrong answer (OpenAI's API refuses it too). A
+    result without an id, or calls without ids, are left as they are: many datasets write neither."""
+    result_id = message.get("tool_call_id")
+    if result_id and call_ids and result_id not in call_ids:
+        raise RowProblem("unknown_call_id", f"{label}: tool_call_id {result_id!r} answers none of the calls before "
+                                            f"it (their ids: {call_ids}).",
+                         "Give each tool result the id of the call it answers.")
 
 
 def roles_after(previous: Message | None) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from tunesmith.data.loaders import load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
-from tunesmith.data.shapes import SHAPES, is_prompt_only, preference_warnings
+from tunesmith.data.shapes import SHAPES, is_prompt_only, preference_warnings, tool_warnings
 from tunesmith.errors import DataError
 from tunesmith.runs import atomic_directory, check_replaceable_output
 
@@ -72,7 +72,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
-            "warnings": preference_warnings(loaded.rows, loaded.place),
+            "warnings": preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place),
             "other_layouts": loaded.other_layouts,
             "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length, loaded.place),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,

@@ -20,7 +20,7 @@ from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
 from tunesmith.data.prepare import CLEANING_REASONS
 from tunesmith.data.preview import plain_prompt_warnings
-from tunesmith.data.shapes import preference_warnings
+from tunesmith.data.shapes import preference_warnings, tool_warnings
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
@@ -147,7 +147,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         print_warnings(record["template_contract"]["warnings"])
     print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source) +
-                   preference_warnings(splits.train))
+                   preference_warnings(splits.train) + tool_warnings(splits.train))
     # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
     length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
                                        context_length(model_dir), packed=recipe.training.packing in (True, "auto"))
