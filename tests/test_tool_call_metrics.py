@@ -71,7 +71,7 @@ def test_rows_that_end_in_calls_are_tool_call_answers_in_both_tool_formats():
     rows += [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}]
     native = classify_answers(rows)
     assert (native.kind, native.tool_calls, native.rows) == ("tool_calls", 6, 7)
-    assert native.reason == "6 of 7 answers call tools"
+    assert native.reason.startswith("the last answer of 6 of 7 rows calls tools")
     assert default_metrics("tool_calls") == ["loss", "perplexity", "tool_call_match", "tool_name_match",
                                              "tool_call_decision", "chrf"]
     hermes = [apply_fallbacks(row, DataSection(train="x", tool_format="hermes")) for row in rows]

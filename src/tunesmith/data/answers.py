@@ -75,7 +75,8 @@ class AnswerSummary(BaseModel):
         if not self.rows:
             return "no row has an answer text to look at"
         if self.kind == "tool_calls":
-            return f"{self.tool_calls} of {self.rows} answers call tools"
+            return (f"the last answer of {self.tool_calls} of {self.rows} rows calls tools (the answer eval scores; "
+                    "calls earlier in a conversation are context)")
         if self.kind == "json":
             return f"all {self.rows} answers are JSON objects"
         if self.kind == "numbers":
