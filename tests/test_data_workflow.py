@@ -382,6 +382,8 @@ def test_rows_that_call_tools_without_offering_any_are_said_by_inspect(tmp_path:
              **({"tools": tools} if i % 2 else {})} for i in range(6)]
     (tmp_path / "calls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     recipe = data_recipe(tmp_path / "calls.jsonl", model=str(tiny_model_dir), overrides=["data.tool_format=hermes"])
-    (warning,) = inspect_data(recipe, examples=0)["files"]["train"]["warnings"]
+    report = inspect_data(recipe, examples=0)
+    (warning,) = report["files"]["train"]["warnings"]
+    assert report["template_contract"]["tool_format"] == "hermes"  # `tools unsupported` is said with the fallback
     assert warning.startswith("3 of 6 rows call tools but offer none")
     assert f"{tmp_path / 'calls.jsonl'}, line 1" in warning

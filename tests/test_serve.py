@@ -309,6 +309,12 @@ for bad in ({"model": 5, "messages": ORDER}, {"model": "pizza-run"}, {"model": "
             {"model": "pizza-run", "messages": ORDER, "response_format": "json"},
             {"model": "pizza-run", "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
             {"model": "pizza-run", "messages": ORDER, "tools": "all of them"},
+            # tool schemas OpenAI refuses: no function name, a name it cannot call, parameters not an object
+            {"model": "pizza-run", "messages": ORDER, "tools": [{"type": "function", "name": "x"}]},
+            {"model": "pizza-run", "messages": ORDER, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+            {"model": "pizza-run", "messages": ORDER, "tools": [{"type": "function", "function": {
+                "name": "x", "parameters": "nope"}}]},
+            {"model": "pizza-run", "messages": ORDER, "tools": [{"type": "code_interpreter"}]},
             {"model": "pizza-run", "messages": ORDER, "max_completion_tokens": -5},
             {"model": "pizza-run", "messages": ORDER, "stream_options": 7},
             {"model": "pizza-run", "messages": [{"role": "user", "content": "hi"}] * 3, "logit_bias": "x", "n": 9},
@@ -374,6 +380,25 @@ def test_fifty_hostile_requests_are_each_a_4xx_with_an_error_body_and_the_server
         assert 400 <= status < 500, (path, body[:80], status, answer)
         assert isinstance(answer, dict) and answer["error"]["message"], (path, body[:80], answer)
     assert word(ask(server.client(), "pizza-run")) == "pizza"
+
+
+@pytest.mark.parametrize(("tool", "param"), [
+    ({"type": "function", "name": "x"}, "tools[0]"),
+    ({"type": "function", "function": {"description": "no name"}}, "tools[0].function.name"),
+    ({"type": "function", "function": {"name": "a b"}}, "tools[0].function.name"),
+    ({"type": "function", "function": {"name": "x", "parameters": "nope"}}, "tools[0].function.parameters"),
+    ({"type": "code_interpreter"}, "tools[0]")])
+def test_a_tool_schema_openai_refuses_is_a_400_naming_its_field(server, tool, param):
+    """Answered 200 before, with the model calling a tool it was never shown by name (a newcomer's trial)."""
+    status, body = server.raw("POST", "/v1/chat/completions",
+                              json.dumps({"model": "pizza-run", "messages": ORDER, "tools": [tool]}).encode())
+    assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_a_union_parameter_error_names_the_parameter_alone(server):
+    status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
+        {"model": "pizza-run", "messages": ORDER, "tool_choice": 5}).encode())
+    assert status == 400 and body["error"]["param"] == "tool_choice", body  # not tool_choice.literal['auto',...]
 
 
 def test_a_body_that_is_not_json_says_where_its_parsing_stopped(server):

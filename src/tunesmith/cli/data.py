@@ -134,7 +134,9 @@ def print_contract(contract: dict[str, Any]) -> None:
     err.rule("chat template contract")
     err.print(f"system role {contract['system_role']} · generation prompt {contract['generation_prompt']} · EOS in "
               f"answers {'yes' if contract['eos_after_assistant'] else 'no'} · assistant turns "
-              f"{contract['assistant_turns']} · tools {contract['tools']}", highlight=False)
+              f"{contract['assistant_turns']} · tools {contract['tools']}"
+              f"{' (data.tool_format: hermes writes them as text)' if contract.get('tool_format') == 'hermes' else ''}",
+              highlight=False)
     for warning in contract["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 

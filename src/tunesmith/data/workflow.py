@@ -83,6 +83,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         usable += loaded.rows
     if not all("text" in row for row in usable):  # raw text (CPT) never goes through the chat template
         report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
+        report["template_contract"]["tool_format"] = data.tool_format  # hermes: tools reach the model as text
     if "eval" in records and data.clean.dedup != "off":  # what prepare and train remove before training
         _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows)
         report["train_eval_overlap"] = overlap["removed"]

@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import hmac
 import json
+import re
 import threading
 import time
 import uuid
@@ -115,8 +116,12 @@ class ChatRequest(Request):
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
 
     def unsupported(self) -> None:
-        """Besides the base's: a tool_choice that forces a call, which this engine cannot do."""
+        """Besides the base's: a tool schema without a function name or with parameters that are not an object (the
+        model would be shown a tool it cannot call by name), and a tool_choice that forces a call, which this engine
+        cannot do."""
         super().unsupported()
+        for index, tool in enumerate(self.tools or []):
+            check_tool_schema(tool, f"tools[{index}]")
         if self.tool_choice is not None and self.tool_choice not in ("auto", "none"):
             raise ApiError(400, f"tool_choice {self.tool_choice!r} forces a tool call, which this server (tunesmith "
                                 "serve, llama.cpp engine) cannot do: the model decides whether to call. Leave "
@@ -137,6 +142,27 @@ class CompletionRequest(Request):
         if self.echo:
             raise ApiError(400, "echo is not available from this server (tunesmith serve, llama.cpp engine).",
                            "echo", "unsupported_parameter")
+
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function's name
+
+
+def check_tool_schema(tool: dict[str, Any], where: str) -> None:
+    """One entry of a request's `tools` as OpenAI's API takes it: `{"type": "function", "function": {"name": ...,
+    "parameters": {...}}}`; a 400 naming the field otherwise (OpenAI refuses the same)."""
+    example = ('{"type": "function", "function": {"name": "get_weather", "description": "...", "parameters": '
+               '{"type": "object", "properties": {...}}}}')
+    if tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+        raise ApiError(400, f"{where} must be a function tool, {example}; got type {tool.get('type')!r}.", where,
+                       "invalid_value")
+    name = tool["function"].get("name")
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise ApiError(400, f"{where}.function.name must be 1-64 letters, digits, _ or -; got {name!r}.",
+                       f"{where}.function.name", "invalid_value")
+    parameters = tool["function"].get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ApiError(400, f"{where}.function.parameters must be a JSON Schema object; got {parameters!r}.",
+                       f"{where}.function.parameters", "invalid_value")
 
 
 class ApiError(Exception):
@@ -315,8 +341,9 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
             raise ApiError(400, f"n={body.n} is over this server's limit of {limits.max_n}.", "n", "invalid_value")
         room = engine.n_ctx - prompt_tokens
         if room < 1:
-            raise ApiError(400, f"The prompt is {prompt_tokens} tokens; the context holds {engine.n_ctx}.",
-                           "messages", "context_length_exceeded")
+            raise ApiError(400, f"The prompt is {prompt_tokens} tokens; the context holds {engine.n_ctx}. Send a "
+                                "shorter conversation, or start the server with a larger --n-ctx (up to the "
+                                "model's context length).", "messages", "context_length_exceeded")
         asked = body.max_completion_tokens or body.max_tokens
         most = min(limits.max_tokens, room)
         if asked is not None and asked > most:
@@ -505,11 +532,15 @@ def endpoint_name(path: str) -> str:
     return ENDPOINTS.get(path) or ("models" if path.startswith("/v1/models/") else "other")
 
 
+UNION_MEMBER = re.compile(r"^(literal\[|function-|dict\[|list\[|str$|int$|float$|bool$)")
+
+
 def validation_error(errors: list[Any]) -> ApiError:
     """The first of pydantic's/FastAPI's validation errors as a 400: the parameter at fault, or for a body that is
     not JSON, where its parsing stopped."""
     first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # pydantic names the union member it tried (`tool_choice.literal['auto','none','required']`): the field is enough
+    location = [str(part) for part in first.get("loc", ()) if part != "body" and not UNION_MEMBER.match(str(part))]
     if first.get("type") == "json_invalid":
         at = f" at character {location[0]}" if location else ""
         reason = (first.get("ctx") or {}).get("error", "")
