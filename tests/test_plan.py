@@ -352,6 +352,21 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
     assert fit_recipe(recipe) == (recipe, None)
 
 
+def test_the_micro_batch_note_does_not_give_max_length_as_the_longest_row_of_data_that_did_not_load(
+        tiny_model_dir, tmp_path):
+    """A file train would refuse was planned at data.max_length, and the note said "the longest row is 512 tokens"
+    before the data error, of rows that were never measured."""
+    from tunesmith.plan.fit import fit_recipe
+
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q", "chosen": "a"}\n', encoding="utf-8")
+    raw = raw_recipe(tmp_path, tiny_model_dir, "dpo", batch_size=16)
+    raw["data"] = {"train": str(tmp_path / "bad.jsonl"), "max_length": 512}
+    raw["method"] = {"kind": "sft"}
+    _, note = fit_recipe(validate_recipe({**raw, "base_dir": str(tmp_path)}))
+    assert "rows may be up to data.max_length, 512 tokens, as the data did not load" in note
+    assert "the longest row is" not in note
+
+
 def test_on_a_cpu_a_batch_of_long_rows_trains_as_micro_batches_of_at_most_1024_tokens(tiny_model_dir, tmp_path):
     from tunesmith.plan.devices import Device
     from tunesmith.plan.fit import CPU_MICRO_TOKENS, cpu_micro_batches

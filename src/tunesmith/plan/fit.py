@@ -112,9 +112,11 @@ def cpu_micro_batches(recipe: Recipe, length: int, device: Device) -> Recipe | N
 
 def speed_note(recipe: Recipe, faster: Recipe, length: int, report: PlanReport) -> str:
     t, f = recipe.training, faster.training
+    longest = (f"rows may be up to data.max_length, {length:,} tokens, as the data did not load"
+               if report.data_problem else f"the longest row is {length:,} tokens")
     return (f"micro-batches of {rows_of(f.batch_size)} accumulated {f.grad_accum} times ({t.batch_size * t.grad_accum} "
             f"rows per step, as the recipe asks): on a CPU, micro-batches of up to {CPU_MICRO_TOKENS:,} tokens train "
-            f"faster and in less memory (the longest row is {length:,} tokens; the plan estimates "
+            f"faster and in less memory ({longest}; the plan estimates "
             f"{report.peak_bytes / GIB:,.1f} GiB so). Set training.grad_accum to decide yourself.")
 
 
