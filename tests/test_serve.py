@@ -826,6 +826,27 @@ def test_a_served_tool_call_reaches_the_openai_client_as_tool_calls_whole_and_st
         assert refused.value.body["param"] == "tool_choice"
 
 
+def test_a_history_whose_tool_turns_do_not_pair_with_calls_is_a_400(server, hermes_model):
+    """OpenAI refuses a tool result with no call before it, a result answering no call's id, and arguments that are
+    not a JSON object; the server rendered all three for the model before."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    asked = {"role": "assistant", "content": None, "tool_calls": [call]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+    histories = {
+        "messages[1]": [ORDER[0], result],
+        "messages[2].tool_call_id": [ORDER[0], asked, {**result, "tool_call_id": "zz9"}],
+        "messages[1].tool_calls": [ORDER[0], {**asked, "tool_calls": [
+            {**call, "function": {**call["function"], "arguments": "{city: Oslo"}}]}, result],
+    }
+    for param, messages in histories.items():
+        status, body = server.raw("POST", "/v1/chat/completions", json.dumps(
+            {"model": hermes_model, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 4}).encode())
+        assert status == 400 and body["error"]["param"] == param, (param, body)
+    answered = server.client().chat.completions.create(model=hermes_model, messages=[ORDER[0], asked, result],
+                                                       tools=[WEATHER_TOOL], max_tokens=4)
+    assert answered.choices[0].message is not None  # the well-formed history is answered
+
+
 def test_an_adapter_folder_and_a_model_are_served_beside_runs(runs, tiny_model_dir, tmp_path):
     """A LoRA folder that is no run (copied out of one, as from another tool) is served on the base its
     adapter_config.json names and answers as the run does; the base named on its own is served once; a DoRA folder

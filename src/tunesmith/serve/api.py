@@ -165,6 +165,42 @@ def check_tool_schema(tool: dict[str, Any], where: str) -> None:
                        f"{where}.function.parameters", "invalid_value")
 
 
+def check_tool_turns(messages: list[dict[str, Any]]) -> None:
+    """The tool turns of a request's history as OpenAI's API takes them: a `tool` message answers a call of the
+    assistant message before it (by `tool_call_id` where both have ids), and a call's arguments are a JSON object
+    (a string holding one): a 400 naming the message otherwise, where the template would render a result of no call
+    or arguments the model never learnt to read."""
+    call_ids: list[str] | None = None  # the calls the latest assistant message made; None: no call to answer
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            calls = message.get("tool_calls") or []
+            for number, call in enumerate(calls):
+                arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+                if not isinstance(arguments, dict) and not is_json_object_text(arguments):
+                    raise ApiError(400, f"messages[{index}].tool_calls[{number}].function.arguments must be a JSON "
+                                        f"object (as a string); got {arguments!r}.",
+                                   f"messages[{index}].tool_calls", "invalid_value")
+            ids = [call.get("id") for call in calls if isinstance(call, dict) and call.get("id")]
+            call_ids = ids if calls else None
+        elif message["role"] == "tool":
+            if call_ids is None:
+                raise ApiError(400, f"messages[{index}] is a tool result, but no assistant message with tool_calls "
+                                    "comes before it.", f"messages[{index}]", "invalid_value")
+            answered = message.get("tool_call_id")
+            if answered and call_ids and answered not in call_ids:
+                raise ApiError(400, f"messages[{index}].tool_call_id {answered!r} answers none of the calls before it "
+                                    f"(their ids: {call_ids}).", f"messages[{index}].tool_call_id", "invalid_value")
+        elif message["role"] == "user":
+            call_ids = None
+
+
+def is_json_object_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
+
+
 class ApiError(Exception):
     """An OpenAI-style error: HTTP status, message, type, the parameter at fault and a code."""
 
@@ -472,6 +508,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, index),
                      **{k: v for k, v in (m.model_extra or {}).items() if k in ("tool_calls", "tool_call_id", "name")}}
                     for index, m in enumerate(body.messages)]
+        check_tool_turns(messages)
         schema, json_object = response_schema(body)
         try:
             prompt_ids = engine.chat_prompt(name, messages, body.offered_tools())
