@@ -13,6 +13,7 @@ import pytest
 
 from tunesmith.config import load_recipe
 from tunesmith.data import holds_out, load_splits
+from tunesmith.data.shapes import calls_off_schema
 from tunesmith.data.workflow import data_recipe, inspect_data, prepare_data
 from tunesmith.errors import DataError, TunesmithError
 
@@ -387,3 +388,19 @@ def test_rows_that_call_tools_without_offering_any_are_said_by_inspect(tmp_path:
     assert report["template_contract"]["tool_format"] == "hermes"  # `tools unsupported` is said with the fallback
     assert warning.startswith("3 of 6 rows call tools but offer none")
     assert f"{tmp_path / 'calls.jsonl'}, line 1" in warning
+    # arguments the tool's schema would reject: a required parameter missing, an undeclared one given
+    schema = {"type": "object", "properties": {"room": {"type": "string"}, "state": {"type": "string"}},
+              "required": ["room", "state"]}
+    fitting = {**call, "tool_calls": [{"type": "function", "function": {
+        "name": "set_light", "arguments": '{"room": "hall", "state": "on"}'}}]}
+    for row in rows:
+        row["tools"] = [{"type": "function", "function": {"name": "set_light", "parameters": schema}}]
+    rows[4]["messages"][1] = fitting
+    rows[5]["messages"][1] = {**call, "tool_calls": [{"type": "function", "function": {
+        "name": "set_light", "arguments": {"room": "hall", "state": "on", "colour": "red"}}}]}
+    (tmp_path / "calls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (warning,) = inspect_data(recipe, examples=0)["files"]["train"]["warnings"]
+    assert warning.startswith("5 tool call(s) do not fit their tool's schema (the first: ")
+    assert "set_light({\"room\": \"kitchen\"}) lacks required ['state']" in warning
+    assert calls_off_schema(rows[5]) == ['set_light({"room": "hall", "state": "on", "colour": "red"}) gives '
+                                         "undeclared ['colour']"]

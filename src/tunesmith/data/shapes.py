@@ -403,11 +403,43 @@ def tool_warnings(rows: list[Row], place: Callable[[int], str | None] | None = N
     """Conversations that call tools without offering any (no `tools` in the row): trained so, the model learns to
     call functions whose schemas its prompt never shows, and at inference the schemas a user sends are text it did
     not learn to read. `place`: a row's index to its file and line."""
+    warnings = []
     offering_none = [index for index, row in enumerate(rows) if not row.get("tools")
                      and any(turn.get("tool_calls") for turn in row.get("messages") or [])]
-    if not offering_none:
-        return []
-    where = (place and place(offering_none[0])) or f"row {offering_none[0] + 1}"
-    return [f"{len(offering_none)} of {len(rows)} rows call tools but offer none (no 'tools' schemas; the first: "
-            f"{where}): the model learns to call functions it is never shown. Give each row the 'tools' it may "
-            "call (the same schemas a request sends at inference)."]
+    if offering_none:
+        where = (place and place(offering_none[0])) or f"row {offering_none[0] + 1}"
+        warnings.append(f"{len(offering_none)} of {len(rows)} rows call tools but offer none (no 'tools' schemas; the "
+                        f"first: {where}): the model learns to call functions it is never shown. Give each row the "
+                        "'tools' it may call (the same schemas a request sends at inference).")
+    off_schema = [(index, found) for index, row in enumerate(rows) for found in calls_off_schema(row)]
+    if off_schema:
+        index, found = off_schema[0]
+        where = (place and place(index)) or f"row {index + 1}"
+        warnings.append(f"{len(off_schema)} tool call(s) do not fit their tool's schema (the first: {where}, {found}): "
+                        "the model learns arguments the tool would reject. Correct the arguments or the schema.")
+    return warnings
+
+
+def calls_off_schema(row: Row) -> list[str]:
+    """Each call of a conversation whose arguments lack a parameter its tool's schema requires, or give one the
+    schema does not declare (where it declares `properties` and does not allow others), said in a phrase."""
+    schemas = {schema["function"]["name"]: schema["function"].get("parameters") or {}
+               for schema in row.get("tools") or [] if isinstance(schema.get("function"), dict)}
+    found = []
+    for turn in row.get("messages") or []:
+        for call in turn.get("tool_calls") or []:
+            name, arguments = call["function"]["name"], call["function"].get("arguments")
+            parameters = schemas.get(name)
+            if isinstance(arguments, str):
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            if not isinstance(parameters, dict) or not isinstance(arguments, dict):
+                continue
+            declared = parameters.get("properties")
+            missing = [key for key in parameters.get("required") or [] if key not in arguments]
+            unknown = [key for key in arguments if isinstance(declared, dict) and key not in declared
+                       and parameters.get("additionalProperties") is not True]
+            if missing or unknown:
+                parts = [*([f"lacks required {missing}"] if missing else []),
+                         *([f"gives undeclared {unknown}"] if unknown else [])]
+                found.append(f"{name}({json.dumps(arguments, ensure_ascii=False)[:60]}) " + " and ".join(parts))
+    return found
