@@ -119,6 +119,16 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     assert recipe.data.eval is None
 
 
+def test_off_unquoted_as_yaml_reads_it_is_off(tmp_path):
+    """README's `pii: off|redact|drop`: YAML 1.1 reads an unquoted off as false, which was refused ("got False")."""
+    path = write(tmp_path, "data:\n  train: t.jsonl\n  clean: {pii: off, dedup: off}\n")
+    clean = load_recipe(path).data.clean
+    assert (clean.pii, clean.dedup) == ("off", "off")
+    assert load_recipe(path, ["data.clean.pii=off", "data.clean.dedup=no"]).data.clean.dedup == "off"
+    with pytest.raises(RecipeError, match=r"data\.clean\.pii.*boolean true.*write redact or drop"):
+        load_recipe(path, ["data.clean.pii=yes"])
+
+
 def test_a_relative_path_set_on_the_command_line_is_from_the_current_folder(tmp_path, monkeypatch):
     recipe_dir, here = tmp_path / "recipes", tmp_path / "work"
     recipe_dir.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunesmith.errors import RecipeError
 
@@ -63,6 +63,18 @@ class CleanSection(Section):
         "exact", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
     near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity that counts as duplicate.")
     num_perm: int = Field(128, ge=16)
+
+    @field_validator("pii", "dedup", mode="before")
+    @classmethod
+    def _off_as_yaml_writes_it(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML 1.1 reads an unquoted `off` (and `no`, `false`) as the boolean false: the documented `pii: off`
+        arrived as False and was refused. False means `off`; true is refused with the values to write instead."""
+        if value is False:
+            return "off"
+        if value is True:
+            on = {"pii": "redact or drop", "dedup": "exact or near"}[info.field_name]
+            raise ValueError(f"YAML reads on/yes/true as the boolean true, which names no setting: write {on}")
+        return value
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> CleanSection:
