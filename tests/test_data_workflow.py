@@ -180,6 +180,10 @@ def test_prepare_refuses_a_folder_holding_the_users_files_and_replaces_its_own_o
     (out / "train.jsonl").write_text("", encoding="utf-8")
     prepare_data(recipe, out)  # an earlier `data prepare` output is replaced whole
     assert (out / "train.jsonl").read_text(encoding="utf-8")
+    (out / "my_annotations.txt").write_text("mine", encoding="utf-8")  # ... unless the user added a file to it
+    with pytest.raises(TunesmithError, match=r"also holds my_annotations\.txt, which tunesmith did not write"):
+        prepare_data(recipe, out)
+    assert (out / "my_annotations.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_a_train_file_whose_rows_all_fall_into_the_held_out_share_is_refused(tmp_path: Path, tiny_model_dir: Path):

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,12 +74,13 @@ def atomic_write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def check_replaceable_output(path: Path, marker: str) -> None:
+def check_replaceable_output(path: Path, marker: str, written: Collection[str] | None = None) -> None:
     """Refuse an output folder that writing there would destroy: `atomic_directory` replaces the whole folder.
 
-    `path` may be new, empty, or an earlier output of the same command (it holds `marker`, e.g. `data_report.json`).
-    The current folder, a folder above it, the home folder and any other non-empty folder are refused.
-    Raises TunesmithError (exit 2) naming the folder and what to do.
+    `path` may be new, empty, or an earlier output of the same command (it holds `marker`, e.g. `data_report.json`,
+    and, where the command names what it writes (`written`), nothing else: a file a user added to an earlier output
+    would be deleted with it). The current folder, a folder above it, the home folder and any other non-empty folder
+    are refused. Raises TunesmithError (exit 2) naming the folder and what to do.
     """
     target = path.expanduser().resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
@@ -93,6 +94,13 @@ def check_replaceable_output(path: Path, marker: str) -> None:
         raise TunesmithError(f"Output folder {path} already holds files that tunesmith did not write there (no "
                              f"{marker}); writing the output would replace the folder and delete them.",
                              "Name a new or empty folder, or move those files away first.")
+    added = sorted(entry.name for entry in target.iterdir() if entry.name not in {marker, *written}) if (
+        written is not None and target.is_dir()) else []
+    if added:
+        raise TunesmithError(f"Output folder {path} is an earlier output, but also holds {', '.join(added)}, which "
+                             "tunesmith did not write there; writing the output would replace the folder and delete "
+                             f"{'it' if len(added) == 1 else 'them'}.",
+                             "Move those files away first, or name a new folder.")
 
 
 @contextmanager

@@ -165,7 +165,7 @@ def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     """Clean and split as training would, then write rows, data_report.json, report.html and the histogram.
 
     `out_dir` must be new, empty or an earlier `data prepare` output (`check_replaceable_output`)."""
-    check_replaceable_output(out_dir, "data_report.json")
+    check_replaceable_output(out_dir, "data_report.json", PREPARE_OUTPUTS)
     tokenizer = recipe_tokenizer(recipe)
     splits = load_splits(recipe, accept=SHAPES, purpose="prepare", tokenizer=tokenizer)
     lengths = {"train": token_lengths(tokenizer, splits.train), "eval": token_lengths(tokenizer, splits.eval)}
@@ -189,6 +189,9 @@ def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         (tmp / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.html").write_text(report_html(report, histogram), encoding="utf-8")
     return report
+
+
+PREPARE_OUTPUTS = ("train.jsonl", "eval.jsonl", "token_lengths.png", "data_report.json", "report.html")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
