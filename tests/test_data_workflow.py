@@ -362,7 +362,7 @@ def test_preference_rows_that_train_wrong_without_failing_are_said_by_inspect(tm
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs), encoding="utf-8")
     recipe = data_recipe(tmp_path / "pairs.jsonl", model=str(tiny_model_dir))
     (warning,) = inspect_data(recipe, examples=0)["files"]["train"]["warnings"]
-    assert warning.startswith("5 of 6 preference rows start every answer with their prompt's text")
+    assert warning.startswith("5 of 6 rows start every answer with their prompt's text")
     assert f"{tmp_path / 'pairs.jsonl'}, line 2" in warning
     labelled = [{"prompt": q, "completion": "Every week.", "label": True} for q in questions]
     (tmp_path / "kto.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")

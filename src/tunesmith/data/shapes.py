@@ -364,14 +364,14 @@ MIN_REPEATED_PROMPT_CHARS = 12  # shorter prompts ("Hi") may open an answer by c
 
 
 def preference_warnings(rows: list[Row], place: Callable[[int], str | None] | None = None) -> list[str]:
-    """What preference rows (pairs, or KTO's labelled rows) hold that trains wrong without failing: answers that
-    start by repeating their prompt (a transcript cut in the wrong place), and KTO rows all of one label. `place`: a
-    row's index to its file and line."""
+    """What rows with a prompt and answers (pairs, KTO's labelled rows, prompt-completion rows) hold that trains
+    wrong without failing: answers that start by repeating their prompt (a transcript cut in the wrong place), and
+    KTO rows all of one label. `place`: a row's index to its file and line."""
     warnings = []
     repeating = [index for index, row in enumerate(rows) if answers_repeat_prompt(row)]
     if repeating:
         where = (place and place(repeating[0])) or f"row {repeating[0] + 1}"
-        warnings.append(f"{len(repeating)} of {len(rows)} preference rows start every answer with their prompt's "
+        warnings.append(f"{len(repeating)} of {len(rows)} rows start every answer with their prompt's "
                         f"text (the first: {where}): training would teach the model to repeat the question before "
                         "answering. Remove the prompt from the answers (converting whole transcripts often leaves "
                         "it there); a pair without a prompt column may give chosen and rejected as whole "
