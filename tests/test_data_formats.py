@@ -890,3 +890,13 @@ def test_pairs_missing_one_side_name_the_column_they_lack(tmp_path):
     kto.write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="'completion' but no 'label'"):
         load_rows(kto, ("unpaired_preference",), "method.kind kto")
+
+
+def test_a_bad_row_without_a_fix_of_its_own_gets_the_two_every_bad_row_has(tmp_path):
+    """`data preview` on a CSV with an empty cell said only what was wrong; inspect suggested skip_invalid."""
+    from tunesmith.data.loaders import load_records
+
+    (tmp_path / "e.csv").write_text("prompt,completion\nhi,there\n,empty\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3: 'prompt' must be a non-empty string") as caught:
+        load_records(tmp_path / "e.csv")
+    assert "data.skip_invalid: true" in caught.value.hint and "data inspect" in caught.value.hint

@@ -227,9 +227,14 @@ def add_row(result: LoadResult, record: Record, layout: str, skip_invalid: bool)
         result.first_hint = result.first_hint or problem.hint
 
 
+ROW_HINT = ("Fix that row, or set data.skip_invalid: true (`--set data.skip_invalid=true`) to leave rows like it out; "
+            "`tunesmith data inspect` lists every such row.")
+
+
 def located(where: str, problem: RowProblem) -> DataError:
-    """The row's problem as the error users see: file and line (or row index) first."""
-    return DataError(f"{where}: {problem.message}", problem.hint)
+    """The row's problem as the error users see: file and line (or row index) first, with the problem's own fix or,
+    where it names none, the two every bad row has."""
+    return DataError(f"{where}: {problem.message}", problem.hint or ROW_HINT)
 
 
 def describe_skipped(skipped: dict[str, int]) -> str:
