@@ -143,6 +143,15 @@ def test_training_splits_are_cleaned_and_leakage_into_eval_is_removed(tmp_path: 
     assert splits.cleaning["train_eval_overlap"] == {"removed": 1}
     steps = {s["step"]: s for s in splits.cleaning["train"]}
     assert list(steps) == ["normalize", "pii_found", "dedup_exact"] and steps["dedup_exact"]["removed"] == 1
+    # a near copy of an eval row (a comma added) leaks too: removed under dedup: near, as within a file
+    near_copy = json.loads(json.dumps(rows[7]))
+    near_copy["messages"][0]["content"] = near_copy["messages"][0]["content"].replace("Please ship", "Please, ship")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows[:7], near_copy, *rows[8:]]),
+                                          encoding="utf-8")
+    assert load_splits(load_recipe(recipe)).cleaning["train_eval_overlap"] == {"removed": 0}  # exact: kept
+    splits = load_splits(load_recipe(recipe, ["data.clean.dedup=near"]))
+    assert splits.cleaning["train_eval_overlap"] == {"removed": 1, "near": 1} and near_copy not in splits.train
+    assert len(splits.train) == 29  # of 30
 
 
 def test_cli_prepare_json_and_inspect(messy_project: Path, tmp_path: Path):

@@ -106,7 +106,8 @@ def print_inspect_report(report: dict[str, Any]) -> None:
             err.print(escape(text), highlight=False)
     print_contract(report.get("template_contract", {}))
     if report.get("train_eval_overlap"):
-        err.print(f"[yellow]note:[/yellow] {report['train_eval_overlap']} train row(s) are the same as an eval row: "
+        err.print(f"[yellow]note:[/yellow] {report['train_eval_overlap']} train row(s) are the same as an eval row "
+                  "(or, under data.clean.dedup: near, near copies of one): "
                   "prepare and train remove them from training (their answers would be in the score).",
                   highlight=False, soft_wrap=True)
 

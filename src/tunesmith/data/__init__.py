@@ -93,7 +93,7 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
                           f"data.eval_fraction {data.eval_fraction:g}), held out by content hash")
         refuse_all_held_out(rows, kept, source["train"], data.eval_fraction)
     if data.clean.dedup != "off":
-        kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held)
+        kept, cleaning["train_eval_overlap"] = drop_eval_overlap(kept, held, data.clean)
         refuse_all_overlapping(kept, cleaning["train_eval_overlap"], source)
     if shapes <= {*SFT_SHAPES, "prompt"}:  # conversations, and GRPO's prompts as the turns the model answers
         kept, held = ([as_conversation(row) for row in part] for part in (kept, held))
@@ -146,13 +146,21 @@ def refuse_all_overlapping(kept: list[Row], overlap: dict[str, Any], source: dic
                         "Use an eval file with different rows, or remove data.eval to hold out a fraction.")
 
 
-def drop_eval_overlap(train: list[Row], held: list[Row]) -> tuple[list[Row], dict[str, Any]]:
-    """Train rows whose normalized text equals an eval row's would leak the answers into the score."""
-    from tunesmith.data.dedup import dedup_key, dedup_text
+def drop_eval_overlap(train: list[Row], held: list[Row], clean: Any = None) -> tuple[list[Row], dict[str, Any]]:
+    """Train rows whose normalized text equals an eval row's would leak the answers into the score; under
+    `data.clean.dedup: near` (`clean`, a CleanSection), so would near copies of eval rows (Jaccard >=
+    near_threshold, as near dedup measures within a file)."""
+    from tunesmith.data.dedup import dedup_key, dedup_text, near_copies_of
 
     eval_keys = {dedup_key(dedup_text(row)) for row in held}
     kept = [row for row in train if dedup_key(dedup_text(row)) not in eval_keys]
-    return kept, {"removed": len(train) - len(kept)}
+    exact = len(train) - len(kept)
+    if clean is not None and clean.dedup == "near" and kept and held:
+        near = set(near_copies_of([dedup_text(row) for row in kept], [dedup_text(row) for row in held],
+                                  clean.near_threshold, clean.num_perm))
+        kept = [row for index, row in enumerate(kept) if index not in near]
+    return kept, {"removed": len(train) - len(kept), **({"near": len(train) - len(kept) - exact}
+                                                         if clean is not None and clean.dedup == "near" else {})}
 
 
 def recipe_tokenizer(recipe: Recipe) -> Any:

@@ -112,6 +112,23 @@ def near_duplicate_rows(rows: Sequence[Row], threshold: float = 0.85, num_perm: 
     return near_duplicates([dedup_text(row) for row in rows], threshold, num_perm)
 
 
+def near_copies_of(texts: Sequence[str], references: Sequence[str], threshold: float = 0.85, num_perm: int = 128,
+                   seed: int = 1) -> list[int]:
+    """The indexes of `texts` whose shingle sets have Jaccard similarity >= `threshold` with one of `references`
+    (candidates from MinHash LSH over the references alone, each checked exactly, as `near_duplicates` does): train
+    rows that are near copies of held-out rows."""
+    shingles = ShingleHasher()
+    shingle_sets = [shingles(text) for text in [*references, *texts]]
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=CANDIDATE_WEIGHTS)
+    found = []
+    for index, sketch in enumerate(sketches(shingle_sets, num_perm, seed)):
+        if index < len(references):
+            lsh.insert(index, sketch, check_duplication=False)
+        elif best_match(shingle_sets, index, lsh.query(sketch), threshold) is not None:
+            found.append(index - len(references))
+    return found
+
+
 class ShingleHasher:
     """A text's shingles as a sorted array of distinct 32-bit ids.
 

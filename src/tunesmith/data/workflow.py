@@ -85,8 +85,8 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
         report["template_contract"]["tool_format"] = data.tool_format  # hermes: tools reach the model as text
     if "eval" in records and data.clean.dedup != "off":  # what prepare and train remove before training
-        _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows)
-        report["train_eval_overlap"] = overlap["removed"]
+        _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows, data.clean)
+        report["train_eval_overlap"] = overlap["removed"]  # exact copies, and near ones under dedup: near
     return report
 
 

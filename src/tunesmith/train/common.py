@@ -180,9 +180,10 @@ def cleaning_warnings(splits: Splits) -> list[str]:
     holds the same text (leakage), so a run that trains on fewer rows than its file holds says so before training."""
     reasons = [f"{step['removed']} {CLEANING_REASONS.get(step['step'], step['step'])}"
                for step in splits.cleaning.get("train") or [] if step.get("removed")]
-    overlap = (splits.cleaning.get("train_eval_overlap") or {}).get("removed", 0)
-    if overlap:
-        reasons.append(f"{overlap} also in the eval set (they would leak its answers into the score)")
+    overlap = splits.cleaning.get("train_eval_overlap") or {}
+    if overlap.get("removed"):
+        near = f", {overlap['near']} of them near copies" if overlap.get("near") else ""
+        reasons.append(f"{overlap['removed']} also in the eval set{near} (they would leak its answers into the score)")
     warnings = [pii_warning(step) for step in splits.cleaning.get("train") or []
                 if step.get("step") == "pii_found" and step.get("rows_with_pii")]
     if not reasons:
