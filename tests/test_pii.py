@@ -56,6 +56,9 @@ POSITIVES = [
     ("SECRET", "GitLab {} leaked", "glpat-Q7bX2mZp9LwR4tY8nB3c"),
     ("SECRET", "api_key = {}", "Q7bX2mZp9LwR4tY8"),
     ("SECRET", "random {} here", "Xk9vQ2mZp7LwR4tY8nB3cF6h"),
+    # a password written out, short or with symbols (a newcomer's file kept `password=Tr0ub4dor&3`)
+    ("SECRET", "password={} please", "Tr0ub4dor&3"),
+    ("SECRET", "pwd: {}", "hunter2!"),
 ]
 
 
@@ -81,6 +84,8 @@ LOOK_ALIKES = [
     "The file /Users/JohnSmith/Documents/Report2024/Final is a path.",
     "Set max_tokens=2048 and temperature=0.7.",
     "MyProject2024ReleaseNotesV2 is an identifier.",
+    "The version is 10.2.3.4, is that current?",  # redacted as an IP in a question, kept in its answer
+    "Password: required. The password is reset daily.",
 ]
 
 

@@ -153,13 +153,17 @@ SECRET_KEY_WORDS = ("secret", "token", "key", "password", "passwd", "pwd")
 ASSIGNED_VALUE = re.compile(r"[:=][ \t]*[\"']?([A-Za-z0-9+/_.=-]{11,}[A-Za-z0-9+/_=-])", re.A)
 SECRET_KEY_BEFORE = re.compile(r"(?i)(?:secret|token|api[_-]?key|apikey|password|passwd|pwd|access[_-]?key"
                                r"|private[_-]?key)[\w-]*[\"']?\s*$", re.A)
+# A password written out: any value of 6+ characters after password/passwd/pwd/passcode and `:` or `=`, where the
+# value is no plain lower-case word ("password: required" stays).
+PASSWORD_VALUE = re.compile(r"(?i)\b(?:password|passwd|pwd|passcode)\s*[:=]\s*[\"']?([^\s\"']{6,})", re.A)
 BEARER_VALUE = re.compile(r"[Bb]earer\s+([A-Za-z0-9+/_.=-]{11,}[A-Za-z0-9+/_=-])", re.A)
 PRIVATE_KEY = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----[\s\S]*?(?:-----END \1PRIVATE KEY-----|\Z)")
 RANDOM_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{20,}={0,2}(?![A-Za-z0-9+/=_-])", re.A)
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 HEX = re.compile(r"[0-9a-fA-F]+")
 VERSION_BEFORE = re.compile(r"(?i)\b(?:v|ver|version|release|build|firmware|kernel|python|node|chrome|section|sec"
-                            r"|chapter|clause|paragraph|step|figure|table|item|rule)\.?\s*:?\s*$")
+                            r"|chapter|clause|paragraph|step|figure|table|item|rule)\.?\s*:?\s*"
+                            r"(?:(?:is|was|number|no\.?|of)\s+)?$")
 HASH_BEFORE = re.compile(r"(?i)\b(?:commit|commits|sha|sha1|sha256|sha512|md5|hash|digest|checksum|revision|rev|git"
                          r"|merge|revert|cherry-pick|blob|tree|etag|object)\b\W{0,3}(?:\w+\W{1,3}){0,3}$")
 WORD_RUN = re.compile(r"[A-Z]?[a-z]{3,}|[A-Z]{4,}")
@@ -235,6 +239,14 @@ def assigned_secret_span(match: re.Match[str]) -> Span | None:
     return secret_value_span(match)
 
 
+def password_span(match: re.Match[str]) -> Span | None:
+    """The value given to a password key, unless it reads as a word (lower case letters alone)."""
+    value = match.group(1).rstrip(".,;)")
+    if value.isalpha() and value.islower():
+        return None
+    return match.start(1), match.start(1) + len(value)
+
+
 def random_token_span(match: re.Match[str]) -> Span | None:
     """A token that looks random; a UUID, a hash after "commit"/"sha256", a dotted name's tail or a CamelCase
     identifier or path does not."""
@@ -287,6 +299,7 @@ DETECTORS = (
     Detector("SECRET", SECRET_PREFIXED, lambda t: t.longest_word >= 15 and t.has_any(SECRET_PREFIXES)),
     Detector("SECRET", ASSIGNED_VALUE, lambda t: t.digit_group > 0 and ("=" in t.text or ":" in t.text)
              and t.longest_word >= 12 and any(word in t.lower for word in SECRET_KEY_WORDS), assigned_secret_span),
+    Detector("SECRET", PASSWORD_VALUE, lambda t: "pass" in t.lower or "pwd" in t.lower, password_span),
     Detector("SECRET", BEARER_VALUE, lambda t: t.digit_group > 0 and "earer" in t.text, secret_value_span),
     Detector("SECRET", PRIVATE_KEY, lambda t: "-----BEGIN" in t.text),
     Detector("SECRET", RANDOM_TOKEN, lambda t: t.digit_group > 0 and t.longest_word >= 20, random_token_span),
