@@ -180,16 +180,28 @@ def check_arguments_object(arguments: str | dict, where: str) -> None:
     """A call's arguments must be a JSON object, or a string holding one (OpenAI's form): a string that is not JSON
     would train as a quoted string (`"arguments": "{temperature: 20"`), a number or a string holding JSON text again
     (double-encoded) as that value, and no template or tool reads either as arguments."""
+    fault = arguments_fault(arguments)
+    if fault:
+        raise RowProblem("wrong_type", f"{where} {fault}.",
+                         'Write the arguments as a JSON object, or as a string holding one: "{\"city\": \"Oslo\"}".')
+
+
+def arguments_fault(arguments: Any) -> str | None:
+    """What is wrong with a tool call's arguments, as a phrase ("is not JSON: ...", "must be a JSON object, got
+    ..."), or None for a JSON object or a string holding one (an empty string: no arguments). Data checks and
+    `serve` judge a call's arguments by this one rule."""
     if isinstance(arguments, dict):
-        return
-    hint = 'Write the arguments as a JSON object, or as a string holding one: "{\"city\": \"Oslo\"}".'
+        return None
+    if not isinstance(arguments, str):
+        return f"must be a JSON object, got {short_repr(arguments)}"
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
-        raise RowProblem("wrong_type", f"{where} is not JSON: {short_repr(arguments)}.", hint) from None
-    if not isinstance(parsed, dict):
-        encoded = " (it holds JSON text again: encoded twice)" if isinstance(parsed, str) else ""
-        raise RowProblem("wrong_type", f"{where} must be a JSON object, got {short_repr(arguments)}{encoded}.", hint)
+        return f"is not JSON: {short_repr(arguments)}"
+    if isinstance(parsed, dict):
+        return None
+    encoded = " (it holds JSON text again: encoded twice)" if isinstance(parsed, str) else ""
+    return f"must be a JSON object, got {short_repr(arguments)}{encoded}"
 
 
 def tool_schemas(value: Any) -> list[dict]:

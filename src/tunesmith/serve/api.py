@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.data.template import request_tool_names, split_tool_calls
+from tunesmith.data.turns import arguments_fault
 from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling, json_schema_grammar
 
 
@@ -176,9 +177,9 @@ def check_tool_turns(messages: list[dict[str, Any]]) -> None:
             calls = message.get("tool_calls") or []
             for number, call in enumerate(calls):
                 arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
-                if not isinstance(arguments, dict) and not is_json_object_text(arguments):
-                    raise ApiError(400, f"messages[{index}].tool_calls[{number}].function.arguments must be a JSON "
-                                        f"object (as a string); got {arguments!r}.",
+                fault = arguments_fault(arguments)
+                if fault:
+                    raise ApiError(400, f"messages[{index}].tool_calls[{number}].function.arguments {fault}.",
                                    f"messages[{index}].tool_calls", "invalid_value")
             ids = [call.get("id") for call in calls if isinstance(call, dict) and call.get("id")]
             call_ids = ids if calls else None
@@ -192,13 +193,6 @@ def check_tool_turns(messages: list[dict[str, Any]]) -> None:
                                     f"(their ids: {call_ids}).", f"messages[{index}].tool_call_id", "invalid_value")
         elif message["role"] == "user":
             call_ids = None
-
-
-def is_json_object_text(value: Any) -> bool:
-    try:
-        return isinstance(value, str) and isinstance(json.loads(value), dict)
-    except ValueError:
-        return False
 
 
 class ApiError(Exception):
