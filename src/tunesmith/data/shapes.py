@@ -360,6 +360,11 @@ def as_conversation(row: Row) -> Row:
     return conversation
 
 
+def row_place(place: Callable[[int], str | None] | None, index: int) -> str:
+    """Where the index-th row is, as a person finds it: its file and line (`place`), else `row N`."""
+    return (place and place(index)) or f"row {index + 1}"
+
+
 MIN_REPEATED_PROMPT_CHARS = 12  # shorter prompts ("Hi") may open an answer by chance
 
 
@@ -370,7 +375,7 @@ def preference_warnings(rows: list[Row], place: Callable[[int], str | None] | No
     warnings = []
     repeating = [index for index, row in enumerate(rows) if answers_repeat_prompt(row)]
     if repeating:
-        where = (place and place(repeating[0])) or f"row {repeating[0] + 1}"
+        where = row_place(place, repeating[0])
         warnings.append(f"{len(repeating)} of {len(rows)} rows start every answer with their prompt's "
                         f"text (the first: {where}): training would teach the model to repeat the question before "
                         "answering. Remove the prompt from the answers (converting whole transcripts often leaves "
@@ -407,14 +412,14 @@ def tool_warnings(rows: list[Row], place: Callable[[int], str | None] | None = N
     offering_none = [index for index, row in enumerate(rows) if not row.get("tools")
                      and any(turn.get("tool_calls") for turn in row.get("messages") or [])]
     if offering_none:
-        where = (place and place(offering_none[0])) or f"row {offering_none[0] + 1}"
+        where = row_place(place, offering_none[0])
         warnings.append(f"{len(offering_none)} of {len(rows)} rows call tools but offer none (no 'tools' schemas; the "
                         f"first: {where}): the model learns to call functions it is never shown. Give each row the "
                         "'tools' it may call (the same schemas a request sends at inference).")
     off_schema = [(index, found) for index, row in enumerate(rows) for found in calls_off_schema(row)]
     if off_schema:
         index, found = off_schema[0]
-        where = (place and place(index)) or f"row {index + 1}"
+        where = row_place(place, index)
         warnings.append(f"{len(off_schema)} tool call(s) do not fit their tool's schema (the first: {where}, {found}): "
                         "the model learns arguments the tool would reject. Correct the arguments or the schema.")
     return warnings
