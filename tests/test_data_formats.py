@@ -481,6 +481,38 @@ def test_undecodable_bytes_name_the_line_in_every_text_format(tmp_path):
         load_records(tmp_path / "latin1.jsonl", skip_invalid=True)
 
 
+def test_utf16_with_a_byte_order_mark_is_read_and_other_encodings_are_named(tmp_path):
+    rows = [{"prompt": "Café ☕ order?", "completion": "Größe M"}, {"prompt": "two", "completion": "2"}]
+    csv_text = "prompt,completion\r\n" + "".join(f"{r['prompt']},{r['completion']}\r\n" for r in rows)
+    (tmp_path / "excel.csv").write_bytes(csv_text.encode("utf-16"))  # Excel's "Unicode Text": UTF-16 with a BOM
+    (tmp_path / "no_suffix").write_bytes(csv_text.encode("utf-16"))
+    (tmp_path / "ps.jsonl").write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                                        .encode("utf-16-be").join([b"\xfe\xff", b""]))  # PowerShell's `>`
+    (tmp_path / "utf8.csv").write_text(csv_text, encoding="utf-8")
+    expected = load_records(tmp_path / "utf8.csv").rows
+    assert len(expected) == 2 and "Café ☕ order?" in json.dumps(expected, ensure_ascii=False)
+    for name in ("excel.csv", "no_suffix", "ps.jsonl"):
+        assert load_records(tmp_path / name).rows == expected, name
+    (tmp_path / "nobom.csv").write_bytes(csv_text.encode("utf-16-le"))
+    with pytest.raises(DataError, match="looks UTF-16") as raised:
+        load_records(tmp_path / "nobom.csv")
+    assert "iconv -f utf-16le -t utf-8" in raised.value.hint
+    (tmp_path / "latin.csv").write_bytes(csv_text.encode("cp1252", errors="replace"))
+    with pytest.raises(DataError, match="line 2: not valid UTF-8") as raised:
+        load_records(tmp_path / "latin.csv")
+    assert "iconv -f cp1252" in raised.value.hint
+
+
+def test_an_excel_workbook_is_refused_with_how_to_save_it_as_csv(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "tickets.xlsx", "w") as book:
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(DataError, match=r"tickets\.xlsx: is a zip archive \(an Excel workbook") as raised:
+        load_records(tmp_path / "tickets.xlsx")
+    assert "CSV UTF-8" in raised.value.hint
+
+
 def test_bad_json_document_names_its_line(tmp_path):
     (tmp_path / "a.json").write_text('[\n {"text": "a"},\n {"text": }\n]', encoding="utf-8")
     with pytest.raises(DataError, match=r"a\.json, line 3: not valid JSON \(Expecting value"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from tunesmith.config import load_recipe
 from tunesmith.data import holds_out, load_splits
+from tunesmith.data.report import length_bins
 from tunesmith.data.shapes import calls_off_schema
 from tunesmith.data.workflow import data_recipe, inspect_data, prepare_data
 from tunesmith.errors import DataError, TunesmithError
@@ -106,6 +108,21 @@ def test_prepare_writes_a_self_contained_report(messy_project: Path, tmp_path: P
     assert parser.images and parser.images[0].startswith("data:image/png;base64,")
     text = " ".join(parser.text)
     assert "dedup_near" in text and "pii_redact" in text and "http" not in page
+    assert "found by kind: EMAIL 1" in text and "duplicate of: 4" in text  # fields read as text, not Python dicts
+    assert "{'" not in text
+    assert f"train: {report['sources']['train']}" in text
+
+
+def test_length_bins_are_shared_and_go_log_scale_when_an_outlier_would_crush_the_rest():
+    rows = [50 + i for i in range(150)]
+    edges, log_scale = length_bins(rows, max_length=512)
+    assert not log_scale and edges[0] == 50 and edges[-1] == 512
+    with_outlier = [*rows, 20_000]
+    edges, log_scale = length_bins(with_outlier, max_length=512)
+    assert log_scale and edges[0] == 50 and edges[-1] == 20_000
+    fullest = max(sum(lo <= n < hi for n in with_outlier) for lo, hi in itertools.pairwise(edges))
+    linear_fullest = sum(n < 50 + (20_000 - 50) / 40 for n in with_outlier)
+    assert linear_fullest == 150 and fullest < 40  # equal-width bins put every other row in one bar
 
 
 def test_a_failing_prepare_leaves_nothing_behind(tmp_path: Path, tiny_model_dir: Path):

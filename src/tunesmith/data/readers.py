@@ -34,11 +34,22 @@ FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMAT
 
 
 def utf8_hint(path: Path) -> str:
-    """How to re-save `path` as UTF-8, keeping its extension (the format is read from it)."""
+    """How to re-save `path` as UTF-8, keeping its extension (the format is read from it): from UTF-16 where the
+    file's first bytes hold NULs (UTF-16 without a byte-order mark; with one, the file is read as it is), else from
+    cp1252, what Windows and Excel write most often."""
     fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
-    return (f"Re-save the file as UTF-8 and point the recipe at the new file; a file from Windows or Excel is often "
-            f"cp1252 (Latin-1): `iconv -f cp1252 -t utf-8 '{path}' > '{fixed}'`.")
+    try:
+        with path.open("rb") as handle:
+            wide = b"\x00" in handle.read(4096)
+    except OSError:
+        wide = False
+    source, why = ("utf-16le", "it looks UTF-16 (every other byte is 0)") if wide else (
+        "cp1252", "a file from Windows or Excel is often cp1252 (Latin-1)")
+    return (f"Re-save the file as UTF-8 and point the recipe at the new file; {why}: "
+            f"`iconv -f {source} -t utf-8 '{path}' > '{fixed}'`.")
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian: Excel's "Unicode Text", PowerShell's `>`
+ZIP_MAGIC = b"PK\x03\x04"  # .xlsx, .docx, .ods and zip archives
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # where surrogateescape decoding kept a byte that is not UTF-8
 
 
@@ -116,15 +127,17 @@ def detect_format(path: Path) -> str:
 def sniff_json(path: Path) -> str | None:
     """json or jsonl when the file starts like JSON, else None."""
     with path.open("rb") as handle:
-        head = handle.read(1024).removeprefix(UTF8_BOM).lstrip()
+        head = as_utf8(handle.read(1024), path, partial=True).lstrip()
     return json_or_jsonl(path) if head[:1] in (b"[", b"{") else None
 
 
 def json_or_jsonl(path: Path) -> str:
     """JSONL when the first non-blank line is a JSON value by itself and more lines follow."""
     with path.open("rb") as handle:
-        first = next((line for line in handle if line.strip()), b"")
-        more = any(line.strip() for line in handle)
+        lines = iter(read_bytes(path).split(b"\n")) if handle.read(2) in UTF16_BOMS else handle
+        handle.seek(0)
+        first = next((line for line in lines if line.strip()), b"")
+        more = any(line.strip() for line in lines)
     if not more:
         return "json"
     try:
@@ -139,7 +152,11 @@ def sniff_format(path: Path) -> str:
         head = handle.read(65536)
     if head.startswith(b"PAR1"):
         return "parquet"
-    text = head.removeprefix(UTF8_BOM).lstrip()
+    if head.startswith(ZIP_MAGIC):
+        raise DataError(f"{path}: is a zip archive (an Excel workbook, .xlsx, is one), not a data file.",
+                        "Save the sheet as CSV (Excel: File > Save As > CSV UTF-8) and point data.train at the .csv; "
+                        "unzip an archive and point data.train at the folder.")
+    text = as_utf8(head, path, partial=True).lstrip()
     if not text or text[:1] in (b"[", b"{"):
         return json_or_jsonl(path) if text else "jsonl"
     first_line = text.split(b"\n", 1)[0]
@@ -151,10 +168,28 @@ def sniff_format(path: Path) -> str:
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's bytes as UTF-8, without a byte-order mark (UTF-16 with one is converted: its lines and line
+    numbers stay the same). Raises DataError when the file cannot be read."""
     try:
-        return path.read_bytes().removeprefix(UTF8_BOM)
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror}).") from None
+    text = as_utf8(data, path)
+    if b"\x00" in text[:4096]:  # no text format holds NUL bytes; UTF-16 without a byte-order mark is full of them
+        raise DataError(f"{path}: holds NUL bytes, so it is not UTF-8 text.", utf8_hint(path))
+    return text
+
+
+def as_utf8(data: bytes, path: Path, partial: bool = False) -> bytes:
+    """`data` without a UTF-8 byte-order mark, or converted from UTF-16 where it starts with that one's (`partial`:
+    the file's first bytes only, which may end inside a character)."""
+    if not data.startswith(UTF16_BOMS):
+        return data.removeprefix(UTF8_BOM)
+    try:
+        return data.decode("utf-16", errors="ignore" if partial else "strict").encode("utf-8", "surrogateescape")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: starts as UTF-16 but byte {exc.start} is not ({exc.reason}).",
+                        utf8_hint(path)) from None
 
 
 def read_jsonl(path: Path) -> list[Record]:

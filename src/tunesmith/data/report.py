@@ -48,15 +48,36 @@ def summary(values: list[int]) -> dict[str, float]:
             "mean": round(statistics.fmean(ordered), 1)}
 
 
+def length_bins(values: list[int], max_length: int, count: int = 40) -> tuple[list[float], bool]:
+    """Histogram bin edges shared by every split (so train and eval bars are comparable), covering the rows and
+    max_length, and whether they are log-spaced: when the longest row is more than LOG_SPREAD times the median
+    (one long outlier would otherwise put every other row into the first of `count` equal bins)."""
+    ordered = sorted(values)
+    low, high = max(1, min(ordered[0], max_length)), max(ordered[-1], max_length, 2)
+    log_scale = ordered[-1] > LOG_SPREAD * max(1, ordered[len(ordered) // 2])
+    if log_scale:
+        return [low * (high / low) ** (i / count) for i in range(count + 1)], True
+    low = min(ordered[0], max_length)
+    return [low + (high - low) * i / count for i in range(count + 1)], False
+
+
+LOG_SPREAD = 10
+
+
 def token_length_figure(lengths: dict[str, list[int]], max_length: int, title: str) -> bytes:
-    """Histogram of tokens per row for each split, with data.max_length marked; PNG bytes."""
+    """Histogram of tokens per row for each split, with data.max_length marked; PNG bytes. The bins are shared by
+    the splits, log-spaced (with a log axis) where a few rows are far longer than the rest (`length_bins`)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    every = [n for values in lengths.values() for n in values]
+    bins, log_scale = length_bins(every, max_length) if every else (40, False)
     for split, values in lengths.items():
         if values:
-            ax.hist(values, bins=40, alpha=0.6, label=f"{split} ({len(values)} rows)")
+            ax.hist(values, bins=bins, alpha=0.6, label=f"{split} ({len(values)} rows)")
     ax.axvline(max_length, color="crimson", linestyle="--", label=f"max_length {max_length}")
-    ax.set_xlabel("tokens per row (chat template applied)")
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel("tokens per row (chat template applied" + (", log scale)" if log_scale else ")"))
     ax.set_ylabel("rows")
     ax.set_title(title)
     ax.legend()
@@ -86,7 +107,8 @@ def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
         "code{white-space:pre-wrap}</style></head><body>"
         f"<h1>Data report: {html.escape(report['name'])}</h1>"
-        f"<p>Shape: <b>{html.escape(report['shape'])}</b>. Source: {html.escape(str(report['sources']))}</p>"
+        f"<p>Shape: <b>{html.escape(report['shape'])}</b>. "
+        f"Source: {html.escape(fmt_counts(report['sources'], ': '))}</p>"
         "<table><tr><th>split</th><th>rows</th><th>tokens per row</th><th>over max_length</th><th>roles</th></tr>"
         f"{splits}</table><img alt='token length histogram' src='data:image/png;base64,{image}'>"
         f"<h2>Cleaning</h2>{overlap_line}{steps or '<p>No cleaning step ran.</p>'}</body></html>"
@@ -95,9 +117,10 @@ def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
 
 def step_html(split: str, step: dict[str, Any]) -> str:
     details = {k: v for k, v in step.items() if k not in ("step", "removed", "changed", "examples")}
-    examples = "".join(f"<li><code>{html.escape(str(example))}</code></li>" for example in step["examples"])
+    examples = "".join(f"<li><code>{html.escape(fmt_details(example, first=''))}</code></li>"
+                       for example in step["examples"])
     return (f"<h3>{html.escape(split)}: {html.escape(step['step'])}</h3><p>removed {step['removed']}, "
-            f"changed {step['changed']} {html.escape(str(details)) if details else ''}</p><ul>{examples}</ul>")
+            f"changed {step['changed']}{html.escape(fmt_details(details))}</p><ul>{examples}</ul>")
 
 
 def fmt_summary(tokens: dict[str, float] | None) -> str:
@@ -106,5 +129,20 @@ def fmt_summary(tokens: dict[str, float] | None) -> str:
     return f"min {tokens['min']} · median {tokens['p50']} · p90 {tokens['p90']} · max {tokens['max']}"
 
 
-def fmt_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in counts.items()) or "-"
+def fmt_counts(counts: dict[str, Any], between: str = " ") -> str:
+    return ", ".join(f"{key}{between}{value}" for key, value in counts.items()) or "-"
+
+
+def fmt_details(details: dict[str, Any], first: str = "; ") -> str:
+    """A cleaning step's fields or example as text a person reads ("; seconds: 0.4; languages: en 12, de 3"), not a
+    Python dict; nested counts are listed, lists joined; `first` goes before the first field."""
+    def text(value: Any) -> str:
+        if isinstance(value, dict):
+            return fmt_counts({key: text(item) for key, item in value.items()})
+        if isinstance(value, list | tuple):
+            return ", ".join(text(item) for item in value) or "-"
+        return str(value)
+
+    if not details:
+        return ""
+    return first + "; ".join(f"{key.replace('_', ' ')}: {text(value)}" for key, value in details.items())
