@@ -16,7 +16,6 @@ import pytest
 
 from tunesmith.errors import ModelSourceError
 from tunesmith.models import list_models, resolve_model_source
-from tunesmith.models.loading import load_tokenizer
 
 
 def test_missing_directory_says_what_to_do(tmp_path):
@@ -35,17 +34,6 @@ def test_local_directory_relative_to_recipe(tmp_path, tiny_model_dir):
     link = tmp_path / "model"
     link.symlink_to(tiny_model_dir)
     assert resolve_model_source("model", base_dir=tmp_path) == tiny_model_dir.resolve()
-
-
-def test_tokenizer_without_chat_template_is_refused(tmp_path, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(tmp_path)
-    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
-    with pytest.raises(ModelSourceError, match="no chat template"):
-        load_tokenizer(tmp_path)
 
 
 def test_list_models_shows_embedded_alias(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
-from tunesmith.data.template import request_tool_names, split_tool_calls
+from tunesmith.data.template import request_tool_names, require_chat_template, split_tool_calls
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
@@ -377,9 +377,11 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
         base_dir, adapter = adapter_base(run.path), run.path
     else:
         base_dir = resolve_model_source(model_or_run)
+    tokenizer = load_tokenizer(base_dir)
+    require_chat_template(tokenizer)  # before the weights load
     model = load_model(base_dir, torch.float32, device)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    return model.eval(), load_tokenizer(base_dir)
+    return model.eval(), tokenizer

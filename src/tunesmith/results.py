@@ -65,6 +65,8 @@ class ProbesBlock(AddOnBlock):
     reasons: list[str] = Field(default_factory=list)
     lost: list[dict[str, Any]] = Field(default_factory=list, description="The probes base passed and tuned fails: "
                                        "id, base_first_token_margin, near_tie (the base's lead under 0.05).")
+    asked_as: str | None = Field(None, description="The text each probe was asked in, where the model has no chat "
+                                                   "template (else its own template renders a user turn).")
 
 
 class EvalResults(BaseModel):

@@ -54,6 +54,9 @@ class TemplateContract(BaseModel):
     prompt_parts_at: tuple[str, str] | None = None
 
 
+NO_TEMPLATE = "no chat template"  # TemplateContract.template_error of a tokenizer without one
+
+
 @dataclass
 class DataNeeds:
     """What a dataset asks of the template."""
@@ -66,6 +69,9 @@ class DataNeeds:
 def probe_template(tokenizer: Any) -> TemplateContract:
     """Render the probe conversations through `tokenizer`'s chat template and classify what happened."""
     exchange = [{"role": "user", "content": USER_PROBE}, {"role": "assistant", "content": ANSWER_PROBE}]
+    if not getattr(tokenizer, "chat_template", None):
+        return TemplateContract(system_role="refused", generation_prompt="missing", eos_after_assistant=False,
+                                assistant_turns="not_prefix_stable", tools="unsupported", template_error=NO_TEMPLATE)
     try:
         prompt = render(tokenizer, exchange[:1], generation_prompt=True)
         plain = render(tokenizer, exchange[:1])
@@ -177,6 +183,12 @@ class Findings:
 def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) -> Findings:
     """Judge the contract against the data's needs; every problem says which key or model fixes it."""
     problems, warnings = [], []
+    if contract.template_error == NO_TEMPLATE:
+        problems.append(f"{model} has no chat template (a base model), so conversations cannot be rendered. Train "
+                        "its instruct variant, or copy the model folder and add a chat_template.jinja to it (one "
+                        "whose answers end with the tokenizer's eos_token, so the tuned model learns to stop); raw "
+                        "text (method.kind: cpt) needs no template.")
+        return Findings(problems, warnings)
     if contract.template_error:
         problems.append(f"The chat template of {model} fails on a plain user/assistant exchange "
                         f"({contract.template_error}). Fix the template (tokenizer_config.json chat_template) "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.scoring import tool_call_spans
 
 IGNORE_INDEX = -100
@@ -145,12 +145,25 @@ def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
 
 def render_with(tokenizer: Any, template: str | None, messages: Messages, generation_prompt: bool = False,
                 tools: list[dict[str, Any]] | None = None) -> str:
-    """`messages` through `template` (None: the tokenizer's own chat template)."""
+    """`messages` through `template` (None: the tokenizer's own chat template). Raises TunesmithError when there is
+    no template at all (`require_chat_template`)."""
     extra: dict[str, Any] = {"tools": tools} if tools else {}
+    if template is None:
+        require_chat_template(tokenizer)
     if template is not None:
         extra["chat_template"] = template
     return tokenizer.apply_chat_template(template_messages(messages), tokenize=False,
                                          add_generation_prompt=generation_prompt, **extra)
+
+
+def require_chat_template(tokenizer: Any) -> None:
+    """Refuse to render a conversation through a tokenizer without a chat template (a base model, or one tuned on
+    raw text): transformers' own error reads as a bug in the caller."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise TunesmithError(f"{name} has no chat template (a base model), so it cannot be given conversations: it "
+                             "continues text.", "Score it on raw text (`tunesmith eval` of a method.kind: cpt run "
+                             "reports perplexity), or use a chat model or one whose folder has a chat_template.jinja.")
 
 
 # Probe conversations: two exchanges, and a tool call with its result and the answer after it.

@@ -119,7 +119,8 @@ def rewards_table(block: AddOnBlock) -> AddOnTable:
 def probes_table(probes: ProbesBlock) -> AddOnTable:
     names = {"accuracy": "probe_accuracy", "perplexity": "probe_perplexity"}
     rows = block_rows(probes, lambda key: names.get(key, f"probe/{key}"))
-    return AddOnTable(f"forgetting probes ({probes.count} prompts; perplexity on general text)", rows,
+    asked = f", asked as {probes.asked_as!r}: no chat template" if probes.asked_as else ""
+    return AddOnTable(f"forgetting probes ({probes.count} prompts{asked}; perplexity on general text)", rows,
                       probe_verdict(probes))
 
 

@@ -63,6 +63,8 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
     """
     results: dict[str, Any] = {"count": len(probes), "margin": settings.probe_margin,
                                "perplexity_margin": settings.probe_perplexity_margin}
+    if not getattr(tokenizer, "chat_template", None):
+        results["asked_as"] = PLAIN_PROBE_FORMAT  # no chat template: base and tuned asked as plain text
     answers, passed, margins = {}, {}, {}
     for name, (model, context) in variants.items():
         started = time.monotonic()
@@ -87,12 +89,20 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
 
 def ask(model: Any, tokenizer: Any, probes: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> Generated:
     """Greedy answers to each probe as a single user turn (the model's own chat template, no system prompt), with
-    each answer's first-token margin."""
+    each answer's first-token margin. A model without a chat template (a base model after raw-text training) is asked
+    in PLAIN_PROBE_FORMAT, the zero-shot question/answer text lm-evaluation-harness gives base models."""
     from tunesmith.eval.decoding import generate_from_prompts, prompt_texts
 
-    rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
-            for p in probes]
-    return generate_from_prompts(model, tokenizer, prompt_texts(tokenizer, rows), max_new_tokens, batch_size)
+    if not getattr(tokenizer, "chat_template", None):
+        texts = [PLAIN_PROBE_FORMAT.format(prompt=p["prompt"]) for p in probes]
+    else:
+        rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": ""}]}
+                for p in probes]
+        texts = prompt_texts(tokenizer, rows)
+    return generate_from_prompts(model, tokenizer, texts, max_new_tokens, batch_size)
+
+
+PLAIN_PROBE_FORMAT = "Question: {prompt}\nAnswer:"
 
 
 NEAR_TIE_MARGIN = 0.05  # a base whose first answer token leads the runner-up by less than this chose it by a hair

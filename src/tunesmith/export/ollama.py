@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.ollama_templates import Translation, translate_chat_template
+from tunesmith.export.ollama_templates import RAW_GO_TEMPLATE, Translation, translate_chat_template
 from tunesmith.export.ollama_tools import ToolRenderer
 from tunesmith.runs import atomic_directory, atomic_write_json, atomic_write_text
 
@@ -129,8 +129,9 @@ def modelfile_text(gguf_name: str, translation: Translation, system_prompt: str 
     string, and SYSTEM when the recipe has one."""
     tools = (" With tools, as the run's prompts render them (Ollama writes the schemas as compact JSON)."
              if translation.offers_tools else "")
-    lines = [f"# Written by tunesmith. Chat template: {translation.family}, translated from the model's Jinja "
-             f"template and checked against it.{tools}",
+    origin = (": the prompt is sent as it is" if translation.go_template == RAW_GO_TEMPLATE
+              else ", translated from the model's Jinja template and checked against it")
+    lines = [f"# Written by tunesmith. Chat template: {translation.family}{origin}.{tools}",
              f"FROM ./{gguf_name}",
              *([f"ADAPTER ./{adapter_name}"] if adapter_name else []),
              f'TEMPLATE {triple_quoted(translation.go_template, "TEMPLATE")}']

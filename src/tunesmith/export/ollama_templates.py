@@ -163,6 +163,9 @@ FAMILIES = (
 )
 
 
+RAW_GO_TEMPLATE = "{{ .Prompt }}"  # Ollama's template for a model without one (docs/template.md)
+
+
 def detect_family(jinja_template: str) -> TemplateFamily:
     """The first family whose markers all appear in the template text; a refusal naming the fix otherwise."""
     for family in FAMILIES:
@@ -187,6 +190,8 @@ def translate_chat_template(tokenizer: Any, adds_bos: bool, render_tools: ToolRe
     without them for a conversation that has none.
     """
     jinja = tokenizer.chat_template
+    if not jinja:  # a base model (raw-text training): Ollama sends the prompt as it is, its default for such models
+        return Translation("raw text (the model has no chat template)", RAW_GO_TEMPLATE, (), "")
     family = detect_family(jinja)
     eos = tokenizer.eos_token or ""
     context = TemplateContext(eos_token=eos, default_system=chatml_default_system(tokenizer, family))

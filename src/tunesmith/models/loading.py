@@ -40,16 +40,15 @@ def pick_dtype(precision: str, device: str) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(model_dir: Path, fill_pad: bool = True):
-    """Load the tokenizer; require a chat template and (unless told not to) fill a missing pad from EOS."""
+def load_tokenizer(model_dir: Path, fill_pad: bool = True, chat_template: str | None = None):
+    """Load the tokenizer, with `chat_template` (Jinja text: the recipe's model.chat_template) in place of its own,
+    and (unless told not to) fill a missing pad from EOS. A tokenizer without a chat template loads (raw text needs
+    none); rendering conversations is refused by the template contract (data/contract.py)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.chat_template:
-        raise ModelSourceError(
-            f"The tokenizer in {model_dir} has no chat template, so conversations cannot be rendered.",
-            "Use an instruct/chat model, or add a chat_template.jinja file to the model folder.",
-        )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     if fill_pad and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
