@@ -231,10 +231,12 @@ def print_stats(stats: dict[str, Any]) -> None:
 
 
 def print_steps(steps: list[dict[str, Any]], title: str) -> None:
+    from tunesmith.data.report import fmt_details
+
     if not steps:
         return
     table = Table("step", "removed", "changed", "details", title=title)
     for step in steps:
         details = {k: v for k, v in step.items() if k not in ("step", "removed", "changed", "examples")}
-        table.add_row(step["step"], str(step["removed"]), str(step["changed"]), escape(str(details)))
+        table.add_row(step["step"], str(step["removed"]), str(step["changed"]), escape(fmt_details(details, "")))
     err.print(table)
