@@ -359,6 +359,7 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
     adapter_config.json names."""
     from tunesmith.merge.inputs import adapter_base
     from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
+    from tunesmith.models.templates import saved_chat_template
     from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
     from tunesmith.runs import Run
 
@@ -377,7 +378,8 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
         base_dir, adapter = adapter_base(run.path), run.path
     else:
         base_dir = resolve_model_source(model_or_run)
-    tokenizer = load_tokenizer(base_dir)
+    # the template the adapter was trained with (saved beside it: the recipe's model.chat_template, or the base's own)
+    tokenizer = load_tokenizer(base_dir, chat_template=saved_chat_template(adapter) if adapter is not None else None)
     require_chat_template(tokenizer)  # before the weights load
     model = load_model(base_dir, torch.float32, device)
     if adapter is not None:

@@ -41,6 +41,19 @@ class ModelSection(Section):
     )
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: str | None = Field(
+        None, description="The chat template rows are rendered with, in place of the model's own (a base model has "
+                           "none): chatml (ChatML turns, each closed by the tokenizer's eos_token so the tuned model "
+                           "stops), a .jinja file (relative paths are from the recipe), or Jinja text. The run keeps "
+                           "it: eval, merge, export and serve render with it.")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _a_template_is_named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty: name chatml, a .jinja file or write the template, or leave the key out to "
+                             "use the model's own")
+        return value
 
 
 PII_KINDS = ["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "IBAN", "US_SSN", "SECRET"]
@@ -1170,6 +1183,8 @@ OTHER_TOOLS_KEYS = {
     "max_seq_length": "data.max_length", "sequence_len": "data.max_length", "cutoff_len": "data.max_length",
     "model_name_or_path": "model.source", "base_model": "model.source", "torch_dtype": "model.dtype",
     "dataset": "data.train", "train_file": "data.train", "val_set_size": "data.eval_fraction", "rank": "adapter.r",
+    "chat_template": "model.chat_template", "chat_template_path": "model.chat_template",
+    "chat_template_jinja": "model.chat_template", "template": "model.chat_template",
 }
 
 

@@ -143,6 +143,11 @@ class Run:
         return self.path / "adapter"
 
     @property
+    def chat_template_file(self) -> Path:
+        """The chat template the recipe's model.chat_template named, as training read it (absent: the model's own)."""
+        return self.path / "chat_template.jinja"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 

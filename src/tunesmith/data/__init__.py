@@ -165,8 +165,10 @@ def drop_eval_overlap(train: list[Row], held: list[Row], clean: Any = None) -> t
 
 def recipe_tokenizer(recipe: Recipe) -> Any:
     from tunesmith.models import load_tokenizer, resolve_model_source
+    from tunesmith.models.templates import recipe_chat_template
 
-    return load_tokenizer(resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)))
+    return load_tokenizer(resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)),
+                          chat_template=recipe_chat_template(recipe))
 
 
 def fingerprint(splits: Splits) -> dict[str, Any]:

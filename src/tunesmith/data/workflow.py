@@ -204,10 +204,11 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     """Render rows skip+1 … skip+count of the training file as training will, with the contract checks."""
     from tunesmith.models import resolve_model_source
     from tunesmith.models.loading import context_length, load_tokenizer
+    from tunesmith.models.templates import recipe_chat_template
 
     data = recipe.data
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-    tokenizer = load_tokenizer(model_dir, fill_pad=False)
+    tokenizer = load_tokenizer(model_dir, fill_pad=False, chat_template=recipe_chat_template(recipe))
     pad_missing = tokenizer.pad_token is None
     if pad_missing:
         tokenizer.pad_token = tokenizer.eos_token

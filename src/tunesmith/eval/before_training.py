@@ -26,6 +26,7 @@ from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
 from tunesmith.models.loading import context_length
+from tunesmith.models.templates import recipe_chat_template
 from tunesmith.results import Scores
 from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
 from tunesmith.scoring import aggregate, recipe_scorer, score_answers, score_columns
@@ -78,7 +79,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
         names, constraint = [name for name in names if name not in left_out], None
         print(f"constrained baselines left out: {exc.message}", file=sys.stderr, flush=True)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, chat_template=recipe_chat_template(recipe))
     run = create_run(recipe, runs_dir)
     resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer, context_length(model_dir),
                        packed=False)

@@ -32,9 +32,9 @@ from tunesmith.eval.forgetting import ask, recipe_probes
 from tunesmith.eval.probe_checks import passes
 from tunesmith.eval.rows import held_out_rows
 from tunesmith.figures import pyplot, save_figure
-from tunesmith.models import load_tokenizer, pick_device
+from tunesmith.models import pick_device
 from tunesmith.models.loading import load_model
-from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model
+from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model, run_tokenizer
 from tunesmith.results import headline_of
 from tunesmith.runs import Run, atomic_write_json, record_checkpoint_scores, record_stage
 from tunesmith.scoring import Scorer, aggregate, recipe_scorer, score_answers
@@ -75,7 +75,7 @@ def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
 
     checkpoints = adapter_checkpoints(run)
     model_dir = run_base_model(run)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = run_tokenizer(run)
     rows = held_out_rows(recipe, run).rows[: recipe.eval.max_examples]
     if any(is_prompt_only(row) for row in rows):
         raise TunesmithError("Checkpoints are scored by the task metric against the held-out rows' reference answers, "

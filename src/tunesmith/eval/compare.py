@@ -141,6 +141,19 @@ def shared_base(sources: list[AdapterSource]) -> Path:
     return bases.pop()
 
 
+def shared_chat_template(sources: list[AdapterSource], base_template: str | None) -> str | None:
+    """The one chat template the adapters were trained with (saved beside each; the base's own where none was
+    saved), which base and adapters are all prompted with; adapters trained with different ones are refused."""
+    from tunesmith.models.templates import saved_chat_template
+
+    templates = {source.name: saved_chat_template(source.adapter_dir) or base_template for source in sources}
+    if len(set(templates.values())) > 1:
+        raise TunesmithError(f"The adapters were trained with different chat templates ({', '.join(templates)}), so "
+                             "one prompt cannot be rendered for all of them.",
+                             "Compare the adapters of one template (model.chat_template) at a time.")
+    return next(iter(templates.values()))
+
+
 def unique_names(sources: list[AdapterSource], include_base: bool) -> list[str]:
     """Column names: folder names, numbered where two are alike, never clashing with 'base'."""
     taken, names = {BASE} if include_base else set(), []
@@ -216,6 +229,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     chosen = list(metrics or DEFAULT_METRICS)
     scorer = build_scorer(chosen, None, None, Path.cwd())  # a bad metric fails before any model loads
     tokenizer = load_tokenizer(base_dir)
+    tokenizer.chat_template = shared_chat_template(sources, tokenizer.chat_template)
     if max_new_tokens is None:
         references = [prompt.reference for prompt in prompts if prompt.reference is not None]
         max_new_tokens, why = (auto_max_new_tokens(tokenizer, references) if references

@@ -45,8 +45,8 @@ from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_metric, compare_variants
 from tunesmith.eval.verdict import verdict
-from tunesmith.models import load_tokenizer, pick_device
-from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
+from tunesmith.models import pick_device
+from tunesmith.models.tuned import Variant, run_tokenizer, tuned_variants
 from tunesmith.runs import Run, read_json
 from tunesmith.scoring import Scorer, aggregate, label_report, recipe_scorer, score_answers, score_columns
 
@@ -70,8 +70,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
 
         return run_reward_eval(recipe, run, against, data)
 
-    model_dir = run_base_model(run)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = run_tokenizer(run)
     held_out = held_out_rows(recipe, run, accept=METHOD_SHAPES[recipe.method.kind], data_file=data)
     rows = held_out.rows[: recipe.eval.max_examples]
     prompts_only = any(is_prompt_only(row) for row in rows)

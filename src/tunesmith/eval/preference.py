@@ -26,8 +26,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import sequence_logprobs
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
-from tunesmith.models import load_tokenizer, pick_device
-from tunesmith.models.tuned import Variant, run_base_model, tuned_variants
+from tunesmith.models import pick_device
+from tunesmith.models.tuned import Variant, run_tokenizer, tuned_variants
 from tunesmith.runs import Run
 
 LIKELIHOOD_KINDS = (*PREFERENCE_KINDS, "cpt")
@@ -67,7 +67,7 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
 def likelihood_variants(recipe: Recipe, run: Run, against: Path | None) -> tuple[Any, dict[str, Variant], dict | None]:
     """Tokenizer, the (model, context) variants to score, and (against another run) who plays `base`."""
     device = pick_device(recipe.training.device)
-    tokenizer = load_tokenizer(run_base_model(run))
+    tokenizer = run_tokenizer(run)
     if against is None:
         return tokenizer, tuned_variants(run, device, recipe.eval.compare_base), None
     from tunesmith.eval.against import against_variants

@@ -21,8 +21,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.preference import pair_samples
 from tunesmith.eval.rows import held_out_rows, results_dir, save_results
-from tunesmith.models import load_tokenizer, pick_device
-from tunesmith.models.tuned import Variant, is_adapter, run_base_model
+from tunesmith.models import pick_device
+from tunesmith.models.tuned import Variant, is_adapter, run_base_model, run_tokenizer
 from tunesmith.runs import Run
 from tunesmith.train.reward_model import encode_answer, load_reward_base, score_encoded
 
@@ -67,7 +67,7 @@ def reward_variants(recipe: Recipe, run: Run) -> tuple[Any, dict[str, Variant]]:
 
     model_dir, artifact = run_base_model(run), run.trained_artifact()
     device, seed = pick_device(recipe.training.device), recipe.training.seed
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = run_tokenizer(run)
     if not is_adapter(artifact):
         tuned = AutoModelForSequenceClassification.from_pretrained(artifact).to(device).eval()
         base = {"base": (load_reward_base(model_dir, tokenizer, device, seed), nullcontext)}

@@ -84,10 +84,9 @@ def translate_run_template(run: Run, data: DataSection) -> Translation:
     """The base model's chat template in Go syntax (merging never changes the tokenizer), offering tools where the
     run's prompts render them in a form that translates (its template and `data`'s fallbacks)."""
     from tunesmith.export.gguf_vocab import added_special_tokens
-    from tunesmith.models import load_tokenizer
-    from tunesmith.models.tuned import run_base_model
+    from tunesmith.models.tuned import run_tokenizer
 
-    tokenizer = load_tokenizer(run_base_model(run))
+    tokenizer = run_tokenizer(run)
     return translate_chat_template(tokenizer, adds_bos=added_special_tokens(tokenizer)["bos"],
                                    render_tools=training_tools_renderer(tokenizer, data))
 

@@ -48,6 +48,7 @@ class TemplateContext:
 
     eos_token: str = ""
     default_system: str = ""  # the system turn a ChatML template adds when the conversation has none
+    turn_end: str = "<|im_end|>"  # what closes a ChatML turn: <|im_end|>, or the eos_token (model.chat_template: chatml)
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,15 @@ def chatml_go(ctx: TemplateContext) -> str:
         default = ('{{ if and (eq $i 0) (ne $m.Role "system") }}<|im_start|>system\n'
                    f"{go_literal(ctx.default_system)}<|im_end|>\n{{{{ end }}}}")
     return ("{{- range $i, $m := .Messages }}" + default
-            + "<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n")
+            + f"<|im_start|>{{{{ $m.Role }}}}\n{{{{ $m.Content }}}}{go_literal(ctx.turn_end)}\n{{{{ end }}}}"
+            + "<|im_start|>assistant\n")
 
 
 def chatml_render(messages: Messages, ctx: TemplateContext) -> str:
     text = ""
     if ctx.default_system and messages[0]["role"] != "system":
         text += f"<|im_start|>system\n{ctx.default_system}<|im_end|>\n"
-    text += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    text += "".join(f"<|im_start|>{m['role']}\n{m['content']}{ctx.turn_end}\n" for m in messages)
     return text + "<|im_start|>assistant\n"
 
 
@@ -194,11 +196,14 @@ def translate_chat_template(tokenizer: Any, adds_bos: bool, render_tools: ToolRe
         return Translation("raw text (the model has no chat template)", RAW_GO_TEMPLATE, (), "")
     family = detect_family(jinja)
     eos = tokenizer.eos_token or ""
-    context = TemplateContext(eos_token=eos, default_system=chatml_default_system(tokenizer, family))
+    turn_end = "<|im_end|>" if "<|im_end|>" in jinja or not eos else eos  # ChatML closed by EOS: tunesmith's chatml
+    context = TemplateContext(eos_token=eos, default_system=chatml_default_system(tokenizer, family),
+                              turn_end=turn_end)
     bos = tokenizer.bos_token if "bos_token" in jinja and tokenizer.bos_token else ""
     check_against_jinja(tokenizer, family, context, bos)
     prefix = "" if adds_bos else go_literal(bos)
-    stops = tuple(dict.fromkeys([*family.stops, *([eos] if family.name == "mistral" and eos else [])]))
+    stops = tuple(dict.fromkeys([*(turn_end if stop == "<|im_end|>" else stop for stop in family.stops),
+                                 *([eos] if family.name == "mistral" and eos else [])]))
     go_template, tools_note = family.go_template(context), ""
     if render_tools is not None:
         go_tools, tools_note = translate_tools(family, context, render_tools, bos)

@@ -98,6 +98,7 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
     from peft import PeftModel
 
     from tunesmith.models import load_model
+    from tunesmith.models.templates import saved_chat_template
 
     torch_dtype(dtype), parse_shard_size(max_shard_size)  # a typo fails before the slow part
     with adapter_fits(adapter_dir, model_dir):
@@ -115,21 +116,27 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
             f"The merged model's logits differ from base+adapter by {diff:.3g} (tolerance {tolerance:g}); "
             "nothing was written.",
             "Check that the adapter was trained on this base model; report it if it was.")
-    save_checkpoint(merged.to(torch_dtype(dtype)), model_dir, folder, max_shard_size)
+    save_checkpoint(merged.to(torch_dtype(dtype)), model_dir, folder, max_shard_size,
+                    chat_template=saved_chat_template(adapter_dir))
     del merged, peft_model
     return check_saved(folder, ids, expected, diff, dtype)  # the caller says it (merge's report, export's line)
 
 
-def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_size: str) -> Path:
-    """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer, every
-    file with the ordinary permissions the umask gives (transformers writes the weights 0600, through a private
-    temporary file: a merged model nobody else on the machine could read)."""
+def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_size: str,
+                    chat_template: str | None = None) -> Path:
+    """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer (with
+    `chat_template`, the one the adapter was trained with, in place of its own), every file with the ordinary
+    permissions the umask gives (transformers writes the weights 0600, through a private temporary file: a merged
+    model nobody else on the machine could read)."""
     from transformers import AutoTokenizer
 
     from tunesmith.runs import current_umask
 
     model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
     for file in Path(folder).iterdir():
         if file.is_file():
             file.chmod(0o666 & ~current_umask())

@@ -55,7 +55,15 @@ def is_adapter(artifact: Path) -> bool:
 def load_tuned(run: Run, device: str = "cpu") -> tuple[Any, Any]:
     """(tokenizer, model in eval mode) of what `run` trained: its adapter on its base, or its whole model."""
     variants = tuned_variants(run, device, with_base=False)
-    return load_tokenizer(run_base_model(run)), variants["tuned"][0]
+    return run_tokenizer(run), variants["tuned"][0]
+
+
+def run_tokenizer(run: Run) -> Any:
+    """The tokenizer `run` trains and is scored with: its base's, with the chat template training wrote into the run
+    (`run.chat_template_file`, from the recipe's model.chat_template) in place of the base's own."""
+    template = run.chat_template_file
+    return load_tokenizer(run_base_model(run), chat_template=template.read_text(encoding="utf-8")
+                          if template.is_file() else None)
 
 
 def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]:

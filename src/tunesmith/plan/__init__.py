@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tunesmith.config import Recipe
 from tunesmith.models import load_tokenizer
 from tunesmith.models.source import resolve_model_config
+from tunesmith.models.templates import recipe_chat_template
 from tunesmith.plan.architecture import Architecture, read_architecture
 from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
@@ -96,7 +97,10 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
         planned_frozen_matmuls(recipe, device)
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
-    return arch, device, lengths or longest_row(recipe, load_tokenizer(model_dir), arch.max_positions)
+    if lengths:
+        return arch, device, lengths
+    tokenizer = load_tokenizer(model_dir, chat_template=recipe_chat_template(recipe))
+    return arch, device, longest_row(recipe, tokenizer, arch.max_positions)
 
 
 def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths) -> PlanReport:

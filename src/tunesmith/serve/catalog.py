@@ -98,7 +98,8 @@ def build_catalog(arguments: list[str], quant: str | None = None, export: bool =
                                 lora_rank(artifact), recipe.data)
         else:  # a whole model, or an adapter kind llama.cpp cannot apply: its own merged GGUF
             model = ServedModel(name or run.path.name, merged_gguf(recipe, run, wanted, export), None,
-                                artifact if not is_adapter(artifact) else base_dir, system_prompt, run.path,
+                                artifact if (artifact / "tokenizer_config.json").is_file() else base_dir, system_prompt,
+                                run.path,
                                 artifact if is_adapter(artifact) else None, None, recipe.data)
         add_served(served, model)
     return list(served.values())

@@ -25,9 +25,10 @@ from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
 from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
 from tunesmith.models.loading import context_length
+from tunesmith.models.templates import recipe_chat_template
 from tunesmith.plan.devices import matmul_peak
 from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice
-from tunesmith.runs import Run, atomic_write_json, record_data_stage, record_train_stage
+from tunesmith.runs import Run, atomic_write_json, atomic_write_text, record_data_stage, record_train_stage
 from tunesmith.scoring import load_user_function
 from tunesmith.train.adapter_callbacks import adapter_callbacks
 from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
@@ -126,6 +127,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     torch.manual_seed(recipe.training.seed)
     init_from = initial_weights(recipe)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    chat_template = recipe_chat_template(recipe)  # a missing template file fails before the data loads
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     for spec in (m for m in recipe.eval.metrics or [] if ":" in m):  # a user metric's file: found and loadable now
         load_user_function(spec, Path(recipe.base_dir))
@@ -139,7 +141,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         from tunesmith.plan.workload import check_targets_exist
 
         check_targets_exist(recipe.adapter, read_architecture(model_dir), recipe.model.source)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, chat_template=chat_template)
     record = fingerprint(splits)
     if uses_chat_template(splits.train + splits.eval):
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
@@ -157,6 +159,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         print_warnings(drop_warnings(encoded.counts, recipe.data.max_length))
     if is_main_process():  # with several processes, rank 0 alone writes the run directory
         atomic_write_json(run.path / "data.json", record)
+        if chat_template is not None:  # what eval, merge, export and serve render with (models.tuned.run_tokenizer)
+            atomic_write_text(run.chat_template_file, chat_template)
         # run.json: the rows themselves, so eval scores exactly these rows even if the source files change later
         record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
     device = pick_device(recipe.training.device)
