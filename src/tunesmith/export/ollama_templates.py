@@ -48,7 +48,7 @@ class TemplateContext:
 
     eos_token: str = ""
     default_system: str = ""  # the system turn a ChatML template adds when the conversation has none
-    turn_end: str = "<|im_end|>"  # what closes a ChatML turn: <|im_end|>, or the eos_token (model.chat_template: chatml)
+    turn_end: str = "<|im_end|>"  # closes a ChatML turn: <|im_end|>, or the eos_token (model.chat_template: chatml)
 
 
 @dataclass(frozen=True)
