@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,17 @@ def test_a_user_reward_beside_the_recipe_its_signature_and_its_errors_are_the_us
     assert raised.value.exit_code == 2
     with pytest.raises(TunesmithError, match=r"cannot import 'absent_rewards'.*absent_rewards\.py does not exist"):
         build_rewards([RewardSpec(name="absent_rewards:f")], tmp_path)
+
+
+def test_a_reward_file_named_like_a_python_module_is_the_users_and_a_misspelt_name_is_guessed(tmp_path):
+    """test.py beside the recipe, not Python's own `test` package (nor code, types, json...); a function name one
+    letter off is named with the file's functions."""
+    from tunesmith.errors import TunesmithError
+
+    (tmp_path / "test.py").write_text(USER_REWARD, encoding="utf-8")
+    assert score({"name": "test:char_share"}, ["x" * 20], base_dir=tmp_path) == [0.5]
+    with pytest.raises(TunesmithError, match=r"test\.py\) has no function 'char_shar'\. Did you mean 'char_share'\?"):
+        build_rewards([RewardSpec(name="test:char_shar")], tmp_path)
 
 
 @pytest.mark.parametrize(("source", "message"), [
@@ -325,3 +337,34 @@ def test_a_user_reward_that_fails_on_the_reference_is_named_before_the_model_loa
                               "training": {"batch_size": 2, "max_steps": 1}})
     with pytest.raises(TunesmithError, match=r"User reward bad\.py:number_only raised ZeroDivisionError"):
         run_training(recipe, create_run(recipe, tmp_path / "runs"))
+
+
+def test_doctor_and_train_try_a_user_reward_on_the_first_reference_alike(tmp_path):
+    """A reward returning None is named by `doctor` as by `train` (both before the model loads), saying the text it
+    was given is the first row's reference answer; a numpy or torch scalar is a number like any other."""
+    from tunesmith.doctor.recipe import data_checks, metric_checks
+    from tunesmith.errors import TunesmithError
+
+    (tmp_path / "mine.py").write_text("import numpy\n\ndef nothing(completion, reference):\n    pass\n\n"
+                                      "def numpy_number(completion, reference):\n    return numpy.float32(0.5)\n",
+                                      encoding="utf-8")
+    rows = [{"prompt": f"What is {i} + {i}?", "completion": str(2 * i)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    def recipe_with(reward: str):
+        return validate_recipe({"model": {"source": str(tmp_path / "no-such-model")}, "base_dir": str(tmp_path),
+                                "data": {"train": "train.jsonl"},
+                                "method": {"kind": "grpo", "num_generations": 2, "max_completion_length": 8,
+                                           "rewards": [{"name": reward}]},
+                                "training": {"batch_size": 2, "max_steps": 1}})
+
+    said = r"User reward mine\.py:nothing returned None \(NoneType\) for the first training row's reference answer '0'"
+    recipe = recipe_with("mine.py:nothing")
+    _, loaded = data_checks(recipe)
+    failed = [check for check in metric_checks(recipe, loaded["train"]) if check.status == "fail"]
+    assert len(failed) == 1 and re.search(said, failed[0].detail), failed
+    with pytest.raises(TunesmithError, match=said):
+        run_training(recipe, create_run(recipe, tmp_path / "runs"))
+    recipe = recipe_with("mine.py:numpy_number")
+    assert not [check for check in metric_checks(recipe, data_checks(recipe)[1]["train"]) if check.status == "fail"]
+    assert score({"name": "mine.py:numpy_number"}, ["x"], base_dir=tmp_path) == [0.5]

@@ -12,11 +12,13 @@ Evaluation scores with these, and GRPO's built-in rewards reuse them, so the mod
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import importlib
 import importlib.util
 import json
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -272,14 +274,15 @@ def user_scorer(spec: str, base_dir: Path) -> Scorer:
 
 
 def load_user_function(spec: str, base_dir: Path, role: str = "metric") -> Callable[..., Any]:
-    """The function that `module:function` or `path/to/file.py:function` names (files resolve from base_dir, and a
-    module that is not installed is looked for as a .py file there, beside the recipe), checked to take
-    (completion, reference) as the `role` ("metric" or "reward") is called.
+    """The function that `module:function` or `path/to/file.py:function` names (files resolve from base_dir; a
+    module is looked for as a .py file there, beside the recipe, first: a user's test.py or code.py would otherwise
+    be Python's own module of that name), checked to take (completion, reference) as the `role` ("metric" or
+    "reward") is called.
 
     Raises TunesmithError naming the spec: no such file or module, no such function, another signature."""
     target, _, name = spec.rpartition(":")
     beside_recipe = base_dir / (target.replace(".", "/") + ".py")
-    if target.endswith(".py") or (not importable(target) and beside_recipe.is_file()):
+    if target.endswith(".py") or beside_recipe.is_file():
         path = Path(target).expanduser() if target.endswith(".py") else beside_recipe
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
@@ -297,7 +300,13 @@ def load_user_function(spec: str, base_dir: Path, role: str = "metric") -> Calla
                                  "not exist.", "Install the module, or name a file: path/to/file.py:function (from "
                                                "the recipe's folder).") from None
     if not hasattr(module, name):
-        raise TunesmithError(f"User {role} {spec}: {target} has no function {name!r}.")
+        functions = sorted(key for key, value in vars(module).items() if callable(value) and not key.startswith("_")
+                           and getattr(value, "__module__", None) == module.__name__)
+        close = difflib.get_close_matches(name, functions, n=1)
+        raise TunesmithError(f"User {role} {spec}: {target} ({getattr(module, '__file__', None) or 'built in'}) has "
+                             f"no function {name!r}." + (f" Did you mean {close[0]!r}?" if close else ""),
+                             f"Its functions: {', '.join(functions) or 'none'}." if functions else
+                             "Name a function the file defines: path/to/file.py:function.")
     function = getattr(module, name)
     if not callable(function):
         raise TunesmithError(f"User {role} {spec}: {name!r} in {target} is not a function (it is {function!r:.40}).",
@@ -326,13 +335,6 @@ def user_code_errors(spec: str, role: str, where: str, missing_is_ours: bool = F
         raise TunesmithError(f"User {role} {spec}: importing {where} raised {type(exc).__name__}: {exc}.",
                              "Fix the module's top-level code (`tunesmith --debug COMMAND ...` shows the "
                              "traceback).") from exc
-
-
-def importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def check_takes_completion_and_reference(function: Callable[..., Any], spec: str, role: str) -> None:
@@ -382,6 +384,34 @@ def call_user_function(function: Callable[..., Any], spec: str, role: str, compl
                              f"{completion[:60]!r}, reference {reference[:60]!r}{asked}).",
                              "Fix the function: call it on that completion and reference to see the error "
                              "(`tunesmith --debug COMMAND ...` shows the traceback).") from exc
+
+
+def reward_number(value: Any, spec: str, completion: str, on: str = "completion") -> float:
+    """A user reward's return value as a float: any real number (a bool counts 1/0; a numpy scalar or a one-element
+    array or tensor is read with `.item()`). Raises TunesmithError naming `spec`, the value and the `on` text it was
+    given (`on`: what that text is) for anything else, and for NaN or an infinity."""
+    if not isinstance(value, numbers.Real) and callable(getattr(value, "item", None)):
+        with contextlib.suppress(ValueError, RuntimeError, TypeError):  # more than one element: refused below
+            value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise TunesmithError(f"User reward {spec} returned {value!r:.80} ({type(value).__name__}) for {on} "
+                             f"{completion[:60]!r}.", "A reward function returns one number per call (a float, an "
+                             "int or a bool); a function that ends without `return` gives None.")
+    if not math.isfinite(value):
+        raise TunesmithError(f"User reward {spec} returned {value!r} for {on} {completion[:60]!r}.",
+                             "A reward must be finite: a NaN drops the reward from the sum, an infinity makes "
+                             "every advantage 0 and nothing trains.")
+    return float(value)
+
+
+def try_user_reward(spec: str, base_dir: Path, reference: str, prompt: str) -> None:
+    """Call the user's reward once with a row's reference answer as the completion, as GRPO will call it (with the
+    prompt where it asks for one): one that raises on it or returns no finite number is named before any model loads
+    (`train` and `doctor` both ask this)."""
+    function = load_user_function(spec, base_dir, "reward")
+    value = call_user_function(function, spec, "reward", reference, reference,
+                               prompt if takes_prompt(function) else None)
+    reward_number(value, spec, reference, on="the first training row's reference answer")
 
 
 def recipe_scorer(recipe: Recipe, metrics: list[str] | None = None) -> Scorer:

@@ -63,7 +63,8 @@ def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
     if isinstance(recipe.method, GRPOMethod):
         checks += failed("GRPO rewards", check_rewards_fit_rows, recipe.method.rewards, rows, recipe.data.train)
         checks += [check for spec in recipe.method.rewards
-                   for check in failed("GRPO rewards", check_reward_loads, spec, Path(recipe.base_dir))]
+                   for check in failed("GRPO rewards", check_reward_loads, spec, Path(recipe.base_dir),
+                                       rows[0] if rows else None)]
     for metric in (m for m in recipe.eval.metrics or [] if ":" in m):  # as train loads them before the model
         checks += failed("eval metrics", load_user_function, metric, Path(recipe.base_dir))
     if any(is_prompt_only(row) for row in (rows if held_out is None else held_out)):
@@ -75,13 +76,19 @@ def metric_checks(recipe: Recipe, rows: list[dict[str, Any]],
     return checks
 
 
-def check_reward_loads(spec: RewardSpec, base_dir: Path) -> None:
+def check_reward_loads(spec: RewardSpec, base_dir: Path, row: dict[str, Any] | None = None) -> None:
     """What train checks of a reward before the model loads: a user function found, importable and callable as a
-    reward; a json_schema file that is a schema; a reward_model path that exists (its weights are not loaded here)."""
-    from tunesmith.scoring import json_schema_scorer
+    reward, and (given the first training `row`, with an answer) returning a finite number on its reference answer; a
+    json_schema file that is a schema; a reward_model path that exists (its weights are not loaded here)."""
+    from tunesmith.data.template import context_text, prompt_turns, reference_answer
+    from tunesmith.scoring import json_schema_scorer, try_user_reward
 
     if ":" in spec.name:
         load_user_function(spec.name, base_dir, "reward")
+        reference = reference_answer(row) if row is not None else None
+        if reference is not None:
+            prompt = prompt_turns(row)
+            try_user_reward(spec.name, base_dir, reference, prompt if isinstance(prompt, str) else context_text(prompt))
     elif spec.name == "json_schema":
         schema = Path(spec.json_schema or "").expanduser()
         json_schema_scorer(schema if schema.is_absolute() else base_dir / schema,

@@ -25,9 +25,10 @@ from tunesmith.data.shapes import Row
 from tunesmith.data.template import answer_text
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
+from tunesmith.scoring import try_user_reward
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
-from tunesmith.train.rewards import build_rewards
+from tunesmith.train.rewards import build_rewards, prompt_text
 
 PROMPT_SHAPES = METHOD_SHAPES["grpo"]
 
@@ -41,7 +42,7 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
     rewards, weights = build_rewards(method.rewards, Path(recipe.base_dir))  # a bad reward fails before loading
     splits = load_splits(recipe, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
     check_prompts_fit_scoring(recipe, splits.train, splits.eval, splits.source["train"])  # prompts without answers
-    try_user_rewards_on_a_reference(method, rewards, prompt_and_reference(splits.train[0]))
+    try_user_rewards_on_a_reference(method, Path(recipe.base_dir), prompt_and_reference(splits.train[0]))
     setup = prepare_training(recipe, run, accept=PROMPT_SHAPES, purpose="GRPO (method.kind grpo)")
     tally = CompletionTally()
     trainer = GRPOTrainer(
@@ -113,17 +114,16 @@ def grpo_method(recipe: Recipe) -> GRPOMethod:
     return recipe.method
 
 
-def try_user_rewards_on_a_reference(method: GRPOMethod, rewards: list[Callable[..., list[float]]], row: Row) -> None:
+def try_user_rewards_on_a_reference(method: GRPOMethod, base_dir: Path, row: Row) -> None:
     """Call each user reward (`module:function`) once on the first row's reference as the completion, before the
-    model loads: a function that raises on it, or returns no finite float, is named now (the same TunesmithError
-    as mid-run: train/rewards.py), not at the first generation after the model has loaded. Prompts without answers
-    give nothing to try it on."""
+    model loads (scoring.try_user_reward, which `doctor` runs too): a function that raises on it, or returns no finite
+    number, is named now, not at the first generation after the model has loaded. Prompts without answers give
+    nothing to try it on."""
     if "reference" not in row:
         return
-    for spec, reward in zip(method.rewards, rewards, strict=True):
+    for spec in method.rewards:
         if ":" in spec.name:
-            reward(prompts=[row["prompt"]], completions=[row["reference"]], completion_ids=[[0]],
-                   reference=[row["reference"]])
+            try_user_reward(spec.name, base_dir, row["reference"], prompt_text(row["prompt"]))
 
 
 def prompt_and_reference(row: Row) -> Row:

@@ -16,14 +16,12 @@ can check an answer against its question where the rows hold no answers (GRPO on
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RewardSpec
 from tunesmith.data.template import context_text
-from tunesmith.errors import TunesmithError
 from tunesmith.scoring import (
     SCORERS,
     call_user_function,
@@ -31,6 +29,7 @@ from tunesmith.scoring import (
     json_valid_score,
     load_user_function,
     regex_scorer,
+    reward_number,
     takes_prompt,
 )
 
@@ -110,15 +109,7 @@ def user_reward(spec: str, base_dir: Path) -> Score:
 
     def score(text: str, reference: str, ids: list[int], prompt: str) -> float:
         value = call_user_function(function, spec, "reward", text, reference, prompt if asks_prompt else None)
-        if not isinstance(value, int | float):  # True/False count as 1/0
-            raise TunesmithError(f"User reward {spec} returned {value!r} ({type(value).__name__}) for completion "
-                                 f"{text[:60]!r}.", "A reward function returns one number per call (a float, an int "
-                                 "or a bool); a function that ends without `return` gives None.")
-        if not math.isfinite(value):
-            raise TunesmithError(f"User reward {spec} returned {value!r} for completion {text[:60]!r}.",
-                                 "A reward must be finite: a NaN drops the reward from the sum, an infinity makes "
-                                 "every advantage 0 and nothing trains.")
-        return float(value)
+        return reward_number(value, spec, text)
 
     return score
 
