@@ -503,6 +503,20 @@ def test_utf16_with_a_byte_order_mark_is_read_and_other_encodings_are_named(tmp_
     assert "iconv -f cp1252" in raised.value.hint
 
 
+def test_stray_bytes_in_plain_text_name_their_line_and_leave_the_rest(tmp_path):
+    """A UTF-8 text file with one stray byte: the paragraph and line are named, the hint drops the byte (converting
+    from cp1252 would garble every accented letter), and skip_invalid leaves that paragraph out alone."""
+    paragraphs = ["Café naïve résumé, first.", "Second paragraph\nwith a stray \xff byte.", "Third, déjà vu."]
+    data = "\n\n".join(paragraphs).encode("utf-8").replace("\xff".encode("utf-8"), b"\xff")
+    (tmp_path / "manual.txt").write_bytes(data)
+    with pytest.raises(DataError, match=r"manual\.txt, line 3: not valid UTF-8 \(at line 4\)") as raised:
+        load_records(tmp_path / "manual.txt")
+    assert "iconv -c -f utf-8 -t utf-8" in raised.value.hint and "cp1252" not in raised.value.hint
+    loaded = load_records(tmp_path / "manual.txt", skip_invalid=True)
+    assert loaded.skipped == {"undecodable": 1}
+    assert [row["text"] for row in loaded.rows] == [paragraphs[0], paragraphs[2]]
+
+
 def test_an_excel_workbook_is_refused_with_how_to_save_it_as_csv(tmp_path):
     import zipfile
 
@@ -789,7 +803,7 @@ def test_a_text_file_is_one_row_per_paragraph_and_a_folder_of_them_reads_every_f
                                                                                        "Wax comes from glands."]
     assert len(folder.rows) == 4  # the folder's README (a dataset card) is not text to train on
     (corpus / "c.txt").write_bytes(b"caf\xe9\n")
-    with pytest.raises(DataError, match=r"c\.txt: holds bytes that are not UTF-8") as latin:
+    with pytest.raises(DataError, match=r"c\.txt, line 1: not valid UTF-8 \(at line 1\)") as latin:
         load_records(corpus)
     assert f"> '{corpus / 'c.utf8.txt'}'" in latin.value.hint  # the re-saved file keeps its extension, so its format
 

@@ -204,7 +204,8 @@ def check_rewards_fit_rows(rewards: list[RewardSpec], rows: list[Row], source: s
     needing = [spec.name for spec in rewards if spec.name in REFERENCE_REWARDS]
     unanswered = sum(is_prompt_only(row) for row in rows)
     if needing and unanswered:
-        raise DataError(f"method.rewards has {', '.join(needing)}, which compare(s) each completion with the row's "
+        verb = "compares" if len(needing) == 1 else "compare"
+        raise DataError(f"method.rewards has {', '.join(needing)}, which {verb} each completion with the row's "
                         f"reference answer, and the {unanswered} training rows of {source} are prompts without "
                         "answers.",
                         "Give each row its answer as 'completion' (data.columns maps a column of another name onto "

@@ -35,18 +35,25 @@ FORMAT_HINT = (f"Name the file format with data.file_format (one of {list(FORMAT
 
 def utf8_hint(path: Path) -> str:
     """How to re-save `path` as UTF-8, keeping its extension (the format is read from it): from UTF-16 where the
-    file's first bytes hold NULs (UTF-16 without a byte-order mark; with one, the file is read as it is), else from
-    cp1252, what Windows and Excel write most often."""
+    file's first bytes hold NULs (UTF-16 without a byte-order mark; with one, the file is read as it is); dropping
+    the stray bytes where its first MiB holds more valid multi-byte characters than bytes that are not UTF-8; else
+    from cp1252, what Windows and Excel write most often."""
     fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
     try:
         with path.open("rb") as handle:
-            wide = b"\x00" in handle.read(4096)
+            head = handle.read(1 << 20)
     except OSError:
-        wide = False
-    source, why = ("utf-16le", "it looks UTF-16 (every other byte is 0)") if wide else (
-        "cp1252", "a file from Windows or Excel is often cp1252 (Latin-1)")
-    return (f"Re-save the file as UTF-8 and point the recipe at the new file; {why}: "
-            f"`iconv -f {source} -t utf-8 '{path}' > '{fixed}'`.")
+        head = b""
+    if b"\x00" in head[:4096]:
+        return (f"Re-save the file as UTF-8 and point the recipe at the new file; it looks UTF-16 (every other byte "
+                f"is 0): `iconv -f utf-16le -t utf-8 '{path}' > '{fixed}'`.")
+    text = head.decode("utf-8", errors="surrogateescape")
+    stray, good = len(UNDECODABLE.findall(text)), sum(ord(c) > 0x7F for c in text) - len(UNDECODABLE.findall(text))
+    if good > stray:  # mostly UTF-8 already: converting it from cp1252 would garble every accented letter
+        return (f"The file is UTF-8 apart from a few stray bytes: set data.skip_invalid: true to leave those rows out, "
+                f"or drop the bytes: `iconv -c -f utf-8 -t utf-8 '{path}' > '{fixed}'`.")
+    return (f"Re-save the file as UTF-8 and point the recipe at the new file; a file from Windows or Excel is often "
+            f"cp1252 (Latin-1): `iconv -f cp1252 -t utf-8 '{path}' > '{fixed}'`.")
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian: Excel's "Unicode Text", PowerShell's `>`
 ZIP_MAGIC = b"PK\x03\x04"  # .xlsx, .docx, .ods and zip archives
@@ -365,17 +372,21 @@ def read_text(path: Path) -> list[Record]:
 
 
 def text_paragraphs(path: Path) -> list[Record]:
+    """One record per paragraph, named by its first line; a paragraph holding bytes that are not UTF-8 is a row
+    problem naming the line they are on (data.skip_invalid leaves it out, as a bad JSONL line)."""
     text = read_bytes(path).decode("utf-8", errors="surrogateescape")
-    if UNDECODABLE.search(text):
-        raise DataError(f"{path}: holds bytes that are not UTF-8.", utf8_hint(path))
-    records, lines, start = [], [], 1
+    records, lines, start, bad_line = [], [], 1, None
     for number, line in enumerate([*text.replace("\r\n", "\n").split("\n"), ""], start=1):
         if line.strip():
             if not lines:
-                start = number
+                start, bad_line = number, None
             lines.append(line.rstrip())
+            bad_line = bad_line or (number if UNDECODABLE.search(line) else None)
         elif lines:
-            records.append(Record(f"{path}, line {start}", {"text": "\n".join(lines)}))
+            where = f"{path}, line {start}"
+            records.append(Record(where, problem=RowProblem(
+                "undecodable", f"not valid UTF-8 (at line {bad_line}).", utf8_hint(path))) if bad_line
+                else Record(where, {"text": "\n".join(lines)}))
             lines = []
     return records
 
