@@ -368,3 +368,17 @@ def test_doctor_and_train_try_a_user_reward_on_the_first_reference_alike(tmp_pat
     recipe = recipe_with("mine.py:numpy_number")
     assert not [check for check in metric_checks(recipe, data_checks(recipe)[1]["train"]) if check.status == "fail"]
     assert score({"name": "mine.py:numpy_number"}, ["x"], base_dir=tmp_path) == [0.5]
+
+
+def test_runs_list_scores_a_grpo_run_by_the_rewards_it_maximised(trained):
+    """With reference answers too, a GRPO run's one-number score is its held-out reward (a partial-credit reward can
+    rise while exact_match stays 0), not the first eval metric."""
+    from tunesmith.eval.evaluate import run_eval
+    from tunesmith.runs import run_summary
+
+    run = trained["run"]
+    results = json.loads(run_eval(run.load_recipe(["eval.probes=false"]), run).read_text(encoding="utf-8"))
+    listed = run_summary(run)
+    assert "exact_match" in results["tuned"] and listed["metric"] == "reward"
+    assert (listed["base"], listed["tuned"]) == (results["rewards"]["base"]["reward"],
+                                                 results["rewards"]["tuned"]["reward"])

@@ -62,18 +62,30 @@ def progress_lines(train: dict[str, Any], run: Run) -> list[str]:
     resumed = (f" (stopped, then resumed from step {train['resumed_from_step']})" if train.get("resumed_from_step")
                else "")
     if train.get("method") == "grpo":
-        first, final = ((train.get(key) or {}).get("reward") for key in ("first_metrics", "final_metrics"))
         from tunesmith.config import GRPOMethod
         from tunesmith.train.grpo import learning_signal_warnings
 
-        method = run.load_recipe().method
-        warnings = learning_signal_warnings(run.read_metrics(), method) if isinstance(method, GRPOMethod) else []
-        return [f"- mean reward of the sampled completions, first and last logged step: {rounded(first)} → "
-                f"{rounded(final)} in {train.get('wall_time_s', '?')} s of training{resumed}",
+        method, metrics = run.load_recipe().method, run.read_metrics()
+        warnings = learning_signal_warnings(metrics, method) if isinstance(method, GRPOMethod) else []
+        return [f"- mean reward of the sampled completions, {reward_trend(metrics, train)} in "
+                f"{train.get('wall_time_s', '?')} s of training{resumed}",
                 *(f"- **warning**: {warning}" for warning in warnings), "- reward curves: `plots/rewards.png`"]
     return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
             f"{train.get('wall_time_s', '?')} s of training{resumed}",
             *(f"- **warning**: {warning}" for warning in train.get("warnings") or []), "- loss curve: `plots/loss.png`"]
+
+
+def reward_trend(metrics: list[dict[str, Any]], train: dict[str, Any]) -> str:
+    """GRPO's mean reward early and late: over the first and the last quarter of the logged steps (one step's mean
+    over a few prompts is noise), or train.json's first and final logged step where metrics.jsonl has none."""
+    rewards = [record["reward"] for record in metrics if isinstance(record.get("reward"), int | float)]
+    if not rewards:
+        first, final = ((train.get(key) or {}).get("reward") for key in ("first_metrics", "final_metrics"))
+        return f"first and last logged step: {rounded(first)} → {rounded(final)}"
+    quarter = max(1, len(rewards) // 4)
+    early, late = (sum(part) / len(part) for part in (rewards[:quarter], rewards[-quarter:]))
+    span = "step" if quarter == 1 else f"{quarter} steps"
+    return f"first and last {span} of {len(rewards)} logged: {rounded(early)} → {rounded(late)}"
 
 
 def rollback_lines(run: Run) -> list[str]:

@@ -669,10 +669,10 @@ def run_summary(run: Run) -> dict[str, Any]:
         except TunesmithError:
             return summary
         metric = results.headline_metric() or ("perplexity" if "perplexity" in results.tuned else None)  # CPT's
-        if metric is not None:
+        if metric is not None and results.rewards is None:
             summary.update(metric=metric, tuned=results.tuned.get(metric),
                            base=(results.base or {}).get(metric))
-        elif results.rewards is not None:  # GRPO on prompts alone: its rewards are the score
+        elif results.rewards is not None:  # GRPO: the rewards it maximised are its score (a metric may see none)
             summary.update(metric="reward", tuned=results.rewards.tuned.get("reward"),
                            base=(results.rewards.base or {}).get("reward"))
         if results.probes is not None:  # the forgetting probes: what the tuning cost
