@@ -151,6 +151,16 @@ def test_run_directory_records_the_method(trained):
     if trained.kind == "cpt":  # packed into blocks: the length cuts no text, and the table says so
         assert "none is cut" in report["chosen"]["max_length"]["why"] and "are cut" not in \
             report["chosen"]["max_length"]["why"].replace("none is cut", "")
+        from tunesmith.card import write_model_card
+
+        blocks = [row["input_ids"] for row in trained.trainer.train_dataset]
+        chosen = report["chosen"]["max_length"]
+        assert (chosen["blocks"], chosen["tokens"]) == (len(blocks), sum(map(len, blocks)))
+        seen = report["throughput"]["loss_tokens"]
+        card = write_model_card(trained.run).read_text(encoding="utf-8")  # the card says how much text was trained
+        assert (f"- text trained on: {chosen['tokens']:,} tokens in {len(blocks):,} blocks of up to 128 (every token "
+                f"carries loss); training went through {seen:,} loss tokens, {seen / chosen['tokens']:.2f} epochs"
+                ) in card
     assert report["method"] == trained.kind and report["steps"] == 16
     assert (trained.run.plots_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (trained.run.adapter_dir / "adapter_model.safetensors").is_file()

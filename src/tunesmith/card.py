@@ -117,7 +117,7 @@ def trained_lines(data: dict[str, Any], train: dict[str, Any]) -> list[str]:
     run stopped by max_steps half-way through an epoch says so."""
     trained = (data.get("trained") or {}).get("train")
     if not trained:
-        return []
+        return packed_lines((train.get("chosen") or {}).get("max_length") or {}, train)
     dropped = ", ".join(f"{count} {reason}" for reason, count in trained["dropped"].items()) or "none"
     seen = (train.get("throughput") or {}).get("loss_tokens")
     went = (f"; training went through {seen:,} loss tokens, {seen / trained['loss_tokens']:.2f} epochs"
@@ -125,6 +125,18 @@ def trained_lines(data: dict[str, Any], train: dict[str, Any]) -> list[str]:
     return [f"- rows that carry loss: {trained['trained_rows']} of {trained['rows']}, {trained['loss_tokens']:,} loss "
             f"tokens of {trained['tokens']:,}{went}; rows left out: {dropped}; answer tokens cut by max_length: "
             f"{trained['answer_tokens_cut']}"]
+
+
+def packed_lines(max_length: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """Raw text packed into blocks (CPT): how many tokens and blocks the training text is (train.json's chosen
+    max_length) and how much of it training went through, every token carrying loss."""
+    tokens, seen = max_length.get("tokens"), (train.get("throughput") or {}).get("loss_tokens")
+    if not tokens:
+        return []
+    went = (f"; training went through {seen:,} loss tokens, {seen / tokens:.2f} epochs" if isinstance(seen, int)
+            else "")
+    return [f"- text trained on: {tokens:,} tokens in {max_length['blocks']:,} blocks of up to "
+            f"{max_length['value']} (every token carries loss){went}"]
 
 
 def chosen_lines(chosen: dict[str, Any] | None) -> list[str]:

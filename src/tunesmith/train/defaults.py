@@ -193,8 +193,9 @@ def max_length_choice(max_length: int, lengths: list[int], source: str, packed_b
     if not lengths:
         return {"value": max_length, "why": source}
     if packed_blocks:
-        return {"value": max_length, "why": f"{source}; the documents are joined into {len(lengths):,} blocks of up "
-                                            "to max_length tokens, so none is cut (one may run on into the next)"}
+        return {"value": max_length, "blocks": len(lengths), "tokens": sum(lengths),
+                "why": f"{source}; the documents are joined into {len(lengths):,} blocks of up to max_length tokens, "
+                       "so none is cut (one may run on into the next)"}
     ordered = sorted(lengths)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     if source.startswith("auto"):
