@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from tunesmith.config import Recipe
-from tunesmith.eval.decoding import encode_document, sequence_logprobs
+from tunesmith.eval.decoding import encode_document, progress, sequence_logprobs
 from tunesmith.models.tuned import Variant
 
 
@@ -17,6 +17,8 @@ def perplexity_results(variants: dict[str, Variant], tokenizer: Any, recipe: Rec
     """Mean loss per token and perplexity over the held-out documents (`rows`), each scored on its own, for
     every (model, context) variant."""
     encoded = [encode_document(tokenizer, row["text"], recipe.data.max_length) for row in rows]
+    progress(f"perplexity: {len(rows)} held-out documents, {sum(len(e['input_ids']) for e in encoded):,} tokens, "
+             f"for {' and '.join(variants)}")
     results: dict[str, Any] = {"examples": len(rows), "task_metric": "perplexity"}
     for name, (model, context) in variants.items():
         with context(), torch.no_grad():
