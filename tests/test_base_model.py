@@ -54,6 +54,10 @@ def test_raw_text_trains_evaluates_and_exports_on_a_base_model(tmp_path, base_mo
     run = create_run(recipe, tmp_path / "runs")
     run_training(recipe, run)
     results = json.loads(run_eval(recipe, run).read_text(encoding="utf-8"))
+    again = run_eval(run.load_recipe(["eval.probes=false"]), run)  # another eval keeps the first one's results
+    assert "probes" not in json.loads(again.read_text(encoding="utf-8"))
+    (kept,) = (again.parent / "history").iterdir()
+    assert json.loads(kept.read_text(encoding="utf-8")) == results
     probes = results["probes"]
     assert probes["asked_as"] == PLAIN_PROBE_FORMAT and probes["count"] == len(probes["rows"]) > 0
     assert set(results["tuned"]) >= {"perplexity"} and probes["tuned"]["perplexity"] > 0

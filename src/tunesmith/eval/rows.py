@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,28 @@ def results_dir(folder: Path, rows: HeldOutRows) -> Path:
     return folder / f"data-{rows.file.stem}" if rows.file is not None else folder
 
 
+def keep_earlier_results(path: Path) -> Path | None:
+    """Move an earlier eval's results.json into history/ beside it (named by when it was written), so that an eval
+    run again with other settings (probes off, other rows) does not silently replace what the first one found;
+    returns where it went."""
+    if not path.is_file():
+        return None
+    written = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    target = path.parent / "history" / f"{path.stem}-{written}.json"
+    target.parent.mkdir(exist_ok=True)
+    path.replace(target)
+    from tunesmith.eval.decoding import progress
+
+    progress(f"the earlier {path.name} is kept as {target}")
+    return target
+
+
 def save_results(run: Run, path: Path, results: dict[str, Any]) -> Path:
     """Validate `results` against the results.json contract (tunesmith.results.EvalResults), write it, and record
     it in run.json's eval section."""
     results = {"version": RESULTS_VERSION, **results}
     validate_results(results, path)
+    keep_earlier_results(path)
     atomic_write_json(path, results)
     record_eval_results(run, path)
     return path
