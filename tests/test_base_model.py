@@ -131,3 +131,17 @@ def test_compare_refuses_adapters_trained_with_different_templates(tmp_path):
     assert shared_chat_template([sources[0], sources[2]], CHATML) == CHATML  # none saved: the base's own
     with pytest.raises(TunesmithError, match=r"different chat templates \(a, b\)"):
         shared_chat_template(sources[:2], None)
+
+
+def test_doctor_checks_the_data_against_the_template_training_would_use(tmp_path, base_model_dir):
+    from tunesmith.doctor.recipe import data_checks, template_fit_checks
+
+    recipe = sft_recipe(tmp_path, base_model_dir, None)
+    rows = data_checks(recipe)[1]["train"]
+    failed = [check for check in template_fit_checks(recipe, rows) if check.status == "fail"]
+    assert len(failed) == 1 and "has no chat template (a base model)" in failed[0].detail
+    recipe = sft_recipe(tmp_path, base_model_dir, "chatml")
+    assert not [check for check in template_fit_checks(recipe, rows) if check.status == "fail"]
+    recipe = sft_recipe(tmp_path, base_model_dir, "missing.jinja")
+    (failed,) = [check for check in template_fit_checks(recipe, rows) if check.status == "fail"]
+    assert "model.chat_template: 'missing.jinja'" in failed.detail

@@ -225,11 +225,19 @@ def test_chatml_with_pad_equal_to_eos_passes_and_says_how_it_is_handled(tokenize
     assert "no {% generation %} markers" in by_name(checks, "assistant masks").detail
 
 
-def test_no_chat_template_fails_with_the_fix(tokenizer_dir, tmp_path):
-    checks = model_checks(tokenizer_copy(tokenizer_dir, tmp_path / "tok", None))
+def test_no_chat_template_warns_with_the_fix_and_the_recipes_template_is_checked(tokenizer_dir, tmp_path):
+    """A base model: raw text trains, so no failure; conversations need model.chat_template, which doctor checks as
+    training renders it."""
+    from tunesmith.models.templates import CHATML
+
+    folder = tokenizer_copy(tokenizer_dir, tmp_path / "tok", None)
+    checks = model_checks(folder)
     template = by_name(checks, "chat template")
-    assert template.status == "fail" and "chat_template.jinja" in template.fix
+    assert template.status == "warn" and "model.chat_template: chatml" in template.fix
     assert not any(check.name == "EOS after assistant turns" for check in checks)
+    checks = model_checks(folder, chat_template=CHATML)
+    assert by_name(checks, "chat template").detail == "model.chat_template of the recipe"
+    assert by_name(checks, "EOS after assistant turns").status == "pass"
 
 
 def test_template_without_eos_or_system_role_warns(tokenizer_dir, tmp_path):

@@ -24,27 +24,36 @@ def load_local_tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
-def model_checks(model_dir: Path) -> list[Check]:
-    """Tokenizer checks (chat template, EOS, pad), then the template contract's verdicts one by one."""
+def model_checks(model_dir: Path, chat_template: str | None = None) -> list[Check]:
+    """Tokenizer checks (chat template, EOS, pad), then the template contract's verdicts one by one; with
+    `chat_template` (the recipe's model.chat_template) in place of the model's own, as training renders."""
     try:
         tokenizer = load_local_tokenizer(model_dir)
     except Exception as exc:  # a folder without tokenizer files, or files transformers cannot read
         return [Check(name="tokenizer", section=SECTION, status="fail",
                       detail=f"cannot load a tokenizer from {model_dir}: {type(exc).__name__}: {exc}",
                       fix="Put the tokenizer files (tokenizer.json, tokenizer_config.json) beside config.json.")]
-    checks = [template_check(tokenizer, model_dir), eos_check(tokenizer), pad_check(tokenizer)]
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    checks = [template_check(tokenizer, model_dir, chat_template is not None), eos_check(tokenizer),
+              pad_check(tokenizer)]
     if tokenizer.chat_template and tokenizer.eos_token is not None:
         checks += contract_checks(probe_template(tokenizer))
         checks.append(marker_check(tokenizer))
     return checks
 
 
-def template_check(tokenizer: Any, model_dir: Path) -> Check:
+def template_check(tokenizer: Any, model_dir: Path, from_recipe: bool = False) -> Check:
+    """A template is there (the model's own, or the recipe's model.chat_template); none is a warning, not a failure:
+    raw text trains without one, and conversations in the data are refused by the recipe's template-fit check."""
     if tokenizer.chat_template:
-        return Check(name="chat template", section=SECTION, status="pass", detail="present")
-    return Check(name="chat template", section=SECTION, status="fail",
-                 detail=f"the tokenizer in {model_dir} has no chat template, so conversations cannot be rendered",
-                 fix="Use an instruct/chat model, or add a chat_template.jinja file to the model folder.")
+        return Check(name="chat template", section=SECTION, status="pass",
+                     detail="model.chat_template of the recipe" if from_recipe else "present")
+    return Check(name="chat template", section=SECTION, status="warn",
+                 detail=f"the tokenizer in {model_dir} has no chat template (a base model): raw text (method.kind: "
+                        "cpt) trains, conversations cannot be rendered",
+                 fix="For conversations, set model.chat_template: chatml (or a .jinja file), or use the model's "
+                     "instruct variant.")
 
 
 def eos_check(tokenizer: Any) -> Check:

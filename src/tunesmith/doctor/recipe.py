@@ -26,6 +26,7 @@ from tunesmith.doctor.model_checks import load_local_tokenizer
 from tunesmith.doctor.report import Check
 from tunesmith.errors import TunesmithError
 from tunesmith.models.loading import context_length
+from tunesmith.models.templates import recipe_chat_template
 from tunesmith.plan.fit import fit_message, plan_as_trained
 from tunesmith.scoring import load_user_function
 
@@ -202,10 +203,16 @@ def template_fit_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Chec
                       "yet, so the template was not checked against the data",
                       fix="Fetch the model once (see the model access check), then run doctor again.")]
     tokenizer = load_local_tokenizer(model_dir)
-    if not tokenizer.chat_template:
-        return []  # the model section fails it already, with the fix
-    return [*contract_fit_checks(judge_template(tokenizer, rows, model)),
-            preview_check(tokenizer, recipe, rows, context_length(model_dir))]
+    try:
+        template = recipe_chat_template(recipe)
+    except TunesmithError as exc:
+        return [Check(name="template fit", section=SECTION, status="fail", detail=exc.message, fix=exc.hint or "")]
+    if template is not None:
+        tokenizer.chat_template = template
+    checks = contract_fit_checks(judge_template(tokenizer, rows, model))
+    if not tokenizer.chat_template:  # nothing to preview: the contract's check says why and what to set
+        return checks
+    return [*checks, preview_check(tokenizer, recipe, rows, context_length(model_dir))]
 
 
 def contract_fit_checks(record: dict[str, Any]) -> list[Check]:

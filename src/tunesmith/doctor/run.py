@@ -17,7 +17,7 @@ from tunesmith.doctor.model_checks import model_checks
 from tunesmith.doctor.recipe import recipe_checks
 from tunesmith.doctor.report import Check, DoctorReport
 from tunesmith.doctor.versions import version_checks
-from tunesmith.errors import RecipeError
+from tunesmith.errors import RecipeError, TunesmithError
 
 
 def run_doctor(model: str | None = None, recipe_path: Path | None = None, sets: list[str] | None = None,
@@ -51,12 +51,23 @@ def source_checks(text: str, recipe: Recipe | None) -> list[Check]:
     source = classify_source(text, base_dir)
     model_dir = local_model_dir(source, revision)
     if model_dir is not None:
-        return checks + model_checks(model_dir)
+        return checks + model_checks(model_dir, recipe_template(recipe))
     if checks[-1].status == "fail":
         return checks  # the access check already says what to do first
     return [*checks, Check(name="tokenizer", section=MODEL_SECTION, status="warn",
                            detail="the model's files are not on this machine yet, so its tokenizer and chat template "
                                   "were not checked (doctor never downloads weights)", fix=fetch_hint(source))]
+
+
+def recipe_template(recipe: Recipe | None) -> str | None:
+    """The recipe's model.chat_template text; None without one (a template file that cannot be read is the
+    recipe's template-fit check's failure)."""
+    from tunesmith.models.templates import recipe_chat_template
+
+    try:
+        return recipe_chat_template(recipe) if recipe is not None else None
+    except TunesmithError:
+        return None
 
 
 def fetch_hint(source: Source) -> str:
