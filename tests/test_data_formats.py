@@ -507,7 +507,7 @@ def test_stray_bytes_in_plain_text_name_their_line_and_leave_the_rest(tmp_path):
     """A UTF-8 text file with one stray byte: the paragraph and line are named, the hint drops the byte (converting
     from cp1252 would garble every accented letter), and skip_invalid leaves that paragraph out alone."""
     paragraphs = ["Café naïve résumé, first.", "Second paragraph\nwith a stray \xff byte.", "Third, déjà vu."]
-    data = "\n\n".join(paragraphs).encode("utf-8").replace("\xff".encode("utf-8"), b"\xff")
+    data = "\n\n".join(paragraphs).encode("utf-8").replace("\xff".encode(), b"\xff")
     (tmp_path / "manual.txt").write_bytes(data)
     with pytest.raises(DataError, match=r"manual\.txt, line 3: not valid UTF-8 \(at line 4\)") as raised:
         load_records(tmp_path / "manual.txt")
