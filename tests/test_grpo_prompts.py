@@ -239,7 +239,7 @@ def test_the_bundled_arithmetic_reward_checks_the_answer_from_the_prompt():
     right = build_rewards(recipe.method.rewards, Path(recipe.base_dir))[0][0]
     prompts = [json.loads(line)["prompt"] for line in
                (REPO / "examples" / "data" / "number_prompts" / "train.jsonl").read_text().splitlines()]
-    results = [eval(re.search(r"What is (.+)\?", prompt)[1]) for prompt in prompts]  # noqa: S307 (our own sums)
+    results = [eval(re.search(r"What is (.+)\?", prompt)[1]) for prompt in prompts]  # our own sums
     ids = [[1]] * len(prompts)
     assert right(prompts=prompts, completions=[str(n) for n in results], completion_ids=ids) == [1.0] * len(prompts)
     assert right(prompts=prompts, completions=[f"{n + 1}" for n in results], completion_ids=ids) == [0.0] * len(prompts)
