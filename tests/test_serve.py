@@ -801,7 +801,7 @@ def test_a_served_tool_call_reaches_the_openai_client_as_tool_calls_whole_and_st
     """The tiny model is held to a call-shaped answer by the json_schema grammar; the server returns it as the
     request's tool call, in a whole response and in a stream the openai client assembles."""
     client = server.client()
-    options = {"model": hermes_model, "messages": ORDER, "tools": [WEATHER_TOOL], "temperature": 0, "max_tokens": 40,
+    options = {"model": hermes_model, "messages": ORDER, "tools": [WEATHER_TOOL], "temperature": 0, "max_tokens": 64,
                "response_format": {"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}}}
     whole = client.chat.completions.create(**options)
     choice = whole.choices[0]
