@@ -133,6 +133,9 @@ def print_contract(contract: dict[str, Any]) -> None:
     if not contract:
         return
     err.rule("chat template contract")
+    if contract.get("template_error"):  # nothing rendered: the verdicts below would describe no template
+        err.print(f"not rendered: {escape(contract['template_error'])}", highlight=False, soft_wrap=True)
+        return
     err.print(f"system role {contract['system_role']} · generation prompt {contract['generation_prompt']} · EOS in "
               f"answers {'yes' if contract['eos_after_assistant'] else 'no'} · assistant turns "
               f"{contract['assistant_turns']} · tools {contract['tools']}"

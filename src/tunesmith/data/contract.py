@@ -79,7 +79,8 @@ def probe_template(tokenizer: Any) -> TemplateContract:
     except Exception as exc:  # a template raises anything (jinja's raise_exception, missing variables)
         return TemplateContract(system_role="refused", generation_prompt="missing", eos_after_assistant=False,
                                 assistant_turns="not_prefix_stable", tools="unsupported",
-                                template_error=f"{type(exc).__name__}: {exc}")
+                                template_error=f"{type(exc).__name__}: {exc}" + (
+                                    f" at line {exc.lineno} of the template" if getattr(exc, "lineno", None) else ""))
     from tunesmith.models.loading import stop_token_ids  # imports torch: only once a template is probed
 
     # where the generation prompt is not the trained prefix, that one finding is the problem: the answer is read
@@ -180,19 +181,25 @@ class Findings:
     warnings: list[str]
 
 
-def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) -> Findings:
-    """Judge the contract against the data's needs; every problem says which key or model fixes it."""
+def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str,
+                      template_key: str | None = None) -> Findings:
+    """Judge the contract against the data's needs; every problem says which key or model fixes it. `template_key`:
+    the recipe's model.chat_template, when the template is the user's own: then an answer with no token generation
+    stops at, or no generation prompt, is a problem to fix in it, not a warning about the model's files."""
     problems, warnings = [], []
     if contract.template_error == NO_TEMPLATE:
-        problems.append(f"{model} has no chat template (a base model), so conversations cannot be rendered. Train "
-                        "its instruct variant, or copy the model folder and add a chat_template.jinja to it (one "
-                        "whose answers end with the tokenizer's eos_token, so the tuned model learns to stop); raw "
-                        "text (method.kind: cpt) needs no template.")
+        problems.append(f"{model} has no chat template (a base model), so conversations cannot be rendered. Set "
+                        "model.chat_template: chatml (ChatML turns closed by the tokenizer's eos_token, so the tuned "
+                        "model learns to stop) or a .jinja file of your own; raw text (method.kind: cpt) needs no "
+                        "template.")
         return Findings(problems, warnings)
+    shown_key = template_key if template_key is None or len(template_key) <= 60 else template_key[:57] + "..."
+    owner = f"The template of model.chat_template ({shown_key!r})" if template_key else f"The chat template of {model}"
     if contract.template_error:
-        problems.append(f"The chat template of {model} fails on a plain user/assistant exchange "
-                        f"({contract.template_error}). Fix the template (tokenizer_config.json chat_template) "
-                        "or use another model.")
+        fix = ("Fix that template" if template_key else
+               "Fix the template (tokenizer_config.json chat_template), set model.chat_template,")
+        problems.append(f"{owner} fails on a plain user/assistant exchange "
+                        f"({contract.template_error}). {fix} or use another model.")
         return Findings(problems, warnings)
     if needs.system_turns and contract.system_role != "supported":
         verb = "refuses (raises on)" if contract.system_role == "refused" else "silently drops"
@@ -216,8 +223,10 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
                         "a prefix of the whole conversation, so the loss mask cannot find the assistant turns. Use a "
                         "template that renders turns independently (ChatML, Llama-3 and most others do).")
     if contract.generation_prompt == "missing":
-        warnings.append(f"The chat template of {model} adds nothing for add_generation_prompt: at inference the model "
-                        "is prompted without the assistant header that precedes every trained answer.")
+        (problems if template_key else warnings).append(
+            f"{owner} adds nothing for add_generation_prompt: at inference the model is "
+            "prompted without the assistant header that precedes every trained answer"
+            + (" (write it in an `{% if add_generation_prompt %}` branch at the end)." if template_key else "."))
     elif contract.generation_prompt == "differs":
         shown = ("" if not contract.prompt_parts_at else " (it prompts with {!r} where training renders {!r})".format(
             *contract.prompt_parts_at))
@@ -226,7 +235,11 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
                         "answers. Reasoning models' templates do this when they open a <think> block for inference but "
                         "strip reasoning from the answers they render. Fix the template's add_generation_prompt branch "
                         "(the model folder's chat_template.jinja), or use the model's non-reasoning variant.")
-    if not contract.eos_after_assistant:
+    if not contract.eos_after_assistant and template_key:
+        problems.append(f"{owner} ends an assistant turn with no token generation stops at (the "
+                        "tokenizer's eos_token, or an eos_token_id of generation_config.json): the tuned model would "
+                        "never learn to stop. End each assistant turn with {{ eos_token }} in it (chatml does).")
+    elif not contract.eos_after_assistant:
         warnings.append(f"The chat template of {model} ends an assistant turn with no token generation stops at "
                         "(the tokenizer's eos_token, or an eos_token_id of generation_config.json); the model will not "
                         "learn to stop. Add the token that ends the template's turns (e.g. <end_of_turn>) to "
@@ -234,19 +247,22 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str) 
     return Findings(problems, warnings)
 
 
-def judge_template(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    """Probe the template and judge it against `rows`: the probe results, `problems` and `warnings`, as
-    inspect and preview report them and data.json records them."""
+def judge_template(tokenizer: Any, rows: list[dict[str, Any]], model: str,
+                   template_key: str | None = None) -> dict[str, Any]:
+    """Probe the template and judge it against `rows` (`template_key`: the recipe's model.chat_template, where the
+    template is the user's own): the probe results, `problems` and `warnings`, as inspect and preview report them and
+    data.json records them."""
     contract = probe_template(tokenizer)
-    return contract_record(contract, contract_findings(contract, data_needs(rows), model))
+    return contract_record(contract, contract_findings(contract, data_needs(rows), model, template_key))
 
 
-def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str,
+                            template_key: str | None = None) -> dict[str, Any]:
     """`judge_template`, refusing with every problem at once (what `train` runs before any weights load).
 
     Raises DataError naming the model and the recipe key that fixes each problem.
     """
-    record = judge_template(tokenizer, rows, model)
+    record = judge_template(tokenizer, rows, model, template_key)
     if record["problems"]:
         raise DataError("The chat template cannot train this data right:\n- " + "\n- ".join(record["problems"]))
     return record

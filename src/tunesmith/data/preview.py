@@ -119,7 +119,8 @@ def rendered_example(tokenizer: Any, label: str, encoded: EncodedSequence) -> Re
 
 
 def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was_missing: bool = False,
-                 first_row: int = 1, model: str = "this model", all_rows: list[Row] | None = None) -> Preview:
+                 first_row: int = 1, model: str = "this model", all_rows: list[Row] | None = None,
+                 template_key: str | None = None) -> Preview:
     """Render `rows` and run every contract check; warnings name the row they come from.
 
     The template contract (data/contract.py) is checked first, against `all_rows` (the whole file, so that its
@@ -129,7 +130,7 @@ def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was
     raw_text = all("text" in row for row in rows)  # CPT's text: no template, no answer spans, no padding
     preview = Preview([], [] if raw_text else contract_warnings(tokenizer, pad_token_was_missing))
     if any(not isinstance(sequence, str) for row in rows for _, sequence in conversations_of(row)):
-        preview.contract = judge_template(tokenizer, all_rows or rows, model)
+        preview.contract = judge_template(tokenizer, all_rows or rows, model, template_key)
         preview.problems += preview.contract["problems"]
         preview.warnings += preview.contract["warnings"]
     for number, row in enumerate(rows, start=first_row):

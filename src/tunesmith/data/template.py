@@ -162,8 +162,9 @@ def require_chat_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or "the model"
         raise TunesmithError(f"{name} has no chat template (a base model), so it cannot be given conversations: it "
-                             "continues text.", "Score it on raw text (`tunesmith eval` of a method.kind: cpt run "
-                             "reports perplexity), or use a chat model or one whose folder has a chat_template.jinja.")
+                             "continues text.", "Train it with model.chat_template: chatml (its runs then render "
+                             "with that), score it on raw text (`tunesmith eval` of a method.kind: cpt run reports "
+                             "perplexity; `tunesmith serve` answers /v1/completions), or use a chat model.")
 
 
 # Probe conversations: two exchanges, and a tool call with its result and the answer after it.

@@ -82,7 +82,8 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         }
         usable += loaded.rows
     if not all("text" in row for row in usable):  # raw text (CPT) never goes through the chat template
-        report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source)
+        report["template_contract"] = judge_template(tokenizer, conformed(usable, recipe), recipe.model.source,
+                                                      recipe.model.chat_template)
         report["template_contract"]["tool_format"] = data.tool_format  # hermes: tools reach the model as text
     if "eval" in records and data.clean.dedup != "off":  # what prepare and train remove before training
         _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows, data.clean)
@@ -222,4 +223,4 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     rows = conformed(require_rows(shown, str(source)), recipe)
     limit = length_limit(data.max_length, context_length(model_dir))  # auto cuts a row only at the model's context
     return preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source,
-                        all_rows=conformed(loaded.rows, recipe))
+                        all_rows=conformed(loaded.rows, recipe), template_key=recipe.model.chat_template)

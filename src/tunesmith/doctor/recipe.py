@@ -209,7 +209,7 @@ def template_fit_checks(recipe: Recipe, rows: list[dict[str, Any]]) -> list[Chec
         return [Check(name="template fit", section=SECTION, status="fail", detail=exc.message, fix=exc.hint or "")]
     if template is not None:
         tokenizer.chat_template = template
-    checks = contract_fit_checks(judge_template(tokenizer, rows, model))
+    checks = contract_fit_checks(judge_template(tokenizer, rows, model, recipe.model.chat_template))
     if not tokenizer.chat_template:  # nothing to preview: the contract's check says why and what to set
         return checks
     return [*checks, preview_check(tokenizer, recipe, rows, context_length(model_dir))]
@@ -232,7 +232,8 @@ def preview_check(tokenizer: Any, recipe: Recipe, rows: list[dict[str, Any]], co
     if pad_missing:
         tokenizer.pad_token = tokenizer.eos_token
     limit = length_limit(recipe.data.max_length, context)
-    preview = preview_rows(tokenizer, rows[:PREVIEW_ROWS], limit, pad_missing, model=recipe.model.source)
+    preview = preview_rows(tokenizer, rows[:PREVIEW_ROWS], limit, pad_missing, model=recipe.model.source,
+                           template_key=recipe.model.chat_template)
     findings = [text for text in preview.problems + preview.warnings if text.startswith("row ")]
     count = min(PREVIEW_ROWS, len(rows))
     if not findings:

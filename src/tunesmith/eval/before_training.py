@@ -18,6 +18,7 @@ from tunesmith.config import Recipe, any_constrained
 from tunesmith.data import fingerprint, load_splits
 from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
+from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
 from tunesmith.data.template import answer_text, context_text
 from tunesmith.errors import TunesmithError
@@ -80,6 +81,9 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
         print(f"constrained baselines left out: {exc.message}", file=sys.stderr, flush=True)
     model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     tokenizer = load_tokenizer(model_dir, chat_template=recipe_chat_template(recipe))
+    # the template must render these rows as train would (a base model without one, a template that cannot), before
+    # a run directory is made or any weights load
+    check_template_contract(tokenizer, splits.train + splits.eval, recipe.model.source, recipe.model.chat_template)
     run = create_run(recipe, runs_dir)
     resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer, context_length(model_dir),
                        packed=False)

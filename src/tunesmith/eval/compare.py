@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.constraint import Constraint
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, require_chat_template
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
@@ -230,6 +230,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     scorer = build_scorer(chosen, None, None, Path.cwd())  # a bad metric fails before any model loads
     tokenizer = load_tokenizer(base_dir)
     tokenizer.chat_template = shared_chat_template(sources, tokenizer.chat_template)
+    require_chat_template(tokenizer)  # a base model's runs (raw text, no template): refused before any weights load
     if max_new_tokens is None:
         references = [prompt.reference for prompt in prompts if prompt.reference is not None]
         max_new_tokens, why = (auto_max_new_tokens(tokenizer, references) if references

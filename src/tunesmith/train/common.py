@@ -145,7 +145,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     record = fingerprint(splits)
     if uses_chat_template(splits.train + splits.eval):
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
-                                                              recipe.model.source)
+                                                              recipe.model.source, recipe.model.chat_template)
         print_warnings(record["template_contract"]["warnings"])
     print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source) +
