@@ -40,7 +40,11 @@ def base_model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
     tokenizer.eos_token = "<|endoftext|>"
     tokenizer.save_pretrained(folder)
     (folder / "chat_template.jinja").unlink(missing_ok=True)
-    return build_tiny_llama(folder, tmp_path_factory.mktemp("base-model"))
+    model_dir = build_tiny_llama(folder, tmp_path_factory.mktemp("base-model"))
+    config = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
+    config["eos_token_id"] = tokenizer.convert_tokens_to_ids("<|im_end|>")  # as the helper's copy of SmolLM2 had
+    (model_dir / "generation_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return model_dir
 
 
 def test_the_tokenizer_of_a_base_model_loads_and_a_given_template_replaces_its_own(base_model_dir):
@@ -72,7 +76,7 @@ def test_conversations_on_a_base_model_are_refused_naming_the_fix(base_model_dir
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     with pytest.raises(DataError, match="has no chat template") as raised:
         check_template_contract(tokenizer, rows, "base-model")
-    assert "chat_template.jinja" in str(raised.value) and "method.kind: cpt" in str(raised.value)
+    assert "model.chat_template: chatml" in str(raised.value) and "method.kind: cpt" in str(raised.value)
     with pytest.raises(TunesmithError, match="cannot be given conversations"):
         load_chat_model(str(base_model_dir), None, "cpu")
 
@@ -103,6 +107,8 @@ def test_chatml_gives_a_base_model_turns_that_end_in_its_eos_and_the_run_keeps_i
     assert "<|im_end|>" not in translation.go_template + "".join(translation.stops)
     merge_adapter_into_base(base_model_dir, run.adapter_dir, tmp_path / "merged")
     assert saved_chat_template(tmp_path / "merged") == CHATML  # what the GGUF's tokenizer.chat_template is read from
+    stops = json.loads((tmp_path / "merged" / "generation_config.json").read_text(encoding="utf-8"))["eos_token_id"]
+    assert tokenizer.eos_token_id in stops  # plain transformers stops where chatml closes a turn
 
 
 def test_a_template_file_or_text_is_read_and_a_wrong_one_named(tmp_path):
@@ -145,3 +151,19 @@ def test_doctor_checks_the_data_against_the_template_training_would_use(tmp_path
     recipe = sft_recipe(tmp_path, base_model_dir, "missing.jinja")
     (failed,) = [check for check in template_fit_checks(recipe, rows) if check.status == "fail"]
     assert "model.chat_template: 'missing.jinja'" in failed.detail
+
+
+def test_a_template_of_the_users_that_cannot_train_is_refused_with_what_to_fix_in_it(tmp_path, base_model_dir):
+    """The user's own template (model.chat_template) is held to more than a model's: an answer with no token
+    generation stops at is refused (a model's is a warning about its files), and a syntax error names its line."""
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    no_eos = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(DataError, match=r"model\.chat_template .* ends an assistant turn with no token generation "
+                                        r"stops at .* End each assistant turn with \{\{ eos_token \}\}"):
+        check_template_contract(load_tokenizer(base_model_dir, chat_template=no_eos), rows, "base", "mine.jinja")
+    warned = check_template_contract(load_tokenizer(base_model_dir, chat_template=no_eos), rows, "base")
+    assert any("no token generation stops at" in warning for warning in warned["warnings"])
+    broken = "{% for m in messages %}\n{{ m['content'] }\n{% endfor %}"
+    with pytest.raises(DataError, match=r"model\.chat_template \('broken\.jinja'\) fails .*TemplateSyntaxError.* at "
+                                        r"line 2 of the template"):
+        check_template_contract(load_tokenizer(base_model_dir, chat_template=broken), rows, "base", "broken.jinja")

@@ -122,6 +122,18 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
     return check_saved(folder, ids, expected, diff, dtype)  # the caller says it (merge's report, export's line)
 
 
+def stop_at_template_eos(model: Any, tokenizer: Any) -> None:
+    """Make generation_config.json stop at the tokenizer's eos_token too, which a model.chat_template (chatml) closes
+    every turn with: a base whose generation config names another token (SmolLM2's <|im_end|> beside its
+    <|endoftext|>) would otherwise generate past every answer in plain transformers."""
+    config = getattr(model, "generation_config", None)
+    if config is None or tokenizer.eos_token_id is None:
+        return
+    current = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    if tokenizer.eos_token_id not in current:
+        config.eos_token_id = [tokenizer.eos_token_id, *(i for i in current if i is not None)]
+
+
 def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_size: str,
                     chat_template: str | None = None) -> Path:
     """safetensors (split into shards with model.safetensors.index.json past `max_shard_size`) + tokenizer (with
@@ -132,10 +144,11 @@ def save_checkpoint(model: Any, tokenizer_dir: Path, folder: Path, max_shard_siz
 
     from tunesmith.runs import current_umask
 
-    model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
+        stop_at_template_eos(model, tokenizer)
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(folder)
     for file in Path(folder).iterdir():
         if file.is_file():
