@@ -119,6 +119,8 @@ def test_a_template_file_or_text_is_read_and_a_wrong_one_named(tmp_path):
     assert chat_template_text("ChatML", tmp_path) == CHATML
     with pytest.raises(RecipeError, match=r"model\.chat_template: 'templates/missing\.jinja' is neither a built-in"):
         chat_template_text("templates/missing.jinja", tmp_path)
+    with pytest.raises(RecipeError, match=r"Did you mean 'chatml'\?"):
+        chat_template_text("chatmll", tmp_path)
     (tmp_path / "notes.txt").write_text("just some words")
     with pytest.raises(RecipeError, match="is not a Jinja chat template"):
         chat_template_text("notes.txt", tmp_path)

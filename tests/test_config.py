@@ -144,6 +144,11 @@ def test_a_relative_path_set_on_the_command_line_is_from_the_current_folder(tmp_
     assert recipe.resolve_path(mistyped.data.train) == here / "data" / "mnie.jsonl"  # the "not found" names it
     hub = load_recipe(write(recipe_dir, "data:\n  train: t.jsonl\n"), ["data.train=hf:org/dataset"])
     assert hub.data.train == "hf:org/dataset"
+    (here / "my.jinja").write_text("{{ messages[0].content }}")
+    templates = [load_recipe(write(recipe_dir, "data:\n  train: t.jsonl\n"), [f"model.chat_template={value}"])
+                 for value in ("my.jinja", "missing.jinja", "chatml")]
+    assert [t.model.chat_template for t in templates] == [str(here / "my.jinja"), str(here / "missing.jinja"),
+                                                          "chatml"]
 
 
 def test_override_of_unknown_key_fails_with_hint(tmp_path):

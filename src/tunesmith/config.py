@@ -1072,7 +1072,7 @@ def override_value(text: str) -> Any:
 
 
 PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_schema", "rubric", "include_path",
-                       "probe_file"})
+                       "probe_file", "chat_template"})
 
 
 # A data.train / data.eval value ending so is a file name, also when no such file exists (yet): it is read from the
@@ -1083,12 +1083,14 @@ DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 def path_from_command_line(value: Any, key: str = "") -> Any:
     """A relative path typed after `--set` means what the shell means by it: from the current folder, not from
     the recipe's (which is where paths written in the recipe file resolve). Made absolute only when it names
-    something there (or, for data.train / data.eval, when it is a data file's name), so a Hub id
+    something there (or, for data.train / data.eval, when it is a data file's name; for model.chat_template, a
+    .jinja file's), so a Hub id
     (`HuggingFaceTB/SmolLM2-135M`) or a word (`bundled`) stays as written."""
     if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
         return value
     here = Path.cwd() / value
-    data_file = key in ("train", "eval") and value.lower().endswith(DATA_FILE_SUFFIXES)
+    data_file = (key in ("train", "eval") and value.lower().endswith(DATA_FILE_SUFFIXES)) or (
+        key == "chat_template" and value.lower().endswith(".jinja"))
     return str(here.resolve()) if here.exists() or data_file else value
 
 

@@ -9,6 +9,7 @@ whose eos_token is `<|im_end|>` (Qwen, SmolLM2) it is ChatML exactly.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from tunesmith.config import Recipe
@@ -37,8 +38,9 @@ def chat_template_text(value: str | None, base_dir: Path) -> str | None:
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
+        close = difflib.get_close_matches(value.strip().lower(), list(BUILT_IN), n=1)
         raise RecipeError(f"model.chat_template: {value!r} is neither a built-in template ({', '.join(BUILT_IN)}) nor "
-                          f"a file ({path} does not exist).",
+                          f"a file ({path} does not exist)." + (f" Did you mean {close[0]!r}?" if close else ""),
                           "Write chatml, the path of a .jinja file (relative to the recipe), or the Jinja text.")
     try:
         text = path.read_text(encoding="utf-8-sig")
