@@ -87,14 +87,16 @@ def sft_recipe(root: Path, model_dir: Path, chat_template: str | None) -> Recipe
                      encoding="utf-8")
     return validate_recipe({
         "name": "base-chatml", "model": {"source": str(model_dir), "chat_template": chat_template},
-        "data": {"train": str(train), "eval_fraction": 0.25, "replay": {"ratio": 0}},
+        "data": {"train": str(train), "eval_fraction": 0.25},
         "training": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1000},
         "eval": {"probes": False, "baselines": []}, "base_dir": str(root)})
 
 
 def test_chatml_gives_a_base_model_turns_that_end_in_its_eos_and_the_run_keeps_it(tmp_path, base_model_dir):
     run = create_run(recipe := sft_recipe(tmp_path, base_model_dir, "chatml"), tmp_path / "runs")
-    run_training(recipe, run)
+    run_training(recipe, run)  # the default replay: a base without a template of its own cannot answer its prompts
+    replay = json.loads((run.path / "train.json").read_text(encoding="utf-8"))["chosen"]["replay"]
+    assert replay["value"] == "off" and "no chat template of its own" in replay["why"]
     contract = json.loads((run.path / "data.json").read_text(encoding="utf-8"))["template_contract"]
     assert contract["problems"] == [] and contract["eos_after_assistant"] is True
     assert run.chat_template_file.read_text(encoding="utf-8") == CHATML

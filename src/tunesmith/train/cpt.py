@@ -37,7 +37,7 @@ def run_cpt(recipe: Recipe, run: Run) -> Path:
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
         **anchor,
     )
-    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.rows else None)
+    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.report else None)
 
 
 def cpt_config(recipe: Recipe, run: Run, device: str, precision: str):

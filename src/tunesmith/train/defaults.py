@@ -152,6 +152,8 @@ def batch_choice(training: Any, device: str | None, longest: int) -> dict[str, A
 def replay_choice(data: Any, report: dict[str, Any], method_kind: str) -> dict[str, Any]:
     """The replay row of the chosen table, from train.json's replay report; the default's source is the benchmark
     that measured it for `method_kind` (SFT: forgetting_settings, the preference methods and CPT: method_replay)."""
+    if "skipped" in report:
+        return {"value": "off", "why": report["skipped"]}
     cut = f" on the first {report['anchor_answer_tokens']} answer tokens" if report.get("anchor_answer_tokens") else ""
     how = (f"KL anchor{cut}, weight {report['weight']:g}" if report.get("loss") == "kl" else "trained as SFT rows")
     measured = "forgetting_settings" if method_kind == "sft" else "method_replay"

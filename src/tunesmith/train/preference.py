@@ -63,7 +63,7 @@ def run_preference(recipe: Recipe, run: Run) -> Path:
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
         **anchor,
     )
-    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.rows else None)
+    return fit_and_save(trainer, setup, recipe, run, {"replay": replay.report} if replay.report else None)
 
 
 @dataclass

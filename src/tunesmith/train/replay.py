@@ -27,6 +27,7 @@ from tunesmith.doctor.accelerator import available_memory
 from tunesmith.manifest import RowsFile
 from tunesmith.models.generation import generate_from_prompts, pad_right
 from tunesmith.models.home import model_fingerprint, tunesmith_home
+from tunesmith.models.loading import load_tokenizer
 from tunesmith.models.registry import EMBEDDED, cached_model_dir
 from tunesmith.runs import Run, atomic_write_json, save_rows
 from tunesmith.train.distributed import is_main_process
@@ -49,6 +50,11 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir
     settings = recipe.data.replay
     if settings.ratio == 0:
         return Replay()
+    if recipe.model.chat_template is not None and not load_tokenizer(model_dir).chat_template:
+        why = ("off: the base model has no chat template of its own (model.chat_template gives it one), so it cannot "
+               "answer the general prompts that replay would keep it close to")
+        print(f"replay: {why}", file=sys.stderr, flush=True)
+        return Replay(report={"skipped": why})
     prompts = load_replay_prompts(settings.source, recipe.resolve_path)
     count = replay_count(settings.ratio, train_rows, len(prompts))
     chosen = pick_replay(prompts, count, recipe.training.seed)

@@ -45,7 +45,7 @@ def run_train(recipe: Recipe, run: Run) -> Path:
     )
     trainer.micro_batch_tokens = merged_micro_batch_tokens(recipe, setup.device, packing.on,
                                                            row_lengths(trainer.train_dataset))
-    choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.rows else {})}
+    choices = {"packing": packing.as_dict(), **({"replay": replay.report} if replay.report else {})}
     if trainer.micro_batch_tokens:
         choices["micro_batch_tokens"] = trainer.micro_batch_tokens
     return fit_and_save(trainer, setup, recipe, run, choices)
