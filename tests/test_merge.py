@@ -137,6 +137,15 @@ def test_a_merge_output_given_to_a_run_command_says_how_to_score_and_use_it(adap
     assert f"tunesmith chat {whole}" in caught.value.hint
 
 
+def test_compare_takes_an_into_base_merge_by_the_combined_adapter_beside_its_model(adapters, tmp_path):
+    """`merge --into-base` of several adapters writes the whole model and its combined adapter/ beside it: the
+    compare command its note suggests scores that adapter."""
+    from tunesmith.eval.compare import adapter_source
+
+    out = run_merge([adapters["a"], adapters["b"]], tmp_path / "both", method="cat", into_base=True)
+    assert (out / "config.json").is_file() and adapter_source(out).adapter_dir == out / "adapter"
+
+
 def test_cat_is_exact_even_across_ranks_and_rslora(adapters, tiny_model_dir, tmp_path):
     weights = [0.6, 0.4]
     out = run_merge([adapters["a"], adapters["rank8_rslora"]], tmp_path / "cat", method="cat", weights=weights)

@@ -121,6 +121,8 @@ def adapter_source(target: str | Path) -> AdapterSource:
             raise TunesmithError(f"{path} is a whole-model run (model/), not an adapter: it has no base to share.",
                                  "Compare adapter runs; evaluate a whole-model run with `tunesmith eval`.")
         return AdapterSource(path.resolve().name, artifact, run_base_model(run))
+    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
+        path = path / "adapter"  # `tunesmith merge --into-base`'s output: the whole model, its combined adapter beside
     config_file = path / "adapter_config.json"
     if not config_file.is_file():
         raise TunesmithError(f"{path} is neither a run directory (recipe.yaml) nor a PEFT adapter "
