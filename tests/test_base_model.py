@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import ORDERS, build_tiny_llama
 from tests.test_methods import method_recipe
+from tunesmith.card import write_model_card
 from tunesmith.chat import load_chat_model
 from tunesmith.config import Recipe, validate_recipe
 from tunesmith.data.contract import check_template_contract
@@ -97,6 +98,8 @@ def test_chatml_gives_a_base_model_turns_that_end_in_its_eos_and_the_run_keeps_i
     run_training(recipe, run)  # the default replay: a base without a template of its own cannot answer its prompts
     replay = json.loads((run.path / "train.json").read_text(encoding="utf-8"))["chosen"]["replay"]
     assert replay["value"] == "off" and "no chat template of its own" in replay["why"]
+    assert "- template: model.chat_template `chatml` in place of the model's own" in write_model_card(run).read_text(
+        encoding="utf-8")
     contract = json.loads((run.path / "data.json").read_text(encoding="utf-8"))["template_contract"]
     assert contract["problems"] == [] and contract["eos_after_assistant"] is True
     assert run.chat_template_file.read_text(encoding="utf-8") == CHATML

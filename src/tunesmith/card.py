@@ -39,7 +39,7 @@ def write_model_card(run: Run) -> Path:
         *trained_lines(data, train),
         "",
         *chosen_lines(train.get("chosen")),
-        *template_lines(data.get("template_contract")),
+        *template_lines(data.get("template_contract"), recipe.model.chat_template),
         "## Results on held-out examples, base vs tuned",
         *results_table(results),
         "",
@@ -150,11 +150,15 @@ def chosen_lines(chosen: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def template_lines(contract: dict[str, Any] | None) -> list[str]:
-    """The chat-template contract as checked before training (data/contract.py), with its warnings."""
+def template_lines(contract: dict[str, Any] | None, template_key: str | None = None) -> list[str]:
+    """The chat-template contract as checked before training (data/contract.py), with its warnings; which template
+    it was, where the recipe's model.chat_template (`template_key`) replaced the model's own."""
     if not contract:
         return []
-    lines = ["## Chat template contract", "",
+    own = ([f"- template: model.chat_template `{template_key if len(template_key) <= 60 else 'Jinja text'}` in "
+            "place of the model's own (saved as chat_template.jinja in the run and with the adapter; eval, merge, "
+            "export and serve render with it)"] if template_key else [])
+    lines = ["## Chat template contract", "", *own,
              f"- system role: {contract['system_role']}; generation prompt: {contract['generation_prompt']}; "
              f"EOS after answers: {'yes' if contract['eos_after_assistant'] else 'no'}; assistant turns: "
              f"{contract['assistant_turns']}; tools: {contract['tools']}"]
