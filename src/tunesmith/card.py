@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunesmith.models.templates import template_label
 from tunesmith.models.tuned import is_adapter
 from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results
 from tunesmith.runs import Run, atomic_write_text
@@ -155,7 +156,7 @@ def template_lines(contract: dict[str, Any] | None, template_key: str | None = N
     it was, where the recipe's model.chat_template (`template_key`) replaced the model's own."""
     if not contract:
         return []
-    own = ([f"- template: model.chat_template `{template_key if len(template_key) <= 60 else 'Jinja text'}` in "
+    own = ([f"- template: model.chat_template `{template_label(template_key)}` in "
             "place of the model's own (saved as chat_template.jinja in the run and with the adapter; eval, merge, "
             "export and serve render with it)"] if template_key else [])
     lines = ["## Chat template contract", "", *own,

@@ -193,8 +193,10 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str,
                         "model learns to stop) or a .jinja file of your own; raw text (method.kind: cpt) needs no "
                         "template.")
         return Findings(problems, warnings)
-    shown_key = template_key if template_key is None or len(template_key) <= 60 else template_key[:57] + "..."
-    owner = f"The template of model.chat_template ({shown_key!r})" if template_key else f"The chat template of {model}"
+    from tunesmith.models.templates import template_label  # the models package imports torch: not at import time
+
+    owner = (f"The template of model.chat_template ({template_label(template_key)!r})" if template_key
+             else f"The chat template of {model}")
     if contract.template_error:
         fix = ("Fix that template" if template_key else
                "Fix the template (tokenizer_config.json chat_template), set model.chat_template,")

@@ -53,6 +53,11 @@ def chat_template_text(value: str | None, base_dir: Path) -> str | None:
     return text
 
 
+def template_label(value: str) -> str:
+    """model.chat_template as messages show it: a name or path as written, Jinja text cut to 60 characters."""
+    return value if len(value) <= 60 else value[:57] + "..."
+
+
 def recipe_chat_template(recipe: Recipe) -> str | None:
     """The Jinja text of `recipe`'s model.chat_template (None: the model's own), read relative to the recipe."""
     return chat_template_text(recipe.model.chat_template, Path(recipe.base_dir))
