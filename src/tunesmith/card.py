@@ -165,9 +165,25 @@ def template_lines(contract: dict[str, Any] | None, template_key: str | None = N
              f"{contract['assistant_turns']}; tools: {contract['tools']}"]
     if contract.get("training_template"):  # data.template.training_template: not the model's own rendering
         lines.append(f"- conversations rendered for training with {contract['training_template']} (the model's own "
-                     "template is not prefix-stable); served with the model's own")
+                     "template is not prefix-stable, or drops reasoning); served with the model's own")
+    lines += reasoning_lines(contract)
     lines += [f"- warning: {warning}" for warning in contract.get("warnings", [])]
     return [*lines, ""]
+
+
+def reasoning_lines(contract: dict[str, Any]) -> list[str]:
+    """How the answers' reasoning trained (data.template.ReasoningRendering), where rows had any or the template
+    prompts a <think> block."""
+    lines = []
+    if contract.get("reasoning_rows"):
+        how = ("the template's reasoning field" if contract.get("reasoning") == "fields"
+               else "a <think> block before the answer")
+        lines.append(f"- reasoning: {contract['reasoning_rows']} row(s) with reasoning (training and held-out), "
+                     f"rendered through {how}; eval scores the answer after </think>")
+    if contract.get("empty_reasoning_block"):
+        lines.append("- answers without reasoning trained after an empty <think> block: the template's generation "
+                     "prompt opens one")
+    return lines
 
 
 def train_rows_sha256(run: Run, data: dict[str, Any]) -> str:

@@ -35,6 +35,20 @@ NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?
 # An answer that is a number: the number alone, or with a currency sign before it or a short unit after it
 # (`42`, `$5.99`, `12.7 cm`, `98.6 °F`, `15%`).
 NUMBER_ANSWER = re.compile(rf"[$€£¥]?\s?(?:{NUMBER.pattern})\s?(?:%|°?[^\W\d_]{{1,12}}(?:/[^\W\d_]{{1,6}})?)?\.?")
+# The tags reasoning models (DeepSeek-R1, Qwen3, Nemotron, SmolLM3) write their thinking between, before the answer.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def final_answer(generated: str) -> str:
+    """The answer a generation gives after its reasoning: the text after the last `</think>`, stripped; '' for a
+    generation that opens a `<think>` block it never closes (it ran out of tokens mid-thought: no answer); any other
+    text as it is. A model prompted with an open `<think>` (DeepSeek-R1's template) writes no opening tag itself.
+
+    The rule DeepSeek-R1's own chat template applies to earlier answers, and lm-evaluation-harness's
+    `think_end_token` option to generations before scoring."""
+    if THINK_CLOSE in generated:
+        return generated.rsplit(THINK_CLOSE, 1)[1].strip()
+    return "" if generated.lstrip().startswith(THINK_OPEN) else generated
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
@@ -458,8 +472,9 @@ def metric_names() -> list[str]:
 
 
 def score_answers(scorer: Scorer, answers: list[str], references: list[str]) -> list[dict[str, Any]]:
-    """Each answer scored against its reference (the lists pair up one to one)."""
-    return [scorer(answer, reference) for answer, reference in zip(answers, references, strict=True)]
+    """Each answer scored against its reference (the lists pair up one to one); a reasoning model's generation is
+    scored on its `final_answer`, the text after its reasoning."""
+    return [scorer(final_answer(answer), reference) for answer, reference in zip(answers, references, strict=True)]
 
 
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:

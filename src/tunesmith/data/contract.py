@@ -9,6 +9,8 @@ One check, run by `data inspect`, `data preview`, `train` (before any weights lo
 - EOS inside each assistant turn's trained tokens (else the model never learns to stop);
 - assistant turns identifiable (the template is prefix-stable, so the loss mask can find them);
 - tools: whether `tools` and `tool_calls` reach the rendered text.
+- reasoning: how an answer's reasoning reaches the rendered text (a field the template reads, a <think> block
+  in the answer, or not at all), and whether the generation prompt opens a <think> block answers must close.
 
 What the data needs of the template (system turns, tool calls) decides which findings refuse a run; each
 refusal names the model and the recipe key that fixes it (`data.system_fallback`, `data.tool_format`).
@@ -31,6 +33,7 @@ from tunesmith.data.template import (
     TOOL_VALUE,
     USER_PROBE,
     assistant_spans,
+    reasoning_rendering,
     render,
     training_variant,
 )
@@ -52,6 +55,11 @@ class TemplateContract(BaseModel):
     training_template: str | None = None
     # where the generation prompt and the trained conversation part: (the prompt's text, the trained text) from there
     prompt_parts_at: tuple[str, str] | None = None
+    # how an answer's reasoning reaches the rendered text (data.template.ReasoningRendering): a field the template
+    # reads, a <think> block in the answer's text, or not at all; and whether answers without reasoning are trained
+    # with an empty <think> block because the generation prompt opens one
+    reasoning: Literal["fields", "inline", "dropped"] = "inline"
+    empty_reasoning_block: bool = False
 
 
 NO_TEMPLATE = "no chat template"  # TemplateContract.template_error of a tokenizer without one
@@ -64,6 +72,7 @@ class DataNeeds:
     system_turns: int = 0  # rows with a system turn
     tool_rows: int = 0  # rows with tools, tool calls or tool results
     multi_answer_rows: int = 0  # conversations with more than one assistant turn (a tool call is one)
+    reasoning_rows: int = 0  # rows with an answer that carries reasoning
 
 
 def probe_template(tokenizer: Any) -> TemplateContract:
@@ -91,6 +100,7 @@ def probe_template(tokenizer: Any) -> TemplateContract:
     answer_ids = tokenizer(through[start:], add_special_tokens=False)["input_ids"]
     stable = prefix_stable(tokenizer) if prompt_found != "differs" else renders_prefix_stable(tokenizer)
     variant = training_variant(tokenizer)
+    reasoning = reasoning_rendering(tokenizer, variant and variant[0])
     return TemplateContract(
         system_role=system_role(tokenizer),
         generation_prompt=prompt_found,
@@ -99,6 +109,8 @@ def probe_template(tokenizer: Any) -> TemplateContract:
         tools="supported" if renders_tool_calls(tokenizer) else "unsupported",
         training_template=variant and variant[1],
         prompt_parts_at=parting(prompt, through) if prompt_found == "differs" else None,
+        reasoning=reasoning.style,
+        empty_reasoning_block=reasoning.empty_block,
     )
 
 
@@ -170,6 +182,7 @@ def data_needs(rows: list[dict[str, Any]]) -> DataNeeds:
         needs.tool_rows += bool(row.get("tools")) or any(
             turn.get("role") == "tool" or turn.get("tool_calls") for turn in turns)
         needs.multi_answer_rows += sum(turn.get("role") == "assistant" for turn in row.get("messages") or []) > 1
+        needs.reasoning_rows += any(turn.get("reasoning_content") for turn in turns)
     return needs
 
 
@@ -220,6 +233,12 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str,
                         "training variant of it (every answer rendered as the last one is; the generation prompt is "
                         "the model's own). At inference the model's own template shows earlier answers as it "
                         "renders them.")
+    if needs.reasoning_rows and contract.reasoning == "dropped":
+        problems.append(f"{owner} drops an answer's reasoning (neither a reasoning_content, thinking or reasoning "
+                        "field nor a <think> block in the answer reaches the rendered text), and "
+                        f"{needs.reasoning_rows} row(s) carry reasoning: it would not be trained. Use a template that "
+                        "renders it (model.chat_template: a .jinja file of your own, or chatml, which writes it as a "
+                        "<think> block), or remove the reasoning from the rows.")
     if contract.assistant_turns != "identifiable":
         problems.append(f"The chat template of {model} is not prefix-stable: rendering the first turns does not give "
                         "a prefix of the whole conversation, so the loss mask cannot find the assistant turns. Use a "
@@ -254,8 +273,9 @@ def judge_template(tokenizer: Any, rows: list[dict[str, Any]], model: str,
     """Probe the template and judge it against `rows` (`template_key`: the recipe's model.chat_template, where the
     template is the user's own): the probe results, `problems` and `warnings`, as inspect and preview report them and
     data.json records them."""
-    contract = probe_template(tokenizer)
-    return contract_record(contract, contract_findings(contract, data_needs(rows), model, template_key))
+    contract, needs = probe_template(tokenizer), data_needs(rows)
+    return {**contract_record(contract, contract_findings(contract, needs, model, template_key)),
+            "reasoning_rows": needs.reasoning_rows}
 
 
 def check_template_contract(tokenizer: Any, rows: list[dict[str, Any]], model: str,

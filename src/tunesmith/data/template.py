@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.scoring import tool_call_spans
+from tunesmith.scoring import THINK_CLOSE, THINK_OPEN, tool_call_spans
 
 IGNORE_INDEX = -100
 Messages = list[dict[str, Any]]
@@ -145,15 +145,107 @@ def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False,
 
 def render_with(tokenizer: Any, template: str | None, messages: Messages, generation_prompt: bool = False,
                 tools: list[dict[str, Any]] | None = None) -> str:
-    """`messages` through `template` (None: the tokenizer's own chat template). Raises TunesmithError when there is
-    no template at all (`require_chat_template`)."""
-    extra: dict[str, Any] = {"tools": tools} if tools else {}
+    """`messages` through `template` (None: the tokenizer's own chat template), each answer's reasoning given to the
+    template as it reads it (`reasoning_rendering`). Raises TunesmithError when there is no template at all
+    (`require_chat_template`)."""
     if template is None:
         require_chat_template(tokenizer)
+    turns = with_reasoning(messages, reasoning_rendering(tokenizer, template))
+    return apply_template(tokenizer, template, turns, generation_prompt, tools)
+
+
+def apply_template(tokenizer: Any, template: str | None, messages: Messages, generation_prompt: bool = False,
+                   tools: list[dict[str, Any]] | None = None) -> str:
+    """`messages` through the template as they are (no reasoning given over): what `render_with` and the probes of
+    `reasoning_rendering` call."""
+    extra: dict[str, Any] = {"tools": tools} if tools else {}
     if template is not None:
         extra["chat_template"] = template
     return tokenizer.apply_chat_template(template_messages(messages), tokenize=False,
                                          add_generation_prompt=generation_prompt, **extra)
+
+
+# How the templates read an answer's reasoning: a message field (Qwen3 and GLM `reasoning_content`, gpt-oss
+# `thinking`, LFM2.5 any of the three), or not at all (Llama, Gemma, DeepSeek-R1's training variant), where it is
+# written into the answer's text as a <think> block, the form DeepSeek-R1 and Open-R1's data use.
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+REASONING_PROBE = "tunesmith reasoning probe"
+EMPTY_REASONING = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"  # what DeepSeek-R1 and Qwen3 render for no reasoning
+
+
+@dataclass(frozen=True)
+class ReasoningRendering:
+    """How a template is given an answer's reasoning (`style`: "fields", "inline" or "dropped", where neither way
+    reaches the rendered text), and whether an answer without reasoning gets an empty <think> block: where the
+    template's generation prompt opens one (DeepSeek-R1's `<think>\n`) that its answers do not start with, the model
+    is trained to close it, as it will be prompted at inference."""
+
+    style: str
+    empty_block: bool = False
+
+
+_REASONING_RENDERINGS: dict[tuple[str, str], ReasoningRendering] = {}
+
+
+def reasoning_rendering(tokenizer: Any, template: str | None) -> ReasoningRendering:
+    """How `template` (None: the tokenizer's own) renders reasoning, probed once per template."""
+    key = (str(template if template is not None else tokenizer.chat_template), str(tokenizer.eos_token))
+    if key not in _REASONING_RENDERINGS:
+        _REASONING_RENDERINGS[key] = probe_reasoning(tokenizer, template)
+    return _REASONING_RENDERINGS[key]
+
+
+def probe_reasoning(tokenizer: Any, template: str | None) -> ReasoningRendering:
+    question = [{"role": "user", "content": USER_PROBE}]
+
+    def answered(**message: Any) -> str:
+        return apply_template(tokenizer, template, [*question, {"role": "assistant", **message}])
+
+    try:
+        if REASONING_PROBE in answered(content=ANSWER_PROBE, **dict.fromkeys(REASONING_FIELDS, REASONING_PROBE)):
+            style = "fields"
+        elif REASONING_PROBE in answered(content=inline_reasoning(REASONING_PROBE, ANSWER_PROBE)):
+            style = "inline"
+        else:
+            style = "dropped"
+        prompt = apply_template(tokenizer, template, question, generation_prompt=True)
+        empty_block = (not answered(content=ANSWER_PROBE).startswith(prompt)
+                       and answered(content=EMPTY_REASONING + ANSWER_PROBE).startswith(prompt))
+    except Exception:  # a template that raises on a plain exchange: the template contract reports it
+        return ReasoningRendering("dropped")
+    return ReasoningRendering(style, empty_block)
+
+
+def inline_reasoning(reasoning: str, answer: str) -> str:
+    """An answer with its reasoning before it in a <think> block, as DeepSeek-R1 writes it."""
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{answer}"
+
+
+def with_reasoning(messages: Messages, rendering: ReasoningRendering) -> Messages:
+    """`messages` with each answer's `reasoning_content` where `rendering` says the template reads it: in its
+    fields, or in its text; and an empty <think> block before an answer without reasoning where the template
+    prompts one."""
+    if not rendering.empty_block and not any(message.get("reasoning_content") for message in messages):
+        return messages
+    turns = []
+    for message in messages:
+        reasoning = message.get("reasoning_content")
+        if message["role"] == "assistant" and reasoning and rendering.style == "fields":
+            message = {**message, **dict.fromkeys(REASONING_FIELDS, reasoning)}
+        elif message["role"] == "assistant" and reasoning:
+            message = {**message, "content": inline_reasoning(reasoning, message.get("content") or "")}
+        elif message["role"] == "assistant" and rendering.empty_block:
+            message = {**message, "content": EMPTY_REASONING + (message.get("content") or "")}
+        turns.append(message)
+    return turns
+
+
+def expected_output(row: dict[str, Any]) -> str:
+    """What a model generates for a held-out row's answer: its reasoning block (if it has one) and the answer text
+    (`reference_answer`; '' for a prompt without one): what eval's answer-length budget is sized by."""
+    answer = reference_answer(row) or ""
+    reasoning = row["messages"][-1].get("reasoning_content") if "messages" in row else None
+    return inline_reasoning(reasoning, answer) if reasoning else answer
 
 
 def require_chat_template(tokenizer: Any) -> None:
@@ -197,8 +289,10 @@ def training_template(tokenizer: Any) -> str | None:
     prefix-stable, so the loss mask cannot find the earlier answers of a conversation or of a tool exchange. For the
     templates TRL ships a training variant of (`trl.chat_template_utils.get_training_chat_template`: every answer
     rendered as the last one is, the generation prompt unchanged), that variant renders the rows; for any other, the
-    model's own stays and the template contract refuses the rows it cannot mask. The variant is used only where it
-    is prefix-stable and prompts an answer exactly as the model's own template does (what the model is served with).
+    model's own stays and the template contract refuses the rows it cannot mask. A template that drops an answer's
+    reasoning (DeepSeek-R1's cuts everything up to `</think>`) is replaced by TRL's variant alike, where that one
+    keeps it. The variant is used only where it is prefix-stable and prompts an answer exactly as the model's own
+    template does (what the model is served with).
     """
     found = training_variant(tokenizer)
     return found[0] if found else None
@@ -210,7 +304,8 @@ def training_variant(tokenizer: Any) -> tuple[str, str] | None:
     if not isinstance(own, str):  # no template, or named variants (a dict): rendered as the tokenizer does
         return None
     if own not in _TRAINING_VARIANTS:
-        _TRAINING_VARIANTS[own] = None if keeps_earlier_turns(tokenizer, None) else trl_training_variant(tokenizer)
+        fit = keeps_earlier_turns(tokenizer, None) and reasoning_rendering(tokenizer, None).style != "dropped"
+        _TRAINING_VARIANTS[own] = None if fit else trl_training_variant(tokenizer)
     return _TRAINING_VARIANTS[own]
 
 
@@ -244,6 +339,9 @@ def trl_training_variant(tokenizer: Any) -> tuple[str, str] | None:
         return None
     if variant is None or not keeps_earlier_turns(tokenizer, variant):
         return None
+    if reasoning_rendering(tokenizer, None).style != "dropped" and reasoning_rendering(tokenizer, variant).style \
+            == "dropped":
+        return None  # the variant would lose the reasoning the model's own template trains
     question = PROBE_TWO_EXCHANGES[:1]
     try:
         same_prompt = (render_with(tokenizer, None, question, generation_prompt=True)

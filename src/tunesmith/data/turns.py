@@ -6,6 +6,10 @@ wrongly or not at all, so it is refused here, while the loader still knows the f
 Both OpenAI turns (`role`/`content`) and ShareGPT turns (`from`/`value`) are accepted, the latter with
 LLaMA-Factory's tool speakers: `function_call` (an assistant turn whose value is the call as JSON,
 `{"name": ..., "arguments": {...}}`, or a list of them) and `observation` (the tool's result).
+An assistant turn's reasoning (the thinking before its answer) is kept as `reasoning_content`, whichever way the file
+holds it: `reasoning_content` (DeepSeek's API, Qwen3's template), `reasoning` (vLLM, OpenRouter), `thinking`
+(gpt-oss's Harmony datasets) or a leading `<think>...</think>` block in the content (DeepSeek-R1's and Open-R1's
+datasets); `data.template.render` gives it back to each chat template the way that template reads it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from typing import Any
 
 from tunesmith.errors import RowProblem
+from tunesmith.scoring import THINK_CLOSE, THINK_OPEN
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
@@ -79,6 +84,8 @@ def normalise_turn(turn: Any, label: str) -> Message:
         return {"role": "assistant", "content": "", "tool_calls": sharegpt_tool_calls(turn.get("value"), label)}
     content = turn_content(turn.get("value" if sharegpt else "content"), label)
     message: Message = {"role": role, "content": content}
+    if role == "assistant":
+        message.update(reasoning_of(turn, content, label))
     if role == "assistant" and turn.get("tool_calls") is not None:
         message["tool_calls"] = tool_calls(turn["tool_calls"], label)
     if role == "assistant" and turn.get("weight") is not None and turn_weight(turn["weight"], label) == 0:
@@ -87,6 +94,32 @@ def normalise_turn(turn: Any, label: str) -> Message:
         if role == "tool" and turn.get(key) is not None:
             message[key] = text_field(turn[key], f"{label}.{key}")
     return message
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # what datasets and APIs call an answer's reasoning
+
+
+def reasoning_of(turn: dict, content: str, label: str) -> Message:
+    """`{"reasoning_content": ..., "content": the answer after it}` for an assistant turn with reasoning (in one of
+    REASONING_KEYS, or a leading <think> block of its content), else nothing to add; reasoning given twice, or a
+    <think> block never closed (a row cut off mid-thought), is a row problem."""
+    given = {key: text_field(turn[key], f"{label}.{key}") for key in REASONING_KEYS if turn.get(key) is not None}
+    if len(set(given.values())) > 1:
+        raise RowProblem("wrong_type", f"{label} has different reasoning in {' and '.join(given)}.",
+                         "Keep the reasoning in one of them.")
+    inline = content.lstrip().startswith(THINK_OPEN)
+    if inline and THINK_CLOSE not in content:
+        raise RowProblem("wrong_type", f"{label}.content opens a {THINK_OPEN} block it never closes with "
+                                       f"{THINK_CLOSE}: its answer is missing (a row cut off mid-thought?).",
+                         f"Close the reasoning with {THINK_CLOSE} before the answer, or leave the row out.")
+    if inline and given:
+        raise RowProblem("wrong_type", f"{label} has reasoning both in {next(iter(given))} and in a {THINK_OPEN} "
+                                       "block of its content.", "Keep the reasoning in one of them.")
+    if inline:
+        thought, answer = content.lstrip()[len(THINK_OPEN):].split(THINK_CLOSE, 1)
+        return {"reasoning_content": thought.strip(), "content": answer.lstrip()}
+    reasoning = next(iter(given.values()), "").strip()
+    return {"reasoning_content": reasoning} if reasoning else {}
 
 
 def turn_weight(weight: Any, label: str) -> int:

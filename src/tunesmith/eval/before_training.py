@@ -20,7 +20,7 @@ from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
-from tunesmith.data.template import answer_text, context_text
+from tunesmith.data.template import answer_text, context_text, expected_output
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import resolve_max_new_tokens
@@ -92,7 +92,7 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
     rows = splits.eval[: recipe.eval.max_examples]
     references = [answer_text(row["messages"][-1]) for row in rows]
-    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, references)
+    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, [expected_output(row) for row in rows])
     plan = BaselinePlan(names, splits.train, constraint)
     results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,
                                "metrics_chosen": {"metrics": metrics, "kind": answers.kind, "reason": answers.reason},

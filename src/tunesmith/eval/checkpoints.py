@@ -24,7 +24,7 @@ import torch
 
 from tunesmith.config import Recipe
 from tunesmith.data.shapes import is_prompt_only
-from tunesmith.data.template import answer_text
+from tunesmith.data.template import answer_text, expected_output
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_texts, resolve_max_new_tokens
 from tunesmith.eval.evaluate import choose_metrics
@@ -85,7 +85,7 @@ def score_checkpoints(recipe: Recipe, run: Run, rollback: bool = False) -> Path:
     _, choice = choose_metrics(recipe, run, rows)
     scorer = recipe_scorer(recipe, choice["metrics"])
     references = [answer_text(row["messages"][-1]) for row in rows]
-    resolve_max_new_tokens(recipe.eval, tokenizer, references)
+    resolve_max_new_tokens(recipe.eval, tokenizer, [expected_output(row) for row in rows])
     probes = recipe_probes(recipe) if recipe.eval.probes else []  # eval.probes: false: the task score alone
     device = pick_device(recipe.training.device)
     first_step, first = checkpoints[0]

@@ -47,7 +47,8 @@ AUTO_ANSWER_TOKENS = (16, 1024)  # ... kept within these bounds
 
 def resolve_max_new_tokens(section: Any, tokenizer: Any, references: list[str]) -> dict[str, Any]:
     """Fill eval.max_new_tokens when it is `auto` (in place: generation reads it next) from the references' lengths
-    in tokens, and say what it is and why (results.json `max_new_tokens`). An answer longer than every reference
+    in tokens (`data.template.expected_output`: a reasoning row's reasoning counts, the model writes it first), and
+    say what it is and why (results.json `max_new_tokens`). An answer longer than every reference
     plus the slack cannot match one; an untuned base that rambles on would otherwise spend most of eval's time
     writing tokens no metric can use."""
     if section.max_new_tokens != "auto":

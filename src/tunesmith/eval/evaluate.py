@@ -20,7 +20,7 @@ from tunesmith.data.answers import AnswerSummary, check_metrics_fit_answers, cla
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import is_prompt_only
-from tunesmith.data.template import context_text, prompt_turns, reference_answer
+from tunesmith.data.template import context_text, expected_output, prompt_turns, reference_answer
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
@@ -84,7 +84,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     plan = baseline_plan(recipe, run, against, baselines)  # so does a constraint that cannot be inferred
     references = [reference_answer(row) or "" for row in rows]
     answer_limit = (sampled_answer_limit(recipe) if prompts_only
-                    else resolve_max_new_tokens(recipe.eval, tokenizer, references))
+                    else resolve_max_new_tokens(recipe.eval, tokenizer, [expected_output(row) for row in rows]))
     variants, who = eval_variants(recipe, run, device, against, with_base=bool(plan.names))
     results: dict[str, Any] = {"examples": len(rows), "rows_from": held_out.rows_from,
                                "task_metric": recipe.eval.task_metric,
