@@ -7,7 +7,7 @@ reasoning in a field) and `clock/` (the held-out kind; reasoning as <think> bloc
 with the `plain/` copy of the same rows without, then reads each run's exact match (base and tuned), how many tuned
 answers closed a <think> block, and the mean generated length.
 
-    .venv/bin/python benchmarks/reasoning.py          # four runs, about 25 min on 2 CPU cores
+    .venv/bin/python benchmarks/reasoning.py          # four runs, about 40 min on 2 idle CPU cores
 
 Writes benchmarks/results/reasoning.json.
 """
@@ -50,8 +50,8 @@ def figures(run_dir: Path) -> dict:
 def main() -> None:
     measured = {}
     with tempfile.TemporaryDirectory() as folder:
-        for kind in ("totals", "clock"):
-            for with_reasoning in (True, False):
+        for with_reasoning in (True, False):  # both kinds with reasoning first: the plain runs are the comparison
+            for kind in ("totals", "clock"):
                 run_dir = train(Path(folder), kind, with_reasoning)
                 measured[f"{kind}/{'reasoning' if with_reasoning else 'plain'}"] = figures(run_dir)
                 print(json.dumps(measured, indent=1), flush=True)

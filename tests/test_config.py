@@ -8,6 +8,8 @@ import pytest
 from tunesmith.config import Recipe, apply_override, load_recipe, recipe_to_yaml
 from tunesmith.errors import RecipeError
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "r.yaml"
@@ -252,3 +254,16 @@ def test_a_data_file_given_where_a_recipe_goes_is_named_as_such(tmp_path):
         load_recipe(data)
     assert "is a data file; this command takes a recipe" in str(caught.value)
     assert f"tunesmith data inspect {data}" in caught.value.hint
+
+
+def test_setting_another_kind_on_the_command_line_leaves_out_the_files_keys_that_kind_does_not_take():
+    """`plan recipe.yaml --set adapter.kind=full` on a LoRA recipe was refused for the file's r, alpha and targets,
+    and the only way out (`--set 'adapter={kind: full}'`) was found by trying."""
+    full = load_recipe(RECIPES / "quickstart.yaml", ["adapter.kind=full"])
+    assert full.adapter.kind == "full"
+    dora = load_recipe(RECIPES / "quickstart.yaml", ["adapter.kind=dora"])
+    assert (dora.adapter.kind, dora.adapter.r, dora.adapter.alpha) == ("dora", 16, 32.0)  # keys it takes stay
+    simpo = load_recipe(RECIPES / "dpo.yaml", ["method.kind=simpo"])  # dpo's loss_type left out, beta kept
+    assert (simpo.method.kind, simpo.method.beta) == ("simpo", 0.1)
+    with pytest.raises(RecipeError, match=r"adapter\.r \(from the command line: adapter\.r=4\): unknown key"):
+        load_recipe(RECIPES / "quickstart.yaml", ["adapter.kind=full", "adapter.r=4"])  # a --set mistake is said

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_project
-from tunesmith.errors import RecipeError
+from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.results import EvalResults
 from tunesmith.sweep import (
     GridAxis,
@@ -344,6 +344,34 @@ def test_a_stopped_sweep_stops_its_run_as_train_does_and_keeps_what_ran(project,
     from tunesmith.train.resume import resumed_run
 
     assert resumed_run(load_recipe(run_dir / "recipe.yaml"), str(run_dir), None).path == run_dir  # it resumes
+    if signal_name == "SIGINT":
+        resume_the_stopped_sweep(recipe, runs, sweep_dir, stderr)
+
+
+def resume_the_stopped_sweep(recipe: Path, runs: Path, sweep_dir: Path, stopped_stderr: str) -> None:
+    """A stopped sweep could not be carried on: a second `sweep` started a new folder from scratch, the table kept
+    saying "stopped", and `train --resume latest` said no run of the recipe was unfinished. Now `--resume latest`
+    resumes the stopped combination from its checkpoint, runs the one not started and rewrites the table; the logs
+    name the combination's own folder, not the staging one it ran in."""
+    from tunesmith.config import load_recipe
+    from tunesmith.train.resume import resumed_run
+
+    assert f"tunesmith sweep {recipe} --resume {sweep_dir}" in " ".join(stopped_stderr.split())
+    with pytest.raises(TunesmithError, match="No unfinished run") as latest:
+        resumed_run(load_recipe(recipe), "latest", runs)
+    assert f"--resume {sweep_dir}" in latest.value.hint
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "sweep", str(recipe), "--runs-dir", str(runs),
+                             "--resume", "latest"], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/2] targets=qv (resumed)" in result.stderr and "[2/2] targets=all-linear" in result.stderr
+    assert [path.name for path in runs.iterdir()] == [sweep_dir.name]  # carried on in its own folder
+    rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
+    assert [(row["combination"], row["status"]) for row in rows] == [("targets=qv", "ok"), ("targets=all-linear", "ok")]
+    assert json.loads((sweep_dir / "targets=qv" / "train.json").read_text())["steps"] == 400
+    assert "stopped" not in (sweep_dir / "sweep.md").read_text()
+    assert "`--set training.max_steps=400`" in (sweep_dir / "sweep.md").read_text()
+    for log in (sweep_dir / "logs").iterdir():
+        assert ".staging-" not in log.read_text(), log.name
 
 
 def test_a_run_whose_loss_rose_is_said_diverged_in_the_table_train_json_the_card_and_runs_list(project):
@@ -373,3 +401,19 @@ def test_a_run_whose_loss_rose_is_said_diverged_in_the_table_train_json_the_card
     assert run_summary(diverged)["status"] == "trained (loss diverged)"
     write_model_card(diverged)
     assert f"**warning**: {said}" in (diverged.path / "README.md").read_text()
+
+
+def test_a_sweep_whose_every_combination_diverged_exits_1(tmp_path):
+    """Every model got worse than its base as it trained, and the sweep exited 0 for scripts and CI to read as a
+    success."""
+    from tunesmith.sweep import SweepFailedError, raise_if_any_failed, write_sweep_table
+
+    header = {"recipe": "r.yaml", "grid": ["training.lr=0.5,5.0"], "set": ["eval.probes=false"], "evaluate": False}
+    rows = [{"combination": f"lr={lr}", "status": "diverged", "error": "the training loss rose", "wall_time_s": 3.0,
+             "final_train_loss": 70.0} for lr in (0.5, 5.0)]
+    write_sweep_table(tmp_path, header, rows)
+    with pytest.raises(SweepFailedError, match="Every combination diverged"):
+        raise_if_any_failed(tmp_path)
+    assert "`--set eval.probes=false`" in (tmp_path / "sweep.md").read_text()
+    write_sweep_table(tmp_path, header, [{**rows[0], "status": "ok"}, rows[1]])
+    raise_if_any_failed(tmp_path)  # one that trained: the table says which diverged, the exit is 0

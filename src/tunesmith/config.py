@@ -1035,7 +1035,33 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw.setdefault("base_dir", str(path.resolve().parent))
     for item in overrides or []:
         apply_override(raw, item)
+    drop_keys_of_the_kind_replaced(raw, overrides or [])
     return validate_recipe(raw, source=path, text=text, overrides=overrides)
+
+
+def drop_keys_of_the_kind_replaced(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Where `--set adapter.kind=...` (or method.kind) chose another kind than the file's, the file's keys of that
+    section which the new kind does not take are left out: `--set adapter.kind=full` on a LoRA recipe means a full
+    fine-tune, not an error about its r and alpha. Keys given with --set are kept (a mistake there is still said)."""
+    set_keys = {item.partition("=")[0].strip() for item in overrides}
+    for section in ("adapter", "method"):
+        values = raw.get(section)
+        if f"{section}.kind" not in set_keys or not isinstance(values, dict):
+            continue
+        member = kind_member(section, values.get("kind"))
+        if member is None:
+            continue  # an unknown kind: validation names it
+        for key in [key for key in values if key not in member.model_fields]:
+            if f"{section}.{key}" not in set_keys:
+                del values[key]
+
+
+def kind_member(section: str, kind: Any) -> type[BaseModel] | None:
+    """The model of `section`'s union (adapter, method) whose `kind` is `kind`; None where none is."""
+    members = [arg for arg in typing.get_args(Recipe.model_fields[section].annotation)
+               if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return next((member for member in members
+                 if kind in typing.get_args(member.model_fields["kind"].annotation)), None)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -194,29 +194,89 @@ def create_sweep_dir(recipe: Recipe, runs_dir: Path | None) -> Path:
 
 
 def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None, runs_dir: Path | None = None,
-              evaluate: bool = True, report: Callable[[str], None] = print) -> Path:
+              evaluate: bool = True, report: Callable[[str], None] = print, resume: str | None = None) -> Path:
     """Validate all, run each combination in turn, write sweep.json/.md and the chart; returns the sweep dir.
 
-    A failed combination is recorded in the table and the others still run (see raise_if_any_failed).
+    A failed combination is recorded in the table and the others still run (see raise_if_any_failed). `resume`
+    (a sweep directory, or `latest`): carry on a stopped sweep in its own directory with its own grid and --set
+    values; the combinations that ended keep their rows, a stopped one resumes from its checkpoint (or is evaluated,
+    or starts anew where it saved none), the ones not started run.
     """
     recipe_path, sets = Path(recipe_path).resolve(), list(sets or [])
+    earlier: dict[str, dict[str, Any]] = {}
+    if resume is not None:
+        sweep_dir, header = sweep_to_resume(resume, recipe_path, grids, sets, runs_dir)
+        grids, sets, evaluate = header["grid"], header["set"], header["evaluate"]
+        earlier = {row["combination"]: row for row in header["rows"]}
+    if not grids:
+        raise RecipeError("No --grid given: a sweep needs at least one key to vary.",
+                          GRID_HINT + " To carry on a stopped sweep: --resume SWEEP_DIR (or latest).")
     axes = [parse_grid(text) for text in grids]
     refuse_set_under_a_grid(axes, sets)
     combos = combinations(axes)
     base = validate_combinations(recipe_path, sets, combos)
-    sweep_dir = create_sweep_dir(base, runs_dir)
+    if resume is None:
+        sweep_dir = create_sweep_dir(base, runs_dir)
     header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
     rows: list[dict[str, Any]] = []
     for index, combo in enumerate(combos, start=1):
-        report(f"[{index}/{len(combos)}] {combo.name}")
-        rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate))
-        report(f"      {outcome_line(rows[-1])}{time_left(rows, len(combos) - index)}")
+        before = earlier.get(combo.name)
+        if before is not None and before["status"] != "stopped":
+            rows.append(before)
+            report(f"[{index}/{len(combos)}] {combo.name}: kept from before ({before['status']})")
+            continue
+        report(f"[{index}/{len(combos)}] {combo.name}" + (" (resumed)" if before else ""))
+        rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate, resumed=before is not None))
+        stopped = rows[-1]["status"] == "stopped"
+        report(f"      {outcome_line(rows[-1])}{'' if stopped else time_left(rows, len(combos) - index)}")
         write_sweep_table(sweep_dir, header, rows)  # after each run: a crash mid-sweep keeps what finished
-        if rows[-1]["status"] == "stopped":
+        if stopped:
             plot_sweep(rows, sweep_dir / "sweep.png")
             raise SweepInterrupted(sweep_dir, rows[-1], [c.name for c in combos[index:]])
+    write_sweep_table(sweep_dir, header, rows)
     plot_sweep(rows, sweep_dir / "sweep.png")
     return sweep_dir
+
+
+def sweep_to_resume(target: str, recipe_path: Path, grids: list[str], sets: list[str],
+                    runs_dir: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The sweep directory `--resume` names (`latest`: the newest sweep of this recipe with a combination stopped or
+    not run) and its sweep.json; refuses another recipe's sweep, and --grid or --set values other than its own."""
+    if target == "latest":
+        root = runs_root(load_recipe(recipe_path, sets), runs_dir)
+        name = load_recipe(recipe_path, sets).name
+        found = [path for path in sorted(root.glob(f"sweep-{name}-*"), key=lambda path: path.stat().st_mtime)
+                 if unfinished_sweep(path)]
+        if not found:
+            raise TunesmithError(f"No sweep of {name!r} under {root} has a combination left to run.",
+                                 "Pass the sweep's directory (--resume runs/sweep-NAME-STAMP), or start a new sweep "
+                                 "without --resume.")
+        sweep_dir = found[-1]
+    else:
+        sweep_dir = Path(target).expanduser().resolve()
+    if not (sweep_dir / "sweep.json").is_file():
+        raise TunesmithError(f"{sweep_dir} is not a sweep directory (it has no sweep.json).",
+                             "Pass the folder `tunesmith sweep` printed (runs/sweep-NAME-STAMP).")
+    header = read_json(sweep_dir / "sweep.json")
+    if header["recipe"] != str(recipe_path):
+        raise RecipeError(f"{sweep_dir} is a sweep of {header['recipe']}, not {recipe_path}.",
+                          f"Resume it with its own recipe: tunesmith sweep {header['recipe']} --resume {sweep_dir}")
+    for flag, given, own in (("--grid", grids, header["grid"]), ("--set", sets, header["set"])):
+        if given and list(given) != list(own):
+            raise RecipeError(f"{flag} {' '.join(given)} differs from the sweep's own ({' '.join(own) or 'none'}).",
+                              "A resumed sweep keeps its grid and --set values: leave them out with --resume, or "
+                              "start a new sweep without --resume.")
+    return sweep_dir, header
+
+
+def unfinished_sweep(path: Path) -> bool:
+    """A sweep directory with a stopped combination, or fewer rows than its grid has combinations."""
+    try:
+        header = read_json(path / "sweep.json")
+        count = len(combinations([parse_grid(text) for text in header["grid"]]))
+    except (OSError, ValueError, KeyError, RecipeError):
+        return False
+    return len(header["rows"]) < count or any(row["status"] == "stopped" for row in header["rows"])
 
 
 class SweepInterrupted(TunesmithError):
@@ -229,8 +289,8 @@ class SweepInterrupted(TunesmithError):
     def __init__(self, sweep_dir: Path, row: dict[str, Any], not_run: list[str]) -> None:
         rest = f"; not started: {', '.join(not_run)}" if not_run else ""
         super().__init__(f"Sweep stopped by {row['signal']} during {row['combination']}: {row['error']}{rest}.",
-                         f"The table of what ran is in {sweep_dir / 'sweep.md'}. Run the combinations not started "
-                         "as a new sweep (--grid with their values).")
+                         f"The table of what ran is in {sweep_dir / 'sweep.md'}. Carry the sweep on where it "
+                         f"stopped: tunesmith sweep {row['recipe']} --resume {sweep_dir}")
         self.sweep_dir = sweep_dir
         self.exit_code = 128 + signal.Signals[row["signal"]].value
 
@@ -259,32 +319,42 @@ def forwarding_signals(child: subprocess.Popen) -> Iterator[list[int]]:
 
 
 def raise_if_any_failed(sweep_dir: Path) -> None:
-    """After the table is shown: a sweep with a failed combination must not look like a success to scripts."""
+    """After the table is shown: a sweep with a failed combination, or none that trained without diverging, must not
+    look like a success to scripts."""
     rows = read_json(sweep_dir / "sweep.json")["rows"]
     failed = [row["combination"] for row in rows if row["status"] == "failed"]
     if failed:
         raise SweepFailedError(f"{len(failed)} of {len(rows)} combinations failed: {', '.join(failed)}.",
                                f"The errors are in {sweep_dir / 'sweep.md'}; full output in {sweep_dir / 'logs'}.")
+    if rows and all(row["status"] == "diverged" for row in rows):
+        raise SweepFailedError(f"Every combination diverged (its loss rose as it trained): {len(rows)} of {len(rows)}.",
+                               "Try smaller training.lr values (a tenth), or a longer warm-up "
+                               "(training.warmup_ratio); the losses are in " + str(sweep_dir / "sweep.md") + ".")
 
 
 def run_combination(recipe_path: Path, sets: list[str], combo: Combination, sweep_dir: Path,
-                    evaluate: bool) -> dict[str, Any]:
-    """Train (and evaluate) one combination in a subprocess; its run directory becomes `<sweep>/<name>/`."""
+                    evaluate: bool, resumed: bool = False) -> dict[str, Any]:
+    """Train (and evaluate) one combination in a subprocess; its run directory becomes `<sweep>/<name>/`.
+    `resumed`: the combination was stopped before; its run carries on in place (`combination_command`)."""
     staging, log = sweep_dir / f".staging-{combo.name}", sweep_dir / "logs" / f"{combo.name}.log"
     log.parent.mkdir(exist_ok=True)
-    overrides = [arg for item in (*sets, *combo.overrides) for arg in ("--set", item)]
-    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / STATUS_FILE), "train", str(recipe_path),
-               *overrides, "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
+    target = sweep_dir / combo.name
+    arguments = (resumed_arguments(target, evaluate) if resumed else None) or [
+        "train", str(recipe_path), *[arg for item in (*sets, *combo.overrides) for arg in ("--set", item)],
+        "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
+    staging.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / STATUS_FILE), *arguments]
     started = time.monotonic()
-    with log.open("w", encoding="utf-8") as handle:
+    with log.open("a" if resumed else "w", encoding="utf-8") as handle:
         child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         with forwarding_signals(child) as received:
             code = child.wait()
     wall = round(time.monotonic() - started, 1)
     status = child_status(staging / STATUS_FILE, code, log)
-    run_dir = adopt_run_dir(staging, sweep_dir / combo.name)
+    (staging / STATUS_FILE).unlink(missing_ok=True)
+    run_dir = adopt_run_dir(staging, target, log)
     row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall,
-           "peak_rss_mb": status.peak_rss_mb, "peak_cuda_mb": status.peak_cuda_mb}
+           "peak_rss_mb": status.peak_rss_mb, "peak_cuda_mb": status.peak_cuda_mb, "recipe": str(recipe_path)}
     if received:
         return {**row, "status": "stopped", "signal": signal.Signals(received[0]).name,
                 "error": stopped_how(run_dir), "run_dir": run_dir and str(run_dir)}
@@ -295,6 +365,18 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
     if figures["train_warnings"]:  # it finished, but its loss says it got worse as it trained
         return {**row, "status": "diverged", "error": figures["train_warnings"][0], **figures, "run_dir": str(run_dir)}
     return {**row, "status": "ok", **figures, "run_dir": str(run_dir)}
+
+
+def resumed_arguments(run_dir: Path, evaluate: bool) -> list[str] | None:
+    """The tunesmith arguments that carry a stopped combination's run on in place: evaluate it where its training
+    finished, resume it from its checkpoint; None where it saved none (its folder, holding nothing to keep, is
+    removed and the combination starts anew)."""
+    if (run_dir / "train.json").is_file():  # without eval its training is all there is: its row is read as it is
+        return ["eval", str(run_dir)] if evaluate else ["runs", "list", str(run_dir)]
+    if list(run_dir.glob("checkpoints/checkpoint-*")):
+        return ["train", str(run_dir / "recipe.yaml"), "--resume", str(run_dir), *(["--evaluate"] if evaluate else [])]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return None
 
 
 def stopped_how(run_dir: Path | None) -> str:
@@ -321,11 +403,15 @@ def child_status(path: Path, code: int, log: Path) -> ChildStatus:
         return ChildStatus(exit_code=code or 1, error=f"the run {killed} without reporting an error{last}")
 
 
-def adopt_run_dir(staging: Path, target: Path) -> Path | None:
-    """Move the one run directory the subprocess made into place under the combination's name."""
+def adopt_run_dir(staging: Path, target: Path, log: Path) -> Path | None:
+    """Move the one run directory the subprocess made into place under the combination's name, and write that
+    place into its log where the run printed its staging path (a resume command copied from the log must work)."""
     made = [p for p in staging.iterdir() if p.is_dir()] if staging.is_dir() else []
     if len(made) == 1:
         os.replace(made[0], target)
+        text = log.read_text(encoding="utf-8", errors="replace")
+        if str(made[0]) in text:
+            atomic_write_text(log, text.replace(str(made[0]), str(target)))
     shutil.rmtree(staging, ignore_errors=True)
     return target if target.is_dir() else None
 
@@ -423,7 +509,8 @@ def write_sweep_table(sweep_dir: Path, header: dict[str, Any], rows: list[dict[s
     columns, cells = table_cells(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in cells]
-    title = f"# Sweep of {Path(header['recipe']).name}\n\nGrid: {' '.join(f'`--grid {g}`' for g in header['grid'])}"
+    flags = [*(f"`--grid {g}`" for g in header["grid"]), *(f"`--set {item}`" for item in header["set"])]
+    title = f"# Sweep of {Path(header['recipe']).name}\n\nGrid: {' '.join(flags)}"
     atomic_write_text(sweep_dir / "sweep.md", f"{title}\n\n" + "\n".join(lines) + "\n")
 
 

@@ -283,13 +283,16 @@ def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
 
 
 @app.command()
-def sweep(recipe: Path, grid: Annotated[list[str], typer.Option(
+def sweep(recipe: Path, grid: Annotated[list[str] | None, typer.Option(
               "--grid", metavar="KEY=V1,V2", help="A recipe key and the values to try (repeatable; every "
               "combination runs). Values parse like --set; lists in brackets: "
-              "'adapter.targets=\\[q_proj,v_proj],qkvo'.")],
+              "'adapter.targets=\\[q_proj,v_proj],qkvo'.")] = None,
           set_: SetOption = None, runs_dir: RunsDir = None,
           evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate each run.")] = True,
-          as_json: Annotated[bool, typer.Option("--json", help="Print sweep.json.")] = False) -> None:
+          as_json: Annotated[bool, typer.Option("--json", help="Print sweep.json.")] = False,
+          resume: Annotated[str | None, typer.Option(
+              "--resume", metavar="SWEEP_DIR|latest", help="Carry on a stopped sweep in its own directory, with its "
+              "own grid: finished combinations are kept, the stopped one resumes, the rest run.")] = None) -> None:
     """Run every combination of --grid values as its own run, then compare them in one table (sweep.md, sweep.png).
 
     Example: tunesmith sweep recipes/quickstart.yaml --grid adapter.targets=qv,qkvo --grid adapter.layers=all,last-half
@@ -297,8 +300,8 @@ def sweep(recipe: Path, grid: Annotated[list[str], typer.Option(
     from tunesmith.sweep import SweepInterrupted, raise_if_any_failed, run_sweep, table_cells
 
     try:
-        path = run_sweep(recipe, grid, set_, runs_dir, evaluate,
-                         report=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
+        path = run_sweep(recipe, grid or [], set_, runs_dir, evaluate,
+                         report=lambda line: err.print(escape(line), highlight=False, soft_wrap=True), resume=resume)
     except SweepInterrupted as stopped:  # the table of what ran, then the message
         rows = json.loads((stopped.sweep_dir / "sweep.json").read_text(encoding="utf-8"))["rows"]
         _print_sweep(table_cells(rows), f"sweep of {recipe.name} (stopped)")

@@ -39,10 +39,15 @@ def find_run_to_resume(target: str, recipe: Recipe, runs_dir: Path | None) -> Ru
             if (p / "recipe.yaml").is_file()]
     resumable = [run for run in runs if complete_checkpoints(run.checkpoints_dir) and not finished(run)]
     if not resumable:
+        swept = sorted((path for path in root.glob(f"sweep-{recipe.name}-*/*/checkpoints")
+                        if complete_checkpoints(path) and not finished(Run(path.parent))),
+                       key=lambda path: path.stat().st_mtime)
+        sweep_hint = (f" A sweep's combination is unfinished ({swept[-1].parent}): a sweep carries on with "
+                      f"tunesmith sweep RECIPE --resume {swept[-1].parent.parent}." if swept else "")
         raise TunesmithError(f"No unfinished run of {recipe.name!r} under {root} has a checkpoint to resume from.",
                              "Start it anew without --resume, pass the run directory (--resume runs/NAME-STAMP), "
                              "or name the folder its runs are in (--runs-dir DIR) if it is not "
-                             f"{recipe.runs_dir}.")
+                             f"{recipe.runs_dir}.{sweep_hint}")
     return resumable[-1]
 
 
