@@ -651,3 +651,23 @@ def test_plan_names_the_rows_max_length_cuts(tiny_model_dir, tmp_path):
     assert report.cut_rows == 3 and report.longest_uncut > 400
     raw["data"]["max_length"] = 2048
     assert plan_recipe(validate_recipe({**raw, "base_dir": str(tmp_path)}), "cpu:8GB").cut_rows == 0
+
+
+def test_a_batch_larger_than_the_training_data_is_said_and_never_advised(tiny_model_dir, tmp_path):
+    """On 60 training rows the plan advised `largest batch 128` and planned `--set training.batch_size=64` as ten
+    steps, without a word that every step went through the data more than once."""
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+
+    recipe = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir, batch_size=64), "base_dir": str(tmp_path)})
+    arch = read_architecture(tiny_model_dir)
+    report = build_report(recipe, arch, Device("cuda", "cuda", 24 * 2**30, 165e12, False), RowLengths(54, "t", 60))
+    advice = {a.what: a for a in report.advice}
+    assert int(advice["largest batch"].value) <= 60
+    past = advice["batch past the data"]
+    assert past.value == "64 rows per step > 60 training rows" and "1.1 times" in past.why
+    assert past.flags == ["--set training.batch_size=8", "--set training.grad_accum=1"]
+    small = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir, batch_size=8), "base_dir": str(tmp_path)})
+    report = build_report(small, arch, Device("cuda", "cuda", 24 * 2**30, 165e12, False), RowLengths(54, "t", 60))
+    assert "batch past the data" not in {a.what for a in report.advice}

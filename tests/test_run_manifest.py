@@ -355,3 +355,21 @@ def test_the_model_card_shows_the_train_rows_hash_runs_diff_compares(trained):
     assert 0 < seen < per_epoch
     assert (f"rows that carry loss: 24 of 24, {per_epoch:,} loss tokens of" in card
             and f"training went through {seen:,} loss tokens, {seen / per_epoch:.2f} epochs" in card)
+
+
+def test_runs_diff_shows_the_held_out_loss_and_readable_numbers(tmp_path):
+    """`runs diff` printed 1.4215764999389648 and Python's None, and left out the eval loss that differed."""
+    from tunesmith.cli.runs import diff_cell
+    from tunesmith.results import EvalResults
+    from tunesmith.runs import diff_runs
+
+    runs = []
+    for index, loss in enumerate((1.4017, 1.2662)):
+        _, run = old_run(tmp_path / str(index))
+        results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match", "loss"],
+                              base={"exact_match": 0.0, "loss": 2.0}, tuned={"exact_match": 0.25, "loss": loss})
+        run.eval_dir.mkdir(parents=True, exist_ok=True)
+        (run.eval_dir / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
+        runs.append(run)
+    assert diff_runs(*runs)["outcomes"]["eval_loss"] == (1.4017, 1.2662)
+    assert [diff_cell(value) for value in (1.4215764999389648, None, 3, "lora")] == ["1.422", "—", "3", "lora"]

@@ -608,9 +608,21 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
         "outcomes": differing(*({**{key: value for key, value in run_summary(run).items()
-                                    if key not in ("run", "method")}, "resumed_from_step": resumed_from_step(run)}
+                                    if key not in ("run", "method")}, "eval_loss": held_out_loss(run),
+                                 "resumed_from_step": resumed_from_step(run)}
                                 for run in (first, second))),
     }
+
+
+def held_out_loss(run: Run) -> float | None:
+    """The tuned model's loss on the held-out answers (eval/results.json), None before eval."""
+    from tunesmith.results import read_results
+
+    path = run.eval_dir / "results.json"
+    try:
+        return read_results(path).tuned.get("loss") if path.is_file() else None
+    except TunesmithError:
+        return None
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:

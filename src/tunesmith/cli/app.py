@@ -587,10 +587,11 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "kind", "ready", "path")
+    table = Table("name", "kind", "ready")
+    table.add_column("path", overflow="fold")  # the one thing to copy: never cut to `.../models/sm…`
     for row in rows:
         table.add_row(str(row["name"]), str(row["kind"]), "yes" if row["pulled"] else "no", str(row["path"]))
-    err.print(table)
+    wide_console(160).print(table)
 
 
 @models_app.command("pull")

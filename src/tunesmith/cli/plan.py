@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.cli.common import SHOW, SetOption, err, print_json
+from tunesmith.cli.common import SHOW, SetOption, err, print_json, wide_console
 
 GIB = 2**30
 DEVICE_HELP = ("cpu, cuda or mps (this machine: free memory and speed measured), cuda:24GB (a GPU of that memory), "
@@ -82,10 +82,10 @@ def print_plan(report) -> None:
         err.print(f"before the first step: ~{duration(report.setup_seconds)} ({escape(report.setup_note)})", **SHOW)
     advice = Table(title="Recommendations")
     for column in ("what", "value", "why", "apply with"):
-        advice.add_column(column)
+        advice.add_column(column, overflow="fold")  # a flag cut to `--set training.batch_…` cannot be copied
     for item in report.advice:
         advice.add_row(item.what, escape(item.value), escape(item.why), escape(" ".join(item.flags)) or "-")
-    err.print(advice)
+    wide_console(160).print(advice)
 
 
 def duration(seconds: float) -> str:

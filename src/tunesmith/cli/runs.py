@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -80,5 +80,13 @@ def diff(first: Path, second: Path,
         table.add_column(column)
     for section, keys in found.items():
         for key, (a, b) in keys.items():
-            table.add_row(section, escape(key), escape(str(a)), escape(str(b)))
+            table.add_row(section, escape(key), escape(diff_cell(a)), escape(diff_cell(b)))
     wide_console(160).print(table)
+
+
+def diff_cell(value: Any) -> str:
+    """A value as `runs diff` shows it: a float to 4 significant digits (1.422, not 1.4215764999389648), — for
+    none."""
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

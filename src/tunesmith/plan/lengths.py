@@ -32,15 +32,15 @@ def longest_row(recipe: Recipe, tokenizer: Any, context: int | None = None) -> R
         kind = recipe.method.kind  # a shape the method does not train is the data problem train would stop at
         splits = load_splits(recipe, accept=METHOD_SHAPES.get(kind, SHAPES), purpose=f"method.kind {kind}")
     except TunesmithError as exc:
-        return RowLengths(unread, f"data.max_length (the data did not load: {exc.message})",
+        return RowLengths(unread, f"data.max_length, as the data did not load: {exc.message}",
                           problem=f"the data did not load: {exc}")
     try:
         encoded = encoded_sequences(splits.train, splits.shape, tokenizer, max_length)
     except (TunesmithError, TemplateError) as exc:  # train's template-contract check explains these
-        return RowLengths(unread, f"data.max_length (the rows did not encode: {exc})",
+        return RowLengths(unread, f"data.max_length, as the rows did not encode: {exc}",
                           problem=f"the rows did not encode: {exc}")
     if not encoded:
-        return RowLengths(unread, "data.max_length (no training row encodes)",
+        return RowLengths(unread, "data.max_length, as no training row encodes",
                           problem="no training row encodes (every row is empty or cut)")
     sizes = [len(e.input_ids) for e in encoded]
     cut = [e.total_tokens for e in encoded if e.total_tokens > max_length]

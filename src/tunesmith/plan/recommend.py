@@ -58,7 +58,9 @@ def recommend(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLe
         return peak_bytes(candidate, arch, device, candidate_lengths, compute) + outside_estimate(device) \
             <= device.memory_bytes
 
-    advice = [largest_batch(recipe, fits), largest_length(recipe, lengths, fits, arch.max_positions)]
+    advice = [largest_batch(recipe, fits, lengths.rows), largest_length(recipe, lengths, fits, arch.max_positions)]
+    if lengths.rows and recipe.training.batch_size * recipe.training.grad_accum > lengths.rows:
+        advice.append(batch_past_the_data(recipe.training, lengths.rows))
     if fits(recipe):
         return advice
     checkpointed = with_settings(recipe, gradient_checkpointing=True)
@@ -124,10 +126,23 @@ def with_training(recipe: Recipe, **update: object) -> Recipe:
     return recipe.model_copy(update={"training": training})
 
 
-def largest_batch(recipe: Recipe, fits: Any) -> Advice:
+def batch_past_the_data(training: Any, rows: int) -> Advice:
+    """A step asks for more rows than the training data has: every step is more than an epoch."""
+    per_step = training.batch_size * training.grad_accum
+    smaller = max(1, 2 ** math.floor(math.log2(max(1, rows // 4))))
+    return Advice(what="batch past the data", value=f"{per_step} rows per step > {rows} training rows",
+                  why=f"each optimizer step goes through the data {per_step / rows:.1f} times: few steps, each "
+                      f"repeating rows; a batch of {smaller} gives {math.ceil(rows / smaller)} steps an epoch",
+                  flags=[f"--set training.batch_size={smaller}", "--set training.grad_accum=1"])
+
+
+def largest_batch(recipe: Recipe, fits: Any, rows: int | None = None) -> Advice:
+    """The largest batch (rows per micro-batch, from 1 to 256, at most the training rows) that fits."""
     t = recipe.training
     best = 0
     for size in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        if rows and size > rows:
+            break
         if fits(with_settings(recipe, batch_size=size)):
             best = size
     if not best:
