@@ -671,3 +671,16 @@ def test_a_batch_larger_than_the_training_data_is_said_and_never_advised(tiny_mo
     small = validate_recipe({**raw_recipe(tmp_path, tiny_model_dir, batch_size=8), "base_dir": str(tmp_path)})
     report = build_report(small, arch, Device("cuda", "cuda", 24 * 2**30, 165e12, False), RowLengths(54, "t", 60))
     assert "batch past the data" not in {a.what for a in report.advice}
+
+
+def test_plan_and_train_read_a_cpu_peak_as_the_best_this_machine_has_shown(tmp_path, monkeypatch):
+    """doctor said fp32 58 GFLOP/s, plan timed steps at 60 or 180 as its 0.3-second probe happened to read, and
+    train's MFU used 92 in one run and 181 in the next: a peak measured while another process shares the cores
+    reads 2-3x low. Plan and train now take the higher of their own measurement and the machine's kept peak."""
+    from tunesmith.plan.precision import best_known_peak, keep_first_peaks, machine_key, peaks_file
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path))
+    assert best_known_peak("fp32", 60e9) == 60e9  # nothing kept yet: the measurement
+    keep_first_peaks(peaks_file(machine_key()), {"machine": machine_key(), "fp32_flops": 150e9, "bf16_flops": 40e9})
+    assert best_known_peak("fp32", 60e9) == 150e9 and best_known_peak("fp32", 181e9) == 181e9
+    assert best_known_peak("bf16", 30e9) == 40e9

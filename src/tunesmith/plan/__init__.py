@@ -5,6 +5,7 @@ recipe whose estimate exceeds the device before loading anything heavy.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ from tunesmith.plan.architecture import Architecture, read_architecture
 from tunesmith.plan.devices import Device, resolve_device
 from tunesmith.plan.lengths import longest_row
 from tunesmith.plan.memory import MemoryEstimate, estimate_memory, frozen_bf16_copy_component, outside_estimate
-from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice, frozen_matmul_speedup
+from tunesmith.plan.precision import (
+    best_known_peak,
+    frozen_copy_refusal,
+    frozen_matmul_choice,
+    frozen_matmul_speedup,
+)
 from tunesmith.plan.recommend import Advice, recommend, sharding_of
 from tunesmith.plan.timing import StepTime, null_space_setup, step_time
 from tunesmith.plan.workload import (
@@ -95,6 +101,8 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
     device = device.for_processes(processes, per_node or processes)
     if device.kind == "cpu":  # measures this CPU's bf16 speed now too, while nothing else runs (cached)
         planned_frozen_matmuls(recipe, device)
+        if device.measured:
+            device = dataclasses.replace(device, peak_flops=best_known_peak("fp32", device.peak_flops))
     model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
     if lengths:

@@ -104,6 +104,15 @@ def cpu_matmul_peaks() -> tuple[float, float]:
     return read_peaks(file) or (peaks[0], peaks[1])
 
 
+def best_known_peak(dtype: str, measured: float) -> float:
+    """A CPU matmul peak just measured (FLOP/s; `dtype` "fp32" or "bf16"), or this machine's kept one
+    (`cpu_matmul_peaks`' file, read, never measured here) where that is higher. A peak is the fastest the machine
+    has shown, and a fraction of a second measured while another process shares the cores reads 2-3x low: plan's
+    step time and the MFU `train` reports rest on the higher of the two, not on whichever second each measured."""
+    kept = read_peaks(peaks_file(machine_key()))
+    return measured if kept is None else max(measured, kept[0 if dtype == "fp32" else 1])
+
+
 def peaks_file(key: str) -> Path:
     return tunesmith_home() / "hardware" / f"cpu-matmul-peaks-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 

@@ -27,7 +27,7 @@ from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.loading import context_length
 from tunesmith.models.templates import recipe_chat_template
 from tunesmith.plan.devices import matmul_peak
-from tunesmith.plan.precision import frozen_copy_refusal, frozen_matmul_choice
+from tunesmith.plan.precision import best_known_peak, frozen_copy_refusal, frozen_matmul_choice
 from tunesmith.runs import Run, atomic_write_json, atomic_write_text, record_data_stage, record_train_stage
 from tunesmith.scoring import load_user_function
 from tunesmith.train.adapter_callbacks import adapter_callbacks
@@ -594,6 +594,17 @@ def fused_lora_layers(trainer: Any, setup: TrainingSetup, recipe: Recipe) -> Any
     return fused
 
 
+def known_peak(dtype: Any, hardware: str) -> float:
+    """The matmul peak MFU is read against: measured now, and on a CPU the machine's kept peak where that is higher
+    (`plan.precision.best_known_peak`: what `plan` times steps by)."""
+    import torch
+
+    measured = matmul_peak(dtype, device=hardware)
+    if hardware != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return measured
+    return best_known_peak("fp32" if dtype == torch.float32 else "bf16", measured)
+
+
 def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, precision: str,
                frozen_bf16: bool = False) -> dict[str, Any]:
     """Tokens per second (all, not padding, carrying loss) and MFU against this machine's matmul peak in the
@@ -607,10 +618,10 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
     flops = training_flops(counter, shape)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     hardware = "cuda" if device == "cuda" else "cpu"
-    peak = matmul_peak(dtype, device=hardware)
+    peak = known_peak(dtype, hardware)
     bf16_flops = frozen_linear_flops(counter, shape) if frozen_bf16 and dtype == torch.float32 else 0.0
     if bf16_flops:
-        peak = mixed_peak(flops, bf16_flops, peak, matmul_peak(torch.bfloat16, device=hardware))
+        peak = mixed_peak(flops, bf16_flops, peak, known_peak(torch.bfloat16, hardware))
     from tunesmith.plan.devices import own_peaks
 
     peaks = own_peaks()  # so far: loading, training and the step before saving (what `plan` estimates)
