@@ -637,8 +637,13 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def started_at(run: Run) -> str:
-    stamp = re.search(r"-(\d{8}-\d{6})(?:-\d+)?$", run.path.name)
-    return stamp[1] if stamp else datetime.fromtimestamp(run.recipe_file.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    """The start stamp in the run folder's name, else in its sweep folder's (a combination's folder is named after
+    its settings), else its recipe.yaml's modification time."""
+    for name in (run.path.name, run.path.parent.name):
+        stamp = re.search(r"-(\d{8}-\d{6})(?:-\d+)?$", name)
+        if stamp:
+            return stamp[1]
+    return datetime.fromtimestamp(run.recipe_file.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
 
 
 def run_summary(run: Run) -> dict[str, Any]:

@@ -49,8 +49,12 @@ def plan(recipe: Path, set_: SetOption = None,
 
 def print_plan(report) -> None:
     """The memory table (component, GiB, how), the verdict, the time, and the advice table, on stderr."""
-    err.print(f"[bold]{escape(report.model)}[/bold]: {report.method} with {report.adapter}, "
-              f"{report.trained_parameters:,} of {report.total_parameters:,} parameters trained; "
+    whole = report.adapter in ("full", "partial", "hft")  # trains the base's own weights; others add their own
+    trained = (f"{report.trained_parameters:,} of {report.total_parameters:,} parameters trained" if whole else
+               f"{report.trained_parameters:,} adapter parameters trained beside the base's "
+               f"{report.total_parameters:,} ({report.trained_parameters + report.total_parameters:,} in all, as "
+               "train counts them)")
+    err.print(f"[bold]{escape(report.model)}[/bold]: {report.method} with {report.adapter}, {trained}; "
               f"{report.sequences} sequence{'s' if report.sequences != 1 else ''} x {report.length:,} tokens per "
               "micro-batch "
               f"({escape(report.length_source)})",
