@@ -767,6 +767,38 @@ def test_calls_to_the_requests_tools_become_tool_calls_and_the_rest_stays_text()
     assert split_tool_calls("Sunny.", names) == ("Sunny.", [])
 
 
+REASONED = "<think>\nThree mugs at 7 euros: 21.\n</think>\n\n21 euros."
+
+
+@pytest.mark.parametrize(("text", "opened", "reasoning", "content"), [
+    (REASONED, False, "Three mugs at 7 euros: 21.", "21 euros."),  # opens its own block (Qwen3)
+    ("Three mugs at 7 euros: 21.\n</think>\n\n21 euros.", True, "Three mugs at 7 euros: 21.", "21 euros."),  # R1
+    ("21 euros.", False, None, "21 euros."),  # no reasoning: all content
+    ("<think>\nThree mugs, so 3 x", False, "Three mugs, so 3 x", ""),  # cut off by max_tokens mid-thought
+    ("<b>21</b> euros", False, None, "<b>21</b> euros"),  # a tag that is not <think>
+])
+def test_a_reasoning_models_answer_comes_back_as_reasoning_content_and_content_whole_and_streamed(
+        text, opened, reasoning, content):
+    """A tuned DeepSeek-R1 or Qwen3 answered `content` with its thinking and tags in it; clients (the openai SDK,
+    Open WebUI) read the reasoning from `reasoning_content`, as DeepSeek's API and vLLM answer. The stream gives the
+    same split whatever pieces the text arrives in, a tag cut between two pieces included."""
+    from tunesmith.serve.api import ChatShape, ReasoningSplitter
+
+    message, reason = ChatShape(opened_reasoning=opened).message(text, "stop")
+    assert (message.get("reasoning_content"), message["content"], reason) == (reasoning, content, "stop")
+    pieces_ways = [[text], list(text)] + [[text[:cut], text[cut:]] for cut in range(1, len(text))]
+    for pieces in pieces_ways:
+        splitter, fields = ReasoningSplitter(opened), {}
+        for piece in pieces:
+            for key, part in splitter.feed(piece):
+                fields[key] = fields.get(key, "") + part
+        for key, part in splitter.finish():
+            fields[key] = fields.get(key, "") + part
+        assert (fields.get("reasoning_content"), fields.get("content", "")) == (reasoning, content), pieces
+    chunks = ChatShape(opened_reasoning=opened).streamed("id", "m", 0, text, "stop", ReasoningSplitter(opened))
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+
+
 @pytest.fixture
 def hermes_model(engine: Any) -> Iterator[str]:
     """pizza-run served as if its recipe had data.tool_format: hermes (the same base and adapter)."""

@@ -193,8 +193,10 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                         max_tokens: int, write: Callable[[str], None], tools: list[dict[str, Any]] | None = None,
                         response_format: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """POST /chat/completions with `stream` (greedy; `tools` and `response_format` sent when given), writing each
-    piece of the server-sent events as it comes; returns the answer's text and its `tool_calls` (OpenAI's streamed
-    fragments joined by index). An HTTP error becomes a TunesmithError with the server's message."""
+    piece of the server-sent events as it comes (a reasoning model's `reasoning_content` inside a <think> block);
+    returns the answer's text (the history keeps the answer, not the reasoning, as DeepSeek's API asks) and its
+    `tool_calls` (OpenAI's streamed fragments joined by index). An HTTP error becomes a TunesmithError with the
+    server's message."""
     import contextlib
     import json
     import urllib.error
@@ -209,6 +211,7 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
     request = urllib.request.Request(url.rstrip("/") + "/chat/completions", body, headers, method="POST")
     pieces: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
+    thinking = False  # a reasoning model's `reasoning_content` is shown in a <think> block before the answer
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             for raw in response:
@@ -217,7 +220,13 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                     continue
                 for choice in json.loads(line[6:]).get("choices", []):
                     delta = choice.get("delta") or {}
-                    piece = delta.get("content") or ""
+                    reasoning, piece = delta.get("reasoning_content") or "", delta.get("content") or ""
+                    if reasoning:
+                        write(("" if thinking else "<think>\n") + reasoning)
+                        thinking = True
+                    if piece and thinking:
+                        write("\n</think>\n\n")
+                        thinking = False
                     pieces.append(piece)
                     write(piece)
                     for fragment in delta.get("tool_calls") or []:
@@ -232,7 +241,7 @@ def stream_remote_reply(url: str, api_key: str | None, model: str, messages: lis
                              f"{url.rstrip('/')}/models lists those served) and the API key (--api-key-env).") from None
     except urllib.error.URLError as exc:
         raise TunesmithError(f"Cannot reach {url}: {exc.reason}.", "Start the server: tunesmith serve RUN") from None
-    write("\n")
+    write("\n</think>\n" if thinking else "\n")
     return "".join(pieces).strip(), [calls[index] for index in sorted(calls)]
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.data.template import request_tool_names, split_tool_calls
 from tunesmith.data.turns import arguments_fault
+from tunesmith.scoring import THINK_CLOSE, THINK_OPEN
 from tunesmith.serve.llama_engine import LlamaEngine, Piece, Sampling, json_schema_grammar
 
 
@@ -465,7 +466,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
             for index in range(body.n):
                 yield sse(shape.opening(ident, name, index))
                 pieces = engine.generate(name, prompt_ids, with_seed(settings, index), cancelled)
-                text, reason = "", "stop"
+                text, reason, splitter = "", "stop", shape.splitter()
                 async for piece in iterate_in_threadpool(pieces):
                     if first:
                         metrics.first_token.labels(name).observe(time.perf_counter() - started)
@@ -473,7 +474,8 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                     text += piece.text
                     reason = piece.finish_reason or reason
                     if not shape.tool_names:
-                        yield sse(shape.chunk(ident, name, index, piece.text, piece.finish_reason))
+                        for event in shape.streamed(ident, name, index, piece.text, piece.finish_reason, splitter):
+                            yield sse(event)
                 if shape.tool_names:
                     for event in shape.buffered(ident, name, index, text, reason):
                         yield sse(event)
@@ -516,8 +518,9 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                                 "system message, or serve a model whose template renders `tools`.", "tools",
                            "unsupported_parameter")
         settings = sampling(name, body, len(prompt_ids), schema, json_object)
+        opened = engine.tokenizer(name).decode(prompt_ids[-4:]).rstrip().endswith(THINK_OPEN)  # DeepSeek-R1's prompt
         return await complete(name, "chat", prompt_ids, settings, body,
-                              ChatShape(request_tool_names(body.offered_tools())))
+                              ChatShape(request_tool_names(body.offered_tools()), opened))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
@@ -599,9 +602,25 @@ class ChatShape:
     sends each answer whole once it is written, since a call can only be told from text at its end."""
 
     tool_names: frozenset[str] = frozenset()
+    opened_reasoning: bool = False  # the prompt ends with an open <think>: the answer starts inside the reasoning
 
     def ident(self) -> str:
         return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return ReasoningSplitter(self.opened_reasoning)
+
+    def streamed(self, ident: str, name: str, index: int, text: str, reason: str | None,
+                 splitter: ReasoningSplitter | None) -> list[dict[str, Any]]:
+        """The chunks of one generated piece: its reasoning and content deltas (`ReasoningSplitter`), then, on the
+        last piece, the finish reason."""
+        assert splitter is not None
+        deltas = splitter.feed(text) + (splitter.finish() if reason else [])
+        chunks = [self.envelope(ident, name, [{"index": index, "delta": {key: part}, "finish_reason": None}])
+                  for key, part in deltas]
+        if reason:
+            chunks.append(self.envelope(ident, name, [{"index": index, "delta": {}, "finish_reason": reason}]))
+        return chunks
 
     def whole(self, name: str, texts: list[str], reasons: list[str], usage: dict[str, int]) -> dict[str, Any]:
         choices = []
@@ -613,14 +632,25 @@ class ChatShape:
                 "choices": choices, "usage": usage}
 
     def message(self, text: str, reason: str) -> tuple[dict[str, Any], str]:
-        """The assistant message's content (and tool_calls) for `text`, and its finish reason."""
-        content, calls = split_tool_calls(text, self.tool_names) if self.tool_names else (text, [])
-        return ({"content": content, "tool_calls": calls}, "tool_calls") if calls else ({"content": text}, reason)
+        """The assistant message's content (and tool_calls, and a reasoning model's `reasoning_content`) for `text`,
+        and its finish reason."""
+        splitter = ReasoningSplitter(self.opened_reasoning)
+        parts: dict[str, str] = {}
+        for key, part in splitter.feed(text) + splitter.finish():
+            parts[key] = parts.get(key, "") + part
+        answer, thought = parts.get("content", ""), parts.get("reasoning_content")
+        reasoning = {"reasoning_content": thought} if thought is not None else {}
+        content, calls = split_tool_calls(answer, self.tool_names) if self.tool_names else (answer, [])
+        if calls:
+            return {"content": content, **reasoning, "tool_calls": calls}, "tool_calls"
+        return {"content": answer, **reasoning}, reason
 
     def buffered(self, ident: str, name: str, index: int, text: str, reason: str) -> list[dict[str, Any]]:
         """A whole answer as the chunks a stream of it ends with: its text, its tool calls, its finish reason."""
         message, reason = self.message(text, reason)
-        deltas: list[dict[str, Any]] = [{"content": message["content"]}] if message["content"] else []
+        deltas: list[dict[str, Any]] = ([{"reasoning_content": message["reasoning_content"]}]
+                                        if message.get("reasoning_content") else [])
+        deltas += [{"content": message["content"]}] if message["content"] else []
         deltas += [{"tool_calls": [{"index": position, **call}]} for position, call in
                    enumerate(message.get("tool_calls", []))]
         chunks = [self.envelope(ident, name, [{"index": index, "delta": delta, "finish_reason": None}])
@@ -631,10 +661,6 @@ class ChatShape:
         return self.envelope(ident, name, [{"index": index, "delta": {"role": "assistant", "content": ""},
                                             "finish_reason": None}])
 
-    def chunk(self, ident: str, name: str, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return self.envelope(ident, name, [{"index": index, "delta": {"content": text} if text else {},
-                                            "finish_reason": reason}])
-
     def usage_chunk(self, ident: str, name: str, usage: dict[str, int]) -> dict[str, Any]:
         return {**self.envelope(ident, name, []), "usage": usage}
 
@@ -643,12 +669,74 @@ class ChatShape:
                 "choices": choices}
 
 
+class ReasoningSplitter:
+    """A reasoning model's answer as it streams in, split into `reasoning_content` (the text inside its <think>
+    block: from the start where the prompt opened the block, DeepSeek-R1's, else from a <think> the answer opens) and
+    `content` (the answer after </think>, leading blank lines left out): the fields DeepSeek's API, vLLM's reasoning
+    parsers and llama.cpp's server (`--reasoning-format deepseek`) answer with. Text that may still be the start of
+    a tag is held back until the next piece shows what it is; an answer without a <think> block is all content."""
+
+    def __init__(self, opened: bool) -> None:
+        self.state = "reasoning" if opened else "start"
+        self.held = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        """The (field, text) deltas `text` completes, in order."""
+        self.held += text
+        out: list[tuple[str, str]] = []
+        while self.held:
+            if self.state == "start":  # before the answer's first characters: is it a <think> block?
+                stripped = self.held.lstrip()
+                if stripped.startswith(THINK_OPEN):
+                    self.held, self.state = stripped[len(THINK_OPEN):], "opened"
+                elif not stripped or THINK_OPEN.startswith(stripped):
+                    break  # blank, or the start of a tag: wait for more
+                else:
+                    self.state = "content"
+            elif self.state == "opened":  # the line break after <think>
+                self.held = self.held.lstrip("\n")
+                self.state = "reasoning" if self.held else "opened"
+            elif self.state == "reasoning":
+                at = self.held.find(THINK_CLOSE)
+                if at >= 0:
+                    out.append(("reasoning_content", self.held[:at].rstrip("\n")))
+                    self.held, self.state = self.held[at + len(THINK_CLOSE):], "after"
+                    continue
+                tag = next((size for size in range(len(THINK_CLOSE) - 1, 0, -1)
+                            if self.held.endswith(THINK_CLOSE[:size])), 0)
+                ready = self.held[:len(self.held) - tag].rstrip("\n")  # line breaks before </think> are not sent
+                out.append(("reasoning_content", ready))
+                self.held = self.held[len(ready):]
+                break
+            elif self.state == "after":  # the blank lines between </think> and the answer
+                self.held = self.held.lstrip()
+                self.state = "content" if self.held else "after"
+            else:
+                out.append(("content", self.held))
+                self.held = ""
+        return [(key, part) for key, part in out if part]
+
+    def finish(self) -> list[tuple[str, str]]:
+        """What is still held when the answer ends: reasoning cut off by the token limit stays reasoning."""
+        held, self.held = self.held, ""
+        key = "reasoning_content" if self.state in ("opened", "reasoning") else "content"
+        held = held.rstrip("\n") if key == "reasoning_content" else held
+        return [(key, held)] if held and self.state != "after" else []
+
+
 @dataclass(frozen=True)
 class CompletionShape(ChatShape):
-    """Legacy completion objects (`text_completion`)."""
+    """Legacy completion objects (`text_completion`): the text as generated, reasoning and all."""
 
     def ident(self) -> str:
         return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    def splitter(self) -> ReasoningSplitter | None:
+        return None
+
+    def streamed(self, ident: str, name: str, index: int, text: str, reason: str | None,
+                 splitter: ReasoningSplitter | None) -> list[dict[str, Any]]:
+        return [self.chunk(ident, name, index, text, reason)]
 
     def whole(self, name: str, texts: list[str], reasons: list[str], usage: dict[str, int]) -> dict[str, Any]:
         return {"id": self.ident(), "object": "text_completion", "created": int(time.time()), "model": name,
