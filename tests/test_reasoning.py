@@ -192,3 +192,12 @@ def test_a_run_on_reasoning_rows_trains_evaluates_and_says_how(tmp_path, r1_mode
     assert str(longest) in results["max_new_tokens"]["why"]
     assert render(AutoTokenizer.from_pretrained(r1_model_dir), rows[32]["messages"][:1], generation_prompt=True) \
         .endswith("<｜Assistant｜><think>\n")
+
+
+def test_the_data_report_counts_the_rows_that_reason(tmp_path):
+    from tunesmith.data.report import data_stats
+
+    rows = load_rows(write_rows(tmp_path / "rows.jsonl", [reasoning_row(content=ANSWER, thinking=REASONING),
+                                                          reasoning_row(content=ANSWER)]))
+    assert data_stats(rows, [10, 12], 64)["reasoning_rows"] == 1
+    assert "reasoning_rows" not in data_stats(rows[1:], [12], 64)

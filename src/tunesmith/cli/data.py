@@ -228,6 +228,10 @@ def print_stats(stats: dict[str, Any]) -> None:
                   str(stats["over_max_length"]), str(turns.get("mean", "-")),
                   ", ".join(f"{k} {v}" for k, v in stats["roles"].items()))
     err.print(table)
+    if stats.get("reasoning_rows"):
+        err.print(f"reasoning: {stats['reasoning_rows']} row(s) answer after their reasoning (read from "
+                  "reasoning_content, reasoning, thinking or a <think> block; trained as the template reads it)",
+                  highlight=False)
     if stats.get("labels"):  # KTO's rows: the labels as read (true/yes/1 desirable, false/no/0 undesirable)
         err.print(f"labels: {stats['labels']['desirable']} desirable (true), {stats['labels']['undesirable']} "
                   "undesirable (false)", highlight=False)

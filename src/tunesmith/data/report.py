@@ -18,12 +18,13 @@ Row = dict[str, Any]
 def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str, Any]:
     """Counts a person checks before training: rows, roles, turns, token-length spread and overflow."""
     roles: Counter[str] = Counter()
-    turns = []
+    turns, reasoning = [], 0
     for row in rows:
         messages = row.get("messages") or [m for key in ("prompt", "completion", "chosen", "rejected")
                                            if isinstance(row.get(key), list) for m in row[key]]
         roles.update(message["role"] for message in messages)
         turns.append(len(messages))
+        reasoning += any(message.get("reasoning_content") for message in messages)
     return {
         "rows": len(rows),
         "roles": dict(roles.most_common()),
@@ -32,6 +33,7 @@ def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str
         "total_tokens": sum(lengths),
         "over_max_length": sum(n > max_length for n in lengths),
         "max_length": max_length,
+        **({"reasoning_rows": reasoning} if reasoning else {}),  # answers with their thinking (data/turns.py)
         **({"labels": {"desirable": sum(row["label"] is True for row in rows),
                        "undesirable": sum(row["label"] is False for row in rows)}}
            if any("label" in row for row in rows) else {}),  # KTO's: how the file's labels were read
