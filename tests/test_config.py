@@ -267,3 +267,15 @@ def test_setting_another_kind_on_the_command_line_leaves_out_the_files_keys_that
     assert (simpo.method.kind, simpo.method.beta) == ("simpo", 0.1)
     with pytest.raises(RecipeError, match=r"adapter\.r \(from the command line: adapter\.r=4\): unknown key"):
         load_recipe(RECIPES / "quickstart.yaml", ["adapter.kind=full", "adapter.r=4"])  # a --set mistake is said
+
+
+def test_a_misspelt_key_is_still_said_when_the_kind_is_set_on_the_command_line(tmp_path):
+    """Setting the file's own kind again (every --grid adapter.kind=... combination does), or another, must not make a
+    typo in the file vanish: only the keys the file's kind takes and the new one does not are left out."""
+    text = (RECIPES / "quickstart.yaml").read_text(encoding="utf-8").replace("  alpha: 32", "  alpah: 32")
+    assert "alpah" in text
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text.replace("../examples", str(RECIPES.parent / "examples")), encoding="utf-8")
+    for kind in ("lora", "full"):
+        with pytest.raises(RecipeError, match="alpah"):
+            load_recipe(recipe, [f"adapter.kind={kind}"])

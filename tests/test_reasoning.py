@@ -201,3 +201,24 @@ def test_the_data_report_counts_the_rows_that_reason(tmp_path):
                                                           reasoning_row(content=ANSWER)]))
     assert data_stats(rows, [10, 12], 64)["reasoning_rows"] == 1
     assert "reasoning_rows" not in data_stats(rows[1:], [12], 64)
+
+
+def test_preference_pairs_keep_their_reasoning_as_trls_trainers_render_them(tokenizer):
+    """DPO, ORPO, KTO, SimPO and reward models render pairs through the model's own template inside TRL: the reasoning
+    read out of a <think> block must go back in the way that template reads it, and a template that drops it is
+    refused for pairs even where conversations train through TRL's variant."""
+    from tunesmith.data.template import template_input
+
+    pair = {"prompt": [{"role": "user", "content": QUESTION}],
+            "chosen": [{"role": "assistant", "content": ANSWER, "reasoning_content": REASONING}],
+            "rejected": [{"role": "assistant", "content": "No idea."}]}
+    for name, field in (("llama3_1", None), ("qwen3", "reasoning_content"), ("gptoss", "reasoning_content")):
+        tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+        row = template_input(tokenizer, pair)
+        text = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+        assert text.count(REASONING) == 1 and ANSWER in text, name
+        assert (field in row["chosen"][0]) if field else "<think>" in row["chosen"][0]["content"]
+    tokenizer.chat_template = (TEMPLATES / "deepseek_r1_distill.jinja").read_text(encoding="utf-8")
+    with pytest.raises(DataError, match="TRL's preference trainers render the pairs through the model's own"):
+        check_template_contract(tokenizer, [pair], "deepseek-r1-distill")
+    check_template_contract(tokenizer, [{**pair, "chosen": [{"role": "assistant", "content": ANSWER}]}], "r1")

@@ -417,3 +417,23 @@ def test_a_sweep_whose_every_combination_diverged_exits_1(tmp_path):
     assert "`--set eval.probes=false`" in (tmp_path / "sweep.md").read_text()
     write_sweep_table(tmp_path, header, [{**rows[0], "status": "ok"}, rows[1]])
     raise_if_any_failed(tmp_path)  # one that trained: the table says which diverged, the exit is 0
+
+
+def test_a_run_a_killed_sweep_left_in_staging_is_adopted_and_two_are_refused_not_deleted(tmp_path):
+    """A sweep killed outright (SIGKILL, the OOM killer) leaves its combination's run in `.staging-NAME/`: resuming
+    retrained it from scratch beside it, then deleted both as it could not tell them apart."""
+    from tunesmith.sweep import adopt_run_dir, resumed_arguments
+
+    staging, target, log = tmp_path / ".staging-r=4", tmp_path / "r=4", tmp_path / "r=4.log"
+    (staging / "tiny-20261206-101500" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    log.write_text(f"Resume with: tunesmith train --resume {staging / 'tiny-20261206-101500'}\n", encoding="utf-8")
+    assert adopt_run_dir(staging, target, log, keep_staging=True) == target
+    assert log.read_text(encoding="utf-8") == f"Resume with: tunesmith train --resume {target}\n"
+    assert resumed_arguments(target, evaluate=False)[:2] == ["train", str(target / "recipe.yaml")]
+    (staging / "tiny-20261206-101600").mkdir(parents=True)
+    with pytest.raises(TunesmithError, match="cannot tell apart"):
+        adopt_run_dir(staging, target, log)
+    assert (staging / "tiny-20261206-101600").is_dir() and target.is_dir()  # nothing deleted
+    (target / "train.json").write_text("{}", encoding="utf-8")
+    assert resumed_arguments(target, evaluate=False) == []  # trained, no eval asked: nothing to run
+    assert resumed_arguments(target, evaluate=True) == ["eval", str(target)]

@@ -1033,25 +1033,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}.")
     raw.setdefault("base_dir", str(path.resolve().parent))
+    file_kinds = {section: (raw.get(section) or {}).get("kind") or Recipe.model_fields[section].default_factory().kind
+                  for section in ("adapter", "method") if isinstance(raw.get(section) or {}, dict)}
     for item in overrides or []:
         apply_override(raw, item)
-    drop_keys_of_the_kind_replaced(raw, overrides or [])
+    drop_keys_of_the_kind_replaced(raw, overrides or [], file_kinds)
     return validate_recipe(raw, source=path, text=text, overrides=overrides)
 
 
-def drop_keys_of_the_kind_replaced(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Where `--set adapter.kind=...` (or method.kind) chose another kind than the file's, the file's keys of that
-    section which the new kind does not take are left out: `--set adapter.kind=full` on a LoRA recipe means a full
-    fine-tune, not an error about its r and alpha. Keys given with --set are kept (a mistake there is still said)."""
+def drop_keys_of_the_kind_replaced(raw: dict[str, Any], overrides: list[str], file_kinds: dict[str, Any]) -> None:
+    """Where `--set adapter.kind=...` (or method.kind) chose another kind than the file's (`file_kinds`), the file's
+    keys of that section which its kind takes and the new kind does not are left out: `--set adapter.kind=full` on a
+    LoRA recipe means a full fine-tune, not an error about its r and alpha. Keys given with --set, and keys neither
+    kind takes (a misspelt one), are kept for validation to name."""
     set_keys = {item.partition("=")[0].strip() for item in overrides}
     for section in ("adapter", "method"):
         values = raw.get(section)
         if f"{section}.kind" not in set_keys or not isinstance(values, dict):
             continue
-        member = kind_member(section, values.get("kind"))
-        if member is None:
-            continue  # an unknown kind: validation names it
-        for key in [key for key in values if key not in member.model_fields]:
+        old, new = kind_member(section, file_kinds.get(section)), kind_member(section, values.get("kind"))
+        if old is None or new is None or old is new:
+            continue  # an unknown kind (validation names it), or the file's own
+        for key in [key for key in values if key in old.model_fields and key not in new.model_fields]:
             if f"{section}.{key}" not in set_keys:
                 del values[key]
 

@@ -215,9 +215,10 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
     refuse_set_under_a_grid(axes, sets)
     combos = combinations(axes)
     base = validate_combinations(recipe_path, sets, combos)
+    header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
     if resume is None:
         sweep_dir = create_sweep_dir(base, runs_dir)
-    header = {"recipe": str(recipe_path), "grid": grids, "set": sets, "evaluate": evaluate}
+        write_sweep_table(sweep_dir, header, [])  # a sweep killed in its first combination can still be resumed
     rows: list[dict[str, Any]] = []
     for index, combo in enumerate(combos, start=1):
         before = earlier.get(combo.name)
@@ -335,22 +336,29 @@ def raise_if_any_failed(sweep_dir: Path) -> None:
 def run_combination(recipe_path: Path, sets: list[str], combo: Combination, sweep_dir: Path,
                     evaluate: bool, resumed: bool = False) -> dict[str, Any]:
     """Train (and evaluate) one combination in a subprocess; its run directory becomes `<sweep>/<name>/`.
-    `resumed`: the combination was stopped before; its run carries on in place (`combination_command`)."""
+    `resumed`: the combination was stopped before; its run carries on in place (`resumed_arguments`), as does one a
+    sweep killed outright left behind."""
     staging, log = sweep_dir / f".staging-{combo.name}", sweep_dir / "logs" / f"{combo.name}.log"
     log.parent.mkdir(exist_ok=True)
     target = sweep_dir / combo.name
-    arguments = (resumed_arguments(target, evaluate) if resumed else None) or [
-        "train", str(recipe_path), *[arg for item in (*sets, *combo.overrides) for arg in ("--set", item)],
-        "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
+    # a sweep killed outright (SIGKILL, the OOM killer) left its run in staging, or in place with no row
+    resumed = adopt_run_dir(staging, target, log, keep_staging=True) is not None or resumed
+    arguments = resumed_arguments(target, evaluate) if resumed else None
+    if arguments is None:
+        arguments = ["train", str(recipe_path), *[arg for item in (*sets, *combo.overrides) for arg in ("--set", item)],
+                     "--runs-dir", str(staging), *(["--evaluate"] if evaluate else [])]
     staging.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / STATUS_FILE), *arguments]
-    started = time.monotonic()
-    with log.open("a" if resumed else "w", encoding="utf-8") as handle:
-        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-        with forwarding_signals(child) as received:
-            code = child.wait()
+    started, received = time.monotonic(), []
+    if arguments:
+        command = [sys.executable, "-m", "tunesmith.sweep_child", str(staging / STATUS_FILE), *arguments]
+        with log.open("a" if resumed else "w", encoding="utf-8") as handle:
+            child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            with forwarding_signals(child) as received:
+                code = child.wait()
+        status = child_status(staging / STATUS_FILE, code, log)
+    else:  # trained, nothing to evaluate: its row is read from the run as it is
+        status = ChildStatus(exit_code=0)
     wall = round(time.monotonic() - started, 1)
-    status = child_status(staging / STATUS_FILE, code, log)
     (staging / STATUS_FILE).unlink(missing_ok=True)
     run_dir = adopt_run_dir(staging, target, log)
     row = {"combination": combo.name, "overrides": list(combo.overrides), "wall_time_s": wall,
@@ -369,10 +377,10 @@ def run_combination(recipe_path: Path, sets: list[str], combo: Combination, swee
 
 def resumed_arguments(run_dir: Path, evaluate: bool) -> list[str] | None:
     """The tunesmith arguments that carry a stopped combination's run on in place: evaluate it where its training
-    finished, resume it from its checkpoint; None where it saved none (its folder, holding nothing to keep, is
-    removed and the combination starts anew)."""
-    if (run_dir / "train.json").is_file():  # without eval its training is all there is: its row is read as it is
-        return ["eval", str(run_dir)] if evaluate else ["runs", "list", str(run_dir)]
+    finished (none, [], without eval), resume it from its checkpoint; None where it saved none (its folder, holding
+    nothing to keep, is removed and the combination starts anew)."""
+    if (run_dir / "train.json").is_file():  # without eval its training is all there is: nothing to run
+        return ["eval", str(run_dir)] if evaluate else []
     if list(run_dir.glob("checkpoints/checkpoint-*")):
         return ["train", str(run_dir / "recipe.yaml"), "--resume", str(run_dir), *(["--evaluate"] if evaluate else [])]
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -403,16 +411,22 @@ def child_status(path: Path, code: int, log: Path) -> ChildStatus:
         return ChildStatus(exit_code=code or 1, error=f"the run {killed} without reporting an error{last}")
 
 
-def adopt_run_dir(staging: Path, target: Path, log: Path) -> Path | None:
+def adopt_run_dir(staging: Path, target: Path, log: Path, keep_staging: bool = False) -> Path | None:
     """Move the one run directory the subprocess made into place under the combination's name, and write that
-    place into its log where the run printed its staging path (a resume command copied from the log must work)."""
+    place into its log where the run printed its staging path (a resume command copied from the log must work);
+    `target` when it is in place. Refuses, keeping everything, where both exist or staging holds several runs."""
     made = [p for p in staging.iterdir() if p.is_dir()] if staging.is_dir() else []
-    if len(made) == 1:
+    if len(made) > 1 or (made and target.exists()):
+        raise TunesmithError(f"{staging} holds {', '.join(p.name for p in made)} beside {target}: a sweep killed "
+                             "outright left runs it cannot tell apart.",
+                             f"Keep the run you want as {target} (move it there), remove the others, and resume.")
+    if made:
         os.replace(made[0], target)
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
         if str(made[0]) in text:
             atomic_write_text(log, text.replace(str(made[0]), str(target)))
-    shutil.rmtree(staging, ignore_errors=True)
+    if not keep_staging:
+        shutil.rmtree(staging, ignore_errors=True)
     return target if target.is_dir() else None
 
 

@@ -175,13 +175,15 @@ EMPTY_REASONING = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"  # what DeepSeek-R1 and Q
 
 @dataclass(frozen=True)
 class ReasoningRendering:
-    """How a template is given an answer's reasoning (`style`: "fields", "inline" or "dropped", where neither way
-    reaches the rendered text), and whether an answer without reasoning gets an empty <think> block: where the
-    template's generation prompt opens one (DeepSeek-R1's `<think>\n`) that its answers do not start with, the model
-    is trained to close it, as it will be prompted at inference."""
+    """How a template is given an answer's reasoning (`style`: "fields", through `field`, the first of
+    REASONING_FIELDS it renders; "inline"; or "dropped", where neither way reaches the rendered text), and whether an
+    answer without reasoning gets an empty <think> block: where the template's generation prompt opens one
+    (DeepSeek-R1's `<think>` and a line break) that its answers do not start with, the model is trained to close it,
+    as it will be prompted at inference."""
 
     style: str
     empty_block: bool = False
+    field: str | None = None
 
 
 _REASONING_RENDERINGS: dict[tuple[str, str], ReasoningRendering] = {}
@@ -202,7 +204,9 @@ def probe_reasoning(tokenizer: Any, template: str | None) -> ReasoningRendering:
         return apply_template(tokenizer, template, [*question, {"role": "assistant", **message}])
 
     try:
-        if REASONING_PROBE in answered(content=ANSWER_PROBE, **dict.fromkeys(REASONING_FIELDS, REASONING_PROBE)):
+        field = next((name for name in REASONING_FIELDS  # one field: a template reading two would render it twice
+                      if REASONING_PROBE in answered(content=ANSWER_PROBE, **{name: REASONING_PROBE})), None)
+        if field is not None:
             style = "fields"
         elif REASONING_PROBE in answered(content=inline_reasoning(REASONING_PROBE, ANSWER_PROBE)):
             style = "inline"
@@ -213,7 +217,7 @@ def probe_reasoning(tokenizer: Any, template: str | None) -> ReasoningRendering:
                        and answered(content=EMPTY_REASONING + ANSWER_PROBE).startswith(prompt))
     except Exception:  # a template that raises on a plain exchange: the template contract reports it
         return ReasoningRendering("dropped")
-    return ReasoningRendering(style, empty_block)
+    return ReasoningRendering(style, empty_block, field)
 
 
 def inline_reasoning(reasoning: str, answer: str) -> str:
@@ -230,14 +234,24 @@ def with_reasoning(messages: Messages, rendering: ReasoningRendering) -> Message
     turns = []
     for message in messages:
         reasoning = message.get("reasoning_content")
-        if message["role"] == "assistant" and reasoning and rendering.style == "fields":
-            message = {**message, **dict.fromkeys(REASONING_FIELDS, reasoning)}
+        if message["role"] == "assistant" and reasoning and rendering.field is not None:
+            message = {**{k: v for k, v in message.items() if k != "reasoning_content"}, rendering.field: reasoning}
         elif message["role"] == "assistant" and reasoning:
-            message = {**message, "content": inline_reasoning(reasoning, message.get("content") or "")}
+            message = {**{k: v for k, v in message.items() if k != "reasoning_content"},
+                       "content": inline_reasoning(reasoning, message.get("content") or "")}
         elif message["role"] == "assistant" and rendering.empty_block:
             message = {**message, "content": EMPTY_REASONING + (message.get("content") or "")}
         turns.append(message)
     return turns
+
+
+def template_input(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A preference row as TRL's trainers render it themselves, through the model's own template: each side's
+    reasoning given as that template reads it (`with_reasoning`), tool-call arguments as objects."""
+    rendering = reasoning_rendering(tokenizer, None)
+    return {key: template_messages(with_reasoning(value, rendering))
+            if key in (*PREFERENCE_SIDES, "prompt") and isinstance(value, list) else value
+            for key, value in row.items()}
 
 
 def expected_output(row: dict[str, Any]) -> str:

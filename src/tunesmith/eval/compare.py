@@ -253,7 +253,7 @@ def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], 
                        scorer: Any, metrics: list[str], base_dir: Path, prompts_file: Path) -> dict[str, Any]:
     """Per-row outputs and scores, and per-variant means over the rows scored: those with a reference, and every row
     when each metric judges an answer alone (json_valid, regex, json_schema, a user function, given '')."""
-    from tunesmith.scoring import REFERENCE_FREE_METRICS, aggregate
+    from tunesmith.scoring import REFERENCE_FREE_METRICS, aggregate, final_answer
 
     alone = all(metric in REFERENCE_FREE_METRICS or ":" in metric for metric in metrics)
     variants = list(outputs)
@@ -262,7 +262,8 @@ def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], 
         row: dict[str, Any] = {"prompt": prompt.messages[-1]["content"] if prompt.messages else "",
                                "reference": prompt.reference, "outputs": {v: outputs[v][index] for v in variants}}
         if prompt.reference is not None or alone:
-            row["scores"] = {v: numeric(scorer(outputs[v][index], prompt.reference or "")) for v in variants}
+            row["scores"] = {v: numeric(scorer(final_answer(outputs[v][index]), prompt.reference or ""))
+                             for v in variants}
         rows.append(row)
     for variant in variants:
         scored = [row["scores"][variant] for row in rows if "scores" in row]

@@ -12,6 +12,7 @@ import torch
 
 from tunesmith.data.template import IGNORE_INDEX, prompt_turns, render, render_with_loss_mask
 from tunesmith.models.generation import Generated, generate_from_prompts, pad_right, tokens_before_end
+from tunesmith.scoring import THINK_CLOSE
 
 __all__ = ["Generated", "generate_from_prompts", "pad_right", "tokens_before_end"]  # re-exported for eval's modules
 
@@ -43,6 +44,7 @@ def prompt_texts(tokenizer: Any, rows: list[dict]) -> list[str]:
 AUTO_ANSWER_SLACK = 1.25  # eval.max_new_tokens auto: the longest reference answer x this + AUTO_ANSWER_EXTRA
 AUTO_ANSWER_EXTRA = 8
 AUTO_ANSWER_TOKENS = (16, 1024)  # ... kept within these bounds
+AUTO_REASONING_TOKENS = 4096  # the upper bound where the references reason first (<think>...</think>)
 
 
 def resolve_max_new_tokens(section: Any, tokenizer: Any, references: list[str]) -> dict[str, Any]:
@@ -72,9 +74,12 @@ def sampled_answer_limit(recipe: Any) -> dict[str, Any]:
 
 def auto_max_new_tokens(tokenizer: Any, references: list[str]) -> tuple[int, str]:
     """The answer length `auto` gives for these reference answers (the longest, in tokens, x AUTO_ANSWER_SLACK +
-    AUTO_ANSWER_EXTRA, within AUTO_ANSWER_TOKENS), and why, in words."""
+    AUTO_ANSWER_EXTRA, within AUTO_ANSWER_TOKENS, or up to AUTO_REASONING_TOKENS where they reason first), and why,
+    in words."""
     longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
     low, high = AUTO_ANSWER_TOKENS
+    if any(THINK_CLOSE in text for text in references):  # a reasoning cut off has no answer to score
+        high = AUTO_REASONING_TOKENS
     value = min(high, max(low, round(longest * AUTO_ANSWER_SLACK) + AUTO_ANSWER_EXTRA))
     return value, (f"auto: the longest of {len(references)} reference answers is {longest} tokens "
                    f"(x {AUTO_ANSWER_SLACK:g} + {AUTO_ANSWER_EXTRA}, within {low}-{high})")

@@ -147,6 +147,8 @@ def largest_batch(recipe: Recipe, fits: Any, rows: int | None = None) -> Advice:
             best = size
     if not best:
         return Advice(what="largest batch", value="none fits", why="even one row per step exceeds the memory")
+    if rows and t.batch_size * t.grad_accum > rows:  # no accumulation to keep a step the data cannot fill
+        return Advice(what="largest batch", value=f"{best}", why=f"the most rows a step can draw from {rows}")
     if best >= t.batch_size:
         return Advice(what="largest batch", value=f"{best}", why=f"training.batch_size {t.batch_size} fits")
     accum = math.ceil(t.batch_size * t.grad_accum / best)

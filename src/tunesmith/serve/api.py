@@ -518,7 +518,9 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                                 "system message, or serve a model whose template renders `tools`.", "tools",
                            "unsupported_parameter")
         settings = sampling(name, body, len(prompt_ids), schema, json_object)
-        opened = engine.tokenizer(name).decode(prompt_ids[-4:]).rstrip().endswith(THINK_OPEN)  # DeepSeek-R1's prompt
+        # DeepSeek-R1's prompt opens the reasoning; a grammar (response_format) makes the whole answer its JSON
+        opened = schema is None and not json_object and \
+            engine.tokenizer(name).decode(prompt_ids[-4:]).rstrip().endswith(THINK_OPEN)
         return await complete(name, "chat", prompt_ids, settings, body,
                               ChatShape(request_tool_names(body.offered_tools()), opened))
 

@@ -22,7 +22,7 @@ from tunesmith.config import DPOMethod, KTOMethod, ORPOMethod, Recipe, SimPOMeth
 from tunesmith.data import Splits
 from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import Row
-from tunesmith.data.template import PREFERENCE_SIDES, encode_preference_split, template_messages
+from tunesmith.data.template import encode_preference_split, template_input
 from tunesmith.errors import RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
@@ -83,15 +83,10 @@ def preference_counts(splits: Splits, tokenizer: Any, max_length: int) -> Prefer
 def training_rows(recipe: Recipe, setup: TrainingSetup) -> list[Row]:
     """The train split as TRL expects it (the data stage applied the system prompt and fallbacks): tool-call
     arguments as objects (as `data preview` renders them); KTO's rows are unpaired and shuffled here (`unpair`)."""
-    rows = [as_template_input(row) for row in setup.splits.train]
+    rows = [template_input(setup.tokenizer, row) for row in setup.splits.train]
     if recipe.method.kind == "kto":
         return unpair(rows, recipe.training.seed)
     return rows
-
-
-def as_template_input(row: Row) -> Row:
-    return {key: template_messages(value) if key in (*PREFERENCE_SIDES, "prompt") and isinstance(value, list)
-            else value for key, value in row.items()}
 
 
 def unpair(rows: list[Row], seed: int) -> list[Row]:

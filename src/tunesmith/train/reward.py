@@ -16,6 +16,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, RewardMethod
 from tunesmith.data.formats import METHOD_SHAPES
+from tunesmith.data.template import template_input
 from tunesmith.errors import DataError, RecipeError
 from tunesmith.runs import Run
 from tunesmith.train.callbacks import MetricsLogger
@@ -32,7 +33,8 @@ def run_reward(recipe: Recipe, run: Run) -> Path:
     method = reward_method(recipe)
     setup = prepare_training(recipe, run, accept=PAIR_SHAPES, purpose="reward-model training (method.kind reward)",
                              task="SEQ_CLS")
-    rows = setup.splits.train  # the data stage applied the system prompt and fallbacks
+    # the data stage applied the system prompt and fallbacks; each answer's reasoning as the template reads it
+    rows = [template_input(setup.tokenizer, row) for row in setup.splits.train]
     trainer = RewardTrainer(
         model=setup.model,
         args=reward_config(method, common_arguments(recipe, run, setup.device, setup.precision),

@@ -25,6 +25,7 @@ from tunesmith.data.template import context_text
 from tunesmith.scoring import (
     SCORERS,
     call_user_function,
+    final_answer,
     json_schema_scorer,
     json_valid_score,
     load_user_function,
@@ -91,8 +92,9 @@ def reward_score(spec: RewardSpec, base_dir: Path) -> Score:
 
 
 def from_metric(metric: Callable[[str, str], dict[str, Any]], key: str) -> Score:
-    """An eval metric (1 right, 0 wrong) as a reward."""
-    return lambda text, reference, ids, prompt: metric(text, reference)[key]
+    """An eval metric (1 right, 0 wrong) as a reward, on the answer after any reasoning (`scoring.final_answer`, as
+    eval scores it)."""
+    return lambda text, reference, ids, prompt: metric(final_answer(text), reference)[key]
 
 
 def length_penalty(target: int) -> Score:
