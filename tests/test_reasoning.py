@@ -222,3 +222,10 @@ def test_preference_pairs_keep_their_reasoning_as_trls_trainers_render_them(toke
     with pytest.raises(DataError, match="TRL's preference trainers render the pairs through the model's own"):
         check_template_contract(tokenizer, [pair], "deepseek-r1-distill")
     check_template_contract(tokenizer, [{**pair, "chosen": [{"role": "assistant", "content": ANSWER}]}], "r1")
+
+
+def test_chat_keeps_the_answer_not_the_reasoning_in_its_history():
+    from tunesmith.chat import assistant_turn
+
+    assert assistant_turn(f"{REASONING}\n</think>\n\n{ANSWER}", None) == {"role": "assistant", "content": ANSWER}
+    assert assistant_turn(ANSWER, None) == {"role": "assistant", "content": ANSWER}

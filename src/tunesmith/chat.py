@@ -17,6 +17,7 @@ from tunesmith.data.constraint import Constraint
 from tunesmith.data.template import request_tool_names, require_chat_template, split_tool_calls
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
+from tunesmith.scoring import final_answer
 
 COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
 TOOLS_HELP = "/tool RESULT gives the model the result of its last tool call (JSON or text)."
@@ -96,7 +97,10 @@ class ChatSession:
 
 def assistant_turn(answer: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The answer as an assistant turn; its calls to the offered tools as OpenAI `tool_calls`, as `serve` returns
-    them (`data.template.split_tool_calls`), so the next prompt renders them as the template renders calls."""
+    them (`data.template.split_tool_calls`), so the next prompt renders them as the template renders calls. A
+    reasoning model's thinking is shown as it streams but left out of the history (`scoring.final_answer`), as
+    DeepSeek's API asks and reasoning templates do with earlier answers."""
+    answer = final_answer(answer)
     if not tools:
         return {"role": "assistant", "content": answer}
     content, calls = split_tool_calls(answer, request_tool_names(tools))
