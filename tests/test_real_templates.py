@@ -128,3 +128,26 @@ def test_a_reasoning_template_that_prompts_a_think_block_it_never_trains_is_refu
         check_template_contract(tokenizer, [MULTI_TURN_ROW], "deepseekv3")
     assert "generation prompt that is not a prefix" in refused.value.message
     assert "<think>\\n'" in refused.value.message and "where training renders" in refused.value.message
+
+
+REASONING_ROW = {"messages": [{"role": "user", "content": "Price of two red mugs?"},
+                              {"role": "assistant", "content": "24 euros.",
+                               "reasoning_content": "One red mug is 12 euros, so two are 24."}]}
+
+
+@pytest.mark.parametrize("name", MODEL_TEMPLATES)
+def test_a_real_template_trains_a_rows_reasoning_before_its_answer_or_is_refused(tokenizer, name):
+    """Every template either trains the reasoning and then the answer, once each, prompted at inference as it
+    trained (tests/test_reasoning.py: how), or refuses the row before training."""
+    tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+    try:
+        check_template_contract(tokenizer, [REASONING_ROW], name)
+        encoded = encode_sequence(tokenizer, REASONING_ROW["messages"], 2048)
+    except DataError as refused:
+        assert "chat template" in refused.message
+        return
+    trained = loss_text(tokenizer, encoded)
+    reasoning, answer = REASONING_ROW["messages"][1]["reasoning_content"], REASONING_ROW["messages"][1]["content"]
+    assert trained.count(reasoning) == 1 and trained.index(reasoning) < trained.index(answer), trained
+    assert "Price of two red mugs?" not in trained
+    prompted_as_trained(tokenizer, REASONING_ROW)
