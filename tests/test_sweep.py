@@ -426,9 +426,12 @@ def test_a_run_a_killed_sweep_left_in_staging_is_adopted_and_two_are_refused_not
 
     staging, target, log = tmp_path / ".staging-r=4", tmp_path / "r=4", tmp_path / "r=4.log"
     (staging / "tiny-20261206-101500" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    log.write_text(f"Resume with: tunesmith train --resume {staging / 'tiny-20261206-101500'}\n", encoding="utf-8")
+    printed = str(staging / "tiny-20261206-101500")
+    wrapped = printed[:20] + "\n" + printed[20:]  # the console wraps a long path at 80 columns
+    log.write_text(f"Resume with: tunesmith train --resume {printed}\nRun directory: {wrapped}\n", encoding="utf-8")
     assert adopt_run_dir(staging, target, log, keep_staging=True) == target
-    assert log.read_text(encoding="utf-8") == f"Resume with: tunesmith train --resume {target}\n"
+    assert log.read_text(encoding="utf-8") == (f"Resume with: tunesmith train --resume {target}\n"
+                                               f"Run directory: {target}\n")
     assert resumed_arguments(target, evaluate=False)[:2] == ["train", str(target / "recipe.yaml")]
     (staging / "tiny-20261206-101600").mkdir(parents=True)
     with pytest.raises(TunesmithError, match="cannot tell apart"):

@@ -423,8 +423,10 @@ def adopt_run_dir(staging: Path, target: Path, log: Path, keep_staging: bool = F
     if made:
         os.replace(made[0], target)
         text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-        if str(made[0]) in text:
-            atomic_write_text(log, text.replace(str(made[0]), str(target)))
+        # the path as printed, also where the console wrapped it over lines (a log is 80 columns wide)
+        printed = re.compile("\n?".join(map(re.escape, str(made[0]))))
+        if printed.search(text):
+            atomic_write_text(log, printed.sub(lambda _: str(target), text))
     if not keep_staging:
         shutil.rmtree(staging, ignore_errors=True)
     return target if target.is_dir() else None
