@@ -280,6 +280,10 @@ def test_failed_combination_is_recorded_and_the_others_run(project):
     assert rows[1]["trainable_params"] > 0 and rows[1]["eval_loss"] is None
     assert "failed: " in (sweep_dir / "sweep.md").read_text()
     assert (sweep_dir / "sweep.png").is_file()  # no eval: the chart shows the final train loss
+    again = sweep_cli(recipe, root / "failing", "--resume", str(sweep_dir))  # a failed combination is tried again
+    assert again.returncode == 1 and "[2/2] layers=all: kept from before (ok)" in again.stderr, again.stderr[-3000:]
+    assert "[1/2] layers=7 (resumed)" in again.stderr
+    assert [row["status"] for row in json.loads((sweep_dir / "sweep.json").read_text())["rows"]] == ["failed", "ok"]
 
 
 def test_a_grpo_sweep_shows_the_final_reward_where_its_loss_says_nothing(tmp_path):

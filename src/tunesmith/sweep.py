@@ -199,8 +199,8 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
 
     A failed combination is recorded in the table and the others still run (see raise_if_any_failed). `resume`
     (a sweep directory, or `latest`): carry on a stopped sweep in its own directory with its own grid and --set
-    values; the combinations that ended keep their rows, a stopped one resumes from its checkpoint (or is evaluated,
-    or starts anew where it saved none), the ones not started run.
+    values; the combinations that trained keep their rows, a stopped (or failed) one resumes from its checkpoint (or
+    is evaluated, or starts anew where it saved none), the ones not started run.
     """
     recipe_path, sets = Path(recipe_path).resolve(), list(sets or [])
     earlier: dict[str, dict[str, Any]] = {}
@@ -222,7 +222,7 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
     rows: list[dict[str, Any]] = []
     for index, combo in enumerate(combos, start=1):
         before = earlier.get(combo.name)
-        if before is not None and before["status"] != "stopped":
+        if before is not None and before["status"] not in ("stopped", "failed"):  # a failed one is tried again
             rows.append(before)
             report(f"[{index}/{len(combos)}] {combo.name}: kept from before ({before['status']})")
             continue
