@@ -19,7 +19,9 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.constrained import processor_factory
 from tunesmith.scoring import final_answer
 
-COMMANDS_HELP = "Commands: /reset starts over, /exit (or end of input) quits."
+COMMANDS_HELP = ('Commands: /reset starts over, /exit (or end of input) quits; a message of several lines goes '
+                 'between """ and """.')
+MULTILINE_QUOTE = '"""'  # Ollama's `ollama run` marks a message of several lines the same way
 TOOLS_HELP = "/tool RESULT gives the model the result of its last tool call (JSON or text)."
 Row = dict[str, Any]
 
@@ -337,7 +339,7 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
     replies = 0
     while True:
         try:
-            line = read_line("you> ").strip()
+            line = read_message(read_line)
         except EOFError:
             write("\n")
             return replies
@@ -354,6 +356,20 @@ def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Call
             write("assistant> ")
             session.reply(line, write)
             replies += 1
+
+
+def read_message(read_line: Callable[[str], str]) -> str:
+    """One message: a line, or the lines between a line that starts with \"\"\" and one that ends with it (joined
+    by newlines, the quotes dropped), as `ollama run` reads them. Raises EOFError at end of input, also inside a
+    message of several lines (an unfinished message is not sent)."""
+    line = read_line("you> ").strip()
+    if not line.startswith(MULTILINE_QUOTE):
+        return line
+    lines = [line.removeprefix(MULTILINE_QUOTE)]
+    while not lines[-1].endswith(MULTILINE_QUOTE):
+        lines.append(read_line("... ").rstrip())
+    lines[-1] = lines[-1].removesuffix(MULTILINE_QUOTE)
+    return "\n".join(lines).strip()
 
 
 def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) -> int:
