@@ -386,7 +386,7 @@ def test_a_prompts_file_may_mix_rows_with_and_without_answers(tmp_path):
 def test_a_message_of_several_lines_goes_between_triple_quotes_and_an_unfinished_one_is_not_sent():
     from tunesmith.chat import read_message
 
-    assert read_message(lines_then_eof(['"""Fix this:', "  def f(:", '    pass"""'])) == "Fix this:\n  def f(:\n    pass"
+    assert read_message(lines_then_eof(['"""Fix:', "  def f(:", '    pass"""'])) == "Fix:\n  def f(:\n    pass"
     assert read_message(lines_then_eof(['"""', "two", "lines", '"""'])) == "two\nlines"
     assert read_message(lines_then_eof(['"""one line"""', "never read"])) == "one line"
     assert read_message(lines_then_eof(["plain", "never read"])) == "plain"

@@ -6,6 +6,7 @@ and without reasoning as it will be prompted; eval scores the answer after the r
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,30 @@ def test_a_run_on_reasoning_rows_trains_evaluates_and_says_how(tmp_path, r1_mode
         .endswith("<｜Assistant｜><think>\n")
 
 
+@pytest.mark.parametrize("kind", ["dpo", "kto", "orpo"])
+def test_preference_runs_on_deepseek_r1_train_each_answer_after_the_whole_prompt(tmp_path, r1_model_dir, kind,
+                                                                                 caplog):
+    """The whole path: TRL's trainers tokenize the pairs themselves, through the training variant the rows name;
+    none of them warns that the prompt is not a prefix (what the model's own template caused)."""
+    pairs = [{"prompt": [{"role": "user", "content": f"Price of three mugs at {n} euros?"}],
+              "chosen": [{"role": "assistant", "content": f"{3 * n} euros.",
+                          "reasoning_content": f"3 x {n} = {3 * n}."}],
+              "rejected": [{"role": "assistant", "content": f"{n} euros."}]} for n in range(2, 14)]
+    write_rows(tmp_path / "train.jsonl", pairs)
+    recipe = validate_recipe({
+        "name": f"r1-{kind}", "model": {"source": str(r1_model_dir)}, "method": {"kind": kind},
+        "data": {"train": str(tmp_path / "train.jsonl"), "max_length": 128, "replay": {"ratio": 0}},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"max_steps": 1, "batch_size": 4, "save_steps": 1000}, "base_dir": str(tmp_path)})
+    run = create_run(recipe, tmp_path / "runs")
+    with caplog.at_level(logging.WARNING):
+        run_training(recipe, run)
+    assert not [r for r in caplog.records if "not a prefix" in r.getMessage()]
+    data = json.loads((run.path / "data.json").read_text(encoding="utf-8"))
+    assert data["template_contract"]["reasoning_rows"] == 12
+    assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_the_data_report_counts_the_rows_that_reason(tmp_path):
     from tunesmith.data.report import data_stats
 
@@ -218,10 +243,39 @@ def test_preference_pairs_keep_their_reasoning_as_trls_trainers_render_them(toke
         text = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
         assert text.count(REASONING) == 1 and ANSWER in text, name
         assert (field in row["chosen"][0]) if field else "<think>" in row["chosen"][0]["content"]
+
+
+def test_deepseek_r1_pairs_train_their_reasoning_after_the_think_block_their_prompt_opens(tokenizer):
+    """DeepSeek-R1-Distill's own template cuts the reasoning out of an answer and prompts with `<think>` that no
+    rendered answer starts with: TRL's trainers, given its pairs, trained the answers without their reasoning and
+    after a prompt the model is never served with (TRL warns that the prompt is not a prefix). The pairs name TRL's
+    training variant in `chat_template_kwargs`, which TRL's own tokenization (`_tokenize`, `apply_chat_template`)
+    passes on: the reasoning trains once, an answer without any after an empty block, each after the whole prompt."""
+    from trl.data_utils import _tokenize, apply_chat_template
+
+    from tunesmith.data.template import encode_completion, template_input
+
     tokenizer.chat_template = (TEMPLATES / "deepseek_r1_distill.jinja").read_text(encoding="utf-8")
-    with pytest.raises(DataError, match="TRL's preference trainers render the pairs through the model's own"):
-        check_template_contract(tokenizer, [pair], "deepseek-r1-distill")
-    check_template_contract(tokenizer, [{**pair, "chosen": [{"role": "assistant", "content": ANSWER}]}], "r1")
+    pair = {"prompt": [{"role": "user", "content": QUESTION}],
+            "chosen": [{"role": "assistant", "content": ANSWER, "reasoning_content": REASONING}],
+            "rejected": [{"role": "assistant", "content": "No idea."}]}
+    record = check_template_contract(tokenizer, [pair], "deepseek-r1-distill")
+    assert record["reasoning"] == "inline" and record["reasoning_rows"] == 1
+    row = template_input(tokenizer, pair)
+    kwargs = row["chat_template_kwargs"]
+    prompt_ids = _tokenize(tokenizer, row["prompt"], add_generation_prompt=True, **kwargs)["input_ids"]
+    for side, expected in (("chosen", REASONING), ("rejected", "\n</think>\n\nNo idea.")):
+        full_ids = _tokenize(tokenizer, row["prompt"] + row[side], **kwargs)["input_ids"]
+        assert full_ids[:len(prompt_ids)] == prompt_ids, side  # no divergence: TRL keeps the whole prompt
+        answer = tokenizer.decode(full_ids[len(prompt_ids):])
+        assert expected in answer and answer.count("<think>") == 0, (side, answer)  # the prompt opened it
+        encoded = encode_completion(tokenizer, pair["prompt"], pair[side], 4096)  # what data.json counts
+        assert tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+                                 if label != -100]) == answer
+    text = apply_chat_template(row, tokenizer)  # ORPO's and SimPO's rendering
+    assert text["prompt"].endswith("<think>\n") and text["chosen"].count(REASONING) == 1
+    plain = template_input(tokenizer, {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    assert plain["chat_template_kwargs"] == kwargs  # KTO's rows alike
 
 
 def test_chat_keeps_the_answer_not_the_reasoning_in_its_history():

@@ -275,13 +275,6 @@ def judge_template(tokenizer: Any, rows: list[dict[str, Any]], model: str,
     data.json records them."""
     contract, needs = probe_template(tokenizer), data_needs(rows)
     findings = contract_findings(contract, needs, model, template_key)
-    if needs.reasoning_rows and any("chosen" in row or "completion" in row for row in rows) \
-            and contract.reasoning != "dropped" and reasoning_rendering(tokenizer, None).style == "dropped":
-        findings.problems.append(
-            f"The chat template of {model} drops an answer's reasoning, and {needs.reasoning_rows} preference row(s) "
-            "carry reasoning: TRL's preference trainers render the pairs through the model's own template (not the "
-            "training variant conversations use), so it would not be trained. Set model.chat_template (a .jinja file "
-            "that renders it, or chatml), or remove the reasoning from the pairs.")
     return {**contract_record(contract, findings), "reasoning_rows": needs.reasoning_rows}
 
 

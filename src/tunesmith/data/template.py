@@ -246,12 +246,19 @@ def with_reasoning(messages: Messages, rendering: ReasoningRendering) -> Message
 
 
 def template_input(tokenizer: Any, row: dict[str, Any]) -> dict[str, Any]:
-    """A preference row as TRL's trainers render it themselves, through the model's own template: each side's
-    reasoning given as that template reads it (`with_reasoning`), tool-call arguments as objects."""
-    rendering = reasoning_rendering(tokenizer, None)
-    return {key: template_messages(with_reasoning(value, rendering))
-            if key in (*PREFERENCE_SIDES, "prompt") and isinstance(value, list) else value
-            for key, value in row.items()}
+    """A preference row as TRL's trainers render it themselves: each side's reasoning given as the template reads
+    it (`with_reasoning`), tool-call arguments as objects, and, where conversations train through a variant of the
+    model's template (`training_template`), that variant named in the row's `chat_template_kwargs`, which every TRL
+    trainer passes on to `apply_chat_template` (so DeepSeek-R1's pairs keep their reasoning and start after the
+    `<think>` their prompt opens, as its conversations do)."""
+    template = training_template(tokenizer)
+    rendering = reasoning_rendering(tokenizer, template)
+    rendered = {key: template_messages(with_reasoning(value, rendering))
+                if key in (*PREFERENCE_SIDES, "prompt") and isinstance(value, list) else value
+                for key, value in row.items()}
+    if template is not None and isinstance(row.get("prompt"), list):
+        rendered["chat_template_kwargs"] = {"chat_template": template}
+    return rendered
 
 
 def expected_output(row: dict[str, Any]) -> str:
@@ -570,11 +577,10 @@ def encode_completion(tokenizer: Any, prompt: str | Messages, completion: str | 
         full_ids = tokenizer(prompt + answer + ("" if answer.endswith(eos) else eos))["input_ids"]
     else:
         turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
-        # the model's own template, as TRL renders it (prompt, then prompt + answer: no prefix stability needed)
-        prompt_ids = tokenizer(render_with(tokenizer, None, prompt, generation_prompt=True, tools=tools),
+        # as TRL renders `template_input`'s rows (prompt, then prompt + answer: no prefix stability needed)
+        prompt_ids = tokenizer(render(tokenizer, prompt, generation_prompt=True, tools=tools),
                                add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(render_with(tokenizer, None, prompt + turns, tools=tools),
-                             add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render(tokenizer, prompt + turns, tools=tools), add_special_tokens=False)["input_ids"]
     start = common_prefix_length(prompt_ids, full_ids)
     labels = [IGNORE_INDEX] * start + full_ids[start:]
     cut = sum(label != IGNORE_INDEX for label in labels[max_length:])

@@ -101,7 +101,9 @@ def unpair(rows: list[Row], seed: int) -> list[Row]:
             unpaired.append(row)
             continue
         for key, label in (("chosen", True), ("rejected", False)):
-            unpaired.append({"prompt": row["prompt"], "completion": row[key], "label": label})
+            unpaired.append({"prompt": row["prompt"], "completion": row[key], "label": label,
+                             **({"chat_template_kwargs": row["chat_template_kwargs"]}
+                                if "chat_template_kwargs" in row else {})})
     random.Random(seed).shuffle(unpaired)
     return unpaired
 
