@@ -392,3 +392,25 @@ def test_a_message_of_several_lines_goes_between_triple_quotes_and_an_unfinished
     assert read_message(lines_then_eof(["plain", "never read"])) == "plain"
     with pytest.raises(EOFError):
         read_message(lines_then_eof(['"""cut off', "mid message"]))
+
+
+def test_compare_scores_prompt_only_rows_with_the_regex_and_schema_it_is_given(project, tmp_path):
+    """--metric regex scored every answer 0 (an empty pattern) and --metric json_schema stopped for a recipe key
+    compare has no recipe for: --regex and --json-schema now reach the scorer (the schema also holds decoding)."""
+    outputs = run_compare([project["adapter_b"]], project["prompt_only"], metrics=["regex"], max_new_tokens=4,
+                          batch_size=BATCH, regex=r"(?s).+")
+    assert outputs["scored"] == 2 and outputs["summary"]["style-b"]["regex"] == 1.0
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"size": {"enum": ["small", "large"]}},
+                                  "required": ["size"], "additionalProperties": False}))
+    from tunesmith.data.constraint import option_constraint
+
+    held = run_compare([project["adapter_b"]], project["prompt_only"], metrics=["json_schema"], max_new_tokens=16,
+                       batch_size=BATCH, constraint=option_constraint(schema, None), schema_file=schema)
+    assert held["scored"] == 2 and held["summary"]["style-b"]["json_schema"] == 1.0
+    for flags, said in ((["--metric", "regex"], "--regex PATTERN"), (["--metric", "regex", "--regex", "("],
+                                                                       "not a valid regular expression"),
+                        (["--metric", "json_schema"], "--json-schema FILE")):
+        result = subprocess.run([sys.executable, "-m", "tunesmith", "compare", "--prompts", str(project["prompt_only"]),
+                                 str(project["adapter_b"]), *flags], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and said in result.stderr, result.stderr

@@ -455,10 +455,15 @@ def build_scorer(metrics: list[str], regex: str | None, schema_file: Path | None
 
 def pick_scorer(name: str, regex: str | None, schema_file: Path | None, base_dir: Path) -> Scorer:
     if name == "regex":
-        return regex_scorer(regex or "")
+        if not regex:  # an empty pattern matches only an empty answer: every real answer would score 0
+            raise TunesmithError("The regex metric needs the pattern a whole answer must match.",
+                                 "Set eval.regex in the recipe (`tunesmith compare`: --regex PATTERN).")
+        return regex_scorer(regex)
     if name == "json_schema":
         if schema_file is None:
-            raise TunesmithError("The json_schema metric needs eval.json_schema: the schema file to validate against.")
+            raise TunesmithError("The json_schema metric needs the JSON Schema file to validate answers against.",
+                                 "Set eval.json_schema in the recipe (`tunesmith compare`: --json-schema FILE, "
+                                 "which also holds decoding to it).")
         return json_schema_scorer(schema_file)
     if name in SCORERS:
         return SCORERS[name]

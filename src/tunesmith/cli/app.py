@@ -635,7 +635,9 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
                      "128 without references).")] = None,
             batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
             as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-            json_schema: JsonSchemaOption = None, choices: ChoicesOption = None) -> None:
+            json_schema: JsonSchemaOption = None, choices: ChoicesOption = None,
+            regex: Annotated[str | None, typer.Option(
+                metavar="PATTERN", help="The pattern a whole answer must match, for --metric regex.")] = None) -> None:
     """Answer the same prompts with several adapters of one base (and the base), side by side.
 
     The base loads once and the adapters are switched on it.
@@ -646,8 +648,15 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
     from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
 
     constraint = option_constraint(json_schema, choices)
+    if regex is not None:
+        from tunesmith.config import check_regex
+
+        try:
+            check_regex("--regex", regex)
+        except ValueError as exc:
+            raise TunesmithError(str(exc), "Fix the pattern (Python's `re` syntax).") from None
     results = run_compare(targets, prompts, base, metric, reference_key, max_new_tokens, batch_size,
-                          constraint=constraint)
+                          constraint=constraint, regex=regex, schema_file=json_schema)
     print_compare(results, wide_console(200))
     if html:
         err.print(f"Wrote {write_compare_html(results, html)}")

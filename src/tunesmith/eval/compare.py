@@ -215,7 +215,8 @@ def generate_for(model: Any, tokenizer: Any, prompts: list[PromptRow], max_new_t
 
 def run_compare(targets: list[str | Path], prompts_file: Path, include_base: bool = False,
                 metrics: list[str] | None = None, reference_key: str | None = None, max_new_tokens: int | None = None,
-                batch_size: int = 8, device: str = "auto", constraint: Constraint | None = None) -> dict[str, Any]:
+                batch_size: int = 8, device: str = "auto", constraint: Constraint | None = None,
+                regex: str | None = None, schema_file: Path | None = None) -> dict[str, Any]:
     """Answer every prompt with each adapter (and the base), score where references exist; the results dict
     (`constraint`: every variant decodes held to it). `max_new_tokens` None: from the references' lengths as eval's
     `auto` (NO_REFERENCE_ANSWER_TOKENS without references)."""
@@ -229,7 +230,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     sources = [adapter_source(target) for target in targets]
     base_dir = shared_base(sources)
     chosen = list(metrics or DEFAULT_METRICS)
-    scorer = build_scorer(chosen, None, None, Path.cwd())  # a bad metric fails before any model loads
+    scorer = build_scorer(chosen, regex, schema_file, Path.cwd())  # a bad metric fails before any model loads
     tokenizer = load_tokenizer(base_dir)
     tokenizer.chat_template = shared_chat_template(sources, tokenizer.chat_template)
     require_chat_template(tokenizer)  # a base model's runs (raw text, no template): refused before any weights load
