@@ -328,3 +328,21 @@ def test_doctor_describes_prompt_rows_without_speaking_of_answers(tmp_path, toke
     rows = [as_conversation(row) for row in prompt_rows(4)]
     check = preview_check(AutoTokenizer.from_pretrained(tokenizer_dir), recipe, rows, 512)
     assert check.status == "pass" and "prompts without answers, each ending at the generation prompt" in check.detail
+
+
+def test_a_reward_model_path_written_from_the_current_folder_is_named_as_the_recipe_must_write_it(tmp_path,
+                                                                                                  monkeypatch):
+    """Runs are made under ./runs, but a recipe's paths are relative to the recipe's folder: `runs/reward-1` in a
+    recipe kept in recipes/ is looked for in recipes/runs/. The refusal says which path to write."""
+    from tunesmith.config import RewardSpec
+    from tunesmith.doctor.recipe import check_reward_loads
+
+    (tmp_path / "runs" / "reward-1").mkdir(parents=True)
+    (tmp_path / "recipes").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TunesmithError, match=r"runs/reward-1 exists from the current folder: write it as "
+                                             r"\.\./runs/reward-1"):
+        check_reward_loads(RewardSpec(name="reward_model", path="runs/reward-1"), tmp_path / "recipes")
+    with pytest.raises(TunesmithError) as refused:
+        check_reward_loads(RewardSpec(name="reward_model", path="runs/reward-2"), tmp_path / "recipes")
+    assert "current folder" not in str(refused.value)

@@ -758,8 +758,9 @@ class EvalSection(Section):
     max_examples: int | None = Field(None, ge=1)
     max_new_tokens: int | Literal["auto"] = Field(
         "auto", description="Tokens generated per answer. auto: the longest reference answer of the rows scored, "
-                            "in tokens, x 1.25 + 8 (at least 16, at most 1024); an answer longer than that cannot "
-                            "match any reference, and the untuned base would otherwise ramble to a fixed limit.")
+                            "in tokens, x 1.25 + 8 (at least 16, at most 1024, or 4096 where the references reason "
+                            "first); an answer longer than that cannot match any reference, and the untuned base "
+                            "would otherwise ramble to a fixed limit.")
     batch_size: int = Field(16, ge=1)
     compare_base: bool = True
     probes: bool = Field(True, description="Forgetting probes: general questions and text the base model handles, "

@@ -49,7 +49,8 @@ app.command()(plan)
 app.command("launch-script")(launch_script)
 state: dict[str, Any] = {"debug": False, "error": None}  # error: the message a failed command ended on
 
-RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: runs/).")]
+RunsDir = Annotated[Path | None, typer.Option(help="Where run directories are created (default: the recipe's "
+                                                    "runs_dir, runs/ in the folder you run from).")]
 
 
 @app.callback()
@@ -65,7 +66,7 @@ def bench_train(
                                                           "tunesmith-no-replay, tunesmith-checkpointing.")] =
         "trl-plain,trl-expert,tunesmith",
         rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
-        spread_rows: Annotated[int, typer.Option(help="Training rows of the 10-1,000-token spread set.")] = 24,
+        spread_rows: Annotated[int, typer.Option(help="Training rows of the 40-1,000-token spread set.")] = 24,
         batch_size: Annotated[int, typer.Option(help="Rows per optimizer step, for every variant.")] = 8,
         max_length: Annotated[int, typer.Option(help="max_length (the spread set uses at least 1,024).")] = 512,
         model: Annotated[str, typer.Option(help="Model source.")] = "smollm2-135m-instruct",

@@ -8,6 +8,7 @@ is left to `tunesmith data inspect`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,11 @@ def check_reward_loads(spec: RewardSpec, base_dir: Path, row: dict[str, Any] | N
         path = Path(spec.path or "").expanduser()
         path = path if path.is_absolute() else base_dir / path
         if not path.exists():
-            raise TunesmithError(f"method.rewards: reward_model path {path} does not exist.",
+            here = Path(spec.path or "").expanduser()
+            found = (f" {here} exists from the current folder: write it as {os.path.relpath(here.resolve(), base_dir)}"
+                     " or as an absolute path." if not here.is_absolute() and here.exists() else "")
+            raise TunesmithError(f"method.rewards: reward_model path {path} does not exist (a path in a recipe is "
+                                 f"relative to the recipe's folder, {base_dir}).{found}",
                                  "Name a `method.kind: reward` run directory (or its adapter/ or model/ folder), "
                                  "relative to the recipe.")
 
