@@ -434,3 +434,14 @@ def test_rows_that_call_tools_without_offering_any_are_said_by_inspect(tmp_path:
     assert "set_light({\"room\": \"kitchen\"}) lacks required ['state']" in warning
     assert calls_off_schema(rows[5]) == ['set_light({"room": "hall", "state": "on", "colour": "red"}) gives '
                                          "undeclared ['colour']"]
+
+
+def test_inspect_shows_a_long_example_by_its_start_and_end_and_says_how_much_it_left_out():
+    from tunesmith.cli.data import EXAMPLE_CHARACTERS, shortened_example
+
+    document = "".join(f"sentence {n}. " for n in range(2_000))
+    shown = shortened_example(document)
+    assert shown.startswith("sentence 0. ") and shown.endswith("sentence 1999. ")
+    left_out = len(document) - EXAMPLE_CHARACTERS
+    assert f"[… {left_out:,} characters left out here" in shown and len(shown) < EXAMPLE_CHARACTERS + 120
+    assert shortened_example(document[:EXAMPLE_CHARACTERS]) == document[:EXAMPLE_CHARACTERS]

@@ -103,13 +103,26 @@ def print_inspect_report(report: dict[str, Any]) -> None:
             err.print(f"… and {len(info['problems']) - 50} more (see --json).")
         for text in info["examples"]:
             err.rule("example", style="dim")
-            err.print(escape(text), highlight=False)
+            err.print(escape(shortened_example(text)), highlight=False)
     print_contract(report.get("template_contract", {}))
     if report.get("train_eval_overlap"):
         err.print(f"[yellow]note:[/yellow] {report['train_eval_overlap']} train row(s) are the same as an eval row "
                   "(or, under data.clean.dedup: near, near copies of one): "
                   "prepare and train remove them from training (their answers would be in the score).",
                   highlight=False, soft_wrap=True)
+
+
+EXAMPLE_CHARACTERS = 2_000  # of a rendered example shown in the terminal (about 500 tokens); --json has it whole
+
+
+def shortened_example(text: str) -> str:
+    """A long rendered row (a CPT document, a long conversation) cut to its start and end, saying how much is left
+    out: three whole documents would scroll the report's findings away."""
+    if len(text) <= EXAMPLE_CHARACTERS:
+        return text
+    half = EXAMPLE_CHARACTERS // 2
+    return (f"{text[:half]}\n[… {len(text) - 2 * half:,} characters left out here; `tunesmith data preview` shows "
+            f"the row whole …]\n{text[-half:]}")
 
 
 def print_length_fit(fit: dict[str, Any], max_length: int) -> None:
