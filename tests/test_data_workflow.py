@@ -445,3 +445,27 @@ def test_inspect_shows_a_long_example_by_its_start_and_end_and_says_how_much_it_
     left_out = len(document) - EXAMPLE_CHARACTERS
     assert f"[… {left_out:,} characters left out here" in shown and len(shown) < EXAMPLE_CHARACTERS + 120
     assert shortened_example(document[:EXAMPLE_CHARACTERS]) == document[:EXAMPLE_CHARACTERS]
+
+
+def test_inspect_says_when_the_recipes_method_does_not_train_on_the_files_shape(tmp_path: Path,
+                                                                                 tiny_model_dir: Path):
+    """A recipe with raw text under the default method (sft): train refuses it before anything loads, yet inspect
+    said nothing and exited 0. Now a problem (exit 1) with train's own words; a bare file (sft only assumed) gets a
+    note naming the methods that take it."""
+    (tmp_path / "notes.txt").write_text("A paragraph on pumps.\n\nAnother on valves.\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(f"model: {{source: {tiny_model_dir}}}\ndata: {{train: notes.txt}}\n",
+                                     encoding="utf-8")
+
+    def inspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tunesmith", "data", "inspect", *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+
+    refused = inspect("r.yaml")
+    assert refused.returncode == 1 and "holds text rows; method.kind sft needs" in refused.stderr, refused.stderr
+    assert "method.kind cpt" in refused.stderr
+    assert inspect("r.yaml", "--set", "method.kind=cpt").returncode == 0
+    bare = inspect("notes.txt", "--model", str(tiny_model_dir))
+    assert bare.returncode == 0 and "text rows train with method.kind cpt" in bare.stderr, bare.stderr
+    chosen = inspect("notes.txt", "--model", str(tiny_model_dir), "--set", "method.kind=dpo", "--json")
+    assert chosen.returncode == 1
+    assert "method.kind dpo needs" in json.loads(chosen.stdout)["files"]["train"]["method_refusal"]["error"]

@@ -36,10 +36,11 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
 
     Example: tunesmith data inspect examples/data/orders/train.jsonl
     """
-    from tunesmith.data.workflow import data_recipe, inspect_data
+    from tunesmith.data.workflow import RECIPE_SUFFIXES, data_recipe, inspect_data
 
     recipe = data_recipe(target, model, format_, set_)
-    report = inspect_data(recipe, examples)
+    report = inspect_data(recipe, examples, method_chosen=target.suffix.lower() in RECIPE_SUFFIXES
+                          or "method" in recipe.model_fields_set)
     if as_json:
         print_json(report)
     else:
@@ -56,6 +57,9 @@ class ProblemsFoundError(DataError):
 def raise_if_problems(report: dict[str, Any], skip_invalid: bool = False) -> None:
     """After the report is out, fail when any split has a problem row (each is named, with its line, above);
     the hint says whether training would skip them (`data.skip_invalid`)."""
+    refused = [info["method_refusal"] for info in report["files"].values() if info.get("method_refusal")]
+    if refused:  # train stops on it before anything else is read: the rows' own problems come after
+        raise ProblemsFoundError(refused[0]["error"], refused[0]["hint"])
     template = report.get("template_contract", {}).get("problems", [])
     if template:
         raise ProblemsFoundError("The chat template cannot train this data right:\n- " + "\n- ".join(template))
@@ -87,6 +91,12 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "
                   f"{info['stats']['rows']} usable rows · skipped {sum(info['skipped'].values())}")
         print_stats(info["stats"])
+        if info.get("method_refusal"):
+            err.print(f"[red]problem:[/red] {escape(info['method_refusal']['error'])}", highlight=False, soft_wrap=True)
+        elif info.get("methods_taking"):
+            err.print(f"note: {info['shape']} rows train with method.kind {' or '.join(info['methods_taking'])} "
+                      "(a recipe's method section; the counts above assume sft, the default).", highlight=False,
+                      soft_wrap=True)
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
                     "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
                     "data counted in pii_redact trains as written)")

@@ -11,9 +11,9 @@ from typing import Any
 from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
 from tunesmith.data import data_source, drop_eval_overlap, load_splits, recipe_tokenizer, with_places
 from tunesmith.data.contract import judge_template
-from tunesmith.data.formats import as_conversation
+from tunesmith.data.formats import METHOD_SHAPES, as_conversation, shape_refusal
 from tunesmith.data.lengths import auto_max_length, length_limit
-from tunesmith.data.loaders import load_records
+from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
@@ -48,8 +48,11 @@ def safe_name(target: Path) -> str:
     return stem.strip("-.") or "data"
 
 
-def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
-    """Shape, counts, every problem (bad rows are collected, not fatal), a dry run of cleaning, examples."""
+def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) -> dict[str, Any]:
+    """Shape, counts, every problem (bad rows are collected, not fatal), a dry run of cleaning, examples; and, per
+    file, `method_fit` where recipe.method.kind does not train on the file's shape: a problem where the method was
+    chosen (a recipe, or --set method.kind), as train refuses it; else (a bare file, SFT assumed) the methods that
+    take it."""
     data = recipe.data
     tokenizer = recipe_tokenizer(recipe)
     files = {"train": data.train, **({"eval": data.eval} if data.eval else {})}
@@ -79,6 +82,7 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
                                 max_length),
             "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
             "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
+            **method_fit(recipe.method.kind, loaded, method_chosen),
         }
         usable += loaded.rows
     if not all("text" in row for row in usable):  # raw text (CPT) never goes through the chat template
@@ -89,6 +93,18 @@ def inspect_data(recipe: Recipe, examples: int = 3) -> dict[str, Any]:
         _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows, data.clean)
         report["train_eval_overlap"] = overlap["removed"]  # exact copies, and near ones under dedup: near
     return report
+
+
+def method_fit(method: str, loaded: LoadResult, method_chosen: bool) -> dict[str, Any]:
+    """{} where `method` trains on the rows' shape; else `method_refusal` (train's own refusal, `shape_refusal`)
+    where the method was chosen, or `methods_taking` (the methods that train on the shape) where it was assumed."""
+    accept = METHOD_SHAPES.get(method, ())
+    if not accept or loaded.shape in accept:
+        return {}
+    if method_chosen:
+        refusal = shape_refusal(loaded.path, loaded.shape, accept, f"method.kind {method}", loaded.unused_columns)
+        return {"method_refusal": {"error": refusal.message, "hint": refusal.hint}}
+    return {"methods_taking": [kind for kind, shapes in METHOD_SHAPES.items() if loaded.shape in shapes]}
 
 
 def length_fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int,
