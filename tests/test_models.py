@@ -30,6 +30,57 @@ def test_directory_without_config_is_refused(tmp_path):
         resolve_model_source(str(tmp_path / "weights"))
 
 
+def test_a_model_folder_missing_its_tokenizer_or_weights_or_with_a_broken_config_is_a_usage_error(tmp_path,
+                                                                                                tiny_model_dir):
+    """What `model.save_pretrained` alone leaves (no tokenizer), a copy cut off (config.json truncated) and a folder
+    without weights: each names the folder and the fix (exit 2), never a library's raw error."""
+    import shutil
+
+    from tunesmith.models import load_model, load_tokenizer
+
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, no_tokenizer / name)
+    with pytest.raises(ModelSourceError, match="its tokenizer does not load") as refused:
+        load_tokenizer(no_tokenizer)
+    assert "tokenizer.save_pretrained" in refused.value.hint
+    (no_tokenizer / "model.safetensors").unlink()
+    with pytest.raises(ModelSourceError, match="the model's weights do not load"):
+        load_model(no_tokenizer)
+    (no_tokenizer / "config.json").write_text('{"model_type": "lla', encoding="utf-8")
+    with pytest.raises(ModelSourceError, match=r"config\.json cannot be read as JSON"):
+        resolve_model_source(str(no_tokenizer))
+    (tmp_path / "d.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                                               {"role": "assistant", "content": "b"}]}) + "\n")
+    shutil.copy(tiny_model_dir / "config.json", no_tokenizer / "config.json")
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "data", "inspect", str(tmp_path / "d.jsonl"),
+                             "--model", str(no_tokenizer)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "its tokenizer does not load" in result.stderr, result.stderr
+
+
+def test_a_model_name_never_reaches_outside_the_model_cache(tmp_path, monkeypatch, tiny_model_dir):
+    """`models import X.gguf --name ..` would have replaced the whole $TUNESMITH_HOME (the import writes its folder
+    atomically, replacing what is there); a source path was looked up in the cache first, so `/abs/folder` skipped
+    the folder's checks."""
+    from tunesmith.models.gguf_import import import_gguf
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "keep.txt").write_text("kept")
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    for name in ("..", "../../elsewhere", "/tmp/abs", "a/b", ""):
+        if name:
+            with pytest.raises(ModelSourceError, match="cannot name a model in the cache"):
+                import_gguf(tmp_path / "x.gguf", name=name)
+    assert (tmp_path / "home" / "keep.txt").read_text() == "kept"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ModelSourceError, match="not a model configuration"):
+        resolve_model_source(str(broken))
+
+
 def test_local_directory_relative_to_recipe(tmp_path, tiny_model_dir):
     link = tmp_path / "model"
     link.symlink_to(tiny_model_dir)

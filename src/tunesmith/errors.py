@@ -40,3 +40,10 @@ class RowProblem(DataError):
     def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
         super().__init__(message, hint)
         self.reason = reason
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (Hub errors carry a request id and a URL below it; a
+    library's error quoted inside one of ours), else the exception's type name."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

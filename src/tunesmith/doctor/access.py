@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.doctor.report import Check
+from tunesmith.errors import first_line
+from tunesmith.models.home import is_model_name
 from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled
-from tunesmith.models.source import first_line
 
 SECTION = "model access"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -35,7 +36,7 @@ def classify_source(source: str, base_dir: Path | None = None) -> Source:
     """Mirror models.source.resolve_model_source's order: alias, imported name, .gguf, folder, Hub id."""
     if source in EMBEDDED:
         return Source("embedded", source, cached_model_dir(source))
-    if (cached_model_dir(source) / "config.json").is_file():
+    if is_model_name(source) and (cached_model_dir(source) / "config.json").is_file():
         return Source("imported", source, cached_model_dir(source))
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
@@ -52,7 +53,8 @@ def local_model_dir(source: Source, revision: str | None = None) -> Path | None:
     if source.kind in ("embedded", "imported", "local"):
         return source.path if source.path and (source.path / "config.json").is_file() else None
     if source.kind == "gguf":
-        imported = cached_model_dir(source.path.stem.lower()) if source.path else None
+        name = source.path.stem.lower() if source.path else ""
+        imported = cached_model_dir(name) if is_model_name(name) else None
         return imported if imported and (imported / "config.json").is_file() else None
     return cached_hub_dir(source.text, revision)
 

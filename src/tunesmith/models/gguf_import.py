@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
-from tunesmith.models.home import models_dir
+from tunesmith.models.home import is_model_name, models_dir
 
 
 def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
@@ -25,6 +25,10 @@ def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
     if not gguf_path.is_file():
         raise ModelSourceError(f"GGUF file not found: {gguf_path}", "Check the path.")
     name = name or gguf_path.stem.lower()
+    if not is_model_name(name):
+        raise ModelSourceError(f"--name {name!r} cannot name a model in the cache: use letters, digits, '.', '_' and "
+                               "'-', starting with a letter or digit (it becomes a folder under "
+                               f"{models_dir()}).", "Pass a plain --name, e.g. --name my-model.")
     target = models_dir() / name
     print(f"Dequantizing {gguf_path.name} into {target} ...", file=sys.stderr)
     folder, filename = str(gguf_path.parent), gguf_path.name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -16,6 +17,14 @@ def tunesmith_home() -> Path:
 
 def models_dir() -> Path:
     return tunesmith_home() / "models"
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # an embedded or imported model's folder in the cache
+
+
+def is_model_name(source: str) -> bool:
+    """`source` can name a folder of the model cache: one plain name, no path (`..`, `/abs`, `owner/name`)."""
+    return MODEL_NAME.fullmatch(source) is not None and ".." not in source
 
 
 def model_fingerprint(model_dir: Path) -> str:

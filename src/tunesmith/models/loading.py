@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.errors import ModelSourceError
+from tunesmith.errors import ModelSourceError, first_line
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -46,7 +46,14 @@ def load_tokenizer(model_dir: Path, fill_pad: bool = True, chat_template: str | 
     none); rendering conversations is refused by the template contract (data/contract.py)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:  # no tokenizer files (a bare model.save_pretrained), a broken one
+        raise ModelSourceError(f"{model_dir}: its tokenizer does not load ({first_line(exc)}).",
+                               "A model folder needs the tokenizer beside config.json and the weights "
+                               "(tokenizer.json or tokenizer.model, tokenizer_config.json): save it there with "
+                               "`tokenizer.save_pretrained(folder)`, or copy it from the model it was made from."
+                               ) from None
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     if fill_pad and tokenizer.pad_token is None:
@@ -114,7 +121,12 @@ def load_model(model_dir: Path, dtype: torch.dtype = torch.float32, device: str 
         AutoModelForCausalLM, {})
     with warnings.catch_warnings(), expected_missing_head(task):
         warnings.simplefilter("ignore", category=UserWarning)
-        model = auto.from_pretrained(model_dir, dtype=dtype, **placement, **head)
+        try:
+            model = auto.from_pretrained(model_dir, dtype=dtype, **placement, **head)
+        except OSError as exc:  # no weights, a truncated or unreadable file
+            raise ModelSourceError(f"{model_dir}: the model's weights do not load ({first_line(exc)}).",
+                                   "Check the folder holds the weights config.json describes (model.safetensors, "
+                                   "or its shards and their index), copied whole.") from None
     if getattr(model, "hf_quantizer", None) is not None and "gguf" in str(model.hf_quantizer).lower():
         raise ModelSourceError(
             f"{model_dir} loads as a GGUF-quantized model, which cannot be trained or saved.",

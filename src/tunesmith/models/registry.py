@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError
-from tunesmith.models.home import models_dir
+from tunesmith.models.home import is_model_name, models_dir
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,12 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def cached_model_dir(alias: str) -> Path:
+    """The cache folder of model `alias` (a plain name: `is_model_name`; anything else is refused, so a path never
+    reaches outside the cache)."""
+    if not is_model_name(alias):
+        raise ModelSourceError(f"{alias!r} is not a model name: a name in the model cache is letters, digits, '.', "
+                               "'_' and '-', starting with a letter or digit.",
+                               "Give `models import` a plain --name (e.g. my-model).")
     return models_dir() / alias
 
 

@@ -7,10 +7,18 @@ one paragraph saying what happened and what to do.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
-from tunesmith.errors import ModelSourceError
-from tunesmith.models.registry import EMBEDDED, cached_model_dir, is_pulled, list_models, pull_model
+from tunesmith.errors import ModelSourceError, first_line
+from tunesmith.models.home import is_model_name
+from tunesmith.models.registry import (
+    EMBEDDED,
+    cached_model_dir,
+    is_pulled,
+    list_models,
+    pull_model,
+)
 
 
 def resolve_model_source(source: str, revision: str | None = None, base_dir: Path | None = None,
@@ -19,7 +27,7 @@ def resolve_model_source(source: str, revision: str | None = None, base_dir: Pat
     not yet downloaded brings its config and tokenizer only, what a memory plan reads)."""
     if source in EMBEDDED:
         return cached_model_dir(source) if is_pulled(source) else pull_model(source)
-    if (cached_model_dir(source) / "config.json").is_file():
+    if is_model_name(source) and (cached_model_dir(source) / "config.json").is_file():  # an imported model
         return cached_model_dir(source)
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
@@ -40,7 +48,7 @@ def _import_gguf_source(path: Path) -> Path:
     from tunesmith.models.gguf_import import import_gguf
 
     name = path.stem.lower()
-    if (cached_model_dir(name) / "config.json").is_file():
+    if is_model_name(name) and (cached_model_dir(name) / "config.json").is_file():
         return cached_model_dir(name)
     return import_gguf(path, name=name)
 
@@ -60,6 +68,14 @@ def _local_directory(path: Path) -> Path:
             "Point model.source at the folder that holds config.json and the weights, or import "
             "a GGUF with `tunesmith models import FILE.gguf`.",
         )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # cut off mid-copy, or not JSON at all
+        raise ModelSourceError(f"{path / 'config.json'} cannot be read as JSON ({exc}).",
+                               "Copy the model folder again (a copy cut off leaves a truncated config.json).") from None
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{path / 'config.json'} holds {type(config).__name__}, not a model configuration.",
+                               "Copy the model folder again, or point model.source at another folder.")
     return path.resolve()
 
 
@@ -146,9 +162,3 @@ def did_you_mean(source: str) -> str | None:
 
     close = difflib.get_close_matches(source.lower(), local_model_names(), n=1, cutoff=0.6)
     return f"Did you mean {close[0]!r}? (`tunesmith models list` shows the models on this machine.)" if close else None
-
-
-def first_line(exc: Exception) -> str:
-    """The first non-empty line of an exception's message (Hub errors carry a request id and a URL below it)."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
