@@ -81,6 +81,30 @@ def test_a_model_name_never_reaches_outside_the_model_cache(tmp_path, monkeypatc
         resolve_model_source(str(broken))
 
 
+def test_models_import_never_replaces_the_embedded_model_or_an_import_unasked(tmp_path, monkeypatch, tiny_model_dir):
+    """A newcomer imported a tuned GGUF as `smollm2-135m-instruct`: the embedded base silently became the tuned
+    model under every recipe and recorded run. A folder, or a file that is not GGUF, is said to be one."""
+    from tunesmith.models.registry import import_model
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelSourceError, match="the embedded model's name"):
+        import_model(tmp_path / "x.gguf", name="smollm2-135m-instruct")
+    imported = tmp_path / "home" / "models" / "mine"
+    imported.mkdir(parents=True)
+    (imported / "config.json").write_text("{}")
+    with pytest.raises(ModelSourceError, match="already imported") as refused:
+        import_model(tmp_path / "x.gguf", name="mine")
+    assert "--force" in refused.value.hint and (imported / "config.json").read_text() == "{}"
+    with pytest.raises(ModelSourceError, match="is a folder") as folder:
+        import_model(tiny_model_dir, name="other")
+    assert "needs no import: name it in model.source" in folder.value.hint
+    (tmp_path / "train.log").write_text("not a model")
+    with pytest.raises(ModelSourceError, match="is not a GGUF file"):
+        import_model(tmp_path / "train.log", name="other")
+    assert sorted(p.name for p in (tmp_path / "home" / "models").iterdir()) == ["mine"]
+
+
 def test_local_directory_relative_to_recipe(tmp_path, tiny_model_dir):
     link = tmp_path / "model"
     link.symlink_to(tiny_model_dir)

