@@ -577,6 +577,29 @@ def test_anchor_answer_tokens_keeps_the_prompt_and_cuts_each_answer(tmp_path, ti
 
 
 
+def test_the_base_answering_replay_prompts_is_said_before_it_starts(tmp_path, tiny_model_dir, capsys):
+    """For a model tunesmith ships no answers for, the base answers the replay prompts first: minutes on a CPU that
+    a newcomer's log showed as seven silent minutes (the progress bar draws only on a terminal)."""
+    from tunesmith.models import load_model, load_tokenizer
+    from tunesmith.train.replay import build_replay
+
+    (tmp_path / "general.jsonl").write_text("".join(json.dumps({"prompt": f"Name a colour, number {i}."}) + "\n"
+                                                    for i in range(6)), encoding="utf-8")
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=12, eval_rows=4),
+                         ["data.replay.source=general.jsonl", "data.replay.ratio=0.5", "data.replay.max_new_tokens=8",
+                          "eval.batch_size=3"])
+    model = load_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+    build_replay(recipe, create_run(recipe, tmp_path / "runs"), model, load_tokenizer(tiny_model_dir),
+                 tiny_model_dir, 12)
+    said = capsys.readouterr().err
+    first = said.index("replay: the base model answers 6 general prompts first (up to 8 tokens each, 3 at a time")
+    assert first < said.index("general rows beside 12 training rows (6 answered by the base model: 6 now")
+    capsys.readouterr()
+    build_replay(recipe, create_run(recipe, tmp_path / "runs"), model, load_tokenizer(tiny_model_dir),
+                 tiny_model_dir, 12)
+    assert "answers 6 general prompts first" not in capsys.readouterr().err  # the cache has them now
+
+
 def test_revision_plans_the_rest_from_the_steps_own_times():
     """9 steps after step 1 took 18 s: 2 s a step, so 95% of the 100 s left fit 47 more; with the replay anchor's
     base pass taking 9 of those seconds over the first-pass steps 2-10 (1 s each), the 10 first-pass steps still to

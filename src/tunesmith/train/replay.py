@@ -66,6 +66,11 @@ def build_replay(recipe: Recipe, run: Run, model: Any, tokenizer: Any, model_dir
     from_shipped = [prompt for prompt in missing if prompt in shipped]
     cache.update(from_shipped, [shipped[prompt] for prompt in from_shipped])
     missing = [prompt for prompt in missing if prompt not in shipped]
+    if missing and is_main_process():  # minutes on a CPU for a model tunesmith ships no answers for: said first
+        print(f"replay: the base model answers {len(missing)} general prompts first (up to "
+              f"{settings.max_new_tokens} tokens each, {recipe.eval.batch_size} at a time; none shipped or cached "
+              "for this model; kept for its later runs; data.replay.ratio: 0 trains without them) ...",
+              file=sys.stderr, flush=True)
     cache.update(missing, base_answers(model, tokenizer, missing, settings.max_new_tokens, recipe.eval.batch_size))
     answers = [r["answer"] if r["answer"] is not None else cache.get(r["prompt"]) for r in chosen]
     rows = [as_messages(r["prompt"], answer) for r, answer in zip(chosen, answers, strict=True) if answer is not None]
