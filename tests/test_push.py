@@ -92,3 +92,27 @@ def test_push_help_has_an_example():
 
     result = CliRunner().invoke(app, ["push", "--help"])
     assert result.exit_code == 0 and "Example: tunesmith push" in result.output
+
+
+def test_a_bad_repo_id_an_empty_folder_and_offline_mode_are_said_before_the_token_or_the_network(folder, tmp_path):
+    """`push RUN "me/bad name!"` ended in 'Internal error: HFValidationError'; offline mode without a token said
+    'not logged in'; an empty folder went to the network."""
+    for repo_id in ("me/bad name!", "https://huggingface.co/me/x", "a/b/c"):
+        result = push([str(folder), repo_id], tmp_path / "hf", HF_TOKEN="hf_notreal",
+                      HF_ENDPOINT="http://127.0.0.1:9")
+        assert result.returncode == 2 and "is not a Hub repository id" in result.stderr, result.stderr
+        assert "owner/name" in result.stderr
+    offline = push([str(folder), "me/x"], tmp_path / "hf", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr, offline.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden").write_text("x")
+    empty = push([str(tmp_path / "empty"), "me/x"], tmp_path / "hf", HF_ENDPOINT="http://127.0.0.1:9")
+    assert empty.returncode == 2 and "holds no files to upload" in empty.stderr, empty.stderr
+
+
+def test_a_dry_run_lists_what_would_go_up_without_a_token(tmp_path):
+    run = make_run(tmp_path)
+    result = push([str(run), "me/orders-lora", "--dry-run"], tmp_path / "hf", HF_ENDPOINT="http://127.0.0.1:9")
+    assert result.returncode == 0, result.stderr
+    assert "adapter_config.json  (2 bytes" in result.stderr and "README.md  (7 bytes" in result.stderr
+    assert "Would upload 2 file(s), 9 bytes, to me/orders-lora" in result.stderr

@@ -121,7 +121,9 @@ def push(source: Annotated[Path, typer.Argument(metavar="RUN_OR_FOLDER",
          repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="user/name or org/name on the Hub.")],
          private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
          what: Annotated[str | None, typer.Option(
-             help="From a run: adapter (default), merged or gguf (what `tunesmith export` wrote).")] = None) -> None:
+             help="From a run: adapter (default), merged or gguf (what `tunesmith export` wrote).")] = None,
+         dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded, and where; send "
+                                                                  "nothing (no token needed).")] = False) -> None:
     """Upload a run's adapter, merged model or GGUF files (or any folder) to a Hugging Face Hub repository.
 
     Needs a token with write access: `hf auth login`, or HF_TOKEN in the environment.
@@ -130,7 +132,14 @@ def push(source: Annotated[Path, typer.Argument(metavar="RUN_OR_FOLDER",
 
     Example: tunesmith push runs/quickstart-20261123-101500 me/quickstart-gguf --what gguf
     """
-    from tunesmith.export.hub import push_to_hub
+    from tunesmith.export.hub import push_to_hub, upload_plan
 
+    if dry_run:
+        plan = upload_plan(source, repo_id, what)
+        for file in plan["files"]:
+            err.print(f"{file['path_in_repo']}  ({file['bytes']:,} bytes, from {escape(file['from'])})", **SHOW)
+        err.print(f"Would upload {len(plan['files'])} file(s), {plan['bytes']:,} bytes, to {escape(repo_id)} "
+                  "(a dry run: nothing sent).", **SHOW)
+        return
     url = push_to_hub(source, repo_id, private=private, what=what)
     err.print(f"Uploaded to {escape(url)}", **SHOW)

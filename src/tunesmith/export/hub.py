@@ -8,8 +8,9 @@ one message naming the fix: `hf auth login` or HF_TOKEN.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, first_line
 
 LOGIN_HINT = "Run `hf auth login` with a token that has write access, or set HF_TOKEN to one."
 WHAT = ("adapter", "merged", "gguf")
@@ -17,10 +18,15 @@ NETWORK_ERRORS = frozenset({"TransportError", "NetworkError", "ConnectError", "T
 
 
 def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | None = None) -> str:
-    """Create `repo_id` if needed and upload the folder `source` stands for; returns the repository's URL."""
-    from huggingface_hub import HfApi, get_token
+    """Create `repo_id` if needed and upload the folder `source` stands for; returns the repository's URL.
+    What can be checked here is, before the token and the network: the id, the folder, offline mode."""
+    from huggingface_hub import HfApi, constants, get_token
 
+    check_repo_id(repo_id)
     folder, card = folder_to_upload(Path(source), what)
+    require_files(folder, card)
+    if constants.HF_HUB_OFFLINE:
+        raise hub_error(_offline_error(), repo_id)
     token = get_token()
     if token is None:
         raise TunesmithError("You are not logged in to the Hugging Face Hub (no token found), so nothing can be "
@@ -33,6 +39,43 @@ def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | N
     except Exception as exc:  # translated into advice below, or re-raised as it is
         raise hub_error(exc, repo_id) from exc
     return str(url)
+
+
+def _offline_error() -> Exception:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
+
+
+def check_repo_id(repo_id: str) -> None:
+    """The Hub's own rule for a repository id (`huggingface_hub.utils.validate_repo_id`: `name` or `owner/name`,
+    letters, digits, '-', '_', '.'), checked before anything is read or sent."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise TunesmithError(f"{repo_id!r} is not a Hub repository id: {first_line(exc)}",
+                             "Write it as owner/name (your user or organisation, then the repository's name), "
+                             "e.g. me/orders-lora; not a URL.") from None
+
+
+def require_files(folder: Path, card: Path | None) -> None:
+    if not upload_operations(folder, card):
+        raise TunesmithError(f"{folder} holds no files to upload (hidden files are left out).",
+                             "Name the folder that holds the model or adapter files.")
+
+
+def upload_plan(source: Path, repo_id: str, what: str | None = None) -> dict[str, Any]:
+    """What `push_to_hub` would upload (`push --dry-run`): the repository id, the folder, and each file with its
+    path in the repository and its size in bytes; nothing is sent and no token is needed."""
+    check_repo_id(repo_id)
+    folder, card = folder_to_upload(Path(source), what)
+    require_files(folder, card)
+    files = [{"path_in_repo": op.path_in_repo, "from": str(op.path_or_fileobj),
+              "bytes": Path(op.path_or_fileobj).stat().st_size} for op in upload_operations(folder, card)]
+    return {"repo_id": repo_id, "folder": str(folder), "files": files, "bytes": sum(f["bytes"] for f in files)}
 
 
 def folder_to_upload(source: Path, what: str | None) -> tuple[Path, Path | None]:
