@@ -27,6 +27,9 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     assert gguf.GGUFReader(merged_gguf).fields["general.architecture"] is not None
     assert gguf.GGUFReader(lora_gguf).fields["adapter.type"] is not None
     assert set(manifest) >= {"adapter", "gguf", "gguf_lora", "template_contract"}
+    # the merged checkpoint the GGUF was converted from stays: recorded (a newcomer found 540 MB nobody named)
+    assert manifest["merged"]["written_for"] == "gguf" and manifest["merged"]["path"] == "exports/merged"
+    assert run.manifest().exports["merged"].path == "exports/merged"
     # the orders answers are JSON objects of one shape: llama.cpp can hold the GGUF's answers to their schema,
     # converted to a grammar by llama-cpp-python (the gguf extra); without it there is no grammar, and no claim
     record = run.manifest().exports["gguf"]

@@ -114,7 +114,8 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     artifact = run.trained_artifact()  # a run without a trained model fails here, naming the fix
     merged = artifact if not is_adapter(artifact) else run.exports_dir / "merged"  # whole models need no merge
     if not (merged / "config.json").is_file():
-        export_merged(run_base_model(run), artifact, merged)
+        path, max_diff = export_merged(run_base_model(run), artifact, merged)
+        record_merged(run, path, max_diff)
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     write_gguf(merged, target, quant, name=recipe.name)
     verification = verify_gguf(target, merged, quant) if verify else None
@@ -135,6 +136,19 @@ def require_agreement(verification: Verification, target: Path) -> None:
         "The file is kept and marked as failed (verify.passed: false) in exports/manifest.json.",
         "Export F16 to tell quantization loss from a conversion problem (F16 should agree on 99%+); "
         "--no-verify skips this check.")
+
+
+def record_merged(run: Run, path: Path, max_diff: float) -> None:
+    """The merged checkpoint a GGUF is converted from stays (later GGUF and Ollama exports reuse it): recorded in
+    exports/manifest.json (and, by the export stage, run.json) as the `merged` format is, and said, with its size."""
+    from tunesmith.runs import tree_size
+
+    manifest_path = run.exports_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest["merged"] = {"path": run.relative(path), "max_abs_logit_diff": max_diff, "written_for": "gguf"}
+    atomic_write_json(manifest_path, manifest)
+    print(f"merged checkpoint kept at {path} ({tree_size(path) / 2**20:,.0f} MiB): the GGUF is converted from it, "
+          "and later GGUF and Ollama exports reuse it; delete it when you need the space.", file=sys.stderr)
 
 
 def record_in_manifest(run: Run, quant: str, path: Path, verification: Verification | None = None) -> None:

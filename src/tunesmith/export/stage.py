@@ -14,6 +14,7 @@ from typing import Any
 
 from tunesmith.config import EXPORT_FORMATS, Recipe
 from tunesmith.errors import TunesmithError
+from tunesmith.manifest import RunManifest
 from tunesmith.runs import Run, record_exports
 
 PLAIN_FORMATS = ("adapter", "merged")  # written together by `run_export` (one manifest)
@@ -83,6 +84,10 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
     for name in formats:
         if name in EXPORTERS:
             outcome.written[name] = EXPORTERS[name](recipe, run, options, outcome)
+    made_on_the_way = run.exports_dir / "merged"  # what a GGUF was converted from (export.gguf.record_merged)
+    if "merged" not in outcome.written and (made_on_the_way / "config.json").is_file() \
+            and "merged" not in ((run.manifest() or RunManifest()).exports or {}):
+        outcome.written["merged"] = made_on_the_way
     grammars = answer_grammars(recipe, run, outcome.written)
     record_exports(run, outcome.written, gguf_verification(run, outcome.written), grammars)
     return outcome
