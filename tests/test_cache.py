@@ -74,3 +74,19 @@ def test_naming_no_area_or_an_unknown_one_is_a_usage_error(home):
         result = tunesmith(home, "clean", *args)
         assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
     assert len(list((home / "serve").iterdir())) == 2
+
+
+def test_cleaning_the_embedded_model_says_it_needs_the_network_to_come_back(home):
+    (home / "models" / "smollm2-135m-instruct").mkdir()
+    (home / "models" / "smollm2-135m-instruct" / "config.json").write_text("{}")
+    dry = tunesmith(home, "clean", "models", "--dry-run")
+    assert dry.returncode == 0 and "in 2 entries" in dry.stderr
+    assert "smollm2-135m-instruct would be fetched again from PyPI" in dry.stderr and "network" in dry.stderr
+    (home / "serve" / "run-def-lora-F16.gguf").unlink()
+    assert "Freed 2.9 KiB in 1 entry." in tunesmith(home, "clean", "serve").stderr
+
+
+def test_a_tunesmith_home_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "home").write_text("not a folder")
+    result = tunesmith(tmp_path / "home", "list")
+    assert result.returncode == 2 and "which is a file, not a folder" in result.stderr, result.stderr

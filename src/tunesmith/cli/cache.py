@@ -61,10 +61,17 @@ def clean_command(areas: Annotated[list[str] | None, typer.Argument(
     Example: tunesmith cache clean all --dry-run
     """
     from tunesmith.models.cache import chosen_areas, clean_cache
+    from tunesmith.models.registry import EMBEDDED
 
     removed = clean_cache(chosen_areas(areas or []), older_than, dry_run)
     for entry in removed:
         err.print(f"{'would remove' if dry_run else 'removed'} {escape(str(entry.path))} ({size_text(entry.size)})",
                   highlight=False, soft_wrap=True)
     verb = "Would free" if dry_run else "Freed"
-    err.print(f"{verb} {size_text(sum(entry.size for entry in removed))} in {len(removed)} entries.", highlight=False)
+    err.print(f"{verb} {size_text(sum(entry.size for entry in removed))} in {len(removed)} "
+              f"{'entry' if len(removed) == 1 else 'entries'}.", highlight=False)
+    embedded = [entry.path.name for entry in removed if entry.area == "models" and entry.path.name in EMBEDDED]
+    if embedded:
+        err.print(f"{', '.join(embedded)} {'would be' if dry_run else 'is'} fetched again from PyPI when next used "
+                  "(about 93 MB: it needs the network, which an offline machine lacks).", highlight=False,
+                  soft_wrap=True)

@@ -10,9 +10,18 @@ import os
 import re
 from pathlib import Path
 
+from tunesmith.errors import TunesmithError
+
 
 def tunesmith_home() -> Path:
-    return Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith")).expanduser()
+    """$TUNESMITH_HOME, else ~/.cache/tunesmith. Raises TunesmithError where it names something that is not a
+    folder (a file: every cache under it would fail, or look empty)."""
+    home = Path(os.environ.get("TUNESMITH_HOME", Path.home() / ".cache" / "tunesmith")).expanduser()
+    if home.exists() and not home.is_dir():
+        raise TunesmithError(f"TUNESMITH_HOME is {home}, which is a file, not a folder.",
+                             "Point TUNESMITH_HOME at a folder (it is made when missing), or unset it for "
+                             "~/.cache/tunesmith.")
+    return home
 
 
 def models_dir() -> Path:
