@@ -382,14 +382,31 @@ def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) 
     return 1
 
 
+def adapter_folder(path: Path) -> Path:
+    """`--adapter PATH`: a PEFT adapter folder, or a run directory (its adapter/). Raises TunesmithError naming what
+    PATH is instead, before any weights load."""
+    from tunesmith.runs import Run, require_weights
+
+    if not (path / "adapter_config.json").is_file() and Run(path).recipe_file.is_file():
+        path = Run(path).trained_artifact()
+        if not (path / "adapter_config.json").is_file():
+            raise TunesmithError(f"{path.parent} trained the whole model (model/), not an adapter.",
+                                 f"Chat with the run itself: tunesmith chat {path.parent}")
+    if not (path / "adapter_config.json").is_file():
+        raise TunesmithError(f"--adapter {path}: {'no such folder' if not path.exists() else 'no adapter_config.json'}"
+                             " (it is not a PEFT adapter folder).",
+                             "Pass an adapter folder (a run's adapter/), or chat with the run directory itself.")
+    require_weights(path, "adapter_config.json")
+    return path
+
+
 def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for a model source, for a run directory (its adapter on its base, or its model/), or for a
     PEFT adapter folder that is no run (`tunesmith merge`'s combined adapter, one trained elsewhere) on the base its
     adapter_config.json names."""
-    from tunesmith.merge.inputs import adapter_base
     from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_model_source
     from tunesmith.models.templates import saved_chat_template
-    from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
+    from tunesmith.models.tuned import adapter_base, is_adapter, require_language_model, run_base_model
     from tunesmith.runs import Run
 
     device = pick_device(device)
@@ -407,6 +424,8 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
         base_dir, adapter = adapter_base(run.path), run.path
     else:
         base_dir = resolve_model_source(model_or_run)
+    if adapter is not None:
+        adapter = adapter_folder(Path(adapter).expanduser())
     # the template the adapter was trained with (saved beside it: the recipe's model.chat_template, or the base's own)
     tokenizer = load_tokenizer(base_dir, chat_template=saved_chat_template(adapter) if adapter is not None else None)
     require_chat_template(tokenizer)  # before the weights load

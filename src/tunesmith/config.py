@@ -18,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from tunesmith.errors import RecipeError
 
 
+def check_http_url(url: str) -> None:
+    """An API address must be http(s)://host...: without the scheme, urllib fails only when the first request goes
+    out (for a judge, after all of eval's generation). Raises ValueError (a recipe validator's or a CLI's error)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) address: write it whole, e.g. http://127.0.0.1:8000/v1 or "
+                         "https://api.openai.com/v1")
+
+
 def check_regex(key: str, pattern: str | None) -> None:
     """A recipe regex must compile now, not fail on the first row or completion mid-run."""
     if pattern is None:
@@ -727,6 +738,12 @@ class JudgeSection(Section):
     max_examples: int | None = Field(None, ge=1, description="Judge only the first N held-out examples.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one judge reply.")
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        check_http_url(value)
+        return value
+
 
 class LmEvalSection(Section):
     """lm-evaluation-harness tasks run on base and tuned (needs `pip install tunesmith[eval]`)."""
@@ -1025,7 +1042,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path} is a data file; this command takes a recipe (a YAML file whose data.train names "
                           "the data).", f"Write a recipe with data: {{train: {path}}} (recipes/quickstart.yaml is one "
                           f"to copy), or check the file itself with `tunesmith data inspect {path}`.")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_recipe_text(path)
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -1040,6 +1057,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         apply_override(raw, item)
     drop_keys_of_the_kind_replaced(raw, overrides or [], file_kinds)
     return validate_recipe(raw, source=path, text=text, overrides=overrides)
+
+
+def read_recipe_text(path: Path) -> str:
+    """The recipe's text: UTF-8 (a byte-order mark dropped), or UTF-16 with its byte-order mark (what PowerShell's
+    `>` writes). Raises RecipeError for anything else, with the command that converts it."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}).",
+                          f"Save it as UTF-8, e.g. `iconv -f cp1252 -t utf-8 {path} > {path.stem}.utf8{path.suffix}` "
+                          "(from Windows' encoding), or re-save it as UTF-8 in your editor.") from None
 
 
 def drop_keys_of_the_kind_replaced(raw: dict[str, Any], overrides: list[str], file_kinds: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.config import DataSection, Recipe, recipe_to_yaml
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, first_line
 from tunesmith.manifest import (
     MANIFEST_VERSION,
     BaseModelRecord,
@@ -45,8 +45,19 @@ from tunesmith.manifest import (
 Row = dict[str, Any]
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """An output file a user names (`--html FILE`, `-o FILE`) must not be a folder: said before the work that
+    fills it, not after. Its folder is made when missing (`atomic_write_bytes`)."""
+    if path.expanduser().is_dir():
+        raise TunesmithError(f"{option} {path} is a folder; it names the file to write.",
+                             f"Name a file, e.g. {path / 'out.html'}." if option == "--html" else
+                             f"Name a file inside it, e.g. {path / 'out'}.")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same directory and a rename."""
+    """Write `data` to `path` through a temporary file in the same directory and a rename (its folder made when
+    missing). Raises TunesmithError where `path` is a folder."""
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -183,6 +194,7 @@ class Run:
         """
         for folder, marker in ((self.adapter_dir, "adapter_config.json"), (self.path / "model", "config.json")):
             if (folder / marker).is_file():
+                require_weights(folder, marker)
                 return folder
         if (self.path / "baseline" / "results.json").is_file() and not self.checkpoints_dir.is_dir():
             raise TunesmithError(f"{self.path} holds the baselines `tunesmith baseline` scored before any training; "
@@ -325,6 +337,33 @@ def record_checkpoint_scores(run: Run, report_file: Path) -> None:
     current = run.manifest() or RunManifest()
     results = current.eval.results if current.eval else {}
     record_stage(run, "eval", EvalRecord(results=results, checkpoints=report_file.relative_to(run.path).as_posix()))
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")  # PEFT's adapter_model.*, transformers' model*.* and their shards
+
+
+def require_weights(folder: Path, marker: str) -> None:
+    """A trained folder holds weights beside its `marker` (adapter_config.json, config.json): one copied half-way,
+    or made by hand, is refused here, naming what is missing, rather than failing inside PEFT or transformers."""
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise TunesmithError(f"{folder} has {marker} but no weights (no .safetensors or .bin file): it was copied "
+                             "half-way, or its weights were deleted.",
+                             "Copy the folder again whole, or train the run again.")
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """A PEFT adapter's adapter_config.json as a dict. Raises TunesmithError naming the file where it cannot be read,
+    is not JSON, or is not an object."""
+    config_file = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8, not JSON
+        raise TunesmithError(f"{config_file} cannot be read as JSON ({first_line(exc)}).",
+                             "It is written by PEFT's save_pretrained: copy the adapter folder again whole.") from None
+    if not isinstance(config, dict):
+        raise TunesmithError(f"{config_file} holds {type(config).__name__}, not an adapter configuration.",
+                             "It is written by PEFT's save_pretrained: copy the adapter folder again whole.")
+    return config
 
 
 def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.errors import DataError, TunesmithError, first_line
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -258,17 +258,33 @@ def load_schema_validator(schema_file: Path, key: str = "eval.json_schema") -> A
     the recipe `key` that gave the file."""
     import jsonschema
 
+    schema = read_json_schema(schema_file, key)
     try:
-        schema = json.loads(schema_file.read_text(encoding="utf-8"))
         validator_class = jsonschema.validators.validator_for(schema)
         validator_class.check_schema(schema)
-    except FileNotFoundError:
-        raise TunesmithError(f"{key}: no such file {schema_file}.",
-                             "Give a path relative to the recipe file.") from None
-    except (json.JSONDecodeError, jsonschema.SchemaError) as exc:
+    except jsonschema.SchemaError as exc:
         raise TunesmithError(f"{key}: {schema_file} is not a valid JSON Schema: {exc}".splitlines()[0],
                              "Fix the schema file: it must be JSON and a valid JSON Schema.") from None
     return validator_class(schema)
+
+
+def read_json_schema(schema_file: Path, key: str) -> dict[str, Any]:
+    """A JSON Schema file's object. Raises TunesmithError naming `key` (the recipe key or option that gave the
+    file) where it is missing, a folder, not UTF-8, not JSON, or not an object."""
+    try:
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunesmithError(f"{key}: no such file {schema_file}.",
+                             "Give the schema file's path (in a recipe, relative to the recipe file).") from None
+    except IsADirectoryError:
+        raise TunesmithError(f"{key}: {schema_file} is a folder.", "Name the JSON Schema file itself.") from None
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise TunesmithError(f"{key}: {schema_file} cannot be read as JSON ({first_line(exc)}).",
+                             "Save the schema as UTF-8 JSON.") from None
+    if not isinstance(schema, dict):
+        raise TunesmithError(f"{key}: {schema_file} holds a JSON {type(schema).__name__}, not a JSON Schema object.",
+                             "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
+    return schema
 
 
 def user_scorer(spec: str, base_dir: Path) -> Scorer:

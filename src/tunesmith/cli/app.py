@@ -652,6 +652,10 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
     from tunesmith.eval.compare import print_compare, run_compare, write_compare_html
 
     constraint = option_constraint(json_schema, choices)
+    if html:
+        from tunesmith.runs import check_output_file
+
+        check_output_file(html, "--html")
     if regex is not None:
         from tunesmith.config import check_regex
 
@@ -712,6 +716,12 @@ def chat(model_or_run: Annotated[str, typer.Argument(
     if url:
         from tunesmith.chat import check_served_model
         from tunesmith.cli.serve import read_api_key
+        from tunesmith.config import check_http_url
+
+        try:
+            check_http_url(url)
+        except ValueError as exc:
+            raise TunesmithError(f"--url: {exc}.", "Give the server's address with http:// or https://.") from None
 
         if choices is not None:
             raise TunesmithError("--choices holds a local model to bare labels; an OpenAI-compatible server constrains "

@@ -211,8 +211,10 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Ro
     """
     from tunesmith.data.preview import preview_html, print_preview
     from tunesmith.data.workflow import data_recipe, preview_data
-    from tunesmith.runs import atomic_write_text
+    from tunesmith.runs import atomic_write_text, check_output_file
 
+    if html:
+        check_output_file(html, "--html")
     recipe = data_recipe(target, model, format_, set_)
     result = preview_data(recipe, n, skip)
     if html:

@@ -152,7 +152,11 @@ def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
     """
     from tunesmith.config import load_recipe
     from tunesmith.errors import RecipeError
+    from tunesmith.runs import atomic_write_text, check_output_file
     from tunesmith.train.launch import SCRIPT_KINDS, slurm_script, torchrun_script
+
+    if output is not None:
+        check_output_file(output, "--output")
 
     if kind not in SCRIPT_KINDS:
         raise RecipeError(f"Unknown launch-script kind {kind!r}.", f"Choose one of: {', '.join(SCRIPT_KINDS)}.")
@@ -169,7 +173,7 @@ def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
     if output is None:
         print(text, end="")
         return
-    output.write_text(text, encoding="utf-8")
+    atomic_write_text(output, text)
     output.chmod(0o755)
     err.print(f"wrote {output} ({kind}, {nodes} node(s) x {gpus_per_node}); "
               + ("submit it with: sbatch " if kind == "slurm" else "run it on every node: bash ") + str(output), **SHOW)

@@ -19,6 +19,7 @@ from tunesmith.config import Recipe
 from tunesmith.data.answers import classify_answers, row_answer
 from tunesmith.data.shapes import Row
 from tunesmith.errors import TunesmithError
+from tunesmith.scoring import read_json_schema
 
 ConstraintKind = Literal["choices", "json_schema", "regex"]
 HOW_TO_SET = ("set eval.choices (the labels), eval.json_schema (a JSON Schema file) or eval.regex in the recipe, "
@@ -67,16 +68,7 @@ def choices_constraint(choices: list[str], source: str) -> Constraint:
 
 def schema_file_constraint(path: Path, source: str) -> Constraint:
     """A JSON Schema file, read and checked now (a missing or broken file fails before any model loads)."""
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TunesmithError(f"{source}: no such file {path}.", "Point it at a JSON Schema file.") from None
-    except ValueError as exc:
-        raise TunesmithError(f"{source}: {path} is not JSON ({exc}).", "Fix the schema file.") from None
-    if not isinstance(schema, dict):
-        raise TunesmithError(f"{source}: {path} holds a JSON {type(schema).__name__}, not a JSON Schema object.",
-                             "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
-    return Constraint("json_schema", json.dumps(schema), source)
+    return Constraint("json_schema", json.dumps(read_json_schema(path, source)), source)
 
 
 KIND_WORDS = {"numbers": "numbers", "tool_calls": "tool calls", "short": "short values of no one shape"}

@@ -56,7 +56,7 @@ def load_prompts(path: Path, reference_key: str | None = None) -> list[PromptRow
     _, records = read_records(Path(path))
     values = [r.value for r in records if isinstance(r.value, dict)]
     if values and all(is_prompt_only(value) for value in values):
-        rows = [PromptRow(prompt_messages(value), None) for value in values]
+        rows = [PromptRow(prompt_messages(r.value, r.where), None) for r in records if isinstance(r.value, dict)]
     elif any(is_prompt_only(value) for value in values):  # some rows with answers, some without: each as it is
         rows = [prompt_row(record.value, record.where) for record in records if isinstance(record.value, dict)]
     else:
@@ -72,7 +72,7 @@ def prompt_row(value: dict[str, Any], where: str) -> PromptRow:
     from tunesmith.data.shapes import RowProblem, as_conversation, detect_layout, normalise_record
 
     if is_prompt_only(value):
-        return PromptRow(prompt_messages(value), None)
+        return PromptRow(prompt_messages(value, where), None)
     layout = detect_layout(value)
     try:
         if layout is None:
@@ -89,14 +89,22 @@ def is_prompt_only(value: dict[str, Any]) -> bool:
     if "prompt" in value and "completion" not in value:
         return True
     messages = value.get("messages")
-    return isinstance(messages, list) and bool(messages) and messages[-1].get("role") != "assistant"
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+            and messages[-1].get("role") != "assistant")
 
 
-def prompt_messages(value: dict[str, Any]) -> list[dict[str, Any]]:
-    if "messages" in value:
-        return value["messages"]
-    prompt = value["prompt"]
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+def prompt_messages(value: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A prompt-only row's conversation: its messages, or its prompt (text, or messages). Raises TunesmithError
+    naming the row (`where`: file and line) when it is neither text nor messages of a role and text content."""
+    prompt = value["messages"] if "messages" in value else value["prompt"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and (isinstance(m.get("content"), str) or m.get("tool_calls")) for m in messages)):
+        raise TunesmithError(f"{where}: the prompt is neither text nor a list of messages with a role and text "
+                             f"content (got {json.dumps(prompt, ensure_ascii=False)[:80]}).",
+                             'Write it as {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}.')
+    return messages
 
 
 def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, path: Path) -> list[PromptRow]:
@@ -108,9 +116,8 @@ def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, p
 
 def adapter_source(target: str | Path) -> AdapterSource:
     """A run directory (its adapter/ and recipe's model) or a PEFT adapter folder (its adapter_config.json)."""
-    from tunesmith.models import resolve_model_source
-    from tunesmith.models.tuned import is_adapter, require_language_model, run_base_model
-    from tunesmith.runs import Run
+    from tunesmith.models.tuned import adapter_base, is_adapter, require_language_model, run_base_model
+    from tunesmith.runs import Run, require_weights
 
     path = Path(target).expanduser()
     run = Run(path)
@@ -127,8 +134,8 @@ def adapter_source(target: str | Path) -> AdapterSource:
     if not config_file.is_file():
         raise TunesmithError(f"{path} is neither a run directory (recipe.yaml) nor a PEFT adapter "
                              "(adapter_config.json).", "Pass run directories or adapter folders.")
-    base_name = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
-    base = Path(base_name) if Path(base_name).is_dir() else resolve_model_source(base_name)
+    require_weights(path, "adapter_config.json")
+    base = adapter_base(path)
     name = path.resolve().parent.name if path.name == "adapter" else path.resolve().name
     return AdapterSource(name, path, base.resolve())
 

@@ -3,7 +3,6 @@ checkpoint folder, resolved to an adapter (with the base it was trained on) or a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,24 +38,19 @@ def resolve_input(target: str | Path, base_override: Path | None = None) -> Merg
         base = base_override or run_base_model(run)
         return MergeInput("adapter" if is_adapter(artifact) else "model", artifact, base, str(target))
     if (path / "adapter_config.json").is_file():
+        from tunesmith.models.tuned import adapter_base
+        from tunesmith.runs import require_weights
+
+        require_weights(path, "adapter_config.json")
         return MergeInput("adapter", path, base_override or adapter_base(path), str(target))
     if (path / "config.json").is_file():
         return MergeInput("model", path, base_override, str(target))
+    if not path.exists():
+        raise TunesmithError(f"{path} does not exist.", "Pass run directories, adapter folders or checkpoint folders "
+                             "(`tunesmith runs list` shows the runs).")
     raise TunesmithError(f"{path} is not a run directory (recipe.yaml), a PEFT adapter (adapter_config.json) "
                          "or a model checkpoint (config.json).",
                          "Pass run directories, adapter folders or checkpoint folders.")
-
-
-def adapter_base(adapter_dir: Path) -> Path:
-    """The base an adapter folder names in adapter_config.json (a local folder, an alias or a Hub id)."""
-    from tunesmith.models import resolve_model_source
-
-    name = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get(
-        "base_model_name_or_path") or ""
-    if not name:
-        raise TunesmithError(f"{adapter_dir}/adapter_config.json does not say which base model it was trained on.",
-                             "Pass the base model with --base MODEL.")
-    return (Path(name) if Path(name).is_dir() else resolve_model_source(name)).resolve()
 
 
 def one_kind(inputs: list[MergeInput]) -> Literal["adapter", "model"]:

@@ -47,6 +47,19 @@ def require_language_model(run: Run, action: str) -> None:
                              f"{action} a language-model run instead.")
 
 
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base a PEFT adapter folder names in adapter_config.json (`base_model_name_or_path`: a local folder, an
+    alias or a Hub id), resolved. Raises TunesmithError where the file cannot be read or names no base."""
+    from tunesmith.runs import read_adapter_config
+
+    name = read_adapter_config(adapter_dir).get("base_model_name_or_path") or ""
+    if not isinstance(name, str) or not name:
+        raise TunesmithError(f"{adapter_dir}/adapter_config.json does not say which base model it was trained on.",
+                             "Pass the base model with --base MODEL (merge), or use a run directory, whose recipe "
+                             "names it.")
+    return (Path(name) if Path(name).is_dir() else resolve_model_source(name)).resolve()
+
+
 def is_adapter(artifact: Path) -> bool:
     """A PEFT adapter folder (adapter_config.json) rather than a whole model (config.json)."""
     return (artifact / "adapter_config.json").is_file()

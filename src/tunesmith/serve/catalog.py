@@ -22,7 +22,7 @@ from tunesmith.config import GGUF_LORA_KINDS, DataSection, Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.tuned import is_adapter, run_base_model
-from tunesmith.runs import Run, open_run
+from tunesmith.runs import Run, open_run, read_adapter_config
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 DEFAULT_QUANT = "F16"  # the GGUF type written for a base or a merged run when none is asked for
@@ -122,7 +122,7 @@ def folder_model(name: str | None, target: str, quant: str, export: bool,
 
     Raises TunesmithError for an adapter kind llama.cpp cannot apply (merge it first) and for a model that cannot
     be found (`served_model_source`)."""
-    from tunesmith.merge.inputs import adapter_base
+    from tunesmith.models.tuned import adapter_base
 
     folder = Path(target).expanduser()
     if not is_adapter(folder):
@@ -183,7 +183,7 @@ def source_name(source: str, base_dir: Path) -> str:
 
 
 def lora_rank(adapter_dir: Path) -> int | None:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_adapter_config(adapter_dir)
     ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
     ranks = [r for r in ranks if isinstance(r, int)]
     return max(ranks) if ranks else None
