@@ -138,6 +138,8 @@ def load_tools_file(path: Path) -> list[dict[str, Any]]:
                              hint) from None
     except DataError as exc:
         raise TunesmithError(f"--tools {path}: {exc.message}", hint) from None
+    except UnicodeDecodeError as exc:
+        raise TunesmithError(f"--tools {path} is not UTF-8 text (byte {exc.start}).", "Save it as UTF-8.") from None
     if not request_tool_names(schemas):
         raise TunesmithError(f"--tools {path} names no function.", hint)
     return schemas

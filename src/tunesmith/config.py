@@ -81,7 +81,14 @@ class CleanSection(Section):
     min_tokens: int | None = Field(None, ge=1, description="Drop rows shorter than this (model's tokenizer).")
     max_tokens: int | None = Field(None, ge=1, description="Drop rows longer than this (model's tokenizer).")
     drop_refusals: bool = Field(False, description='Drop rows whose answers are refusals ("As an AI...").')
-    languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1).")
+    languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1 codes, "
+                                                                  "e.g. en; written in capitals, they are read "
+                                                                  "lower-case).")
+
+    @field_validator("languages")
+    @classmethod
+    def _lower_case_codes(cls, value: list[str]) -> list[str]:
+        return [code.strip().lower() for code in value]
     language_confidence: float = Field(0.5, ge=0, le=1)
     dedup: Literal["off", "exact", "near"] = Field(
         "exact", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
@@ -619,7 +626,8 @@ class TrainingSection(Section):
                                                       "steps are set to fill what is left (at most 3 epochs) from a "
                                                       "measurement of this machine's step time; max_steps/epochs win "
                                                       "when given, and training stops at the budget either way.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds Python, NumPy and torch (transformers' set_seed, "
+                                                       "which NumPy limits to 0 ... 2**32 - 1).")
     distributed: DistributedSection = Field(
         default_factory=DistributedSection,
         description="Several processes on one run: none | ddp | fsdp | deepspeed-zero2 | deepspeed-zero3, or a "

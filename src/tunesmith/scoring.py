@@ -499,11 +499,13 @@ def score_answers(scorer: Scorer, answers: list[str], references: list[str]) -> 
 
 
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of every numeric score, plus per-field accuracy for JSON tasks and per-label accuracy (recall of
-    each reference label) for label_accuracy."""
+    """Mean of every numeric score every example has (a user metric that returns other keys on some rows keeps
+    only the shared ones), plus per-field accuracy for JSON tasks and per-label accuracy (recall of each reference
+    label) for label_accuracy."""
     if not scores:
         return {}
-    keys = [k for k, v in scores[0].items() if isinstance(v, float)]
+    keys = [k for k, v in scores[0].items() if isinstance(v, float)
+            and all(isinstance(s.get(k), float) for s in scores)]  # a user metric's keys may differ between rows
     summary = {k: round(sum(s[k] for s in scores) / len(scores), 4) for k in keys}
     if "fields" in scores[0]:
         for field in scores[0]["fields"]:

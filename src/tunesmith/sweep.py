@@ -7,6 +7,7 @@ process-wide and never go down). Every combination's recipe is validated before 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -120,9 +121,21 @@ def combinations(axes: list[GridAxis]) -> list[Combination]:
         raise RecipeError(f"--grid names the same key twice: {', '.join(twice)}.",
                           "Give each key one --grid with all its values.")
     short = short_keys(keys)
-    return [Combination(",".join(f"{s}={value_label(v)}" for s, v in zip(short, values, strict=True)),
+    return [Combination(folder_name(",".join(f"{s}={value_label(v)}" for s, v in zip(short, values, strict=True))),
                         tuple(f"{k}={v}" for k, v in zip(keys, values, strict=True)))
             for values in itertools.product(*(axis.values for axis in axes))]
+
+
+MAX_COMBINATION_NAME = 100  # characters of a combination's folder name; file systems allow 255 bytes
+
+
+def folder_name(name: str) -> str:
+    """`name` as a folder name: cut to MAX_COMBINATION_NAME characters where longer (a --grid of system prompts),
+    ending in a hash of the whole name so that two long names stay apart."""
+    if len(name) <= MAX_COMBINATION_NAME:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[:MAX_COMBINATION_NAME - 9]}~{digest}"
 
 
 def short_keys(keys: list[str]) -> list[str]:

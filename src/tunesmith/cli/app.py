@@ -65,10 +65,10 @@ def bench_train(
         variants: Annotated[str, typer.Option(help="Comma-separated: trl-plain, trl-expert, tunesmith, "
                                                           "tunesmith-no-replay, tunesmith-checkpointing.")] =
         "trl-plain,trl-expert,tunesmith",
-        rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
-        spread_rows: Annotated[int, typer.Option(help="Training rows of the 40-1,000-token spread set.")] = 24,
-        batch_size: Annotated[int, typer.Option(help="Rows per optimizer step, for every variant.")] = 8,
-        max_length: Annotated[int, typer.Option(help="max_length (the spread set uses at least 1,024).")] = 512,
+        rows: Annotated[int, typer.Option(min=1, help="Training rows of quickstart and tickets (one epoch).")] = 64,
+        spread_rows: Annotated[int, typer.Option(min=1, help="Training rows of the 40-1,000-token spread set.")] = 24,
+        batch_size: Annotated[int, typer.Option(min=1, help="Rows per optimizer step, for every variant.")] = 8,
+        max_length: Annotated[int, typer.Option(min=1, help="max_length (the spread set uses at least 1,024).")] = 512,
         model: Annotated[str, typer.Option(help="Model source.")] = "smollm2-135m-instruct",
         out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None) -> None:
     """Training speed, memory and quality of tunesmith's defaults against plain TRL scripts, on the same work.
@@ -89,10 +89,11 @@ def bench_train(
 
 @bench_app.command("all")
 def bench_all(
-        rows: Annotated[int, typer.Option(help="Training rows of quickstart and tickets (one epoch).")] = 64,
-        prepare_rows: Annotated[int, typer.Option(help="Synthetic rows for `data prepare`.")] = 20_000,
-        steps: Annotated[int, typer.Option(help="Training steps of the run whose eval and export are timed.")] = 8,
-        eval_examples: Annotated[int, typer.Option(help="Held-out rows that run's eval answers.")] = 32,
+        rows: Annotated[int, typer.Option(min=1, help="Training rows of quickstart and tickets (one epoch).")] = 64,
+        prepare_rows: Annotated[int, typer.Option(min=1, help="Synthetic rows for `data prepare`.")] = 20_000,
+        steps: Annotated[int, typer.Option(min=1, help="Training steps of the run whose eval and export are "
+                                                      "timed.")] = 8,
+        eval_examples: Annotated[int, typer.Option(min=1, help="Held-out rows that run's eval answers.")] = 32,
         model: Annotated[str, typer.Option(help="Model source.")] = "smollm2-135m-instruct",
         out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None) -> None:
     """Every stage's speed on this machine in one invocation: training against the TRL expert's script, data
@@ -634,10 +635,10 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
                 help="Metric name or module:function (repeatable; default exact_match and chrf).")] = None,
             reference_key: Annotated[str | None, typer.Option(help="Column holding the reference answer.")] = None,
             html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
-            max_new_tokens: Annotated[int | None, typer.Option(
+            max_new_tokens: Annotated[int | None, typer.Option(min=1,
                 help="Tokens generated per answer (default: from the reference answers' lengths, as eval's auto; "
                      "128 without references).")] = None,
-            batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+            batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
             as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
             json_schema: JsonSchemaOption = None, choices: ChoicesOption = None,
             regex: Annotated[str | None, typer.Option(
@@ -678,7 +679,7 @@ def chat(model_or_run: Annotated[str, typer.Argument(
                                           "(on the base its adapter_config.json names).")],
          adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
          system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-         max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256,
+         max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per reply.")] = 256,
          url: Annotated[str | None, typer.Option(
              help="Talk to a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000/v1); "
                   "MODEL_OR_RUN is then the served model's name.")] = None,

@@ -199,7 +199,7 @@ def prepare(target: Target, out: Annotated[Path | None, typer.Option(
 
 @data_app.command()
 def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Rows to render.")] = 3,
-            skip: Annotated[int, typer.Option(help="Start after this many rows.")] = 0,
+            skip: Annotated[int, typer.Option(min=0, help="Start after this many rows.")] = 0,
             html: Annotated[Path | None, typer.Option(help="Also write the view as an HTML file.")] = None,
             model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
             as_json: JsonOption = False) -> None:

@@ -37,7 +37,7 @@ def merge(inputs: Annotated[list[str], typer.Argument(
               "--into-base", help="Several adapters: also merge the combined adapter into the base.")] = False,
           max_shard_size: Annotated[str, typer.Option(help="Split safetensors into shards of at most this size.")
                                     ] = "5GB",
-          seed: Annotated[int, typer.Option(help="Seed of dare's random drops.")] = 0,
+          seed: Annotated[int, typer.Option(min=0, help="Seed of dare's random drops.")] = 0,
           tolerance: Annotated[float, typer.Option(
               help="Largest max |logit difference| allowed between the fp32 merge and base+adapter.")] = 1e-2,
           as_json: Annotated[bool, typer.Option("--json", help="Print merge.json on stdout.")] = False) -> None:

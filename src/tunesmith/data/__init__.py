@@ -48,6 +48,11 @@ def holds_out(row: Row, fraction: float) -> bool:
     return int(row_hash(row)[:8], 16) / 0xFFFFFFFF < fraction
 
 
+# The recipe key behind each cleaning step (data/prepare.py's Step names), as an error names it
+STEP_KEYS = {"token_length": "data.clean.min_tokens/max_tokens", "refusals": "data.clean.drop_refusals",
+             "language": "data.clean.languages", "dedup_exact": "data.clean.dedup", "dedup_near": "data.clean.dedup"}
+
+
 def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
                 purpose: str = "supervised fine-tuning", tokenizer: Any = None) -> Splits:
     """Train and eval rows in one canonical shape from `accept`, cleaned as `data.clean` says.
@@ -75,6 +80,13 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
         shapes.add(loaded.shape)
         cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
         cleaning[split] = with_places(steps_report(cleaned.steps), loaded.place)
+        if loaded.rows and not cleaned.rows:  # nothing would train (or be scored): said, not written out empty
+            removed = "; ".join(f"{step.removed} by {STEP_KEYS.get(step.name, step.name)}" for step in cleaned.steps
+                                if step.removed)
+            raise DataError(f"data.{split}: cleaning removed all {len(loaded.rows)} rows of {path} ({removed}).",
+                            "Loosen that step (data.clean.languages takes ISO 639-1 codes such as en; min_tokens "
+                            "and max_tokens bound a row's tokens), or turn it off; `tunesmith data inspect` shows "
+                            "what each step removes.")
         return cleaned.rows
 
     train_path = data_source(recipe, data.train)

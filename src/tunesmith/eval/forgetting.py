@@ -35,8 +35,13 @@ def load_probes(path: Path) -> list[dict[str, Any]]:
     """The probe rows of a JSONL file, each checked (prompt, a known check, an answer where it needs one)."""
     if not path.is_file():
         raise TunesmithError(f"eval.probe_file: no such file {path}.", "Give a path relative to the recipe file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TunesmithError(f"eval.probe_file: {path} is not UTF-8 text (byte {exc.start}).",
+                             "Save it as UTF-8.") from None
     probes = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -200,7 +200,11 @@ def read_rubric(recipe: Any) -> str:
     path: Path = recipe.resolve_path(rubric)
     if not path.is_file():
         raise TunesmithError(f"eval.judge.rubric: no such file {path}.", "Give a path relative to the recipe file.")
-    return path.read_text(encoding="utf-8").strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise TunesmithError(f"eval.judge.rubric: {path} is not UTF-8 text (byte {exc.start}).",
+                             "Save it as UTF-8.") from None
 
 
 def _mean(values: list[float]) -> float:

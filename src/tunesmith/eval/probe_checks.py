@@ -63,13 +63,26 @@ CHECKS: dict[str, Callable[[str, Any], bool]] = {
 
 
 def validate_probe(probe: dict[str, Any], where: str) -> None:
-    """A probe row needs a prompt, a known check and (for most checks) an expected answer."""
+    """A probe row needs a prompt, a known check and (for most checks) an expected answer: a number for `number`,
+    a whole number for `word_count` (checked here, not after the probes were generated)."""
+    if not isinstance(probe, dict):
+        raise TunesmithError(f"{where}: a probe is a JSON object, not a {type(probe).__name__}.",
+                             'Write it as {"prompt": "...", "check": "contains", "answer": "..."}.')
     if not isinstance(probe.get("prompt"), str) or not probe["prompt"].strip():
         raise TunesmithError(f"{where}: a probe needs a non-empty 'prompt'.")
     if probe.get("check") not in CHECKS:
         raise TunesmithError(f"{where}: unknown check {probe.get('check')!r}.", f"Use one of {', '.join(CHECKS)}.")
     if probe["check"] != "all_caps" and probe.get("answer") is None:
         raise TunesmithError(f"{where}: the {probe['check']!r} check needs an 'answer'.")
+    if probe["check"] in ("number", "word_count"):
+        try:
+            value = float(probe["answer"])
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (probe["check"] == "word_count" and value != int(value)):
+            kind = "a number" if probe["check"] == "number" else "a whole number of words"
+            raise TunesmithError(f"{where}: the {probe['check']!r} check needs {kind} as its 'answer', got "
+                                 f"{probe['answer']!r}.", "Write the answer as digits, e.g. \"answer\": 5.")
     if probe["check"] == "regex":
         try:
             re.compile(str(probe["answer"]))

@@ -276,6 +276,9 @@ def shared_run(recipe: Recipe, path: Path, main: bool | None = None) -> Run:
 
     path = path.expanduser().resolve()
     recipe_file = path / "recipe.yaml"
+    if path.exists() and not path.is_dir():
+        raise TunesmithError(f"--run-dir {path} is a file; it names the run's folder.",
+                             "Name a new folder (it is made), or a run directory this recipe started.")
     if not (this_rank().is_main if main is None else main):
         wait_for_file(recipe_file, RUN_DIR_WAIT_S, "the run directory")
         return open_run(path)

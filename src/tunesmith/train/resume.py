@@ -125,6 +125,14 @@ def initial_weights(recipe: Recipe) -> Path | None:
     if not (path / "adapter_config.json").is_file():
         raise RecipeError(f"{key}: {path} is neither a finished tunesmith run nor a PEFT adapter folder "
                           "(no adapter_config.json).", "Pass a run directory or an adapter folder.")
+    if not (path / "adapter_model.safetensors").is_file():
+        older = (path / "adapter_model.bin").is_file()
+        raise RecipeError(f"{key}: {path} has no adapter_model.safetensors"
+                          + (" (only adapter_model.bin, the pickle format older PEFT versions wrote)." if older else
+                             " (its weights are missing: copied half-way?)."),
+                          "Load it with PEFT and save it again (`PeftModel.from_pretrained(base, path)"
+                          ".save_pretrained(new_path)` writes safetensors), then pass the new folder." if older else
+                          "Copy the adapter folder again whole, or pass another run.")
     if recipe.adapter.kind in ("full", "partial", "hft"):
         raise RecipeError(f"{key} is an adapter, but adapter.kind={recipe.adapter.kind} trains the model itself.",
                           "Use an adapter kind that matches it (e.g. lora), or merge it and set model.source.")
