@@ -70,6 +70,9 @@ def test_a_run_uploads_its_adapter_with_its_model_card(tmp_path):
     operations = upload_operations(folder, card)
     assert all(isinstance(op, CommitOperationAdd) for op in operations)
     assert sorted(op.path_in_repo for op in operations) == ["README.md", "adapter_config.json"]
+    (run / "adapter" / "README.md").write_text("# Model Card for Model ID\n", encoding="utf-8")  # PEFT's template
+    readme = [op for op in upload_operations(folder, card) if op.path_in_repo == "README.md"]
+    assert len(readme) == 1 and readme[0].path_or_fileobj == str(run / "README.md")  # the run's card wins
 
 
 def test_hidden_temporary_files_are_not_uploaded(folder):

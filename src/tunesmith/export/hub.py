@@ -106,14 +106,17 @@ def folder_to_upload(source: Path, what: str | None) -> tuple[Path, Path | None]
 
 
 def upload_operations(folder: Path, card: Path | None) -> list:
-    """Every file under `folder` (hidden temporary files skipped), and the card as README.md if it has none."""
+    """Every file under `folder` (hidden temporary files skipped); a run's model card goes up as README.md in place
+    of the folder's own (PEFT's save_pretrained writes an empty template card there, naming the base by its local
+    path)."""
     from huggingface_hub import CommitOperationAdd
 
     files = [p for p in sorted(folder.rglob("*")) if p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+             and not (card is not None and p == folder / "README.md")]
     operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
                   for p in files]
-    if card is not None and not (folder / "README.md").is_file():
+    if card is not None:
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card)))
     return operations
 
