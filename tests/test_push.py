@@ -119,3 +119,25 @@ def test_a_dry_run_lists_what_would_go_up_without_a_token(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "adapter_config.json  (2 bytes" in result.stderr and "README.md  (7 bytes" in result.stderr
     assert "Would upload 2 file(s), 9 bytes, to me/orders-lora" in result.stderr
+
+
+def test_an_adapter_trained_on_a_hub_model_goes_up_naming_that_id_as_its_base(tmp_path):
+    """PEFT writes the base's snapshot folder on this machine into adapter_config.json: uploaded as it is, nobody
+    else could load the adapter. The uploaded copy names the recipe's Hub id; the file here is left alone."""
+    import json
+
+    from tunesmith.export.hub import hub_base_id, upload_plan
+
+    run = make_run(tmp_path)
+    (run / "recipe.yaml").write_text("model:\n  source: someone/base-model\ndata:\n  train: t.jsonl\n")
+    local = {"base_model_name_or_path": "/home/me/.cache/huggingface/hub/models--someone--base-model/snapshots/1"}
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(local), encoding="utf-8")
+    assert hub_base_id(run) == "someone/base-model"
+    folder, card = folder_to_upload(run, None)
+    config = next(op for op in upload_operations(folder, card, "someone/base-model")
+                  if op.path_in_repo == "adapter_config.json")
+    assert json.loads(config.path_or_fileobj)["base_model_name_or_path"] == "someone/base-model"
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text()) == local
+    assert "its base named someone/base-model" in upload_plan(run, "me/x")["files"][0]["from"]
+    (run / "recipe.yaml").write_text("data:\n  train: t.jsonl\n")  # the embedded model: no Hub id to name
+    assert hub_base_id(run) is None

@@ -7,6 +7,7 @@ one message naming the fix: `hf auth login` or HF_TOKEN.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | N
     check_repo_id(repo_id)
     folder, card = folder_to_upload(Path(source), what)
     require_files(folder, card)
+    base_id = hub_base_id(Path(source))
     if constants.HF_HUB_OFFLINE:
         raise hub_error(_offline_error(), repo_id)
     token = get_token()
@@ -34,7 +36,7 @@ def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | N
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.create_commit(repo_id, upload_operations(folder, card), commit_message="Upload with tunesmith",
+        api.create_commit(repo_id, upload_operations(folder, card, base_id), commit_message="Upload with tunesmith",
                           repo_type="model")
     except Exception as exc:  # translated into advice below, or re-raised as it is
         raise hub_error(exc, repo_id) from exc
@@ -73,8 +75,12 @@ def upload_plan(source: Path, repo_id: str, what: str | None = None) -> dict[str
     check_repo_id(repo_id)
     folder, card = folder_to_upload(Path(source), what)
     require_files(folder, card)
-    files = [{"path_in_repo": op.path_in_repo, "from": str(op.path_or_fileobj),
-              "bytes": Path(op.path_or_fileobj).stat().st_size} for op in upload_operations(folder, card)]
+    base_id = hub_base_id(Path(source))
+    files = [{"path_in_repo": op.path_in_repo,
+              "from": str(op.path_or_fileobj) if not isinstance(op.path_or_fileobj, bytes)
+              else f"{folder / op.path_in_repo}, its base named {base_id}",
+              "bytes": len(op.path_or_fileobj) if isinstance(op.path_or_fileobj, bytes)
+              else Path(op.path_or_fileobj).stat().st_size} for op in upload_operations(folder, card, base_id)]
     return {"repo_id": repo_id, "folder": str(folder), "files": files, "bytes": sum(f["bytes"] for f in files)}
 
 
@@ -105,20 +111,49 @@ def folder_to_upload(source: Path, what: str | None) -> tuple[Path, Path | None]
                          f"Export it first: tunesmith export {run.path} --format {fmt}")
 
 
-def upload_operations(folder: Path, card: Path | None) -> list:
+def upload_operations(folder: Path, card: Path | None, base_id: str | None = None) -> list:
     """Every file under `folder` (hidden temporary files skipped); a run's model card goes up as README.md in place
     of the folder's own (PEFT's save_pretrained writes an empty template card there, naming the base by its local
-    path)."""
+    path). With `base_id` (the Hub id the run's recipe trained on), an adapter's adapter_config.json goes up naming
+    that id as its base, not the snapshot folder on this machine, so `AutoPeftModelForCausalLM.from_pretrained` of
+    the repository finds the base anywhere."""
     from huggingface_hub import CommitOperationAdd
 
     files = [p for p in sorted(folder.rglob("*")) if p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)
              and not (card is not None and p == folder / "README.md")]
-    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
+                                     path_or_fileobj=config_naming(p, base_id) if p == folder / "adapter_config.json"
+                                     and base_id else str(p))
                   for p in files]
     if card is not None:
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card)))
     return operations
+
+
+def config_naming(config_file: Path, base_id: str) -> bytes:
+    """adapter_config.json with `base_model_name_or_path` set to `base_id`, as bytes to upload (the file here stays
+    as it is)."""
+    from tunesmith.runs import read_adapter_config
+
+    config = {**read_adapter_config(config_file.parent), "base_model_name_or_path": base_id}
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def hub_base_id(source: Path) -> str | None:
+    """The Hub id a run's recipe trained on (model.source `owner/name`), or None: an embedded model, a local folder,
+    any folder that is no run."""
+    from tunesmith.runs import Run
+
+    run = Run(source)
+    if not run.recipe_file.is_file():
+        return None
+    try:
+        model = run.load_recipe().model.source
+    except TunesmithError:  # a recipe of another version: the files go up as they are
+        return None
+    looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).exists()
+    return model if looks_like_id else None
 
 
 def hub_error(exc: Exception, repo_id: str) -> Exception:
