@@ -30,6 +30,11 @@ class JudgeHandler(BaseHTTPRequestHandler):
     `behaviour` on the server switches to a judge that always picks A, or to broken replies.
     """
 
+    def do_GET(self):
+        if self.path != "/v1/models":
+            return self.reply(404, {"error": {"message": f"no route {self.path}"}})
+        return self.reply(200, {"object": "list", "data": [{"id": "stub-judge", "object": "model"}]})
+
     def do_POST(self):
         if self.path != "/v1/chat/completions":
             return self.reply(404, {"error": {"message": f"no route {self.path}"}})
@@ -41,7 +46,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
         behaviour = self.server.behaviour
         if behaviour == "not-json":
             return self.send_raw(200, b"<html>proxy error</html>")
-        if behaviour == "garbage":
+        if behaviour == "garbage" or (behaviour == "half" and "2 + 2?" in user):
             content = "I am not sure, both are fine I guess."
         elif "Verdict" in system:
             content = self.verdict(user, behaviour)
@@ -197,3 +202,60 @@ def test_a_missing_rubric_fails_before_any_model_loads(tmp_path, tiny_model_dir)
     recipe = load_recipe(recipe_file, ["eval.judge={url: 'http://127.0.0.1:9/v1', model: m, rubric: nope.txt}"])
     with pytest.raises(TunesmithError, match=r"eval\.judge\.rubric: no such file"):
         run_eval(recipe, create_run(recipe, tmp_path / "runs"))
+
+
+def test_a_reply_without_a_score_is_counted_and_kept_not_fatal(judge):
+    """One of four examples gets a reply without a score: it is counted and left out (of the means and of the
+    paired comparison), and every reply is kept, to see why the judge scored what it did."""
+    judge.behaviour = "half"
+    results = judge_outputs(settings(judge), DEFAULT_RUBRIC, PROMPTS, REFERENCES, OUTPUTS)
+    assert results["unparsed"] == {"base": 1, "tuned": 1}
+    assert results["per_example"]["tuned"] == [9, None, 9, 2] and results["tuned"]["judge_score"] == round(20 / 3, 4)
+    entry = results["comparison"]["judge_score"]
+    assert entry["wins"] + entry["losses"] + entry["ties"] == 3
+    assert results["replies"]["tuned"][1].startswith("I am not sure")
+    pairwise = judge_outputs(settings(judge, mode="pairwise"), "r", PROMPTS, REFERENCES, OUTPUTS)
+    assert pairwise["unparsed"] == {"tuned": 1} and pairwise["verdicts"][1] == [None, None]
+
+
+def test_the_judge_is_checked_before_any_model_loads(judge):
+    """The endpoint, the judge model's name (GET /models) and pairwise without a base: said in seconds, not after
+    every answer was generated."""
+    import socket
+
+    from tunesmith.eval.judge import check_judge, key_variable
+
+    check_judge(settings(judge), True)
+    with pytest.raises(TunesmithError, match=r"eval\.judge\.model 'gpt-4o' is not served .*\(it serves stub-"):
+        check_judge(settings(judge, model="gpt-4o"), True)
+    with pytest.raises(TunesmithError, match=r"eval\.compare_base is false"):
+        check_judge(settings(judge, mode="pairwise"), False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TunesmithError, match="cannot be reached") as unreachable:
+        check_judge(settings(judge, url=f"http://127.0.0.1:{port}/v1"), True)
+    assert "checked before any model loads" in unreachable.value.hint
+    assert key_variable("http://127.0.0.1:8000/v1", None) is None  # OPENAI_API_KEY is not sent to another server
+    assert key_variable("https://api.openai.com/v1", None) == "OPENAI_API_KEY"
+    assert key_variable("http://127.0.0.1:8000/v1", "MY_KEY") == "MY_KEY"
+
+
+def test_a_judge_that_fails_after_the_answers_keeps_the_other_results(judge, tmp_path, tiny_model_dir):
+    """The judge fails once every answer is generated: results.json is saved with the task metrics and the failure
+    (add_on_errors), and eval still ends with the judge's error and fix (exit 2)."""
+    from tunesmith.eval.add_ons import AddOnFailedError
+
+    recipe_file = make_tiny_project(tmp_path, tiny_model_dir, eval_rows=2)
+    recipe = load_recipe(recipe_file, ["training.max_steps=2", "eval.probes=false",
+                                       f"eval.judge.url=http://127.0.0.1:{judge.server_port}/v1",
+                                       "eval.judge.model=stub-judge",
+                                       "eval.judge.api_key_env=TUNESMITH_TEST_JUDGE_KEY"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    judge.behaviour = "not-json"
+    with pytest.raises(AddOnFailedError, match=r"eval\.judge failed: .*did not return a chat completion"):
+        run_eval(recipe, run)
+    results = json.loads((run.eval_dir / "results.json").read_text())
+    assert "exact_match" in results["tuned"] and "judge" not in results
+    assert "did not return a chat completion" in results["add_on_errors"]["judge"]["error"]

@@ -156,3 +156,34 @@ def test_long_grid_values_make_folder_names_that_fit_and_stay_apart():
     prompts = ",".join(f'"{"You answer in JSON only, with every field the order names. " * 3}{n}"' for n in range(2))
     names = [combo.name for combo in combinations([parse_grid(f"data.system_prompt={prompts}")])]
     assert len(set(names)) == 2 and all(len(name) <= MAX_COMBINATION_NAME for name in names)
+
+
+def test_set_reaches_an_optional_section_a_runs_recipe_holds_as_null_and_reads_paths_from_here(tmp_path,
+                                                                                               monkeypatch):
+    """A run's recipe.yaml writes `judge: null`: `eval RUN --set eval.judge.url=...` said "'judge' is not a
+    section". Paths typed after --set (a rubric, a metric's file) are read from the current folder."""
+    from tunesmith.config import apply_override
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rubric.txt").write_text("Be strict.")
+    (tmp_path / "mine.py").write_text("def f(prediction, reference):\n    return 1.0\n")
+    raw = {"eval": {"judge": None, "metrics": ["exact_match"]}}
+    apply_override(raw, "eval.judge.url=http://127.0.0.1:8000/v1")
+    apply_override(raw, "eval.judge.rubric=rubric.txt")
+    apply_override(raw, "eval.metrics=[exact_match, mine.py:f]")
+    assert raw["eval"]["judge"] == {"url": "http://127.0.0.1:8000/v1", "rubric": str(tmp_path / "rubric.txt")}
+    assert raw["eval"]["metrics"] == ["exact_match", f"{tmp_path / 'mine.py'}:f"]
+    apply_override(raw, "eval.judge={url: 'http://h:1/v1', model: m, rubric: rubric.txt}")
+    assert raw["eval"]["judge"]["rubric"] == str(tmp_path / "rubric.txt")
+
+
+def test_an_add_on_that_fails_after_the_answers_is_recorded_not_thrown_away():
+    from tunesmith.eval.add_ons import guarded
+
+    def needs_the_hub():
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (LocalEntryNotFoundError)")
+
+    errors: dict = {}
+    assert guarded("lm_eval", needs_the_hub, errors) == {}
+    assert errors["lm_eval"]["error"].startswith("ConnectionError: Couldn't reach") and "include_path" in \
+        errors["lm_eval"]["hint"]

@@ -738,8 +738,9 @@ class JudgeSection(Section):
     url: str = Field(..., description="Base URL of the API, e.g. http://localhost:8000/v1 (or the full "
                                       ".../chat/completions address).")
     model: str = Field(..., description="The judge model's name, as the endpoint knows it.")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key; "
-                                                                  "sent as a Bearer token when set.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (default: "
+                                                      "OPENAI_API_KEY, sent to api.openai.com only); sent as a "
+                                                      "Bearer token.")
     rubric: str | None = Field(None, description="A text file with the judging criteria (relative to the recipe); "
                                                  "default: helpfulness and agreement with the reference.")
     mode: Literal["score", "pairwise"] = "score"
@@ -1115,13 +1116,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section a run's recipe.yaml holds as null (eval.judge)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise RecipeError(f"Override {item!r}: {part!r} is not a section.")
         node = child
-    parsed = override_value(value)
-    node[parts[-1]] = path_from_command_line(parsed, parts[-1]) if len(parts) > 1 and parts[-1] in PATH_KEYS \
-        else parsed
+    node[parts[-1]] = paths_from_command_line(override_value(value), parts[-1]) if len(parts) > 1 \
+        else override_value(value)
     if isinstance(raw.get("defaulted_keys"), list):  # a run's recipe.yaml: what --set writes is given
         given = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
         raw["defaulted_keys"] = [k for k in raw["defaulted_keys"] if k not in given]
@@ -1147,6 +1149,28 @@ PATH_KEYS = frozenset({"train", "eval", "source", "path", "init_from", "json_sch
 # A data.train / data.eval value ending so is a file name, also when no such file exists (yet): it is read from the
 # current folder, and a "not found" names that folder.
 DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+USER_FUNCTION = re.compile(r"^[^:]+\.py:[A-Za-z_]\w*$")  # eval.metrics / method.rewards' `file.py:function`
+
+
+def paths_from_command_line(value: Any, key: str) -> Any:
+    """`path_from_command_line` for a --set value under `key`: a path key's value, each path key of a mapping given
+    whole (`eval.judge={url: ..., rubric: rubric.txt}`), and each `file.py:function` of a list (`eval.metrics`)."""
+    if isinstance(value, str) and USER_FUNCTION.match(value):  # a reward's name
+        return function_from_command_line(value)
+    if isinstance(value, dict):
+        return {k: paths_from_command_line(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [function_from_command_line(item) if isinstance(item, str) and USER_FUNCTION.match(item)
+                else paths_from_command_line(item, key) if isinstance(item, dict) else item for item in value]
+    return path_from_command_line(value, key) if key in PATH_KEYS else value
+
+
+def function_from_command_line(spec: str) -> str:
+    """`mine.py:score` typed after --set: the file read from the current folder where it is there."""
+    file, _, function = spec.rpartition(":")
+    return f"{path_from_command_line(file)}:{function}"
 
 
 def path_from_command_line(value: Any, key: str = "") -> Any:

@@ -93,6 +93,9 @@ class EvalResults(BaseModel):
     probes: ProbesBlock | None = None
     judge: AddOnBlock | None = None
     lm_eval: AddOnBlock | None = None
+    add_on_errors: dict[str, dict[str, str | None]] | None = Field(
+        None, description="An add-on that failed after the answers were generated (judge, lm_eval): its error and "
+                          "fix; the other results stand.")
     rewards: AddOnBlock | None = Field(None, description="A GRPO run's own rewards on the held-out answers: `reward` "
                                        "(their weighted sum) and `reward/<name>` per variant, tuned against base.")
     samples: list[dict[str, Any]] = Field(default_factory=list)

@@ -435,13 +435,14 @@ def _print_checkpoints(report_file: Path, plot: Path) -> None:
 
     report = json.loads(report_file.read_text(encoding="utf-8"))
     table = Table(title="checkpoints", title_justify="left")
-    for column in ("step", report["metric"] or "task", "probe accuracy", "probes failed"):
+    for column in ("step", report["metric"] or "task", "probe accuracy", "probes failed (their ids)"):
         table.add_column(column)
     for point in report["points"]:
         mark = " (chosen)" if point["step"] == report["chosen_step"] else ""
+        failed = point["probes_failed"]
         table.add_row(f"{point['step'] or 'base'}{mark}", _cell(point["task"]), _cell(point["probe_accuracy"]),
-                      escape(", ".join(point["probes_failed"][:6]) + (" ..." if len(point["probes_failed"]) > 6
-                                                                      else "")))
+                      escape(f"{len(failed)}" + (f": {', '.join(failed[:6])}" + (" ..." if len(failed) > 6 else "")
+                                                 if failed else "")))
     wide_console(140).print(table)
     chosen = "none" if report["chosen_step"] is None else f"step {report['chosen_step']}"
     err.print(escape(f"chosen: {chosen}: {report['why']}"), highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.data.template import context_text, prompt_turns, reference_answer
+from tunesmith.errors import TunesmithError, first_line
 from tunesmith.eval.forgetting import NEAR_TIE_MARGIN
 from tunesmith.results import AddOnBlock, Comparison, EvalResults, ProbesBlock
 
@@ -28,14 +29,51 @@ class AddOns:
 
 
 def prepare_add_ons(recipe: Recipe) -> AddOns:
+    from tunesmith.eval.decoding import progress
     from tunesmith.eval.forgetting import general_paragraphs, recipe_probes
-    from tunesmith.eval.judge import read_rubric
+    from tunesmith.eval.judge import check_judge, read_rubric
     from tunesmith.eval.lm_eval_bridge import prepare_tasks
 
+    if recipe.eval.probe_file and not recipe.eval.probes:
+        progress(f"note: eval.probe_file {recipe.eval.probe_file} is set but eval.probes is false, so no probes run "
+                 "(--set eval.probes=true runs them)")
     probes = recipe_probes(recipe) if recipe.eval.probes else None
-    return AddOns(probes, general_paragraphs() if probes else [],
-                  read_rubric(recipe) if recipe.eval.judge is not None else None,
+    rubric = read_rubric(recipe) if recipe.eval.judge is not None else None
+    if recipe.eval.judge is not None:
+        check_judge(recipe.eval.judge, recipe.eval.compare_base)
+    return AddOns(probes, general_paragraphs() if probes else [], rubric,
                   prepare_tasks(recipe) if recipe.eval.lm_eval is not None else None)
+
+
+class AddOnFailedError(TunesmithError):
+    """An add-on (the judge, lm-eval) failed after the answers were generated: results.json is saved with what
+    did run, the failure recorded in `add_on_errors`; the command still exits 2, naming the fix."""
+
+
+def refuse_failed_add_ons(errors: dict[str, dict[str, Any]] | None, path: Any) -> None:
+    """After the results are saved: an add-on that failed (recorded in them) still ends the command with its fix."""
+    if errors:
+        name, failure = next(iter(errors.items()))
+        raise AddOnFailedError(f"eval.{name} failed: {failure['error']} The other results are saved in {path} "
+                               "(add_on_errors records the failure).", failure.get("hint"))
+
+
+def guarded(name: str, run_block: Any, errors: dict[str, dict[str, str | None]]) -> dict[str, Any]:
+    """`run_block()`'s blocks, or {} with the failure recorded in `errors` under `name` (and said) where the add-on
+    fails after the answers were generated: an unreachable judge or an lm-eval task that needs the Hub offline
+    would otherwise throw the whole eval away."""
+    from tunesmith.eval.decoding import progress
+
+    try:
+        return run_block()
+    except TunesmithError as exc:
+        errors[name] = {"error": exc.message, "hint": exc.hint}
+    except Exception as exc:  # the harness's own errors (a dataset that needs the Hub, offline)
+        errors[name] = {"error": f"{type(exc).__name__}: {first_line(exc)}",
+                        "hint": "The task's data must be on this machine (a local task folder, eval.lm_eval."
+                                "include_path); tasks of lm-eval's own index download theirs from the Hub."}
+    progress(f"{name} failed: {errors[name]['error']} (the other results are saved)")
+    return {}
 
 
 def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recipe: Recipe) -> dict[str, Any]:
@@ -52,7 +90,11 @@ def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recip
         from tunesmith.eval.lm_eval_bridge import lm_eval_results
 
         progress(f"lm-eval tasks: {', '.join(recipe.eval.lm_eval.tasks)}")
-        blocks["lm_eval"] = lm_eval_results(variants, tokenizer, recipe, add_ons.harness_tasks)
+        errors: dict[str, dict[str, str | None]] = {}
+        blocks.update(guarded("lm_eval", lambda: {"lm_eval": lm_eval_results(variants, tokenizer, recipe,
+                                                                             add_ons.harness_tasks)}, errors))
+        if errors:
+            blocks["add_on_errors"] = errors
     return blocks
 
 
@@ -66,7 +108,11 @@ def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict
     progress(f"judge: {recipe.eval.judge.model} at {recipe.eval.judge.url} ({recipe.eval.judge.mode})")
     prompts = [context_text(prompt_turns(row)) for row in rows]
     references = [reference_answer(row) for row in rows]  # None: the judge is shown no reference
-    return {"judge": judge_outputs(recipe.eval.judge, add_ons.rubric, prompts, references, outputs)}
+    errors: dict[str, dict[str, str | None]] = {}
+    block = guarded("judge", lambda: {"judge": {
+        **judge_outputs(recipe.eval.judge, add_ons.rubric, prompts, references, outputs),
+        "rubric": add_ons.rubric}}, errors)
+    return block or {"add_on_errors": errors}
 
 
 @dataclass(frozen=True)

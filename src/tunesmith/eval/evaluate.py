@@ -22,7 +22,7 @@ from tunesmith.data.formats import METHOD_SHAPES
 from tunesmith.data.shapes import is_prompt_only
 from tunesmith.data.template import context_text, expected_output, prompt_turns, reference_answer
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.add_ons import judge_block, prepare_add_ons, run_add_ons
+from tunesmith.eval.add_ons import judge_block, prepare_add_ons, refuse_failed_add_ons, run_add_ons
 from tunesmith.eval.against import against_dir, against_variants
 from tunesmith.eval.baselines import (
     BASELINES,
@@ -109,15 +109,19 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
                             for name in plan.names if name != "zero_shot"}
         add_baseline_scores(results, baseline_outputs, references, scorer, plan)
         shown.update({name: answers for name, (_, answers) in baseline_outputs.items()})
-    results.update(judge_block(add_ons, recipe, rows, outputs))  # the judge grades base and tuned, as before
-    results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
+    failed = judge_block(add_ons, recipe, rows, outputs)  # the judge grades base and tuned, as before
+    results.update(failed)
+    for name, block in run_add_ons(add_ons, variants, tokenizer, recipe).items():
+        results[name] = {**results.get(name, {}), **block} if name == "add_on_errors" else block
     results["samples"] = sample_table(rows, shown, limit=50)
     folder = results_dir(against_dir(run, who), held_out)
     own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
     chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
     path = save_results(run, folder / "results.json", results)
     write_html_report(results, folder / "report.html", chart)
+    refuse_failed_add_ons(results.get("add_on_errors"), path)
     return path
+
 
 
 def note_unscored_tool_calls(rows: list[dict]) -> int:

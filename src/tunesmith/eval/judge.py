@@ -63,15 +63,18 @@ class JudgeClient:
         return reply_text(raw, self.endpoint)
 
     def headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key_env = key_variable(self.url, self.api_key_env)
+        key = os.environ.get(key_env) if key_env else None
         return {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
 
     def http_error(self, exc: urllib.error.HTTPError) -> TunesmithError:
         detail = exc.read().decode("utf-8", errors="replace")[:300] if exc.fp else ""
         if exc.code in (401, 403):
-            has_key = bool(self.api_key_env and os.environ.get(self.api_key_env))
-            hint = (f"Check the key in ${self.api_key_env}." if has_key else
-                    f"Set ${self.api_key_env or 'OPENAI_API_KEY'} (and eval.judge.api_key_env to its name).")
+            key_env = key_variable(self.url, self.api_key_env)
+            has_key = bool(key_env and os.environ.get(key_env))
+            hint = (f"Check the key in ${key_env}." if has_key else f"Set ${key_env} to the server's key." if key_env
+                    else "Set eval.judge.api_key_env to the name of the variable holding this server's key (a key is "
+                         "sent only where it names one; OPENAI_API_KEY goes to api.openai.com by default).")
             return TunesmithError(f"The judge endpoint {self.endpoint} refused the API key (HTTP {exc.code}).", hint)
         if exc.code == 404:
             return TunesmithError(f"The judge endpoint {self.endpoint} was not found (HTTP 404): {detail}",
@@ -90,6 +93,48 @@ def reply_text(raw: str, endpoint: str) -> str:
         raise TunesmithError(f"The judge endpoint {endpoint} did not return a chat completion: {raw[:200]!r}.",
                              "Point eval.judge.url at an OpenAI-compatible API (POST /v1/chat/completions).")
     return content
+
+
+OPENAI_HOST = "api.openai.com"
+
+
+def key_variable(url: str, api_key_env: str | None) -> str | None:
+    """The environment variable whose key goes to the judge: eval.judge.api_key_env where set; else
+    OPENAI_API_KEY for OpenAI's own API only, so a key is never sent to another server unasked."""
+    from urllib.parse import urlsplit
+
+    if api_key_env:
+        return api_key_env
+    return "OPENAI_API_KEY" if urlsplit(url).hostname == OPENAI_HOST else None
+
+
+def check_judge(settings: Any, compare_base: bool) -> None:
+    """Before any model loads: pairwise needs the base's answers, and the endpoint answers and serves the judge
+    model (GET /models, where the server has it). Raises TunesmithError naming the fix."""
+    if settings.mode == "pairwise" and not compare_base:
+        raise TunesmithError("eval.judge.mode: pairwise compares base and tuned, but eval.compare_base is false.",
+                             "Set eval.compare_base: true, or use eval.judge.mode: score.")
+    client = JudgeClient(settings.url, settings.model, settings.api_key_env, settings.timeout)
+    models_url = client.endpoint.removesuffix("/chat/completions") + "/models"
+    request = urllib.request.Request(models_url, headers=client.headers())
+    try:
+        with urllib.request.urlopen(request, timeout=min(settings.timeout, 30)) as response:
+            listing = json.loads(response.read().decode("utf-8", errors="replace"))
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise client.http_error(exc) from None
+        return  # no /models route here (some servers lack it): the first judge request says what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        raise TunesmithError(f"The judge endpoint {client.endpoint} cannot be reached: {getattr(exc, 'reason', exc)}.",
+                             "Start the server (e.g. `tunesmith serve` or `vllm serve`), or fix eval.judge.url; it is "
+                             "checked before any model loads.") from None
+    except ValueError:
+        return
+    served = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)] \
+        if isinstance(listing, dict) else []
+    if served and settings.model not in served:
+        raise TunesmithError(f"eval.judge.model {settings.model!r} is not served at {models_url} (it serves "
+                             f"{', '.join(map(str, served[:10]))}).", "Set eval.judge.model to one of those names.")
 
 
 def parse_score(reply: str) -> float:
@@ -150,15 +195,37 @@ def judge_outputs(settings: Any, rubric: str, prompts: list[str], references: li
 
 def score_results(client: JudgeClient, rubric: str, prompts: list[str], references: list[str | None],
                   outputs: dict[str, list[str]]) -> dict[str, Any]:
-    scores: dict[str, list[float]] = {}
+    """Each variant's mean 1-10 score over the replies that give one; a reply without a score is counted
+    (`unparsed`) and left out, as are its example's scores from the comparison. Raises TunesmithError when no reply
+    of a variant gives one (the judge does not follow the instruction)."""
+    scores: dict[str, list[float | None]] = {}
+    replies: dict[str, list[str]] = {}
     for name, answers in outputs.items():
         requests = [score_messages(rubric, p, r, a) for p, r, a in zip(prompts, references, answers, strict=False)]
-        scores[name] = [parse_score(reply) for reply in ask_all(client, requests)]
-    results: dict[str, Any] = {name: {"judge_score": round(sum(s) / len(s), 4)} for name, s in scores.items()}
+        replies[name] = ask_all(client, requests)
+        scores[name] = [read_or_none(parse_score, reply) for reply in replies[name]]
+        if all(score is None for score in scores[name]):
+            parse_score(replies[name][0])  # raises, quoting a reply
+    results: dict[str, Any] = {name: {"judge_score": _mean([v for v in s if v is not None])}
+                               for name, s in scores.items()}
     results["per_example"] = scores
+    results["replies"] = {name: [reply[:REPLY_KEPT] for reply in texts] for name, texts in replies.items()}
+    results["unparsed"] = {name: sum(v is None for v in s) for name, s in scores.items()}
     if "base" in scores and "tuned" in scores:
-        results["comparison"] = {"judge_score": compare_metric(scores["base"], scores["tuned"])}
+        both = [(b, t) for b, t in zip(scores["base"], scores["tuned"], strict=True) if b is not None and t is not None]
+        results["comparison"] = {"judge_score": compare_metric([b for b, _ in both], [t for _, t in both])}
     return results
+
+
+REPLY_KEPT = 600  # characters of each judge reply kept in results.json, to see why it scored what it did
+
+
+def read_or_none(parse: Any, reply: str) -> Any:
+    """`parse(reply)`, or None where the reply does not give what the instruction asked for."""
+    try:
+        return parse(reply)
+    except TunesmithError:
+        return None
 
 
 def pairwise_results(client: JudgeClient, rubric: str, prompts: list[str], references: list[str | None],
@@ -172,8 +239,13 @@ def pairwise_results(client: JudgeClient, rubric: str, prompts: list[str], refer
                                                                             strict=False)]
     swapped = [pairwise_messages(rubric, p, r, t, b) for p, r, b, t in zip(prompts, references, base, tuned,
                                                                             strict=False)]
-    first = [parse_verdict(reply) for reply in ask_all(client, forward)]
-    second = [parse_verdict(reply) for reply in ask_all(client, swapped)]
+    first_replies, second_replies = ask_all(client, forward), ask_all(client, swapped)
+    read = [(read_or_none(parse_verdict, f), read_or_none(parse_verdict, s))
+            for f, s in zip(first_replies, second_replies, strict=True)]
+    kept = [pair for pair in read if None not in pair]
+    if not kept:
+        parse_verdict(first_replies[0])  # raises, quoting a reply
+    first, second = [f for f, _ in kept], [s for _, s in kept]
     tuned_points = {"A": 0.0, "B": 1.0, "tie": 0.5}  # first order: A is base, B is tuned
     preference = [(tuned_points[f] + 1.0 - tuned_points[s]) / 2 for f, s in zip(first, second, strict=True)]
     consistent = sum(tuned_points[f] == 1.0 - tuned_points[s] for f, s in zip(first, second, strict=True))
@@ -182,7 +254,10 @@ def pairwise_results(client: JudgeClient, rubric: str, prompts: list[str], refer
             "tuned": {"judge_preference": _mean(preference)},
             "position_consistency": round(consistent / len(preference), 4),
             "first_position_rate": round(picks_a / (2 * len(preference)), 4),
-            "verdicts": [[f, s] for f, s in zip(first, second, strict=True)],
+            "verdicts": [[f, s] for f, s in read],
+            "unparsed": {"tuned": len(read) - len(kept)},
+            "replies": {"base_first": [r[:REPLY_KEPT] for r in first_replies],
+                        "tuned_first": [r[:REPLY_KEPT] for r in second_replies]},
             "comparison": {"judge_preference": compare_metric([1 - p for p in preference], preference)}}
 
 

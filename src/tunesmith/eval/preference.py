@@ -37,7 +37,7 @@ PREFERENCE_SHAPES = ("preference", "unpaired_preference")
 def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path | None = None) -> Path:
     """Score base (or another run's model, `against`) and tuned on the held-out rows the run saved (`data`: that
     file's rows instead), and the recipe's probes and lm-eval tasks; writes results.json and returns its path."""
-    from tunesmith.eval.add_ons import prepare_add_ons, run_add_ons
+    from tunesmith.eval.add_ons import prepare_add_ons, refuse_failed_add_ons, run_add_ons
     from tunesmith.eval.against import against_dir
 
     if recipe.eval.judge is not None:
@@ -61,6 +61,7 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
     folder = results_dir(against_dir(run, who), held_out)
     path = save_results(run, folder / "results.json", results)
     write_html_report(results, folder / "report.html")
+    refuse_failed_add_ons(results.get("add_on_errors"), path)
     return path
 
 
