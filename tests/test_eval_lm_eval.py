@@ -98,3 +98,21 @@ def test_a_users_task_folder_with_a_relative_data_file(lm_eval_run):
     with pytest.raises(TunesmithError, match="unknown task 'colours'") as error:
         run_eval(bad, run)
     assert "colours_mc" in error.value.hint
+
+
+def test_a_task_of_lm_evals_own_index_is_refused_offline_and_noted_otherwise(monkeypatch, capsys):
+    """hellaswag reads its dataset from the Hub: with the Hub switched off it failed after every answer was
+    generated ("Internal error: ConnectionError"); now before any model loads, or with a note where it may work."""
+    pytest.importorskip("lm_eval")
+    from tunesmith.errors import TunesmithError
+    from tunesmith.eval.lm_eval_bridge import BUNDLED_TASKS, load_tasks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TunesmithError, match="hellaswag come from lm-eval's own index"):
+        load_tasks(BUNDLED_TASKS, ["hellaswag"])
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    load_tasks(BUNDLED_TASKS, ["tunesmith_general_mc"])
+    assert "Hugging Face Hub" not in capsys.readouterr().err  # a bundled task reads a local file
+    load_tasks(BUNDLED_TASKS, ["hellaswag"])
+    assert "lm-eval tasks hellaswag read their datasets from the Hugging Face Hub" in capsys.readouterr().err

@@ -9,6 +9,7 @@ without the Hugging Face Hub. Built-in harness tasks are looked up only when a n
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +86,29 @@ def load_tasks(include: Path, names: list[str]) -> tuple[Any, list[Any]]:
     if any(name not in manager.task_index for name in names):
         manager = TaskManager(include_path=str(include), include_defaults=True)
     unknown = [name for name in names if name not in manager.task_index]
+    local = sorted(TaskManager(include_path=str(include), include_defaults=False).task_index)
     if unknown:
-        local = sorted(TaskManager(include_path=str(include), include_defaults=False).task_index)
         raise TunesmithError(f"eval.lm_eval.tasks: unknown task {', '.join(map(repr, unknown))}.",
                              f"Tasks in {include}: {', '.join(local) or 'none'}.")
+    say_where_the_data_comes_from([name for name in names if name not in local])
     return manager, [task_spec(manager, name) for name in names]
+
+
+def say_where_the_data_comes_from(indexed: list[str]) -> None:
+    """Tasks of lm-eval's own index read their datasets from the Hugging Face Hub: refused where the Hub is switched
+    off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE), said otherwise (offline, they fail once the answers exist)."""
+    if not indexed:
+        return
+    from tunesmith.eval.decoding import progress
+
+    if any(os.environ.get(flag, "").lower() in ("1", "true", "yes") for flag in ("HF_HUB_OFFLINE",
+                                                                                  "HF_DATASETS_OFFLINE")):
+        raise TunesmithError(f"eval.lm_eval.tasks: {', '.join(indexed)} come from lm-eval's own index and read their "
+                             "datasets from the Hugging Face Hub, which HF_HUB_OFFLINE / HF_DATASETS_OFFLINE switch "
+                             "off.", "Use tasks of a local folder (eval.lm_eval.include_path; tunesmith_general_mc is "
+                                     "bundled), or unset the offline flag.")
+    progress(f"note: lm-eval tasks {', '.join(indexed)} read their datasets from the Hugging Face Hub (or its cache); "
+             "without the network they fail once the answers are generated (the other results are kept)")
 
 
 def task_spec(manager: Any, name: str) -> str | dict[str, Any]:
