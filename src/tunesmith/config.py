@@ -84,11 +84,6 @@ class CleanSection(Section):
     languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1 codes, "
                                                                   "e.g. en; written in capitals, they are read "
                                                                   "lower-case).")
-
-    @field_validator("languages")
-    @classmethod
-    def _lower_case_codes(cls, value: list[str]) -> list[str]:
-        return [code.strip().lower() for code in value]
     language_confidence: float = Field(0.5, ge=0, le=1)
     dedup: Literal["off", "exact", "near"] = Field(
         "exact", description="Drop exact duplicates, or near duplicates too (MinHash LSH).")
@@ -106,6 +101,11 @@ class CleanSection(Section):
             on = {"pii": "redact or drop", "dedup": "exact or near"}[info.field_name]
             raise ValueError(f"YAML reads on/yes/true as the boolean true, which names no setting: write {on}")
         return value
+
+    @field_validator("languages")
+    @classmethod
+    def _lower_case_codes(cls, value: list[str]) -> list[str]:
+        return [code.strip().lower() for code in value]
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> CleanSection:

@@ -354,16 +354,25 @@ def require_weights(folder: Path, marker: str) -> None:
 def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     """A PEFT adapter's adapter_config.json as a dict. Raises TunesmithError naming the file where it cannot be read,
     is not JSON, or is not an object."""
-    config_file = adapter_dir / "adapter_config.json"
+    return read_json_object(adapter_dir / "adapter_config.json", "", "an adapter configuration",
+                            "It is written by PEFT's save_pretrained: copy the adapter folder again whole.")
+
+
+def read_json_object(path: Path, label: str, what: str, fix: str) -> dict[str, Any]:
+    """A JSON file holding an object (`what` names it). Raises TunesmithError, its message starting with `label`
+    (the recipe key or option that gave the file, and ': '), where the file is missing, a folder, unreadable, not
+    UTF-8, not JSON or not an object; `fix` is the hint."""
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8, not JSON
-        raise TunesmithError(f"{config_file} cannot be read as JSON ({first_line(exc)}).",
-                             "It is written by PEFT's save_pretrained: copy the adapter folder again whole.") from None
-    if not isinstance(config, dict):
-        raise TunesmithError(f"{config_file} holds {type(config).__name__}, not an adapter configuration.",
-                             "It is written by PEFT's save_pretrained: copy the adapter folder again whole.")
-    return config
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunesmithError(f"{label}no such file {path}.", fix) from None
+    except IsADirectoryError:
+        raise TunesmithError(f"{label}{path} is a folder.", fix) from None
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise TunesmithError(f"{label}{path} cannot be read as JSON ({first_line(exc)}).", fix) from None
+    if not isinstance(value, dict):
+        raise TunesmithError(f"{label}{path} holds a JSON {type(value).__name__}, not {what}.", fix)
+    return value
 
 
 def record_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import DataError, TunesmithError, first_line
+from tunesmith.errors import DataError, TunesmithError
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -271,20 +271,11 @@ def load_schema_validator(schema_file: Path, key: str = "eval.json_schema") -> A
 def read_json_schema(schema_file: Path, key: str) -> dict[str, Any]:
     """A JSON Schema file's object. Raises TunesmithError naming `key` (the recipe key or option that gave the
     file) where it is missing, a folder, not UTF-8, not JSON, or not an object."""
-    try:
-        schema = json.loads(schema_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TunesmithError(f"{key}: no such file {schema_file}.",
-                             "Give the schema file's path (in a recipe, relative to the recipe file).") from None
-    except IsADirectoryError:
-        raise TunesmithError(f"{key}: {schema_file} is a folder.", "Name the JSON Schema file itself.") from None
-    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-        raise TunesmithError(f"{key}: {schema_file} cannot be read as JSON ({first_line(exc)}).",
-                             "Save the schema as UTF-8 JSON.") from None
-    if not isinstance(schema, dict):
-        raise TunesmithError(f"{key}: {schema_file} holds a JSON {type(schema).__name__}, not a JSON Schema object.",
-                             "A JSON Schema is an object, e.g. {\"type\": \"object\", \"properties\": {...}}.")
-    return schema
+    from tunesmith.runs import read_json_object
+
+    return read_json_object(schema_file, f"{key}: ", "a JSON Schema object",
+                            "Give a JSON Schema file (an object, e.g. {\"type\": \"object\", \"properties\": "
+                            "{...}}, saved as UTF-8); in a recipe, its path is relative to the recipe file.")
 
 
 def user_scorer(spec: str, base_dir: Path) -> Scorer:

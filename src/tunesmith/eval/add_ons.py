@@ -58,7 +58,8 @@ def refuse_failed_add_ons(errors: dict[str, dict[str, Any]] | None, path: Any) -
                                "(add_on_errors records the failure).", failure.get("hint"))
 
 
-def guarded(name: str, run_block: Any, errors: dict[str, dict[str, str | None]]) -> dict[str, Any]:
+def guarded(name: str, run_block: Callable[[], dict[str, Any]],
+            errors: dict[str, dict[str, str | None]]) -> dict[str, Any]:
     """`run_block()`'s blocks, or {} with the failure recorded in `errors` under `name` (and said) where the add-on
     fails after the answers were generated: an unreachable judge or an lm-eval task that needs the Hub offline
     would otherwise throw the whole eval away."""
@@ -99,7 +100,8 @@ def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recip
 
 
 def judge_block(add_ons: AddOns, recipe: Recipe, rows: list[dict], outputs: dict[str, list[str]]) -> dict[str, Any]:
-    """The judge's grades of the generated answers (empty when the recipe has no judge)."""
+    """The judge's grades of the generated answers, with its rubric; {} when the recipe has no judge; the judge's
+    failure under `add_on_errors` where it fails (`guarded`)."""
     if add_ons.rubric is None:
         return {}
     from tunesmith.eval.decoding import progress

@@ -109,8 +109,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
                             for name in plan.names if name != "zero_shot"}
         add_baseline_scores(results, baseline_outputs, references, scorer, plan)
         shown.update({name: answers for name, (_, answers) in baseline_outputs.items()})
-    failed = judge_block(add_ons, recipe, rows, outputs)  # the judge grades base and tuned, as before
-    results.update(failed)
+    results.update(judge_block(add_ons, recipe, rows, outputs))  # the judge grades base and tuned, as before
     for name, block in run_add_ons(add_ons, variants, tokenizer, recipe).items():
         results[name] = {**results.get(name, {}), **block} if name == "add_on_errors" else block
     results["samples"] = sample_table(rows, shown, limit=50)
@@ -121,7 +120,6 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     write_html_report(results, folder / "report.html", chart)
     refuse_failed_add_ons(results.get("add_on_errors"), path)
     return path
-
 
 
 def note_unscored_tool_calls(rows: list[dict]) -> int:
