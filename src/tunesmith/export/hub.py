@@ -23,12 +23,9 @@ def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | N
     What can be checked here is, before the token and the network: the id, the folder, offline mode."""
     from huggingface_hub import HfApi, constants, get_token
 
-    check_repo_id(repo_id)
-    folder, card = folder_to_upload(Path(source), what)
-    require_files(folder, card)
-    base_id = hub_base_id(Path(source))
+    folder, card, base_id = checked_upload(source, repo_id, what)
     if constants.HF_HUB_OFFLINE:
-        raise hub_error(_offline_error(), repo_id)
+        raise offline_refusal()
     token = get_token()
     if token is None:
         raise TunesmithError("You are not logged in to the Hugging Face Hub (no token found), so nothing can be "
@@ -43,10 +40,18 @@ def push_to_hub(source: Path, repo_id: str, private: bool = False, what: str | N
     return str(url)
 
 
-def _offline_error() -> Exception:
-    from huggingface_hub.errors import OfflineModeIsEnabled
+def offline_refusal() -> TunesmithError:
+    return TunesmithError("HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hugging Face Hub.",
+                          "Unset HF_HUB_OFFLINE and run again (logged in: `hf auth login` or HF_TOKEN).")
 
-    return OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
+
+def checked_upload(source: Path, repo_id: str, what: str | None) -> tuple[Path, Path | None, str | None]:
+    """What a push of `source` uploads, checked before any token or network: the repository id, the folder (not
+    empty) and the run's card; and the Hub id its adapter names as base (`hub_base_id`)."""
+    check_repo_id(repo_id)
+    folder, card = folder_to_upload(Path(source), what)
+    require_files(folder, card)
+    return folder, card, hub_base_id(Path(source))
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -72,10 +77,7 @@ def require_files(folder: Path, card: Path | None) -> None:
 def upload_plan(source: Path, repo_id: str, what: str | None = None) -> dict[str, Any]:
     """What `push_to_hub` would upload (`push --dry-run`): the repository id, the folder, and each file with its
     path in the repository and its size in bytes; nothing is sent and no token is needed."""
-    check_repo_id(repo_id)
-    folder, card = folder_to_upload(Path(source), what)
-    require_files(folder, card)
-    base_id = hub_base_id(Path(source))
+    folder, card, base_id = checked_upload(source, repo_id, what)
     files = [{"path_in_repo": op.path_in_repo,
               "from": str(op.path_or_fileobj) if not isinstance(op.path_or_fileobj, bytes)
               else f"{folder / op.path_in_repo}, its base named {base_id}",
@@ -162,8 +164,7 @@ def hub_error(exc: Exception, repo_id: str) -> Exception:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(exc, OfflineModeIsEnabled):
-        return TunesmithError("HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hugging Face Hub.",
-                              "Unset HF_HUB_OFFLINE and run again (logged in: `hf auth login` or HF_TOKEN).")
+        return offline_refusal()
     if isinstance(exc, ConnectionError | TimeoutError) or NETWORK_ERRORS & {c.__name__ for c in type(exc).__mro__}:
         return TunesmithError(f"Cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({exc}).",
                               "Check the network (and HF_ENDPOINT if you set it), then run again; "
