@@ -194,7 +194,9 @@ def test_eval_with_a_judge_writes_its_block_and_report(judge, tmp_path, tiny_mod
     assert block["mode"] == "score" and block["examples"] == 4 and len(judge.requests) == 8
     assert judge.requests[0]["messages"][0]["content"].startswith("Judge whether the JSON matches the reference.")
     assert set(block["comparison"]["judge_score"]) >= {"base", "tuned", "delta", "ci95", "wins"}
-    assert "LLM judge stub-judge" in (run.eval_dir / "report.html").read_text()
+    report = (run.eval_dir / "report.html").read_text()
+    assert "LLM judge stub-judge" in report and "LLM judge, example by example (4 of 4)" in report
+    assert report.count("The answer is judged.") == 8  # each reply, base and tuned, beside its score
 
 
 def test_a_missing_rubric_fails_before_any_model_loads(tmp_path, tiny_model_dir):
@@ -259,3 +261,22 @@ def test_a_judge_that_fails_after_the_answers_keeps_the_other_results(judge, tmp
     results = json.loads((run.eval_dir / "results.json").read_text())
     assert "exact_match" in results["tuned"] and "judge" not in results
     assert "did not return a chat completion" in results["add_on_errors"]["judge"]["error"]
+
+
+def test_the_report_shows_each_examples_grade_beside_the_judges_reply(judge):
+    """report.html: the score (or both verdicts) of each sampled example with the reply that gave it, coloured where
+    the judge favoured one side; a reply without a score is shown as such, not as 0."""
+    from tunesmith.eval.html_report import judge_rows_table
+
+    samples = [{"prompt": p} for p in PROMPTS[:3]]  # the report samples fewer examples than the judge graded
+    judge.behaviour = "half"
+    scored = judge_outputs(settings(judge), DEFAULT_RUBRIC, PROMPTS, REFERENCES, OUTPUTS)
+    table = judge_rows_table({"judge": scored, "samples": samples})
+    assert "(3 of 4)" in table and table.count("<tr class='better'>") == 2  # examples 1 and 3: 2 -> 9
+    assert "score: unread (the reply gives none)" in table and "I am not sure" in table
+    assert "Opposite of hot?" not in table
+    judge.behaviour = "fair"
+    pairwise = judge_outputs(settings(judge, mode="pairwise"), "r", PROMPTS, REFERENCES, OUTPUTS)
+    table = judge_rows_table({"judge": pairwise, "samples": samples})
+    assert "verdict: B\nVerdict: B" in table and table.count("<tr class='better'>") == 2
+    assert judge_rows_table({"samples": samples}) == ""

@@ -394,3 +394,14 @@ def test_train_evaluate_says_where_each_export_went(tmp_path, tiny_model_dir):
     (run,) = (tmp_path / "runs").iterdir()
     record = json.loads((run / "run.json").read_text())["exports"]["adapter"]
     assert f"Exported adapter: {run / record['path']}" in " ".join(done.stderr.split())
+
+
+def test_tables_show_scores_to_four_decimals_and_costs_to_what_they_mean():
+    """A mean token count or a wall time is not shown to 4 decimals beside the scores (12.3456 tokens reads as
+    precision eval does not have); an int stays an int, a missing score is a dash."""
+    from tunesmith.results import score_text
+
+    assert score_text("exact_match", 0.5) == "0.5000" and score_text("exact_match", None) == "—"
+    assert score_text("answer_tokens", 12.3456) == "12.3" and score_text("prompt_tokens", 1234.56) == "1,234.6"
+    assert score_text("seconds", 83.04) == "83.0" and score_text("seconds_per_answer", 0.04567) == "0.0457"
+    assert score_text("examples", 80) == "80" and score_text("label", "yes") == "yes"

@@ -1,6 +1,7 @@
 """Forgetting probes: the checks, the bundled set, and the regression flag on a tiny llama whose "tuned" adapter
 is deliberately broken (flag raised) or a no-op (flag down); then through `tunesmith eval` on a trained tiny run."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -220,6 +221,8 @@ def test_eval_writes_the_probe_block_with_both_variants(probed_run):
         assert {"accuracy", "factual", "reasoning", "instruction", "perplexity"} <= set(probes[variant])
         assert probes[variant]["perplexity"] > 1
     assert probes["comparison"]["probe_accuracy"]["base"] == probes["base"]["accuracy"]
+    assert probes["file"] == {"path": str(BUNDLED_PROBES), "bundled": True,
+                              "sha256": hashlib.sha256(BUNDLED_PROBES.read_bytes()).hexdigest()}
     report = (probed_run.eval_dir / "report.html").read_text()
     assert "forgetting probes" in report and "Forgetting probes, answer by answer" in report
     assert probes["rows"][0]["prompt"] in report
@@ -239,8 +242,10 @@ def test_cli_prints_the_probes_and_gates_on_them(probed_run, tmp_path):
                             timeout=600, cwd=probed_run.path.parent)
     results = json.loads((probed_run.eval_dir / "results.json").read_text())
     assert results["probes"]["count"] == 3 and {"greeting", "format"} <= set(results["probes"]["tuned"])
+    assert results["probes"]["file"]["path"] == str(own) and not results["probes"]["file"]["bundled"]
     text = " ".join(result.stderr.split())
-    assert "forgetting probes" in text and "probe_accuracy" not in text  # rows are named by category
+    assert "forgetting probes (3 prompts of my_probes.jsonl" in text
+    assert "probe_accuracy" not in text  # rows are named by category
     assert "accuracy" in text and "perplexity" in text
     if results["probes"]["regression"]:
         assert result.returncode == 3 and "WORSE: probes:" in text

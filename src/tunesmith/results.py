@@ -24,6 +24,18 @@ NOT_TASK_METRICS = ("none", "loss", "perplexity")  # scored for every run: never
 # What answering cost, beside the scores of a variant: wall-clock seconds (all of eval's work, and per answer) and
 # the mean prompt and answer tokens; tables show them after the scores.
 COST_KEYS = ("seconds", "seconds_per_answer", "prompt_tokens", "answer_tokens")
+COST_FORMATS = {"seconds": "{:,.1f}", "seconds_per_answer": "{:.3g}", "prompt_tokens": "{:,.1f}",
+                "answer_tokens": "{:,.1f}"}
+
+
+def score_text(metric: str, value: Any) -> str:
+    """A variant's value of `metric` as tables show it: scores to 4 decimals, what answering cost (COST_KEYS: seconds,
+    mean token counts) to the precision that means something; "—" where it was not measured."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return COST_FORMATS.get(metric, "{:.4f}" if isinstance(value, float) else "{}").format(value)
 
 
 class Comparison(BaseModel):
@@ -67,6 +79,8 @@ class ProbesBlock(AddOnBlock):
                                        "id, base_first_token_margin, near_tie (the base's lead under 0.05).")
     asked_as: str | None = Field(None, description="The text each probe was asked in, where the model has no chat "
                                                    "template (else its own template renders a user turn).")
+    file: dict[str, Any] | None = Field(None, description="The probe file asked: path, bundled (the general set "
+                                        "tunesmith ships) and sha256; None in results written before it was kept.")
 
 
 class EvalResults(BaseModel):

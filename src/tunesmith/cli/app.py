@@ -30,7 +30,7 @@ from tunesmith.cli.plan import plan
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve
 from tunesmith.errors import TunesmithError
-from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results
+from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results, score_text
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -770,7 +770,7 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
         for column in ("delta", "95% CI", "wins/losses/ties"):
             table.add_column(column, justify="right")
     for metric in sorted(results.tuned, key=lambda name: name in COST_KEYS):  # the scores, then what they cost
-        table.add_row(metric, *[_fmt(results.scores(v).get(metric)) for v in results.variants],
+        table.add_row(metric, *[score_text(metric, results.scores(v).get(metric)) for v in results.variants],
                       *(_comparison_cells(results.comparison.get(metric)) if results.comparison else []))
     err.print(table)
     if results.base_note:  # reward runs: the base is scored with an untrained head
@@ -834,7 +834,8 @@ def _print_add_ons(results: EvalResults, other: str | None) -> None:
         for column in ("metric", other or "base", "tuned", "delta", "95% CI", "wins/losses/ties"):
             table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=column != "metric")
         for metric, base, tuned, entry in block.rows:
-            table.add_row(escape(metric), "" if base is None else _fmt(base), _fmt(tuned), *_comparison_cells(entry))
+            table.add_row(escape(metric), "" if base is None else score_text(metric, base), score_text(metric, tuned),
+                          *_comparison_cells(entry))
         console.print(table)
         console.print(escape(block.note), highlight=False, soft_wrap=True)
 
@@ -851,11 +852,7 @@ def _comparison_cells(entry: Comparison | None) -> list[str]:
 
 def _cell(value: Any) -> str:
     """A score in a table: 4 decimals, or "-" where it was not measured (probes off, no task metric)."""
-    return "-" if value is None else _fmt(float(value)) if isinstance(value, int | float) else str(value)
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    return "-" if value is None else score_text("", float(value)) if isinstance(value, int | float) else str(value)
 
 
 def main() -> None:

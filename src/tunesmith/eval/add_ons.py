@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
@@ -23,6 +24,7 @@ class AddOns:
     """The add-ons a recipe asks for, read and checked: probe rows and text, the judge's rubric."""
 
     probes: list[dict[str, Any]] | None
+    probe_file: dict[str, str] | None  # path and sha256 of the file the probes came from (`probe_source`)
     paragraphs: list[str]
     rubric: str | None
     harness_tasks: Any  # lm_eval_bridge.HarnessTasks, or None
@@ -30,7 +32,7 @@ class AddOns:
 
 def prepare_add_ons(recipe: Recipe) -> AddOns:
     from tunesmith.eval.decoding import progress
-    from tunesmith.eval.forgetting import general_paragraphs, recipe_probes
+    from tunesmith.eval.forgetting import general_paragraphs, probe_source, recipe_probes
     from tunesmith.eval.judge import check_judge, read_rubric
     from tunesmith.eval.lm_eval_bridge import prepare_tasks
 
@@ -41,7 +43,7 @@ def prepare_add_ons(recipe: Recipe) -> AddOns:
     rubric = read_rubric(recipe) if recipe.eval.judge is not None else None
     if recipe.eval.judge is not None:
         check_judge(recipe.eval.judge, recipe.eval.compare_base)
-    return AddOns(probes, general_paragraphs() if probes else [], rubric,
+    return AddOns(probes, probe_source(recipe) if probes else None, general_paragraphs() if probes else [], rubric,
                   prepare_tasks(recipe) if recipe.eval.lm_eval is not None else None)
 
 
@@ -86,7 +88,8 @@ def run_add_ons(add_ons: AddOns, variants: dict[str, Any], tokenizer: Any, recip
         from tunesmith.eval.forgetting import run_probes
 
         progress(f"forgetting probes: {len(add_ons.probes)} prompts and {len(add_ons.paragraphs)} paragraphs")
-        blocks["probes"] = run_probes(variants, tokenizer, add_ons.probes, add_ons.paragraphs, recipe.eval)
+        blocks["probes"] = {**run_probes(variants, tokenizer, add_ons.probes, add_ons.paragraphs, recipe.eval),
+                            "file": add_ons.probe_file}
     if add_ons.harness_tasks is not None:
         from tunesmith.eval.lm_eval_bridge import lm_eval_results
 
@@ -168,7 +171,8 @@ def probes_table(probes: ProbesBlock) -> AddOnTable:
     names = {"accuracy": "probe_accuracy", "perplexity": "probe_perplexity"}
     rows = block_rows(probes, lambda key: names.get(key, f"probe/{key}"))
     asked = f", asked as {probes.asked_as!r}: no chat template" if probes.asked_as else ""
-    return AddOnTable(f"forgetting probes ({probes.count} prompts{asked}; perplexity on general text)", rows,
+    source = f" of {Path(probes.file['path']).name}" if probes.file and not probes.file.get("bundled") else ""
+    return AddOnTable(f"forgetting probes ({probes.count} prompts{source}{asked}; perplexity on general text)", rows,
                       probe_verdict(probes))
 
 

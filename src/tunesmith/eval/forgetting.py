@@ -176,5 +176,14 @@ def recipe_probes(recipe: Any) -> list[dict[str, Any]]:
     return load_probes(recipe.resolve_path(recipe.eval.probe_file) if recipe.eval.probe_file else BUNDLED_PROBES)
 
 
+def probe_source(recipe: Any) -> dict[str, Any]:
+    """Which probe file an eval asked (its path, whether it is the bundled set, and its sha256), for results.json:
+    two evals' probe accuracies compare only when they asked the same probes."""
+    from tunesmith.manifest import file_sha256
+
+    path = recipe.resolve_path(recipe.eval.probe_file) if recipe.eval.probe_file else BUNDLED_PROBES
+    return {"path": str(path), "bundled": path == BUNDLED_PROBES, "sha256": file_sha256(path)}
+
+
 def _mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 4) if values else 0.0

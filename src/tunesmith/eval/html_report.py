@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tunesmith.results import score_text
 from tunesmith.runs import atomic_write_text
 
 STYLE = """
@@ -47,7 +48,7 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     samples = results.get("samples") or []
     examples = pairs_table(results) if samples and "chosen" in samples[0] else examples_table(results)
     parts += [baselines_html(results), labels_html(results), add_ons_html(results), examples,
-              probe_rows_table(results),
+              judge_rows_table(results), probe_rows_table(results),
               "</body></html>"]
     return "\n".join(parts)
 
@@ -140,6 +141,52 @@ def add_ons_html(results: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
+def judge_rows_table(results: dict[str, Any]) -> str:
+    """The judge's grade of each sampled example with the start of its reply, so a score can be checked against the
+    reasoning behind it: score mode, base and tuned score and reply; pairwise, the verdict in both orders (A is the
+    answer shown first) and both replies. Rows where the judge favoured tuned (or base) are coloured."""
+    block = results.get("judge") or {}
+    replies = block.get("replies")
+    if not replies:
+        return ""
+    samples = results.get("samples") or []
+    shown = min(len(samples), len(next(iter(replies.values()))))
+    rows, classes = [], []
+    if block.get("mode") == "pairwise":
+        head = ["#", "prompt", "base shown first", "tuned shown first"]
+        for index in range(shown):
+            verdicts = block["verdicts"][index]
+            rows.append([str(index + 1), _pre(samples[index]["prompt"]),
+                         *(_pre(f"verdict: {verdict or 'unread'}\n{replies[key][index]}")
+                           for verdict, key in zip(verdicts, ("base_first", "tuned_first"), strict=True))])
+            classes.append(pairwise_class(verdicts))
+    else:
+        variants = [v for v in ("base", "tuned") if v in replies]
+        head = ["#", "prompt", *(f"{v}: score and reply" for v in variants)]
+        for index in range(shown):
+            scores = [block["per_example"][v][index] for v in variants]
+            rows.append([str(index + 1), _pre(samples[index]["prompt"]),
+                         *(_pre(f"score: {_score(score)}\n{replies[v][index]}")
+                           for v, score in zip(variants, scores, strict=True))])
+            delta = scores[-1] - scores[0] if len(scores) == 2 and None not in scores else 0
+            classes.append("better" if delta > 0 else "worse" if delta < 0 else "")
+    caption = f"<h2>LLM judge, example by example ({shown} of {block.get('examples', '?')})</h2>"
+    return caption + _table(head, rows, classes, raw=True)
+
+
+def pairwise_class(verdicts: list[str | None]) -> str:
+    """'better' when tuned won in both orders (B first, A after the swap), 'worse' when base did."""
+    if verdicts == ["B", "A"]:
+        return "better"
+    if verdicts == ["A", "B"]:
+        return "worse"
+    return ""
+
+
+def _score(value: float | None) -> str:
+    return "unread (the reply gives none)" if value is None else f"{value:g}"
+
+
 def probe_rows_table(results: dict[str, Any]) -> str:
     """Every probe with both answers; rows where tuned lost (or gained) a pass are coloured."""
     rows_in = (results.get("probes") or {}).get("rows") or []
@@ -161,7 +208,8 @@ def metrics_table(results: dict[str, Any]) -> str:
     """Means, delta with its 95% interval and the per-example tally; a row is coloured when the interval clears 0."""
     comparison = results.get("comparison")
     if not comparison:
-        rows = [[m, *(_num(results[v].get(m)) for v in ("base", "tuned") if v in results)] for m in results["tuned"]]
+        rows = [[m, *(score_text(m, results[v].get(m)) for v in ("base", "tuned") if v in results)]
+                for m in results["tuned"]]
         return _table(["metric", *(v for v in ("base", "tuned") if v in results)], rows)
     head = ["metric", "base", "tuned", "delta", "95% CI", "wins", "losses", "ties"]
     rows, classes = [], []
