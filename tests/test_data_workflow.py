@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -465,7 +466,37 @@ def test_inspect_says_when_the_recipes_method_does_not_train_on_the_files_shape(
     assert "method.kind cpt" in refused.stderr
     assert inspect("r.yaml", "--set", "method.kind=cpt").returncode == 0
     bare = inspect("notes.txt", "--model", str(tiny_model_dir))
-    assert bare.returncode == 0 and "text rows train with method.kind cpt" in bare.stderr, bare.stderr
+    assert bare.returncode == 0 and "text rows train only with method.kind cpt" in bare.stderr, bare.stderr
     chosen = inspect("notes.txt", "--model", str(tiny_model_dir), "--set", "method.kind=dpo", "--json")
     assert chosen.returncode == 1
     assert "method.kind dpo needs" in json.loads(chosen.stdout)["files"]["train"]["method_refusal"]["error"]
+
+
+def test_a_bare_file_only_one_method_trains_on_is_reported_as_that_method_trains_it(tmp_path: Path,
+                                                                                    tiny_model_dir: Path):
+    """Plain text trains only with cpt, which packs it: inspect of the bare file used SFT's max_length (sized to the
+    longest document) and counted nothing over it. It now reports it as cpt trains it (the packed block length, the
+    documents longer than it said to run on, not cut); a shape several methods take keeps the note naming them."""
+    model = tmp_path / "model"  # the tiny model with a 4,096-token context, so SFT's max_length is not capped at 512
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4_096}))
+    words = " ".join(f"word{n}" for n in range(300))
+    (tmp_path / "notes.jsonl").write_text(json.dumps({"text": words}) + "\n" + json.dumps({"text": "Short."}) + "\n",
+                                          encoding="utf-8")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}) + "\n",
+                                          encoding="utf-8")
+
+    def inspect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tunesmith", "data", "inspect", "--model", str(model), *args],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    bare, cpt, sft = (json.loads(inspect("notes.jsonl", *extra, "--json").stdout)["files"]["train"]
+                      for extra in ([], ["--set", "method.kind=cpt"], ["--set", "method.kind=sft"]))
+    assert bare["method_assumed"] == "cpt" and bare["packed"] and "methods_taking" not in bare
+    assert bare["stats"]["max_length"] == cpt["stats"]["max_length"] < sft["stats"]["max_length"]
+    assert bare["stats"]["over_max_length"] == 1 and sft["stats"]["over_max_length"] == 0
+    text = " ".join(inspect("notes.jsonl").stderr.split())
+    assert "1 document(s) are longer than max_length" in text and "none is cut" in text
+    pairs = json.loads(inspect("pairs.jsonl", "--json").stdout)["files"]["train"]
+    assert "method_assumed" not in pairs and {"dpo", "kto", "reward"} <= set(pairs["methods_taking"])

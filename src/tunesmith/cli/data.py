@@ -91,8 +91,16 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "
                   f"{info['stats']['rows']} usable rows · skipped {sum(info['skipped'].values())}")
         print_stats(info["stats"])
+        if info.get("packed") and info["stats"]["over_max_length"]:
+            err.print(f"note: {info['stats']['over_max_length']} document(s) are longer than max_length "
+                      f"{info['stats']['max_length']}: packing runs them on into the next block, none is cut.",
+                      highlight=False, soft_wrap=True)
         if info.get("method_refusal"):
             err.print(f"[red]problem:[/red] {escape(info['method_refusal']['error'])}", highlight=False, soft_wrap=True)
+        elif info.get("method_assumed"):
+            err.print(f"note: {info['shape']} rows train only with method.kind {info['method_assumed']}: the counts "
+                      "above are the ones it trains with (a recipe's method section chooses the method).",
+                      highlight=False, soft_wrap=True)
         elif info.get("methods_taking"):
             err.print(f"note: {info['shape']} rows train with method.kind {' or '.join(info['methods_taking'])} "
                       "(a recipe's method section; the counts above assume sft, the default).", highlight=False,

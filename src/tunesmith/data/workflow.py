@@ -61,6 +61,7 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
     sources = {split: data_source(recipe, value) for split, value in files.items()}
     records = {split: load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
                                    shape=data.format) for split, source in sources.items()}
+    recipe, assumed = method_for_shape(recipe, records["train"].shape, method_chosen)
     # lengths as training renders the rows: the recipe's system prompt and fallbacks (a Hermes tools block) included
     lengths_of = {split: token_lengths(tokenizer, conformed(loaded.rows, recipe)) for split, loaded in records.items()}
     max_length = recipe_max_length(recipe, lengths_of.values())
@@ -83,6 +84,8 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
             "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
             **method_fit(recipe.method.kind, loaded, method_chosen),
+            **({"method_assumed": assumed} if assumed else {}),
+            "packed": loaded.shape == "text" and packs_text(recipe),
         }
         usable += loaded.rows
     if not all("text" in row for row in usable):  # raw text (CPT) never goes through the chat template
@@ -93,6 +96,18 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
         _, overlap = drop_eval_overlap(records["train"].rows, records["eval"].rows, data.clean)
         report["train_eval_overlap"] = overlap["removed"]  # exact copies, and near ones under dedup: near
     return report
+
+
+def method_for_shape(recipe: Recipe, shape: str, method_chosen: bool) -> tuple[Recipe, str | None]:
+    """The recipe to report a bare file under: where no method was chosen and SFT (the default) does not train on the
+    file's shape but exactly one method does (text: cpt, prompts: grpo, unpaired preferences: kto), that method, so
+    that max_length and the counts are the ones it would train with; with the method's name, else None."""
+    if method_chosen or shape in METHOD_SHAPES.get(recipe.method.kind, (shape,)):
+        return recipe, None
+    taking = [kind for kind, shapes in METHOD_SHAPES.items() if shape in shapes]
+    if len(taking) != 1:
+        return recipe, None
+    return recipe.model_copy(update={"method": recipe.method.model_copy(update={"kind": taking[0]})}), taking[0]
 
 
 def method_fit(method: str, loaded: LoadResult, method_chosen: bool) -> dict[str, Any]:
@@ -143,8 +158,13 @@ def recipe_max_length(recipe: Recipe, lengths: Iterable[list[int]]) -> int:
 
     context = context_length(resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir)))
     longest = max((max(split, default=0) for split in lengths), default=0)
-    return auto_max_length(longest, context, packed_text=recipe.method.kind == "cpt" and
-                           recipe.training.packing in (True, "auto"))
+    return auto_max_length(longest, context, packed_text=packs_text(recipe))
+
+
+def packs_text(recipe: Recipe) -> bool:
+    """Whether training packs raw text into blocks of max_length (cpt, training.packing true or auto), so that a
+    document longer than max_length runs on into the next block rather than being cut."""
+    return recipe.method.kind == "cpt" and recipe.training.packing in (True, "auto")
 
 
 def conformed(rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
