@@ -3,6 +3,7 @@ best one that keeps the probes chosen, and made the run's adapter on request."""
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(checkpointed_run):
+def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(checkpointed_run, monkeypatch):
     recipe, run = checkpointed_run
     assert [step for step, _ in adapter_checkpoints(run)] == [4, 8, 12]
     final_weights = digest(run.adapter_dir / "adapter_model.safetensors")
@@ -104,9 +105,26 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
     assert results.tuned[metric] == report["points"][1]["task"]  # the same greedy answers as its checkpoint point
     assert open_run(run.path).manifest().eval.checkpoints == "eval/checkpoints.json"  # kept beside the results
 
+    def interrupted_copy(*args, **kwargs):  # Ctrl-C while the checkpoint's files are copied in
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copy2", interrupted_copy)
+        with pytest.raises(KeyboardInterrupt):
+            roll_back(run, run.checkpoints_dir / "checkpoint-12", 12)
+    assert digest(run.adapter_dir / "adapter_model.safetensors") == digest(
+        run.checkpoints_dir / "checkpoint-4" / "adapter_model.safetensors")  # nothing moved: the run is as it was
+    assert open_run(run.path).manifest().eval.results and (run.eval_dir / "report.html").is_file()
+
     roll_back(run, run.checkpoints_dir / "checkpoint-12", 12)  # back to the end; adapter-final/ stays the original
     assert digest(run.adapter_dir / "adapter_model.safetensors") == final_weights
     assert digest(run.path / FINAL_ADAPTER / "adapter_model.safetensors") == final_weights
+    record = open_run(run.path).manifest().eval  # step 4's scores no longer describe the run's adapter
+    assert record.results == {} and record.checkpoints == "eval/checkpoints.json"
+    assert not (run.eval_dir / "results.json").exists() and not (run.eval_dir / "report.html").exists()
+    assert not (run.plots_dir / "base_vs_tuned.png").exists()
+    assert len(list((run.eval_dir / "history").glob("results-*.json"))) == 1
+    assert not list(run.path.glob(".adapter-*"))  # no staging or replaced adapter left behind
 
 
 def test_the_cli_refuses_rollback_alone_and_runs_without_checkpoints_say_how_to_get_them(checkpointed_run, tmp_path):

@@ -925,6 +925,7 @@ def test_a_whole_model_run_is_served_from_the_gguf_it_exported_and_says_its_base
 
     from tests.conftest import make_tiny_project
     from tunesmith.config import load_recipe
+    from tunesmith.errors import TunesmithError
     from tunesmith.export.stage import export_formats
     from tunesmith.serve.catalog import build_catalog
     from tunesmith.serve.server import default_announce
@@ -944,3 +945,13 @@ def test_a_whole_model_run_is_served_from_the_gguf_it_exported_and_says_its_base
     assert f16.gguf.name.endswith(".F16.gguf") and f16.gguf.is_file()
     default_announce([served], "127.0.0.1", 8000)
     assert "whole: served as whole models, so their base is not loaded" in capsys.readouterr().err
+    export_formats(recipe, run, ["merged"])  # rewrote exports/manifest.json whole: the GGUFs' records went with it
+    manifest_file = run.exports_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert set(manifest["gguf"]) == {"Q8_0", "F16"} and "merged" in manifest
+    manifest["gguf"]["Q8_0"]["verify"] = {"passed": False, "agreement": 0.42}  # as a failed llama.cpp check records it
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(TunesmithError, match=r"Q8_0\.gguf failed llama\.cpp's check .* on 42\.0% of next tokens"):
+        build_catalog([f"whole={run.path}"], quant="Q8_0")
+    [fallback] = build_catalog([f"whole={run.path}"])  # without --quant: the file that did not fail
+    assert fallback.gguf == f16.gguf

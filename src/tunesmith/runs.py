@@ -118,18 +118,24 @@ def check_replaceable_output(path: Path, marker: str, written: Collection[str] |
 def atomic_directory(path: Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path` (all of it), on failure it is removed.
 
-    Where a user names `path`, call `check_replaceable_output` first."""
+    The earlier folder is renamed aside before the new one takes its name and deleted only after, so that an
+    interruption at any point leaves either the old folder or the new one whole at `path` (a rename is atomic on
+    one filesystem; deleting a folder is not). Where a user names `path`, call `check_replaceable_output` first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())
+    aside = tmp.with_name(tmp.name + ".old")
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, aside)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and not path.exists():  # interrupted between the two renames: the old folder goes back
+            os.replace(aside, path)
+        for leftover in (tmp, aside):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_json(path: Path) -> Any:
@@ -489,13 +495,14 @@ class InterruptedBeforeTraining(TunesmithError):
 
 @contextmanager
 def removed_if_unstarted(run: Run) -> Iterator[Run]:
-    """Remove a new run's directory when its training stops on a user's mistake (a TunesmithError) or is
-    interrupted (KeyboardInterrupt) before the first step was logged: it would hold only the set-up (recipe,
-    environment, data), nothing to resume or read, and `runs` would list it. A run with a logged step or a
-    checkpoint is kept. Re-raises the error; an interruption as InterruptedBeforeTraining, which says so."""
+    """Remove a new run's directory when its training (or `baseline`'s scoring) stops before the first step was
+    logged, on a user's mistake, a full disk, running out of memory or an interruption (KeyboardInterrupt): it would
+    hold only the set-up (recipe, environment, data), nothing to resume or read, and `runs` would list it. A run
+    with a logged step or a checkpoint is kept. Re-raises the error; an interruption as InterruptedBeforeTraining,
+    which says so."""
     try:
         yield run
-    except (TunesmithError, KeyboardInterrupt) as exc:
+    except BaseException as exc:
         checkpoints = run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())
         trained = run.adapter_dir.exists() or (run.path / "model").exists()
         started = run.metrics_file.exists() or checkpoints or trained

@@ -243,10 +243,12 @@ def run_sweep(recipe_path: Path, grids: list[str], sets: list[str] | None = None
         rows.append(run_combination(recipe_path, sets, combo, sweep_dir, evaluate, resumed=before is not None))
         stopped = rows[-1]["status"] == "stopped"
         report(f"      {outcome_line(rows[-1])}{'' if stopped else time_left(rows, len(combos) - index)}")
-        write_sweep_table(sweep_dir, header, rows)  # after each run: a crash mid-sweep keeps what finished
+        # after each run, with the earlier rows not reached yet: a crash mid-sweep keeps all that finished
+        written = rows + [earlier[c.name] for c in combos[index:] if c.name in earlier]
+        write_sweep_table(sweep_dir, header, written)
         if stopped:
-            plot_sweep(rows, sweep_dir / "sweep.png")
-            raise SweepInterrupted(sweep_dir, rows[-1], [c.name for c in combos[index:]])
+            plot_sweep(written, sweep_dir / "sweep.png")
+            raise SweepInterrupted(sweep_dir, rows[-1], [c.name for c in combos[index:] if c.name not in earlier])
     write_sweep_table(sweep_dir, header, rows)
     plot_sweep(rows, sweep_dir / "sweep.png")
     return sweep_dir

@@ -399,6 +399,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
         else:
             _print_checkpoints(report_file, run.plots_dir / "checkpoints.png")
         rolled = json.loads(report_file.read_text(encoding="utf-8")).get("rolled_back_to")
+        if rolled is not None:  # the card stops describing the replaced adapter before the eval below starts
+            write_model_card(run)
         if rollback and rolled is None:
             err.print("--rollback: the run's adapter stays as it is (no other checkpoint was chosen).",
                       highlight=False)

@@ -29,7 +29,7 @@ from tunesmith.models import load_model, load_tokenizer, pick_device, resolve_mo
 from tunesmith.models.loading import context_length
 from tunesmith.models.templates import recipe_chat_template
 from tunesmith.results import Scores
-from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage
+from tunesmith.runs import Run, atomic_write_json, create_run, record_data_stage, removed_if_unstarted
 from tunesmith.scoring import aggregate, recipe_scorer, score_answers, score_columns
 from tunesmith.train.common import small_split_warnings
 
@@ -85,35 +85,37 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     # a run directory is made or any weights load
     check_template_contract(tokenizer, splits.train + splits.eval, recipe.model.source, recipe.model.chat_template)
     run = create_run(recipe, runs_dir)
-    resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer, context_length(model_dir),
-                       packed=False)
-    atomic_write_json(run.path / "data.json", fingerprint(splits))
-    record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
-    model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
-    rows = splits.eval[: recipe.eval.max_examples]
-    references = [answer_text(row["messages"][-1]) for row in rows]
-    answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, [expected_output(row) for row in rows])
-    plan = BaselinePlan(names, splits.train, constraint)
-    results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,
-                               "metrics_chosen": {"metrics": metrics, "kind": answers.kind, "reason": answers.reason},
-                               "max_new_tokens": answer_limit, "baselines": {}, "per_example": {}}
-    outputs: dict[str, list[str]] = {}
-    for name in names:
-        summary, outputs[name] = run_baseline(name, model, tokenizer, rows, recipe, plan, _no_context)
-        scores = score_answers(scorer, outputs[name], references)
-        results["baselines"][name] = {**aggregate(scores), **summary}
-        results["per_example"]["base" if name == "zero_shot" else name] = score_columns(scores)
-    if constraint is not None:
-        results["constraint"] = constraint.describe()
-    if left_out:
-        results["left_out"] = left_out
-    results["verdict"] = verdict(results)
-    results["samples"] = [{"prompt": context_text(row["messages"][:-1]), "reference": reference,
-                           **{name: answers[index] for name, answers in outputs.items()}}
-                          for index, (row, reference) in enumerate(zip(rows[:50], references, strict=False))]
-    path = run.path / "baseline" / "results.json"
-    atomic_write_json(path, BaselineResults.model_validate(results).model_dump(mode="json"))
-    return run, path  # the command says where (`Results: PATH`, after the table)
+    with removed_if_unstarted(run):  # a failure or Ctrl-C before the results are written leaves no run behind
+        resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer, context_length(model_dir),
+                           packed=False)
+        atomic_write_json(run.path / "data.json", fingerprint(splits))
+        record_data_stage(run, recipe.data, splits.train, splits.eval, splits.shape, splits.source)
+        model = load_model(model_dir, torch.float32, pick_device(recipe.training.device)).eval()
+        rows = splits.eval[: recipe.eval.max_examples]
+        references = [answer_text(row["messages"][-1]) for row in rows]
+        answer_limit = resolve_max_new_tokens(recipe.eval, tokenizer, [expected_output(row) for row in rows])
+        plan = BaselinePlan(names, splits.train, constraint)
+        chosen = {"metrics": metrics, "kind": answers.kind, "reason": answers.reason}
+        results: dict[str, Any] = {"examples": len(rows), "task_metric": recipe.eval.task_metric, "metrics": metrics,
+                                   "metrics_chosen": chosen, "max_new_tokens": answer_limit, "baselines": {},
+                                   "per_example": {}}
+        outputs: dict[str, list[str]] = {}
+        for name in names:
+            summary, outputs[name] = run_baseline(name, model, tokenizer, rows, recipe, plan, _no_context)
+            scores = score_answers(scorer, outputs[name], references)
+            results["baselines"][name] = {**aggregate(scores), **summary}
+            results["per_example"]["base" if name == "zero_shot" else name] = score_columns(scores)
+        if constraint is not None:
+            results["constraint"] = constraint.describe()
+        if left_out:
+            results["left_out"] = left_out
+        results["verdict"] = verdict(results)
+        results["samples"] = [{"prompt": context_text(row["messages"][:-1]), "reference": reference,
+                               **{name: answers[index] for name, answers in outputs.items()}}
+                              for index, (row, reference) in enumerate(zip(rows[:50], references, strict=False))]
+        path = run.path / "baseline" / "results.json"
+        atomic_write_json(path, BaselineResults.model_validate(results).model_dump(mode="json"))
+        return run, path  # the command says where (`Results: PATH`, after the table)
 
 
 def _no_context() -> Any:

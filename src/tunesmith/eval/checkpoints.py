@@ -30,7 +30,7 @@ from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_text
 from tunesmith.eval.evaluate import choose_metrics
 from tunesmith.eval.forgetting import ask, recipe_probes
 from tunesmith.eval.probe_checks import passes
-from tunesmith.eval.rows import held_out_rows
+from tunesmith.eval.rows import held_out_rows, keep_earlier_results
 from tunesmith.figures import pyplot, save_figure
 from tunesmith.models import pick_device
 from tunesmith.models.loading import load_model
@@ -198,35 +198,61 @@ def none_beats_base(best: dict[str, Any], base: dict[str, Any]) -> dict[str, Any
 
 def roll_back(run: Run, checkpoint: Path, step: int) -> int:
     """Make `checkpoint`'s adapter the run's: the trained one moves to adapter-final/ (once), the checkpoint's
-    adapter files are copied into adapter/, and run.json's train record names the step. Exports made from the
-    adapter it replaces move aside (exports-final/ or exports-step-N/) and leave run.json, so nothing serves or
-    ships a stale model. Returns the step."""
+    adapter files are copied into adapter/, and run.json's train record names the step. What described the adapter
+    it replaces goes too, so nothing serves, ships or reports a stale model: its exports move aside
+    (exports-final/ or exports-step-N/) and its eval results into eval/history/, both leaving run.json.
+
+    Each step leaves the run whole if the next one fails or is interrupted: the new adapter is built beside the old
+    one first, run.json stops naming a file before the file moves, and the adapter is swapped by renames. Returns
+    the step."""
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
         raise TunesmithError(f"{run.path} has no finished training to roll back.")
-    if run.exports_dir.is_dir() and any(run.exports_dir.iterdir()):
-        current = manifest.train.checkpoint_step
-        aside = run.path / ("exports-final" if current is None else f"exports-step-{current}")
-        shutil.rmtree(aside, ignore_errors=True)
-        run.exports_dir.rename(aside)
-        progress(f"the exports of the adapter being replaced moved to {aside}")
-    final = run.path / FINAL_ADAPTER
     staging = run.path / f".{run.adapter_dir.name}-rollback"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.adapter_dir, staging)
     for name in ADAPTER_FILES:
         shutil.copy2(checkpoint / name, staging / name)
-    if not final.exists():
-        run.adapter_dir.rename(final)
-    else:
-        shutil.rmtree(run.adapter_dir)
+    set_aside_exports(run, manifest)
+    set_aside_results(run, manifest)
+    final = run.path / FINAL_ADAPTER
+    replaced = run.path / f".{run.adapter_dir.name}-replaced"
+    shutil.rmtree(replaced, ignore_errors=True)
+    run.adapter_dir.rename(replaced if final.exists() else final)
     staging.rename(run.adapter_dir)
     record_stage(run, "train", manifest.train.model_copy(update={"checkpoint_step": step}))
-    if manifest.exports:
-        record_stage(run, "exports", {})
+    shutil.rmtree(replaced, ignore_errors=True)
     progress(f"rolled back: {run.adapter_dir} is now checkpoint step {step} (the final adapter is in {final}); "
              "evaluate and export again to use it")
     return step
+
+
+def set_aside_exports(run: Run, manifest: Any) -> None:
+    """The exports of the adapter being replaced: out of run.json first, then moved to exports-final/ (or
+    exports-step-N/ when the run had rolled back before)."""
+    if not (run.exports_dir.is_dir() and any(run.exports_dir.iterdir())):
+        return
+    if manifest.exports:
+        record_stage(run, "exports", {})
+    current = manifest.train.checkpoint_step
+    aside = run.path / ("exports-final" if current is None else f"exports-step-{current}")
+    shutil.rmtree(aside, ignore_errors=True)
+    run.exports_dir.rename(aside)
+    progress(f"the exports of the adapter being replaced moved to {aside}")
+
+
+def set_aside_results(run: Run, manifest: Any) -> None:
+    """The eval results of the adapter being replaced (held-out, --against, --data): out of run.json first, then
+    each results.json into history/ beside it, its report.html and chart deleted (they are drawn from it)."""
+    if manifest.eval is None or not manifest.eval.results:
+        return
+    record_stage(run, "eval", manifest.eval.model_copy(update={"results": {}}))
+    for relative in manifest.eval.results.values():
+        path = run.path / relative
+        keep_earlier_results(path)
+        for drawn in (path.parent / "report.html", path.parent / "base_vs_tuned.png"):
+            drawn.unlink(missing_ok=True)
+    (run.plots_dir / "base_vs_tuned.png").unlink(missing_ok=True)
 
 
 def plot_checkpoints(report: dict[str, Any], path: Path, title: str) -> Path:

@@ -8,6 +8,8 @@ rebuild their split from the recipe's files, as eval always did.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,16 +107,24 @@ def results_dir(folder: Path, rows: HeldOutRows) -> Path:
     return folder / f"data-{rows.file.stem}" if rows.file is not None else folder
 
 
-def keep_earlier_results(path: Path) -> Path | None:
+def keep_earlier_results(path: Path, leave_in_place: bool = False) -> Path | None:
     """Move an earlier eval's results.json into history/ beside it (named by when it was written), so that an eval
     run again with other settings (probes off, other rows) does not silently replace what the first one found;
-    returns where it went."""
+    returns where it went. `leave_in_place`: a hard link (or copy) goes to history/ and the file stays, for a writer
+    about to replace it atomically (a failed write then leaves the file run.json names where it was)."""
     if not path.is_file():
         return None
     written = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
     target = path.parent / "history" / f"{path.stem}-{written}.json"
     target.parent.mkdir(exist_ok=True)
-    path.replace(target)
+    if not leave_in_place:
+        path.replace(target)
+    else:
+        target.unlink(missing_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
     from tunesmith.eval.decoding import progress
 
     progress(f"the earlier {path.name} is kept as {target}")
@@ -126,7 +136,7 @@ def save_results(run: Run, path: Path, results: dict[str, Any]) -> Path:
     it in run.json's eval section."""
     results = {"version": RESULTS_VERSION, **results}
     validate_results(results, path)
-    keep_earlier_results(path)
+    keep_earlier_results(path, leave_in_place=True)
     atomic_write_json(path, results)
     record_eval_results(run, path)
     return path

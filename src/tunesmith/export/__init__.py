@@ -25,6 +25,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tunesmith.export' has no attribute {name!r}")
 
 
+def update_export_manifest(run: Any, entries: dict[str, Any], group: str | None = None) -> None:
+    """Add `entries` to the run's exports/manifest.json (under `group`, e.g. "gguf" keyed by quant type, where given),
+    keeping what it already records of the other exports: each format's export adds itself, so an adapter export
+    after a GGUF one does not drop the GGUF's record (and its llama.cpp check) that serve reads."""
+    import json
+
+    from tunesmith.runs import atomic_write_json
+
+    path = run.exports_dir / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    (manifest.setdefault(group, {}) if group else manifest).update(entries)
+    atomic_write_json(path, manifest)
+
+
 def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:
     """Where each requested format lands under exports/, and so under `--out DIR` (the same layout).
 

@@ -10,7 +10,6 @@ written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -24,12 +23,13 @@ import gguf
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.export import update_export_manifest
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
 from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
 from tunesmith.export.gguf_vocab import add_tokenizer
 from tunesmith.export.verify import Verification, llama_cpp_available, require_llama_cpp, verify_gguf
 from tunesmith.models.checkpoints import checkpoint_shards
-from tunesmith.runs import atomic_write_json, require_free_space
+from tunesmith.runs import require_free_space
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -143,23 +143,18 @@ def record_merged(run: Run, path: Path, max_diff: float) -> None:
     exports/manifest.json (and, by the export stage, run.json) as the `merged` format is, and said, with its size."""
     from tunesmith.runs import tree_size
 
-    manifest_path = run.exports_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest["merged"] = {"path": run.relative(path), "max_abs_logit_diff": max_diff, "written_for": "gguf"}
-    atomic_write_json(manifest_path, manifest)
+    update_export_manifest(run, {"merged": {"path": run.relative(path), "max_abs_logit_diff": max_diff,
+                                            "written_for": "gguf"}})
     print(f"merged checkpoint kept at {path} ({tree_size(path) / 2**20:,.0f} MiB): the GGUF is converted from it, "
           "and later GGUF and Ollama exports reuse it; delete it when you need the space.", file=sys.stderr)
 
 
 def record_in_manifest(run: Run, quant: str, path: Path, verification: Verification | None = None) -> None:
     """Add the GGUF (and its llama.cpp check) to exports/manifest.json next to the exports it already lists."""
-    manifest_path = run.exports_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     entry = {"path": run.relative(path), "bytes": path.stat().st_size}
     if verification is not None:
         entry["verify"] = verification.as_dict()
-    manifest.setdefault("gguf", {})[quant] = entry
-    atomic_write_json(manifest_path, manifest)
+    update_export_manifest(run, {quant: entry}, group="gguf")
 
 
 def parse_quant(quant: str) -> str:

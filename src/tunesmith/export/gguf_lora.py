@@ -21,9 +21,9 @@ import gguf
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.export import update_export_manifest
 from tunesmith.export.gguf import atomic_output
 from tunesmith.export.gguf_arch import ArchSpec, arch_spec, prepare_weights
-from tunesmith.runs import atomic_write_json
 
 if TYPE_CHECKING:
     from tunesmith.config import Recipe
@@ -183,11 +183,8 @@ def run_gguf_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
     base_dir = run_base_model(run)
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-{quant.upper()}.gguf"
     write_gguf_lora(run.adapter_dir, base_dir, target, quant, name=f"{recipe.name}-lora")
-    manifest_path = run.exports_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest.setdefault("gguf_lora", {})[quant.upper()] = {"path": run.relative(target), "bytes": target.stat().st_size,
-                                                           "base": str(base_dir)}
-    atomic_write_json(manifest_path, manifest)
+    update_export_manifest(run, {quant.upper(): {"path": run.relative(target), "bytes": target.stat().st_size,
+                                                 "base": str(base_dir)}}, group="gguf_lora")
     return target
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
+from tunesmith.export import update_export_manifest
 from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
 from tunesmith.models.checkpoints import checkpoint_shards
 from tunesmith.models.tuned import is_adapter, run_base_model
-from tunesmith.runs import Run, atomic_directory, atomic_write_json, require_free_space
+from tunesmith.runs import Run, atomic_directory, require_free_space
 
 
 def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Path:
@@ -37,7 +38,7 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
         manifest["merged"] = {"path": run.relative(path), "max_abs_logit_diff": max_diff}
-    atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
+    update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
 
 
@@ -61,7 +62,7 @@ def export_whole_model(run: Run, artifact: Path, formats: list[str]) -> Path:
         with atomic_directory(target) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         manifest["merged"] = {"path": run.relative(target), "max_abs_logit_diff": 0.0}
-    atomic_write_json(run.exports_dir / "manifest.json", {**manifest, **template_contract(run)})
+    update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
 
 

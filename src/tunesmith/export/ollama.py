@@ -9,7 +9,6 @@ export leaves no half-written folder; when the `ollama` binary is installed the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.export import update_export_manifest
 from tunesmith.export.ollama_templates import RAW_GO_TEMPLATE, Translation, translate_chat_template
 from tunesmith.export.ollama_tools import ToolRenderer
-from tunesmith.runs import atomic_directory, atomic_write_json, atomic_write_text
+from tunesmith.runs import atomic_directory, atomic_write_text
 
 if TYPE_CHECKING:
     from tunesmith.config import DataSection, Recipe
@@ -161,9 +161,6 @@ def create_with_ollama(name: str, modelfile: Path, family: str) -> OllamaExport:
 
 def record_in_manifest(run: Run, result: OllamaExport) -> None:
     """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists."""
-    manifest_path = run.exports_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    manifest["ollama"] = {"path": run.relative(result.folder), "modelfile": run.relative(result.modelfile),
-                          "name": result.model_name, "template_family": result.family, "created": result.created,
-                          "offers_tools": result.offers_tools}
-    atomic_write_json(manifest_path, manifest)
+    update_export_manifest(run, {"ollama": {
+        "path": run.relative(result.folder), "modelfile": run.relative(result.modelfile), "name": result.model_name,
+        "template_family": result.family, "created": result.created, "offers_tools": result.offers_tools}})

@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config import GGUF_LORA_KINDS, DataSection, Recipe
 from tunesmith.errors import TunesmithError
@@ -224,14 +225,32 @@ def merged_gguf(recipe: Recipe, run: Run, quant: str | None, export: bool) -> Pa
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     if export and not target.is_file():
         target = run_gguf_export(recipe, run, quant)
+    refuse_failed_check(run, quant, target)
     return target
+
+
+def refuse_failed_check(run: Run, quant: str, target: Path) -> None:
+    """A GGUF whose llama.cpp check failed when it was exported (exports/manifest.json verify.passed: false) picks
+    other tokens than the trained model: it is not served. Raises TunesmithError naming the agreement and the fix."""
+    entry = gguf_entries(run).get(quant) or {}
+    check = entry.get("verify") or {}
+    if target.is_file() and entry.get("path") == run.relative(target) and check.get("passed") is False:
+        raise TunesmithError(f"{target} failed llama.cpp's check when it was exported: it agrees with the merged model "
+                             f"on {check.get('agreement', 0):.1%} of next tokens (exports/manifest.json).",
+                             "Serve another type (--quant F16 or Q8_0), or export this one again "
+                             f"(tunesmith export {run.path} --format gguf --quant {quant}).")
+
+
+def gguf_entries(run: Run) -> dict[str, dict[str, Any]]:
+    """The whole-model GGUFs exports/manifest.json records for the run, by quant type."""
+    manifest_file = run.exports_dir / "manifest.json"
+    return json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
 
 
 def exported_gguf(run: Run) -> Path | None:
     """A whole-model GGUF exports/manifest.json records for the run, whose file is there and whose llama.cpp check
     did not fail: F16 first, then the other types as recorded."""
-    manifest_file = run.exports_dir / "manifest.json"
-    entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
+    entries = gguf_entries(run)
     for quant in sorted(entries, key=lambda name: name != DEFAULT_QUANT):
         entry = entries[quant]
         path = run.path / entry.get("path", "")

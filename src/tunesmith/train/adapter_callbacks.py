@@ -16,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunesmith.errors import RecipeError
-from tunesmith.runs import Run
+from tunesmith.runs import Run, atomic_directory
 from tunesmith.train.adapters import MUTATED_BASE_KINDS, initial_adapter_dir, train_half_of_blocks
 
 
@@ -114,4 +114,7 @@ class KeepInitialAdapter(TrainerCallback):
         if state.global_step and self.target.is_dir():  # resumed: saved when the run first started
             return
         model.active_peft_config.init_lora_weights = True  # reloading it must not decompose the base again
-        model.save_pretrained(self.target, safe_serialization=True)
+        if not state.is_world_process_zero:  # with several processes, rank 0 alone writes the run directory
+            return
+        with atomic_directory(self.target) as staging:  # an interrupted save leaves no partial adapter to load
+            model.save_pretrained(staging, safe_serialization=True)

@@ -1,0 +1,128 @@
+"""Nothing half-written: a command that fails or is interrupted leaves the earlier output whole (or the new one), and
+the run's records never name a file that is not there or describe one that was replaced."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunesmith.runs import atomic_directory
+
+
+def test_replacing_a_folder_interrupted_while_the_old_one_is_deleted_leaves_a_whole_one(tmp_path: Path,
+                                                                                       monkeypatch):
+    """atomic_directory deleted the old folder in place before renaming the new one in: a Ctrl-C during that delete
+    left the old folder part-deleted at the output's name (an index without its shard). Now the old folder is
+    renamed aside first and deleted last, so the name always holds one whole folder."""
+    target = tmp_path / "merged"
+    target.mkdir()
+    for name in ("index.json", "shard-1", "shard-2"):
+        (target / name).write_text("old")
+    real_rmtree = shutil.rmtree
+    calls: list[Path] = []
+
+    def interrupted_rmtree(path, *args, **kwargs):  # deletes one file of the folder, then Ctrl-C
+        calls.append(Path(path))
+        if len(calls) == 1:
+            next(Path(path).iterdir()).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as staging:
+        for name in ("index.json", "shard-1"):
+            (staging / name).write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["index.json", "shard-1"]
+    assert {p.read_text() for p in target.iterdir()} == {"new"}
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:  # a failure keeps the earlier folder
+        (staging / "index.json").write_text("newer")
+        raise RuntimeError("disk full")
+    assert {p.read_text() for p in target.iterdir()} == {"new"}
+    assert all(p.name == "merged" or p.name.startswith(".merged.") for p in tmp_path.iterdir())  # hidden leftovers
+
+
+def test_a_baseline_that_fails_before_its_results_leaves_no_run_behind(tmp_path: Path, tiny_model_dir: Path,
+                                                                       monkeypatch):
+    """`tunesmith baseline` made its run directory and then loaded and generated: a failure there (out of memory, a
+    full disk, Ctrl-C) left a run with a recipe and data but no results, which `runs list` showed as "not trained".
+    Now the directory goes with the failure, as a training run's does before its first step."""
+    import tunesmith.eval.before_training as before_training
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("the base does not fit")
+
+    monkeypatch.setattr(before_training, "load_model", out_of_memory)
+    with pytest.raises(MemoryError):
+        before_training.run_baselines_before_training(recipe, ["zero_shot"], tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_resumed_sweep_stopped_again_keeps_the_rows_of_combinations_it_had_not_reached(tmp_path: Path,
+                                                                                         tiny_model_dir: Path,
+                                                                                         monkeypatch):
+    """A resumed sweep wrote its table after each combination it ran with only the rows reached so far: stopped (or
+    killed) while retrying its first combination, sweep.json lost the later ones that had finished, and the next
+    --resume trained them again. The rows not reached yet are now written too."""
+    import json
+
+    import tunesmith.sweep as sweep
+    from tests.conftest import make_tiny_project
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, eval_rows=4).resolve()
+    grid = "training.lr=0.0001,0.0002"
+    sweep_dir = tmp_path / "runs" / "sweep-tiny"
+    sweep_dir.mkdir(parents=True)
+    finished = {"combination": "lr=0.0002", "overrides": ["training.lr=0.0002"], "status": "ok", "wall_time_s": 12.0,
+                "recipe": str(recipe), "final_train_loss": 1.5, "run_dir": str(sweep_dir / "b")}
+    failed = {"combination": "lr=0.0001", "overrides": ["training.lr=0.0001"], "status": "failed",
+              "error": "out of memory", "wall_time_s": 3.0, "recipe": str(recipe), "run_dir": None}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"recipe": str(recipe), "grid": [grid], "set": [],
+                                                      "evaluate": False, "rows": [failed, finished]}))
+
+    def stopped_again(recipe_path, sets, combo, sweep_dir, evaluate, resumed=False):
+        return {**failed, "status": "stopped", "signal": "SIGINT", "error": "stopped before a checkpoint"}
+
+    monkeypatch.setattr(sweep, "run_combination", stopped_again)
+    with pytest.raises(sweep.SweepInterrupted) as stopped:
+        sweep.run_sweep(recipe, [], resume=str(sweep_dir), report=lambda line: None)
+    assert "not started" not in stopped.value.message  # the other combination had finished before
+    rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
+    assert [(row["combination"], row["status"]) for row in rows] == [("lr=0.0001", "stopped"),
+                                                                       ("lr=0.0002", "ok")]
+    assert "| lr=0.0002 |" in (sweep_dir / "sweep.md").read_text()
+
+
+def test_results_that_cannot_be_written_leave_the_earlier_ones_where_run_json_names_them(tmp_path: Path,
+                                                                                        monkeypatch):
+    """save_results moved the earlier results.json into history/ and then wrote the new one: a full disk in between
+    left run.json naming a file that was gone. The earlier file now stays until the new one replaces it; history/
+    gets a link to it."""
+    import json
+
+    import tunesmith.eval.rows as rows
+    from tunesmith.runs import Run
+
+    run = Run(tmp_path / "run")
+    earlier = {"examples": 1, "task_metric": "exact_match", "tuned": {"exact_match": 0.5}}
+    path = rows.save_results(run, run.eval_dir / "results.json", earlier)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rows, "atomic_write_json", disk_full)
+    with pytest.raises(OSError):
+        rows.save_results(run, path, {**earlier, "tuned": {"exact_match": 0.75}})
+    assert json.loads(path.read_text())["tuned"] == {"exact_match": 0.5}
+    [kept] = (path.parent / "history").iterdir()
+    assert json.loads(kept.read_text())["tuned"] == {"exact_match": 0.5}
+    monkeypatch.undo()
+    rows.save_results(run, path, {**earlier, "tuned": {"exact_match": 0.75}})  # the link does not follow the new file
+    assert json.loads(kept.read_text())["tuned"] == {"exact_match": 0.5}
+    assert json.loads(path.read_text())["tuned"] == {"exact_match": 0.75}
