@@ -842,6 +842,26 @@ def _print_add_ons(results: EvalResults, other: str | None) -> None:
         console.print(escape(block.note), highlight=False, soft_wrap=True)
 
 
+PEER_LOST = ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _peer_failure(exc: Exception) -> str | None:
+    """What to say where this process is one rank of several (WORLD_SIZE > 1) and `exc` is its collective failing
+    (torch.distributed's DistError, or gloo's / NCCL's RuntimeError) because another rank stopped: killed, out of
+    memory, or stopped by the launcher after its own error. None for any other exception."""
+    from tunesmith.errors import first_line
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    distributed = sys.modules.get("torch.distributed")
+    text = f"{type(exc).__name__}: {exc}"
+    if not (isinstance(exc, getattr(distributed, "DistError", ())) or any(mark in text for mark in PEER_LOST)):
+        return None
+    return (f"rank {os.environ.get('RANK', '?')} cannot go on: another process of the training group stopped "
+            f"({first_line(exc)}). The launcher stops the others and names the run; the first error of the "
+            "launch's output is the one that stopped it.")
+
+
 def _comparison_cells(entry: Comparison | None) -> list[str]:
     """delta, 95% CI and the per-example tally of one metric; blank where the metric is not compared."""
     if entry is None:
@@ -880,8 +900,14 @@ def main() -> None:
     except Exception as exc:  # the last resort: report, don't dump
         if state["debug"]:
             raise
+        peer = _peer_failure(exc)
+        if peer is not None:  # one rank of several: the others' stop ended its collective, not a bug of its own
+            state["error"] = {"message": peer, "hint": None}
+            err.print(f"[bold yellow]Stopped:[/bold yellow] {escape(peer)}", highlight=False, soft_wrap=True)
+            print_json_error(1)
+            sys.exit(1)
         state["error"] = {"message": f"Internal error: {type(exc).__name__}: {exc}", "hint": None}
-        err.print(f"[bold red]Internal error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
+        err.print(f"[bold red]Internal error:[/bold red] {escape(f'{type(exc).__name__}: {exc}')}", highlight=False)
         err.print("Run again with --debug for the traceback, and report it.")
         print_json_error(1)
         sys.exit(1)

@@ -403,6 +403,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
         raise interrupted(stopper.signum, trainer.state.global_step, run)
     if guard.stopped_at is not None:
         raise guard.failure(run)
+    counter = counter.all_ranks()  # several processes: the tokens all of them trained on
     speed = throughput(counter, seconds, trainer.model, setup.device, setup.precision, frozen_bf16=frozen_bf16)
     if frozen_bf16:
         speed["frozen_matmuls"] = "bf16"  # their FLOPs count against the bf16 peak (`mixed_peak`)
@@ -416,7 +417,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, counter),
-              "precision": setup.precision, "processes": this_rank().world_size,  # throughput: rank 0's share
+              "precision": setup.precision, "processes": this_rank().world_size,  # throughput: all ranks' tokens
               "chosen": chosen, **(choices or {}), "throughput": speed,
               **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
@@ -623,6 +624,9 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
     if bf16_flops:
         peak = mixed_peak(flops, bf16_flops, peak, known_peak(torch.bfloat16, hardware))
     from tunesmith.plan.devices import own_peaks
+    from tunesmith.train.distributed import summed_over_ranks, this_rank
+
+    peak = summed_over_ranks([peak])[0]  # several processes: each measured the share of the machine it ran on
 
     peaks = own_peaks()  # so far: loading, training and the step before saving (what `plan` estimates)
     return {**counter.figures(seconds), "seconds": round(seconds, 1), "model_tflops": round(flops / 1e12, 3),
@@ -630,7 +634,7 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
             "peak_cuda_bytes": None if peaks["cuda_bytes"] is None else int(peaks["cuda_bytes"]),
             "bf16_tflops": round(bf16_flops / 1e12, 3),
             "dtype": precision if precision in ("bf16", "fp16") else "fp32", "peak_gflops": round(peak / 1e9, 1),
-            "mfu": mfu(flops, seconds, peak)}
+            "mfu": mfu(flops, seconds, peak), "processes": this_rank().world_size}
 
 
 def print_throughput(speed: dict[str, Any]) -> None:
@@ -640,10 +644,15 @@ def print_throughput(speed: dict[str, Any]) -> None:
     with_loss = f"{speed['loss_tokens']:,} with loss, " if speed["loss_tokens"] else ""  # none: a reward model's score
     print(f"throughput: {speed['real_tokens']:,} tokens ({with_loss}"
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
-          f"MFU {speed['mfu']:.0%} of this machine's {speed['peak_gflops']:,} GFLOP/s "
+          f"MFU {speed['mfu']:.0%} of {peak_owner(speed.get('processes', 1))} {speed['peak_gflops']:,} GFLOP/s "
           + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
              if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak") + memory,
           file=sys.stderr, flush=True)
+
+
+def peak_owner(processes: int) -> str:
+    """Whose matmul peak MFU is read against: the machine's, or (several processes) the sum of each one's."""
+    return "this machine's" if processes <= 1 else f"the {processes} processes' summed"
 
 
 def frozen_base_dtype(adapter_kind: str, precision: str, device: str, strategy: str = "none") -> Any:

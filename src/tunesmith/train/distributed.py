@@ -65,6 +65,20 @@ def check_process_group(trainer: Any) -> None:
             "set training.device to the device the ranks run on.")
 
 
+def summed_over_ranks(values: list[float]) -> list[float]:
+    """Each of `values` summed over every rank (one all-reduce in float64; every rank must call it), or `values`
+    themselves in a process alone."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any (one tiny all-reduce); the flag itself when alone."""
     import torch

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 IGNORE_INDEX = -100
@@ -100,6 +100,17 @@ class TokenCounter:
         for key, value in state.items():
             if key in self.__dataclass_fields__ and key not in self.NOT_STATE:
                 setattr(self, key, value)
+
+    def all_ranks(self) -> TokenCounter:
+        """The counts summed over every rank of a multi-process run (each rank counts the batches it trained on, so
+        rank 0's alone is 1/N of the work); this counter itself when alone. Every rank must call it (an all-reduce);
+        the training seconds stay this process's (the ranks train in step)."""
+        from tunesmith.train.distributed import summed_over_ranks
+
+        names = [f.name for f in fields(self) if f.name not in (*self.NOT_STATE, "earlier_seconds")]
+        totals = summed_over_ranks([float(getattr(self, name)) for name in names])
+        return replace(self, **{name: type(getattr(self, name))(total) for name, total in zip(names, totals,
+                                                                                               strict=True)})
 
     def figures(self, seconds: float) -> dict[str, float | int]:
         """Counts and per-second rates over `seconds` of training."""
