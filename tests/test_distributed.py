@@ -104,6 +104,11 @@ def test_two_process_run_directory_is_written_once_like_a_one_process_run(one_an
     assert (two / "launch" / "command.sh").is_file()
     train = json.loads((two / "train.json").read_text())
     assert train["processes"] == 2 and train["steps"] == STEPS
+    alone = json.loads((one / "train.json").read_text())["throughput"]  # both ranks' tokens: the same rows as one
+    assert train["throughput"]["real_tokens"] == alone["real_tokens"] > 0
+    assert train["throughput"]["loss_tokens"] == alone["loss_tokens"] and train["throughput"]["processes"] == 2
+    said = " ".join(stderr.split())
+    assert "2 processes joined one training group (gloo)" in said and "of the 2 processes' summed" in said
     # one line per step (rank 0 alone logs), the same files as the one-process run, a model card at the end
     def steps(run: Path) -> list[int]:
         return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -305,6 +310,29 @@ def test_print_launch_sets_up_the_run_and_prints_the_command(project: Path) -> N
     assert (run / "launch" / "command.sh").read_text().rstrip().endswith(command.split(" ", 0)[0][-40:])
 
 
+def test_launch_mistakes_are_refused_before_anything_starts(project: Path, tmp_path: Path) -> None:
+    """A port out of range, a script for what train would refuse once the job is scheduled, a --time sbatch would
+    reject, and resuming a multi-process run as one process: exit 2 naming the fix, nothing launched."""
+    port = tunesmith("train", str(project), "--nproc", "2", "--main-port", "99999", "--runs-dir", "runs-port",
+                     cwd=tmp_path, timeout=120)
+    assert port.returncode == 2 and "--main-port" in port.stderr and not (tmp_path / "runs-port").exists()
+    for sets, said in ((["training.time_budget=10m"], "time_budget cannot be used with several processes"),
+                       (['adapter={"kind": "hft"}'], "hft cannot train with several processes")):
+        script = tunesmith("launch-script", "slurm", str(project), *(a for s in sets for a in ("--set", s)),
+                           "--nodes", "2", "--gpus-per-node", "8", cwd=tmp_path, timeout=120)
+        assert script.returncode == 2 and said in " ".join(script.stderr.split()), script.stderr[-2000:]
+    slurm_time = tunesmith("launch-script", "slurm", str(project), "--nodes", "2", "--time", "4h", cwd=tmp_path,
+                           timeout=120)
+    assert slurm_time.returncode == 2 and "--time '4h' is not a time sbatch reads" in slurm_time.stderr
+
+
+def test_a_multi_process_run_resumed_alone_is_told_its_own_process_count(one_and_two) -> None:
+    _, two, _, _ = one_and_two
+    alone = tunesmith("train", str(two / "recipe.yaml"), "--resume", str(two), cwd=two.parent, timeout=120)
+    assert alone.returncode == 2
+    assert f"--nproc 2 --resume {two.resolve()}" in " ".join(alone.stderr.split()), alone.stderr[-2000:]
+
+
 @pytest.mark.parametrize(("sets", "message"), [
     (["training.distributed=fsdp"], "runs on CUDA GPUs only"),
     (["training.distributed=deepspeed-zero3"], "runs on CUDA GPUs only"),
@@ -420,6 +448,11 @@ def test_the_torchrun_script_trains_with_ranks_started_by_torchrun(project: Path
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
     assert json.loads((run / "train.json").read_text())["processes"] == 2
+    again = subprocess.run(["bash", str(script)], cwd=tmp_path, env={**env, "MASTER_PORT": str(free_port())},
+                           capture_output=True, text=True, timeout=600)  # a job restarted on the finished run
+    assert again.returncode != 0
+    assert again.stderr.count("finished training; there is nothing to resume") == 2, again.stderr[-4000:]  # each rank
+    assert "forcefully exiting" not in again.stderr  # no rank was still loading a model when told to stop
 
 
 def descendants_with_rank(pid: int, rank: int) -> list[int]:
@@ -468,7 +501,10 @@ def test_killing_one_rank_stops_the_others_with_a_message(project: Path, tmp_pat
     assert stopped_after < 60, stopped_after
     print(f"the launch ended {stopped_after:.1f} s after rank 1 was killed:\n{stderr[-1500:]}")
     message = " ".join(stderr.split())
-    assert "a rank stopped and the launcher stopped the others" in message and "--resume" in message
+    assert "a rank stopped and the launcher stopped the others" in message
+    assert "before any checkpoint was saved" in message and "--resume" not in message  # save_steps 1000: none yet
+    assert "Internal error" not in message and "MarkupError" not in message
+    assert "rank 0 cannot go on: another process of the training group stopped" in message
     assert not [p for p in everyone if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 

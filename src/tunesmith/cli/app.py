@@ -155,7 +155,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
                                                  help="This machine's number, 0 to nnodes - 1.")] = 0,
           main_address: Annotated[str, typer.Option("--main-address", rich_help_panel="Several processes",
                                                     help="Address of node 0, reachable from all nodes.")] = "127.0.0.1",
-          main_port: Annotated[int, typer.Option("--main-port", rich_help_panel="Several processes",
+          main_port: Annotated[int, typer.Option("--main-port", min=1, max=65535, rich_help_panel="Several processes",
                                                  help="Port rank 0 listens on.")] = 29500,
           print_launch: Annotated[bool, typer.Option(
               "--print-launch", rich_help_panel="Several processes",
@@ -197,7 +197,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
         return
     from tunesmith.cli.launch import refuse_unlaunched
 
-    refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0, launched)
+    refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0, launched, resume)
     if not force:  # before anything heavy loads: the model's config and the data tell
         from tunesmith.plan.fit import fit_recipe
 

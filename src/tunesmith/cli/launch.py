@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,10 +14,12 @@ from tunesmith.cli.common import SHOW, SetOption, err
 from tunesmith.errors import TunesmithError
 
 
-def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, launched: bool) -> None:
+def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, launched: bool,
+                      resume: str | None = None) -> None:
     """Usage errors of a `train` that launches nothing: launch flags without --nproc, several processes started by
     another launcher without a shared --run-dir or with what only accelerate's launcher sets up, a multi-process
-    strategy started alone. `launched`: a rank of `train --nproc` (its launch was checked)."""
+    strategy started alone (`resume`: the run being resumed, whose process count the fix names). `launched`: a rank
+    of `train --nproc` (its launch was checked)."""
     from tunesmith.errors import RecipeError
     from tunesmith.train.distributed import this_rank
     from tunesmith.train.launch import check_multi_process
@@ -38,9 +41,25 @@ def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, lau
         from tunesmith.train.launch import refuse_sharding_on_cpu
 
         refuse_sharding_on_cpu(strategy, pick_device(recipe.training.device))  # said first: --nproc would not help
+        if resume is not None:
+            raise RecipeError(f"training.distributed is {strategy}, which trains with several processes, and this is "
+                              "one process started alone.", resume_launch_hint(resume, recipe))
         raise RecipeError(f"training.distributed is {strategy}, which trains with several processes, and this is one "
                           "process started alone.",
                           "Launch them: tunesmith train RECIPE --nproc N (or set training.distributed: none).")
+
+
+def resume_launch_hint(resume: str, recipe: Any) -> str:
+    """The launch that resumes a multi-process run: its own process count (the checkpoint belongs to it)."""
+    from tunesmith.train.launch import recorded_world_size
+    from tunesmith.train.resume import find_run_to_resume
+
+    try:
+        run = find_run_to_resume(resume, recipe, None)
+    except TunesmithError:
+        return "Resume it with as many processes as it trained with: tunesmith train RECIPE --nproc N --resume RUN."
+    return (f"Resume it with the {recorded_world_size(run)} processes it trained with: tunesmith train "
+            f"{run.recipe_file} --nproc {recorded_world_size(run)} --resume {run.path}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
 
     from tunesmith.config import load_recipe
     from tunesmith.models import pick_device
-    from tunesmith.runs import create_run
+    from tunesmith.runs import create_run, removed_if_unstarted
     from tunesmith.train.common import resolve_precision
     from tunesmith.train.launch import (
         LaunchSpec,
@@ -113,6 +132,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
                              "same on each.", "Add --run-dir /shared/runs/NAME to the command on every node.")
     else:
         run = create_run(recipe, options.runs_dir)
+    new = not options.resume and options.run_dir is None
     config_file = write_launch_files(run, recipe, spec, resolve_precision(recipe.training.precision, device))
     command = launch_command(config_file, rank_arguments(recipe_file, overrides, run))
     script = write_command(run, command, config_file)
@@ -122,10 +142,11 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         return None
     err.print(f"launching {spec.world_size} processes ({recipe.training.distributed.strategy}): {shlex.join(command)}",
               **SHOW)
-    returncode = subprocess.call(command)
-    if returncode != 0:
-        raise launched_failure(returncode, run, f"tunesmith train {run.recipe_file} --nproc {options.nproc} "
-                                                f"--resume {run.path}")
+    with removed_if_unstarted(run) if new else nullcontext(run):  # a launch that fails before a step leaves no run
+        returncode = subprocess.call(command)
+        if returncode != 0:
+            raise launched_failure(returncode, run, f"tunesmith train {run.recipe_file} --nproc {options.nproc} "
+                                                    f"--resume {run.path}")
     return run
 
 
@@ -153,7 +174,13 @@ def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
     from tunesmith.config import load_recipe
     from tunesmith.errors import RecipeError
     from tunesmith.runs import atomic_write_text, check_output_file
-    from tunesmith.train.launch import SCRIPT_KINDS, slurm_script, torchrun_script
+    from tunesmith.train.launch import (
+        SCRIPT_KINDS,
+        check_multi_process,
+        check_slurm_time,
+        slurm_script,
+        torchrun_script,
+    )
 
     if output is not None:
         check_output_file(output, "--output")
@@ -165,6 +192,10 @@ def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
     if loaded.training.distributed.strategy == "none" and nodes * gpus_per_node > 1:
         overrides.append("training.distributed=ddp")
         loaded = load_recipe(recipe, overrides)
+    if nodes * gpus_per_node > 1:  # what train would refuse once the job is scheduled, refused now
+        check_multi_process(loaded, launched_by_accelerate=kind == "slurm")
+    if time_limit is not None:
+        check_slurm_time(time_limit)
     target = (run_dir or Path(loaded.runs_dir) / f"{loaded.name}-{kind}").expanduser().resolve()
     if kind == "slurm":
         text = slurm_script(loaded, recipe, overrides, nodes, gpus_per_node, target, partition, time_limit)

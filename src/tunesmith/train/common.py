@@ -503,7 +503,9 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
             print(f"starting from the adapter in {setup.init_from}", file=sys.stderr, flush=True)
         return None
     step = checkpoint_step(checkpoint) or 0
-    run.keep_metrics_through(step)
+    main = is_main_process()  # with several processes, rank 0 alone writes and says it
+    if main:
+        run.keep_metrics_through(step)
     for callback in setup.adapter_callbacks:  # adapter state beyond weights and optimizer (AdaLoRA's budget)
         if hasattr(callback, "resume_from"):
             callback.resume_from = checkpoint
@@ -512,7 +514,8 @@ def start_point(trainer: Any, setup: TrainingSetup, run: Run, guard: NumericsGua
     counter.restore(state.get("throughput", {}))
     if state.get("trl_num_tokens") is not None and hasattr(trainer, "_total_train_tokens"):
         trainer._total_train_tokens = state["trl_num_tokens"]  # metrics.jsonl's num_tokens goes on from there
-    print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
+    if main:
+        print(f"resuming {run.path.name} from step {step} ({checkpoint})", file=sys.stderr, flush=True)
     return checkpoint
 
 

@@ -63,6 +63,14 @@ def check_process_group(trainer: Any) -> None:
             f"{trainer.accelerator.distributed_type}); each would train alone.",
             "Launch with `tunesmith train RECIPE --nproc N` (it sets the backend: gloo on CPU, NCCL on CUDA), or "
             "set training.device to the device the ranks run on.")
+    if expected > 1 and this_rank().is_main:
+        import sys
+
+        import torch.distributed as dist
+
+        backend = dist.get_backend() if dist.is_initialized() else "no process group"
+        print(f"{joined} processes joined one training group ({backend}); each trains on its share of every batch",
+              file=sys.stderr, flush=True)
 
 
 def summed_over_ranks(values: list[float]) -> list[float]:

@@ -11,6 +11,7 @@ and transformers' DeepSpeed integration ("auto" values filled from TrainingArgum
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -254,10 +255,16 @@ def launched_failure(returncode: int, run: Run, resume_command: str) -> Tunesmit
     when one exits (torch.distributed.elastic: the agent terminates the worker group, SIGTERM then SIGKILL)."""
     import signal
 
+    from tunesmith.train.survival import complete_checkpoints
+
     how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 and -returncode in
            {s.value for s in signal.Signals} else f"exited with code {returncode}")
-    return TunesmithError(f"The launched training {how}: a rank stopped and the launcher stopped the others (their "
-                          f"errors are above). Run directory: {run.path}.",
+    stopped = (f"The launched training {how}: a rank stopped and the launcher stopped the others (their errors are "
+               "above)")
+    if not complete_checkpoints(run.checkpoints_dir):  # nothing to continue from: resuming would only be refused
+        return TunesmithError(f"{stopped}, before any checkpoint was saved.",
+                              "Fix the first error above, then start the training again (the same command).")
+    return TunesmithError(f"{stopped}. Run directory: {run.path}.",
                           f"Fix the first error above, then continue from the last complete checkpoint with: "
                           f"{resume_command}")
 
@@ -272,7 +279,7 @@ def shared_run(recipe: Recipe, path: Path, main: bool | None = None) -> Run:
     (torchrun, srun) needs no set-up step."""
     from tunesmith.runs import create_run_at, open_run
     from tunesmith.train.distributed import this_rank, wait_for_file
-    from tunesmith.train.resume import check_resumable
+    from tunesmith.train.resume import check_resumable, refuse_finished
 
     path = path.expanduser().resolve()
     recipe_file = path / "recipe.yaml"
@@ -281,7 +288,9 @@ def shared_run(recipe: Recipe, path: Path, main: bool | None = None) -> Run:
                              "Name a new folder (it is made), or a run directory this recipe started.")
     if not (this_rank().is_main if main is None else main):
         wait_for_file(recipe_file, RUN_DIR_WAIT_S, "the run directory")
-        return open_run(path)
+        run = open_run(path)
+        refuse_finished(run)  # as rank 0 does: no rank loads a model for a run with nothing left to train
+        return run
     if not recipe_file.is_file():
         if path.is_dir() and any(path.iterdir()):
             raise TunesmithError(f"--run-dir {path} exists, is not empty and is not a tunesmith run (no recipe.yaml).",
@@ -313,6 +322,17 @@ def check_same_world_size(run: Run, world_size: int) -> None:
 
 
 SCRIPT_KINDS = ("slurm", "torchrun")
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds (sbatch(1), -t/--time)
+SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}")
+
+
+def check_slurm_time(text: str) -> None:
+    """Refuse a --time sbatch would reject only once the script is submitted (RecipeError naming the formats)."""
+    if not SLURM_TIME.fullmatch(text.strip()):
+        raise RecipeError(f"--time {text!r} is not a time sbatch reads.",
+                          "Write minutes (240), hours:minutes:seconds (04:00:00) or days-hours (1-12), as sbatch's "
+                          "--time takes them.")
 
 
 def train_arguments(recipe_file: Path, overrides: list[str]) -> str:

@@ -51,13 +51,18 @@ def find_run_to_resume(target: str, recipe: Recipe, runs_dir: Path | None) -> Ru
     return resumable[-1]
 
 
-def check_resumable(run: Run, recipe: Recipe) -> Path:
-    """The checkpoint `run` resumes from under `recipe`; refuses a finished run, a changed recipe (naming the
-    keys) and a run without a complete checkpoint. Incomplete checkpoints are removed and said so."""
+def refuse_finished(run: Run) -> None:
+    """Raise TunesmithError where `run` finished training: resuming it has nothing to do."""
     if finished(run):
         raise TunesmithError(
             f"{run.path} finished training; there is nothing to resume.",
             f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from {run.path}")
+
+
+def check_resumable(run: Run, recipe: Recipe) -> Path:
+    """The checkpoint `run` resumes from under `recipe`; refuses a finished run, a changed recipe (naming the
+    keys) and a run without a complete checkpoint. Incomplete checkpoints are removed and said so."""
+    refuse_finished(run)
     if is_main_process() and training_process(run) is not None:  # other ranks: the main one holds the lock
         raise run_being_trained(run)
     changed = {key: values for key, values in recipe_differences(load_recipe(run.recipe_file), recipe).items()
