@@ -346,10 +346,14 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
     assert "activation checkpointing: on" in note and "micro-batches" not in note
     both = validate_recipe({**raw, "training": {**raw["training"], "gradient_checkpointing": False, "grad_accum": 1},
                             "base_dir": str(tmp_path)})
-    with pytest.raises(WillNotFit, match="The plan estimates"):
+    with pytest.raises(WillNotFit, match="The plan estimates") as alone:
         fit_recipe(both)
+    assert "fewer processes" not in alone.value.hint
     device_of(first.peak_bytes * 2)
     assert fit_recipe(recipe) == (recipe, None)
+    with pytest.raises(WillNotFit) as shared:  # 4 processes on this CPU: each gets a quarter of it, too little
+        fit_recipe(both, processes=4, per_node=4)
+    assert shared.value.hint.startswith("fewer processes: the 4 on this machine share its memory (--nproc)")
 
 
 def test_the_micro_batch_note_does_not_give_max_length_as_the_longest_row_of_data_that_did_not_load(

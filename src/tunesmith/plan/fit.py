@@ -25,13 +25,16 @@ class WillNotFit(TunesmithError):
     """The plan's estimate exceeds the device's memory (`--force` trains anyway)."""
 
 
-def fit_message(report: PlanReport) -> tuple[str, str]:
-    """What does not fit (the estimate, the device, the largest components) and the fix (the advice's flags)."""
+def fit_message(report: PlanReport, shared_by: int = 1) -> tuple[str, str]:
+    """What does not fit (the estimate, the device, the largest components) and the fix (the advice's flags).
+    `shared_by`: processes on one CPU machine, which share its memory, so fewer of them is a fix too."""
     largest = sorted(report.components, key=lambda c: -c.bytes)[:3]
     parts = ", ".join(f"{c.name} {c.bytes / GIB:,.1f}" for c in largest)
     message = (f"The plan estimates {report.peak_bytes / GIB:,.1f} GiB at the peak of a training step, and "
                f"{report.device} has {report.device_memory_bytes / GIB:,.1f} GiB (largest parts, GiB: {parts}).")
     fixes = [f"{a.what} {a.value}: {' '.join(a.flags)}" for a in report.advice if a.flags]
+    if shared_by > 1:
+        fixes.insert(0, f"fewer processes: the {shared_by} on this machine share its memory (--nproc)")
     hint = ("; ".join(fixes) if fixes else "Lower training.batch_size or data.max_length") + (
         ". `tunesmith plan RECIPE` shows the whole estimate; --force trains anyway.")
     return message, hint
@@ -54,7 +57,7 @@ def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) 
         fitted = build_report(candidate, arch, device, lengths)
         if fitted.fits:
             return candidate, fit_note(recipe, candidate, report, fitted)
-    raise WillNotFit(*fit_message(report))
+    raise WillNotFit(*fit_message(report, (per_node or processes) if device.kind == "cpu" else 1))
 
 
 def faster_on_cpu(recipe: Recipe, report: PlanReport, arch: Architecture, device: Device,
