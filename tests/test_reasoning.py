@@ -69,6 +69,10 @@ def test_reasoning_is_read_from_the_fields_datasets_use_and_from_a_leading_think
     ({"content": ANSWER, "reasoning": REASONING, "thinking": "Something else."}, "different reasoning"),
     ({"content": f"<think>{REASONING}</think>{ANSWER}", "thinking": REASONING}, "both in thinking and in a <think>"),
     ({"content": ANSWER, "reasoning_content": 7}, "reasoning_content must be a string"),
+    # think markup left in the answer trained as answer text without a word (a newcomer's trial):
+    ({"content": f"{ANSWER}</think>"}, "holds </think> outside one leading reasoning block"),
+    ({"content": f"<think>{REASONING}</think><think>again</think>{ANSWER}"}, "holds <think> outside one leading"),
+    ({"content": f"Sure. <think>{REASONING}</think>{ANSWER}"}, "holds <think> outside one leading"),
 ])
 def test_reasoning_a_row_gets_wrong_is_a_problem_naming_the_turn_and_line(tmp_path, answer, says):
     path = write_rows(tmp_path / "rows.jsonl", [reasoning_row(content="Fine."), reasoning_row(**answer)])
@@ -76,6 +80,19 @@ def test_reasoning_a_row_gets_wrong_is_a_problem_naming_the_turn_and_line(tmp_pa
         load_rows(path)
     assert says in refused.value.message and "line 2" in refused.value.message
     assert "messages[1]" in refused.value.message
+
+
+def test_reasoning_on_a_user_turn_is_a_problem_not_dropped(tmp_path):
+    """A user turn's reasoning_content (columns shifted by one turn, most likely) was dropped without a word."""
+    row = {"messages": [{"role": "user", "content": QUESTION, "reasoning_content": REASONING},
+                        {"role": "assistant", "content": ANSWER}]}
+    with pytest.raises(DataError) as refused:
+        load_rows(write_rows(tmp_path / "rows.jsonl", [row]))
+    assert "messages[0] is a user turn with reasoning_content" in refused.value.message
+    empty = {"messages": [{"role": "user", "content": QUESTION, "reasoning_content": None},
+                          {"role": "assistant", "content": ANSWER}]}
+    assert load_rows(write_rows(tmp_path / "null.jsonl", [empty]))[0]["messages"][0] == {"role": "user",
+                                                                                          "content": QUESTION}
 
 
 def trained_text(tokenizer, row) -> str:

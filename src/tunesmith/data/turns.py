@@ -86,6 +86,11 @@ def normalise_turn(turn: Any, label: str) -> Message:
     message: Message = {"role": role, "content": content}
     if role == "assistant":
         message.update(reasoning_of(turn, content, label))
+    elif any(turn.get(key) not in (None, "") for key in REASONING_KEYS):
+        key = next(key for key in REASONING_KEYS if turn.get(key) not in (None, ""))
+        raise RowProblem("wrong_type", f"{label} is a {role} turn with {key}: only an assistant's answer has "
+                                       "reasoning, and a template would drop it without a word.",
+                         "Move it to the assistant turn it belongs to (the columns may be shifted), or remove it.")
     if role == "assistant" and turn.get("tool_calls") is not None:
         message["tool_calls"] = tool_calls(turn["tool_calls"], label)
     if role == "assistant" and turn.get("weight") is not None and turn_weight(turn["weight"], label) == 0:
@@ -101,8 +106,9 @@ REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # what datasets
 
 def reasoning_of(turn: dict, content: str, label: str) -> Message:
     """`{"reasoning_content": ..., "content": the answer after it}` for an assistant turn with reasoning (in one of
-    REASONING_KEYS, or a leading <think> block of its content), else nothing to add; reasoning given twice, or a
-    <think> block never closed (a row cut off mid-thought), is a row problem."""
+    REASONING_KEYS, or a leading <think> block of its content), else nothing to add; reasoning given twice, a
+    <think> block never closed (a row cut off mid-thought), or think markup left in the answer (a second block, one
+    not at its start, a stray </think>) is a row problem."""
     given = {key: text_field(turn[key], f"{label}.{key}") for key in REASONING_KEYS if turn.get(key) is not None}
     if len(set(given.values())) > 1:
         raise RowProblem("wrong_type", f"{label} has different reasoning in {' and '.join(given)}.",
@@ -115,8 +121,15 @@ def reasoning_of(turn: dict, content: str, label: str) -> Message:
     if inline and given:
         raise RowProblem("wrong_type", f"{label} has reasoning both in {next(iter(given))} and in a {THINK_OPEN} "
                                        "block of its content.", "Keep the reasoning in one of them.")
+    thought, answer = content.lstrip()[len(THINK_OPEN):].split(THINK_CLOSE, 1) if inline else ("", content)
+    stray = next((tag for tag in (THINK_OPEN, THINK_CLOSE) if tag in answer), None)
+    if stray is not None:
+        raise RowProblem("wrong_type", f"{label}.content holds {stray} outside one leading reasoning block (a second "
+                                       f"block, one that does not open the answer, or a {THINK_CLOSE} never opened): "
+                                       "it would train as answer text.",
+                         f"Give the answer one reasoning block, at its start ({THINK_OPEN}...{THINK_CLOSE} then the "
+                         "answer), or the reasoning in reasoning_content.")
     if inline:
-        thought, answer = content.lstrip()[len(THINK_OPEN):].split(THINK_CLOSE, 1)
         return {"reasoning_content": thought.strip(), "content": answer.lstrip()}
     reasoning = next(iter(given.values()), "").strip()
     return {"reasoning_content": reasoning} if reasoning else {}
