@@ -168,9 +168,10 @@ def test_eval_scores_the_answer_after_the_reasoning_and_gives_room_to_reason(tok
     assert scored["exact_match"] == 1.0
     row = {"messages": reasoning_row(content=ANSWER, reasoning_content=REASONING)["messages"]}
     assert expected_output(row) == f"<think>\n{REASONING}\n</think>\n\n{ANSWER}"
-    with_room, _ = auto_max_new_tokens(tokenizer, [expected_output(row)])
-    answer_only, _ = auto_max_new_tokens(tokenizer, [ANSWER])
+    with_room, why = auto_max_new_tokens(tokenizer, [expected_output(row)])
+    answer_only, plain = auto_max_new_tokens(tokenizer, [ANSWER])
     assert with_room > answer_only
+    assert "their reasoning included" in why and "reasoning" not in plain  # a 3-token answer read as 43 said why
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +301,14 @@ def test_chat_keeps_the_answer_not_the_reasoning_in_its_history():
 
     assert assistant_turn(f"{REASONING}\n</think>\n\n{ANSWER}", None) == {"role": "assistant", "content": ANSWER}
     assert assistant_turn(ANSWER, None) == {"role": "assistant", "content": ANSWER}
+
+
+def test_the_report_says_that_outputs_which_reason_are_scored_on_their_answer():
+    from tunesmith.eval.html_report import reasoning_note
+
+    reasons = {"samples": [{"prompt": QUESTION, "reference": ANSWER, "base": ANSWER,
+                            "tuned": f"<think>{REASONING}</think>{ANSWER}"}]}
+    assert "scored on their answer alone: the text after their last <code>&lt;/think&gt;</code>" in \
+        reasoning_note(reasons)
+    plain = {"samples": [{"prompt": "Why </think>?", "reference": "</think>", "tuned": ANSWER}]}  # not an output
+    assert reasoning_note(plain) == ""

@@ -78,10 +78,12 @@ def auto_max_new_tokens(tokenizer: Any, references: list[str]) -> tuple[int, str
     in words."""
     longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
     low, high = AUTO_ANSWER_TOKENS
-    if any(THINK_CLOSE in text for text in references):  # a reasoning cut off has no answer to score
+    reasoning = any(THINK_CLOSE in text for text in references)
+    if reasoning:  # a reasoning cut off has no answer to score
         high = AUTO_REASONING_TOKENS
     value = min(high, max(low, round(longest * AUTO_ANSWER_SLACK) + AUTO_ANSWER_EXTRA))
-    return value, (f"auto: the longest of {len(references)} reference answers is {longest} tokens "
+    counted = " (their reasoning included: the model writes it before the answer)" if reasoning else ""
+    return value, (f"auto: the longest of {len(references)} reference answers is {longest} tokens{counted} "
                    f"(x {AUTO_ANSWER_SLACK:g} + {AUTO_ANSWER_EXTRA}, within {low}-{high})")
 
 

@@ -41,7 +41,7 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     if other:
         parts.append(f"<p>The <b>base</b> side of every comparison below is the run <code>{_e(other)}</code> "
                      f"(<code>{_e(results['against']['path'])}</code>), not the base model.</p>")
-    parts += [metrics_note(results), metrics_table(results)]
+    parts += [metrics_note(results), reasoning_note(results), metrics_table(results)]
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")
@@ -74,6 +74,18 @@ def metrics_note(results: dict[str, Any]) -> str:
         return ""
     return (f"<p>Metrics: {_e(', '.join(choice['metrics']))}, by <code>{_e(choice['by'])}</code>; the "
             f"{_e(choice['from'])} are <b>{_e(choice['kind'])}</b> ({_e(choice['reason'])}).</p>")
+
+
+def reasoning_note(results: dict[str, Any]) -> str:
+    """Where an output reasons before it answers, that the metrics read only its answer (`scoring.final_answer`)."""
+    from tunesmith.scoring import THINK_CLOSE
+
+    outputs = [text for sample in results.get("samples") or [] for name, text in sample.items()
+               if name not in ("prompt", "reference") and isinstance(text, str)]
+    if not any(THINK_CLOSE in text for text in outputs):
+        return ""
+    return (f"<p>Outputs that reason first are scored on their answer alone: the text after their last "
+            f"<code>{_e(THINK_CLOSE)}</code> (one still thinking when it ran out of tokens has no answer).</p>")
 
 
 def labels_html(results: dict[str, Any]) -> str:
