@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -181,8 +183,25 @@ def test_a_skip_past_the_last_row_says_how_many_rows_there_are(tiny_model_dir, t
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(3)),
                     encoding="utf-8")
     assert len(preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=2).examples) == 1
-    with pytest.raises(DataError, match=r"holds 3 rows; --skip 10 passes all of them"):
+    with pytest.raises(DataError, match=r"holds 3 usable rows; --skip 10 passes all of them"):
         preview_data(data_recipe(data, model=str(tiny_model_dir)), count=5, skip=10)
+
+
+def test_a_row_train_would_refuse_is_listed_and_the_rows_asked_for_still_shown(tiny_model_dir, tmp_path):
+    """One bad row stopped the preview of any other (exit 2, nothing shown), even rows asked for past it."""
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    rows[1] = {"prompt": "q1", "completion": ""}
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    preview = preview_data(data_recipe(data, model=str(tiny_model_dir)), count=1, skip=2)
+    assert [example.label for example in preview.examples] == ["row 3"]  # the 3rd usable row: file line 4
+    assert len(preview.problems) == 1 and "line 2" in preview.problems[0]
+    assert "numbered among the 3 usable ones" in preview.problems[0]
+    skipping = preview_data(data_recipe(data, model=str(tiny_model_dir), overrides=["data.skip_invalid=true"]))
+    assert not skipping.problems and len(skipping.examples) == 3
+    said = subprocess.run([sys.executable, "-m", "tunesmith", "data", "preview", str(data), "--model",
+                           str(tiny_model_dir), "--skip", "2", "-n", "1"], capture_output=True, text=True, timeout=300)
+    assert said.returncode == 1 and "line 2" in said.stderr and "a3" in said.stdout + said.stderr, said.stderr
 
 
 def test_the_template_contract_counts_the_whole_file_not_the_rows_shown(tokenizer):

@@ -212,8 +212,9 @@ def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Ro
             model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
             as_json: JsonOption = False) -> None:
     """Render rows through the chat template as training will; tokens that carry loss are highlighted.
-    Exits 1 when train would refuse the data (the template contract's problems), after printing them; a file train
-    cannot read at all (a row that is not JSON) exits 2, as train does; `data inspect` lists every such row.
+    Exits 1 when train would refuse the data (the template contract's problems, rows it cannot use), after printing
+    them and the rows asked for (numbered among the usable rows); `data inspect` lists every such row. A file that
+    cannot be read at all exits 2.
 
     Example: tunesmith data preview recipes/quickstart.yaml -n 2 --html preview.html
     """

@@ -250,13 +250,24 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     if pad_missing:
         tokenizer.pad_token = tokenizer.eos_token
     source = data_source(recipe, data.train)
-    loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=data.skip_invalid,
-                          shape=data.format)
+    # rows train would refuse are listed, not fatal: the rows asked for are shown around them (`data inspect` lists
+    # every problem of the file; rows are numbered among the usable ones)
+    loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True, shape=data.format)
     shown = loaded.rows[skip:skip + count]
     if loaded.rows and not shown:
-        raise DataError(f"{source} holds {len(loaded.rows)} rows; --skip {skip} passes all of them.",
+        raise DataError(f"{source} holds {len(loaded.rows)} usable rows; --skip {skip} passes all of them.",
                         f"Use --skip below {len(loaded.rows)}.")
     rows = conformed(require_rows(shown, str(source)), recipe)
     limit = length_limit(data.max_length, context_length(model_dir))  # auto cuts a row only at the model's context
-    return preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source,
-                        all_rows=conformed(loaded.rows, recipe), template_key=recipe.model.chat_template)
+    preview = preview_rows(tokenizer, rows, limit, pad_missing, first_row=skip + 1, model=recipe.model.source,
+                           all_rows=conformed(loaded.rows, recipe), template_key=recipe.model.chat_template)
+    if loaded.problems and not data.skip_invalid:  # train stops on the first of them
+        preview.problems += [f"{problem} (rows are numbered among the {len(loaded.rows)} usable ones)"
+                             for problem in loaded.problems[:PREVIEW_PROBLEMS]]
+        if len(loaded.problems) > PREVIEW_PROBLEMS:
+            preview.problems.append(f"... and {len(loaded.problems) - PREVIEW_PROBLEMS} more: tunesmith data inspect "
+                                    "lists them all")
+    return preview
+
+
+PREVIEW_PROBLEMS = 10  # rows train would refuse, listed by `data preview` (`data inspect` lists every one)
