@@ -233,8 +233,11 @@ ROW_HINT = ("Fix that row, or set data.skip_invalid: true (`--set data.skip_inva
 
 def located(where: str, problem: RowProblem) -> DataError:
     """The row's problem as the error users see: file and line (or row index) first, with the problem's own fix or,
-    where it names none, the two every bad row has."""
-    return DataError(f"{where}: {problem.message}", problem.hint or ROW_HINT)
+    where it names none, the two every bad row has; either way how to see every such row (train stops at the first)."""
+    if not problem.hint:
+        return DataError(f"{where}: {problem.message}", ROW_HINT)
+    return DataError(f"{where}: {problem.message}", f"{problem.hint} `tunesmith data inspect` lists every row "
+                     "train would stop at; data.skip_invalid: true leaves them out.")
 
 
 def describe_skipped(skipped: dict[str, int]) -> str:
