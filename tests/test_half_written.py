@@ -126,3 +126,58 @@ def test_results_that_cannot_be_written_leave_the_earlier_ones_where_run_json_na
     rows.save_results(run, path, {**earlier, "tuned": {"exact_match": 0.75}})  # the link does not follow the new file
     assert json.loads(kept.read_text())["tuned"] == {"exact_match": 0.5}
     assert json.loads(path.read_text())["tuned"] == {"exact_match": 0.75}
+
+
+def test_two_runs_started_in_the_same_second_never_share_a_folder(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+    """create_run looked for a free name, then made it: two `train` started together could both pick the one folder,
+    and the second's clean-up (its lock refused) deleted the first's live run. The folder is now made, not looked
+    for: here the look always says free, as it did to the second process in that race."""
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+    from tunesmith.runs import create_run
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir))
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    first, second = create_run(recipe, tmp_path / "runs"), create_run(recipe, tmp_path / "runs")
+    monkeypatch.undo()
+    assert first.path != second.path and first.recipe_file.is_file() and second.recipe_file.is_file()
+
+
+def test_records_written_together_by_two_commands_are_all_kept(tmp_path: Path):
+    """Each recorder read run.json (or exports/manifest.json), merged its entry and wrote the whole file back: two
+    commands finishing together kept only one's entry. They now merge under one lock."""
+    import json
+    import threading
+
+    from tunesmith.export import update_export_manifest
+    from tunesmith.runs import Run
+
+    run = Run(tmp_path / "run")
+    run.exports_dir.mkdir(parents=True)
+
+    def export(writer: int) -> None:
+        for n in range(40):
+            update_export_manifest(run, {f"{writer}-{n}": {"path": f"gguf/{writer}-{n}.gguf"}}, group="gguf")
+
+    threads = [threading.Thread(target=export, args=(writer,)) for writer in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads((run.exports_dir / "manifest.json").read_text())["gguf"]) == 120
+
+
+def test_a_run_another_process_is_training_is_said_to_be_in_training_not_unfinished(tmp_path: Path,
+                                                                                     tiny_model_dir: Path):
+    """eval, export and serve on a run still training said "training did not finish ... resume it", advice that the
+    training lock then refuses. They now say it is being trained, by which process."""
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import create_run, training_lock
+
+    run = create_run(load_recipe(make_tiny_project(tmp_path, tiny_model_dir)), tmp_path / "runs")
+    with pytest.raises(TunesmithError, match="has no trained model"):
+        run.trained_artifact()
+    with training_lock(run), pytest.raises(TunesmithError, match=r"is being trained by another process \(process "):
+        run.trained_artifact()

@@ -207,6 +207,8 @@ class Run:
                                  "it has no trained model.",
                                  f"Train the recipe (`tunesmith train {self.recipe_file} --evaluate`): its eval "
                                  "compares the tuned model with the base and these baselines.")
+        if training_process(self) is not None:  # still training in another process: not "did not finish"
+            raise run_being_trained(self, waiting="Wait for it to finish; its adapter or model is saved at the end.")
         if any(self.checkpoints_dir.glob("checkpoint-*")):  # stopped with a checkpoint: resuming is the way on
             hint = (f"Finish it: `tunesmith train {self.recipe_file} --resume {self.path}` goes on from its last "
                     f"checkpoint (`tunesmith eval {self.path} --checkpoints` scores the checkpoints it has); or pass a "
@@ -312,11 +314,34 @@ class Run:
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+MANIFEST_LOCK = ".run.json.lock"
+_manifest_locks: dict[Path, Any] = {}
+
+
+@contextmanager
+def manifest_lock(run: Run) -> Iterator[None]:
+    """Held while a command reads, merges and writes run.json (or exports/manifest.json): two commands finishing
+    together (an eval beside an export) would otherwise each write their own merge and lose the other's record. An
+    OS file lock (filelock), reentrant within a process, so a recorder may call record_stage inside it."""
+    from filelock import FileLock
+
+    path = (run.path / MANIFEST_LOCK).resolve()
+    lock = _manifest_locks.setdefault(path, FileLock(path))
+    with lock.acquire(timeout=120):
+        yield
+
+
 def record_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> RunManifest:
-    """Merge one stage's section into run.json, atomically; the other stages' sections stay as they are.
+    """Merge one stage's section into run.json, atomically and under `manifest_lock`; the other stages' sections stay
+    as they are.
 
     The whole manifest is validated before it is written, so an unknown stage name or a bad field fails here.
     """
+    with manifest_lock(run):
+        return merged_stage(run, name, section)
+
+
+def merged_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> RunManifest:
     current = run.manifest() or RunManifest()
     value = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
     try:
@@ -331,18 +356,21 @@ def record_stage(run: Run, name: str, section: BaseModel | dict[str, Any]) -> Ru
 def record_eval_results(run: Run, results_file: Path) -> None:
     """Add one results.json to run.json's eval section, keyed by what it scored (`held_out` for eval/ itself)."""
     folder = results_file.parent.relative_to(run.eval_dir).as_posix()
-    current = run.manifest() or RunManifest()
-    results = {**(current.eval.results if current.eval else {}),
-               "held_out" if folder == "." else folder: results_file.relative_to(run.path).as_posix()}
-    checkpoints = current.eval.checkpoints if current.eval else None
-    record_stage(run, "eval", EvalRecord(results=results, checkpoints=checkpoints))
+    with manifest_lock(run):
+        current = run.manifest() or RunManifest()
+        results = {**(current.eval.results if current.eval else {}),
+                   "held_out" if folder == "." else folder: results_file.relative_to(run.path).as_posix()}
+        checkpoints = current.eval.checkpoints if current.eval else None
+        record_stage(run, "eval", EvalRecord(results=results, checkpoints=checkpoints))
 
 
 def record_checkpoint_scores(run: Run, report_file: Path) -> None:
     """Name eval/checkpoints.json in run.json's eval section (the results files stay as they are)."""
-    current = run.manifest() or RunManifest()
-    results = current.eval.results if current.eval else {}
-    record_stage(run, "eval", EvalRecord(results=results, checkpoints=report_file.relative_to(run.path).as_posix()))
+    with manifest_lock(run):
+        current = run.manifest() or RunManifest()
+        results = current.eval.results if current.eval else {}
+        record_stage(run, "eval", EvalRecord(results=results,
+                                             checkpoints=report_file.relative_to(run.path).as_posix()))
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")  # PEFT's adapter_model.*, transformers' model*.* and their shards
@@ -386,6 +414,12 @@ def record_exports(run: Run, written: dict[str, Path], verification: dict[str, d
     """Add the formats just written to run.json's exports section (paths relative to the run, sizes in bytes), with
     the answer grammar written beside a format (`grammars`). A format's newest file is recorded under its name; an
     earlier file of it that is still there (a GGUF of another quantization) stays, under `name:file`."""
+    with manifest_lock(run):
+        merge_exports(run, written, verification, grammars or {})
+
+
+def merge_exports(run: Run, written: dict[str, Path], verification: dict[str, dict[str, Any]],
+                  grammars: dict[str, Path]) -> None:
     current = run.manifest() or RunManifest()
     exports = dict(current.exports or {})
 
@@ -393,7 +427,7 @@ def record_exports(run: Run, written: dict[str, Path], verification: dict[str, d
         earlier = exports.get(name)
         if earlier is not None and earlier.path != run.relative(path) and (run.path / earlier.path).exists():
             exports[f"{name}:{Path(earlier.path).name}"] = earlier  # another file of the format (a GGUF's other quant)
-        grammar = (grammars or {}).get(name)
+        grammar = grammars.get(name)
         exports[name] = ExportRecord(path=run.relative(path), bytes=tree_size(path),
                                      verification=verification.get(name),
                                      grammar=run.relative(grammar) if grammar else None)
@@ -478,11 +512,15 @@ def create_run(recipe: Recipe, runs_dir: Path | None = None) -> Run:
     """Make a fresh run directory and snapshot the resolved recipe and environment into it."""
     root = runs_root(recipe, runs_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = root / f"{recipe.name}-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{recipe.name}-{stamp}-{suffix}"
+    root.mkdir(parents=True, exist_ok=True)
+    path, suffix = root / f"{recipe.name}-{stamp}", 1
+    while True:  # made here, not looked for: two runs started in the same second never share a folder
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            suffix += 1
+            path = root / f"{recipe.name}-{stamp}-{suffix}"
     return create_run_at(recipe, path)
 
 
@@ -559,14 +597,15 @@ def training_process(run: Run) -> dict[str, Any] | None:
     return None
 
 
-def run_being_trained(run: Run) -> TunesmithError:
-    """The error for touching a run another process is training in."""
+def run_being_trained(run: Run, waiting: str | None = None) -> TunesmithError:
+    """The error for touching a run another process is training in; `waiting`: the hint where the command only
+    needs the training to end (else: let it finish, or stop it and resume)."""
     owner = training_process(run) or {}
     who = (f" (process {owner['pid']} on {owner.get('host', '?')}, since {owner.get('since', '?')})"
            if owner.get("pid") else "")
     return TunesmithError(f"{run.path} is being trained by another process{who}.",
-                          "Let it finish, or stop it (Ctrl-C in its terminal, or `kill PID`: it writes a checkpoint "
-                          "first), then resume it.")
+                          waiting or "Let it finish, or stop it (Ctrl-C in its terminal, or `kill PID`: it writes a "
+                                     "checkpoint first), then resume it.")
 
 
 def create_run_at(recipe: Recipe, path: Path) -> Run:

@@ -36,7 +36,7 @@ from tunesmith.models import pick_device
 from tunesmith.models.loading import load_model
 from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model, run_tokenizer
 from tunesmith.results import headline_of
-from tunesmith.runs import Run, atomic_write_json, record_checkpoint_scores, record_stage
+from tunesmith.runs import Run, atomic_write_json, record_checkpoint_scores, record_stage, training_lock
 from tunesmith.scoring import Scorer, aggregate, recipe_scorer, score_answers
 from tunesmith.train.survival import checkpoint_step, complete_checkpoints
 
@@ -208,6 +208,16 @@ def roll_back(run: Run, checkpoint: Path, step: int) -> int:
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
         raise TunesmithError(f"{run.path} has no finished training to roll back.")
+    with training_lock(run):  # no `train --resume` writes into the run while its adapter is swapped
+        swap_in_checkpoint(run, manifest, checkpoint)
+        record_stage(run, "train", manifest.train.model_copy(update={"checkpoint_step": step}))
+    progress(f"rolled back: {run.adapter_dir} is now checkpoint step {step} (the final adapter is in "
+             f"{run.path / FINAL_ADAPTER}); evaluate and export again to use it")
+    return step
+
+
+def swap_in_checkpoint(run: Run, manifest: Any, checkpoint: Path) -> None:
+    """The rollback itself (`roll_back`), each step leaving the run whole if the next one fails."""
     staging = run.path / f".{run.adapter_dir.name}-rollback"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.adapter_dir, staging)
@@ -220,11 +230,7 @@ def roll_back(run: Run, checkpoint: Path, step: int) -> int:
     shutil.rmtree(replaced, ignore_errors=True)
     run.adapter_dir.rename(replaced if final.exists() else final)
     staging.rename(run.adapter_dir)
-    record_stage(run, "train", manifest.train.model_copy(update={"checkpoint_step": step}))
     shutil.rmtree(replaced, ignore_errors=True)
-    progress(f"rolled back: {run.adapter_dir} is now checkpoint step {step} (the final adapter is in {final}); "
-             "evaluate and export again to use it")
-    return step
 
 
 def set_aside_exports(run: Run, manifest: Any) -> None:

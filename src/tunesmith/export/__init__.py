@@ -31,12 +31,13 @@ def update_export_manifest(run: Any, entries: dict[str, Any], group: str | None 
     after a GGUF one does not drop the GGUF's record (and its llama.cpp check) that serve reads."""
     import json
 
-    from tunesmith.runs import atomic_write_json
+    from tunesmith.runs import atomic_write_json, manifest_lock
 
     path = run.exports_dir / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    (manifest.setdefault(group, {}) if group else manifest).update(entries)
-    atomic_write_json(path, manifest)
+    with manifest_lock(run):  # another export finishing alongside keeps its entry
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        (manifest.setdefault(group, {}) if group else manifest).update(entries)
+        atomic_write_json(path, manifest)
 
 
 def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:
