@@ -181,3 +181,20 @@ def test_a_run_another_process_is_training_is_said_to_be_in_training_not_unfinis
         run.trained_artifact()
     with training_lock(run), pytest.raises(TunesmithError, match=r"is being trained by another process \(process "):
         run.trained_artifact()
+
+
+def test_a_resumed_sweep_never_moves_or_deletes_a_combination_still_training(tmp_path: Path):
+    """A sweep whose terminal closed leaves its child training in `.staging-*`; `sweep --resume` moved that live run
+    into place (or deleted it, where it had no checkpoint yet). It now stops, naming the process."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import Run, training_lock
+    from tunesmith.sweep import adopt_run_dir
+
+    staging = tmp_path / "sweep" / ".staging-lr=0.001"
+    live = staging / "tiny-20261207-010101"
+    live.mkdir(parents=True)
+    target = tmp_path / "sweep" / "lr=0.001"
+    with training_lock(Run(live)), pytest.raises(TunesmithError, match="is being trained by another process"):
+        adopt_run_dir(staging, target, tmp_path / "sweep" / "logs" / "lr=0.001.log", keep_staging=True)
+    assert live.is_dir() and not target.exists()
+    assert adopt_run_dir(staging, target, tmp_path / "log", keep_staging=True) == target  # once it stopped

@@ -31,7 +31,17 @@ from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.plan.workload import check_targets_exist
 from tunesmith.results import read_results
-from tunesmith.runs import atomic_write_json, atomic_write_text, final_reward, fit_loss, read_json, runs_root
+from tunesmith.runs import (
+    Run,
+    atomic_write_json,
+    atomic_write_text,
+    final_reward,
+    fit_loss,
+    read_json,
+    run_being_trained,
+    runs_root,
+    training_process,
+)
 
 GRID_HINT = "Write --grid section.key=value1,value2 (values as in --set; lists in brackets: [q_proj,v_proj])."
 STATUS_FILE = "sweep_status.json"
@@ -431,6 +441,11 @@ def adopt_run_dir(staging: Path, target: Path, log: Path, keep_staging: bool = F
     place into its log where the run printed its staging path (a resume command copied from the log must work);
     `target` when it is in place. Refuses, keeping everything, where both exist or staging holds several runs."""
     made = [p for p in staging.iterdir() if p.is_dir()] if staging.is_dir() else []
+    for candidate in (*made, target):  # a sweep whose parent died leaves its child training: never move or delete it
+        if candidate.is_dir() and training_process(Run(candidate)) is not None:
+            raise run_being_trained(Run(candidate), waiting="An earlier sweep's process still trains this combination "
+                                    "(its parent was stopped or its terminal closed): let it finish or stop it (its "
+                                    "PID above), then resume the sweep.")
     if len(made) > 1 or (made and target.exists()):
         raise TunesmithError(f"{staging} holds {', '.join(p.name for p in made)} beside {target}: a sweep killed "
                              "outright left runs it cannot tell apart.",
