@@ -118,3 +118,31 @@ def test_a_type_without_a_threshold_is_recorded_as_reported_not_passed():
     reported = Verification("Q4_0", 100, 0.73, 0.7, None, 8, 8)
     assert reported.as_dict()["passed"] is None and "reported only" in reported.summary()
     assert Verification("Q8_0", 100, 0.97, 0.96, 0.95, 8, 8).as_dict()["passed"] is True
+
+
+@needs_llama_cpp
+def test_a_re_export_that_fails_its_check_never_replaces_the_file_that_passed(model_dirs, tmp_path, monkeypatch):
+    """A good Q8_0/F32 file, then a broken conversion of the same type: the good file stays (serve and Ollama
+    use it), the new one is kept aside as rejected; a later good export replaces the file and drops the rejected."""
+    from tunesmith.serve.catalog import exported_gguf
+
+    run = make_run(model_dirs["llama"], tmp_path)
+    assert export(run, "--quant", "F32").exit_code == 0
+    target = run.exports_dir / "gguf" / "tiny.F32.gguf"
+    good = target.read_bytes()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gguf_export, "prepare_weights", lambda name, weights, config, spec: weights)
+        result = export(run, "--quant", "F32")
+    assert isinstance(result.exception, TunesmithError)
+    assert "The earlier tiny.F32.gguf, which passed its check, is kept" in result.exception.message
+    rejected = run.exports_dir / "gguf" / "tiny.F32.rejected.gguf"
+    assert target.read_bytes() == good and rejected.is_file() and rejected.read_bytes() != good
+    entry = manifest_of(run)["gguf"]["F32"]
+    assert entry["verify"]["passed"] is True and entry["rejected"]["verify"]["passed"] is False
+    assert entry["rejected"]["path"] == "exports/gguf/tiny.F32.rejected.gguf"
+    assert exported_gguf(run) == target
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.F32.gguf", "tiny.F32.rejected.gguf"]
+
+    assert export(run, "--quant", "F32").exit_code == 0
+    assert not rejected.exists() and "rejected" not in manifest_of(run)["gguf"]["F32"]

@@ -40,6 +40,14 @@ def update_export_manifest(run: Any, entries: dict[str, Any], group: str | None 
         atomic_write_json(path, manifest)
 
 
+def gguf_entries(run: Any) -> dict[str, dict[str, Any]]:
+    """The whole-model GGUFs exports/manifest.json records for the run, by quant type ({} before the first)."""
+    import json
+
+    manifest_file = run.exports_dir / "manifest.json"
+    return json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
+
+
 def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:
     """Where each requested format lands under exports/, and so under `--out DIR` (the same layout).
 

@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export import update_export_manifest
+from tunesmith.export import gguf_entries, update_export_manifest
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
 from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
 from tunesmith.export.gguf_vocab import add_tokenizer
@@ -117,23 +117,63 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
         path, max_diff = export_merged(run_base_model(run), artifact, merged)
         record_merged(run, path, max_diff)
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
-    write_gguf(merged, target, quant, name=recipe.name)
-    verification = verify_gguf(target, merged, quant) if verify else None
-    record_in_manifest(run, quant, target, verification)
-    if verification is not None:
-        require_agreement(verification, target)
+    if not (verify and keeps_a_checked_file(run, quant, target)):
+        write_gguf(merged, target, quant, name=recipe.name)
+        verification = verify_gguf(target, merged, quant) if verify else None
+        record_in_manifest(run, quant, target, verification)
+        if verification is not None:
+            require_agreement(verification, target)
+        return target
+    return replace_checked_file(recipe, run, quant, merged, target)
+
+
+def keeps_a_checked_file(run: Run, quant: str, target: Path) -> bool:
+    """Whether `target` is there and exports/manifest.json records it as not failing its llama.cpp check: a new
+    file then replaces it only once its own check passes (`replace_checked_file`)."""
+    entry = gguf_entries(run).get(quant) or {}
+    return (target.is_file() and entry.get("path") == run.relative(target)
+            and (entry.get("verify") or {}).get("passed") is not False)
+
+
+def replace_checked_file(recipe: Recipe, run: Run, quant: str, merged: Path, target: Path) -> Path:
+    """Write the new GGUF beside the earlier one and check it in llama.cpp: it replaces the earlier file when it
+    passes; when it fails, the earlier file stays (it is what serve and Ollama use) and the new one is kept as
+    <name>.<QUANT>.rejected.gguf, recorded under the entry's `rejected` key. Raises TunesmithError on a failure."""
+    staged = target.with_name(f"{recipe.name}.{quant}.new.gguf")
+    try:
+        write_gguf(merged, staged, quant, name=recipe.name)
+        verification = verify_gguf(staged, merged, quant)
+        rejected = target.with_name(f"{recipe.name}.{quant}.rejected.gguf")
+        if verification.passed:
+            os.replace(staged, target)
+            record_in_manifest(run, quant, target, verification)  # the entry no longer names a rejected file
+            rejected.unlink(missing_ok=True)
+            require_agreement(verification, target)
+            return target
+        os.replace(staged, rejected)
+    finally:
+        staged.unlink(missing_ok=True)
+    entry = {**gguf_entries(run)[quant],
+             "rejected": {"path": run.relative(rejected), "bytes": rejected.stat().st_size,
+                          "verify": verification.as_dict()}}
+    update_export_manifest(run, {quant: entry}, group="gguf")
+    require_agreement(verification, rejected, kept=target)
     return target
 
 
-def require_agreement(verification: Verification, target: Path) -> None:
-    """Print the verification; below the type's threshold the export fails, the file staying for inspection."""
+def require_agreement(verification: Verification, target: Path, kept: Path | None = None) -> None:
+    """Print the verification; below the type's threshold the export fails, the file staying for inspection
+    (beside the earlier file `kept`, which a failed file never replaces)."""
     print(verification.summary(), file=sys.stderr)
     if verification.passed:
         return
+    where = ("The file is kept and marked as failed (verify.passed: false) in exports/manifest.json." if kept is None
+             else f"The earlier {kept.name}, which passed its check, is kept in its place (serve and Ollama use it); "
+                  f"the new file is kept for inspection as {target.name} (`rejected` in exports/manifest.json).")
     raise TunesmithError(
         f"{target.name} picks a different next token from the merged model at {1 - verification.agreement:.1%} of "
         f"positions in llama.cpp (a {verification.quant} file should agree on at least {verification.threshold:.0%}). "
-        "The file is kept and marked as failed (verify.passed: false) in exports/manifest.json.",
+        + where,
         "Export F16 to tell quantization loss from a conversion problem (F16 should agree on 99%+); "
         "--no-verify skips this check.")
 

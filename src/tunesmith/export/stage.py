@@ -6,7 +6,6 @@ format the recipe names is written (and recorded in exports/manifest.json) whoev
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from tunesmith.config import EXPORT_FORMATS, Recipe
 from tunesmith.errors import TunesmithError
+from tunesmith.export import gguf_entries
 from tunesmith.manifest import RunManifest
 from tunesmith.runs import Run, record_exports
 
@@ -126,10 +126,9 @@ def answer_grammars(recipe: Recipe, run: Run, written: dict[str, Path]) -> dict[
 
 def gguf_verification(run: Run, written: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """The llama.cpp check run_gguf_export recorded for the GGUF just written (exports/manifest.json)."""
-    manifest_file = run.exports_dir / "manifest.json"
-    if "gguf" not in written or not manifest_file.is_file():
+    if "gguf" not in written:
         return {}
-    entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}).values()
+    entries = gguf_entries(run).values()
     written_path = run.relative(written["gguf"])
     checks = [entry["verify"] for entry in entries if entry.get("path") == written_path and "verify" in entry]
     return {"gguf": checks[0]} if checks else {}

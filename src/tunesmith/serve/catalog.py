@@ -12,15 +12,14 @@ merge output, a Hub id already downloaded) is served as a base of its own.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tunesmith.config import GGUF_LORA_KINDS, DataSection, Recipe
 from tunesmith.errors import TunesmithError
+from tunesmith.export import gguf_entries
 from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.tuned import is_adapter, run_base_model
 from tunesmith.runs import Run, open_run, read_adapter_config
@@ -239,12 +238,6 @@ def refuse_failed_check(run: Run, quant: str, target: Path) -> None:
                              f"on {check.get('agreement', 0):.1%} of next tokens (exports/manifest.json).",
                              "Serve another type (--quant F16 or Q8_0), or export this one again "
                              f"(tunesmith export {run.path} --format gguf --quant {quant}).")
-
-
-def gguf_entries(run: Run) -> dict[str, dict[str, Any]]:
-    """The whole-model GGUFs exports/manifest.json records for the run, by quant type."""
-    manifest_file = run.exports_dir / "manifest.json"
-    return json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
 
 
 def exported_gguf(run: Run) -> Path | None:
