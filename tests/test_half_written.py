@@ -198,3 +198,34 @@ def test_a_resumed_sweep_never_moves_or_deletes_a_combination_still_training(tmp
         adopt_run_dir(staging, target, tmp_path / "sweep" / "logs" / "lr=0.001.log", keep_staging=True)
     assert live.is_dir() and not target.exists()
     assert adopt_run_dir(staging, target, tmp_path / "log", keep_staging=True) == target  # once it stopped
+
+
+def test_two_evals_of_one_run_finishing_together_leave_one_evals_results_and_report(tmp_path: Path, monkeypatch):
+    """Eval A is between its results.json and its report.html when eval B finishes: without a lock B's results.json
+    ended beside A's report.html. B now waits, and the folder holds B's pair (A's results go to history/)."""
+    import json
+    import threading
+
+    import tunesmith.eval.rows as rows
+    from tunesmith.runs import Run
+
+    run = Run(tmp_path / "run")
+    results_a = {"examples": 1, "task_metric": "exact_match", "tuned": {"exact_match": 0.25}}
+    results_b = {**results_a, "tuned": {"exact_match": 0.75}}
+    real_report = rows.write_html_report
+    second = threading.Thread(target=rows.write_eval_outputs, args=(run, run.eval_dir, results_b))
+
+    def report_while_b_finishes(results, path, chart=None):
+        if results is results_a:  # A has written results.json: B finishes now, or waits for A's lock
+            monkeypatch.setattr(rows, "write_html_report", real_report)
+            second.start()
+            second.join(timeout=3)
+        return real_report(results, path, chart)
+
+    monkeypatch.setattr(rows, "write_html_report", report_while_b_finishes)
+    rows.write_eval_outputs(run, run.eval_dir, results_a)
+    second.join(timeout=60)
+    assert not second.is_alive()
+    assert json.loads((run.eval_dir / "results.json").read_text())["tuned"] == {"exact_match": 0.75}
+    report = (run.eval_dir / "report.html").read_text()
+    assert "0.75" in report and "0.25" not in report

@@ -40,9 +40,7 @@ from tunesmith.eval.decoding import (
     sampled_answer_limit,
 )
 from tunesmith.eval.grpo_rewards import rewards_block
-from tunesmith.eval.html_report import write_html_report
-from tunesmith.eval.report import plot_base_vs_tuned
-from tunesmith.eval.rows import held_out_rows, results_dir, save_results
+from tunesmith.eval.rows import held_out_rows, results_dir, write_eval_outputs
 from tunesmith.eval.stats import RESAMPLES, SEED, compare_metric, compare_variants
 from tunesmith.eval.verdict import verdict
 from tunesmith.models import pick_device
@@ -115,9 +113,8 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     results["samples"] = sample_table(rows, shown, limit=50)
     folder = results_dir(against_dir(run, who), held_out)
     own = folder == run.eval_dir  # the run's own base-vs-tuned chart lives in plots/, the others beside results
-    chart = plot_base_vs_tuned(results, run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
-    path = save_results(run, folder / "results.json", results)
-    write_html_report(results, folder / "report.html", chart)
+    path = write_eval_outputs(run, folder, results,
+                              chart=run.plots_dir / "base_vs_tuned.png" if own else folder / "base_vs_tuned.png")
     refuse_failed_add_ons(results.get("add_on_errors"), path)
     return path
 

@@ -24,8 +24,7 @@ from tunesmith.config import PREFERENCE_KINDS, Recipe
 from tunesmith.data.template import encode_completion
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import sequence_logprobs
-from tunesmith.eval.html_report import write_html_report
-from tunesmith.eval.rows import held_out_rows, results_dir, save_results
+from tunesmith.eval.rows import held_out_rows, results_dir, write_eval_outputs
 from tunesmith.models import pick_device
 from tunesmith.models.tuned import Variant, run_tokenizer, tuned_variants
 from tunesmith.runs import Run
@@ -59,8 +58,7 @@ def run_likelihood_eval(recipe: Recipe, run: Run, against: Path | None = None, d
     results.update({"against": who} if who else {})
     results.update(run_add_ons(add_ons, variants, tokenizer, recipe))
     folder = results_dir(against_dir(run, who), held_out)
-    path = save_results(run, folder / "results.json", results)
-    write_html_report(results, folder / "report.html")
+    path = write_eval_outputs(run, folder, results)
     refuse_failed_add_ons(results.get("add_on_errors"), path)
     return path
 

@@ -18,9 +18,8 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
-from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.preference import pair_samples
-from tunesmith.eval.rows import held_out_rows, results_dir, save_results
+from tunesmith.eval.rows import held_out_rows, results_dir, write_eval_outputs
 from tunesmith.models import pick_device
 from tunesmith.models.tuned import Variant, is_adapter, run_base_model, run_tokenizer
 from tunesmith.runs import Run
@@ -55,8 +54,7 @@ def run_reward_eval(recipe: Recipe, run: Run, against: Path | None = None, data:
         results["comparison"] = score_comparison(margins["base"], margins["tuned"])
     results["samples"] = pair_samples(rows, margins, limit=5)
     folder = results_dir(run.eval_dir, held_out)
-    path = save_results(run, folder / "results.json", results)
-    write_html_report(results, folder / "report.html")
+    path = write_eval_outputs(run, folder, results)
     return path
 
 

@@ -28,8 +28,10 @@ from tunesmith.data.formats import (
     with_system_prompt,
 )
 from tunesmith.errors import DataError
+from tunesmith.eval.html_report import write_html_report
+from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.results import RESULTS_VERSION, validate_results
-from tunesmith.runs import Run, atomic_write_json, record_eval_results
+from tunesmith.runs import Run, atomic_write_json, manifest_lock, record_eval_results
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,17 @@ def keep_earlier_results(path: Path, leave_in_place: bool = False) -> Path | Non
 
     progress(f"the earlier {path.name} is kept as {target}")
     return target
+
+
+def write_eval_outputs(run: Run, folder: Path, results: dict[str, Any], chart: Path | None = None) -> Path:
+    """results.json (returned), report.html and, where `chart` is given, the base-vs-tuned chart there, written
+    together under the run's manifest lock: two evals of one run finishing at once leave one eval's files, never
+    one's results beside the other's report."""
+    with manifest_lock(run):
+        drawn = plot_base_vs_tuned(results, chart) if chart is not None else None
+        path = save_results(run, folder / "results.json", results)
+        write_html_report(results, folder / "report.html", drawn)
+    return path
 
 
 def save_results(run: Run, path: Path, results: dict[str, Any]) -> Path:
