@@ -946,3 +946,16 @@ def test_a_bad_row_without_a_fix_of_its_own_gets_the_two_every_bad_row_has(tmp_p
     with pytest.raises(DataError, match=r"line 3: 'prompt' must be a non-empty string") as caught:
         load_records(tmp_path / "e.csv")
     assert "data.skip_invalid: true" in caught.value.hint and "data inspect" in caught.value.hint
+
+
+def test_keys_inside_turns_that_no_turn_reads_are_named(tmp_path):
+    """Reasoning under a name tunesmith does not read ("rationale") or Axolotl's per-turn "train" flag trained as if
+    absent without a word; they are named beside the unread columns, the keys a turn does read are not."""
+    path = tmp_path / "d.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "2+2?", "train": False},
+                          {"role": "assistant", "content": "4", "rationale": "two and two", "weight": 1}], "id": 1},
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello", "thinking": "x"}]}]
+    path.write_text(json.dumps(rows[0]) + "\n", encoding="utf-8")
+    assert load_records(path).unused_columns == ["id", "messages[].rationale", "messages[].train"]
+    path.write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
+    assert load_records(path).unused_columns == []

@@ -108,10 +108,7 @@ def print_inspect_report(report: dict[str, Any]) -> None:
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
                     "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
                     "data counted in pii_redact trains as written)")
-        if info.get("unused_columns"):
-            err.print(f"[yellow]note:[/yellow] columns {info['unused_columns']} are not read by {info['layout']} rows "
-                      "and are left out (data.columns maps one onto a name the shape reads).", highlight=False,
-                      soft_wrap=True)
+        print_unused_keys(info.get("unused_columns") or [], info["layout"])
         print_length_fit(info.get("length_fit") or {}, info["stats"]["max_length"])
         for warning in info.get("warnings", []):
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -250,6 +247,21 @@ METHOD_PREVIEW_NOTES = {
            "data.max_length (training.packing, on by default for CPT), so a long document runs on into the next "
            "block rather than being cut.",
 }
+
+
+def print_unused_keys(unused: list[str], layout: str) -> None:
+    """The columns, and the keys inside turns (`messages[].rationale`), that the rows leave out."""
+    columns = [key for key in unused if "[]." not in key]
+    in_turns = [key for key in unused if "[]." in key]
+    if columns:
+        err.print(f"[yellow]note:[/yellow] columns {columns} are not read by {layout} rows and are left out "
+                  "(data.columns maps one onto a name the shape reads).", highlight=False, soft_wrap=True)
+    if in_turns:
+        err.print(f"[yellow]note:[/yellow] turn keys {in_turns} are not read and are left out: a turn is read from "
+                  "role and content (ShareGPT: from and value), an answer's reasoning from reasoning_content, "
+                  "reasoning or thinking, and tool_calls, weight (0: context only), tool_call_id and name. Rename "
+                  "a key to one of these where it should train (reasoning under another name, for one).",
+                  highlight=False, soft_wrap=True)
 
 
 def print_stats(stats: dict[str, Any]) -> None:

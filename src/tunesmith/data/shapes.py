@@ -17,6 +17,7 @@ from typing import Any
 
 from tunesmith.config import COLUMN_TARGETS
 from tunesmith.data.turns import (
+    TURN_KEYS,
     Message,
     conversation,
     open_prompt,
@@ -51,9 +52,16 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def unused_keys(records: list[Any], layout: str) -> list[str]:
-    """The columns of `records` (dicts) that rows of `layout` do not read, sorted."""
+    """The columns of `records` (dicts) that rows of `layout` do not read, and the keys of their turns that no turn
+    reads (as `messages[].rationale`: reasoning or a per-turn training flag under a name tunesmith does not know
+    would otherwise go unsaid), sorted."""
     read = set(LAYOUTS[layout]) | set(OPTIONAL_KEYS[layout])
-    return sorted({str(key) for record in records if isinstance(record, dict) for key in record} - read)
+    dicts = [record for record in records if isinstance(record, dict)]
+    columns = {str(key) for record in dicts for key in record} - read
+    in_turns = {f"{key}[].{turn_key}" for record in dicts for key, value in record.items()
+                if key in read and key != "tools" and isinstance(value, list)
+                for turn in value if isinstance(turn, dict) for turn_key in turn if turn_key not in TURN_KEYS}
+    return sorted(columns | in_turns)
 LABEL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

@@ -102,6 +102,10 @@ def normalise_turn(turn: Any, label: str) -> Message:
 
 
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # what datasets and APIs call an answer's reasoning
+# Every key of a turn that normalise_turn reads (OpenAI messages and ShareGPT): any other (a "rationale", Axolotl's
+# per-turn "train") is left out of the rows, and `data inspect` says so (shapes.unused_keys).
+TURN_KEYS = frozenset({"role", "content", "from", "value", *REASONING_KEYS, "tool_calls", "weight", "tool_call_id",
+                       "name"})
 
 
 def reasoning_of(turn: dict, content: str, label: str) -> Message:
