@@ -174,6 +174,7 @@ def test_a_run_another_process_is_training_is_said_to_be_in_training_not_unfinis
     from tests.conftest import make_tiny_project
     from tunesmith.config import load_recipe
     from tunesmith.errors import TunesmithError
+    from tunesmith.eval.checkpoints import adapter_checkpoints
     from tunesmith.runs import create_run, training_lock
 
     run = create_run(load_recipe(make_tiny_project(tmp_path, tiny_model_dir)), tmp_path / "runs")
@@ -181,6 +182,10 @@ def test_a_run_another_process_is_training_is_said_to_be_in_training_not_unfinis
         run.trained_artifact()
     with training_lock(run), pytest.raises(TunesmithError, match=r"is being trained by another process \(process "):
         run.trained_artifact()
+    (run.checkpoints_dir / "checkpoint-2").mkdir(parents=True)  # the trainer deletes older ones as it saves
+    with training_lock(run), pytest.raises(TunesmithError, match="is being trained") as refused:
+        adapter_checkpoints(run)
+    assert "deletes older checkpoints as it saves new ones" in refused.value.hint
 
 
 def test_a_resumed_sweep_never_moves_or_deletes_a_combination_still_training(tmp_path: Path):

@@ -36,7 +36,15 @@ from tunesmith.models import pick_device
 from tunesmith.models.loading import load_model
 from tunesmith.models.tuned import adapter_active, is_adapter, run_base_model, run_tokenizer
 from tunesmith.results import headline_of
-from tunesmith.runs import Run, atomic_write_json, record_checkpoint_scores, record_stage, training_lock
+from tunesmith.runs import (
+    Run,
+    atomic_write_json,
+    record_checkpoint_scores,
+    record_stage,
+    run_being_trained,
+    training_lock,
+    training_process,
+)
 from tunesmith.scoring import Scorer, aggregate, recipe_scorer, score_answers
 from tunesmith.train.survival import checkpoint_step, complete_checkpoints
 
@@ -49,8 +57,13 @@ def adapter_checkpoints(run: Run) -> list[tuple[int, Path]]:
     (no adapter/ yet) has its checkpoints to score too.
 
     Raises TunesmithError for a whole-model run (its checkpoints are whole models: compare them with
-    `tunesmith eval RUN --against`) and for a run with no complete checkpoint.
+    `tunesmith eval RUN --against`), for a run with no complete checkpoint, and for a run another process is
+    training.
     """
+    if training_process(run) is not None:  # the trainer deletes older checkpoints as it saves new ones
+        raise run_being_trained(run, waiting="Score its checkpoints when it has finished: while it trains, it "
+                                             "deletes older checkpoints as it saves new ones "
+                                             "(training.keep_checkpoints), under the eval that reads them.")
     complete = complete_checkpoints(run.checkpoints_dir)  # a run stopped before its end has these alone
     finished = (run.adapter_dir / "adapter_config.json").is_file() or (run.path / "model" / "config.json").is_file()
     whole = (not is_adapter(run.trained_artifact()) if finished
