@@ -90,3 +90,22 @@ def test_a_tunesmith_home_that_is_a_file_is_a_usage_error(tmp_path):
     (tmp_path / "home").write_text("not a folder")
     result = tunesmith(tmp_path / "home", "list")
     assert result.returncode == 2 and "which is a file, not a folder" in result.stderr, result.stderr
+
+
+def test_a_model_a_running_tunesmith_uses_is_kept_until_it_ends(home):
+    """`cache clean models` beside a training of the embedded model deleted the base its eval and export load next
+    (on an offline machine, for good). A process that resolved the model holds it; the lock goes with the process."""
+    user = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                             "from tunesmith.models.source import resolve_model_source\n"
+                             "resolve_model_source('imported'); print('resolved', flush=True); time.sleep(120)"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "TUNESMITH_HOME": str(home)})
+    try:
+        assert user.stdout.readline().strip() == "resolved"
+        kept = tunesmith(home, "clean", "models")
+        assert kept.returncode == 0 and "kept" in kept.stderr and "is using it" in kept.stderr, kept.stderr
+        assert (home / "models" / "imported" / "model.safetensors").is_file()
+    finally:
+        user.kill()
+        user.wait()
+    removed = tunesmith(home, "clean", "models")
+    assert removed.returncode == 0 and not (home / "models" / "imported").exists(), removed.stderr

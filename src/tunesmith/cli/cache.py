@@ -60,10 +60,14 @@ def clean_command(areas: Annotated[list[str] | None, typer.Argument(
 
     Example: tunesmith cache clean all --dry-run
     """
-    from tunesmith.models.cache import chosen_areas, clean_cache
+    from tunesmith.models.cache import chosen_areas, clean_cache, in_use_models
     from tunesmith.models.registry import EMBEDDED
 
-    removed = clean_cache(chosen_areas(areas or []), older_than, dry_run)
+    chosen = chosen_areas(areas or [])
+    removed = clean_cache(chosen, older_than, dry_run)
+    for model in in_use_models() if "models" in chosen else []:
+        err.print(f"kept {escape(str(model))}: a running tunesmith (training, eval, serve or chat) is using it; clean "
+                  "it when that has finished.", highlight=False, soft_wrap=True)
     for entry in removed:
         err.print(f"{'would remove' if dry_run else 'removed'} {escape(str(entry.path))} ({size_text(entry.size)})",
                   highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models.home import tunesmith_home
+from tunesmith.models.home import in_use_elsewhere, tunesmith_home
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,18 @@ def chosen_areas(names: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def in_use_models() -> list[Path]:
+    """The cached model folders another running tunesmith (a training, an eval, serve) is using: `clean_cache` leaves
+    them (models.home.mark_in_use)."""
+    return [entry.path for entry in cache_entries(("models",)) if in_use_elsewhere(entry.path)]
+
+
 def clean_cache(areas: tuple[str, ...], older_than_days: float | None = None,
                 dry_run: bool = False) -> list[CacheEntry]:
     """Remove the entries of `areas` (only those unmodified for `older_than_days`, when given); returns them.
 
-    With `dry_run` nothing is removed. A model folder goes whole. A file or folder another tunesmith is writing has
+    With `dry_run` nothing is removed. A model folder goes whole, unless a running tunesmith uses it (`in_use_models`).
+    A file or folder another tunesmith is writing has
     a hidden name (`.NAME.*`) until it is complete: one touched in the last `IN_PROGRESS_SECONDS` is left alone, an
     older one is the leftover of an interrupted write and goes.
     """
@@ -104,7 +111,8 @@ def clean_cache(areas: tuple[str, ...], older_than_days: float | None = None,
     cutoff = None if older_than_days is None else now - older_than_days * 86400
     chosen = [entry for entry in cache_entries(areas)
               if (cutoff is None or entry.modified < cutoff)
-              and not (entry.path.name.startswith(".") and now - entry.modified < IN_PROGRESS_SECONDS)]
+              and not (entry.path.name.startswith(".") and now - entry.modified < IN_PROGRESS_SECONDS)
+              and not (entry.area == "models" and in_use_elsewhere(entry.path))]
     if not dry_run:
         for entry in chosen:
             if entry.path.is_dir() and not entry.path.is_symlink():

@@ -44,3 +44,51 @@ def model_fingerprint(model_dir: Path) -> str:
         stat = file.stat()
         fingerprint.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return fingerprint.hexdigest()[:12]
+
+
+IN_USE_FILE = ".in-use"  # inside a cached model's folder: shared-locked by each process using the model
+_in_use: dict[Path, int] = {}  # the folders this process holds, and the open lock file of each
+
+
+def mark_in_use(model_dir: Path) -> None:
+    """Hold a shared lock on the cached model folder `model_dir` until this process ends (the OS releases it, `kill
+    -9` included), so that `tunesmith cache clean models` leaves a model a training, eval or serve still reads.
+    Where locks cannot be taken (a read-only cache, a system without fcntl) nothing is held."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks of this kind
+        return
+    if model_dir in _in_use:
+        return
+    try:
+        handle = os.open(model_dir / IN_USE_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        return
+    _in_use[model_dir] = handle
+
+
+def in_use_elsewhere(model_dir: Path) -> bool:
+    """Whether another process holds `mark_in_use`'s lock on `model_dir` (this process's own marks do not count)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    if model_dir in _in_use:
+        return False
+    try:
+        handle = os.open(model_dir / IN_USE_FILE, os.O_RDONLY)
+    except OSError:  # never marked, or not a folder
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)  # closing releases the test lock
+    return False
+

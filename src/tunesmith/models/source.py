@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import ModelSourceError, first_line
-from tunesmith.models.home import is_model_name
+from tunesmith.models.home import is_model_name, mark_in_use
 from tunesmith.models.registry import (
     EMBEDDED,
     cached_model_dir,
@@ -26,9 +26,9 @@ def resolve_model_source(source: str, revision: str | None = None, base_dir: Pat
     """Return a local directory holding config, weights and tokenizer for `source` (`weights` False: a Hub model
     not yet downloaded brings its config and tokenizer only, what a memory plan reads)."""
     if source in EMBEDDED:
-        return cached_model_dir(source) if is_pulled(source) else pull_model(source)
+        return in_use(cached_model_dir(source) if is_pulled(source) else pull_model(source))
     if is_model_name(source) and (cached_model_dir(source) / "config.json").is_file():  # an imported model
-        return cached_model_dir(source)
+        return in_use(cached_model_dir(source))
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
@@ -49,8 +49,14 @@ def _import_gguf_source(path: Path) -> Path:
 
     name = path.stem.lower()
     if is_model_name(name) and (cached_model_dir(name) / "config.json").is_file():
-        return cached_model_dir(name)
-    return import_gguf(path, name=name)
+        return in_use(cached_model_dir(name))
+    return in_use(import_gguf(path, name=name))
+
+
+def in_use(model_dir: Path) -> Path:
+    """`model_dir`, marked as used by this process (`cache clean` leaves it while the process runs)."""
+    mark_in_use(model_dir)
+    return model_dir
 
 
 def _local_directory(path: Path) -> Path:
