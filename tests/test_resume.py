@@ -211,6 +211,7 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     """An edited data file would train the rest of the run on other rows and overwrite the run's copy of its data:
     refused by name before anything loads; restored, the run resumes."""
     from tunesmith.cli.app import resumed_run
+    from tunesmith.train.resume import initial_weights
 
     recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
     with monkeypatch.context() as patch:
@@ -225,6 +226,8 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     with pytest.raises(TunesmithError, match=rf"its train data {re.escape(str(source))} has changed since") as refused:
         resumed_run(load_recipe(recipe), str(run.path), None)
     assert "Restore the file" in refused.value.hint
+    started_from = re.search(r"--init-from (\S+)`", refused.value.hint).group(1)  # a new run from the last checkpoint
+    assert initial_weights(load_recipe(recipe, [f"training.init_from={started_from}"])) == Path(started_from)
     source.unlink()
     with pytest.raises(TunesmithError, match="is gone"):
         resumed_run(load_recipe(recipe), str(run.path), None)

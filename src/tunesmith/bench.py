@@ -118,7 +118,9 @@ def dataset_files(name: str, rows: int, folder: Path) -> tuple[Path, Path]:
         from tunesmith.errors import TunesmithError
 
         raise TunesmithError(f"The {name} dataset is read from {EXAMPLES / BUNDLED[name]}, which this installation "
-                             "does not have.", "Run the benchmark from a tunesmith checkout, or --datasets spread.")
+                             "does not have.",
+                             "Run the benchmark from a tunesmith checkout (`tunesmith bench train --datasets spread` "
+                             "needs none: its rows are generated).")
     else:
         source = EXAMPLES / BUNDLED[name]
         train = [json.loads(line) for line in (source / "train.jsonl").read_text().splitlines()[:rows]]

@@ -786,8 +786,7 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
     if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None and not reward_model:
         err.print(escape("Note: these score how likely the held-out answers are to each model, not what it writes. "
                          "To read what the tuned model says beside the base: tunesmith compare --prompts "
-                         f"PROMPTS.jsonl {run_path} --base (or set eval.judge to have a judge model pick between "
-                         "their answers)."),
+                         f"PROMPTS.jsonl {run_path} --base (--html FILE writes them side by side)."),
                   highlight=False, soft_wrap=True)
     if results.baselines:
         _print_baselines(results.baselines, results.tuned, results.baseline_comparison, results.metrics,

@@ -31,7 +31,7 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
     if (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
         raise TunesmithError(f"{runs_dir} is a run, not a folder of runs.",
                              f"List its folder (tunesmith runs list {runs_dir.parent}), or see the run itself with "
-                             f"tunesmith eval {runs_dir} (its scores) or its README.md.")
+                             f"its README.md (the model card: what it trained and its scores) or eval/results.json.")
     summaries = list_runs(runs_dir)
     if as_json:
         print_json(summaries)

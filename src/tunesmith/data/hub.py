@@ -43,7 +43,7 @@ def read_hub_records(value: str) -> list[Record]:
     except Exception as exc:  # datasets raises many kinds (network, auth, missing split, offline)
         raise DataError(
             f"Could not load the Hub dataset {repo!r} (split {split!r}): {type(exc).__name__}: {exc}",
-            "Check the id and split, run `huggingface-cli login` for gated sets; without network, run "
+            "Check the id and split, run `hf auth login` for gated sets; without network, run "
             f"`datasets.load_dataset({repo!r}).save_to_disk('DIR')` where you have it and point data.train at DIR.",
         ) from None
     return [Record(f"{repo} ({split}), row index {index}", value) for index, value in enumerate(dataset)]

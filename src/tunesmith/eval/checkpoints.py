@@ -56,9 +56,8 @@ def adapter_checkpoints(run: Run) -> list[tuple[int, Path]]:
     """(step, folder) of each complete checkpoint holding an adapter, oldest first; a run stopped before its end
     (no adapter/ yet) has its checkpoints to score too.
 
-    Raises TunesmithError for a whole-model run (its checkpoints are whole models: compare them with
-    `tunesmith eval RUN --against`), for a run with no complete checkpoint, and for a run another process is
-    training.
+    Raises TunesmithError for a whole-model run (its checkpoints are whole models), for a run with no complete
+    checkpoint, and for a run another process is training.
     """
     if training_process(run) is not None:  # the trainer deletes older checkpoints as it saves new ones
         raise run_being_trained(run, waiting="Score its checkpoints when it has finished: while it trains, it "
@@ -70,7 +69,9 @@ def adapter_checkpoints(run: Run) -> list[tuple[int, Path]]:
              else any((folder / "config.json").is_file() for folder in complete))
     if whole:
         raise TunesmithError(f"{run.path} trained a whole model; --checkpoints compares adapter checkpoints.",
-                             "Compare whole-model runs with `tunesmith eval RUN --against OTHER_RUN`.")
+                             "A whole-model run's checkpoints are whole copies of the model: score the final one "
+                             "with `tunesmith eval RUN`, and compare runs' scores with `tunesmith runs list FOLDER` "
+                             "or `tunesmith runs diff RUN OTHER_RUN`.")
     found = [(checkpoint_step(folder) or 0, folder) for folder in complete
              if all((folder / name).is_file() for name in ADAPTER_FILES)]
     if not found:

@@ -126,7 +126,9 @@ def adapter_source(target: str | Path) -> AdapterSource:
         artifact = run.trained_artifact()
         if not is_adapter(artifact):
             raise TunesmithError(f"{path} is a whole-model run (model/), not an adapter: it has no base to share.",
-                                 "Compare adapter runs; evaluate a whole-model run with `tunesmith eval`.")
+                                 "Compare adapter runs of one base here; score a whole-model run with `tunesmith eval "
+                                 "RUN` (against its base), and compare runs' scores with `tunesmith runs diff RUN "
+                                 "OTHER`.")
         return AdapterSource(path.resolve().name, artifact, run_base_model(run))
     if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
         path = path / "adapter"  # `tunesmith merge --into-base`'s output: the whole model, its combined adapter beside

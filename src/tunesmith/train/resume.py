@@ -104,8 +104,16 @@ def check_data_unchanged(run: Run) -> None:
                 f"Cannot resume {run.path}: its {split} data {source.resolved} {state} the run started (run.json "
                 "records its sha256).",
                 f"Restore the file as it was (the rows the run trained on are in {run.path / manifest.data.train.path}"
-                f"), or train on the new data in a new run; --init-from {run.path} starts one from a finished run's "
-                "weights.")
+                f"), or train on the new data in a new run{new_run_start(run)}.")
+
+
+def new_run_start(run: Run) -> str:
+    """How a new run starts where the stopped `run` got to: its newest checkpoint as --init-from, where that holds an
+    adapter (a whole-model checkpoint is no adapter to start from), else nothing to add."""
+    newest = newest_complete_checkpoint(run)
+    if newest is None or not (newest / "adapter_config.json").is_file():
+        return ""
+    return f" started from this one's last checkpoint (`tunesmith train RECIPE --init-from {newest}`)"
 
 
 def initial_weights(recipe: Recipe) -> Path | None:
