@@ -22,6 +22,7 @@ from tests.conftest import REPO, make_tiny_project
 from tunesmith.config import load_recipe
 from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.runs import Run
+from tunesmith.train.resume import recorded_world_size, resume_hint
 
 STEPS = 6
 
@@ -130,8 +131,9 @@ def test_resume_keeps_the_number_of_processes(one_and_two, project: Path) -> Non
     check_same_world_size(Run(two), 2)
     with pytest.raises(RecipeError, match="trained with 2 process"):
         check_same_world_size(Run(two), 4)
-    with pytest.raises(RecipeError, match="trained with 1 process"):
+    with pytest.raises(RecipeError, match="trained with 1 process") as alone:
         check_same_world_size(Run(one), 2)
+    assert alone.value.hint == f"Resume with: tunesmith train {Run(one).recipe_file} --resume {Run(one).path}"
 
 
 SILENT_SOLO = """
@@ -448,6 +450,8 @@ def test_the_torchrun_script_trains_with_ranks_started_by_torchrun(project: Path
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
     assert json.loads((run / "train.json").read_text())["processes"] == 2
+    # no launch/accelerate.yaml: the checkpoints' per-rank random states say how many processes to resume with
+    assert recorded_world_size(Run(run)) == 2 and "Start the launch that trained it again" in resume_hint(Run(run))
     again = subprocess.run(["bash", str(script)], cwd=tmp_path, env={**env, "MASTER_PORT": str(free_port())},
                            capture_output=True, text=True, timeout=600)  # a job restarted on the finished run
     assert again.returncode != 0
@@ -575,6 +579,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.config import DistributedSection
 from tunesmith.runs import Run
+from tunesmith.train.resume import recorded_world_size, resume_hint
 from tunesmith.train.adapters import save_trained
 from tunesmith.train.distributed import sharded_state_dict
 

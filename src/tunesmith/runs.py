@@ -553,6 +553,7 @@ def removed_if_unstarted(run: Run) -> Iterator[Run]:
 
 
 TRAINING_LOCK = ".training.lock"
+LAUNCH_DIR = "launch"  # inside the run directory: accelerate.yaml, deepspeed.json, command.sh (train.launch)
 TRAINING_OWNER = ".training.json"
 
 

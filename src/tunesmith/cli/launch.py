@@ -51,15 +51,13 @@ def refuse_unlaunched(recipe: Any, run_dir: Path | None, launch_flags: bool, lau
 
 def resume_launch_hint(resume: str, recipe: Any) -> str:
     """The launch that resumes a multi-process run: its own process count (the checkpoint belongs to it)."""
-    from tunesmith.train.launch import recorded_world_size
-    from tunesmith.train.resume import find_run_to_resume
+    from tunesmith.train.resume import find_run_to_resume, resume_hint
 
     try:
         run = find_run_to_resume(resume, recipe, None)
     except TunesmithError:
         return "Resume it with as many processes as it trained with: tunesmith train RECIPE --nproc N --resume RUN."
-    return (f"Resume it with the {recorded_world_size(run)} processes it trained with: tunesmith train "
-            f"{run.recipe_file} --nproc {recorded_world_size(run)} --resume {run.path}")
+    return resume_hint(run)
 
 
 @dataclass(frozen=True)
@@ -101,9 +99,11 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
         write_command,
         write_launch_files,
     )
-    from tunesmith.train.resume import resumed_run
+    from tunesmith.train.resume import find_run_to_resume, resumed_run
 
     spec = LaunchSpec(options.nproc, options.nnodes, options.node_rank, options.main_address, options.main_port)
+    if options.resume:  # said before ddp is set below, which the run's own recipe would name as a change
+        check_same_world_size(find_run_to_resume(options.resume, recipe, options.runs_dir), spec.world_size)
     if recipe.training.distributed.strategy == "none" and spec.world_size > 1:
         overrides = [*overrides, "training.distributed=ddp"]
         recipe = load_recipe(recipe_file, overrides)
@@ -145,8 +145,7 @@ def launch(recipe_file: Path, overrides: list[str], recipe: Any, options: Launch
     with removed_if_unstarted(run) if new else nullcontext(run):  # a launch that fails before a step leaves no run
         returncode = subprocess.call(command)
         if returncode != 0:
-            raise launched_failure(returncode, run, f"tunesmith train {run.recipe_file} --nproc {options.nproc} "
-                                                    f"--resume {run.path}")
+            raise launched_failure(returncode, run)
     return run
 
 

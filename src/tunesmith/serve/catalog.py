@@ -61,7 +61,9 @@ def trained_artifact(run: Run) -> Path:
     manifest = run.manifest()
     if manifest is None or manifest.train is None:
         if any(run.checkpoints_dir.glob("checkpoint-*")):
-            hint = f"Finish it first: tunesmith train {run.recipe_file} --resume {run.path}"
+            from tunesmith.train.resume import resume_hint  # tunesmith.train loads TRL: only on this error
+
+            hint = f"Finish it first. {resume_hint(run)}"
         else:  # nothing saved to resume from (a run that stopped early, or a folder --print-launch wrote)
             hint = (f"It holds no checkpoint to resume from either; train it: tunesmith train {run.recipe_file} "
                     "(with --nproc N as before, for a distributed recipe)")

@@ -52,7 +52,7 @@ from tunesmith.train.distributed import (
 from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears
 from tunesmith.train.plots import plot_loss_curve, plot_reward_curve
 from tunesmith.train.preflight import check_targets_fit_model
-from tunesmith.train.resume import initial_weights, load_initial_adapter
+from tunesmith.train.resume import initial_weights, load_initial_adapter, resume_hint
 from tunesmith.train.survival import (
     BatchRecorder,
     NumericsGuard,
@@ -541,7 +541,7 @@ def interrupted(signum: int, step: int, run: Run) -> TrainingInterrupted:
     checkpoint = newest_complete_checkpoint(run)
     return TrainingInterrupted(
         f"Training stopped by {signal.Signals(signum).name} after step {step}; checkpoint: {checkpoint}.",
-        f"Resume with: tunesmith train {run.recipe_file} --resume {run.path}", signum)
+        resume_hint(run), signum)
 
 
 RESUMED_CHOICE = "as before the resume: "

@@ -22,9 +22,8 @@ import yaml
 
 from tunesmith.config import DistributedSection, Recipe
 from tunesmith.errors import RecipeError, TunesmithError
-from tunesmith.runs import Run, atomic_write_text
+from tunesmith.runs import LAUNCH_DIR, Run, atomic_write_text
 
-LAUNCH_DIR = "launch"  # inside the run directory: accelerate.yaml, deepspeed.json, command.sh
 DEFAULT_PORT = 29500  # torch.distributed's usual MASTER_PORT
 
 
@@ -250,11 +249,12 @@ def write_command(run: Run, command: list[str], config_file: Path) -> Path:
     return path
 
 
-def launched_failure(returncode: int, run: Run, resume_command: str) -> TunesmithError:
+def launched_failure(returncode: int, run: Run) -> TunesmithError:
     """What the user reads when the launched ranks did not all finish: torchrun stops the other ranks of a job
     when one exits (torch.distributed.elastic: the agent terminates the worker group, SIGTERM then SIGKILL)."""
     import signal
 
+    from tunesmith.train.resume import resume_hint
     from tunesmith.train.survival import complete_checkpoints
 
     how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 and -returncode in
@@ -265,8 +265,8 @@ def launched_failure(returncode: int, run: Run, resume_command: str) -> Tunesmit
         return TunesmithError(f"{stopped}, before any checkpoint was saved.",
                               "Fix the first error above, then start the training again (the same command).")
     return TunesmithError(f"{stopped}. Run directory: {run.path}.",
-                          f"Fix the first error above, then continue from the last complete checkpoint with: "
-                          f"{resume_command}")
+                          f"Fix the first error above, then continue from the last complete checkpoint. "
+                          f"{resume_hint(run)}")
 
 
 RUN_DIR_WAIT_S = 300.0  # how long a rank waits for rank 0 to set up the shared run directory
@@ -302,23 +302,17 @@ def shared_run(recipe: Recipe, path: Path, main: bool | None = None) -> Run:
     return run
 
 
-def recorded_world_size(run: Run) -> int:
-    """How many processes the run's launch config (launch/accelerate.yaml) started; 1 for a one-process run."""
-    configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
-    if not configs:
-        return 1
-    return int(yaml.safe_load(configs[0].read_text(encoding="utf-8")).get("num_processes", 1))
-
-
 def check_same_world_size(run: Run, world_size: int) -> None:
     """A resumed run keeps its number of processes: its checkpoint's data position (batches consumed per process)
-    and per-rank random states belong to that count. Raises RecipeError naming both counts."""
+    and per-rank random states belong to that count. Raises RecipeError naming both counts and the launch that
+    resumes it (train.resume.resume_hint)."""
+    from tunesmith.train.resume import recorded_world_size, resume_hint
+
     recorded = recorded_world_size(run)
     if recorded != world_size:
         raise RecipeError(f"{run.path} trained with {recorded} process(es); resuming with {world_size} would replay "
                           "its data in another order (the checkpoint counts batches per process).",
-                          f"Resume with the same count: --nproc x --nnodes = {recorded}"
-                          + (" (or without --nproc)." if recorded == 1 else "."))
+                          resume_hint(run))
 
 
 SCRIPT_KINDS = ("slurm", "torchrun")

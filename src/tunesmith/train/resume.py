@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError
-from tunesmith.runs import Run, open_run, run_being_trained, training_process
+from tunesmith.runs import LAUNCH_DIR, Run, open_run, run_being_trained, training_process
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
 
@@ -22,6 +22,33 @@ RESUME_SAFE_KEYS = ("training.logging_steps", "training.save_steps", "training.k
 # PEFT config keys that decide the adapter's tensors: an adapter to start from must agree on each.
 ADAPTER_SHAPE_KEYS = ("peft_type", "r", "target_modules", "layers_to_transform", "use_dora", "modules_to_save",
                       "num_virtual_tokens")
+
+
+def recorded_world_size(run: Run) -> int:
+    """How many processes trained `run`: the num_processes of the accelerate config `train --nproc` wrote in its
+    launch/ folder; for a run a launcher started itself (`launch-script`, torchrun or srun with --run-dir), the
+    per-process random states of its checkpoints (transformers' Trainer saves rng_state_<rank>.pth per process when
+    there are several, rng_state.pth for one); else 1."""
+    import yaml
+
+    configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
+    if configs:
+        return int(yaml.safe_load(configs[0].read_text(encoding="utf-8")).get("num_processes", 1))
+    ranks = [len(list(folder.glob("rng_state_*.pth"))) for folder in complete_checkpoints(run.checkpoints_dir)]
+    return max([1, *ranks])
+
+
+def resume_hint(run: Run) -> str:
+    """How to continue `run` from its newest complete checkpoint, launched as it was: alone, with `--nproc N` where
+    `train --nproc` launched it, or, where a launcher started it (several nodes, a launch-script), that launch again
+    with the same --run-dir."""
+    configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
+    size = recorded_world_size(run)
+    if size > 1 and (not configs or any(config.name.startswith("accelerate-node") for config in configs)):
+        return (f"Start the launch that trained it again, unchanged (on every node, with the same --run-dir "
+                f"{run.path}): it goes on from the newest complete checkpoint.")
+    nproc = f" --nproc {size}" if configs else ""
+    return f"Resume with: tunesmith train {run.recipe_file}{nproc} --resume {run.path}"
 
 
 def finished(run: Run) -> bool:
