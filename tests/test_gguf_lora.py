@@ -238,3 +238,23 @@ def test_llama_cpp_applies_a_gemma3_lora_like_peft(tokenizer_dir, tmp_path):
     result = llama_cpp_vs_transformers(base, adapter, write_gguf(base, tmp_path / "base.gguf", "F32"), lora_gguf)
     print("gemma3 all-linear LoRA:", result)
     assert result["top1"] >= 0.95 and result["max_diff"] < 0.2 and result["vs_base"] > 1.0, result
+
+
+def test_a_run_whose_adapter_no_gguf_lora_holds_is_served_from_its_merged_gguf(tiny_model_dir, tmp_path, capsys):
+    """serve took the LoRA route by adapter.kind alone: a LoRA training biases failed there, and its hint (export
+    the merged GGUF) changed nothing. It is now served from its merged GGUF, said; an adapter folder that is
+    no run is told to merge it first."""
+    from tunesmith.manifest import BaseModelRecord, TrainRecord
+    from tunesmith.runs import record_stage
+    from tunesmith.serve.catalog import build_catalog
+
+    run = make_run(tiny_model_dir, tmp_path, lora(bias="lora_only"))
+    record_stage(run, "train", TrainRecord(artifact="adapter", path="adapter", method="sft", adapter="lora",
+                                           base_model=BaseModelRecord(source=str(tiny_model_dir),
+                                                                      path=str(tiny_model_dir))))
+    [served] = build_catalog([f"tied={run.path}"], quant="F32")
+    assert served.lora is None and served.gguf == run.exports_dir / "gguf" / "Tiny.F32.gguf" and served.gguf.is_file()
+    assert "It is served from its merged GGUF instead" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(TunesmithError, match="it trains biases") as refused:
+        build_catalog([str(run.adapter_dir)], quant="F32")
+    assert f"tunesmith merge {run.adapter_dir} --out {run.adapter_dir}-model" in refused.value.hint

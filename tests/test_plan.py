@@ -144,6 +144,9 @@ def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_bat
     # CPU too: bitsandbytes>=0.50 quantizes there, tests/test_plan.py's qlora case trains with it)
     assert advice["method"].flags[0] == "--set adapter.kind=qlora", advice["method"]
     assert advice["largest batch"].value == "none fits"
+    reward = validate_recipe({**raw, "method": {"kind": "reward"}, "base_dir": str(tmp_path)})  # no QLoRA for reward
+    reward_report = build_report(reward, arch, Device(device, device, 24 * 2**30, 165e12, False), RowLengths(128, "t"))
+    assert "qlora" not in str({a.what: a for a in reward_report.advice}["method"])
     assert report.peak_bytes > 16 * 7e9  # 16 bytes per trained parameter before any activation
 
 

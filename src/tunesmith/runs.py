@@ -98,7 +98,7 @@ def check_replaceable_output(path: Path, marker: str, written: Collection[str] |
     if target in (cwd, home) or target in cwd.parents:
         raise TunesmithError(f"Output folder {path} is the current folder, a folder above it or your home folder: "
                              "tunesmith writes an output folder by replacing it whole.",
-                             "Name a new folder for the output, e.g. --out prepared/.")
+                             "Name a new folder for the output, e.g. --out NEW_FOLDER/.")
     if target.exists() and not target.is_dir():
         raise TunesmithError(f"Output folder {path} is a file.", "Name a new folder for the output.")
     if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
@@ -626,10 +626,10 @@ def merge_output_hint(folder: Path, shown: str) -> str:
         return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {shown}`. It is a combined "
                 f"adapter: fold it into its base for a whole model (`tunesmith merge {shown} --out {shown}-model`), "
                 f"or train on from it (`training.init_from: {shown}`); `tunesmith serve {shown}` serves it, "
-                f"`tunesmith push {shown}` uploads it as it is.")
+                f"`tunesmith push {shown} USER/NAME` uploads it as it is.")
     return (f"It is a whole model: try it with `tunesmith chat {shown}` or `tunesmith serve {shown}`, or fine-tune, "
             "evaluate and export it through "
-            f"a run with `model.source: {shown}` in a recipe; `tunesmith push {shown}` uploads it as it is.")
+            f"a run with `model.source: {shown}` in a recipe; `tunesmith push {shown} USER/NAME` uploads it as it is.")
 
 
 def open_run(path: str | Path) -> Run:

@@ -90,7 +90,7 @@ def check_gate(results: EvalResults, rules: list[GateRule]) -> list[GateVerdict]
     comparison = results.all_comparisons()
     if not comparison:
         raise TunesmithError("--fail-if-worse needs a base-vs-tuned comparison, and this eval has none.",
-                             "Set eval.compare_base: true (KTO and CPT evals have no comparison yet).")
+                             "Set eval.compare_base: true (a CPT eval has no comparison yet).")
     probes = results.probes if results.probes is not None and results.probes.regression is not None else None
     names = [*comparison, *(["probes"] if probes is not None else [])]
     unknown = [rule.metric for rule in rules if rule.metric not in names]

@@ -34,6 +34,14 @@ PREFIX = "base_model.model."
 MERGED_HINT = "Export the merged model as GGUF instead: tunesmith export RUN --format gguf (or ollama)."
 
 
+class NotAGgufLora(TunesmithError):
+    """An adapter llama.cpp's LoRA format cannot hold (another PEFT kind, DoRA, biases, new tokens, a tied head):
+    its merged model serves it instead (serve.catalog falls back to that)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, MERGED_HINT)
+
+
 def write_gguf_lora(adapter_dir: Path, base_dir: Path, out_path: Path, quant: str = "F16",
                     name: str | None = None) -> Path:
     """Convert the PEFT adapter in `adapter_dir`, trained on `base_dir`, to a GGUF LoRA at `out_path`."""
@@ -84,17 +92,16 @@ def lora_settings(adapter_dir: Path) -> dict[str, Any]:
     kind = str(config.get("peft_type", "?")).lower()
     if kind != "lora":
         article = "an" if kind[:1].lower() in "aeio" else "a"
-        raise TunesmithError(f"This is {article} {kind} adapter; a GGUF LoRA file can only hold a plain LoRA.",
-                             MERGED_HINT)
+        raise NotAGgufLora(f"This is {article} {kind} adapter; a GGUF LoRA file can only hold a plain LoRA.")
     refusals = {"use_dora": "DoRA's magnitude vectors have no place in a GGUF LoRA file",
                 "modules_to_save": "the adapter carries whole modules (modules_to_save), not only LoRA factors",
                 "alpha_pattern": "per-module alpha (alpha_pattern) is not supported by this export"}
     for key, reason in refusals.items():
         if config.get(key):
-            raise TunesmithError(f"Cannot write {adapter_dir} as a GGUF LoRA: {reason}.", MERGED_HINT)
+            raise NotAGgufLora(f"Cannot write {adapter_dir} as a GGUF LoRA: {reason}.")
     if config.get("bias", "none") != "none":
-        raise TunesmithError(f"Cannot write {adapter_dir} as a GGUF LoRA: it trains biases (bias="
-                             f"{config['bias']!r}), which llama.cpp adapters do not carry.", MERGED_HINT)
+        raise NotAGgufLora(f"Cannot write {adapter_dir} as a GGUF LoRA: it trains biases (bias="
+                           f"{config['bias']!r}), which llama.cpp adapters do not carry.")
     return config
 
 
@@ -120,9 +127,9 @@ def without_saved_embeddings(weights: dict[str, np.ndarray], base_config: Any) -
         if not key.endswith(".base_layer.weight"):
             kept[key] = value
         elif value.shape[0] != base_config.vocab_size:
-            raise TunesmithError(f"The adapter resized {key.removesuffix('.base_layer.weight')} to {value.shape[0]} "
-                                 f"tokens (base: {base_config.vocab_size}); a GGUF LoRA cannot add tokens to the "
-                                 "base.", MERGED_HINT)
+            raise NotAGgufLora(f"The adapter resized {key.removesuffix('.base_layer.weight')} to {value.shape[0]} "
+                               f"tokens (base: {base_config.vocab_size}); a GGUF LoRA cannot add tokens to the "
+                               "base.")
     return kept
 
 
@@ -137,8 +144,8 @@ def lora_pairs(weights: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np
                 pairs.setdefault(name.removesuffix(marker) + ".weight", {})[side] = value
                 break
         else:
-            raise TunesmithError(f"The adapter holds {key}, which is not a LoRA factor (new tokens or trained "
-                                 "whole layers?); a GGUF LoRA file cannot carry it.", MERGED_HINT)
+            raise NotAGgufLora(f"The adapter holds {key}, which is not a LoRA factor (new tokens or trained "
+                               "whole layers?); a GGUF LoRA file cannot carry it.")
     incomplete = [name for name, sides in pairs.items() if set(sides) != {"A", "B"}]
     if incomplete:
         raise TunesmithError(f"The adapter has only one LoRA factor for {incomplete[0]}.", "Re-save the adapter.")
@@ -149,17 +156,17 @@ def tensor_name(base_name: str, base_config: Any, spec: ArchSpec) -> str:
     """The base model's GGUF tensor name for an HF weight name (the base writer's own map)."""
     tied = bool(getattr(base_config, "tie_word_embeddings", False))
     if tied and base_name == "lm_head.weight":
-        raise TunesmithError("The adapter adapts lm_head, but the base ties it to the embeddings: llama.cpp has no "
-                             "separate output tensor to apply it to.", MERGED_HINT)
+        raise NotAGgufLora("The adapter adapts lm_head, but the base ties it to the embeddings: llama.cpp has no "
+                           "separate output tensor to apply it to.")
     if tied and base_name.endswith("embed_tokens.weight"):
         # llama.cpp (llama-cpp-python 0.3.36) runs the tied output head through the same tensor and applies
         # the embedding LoRA there too, with the embedding's transposed layout: it aborts on a shape assert.
-        raise TunesmithError("The adapter adapts the token embeddings of a model whose output head is tied to them; "
-                             "llama.cpp would apply it to the output head too, and fails.", MERGED_HINT)
+        raise NotAGgufLora("The adapter adapts the token embeddings of a model whose output head is tied to them; "
+                           "llama.cpp would apply it to the output head too, and fails.")
     name_map = gguf.get_tensor_name_map(spec.arch, base_config.num_hidden_layers)
     name = name_map.get_name(base_name, try_suffixes=(".weight", ".bias"))
     if name is None:
-        raise TunesmithError(f"No GGUF name for the adapted weight {base_name!r} of a {spec.name} model.", MERGED_HINT)
+        raise NotAGgufLora(f"No GGUF name for the adapted weight {base_name!r} of a {spec.name} model.")
     return name
 
 
@@ -178,8 +185,8 @@ def run_gguf_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
 
     lora_type(quant)
     if not (run.adapter_dir / "adapter_config.json").is_file():
-        raise TunesmithError(f"{run.path} has no trained adapter (adapter/): a whole-model run has no LoRA to "
-                             "export.", MERGED_HINT)
+        raise NotAGgufLora(f"{run.path} has no trained adapter (adapter/): a whole-model run has no LoRA to "
+                           "export.")
     base_dir = run_base_model(run)
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-{quant.upper()}.gguf"
     write_gguf_lora(run.adapter_dir, base_dir, target, quant, name=f"{recipe.name}-lora")

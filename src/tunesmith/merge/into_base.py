@@ -106,7 +106,8 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
     if peft_model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to fold into weights
         kind = peft_model.active_peft_config.peft_type.value.lower()
         raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
-                             "Export it with --format adapter (export.formats: [adapter]).")
+                             "Use it as an adapter: `tunesmith export RUN --format adapter`, or serve or chat "
+                             "with the adapter folder as it is.")
     ids = check_prompt_ids(model_dir)
     expected = prompt_logits(peft_model, ids)
     merged = peft_model.merge_and_unload()

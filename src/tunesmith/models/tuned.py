@@ -55,8 +55,8 @@ def adapter_base(adapter_dir: Path) -> Path:
     name = read_adapter_config(adapter_dir).get("base_model_name_or_path") or ""
     if not isinstance(name, str) or not name:
         raise TunesmithError(f"{adapter_dir}/adapter_config.json does not say which base model it was trained on.",
-                             "Pass the base model with --base MODEL (merge), or use a run directory, whose recipe "
-                             "names it.")
+                             "Use the run directory the adapter was trained in (its recipe names the base), or "
+                             "add the base's id or folder to adapter_config.json as base_model_name_or_path.")
     return (Path(name) if Path(name).is_dir() else resolve_model_source(name)).resolve()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tunesmith.config import LoraAdapter, QloraAdapter, Recipe
+from tunesmith.config import REWARD_ADAPTER_KINDS, LoraAdapter, QloraAdapter, Recipe
 from tunesmith.plan.architecture import Architecture
 from tunesmith.plan.devices import Device
 from tunesmith.plan.memory import Sharding, estimate_memory, outside_estimate
@@ -180,7 +180,9 @@ def lighter_method(recipe: Recipe, fits: Any, device: Device) -> Advice:
     method fits (with the accumulation that keeps the rows per step): a lighter method at a batch the recipe's
     method fits as well would only cost quality. QLoRA is offered where bitsandbytes quantizes: CUDA, and CPUs
     with bitsandbytes>=0.50 (measured on SmolLM2-135M, 2-core CPU: 137 real tokens/s against LoRA's 142); not MPS."""
-    kinds = [k for k in ("lora", "qlora") if k != recipe.adapter.kind and (k != "qlora" or device.kind != "mps")]
+    allowed = REWARD_ADAPTER_KINDS if recipe.method.kind == "reward" else ("lora", "qlora")  # reward: no QLoRA
+    kinds = [k for k in ("lora", "qlora") if k != recipe.adapter.kind and k in allowed
+             and (k != "qlora" or device.kind != "mps")]
     if recipe.adapter.kind == "qlora":
         kinds = []
     own = batch_that_fits(largest_batch(recipe, fits))

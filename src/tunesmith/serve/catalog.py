@@ -92,13 +92,14 @@ def build_catalog(arguments: list[str], quant: str | None = None, export: bool =
         base_dir = run_base_model(run)
         base_name = source_name(recipe.model.source, base_dir)
         system_prompt = recipe.data.system_prompt
-        if is_adapter(artifact) and recipe.adapter.kind in GGUF_LORA_KINDS:
+        lora = lora_gguf(recipe, run, export) if is_adapter(artifact) and recipe.adapter.kind in GGUF_LORA_KINDS \
+            else None
+        if lora is not None:
             base_gguf = cached_base_gguf(base_dir, quant, export)
             served.setdefault(base_name, ServedModel(base_name, base_gguf, None, base_dir, None, None, None, None))
-            lora = lora_gguf(recipe, run, export)
             model = ServedModel(name or run.path.name, base_gguf, lora, artifact, system_prompt, run.path, artifact,
                                 lora_rank(artifact), recipe.data)
-        else:  # a whole model, or an adapter kind llama.cpp cannot apply: its own merged GGUF
+        else:  # a whole model, or an adapter llama.cpp cannot apply: its own merged GGUF
             model = ServedModel(name or run.path.name, merged_gguf(recipe, run, wanted, export), None,
                                 artifact if (artifact / "tokenizer_config.json").is_file() else base_dir, system_prompt,
                                 run.path,
@@ -139,10 +140,13 @@ def folder_model(name: str | None, target: str, quant: str, export: bool,
     served.setdefault(base_name, ServedModel(base_name, base_gguf, None, base_dir, None, None, None, None))
     lora = tunesmith_home() / "serve" / f"{folder.resolve().name}-{model_fingerprint(folder.resolve())}-lora-F16.gguf"
     if export and not lora.is_file():
-        from tunesmith.export.gguf_lora import write_gguf_lora
+        from tunesmith.export.gguf_lora import NotAGgufLora, write_gguf_lora
 
         print(f"writing the adapter {target} as a GGUF LoRA once: {lora}", file=sys.stderr, flush=True)
-        write_gguf_lora(folder, base_dir, lora, "F16", name=folder.resolve().name)
+        try:
+            write_gguf_lora(folder, base_dir, lora, "F16", name=folder.resolve().name)
+        except NotAGgufLora as exc:
+            raise TunesmithError(f"{target}: {exc.message}", merge_first(target)) from None
     tokenizer_dir = folder if (folder / "tokenizer_config.json").is_file() else base_dir  # its trained template
     return ServedModel(name or source_name(target, folder.resolve()), base_gguf, lora, tokenizer_dir, None, folder,
                        folder, lora_rank(folder))
@@ -171,9 +175,13 @@ def check_gguf_lora_folder(folder: Path, target: str) -> None:
     try:
         lora_settings(folder)
     except TunesmithError as exc:
-        raise TunesmithError(f"{target}: {exc.message}",
-                             f"Merge it into its base first (tunesmith merge {target} --out {target}-model), then "
-                             f"serve the merged model: tunesmith serve {target}-model") from None
+        raise TunesmithError(f"{target}: {exc.message}", merge_first(target)) from None
+
+
+def merge_first(target: str) -> str:
+    """How an adapter folder llama.cpp cannot apply as a LoRA is served: merged into its base, as a model."""
+    return (f"Merge it into its base first (tunesmith merge {target} --out {target}-model), then serve the merged "
+            f"model: tunesmith serve {target}-model")
 
 
 def source_name(source: str, base_dir: Path) -> str:
@@ -203,12 +211,20 @@ def cached_base_gguf(base_dir: Path, quant: str, export: bool) -> Path:
     return target
 
 
-def lora_gguf(recipe: Recipe, run: Run, export: bool) -> Path:
-    from tunesmith.export.gguf_lora import run_gguf_lora_export
+def lora_gguf(recipe: Recipe, run: Run, export: bool) -> Path | None:
+    """The run's adapter as a GGUF LoRA (exported when missing), or None where llama.cpp's LoRA format cannot hold it
+    (biases, new tokens, an adapted head tied to the embeddings: `gguf_lora.NotAGgufLora`), said: the run is then
+    served from its merged GGUF."""
+    from tunesmith.export.gguf_lora import NotAGgufLora, run_gguf_lora_export
 
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-F16.gguf"
     if export and not target.is_file():
-        target = run_gguf_lora_export(recipe, run, "F16")
+        try:
+            target = run_gguf_lora_export(recipe, run, "F16")
+        except NotAGgufLora as exc:
+            print(f"{run.path.name}: {exc.message} It is served from its merged GGUF instead (its own copy of the "
+                  "base, loaded beside the others).", file=sys.stderr, flush=True)
+            return None
     return target
 
 

@@ -72,8 +72,11 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
         rank = max(m.lora_rank or 1 for m in adapters)
         fitting = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
         if fitting is None:
-            raise TunesmithError(f"An adapter has rank {rank}; vLLM loads LoRA ranks up to {VLLM_LORA_RANKS[-1]}.",
-                                 "Serve it merged (tunesmith export --format merged) or with the llama.cpp engine.")
+            widest = max(adapters, key=lambda m: m.lora_rank or 1)
+            raise TunesmithError(f"{widest.name} has LoRA rank {rank}; vLLM loads LoRA ranks up to "
+                                 f"{VLLM_LORA_RANKS[-1]}.",
+                                 f"Serve it merged ({merged_steps(widest.run)}), or with the llama.cpp engine (no "
+                                 "--engine).")
         argv += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(fitting),
                  "--lora-modules", *(f"{m.name}={m.peft_dir.resolve()}" for m in adapters)]  # type: ignore[union-attr]
         template = adapters[0].peft_dir / "chat_template.jinja" if adapters[0].peft_dir else None
@@ -81,6 +84,15 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
             argv += ["--chat-template", str(template.resolve())]
     environment = {"VLLM_API_KEY": f"the key in ${api_key_env}"} if api_key_env else {}
     return Launch(argv, environment, docker_variant(argv, port, api_key_env))
+
+
+def merged_steps(source: Path | None) -> str:
+    """The commands that make a whole model of a run's (or an adapter folder's) adapter and serve it with vLLM."""
+    if source is not None and not (source / "recipe.yaml").is_file():  # an adapter folder: folded into its base
+        return (f"`tunesmith merge {source} --out {source}-merged`, then `tunesmith serve --engine vllm "
+                f"{source}-merged`")
+    run = source or "RUN"
+    return f"`tunesmith export {run} --format merged`, then `tunesmith serve --engine vllm {run}/exports/merged`"
 
 
 def docker_variant(argv: list[str], port: int, api_key_env: str | None) -> str:

@@ -84,8 +84,11 @@ class LlamaEngine:
             if model.lora is not None:
                 adapter = llama_cpp.llama_adapter_lora_init(self.bases[model.gguf].llm.model, str(model.lora).encode())
                 if not adapter:
+                    from_run = model.run is not None and (model.run / "recipe.yaml").is_file()
+                    again = (f"tunesmith export {model.run} --format gguf-lora" if from_run
+                             else "tunesmith cache clean serve (serve writes it again)")
                     raise TunesmithError(f"llama.cpp could not load the LoRA {model.lora} for {model.name}.",
-                                         "Export it again: tunesmith export RUN --format gguf-lora")
+                                         f"Write it again: {again}")
                 self.adapters[model.name] = adapter
 
     def tokenizer(self, name: str) -> Any:
