@@ -225,7 +225,7 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     source.write_bytes(original + original.splitlines(keepends=True)[0])  # one row more
     with pytest.raises(TunesmithError, match=rf"its train data {re.escape(str(source))} has changed since") as refused:
         resumed_run(load_recipe(recipe), str(run.path), None)
-    assert "Restore the file" in refused.value.hint
+    assert "Put the original file back" in refused.value.hint
     started_from = re.search(r"--init-from (\S+)`", refused.value.hint).group(1)  # a new run from the last checkpoint
     assert initial_weights(load_recipe(recipe, [f"training.init_from={started_from}"])) == Path(started_from)
     source.unlink()

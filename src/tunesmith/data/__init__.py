@@ -73,6 +73,11 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
             loaded = load_rows(path, accept, purpose, data.format, data.columns, data.skip_invalid,
                                data.file_format, skipped)
         except DataError as exc:
+            written = str(getattr(data, split) or "")  # as the recipe has it
+            if exc.message.startswith("Dataset file not found") and not Path(written).expanduser().is_absolute():
+                exc.hint = (f"Check the path: relative paths in this recipe resolve from {recipe.base_dir} (the "
+                            "recipe file's folder, or the base_dir a run's recipe.yaml records); a path given on the "
+                            "command line (--data, --set), from the current folder.")
             if split == "eval" and exc.message.startswith(f"{path} holds ") and "but no '" not in exc.message:
                 exc.hint = (f"data.eval is scored as the training rows are: give it rows of the shape data.train "
                             f"holds ({', '.join(sorted(shapes))}).")

@@ -126,12 +126,14 @@ def check_data_unchanged(run: Run) -> None:
             continue
         now = content_sha256(Path(source.resolved))
         if now != source.sha256:
-            state = "is gone" if now is None else "has changed since"
+            state = "is gone since" if now is None else "has changed since"
+            saved = run.path / manifest.data.train.path
             raise TunesmithError(
                 f"Cannot resume {run.path}: its {split} data {source.resolved} {state} the run started (run.json "
-                "records its sha256).",
-                f"Restore the file as it was (the rows the run trained on are in {run.path / manifest.data.train.path}"
-                f"), or train on the new data in a new run{new_run_start(run)}.")
+                f"records the file's sha256, {source.sha256[:12]}...).",
+                "Put the original file back, byte for byte, and resume; or train a new run"
+                f"{new_run_start(run)}, on new data or on the rows this run kept ({saved} and its eval file beside "
+                "it, already cleaned and split: `--set data.train=... --set data.eval=...`).")
 
 
 def new_run_start(run: Run) -> str:
