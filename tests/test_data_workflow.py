@@ -500,3 +500,19 @@ def test_a_bare_file_only_one_method_trains_on_is_reported_as_that_method_trains
     assert "1 document(s) are longer than max_length" in text and "none is cut" in text
     pairs = json.loads(inspect("pairs.jsonl", "--json").stdout)["files"]["train"]
     assert "method_assumed" not in pairs and {"dpo", "kto", "reward"} <= set(pairs["methods_taking"])
+
+
+def test_a_missing_data_file_names_the_folder_the_recipe_resolves_it_from(tmp_path: Path):
+    """A run's recipe.yaml records base_dir: run again from the run folder, its data paths resolve from there, not
+    from the recipe file's folder as the hint said."""
+    from tunesmith.config import load_recipe
+    from tunesmith.data import load_splits
+    from tunesmith.errors import DataError
+
+    recipe = tmp_path / "run" / "recipe.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(f"name: r\nbase_dir: {tmp_path / 'project'}\nmodel:\n  source: m\ndata:\n  train: train.jsonl\n",
+                      encoding="utf-8")
+    with pytest.raises(DataError, match="Dataset file not found") as missing:
+        load_splits(load_recipe(recipe))
+    assert f"resolve from {tmp_path / 'project'}" in missing.value.hint
