@@ -176,6 +176,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     Example: tunesmith train my-recipe.yaml --nproc 4 --set training.distributed=fsdp
     """
     from tunesmith.config import load_recipe
+    from tunesmith.doctor import refuse_known_bad_versions
     from tunesmith.runs import create_run, removed_if_unstarted
     from tunesmith.train import run_training
     from tunesmith.train.distributed import this_rank
@@ -187,7 +188,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     extra += [f"training.time_budget={time_budget}"] if time_budget else []
     overrides = [*(set_ or []), *extra]
     loaded = load_recipe(recipe, overrides)
-    refuse_known_bad_versions()
+    refuse_known_bad_versions()  # before a launch too
     if nproc is not None:
         from tunesmith.cli.launch import LaunchOptions, launch
         run = launch(recipe, overrides, loaded, LaunchOptions(nproc, nnodes, node_rank, main_address, main_port,
@@ -198,6 +199,14 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     from tunesmith.cli.launch import refuse_unlaunched
 
     refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0, launched, resume)
+    if run_dir is None and not launched and not this_rank().distributed:  # one process, as from Python
+        from tunesmith import api
+
+        sigterm_as_interrupt()
+        run = api.train(loaded, resume=resume, runs_dir=runs_dir, fit=not force, evaluate=evaluate,
+                        report=lambda note: err.print(note, **SHOW))
+        report_finished(run, evaluate)
+        return
     if not force:  # before anything heavy loads: the model's config and the data tell
         from tunesmith.plan.fit import fit_recipe
 
@@ -260,21 +269,17 @@ def finish_run(run: Any, evaluate: bool) -> None:
         from tunesmith.quickstart import evaluate_and_export
 
         evaluate_and_export(run.load_recipe(), run)
-        _print_results(run.path)
-        print_exports(run)
     else:
         write_model_card(run)
+    report_finished(run, evaluate)
+
+
+def report_finished(run: Any, evaluated: bool) -> None:
+    """The results and exports of a run evaluated after training (`--evaluate`), then its directory."""
+    if evaluated:
+        _print_results(run.path)
+        print_exports(run)
     err.print(f"[bold]Run directory:[/bold] {run.path}")
-
-
-def refuse_known_bad_versions() -> None:
-    """Stop before training on an installed package combination known to break it (doctor's `fail` entries,
-    src/tunesmith/doctor/known_versions.json); doctor's warnings are left to `tunesmith doctor`."""
-    from tunesmith.doctor import known_bad_findings
-
-    failing = [check for check in known_bad_findings() if check.status == "fail"]
-    if failing:
-        raise TunesmithError(failing[0].detail, f"{failing[0].fix} (`tunesmith doctor` lists every check.)")
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:

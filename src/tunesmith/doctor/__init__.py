@@ -6,6 +6,6 @@ hook for what doctor says about a recipe.
 """
 
 from tunesmith.doctor.report import Check, DoctorReport
-from tunesmith.doctor.versions import known_bad_findings, version_checks
+from tunesmith.doctor.versions import known_bad_findings, refuse_known_bad_versions, version_checks
 
-__all__ = ["Check", "DoctorReport", "known_bad_findings", "version_checks"]
+__all__ = ["Check", "DoctorReport", "known_bad_findings", "refuse_known_bad_versions", "version_checks"]

@@ -18,6 +18,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from tunesmith.doctor.report import Check
+from tunesmith.errors import TunesmithError
 
 SECTION = "versions"
 KNOWN_VERSIONS = Path(__file__).with_name("known_versions.json")
@@ -117,3 +118,12 @@ def next_minor(version: str) -> str:
 def pip_name(name: str) -> str:
     """The name pip installs (`llama_cpp_python` → `llama-cpp-python`)."""
     return name.replace("_", "-")
+
+
+def refuse_known_bad_versions() -> None:
+    """Stop before training on an installed package combination known to break it (the `fail` entries of
+    known_versions.json); the warnings are left to `tunesmith doctor`. Raises TunesmithError naming the fix."""
+    failing = [check for check in known_bad_findings() if check.status == "fail"]
+    if failing:
+        raise TunesmithError(failing[0].detail, f"{failing[0].fix} (`tunesmith doctor` lists every check.)")
+
