@@ -373,3 +373,19 @@ def test_runs_diff_shows_the_held_out_loss_and_readable_numbers(tmp_path):
         runs.append(run)
     assert diff_runs(*runs)["outcomes"]["eval_loss"] == (1.4017, 1.2662)
     assert [diff_cell(value) for value in (1.4215764999389648, None, 3, "lora")] == ["1.422", "—", "3", "lora"]
+
+
+def test_env_json_names_the_commit_of_a_tunesmith_run_from_a_checkout():
+    """env.json said only "tunesmith": "0.1.0": two runs of one version from different code looked the same to
+    `runs diff`. From a git checkout the commit (and whether it had changes) is recorded."""
+    import subprocess
+
+    from tests.conftest import REPO
+    from tunesmith.runs import environment_snapshot
+
+    source = environment_snapshot()["tunesmith_source"]
+    if not (REPO / ".git").exists():
+        assert source is None
+        return
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source["commit"] == head and isinstance(source["modified"], bool)

@@ -652,6 +652,25 @@ def open_run(path: str | Path) -> Run:
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "safetensors", "gguf")
 
 
+def tunesmith_source() -> dict[str, Any] | None:
+    """For tunesmith run from a git checkout (an editable install), the commit and whether the checkout had changes
+    beside it (tracked files only): two runs of one version number can come from different code. None for an
+    installed wheel, or where git cannot tell."""
+    import subprocess
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": bool(changes)}
+
+
 def environment_snapshot() -> dict[str, Any]:
     """Versions and hardware, so a result can be traced to the stack that produced it."""
     import torch
@@ -668,6 +687,7 @@ def environment_snapshot() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "packages": versions,
+        "tunesmith_source": tunesmith_source(),
         "cuda": torch.version.cuda if cuda else None,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "created": datetime.now().isoformat(timespec="seconds"),
@@ -700,7 +720,8 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
     return {
         "recipe": recipe_differences(first.load_recipe(), second.load_recipe()),
         "data": differing(data(first), data(second)),
-        "packages": differing(flat_keys(env_a.get("packages", {})), flat_keys(env_b.get("packages", {}))),
+        "packages": differing(*(flat_keys({**env.get("packages", {}), "tunesmith_source": env.get("tunesmith_source")})
+                                for env in (env_a, env_b))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
         "outcomes": differing(*({**{key: value for key, value in run_summary(run).items()
                                     if key not in ("run", "method")}, "eval_loss": held_out_loss(run),
