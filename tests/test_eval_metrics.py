@@ -405,3 +405,11 @@ def test_tables_show_scores_to_four_decimals_and_costs_to_what_they_mean():
     assert score_text("answer_tokens", 12.3456) == "12.3" and score_text("prompt_tokens", 1234.56) == "1,234.6"
     assert score_text("seconds", 83.04) == "83.0" and score_text("seconds_per_answer", 0.04567) == "0.0457"
     assert score_text("examples", 80) == "80" and score_text("label", "yes") == "yes"
+
+
+def test_an_eval_without_the_base_is_not_titled_base_vs_tuned():
+    alone = render_report({"examples": 3, "task_metric": "exact_match", "tuned": {"exact_match": 0.5}}, None)
+    assert "<h1>tuned on 3 held-out examples</h1>" in alone
+    both = render_report({"examples": 3, "task_metric": "exact_match", "tuned": {"exact_match": 0.5},
+                          "base": {"exact_match": 0.25}}, None)
+    assert "<h1>base vs tuned on 3 held-out examples</h1>" in both

@@ -767,7 +767,7 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
     """The results table; `rows_from`: the file `eval --data` scored, named in the title instead of "held-out"."""
     results = read_results(results_file or run_path / "eval" / "results.json")
     other = results.against.name if results.against else None
-    title = f"tuned vs {other}" if other else "base vs tuned"
+    title = f"tuned vs {other}" if other else "base vs tuned" if results.base else "tuned"
     rows = f"examples of {rows_from.name}" if rows_from is not None else "held-out examples"
     table = Table(title=f"{title} on {results.examples} {rows}")
     table.add_column("metric")
