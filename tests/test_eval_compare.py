@@ -158,3 +158,15 @@ def test_names_only_eval_can_tell_are_left_to_the_check_after_it():
     check_rule_names([parse_gate_rule("exact_matches")], True)  # a user metric may return that key
     with pytest.raises(Exception, match="did you mean 'exact_match'"):
         check_rule_names([parse_gate_rule("exact_matches")], False)
+
+
+def test_a_prompts_file_compare_cannot_read_gets_a_hint_compare_can_follow(tmp_path):
+    """The loaders' hints name a recipe's keys (`--set data.columns...`), which `compare` does not take."""
+    from tunesmith.errors import DataError
+    from tunesmith.eval.compare import load_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="cannot tell the dataset shape") as refused:
+        load_prompts(prompts)
+    assert "--set" not in refused.value.hint and "Rename the file's columns" in refused.value.hint

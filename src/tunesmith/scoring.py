@@ -307,7 +307,9 @@ def load_user_function(spec: str, base_dir: Path, role: str = "metric") -> Calla
         path = Path(target).expanduser() if target.endswith(".py") else beside_recipe
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
-            raise TunesmithError(f"User {role} {spec}: no such file {path}.", "Paths resolve from the recipe's folder.")
+            raise TunesmithError(f"User {role} {spec}: no such file {path}.",
+                                 f"Relative paths resolve from {base_dir} (the recipe's folder; for compare, the "
+                                 "current folder).")
         module_spec = importlib.util.spec_from_file_location(f"tunesmith_user_{role}_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         with user_code_errors(spec, role, str(path)):

@@ -21,7 +21,7 @@ import torch
 
 from tunesmith.data.constraint import Constraint
 from tunesmith.data.template import answer_text, require_chat_template
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.eval.constrained import processor_factory
 
 DEFAULT_METRICS = ("exact_match", "chrf")
@@ -50,6 +50,21 @@ def load_prompts(path: Path, reference_key: str | None = None) -> list[PromptRow
     """Rows of any shape tunesmith reads. Messages rows are answered up to their last assistant turn (the
     reference), prompt-completion rows use the completion; rows with only a prompt are allowed, unscored.
     `reference_key` names a column of the raw record to use as the reference instead."""
+    try:
+        return read_prompt_rows(path, reference_key)
+    except DataError as exc:  # the loaders' hints speak of a recipe's data keys, which compare does not take
+        if exc.hint and ("--set" in exc.hint or "data." in exc.hint):
+            exc.hint = PROMPTS_HINT
+        raise
+
+
+PROMPTS_HINT = ("compare --prompts reads the shapes training reads: messages, ShareGPT or Alpaca rows, prompt and "
+                "completion columns, or prompts alone (a 'prompt' column). Rename the file's columns to those (compare "
+                "has no data.columns), fix or leave out the rows named, and name another answer column with "
+                "--reference-key COLUMN.")
+
+
+def read_prompt_rows(path: Path, reference_key: str | None) -> list[PromptRow]:
     from tunesmith.data.formats import load_conversations
     from tunesmith.data.readers import read_records
 
