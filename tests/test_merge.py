@@ -379,3 +379,15 @@ def test_adapters_combine_exactly_by_default_and_linear_on_alike_a_says_it_is_a_
     other = json.loads((apart / "merge.json").read_text())["verification"]
     assert other["error_after_scale"] > 0.5  # independent A matrices: cross terms, no multiple of the sum
     assert "x that sum" not in far_from_the_sum_note("linear", other, apart)
+
+
+def test_an_embedding_lora_of_a_tied_model_is_refused_with_the_reason_not_report_it(tiny_model_dir, tmp_path):
+    """The tiny llama ties its head to its embeddings: merged, a LoRA on embed_tokens changes the head too, and the
+    merge failed its logit check with "report it". It is refused for what it is, before the check."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)
+    adapter = tmp_path / "embedding-lora"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(adapter)
+    with pytest.raises(TunesmithError, match="shares the embedding matrix") as refused:
+        run_merge([adapter], tmp_path / "merged")
+    assert "report it" not in str(refused.value) and not (tmp_path / "merged").exists()

@@ -17,6 +17,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.merge.adapters import adapter_fits
+from tunesmith.models.checkpoints import EMBEDDING_MODULES, tied_embeddings
 
 # A fixed prompt set, so merge checks are comparable between runs and versions.
 CHECK_PROMPTS = [
@@ -108,6 +109,7 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
         raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
                              "Use it as an adapter: `tunesmith export RUN --format adapter`, or serve or chat "
                              "with the adapter folder as it is.")
+    refuse_tied_embedding_lora(peft_model.active_peft_config, adapter_dir, model_dir)
     ids = check_prompt_ids(model_dir)
     expected = prompt_logits(peft_model, ids)
     merged = peft_model.merge_and_unload()
@@ -121,6 +123,21 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
                     chat_template=saved_chat_template(adapter_dir))
     del merged, peft_model
     return check_saved(folder, ids, expected, diff, dtype)  # the caller says it (merge's report, export's line)
+
+
+def refuse_tied_embedding_lora(config: Any, adapter_dir: Path, model_dir: Path) -> None:
+    """A LoRA on the embeddings of a model whose output head shares their matrix (tie_word_embeddings) changes the
+    head too once merged, so the merged model answers otherwise than base + adapter (which tunesmith's training
+    refuses to make: train.preflight.check_targets_fit_model). Raises TunesmithError saying so."""
+    targets = config.target_modules
+    names = sorted(targets) if isinstance(targets, (set, list, tuple)) else [str(targets or "")]
+    on_embeddings = [name for name in names if name.split(".")[-1] in EMBEDDING_MODULES]
+    if on_embeddings and tied_embeddings(model_dir):
+        raise TunesmithError(f"{adapter_dir} puts LoRA on {', '.join(on_embeddings)} of a model whose output head "
+                             "shares the embedding matrix (tie_word_embeddings: true): merged, the change would reach "
+                             "the output head too, and the model would answer otherwise than base + adapter.",
+                             "Use it as an adapter (chat, compare and transformers apply it as it is), or train one "
+                             "without the embeddings in its targets.")
 
 
 def stop_at_template_eos(model: Any, tokenizer: Any) -> None:

@@ -22,3 +22,23 @@ def checkpoint_shards(model_dir: Path) -> dict[str, Path]:
                              "Save the model with save_pretrained(safe_serialization=True) first.")
     with safe_open(single, framework="pt") as handle:
         return dict.fromkeys(handle.keys(), single)
+
+
+EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
+
+
+def tied_embeddings(model_dir: Path) -> bool:
+    """Whether the model's input and output embeddings share one matrix (config.json `tie_word_embeddings`).
+
+    Read from the text of config.json: transformers' default for the key differs by architecture (True in
+    PretrainedConfig, False in LlamaConfig), so a config that omits it is resolved by AutoConfig.
+    """
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "tie_word_embeddings" in config:
+        return bool(config["tie_word_embeddings"])
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(model_dir), "tie_word_embeddings", False))

@@ -6,30 +6,11 @@ showed is a bug; these checks move such failures to the first second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import RecipeError
-
-EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
-
-
-def tied_embeddings(model_dir: Path) -> bool:
-    """Whether the model's input and output embeddings share one matrix (config.json `tie_word_embeddings`).
-
-    Read from the text of config.json: transformers' default for the key differs by architecture (True in
-    PretrainedConfig, False in LlamaConfig), so a config that omits it is resolved by AutoConfig.
-    """
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        return False
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if "tie_word_embeddings" in config:
-        return bool(config["tie_word_embeddings"])
-    from transformers import AutoConfig
-
-    return bool(getattr(AutoConfig.from_pretrained(model_dir), "tie_word_embeddings", False))
+from tunesmith.models.checkpoints import EMBEDDING_MODULES, tied_embeddings
 
 
 def check_targets_fit_model(adapter: Any, model_dir: Path, model_name: str) -> None:
