@@ -62,3 +62,25 @@ def test_the_rows_a_run_kept_train_a_new_run_on_the_same_rows(tmp_path: Path, ti
     losses = [[json.loads(line).get("loss") for line in (run.path / "metrics.jsonl").read_text().splitlines()]
               for run in (first, again)]
     assert losses[0] == losses[1] and any(loss is not None for loss in losses[0])
+
+
+def test_runs_show_says_what_one_run_is(tmp_path: Path, tiny_model_dir: Path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4)
+    run = api.train(recipe, ["training.max_steps=2"], runs_dir=tmp_path / "runs", evaluate=True)
+    shown = CliRunner().invoke(app, ["runs", "show", str(run.path), "--json"])
+    assert shown.exit_code == 0, shown.output
+    details = json.loads(shown.stdout)
+    assert details["status"] == "trained" and details["steps"] == 2 and details["rows"]["train"] == 16
+    assert details["scores"]["tuned"]["exact_match"] == api.evaluate(run).tuned["exact_match"]
+    assert "README.md" in details["files"] and details["tokens_per_s"] > 0
+    table = CliRunner().invoke(app, ["runs", "show", str(run.path)])
+    assert table.exit_code == 0 and "eval exact_match" in table.stderr + table.stdout
+    listed = CliRunner().invoke(app, ["runs", "list", str(run.path)])  # a run, not a folder of runs
+    assert isinstance(listed.exception, TunesmithError)  # the CLI's main() makes it exit 2
+    assert f"tunesmith runs show {run.path}" in listed.exception.hint

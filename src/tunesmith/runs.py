@@ -819,6 +819,43 @@ def resumed_from_step(run: Run) -> int | None:
     return read_json(path).get("resumed_from_step") if path.is_file() else None
 
 
+def run_details(run: Run) -> dict[str, Any]:
+    """One run in full, for `tunesmith runs show`: `run_summary`'s fields, then the base model, the rows it trained
+    on and held out, its speed (train.json throughput), every eval score of base and tuned, what it exported (path
+    inside the run, bytes), the files a person reads, and the tunesmith that trained it (env.json)."""
+    from tunesmith.results import read_results
+
+    details = run_summary(run)
+    try:
+        manifest = run.manifest()
+    except TunesmithError:
+        manifest = None
+    train = read_json(run.path / "train.json") if (run.path / "train.json").is_file() else {}
+    env = read_json(run.path / "env.json") if (run.path / "env.json").is_file() else {}
+    speed = train.get("throughput") or {}
+    details.update({
+        "base_model": (manifest.train.base_model.source if manifest is not None and manifest.train is not None
+                       else None),
+        "rows": ({"shape": manifest.data.shape, "train": manifest.data.train.rows, "eval": manifest.data.eval.rows}
+                 if manifest is not None and manifest.data is not None else None),
+        "tokens_per_s": speed.get("real_tokens_per_s"), "mfu": speed.get("mfu"),
+        "wall_time_s": train.get("wall_time_s"), "scores": None,
+        "exports": {name: {"path": record.path, "bytes": record.bytes}
+                    for name, record in sorted(((manifest.exports or {}) if manifest is not None else {}).items())},
+        "files": [name for name in ("README.md", "eval/report.html", "plots/loss.png", "eval/results.json")
+                  if (run.path / name).is_file()],
+        "tunesmith": {"version": (env.get("packages") or {}).get("tunesmith"), "source": env.get("tunesmith_source")},
+    })
+    results_file = run.eval_dir / "results.json"
+    if results_file.is_file():
+        try:
+            results = read_results(results_file)
+            details["scores"] = {"base": dict(results.base or {}), "tuned": dict(results.tuned)}
+        except TunesmithError:
+            pass
+    return details
+
+
 def logged_progress(run: Run, method: str) -> dict[str, Any]:
     """For a run without train.json: the last step metrics.jsonl logged and its loss (GRPO: its reward), in
     train.json's keys; a line cut short by a kill is passed over."""

@@ -31,7 +31,7 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
     if (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
         raise TunesmithError(f"{runs_dir} is a run, not a folder of runs.",
                              f"List its folder (tunesmith runs list {runs_dir.parent}), or see the run itself with "
-                             f"its README.md (the model card: what it trained and its scores) or eval/results.json.")
+                             f"`tunesmith runs show {runs_dir}`.")
     summaries = list_runs(runs_dir)
     if as_json:
         print_json(summaries)
@@ -56,6 +56,55 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
 
 def number(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+@runs_app.command("show")
+def show(run_dir: Annotated[Path, typer.Argument(help="The run directory.")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False) -> None:
+    """Say what one run is: method, status, steps, loss, speed, base model, rows, every eval score of base and tuned,
+    its exports, the files to read, and the tunesmith that trained it.
+
+    Example: tunesmith runs show runs/quickstart-20261201-101500
+    """
+    from tunesmith.runs import open_run, run_details
+
+    details = run_details(open_run(run_dir))
+    if as_json:
+        print_json(details)
+        return
+    table = Table(title=str(run_dir), show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for label, value in show_rows(details):
+        table.add_row(label, escape(value))
+    wide_console(160).print(table)
+
+
+def show_rows(details: dict[str, Any]) -> list[tuple[str, str]]:
+    """`runs show`'s table: one (label, value) per fact a run has; facts it lacks are left out."""
+    rows = [("method", details["method"]), ("status", details["status"])]
+    if details.get("base_model"):
+        rows.append(("base model", str(details["base_model"])))
+    if details.get("rows"):
+        shape = details["rows"]
+        rows.append(("rows", f"{shape['train']} train, {shape['eval']} held out ({shape['shape']})"))
+    if details.get("steps") is not None:
+        rows.append(("steps", f"{details['steps']}, final loss {number(details['final_loss'])}"))
+    if details.get("tokens_per_s"):
+        mfu = f", MFU {details['mfu']:.0%}" if details.get("mfu") else ""
+        rows.append(("speed", f"{details['tokens_per_s']:.1f} tokens/s over {details['wall_time_s']:.0f} s{mfu}"))
+    for metric, tuned in (details.get("scores") or {}).get("tuned", {}).items():
+        base = details["scores"]["base"].get(metric)
+        rows.append((f"eval {metric}", f"{number(base)} → {number(tuned)}" if base is not None else number(tuned)))
+    for name, record in details["exports"].items():
+        rows.append((f"export {name}", f"{record['path']} ({record['bytes'] / 2**20:,.1f} MiB)"))
+    if details["files"]:
+        rows.append(("read", ", ".join(details["files"])))
+    source = details["tunesmith"].get("source") or {}
+    commit = f" (commit {source['commit'][:10]}{', with local changes' if source.get('modified') else ''})" \
+        if source.get("commit") else ""
+    rows.append(("tunesmith", f"{details['tunesmith'].get('version') or '?'}{commit}"))
+    return rows
 
 
 @runs_app.command("diff")
