@@ -92,12 +92,24 @@ def test_a_tunesmith_home_that_is_a_file_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "which is a file, not a folder" in result.stderr, result.stderr
 
 
-def test_a_model_a_running_tunesmith_uses_is_kept_until_it_ends(home):
+USES = {  # how a command comes to read a cached model: by its name (train), or as a run's recorded base (eval, serve)
+    "resolved": "from tunesmith.models.source import resolve_model_source\nresolve_model_source('imported')\n",
+    "run's base": "from tunesmith.manifest import BaseModelRecord, TrainRecord\n"
+                  "from tunesmith.models.tuned import run_base_model\n"
+                  "from tunesmith.runs import Run, record_stage\n"
+                  "run = Run(Path(sys.argv[1]))\n"
+                  "record_stage(run, 'train', TrainRecord(artifact='adapter', path='adapter', method='sft', adapter="
+                  "'lora', base_model=BaseModelRecord(source='imported', path=sys.argv[2])))\n"
+                  "run_base_model(run)\n",
+}
+
+
+@pytest.mark.parametrize("use", list(USES))
+def test_a_model_a_running_tunesmith_uses_is_kept_until_it_ends(home, tmp_path, use):
     """`cache clean models` beside a training of the embedded model deleted the base its eval and export load next
-    (on an offline machine, for good). A process that resolved the model holds it; the lock goes with the process."""
-    user = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                             "from tunesmith.models.source import resolve_model_source\n"
-                             "resolve_model_source('imported'); print('resolved', flush=True); time.sleep(120)"],
+    (on an offline machine, for good). A process that reads the model holds it; the lock goes with the process."""
+    script = f"import sys, time\nfrom pathlib import Path\n{USES[use]}print('resolved', flush=True)\ntime.sleep(120)"
+    user = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(home / "models" / "imported")],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "TUNESMITH_HOME": str(home)})
     try:
         assert user.stdout.readline().strip() == "resolved"

@@ -579,7 +579,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.config import DistributedSection
 from tunesmith.runs import Run
-from tunesmith.train.resume import recorded_world_size, resume_hint
 from tunesmith.train.adapters import save_trained
 from tunesmith.train.distributed import sharded_state_dict
 

@@ -53,6 +53,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, *, re
     `evaluate`: eval and the recipe's exports after training (`train --evaluate`). The model card is written either
     way. Raises TunesmithError for what the recipe, the data or the machine already show is wrong, before training.
     """
+    if isinstance(recipe, Recipe) and overrides:
+        raise TypeError("overrides apply to a recipe file; pass the file's path, or a Recipe with the changes in it")
     loaded = recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe), overrides)
     refuse_known_bad_versions()
     strategy = loaded.training.distributed.strategy

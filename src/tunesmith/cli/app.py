@@ -199,7 +199,7 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
     from tunesmith.cli.launch import refuse_unlaunched
 
     refuse_unlaunched(loaded, run_dir, print_launch or nnodes > 1 or node_rank > 0, launched, resume)
-    if run_dir is None and not launched and not this_rank().distributed:  # one process, as from Python
+    if run_dir is None and not launched and not this_rank().launched:  # one process started alone, as from Python
         from tunesmith import api
 
         sigterm_as_interrupt()

@@ -65,7 +65,7 @@ def clean_command(areas: Annotated[list[str] | None, typer.Argument(
 
     chosen = chosen_areas(areas or [])
     removed = clean_cache(chosen, older_than, dry_run)
-    for model in in_use_models() if "models" in chosen else []:
+    for model in in_use_models(older_than) if "models" in chosen else []:
         err.print(f"kept {escape(str(model))}: a running tunesmith (training, eval, serve or chat) is using it; clean "
                   "it when that has finished.", highlight=False, soft_wrap=True)
     for entry in removed:

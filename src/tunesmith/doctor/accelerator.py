@@ -170,7 +170,8 @@ def disk_checks(runs_dir: Path | None = None) -> list[Check]:
 
     folders = {"model cache": (tunesmith_home(), "Set TUNESMITH_HOME to a folder on a bigger disk."),
                "Hub cache": (Path(constants.HF_HUB_CACHE), "Set HF_HOME (or HF_HUB_CACHE) to a folder on a bigger "
-                             "disk, or remove unused models with `hf cache rm MODEL_ID` (`hf cache list` lists them)."),
+                             "disk, or remove unused models with `hf cache rm model/OWNER/NAME` (`hf cache ls` "
+                             "lists them)."),
                "runs folder": (runs_dir or Path("runs"), "Set runs_dir in the recipe (or --runs-dir) to a folder on "
                                "a bigger disk, or remove old runs' checkpoints/ folders.")}
     return [disk_check(name, folder, fix) for name, (folder, fix) in folders.items()]

@@ -92,10 +92,12 @@ def chosen_areas(names: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def in_use_models() -> list[Path]:
-    """The cached model folders another running tunesmith (a training, an eval, serve) is using: `clean_cache` leaves
-    them (models.home.mark_in_use)."""
-    return [entry.path for entry in cache_entries(("models",)) if in_use_elsewhere(entry.path)]
+def in_use_models(older_than_days: float | None = None) -> list[Path]:
+    """The cached model folders (unmodified for `older_than_days`, when given) another running tunesmith (a training,
+    an eval, serve) is using: `clean_cache` leaves them (models.home.mark_in_use)."""
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    return [entry.path for entry in cache_entries(("models",))
+            if (cutoff is None or entry.modified < cutoff) and in_use_elsewhere(entry.path)]
 
 
 def clean_cache(areas: tuple[str, ...], older_than_days: float | None = None,

@@ -50,26 +50,29 @@ IN_USE_FILE = ".in-use"  # inside a cached model's folder: shared-locked by each
 _in_use: dict[Path, int] = {}  # the folders this process holds, and the open lock file of each
 
 
-def mark_in_use(model_dir: Path) -> None:
-    """Hold a shared lock on the cached model folder `model_dir` until this process ends (the OS releases it, `kill
-    -9` included), so that `tunesmith cache clean models` leaves a model a training, eval or serve still reads.
-    Where locks cannot be taken (a read-only cache, a system without fcntl) nothing is held."""
+def mark_in_use(model_dir: Path) -> Path:
+    """Hold a shared lock on `model_dir` until this process ends (the OS releases it, `kill -9` included) where it is
+    a folder of the model cache (`models_dir()`; anywhere else nothing is written), so that `tunesmith cache clean
+    models` leaves a model a training, eval, serve or chat still reads. Where locks cannot be taken (a read-only
+    cache, a system without fcntl) nothing is held. Returns `model_dir`."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks of this kind
-        return
-    if model_dir in _in_use:
-        return
+        return model_dir
+    folder = model_dir.resolve()
+    if folder.parent != models_dir().resolve() or folder in _in_use:
+        return model_dir
     try:
-        handle = os.open(model_dir / IN_USE_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+        handle = os.open(folder / IN_USE_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError:
-        return
+        return model_dir
     try:
         fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         os.close(handle)
-        return
-    _in_use[model_dir] = handle
+        return model_dir
+    _in_use[folder] = handle
+    return model_dir
 
 
 def in_use_elsewhere(model_dir: Path) -> bool:
@@ -78,7 +81,7 @@ def in_use_elsewhere(model_dir: Path) -> bool:
         import fcntl
     except ImportError:
         return False
-    if model_dir in _in_use:
+    if model_dir.resolve() in _in_use:
         return False
     try:
         handle = os.open(model_dir / IN_USE_FILE, os.O_RDONLY)
@@ -88,6 +91,8 @@ def in_use_elsewhere(model_dir: Path) -> bool:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:  # no locks on this file system (some NFS mounts): nothing can be told, nothing held
+        return False
     finally:
         os.close(handle)  # closing releases the test lock
     return False

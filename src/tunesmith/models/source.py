@@ -26,9 +26,9 @@ def resolve_model_source(source: str, revision: str | None = None, base_dir: Pat
     """Return a local directory holding config, weights and tokenizer for `source` (`weights` False: a Hub model
     not yet downloaded brings its config and tokenizer only, what a memory plan reads)."""
     if source in EMBEDDED:
-        return in_use(cached_model_dir(source) if is_pulled(source) else pull_model(source))
+        return mark_in_use(cached_model_dir(source) if is_pulled(source) else pull_model(source))
     if is_model_name(source) and (cached_model_dir(source) / "config.json").is_file():  # an imported model
-        return in_use(cached_model_dir(source))
+        return mark_in_use(cached_model_dir(source))
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
@@ -49,14 +49,8 @@ def _import_gguf_source(path: Path) -> Path:
 
     name = path.stem.lower()
     if is_model_name(name) and (cached_model_dir(name) / "config.json").is_file():
-        return in_use(cached_model_dir(name))
-    return in_use(import_gguf(path, name=name))
-
-
-def in_use(model_dir: Path) -> Path:
-    """`model_dir`, marked as used by this process (`cache clean` leaves it while the process runs)."""
-    mark_in_use(model_dir)
-    return model_dir
+        return mark_in_use(cached_model_dir(name))
+    return mark_in_use(import_gguf(path, name=name))
 
 
 def _local_directory(path: Path) -> Path:

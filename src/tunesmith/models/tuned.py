@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.home import mark_in_use
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.models.source import resolve_model_source
 from tunesmith.runs import Run
@@ -32,7 +33,7 @@ def run_base_model(run: Run) -> Path:
         recipe = run.load_recipe()
         return resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
 
-    return run.base_model(from_recipe).resolve()
+    return mark_in_use(run.base_model(from_recipe).resolve())  # `cache clean` leaves it while this process runs
 
 
 def require_language_model(run: Run, action: str) -> None:
@@ -57,7 +58,7 @@ def adapter_base(adapter_dir: Path) -> Path:
         raise TunesmithError(f"{adapter_dir}/adapter_config.json does not say which base model it was trained on.",
                              "Use the run directory the adapter was trained in (its recipe names the base), or "
                              "add the base's id or folder to adapter_config.json as base_model_name_or_path.")
-    return (Path(name) if Path(name).is_dir() else resolve_model_source(name)).resolve()
+    return mark_in_use((Path(name) if Path(name).is_dir() else resolve_model_source(name)).resolve())
 
 
 def is_adapter(artifact: Path) -> bool:
