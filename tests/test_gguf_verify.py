@@ -123,7 +123,8 @@ def test_a_type_without_a_threshold_is_recorded_as_reported_not_passed():
 @needs_llama_cpp
 def test_a_re_export_that_fails_its_check_never_replaces_the_file_that_passed(model_dirs, tmp_path, monkeypatch):
     """A good Q8_0/F32 file, then a broken conversion of the same type: the good file stays (serve and Ollama
-    use it), the new one is kept aside as rejected; a later good export replaces the file and drops the rejected."""
+    use it), the new one is kept aside in a hidden .rejected/ (no listing of the exports takes it for the export); a
+    later good export replaces the file and drops the rejected."""
     from tunesmith.serve.catalog import exported_gguf
 
     run = make_run(model_dirs["llama"], tmp_path)
@@ -136,13 +137,15 @@ def test_a_re_export_that_fails_its_check_never_replaces_the_file_that_passed(mo
         result = export(run, "--quant", "F32")
     assert isinstance(result.exception, TunesmithError)
     assert "The earlier tiny.F32.gguf, which passed its check, is kept" in result.exception.message
-    rejected = run.exports_dir / "gguf" / "tiny.F32.rejected.gguf"
+    rejected = run.exports_dir / "gguf" / ".rejected" / "tiny.F32.gguf"
     assert target.read_bytes() == good and rejected.is_file() and rejected.read_bytes() != good
+    assert "kept for inspection in exports/gguf/.rejected/" in result.exception.message
     entry = manifest_of(run)["gguf"]["F32"]
     assert entry["verify"]["passed"] is True and entry["rejected"]["verify"]["passed"] is False
-    assert entry["rejected"]["path"] == "exports/gguf/tiny.F32.rejected.gguf"
+    assert entry["rejected"]["path"] == "exports/gguf/.rejected/tiny.F32.gguf"
     assert exported_gguf(run) == target
-    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny.F32.gguf", "tiny.F32.rejected.gguf"]
+    assert sorted(p.name for p in target.parent.glob("*.gguf")) == ["tiny.F32.gguf"]  # what push and the card list
+    assert not any((target.parent / ".unverified").iterdir())
 
     assert export(run, "--quant", "F32").exit_code == 0
     assert not rejected.exists() and "rejected" not in manifest_of(run)["gguf"]["F32"]

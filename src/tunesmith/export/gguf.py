@@ -128,28 +128,31 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
 
 
 def keeps_a_checked_file(run: Run, quant: str, target: Path) -> bool:
-    """Whether `target` is there and exports/manifest.json records it as not failing its llama.cpp check: a new
+    """Whether `target` is there and exports/manifest.json records it as having passed its llama.cpp check: a new
     file then replaces it only once its own check passes (`replace_checked_file`)."""
     entry = gguf_entries(run).get(quant) or {}
     return (target.is_file() and entry.get("path") == run.relative(target)
-            and (entry.get("verify") or {}).get("passed") is not False)
+            and (entry.get("verify") or {}).get("passed") is True)
 
 
 def replace_checked_file(recipe: Recipe, run: Run, quant: str, merged: Path, target: Path) -> Path:
-    """Write the new GGUF beside the earlier one and check it in llama.cpp: it replaces the earlier file when it
-    passes; when it fails, the earlier file stays (it is what serve and Ollama use) and the new one is kept as
-    <name>.<QUANT>.rejected.gguf, recorded under the entry's `rejected` key. Raises TunesmithError on a failure."""
-    staged = target.with_name(f"{recipe.name}.{quant}.new.gguf")
+    """Write the new GGUF in exports/gguf/.unverified/ and check it in llama.cpp: it replaces the earlier file when it
+    passes; when it fails, the earlier file stays (it is what serve and Ollama use) and the new one is kept in
+    exports/gguf/.rejected/, recorded under the entry's `rejected` key. Both folders are hidden, so that nothing
+    that lists the exports (push, the model card's llama.cpp command) takes either file for the export. Raises
+    TunesmithError on a failure."""
+    staged = target.parent / ".unverified" / target.name
+    rejected = target.parent / ".rejected" / target.name
     try:
         write_gguf(merged, staged, quant, name=recipe.name)
         verification = verify_gguf(staged, merged, quant)
-        rejected = target.with_name(f"{recipe.name}.{quant}.rejected.gguf")
         if verification.passed:
             os.replace(staged, target)
             record_in_manifest(run, quant, target, verification)  # the entry no longer names a rejected file
             rejected.unlink(missing_ok=True)
             require_agreement(verification, target)
             return target
+        rejected.parent.mkdir(exist_ok=True)
         os.replace(staged, rejected)
     finally:
         staged.unlink(missing_ok=True)
@@ -169,7 +172,8 @@ def require_agreement(verification: Verification, target: Path, kept: Path | Non
         return
     where = ("The file is kept and marked as failed (verify.passed: false) in exports/manifest.json." if kept is None
              else f"The earlier {kept.name}, which passed its check, is kept in its place (serve and Ollama use it); "
-                  f"the new file is kept for inspection as {target.name} (`rejected` in exports/manifest.json).")
+                  f"the new file is kept for inspection in exports/gguf/{target.parent.name}/ (`rejected` in "
+                  "exports/manifest.json).")
     raise TunesmithError(
         f"{target.name} picks a different next token from the merged model at {1 - verification.agreement:.1%} of "
         f"positions in llama.cpp (a {verification.quant} file should agree on at least {verification.threshold:.0%}). "
