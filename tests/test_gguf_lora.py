@@ -116,17 +116,19 @@ def test_rslora_alpha_is_rescaled_for_llama_cpp(tiny_model_dir, tmp_path):
     assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F16}
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    (IA3Config(task_type=TaskType.CAUSAL_LM), "ia3 adapter"),
-    (PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4), "prompt_tuning adapter"),
-    (lora(use_dora=True), "DoRA"),
-    (lora(targets=["embed_tokens", "q_proj"]), "token embeddings of a model whose output head is tied"),
+@pytest.mark.parametrize(("config", "message", "fix"), [
+    (IA3Config(task_type=TaskType.CAUSAL_LM), "ia3 adapter", "--format gguf"),
+    (PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4), "prompt_tuning adapter", "--format gguf"),
+    (lora(use_dora=True), "DoRA", "--format gguf"),
+    # merged, it would change the tied head too (merge refuses it): transformers is the way to use it
+    (lora(targets=["embed_tokens", "q_proj"]), "token embeddings of a model whose output head is tied",
+     "tunesmith chat BASE --adapter FOLDER"),
 ], ids=["ia3", "prompt_tuning", "dora", "tied-embedding"])
-def test_adapters_a_gguf_lora_cannot_hold_are_refused(config, message, tiny_model_dir, tmp_path):
+def test_adapters_a_gguf_lora_cannot_hold_are_refused(config, message, fix, tiny_model_dir, tmp_path):
     adapter = save_adapter(tiny_model_dir, tmp_path / "adapter", config)
     with pytest.raises(TunesmithError, match=message) as error:
         write_gguf_lora(adapter, tiny_model_dir, tmp_path / "x.gguf")
-    assert "--format gguf" in error.value.hint and not (tmp_path / "x.gguf").exists()
+    assert fix in error.value.hint and not (tmp_path / "x.gguf").exists()
 
 
 def test_quantized_lora_types_are_refused(files, tiny_model_dir, tmp_path):

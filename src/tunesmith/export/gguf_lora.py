@@ -34,6 +34,12 @@ PREFIX = "base_model.model."
 MERGED_HINT = "Export the merged model as GGUF instead: tunesmith export RUN --format gguf (or ollama)."
 
 
+# A LoRA on a tied embedding matrix: no GGUF LoRA holds it, and merged it would change the output head too (merge
+# refuses it: merge.into_base.refuse_tied_embedding_lora), so neither llama.cpp route serves it.
+TIED_HINT = ("Use it with transformers or PEFT, which apply it as trained: `tunesmith chat BASE --adapter FOLDER`, "
+             "`tunesmith compare`; or train an adapter without the embeddings in its targets.")
+
+
 class NotAGgufLora(TunesmithError):
     """An adapter llama.cpp's LoRA format cannot hold (another PEFT kind, DoRA, biases, new tokens, a tied head):
     its merged model serves it instead (serve.catalog falls back to that)."""
@@ -156,13 +162,13 @@ def tensor_name(base_name: str, base_config: Any, spec: ArchSpec) -> str:
     """The base model's GGUF tensor name for an HF weight name (the base writer's own map)."""
     tied = bool(getattr(base_config, "tie_word_embeddings", False))
     if tied and base_name == "lm_head.weight":
-        raise NotAGgufLora("The adapter adapts lm_head, but the base ties it to the embeddings: llama.cpp has no "
-                           "separate output tensor to apply it to.")
+        raise TunesmithError("The adapter adapts lm_head, but the base ties it to the embeddings: llama.cpp has no "
+                             "separate output tensor to apply it to.", TIED_HINT)
     if tied and base_name.endswith("embed_tokens.weight"):
         # llama.cpp (llama-cpp-python 0.3.36) runs the tied output head through the same tensor and applies
         # the embedding LoRA there too, with the embedding's transposed layout: it aborts on a shape assert.
-        raise NotAGgufLora("The adapter adapts the token embeddings of a model whose output head is tied to them; "
-                           "llama.cpp would apply it to the output head too, and fails.")
+        raise TunesmithError("The adapter adapts the token embeddings of a model whose output head is tied to them; "
+                             "llama.cpp would apply it to the output head too, and fails.", TIED_HINT)
     name_map = gguf.get_tensor_name_map(spec.arch, base_config.num_hidden_layers)
     name = name_map.get_name(base_name, try_suffixes=(".weight", ".bias"))
     if name is None:

@@ -213,8 +213,7 @@ def cached_base_gguf(base_dir: Path, quant: str, export: bool) -> Path:
 
 def lora_gguf(recipe: Recipe, run: Run, export: bool) -> Path | None:
     """The run's adapter as a GGUF LoRA (exported when missing), or None where llama.cpp's LoRA format cannot hold it
-    (biases, new tokens, an adapted head tied to the embeddings: `gguf_lora.NotAGgufLora`), said: the run is then
-    served from its merged GGUF."""
+    (biases, new tokens, DoRA: `gguf_lora.NotAGgufLora`), said: the run is then served from its merged GGUF."""
     from tunesmith.export.gguf_lora import NotAGgufLora, run_gguf_lora_export
 
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-F16.gguf"

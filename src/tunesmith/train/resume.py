@@ -40,15 +40,23 @@ def recorded_world_size(run: Run) -> int:
 
 def resume_hint(run: Run) -> str:
     """How to continue `run` from its newest complete checkpoint, launched as it was: alone, with `--nproc N` where
-    `train --nproc` launched it, or, where a launcher started it (several nodes, a launch-script), that launch again
-    with the same --run-dir."""
+    `train --nproc` launched it or its recipe sets a strategy (one launched process of ddp or fsdp), or, where a
+    launcher started several (several nodes, a launch-script), that launch again with the same --run-dir."""
     configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
     size = recorded_world_size(run)
     if size > 1 and (not configs or any(config.name.startswith("accelerate-node") for config in configs)):
         return (f"Start the launch that trained it again, unchanged (on every node, with the same --run-dir "
                 f"{run.path}): it goes on from the newest complete checkpoint.")
-    nproc = f" --nproc {size}" if configs else ""
+    nproc = f" --nproc {size}" if configs or run_strategy(run) != "none" else ""
     return f"Resume with: tunesmith train {run.recipe_file}{nproc} --resume {run.path}"
+
+
+def run_strategy(run: Run) -> str:
+    """The run's training.distributed strategy (its recipe.yaml), "none" where the recipe no longer reads."""
+    try:
+        return run.load_recipe().training.distributed.strategy
+    except TunesmithError:
+        return "none"
 
 
 def finished(run: Run) -> bool:
