@@ -99,8 +99,9 @@ def evaluate(run: Run | str | Path, overrides: list[str] | None = None, *, again
 def export(run: Run | str | Path, formats: list[str] | None = None, *, quant: str | None = None,
            verify: bool | None = None) -> dict[str, Path]:
     """Write `formats` (adapter, merged, gguf, gguf-lora, ollama; default: the recipe's export.formats) under the
-    run's exports/, as `tunesmith export` does; returns where each landed. `verify` (default: when llama-cpp-python
-    is installed) checks a GGUF in llama.cpp against the merged model."""
+    run's exports/, as `tunesmith export` does; returns where each landed, with `merged` too where a GGUF of an
+    adapter run made the merged checkpoint on the way. `verify` (default: when llama-cpp-python is installed)
+    checks a GGUF in llama.cpp against the merged model."""
     run = as_run(run)
     return export_formats(run.load_recipe(), run, formats, quant, verify).written
 

@@ -658,8 +658,9 @@ def tunesmith_source() -> dict[str, Any] | None:
     installed wheel, or where git cannot tell."""
     import subprocess
 
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / ".git").exists():
+    package = Path(__file__).resolve().parent
+    checkout = package.parents[1]  # src/tunesmith/ inside the checkout: not a user's repository a wheel sits in
+    if package.parent.name != "src" or not (checkout / ".git").exists() or not (checkout / "pyproject.toml").is_file():
         return None
     try:
         commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,

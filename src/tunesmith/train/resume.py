@@ -40,14 +40,16 @@ def recorded_world_size(run: Run) -> int:
 
 def resume_hint(run: Run) -> str:
     """How to continue `run` from its newest complete checkpoint, launched as it was: alone, with `--nproc N` where
-    `train --nproc` launched it or its recipe sets a strategy (one launched process of ddp or fsdp), or, where a
-    launcher started several (several nodes, a launch-script), that launch again with the same --run-dir."""
+    `train --nproc` launched it, or, where a launcher started it (several nodes, a launch-script, torchrun or srun
+    with --run-dir: no launch config of tunesmith's, and several processes or a distributed strategy), that launch
+    again with the same --run-dir."""
     configs = sorted((run.path / LAUNCH_DIR).glob("accelerate*.yaml"))
     size = recorded_world_size(run)
-    if size > 1 and (not configs or any(config.name.startswith("accelerate-node") for config in configs)):
+    by_launcher = not configs and (size > 1 or run_strategy(run) != "none")  # torchrun, srun, a launch-script
+    if by_launcher or any(config.name.startswith("accelerate-node") for config in configs):
         return (f"Start the launch that trained it again, unchanged (on every node, with the same --run-dir "
                 f"{run.path}): it goes on from the newest complete checkpoint.")
-    nproc = f" --nproc {size}" if configs or run_strategy(run) != "none" else ""
+    nproc = f" --nproc {size}" if configs else ""
     return f"Resume with: tunesmith train {run.recipe_file}{nproc} --resume {run.path}"
 
 
