@@ -4,7 +4,7 @@
 
     run = api.train("my-recipe.yaml", ["training.lr=1e-4"])  # a Run: run.path, run.manifest()
     results = api.evaluate(run)                               # EvalResults: results.tuned["exact_match"]
-    files = api.export(run, ["gguf"])                         # {"gguf": Path(".../exports/gguf/NAME.F16.gguf")}
+    files = api.export(run, ["gguf"])                         # {"gguf": Path(".../NAME.F16.gguf"), "merged": ...}
     tokenizer, model = api.load_tuned(run)                    # the adapter on its base, ready to generate
 
 Each call makes the checks its command makes (`tunesmith train` fits the recipe to this machine's memory first,
