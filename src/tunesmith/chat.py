@@ -336,26 +336,30 @@ def writer_streamer(tokenizer: Any, write: Callable[[str], None]) -> Any:
     return _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Callable[[str], None]) -> int:
-    """Read a line, answer it, until /exit or end of input; returns how many replies were given."""
+def chat_loop(session: ChatSession, read_line: Callable[[str], str], write: Callable[[str], None],
+              say: Callable[[str], None] | None = None) -> int:
+    """Read a line, answer it, until /exit or end of input; returns how many replies were given. The replies go to
+    `write`; the labels and notes around them (`assistant> `, "(history cleared)") to `say` (default: `write`; the
+    CLI sends them to stderr when its input is piped, so that stdout holds the replies alone)."""
+    say = say or write
     replies = 0
     while True:
         try:
             line = read_message(read_line)
         except EOFError:
-            write("\n")
+            say("\n")
             return replies
         if line == "/exit":
             return replies
         if line == "/reset":
             session.reset()
-            write("(history cleared)\n")
+            say("(history cleared)\n")
         elif line == "/tool" or line.startswith("/tool "):
-            replies += tool_reply(session, line.removeprefix("/tool").strip(), write)
+            replies += tool_reply(session, line.removeprefix("/tool").strip(), write, say)
         elif line.startswith("/"):
-            write(f"Unknown command {line}. {COMMANDS_HELP}\n")
+            say(f"Unknown command {line}. {COMMANDS_HELP}\n")
         elif line:
-            write("assistant> ")
+            say("assistant> ")
             session.reply(line, write)
             replies += 1
 
@@ -374,12 +378,13 @@ def read_message(read_line: Callable[[str], str]) -> str:
     return "\n".join(lines).strip()
 
 
-def tool_reply(session: ChatSession, result: str, write: Callable[[str], None]) -> int:
+def tool_reply(session: ChatSession, result: str, write: Callable[[str], None],
+               say: Callable[[str], None]) -> int:
     """Answer a /tool line: 1 reply, or 0 and the reason when there is no call to answer (the chat goes on)."""
     if not session.awaits_tool_result():
-        write("(no tool call to answer: /tool RESULT follows an answer that calls one of the --tools)\n")
+        say("(no tool call to answer: /tool RESULT follows an answer that calls one of the --tools)\n")
         return 0
-    write("assistant> ")
+    say("assistant> ")
     session.tool_result(result, write)
     return 1
 

@@ -721,6 +721,10 @@ def chat(model_or_run: Annotated[str, typer.Argument(
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    def to_stderr(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
     offered = load_tools_file(tools) if tools is not None else None  # a bad file fails before the model loads
     if url:
         from tunesmith.chat import check_served_model
@@ -760,7 +764,10 @@ def chat(model_or_run: Annotated[str, typer.Argument(
         session = ChatSession(model, tokenizer, system, max_new_tokens, constraint=constraint, render=render,
                               tools=offered)
     err.print(COMMANDS_HELP + (f" {TOOLS_HELP}" if offered else ""), highlight=False)
-    chat_loop(session, input, write)
+    if sys.stdin.isatty():  # a person at the keyboard: prompts and labels beside the replies, as always
+        chat_loop(session, input, write)
+    else:  # piped: stdout holds the replies alone, the labels go to stderr
+        chat_loop(session, lambda prompt: input(), write, say=to_stderr)
 
 
 def _print_results(run_path: Path, results_file: Path | None = None, rows_from: Path | None = None) -> None:
