@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import make_tiny_project
 from tunesmith import api
@@ -18,6 +19,7 @@ def test_a_run_is_trained_scored_exported_and_loaded_from_python(tmp_path: Path,
     recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4)
     run = api.train(recipe, ["training.max_steps=2"], runs_dir=tmp_path / "runs")
     assert isinstance(run, Run) and (run.adapter_dir / "adapter_config.json").is_file()
+    assert run.path.is_absolute()  # a notebook that changes folder keeps its paths
     assert (run.path / "README.md").is_file()  # the model card, as `tunesmith train` writes it
     assert not (run.path / ".training.json").exists()  # the training lock is let go
 
@@ -29,6 +31,9 @@ def test_a_run_is_trained_scored_exported_and_loaded_from_python(tmp_path: Path,
     assert written == {"adapter": run.exports_dir / "adapter"}
     assert (written["adapter"] / "adapter_model.safetensors").is_file()
 
+    if not torch.cuda.is_available():
+        with pytest.raises(TunesmithError, match="no CUDA GPU"):
+            api.load_tuned(run, device="cuda")
     tokenizer, model = api.load_tuned(run)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
@@ -44,6 +49,8 @@ def test_mistakes_are_exceptions_with_a_hint_not_exits(tmp_path: Path, tiny_mode
     assert "--nproc N" in launched.value.hint
     with pytest.raises(TunesmithError, match="does not exist"):
         api.evaluate(tmp_path / "runs" / "missing")
+    with pytest.raises(TypeError, match="a list of 'key=value' strings"):  # not read one character at a time
+        api.train(recipe, "training.lr=1e-4", runs_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
 
 

@@ -520,12 +520,15 @@ def test_a_run_stopped_at_its_last_step_resumes_to_the_same_step_count(tmp_path,
 def test_the_resume_hint_names_the_launch_a_run_had(tmp_path, tiny_model_dir):
     """Alone: no --nproc; one process of a distributed strategy with no launch config of tunesmith's, so started by a
     launcher: that launch again (`train` refuses a ddp recipe without --nproc, and ddp with --nproc 1)."""
+    import shlex
+
     from tests.conftest import make_tiny_project
     from tunesmith.runs import create_run
     from tunesmith.train.resume import resume_hint
 
     recipe = make_tiny_project(tmp_path, tiny_model_dir)
-    alone = create_run(load_recipe(recipe), tmp_path / "runs")
-    assert resume_hint(alone) == f"Resume with: tunesmith train {alone.recipe_file} --resume {alone.path}"
+    alone = create_run(load_recipe(recipe), tmp_path / "my runs")  # pasted as printed, a path with a space works
+    command = shlex.split(resume_hint(alone).removeprefix("Resume with: "))
+    assert command == ["tunesmith", "train", str(alone.recipe_file), "--resume", str(alone.path)]
     launched = create_run(load_recipe(recipe, ["training.distributed=ddp"]), tmp_path / "runs")
     assert resume_hint(launched).startswith("Start the launch that trained it again, unchanged")

@@ -20,12 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunesmith.card import write_model_card
 from tunesmith.config import Recipe, load_recipe
 from tunesmith.doctor import refuse_known_bad_versions
-from tunesmith.errors import RecipeError
+from tunesmith.errors import RecipeError, TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.export.stage import export_formats
+from tunesmith.models import pick_device
 from tunesmith.models.tuned import load_tuned as load_run_model
 from tunesmith.plan.fit import fit_recipe
 from tunesmith.quickstart import evaluate_and_export
@@ -53,6 +56,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, *, re
     `evaluate`: eval and the recipe's exports after training (`train --evaluate`). The model card is written either
     way. Raises TunesmithError for what the recipe, the data or the machine already show is wrong, before training.
     """
+    overrides = checked_overrides(overrides)
     if isinstance(recipe, Recipe) and overrides:
         raise TypeError("overrides apply to a recipe file; pass the file's path, or a Recipe with the changes in it")
     loaded = recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe), overrides)
@@ -78,7 +82,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, *, re
         evaluate_and_export(run.load_recipe(), run)
     else:
         write_model_card(run)
-    return run
+    return as_run(run)
 
 
 def evaluate(run: Run | str | Path, overrides: list[str] | None = None, *, against: Run | str | Path | None = None,
@@ -90,7 +94,7 @@ def evaluate(run: Run | str | Path, overrides: list[str] | None = None, *, again
     run = as_run(run)
     run.trained_artifact()
     other = as_run(against).path if against is not None else None
-    path = run_eval(run.load_recipe(overrides), run, other, Path(data) if data else None, baselines)
+    path = run_eval(run.load_recipe(checked_overrides(overrides)), run, other, Path(data) if data else None, baselines)
     if other is None and data is None:  # the card describes the run's own held-out rows
         write_model_card(run)
     return read_results(path)
@@ -108,9 +112,23 @@ def export(run: Run | str | Path, formats: list[str] | None = None, *, quant: st
 
 def load_tuned(run: Run | str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(tokenizer, model in eval mode) of what the run trained: its adapter on its base (a PEFT model), or its whole
-    model; the tokenizer carries the chat template the run trained with (`tokenizer.apply_chat_template`)."""
+    model; the tokenizer carries the chat template the run trained with (`tokenizer.apply_chat_template`).
+    `device`: "cpu", "cuda" (a GPU torch can use) or "auto" (the GPU where there is one)."""
+    device = pick_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TunesmithError(f"device {device!r}: torch sees no CUDA GPU on this machine.",
+                             "Use device='cpu' (or 'auto').")
     return load_run_model(as_run(run), device)
 
 
 def as_run(run: Run | str | Path) -> Run:
-    return run if isinstance(run, Run) else open_run(Path(run))
+    """`run` as a Run whose path is absolute: a notebook that changes folder keeps its paths."""
+    return Run(run.path.resolve()) if isinstance(run, Run) else Run(open_run(Path(run)).path.resolve())
+
+
+def checked_overrides(overrides: list[str] | None) -> list[str] | None:
+    """`overrides` as `--set` takes them, a list of "key=value" strings; a bare string (one override, easily passed
+    for a list) raises TypeError instead of being read one character at a time."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'key=value' strings, e.g. [{overrides!r}]")
+    return overrides

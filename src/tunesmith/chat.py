@@ -15,7 +15,7 @@ import torch
 
 from tunesmith.data.constraint import Constraint
 from tunesmith.data.template import request_tool_names, require_chat_template, split_tool_calls
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.eval.constrained import processor_factory
 from tunesmith.scoring import final_answer
 
@@ -398,7 +398,7 @@ def adapter_folder(path: Path) -> Path:
         path = Run(path).trained_artifact()
         if not (path / "adapter_config.json").is_file():
             raise TunesmithError(f"{path.parent} trained the whole model (model/), not an adapter.",
-                                 f"Chat with the run itself: tunesmith chat {path.parent}")
+                                 f"Chat with the run itself: tunesmith chat {shell_arg(path.parent)}")
     if not (path / "adapter_config.json").is_file():
         raise TunesmithError(f"--adapter {path}: {'no such folder' if not path.exists() else 'no adapter_config.json'}"
                              " (it is not a PEFT adapter folder).",
@@ -426,8 +426,8 @@ def load_chat_model(model_or_run: str, adapter: Path | None = None, device: str 
     elif (run.path / "adapter_config.json").is_file():
         if adapter is not None:
             raise TunesmithError(f"{model_or_run} is an adapter folder itself; --adapter applies one to a model.",
-                                 f"Chat with it alone (tunesmith chat {model_or_run}), or pass its base model "
-                                 f"with --adapter {model_or_run}.")
+                                 f"Chat with it alone (tunesmith chat {shell_arg(model_or_run)}), or pass its base "
+                                 f"model with --adapter {shell_arg(model_or_run)}.")
         base_dir, adapter = adapter_base(run.path), run.path
     else:
         base_dir = resolve_model_source(model_or_run)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from tunesmith.errors import RecipeError
+from tunesmith.errors import RecipeError, shell_arg
 
 
 def check_http_url(url: str) -> None:
@@ -1050,7 +1050,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if path.suffix.lower() in DATA_SUFFIXES:
         raise RecipeError(f"{path} is a data file; this command takes a recipe (a YAML file whose data.train names "
                           "the data).", f"Write a recipe with data: {{train: {path}}} (recipes/quickstart.yaml is one "
-                          f"to copy), or check the file itself with `tunesmith data inspect {path}`.")
+                          f"to copy), or check the file itself with `tunesmith data inspect {shell_arg(path)}`.")
     text = read_recipe_text(path)
     try:
         raw = yaml.safe_load(text) or {}

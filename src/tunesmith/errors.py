@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
+
+def shell_arg(value: object) -> str:
+    """`value` as one argument of a command a message shows: quoted where a shell would split or expand it (a path
+    with spaces), as it is otherwise, so that the command works pasted as printed."""
+    return shlex.quote(str(value))
+
 
 class TunesmithError(Exception):
     """A problem the user can fix: `message` says what is wrong, `hint` says what to do."""

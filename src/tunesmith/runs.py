@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.config import DataSection, Recipe, recipe_to_yaml
-from tunesmith.errors import TunesmithError, first_line
+from tunesmith.errors import TunesmithError, first_line, shell_arg
 from tunesmith.manifest import (
     MANIFEST_VERSION,
     BaseModelRecord,
@@ -205,17 +205,17 @@ class Run:
         if (self.path / "baseline" / "results.json").is_file() and not self.checkpoints_dir.is_dir():
             raise TunesmithError(f"{self.path} holds the baselines `tunesmith baseline` scored before any training; "
                                  "it has no trained model.",
-                                 f"Train the recipe (`tunesmith train {self.recipe_file} --evaluate`): its eval "
-                                 "compares the tuned model with the base and these baselines.")
+                                 f"Train the recipe (`tunesmith train {shell_arg(self.recipe_file)} --evaluate`): its "
+                                 "eval compares the tuned model with the base and these baselines.")
         if training_process(self) is not None:  # still training in another process: not "did not finish"
             raise run_being_trained(self, waiting="Wait for it to finish; its adapter or model is saved at the end.")
         if any(self.checkpoints_dir.glob("checkpoint-*")):  # stopped with a checkpoint: resuming is the way on
-            hint = (f"Finish it: `tunesmith train {self.recipe_file} --resume {self.path}` goes on from its last "
-                    f"checkpoint (`tunesmith eval {self.path} --checkpoints` scores the checkpoints it has); or pass a "
-                    "run directory whose training finished.")
+            hint = (f"Finish it: `tunesmith train {shell_arg(self.recipe_file)} --resume {shell_arg(self.path)}` goes "
+                    f"on from its last checkpoint (`tunesmith eval {shell_arg(self.path)} --checkpoints` scores the "
+                    "checkpoints it has); or pass a run directory whose training finished.")
         else:
-            hint = (f"Train it again with `tunesmith train {self.recipe_file}`, or pass a run directory whose training "
-                    "finished.")
+            hint = (f"Train it again with `tunesmith train {shell_arg(self.recipe_file)}`, or pass a run directory "
+                    "whose training finished.")
         raise TunesmithError(
             f"{self.path} has no trained model: neither adapter/adapter_config.json nor model/config.json exists "
             "(training did not finish, or the folder was moved or deleted).", hint)

@@ -22,7 +22,7 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
 
     Example: tunesmith runs list runs
     """
-    from tunesmith.errors import TunesmithError
+    from tunesmith.errors import TunesmithError, shell_arg
     from tunesmith.runs import list_runs
 
     if not runs_dir.is_dir():
@@ -30,8 +30,8 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
                                                              "(runs/ unless the recipe's runs_dir says otherwise).")
     if (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
         raise TunesmithError(f"{runs_dir} is a run, not a folder of runs.",
-                             f"List its folder (tunesmith runs list {runs_dir.parent}), or see the run itself with "
-                             f"`tunesmith runs show {runs_dir}`.")
+                             f"List its folder (tunesmith runs list {shell_arg(runs_dir.parent)}), or see the run "
+                             f"itself with `tunesmith runs show {shell_arg(runs_dir)}`.")
     summaries = list_runs(runs_dir)
     if as_json:
         print_json(summaries)

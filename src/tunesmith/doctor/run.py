@@ -17,7 +17,7 @@ from tunesmith.doctor.model_checks import model_checks
 from tunesmith.doctor.recipe import recipe_checks
 from tunesmith.doctor.report import Check, DoctorReport
 from tunesmith.doctor.versions import version_checks
-from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.errors import RecipeError, TunesmithError, shell_arg
 
 
 def run_doctor(model: str | None = None, recipe_path: Path | None = None, sets: list[str] | None = None,
@@ -75,6 +75,6 @@ def fetch_hint(source: Source) -> str:
     if source.kind == "embedded":
         return f"tunesmith models pull {source.text}"
     if source.kind == "gguf":
-        return f"tunesmith models import {source.path}"
+        return f"tunesmith models import {shell_arg(source.path)}"
     return (f"hf download {source.text} --include '*.json' --include 'tokenizer*' --include '*.jinja' "
             "(config and tokenizer only), then run doctor again.")

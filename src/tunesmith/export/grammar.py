@@ -17,7 +17,7 @@ from typing import Any
 from tunesmith.config import Recipe
 from tunesmith.data.answers import classify_answers
 from tunesmith.data.constraint import Constraint, recipe_constraint
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.runs import Run, atomic_write_text
 
 GRAMMAR_FILE = "answers.gbnf"
@@ -93,7 +93,7 @@ def llama_cli_command(grammar: Path, relative_to: Path | None = None) -> str:
     models = [path for path in files if path not in adapters and "-lora-" not in path.name]
 
     def shown(path: Path) -> str:
-        return str(path.relative_to(relative_to)) if relative_to is not None else str(path)
+        return shell_arg(path.relative_to(relative_to) if relative_to is not None else path)
 
     if bases and adapters:
         return f"llama-cli -m {shown(bases[-1])} --lora {shown(adapters[-1])} --grammar-file {shown(grammar)}"

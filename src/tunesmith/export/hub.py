@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError, first_line
+from tunesmith.errors import TunesmithError, first_line, shell_arg
 
 LOGIN_HINT = "Run `hf auth login` with a token that has write access, or set HF_TOKEN to one."
 WHAT = ("adapter", "merged", "gguf")
@@ -110,7 +110,7 @@ def folder_to_upload(source: Path, what: str | None) -> tuple[Path, Path | None]
             return folder, card if card.is_file() else None
     fmt = {"adapter": "adapter", "merged": "merged", "gguf": "gguf"}[what]
     raise TunesmithError(f"{run.path} has no exported {what} to upload ({candidates[0]} is missing or empty).",
-                         f"Export it first: tunesmith export {run.path} --format {fmt}")
+                         f"Export it first: tunesmith export {shell_arg(run.path)} --format {fmt}")
 
 
 def upload_operations(folder: Path, card: Path | None, base_id: str | None = None) -> list:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import GGUF_LORA_KINDS, DataSection, Recipe
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.export import gguf_entries
 from tunesmith.models.home import model_fingerprint, tunesmith_home
 from tunesmith.models.tuned import is_adapter, run_base_model
@@ -65,8 +65,8 @@ def trained_artifact(run: Run) -> Path:
 
             hint = f"Finish it first. {resume_hint(run)}"
         else:  # nothing saved to resume from (a run that stopped early, or a folder --print-launch wrote)
-            hint = (f"It holds no checkpoint to resume from either; train it: tunesmith train {run.recipe_file} "
-                    "(with --nproc N as before, for a distributed recipe)")
+            hint = ("It holds no checkpoint to resume from either; train it: tunesmith train "
+                    f"{shell_arg(run.recipe_file)} (with --nproc N as before, for a distributed recipe)")
         raise TunesmithError(f"{run.path} has not finished training, so there is nothing to serve.", hint)
     if manifest.train.method == "reward":
         raise TunesmithError(f"{run.path} is a reward model: it scores text and cannot generate, so it is not served.",
@@ -254,7 +254,7 @@ def refuse_failed_check(run: Run, quant: str, target: Path) -> None:
         raise TunesmithError(f"{target} failed llama.cpp's check when it was exported: it agrees with the merged model "
                              f"on {check.get('agreement', 0):.1%} of next tokens (exports/manifest.json).",
                              "Serve another type (--quant F16 or Q8_0), or export this one again "
-                             f"(tunesmith export {run.path} --format gguf --quant {quant}).")
+                             f"(tunesmith export {shell_arg(run.path)} --format gguf --quant {quant}).")
 
 
 def exported_gguf(run: Run) -> Path | None:

@@ -4,6 +4,7 @@ says what is its own (the data shape it needs, its TRL config, its trainer class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -384,7 +385,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     no_step_past_max_steps(trainer)
     count_trained_batches(trainer, counter)  # after the budget's measurement, which must not count
     counter.start_clock()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints each step's log dict: progress, for people
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = counter.seconds()  # a resumed run's too: the earlier processes' training time is in the checkpoint
     generated = getattr(trainer, "generated_tokens", None)  # GRPO: what it sampled and trained on (grpo.py)
     if generated is not None:
@@ -476,7 +478,7 @@ def survival_callbacks(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: 
     checkpoint keeps the guard's state, the counter's (tokens and seconds so far) and the frozen-matmul choice."""
     recorder = BatchRecorder(getattr(setup.encoded, "rows_by_ids", None))
     recorder.attach(trainer.model)
-    guard, stopper = NumericsGuard(recipe.training.max_bad_steps, recorder), StopOnSignal()
+    guard, stopper = NumericsGuard(recipe.training.max_bad_steps, recorder), StopOnSignal(resume_hint(run))
     trainer.add_callback(guard)
     trainer.add_callback(stopper)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
-from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.errors import RecipeError, TunesmithError, shell_arg
 from tunesmith.runs import LAUNCH_DIR, Run, open_run, run_being_trained, training_process
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
@@ -48,9 +48,9 @@ def resume_hint(run: Run) -> str:
     by_launcher = not configs and (size > 1 or run_strategy(run) != "none")  # torchrun, srun, a launch-script
     if by_launcher or any(config.name.startswith("accelerate-node") for config in configs):
         return (f"Start the launch that trained it again, unchanged (on every node, with the same --run-dir "
-                f"{run.path}): it goes on from the newest complete checkpoint.")
+                f"{shell_arg(run.path)}): it goes on from the newest complete checkpoint.")
     nproc = f" --nproc {size}" if configs else ""
-    return f"Resume with: tunesmith train {run.recipe_file}{nproc} --resume {run.path}"
+    return f"Resume with: tunesmith train {shell_arg(run.recipe_file)}{nproc} --resume {shell_arg(run.path)}"
 
 
 def run_strategy(run: Run) -> str:

@@ -170,13 +170,15 @@ def install_atomic_checkpoints(trainer: Any, run: Run, keep: int, extra_state: C
 
 class StopOnSignal(TrainerCallback):
     """The first SIGINT/SIGTERM finishes the current step, writes a checkpoint and stops; a second exits at once
-    (checkpoints are renamed into place only when complete, so none is left half-written)."""
+    (checkpoints are renamed into place only when complete, so none is left half-written), saying `resume` (how to go
+    on from that checkpoint) where given."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, resume: str | None = None) -> None:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
+        self.resume = resume
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         try:
@@ -186,8 +188,8 @@ class StopOnSignal(TrainerCallback):
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            print(f"\n{signal.Signals(signum).name} again: stopping now; the last complete checkpoint is kept.",
-                  file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name} again: stopping now; the last complete checkpoint is kept."
+                  + (f" {self.resume}" if self.resume else ""), file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
