@@ -279,3 +279,12 @@ def test_a_misspelt_key_is_still_said_when_the_kind_is_set_on_the_command_line(t
     for kind in ("lora", "full"):
         with pytest.raises(RecipeError, match="alpah"):
             load_recipe(recipe, [f"adapter.kind={kind}"])
+
+
+def test_a_name_no_run_folder_can_start_with_is_said_in_words(tmp_path):
+    path = write(tmp_path, "name: Légumes / fruits\ndata:\n  train: t.jsonl\n")
+    with pytest.raises(RecipeError, match=r"name \(line 1\): the name is each run folder's prefix"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="not all dots"):
+        load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["name=.."])
+    assert load_recipe(write(tmp_path, "name: legumes-v1.2\ndata:\n  train: t.jsonl\n")).name == "legumes-v1.2"

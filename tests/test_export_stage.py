@@ -57,6 +57,10 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
         assert record.grammar is None and not (run.exports_dir / "gguf" / "answers.gbnf").exists()
         return
     assert record.grammar == "exports/gguf/answers.gbnf"
+    copied = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", "--quant", "F16", "--no-verify",
+                                      "--out", str(run.path.parent / "shipped")])
+    assert copied.exit_code == 0, copied.output  # the GGUF goes out with the grammar its llama-cli command names
+    assert (run.path.parent / "shipped" / "gguf" / "answers.gbnf").is_file()
     grammar = (run.path / record.grammar).read_text(encoding="utf-8")
     assert all(key in grammar for key in ("item", "qty", "size", "color", "when"))
     llama_cpp = pytest.importorskip("llama_cpp")

@@ -874,8 +874,12 @@ def union_tags(*unions: Any) -> set[str]:
 UNION_TAGS = union_tags(Method, Adapter)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 class Recipe(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("run", description="The run folders' prefix (name-YYYYMMDD-HHMMSS): letters, digits, '.', '_' "
+                                         "and '-'.")
     runs_dir: str = "runs"
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -885,6 +889,15 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
     base_dir: str = Field(".", description="Directory relative paths resolve against (set on load).")
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, value: str) -> str:
+        if not RUN_NAME.fullmatch(value) or not value.strip("."):
+            raise ValueError("the name is each run folder's prefix (name-YYYYMMDD-HHMMSS): letters, digits, '.', '_' "
+                             "and '-' only, not all dots (e.g. legumes-v1.2)")
+        return value
+
     defaulted_keys: list[str] = Field(
         default_factory=list, description="Written by tunesmith in a run directory's recipe.yaml: the keys the recipe "
                                           "left to the defaults. Every value is written out, and these still count "

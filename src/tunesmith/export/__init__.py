@@ -93,6 +93,11 @@ def copy_exports(exports_dir: Path, out: Path, names: list[str]) -> list[Path]:
         if (exports_dir / name).exists():
             copy_atomically(exports_dir / name, out / name)
             copied.append(out / name)
+    grammar = "gguf/answers.gbnf"  # beside a GGUF of a closed task: the llama-cli command the export printed uses it
+    if any(name.startswith("gguf/") for name in names) and (exports_dir / grammar).is_file() \
+            and not holds_something(out / grammar):
+        copy_atomically(exports_dir / grammar, out / grammar)
+        copied.append(out / grammar)
     return copied
 
 
