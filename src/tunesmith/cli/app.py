@@ -126,7 +126,7 @@ def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
     run = run_pipeline(quickstart_recipe(set_), runs_dir)
     _print_results(run.path)
     print_exports(run)
-    err.print(f"\n[bold]Run directory:[/bold] {run.path}")
+    err.print(f"\n[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)
 
 
 @app.command()
@@ -279,7 +279,7 @@ def report_finished(run: Any, evaluated: bool) -> None:
     if evaluated:
         _print_results(run.path)
         print_exports(run)
-    err.print(f"[bold]Run directory:[/bold] {run.path}")
+    err.print(f"[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)  # one line, whatever its length
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
