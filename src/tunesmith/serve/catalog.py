@@ -180,8 +180,9 @@ def check_gguf_lora_folder(folder: Path, target: str) -> None:
 
 def merge_first(target: str) -> str:
     """How an adapter folder llama.cpp cannot apply as a LoRA is served: merged into its base, as a model."""
-    return (f"Merge it into its base first (tunesmith merge {target} --out {target}-model), then serve the merged "
-            f"model: tunesmith serve {target}-model")
+    merged = shell_arg(f"{target}-model")
+    return (f"Merge it into its base first (tunesmith merge {shell_arg(target)} --out {merged}), then serve the merged "
+            f"model: tunesmith serve {merged}")
 
 
 def source_name(source: str, base_dir: Path) -> str:

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.serve.catalog import ServedModel
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
@@ -89,10 +89,12 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
 def merged_steps(source: Path | None) -> str:
     """The commands that make a whole model of a run's (or an adapter folder's) adapter and serve it with vLLM."""
     if source is not None and not (source / "recipe.yaml").is_file():  # an adapter folder: folded into its base
-        return (f"`tunesmith merge {source} --out {source}-merged`, then `tunesmith serve --engine vllm "
-                f"{source}-merged`")
-    run = source or "RUN"
-    return f"`tunesmith export {run} --format merged`, then `tunesmith serve --engine vllm {run}/exports/merged`"
+        merged = shell_arg(f"{source}-merged")
+        return f"`tunesmith merge {shell_arg(source)} --out {merged}`, then `tunesmith serve --engine vllm {merged}`"
+    if source is None:
+        return "`tunesmith export RUN --format merged`, then `tunesmith serve --engine vllm RUN/exports/merged`"
+    return (f"`tunesmith export {shell_arg(source)} --format merged`, then `tunesmith serve --engine vllm "
+            f"{shell_arg(source / 'exports' / 'merged')}`")
 
 
 def docker_variant(argv: list[str], port: int, api_key_env: str | None) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.serve.catalog import ServedModel
 
 
@@ -85,7 +85,7 @@ class LlamaEngine:
                 adapter = llama_cpp.llama_adapter_lora_init(self.bases[model.gguf].llm.model, str(model.lora).encode())
                 if not adapter:
                     from_run = model.run is not None and (model.run / "recipe.yaml").is_file()
-                    again = (f"tunesmith export {model.run} --format gguf-lora" if from_run
+                    again = (f"tunesmith export {shell_arg(model.run)} --format gguf-lora" if from_run
                              else "tunesmith cache clean serve (serve writes it again)")
                     raise TunesmithError(f"llama.cpp could not load the LoRA {model.lora} for {model.name}.",
                                          f"Write it again: {again}")
