@@ -330,7 +330,7 @@ def test_a_stopped_sweep_stops_its_run_as_train_does_and_keeps_what_ran(project,
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
         time.sleep(0.2)
     sweep.send_signal(getattr(signal, signal_name))
-    _, stderr = sweep.communicate(timeout=300)
+    _, stderr = sweep.communicate(timeout=600)  # generous: two test workers share the CPU
     assert sweep.returncode == 128 + getattr(signal, signal_name), stderr[-3000:]
     said = " ".join(stderr.split())
     assert f"Stopped: Sweep stopped by {signal_name} during targets=qv" in said
@@ -365,7 +365,7 @@ def resume_the_stopped_sweep(recipe: Path, runs: Path, sweep_dir: Path, stopped_
         resumed_run(load_recipe(recipe), "latest", runs)
     assert f"--resume {sweep_dir}" in latest.value.hint
     result = subprocess.run([sys.executable, "-m", "tunesmith", "sweep", str(recipe), "--runs-dir", str(runs),
-                             "--resume", "latest"], capture_output=True, text=True, timeout=600, check=False)
+                             "--resume", "latest"], capture_output=True, text=True, timeout=1200, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[1/2] targets=qv (resumed)" in result.stderr and "[2/2] targets=all-linear" in result.stderr
     assert [path.name for path in runs.iterdir()] == [sweep_dir.name]  # carried on in its own folder
