@@ -220,6 +220,22 @@ def test_a_train_file_whose_rows_all_fall_into_the_held_out_share_is_refused(tmp
         load_splits(data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir)))
 
 
+def test_eval_of_a_run_with_no_held_out_rows_is_refused_not_scored_as_a_perfect_loss(tmp_path: Path,
+                                                                                     tiny_model_dir: Path):
+    """Scored on no rows, base and tuned read loss 0.0 and perplexity 1.000, and --fail-if-worse loss passed."""
+    from tunesmith.eval.rows import held_out_rows
+    from tunesmith.runs import create_run
+
+    kept = [row for row in distinct_rows(200) if not holds_out(row, 0.1)][:3]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    recipe = data_recipe(tmp_path / "d.jsonl", model=str(tiny_model_dir))
+    assert load_splits(recipe).eval == []  # the split training warns of: nothing held out
+    run = create_run(recipe, tmp_path / "runs")
+    with pytest.raises(DataError, match="holds no held-out rows") as refused:
+        held_out_rows(recipe, run)
+    assert "--data HELD_OUT.jsonl" in refused.value.hint
+
+
 def test_pii_redaction_reaches_tool_call_arguments():
     from tunesmith.config import CleanSection
     from tunesmith.data.prepare import clean_rows

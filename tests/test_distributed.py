@@ -404,6 +404,21 @@ def test_launch_scripts_parse_and_name_every_variable_they_need(project: Path, t
         assert "--nproc-per-node 4" in text
 
 
+@pytest.mark.parametrize("kind", ["slurm", "torchrun"])
+def test_a_runs_dir_with_shell_syntax_is_a_path_in_the_launch_script_not_a_command(project: Path, tmp_path: Path,
+                                                                                    kind: str) -> None:
+    """The default run directory sat quoted inside "${RUN_DIR:-'...'}", where bash keeps the single quotes as text
+    and still runs $(...): a colleague's recipe with `runs_dir: runs/$(...)` ran its command on sbatch."""
+    weird = "runs/$(touch INJECTED) and spaces"
+    script = script_for(kind, project, tmp_path, "--set", f"runs_dir={weird}")
+    lines = [line for line in script.read_text().splitlines() if line.startswith(("DEFAULT_", "RUN_DIR="))]
+    shown = subprocess.run(["bash", "-c", "\n".join([*lines, 'printf %s "$RUN_DIR"'])], capture_output=True,
+                           text=True, cwd=tmp_path, env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7"})
+    assert shown.returncode == 0, shown.stderr
+    assert weird in shown.stdout and "'" not in shown.stdout
+    assert not (tmp_path / "INJECTED").exists()
+
+
 def test_the_torchrun_script_refuses_sharded_strategies(project: Path, tmp_path: Path) -> None:
     done = tunesmith("launch-script", "torchrun", str(project), "--set", "training.distributed=fsdp", cwd=tmp_path,
                      timeout=120)

@@ -97,6 +97,19 @@ def test_json_fields_scores_each_field_and_aggregates_per_field():
     assert summary["field/item"] == 1.0 and summary["field/qty"] == 0.5 and summary["exact_match"] == 0.5
     columns = score_columns(scores)
     assert columns["field/qty"] == [0.0, 1.0] and "fields" not in columns
+    # optional keys: each field over the rows whose reference has it (it was taken from the first row alone, and a
+    # row without the field counted as a miss)
+    optional = [scorer(answer, answer) for answer in ('{"item": "mug", "note": "gift"}', '{"item": "pen"}',
+                                                      '{"item": "cup", "size": "L"}')]
+    summary = aggregate(optional)
+    assert (summary["field/item"], summary["field/note"], summary["field/size"]) == (1.0, 1.0, 1.0)
+    assert summary["field_accuracy"] == 1.0
+    # exact_match is the whole answer: an object wrapped in prose matches field by field, not exactly (it read the
+    # first object found, so it said 1.0 beside json_valid's 0.0)
+    wrapped = build_scorer(["json_fields", "json_valid"], None, None, base_dir=None)(
+        'Sure: {"item": "pen", "qty": 2} hope this helps', reference)
+    assert (wrapped["exact_match"], wrapped["json_valid"], wrapped["field_accuracy"]) == (0.0, 0.0, 1.0)
+    assert scorer('{ "qty": 2, "item": "pen" }', reference)["exact_match"] == 1.0  # key order and spacing: the same
 
 
 def test_rouge_l_is_one_for_identical_zero_for_disjoint_and_reads_unicode():

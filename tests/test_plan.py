@@ -150,6 +150,39 @@ def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_bat
     assert report.peak_bytes > 16 * 7e9  # 16 bytes per trained parameter before any activation
 
 
+@pytest.mark.parametrize(("kind", "precision", "strategy"), [("lora", "auto", "none"), ("qlora", "bf16", "none"),
+                                                            ("lora", "fp32", "none"), ("full", "auto", "none"),
+                                                            ("lora", "auto", "fsdp")])
+def test_the_planned_weights_are_in_the_dtype_training_loads_the_base_in(kind, precision, strategy, tiny_model_dir,
+                                                                          tmp_path):
+    """The plan counted every base weight at 4 bytes; on a GPU under mixed precision training loads an adapter's
+    frozen base in bf16 (train/common.frozen_base_dtype), so a 7B LoRA's weights were planned at twice their size."""
+    import torch
+
+    from tunesmith.plan import build_report
+    from tunesmith.plan.devices import Device
+    from tunesmith.plan.workload import RowLengths
+    from tunesmith.train.common import frozen_base_dtype
+
+    raw = raw_recipe(tmp_path, tiny_model_dir, kind=kind, precision=precision,
+                     **({"distributed": {"strategy": strategy}} if strategy != "none" else {}))
+    recipe = validate_recipe({**raw, "base_dir": str(tmp_path)})
+    arch = read_architecture(tiny_model_dir)
+    for device in ("cuda", "cpu"):
+        processes = 2 if strategy != "none" else 1
+        report = build_report(recipe, arch, Device(device, device, 2.0**36, 1e14, False, processes=processes),
+                              RowLengths(128, "t"))
+        weights = next(row for row in report.components if row.name == "weights")
+        loaded = frozen_base_dtype(kind, precision if precision != "auto" else "bf16" if device == "cuda" else "fp32",
+                                   device, strategy)
+        per = torch.finfo(loaded).bits / 8
+        if kind == "qlora":
+            assert f"others x {per:.0f} B" in weights.how, weights.how
+        else:
+            expected = arch.parameters * per / (processes if strategy == "fsdp" else 1)
+            assert weights.bytes == pytest.approx(expected), (device, weights.how)
+
+
 def test_a_lighter_method_is_not_advised_at_a_batch_the_recipes_own_method_fits(tiny_model_dir, tmp_path):
     """LoRA that fits at batch 4 but not 8: the advice is batch 4 with accumulation, not QLoRA at batch 4."""
     from tunesmith.plan import build_report

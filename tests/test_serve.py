@@ -245,6 +245,68 @@ def test_each_limit_is_a_4xx_with_an_openai_error_body(server):
     assert status == 400 and body["error"]["code"] == "context_length_exceeded"
 
 
+def chunked_post(port: int, body: bytes, declared: int | None) -> tuple[int, dict[str, Any]]:
+    """POST `body` in 1,000-byte chunks (Transfer-Encoding: chunked), with a Content-Length of `declared` beside it
+    where given: what the size limit once trusted."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                + (f"Content-Length: {declared}\r\n" if declared is not None else "") + "Connection: close\r\n\r\n")
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
+                          for i in range(0, len(body), 1000))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered and closed before the rest came
+            sock.sendall(head.encode() + chunks + b"0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    payload = answer.split(b"\r\n\r\n", 1)[1]
+    return status, json.loads(payload[payload.index(b"{"):payload.rindex(b"}") + 1])
+
+
+@pytest.mark.parametrize("declared", [None, 10])
+def test_a_chunked_body_over_the_limit_is_413_whatever_length_it_declares(server, declared):
+    """A chunked body was read whole before it was measured, and one declaring Content-Length: 10 beside its
+    chunks was not measured at all."""
+    body = json.dumps({"model": "pizza-run", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode()
+    status, answer = chunked_post(server.port, body, declared)
+    assert status == 413 and answer["error"]["code"] == "request_too_large"
+    small = json.dumps({"model": "pizza-run", "messages": ORDER, "max_tokens": 2, "temperature": 0}).encode()
+    status, answer = chunked_post(server.port, small, None)  # a chunked body within the limit reaches the route
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+
+
+def test_without_a_key_a_loopback_server_answers_only_requests_addressed_to_this_machine(engine):
+    """DNS rebinding: a web page whose name points at 127.0.0.1 reached a key-less server. Such a server now answers
+    only the loopback names; with a key, or listening elsewhere, any Host is answered."""
+    import uvicorn
+
+    from tunesmith.serve.api import create_app, loopback_hosts
+
+    assert loopback_hosts("127.0.0.1", None) and loopback_hosts("127.0.0.1", "k") is None
+    assert loopback_hosts("0.0.0.0", None) is None
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, trusted_hosts=loopback_hosts("127.0.0.1", None)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        for host, expected in (("evil.example:8000", 403), (f"127.0.0.1:{port}", 200), ("localhost", 200),
+                               ("[::1]:8000", 200), ("127.0.0.1.evil.example", 403)):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/v1/models", headers={"Host": host})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == expected, (host, answer)
+            if expected == 403:
+                assert answer["error"]["code"] == "untrusted_host" and "--api-key-env" in answer["error"]["message"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_a_full_queue_is_429_and_a_client_leaving_mid_stream_frees_its_slot(engine):
     server = Server(engine, max_tokens=64, max_queue=1)
     context = next(iter(engine.bases.values())).lock  # held here, the stream cannot end (an early end-of-text
@@ -338,11 +400,15 @@ HOSTILE.append(("/v1/completions", json.dumps({"model": "pizza-run", "prompt": "
 for bad in ({"prompt": "pizza", "suffix": "cola"}, {"prompt": "pizza", "best_of": 2},
             {"prompt": "pizza", "temprature": 0.5}, {"prompt": "pizza", "stop": [""]},
             {"prompt": "pizza", "logit_bias": {"pizza": -100}}, {"prompt": "pizza", "logit_bias": {"99999999": 5}},
-            {"prompt": "pizza", "logit_bias": {"5": -500}}, {"prompt": "pizza", "grammar": "root ::= \"a\""}):
+            {"prompt": "pizza", "logit_bias": {"5": -500}}, {"prompt": "pizza", "grammar": "root ::= \"a\""},
+            {"prompt": "pizza", "logit_bias": {"\u00b2": 5}}, {"prompt": "pizza", "logit_bias": {"9" * 5000: 5}}):
     HOSTILE.append(("/v1/completions", json.dumps({"model": "pizza-run", **bad}).encode()))
 for schema in ({"type": "object", "properties": {"p": {"type": "number", "minimum": 0.5, "maximum": 0.7}}},
                {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 3}, "uniqueItems": True},
-               {"type": "object", "properties": {"s": {"type": "integer", "minimum": 100}}}):
+               {"type": "object", "properties": {"s": {"type": "integer", "minimum": 100}}},
+               # lengths and counts the grammar spells out one rule each: 100,000 nested rules crash llama.cpp
+               {"type": "string", "maxLength": 100_000}, {"type": "array", "items": {"type": "string"},
+                                                          "minItems": 1_000_000_000}):
     HOSTILE.append(("/v1/chat/completions", json.dumps({"model": "pizza-run", "messages": ORDER, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}).encode()))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -155,6 +156,56 @@ def test_blocks_below_the_lowest_adapter_count_forward_only(tiny_model_dir):
                        layers_unreached=1)
     assert training_flops(counter, shape) == (10 * (4 * 600 + 2 * 400 + 6 * 10) + 2 * 4 * 500
                                               + 12.0 * 10 * 5 * (1 + 1 / 3) * 4)
+
+
+def test_whole_model_training_counts_its_embeddings_as_a_lookup_and_a_trained_head(tiny_model_dir):
+    """Full fine-tuning put the trained (tied) embedding in the body at 6 FLOPs a token, and its head at 4 per loss
+    position: MFU read 14-22% high. The input embedding is a lookup; the trained head costs 6 per weight."""
+    from tunesmith.models import load_model
+
+    model = load_model(tiny_model_dir, torch.float32, "cpu")
+    shape = model_shape(model)
+    embedding = model.config.vocab_size * model.config.hidden_size
+    everything = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert shape.trainable == everything - embedding and shape.frozen_body == 0 and shape.head_trained
+    counter = TokenCounter(tokens=10, real_tokens=10, loss_tokens=3)
+    assert training_flops(counter, shape) == 10 * 6 * (everything - embedding) + 3 * 6 * embedding
+
+
+def test_a_trained_final_norm_does_not_hide_the_blocks_the_backward_pass_never_reaches(tiny_model_dir):
+    """adapter.kind partial trains the last blocks and the final norm (above them all); the blocks below were
+    charged forward and backward because a trained parameter sat outside the numbered blocks."""
+    from tunesmith.models import load_model
+
+    model = load_model(tiny_model_dir, torch.float32, "cpu")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = ".layers.1." in name or name == "model.norm.weight"
+    block0 = sum(p.numel() for n, p in model.named_parameters() if ".layers.0." in n)
+    shape = model_shape(model)
+    assert (shape.frozen_unreached, shape.layers_unreached) == (block0, 1) and not shape.head_trained
+    model.get_input_embeddings().weight.requires_grad = True  # below the blocks: the backward reaches them all
+    assert (model_shape(model).frozen_unreached, model_shape(model).layers_unreached) == (0, 0)
+
+
+def test_a_dpo_reference_pass_counts_as_forward_work(tiny_model_dir):
+    """DPO/KTO score each batch under the reference too (TRL's compute_ref_log_probs); MFU left that pass out."""
+    from tunesmith.train.throughput import count_reference_passes
+
+    class Scorer:  # stands in for TRL's trainer: the counter is under test, not TRL
+        def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> str:
+            return "scored"
+
+    counter, scorer = TokenCounter(tokens=8, real_tokens=7, loss_tokens=3), Scorer()
+    count_reference_passes(scorer, counter)
+    batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 1],
+                                                                                              [1, 1, 1, 0]]),
+             "completion_mask": torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])}
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
+    alone = training_flops(counter, shape)
+    assert scorer.compute_ref_log_probs(None, batch) == "scored"
+    assert (counter.reference_tokens, counter.reference_head_tokens) == (7, 3)
+    assert training_flops(counter, shape) == alone + 7 * 2 * 1010 + 3 * 2 * 500 + 4.0 * 7 * 2 * 2 * 4
+    assert counter.figures(1.0)["real_tokens_per_s"] == 7.0  # work, not trained tokens
 
 
 def test_model_shape_counts_a_4bit_base_as_the_weights_it_holds(tiny_model_dir):

@@ -622,14 +622,15 @@ def create_run_at(recipe: Recipe, path: Path) -> Run:
 def merge_output_hint(folder: Path, shown: str) -> str:
     """What to do with a `tunesmith merge` output instead, as what it is: a combined adapter (score it with
     `compare`, fold it into its base) or a whole model (chat with it, use it as a run's base)."""
+    quoted = shell_arg(shown)
     if (folder / "adapter_config.json").is_file():  # several adapters combined into one
-        return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {shown}`. It is a combined "
-                f"adapter: fold it into its base for a whole model (`tunesmith merge {shown} --out {shown}-model`), "
-                f"or train on from it (`training.init_from: {shown}`); `tunesmith serve {shown}` serves it, "
-                f"`tunesmith push {shown} USER/NAME` uploads it as it is.")
-    return (f"It is a whole model: try it with `tunesmith chat {shown}` or `tunesmith serve {shown}`, or fine-tune, "
+        return (f"Score it on held-out rows with `tunesmith compare --prompts eval.jsonl {quoted}`. It is a combined "
+                f"adapter: fold it into its base for a whole model (`tunesmith merge {quoted} --out "
+                f"{shell_arg(shown + '-model')}`), or train on from it (`training.init_from: {shown}`); "
+                f"`tunesmith serve {quoted}` serves it, `tunesmith push {quoted} USER/NAME` uploads it as it is.")
+    return (f"It is a whole model: try it with `tunesmith chat {quoted}` or `tunesmith serve {quoted}`, or fine-tune, "
             "evaluate and export it through "
-            f"a run with `model.source: {shown}` in a recipe; `tunesmith push {shown} USER/NAME` uploads it as it is.")
+            f"a run with `model.source: {shown}` in a recipe; `tunesmith push {quoted} USER/NAME` uploads it as it is.")
 
 
 def open_run(path: str | Path) -> Run:

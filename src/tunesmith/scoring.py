@@ -72,7 +72,10 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 
 def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
-    """Exact match of the whole object, per-field matches, and whether an object could be found at all."""
+    """`exact_match`: the whole answer is the reference object (parsed, so key order and spacing do not count;
+    prose around it does); per-field matches and `field_accuracy` read the first object found in the answer, prose
+    or not; `json_valid` here: whether an object could be found at all (the json_valid metric, chosen beside it,
+    asks for the whole answer to be JSON)."""
     expected = parse_json_strict(reference)
     if not isinstance(expected, dict):
         raise DataError(f"json_fields compares JSON objects field by field, but a reference answer is not one: "
@@ -82,7 +85,7 @@ def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
     fields = {key: bool(got is not None and key in got and got[key] == value)
               for key, value in expected.items()}
     return {
-        "exact_match": float(got == expected),
+        "exact_match": float(parse_json_strict(prediction) == expected),
         "json_valid": float(got is not None),
         "field_accuracy": sum(fields.values()) / max(len(fields), 1),
         "fields": fields,
@@ -493,16 +496,16 @@ def score_answers(scorer: Scorer, answers: list[str], references: list[str]) -> 
 
 def aggregate(scores: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of every numeric score every example has (a user metric that returns other keys on some rows keeps
-    only the shared ones), plus per-field accuracy for JSON tasks and per-label accuracy (recall of each reference
-    label) for label_accuracy."""
+    only the shared ones), plus per-field accuracy for JSON tasks (each field over the examples whose reference
+    has it) and per-label accuracy (recall of each reference label) for label_accuracy."""
     if not scores:
         return {}
     keys = [k for k, v in scores[0].items() if isinstance(v, float)
             and all(isinstance(s.get(k), float) for s in scores)]  # a user metric's keys may differ between rows
     summary = {k: round(sum(s[k] for s in scores) / len(scores), 4) for k in keys}
-    if "fields" in scores[0]:
-        for field in scores[0]["fields"]:
-            hits = [s["fields"].get(field, False) for s in scores]
+    if "fields" in scores[0]:  # each field over the examples whose reference has it (optional keys differ)
+        for field in dict.fromkeys(name for s in scores for name in s.get("fields", {})):
+            hits = [s["fields"][field] for s in scores if field in s.get("fields", {})]
             summary[f"field/{field}"] = round(sum(hits) / len(hits), 4)
     if "label" in scores[0]:
         for label, hits in sorted(hits_per_label(scores).items()):

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.config import Recipe, load_recipe, recipe_to_yaml
-from tunesmith.errors import RecipeError, TunesmithError
+from tunesmith.errors import RecipeError, TunesmithError, shell_arg
 from tunesmith.plan.devices import own_peak_rss_bytes
 from tunesmith.plan.workload import check_targets_exist
 from tunesmith.results import read_results
@@ -286,7 +286,8 @@ def sweep_to_resume(target: str, recipe_path: Path, grids: list[str], sets: list
     header = read_json(sweep_dir / "sweep.json")
     if header["recipe"] != str(recipe_path):
         raise RecipeError(f"{sweep_dir} is a sweep of {header['recipe']}, not {recipe_path}.",
-                          f"Resume it with its own recipe: tunesmith sweep {header['recipe']} --resume {sweep_dir}")
+                          f"Resume it with its own recipe: tunesmith sweep {shell_arg(header['recipe'])} --resume "
+                          f"{shell_arg(sweep_dir)}")
     for flag, given, own in (("--grid", grids, header["grid"]), ("--set", sets, header["set"])):
         if given and list(given) != list(own):
             raise RecipeError(f"{flag} {' '.join(given)} differs from the sweep's own ({' '.join(own) or 'none'}).",
@@ -316,7 +317,7 @@ class SweepInterrupted(TunesmithError):
         rest = f"; not started: {', '.join(not_run)}" if not_run else ""
         super().__init__(f"Sweep stopped by {row['signal']} during {row['combination']}: {row['error']}{rest}.",
                          f"The table of what ran is in {sweep_dir / 'sweep.md'}. Carry the sweep on where it "
-                         f"stopped: tunesmith sweep {row['recipe']} --resume {sweep_dir}")
+                         f"stopped: tunesmith sweep {shell_arg(row['recipe'])} --resume {shell_arg(sweep_dir)}")
         self.sweep_dir = sweep_dir
         self.exit_code = 128 + signal.Signals[row["signal"]].value
 
@@ -419,8 +420,8 @@ def stopped_how(run_dir: Path | None) -> str:
         return f"its training had finished ({run_dir}); evaluation was stopped"
     if not checkpoints:
         return "stopped before its training saved a checkpoint, so there is nothing to resume"
-    return (f"resume it with: tunesmith train {run_dir / 'recipe.yaml'} --resume {run_dir} (then tunesmith eval "
-            f"{run_dir})")
+    return (f"resume it with: tunesmith train {shell_arg(run_dir / 'recipe.yaml')} --resume {shell_arg(run_dir)} "
+            f"(then tunesmith eval {shell_arg(run_dir)})")
 
 
 def child_status(path: Path, code: int, log: Path) -> ChildStatus:

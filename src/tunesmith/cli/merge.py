@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from tunesmith.cli.common import SHOW, err, print_json
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 
 
 def merge(inputs: Annotated[list[str], typer.Argument(
@@ -93,8 +93,8 @@ def far_from_the_sum_note(method: str, check: dict[str, Any], path: Path) -> str
                else f"they are {scale:.2f} x that sum (within {check['error_after_scale']:.1%})")
     return (f"note: the combined adapter's weight changes are {error:.0%} away from the weighted sum of the inputs' "
             f"({why}). `cat` (the default) gives the exact sum and `svd` the nearest at the inputs' rank; which "
-            f"method answers best is for held-out rows to say: tunesmith compare --prompts eval.jsonl {path} "
-            "OTHER_MERGE ...")
+            "method answers best is for held-out rows to say: tunesmith compare --prompts eval.jsonl "
+            f"{shell_arg(path)} OTHER_MERGE ...")
 
 
 def report_merge(record: dict[str, Any], path: Path) -> None:

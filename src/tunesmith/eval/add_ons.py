@@ -7,10 +7,12 @@ file, the harness not installed) is found by `prepare_add_ons`, before any model
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tunesmith.config import Recipe
 from tunesmith.data.template import context_text, prompt_turns, reference_answer
@@ -33,7 +35,7 @@ class AddOns:
 def prepare_add_ons(recipe: Recipe) -> AddOns:
     from tunesmith.eval.decoding import progress
     from tunesmith.eval.forgetting import general_paragraphs, probe_source, recipe_probes
-    from tunesmith.eval.judge import check_judge, read_rubric
+    from tunesmith.eval.judge import check_judge, key_variable, read_rubric
     from tunesmith.eval.lm_eval_bridge import prepare_tasks
 
     if recipe.eval.probe_file and not recipe.eval.probes:
@@ -42,6 +44,9 @@ def prepare_add_ons(recipe: Recipe) -> AddOns:
     probes = recipe_probes(recipe) if recipe.eval.probes else None
     rubric = read_rubric(recipe) if recipe.eval.judge is not None else None
     if recipe.eval.judge is not None:
+        sent = key_variable(recipe.eval.judge.url, recipe.eval.judge.api_key_env)
+        if sent and os.environ.get(sent):  # a recipe written by someone else names where a secret goes: say so
+            progress(f"note: eval.judge sends the key in ${sent} to {urlsplit(recipe.eval.judge.url).hostname}")
         check_judge(recipe.eval.judge, recipe.eval.compare_base)
     return AddOns(probes, probe_source(recipe) if probes else None, general_paragraphs() if probes else [], rubric,
                   prepare_tasks(recipe) if recipe.eval.lm_eval is not None else None)

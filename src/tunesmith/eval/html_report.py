@@ -209,7 +209,7 @@ def probe_rows_table(results: dict[str, Any]) -> str:
     for index, row in enumerate(rows_in, start=1):
         marks = [("✓ " if row[f"{v}_passed"] else "✗ ") + row[v] for v in ("base", "tuned")]
         expected = f"{row['check']}: {row['expected']}" if row.get("expected") is not None else row["check"]
-        rows.append([str(index), row["category"], _pre(row["prompt"]), _pre(expected), _pre(marks[0]),
+        rows.append([str(index), _e(str(row["category"])), _pre(row["prompt"]), _pre(expected), _pre(marks[0]),
                      f"<pre>{mark_changes(marks[0], marks[1])}</pre>"])
         change = int(row["tuned_passed"]) - int(row["base_passed"])
         classes.append({1: "better", -1: "worse"}.get(change, ""))

@@ -27,7 +27,7 @@ from tunesmith.data.formats import (
     load_rows,
     with_system_prompt,
 )
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, shell_arg
 from tunesmith.eval.html_report import write_html_report
 from tunesmith.eval.report import plot_base_vs_tuned
 from tunesmith.results import RESULTS_VERSION, validate_results
@@ -57,10 +57,16 @@ def held_out_rows(recipe: Recipe, run: Run, accept: tuple[str, ...] = SFT_SHAPES
         report_training_rows(run, rows, path)
         return HeldOutRows(rows, "file", path)
     saved = run.eval_rows()
-    if saved is None:
-        return HeldOutRows(load_splits(recipe, accept=accept, purpose=purpose).eval, "recipe")
-    report_changed_source(run)
-    return HeldOutRows(saved, "run")
+    held_out = HeldOutRows(load_splits(recipe, accept=accept, purpose=purpose).eval, "recipe") if saved is None \
+        else HeldOutRows(saved, "run")
+    if not held_out.rows:  # scored on nothing, every loss would read 0 and every comparison pass
+        raise DataError(f"{run.path} holds no held-out rows: its eval split was empty (training warned of it), so "
+                        "there is nothing to score base and tuned on.",
+                        f"Score rows it did not train on: tunesmith eval {shell_arg(run.path)} --data HELD_OUT.jsonl, "
+                        "or train again holding rows out (data.eval, or a larger data.eval_fraction).")
+    if saved is not None:
+        report_changed_source(run)
+    return held_out
 
 
 def rows_from_file(recipe: Recipe, path: Path, accept: tuple[str, ...], purpose: str) -> list[Row]:

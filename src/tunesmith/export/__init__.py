@@ -41,11 +41,24 @@ def update_export_manifest(run: Any, entries: dict[str, Any], group: str | None 
 
 
 def gguf_entries(run: Any) -> dict[str, dict[str, Any]]:
-    """The whole-model GGUFs exports/manifest.json records for the run, by quant type ({} before the first)."""
+    """The whole-model GGUFs exports/manifest.json records for the run, by quant type ({} before the first). An
+    entry whose path leads outside the run (absolute, or through "..": a hand-edited or foreign manifest) is left
+    out, so no reader serves or pushes a file the run does not hold."""
     import json
 
+    from tunesmith.manifest import inside_run
+
     manifest_file = run.exports_dir / "manifest.json"
-    return json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {}) if manifest_file.is_file() else {}
+    if not manifest_file.is_file():
+        return {}
+    entries = json.loads(manifest_file.read_text(encoding="utf-8")).get("gguf", {})
+
+    def kept(entry: Any) -> bool:
+        try:
+            return isinstance(entry, dict) and bool(inside_run(str(entry.get("path", ""))))
+        except ValueError:
+            return False
+    return {quant: entry for quant, entry in entries.items() if kept(entry)} if isinstance(entries, dict) else {}
 
 
 def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:

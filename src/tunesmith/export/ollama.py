@@ -10,6 +10,7 @@ export leaves no half-written folder; when the `ollama` binary is installed the 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -151,7 +152,7 @@ def triple_quoted(value: str, what: str) -> str:
 def create_with_ollama(name: str, modelfile: Path, family: str) -> OllamaExport:
     """Run `ollama create` when the binary is on PATH; otherwise hand back the command to run."""
     command = ["ollama", "create", name, "-f", str(modelfile)]
-    shown = " ".join(command)
+    shown = shlex.join(command)
     base = dict(folder=modelfile.parent, modelfile=modelfile, model_name=name, family=family, create_command=shown)
     if shutil.which("ollama") is None:
         return OllamaExport(**base, created=None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def one_kind(inputs: list[MergeInput]) -> Literal["adapter", "model"]:
         adapters = [item.source for item in inputs if item.kind == "adapter"]
         raise TunesmithError(
             f"Cannot merge adapters ({', '.join(adapters)}) with whole models in one step.",
-            f"Merge the adapter into its base first (tunesmith merge {adapters[0]} --out merged-1), "
+            f"Merge the adapter into its base first (tunesmith merge {shell_arg(adapters[0])} --out merged-1), "
             "then merge the resulting checkpoints.")
     return kinds.pop()
 

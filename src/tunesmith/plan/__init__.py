@@ -31,6 +31,7 @@ from tunesmith.plan.workload import (
     RowLengths,
     anchor_row_tokens,
     check_targets_exist,
+    loads_frozen_base_in_half,
     micro_step,
     packs_rows,
     replay_rows,
@@ -116,11 +117,12 @@ def build_report(recipe: Recipe, arch: Architecture, device: Device, lengths: Ro
     here: `with_sft_replay`)."""
     check_targets_exist(recipe.adapter, arch, recipe.model.source)
     lengths = with_sft_replay(recipe, lengths)
-    weights = trained_weights(recipe, arch, device.memory_bytes)
+    compute = compute_bytes(recipe, device)
+    half_base = loads_frozen_base_in_half(recipe, device.kind, compute)
+    weights = trained_weights(recipe, arch, device.memory_bytes, half_base)
     on_device = {"memory_bytes": device.memory_bytes, "accelerator": device.kind != "cpu"}
     packed = packs_rows(recipe)
     work = micro_step(recipe, lengths, packed=packed, **on_device)
-    compute = compute_bytes(recipe, device)
     checkpointing = recipe.training.gradient_checkpointing
     sharding = sharding_of(recipe, device.processes)
     frozen = planned_frozen_matmuls(recipe, device, arch)

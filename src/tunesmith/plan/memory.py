@@ -79,6 +79,7 @@ class TrainedWeights:
     # the same tensor, q/k/v and gate/up, share one basis)
     null_space_inputs: list[int] = field(default_factory=list)
     null_space_skipped: bool = False  # on, but its moments would not fit: training skips it (null_space_fits)
+    base_bytes: float = 4.0  # per frozen base weight as loaded: 2 for an adapter's base on a GPU under bf16/fp16
 
 
 @dataclass(frozen=True)
@@ -164,15 +165,20 @@ def null_space_bases(weights: TrainedWeights) -> Component:
 
 
 def base_weights(arch: Architecture, weights: TrainedWeights) -> Component:
-    """tunesmith loads weights in fp32 (it trains and merges there); QLoRA stores the blocks' linears quantized."""
+    """The base model's weights as training loads them: fp32 (`weights.base_bytes` 4), or the half dtype of mixed
+    precision for an adapter's frozen base on a GPU (2: train/common.frozen_base_dtype); QLoRA stores the blocks'
+    linears quantized, the rest as the others."""
+    per_other = weights.base_bytes
+    dtype = "fp32" if per_other == 4.0 else "bf16/fp16"
     if weights.quantization == "none":
-        return Component("weights", arch.parameters * 4.0, f"{arch.parameters / 1e6:,.1f}M parameters x 4 B (fp32)")
+        return Component("weights", arch.parameters * per_other,
+                         f"{arch.parameters / 1e6:,.1f}M parameters x {per_other:.0f} B ({dtype})")
     per = (DTYPE_BYTES["nf4"] + NF4_CONSTANTS_BYTES) if weights.quantization == "nf4" else (1 + INT8_CONSTANTS_BYTES)
     linear = arch.block_linear_parameters
     rest = arch.parameters - linear
-    return Component("weights", linear * per + rest * 4.0,
+    return Component("weights", linear * per + rest * per_other,
                      f"{linear / 1e6:,.1f}M block-linear parameters x {per:.3f} B ({weights.quantization}) + "
-                     f"{rest / 1e6:,.1f}M others x 4 B")
+                     f"{rest / 1e6:,.1f}M others x {per_other:.0f} B ({dtype})")
 
 
 def frozen_bf16_copy_component(arch: Architecture) -> Component:

@@ -13,7 +13,13 @@ from tunesmith.config import REWARD_ADAPTER_KINDS, LoraAdapter, QloraAdapter, Re
 from tunesmith.plan.architecture import Architecture
 from tunesmith.plan.devices import Device
 from tunesmith.plan.memory import Sharding, estimate_memory, outside_estimate
-from tunesmith.plan.workload import RowLengths, micro_step, packs_rows, trained_weights
+from tunesmith.plan.workload import (
+    RowLengths,
+    loads_frozen_base_in_half,
+    micro_step,
+    packs_rows,
+    trained_weights,
+)
 
 GIB = 2**30
 
@@ -28,7 +34,8 @@ class Advice(BaseModel):
 
 
 def peak_bytes(recipe: Recipe, arch: Architecture, device: Device, lengths: RowLengths, compute: float) -> float:
-    weights = trained_weights(recipe, arch, device.memory_bytes)
+    half_base = loads_frozen_base_in_half(recipe, device.kind, compute)
+    weights = trained_weights(recipe, arch, device.memory_bytes, half_base)
     work = micro_step(recipe, lengths, packed=packs_rows(recipe), memory_bytes=device.memory_bytes,
                       accelerator=device.kind != "cpu")
     return estimate_memory(arch, weights, work, device.kind, compute, recipe.training.gradient_checkpointing,

@@ -108,9 +108,11 @@ def sequences_per_epoch(recipe: Recipe, lengths: RowLengths, block: int) -> int 
     return max(1, -(-round(tokens) // block))
 
 
-def trained_weights(recipe: Recipe, arch: Architecture, memory_bytes: float | None = None) -> TrainedWeights:
+def trained_weights(recipe: Recipe, arch: Architecture, memory_bytes: float | None = None,
+                    half_frozen_base: bool = False) -> TrainedWeights:
     """The parameters the recipe's adapter trains, how the frozen base is stored, and the layer inputs
-    data.replay.null_space keeps bases for (none where training will skip it on a device of `memory_bytes`)."""
+    data.replay.null_space keeps bases for (none where training will skip it on a device of `memory_bytes`).
+    `half_frozen_base` (`loads_frozen_base_in_half`): the base loads in the half dtype of mixed precision."""
     adapter = recipe.adapter
     kind = adapter.kind
     if kind in WHOLE_MODEL_KINDS:
@@ -121,12 +123,20 @@ def trained_weights(recipe: Recipe, arch: Architecture, memory_bytes: float | No
     count = adapter_parameters(adapter, arch, linears, rank)
     quantization = ("nf4" if adapter.bits == 4 else "int8") if kind == "qlora" else "none"
     weights = TrainedWeights(count, False, quantization, [(x.in_features, x.out_features) for x in linears], rank,
-                             dropout=bool(getattr(adapter, "dropout", 0)))
+                             dropout=bool(getattr(adapter, "dropout", 0)),
+                             base_bytes=2.0 if half_frozen_base and kind in BASE_PRESERVING_KINDS else 4.0)
     if not recipe_null_space(recipe):
         return weights
     if memory_bytes is not None and not null_space_fits(arch, weights, memory_bytes):
         return replace(weights, null_space_skipped=True)
     return replace(weights, null_space_inputs=null_space_inputs(linears))
+
+
+def loads_frozen_base_in_half(recipe: Recipe, device_kind: str, compute_bytes: float) -> bool:
+    """Whether training loads an adapter's frozen base in the half dtype (train/common.frozen_base_dtype, the rule
+    this mirrors): on a GPU under bf16/fp16 mixed precision (`compute_bytes` 2), where FSDP/DeepSpeed do not
+    flatten the weights into one dtype. The adapter kind is `trained_weights`'s to check."""
+    return device_kind != "cpu" and compute_bytes == 2.0 and recipe.training.distributed.strategy in ("none", "ddp")
 
 
 def null_space_inputs(linears: list[LinearLayer]) -> list[int]:

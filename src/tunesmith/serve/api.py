@@ -86,7 +86,8 @@ class Request(BaseModel):
             raise ApiError(400, f"stop holds {len(stops)} sequence(s){', one of them empty' if '' in stops else ''}; "
                                 f"up to {MAX_STOP_SEQUENCES} non-empty sequences are allowed.", "stop",
                            "invalid_value")
-        bad = [key for key in self.logit_bias or {} if not key.strip().isdigit()]
+        bad = [key for key in self.logit_bias or {} if not (key.strip().isdecimal() and key.strip().isascii()
+                                                            and len(key.strip()) <= 9)]
         if bad:
             raise ApiError(400, f"logit_bias keys are token ids (\"1234\"), got {bad[0]!r}.", "logit_bias",
                            "invalid_value")
@@ -209,6 +210,36 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def loopback_hosts(host: str, api_key: str | None) -> tuple[str, ...] | None:
+    """The Host names a server listening on `host` answers: LOOPBACK_NAMES where it listens on this machine only and
+    has no API key (the key guards the rest), else None (any)."""
+    return LOOPBACK_NAMES if api_key is None and host in LOOPBACK_NAMES else None
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "::1"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+async def read_body_within(request: Any, max_bytes: int) -> bool:
+    """Read the request's body as it arrives, stopping once it passes `max_bytes` (False); True with the body kept
+    for the route. A Content-Length header alone cannot be trusted: a chunked body has none, or a wrong one."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            return False
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # what Starlette's middleware replays to the route (starlette.middleware.base)
+    return True
+
+
 def token_biases(body: Request, vocab_size: int) -> dict[int, float] | None:
     """logit_bias as the engine takes it (token id -> bias added to its logit; -100 bans a token, 100 all but forces
     it, as OpenAI's); ApiError 400 for an id outside the model's vocabulary."""
@@ -279,9 +310,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str | None = None) -> Any:
+def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str | None = None,
+               trusted_hosts: tuple[str, ...] | None = None) -> Any:
     """The FastAPI application serving `engine` under `limits`; `api_key`: required as a Bearer token on every
-    route but /health."""
+    route but /health; `trusted_hosts` (`loopback_hosts`): the Host header names answered (403 otherwise), against
+    DNS rebinding, where a web page reaches a server on 127.0.0.1 through a name of its own."""
     from fastapi import FastAPI
     from fastapi import Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
@@ -322,6 +355,12 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
 
     @app.middleware("http")
     async def guard(request: HttpRequest, call_next: Any) -> Any:
+        if trusted_hosts is not None and host_name(request.headers.get("host", "")) not in trusted_hosts:
+            return error_response(request, ApiError(
+                403, f"Host {request.headers.get('host', '')!r} is not this machine: without an API key the server "
+                     f"answers requests to {', '.join(trusted_hosts)} only (a web page cannot reach it through a "
+                     "name that points here). Send the request to http://127.0.0.1:PORT, or start the server with "
+                     "--api-key-env VAR.", code="untrusted_host", kind="permission_error"))
         if api_key is not None and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
@@ -329,8 +368,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                     401, "Missing or wrong API key (send Authorization: Bearer KEY).", code="invalid_api_key"))
         declared = request.headers.get("content-length")
         if ((declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes))
-                or (request.method == "POST" and declared is None
-                    and len(await request.body()) > limits.max_body_bytes)):
+                or (request.method == "POST" and not await read_body_within(request, limits.max_body_bytes))):
             return error_response(request, ApiError(413, f"The request body is over {limits.max_body_bytes:,} bytes.",
                                                     code="request_too_large"))
         return await call_next(request)
@@ -505,7 +543,7 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
                      **{k: v for k, v in (m.model_extra or {}).items() if k in ("tool_calls", "tool_call_id", "name")}}
                     for index, m in enumerate(body.messages)]
         check_tool_turns(messages)
-        schema, json_object = response_schema(body)
+        schema, json_object = await run_in_threadpool(response_schema, body)  # a big schema's grammar takes time
         try:
             prompt_ids = engine.chat_prompt(name, messages, body.offered_tools())
             ignored_tools = bool(body.offered_tools()) and prompt_ids == engine.chat_prompt(name, messages, None)

@@ -60,7 +60,7 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
             model_dir = whole[0].run / "exports" / "merged"  # type: ignore[operator]
             if not (model_dir / "config.json").is_file():
                 raise TunesmithError(f"{name} needs its merged model for vLLM, and {model_dir} is not there.",
-                                     f"tunesmith export {whole[0].run} --format merged")
+                                     f"tunesmith export {shell_arg(whole[0].run)} --format merged")
     else:
         base = next(m for m in models if m.run is None and m.gguf in bases)
         model_dir, name = base.tokenizer_dir, base.name

@@ -90,6 +90,7 @@ class LlamaEngine:
                     raise TunesmithError(f"llama.cpp could not load the LoRA {model.lora} for {model.name}.",
                                          f"Write it again: {again}")
                 self.adapters[model.name] = adapter
+            self.tokenizer(model.name)  # at start-up: a tokenizer that cannot load fails here, not in a request
 
     def tokenizer(self, name: str) -> Any:
         from tunesmith.models import load_tokenizer
@@ -207,6 +208,11 @@ def json_schema_grammar(schema: dict[str, Any]) -> Any:
     checks each schema with this before a response starts."""
     from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
+    oversized = oversized_repetitions(schema)
+    if oversized:
+        raise ValueError(f"{', '.join(oversized[:4])}{' and more' if len(oversized) > 4 else ''}: constrained "
+                         f"decoding holds lengths and item counts up to {MAX_REPETITIONS:,} (each one is a rule of "
+                         "the grammar). Lower them, or leave them out and check the answer's length yourself")
     rewritten = integer_ranges_as_enums(schema)
     unenforced = unenforced_keywords(rewritten)
     if unenforced:
@@ -216,6 +222,9 @@ def json_schema_grammar(schema: dict[str, Any]) -> Any:
                          f"bounds are held where both are given and the range has at most {MAX_ENUM_RANGE} values")
     try:
         rules = json_schema_to_gbnf(json.dumps(rewritten))
+        if len(rules) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"its grammar would be {len(rules):,} characters, over the {MAX_GRAMMAR_CHARS:,} this "
+                             "server compiles; send a smaller schema (fewer properties, enums or alternatives)")
         return LlamaGrammar.from_string(rules.replace(r'[^"\\]', r'[^"\\\x7F\x00-\x1F]'), verbose=False)
     except AssertionError as exc:  # the converter asserts on a type it does not know
         raise ValueError(f"{exc}; a schema's type is one of {', '.join(SCHEMA_TYPES)}") from None
@@ -260,6 +269,25 @@ def unenforced_keywords(schema: Any, path: str = "schema") -> list[str]:
     for key in ("items", "additionalProperties"):
         found += unenforced_keywords(schema.get(key), f"{path}.{key}")
     return list(dict.fromkeys(found))
+
+
+MAX_REPETITIONS = 2000  # a string length or item count the grammar spells out (one nested rule per unit)
+MAX_GRAMMAR_CHARS = 200_000  # llama.cpp's grammar parser recurses per nesting level: a huge grammar can crash it
+REPETITION_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def oversized_repetitions(schema: Any, path: str = "schema") -> list[str]:
+    """Where `schema` asks for a length or item count (REPETITION_KEYWORDS) over MAX_REPETITIONS, at any depth, as
+    `path.keyword=value`: json_schema_to_gbnf writes `maxLength: 100000` as 100,000 nested rules (which can crash
+    llama.cpp's parser) and `minItems: 10**9` as a list it builds in memory."""
+    if isinstance(schema, list):
+        return [found for index, item in enumerate(schema) for found in oversized_repetitions(item, f"{path}[{index}]")]
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{path}.{key}={schema[key]}" for key in REPETITION_KEYWORDS
+             if isinstance(schema.get(key), int | float) and not isinstance(schema[key], bool)
+             and schema[key] > MAX_REPETITIONS]
+    return found + [deeper for key, value in schema.items() for deeper in oversized_repetitions(value, f"{path}.{key}")]
 
 
 MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.serve.api import Limits, create_app
+from tunesmith.serve.api import Limits, create_app, loopback_hosts
 from tunesmith.serve.catalog import ServedModel
 from tunesmith.serve.llama_engine import LlamaEngine
 
@@ -23,7 +23,7 @@ def serve_llama(models: list[ServedModel], host: str, port: int, limits: Limits,
 
     engine = LlamaEngine(models, n_ctx=n_ctx)
     try:
-        app = create_app(engine, limits, api_key)
+        app = create_app(engine, limits, api_key, loopback_hosts(host, api_key))
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=DRAIN_SECONDS)
         server = uvicorn.Server(config)

@@ -28,6 +28,7 @@ from tunesmith.runs import Run
 from tunesmith.scoring import try_user_reward
 from tunesmith.train.callbacks import MetricsLogger
 from tunesmith.train.common import common_arguments, fit_and_save, prepare_training
+from tunesmith.train.distributed import is_main_process
 from tunesmith.train.rewards import build_rewards, prompt_text
 
 PROMPT_SHAPES = METHOD_SHAPES["grpo"]
@@ -54,7 +55,9 @@ def run_grpo(recipe: Recipe, run: Run) -> Path:
         peft_config=setup.peft_config,
         callbacks=[MetricsLogger(run), *setup.adapter_callbacks],
     )
-    trainer.generated_tokens = lambda: (trainer.state.num_input_tokens_seen, tally.tokens)  # for the throughput
+    # for the throughput: TRL sums num_input_tokens_seen over the ranks (it gathers the lengths), so rank 0 alone adds
+    # it; each rank's completions are its own tally, which `TokenCounter.all_ranks` sums
+    trainer.generated_tokens = lambda: (trainer.state.num_input_tokens_seen if is_main_process() else 0, tally.tokens)
     saved = fit_and_save(trainer, setup, recipe, run)
     for warning in learning_signal_warnings(run.read_metrics(), method):
         print(f"warning: {warning}", file=sys.stderr, flush=True)

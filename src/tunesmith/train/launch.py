@@ -361,8 +361,10 @@ set -euo pipefail
 : "${{SLURM_JOB_NODELIST:?submit this script with sbatch: SLURM sets SLURM_JOB_NODELIST}}"
 MAIN_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 MAIN_PORT="${{MAIN_PORT:-29500}}"
-RUN_DIR="${{RUN_DIR:-{shlex.quote(str(run_dir))}-$SLURM_JOB_ID}}"
-TUNESMITH="${{TUNESMITH:-{python} -m tunesmith}}"
+DEFAULT_RUN_DIR={shlex.quote(str(run_dir))}
+DEFAULT_PYTHON={python}
+RUN_DIR="${{RUN_DIR:-$DEFAULT_RUN_DIR-$SLURM_JOB_ID}}"
+TUNESMITH="${{TUNESMITH:-$DEFAULT_PYTHON -m tunesmith}}"
 export MAIN_ADDRESS MAIN_PORT RUN_DIR TUNESMITH
 echo "tunesmith: {nodes} nodes, rank 0 on $MAIN_ADDRESS:$MAIN_PORT, run directory $RUN_DIR"
 # each task: $SLURM_NODEID is its own node's number (expanded inside the task, hence the single quotes)
@@ -395,8 +397,10 @@ NNODES="${{NNODES:-${{PET_NNODES:-1}}}}"
 NODE_RANK="${{NODE_RANK:-${{PET_NODE_RANK:-0}}}}"
 MASTER_ADDR="${{MASTER_ADDR:-${{PET_MASTER_ADDR:-127.0.0.1}}}}"
 MASTER_PORT="${{MASTER_PORT:-${{PET_MASTER_PORT:-29500}}}}"
-RUN_DIR="${{RUN_DIR:-{shlex.quote(str(run_dir))}}}"
-PYTHON="${{PYTHON:-{python}}}"
+DEFAULT_RUN_DIR={shlex.quote(str(run_dir))}
+DEFAULT_PYTHON={python}
+RUN_DIR="${{RUN_DIR:-$DEFAULT_RUN_DIR}}"
+PYTHON="${{PYTHON:-$DEFAULT_PYTHON}}"
 if [ "$NNODES" -gt 1 ] && [ "$MASTER_ADDR" = 127.0.0.1 ]; then
   echo "tunesmith: NNODES=$NNODES needs MASTER_ADDR (or PET_MASTER_ADDR): the address of node 0" >&2; exit 2
 fi

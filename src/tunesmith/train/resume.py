@@ -80,7 +80,7 @@ def find_run_to_resume(target: str, recipe: Recipe, runs_dir: Path | None) -> Ru
                         if complete_checkpoints(path) and not finished(Run(path.parent))),
                        key=lambda path: path.stat().st_mtime)
         sweep_hint = (f" A sweep's combination is unfinished ({swept[-1].parent}): a sweep carries on with "
-                      f"tunesmith sweep RECIPE --resume {swept[-1].parent.parent}." if swept else "")
+                      f"tunesmith sweep RECIPE --resume {shell_arg(swept[-1].parent.parent)}." if swept else "")
         raise TunesmithError(f"No unfinished run of {recipe.name!r} under {root} has a checkpoint to resume from.",
                              "Start it anew without --resume, pass the run directory (--resume runs/NAME-STAMP), "
                              "or name the folder its runs are in (--runs-dir DIR) if it is not "
@@ -93,7 +93,8 @@ def refuse_finished(run: Run) -> None:
     if finished(run):
         raise TunesmithError(
             f"{run.path} finished training; there is nothing to resume.",
-            f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from {run.path}")
+            f"To train further from its weights, start a new run: tunesmith train RECIPE --init-from "
+            f"{shell_arg(run.path)}")
 
 
 def check_resumable(run: Run, recipe: Recipe) -> Path:
@@ -168,7 +169,8 @@ def initial_weights(recipe: Recipe) -> Path | None:
         if manifest is None or manifest.train is None:
             if complete_checkpoints(run.checkpoints_dir):
                 raise RecipeError(f"{key}: {path} did not finish training, so it has no trained adapter to start from.",
-                                  f"To continue that run where it stopped: tunesmith train RECIPE --resume {path}")
+                                  f"To continue that run where it stopped: tunesmith train RECIPE --resume "
+                                  f"{shell_arg(path)}")
             raise RecipeError(f"{key}: {path} has no trained weights.", "Pass a run that finished training.")
         path = run.path / manifest.train.path
     if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():

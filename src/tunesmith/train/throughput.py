@@ -35,6 +35,8 @@ class TokenCounter:
     anchor_tokens: int = 0  # real tokens of the replay anchor's rows (data.replay) through the tuned model
     anchor_base_tokens: int = 0  # real tokens the base ran forward for the anchor (once a row, while cached)
     base_attention_flops: float = 0.0  # the base passes' attention: 4 · query-key pairs, every layer forward
+    reference_tokens: int = 0  # real tokens a DPO/KTO reference pass ran forward (TRL's compute_ref_log_probs)
+    reference_head_tokens: int = 0  # of those, the positions whose log-probabilities it scored (the LM head's)
     earlier_seconds: float = 0.0  # training time of the processes before a resume (the checkpoint's `state`)
     started: float | None = None  # time.monotonic() when this process's training began (`start_clock`)
     NOT_STATE: ClassVar[tuple[str, ...]] = ("started",)  # not carried from a checkpoint
@@ -80,6 +82,16 @@ class TokenCounter:
         """Add one forward pass of the base over a replay batch (`BaseReference`), without gradients."""
         self.anchor_base_tokens += int(attention_mask.sum())
         self.base_attention_flops += 4.0 * replay_attention_pairs(attention_mask, packed)
+
+    def count_reference_pass(self, batch: dict[str, Any]) -> None:
+        """Add one reference forward pass over a preference batch (DPO/KTO: the base with the adapter switched off,
+        or the reference model, without gradients; `count_reference_passes`)."""
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else ids.numel()
+        completion = batch.get("completion_mask")
+        self.reference_tokens += real
+        self.reference_head_tokens += int(completion[:, 1:].sum()) if completion is not None else real
+        self.base_attention_flops += 4.0 * real * attention_span(batch)
 
     def start_clock(self) -> None:
         self.started = time.monotonic()
@@ -138,6 +150,22 @@ def count_trained_batches(trainer: Any, counter: TokenCounter) -> None:
 
     trainer.get_batch_samples = get_batch_samples
     trainer.token_counter = counter  # the replay anchor counts its passes here (train/replay.py)
+    count_reference_passes(trainer, counter)
+
+
+def count_reference_passes(trainer: Any, counter: TokenCounter) -> None:
+    """Count each reference pass of a trainer that scores its batches under a reference (TRL 1.x DPOTrainer and
+    KTOTrainer `compute_ref_log_probs(model, inputs)`, at every step unless precomputed once): work the step does
+    beside the trained pass, so it counts in the FLOPs (MFU)."""
+    compute = getattr(trainer, "compute_ref_log_probs", None)
+    if compute is None:
+        return
+
+    def counted(model: Any, inputs: dict[str, Any]) -> Any:
+        counter.count_reference_pass(inputs)
+        return compute(model, inputs)
+
+    trainer.compute_ref_log_probs = counted
 
 
 def sequence_prefixes(batch: dict[str, Any]) -> list[str]:
@@ -189,19 +217,25 @@ class ModelShape:
     hidden: int
     frozen_unreached: int = 0
     layers_unreached: int = 0
+    head_trained: bool = False  # the LM head's weight trains (full fine-tuning): 6 FLOPs per weight, not 4
 
 
 def training_flops(counter: TokenCounter, shape: ModelShape) -> float:
     """Model FLOPs of the counted work: per real token 4 per frozen and 6 per trained body parameter, plus
-    attention; the LM head (4 per parameter, frozen) only at the positions that carry loss, the only ones it
-    projects (an input embedding is a lookup: no FLOPs). The replay anchor's tokens: the same tuned pass with the
-    head at every position; the base's forward passes over them (2 per body and head parameter) where they ran."""
+    attention; the LM head (4 per parameter frozen, 6 trained) only at the positions that carry loss, the only ones
+    it projects (an input embedding is a lookup: no FLOPs, trained or not). The replay anchor's tokens: the same
+    tuned pass with the head at every position; the base's forward passes over them (2 per body and head parameter)
+    where they ran. A DPO/KTO reference pass: 2 per body parameter a token (the adapter's few included), 2 per
+    head parameter at the positions it scores."""
     per_token = 4.0 * shape.frozen_body - 2.0 * shape.frozen_unreached + 6.0 * shape.trainable
+    head = (6.0 if shape.head_trained else 4.0) * shape.lm_head
     body = counter.real_tokens * per_token
-    anchor = (counter.anchor_tokens * (per_token + 4.0 * shape.lm_head)
+    anchor = (counter.anchor_tokens * (per_token + head)
               + counter.anchor_base_tokens * 2.0 * (shape.frozen_body + shape.lm_head))
+    reference = (counter.reference_tokens * 2.0 * (shape.frozen_body + shape.trainable)
+                 + counter.reference_head_tokens * 2.0 * shape.lm_head)
     reached_layers = shape.layers - shape.layers_unreached + shape.layers_unreached / 3  # forward: 4 of 12
-    return (body + anchor + counter.loss_tokens * 4.0 * shape.lm_head
+    return (body + anchor + reference + counter.loss_tokens * head
             + (counter.attention_flops * reached_layers + counter.base_attention_flops * shape.layers)
             * shape.hidden)
 
@@ -236,27 +270,37 @@ def weights_in(parameter: Any) -> int:
 
 
 def model_shape(model: Any) -> ModelShape:
-    """The FLOP-relevant sizes of a (PEFT-wrapped) causal LM; tied embeddings are counted once."""
+    """The FLOP-relevant sizes of a (PEFT-wrapped) causal LM; tied embeddings are counted once, and neither
+    embedding is body (frozen or trained: the input one is a lookup, the head is counted at the loss positions)."""
     params = {id(p): p for p in model.parameters()}.values()
-    trainable = sum(p.numel() for p in params if p.requires_grad)
     embeddings = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
                   if m is not None and getattr(m, "weight", None) is not None}
+    trainable = sum(p.numel() for p in params if p.requires_grad and id(p) not in embeddings)
     frozen_embeddings = sum(w.numel() for w in embeddings.values() if not w.requires_grad)
     frozen_body = sum(weights_in(p) for p in params if not p.requires_grad) - frozen_embeddings
     head = model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None) if head is not None else None
     config = model.config
-    frozen_unreached, layers_unreached = unreached_by_backward(model, set(embeddings))
-    return ModelShape(frozen_body, trainable, head.weight.numel() if head is not None else 0,
+    inputs = model.get_input_embeddings()
+    frozen_unreached, layers_unreached = unreached_by_backward(model, set(embeddings),
+                                                               id(getattr(inputs, "weight", None)))
+    return ModelShape(frozen_body, trainable, head_weight.numel() if head_weight is not None else 0,
                       int(getattr(config, "num_hidden_layers", 0) or 0), int(getattr(config, "hidden_size", 0) or 0),
-                      frozen_unreached, layers_unreached)
+                      frozen_unreached, layers_unreached,
+                      head_trained=head_weight is not None and head_weight.requires_grad)
 
 
 BLOCK_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
-def unreached_by_backward(model: Any, embedding_ids: set[int]) -> tuple[int, int]:
+ABOVE_THE_BLOCKS = re.compile(r"(^|\.)(norm|final_layernorm|ln_f|lm_head|score|v_head)(\.|$)")
+
+
+def unreached_by_backward(model: Any, embedding_ids: set[int], input_embedding_id: int | None = None
+                          ) -> tuple[int, int]:
     """(frozen weights, blocks) below the lowest decoder block with a trained parameter: the backward pass stops
-    there. (0, 0) when anything outside the numbered blocks trains (embeddings, a prompt encoder, a head)."""
+    there. What trains above the blocks (the final norm, an untied LM head, a score head) changes nothing; (0, 0)
+    when anything below them trains (the input embeddings, a tied head, a prompt encoder)."""
     lowest, seen = None, set()
     blocks: dict[int, int] = {}
     for name, parameter in model.named_parameters():
@@ -266,6 +310,8 @@ def unreached_by_backward(model: Any, embedding_ids: set[int]) -> tuple[int, int
         match = BLOCK_INDEX.search(f".{name}")
         if parameter.requires_grad:
             if match is None:
+                if id(parameter) != input_embedding_id and ABOVE_THE_BLOCKS.search(name):
+                    continue
                 return 0, 0
             lowest = min(lowest, int(match[1])) if lowest is not None else int(match[1])
         elif match is not None and id(parameter) not in embedding_ids:
