@@ -254,6 +254,12 @@ def test_eval_scores_every_baseline_beside_the_tuned_model(tmp_path, tiny_model_
     assert "Do you need to fine-tune?" in report and "2-shot + constrained decoding" in report
     card = (run.path / "README.md").read_text(encoding="utf-8")
     assert "### Do you need to fine-tune?" in card and "decoded constrained" in card
+    # without baselines, a constrained tuned model beside an unconstrained base was not said to be one
+    from tunesmith.eval import run_eval
+
+    alone = read_results(run_eval(load_recipe(run.recipe_file, ["eval.baselines=[]"]), run))
+    assert not alone.baselines and alone.tuned_constrained and alone.constraint["kind"] == "json_schema"
+    assert "decoded constrained to JSON valid against the schema" in (run.eval_dir / "report.html").read_text()
 
 
 def test_baseline_command_runs_before_training(tmp_path, tiny_model_dir, monkeypatch):

@@ -116,3 +116,20 @@ def test_a_preference_eval_says_its_scores_are_likelihoods_and_how_to_read_answe
     assert "how likely" not in printed("exact_match")
     judged = {"tuned": {"judge_score": 0.7}, "mode": "score", "model": "j", "examples": 8}
     assert "how likely" not in printed("preference_accuracy", judge=judged)
+
+
+def test_a_run_trained_with_another_chat_template_is_refused(two_runs, tmp_path):
+    """--against prompted the other run with this run's template: one of them was scored on a format it never saw."""
+    from tunesmith.eval.against import against_sources
+    from tunesmith.models.templates import TEMPLATE_FILE
+
+    longer, shorter = two_runs
+    foreign = tmp_path / "chatml-run"
+    shutil.copytree(shorter.path, foreign)
+    (adapter,) = [path.parent for path in foreign.rglob(TEMPLATE_FILE) if "checkpoint" not in str(path)]
+    (adapter / TEMPLATE_FILE).write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                                         "<|im_end|>\n{% endfor %}", encoding="utf-8")
+    with pytest.raises(TunesmithError, match="another chat template") as refused:
+        against_sources(longer, foreign)
+    assert "model.chat_template" in refused.value.hint
+    assert against_sources(longer, shorter.path)  # the same template: compared

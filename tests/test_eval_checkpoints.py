@@ -104,6 +104,17 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
     metric = headline_of(results.metrics, results.tuned)
     assert results.tuned[metric] == report["points"][1]["task"]  # the same greedy answers as its checkpoint point
     assert open_run(run.path).manifest().eval.checkpoints == "eval/checkpoints.json"  # kept beside the results
+    from tunesmith.card import rollback_lines
+
+    # chosen on the rows it is then scored on: the card and the eval say its scores read a little high
+    assert "chosen on the held-out rows its scores below come from" in " ".join(rollback_lines(run))
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    shown = CliRunner().invoke(app, ["eval", str(run.path)])
+    assert shown.exit_code == 0, shown.output
+    assert "chosen (--checkpoints --rollback) on these held-out rows" in " ".join(shown.stderr.split())
 
     def interrupted_copy(*args, **kwargs):  # Ctrl-C while the checkpoint's files are copied in
         raise KeyboardInterrupt

@@ -43,6 +43,8 @@ SETTINGS = SimpleNamespace(probe_margin=0.05, probe_perplexity_margin=0.05, prob
     ("number", 12, "There are 12 months.", "There are twelve months."),
     ("number", 5, "2 + 3 = 5", "2 + 3 = 6"),
     ("number", "0", "0 degrees", "32 degrees"),
+    ("number", 1000, "About 1,000 meters.", "About 1,001 meters."),  # "1,000" was read as 1.0
+    ("number", 3.5, "3,5 kg", "3,6 kg"),  # a decimal comma
     ("all_caps", None, "GREEN, LIKE GRASS!", "GREEN like grass"),
     ("word_count", 3, "Red, green, blue.", "Red, green, blue and yellow."),
 ])

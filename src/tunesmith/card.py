@@ -97,7 +97,9 @@ def rollback_lines(run: Run) -> list[str]:
         return []
     return [f"- this adapter is the checkpoint at step {step}, chosen by `tunesmith eval --checkpoints --rollback` "
             "(the best task score whose probes stay within the margin: `eval/checkpoints.json`, "
-            "`plots/checkpoints.png`); the adapter training ended with is in `adapter-final/`"]
+            "`plots/checkpoints.png`); the adapter training ended with is in `adapter-final/`. It was chosen on the "
+            "held-out rows its scores below come from, so they read a little high (the best of several tries); "
+            "rows it was not chosen on score it fairly (`tunesmith eval RUN --data FILE`)"]
 
 
 def batch_line(training: Any) -> str:

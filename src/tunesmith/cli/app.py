@@ -29,7 +29,7 @@ from tunesmith.cli.merge import merge, push
 from tunesmith.cli.plan import plan
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results, score_text
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
@@ -787,6 +787,20 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
         table.add_row(metric, *[score_text(metric, results.scores(v).get(metric)) for v in results.variants],
                       *(_comparison_cells(results.comparison.get(metric)) if results.comparison else []))
     err.print(table)
+    from tunesmith.eval.verdict import constrained_tuned_note
+
+    constrained = constrained_tuned_note(results.model_dump())
+    if constrained:
+        err.print(escape(f"Note: {constrained}"), highlight=False, soft_wrap=True)
+    from tunesmith.runs import Run
+
+    manifest = Run(run_path).manifest()
+    chosen = manifest.train.checkpoint_step if manifest and manifest.train else None
+    if chosen is not None and rows_from is None and other is None:
+        err.print(escape(f"Note: this adapter is checkpoint {chosen}, chosen (--checkpoints --rollback) on these "
+                         "held-out rows, so its scores on them read a little high (the best of several tries). "
+                         f"Rows it was not chosen on score it fairly: tunesmith eval {shell_arg(run_path)} --data "
+                         "FILE."), highlight=False, soft_wrap=True)
     if results.base_note:  # reward runs: the base is scored with an untrained head
         err.print(escape(f"Note: {results.base_note}"), highlight=False, soft_wrap=True)
     if "reward_accuracy" in results.tuned:

@@ -30,6 +30,14 @@ def against_sources(run: Run, other: Path) -> tuple[Any, Any]:
         raise TunesmithError(f"--against {other}: that run was trained on {theirs.base_model}, this one on "
                              f"{mine.base_model}; only runs of the same base model can be compared.",
                              "Evaluate each run against its own base (leave --against out).")
+    from tunesmith.models.templates import saved_chat_template
+
+    templates = saved_chat_template(mine.adapter_dir), saved_chat_template(theirs.adapter_dir)
+    if all(templates) and templates[0] != templates[1]:  # both are prompted with this run's
+        raise TunesmithError(f"--against {other}: that run was trained with another chat template than this one, so "
+                             "one rendering of the prompts would score it on a format it never saw.",
+                             "Compare runs of one chat template (model.chat_template), or evaluate each against "
+                             "its own base (leave --against out).")
     return mine, theirs
 
 

@@ -136,6 +136,15 @@ def token_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[li
 
 
 def encode_document(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
-    """The document and its end-of-text token, as training saw it; every token is scored."""
-    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
-    return {"input_ids": ids, "labels": ids}
+    """The document and its end-of-text token, as training saw it, cut at `max_length` tokens; every token is
+    scored."""
+    return document_windows(tokenizer, text, max_length)[0]
+
+
+def document_windows(tokenizer: Any, text: str, max_length: int) -> list[dict[str, list[int]]]:
+    """The document and its end-of-text token in consecutive windows of at most `max_length` tokens, each scored on
+    its own (no context carried between them), as continued pre-training packs text into blocks of that length:
+    all of a long document is scored, not only its first `max_length` tokens."""
+    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    return [{"input_ids": ids[start:start + max_length], "labels": ids[start:start + max_length]}
+            for start in range(0, max(len(ids), 1), max_length)]

@@ -94,6 +94,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     if recipe.eval.constrain_tuned and plan.constraint is not None:
         tuned_processor = processor_factory(plan.constraint, tokenizer, variants["tuned"][0])
         results["tuned_constrained"] = True
+        results["constraint"] = plan.constraint.describe()  # said beside the scores (verdict.constrained_tuned_note)
     for name, (model, context) in variants.items():
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
                                                         tuned_processor if name == "tuned" else None,

@@ -23,6 +23,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.probe_checks import passes, validate_probe
 from tunesmith.eval.stats import compare_metric
 from tunesmith.models.generation import Generated
+from tunesmith.scoring import final_answer
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
 BUNDLED_PROBES = PROBES_DIR / "general.jsonl"
@@ -77,7 +78,8 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
             generated = ask(model, tokenizer, probes, settings.probe_max_new_tokens, settings.batch_size)
             answers[name], margins[name] = generated.answers, generated.first_token_margin
             perplexity = text_perplexity(model, tokenizer, paragraphs, settings.batch_size)
-        passed[name] = [float(passes(p, a)) for p, a in zip(probes, answers[name], strict=True)]
+        # a reasoning model's answer is the text after its thinking, as the task metrics read it (scoring.final_answer)
+        passed[name] = [float(passes(p, final_answer(a))) for p, a in zip(probes, answers[name], strict=True)]
         results[name] = {**accuracies(probes, passed[name]), "perplexity": perplexity,
                          "seconds": round(time.monotonic() - started, 1)}
     results["rows"] = [{"id": p["id"], "category": p["category"], "prompt": p["prompt"], "check": p["check"],

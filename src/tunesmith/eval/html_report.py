@@ -41,7 +41,11 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     if other:
         parts.append(f"<p>The <b>base</b> side of every comparison below is the run <code>{_e(other)}</code> "
                      f"(<code>{_e(results['against']['path'])}</code>), not the base model.</p>")
-    parts += [metrics_note(results), reasoning_note(results), metrics_table(results)]
+    from tunesmith.eval.verdict import constrained_tuned_note
+
+    constrained = constrained_tuned_note(results)
+    parts += [metrics_note(results), reasoning_note(results), f"<p>{_e(constrained)}</p>" if constrained else "",
+              metrics_table(results)]
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
         parts.append(f"<img alt='base vs tuned chart' src='data:image/png;base64,{encoded}'>")

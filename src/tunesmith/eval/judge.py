@@ -195,8 +195,9 @@ def judge_outputs(settings: Any, rubric: str, prompts: list[str], references: li
 
 def score_results(client: JudgeClient, rubric: str, prompts: list[str], references: list[str | None],
                   outputs: dict[str, list[str]]) -> dict[str, Any]:
-    """Each variant's mean 1-10 score over the replies that give one; a reply without a score is counted
-    (`unparsed`) and left out, as are its example's scores from the comparison. Raises TunesmithError when no reply
+    """Each variant's mean 1-10 score over the replies that give one, or with base and tuned, over the examples
+    both replies give one for (`judge_scored`), so that the means and their delta describe the same examples; a
+    reply without a score is counted (`unparsed`) and left out. Raises TunesmithError when no reply
     of a variant gives one (the judge does not follow the instruction)."""
     scores: dict[str, list[float | None]] = {}
     replies: dict[str, list[str]] = {}
@@ -211,9 +212,11 @@ def score_results(client: JudgeClient, rubric: str, prompts: list[str], referenc
     results["per_example"] = scores
     results["replies"] = {name: [reply[:REPLY_KEPT] for reply in texts] for name, texts in replies.items()}
     results["unparsed"] = {name: sum(v is None for v in s) for name, s in scores.items()}
-    if "base" in scores and "tuned" in scores:
+    if "base" in scores and "tuned" in scores:  # the means over the examples both got a score for: the delta's own
         both = [(b, t) for b, t in zip(scores["base"], scores["tuned"], strict=True) if b is not None and t is not None]
         results["comparison"] = {"judge_score": compare_metric([b for b, _ in both], [t for _, t in both])}
+        for index, name in enumerate(("base", "tuned")):
+            results[name] = {"judge_score": _mean([pair[index] for pair in both]), "judge_scored": len(both)}
     return results
 
 

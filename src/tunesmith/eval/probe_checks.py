@@ -14,7 +14,9 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError
 
-NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+# thousands grouped by commas first ("1,000", "12,500.5"), then a plain number with a decimal point or comma ("3,5")
+NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|-?\d+(?:[.,]\d+)?")
+THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 
 
@@ -40,9 +42,14 @@ def check_regex(answer: str, expected: Any) -> bool:
 
 def check_number(answer: str, expected: Any) -> bool:
     """The last number in the answer equals the expected one: "2 + 3 = 5" passes for 5, "2 + 3 = 6" fails
-    (digits only: "seven" does not count)."""
+    (digits only: "seven" does not count). Commas grouping thousands are read as such ("1,000" is 1000), any other
+    comma as a decimal one ("3,5" is 3.5)."""
     numbers = NUMBER.findall(answer)
-    return bool(numbers) and float(numbers[-1].replace(",", ".")) == float(expected)
+    if not numbers:
+        return False
+    last = numbers[-1]
+    value = float(last.replace(",", "") if THOUSANDS.fullmatch(last) else last.replace(",", "."))
+    return value == float(expected)
 
 
 def check_all_caps(answer: str, expected: Any) -> bool:

@@ -93,6 +93,16 @@ def constraint_phrase(constraint: dict[str, Any]) -> str:
     return f"{what} ({constraint['source']})"
 
 
+def constrained_tuned_note(results: dict[str, Any]) -> str:
+    """What a reader of base-vs-tuned scores must know when the tuned model alone decoded constrained
+    (eval.constrain_tuned): part of the difference is the constraint's; "" otherwise."""
+    if not results.get("tuned_constrained") or not results.get("constraint"):
+        return ""
+    return (f"The tuned model's answers were decoded constrained to {constraint_phrase(results['constraint'])} "
+            "(eval.constrain_tuned); the base's were not, so part of the difference is the constraint's, not "
+            "training's (--baselines constrained scores the base held to it too).")
+
+
 def option_rows(baselines: dict[str, Any], tuned: dict[str, Any] | None, comparisons: dict[str, Any],
                 metrics: list[str], task_metric: str = "") -> tuple[list[str], list[list[str]]]:
     """The baselines table (terminal, HTML report, model card): one row per option, cheapest first, with its task

@@ -24,7 +24,8 @@ class MetricsLogger(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Log the last step too (the trainer logs every logging_steps only), so that the final loss in train.json
-        and the model card is the last step's, not that of the last multiple of logging_steps."""
+        and the model card reaches the last step: Trainer's mean over the steps since its previous log, not the
+        mean that ended at the last multiple of logging_steps."""
         if state.global_step >= state.max_steps or control.should_training_stop:
             control.should_log = True
 
