@@ -53,6 +53,10 @@ def test_scores_keep_numbers_and_pair_documents_in_order():
                               "sample_len": 4}}) == {"t/acc": 0.5, "t/exact,strict": 1.0}
     samples = {"t": [{"doc_id": 1, "metrics": ["acc"], "acc": 0.0}, {"doc_id": 0, "metrics": ["acc"], "acc": 1.0}]}
     assert doc_scores(samples) == {"t/acc": [1.0, 0.0]}
+    # a sample per document and filter (gsm8k): one column per filter, named as task_scores names them
+    two = {"g": [{"doc_id": d, "filter": f, "metrics": ["exact_match"], "exact_match": float(f == "flexible" or d)}
+                 for d in (1, 0) for f in ("strict-match", "flexible")]}
+    assert doc_scores(two) == {"g/exact_match,strict-match": [0.0, 1.0], "g/exact_match,flexible": [1.0, 1.0]}
 
 
 @pytest.fixture(scope="module")

@@ -159,14 +159,21 @@ def task_scores(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def doc_scores(samples: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
-    """Per-document scores of each task's metrics, in document order (so base and tuned pair up)."""
+    """Per-document scores of each task's metrics, in document order (so base and tuned pair up), one column per
+    filter, named as `task_scores` names the task's scores: lm-eval logs a sample per document and filter
+    (gsm8k's strict-match and flexible-extract), which must not pool into one column of twice the documents."""
     columns: dict[str, list[float]] = {}
     for task, docs in samples.items():
-        ordered = sorted(docs, key=lambda doc: doc["doc_id"])
-        for metric in ordered[0].get("metrics", []) if ordered else []:
-            values = [doc.get(metric) for doc in ordered]
-            if all(_is_number(v) for v in values):
-                columns[f"{task}/{metric}"] = [float(v) for v in values]
+        by_filter: dict[str, list[dict[str, Any]]] = {}
+        for doc in docs:
+            by_filter.setdefault(str(doc.get("filter") or "none"), []).append(doc)
+        for filter_name, kept in by_filter.items():
+            ordered = sorted(kept, key=lambda doc: doc["doc_id"])
+            for metric in ordered[0].get("metrics", []):
+                values = [doc.get(metric) for doc in ordered]
+                label = metric if filter_name == "none" else f"{metric},{filter_name}"
+                if all(_is_number(v) for v in values):
+                    columns[f"{task}/{label}"] = [float(v) for v in values]
     return columns
 
 
