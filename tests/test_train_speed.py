@@ -206,6 +206,10 @@ def test_a_dpo_reference_pass_counts_as_forward_work(tiny_model_dir):
     assert (counter.reference_tokens, counter.reference_head_tokens) == (7, 3)
     assert training_flops(counter, shape) == alone + 7 * 2 * 1010 + 3 * 2 * 500 + 4.0 * 7 * 2 * 2 * 4
     assert counter.figures(1.0)["real_tokens_per_s"] == 7.0  # work, not trained tokens
+    kto = {**batch, "KL_input_ids": torch.zeros(1, 3, dtype=torch.long), "KL_attention_mask": torch.ones(1, 3),
+           "KL_completion_mask": torch.tensor([[0, 1, 1]])}  # KTO scores its KL sequences under the reference too
+    scorer.compute_ref_log_probs(None, kto)
+    assert (counter.reference_tokens, counter.reference_head_tokens) == (7 + 7 + 3, 3 + 3 + 2)
 
 
 def test_model_shape_counts_a_4bit_base_as_the_weights_it_holds(tiny_model_dir):

@@ -85,13 +85,18 @@ class TokenCounter:
 
     def count_reference_pass(self, batch: dict[str, Any]) -> None:
         """Add one reference forward pass over a preference batch (DPO/KTO: the base with the adapter switched off,
-        or the reference model, without gradients; `count_reference_passes`)."""
-        ids, mask = batch["input_ids"], batch.get("attention_mask")
-        real = int(mask.sum()) if mask is not None else ids.numel()
-        completion = batch.get("completion_mask")
-        self.reference_tokens += real
-        self.reference_head_tokens += int(completion[:, 1:].sum()) if completion is not None else real
-        self.base_attention_flops += 4.0 * real * attention_span(batch)
+        or the reference model, without gradients; `count_reference_passes`): each sequence it holds (KTO's
+        `KL_input_ids` beside `input_ids`)."""
+        for prefix in ("", "KL_"):
+            ids = batch.get(f"{prefix}input_ids")
+            if ids is None or not hasattr(ids, "numel"):
+                continue
+            mask = batch.get(f"{prefix}attention_mask")
+            real = int(mask.sum()) if mask is not None else ids.numel()
+            completion = batch.get(f"{prefix}completion_mask")
+            self.reference_tokens += real
+            self.reference_head_tokens += int(completion[:, 1:].sum()) if completion is not None else real
+            self.base_attention_flops += 4.0 * real * attention_span(batch, prefix)
 
     def start_clock(self) -> None:
         self.started = time.monotonic()
