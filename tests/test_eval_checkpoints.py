@@ -76,7 +76,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(checkpointed_run, monkeypatch):
+def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(checkpointed_run, monkeypatch, capsys):
     recipe, run = checkpointed_run
     assert [step for step, _ in adapter_checkpoints(run)] == [4, 8, 12]
     final_weights = digest(run.adapter_dir / "adapter_model.safetensors")
@@ -108,13 +108,11 @@ def test_each_checkpoint_is_scored_and_rolling_back_gives_the_adapter_its_score(
 
     # chosen on the rows it is then scored on: the card and the eval say its scores read a little high
     assert "chosen on the held-out rows its scores below come from" in " ".join(rollback_lines(run))
-    from typer.testing import CliRunner
+    from tunesmith.cli.app import _print_results
 
-    from tunesmith.cli import app
-
-    shown = CliRunner().invoke(app, ["eval", str(run.path)])
-    assert shown.exit_code == 0, shown.output
-    assert "chosen (--checkpoints --rollback) on these held-out rows" in " ".join(shown.stderr.split())
+    capsys.readouterr()
+    _print_results(run.path)  # what `tunesmith eval RUN` prints of the results just written
+    assert "chosen (--checkpoints --rollback) on these held-out rows" in " ".join(capsys.readouterr().err.split())
 
     def interrupted_copy(*args, **kwargs):  # Ctrl-C while the checkpoint's files are copied in
         raise KeyboardInterrupt
