@@ -255,7 +255,8 @@ def test_mean_reward_is_logged_per_step_and_in_train_json(trained):
     # the throughput counts what GRPO sampled and trained on (its collator only sees prompts): TRL's tokens seen,
     # of which the completions' carry the loss
     speed = report["throughput"]
-    assert speed["real_tokens"] == steps[-1]["num_tokens"] > speed["loss_tokens"] > 0 and speed["mfu"] > 0
+    assert speed["real_tokens"] == steps[-1]["num_tokens"] > speed["loss_tokens"] > 0
+    assert speed["mfu"] > 0 if speed["mfu"] is not None else speed["achieved_gflops"] > speed["peak_gflops"]
     from tunesmith.runs import run_summary
 
     assert run_summary(run)["final_loss"] is None  # a policy-gradient surrogate: `runs list` and sweeps leave it out

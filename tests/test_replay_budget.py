@@ -226,7 +226,10 @@ def test_the_budget_measures_the_anchor_apart_where_fewer_micro_batches_carry_it
     assert drawn["base_passes"] + drawn["batches_from_cache"] == 4 + report["steps"]
 
 
-def test_time_budget_stops_a_run_whose_steps_were_given(tmp_path, tiny_model_dir):
+def test_time_budget_stops_a_run_whose_steps_were_given(tmp_path, tiny_model_dir, capsys):
+    """A recipe that sets its steps keeps them and the budget only stops it; both are said, by key, with the fix,
+    and a run stopped before half its steps is warned of and named as such in `runs list` and the card (it trained
+    1 step at a learning rate still warming up, then evaluated and exported without a word)."""
     recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=4),
                          ["training.max_steps=100000", "training.time_budget=3s", "training.save_steps=100000"])
     run = create_run(recipe, tmp_path / "runs")
@@ -234,7 +237,17 @@ def test_time_budget_stops_a_run_whose_steps_were_given(tmp_path, tiny_model_dir
     report = json.loads((run.path / "train.json").read_text())
     assert report["time_budget"]["steps"] is None
     assert 0 < report["time_budget"]["stopped_at_step"] == report["steps"] < 100000
+    assert report["time_budget"]["planned_steps"] == 100000
     assert (run.path / "adapter" / "adapter_config.json").is_file()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the recipe sets training.max_steps: 100000, so the recipe decides the steps" in said
+    assert f"warning: training stopped at step {report['steps']} of 100000 planned" in said
+    from tunesmith.card import write_model_card
+    from tunesmith.runs import run_summary
+
+    assert f"the time budget stopped it at step {report['steps']} of 100000" in run_summary(run)["status"]
+    card = write_model_card(run).read_text(encoding="utf-8")
+    assert f"(the time budget stopped training at step {report['steps']} of 100000 planned)" in card
 
 
 def test_anchor_kl_is_zero_at_the_base_and_grows_as_the_adapter_moves(tiny_model_dir):

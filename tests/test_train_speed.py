@@ -299,7 +299,9 @@ def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, t
     assert report["packing"] == {"on": False, "why": report["packing"]["why"]} and "sdpa" in report["packing"]["why"]
     speed = report["throughput"]
     assert speed["real_tokens"] <= speed["tokens"] and 0 < speed["loss_tokens"] < speed["real_tokens"]
-    assert speed["real_tokens_per_s"] > 0 and 0 < speed["mfu"] < 1.5 and speed["peak_gflops"] > 0
+    assert speed["real_tokens_per_s"] > 0 and speed["peak_gflops"] > 0
+    # MFU against the peak; left out where the peak read lower than training did (measured on a busy CPU)
+    assert 0 < speed["mfu"] <= 1 if speed["mfu"] is not None else speed["achieved_gflops"] > speed["peak_gflops"]
     # the tokens of the batches trained on, as the trainer's own count has them (not the one collated ahead)
     logged = [row["num_tokens"] for row in run.read_metrics() if "num_tokens" in row]
     assert logged and speed["real_tokens"] == int(float(logged[-1]))
@@ -404,3 +406,17 @@ def test_kept_blocks_are_reused_without_touching_fresh_pages(mode):
         # freed one now and then sends a step to fresh pages)
     else:
         assert faults > pages * 0.9  # glibc unmaps a block over 32 MiB when it is freed: fresh pages each time
+
+
+def test_an_mfu_over_100_percent_is_left_out_and_said_why(capsys):
+    """A peak measured while another process held the cores read 58 GFLOP/s where training did 91: "MFU 156%"."""
+    from tunesmith.train.common import peak_below_achieved, print_throughput
+
+    assert peak_below_achieved(91e9 * 10, 10.0, 58e9) and not peak_below_achieved(50e9 * 10, 10.0, 58e9)
+    speed = {"real_tokens": 1000, "loss_tokens": 100, "padding_share": 0.0, "seconds": 10.0, "real_tokens_per_s": 100.0,
+             "peak_gflops": 58.4, "dtype": "fp32", "mfu": None, "achieved_gflops": 91.2, "peak_rss_bytes": None}
+    print_throughput(speed)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "91.2 GFLOP/s, MFU left out" in said and "58.4 GFLOP/s fp32 matmul peak was measured lower" in said
+    print_throughput({**speed, "mfu": 0.5})
+    assert "MFU 50% of this machine's 58.4 GFLOP/s fp32 matmul peak" in capsys.readouterr().err

@@ -34,7 +34,8 @@ def write_model_card(run: Run) -> Path:
         f"- data: {data.get('train_rows', '?')} train rows, {data.get('eval_rows', '?')} held out "
         f"(sha256 of the saved train rows, data/train.jsonl: `{train_rows_sha256(run, data)[:16]}…`)",
         f"- adapter: {adapter_line(recipe.adapter)}",
-        f"- steps: {train.get('steps', '?')}, lr {trained_lr(train, recipe)}, {batch_line(recipe.training)}",
+        f"- steps: {train.get('steps', '?')}{budget_stop(train)}, lr {trained_lr(train, recipe)}, "
+        f"{batch_line(recipe.training)}",
         *progress_lines(train, run),
         *rollback_lines(run),
         *trained_lines(data, train),
@@ -87,6 +88,15 @@ def reward_trend(metrics: list[dict[str, Any]], train: dict[str, Any]) -> str:
     early, late = (sum(part) / len(part) for part in (rewards[:quarter], rewards[-quarter:]))
     span = "step" if quarter == 1 else f"{quarter} steps"
     return f"first and last {span} of {len(rewards)} logged: {rounded(early)} → {rounded(late)}"
+
+
+def budget_stop(train: dict[str, Any]) -> str:
+    """", stopped by the time budget at step N of M planned" where training.time_budget ended the run early."""
+    budget = train.get("time_budget") or {}
+    if budget.get("stopped_at_step") is None:
+        return ""
+    planned = f" of {budget['planned_steps']} planned" if budget.get("planned_steps") else ""
+    return f" (the time budget stopped training at step {budget['stopped_at_step']}{planned})"
 
 
 def rollback_lines(run: Run) -> list[str]:

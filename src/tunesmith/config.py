@@ -658,7 +658,13 @@ class TrainingSection(Section):
     @property
     def steps_given(self) -> bool:
         """Whether the recipe itself says how long to train (max_steps, or epochs written out)."""
-        return self.max_steps > 0 or "epochs" in self.model_fields_set
+        return bool(self.steps_keys)
+
+    @property
+    def steps_keys(self) -> list[str]:
+        """The keys by which the recipe says how long to train, as `training.max_steps: 60` ([] where it does not)."""
+        return ([f"training.max_steps: {self.max_steps}"] if self.max_steps > 0 else []) + (
+            [f"training.epochs: {self.epochs:g}"] if "epochs" in self.model_fields_set else [])
 
 
 TIME_BUDGET_METHODS = ("sft", "cpt", "dpo", "orpo", "simpo", "kto")  # GRPO's steps also generate

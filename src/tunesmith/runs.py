@@ -784,7 +784,11 @@ def run_summary(run: Run) -> dict[str, Any]:
         manifest = None
     process = training_process(run)
     rolled_back = manifest.train.checkpoint_step if manifest is not None and manifest.train is not None else None
+    budget = train.get("time_budget") or {}
     status = (("trained (loss diverged)" if train.get("warnings") else "trained")
+              + (f", the time budget stopped it at step {budget['stopped_at_step']}"
+                 + (f" of {budget['planned_steps']}" if budget.get("planned_steps") else "")
+                 if budget.get("stopped_at_step") is not None else "")
               + (f", adapter rolled back to step {rolled_back}" if rolled_back is not None else "")
               if manifest is not None and manifest.train is not None else
               f"training (process {process.get('pid', '?')})" if process is not None else

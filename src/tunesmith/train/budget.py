@@ -162,14 +162,15 @@ def first_pass_steps(trainer: Any) -> int:
     return math.ceil(draws / min(getattr(trainer, "replay_micro_batches", None) or accumulated, accumulated))
 
 
-def apply_time_budget(trainer: Any, budget_s: float, steps_given: bool, began: float) -> BudgetPlan | None:
-    """Plan the steps that fill what is left of the budget since `began` (time.monotonic()), unless max_steps or
-    epochs was given, and let the trainer loop up to MAX_BUDGET_EPOCHS epochs (`args.max_steps`) so that a
-    revision (KeepToBudget) can add steps. Returns the plan, or None when the recipe's own steps win (KeepToBudget
-    still stops at the budget)."""
-    if steps_given:
-        print(f"time budget {budget_s:.0f} s: training.max_steps/epochs are set, so they decide the steps; "
-              "training stops early if it runs past the budget", file=sys.stderr, flush=True)
+def apply_time_budget(trainer: Any, budget_s: float, steps_keys: list[str], began: float) -> BudgetPlan | None:
+    """Plan the steps that fill what is left of the budget since `began` (time.monotonic()), unless the recipe says
+    how long to train (`steps_keys`, e.g. ["training.epochs: 1"]), and let the trainer loop up to
+    MAX_BUDGET_EPOCHS epochs (`args.max_steps`) so that a revision (KeepToBudget) can add steps. Returns the plan,
+    or None when the recipe's own steps win (KeepToBudget still stops at the budget)."""
+    if steps_keys:
+        print(f"time budget {budget_s:.0f} s: the recipe sets {' and '.join(steps_keys)}, so the recipe decides the "
+              "steps and the budget only stops training that runs past it. For steps chosen to fill the budget, "
+              "delete them from the recipe.", file=sys.stderr, flush=True)
         return None
     per_epoch = steps_per_epoch(len(trainer.train_dataset), trainer.args.per_device_train_batch_size,
                                 trainer.args.gradient_accumulation_steps)
@@ -258,6 +259,9 @@ def use_schedule(trainer: Any, schedule: LearningRateSchedule) -> None:
     trainer.create_scheduler = create_scheduler
 
 
+EARLY_STOP_SHARE = 0.5  # a budget stop before this share of the planned steps is warned of: the run barely trained
+
+
 class KeepToBudget(TrainerCallback):
     """A trainer callback that keeps training within the budget (counted from `began`, when this command started
     preparing). With a `schedule` (the budget planned the steps): the run lasts `schedule.total_steps`, revised
@@ -290,11 +294,21 @@ class KeepToBudget(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = time.monotonic()
         if now - self.began > self.budget_s and state.global_step < state.max_steps:
-            self.record["stopped_at_step"] = state.global_step
+            self.record["stopped_at_step"], self.record["planned_steps"] = state.global_step, state.max_steps
             control.should_training_stop = True
             control.should_save = True
             print(f"time budget {self.budget_s:.0f} s reached at step {state.global_step} of {state.max_steps}: "
                   "stopping", file=sys.stderr, flush=True)
+            if state.global_step < EARLY_STOP_SHARE * state.max_steps:
+                scheduler = kwargs.get("lr_scheduler")
+                reached = scheduler.get_last_lr()[0] if scheduler is not None else None
+                rate = (f" (its learning rate had reached {reached:.2g} of {args.learning_rate:.2g}: the warm-up "
+                        "was not over)" if reached is not None and reached < args.learning_rate else "")
+                print(f"warning: training stopped at step {state.global_step} of {state.max_steps} planned"
+                      f"{rate}, so the adapter has barely changed the model: what eval and the exports show is close "
+                      "to the base. Give a larger budget, or let the budget choose the steps (no training.max_steps "
+                      "or training.epochs in the recipe): the warm-up and the decay then fit in it.",
+                      file=sys.stderr, flush=True)
             return
         if not self.revise:
             return

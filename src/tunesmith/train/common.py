@@ -452,7 +452,7 @@ def time_budget(trainer: Any, recipe: Recipe, run: Run, resumed: bool, began: fl
         if plan.get("steps"):
             trainer.args.max_steps = plan["steps"]
     else:
-        chosen = apply_time_budget(trainer, seconds, recipe.training.steps_given, began)
+        chosen = apply_time_budget(trainer, seconds, recipe.training.steps_keys, began)
         plan = chosen.as_dict() if chosen else {"budget_s": seconds, "steps": None,
                                                 "why": "training.max_steps/epochs given: the budget only stops"}
         if chosen:
@@ -639,7 +639,15 @@ def throughput(counter: TokenCounter, seconds: float, model: Any, device: str, p
             "peak_cuda_bytes": None if peaks["cuda_bytes"] is None else int(peaks["cuda_bytes"]),
             "bf16_tflops": round(bf16_flops / 1e12, 3),
             "dtype": precision if precision in ("bf16", "fp16") else "fp32", "peak_gflops": round(peak / 1e9, 1),
-            "mfu": mfu(flops, seconds, peak), "processes": this_rank().world_size}
+            "mfu": None if peak_below_achieved(flops, seconds, peak) else mfu(flops, seconds, peak),
+            "achieved_gflops": round(flops / seconds / 1e9, 1) if seconds > 0 else 0.0,
+            "processes": this_rank().world_size}
+
+
+def peak_below_achieved(flops: float, seconds: float, peak: float) -> bool:
+    """Whether training did more FLOP/s than the matmul peak it is read against: then the peak was measured while
+    another process held the cores (a shared CPU), and an MFU over 100% would say nothing; it is left out."""
+    return seconds > 0 and peak > 0 and flops / seconds > peak
 
 
 def print_throughput(speed: dict[str, Any]) -> None:
@@ -647,12 +655,15 @@ def print_throughput(speed: dict[str, Any]) -> None:
     memory = (f"; peak memory {speed['peak_rss_bytes'] / 2**30:,.2f} GiB resident"
               + (f", {cuda / 2**30:,.2f} GiB CUDA allocated" if cuda else "") if speed.get("peak_rss_bytes") else "")
     with_loss = f"{speed['loss_tokens']:,} with loss, " if speed["loss_tokens"] else ""  # none: a reward model's score
+    peak = (f"{peak_owner(speed.get('processes', 1))} {speed['peak_gflops']:,} GFLOP/s "
+            + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
+               if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak"))
+    utilisation = (f"MFU {speed['mfu']:.0%} of {peak}" if speed.get("mfu") is not None else
+                   f"{speed.get('achieved_gflops', 0):,} GFLOP/s, MFU left out: {peak} was measured lower than that, "
+                   "while another process held the cores")
     print(f"throughput: {speed['real_tokens']:,} tokens ({with_loss}"
           f"{speed['padding_share']:.0%} padding) in {speed['seconds']} s: {speed['real_tokens_per_s']:,} tokens/s, "
-          f"MFU {speed['mfu']:.0%} of {peak_owner(speed.get('processes', 1))} {speed['peak_gflops']:,} GFLOP/s "
-          + ("matmul peak for this mix (the frozen base's matmuls in bf16, the rest fp32)"
-             if speed.get("frozen_matmuls") == "bf16" else f"{speed['dtype']} matmul peak") + memory,
-          file=sys.stderr, flush=True)
+          f"{utilisation}{memory}", file=sys.stderr, flush=True)
 
 
 def peak_owner(processes: int) -> str:
