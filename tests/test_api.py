@@ -91,3 +91,15 @@ def test_runs_show_says_what_one_run_is(tmp_path: Path, tiny_model_dir: Path):
     listed = CliRunner().invoke(app, ["runs", "list", str(run.path)])  # a run, not a folder of runs
     assert isinstance(listed.exception, TunesmithError)  # the CLI's main() makes it exit 2
     assert f"tunesmith runs show {run.path}" in listed.exception.hint
+
+
+def test_deepspeeds_log_goes_to_stderr_not_to_the_stdout_json_and_replies_use():
+    """Importing accelerate imports DeepSpeed, whose logger writes to stdout ("Setting accelerator to CPU")."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    done = subprocess.run([sys.executable, "-c", "import tunesmith\nfrom deepspeed.utils import logger\n"
+                                                 "logger.warning('a deepspeed note')"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "a deepspeed note" not in done.stdout and "a deepspeed note" in done.stderr

@@ -111,6 +111,8 @@ def test_inspect_exits_1_after_the_full_report_when_a_line_is_broken(tmp_path, t
     assert "line 2" in result.stderr and "2 usable rows" in result.stderr
     assert result.stderr.index("line 2") < result.stderr.index("Found 1 problem row")
     assert result.stderr.rstrip().endswith("data.skip_invalid: true to train without them.")
+    assert "the recipe leaves it off" not in result.stderr  # a bare file: there is no recipe to speak of
+    assert "off unless a recipe sets it" in " ".join(result.stderr.split())
     assert_not_internal(result)
     result = tunesmith("data", "inspect", str(data), "--model", str(tiny_model_dir), "--set",
                        "data.skip_invalid=true", cwd=tmp_path)

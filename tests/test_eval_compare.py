@@ -170,3 +170,16 @@ def test_a_prompts_file_compare_cannot_read_gets_a_hint_compare_can_follow(tmp_p
     with pytest.raises(DataError, match="cannot tell the dataset shape") as refused:
         load_prompts(prompts)
     assert "--set" not in refused.value.hint and "Rename the file's columns" in refused.value.hint
+
+
+@pytest.mark.parametrize(("layout", "name"), [("orders-run/exports/adapter", "orders-run"),
+                                              ("orders-run/adapter", "orders-run"), ("my-lora", "my-lora")])
+def test_an_adapter_folder_is_named_after_its_run_not_its_parent_folder(tmp_path, tiny_model_dir, layout, name):
+    """RUN/exports/adapter was a column headed "exports"."""
+    from tunesmith.eval.compare import adapter_source
+
+    folder = tmp_path / layout
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    assert adapter_source(folder).name == name

@@ -187,3 +187,16 @@ def test_a_misspelt_run_folder_is_named_as_a_folder_not_as_an_unreachable_hub_id
 def test_a_source_that_is_no_hub_id_says_so(tmp_path):
     out = fetch_with_stub(tmp_path, 500, "", source="my model?")
     assert "not a Hub id either" in out and "tunesmith models list" in out
+
+
+@pytest.mark.parametrize(("file", "name"), [("my-model.Q8_0.gguf", "my-model"), ("tinyllama-Q4_K_M.gguf", "tinyllama"),
+                                            ("Qwen2.5-0.5B-Instruct-BF16.gguf", "qwen2.5-0.5b-instruct"),
+                                            ("plain.gguf", "plain"), ("q8_0.gguf", "q8_0")])
+def test_an_imported_gguf_is_named_without_its_quant_type(file, name):
+    """`models import my-model.Q8_0.gguf` registered "my-model.q8_0", a dequantized model named for a type it is
+    not."""
+    from pathlib import Path
+
+    from tunesmith.models.gguf_import import gguf_model_name
+
+    assert gguf_model_name(Path(file)) == name

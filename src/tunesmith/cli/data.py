@@ -44,7 +44,7 @@ def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = No
     if as_json:
         print_json(report)
     else:
-        print_inspect_report(report)
+        print_inspect_report(report, from_recipe=target.suffix.lower() in RECIPE_SUFFIXES)
     raise_if_problems(report, recipe.data.skip_invalid)
 
 
@@ -85,7 +85,10 @@ def raise_if_problems(report: dict[str, Any], skip_invalid: bool = False) -> Non
         raise ProblemsFoundError(f"Found {sum(counts.values())} problem row(s): {found}.", hint)
 
 
-def print_inspect_report(report: dict[str, Any]) -> None:
+def print_inspect_report(report: dict[str, Any], from_recipe: bool = True) -> None:
+    """`data inspect`'s report on stderr; `from_recipe`: a recipe was inspected (else a bare data file)."""
+    pii_off = ("the recipe leaves it off" if from_recipe else "off unless a recipe sets it") + (
+        ": the personal data counted in pii_redact trains as written")
     for split, info in report["files"].items():
         err.rule(f"{split}: {info['source']}")
         err.print(f"format {info['file_format']} · layout {info['layout']} → shape [bold]{info['shape']}[/bold] · "
@@ -106,8 +109,7 @@ def print_inspect_report(report: dict[str, Any]) -> None:
                       "(a recipe's method section; the counts above assume sft, the default).", highlight=False,
                       soft_wrap=True)
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
-                    "what `prepare` would do, with data.clean.pii: redact (the recipe leaves it off: the personal "
-                    "data counted in pii_redact trains as written)")
+                    f"what `prepare` would do, with data.clean.pii: redact ({pii_off})")
         print_unused_keys(info.get("unused_columns") or [], info["layout"])
         print_length_fit(info.get("length_fit") or {}, info["stats"]["max_length"])
         for warning in info.get("warnings", []):

@@ -108,7 +108,8 @@ def kept_peaks_check() -> Check:
     return Check(name="matmul peaks", section=SECTION, status="pass",
                  detail=f"fp32 {fp32 / 1e9:,.0f}, bf16 {bf16 / 1e9:,.0f} GFLOP/s, kept in {file}: a LoRA's frozen "
                         f"linears train in {dtype} under training.precision auto (delete the file to measure again, "
-                        f"while nothing else runs)")
+                        f"while nothing else runs); MFU and plan's step times read against the higher of these and "
+                        f"a peak measured when they run")
 
 
 def bf16_cpu_check(flags: set[str] | None, probe_seconds: float) -> Check:

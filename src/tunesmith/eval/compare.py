@@ -153,7 +153,10 @@ def adapter_source(target: str | Path) -> AdapterSource:
                              "(adapter_config.json).", "Pass run directories or adapter folders.")
     require_weights(path, "adapter_config.json")
     base = adapter_base(path)
-    name = path.resolve().parent.name if path.name == "adapter" else path.resolve().name
+    folder = path.resolve()
+    # RUN/adapter and RUN/exports/adapter are named after the run, not "adapter" or "exports"
+    owner = folder.parent.parent if folder.parent.name == "exports" else folder.parent
+    name = owner.name if folder.name == "adapter" else folder.name
     return AdapterSource(name, path, base.resolve())
 
 

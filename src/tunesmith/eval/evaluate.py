@@ -96,6 +96,8 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
         results["tuned_constrained"] = True
         results["constraint"] = plan.constraint.describe()  # said beside the scores (verdict.constrained_tuned_note)
     for name, (model, context) in variants.items():
+        progress(f"{name}: {'held-out loss and ' if not prompts_only else ''}{len(rows)} greedy answers "
+                 f"(up to {answer_limit} tokens each)")  # a line where the progress bar does not show (a log file)
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
                                                         tuned_processor if name == "tuned" else None,
                                                         with_loss=not prompts_only)

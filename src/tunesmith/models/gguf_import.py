@@ -7,6 +7,7 @@ quantization entry and loading the state dict into it gives a plain model that s
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from tunesmith.models.home import is_model_name, models_dir
 
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file (ggml's gguf.md, "File Structure")
 
+
+
+QUANT_SUFFIX = re.compile(r"[.\-_](?:b?f16|f32|q\d(?:_[a-z0-9]+)*|iq\d(?:_[a-z0-9]+)*)$", re.IGNORECASE)
+
+
+def gguf_model_name(gguf_path: Path) -> str:
+    """The cache name a GGUF file is imported under: its stem in lower case, without the quant type its name ends in
+    (`my-model.Q8_0.gguf` -> `my-model`, `tinyllama-Q4_K_M.gguf` -> `tinyllama`): the dequantized model is not
+    that type."""
+    stem = gguf_path.stem.lower()
+    return QUANT_SUFFIX.sub("", stem) or stem
 
 def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantize `gguf_path` and save it (weights, tokenizer, chat template) into the model cache."""
@@ -35,7 +47,7 @@ def import_gguf(gguf_path: Path, name: str | None = None) -> Path:
             raise ModelSourceError(f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes).",
                                    "Name a .gguf file (llama.cpp's format), as `tunesmith export --format gguf` "
                                    "or llama.cpp's convert_hf_to_gguf.py writes it.")
-    name = name or gguf_path.stem.lower()
+    name = name or gguf_model_name(gguf_path)
     if not is_model_name(name):
         raise ModelSourceError(f"--name {name!r} cannot name a model in the cache: use letters, digits, '.', '_' and "
                                "'-', starting with a letter or digit (it becomes a folder under "

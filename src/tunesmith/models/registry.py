@@ -89,12 +89,13 @@ def pull_model(alias: str, force: bool = False) -> Path:
 
 
 def import_model(gguf_path: Path, name: str | None = None, force: bool = False) -> Path:
-    """`models import`: dequantize a GGUF into the cache as `name` (default: the file's stem, lower case). Refuses
-    an embedded model's name (its shipped replay answers and every run recorded on it would then describe other
-    weights) and, without `force`, a name already imported (it would be replaced)."""
-    from tunesmith.models.gguf_import import import_gguf
+    """`models import`: dequantize a GGUF into the cache as `name` (default: `gguf_model_name`, the file's stem in
+    lower case without its quant type). Refuses an embedded model's name (its shipped replay answers and every run
+    recorded on it would then describe other weights) and, without `force`, a name already imported (it would be
+    replaced)."""
+    from tunesmith.models.gguf_import import gguf_model_name, import_gguf
 
-    name = name or Path(gguf_path).stem.lower()
+    name = name or gguf_model_name(Path(gguf_path))
     if name in EMBEDDED:
         raise ModelSourceError(f"{name!r} is the embedded model's name: importing over it would replace its weights "
                                "under every recipe and run that names it.", "Pass another --name.")

@@ -60,9 +60,9 @@ def frozen_matmul_choice(precision_setting: str, device: str, adapter_kind: str,
     figures = {"bf16_gflops": round(bf16 / 1e9, 1), "fp32_gflops": round(fp32 / 1e9, 1)}
     if ratio < BF16_SPEEDUP_NEEDED:
         return {"dtype": "fp32", **figures,
-                "why": f"this CPU multiplies bf16 at {ratio:.1f}x fp32 (under {BF16_SPEEDUP_NEEDED:g}x: not native)"}
+                "why": f"this CPU multiplies bf16 at {ratio:.2g}x fp32 (under {BF16_SPEEDUP_NEEDED:g}x: not native)"}
     return {"dtype": "bf16", **figures,
-            "why": f"auto: this CPU multiplies bf16 at {ratio:.1f}x fp32, so the frozen base's linear layers run in "
+            "why": f"auto: this CPU multiplies bf16 at {ratio:.2g}x fp32, so the frozen base's linear layers run in "
                    f"bf16; the adapter, norms, attention, LM head and loss stay fp32 (training.precision: fp32 to "
                    f"keep all in fp32)"}
 
