@@ -234,6 +234,11 @@ def test_eval_of_a_run_with_no_held_out_rows_is_refused_not_scored_as_a_perfect_
     with pytest.raises(DataError, match="holds no held-out rows") as refused:
         held_out_rows(recipe, run)
     assert "--data HELD_OUT.jsonl" in refused.value.hint
+    from tunesmith.eval.before_training import run_baselines_before_training
+
+    with pytest.raises(DataError, match="nothing to score the baselines on"):  # nor are baselines scored on none
+        run_baselines_before_training(recipe, runs_dir=tmp_path / "baseline-runs")
+    assert not (tmp_path / "baseline-runs").exists()
 
 
 def test_pii_redaction_reaches_tool_call_arguments():

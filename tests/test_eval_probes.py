@@ -45,6 +45,7 @@ SETTINGS = SimpleNamespace(probe_margin=0.05, probe_perplexity_margin=0.05, prob
     ("number", "0", "0 degrees", "32 degrees"),
     ("number", 1000, "About 1,000 meters.", "About 1,001 meters."),  # "1,000" was read as 1.0
     ("number", 3.5, "3,5 kg", "3,6 kg"),  # a decimal comma
+    ("number", 1234567, "The population is 1,234,567, roughly.", "The population is 1,234,568, roughly."),
     ("all_caps", None, "GREEN, LIKE GRASS!", "GREEN like grass"),
     ("word_count", 3, "Red, green, blue.", "Red, green, blue and yellow."),
 ])

@@ -183,6 +183,11 @@ def test_the_planned_weights_are_in_the_dtype_training_loads_the_base_in(kind, p
         else:
             expected = arch.parameters * per / (processes if strategy == "fsdp" else 1)
             assert weights.bytes == pytest.approx(expected), (device, weights.how)
+    if precision == "auto":  # a GPU before Ampere (T4, V100): auto trains in fp32 there, the base loaded in fp32
+        old_gpu = build_report(recipe, arch, Device("t4", "cuda", 2.0**36, 1e14, False, bf16=False),
+                               RowLengths(128, "t"))
+        weights = next(row for row in old_gpu.components if row.name == "weights")
+        assert "(fp32)" in weights.how, weights.how
 
 
 def test_a_lighter_method_is_not_advised_at_a_batch_the_recipes_own_method_fits(tiny_model_dir, tmp_path):

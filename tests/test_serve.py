@@ -284,7 +284,8 @@ def test_without_a_key_a_loopback_server_answers_only_requests_addressed_to_this
     from tunesmith.serve.api import create_app, loopback_hosts
 
     assert loopback_hosts("127.0.0.1", None) and loopback_hosts("127.0.0.1", "k") is None
-    assert loopback_hosts("0.0.0.0", None) is None
+    assert loopback_hosts("0.0.0.0", None) is None and loopback_hosts("192.168.1.5", None) is None
+    assert "127.0.0.2" in loopback_hosts("127.0.0.2", None) and loopback_hosts("LOCALHOST", None)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(engine, trusted_hosts=loopback_hosts("127.0.0.1", None)),
                                            host="127.0.0.1", port=port, log_level="warning"))
@@ -293,7 +294,7 @@ def test_without_a_key_a_loopback_server_answers_only_requests_addressed_to_this
     try:
         while not server.started:
             time.sleep(0.05)
-        for host, expected in (("evil.example:8000", 403), (f"127.0.0.1:{port}", 200), ("localhost", 200),
+        for host, expected in (("evil.example:8000", 403), (f"127.0.0.1:{port}", 200), ("LocalHost", 200),
                                ("[::1]:8000", 200), ("127.0.0.1.evil.example", 403)):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             connection.request("GET", "/v1/models", headers={"Host": host})
@@ -302,6 +303,12 @@ def test_without_a_key_a_loopback_server_answers_only_requests_addressed_to_this
             assert response.status == expected, (host, answer)
             if expected == 403:
                 assert answer["error"]["code"] == "untrusted_host" and "--api-key-env" in answer["error"]["message"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # HTTP/1.0: no Host header at all
+            sock.sendall(b"GET /v1/models HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.split(b" ", 2)[1] == b"200", answer[:200]
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -4,6 +4,7 @@ must be the batches' own counts. Speeds themselves are measured in benchmarks/tr
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -187,29 +188,39 @@ def test_a_trained_final_norm_does_not_hide_the_blocks_the_backward_pass_never_r
     assert (model_shape(model).frozen_unreached, model_shape(model).layers_unreached) == (0, 0)
 
 
-def test_a_dpo_reference_pass_counts_as_forward_work(tiny_model_dir):
-    """DPO/KTO score each batch under the reference too (TRL's compute_ref_log_probs); MFU left that pass out."""
-    from tunesmith.train.throughput import count_reference_passes
+def test_a_dpo_reference_pass_counts_as_forward_work():
+    """DPO/KTO score each trained batch under the reference too (TRL 1.x runs it inside the loss, unless the reference
+    log-probabilities were precomputed); MFU left that pass out."""
+    from tunesmith.train.throughput import count_trained_batches
 
-    class Scorer:  # stands in for TRL's trainer: the counter is under test, not TRL
-        def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> str:
-            return "scored"
-
-    counter, scorer = TokenCounter(tokens=8, real_tokens=7, loss_tokens=3), Scorer()
-    count_reference_passes(scorer, counter)
     batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 1],
                                                                                               [1, 1, 1, 0]]),
              "completion_mask": torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])}
-    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
-    alone = training_flops(counter, shape)
-    assert scorer.compute_ref_log_probs(None, batch) == "scored"
-    assert (counter.reference_tokens, counter.reference_head_tokens) == (7, 3)
-    assert training_flops(counter, shape) == alone + 7 * 2 * 1010 + 3 * 2 * 500 + 4.0 * 7 * 2 * 2 * 4
-    assert counter.figures(1.0)["real_tokens_per_s"] == 7.0  # work, not trained tokens
     kto = {**batch, "KL_input_ids": torch.zeros(1, 3, dtype=torch.long), "KL_attention_mask": torch.ones(1, 3),
            "KL_completion_mask": torch.tensor([[0, 1, 1]])}  # KTO scores its KL sequences under the reference too
-    scorer.compute_ref_log_probs(None, kto)
+
+    class Trainer:  # TRL's batch fetch, as the counter meets it; the counter is under test, not TRL
+        precompute_ref_logps = False
+
+        def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
+            return [next(epoch_iterator) for _ in range(num_batches)], None
+
+        def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> None:
+            raise AssertionError("TRL calls this only to precompute")
+
+    counter, trainer = TokenCounter(), Trainer()
+    count_trained_batches(trainer, counter)
+    trainer.get_batch_samples(iter([batch, kto]), 2, "cpu")
     assert (counter.reference_tokens, counter.reference_head_tokens) == (7 + 7 + 3, 3 + 3 + 2)
+    shape = ModelShape(frozen_body=1000, trainable=10, lm_head=500, layers=2, hidden=4)
+    without = replace(counter, reference_tokens=0, reference_head_tokens=0, base_attention_flops=0.0)
+    attention = 4.0 * (7 * 4 / 2 + 7 * 4 / 2 + 3 * 3 / 2)  # 4 x real tokens x span (half the padded width)
+    assert training_flops(counter, shape) == pytest.approx(
+        training_flops(without, shape) + 17 * 2 * 1010 + 8 * 2 * 500 + attention * 2 * 4)
+    precomputed, trainer.precompute_ref_logps = TokenCounter(), True  # passes run once, before training: none here
+    count_trained_batches(trainer, precomputed)
+    trainer.get_batch_samples(iter([batch]), 1, "cpu")
+    assert precomputed.reference_tokens == 0 and precomputed.real_tokens == 7
 
 
 def test_model_shape_counts_a_4bit_base_as_the_weights_it_holds(tiny_model_dir):

@@ -10,10 +10,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 class _StderrInstead(logging.Filter):
     """DeepSpeed's logger writes to stdout ("Setting accelerator to CPU", when accelerate imports it), which holds
-    tunesmith's --json output and piped replies: its records go to stderr instead."""
+    tunesmith's --json output and piped replies: its records go to stderr instead, tracebacks included."""
+
+    formatter = logging.Formatter("[%(levelname)s] %(message)s")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        print(f"[{record.levelname}] {record.getMessage()}", file=sys.stderr)
+        try:
+            print(self.formatter.format(record), file=sys.stderr)
+        except Exception:  # a record that cannot be formatted: let the logger's own handlers deal with it
+            return True
         return False
 
 

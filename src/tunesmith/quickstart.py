@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tunesmith.card import write_model_card
@@ -38,8 +39,14 @@ def run_pipeline(recipe: Recipe, runs_dir: Path | None = None, run: Run | None =
 
 
 def evaluate_and_export(recipe: Recipe, run: Run) -> Run:
-    """eval → export → model card on a run that finished training."""
-    run_eval(recipe, run)
+    """eval → export → model card on a run that finished training; a run with no held-out rows (training warned of
+    it) is exported and described without an eval, which says why."""
+    from tunesmith.eval.rows import NoHeldOutRowsError
+
+    try:
+        run_eval(recipe, run)
+    except NoHeldOutRowsError as exc:
+        print(f"warning: eval skipped: {exc.message} {exc.hint}", file=sys.stderr, flush=True)
     export_formats(recipe, run)
     write_model_card(run)
     return run

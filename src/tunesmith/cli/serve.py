@@ -63,12 +63,12 @@ def serve(runs: Annotated[list[str], typer.Argument(
             raise TunesmithError("--api-key-env: Ollama has no API keys of its own.",
                                  "Leave it out, or serve with --engine llama, which checks a Bearer key.")
         return serve_ollama(runs, host, port or OLLAMA_PORT, print_command)
-    from tunesmith.serve.api import LOOPBACK_NAMES, Limits
+    from tunesmith.serve.api import Limits, is_loopback
     from tunesmith.serve.catalog import build_catalog
     from tunesmith.serve.server import check_can_listen, serve_llama
 
     check_can_listen(host, port or DEFAULT_PORT)  # before exporting and loading anything
-    if api_key is None and host not in LOOPBACK_NAMES:
+    if api_key is None and not is_loopback(host):
         err.print(f"Note: listening on {host} without an API key: anyone who can reach port {port or DEFAULT_PORT} "
                   "of this machine can use the models. Add --api-key-env VAR to require a key.", soft_wrap=True,
                   markup=False)

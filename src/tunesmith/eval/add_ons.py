@@ -200,8 +200,11 @@ def near_tie_note(lost: list[dict[str, Any]]) -> str:
             f"under {NEAR_TIE_MARGIN:g} ahead of the next: {', '.join(ties)})")
 
 
+NOT_SCORES = ("seconds", "judge_scored")  # an add-on block's counts beside its scores: not rows of the table
+
+
 def block_rows(block: AddOnBlock,
                comparison_key: Callable[[str], str]) -> list[tuple[str, Any, Any, Comparison | None]]:
-    keys = [key for key in block.tuned if key != "seconds"]
+    keys = [key for key in block.tuned if key not in NOT_SCORES]
     return [(key, (block.base or {}).get(key), block.tuned[key], block.comparison.get(comparison_key(key)))
             for key in keys]

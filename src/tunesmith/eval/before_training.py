@@ -21,7 +21,7 @@ from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
 from tunesmith.data.template import answer_text, context_text, expected_output
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.eval.baselines import BASELINES, BaselinePlan, run_baseline
 from tunesmith.eval.decoding import resolve_max_new_tokens
 from tunesmith.eval.verdict import verdict
@@ -64,6 +64,9 @@ def run_baselines_before_training(recipe: Recipe, names: list[str] | None = None
     names = list(asked or BASELINES)
     splits = load_splits(recipe, purpose="scoring baselines against reference answers")
     print(f"held-out rows: {splits.source['eval']}", file=sys.stderr, flush=True)
+    if not splits.eval:  # scored on nothing, every baseline would read 0 and the verdict rest on no row
+        raise DataError(f"{splits.source['eval']}: no held-out rows, so there is nothing to score the baselines on.",
+                        "Hold out rows: data.eval (a file of rows with answers), or a larger data.eval_fraction.")
     for warning in small_split_warnings(len(splits.train), len(splits.eval), splits.shape):  # as train says it
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     answers = classify_answers(splits.train)

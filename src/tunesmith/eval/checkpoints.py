@@ -28,8 +28,7 @@ from tunesmith.data.template import answer_text, expected_output
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.decoding import generate_from_prompts, progress, prompt_texts, resolve_max_new_tokens
 from tunesmith.eval.evaluate import choose_metrics
-from tunesmith.eval.forgetting import ask, recipe_probes
-from tunesmith.eval.probe_checks import passes
+from tunesmith.eval.forgetting import ask, probe_passed, recipe_probes
 from tunesmith.eval.rows import held_out_rows, keep_earlier_results
 from tunesmith.figures import pyplot, save_figure
 from tunesmith.models import pick_device
@@ -157,7 +156,7 @@ class TaskAndProbes:
                                 self.settings.batch_size).answers if self.probes else []
         scores = aggregate(score_answers(self.scorer, answers, self.references))
         self.metric = self.metric or headline_of(self.metrics, scores)
-        passed = [passes(probe, answer) for probe, answer in zip(self.probes, probe_answers, strict=True)]
+        passed = [probe_passed(probe, answer) for probe, answer in zip(self.probes, probe_answers, strict=True)]
         point = {"task": scores.get(self.metric) if self.metric else None,
                  "probe_accuracy": round(sum(passed) / len(passed), 4) if passed else None,
                  "probes_failed": [p["id"] for p, ok in zip(self.probes, passed, strict=True) if not ok],

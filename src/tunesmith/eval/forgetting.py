@@ -32,6 +32,12 @@ GENERAL_TEXT = PROBES_DIR / "general_text.txt"
 Variant = tuple[Any, Callable[[], AbstractContextManager]]
 
 
+
+def probe_passed(probe: dict[str, Any], generated: str) -> bool:
+    """Whether a generated answer passes its probe's check, read as the task metrics read answers: a reasoning
+    model's answer is the text after its thinking (`scoring.final_answer`)."""
+    return passes(probe, final_answer(generated))
+
 def load_probes(path: Path) -> list[dict[str, Any]]:
     """The probe rows of a JSONL file, each checked (prompt, a known check, an answer where it needs one)."""
     if not path.is_file():
@@ -78,8 +84,7 @@ def run_probes(variants: dict[str, Variant], tokenizer: Any, probes: list[dict[s
             generated = ask(model, tokenizer, probes, settings.probe_max_new_tokens, settings.batch_size)
             answers[name], margins[name] = generated.answers, generated.first_token_margin
             perplexity = text_perplexity(model, tokenizer, paragraphs, settings.batch_size)
-        # a reasoning model's answer is the text after its thinking, as the task metrics read it (scoring.final_answer)
-        passed[name] = [float(passes(p, final_answer(a))) for p, a in zip(probes, answers[name], strict=True)]
+        passed[name] = [float(probe_passed(p, a)) for p, a in zip(probes, answers[name], strict=True)]
         results[name] = {**accuracies(probes, passed[name]), "perplexity": perplexity,
                          "seconds": round(time.monotonic() - started, 1)}
     results["rows"] = [{"id": p["id"], "category": p["category"], "prompt": p["prompt"], "check": p["check"],

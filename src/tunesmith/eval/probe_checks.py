@@ -15,7 +15,7 @@ from typing import Any
 from tunesmith.errors import TunesmithError
 
 # thousands grouped by commas first ("1,000", "12,500.5"), then a plain number with a decimal point or comma ("3,5")
-NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|-?\d+(?:[.,]\d+)?")
+NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d|,\d)|-?\d+(?:[.,]\d+)?")
 THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 

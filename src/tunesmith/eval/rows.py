@@ -34,6 +34,10 @@ from tunesmith.results import RESULTS_VERSION, validate_results
 from tunesmith.runs import Run, atomic_write_json, manifest_lock, record_eval_results
 
 
+class NoHeldOutRowsError(DataError):
+    """The run holds no held-out rows (its eval split was empty): nothing to score base and tuned on."""
+
+
 @dataclass(frozen=True)
 class HeldOutRows:
     """The rows to score and where they came from."""
@@ -60,10 +64,11 @@ def held_out_rows(recipe: Recipe, run: Run, accept: tuple[str, ...] = SFT_SHAPES
     held_out = HeldOutRows(load_splits(recipe, accept=accept, purpose=purpose).eval, "recipe") if saved is None \
         else HeldOutRows(saved, "run")
     if not held_out.rows:  # scored on nothing, every loss would read 0 and every comparison pass
-        raise DataError(f"{run.path} holds no held-out rows: its eval split was empty (training warned of it), so "
-                        "there is nothing to score base and tuned on.",
-                        f"Score rows it did not train on: tunesmith eval {shell_arg(run.path)} --data HELD_OUT.jsonl, "
-                        "or train again holding rows out (data.eval, or a larger data.eval_fraction).")
+        raise NoHeldOutRowsError(
+            f"{run.path} holds no held-out rows: its eval split was empty (training warned of it), so there is "
+            "nothing to score base and tuned on.",
+            f"Score rows it did not train on: tunesmith eval {shell_arg(run.path)} --data HELD_OUT.jsonl, or train "
+            "again holding rows out (data.eval, or a larger data.eval_fraction).")
     if saved is not None:
         report_changed_source(run)
     return held_out

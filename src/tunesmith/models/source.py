@@ -45,9 +45,9 @@ def resolve_model_config(source: str, revision: str | None = None, base_dir: Pat
 
 
 def _import_gguf_source(path: Path) -> Path:
-    from tunesmith.models.gguf_import import gguf_model_name, import_gguf
+    from tunesmith.models.gguf_import import import_gguf
 
-    name = gguf_model_name(path)
+    name = path.stem.lower()  # the whole stem: llama.Q4_K_M.gguf and llama.Q8_0.gguf are two different models
     if is_model_name(name) and (cached_model_dir(name) / "config.json").is_file():
         return mark_in_use(cached_model_dir(name))
     return mark_in_use(import_gguf(path, name=name))

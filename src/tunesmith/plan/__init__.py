@@ -165,10 +165,11 @@ def planned_frozen_matmuls(recipe: Recipe, device: Device, arch: Architecture | 
 
 
 def compute_bytes(recipe: Recipe, device: Device) -> float:
-    """Activation bytes: 2 under bf16/fp16 mixed precision (the default on CUDA GPUs), 4 in fp32 (CPU's default)."""
+    """Activation bytes: 2 under bf16/fp16 mixed precision (the default on CUDA GPUs with bf16), 4 in fp32 (the
+    default on CPUs and on GPUs before Ampere: train/common.resolve_precision)."""
     precision = recipe.training.precision
     if precision == "auto":
-        return 2.0 if device.kind == "cuda" else 4.0
+        return 2.0 if device.kind == "cuda" and device.bf16 else 4.0
     return 4.0 if precision == "fp32" else 2.0
 
 

@@ -21,6 +21,7 @@ CATALOGUE: dict[str, tuple[float, float]] = {
     "rtx3090": (24, 71), "rtx4090": (24, 165), "a6000": (48, 155), "l40s": (48, 362), "a100-40gb": (40, 312),
     "a100-80gb": (80, 312), "h100-80gb": (80, 989), "h200": (141, 989),
 }
+NO_BF16 = ("t4", "v100-16gb", "v100-32gb")  # before Ampere: training.precision auto trains in fp32 there
 # The share of the matmul peak that training reaches, counting every pass the plan counts (the replay anchor's
 # included, which train.json's MFU leaves out). CPU: 0.5, from whole SmolLM2 LoRA runs on the 2-core Xeon
 # (benchmarks/results/train_throughput_{frozen_vs_fp32,fused_lora,spread_fused_lora,spread_anchor_share}.json,
@@ -43,6 +44,7 @@ class Device:
     measured: bool  # memory and speed read on this machine (else from the catalogue or the spec)
     processes: int = 1  # training processes (one per GPU; on a CPU they share the machine's memory)
     peak_assumed: bool = False  # a GPU given by its size: its speed is default_peak's, not the card's
+    bf16: bool = True  # a GPU that computes in bf16 (Ampere and later): training.precision auto trains there in bf16
 
     def for_processes(self, processes: int, per_node: int) -> Device:
         """The device as one of `processes` training processes sees it: on a CPU the `per_node` processes of one
@@ -71,7 +73,7 @@ def resolve_device(spec: str = "auto") -> Device:
         return local_accelerator(spec)
     if spec in CATALOGUE:
         memory, tflops = CATALOGUE[spec]
-        return Device(spec, "cuda", memory * GIB, tflops * 1e12, measured=False)
+        return Device(spec, "cuda", memory * GIB, tflops * 1e12, measured=False, bf16=spec not in NO_BF16)
     sized = re.fullmatch(r"(cuda|mps|cpu):(\d+(?:\.\d+)?)\s*gb", spec)
     if sized:
         kind, gigabytes = sized.group(1), float(sized.group(2))
@@ -95,8 +97,10 @@ def local_accelerator(kind: str) -> Device:
             raise RecipeError("--device cuda, but this machine has no CUDA GPU that torch can use.",
                               "Plan for a named GPU instead (e.g. --device rtx4090 or --device cuda:24GB).")
         total = float(torch.cuda.mem_get_info()[1])
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Device(torch.cuda.get_device_name(), "cuda", total, matmul_peak(dtype, "cuda", 0.3, 4096), True)
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float16
+        return Device(torch.cuda.get_device_name(), "cuda", total, matmul_peak(dtype, "cuda", 0.3, 4096), True,
+                      bf16=bf16)
     if not torch.backends.mps.is_available():
         raise RecipeError("--device mps, but this machine has no Apple GPU that torch can use.",
                           "Plan for --device mps:16GB (your Mac's unified memory) instead.")

@@ -213,10 +213,26 @@ class ApiError(Exception):
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name to listen on) is this machine only: localhost, 127.0.0.0/8, ::1."""
+    import ipaddress
+
+    host = host.strip().lower().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def loopback_hosts(host: str, api_key: str | None) -> tuple[str, ...] | None:
-    """The Host names a server listening on `host` answers: LOOPBACK_NAMES where it listens on this machine only and
-    has no API key (the key guards the rest), else None (any)."""
-    return LOOPBACK_NAMES if api_key is None and host in LOOPBACK_NAMES else None
+    """The Host header names a server listening on `host` answers: LOOPBACK_NAMES and `host` itself where it listens
+    on this machine only and has no API key (the key guards the rest), else None (any). "" (a request without a Host
+    header, HTTP/1.0) is answered: a browser always sends one."""
+    if api_key is not None or not is_loopback(host):
+        return None
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host.strip().lower().strip("[]"), "")))
 
 
 def host_name(header: str) -> str:
@@ -358,9 +374,10 @@ def create_app(engine: LlamaEngine, limits: Limits | None = None, api_key: str |
         if trusted_hosts is not None and host_name(request.headers.get("host", "")) not in trusted_hosts:
             return error_response(request, ApiError(
                 403, f"Host {request.headers.get('host', '')!r} is not this machine: without an API key the server "
-                     f"answers requests to {', '.join(trusted_hosts)} only (a web page cannot reach it through a "
-                     "name that points here). Send the request to http://127.0.0.1:PORT, or start the server with "
-                     "--api-key-env VAR.", code="untrusted_host", kind="permission_error"))
+                     f"answers requests to {', '.join(name for name in trusted_hosts if name)} only (a web page "
+                     "cannot reach it through a name that points here). Send the request to http://127.0.0.1:PORT "
+                     "(a reverse proxy: pass Host 127.0.0.1), or start the server with --api-key-env VAR.",
+                code="untrusted_host", kind="permission_error"))
         if api_key is not None and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):

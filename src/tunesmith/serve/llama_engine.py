@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -287,7 +288,23 @@ def oversized_repetitions(schema: Any, path: str = "schema") -> list[str]:
     found = [f"{path}.{key}={schema[key]}" for key in REPETITION_KEYWORDS
              if isinstance(schema.get(key), int | float) and not isinstance(schema[key], bool)
              and schema[key] > MAX_REPETITIONS]
+    if isinstance(schema.get("pattern"), str) and pattern_repetitions(schema["pattern"]) > MAX_REPETITIONS:
+        found.append(f"{path}.pattern={schema['pattern'][:40]!r}")
     return found + [deeper for key, value in schema.items() for deeper in oversized_repetitions(value, f"{path}.{key}")]
+
+
+PATTERN_BOUNDS = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+
+
+def pattern_repetitions(pattern: str) -> int:
+    """The most repetitions a regex's `{n}`, `{n,}` and `{n,m}` counts can spell out together (their product, which
+    bounds nested ones): json_schema_to_gbnf writes `a{20000000}` out in full, 20 MB of grammar."""
+    product = 1
+    for low, high in PATTERN_BOUNDS.findall(pattern):
+        product *= max(int(low), int(high) if high else 0, 1)
+        if product > MAX_REPETITIONS:
+            return product
+    return product
 
 
 MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)

@@ -300,15 +300,16 @@ class KeepToBudget(TrainerCallback):
             print(f"time budget {self.budget_s:.0f} s reached at step {state.global_step} of {state.max_steps}: "
                   "stopping", file=sys.stderr, flush=True)
             if state.global_step < EARLY_STOP_SHARE * state.max_steps:
-                scheduler = kwargs.get("lr_scheduler")
-                reached = scheduler.get_last_lr()[0] if scheduler is not None else None
-                rate = (f" (its learning rate had reached {reached:.2g} of {args.learning_rate:.2g}: the warm-up "
-                        "was not over)" if reached is not None and reached < args.learning_rate else "")
-                print(f"warning: training stopped at step {state.global_step} of {state.max_steps} planned"
-                      f"{rate}, so the adapter has barely changed the model: what eval and the exports show is close "
-                      "to the base. Give a larger budget, or let the budget choose the steps (no training.max_steps "
-                      "or training.epochs in the recipe): the warm-up and the decay then fit in it.",
-                      file=sys.stderr, flush=True)
+                warmup = (self.schedule.warmup_steps if self.schedule is not None
+                          else args.get_warmup_steps(state.max_steps))
+                rate = (f", within its {warmup} warm-up steps (the learning rate never reached "
+                        f"{args.learning_rate:g})" if state.global_step < warmup else "")
+                advice = ("Give a larger budget." if self.schedule is not None else
+                          "Give a larger budget, or let the budget choose the steps (no training.max_steps or "
+                          "training.epochs in the recipe): the warm-up and the decay then fit in it.")
+                print(f"warning: training stopped at step {state.global_step} of {state.max_steps} planned{rate}, so "
+                      "the adapter has changed the model less than planned: what eval and the exports show may be "
+                      f"close to the base. {advice}", file=sys.stderr, flush=True)
             return
         if not self.revise:
             return

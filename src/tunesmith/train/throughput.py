@@ -85,7 +85,7 @@ class TokenCounter:
 
     def count_reference_pass(self, batch: dict[str, Any]) -> None:
         """Add one reference forward pass over a preference batch (DPO/KTO: the base with the adapter switched off,
-        or the reference model, without gradients; `count_reference_passes`): each sequence it holds (KTO's
+        or the reference model, without gradients; `scores_under_a_reference`): each sequence it holds (KTO's
         `KL_input_ids` beside `input_ids`)."""
         for prefix in ("", "KL_"):
             ids = batch.get(f"{prefix}input_ids")
@@ -146,31 +146,25 @@ def count_trained_batches(trainer: Any, counter: TokenCounter) -> None:
     again (counting at collation put one batch too many in a finished run's train.json, two in a resumed one's).
     The counter is also `trainer.token_counter`, where the replay anchor adds its passes."""
     fetch = trainer.get_batch_samples  # the class's (merging micro-batches where it does)
+    reference = scores_under_a_reference(trainer)
 
     def get_batch_samples(epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
         batches, num_items_in_batch = fetch(epoch_iterator, num_batches, device)
         for batch in batches:
             counter.count(batch)
+            if reference and isinstance(batch, dict):
+                counter.count_reference_pass(batch)
         return batches, num_items_in_batch
 
     trainer.get_batch_samples = get_batch_samples
     trainer.token_counter = counter  # the replay anchor counts its passes here (train/replay.py)
-    count_reference_passes(trainer, counter)
 
 
-def count_reference_passes(trainer: Any, counter: TokenCounter) -> None:
-    """Count each reference pass of a trainer that scores its batches under a reference (TRL 1.x DPOTrainer and
-    KTOTrainer `compute_ref_log_probs(model, inputs)`, at every step unless precomputed once): work the step does
-    beside the trained pass, so it counts in the FLOPs (MFU)."""
-    compute = getattr(trainer, "compute_ref_log_probs", None)
-    if compute is None:
-        return
-
-    def counted(model: Any, inputs: dict[str, Any]) -> Any:
-        counter.count_reference_pass(inputs)
-        return compute(model, inputs)
-
-    trainer.compute_ref_log_probs = counted
+def scores_under_a_reference(trainer: Any) -> bool:
+    """Whether each trained batch also runs a reference forward pass: TRL 1.x DPOTrainer and KTOTrainer (the ones
+    with `compute_ref_log_probs`) do it inside their loss at every step (the adapter switched off, or the reference
+    model), unless the reference log-probabilities were computed once before training (`precompute_ref_logps`)."""
+    return hasattr(trainer, "compute_ref_log_probs") and not getattr(trainer, "precompute_ref_logps", False)
 
 
 def sequence_prefixes(batch: dict[str, Any]) -> list[str]:
