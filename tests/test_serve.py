@@ -415,7 +415,8 @@ for schema in ({"type": "object", "properties": {"p": {"type": "number", "minimu
                {"type": "object", "properties": {"s": {"type": "integer", "minimum": 100}}},
                # lengths and counts the grammar spells out one rule each: 100,000 nested rules crash llama.cpp
                {"type": "string", "maxLength": 100_000}, {"type": "array", "items": {"type": "string"},
-                                                          "minItems": 1_000_000_000}):
+                                                          "minItems": 1_000_000_000},
+               {"type": "string", "pattern": "^a{20000000}$"}, {"type": "string", "pattern": "^a{0,28000}$"}):
     HOSTILE.append(("/v1/chat/completions", json.dumps({"model": "pizza-run", "messages": ORDER, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}).encode()))
 
