@@ -110,6 +110,14 @@ def test_json_fields_scores_each_field_and_aggregates_per_field():
         'Sure: {"item": "pen", "qty": 2} hope this helps', reference)
     assert (wrapped["exact_match"], wrapped["json_valid"], wrapped["field_accuracy"]) == (0.0, 0.0, 1.0)
     assert scorer('{ "qty": 2, "item": "pen" }', reference)["exact_match"] == 1.0  # key order and spacing: the same
+    # json_fields' json_valid is the json_valid metric's (the whole answer is JSON), whichever metrics are chosen: it
+    # said "an object was found somewhere" under task_metric json_fields and "the whole answer parses" under auto
+    alone = scorer('Sure: {"item": "pen", "qty": 2}', reference)
+    assert alone["json_valid"] == 0.0 and alone["field_accuracy"] == 1.0
+    # an answer cut off by the token limit: the object nested inside it is one of its values, not the answer
+    cut = scorer('{"order": {"item": "pen", "qty": 2}, "note": "ship it to', reference)
+    assert (cut["json_valid"], cut["field_accuracy"]) == (0.0, 0.0)
+    assert scorer('{draft} then {"item": "pen", "qty": 2}', reference)["field_accuracy"] == 1.0  # a later object
 
 
 def test_rouge_l_is_one_for_identical_zero_for_disjoint_and_reads_unicode():

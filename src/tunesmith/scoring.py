@@ -52,7 +52,9 @@ def final_answer(generated: str) -> str:
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The answer as a JSON object: the whole text, else the first balanced {...} inside it."""
+    """The answer as a JSON object: the whole text, else the first {...} of the answer's own (not nested in another
+    brace) that parses. An object cut off by the token limit gives None: the objects nested inside it are its
+    values, not an answer (`{"item": {"name": "mug"}, "color": "blu` found `{"name": "mug"}` and was credited)."""
     text = text.strip()
     try:
         value = json.loads(text)
@@ -67,15 +69,42 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
                 return value
         except json.JSONDecodeError:
             pass
-        start = text.find("{", start + 1)
+        end = closing_brace(text, start)
+        if end is None:  # never closed: everything after is inside it
+            return None
+        start = text.find("{", end + 1)
+    return None
+
+
+def closing_brace(text: str, start: int) -> int | None:
+    """The index of the `}` that closes the `{` at `start` (braces inside JSON strings not counted), or None."""
+    depth, in_string, escaped = 0, False, False
+    for index in range(start, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index
     return None
 
 
 def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
     """`exact_match`: the whole answer is the reference object (parsed, so key order and spacing do not count;
-    prose around it does); per-field matches and `field_accuracy` read the first object found in the answer, prose
-    or not; `json_valid` here: whether an object could be found at all (the json_valid metric, chosen beside it,
-    asks for the whole answer to be JSON)."""
+    prose around it does); `json_valid`: the whole answer is JSON of the reference's kind (`json_valid_score`, the
+    same as the metric of that name); per-field matches and `field_accuracy` read the answer's object, prose around
+    it or not (`parse_json_object`)."""
     expected = parse_json_strict(reference)
     if not isinstance(expected, dict):
         raise DataError(f"json_fields compares JSON objects field by field, but a reference answer is not one: "
@@ -86,7 +115,7 @@ def json_fields_score(prediction: str, reference: str) -> dict[str, Any]:
               for key, value in expected.items()}
     return {
         "exact_match": float(parse_json_strict(prediction) == expected),
-        "json_valid": float(got is not None),
+        "json_valid": json_valid_score(prediction, reference)["json_valid"],
         "field_accuracy": sum(fields.values()) / max(len(fields), 1),
         "fields": fields,
     }
