@@ -302,3 +302,22 @@ def test_eval_says_that_tool_calls_before_the_last_answer_are_not_scored(capsys)
     assert note_unscored_tool_calls([tool_row, chat("billing")]) == 1
     assert "1 of 2 held-out rows make tool calls before their last answer" in capsys.readouterr().err
     assert note_unscored_tool_calls([chat("billing")]) == 0 and capsys.readouterr().err == ""
+
+
+def test_eval_data_of_another_kind_is_scored_by_metrics_chosen_from_its_own_answers(tmp_path, tiny_model_dir):
+    """`eval RUN --data labels.jsonl` on a run trained on JSON chose json_fields from the training answers, generated
+    every answer, then failed on the first label reference with a hint to set what was set."""
+    from tests.conftest import make_tiny_project
+    from tunesmith.config import load_recipe
+    from tunesmith.eval.evaluate import choose_metrics
+    from tunesmith.runs import atomic_write_json, create_run
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir))
+    run = create_run(recipe, tmp_path / "runs")
+    atomic_write_json(run.path / "data.json", {"answers": {"kind": "json", "reason": "all 40 are JSON objects"}})
+    rows = [{"messages": [{"role": "user", "content": f"review {i}"}, {"role": "assistant", "content": label}]}
+            for i, label in enumerate(["positive", "negative", "neutral"] * 4)]
+    _, trained = choose_metrics(recipe, run, rows)
+    assert trained["kind"] == "json" and trained["from"] == "training answers"
+    _, chosen = choose_metrics(recipe, run, rows, from_file=True)
+    assert chosen["kind"] == "labels" and chosen["from"] == "--data answers" and "json_fields" not in chosen["metrics"]

@@ -188,6 +188,18 @@ def fake_results(tuned: list[float], few_shot: list[float]) -> dict:
                             "few_shot": {"exact_match": few_shot}}}
 
 
+def test_one_row_gets_no_interval_and_no_recommendation():
+    """`eval --data` of a single row showed "95% CI [+0.75, +0.75]": a bootstrap over one example is that example."""
+    from tunesmith.eval.stats import compare_metric
+    from tunesmith.eval.verdict import lead_cell
+
+    single = compare_metric([0.25], [1.0])
+    assert single["ci95"] is None and single["delta"] == 0.75 and single["wins"] == 1
+    assert lead_cell(single) == "+0.75"
+    text = verdict(fake_results([1.0], [0.0]))
+    assert "one row cannot tell options apart" in text and "Evaluate on more held-out rows" in text
+
+
 def test_verdict_says_train_when_nothing_cheaper_comes_close():
     text = verdict(fake_results([1.0] * 40, [0.0] * 30 + [1.0] * 10))
     assert "best is the tuned model at 1.00" in text and "fine-tuning is worth it" in text

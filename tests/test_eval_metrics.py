@@ -434,3 +434,21 @@ def test_an_eval_without_the_base_is_not_titled_base_vs_tuned():
     both = render_report({"examples": 3, "task_metric": "exact_match", "tuned": {"exact_match": 0.5},
                           "base": {"exact_match": 0.25}}, None)
     assert "<h1>base vs tuned on 3 held-out examples</h1>" in both
+
+
+def test_an_optional_field_gets_its_comparison_over_the_rows_that_have_it():
+    """A field only some references have was shown with its means but no delta, interval or tally, left out of the
+    HTML table and unknown to --fail-if-worse: a regression of field/size 0.80 -> 0.00 could not be seen."""
+    from tunesmith.eval.evaluate import optional_field_comparisons
+
+    scorer = build_scorer(["json_fields"], None, None, base_dir=None)
+    references = ['{"item": "mug", "size": "L"}', '{"item": "pen"}', '{"item": "cup", "size": "M"}']
+    base = [scorer(answer, ref) for answer, ref in zip(references, references, strict=True)]  # all right
+    tuned = [scorer(answer, ref) for answer, ref in zip(['{"item": "mug", "size": "S"}', '{"item": "pen"}',
+                                                         '{"item": "cup"}'], references, strict=True)]
+    compared = optional_field_comparisons(base, tuned)
+    assert list(compared) == ["field/size"]  # field/item is in every row: per_example compares it
+    size = compared["field/size"]
+    assert (size["base"], size["tuned"], size["delta"], size["examples"]) == (1.0, 0.0, -1.0, 2)
+    assert (size["wins"], size["losses"], size["ties"]) == (0, 2, 0)
+    assert aggregate(tuned)["field/size"] == size["tuned"]  # the table's mean is the comparison's

@@ -74,7 +74,8 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
     prompts_only = any(is_prompt_only(row) for row in rows)
     note_unscored_tool_calls(rows)
     device = pick_device(recipe.training.device)
-    answers, choice = choose_metrics(recipe, run, rows)  # JSON metrics on answers that are not JSON fail here
+    # JSON metrics on answers that are not JSON fail here, before anything generates
+    answers, choice = choose_metrics(recipe, run, rows, from_file=held_out.file is not None)
     scorer = recipe_scorer(recipe, choice["metrics"])  # so do a bad schema or user metric, before any model loads
     add_ons = prepare_add_ons(recipe)  # so do missing probe or rubric files and a missing lm-eval
     asked = list(recipe.eval.baselines if baselines is None else baselines) if against is None else []
@@ -97,7 +98,7 @@ def run_eval(recipe: Recipe, run: Run, against: Path | None = None, data: Path |
         results["constraint"] = plan.constraint.describe()  # said beside the scores (verdict.constrained_tuned_note)
     for name, (model, context) in variants.items():
         progress(f"{name}: {'held-out loss and ' if not prompts_only else ''}{len(rows)} greedy answers "
-                 f"(up to {answer_limit} tokens each)")  # a line where the progress bar does not show (a log file)
+                 f"(up to {answer_limit['value']} tokens each)")  # a line where no progress bar shows (a log file)
         results[name], outputs[name] = evaluate_variant(model, tokenizer, rows, recipe, context,
                                                         tuned_processor if name == "tuned" else None,
                                                         with_loss=not prompts_only)
@@ -133,13 +134,15 @@ def note_unscored_tool_calls(rows: list[dict]) -> int:
     return calls
 
 
-def choose_metrics(recipe: Recipe, run: Run, rows: list[dict]) -> tuple[AnswerSummary, dict[str, Any]]:
+def choose_metrics(recipe: Recipe, run: Run, rows: list[dict], from_file: bool = False
+                   ) -> tuple[AnswerSummary, dict[str, Any]]:
     """The metrics to score with, and why (results.json `metrics_chosen`), printed on stderr.
 
     What the answers look like comes from the run's data.json (the training answers, recorded by the data
-    stage); a run written before data.json had `answers` falls back to the eval rows' answers.
+    stage); a run written before data.json had `answers` falls back to the eval rows' answers, and so do rows
+    from `eval --data FILE` (`from_file`), which may be another kind of task than the run trained on.
     """
-    answers, source = run_answers(run, rows)
+    answers, source = (classify_answers(rows), "--data answers") if from_file else run_answers(run, rows)
     how = "eval.metrics" if recipe.eval.metrics else f"eval.task_metric: {recipe.eval.task_metric}"
     if any(is_prompt_only(row) for row in rows):  # nothing to compare answers with: metrics that judge them alone
         metrics = prompt_only_metrics(recipe.eval)
@@ -229,7 +232,23 @@ def add_scores(results: dict[str, Any], outputs: dict[str, list[str]], reference
     if "base" in per_example:
         results["comparison"] = compare_variants(per_example["base"], per_example["tuned"], results["base"],
                                                  results["tuned"])
+        results["comparison"].update(optional_field_comparisons(all_scores["base"], all_scores["tuned"]))
         results["bootstrap"] = {"resamples": RESAMPLES, "seed": SEED, "level": 0.95}
+
+
+def optional_field_comparisons(base: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> dict[str, Any]:
+    """`field/NAME` comparisons of the JSON fields only some references have (per_example holds the fields every
+    row has): paired over the rows whose reference has the field, the same rows on both sides, so that a field one
+    variant lost has its delta, interval and tally, and a name --fail-if-worse takes."""
+    names = dict.fromkeys(name for score in tuned for name in score.get("fields", {}))
+    comparisons = {}
+    for name in names:
+        pairs = [(float(b["fields"][name]), float(t["fields"][name])) for b, t in zip(base, tuned, strict=True)
+                 if name in b.get("fields", {}) and name in t.get("fields", {})]
+        if pairs and len(pairs) < len(tuned):
+            comparisons[f"field/{name}"] = {**compare_metric([b for b, _ in pairs], [t for _, t in pairs]),
+                                            "examples": len(pairs)}
+    return comparisons
 
 
 def evaluate_variant(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe,

@@ -35,7 +35,10 @@ def write_html_report(results: dict[str, Any], path: Path, chart: Path | None = 
 def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     other = (results.get("against") or {}).get("name")
     versus = f"tuned vs {other}" if other else "base vs tuned" if results.get("base") else "tuned"
-    title = f"{versus} on {results.get('examples', '?')} held-out examples"
+    rows_from = str(results.get("rows_from") or "")
+    scored = (f"examples of {Path(rows_from.removeprefix('file:')).name}" if rows_from.startswith("file:")
+              else "held-out examples")
+    title = f"{versus} on {results.get('examples', '?')} {scored}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"]
     if other:

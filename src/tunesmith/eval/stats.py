@@ -40,12 +40,19 @@ def wins_losses_ties(base: Sequence[float], tuned: Sequence[float]) -> dict[str,
             "ties": int(same.sum())}
 
 
+MIN_INTERVAL_EXAMPLES = 2  # a bootstrap over one example resamples that example alone: its "interval" is a point
+
+
 def compare_metric(base: Sequence[float], tuned: Sequence[float]) -> dict[str, Any]:
-    """Means, their difference tuned − base with a 95% interval, and the per-example tally."""
-    low, high = paired_bootstrap_ci(base, tuned)
+    """Means, their difference tuned − base with a 95% interval (None over fewer than MIN_INTERVAL_EXAMPLES
+    examples), and the per-example tally."""
     base_mean, tuned_mean = float(np.mean(base)), float(np.mean(tuned))
+    interval = None
+    if len(base) >= MIN_INTERVAL_EXAMPLES:
+        low, high = paired_bootstrap_ci(base, tuned)
+        interval = [_round(low), _round(high)]
     return {"base": _round(base_mean), "tuned": _round(tuned_mean), "delta": _round(tuned_mean - base_mean),
-            "ci95": [_round(low), _round(high)], **wins_losses_ties(base, tuned), "higher_is_better": True}
+            "ci95": interval, **wins_losses_ties(base, tuned), "higher_is_better": True}
 
 
 def compare_variants(base_scores: dict[str, list[float]], tuned_scores: dict[str, list[float]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.eval.baselines import COST_ORDER
-from tunesmith.eval.stats import compare_metric
+from tunesmith.eval.stats import MIN_INTERVAL_EXAMPLES, compare_metric
 from tunesmith.results import headline_of
 
 # An interval of (best − option) wider than this, on a 0-1 score, decides nothing: with 4 rows a tuned model at 0.50
@@ -39,6 +39,10 @@ def verdict(results: dict[str, Any]) -> str | None:
     if metric is None or len(options) < 2 or any(values is None for values in columns.values()):
         return None
     best = max(options, key=lambda name: (options[name][metric], -COST_ORDER.index(name)))
+    if len(columns[best]) < MIN_INTERVAL_EXAMPLES:  # no interval: nothing to weigh the options by
+        return (f"On {metric} over {len(columns[best])} held-out row the best is {option_label(best, options[best])} "
+                f"at {options[best][metric]:.2f}, but one row cannot tell options apart. Evaluate on more held-out "
+                "rows (`tunesmith eval RUN --data FILE`, eval.max_examples) before choosing.")
     gaps = {name: compare_metric(columns[name], columns[best]) for name in options}  # best − option, paired
     cheapest = next(name for name in COST_ORDER if name in options and gaps[name]["ci95"][0] <= 0)
     rows = results.get("examples", len(columns[best]))
@@ -132,6 +136,8 @@ def lead_cell(entry: Any) -> str:
     if entry is None:
         return ""
     entry = entry if isinstance(entry, dict) else entry.model_dump()
+    if not entry.get("ci95"):  # one example: no interval
+        return f"{entry['delta']:+.2f}"
     low, high = entry["ci95"]
     return f"{entry['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
