@@ -321,3 +321,8 @@ def test_eval_data_of_another_kind_is_scored_by_metrics_chosen_from_its_own_answ
     assert trained["kind"] == "json" and trained["from"] == "training answers"
     _, chosen = choose_metrics(recipe, run, rows, from_file=True)
     assert chosen["kind"] == "labels" and chosen["from"] == "--data answers" and "json_fields" not in chosen["metrics"]
+    # a few rows of the trained kind keep the training answers' metrics (3 label rows are too few to be labels alone)
+    atomic_write_json(run.path / "data.json", {"answers": {"kind": "labels", "reason": "4 values over 40 rows",
+                                                           "labels": ["negative", "neutral", "positive", "spam"]}})
+    answers, same = choose_metrics(recipe, run, rows[:3], from_file=True)
+    assert same["from"] == "training answers" and "label_accuracy" in same["metrics"] and "spam" in answers.labels

@@ -118,6 +118,7 @@ def test_json_fields_scores_each_field_and_aggregates_per_field():
     cut = scorer('{"order": {"item": "pen", "qty": 2}, "note": "ship it to', reference)
     assert (cut["json_valid"], cut["field_accuracy"]) == (0.0, 0.0)
     assert scorer('{draft} then {"item": "pen", "qty": 2}', reference)["field_accuracy"] == 1.0  # a later object
+    assert scorer('I use the "{" key. {"item": "pen", "qty": 2}', reference)["field_accuracy"] == 1.0  # stray brace
 
 
 def test_rouge_l_is_one_for_identical_zero_for_disjoint_and_reads_unicode():

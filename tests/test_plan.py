@@ -188,6 +188,10 @@ def test_the_planned_weights_are_in_the_dtype_training_loads_the_base_in(kind, p
                                RowLengths(128, "t"))
         weights = next(row for row in old_gpu.components if row.name == "weights")
         assert "(fp32)" in weights.how, weights.how
+        from tunesmith.plan.devices import resolve_device
+
+        t4 = resolve_device("t4")  # timed at its fp32 peak, the dtype auto trains in there, not fp16's 65 TFLOP/s
+        assert not t4.bf16 and t4.peak_flops == 8.1e12 and resolve_device("a10g").bf16
 
 
 def test_a_lighter_method_is_not_advised_at_a_batch_the_recipes_own_method_fits(tiny_model_dir, tmp_path):

@@ -1029,3 +1029,16 @@ def test_a_whole_model_run_is_served_from_the_gguf_it_exported_and_says_its_base
         build_catalog([f"whole={run.path}"], quant="Q8_0")
     [fallback] = build_catalog([f"whole={run.path}"])  # without --quant: the file that did not fail
     assert fallback.gguf == f16.gguf
+
+
+def test_ordinary_patterns_pass_the_repetition_cap_and_spelled_out_ones_do_not():
+    """Counts in sequence add up (a UUID is 36 units; multiplying them, 6,144, refused it); a count on a group
+    multiplies what the group holds."""
+    from tunesmith.serve.llama_engine import oversized_repetitions
+
+    uuid = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    email = r"^[a-z]{1,64}@[a-z]{1,255}\.[a-z]{2,63}$"
+    assert oversized_repetitions({"type": "object", "properties": {"id": {"type": "string", "pattern": uuid},
+                                                                   "mail": {"type": "string", "pattern": email}}}) == []
+    for hostile in ("^a{20000000}$", "^a{0,28000}$", "((ab){10}){300}"):
+        assert oversized_repetitions({"type": "string", "pattern": hostile}), hostile

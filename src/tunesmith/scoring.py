@@ -54,7 +54,8 @@ def final_answer(generated: str) -> str:
 def parse_json_object(text: str) -> dict[str, Any] | None:
     """The answer as a JSON object: the whole text, else the first {...} of the answer's own (not nested in another
     brace) that parses. An object cut off by the token limit gives None: the objects nested inside it are its
-    values, not an answer (`{"item": {"name": "mug"}, "color": "blu` found `{"name": "mug"}` and was credited)."""
+    values, not an answer (`{"item": {"name": "mug"}, "color": "blu` found `{"name": "mug"}` and was credited);
+    a stray `{` in prose is read past."""
     text = text.strip()
     try:
         value = json.loads(text)
@@ -64,15 +65,14 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
     start = text.find("{")
     while start != -1:
         try:
-            value, _ = json.JSONDecoder().raw_decode(text[start:])
+            value, _ = json.JSONDecoder().raw_decode(text, start)
             if isinstance(value, dict):
                 return value
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError as exc:
+            if exc.msg.startswith("Unterminated string") or exc.pos >= len(text):  # JSON cut off: all after it is
+                return None                                                       # inside it
         end = closing_brace(text, start)
-        if end is None:  # never closed: everything after is inside it
-            return None
-        start = text.find("{", end + 1)
+        start = text.find("{", (end if end is not None else start) + 1)  # not JSON (prose braces): read on
     return None
 
 

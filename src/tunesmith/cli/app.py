@@ -124,7 +124,8 @@ def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
     from tunesmith.quickstart import quickstart_recipe, run_pipeline
 
     run = run_pipeline(quickstart_recipe(set_), runs_dir)
-    _print_results(run.path)
+    if (run.eval_dir / "results.json").is_file():  # none where the run held no rows out (eval said why)
+        _print_results(run.path)
     print_exports(run)
     err.print(f"\n[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)
 
@@ -277,7 +278,8 @@ def finish_run(run: Any, evaluate: bool) -> None:
 def report_finished(run: Any, evaluated: bool) -> None:
     """The results and exports of a run evaluated after training (`--evaluate`), then its directory."""
     if evaluated:
-        _print_results(run.path)
+        if (run.eval_dir / "results.json").is_file():  # none where the run held no rows out (eval said why)
+            _print_results(run.path)
         print_exports(run)
     err.print(f"[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)  # one line, whatever its length
 

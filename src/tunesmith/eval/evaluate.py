@@ -139,10 +139,11 @@ def choose_metrics(recipe: Recipe, run: Run, rows: list[dict], from_file: bool =
     """The metrics to score with, and why (results.json `metrics_chosen`), printed on stderr.
 
     What the answers look like comes from the run's data.json (the training answers, recorded by the data
-    stage); a run written before data.json had `answers` falls back to the eval rows' answers, and so do rows
-    from `eval --data FILE` (`from_file`), which may be another kind of task than the run trained on.
+    stage); a run written before data.json had `answers` falls back to the eval rows' answers. Rows from
+    `eval --data FILE` (`from_file`) are scored as the training answers where they are that kind of answer (labels
+    from the training label set, JSON objects, ...), else by their own kind (`file_answers`).
     """
-    answers, source = (classify_answers(rows), "--data answers") if from_file else run_answers(run, rows)
+    answers, source = run_answers(run, rows)
     how = "eval.metrics" if recipe.eval.metrics else f"eval.task_metric: {recipe.eval.task_metric}"
     if any(is_prompt_only(row) for row in rows):  # nothing to compare answers with: metrics that judge them alone
         metrics = prompt_only_metrics(recipe.eval)
@@ -151,11 +152,24 @@ def choose_metrics(recipe: Recipe, run: Run, rows: list[dict], from_file: bool =
                             + (", and by the run's GRPO rewards" if recipe.method.kind == "grpo" else "")}
         progress(f"metrics: {', '.join(metrics) or 'none by reference'} ({how}; {choice['reason']})")
         return answers, choice
+    if from_file:
+        answers, source = file_answers(answers, source, rows)
     check_metrics_fit_answers(recipe.eval, answers)
     metrics = recipe.eval.chosen_metrics(answers.kind)
     choice = {"metrics": metrics, "by": how, "kind": answers.kind, "reason": answers.reason, "from": source}
     progress(f"metrics: {', '.join(metrics)} ({how}; {source}: {answers.kind}, {answers.reason})")
     return answers, choice
+
+
+def file_answers(trained: AnswerSummary, source: str, rows: list[dict]) -> tuple[AnswerSummary, str]:
+    """The answers an `eval --data` file is scored as: the training answers' kind where the file's answers fit it (a
+    few rows of the trained labels are too few to be classified as labels themselves), else the file's own kind, so
+    that a file of another task gets metrics that can score it (json_fields on labels failed after generating)."""
+    own = classify_answers(rows)
+    references = {(reference_answer(row) or "").strip() for row in rows}
+    fits = (references <= set(trained.labels) if trained.kind == "labels"
+            else own.kind == trained.kind or (trained.kind == "json" and own.json_objects == own.rows))
+    return (trained, source) if fits else (own, "--data answers")
 
 
 def run_answers(run: Run, rows: list[dict]) -> tuple[AnswerSummary, str]:

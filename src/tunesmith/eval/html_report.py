@@ -244,7 +244,10 @@ def metrics_table(results: dict[str, Any]) -> str:
 
 
 def verdict_class(entry: dict[str, Any]) -> str:
-    """'better' / 'worse' when the whole interval (or, without one, the delta) lies on one side of 0."""
+    """'better' / 'worse' when the whole interval (or, for loss and perplexity, which have none, the delta) lies on
+    one side of 0; a score compared over too few examples for an interval is neither."""
+    if entry.get("ci95") is None and entry.get("higher_is_better", True):
+        return ""
     low, high = entry.get("ci95") or (entry["delta"], entry["delta"])
     sign = 1 if entry.get("higher_is_better", True) else -1
     if sign * low > 0 and sign * high > 0:

@@ -214,9 +214,9 @@ def score_results(client: JudgeClient, rubric: str, prompts: list[str], referenc
     results["unparsed"] = {name: sum(v is None for v in s) for name, s in scores.items()}
     if "base" in scores and "tuned" in scores:  # the means over the examples both got a score for: the delta's own
         both = [(b, t) for b, t in zip(scores["base"], scores["tuned"], strict=True) if b is not None and t is not None]
-        results["comparison"] = {"judge_score": compare_metric([b for b, _ in both], [t for _, t in both])}
-        for index, name in enumerate(("base", "tuned")):  # no example scored on both sides: each keeps its own
-            if both:
+        if both:  # no example scored on both sides: no comparison, and each side keeps its own mean
+            results["comparison"] = {"judge_score": compare_metric([b for b, _ in both], [t for _, t in both])}
+            for index, name in enumerate(("base", "tuned")):
                 results[name] = {"judge_score": _mean([pair[index] for pair in both]), "judge_scored": len(both)}
     return results
 

@@ -45,7 +45,9 @@ MIN_INTERVAL_EXAMPLES = 2  # a bootstrap over one example resamples that example
 
 def compare_metric(base: Sequence[float], tuned: Sequence[float]) -> dict[str, Any]:
     """Means, their difference tuned − base with a 95% interval (None over fewer than MIN_INTERVAL_EXAMPLES
-    examples), and the per-example tally."""
+    examples), and the per-example tally. Raises ValueError with no examples."""
+    if len(base) == 0:
+        raise ValueError("no examples to compare")
     base_mean, tuned_mean = float(np.mean(base)), float(np.mean(tuned))
     interval = None
     if len(base) >= MIN_INTERVAL_EXAMPLES:

@@ -21,7 +21,9 @@ CATALOGUE: dict[str, tuple[float, float]] = {
     "rtx3090": (24, 71), "rtx4090": (24, 165), "a6000": (48, 155), "l40s": (48, 362), "a100-40gb": (40, 312),
     "a100-80gb": (80, 312), "h100-80gb": (80, 989), "h200": (141, 989),
 }
-NO_BF16 = ("t4", "v100-16gb", "v100-32gb")  # before Ampere: training.precision auto trains in fp32 there
+# Before Ampere: no bf16, so training.precision auto trains in fp32 there; their dense fp32 TFLOP/s (NVIDIA's data
+# sheets: T4 8.1, V100 SXM2 15.7), what such a run multiplies at, not the fp16 tensor-core peak above
+NO_BF16 = {"t4": 8.1, "v100-16gb": 15.7, "v100-32gb": 15.7}
 # The share of the matmul peak that training reaches, counting every pass the plan counts (the replay anchor's
 # included, which train.json's MFU leaves out). CPU: 0.5, from whole SmolLM2 LoRA runs on the 2-core Xeon
 # (benchmarks/results/train_throughput_{frozen_vs_fp32,fused_lora,spread_fused_lora,spread_anchor_share}.json,
@@ -73,7 +75,8 @@ def resolve_device(spec: str = "auto") -> Device:
         return local_accelerator(spec)
     if spec in CATALOGUE:
         memory, tflops = CATALOGUE[spec]
-        return Device(spec, "cuda", memory * GIB, tflops * 1e12, measured=False, bf16=spec not in NO_BF16)
+        return Device(spec, "cuda", memory * GIB, NO_BF16.get(spec, tflops) * 1e12, measured=False,
+                      bf16=spec not in NO_BF16)
     sized = re.fullmatch(r"(cuda|mps|cpu):(\d+(?:\.\d+)?)\s*gb", spec)
     if sized:
         kind, gigabytes = sized.group(1), float(sized.group(2))
@@ -98,7 +101,7 @@ def local_accelerator(kind: str) -> Device:
                               "Plan for a named GPU instead (e.g. --device rtx4090 or --device cuda:24GB).")
         total = float(torch.cuda.mem_get_info()[1])
         bf16 = torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if bf16 else torch.float16
+        dtype = torch.bfloat16 if bf16 else torch.float32  # without bf16, auto trains in fp32
         return Device(torch.cuda.get_device_name(), "cuda", total, matmul_peak(dtype, "cuda", 0.3, 4096), True,
                       bf16=bf16)
     if not torch.backends.mps.is_available():

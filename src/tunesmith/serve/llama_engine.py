@@ -293,18 +293,41 @@ def oversized_repetitions(schema: Any, path: str = "schema") -> list[str]:
     return found + [deeper for key, value in schema.items() for deeper in oversized_repetitions(value, f"{path}.{key}")]
 
 
-PATTERN_BOUNDS = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+PATTERN_BOUND = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 def pattern_repetitions(pattern: str) -> int:
-    """The most repetitions a regex's `{n}`, `{n,}` and `{n,m}` counts can spell out together (their product, which
-    bounds nested ones): json_schema_to_gbnf writes `a{20000000}` out in full, 20 MB of grammar."""
-    product = 1
-    for low, high in PATTERN_BOUNDS.findall(pattern):
-        product *= max(int(low), int(high) if high else 0, 1)
-        if product > MAX_REPETITIONS:
-            return product
-    return product
+    """About how many units a regex spells out once its `{n}`, `{n,}` and `{n,m}` counts are written out, as
+    json_schema_to_gbnf writes them (`a{20000000}`: 20 MB of grammar): counts in sequence add up (a UUID's
+    8-4-4-4-12 is 36 units), a count applied to a group multiplies what the group holds."""
+    stack, index = [0], 0
+    while index < len(pattern):
+        char, unit = pattern[index], None
+        if char == "\\":
+            index, unit = index + 2, 1
+        elif char == "[":
+            close = index + 1
+            while close < len(pattern) and pattern[close] != "]":
+                close += 2 if pattern[close] == "\\" else 1
+            index, unit = close + 1, 1
+        elif char == "(":
+            stack.append(0)
+            index += 1
+        elif char == ")" and len(stack) > 1:
+            index, unit = index + 1, max(stack.pop(), 1)
+        else:
+            index, unit = index + 1, 1
+        if unit is None:
+            continue
+        bound = PATTERN_BOUND.match(pattern, index)
+        if bound:
+            low, high = bound.groups()
+            unit *= max(int(low), int(high) if high else 0, 1)
+            index = bound.end()
+        stack[-1] += unit
+        if stack[-1] > MAX_REPETITIONS:
+            return stack[-1]
+    return sum(stack)
 
 
 MAX_ENUM_RANGE = 1000  # integers a bounded range may hold and still become an enum (one grammar alternative each)

@@ -300,8 +300,10 @@ class KeepToBudget(TrainerCallback):
             print(f"time budget {self.budget_s:.0f} s reached at step {state.global_step} of {state.max_steps}: "
                   "stopping", file=sys.stderr, flush=True)
             if state.global_step < EARLY_STOP_SHARE * state.max_steps:
-                warmup = (self.schedule.warmup_steps if self.schedule is not None
-                          else args.get_warmup_steps(state.max_steps))
+                kind = (self.schedule.kind if self.schedule is not None
+                        else str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)))
+                warmup = 0 if kind == "constant" else (self.schedule.warmup_steps if self.schedule is not None
+                                                       else args.get_warmup_steps(state.max_steps))
                 rate = (f", within its {warmup} warm-up steps (the learning rate never reached "
                         f"{args.learning_rate:g})" if state.global_step < warmup else "")
                 advice = ("Give a larger budget." if self.schedule is not None else
