@@ -241,6 +241,29 @@ def test_eval_of_a_run_with_no_held_out_rows_is_refused_not_scored_as_a_perfect_
     assert not (tmp_path / "baseline-runs").exists()
 
 
+def test_train_evaluate_of_a_run_with_no_held_out_rows_exports_and_finishes(tmp_path: Path, tiny_model_dir: Path):
+    """With no held-out rows, `train --evaluate` skips eval, saying why, then exports, writes the card and exits 0
+    (it exited 2 looking for the results eval never wrote)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_tiny_project
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir)
+    kept = [row for row in distinct_rows(200) if not holds_out(row, 0.1)][:8]
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("  eval: data/eval.jsonl\n", ""), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(recipe), "--evaluate", "--set",
+                           "training.max_steps=2", "--set", "export.formats=[adapter]", "--runs-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: eval skipped:" in said and "holds no held-out rows" in said and "Run directory:" in said
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "exports" / "adapter").is_dir() and (run_dir / "README.md").is_file()
+    assert not (run_dir / "eval" / "results.json").exists()
+
+
 def test_pii_redaction_reaches_tool_call_arguments():
     from tunesmith.config import CleanSection
     from tunesmith.data.prepare import clean_rows
