@@ -52,10 +52,10 @@ def final_answer(generated: str) -> str:
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The answer as a JSON object: the whole text, else the first {...} of the answer's own (not nested in another
-    brace) that parses. An object cut off by the token limit gives None: the objects nested inside it are its
-    values, not an answer (`{"item": {"name": "mug"}, "color": "blu` found `{"name": "mug"}` and was credited);
-    a stray `{` in prose is read past."""
+    """The answer as a JSON object: the whole text, else the first {...} in it that parses (a brace in prose is
+    read past). An object cut off by the token limit (a string never closed, or the text ending inside it) gives
+    None: the objects nested inside it are its values, not an answer (`{"item": {"name": "mug"}, "color": "blu`
+    found `{"name": "mug"}` and was credited)."""
     text = text.strip()
     try:
         value = json.loads(text)
@@ -71,32 +71,7 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
         except json.JSONDecodeError as exc:
             if exc.msg.startswith("Unterminated string") or exc.pos >= len(text):  # JSON cut off: all after it is
                 return None                                                       # inside it
-        end = closing_brace(text, start)
-        start = text.find("{", (end if end is not None else start) + 1)  # not JSON (prose braces): read on
-    return None
-
-
-def closing_brace(text: str, start: int) -> int | None:
-    """The index of the `}` that closes the `{` at `start` (braces inside JSON strings not counted), or None."""
-    depth, in_string, escaped = 0, False, False
-    for index in range(start, len(text)):
-        char = text[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-            continue
-        if char == '"':
-            in_string = True
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
+        start = text.find("{", start + 1)  # not JSON (prose braces): read on
     return None
 
 
