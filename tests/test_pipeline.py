@@ -2,6 +2,8 @@
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +74,23 @@ def test_adapter_reloads_in_standard_peft_format(finished_run, tiny_model_dir):
         base_logits = base(input_ids=ids).logits
     assert torch.allclose(tuned_logits, merged_logits, atol=1e-4)
     assert not torch.allclose(tuned_logits, base_logits, atol=1e-3)
+
+
+def test_the_cards_loading_code_runs_in_a_moved_copy_of_the_run(finished_run, tmp_path, monkeypatch):
+    """The card's Python block, run as written from the run's folder after the run was copied elsewhere (as a
+    sweep moves its runs into place), loads the trained adapter."""
+    from tunesmith.card import write_model_card
+
+    write_model_card(finished_run)
+    copy = Path(shutil.copytree(finished_run.path, tmp_path / "moved"))
+    code = re.search(r"```python\n(.*?)```", (copy / "README.md").read_text(), re.S).group(1)
+    assert str(finished_run.path) not in code
+    monkeypatch.chdir(copy)
+    scope: dict = {}
+    exec(code, scope)
+    assert type(scope["model"]).__name__ == "PeftModelForCausalLM"
+    saved = json.loads((copy / "adapter" / "adapter_config.json").read_text())
+    assert scope["model"].peft_config["default"].r == saved["r"]
 
 
 def test_cli_eval_json_prints_one_document(finished_run):

@@ -22,7 +22,7 @@ from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
 from tunesmith.eval.rows import held_out_rows, rows_from_file
-from tunesmith.manifest import BaseModelRecord, RunManifest, TrainRecord
+from tunesmith.manifest import BaseModelRecord, RunManifest, TrainRecord, weights_signature
 from tunesmith.runs import Run, create_run, open_run, record_stage
 from tunesmith.train import run_training
 
@@ -82,6 +82,54 @@ def test_run_json_records_data_and_train_stages(trained, tiny_model_dir):
     assert train.base_model.source == trained.model_source
     assert train.base_model.path == str(tiny_model_dir.resolve())
     assert run.base_model() == tiny_model_dir.resolve()
+    assert train.base_model.weights == weights_signature(tiny_model_dir)
+
+
+def run_on_a_copy_of_its_base(trained: Trained, tmp_path: Path) -> tuple[Run, Path]:
+    """A copy of the trained run whose run.json names a copy of its base, which a test may then change."""
+    base = Path(shutil.copytree(trained.run.manifest().train.base_model.path, tmp_path / "base"))
+    copy = Run(Path(shutil.copytree(trained.run.path, tmp_path / "run")))
+    manifest = copy.manifest()
+    manifest.train.base_model.path = str(base)
+    copy.manifest_file.write_text(manifest.model_dump_json(), encoding="utf-8")
+    return copy, base
+
+
+def test_a_base_folder_written_again_with_other_weights_is_refused(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    copy, base = run_on_a_copy_of_its_base(trained, tmp_path)
+    assert copy.base_model() == base
+    weights = next(base.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = max(tensors, key=lambda key: tensors[key].numel())
+    tensors[name] = tensors[name] + 1e-3  # what a merge or another fine-tune saved over the folder does
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(TunesmithError, match="not the one run trained on") as refused:
+        copy.base_model()
+    assert "model.source" in refused.value.hint
+
+
+def test_a_gone_base_is_resolved_again_at_the_recorded_commit_and_checked(trained, tmp_path, capsys):
+    copy, base = run_on_a_copy_of_its_base(trained, tmp_path)
+    snapshot = Path(shutil.move(base, tmp_path / "snapshots" / "abc123"))
+    manifest = copy.manifest()
+    manifest.train.base_model.commit = "abc123"
+    copy.manifest_file.write_text(manifest.model_dump_json(), encoding="utf-8")
+    asked: list[tuple[str, str | None]] = []
+
+    def resolve(source: str, revision: str | None) -> Path:
+        asked.append((source, revision))
+        return snapshot
+
+    assert copy.base_model(resolve) == snapshot
+    assert asked == [(trained.model_source, "abc123")]
+    assert f"is gone; using {snapshot}" in capsys.readouterr().err
+    other = Path(shutil.move(snapshot, tmp_path / "snapshots" / "def456"))
+    with pytest.raises(TunesmithError, match="at commit abc123; .* is commit def456"):
+        copy.base_model(lambda source, revision: other)
+    with pytest.raises(TunesmithError, match="is gone"):
+        copy.base_model()
 
 
 def test_saved_rows_are_the_rows_training_used(trained):
@@ -247,7 +295,7 @@ def test_run_without_run_json_falls_back_to_the_recipe(tmp_path):
     assert run.eval_rows() is None
     with pytest.raises(TunesmithError, match="records no trained model"):
         run.base_model()
-    assert run.base_model(lambda: tmp_path) == tmp_path
+    assert run.base_model(lambda source, revision: tmp_path) == tmp_path
 
 
 def test_rows_edited_inside_the_run_are_refused(trained, tmp_path):
@@ -389,3 +437,18 @@ def test_env_json_names_the_commit_of_a_tunesmith_run_from_a_checkout():
         return
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert source["commit"] == head and isinstance(source["modified"], bool)
+
+
+def test_every_stage_renders_with_the_template_training_saved_not_the_base_folder_edited_since(trained, tmp_path):
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.tuned import run_tokenizer
+
+    copy, base = run_on_a_copy_of_its_base(trained, tmp_path)
+    trained_with = run_tokenizer(copy).chat_template
+    edited = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+    (base / "chat_template.jinja").write_text(edited, encoding="utf-8")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert load_tokenizer(base).chat_template == edited  # the base's own now renders otherwise
+    assert run_tokenizer(copy).chat_template == trained_with == (copy.adapter_dir / "chat_template.jinja").read_text()

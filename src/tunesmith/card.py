@@ -49,7 +49,7 @@ def write_model_card(run: Run) -> Path:
         *add_on_lines(results),
         *(["![base vs tuned](plots/base_vs_tuned.png)", ""] if (run.plots_dir / "base_vs_tuned.png").is_file() else []),
         "## Use",
-        *(reward_usage_lines(run, trained, whole) if recipe.method.kind == "reward" else usage_lines(trained, whole)),
+        *(reward_usage_lines(trained, whole) if recipe.method.kind == "reward" else usage_lines(trained, whole)),
         *grammar_lines(run),
         *export_lines(run),
     ]
@@ -214,12 +214,13 @@ def adapter_line(adapter: Any) -> str:
 
 
 def usage_lines(trained: Path, whole: bool) -> list[str]:
-    if whole:
-        return ["```python", "from transformers import AutoModelForCausalLM",
-                f'model = AutoModelForCausalLM.from_pretrained("{trained}")', "```"]
-    return ["```python", "from peft import AutoPeftModelForCausalLM",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{trained}")', "```",
-            "Merged checkpoint (if exported): `exports/merged/`."]
+    """Loading code with the artifact's path relative to the run (where this card is), so a moved run's card, a
+    sweep's card written before the sweep moved the run into place, and a copied run's card stay right."""
+    loader = ("from transformers import AutoModelForCausalLM", "AutoModelForCausalLM") if whole else (
+        "from peft import AutoPeftModelForCausalLM", "AutoPeftModelForCausalLM")
+    return ["From this run's folder (the one this file is in):", "", "```python", loader[0],
+            f'model = {loader[1]}.from_pretrained("{trained.name}")', "```",
+            *([] if whole else ["Merged checkpoint (if exported): `exports/merged/`."])]
 
 
 def export_lines(run: Run) -> list[str]:
@@ -253,14 +254,15 @@ def grammar_lines(run: Run) -> list[str]:
     return ["", "Constrained answers: the task's answers are a closed set; llama.cpp decodes only those with", *lines]
 
 
-def reward_usage_lines(run: Run, trained: Path, whole: bool) -> list[str]:
-    """A reward model loads with its score head, and scores GRPO completions as reward `reward_model`."""
+def reward_usage_lines(trained: Path, whole: bool) -> list[str]:
+    """A reward model loads with its score head, and scores GRPO completions as reward `reward_model` (paths
+    relative to the run, as in `usage_lines`)."""
     loader = ("from transformers import AutoModelForSequenceClassification",
-              f'model = AutoModelForSequenceClassification.from_pretrained("{trained}")') if whole else (
+              f'model = AutoModelForSequenceClassification.from_pretrained("{trained.name}")') if whole else (
         "from peft import AutoPeftModelForSequenceClassification",
-        f'model = AutoPeftModelForSequenceClassification.from_pretrained("{trained}", num_labels=1)')
-    return ["```python", *loader, "```", "As a GRPO reward: `method.rewards: [{name: reward_model, path: "
-            f"{run.path}}}]`."]
+        f'model = AutoPeftModelForSequenceClassification.from_pretrained("{trained.name}", num_labels=1)')
+    return ["From this run's folder (the one this file is in):", "", "```python", *loader, "```",
+            "As a GRPO reward: `method.rewards: [{name: reward_model, path: RUN}]`, RUN being this run's folder."]
 
 
 def results_table(results: EvalResults | None) -> list[str]:

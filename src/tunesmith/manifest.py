@@ -73,6 +73,8 @@ class BaseModelRecord(Record):
     revision: str | None = Field(None, description="model.revision as written.")
     path: str = Field(description="The resolved local directory, absolute.")
     commit: str | None = Field(None, description="The Hub commit, when the directory is a Hub cache snapshot.")
+    weights: str | None = Field(None, description="`weights_signature` of the folder's weight files as training "
+                                                  "recorded them; None for a run written before it was recorded.")
 
 
 class TrainRecord(Record):
@@ -145,6 +147,32 @@ def source_file(written: str, resolved: str) -> SourceFile:
     """A source as the recipe wrote it and as it resolved; a Hub dataset id (no local file) gets no hash."""
     local = Path(resolved)
     return SourceFile(path=written, resolved=resolved, sha256=content_sha256(local) if local.exists() else None)
+
+
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+SIGNATURE_BLOCKS = 16  # blocks read from each weight file, evenly spread
+SIGNATURE_BLOCK_BYTES = 1 << 16
+
+
+def weights_signature(model_dir: Path) -> str | None:
+    """A sha256 over `model_dir`'s weight files: each file's name, size, first 64 KiB (a safetensors header names
+    every tensor, shape and dtype) and 16 blocks of 64 KiB spread evenly through it; None where it has no weight file.
+
+    A sample, not a full hash, so a 140 GB folder costs ~1 MiB of reads a file: a file written again with other
+    weights (another merge, another fine-tune, another dtype) differs in its header or in the sampled blocks,
+    which an edit confined to the bytes between the blocks would not."""
+    files = sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in model_dir.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\n".encode())
+        with file.open("rb") as handle:
+            for index in range(SIGNATURE_BLOCKS + 1):
+                handle.seek(index * max(size - SIGNATURE_BLOCK_BYTES, 0) // SIGNATURE_BLOCKS)
+                digest.update(handle.read(SIGNATURE_BLOCK_BYTES))
+    return digest.hexdigest()
 
 
 def hub_commit(model_dir: Path) -> str | None:

@@ -40,6 +40,7 @@ from tunesmith.manifest import (
     hub_commit,
     source_file,
     validated_versioned,
+    weights_signature,
 )
 
 Row = dict[str, Any]
@@ -267,20 +268,49 @@ class Run:
             return None
         return None if content_sha256(Path(source.resolved)) == source.sha256 else source
 
-    def base_model(self, fallback: Callable[[], Path] | None = None) -> Path:
-        """The local folder of the base model this run trained on, as run.json recorded it.
+    def base_model(self, resolve: Callable[[str, str | None], Path] | None = None) -> Path:
+        """The local folder of the base model this run trained on, as run.json recorded it, checked against the
+        weights signature recorded with it (a folder rewritten with other weights since is refused, not used).
 
-        A run written before run.json (or whose recorded folder is gone) uses `fallback`: the caller resolves the
-        recipe's model.source, because resolving sources belongs to `tunesmith.models`, a layer above this one.
-        """
+        `resolve(source, revision)` finds a model source on this machine; resolving belongs to `tunesmith.models`,
+        a layer above this one. It is called where the recorded folder is gone (a run copied to another machine,
+        a cleaned cache): with the recorded source at the recorded Hub commit, the result checked against the
+        record; and for a run written before run.json, with the recipe's model.source. Raises TunesmithError where
+        no folder holds the recorded weights."""
         manifest = self.manifest()
-        recorded = Path(manifest.train.base_model.path) if manifest and manifest.train else None
-        if recorded is not None and recorded.is_dir():
-            return recorded
-        if fallback is not None:
-            return fallback()
-        where = f"the recorded base model {recorded} is gone" if recorded else "run.json records no trained model"
-        raise TunesmithError(f"{self.path}: {where}.", "Restore the base model folder, or train the run again.")
+        record = manifest.train.base_model if manifest and manifest.train else None
+        if record is None:
+            if resolve is None:
+                raise TunesmithError(f"{self.path}: run.json records no trained model.", "Train the run first.")
+            recipe = self.load_recipe()
+            return resolve(recipe.model.source, recipe.model.revision)
+        recorded = Path(record.path)
+        if recorded.is_dir():
+            return self.checked_base(recorded, record)
+        if resolve is None:
+            raise TunesmithError(f"{self.path}: the recorded base model {recorded} is gone.",
+                                 "Restore the base model folder, or train the run again.")
+        found = resolve(record.source, record.commit or record.revision)
+        print(f"{self.path.name}: the base model folder run.json records ({recorded}) is gone; using {found}, "
+              f"resolved from {record.source}" + (f" at commit {record.commit}" if record.commit else ""),
+              file=sys.stderr, flush=True)
+        if record.commit and hub_commit(found) != record.commit:
+            raise TunesmithError(f"{self.path.name} trained on {record.source} at commit {record.commit}; "
+                                 f"{found} is commit {hub_commit(found) or 'unknown'}.",
+                                 f"Download the commit it trained on: `hf download {record.source} --revision "
+                                 f"{record.commit}`.")
+        return self.checked_base(found, record)
+
+    def checked_base(self, folder: Path, record: BaseModelRecord) -> Path:
+        """`folder`, where its weights are the ones `record` was made from (`weights_signature`); older records
+        carry no signature and are taken as they are."""
+        if record.weights is not None and weights_signature(folder) != record.weights:
+            raise TunesmithError(f"The base model in {folder} is not the one {self.path.name} trained on: its weight "
+                                 "files differ from the signature run.json recorded at training time, so the run's "
+                                 "adapter on it would give other answers than it was trained and scored to give.",
+                                 f"Put back the model the run trained on (model.source: {record.source}), or train "
+                                 "a new run on this one.")
+        return folder
 
     def load_recipe(self, overrides: list[str] | None = None) -> Recipe:
         """The recipe the run was made from (with `--set` `overrides`), with `data.max_length: auto` as training
@@ -489,7 +519,8 @@ def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path
     instead of resolving the recipe's source again."""
     kind = "adapter" if (artifact / "adapter_config.json").is_file() else "model"
     base = BaseModelRecord(source=recipe.model.source, revision=recipe.model.revision,
-                           path=str(model_dir.resolve()), commit=hub_commit(model_dir))
+                           path=str(model_dir.resolve()), commit=hub_commit(model_dir),
+                           weights=weights_signature(model_dir))
     record = TrainRecord(artifact=kind, path=artifact.relative_to(run.path).as_posix(), method=recipe.method.kind,
                          adapter=recipe.adapter.kind, base_model=base,
                          init_from=str(init_from.resolve()) if init_from else None, replay=replay)

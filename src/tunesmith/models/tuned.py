@@ -20,20 +20,21 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.home import mark_in_use
 from tunesmith.models.loading import load_model, load_tokenizer
 from tunesmith.models.source import resolve_model_source
+from tunesmith.models.templates import saved_chat_template
 from tunesmith.runs import Run
 
 Variant = tuple[Any, Callable[[], AbstractContextManager]]
 
 
 def run_base_model(run: Run) -> Path:
-    """The local folder of the base model `run` trained on: run.json's record; the recipe's model.source for a
-    run written before run.json (or whose recorded folder is gone from this machine)."""
+    """The local folder of the base model `run` trained on: run.json's record, checked against the weights recorded
+    with it. Where the recorded folder is gone from this machine, the recorded source is resolved again (at its
+    recorded Hub commit); for a run written before run.json, the recipe's model.source."""
 
-    def from_recipe() -> Path:
-        recipe = run.load_recipe()
-        return resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    def resolve(source: str, revision: str | None) -> Path:
+        return resolve_model_source(source, revision, Path(run.load_recipe().base_dir))
 
-    return mark_in_use(run.base_model(from_recipe).resolve())  # `cache clean` leaves it while this process runs
+    return mark_in_use(run.base_model(resolve).resolve())  # `cache clean` leaves it while this process runs
 
 
 def require_language_model(run: Run, action: str) -> None:
@@ -73,11 +74,14 @@ def load_tuned(run: Run, device: str = "cpu") -> tuple[Any, Any]:
 
 
 def run_tokenizer(run: Run) -> Any:
-    """The tokenizer `run` trains and is scored with: its base's, with the chat template training wrote into the run
-    (`run.chat_template_file`, from the recipe's model.chat_template) in place of the base's own."""
-    template = run.chat_template_file
-    return load_tokenizer(run_base_model(run), chat_template=template.read_text(encoding="utf-8")
-                          if template.is_file() else None)
+    """The tokenizer `run` trained with: its base's, with the chat template training saved beside its artifact, the
+    one chat, compare, merge, the GGUF and serve render with too (so a base whose own template was edited since
+    changes none of them); before the artifact exists, the recipe's model.chat_template as training read it
+    (`run.chat_template_file`), or the base's own."""
+    template = saved_chat_template(run.adapter_dir) or saved_chat_template(run.path / "model")
+    if template is None and run.chat_template_file.is_file():
+        template = run.chat_template_file.read_text(encoding="utf-8")
+    return load_tokenizer(run_base_model(run), chat_template=template)
 
 
 def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]:
