@@ -452,3 +452,14 @@ def test_every_stage_renders_with_the_template_training_saved_not_the_base_folde
     (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     assert load_tokenizer(base).chat_template == edited  # the base's own now renders otherwise
     assert run_tokenizer(copy).chat_template == trained_with == (copy.adapter_dir / "chat_template.jinja").read_text()
+
+
+def test_eval_refuses_to_set_what_training_already_acted_on(trained):
+    for key, hint in (("data.eval=other.jsonl", "--data FILE"), ("model.source=other", "Train a new run"),
+                      ("method.kind=dpo", "Train a new run"), ("training.lr=1", "Train a new run"),
+                      ("adapter.r=4", "Train a new run")):
+        with pytest.raises(TunesmithError, match=f"--set {key.partition('=')[0]}: the run was trained") as refused:
+            trained.run.load_recipe([key])
+        assert hint in refused.value.hint
+    recipe = trained.run.load_recipe(["training.device=cpu", "eval.max_new_tokens=3", "data.system_prompt=Hi"])
+    assert (recipe.training.device, recipe.eval.max_new_tokens) == ("cpu", 3)

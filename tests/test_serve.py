@@ -519,6 +519,7 @@ def test_vllm_command_serves_the_adapters_on_their_base_and_ollama_prints_its_co
     assert modules == [f"pizza-run={runs['pizza-run'] / 'adapter'}", f"cola-run={runs['cola-run'] / 'adapter'}"]
     assert "--enable-lora" in argv and "-e VLLM_API_KEY=\"$MY_KEY\"" in launch.docker
     assert "0.0.0.0" in launch.docker and "-p 127.0.0.1:8001:8001" in launch.docker
+    assert argv[argv.index("--chat-template") + 1] == str(runs["pizza-run"] / "adapter" / "chat_template.jinja")
     try:
         from vllm.entrypoints.openai.cli_args import make_arg_parser
         from vllm.utils import FlexibleArgumentParser
@@ -526,6 +527,21 @@ def test_vllm_command_serves_the_adapters_on_their_base_and_ollama_prints_its_co
         return  # vLLM is not installed here: its own parser checks these arguments where it is
     parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
     assert parsed.enable_lora and parsed.max_lora_rank == 8
+
+
+def test_vllm_refuses_adapters_trained_with_different_chat_templates(runs, models, tmp_path):
+    import dataclasses
+    import shutil
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.serve.commands import vllm_launch
+
+    other = Path(shutil.copytree(runs["cola-run"] / "adapter", tmp_path / "adapter"))
+    (other / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    changed = [dataclasses.replace(m, peft_dir=other) if m.name == "cola-run" else m for m in models]
+    with pytest.raises(TunesmithError, match="different chat templates") as refused:
+        vllm_launch(changed, "127.0.0.1", 8001, None)
+    assert "llama.cpp engine" in refused.value.hint
 
 
 def test_chat_talks_to_a_running_server(server):

@@ -317,6 +317,7 @@ class Run:
         resolved it (run.json's data stage), so later stages encode at the length training did."""
         from tunesmith.config import load_recipe
 
+        refuse_overrides_of_what_was_trained(overrides or [])
         recipe = load_recipe(self.recipe_file, overrides)
         manifest = self.manifest()
         if recipe.data.max_length == "auto" and manifest and manifest.data and manifest.data.max_length:
@@ -510,6 +511,25 @@ def record_data_stage(run: Run, data: DataSection, train: list[Row], held_out: l
                         max_length=data.max_length if isinstance(data.max_length, int) else None)
     record_stage(run, "data", record)
     return record
+
+
+TRAINED_KEYS = ("model", "adapter", "method.kind", "data.train", "data.eval", "data.max_length", "training")
+SCORING_KEYS = ("training.device", "training.seed")  # under a trained section, but how the scoring runs
+
+
+def refuse_overrides_of_what_was_trained(overrides: list[str]) -> None:
+    """Refuse a later stage's `--set` of a key training already acted on (the base, the adapter, the method, the
+    data and its length, the training settings): the run's artifact would not change, and the stage would score
+    or describe it as something it is not (e.g. `--set data.eval=other.jsonl` still scoring the saved rows)."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in SCORING_KEYS or not any(key == k or key.startswith(k + ".") for k in TRAINED_KEYS):
+            continue
+        rows = key in ("data.train", "data.eval")
+        raise TunesmithError(f"--set {key}: the run was trained with the {key} its recipe.yaml records, and "
+                             "setting it now would not change what was trained.",
+                             "Score other rows with `tunesmith eval RUN --data FILE`." if rows else
+                             f"Train a new run with `--set {override}` to change it.")
 
 
 def record_train_stage(run: Run, recipe: Recipe, artifact: Path, model_dir: Path,

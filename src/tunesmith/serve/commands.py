@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError, shell_arg
+from tunesmith.models.templates import TEMPLATE_FILE
 from tunesmith.serve.catalog import ServedModel
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
@@ -79,11 +80,25 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
                                  "--engine).")
         argv += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(fitting),
                  "--lora-modules", *(f"{m.name}={m.peft_dir.resolve()}" for m in adapters)]  # type: ignore[union-attr]
-        template = adapters[0].peft_dir / "chat_template.jinja" if adapters[0].peft_dir else None
-        if template is not None and template.is_file():
+        template = one_chat_template(adapters)
+        if template is not None:
             argv += ["--chat-template", str(template.resolve())]
     environment = {"VLLM_API_KEY": f"the key in ${api_key_env}"} if api_key_env else {}
     return Launch(argv, environment, docker_variant(argv, port, api_key_env))
+
+
+def one_chat_template(adapters: list[ServedModel]) -> Path | None:
+    """The chat template file the adapters were trained with (saved beside each), which vLLM applies to every
+    request whatever its adapter; adapters trained with different templates are refused, since one of them would
+    be prompted in a format it never saw."""
+    templates = {m.name: m.peft_dir / TEMPLATE_FILE for m in adapters if m.peft_dir is not None}
+    texts = {name: path.read_text(encoding="utf-8") if path.is_file() else None for name, path in templates.items()}
+    if len(set(texts.values())) > 1:
+        raise TunesmithError(f"{', '.join(texts)} were trained with different chat templates, and vLLM renders every "
+                             "request with one (--chat-template).",
+                             "Serve the runs of one template together, one vLLM server per template, or serve them "
+                             "with the llama.cpp engine (no --engine), which renders each with its own.")
+    return next((path for path in templates.values() if path.is_file()), None)
 
 
 def merged_steps(source: Path | None) -> str:
