@@ -132,12 +132,41 @@ def test_an_adapter_trained_on_a_hub_model_goes_up_naming_that_id_as_its_base(tm
     (run / "recipe.yaml").write_text("model:\n  source: someone/base-model\ndata:\n  train: t.jsonl\n")
     local = {"base_model_name_or_path": "/home/me/.cache/huggingface/hub/models--someone--base-model/snapshots/1"}
     (run / "adapter" / "adapter_config.json").write_text(json.dumps(local), encoding="utf-8")
-    assert hub_base_id(run) == "someone/base-model"
+    assert hub_base_id(run) == ("someone/base-model", None)  # a run older than run.json: its recipe's source
     folder, card = folder_to_upload(run, None)
-    config = next(op for op in upload_operations(folder, card, "someone/base-model")
+    config = next(op for op in upload_operations(folder, card, hub_base_id(run))
                   if op.path_in_repo == "adapter_config.json")
     assert json.loads(config.path_or_fileobj)["base_model_name_or_path"] == "someone/base-model"
     assert json.loads((run / "adapter" / "adapter_config.json").read_text()) == local
     assert "its base named someone/base-model" in upload_plan(run, "me/x")["files"][0]["from"]
     (run / "recipe.yaml").write_text("data:\n  train: t.jsonl\n")  # the embedded model: no Hub id to name
+    assert hub_base_id(run) is None
+
+
+def test_the_uploaded_adapter_names_the_hub_commit_run_json_recorded_and_no_local_folder(tmp_path, monkeypatch):
+    """run.json, not the recipe, says what the base was: a Hub download names its id at the commit trained on
+    (PEFT's `revision`, which AutoPeftModel loads the base at); a local folder, even one named like an id and read
+    from another working directory, names nothing."""
+    import json
+
+    from tunesmith.export.hub import hub_base_id, upload_plan
+    from tunesmith.manifest import BaseModelRecord, TrainRecord
+    from tunesmith.runs import Run, record_stage
+
+    run = make_run(tmp_path)
+    (run / "recipe.yaml").write_text("model:\n  source: someone/base-model\ndata:\n  train: t.jsonl\n")
+
+    def trained_on(source: str, commit: str | None) -> None:
+        base = BaseModelRecord(source=source, path=f"/cache/snapshots/{commit}", commit=commit)
+        record_stage(Run(run), "train", TrainRecord(artifact="adapter", path="adapter", method="sft", adapter="lora",
+                                                    base_model=base))
+
+    trained_on("someone/base-model", "0123abc")
+    assert hub_base_id(run) == ("someone/base-model", "0123abc")
+    uploaded = next(op for op in upload_operations(*folder_to_upload(run, None), hub_base_id(run))
+                    if op.path_in_repo == "adapter_config.json")
+    assert json.loads(uploaded.path_or_fileobj)["revision"] == "0123abc"
+    assert "its base named someone/base-model at 0123abc" in upload_plan(run, "me/x")["files"][0]["from"]
+    monkeypatch.chdir(tmp_path)  # `models/base` is a folder beside the recipe, not in the current directory
+    trained_on("models/base", None)
     assert hub_base_id(run) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunesmith.errors import TunesmithError, first_line, shell_arg
 
@@ -45,7 +45,7 @@ def offline_refusal() -> TunesmithError:
                           "Unset HF_HUB_OFFLINE and run again (logged in: `hf auth login` or HF_TOKEN).")
 
 
-def checked_upload(source: Path, repo_id: str, what: str | None) -> tuple[Path, Path | None, str | None]:
+def checked_upload(source: Path, repo_id: str, what: str | None) -> tuple[Path, Path | None, HubBase | None]:
     """What a push of `source` uploads, checked before any token or network: the repository id, the folder (not
     empty) and the run's card; and the Hub id its adapter names as base (`hub_base_id`)."""
     check_repo_id(repo_id)
@@ -80,7 +80,8 @@ def upload_plan(source: Path, repo_id: str, what: str | None = None) -> dict[str
     folder, card, base_id = checked_upload(source, repo_id, what)
     files = [{"path_in_repo": op.path_in_repo,
               "from": str(op.path_or_fileobj) if not isinstance(op.path_or_fileobj, bytes)
-              else f"{folder / op.path_in_repo}, its base named {base_id}",
+              else f"{folder / op.path_in_repo}, its base named {base_id.id}"
+              + (f" at {base_id.revision}" if base_id and base_id.revision else ""),
               "bytes": len(op.path_or_fileobj) if isinstance(op.path_or_fileobj, bytes)
               else Path(op.path_or_fileobj).stat().st_size} for op in upload_operations(folder, card, base_id)]
     return {"repo_id": repo_id, "folder": str(folder), "files": files, "bytes": sum(f["bytes"] for f in files)}
@@ -113,7 +114,7 @@ def folder_to_upload(source: Path, what: str | None) -> tuple[Path, Path | None]
                          f"Export it first: tunesmith export {shell_arg(run.path)} --format {fmt}")
 
 
-def upload_operations(folder: Path, card: Path | None, base_id: str | None = None) -> list:
+def upload_operations(folder: Path, card: Path | None, base_id: HubBase | None = None) -> list:
     """Every file under `folder` (hidden temporary files skipped); a run's model card goes up as README.md in place
     of the folder's own (PEFT's save_pretrained writes an empty template card there, naming the base by its local
     path). With `base_id` (the Hub id the run's recipe trained on), an adapter's adapter_config.json goes up naming
@@ -133,29 +134,46 @@ def upload_operations(folder: Path, card: Path | None, base_id: str | None = Non
     return operations
 
 
-def config_naming(config_file: Path, base_id: str) -> bytes:
-    """adapter_config.json with `base_model_name_or_path` set to `base_id`, as bytes to upload (the file here stays
-    as it is)."""
+class HubBase(NamedTuple):
+    """A base model on the Hub: its id and the commit a run trained on (None: not known)."""
+
+    id: str
+    revision: str | None
+
+
+def config_naming(config_file: Path, base: HubBase) -> bytes:
+    """adapter_config.json with `base_model_name_or_path` set to the base's Hub id and PEFT's `revision` to the
+    commit the run trained on, so `AutoPeftModelForCausalLM.from_pretrained` loads that base, not a newer one; as
+    bytes to upload (the file here stays as it is)."""
     from tunesmith.runs import read_adapter_config
 
-    config = {**read_adapter_config(config_file.parent), "base_model_name_or_path": base_id}
+    config = {**read_adapter_config(config_file.parent), "base_model_name_or_path": base.id}
+    if base.revision is not None:
+        config["revision"] = base.revision
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def hub_base_id(source: Path) -> str | None:
-    """The Hub id a run's recipe trained on (model.source `owner/name`), or None: an embedded model, a local folder,
-    any folder that is no run."""
+def hub_base_id(source: Path) -> HubBase | None:
+    """The Hub model a run trained on, as run.json recorded it (a base downloaded from the Hub, at its commit); None
+    for an embedded model, a local folder, a GGUF, any folder that is no run. A run older than run.json: its
+    recipe's model.source where it looks like `owner/name` and no folder of that name is beside the recipe."""
     from tunesmith.runs import Run
 
     run = Run(source)
     if not run.recipe_file.is_file():
         return None
     try:
-        model = run.load_recipe().model.source
-    except TunesmithError:  # a recipe of another version: the files go up as they are
+        manifest = run.manifest()
+        if manifest is not None and manifest.train is not None:
+            record = manifest.train.base_model
+            return HubBase(record.source, record.commit) if record.commit else None
+        recipe = run.load_recipe()
+    except TunesmithError:  # a run of another version: the files go up as they are
         return None
-    looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).exists()
-    return model if looks_like_id else None
+    model = recipe.model.source
+    looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not (
+        Path(recipe.base_dir) / model).exists()
+    return HubBase(model, recipe.model.revision) if looks_like_id else None
 
 
 def hub_error(exc: Exception, repo_id: str) -> Exception:
