@@ -74,6 +74,7 @@ from tunesmith.train.throughput import (
     training_flops,
 )
 from tunesmith.train.upstream import (
+    check_trainer_internals,
     hide_trl_checkpointing_deprecation,
     keep_freed_blocks_for_reuse,
     precision_flags,
@@ -364,6 +365,7 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     Raises TrainingInterrupted after SIGINT/SIGTERM (a checkpoint was written), and TunesmithError when
     training.max_bad_steps updates in a row were non-finite.
     """
+    check_trainer_internals(trainer)
     check_process_group(trainer)
     group_by_global_batch(trainer)
     frozen_cast = half_frozen_matmuls(trainer, setup, recipe, resumed_choice(run))

@@ -102,3 +102,37 @@ def glibc() -> Any:
     except OSError:
         return None
     return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
+# What tunesmith wraps, calls or sets on a trainer beyond its public API (transformers 5.x, TRL 1.16), and what would
+# stop working without a word where a later version renamed it: wrapping or setting a missing name raises nothing.
+TRAINER_INTERNALS = {
+    "_save_checkpoint": "checkpoints written whole or not at all (train/survival.py)",
+    "_get_train_sampler": "one length-grouped batch order on every process (train/distributed.py)",
+    "_prepare_inputs": "the time budget's timed steps (train/budget.py)",
+    "get_batch_samples": "no step past max_steps on resume (train/common.py), MFU's reference passes",
+    "_created_lr_scheduler": "the time budget's learning-rate schedule (train/budget.py)",
+}
+SFT_TRAINER_INTERNALS = {
+    "_total_train_tokens": "metrics.jsonl's num_tokens going on after a resume (train/common.py)",
+    "_track_num_input_tokens": "token counts of merged micro-batches (train/micro_batches.py)",
+}
+
+
+def check_trainer_internals(trainer: Any) -> None:
+    """Refuse to train where the installed transformers or TRL lacks a name tunesmith relies on (`TRAINER_INTERNALS`),
+    before anything trains, instead of training with that part silently off. Raises TunesmithError naming each
+    missing name, what it is for, and the versions installed."""
+    from importlib.metadata import version
+
+    from trl import SFTTrainer
+
+    from tunesmith.errors import TunesmithError
+
+    needed = {**TRAINER_INTERNALS, **(SFT_TRAINER_INTERNALS if isinstance(trainer, SFTTrainer) else {})}
+    missing = [f"{name} ({purpose})" for name, purpose in needed.items() if not hasattr(trainer, name)]
+    if missing:
+        raise TunesmithError(f"This transformers {version('transformers')} / TRL {version('trl')} trainer lacks "
+                             f"{'; '.join(missing)}.",
+                             "Install the versions tunesmith is tested with: pip install 'transformers>=5.0,<6' "
+                             "'trl>=1.16,<2' (see pyproject.toml), or a tunesmith made for these.")
