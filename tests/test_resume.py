@@ -214,6 +214,8 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     from tunesmith.train.resume import initial_weights
 
     recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    # as a user writes it: data paths relative to the recipe, no base_dir (what lets the project move, below)
+    recipe.write_text(re.sub(r"(?m)^base_dir: .*\n", "", recipe.read_text()).replace(f"{tmp_path}/data/", "data/"))
     with monkeypatch.context() as patch:
         crash_at_step(patch, 3)
         with pytest.raises(Crash):
@@ -234,6 +236,10 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     source.write_bytes(original)
     assert resumed_run(load_recipe(recipe), str(run.path), None).path == run.path
     assert (run.path / "data" / "train.jsonl").read_bytes() == saved_rows
+    moved = Path(shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-moved")))  # the project, runs and all
+    source.unlink()  # gone from where the run first read it; the same bytes beside the moved recipe
+    moved_run = moved / run.path.relative_to(tmp_path)
+    assert resumed_run(load_recipe(moved / recipe.name), str(moved_run), None).path == moved_run
 
 
 def test_same_recipe_data_and_seed_give_identical_weights_and_runs_diff_says_what_differs(tmp_path, tiny_model_dir):

@@ -113,7 +113,7 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
             f"Resume with the recipe it started with ({run.recipe_file}); only {', '.join(RESUME_SAFE_KEYS)} may "
             "change. To train with new settings from its weights, let it finish (or start anew) and use "
             "--init-from in a new run.")
-    check_data_unchanged(run)
+    check_data_unchanged(run, recipe)
     discard_incomplete_checkpoints(run, report=lambda line: print(line, file=sys.stderr, flush=True))
     checkpoint = newest_complete_checkpoint(run)
     if checkpoint is None:
@@ -123,10 +123,11 @@ def check_resumable(run: Run, recipe: Recipe) -> Path:
     return checkpoint
 
 
-def check_data_unchanged(run: Run) -> None:
+def check_data_unchanged(run: Run, recipe: Recipe) -> None:
     """Refuse to resume on data files whose content differs from (or that are gone since) what the run's first
     steps trained on, by the sha256 run.json recorded: the rest of the run would train on other rows, and the run's
-    record of its data would be overwritten with rows its first steps never saw."""
+    record of its data would be overwritten with rows its first steps never saw. The files checked are the ones
+    `recipe` reads now (a project moved with its runs reads the same bytes from its new place)."""
     from tunesmith.manifest import content_sha256
 
     manifest = run.manifest()
@@ -135,13 +136,14 @@ def check_data_unchanged(run: Run) -> None:
     for split, source in manifest.data.sources.items():
         if source.sha256 is None:  # a Hub dataset: pinned by its revision in the recipe
             continue
-        now = content_sha256(Path(source.resolved))
+        read = recipe.resolve_path(source.path)
+        now = content_sha256(read)
         if now != source.sha256:
             state = "is gone since" if now is None else "has changed since"
             saved = run.path / manifest.data.train.path
             raise TunesmithError(
-                f"Cannot resume {run.path}: its {split} data {source.resolved} {state} the run started (run.json "
-                f"records the file's sha256, {source.sha256[:12]}...).",
+                f"Cannot resume {run.path}: its {split} data {read} {state} the run started (run.json "
+                f"records the file's sha256, {source.sha256[:12]}..., read from {source.resolved}).",
                 "Put the original file back, byte for byte, and resume; or train a new run"
                 f"{new_run_start(run)}, on new data or on the rows this run kept ({saved} and its eval file beside "
                 "it, already cleaned and split: `--set data.train=... --set data.eval=...`).")
