@@ -538,3 +538,44 @@ def test_the_resume_hint_names_the_launch_a_run_had(tmp_path, tiny_model_dir):
     assert command == ["tunesmith", "train", str(alone.recipe_file), "--resume", str(alone.path)]
     launched = create_run(load_recipe(recipe, ["training.distributed=ddp"]), tmp_path / "runs")
     assert resume_hint(launched).startswith("Start the launch that trained it again, unchanged")
+
+
+def test_a_resume_trains_on_the_hub_commit_it_started_on_not_a_newer_one(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A Hub id without model.revision resolves to the newest commit: one published between the stop and the resume
+    would train the rest of the run on another model. The resume keeps the commit its checkpoints trained on while
+    it is here, and refuses, naming both commits, once it is gone."""
+    from huggingface_hub import constants
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.cli.app import resumed_run
+    from tunesmith.train import run_training
+    from tunesmith.train.resume import base_the_run_started_on
+
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    first, second = "a" * 40, "b" * 40
+    for commit in (first, second):
+        shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    weights = next((repo / "snapshots" / second).glob("*.safetensors"))
+    save_file({name: t + 1e-3 for name, t in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    recipe = write_recipe(tmp_path, tiny_model_dir, "sft", "lora")
+    recipe.write_text(recipe.read_text().replace(f"source: {tiny_model_dir}", "source: someone/tiny"))
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 3)
+        with pytest.raises(Crash):
+            train_in_process(recipe, tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    (repo / "refs" / "main").write_text(second)  # published while the run was stopped
+    resumed_run(load_recipe(recipe), str(run.path), None)
+    assert base_the_run_started_on(run, repo / "snapshots" / second) == repo / "snapshots" / first
+    run_training(load_recipe(run.recipe_file), run)
+    assert "resuming on the base" in capsys.readouterr().err
+    assert run.manifest().train.base_model.commit == first
+    shutil.rmtree(repo / "snapshots" / first)
+    with pytest.raises(TunesmithError, match=f"trained on commit {first} .* resolves to commit {second}") as refused:
+        base_the_run_started_on(run, repo / "snapshots" / second)
+    assert f"hf download someone/tiny --revision {first}" in refused.value.hint
+    assert base_the_run_started_on(Run(tmp_path / "fresh"), repo / "snapshots" / second) == repo / "snapshots" / second

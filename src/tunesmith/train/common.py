@@ -53,7 +53,7 @@ from tunesmith.train.distributed import (
 from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears
 from tunesmith.train.plots import plot_loss_curve, plot_reward_curve
 from tunesmith.train.preflight import check_targets_fit_model
-from tunesmith.train.resume import initial_weights, load_initial_adapter, resume_hint
+from tunesmith.train.resume import base_the_run_started_on, initial_weights, load_initial_adapter, resume_hint
 from tunesmith.train.survival import (
     BatchRecorder,
     NumericsGuard,
@@ -128,7 +128,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
 
     torch.manual_seed(recipe.training.seed)
     init_from = initial_weights(recipe)
-    model_dir = resolve_model_source(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = base_the_run_started_on(run, resolve_model_source(recipe.model.source, recipe.model.revision,
+                                                                  Path(recipe.base_dir)))
     chat_template = recipe_chat_template(recipe)  # a missing template file fails before the data loads
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     for spec in (m for m in recipe.eval.metrics or [] if ":" in m):  # a user metric's file: found and loadable now

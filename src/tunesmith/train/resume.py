@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError, shell_arg
-from tunesmith.runs import LAUNCH_DIR, Run, open_run, run_being_trained, training_process
+from tunesmith.runs import LAUNCH_DIR, Run, open_run, read_adapter_config, run_being_trained, training_process
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
 
@@ -147,6 +147,41 @@ def check_data_unchanged(run: Run, recipe: Recipe) -> None:
                 "Put the original file back, byte for byte, and resume; or train a new run"
                 f"{new_run_start(run)}, on new data or on the rows this run kept ({saved} and its eval file beside "
                 "it, already cleaned and split: `--set data.train=... --set data.eval=...`).")
+
+
+def base_the_run_started_on(run: Run, resolved: Path) -> Path:
+    """The base model folder a resumed `run` trains on: the one its checkpoints were trained on (the newest adapter
+    checkpoint's base_model_name_or_path), where model.source now resolves elsewhere, e.g. a Hub id without
+    model.revision whose newest commit moved on, which would train the rest of the run on another model; `resolved`
+    otherwise (a fresh run, a whole-model checkpoint). Raises TunesmithError where the folder it started on is gone
+    and the one found now is another Hub commit."""
+    from tunesmith.manifest import hub_commit, weights_signature
+
+    checkpoint = newest_complete_checkpoint(run)
+    if checkpoint is None or not (checkpoint / "adapter_config.json").is_file():
+        return resolved
+    named = read_adapter_config(checkpoint).get("base_model_name_or_path")
+    started = Path(named) if isinstance(named, str) and named else None
+    if started is None or not started.is_absolute() or started.resolve() == resolved.resolve():
+        return resolved
+    if started.is_dir():
+        if weights_signature(started) != weights_signature(resolved):
+            print(f"resuming on the base {run.path.name} started on, {started}; model.source now resolves to "
+                  f"{resolved}, another model", file=sys.stderr, flush=True)
+        return started
+    was, now = hub_commit(started), hub_commit(resolved)
+    if was is not None and now is not None and was != now:
+        raise TunesmithError(f"Cannot resume {run.path}: its checkpoints were trained on commit {was} of the base, "
+                             f"and model.source now resolves to commit {now}, so the rest of the run would train "
+                             "another model.",
+                             f"Bring back the commit it started on (`hf download {hub_id_of_snapshot(started)} "
+                             f"--revision {was}`) and resume; or train a new run on the new commit.")
+    return resolved
+
+
+def hub_id_of_snapshot(snapshot: Path) -> str:
+    """The Hub id of a Hub cache snapshot folder (`.../models--owner--name/snapshots/<commit>`)."""
+    return snapshot.parent.parent.name.removeprefix("models--").replace("--", "/")
 
 
 def new_run_start(run: Run) -> str:
