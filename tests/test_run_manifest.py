@@ -100,6 +100,9 @@ def test_a_base_folder_written_again_with_other_weights_is_refused(trained, tmp_
 
     copy, base = run_on_a_copy_of_its_base(trained, tmp_path)
     assert copy.base_model() == base
+    (base / "pytorch_model.bin").write_bytes(b"another tool's download, which transformers does not load here")
+    (base / "tokenizer_config.json").write_text((base / "tokenizer_config.json").read_text() + "\n")
+    assert copy.base_model() == base
     weights = next(base.glob("*.safetensors"))
     tensors = load_file(weights)
     name = max(tensors, key=lambda key: tensors[key].numel())

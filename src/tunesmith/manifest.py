@@ -149,19 +149,21 @@ def source_file(written: str, resolved: str) -> SourceFile:
     return SourceFile(path=written, resolved=resolved, sha256=content_sha256(local) if local.exists() else None)
 
 
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 SIGNATURE_BLOCKS = 16  # blocks read from each weight file, evenly spread
 SIGNATURE_BLOCK_BYTES = 1 << 16
 
 
 def weights_signature(model_dir: Path) -> str | None:
-    """A sha256 over `model_dir`'s weight files: each file's name, size, first 64 KiB (a safetensors header names
-    every tensor, shape and dtype) and 16 blocks of 64 KiB spread evenly through it; None where it has no weight file.
+    """A sha256 over the weight files transformers loads from `model_dir` (its *.safetensors; *.bin where it has
+    none): each file's name, size, first 64 KiB (a safetensors header names every tensor, shape and dtype) and 16
+    blocks of 64 KiB spread evenly through it; None where it has no weight file. Other files (a pytorch_model.bin
+    another tool downloads beside the safetensors later, a tokenizer, a lock) do not count.
 
     A sample, not a full hash, so a 140 GB folder costs ~1 MiB of reads a file: a file written again with other
     weights (another merge, another fine-tune, another dtype) differs in its header or in the sampled blocks,
     which an edit confined to the bytes between the blocks would not."""
-    files = sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in model_dir.glob(pattern) if f.is_file()})
+    files = sorted(f for f in model_dir.glob("*.safetensors") if f.is_file()) or sorted(
+        f for f in model_dir.glob("*.bin") if f.is_file() and f.name != "training_args.bin")
     if not files:
         return None
     digest = hashlib.sha256()
