@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import gguf
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tests.conftest import make_tiny_project
 from tunesmith.config import load_recipe
 from tunesmith.errors import RecipeError
+from tunesmith.manifest import weights_signature
 from tunesmith.quickstart import run_pipeline
 
 
@@ -48,6 +50,13 @@ def test_the_pipeline_writes_every_recipe_format_gguf_included(tmp_path, tiny_mo
     assert "--quant Q8_0 quantizes the gguf and ollama formats only" in " ".join(again.stderr.split())
     other = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", "--quant", "F16", "--no-verify"])
     assert other.exit_code == 0, other.output  # a second quantization: both files stay recorded
+    assert "merging again" not in other.stderr  # the kept merge is the adapter's, as recorded: reused
+    merged_weights = json.loads((run.exports_dir / "manifest.json").read_text())["merged"]["weights"]
+    shutil.copy(next(tiny_model_dir.glob("*.safetensors")), run.exports_dir / "merged" / "model.safetensors")
+    stale = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguf", "--quant", "F16", "--no-verify"])
+    assert stale.exit_code == 0, stale.output  # the base copied over the kept merge: merged again, not converted
+    assert "is not the merge of" in stale.stderr and "merging again" in " ".join(stale.stderr.split())
+    assert weights_signature(run.exports_dir / "merged") == merged_weights
     exports = run.manifest().exports
     assert exports["gguf"].path == "exports/gguf/tiny.F16.gguf"
     assert exports["gguf:tiny.F32.gguf"].path == "exports/gguf/tiny.F32.gguf"

@@ -103,7 +103,7 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     with the merged checkpoint; a file below its type's agreement threshold is kept, flagged in the
     manifest, and the export fails.
     """
-    from tunesmith.export.merged import export_merged
+    from tunesmith.export.merged import export_merged, merged_is_current
     from tunesmith.models.tuned import is_adapter, run_base_model
 
     quant = parse_quant(quant)  # a bad type fails before a slow merge
@@ -113,9 +113,9 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
         require_llama_cpp("--verify")
     artifact = run.trained_artifact()  # a run without a trained model fails here, naming the fix
     merged = artifact if not is_adapter(artifact) else run.exports_dir / "merged"  # whole models need no merge
-    if not (merged / "config.json").is_file():
+    if merged != artifact and not merged_is_current(run, merged, artifact):
         path, max_diff = export_merged(run_base_model(run), artifact, merged)
-        record_merged(run, path, max_diff)
+        record_merged(run, path, max_diff, artifact)
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     if not (verify and keeps_a_checked_file(run, quant, target)):
         write_gguf(merged, target, quant, name=recipe.name)
@@ -182,13 +182,13 @@ def require_agreement(verification: Verification, target: Path, kept: Path | Non
         "--no-verify skips this check.")
 
 
-def record_merged(run: Run, path: Path, max_diff: float) -> None:
+def record_merged(run: Run, path: Path, max_diff: float, adapter_dir: Path) -> None:
     """The merged checkpoint a GGUF is converted from stays (later GGUF and Ollama exports reuse it): recorded in
     exports/manifest.json (and, by the export stage, run.json) as the `merged` format is, and said, with its size."""
+    from tunesmith.export.merged import merged_entry
     from tunesmith.runs import tree_size
 
-    update_export_manifest(run, {"merged": {"path": run.relative(path), "max_abs_logit_diff": max_diff,
-                                            "written_for": "gguf"}})
+    update_export_manifest(run, {"merged": {**merged_entry(run, path, max_diff, adapter_dir), "written_for": "gguf"}})
     print(f"merged checkpoint kept at {path} ({tree_size(path) / 2**20:,.0f} MiB): the GGUF is converted from it, "
           "and later GGUF and Ollama exports reuse it; delete it when you need the space.", file=sys.stderr)
 

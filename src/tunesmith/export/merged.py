@@ -15,6 +15,7 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.export import update_export_manifest
+from tunesmith.manifest import weights_signature
 from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
 from tunesmith.models.checkpoints import checkpoint_shards
 from tunesmith.models.tuned import is_adapter, run_base_model
@@ -37,9 +38,33 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         model_dir = run_base_model(run)
         path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
-        manifest["merged"] = {"path": run.relative(path), "max_abs_logit_diff": max_diff}
+        manifest["merged"] = merged_entry(run, path, max_diff, artifact)
     update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
+
+
+def merged_entry(run: Run, path: Path, max_diff: float, adapter_dir: Path) -> dict[str, Any]:
+    """exports/manifest.json's record of a merged checkpoint: where it is, the merge's own check, and the weights
+    signatures of the checkpoint as written and of the adapter merged into it (`merged_is_current` reads them)."""
+    return {"path": run.relative(path), "max_abs_logit_diff": max_diff, "weights": weights_signature(path),
+            "adapter": weights_signature(adapter_dir)}
+
+
+def merged_is_current(run: Run, merged: Path, adapter_dir: Path) -> bool:
+    """Whether exports/merged is there and is the merge of the run's adapter as it is now: its weights as the merge
+    wrote them, from this adapter. A checkpoint changed since (files copied over it, an adapter rolled back or
+    retrained after it) or recorded by a tunesmith before these signatures is merged again by the caller, and
+    said, instead of converted to GGUF and checked against itself."""
+    if not (merged / "config.json").is_file():
+        return False
+    manifest_file = run.exports_dir / "manifest.json"
+    entry = (json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}).get("merged")
+    entry = entry if isinstance(entry, dict) else {}
+    if entry.get("weights") == weights_signature(merged) and entry.get("adapter") == weights_signature(adapter_dir):
+        return True
+    print(f"{merged} is not the merge of {adapter_dir} as it is now (changed since it was written, or written "
+          "before tunesmith recorded its weights): merging again", file=sys.stderr, flush=True)
+    return False
 
 
 def template_contract(run: Run) -> dict[str, Any]:
