@@ -233,3 +233,50 @@ def test_a_run_that_logged_a_step_is_kept_when_training_stops_on_an_error(tmp_pa
         with pytest.raises(TunesmithError), removed_if_unstarted(run):
             raise TunesmithError("out of memory at step 2")
     assert started.path.is_dir() and not unstarted.path.exists()
+
+
+def test_importing_tunesmith_keeps_bitsandbytes_from_fetching_a_kernel_from_the_hub(tmp_path):
+    """bitsandbytes (imported by every `import peft`) asks the Hub for a compiled CPU kernel on AVX512-BF16 CPUs:
+    with tunesmith imported first, nothing connects to the Hub's address (here a local listener standing in for it);
+    without it, on such a CPU, the same import connects."""
+    import socket
+    import threading
+    import time
+
+    from bitsandbytes.functional import has_avx512bf16
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    connections: list[str] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end of the test
+                return
+            connections.append("connected")
+            connection.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "LOCAL_KERNELS")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{listener.getsockname()[1]}", HF_HOME=str(tmp_path))
+
+    def connects(code: str) -> bool:
+        connections.clear()
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300, check=True)
+        return bool(connections)
+
+    try:
+        assert not connects("import tunesmith, peft")
+        if has_avx512bf16():  # the CPUs bitsandbytes asks on: without tunesmith's setting, it does
+            assert connects("import peft")
+    finally:
+        stop.set()
+        time.sleep(0.3)  # the accepting thread sees the flag before the socket closes under it
+        listener.close()
