@@ -341,3 +341,29 @@ def test_baselines_are_refused_for_runs_scored_by_likelihood_before_anything_loa
     run = create_run(recipe, tmp_path / "runs")
     with pytest.raises(TunesmithError, match=rf"--baselines zero_shot: .*a {method} run is scored by likelihoods"):
         run_eval(recipe, run, baselines=["zero_shot"])
+
+
+def test_an_interval_over_ties_only_is_said_as_no_example_differing_not_as_zero_width_certainty():
+    """48 forgetting probes both models pass: the bootstrap interval is [+0, +0], which read as a certainty that
+    nothing changed; it says no example differs. An interval with wins or losses keeps its bounds."""
+    from tunesmith.eval.stats import compare_metric
+    from tunesmith.results import interval_text
+
+    tied = compare_metric([1.0] * 48, [1.0] * 48)
+    assert tied["ci95"] == [0.0, 0.0] and interval_text(tied, "{:+.4f}".format) == "(no example differs)"
+    moved = compare_metric([1.0] * 40 + [0.0] * 8, [1.0] * 48)
+    assert interval_text(moved, "{:+.4f}".format).startswith("[+0.0")
+    assert interval_text({"delta": 0.5, "ci95": None}, str) == ""
+
+
+def test_the_probe_verdict_names_what_played_the_base_under_against():
+    from tunesmith.eval.add_ons import add_on_tables
+    from tunesmith.results import EvalResults
+
+    probes = {"base": {"probe_accuracy": 1.0}, "tuned": {"probe_accuracy": 1.0}, "comparison": {}, "count": 48,
+              "margin": 0.05, "perplexity_margin": 0.1, "regression": False}
+    results = {"examples": 1, "task_metric": "exact_match", "base": {}, "tuned": {}, "comparison": {},
+               "probes": probes}
+    alone = add_on_tables(EvalResults.model_validate(results))[0].note
+    against = add_on_tables(EvalResults.model_validate({**results, "against": {"name": "run-b", "path": "/x"}}))[0]
+    assert "within 0.05 of base" in alone and "within 0.05 of run-b" in against.note

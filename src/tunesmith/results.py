@@ -9,6 +9,7 @@ inside (a variant's scores, a comparison, an add-on) keep extra keys, because ea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ def score_text(metric: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return COST_FORMATS.get(metric, "{:.4f}" if isinstance(value, float) else "{}").format(value)
+
+
+NO_EXAMPLE_DIFFERS = "(no example differs)"
+
+
+def interval_text(entry: dict[str, Any], number: Callable[[float], str]) -> str:
+    """A comparison's 95% interval as tables show it, each end through `number`; "" where it has none. Where every
+    example tied (no win, no loss) the bootstrap interval has width 0, which reads as certainty: said as what it is."""
+    ci = entry.get("ci95")
+    if "wins" in entry and entry["wins"] == entry.get("losses") == 0:
+        return NO_EXAMPLE_DIFFERS
+    return f"[{number(ci[0])}, {number(ci[1])}]" if ci else ""
 
 
 class Comparison(BaseModel):

@@ -30,7 +30,7 @@ from tunesmith.cli.plan import plan
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.serve import serve
 from tunesmith.errors import TunesmithError, shell_arg
-from tunesmith.results import COST_KEYS, Comparison, EvalResults, read_results, score_text
+from tunesmith.results import COST_KEYS, Comparison, EvalResults, interval_text, read_results, score_text
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -895,8 +895,7 @@ def _comparison_cells(entry: Comparison | None) -> list[str]:
         return ["", "", ""]
     extra = entry.model_extra or {}
     tally = "/".join(str(extra[k]) for k in ("wins", "losses", "ties")) if "wins" in extra else ""
-    ci = entry.ci95
-    return [f"{entry.delta:+.4f}", f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "", tally]
+    return [f"{entry.delta:+.4f}", interval_text({**extra, "ci95": entry.ci95}, "{:+.4f}".format), tally]
 
 
 def _cell(value: Any) -> str:

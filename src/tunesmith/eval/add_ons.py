@@ -143,7 +143,7 @@ def add_on_tables(results: EvalResults) -> list[AddOnTable]:
     if results.rewards is not None:
         tables.append(rewards_table(results.rewards))
     if results.probes is not None:
-        tables.append(probes_table(results.probes))
+        tables.append(probes_table(results.probes, results.against.name if results.against else "base"))
     if results.judge is not None:
         judge = results.judge.model_extra or {}
         note = (f"position consistency {judge['position_consistency']:.0%} (both orders agree); "
@@ -172,22 +172,23 @@ def rewards_table(block: AddOnBlock) -> AddOnTable:
     return AddOnTable("GRPO rewards on the held-out answers", block_rows(block, lambda key: key), note)
 
 
-def probes_table(probes: ProbesBlock) -> AddOnTable:
+def probes_table(probes: ProbesBlock, base_name: str = "base") -> AddOnTable:
     names = {"accuracy": "probe_accuracy", "perplexity": "probe_perplexity"}
     rows = block_rows(probes, lambda key: names.get(key, f"probe/{key}"))
     asked = f", asked as {probes.asked_as!r}: no chat template" if probes.asked_as else ""
     source = f" of {Path(probes.file['path']).name}" if probes.file and not probes.file.get("bundled") else ""
     return AddOnTable(f"forgetting probes ({probes.count} prompts{source}{asked}; perplexity on general text)", rows,
-                      probe_verdict(probes))
+                      probe_verdict(probes, base_name))
 
 
-def probe_verdict(probes: ProbesBlock) -> str:
-    """One line: regression or not, and why."""
+def probe_verdict(probes: ProbesBlock, base_name: str = "base") -> str:
+    """One line: regression or not, and why; `base_name` is what played the base's part (the other run's name under
+    `eval --against`)."""
     if probes.regression is None:
         return "no base to compare with"
     if probes.regression:
         return "REGRESSION: " + "; ".join(probes.reasons) + near_tie_note(probes.lost)
-    return (f"no regression (accuracy within {probes.margin:g} of base, perplexity within "
+    return (f"no regression (accuracy within {probes.margin:g} of {base_name}, perplexity within "
             f"{probes.perplexity_margin:.0%})")
 
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunesmith.results import score_text
+from tunesmith.results import interval_text, score_text
 from tunesmith.runs import atomic_write_text
 
 STYLE = """
@@ -149,10 +149,9 @@ def add_ons_html(results: dict[str, Any]) -> str:
         rows, classes = [], []
         for metric, base, tuned, compared in block.rows:
             entry = compared.model_dump() if compared is not None else None  # the dict the task table reads too
-            ci = (entry or {}).get("ci95")
             rows.append([metric, _num(base) if base is not None else "–", _num(tuned),
                          _num(entry["delta"], signed=True) if entry else "–",
-                         f"[{_num(ci[0], signed=True)}, {_num(ci[1], signed=True)}]" if ci else "–",
+                         interval_text(entry or {}, lambda x: _num(x, signed=True)) or "–",
                          *(str((entry or {}).get(k, "–")) for k in ("wins", "losses", "ties"))])
             classes.append(verdict_class(entry) if entry else "")
         css = " class='worse'" if block.note.startswith("REGRESSION") else ""
@@ -233,9 +232,8 @@ def metrics_table(results: dict[str, Any]) -> str:
     head = ["metric", "base", "tuned", "delta", "95% CI", "wins", "losses", "ties"]
     rows, classes = [], []
     for metric, entry in comparison.items():
-        ci = entry.get("ci95")
         rows.append([metric, _num(entry["base"]), _num(entry["tuned"]), _num(entry["delta"], signed=True),
-                     f"[{_num(ci[0], signed=True)}, {_num(ci[1], signed=True)}]" if ci else "–",
+                     interval_text(entry, lambda x: _num(x, signed=True)) or "–",
                      *(str(entry.get(k, "–")) for k in ("wins", "losses", "ties"))])
         classes.append(verdict_class(entry))
     note = (f"<p>Intervals: paired bootstrap over examples ({results.get('bootstrap', {}).get('resamples', '?')} "
