@@ -63,6 +63,21 @@ def test_one_column_per_variant_with_scores(compared, project):
     assert [r["outputs"]["base"] for r in compared["rows"]] != [r["outputs"]["style-b"] for r in compared["rows"]]
 
 
+def test_each_variant_is_compared_with_the_base_paired_over_the_same_prompts(compared):
+    """As eval compares tuned with base: the difference of means, its paired bootstrap interval and the tally, each
+    recomputed here from the per-prompt scores."""
+    assert set(compared["paired"]) == set(compared["variants"][1:])
+    for variant, metrics in compared["paired"].items():
+        assert set(metrics) == {"exact_match", "chrf"}
+        for metric, entry in metrics.items():
+            base = [row["scores"]["base"][metric] for row in compared["rows"]]
+            mine = [row["scores"][variant][metric] for row in compared["rows"]]
+            assert entry["delta"] == pytest.approx(sum(mine) / len(mine) - sum(base) / len(base), abs=1e-4)
+            assert entry["wins"] == sum(m > b for m, b in zip(mine, base, strict=True))
+            assert entry["losses"] == sum(m < b for m, b in zip(mine, base, strict=True))
+            assert entry["ci95"] is None or entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1]
+
+
 def test_switched_adapter_answers_as_when_loaded_alone(compared, project, tiny_model_dir):
     """Proves switching: each adapter's column equals what a fresh base + that adapter alone produces."""
     from peft import PeftModel
@@ -105,6 +120,7 @@ def test_html_is_self_contained_with_outputs_scores_and_marks(compared):
         assert row["prompt"] in text and row["reference"] in text
         assert all(output in text for output in row["outputs"].values())
     assert f"{compared['summary']['style-b']['chrf']:.4f}" in text
+    assert "Each against base" in text and f"{compared['paired']['style-b']['chrf']['delta']:+.4f}" in text
     assert "differs" in parser.cells and "<mark>" in document
     assert not parser.urls and "http://" not in document and "https://" not in document
 

@@ -298,7 +298,22 @@ def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], 
         summary[variant] = {**aggregate(scored), "seconds": seconds[variant]}
     return {"prompts_file": str(prompts_file), "base_model": str(base_dir), "variants": variants,
             "metrics": metrics, "examples": len(rows), "scored": sum("scores" in row for row in rows),
-            "summary": summary, "rows": rows}
+            "summary": summary, "paired": paired_against_first(rows, variants), "rows": rows}
+
+
+def paired_against_first(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Each variant after the first (the base, where it is compared) against the first, per metric, over the same
+    scored prompts: the difference of means, its paired bootstrap 95% interval and the wins/losses/ties
+    (`eval.stats.compare_metric`, as eval compares tuned with base)."""
+    from tunesmith.eval.stats import compare_metric
+
+    scored = [row["scores"] for row in rows if "scores" in row]
+    if not scored or len(variants) < 2:
+        return {}
+    first = variants[0]
+    return {variant: {metric: compare_metric([s[first][metric] for s in scored], [s[variant][metric] for s in scored])
+                      for metric in scored[0][first] if all(metric in s[variant] for s in scored)}
+            for variant in variants[1:]}
 
 
 def numeric(scores: dict[str, Any]) -> dict[str, float]:
@@ -331,6 +346,29 @@ def render_compare_html(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def paired_rows(results: dict[str, Any]) -> list[list[str]]:
+    """[variant, metric, delta, 95% CI, wins/losses/ties] per variant after the first and metric (`paired`)."""
+    from tunesmith.results import interval_text
+
+    return [[variant, metric, f"{entry['delta']:+.4f}", interval_text(entry, "{:+.4f}".format) or "–",
+             f"{entry['wins']}/{entry['losses']}/{entry['ties']}"]
+            for variant, metrics in (results.get("paired") or {}).items() for metric, entry in metrics.items()]
+
+
+def print_paired(results: dict[str, Any], console: Any) -> None:
+    rows = paired_rows(results)
+    if not rows:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"each against {results['variants'][0]}, paired over the same prompts")
+    for column in ("variant", "metric", "delta", "95% CI", "wins/losses/ties"):
+        table.add_column(column, justify="left" if column in ("variant", "metric") else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def summary_html(results: dict[str, Any]) -> str:
     """Mean score per metric (rows) and variant (columns), over the prompts that have a reference."""
     variants, summary = results["variants"], results["summary"]
@@ -342,7 +380,13 @@ def summary_html(results: dict[str, Any]) -> str:
             if results["scored"] == results["examples"] else
             f"<p>{results['scored']} of {results['examples']} prompts are scored (the others have no reference "
             "answer: only metrics that judge an answer alone score them).</p>")
-    return "<h2>Scores</h2><table>" + head + "\n".join(body) + "</table>" + note
+    paired = paired_rows(results)
+    versus = ("" if not paired else f"<h2>Each against {_e(results['variants'][0])}</h2><table><tr>" + "".join(
+        f"<th>{c}</th>" for c in ("variant", "metric", "delta", "95% CI", "wins/losses/ties")) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in paired) + "</table>"
+        "<p>Paired bootstrap over the scored prompts: an interval that excludes 0 is a difference these prompts "
+        "show.</p>")
+    return "<h2>Scores</h2><table>" + head + "\n".join(body) + "</table>" + note + versus
 
 
 def outputs_html(results: dict[str, Any]) -> str:
@@ -394,6 +438,7 @@ def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> No
     for key in [k for k in results["summary"][variants[0]] if k != "seconds"] + ["seconds"]:
         summary.add_row(key, *(_fmt(results["summary"][v].get(key)) for v in variants))
     console.print(summary)
+    print_paired(results, console)
     if not results["scored"]:
         console.print(escape(f"No prompt has a reference answer to score {', '.join(results['metrics'])} against: "
                              "--metric json_valid, or a check of your own (--metric file.py:function), scores "
