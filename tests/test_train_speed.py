@@ -321,6 +321,13 @@ def test_default_sft_run_groups_by_length_and_records_its_throughput(tmp_path, t
     # the process's peak memory, as `plan` estimates it: at least the model's weights, at most the peak so far
     weights = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
     assert weights < speed["peak_rss_bytes"] <= own_peak_rss_bytes() and speed["peak_cuda_bytes"] is None
+    # beside them, what `tunesmith plan` gives for this recipe as trained (its own figures, computed again here)
+    from tunesmith.plan.fit import plan_as_trained
+
+    planned, (plan, _) = report["planned"], plan_as_trained(load_recipe(run.recipe_file))
+    assert planned["peak_gib"] == round(plan.peak_bytes / 2**30, 2)
+    assert planned["measured_peak_gib"] == round(speed["peak_rss_bytes"] / 2**30, 2)
+    assert planned["measured_step_seconds"] == round(speed["seconds"] / report["steps"], 2)
 
 
 def padded_share(order: list[int], lengths: list[int], batch_size: int) -> float:
@@ -431,3 +438,15 @@ def test_an_mfu_over_100_percent_is_left_out_and_said_why(capsys):
     assert "91.2 GFLOP/s, MFU left out" in said and "58.4 GFLOP/s fp32 matmul peak was measured lower" in said
     print_throughput({**speed, "mfu": 0.5})
     assert "MFU 50% of this machine's 58.4 GFLOP/s fp32 matmul peak" in capsys.readouterr().err
+
+
+def test_the_end_of_training_sets_the_plan_beside_the_measurement():
+    from tunesmith.train.planned import planned_line
+
+    line = planned_line({"peak_gib": 5.77, "measured_peak_gib": 4.65, "step_seconds": 5.7,
+                         "measured_step_seconds": 2.4})
+    assert "5.77 GiB peak (measured 4.65 GiB, plan/measured 1.24x)" in line
+    assert "5.70 s a step (measured 2.40 s, plan/measured 2.38x)" in line
+    assert "no plan to compare with (gone)" in planned_line({"error": "gone"})
+    assert planned_line({"peak_gib": 1.0, "measured_peak_gib": None, "step_seconds": 1.0,
+                         "measured_step_seconds": None}) is None

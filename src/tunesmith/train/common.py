@@ -51,6 +51,7 @@ from tunesmith.train.distributed import (
     wait_for_everyone,
 )
 from tunesmith.train.frozen_matmuls import FrozenCast, bf16_copy_bytes, cast_frozen_linears
+from tunesmith.train.planned import planned_against_measured, planned_line
 from tunesmith.train.plots import plot_loss_curve, plot_reward_curve
 from tunesmith.train.preflight import check_targets_fit_model
 from tunesmith.train.resume import base_the_run_started_on, initial_weights, load_initial_adapter, resume_hint
@@ -421,9 +422,13 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     adapter = save_trained(trainer.model, setup.tokenizer, run, recipe.adapter, state_dict)  # adapter/, or model/
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
-    report = {"method": recipe.method.kind, **train_report(trainer, summary, setup.model_dir, counter),
+    trained = train_report(trainer, summary, setup.model_dir, counter)
+    planned = planned_against_measured(recipe, speed, trained["steps"], this_rank().world_size)
+    if planned_line(planned):
+        print(planned_line(planned), file=sys.stderr, flush=True)
+    report = {"method": recipe.method.kind, **trained,
               "precision": setup.precision, "processes": this_rank().world_size,  # throughput: all ranks' tokens
-              "chosen": chosen, **(choices or {}), "throughput": speed,
+              "chosen": chosen, **(choices or {}), "throughput": speed, "planned": planned,
               **budget,
               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
               "skipped_updates": guard.skipped,
