@@ -45,6 +45,40 @@ def test_llama_cpp_agrees_with_transformers(kind, quant, model_dirs, tmp_path):
     assert result.positions > 8 * verify.ANSWER_TOKENS // 2
 
 
+def test_the_runs_own_conversations_are_picked_as_they_would_be_answered():
+    from tunesmith.export.verify import TASK_PROMPTS, held_out_conversations
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    rows = [{"messages": chat, "tools": tools}, {"prompt": "x", "completion": "y"},
+            {"messages": chat[:2]}] + [{"messages": chat}] * 20
+    picked = held_out_conversations(rows)
+    assert picked[0] == (chat[:-1], tools) and len(picked) == TASK_PROMPTS
+    assert all(messages[-1]["role"] == "user" for messages, _ in picked)
+    assert held_out_conversations(None) == []
+
+
+@needs_llama_cpp
+def test_the_runs_own_multi_turn_prompts_count_in_the_check(model_dirs):
+    """The held-out conversations (a system prompt, earlier turns) are rendered by the checkpoint's template,
+    tokenized by both engines and counted towards the threshold beside the fixed prompts."""
+    model_dir = model_dirs["llama"]
+    path = write_gguf(model_dir, model_dir.parent / "task.F32.gguf", "F32")
+    conversations = [([{"role": "system", "content": "Answer in ISO dates."},
+                       {"role": "user", "content": "the third of May 2021"},
+                       {"role": "assistant", "content": "2021-05-03"},
+                       {"role": "user", "content": "Christmas day 1999"}], None),
+                     ([{"role": "user", "content": "New year's eve 2000"}], None)]
+    result = verify_gguf(path, model_dir, "F32", conversations)
+    alone = verify_gguf(path, model_dir, "F32")
+    assert result.task_prompts == 2 and result.prompts == len(verify.VERIFY_PROMPTS) + 2
+    assert result.tokenization_matches == result.prompts and result.positions > alone.positions
+    assert result.passed and result.task_agreement >= 0.99 and alone.task_agreement is None
+    assert "on 2 of the run's own held-out prompts" in result.summary()
+
+
 def make_run(model_dir: Path, tmp_path: Path):
     """A run whose adapter is a random (non-zero) LoRA on `model_dir`."""
     from peft import LoraConfig, get_peft_model

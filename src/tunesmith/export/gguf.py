@@ -27,7 +27,13 @@ from tunesmith.export import gguf_entries, update_export_manifest
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
 from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
 from tunesmith.export.gguf_vocab import add_tokenizer
-from tunesmith.export.verify import Verification, llama_cpp_available, require_llama_cpp, verify_gguf
+from tunesmith.export.verify import (
+    Verification,
+    held_out_conversations,
+    llama_cpp_available,
+    require_llama_cpp,
+    verify_gguf,
+)
 from tunesmith.models.checkpoints import checkpoint_shards
 from tunesmith.runs import require_free_space
 
@@ -119,7 +125,7 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"
     if not (verify and keeps_a_checked_file(run, quant, target)):
         write_gguf(merged, target, quant, name=recipe.name)
-        verification = verify_gguf(target, merged, quant) if verify else None
+        verification = verify_gguf(target, merged, quant, held_out_conversations(run.eval_rows())) if verify else None
         record_in_manifest(run, quant, target, verification)
         if verification is not None:
             require_agreement(verification, target)
@@ -145,7 +151,7 @@ def replace_checked_file(recipe: Recipe, run: Run, quant: str, merged: Path, tar
     rejected = target.parent / ".rejected" / target.name
     try:
         write_gguf(merged, staged, quant, name=recipe.name)
-        verification = verify_gguf(staged, merged, quant)
+        verification = verify_gguf(staged, merged, quant, held_out_conversations(run.eval_rows()))
         if verification.passed:
             os.replace(staged, target)
             record_in_manifest(run, quant, target, verification)  # the entry no longer names a rejected file

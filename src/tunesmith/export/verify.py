@@ -33,6 +33,8 @@ VERIFY_PROMPTS = [
     "How many legs does a spider have?",
 ]
 ANSWER_TOKENS = 32  # greedy tokens the reference model adds to each prompt
+TASK_PROMPTS = 8  # of the run's own held-out conversations, beside VERIFY_PROMPTS
+Conversation = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]  # messages before the answer, and tools
 # Minimum top-1 agreement per type; other types are reported only. A conversion bug (a wrong Q/K
 # permutation, tokenizer or RoPE setting) costs far more than these margins; rounding only flips
 # near-ties, where fp32's two best logits are within ~0.3 of each other. Measured on the quickstart's
@@ -54,6 +56,8 @@ class Verification:
     threshold: float | None  # None: reported only
     tokenization_matches: int  # prompts llama.cpp tokenizes to the same ids as transformers
     prompts: int
+    task_prompts: int = 0  # of `prompts`, the run's own held-out conversations (system prompt, turns, its template)
+    task_agreement: float | None = None  # the agreement over those alone
 
     @property
     def passed(self) -> bool:
@@ -66,8 +70,10 @@ class Verification:
     def summary(self) -> str:
         verdict = ("reported only" if self.threshold is None
                    else f"{'passes' if self.passed else 'FAILS'} the {self.threshold:.0%} threshold")
+        task = (f", {self.task_agreement:.1%} on {self.task_prompts} of the run's own held-out prompts"
+                if self.task_agreement is not None else "")
         return (f"llama.cpp vs transformers ({self.quant}): top-1 agreement {self.agreement:.1%} over "
-                f"{self.positions} positions ({self.answer_agreement:.1%} on answers), {verdict}; "
+                f"{self.positions} positions ({self.answer_agreement:.1%} on answers{task}), {verdict}; "
                 f"tokenization identical for {self.tokenization_matches}/{self.prompts} prompts")
 
 
@@ -95,11 +101,14 @@ class Reference:
     add_special: bool  # the text needs the tokenizer's own BOS/EOS (no chat template supplies them)
 
 
-def verify_gguf(gguf_path: Path, model_dir: Path, quant: str) -> Verification:
-    """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS."""
+def verify_gguf(gguf_path: Path, model_dir: Path, quant: str,
+                conversations: list[Conversation] | None = None) -> Verification:
+    """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS and
+    `conversations` (the run's own held-out prompts: its system prompt, several turns, tools, rendered by the
+    template it trained with), all of them counting towards the threshold."""
     print(f"verifying {Path(gguf_path).name} in llama.cpp against transformers ...", file=sys.stderr)
     with torch_threads(compute_threads()):
-        reference = reference_predictions(model_dir)
+        reference = reference_predictions(model_dir, conversations or [])
     got, tokenized = llama_cpp_predictions(Path(gguf_path), reference)
     same = [e == g for e, g in zip(reference.argmaxes, got, strict=True)]
     answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
@@ -107,13 +116,26 @@ def verify_gguf(gguf_path: Path, model_dir: Path, quant: str) -> Verification:
     same = [same[0], *(s[shared:] for s in same[1:])]
     positions = sum(len(s) for s in same)
     prompt_ids = [seq[:n] for seq, n in zip(reference.sequences, reference.prompt_lengths, strict=True)]
+    task = same[len(VERIFY_PROMPTS):]
     return Verification(
         quant=quant.upper(), positions=positions,
         agreement=sum(int(s.sum()) for s in same) / positions,
         answer_agreement=sum(int(a.sum()) for a in answers) / max(1, sum(len(a) for a in answers)),
         threshold=THRESHOLDS.get(quant.upper()),
         tokenization_matches=sum(a == b for a, b in zip(tokenized, prompt_ids, strict=True)),
-        prompts=len(prompt_ids))
+        prompts=len(prompt_ids), task_prompts=len(task),
+        task_agreement=sum(int(s.sum()) for s in task) / max(1, sum(len(s) for s in task)) if task else None)
+
+
+def held_out_conversations(rows: list[dict[str, Any]] | None) -> list[Conversation]:
+    """Up to TASK_PROMPTS of a run's saved held-out rows (`Run.eval_rows()`) as conversations to verify on: each
+    row's messages before its last assistant turn, with its tools; rows of other shapes are left out."""
+    conversations = []
+    for row in rows or []:
+        messages = row.get("messages") or []
+        if len(messages) > 1 and messages[-1].get("role") == "assistant":
+            conversations.append((messages[:-1], row.get("tools")))
+    return conversations[:TASK_PROMPTS]
 
 
 def shared_prefix_length(sequences: list[list[int]]) -> int:
@@ -124,8 +146,9 @@ def shared_prefix_length(sequences: list[list[int]]) -> int:
     return length
 
 
-def reference_predictions(model_dir: Path) -> Reference:
-    """Greedy answers to VERIFY_PROMPTS from the fp32 checkpoint, and its argmax at every position."""
+def reference_predictions(model_dir: Path, conversations: list[Conversation]) -> Reference:
+    """Greedy answers to VERIFY_PROMPTS and `conversations` from the fp32 checkpoint, and its argmax at every
+    position."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,7 +157,8 @@ def reference_predictions(model_dir: Path) -> Reference:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     add_special = not tokenizer.chat_template
-    texts = [prompt_text(tokenizer, prompt) for prompt in VERIFY_PROMPTS]
+    texts = [prompt_text(tokenizer, [{"role": "user", "content": prompt}]) for prompt in VERIFY_PROMPTS]
+    texts += [prompt_text(tokenizer, messages, tools) for messages, tools in conversations if not add_special]
     prompts = [tokenizer(text, add_special_tokens=add_special)["input_ids"] for text in texts]
     sequences = [ids + answer for ids, answer in zip(prompts, greedy_answers(model, tokenizer, texts, add_special),
                                                      strict=True)]
@@ -160,12 +184,13 @@ def greedy_answers(model: Any, tokenizer: Any, texts: list[str], add_special: bo
     return answers
 
 
-def prompt_text(tokenizer: Any, prompt: str) -> str:
-    """The prompt as the model sees it in chat: rendered with its chat template when it has one."""
+def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    """The conversation as the model sees it before its answer: rendered with its chat template when it has one,
+    else the last message's text."""
     if not tokenizer.chat_template:
-        return prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+        return str(messages[-1]["content"])
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         **({"tools": tools} if tools else {}))
 
 
 def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[np.ndarray], list[list[int]]]:
