@@ -221,7 +221,7 @@ def test_prepare_training_refuses_before_loading_the_tokenizer_or_model(tmp_path
 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in label_rows()))
     recipe = validate_recipe({"data": {"train": str(tmp_path / "train.jsonl")}, "eval": {"task_metric": "json_fields"}})
-    monkeypatch.setattr(common, "resolve_model_source", lambda *args: tmp_path)
+    monkeypatch.setattr(common, "base_the_run_started_on", lambda run, recipe: tmp_path)
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("loaded before the metric check")

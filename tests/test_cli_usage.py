@@ -245,6 +245,8 @@ def test_importing_tunesmith_keeps_bitsandbytes_from_fetching_a_kernel_from_the_
 
     from bitsandbytes.functional import has_avx512bf16
 
+    if not has_avx512bf16():
+        pytest.skip("bitsandbytes asks the Hub for its kernel on CPUs with AVX512-BF16 only")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -274,8 +276,7 @@ def test_importing_tunesmith_keeps_bitsandbytes_from_fetching_a_kernel_from_the_
 
     try:
         assert not connects("import tunesmith, peft")
-        if has_avx512bf16():  # the CPUs bitsandbytes asks on: without tunesmith's setting, it does
-            assert connects("import peft")
+        assert connects("import peft")  # without tunesmith's setting, it does
     finally:
         stop.set()
         time.sleep(0.3)  # the accepting thread sees the flag before the socket closes under it

@@ -433,3 +433,12 @@ def test_compare_scores_prompt_only_rows_with_the_regex_and_schema_it_is_given(p
         result = subprocess.run([sys.executable, "-m", "tunesmith", "compare", "--prompts", str(project["prompt_only"]),
                                  str(project["adapter_b"]), *flags], capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and said in result.stderr, result.stderr
+
+
+def test_a_metric_only_some_rows_score_is_left_out_of_the_pairing_not_a_crash():
+    from tunesmith.eval.compare import paired_against_first
+
+    rows = [{"scores": {"base": {"a": 1.0, "b": 0.0}, "x": {"a": 0.0, "b": 1.0}}},
+            {"scores": {"base": {"a": 1.0}, "x": {"a": 1.0, "b": 1.0}}}, {"outputs": {}}]
+    paired = paired_against_first(rows, ["base", "x"])
+    assert set(paired["x"]) == {"a"} and paired["x"]["a"]["losses"] == 1

@@ -167,6 +167,11 @@ def test_the_uploaded_adapter_names_the_hub_commit_run_json_recorded_and_no_loca
                     if op.path_in_repo == "adapter_config.json")
     assert json.loads(uploaded.path_or_fileobj)["revision"] == "0123abc"
     assert "its base named someone/base-model at 0123abc" in upload_plan(run, "me/x")["files"][0]["from"]
-    monkeypatch.chdir(tmp_path)  # `models/base` is a folder beside the recipe, not in the current directory
-    trained_on("models/base", None)
+    trained_on("someone/base-model", None)  # the same name as a local folder's (no Hub commit): names nothing
+    assert hub_base_id(run) is None
+    (run / "run.json").unlink()  # a run older than run.json: its recipe's source, unless a folder beside the recipe
+    (tmp_path / "someone" / "base-model").mkdir(parents=True)  # has that name, seen from any working directory
+    (run / "recipe.yaml").write_text(f"model:\n  source: someone/base-model\nbase_dir: {tmp_path}\n"
+                                     "data:\n  train: t.jsonl\n")
+    monkeypatch.chdir(run)
     assert hub_base_id(run) is None

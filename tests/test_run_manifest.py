@@ -105,6 +105,13 @@ def test_a_base_folder_written_again_with_other_weights_is_refused(trained, tmp_
     assert copy.base_model() == base
     weights = next(base.glob("*.safetensors"))
     tensors = load_file(weights)
+    names = sorted(tensors)  # the same tensors saved again in two shards, with other metadata: the same weights
+    weights.unlink()
+    save_file({k: tensors[k] for k in names[::2]}, base / "model-00001-of-00002.safetensors", metadata={"a": "b"})
+    save_file({k: tensors[k] for k in names[1::2]}, base / "model-00002-of-00002.safetensors")
+    assert copy.base_model() == base
+    for shard in base.glob("model-0000*.safetensors"):
+        shard.unlink()
     name = max(tensors, key=lambda key: tensors[key].numel())
     tensors[name] = tensors[name] + 1e-3  # what a merge or another fine-tune saved over the folder does
     save_file(tensors, weights, metadata={"format": "pt"})
@@ -129,7 +136,7 @@ def test_a_gone_base_is_resolved_again_at_the_recorded_commit_and_checked(traine
     assert asked == [(trained.model_source, "abc123")]
     assert f"is gone; using {snapshot}" in capsys.readouterr().err
     other = Path(shutil.move(snapshot, tmp_path / "snapshots" / "def456"))
-    with pytest.raises(TunesmithError, match="at commit abc123; .* is commit def456"):
+    with pytest.raises(TunesmithError, match=r"at commit abc123; .* is commit def456"):
         copy.base_model(lambda source, revision: other)
     with pytest.raises(TunesmithError, match="is gone"):
         copy.base_model()
@@ -466,3 +473,15 @@ def test_eval_refuses_to_set_what_training_already_acted_on(trained):
         assert hint in refused.value.hint
     recipe = trained.run.load_recipe(["training.device=cpu", "eval.max_new_tokens=3", "data.system_prompt=Hi"])
     assert (recipe.training.device, recipe.eval.max_new_tokens) == ("cpu", 3)
+
+
+def test_a_gguf_is_checked_on_the_runs_own_prompts_and_on_the_fixed_ones_where_they_are_gone(trained, tmp_path,
+                                                                                            capsys):
+    from tunesmith.export.gguf import run_conversations
+
+    conversations = run_conversations(trained.run)
+    assert [messages for messages, _ in conversations] == [row["messages"][:-1] for row in trained.run.eval_rows()]
+    copy = Run(Path(shutil.copytree(trained.run.path, tmp_path / "copy")))
+    (copy.path / "data" / "eval.jsonl").unlink()  # a run shared without its held-out rows
+    assert run_conversations(copy) == []
+    assert "verifying on the fixed prompts only" in capsys.readouterr().err

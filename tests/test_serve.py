@@ -542,6 +542,9 @@ def test_vllm_refuses_adapters_trained_with_different_chat_templates(runs, model
     with pytest.raises(TunesmithError, match="different chat templates") as refused:
         vllm_launch(changed, "127.0.0.1", 8001, None)
     assert "llama.cpp engine" in refused.value.hint
+    (other / "chat_template.jinja").unlink()  # an adapter folder without one renders with the base's, the same here
+    argv = vllm_launch(changed, "127.0.0.1", 8001, None).argv
+    assert argv[argv.index("--chat-template") + 1] == str(runs["pizza-run"] / "adapter" / "chat_template.jinja")
 
 
 def test_chat_talks_to_a_running_server(server):

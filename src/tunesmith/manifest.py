@@ -10,6 +10,7 @@ manifest instead of misreading it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -149,23 +150,66 @@ def source_file(written: str, resolved: str) -> SourceFile:
     return SourceFile(path=written, resolved=resolved, sha256=content_sha256(local) if local.exists() else None)
 
 
-SIGNATURE_BLOCKS = 16  # blocks read from each weight file, evenly spread
+SIGNATURE_BLOCKS = 16  # blocks read from each .bin weight file, evenly spread
 SIGNATURE_BLOCK_BYTES = 1 << 16
+SIGNATURE_TENSOR_BYTES = 1 << 12  # leading bytes read from each tensor of a safetensors folder
 
 
 def weights_signature(model_dir: Path) -> str | None:
-    """A sha256 over the weight files transformers loads from `model_dir` (its *.safetensors; *.bin where it has
-    none): each file's name, size, first 64 KiB (a safetensors header names every tensor, shape and dtype) and 16
-    blocks of 64 KiB spread evenly through it; None where it has no weight file. Other files (a pytorch_model.bin
-    another tool downloads beside the safetensors later, a tokenizer, a lock) do not count.
+    """A sha256 over the weights transformers loads from `model_dir`, None where it has no weight file. For
+    safetensors (what tunesmith and the Hub write): every tensor's name, dtype and shape and its first 4 KiB of
+    data, found through the files' headers, so the same tensors sharded otherwise, in another order or with other
+    metadata sign the same; for *.bin files (where no safetensors is): each file's name, size and 16 blocks of
+    64 KiB spread through it. Other files (a pytorch_model.bin another tool downloads beside the safetensors later,
+    a tokenizer, a lock) do not count.
 
-    A sample, not a full hash, so a 140 GB folder costs ~1 MiB of reads a file: a file written again with other
-    weights (another merge, another fine-tune, another dtype) differs in its header or in the sampled blocks,
-    which an edit confined to the bytes between the blocks would not."""
+    A sample, not a full hash, so a 140 GB model costs a few MiB of reads: weights written again from another merge,
+    fine-tune or dtype differ in every tensor they change, and its first rows change with it."""
     files = sorted(f for f in model_dir.glob("*.safetensors") if f.is_file()) or sorted(
         f for f in model_dir.glob("*.bin") if f.is_file() and f.name != "training_args.bin")
     if not files:
         return None
+    key = (str(model_dir.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _signatures:  # a command asks several times (eval: tokenizer, model, each add-on): read once
+        _signatures[key] = tensors_sha256(files) if files[0].suffix == ".safetensors" else sampled_sha256(files)
+    return _signatures[key]
+
+
+_signatures: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def safetensors_tensors(file: Path) -> dict[str, tuple[str, list[int], int, int]]:
+    """Each tensor of a safetensors file: dtype, shape and the byte range of its data in the file (the format's
+    header: 8 bytes of length, then JSON; https://github.com/huggingface/safetensors#format)."""
+    with file.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    start = 8 + length
+    return {name: (info["dtype"], info["shape"], start + info["data_offsets"][0], start + info["data_offsets"][1])
+            for name, info in header.items() if name != "__metadata__"}
+
+
+def tensors_sha256(files: list[Path]) -> str:
+    """`weights_signature`'s digest of safetensors `files`, tensor by tensor in name order."""
+    tensors = {name: (file, *entry) for file in files for name, entry in safetensors_tensors(file).items()}
+    digest = hashlib.sha256()
+    handles: dict[Path, Any] = {}
+    try:
+        for name in sorted(tensors):
+            file, dtype, shape, begin, end = tensors[name]
+            handle = handles.setdefault(file, file.open("rb"))
+            handle.seek(begin)
+            digest.update(f"{name}\0{dtype}\0{shape}\n".encode())
+            digest.update(handle.read(min(end - begin, SIGNATURE_TENSOR_BYTES)))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return digest.hexdigest()
+
+
+def sampled_sha256(files: list[Path]) -> str:
+    """`weights_signature`'s digest of *.bin `files`: each one's name, size and SIGNATURE_BLOCKS + 1 evenly spread
+    blocks."""
     digest = hashlib.sha256()
     for file in files:
         size = file.stat().st_size

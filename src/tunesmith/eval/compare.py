@@ -312,7 +312,8 @@ def paired_against_first(rows: list[dict[str, Any]], variants: list[str]) -> dic
         return {}
     first = variants[0]
     return {variant: {metric: compare_metric([s[first][metric] for s in scored], [s[variant][metric] for s in scored])
-                      for metric in scored[0][first] if all(metric in s[variant] for s in scored)}
+                      for metric in scored[0][first] if all(metric in s[first] and metric in s[variant]
+                                                            for s in scored)}
             for variant in variants[1:]}
 
 

@@ -34,6 +34,7 @@ VERIFY_PROMPTS = [
 ]
 ANSWER_TOKENS = 32  # greedy tokens the reference model adds to each prompt
 TASK_PROMPTS = 8  # of the run's own held-out conversations, beside VERIFY_PROMPTS
+TASK_PROMPT_TOKENS = 512  # longer ones are left out: a batch padded to a 4k-token chat would take minutes
 Conversation = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]  # messages before the answer, and tools
 # Minimum top-1 agreement per type; other types are reported only. A conversion bug (a wrong Q/K
 # permutation, tokenizer or RoPE setting) costs far more than these margins; rounding only flips
@@ -57,7 +58,7 @@ class Verification:
     tokenization_matches: int  # prompts llama.cpp tokenizes to the same ids as transformers
     prompts: int
     task_prompts: int = 0  # of `prompts`, the run's own held-out conversations (system prompt, turns, its template)
-    task_agreement: float | None = None  # the agreement over those alone
+    task_agreement: float | None = None  # the agreement over those alone (reported; not held to a threshold)
 
     @property
     def passed(self) -> bool:
@@ -70,10 +71,10 @@ class Verification:
     def summary(self) -> str:
         verdict = ("reported only" if self.threshold is None
                    else f"{'passes' if self.passed else 'FAILS'} the {self.threshold:.0%} threshold")
-        task = (f", {self.task_agreement:.1%} on {self.task_prompts} of the run's own held-out prompts"
+        task = (f"; {self.task_agreement:.1%} on {self.task_prompts} of the run's own held-out prompts (reported)"
                 if self.task_agreement is not None else "")
         return (f"llama.cpp vs transformers ({self.quant}): top-1 agreement {self.agreement:.1%} over "
-                f"{self.positions} positions ({self.answer_agreement:.1%} on answers{task}), {verdict}; "
+                f"{self.positions} positions ({self.answer_agreement:.1%} on answers), {verdict}{task}; "
                 f"tokenization identical for {self.tokenization_matches}/{self.prompts} prompts")
 
 
@@ -103,9 +104,10 @@ class Reference:
 
 def verify_gguf(gguf_path: Path, model_dir: Path, quant: str,
                 conversations: list[Conversation] | None = None) -> Verification:
-    """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS and
-    `conversations` (the run's own held-out prompts: its system prompt, several turns, tools, rendered by the
-    template it trained with), all of them counting towards the threshold."""
+    """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS (`agreement`,
+    held to THRESHOLDS, which were measured on them) and on `conversations` (the run's own held-out prompts: its
+    system prompt, several turns, tools, rendered by the template it trained with; `task_agreement`, reported
+    beside). Conversations over TASK_PROMPT_TOKENS are left out: the check stays seconds, whatever the data."""
     print(f"verifying {Path(gguf_path).name} in llama.cpp against transformers ...", file=sys.stderr)
     with torch_threads(compute_threads()):
         reference = reference_predictions(model_dir, conversations or [])
@@ -114,13 +116,13 @@ def verify_gguf(gguf_path: Path, model_dir: Path, quant: str,
     answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
     shared = shared_prefix_length(reference.sequences)  # e.g. a default system prompt: score it once
     same = [same[0], *(s[shared:] for s in same[1:])]
-    positions = sum(len(s) for s in same)
     prompt_ids = [seq[:n] for seq, n in zip(reference.sequences, reference.prompt_lengths, strict=True)]
-    task = same[len(VERIFY_PROMPTS):]
+    fixed, task = same[:len(VERIFY_PROMPTS)], same[len(VERIFY_PROMPTS):]
+    fixed_answers = answers[:len(VERIFY_PROMPTS)]
     return Verification(
-        quant=quant.upper(), positions=positions,
-        agreement=sum(int(s.sum()) for s in same) / positions,
-        answer_agreement=sum(int(a.sum()) for a in answers) / max(1, sum(len(a) for a in answers)),
+        quant=quant.upper(), positions=sum(len(s) for s in fixed),
+        agreement=sum(int(s.sum()) for s in fixed) / sum(len(s) for s in fixed),
+        answer_agreement=sum(int(a.sum()) for a in fixed_answers) / max(1, sum(len(a) for a in fixed_answers)),
         threshold=THRESHOLDS.get(quant.upper()),
         tokenization_matches=sum(a == b for a, b in zip(tokenized, prompt_ids, strict=True)),
         prompts=len(prompt_ids), task_prompts=len(task),
@@ -160,6 +162,8 @@ def reference_predictions(model_dir: Path, conversations: list[Conversation]) ->
     texts = [prompt_text(tokenizer, [{"role": "user", "content": prompt}]) for prompt in VERIFY_PROMPTS]
     texts += [prompt_text(tokenizer, messages, tools) for messages, tools in conversations if not add_special]
     prompts = [tokenizer(text, add_special_tokens=add_special)["input_ids"] for text in texts]
+    kept = [i for i, ids in enumerate(prompts) if i < len(VERIFY_PROMPTS) or len(ids) <= TASK_PROMPT_TOKENS]
+    texts, prompts = [texts[i] for i in kept], [prompts[i] for i in kept]
     sequences = [ids + answer for ids, answer in zip(prompts, greedy_answers(model, tokenizer, texts, add_special),
                                                      strict=True)]
     with torch.no_grad():  # one unpadded pass per sequence: the logits llama.cpp is compared with

@@ -34,7 +34,14 @@ def run_base_model(run: Run) -> Path:
     def resolve(source: str, revision: str | None) -> Path:
         return resolve_model_source(source, revision, Path(run.load_recipe().base_dir))
 
-    return mark_in_use(run.base_model(resolve).resolve())  # `cache clean` leaves it while this process runs
+    manifest = run.manifest_file
+    key = (run.path.resolve(), manifest.stat().st_mtime_ns if manifest.is_file() else None)
+    if key not in _bases:  # a command asks several times: resolved (and a gone folder said) once
+        _bases[key] = mark_in_use(run.base_model(resolve).resolve())  # `cache clean` leaves it while this runs
+    return _bases[key]
+
+
+_bases: dict[tuple[Path, int | None], Path] = {}
 
 
 def require_language_model(run: Run, action: str) -> None:

@@ -94,9 +94,10 @@ def plan_recipe(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
 
 
 def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths | None = None, processes: int = 1,
-                per_node: int | None = None) -> tuple[Architecture, Device, RowLengths]:
+                per_node: int | None = None, model_dir: Path | None = None) -> tuple[Architecture, Device, RowLengths]:
     """What a plan is built from (`plan_recipe`'s arguments): the model's architecture, the device and the rows'
-    lengths, so that a caller comparing settings (`plan.fit`) reads the config and the data once."""
+    lengths, so that a caller comparing settings (`plan.fit`) reads the config and the data once. `model_dir`: the
+    model's folder where the caller already has it (training), instead of resolving model.source again."""
     # the device first: its matmul probe must not share the cores with the tokenizer's worker threads
     device = resolve_device(device_spec if device_spec != "auto" else recipe.training.device)
     device = device.for_processes(processes, per_node or processes)
@@ -104,7 +105,7 @@ def plan_inputs(recipe: Recipe, device_spec: str = "auto", lengths: RowLengths |
         planned_frozen_matmuls(recipe, device)
         if device.measured:
             device = dataclasses.replace(device, peak_flops=best_known_peak("fp32", device.peak_flops))
-    model_dir = resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
+    model_dir = model_dir or resolve_model_config(recipe.model.source, recipe.model.revision, Path(recipe.base_dir))
     arch = read_architecture(model_dir)
     if lengths:
         return arch, device, lengths

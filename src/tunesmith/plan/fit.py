@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunesmith.config import Recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.plan import PlanReport, build_report, plan_inputs
@@ -73,11 +75,12 @@ def faster_on_cpu(recipe: Recipe, report: PlanReport, arch: Architecture, device
     return faster, faster_report, speed_note(recipe, faster, report.length, faster_report)
 
 
-def plan_as_trained(recipe: Recipe, device_spec: str = "auto", processes: int = 1,
-                    per_node: int | None = None) -> tuple[PlanReport, str | None]:
+def plan_as_trained(recipe: Recipe, device_spec: str = "auto", processes: int = 1, per_node: int | None = None,
+                    lengths: RowLengths | None = None, model_dir: Path | None = None) -> tuple[PlanReport, str | None]:
     """What `tunesmith plan` shows: the plan of the recipe as `train` will run it (on a CPU, a batch of long rows
-    split as `fit_recipe` splits it, with the line that says so), else of the recipe as written."""
-    arch, device, lengths = plan_inputs(recipe, device_spec, processes=processes, per_node=per_node)
+    split as `fit_recipe` splits it, with the line that says so), else of the recipe as written. `lengths` and
+    `model_dir`: the rows and model a caller already holds (training), read instead of the recipe's files."""
+    arch, device, lengths = plan_inputs(recipe, device_spec, lengths, processes, per_node, model_dir)
     report = build_report(recipe, arch, device, lengths)
     faster = faster_on_cpu(recipe, report, arch, device, lengths)
     return (faster[1], faster[2]) if faster is not None else (report, None)

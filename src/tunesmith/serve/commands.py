@@ -80,19 +80,25 @@ def vllm_launch(models: list[ServedModel], host: str, port: int, api_key_env: st
                                  "--engine).")
         argv += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(fitting),
                  "--lora-modules", *(f"{m.name}={m.peft_dir.resolve()}" for m in adapters)]  # type: ignore[union-attr]
-        template = one_chat_template(adapters)
+        template = one_chat_template(adapters, model_dir)
         if template is not None:
             argv += ["--chat-template", str(template.resolve())]
     environment = {"VLLM_API_KEY": f"the key in ${api_key_env}"} if api_key_env else {}
     return Launch(argv, environment, docker_variant(argv, port, api_key_env))
 
 
-def one_chat_template(adapters: list[ServedModel]) -> Path | None:
-    """The chat template file the adapters were trained with (saved beside each), which vLLM applies to every
-    request whatever its adapter; adapters trained with different templates are refused, since one of them would
-    be prompted in a format it never saw."""
+def one_chat_template(adapters: list[ServedModel], base_dir: Path) -> Path | None:
+    """The chat template file the adapters were trained with (saved beside each; an adapter folder without one
+    renders with the base's own, as compare has it), which vLLM applies to every request whatever its adapter;
+    adapters trained with different templates are refused, since one of them would be prompted in a format it never
+    saw."""
+    from tunesmith.models import load_tokenizer
+
     templates = {m.name: m.peft_dir / TEMPLATE_FILE for m in adapters if m.peft_dir is not None}
     texts = {name: path.read_text(encoding="utf-8") if path.is_file() else None for name, path in templates.items()}
+    if None in texts.values() and len(set(texts.values())) > 1:
+        base_template = load_tokenizer(base_dir).chat_template
+        texts = {name: text if text is not None else base_template for name, text in texts.items()}
     if len(set(texts.values())) > 1:
         raise TunesmithError(f"{', '.join(texts)} were trained with different chat templates, and vLLM renders every "
                              "request with one (--chat-template).",

@@ -24,7 +24,7 @@ from tunesmith.data.preview import plain_prompt_warnings
 from tunesmith.data.shapes import preference_warnings, tool_warnings
 from tunesmith.errors import DataError
 from tunesmith.manifest import RowsFile
-from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_source
+from tunesmith.models import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.loading import context_length
 from tunesmith.models.templates import recipe_chat_template
 from tunesmith.plan.devices import matmul_peak
@@ -129,8 +129,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
 
     torch.manual_seed(recipe.training.seed)
     init_from = initial_weights(recipe)
-    model_dir = base_the_run_started_on(run, resolve_model_source(recipe.model.source, recipe.model.revision,
-                                                                  Path(recipe.base_dir)))
+    model_dir = base_the_run_started_on(run, recipe)  # resolved from model.source, or where a resume began
     chat_template = recipe_chat_template(recipe)  # a missing template file fails before the data loads
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     for spec in (m for m in recipe.eval.metrics or [] if ":" in m):  # a user metric's file: found and loadable now
@@ -423,7 +422,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     # run.json: what later stages load
     record_train_stage(run, recipe, adapter, setup.model_dir, setup.init_from, setup.replay_file)
     trained = train_report(trainer, summary, setup.model_dir, counter)
-    planned = planned_against_measured(recipe, speed, trained["steps"], this_rank().world_size)
+    planned = planned_against_measured(recipe, speed, trained["steps"], trainer.train_dataset, setup.model_dir,
+                                       this_rank().world_size)
     if planned_line(planned):
         print(planned_line(planned), file=sys.stderr, flush=True)
     report = {"method": recipe.method.kind, **trained,

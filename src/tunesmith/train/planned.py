@@ -1,24 +1,45 @@
-"""The memory and time `tunesmith plan` gave for the recipe as trained, beside what the run then measured, so that a
+"""The memory and time `tunesmith plan` gives for the recipe as trained, beside what the run then measured, so that a
 plan that is off says so on the run that shows it (train.json `planned`, and one line at the end of training)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.errors import first_line
 
 
-def planned_against_measured(recipe: Recipe, speed: dict[str, Any], steps: int,
+def trained_row_lengths(dataset: Any) -> Any:
+    """The `plan.workload.RowLengths` of the rows a run trained on, read from its token ids and labels (SFT and CPT
+    datasets); None for datasets of other shapes (preference pairs, GRPO prompts)."""
+    from tunesmith.plan.workload import RowLengths
+
+    columns = getattr(dataset, "column_names", None) or []
+    if "input_ids" not in columns or not len(dataset):
+        return None
+    sizes = [len(ids) for ids in dataset["input_ids"]]
+    answers = ([sum(label != -100 for label in labels) for labels in dataset["labels"]] if "labels" in columns
+               else [max(size - 1, 0) for size in sizes])
+    return RowLengths(max(sizes), f"the {len(sizes):,} sequences trained", len(sizes), max(answers),
+                      sum(sizes) / len(sizes), sum(answers) / len(answers))
+
+
+def planned_against_measured(recipe: Recipe, speed: dict[str, Any], steps: int, dataset: Any, model_dir: Path,
                              processes: int = 1) -> dict[str, Any]:
-    """The plan of `recipe` as it trained (`plan.fit.plan_as_trained`: its peak memory in GiB and seconds a step)
-    beside the run's own: the peak memory `speed` measured (resident on a CPU, allocated on CUDA) and its training
-    seconds over `steps`. A plan that cannot be made now (a model or data file gone since the start) gives `error`,
-    never a failed run: the training is done."""
+    """The plan of `recipe` as it trained (`plan.fit.plan_as_trained` on the rows of `dataset` and the base in
+    `model_dir`, as training read them: nothing is read or downloaded again): its peak memory in GiB and seconds a
+    step, beside the run's own: the peak memory `speed` measured (resident on a CPU, allocated on CUDA) and its
+    training seconds over `steps`. Where no plan can be made (a method whose rows the plan does not size from
+    token ids, anything the plan cannot read) `error` says why, never a failed run: the training is done."""
     from tunesmith.plan.fit import plan_as_trained
 
+    lengths = trained_row_lengths(dataset)
+    if lengths is None:
+        return {"error": f"the plan is compared for rows of token ids (sft, cpt), not {recipe.method.kind}'s"}
     try:
-        report, _ = plan_as_trained(recipe, recipe.training.device, processes=processes)
+        report, _ = plan_as_trained(recipe, recipe.training.device, processes=processes, lengths=lengths,
+                                    model_dir=model_dir)
     except Exception as exc:  # whatever the plan hits, the trained run stands
         return {"error": first_line(exc)}
     measured_bytes = speed.get("peak_cuda_bytes") or speed.get("peak_rss_bytes")

@@ -12,7 +12,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError, shell_arg
-from tunesmith.runs import LAUNCH_DIR, Run, open_run, read_adapter_config, run_being_trained, training_process
+from tunesmith.runs import LAUNCH_DIR, Run, open_run, run_being_trained, training_process
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
 
@@ -149,39 +149,36 @@ def check_data_unchanged(run: Run, recipe: Recipe) -> None:
                 "it, already cleaned and split: `--set data.train=... --set data.eval=...`).")
 
 
-def base_the_run_started_on(run: Run, resolved: Path) -> Path:
-    """The base model folder a resumed `run` trains on: the one its checkpoints were trained on (the newest adapter
-    checkpoint's base_model_name_or_path), where model.source now resolves elsewhere, e.g. a Hub id without
-    model.revision whose newest commit moved on, which would train the rest of the run on another model; `resolved`
-    otherwise (a fresh run, a whole-model checkpoint). Raises TunesmithError where the folder it started on is gone
-    and the one found now is another Hub commit."""
-    from tunesmith.manifest import hub_commit, weights_signature
+def base_the_run_started_on(run: Run, recipe: Recipe) -> Path:
+    """The base model folder `run` trains on: for a resumed run, the one its newest checkpoint was trained on
+    (an adapter's base_model_name_or_path, a whole model's `_name_or_path`), so that a Hub id without
+    model.revision whose newest commit moved on while the run was stopped does not train the rest of the run on
+    another model (nor download it first). Where that folder is gone, its Hub commit is resolved again; a fresh run,
+    or a checkpoint that names no folder, resolves model.source as the recipe gives it."""
+    from tunesmith.manifest import hub_commit
+    from tunesmith.models import resolve_model_source
 
-    checkpoint = newest_complete_checkpoint(run)
-    if checkpoint is None or not (checkpoint / "adapter_config.json").is_file():
-        return resolved
-    named = read_adapter_config(checkpoint).get("base_model_name_or_path")
-    started = Path(named) if isinstance(named, str) and named else None
-    if started is None or not started.is_absolute() or started.resolve() == resolved.resolve():
-        return resolved
-    if started.is_dir():
-        if weights_signature(started) != weights_signature(resolved):
-            print(f"resuming on the base {run.path.name} started on, {started}; model.source now resolves to "
-                  f"{resolved}, another model", file=sys.stderr, flush=True)
+    started = checkpoint_base(newest_complete_checkpoint(run))
+    if started is not None and started.is_dir():
         return started
-    was, now = hub_commit(started), hub_commit(resolved)
-    if was is not None and now is not None and was != now:
-        raise TunesmithError(f"Cannot resume {run.path}: its checkpoints were trained on commit {was} of the base, "
-                             f"and model.source now resolves to commit {now}, so the rest of the run would train "
-                             "another model.",
-                             f"Bring back the commit it started on (`hf download {hub_id_of_snapshot(started)} "
-                             f"--revision {was}`) and resume; or train a new run on the new commit.")
-    return resolved
+    commit = hub_commit(started) if started is not None else None
+    return resolve_model_source(recipe.model.source, commit or recipe.model.revision, Path(recipe.base_dir))
 
 
-def hub_id_of_snapshot(snapshot: Path) -> str:
-    """The Hub id of a Hub cache snapshot folder (`.../models--owner--name/snapshots/<commit>`)."""
-    return snapshot.parent.parent.name.removeprefix("models--").replace("--", "/")
+def checkpoint_base(checkpoint: Path | None) -> Path | None:
+    """The absolute base model folder a checkpoint names (PEFT's adapter_config.json, or a whole model's config.json
+    `_name_or_path`, as transformers writes the folder it loaded from), or None."""
+    if checkpoint is None:
+        return None
+    config = checkpoint / "adapter_config.json"
+    key = "base_model_name_or_path"
+    if not config.is_file():
+        config, key = checkpoint / "config.json", "_name_or_path"
+    try:
+        named = json.loads(config.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(named) if isinstance(named, str) and Path(named).is_absolute() else None
 
 
 def new_run_start(run: Run) -> str:

@@ -119,6 +119,19 @@ SFT_TRAINER_INTERNALS = {
 }
 
 
+INSTANCE_ATTRIBUTES = ("_created_lr_scheduler", "_total_train_tokens")  # set in the trainers' __init__
+
+
+def upstream_defines(trainer: Any, name: str) -> bool:
+    """Whether transformers or TRL itself gives the trainer `name`: a method of one of their classes in its MRO (a
+    subclass of tunesmith's overriding it does not count: it would go on overriding a name nothing calls), or an
+    attribute their __init__ set (INSTANCE_ATTRIBUTES)."""
+    if name in INSTANCE_ATTRIBUTES:
+        return hasattr(trainer, name)
+    return any(name in vars(cls) for cls in type(trainer).__mro__
+               if cls.__module__.split(".")[0] in ("transformers", "trl"))
+
+
 def check_trainer_internals(trainer: Any) -> None:
     """Refuse to train where the installed transformers or TRL lacks a name tunesmith relies on (`TRAINER_INTERNALS`),
     before anything trains, instead of training with that part silently off. Raises TunesmithError naming each
@@ -130,7 +143,7 @@ def check_trainer_internals(trainer: Any) -> None:
     from tunesmith.errors import TunesmithError
 
     needed = {**TRAINER_INTERNALS, **(SFT_TRAINER_INTERNALS if isinstance(trainer, SFTTrainer) else {})}
-    missing = [f"{name} ({purpose})" for name, purpose in needed.items() if not hasattr(trainer, name)]
+    missing = [f"{name} ({purpose})" for name, purpose in needed.items() if not upstream_defines(trainer, name)]
     if missing:
         raise TunesmithError(f"This transformers {version('transformers')} / TRL {version('trl')} trainer lacks "
                              f"{'; '.join(missing)}.",
