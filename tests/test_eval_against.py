@@ -12,6 +12,7 @@ from tests.conftest import build_tiny_llama, make_tiny_project
 from tunesmith.config import load_recipe
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import run_eval
+from tunesmith.manifest import weights_signature
 from tunesmith.runs import Run, create_run
 from tunesmith.train import run_training
 
@@ -88,6 +89,7 @@ def test_a_run_of_another_base_model_is_refused(two_runs, tmp_path, tokenizer_di
     shutil.copytree(shorter.path, foreign)
     manifest = json.loads((foreign / "run.json").read_text())  # the base a run trained on is run.json's record
     manifest["train"]["base_model"]["path"] = str(other_base)
+    manifest["train"]["base_model"]["weights"] = weights_signature(other_base)  # as if it had trained on it
     (foreign / "run.json").write_text(json.dumps(manifest))
     result = eval_cli(longer, "--against", str(foreign))
     assert result.returncode == 2 and "Traceback" not in result.stderr

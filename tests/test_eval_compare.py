@@ -92,7 +92,9 @@ def test_html_report_is_self_contained_and_shows_outputs_and_numbers(evaluated_r
         assert sample["prompt"] in text and sample["reference"] in text and sample["base"] in text
     for name in ("chrf", "exact_match", "has_braces"):
         entry = results["comparison"][name]
-        assert f"{entry['delta']:+.4f}" in text and f"[{entry['ci95'][0]:+.4f}, {entry['ci95'][1]:+.4f}]" in text
+        interval = ("(no example differs)" if entry["wins"] == entry["losses"] == 0  # every example tied
+                    else f"[{entry['ci95'][0]:+.4f}, {entry['ci95'][1]:+.4f}]")
+        assert f"{entry['delta']:+.4f}" in text and interval in text
     assert parser.urls and all(url.startswith("data:image/png;base64,") for url in parser.urls)
     assert "http://" not in document and "https://" not in document
 

@@ -114,8 +114,8 @@ def verify_gguf(gguf_path: Path, model_dir: Path, quant: str,
     got, tokenized = llama_cpp_predictions(Path(gguf_path), reference)
     same = [e == g for e, g in zip(reference.argmaxes, got, strict=True)]
     answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
-    shared = shared_prefix_length(reference.sequences)  # e.g. a default system prompt: score it once
-    same = [same[0], *(s[shared:] for s in same[1:])]
+    shared = shared_prefix_length(reference.sequences[:len(VERIFY_PROMPTS)])  # a default system prompt: once
+    same = [same[0], *(s[shared:] for s in same[1:len(VERIFY_PROMPTS)]), *same[len(VERIFY_PROMPTS):]]
     prompt_ids = [seq[:n] for seq, n in zip(reference.sequences, reference.prompt_lengths, strict=True)]
     fixed, task = same[:len(VERIFY_PROMPTS)], same[len(VERIFY_PROMPTS):]
     fixed_answers = answers[:len(VERIFY_PROMPTS)]
