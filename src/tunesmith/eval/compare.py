@@ -23,6 +23,8 @@ from tunesmith.data.constraint import Constraint
 from tunesmith.data.template import answer_text, require_chat_template
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.eval.constrained import processor_factory
+from tunesmith.eval.stats import compare_metric
+from tunesmith.results import interval_text
 
 DEFAULT_METRICS = ("exact_match", "chrf")
 NO_REFERENCE_ANSWER_TOKENS = 128  # answer length when the prompts file has no reference answers to size it by
@@ -305,8 +307,6 @@ def paired_against_first(rows: list[dict[str, Any]], variants: list[str]) -> dic
     """Each variant after the first (the base, where it is compared) against the first, per metric, over the same
     scored prompts: the difference of means, its paired bootstrap 95% interval and the wins/losses/ties
     (`eval.stats.compare_metric`, as eval compares tuned with base)."""
-    from tunesmith.eval.stats import compare_metric
-
     scored = [row["scores"] for row in rows if "scores" in row]
     if not scored or len(variants) < 2:
         return {}
@@ -349,8 +349,6 @@ def render_compare_html(results: dict[str, Any]) -> str:
 
 def paired_rows(results: dict[str, Any]) -> list[list[str]]:
     """[variant, metric, delta, 95% CI, wins/losses/ties] per variant after the first and metric (`paired`)."""
-    from tunesmith.results import interval_text
-
     return [[variant, metric, f"{entry['delta']:+.4f}", interval_text(entry, "{:+.4f}".format) or "–",
              f"{entry['wins']}/{entry['losses']}/{entry['ties']}"]
             for variant, metrics in (results.get("paired") or {}).items() for metric, entry in metrics.items()]

@@ -8,13 +8,13 @@ from typing import Any
 
 from tunesmith.config import Recipe
 from tunesmith.errors import first_line
+from tunesmith.plan.fit import plan_as_trained
+from tunesmith.plan.workload import RowLengths
 
 
-def trained_row_lengths(dataset: Any) -> Any:
+def trained_row_lengths(dataset: Any) -> RowLengths | None:
     """The `plan.workload.RowLengths` of the rows a run trained on, read from its token ids and labels (SFT and CPT
     datasets); None for datasets of other shapes (preference pairs, GRPO prompts)."""
-    from tunesmith.plan.workload import RowLengths
-
     columns = getattr(dataset, "column_names", None) or []
     if "input_ids" not in columns or not len(dataset):
         return None
@@ -32,8 +32,6 @@ def planned_against_measured(recipe: Recipe, speed: dict[str, Any], steps: int, 
     step, beside the run's own: the peak memory `speed` measured (resident on a CPU, allocated on CUDA) and its
     training seconds over `steps`. Where no plan can be made (a method whose rows the plan does not size from
     token ids, anything the plan cannot read) `error` says why, never a failed run: the training is done."""
-    from tunesmith.plan.fit import plan_as_trained
-
     lengths = trained_row_lengths(dataset)
     if lengths is None:
         return {"error": f"the plan is compared for rows of token ids (sft, cpt), not {recipe.method.kind}'s"}

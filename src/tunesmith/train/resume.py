@@ -12,6 +12,8 @@ from typing import Any
 
 from tunesmith.config import Recipe, load_recipe, recipe_differences
 from tunesmith.errors import RecipeError, TunesmithError, shell_arg
+from tunesmith.manifest import hub_commit
+from tunesmith.models import resolve_model_source
 from tunesmith.runs import LAUNCH_DIR, Run, open_run, run_being_trained, training_process
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.survival import complete_checkpoints, discard_incomplete_checkpoints, newest_complete_checkpoint
@@ -155,9 +157,6 @@ def base_the_run_started_on(run: Run, recipe: Recipe) -> Path:
     model.revision whose newest commit moved on while the run was stopped does not train the rest of the run on
     another model (nor download it first). Where that folder is gone, its Hub commit is resolved again; a fresh run,
     or a checkpoint that names no folder, resolves model.source as the recipe gives it."""
-    from tunesmith.manifest import hub_commit
-    from tunesmith.models import resolve_model_source
-
     started = checkpoint_base(newest_complete_checkpoint(run))
     if started is not None and started.is_dir():
         return started
