@@ -17,12 +17,17 @@ os.environ.setdefault("LOCAL_KERNELS", f"{HUB_KERNEL}=/nonexistent/tunesmith-fet
 
 
 class _StderrInstead(logging.Filter):
-    """DeepSpeed's logger writes to stdout ("Setting accelerator to CPU", when accelerate imports it), which holds
-    tunesmith's --json output and piped replies: its records go to stderr instead, tracebacks included."""
+    """DeepSpeed's logger writes to stdout, which holds tunesmith's --json output and piped replies: its records go
+    to stderr instead, tracebacks included. Its "Setting accelerator to CPU. If you have GPU or other accelerator,
+    we were unable to detect it." (DeepSpeed 0.18, an optional extra, imported by accelerate's and transformers'
+    checks on every run where it is installed) is true on any machine without CUDA and nothing to act on
+    (`tunesmith doctor` says which device trains): dropped."""
 
     formatter = logging.Formatter("[%(levelname)s] %(message)s")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Setting accelerator to CPU"):
+            return False
         try:
             print(self.formatter.format(record), file=sys.stderr)
         except Exception:  # a record that cannot be formatted: let the logger's own handlers deal with it

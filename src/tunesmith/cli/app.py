@@ -963,12 +963,7 @@ def _hide_library_notices() -> None:
     """
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"))
-    # Likewise DeepSpeed (0.18, an optional extra), imported by accelerate's and transformers' checks on every
-    # training run where it is installed, warns "Setting accelerator to CPU. If you have GPU or other accelerator,
-    # we were unable to detect it." on any machine without CUDA: true and nothing to act on (`tunesmith doctor`
-    # says which device trains). Its "DeepSpeed" logger keeps every other message.
-    logging.getLogger("DeepSpeed").addFilter(
-        lambda record: not str(record.msg).startswith("Setting accelerator to CPU"))
+    # DeepSpeed's "Setting accelerator to CPU" is dropped where tunesmith/__init__.py sends its log to stderr.
     # And transformers 5's FutureWarning on `is_gradient_checkpointing`, which TRL and PEFT read when they train or
     # generate: eval, merge and export printed it too (train/upstream.py hides it for library use of train; importing
     # it here would load TRL for every command).
