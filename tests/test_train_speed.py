@@ -448,5 +448,6 @@ def test_the_end_of_training_sets_the_plan_beside_the_measurement():
     assert "5.77 GiB peak (measured 4.65 GiB, plan/measured 1.24x)" in line
     assert "5.70 s a step (measured 2.40 s, plan/measured 2.38x)" in line
     assert "no plan to compare with (gone)" in planned_line({"error": "gone"})
+    assert planned_line({"skipped": "dpo"}) is None
     assert planned_line({"peak_gib": 1.0, "measured_peak_gib": None, "step_seconds": 1.0,
                          "measured_step_seconds": None}) is None

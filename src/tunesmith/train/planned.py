@@ -30,11 +30,11 @@ def planned_against_measured(recipe: Recipe, speed: dict[str, Any], steps: int, 
     """The plan of `recipe` as it trained (`plan.fit.plan_as_trained` on the rows of `dataset` and the base in
     `model_dir`, as training read them: nothing is read or downloaded again): its peak memory in GiB and seconds a
     step, beside the run's own: the peak memory `speed` measured (resident on a CPU, allocated on CUDA) and its
-    training seconds over `steps`. Where no plan can be made (a method whose rows the plan does not size from
-    token ids, anything the plan cannot read) `error` says why, never a failed run: the training is done."""
+    training seconds over `steps`. A method whose rows the plan is not set beside (preference pairs, GRPO prompts)
+    gives `skipped`; a plan that fails gives `error`, never a failed run: the training is done."""
     lengths = trained_row_lengths(dataset)
     if lengths is None:
-        return {"error": f"the plan is compared for rows of token ids (sft, cpt), not {recipe.method.kind}'s"}
+        return {"skipped": f"the plan is set beside rows of token ids (sft, cpt), not {recipe.method.kind}'s"}
     try:
         report, _ = plan_as_trained(recipe, recipe.training.device, processes=processes, lengths=lengths,
                                     model_dir=model_dir)
@@ -49,7 +49,9 @@ def planned_against_measured(recipe: Recipe, speed: dict[str, Any], steps: int, 
 
 def planned_line(planned: dict[str, Any]) -> str | None:
     """One line for the end of training: the plan's figures, the measured ones, and their ratios; None where there
-    is nothing to set side by side."""
+    is nothing to set side by side (a method whose rows the plan is not set beside: `skipped`)."""
+    if "skipped" in planned:
+        return None
     if "error" in planned:
         return f"plan vs run: no plan to compare with ({planned['error']})"
     pairs = [(f"{planned['peak_gib']:,.2f} GiB peak", planned["measured_peak_gib"], planned["peak_gib"], "GiB"),
