@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.errors import TunesmithError
+
 
 def precision_flags(precision: str, device: str) -> dict[str, Any]:
     """TrainingArguments precision flags, stated explicitly.
@@ -139,8 +141,6 @@ def check_trainer_internals(trainer: Any) -> None:
     from importlib.metadata import version
 
     from trl import SFTTrainer
-
-    from tunesmith.errors import TunesmithError
 
     needed = {**TRAINER_INTERNALS, **(SFT_TRAINER_INTERNALS if isinstance(trainer, SFTTrainer) else {})}
     missing = [f"{name} ({purpose})" for name, purpose in needed.items() if not upstream_defines(trainer, name)]
