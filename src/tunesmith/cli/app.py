@@ -510,9 +510,16 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
             "--out", metavar="DIR", help="Also copy what was exported into DIR, in the layout of the run's exports/ "
                                          "(adapter/, merged/, gguf/FILE.gguf, ollama/); the run keeps its copy. "
                                          "DIR is created if missing; nothing in it is overwritten: a name it already "
-                                         "holds is an error, before anything is exported.")] = None) -> None:
+                                         "holds is an error, before anything is exported.")] = None,
+        check: Annotated[bool, typer.Option(
+            "--check", help="Write nothing: check the exports already there (each file as export wrote it, each "
+                            "GGUF in llama.cpp again unless --no-verify, and the chat template as llama.cpp, "
+                            "LM Studio and Ollama render it on the run's own held-out conversations); exits 1 "
+                            "when a check fails.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="With --check: print every check as one JSON "
+                                                              "document.")] = False) -> None:
     """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, the adapter as a
-    GGUF LoRA (llama.cpp --lora, Ollama ADAPTER), or for Ollama.
+    GGUF LoRA (llama.cpp --lora, Ollama ADAPTER), or for Ollama; or check what was exported (--check).
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged
 
@@ -525,6 +532,8 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     Example: tunesmith export runs/quickstart-20261123-101500 --format ollama --ollama-adapter --quant Q8_0
 
     Example: tunesmith export runs/quickstart-20261123-101500 --format merged --format gguf --out ~/models/orders
+
+    Example: tunesmith export runs/quickstart-20261123-101500 --check
     """
     from tunesmith.card import write_model_card
     from tunesmith.export import out_names, refuse_taken_out_names
@@ -532,6 +541,11 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
     from tunesmith.runs import open_run
 
     run = open_run(run_dir)
+    if check or as_json:
+        _check_exports(run, verify, as_json, check, {"--format": format_, "--quant": quant, "--out": out,
+                                                      "--max-shard-size": max_shard_size,
+                                                      "--ollama-adapter/--ollama-merged": ollama_adapter})
+        return
     run.trained_artifact()
     recipe = run.load_recipe()
     if max_shard_size:
@@ -562,6 +576,25 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
                   highlight=False, soft_wrap=True)
     if out:
         _copy_out(run.exports_dir, out, names)
+
+
+def _check_exports(run: Any, verify: bool | None, as_json: bool, check: bool, export_options: dict[str, Any]) -> None:
+    """--check: the exports' checks as doctor prints them (tunesmith.export.recheck); exit 1 when one fails."""
+    from tunesmith.cli.doctor import print_report
+    from tunesmith.export.recheck import check_exports
+
+    if not check:
+        raise TunesmithError("--json prints the checks of --check; an export prints no JSON.", "Add --check.")
+    given = [name for name, value in export_options.items() if value]
+    if given:
+        raise TunesmithError(f"--check writes nothing, so {', '.join(given)} would do nothing.",
+                             f"Check with `tunesmith export {shell_arg(run.path)} --check`, or export without --check.")
+    report = check_exports(run, run.load_recipe(), verify=verify is not False)
+    print_report(report)
+    if as_json:
+        print_json(report.model_dump())
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def _copy_out(exports_dir: Path, out: Path, names: list[str]) -> None:

@@ -61,6 +61,29 @@ def gguf_entries(run: Any) -> dict[str, dict[str, Any]]:
     return {quant: entry for quant, entry in entries.items() if kept(entry)} if isinstance(entries, dict) else {}
 
 
+SIGNED_TENSOR_BYTES = 4096  # of each tensor's data, beside the whole header
+
+
+def gguf_signature(path: Path) -> str:
+    """A sha256 over a GGUF's header (every metadata key and value: architecture, tokenizer, chat template; every
+    tensor's name, type, shape and offset) and the first 4 KiB of each tensor's data, read through gguf's own reader
+    (https://github.com/ggml-org/llama.cpp/blob/master/docs/gguf.md). Export records it beside each GGUF and
+    `export --check` compares: a file converted again, quantized otherwise, given another template or copied over
+    from another model differs, for a few MiB of reads whatever the file's size."""
+    import hashlib
+
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        digest.update(handle.read(reader.data_offset))
+        for tensor in sorted(reader.tensors, key=lambda t: t.name):
+            handle.seek(int(tensor.data_offset))
+            digest.update(handle.read(min(SIGNED_TENSOR_BYTES, int(tensor.n_bytes))))
+    return digest.hexdigest()
+
+
 def out_names(formats: list[str], recipe_name: str, quant: str) -> list[str]:
     """Where each requested format lands under exports/, and so under `--out DIR` (the same layout).
 

@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export import gguf_entries, update_export_manifest
+from tunesmith.export import gguf_entries, gguf_signature, update_export_manifest
 from tunesmith.export.gguf_arch import ArchSpec, add_hyperparameters, arch_spec, llama3_rope_factors, prepare_weights
 from tunesmith.export.gguf_quantize import K_QUANTS, quantize_with_llama_cpp, require_k_quant_support
 from tunesmith.export.gguf_vocab import add_tokenizer
@@ -212,7 +212,7 @@ def record_merged(run: Run, path: Path, max_diff: float, adapter_dir: Path) -> N
 
 def record_in_manifest(run: Run, quant: str, path: Path, verification: Verification | None = None) -> None:
     """Add the GGUF (and its llama.cpp check) to exports/manifest.json next to the exports it already lists."""
-    entry = {"path": run.relative(path), "bytes": path.stat().st_size}
+    entry = {"path": run.relative(path), "bytes": path.stat().st_size, "signature": gguf_signature(path)}
     if verification is not None:
         entry["verify"] = verification.as_dict()
     update_export_manifest(run, {quant: entry}, group="gguf")

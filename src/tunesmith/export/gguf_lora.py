@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export import update_export_manifest
+from tunesmith.export import gguf_signature, update_export_manifest
 from tunesmith.export.gguf import atomic_output
 from tunesmith.export.gguf_arch import ArchSpec, arch_spec, prepare_weights
 
@@ -197,7 +197,8 @@ def run_gguf_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> Path:
     target = run.exports_dir / "gguf" / f"{recipe.name}-lora-{quant.upper()}.gguf"
     write_gguf_lora(run.adapter_dir, base_dir, target, quant, name=f"{recipe.name}-lora")
     update_export_manifest(run, {quant.upper(): {"path": run.relative(target), "bytes": target.stat().st_size,
-                                                 "base": str(base_dir)}}, group="gguf_lora")
+                                                 "signature": gguf_signature(target), "base": str(base_dir)}},
+                           group="gguf_lora")
     return target
 
 

@@ -57,14 +57,21 @@ def merged_is_current(run: Run, merged: Path, adapter_dir: Path) -> bool:
     said, instead of converted to GGUF and checked against itself."""
     if not (merged / "config.json").is_file():
         return False
-    manifest_file = run.exports_dir / "manifest.json"
-    entry = (json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}).get("merged")
-    entry = entry if isinstance(entry, dict) else {}
-    if entry.get("weights") == weights_signature(merged) and entry.get("adapter") == weights_signature(adapter_dir):
+    if merge_matches_record(run, merged, adapter_dir):
         return True
     print(f"{merged} is not the merge of {adapter_dir} as it is now (changed since it was written, or written "
           "before tunesmith recorded its weights): merging again", file=sys.stderr, flush=True)
     return False
+
+
+def merge_matches_record(run: Run, merged: Path, adapter_dir: Path) -> bool:
+    """Whether exports/manifest.json's `merged` entry records `merged`'s weights as they are and `adapter_dir`'s as
+    they are: the check of `merged_is_current`, without a word (`export --check` reports it its own way)."""
+    manifest_file = run.exports_dir / "manifest.json"
+    entry = (json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}).get("merged")
+    entry = entry if isinstance(entry, dict) else {}
+    return (merged / "config.json").is_file() and entry.get("weights") == weights_signature(merged) \
+        and entry.get("adapter") == weights_signature(adapter_dir)
 
 
 def template_contract(run: Run) -> dict[str, Any]:

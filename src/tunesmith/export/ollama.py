@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export import update_export_manifest
+from tunesmith.export import gguf_signature, update_export_manifest
 from tunesmith.export.ollama_templates import RAW_GO_TEMPLATE, Translation, translate_chat_template
 from tunesmith.export.ollama_tools import ToolRenderer
 from tunesmith.runs import atomic_directory, atomic_write_text
@@ -164,4 +164,5 @@ def record_in_manifest(run: Run, result: OllamaExport) -> None:
     """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists."""
     update_export_manifest(run, {"ollama": {
         "path": run.relative(result.folder), "modelfile": run.relative(result.modelfile), "name": result.model_name,
-        "template_family": result.family, "created": result.created, "offers_tools": result.offers_tools}})
+        "template_family": result.family, "created": result.created, "offers_tools": result.offers_tools,
+        "files": {file.name: gguf_signature(file) for file in sorted(result.folder.glob("*.gguf"))}}})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tunesmith.errors import TunesmithError
@@ -68,6 +69,8 @@ class Translation:
     default_system: str
     offers_tools: bool = False  # the Go template renders .Tools, .ToolCalls and tool turns
     tools_note: str = ""  # why it does not, where the run's prompts were asked to render tools
+    mirror: Callable[[Messages], str] | None = None  # the prompt Ollama renders for messages without tools, BOS
+    # included as the model's own template writes it (the family's Python mirror); None for raw text
 
 
 def go_literal(text: str) -> str:
@@ -209,7 +212,14 @@ def translate_chat_template(tokenizer: Any, adds_bos: bool, render_tools: ToolRe
         go_tools, tools_note = translate_tools(family, context, render_tools, bos)
         go_template = go_tools or go_template
     return Translation(family.name, prefix + go_template, stops, context.default_system,
-                       offers_tools=not tools_note and render_tools is not None, tools_note=tools_note)
+                       offers_tools=not tools_note and render_tools is not None, tools_note=tools_note,
+                       mirror=partial(mirror_prompt, family, context, bos))
+
+
+def mirror_prompt(family: TemplateFamily, context: TemplateContext, bos: str, messages: Messages) -> str:
+    """What Ollama's Go template renders for `messages` (no tools), with the BOS the model's Jinja template writes:
+    the text to compare with that template's (`check_against_jinja`, `export --check`)."""
+    return bos + family.render(messages, context)
 
 
 def translate_tools(family: TemplateFamily, context: TemplateContext, render_tools: ToolRenderer,
@@ -261,7 +271,7 @@ def check_against_jinja(tokenizer: Any, family: TemplateFamily, context: Templat
         expected = render_jinja(tokenizer, messages)
         if expected is None:
             continue
-        got = bos + family.render(messages, context)
+        got = mirror_prompt(family, context, bos, messages)
         if got != expected:
             at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
                       min(len(got), len(expected)))

@@ -90,6 +90,10 @@ def export_formats(recipe: Recipe, run: Run, formats: list[str] | None = None, q
         outcome.written["merged"] = made_on_the_way
     grammars = answer_grammars(recipe, run, outcome.written)
     record_exports(run, outcome.written, gguf_verification(run, outcome.written), grammars)
+    if {"gguf", "ollama"} & set(outcome.written):
+        from tunesmith.export.recheck import warn_of_template_differences
+
+        warn_of_template_differences(run, recipe)
     return outcome
 
 

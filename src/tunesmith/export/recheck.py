@@ -1,0 +1,388 @@
+"""`tunesmith export RUN --check`: a run's exports as they are now, checked again without writing anything.
+
+A GGUF or Modelfile can change after export (copied over, converted again by another tool, its template edited by
+hand), and each program users run the export with renders the chat template its own way. Three sections of
+doctor checks (`tunesmith.doctor.report`), each with a fix:
+- exported files: every export exports/manifest.json records is there, and each GGUF is the file export wrote and
+  checked (`gguf_signature`); the merged checkpoint is still the merge of the run's adapter;
+- llama.cpp agreement: each whole-model GGUF is held to its type's threshold again (`verify_gguf`);
+- chat template: the run's own held-out conversations, prompted as eval, chat and serve prompt them (the template
+  training saved, `eval.decoding.prompt_texts`), against (1) each GGUF's embedded template as llama-cpp-python
+  renders it (its `Jinja2ChatFormatter`, over the GGUF's own BOS and EOS; llama.cpp's server with --jinja and
+  LM Studio read the same metadata), (2) llama.cpp's tokenization of the prompt against the ids training fed the
+  model, and (3) the Ollama Modelfile's TEMPLATE, through its family's Python mirror (proven against Go's
+  text/template in tests/test_ollama_export.py). The probes export checks the translation on are four short
+  conversations; the run's own rows are where a difference would cost the task (whitespace a Go template cannot
+  trim, a system prompt, several turns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Recipe
+from tunesmith.doctor.report import Check, DoctorReport
+from tunesmith.errors import TunesmithError, shell_arg
+from tunesmith.export import gguf_entries, gguf_signature
+from tunesmith.manifest import inside_run, weights_signature
+from tunesmith.runs import Run
+
+FILES = "exported files"
+AGREEMENT = "llama.cpp agreement"
+TEMPLATE = "chat template on the run's own conversations"
+CHECKED_CONVERSATIONS = 64  # of the held-out rows: rendering and tokenizing one takes milliseconds
+SHOWN_CHARACTERS = 60  # of each side, from the first character that differs
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One held-out conversation as eval, chat and serve prompt the model: its turns before the answer, the tools
+    it offers, the text the saved template renders and the ids training's tokenizer makes of it."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    text: str
+    ids: list[int]
+
+
+def check_exports(run: Run, recipe: Recipe, verify: bool = True) -> DoctorReport:
+    """Every check above for the exports the run's exports/manifest.json records; `verify` runs the llama.cpp
+    agreement (seconds per GGUF for a small model, minutes for a large one). Raises TunesmithError for a run with
+    nothing exported."""
+    manifest = exports_manifest(run)
+    if not manifest:
+        raise TunesmithError(f"{run.path} has nothing exported to check (no exports/manifest.json).",
+                             f"tunesmith export {shell_arg(run.path)} writes the recipe's formats.")
+    checks = adapter_checks(run, manifest) + merged_checks(run, manifest) + gguf_file_checks(run, manifest)
+    checks += ollama_file_checks(run, manifest)
+    if verify:
+        checks += agreement_checks(run)
+    checks += template_checks(run, recipe, manifest)
+    return DoctorReport(checks=checks)
+
+
+def exports_manifest(run: Run) -> dict[str, Any]:
+    """exports/manifest.json, {} when there is none."""
+    path = run.exports_dir / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TunesmithError(f"{path} is not valid JSON ({exc}).",
+                             f"Export again: tunesmith export {shell_arg(run.path)}") from exc
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def run_file(run: Run, recorded: Any) -> Path | None:
+    """The path a manifest entry records, inside the run; None for a path leading outside it (or no path)."""
+    try:
+        return run.path / inside_run(str(recorded)) if recorded else None
+    except ValueError:
+        return None
+
+
+def export_again(run: Run, fmt: str, quant: str | None = None) -> str:
+    return f"tunesmith export {shell_arg(run.path)} --format {fmt}" + (f" --quant {quant}" if quant else "")
+
+
+def adapter_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
+    """exports/adapter: there, and the run's adapter as it is now."""
+    path = run_file(run, manifest.get("adapter")) if isinstance(manifest.get("adapter"), str) else None
+    if path is None:
+        return []
+    if not (path / "adapter_config.json").is_file():
+        return [Check(name="adapter", section=FILES, status="fail", detail=f"{path} is gone or incomplete",
+                      fix=export_again(run, "adapter"))]
+    same = weights_signature(path) == weights_signature(run.adapter_dir)
+    return [Check(name="adapter", section=FILES, status="pass" if same else "warn",
+                  detail=f"{run.relative(path)}: " + ("the run's adapter" if same else
+                                                      "differs from the run's adapter/ (trained or rolled back since)"),
+                  fix=None if same else export_again(run, "adapter"))]
+
+
+def merged_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
+    """exports/merged: there, with the weights the merge wrote, merged from the run's adapter as it is now."""
+    entry = manifest.get("merged")
+    path = run_file(run, entry.get("path")) if isinstance(entry, dict) else None
+    if path is None:
+        return []
+    name, fix = "merged checkpoint", export_again(run, "merged")
+    if not (path / "config.json").is_file():
+        return [Check(name=name, section=FILES, status="fail", detail=f"{path} is gone or incomplete", fix=fix)]
+    if "weights" not in entry:
+        return [Check(name=name, section=FILES, status="warn", detail=f"{run.relative(path)}: exported by a "
+                      "tunesmith that recorded no weights signature, so it cannot be checked", fix=fix)]
+    if weights_signature(path) != entry["weights"]:
+        return [Check(name=name, section=FILES, status="fail", detail=f"{run.relative(path)}: its weights changed "
+                      "since the merge wrote them (files copied over it)", fix=fix)]
+    if (run.adapter_dir / "adapter_config.json").is_file() and weights_signature(run.adapter_dir) != entry.get(
+            "adapter"):
+        return [Check(name=name, section=FILES, status="warn", detail=f"{run.relative(path)}: merged from an "
+                      "earlier adapter than the run's adapter/ now", fix=fix)]
+    return [Check(name=name, section=FILES, status="pass", detail=f"{run.relative(path)}: as the merge wrote it")]
+
+
+def gguf_file_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
+    """Each GGUF (whole model and LoRA): there, the file export wrote, and not recorded as failing its check."""
+    checks = []
+    loras = manifest.get("gguf_lora") if isinstance(manifest.get("gguf_lora"), dict) else {}
+    groups = [("gguf", quant, entry) for quant, entry in gguf_entries(run).items()]
+    groups += [("gguf-lora", quant, entry) for quant, entry in loras.items() if isinstance(entry, dict)]
+    for fmt, quant, entry in groups:
+        path = run_file(run, entry.get("path"))
+        if path is None:
+            continue
+        name, fix = f"{fmt} {quant}", export_again(run, fmt, quant)
+        failed_check = (entry.get("verify") or {}).get("passed") is False
+        if not path.is_file():
+            checks.append(Check(name=name, section=FILES, status="fail", detail=f"{path} is gone", fix=fix))
+        elif "signature" not in entry:
+            checks.append(Check(name=name, section=FILES, status="warn", detail=f"{run.relative(path)}: exported by "
+                                "a tunesmith that recorded no signature, so a change since cannot be seen", fix=fix))
+        elif gguf_signature(path) != entry["signature"]:
+            checks.append(Check(name=name, section=FILES, status="fail", detail=f"{run.relative(path)} is not the "
+                                "file export wrote: its header or tensors changed since", fix=fix))
+        elif failed_check:
+            checks.append(Check(name=name, section=FILES, status="fail", detail=f"{run.relative(path)} failed its "
+                                "llama.cpp check at export (verify.passed: false in exports/manifest.json)",
+                                fix=f"{fix} (F16 first, to tell quantization loss from a conversion problem)"))
+        else:
+            checks.append(Check(name=name, section=FILES, status="pass",
+                                detail=f"{run.relative(path)}: the file export wrote"))
+    return checks
+
+
+def ollama_file_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
+    """exports/ollama: the Modelfile, and each GGUF it loads as export wrote it."""
+    entry = manifest.get("ollama")
+    folder = run_file(run, entry.get("path")) if isinstance(entry, dict) else None
+    if folder is None:
+        return []
+    fix = export_again(run, "ollama")
+    modelfile = folder / "Modelfile"
+    if not modelfile.is_file():
+        return [Check(name="ollama", section=FILES, status="fail", detail=f"{modelfile} is gone", fix=fix)]
+    loaded = [line.split(maxsplit=1)[1].strip() for line in modelfile.read_text(encoding="utf-8").splitlines()
+              if line.split(maxsplit=1)[:1] in (["FROM"], ["ADAPTER"]) and len(line.split(maxsplit=1)) == 2]
+    missing = [name for name in loaded if not (folder / name).is_file()]
+    if missing:
+        return [Check(name="ollama", section=FILES, status="fail",
+                      detail=f"the Modelfile loads {', '.join(missing)}, which is not in {folder}", fix=fix)]
+    recorded = entry.get("files") if isinstance(entry.get("files"), dict) else None
+    if recorded is None:
+        return [Check(name="ollama", section=FILES, status="warn", detail=f"{run.relative(folder)}: exported by a "
+                      "tunesmith that recorded no signatures, so a change since cannot be seen", fix=fix)]
+    changed = [name for name, signature in recorded.items()
+               if not (folder / name).is_file() or gguf_signature(folder / name) != signature]
+    if changed:
+        return [Check(name="ollama", section=FILES, status="fail",
+                      detail=f"{', '.join(changed)} in {run.relative(folder)} changed or went since export", fix=fix)]
+    return [Check(name="ollama", section=FILES, status="pass",
+                  detail=f"{run.relative(folder)}: the Modelfile and {len(recorded)} GGUF file(s) export wrote")]
+
+
+def agreement_checks(run: Run) -> list[Check]:
+    """verify_gguf again for each whole-model GGUF, against the merged checkpoint (or the run's own model/)."""
+    from tunesmith.export.gguf import run_conversations
+    from tunesmith.export.merged import merge_matches_record
+    from tunesmith.export.verify import llama_cpp_available, verify_gguf
+    from tunesmith.models.tuned import is_adapter
+
+    entries = {quant: run_file(run, entry.get("path")) for quant, entry in gguf_entries(run).items()}
+    entries = {quant: path for quant, path in entries.items() if path is not None and path.is_file()}
+    if not entries:
+        return []
+    if not llama_cpp_available():
+        return [Check(name="llama.cpp", section=AGREEMENT, status="warn", detail="llama-cpp-python is not "
+                      "installed, so no GGUF was run", fix="pip install 'tunesmith[gguf]'")]
+    artifact = run.trained_artifact()
+    reference = artifact if not is_adapter(artifact) else run.exports_dir / "merged"
+    if is_adapter(artifact) and not merge_matches_record(run, reference, artifact):
+        return [Check(name=f"gguf {quant}: next tokens", section=AGREEMENT, status="warn",
+                      detail="no merged checkpoint of the run's adapter as it is now to compare with",
+                      fix=export_again(run, "merged"))
+                for quant in entries]
+    checks = []
+    for quant, path in entries.items():
+        verification = verify_gguf(path, reference, quant, run_conversations(run))
+        status = "pass" if verification.passed else "fail"
+        checks.append(Check(name=f"gguf {quant}: next tokens", section=AGREEMENT, status=status,
+                            detail=verification.summary(),
+                            fix=None if verification.passed else export_again(run, "gguf", quant)))
+    return checks
+
+
+def template_checks(run: Run, recipe: Recipe, manifest: dict[str, Any]) -> list[Check]:
+    """The held-out conversations as each consumer of the exports prompts them, against eval's prompt."""
+    from tunesmith.models.tuned import run_tokenizer
+
+    tokenizer = run_tokenizer(run)
+    if not tokenizer.chat_template:
+        return [Check(name="chat template", section=TEMPLATE, status="pass", detail="the model has no chat "
+                      "template: every consumer is sent the text as it is")]
+    try:
+        prompts = held_out_prompts(run, tokenizer)
+    except TunesmithError as exc:
+        return [Check(name="held-out conversations", section=TEMPLATE, status="warn", detail=exc.message,
+                      fix=exc.hint)]
+    if not prompts:
+        return [Check(name="held-out conversations", section=TEMPLATE, status="warn", detail="the run saved no "
+                      "held-out conversation to render", fix="Evaluate on a file of conversations: data.eval.")]
+    ggufs = {f"gguf {quant}": path for quant, entry in gguf_entries(run).items()
+             if (path := run_file(run, entry.get("path"))) is not None and path.is_file()}
+    checks = []
+    for label, path in ggufs.items():
+        checks += gguf_template_checks(label, path, prompts, run)
+    entry = manifest.get("ollama")
+    folder = run_file(run, entry.get("path")) if isinstance(entry, dict) else None
+    if folder is not None and (folder / "Modelfile").is_file():
+        checks += ollama_template_checks(run, recipe, folder / "Modelfile", prompts)
+    return checks
+
+
+def held_out_prompts(run: Run, tokenizer: Any) -> list[Prompt]:
+    """Up to CHECKED_CONVERSATIONS of the run's saved held-out conversations, as eval prompts them."""
+    from tunesmith.data.template import prompt_turns
+    from tunesmith.eval.decoding import prompt_texts
+
+    rows = [row for row in run.eval_rows() or [] if "messages" in row or "prompt" in row][:CHECKED_CONVERSATIONS]
+    texts = prompt_texts(tokenizer, rows)
+    return [Prompt(prompt_turns(row), row.get("tools"), text, tokenizer(text, add_special_tokens=False)["input_ids"])
+            for row, text in zip(rows, texts, strict=True)]
+
+
+def gguf_template_checks(label: str, path: Path, prompts: list[Prompt], run: Run) -> list[Check]:
+    """The GGUF's embedded template through llama-cpp-python's Jinja renderer, and llama.cpp's tokenization of
+    eval's prompt, on every held-out conversation."""
+    from tunesmith.export.verify import llama_cpp_available
+
+    if not llama_cpp_available():
+        return [Check(name=f"{label}: template", section=TEMPLATE, status="warn", detail="llama-cpp-python is not "
+                      "installed, so the GGUF's template was not rendered", fix="pip install 'tunesmith[gguf]'")]
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    with native_stderr_silenced():  # a vocabulary-only context warns that it exceeds the (unread) training context
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        template = llm.metadata.get("tokenizer.chat_template")
+        specials = {token: llm._model.token_get_text(token_id) if token_id >= 0 else ""
+                    for token, token_id in (("bos", llm.token_bos()), ("eos", llm.token_eos()))}
+        tokenized = [llm.tokenize(prompt.text.encode("utf-8"), add_bos=False, special=True) for prompt in prompts]
+    finally:
+        llm.close()
+    fix = export_again(run, "gguf", label.split()[-1])
+    if not template:
+        rendered: list[str | None] = [None] * len(prompts)
+        template_check = Check(name=f"{label}: template", section=TEMPLATE, status="fail", detail="the GGUF carries "
+                               "no tokenizer.chat_template: llama.cpp and LM Studio fall back to a template of "
+                               "their own", fix=fix)
+    else:
+        formatter = Jinja2ChatFormatter(template, eos_token=specials["eos"], bos_token=specials["bos"])
+        rendered = [render_or_none(formatter, prompt) for prompt in prompts]
+        template_check = agreement_check(f"{label}: template", "its embedded template (llama.cpp --jinja, "
+                                         "LM Studio, llama-cpp-python)", prompts, rendered, fix)
+    tokens_check = agreement_check(f"{label}: tokens", "llama.cpp's tokenization of eval's prompt", prompts,
+                                   tokenized, fix, as_ids=True)
+    return [template_check, tokens_check]
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at os.devnull for a block: what llama.cpp's C code prints there despite
+    verbose=False."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def render_or_none(formatter: Any, prompt: Prompt) -> str | None:
+    """The formatter's prompt for the conversation, None where the template raises on it."""
+    try:
+        return formatter(messages=prompt.messages, tools=prompt.tools).prompt
+    except Exception:  # a Jinja error or the template's raise_exception: reported as a difference
+        return None
+
+
+def ollama_template_checks(run: Run, recipe: Recipe, modelfile: Path, prompts: list[Prompt]) -> list[Check]:
+    """The Modelfile's TEMPLATE is the translation of the run's template, and renders each held-out conversation
+    without tools as eval prompts it."""
+    from tunesmith.export.ollama import translate_run_template
+
+    fix = export_again(run, "ollama")
+    text = modelfile.read_text(encoding="utf-8")
+    translation = translate_run_template(run, recipe.data)
+    if modelfile_value(text, "TEMPLATE") != translation.go_template:
+        return [Check(name="ollama: template", section=TEMPLATE, status="fail",
+                      detail=f"the TEMPLATE in {run.relative(modelfile)} is not the translation of the template the "
+                             "run trained with (edited since export)", fix=fix)]
+    if translation.mirror is None:
+        return [Check(name="ollama: template", section=TEMPLATE, status="pass", detail="the model has no chat "
+                      "template: Ollama sends the prompt as it is")]
+    plain = [p for p in prompts if not p.tools and all(set(m) <= {"role", "content"} and isinstance(m["content"], str)
+                                                         for m in p.messages)]
+    rendered = [translation.mirror(p.messages) for p in plain]
+    check = agreement_check("ollama: template", f"the Modelfile's {translation.family} TEMPLATE", plain, rendered, fix)
+    left_out = len(prompts) - len(plain)
+    if left_out:
+        check = check.model_copy(update={"detail": check.detail + f"; {left_out} conversation(s) with tools, tool "
+                                         "calls or other message fields not compared"})
+    return [check]
+
+
+def modelfile_value(text: str, keyword: str) -> str | None:
+    """A Modelfile's triple-quoted value of `keyword` (as `ollama.modelfile_text` writes it), None without one."""
+    _, found, rest = text.partition(f'\n{keyword} """')
+    return rest.partition('"""')[0] if found else None
+
+
+def agreement_check(name: str, consumer: str, prompts: list[Prompt], got: list[Any], fix: str,
+                    as_ids: bool = False) -> Check:
+    """pass when `got` is eval's prompt (its text, or `as_ids` its token ids) for every conversation; fail naming
+    the first one that differs, from where it differs."""
+    if not prompts:
+        return Check(name=name, section=TEMPLATE, status="pass", detail="no conversation of this kind to compare")
+    expected = [p.ids if as_ids else p.text for p in prompts]
+    differing = [i for i, (want, have) in enumerate(zip(expected, got, strict=True)) if want != have]
+    reference = "the ids transformers' tokenizer makes of it" if as_ids else "eval's prompt"
+    if not differing:
+        return Check(name=name, section=TEMPLATE, status="pass",
+                     detail=f"{consumer}: identical to {reference} on {len(prompts)}/{len(prompts)} conversations")
+    first = differing[0]
+    return Check(name=name, section=TEMPLATE, status="fail",
+                 detail=f"{consumer} differs from {reference} on {len(differing)}/{len(prompts)} conversations; "
+                        f"held-out conversation {first + 1}: " + first_difference(expected[first], got[first], as_ids),
+                 fix=f"The model would be prompted otherwise than it was trained. {fix}")
+
+
+def first_difference(expected: Any, got: Any, as_ids: bool) -> str:
+    """Where `got` first differs from `expected`, with a few characters (or ids) of each from there."""
+    if got is None:
+        return "the template raised an error on it"
+    at = next((i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
+    width = 8 if as_ids else SHOWN_CHARACTERS
+    unit = "token" if as_ids else "character"
+    return (f"from {unit} {at}, training gives {expected[at:at + width]!r}, "
+            f"this gives {got[at:at + width]!r}")
+
+
+def warn_of_template_differences(run: Run, recipe: Recipe) -> None:
+    """After a GGUF or Ollama export: say on stderr where a consumer prompts the run's own held-out conversations
+    otherwise than eval did (`template_checks`); export checked its translation on short probes only."""
+    for check in template_checks(run, recipe, exports_manifest(run)):
+        if check.status != "pass":
+            print(f"warning: {check.name}: {check.detail}. {check.fix or ''}".rstrip(), file=sys.stderr, flush=True)
