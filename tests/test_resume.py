@@ -240,6 +240,10 @@ def test_resume_refuses_data_that_changed_or_went_since_the_run_started(tmp_path
     source.unlink()  # gone from where the run first read it; the same bytes beside the moved recipe
     moved_run = moved / run.path.relative_to(tmp_path)
     assert resumed_run(load_recipe(moved / recipe.name), str(moved_run), None).path == moved_run
+    # the run's own recipe.yaml records the project's first folder, whose data went: its relative paths are read
+    # beside the moved run instead
+    assert load_recipe(moved_run / "recipe.yaml").base_dir == str(moved)
+    assert resumed_run(load_recipe(moved_run / "recipe.yaml"), str(moved_run), None).path == moved_run
 
 
 def test_same_recipe_data_and_seed_give_identical_weights_and_runs_diff_says_what_differs(tmp_path, tiny_model_dir):

@@ -1078,6 +1078,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {where}", "Fix the YAML syntax at that line.") from exc
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}.")
+    if "base_dir" in raw:  # a run's recipe.yaml: the folder its project was in when the run started
+        raw["base_dir"] = str(moved_base_dir(path, raw))
     raw.setdefault("base_dir", str(path.resolve().parent))
     file_kinds = {section: (raw.get(section) or {}).get("kind") or Recipe.model_fields[section].default_factory().kind
                   for section in ("adapter", "method") if isinstance(raw.get(section) or {}, dict)}
@@ -1085,6 +1087,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         apply_override(raw, item)
     drop_keys_of_the_kind_replaced(raw, overrides or [], file_kinds)
     return validate_recipe(raw, source=path, text=text, overrides=overrides)
+
+
+BASE_DIR_SEARCH_DEPTH = 4  # ancestors of a run's recipe.yaml searched: RUN, runs/, the project, one above
+
+
+def moved_base_dir(path: Path, raw: dict[str, Any]) -> Path:
+    """Where a recipe that records a `base_dir` (a run's recipe.yaml) reads its relative paths: that folder while it
+    holds the recipe's data.train; after the project was moved or copied elsewhere, the nearest of the recipe file's
+    ancestors that holds it, said on stderr. The recorded folder stays where none does (the missing file is then
+    named where it is read)."""
+    import sys
+
+    recorded = Path(str(raw["base_dir"]))
+    train = (raw.get("data") or {}).get("train") if isinstance(raw.get("data"), dict) else None
+    if not isinstance(train, str) or Path(train).is_absolute() or (recorded / train).is_file():
+        return recorded
+    for folder in list(path.resolve().parents)[:BASE_DIR_SEARCH_DEPTH]:
+        if (folder / train).is_file():
+            print(f"note: {path} reads its relative paths from {recorded}, where its data.train {train} is no longer "
+                  f"(the project moved): reading them from {folder}, where it is.", file=sys.stderr, flush=True)
+            return folder
+    return recorded
 
 
 def read_recipe_text(path: Path) -> str:
