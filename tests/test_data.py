@@ -55,6 +55,9 @@ def test_every_assistant_turn_of_a_multi_turn_row_is_trained(tokenizer):
 def test_truncation_is_reported(tokenizer):
     encoded = render_with_loss_mask(tokenizer, CONVO, max_length=10)
     assert len(encoded["input_ids"]) == 10 and encoded["truncated"]
+    whole = render_with_loss_mask(tokenizer, CONVO, max_length=512)
+    assert not whole["truncated"] and len(whole["input_ids"]) > 10
+    assert (encoded["input_ids"], encoded["labels"]) == (whole["input_ids"][:10], whole["labels"][:10])
 
 
 def test_template_that_rewrites_history_is_refused(tokenizer):

@@ -175,7 +175,7 @@ def test_an_unreachable_endpoint_and_a_wrong_path_are_named(judge):
 def test_parsers_take_the_last_marker_and_refuse_out_of_range_scores():
     assert parse_score("Score: 3. On reflection... Score: 8") == 8
     assert parse_score("**Score:** 7/10") == 7 and parse_score("6") == 6
-    with pytest.raises(TunesmithError):
+    with pytest.raises(TunesmithError, match=r"Could not read a 1-10 score .*Score: 42"):
         parse_score("Score: 42")
     assert parse_verdict("[[B]]") == "B" and parse_verdict("Verdict: TIE") == "tie" and parse_verdict("a") == "A"
 

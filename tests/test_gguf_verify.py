@@ -141,9 +141,12 @@ def test_no_verify_skips_the_check_and_verify_needs_llama_cpp(tiny_model_dir, tm
 
     monkeypatch.setattr(verify, "llama_cpp_available", lambda: False)
     monkeypatch.setattr(gguf_export, "llama_cpp_available", lambda: False)
+    (run.exports_dir / "manifest.json").unlink()  # the default export's own record, not the one before
     assert export(run, "--quant", "F16").exit_code == 0  # default: no llama.cpp, no check
+    assert "verify" not in manifest_of(run)["gguf"]["F16"]
     refused = export(run, "--quant", "F16", "--verify")
     assert isinstance(refused.exception, TunesmithError)
+    assert "--verify needs llama-cpp-python, which is not installed" in refused.exception.message
     assert "pip install 'tunesmith[gguf]'" in refused.exception.hint
 
 

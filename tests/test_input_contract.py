@@ -165,12 +165,31 @@ def test_preview_reports_a_refusing_template_instead_of_crashing(tokenizer):
 
 # --- prefix stability, generation prompt, EOS ------------------------------------------------------------
 
+MULTI_ANSWER_ROW = {"messages": [*PLAIN_ROW["messages"], {"role": "user", "content": "And three?"},
+                                  {"role": "assistant", "content": '{"item": "red mug", "qty": 3}'}]}
+
+
 @pytest.mark.parametrize("template", [NOT_PREFIX_STABLE_HISTORY, NOT_PREFIX_STABLE_COUNT])
-def test_templates_that_are_not_prefix_stable_are_refused(tokenizer, template):
+def test_templates_that_are_not_prefix_stable_are_refused_for_rows_with_several_answers(tokenizer, template):
+    """Refused before training where an earlier answer cannot be found (several answers a row, or preference pairs);
+    a row with one answer is found after its prompt (a template that rewrites earlier answers, Nemotron 3's, trains
+    it), or refused for its generation prompt where even that prompt is not the answer's prefix."""
     with_template(tokenizer, template)
     assert probe_template(tokenizer).assistant_turns == "not_prefix_stable"
+    with pytest.raises(DataError, match=r"not prefix-stable.*the 1 row\(s\) with several answers"):
+        check_template_contract(tokenizer, [PLAIN_ROW, MULTI_ANSWER_ROW], "m")
+    pair = {"prompt": PLAIN_ROW["messages"][:1], "chosen": PLAIN_ROW["messages"][1:],
+            "rejected": [{"role": "assistant", "content": "no"}]}
     with pytest.raises(DataError, match="not prefix-stable"):
-        check_template_contract(tokenizer, [PLAIN_ROW], "m")
+        check_template_contract(tokenizer, [pair], "m")
+    if template == NOT_PREFIX_STABLE_COUNT:  # the turn count changes the prompt's first line: refused for that
+        with pytest.raises(DataError, match="generation prompt that is not a prefix of the trained answer"):
+            check_template_contract(tokenizer, [PLAIN_ROW], "m")
+        return
+    check_template_contract(tokenizer, [PLAIN_ROW], "m")
+    encoded = encode_sequence(tokenizer, PLAIN_ROW["messages"], 512)
+    answer = PLAIN_ROW["messages"][1]["content"]
+    assert loss_text(tokenizer, encoded) == answer + "<|im_end|>\n"  # the answer and its end of turn, nothing else
 
 
 @pytest.mark.parametrize("template", [PROMPT_DIFFERS_SPACE, PROMPT_DIFFERS_ROLE])

@@ -191,8 +191,9 @@ def test_explicit_presidio_without_presidio_installed_is_an_error():
     try:
         import presidio_analyzer  # noqa: F401
     except ImportError:
-        with pytest.raises(DataError):
+        with pytest.raises(DataError, match="the presidio engine needs presidio-analyzer") as refused:
             PiiScanner(engine="presidio")
+        assert "regex engine" in refused.value.hint
     else:
         pytest.skip("presidio is installed")
 

@@ -37,14 +37,23 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
+CLOSING_CHARS = 40  # per answer, besides its text: the end-of-turn tokens, an empty <think> block, a channel header
+
+
 def answers_trained_alone(tokenizer, row) -> None:
-    """Each answer's text is in the trained tokens; no user turn's text and no tool result is."""
+    """Each answer's text is in the trained tokens; no user turn's text and no tool result is; and what is trained
+    besides the answers is at most CLOSING_CHARS per answer (the longest measured: Cohere 2's
+    `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`, 37), so no turn header or earlier turn trains with them."""
     trained = loss_text(tokenizer, encode_sequence(tokenizer, row["messages"], 2048, row.get("tools")))
+    rest, answers = trained, 0
     for message in row["messages"]:
         if message["role"] == "assistant" and message["content"]:
             assert message["content"] in trained
+            rest, answers = rest.replace(message["content"], "", 1), answers + 1
         elif message["role"] in ("user", "tool", "system"):
             assert message["content"] not in trained
+    if answers and not row.get("tools"):  # a tool call's trained text is its call, rendered by the template
+        assert len(rest) <= CLOSING_CHARS * answers, rest
 
 
 def prompted_as_trained(tokenizer, row) -> None:
@@ -52,27 +61,57 @@ def prompted_as_trained(tokenizer, row) -> None:
     text training put before the answer, token for token."""
     encoded = encode_sequence(tokenizer, row["messages"], 2048, row.get("tools"))
     first_trained = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
-    prompt = tokenizer.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
+    first_answer = next(i for i, message in enumerate(row["messages"]) if message["role"] == "assistant")
+    prompt = tokenizer.apply_chat_template(row["messages"][:first_answer], tokenize=False, add_generation_prompt=True)
     assert tokenizer.decode(encoded.input_ids[:first_trained]) == prompt
+
+
+# What each template trains of a multi-turn, a system and a tool-calling row (the rest refused, with the reason below).
+# Refusals by kind: no system role (Gemma 1/2), no tool rendering (Llama 3.0, Phi-3, Gemma 3, Cohere, LFM2 v1), a
+# template that fails on the tool row's schema without a description (gpt-oss, Muse Glimmer), not prefix-stable for
+# several answers (Nemotron 3, whose single-answer rows train), and DeepSeek-V3's generation prompt (everything).
+EXPECTED_TRAINED = {
+    "cohere": {"multi", "system"}, "cohere2": {"multi", "system"}, "deepseek_r1_distill": {"multi", "system"},
+    "deepseekv3": set(), "diffusion_gemma": {"multi", "system", "tool"}, "gemma": {"multi"},
+    "gemma3": {"multi", "system"}, "gemma4": {"multi", "system", "tool"}, "gemma4_v2": {"multi", "system", "tool"},
+    "gemma4_v3": {"multi", "system", "tool"}, "gemma4_v4": {"multi", "system", "tool"},
+    "gemma4_v5": {"multi", "system", "tool"}, "glm4moe": {"multi", "system", "tool"}, "gptoss": {"multi", "system"},
+    "lfm2": {"multi", "system"}, "lfm2_2_5": {"multi", "system", "tool"}, "lfm2_2_5_v2": {"multi", "system", "tool"},
+    "lfm2_v2": {"multi", "system", "tool"}, "llama3": {"multi", "system"}, "llama3_1": {"multi", "system", "tool"},
+    "llama3_2": {"multi", "system", "tool"}, "muse_glimmer": {"multi", "system"},
+    "nemotron_3_5_lightning": {"system"}, "nemotron_3_nano": {"system"}, "nemotron_3_super": {"system"},
+    "nemotron_3_ultra": {"system"}, "phi3": {"multi", "system"}, "phi3_5": {"multi", "system"},
+    "qwen2_5": {"multi", "system", "tool"}, "qwen3": {"multi", "system", "tool"},
+    "qwen3_5_nothink": {"multi", "system", "tool"}, "qwen3_5_think": {"multi", "system", "tool"},
+    "qwen3_6": {"multi", "system", "tool"}, "qwen3_8": {"multi", "system", "tool"},
+    "qwen3_instruct_2507": {"multi", "system", "tool"},
+}
+REFUSAL_REASONS = {"multi": ("not prefix-stable", "generation prompt"),
+                   "system": ("system role", "generation prompt"),
+                   "tool": ("cannot express tools", "fails on the row", "not prefix-stable", "generation prompt")}
 
 
 @pytest.mark.parametrize("name", MODEL_TEMPLATES)
 def test_a_real_template_trains_every_answer_right_or_is_refused(tokenizer, name):
-    """Row by row: the contract's refusal, or an encoding error that shows the row (both before any weights load),
-    or every answer trained and nothing else."""
+    """Row by row: the contract's refusal naming its reason, or an encoding error that shows the row (both before
+    any weights load), or every answer trained and nothing else; which of the three rows trains is pinned per
+    template (a TRL release that adds a template fails here until its outcome is read and pinned)."""
+    assert name in EXPECTED_TRAINED, f"TRL ships a template not pinned here: {name}"
     tokenizer.chat_template = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
-    trained = []
-    for row in (MULTI_TURN_ROW, SYSTEM_ROW, TOOL_ROW):
+    trained = set()
+    for label, row in (("multi", MULTI_TURN_ROW), ("system", SYSTEM_ROW), ("tool", TOOL_ROW)):
         try:
             check_template_contract(tokenizer, [row], name)
             encode_sequence(tokenizer, row["messages"], 2048, row.get("tools"))
         except DataError as refused:
             assert "chat template" in refused.message and refused.message.count("\n") < 12
+            assert any(reason in refused.message for reason in REFUSAL_REASONS[label]), refused.message
             continue
         answers_trained_alone(tokenizer, row)
-        trained.append(row)
-    if MULTI_TURN_ROW in trained:
-        prompted_as_trained(tokenizer, MULTI_TURN_ROW)
+        if label != "tool":
+            prompted_as_trained(tokenizer, row)
+        trained.add(label)
+    assert trained == EXPECTED_TRAINED[name]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_5_think", "qwen3_5_nothink", "qwen3_6"])
@@ -135,6 +174,11 @@ REASONING_ROW = {"messages": [{"role": "user", "content": "Price of two red mugs
                                "reasoning_content": "One red mug is 12 euros, so two are 24."}]}
 
 
+# DeepSeek-V3 prompts an open <think> its answers never start with; Qwen3.5's no-think variant prompts a closed empty
+# block where the row's reasoning would go
+REASONING_REFUSED = {"deepseekv3", "qwen3_5_nothink"}
+
+
 @pytest.mark.parametrize("name", MODEL_TEMPLATES)
 def test_a_real_template_trains_a_rows_reasoning_before_its_answer_or_is_refused(tokenizer, name):
     """Every template either trains the reasoning and then the answer, once each, prompted at inference as it
@@ -144,8 +188,10 @@ def test_a_real_template_trains_a_rows_reasoning_before_its_answer_or_is_refused
         check_template_contract(tokenizer, [REASONING_ROW], name)
         encoded = encode_sequence(tokenizer, REASONING_ROW["messages"], 2048)
     except DataError as refused:
-        assert "chat template" in refused.message
+        assert name in REASONING_REFUSED, refused.message  # every other template trains reasoning
+        assert "generation prompt" in refused.message
         return
+    assert name not in REASONING_REFUSED
     trained = loss_text(tokenizer, encoded)
     reasoning, answer = REASONING_ROW["messages"][1]["reasoning_content"], REASONING_ROW["messages"][1]["content"]
     assert trained.count(reasoning) == 1 and trained.index(reasoning) < trained.index(answer), trained

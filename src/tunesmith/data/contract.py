@@ -73,6 +73,7 @@ class DataNeeds:
     tool_rows: int = 0  # rows with tools, tool calls or tool results
     multi_answer_rows: int = 0  # conversations with more than one assistant turn (a tool call is one)
     reasoning_rows: int = 0  # rows with an answer that carries reasoning
+    other_shape_rows: int = 0  # rows that are not one conversation (preference pairs, prompt/completion)
 
 
 def probe_template(tokenizer: Any) -> TemplateContract:
@@ -183,6 +184,7 @@ def data_needs(rows: list[dict[str, Any]]) -> DataNeeds:
             turn.get("role") == "tool" or turn.get("tool_calls") for turn in turns)
         needs.multi_answer_rows += sum(turn.get("role") == "assistant" for turn in row.get("messages") or []) > 1
         needs.reasoning_rows += any(turn.get("reasoning_content") for turn in turns)
+        needs.other_shape_rows += not isinstance(row.get("messages"), list)
     return needs
 
 
@@ -239,10 +241,15 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str,
                         f"{needs.reasoning_rows} row(s) carry reasoning: it would not be trained. Use a template that "
                         "renders it (model.chat_template: a .jinja file of your own, or chatml, which writes it as a "
                         "<think> block), or remove the reasoning from the rows.")
-    if contract.assistant_turns != "identifiable":
+    if contract.assistant_turns != "identifiable" and (needs.multi_answer_rows or needs.other_shape_rows):
+        # a conversation with one answer is found after its prompt whatever the template does to earlier turns
+        # (encode_sequence checks each row before the model loads); pairs are rendered by TRL, which assumes more
         problems.append(f"The chat template of {model} is not prefix-stable: rendering the first turns does not give "
-                        "a prefix of the whole conversation, so the loss mask cannot find the assistant turns. Use a "
-                        "template that renders turns independently (ChatML, Llama-3 and most others do).")
+                        "a prefix of the whole conversation, so the loss mask cannot find the earlier answers of the "
+                        f"{needs.multi_answer_rows or needs.other_shape_rows} row(s) with several answers (a tool call "
+                        "is one) or in another shape than one conversation. Split conversations into one row per "
+                        "answer (each row: the turns before that answer, then the answer), or use a template that "
+                        "renders turns independently (model.chat_template: chatml or a .jinja file).")
     if contract.generation_prompt == "missing":
         (problems if template_key else warnings).append(
             f"{owner} adds nothing for add_generation_prompt: at inference the model is "
