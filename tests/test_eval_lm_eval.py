@@ -3,6 +3,7 @@ relative data file) run on base and tuned, and their scores land in results.json
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,28 @@ def test_the_bundled_task_scores_base_and_tuned(lm_eval_run):
     assert entry["wins"] + entry["losses"] + entry["ties"] == 6
     assert entry["base"] == block["base"]["tunesmith_general_mc/acc"]
     assert "lm-eval harness (tunesmith_general_mc" in (run.eval_dir / "report.html").read_text()
+
+
+def test_the_tuned_column_scores_the_adapter_not_the_base_again(lm_eval_run, tmp_path):
+    """A copy of the run whose adapter is made huge (lora_B x 200) answers the same documents otherwise: its tuned
+    column and the comparison move, its base column does not (were the adapter not applied, neither would move)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.runs import open_run
+
+    _, run = lm_eval_run
+    before = json.loads((run.eval_dir / "results.json").read_text())["lm_eval"]
+    copy = Path(shutil.copytree(run.path, tmp_path / run.path.name))
+    weights_file = copy / "adapter" / "adapter_model.safetensors"
+    save_file({name: tensor * 200 if "lora_B" in name else tensor for name, tensor in load_file(weights_file).items()},
+              weights_file)
+    after = json.loads(run_eval(load_recipe(copy / "recipe.yaml"), open_run(copy)).read_text())["lm_eval"]
+    key = "tunesmith_general_mc/acc_norm"
+    assert after["base"][key] == before["base"][key]
+    entry = after["comparison"]["tunesmith_general_mc/acc"]
+    assert entry["wins"] + entry["losses"] > 0, (entry, after)  # some document is answered otherwise than the base
 
 
 def test_a_users_task_folder_with_a_relative_data_file(lm_eval_run):
