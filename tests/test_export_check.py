@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -90,3 +91,33 @@ def test_the_ollama_check_finds_content_a_go_template_cannot_trim(tokenizer_dir,
     assert check.status == "fail"
     assert "on 1/2 conversations; held-out conversation 2" in check.detail and "'  padded question\\n" in check.detail
     assert agreement_check("ollama: template", "the TEMPLATE", prompts[:1], go[:1], "x").status == "pass"
+
+
+def test_a_gguf_lora_is_run_on_the_base_gguf_and_one_applied_wrong_fails(tmp_path, tiny_model_dir):
+    """Ollama's ADAPTER (and `llama-cli --lora`) apply the GGUF LoRA to the base GGUF: --check runs that pair in
+    llama.cpp against the merged checkpoint. A LoRA written with its B matrices negated (a sign error in a
+    conversion) is named twice: as a file export did not write, and by its next tokens."""
+    pytest.importorskip("llama_cpp")
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.export.gguf_lora import write_gguf_lora
+    from tunesmith.models.tuned import run_base_model
+    from tunesmith.quickstart import run_pipeline
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         ["training.max_steps=1", "export.formats=[merged, ollama]", "export.ollama_adapter=true",
+                          "export.quant=F32", "eval.max_examples=2"])
+    run = run_pipeline(recipe, runs_dir=tmp_path / "runs")
+    fresh = CliRunner().invoke(app, ["export", str(run.path), "--check", "--json"])
+    assert fresh.exit_code == 0, fresh.output
+    lora = checks_of(fresh)["llama.cpp agreement", "gguf-lora F32: next tokens"]
+    assert lora["status"] == "pass" and lora["detail"].startswith("on base.F32.gguf: ")
+
+    negated = Path(shutil.copytree(run.adapter_dir, tmp_path / "negated"))
+    weights = negated / "adapter_model.safetensors"
+    save_file({name: -tensor if "lora_B" in name else tensor for name, tensor in load_file(weights).items()}, weights)
+    write_gguf_lora(negated, run_base_model(run), run.exports_dir / "gguf" / "tiny-lora-F32.gguf", "F32",
+                    name="tiny-lora")
+    wrong = CliRunner().invoke(app, ["export", str(run.path), "--check", "--json"])
+    assert wrong.exit_code == 1
+    assert {"gguf-lora F32", "gguf-lora F32: next tokens"} <= failed_names(wrong)

@@ -63,7 +63,7 @@ def check_exports(run: Run, recipe: Recipe, verify: bool = True) -> DoctorReport
     checks = adapter_checks(run, manifest) + merged_checks(run, manifest) + gguf_file_checks(run, manifest)
     checks += ollama_file_checks(run, manifest)
     if verify:
-        checks += agreement_checks(run)
+        checks += agreement_checks(run) + lora_agreement_checks(run, manifest)
     checks += template_checks(run, recipe, manifest)
     return DoctorReport(checks=checks)
 
@@ -217,6 +217,40 @@ def agreement_checks(run: Run) -> list[Check]:
         checks.append(Check(name=f"gguf {quant}: next tokens", section=AGREEMENT, status=status,
                             detail=verification.summary(),
                             fix=None if verification.passed else export_again(run, "gguf", quant)))
+    return checks
+
+
+def lora_agreement_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
+    """Each GGUF LoRA applied by llama.cpp to a GGUF of the base that export wrote beside it (`--ollama-adapter`),
+    held to the base type's threshold against the merged checkpoint: what Ollama's ADAPTER and `llama-cli --lora`
+    run. A LoRA with no base GGUF in the exports is said, not checked."""
+    from tunesmith.export.gguf import run_conversations
+    from tunesmith.export.merged import merge_matches_record
+    from tunesmith.export.verify import llama_cpp_available, verify_gguf
+
+    loras = manifest.get("gguf_lora") if isinstance(manifest.get("gguf_lora"), dict) else {}
+    loras = {quant: run_file(run, entry.get("path")) for quant, entry in loras.items() if isinstance(entry, dict)}
+    loras = {quant: path for quant, path in loras.items() if path is not None and path.is_file()}
+    if not loras or not llama_cpp_available():
+        return []
+    bases = sorted(run.exports_dir.glob("gguf/base.*.gguf"))
+    merged = run.exports_dir / "merged"
+    checks = []
+    for quant, lora in loras.items():
+        name = f"gguf-lora {quant}: next tokens"
+        if not bases:
+            checks.append(Check(name=name, section=AGREEMENT, status="warn", detail="no GGUF of the base in the "
+                                "exports to apply it to, so it was not run", fix=f"{export_again(run, 'ollama')} "
+                                "--ollama-adapter (writes exports/gguf/base.QUANT.gguf)"))
+        elif not merge_matches_record(run, merged, run.adapter_dir):
+            checks.append(Check(name=name, section=AGREEMENT, status="warn", detail="no merged checkpoint of the "
+                                "run's adapter as it is now to compare with", fix=export_again(run, "merged")))
+        else:
+            base_quant = bases[0].name.split(".")[1]
+            verification = verify_gguf(bases[0], merged, base_quant, run_conversations(run), lora_path=lora)
+            checks.append(Check(name=name, section=AGREEMENT, status="pass" if verification.passed else "fail",
+                                detail=f"on {bases[0].name}: {verification.summary()}",
+                                fix=None if verification.passed else export_again(run, "gguf-lora", quant)))
     return checks
 
 

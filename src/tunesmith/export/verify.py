@@ -103,15 +103,18 @@ class Reference:
 
 
 def verify_gguf(gguf_path: Path, model_dir: Path, quant: str,
-                conversations: list[Conversation] | None = None) -> Verification:
+                conversations: list[Conversation] | None = None, lora_path: Path | None = None) -> Verification:
     """Compare the GGUF in llama.cpp with the fp32 checkpoint it was written from, on VERIFY_PROMPTS (`agreement`,
     held to THRESHOLDS, which were measured on them) and on `conversations` (the run's own held-out prompts: its
     system prompt, several turns, tools, rendered by the template it trained with; `task_agreement`, reported
-    beside). Conversations over TASK_PROMPT_TOKENS are left out: the check stays seconds, whatever the data."""
-    print(f"verifying {Path(gguf_path).name} in llama.cpp against transformers ...", file=sys.stderr)
+    beside). Conversations over TASK_PROMPT_TOKENS are left out: the check stays seconds, whatever the data.
+    `lora_path`: a GGUF LoRA llama.cpp applies to `gguf_path` (the base), compared with the merged checkpoint
+    `model_dir` (what Ollama's ADAPTER and `llama-cli --lora` run)."""
+    shown = Path(gguf_path).name + (f" + {Path(lora_path).name}" if lora_path else "")
+    print(f"verifying {shown} in llama.cpp against transformers ...", file=sys.stderr)
     with torch_threads(compute_threads()):
         reference = reference_predictions(model_dir, conversations or [])
-    got, tokenized = llama_cpp_predictions(Path(gguf_path), reference)
+    got, tokenized = llama_cpp_predictions(Path(gguf_path), reference, lora_path)
     same = [e == g for e, g in zip(reference.argmaxes, got, strict=True)]
     answers = [s[n - 1:] for s, n in zip(same, reference.prompt_lengths, strict=True)]
     shared = shared_prefix_length(reference.sequences[:len(VERIFY_PROMPTS)])  # a default system prompt: once
@@ -197,13 +200,16 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict
                                          **({"tools": tools} if tools else {}))
 
 
-def llama_cpp_predictions(gguf_path: Path, reference: Reference) -> tuple[list[np.ndarray], list[list[int]]]:
-    """llama.cpp's argmax at every position of each reference sequence, and its own tokenization of each text."""
+def llama_cpp_predictions(gguf_path: Path, reference: Reference,
+                          lora_path: Path | None = None) -> tuple[list[np.ndarray], list[list[int]]]:
+    """llama.cpp's argmax at every position of each reference sequence (with the GGUF LoRA `lora_path` applied),
+    and its own tokenization of each text."""
     llama_cpp = require_llama_cpp("Verifying a GGUF")
     n_ctx = max(len(s) for s in reference.sequences) + 8
     threads = compute_threads()
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                          seed=0, n_threads=threads, n_threads_batch=threads)
+                          seed=0, n_threads=threads, n_threads_batch=threads,
+                          lora_path=str(lora_path) if lora_path else None)
     try:
         argmaxes, tokenized = [], []
         for text, sequence in zip(reference.texts, reference.sequences, strict=True):
