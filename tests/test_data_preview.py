@@ -145,6 +145,19 @@ class SpanCollector(HTMLParser):
             self.loss.append(data)
 
 
+def test_characters_split_across_byte_level_tokens_read_whole_in_the_terminal_and_html(tokenizer):
+    """The tests' byte-level tokenizer never saw CJK, Arabic, Cyrillic or emoji: each character is several byte
+    tokens, which decoded one by one showed U+FFFD (a newcomer's Japanese and Arabic rows read `名前、�����`)."""
+    text = "名前は田中、都市はالرياض، город Москва 👍🏽"
+    row = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": text}]}
+    [example] = preview_rows(tokenizer, [row], max_length=512).examples
+    assert len(example.tokens) == len(tokenizer.apply_chat_template(row["messages"], tokenize=True)["input_ids"])
+    shown = "".join(token.text for token in example.tokens)
+    assert "\ufffd" not in shown and shown == tokenizer.apply_chat_template(row["messages"], tokenize=False)
+    assert "".join(token.text for token in example.tokens if token.loss) == text + "<|im_end|>\n"
+    assert "\ufffd" not in preview_html(preview_rows(tokenizer, [row], max_length=512), "tiny")
+
+
 def test_html_view_marks_the_same_tokens(tokenizer):
     preview = preview_rows(tokenizer, [ROW], max_length=256)
     page = preview_html(preview, "t")

@@ -113,9 +113,31 @@ def encoded_sides(tokenizer: Any, row: Row, max_length: int) -> list[tuple[str, 
 
 
 def rendered_example(tokenizer: Any, label: str, encoded: EncodedSequence) -> RenderedExample:
-    tokens = [TokenView(tokenizer.decode([token]), token, label != IGNORE_INDEX)
-              for token, label in zip(encoded.input_ids, encoded.labels, strict=True)]
+    tokens = [TokenView(text, token, label != IGNORE_INDEX) for text, token, label
+              in zip(token_texts(tokenizer, encoded.input_ids), encoded.input_ids, encoded.labels, strict=True)]
     return RenderedExample(label, tokens, encoded.total_tokens, encoded.answer_tokens_cut, encoded.drop_reason)
+
+
+UTF8_MAX_BYTES = 4  # a character split across byte-level tokens spans at most this many
+
+
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token's text, one per id. A character that a byte-level tokenizer splits across tokens (CJK, Arabic,
+    Cyrillic and emoji in GPT-2-style vocabularies) decodes to U+FFFD piece by piece; it is shown whole at the token
+    that completes it, the tokens before it showing nothing, so the preview reads as the text does."""
+    texts: list[str] = []
+    pending: list[int] = []
+    for token in ids:
+        pending.append(token)
+        text = tokenizer.decode(pending)
+        if text.endswith("\ufffd") and len(pending) < UTF8_MAX_BYTES:
+            texts.append("")
+            continue
+        texts.append(text)
+        pending = []
+    if pending:  # the sequence ends inside a character (cut at max_length): show what there is
+        texts[-1] = tokenizer.decode(pending)
+    return texts
 
 
 def preview_rows(tokenizer: Any, rows: list[Row], max_length: int, pad_token_was_missing: bool = False,
