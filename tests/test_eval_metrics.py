@@ -45,6 +45,21 @@ def test_exact_match_ignores_surrounding_space_only():
     assert exact_match_score("Yes", "yes") == {"exact_match": 0.0}
 
 
+def test_every_metric_compares_composed_and_decomposed_accents_alike():
+    """A reference file written in NFD (e + U+0301: macOS, some editors) against the NFC a model writes: eval's
+    --data rows are not cleaned, so a right answer scored 0 (a newcomer's trial: json_fields 0.33 for Zoë/Orléans)."""
+    import unicodedata
+
+    composed = '{"name": "Zoë", "city": "Orléans", "when": "2026-05-01"}'
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    metrics = ["json_fields", "exact_match", "label_accuracy", "chrf"]
+    scores = build_scorer(metrics, None, None, base_dir=None)(composed, decomposed)
+    assert (scores["exact_match"], scores["field_accuracy"], scores["label_accuracy"]) == (1.0, 1.0, 1.0)
+    assert scores["chrf"] == build_scorer(["chrf"], None, None, base_dir=None)(composed, composed)["chrf"]
+    assert exact_match_score(composed, decomposed)["exact_match"] == 0.0  # the metric alone: the scorer normalizes
+
+
 def test_contains_is_case_insensitive_and_fails_when_absent():
     assert contains_score("The answer is PARIS.", "paris") == {"contains": 1.0}
     assert contains_score("The answer is Lyon.", "paris") == {"contains": 0.0}

@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -455,12 +456,16 @@ def recipe_scorer(recipe: Recipe, metrics: list[str] | None = None) -> Scorer:
 def build_scorer(metrics: list[str], regex: str | None, schema_file: Path | None, base_dir: Path) -> Scorer:
     """One scorer for the chosen metrics; their scores merged into one dict per example.
 
-    A composite metric's sub-score (json_fields' exact_match) gives way to a metric chosen by that name.
+    A composite metric's sub-score (json_fields' exact_match) gives way to a metric chosen by that name. Answer and
+    reference are compared in Unicode's composed form (NFC, https://unicode.org/reports/tr15/), as the data stage
+    writes training rows: `é` typed as e + U+0301 (macOS file names, some editors) is the `é` a model writes, for
+    every metric, a user's included.
     """
     chosen = [m for m in metrics if m not in LIKELIHOOD_METRICS]
     scorers = [(name, pick_scorer(name, regex, schema_file, base_dir)) for name in chosen]
 
     def score(prediction: str, reference: str) -> dict[str, Any]:
+        prediction, reference = unicodedata.normalize("NFC", prediction), unicodedata.normalize("NFC", reference)
         merged: dict[str, Any] = {}
         for name, scorer in scorers:
             merged.update({k: v for k, v in scorer(prediction, reference).items() if k == name or k not in chosen})
