@@ -94,6 +94,33 @@ def test_look_alikes_are_not_findings(text):
     assert found(text) == []
 
 
+# Other scripts (a newcomer's trial on German, Japanese, Arabic and Russian rows: all of these were kept as written)
+INTERNATIONAL = [
+    ("EMAIL", "Schreib an {} bitte.", "jürgen@müller.de"),
+    ("EMAIL", "連絡先: {} まで", "田中@例え.jp"),
+    ("EMAIL", "Пишите на {}.", "иван@почта.рф"),
+    ("PHONE", "هاتف: {}", "+٩٦٦ ٥٠ ١٢٣ ٤٥٦٧"),  # Arabic-Indic digits
+    ("PHONE", "電話 {} へ", "＋８１ ３ １２３４ ５６７８"),  # full-width
+    ("PHONE", "फ़ोन {} पर", "+९१ ९८७६५ ४३२१०"),  # Devanagari
+    ("CREDIT_CARD", "بطاقة {}", "٤١١١ ١١١١ ١١١١ ١١١١"),
+]
+INTERNATIONAL_LOOK_ALIKES = [
+    "التاريخ ٢٠٢٦-٠٥-٠١ والساعة ١٢:٣٠",  # a date and a time in Arabic-Indic digits
+    "注文番号１２３４５６７８は発送済みです",  # an order number: no + and no card brand
+    "Версия 1.2.3.4 вышла вчера.",
+]
+
+
+@pytest.mark.parametrize(("kind", "template", "value"), INTERNATIONAL)
+def test_pii_in_other_scripts_is_found_with_its_exact_extent(kind, template, value):
+    assert found(template.format(value)) == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", INTERNATIONAL_LOOK_ALIKES)
+def test_look_alikes_in_other_scripts_are_not_findings(text):
+    assert found(text) == []
+
+
 @pytest.mark.parametrize("card", ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"])
 def test_a_card_with_any_one_digit_changed_fails_luhn(card):
     assert found(f"card {card} ok") == [("CREDIT_CARD", card)]
