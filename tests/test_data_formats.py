@@ -503,6 +503,30 @@ def test_utf16_with_a_byte_order_mark_is_read_and_other_encodings_are_named(tmp_
     assert "iconv -f cp1252" in raised.value.hint
 
 
+@pytest.mark.parametrize(("encoding", "text"), [
+    ("cp1251", "Извлеки имя, город и дату: Иван живёт в Москве с 2020 года, пишет письма друзьям."),
+    ("shift_jis", "名前は田中、都市は東京です。日付は二〇二六年五月一日。よろしくお願いします。"),
+    ("cp1252", "Grüße aus München, schöne Straße, Käse und Brötchen zum Frühstück."),
+])
+def test_a_file_in_a_legacy_code_page_is_named_with_the_iconv_command_that_reads_it(tmp_path, encoding, text):
+    """A Cyrillic Windows file was told `iconv -f cp1252`, which turned it into `Èçâëåêè` and was then accepted (a
+    newcomer's trial): the hint names the code page the bytes read as, with a sample to recognise, and following it
+    gives the text back."""
+    import subprocess
+
+    rows = "".join(json.dumps({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": text}]},
+                              ensure_ascii=False) + "\n" for _ in range(3))
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(rows.encode(encoding))
+    with pytest.raises(DataError, match="not valid UTF-8") as raised:
+        load_records(source)
+    command = raised.value.hint.split("`")[1]
+    assert f"iconv -f {encoding.replace('_', '-')} -t utf-8" in command or (
+        encoding == "shift_jis" and "iconv -f cp932 -t utf-8" in command)  # Microsoft's superset of Shift-JIS
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+    assert load_records(tmp_path / "rows.utf8.jsonl").rows[0]["messages"][0]["content"] == text
+
+
 def test_stray_bytes_in_plain_text_name_their_line_and_leave_the_rest(tmp_path):
     """A UTF-8 text file with one stray byte: the paragraph and line are named, the hint drops the byte (converting
     from cp1252 would garble every accented letter), and skip_invalid leaves that paragraph out alone."""

@@ -11,6 +11,7 @@ BOM, CRLF line ends and blank lines are tolerated.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -52,8 +53,27 @@ def utf8_hint(path: Path) -> str:
     if good > stray:  # mostly UTF-8 already: converting it from cp1252 would garble every accented letter
         return (f"The file is UTF-8 apart from a few stray bytes: set data.skip_invalid: true to leave those rows out, "
                 f"or drop the bytes: `iconv -c -f utf-8 -t utf-8 '{path}' > '{fixed}'`.")
-    return (f"Re-save the file as UTF-8 and point the recipe at the new file; a file from Windows or Excel is often "
-            f"cp1252 (Latin-1): `iconv -f cp1252 -t utf-8 '{path}' > '{fixed}'`.")
+    encoding, sample = legacy_encoding(head)
+    return (f"Re-save the file as UTF-8 and point the recipe at the new file; its bytes read as {encoding} "
+            f"({sample!r}): `iconv -f {encoding} -t utf-8 '{path}' > '{fixed}'`.")
+
+
+def legacy_encoding(head: bytes) -> tuple[str, str]:
+    """The legacy code page `head` is most likely written in, as iconv names it, and a few of its non-ASCII words
+    decoded so, for the user to recognise: charset-normalizer's guess (Cyrillic cp1251, Shift-JIS, GB18030...),
+    cp1252 where that reads the bytes the same (the guess for German or French text is often cp1250) or where
+    there is no guess (what Windows and Excel write most often)."""
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(head[:65536]).best()
+    guess = best.encoding if best is not None else "cp1252"
+    with contextlib.suppress(LookupError, UnicodeDecodeError):
+        if head.decode("cp1252") == head.decode(guess):
+            guess = "cp1252"
+    text = head.decode(guess, errors="replace")
+    start = next((i for i, char in enumerate(text) if ord(char) > 0x7F), 0)
+    sample = " ".join(text[max(0, start - 12):start + 28].split())
+    return guess.replace("_", "-"), sample
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian: Excel's "Unicode Text", PowerShell's `>`
 ZIP_MAGIC = b"PK\x03\x04"  # .xlsx, .docx, .ods and zip archives
