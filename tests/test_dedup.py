@@ -42,6 +42,12 @@ def test_exact_dedup_ignores_case_spacing_and_composition_only() -> None:
     assert result.removed == {1: (0, 1.0), 4: (3, 1.0)}
 
 
+def test_exact_dedup_keeps_letters_that_case_folding_would_spell_otherwise() -> None:
+    """casefold() turns ß into ss: "Jürgen Weiß" and "Jürgen Weiss" were one row (a newcomer's German data)."""
+    texts = ["Jürgen Weiß aus München", "Jürgen Weiss aus München", "JÜRGEN WEISS AUS MÜNCHEN", "Die Maße", "Die Masse"]
+    assert exact_duplicates(texts).kept == [0, 1, 3, 4]  # case alone still does not count
+
+
 def test_exact_dedup_keeps_the_first_of_many_copies() -> None:
     result = exact_duplicates(["b", "a", "B", "a ", "A"])
     assert result.kept == [0, 1]

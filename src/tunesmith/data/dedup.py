@@ -65,8 +65,10 @@ def dedup_text(row: Row) -> str:
 
 
 def dedup_key(text: str) -> bytes:
-    """A digest that ignores case, Unicode composition and spacing, but no word or punctuation."""
-    canonical = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    """A digest that ignores case, Unicode composition and spacing, but no word, letter or punctuation: lower-cased,
+    not case-folded, since folding spells letters otherwise (German `ß` becomes `ss`: "Maße" and "Masse" are two
+    words, and "Weiß" and "Weiss" two names)."""
+    canonical = " ".join(unicodedata.normalize("NFC", text).lower().split())
     return hashlib.blake2b(canonical.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
 
 
