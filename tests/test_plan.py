@@ -737,3 +737,16 @@ def test_plan_and_train_read_a_cpu_peak_as_the_best_this_machine_has_shown(tmp_p
     keep_first_peaks(peaks_file(machine_key()), {"machine": machine_key(), "fp32_flops": 150e9, "bf16_flops": 40e9})
     assert best_known_peak("fp32", 60e9) == 150e9 and best_known_peak("fp32", 181e9) == 181e9
     assert best_known_peak("bf16", 30e9) == 40e9
+
+
+def test_the_largest_batch_advice_names_the_micro_batches_train_runs_not_a_batch_the_recipe_never_set():
+    """On a CPU the plan sizes the recipe's 8 rows a step as micro-batches of 4 x 2; "training.batch_size 4 fits"
+    read as a contradiction of the recipe's `batch_size: 8` (a newcomer's trial)."""
+    from tunesmith.plan.recommend import largest_batch, with_micro_batch
+
+    recipe = validate_recipe({"model": {"source": "m"}, "data": {"train": "t.jsonl"},
+                              "training": {"batch_size": 8}})
+    micro = largest_batch(with_micro_batch(recipe, 4), lambda candidate: candidate.training.batch_size <= 16)
+    assert (micro.value, micro.why) == ("16", "micro-batches of 4 rows x 2 (8 rows a step) fit")
+    whole = largest_batch(recipe, lambda candidate: candidate.training.batch_size <= 16)
+    assert whole.why == "training.batch_size 8 fits"

@@ -157,7 +157,9 @@ def largest_batch(recipe: Recipe, fits: Any, rows: int | None = None) -> Advice:
     if rows and t.batch_size * t.grad_accum > rows:  # no accumulation to keep a step the data cannot fill
         return Advice(what="largest batch", value=f"{best}", why=f"the most rows a step can draw from {rows}")
     if best >= t.batch_size:
-        return Advice(what="largest batch", value=f"{best}", why=f"training.batch_size {t.batch_size} fits")
+        as_run = (f"micro-batches of {t.batch_size} rows x {t.grad_accum} ({t.batch_size * t.grad_accum} rows a step) "
+                  "fit" if t.grad_accum > 1 else f"training.batch_size {t.batch_size} fits")
+        return Advice(what="largest batch", value=f"{best}", why=as_run)
     accum = math.ceil(t.batch_size * t.grad_accum / best)
     return Advice(what="largest batch", value=f"{best}", why=f"batch {best} x grad_accum {accum} keeps the "
                   f"{t.batch_size * t.grad_accum} rows per optimizer step",
