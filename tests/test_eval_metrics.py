@@ -468,3 +468,17 @@ def test_an_optional_field_gets_its_comparison_over_the_rows_that_have_it():
     assert (size["base"], size["tuned"], size["delta"], size["examples"]) == (1.0, 0.0, -1.0, 2)
     assert (size["wins"], size["losses"], size["ties"]) == (0, 2, 0)
     assert aggregate(tuned)["field/size"] == size["tuned"]  # the table's mean is the comparison's
+
+
+def test_an_answer_the_token_limit_cuts_inside_a_character_ends_at_the_last_whole_character(tokenizer_dir):
+    """A byte-level tokenizer spells a CJK character in several tokens; an answer stopped by max_new_tokens between
+    them decoded to a trailing U+FFFD, shown in the report (`…アニューグ�`) and scored as text."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.generation import without_cut_character
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer("東京へ", add_special_tokens=False)["input_ids"]
+    cut = tokenizer.decode(ids[:-1])  # the last character's final byte never generated
+    assert cut.endswith("\ufffd") and without_cut_character(cut) == "東京"
+    assert without_cut_character(" 東京へ \n") == "東京へ"

@@ -327,7 +327,7 @@ def _table(head: list[str], rows: list[list[str]], classes: list[str] | None = N
     lines = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for index, row in enumerate(rows):
         css = f" class='{classes[index]}'" if classes and classes[index] else ""
-        cells = [c if raw and c.startswith("<td") else f"<td>{c if raw else _e(c)}</td>" for c in row]
+        cells = [c if raw and c.startswith("<td") else f"<td dir=\"auto\">{c if raw else _e(c)}</td>" for c in row]
         lines.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</table>"])
 

@@ -57,11 +57,18 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: list[str], max_ne
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
-        result.answers.extend(a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        result.answers.extend(without_cut_character(a) for a in tokenizer.batch_decode(new_tokens,
+                                                                                       skip_special_tokens=True))
         result.prompt_tokens.extend(int(n) for n in enc["attention_mask"].sum(dim=1))
         result.answer_tokens.extend(tokens_before_end(row.tolist(), stops) for row in new_tokens)
         result.first_token_margin.extend(margin.margins or [])
     return result
+
+
+def without_cut_character(answer: str) -> str:
+    """The decoded answer stripped, less the U+FFFD a byte-level tokenizer decodes when the token limit stops the
+    answer inside a character (CJK, Arabic, emoji are several tokens each): the report showed `…アニューグ�`."""
+    return answer.strip().rstrip("\ufffd").rstrip()
 
 
 def tokens_before_end(tokens: list[int], stop_ids: int | list[int] | None) -> int:
