@@ -103,6 +103,11 @@ INTERNATIONAL = [
     ("PHONE", "電話 {} へ", "＋８１ ３ １２３４ ５６７８"),  # full-width
     ("PHONE", "फ़ोन {} पर", "+९१ ९८७६५ ४३२१०"),  # Devanagari
     ("CREDIT_CARD", "بطاقة {}", "٤١١١ ١١١١ ١١١١ ١١١١"),
+    # no spaces around an address in Chinese, Japanese and Korean: its edges are where the script changes
+    ("EMAIL", "请联系张三{}获取更多信息。", "zhang@example.com"),
+    ("EMAIL", "メールは{}までお願いします", "taro@example.jp"),
+    ("EMAIL", "{}으로 연락 주세요", "kim@example.com"),
+    ("EMAIL", "请联系{}" + "获取更多信息" * 8, "zhang@example.com"),  # a long run of text after it
 ]
 INTERNATIONAL_LOOK_ALIKES = [
     "التاريخ ٢٠٢٦-٠٥-٠١ والساعة ١٢:٣٠",  # a date and a time in Arabic-Indic digits

@@ -132,7 +132,15 @@ def class_change_rate(text: str) -> float:
 # copy of the text whose digits of every script, full-width `＋－（）．` and wide spaces are folded to ASCII one
 # character for one (`ascii_digits`), so spans hold for the text itself. Addresses take letters of any script
 # (RFC 6531's internationalized mail: `jürgen@müller.de`, `иван@почта.рф`).
-EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-]|\.[^\W_])")
+# Chinese, Japanese and Korean run words together without spaces, so an address's edges there are where the script
+# changes: a Latin local part starts after CJK text, a TLD ends where CJK text resumes (`联系zhang@example.com获取`).
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+SPACED_WORD = rf"[^\W{CJK}]"  # a word character of a script that puts spaces between words
+SPACED_ALNUM = rf"[^\W_{CJK}]"
+EMAIL = re.compile(
+    rf"(?:(?<![.%+-])(?<!{SPACED_WORD})(?:{SPACED_WORD}|[.%+-])+|(?<![{CJK}])[{CJK}]+)@"
+    rf"(?:(?:{SPACED_ALNUM}(?:(?:{SPACED_WORD}|-){{0,61}}{SPACED_ALNUM})?|[{CJK}]+)\.)+"
+    rf"[^\W\d_{CJK}]{{2,24}}(?!{SPACED_WORD}|-|\.{SPACED_ALNUM})")
 NANP_PHONE = re.compile(r"(?<![\w+./-])(?:\+?1[ .-]?)?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-]?)[2-9]\d\d[ .-]\d{4}"
                         r"(?![\w-]|\.\d)", re.A)
 INTL_PHONE = re.compile(r"\+(?<![\w+]\+)[2-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d++)){1,6}(?![\w-]|\.\d)", re.A)
