@@ -63,9 +63,16 @@ def test_a_fresh_export_passes_and_each_change_since_is_named(tmp_path, tiny_mod
     assert "not the file export wrote" in checks["exported files", "gguf F32"]["detail"]
     template = checks["chat template on the run's own conversations", "gguf F32: template"]["detail"]
     assert "on 4/4 conversations" in template and "this gives '<think>'" in template
-    assert "edited since export" in checks["chat template on the run's own conversations", "ollama: template"][
-        "detail"]
+    ollama = checks["chat template on the run's own conversations", "ollama: template"]
+    assert "is not the one export wrote (edited since)" in ollama["detail"]
+    assert ollama["fix"].endswith("--format ollama --quant F32")  # the export that writes this Modelfile again
     assert not any(name.endswith("next tokens") for _, name in checks)  # --no-verify: llama.cpp not run again
+
+    with gguf_file.open("r+b") as handle:  # an interrupted copy over the file: cut short
+        handle.truncate(gguf_file.stat().st_size // 2)
+    cut = CliRunner().invoke(app, ["export", str(run.path), "--check", "--json"])
+    assert cut.exit_code == 1 and "no longer a readable GGUF" in checks_of(cut)["exported files", "gguf F32"]["detail"]
+    assert "llama.cpp cannot load" in checks_of(cut)["llama.cpp agreement", "gguf F32: next tokens"]["detail"]
 
     (run.exports_dir / "ollama" / "model-F32.gguf").unlink()
     gone = CliRunner().invoke(app, ["export", str(run.path), "--check", "--json", "--no-verify"])

@@ -64,17 +64,21 @@ def gguf_entries(run: Any) -> dict[str, dict[str, Any]]:
 SIGNED_TENSOR_BYTES = 4096  # of each tensor's data, beside the whole header
 
 
-def gguf_signature(path: Path) -> str:
+def gguf_signature(path: Path) -> str | None:
     """A sha256 over a GGUF's header (every metadata key and value: architecture, tokenizer, chat template; every
     tensor's name, type, shape and offset) and the first 4 KiB of each tensor's data, read through gguf's own reader
     (https://github.com/ggml-org/llama.cpp/blob/master/docs/gguf.md). Export records it beside each GGUF and
     `export --check` compares: a file converted again, quantized otherwise, given another template or copied over
-    from another model differs, for a few MiB of reads whatever the file's size."""
+    from another model differs, for a few MiB of reads whatever the file's size. None for a file gguf cannot read
+    (not a GGUF, or cut short by an interrupted copy)."""
     import hashlib
 
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError):  # bad magic, a header past the end of the file, a tensor cut short
+        return None
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         digest.update(handle.read(reader.data_offset))

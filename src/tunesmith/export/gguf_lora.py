@@ -217,4 +217,6 @@ def run_base_and_lora_export(recipe: Recipe, run: Run, quant: str = "F16") -> tu
     lora = run_gguf_lora_export(recipe, run, lora_type_for(quant))  # fails first, and fast, for non-LoRA runs
     base_dir = run_base_model(run)
     base = write_gguf(base_dir, run.exports_dir / "gguf" / f"base.{quant}.gguf", quant, name=base_dir.name)
+    update_export_manifest(run, {quant: {"path": run.relative(base), "bytes": base.stat().st_size,
+                                         "signature": gguf_signature(base)}}, group="gguf_base")
     return base, lora

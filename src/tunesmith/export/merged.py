@@ -93,7 +93,8 @@ def export_whole_model(run: Run, artifact: Path, formats: list[str]) -> Path:
         target = run.exports_dir / "merged"
         with atomic_directory(target) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
-        manifest["merged"] = {"path": run.relative(target), "max_abs_logit_diff": 0.0}
+        manifest["merged"] = {"path": run.relative(target), "max_abs_logit_diff": 0.0,
+                              "weights": weights_signature(target)}
     update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
 

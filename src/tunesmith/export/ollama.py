@@ -9,6 +9,7 @@ export leaves no half-written folder; when the `ollama` binary is installed the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -161,8 +162,17 @@ def create_with_ollama(name: str, modelfile: Path, family: str) -> OllamaExport:
 
 
 def record_in_manifest(run: Run, result: OllamaExport) -> None:
-    """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists."""
+    """Add the Ollama folder to exports/manifest.json next to whatever other exports it already lists, with the
+    signatures of its GGUF files and the sha256 of its TEMPLATE (what `export --check` compares)."""
+    template = modelfile_value(result.modelfile.read_text(encoding="utf-8"), "TEMPLATE") or ""
     update_export_manifest(run, {"ollama": {
         "path": run.relative(result.folder), "modelfile": run.relative(result.modelfile), "name": result.model_name,
         "template_family": result.family, "created": result.created, "offers_tools": result.offers_tools,
+        "template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
         "files": {file.name: gguf_signature(file) for file in sorted(result.folder.glob("*.gguf"))}}})
+
+
+def modelfile_value(text: str, keyword: str) -> str | None:
+    """A Modelfile's triple-quoted value of `keyword` (as `modelfile_text` writes it), None without one."""
+    _, found, rest = text.partition(f'\n{keyword} """')
+    return rest.partition('"""')[0] if found else None

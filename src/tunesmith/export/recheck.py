@@ -18,6 +18,7 @@ doctor checks (`tunesmith.doctor.report`), each with a fix:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Recipe
-from tunesmith.doctor.report import Check, DoctorReport
+from tunesmith.doctor.report import Check, DoctorReport, Status
 from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.export import gguf_entries, gguf_signature
 from tunesmith.manifest import inside_run, weights_signature
@@ -78,7 +79,10 @@ def exports_manifest(run: Run) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise TunesmithError(f"{path} is not valid JSON ({exc}).",
                              f"Export again: tunesmith export {shell_arg(run.path)}") from exc
-    return manifest if isinstance(manifest, dict) else {}
+    if not isinstance(manifest, dict):
+        raise TunesmithError(f"{path} is not an export manifest (a JSON object of formats).",
+                             f"Export again: tunesmith export {shell_arg(run.path)}")
+    return manifest
 
 
 def run_file(run: Run, recorded: Any) -> Path | None:
@@ -89,8 +93,26 @@ def run_file(run: Run, recorded: Any) -> Path | None:
         return None
 
 
-def export_again(run: Run, fmt: str, quant: str | None = None) -> str:
-    return f"tunesmith export {shell_arg(run.path)} --format {fmt}" + (f" --quant {quant}" if quant else "")
+def export_again(run: Run, fmt: str, quant: str | None = None, extra: str = "") -> str:
+    return (f"tunesmith export {shell_arg(run.path)} --format {fmt}" + (f" --quant {quant}" if quant else "")
+            + (f" {extra}" if extra else ""))
+
+
+def ollama_again(run: Run, modelfile: Path) -> str:
+    """The export that writes `modelfile` again as it is: its quant (from the GGUF it loads) and its layout (one
+    merged GGUF, or the base GGUF with the LoRA as ADAPTER)."""
+    text = modelfile.read_text(encoding="utf-8") if modelfile.is_file() else ""
+    loaded = modelfile_loads(text)
+    quant = next((name.rsplit("-", 1)[-1].removesuffix(".gguf") for name in loaded[:1]), None)
+    adapter = "--ollama-adapter" if len(loaded) > 1 else ""
+    return export_again(run, "ollama", quant, adapter)
+
+
+def modelfile_loads(text: str) -> list[str]:
+    """The files a Modelfile's FROM and ADAPTER lines load, in that order."""
+    lines = [line.split(maxsplit=1) for line in text.splitlines()]
+    return [parts[1].strip().removeprefix("./") for parts in lines if len(parts) == 2 and parts[0] in ("FROM",
+                                                                                                     "ADAPTER")]
 
 
 def adapter_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
@@ -133,24 +155,29 @@ def merged_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
 def gguf_file_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
     """Each GGUF (whole model and LoRA): there, the file export wrote, and not recorded as failing its check."""
     checks = []
-    loras = manifest.get("gguf_lora") if isinstance(manifest.get("gguf_lora"), dict) else {}
-    groups = [("gguf", quant, entry) for quant, entry in gguf_entries(run).items()]
-    groups += [("gguf-lora", quant, entry) for quant, entry in loras.items() if isinstance(entry, dict)]
-    for fmt, quant, entry in groups:
+    groups = [("gguf", quant, entry, export_again(run, "gguf", quant)) for quant, entry in gguf_entries(run).items()]
+    groups += [("gguf-lora", quant, entry, export_again(run, "gguf-lora", quant))
+               for quant, entry in group_entries(manifest, "gguf_lora").items()]
+    groups += [("gguf base", quant, entry, export_again(run, "ollama", quant, "--ollama-adapter"))
+               for quant, entry in group_entries(manifest, "gguf_base").items()]
+    for fmt, quant, entry, fix in groups:
         path = run_file(run, entry.get("path"))
         if path is None:
             continue
-        name, fix = f"{fmt} {quant}", export_again(run, fmt, quant)
-        failed_check = (entry.get("verify") or {}).get("passed") is False
+        name = f"{fmt} {quant}"
+        verify = entry.get("verify") if isinstance(entry.get("verify"), dict) else {}
         if not path.is_file():
             checks.append(Check(name=name, section=FILES, status="fail", detail=f"{path} is gone", fix=fix))
         elif "signature" not in entry:
             checks.append(Check(name=name, section=FILES, status="warn", detail=f"{run.relative(path)}: exported by "
                                 "a tunesmith that recorded no signature, so a change since cannot be seen", fix=fix))
-        elif gguf_signature(path) != entry["signature"]:
+        elif entry.get("bytes") not in (None, path.stat().st_size) or gguf_signature(path) != entry["signature"]:
+            readable = gguf_signature(path) is not None
             checks.append(Check(name=name, section=FILES, status="fail", detail=f"{run.relative(path)} is not the "
-                                "file export wrote: its header or tensors changed since", fix=fix))
-        elif failed_check:
+                                "file export wrote: " + ("its header or tensors changed since" if readable else
+                                                         "it is no longer a readable GGUF (cut short, or another "
+                                                         "file copied over it)"), fix=fix))
+        elif verify.get("passed") is False:
             checks.append(Check(name=name, section=FILES, status="fail", detail=f"{run.relative(path)} failed its "
                                 "llama.cpp check at export (verify.passed: false in exports/manifest.json)",
                                 fix=f"{fix} (F16 first, to tell quantization loss from a conversion problem)"))
@@ -160,19 +187,25 @@ def gguf_file_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def group_entries(manifest: dict[str, Any], group: str) -> dict[str, dict[str, Any]]:
+    """A manifest group's entries by quant type (gguf_lora, gguf_base), those that are mappings."""
+    entries = manifest.get(group)
+    return {quant: entry for quant, entry in entries.items() if isinstance(entry, dict)} \
+        if isinstance(entries, dict) else {}
+
+
 def ollama_file_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
     """exports/ollama: the Modelfile, and each GGUF it loads as export wrote it."""
     entry = manifest.get("ollama")
     folder = run_file(run, entry.get("path")) if isinstance(entry, dict) else None
     if folder is None:
         return []
-    fix = export_again(run, "ollama")
     modelfile = folder / "Modelfile"
+    fix = ollama_again(run, modelfile)
     if not modelfile.is_file():
         return [Check(name="ollama", section=FILES, status="fail", detail=f"{modelfile} is gone", fix=fix)]
-    loaded = [line.split(maxsplit=1)[1].strip() for line in modelfile.read_text(encoding="utf-8").splitlines()
-              if line.split(maxsplit=1)[:1] in (["FROM"], ["ADAPTER"]) and len(line.split(maxsplit=1)) == 2]
-    missing = [name for name in loaded if not (folder / name).is_file()]
+    missing = [name for name in modelfile_loads(modelfile.read_text(encoding="utf-8"))
+               if not (folder / name).is_file()]
     if missing:
         return [Check(name="ollama", section=FILES, status="fail",
                       detail=f"the Modelfile loads {', '.join(missing)}, which is not in {folder}", fix=fix)]
@@ -212,12 +245,25 @@ def agreement_checks(run: Run) -> list[Check]:
                 for quant in entries]
     checks = []
     for quant, path in entries.items():
-        verification = verify_gguf(path, reference, quant, run_conversations(run))
+        try:
+            verification = verify_gguf(path, reference, quant, run_conversations(run))
+        except ValueError as exc:  # llama.cpp cannot load the file (cut short, not a GGUF)
+            checks.append(Check(name=f"gguf {quant}: next tokens", section=AGREEMENT, status="fail",
+                                detail=f"llama.cpp cannot load {run.relative(path)} ({exc})",
+                                fix=export_again(run, "gguf", quant)))
+            continue
         status = "pass" if verification.passed else "fail"
         checks.append(Check(name=f"gguf {quant}: next tokens", section=AGREEMENT, status=status,
                             detail=verification.summary(),
                             fix=None if verification.passed else export_again(run, "gguf", quant)))
     return checks
+
+
+PRECISION_ORDER = ("F32", "F16", "BF16", "Q8_0")  # the base a LoRA is checked on: the most precise recorded
+
+
+def precision_rank(quant: str) -> int:
+    return PRECISION_ORDER.index(quant) if quant in PRECISION_ORDER else len(PRECISION_ORDER)
 
 
 def lora_agreement_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
@@ -228,12 +274,14 @@ def lora_agreement_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
     from tunesmith.export.merged import merge_matches_record
     from tunesmith.export.verify import llama_cpp_available, verify_gguf
 
-    loras = manifest.get("gguf_lora") if isinstance(manifest.get("gguf_lora"), dict) else {}
-    loras = {quant: run_file(run, entry.get("path")) for quant, entry in loras.items() if isinstance(entry, dict)}
+    loras = {quant: run_file(run, entry.get("path")) for quant, entry in group_entries(manifest, "gguf_lora").items()}
     loras = {quant: path for quant, path in loras.items() if path is not None and path.is_file()}
     if not loras or not llama_cpp_available():
         return []
-    bases = sorted(run.exports_dir.glob("gguf/base.*.gguf"))
+    recorded = {quant: run_file(run, entry.get("path"))
+                for quant, entry in group_entries(manifest, "gguf_base").items()}
+    bases = [path for _, path in sorted(recorded.items(), key=lambda item: precision_rank(item[0]))
+             if path is not None and path.is_file()]
     merged = run.exports_dir / "merged"
     checks = []
     for quant, lora in loras.items():
@@ -246,8 +294,13 @@ def lora_agreement_checks(run: Run, manifest: dict[str, Any]) -> list[Check]:
             checks.append(Check(name=name, section=AGREEMENT, status="warn", detail="no merged checkpoint of the "
                                 "run's adapter as it is now to compare with", fix=export_again(run, "merged")))
         else:
-            base_quant = bases[0].name.split(".")[1]
-            verification = verify_gguf(bases[0], merged, base_quant, run_conversations(run), lora_path=lora)
+            base_quant = next(quant for quant, path in recorded.items() if path == bases[0])
+            try:
+                verification = verify_gguf(bases[0], merged, base_quant, run_conversations(run), lora_path=lora)
+            except ValueError as exc:  # llama.cpp cannot load the pair
+                checks.append(Check(name=name, section=AGREEMENT, status="fail", detail=f"llama.cpp cannot load "
+                                    f"{bases[0].name} with {lora.name} ({exc})", fix=export_again(run, "gguf-lora")))
+                continue
             checks.append(Check(name=name, section=AGREEMENT, status="pass" if verification.passed else "fail",
                                 detail=f"on {bases[0].name}: {verification.summary()}",
                                 fix=None if verification.passed else export_again(run, "gguf-lora", quant)))
@@ -269,16 +322,17 @@ def template_checks(run: Run, recipe: Recipe, manifest: dict[str, Any]) -> list[
                       fix=exc.hint)]
     if not prompts:
         return [Check(name="held-out conversations", section=TEMPLATE, status="warn", detail="the run saved no "
-                      "held-out conversation to render", fix="Evaluate on a file of conversations: data.eval.")]
+                      "held-out conversation to render", fix="Train with held-out rows (data.eval, or "
+                      "data.eval_fraction above 0) to have them compared.")]
     ggufs = {f"gguf {quant}": path for quant, entry in gguf_entries(run).items()
              if (path := run_file(run, entry.get("path"))) is not None and path.is_file()}
     checks = []
     for label, path in ggufs.items():
-        checks += gguf_template_checks(label, path, prompts, run)
+        checks += gguf_template_checks(label, path, prompts, run, tokenizer.chat_template)
     entry = manifest.get("ollama")
     folder = run_file(run, entry.get("path")) if isinstance(entry, dict) else None
     if folder is not None and (folder / "Modelfile").is_file():
-        checks += ollama_template_checks(run, recipe, folder / "Modelfile", prompts)
+        checks += ollama_template_checks(run, recipe, folder / "Modelfile", prompts, entry.get("template_sha256"))
     return checks
 
 
@@ -293,9 +347,15 @@ def held_out_prompts(run: Run, tokenizer: Any) -> list[Prompt]:
             for row, text in zip(rows, texts, strict=True)]
 
 
-def gguf_template_checks(label: str, path: Path, prompts: list[Prompt], run: Run) -> list[Check]:
+TRAINED_OTHERWISE = "The model would be prompted otherwise than it was trained."
+SERVE_AS_TRAINED = "`tunesmith serve RUN` renders prompts as training did and runs the GGUF"
+
+
+def gguf_template_checks(label: str, path: Path, prompts: list[Prompt], run: Run, trained: str) -> list[Check]:
     """The GGUF's embedded template through llama-cpp-python's Jinja renderer, and llama.cpp's tokenization of
-    eval's prompt, on every held-out conversation."""
+    eval's prompt, on every held-out conversation. A file that carries another template than `trained` (the run's)
+    fails, re-exported; a renderer that renders the same template otherwise, or a tokenizer that splits the text
+    otherwise, is warned of with what to do instead (exporting again would write the same file)."""
     from tunesmith.export.verify import llama_cpp_available
 
     if not llama_cpp_available():
@@ -304,8 +364,12 @@ def gguf_template_checks(label: str, path: Path, prompts: list[Prompt], run: Run
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    with native_stderr_silenced():  # a vocabulary-only context warns that it exceeds the (unread) training context
-        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        with native_stderr_silenced():  # a vocabulary-only context warns it exceeds the (unread) training context
+            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except ValueError as exc:  # llama.cpp cannot read the file: "Failed to load model from file"
+        return [Check(name=f"{label}: template", section=TEMPLATE, status="fail", detail=f"llama.cpp cannot load "
+                      f"{run.relative(path)} ({exc})", fix=export_again(run, "gguf", label.split()[-1]))]
     try:
         template = llm.metadata.get("tokenizer.chat_template")
         specials = {token: llm._model.token_get_text(token_id) if token_id >= 0 else ""
@@ -314,18 +378,29 @@ def gguf_template_checks(label: str, path: Path, prompts: list[Prompt], run: Run
     finally:
         llm.close()
     fix = export_again(run, "gguf", label.split()[-1])
+    name = f"{label}: template"
     if not template:
-        rendered: list[str | None] = [None] * len(prompts)
-        template_check = Check(name=f"{label}: template", section=TEMPLATE, status="fail", detail="the GGUF carries "
-                               "no tokenizer.chat_template: llama.cpp and LM Studio fall back to a template of "
-                               "their own", fix=fix)
+        template_check = Check(name=name, section=TEMPLATE, status="fail", detail="the GGUF carries no "
+                               "tokenizer.chat_template: llama.cpp and LM Studio fall back to a template of their "
+                               "own", fix=f"{TRAINED_OTHERWISE} {fix}")
     else:
         formatter = Jinja2ChatFormatter(template, eos_token=specials["eos"], bos_token=specials["bos"])
         rendered = [render_or_none(formatter, prompt) for prompt in prompts]
-        template_check = agreement_check(f"{label}: template", "its embedded template (llama.cpp --jinja, "
-                                         "LM Studio, llama-cpp-python)", prompts, rendered, fix)
+        consumer = ("its embedded template as llama-cpp-python renders it (llama.cpp's server with --jinja and LM "
+                    "Studio read the same template with engines of their own)")
+        if template != trained:
+            template_check = agreement_check(name, consumer + ", another template than the run trained with",
+                                             prompts, rendered, f"{TRAINED_OTHERWISE} {fix}")
+            template_check = template_check.model_copy(update={"status": "fail"})
+        else:
+            template_check = agreement_check(name, consumer, prompts, rendered,
+                                             f"{TRAINED_OTHERWISE} llama-cpp-python's Jinja renders the run's "
+                                             f"template otherwise; {SERVE_AS_TRAINED}.", differs="warn")
     tokens_check = agreement_check(f"{label}: tokens", "llama.cpp's tokenization of eval's prompt", prompts,
-                                   tokenized, fix, as_ids=True)
+                                   tokenized, "The model would read other tokens than it trained on: the GGUF's "
+                                   "vocabulary splits this text otherwise (its tokenizer's conversion). Serve the "
+                                   "merged checkpoint instead (`tunesmith serve RUN --engine vllm`, or transformers).",
+                                   as_ids=True, differs="warn")
     return [template_check, tokens_check]
 
 
@@ -352,25 +427,38 @@ def render_or_none(formatter: Any, prompt: Prompt) -> str | None:
         return None
 
 
-def ollama_template_checks(run: Run, recipe: Recipe, modelfile: Path, prompts: list[Prompt]) -> list[Check]:
-    """The Modelfile's TEMPLATE is the translation of the run's template, and renders each held-out conversation
-    without tools as eval prompts it."""
-    from tunesmith.export.ollama import translate_run_template
+def ollama_template_checks(run: Run, recipe: Recipe, modelfile: Path, prompts: list[Prompt],
+                           recorded: str | None = None) -> list[Check]:
+    """The Modelfile's TEMPLATE is the one export wrote (`recorded`: its sha256 in the manifest), and renders each
+    held-out conversation without tools as eval prompts it: a TEMPLATE edited since fails (exported again); a
+    conversation Ollama's Go template renders otherwise is warned of with what to do (exporting again would write
+    the same TEMPLATE)."""
+    from tunesmith.export.ollama import modelfile_value, translate_run_template
 
-    fix = export_again(run, "ollama")
-    text = modelfile.read_text(encoding="utf-8")
+    fix = ollama_again(run, modelfile)
+    written = modelfile_value(modelfile.read_text(encoding="utf-8"), "TEMPLATE") or ""
     translation = translate_run_template(run, recipe.data)
-    if modelfile_value(text, "TEMPLATE") != translation.go_template:
+    edited = (hashlib.sha256(written.encode("utf-8")).hexdigest() != recorded if recorded
+              else written != translation.go_template)
+    if edited:
         return [Check(name="ollama: template", section=TEMPLATE, status="fail",
-                      detail=f"the TEMPLATE in {run.relative(modelfile)} is not the translation of the template the "
-                             "run trained with (edited since export)", fix=fix)]
+                      detail=f"the TEMPLATE in {run.relative(modelfile)} is not the one export wrote (edited since)",
+                      fix=fix)]
+    if written != translation.go_template:
+        return [Check(name="ollama: template", section=TEMPLATE, status="warn", detail="the TEMPLATE was "
+                      "translated by another tunesmith version than this one, so its rendering was not compared",
+                      fix=fix)]
     if translation.mirror is None:
         return [Check(name="ollama: template", section=TEMPLATE, status="pass", detail="the model has no chat "
                       "template: Ollama sends the prompt as it is")]
     plain = [p for p in prompts if not p.tools and all(set(m) <= {"role", "content"} and isinstance(m["content"], str)
                                                          for m in p.messages)]
     rendered = [translation.mirror(p.messages) for p in plain]
-    check = agreement_check("ollama: template", f"the Modelfile's {translation.family} TEMPLATE", plain, rendered, fix)
+    check = agreement_check("ollama: template", f"the Modelfile's {translation.family} TEMPLATE", plain, rendered,
+                            f"{TRAINED_OTHERWISE} A Go template cannot render these as the model's template does (it "
+                            "cannot trim the whitespace Llama 3's, Gemma's and Mistral's templates trim): strip "
+                            "leading and trailing whitespace from the rows' messages and train again, or serve with "
+                            f"{SERVE_AS_TRAINED}.", differs="warn")
     left_out = len(prompts) - len(plain)
     if left_out:
         check = check.model_copy(update={"detail": check.detail + f"; {left_out} conversation(s) with tools, tool "
@@ -378,16 +466,10 @@ def ollama_template_checks(run: Run, recipe: Recipe, modelfile: Path, prompts: l
     return [check]
 
 
-def modelfile_value(text: str, keyword: str) -> str | None:
-    """A Modelfile's triple-quoted value of `keyword` (as `ollama.modelfile_text` writes it), None without one."""
-    _, found, rest = text.partition(f'\n{keyword} """')
-    return rest.partition('"""')[0] if found else None
-
-
 def agreement_check(name: str, consumer: str, prompts: list[Prompt], got: list[Any], fix: str,
-                    as_ids: bool = False) -> Check:
-    """pass when `got` is eval's prompt (its text, or `as_ids` its token ids) for every conversation; fail naming
-    the first one that differs, from where it differs."""
+                    as_ids: bool = False, differs: Status = "fail") -> Check:
+    """pass when `got` is eval's prompt (its text, or `as_ids` its token ids) for every conversation; else `differs`
+    naming the first one that differs, from where it differs, with `fix`."""
     if not prompts:
         return Check(name=name, section=TEMPLATE, status="pass", detail="no conversation of this kind to compare")
     expected = [p.ids if as_ids else p.text for p in prompts]
@@ -397,10 +479,10 @@ def agreement_check(name: str, consumer: str, prompts: list[Prompt], got: list[A
         return Check(name=name, section=TEMPLATE, status="pass",
                      detail=f"{consumer}: identical to {reference} on {len(prompts)}/{len(prompts)} conversations")
     first = differing[0]
-    return Check(name=name, section=TEMPLATE, status="fail",
+    return Check(name=name, section=TEMPLATE, status=differs,
                  detail=f"{consumer} differs from {reference} on {len(differing)}/{len(prompts)} conversations; "
                         f"held-out conversation {first + 1}: " + first_difference(expected[first], got[first], as_ids),
-                 fix=f"The model would be prompted otherwise than it was trained. {fix}")
+                 fix=fix)
 
 
 def first_difference(expected: Any, got: Any, as_ids: bool) -> str:
@@ -417,6 +499,12 @@ def first_difference(expected: Any, got: Any, as_ids: bool) -> str:
 def warn_of_template_differences(run: Run, recipe: Recipe) -> None:
     """After a GGUF or Ollama export: say on stderr where a consumer prompts the run's own held-out conversations
     otherwise than eval did (`template_checks`); export checked its translation on short probes only."""
-    for check in template_checks(run, recipe, exports_manifest(run)):
-        if check.status != "pass":
+    try:
+        checks = template_checks(run, recipe, exports_manifest(run))
+    except Exception as exc:  # the export is written and checked: this comparison only informs, it never fails it
+        print(f"note: the chat template was not compared on the run's own conversations ({exc})", file=sys.stderr,
+              flush=True)
+        return
+    for check in checks:
+        if check.status != "pass" and check.name != "held-out conversations":
             print(f"warning: {check.name}: {check.detail}. {check.fix or ''}".rstrip(), file=sys.stderr, flush=True)
