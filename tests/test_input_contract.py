@@ -176,7 +176,7 @@ def test_templates_that_are_not_prefix_stable_are_refused_for_rows_with_several_
     it), or refused for its generation prompt where even that prompt is not the answer's prefix."""
     with_template(tokenizer, template)
     assert probe_template(tokenizer).assistant_turns == "not_prefix_stable"
-    with pytest.raises(DataError, match=r"not prefix-stable.*the 1 row\(s\) with several answers"):
+    with pytest.raises(DataError, match=r"not prefix-stable.*of 1 conversation\(s\) with several answers"):
         check_template_contract(tokenizer, [PLAIN_ROW, MULTI_ANSWER_ROW], "m")
     pair = {"prompt": PLAIN_ROW["messages"][:1], "chosen": PLAIN_ROW["messages"][1:],
             "rejected": [{"role": "assistant", "content": "no"}]}

@@ -244,12 +244,15 @@ def contract_findings(contract: TemplateContract, needs: DataNeeds, model: str,
     if contract.assistant_turns != "identifiable" and (needs.multi_answer_rows or needs.other_shape_rows):
         # a conversation with one answer is found after its prompt whatever the template does to earlier turns
         # (encode_sequence checks each row before the model loads); pairs are rendered by TRL, which assumes more
+        which = [*([f"{needs.multi_answer_rows} conversation(s) with several answers (a tool call is one): split "
+                    "each into one row per answer (the turns before that answer, then the answer)"]
+                   if needs.multi_answer_rows else []),
+                 *([f"{needs.other_shape_rows} row(s) of prompt and completions (preference pairs, prompts), which "
+                    "TRL renders as prompt then answer"] if needs.other_shape_rows else [])]
         problems.append(f"The chat template of {model} is not prefix-stable: rendering the first turns does not give "
-                        "a prefix of the whole conversation, so the loss mask cannot find the earlier answers of the "
-                        f"{needs.multi_answer_rows or needs.other_shape_rows} row(s) with several answers (a tool call "
-                        "is one) or in another shape than one conversation. Split conversations into one row per "
-                        "answer (each row: the turns before that answer, then the answer), or use a template that "
-                        "renders turns independently (model.chat_template: chatml or a .jinja file).")
+                        "a prefix of the whole conversation, so the loss mask cannot find the answers of "
+                        f"{' and of '.join(which)}. Or use a template that renders turns independently "
+                        "(model.chat_template: chatml or a .jinja file).")
     if contract.generation_prompt == "missing":
         (problems if template_key else warnings).append(
             f"{owner} adds nothing for add_generation_prompt: at inference the model is "

@@ -73,7 +73,13 @@ def legacy_encoding(head: bytes) -> tuple[str, str]:
     text = head.decode(guess, errors="replace")
     start = next((i for i, char in enumerate(text) if ord(char) > 0x7F), 0)
     sample = " ".join(text[max(0, start - 12):start + 28].split())
-    return guess.replace("_", "-"), sample
+    return ICONV_NAMES.get(guess, guess.replace("_", "-")), sample
+
+
+# Python codec names iconv spells otherwise (`iconv -l`); the rest read as they are with `-` for `_` (cp1251, koi8-r)
+ICONV_NAMES = {"latin_1": "ISO-8859-1", "mac_roman": "MACINTOSH", "mac_cyrillic": "MAC-CYRILLIC",
+               "iso2022_jp": "ISO-2022-JP", "iso2022_kr": "ISO-2022-KR", "euc_jp": "EUC-JP", "euc_kr": "EUC-KR",
+               "big5hkscs": "BIG5-HKSCS", "utf_16": "UTF-16"}
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian: Excel's "Unicode Text", PowerShell's `>`
 ZIP_MAGIC = b"PK\x03\x04"  # .xlsx, .docx, .ods and zip archives
