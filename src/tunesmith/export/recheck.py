@@ -3,17 +3,20 @@
 A GGUF or Modelfile can change after export (copied over, converted again by another tool, its template edited by
 hand), and each program users run the export with renders the chat template its own way. Three sections of
 doctor checks (`tunesmith.doctor.report`), each with a fix:
-- exported files: every export exports/manifest.json records is there, and each GGUF is the file export wrote and
-  checked (`gguf_signature`); the merged checkpoint is still the merge of the run's adapter;
-- llama.cpp agreement: each whole-model GGUF is held to its type's threshold again (`verify_gguf`);
+- exported files: every export exports/manifest.json records is there, each GGUF is the file export wrote and
+  checked (its size and `gguf_signature`), the Modelfile's TEMPLATE is the one written (its sha256), and the merged
+  checkpoint is still the merge of the run's adapter;
+- llama.cpp agreement: each whole-model GGUF is held to its type's threshold again (`verify_gguf`), and each GGUF
+  LoRA on the base GGUF recorded beside it;
 - chat template: the run's own held-out conversations, prompted as eval, chat and serve prompt them (the template
   training saved, `eval.decoding.prompt_texts`), against (1) each GGUF's embedded template as llama-cpp-python
   renders it (its `Jinja2ChatFormatter`, over the GGUF's own BOS and EOS; llama.cpp's server with --jinja and
-  LM Studio read the same metadata), (2) llama.cpp's tokenization of the prompt against the ids training fed the
-  model, and (3) the Ollama Modelfile's TEMPLATE, through its family's Python mirror (proven against Go's
-  text/template in tests/test_ollama_export.py). The probes export checks the translation on are four short
-  conversations; the run's own rows are where a difference would cost the task (whitespace a Go template cannot
-  trim, a system prompt, several turns).
+  LM Studio read the same template with engines of their own), (2) llama.cpp's tokenization of the prompt against
+  the ids training fed the model, and (3) the Ollama Modelfile's TEMPLATE, through its family's Python mirror
+  (proven against Go's text/template in tests/test_ollama_export.py). The probes export checks the translation on
+  are four short conversations; the run's own rows are where a difference would cost the task (whitespace a Go
+  template cannot trim, a system prompt, several turns). A file changed since export fails; a renderer that renders
+  the run's template otherwise warns, naming what to do instead (exporting again would write the same file).
 """
 
 from __future__ import annotations
