@@ -513,9 +513,9 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
                                          "holds is an error, before anything is exported.")] = None,
         check: Annotated[bool, typer.Option(
             "--check", help="Write nothing: check the exports already there (each file as export wrote it, each "
-                            "GGUF in llama.cpp again unless --no-verify, and the chat template as llama.cpp, "
-                            "LM Studio and Ollama render it on the run's own held-out conversations); exits 1 "
-                            "when a check fails.")] = False,
+                            "GGUF in llama.cpp again unless --no-verify, and the chat template as llama-cpp-python "
+                            "and Ollama render it on the run's own held-out conversations); exits 1 when a check "
+                            "fails.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="With --check: print every check as one JSON "
                                                               "document.")] = False) -> None:
     """Export a run's adapter, the adapter merged into its base, the merged model as GGUF, the adapter as a
