@@ -6,12 +6,12 @@ import sys
 
 # Offline first: nothing phones home. Set before transformers/huggingface_hub are imported.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# Nor fetches code: bitsandbytes 0.50 (which peft imports on every `import peft`) asks the Hub for a compiled 4-bit CPU
-# kernel (`kernels.get_kernel("kernels-community/quantization-bitsandbytes")`) on a CPU with AVX512-BF16, whenever
-# the `kernels` package (a transformers 5 dependency) is there: a network call, and code downloaded and run, in every
-# command. `LOCAL_KERNELS` (the kernels package's own override of a repository by a local folder) names a folder that
-# does not exist, so bitsandbytes falls back to its built-in kernel without touching the network. A user who set
-# LOCAL_KERNELS keeps theirs.
+# Nor fetches code: bitsandbytes 0.50 (imported for QLoRA, and by peft 0.21 on every `import peft`) asks the Hub for
+# a compiled 4-bit CPU kernel (`kernels.get_kernel("kernels-community/quantization-bitsandbytes")`) on a CPU with
+# AVX512-BF16, whenever the `kernels` package (a transformers 5 dependency) is there: a network call, and code
+# downloaded and run, in every command. `LOCAL_KERNELS` (the kernels package's own override of a repository by a local
+# folder) names a folder that does not exist, so bitsandbytes falls back to its built-in kernel without touching the
+# network. A user who set LOCAL_KERNELS keeps theirs.
 HUB_KERNEL = "kernels-community/quantization-bitsandbytes"
 os.environ.setdefault("LOCAL_KERNELS", f"{HUB_KERNEL}=/nonexistent/tunesmith-fetches-no-hub-kernels")
 
