@@ -288,3 +288,29 @@ def test_a_name_no_run_folder_can_start_with_is_said_in_words(tmp_path):
     with pytest.raises(RecipeError, match="not all dots"):
         load_recipe(write(tmp_path, "data:\n  train: t.jsonl\n"), ["name=.."])
     assert load_recipe(write(tmp_path, "name: legumes-v1.2\ndata:\n  train: t.jsonl\n")).name == "legumes-v1.2"
+
+
+@pytest.mark.parametrize("layout", ["recipe at the project's root", "recipe in recipes/ naming ../data"])
+def test_a_runs_recipe_reads_its_data_from_the_moved_project(tmp_path, capsys, layout):
+    """A run's recipe.yaml records the folder its relative paths started from; once the project is moved, they are read
+    from the same place in the moved project: the project's root, or its recipes/ folder for `../data/...` paths."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for name in ("train.jsonl", "eval.jsonl"):
+        (project / "data" / name).write_text('{"prompt": "a", "completion": "b"}\n')
+    recipes = project / "recipes" if layout.startswith("recipe in") else project
+    prefix = "../data/" if recipes != project else "data/"
+    recipes.mkdir(exist_ok=True)
+    run = project / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "data").mkdir()  # a run's own split rows: never taken for the project's
+    for name in ("train.jsonl", "eval.jsonl"):
+        (run / "data" / name).write_text('{"prompt": "a", "completion": "b"}\n')
+    (run / "recipe.yaml").write_text(f"base_dir: {recipes}\nmodel: {{source: m}}\n"
+                                     f"data: {{train: {prefix}train.jsonl, eval: {prefix}eval.jsonl}}\n")
+    moved = project.rename(tmp_path / "elsewhere")
+    recipe = load_recipe(moved / "runs" / "r1" / "recipe.yaml")
+    assert recipe.base_dir == str(moved / recipes.relative_to(project))
+    assert (Path(recipe.base_dir) / recipe.data.train).resolve() == moved / "data" / "train.jsonl"
+    assert "the project moved" in capsys.readouterr().err
