@@ -1097,8 +1097,8 @@ def moved_base_dir(path: Path, raw: dict[str, Any]) -> Path:
     holds the recipe's data.train; after the project was moved or copied elsewhere, the nearest folder of the recorded
     one's name among the recipe file's ancestors (a recipe in `recipes/` naming `../data/train.jsonl`), else the
     nearest ancestor (a run or sweep folder aside: a run saves its split rows as data/train.jsonl), where data.train
-    and data.eval are, said on stderr. The recorded folder stays where none does (the missing file is then named where it
-    is read)."""
+    and data.eval are, said on stderr. The recorded folder stays where none does (the missing file is then named where
+    it is read)."""
     import sys
 
     recorded = Path(str(raw["base_dir"]))
