@@ -69,6 +69,10 @@ def test_prepare_runs_every_step_and_counts_what_it_did(messy_project: Path, tmp
     out = tmp_path / "prepared"
     report = prepare_data(load_recipe(messy_project), out)
     assert step(report, "normalize")["changed"] >= 1
+    # what normalizing changed is visible in the report: the combining accent, zero-width space and bell spelled out
+    changed = next(e for e in step(report, "normalize")["examples"] if "cafe" in e["before"])
+    assert "cafe\\u0301 order   with\\u200b odd\\u0007" in changed["before"]
+    assert "café order with odd spacing" in changed["after"] and "\\u" not in changed["after"]
     assert step(report, "pii_redact")["found_by_kind"] == {"EMAIL": 1}
     assert step(report, "refusals")["removed"] == 1
     assert step(report, "language")["removed"] == 1

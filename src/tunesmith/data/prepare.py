@@ -79,10 +79,36 @@ def normalize_step(state: Cleaned) -> None:
         new = map_row_texts(row, normalize_text)
         if new != row:
             step.changed += 1
-            add_example(step, {"row": origin, "before": row_text(row)[:160], "after": row_text(new)[:160]})
+            before, after = visible_difference(row_text(row), row_text(new))
+            add_example(step, {"row": origin, "before": before, "after": after})
         normalized.append(new)
     state.rows = normalized
     state.steps.append(step)
+
+
+INVISIBLE_CATEGORIES = {"Mn", "Me", "Cf", "Cc", "Co", "Cn", "Zl", "Zp"}  # combining marks, format and control
+
+
+def visible_difference(before: str, after: str, width: int = 160) -> tuple[str, str]:
+    """Excerpts of `before` and `after` (at most `width` characters of text each) from a little before their first
+    difference, with the characters a reader cannot see written as `\\uXXXX` (combining marks, zero-width and control
+    characters, spaces other than U+0020; newlines and tabs as they are): NFC's "e" + U+0301 against "é" then reads as
+    two different strings, not one."""
+    import unicodedata
+
+    start = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+                 min(len(before), len(after)))
+    start = max(0, start - 40)
+
+    def invisible(c: str) -> bool:
+        category = unicodedata.category(c)
+        return c not in "\n\t" and (category in INVISIBLE_CATEGORIES or (category == "Zs" and c != " "))
+
+    def shown(text: str) -> str:
+        visible = "".join(f"\\u{ord(c):04x}" if invisible(c) else c for c in text[start:start + width])
+        return ("…" if start else "") + visible + ("…" if len(text) > start + width else "")
+
+    return shown(before), shown(after)
 
 
 def pii_step(state: Cleaned, clean: CleanSection) -> None:
