@@ -288,3 +288,43 @@ def test_importing_tunesmith_keeps_bitsandbytes_from_fetching_a_kernel_from_the_
         stop.set()
         time.sleep(0.3)  # the accepting thread sees the flag before the socket closes under it
         listener.close()
+
+
+def test_help_debug_and_json_work_wherever_a_user_puts_them(tmp_path):
+    """`-h` is help; `--debug` after the command (where the internal-error message sends users) is taken, not "No such
+    option"; a usage error under --json still prints one JSON document."""
+    assert "Usage: tunesmith runs list" in tunesmith("runs", "list", "-h", cwd=tmp_path).stdout
+    late_debug = tunesmith("train", "nonexistent.yaml", "--debug", cwd=tmp_path)
+    assert late_debug.returncode == 2 and "Recipe file not found" in late_debug.stderr, late_debug.stderr
+    usage = tunesmith("eval", str(tmp_path), "--json", "--rollback", cwd=tmp_path)
+    assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
+    assert "--checkpoints" in json.loads(usage.stdout)["error"]
+    nothing_yet = tunesmith("runs", "list", "--json", cwd=tmp_path)  # no runs/ here yet: an empty list
+    assert nothing_yet.returncode == 0 and json.loads(nothing_yet.stdout) == []
+    assert tunesmith("runs", "list", "--runs-dir", "elsewhere", cwd=tmp_path).returncode == 2
+    recipe = tmp_path / "r.yaml"  # train's names for processes and machines work on launch-script too
+    recipe.write_text("model: {source: smollm2-135m-instruct}\ndata: {train: d.jsonl}\n", encoding="utf-8")
+    script = tunesmith("launch-script", "slurm", str(recipe), "--nnodes", "2", "--nproc", "4", cwd=tmp_path)
+    assert script.returncode == 0 and "#SBATCH --nodes=2" in script.stdout, script.stderr
+
+
+def test_a_full_disk_or_a_failed_tool_is_the_users_to_fix_not_an_internal_error(tmp_path):
+    """What the environment refused is said with the path or the command and what to do, exit 1; other errors stay
+    internal errors."""
+    import errno
+
+    from tunesmith.cli.app import _environment_error
+
+    full = _environment_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "r1")))
+    assert full.exit_code == 1 and str(tmp_path / "runs" / "r1") in full.message and "Free disk space" in full.hint
+    denied = _environment_error(PermissionError(errno.EACCES, "Permission denied", "/srv/out"))
+    assert "/srv/out" in denied.message and "permissions" in denied.hint
+    tool = _environment_error(subprocess.CalledProcessError(1, ["ollama", "create", "m"], stderr=b"Error: boom\n"))
+    assert tool.exit_code == 1 and tool.message == "`ollama create m` failed (exit code 1): Error: boom"
+    assert _environment_error(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None
+    # end to end: the console script writing a launch script onto a full device
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {source: smollm2-135m-instruct}\ndata: {train: d.jsonl}\n", encoding="utf-8")
+    result = tunesmith("launch-script", "slurm", str(recipe), "--output", "/dev/full", cwd=tmp_path)
+    assert_not_internal(result)
+    assert result.returncode in (1, 2) and "/dev/full" in result.stderr, result.stderr

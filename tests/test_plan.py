@@ -396,6 +396,12 @@ def test_train_fits_a_recipe_by_micro_batches_or_checkpointing_only_where_the_re
     with pytest.raises(WillNotFit, match="The plan estimates") as alone:
         fit_recipe(both)
     assert "fewer processes" not in alone.value.hint
+    forced, note = fit_recipe(recipe, force=True)  # --force: as written, and said; a CPU's micro-batches still apply
+    assert forced == recipe and note.startswith("note: The plan estimates")
+    assert "--force: training it as written" in note
+    monkeypatch.setattr(fit_module, "CPU_MICRO_TOKENS", 100)
+    assert fit_recipe(recipe, force=True)[0].training.grad_accum > 1
+    monkeypatch.setattr(fit_module, "CPU_MICRO_TOKENS", 10**9)
     device_of(first.peak_bytes * 2)
     assert fit_recipe(recipe) == (recipe, None)
     with pytest.raises(WillNotFit) as shared:  # 4 processes on this CPU: each gets a quarter of it, too little

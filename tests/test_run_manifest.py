@@ -485,3 +485,33 @@ def test_a_gguf_is_checked_on_the_runs_own_prompts_and_on_the_fixed_ones_where_t
     (copy.path / "data" / "eval.jsonl").unlink()  # a run shared without its held-out rows
     assert run_conversations(copy) == []
     assert "verifying on the fixed prompts only" in capsys.readouterr().err
+
+
+def test_an_output_file_that_is_a_link_or_a_stream_is_written_through_never_replaced(tmp_path):
+    """`-o /dev/stdout` replaced the link /dev/stdout with a file (as root, for every later process), and `-o /dev/full`
+    replaced the device and reported success: a link is followed, a pipe or device written into as a stream, and the
+    disk's refusal names the file."""
+    import errno
+    import threading
+
+    from tunesmith.runs import atomic_write_text
+
+    target = tmp_path / "real.sh"
+    target.write_text("old")
+    link = tmp_path / "link.sh"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    atomic_write_text(fifo, "through the pipe")
+    reader.join(timeout=30)
+    assert received == [b"through the pipe"] and fifo.is_fifo()
+    if Path("/dev/full").is_char_device():
+        with pytest.raises(OSError) as refused:
+            atomic_write_text(Path("/dev/full"), "x")
+        assert refused.value.errno == errno.ENOSPC and refused.value.filename == "/dev/full"
+        assert Path("/dev/full").is_char_device()

@@ -786,6 +786,28 @@ def test_ollama_commands_name_the_address_and_the_export_is_recorded_in_the_run(
     assert "Ollama has no API keys" in usage_error(refused)
 
 
+def test_an_option_the_engine_would_ignore_is_refused_and_nothing_served_is_not_success(runs, tmp_path, monkeypatch):
+    """`serve RUN --print-command` started a live server; vLLM dropped --max-n and the other limits, Ollama --n-ctx:
+    each refused by name. Where vLLM or Ollama is missing, the commands are printed and the exit is 1 (a supervisor
+    read 0 as served) unless --print-command asked for the commands alone."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.app import app
+    from tunesmith.errors import TunesmithError
+
+    run = str(runs["pizza-run"])
+    cases = [(["--print-command"], "--engine llama would ignore --print-command"),
+             (["--engine", "vllm", "--max-n", "2", "--quant", "Q8_0"], "--engine vllm would ignore --quant, --max-n"),
+             (["--engine", "ollama", "--n-ctx", "2048"], "--engine ollama would ignore --n-ctx")]
+    for options, message in cases:
+        assert message in usage_error(CliRunner().invoke(app, ["serve", run, *options]))
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither vllm nor ollama here
+    for engine, printed in (("vllm", "vllm serve"), ("ollama", "ollama create")):
+        result = CliRunner().invoke(app, ["serve", run, "--engine", engine])
+        assert isinstance(result.exception, TunesmithError) and result.exception.exit_code == 1, result.output
+        assert "nothing is served" in str(result.exception) and printed in result.stdout
+
+
 @pytest.mark.slow
 def test_a_seeded_request_on_smollm2_gives_the_same_text_every_time(tmp_path):
     """On SmolLM2 the first sampled answer to a prompt differed from the next ones, which reused the cached prompt

@@ -52,7 +52,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, *, re
     on from the run's newest complete checkpoint; returns the Run.
 
     `fit` (the CLI's default; `--force` turns it off): where the plan shows the recipe would not fit this machine's
-    memory, micro-batches or activation checkpointing left open by the recipe are chosen, and `report` says so.
+    memory, micro-batches or activation checkpointing left open by the recipe are chosen, and `report` says so; without
+    it the recipe trains as written (a CPU's faster micro-batches aside, which change no step's rows).
     `evaluate`: eval and the recipe's exports after training (`train --evaluate`). The model card is written either
     way. Raises TunesmithError for what the recipe, the data or the machine already show is wrong, before training.
     """
@@ -66,10 +67,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, *, re
         raise RecipeError(f"training.distributed is {strategy}, which trains with several processes; a Python call "
                           "is one process.", "Launch it from a shell: tunesmith train RECIPE --nproc N (or set "
                                              "training.distributed: none).")
-    if fit:
-        loaded, note = fit_recipe(loaded)
-        if note:
-            report(note)
+    loaded, note = fit_recipe(loaded, force=not fit)
+    if note:
+        report(note)
     run = resumed_run(loaded, str(resume), Path(runs_dir) if runs_dir else None) if resume is not None else None
     if run is None:
         with removed_if_unstarted(create_run(loaded, Path(runs_dir) if runs_dir else None)) as run, \

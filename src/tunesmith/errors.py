@@ -12,15 +12,18 @@ def shell_arg(value: object) -> str:
 
 
 class TunesmithError(Exception):
-    """A problem the user can fix: `message` says what is wrong, `hint` says what to do."""
+    """A problem the user can fix: `message` says what is wrong, `hint` says what to do. Exits 2 (a usage error) unless
+    `exit_code` says otherwise (1: the command ran and what it was asked for did not happen)."""
 
     exit_code = 2
     label = "Error"  # what the CLI prints before the message
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"

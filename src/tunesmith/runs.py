@@ -57,17 +57,29 @@ def check_output_file(path: Path, option: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same directory and a rename (its folder made when
-    missing). Raises TunesmithError where `path` is a folder."""
+    missing). A symbolic link is followed (the file it names is replaced, the link kept); a device, pipe or socket
+    (`-o /dev/stdout`) is written into as a stream, never replaced by a file. Raises TunesmithError where `path` is a
+    folder; OSError where the disk or the stream refuses (ENOSPC...)."""
     check_output_file(path, "output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = path.resolve() if path.is_symlink() else path
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; users expect ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if path.exists() and not path.is_file():
+            with path.open("wb") as stream:
+                stream.write(data)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; users expect ordinary permissions
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        if exc.filename is None or ".tmp" in str(exc.filename):  # say the file the user named, not our temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
 

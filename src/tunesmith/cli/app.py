@@ -7,9 +7,11 @@ traceback under --debug).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +35,8 @@ from tunesmith.errors import TunesmithError, shell_arg
 from tunesmith.results import COST_KEYS, Comparison, EvalResults, interval_text, read_results, score_text
 
 app = typer.Typer(help="Fine-tune a model on your examples, evaluate it against its base, export it.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 models_app = typer.Typer(help="Embedded, imported and Hub models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 bench_app = typer.Typer(help="Benchmarks measured on this machine, side by side in one run.", no_args_is_help=True)
@@ -143,8 +146,9 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
           time_budget: Annotated[str | None, typer.Option(
               metavar="DURATION", help="Wall time for this training, e.g. 10m or 1h30m (training.time_budget): loading "
               "counts, and the steps are set to fill the rest.")] = None,
-          force: Annotated[bool, typer.Option("--force", help="Train even when the memory plan says the recipe "
-                                                             "will not fit this device.")] = False,
+          force: Annotated[bool, typer.Option("--force", help="Train the recipe as written even when the memory "
+                                                             "plan says it will not fit this device (no batch or "
+                                                             "checkpointing changed to make it fit).")] = False,
           nproc: Annotated[int | None, typer.Option(
               "--nproc", min=1, rich_help_panel="Several processes",
               help="Processes on this machine (one per GPU; CPU: DDP over gloo), launched through `accelerate "
@@ -208,12 +212,11 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
                         report=lambda note: err.print(note, **SHOW))
         report_finished(run, evaluate)
         return
-    if not force:  # before anything heavy loads: the model's config and the data tell
-        from tunesmith.plan.fit import fit_recipe
+    from tunesmith.plan.fit import fit_recipe  # before anything heavy loads: the model's config and the data tell
 
-        loaded, note = fit_recipe(loaded)
-        if note:
-            err.print(note, **SHOW)
+    loaded, note = fit_recipe(loaded, force=force)
+    if note:
+        err.print(note, **SHOW)
     sigterm_as_interrupt()
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if run_dir is not None:
@@ -297,7 +300,8 @@ def sweep(recipe: Path, grid: Annotated[list[str] | None, typer.Option(
               "combination runs). Values parse like --set; lists in brackets: "
               "'adapter.targets=\\[q_proj,v_proj],qkvo'.")] = None,
           set_: SetOption = None, runs_dir: RunsDir = None,
-          evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate each run.")] = True,
+          evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", "--eval/--no-eval", help="Evaluate "
+                                                 "and export each run, as train --evaluate does.")] = True,
           as_json: Annotated[bool, typer.Option("--json", help="Print sweep.json.")] = False,
           resume: Annotated[str | None, typer.Option(
               "--resume", metavar="SWEEP_DIR|latest", help="Carry on a stopped sweep in its own directory, with its "
@@ -576,6 +580,10 @@ def export(run_dir: Path, format_: Annotated[list[str] | None, typer.Option(
                   highlight=False, soft_wrap=True)
     if out:
         _copy_out(run.exports_dir, out, names)
+    if outcome.ollama is not None and outcome.ollama.created is False:  # the files are there; the model is not
+        raise TunesmithError(f"The export's files are written, but `{outcome.ollama.create_command}` failed, so Ollama "
+                             "does not have the model.", "Read Ollama's message above; `ollama --version` (an older "
+                             "Ollama may not know the architecture), then run the command again.", exit_code=1)
 
 
 def _check_exports(run: Any, verify: bool | None, as_json: bool, check: bool, export_options: dict[str, Any]) -> None:
@@ -771,6 +779,10 @@ def chat(model_or_run: Annotated[str, typer.Argument(
         except ValueError as exc:
             raise TunesmithError(f"--url: {exc}.", "Give the server's address with http:// or https://.") from None
 
+        if adapter is not None:
+            raise TunesmithError("--adapter applies a PEFT folder to a model loaded here; a server serves what it "
+                                 "loaded.", "Serve the adapter (`tunesmith serve NAME=ADAPTER_FOLDER`) and chat with "
+                                 "--url and its name, or chat without --url.")
         if choices is not None:
             raise TunesmithError("--choices holds a local model to bare labels; an OpenAI-compatible server constrains "
                                  "answers to JSON only (a label would come back quoted).",
@@ -941,7 +953,13 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _hide_library_notices()
     try:
-        code = app(standalone_mode=False)
+        try:
+            code = app(args=_debug_first(sys.argv[1:]), prog_name="tunesmith", standalone_mode=False)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            fixable = _environment_error(exc)
+            if fixable is None:
+                raise
+            raise fixable from exc
     except TunesmithError as exc:
         state["error"] = {"message": exc.message, "hint": exc.hint}  # the sweep child reports it
         colour = "red" if exc.label == "Error" else "yellow"
@@ -955,7 +973,9 @@ def main() -> None:
         err.print("\n[bold yellow]Stopped:[/bold yellow] interrupted.", highlight=False)
         sys.exit(130)
     except _command_line_errors() as exc:
-        sys.exit(_report_command_line_error(exc))
+        code = _report_command_line_error(exc)
+        print_json_error(code)
+        sys.exit(code)
     except Exception as exc:  # the last resort: report, don't dump
         if state["debug"]:
             raise
@@ -972,6 +992,37 @@ def main() -> None:
         sys.exit(1)
     if isinstance(code, int) and code:  # outside standalone mode, typer returns a command's typer.Exit(n) as n
         sys.exit(code)
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """The command line with `--debug` moved before the command, where the app takes it: the message that suggests it
+    is read after a command failed, and `tunesmith train r.yaml --debug` is what a user types."""
+    if "--debug" not in args[1:] or "--" in args[:args.index("--debug", 1)]:
+        return args
+    return ["--debug", *[arg for arg in args if arg != "--debug"]]
+
+
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+def _environment_error(exc: BaseException) -> TunesmithError | None:
+    """A full disk, a folder without write permission or a tool that failed, said as the user's to fix (exit 1)
+    rather than as tunesmith's bug; None for anything else (reported as an internal error)."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        command = exc.cmd if isinstance(exc.cmd, str) else " ".join(shell_arg(part) for part in exc.cmd)
+        said = exc.stderr or exc.output or b""
+        said = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip()[-600:]
+        return TunesmithError(f"`{command}` failed (exit code {exc.returncode}){': ' + said if said else '.'}",
+                              "Run that command yourself to see its whole output.", exit_code=1)
+    if isinstance(exc, OSError) and exc.errno in USER_FIXABLE_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        hints = {errno.ENOSPC: "Free disk space (`tunesmith cache list` shows what tunesmith keeps), or write "
+                               "elsewhere (--runs-dir, --out).", errno.EDQUOT: "Free space within your disk quota, or "
+                               "write elsewhere (--runs-dir, --out)."}
+        return TunesmithError(f"Could not write or read{where}: {exc.strerror}.",
+                              hints.get(exc.errno, "Check the folder's permissions, or write elsewhere (--runs-dir, "
+                                                   "--out)."), exit_code=1)
+    return None
 
 
 def print_json_error(exit_code: int) -> None:

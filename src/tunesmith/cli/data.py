@@ -25,7 +25,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 @data_app.command()
 def inspect(target: Target, model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,
-            examples: Annotated[int, typer.Option(min=0, help="Rendered examples to show.")] = 3,
+            examples: Annotated[int, typer.Option("--examples", "-n", min=0, help="Rendered examples to show.")] = 3,
             as_json: JsonOption = False) -> None:
     """Show the detected shape, counts, every problem and a few rendered rows; writes nothing.
 
@@ -205,7 +205,7 @@ def prepare(target: Target, out: Annotated[Path | None, typer.Option(
 
 
 @data_app.command()
-def preview(target: Target, n: Annotated[int, typer.Option("-n", min=1, help="Rows to render.")] = 3,
+def preview(target: Target, n: Annotated[int, typer.Option("-n", "--examples", min=1, help="Rows to render.")] = 3,
             skip: Annotated[int, typer.Option(min=0, help="Start after this many rows.")] = 0,
             html: Annotated[Path | None, typer.Option(help="Also write the view as an HTML file.")] = None,
             model: ModelOption = None, format_: ShapeOption = None, set_: SetOption = None,

@@ -154,16 +154,18 @@ def launch_script(kind: Annotated[str, typer.Argument(metavar="slurm|torchrun",
                                                            "per-node entry point for one-container-per-node launchers "
                                                            "(Kubeflow PyTorchJob).")],
                   recipe: Path, set_: SetOption = None,
-                  nodes: Annotated[int, typer.Option("--nodes", min=1, help="Machines.")] = 1,
-                  gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=1,
-                                                             help="Processes (GPUs) on each machine.")] = 1,
+                  nodes: Annotated[int, typer.Option("--nodes", "--nnodes", min=1,
+                                                     help="Machines (--nnodes, as train names it).")] = 1,
+                  gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", "--nproc", min=1,
+                                                             help="Processes (GPUs) on each machine (--nproc, as "
+                                                                  "train names it).")] = 1,
                   run_dir: Annotated[Path | None, typer.Option(
                       "--run-dir", help="The shared run directory (slurm appends the job id); default: the recipe's "
                                         "runs_dir / NAME-KIND.")] = None,
                   partition: Annotated[str | None, typer.Option(help="slurm: #SBATCH --partition.")] = None,
                   time_limit: Annotated[str | None, typer.Option("--time", help="slurm: #SBATCH --time, e.g. "
                                                                                 "04:00:00.")] = None,
-                  output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here "
+                  output: Annotated[Path | None, typer.Option("--output", "-o", "--out", help="Write the script here "
                                                               "(default: print it).")] = None) -> None:
     """Write a batch script that trains a recipe on several machines, for the launcher a cluster has.
 

@@ -121,7 +121,8 @@ def push(source: Annotated[Path, typer.Argument(metavar="RUN_OR_FOLDER",
          repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="user/name or org/name on the Hub.")],
          private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
          what: Annotated[str | None, typer.Option(
-             help="From a run: adapter (default), merged or gguf (what `tunesmith export` wrote).")] = None,
+             "--what", "--format", help="From a run: adapter (default), merged or gguf (the format `tunesmith "
+                                        "export` wrote).")] = None,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded, and where; send "
                                                                   "nothing (no token needed).")] = False) -> None:
     """Upload a run's adapter, merged model or GGUF files (or any folder) to a Hugging Face Hub repository.

@@ -15,8 +15,11 @@ runs_app = typer.Typer(help="Look across run directories.", no_args_is_help=True
 
 
 @runs_app.command("list")
-def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holding the runs.")] = Path("runs"),
-                 as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False) -> None:
+def list_command(runs_dir: Annotated[Path | None, typer.Argument(help="The folder holding the runs (default: runs/ "
+                                                                       "in the folder you run from).")] = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+                 runs_dir_option: Annotated[Path | None, typer.Option(
+                     "--runs-dir", help="The same folder, as train, sweep and baseline name it.")] = None) -> None:
     """List the runs in a folder, oldest first: method, status (trained, stopped at a checkpoint), steps, final
     loss and the headline eval score, base and tuned.
 
@@ -25,14 +28,21 @@ def list_command(runs_dir: Annotated[Path, typer.Argument(help="The folder holdi
     from tunesmith.errors import TunesmithError, shell_arg
     from tunesmith.runs import list_runs
 
-    if not runs_dir.is_dir():
+    if runs_dir is not None and runs_dir_option is not None and runs_dir != runs_dir_option:
+        raise TunesmithError(f"Two folders given: {runs_dir} and --runs-dir {runs_dir_option}.", "Give one.")
+    named = runs_dir or runs_dir_option
+    runs_dir = named or Path("runs")
+    if named is None and not runs_dir.exists():  # nothing trained here yet: an empty list, not an error
+        summaries: list[dict[str, Any]] = []
+    elif not runs_dir.is_dir():
         raise TunesmithError(f"{runs_dir} is not a folder.", "Pass the folder `tunesmith train` writes runs into "
                                                              "(runs/ unless the recipe's runs_dir says otherwise).")
-    if (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
+    elif (runs_dir / "recipe.yaml").is_file():  # one run, not a folder of them
         raise TunesmithError(f"{runs_dir} is a run, not a folder of runs.",
                              f"List its folder (tunesmith runs list {shell_arg(runs_dir.parent)}), or see the run "
                              f"itself with `tunesmith runs show {shell_arg(runs_dir)}`.")
-    summaries = list_runs(runs_dir)
+    else:
+        summaries = list_runs(runs_dir)
     if as_json:
         print_json(summaries)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -55,13 +56,14 @@ def serve(runs: Annotated[list[str], typer.Argument(
     """
     if engine not in ("llama", "vllm", "ollama"):
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")
+    refuse_options_the_engine_ignores(engine, {
+        "--print-command": print_command, "--quant": quant is not None, "--n-ctx": n_ctx is not None,
+        "--max-tokens": max_tokens != 2048, "--max-n": max_n != 4, "--max-queue": max_queue != 64,
+        "--max-body-bytes": max_body_bytes != 1_000_000, "--api-key-env": api_key_env is not None})
     api_key = read_api_key(api_key_env)
     if engine == "vllm":
         return serve_vllm(runs, host, port or DEFAULT_PORT, api_key_env, n_ctx, print_command)
     if engine == "ollama":
-        if api_key_env is not None:
-            raise TunesmithError("--api-key-env: Ollama has no API keys of its own.",
-                                 "Leave it out, or serve with --engine llama, which checks a Bearer key.")
         return serve_ollama(runs, host, port or OLLAMA_PORT, print_command)
     from tunesmith.serve.api import Limits, is_loopback
     from tunesmith.serve.catalog import build_catalog
@@ -75,6 +77,36 @@ def serve(runs: Annotated[list[str], typer.Argument(
     models = build_catalog(runs, quant)
     limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_n=max_n, max_queue=max_queue)
     serve_llama(models, host, port or DEFAULT_PORT, limits, api_key, n_ctx or DEFAULT_CONTEXT)
+
+
+# What each engine does with the options: the llama engine runs in this process (no command to print); vLLM and
+# Ollama take the model as exported and apply their own limits, context and keys (Ollama has none).
+IGNORED_BY_ENGINE = {
+    "llama": {"--print-command": "the llama engine runs in this process: there is no command to print"},
+    "vllm": {option: "vLLM applies its own limits and serves the merged weights (no GGUF)"
+             for option in ("--quant", "--max-tokens", "--max-n", "--max-queue", "--max-body-bytes")},
+    "ollama": {**{option: "Ollama applies its own limits and context (the Modelfile's PARAMETER lines)"
+                  for option in ("--n-ctx", "--max-tokens", "--max-n", "--max-queue", "--max-body-bytes")},
+               "--quant": "Ollama loads the GGUF the recipe's export.quant writes",
+               "--api-key-env": "Ollama has no API keys of its own"},
+}
+ENGINE_HINTS = {
+    "llama": "Leave it out, or serve with --engine vllm or --engine ollama to print their commands.",
+    "vllm": "Leave them out (add vLLM's own options, e.g. --max-num-seqs, to the command --print-command prints), "
+            "or serve with --engine llama, which applies them.",
+    "ollama": "Leave them out (set export.quant in the recipe, PARAMETER lines in the Modelfile), or serve with "
+              "--engine llama, which applies them.",
+}
+
+
+def refuse_options_the_engine_ignores(engine: str, given: dict[str, bool]) -> None:
+    """TunesmithError naming each option in `given` (option -> whether the user set it) that `engine` would ignore,
+    and why: a flag that silently does nothing is worse than a refusal."""
+    ignored = [(option, why) for option, why in IGNORED_BY_ENGINE[engine].items() if given.get(option)]
+    if ignored:
+        reasons = "; ".join(f"{option}: {why}" for option, why in ignored)
+        raise TunesmithError(f"--engine {engine} would ignore {', '.join(o for o, _ in ignored)} ({reasons}).",
+                             ENGINE_HINTS[engine])
 
 
 def read_api_key(variable: str | None, role: str = "starting the server") -> str | None:
@@ -96,11 +128,13 @@ def serve_vllm(runs: list[str], host: str, port: int, api_key_env: str | None, n
 
     launch = vllm_launch(build_catalog(runs, export=False), host, port, api_key_env, max_model_len=n_ctx)
     if print_only or not installed("vllm"):
-        if not print_only:
-            err.print("vLLM is not installed here (pip install vllm, on a machine with a GPU); the command is:")
         key = f"VLLM_API_KEY=\"${api_key_env}\" " if api_key_env else ""
         print(key + launch.shell)
         print(f"# or in Docker:\n{launch.docker}")
+        if not print_only:  # nothing is served: a supervisor must not read success
+            raise TunesmithError("vLLM is not installed here, so nothing is served; the command above starts it where "
+                                 "it is.", "pip install vllm (on a machine with a GPU), or add --print-command to "
+                                 "print the command alone.", exit_code=1)
         return
     environment = {**os.environ, **({"VLLM_API_KEY": os.environ[api_key_env]} if api_key_env else {})}
     sys.exit(subprocess.call(launch.argv, env=environment))
@@ -122,25 +156,37 @@ def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> Non
     address = f"{host}:{port}"
     serve_cmd, create_cmd = ollama_launch(modelfile.resolve(), name)
     if print_only or not installed("ollama"):
-        if not print_only:
-            err.print("ollama is not on PATH (https://ollama.com/download); the commands are:")
         prefix = f"OLLAMA_HOST={address} "
         print(f"{prefix}{serve_cmd.shell} &\nuntil {prefix}ollama list >/dev/null 2>&1; do sleep 1; done\n"
               f"{prefix}{create_cmd.shell}\n{prefix}ollama run {name}")
+        if not print_only:  # nothing is served: a supervisor must not read success
+            raise TunesmithError("ollama is not on PATH, so nothing is served; the commands above serve the export "
+                                 "where it is.", "Install Ollama (https://ollama.com/download), or add "
+                                 "--print-command to print the commands alone.", exit_code=1)
         return
     environment = {**os.environ, "OLLAMA_HOST": address}
     if ollama_answers(environment):  # a server already runs there (Ollama's app, a service): use it
-        subprocess.check_call(create_cmd.argv, cwd=modelfile.parent, env=environment)
+        ollama_create(create_cmd.argv, modelfile, environment)
         err.print(f"The Ollama server already running at {address} now serves {name} (http://{address}/v1).")
         return
     server = subprocess.Popen(serve_cmd.argv, env=environment)
     try:
         wait_for_ollama(environment, server)
-        subprocess.check_call(create_cmd.argv, cwd=modelfile.parent, env=environment)
+        ollama_create(create_cmd.argv, modelfile, environment)
         err.print(f"Ollama serves {name} at http://{address}/v1 (Ctrl-C to stop)")
         server.wait()
     finally:
         server.terminate()
+
+
+def ollama_create(argv: list[str], modelfile: Path, environment: dict[str, str]) -> None:
+    """Run `ollama create` on the exported Modelfile; TunesmithError with Ollama's own words when it fails."""
+    done = subprocess.run(argv, cwd=modelfile.parent, env=environment, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip()[-800:] or f"exit code {done.returncode}"
+        raise TunesmithError(f"`{' '.join(argv)}` failed on {modelfile}: {said}",
+                             "Run `tunesmith export RUN --check` to check the export, and `ollama --version` (an older "
+                             "Ollama may not know the model's architecture).", exit_code=1)
 
 
 def ollama_answers(environment: dict[str, str]) -> bool:

@@ -42,12 +42,14 @@ def fit_message(report: PlanReport, shared_by: int = 1) -> tuple[str, str]:
     return message, hint
 
 
-def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) -> tuple[Recipe, str | None]:
+def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None,
+               force: bool = False) -> tuple[Recipe, str | None]:
     """The recipe to train, planned for the device it trains on: on a CPU, a batch of long rows as micro-batches
     (`cpu_micro_batches`) where they fit; else as it is when it fits; otherwise with the first
     of `fitting_changes` that fits (the second value says what changed and why); else WillNotFit, naming the fix.
     The same rows reach each optimizer step either way: smaller micro-batches accumulate to the recipe's batch.
-    `processes`, `per_node`: a multi-process run (plan_recipe)."""
+    `processes`, `per_node`: a multi-process run (plan_recipe). `force` (`train --force`): a recipe the plan says will
+    not fit trains as written, said in the note, instead of being changed or refused; the CPU's micro-batches stay."""
     arch, device, lengths = plan_inputs(recipe, recipe.training.device, processes=processes, per_node=per_node)
     report = build_report(recipe, arch, device, lengths)
     faster = faster_on_cpu(recipe, report, arch, device, lengths)
@@ -55,6 +57,8 @@ def fit_recipe(recipe: Recipe, processes: int = 1, per_node: int | None = None) 
         return faster[0], faster[2]
     if report.fits:
         return recipe, None
+    if force:
+        return recipe, f"note: {fit_message(report)[0]} --force: training it as written, unchanged."
     for candidate in fitting_changes(recipe, report.length):
         fitted = build_report(candidate, arch, device, lengths)
         if fitted.fits:
