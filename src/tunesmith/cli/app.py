@@ -416,6 +416,8 @@ def eval_(run_dir: Path, as_json: Annotated[bool, typer.Option("--json", help="P
             err.print("--rollback: the run's adapter stays as it is (no other checkpoint was chosen).",
                       highlight=False)
         if not rollback or (rolled is None and not rules):  # a gate still judges the adapter kept, below
+            if as_json and rollback:  # nothing below prints: the checkpoints' report is the document
+                print_json(report_file.read_text(encoding="utf-8"))
             return
     other = None if against == "base" else open_run(Path(against)).path
     if other is not None:
