@@ -145,7 +145,11 @@ def check_trainer_internals(trainer: Any) -> None:
     needed = {**TRAINER_INTERNALS, **(SFT_TRAINER_INTERNALS if isinstance(trainer, SFTTrainer) else {})}
     missing = [f"{name} ({purpose})" for name, purpose in needed.items() if not upstream_defines(trainer, name)]
     if missing:
+        from importlib.metadata import requires
+
+        wanted = " ".join(f"'{r.split(';')[0].replace(' ', '')}'" for r in requires("tunesmith") or []
+                          if r.split("<")[0].split(">")[0].split("=")[0].strip() in ("transformers", "trl"))
         raise TunesmithError(f"This transformers {version('transformers')} / TRL {version('trl')} trainer lacks "
                              f"{'; '.join(missing)}.",
-                             "Install the versions tunesmith is tested with: pip install 'transformers>=5.0,<6' "
-                             "'trl>=1.16,<2' (see pyproject.toml), or a tunesmith made for these.")
+                             f"Install the versions tunesmith is tested with: pip install {wanted} (pyproject.toml's "
+                             "floors), or a tunesmith made for these.")
