@@ -51,8 +51,12 @@ def test_a_trainer_whose_upstream_renamed_one_is_refused_even_where_tunesmith_ov
     later = Ours()
     later._created_lr_scheduler = False
     assert hasattr(later, "get_batch_samples")
-    with pytest.raises(TunesmithError, match=r"lacks get_batch_samples \(no step past max_steps"):
+    with pytest.raises(TunesmithError, match=r"lacks get_batch_samples \(no step past max_steps") as refused:
         check_trainer_internals(later)
+    from importlib.metadata import requires
+
+    floor = next(r for r in requires("tunesmith") if r.startswith("transformers")).replace(" ", "")
+    assert f"'{floor}'" in refused.value.hint  # the floors pyproject.toml declares, not a copy that drifts
     del later._created_lr_scheduler
     with pytest.raises(TunesmithError, match=r"get_batch_samples .*; _created_lr_scheduler \(the time budget"):
         check_trainer_internals(later)
