@@ -510,6 +510,13 @@ def test_an_output_file_that_is_a_link_or_a_stream_is_written_through_never_repl
     atomic_write_text(fifo, "through the pipe")
     reader.join(timeout=30)
     assert received == [b"through the pipe"] and fifo.is_fifo()
+    link_to_pipe = tmp_path / "stdout"  # as /dev/stdout -> /proc/self/fd/1 names the pipe a shell set up
+    link_to_pipe.symlink_to(fifo)
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    atomic_write_text(link_to_pipe, "through the link")
+    reader.join(timeout=30)
+    assert received[-1] == b"through the link" and link_to_pipe.is_symlink() and fifo.is_fifo()
     if Path("/dev/full").is_char_device():
         with pytest.raises(OSError) as refused:
             atomic_write_text(Path("/dev/full"), "x")

@@ -61,12 +61,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     (`-o /dev/stdout`) is written into as a stream, never replaced by a file. Raises TunesmithError where `path` is a
     folder; OSError where the disk or the stream refuses (ENOSPC...)."""
     check_output_file(path, "output")
-    path = path.resolve() if path.is_symlink() else path
     try:
-        if path.exists() and not path.is_file():
+        if path.exists() and not path.is_file():  # followed through links: /dev/stdout names a pipe or a terminal
             with path.open("wb") as stream:
                 stream.write(data)
             return path
+        path = path.resolve() if path.is_symlink() else path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
