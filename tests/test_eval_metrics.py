@@ -431,6 +431,7 @@ def test_train_evaluate_says_where_each_export_went(tmp_path, tiny_model_dir):
     (run,) = (tmp_path / "runs").iterdir()
     record = json.loads((run / "run.json").read_text())["exports"]["adapter"]
     assert f"Exported adapter: {run / record['path']}" in " ".join(done.stderr.split())
+    assert done.stdout.splitlines() == [str(run)]  # stdout is not a terminal: `RUN=$(tunesmith train ...)` works
 
 
 def test_tables_show_scores_to_four_decimals_and_costs_to_what_they_mean():

@@ -130,7 +130,8 @@ def quickstart(set_: SetOption = None, runs_dir: RunsDir = None) -> None:
     if (run.eval_dir / "results.json").is_file():  # none where the run held no rows out (eval said why)
         _print_results(run.path)
     print_exports(run)
-    err.print(f"\n[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)
+    err.print()
+    print_run_directory(run.path)
 
 
 @app.command()
@@ -284,7 +285,15 @@ def report_finished(run: Any, evaluated: bool) -> None:
         if (run.eval_dir / "results.json").is_file():  # none where the run held no rows out (eval said why)
             _print_results(run.path)
         print_exports(run)
-    err.print(f"[bold]Run directory:[/bold] {escape(str(run.path))}", **SHOW)  # one line, whatever its length
+    print_run_directory(run.path)
+
+
+def print_run_directory(path: Path) -> None:
+    """The run directory, for the person (stderr) and, where stdout is not a terminal, alone on stdout too, so that
+    `RUN=$(tunesmith train recipe.yaml)` holds it."""
+    err.print(f"[bold]Run directory:[/bold] {escape(str(path))}", **SHOW)  # one line, whatever its length
+    if not sys.stdout.isatty():
+        print(path, flush=True)
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
