@@ -381,6 +381,46 @@ def test_html_report_shows_numbers_and_escaped_outputs():
     assert "class='better'" in document  # the interval is not below 0 and the first example improved
 
 
+def test_the_report_and_chart_lead_with_the_task_gain_and_what_forgetting_cost(tmp_path):
+    """A newcomer's chart showed exact match 0.10 → 1.00 and nothing of the probes falling 1.00 → 0.71, and the page put
+    that REGRESSION below every table: both now lead with it. Perplexity 17.39 → 17.48 (+0.5%, no interval) was red."""
+    from matplotlib.image import imread
+
+    from tunesmith.eval.html_report import verdict_class
+    from tunesmith.eval.report import PROBES_LABEL, change_label, plot_base_vs_tuned
+
+    results = {
+        "examples": 30, "task_metric": "auto", "metrics": ["loss", "exact_match"],
+        "base": {"loss": 1.25, "exact_match": 0.1}, "tuned": {"loss": 0.003, "exact_match": 1.0},
+        "comparison": {"exact_match": {"base": 0.1, "tuned": 1.0, "delta": 0.9, "ci95": [0.8, 1.0], "wins": 27,
+                                       "losses": 0, "ties": 3, "higher_is_better": True}},
+        "probes": {"count": 48, "margin": 0.05, "perplexity_margin": 0.05, "rows": [], "lost": [],
+                   "base": {"accuracy": 1.0}, "tuned": {"accuracy": 0.7083},
+                   "comparison": {"probe_accuracy": {"base": 1.0, "tuned": 0.7083, "delta": -0.2917,
+                                                     "ci95": [-0.4167, -0.1667], "higher_is_better": True}},
+                   "regression": True, "reasons": ["probe accuracy fell 0.292 (1.000 → 0.708)"]},
+    }
+    document = render_report(results, None)
+    body = document[document.index("<body>"):]
+    headline = body[:body.index("</table>")]
+    assert "Task (exact_match): 0.1000 → 1.0000, +0.9000, 95% CI [+0.8000, +1.0000]: better." in headline
+    assert "<tr class='worse'><td><b>General prompts (forgetting probes): 1.0000 → 0.7083, REGRESSION" in headline
+    kept = {**results, "probes": {**results["probes"], "regression": False, "tuned": {"accuracy": 0.98}}}
+    assert "no regression beyond the 0.05 margin" in render_report(kept, None)
+    assert verdict_class({"base": 17.386, "tuned": 17.478, "delta": 0.092, "ci95": None,
+                          "higher_is_better": False}) == ""  # +0.5%: within the margin, not "worse"
+    assert verdict_class({"base": 1.25, "tuned": 2.0, "delta": 0.75, "ci95": None, "higher_is_better": False}) == "worse"
+    assert change_label(results["comparison"]["exact_match"], [0.1, 1.0]) == "+0.90\n[+0.80, +1.00]"
+
+    def red_pixels(chart: object) -> int:  # the regressed probes bar is drawn in #d62728
+        pixels = imread(chart)[..., :3]
+        return int(((abs(pixels[..., 0] - 0.839) < 0.02) & (abs(pixels[..., 1] - 0.153) < 0.02)).sum())
+
+    assert red_pixels(plot_base_vs_tuned(results, tmp_path / "chart.png")) > 1000
+    assert red_pixels(plot_base_vs_tuned(kept, tmp_path / "kept.png")) == 0
+    assert PROBES_LABEL.startswith("general prompts")
+
+
 def test_mark_changes_highlights_only_new_words():
     assert mark_changes("the red car", "the blue car") == "the <mark>blue</mark> car"
     assert mark_changes("same", "same") == "same"

@@ -22,6 +22,7 @@ th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-ali
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.better td { background: #eaf7ea; } tr.worse td { background: #fbeaea; }
 td.changed { font-weight: 600; } mark { background: #fff2a8; }
+table.headline { width: auto; font-size: 15px; }
 pre { white-space: pre-wrap; margin: 0; font: 13px/1.4 ui-monospace, monospace; }
 table.confusion { width: auto; } table.confusion td { text-align: center; min-width: 3em; }
 """
@@ -47,7 +48,7 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     from tunesmith.eval.verdict import constrained_tuned_note
 
     constrained = constrained_tuned_note(results)
-    parts += [metrics_note(results), reasoning_note(results), f"<p>{_e(constrained)}</p>" if constrained else "",
+    parts += [headline_html(results), metrics_note(results), reasoning_note(results), f"<p>{_e(constrained)}</p>" if constrained else "",
               metrics_table(results)]
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
@@ -58,6 +59,35 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
               judge_rows_table(results), probe_rows_table(results),
               "</body></html>"]
     return "\n".join(parts)
+
+
+def headline_html(results: dict[str, Any]) -> str:
+    """The page's answer first: the task metric base → tuned with its 95% interval, and whether the forgetting probes
+    regressed (their verdict), each coloured as its table row is; empty where neither was measured."""
+    from tunesmith.results import headline_of
+
+    lines, comparison = [], results.get("comparison") or {}
+    metric = headline_of([*results.get("metrics", []), results.get("task_metric", "")], comparison)
+    entry = comparison.get(metric) if metric else None
+    if entry is not None:
+        interval = interval_text(entry, lambda x: _num(x, signed=True))
+        lines.append((verdict_class(entry), f"Task ({metric}): {_num(entry['base'])} → {_num(entry['tuned'])}, "
+                      f"{_num(entry['delta'], signed=True)}" + (f", 95% CI {interval}" if interval else "")
+                      + {"better": ": better.", "worse": ": worse.", "": ": no clear change."}[verdict_class(entry)]))
+    probes = results.get("probes") or {}
+    if probes.get("tuned"):
+        before, after = probes.get("base", {}).get("accuracy"), probes["tuned"]["accuracy"]
+        change = f"{_num(before)} → {_num(after)}" if before is not None else _num(after)
+        if probes.get("regression"):
+            lines.append(("worse", f"General prompts (forgetting probes): {change}, REGRESSION: "
+                                   + "; ".join(probes.get("reasons") or []) + "."))
+        else:
+            lines.append(("", f"General prompts (forgetting probes): {change}, no regression beyond the "
+                              f"{probes.get('margin', 0.05)} margin."))
+    if not lines:
+        return ""
+    rows = "".join(f"<tr class='{css}'><td><b>{_e(text)}</b></td></tr>" for css, text in lines)
+    return f"<table class='headline'>{rows}</table>"
 
 
 def baselines_html(results: dict[str, Any]) -> str:
@@ -237,15 +267,22 @@ def metrics_table(results: dict[str, Any]) -> str:
                      *(str(entry.get(k, "–")) for k in ("wins", "losses", "ties"))])
         classes.append(verdict_class(entry))
     note = (f"<p>Intervals: paired bootstrap over examples ({results.get('bootstrap', {}).get('resamples', '?')} "
-            "resamples). Green: tuned better and the interval excludes 0; red: worse and excludes 0.</p>")
+            "resamples). Green: tuned better and the interval excludes 0; red: worse and excludes 0; loss and "
+            f"perplexity, which have no interval: a change of more than {RELATIVE_MARGIN:.0%} of the base.</p>")
     return _table(head, rows, classes) + note
 
 
+RELATIVE_MARGIN = 0.05  # loss and perplexity have no interval: a change under 5% of the base is not coloured
+
+
 def verdict_class(entry: dict[str, Any]) -> str:
-    """'better' / 'worse' when the whole interval (or, for loss and perplexity, which have none, the delta) lies on
-    one side of 0; a score compared over too few examples for an interval is neither."""
-    if entry.get("ci95") is None and entry.get("higher_is_better", True):
-        return ""
+    """'better' / 'worse' when the whole interval lies on one side of 0; for loss and perplexity, which have none,
+    when the change is more than RELATIVE_MARGIN of the base (the forgetting probes' perplexity margin: 17.39 → 17.48
+    is not "worse"); a score compared over too few examples for an interval is neither."""
+    if entry.get("ci95") is None:
+        base = abs(entry.get("base") or 0.0)
+        if entry.get("higher_is_better", True) or abs(entry["delta"]) <= RELATIVE_MARGIN * base:
+            return ""
     low, high = entry.get("ci95") or (entry["delta"], entry["delta"])
     sign = 1 if entry.get("higher_is_better", True) else -1
     if sign * low > 0 and sign * high > 0:
