@@ -409,7 +409,8 @@ def test_the_report_and_chart_lead_with_the_task_gain_and_what_forgetting_cost(t
     assert "no regression beyond the 0.05 margin" in render_report(kept, None)
     assert verdict_class({"base": 17.386, "tuned": 17.478, "delta": 0.092, "ci95": None,
                           "higher_is_better": False}) == ""  # +0.5%: within the margin, not "worse"
-    assert verdict_class({"base": 1.25, "tuned": 2.0, "delta": 0.75, "ci95": None, "higher_is_better": False}) == "worse"
+    worse_loss = {"base": 1.25, "tuned": 2.0, "delta": 0.75, "ci95": None, "higher_is_better": False}
+    assert verdict_class(worse_loss) == "worse"
     assert change_label(results["comparison"]["exact_match"], [0.1, 1.0]) == "+0.90\n[+0.80, +1.00]"
 
     def red_pixels(chart: object) -> int:  # the regressed probes bar is drawn in #d62728

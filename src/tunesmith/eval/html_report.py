@@ -48,7 +48,8 @@ def render_report(results: dict[str, Any], chart_png: bytes | None) -> str:
     from tunesmith.eval.verdict import constrained_tuned_note
 
     constrained = constrained_tuned_note(results)
-    parts += [headline_html(results), metrics_note(results), reasoning_note(results), f"<p>{_e(constrained)}</p>" if constrained else "",
+    parts += [headline_html(results), metrics_note(results), reasoning_note(results),
+              f"<p>{_e(constrained)}</p>" if constrained else "",
               metrics_table(results)]
     if chart_png:
         encoded = base64.b64encode(chart_png).decode("ascii")
