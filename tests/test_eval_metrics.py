@@ -422,6 +422,34 @@ def test_the_report_and_chart_lead_with_the_task_gain_and_what_forgetting_cost(t
     assert PROBES_LABEL.startswith("general prompts")
 
 
+def test_the_loss_curve_draws_the_task_and_the_replay_anchor_apart_on_a_log_scale_when_it_spans_decades(
+        tmp_path, monkeypatch):
+    """The logged loss includes data.replay.weight x KL: 66% of a final 0.0063 was the anchor, drawn as "train loss"
+    on a linear axis that showed the last tenfold fall as flat."""
+    from tunesmith.figures import pyplot
+    from tunesmith.train.plots import plot_loss_curve
+
+    records = [{"step": step, "loss": loss, "replay_kl": term / 4, "replay_term": term}
+               for step, loss, term in ((1, 1.445, 0.0018), (10, 0.0631, 0.0034), (30, 0.0063, 0.0042))]
+    drawn: dict[str, object] = {}
+    plt = pyplot()
+    original = plt.subplots
+
+    def keep(*args: object, **kwargs: object) -> object:
+        fig, ax = original(*args, **kwargs)
+        drawn["ax"] = ax
+        return fig, ax
+
+    monkeypatch.setattr(plt, "subplots", keep)  # to read the axes the curve was drawn on
+    assert plot_loss_curve(records, tmp_path / "loss.png", "t") is not None
+    ax = drawn["ax"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["task loss (train loss − replay term)"] == pytest.approx([1.4432, 0.0597, 0.0021])
+    assert lines["replay term (weight × KL to the base)"] == [0.0018, 0.0034, 0.0042]
+    assert ax.get_yscale() == "log"
+    assert plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], tmp_path / "flat.png", "t")
+
+
 def test_mark_changes_highlights_only_new_words():
     assert mark_changes("the red car", "the blue car") == "the <mark>blue</mark> car"
     assert mark_changes("same", "same") == "same"

@@ -9,20 +9,34 @@ from tunesmith.figures import pyplot, save_figure
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Training loss (and eval loss when logged) against optimizer step, as a PNG."""
+    """Training loss (and eval loss when logged) against optimizer step, as a PNG. Where the replay anchor trained
+    beside the task (`replay_term`: data.replay.weight x KL(base || tuned) on replay rows, which the logged loss
+    includes), the task's own part and the anchor's are drawn apart. A log scale once the curve spans more than 20x,
+    where a linear axis shows the last tenfold fall as flat."""
     plt = pyplot()
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    anchor = [(r["step"], r["replay_term"]) for r in records if "loss" in r and "replay_term" in r]
     if not train and not evals:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", marker=".")
+        ax.plot(*zip(*train, strict=True), label="train loss" + (" (task + replay term)" if anchor else ""),
+                marker=".")
+    if anchor:
+        task = [(r["step"], r["loss"] - r["replay_term"]) for r in records if "loss" in r and "replay_term" in r]
+        ax.plot(*zip(*task, strict=True), label="task loss (train loss − replay term)", marker=".", linestyle="--")
+        ax.plot(*zip(*anchor, strict=True), label="replay term (weight × KL to the base)", marker=".", linestyle=":")
     if evals:
         ax.plot(*zip(*evals, strict=True), label="eval loss", marker="o")
-    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    values = [value for _, value in train + evals + anchor]
+    if min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats per loss-carrying token)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.text(0.01, -0.02, "Each point: the mean over the optimizer steps since the one before (training.logging_steps)."
+             , fontsize=7, color="grey", ha="left", va="top")
     return save_figure(fig, path)
 
 

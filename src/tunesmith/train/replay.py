@@ -577,6 +577,7 @@ def anchored(trainer_class: type) -> type:
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if self.replay_kls and "loss" in logs:  # a training log: the anchor's mean KL since the last one
                 logs["replay_kl"] = sum(self.replay_kls) / len(self.replay_kls)
+                logs["replay_term"] = self.replay_weight * logs["replay_kl"]  # what the anchor adds to the loss
                 self.replay_kls.clear()
             super().log(logs, *args, **kwargs)
 
