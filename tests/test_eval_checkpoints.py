@@ -191,3 +191,31 @@ def test_a_stopped_runs_checkpoints_are_scored_without_finishing_it(tiny_model_d
     rolled = subprocess.run([sys.executable, "-m", "tunesmith", "eval", str(run.path), "--checkpoints", "--rollback"],
                             capture_output=True, text=True, timeout=300)
     assert rolled.returncode == 2 and "has no trained model" in rolled.stderr  # rolling back needs a finished run
+
+
+def test_the_checkpoints_picture_labels_its_axis_draws_the_probe_floor_and_says_when_none_was_chosen(
+        tmp_path, monkeypatch):
+    """The probes' margin was a green band over the whole plot (exact match at 1.0 looked "within margin"), the y axis
+    had no label, and a report that chose no checkpoint looked like one that did."""
+    from tunesmith.eval.checkpoints import plot_checkpoints
+    from tunesmith.figures import pyplot
+
+    plt, axes = pyplot(), []
+    original = plt.subplots
+
+    def keep(*args, **kwargs):
+        fig, ax = original(*args, **kwargs)
+        axes.append(ax)
+        return fig, ax
+
+    monkeypatch.setattr(plt, "subplots", keep)
+    points = [{"step": s, "task": t, "probe_accuracy": p} for s, t, p in ((0, 0.1, 1.0), (10, 0.867, 0.771))]
+    report = {"metric": "exact_match", "probe_margin": 0.05, "points": points, "chosen_step": None}
+    plot_checkpoints(report, tmp_path / "none.png", "weather")
+    plot_checkpoints({**report, "chosen_step": 10}, tmp_path / "chosen.png", "weather")
+    none, chosen = axes
+    assert none.get_title() == "weather: no checkpoint chosen" and chosen.get_title() == "weather: checkpoints"
+    assert none.get_ylabel().startswith("score")
+    floor = next(line for line in none.get_lines() if line.get_label().startswith("probe floor"))
+    assert list(floor.get_ydata()) == [pytest.approx(0.95)] * 2 and not none.patches  # a line, not a band
+    assert any(line.get_label() == "chosen: step 10" for line in chosen.get_lines())

@@ -275,7 +275,8 @@ def set_aside_results(run: Run, manifest: Any) -> None:
 
 
 def plot_checkpoints(report: dict[str, Any], path: Path, title: str) -> Path:
-    """The task score and probe accuracy by step (the base at step 0), with the probes' margin as a band."""
+    """The task score and probe accuracy by step (the base at step 0), the probes' floor (base − margin) as a line in
+    the probes' colour, and the chosen step (or "no checkpoint chosen" in the title)."""
     plt = pyplot()
     points = report["points"]
     steps = [p["step"] for p in points]
@@ -284,12 +285,17 @@ def plot_checkpoints(report: dict[str, Any], path: Path, title: str) -> Path:
         ax.plot(steps, [p["task"] for p in points], marker="o", label=report["metric"])
     base = points[0]["probe_accuracy"]
     if base is not None:
-        ax.plot(steps, [p["probe_accuracy"] for p in points], marker="s", label="probe accuracy")
-        ax.axhspan(base - report["probe_margin"], base, color="green", alpha=0.1, label="probe margin")
+        line, = ax.plot(steps, [p["probe_accuracy"] for p in points], marker="s", label="probe accuracy")
+        floor = base - report["probe_margin"]  # below this line the probes count as regressed
+        ax.axhline(floor, color=line.get_color(), linestyle=":", linewidth=1,
+                   label=f"probe floor: base {base:.3f} − margin {report['probe_margin']:g}")
     chosen = report.get("chosen_step")
     if chosen is not None:
         ax.axvline(chosen, color="crimson", linestyle="--", label=f"chosen: step {chosen}")
-    ax.set(xlabel="optimizer step (0: the base)", ylim=(0, 1.05), title=f"{title}: checkpoints")
+    else:  # none kept the probes: no line, and the title says so
+        title = f"{title}: no checkpoint chosen"
+    ax.set(xlabel="optimizer step (0: the base)", ylabel="score (0 to 1, higher is better)", ylim=(0, 1.05),
+           title=f"{title}: checkpoints" if chosen is not None else title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the axes: it hides no point
     return save_figure(fig, path)
