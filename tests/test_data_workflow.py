@@ -79,6 +79,8 @@ def test_prepare_runs_every_step_and_counts_what_it_did(messy_project: Path, tmp
     assert step(report, "dedup_exact")["removed"] == 1
     assert step(report, "dedup_near")["removed"] == 1
     assert step(report, "dedup_exact")["examples"][0]["duplicate_of"] == 4  # row 41 repeats row 4
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<b>46 rows read → 42 kept</b> (train " in page and "cleaning removed 4." in page
     rows = all_rows(out)
     assert len(rows) == 46 - 4
     texts = json.dumps(rows, ensure_ascii=False)
@@ -118,10 +120,33 @@ def test_prepare_writes_a_self_contained_report(messy_project: Path, tmp_path: P
     assert f"train: {report['sources']['train']}" in text
 
 
+def test_a_near_duplicates_example_shows_where_the_two_rows_part_not_the_prompt_they_share(tmp_path, tiny_model_dir):
+    """Rows sharing an 85-character instruction were shown cut at 120 characters: "a hot, cloudles", the part that
+    differs cut off. The report's excerpts start just before the first difference."""
+    instruction = "Classify the weather described in this sentence as sunny, rainy, windy or snowy. Sentence: "
+    rows = [qa(instruction + "It was a hot, cloudless afternoon by the old harbour wall today", "sunny"),
+            qa(instruction + "It was a hot, cloudless afternoon by the new harbour wall today", "sunny"),
+            *distinct_rows(30)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = data_recipe(data, model=str(tiny_model_dir))
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={
+        "eval_fraction": 0.0, "clean": recipe.data.clean.model_copy(update={"dedup": "near",
+                                                                             "near_threshold": 0.5})})})
+    report = prepare_data(recipe, tmp_path / "out")
+    (example,) = step(report, "dedup_near")["examples"]
+    assert example["text"].startswith("…") and "new harbour" in example["text"] + example["kept_text"]
+    assert "old harbour" in example["text"] + example["kept_text"]
+
+
 def test_length_bins_are_shared_and_go_log_scale_when_an_outlier_would_crush_the_rest():
     rows = [50 + i for i in range(150)]
     edges, log_scale = length_bins(rows, max_length=512)
-    assert not log_scale and edges[0] == 50 and edges[-1] == 512
+    assert not log_scale and edges[0] == 49.5 and edges[-1] >= 512.5
+    widths = {hi - lo for lo, hi in itertools.pairwise(edges)}
+    assert len(widths) == 1 and float(widths.pop()).is_integer()  # whole tokens per bar: no bar holds more lengths
+    short = length_bins([65, 66, 67, 70], max_length=100)[0]  # 36 lengths in 40 bars: one token each
+    assert [sum(lo < n < hi for n in (65, 66, 67)) for lo, hi in itertools.pairwise(short)].count(1) == 3
     with_outlier = [*rows, 20_000]
     edges, log_scale = length_bins(with_outlier, max_length=512)
     assert log_scale and edges[0] == 50 and edges[-1] == 20_000

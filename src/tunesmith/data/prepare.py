@@ -242,9 +242,9 @@ def dedup_step(state: Cleaned, clean: CleanSection) -> None:
 def record_duplicates(state: Cleaned, texts: list[str], removed: dict[int, tuple[int, float]], step: Step,
                       started: float) -> None:
     for index, (kept, similarity) in sorted(removed.items())[:EXAMPLES_PER_STEP]:
-        step.examples.append({"row": state.origins[index], "duplicate_of": state.origins[kept],
-                              "similarity": round(similarity, 3), "text": texts[index][:120],
-                              "kept_text": texts[kept][:120]})
+        text, kept_text = visible_difference(texts[index], texts[kept], width=120)  # where the two part, not the
+        step.examples.append({"row": state.origins[index], "duplicate_of": state.origins[kept],  # prompt they share
+                              "similarity": round(similarity, 3), "text": text, "kept_text": kept_text})
     state.keep([index not in removed for index in range(len(state.rows))], step)
     step.seconds = round(time.perf_counter() - started, 3)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import statistics
 from collections import Counter
 from typing import Any
@@ -53,14 +54,18 @@ def summary(values: list[int]) -> dict[str, float]:
 def length_bins(values: list[int], max_length: int, count: int = 40) -> tuple[list[float], bool]:
     """Histogram bin edges shared by every split (so train and eval bars are comparable), covering the rows and
     max_length, and whether they are log-spaced: when the longest row is more than LOG_SPREAD times the median
-    (one long outlier would otherwise put every other row into the first of `count` equal bins)."""
+    (one long outlier would otherwise put every other row into the first of `count` equal bins). Linear bins are a
+    whole number of tokens wide, edges at half-tokens: 1.33-token bins put two lengths in one bar and one in the next,
+    drawing peaks the data does not have."""
     ordered = sorted(values)
     low, high = max(1, min(ordered[0], max_length)), max(ordered[-1], max_length, 2)
     log_scale = ordered[-1] > LOG_SPREAD * max(1, ordered[len(ordered) // 2])
     if log_scale:
         return [low * (high / low) ** (i / count) for i in range(count + 1)], True
     low = min(ordered[0], max_length)
-    return [low + (high - low) * i / count for i in range(count + 1)], False
+    width = max(1, math.ceil((high - low + 1) / count))  # whole tokens per bar, each count in one bar alone
+    bars = math.ceil((high - low + 1) / width)
+    return [low - 0.5 + width * i for i in range(bars + 1)], False
 
 
 LOG_SPREAD = 10
@@ -102,6 +107,14 @@ def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
                     for step in (split_steps if isinstance(split_steps, list) else []))
     overlap = report["cleaning"].get("train_eval_overlap", {}).get("removed")
     overlap_line = f"<p>Train rows removed because they duplicate an eval row: {overlap}</p>" if overlap else ""
+    removed = sum(step["removed"] for split_steps in report["cleaning"].values() if isinstance(split_steps, list)
+                  for step in split_steps) + (overlap or 0)
+    kept = sum(split["rows"] for split in report["splits"].values())
+    skipped_count = sum((report.get("skipped_rows") or {}).values())  # reason -> rows (data.skip_invalid)
+    flow = (f"<p><b>{kept + removed + skipped_count} rows read → {kept} kept</b> ("
+            + ", ".join(f"{html.escape(name)} {split['rows']}" for name, split in report["splits"].items())
+            + f"); cleaning removed {removed}" + (f", {skipped_count} skipped as unusable" if skipped_count else "")
+            + ".</p>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Data report: {html.escape(report['name'])}</title><style>"
@@ -110,7 +123,7 @@ def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
         "code{white-space:pre-wrap}</style></head><body>"
         f"<h1>Data report: {html.escape(report['name'])}</h1>"
         f"<p>Shape: <b>{html.escape(report['shape'])}</b>. "
-        f"Source: {html.escape(fmt_counts(report['sources'], ': '))}</p>"
+        f"Source: {html.escape(fmt_counts(report['sources'], ': '))}</p>{flow}"
         "<table><tr><th>split</th><th>rows</th><th>tokens per row</th><th>over max_length</th><th>roles</th></tr>"
         f"{splits}</table><img alt='token length histogram' src='data:image/png;base64,{image}'>"
         f"<h2>Cleaning</h2>{overlap_line}{steps or '<p>No cleaning step ran.</p>'}</body></html>"
