@@ -58,7 +58,11 @@ def test_run_directory_files_exist_and_parse(finished_run):
     assert "| exact_match |" in card and "tiny" in card
     first, final = re.search(r"- loss: (\S+) → (\S+) in", card).groups()  # 4 significant digits, not 17
     assert all(len(value.replace(".", "").lstrip("0")) <= 4 for value in (first, final)), (first, final)
+    assert "![loss curve](plots/loss.png)" in card and "(`exports/merged/`) loads the same way" in card
     assert not [p for p in path.rglob(".*.tmp")], "temporary files left behind"
+    from tunesmith.card import usage_lines
+
+    assert "exports/merged" not in "".join(usage_lines(path / "nothing-exported" / "adapter", whole=False))
 
 
 def test_adapter_reloads_in_standard_peft_format(finished_run, tiny_model_dir):

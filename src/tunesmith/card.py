@@ -74,7 +74,7 @@ def progress_lines(train: dict[str, Any], run: Run) -> list[str]:
                 *(f"- **warning**: {warning}" for warning in warnings), "- reward curves: `plots/rewards.png`"]
     return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
             f"{train.get('wall_time_s', '?')} s of training{resumed}",
-            *(f"- **warning**: {warning}" for warning in train.get("warnings") or []), "- loss curve: `plots/loss.png`"]
+            *(f"- **warning**: {warning}" for warning in train.get("warnings") or []), "- loss curve: ![loss curve](plots/loss.png)"]
 
 
 def reward_trend(metrics: list[dict[str, Any]], train: dict[str, Any]) -> str:
@@ -220,7 +220,8 @@ def usage_lines(trained: Path, whole: bool) -> list[str]:
         "from peft import AutoPeftModelForCausalLM", "AutoPeftModelForCausalLM")
     return ["From this run's folder (the one this file is in):", "", "```python", loader[0],
             f'model = {loader[1]}.from_pretrained("{trained.name}")', "```",
-            *([] if whole else ["Merged checkpoint (if exported): `exports/merged/`."])]
+            *([] if whole or not (trained.parent / "exports" / "merged").is_dir()
+              else ["The merged checkpoint (`exports/merged/`) loads the same way with AutoModelForCausalLM."])]
 
 
 def export_lines(run: Run) -> list[str]:
