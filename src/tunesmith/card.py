@@ -74,7 +74,8 @@ def progress_lines(train: dict[str, Any], run: Run) -> list[str]:
                 *(f"- **warning**: {warning}" for warning in warnings), "- reward curves: `plots/rewards.png`"]
     return [f"- loss: {rounded(train.get('first_loss'))} → {rounded(train.get('final_loss'))} in "
             f"{train.get('wall_time_s', '?')} s of training{resumed}",
-            *(f"- **warning**: {warning}" for warning in train.get("warnings") or []), "- loss curve: ![loss curve](plots/loss.png)"]
+            *(f"- **warning**: {warning}" for warning in train.get("warnings") or []),
+            "- loss curve: ![loss curve](plots/loss.png)"]
 
 
 def reward_trend(metrics: list[dict[str, Any]], train: dict[str, Any]) -> str:
