@@ -425,11 +425,13 @@ def test_runs_diff_shows_the_held_out_loss_and_readable_numbers(tmp_path):
     for index, loss in enumerate((1.4017, 1.2662)):
         _, run = old_run(tmp_path / str(index))
         results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match", "loss"],
-                              base={"exact_match": 0.0, "loss": 2.0}, tuned={"exact_match": 0.25, "loss": loss})
+                              base={"exact_match": 0.0, "loss": 2.0}, tuned={"exact_match": 0.25 * (index + 1),
+                                                                             "loss": loss})
         run.eval_dir.mkdir(parents=True, exist_ok=True)
         (run.eval_dir / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
         runs.append(run)
     assert diff_runs(*runs)["outcomes"]["eval_loss"] == (1.4017, 1.2662)
+    assert diff_runs(*runs)["outcomes"]["exact_match (tuned)"] == (0.25, 0.5)  # the score named by its metric
     assert [diff_cell(value) for value in (1.4215764999389648, None, 3, "lora")] == ["1.422", "—", "3", "lora"]
 
 

@@ -788,11 +788,18 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "packages": differing(*(flat_keys({**env.get("packages", {}), "tunesmith_source": env.get("tunesmith_source")})
                                 for env in (env_a, env_b))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
-        "outcomes": differing(*({**{key: value for key, value in run_summary(run).items()
-                                    if key not in ("run", "method")}, "eval_loss": held_out_loss(run),
+        "outcomes": differing(*({**outcome_scores(run_summary(run)), "eval_loss": held_out_loss(run),
                                  "resumed_from_step": resumed_from_step(run)}
                                 for run in (first, second))),
     }
+
+
+def outcome_scores(summary: dict[str, Any]) -> dict[str, Any]:
+    """`runs list`'s row for `runs diff`: the headline scores named by their metric ("exact_match (tuned)"), not a
+    bare "tuned" a reader has to look up."""
+    metric = summary.get("metric")
+    return {(f"{metric} ({key})" if metric and key in ("base", "tuned") else key): value
+            for key, value in summary.items() if key not in ("run", "method")}
 
 
 def held_out_loss(run: Run) -> float | None:
