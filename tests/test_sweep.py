@@ -123,6 +123,8 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     probes = [{"category": "factual"}] * 8  # the probes block as eval/forgetting.py writes it
     results = EvalResults(examples=4, task_metric="exact_match", metrics=["exact_match"], base={"exact_match": 0.1},
                           tuned={"exact_match": 0.7},
+                          comparison={"exact_match": {"base": 0.1, "tuned": 0.7, "delta": 0.6, "ci95": [0.25, 1.0],
+                                                      "higher_is_better": True}},
                           probes={"count": 8, "margin": 0.02, "perplexity_margin": 0.1, "regression": True,
                                   "base": {**accuracies(probes, [1.0] * 8), "perplexity": 17.0},
                                   "tuned": {**accuracies(probes, [1.0] * 7 + [0.0]), "perplexity": 17.2}})
@@ -130,6 +132,7 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     figures = run_figures(run)
     assert (figures["metric_value"], figures["probe_accuracy"], figures["probe_accuracy_base"],
             figures["regression"]) == (0.7, 0.875, 1.0, True)
+    assert (figures["metric_ci95"], figures["examples"]) == ([0.25, 1.0], 4)  # how sure the bar is, and on what
 
     def png_width(path: Path) -> int:
         return struct.unpack(">I", path.read_bytes()[16:20])[0]
@@ -143,6 +146,25 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
                            tmp_path / "hole.png")
     assert png_width(with_hole) > png_width(task_only)  # the failed combinations keep their slots
     assert plot_sweep([failed], tmp_path / "none.png") is None  # nothing to draw
+    from tunesmith.figures import pyplot
+
+    plt, drawn = pyplot(), []
+    original = plt.subplots
+
+    def keep(*args: object, **kwargs: object) -> object:
+        fig, axes = original(*args, **kwargs)
+        drawn.append(axes[0])
+        return fig, axes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt, "subplots", keep)
+        plot_sweep([{**rows[1], **figures, "combination": "lr=1e-3"}], tmp_path / "ci.png")
+    task, probes_panel = drawn[0]
+    (whiskers,) = [c for c in task.containers if type(c).__name__ == "ErrorbarContainer"]
+    low, high = whiskers.lines[2][0].get_segments()[0][:, 1]  # from the interval of the change, held to 0..1
+    assert (low, high) == (pytest.approx(0.7 - 0.35), pytest.approx(1.0))
+    assert task.get_title() == "exact_match per combination (4 held-out rows)"
+    assert "forgetting flagged (eval's probes check)" in [t.get_text() for t in probes_panel.get_legend().get_texts()]
 
 
 def test_the_time_left_is_said_at_the_pace_so_far():

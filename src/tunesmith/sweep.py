@@ -477,6 +477,9 @@ def run_figures(run_dir: Path | None) -> dict[str, Any]:
         "metric": metric,
         "metric_value": results.tuned.get(metric) if results and metric else None,
         "metric_base": (results.base or {}).get(metric) if results and metric else None,  # the untuned model's
+        # the paired 95% interval of tuned − base, and the rows it was measured on: how sure each bar is
+        "metric_ci95": (results.comparison[metric].ci95 if results and metric in results.comparison else None),
+        "examples": results.examples if results else None,
         # the forgetting probes (eval.probes): what the tuning cost, beside what it gained
         "probe_accuracy": probes.tuned.get("accuracy") if probes else None,  # results.json's probes block
         "probe_accuracy_base": (probes.base or {}).get("accuracy") if probes else None,
@@ -592,17 +595,36 @@ def plot_sweep_panel(ax: Any, rows: list[dict[str, Any]], key: str, label: str, 
     """One bar per combination of `key` (a missing value is an empty slot, named `failed` or `stopped` where the
     combination did not finish), the base's `base_key` dashed; a probes bar whose run the regression check flagged
     is red."""
+    from matplotlib.patches import Patch
+
     values = [row.get(key) for row in rows]
     colors = [("tab:red" if row.get("regression") else color) if key == "probe_accuracy" else color for row in rows]
     bars = ax.bar(range(len(rows)), [value if value is not None else 0 for value in values], color=colors)
+    ax.bar_label(bars, labels=["" if value is None else f"{value:.3f}" for value in values], label_type="center",
+                 color="white", fontweight="bold")  # inside the bar: clear of the whiskers and the base line
     ax.bar_label(bars, labels=[(row["status"] if row["status"] in ("failed", "stopped") else "—") if value is None
-                               else f"{value:.3f}" for row, value in zip(rows, values, strict=True)])  # 0: no bar
+                               else "" for row, value in zip(rows, values, strict=True)])  # 0: no bar, said why
+    intervals = [(i, row["metric_ci95"], row["metric_value"] - row["metric_base"]) for i, row in enumerate(rows)
+                 if key == "metric_value" and row.get("metric_ci95") and row.get("metric_value") is not None
+                 and row.get("metric_base") is not None]
+    if intervals:  # the tuned score as far as the paired interval of its change from the base reaches
+        ax.errorbar([i for i, _, _ in intervals], [values[i] for i, _, _ in intervals],
+                    yerr=[[min(delta - low, values[i]) for i, (low, _), delta in intervals],  # a score stays in
+                          [min(high - delta, 1 - values[i]) for i, (_, high), delta in intervals]],  # 0..1
+                    fmt="none", ecolor="black", capsize=4, label="95% CI of the change from base")
     ax.set_xticks(range(len(rows)), [row["combination"] for row in rows], rotation=30, ha="right")
     bases = [row[base_key] for row in rows if base_key and row.get(base_key) is not None]
     if bases and max(bases) - min(bases) < 1e-9:  # one base, one held-out set: the line every bar is measured from
         ax.axhline(bases[0], color="grey", linestyle="--", label=f"base {bases[0]:.3f}")
-        ax.legend(loc="lower right")
-    ax.set(ylabel=label, title=f"{label} per combination")
+    flagged = [Patch(color="tab:red", label="forgetting flagged (eval's probes check)")] \
+        if "tab:red" in colors else []
+    handles = [*ax.get_legend_handles_labels()[0], *flagged]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8, ncol=2,
+                  frameon=False)  # below the axes: it hides no bar
+    examples = {row.get("examples") for row in rows if row.get("examples")}
+    counted = f" ({examples.pop()} held-out rows)" if key == "metric_value" and len(examples) == 1 else ""
+    ax.set(ylabel=label, title=f"{label} per combination{counted}")
     known = [value for value in values if value is not None]
     if key not in ("final_train_loss", "final_reward") and all(0 <= value <= 1 for value in known):
         ax.set_ylim(0, 1.05)  # scores: the same scale from sweep to sweep
