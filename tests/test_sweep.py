@@ -133,6 +133,8 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     assert (figures["metric_value"], figures["probe_accuracy"], figures["probe_accuracy_base"],
             figures["regression"]) == (0.7, 0.875, 1.0, True)
     assert (figures["metric_ci95"], figures["examples"]) == ([0.25, 1.0], 4)  # how sure the bar is, and on what
+    columns, cells = table_cells([{**rows[1], **figures}, rows[0]])
+    assert [cell[columns.index("95% CI vs base")] for cell in cells] == ["[+0.25, +1.00]", "—"]
 
     def png_width(path: Path) -> int:
         return struct.unpack(">I", path.read_bytes()[16:20])[0]

@@ -529,7 +529,9 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     based = metric is not None and any(row.get("metric_base") is not None for row in rows)
     columns = [("train loss", "final_train_loss", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
                *([(f"{metric} (base)", "metric_base", "{:.4f}")] if based else []),
-               (metric or "task metric", "metric_value", "{:.4f}"), ("trainable", "trainable_params", "{:,}"),
+               (metric or "task metric", "metric_value", "{:.4f}"),
+               *([("95% CI vs base", "change_ci95", "{}")] if any(row.get("metric_ci95") for row in rows) else []),
+               ("trainable", "trainable_params", "{:,}"),
                ("wall (s)", "wall_time_s", "{:.1f}"), ("peak RSS (MB)", "peak_rss_mb", "{:,.0f}")]
     if any(row.get("probe_accuracy") is not None for row in rows):
         columns[-3:-3] = [("probes", "probe_accuracy", "{:.3f}"), ("forgetting", "forgetting", "{}")]
@@ -541,8 +543,10 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     for row in rows:
         same = row.get("metric") == metric
         verdict = row.get("regression")
+        interval = row.get("metric_ci95") if same else None
         shown = {**row, "metric_value": row.get("metric_value") if same else None,
                  "metric_base": row.get("metric_base") if same else None,
+                 "change_ci95": f"[{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else None,
                  "forgetting": None if verdict is None else ("REGRESSION" if verdict else "none")}
         status = "ok" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
         cells.append([row["combination"], *(format_cell(shown.get(key), spec) for _, key, spec in columns), status])
