@@ -186,6 +186,12 @@ def test_eval_results_and_html_report_carry_the_label_table_and_heatmap():
     assert "answers take 3 distinct values over 60 rows" in page
     tuned_matrix = page.split("Confusion matrix, tuned")[1].split("</table>")[0]
     assert "<th>(other)</th>" in tuned_matrix and "rgba(46,160,67,0.50)'>2</td>" in tuned_matrix  # 2 of 3 right
+    per_label = page.split("Accuracy per label")[1].split("</table>")[0]
+    assert "class='better'" not in per_label and "fewer than 5 held-out rows are not coloured" in page  # 2-3 rows each
+    from tunesmith.results import EvalResults
+
+    titled = EvalResults.model_validate(results)
+    assert titled.metric_title("label/billing") == "label/billing (3 rows)" and titled.metric_title("loss") == "loss"
 
 
 def test_json_fields_on_a_reference_that_is_not_json_is_a_user_error():

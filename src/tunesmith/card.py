@@ -276,7 +276,7 @@ def results_table(results: EvalResults | None) -> list[str]:
     extra = ["delta (95% CI)"] if results.comparison else []
     variants = results.variants
     rows = ["| metric | " + " | ".join([*variants, *extra]) + " |", "|---" * (len(variants) + len(extra) + 1) + "|"]
-    rows += [f"| {m} | " + " | ".join([*(str(results.scores(v).get(m, "")) for v in variants),
+    rows += [f"| {results.metric_title(m)} | " + " | ".join([*(str(results.scores(v).get(m, "")) for v in variants),
                                        *([delta_cell(results.comparison.get(m))] if results.comparison else [])])
              + " |" for m in metrics]
     if results.base_note:  # reward runs: what `base` means there

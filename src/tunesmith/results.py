@@ -147,6 +147,16 @@ class EvalResults(BaseModel):
         (json_fields reports field_accuracy); None when only loss and perplexity were scored."""
         return headline_of([*self.metrics, self.task_metric], self.tuned)
 
+    def metric_title(self, metric: str) -> str:
+        """`metric` as a table names it: a per-label score with the held-out rows of that label ("label/snowy (1
+        row)"), since 0 → 1 on one row reads like 0 → 1 on ten otherwise."""
+        label = metric.removeprefix("label/")
+        if label == metric or not self.label_accuracy:
+            return metric
+        entry = ((self.label_accuracy.get("per_label") or {}).get("tuned") or {}).get(label) or {}
+        rows = entry.get("examples")
+        return f"{metric} ({rows} row{'s' if rows != 1 else ''})" if isinstance(rows, int) else metric
+
     def add_on_blocks(self) -> dict[str, AddOnBlock]:
         """The add-ons that ran, by results.json key (rewards, probes, judge, lm_eval)."""
         blocks = {"rewards": self.rewards, "probes": self.probes, "judge": self.judge, "lm_eval": self.lm_eval}

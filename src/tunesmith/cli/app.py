@@ -842,7 +842,8 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
         for column in ("delta", "95% CI", "wins/losses/ties"):
             table.add_column(column, justify="right")
     for metric in sorted(results.tuned, key=lambda name: name in COST_KEYS):  # the scores, then what they cost
-        table.add_row(metric, *[score_text(metric, results.scores(v).get(metric)) for v in results.variants],
+        table.add_row(results.metric_title(metric),
+                      *[score_text(metric, results.scores(v).get(metric)) for v in results.variants],
                       *(_comparison_cells(results.comparison.get(metric)) if results.comparison else []))
     err.print(table)
     from tunesmith.eval.verdict import constrained_tuned_note

@@ -126,6 +126,9 @@ def reasoning_note(results: dict[str, Any]) -> str:
             f"<code>{_e(THINK_CLOSE)}</code> (one still thinking when it ran out of tokens has no answer).</p>")
 
 
+FEW_LABEL_ROWS = 5
+
+
 def labels_html(results: dict[str, Any]) -> str:
     """label_accuracy: the accuracy per label, base and tuned, and a confusion matrix (heatmap) per variant."""
     report = results.get("label_accuracy")
@@ -140,8 +143,11 @@ def labels_html(results: dict[str, Any]) -> str:
         delta = scores[-1] - scores[0] if len(variants) == 2 else None
         rows.append([label, str(entry["examples"]), *map(_num, scores),
                      *([_num(delta, signed=True)] if delta is not None else [])])
-        classes.append("" if not delta or abs(delta) < 1e-12 else "better" if delta > 0 else "worse")
-    parts = ["<h2>Accuracy per label</h2>", _table(head, rows, classes)]
+        few = entry["examples"] < FEW_LABEL_ROWS  # a label's change on 1 row is not a finding: not coloured
+        classes.append("" if few or not delta or abs(delta) < 1e-12 else "better" if delta > 0 else "worse")
+    parts = ["<h2>Accuracy per label</h2>", _table(head, rows, classes),
+             f"<p>Labels with fewer than {FEW_LABEL_ROWS} held-out rows are not coloured: a change there could be "
+             "one answer.</p>" if any(e["examples"] < FEW_LABEL_ROWS for e in tuned.values()) else ""]
     for variant in reversed(variants):
         parts.append(f"<h3>Confusion matrix, {_e(variant)} (rows: reference, columns: answer)</h3>")
         parts.append(confusion_table(report["confusion"][variant]))
