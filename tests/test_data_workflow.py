@@ -589,3 +589,13 @@ def test_a_missing_data_file_names_the_folder_the_recipe_resolves_it_from(tmp_pa
     with pytest.raises(DataError, match="Dataset file not found") as missing:
         load_splits(load_recipe(recipe))
     assert f"resolve from {tmp_path / 'project'}" in missing.value.hint
+
+
+def test_a_classifiers_answers_are_counted_per_split_before_training():
+    """A held-out split with one row of a label scores that label on one answer: the data report says so up front."""
+    from tunesmith.data.report import data_stats
+
+    rows = [qa(f"weather report {i}", label) for i, label in enumerate(["sunny"] * 14 + ["rainy"] * 10 + ["snowy"])]
+    assert data_stats(rows, [10] * len(rows), 64)["answer_labels"] == {"sunny": 14, "rainy": 10, "snowy": 1}
+    prose = [qa(f"q{i}", f"A long answer number {i}, different every time.") for i in range(20)]
+    assert "answer_labels" not in data_stats(prose, [10] * 20, 64)

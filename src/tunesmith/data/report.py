@@ -38,7 +38,18 @@ def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str
         **({"labels": {"desirable": sum(row["label"] is True for row in rows),
                        "undesirable": sum(row["label"] is False for row in rows)}}
            if any("label" in row for row in rows) else {}),  # KTO's: how the file's labels were read
+        **answer_labels(rows),
     }
+
+
+def answer_labels(rows: list[Row]) -> dict[str, Any]:
+    """{"answer_labels": {label: rows}}, most frequent first, where the answers are a classifier's labels
+    (`data.answers.is_label_set`): a held-out set with 1 row of a label scores it on that row alone, which a person
+    wants to see before training, not in eval's per-label table. Empty otherwise."""
+    from tunesmith.data.answers import is_label_set, row_answer
+
+    counts = Counter(answer.strip() for answer in map(row_answer, rows) if answer is not None)
+    return {"answer_labels": dict(counts.most_common())} if counts and is_label_set(counts) else {}
 
 
 def summary(values: list[int]) -> dict[str, float]:
@@ -99,9 +110,11 @@ def token_length_figure(lengths: dict[str, list[int]], max_length: int, title: s
 def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
     """One page, no network assets: summary table, the histogram inline, each step with examples."""
     image = base64.b64encode(histogram_png).decode()
+    labelled = any(s.get("answer_labels") for s in report["splits"].values())
     splits = "".join(
         f"<tr><th>{html.escape(name)}</th><td>{s['rows']}</td><td>{fmt_summary(s['tokens'])}</td>"
-        f"<td>{s['over_max_length']}</td><td>{html.escape(fmt_counts(s['roles']))}</td></tr>"
+        f"<td>{s['over_max_length']}</td><td>{html.escape(fmt_counts(s['roles']))}</td>"
+        + (f"<td>{html.escape(fmt_counts(s.get('answer_labels') or {}))}</td>" if labelled else "") + "</tr>"
         for name, s in report["splits"].items())
     steps = "".join(step_html(split, step) for split, split_steps in report["cleaning"].items()
                     for step in (split_steps if isinstance(split_steps, list) else []))
@@ -124,7 +137,8 @@ def report_html(report: dict[str, Any], histogram_png: bytes) -> str:
         f"<h1>Data report: {html.escape(report['name'])}</h1>"
         f"<p>Shape: <b>{html.escape(report['shape'])}</b>. "
         f"Source: {html.escape(fmt_counts(report['sources'], ': '))}</p>{flow}"
-        "<table><tr><th>split</th><th>rows</th><th>tokens per row</th><th>over max_length</th><th>roles</th></tr>"
+        "<table><tr><th>split</th><th>rows</th><th>tokens per row</th><th>over max_length</th><th>roles</th>"
+        + ("<th>answers (labels: rows)</th>" if labelled else "") + "</tr>"
         f"{splits}</table><img alt='token length histogram' src='data:image/png;base64,{image}'>"
         f"<h2>Cleaning</h2>{overlap_line}{steps or '<p>No cleaning step ran.</p>'}</body></html>"
     )
