@@ -185,3 +185,22 @@ def test_an_adapter_folder_is_named_after_its_run_not_its_parent_folder(tmp_path
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
     assert adapter_source(folder).name == name
+
+
+def test_compare_scores_runs_by_the_metrics_their_own_eval_chose(tmp_path):
+    """compare scored a labels run by exact_match and chrF, not the label_accuracy its eval chose."""
+    import json
+
+    from tunesmith.eval.compare import runs_own_metrics
+
+    runs = []
+    for name, metrics in (("a", ["loss", "perplexity", "exact_match", "label_accuracy"]),
+                          ("b", ["loss", "exact_match", "label_accuracy", "team.py:f"])):
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "results.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
+        runs.append(tmp_path / name)
+    assert runs_own_metrics(runs) == ["exact_match", "label_accuracy"]
+    (tmp_path / "c" / "eval").mkdir(parents=True)
+    (tmp_path / "c" / "eval" / "results.json").write_text(json.dumps({"metrics": ["chrf"]}), encoding="utf-8")
+    assert runs_own_metrics([*runs, tmp_path / "c"]) is None  # they disagree: the defaults
+    assert runs_own_metrics([runs[0], tmp_path / "adapter-folder"]) is None  # not an evaluated run

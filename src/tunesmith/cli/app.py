@@ -694,7 +694,8 @@ def compare(targets: Annotated[list[str], typer.Argument(metavar="RUN_OR_ADAPTER
             prompts: Annotated[Path, typer.Option(help="JSONL (or any data file) of prompts, answers optional.")],
             base: Annotated[bool, typer.Option("--base", help="Add the base model as the first column.")] = False,
             metric: Annotated[list[str] | None, typer.Option(
-                help="Metric name or module:function (repeatable; default exact_match and chrf).")] = None,
+                help="Metric name or module:function (repeatable; default: the metrics the runs' own eval "
+                     "scored, where they are evaluated runs that agree; else exact_match and chrf).")] = None,
             reference_key: Annotated[str | None, typer.Option(help="Column holding the reference answer.")] = None,
             html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
             max_new_tokens: Annotated[int | None, typer.Option(min=1,

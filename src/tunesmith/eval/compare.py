@@ -258,7 +258,9 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
     prompts = load_prompts(prompts_file, reference_key)
     sources = [adapter_source(target) for target in targets]
     base_dir = shared_base(sources)
-    chosen = list(metrics or DEFAULT_METRICS)
+    chosen = list(metrics or runs_own_metrics(targets) or DEFAULT_METRICS)
+    if not metrics:
+        progress(f"metrics: {', '.join(chosen)} (--metric sets them)")
     scorer = build_scorer(chosen, regex, schema_file, Path.cwd())  # a bad metric fails before any model loads
     tokenizer = load_tokenizer(base_dir)
     tokenizer.chat_template = shared_chat_template(sources, tokenizer.chat_template)
@@ -277,6 +279,25 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
         seconds[name] = round(time.monotonic() - started, 2)
     return {**comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file),
             "max_new_tokens": max_new_tokens}
+
+
+def runs_own_metrics(targets: list[str | Path]) -> list[str] | None:
+    """The answer metrics the runs' own eval scored (eval/results.json `metrics`, loss and perplexity aside, and
+    metrics of the user's own files, which name paths relative to their recipe) where every target is an evaluated run
+    and they agree; None otherwise (DEFAULT_METRICS then)."""
+    from tunesmith.results import NOT_TASK_METRICS
+
+    chosen = []
+    for target in targets:
+        results = Path(target).expanduser() / "eval" / "results.json"
+        if not results.is_file():
+            return None
+        try:
+            metrics = json.loads(results.read_text(encoding="utf-8")).get("metrics") or []
+        except (OSError, ValueError):
+            return None
+        chosen.append(tuple(m for m in metrics if m not in NOT_TASK_METRICS and ":" not in m))
+    return list(chosen[0]) if chosen and chosen[0] and len(set(chosen)) == 1 else None
 
 
 def comparison_results(prompts: list[PromptRow], outputs: dict[str, list[str]], seconds: dict[str, float],
