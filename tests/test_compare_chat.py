@@ -120,6 +120,7 @@ def test_html_is_self_contained_with_outputs_scores_and_marks(compared):
         assert row["prompt"] in text and row["reference"] in text
         assert all(output in text for output in row["outputs"].values())
     assert f"{compared['summary']['style-b']['chrf']:.4f}" in text
+    assert f"wall time, all prompts (s){compared['summary']['base']['seconds']:.1f}" in text  # a cost, said so
     assert "Each against base" in text and f"{compared['paired']['style-b']['chrf']['delta']:+.4f}" in text
     assert "differs" in parser.cells and "<mark>" in document
     assert not parser.urls and "http://" not in document and "https://" not in document

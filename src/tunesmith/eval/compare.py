@@ -389,13 +389,22 @@ def print_paired(results: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
+SECONDS_TITLE = "wall time, all prompts (s)"  # a cost beside the scores, not a score
+
+
+def summary_cell(key: str, value: Any) -> str:
+    """A mean score to 4 decimals; the wall time to 0.1 s."""
+    return f"{value:.1f}" if key == "seconds" and isinstance(value, int | float) else _fmt(value)
+
+
 def summary_html(results: dict[str, Any]) -> str:
     """Mean score per metric (rows) and variant (columns), over the prompts that have a reference."""
     variants, summary = results["variants"], results["summary"]
     keys = [k for k in summary[variants[0]] if k != "seconds"] + ["seconds"]
     head = "<tr><th>metric</th>" + "".join(f"<th>{_e(v)}</th>" for v in variants) + "</tr>"
-    body = ["<tr><td>" + _e(key) + "</td>" + "".join(
-        f"<td class='num'>{_e(_fmt(summary[v].get(key)))}</td>" for v in variants) + "</tr>" for key in keys]
+    body = ["<tr><td>" + _e(SECONDS_TITLE if key == "seconds" else key) + "</td>" + "".join(
+        f"<td class='num'>{_e(summary_cell(key, summary[v].get(key)))}</td>" for v in variants) + "</tr>"
+        for key in keys]
     note = (f"<p>All {results['examples']} prompts have a reference answer and are scored.</p>"
             if results["scored"] == results["examples"] else
             f"<p>{results['scored']} of {results['examples']} prompts are scored (the others have no reference "
@@ -456,7 +465,8 @@ def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> No
     for variant in variants:
         summary.add_column(variant, justify="right")
     for key in [k for k in results["summary"][variants[0]] if k != "seconds"] + ["seconds"]:
-        summary.add_row(key, *(_fmt(results["summary"][v].get(key)) for v in variants))
+        summary.add_row(SECONDS_TITLE if key == "seconds" else key,
+                        *(summary_cell(key, results["summary"][v].get(key)) for v in variants))
     console.print(summary)
     print_paired(results, console)
     if not results["scored"]:
