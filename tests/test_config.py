@@ -1,6 +1,7 @@
 """The recipe schema: defaults, overrides, and errors that name the key, the line and the fix."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,7 @@ def test_a_name_no_run_folder_can_start_with_is_said_in_words(tmp_path):
 def test_a_runs_recipe_reads_its_data_from_the_moved_project(tmp_path, capsys, layout):
     """A run's recipe.yaml records the folder its relative paths started from; once the project is moved, they are read
     from the same place in the moved project: the project's root, or its recipes/ folder for `../data/...` paths."""
-    project = tmp_path / "project"
+    project = tmp_path / "a" / "project"
     (project / "data").mkdir(parents=True)
     for name in ("train.jsonl", "eval.jsonl"):
         (project / "data" / name).write_text('{"prompt": "a", "completion": "b"}\n')
@@ -309,7 +310,11 @@ def test_a_runs_recipe_reads_its_data_from_the_moved_project(tmp_path, capsys, l
         (run / "data" / name).write_text('{"prompt": "a", "completion": "b"}\n')
     (run / "recipe.yaml").write_text(f"base_dir: {recipes}\nmodel: {{source: m}}\n"
                                      f"data: {{train: {prefix}train.jsonl, eval: {prefix}eval.jsonl}}\n")
-    moved = project.rename(tmp_path / "elsewhere")
+    (tmp_path / "b").mkdir()
+    moved = project.rename(tmp_path / "b" / "elsewhere")
+    decoy = tmp_path / "b" / "project"  # another checkout named as the first, beside the moved one: never read
+    shutil.copytree(moved / "data", decoy / "data")
+    (decoy / "recipes").mkdir()
     recipe = load_recipe(moved / "runs" / "r1" / "recipe.yaml")
     assert recipe.base_dir == str(moved / recipes.relative_to(project))
     assert (Path(recipe.base_dir) / recipe.data.train).resolve() == moved / "data" / "train.jsonl"

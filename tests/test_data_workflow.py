@@ -599,3 +599,6 @@ def test_a_classifiers_answers_are_counted_per_split_before_training():
     assert data_stats(rows, [10] * len(rows), 64)["answer_labels"] == {"sunny": 14, "rainy": 10, "snowy": 1}
     prose = [qa(f"q{i}", f"A long answer number {i}, different every time.") for i in range(20)]
     assert "answer_labels" not in data_stats(prose, [10] * 20, 64)
+    held_out = [qa("a", "sunny"), qa("b", "rainy"), qa("c", "windy"), qa("d", "snowy")]  # too few to tell alone
+    assert "answer_labels" not in data_stats(held_out, [10] * 4, 64)
+    assert data_stats(held_out, [10] * 4, 64, labelled_by=rows)["answer_labels"]["snowy"] == 1  # as train decides

@@ -195,7 +195,7 @@ def test_compare_scores_runs_by_the_metrics_their_own_eval_chose(tmp_path):
 
     runs = []
     for name, metrics in (("a", ["loss", "perplexity", "exact_match", "label_accuracy"]),
-                          ("b", ["loss", "exact_match", "label_accuracy", "team.py:f"])):
+                          ("b", ["loss", "exact_match", "label_accuracy", "team.py:f", "regex"])):
         (tmp_path / name / "eval").mkdir(parents=True)
         (tmp_path / name / "eval" / "results.json").write_text(json.dumps({"metrics": metrics}), encoding="utf-8")
         runs.append(tmp_path / name)

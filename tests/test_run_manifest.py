@@ -431,7 +431,11 @@ def test_runs_diff_shows_the_held_out_loss_and_readable_numbers(tmp_path):
         (run.eval_dir / "results.json").write_text(results.model_dump_json(), encoding="utf-8")
         runs.append(run)
     assert diff_runs(*runs)["outcomes"]["eval_loss"] == (1.4017, 1.2662)
-    assert diff_runs(*runs)["outcomes"]["exact_match (tuned)"] == (0.25, 0.5)  # the score named by its metric
+    assert diff_runs(*runs)["outcomes"]["tuned"] == (0.25, 0.5)
+    from tunesmith.cli import app
+
+    table = CliRunner().invoke(app, ["runs", "diff", str(runs[0].path), str(runs[1].path)])
+    assert "tuned exact_match" in table.output  # the score named by its metric, the JSON's keys kept
     assert [diff_cell(value) for value in (1.4215764999389648, None, 3, "lora")] == ["1.422", "—", "3", "lora"]
 
 
@@ -489,36 +493,49 @@ def test_a_gguf_is_checked_on_the_runs_own_prompts_and_on_the_fixed_ones_where_t
     assert "verifying on the fixed prompts only" in capsys.readouterr().err
 
 
-def test_an_output_file_that_is_a_link_or_a_stream_is_written_through_never_replaced(tmp_path):
+def test_an_output_file_that_is_a_stream_is_written_into_and_a_link_is_replaced_not_followed(tmp_path):
     """`-o /dev/stdout` replaced the link /dev/stdout with a file (as root, for every later process), and `-o /dev/full`
-    replaced the device and reported success: a link is followed, a pipe or device written into as a stream, and the
-    disk's refusal names the file."""
+    replaced the device and reported success: a stream is written into (a pipe nobody reads is an error, not a hang),
+    the disk's refusal names the file; a link in a run directory is replaced, never written through (a README.md
+    linked to ~/.bashrc in a run copied from elsewhere)."""
     import errno
+    import subprocess
+    import sys
     import threading
 
     from tunesmith.runs import atomic_write_text
 
-    target = tmp_path / "real.sh"
-    target.write_text("old")
-    link = tmp_path / "link.sh"
+    target = tmp_path / "bashrc"
+    target.write_text("mine")
+    link = tmp_path / "README.md"
     link.symlink_to(target)
-    atomic_write_text(link, "new")
-    assert link.is_symlink() and target.read_text() == "new"
+    atomic_write_text(link, "card")
+    assert not link.is_symlink() and link.read_text() == "card" and target.read_text() == "mine"
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
+    with pytest.raises(OSError) as nobody:
+        atomic_write_text(fifo, "into the void")
+    assert nobody.value.errno == errno.ENXIO and nobody.value.filename == str(fifo)
     received: list[bytes] = []
+    linked = tmp_path / "stdout"  # as /dev/stdout -> /proc/self/fd/1 names the pipe a shell set up
+    linked.symlink_to(fifo)
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
-    atomic_write_text(fifo, "through the pipe")
+    while not received and reader.is_alive():  # until the reader has the pipe open
+        try:
+            atomic_write_text(linked, "through the pipe")
+            break
+        except OSError:
+            continue
     reader.join(timeout=30)
-    assert received == [b"through the pipe"] and fifo.is_fifo()
-    link_to_pipe = tmp_path / "stdout"  # as /dev/stdout -> /proc/self/fd/1 names the pipe a shell set up
-    link_to_pipe.symlink_to(fifo)
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
-    reader.start()
-    atomic_write_text(link_to_pipe, "through the link")
-    reader.join(timeout=30)
-    assert received[-1] == b"through the link" and link_to_pipe.is_symlink() and fifo.is_fifo()
+    assert received == [b"through the pipe"] and fifo.is_fifo() and linked.is_symlink()
+    log = tmp_path / "all.log"  # `... -o /dev/stdout >> all.log`: appended to, the earlier lines kept
+    log.write_text("earlier\n")
+    code = ("from pathlib import Path; from tunesmith.runs import atomic_write_text; print('first', flush=True); "
+            "atomic_write_text(Path('/dev/stdout'), 'script\\n')")
+    with log.open("a") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120)
+    assert log.read_text() == "earlier\nfirst\nscript\n"
     if Path("/dev/full").is_char_device():
         with pytest.raises(OSError) as refused:
             atomic_write_text(Path("/dev/full"), "x")

@@ -167,6 +167,10 @@ def test_table_and_chart_show_what_each_setting_cost_in_forgetting(tmp_path):
     assert (low, high) == (pytest.approx(0.7 - 0.35), pytest.approx(1.0))
     assert task.get_title() == "exact_match per combination (4 held-out rows)"
     assert "forgetting flagged (eval's probes check)" in [t.get_text() for t in probes_panel.get_legend().get_texts()]
+    rounded = {**rows[0], "metric_value": 0.7333, "metric_base": 0.4333, "metric_ci95": [0.3, 0.3]}  # 0.30000000000004
+    percent = {**rows[0], "metric_value": 35.2, "metric_base": 20.0, "metric_ci95": [10.0, 20.0]}  # a 0-100 metric
+    for odd in (rounded, percent):  # matplotlib refuses a negative error bar: the chart must still draw
+        assert plot_sweep([odd], tmp_path / "odd.png") is not None
 
 
 def test_the_time_left_is_said_at_the_pace_so_far():

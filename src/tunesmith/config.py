@@ -1094,9 +1094,9 @@ BASE_DIR_SEARCH_DEPTH = 4  # ancestors of a run's recipe.yaml searched: RUN, run
 
 def moved_base_dir(path: Path, raw: dict[str, Any]) -> Path:
     """Where a recipe that records a `base_dir` (a run's recipe.yaml) reads its relative paths: that folder while it
-    holds the recipe's data.train; after the project was moved or copied elsewhere, the nearest folder of the recorded
-    one's name among the recipe file's ancestors (a recipe in `recipes/` naming `../data/train.jsonl`), else the
-    nearest ancestor (a run or sweep folder aside: a run saves its split rows as data/train.jsonl), where data.train
+    holds the recipe's data.train; after the project was moved or copied elsewhere, a folder of the recorded one's name
+    in runs/ or the project (a recipe in `recipes/` naming `../data/train.jsonl`), else the nearest of the recipe
+    file's ancestors (a run or sweep folder aside: a run saves its split rows as data/train.jsonl), where data.train
     and data.eval are, said on stderr. The recorded folder stays where none does (the missing file is then named where
     it is read)."""
     import sys
@@ -1110,9 +1110,9 @@ def moved_base_dir(path: Path, raw: dict[str, Any]) -> Path:
     ancestors = [folder for folder in list(path.resolve().parents)[:BASE_DIR_SEARCH_DEPTH]
                  # a run keeps its own split rows under data/: never the project's files
                  if not (folder / "run.json").is_file() and not (folder / "sweep.json").is_file()]
-    # the recipe's own folder first (recipes/ beside the moved runs/, where `../data/...` paths start), then the
-    # ancestors themselves (a recipe at the project's root)
-    for folder in [folder / recorded.name for folder in ancestors] + ancestors:
+    # the recipe's own folder inside runs/ or the project (recipes/ beside the moved runs/, where `../data/...`
+    # paths start; no further up, where a folder of that name is another project), then the levels, nearest first
+    for folder in [level / recorded.name for level in ancestors[:2]] + ancestors:
         if all((folder / name).is_file() for name in needed):
             print(f"note: {path} reads its relative paths from {recorded}, where its data.train {train} is no longer "
                   f"(the project moved): reading them from {folder}, where it is.", file=sys.stderr, flush=True)

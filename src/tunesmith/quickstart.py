@@ -47,6 +47,10 @@ def evaluate_and_export(recipe: Recipe, run: Run) -> Run:
         run_eval(recipe, run)
     except NoHeldOutRowsError as exc:
         print(f"warning: eval skipped: {exc.message} {exc.hint}", file=sys.stderr, flush=True)
-    export_formats(recipe, run)
+    outcome = export_formats(recipe, run)
     write_model_card(run)
+    if outcome.ollama is not None and outcome.ollama.created is False:  # files written; the trained run stands
+        print(f"warning: `{outcome.ollama.create_command}` failed, so Ollama does not have the model: "
+              f"{outcome.ollama.create_output.strip()[-400:]} (the exported files are in {run.exports_dir / 'ollama'}; "
+              "run the command again once Ollama can load them)", file=sys.stderr, flush=True)
     return run

@@ -6,6 +6,7 @@ file; directories (adapters, merged checkpoints) are built in a temporary siblin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,16 +58,16 @@ def check_output_file(path: Path, option: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same directory and a rename (its folder made when
-    missing). A symbolic link is followed (the file it names is replaced, the link kept); a device, pipe or socket
-    (`-o /dev/stdout`) is written into as a stream, never replaced by a file. Raises TunesmithError where `path` is a
-    folder; OSError where the disk or the stream refuses (ENOSPC...)."""
+    missing); a link at `path` is replaced, never written through. A stream a user names is written into instead of
+    being replaced by a file: this process's own stdout or stderr (`-o /dev/stdout`, which may be a file the shell
+    redirected it into, kept whole), a character device (`/dev/full`), a pipe with a reader. Raises TunesmithError
+    where `path` is a folder; OSError where the disk or the stream refuses (ENOSPC; ENXIO: a pipe nobody reads)."""
     check_output_file(path, "output")
     try:
-        if path.exists() and not path.is_file():  # followed through links: /dev/stdout names a pipe or a terminal
-            with path.open("wb") as stream:
-                stream.write(data)
+        descriptor = own_stream(path)
+        if descriptor is not None or is_stream(path):
+            write_stream(path, descriptor, data)
             return path
-        path = path.resolve() if path.is_symlink() else path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -82,6 +83,50 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
+
+
+def own_stream(path: Path) -> int | None:
+    """The descriptor `path` names when it is one of this process's own (/dev/stdout, /dev/stderr, /dev/fd/N,
+    /proc/self/fd/N), else None."""
+    text = os.path.normpath(str(path))
+    named = {"/dev/stdout": 1, "/dev/stderr": 2}.get(text)
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            named = int(text[len(prefix):])
+    return named
+
+
+def is_stream(path: Path) -> bool:
+    """A character device, pipe or socket at `path` (links followed): written into, not replaced."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def write_stream(path: Path, descriptor: int | None, data: bytes) -> None:
+    """`data` into this process's descriptor, or into the device or pipe at `path` (a pipe opened without waiting:
+    ENXIO where nobody reads it, rather than a hang)."""
+    if descriptor is None:
+        descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.set_blocking(descriptor, True)  # opened: now write it all, at the reader's pace
+        owned = True
+    else:
+        owned = False
+        for stream in (sys.stdout, sys.stderr):  # what Python holds back goes first, in order
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # a stream without a descriptor
+                if stream.fileno() == descriptor:
+                    stream.flush()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+    finally:
+        if owned:
+            os.close(descriptor)
 
 
 def current_umask() -> int:
@@ -788,18 +833,11 @@ def diff_runs(first: Run, second: Run) -> dict[str, dict[str, tuple[Any, Any]]]:
         "packages": differing(*(flat_keys({**env.get("packages", {}), "tunesmith_source": env.get("tunesmith_source")})
                                 for env in (env_a, env_b))),
         "hardware": differing({k: env_a.get(k) for k in hardware}, {k: env_b.get(k) for k in hardware}),
-        "outcomes": differing(*({**outcome_scores(run_summary(run)), "eval_loss": held_out_loss(run),
+        "outcomes": differing(*({**{key: value for key, value in run_summary(run).items()
+                                    if key not in ("run", "method")}, "eval_loss": held_out_loss(run),
                                  "resumed_from_step": resumed_from_step(run)}
                                 for run in (first, second))),
     }
-
-
-def outcome_scores(summary: dict[str, Any]) -> dict[str, Any]:
-    """`runs list`'s row for `runs diff`: the headline scores named by their metric ("exact_match (tuned)"), not a
-    bare "tuned" a reader has to look up."""
-    metric = summary.get("metric")
-    return {(f"{metric} ({key})" if metric and key in ("base", "tuned") else key): value
-            for key, value in summary.items() if key not in ("run", "method")}
 
 
 def held_out_loss(run: Run) -> float | None:

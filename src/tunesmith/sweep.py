@@ -611,10 +611,13 @@ def plot_sweep_panel(ax: Any, rows: list[dict[str, Any]], key: str, label: str, 
     intervals = [(i, row["metric_ci95"], row["metric_value"] - row["metric_base"]) for i, row in enumerate(rows)
                  if key == "metric_value" and row.get("metric_ci95") and row.get("metric_value") is not None
                  and row.get("metric_base") is not None]
+    scores = all(0 <= value <= 1 for value in values if value is not None)  # a 0..1 score stays in 0..1
     if intervals:  # the tuned score as far as the paired interval of its change from the base reaches
         ax.errorbar([i for i, _, _ in intervals], [values[i] for i, _, _ in intervals],
-                    yerr=[[min(delta - low, values[i]) for i, (low, _), delta in intervals],  # a score stays in
-                          [min(high - delta, 1 - values[i]) for i, (_, high), delta in intervals]],  # 0..1
+                    yerr=[[max(0.0, min(delta - low, values[i]) if scores else delta - low)
+                           for i, (low, _), delta in intervals],
+                          [max(0.0, min(high - delta, 1 - values[i]) if scores else high - delta)
+                           for i, (_, high), delta in intervals]],
                     fmt="none", ecolor="black", capsize=4, label="95% CI of the change from base")
     ax.set_xticks(range(len(rows)), [row["combination"] for row in rows], rotation=30, ha="right")
     bases = [row[base_key] for row in rows if base_key and row.get(base_key) is not None]

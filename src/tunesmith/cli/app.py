@@ -7,6 +7,7 @@ traceback under --debug).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -213,11 +214,12 @@ def train(recipe: Path, set_: SetOption = None, runs_dir: RunsDir = None,
                         report=lambda note: err.print(note, **SHOW))
         report_finished(run, evaluate)
         return
-    from tunesmith.plan.fit import fit_recipe  # before anything heavy loads: the model's config and the data tell
+    if not force:  # a launched rank (the launcher planned once and passes --force) or a --run-dir one: before
+        from tunesmith.plan.fit import fit_recipe  # anything heavy loads, the model's config and the data tell
 
-    loaded, note = fit_recipe(loaded, force=force)
-    if note:
-        err.print(note, **SHOW)
+        loaded, note = fit_recipe(loaded)
+        if note:
+            err.print(note, **SHOW)
     sigterm_as_interrupt()
     run = resumed_run(loaded, resume, runs_dir) if resume else None
     if run_dir is not None:
@@ -292,8 +294,9 @@ def print_run_directory(path: Path) -> None:
     """The run directory, for the person (stderr) and, where stdout is not a terminal, alone on stdout too, so that
     `RUN=$(tunesmith train recipe.yaml)` holds it."""
     err.print(f"[bold]Run directory:[/bold] {escape(str(path))}", **SHOW)  # one line, whatever its length
-    if not sys.stdout.isatty():
-        print(path, flush=True)
+    if sys.stdout is not None and not sys.stdout.isatty():  # None: stdout closed (`>&-`)
+        with contextlib.suppress(BrokenPipeError):  # `| head -0`: the reader left; the run is done all the same
+            print(path, flush=True)
 
 
 def resumed_run(recipe: Any, target: str, runs_dir: Path | None) -> Any:
@@ -969,7 +972,7 @@ def main() -> None:
         try:
             code = app(args=_debug_first(sys.argv[1:]), prog_name="tunesmith", standalone_mode=False)
         except (OSError, subprocess.CalledProcessError) as exc:
-            fixable = _environment_error(exc)
+            fixable = None if state["debug"] else _environment_error(exc)  # --debug: the traceback, as asked
             if fixable is None:
                 raise
             raise fixable from exc
@@ -1010,9 +1013,11 @@ def main() -> None:
 def _debug_first(args: list[str]) -> list[str]:
     """The command line with `--debug` moved before the command, where the app takes it: the message that suggests it
     is read after a command failed, and `tunesmith train r.yaml --debug` is what a user types."""
-    if "--debug" not in args[1:] or "--" in args[:args.index("--debug", 1)]:
+    options = args[:args.index("--")] if "--" in args else args  # after "--" every word is an argument
+    if "--debug" not in options[1:]:
         return args
-    return ["--debug", *[arg for arg in args if arg != "--debug"]]
+    index = options.index("--debug", 1)
+    return ["--debug", *args[:index], *args[index + 1:]]
 
 
 USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
@@ -1027,8 +1032,8 @@ def _environment_error(exc: BaseException) -> TunesmithError | None:
         said = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip()[-600:]
         return TunesmithError(f"`{command}` failed (exit code {exc.returncode}){': ' + said if said else '.'}",
                               "Run that command yourself to see its whole output.", exit_code=1)
-    if isinstance(exc, OSError) and exc.errno in USER_FIXABLE_ERRNOS:
-        where = f" {exc.filename}" if exc.filename else ""
+    if isinstance(exc, OSError) and exc.errno in USER_FIXABLE_ERRNOS and exc.filename:  # a file: the user's to fix
+        where = f" {exc.filename}"
         hints = {errno.ENOSPC: "Free disk space (`tunesmith cache list` shows what tunesmith keeps), or write "
                                "elsewhere (--runs-dir, --out).", errno.EDQUOT: "Free space within your disk quota, or "
                                "write elsewhere (--runs-dir, --out)."}

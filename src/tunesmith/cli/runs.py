@@ -124,7 +124,7 @@ def diff(first: Path, second: Path,
 
     Example: tunesmith runs diff runs/quickstart-20261201-101500 runs/quickstart-20261201-113000
     """
-    from tunesmith.runs import diff_runs, open_run
+    from tunesmith.runs import diff_runs, open_run, run_summary
 
     found = diff_runs(open_run(first), open_run(second))
     if as_json:
@@ -137,9 +137,11 @@ def diff(first: Path, second: Path,
     table = Table(title=f"{first.name} vs {second.name}")
     for column in ("what", "key", first.name, second.name):
         table.add_column(column)
+    metric = run_summary(open_run(first)).get("metric")  # the headline score's name, for its base/tuned rows
     for section, keys in found.items():
         for key, (a, b) in keys.items():
-            table.add_row(section, escape(key), escape(diff_cell(a)), escape(diff_cell(b)))
+            shown = f"{key} {metric}" if section == "outcomes" and key in ("base", "tuned") and metric else key
+            table.add_row(section, escape(shown), escape(diff_cell(a)), escape(diff_cell(b)))
     wide_console(160).print(table)
 
 

@@ -17,7 +17,7 @@ Engine = Literal["llama", "vllm", "ollama"]
 DEFAULT_PORT, OLLAMA_PORT, DEFAULT_CONTEXT = 8000, 11434, 4096
 
 
-def serve(runs: Annotated[list[str], typer.Argument(
+def serve(ctx: typer.Context, runs: Annotated[list[str], typer.Argument(
               metavar="RUN...", help="Run directories to serve, each as NAME=RUN or RUN (named after its folder). "
                                      "The base each LoRA run was trained on is served too, under its own name "
                                      "(whole-model, DoRA and other merged runs are served alone). A PEFT LoRA "
@@ -56,10 +56,12 @@ def serve(runs: Annotated[list[str], typer.Argument(
     """
     if engine not in ("llama", "vllm", "ollama"):
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")
-    refuse_options_the_engine_ignores(engine, {
-        "--print-command": print_command, "--quant": quant is not None, "--n-ctx": n_ctx is not None,
-        "--max-tokens": max_tokens != 2048, "--max-n": max_n != 4, "--max-queue": max_queue != 64,
-        "--max-body-bytes": max_body_bytes != 1_000_000, "--api-key-env": api_key_env is not None})
+    from click.core import ParameterSource
+
+    refuse_options_the_engine_ignores(engine, {  # given on the command line, even at its default value
+        "--" + name.replace("_", "-"): ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        for name in ("print_command", "quant", "n_ctx", "max_tokens", "max_n", "max_queue", "max_body_bytes",
+                     "api_key_env")})
     api_key = read_api_key(api_key_env)
     if engine == "vllm":
         return serve_vllm(runs, host, port or DEFAULT_PORT, api_key_env, n_ctx, print_command)
@@ -180,11 +182,11 @@ def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> Non
 
 
 def ollama_create(argv: list[str], modelfile: Path, environment: dict[str, str]) -> None:
-    """Run `ollama create` on the exported Modelfile; TunesmithError with Ollama's own words when it fails."""
-    done = subprocess.run(argv, cwd=modelfile.parent, env=environment, capture_output=True, text=True)
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip()[-800:] or f"exit code {done.returncode}"
-        raise TunesmithError(f"`{' '.join(argv)}` failed on {modelfile}: {said}",
+    """Run `ollama create` on the exported Modelfile, its progress shown as it goes (a large model takes minutes);
+    TunesmithError when it fails, after Ollama's own message."""
+    code = subprocess.call(argv, cwd=modelfile.parent, env=environment, stdout=sys.stderr)
+    if code != 0:
+        raise TunesmithError(f"`{' '.join(argv)}` failed on {modelfile} (exit code {code}; Ollama's message is above).",
                              "Run `tunesmith export RUN --check` to check the export, and `ollama --version` (an older "
                              "Ollama may not know the model's architecture).", exit_code=1)
 

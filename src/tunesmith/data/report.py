@@ -16,8 +16,10 @@ from tunesmith.figures import pyplot
 Row = dict[str, Any]
 
 
-def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str, Any]:
-    """Counts a person checks before training: rows, roles, turns, token-length spread and overflow."""
+def data_stats(rows: list[Row], lengths: list[int], max_length: int,
+               labelled_by: list[Row] | None = None) -> dict[str, Any]:
+    """Counts a person checks before training: rows, roles, turns, token-length spread and overflow, and a
+    classifier's answers per label (`answer_labels`; `labelled_by`: the rows that decide whether they are labels)."""
     roles: Counter[str] = Counter()
     turns, reasoning = [], 0
     for row in rows:
@@ -38,18 +40,31 @@ def data_stats(rows: list[Row], lengths: list[int], max_length: int) -> dict[str
         **({"labels": {"desirable": sum(row["label"] is True for row in rows),
                        "undesirable": sum(row["label"] is False for row in rows)}}
            if any("label" in row for row in rows) else {}),  # KTO's: how the file's labels were read
-        **answer_labels(rows),
+        **answer_labels(rows, labelled_by),
     }
 
 
-def answer_labels(rows: list[Row]) -> dict[str, Any]:
+def answer_labels(rows: list[Row], labelled_by: list[Row] | None = None) -> dict[str, Any]:
     """{"answer_labels": {label: rows}}, most frequent first, where the answers are a classifier's labels
-    (`data.answers.is_label_set`): a held-out set with 1 row of a label scores it on that row alone, which a person
-    wants to see before training, not in eval's per-label table. Empty otherwise."""
-    from tunesmith.data.answers import is_label_set, row_answer
+    (`data.answers.is_label_set`, decided on `labelled_by`, the training rows, so a small held-out split is counted
+    too): a held-out set with 1 row of a label scores it on that row alone, which a person wants to see before
+    training. Empty otherwise; counting stops once the answers are too many to be labels."""
+    from tunesmith.data.answers import MAX_LABELS, is_label_set, row_answer
 
-    counts = Counter(answer.strip() for answer in map(row_answer, rows) if answer is not None)
-    return {"answer_labels": dict(counts.most_common())} if counts and is_label_set(counts) else {}
+    def counted(some: list[Row]) -> Counter[str] | None:
+        counts: Counter[str] = Counter()
+        for answer in map(row_answer, some):
+            if answer is not None:
+                counts[answer.strip()] += 1
+                if len(counts) > MAX_LABELS:
+                    return None  # free text: a million distinct answers are not counted
+        return counts
+
+    decided = counted(labelled_by if labelled_by is not None else rows)
+    if not decided or not is_label_set(decided):
+        return {}
+    counts = decided if labelled_by is None else counted(rows)
+    return {"answer_labels": dict(counts.most_common())} if counts else {}
 
 
 def summary(values: list[int]) -> dict[str, float]:

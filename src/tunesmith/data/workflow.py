@@ -212,7 +212,7 @@ def prepare_data(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         "shape": splits.shape,
         "sources": splits.source,
         "skipped_rows": splits.skipped,
-        "splits": {name: data_stats(rows, lengths[name], max_length)
+        "splits": {name: data_stats(rows, lengths[name], max_length, labelled_by=splits.train)
                    for name, rows in (("train", splits.train), ("eval", splits.eval))},
         "cleaning": splits.cleaning,
         "outputs": {"train": "train.jsonl", "eval": "eval.jsonl", "report": "report.html",

@@ -282,9 +282,10 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
 
 
 def runs_own_metrics(targets: list[str | Path]) -> list[str] | None:
-    """The answer metrics the runs' own eval scored (eval/results.json `metrics`, loss and perplexity aside, and
-    metrics of the user's own files, which name paths relative to their recipe) where every target is an evaluated run
-    and they agree; None otherwise (DEFAULT_METRICS then)."""
+    """The answer metrics the runs' own eval scored (eval/results.json `metrics`; loss and perplexity aside, and those
+    that need the run's own settings: a user's metric file, named relative to its recipe, regex and json_schema, whose
+    pattern and schema --regex and --json-schema give) where every target is an evaluated run and they agree; None
+    otherwise (DEFAULT_METRICS then)."""
     from tunesmith.results import NOT_TASK_METRICS
 
     chosen = []
@@ -296,7 +297,8 @@ def runs_own_metrics(targets: list[str | Path]) -> list[str] | None:
             metrics = json.loads(results.read_text(encoding="utf-8")).get("metrics") or []
         except (OSError, ValueError):
             return None
-        chosen.append(tuple(m for m in metrics if m not in NOT_TASK_METRICS and ":" not in m))
+        chosen.append(tuple(m for m in metrics if m not in NOT_TASK_METRICS and ":" not in m
+                            and m not in ("regex", "json_schema")))  # these need the run's pattern or schema
     return list(chosen[0]) if chosen and chosen[0] and len(set(chosen)) == 1 else None
 
 
