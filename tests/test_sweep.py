@@ -290,7 +290,8 @@ def test_sweep_table_numbers_come_from_each_run(finished_sweep):
 def test_sweep_writes_markdown_and_chart(finished_sweep):
     sweep_dir, result = finished_sweep
     markdown = (sweep_dir / "sweep.md").read_text()
-    assert "| combination | train loss | eval loss | field_accuracy (base) | field_accuracy | trainable |" in markdown
+    assert ("| combination | train loss | eval loss | field_accuracy (base) | field_accuracy | 95% CI vs base | "
+            "trainable |") in markdown
     assert "| targets=qv |" in markdown and "| targets=all-linear |" in markdown
     assert (sweep_dir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "targets=all-linear" in result.stderr and "Sweep directory" in result.stderr
