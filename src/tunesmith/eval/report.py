@@ -30,7 +30,7 @@ def plot_base_vs_tuned(results: dict[str, Any], path: Path) -> Path | None:
         scores[PROBES_LABEL] = [probes["base"]["accuracy"], probes["tuned"]["accuracy"]]
         changes[PROBES_LABEL] = (probes.get("comparison") or {}).get("probe_accuracy")
     names = list(scores)
-    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.1), 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.35), 4.4), dpi=110)  # room for each pair's interval
     width = 0.4
     for offset, variant in enumerate(variants):
         xs = [i + (offset - 0.5) * width for i in range(len(names))]
