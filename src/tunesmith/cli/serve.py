@@ -17,7 +17,7 @@ Engine = Literal["llama", "vllm", "ollama"]
 DEFAULT_PORT, OLLAMA_PORT, DEFAULT_CONTEXT = 8000, 11434, 4096
 
 
-def serve(ctx: typer.Context, runs: Annotated[list[str], typer.Argument(
+def serve(runs: Annotated[list[str], typer.Argument(
               metavar="RUN...", help="Run directories to serve, each as NAME=RUN or RUN (named after its folder). "
                                      "The base each LoRA run was trained on is served too, under its own name "
                                      "(whole-model, DoRA and other merged runs are served alone). A PEFT LoRA "
@@ -56,12 +56,12 @@ def serve(ctx: typer.Context, runs: Annotated[list[str], typer.Argument(
     """
     if engine not in ("llama", "vllm", "ollama"):
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")
-    from click.core import ParameterSource
-
-    refuse_options_the_engine_ignores(engine, {  # given on the command line, even at its default value
-        "--" + name.replace("_", "-"): ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
-        for name in ("print_command", "quant", "n_ctx", "max_tokens", "max_n", "max_queue", "max_body_bytes",
-                     "api_key_env")})
+    values = {"print_command": print_command, "quant": quant, "n_ctx": n_ctx, "max_tokens": max_tokens,
+              "max_n": max_n, "max_queue": max_queue, "max_body_bytes": max_body_bytes, "api_key_env": api_key_env}
+    defaults = {"print_command": False, "quant": None, "n_ctx": None, "max_tokens": 2048, "max_n": 4,
+                "max_queue": 64, "max_body_bytes": 1_000_000, "api_key_env": None}
+    refuse_options_the_engine_ignores(engine, {"--" + name.replace("_", "-"): value != defaults[name]
+                                               for name, value in values.items()})  # set to other than its default
     api_key = read_api_key(api_key_env)
     if engine == "vllm":
         return serve_vllm(runs, host, port or DEFAULT_PORT, api_key_env, n_ctx, print_command)
