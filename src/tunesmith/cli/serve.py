@@ -184,11 +184,22 @@ def serve_ollama(runs: list[str], host: str, port: int, print_only: bool) -> Non
 def ollama_create(argv: list[str], modelfile: Path, environment: dict[str, str]) -> None:
     """Run `ollama create` on the exported Modelfile, its progress shown as it goes (a large model takes minutes);
     TunesmithError when it fails, after Ollama's own message."""
-    code = subprocess.call(argv, cwd=modelfile.parent, env=environment, stdout=sys.stderr)
+    code = run_showing_output(argv, modelfile.parent, environment)
     if code != 0:
         raise TunesmithError(f"`{' '.join(argv)}` failed on {modelfile} (exit code {code}; Ollama's message is above).",
                              "Run `tunesmith export RUN --check` to check the export, and `ollama --version` (an older "
                              "Ollama may not know the model's architecture).", exit_code=1)
+
+
+def run_showing_output(argv: list[str], cwd: Path, environment: dict[str, str]) -> int:
+    """Run `argv`, copying its stdout and stderr to this process's stderr as they come (through a pipe, so a
+    redirected or captured stderr without a file descriptor gets them too); its exit code."""
+    with subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+        assert child.stdout is not None
+        for chunk in iter(lambda: child.stdout.read1(4096), b""):
+            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+        return child.wait()
 
 
 def ollama_answers(environment: dict[str, str]) -> bool:
