@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -58,8 +59,7 @@ def serve(runs: Annotated[list[str], typer.Argument(
         raise TunesmithError(f"--engine {engine!r} is not one of llama, vllm, ollama.", "Pick one of those.")
     values = {"print_command": print_command, "quant": quant, "n_ctx": n_ctx, "max_tokens": max_tokens,
               "max_n": max_n, "max_queue": max_queue, "max_body_bytes": max_body_bytes, "api_key_env": api_key_env}
-    defaults = {"print_command": False, "quant": None, "n_ctx": None, "max_tokens": 2048, "max_n": 4,
-                "max_queue": 64, "max_body_bytes": 1_000_000, "api_key_env": None}
+    defaults = {name: parameter.default for name, parameter in inspect.signature(serve).parameters.items()}
     refuse_options_the_engine_ignores(engine, {"--" + name.replace("_", "-"): value != defaults[name]
                                                for name, value in values.items()})  # set to other than its default
     api_key = read_api_key(api_key_env)
