@@ -12,6 +12,7 @@ from tunesmith.config import EvalSection, load_recipe, validate_recipe
 from tunesmith.data import Splits, fingerprint, load_splits
 from tunesmith.data.answers import (
     AnswerSummary,
+    bare_input_warnings,
     check_metrics_fit_answers,
     classify_answers,
     default_metrics,
@@ -332,3 +333,49 @@ def test_eval_data_of_another_kind_is_scored_by_metrics_chosen_from_its_own_answ
                                                            "labels": ["negative", "neutral", "positive", "spam"]}})
     answers, same = choose_metrics(recipe, run, rows[:3], from_file=True)
     assert same["from"] == "training answers" and "label_accuracy" in same["metrics"] and "spam" in answers.labels
+
+
+# --- a classifier trained on bare inputs ---------------------------------------------------------------------
+
+def bundled_rows(name: str) -> list[dict]:
+    return [json.loads(line) for line in (REPO / "examples" / "data" / name / "train.jsonl").open(encoding="utf-8")]
+
+
+def with_prompt(rows: list[dict], edit) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": edit(row["messages"][0]["content"])}, row["messages"][1]]}
+            for row in rows]
+
+
+def test_the_bare_label_sets_are_rebuilt_by_their_generator_and_share_no_text_across_splits(tmp_path):
+    from tests.conftest import load_example_generator
+
+    load_example_generator("make_bare_labels").main(tmp_path)
+    for name in ("weather", "reviews"):
+        splits = {}
+        for split in ("train", "eval"):
+            bundled = REPO / "examples" / "data" / name / f"{split}.jsonl"
+            assert (tmp_path / name / f"{split}.jsonl").read_bytes() == bundled.read_bytes(), bundled
+            splits[split] = {json.loads(line)["messages"][0]["content"] for line in bundled.open(encoding="utf-8")}
+        assert not splits["train"] & splits["eval"]
+
+
+@pytest.mark.parametrize("name", ["weather", "reviews"])
+def test_label_answers_to_bare_inputs_are_warned_of_and_an_instruction_in_the_prompt_is_not(name):
+    """The bundled bare-input sets (texts alone, labels as answers) are named, with their labels and the fix; the same
+    rows behind an instruction (as a shared opening, a shared ending, or naming the labels in other words each time)
+    are not, nor are the bundled tickets and routing sets (instruction + label list), nor JSON answers."""
+    rows = bundled_rows(name)
+    labels = sorted({row["messages"][1]["content"] for row in rows})
+    warned = bare_input_warnings(rows)
+    assert len(warned) == 1 and f"one of {len(labels)} labels ({', '.join(labels)})" in warned[0]
+    assert "in each user turn" in warned[0] and f"The {len(rows)} training prompts" in warned[0]
+    assert not bare_input_warnings(with_prompt(rows, lambda text: f"Classify the text below.\nText: {text}"))
+    assert not bare_input_warnings(with_prompt(rows, lambda text: f"{text}\nAnswer with the label only please."))
+    phrasings = ["Is it {}?", "Pick {}.", "One of {} fits:"]
+    assert not bare_input_warnings(with_prompt(rows, lambda text: phrasings[len(text) % 3].format(
+        " or ".join(labels)) + " " + text))
+    half = len(rows) // 2 - 1  # fewer than half instructed: still bare
+    assert bare_input_warnings(with_prompt(rows[:half], lambda text: f"Classify the text below.\nText: {text}")
+                               + rows[half:])
+    for bundled in ("tickets", "routing", "orders"):
+        assert not bare_input_warnings(bundled_rows(bundled)), bundled

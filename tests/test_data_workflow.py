@@ -602,3 +602,15 @@ def test_a_classifiers_answers_are_counted_per_split_before_training():
     held_out = [qa("a", "sunny"), qa("b", "rainy"), qa("c", "windy"), qa("d", "snowy")]  # too few to tell alone
     assert "answer_labels" not in data_stats(held_out, [10] * 4, 64)
     assert data_stats(held_out, [10] * 4, 64, labelled_by=rows)["answer_labels"]["snowy"] == 1  # as train decides
+
+
+def test_inspect_warns_of_a_classifier_trained_on_bare_inputs(tiny_model_dir: Path):
+    """`data inspect` of the bundled weather set (bare texts, four labels) carries the warning in the training file's
+    report."""
+    from tunesmith.data.answers import bare_input_warnings
+
+    weather = Path(__file__).resolve().parents[1] / "examples" / "data" / "weather" / "train.jsonl"
+    report = inspect_data(data_recipe(weather, model=str(tiny_model_dir)), examples=1)
+    warned = [line for line in report["files"]["train"]["warnings"] if "bare input" in line]
+    rows = [json.loads(line) for line in weather.open(encoding="utf-8")]
+    assert warned == bare_input_warnings(rows) and len(warned) == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 from tunesmith.config import Recipe, apply_override, load_recipe, validate_recipe
 from tunesmith.data import data_source, drop_eval_overlap, load_splits, recipe_tokenizer, with_places
+from tunesmith.data.answers import bare_input_warnings
 from tunesmith.data.contract import judge_template
 from tunesmith.data.formats import METHOD_SHAPES, as_conversation, shape_refusal
 from tunesmith.data.lengths import auto_max_length, length_limit
@@ -76,7 +77,9 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
-            "warnings": preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place),
+            "warnings": preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place) +
+                        (bare_input_warnings(conformed(loaded.rows, recipe)) if split == "train" and
+                         all(is_sft_row(row) for row in loaded.rows) else []),
             "other_layouts": loaded.other_layouts,
             "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length, loaded.place),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from tunesmith.config import BASE_PRESERVING_KINDS, Recipe
 from tunesmith.data import Splits, fingerprint, load_splits
-from tunesmith.data.answers import check_metrics_fit_answers, classify_answers
+from tunesmith.data.answers import bare_input_warnings, check_metrics_fit_answers, classify_answers
 from tunesmith.data.constraint import recipe_constraint
 from tunesmith.data.contract import check_template_contract
 from tunesmith.data.lengths import resolve_max_length
@@ -152,7 +152,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         print_warnings(record["template_contract"]["warnings"])
     print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source) +
-                   preference_warnings(splits.train) + tool_warnings(splits.train))
+                   preference_warnings(splits.train) + tool_warnings(splits.train) +
+                   (bare_input_warnings(splits.train) if splits.shape == "messages" else []))
     # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
     length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
                                        context_length(model_dir), packed=recipe.training.packing in (True, "auto"))
