@@ -611,6 +611,6 @@ def test_inspect_warns_of_a_classifier_trained_on_bare_inputs(tiny_model_dir: Pa
 
     weather = Path(__file__).resolve().parents[1] / "examples" / "data" / "weather" / "train.jsonl"
     report = inspect_data(data_recipe(weather, model=str(tiny_model_dir)), examples=1)
-    warned = [line for line in report["files"]["train"]["warnings"] if "bare input" in line]
+    warned = [line for line in report["files"]["train"]["warnings"] if "carry no instruction" in line]
     rows = [json.loads(line) for line in weather.open(encoding="utf-8")]
     assert warned == bare_input_warnings(rows) and len(warned) == 1

@@ -180,9 +180,10 @@ def bare_input_warnings(rows: list[Row]) -> list[str]:
     if summary.kind != "labels" or len(summary.labels) < 2 or not prompts or is_instructed(prompts, summary.labels):
         return []
     shown = ", ".join(summary.labels[:LABELS_SHOWN]) + (", ..." if len(summary.labels) > LABELS_SHOWN else "")
-    return [f"The {len(prompts)} training prompts are the bare input (no wording most of them share, and none names "
-            f"the labels), and every answer is one of {len(summary.labels)} labels ({shown}): the model learns to "
-            "answer any message with a label, and loses general answers (README, \"Bare inputs\": the forgetting "
+    return [f"The {len(prompts)} training prompts carry no instruction (none names two of the labels, and no "
+            f"opening or ending is shared by most), and every answer is one of {len(summary.labels)} labels "
+            f"({shown}): the model learns to answer any message with a label, and loses general answers (README, "
+            "\"Bare inputs\": the forgetting "
             "probes fell to 0.83-0.85 on two such sets, and held at 0.92-1.00 with an instruction in each prompt). "
             f"Put the task and its labels in each user turn, e.g. \"Classify this text: {shown}. Answer with the "
             "label only.\\nText: ...\", and send the same wording at inference."]
