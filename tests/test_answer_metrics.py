@@ -379,3 +379,43 @@ def test_label_answers_to_bare_inputs_are_warned_of_and_an_instruction_in_the_pr
                                + rows[half:])
     for bundled in ("tickets", "routing", "orders"):
         assert not bare_input_warnings(bundled_rows(bundled)), bundled
+
+
+def test_an_instruction_is_found_as_users_write_it_and_a_system_turn_alone_is_named():
+    """A cue line after the text ("Sentiment:"), four phrasings a quarter each (FLAN-style), an instructed first
+    exchange before the text (few-shot): instructed. Questions answered yes or no without saying so, and the
+    instruction only in a system turn (measured to keep less than in the user turn): warned, the second saying so."""
+    rows = bundled_rows("reviews")
+    assert not bare_input_warnings(with_prompt(rows, lambda text: f"Review: {text}\nSentiment:"))
+    phrasings = ["What is the tone here? ", "Tell me how the writer feels. ", "Judge this review. ",
+                 "How was the product received? "]
+    assert not bare_input_warnings(with_prompt(rows, lambda text: phrasings[len(text) % 4] + text))
+    shot = [{"role": "user", "content": "Classify the sentiment of each review. Review: Great kettle."},
+            {"role": "assistant", "content": "positive"}]
+    assert not bare_input_warnings([{"messages": shot + row["messages"]} for row in rows])
+    questions = [chat("yes" if (n % 2 == 0) == (parity == "even") else "no", f"Is {n} {parity}?")
+                 for n in range(40) for parity in ("even", "odd")]
+    (warned,) = bare_input_warnings(questions)
+    assert "one of 2 labels (no, yes)" in warned and "system turn" not in warned
+    system = [{"messages": [{"role": "system", "content": "Classify the sentiment."}, *row["messages"]]}
+              for row in rows]
+    (warned,) = bare_input_warnings(system)
+    assert "with it in the system turn alone" in warned
+
+
+def test_training_says_it_before_loading_the_model(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """prepare_training prints the warning with the others, before any weights load."""
+    from tunesmith.train import common
+
+    weather = REPO / "examples" / "data" / "weather" / "train.jsonl"
+    recipe = validate_recipe({"model": {"source": str(tiny_model_dir)}, "data": {"train": str(weather)}})
+    monkeypatch.setattr(common, "base_the_run_started_on", lambda run, recipe: tiny_model_dir)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt("the model would load now")
+
+    monkeypatch.setattr(common, "load_model", stop)
+    with pytest.raises(KeyboardInterrupt, match="the model would load now"):
+        common.prepare_training(recipe, Run(tmp_path / "run"), accept=("messages",), purpose="supervised fine-tuning")
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "The 138 training prompts carry no instruction in the user turn" in printed  # 12 held out for eval

@@ -552,3 +552,35 @@ def test_an_answer_the_token_limit_cuts_inside_a_character_ends_at_the_last_whol
     cut = tokenizer.decode(ids[:-1])  # the last character's final byte never generated
     assert cut.endswith("\ufffd") and without_cut_character(cut) == "東京"
     assert without_cut_character(" 東京へ \n") == "東京へ"
+
+
+def test_eval_steps_logs_the_held_out_loss_during_training_and_draws_it(tmp_path, tiny_model_dir, monkeypatch):
+    """training.eval_steps: 3 over 7 steps: the eval split's loss at steps 3, 6 and the last, falling as the tiny
+    model learns the orders, drawn in loss.png beside the training loss; the run's final loss stays the training
+    loss. Other methods refuse the key before anything loads."""
+    from tests.conftest import make_tiny_project
+    from tunesmith import api
+    from tunesmith.figures import pyplot
+
+    recipe = make_tiny_project(tmp_path, tiny_model_dir, train_rows=32, eval_rows=6)
+    axes: list[object] = []
+    plt = pyplot()
+    original = plt.subplots
+
+    def keep(*args: object, **kwargs: object) -> object:
+        fig, ax = original(*args, **kwargs)
+        axes.append(ax)
+        return fig, ax
+
+    monkeypatch.setattr(plt, "subplots", keep)  # to read the axes the curves were drawn on
+    run = api.train(recipe, ["training.max_steps=7", "training.eval_steps=3", "training.logging_steps=1"],
+                    runs_dir=tmp_path / "runs")
+    evals = [(record["step"], record["eval_loss"]) for record in run.read_metrics() if "eval_loss" in record]
+    assert [step for step, _ in evals] == [3, 6, 7] and evals[-1][1] < evals[0][1]
+    drawn = {line.get_label(): list(line.get_ydata()) for ax in axes for line in ax.get_lines()}
+    assert drawn["eval loss"] == [loss for _, loss in evals] and "train loss" in drawn
+    assert (run.plots_dir / "loss.png").is_file()
+    logged = [record["loss"] for record in run.read_metrics() if "loss" in record]
+    assert json.loads((run.path / "train.json").read_text(encoding="utf-8"))["final_loss"] == pytest.approx(logged[-1])
+    with pytest.raises(TunesmithError, match=r"training\.eval_steps works with method\.kind sft"):
+        api.train(recipe, ["training.eval_steps=3", "method.kind=cpt"], runs_dir=tmp_path / "runs")

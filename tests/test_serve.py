@@ -862,11 +862,14 @@ def test_ollama_is_created_once_its_server_answers_and_a_running_one_is_reused(r
     fake = tmp_path / "bin" / "ollama"
     fake.parent.mkdir()
     fake.write_text(f'#!/bin/sh\necho "$OLLAMA_HOST $1" >> {log}\ncase "$1" in\n  list) [ -f {up} ] ;;\n'
-                    f'  serve) sleep 0.5; touch {up}; sleep 1 ;;\nesac\n', encoding="utf-8")
+                    f'  serve) sleep 0.5; touch {up}; sleep 1 ;;\n'
+                    "  create) printf 'gathering model components \\342\\240\\213 done\\n' ;;\nesac\n",
+                    encoding="utf-8")  # \342\240\213: a braille spinner character, three bytes in UTF-8
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/bin:/usr/bin")
     result = CliRunner().invoke(app, ["serve", str(runs["pizza-run"]), "--engine", "ollama", "--port", "11501"])
     assert result.exit_code == 0, result.output
+    assert "gathering model components \u280b done" in result.output  # Ollama's own progress, shown as it runs
     calls = [call for call in log.read_text(encoding="utf-8").split("\n") if call.startswith("127.0.0.1:11501")]
     assert calls[0] == "127.0.0.1:11501 list" and "127.0.0.1:11501 serve" in calls  # none ran there: start one
     assert calls.index("127.0.0.1:11501 create") > calls.index("127.0.0.1:11501 serve")

@@ -1,8 +1,8 @@
 """Generate two classification datasets whose prompts are the bare input, with no instruction and no label list.
 
 Why this exists: many users' first dataset is a column of texts and a column of labels. Trained on it as is,
-a model learns that *any* message is answered with one of the labels ("What is the capital of France?" ->
-"capital"), which the forgetting probes catch. tunesmith's data check names this shape before training
+a model learns that *any* message is answered with one of the labels ("Repeat after me: The cat sat on the
+mat." -> "negative"), which the forgetting probes catch. tunesmith's data check names this shape before training
 (README, "Keeping what the base could do": bare inputs). Two kinds, so a remedy chosen on one is checked on
 the other:
 
@@ -25,6 +25,7 @@ Usage::
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 SEED = 1771
@@ -68,16 +69,22 @@ REVIEW_COUNTS = {"positive": (50, 15), "negative": (50, 15), "mixed": (50, 15)}
 
 
 def weather_text(rng: random.Random, label: str) -> str:
+    """One sentence describing `label`'s weather somewhere, some time."""
     when = rng.choice(WHENS)
     return rng.choice(WEATHER[label]).format(place=rng.choice(PLACES), when=when, When=when[0].upper() + when[1:])
 
 
 def review_text(rng: random.Random, label: str) -> str:
+    """One short review of an item, praising (positive), faulting (negative) or both (mixed)."""
     return rng.choice(REVIEWS[label]).format(item=rng.choice(ITEMS), good=rng.choice(GOOD), bad=rng.choice(BAD),
                                              good_verb=rng.choice(GOOD_VERB), bad_verb=rng.choice(BAD_VERB))
 
 
-def distinct_texts(rng: random.Random, make, label: str, count: int, seen: set[str]) -> list[str]:
+Maker = Callable[[random.Random, str], str]
+RowOf = Callable[[str, str], dict]
+
+
+def distinct_texts(rng: random.Random, make: Maker, label: str, count: int, seen: set[str]) -> list[str]:
     """`count` texts of `label` not in `seen` (added to it)."""
     texts: list[str] = []
     while len(texts) < count:
@@ -88,7 +95,9 @@ def distinct_texts(rng: random.Random, make, label: str, count: int, seen: set[s
     return texts
 
 
-def split_rows(rng: random.Random, make, counts: dict[str, tuple[int, int]], row) -> tuple[list[dict], list[dict]]:
+def split_rows(rng: random.Random, make: Maker, counts: dict[str, tuple[int, int]],
+               row: RowOf) -> tuple[list[dict], list[dict]]:
+    """(train, eval) rows: per label, (train, eval) counts of distinct texts, none in both; each split shuffled."""
     seen: set[str] = set()
     train, held = [], []
     for label, (n_train, n_eval) in counts.items():

@@ -611,6 +611,12 @@ class TrainingSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="SFT: the held-out loss on data.eval every this many "
+                                                          "optimizer steps (and at the last), logged as eval_loss "
+                                                          "and drawn in plots/loss.png beside the training loss "
+                                                          "(transformers' eval_strategy steps). Each pass reads the "
+                                                          "whole eval split and counts against training.time_budget. "
+                                                          "null (the default): no evaluation during training.")
     save_steps: int = Field(100, ge=1, description="Write a checkpoint every this many optimizer steps (and at "
                                                   "the end); `tunesmith train --resume` continues from the newest.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N complete checkpoints; older ones are "
@@ -1006,6 +1012,9 @@ class Recipe(Section):
         if self.training.time_budget and self.method.kind not in TIME_BUDGET_METHODS:
             raise ValueError(f"training.time_budget works with method.kind {', '.join(TIME_BUDGET_METHODS)}; a "
                              f"{self.method.kind} step is another kind of work. Set training.max_steps instead")
+        if self.training.eval_steps and self.method.kind != "sft":
+            raise ValueError(f"training.eval_steps works with method.kind sft (its trainer is given data.eval), not "
+                             f"{self.method.kind}; `tunesmith eval` scores the run after training. Remove the key")
         replay, loss = self.data.replay, self.data.replay.resolved_loss(self.adapter.kind)
         if replay.ratio is None:  # the default: replay where it applies, lighter beside the null space
             replay.ratio = default_replay_ratio(self.method.kind, loss, null_space_planned(

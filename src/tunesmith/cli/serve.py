@@ -194,11 +194,15 @@ def ollama_create(argv: list[str], modelfile: Path, environment: dict[str, str])
 def run_showing_output(argv: list[str], cwd: Path, environment: dict[str, str]) -> int:
     """Run `argv`, copying its stdout and stderr to this process's stderr as they come (through a pipe, so a
     redirected or captured stderr without a file descriptor gets them too); its exit code."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split between two reads stays whole
     with subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
-        assert child.stdout is not None
-        for chunk in iter(lambda: child.stdout.read1(4096), b""):
-            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+        output = child.stdout
+        for chunk in iter(lambda: output.read1(4096), b""):  # type: ignore[union-attr]
+            sys.stderr.write(decoder.decode(chunk))
             sys.stderr.flush()
+        sys.stderr.write(decoder.decode(b"", final=True))
         return child.wait()
 
 

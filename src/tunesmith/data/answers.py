@@ -49,11 +49,14 @@ MAX_SHORT_WORDS = 5
 MIN_REPEATS = 3
 MAX_LABEL_CHARS = 64
 EXAMPLE_CHARS = 120
-# bare_input_warnings: a prompt set counts as instructed where at least this share of prompts names two or more of
-# the labels, or opens (or ends) with the same OPENING_WORDS words
+# bare_input_warnings: prompts count as instructed where INSTRUCTED_SHARE of them name two or more of the labels, or
+# share a template's wording (openings or endings, of OPENING_WORDS words or a whole line, each on TEMPLATE_SHARE of
+# the prompts at least); PROMPTS_READ rows spread over a large set are read
 INSTRUCTED_SHARE = 0.5
+TEMPLATE_SHARE = 0.2
 OPENING_WORDS = 3
 LABELS_SHOWN = 8
+PROMPTS_READ = 2000
 # Which metrics need which answers: json_fields compares objects field by field; the other two only parse.
 NEEDS_JSON_OBJECTS = ("json_fields",)
 NEEDS_JSON_VALUES = ("json_valid", "json_schema")
@@ -167,46 +170,69 @@ def is_label_set(counts: Counter[str]) -> bool:
             and all(len(value) <= MAX_LABEL_CHARS and "\n" not in value for value in counts))
 
 
-def bare_input_warnings(rows: list[Row]) -> list[str]:
-    """One line where a classifier's training prompts are the bare input: every answer one of a label set
-    (`classify_answers` kind `labels`) and the user turns carry no instruction (`is_instructed`: none names the
-    labels, none shares an opening or an ending). Trained so, the model learns to answer *any* message with a label;
-    measured on the bundled `weather/` and `reviews/` sets (README, "Bare inputs"): probes 1.00 -> 0.85 and 0.83
-    with the defaults, 0.92 (the four lost: one weather question, three near-ties) and 1.00 with an instruction in
-    each prompt, where no anchor weight, null-space share, replay ratio, learning rate or step count we tried
-    (0.79-0.92) did as much. `rows`: conversations (`messages`)."""
-    summary = classify_answers(rows)
-    prompts = [text for text in map(last_user_text, rows) if text]
-    if summary.kind != "labels" or len(summary.labels) < 2 or not prompts or is_instructed(prompts, summary.labels):
+def bare_input_warnings(rows: list[Row], summary: AnswerSummary | None = None) -> list[str]:
+    """One line where a classifier's training prompts carry no instruction: every answer one of a label set
+    (`summary`, `classify_answers` kind `labels`, computed when not given) and the user turns (up to PROMPTS_READ
+    rows spread over the set) neither name the labels nor share a template's wording (`is_instructed`). Trained so,
+    the model learns to answer *any* message with a label. Measured on the bundled `weather/` and `reviews/` sets
+    (README, "Bare inputs"; one run each): probes 1.00 -> 0.85 and 0.83 with the defaults; 0.92 and 1.00 with an
+    instruction in each user turn, 0.81 and 0.94 with it as the system prompt; on reviews every anchor setting tried
+    kept at most 0.875, on weather the best (replay weight 8 or 16) tied the instruction. `rows`: conversations."""
+    summary = summary or classify_answers(rows)
+    if summary.kind != "labels" or len(summary.labels) < 2:
         return []
+    read = rows[:: max(1, len(rows) // PROMPTS_READ)]
+    prompts = [text for text in map(user_text, read) if text]
+    if not prompts or is_instructed(prompts, summary.labels):
+        return []
+    in_system = sum(any(turn.get("role") == "system" and turn.get("content") for turn in row.get("messages") or [])
+                    for row in read) >= INSTRUCTED_SHARE * len(read)
     shown = ", ".join(summary.labels[:LABELS_SHOWN]) + (", ..." if len(summary.labels) > LABELS_SHOWN else "")
-    return [f"The {len(prompts)} training prompts carry no instruction (none names two of the labels, and no "
-            f"opening or ending is shared by most), and every answer is one of {len(summary.labels)} labels "
-            f"({shown}): the model learns to answer any message with a label, and loses general answers (README, "
-            "\"Bare inputs\": the forgetting "
-            "probes fell to 0.83-0.85 on two such sets, and held at 0.92-1.00 with an instruction in each prompt). "
-            f"Put the task and its labels in each user turn, e.g. \"Classify this text: {shown}. Answer with the "
-            "label only.\\nText: ...\", and send the same wording at inference."]
+    measured = "0.92 and 1.00 with an instruction in each user turn" + (
+        ", 0.81 and 0.94 with it in the system turn alone, as these rows have it" if in_system else "")
+    return [f"The {len(rows)} training prompts carry no instruction in the user turn (fewer than half name two of the "
+            f"labels or share an opening or an ending with the others), and every answer is one of "
+            f"{len(summary.labels)} labels ({shown}): the model learns to answer any message with a label, and loses "
+            f"general answers (README, \"Bare inputs\": on two such sets the forgetting probes fell to 0.85 and 0.83; "
+            f"{measured}). State the task and the allowed answers in each user turn (e.g. \"... Answer with one of: "
+            f"{shown}.\") and send the same wording at inference; a model that will only ever classify such texts "
+            "need not."]
 
 
-def last_user_text(row: Row) -> str | None:
-    """The text of a conversation's last user turn before its answer (None without one, or for content parts)."""
-    turns = [turn for turn in (row.get("messages") or [])[:-1] if turn.get("role") == "user"]
-    content = turns[-1].get("content") if turns else None
-    return content if isinstance(content, str) else None
+def user_text(row: Row) -> str | None:
+    """The text of a conversation's user turns before its answer, joined by newlines (None without any; content
+    parts are joined into text when rows load, `data/turns.py`)."""
+    texts = [turn["content"] for turn in (row.get("messages") or [])[:-1]
+             if turn.get("role") == "user" and isinstance(turn.get("content"), str)]
+    return "\n".join(texts) if texts else None
 
 
 def is_instructed(prompts: list[str], labels: list[str]) -> bool:
     """Whether the prompts carry an instruction: at least INSTRUCTED_SHARE of them name two or more of the labels
-    (as whole words, any case), or open, or end, with the same OPENING_WORDS words (a template's fixed wording)."""
-    patterns = [re.compile(rf"(?<!\w){re.escape(label)}(?!\w)", re.IGNORECASE) for label in labels]
+    (as whole words, any case), or a template's fixed wording covers that share: openings (the first OPENING_WORDS
+    words, or the first line of a prompt of several lines) or endings (likewise), each shared by at least
+    TEMPLATE_SHARE of the prompts, together on INSTRUCTED_SHARE of them (several templates, as FLAN mixes them)."""
+    naming = re.compile("|".join(rf"(?<!\w){re.escape(label)}(?!\w)" for label in labels), re.IGNORECASE)
     wanted = INSTRUCTED_SHARE * len(prompts)
-    if sum(sum(bool(pattern.search(prompt)) for pattern in patterns) >= 2 for prompt in prompts) >= wanted:
+    if sum(len({found.lower() for found in naming.findall(prompt)}) >= 2 for prompt in prompts) >= wanted:
         return True
-    words = [prompt.lower().split() for prompt in prompts if len(prompt.split()) >= OPENING_WORDS]
-    openings = Counter(tuple(w[:OPENING_WORDS]) for w in words)
-    endings = Counter(tuple(w[-OPENING_WORDS:]) for w in words)
-    return any(counts and counts.most_common(1)[0][1] >= wanted for counts in (openings, endings))
+    pieces = [template_pieces(prompt) for prompt in prompts]
+    for position in range(4):
+        counts = Counter(piece[position] for piece in pieces if piece[position])
+        if sum(count for count in counts.values() if count >= TEMPLATE_SHARE * len(prompts)) >= wanted:
+            return True
+    return False
+
+
+def template_pieces(prompt: str) -> tuple[str, str, str, str]:
+    """A prompt's first and last OPENING_WORDS words, and its first and last lines where it has several ('' where
+    not), lower-cased: where a template's fixed wording would be."""
+    words = prompt.lower().split()
+    lines = [line.strip() for line in prompt.lower().strip().splitlines() if line.strip()]
+    several = len(lines) > 1
+    return (" ".join(words[:OPENING_WORDS]) if len(words) >= OPENING_WORDS else "",
+            " ".join(words[-OPENING_WORDS:]) if len(words) >= OPENING_WORDS else "",
+            lines[0] if several else "", lines[-1] if several else "")
 
 
 def default_metrics(kind: AnswerKind) -> list[str]:

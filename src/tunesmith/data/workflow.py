@@ -64,7 +64,8 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
                                    shape=data.format) for split, source in sources.items()}
     recipe, assumed = method_for_shape(recipe, records["train"].shape, method_chosen)
     # lengths as training renders the rows: the recipe's system prompt and fallbacks (a Hermes tools block) included
-    lengths_of = {split: token_lengths(tokenizer, conformed(loaded.rows, recipe)) for split, loaded in records.items()}
+    as_trained = {split: conformed(loaded.rows, recipe) for split, loaded in records.items()}
+    lengths_of = {split: token_lengths(tokenizer, as_trained[split]) for split in records}
     max_length = recipe_max_length(recipe, lengths_of.values())
     for split, loaded in records.items():
         source, lengths = sources[split], lengths_of[split]
@@ -78,14 +79,14 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
             "warnings": preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place) +
-                        (bare_input_warnings(conformed(loaded.rows, recipe)) if split == "train" and
+                        (bare_input_warnings(as_trained[split]) if split == "train" and
                          all(is_sft_row(row) for row in loaded.rows) else []),
             "other_layouts": loaded.other_layouts,
-            "length_fit": length_fit(tokenizer, conformed(loaded.rows, recipe), max_length, loaded.place),
+            "length_fit": length_fit(tokenizer, as_trained[split], max_length, loaded.place),
             "stats": data_stats([as_conversation(r) if is_sft_row(r) else r for r in loaded.rows], lengths,
                                 max_length),
             "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
-            "examples": [rendered(tokenizer, row) for row in conformed(loaded.rows[:examples], recipe)],
+            "examples": [rendered(tokenizer, row) for row in as_trained[split][:examples]],
             **method_fit(recipe.method.kind, loaded, method_chosen),
             **({"method_assumed": assumed} if assumed else {}),
             "packed": loaded.shape == "text" and packs_text(recipe),

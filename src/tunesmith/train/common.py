@@ -134,8 +134,9 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     splits = load_splits(recipe, accept=accept, purpose=purpose)
     for spec in (m for m in recipe.eval.metrics or [] if ":" in m):  # a user metric's file: found and loadable now
         load_user_function(spec, Path(recipe.base_dir))
-    if splits.shape == "messages":  # eval's metrics must fit the answers: refuse now, not after training
-        check_metrics_fit_answers(recipe.eval, classify_answers(splits.train))
+    answers = classify_answers(splits.train) if splits.shape == "messages" else None
+    if answers is not None:  # eval's metrics must fit the answers: refuse now, not after training
+        check_metrics_fit_answers(recipe.eval, answers)
         if recipe.eval.wants_constraint:  # so must the constraint eval decodes under
             recipe_constraint(recipe, splits.train)
     check_targets_fit_model(recipe.adapter, model_dir, recipe.model.source)
@@ -153,7 +154,7 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
     print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source) +
                    preference_warnings(splits.train) + tool_warnings(splits.train) +
-                   (bare_input_warnings(splits.train) if splits.shape == "messages" else []))
+                   (bare_input_warnings(splits.train, answers) if answers is not None else []))
     # data.max_length: auto becomes the length that cuts no row, before anything is encoded at it
     length_choice = resolve_max_length(recipe.data, splits.train + splits.eval, splits.shape, tokenizer,
                                        context_length(model_dir), packed=recipe.training.packing in (True, "auto"))
@@ -341,13 +342,21 @@ def common_arguments(recipe: Recipe, run: Run, device: str, precision: str) -> d
         "save_strategy": "steps",
         "save_steps": t.save_steps,
         "save_total_limit": None,  # survival.install_atomic_checkpoints keeps the newest complete ones
-        "eval_strategy": "no",
+        **held_out_loss_arguments(t.eval_steps),
         "report_to": "none",
         "seed": t.seed,
         "dataloader_num_workers": 0,
         **precision_flags(precision, device),
         **process_group_arguments(device),
     }
+
+
+def held_out_loss_arguments(eval_steps: int | None) -> dict[str, Any]:
+    """transformers' evaluation during training: the eval split's loss every `eval_steps` optimizer steps
+    (training.eval_steps, SFT's trainer alone is given the split), or none."""
+    if not eval_steps:
+        return {"eval_strategy": "no"}
+    return {"eval_strategy": "steps", "eval_steps": eval_steps}
 
 
 def process_group_arguments(device: str) -> dict[str, Any]:
