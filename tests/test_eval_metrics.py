@@ -578,7 +578,7 @@ def test_eval_steps_logs_the_held_out_loss_during_training_and_draws_it(tmp_path
     evals = [(record["step"], record["eval_loss"]) for record in run.read_metrics() if "eval_loss" in record]
     assert [step for step, _ in evals] == [3, 6, 7] and evals[-1][1] < evals[0][1]
     drawn = {line.get_label(): list(line.get_ydata()) for ax in axes for line in ax.get_lines()}
-    assert drawn["eval loss"] == [loss for _, loss in evals] and "train loss" in drawn
+    assert drawn["held-out loss (data.eval, at that step)"] == [loss for _, loss in evals] and "train loss" in drawn
     assert (run.plots_dir / "loss.png").is_file()
     logged = [record["loss"] for record in run.read_metrics() if "loss" in record]
     assert json.loads((run.path / "train.json").read_text(encoding="utf-8"))["final_loss"] == pytest.approx(logged[-1])

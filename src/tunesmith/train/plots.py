@@ -28,7 +28,7 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Pa
         ax.plot(*zip(*task, strict=True), label="task loss (train loss − replay term)", marker=".", linestyle="--")
         ax.plot(*zip(*anchor, strict=True), label="replay term (weight × KL to the base)", marker=".", linestyle=":")
     if evals:
-        ax.plot(*zip(*evals, strict=True), label="eval loss", marker="o")
+        ax.plot(*zip(*evals, strict=True), label="held-out loss (data.eval, at that step)", marker="o")
     values = [value for _, value in train + evals + anchor]
     if min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
