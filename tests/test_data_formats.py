@@ -140,6 +140,77 @@ def test_anthropic_hh_transcripts_are_conversations_sharing_their_prompt(tmp_pat
     assert "line 3" in caught.value.message and "Anthropic HH-RLHF" in caught.value.hint
 
 
+def test_ultrafeedback_binarized_pairs_repeating_their_text_prompt_are_read_once(tmp_path):
+    """A text prompt beside chosen/rejected conversations that repeat it (UltraFeedback binarized): the prompt is read
+    once; answer turns alone take the text as their user turn; a prompt the turns contradict is refused."""
+    asked = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}]
+    rows = [{"prompt": "Sky colour?", "prompt_id": "a1", "score_chosen": 9.0, "score_rejected": 2.0,
+             "chosen": [*asked, {"role": "assistant", "content": "Blue."}],
+             "rejected": [*asked, {"role": "assistant", "content": "Green."}]},
+            {"prompt": "Grass colour?", "chosen": [{"from": "gpt", "value": "Green."}],
+             "rejected": [{"from": "gpt", "value": "Blue."}]},
+            {"prompt": "Sea colour?", "chosen": [*asked, {"role": "assistant", "content": "Blue."}],
+             "rejected": [*asked, {"role": "assistant", "content": "Red."}]}]
+    loaded = load_records(write_jsonl(tmp_path / "binarized.jsonl", rows), skip_invalid=True)
+    assert loaded.rows == [{"prompt": asked, "chosen": [{"role": "assistant", "content": "Blue."}],
+                            "rejected": [{"role": "assistant", "content": "Green."}]},
+                           {"prompt": [{"role": "user", "content": "Grass colour?"}],
+                            "chosen": [{"role": "assistant", "content": "Green."}],
+                            "rejected": [{"role": "assistant", "content": "Blue."}]}]
+    assert loaded.skipped == {"prompt_mismatch": 1} and "'Sky colour?'" in loaded.problems[0]
+    assert loaded.unused_columns == ["prompt_id", "score_chosen", "score_rejected"]
+
+
+def test_scored_completions_pair_the_best_answer_against_the_worst(tmp_path):
+    """UltraFeedback's raw rows (instruction, completions each with a response and scores) and distilabel's
+    generations/ratings become preference pairs: the highest score chosen, the lowest rejected; rows that cannot
+    make a pair are named."""
+    ultrafeedback = [{"source": "evol", "instruction": "2+2?", "models": ["a", "b", "c"],
+                      "completions": [{"model": "a", "response": "5", "overall_score": 3, "fine-grained_score": 1.5},
+                                      {"model": "b", "response": "4", "overall_score": 9, "fine-grained_score": 4.75},
+                                      {"model": "c", "response": "four-ish", "overall_score": 6}]},
+                     {"instruction": "Tie?", "completions": [{"response": "x", "overall_score": 5},
+                                                             {"response": "y", "overall_score": 5}]},
+                     {"instruction": "One?", "completions": [{"response": "x", "overall_score": 5}]},
+                     {"instruction": "Unscored?", "completions": [{"response": "x"}, {"response": "y", "score": 2}]},
+                     {"prompt": "Text scores?", "completions": [{"text": "low", "score": "1"},
+                                                                {"text": "high", "score": "7.5"}]}]
+    loaded = load_records(write_jsonl(tmp_path / "ultrafeedback.jsonl", ultrafeedback), skip_invalid=True)
+    assert (loaded.source_shape, loaded.shape) == ("scored_completions", "preference")
+    assert loaded.rows == [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+                           {"prompt": "Text scores?", "chosen": "high", "rejected": "low"}]
+    assert loaded.skipped == {"no_preference": 2, "missing_key": 1}
+    assert any("completions[0] has no score" in problem for problem in loaded.problems)
+    assert loaded.unused_columns == ["models", "source"]
+    distilabel = [{"instruction": "Capital of France?", "generations": ["Lyon", "Paris", "France"],
+                   "ratings": [2, 5, 1], "ultrafeedback_model": "gpt-4"}]
+    loaded = load_records(write_jsonl(tmp_path / "distilabel.jsonl", distilabel))
+    assert loaded.rows == [{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "France"}]
+    with pytest.raises(DataError, match="line 1: 'generations' and 'ratings' must be lists of the same length"):
+        load_records(write_jsonl(tmp_path / "uneven.jsonl", [{**distilabel[0], "ratings": [2, 5]}]))
+
+
+def test_feedback_logs_label_kto_rows_and_an_unread_rating_is_warned_of_for_sft(tmp_path):
+    """Thumbs and ratings read as KTO's label; the same column left out of SFT rows is said, with both ways on."""
+    from tunesmith.data.shapes import feedback_warnings
+
+    rows = [{"prompt": f"Greet {i}", "completion": "Hello!" if i % 2 else "Go away.",
+             "thumbs": ["down", "up", "👎", "👍"][i % 4], "id": i} for i in range(8)]
+    path = write_jsonl(tmp_path / "log.jsonl", rows)
+    loaded = load_records(path)
+    assert loaded.shape == "prompt_completion" and loaded.feedback_columns == {"thumbs": ["'down'", "'up'", "'👎'",
+                                                                                          "'👍'"]}
+    warning, = feedback_warnings(loaded.feedback_columns, loaded.source_shape)
+    assert "column 'thumbs' is left out" in warning and "--set data.columns.thumbs=label" in warning
+    labelled = load_records(path, columns={"thumbs": "label"})
+    assert [row["label"] for row in labelled.rows] == [False, True] * 4
+    constant = load_records(write_jsonl(tmp_path / "all_up.jsonl", [{**row, "thumbs": "up"} for row in rows]))
+    assert constant.feedback_columns == {}  # a column with one value judges nothing apart
+    with pytest.raises(DataError) as caught:
+        load_records(write_jsonl(tmp_path / "stars.jsonl", [{**rows[0], "label": "4 stars"}]))
+    assert "'label' must be true or false" in caught.value.message and "up/down" in caught.value.hint
+
+
 def test_unpaired_labels_from_csv_words_become_booleans():
     assert [row["label"] for row in fixture_rows("unpaired_preference.csv")] == [True, False, True, False]
 

@@ -614,3 +614,22 @@ def test_inspect_warns_of_a_classifier_trained_on_bare_inputs(tiny_model_dir: Pa
     warned = [line for line in report["files"]["train"]["warnings"] if "carry no instruction" in line]
     rows = [json.loads(line) for line in weather.open(encoding="utf-8")]
     assert warned == bare_input_warnings(rows) and len(warned) == 1
+
+
+def test_inspect_and_the_training_splits_warn_of_a_rating_sft_would_leave_out(tiny_model_dir: Path, tmp_path: Path):
+    """A feedback log (prompt, completion, rating) read as SFT rows: `data inspect`'s report and the splits training
+    prints its warnings from both name the column and the KTO mapping; the same rows mapped onto KTO's label do not
+    warn."""
+    rows = [{"prompt": f"Greet guest {i}", "completion": "Welcome!" if i % 3 else "Leave.", "rating": int(i % 3 > 0)}
+            for i in range(24)]
+    data = tmp_path / "log.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    recipe = data_recipe(data, model=str(tiny_model_dir))
+    report = inspect_data(recipe, examples=1)
+    warned = [line for line in report["files"]["train"]["warnings"] if "column 'rating'" in line]
+    assert len(warned) == 1 and "--set data.columns.rating=label" in warned[0]
+    assert load_splits(recipe).warnings == warned
+    kto = recipe.model_copy(update={"method": recipe.method.model_copy(update={"kind": "kto"}),
+                                    "data": recipe.data.model_copy(update={"columns": {"rating": "label"}})})
+    splits = load_splits(kto, accept=("unpaired_preference",), purpose="kto")
+    assert splits.warnings == [] and [row["label"] for row in splits.train + splits.eval].count(False) == 8

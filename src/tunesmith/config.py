@@ -195,7 +195,8 @@ class ReplaySection(Section):
 # The keys the row shapes read (data/shapes.py LAYOUTS and OPTIONAL_KEYS; a test keeps the two equal): what
 # data.columns may rename a column to
 COLUMN_TARGETS = frozenset({"messages", "conversations", "system", "tools", "chosen", "rejected", "prompt",
-                            "completion", "label", "instruction", "input", "output", "history", "text"})
+                            "completion", "label", "instruction", "input", "output", "history", "text",
+                            "completions", "generations", "ratings"})
 
 
 class DataSection(Section):

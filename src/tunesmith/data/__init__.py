@@ -14,6 +14,7 @@ from tunesmith.data.answers import classify_answers
 from tunesmith.data.fallbacks import apply_fallbacks
 from tunesmith.data.formats import SFT_SHAPES, Row, as_chat_preference, as_conversation, load_rows, with_system_prompt
 from tunesmith.data.prepare import clean_rows, steps_report
+from tunesmith.data.shapes import feedback_warnings
 from tunesmith.errors import DataError
 
 
@@ -25,6 +26,7 @@ class Splits:
     skipped: dict[str, int] = field(default_factory=dict)
     shape: str = "messages"
     cleaning: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the train file's columns say that reading it left out
 
 
 def row_hash(row: Row) -> str:
@@ -65,6 +67,7 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
     skipped: dict[str, int] = {}
     shapes: set[str] = set()
     cleaning: dict[str, Any] = {}
+    warnings: list[str] = []
     if tokenizer is None and (data.clean.min_tokens or data.clean.max_tokens):
         tokenizer = recipe_tokenizer(recipe)
 
@@ -83,6 +86,8 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
                             f"holds ({', '.join(sorted(shapes))}).")
             raise naming_key(exc, f"data.{split}") from None
         shapes.add(loaded.shape)
+        if split == "train" and loaded.shape in SFT_SHAPES:
+            warnings.extend(feedback_warnings(loaded.feedback_columns, loaded.source_shape))
         cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
         cleaning[split] = with_places(steps_report(cleaned.steps), loaded.place)
         if loaded.rows and not cleaned.rows:  # nothing would train (or be scored): said, not written out empty
@@ -119,7 +124,7 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
     kept, held = ([apply_fallbacks(with_system_prompt(row, data.system_prompt), data) for row in part]
                   for part in (kept, held))
     shape = "/".join(sorted({"messages" if name in SFT_SHAPES else name for name in shapes}))
-    return Splits(kept, held, source, skipped, shape, cleaning)
+    return Splits(kept, held, source, skipped, shape, cleaning, warnings)
 
 
 def naming_key(error: DataError, key: str) -> DataError:

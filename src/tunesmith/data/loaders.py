@@ -19,6 +19,7 @@ from tunesmith.data.shapes import (
     Row,
     as_conversation,
     detect_layout,
+    feedback_columns,
     key_list,
     normalise_record,
     shape_of,
@@ -29,7 +30,8 @@ from tunesmith.errors import DataError, RowProblem
 COLUMNS_HINT = ("data.columns maps your column names onto these, {your_column: expected}, e.g. "
                 "`--set data.columns.question=prompt --set data.columns.answer=completion`.")
 SHAPE_HINT = ("Rows need 'messages', 'conversations' (ShareGPT), 'instruction' and 'output' (Alpaca), "
-              "'prompt' and 'completion', 'chosen' and 'rejected', 'text', or (GRPO) 'prompt' alone; " + COLUMNS_HINT)
+              "'prompt' and 'completion', 'chosen' and 'rejected', 'prompt' and scored 'completions' (each "
+              "{response, score}: paired best against worst), 'text', or (GRPO) 'prompt' alone; " + COLUMNS_HINT)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class LoadResult:
     unused_columns: list[str] = field(default_factory=list)  # columns the shape does not read: left out of the rows
     places: list[str] = field(default_factory=list)  # where each row is in the file ("FILE, line 7"), as rows
     other_layouts: dict[str, int] = field(default_factory=dict)  # rows of other layouts, when the file mixes them
+    feedback_columns: dict[str, list[str]] = field(default_factory=dict)  # left-out columns that judge the answers
 
     def place(self, index: int) -> str | None:
         """Where the index-th usable row is in the file (reports count usable rows; people, file lines)."""
@@ -69,6 +72,7 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     result = LoadResult(path, file_format, layout, shape_of(layout),
                         unused_columns=unused_keys([record.value for record in records], layout),
                         other_layouts=other_layouts(records, layout) if shape == "auto" else {})
+    result.feedback_columns = feedback_columns([record.value for record in records], result.unused_columns)
     if result.other_layouts and {layout, *result.other_layouts} <= set(SFT_LAYOUTS):
         return load_mixed_sft(result, records, skip_invalid)
     if result.other_layouts and not skip_invalid:

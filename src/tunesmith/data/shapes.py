@@ -3,8 +3,9 @@
 Canonical rows follow TRL's dataset conventions, so every trainer downstream sees one of six shapes:
 `messages` (optionally with `tools`), `prompt_completion`, `preference`, `unpaired_preference`, `text`, and
 `prompt` (prompts without answers: what GRPO samples answers to, TRL's "prompt-only" type).
-ShareGPT and Alpaca records are recognised too and become `messages` rows. Keys a shape does not use
-(ids, sources, scores) are left out of the canonical row.
+ShareGPT and Alpaca records are recognised too and become `messages` rows; a prompt with several scored
+completions (UltraFeedback's layout) becomes a `preference` row, the best-scored answer against the worst. Keys a
+shape does not use (ids, sources, scores) are left out of the canonical row.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tunesmith.data.turns import (
     TURN_KEYS,
     Message,
     conversation,
+    normalise_turns,
     open_prompt,
     prompt_and_reply,
     short_repr,
@@ -36,6 +38,8 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "preference": ("chosen", "rejected"),
+    "scored_completions": ("completions",),
+    "rated_generations": ("generations", "ratings"),
     "unpaired_preference": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
@@ -46,6 +50,7 @@ SHAPES = ("messages", "prompt_completion", "preference", "unpaired_preference", 
 # The keys each layout reads besides its identifying ones (LAYOUTS): every other column is left out of the rows.
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("tools",), "sharegpt": ("system", "tools"), "preference": ("prompt", "tools"),
+    "scored_completions": ("prompt", "instruction"), "rated_generations": ("prompt", "instruction"),
     "unpaired_preference": ("tools",), "prompt_completion": ("tools",), "alpaca": ("input", "system", "history"),
     "text": (), "prompt": ("tools",),
 }
@@ -59,14 +64,21 @@ def unused_keys(records: list[Any], layout: str) -> list[str]:
     dicts = [record for record in records if isinstance(record, dict)]
     columns = {str(key) for record in dicts for key in record} - read
     in_turns = {f"{key}[].{turn_key}" for record in dicts for key, value in record.items()
-                if key in read and key != "tools" and isinstance(value, list)
+                if key in read and key not in ("tools", "completions") and isinstance(value, list)
                 for turn in value if isinstance(turn, dict) for turn_key in turn if turn_key not in TURN_KEYS}
     return sorted(columns | in_turns)
-LABEL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# KTO's label as users' files spell it: booleans in words, 0/1, and the thumbs of feedback logs (Ethayarajh et al.
+# 2024 call the two kinds desirable and undesirable)
+LABEL_WORDS = {**dict.fromkeys(("true", "1", "1.0", "yes", "up", "thumbs_up", "thumbsup", "\N{THUMBS UP SIGN}",
+                                "good", "desirable"), True),
+               **dict.fromkeys(("false", "0", "0.0", "no", "down", "thumbs_down", "thumbsdown",
+                                "\N{THUMBS DOWN SIGN}", "bad", "undesirable"), False)}
 
 
 def shape_of(layout: str) -> str:
-    """The canonical shape a layout becomes: ShareGPT and Alpaca are conversations."""
+    """The canonical shape a layout becomes: ShareGPT and Alpaca are conversations, scored completions pairs."""
+    if layout in ("scored_completions", "rated_generations"):
+        return "preference"
     return "messages" if layout in ("sharegpt", "alpaca") else layout
 
 
@@ -208,19 +220,24 @@ def unpaired_preference_row(record: dict) -> Row:
 
 
 def label_value(value: Any) -> bool:
-    """True/false as JSON booleans, 0/1, or the words CSV files use for them."""
+    """True/false as JSON booleans, 0/1, or the words files use for them (LABEL_WORDS: yes/no, up/down, ...)."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if is_number(value) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in LABEL_WORDS:
         return LABEL_WORDS[value.strip().lower()]
-    raise RowProblem("wrong_type", f"'label' must be true or false, got {short_repr(value)}.")
+    raise RowProblem("wrong_type", f"'label' must be true or false, got {short_repr(value)}.",
+                     "KTO reads true/false, 1/0, yes/no, up/down, thumbs_up/thumbs_down, good/bad (and 👍/👎) as "
+                     "desirable/undesirable; write other values as one of these in the file (a score as "
+                     "true above a threshold you choose).")
 
 
 def preference_row(record: dict) -> Row:
     if record.get("prompt") is None:
         return implicit_preference_row(record)
+    if isinstance(record["prompt"], str) and all(isinstance(record[key], list) for key in ("chosen", "rejected")):
+        return text_prompt_preference_row(record)
     if not is_conversational(record, ("prompt", "chosen", "rejected")):
         row = {"prompt": required_text(record, "prompt"),
                "chosen": required_text(record, "chosen", reason="empty_assistant"),
@@ -230,6 +247,26 @@ def preference_row(record: dict) -> Row:
         _, rejected = prompt_and_reply(record["prompt"], record["rejected"], "rejected")
         row = with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, record)
     check_pair_differs(row)
+    return row
+
+
+def text_prompt_preference_row(record: dict) -> Row:
+    """A text `prompt` beside `chosen` and `rejected` given as turns. Turns that start at the answer take the prompt
+    as their user turn. Turns that repeat the prompt (UltraFeedback binarized's layout: each side a whole
+    conversation) are read as whole conversations, their shared turns the prompt, once `prompt` is found to be
+    their last user turn; a pair that says another prompt is refused (which one trains is not ours to guess)."""
+    prompt = required_text(record, "prompt", reason="empty_user")
+    sides = [normalise_turns(record[key], key)[0] for key in ("chosen", "rejected")]
+    if all(turns[0]["role"] == "assistant" for turns in sides):
+        return preference_row({**record, "prompt": [{"role": "user", "content": prompt}]})
+    row = implicit_preference_row({key: value for key, value in record.items() if key != "prompt"})
+    asked = [turn.get("content") for turn in row["prompt"] if turn["role"] == "user"]
+    last_asked = asked[-1] if asked else None
+    if not isinstance(last_asked, str) or last_asked.strip() != prompt.strip():
+        raise RowProblem("prompt_mismatch", f"'prompt' ({short_repr(prompt)}) is not the last user turn that "
+                                            f"'chosen' and 'rejected' share ({short_repr(last_asked)}).",
+                         "Give chosen and rejected as the answer turns alone, or drop the 'prompt' column where "
+                         "they hold the whole conversations (their shared turns are then the prompt).")
     return row
 
 
@@ -308,6 +345,75 @@ def identical_pair() -> RowProblem:
     return RowProblem("identical_pair", "'chosen' and 'rejected' are identical: there is nothing to prefer.")
 
 
+# A scored completion's answer and its score, under the names datasets give them, in the order they are looked for.
+# UltraFeedback's completions are {response, overall_score, fine-grained_score, ...} (Cui et al. 2023); its overall
+# score is what HuggingFaceH4/ultrafeedback_binarized's create_dataset.py pairs by.
+SCORED_ANSWER_KEYS = ("response", "completion", "text", "output", "answer", "content")
+SCORE_KEYS = ("score", "rating", "reward", "overall_score", "fine-grained_score")
+
+
+def scored_completions_row(record: dict) -> Row:
+    """A prompt (`prompt`, else `instruction`) and its scored `completions` (or distilabel's parallel `generations`
+    and `ratings`) as one pair: the best-scored answer chosen, the worst rejected (the first of each where scores
+    tie). Zephyr's binarization drew the rejected one at random from the rest (Tunstall et al. 2023); the worst is
+    the widest margin, and the same at every read."""
+    if "completions" not in record:
+        record = {**record, "completions": rated_generations(record)}
+    prompt_key = next((key for key in ("prompt", "instruction") if record.get(key) is not None), None)
+    if prompt_key is None:
+        raise RowProblem("missing_key", f"a row of scored completions needs its 'prompt' (or 'instruction'); this one "
+                                        f"has {key_list(record)}.",
+                         "Map the column that holds the question onto it, e.g. `--set data.columns.question=prompt`.")
+    completions = record["completions"]
+    if not isinstance(completions, list) or not all(isinstance(item, dict) for item in completions):
+        raise RowProblem("wrong_type", f"'completions' must be a list of objects, each an answer and its score, got "
+                                       f"{short_repr(completions)}.")
+    if len(completions) < 2:
+        raise RowProblem("no_preference", f"'completions' holds {len(completions)} answer(s): a pair needs two with "
+                                          "different scores.")
+    scored = [(completion_score(item, index), completion_answer(item, index)) for index, item in enumerate(completions)]
+    best = max(range(len(scored)), key=lambda index: scored[index][0])
+    worst = min(range(len(scored)), key=lambda index: scored[index][0])
+    if scored[best][0] == scored[worst][0]:
+        raise RowProblem("no_preference", f"all {len(scored)} completions score {scored[best][0]:g}: none is "
+                                          "preferred, so there is no pair to train.")
+    return preference_row({"prompt": record[prompt_key], "chosen": scored[best][1], "rejected": scored[worst][1]})
+
+
+def rated_generations(record: dict) -> list[dict[str, Any]]:
+    """distilabel's `generations` (answers) and `ratings` (their scores, in the same order) as completions."""
+    generations, ratings = record["generations"], record["ratings"]
+    if not isinstance(generations, list) or not isinstance(ratings, list) or len(generations) != len(ratings):
+        raise RowProblem("wrong_type", f"'generations' and 'ratings' must be lists of the same length, got "
+                                       f"{short_repr(generations)} and {short_repr(ratings)}.")
+    return [{"response": answer, "rating": rating} for answer, rating in zip(generations, ratings, strict=True)]
+
+
+def completion_score(item: dict, index: int) -> float:
+    """The first of SCORE_KEYS that `item` gives as a number (a number written as text counts)."""
+    for key in SCORE_KEYS:
+        value = item.get(key)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                continue
+        if is_number(value):
+            return float(value)
+    raise RowProblem("missing_key", f"completions[{index}] has no score: one of {list(SCORE_KEYS)} as a number; it "
+                                    f"has {key_list(item)}.",
+                     "Give each completion a numeric score under one of those names.")
+
+
+def completion_answer(item: dict, index: int) -> str:
+    """The first of SCORED_ANSWER_KEYS that `item` gives as non-empty text."""
+    for key in SCORED_ANSWER_KEYS:
+        if isinstance(item.get(key), str) and item[key].strip():
+            return item[key]
+    raise RowProblem("empty_assistant", f"completions[{index}] has no answer text: one of {list(SCORED_ANSWER_KEYS)}; "
+                                        f"it has {key_list(item)}.")
+
+
 def text_row(record: dict) -> Row:
     return {"text": required_text(record, "text")}
 
@@ -337,6 +443,8 @@ NORMALISERS: dict[str, Callable[[dict], Row]] = {
     "prompt_completion": prompt_completion_row,
     "unpaired_preference": unpaired_preference_row,
     "preference": preference_row,
+    "scored_completions": scored_completions_row,
+    "rated_generations": scored_completions_row,
     "text": text_row,
     "prompt": prompt_row,
 }
@@ -397,6 +505,44 @@ def preference_warnings(rows: list[Row], place: Callable[[int], str | None] | No
                         "to weigh them against (Ethayarajh et al. 2024 train on both kinds, at most 1:4). Add rows "
                         f"labelled {other.split(' ')[0]}, or train the answers with method.kind sft.")
     return warnings
+
+
+# Words in a column's name that say it judges the row's answer (a feedback log's rating or thumbs)
+FEEDBACK_WORDS = frozenset({"rating", "ratings", "rated", "thumb", "thumbs", "feedback", "score", "scores", "vote",
+                            "votes", "upvote", "upvotes", "label", "liked", "like", "helpful", "reward", "quality",
+                            "accepted", "approved", "good"})
+FEEDBACK_VALUES_SHOWN = 4
+
+
+def feedback_columns(records: list[Any], unused: list[str]) -> dict[str, list[str]]:
+    """The left-out columns (`unused`) whose name says they judge each answer (FEEDBACK_WORDS: rating, thumbs_up,
+    user_score, ...) and whose values differ between rows, each with its first values (one more than
+    FEEDBACK_VALUES_SHOWN where there are more)."""
+    found: dict[str, list[str]] = {}
+    for column in unused:
+        if not FEEDBACK_WORDS & set(re.split(r"[^a-z0-9]+", column.lower())):
+            continue
+        values = list(dict.fromkeys(short_repr(record[column]) for record in records
+                                    if isinstance(record, dict) and column in record))
+        if len(values) > 1:
+            found[column] = values[:FEEDBACK_VALUES_SHOWN + 1]  # one more than shown: says whether there are more
+    return found
+
+
+def feedback_warnings(columns: dict[str, list[str]], layout: str) -> list[str]:
+    """For answers that train with supervised fine-tuning (`layout`: the file's layout): each feedback column
+    (`feedback_columns`) left out, with what SFT does to the answers it judged bad and how to learn from it."""
+    kto_reads = layout == "prompt_completion"  # KTO's rows are prompt, completion and label
+    return [f"column {column!r} is left out, and its values ({shown_values(values)}) look like a judgement of each "
+            "answer: supervised fine-tuning trains every answer, the ones judged bad too. To learn from it, "
+            + (f"train with KTO (`--set method.kind=kto --set data.columns.{column}=label`; true/false, 1/0, "
+               "up/down and good/bad are read as desirable/undesirable), " if kto_reads else
+               "give the rows as prompt, completion and label for KTO (method.kind kto), ")
+            + "or keep only the answers judged good." for column, values in columns.items()]
+
+
+def shown_values(values: list[str]) -> str:
+    return ", ".join(values[:FEEDBACK_VALUES_SHOWN]) + (", ..." if len(values) > FEEDBACK_VALUES_SHOWN else "")
 
 
 def answers_repeat_prompt(row: Row) -> bool:

@@ -12,13 +12,13 @@ from tunesmith.config import Recipe, apply_override, load_recipe, validate_recip
 from tunesmith.data import data_source, drop_eval_overlap, load_splits, recipe_tokenizer, with_places
 from tunesmith.data.answers import bare_input_warnings
 from tunesmith.data.contract import judge_template
-from tunesmith.data.formats import METHOD_SHAPES, as_conversation, shape_refusal
+from tunesmith.data.formats import METHOD_SHAPES, SFT_SHAPES, as_conversation, shape_refusal
 from tunesmith.data.lengths import auto_max_length, length_limit
 from tunesmith.data.loaders import LoadResult, load_records
 from tunesmith.data.prepare import clean_rows, steps_report, token_lengths
 from tunesmith.data.preview import Preview, preview_rows, require_rows
 from tunesmith.data.report import data_stats, report_html, token_length_figure
-from tunesmith.data.shapes import SHAPES, is_prompt_only, preference_warnings, tool_warnings
+from tunesmith.data.shapes import SHAPES, feedback_warnings, is_prompt_only, preference_warnings, tool_warnings
 from tunesmith.errors import DataError
 from tunesmith.runs import atomic_directory, check_replaceable_output
 
@@ -78,7 +78,9 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "skipped": loaded.skipped,
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
-            "warnings": preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place) +
+            "warnings": (feedback_warnings(loaded.feedback_columns, loaded.source_shape)
+                         if loaded.shape in SFT_SHAPES else []) +
+                        preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place) +
                         (bare_input_warnings(as_trained[split]) if split == "train" and
                          all(is_sft_row(row) for row in loaded.rows) else []),
             "other_layouts": loaded.other_layouts,

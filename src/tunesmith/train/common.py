@@ -151,7 +151,8 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         record["template_contract"] = check_template_contract(tokenizer, splits.train + splits.eval,
                                                               recipe.model.source, recipe.model.chat_template)
         print_warnings(record["template_contract"]["warnings"])
-    print_warnings(cleaning_warnings(splits) + small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
+    print_warnings(splits.warnings + cleaning_warnings(splits) +
+                   small_split_warnings(len(splits.train), len(splits.eval), splits.shape) +
                    plain_prompt_warnings(tokenizer, splits.train, recipe.model.source) +
                    preference_warnings(splits.train) + tool_warnings(splits.train) +
                    (bare_input_warnings(splits.train, answers) if answers is not None else []))
