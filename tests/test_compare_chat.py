@@ -131,6 +131,14 @@ def test_prompt_only_rows_are_answered_without_scores(project, tmp_path):
     assert results["variants"] == ["style-b"] and results["scored"] == 0
     assert [r["reference"] for r in results["rows"]] == [None, None] and "scores" not in results["rows"][0]
     assert "–" in render_compare_html(results)
+    from rich.console import Console
+
+    from tunesmith.eval.compare import print_compare
+
+    console = Console(record=True, width=200)
+    print_compare(results, console)  # says how to score them: a metric of answers alone, or a column as reference
+    said = " ".join(console.export_text().split())
+    assert "No prompt has a reference answer" in said and "--reference-key chosen --metric chrf" in said
     (tmp_path / "alone.py").write_text("def size(completion, reference):\n    return float(len(completion))\n")
     # metrics that judge an answer alone score every row
     judged = run_compare([project["adapter_b"]], project["prompt_only"],

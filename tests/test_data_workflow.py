@@ -573,6 +573,8 @@ def test_a_bare_file_only_one_method_trains_on_is_reported_as_that_method_trains
     assert "1 document(s) are longer than max_length" in text and "none is cut" in text
     pairs = json.loads(inspect("pairs.jsonl", "--json").stdout)["files"]["train"]
     assert "method_assumed" not in pairs and {"dpo", "kto", "reward"} <= set(pairs["methods_taking"])
+    text = " ".join(inspect("pairs.jsonl", "--set", "method.kind=kto").stderr.split())  # how KTO reads pairs
+    assert "KTO trains each pair as two rows" in text and "2 rows from the 1 pair(s)" in text
 
 
 def test_a_missing_data_file_names_the_folder_the_recipe_resolves_it_from(tmp_path: Path):
@@ -633,3 +635,17 @@ def test_inspect_and_the_training_splits_warn_of_a_rating_sft_would_leave_out(ti
                                     "data": recipe.data.model_copy(update={"columns": {"rating": "label"}})})
     splits = load_splits(kto, accept=("unpaired_preference",), purpose="kto")
     assert splits.warnings == [] and [row["label"] for row in splits.train + splits.eval].count(False) == 8
+
+
+def test_data_json_counts_the_turns_of_pairs_and_conversations_and_none_for_raw_text():
+    from tunesmith.data import Splits, fingerprint
+
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Name a cat."}]
+    pairs = [{"prompt": turns, "chosen": [{"role": "assistant", "content": "Tom."}],
+              "rejected": [{"role": "assistant", "content": "No."}]},
+             {"prompt": "Name a dog.", "chosen": "Rex.", "rejected": "No."}]
+    assert fingerprint(Splits(pairs, [], {}, shape="preference"))["turns_per_row"] == 3.0  # (4 + 2) / 2
+    chats = [{"messages": [*turns, {"role": "assistant", "content": "Tom."}]}]
+    assert fingerprint(Splits(chats, [], {}))["turns_per_row"] == 4.0
+    assert fingerprint(Splits([{"text": "Once upon a time."}], [], {}, shape="text"))["turns_per_row"] is None

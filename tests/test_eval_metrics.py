@@ -447,7 +447,9 @@ def test_the_loss_curve_draws_the_task_and_the_replay_anchor_apart_on_a_log_scal
     assert lines["task loss (train loss − replay term)"] == pytest.approx([1.4432, 0.0597, 0.0021])
     assert lines["replay term (weight × KL to the base)"] == [0.0018, 0.0034, 0.0042]
     assert ax.get_yscale() == "log"
-    assert plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], tmp_path / "flat.png", "t")
+    assert ax.get_ylabel() == "loss (nats per loss-carrying token)"
+    assert plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], tmp_path / "flat.png", "t", "dpo")
+    assert drawn["ax"].get_ylabel().startswith("DPO loss per pair")  # a pair's loss, not a token's
 
 
 def test_mark_changes_highlights_only_new_words():

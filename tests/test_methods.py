@@ -214,7 +214,7 @@ def test_preference_accuracy_is_per_token_so_a_longer_chosen_answer_can_win():
     assert reward_accuracy([-25.0, -5.0], [-20.0, -6.0]) == 0.5
 
 
-def test_kto_eval_on_unpaired_rows_compares_tuned_with_base_row_by_row(trained, tmp_path):
+def test_kto_eval_on_unpaired_rows_compares_tuned_with_base_row_by_row(trained, tmp_path, capsys):
     """Unpaired held-out rows have no pair margin; the tuned model is compared with its base row by row on the
     log-probability signed by the label (KTO's implied reward, sign-corrected)."""
     if trained.kind != "kto":
@@ -225,8 +225,15 @@ def test_kto_eval_on_unpaired_rows_compares_tuned_with_base_row_by_row(trained, 
     pairs = [json.loads(line) for line in (PREFS / "eval.jsonl").read_text().splitlines() if line.strip()]
     held_out = tmp_path / "unpaired.jsonl"
     held_out.write_text("".join(json.dumps(row) + "\n" for row in unpair(pairs, seed=0)))
-    results = json.loads(run_eval(trained.run.load_recipe(), trained.run, data=held_out).read_text())
+    results_file = run_eval(trained.run.load_recipe(), trained.run, data=held_out)
+    results = json.loads(results_file.read_text())
     assert results["examples"] == 2 * len(pairs) and results["task_metric"] == "label_gap"
+    from tunesmith.cli.app import _print_results
+
+    capsys.readouterr()
+    _print_results(trained.run.path, results_file, held_out)  # the table, and what its KTO columns mean
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "label_gap: mean log-probability of the desirable answers" in printed and "signed_logp:" in printed
     signed = results["comparison"]["signed_logp"]
     assert signed["wins"] + signed["losses"] + signed["ties"] == results["examples"]
     assert signed["delta"] == pytest.approx(results["tuned"]["signed_logp"] - results["base"]["signed_logp"], abs=1e-3)

@@ -869,8 +869,15 @@ def _print_results(run_path: Path, results_file: Path | None = None, rows_from: 
     if "reward_accuracy" in results.tuned:
         err.print(escape(f"preference_accuracy: pairs whose chosen answer the model finds more likely per token; "
                          f"reward_accuracy: pairs the tuned model moved towards the chosen answer against the "
-                         f"{other or 'base'} (DPO's implicit reward accuracy, TRL's rewards/accuracies)."),
+                         f"{other or 'base'} (DPO's implicit reward, log π − log π_ref, with the {other or 'base'} "
+                         "as π_ref whichever method trained; TRL logs it for DPO as rewards/accuracies)."),
                   highlight=False, soft_wrap=True)
+    if "label_gap" in results.tuned:
+        err.print(escape("label_gap: mean log-probability of the desirable answers minus that of the undesirable "
+                         "ones (summed over each answer's tokens); signed_logp: each answer's log-probability, "
+                         "negated for an undesirable one, averaged (higher is better); a row is won where the tuned "
+                         f"model raised it above the {other or 'base'}'s (KTO's implied reward with the label's "
+                         "sign)."), highlight=False, soft_wrap=True)
     reward_model = "mean_score_chosen" in results.tuned  # a reward head's scores: nothing generates or is likely
     if results.task_metric in ("preference_accuracy", "label_gap") and results.judge is None and not reward_model:
         err.print(escape("Note: these score how likely the held-out answers are to each model, not what it writes. "

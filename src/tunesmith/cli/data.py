@@ -108,6 +108,10 @@ def print_inspect_report(report: dict[str, Any], from_recipe: bool = True) -> No
             err.print(f"note: {info['shape']} rows train with method.kind {' or '.join(info['methods_taking'])} "
                       "(a recipe's method section; the counts above assume sft, the default).", highlight=False,
                       soft_wrap=True)
+        if info.get("kto_rows"):
+            err.print(f"note: KTO trains each pair as two rows, its chosen answer desirable and its rejected one "
+                      f"undesirable: {info['kto_rows']} rows from the {info['stats']['rows']} pair(s).",
+                      highlight=False, soft_wrap=True)
         print_steps(info["cleaning_dry_run"], "what `prepare` would do" if report.get("pii") != "off" else
                     f"what `prepare` would do, with data.clean.pii: redact ({pii_off})")
         print_unused_keys(info.get("unused_columns") or [], info["layout"])

@@ -208,9 +208,20 @@ def fingerprint(splits: Splits) -> dict[str, Any]:
         "skipped_rows": splits.skipped,
         "cleaning": splits.cleaning,
         "shape": splits.shape,
-        "turns_per_row": _mean([len(r["messages"]) for r in splits.train if "messages" in r]),
+        "turns_per_row": _mean([count for row in splits.train if (count := turn_count(row))]) or None,
         "answers": classify_answers(splits.train).model_dump(),
     }
+
+
+def turn_count(row: Row) -> int:
+    """The turns a row trains on: a conversation's, or a pair's or KTO row's prompt turns and one answer's (a plain
+    text prompt and answer are one turn each, as they train in the chat format); 0 for raw text."""
+    if "messages" in row:
+        return len(row["messages"])
+    answer = next((row[key] for key in ("chosen", "completion") if key in row), None)
+    if "prompt" not in row or answer is None:
+        return 0
+    return sum(len(part) if isinstance(part, list) else 1 for part in (row["prompt"], answer))
 
 
 def _mean(values: list[int]) -> float:

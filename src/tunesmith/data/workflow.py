@@ -90,6 +90,8 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "cleaning_dry_run": with_places(steps_report(cleaned.steps), loaded.place),
             "examples": [rendered(tokenizer, row) for row in as_trained[split][:examples]],
             **method_fit(recipe.method.kind, loaded, method_chosen),
+            **({"kto_rows": 2 * len(loaded.rows)} if recipe.method.kind == "kto" and loaded.shape == "preference"
+               else {}),  # train.preference.unpair: each pair a desirable and an undesirable row
             **({"method_assumed": assumed} if assumed else {}),
             "packed": loaded.shape == "text" and packs_text(recipe),
         }

@@ -474,7 +474,9 @@ def print_compare(results: dict[str, Any], console: Any, width: int = 300) -> No
     if not results["scored"]:
         console.print(escape(f"No prompt has a reference answer to score {', '.join(results['metrics'])} against: "
                              "--metric json_valid, or a check of your own (--metric file.py:function), scores "
-                             "answers alone."), highlight=False, soft_wrap=True)
+                             "answers alone; --reference-key COLUMN scores against a column of the file (a "
+                             "preference file's preferred answer: --reference-key chosen --metric chrf)."),
+                      highlight=False, soft_wrap=True)
 
 
 def _cut(text: str, width: int) -> str:

@@ -446,7 +446,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
               "warnings": loss_warnings(run.read_metrics(), recipe.method.kind, recipe.training.lr)}
     print_warnings(report["warnings"])
     atomic_write_json(run.path / "train.json", report)
-    plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss")
+    plot_loss_curve(run.read_metrics(), run.plots_dir / "loss.png", f"{recipe.name}: {recipe.method.kind} loss",
+                    recipe.method.kind)
     plot_reward_curve(run.read_metrics(), run.plots_dir / "rewards.png", f"{recipe.name}: {recipe.method.kind} rewards")
     wait_for_everyone()
     return adapter

@@ -7,9 +7,23 @@ from typing import Any
 
 from tunesmith.figures import pyplot, save_figure
 
+# What one point of each method's loss is (its y-axis): a per-token mean for the language-model losses, a mean over
+# pairs or rows for the preference losses (TRL's trainers; the papers' names for them)
+LOSS_UNITS = {
+    "sft": "loss (nats per loss-carrying token)",
+    "cpt": "loss (nats per token)",
+    "dpo": "DPO loss per pair: −log σ(β × reward margin)",
+    "simpo": "SimPO loss per pair: −log σ(β × length-normalised margin − γ)",
+    "orpo": "ORPO loss per pair: answer NLL + λ × odds-ratio term",
+    "kto": "KTO loss per row (desirable and undesirable weighted)",
+    "reward": "reward-model loss per pair: −log σ(r_chosen − r_rejected)",
+    "grpo": "GRPO policy loss (near 0 whether or not it learns; see rewards.png)",
+}
 
-def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Training loss (and eval loss when logged) against optimizer step, as a PNG. Where the replay anchor trained
+
+def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str, method: str = "sft") -> Path | None:
+    """Training loss (and eval loss when logged) against optimizer step, as a PNG, the y-axis saying what the
+    `method`'s loss is (LOSS_UNITS). Where the replay anchor trained
     beside the task (`replay_term`: data.replay.weight x KL(base || tuned) on replay rows, which the logged loss
     includes), the task's own part and the anchor's are drawn apart. A log scale once the curve spans more than 20x,
     where a linear axis shows the last tenfold fall as flat."""
@@ -32,7 +46,7 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str) -> Pa
     values = [value for _, value in train + evals + anchor]
     if min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")
-    ax.set(xlabel="optimizer step", ylabel="loss (nats per loss-carrying token)", title=title)
+    ax.set(xlabel="optimizer step", ylabel=LOSS_UNITS.get(method, "loss"), title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.text(0.01, -0.02, "Each point: the mean over the optimizer steps since the one before (training.logging_steps)."
