@@ -311,6 +311,31 @@ def test_qlora_8bit_loads_quantized(tiny_model_dir: Path) -> None:
     assert config.r == 16
 
 
+def test_qlora_gradients_survive_an_inference_pass_before_training(tiny_model_dir: Path) -> None:
+    """bitsandbytes repacks a 4-bit layer for a CPU kernel without a backward the first time it runs in eval mode
+    without gradients (as the replay answers are generated before training); the gradients that reach the first
+    block's LoRA must be the same after such a pass as without it (they fell ~1000x on SmolLM2-135M before)."""
+    from peft import get_peft_model
+
+    def first_block_gradient(inference_first: bool) -> torch.Tensor:
+        recipe = validate_recipe({"data": {"train": "x"}, "adapter": {"kind": "qlora", "r": 4, "alpha": 8}})
+        model, config = adapter_setup(load_model(tiny_model_dir, **model_load_kwargs(recipe.adapter)), recipe.adapter)
+        torch.manual_seed(0)
+        config.init_lora_weights = False  # B not zero: gradients reach A
+        model = get_peft_model(model, config)
+        assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
+        if inference_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=IDS)
+            model.train()
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        return next(p.grad for name, p in model.named_parameters() if ".layers.0." in name and "lora_A" in name)
+
+    fresh, after = first_block_gradient(False), first_block_gradient(True)
+    assert fresh.norm() > 0 and torch.allclose(after, fresh, rtol=1e-3, atol=1e-6)
+
+
 def test_qlora_on_cpu_with_an_old_bitsandbytes_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     import tunesmith.train.adapters as adapters
 

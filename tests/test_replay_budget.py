@@ -461,6 +461,26 @@ def test_a_replay_row_on_one_micro_batch_anchors_the_step_as_it_does_the_whole_b
         torch.testing.assert_close(adapters["micro"][key], adapters["whole"][key], atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_adapters_replay_as_training_rows_by_default(tmp_path, tiny_model_dir, kind):
+    """Virtual tokens change every row the model reads, so the KL anchor (plain token rows through the model) is not
+    theirs: the default replay trains as rows (it crashed in the anchor's forward pass), and kl is refused by name."""
+    replay_file = tmp_path / "general.jsonl"
+    replay_file.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": f"{i}"}) + "\n" for i in range(8)),
+                           encoding="utf-8")
+    default = Recipe(data={"train": "t.jsonl"}, adapter={"kind": kind}).data.replay
+    assert default.ratio == 0.5 and default.resolved_loss(kind) == "sft"
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=16, eval_rows=4),
+                         [f"adapter.kind={kind}", f"data.replay.source={replay_file}", "data.replay.ratio=0.5",
+                          "training.max_steps=2"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    assert json.loads((run.path / "train.json").read_text())["replay"]["loss"] == "sft"
+    with pytest.raises(ValueError, match=rf"data\.replay\.loss=kl runs the replay rows as plain token rows, and "
+                                         rf"adapter\.kind={kind} adds virtual tokens"):
+        Recipe(data={"train": "t.jsonl", "replay": {"loss": "kl"}}, adapter={"kind": kind})
+
+
 def test_replay_kl_is_refused_for_adapters_that_change_the_base():
     with pytest.raises(ValueError, match=r"data\.replay\.loss=kl needs the untouched base"):
         Recipe(data={"train": "t.jsonl", "replay": {"ratio": 0.1, "loss": "kl"}}, adapter={"kind": "full"})

@@ -118,6 +118,12 @@ class CleanSection(Section):
 # PiSSA, OLoRA and LoftQ rewrite base weights at init, and full/partial/hft train the base itself.
 BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "prompt_tuning", "prefix_tuning",
                          "p_tuning")
+# Virtual tokens or key/value prefixes: nothing to fold into the weights, and (prompt_tuning, p_tuning) logits for
+# positions the input does not have
+PROMPT_LEARNING_KINDS = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+# Where the KL anchor applies (data.replay.loss kl): the adapter leaves the base untouched and the replay rows run
+# through the model as plain token rows; prompt-learning adapters replay with the sft loss instead
+KL_ANCHOR_KINDS = tuple(kind for kind in BASE_PRESERVING_KINDS if kind not in PROMPT_LEARNING_KINDS)
 
 
 # Measured on the quickstart (benchmarks/results/forgetting_settings.json; README "Keeping what the base could do").
@@ -189,7 +195,7 @@ class ReplaySection(Section):
     def resolved_loss(self, adapter_kind: str) -> str:
         if self.loss != "auto":
             return self.loss
-        return "kl" if adapter_kind in BASE_PRESERVING_KINDS else "sft"
+        return "kl" if adapter_kind in KL_ANCHOR_KINDS else "sft"
 
 
 # The keys the row shapes read (data/shapes.py LAYOUTS and OPTIONAL_KEYS; a test keeps the two equal): what
@@ -1030,9 +1036,13 @@ class Recipe(Section):
             raise ValueError(f"data.replay with method.kind={self.method.kind} trains the replay rows through the KL "
                              f"anchor only (data.replay.loss: kl; the sft loss joins answered rows to supervised "
                              f"fine-tuning's), and the anchor needs an adapter that leaves the base untouched "
-                             f"(adapter.kind {', '.join(BASE_PRESERVING_KINDS[:4])}, ...). Set data.replay.ratio: 0, "
+                             f"(adapter.kind {', '.join(KL_ANCHOR_KINDS[:4])}, ...). Set data.replay.ratio: 0, "
                              f"or change adapter.kind")
         self.check_null_space()
+        if self.data.replay.loss == "kl" and self.adapter.kind in PROMPT_LEARNING_KINDS:
+            raise ValueError(f"data.replay.loss=kl runs the replay rows as plain token rows, and adapter.kind="
+                             f"{self.adapter.kind} adds virtual tokens to every row it sees. Use data.replay.loss: "
+                             "sft (or auto), which trains the replay rows beside the task's")
         if self.data.replay.loss == "kl" and self.adapter.kind not in BASE_PRESERVING_KINDS:
             raise ValueError(f"data.replay.loss=kl needs the untouched base as its reference, and adapter.kind="
                              f"{self.adapter.kind} changes the base weights. Use data.replay.loss: sft (or auto)")

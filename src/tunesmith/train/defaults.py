@@ -25,8 +25,8 @@ import math
 import sys
 from typing import Any
 
+from tunesmith.config import PROMPT_LEARNING_KINDS, WHOLE_MODEL_KINDS
 from tunesmith.plan.fit import CPU_MICRO_TOKENS
-from tunesmith.train.adapters import PROMPT_LEARNING_KINDS, WHOLE_MODEL_KINDS
 from tunesmith.train.budget import MAX_BUDGET_EPOCHS, steps_per_epoch
 from tunesmith.train.throughput import weights_in
 

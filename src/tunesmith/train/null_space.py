@@ -43,12 +43,14 @@ class Protected:
 
     @torch.no_grad()
     def project(self) -> None:
+        """Project each A matrix in fp32 (the basis's dtype), written back in the weight's own (QLoRA's adapters
+        may train in bf16)."""
         for weight in self.weights:
-            along = (weight @ self.basis) @ self.basis.T
+            along = (weight.float() @ self.basis) @ self.basis.T
             if self.inside:
-                weight.sub_(along)
+                weight.sub_(along.to(weight.dtype))
             else:
-                weight.copy_(along)
+                weight.copy_(along.to(weight.dtype))
 
 
 class NullSpace:
