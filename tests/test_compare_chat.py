@@ -63,6 +63,29 @@ def test_one_column_per_variant_with_scores(compared, project):
     assert [r["outputs"]["base"] for r in compared["rows"]] != [r["outputs"]["style-b"] for r in compared["rows"]]
 
 
+def test_adapters_of_several_peft_kinds_are_answered_a_kind_at_a_time(compared, project, tiny_model_dir):
+    """PEFT cannot hold a LoRA and an IA3 adapter on one model ("Cannot combine adapters with different peft types"):
+    each kind gets a base of its own, in turn; the LoRA columns answer as they did beside LoRA alone."""
+    from peft import IA3Config, get_peft_model
+
+    from tunesmith.models import load_model
+
+    model = get_peft_model(load_model(tiny_model_dir), IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                                 feedforward_modules=["down_proj"]))
+    with torch.no_grad():  # (IA)3 starts as ones: scale them so the adapter changes the answers
+        for name, weight in model.named_parameters():
+            if "ia3_l" in name:
+                weight.mul_(torch.linspace(0.2, 3.0, weight.numel()).reshape(weight.shape))
+    model.save_pretrained(project["root"] / "scaled-ia3")
+    mixed = run_compare([project["adapter_b"], project["root"] / "scaled-ia3", project["run"]], project["prompts"],
+                        include_base=True, metrics=["exact_match", "chrf"], max_new_tokens=MAX_NEW, batch_size=BATCH)
+    run_name = Path(project["run"]).name
+    assert mixed["variants"] == ["base", "style-b", "scaled-ia3", run_name]
+    for name in ("base", "style-b", run_name):
+        assert [r["outputs"][name] for r in mixed["rows"]] == [r["outputs"][name] for r in compared["rows"]]
+    assert [r["outputs"]["scaled-ia3"] for r in mixed["rows"]] != [r["outputs"]["base"] for r in mixed["rows"]]
+
+
 def test_each_variant_is_compared_with_the_base_paired_over_the_same_prompts(compared):
     """As eval compares tuned with base: the difference of means, its paired bootstrap interval and the tally, each
     recomputed here from the per-prompt scores."""

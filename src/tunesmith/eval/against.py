@@ -45,13 +45,18 @@ def against_variants(run: Run, other: Path, device: str) -> tuple[dict[str, Vari
     """`base` (the other run's adapter) and `tuned` (this run's) on one loaded base model; and who `base` is."""
     import torch
 
-    from tunesmith.eval.compare import attach_adapters, peft_name
+    from tunesmith.eval.compare import attach_adapters, peft_name, peft_type
     from tunesmith.models import load_model
 
     mine, theirs = against_sources(run, other)
-    model = attach_adapters(load_model(mine.base_model, torch.float32, device).eval(), [mine, theirs])
-    variants = {"base": (model, lambda: adapter_active(model, peft_name(1, theirs.name))),
-                "tuned": (model, lambda: adapter_active(model, peft_name(0, mine.name)))}
+    model = load_model(mine.base_model, torch.float32, device).eval()
+    if peft_type(mine) == peft_type(theirs):  # one base holds both
+        tuned = base = attach_adapters(model, [mine, theirs])
+    else:  # PEFT holds adapters of one type together: each on a base of its own
+        tuned = attach_adapters(model, [mine])
+        base = attach_adapters(load_model(mine.base_model, torch.float32, device).eval(), [theirs], [1])
+    variants = {"base": (base, lambda: adapter_active(base, peft_name(1, theirs.name))),
+                "tuned": (tuned, lambda: adapter_active(tuned, peft_name(0, mine.name)))}
     return variants, {"name": theirs.name, "path": str(Path(other).resolve())}
 
 

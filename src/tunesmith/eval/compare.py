@@ -2,7 +2,9 @@
 
 The base model is loaded once and every adapter is attached to the same PeftModel under its own name;
 switching is `set_adapter`, the base is the adapter switched off. N fine-tunes then cost one model in
-memory plus N small adapters, and every variant sees the same prompts, greedy decoding and batches.
+memory plus N small adapters, and every variant sees the same prompts, greedy decoding and batches. PEFT holds
+adapters of one kind together (LoRA, DoRA and rsLoRA are one; IA3, AdaLoRA and prompt tuning are others), so
+adapters of several kinds are answered a kind at a time, the base loaded again for each.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import functools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,25 +205,32 @@ def peft_name(index: int, name: str) -> str:
     return f"a{index}_" + re.sub(r"\W", "_", name)
 
 
-def attach_adapters(model: Any, sources: list[AdapterSource]) -> Any:
-    """One PeftModel on `model` holding every adapter, named a0_..., a1_..."""
+def attach_adapters(model: Any, sources: list[AdapterSource], numbers: list[int] | None = None) -> Any:
+    """One PeftModel on `model` holding every adapter (all of one PEFT type: `peft_type_groups`), named a0_...,
+    a1_... (`numbers`: the number each is named by; their order by default)."""
     from peft import PeftModel
 
-    first, *others = sources
-    peft_model = PeftModel.from_pretrained(model, first.adapter_dir, adapter_name=peft_name(0, first.name))
-    for index, source in enumerate(others, start=1):
+    numbers = numbers if numbers is not None else list(range(len(sources)))
+    (first, *others), (number, *rest) = sources, numbers
+    peft_model = PeftModel.from_pretrained(model, first.adapter_dir, adapter_name=peft_name(number, first.name))
+    for index, source in zip(rest, others, strict=True):
         peft_model.load_adapter(source.adapter_dir, adapter_name=peft_name(index, source.name))
     return peft_model.eval()
 
 
-def variant_contexts(model: Any, sources: list[AdapterSource],
-                     include_base: bool) -> dict[str, Callable[[], AbstractContextManager]]:
-    """Column name -> a context that makes the model that variant: the adapter switched off, or one set active."""
-    names = unique_names(sources, include_base)
-    contexts: dict[str, Callable[[], AbstractContextManager]] = {BASE: model.disable_adapter} if include_base else {}
-    for index, (name, source) in enumerate(zip(names, sources, strict=True)):
-        contexts[name] = functools.partial(active_adapter, model, peft_name(index, source.name))
-    return contexts
+def peft_type(source: AdapterSource) -> str:
+    """The adapter's PEFT type (LORA for LoRA, DoRA, rsLoRA and QLoRA; IA3, ADALORA, PROMPT_TUNING, ...)."""
+    config = json.loads((source.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    return str(config.get("peft_type") or "LORA")
+
+
+def peft_type_groups(sources: list[AdapterSource]) -> list[list[int]]:
+    """The sources' indices grouped by PEFT type (one PeftModel can hold adapters of one type only), in the order
+    each type first appears."""
+    groups: dict[str, list[int]] = {}
+    for index, source in enumerate(sources):
+        groups.setdefault(peft_type(source), []).append(index)
+    return list(groups.values())
 
 
 @contextmanager
@@ -270,13 +279,22 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
         max_new_tokens, why = (auto_max_new_tokens(tokenizer, references) if references
                                else (NO_REFERENCE_ANSWER_TOKENS, "no reference answers to size it by"))
         progress(f"max_new_tokens: {max_new_tokens} ({why}; --max-new-tokens sets it)")
-    model = attach_adapters(load_model(base_dir, torch.float32, pick_device(device)).eval(), sources)
+    names = unique_names(sources, include_base)
     outputs, seconds = {}, {}
-    for name, context in variant_contexts(model, sources, include_base).items():
-        started = time.monotonic()
-        with context():
-            outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size, constraint)
-        seconds[name] = round(time.monotonic() - started, 2)
+    for number, group in enumerate(peft_type_groups(sources)):  # one model in memory at a time
+        model = attach_adapters(load_model(base_dir, torch.float32, pick_device(device)).eval(),
+                                [sources[index] for index in group], group)
+        contexts = {BASE: model.disable_adapter} if include_base and number == 0 else {}
+        contexts.update({names[index]: functools.partial(active_adapter, model, peft_name(index, sources[index].name))
+                         for index in group})
+        for name, context in contexts.items():
+            started = time.monotonic()
+            with context():
+                outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size, constraint)
+            seconds[name] = round(time.monotonic() - started, 2)
+        del model
+    order = [BASE, *names] if include_base else names
+    outputs, seconds = {name: outputs[name] for name in order}, {name: seconds[name] for name in order}
     return {**comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file),
             "max_new_tokens": max_new_tokens}
 
