@@ -349,3 +349,30 @@ def test_qlora_on_cpu_with_an_old_bitsandbytes_fails_clearly(monkeypatch: pytest
 def test_misspelt_key_is_matched_against_the_chosen_kind() -> None:
     assert "Did you mean 'last_blocks'?" in recipe_error({"kind": "partial", "last_block": 1})
     assert "Did you mean 'round_steps'?" in recipe_error({"kind": "hft", "round_step": 3})
+
+
+def test_adalora_target_rank_above_its_start_is_refused_before_training() -> None:
+    """AdaLoRA prunes from init_r down to target_r; the other way round PEFT failed at step 2 (kthvalue: k out of
+    range)."""
+    message = recipe_error({"kind": "adalora", "init_r": 4, "target_r": 8})
+    assert "target_r (8) is above init_r (4)" in message and "init_r: 12" in message
+    assert validate_recipe({"data": {"train": "x"}, "adapter": {"kind": "adalora", "init_r": 8, "target_r": 8}})
+
+
+def test_hft_says_what_a_round_trains_and_warns_when_the_halves_never_swap(tmp_path: Path, tiny_model_dir: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Rounds of 5 steps in a 2-step run: block 1 never trains, said before the first step, and the trainable table
+    (all blocks: the optimizer holds them all) is followed by what the first round trains."""
+    from tunesmith.train import run_training
+
+    recipe = load_recipe(make_tiny_project(tmp_path, tiny_model_dir, train_rows=8, eval_rows=2),
+                         ["adapter.kind=hft", "adapter.round_steps=5", "training.max_steps=2", "training.lr=1e-4"])
+    run = create_run(recipe, tmp_path / "runs")
+    run_training(recipe, run)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "adapter.round_steps is 5 and the run takes 2 optimizer steps" in said
+    assert "the odd-numbered blocks never train" in said and "Set adapter.round_steps to 1" in said
+    first_round = int(said.split("hft: the blocks train in alternating halves")[1].split(" parameters")[0]
+                      .rsplit(" ", 1)[1].replace(",", ""))
+    summary = json.loads((run.path / "train.json").read_text())["trainable"]
+    assert summary["first_round"] == first_round and 0 < first_round < summary["trainable"]

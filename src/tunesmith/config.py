@@ -485,6 +485,16 @@ class AdaloraAdapter(LoraPlacement):
     delta_t: int = Field(1, ge=1, description="Steps between two rank reallocations.")
     total_step: int | None = Field(None, ge=1, description="Total optimizer steps (None: the trainer's plan).")
 
+    @model_validator(mode="after")
+    def _ranks_shrink(self) -> AdaloraAdapter:
+        """AdaLoRA prunes each layer's rank from init_r down to a budget of target_r on average (Zhang et al. 2023);
+        a target above the start has nothing to prune to, and PEFT fails at the first reallocation."""
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r ({self.target_r}) is above init_r ({self.init_r}): AdaLoRA starts every layer "
+                             f"at init_r and prunes down to target_r on average. Set init_r >= target_r, e.g. "
+                             f"init_r: {max(self.target_r * 3 // 2, self.target_r)}")
+        return self
+
 
 class Ia3Adapter(Section):
     """(IA)^3: learned scaling vectors on keys, values and the MLP input (PEFT's defaults for the architecture)."""

@@ -254,6 +254,15 @@ def train_half_of_blocks(model: Any, round_index: int) -> None:
         block.requires_grad_(index % 2 == round_index % 2)
 
 
+def first_round_trainable(model: Any) -> int:
+    """The weights HFT trains in its first round (`train_half_of_blocks` round 0): the trainable ones outside the
+    blocks and those of the even-numbered blocks. The optimizer holds every block from the start, so the trainable
+    count before training is all of them."""
+    _, blocks = transformer_blocks(model)
+    odd = {id(param) for index, block in enumerate(blocks) if index % 2 for param in block.parameters()}
+    return sum(weights_in(param) for param in model.parameters() if param.requires_grad and id(param) not in odd)
+
+
 def final_norm(model: Any) -> Any:
     """The norm after the last block (llama/qwen/mistral call it `norm`, gpt2 `ln_f`)."""
     decoder = model.get_decoder()

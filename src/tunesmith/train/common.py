@@ -32,7 +32,13 @@ from tunesmith.plan.precision import best_known_peak, frozen_copy_refusal, froze
 from tunesmith.runs import Run, atomic_write_json, atomic_write_text, record_data_stage, record_train_stage
 from tunesmith.scoring import load_user_function
 from tunesmith.train.adapter_callbacks import adapter_callbacks
-from tunesmith.train.adapters import adapter_setup, model_load_kwargs, save_trained, trainable_summary
+from tunesmith.train.adapters import (
+    adapter_setup,
+    first_round_trainable,
+    model_load_kwargs,
+    save_trained,
+    trainable_summary,
+)
 from tunesmith.train.budget import (
     KeepToBudget,
     LearningRateSchedule,
@@ -384,6 +390,8 @@ def fit_and_save(trainer: Any, setup: TrainingSetup, recipe: Recipe, run: Run,
     fused = fused_lora_layers(trainer, setup, recipe)
     main = is_main_process()  # with several processes, rank 0 alone prints and writes
     summary = trainable_summary(trainer.model)
+    if recipe.adapter.kind == "hft":  # every block is trainable to the optimizer; a round trains half of them
+        summary["first_round"] = first_round_trainable(trainer.model)
     if main:
         print_trainable(summary)
     counter = TokenCounter()  # counts what each batch trained on holds, on the batches themselves
@@ -756,3 +764,7 @@ def print_trainable(summary: dict[str, Any]) -> None:
     table.add_row(f"{summary['trainable']:,}", f"{summary['total']:,}", f"{summary['percent']:.3f}%",
                   ", ".join(summary["modules"]))
     Console(file=sys.stderr, emoji=False).print(table)
+    if "first_round" in summary:
+        print(f"hft: the blocks train in alternating halves, a round (adapter.round_steps) each: "
+              f"{summary['first_round']:,} parameters in the first round, the rest of the blocks in the next.",
+              file=sys.stderr, flush=True)
