@@ -219,7 +219,8 @@ def test_trainable_summary_names_modules_and_blocks(trained) -> None:
     assert 0 < report["percent"] < 10 and report["trainable"] < report["total"]
 
 
-def test_eval_and_export_work_for_whole_model_and_prompt_kinds(trained, tiny_model_dir: Path) -> None:
+def test_eval_and_export_work_for_whole_model_and_prompt_kinds(trained, tiny_model_dir: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     from tunesmith.eval import run_eval
     from tunesmith.export import run_export
     from tunesmith.export.merged import export_merged
@@ -230,14 +231,23 @@ def test_eval_and_export_work_for_whole_model_and_prompt_kinds(trained, tiny_mod
     run_export(full.recipe, full.run, ["adapter", "merged"])
     manifest = json.loads((full.run.exports_dir / "manifest.json").read_text())
     assert "skipped" in manifest["adapter"] and (full.run.exports_dir / "merged" / "model.safetensors").is_file()
+    # said on stderr, not only written in the manifest
+    assert "export: adapter skipped: this run trained the whole model" in capsys.readouterr().err
     weights = (full.run.exports_dir / "merged" / "model.safetensors").stat()
     assert weights.st_ino == (full.run.path / "model" / "model.safetensors").stat().st_ino  # linked, not copied
 
     prompt = trained("prompt_tuning")
     results = json.loads(run_eval(prompt.recipe, prompt.run).read_text())
     assert results["tuned"]["loss"] < results["base"]["loss"]
-    with pytest.raises(TunesmithError, match="cannot be merged"):
+    with pytest.raises(TunesmithError, match="cannot be merged") as merging:
         export_merged(tiny_model_dir, prompt.run.adapter_dir, prompt.run.exports_dir / "merged")
+    from tunesmith.export.gguf_lora import NotAGgufLora, lora_settings
+
+    with pytest.raises(TunesmithError, match="its virtual tokens go into no GGUF file") as gguf:
+        lora_settings(prompt.run.adapter_dir)  # not NotAGgufLora, on which serve would try the merged GGUF instead
+    assert not isinstance(gguf.value, NotAGgufLora)
+    for refusal in (merging.value, gguf.value):  # each hint leads somewhere that works, not to another refusal
+        assert "`tunesmith chat RUN`" in refusal.hint and "train adapter.kind lora" in refusal.hint
 
     pissa = trained("pissa")
     _, max_diff = export_merged(tiny_model_dir, pissa.run.adapter_dir, pissa.run.exports_dir / "merged")

@@ -294,6 +294,9 @@ def test_whole_model_slerp_end_point_is_the_first_model(finetunes, tmp_path):
     assert all(torch.allclose(got[name], first[name], atol=1e-6) for name in first)
     with pytest.raises(TunesmithError, match="exactly two"):
         run_merge([*finetunes, finetunes[0]], tmp_path / "y", method="slerp")
+    with pytest.raises(TunesmithError, match="is a whole model") as alone:  # not "linear needs two or more models"
+        run_merge([finetunes[0]], tmp_path / "alone")
+    assert "tunesmith export RUN --format merged" in alone.value.hint
 
 
 def test_adapters_and_whole_models_do_not_mix(adapters, finetunes, tmp_path):

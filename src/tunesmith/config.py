@@ -121,6 +121,11 @@ BASE_PRESERVING_KINDS = ("lora", "dora", "rslora", "qlora", "adalora", "ia3", "p
 # Virtual tokens or key/value prefixes: nothing to fold into the weights, and (prompt_tuning, p_tuning) logits for
 # positions the input does not have
 PROMPT_LEARNING_KINDS = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+# Where such an adapter can be used: what merge, export and serve say when asked for what it cannot become
+PROMPT_LEARNING_USE = ("A prompt-learning adapter runs only through PEFT: `tunesmith chat RUN`, `tunesmith eval RUN`, "
+                       "`tunesmith compare`, or PeftModel.from_pretrained(base, 'RUN/adapter') in Python; no merged "
+                       "model, GGUF file or server holds its virtual tokens. For a model to export or serve, train "
+                       "adapter.kind lora.")
 # Where the KL anchor applies (data.replay.loss kl): the adapter leaves the base untouched and the replay rows run
 # through the model as plain token rows; prompt-learning adapters replay with the sft loss instead
 KL_ANCHOR_KINDS = tuple(kind for kind in BASE_PRESERVING_KINDS if kind not in PROMPT_LEARNING_KINDS)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import gguf
 import numpy as np
 
+from tunesmith.config import PROMPT_LEARNING_KINDS, PROMPT_LEARNING_USE
 from tunesmith.errors import TunesmithError
 from tunesmith.export import gguf_signature, update_export_manifest
 from tunesmith.export.gguf import atomic_output
@@ -96,6 +97,9 @@ def lora_settings(adapter_dir: Path) -> dict[str, Any]:
                              "Pass a run trained with a LoRA adapter (adapter.kind: lora).")
     config = json.loads(path.read_text(encoding="utf-8"))
     kind = str(config.get("peft_type", "?")).lower()
+    if kind in PROMPT_LEARNING_KINDS:  # no GGUF of any kind holds virtual tokens: merging would not help either
+        raise TunesmithError(f"{adapter_dir} is a {kind} adapter: its virtual tokens go into no GGUF file, LoRA or "
+                             "merged.", PROMPT_LEARNING_USE)
     if kind != "lora":
         article = "an" if kind[:1].lower() in "aeio" else "a"
         raise NotAGgufLora(f"This is {article} {kind} adapter; a GGUF LoRA file can only hold a plain LoRA.")

@@ -39,6 +39,7 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)
         manifest["merged"] = merged_entry(run, path, max_diff, artifact)
+    say_skipped(manifest)
     update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
 
@@ -82,19 +83,28 @@ def template_contract(run: Run) -> dict[str, Any]:
     return {"template_contract": data["template_contract"]} if "template_contract" in data else {}
 
 
+def say_skipped(manifest: dict[str, Any]) -> None:
+    """Each asked-for format the run cannot give, and why, on stderr (the manifest records it too)."""
+    for name, entry in manifest.items():
+        if isinstance(entry, dict) and "skipped" in entry:
+            print(f"export: {name} skipped: {entry['skipped']}", file=sys.stderr, flush=True)
+
+
 def export_whole_model(run: Run, artifact: Path, formats: list[str]) -> Path:
     """Full, partial and hft runs trained the model itself: `merged` is model/ again (its files hard-linked where
     the file system allows, so a 0.5 GB model does not take 1 GB; copied otherwise), and there is no adapter to
     export (the manifest says so instead of failing the default formats)."""
     manifest: dict[str, Any] = {}
     if "adapter" in formats:
-        manifest["adapter"] = {"skipped": "this run trained the whole model (model/), not an adapter"}
+        manifest["adapter"] = {"skipped": "this run trained the whole model (model/), not an adapter; --format "
+                                          "merged, gguf or ollama export it"}
     if "merged" in formats:
         target = run.exports_dir / "merged"
         with atomic_directory(target) as tmp:
             shutil.copytree(artifact, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         manifest["merged"] = {"path": run.relative(target), "max_abs_logit_diff": 0.0,
                               "weights": weights_signature(target)}
+    say_skipped(manifest)
     update_export_manifest(run, {**manifest, **template_contract(run)})
     return run.exports_dir
 

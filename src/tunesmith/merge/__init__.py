@@ -88,6 +88,12 @@ def merge_adapter_inputs(inputs: list[MergeInput], folder: Path, method: str | N
 def merge_model_inputs(inputs: list[MergeInput], folder: Path, method: str | None, weights: list[float],
                        density: float | None, dtype: str, into_base: bool, max_shard_size: str,
                        seed: int) -> dict[str, Any]:
+    if len(inputs) == 1 and method is None:  # one whole model: there is nothing to merge it with or into
+        raise TunesmithError(f"{inputs[0].path} is a whole model (a full, partial or hft run's model/): it has no "
+                             "adapter to merge into a base, and merging whole models takes two or more.",
+                             "It is a model already: `tunesmith export RUN --format merged` (safetensors), "
+                             "`--format gguf` or `--format ollama`; or pass another fine-tune of its base to merge "
+                             "the two (--method linear, slerp, task_arithmetic, ties, dare_ties, ...).")
     method = checked_method(method or "linear", MODEL_METHODS, density)
     if len(inputs) < 2 or (method == "slerp" and len(inputs) != 2):
         raise TunesmithError(f"{method} needs {'exactly two' if method == 'slerp' else 'two or more'} models; "

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tunesmith.config import PROMPT_LEARNING_USE
 from tunesmith.errors import TunesmithError
 from tunesmith.merge.adapters import adapter_fits
 from tunesmith.models.checkpoints import EMBEDDING_MODULES, tied_embeddings
@@ -107,8 +108,7 @@ def merge_adapter_into_base(model_dir: Path, adapter_dir: Path, folder: Path, dt
     if peft_model.active_peft_config.is_prompt_learning:  # virtual tokens: nothing to fold into weights
         kind = peft_model.active_peft_config.peft_type.value.lower()
         raise TunesmithError(f"A {kind} adapter adds virtual tokens, not weight changes: it cannot be merged.",
-                             "Use it as an adapter: `tunesmith export RUN --format adapter`, or serve or chat "
-                             "with the adapter folder as it is.")
+                             PROMPT_LEARNING_USE)
     refuse_tied_embedding_lora(peft_model.active_peft_config, adapter_dir, model_dir)
     ids = check_prompt_ids(model_dir)
     expected = prompt_logits(peft_model, ids)
