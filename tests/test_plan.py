@@ -121,6 +121,19 @@ def test_plan_on_data_that_train_would_refuse_still_sizes_it_but_says_so_and_exi
     assert "data: the data did not load" in done.stderr and "tunesmith data inspect" in done.stderr
 
 
+@pytest.mark.parametrize(("adapter", "said"), [({"kind": "lora", "layers": [40]}, "block(s) [40] do not exist"),
+                                                 ({"kind": "partial", "last_blocks": 99}, "adapter.last_blocks=99")])
+def test_plan_refuses_blocks_the_model_does_not_have_as_train_does(tiny_model_dir, tmp_path, adapter, said):
+    """plan printed "0 adapter parameters trained" (or every block) and exited 0 where train refused the recipe."""
+    raw = raw_recipe(tmp_path, tiny_model_dir)
+    raw["adapter"] = adapter
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "plan", str(recipe_file), "--device", "cuda:24GB"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and said in " ".join(done.stderr.split()), done.stderr
+
+
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
 def test_a_recipe_too_big_for_the_device_gets_a_lighter_method_and_a_smaller_batch(device, tiny_model_dir, tmp_path):
     from tunesmith.plan import build_report

@@ -160,9 +160,20 @@ def whole_model_trained(adapter: Any, arch: Architecture) -> int:
 def check_targets_exist(adapter: Any, arch: Architecture, model_name: str) -> None:
     """Refuse adapter.targets names that match no layer of the model (a typo, or another family's names): PEFT
     would stop with NoMatchingPeftModuleError only once the weights had loaded. A dotted name is matched by its
-    last part, as PEFT matches a module name's suffix; the embeddings are `check_targets_fit_model`'s."""
+    last part, as PEFT matches a module name's suffix; the embeddings are `check_targets_fit_model`'s. Blocks the
+    model does not have (adapter.layers, a partial run's last_blocks) are refused too: `plan` would count them as
+    nothing trained, and training would stop at them once the weights had loaded."""
     from tunesmith.errors import RecipeError
 
+    layers, last_blocks = getattr(adapter, "layers", "all"), getattr(adapter, "last_blocks", None)
+    missing = [index for index in layers if index >= arch.layers] if isinstance(layers, list) else []
+    if missing:
+        raise RecipeError(f"adapter.layers: block(s) {missing} do not exist; {model_name} has {arch.layers} "
+                          f"(0–{arch.layers - 1}).",
+                          "Use indices below the model's num_hidden_layers, or first-half / last-half.")
+    if last_blocks is not None and last_blocks > arch.layers:
+        raise RecipeError(f"adapter.last_blocks={last_blocks}, but {model_name} has {arch.layers} blocks.",
+                          f"Use at most {arch.layers}, or kind: full.")
     targets = getattr(adapter, "targets", None)
     if not isinstance(targets, list):
         return  # presets (qv, qkvo, mlp, all-linear) are resolved against the model itself
