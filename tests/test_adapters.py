@@ -386,3 +386,43 @@ def test_hft_says_what_a_round_trains_and_warns_when_the_halves_never_swap(tmp_p
                       .rsplit(" ", 1)[1].replace(",", ""))
     summary = json.loads((run.path / "train.json").read_text())["trainable"]
     assert summary["first_round"] == first_round and 0 < first_round < summary["trainable"]
+
+
+def test_ia3_is_used_unfolded_so_the_base_scored_after_it_is_the_base(tiny_model_dir: Path) -> None:
+    """Folding (IA)3 into the weights and back divides by its scales again ("Unmerge result can be inaccurate"):
+    eval scores the tuned model, then the base, on one model; the base must come back bit for bit."""
+    import warnings
+
+    from peft import IA3Config, get_peft_model
+
+    from tunesmith.models.tuned import adapter_active
+
+    model = get_peft_model(load_model(tiny_model_dir), IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                                 feedforward_modules=["down_proj"])).eval()
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "ia3_l" in name:
+                weight.copy_(torch.linspace(1e-4, 3.0, weight.numel()).reshape(weight.shape))
+        with model.disable_adapter():
+            before = model(input_ids=IDS).logits
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PEFT's unmerge warning would fail here
+            with adapter_active(model):
+                tuned = model(input_ids=IDS).logits
+        with model.disable_adapter():
+            after = model(input_ids=IDS).logits
+    assert torch.equal(before, after) and not torch.allclose(tuned, before)
+
+
+def test_only_peft_s_false_alarm_on_adalora_rank_patterns_is_hidden() -> None:
+    import warnings
+
+    from tunesmith.cli.app import _hide_library_notices
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _hide_library_notices()
+        prefix = "The following rank_pattern keys did not match any targeted module or parameter and were ignored: "
+        warnings.warn(prefix + "['model.layers.0.mlp.down_proj.lora_E']", RuntimeWarning, stacklevel=1)
+        warnings.warn(prefix + "['model.layers.0.mlp.down_proj']", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [prefix + "['model.layers.0.mlp.down_proj']"]

@@ -53,7 +53,7 @@ def test_misspelt_adapter_key_suggests_inside_the_union(tmp_path):
      "dpo."),
     # a key of other adapter kinds on one without it: the kind named, with what it takes
     ("adapter:\n  kind: partial\n  r: 8\n",
-     "adapter.r (line 5): unknown key. It is a key of adapter.kind lora, dora, rslora, pissa, olora, loftq, qlora, "
+     "adapter.r (line 5): unknown key. It is a key of adapter.kind lora, dora, rslora, pissa, olora, qlora, "
      "not of adapter.kind partial: remove it (adapter.kind partial takes last_blocks, train_norm, train_lm_head)."),
     ("method:\n  kind: DPO\n", "unknown kind 'DPO'. Did you mean 'dpo'? (kinds are lowercase)"),
 ])

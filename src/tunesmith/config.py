@@ -1427,7 +1427,8 @@ def kinds_with_key(section: list[str], key: str) -> list[str]:
     annotation = Recipe.model_fields[section[0]].annotation  # pydantic keeps the union, its Annotated stripped
     members = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
     return [kind for member in members if key in member.model_fields and "kind" in member.model_fields
-            for kind in typing.get_args(member.model_fields["kind"].annotation)]
+            for kind in typing.get_args(member.model_fields["kind"].annotation)
+            if kind not in REFUSED_KINDS]  # a kind only there to be refused takes nothing
 
 
 def section_holding(key: str) -> str | None:

@@ -114,10 +114,12 @@ def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]
 @contextmanager
 def adapter_active(model: Any, adapter_name: str | None = None) -> Iterator[None]:
     """Make `adapter_name` (default: the current one) the active adapter of a PeftModel, folded into the weights
-    while it is used when it can be (not for prompt-learning adapters, which add virtual tokens)."""
+    while it is used when it can be: not for prompt-learning adapters, which add virtual tokens, nor for (IA)3,
+    whose unmerge divides the weights by its scales again (PEFT warns it "can be inaccurate"), so the base scored
+    after it would not be the base."""
     if adapter_name is not None:
         model.set_adapter(adapter_name)
-    if model.active_peft_config.is_prompt_learning:
+    if model.active_peft_config.is_prompt_learning or model.active_peft_config.peft_type == "IA3":
         yield
         return
     model.merge_adapter()
