@@ -426,3 +426,19 @@ def test_only_peft_s_false_alarm_on_adalora_rank_patterns_is_hidden() -> None:
         warnings.warn(prefix + "['model.layers.0.mlp.down_proj.lora_E']", RuntimeWarning, stacklevel=1)
         warnings.warn(prefix + "['model.layers.0.mlp.down_proj']", RuntimeWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == [prefix + "['model.layers.0.mlp.down_proj']"]
+
+
+def test_a_qlora_run_says_eval_and_merge_use_the_unquantized_base(trained, capsys: pytest.CaptureFixture) -> None:
+    from tunesmith.export import run_export
+    from tunesmith.models.tuned import tuned_variants
+
+    qlora = trained("qlora")
+    capsys.readouterr()
+    tuned_variants(qlora.run, "cpu", with_base=True)
+    run_export(qlora.recipe, qlora.run, ["merged"])
+    said = " ".join(capsys.readouterr().err.split())
+    assert "qlora: scoring the adapter on the base's full fp32 weights" in said
+    assert "qlora: merging the adapter on the base's full fp32 weights" in said
+    capsys.readouterr()
+    tuned_variants(trained("lora").run, "cpu", with_base=True)
+    assert "qlora:" not in capsys.readouterr().err

@@ -18,7 +18,7 @@ from tunesmith.export import update_export_manifest
 from tunesmith.manifest import weights_signature
 from tunesmith.merge.into_base import DEFAULT_SHARD_SIZE, merge_adapter_into_base
 from tunesmith.models.checkpoints import checkpoint_shards
-from tunesmith.models.tuned import is_adapter, run_base_model
+from tunesmith.models.tuned import is_adapter, run_base_model, say_unquantized_base
 from tunesmith.runs import Run, atomic_directory, require_free_space
 
 
@@ -35,6 +35,7 @@ def run_export(recipe: Recipe, run: Run, formats: list[str] | None = None) -> Pa
         manifest["merged"] = {"skipped": "a reward model's adapter carries its score head: load it with "
                                          "AutoPeftModelForSequenceClassification (num_labels=1), see README.md"}
     elif "merged" in formats:
+        say_unquantized_base(run, "merging")
         model_dir = run_base_model(run)
         path, max_diff = export_merged(model_dir, artifact, run.exports_dir / "merged",
                                        recipe.export.max_shard_size)

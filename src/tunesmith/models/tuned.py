@@ -9,6 +9,7 @@ that variant the active one, so one loaded base serves base and tuned (and other
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -91,6 +92,16 @@ def run_tokenizer(run: Run) -> Any:
     return load_tokenizer(run_base_model(run), chat_template=template)
 
 
+def say_unquantized_base(run: Run, use: str) -> None:
+    """A QLoRA run's adapter trained on the base quantized to 4 or 8 bits; eval and merge put it on the base's full
+    weights (fp32), the model `export` ships, as QLoRA merges (Dettmers et al. 2023). Said, with `use`: what is
+    done with it, since that model differs from the quantized one it trained on by the quantization error."""
+    if run.recipe_file.is_file() and run.load_recipe().adapter.kind == "qlora":
+        print(f"qlora: {use} the adapter on the base's full fp32 weights, not the quantized ones it trained on "
+              "(what a merged or GGUF export ships; the two differ by the quantization error).", file=sys.stderr,
+              flush=True)
+
+
 def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]:
     """`tuned` (and, `with_base`, `base`) as (model, context) pairs, both fp32 on `device`.
 
@@ -106,6 +117,7 @@ def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]
         return {**base, "tuned": (tuned, nullcontext)}
     from peft import PeftModel
 
+    say_unquantized_base(run, "scoring")
     model = PeftModel.from_pretrained(load_model(base_dir, torch.float32, device), artifact).eval()
     variants: dict[str, Variant] = {"tuned": (model, lambda: adapter_active(model))}
     return {"base": (model, model.disable_adapter), **variants} if with_base else variants
