@@ -159,6 +159,15 @@ def test_ultrafeedback_binarized_pairs_repeating_their_text_prompt_are_read_once
                             "rejected": [{"role": "assistant", "content": "Blue."}]}]
     assert loaded.skipped == {"prompt_mismatch": 1} and "'Sky colour?'" in loaded.problems[0]
     assert loaded.unused_columns == ["prompt_id", "score_chosen", "score_rejected"]
+    # the dataset as published also holds `messages` (the chosen conversation, for SFT): a pair method reads the pairs
+    published = [{**row, "messages": row["chosen"]} for row in rows[:1] * 3]
+    path = write_jsonl(tmp_path / "published.jsonl", published)
+    assert load_records(path).source_shape == "messages"
+    from tunesmith.data.formats import load_rows
+
+    pairs = load_rows(path, ("preference",), "method.kind dpo")
+    assert pairs.source_shape == "preference" and pairs.rows[0]["chosen"] == [{"role": "assistant",
+                                                                                  "content": "Blue."}]
 
 
 def test_scored_completions_pair_the_best_answer_against_the_worst(tmp_path):
@@ -179,13 +188,21 @@ def test_scored_completions_pair_the_best_answer_against_the_worst(tmp_path):
     assert (loaded.source_shape, loaded.shape) == ("scored_completions", "preference")
     assert loaded.rows == [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
                            {"prompt": "Text scores?", "chosen": "high", "rejected": "low"}]
-    assert loaded.skipped == {"no_preference": 2, "missing_key": 1}
-    assert any("completions[0] has no score" in problem for problem in loaded.problems)
+    assert loaded.skipped == {"no_preference": 3}  # a tie, one answer, one scored answer
+    assert any("1 of the row's 2 answers have a score" in problem for problem in loaded.problems)
     assert loaded.unused_columns == ["models", "source"]
-    distilabel = [{"instruction": "Capital of France?", "generations": ["Lyon", "Paris", "France"],
-                   "ratings": [2, 5, 1], "ultrafeedback_model": "gpt-4"}]
+    distilabel = [{"instruction": "Capital of France?", "generations": ["Lyon", "Paris", "France", "Nice"],
+                   "ratings": [2, 5, 1, None], "ultrafeedback_model": "gpt-4"},
+                  {"instruction": [{"role": "user", "content": "Capital of Italy?"}],  # turns; best = worst text
+                   "generations": ["Rome", "Rome", "Milan"], "ratings": ["5", 1, "3"]}]
     loaded = load_records(write_jsonl(tmp_path / "distilabel.jsonl", distilabel))
-    assert loaded.rows == [{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "France"}]
+    assert loaded.rows == [{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "France"},
+                           {"prompt": [{"role": "user", "content": "Capital of Italy?"}],
+                            "chosen": [{"role": "assistant", "content": "Rome"}],
+                            "rejected": [{"role": "assistant", "content": "Milan"}]}]
+    for bad in (float("nan"), True):
+        with pytest.raises(DataError, match=r"generations\[1\]/ratings\[1\]: the score 'rating' is .*not a finite"):
+            load_records(write_jsonl(tmp_path / "bad.jsonl", [{**distilabel[0], "ratings": [2, bad, 1, None]}]))
     with pytest.raises(DataError, match="line 1: 'generations' and 'ratings' must be lists of the same length"):
         load_records(write_jsonl(tmp_path / "uneven.jsonl", [{**distilabel[0], "ratings": [2, 5]}]))
 
@@ -198,16 +215,20 @@ def test_feedback_logs_label_kto_rows_and_an_unread_rating_is_warned_of_for_sft(
              "thumbs": ["down", "up", "👎", "👍"][i % 4], "id": i} for i in range(8)]
     path = write_jsonl(tmp_path / "log.jsonl", rows)
     loaded = load_records(path)
-    assert loaded.shape == "prompt_completion" and loaded.feedback_columns == {"thumbs": ["'down'", "'up'", "'👎'",
-                                                                                          "'👍'"]}
+    assert loaded.shape == "prompt_completion" and loaded.feedback_columns["thumbs"].values == ["'down'", "'up'",
+                                                                                                 "'👎'", "'👍'"]
     warning, = feedback_warnings(loaded.feedback_columns, loaded.source_shape)
     assert "column 'thumbs' is left out" in warning and "--set data.columns.thumbs=label" in warning
+    stars = load_records(write_jsonl(tmp_path / "stars.jsonl", [{**row, "thumbs": 1 + i % 5} for i, row in
+                                                                 enumerate(rows)]))
+    warning, = feedback_warnings(stars.feedback_columns, stars.source_shape)  # 1-5 stars: no label as they stand
+    assert "(1, 2, 3, 4, ...)" in warning and "data.columns" not in warning and "true/false label" in warning
     labelled = load_records(path, columns={"thumbs": "label"})
     assert [row["label"] for row in labelled.rows] == [False, True] * 4
     constant = load_records(write_jsonl(tmp_path / "all_up.jsonl", [{**row, "thumbs": "up"} for row in rows]))
     assert constant.feedback_columns == {}  # a column with one value judges nothing apart
     with pytest.raises(DataError) as caught:
-        load_records(write_jsonl(tmp_path / "stars.jsonl", [{**rows[0], "label": "4 stars"}]))
+        load_records(write_jsonl(tmp_path / "words.jsonl", [{**rows[0], "label": "4 stars"}]))
     assert "'label' must be true or false" in caught.value.message and "up/down" in caught.value.hint
 
 

@@ -62,12 +62,12 @@ def test_against_the_other_way_round_scores_the_same_models_swapped(two_runs):
 def test_against_a_run_of_another_adapter_kind_loads_each_on_its_own_base(two_runs, tmp_path, tiny_model_dir):
     """A LoRA run against an IA3 run: PEFT cannot hold both on one model, so each gets a base of its own; the LoRA
     side scores as it does against a LoRA run."""
-    longer, _ = two_runs
+    longer, shorter = two_runs
     recipe = load_recipe(longer.recipe_file, ["adapter.kind=ia3", "training.max_steps=2"])
     ia3 = create_run(recipe, tmp_path / "runs")
     run_training(recipe, ia3)
     results = json.loads(run_eval(load_recipe(longer.recipe_file), longer, ia3.path).read_text())
-    own = json.loads((longer.eval_dir / f"against-{two_runs[1].path.name}" / "results.json").read_text())
+    own = json.loads(run_eval(load_recipe(longer.recipe_file), longer, shorter.path).read_text())  # LoRA beside LoRA
     assert results["against"]["name"] == ia3.path.name and results["tuned"]["loss"] == own["tuned"]["loss"]
 
 

@@ -1046,6 +1046,11 @@ class Recipe(Section):
             raise ValueError(f"data.replay works with method.kind {', '.join(ANCHORED_METHODS)}, not "
                              f"{self.method.kind} (a reward model has no next-token distribution to keep, and "
                              f"GRPO's sampled steps do not take the anchor). Set data.replay.ratio: 0")
+        if self.data.replay.ratio and self.method.kind != "sft" and self.adapter.kind in PROMPT_LEARNING_KINDS:
+            raise ValueError(f"data.replay with method.kind={self.method.kind} trains the replay rows through the KL "
+                             f"anchor only, and the anchor runs them as plain token rows, while adapter.kind="
+                             f"{self.adapter.kind} adds virtual tokens to every row. Set data.replay.ratio: 0, or "
+                             f"change adapter.kind")
         if (self.data.replay.ratio and self.method.kind != "sft"
                 and self.data.replay.resolved_loss(self.adapter.kind) != "kl"):
             raise ValueError(f"data.replay with method.kind={self.method.kind} trains the replay rows through the KL "

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from tunesmith.config import Recipe, load_recipe, recipe_to_yaml
 from tunesmith.errors import RecipeError, TunesmithError, shell_arg
 from tunesmith.plan.devices import own_peak_rss_bytes
-from tunesmith.plan.workload import check_targets_exist
+from tunesmith.plan.workload import check_targets_exist, names_layers_or_blocks
 from tunesmith.results import read_results
 from tunesmith.runs import (
     Run,
@@ -180,7 +180,7 @@ def validate_combinations(recipe_path: Path, sets: list[str], combos: list[Combi
     for combo in combos:
         try:
             recipe = load_recipe(recipe_path, [*sets, *combo.overrides])
-            if isinstance(getattr(recipe.adapter, "targets", None), list):
+            if names_layers_or_blocks(recipe.adapter):
                 check_targets_exist(recipe.adapter, model_architecture(recipe, architectures), recipe.model.source)
         except RecipeError as exc:
             raise RecipeError(f"Combination {combo.name}: {exc.message}", exc.hint) from None

@@ -1077,11 +1077,11 @@ def _hide_library_notices() -> None:
     # generate: eval, merge and export printed it too (train/upstream.py hides it for library use of train; importing
     # it here would load TRL for every command).
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    # PEFT 0.21 checks a loaded adapter's rank_pattern keys against module names, and an AdaLoRA adapter's are the
+    # PEFT 0.22 checks a loaded adapter's rank_pattern keys against module names, and an AdaLoRA adapter's are the
     # names of its lora_E vectors, which PEFT's own AdaLoRA applies after that check (the ranks load as trained):
     # the warning listed every one of them (210 on SmolLM2) at each eval and merge. Only that case is hidden.
     warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match any targeted module "
-                                              r"or parameter and were ignored: \['[^']*\.lora_E'",
+                                              r"or parameter and were ignored: \[('[^']*\.lora_E'(, )?)+\]\.$",
                             category=RuntimeWarning)
 
 

@@ -86,7 +86,7 @@ def load_splits(recipe: Recipe, accept: tuple[str, ...] = SFT_SHAPES,
                             f"holds ({', '.join(sorted(shapes))}).")
             raise naming_key(exc, f"data.{split}") from None
         shapes.add(loaded.shape)
-        if split == "train" and loaded.shape in SFT_SHAPES:
+        if split == "train" and loaded.shape in SFT_SHAPES and recipe.method.kind == "sft":
             warnings.extend(feedback_warnings(loaded.feedback_columns, loaded.source_shape))
         cleaned = clean_rows(loaded.rows, data.clean, tokenizer)
         cleaning[split] = with_places(steps_report(cleaned.steps), loaded.place)

@@ -41,7 +41,7 @@ def load_rows(path: Path | str, accept: tuple[str, ...], purpose: str, fmt: str 
               skipped: dict[str, int] | None = None) -> LoadResult:
     """The file's canonical rows (`.rows`, `.shape`, `.place(i)`: where the i-th is in the file), of a shape in
     `accept`, or a DataError saying which shape `purpose` needs."""
-    result = load_records(path, fmt=file_format, columns=columns, skip_invalid=skip_invalid, shape=fmt)
+    result = load_records(path, fmt=file_format, columns=columns, skip_invalid=skip_invalid, shape=fmt, prefer=accept)
     for reason, count in result.skipped.items():
         if skipped is not None:
             skipped[reason] = skipped.get(reason, 0) + count

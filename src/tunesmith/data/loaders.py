@@ -16,6 +16,7 @@ from tunesmith.data.hub import is_hub_dataset, read_hub_records
 from tunesmith.data.readers import Record, read_records
 from tunesmith.data.shapes import (
     LAYOUTS,
+    FeedbackColumn,
     Row,
     as_conversation,
     detect_layout,
@@ -49,7 +50,7 @@ class LoadResult:
     unused_columns: list[str] = field(default_factory=list)  # columns the shape does not read: left out of the rows
     places: list[str] = field(default_factory=list)  # where each row is in the file ("FILE, line 7"), as rows
     other_layouts: dict[str, int] = field(default_factory=dict)  # rows of other layouts, when the file mixes them
-    feedback_columns: dict[str, list[str]] = field(default_factory=dict)  # left-out columns that judge the answers
+    feedback_columns: dict[str, FeedbackColumn] = field(default_factory=dict)  # left-out columns judging the answers
 
     def place(self, index: int) -> str | None:
         """Where the index-th usable row is in the file (reports count usable rows; people, file lines)."""
@@ -57,9 +58,10 @@ class LoadResult:
 
 
 def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
-                 skip_invalid: bool = False, shape: str = "auto") -> LoadResult:
+                 skip_invalid: bool = False, shape: str = "auto", prefer: tuple[str, ...] = ()) -> LoadResult:
     """Every row of the file as a canonical row of one shape (detected from the first usable record
-    unless `shape` names a layout). `columns` renames source columns before anything else looks."""
+    unless `shape` names a layout; where its keys fit several, one whose shape is in `prefer`, the shapes the
+    method trains on, before the first). `columns` renames source columns before anything else looks."""
     if isinstance(path, str) and is_hub_dataset(path):
         file_format, records = "hub", read_hub_records(path)
     else:
@@ -68,7 +70,7 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     if not records:
         raise DataError(f"{path} holds no rows.", "Add at least one example.")
     records = rename_columns(records, columns)
-    layout = choose_layout(records, shape, skip_invalid)
+    layout = choose_layout(records, shape, skip_invalid, prefer)
     result = LoadResult(path, file_format, layout, shape_of(layout),
                         unused_columns=unused_keys([record.value for record in records], layout),
                         other_layouts=other_layouts(records, layout) if shape == "auto" else {})
@@ -113,6 +115,7 @@ def other_layouts(records: list[Record], layout: str) -> dict[str, int]:
     """Rows whose keys say another layout than the file's (read from its first row), counted by layout, when they
     are at least MIXED_LAYOUT_ROWS: a file that mixes shapes, of which all but one would be problem rows."""
     found = Counter(detected for record in records if record.problem is None and isinstance(record.value, dict)
+                    and not all(key in record.value for key in LAYOUTS[layout])  # it fits the file's layout
                     and (detected := detect_layout(record.value)) not in (None, layout))
     return dict(found.most_common()) if sum(found.values()) >= MIXED_LAYOUT_ROWS else {}
 
@@ -173,8 +176,10 @@ def renamed(value: dict, columns: dict[str, str]) -> dict:
     return kept
 
 
-def choose_layout(records: list[Record], shape: str, skip_invalid: bool) -> str:
-    """The forced layout, or the one the first readable record's keys point to."""
+def choose_layout(records: list[Record], shape: str, skip_invalid: bool, prefer: tuple[str, ...] = ()) -> str:
+    """The forced layout, or the one the first readable record's keys point to: the first of LAYOUTS whose keys it
+    has and whose shape is in `prefer`, else the first whose keys it has (HuggingFaceH4/ultrafeedback_binarized's
+    rows hold `messages` beside `chosen` and `rejected`: conversations to SFT, pairs to DPO)."""
     if shape != "auto":
         if shape not in LAYOUTS:
             raise DataError(f"Unknown dataset shape {shape!r}.", f"Use 'auto' or one of {list(LAYOUTS)}.")
@@ -182,7 +187,9 @@ def choose_layout(records: list[Record], shape: str, skip_invalid: bool) -> str:
     for record in records:
         readable = record.problem is None and isinstance(record.value, dict)
         if readable and (layout := detect_layout(record.value)):
-            return layout
+            fitting = [name for name, keys in LAYOUTS.items() if shape_of(name) in prefer
+                       and all(key in record.value for key in keys)]
+            return fitting[0] if fitting else layout
     unreadable = next((record for record in records if record.problem), None)
     nothing_readable = all(record.problem for record in records)  # skipping them would leave no row to read
     if unreadable and (not skip_invalid or nothing_readable):

@@ -10,10 +10,12 @@ shape does not use (ids, sources, scores) are left out of the canonical row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import COLUMN_TARGETS
@@ -353,31 +355,36 @@ SCORE_KEYS = ("score", "rating", "reward", "overall_score", "fine-grained_score"
 
 
 def scored_completions_row(record: dict) -> Row:
-    """A prompt (`prompt`, else `instruction`) and its scored `completions` (or distilabel's parallel `generations`
-    and `ratings`) as one pair: the best-scored answer chosen, the worst rejected (the first of each where scores
-    tie). Zephyr's binarization drew the rejected one at random from the rest (Tunstall et al. 2023); the worst is
-    the widest margin, and the same at every read."""
-    if "completions" not in record:
-        record = {**record, "completions": rated_generations(record)}
+    """A prompt (`prompt`, else `instruction`: text, or turns) and its scored `completions` (or distilabel's parallel
+    `generations` and `ratings`) as one pair: the best-scored answer chosen (the first where scores tie), the
+    worst-scored answer of another text rejected. Zephyr's binarization drew the rejected one at random from the
+    rest (Tunstall et al. 2023); the worst is the widest margin, and the same at every read. Answers without a score
+    (a rating of null) are passed over while two scored ones remain."""
+    parallel = "completions" not in record
+    items = rated_generations(record) if parallel else record["completions"]
     prompt_key = next((key for key in ("prompt", "instruction") if record.get(key) is not None), None)
     if prompt_key is None:
         raise RowProblem("missing_key", f"a row of scored completions needs its 'prompt' (or 'instruction'); this one "
                                         f"has {key_list(record)}.",
                          "Map the column that holds the question onto it, e.g. `--set data.columns.question=prompt`.")
-    completions = record["completions"]
-    if not isinstance(completions, list) or not all(isinstance(item, dict) for item in completions):
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise RowProblem("wrong_type", f"'completions' must be a list of objects, each an answer and its score, got "
-                                       f"{short_repr(completions)}.")
-    if len(completions) < 2:
-        raise RowProblem("no_preference", f"'completions' holds {len(completions)} answer(s): a pair needs two with "
-                                          "different scores.")
-    scored = [(completion_score(item, index), completion_answer(item, index)) for index, item in enumerate(completions)]
-    best = max(range(len(scored)), key=lambda index: scored[index][0])
-    worst = min(range(len(scored)), key=lambda index: scored[index][0])
-    if scored[best][0] == scored[worst][0]:
-        raise RowProblem("no_preference", f"all {len(scored)} completions score {scored[best][0]:g}: none is "
-                                          "preferred, so there is no pair to train.")
-    return preference_row({"prompt": record[prompt_key], "chosen": scored[best][1], "rejected": scored[worst][1]})
+                                       f"{short_repr(items)}.")
+    where = "generations[{0}]/ratings[{0}]" if parallel else "completions[{0}]"
+    scored = [(score, completion_answer(item, where.format(index))) for index, item in enumerate(items)
+              if (score := completion_score(item, where.format(index))) is not None]
+    if len(scored) < 2:
+        raise RowProblem("no_preference", f"{len(scored)} of the row's {len(items)} answers have a score: a pair needs "
+                                          "two with different scores.")
+    best = max(scored, key=lambda pair: pair[0])
+    worst = min((pair for pair in scored if pair[1] != best[1]), key=lambda pair: pair[0], default=best)
+    if worst[0] == best[0]:
+        raise RowProblem("no_preference", f"the row's {len(scored)} scored answers all score {best[0]:g} (or say the "
+                                          "same): none is preferred, so there is no pair to train.")
+    if isinstance(record[prompt_key], list):  # turns: the answers are the assistant's next turn
+        return preference_row({"prompt": record[prompt_key], "chosen": [{"role": "assistant", "content": best[1]}],
+                               "rejected": [{"role": "assistant", "content": worst[1]}]})
+    return preference_row({"prompt": record[prompt_key], "chosen": best[1], "rejected": worst[1]})
 
 
 def rated_generations(record: dict) -> list[dict[str, Any]]:
@@ -389,29 +396,29 @@ def rated_generations(record: dict) -> list[dict[str, Any]]:
     return [{"response": answer, "rating": rating} for answer, rating in zip(generations, ratings, strict=True)]
 
 
-def completion_score(item: dict, index: int) -> float:
-    """The first of SCORE_KEYS that `item` gives as a number (a number written as text counts)."""
-    for key in SCORE_KEYS:
-        value = item.get(key)
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                continue
-        if is_number(value):
-            return float(value)
-    raise RowProblem("missing_key", f"completions[{index}] has no score: one of {list(SCORE_KEYS)} as a number; it "
-                                    f"has {key_list(item)}.",
-                     "Give each completion a numeric score under one of those names.")
+def completion_score(item: dict, where: str) -> float | None:
+    """The first of SCORE_KEYS that `item` has, as a number (a number written as text counts); None where it has
+    none or gives it as null (an answer nobody rated). RowProblem for a score that is no finite number."""
+    key = next((key for key in SCORE_KEYS if item.get(key) is not None), None)
+    if key is None:
+        return None
+    value = item[key]
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if not is_number(value):
+        raise RowProblem("wrong_type", f"{where}: the score {key!r} is {short_repr(item[key])}, not a finite number.",
+                         f"Give each answer's score as a number under one of {list(SCORE_KEYS)} (null: unrated).")
+    return float(value)
 
 
-def completion_answer(item: dict, index: int) -> str:
+def completion_answer(item: dict, where: str) -> str:
     """The first of SCORED_ANSWER_KEYS that `item` gives as non-empty text."""
     for key in SCORED_ANSWER_KEYS:
         if isinstance(item.get(key), str) and item[key].strip():
             return item[key]
-    raise RowProblem("empty_assistant", f"completions[{index}] has no answer text: one of {list(SCORED_ANSWER_KEYS)}; "
-                                        f"it has {key_list(item)}.")
+    raise RowProblem("empty_assistant", f"{where} has no answer text: one of {list(SCORED_ANSWER_KEYS)}; it has "
+                                        f"{key_list(item)}.")
 
 
 def text_row(record: dict) -> Row:
@@ -509,36 +516,58 @@ def preference_warnings(rows: list[Row], place: Callable[[int], str | None] | No
 
 # Words in a column's name that say it judges the row's answer (a feedback log's rating or thumbs)
 FEEDBACK_WORDS = frozenset({"rating", "ratings", "rated", "thumb", "thumbs", "feedback", "score", "scores", "vote",
-                            "votes", "upvote", "upvotes", "label", "liked", "like", "helpful", "reward", "quality",
-                            "accepted", "approved", "good"})
+                            "votes", "upvote", "upvotes", "liked", "like", "helpful", "reward", "accepted", "approved",
+                            "good"})
 FEEDBACK_VALUES_SHOWN = 4
 
 
-def feedback_columns(records: list[Any], unused: list[str]) -> dict[str, list[str]]:
+@dataclass
+class FeedbackColumn:
+    """A left-out column that judges each answer: its first values as written (one more than FEEDBACK_VALUES_SHOWN
+    where there are more) and whether every value reads as KTO's label (`label_value`)."""
+
+    values: list[str]
+    labels: bool
+
+
+def feedback_columns(records: list[Any], unused: list[str]) -> dict[str, FeedbackColumn]:
     """The left-out columns (`unused`) whose name says they judge each answer (FEEDBACK_WORDS: rating, thumbs_up,
-    user_score, ...) and whose values differ between rows, each with its first values (one more than
-    FEEDBACK_VALUES_SHOWN where there are more)."""
-    found: dict[str, list[str]] = {}
+    user_score, ...) and whose values differ between rows."""
+    found: dict[str, FeedbackColumn] = {}
     for column in unused:
         if not FEEDBACK_WORDS & set(re.split(r"[^a-z0-9]+", column.lower())):
             continue
-        values = list(dict.fromkeys(short_repr(record[column]) for record in records
-                                    if isinstance(record, dict) and column in record))
+        raw = [record[column] for record in records if isinstance(record, dict) and column in record]
+        values = list(dict.fromkeys(short_repr(value) for value in raw))
         if len(values) > 1:
-            found[column] = values[:FEEDBACK_VALUES_SHOWN + 1]  # one more than shown: says whether there are more
+            found[column] = FeedbackColumn(values[:FEEDBACK_VALUES_SHOWN + 1], all(map(reads_as_label, raw)))
     return found
 
 
-def feedback_warnings(columns: dict[str, list[str]], layout: str) -> list[str]:
+def reads_as_label(value: Any) -> bool:
+    try:
+        label_value(value)
+    except RowProblem:
+        return False
+    return True
+
+
+def feedback_warnings(columns: dict[str, FeedbackColumn], layout: str) -> list[str]:
     """For answers that train with supervised fine-tuning (`layout`: the file's layout): each feedback column
-    (`feedback_columns`) left out, with what SFT does to the answers it judged bad and how to learn from it."""
-    kto_reads = layout == "prompt_completion"  # KTO's rows are prompt, completion and label
-    return [f"column {column!r} is left out, and its values ({shown_values(values)}) look like a judgement of each "
-            "answer: supervised fine-tuning trains every answer, the ones judged bad too. To learn from it, "
-            + (f"train with KTO (`--set method.kind=kto --set data.columns.{column}=label`; true/false, 1/0, "
-               "up/down and good/bad are read as desirable/undesirable), " if kto_reads else
-               "give the rows as prompt, completion and label for KTO (method.kind kto), ")
-            + "or keep only the answers judged good." for column, values in columns.items()]
+    (`feedback_columns`) left out, with what SFT does to the answers it judged bad and how to learn from it: KTO,
+    through data.columns where the values read as its label, else after writing them as true/false."""
+    warnings = []
+    for column, found in columns.items():
+        if layout == "prompt_completion" and found.labels:  # KTO's rows are prompt, completion and label
+            kto = (f"train with KTO (`--set method.kind=kto --set data.columns.{column}=label`: its values read as "
+                   "desirable/undesirable), ")
+        else:
+            kto = ("give the rows as prompt, completion and a true/false label (true where the answer is good) "
+                   "for KTO (method.kind kto), ")
+        warnings.append(f"column {column!r} is left out, and its values ({shown_values(found.values)}) look like a "
+                        "judgement of each answer: supervised fine-tuning trains every answer, the ones judged bad "
+                        f"too. To learn from it, {kto}or keep only the answers judged good.")
+    return warnings
 
 
 def shown_values(values: list[str]) -> str:

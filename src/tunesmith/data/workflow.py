@@ -60,8 +60,9 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
     report: dict[str, Any] = {"name": recipe.name, "files": {}, "pii": data.clean.pii}
     usable: list[dict[str, Any]] = []
     sources = {split: data_source(recipe, value) for split, value in files.items()}
+    prefer = METHOD_SHAPES.get(recipe.method.kind, ()) if method_chosen else ()  # read as the method would
     records = {split: load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True,
-                                   shape=data.format) for split, source in sources.items()}
+                                   shape=data.format, prefer=prefer) for split, source in sources.items()}
     recipe, assumed = method_for_shape(recipe, records["train"].shape, method_chosen)
     # lengths as training renders the rows: the recipe's system prompt and fallbacks (a Hermes tools block) included
     as_trained = {split: conformed(loaded.rows, recipe) for split, loaded in records.items()}
@@ -79,7 +80,7 @@ def inspect_data(recipe: Recipe, examples: int = 3, method_chosen: bool = True) 
             "problems": loaded.problems,
             "unused_columns": loaded.unused_columns,
             "warnings": (feedback_warnings(loaded.feedback_columns, loaded.source_shape)
-                         if loaded.shape in SFT_SHAPES else []) +
+                         if loaded.shape in SFT_SHAPES and recipe.method.kind == "sft" else []) +
                         preference_warnings(loaded.rows, loaded.place) + tool_warnings(loaded.rows, loaded.place) +
                         (bare_input_warnings(as_trained[split]) if split == "train" and
                          all(is_sft_row(row) for row in loaded.rows) else []),
@@ -260,7 +261,8 @@ def preview_data(recipe: Recipe, count: int = 3, skip: int = 0) -> Preview:
     source = data_source(recipe, data.train)
     # rows train would refuse are listed, not fatal: the rows asked for are shown around them (`data inspect` lists
     # every problem of the file; rows are numbered among the usable ones)
-    loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True, shape=data.format)
+    loaded = load_records(source, fmt=data.file_format, columns=data.columns, skip_invalid=True, shape=data.format,
+                          prefer=METHOD_SHAPES.get(recipe.method.kind, ()))
     shown = loaded.rows[skip:skip + count]
     if loaded.rows and not shown:
         raise DataError(f"{source} holds {len(loaded.rows)} usable rows; --skip {skip} passes all of them.",

@@ -42,7 +42,8 @@ def against_sources(run: Run, other: Path) -> tuple[Any, Any]:
 
 
 def against_variants(run: Run, other: Path, device: str) -> tuple[dict[str, Variant], dict[str, str]]:
-    """`base` (the other run's adapter) and `tuned` (this run's) on one loaded base model; and who `base` is."""
+    """`base` (the other run's adapter) and `tuned` (this run's) on one loaded base model (two where their PEFT
+    types differ: one model holds adapters of one type); and who `base` is."""
     import torch
 
     from tunesmith.eval.compare import attach_adapters, peft_name, peft_type

@@ -130,7 +130,19 @@ def with_reference_column(rows: list[PromptRow], values: list[dict], key: str, p
     if len(values) != len(rows) or not all(key in value for value in values):
         raise TunesmithError(f"--reference-key {key!r}: not every row of {path} has that column.",
                              "Name a column every row has, or leave the option out to use the answer turn.")
-    return [PromptRow(row.messages, str(value[key])) for row, value in zip(rows, values, strict=True)]
+    return [PromptRow(row.messages, reference_text(value[key])) for row, value in zip(rows, values, strict=True)]
+
+
+def reference_text(value: Any) -> str:
+    """A reference column's text: a string as it is, a list of turns (a conversational pair's `chosen`) as its last
+    assistant turn's text, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        said = [turn.get("content") for turn in value if isinstance(turn, dict) and turn.get("role") == "assistant"]
+        if said and isinstance(said[-1], str):
+            return said[-1]
+    return json.dumps(value, ensure_ascii=False)
 
 
 def adapter_source(target: str | Path) -> AdapterSource:
@@ -220,8 +232,9 @@ def attach_adapters(model: Any, sources: list[AdapterSource], numbers: list[int]
 
 def peft_type(source: AdapterSource) -> str:
     """The adapter's PEFT type (LORA for LoRA, DoRA, rsLoRA and QLoRA; IA3, ADALORA, PROMPT_TUNING, ...)."""
-    config = json.loads((source.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    return str(config.get("peft_type") or "LORA")
+    from tunesmith.runs import read_adapter_config
+
+    return str(read_adapter_config(source.adapter_dir).get("peft_type") or "LORA")
 
 
 def peft_type_groups(sources: list[AdapterSource]) -> list[list[int]]:
@@ -292,7 +305,7 @@ def run_compare(targets: list[str | Path], prompts_file: Path, include_base: boo
             with context():
                 outputs[name] = generate_for(model, tokenizer, prompts, max_new_tokens, batch_size, constraint)
             seconds[name] = round(time.monotonic() - started, 2)
-        del model
+        del model, contexts, context  # every reference: the next kind's base loads into the memory this one held
     order = [BASE, *names] if include_base else names
     outputs, seconds = {name: outputs[name] for name in order}, {name: seconds[name] for name in order}
     return {**comparison_results(prompts, outputs, seconds, scorer, chosen, base_dir, prompts_file),

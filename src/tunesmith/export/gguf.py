@@ -111,7 +111,7 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     manifest, and the export fails.
     """
     from tunesmith.export.merged import export_merged, merged_is_current
-    from tunesmith.models.tuned import is_adapter, run_base_model
+    from tunesmith.models.tuned import is_adapter, run_base_model, say_unquantized_base
 
     quant = parse_quant(quant)  # a bad type fails before a slow merge
     if verify is None:
@@ -121,6 +121,7 @@ def run_gguf_export(recipe: Recipe, run: Run, quant: str = "F16", verify: bool |
     artifact = run.trained_artifact()  # a run without a trained model fails here, naming the fix
     merged = artifact if not is_adapter(artifact) else run.exports_dir / "merged"  # whole models need no merge
     if merged != artifact and not merged_is_current(run, merged, artifact):
+        say_unquantized_base(run, "merging")
         path, max_diff = export_merged(run_base_model(run), artifact, merged)
         record_merged(run, path, max_diff, artifact)
     target = run.exports_dir / "gguf" / f"{recipe.name}.{quant}.gguf"

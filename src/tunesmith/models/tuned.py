@@ -106,7 +106,8 @@ def tuned_variants(run: Run, device: str, with_base: bool) -> dict[str, Variant]
     """`tuned` (and, `with_base`, `base`) as (model, context) pairs, both fp32 on `device`.
 
     An adapter run loads its base once: `base` disables the adapter, `tuned` folds it into the weights while it
-    is active (faster decoding; prompt-learning adapters stay unfolded). A whole-model run (full, partial, hft)
+    is active (faster decoding; prompt-learning and (IA)3 adapters stay unfolded, `adapter_active`). A whole-model
+    run (full, partial, hft)
     loads its model/ and, for `base`, the base beside it.
     """
     artifact = run.trained_artifact()

@@ -157,6 +157,13 @@ def whole_model_trained(adapter: Any, arch: Architecture) -> int:
         arch.embedding_parameters if adapter.train_lm_head else 0)
 
 
+def names_layers_or_blocks(adapter: Any) -> bool:
+    """Whether the adapter section names layers or blocks (`check_targets_exist` has something to check): a list of
+    targets, a list of block indices, a partial run's last_blocks."""
+    return (isinstance(getattr(adapter, "targets", None), list) or isinstance(getattr(adapter, "layers", None), list)
+            or getattr(adapter, "last_blocks", None) is not None)
+
+
 def check_targets_exist(adapter: Any, arch: Architecture, model_name: str) -> None:
     """Refuse adapter.targets names that match no layer of the model (a typo, or another family's names): PEFT
     would stop with NoMatchingPeftModuleError only once the weights had loaded. A dotted name is matched by its

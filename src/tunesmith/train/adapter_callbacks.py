@@ -47,9 +47,11 @@ class HalfFineTuningRounds(TrainerCallback):
         if state.global_step % self.round_steps:  # resumed inside a round: train that round's half again
             train_half_of_blocks(model, state.global_step // self.round_steps)
         if state.global_step == 0 and 0 < state.max_steps <= self.round_steps:
+            rounds = min(4, state.max_steps)
+            fix = (f"Set adapter.round_steps to {state.max_steps // rounds} ({rounds} rounds) or fewer."
+                   if rounds > 1 else "A run of one step cannot swap them: train two or more.")
             print(f"warning: adapter.round_steps is {self.round_steps} and the run takes {state.max_steps} optimizer "
-                  "steps: half fine-tuning never swaps halves, so the odd-numbered blocks never train. Set "
-                  f"adapter.round_steps to {max(1, state.max_steps // 4)} (four rounds) or fewer steps per round.",
+                  f"steps: half fine-tuning never swaps halves, so the odd-numbered blocks never train. {fix}",
                   file=sys.stderr, flush=True)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

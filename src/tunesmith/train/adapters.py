@@ -174,7 +174,7 @@ def keep_4bit_layers_differentiable(model: Any) -> Any:
     (bitsandbytes 0.50 `Linear4bit.forward`, `_convert_weight_packed_for_cpu`). That kernel (`gemv_4bit`) has no
     backward: training then passes no gradient through the base's matmuls, and every LoRA before the last block
     learns from almost nothing (block 0's A: gradient norm 0.078 → 8e-5 on SmolLM2-135M, measured) while the loss
-    still moves. Eval and merge load their own model, where the fast format stays on."""
+    still moves. Eval and merge put the adapter on the unquantized base (`models.tuned.say_unquantized_base`)."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False

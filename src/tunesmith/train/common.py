@@ -146,9 +146,10 @@ def prepare_training(recipe: Recipe, run: Run, accept: tuple[str, ...], purpose:
         if recipe.eval.wants_constraint:  # so must the constraint eval decodes under
             recipe_constraint(recipe, splits.train)
     check_targets_fit_model(recipe.adapter, model_dir, recipe.model.source)
-    if any(isinstance(getattr(recipe.adapter, key, None), list | int) for key in ("targets", "layers", "last_blocks")):
+    from tunesmith.plan.workload import check_targets_exist, names_layers_or_blocks
+
+    if names_layers_or_blocks(recipe.adapter):
         from tunesmith.plan.architecture import read_architecture  # from the config alone: no weights load
-        from tunesmith.plan.workload import check_targets_exist
 
         check_targets_exist(recipe.adapter, read_architecture(model_dir), recipe.model.source)
     tokenizer = load_tokenizer(model_dir, chat_template=chat_template)

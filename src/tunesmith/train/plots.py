@@ -12,7 +12,7 @@ from tunesmith.figures import pyplot, save_figure
 LOSS_UNITS = {
     "sft": "loss (nats per loss-carrying token)",
     "cpt": "loss (nats per token)",
-    "dpo": "DPO loss per pair: −log σ(β × reward margin)",
+    "dpo": "DPO loss per pair (method.loss_type; sigmoid: −log σ(β × log-ratio margin))",
     "simpo": "SimPO loss per pair: −log σ(β × length-normalised margin − γ)",
     "orpo": "ORPO loss per pair: answer NLL + λ × odds-ratio term",
     "kto": "KTO loss per row (desirable and undesirable weighted)",
