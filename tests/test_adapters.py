@@ -25,6 +25,7 @@ from tunesmith.runs import Run, create_run
 from tunesmith.train.adapters import (
     adapter_setup,
     describe_blocks,
+    keep_4bit_layers_differentiable,
     model_load_kwargs,
     trainable_summary,
     trained_model_dir,
@@ -174,7 +175,8 @@ def reload(result: Trained, base_dir: Path) -> Any:
     if result.artifact == trained_model_dir(result.run):
         return load_model(result.artifact)
     base = load_model(base_dir, **model_load_kwargs(result.recipe.adapter))
-    return PeftModel.from_pretrained(base, result.artifact)
+    # a 4-bit base computes as in training (bitsandbytes' repacked CPU kernel rounds through bf16: ~0.1 apart)
+    return PeftModel.from_pretrained(keep_4bit_layers_differentiable(base), result.artifact)
 
 
 def test_whole_model_kinds_save_a_model_directory(trained) -> None:

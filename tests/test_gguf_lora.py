@@ -118,7 +118,9 @@ def test_rslora_alpha_is_rescaled_for_llama_cpp(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize(("config", "message", "fix"), [
     (IA3Config(task_type=TaskType.CAUSAL_LM), "ia3 adapter", "--format gguf"),
-    (PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4), "prompt_tuning adapter", "--format gguf"),
+    # no GGUF holds virtual tokens, merged or not: the hint leads to what runs them
+    (PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4), "prompt_tuning adapter",
+     "`tunesmith chat RUN`"),
     (lora(use_dora=True), "DoRA", "--format gguf"),
     # merged, it would change the tied head too (merge refuses it): transformers is the way to use it
     (lora(targets=["embed_tokens", "q_proj"]), "token embeddings of a model whose output head is tied",
