@@ -215,7 +215,7 @@ class DataSection(Section):
     eval: str | None = Field(None, description="Held-out file; when absent, eval_fraction is held out.")
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference",
-                    "unpaired_preference", "text", "prompt"] = Field(
+                    "scored_completions", "rated_generations", "unpaired_preference", "text", "prompt"] = Field(
         "auto", description="The rows' shape; auto detects it from the first usable row.")
     file_format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "datasets", "text"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict, description="Rename source columns, e.g. {question: prompt}.")
