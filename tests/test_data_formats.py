@@ -168,6 +168,9 @@ def test_ultrafeedback_binarized_pairs_repeating_their_text_prompt_are_read_once
     pairs = load_rows(path, ("preference",), "method.kind dpo")
     assert pairs.source_shape == "preference" and pairs.rows[0]["chosen"] == [{"role": "assistant",
                                                                                   "content": "Blue."}]
+    kto = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "Hi", "completion": "Go.", "label": False}] * 2)
+    with pytest.raises(DataError, match="holds unpaired_preference rows"):  # never read as SFT's prompt-completion
+        load_rows(kto, ("messages", "prompt_completion"), "supervised fine-tuning")
 
 
 def test_scored_completions_pair_the_best_answer_against_the_worst(tmp_path):

@@ -89,6 +89,7 @@ def load_records(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
 
 
 SFT_LAYOUTS = ("messages", "sharegpt", "alpaca", "prompt_completion")  # all read as conversations
+PAIR_SHAPES = ("preference", "unpaired_preference")
 
 
 def load_mixed_sft(result: LoadResult, records: list[Record], skip_invalid: bool) -> LoadResult:
@@ -178,8 +179,10 @@ def renamed(value: dict, columns: dict[str, str]) -> dict:
 
 def choose_layout(records: list[Record], shape: str, skip_invalid: bool, prefer: tuple[str, ...] = ()) -> str:
     """The forced layout, or the one the first readable record's keys point to: the first of LAYOUTS whose keys it
-    has and whose shape is in `prefer`, else the first whose keys it has (HuggingFaceH4/ultrafeedback_binarized's
-    rows hold `messages` beside `chosen` and `rejected`: conversations to SFT, pairs to DPO)."""
+    has, unless a pair layout (PAIR_SHAPES) whose shape is in `prefer` fits it too: HuggingFaceH4/
+    ultrafeedback_binarized's rows hold `messages` beside `chosen` and `rejected`, a conversation to SFT and a pair to
+    DPO. Never the other way: KTO's rows (prompt, completion, label) stay what they are to SFT, which refuses them
+    rather than train the answers labelled undesirable."""
     if shape != "auto":
         if shape not in LAYOUTS:
             raise DataError(f"Unknown dataset shape {shape!r}.", f"Use 'auto' or one of {list(LAYOUTS)}.")
@@ -187,8 +190,8 @@ def choose_layout(records: list[Record], shape: str, skip_invalid: bool, prefer:
     for record in records:
         readable = record.problem is None and isinstance(record.value, dict)
         if readable and (layout := detect_layout(record.value)):
-            fitting = [name for name, keys in LAYOUTS.items() if shape_of(name) in prefer
-                       and all(key in record.value for key in keys)]
+            fitting = [name for name, keys in LAYOUTS.items() if shape_of(name) in prefer and shape_of(name) in
+                       PAIR_SHAPES and all(key in record.value for key in keys)]
             return fitting[0] if fitting else layout
     unreadable = next((record for record in records if record.problem), None)
     nothing_readable = all(record.problem for record in records)  # skipping them would leave no row to read
