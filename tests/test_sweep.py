@@ -299,19 +299,23 @@ def test_sweep_writes_markdown_and_chart(finished_sweep):
 
 def test_failed_combination_is_recorded_and_the_others_run(project):
     root, recipe = project
-    result = sweep_cli(recipe, root / "failing", "--grid", "adapter.layers=[7],all", "--no-eval")
+    known = sweep_cli(recipe, root / "refused", "--grid", "adapter.layers=[7],all", "--no-eval")
+    assert known.returncode == 2 and "Combination layers=7: adapter.layers: block(s) [7] do not exist" in known.stderr
+    assert not (root / "refused").exists() or not any((root / "refused").iterdir())  # known before any run: none ran
+    # a failure only training can show: the loss turns non-finite and training.max_bad_steps stops the run
+    result = sweep_cli(recipe, root / "failing", "--grid", "training.lr=1e30,1e-3", "--no-eval")
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "1 of 2 combinations failed: layers=7" in result.stderr
+    assert "1 of 2 combinations failed: lr=1e30" in result.stderr, result.stderr[-3000:]
     sweep_dir = next((root / "failing").iterdir())
     rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
     assert [row["status"] for row in rows] == ["failed", "ok"]
-    assert "block(s) [7] do not exist" in rows[0]["error"]
+    assert "non-finite" in rows[0]["error"], rows[0]["error"]
     assert rows[1]["trainable_params"] > 0 and rows[1]["eval_loss"] is None
     assert "failed: " in (sweep_dir / "sweep.md").read_text()
     assert (sweep_dir / "sweep.png").is_file()  # no eval: the chart shows the final train loss
     again = sweep_cli(recipe, root / "failing", "--resume", str(sweep_dir))  # a failed combination is tried again
-    assert again.returncode == 1 and "[2/2] layers=all: kept from before (ok)" in again.stderr, again.stderr[-3000:]
-    assert "[1/2] layers=7 (resumed)" in again.stderr
+    assert again.returncode == 1 and "[2/2] lr=1e-3: kept from before (ok)" in again.stderr, again.stderr[-3000:]
+    assert "[1/2] lr=1e30 (resumed)" in again.stderr
     assert [row["status"] for row in json.loads((sweep_dir / "sweep.json").read_text())["rows"]] == ["failed", "ok"]
 
 
